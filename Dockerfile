@@ -1,0 +1,76 @@
+# syntax=docker/dockerfile:1
+#
+# The `approvals` image: a release build in a pinned Rust image, run from a small Debian image
+# as a non-root user.
+#
+#   docker build -t approvals:0.1.0 .
+#   docker build -t approvals-worker:0.1.0 --build-arg FEATURES=temporal .   # `approvals worker`
+#
+# The runtime image holds the binary, the default policy bundle (/opt/approvals/policies) and
+# curl for the health check. Configuration: `approvals serve --config FILE` (or APPROVALS_CONFIG)
+# plus APPROVALS_<SECTION>__<KEY> variables (README.md, "Configuration"); tokens belong in the
+# mounted config file, never in the image.
+
+# ---- build ---------------------------------------------------------------------------------
+FROM rust:1.95.0-slim-bookworm AS build
+
+# Cargo features to build with, space- or comma-separated ("temporal" for the worker image).
+ARG FEATURES=""
+
+# The Temporal SDK's build script needs protoc (unless the SDK's `vendored-protox` feature is on).
+RUN set -eux; \
+    case "$FEATURES" in \
+      *temporal*) apt-get update; \
+                  apt-get install -y --no-install-recommends protobuf-compiler; \
+                  rm -rf /var/lib/apt/lists/* ;; \
+    esac
+
+WORKDIR /src
+# The whole workspace (every member's manifest is needed); .dockerignore keeps target/, .git,
+# local state and the operator's deploy/ secrets out of the context.
+COPY . .
+
+# The registry and target/ live in BuildKit cache mounts, so the binary is copied out of
+# target/ inside the same step. The release profile keeps line tables (a ~100 MB binary); the
+# image keeps the symbols only (~19 MB), enough for function names in backtraces.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/usr/local/cargo/git \
+    --mount=type=cache,target=/src/target \
+    set -eux; \
+    cargo build --release --locked -p approvals ${FEATURES:+--features "$FEATURES"}; \
+    install -D -m 0755 target/release/approvals /out/approvals; \
+    strip --strip-debug /out/approvals
+
+# ---- runtime -------------------------------------------------------------------------------
+# Same Debian release as the builder (glibc), pinned by point release.
+FROM debian:12.11-slim AS runtime
+
+# curl: for HEALTHCHECK (and compose's healthcheck) against /readyz; ca-certificates: for a
+# TLS Redis or Temporal endpoint.
+RUN set -eux; \
+    apt-get update; \
+    apt-get install -y --no-install-recommends ca-certificates curl; \
+    rm -rf /var/lib/apt/lists/*; \
+    groupadd --system --gid 10001 approvals; \
+    useradd --system --uid 10001 --gid approvals --no-create-home \
+        --home-dir /nonexistent --shell /usr/sbin/nologin approvals
+
+COPY --from=build /out/approvals /usr/local/bin/approvals
+COPY policies/ /opt/approvals/policies/
+
+WORKDIR /opt/approvals
+# Inside a container the API must listen on all interfaces (the default is 127.0.0.1).
+# Environment variables override the config file.
+ENV APPROVALS_SERVER__LISTEN=0.0.0.0:8080 \
+    APPROVALS_POLICY__DIR=/opt/approvals/policies \
+    APPROVALS_LOG__FORMAT=json
+
+USER 10001:10001
+EXPOSE 8080
+
+# Ready means: the HTTP API answers and the backend (Redis) is reachable.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+    CMD ["curl", "-fsS", "-o", "/dev/null", "http://127.0.0.1:8080/readyz"]
+
+ENTRYPOINT ["/usr/local/bin/approvals"]
+CMD ["serve"]

@@ -1,0 +1,129 @@
+//! The approval record as the API shows it, and the decision a reviewer asks for.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+
+use crate::{ApprovalId, TenantId, Timestamp};
+
+/// Where an approval is in its life. Only `Pending` can change, and only once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Pending,
+    Accepted,
+    Rejected,
+    /// The TTL ran out while pending: an automatic rejection.
+    Expired,
+}
+
+impl Status {
+    pub const ALL: [Status; 4] = [Self::Pending, Self::Accepted, Self::Rejected, Self::Expired];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Accepted => "accepted",
+            Self::Rejected => "rejected",
+            Self::Expired => "expired",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+}
+
+/// An approval, exactly the contract's approval object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Approval {
+    #[schema(value_type = String)]
+    pub id: ApprovalId,
+    #[schema(value_type = String)]
+    pub tenant: TenantId,
+    pub status: Status,
+    pub agent_id: String,
+    pub submitted_by: String,
+    /// What the agent wants to do; always an object with a string `type`.
+    #[schema(value_type = Object)]
+    pub action: Map<String, Value>,
+    #[schema(value_type = Object)]
+    pub context: Map<String, Value>,
+    pub reasons: Vec<String>,
+    pub policy_version: String,
+    #[schema(value_type = String, format = DateTime)]
+    pub submitted_at: Timestamp,
+    #[schema(value_type = String, format = DateTime)]
+    pub expires_at: Timestamp,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub decided_at: Option<Timestamp>,
+    pub decided_by: Option<String>,
+    pub decision_reason: Option<String>,
+}
+
+impl Approval {
+    /// The record as a reader at `now` must see it: a pending approval whose deadline has
+    /// passed reads as expired even before the sweeper has recorded it, so nobody observes a
+    /// decidable approval past its `expires_at`.
+    pub fn as_of(mut self, now: Timestamp) -> Self {
+        if self.status == Status::Pending && now >= self.expires_at {
+            self.status = Status::Expired;
+            self.decided_at = Some(self.expires_at);
+            self.decision_reason = Some(EXPIRED_REASON.to_owned());
+        }
+        self
+    }
+
+    /// Whether `other` asks for the same thing: the idempotency check for a repeated
+    /// `request_id` (same action, context and agent).
+    pub fn same_request(&self, other: &Approval) -> bool {
+        self.action == other.action
+            && self.context == other.context
+            && self.agent_id == other.agent_id
+    }
+
+    pub fn is_decided(&self) -> bool {
+        self.status != Status::Pending
+    }
+}
+
+/// The `decision_reason` of an approval that nobody decided in time.
+pub const EXPIRED_REASON: &str = "expired: no reviewer decided before expires_at";
+
+/// Accept or reject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Accept,
+    Reject,
+}
+
+impl Verdict {
+    pub fn status(&self) -> Status {
+        match self {
+            Self::Accept => Status::Accepted,
+            Self::Reject => Status::Rejected,
+        }
+    }
+}
+
+/// A reviewer's decision on one approval. `decided_by` is the caller's authenticated subject.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecisionRequest {
+    pub verdict: Verdict,
+    pub decided_by: String,
+    pub reason: Option<String>,
+    pub at: Timestamp,
+}
+
+impl DecisionRequest {
+    /// A decision made now by `decided_by`.
+    pub fn now(verdict: Verdict, decided_by: impl Into<String>, reason: Option<String>) -> Self {
+        Self {
+            verdict,
+            decided_by: decided_by.into(),
+            reason,
+            at: Timestamp::now(),
+        }
+    }
+}

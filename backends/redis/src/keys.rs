@@ -1,0 +1,166 @@
+//! Every Redis key and channel the backend touches, in one place.
+//!
+//! Identifiers are `TenantId`/`ApprovalId`, which cannot contain `:`, `*`, `{` or spaces, so
+//! no key built here can collide with another or be globbed from outside.
+
+use std::time::Duration;
+
+use approvals_core::{ApprovalId, BackendError, Status, TenantId};
+use base64::Engine as _;
+
+/// How long a pending record outlives its `expires_at` in Redis. Reads derive `expired` from
+/// `expires_at` itself; the grace only gives the sweeper time to turn the record into a
+/// tombstone before Redis drops it, even if every instance was briefly down.
+pub const EXPIRY_GRACE: Duration = Duration::from_secs(30);
+
+/// Decisions and expiries are published here as `{tenant}:{id}`.
+pub const DECIDED_CHANNEL: &str = "approvals:decided";
+/// Pending approvals of every tenant, scored by `expires_at` (ms), members `{tenant}:{ms}:{id}`.
+pub const DEADLINES: &str = "approvals:deadlines";
+/// Decided and expired index entries to drop once their record's retention ends, scored by
+/// that instant (ms), members `{tenant}:{status}:{index member}`.
+pub const RETENTION: &str = "approvals:retention";
+/// Every tenant that ever parked an approval (for metrics).
+pub const TENANTS: &str = "approvals:tenants";
+/// Per tenant: the sum of `submitted_at` (ms) of its pending approvals, so the age sum of a
+/// million pending approvals is one HGET.
+pub const SUBMITTED_SUM: &str = "approvals:pending_submitted_ms";
+/// `SCAN` pattern of the records (the ADR's layout).
+pub const RECORD_PATTERN: &str = "approval:*";
+
+pub fn record(tenant: &TenantId, id: &ApprovalId) -> String {
+    format!("approval:{tenant}:{id}")
+}
+
+/// Splits `approval:{tenant}:{id}`; `None` for keys that are not valid records.
+pub fn parse_record(key: &str) -> Option<(TenantId, ApprovalId)> {
+    let mut parts = key.strip_prefix("approval:")?.splitn(2, ':');
+    let tenant = TenantId::parse(parts.next()?).ok()?;
+    let id = ApprovalId::parse(parts.next()?).ok()?;
+    Some((tenant, id))
+}
+
+/// Per tenant and status: a sorted set with every score 0, ordered by its members
+/// `{submitted_ms:015}:{id}`. Lexical order is then submission order with ties by id, which
+/// gives exact keyset paging (ZRANGE BYLEX) and age counts (ZLEXCOUNT) on one structure.
+pub fn index(tenant: &TenantId, status: Status) -> String {
+    format!("approvals:index:{tenant}:{}", status.as_str())
+}
+
+pub fn index_member(submitted_ms: i64, id: &ApprovalId) -> String {
+    format!("{submitted_ms:015}:{id}")
+}
+
+/// The smallest member submitted at or after `ms`, for ZLEXCOUNT.
+pub fn index_bound(ms: i64) -> String {
+    format!("[{:015}", ms.max(0))
+}
+
+pub fn deadline_member(tenant: &TenantId, submitted_ms: i64, id: &ApprovalId) -> String {
+    format!("{tenant}:{submitted_ms}:{id}")
+}
+
+pub fn parse_deadline_member(member: &str) -> Option<(TenantId, i64, ApprovalId)> {
+    let mut parts = member.splitn(3, ':');
+    let tenant = TenantId::parse(parts.next()?).ok()?;
+    let submitted_ms = parts.next()?.parse().ok()?;
+    let id = ApprovalId::parse(parts.next()?).ok()?;
+    Some((tenant, submitted_ms, id))
+}
+
+pub fn retention_member(tenant: &TenantId, status: Status, index_member: &str) -> String {
+    format!("{tenant}:{}:{index_member}", status.as_str())
+}
+
+pub fn parse_retention_member(member: &str) -> Option<(TenantId, Status, &str)> {
+    let mut parts = member.splitn(3, ':');
+    let tenant = TenantId::parse(parts.next()?).ok()?;
+    let status = Status::parse(parts.next()?)?;
+    Some((tenant, status, parts.next()?))
+}
+
+pub fn audit(tenant: &TenantId) -> String {
+    format!("approvals:audit:{tenant}")
+}
+
+pub fn channel_message(tenant: &TenantId, id: &ApprovalId) -> String {
+    format!("{tenant}:{id}")
+}
+
+/// List cursors are the last index member seen, base64url-encoded so clients treat them as
+/// opaque; decoding re-validates, so a forged cursor cannot become a ZRANGE bound.
+pub fn encode_cursor(member: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(member)
+}
+
+pub fn decode_cursor(cursor: &str) -> Result<String, BackendError> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .map_err(|_| BackendError::InvalidCursor)?;
+    let member = String::from_utf8(bytes).map_err(|_| BackendError::InvalidCursor)?;
+    let (ms, id) = member.split_once(':').ok_or(BackendError::InvalidCursor)?;
+    let well_formed =
+        ms.len() == 15 && ms.bytes().all(|b| b.is_ascii_digit()) && ApprovalId::parse(id).is_ok();
+    if well_formed {
+        Ok(member)
+    } else {
+        Err(BackendError::InvalidCursor)
+    }
+}
+
+/// Audit cursors are stream ids (`{ms}-{seq}`).
+pub fn decode_stream_cursor(cursor: &str) -> Result<&str, BackendError> {
+    let (ms, seq) = cursor.split_once('-').ok_or(BackendError::InvalidCursor)?;
+    let digits = |s: &str| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
+    if digits(ms) && digits(seq) {
+        Ok(cursor)
+    } else {
+        Err(BackendError::InvalidCursor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_keys_round_trip() {
+        let (t, i) = (
+            TenantId::parse("acme").unwrap(),
+            ApprovalId::parse("req-1").unwrap(),
+        );
+        assert_eq!(record(&t, &i), "approval:acme:req-1");
+        assert_eq!(parse_record("approval:acme:req-1"), Some((t, i)));
+        assert_eq!(parse_record("approval:acme:a:b"), None);
+        assert_eq!(parse_record("approvals:index:acme:pending"), None);
+    }
+
+    #[test]
+    fn index_members_sort_by_time_then_id() {
+        let id = |s| ApprovalId::parse(s).unwrap();
+        let mut members = [
+            index_member(1_000, &id("b")),
+            index_member(999, &id("z")),
+            index_member(1_000, &id("a")),
+        ];
+        members.sort();
+        assert_eq!(members[0], index_member(999, &id("z")));
+        assert_eq!(members[1], index_member(1_000, &id("a")));
+    }
+
+    #[test]
+    fn cursors_round_trip_and_refuse_forgeries() {
+        let member = index_member(42, &ApprovalId::parse("req-1").unwrap());
+        assert_eq!(decode_cursor(&encode_cursor(&member)).unwrap(), member);
+        for forged in [
+            "",
+            "not-a-cursor",
+            &encode_cursor("+"),
+            &encode_cursor("000000000000042:a*"),
+        ] {
+            assert!(decode_cursor(forged).is_err(), "{forged}");
+        }
+        assert!(decode_stream_cursor("1-0").is_ok());
+        assert!(decode_stream_cursor("(1-0").is_err());
+    }
+}

@@ -1,0 +1,148 @@
+//! Records this backend did not write: the ADR v1 Python service's four-field JSON
+//! (`status`, `agent_action`, `context`, `submitted_at`) and the FastAPI peer's fuller one.
+//!
+//! They are valid approvals; this turns one into an `Approval` so it can be adopted (rewritten
+//! in the current format with its indexes) and from then on decided and expired like any other.
+
+use std::time::Duration;
+
+use approvals_core::{Approval, ApprovalId, Status, TenantId, Timestamp};
+use chrono::NaiveDateTime;
+use serde_json::{Map, Value};
+
+/// Who submitted a record the ADR v1 service wrote: it did not say.
+pub const LEGACY_SUBMITTER: &str = "adr-v1";
+
+/// `remaining_ttl` is the key's PTTL (`None` if it has none); the expiry is now + that.
+pub fn to_approval(
+    tenant: TenantId,
+    id: ApprovalId,
+    mut map: Map<String, Value>,
+    remaining_ttl: Option<Duration>,
+    default_ttl: Duration,
+    now: Timestamp,
+) -> Approval {
+    let mut text = |field: &str| match map.remove(field) {
+        Some(Value::String(s)) => Some(s),
+        _ => None,
+    };
+    let status = match text("status").as_deref() {
+        Some("accepted" | "approved") => Status::Accepted,
+        Some("rejected" | "denied") => Status::Rejected,
+        Some("expired") => Status::Expired,
+        _ => Status::Pending,
+    };
+    let agent_id = text("agent_id").unwrap_or_else(|| LEGACY_SUBMITTER.to_owned());
+    let submitted_by = text("submitted_by").unwrap_or_else(|| LEGACY_SUBMITTER.to_owned());
+    let policy_version = text("policy_version").unwrap_or_else(|| "adr-v1".to_owned());
+    let decided_by = text("decided_by");
+    let decision_reason = text("decision_reason");
+    let decided_at = text("decided_at").and_then(|t| Timestamp::parse_rfc3339(&t));
+    let submitted_at = map
+        .get("submitted_at")
+        .and_then(parse_submitted_at)
+        .unwrap_or(now);
+    let expires_at = match remaining_ttl {
+        Some(ttl) => now.plus(ttl),
+        None => submitted_at.plus(default_ttl),
+    };
+    let object = |v: Option<Value>| match v {
+        Some(Value::Object(m)) => m,
+        _ => Map::new(),
+    };
+    let reasons = match map.remove("reasons") {
+        Some(Value::Array(items)) => items
+            .into_iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        _ => vec!["parked by the ADR v1 service before the policy engine existed".to_owned()],
+    };
+    Approval {
+        id,
+        tenant,
+        status,
+        agent_id,
+        submitted_by,
+        action: object(map.remove("agent_action")),
+        context: object(map.remove("context")),
+        reasons,
+        policy_version,
+        submitted_at,
+        expires_at,
+        decided_at: if status == Status::Pending {
+            None
+        } else {
+            decided_at.or(Some(now))
+        },
+        decided_by,
+        decision_reason,
+    }
+}
+
+/// RFC 3339, ISO 8601 without offset (read as UTC), or Unix seconds (integer or float).
+pub fn parse_submitted_at(value: &Value) -> Option<Timestamp> {
+    match value {
+        Value::Number(n) => n
+            .as_f64()
+            .map(|secs| Timestamp::from_millis((secs * 1000.0) as i64)),
+        Value::String(s) => Timestamp::parse_rfc3339(s).or_else(|| {
+            [
+                "%Y-%m-%dT%H:%M:%S%.f",
+                "%Y-%m-%dT%H:%M:%S",
+                "%Y-%m-%d %H:%M:%S%.f",
+            ]
+            .iter()
+            .find_map(|format| NaiveDateTime::parse_from_str(s, format).ok())
+            .map(|t| Timestamp::from_millis(t.and_utc().timestamp_millis()))
+        }),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn submitted_at_in_every_v1_shape() {
+        let expected = Timestamp::parse_rfc3339("2026-11-21T09:23:41.500Z");
+        for shape in [
+            json!("2026-11-21T09:23:41.500Z"),
+            json!("2026-11-21T10:23:41.500+01:00"),
+            json!("2026-11-21T09:23:41.500"),
+            json!(1_795_253_021.5),
+        ] {
+            assert_eq!(parse_submitted_at(&shape), expected, "{shape}");
+        }
+        assert_eq!(
+            parse_submitted_at(&json!(1_795_253_021)),
+            Timestamp::parse_rfc3339("2026-11-21T09:23:41Z")
+        );
+    }
+
+    #[test]
+    fn four_fields_make_a_pending_approval_expiring_with_the_key() {
+        let now = Timestamp::now();
+        let Value::Object(map) = json!({
+            "status": "pending",
+            "agent_action": {"type": "document_read"},
+            "context": {"k": 1},
+            "submitted_at": 1_795_253_021,
+        }) else {
+            unreachable!()
+        };
+        let a = to_approval(
+            TenantId::parse("acme").unwrap(),
+            ApprovalId::parse("r1").unwrap(),
+            map,
+            Some(Duration::from_secs(60)),
+            Duration::from_secs(86_400),
+            now,
+        );
+        assert_eq!(a.status, Status::Pending);
+        assert_eq!(a.expires_at, now.plus(Duration::from_secs(60)));
+        assert_eq!(a.action["type"], "document_read");
+        assert_eq!(a.submitted_by, LEGACY_SUBMITTER);
+    }
+}

@@ -1,0 +1,17 @@
+-- A reviewer's decision. KEYS and ARGV[1..7] as in common.lua, then
+--   ARGV[8] decider subject, ARGV[9] decided head, ARGV[10] decided retention (ms),
+--   ARGV[11] target status, ARGV[12] audit event JSON.
+-- Returns {outcome, record}; outcome one of won, not_found, expired, decided, self, foreign.
+-- Checks in the contract's order: not_found, expired, already_decided, self_approval.
+local raw = redis.call('GET', KEYS[1])
+if not raw then return {'not_found'} end
+local rec = cjson.decode(raw)
+if rec['expires_ms'] == nil then return {'foreign'} end
+if rec['status'] == 'expired' then return {'expired', raw} end
+if rec['status'] ~= 'pending' then return {'decided', raw} end
+if tonumber(ARGV[1]) >= rec['expires_ms'] then
+  -- Past the deadline, not yet swept: record the expiry now, so it happens exactly once.
+  return {'expired', expire(raw, rec)}
+end
+if rec['submitted_by'] == ARGV[8] then return {'self'} end
+return {'won', settle(raw, rec, ARGV[11], ARGV[9], ARGV[10], KEYS[3], ARGV[12])}

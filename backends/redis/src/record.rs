@@ -1,0 +1,189 @@
+//! The JSON stored under `approval:{tenant}:{id}`, and the exact bytes the Lua scripts splice.
+//!
+//! Field order is load-bearing: the four mutable fields come first, so a decision or an expiry
+//! is a splice of the document's head in Lua (`pending_head()` → a decided head) and the rest —
+//! the agent's action and context — is never decoded and re-encoded by Lua's cjson, which would
+//! round numbers and turn `[]` into `{}`.
+
+use approvals_core::{Approval, ApprovalId, BackendError, Status, TenantId, Timestamp};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// The stored form. ADR field names (`agent_action`), plus the two instants in milliseconds
+/// for the scripts, which cannot parse RFC 3339 cheaply.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StoredRecord {
+    pub status: Status,
+    pub decided_at: Option<Timestamp>,
+    pub decided_by: Option<String>,
+    pub decision_reason: Option<String>,
+    pub agent_action: Map<String, Value>,
+    pub context: Map<String, Value>,
+    pub submitted_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub id: ApprovalId,
+    pub tenant: TenantId,
+    pub agent_id: String,
+    pub submitted_by: String,
+    pub reasons: Vec<String>,
+    pub policy_version: String,
+    pub submitted_ms: i64,
+    pub expires_ms: i64,
+}
+
+/// The head of a record: what a decision rewrites.
+#[derive(Serialize)]
+struct Head<'a> {
+    status: Status,
+    decided_at: Option<Timestamp>,
+    decided_by: Option<&'a str>,
+    decision_reason: Option<&'a str>,
+}
+
+impl Head<'_> {
+    /// `{"status":…,"decision_reason":…,` — the object opened, the head's fields, a comma.
+    fn to_prefix(&self) -> String {
+        let mut json = serde_json::to_string(self).unwrap_or_default();
+        json.pop(); // the closing brace
+        json.push(',');
+        json
+    }
+}
+
+/// The exact prefix of every pending record written by this backend.
+pub fn pending_head() -> String {
+    Head {
+        status: Status::Pending,
+        decided_at: None,
+        decided_by: None,
+        decision_reason: None,
+    }
+    .to_prefix()
+}
+
+/// The prefix that replaces [`pending_head`] when a reviewer decides.
+pub fn decided_head(status: Status, at: Timestamp, by: &str, reason: Option<&str>) -> String {
+    Head {
+        status,
+        decided_at: Some(at),
+        decided_by: Some(by),
+        decision_reason: reason,
+    }
+    .to_prefix()
+}
+
+impl From<Approval> for StoredRecord {
+    fn from(a: Approval) -> Self {
+        Self {
+            status: a.status,
+            decided_at: a.decided_at,
+            decided_by: a.decided_by,
+            decision_reason: a.decision_reason,
+            agent_action: a.action,
+            context: a.context,
+            submitted_ms: a.submitted_at.as_millis(),
+            expires_ms: a.expires_at.as_millis(),
+            submitted_at: a.submitted_at,
+            expires_at: a.expires_at,
+            id: a.id,
+            tenant: a.tenant,
+            agent_id: a.agent_id,
+            submitted_by: a.submitted_by,
+            reasons: a.reasons,
+            policy_version: a.policy_version,
+        }
+    }
+}
+
+impl From<StoredRecord> for Approval {
+    fn from(r: StoredRecord) -> Self {
+        Self {
+            id: r.id,
+            tenant: r.tenant,
+            status: r.status,
+            agent_id: r.agent_id,
+            submitted_by: r.submitted_by,
+            action: r.agent_action,
+            context: r.context,
+            reasons: r.reasons,
+            policy_version: r.policy_version,
+            submitted_at: r.submitted_at,
+            expires_at: r.expires_at,
+            decided_at: r.decided_at,
+            decided_by: r.decided_by,
+            decision_reason: r.decision_reason,
+        }
+    }
+}
+
+pub fn encode(approval: &Approval) -> String {
+    // Serialising plain data into a String cannot fail.
+    serde_json::to_string(&StoredRecord::from(approval.clone())).unwrap_or_default()
+}
+
+/// What a stored value turned out to be.
+pub enum Decoded {
+    Current(Box<Approval>),
+    /// Not written by this backend (ADR v1 or the Python peer): adopt it first.
+    Foreign(Map<String, Value>),
+}
+
+pub fn decode(key: &str, raw: &str) -> Result<Decoded, BackendError> {
+    let corrupt = |reason: String| BackendError::Corrupt {
+        key: key.to_owned(),
+        reason,
+    };
+    let value: Value = serde_json::from_str(raw).map_err(|e| corrupt(e.to_string()))?;
+    let Value::Object(map) = value else {
+        return Err(corrupt("not a JSON object".into()));
+    };
+    if !map.contains_key("expires_ms") {
+        return Ok(Decoded::Foreign(map));
+    }
+    let record: StoredRecord =
+        serde_json::from_value(Value::Object(map)).map_err(|e| corrupt(e.to_string()))?;
+    Ok(Decoded::Current(Box::new(record.into())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pending_record_starts_with_the_pending_head() {
+        let now = Timestamp::now();
+        let approval = Approval {
+            id: ApprovalId::parse("r").unwrap(),
+            tenant: TenantId::parse("t").unwrap(),
+            status: Status::Pending,
+            agent_id: "a".into(),
+            submitted_by: "s".into(),
+            action: Map::new(),
+            context: Map::new(),
+            reasons: vec![],
+            policy_version: "v".into(),
+            submitted_at: now,
+            expires_at: now,
+            decided_at: None,
+            decided_by: None,
+            decision_reason: None,
+        };
+        let raw = encode(&approval);
+        assert!(raw.starts_with(&pending_head()), "{raw}");
+        // Splicing a decided head yields a record that decodes to the decided approval.
+        let at = Timestamp::now();
+        let head = decided_head(Status::Accepted, at, "alice \"quoted\"", Some("ok"));
+        let spliced = format!("{head}{}", &raw[pending_head().len()..]);
+        let Ok(Decoded::Current(decided)) = decode("k", &spliced) else {
+            panic!("{spliced}")
+        };
+        assert_eq!(decided.status, Status::Accepted);
+        assert_eq!(decided.decided_by.as_deref(), Some("alice \"quoted\""));
+        assert_eq!(decided.decided_at, Some(at));
+        assert_eq!(
+            decided.reasons,
+            Vec::<String>::new(),
+            "empty arrays stay arrays"
+        );
+    }
+}

@@ -1,0 +1,25 @@
+//! The Lua scripts behind every state change, loaded once per process.
+//!
+//! `redis::Script` sends EVALSHA and falls back to EVAL when Redis does not know the script
+//! yet (after a restart, say), so nothing has to be preloaded.
+
+use redis::Script;
+
+pub struct Scripts {
+    pub park: Script,
+    pub decide: Script,
+    pub expire: Script,
+    pub foreign: Script,
+}
+
+impl Scripts {
+    pub fn load() -> Self {
+        let common = include_str!("lua/common.lua");
+        Self {
+            park: Script::new(include_str!("lua/park.lua")),
+            decide: Script::new(&format!("{common}\n{}", include_str!("lua/decide.lua"))),
+            expire: Script::new(&format!("{common}\n{}", include_str!("lua/expire.lua"))),
+            foreign: Script::new(include_str!("lua/foreign.lua")),
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! Redis-specific guarantees the shared suite cannot see: indexes agree with records after a
+//! concurrent mixed workload on two instances, each expiry is recorded exactly once however
+//! many sweepers run, and one subscriber per process serves any number of waiters.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use approvals_core::conformance::{decision, fresh_tenant, id, pending};
+use approvals_core::{ApprovalBackend, AuditKind, Status, Timestamp, Verdict};
+use approvals_redis::{RedisBackend, RedisSettings};
+use approvals_testkit::RedisServer;
+use serde_json::Value;
+
+fn backend(server: &RedisServer) -> Arc<RedisBackend> {
+    Arc::new(RedisBackend::connect(RedisSettings::new(server.url())).expect("backend"))
+}
+
+fn sweep_forever(backend: Arc<RedisBackend>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let _ = backend.expire_due(Timestamp::now()).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_two_sweepers_indexes_agree_and_expiries_are_recorded_once() {
+    let server = RedisServer::start().await;
+    let (a, b) = (backend(&server), backend(&server));
+    let sweepers = [sweep_forever(a.clone()), sweep_forever(b.clone())];
+    let tenant = fresh_tenant("invariants");
+
+    // 60 approvals: a third expire after 1 s, a third are raced by both instances, a third stay.
+    let mut work = Vec::new();
+    for n in 0..60 {
+        let (a, b, tenant) = (a.clone(), b.clone(), tenant.clone());
+        work.push(tokio::spawn(async move {
+            let ttl = if n % 3 == 0 {
+                Duration::from_secs(1)
+            } else {
+                Duration::from_secs(3600)
+            };
+            let name = format!("req-{n:02}");
+            a.submit(pending(&tenant, &name, ttl))
+                .await
+                .expect("submit");
+            if n % 3 == 1 {
+                let approval_id = id(&name);
+                let (x, y) = tokio::join!(
+                    a.decide(&tenant, &approval_id, decision(Verdict::Accept, "alice")),
+                    b.decide(&tenant, &approval_id, decision(Verdict::Reject, "bob")),
+                );
+                x.expect("decide");
+                y.expect("decide");
+            }
+        }));
+    }
+    for job in work {
+        job.await.expect("join");
+    }
+    // Wait for every short-lived approval to expire (the event, not a guess: poll the list).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let expired = a
+            .list(&tenant, Status::Expired, None, 500)
+            .await
+            .expect("list")
+            .items
+            .len();
+        if expired == 20 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {expired} of 20 expired"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Let the sweepers run over the same deadlines a few more times.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for sweeper in sweepers {
+        sweeper.abort();
+    }
+
+    let events = all_audit(&*a, &tenant).await;
+    let expired_events = events
+        .iter()
+        .filter(|e| e.kind == AuditKind::Expired)
+        .count();
+    let decided_events = events
+        .iter()
+        .filter(|e| matches!(e.kind, AuditKind::Accepted | AuditKind::Rejected))
+        .count();
+    assert_eq!(expired_events, 20, "each expiry recorded exactly once");
+    assert_eq!(decided_events, 20, "each race decided exactly once");
+
+    // Every record is in exactly the index of its status, and nothing else is indexed.
+    let mut conn = server.connection().await;
+    let mut by_status: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut submitted_sum = 0_i64;
+    for n in 0..60 {
+        let key = format!("approval:{tenant}:req-{n:02}");
+        let raw: String = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .expect("record exists");
+        let record: Value = serde_json::from_str(&raw).expect("json");
+        let status = record["status"].as_str().expect("status").to_owned();
+        let member = format!(
+            "{:015}:req-{n:02}",
+            record["submitted_ms"].as_i64().expect("ms")
+        );
+        if status == "pending" {
+            submitted_sum += record["submitted_ms"].as_i64().expect("ms");
+        }
+        by_status.entry(status).or_default().insert(member);
+    }
+    for status in ["pending", "accepted", "rejected", "expired"] {
+        let index: Vec<String> = redis::cmd("ZRANGE")
+            .arg(format!("approvals:index:{tenant}:{status}"))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await
+            .expect("index");
+        let index: BTreeSet<String> = index.into_iter().collect();
+        assert_eq!(
+            index,
+            by_status.remove(status).unwrap_or_default(),
+            "index {status}"
+        );
+    }
+    let deadlines: Vec<String> = redis::cmd("ZRANGE")
+        .arg("approvals:deadlines")
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .expect("zrange");
+    assert_eq!(
+        deadlines.len(),
+        20,
+        "only the pending approvals have deadlines: {deadlines:?}"
+    );
+    let sum: i64 = redis::cmd("HGET")
+        .arg("approvals:pending_submitted_ms")
+        .arg(tenant.as_str())
+        .query_async(&mut conn)
+        .await
+        .expect("hget");
+    assert_eq!(
+        sum, submitted_sum,
+        "the age sum tracks exactly the pending approvals"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_subscriber_serves_two_hundred_waiters() {
+    let server = RedisServer::start().await;
+    let backend = backend(&server);
+    let tenant = fresh_tenant("fanout");
+    for n in 0..200 {
+        backend
+            .submit(pending(
+                &tenant,
+                &format!("req-{n}"),
+                Duration::from_secs(3600),
+            ))
+            .await
+            .expect("submit");
+    }
+    let waiters: Vec<_> = (0..200)
+        .map(|n| {
+            let (backend, tenant) = (backend.clone(), tenant.clone());
+            tokio::spawn(async move {
+                backend
+                    .wait_for_decision(&tenant, &id(&format!("req-{n}")), Duration::from_secs(30))
+                    .await
+            })
+        })
+        .collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while backend.waiting() < 200 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "waiters never parked"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut conn = server.connection().await;
+    let subscribers: (String, i64) = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg("approvals:decided")
+        .query_async(&mut conn)
+        .await
+        .expect("numsub");
+    assert_eq!(
+        subscribers.1, 1,
+        "one subscriber connection for the whole process"
+    );
+    for n in 0..200 {
+        backend
+            .decide(
+                &tenant,
+                &id(&format!("req-{n}")),
+                decision(Verdict::Accept, "alice"),
+            )
+            .await
+            .expect("decide");
+    }
+    for waiter in waiters {
+        let approval = waiter.await.expect("join").expect("wait").expect("exists");
+        assert_eq!(approval.status, Status::Accepted);
+    }
+    assert_eq!(backend.waiting(), 0, "finished waiters unregister");
+}
+
+async fn all_audit(
+    backend: &dyn ApprovalBackend,
+    tenant: &approvals_core::TenantId,
+) -> Vec<approvals_core::AuditEvent> {
+    let mut events = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = backend
+            .audit(tenant, None, cursor.as_deref(), 1000)
+            .await
+            .expect("audit");
+        events.extend(page.items);
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => return events,
+        }
+    }
+}

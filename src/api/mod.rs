@@ -1,0 +1,104 @@
+//! The HTTP API (api-v1.md): routes, shared state, and the layers around them.
+
+mod approvals;
+mod extract;
+mod ops;
+mod problem;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use approvals_core::ApprovalBackend;
+use axum::extract::{MatchedPath, Request};
+use axum::http::HeaderName;
+use axum::Router;
+use tokio_util::sync::CancellationToken;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub use problem::{ApiError, Problem};
+
+use crate::auth::Authenticator;
+use crate::config::ApprovalSettings;
+use crate::policy::PolicyGate;
+
+/// What every handler can reach. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub backend: Arc<dyn ApprovalBackend>,
+    pub policy: Arc<PolicyGate>,
+    pub auth: Arc<Authenticator>,
+    pub approvals: Arc<ApprovalSettings>,
+    pub body_limit: usize,
+    /// Cancelled on SIGTERM: long-polls answer at once so the drain is quick.
+    pub shutdown: CancellationToken,
+    pub metrics: crate::metrics::MetricsHandle,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "approvals", description = "Policy-gated human approvals for AI agents (api-v1)."),
+    modifiers(&BearerAuth),
+    components(schemas(Problem))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The whole application as a router; `startup` serves it, tests may too.
+pub fn router(state: AppState) -> Router {
+    let (routes, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(approvals::submit, approvals::list))
+        .routes(routes!(approvals::get_approval))
+        .routes(routes!(approvals::wait_decision))
+        .routes(routes!(approvals::accept))
+        .routes(routes!(approvals::reject))
+        .routes(routes!(approvals::audit))
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::readyz))
+        .routes(routes!(ops::metrics))
+        .split_for_parts();
+    let openapi = Arc::new(openapi);
+    let request_id = HeaderName::from_static("x-request-id");
+    routes
+        .route("/openapi.json", axum::routing::get(move || ops::openapi(openapi.clone())))
+        .fallback(ops::no_route)
+        .with_state(state)
+        .layer(axum::middleware::from_fn(crate::metrics::track_http))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &Request| {
+                    let route = request
+                        .extensions()
+                        .get::<MatchedPath>()
+                        .map_or("-", MatchedPath::as_str);
+                    let id = request
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("-");
+                    tracing::info_span!("request", method = %request.method(), route, request_id = id,
+                        subject = tracing::field::Empty, tenant = tracing::field::Empty,
+                        approval_id = tracing::field::Empty)
+                })
+                .on_response(|response: &axum::response::Response, latency: Duration, _span: &tracing::Span| {
+                    tracing::info!(status = response.status().as_u16(), latency_ms = latency.as_millis() as u64, "answered");
+                }),
+        )
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+}

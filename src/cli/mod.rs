@@ -1,0 +1,168 @@
+//! The `approvals` command line: `serve`, `worker`, `token new`, `dev`.
+
+mod dev;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::auth::{self, Role};
+use crate::config::{Settings, CONFIG_VAR};
+use crate::startup::{shutdown_signal, Application};
+
+/// Exit status for unusable configuration (the operating contract).
+const EXIT_CONFIG: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "approvals",
+    version,
+    about = "Policy-gated human approvals for AI agents"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the HTTP API, the expiry sweeper and the metrics.
+    Serve {
+        /// TOML configuration file.
+        #[arg(long, env = CONFIG_VAR)]
+        config: Option<PathBuf>,
+    },
+    /// Run the Temporal worker (needs a build with `--features temporal`): polls
+    /// `temporal.task_queue`, drains on SIGTERM, serves /healthz, /readyz, /metrics on
+    /// `worker.listen`.
+    Worker {
+        /// TOML configuration file.
+        #[arg(long, env = CONFIG_VAR)]
+        config: Option<PathBuf>,
+    },
+    /// Manage bearer tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Try it out: a local redis-server, demo tokens, and the API on localhost.
+    Dev(dev::DevArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Mint a fresh token; prints it once and the config entry holding only its digest.
+    New {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, value_enum)]
+        role: Role,
+        #[arg(long)]
+        subject: String,
+    },
+}
+
+impl Cli {
+    pub async fn run(self) -> ExitCode {
+        match self.command {
+            Command::Serve { config } => serve(config).await,
+            Command::Worker { config } => worker(config).await,
+            Command::Token {
+                command:
+                    TokenCommand::New {
+                        tenant,
+                        role,
+                        subject,
+                    },
+            } => token_new(&tenant, role, &subject),
+            Command::Dev(args) => dev::run(args).await,
+        }
+    }
+}
+
+async fn serve(config: Option<PathBuf>) -> ExitCode {
+    let settings = match Settings::load(config.as_deref()) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("approvals: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    crate::telemetry::init(&settings.log);
+    run_app(settings).await
+}
+
+/// `approvals worker`: runs on this (the main) task, since the worker's future is `!Send`.
+#[cfg(feature = "temporal")]
+async fn worker(config: Option<PathBuf>) -> ExitCode {
+    let settings = match Settings::load(config.as_deref()) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("approvals: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    crate::telemetry::init(&settings.log);
+    match crate::worker::run(&settings, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "worker stopped");
+            eprintln!("approvals: {error}");
+            match error {
+                crate::worker::WorkerError::Startup(_) => ExitCode::from(EXIT_CONFIG),
+                crate::worker::WorkerError::Run(_) => ExitCode::FAILURE,
+            }
+        }
+    }
+}
+
+#[cfg(not(feature = "temporal"))]
+async fn worker(_config: Option<PathBuf>) -> ExitCode {
+    eprintln!(
+        "approvals: `approvals worker` runs the Temporal worker: {}",
+        crate::startup::TEMPORAL_NOT_BUILT
+    );
+    ExitCode::from(EXIT_CONFIG)
+}
+
+/// Builds and serves until SIGTERM or ctrl-c.
+async fn run_app(settings: Settings) -> ExitCode {
+    let app = match Application::build(settings).await {
+        Ok(app) => app,
+        Err(error) => {
+            tracing::error!(%error, "cannot start");
+            eprintln!("approvals: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match app.run_until(shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("approvals: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn token_new(tenant: &str, role: Role, subject: &str) -> ExitCode {
+    let (token, entry) = auth::mint(tenant, role, subject);
+    if let Err(reason) = entry.validate() {
+        eprintln!("approvals: {reason}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    println!("token (shown once; give it to {subject}):\n  {token}\n");
+    println!("config entry (add to your config file):\n");
+    println!("{}", token_toml(&entry));
+    ExitCode::SUCCESS
+}
+
+fn token_toml(entry: &auth::TokenEntry) -> String {
+    format!(
+        "[[auth.tokens]]\nsubject = {:?}\ntenant = {:?}\nrole = {:?}\nsha256 = {:?}\n",
+        entry.subject,
+        entry.tenant,
+        entry.role.as_str(),
+        entry.sha256
+    )
+}

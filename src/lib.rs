@@ -1,0 +1,19 @@
+//! The approval service: a policy gate in front of a queue of human approvals.
+//!
+//! `approvals serve` wires these together: `config` (figment), `telemetry` (tracing and the
+//! Prometheus recorder), `policy` (regorus), `auth` (bearer tokens), `api` (axum routes),
+//! `background` (expiry sweeper and pending figures) and `startup` (the backend from config
+//! and the server's life). `cli` holds the other commands; `worker` (feature `temporal`) is
+//! `approvals worker`.
+
+pub mod api;
+pub mod auth;
+pub mod background;
+pub mod cli;
+pub mod config;
+pub mod metrics;
+pub mod policy;
+pub mod startup;
+pub mod telemetry;
+#[cfg(feature = "temporal")]
+pub mod worker;

@@ -1,0 +1,358 @@
+//! Prometheus metrics: counters and histograms through the `metrics` facade, plus the
+//! pending figures, which are a snapshot of backend state rather than observations.
+//!
+//! `approvals_pending` and `approvals_pending_age_seconds` describe what is pending *now*.
+//! They are recomputed in the background (`background::pending_stats`) from the backend's
+//! indexes and rendered here from the latest snapshot, so a scrape never touches Redis and
+//! every instance reports the same truth.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::{Duration, Instant};
+
+use approvals_core::{Approval, BackendError, PendingStats, TenantId, Timestamp};
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::policy::PolicyDecision;
+
+/// Latency buckets for request-scale timings (seconds).
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+/// Buckets for human-scale waits (seconds): a minute to a week.
+const AGE_BUCKETS: &[f64] = &[
+    60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 43200.0, 86400.0, 172800.0,
+    259200.0, 604800.0,
+];
+
+static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// The process-wide recorder, installed on first use (tests build several apps per process).
+fn prometheus() -> PrometheusHandle {
+    PROMETHEUS
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full("approvals_time_to_decision_seconds".into()),
+                    AGE_BUCKETS,
+                )
+                .and_then(|b| b.set_buckets(LATENCY_BUCKETS));
+            let recorder = match builder {
+                Ok(builder) => builder.build_recorder(),
+                Err(_) => PrometheusBuilder::new().build_recorder(),
+            };
+            let handle = recorder.handle();
+            // Fails only if another recorder is installed; ours still renders what it sees.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    metrics::describe_counter!(
+        "approvals_submitted_total",
+        "Submits by tenant and policy decision."
+    );
+    metrics::describe_counter!(
+        "approvals_decisions_total",
+        "Approvals settled, by tenant and outcome (accepted, rejected, expired)."
+    );
+    metrics::describe_histogram!(
+        "approvals_time_to_decision_seconds",
+        "From submission to decision or expiry."
+    );
+    metrics::describe_counter!(
+        "approvals_http_requests_total",
+        "HTTP requests by route template, method and status class."
+    );
+    metrics::describe_histogram!(
+        "approvals_http_request_duration_seconds",
+        "HTTP request latency by route template and method."
+    );
+    metrics::describe_counter!(
+        "approvals_backend_errors_total",
+        "Backend calls that failed, by kind of failure."
+    );
+    metrics::describe_counter!(
+        "approvals_sweeper_runs_total",
+        "Expiry sweeper passes, by result."
+    );
+}
+
+/// Renders `/metrics`: the recorder's output and the pending snapshot.
+#[derive(Clone)]
+pub struct MetricsHandle {
+    prometheus: PrometheusHandle,
+    pending: Arc<RwLock<Option<Snapshot>>>,
+    bounds: Arc<Vec<Duration>>,
+    ttls: Arc<Vec<(String, f64)>>,
+    /// Per instance, not per process: tests run several instances in one process.
+    long_polls: Arc<AtomicI64>,
+    /// Whether the backend answered the last background call (-1 before the first).
+    backend_up: Arc<AtomicI64>,
+}
+
+struct Snapshot {
+    stats: PendingStats,
+    taken: Instant,
+    took: Duration,
+}
+
+impl MetricsHandle {
+    /// `max_ttl` extends the age buckets past the longest configured lifetime; `ttls` are the
+    /// per-tenant lifetimes (with `*` for the default), exported for alert thresholds.
+    pub fn new(max_ttl: Duration, ttls: Vec<(String, Duration)>) -> Self {
+        let mut bounds: Vec<Duration> = AGE_BUCKETS
+            .iter()
+            .map(|s| Duration::from_secs_f64(*s))
+            .collect();
+        if let Some(last) = bounds.last().copied() {
+            if max_ttl >= last {
+                bounds.push(max_ttl + max_ttl / 4);
+            }
+        }
+        Self {
+            prometheus: prometheus(),
+            pending: Arc::default(),
+            bounds: Arc::new(bounds),
+            ttls: Arc::new(
+                ttls.into_iter()
+                    .map(|(t, d)| (t, d.as_secs_f64()))
+                    .collect(),
+            ),
+            long_polls: Arc::default(),
+            backend_up: Arc::new(AtomicI64::new(-1)),
+        }
+    }
+
+    pub fn age_bounds(&self) -> &[Duration] {
+        &self.bounds
+    }
+
+    pub fn set_backend_up(&self, up: bool) {
+        self.backend_up.store(i64::from(up), Ordering::Relaxed);
+    }
+
+    /// Stores a fresh snapshot and how long computing it took.
+    pub fn set_pending(&self, stats: PendingStats, took: Duration) {
+        let snapshot = Snapshot {
+            stats,
+            taken: Instant::now(),
+            took,
+        };
+        *self
+            .pending
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(snapshot);
+    }
+
+    /// `/metrics`: the recorder, this instance's long-polls, the backend's own gauges and the
+    /// latest pending snapshot.
+    pub fn render(&self, backend_gauges: &[(&str, &str, f64)]) -> String {
+        let mut out = self.prometheus.render();
+        let up = self.backend_up.load(Ordering::Relaxed);
+        if up >= 0 {
+            let _ = writeln!(out, "# HELP approvals_backend_up Whether the backend answered the last background call.");
+            let _ = writeln!(
+                out,
+                "# TYPE approvals_backend_up gauge\napprovals_backend_up {up}"
+            );
+        }
+        for (name, help, value) in backend_gauges {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP approvals_long_polls_in_flight Decision long-polls waiting now."
+        );
+        let _ = writeln!(out, "# TYPE approvals_long_polls_in_flight gauge");
+        let _ = writeln!(
+            out,
+            "approvals_long_polls_in_flight {}",
+            self.long_polls.load(Ordering::Relaxed)
+        );
+        let pending = self
+            .pending
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(snapshot) = pending.as_ref() {
+            render_pending(&mut out, &snapshot.stats, &self.bounds);
+            let _ = writeln!(
+                out,
+                "# HELP approvals_pending_snapshot_age_seconds How old the pending figures are."
+            );
+            let _ = writeln!(out, "# TYPE approvals_pending_snapshot_age_seconds gauge");
+            let _ = writeln!(
+                out,
+                "approvals_pending_snapshot_age_seconds {}",
+                snapshot.taken.elapsed().as_secs_f64()
+            );
+            let _ = writeln!(out, "# HELP approvals_pending_stats_duration_seconds How long the last recompute of the pending figures took.");
+            let _ = writeln!(out, "# TYPE approvals_pending_stats_duration_seconds gauge");
+            let _ = writeln!(
+                out,
+                "approvals_pending_stats_duration_seconds {}",
+                snapshot.took.as_secs_f64()
+            );
+        }
+        let _ = writeln!(out, "# HELP approvals_ttl_seconds Configured approval lifetime per tenant (`*`: the default).");
+        let _ = writeln!(out, "# TYPE approvals_ttl_seconds gauge");
+        for (tenant, seconds) in self.ttls.iter() {
+            let _ = writeln!(
+                out,
+                "approvals_ttl_seconds{{tenant=\"{tenant}\"}} {seconds}"
+            );
+        }
+        out
+    }
+}
+
+fn render_pending(out: &mut String, stats: &PendingStats, bounds: &[Duration]) {
+    let _ = writeln!(
+        out,
+        "# HELP approvals_pending Approvals waiting for a reviewer now."
+    );
+    let _ = writeln!(out, "# TYPE approvals_pending gauge");
+    for t in &stats.tenants {
+        let _ = writeln!(
+            out,
+            "approvals_pending{{tenant=\"{}\"}} {}",
+            t.tenant, t.count
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP approvals_pending_oldest_age_seconds Age of the oldest pending approval."
+    );
+    let _ = writeln!(out, "# TYPE approvals_pending_oldest_age_seconds gauge");
+    for t in &stats.tenants {
+        let _ = writeln!(
+            out,
+            "approvals_pending_oldest_age_seconds{{tenant=\"{}\"}} {}",
+            t.tenant, t.oldest_age_seconds
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP approvals_pending_age_seconds Age of the approvals pending now."
+    );
+    let _ = writeln!(out, "# TYPE approvals_pending_age_seconds histogram");
+    for t in &stats.tenants {
+        for (bound, count) in bounds.iter().zip(&t.le) {
+            let _ = writeln!(
+                out,
+                "approvals_pending_age_seconds_bucket{{tenant=\"{}\",le=\"{}\"}} {count}",
+                t.tenant,
+                bound.as_secs_f64()
+            );
+        }
+        let _ = writeln!(
+            out,
+            "approvals_pending_age_seconds_bucket{{tenant=\"{}\",le=\"+Inf\"}} {}",
+            t.tenant, t.count
+        );
+        let _ = writeln!(
+            out,
+            "approvals_pending_age_seconds_sum{{tenant=\"{}\"}} {}",
+            t.tenant, t.age_sum_seconds
+        );
+        let _ = writeln!(
+            out,
+            "approvals_pending_age_seconds_count{{tenant=\"{}\"}} {}",
+            t.tenant, t.count
+        );
+    }
+}
+
+pub fn submitted(tenant: &TenantId, decision: PolicyDecision) {
+    let decision = match decision {
+        PolicyDecision::Allow => "allow",
+        PolicyDecision::Deny => "deny",
+        PolicyDecision::RequireApproval => "require_approval",
+    };
+    metrics::counter!("approvals_submitted_total", "tenant" => tenant.to_string(), "decision" => decision).increment(1);
+}
+
+/// A decision this instance made (or an expiry it recorded).
+pub fn decided(approval: &Approval) {
+    let tenant = approval.tenant.to_string();
+    let outcome = approval.status.as_str();
+    metrics::counter!("approvals_decisions_total", "tenant" => tenant.clone(), "outcome" => outcome).increment(1);
+    let at = approval.decided_at.unwrap_or(approval.expires_at);
+    let waited = at
+        .as_millis()
+        .saturating_sub(approval.submitted_at.as_millis())
+        .max(0) as f64
+        / 1000.0;
+    metrics::histogram!("approvals_time_to_decision_seconds", "tenant" => tenant, "outcome" => outcome).record(waited);
+}
+
+pub fn backend_error(error: &BackendError) {
+    let kind = match error {
+        BackendError::Unavailable(_) => "unavailable",
+        BackendError::Timeout(_) => "timeout",
+        BackendError::InvalidCursor => "invalid_cursor",
+        BackendError::Corrupt { .. } => "corrupt",
+    };
+    metrics::counter!("approvals_backend_errors_total", "kind" => kind).increment(1);
+}
+
+/// One sweeper pass: its result, and for each expiry it recorded the outcome and the lag
+/// (how long after `expires_at` the expiry was recorded).
+pub fn sweeper_run(result: &Result<Vec<Approval>, BackendError>, now: Timestamp) {
+    let label = if result.is_ok() { "ok" } else { "error" };
+    metrics::counter!("approvals_sweeper_runs_total", "result" => label).increment(1);
+    for approval in result.iter().flatten() {
+        decided(approval);
+        let lag = approval.expires_at.elapsed_at(now).as_secs_f64();
+        metrics::histogram!("approvals_sweeper_lag_seconds").record(lag);
+    }
+}
+
+/// Counts a long-poll of this instance while it lives.
+pub struct LongPoll(Arc<AtomicI64>);
+
+impl LongPoll {
+    pub fn start(metrics: &MetricsHandle) -> Self {
+        metrics.long_polls.fetch_add(1, Ordering::Relaxed);
+        Self(metrics.long_polls.clone())
+    }
+}
+
+impl Drop for LongPoll {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Middleware: request count and latency by route template (never the raw path, whose ids
+/// would make unbounded label values).
+pub async fn track_http(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let class = match response.status().as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    metrics::counter!("approvals_http_requests_total", "route" => route.clone(), "method" => method.clone(), "status_class" => class).increment(1);
+    metrics::histogram!("approvals_http_request_duration_seconds", "route" => route, "method" => method)
+        .record(started.elapsed().as_secs_f64());
+    response
+}

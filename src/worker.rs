@@ -1,0 +1,170 @@
+//! `approvals worker` (feature `temporal`): runs the Temporal worker that executes
+//! `ApprovalWorkflow` on the configured task queue, drains it on SIGTERM or ctrl-c, and serves
+//! its own `/healthz`, `/readyz` and `/metrics` on `worker.listen`.
+//!
+//! The worker's future is `!Send` (the SDK's worker is), so it runs on the calling task (the
+//! binary's main task); only the small HTTP server is spawned.
+
+use std::fmt::Write as _;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use approvals_core::ApprovalBackend;
+use approvals_temporal::TemporalBackend;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::startup::temporal_settings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// Cannot start: the listen address or the Temporal frontend (exit 2, as a config error).
+    #[error("{0}")]
+    Startup(String),
+    /// The worker failed while running.
+    #[error("worker: {0}")]
+    Run(String),
+}
+
+struct Status {
+    settings: approvals_temporal::TemporalSettings,
+    /// A client of its own, for `/readyz` (`DescribeNamespace`).
+    probe: TemporalBackend,
+    draining: AtomicBool,
+    started: Instant,
+}
+
+/// Runs the worker until `shutdown` resolves, then drains it and stops the HTTP server.
+pub async fn run(
+    settings: &Settings,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), WorkerError> {
+    let temporal = temporal_settings(settings);
+    let addr = settings.worker.listen;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| WorkerError::Startup(format!("cannot listen on {addr}: {e}")))?;
+    let listen: SocketAddr = listener.local_addr().unwrap_or(addr);
+    let probe = TemporalBackend::connect(temporal.clone())
+        .await
+        .map_err(|e| WorkerError::Startup(format!("temporal at {}: {e}", temporal.address)))?;
+    let status = Arc::new(Status {
+        settings: temporal.clone(),
+        probe,
+        draining: AtomicBool::new(false),
+        started: Instant::now(),
+    });
+    let stop_http = CancellationToken::new();
+    let http = tokio::spawn(serve_http(listener, status.clone(), stop_http.clone()));
+    tracing::info!(
+        address = %temporal.address,
+        namespace = %temporal.namespace,
+        task_queue = %temporal.task_queue,
+        %listen,
+        "worker polling"
+    );
+    let draining = status.clone();
+    let result = approvals_temporal::run_worker(temporal, async move {
+        shutdown.await;
+        tracing::info!("shutting down: draining the worker");
+        draining.draining.store(true, Ordering::Relaxed);
+    })
+    .await;
+    stop_http.cancel();
+    let _ = http.await;
+    match result {
+        Ok(()) => {
+            tracing::info!("worker stopped");
+            Ok(())
+        }
+        Err(error) => Err(WorkerError::Run(error.to_string())),
+    }
+}
+
+async fn serve_http(listener: TcpListener, status: Arc<Status>, stop: CancellationToken) {
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(status);
+    if let Err(error) = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+    {
+        tracing::error!(%error, "worker HTTP server failed");
+    }
+}
+
+/// `200` while the process runs.
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// `200` while polling and the Temporal frontend answers; `503` when draining or unreachable.
+async fn readyz(State(status): State<Arc<Status>>) -> Response {
+    if status.draining.load(Ordering::Relaxed) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "draining"})),
+        )
+            .into_response();
+    }
+    match status.probe.ping().await {
+        Ok(()) => Json(json!({
+            "status": "ready",
+            "task_queue": status.settings.task_queue,
+        }))
+        .into_response(),
+        Err(error) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unavailable", "detail": error.to_string()})),
+        )
+            .into_response(),
+    }
+}
+
+/// Prometheus text: whether it is up and draining, how long it has run, what it polls.
+async fn metrics(State(status): State<Arc<Status>>) -> Response {
+    let up = i32::from(status.probe.ping().await.is_ok());
+    let draining = i32::from(status.draining.load(Ordering::Relaxed));
+    let mut out = String::new();
+    let _ = writeln!(out, "# HELP approvals_worker_info The worker's namespace and task queue.\n# TYPE approvals_worker_info gauge");
+    let _ = writeln!(
+        out,
+        "approvals_worker_info{{namespace=\"{}\",task_queue=\"{}\"}} 1",
+        escape(&status.settings.namespace),
+        escape(&status.settings.task_queue)
+    );
+    let _ = writeln!(out, "# HELP approvals_backend_up Whether the Temporal frontend answered just now.\n# TYPE approvals_backend_up gauge\napprovals_backend_up {up}");
+    let _ = writeln!(out, "# HELP approvals_worker_draining 1 once SIGTERM was received.\n# TYPE approvals_worker_draining gauge\napprovals_worker_draining {draining}");
+    let _ = writeln!(
+        out,
+        "# HELP approvals_worker_uptime_seconds Seconds since the worker started.\n# TYPE approvals_worker_uptime_seconds gauge\napprovals_worker_uptime_seconds {}",
+        status.started.elapsed().as_secs_f64()
+    );
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response()
+}
+
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}

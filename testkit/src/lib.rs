@@ -1,0 +1,22 @@
+//! Real services for tests, each on a free port of its own and stopped when dropped.
+//!
+//! Tests never share a server they mutate, so they run in parallel; no mocks stand in for
+//! Redis or Temporal. [`temporal_server`] only manages the `temporal` dev server process: it
+//! does not depend on the Temporal SDK, so Redis-only builds of the tests stay light.
+
+mod redis_server;
+
+pub use redis_server::RedisServer;
+pub mod prometheus_server;
+pub mod temporal_server;
+
+use std::net::TcpListener;
+
+/// A port nobody listens on right now. The OS may hand it out again before the caller binds
+/// it, so servers started on it retry on a bind failure.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free local port")
+}

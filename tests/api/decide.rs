@@ -1,0 +1,182 @@
+//! Accept and reject: the first reviewer wins, in the contract's order of checks.
+
+use std::sync::Arc;
+
+use futures::future::join_all;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::support::{assert_problem, TestApp, TENANT};
+
+#[tokio::test]
+async fn accept_records_the_token_subject_not_the_body() {
+    let app = TestApp::spawn().await;
+    app.park("req-1").await;
+    let response = app
+        .request(
+            Method::POST,
+            &format!("/v1/tenants/{TENANT}/approvals/req-1/accept"),
+            Some(&app.tokens.reviewer),
+        )
+        .json(&json!({"reason": "fine", "decided_by": "someone-else"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let decided: Value = response.json().await.unwrap();
+    assert_eq!(decided["status"], "accepted");
+    assert_eq!(decided["decided_by"], "alice");
+    assert_eq!(decided["decision_reason"], "fine");
+    assert!(decided["decided_at"]
+        .as_str()
+        .is_some_and(|t| t.ends_with('Z')));
+    let read: Value = app
+        .get("req-1", &app.tokens.agent)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(read, decided, "agents see what reviewers see");
+    // Readable for the decided-retention (24h by default) from the decision on.
+    let mut conn = app.redis.connection().await;
+    let ttl: i64 = redis::cmd("TTL")
+        .arg("approval:acme:req-1")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        (86_390..=86_400).contains(&ttl),
+        "decided record kept for the retention: {ttl}"
+    );
+}
+
+#[tokio::test]
+async fn reject_without_a_body_is_fine() {
+    let app = TestApp::spawn().await;
+    app.park("req-1").await;
+    let response = app
+        .request(
+            Method::POST,
+            &format!("/v1/tenants/{TENANT}/approvals/req-1/reject"),
+            Some(&app.tokens.reviewer),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let decided: Value = response.json().await.unwrap();
+    assert_eq!(decided["status"], "rejected");
+    assert!(decided["decision_reason"].is_null());
+}
+
+#[tokio::test]
+async fn a_second_decision_is_409_with_the_current_record() {
+    let app = TestApp::spawn().await;
+    app.park("req-1").await;
+    let won: Value = app
+        .decide("req-1", "reject", &app.tokens.reviewer)
+        .await
+        .json()
+        .await
+        .unwrap();
+    for (verdict, token) in [
+        ("accept", &app.tokens.reviewer2),
+        ("reject", &app.tokens.reviewer),
+    ] {
+        let body = assert_problem(
+            app.decide("req-1", verdict, token).await,
+            StatusCode::CONFLICT,
+            "already_decided",
+        )
+        .await;
+        assert_eq!(body["approval"], won);
+    }
+}
+
+#[tokio::test]
+async fn unknown_is_404_and_self_approval_is_403() {
+    let app = TestApp::spawn().await;
+    assert_problem(
+        app.decide("nope", "accept", &app.tokens.reviewer).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    // An admin may submit and decide, but not its own submission.
+    let submitted = app
+        .request(
+            Method::POST,
+            &format!("/v1/tenants/{TENANT}/approvals"),
+            Some(&app.tokens.admin),
+        )
+        .json(&json!({"request_id": "mine", "action": crate::support::sensitive_read()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(submitted.status(), StatusCode::CREATED);
+    assert_problem(
+        app.decide("mine", "accept", &app.tokens.admin).await,
+        StatusCode::FORBIDDEN,
+        "self_approval",
+    )
+    .await;
+    let still: Value = app
+        .get("mine", &app.tokens.admin)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(still["status"], "pending");
+    // Already decided comes before self-approval.
+    app.decide("mine", "accept", &app.tokens.reviewer).await;
+    assert_problem(
+        app.decide("mine", "reject", &app.tokens.admin).await,
+        StatusCode::CONFLICT,
+        "already_decided",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn forty_concurrent_decisions_have_exactly_one_winner() {
+    let app = Arc::new(TestApp::spawn().await);
+    for round in 0..5 {
+        let id = format!("race-{round}");
+        app.park(&id).await;
+        let calls = (0..40).map(|n| {
+            let (app, id) = (app.clone(), id.clone());
+            async move {
+                let (verdict, token) = match n % 2 {
+                    0 => ("accept", &app.tokens.reviewer),
+                    _ => ("reject", &app.tokens.reviewer2),
+                };
+                let response = app.decide(&id, verdict, token).await;
+                let status = response.status();
+                (status, response.json::<Value>().await.unwrap())
+            }
+        });
+        let results = join_all(calls).await;
+        let winners: Vec<_> = results
+            .iter()
+            .filter(|(s, _)| *s == StatusCode::OK)
+            .collect();
+        assert_eq!(winners.len(), 1, "round {round}: {results:?}");
+        assert!(results.iter().all(|(s, b)| *s == StatusCode::OK
+            || (*s == StatusCode::CONFLICT && b["code"] == "already_decided")));
+        let stored: Value = app
+            .get(&id, &app.tokens.reviewer)
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            &stored, &winners[0].1,
+            "the stored decision is the winner's"
+        );
+        for (status, body) in &results {
+            if *status == StatusCode::CONFLICT {
+                assert_eq!(body["approval"], stored);
+            }
+        }
+    }
+}

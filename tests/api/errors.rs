@@ -1,0 +1,265 @@
+//! Bad input: a clear problem+json with a stable code, and nothing reaches Redis.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::support::{assert_problem, sensitive_read, TestApp, TENANT};
+
+/// Path segments the contract refuses, percent-encoded where a URL needs it.
+const BAD_IDS: &[&str] = &[
+    "a%3Ab",
+    "%2A",
+    "a%2A",
+    "%7Ba%7D",
+    "a%20b",
+    "-a",
+    "%C3%A9t%C3%A9",
+    "x%0Ay",
+];
+
+#[tokio::test]
+async fn bad_identifiers_are_400_and_never_reach_redis() {
+    let app = TestApp::spawn().await;
+    let long_tenant = "t".repeat(65);
+    let long_id = "i".repeat(129);
+    let agent = &app.tokens.agent;
+    let reviewer = &app.tokens.reviewer;
+    for bad in BAD_IDS.iter().copied().chain([long_id.as_str()]) {
+        let get = app
+            .request(
+                Method::GET,
+                &format!("/v1/tenants/{TENANT}/approvals/{bad}"),
+                Some(reviewer),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_problem(get, StatusCode::BAD_REQUEST, "invalid_identifier").await;
+        let accept = app
+            .request(
+                Method::POST,
+                &format!("/v1/tenants/{TENANT}/approvals/{bad}/accept"),
+                Some(reviewer),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_problem(accept, StatusCode::BAD_REQUEST, "invalid_identifier").await;
+    }
+    for bad in BAD_IDS.iter().copied().chain([long_tenant.as_str()]) {
+        let submit = app
+            .request(
+                Method::POST,
+                &format!("/v1/tenants/{bad}/approvals"),
+                Some(agent),
+            )
+            .json(&json!({"action": sensitive_read()}))
+            .send()
+            .await
+            .unwrap();
+        // 400 before 403: the identifier is checked before the tenant is compared.
+        assert_problem(submit, StatusCode::BAD_REQUEST, "invalid_identifier").await;
+    }
+    for bad in ["a:b", "*", "a*", "{a}", "a b", "", "é", &long_id] {
+        let submit = app
+            .request(
+                Method::POST,
+                &format!("/v1/tenants/{TENANT}/approvals"),
+                Some(agent),
+            )
+            .json(&json!({"request_id": bad, "action": sensitive_read()}))
+            .send()
+            .await
+            .unwrap();
+        assert_problem(submit, StatusCode::BAD_REQUEST, "invalid_identifier").await;
+    }
+    let keys = app.redis_keys().await;
+    assert!(keys.is_empty(), "nothing reached Redis: {keys:?}");
+}
+
+#[tokio::test]
+async fn malformed_bodies_name_the_field() {
+    let app = TestApp::spawn().await;
+    let path = format!("/v1/tenants/{TENANT}/approvals");
+    let cases: &[(&str, &str)] = &[
+        ("{not json", "body"),
+        ("[]", "body"),
+        (r#"{"context": {}}"#, "action"),
+        (r#"{"action": "read"}"#, "action"),
+        (r#"{"action": {"resource": "x"}}"#, "action.type"),
+        (r#"{"action": {"type": 7}}"#, "action.type"),
+        (
+            r#"{"action": {"type": "document_read"}, "context": [1]}"#,
+            "context",
+        ),
+        (
+            r#"{"action": {"type": "document_read"}, "agent_id": 5}"#,
+            "agent_id",
+        ),
+        (
+            r#"{"action": {"type": "document_read"}, "request_id": 5}"#,
+            "request_id",
+        ),
+    ];
+    for (body, field) in cases {
+        let response = app
+            .request(Method::POST, &path, Some(&app.tokens.agent))
+            .header("content-type", "application/json")
+            .body(*body)
+            .send()
+            .await
+            .unwrap();
+        let problem = assert_problem(response, StatusCode::BAD_REQUEST, "invalid_body").await;
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(
+            detail.starts_with(field),
+            "{body}: detail {detail:?} should name {field}"
+        );
+    }
+    let long_reason = "r".repeat(2001);
+    app.park("req-1").await;
+    let response = app
+        .request(
+            Method::POST,
+            &format!("{path}/req-1/accept"),
+            Some(&app.tokens.reviewer),
+        )
+        .json(&json!({"reason": long_reason}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(response, StatusCode::BAD_REQUEST, "invalid_body").await;
+    let still: Value = app
+        .get("req-1", &app.tokens.reviewer)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        still["status"], "pending",
+        "a refused decision changes nothing"
+    );
+    let exactly_2000 = app
+        .request(
+            Method::POST,
+            &format!("{path}/req-1/accept"),
+            Some(&app.tokens.reviewer),
+        )
+        .json(&json!({"reason": "é".repeat(2000)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        exactly_2000.status(),
+        StatusCode::OK,
+        "2,000 characters (not bytes) is allowed"
+    );
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_are_413() {
+    let app = TestApp::spawn_with(|s| s.server.body_limit = 1024).await;
+    let big = json!({"action": {"type": "document_read", "resource": "finance/x", "pad": "p".repeat(2000)}});
+    let response = app
+        .request(
+            Method::POST,
+            &format!("/v1/tenants/{TENANT}/approvals"),
+            Some(&app.tokens.agent),
+        )
+        .json(&big)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(response, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large").await;
+    // Without a Content-Length (chunked), the limit holds too.
+    let chunks = futures::stream::iter(vec![Ok::<_, std::io::Error>(big.to_string().into_bytes())]);
+    let response = app
+        .request(
+            Method::POST,
+            &format!("/v1/tenants/{TENANT}/approvals"),
+            Some(&app.tokens.agent),
+        )
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(response, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large").await;
+    assert!(app
+        .redis_keys()
+        .await
+        .iter()
+        .all(|k| !k.starts_with("approval:")));
+}
+
+#[tokio::test]
+async fn query_parameters_out_of_range_are_400() {
+    let app = TestApp::spawn().await;
+    app.park("req-1").await;
+    let reviewer = &app.tokens.reviewer;
+    let admin = &app.tokens.admin;
+    let cases = [
+        (format!("/v1/tenants/{TENANT}/approvals?limit=0"), reviewer),
+        (
+            format!("/v1/tenants/{TENANT}/approvals?limit=501"),
+            reviewer,
+        ),
+        (
+            format!("/v1/tenants/{TENANT}/approvals?limit=ten"),
+            reviewer,
+        ),
+        (
+            format!("/v1/tenants/{TENANT}/approvals?status=maybe"),
+            reviewer,
+        ),
+        (
+            format!("/v1/tenants/{TENANT}/approvals?cursor=forged"),
+            reviewer,
+        ),
+        (
+            format!("/v1/tenants/{TENANT}/approvals/req-1/decision?wait_seconds=-1"),
+            reviewer,
+        ),
+        (
+            format!("/v1/tenants/{TENANT}/approvals/req-1/decision?wait_seconds=soon"),
+            reviewer,
+        ),
+        (format!("/v1/tenants/{TENANT}/audit?limit=1001"), admin),
+        (format!("/v1/tenants/{TENANT}/audit?since=yesterday"), admin),
+        (format!("/v1/tenants/{TENANT}/audit?cursor=nope"), admin),
+    ];
+    for (path, token) in cases {
+        let response = app
+            .request(Method::GET, &path, Some(token))
+            .send()
+            .await
+            .unwrap();
+        let problem = assert_problem(response, StatusCode::BAD_REQUEST, "invalid_query").await;
+        assert!(
+            problem["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "{path}"
+        );
+    }
+    for ok in ["limit=1", "limit=500", "status=accepted"] {
+        let path = format!("/v1/tenants/{TENANT}/approvals?{ok}");
+        assert_eq!(
+            app.request(Method::GET, &path, Some(reviewer))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            StatusCode::OK,
+            "{ok}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn unknown_routes_are_problem_json_404() {
+    let app = TestApp::spawn().await;
+    let response = app
+        .request(Method::GET, "/v2/nothing", None)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(response, StatusCode::NOT_FOUND, "not_found").await;
+}

@@ -1,0 +1,124 @@
+//! ADR v1 records (four fields, written by the Python service) are approvals like any other.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::support::{assert_problem, TestApp, TENANT};
+
+async fn write_v1(app: &TestApp, id: &str, submitted_at: Value, ttl_secs: u64) {
+    let record = json!({
+        "status": "pending",
+        "agent_action": {"type": "document_read", "resource": "finance/legacy", "n": 12345678901234567_u64},
+        "context": {"on_behalf_of": "project_alpha"},
+        "submitted_at": submitted_at,
+    });
+    let mut conn = app.redis.connection().await;
+    let _: () = redis::cmd("SET")
+        .arg(format!("approval:{TENANT}:{id}"))
+        .arg(record.to_string())
+        .arg("EX")
+        .arg(ttl_secs)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn v1_records_read_list_decide_and_expire() {
+    let app = TestApp::spawn().await;
+    write_v1(&app, "v1-rfc3339", json!("2026-11-21T09:23:41.842Z"), 3600).await;
+    write_v1(&app, "v1-naive", json!("2026-11-21T09:23:41.842"), 3600).await;
+    write_v1(&app, "v1-unix", json!(1_795_253_021.5), 3600).await;
+    write_v1(&app, "v1-short", json!(1_795_253_021), 2).await;
+
+    let read: Value = app
+        .get("v1-rfc3339", &app.tokens.reviewer)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(read["status"], "pending");
+    assert_eq!(read["submitted_at"], "2026-11-21T09:23:41.842Z");
+    assert_eq!(read["action"]["n"], json!(12345678901234567_u64));
+    let expires =
+        chrono::DateTime::parse_from_rfc3339(read["expires_at"].as_str().unwrap()).unwrap();
+    let left = expires.timestamp() - chrono::Utc::now().timestamp();
+    assert!(
+        (3590..=3600).contains(&left),
+        "expiry is the key's remaining TTL: {left}s"
+    );
+    let naive: Value = app
+        .get("v1-naive", &app.tokens.reviewer)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        naive["submitted_at"], "2026-11-21T09:23:41.842Z",
+        "no offset reads as UTC"
+    );
+
+    // Adopted by the service's own scan: all four list without anyone reading them first.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let listed: Value = app
+            .get_json(
+                &format!("/v1/tenants/{TENANT}/approvals"),
+                &app.tokens.reviewer,
+            )
+            .await;
+        let ids: Vec<_> = listed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["id"].as_str().unwrap().to_owned())
+            .collect();
+        if ids.contains(&"v1-unix".to_owned()) && ids.contains(&"v1-naive".to_owned()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "v1 records never listed: {ids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let unix: Value = app
+        .get("v1-unix", &app.tokens.reviewer)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(unix["submitted_at"], "2026-11-21T09:23:41.500Z");
+
+    let decided: Value = app
+        .decide("v1-unix", "accept", &app.tokens.reviewer)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(decided["status"], "accepted");
+    assert_eq!(decided["decided_by"], "alice");
+    assert_problem(
+        app.decide("v1-unix", "reject", &app.tokens.reviewer2).await,
+        StatusCode::CONFLICT,
+        "already_decided",
+    )
+    .await;
+
+    // The two-second one expires like any other.
+    let waited: Value = app
+        .get_json(
+            &format!("/v1/tenants/{TENANT}/approvals/v1-short/decision?wait_seconds=10"),
+            &app.tokens.agent,
+        )
+        .await;
+    assert_eq!(waited["status"], "expired");
+    assert_problem(
+        app.decide("v1-short", "accept", &app.tokens.reviewer).await,
+        StatusCode::GONE,
+        "expired",
+    )
+    .await;
+}

@@ -1,0 +1,113 @@
+//! Listing with cursors, and the audit export.
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+use crate::support::{TestApp, TENANT};
+
+async fn page(app: &TestApp, query: &str) -> Value {
+    let response = app
+        .request(
+            Method::GET,
+            &format!("/v1/tenants/{TENANT}/approvals?{query}"),
+            Some(&app.tokens.reviewer),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn cursors_visit_every_pending_approval_once_oldest_first() {
+    let app = TestApp::spawn().await;
+    let mut expected = Vec::new();
+    for n in 0..12 {
+        let id = format!("req-{n:02}");
+        app.park(&id).await;
+        expected.push(id);
+    }
+    // Decide two: they leave the pending listing and join their own.
+    app.decide("req-03", "accept", &app.tokens.reviewer).await;
+    app.decide("req-07", "reject", &app.tokens.reviewer).await;
+    expected.retain(|id| id != "req-03" && id != "req-07");
+
+    let mut seen = Vec::new();
+    let mut query = "limit=5".to_owned();
+    loop {
+        let body = page(&app, &query).await;
+        let items = body["items"].as_array().unwrap();
+        assert!(items.len() <= 5);
+        seen.extend(items.iter().map(|a| a["id"].as_str().unwrap().to_owned()));
+        match body["next_cursor"].as_str() {
+            Some(cursor) => query = format!("limit=5&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, expected);
+    let submitted: Vec<_> = page(&app, "limit=500").await["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["submitted_at"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(submitted.windows(2).all(|w| w[0] <= w[1]), "oldest first");
+    let accepted = page(&app, "status=accepted").await;
+    assert_eq!(accepted["items"][0]["id"], "req-03");
+    assert!(accepted["next_cursor"].is_null());
+    assert_eq!(
+        page(&app, "status=rejected").await["items"][0]["id"],
+        "req-07"
+    );
+}
+
+#[tokio::test]
+async fn audit_tells_the_story_oldest_first() {
+    let app = TestApp::spawn().await;
+    app.park("req-1").await;
+    app.decide("req-1", "accept", &app.tokens.reviewer).await;
+    app.park("req-2").await;
+    let body: Value = app
+        .get_json(
+            &format!("/v1/tenants/{TENANT}/audit?limit=2"),
+            &app.tokens.admin,
+        )
+        .await;
+    let items = body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    assert_eq!(
+        (items[0]["kind"].as_str(), items[0]["approval_id"].as_str()),
+        (Some("submitted"), Some("req-1"))
+    );
+    assert_eq!(items[0]["actor"], "agent-1");
+    assert_eq!(items[0]["details"]["decision"], "require_approval");
+    assert!(items[0]["details"]["reasons"]
+        .as_array()
+        .is_some_and(|r| !r.is_empty()));
+    assert_eq!(
+        (items[1]["kind"].as_str(), items[1]["actor"].as_str()),
+        (Some("accepted"), Some("alice"))
+    );
+    for event in items {
+        assert_eq!(event["tenant"], TENANT);
+        assert!(event["event_id"].is_string() && event["timestamp"].is_string());
+    }
+    let cursor = body["next_cursor"].as_str().expect("a third event remains");
+    let rest: Value = app
+        .get_json(
+            &format!("/v1/tenants/{TENANT}/audit?cursor={cursor}"),
+            &app.tokens.admin,
+        )
+        .await;
+    assert_eq!(rest["items"].as_array().unwrap().len(), 1);
+    assert_eq!(rest["items"][0]["approval_id"], "req-2");
+    assert!(rest["next_cursor"].is_null());
+    let since_future: Value = app
+        .get_json(
+            &format!("/v1/tenants/{TENANT}/audit?since=2999-01-01T00:00:00Z"),
+            &app.tokens.admin,
+        )
+        .await;
+    assert!(since_future["items"].as_array().unwrap().is_empty());
+}

@@ -1,0 +1,15 @@
+//! Black-box tests of the HTTP contract (api-v1.md) against the real service and a real
+//! redis-server per test. One binary, many modules: one link, parallel tests.
+
+mod support;
+
+mod auth;
+mod decide;
+mod errors;
+mod expiry;
+mod legacy;
+mod list_and_audit;
+mod ops;
+mod outage;
+mod submit;
+mod waiting;

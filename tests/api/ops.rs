@@ -1,0 +1,119 @@
+//! Health, readiness, metrics and the OpenAPI document.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::support::{assert_problem, TestApp};
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let app = TestApp::spawn().await;
+    assert_eq!(
+        app.http
+            .get(app.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    let ready = app.http.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+    assert!(
+        ready.headers().contains_key("x-request-id"),
+        "every response carries a request id"
+    );
+}
+
+#[tokio::test]
+async fn a_fresh_install_reports_its_backend_up() {
+    let app = TestApp::spawn().await;
+    // Nothing submitted yet: the background figures must still compute (an empty store is
+    // not an outage), which is what the on-call alerts read.
+    let text = app
+        .metrics_until(
+            &app.base,
+            Duration::from_secs(5),
+            "a pending snapshot on an empty store",
+            |t| t.contains("approvals_pending_snapshot_age_seconds "),
+        )
+        .await;
+    assert!(text.contains("approvals_backend_up 1"), "{text}");
+}
+
+#[tokio::test]
+async fn metrics_show_pending_count_and_age_per_tenant() {
+    let app = TestApp::spawn().await;
+    for n in 0..3 {
+        app.park(&format!("req-{n}")).await;
+    }
+    app.decide("req-0", "accept", &app.tokens.reviewer).await;
+    // The figures are recomputed in the background; wait for a snapshot that has them.
+    let text = app
+        .metrics_until(
+            &app.base,
+            Duration::from_secs(5),
+            "a pending figure of 2",
+            |t| t.contains("approvals_pending{tenant=\"acme\"} 2"),
+        )
+        .await;
+    assert!(text.contains("# TYPE approvals_pending_age_seconds histogram"));
+    assert!(
+        text.contains("approvals_pending_age_seconds_bucket{tenant=\"acme\",le=\"60\"} 2"),
+        "{text}"
+    );
+    assert!(text.contains("approvals_pending_age_seconds_bucket{tenant=\"acme\",le=\"+Inf\"} 2"));
+    assert!(text.contains("approvals_pending_age_seconds_count{tenant=\"acme\"} 2"));
+    assert!(text.contains("approvals_submitted_total{"));
+    assert!(text.contains("approvals_http_requests_total{"));
+}
+
+#[tokio::test]
+async fn openapi_documents_every_route() {
+    let app = TestApp::spawn().await;
+    let doc: Value = app
+        .http
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+    let paths = doc["paths"].as_object().unwrap();
+    for path in [
+        "/v1/tenants/{tenant}/approvals",
+        "/v1/tenants/{tenant}/approvals/{id}",
+        "/v1/tenants/{tenant}/approvals/{id}/decision",
+        "/v1/tenants/{tenant}/approvals/{id}/accept",
+        "/v1/tenants/{tenant}/approvals/{id}/reject",
+        "/v1/tenants/{tenant}/audit",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ] {
+        assert!(
+            paths.contains_key(path),
+            "{path} missing from the OpenAPI document"
+        );
+    }
+    assert!(doc["components"]["schemas"]["Approval"].is_object());
+}
+
+#[tokio::test]
+async fn readiness_fails_fast_when_redis_is_gone() {
+    let mut app = TestApp::spawn().await;
+    app.redis.stop();
+    let started = Instant::now();
+    let response = app.http.get(app.url("/readyz")).send().await.unwrap();
+    assert_problem(
+        response,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "backend_unavailable",
+    )
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(5));
+}

@@ -1,0 +1,124 @@
+//! Redis going away under the service: quick 503s, no hang, recovery, nothing lost.
+
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+use crate::support::{assert_problem, sensitive_read, TestApp, TENANT};
+
+async fn until_ready(app: &TestApp) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while app
+        .http
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        != StatusCode::OK
+    {
+        assert!(
+            Instant::now() < deadline,
+            "never ready again after Redis returned"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn redis_down_is_503_within_seconds_and_recovery_keeps_every_pending_approval() {
+    let mut app = TestApp::spawn_durable().await;
+    for n in 0..5 {
+        app.park(&format!("req-{n}")).await;
+    }
+    app.redis.stop();
+
+    let calls = [
+        app.request(
+            Method::GET,
+            &format!("/v1/tenants/{TENANT}/approvals/req-1"),
+            Some(&app.tokens.reviewer),
+        ),
+        app.request(
+            Method::GET,
+            &format!("/v1/tenants/{TENANT}/approvals"),
+            Some(&app.tokens.reviewer),
+        ),
+        app.request(
+            Method::POST,
+            &format!("/v1/tenants/{TENANT}/approvals"),
+            Some(&app.tokens.agent),
+        )
+        .json(&serde_json::json!({"request_id": "during-outage", "action": sensitive_read()})),
+        app.request(
+            Method::POST,
+            &format!("/v1/tenants/{TENANT}/approvals/req-2/accept"),
+            Some(&app.tokens.reviewer),
+        ),
+        app.request(
+            Method::GET,
+            &format!("/v1/tenants/{TENANT}/approvals/req-3/decision?wait_seconds=30"),
+            Some(&app.tokens.agent),
+        ),
+    ];
+    for call in calls {
+        let started = Instant::now();
+        let response = call.send().await.unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "answered within 5 s, not hung"
+        );
+        assert_problem(
+            response,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "backend_unavailable",
+        )
+        .await;
+    }
+
+    app.redis.restart().await;
+    until_ready(&app).await;
+    let pending: Value = app
+        .get_json(
+            &format!("/v1/tenants/{TENANT}/approvals"),
+            &app.tokens.reviewer,
+        )
+        .await;
+    let ids: Vec<_> = pending["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        ["req-0", "req-1", "req-2", "req-3", "req-4"],
+        "no pending approval lost"
+    );
+
+    // Decisions and wake-ups work again (the subscriber reconnected by itself).
+    let waiter = {
+        let request = app.request(
+            Method::GET,
+            &format!("/v1/tenants/{TENANT}/approvals/req-4/decision?wait_seconds=20"),
+            Some(&app.tokens.agent),
+        );
+        tokio::spawn(async move {
+            let response = request.send().await.unwrap();
+            (response.json::<Value>().await.unwrap(), Instant::now())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await; // let the waiter park; the wake-up bound below holds either way
+    assert_eq!(
+        app.decide("req-4", "accept", &app.tokens.reviewer)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let decided_at = Instant::now();
+    let (body, woke) = waiter.await.unwrap();
+    assert_eq!(body["status"], "accepted");
+    assert!(woke.saturating_duration_since(decided_at) < Duration::from_secs(1));
+    app.shut_down().await.unwrap();
+}

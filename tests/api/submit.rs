@@ -1,0 +1,217 @@
+//! POST /v1/tenants/{tenant}/approvals: the policy's three answers and idempotency.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::support::{assert_problem, sensitive_read, TestApp, TENANT};
+
+#[tokio::test]
+async fn require_approval_parks_with_201_and_location() {
+    let app = TestApp::spawn().await;
+    let response = app.submit("req-1", sensitive_read()).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    assert_eq!(location, format!("/v1/tenants/{TENANT}/approvals/req-1"));
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["decision"], "require_approval");
+    assert!(body["reasons"].as_array().is_some_and(|r| !r.is_empty()));
+    assert!(body["policy_version"]
+        .as_str()
+        .unwrap()
+        .starts_with("sha256:"));
+    let approval = &body["approval"];
+    assert_eq!(approval["id"], "req-1");
+    assert_eq!(approval["tenant"], TENANT);
+    assert_eq!(approval["status"], "pending");
+    assert_eq!(approval["submitted_by"], "agent-1");
+    assert_eq!(
+        approval["agent_id"], "agent-1",
+        "agent_id defaults to the token's subject"
+    );
+    assert_eq!(approval["action"], sensitive_read());
+    assert_eq!(approval["context"], json!({"ticket": "T-1"}));
+    assert_eq!(approval["reasons"], body["reasons"]);
+    for null_field in ["decided_at", "decided_by", "decision_reason"] {
+        assert!(approval[null_field].is_null());
+    }
+    // 24h default TTL, RFC 3339 UTC with milliseconds.
+    let submitted = approval["submitted_at"].as_str().unwrap();
+    let expires = approval["expires_at"].as_str().unwrap();
+    assert!(
+        submitted.ends_with('Z') && submitted.len() == 24,
+        "{submitted}"
+    );
+    let ms = |t: &str| {
+        chrono::DateTime::parse_from_rfc3339(t)
+            .unwrap()
+            .timestamp_millis()
+    };
+    assert_eq!(ms(expires) - ms(submitted), 86_400_000);
+
+    let read: Value = app
+        .get("req-1", &app.tokens.reviewer)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(&read, approval, "GET returns the parked approval");
+
+    // In Redis under the ADR key, action stored as `agent_action`, TTL = lifetime (+ grace).
+    let mut conn = app.redis.connection().await;
+    let raw: String = redis::cmd("GET")
+        .arg("approval:acme:req-1")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let stored: Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(stored["agent_action"], sensitive_read());
+    assert_eq!(stored["status"], "pending");
+    let ttl: i64 = redis::cmd("TTL")
+        .arg("approval:acme:req-1")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let grace = approvals_redis::EXPIRY_GRACE.as_secs() as i64;
+    assert!(
+        (86_400 + grace - 5..=86_400 + grace).contains(&ttl),
+        "ttl {ttl}"
+    );
+}
+
+#[tokio::test]
+async fn allow_and_deny_park_nothing() {
+    let app = TestApp::spawn().await;
+    let allowed = app
+        .submit(
+            "req-allow",
+            json!({"type": "document_read", "resource": "wiki/onboarding"}),
+        )
+        .await;
+    assert_eq!(allowed.status(), StatusCode::OK);
+    let body: Value = allowed.json().await.unwrap();
+    assert_eq!(body["decision"], "allow");
+    assert!(body.get("approval").is_none());
+    assert!(!body["reasons"].as_array().unwrap().is_empty());
+
+    let denied = app
+        .submit(
+            "req-deny",
+            json!({"type": "document_delete", "resource": "wiki/onboarding"}),
+        )
+        .await;
+    assert_eq!(denied.status(), StatusCode::OK);
+    let body: Value = denied.json().await.unwrap();
+    assert_eq!(body["decision"], "deny");
+    let reasons = body["reasons"].to_string().to_lowercase();
+    assert!(reasons.contains("read-only"), "{reasons}");
+
+    for id in ["req-allow", "req-deny"] {
+        assert_problem(
+            app.get(id, &app.tokens.reviewer).await,
+            StatusCode::NOT_FOUND,
+            "not_found",
+        )
+        .await;
+    }
+    assert!(app
+        .redis_keys()
+        .await
+        .iter()
+        .all(|k| !k.starts_with("approval:")));
+}
+
+#[tokio::test]
+async fn resubmitting_returns_the_existing_record_with_200() {
+    let app = TestApp::spawn().await;
+    let first = app.park("req-1").await;
+    let again = app.submit("req-1", sensitive_read()).await;
+    assert_eq!(again.status(), StatusCode::OK);
+    assert!(again.headers().get("location").is_none());
+    let body: Value = again.json().await.unwrap();
+    assert_eq!(body["decision"], "require_approval");
+    assert_eq!(body["approval"], first);
+
+    // Still idempotent once decided: the decided record comes back.
+    app.decide("req-1", "accept", &app.tokens.reviewer).await;
+    let after: Value = app
+        .submit("req-1", sensitive_read())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(after["approval"]["status"], "accepted");
+}
+
+#[tokio::test]
+async fn same_request_id_with_other_content_is_a_conflict() {
+    let app = TestApp::spawn().await;
+    app.park("req-1").await;
+    let other_action = app
+        .submit(
+            "req-1",
+            json!({"type": "document_read", "resource": "finance/q4"}),
+        )
+        .await;
+    assert_problem(other_action, StatusCode::CONFLICT, "request_id_conflict").await;
+    let other_context = app
+        .request(Method::POST, &format!("/v1/tenants/{TENANT}/approvals"), Some(&app.tokens.agent))
+        .json(&json!({"request_id": "req-1", "action": sensitive_read(), "context": {"ticket": "T-2"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(other_context, StatusCode::CONFLICT, "request_id_conflict").await;
+    let other_agent = app
+        .request(Method::POST, &format!("/v1/tenants/{TENANT}/approvals"), Some(&app.tokens.agent))
+        .json(&json!({"request_id": "req-1", "agent_id": "someone-else", "action": sensitive_read(), "context": {"ticket": "T-1"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(other_agent, StatusCode::CONFLICT, "request_id_conflict").await;
+}
+
+#[tokio::test]
+async fn request_id_defaults_to_a_fresh_unique_id() {
+    let app = TestApp::spawn().await;
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let response = app
+            .request(
+                Method::POST,
+                &format!("/v1/tenants/{TENANT}/approvals"),
+                Some(&app.tokens.agent),
+            )
+            .json(&json!({"action": sensitive_read()}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(
+            body["approval"]["context"],
+            json!({}),
+            "context defaults to an empty object"
+        );
+        ids.push(body["approval"]["id"].as_str().unwrap().to_owned());
+    }
+    assert_ne!(ids[0], ids[1]);
+}
+
+#[tokio::test]
+async fn numbers_and_nesting_in_the_action_survive_exactly() {
+    let app = TestApp::spawn().await;
+    let action = json!({"type": "document_read", "resource": "finance/ledger", "amount": 12345678901234567_u64,
+        "ratio": 0.1, "tags": [], "meta": {}, "deep": {"a": [1, {"b": null}]}});
+    let response = app.submit("req-1", action.clone()).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    app.decide("req-1", "reject", &app.tokens.reviewer).await;
+    let read: Value = app
+        .get("req-1", &app.tokens.agent)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        read["action"], action,
+        "a decision never rewrites the action"
+    );
+}

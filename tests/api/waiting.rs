@@ -1,0 +1,153 @@
+//! The decision long-poll: woken by a decision on any instance, within a second.
+
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+use crate::support::{assert_problem, TestApp, TENANT};
+
+async fn wait(app: &TestApp, base: &str, id: &str, seconds: u64) -> (StatusCode, Value, Instant) {
+    let url = format!("{base}/v1/tenants/{TENANT}/approvals/{id}/decision?wait_seconds={seconds}");
+    let response = app
+        .http
+        .get(url)
+        .bearer_auth(&app.tokens.agent)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap(), Instant::now())
+}
+
+/// Waits until `n` long-polls are parked in the instance at `base` (its metrics say so), so
+/// a test decides only once its waiters are really waiting.
+async fn until_parked(app: &TestApp, base: &str, n: usize) {
+    let parked = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("approvals_long_polls_in_flight "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .is_some_and(|parked| parked >= n as f64)
+    };
+    app.metrics_until(
+        base,
+        Duration::from_secs(10),
+        &format!("{n} waiters parking"),
+        parked,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_decision_wakes_the_waiter_within_a_second() {
+    let app = TestApp::spawn().await;
+    app.park("req-1").await;
+    let waiter = {
+        let (http, url, token) = (
+            app.http.clone(),
+            app.url(&format!(
+                "/v1/tenants/{TENANT}/approvals/req-1/decision?wait_seconds=30"
+            )),
+            app.tokens.agent.clone(),
+        );
+        tokio::spawn(async move {
+            let response = http.get(url).bearer_auth(token).send().await.unwrap();
+            (
+                response.status(),
+                response.json::<Value>().await.unwrap(),
+                Instant::now(),
+            )
+        })
+    };
+    until_parked(&app, &app.base, 1).await;
+    let decided = app.decide("req-1", "accept", &app.tokens.reviewer).await;
+    let decided_at = Instant::now();
+    assert_eq!(decided.status(), StatusCode::OK);
+    let (status, body, woke_at) = waiter.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["status"], "accepted");
+    assert!(woke_at.saturating_duration_since(decided_at) < Duration::from_secs(1));
+}
+
+#[tokio::test]
+async fn a_decision_on_another_instance_wakes_the_waiter() {
+    let app = TestApp::spawn().await;
+    let (second, _stop_second) = app.second_instance().await;
+    app.park("req-1").await;
+    let waiter = {
+        let (http, url, token) = (
+            app.http.clone(),
+            format!("{second}/v1/tenants/{TENANT}/approvals/req-1/decision?wait_seconds=30"),
+            app.tokens.agent.clone(),
+        );
+        tokio::spawn(async move {
+            let response = http.get(url).bearer_auth(token).send().await.unwrap();
+            (
+                response.status(),
+                response.json::<Value>().await.unwrap(),
+                Instant::now(),
+            )
+        })
+    };
+    until_parked(&app, &second, 1).await;
+    // Decided through the first instance; the waiter is parked on the second.
+    let started = Instant::now();
+    assert_eq!(
+        app.decide("req-1", "reject", &app.tokens.reviewer)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let (status, body, woke_at) = waiter.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["status"], "rejected");
+    assert!(woke_at.duration_since(started) < Duration::from_secs(1));
+}
+
+#[tokio::test]
+async fn without_a_decision_it_answers_pending_after_wait_seconds() {
+    let app = TestApp::spawn().await;
+    app.park("req-1").await;
+    let started = Instant::now();
+    let (status, body, done) = wait(&app, &app.base, "req-1", 1).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["status"], "pending");
+    let took = done.duration_since(started);
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    let (_, decided_now, _) = {
+        app.decide("req-1", "accept", &app.tokens.reviewer).await;
+        wait(&app, &app.base, "req-1", 0).await
+    };
+    assert_eq!(
+        decided_now["status"], "accepted",
+        "an already decided approval answers at once"
+    );
+}
+
+#[tokio::test]
+async fn wait_seconds_above_60_is_clamped_not_refused() {
+    let app = TestApp::spawn().await;
+    app.park("req-1").await;
+    app.decide("req-1", "accept", &app.tokens.reviewer).await;
+    let (status, body, _) = wait(&app, &app.base, "req-1", 3600).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["status"], "accepted");
+}
+
+#[tokio::test]
+async fn waiting_on_an_unknown_approval_is_404() {
+    let app = TestApp::spawn().await;
+    let response = app
+        .request(
+            Method::GET,
+            &format!("/v1/tenants/{TENANT}/approvals/nope/decision?wait_seconds=5"),
+            Some(&app.tokens.agent),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_problem(response, StatusCode::NOT_FOUND, "not_found").await;
+}

@@ -1,0 +1,390 @@
+//! The `approvals` binary as an operator runs it: exit codes, token minting, SIGTERM drain.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use approvals::auth::digest_hex;
+use approvals_testkit::{free_port, RedisServer};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_approvals");
+
+fn approvals(args: &[&str]) -> Command {
+    let mut command = Command::new(BIN);
+    command.args(args).env_remove("APPROVALS_CONFIG");
+    command
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn bad_configuration_exits_2_naming_the_key_or_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let unknown = write(
+        dir.path(),
+        "unknown.toml",
+        "[server]\nlisten = \"127.0.0.1:0\"\nlistne = 1\n",
+    );
+    let bad_duration = write(
+        dir.path(),
+        "duration.toml",
+        "[approvals]\ndefault_ttl = \"one day\"\n",
+    );
+    let good = write(
+        dir.path(),
+        "good.toml",
+        "[server]\nlisten = \"127.0.0.1:0\"\n",
+    );
+    let missing = dir.path().join("missing.toml").display().to_string();
+    // (arguments, environment, what the message must name)
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
+        (vec!["serve", "--config", &unknown], vec![], "listne"),
+        (
+            vec!["serve", "--config", &bad_duration],
+            vec![],
+            "approvals.default_ttl",
+        ),
+        (vec!["serve", "--config", &missing], vec![], "missing.toml"),
+        (
+            vec!["serve", "--config", &good],
+            vec![("APPROVALS_REDIS__URI", "x")],
+            "APPROVALS_REDIS__URI",
+        ),
+        (
+            vec!["serve"],
+            vec![("APPROVALS_CONFIG", &missing)],
+            "missing.toml",
+        ),
+    ];
+    for (args, env, named) in cases {
+        let output = approvals(&args).envs(env).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(named),
+            "{args:?}: {stderr:?} should name {named}"
+        );
+    }
+}
+
+#[test]
+fn token_new_prints_a_token_and_only_its_digest() {
+    let output = approvals(&[
+        "token",
+        "new",
+        "--tenant",
+        "acme",
+        "--role",
+        "reviewer",
+        "--subject",
+        "alice",
+    ])
+    .output()
+    .unwrap();
+    assert!(output.status.success());
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let token = stdout
+        .split_whitespace()
+        .find(|w| w.starts_with("apv_"))
+        .expect("a token");
+    let entry = stdout
+        .split_once("[[auth.tokens]]")
+        .expect("a config entry")
+        .1;
+    let parsed: toml::Value = toml::from_str(entry).unwrap();
+    assert_eq!(parsed["sha256"].as_str(), Some(digest_hex(token).as_str()));
+    assert_eq!(parsed["tenant"].as_str(), Some("acme"));
+    assert_eq!(parsed["role"].as_str(), Some("reviewer"));
+    assert_eq!(
+        stdout.matches(token).count(),
+        1,
+        "the token is printed once, the config holds its digest"
+    );
+    let refused = approvals(&[
+        "token",
+        "new",
+        "--tenant",
+        "a:b",
+        "--role",
+        "agent",
+        "--subject",
+        "x",
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+}
+
+struct Service(Child);
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn sigterm_answers_long_polls_and_drains() {
+    let redis = RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (agent, reviewer) = ("agent-token-1", "reviewer-token-1");
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\n[redis]\nurl = \"{}\"\n[policy]\ndir = \"{}\"\n\
+         [[auth.tokens]]\nsubject = \"agent-1\"\ntenant = \"acme\"\nrole = \"agent\"\nsha256 = \"{}\"\n\
+         [[auth.tokens]]\nsubject = \"alice\"\ntenant = \"acme\"\nrole = \"reviewer\"\nsha256 = \"{}\"\n",
+        redis.url(),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("policies").display(),
+        digest_hex(agent),
+        digest_hex(reviewer),
+    );
+    let config = write(dir.path(), "config.toml", &config);
+    let mut child = approvals(&["serve", "--config", &config])
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Serving once it logs so; reading its log is the event, not a guess at a delay.
+    let stderr = child.stderr.take().unwrap();
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let service = Service(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let line = lines_rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("service never said it was serving");
+        if line.contains("serving") {
+            break;
+        }
+    }
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let submitted = http
+        .post(format!("{base}/v1/tenants/acme/approvals"))
+        .bearer_auth(agent)
+        .json(&serde_json::json!({"request_id": "req-1", "action": {"type": "document_read", "resource": "finance/x"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(submitted.status(), 201);
+    let long_poll = {
+        let request = http
+            .get(format!(
+                "{base}/v1/tenants/acme/approvals/req-1/decision?wait_seconds=60"
+            ))
+            .bearer_auth(agent);
+        tokio::spawn(async move { request.send().await })
+    };
+    // Wait until the long-poll is parked before signalling.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.contains("approvals_long_polls_in_flight 1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "long-poll never parked");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let signalled = Instant::now();
+    kill(Pid::from_raw(service.0.id() as i32), Signal::SIGTERM).unwrap();
+    let response = long_poll
+        .await
+        .unwrap()
+        .expect("the long-poll is answered, not cut");
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "pending", "answered with the current state");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(5),
+        "long-polls do not hold up shutdown"
+    );
+    let mut service = service;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = service.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the process did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "clean exit: {status:?}");
+    assert!(
+        http.get(format!("{base}/healthz")).send().await.is_err(),
+        "no longer listening"
+    );
+}
+
+/// The README's first command: `approvals dev` starts Redis, prints tokens and curl lines
+/// that work, and stops its redis-server on ctrl-c.
+#[tokio::test]
+async fn dev_prints_working_tokens_and_cleans_up_on_ctrl_c() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let mut child = approvals(&["dev", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--data-dir", &dir.path().join("data").display().to_string()])
+        .args(["--policies", &policies.display().to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut service = Service(child);
+    let mut tokens = std::collections::HashMap::new();
+    let mut redis_port = None;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokens.len() < 3 {
+        let line = lines_rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("dev printed its tokens");
+        if let Some(rest) = line.split("redis-server on port ").nth(1) {
+            redis_port = rest
+                .split_whitespace()
+                .next()
+                .and_then(|p| p.parse::<u16>().ok());
+        }
+        if let Some((name, token)) = line
+            .trim()
+            .strip_prefix("export ")
+            .and_then(|l| l.split_once('='))
+        {
+            tokens.insert(name.to_owned(), token.to_owned());
+        }
+    }
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .map(|r| r.status() != 200)
+        .unwrap_or(true)
+    {
+        assert!(Instant::now() < deadline, "dev never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The three printed curl commands, as requests.
+    let submitted = http
+        .post(format!("{base}/v1/tenants/demo/approvals"))
+        .bearer_auth(&tokens["AGENT"])
+        .json(&serde_json::json!({"request_id": "req-1", "action": {"type": "document_read", "resource": "finance/q3-report"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(submitted.status(), 201);
+    let listed: Value = http
+        .get(format!("{base}/v1/tenants/demo/approvals"))
+        .bearer_auth(&tokens["REVIEWER"])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["items"][0]["id"], "req-1");
+    let accepted = http
+        .post(format!("{base}/v1/tenants/demo/approvals/req-1/accept"))
+        .bearer_auth(&tokens["REVIEWER"])
+        .json(&serde_json::json!({"reason": "looks fine"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted.status(), 200);
+    kill(Pid::from_raw(service.0.id() as i32), Signal::SIGINT).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = service.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "dev did not stop on ctrl-c");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(
+        dir.path().join("data").join("appendonlydir").exists(),
+        "Redis kept its data in the dev folder"
+    );
+    let redis_port = redis_port.expect("dev printed the redis port");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", redis_port)).is_err(),
+        "the redis-server child is stopped"
+    );
+}
+
+/// `backend.kind = "dual"` is not implemented (issue 5): start-up says so and exits 2.
+#[test]
+fn dual_backend_is_refused_at_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(
+        dir.path(),
+        "dual.toml",
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[backend]\nkind = \"dual\"\n[policy]\ndir = \"{}\"\n",
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("policies").display()
+        ),
+    );
+    let output = approvals(&["serve", "--config", &config]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("dual") && stderr.contains("issue 5"),
+        "{stderr}"
+    );
+}
+
+/// Without the `temporal` feature, `approvals worker` and `backend.kind = "temporal"` exit 2
+/// saying how to build with it (scripts/test.sh runs this in its Redis-only pass).
+#[cfg(not(feature = "temporal"))]
+#[test]
+fn without_the_temporal_feature_worker_and_temporal_backend_say_how_to_build() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(
+        dir.path(),
+        "temporal.toml",
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[backend]\nkind = \"temporal\"\n[policy]\ndir = \"{}\"\n",
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("policies").display()
+        ),
+    );
+    for args in [
+        vec!["worker", "--config", &config],
+        vec!["serve", "--config", &config],
+    ] {
+        let output = approvals(&args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("--features temporal"), "{args:?}: {stderr}");
+    }
+}
