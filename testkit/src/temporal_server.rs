@@ -149,3 +149,28 @@ impl Drop for DevServer {
         self.stop();
     }
 }
+
+/// One dev server for the whole test binary, started on first use. `beside` runs on the
+/// server's own thread, which lives as long as the process, with the server's address: it is
+/// where a test binary runs its in-process worker (the worker's future is `!Send` and runs
+/// forever). It must send the value the tests need (their client settings) through `ready`
+/// before it blocks. Later calls return the first call's value; their `beside` is not run.
+pub fn shared<T, F>(cell: &'static std::sync::OnceLock<T>, beside: F) -> T
+where
+    T: Clone + Send + Sync + 'static,
+    F: FnOnce(String, std::sync::mpsc::Sender<T>) + Send + 'static,
+{
+    cell.get_or_init(|| {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("temporal-dev-server".into())
+            .spawn(move || {
+                let server = DevServer::start(None);
+                beside(server.address(), ready_tx);
+                drop(server);
+            })
+            .expect("server thread");
+        ready_rx.recv().expect("dev server started")
+    })
+    .clone()
+}

@@ -3,12 +3,19 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::support::{assert_problem, sensitive_read, TestApp, OTHER_TENANT, TENANT};
+use crate::support::{assert_problem, sensitive_read, Harness};
 
-#[tokio::test]
-async fn missing_or_unknown_tokens_are_401_with_a_challenge() {
-    let app = TestApp::spawn().await;
-    let path = format!("/v1/tenants/{TENANT}/approvals");
+contract_tests!(
+    missing_or_unknown_tokens_are_401_with_a_challenge,
+    roles_are_enforced,
+    another_tenant_gets_403_whether_or_not_the_approval_exists,
+    a_platform_admin_acts_in_every_tenant,
+);
+
+async fn missing_or_unknown_tokens_are_401_with_a_challenge(h: Harness) {
+    let tenant = &h.tenant;
+    let app = h.spawn().await;
+    let path = format!("/v1/tenants/{tenant}/approvals");
     for token in [None, Some("not-a-token"), Some("")] {
         let response = app.request(Method::GET, &path, token).send().await.unwrap();
         assert_eq!(response.headers()["www-authenticate"], "Bearer");
@@ -31,11 +38,11 @@ async fn missing_or_unknown_tokens_are_401_with_a_challenge() {
     assert_problem(bad_id, StatusCode::UNAUTHORIZED, "unauthenticated").await;
 }
 
-#[tokio::test]
-async fn roles_are_enforced() {
-    let app = TestApp::spawn().await;
+async fn roles_are_enforced(h: Harness) {
+    let tenant = &h.tenant;
+    let app = h.spawn().await;
     app.park("req-1").await;
-    let list = format!("/v1/tenants/{TENANT}/approvals");
+    let list = format!("/v1/tenants/{tenant}/approvals");
     let agent_list = app
         .request(Method::GET, &list, Some(&app.tokens.agent))
         .send()
@@ -55,7 +62,7 @@ async fn roles_are_enforced() {
         .await
         .unwrap();
     assert_problem(reviewer_submit, StatusCode::FORBIDDEN, "forbidden").await;
-    let audit = format!("/v1/tenants/{TENANT}/audit");
+    let audit = format!("/v1/tenants/{tenant}/audit");
     let reviewer_audit = app
         .request(Method::GET, &audit, Some(&app.tokens.reviewer))
         .send()
@@ -70,9 +77,9 @@ async fn roles_are_enforced() {
     assert_eq!(admin_audit.status(), StatusCode::OK);
 }
 
-#[tokio::test]
-async fn another_tenant_gets_403_whether_or_not_the_approval_exists() {
-    let app = TestApp::spawn().await;
+async fn another_tenant_gets_403_whether_or_not_the_approval_exists(h: Harness) {
+    let tenant = &h.tenant;
+    let app = h.spawn().await;
     app.park("req-1").await;
     let outsider = &app.tokens.other_tenant_reviewer;
     for id in ["req-1", "does-not-exist"] {
@@ -91,7 +98,7 @@ async fn another_tenant_gets_403_whether_or_not_the_approval_exists() {
         let wait = app
             .request(
                 Method::GET,
-                &format!("/v1/tenants/{TENANT}/approvals/{id}/decision?wait_seconds=0"),
+                &format!("/v1/tenants/{tenant}/approvals/{id}/decision?wait_seconds=0"),
                 Some(outsider),
             )
             .send()
@@ -102,7 +109,7 @@ async fn another_tenant_gets_403_whether_or_not_the_approval_exists() {
     let submit_elsewhere = app
         .request(
             Method::POST,
-            &format!("/v1/tenants/{TENANT}/approvals"),
+            &format!("/v1/tenants/{tenant}/approvals"),
             Some(&app.tokens.other_tenant_agent),
         )
         .json(&json!({"action": sensitive_read()}))
@@ -119,16 +126,16 @@ async fn another_tenant_gets_403_whether_or_not_the_approval_exists() {
     assert_eq!(still["status"], "pending");
 }
 
-#[tokio::test]
-async fn a_platform_admin_acts_in_every_tenant() {
-    let app = TestApp::spawn().await;
+async fn a_platform_admin_acts_in_every_tenant(h: Harness) {
+    let other_tenant = &h.other_tenant;
+    let app = h.spawn().await;
     app.park("req-1").await;
     let root = &app.tokens.platform_admin;
     assert_eq!(app.get("req-1", root).await.status(), StatusCode::OK);
     let elsewhere = app
         .request(
             Method::GET,
-            &format!("/v1/tenants/{OTHER_TENANT}/approvals"),
+            &format!("/v1/tenants/{other_tenant}/approvals"),
             Some(root),
         )
         .send()

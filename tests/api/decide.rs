@@ -6,16 +6,24 @@ use futures::future::join_all;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::support::{assert_problem, TestApp, TENANT};
+use crate::support::{assert_problem, Harness};
 
-#[tokio::test]
-async fn accept_records_the_token_subject_not_the_body() {
-    let app = TestApp::spawn().await;
+contract_tests!(
+    accept_records_the_token_subject_not_the_body,
+    reject_without_a_body_is_fine,
+    a_second_decision_is_409_with_the_current_record,
+    unknown_is_404_and_self_approval_is_403,
+    forty_concurrent_decisions_have_exactly_one_winner,
+);
+
+async fn accept_records_the_token_subject_not_the_body(h: Harness) {
+    let tenant = &h.tenant;
+    let app = h.spawn().await;
     app.park("req-1").await;
     let response = app
         .request(
             Method::POST,
-            &format!("/v1/tenants/{TENANT}/approvals/req-1/accept"),
+            &format!("/v1/tenants/{tenant}/approvals/req-1/accept"),
             Some(&app.tokens.reviewer),
         )
         .json(&json!({"reason": "fine", "decided_by": "someone-else"}))
@@ -37,27 +45,29 @@ async fn accept_records_the_token_subject_not_the_body() {
         .await
         .unwrap();
     assert_eq!(read, decided, "agents see what reviewers see");
-    // Readable for the decided-retention (24h by default) from the decision on.
-    let mut conn = app.redis.connection().await;
-    let ttl: i64 = redis::cmd("TTL")
-        .arg("approval:acme:req-1")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert!(
-        (86_390..=86_400).contains(&ttl),
-        "decided record kept for the retention: {ttl}"
-    );
+    // On Redis: readable for the decided-retention (24h by default) from the decision on.
+    if let Some(redis) = &app.redis {
+        let mut conn = redis.connection().await;
+        let ttl: i64 = redis::cmd("TTL")
+            .arg("approval:acme:req-1")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(
+            (86_390..=86_400).contains(&ttl),
+            "decided record kept for the retention: {ttl}"
+        );
+    }
 }
 
-#[tokio::test]
-async fn reject_without_a_body_is_fine() {
-    let app = TestApp::spawn().await;
+async fn reject_without_a_body_is_fine(h: Harness) {
+    let tenant = &h.tenant;
+    let app = h.spawn().await;
     app.park("req-1").await;
     let response = app
         .request(
             Method::POST,
-            &format!("/v1/tenants/{TENANT}/approvals/req-1/reject"),
+            &format!("/v1/tenants/{tenant}/approvals/req-1/reject"),
             Some(&app.tokens.reviewer),
         )
         .send()
@@ -69,9 +79,8 @@ async fn reject_without_a_body_is_fine() {
     assert!(decided["decision_reason"].is_null());
 }
 
-#[tokio::test]
-async fn a_second_decision_is_409_with_the_current_record() {
-    let app = TestApp::spawn().await;
+async fn a_second_decision_is_409_with_the_current_record(h: Harness) {
+    let app = h.spawn().await;
     app.park("req-1").await;
     let won: Value = app
         .decide("req-1", "reject", &app.tokens.reviewer)
@@ -93,9 +102,9 @@ async fn a_second_decision_is_409_with_the_current_record() {
     }
 }
 
-#[tokio::test]
-async fn unknown_is_404_and_self_approval_is_403() {
-    let app = TestApp::spawn().await;
+async fn unknown_is_404_and_self_approval_is_403(h: Harness) {
+    let tenant = &h.tenant;
+    let app = h.spawn().await;
     assert_problem(
         app.decide("nope", "accept", &app.tokens.reviewer).await,
         StatusCode::NOT_FOUND,
@@ -106,7 +115,7 @@ async fn unknown_is_404_and_self_approval_is_403() {
     let submitted = app
         .request(
             Method::POST,
-            &format!("/v1/tenants/{TENANT}/approvals"),
+            &format!("/v1/tenants/{tenant}/approvals"),
             Some(&app.tokens.admin),
         )
         .json(&json!({"request_id": "mine", "action": crate::support::sensitive_read()}))
@@ -137,9 +146,8 @@ async fn unknown_is_404_and_self_approval_is_403() {
     .await;
 }
 
-#[tokio::test]
-async fn forty_concurrent_decisions_have_exactly_one_winner() {
-    let app = Arc::new(TestApp::spawn().await);
+async fn forty_concurrent_decisions_have_exactly_one_winner(h: Harness) {
+    let app = Arc::new(h.spawn().await);
     for round in 0..5 {
         let id = format!("race-{round}");
         app.park(&id).await;

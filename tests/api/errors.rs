@@ -3,7 +3,15 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::support::{assert_problem, sensitive_read, TestApp, TENANT};
+use crate::support::{assert_problem, sensitive_read, Harness};
+
+contract_tests!(
+    bad_identifiers_are_400_and_never_reach_redis,
+    malformed_bodies_name_the_field,
+    bodies_over_the_limit_are_413,
+    query_parameters_out_of_range_are_400,
+    unknown_routes_are_problem_json_404,
+);
 
 /// Path segments the contract refuses, percent-encoded where a URL needs it.
 const BAD_IDS: &[&str] = &[
@@ -17,9 +25,9 @@ const BAD_IDS: &[&str] = &[
     "x%0Ay",
 ];
 
-#[tokio::test]
-async fn bad_identifiers_are_400_and_never_reach_redis() {
-    let app = TestApp::spawn().await;
+async fn bad_identifiers_are_400_and_never_reach_redis(h: Harness) {
+    let tenant = &h.tenant;
+    let app = h.spawn().await;
     let long_tenant = "t".repeat(65);
     let long_id = "i".repeat(129);
     let agent = &app.tokens.agent;
@@ -28,7 +36,7 @@ async fn bad_identifiers_are_400_and_never_reach_redis() {
         let get = app
             .request(
                 Method::GET,
-                &format!("/v1/tenants/{TENANT}/approvals/{bad}"),
+                &format!("/v1/tenants/{tenant}/approvals/{bad}"),
                 Some(reviewer),
             )
             .send()
@@ -38,7 +46,7 @@ async fn bad_identifiers_are_400_and_never_reach_redis() {
         let accept = app
             .request(
                 Method::POST,
-                &format!("/v1/tenants/{TENANT}/approvals/{bad}/accept"),
+                &format!("/v1/tenants/{tenant}/approvals/{bad}/accept"),
                 Some(reviewer),
             )
             .send()
@@ -64,7 +72,7 @@ async fn bad_identifiers_are_400_and_never_reach_redis() {
         let submit = app
             .request(
                 Method::POST,
-                &format!("/v1/tenants/{TENANT}/approvals"),
+                &format!("/v1/tenants/{tenant}/approvals"),
                 Some(agent),
             )
             .json(&json!({"request_id": bad, "action": sensitive_read()}))
@@ -73,14 +81,21 @@ async fn bad_identifiers_are_400_and_never_reach_redis() {
             .unwrap();
         assert_problem(submit, StatusCode::BAD_REQUEST, "invalid_identifier").await;
     }
-    let keys = app.redis_keys().await;
-    assert!(keys.is_empty(), "nothing reached Redis: {keys:?}");
+    assert_eq!(
+        app.listed().await,
+        Vec::<Value>::new(),
+        "nothing was stored"
+    );
+    if app.redis.is_some() {
+        let keys = app.redis_keys().await;
+        assert!(keys.is_empty(), "nothing reached Redis: {keys:?}");
+    }
 }
 
-#[tokio::test]
-async fn malformed_bodies_name_the_field() {
-    let app = TestApp::spawn().await;
-    let path = format!("/v1/tenants/{TENANT}/approvals");
+async fn malformed_bodies_name_the_field(h: Harness) {
+    let tenant = &h.tenant;
+    let app = h.spawn().await;
+    let path = format!("/v1/tenants/{tenant}/approvals");
     let cases: &[(&str, &str)] = &[
         ("{not json", "body"),
         ("[]", "body"),
@@ -156,14 +171,14 @@ async fn malformed_bodies_name_the_field() {
     );
 }
 
-#[tokio::test]
-async fn bodies_over_the_limit_are_413() {
-    let app = TestApp::spawn_with(|s| s.server.body_limit = 1024).await;
+async fn bodies_over_the_limit_are_413(h: Harness) {
+    let tenant = &h.tenant;
+    let app = h.spawn_with(|s| s.server.body_limit = 1024).await;
     let big = json!({"action": {"type": "document_read", "resource": "finance/x", "pad": "p".repeat(2000)}});
     let response = app
         .request(
             Method::POST,
-            &format!("/v1/tenants/{TENANT}/approvals"),
+            &format!("/v1/tenants/{tenant}/approvals"),
             Some(&app.tokens.agent),
         )
         .json(&big)
@@ -176,7 +191,7 @@ async fn bodies_over_the_limit_are_413() {
     let response = app
         .request(
             Method::POST,
-            &format!("/v1/tenants/{TENANT}/approvals"),
+            &format!("/v1/tenants/{tenant}/approvals"),
             Some(&app.tokens.agent),
         )
         .body(reqwest::Body::wrap_stream(chunks))
@@ -184,48 +199,48 @@ async fn bodies_over_the_limit_are_413() {
         .await
         .unwrap();
     assert_problem(response, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large").await;
-    assert!(app
-        .redis_keys()
-        .await
-        .iter()
-        .all(|k| !k.starts_with("approval:")));
+    assert_eq!(
+        app.listed().await,
+        Vec::<Value>::new(),
+        "nothing was stored"
+    );
 }
 
-#[tokio::test]
-async fn query_parameters_out_of_range_are_400() {
-    let app = TestApp::spawn().await;
+async fn query_parameters_out_of_range_are_400(h: Harness) {
+    let tenant = &h.tenant;
+    let app = h.spawn().await;
     app.park("req-1").await;
     let reviewer = &app.tokens.reviewer;
     let admin = &app.tokens.admin;
     let cases = [
-        (format!("/v1/tenants/{TENANT}/approvals?limit=0"), reviewer),
+        (format!("/v1/tenants/{tenant}/approvals?limit=0"), reviewer),
         (
-            format!("/v1/tenants/{TENANT}/approvals?limit=501"),
+            format!("/v1/tenants/{tenant}/approvals?limit=501"),
             reviewer,
         ),
         (
-            format!("/v1/tenants/{TENANT}/approvals?limit=ten"),
+            format!("/v1/tenants/{tenant}/approvals?limit=ten"),
             reviewer,
         ),
         (
-            format!("/v1/tenants/{TENANT}/approvals?status=maybe"),
+            format!("/v1/tenants/{tenant}/approvals?status=maybe"),
             reviewer,
         ),
         (
-            format!("/v1/tenants/{TENANT}/approvals?cursor=forged"),
+            format!("/v1/tenants/{tenant}/approvals?cursor=forged"),
             reviewer,
         ),
         (
-            format!("/v1/tenants/{TENANT}/approvals/req-1/decision?wait_seconds=-1"),
+            format!("/v1/tenants/{tenant}/approvals/req-1/decision?wait_seconds=-1"),
             reviewer,
         ),
         (
-            format!("/v1/tenants/{TENANT}/approvals/req-1/decision?wait_seconds=soon"),
+            format!("/v1/tenants/{tenant}/approvals/req-1/decision?wait_seconds=soon"),
             reviewer,
         ),
-        (format!("/v1/tenants/{TENANT}/audit?limit=1001"), admin),
-        (format!("/v1/tenants/{TENANT}/audit?since=yesterday"), admin),
-        (format!("/v1/tenants/{TENANT}/audit?cursor=nope"), admin),
+        (format!("/v1/tenants/{tenant}/audit?limit=1001"), admin),
+        (format!("/v1/tenants/{tenant}/audit?since=yesterday"), admin),
+        (format!("/v1/tenants/{tenant}/audit?cursor=nope"), admin),
     ];
     for (path, token) in cases {
         let response = app
@@ -240,7 +255,7 @@ async fn query_parameters_out_of_range_are_400() {
         );
     }
     for ok in ["limit=1", "limit=500", "status=accepted"] {
-        let path = format!("/v1/tenants/{TENANT}/approvals?{ok}");
+        let path = format!("/v1/tenants/{tenant}/approvals?{ok}");
         assert_eq!(
             app.request(Method::GET, &path, Some(reviewer))
                 .send()
@@ -253,9 +268,8 @@ async fn query_parameters_out_of_range_are_400() {
     }
 }
 
-#[tokio::test]
-async fn unknown_routes_are_problem_json_404() {
-    let app = TestApp::spawn().await;
+async fn unknown_routes_are_problem_json_404(h: Harness) {
+    let app = h.spawn().await;
     let response = app
         .request(Method::GET, "/v2/nothing", None)
         .send()

@@ -14,7 +14,7 @@ async fn write_v1(app: &TestApp, id: &str, submitted_at: Value, ttl_secs: u64) {
         "context": {"on_behalf_of": "project_alpha"},
         "submitted_at": submitted_at,
     });
-    let mut conn = app.redis.connection().await;
+    let mut conn = app.redis().connection().await;
     let _: () = redis::cmd("SET")
         .arg(format!("approval:{TENANT}:{id}"))
         .arg(record.to_string())

@@ -3,13 +3,18 @@
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-use crate::support::{TestApp, TENANT};
+use crate::support::{Harness, TestApp};
+
+contract_tests!(
+    cursors_visit_every_pending_approval_once_oldest_first,
+    audit_tells_the_story_oldest_first,
+);
 
 async fn page(app: &TestApp, query: &str) -> Value {
     let response = app
         .request(
             Method::GET,
-            &format!("/v1/tenants/{TENANT}/approvals?{query}"),
+            &format!("/v1/tenants/{}/approvals?{query}", app.tenant),
             Some(&app.tokens.reviewer),
         )
         .send()
@@ -19,9 +24,8 @@ async fn page(app: &TestApp, query: &str) -> Value {
     response.json().await.unwrap()
 }
 
-#[tokio::test]
-async fn cursors_visit_every_pending_approval_once_oldest_first() {
-    let app = TestApp::spawn().await;
+async fn cursors_visit_every_pending_approval_once_oldest_first(h: Harness) {
+    let app = h.spawn().await;
     let mut expected = Vec::new();
     for n in 0..12 {
         let id = format!("req-{n:02}");
@@ -62,15 +66,15 @@ async fn cursors_visit_every_pending_approval_once_oldest_first() {
     );
 }
 
-#[tokio::test]
-async fn audit_tells_the_story_oldest_first() {
-    let app = TestApp::spawn().await;
+async fn audit_tells_the_story_oldest_first(h: Harness) {
+    let tenant = &h.tenant;
+    let app = h.spawn().await;
     app.park("req-1").await;
     app.decide("req-1", "accept", &app.tokens.reviewer).await;
     app.park("req-2").await;
     let body: Value = app
         .get_json(
-            &format!("/v1/tenants/{TENANT}/audit?limit=2"),
+            &format!("/v1/tenants/{tenant}/audit?limit=2"),
             &app.tokens.admin,
         )
         .await;
@@ -90,13 +94,13 @@ async fn audit_tells_the_story_oldest_first() {
         (Some("accepted"), Some("alice"))
     );
     for event in items {
-        assert_eq!(event["tenant"], TENANT);
+        assert_eq!(event["tenant"], tenant.as_str());
         assert!(event["event_id"].is_string() && event["timestamp"].is_string());
     }
     let cursor = body["next_cursor"].as_str().expect("a third event remains");
     let rest: Value = app
         .get_json(
-            &format!("/v1/tenants/{TENANT}/audit?cursor={cursor}"),
+            &format!("/v1/tenants/{tenant}/audit?cursor={cursor}"),
             &app.tokens.admin,
         )
         .await;
@@ -105,7 +109,7 @@ async fn audit_tells_the_story_oldest_first() {
     assert!(rest["next_cursor"].is_null());
     let since_future: Value = app
         .get_json(
-            &format!("/v1/tenants/{TENANT}/audit?since=2999-01-01T00:00:00Z"),
+            &format!("/v1/tenants/{tenant}/audit?since=2999-01-01T00:00:00Z"),
             &app.tokens.admin,
         )
         .await;

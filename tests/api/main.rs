@@ -1,6 +1,7 @@
 //! Black-box tests of the HTTP contract (api-v1.md) against the real service and a real
 //! redis-server per test. One binary, many modules: one link, parallel tests.
 
+#[macro_use]
 mod support;
 
 mod auth;

@@ -5,11 +5,16 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::support::{assert_problem, TestApp};
+use crate::support::{assert_problem, Harness, TestApp};
 
-#[tokio::test]
-async fn health_and_readiness() {
-    let app = TestApp::spawn().await;
+contract_tests!(
+    health_and_readiness,
+    a_fresh_install_reports_its_backend_up,
+    metrics_show_pending_count_and_age_per_tenant,
+);
+
+async fn health_and_readiness(h: Harness) {
+    let app = h.spawn().await;
     assert_eq!(
         app.http
             .get(app.url("/healthz"))
@@ -27,9 +32,8 @@ async fn health_and_readiness() {
     );
 }
 
-#[tokio::test]
-async fn a_fresh_install_reports_its_backend_up() {
-    let app = TestApp::spawn().await;
+async fn a_fresh_install_reports_its_backend_up(h: Harness) {
+    let app = h.spawn().await;
     // Nothing submitted yet: the background figures must still compute (an empty store is
     // not an outage), which is what the on-call alerts read.
     let text = app
@@ -43,9 +47,9 @@ async fn a_fresh_install_reports_its_backend_up() {
     assert!(text.contains("approvals_backend_up 1"), "{text}");
 }
 
-#[tokio::test]
-async fn metrics_show_pending_count_and_age_per_tenant() {
-    let app = TestApp::spawn().await;
+async fn metrics_show_pending_count_and_age_per_tenant(h: Harness) {
+    let tenant = &h.tenant;
+    let app = h.spawn().await;
     for n in 0..3 {
         app.park(&format!("req-{n}")).await;
     }
@@ -56,16 +60,22 @@ async fn metrics_show_pending_count_and_age_per_tenant() {
             &app.base,
             Duration::from_secs(5),
             "a pending figure of 2",
-            |t| t.contains("approvals_pending{tenant=\"acme\"} 2"),
+            |t| t.contains(&format!("approvals_pending{{tenant=\"{tenant}\"}} 2")),
         )
         .await;
     assert!(text.contains("# TYPE approvals_pending_age_seconds histogram"));
     assert!(
-        text.contains("approvals_pending_age_seconds_bucket{tenant=\"acme\",le=\"60\"} 2"),
+        text.contains(&format!(
+            "approvals_pending_age_seconds_bucket{{tenant=\"{tenant}\",le=\"60\"}} 2"
+        )),
         "{text}"
     );
-    assert!(text.contains("approvals_pending_age_seconds_bucket{tenant=\"acme\",le=\"+Inf\"} 2"));
-    assert!(text.contains("approvals_pending_age_seconds_count{tenant=\"acme\"} 2"));
+    assert!(text.contains(&format!(
+        "approvals_pending_age_seconds_bucket{{tenant=\"{tenant}\",le=\"+Inf\"}} 2"
+    )));
+    assert!(text.contains(&format!(
+        "approvals_pending_age_seconds_count{{tenant=\"{tenant}\"}} 2"
+    )));
     assert!(text.contains("approvals_submitted_total{"));
     assert!(text.contains("approvals_http_requests_total{"));
 }
@@ -106,7 +116,7 @@ async fn openapi_documents_every_route() {
 #[tokio::test]
 async fn readiness_fails_fast_when_redis_is_gone() {
     let mut app = TestApp::spawn().await;
-    app.redis.stop();
+    app.redis.as_mut().expect("redis").stop();
     let started = Instant::now();
     let response = app.http.get(app.url("/readyz")).send().await.unwrap();
     assert_problem(

@@ -32,7 +32,7 @@ async fn redis_down_is_503_within_seconds_and_recovery_keeps_every_pending_appro
     for n in 0..5 {
         app.park(&format!("req-{n}")).await;
     }
-    app.redis.stop();
+    app.redis.as_mut().expect("redis").stop();
 
     let calls = [
         app.request(
@@ -77,7 +77,7 @@ async fn redis_down_is_503_within_seconds_and_recovery_keeps_every_pending_appro
         .await;
     }
 
-    app.redis.restart().await;
+    app.redis.as_mut().expect("redis").restart().await;
     until_ready(&app).await;
     let pending: Value = app
         .get_json(

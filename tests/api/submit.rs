@@ -3,15 +3,24 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::support::{assert_problem, sensitive_read, TestApp, TENANT};
+use crate::support::{assert_problem, sensitive_read, Harness};
 
-#[tokio::test]
-async fn require_approval_parks_with_201_and_location() {
-    let app = TestApp::spawn().await;
+contract_tests!(
+    require_approval_parks_with_201_and_location,
+    allow_and_deny_park_nothing,
+    resubmitting_returns_the_existing_record_with_200,
+    same_request_id_with_other_content_is_a_conflict,
+    request_id_defaults_to_a_fresh_unique_id,
+    numbers_and_nesting_in_the_action_survive_exactly,
+);
+
+async fn require_approval_parks_with_201_and_location(h: Harness) {
+    let tenant = &h.tenant;
+    let app = h.spawn().await;
     let response = app.submit("req-1", sensitive_read()).await;
     assert_eq!(response.status(), StatusCode::CREATED);
     let location = response.headers()["location"].to_str().unwrap().to_owned();
-    assert_eq!(location, format!("/v1/tenants/{TENANT}/approvals/req-1"));
+    assert_eq!(location, format!("/v1/tenants/{tenant}/approvals/req-1"));
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["decision"], "require_approval");
     assert!(body["reasons"].as_array().is_some_and(|r| !r.is_empty()));
@@ -21,7 +30,7 @@ async fn require_approval_parks_with_201_and_location() {
         .starts_with("sha256:"));
     let approval = &body["approval"];
     assert_eq!(approval["id"], "req-1");
-    assert_eq!(approval["tenant"], TENANT);
+    assert_eq!(approval["tenant"], tenant.as_str());
     assert_eq!(approval["status"], "pending");
     assert_eq!(approval["submitted_by"], "agent-1");
     assert_eq!(
@@ -56,31 +65,32 @@ async fn require_approval_parks_with_201_and_location() {
         .unwrap();
     assert_eq!(&read, approval, "GET returns the parked approval");
 
-    // In Redis under the ADR key, action stored as `agent_action`, TTL = lifetime (+ grace).
-    let mut conn = app.redis.connection().await;
-    let raw: String = redis::cmd("GET")
-        .arg("approval:acme:req-1")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let stored: Value = serde_json::from_str(&raw).unwrap();
-    assert_eq!(stored["agent_action"], sensitive_read());
-    assert_eq!(stored["status"], "pending");
-    let ttl: i64 = redis::cmd("TTL")
-        .arg("approval:acme:req-1")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let grace = approvals_redis::EXPIRY_GRACE.as_secs() as i64;
-    assert!(
-        (86_400 + grace - 5..=86_400 + grace).contains(&ttl),
-        "ttl {ttl}"
-    );
+    // On Redis: under the ADR key, action stored as `agent_action`, TTL = lifetime (+ grace).
+    if let Some(redis) = &app.redis {
+        let mut conn = redis.connection().await;
+        let raw: String = redis::cmd("GET")
+            .arg("approval:acme:req-1")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let stored: Value = serde_json::from_str(&raw).unwrap();
+        assert_eq!(stored["agent_action"], sensitive_read());
+        assert_eq!(stored["status"], "pending");
+        let ttl: i64 = redis::cmd("TTL")
+            .arg("approval:acme:req-1")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let grace = approvals_redis::EXPIRY_GRACE.as_secs() as i64;
+        assert!(
+            (86_400 + grace - 5..=86_400 + grace).contains(&ttl),
+            "ttl {ttl}"
+        );
+    }
 }
 
-#[tokio::test]
-async fn allow_and_deny_park_nothing() {
-    let app = TestApp::spawn().await;
+async fn allow_and_deny_park_nothing(h: Harness) {
+    let app = h.spawn().await;
     let allowed = app
         .submit(
             "req-allow",
@@ -113,16 +123,15 @@ async fn allow_and_deny_park_nothing() {
         )
         .await;
     }
-    assert!(app
-        .redis_keys()
-        .await
-        .iter()
-        .all(|k| !k.starts_with("approval:")));
+    assert_eq!(
+        app.listed().await,
+        Vec::<Value>::new(),
+        "nothing was stored"
+    );
 }
 
-#[tokio::test]
-async fn resubmitting_returns_the_existing_record_with_200() {
-    let app = TestApp::spawn().await;
+async fn resubmitting_returns_the_existing_record_with_200(h: Harness) {
+    let app = h.spawn().await;
     let first = app.park("req-1").await;
     let again = app.submit("req-1", sensitive_read()).await;
     assert_eq!(again.status(), StatusCode::OK);
@@ -142,9 +151,9 @@ async fn resubmitting_returns_the_existing_record_with_200() {
     assert_eq!(after["approval"]["status"], "accepted");
 }
 
-#[tokio::test]
-async fn same_request_id_with_other_content_is_a_conflict() {
-    let app = TestApp::spawn().await;
+async fn same_request_id_with_other_content_is_a_conflict(h: Harness) {
+    let tenant = &h.tenant;
+    let app = h.spawn().await;
     app.park("req-1").await;
     let other_action = app
         .submit(
@@ -154,14 +163,14 @@ async fn same_request_id_with_other_content_is_a_conflict() {
         .await;
     assert_problem(other_action, StatusCode::CONFLICT, "request_id_conflict").await;
     let other_context = app
-        .request(Method::POST, &format!("/v1/tenants/{TENANT}/approvals"), Some(&app.tokens.agent))
+        .request(Method::POST, &format!("/v1/tenants/{tenant}/approvals"), Some(&app.tokens.agent))
         .json(&json!({"request_id": "req-1", "action": sensitive_read(), "context": {"ticket": "T-2"}}))
         .send()
         .await
         .unwrap();
     assert_problem(other_context, StatusCode::CONFLICT, "request_id_conflict").await;
     let other_agent = app
-        .request(Method::POST, &format!("/v1/tenants/{TENANT}/approvals"), Some(&app.tokens.agent))
+        .request(Method::POST, &format!("/v1/tenants/{tenant}/approvals"), Some(&app.tokens.agent))
         .json(&json!({"request_id": "req-1", "agent_id": "someone-else", "action": sensitive_read(), "context": {"ticket": "T-1"}}))
         .send()
         .await
@@ -169,15 +178,15 @@ async fn same_request_id_with_other_content_is_a_conflict() {
     assert_problem(other_agent, StatusCode::CONFLICT, "request_id_conflict").await;
 }
 
-#[tokio::test]
-async fn request_id_defaults_to_a_fresh_unique_id() {
-    let app = TestApp::spawn().await;
+async fn request_id_defaults_to_a_fresh_unique_id(h: Harness) {
+    let tenant = &h.tenant;
+    let app = h.spawn().await;
     let mut ids = Vec::new();
     for _ in 0..2 {
         let response = app
             .request(
                 Method::POST,
-                &format!("/v1/tenants/{TENANT}/approvals"),
+                &format!("/v1/tenants/{tenant}/approvals"),
                 Some(&app.tokens.agent),
             )
             .json(&json!({"action": sensitive_read()}))
@@ -196,9 +205,8 @@ async fn request_id_defaults_to_a_fresh_unique_id() {
     assert_ne!(ids[0], ids[1]);
 }
 
-#[tokio::test]
-async fn numbers_and_nesting_in_the_action_survive_exactly() {
-    let app = TestApp::spawn().await;
+async fn numbers_and_nesting_in_the_action_survive_exactly(h: Harness) {
+    let app = h.spawn().await;
     let action = json!({"type": "document_read", "resource": "finance/ledger", "amount": 12345678901234567_u64,
         "ratio": 0.1, "tags": [], "meta": {}, "deep": {"a": [1, {"b": null}]}});
     let response = app.submit("req-1", action.clone()).await;

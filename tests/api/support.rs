@@ -1,5 +1,10 @@
-//! The harness: the real application on a free port, a real redis-server of its own, and
-//! tokens for every role. zero2prod-style: tests talk HTTP to what `approvals serve` runs.
+//! The harness: the real application on a free port, on a real backend, and tokens for every
+//! role. zero2prod-style: tests talk HTTP to what `approvals serve` runs.
+//!
+//! Contract tests take a [`Harness`] and are listed in [`contract_tests!`], which runs each of
+//! them on every backend this build has: Redis (a redis-server of the test's own) and, with
+//! `--features temporal`, Temporal (the binary's shared dev server and in-process worker, with
+//! tenants of the test's own). Tests of one engine's internals take no harness.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,8 +17,140 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
+/// The tenants of a Redis-backed app (its Redis is its own, so the names can be fixed).
 pub const TENANT: &str = "acme";
 pub const OTHER_TENANT: &str = "globex";
+
+/// Runs each named `async fn(Harness)` of the calling module as a test on every backend:
+/// `on_redis::name` and, with the `temporal` feature, `on_temporal::name`.
+macro_rules! contract_tests {
+    ($($name:ident),* $(,)?) => {
+        mod on_redis {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::support::Harness::new($crate::support::Backend::Redis))
+                        .await
+                }
+            )*
+        }
+        #[cfg(feature = "temporal")]
+        mod on_temporal {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(
+                        $crate::support::Harness::new($crate::support::Backend::Temporal),
+                    )
+                    .await
+                }
+            )*
+        }
+    };
+}
+
+/// Which engine the service under test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Redis,
+    #[cfg(feature = "temporal")]
+    Temporal,
+}
+
+/// What a contract test gets: its backend and tenants nobody else uses on that backend.
+pub struct Harness {
+    pub backend: Backend,
+    pub tenant: String,
+    pub other_tenant: String,
+}
+
+impl Harness {
+    pub fn new(backend: Backend) -> Self {
+        match backend {
+            Backend::Redis => Self {
+                backend,
+                tenant: TENANT.into(),
+                other_tenant: OTHER_TENANT.into(),
+            },
+            // One Temporal server for the whole binary: tenants must be unique instead.
+            #[cfg(feature = "temporal")]
+            Backend::Temporal => Self {
+                backend,
+                tenant: approvals_core::conformance::fresh_tenant(TENANT).to_string(),
+                other_tenant: approvals_core::conformance::fresh_tenant(OTHER_TENANT).to_string(),
+            },
+        }
+    }
+
+    pub async fn spawn(&self) -> TestApp {
+        self.spawn_with(|_| {}).await
+    }
+
+    /// With `adjust` applied to the settings before start.
+    pub async fn spawn_with(&self, adjust: impl FnOnce(&mut Settings)) -> TestApp {
+        match self.backend {
+            Backend::Redis => {
+                TestApp::spawn_on(Some(RedisServer::start().await), self, adjust).await
+            }
+            #[cfg(feature = "temporal")]
+            Backend::Temporal => {
+                let shared = temporal::shared().await;
+                TestApp::spawn_on(None, self, |settings| {
+                    temporal::point_at(settings, &shared);
+                    adjust(settings);
+                })
+                .await
+            }
+        }
+    }
+}
+
+/// One Temporal dev server and one in-process worker for the whole test binary.
+#[cfg(feature = "temporal")]
+mod temporal {
+    use std::sync::OnceLock;
+    use std::time::Duration;
+
+    use approvals::config::{BackendKind, Settings};
+    use approvals_temporal::TemporalSettings;
+
+    /// The binary's server and worker, started on first use.
+    pub async fn shared() -> TemporalSettings {
+        static SHARED: OnceLock<TemporalSettings> = OnceLock::new();
+        tokio::task::spawn_blocking(|| {
+            approvals_testkit::temporal_server::shared(&SHARED, |address, ready| {
+                let mut worker = TemporalSettings::new(address);
+                worker.task_queue = format!("approvals-api-test-{}", std::process::id());
+                worker.sticky_queue_timeout = Duration::from_secs(2);
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .expect("worker runtime");
+                ready.send(worker.clone()).expect("test waiting");
+                let result = runtime.block_on(approvals_temporal::run_worker(
+                    worker,
+                    std::future::pending(),
+                ));
+                eprintln!("worker stopped: {result:?}");
+            })
+        })
+        .await
+        .expect("dev server")
+    }
+
+    /// The service's settings for that server and the worker's task queue.
+    pub fn point_at(settings: &mut Settings, shared: &TemporalSettings) {
+        settings.backend.kind = BackendKind::Temporal;
+        settings.temporal.address = shared.address.clone();
+        settings.temporal.task_queue = shared.task_queue.clone();
+        // Every app scans the shared namespace for its pending figures: not five times a second.
+        settings.approvals.stats_interval = Duration::from_secs(1);
+        // The 40-way race queues 40 updates on one workflow: on a loaded two-core machine the
+        // last is answered after more than the 5 s default.
+        settings.temporal.call_timeout = Duration::from_secs(20);
+    }
+}
 
 /// Every kind of caller a test may need.
 pub struct Tokens {
@@ -28,7 +165,7 @@ pub struct Tokens {
 }
 
 impl Tokens {
-    fn mint() -> (Self, Vec<TokenEntry>) {
+    fn mint(tenant: &str, other_tenant: &str) -> (Self, Vec<TokenEntry>) {
         let mut entries = Vec::new();
         let mut token = |tenant: &str, role: Role, subject: &str| {
             let (token, entry) = mint(tenant, role, subject);
@@ -36,14 +173,14 @@ impl Tokens {
             token
         };
         let tokens = Self {
-            agent: token(TENANT, Role::Agent, "agent-1"),
-            agent2: token(TENANT, Role::Agent, "agent-2"),
-            reviewer: token(TENANT, Role::Reviewer, "alice"),
-            reviewer2: token(TENANT, Role::Reviewer, "bob"),
-            admin: token(TENANT, Role::Admin, "carol"),
+            agent: token(tenant, Role::Agent, "agent-1"),
+            agent2: token(tenant, Role::Agent, "agent-2"),
+            reviewer: token(tenant, Role::Reviewer, "alice"),
+            reviewer2: token(tenant, Role::Reviewer, "bob"),
+            admin: token(tenant, Role::Admin, "carol"),
             platform_admin: token("*", Role::Admin, "root"),
-            other_tenant_reviewer: token(OTHER_TENANT, Role::Reviewer, "mallory"),
-            other_tenant_agent: token(OTHER_TENANT, Role::Agent, "globex-agent"),
+            other_tenant_reviewer: token(other_tenant, Role::Reviewer, "mallory"),
+            other_tenant_agent: token(other_tenant, Role::Agent, "globex-agent"),
         };
         (tokens, entries)
     }
@@ -68,49 +205,69 @@ pub fn test_settings(redis_url: &str, tokens: Vec<TokenEntry>) -> Settings {
 
 pub struct TestApp {
     pub base: String,
+    /// The tenant every helper below acts in (the `other_tenant_*` tokens are of another).
+    pub tenant: String,
     pub tokens: Tokens,
     pub http: reqwest::Client,
-    pub redis: RedisServer,
+    /// The app's own redis-server; `None` on Temporal.
+    pub redis: Option<RedisServer>,
+    settings: Settings,
     stop: CancellationToken,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
 impl TestApp {
+    /// On Redis, for tests of the Redis engine itself.
     pub async fn spawn() -> Self {
         Self::spawn_with(|_| {}).await
     }
 
-    /// With `adjust` applied to the settings before start.
+    /// On Redis, with `adjust` applied to the settings before start.
     pub async fn spawn_with(adjust: impl FnOnce(&mut Settings)) -> Self {
-        Self::spawn_on(RedisServer::start().await, adjust).await
+        Harness::new(Backend::Redis).spawn_with(adjust).await
     }
 
     /// On a Redis with AOF (`appendfsync always`), for tests that restart it.
     pub async fn spawn_durable() -> Self {
-        Self::spawn_on(RedisServer::start_durable().await, |s| {
-            s.redis.call_timeout = Duration::from_secs(1);
+        let harness = Harness::new(Backend::Redis);
+        Self::spawn_on(Some(RedisServer::start_durable().await), &harness, |s| {
+            s.redis.call_timeout = Duration::from_secs(1)
         })
         .await
     }
 
-    async fn spawn_on(redis: RedisServer, adjust: impl FnOnce(&mut Settings)) -> Self {
-        let (tokens, entries) = Tokens::mint();
-        let mut settings = test_settings(&redis.url(), entries);
+    async fn spawn_on(
+        redis: Option<RedisServer>,
+        harness: &Harness,
+        adjust: impl FnOnce(&mut Settings),
+    ) -> Self {
+        let (tokens, entries) = Tokens::mint(&harness.tenant, &harness.other_tenant);
+        let redis_url = redis
+            .as_ref()
+            .map_or_else(|| Settings::default().redis.url, RedisServer::url);
+        let mut settings = test_settings(&redis_url, entries);
         adjust(&mut settings);
-        let (base, stop, server) = serve(settings).await;
+        let (base, stop, server) = serve(settings.clone()).await;
         Self {
             base,
+            tenant: harness.tenant.clone(),
             tokens,
             http: reqwest::Client::new(),
             redis,
+            settings,
             stop,
             server: Some(server),
         }
     }
 
-    /// A second instance of the service on the same Redis and tokens.
+    /// The app's redis-server: only Redis-engine tests call this.
+    pub fn redis(&self) -> &RedisServer {
+        self.redis.as_ref().expect("a Redis-backed app")
+    }
+
+    /// A second instance of the service on the same backend and tokens.
     pub async fn second_instance(&self) -> (String, CancellationToken) {
-        let mut settings = test_settings(&self.redis.url(), Vec::new());
+        let mut settings = self.settings.clone();
         settings.auth.tokens = self.token_entries();
         let (base, stop, _server) = serve(settings).await;
         (base, stop)
@@ -125,9 +282,9 @@ impl TestApp {
             sha256: approvals::auth::digest_hex(token),
         };
         vec![
-            entry(&t.agent, TENANT, Role::Agent, "agent-1"),
-            entry(&t.reviewer, TENANT, Role::Reviewer, "alice"),
-            entry(&t.reviewer2, TENANT, Role::Reviewer, "bob"),
+            entry(&t.agent, &self.tenant, Role::Agent, "agent-1"),
+            entry(&t.reviewer, &self.tenant, Role::Reviewer, "alice"),
+            entry(&t.reviewer2, &self.tenant, Role::Reviewer, "bob"),
         ]
     }
 
@@ -147,7 +304,7 @@ impl TestApp {
     pub async fn submit(&self, request_id: &str, action: Value) -> Response {
         self.request(
             Method::POST,
-            &format!("/v1/tenants/{TENANT}/approvals"),
+            &format!("/v1/tenants/{}/approvals", self.tenant),
             Some(&self.tokens.agent),
         )
         .json(&json!({"request_id": request_id, "action": action, "context": {"ticket": "T-1"}}))
@@ -170,7 +327,10 @@ impl TestApp {
     pub async fn decide(&self, request_id: &str, verdict: &str, token: &str) -> Response {
         self.request(
             Method::POST,
-            &format!("/v1/tenants/{TENANT}/approvals/{request_id}/{verdict}"),
+            &format!(
+                "/v1/tenants/{}/approvals/{request_id}/{verdict}",
+                self.tenant
+            ),
             Some(token),
         )
         .json(&json!({"reason": "checked"}))
@@ -182,7 +342,7 @@ impl TestApp {
     pub async fn get(&self, request_id: &str, token: &str) -> Response {
         self.request(
             Method::GET,
-            &format!("/v1/tenants/{TENANT}/approvals/{request_id}"),
+            &format!("/v1/tenants/{}/approvals/{request_id}", self.tenant),
             Some(token),
         )
         .send()
@@ -232,8 +392,24 @@ impl TestApp {
         }
     }
 
+    /// Every approval of the app's tenant, in any status, as the API lists them: what "nothing
+    /// was stored" means on any backend.
+    pub async fn listed(&self) -> Vec<Value> {
+        let mut all = Vec::new();
+        for status in ["pending", "accepted", "rejected", "expired"] {
+            let page = self
+                .get_json(
+                    &format!("/v1/tenants/{}/approvals?status={status}", self.tenant),
+                    &self.tokens.admin,
+                )
+                .await;
+            all.extend(page["items"].as_array().cloned().unwrap_or_default());
+        }
+        all
+    }
+
     pub async fn redis_keys(&self) -> Vec<String> {
-        let mut conn = self.redis.connection().await;
+        let mut conn = self.redis().connection().await;
         let mut keys: Vec<String> = redis::cmd("KEYS")
             .arg("*")
             .query_async(&mut conn)

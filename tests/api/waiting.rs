@@ -5,10 +5,21 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-use crate::support::{assert_problem, TestApp, TENANT};
+use crate::support::{assert_problem, Harness, TestApp};
+
+contract_tests!(
+    a_decision_wakes_the_waiter_within_a_second,
+    a_decision_on_another_instance_wakes_the_waiter,
+    without_a_decision_it_answers_pending_after_wait_seconds,
+    wait_seconds_above_60_is_clamped_not_refused,
+    waiting_on_an_unknown_approval_is_404,
+);
 
 async fn wait(app: &TestApp, base: &str, id: &str, seconds: u64) -> (StatusCode, Value, Instant) {
-    let url = format!("{base}/v1/tenants/{TENANT}/approvals/{id}/decision?wait_seconds={seconds}");
+    let url = format!(
+        "{base}/v1/tenants/{}/approvals/{id}/decision?wait_seconds={seconds}",
+        app.tenant
+    );
     let response = app
         .http
         .get(url)
@@ -38,15 +49,15 @@ async fn until_parked(app: &TestApp, base: &str, n: usize) {
     .await;
 }
 
-#[tokio::test]
-async fn a_decision_wakes_the_waiter_within_a_second() {
-    let app = TestApp::spawn().await;
+async fn a_decision_wakes_the_waiter_within_a_second(h: Harness) {
+    let tenant = &h.tenant;
+    let app = h.spawn().await;
     app.park("req-1").await;
     let waiter = {
         let (http, url, token) = (
             app.http.clone(),
             app.url(&format!(
-                "/v1/tenants/{TENANT}/approvals/req-1/decision?wait_seconds=30"
+                "/v1/tenants/{tenant}/approvals/req-1/decision?wait_seconds=30"
             )),
             app.tokens.agent.clone(),
         );
@@ -69,15 +80,15 @@ async fn a_decision_wakes_the_waiter_within_a_second() {
     assert!(woke_at.saturating_duration_since(decided_at) < Duration::from_secs(1));
 }
 
-#[tokio::test]
-async fn a_decision_on_another_instance_wakes_the_waiter() {
-    let app = TestApp::spawn().await;
+async fn a_decision_on_another_instance_wakes_the_waiter(h: Harness) {
+    let tenant = &h.tenant;
+    let app = h.spawn().await;
     let (second, _stop_second) = app.second_instance().await;
     app.park("req-1").await;
     let waiter = {
         let (http, url, token) = (
             app.http.clone(),
-            format!("{second}/v1/tenants/{TENANT}/approvals/req-1/decision?wait_seconds=30"),
+            format!("{second}/v1/tenants/{tenant}/approvals/req-1/decision?wait_seconds=30"),
             app.tokens.agent.clone(),
         );
         tokio::spawn(async move {
@@ -104,9 +115,8 @@ async fn a_decision_on_another_instance_wakes_the_waiter() {
     assert!(woke_at.duration_since(started) < Duration::from_secs(1));
 }
 
-#[tokio::test]
-async fn without_a_decision_it_answers_pending_after_wait_seconds() {
-    let app = TestApp::spawn().await;
+async fn without_a_decision_it_answers_pending_after_wait_seconds(h: Harness) {
+    let app = h.spawn().await;
     app.park("req-1").await;
     let started = Instant::now();
     let (status, body, done) = wait(&app, &app.base, "req-1", 1).await;
@@ -127,9 +137,8 @@ async fn without_a_decision_it_answers_pending_after_wait_seconds() {
     );
 }
 
-#[tokio::test]
-async fn wait_seconds_above_60_is_clamped_not_refused() {
-    let app = TestApp::spawn().await;
+async fn wait_seconds_above_60_is_clamped_not_refused(h: Harness) {
+    let app = h.spawn().await;
     app.park("req-1").await;
     app.decide("req-1", "accept", &app.tokens.reviewer).await;
     let (status, body, _) = wait(&app, &app.base, "req-1", 3600).await;
@@ -137,13 +146,13 @@ async fn wait_seconds_above_60_is_clamped_not_refused() {
     assert_eq!(body["status"], "accepted");
 }
 
-#[tokio::test]
-async fn waiting_on_an_unknown_approval_is_404() {
-    let app = TestApp::spawn().await;
+async fn waiting_on_an_unknown_approval_is_404(h: Harness) {
+    let tenant = &h.tenant;
+    let app = h.spawn().await;
     let response = app
         .request(
             Method::GET,
-            &format!("/v1/tenants/{TENANT}/approvals/nope/decision?wait_seconds=5"),
+            &format!("/v1/tenants/{tenant}/approvals/nope/decision?wait_seconds=5"),
             Some(&app.tokens.agent),
         )
         .send()
