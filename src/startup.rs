@@ -38,6 +38,23 @@ pub const TEMPORAL_NOT_BUILT: &str = "this build does not include the Temporal b
 /// The one place that turns `backend.kind` into a backend.
 pub async fn build_backend(settings: &Settings) -> Result<Arc<dyn ApprovalBackend>, StartupError> {
     match settings.backend.kind {
+        BackendKind::Dual => Err(StartupError::Unsupported(
+            "backend.kind = \"dual\" (Redis and Temporal side by side, for migrating) is not \
+             implemented yet (issue 5); use \"redis\" or \"temporal\""
+                .into(),
+        )),
+        engine => build_engine(engine, settings).await,
+    }
+}
+
+/// One engine (`redis` or `temporal`) from its section of the settings, whatever
+/// `backend.kind` says: `build_backend` uses it, and so do `dual` and `approvals migrate`, which
+/// need both.
+pub async fn build_engine(
+    kind: BackendKind,
+    settings: &Settings,
+) -> Result<Arc<dyn ApprovalBackend>, StartupError> {
+    match kind {
         BackendKind::Redis => {
             let approvals = &settings.approvals;
             let redis = RedisSettings {
@@ -61,9 +78,7 @@ pub async fn build_backend(settings: &Settings) -> Result<Arc<dyn ApprovalBacken
             "backend.kind = \"temporal\" needs the Temporal backend: {TEMPORAL_NOT_BUILT}"
         ))),
         BackendKind::Dual => Err(StartupError::Unsupported(
-            "backend.kind = \"dual\" (Redis and Temporal side by side, for migrating) is not \
-             implemented yet (issue 5); use \"redis\" or \"temporal\""
-                .into(),
+            "\"dual\" is a pairing of two engines, not an engine".into(),
         )),
     }
 }
