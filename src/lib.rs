@@ -3,8 +3,8 @@
 //! `approvals serve` wires these together: `config` (figment), `telemetry` (tracing and the
 //! Prometheus recorder), `policy` (regorus), `auth` (bearer tokens), `api` (axum routes),
 //! `background` (expiry sweeper and pending figures) and `startup` (the backend from config
-//! and the server's life). `cli` holds the other commands; `worker` (feature `temporal`) is
-//! `approvals worker`.
+//! and the server's life). `cli` holds the other commands: `migration` is `approvals migrate`
+//! (one engine to another), `worker` (feature `temporal`) is `approvals worker`.
 
 pub mod api;
 pub mod auth;
@@ -12,6 +12,7 @@ pub mod background;
 pub mod cli;
 pub mod config;
 pub mod metrics;
+pub mod migration;
 pub mod policy;
 pub mod startup;
 pub mod telemetry;

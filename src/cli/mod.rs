@@ -1,6 +1,7 @@
-//! The `approvals` command line: `serve`, `worker`, `token new`, `dev`.
+//! The `approvals` command line: `serve`, `worker`, `migrate`, `token new`, `dev`.
 
 mod dev;
+mod migrate;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,6 +42,9 @@ enum Command {
         #[arg(long, env = CONFIG_VAR)]
         config: Option<PathBuf>,
     },
+    /// Copy every approval from one engine to the other (`--from redis --to temporal`, or
+    /// back for a rollback), then reconcile both sides and report every difference by id.
+    Migrate(migrate::MigrateArgs),
     /// Manage bearer tokens.
     Token {
         #[command(subcommand)]
@@ -76,6 +80,7 @@ impl Cli {
                         subject,
                     },
             } => token_new(&tenant, role, &subject),
+            Command::Migrate(args) => migrate::run(args).await,
             Command::Dev(args) => dev::run(args).await,
         }
     }

@@ -108,36 +108,12 @@ impl Harness {
 /// One Temporal dev server and one in-process worker for the whole test binary.
 #[cfg(feature = "temporal")]
 mod temporal {
-    use std::sync::OnceLock;
     use std::time::Duration;
 
     use approvals::config::{BackendKind, Settings};
     use approvals_temporal::TemporalSettings;
 
-    /// The binary's server and worker, started on first use.
-    pub async fn shared() -> TemporalSettings {
-        static SHARED: OnceLock<TemporalSettings> = OnceLock::new();
-        tokio::task::spawn_blocking(|| {
-            approvals_testkit::temporal_server::shared(&SHARED, |address, ready| {
-                let mut worker = TemporalSettings::new(address);
-                worker.task_queue = format!("approvals-api-test-{}", std::process::id());
-                worker.sticky_queue_timeout = Duration::from_secs(2);
-                let runtime = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build()
-                    .expect("worker runtime");
-                ready.send(worker.clone()).expect("test waiting");
-                let result = runtime.block_on(approvals_temporal::run_worker(
-                    worker,
-                    std::future::pending(),
-                ));
-                eprintln!("worker stopped: {result:?}");
-            })
-        })
-        .await
-        .expect("dev server")
-    }
+    pub use crate::shared_temporal::shared;
 
     /// The service's settings for that server and the worker's task queue.
     pub fn point_at(settings: &mut Settings, shared: &TemporalSettings) {

@@ -7,7 +7,9 @@ use utoipa::ToSchema;
 use crate::{ApprovalId, TenantId, Timestamp};
 
 /// Where an approval is in its life. Only `Pending` can change, and only once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Pending,
@@ -84,6 +86,23 @@ impl Approval {
 
     pub fn is_decided(&self) -> bool {
         self.status != Status::Pending
+    }
+
+    /// The reviewer's decision this record carries (accepted or rejected), as a request that
+    /// replays it elsewhere with its original time: what a migration applies to a copy that
+    /// was made while the approval was still pending.
+    pub fn decision(&self) -> Option<DecisionRequest> {
+        let verdict = match self.status {
+            Status::Accepted => Verdict::Accept,
+            Status::Rejected => Verdict::Reject,
+            Status::Pending | Status::Expired => return None,
+        };
+        Some(DecisionRequest {
+            verdict,
+            decided_by: self.decided_by.clone().unwrap_or_default(),
+            reason: self.decision_reason.clone(),
+            at: self.decided_at.unwrap_or(self.expires_at),
+        })
     }
 }
 

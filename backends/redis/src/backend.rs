@@ -241,17 +241,22 @@ impl RedisBackend {
             reason: "not an approval:{tenant}:{id} key".into(),
         })?;
         let key_owned = key.to_owned();
-        let pttl: i64 = self
-            .with_conn("pttl", |mut conn| async move {
-                conn.pttl(key_owned).await.map_err(unavailable)
+        // Negative: no expiry (-1) or no key any more (-2).
+        let expiry_ms: i64 = self
+            .with_conn("pexpiretime", |mut conn| async move {
+                redis::cmd("PEXPIRETIME")
+                    .arg(key_owned)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(unavailable)
             })
             .await?;
-        let remaining = u64::try_from(pttl).ok().map(Duration::from_millis);
+        let key_expiry = (expiry_ms > 0).then(|| Timestamp::from_millis(expiry_ms));
         Ok(legacy::to_approval(
             tenant,
             id,
             map,
-            remaining,
+            key_expiry,
             self.settings.default_ttl,
             Timestamp::now(),
         ))

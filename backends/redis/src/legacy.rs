@@ -13,12 +13,14 @@ use serde_json::{Map, Value};
 /// Who submitted a record the ADR v1 service wrote: it did not say.
 pub const LEGACY_SUBMITTER: &str = "adr-v1";
 
-/// `remaining_ttl` is the key's PTTL (`None` if it has none); the expiry is now + that.
+/// `key_expiry` is when the key expires (PEXPIRETIME; `None` if it never does): that is the
+/// approval's deadline. An absolute time, not now + PTTL, so every read of the same record
+/// derives the same deadline (a migration compares two reads).
 pub fn to_approval(
     tenant: TenantId,
     id: ApprovalId,
     mut map: Map<String, Value>,
-    remaining_ttl: Option<Duration>,
+    key_expiry: Option<Timestamp>,
     default_ttl: Duration,
     now: Timestamp,
 ) -> Approval {
@@ -42,10 +44,7 @@ pub fn to_approval(
         .get("submitted_at")
         .and_then(parse_submitted_at)
         .unwrap_or(now);
-    let expires_at = match remaining_ttl {
-        Some(ttl) => now.plus(ttl),
-        None => submitted_at.plus(default_ttl),
-    };
+    let expires_at = key_expiry.unwrap_or_else(|| submitted_at.plus(default_ttl));
     let object = |v: Option<Value>| match v {
         Some(Value::Object(m)) => m,
         _ => Map::new(),
@@ -136,7 +135,7 @@ mod tests {
             TenantId::parse("acme").unwrap(),
             ApprovalId::parse("r1").unwrap(),
             map,
-            Some(Duration::from_secs(60)),
+            Some(now.plus(Duration::from_secs(60))),
             Duration::from_secs(86_400),
             now,
         );

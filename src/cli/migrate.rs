@@ -1,0 +1,168 @@
+//! `approvals migrate --from redis --to temporal` (and back, for a rollback): builds both
+//! engines from one configuration file and runs a [`Migration`] between them, with a progress
+//! bar on a terminal or a log line every few seconds otherwise, then prints the reconciliation
+//! report. Exit 0: both sides hold the same records; 1: differences remain (listed by id) or a
+//! backend failed; 2: unusable configuration.
+
+use std::collections::BTreeSet;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use approvals_core::TenantId;
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::config::{BackendKind, Settings, CONFIG_VAR};
+use crate::migration::{Migration, Plan};
+use crate::startup::build_engine;
+
+use super::EXIT_CONFIG;
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// TOML configuration file (both engines' sections are read).
+    #[arg(long, env = CONFIG_VAR)]
+    config: Option<PathBuf>,
+    /// The engine to read from.
+    #[arg(long, value_enum)]
+    from: Engine,
+    /// The engine to write to.
+    #[arg(long, value_enum)]
+    to: Engine,
+    /// Only this tenant (repeatable); every tenant when absent.
+    #[arg(long = "tenant", value_name = "TENANT")]
+    tenants: Vec<String>,
+    /// Approvals in flight at once.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    concurrency: u16,
+    /// Read both sides and report what would change; write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Engine {
+    Redis,
+    Temporal,
+}
+
+impl From<Engine> for BackendKind {
+    fn from(engine: Engine) -> Self {
+        match engine {
+            Engine::Redis => BackendKind::Redis,
+            Engine::Temporal => BackendKind::Temporal,
+        }
+    }
+}
+
+pub async fn run(args: MigrateArgs) -> ExitCode {
+    let settings = match Settings::load(args.config.as_deref()) {
+        Ok(settings) => settings,
+        Err(error) => return config_error(error),
+    };
+    crate::telemetry::init(&settings.log);
+    if args.from == args.to {
+        return config_error("--from and --to name the same engine: nothing to migrate");
+    }
+    let tenants = match parse_tenants(&args.tenants) {
+        Ok(tenants) => tenants,
+        Err(error) => return config_error(error),
+    };
+    let (source, target) = match (
+        build_engine(args.from.into(), &settings).await,
+        build_engine(args.to.into(), &settings).await,
+    ) {
+        (Ok(source), Ok(target)) => (source, target),
+        (Err(error), _) | (_, Err(error)) => return config_error(error),
+    };
+    let plan = Plan {
+        tenants,
+        concurrency: usize::from(args.concurrency),
+        dry_run: args.dry_run,
+    };
+    let progress = progress_bar();
+    let logger = (progress.is_hidden()).then(|| tokio::spawn(log_progress(progress.clone())));
+    tracing::info!(from = ?args.from, to = ?args.to, ?plan, "migration started");
+    let result = Migration::new(source, target, plan, progress.clone())
+        .run()
+        .await;
+    progress.finish_and_clear();
+    if let Some(logger) = logger {
+        logger.abort();
+    }
+    let report = match result {
+        Ok(report) => report,
+        Err(error) => {
+            tracing::error!(%error, "migration stopped");
+            eprintln!(
+                "approvals: migration stopped: {error}\n\
+                 it is safe to run the same command again: records already copied are skipped"
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    if args.json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(json) => println!("{json}"),
+            Err(error) => eprintln!("approvals: {error}"),
+        }
+    } else {
+        print!("{report}");
+    }
+    tracing::info!(
+        imported = report.imported,
+        already_present = report.already_present,
+        differences = report.differences.len(),
+        "migration finished"
+    );
+    // A dry run reports the differences a real run would remove: that is its purpose.
+    if report.is_reconciled() || report.dry_run {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn parse_tenants(names: &[String]) -> Result<BTreeSet<TenantId>, String> {
+    names
+        .iter()
+        .map(|name| TenantId::parse(name).map_err(|e| format!("--tenant {name:?}: {e}")))
+        .collect()
+}
+
+fn config_error(error: impl std::fmt::Display) -> ExitCode {
+    eprintln!("approvals: {error}");
+    ExitCode::from(EXIT_CONFIG)
+}
+
+/// A spinner with counts on a terminal; hidden (log lines instead) when stderr is a pipe.
+fn progress_bar() -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new_spinner();
+    if let Ok(style) = ProgressStyle::with_template("{spinner} {msg}: {pos} approvals ({per_sec})")
+    {
+        bar.set_style(style);
+    }
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+async fn log_progress(progress: ProgressBar) {
+    let mut every = tokio::time::interval(Duration::from_secs(5));
+    every.tick().await;
+    loop {
+        every.tick().await;
+        tracing::info!(
+            phase = %progress.message(),
+            approvals = progress.position(),
+            "migration progress"
+        );
+    }
+}

@@ -1,0 +1,237 @@
+//! `approvals migrate`: carries approvals from one engine to another through the
+//! `ApprovalBackend` trait alone (`scan` on the source; `import`, `get`, `decide` and `scan` on
+//! the target), so it knows neither Redis nor Temporal. ADR-0007 records the design.
+//!
+//! Two passes. **Copy** imports every scanned record; `import` is idempotent per id, so a run
+//! killed anywhere and started again ends with every approval exactly once. **Reconcile** reads
+//! the source again and compares each record with the target's copy: a decision made in the
+//! source after its approval was copied (the migration races live reviewers) is replayed on
+//! the target with its original reviewer and time; whatever still differs is reported by id.
+
+mod report;
+
+use std::collections::{BTreeSet, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use approvals_core::{
+    Approval, ApprovalBackend, ApprovalId, BackendError, DecisionOutcome, ImportOutcome, TenantId,
+    Timestamp,
+};
+use futures_util::{stream, StreamExt, TryStreamExt};
+use indicatif::ProgressBar;
+
+pub use report::{Difference, Report};
+
+/// Records per `scan` call.
+const SCAN_BATCH: usize = 500;
+/// Attempts per backend call before the run gives up (it can be re-run: it is idempotent).
+const ATTEMPTS: u32 = 4;
+
+/// What to migrate, and how.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Only these tenants; every tenant when empty.
+    pub tenants: BTreeSet<TenantId>,
+    /// Records in flight at once.
+    pub concurrency: usize,
+    /// Read both sides and report; write nothing.
+    pub dry_run: bool,
+}
+
+pub struct Migration {
+    source: Arc<dyn ApprovalBackend>,
+    target: Arc<dyn ApprovalBackend>,
+    plan: Plan,
+    progress: ProgressBar,
+}
+
+/// What the copy pass did with one record.
+enum Copied {
+    Imported,
+    AlreadyPresent,
+    WouldImport,
+}
+
+/// What the reconcile pass found for one source record.
+struct Checked {
+    source: Approval,
+    copy: Option<Approval>,
+    replayed: bool,
+}
+
+impl Migration {
+    /// `progress` counts records (both passes); hidden, it costs nothing.
+    pub fn new(
+        source: Arc<dyn ApprovalBackend>,
+        target: Arc<dyn ApprovalBackend>,
+        plan: Plan,
+        progress: ProgressBar,
+    ) -> Self {
+        Self {
+            source,
+            target,
+            plan,
+            progress,
+        }
+    }
+
+    /// Both passes.
+    pub async fn run(&self) -> Result<Report, BackendError> {
+        let mut report = Report::new(self.plan.dry_run);
+        self.copy(&mut report).await?;
+        self.reconcile(&mut report).await?;
+        Ok(report)
+    }
+
+    /// Imports every source record the plan covers (in a dry run, only looks them up).
+    pub async fn copy(&self, report: &mut Report) -> Result<(), BackendError> {
+        self.progress.set_message("copying");
+        self.for_each(
+            &self.source,
+            |approval| self.copy_one(approval),
+            |copied| match copied {
+                Copied::Imported => report.imported += 1,
+                Copied::AlreadyPresent => report.already_present += 1,
+                Copied::WouldImport => report.would_import += 1,
+            },
+        )
+        .await
+    }
+
+    /// Compares every source record with its copy, replaying late decisions, then looks for
+    /// records only the target has; fills the counts and differences of `report`.
+    pub async fn reconcile(&self, report: &mut Report) -> Result<(), BackendError> {
+        self.progress.set_message("reconciling");
+        let now = Timestamp::now();
+        let mut seen: HashSet<(TenantId, ApprovalId)> = HashSet::new();
+        self.for_each(
+            &self.source,
+            |approval| self.check_one(approval),
+            |checked| {
+                seen.insert((checked.source.tenant.clone(), checked.source.id.clone()));
+                report.decisions_replayed += u64::from(checked.replayed);
+                report.compare(
+                    checked.source.as_of(now),
+                    checked.copy.map(|c| c.as_of(now)),
+                );
+            },
+        )
+        .await?;
+        self.progress
+            .set_message("looking for records only the target has");
+        self.for_each(
+            &self.target,
+            |approval| async move { Ok(approval) },
+            |approval| {
+                if !seen.contains(&(approval.tenant.clone(), approval.id.clone())) {
+                    report.only_in_target(approval.as_of(now));
+                }
+            },
+        )
+        .await
+    }
+
+    async fn copy_one(&self, approval: Approval) -> Result<Copied, BackendError> {
+        if self.plan.dry_run {
+            let found = retry("get", || self.target.get(&approval.tenant, &approval.id)).await?;
+            return Ok(match found {
+                Some(_) => Copied::AlreadyPresent,
+                None => Copied::WouldImport,
+            });
+        }
+        Ok(
+            match retry("import", || self.target.import(approval.clone())).await? {
+                ImportOutcome::Imported => Copied::Imported,
+                ImportOutcome::AlreadyPresent => Copied::AlreadyPresent,
+            },
+        )
+    }
+
+    async fn check_one(&self, source: Approval) -> Result<Checked, BackendError> {
+        let (tenant, id) = (&source.tenant, &source.id);
+        let mut copy = retry("get", || self.target.get(tenant, id)).await?;
+        let mut replayed = false;
+        // Decided in the source after the copy was made: the first decision is the source's.
+        let late = copy.as_ref().is_some_and(|c| !c.is_decided());
+        if let (true, Some(decision), false) = (late, source.decision(), self.plan.dry_run) {
+            let outcome = retry("decide", || {
+                self.target.decide(tenant, id, decision.clone())
+            });
+            match outcome.await? {
+                DecisionOutcome::Decided(now) => {
+                    replayed = true;
+                    copy = Some(now);
+                }
+                DecisionOutcome::AlreadyDecided(now) | DecisionOutcome::Expired(now) => {
+                    copy = Some(now);
+                }
+                DecisionOutcome::NotFound => copy = None,
+                DecisionOutcome::SelfApproval => {}
+            }
+        }
+        Ok(Checked {
+            source,
+            copy,
+            replayed,
+        })
+    }
+
+    /// Scans `backend` to its end, runs `each` on every record of the plan's tenants with the
+    /// plan's concurrency, and hands the results to `sink` in this task (no locks needed).
+    async fn for_each<T, F, Fut>(
+        &self,
+        backend: &Arc<dyn ApprovalBackend>,
+        each: F,
+        mut sink: impl FnMut(T),
+    ) -> Result<(), BackendError>
+    where
+        F: Fn(Approval) -> Fut,
+        Fut: Future<Output = Result<T, BackendError>>,
+    {
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = retry("scan", || backend.scan(cursor.as_deref(), SCAN_BATCH)).await?;
+            let covered = page.items.into_iter().filter(|a| self.covers(&a.tenant));
+            stream::iter(covered)
+                .map(&each)
+                .buffer_unordered(self.plan.concurrency.max(1))
+                .try_for_each(|result| {
+                    sink(result);
+                    self.progress.inc(1);
+                    futures_util::future::ready(Ok(()))
+                })
+                .await?;
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => return Ok(()),
+            }
+        }
+    }
+
+    fn covers(&self, tenant: &TenantId) -> bool {
+        self.plan.tenants.is_empty() || self.plan.tenants.contains(tenant)
+    }
+}
+
+/// `call` until it succeeds or fails for a reason retrying cannot fix, backing off between
+/// attempts: one unreachable moment must not abort a migration of a million records.
+async fn retry<T, Fut>(what: &str, call: impl Fn() -> Fut) -> Result<T, BackendError>
+where
+    Fut: Future<Output = Result<T, BackendError>>,
+{
+    let mut attempt = 1;
+    loop {
+        match call().await {
+            Err(error @ (BackendError::Unavailable(_) | BackendError::Timeout(_)))
+                if attempt < ATTEMPTS =>
+            {
+                tracing::warn!(%error, attempt, "{what} failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}

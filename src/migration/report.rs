@@ -1,0 +1,167 @@
+//! The reconciliation report a migration ends with: per tenant and status, the counts on both
+//! sides, and every difference by id. Printed as a table, or as JSON for scripts.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use approvals_core::{Approval, Status};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    pub dry_run: bool,
+    pub imported: u64,
+    pub already_present: u64,
+    /// Dry run: records the copy pass would import.
+    pub would_import: u64,
+    /// Decisions made in the source after their approval was copied, replayed on the target.
+    pub decisions_replayed: u64,
+    /// tenant → status → records on each side.
+    pub counts: BTreeMap<String, BTreeMap<Status, Sides>>,
+    pub differences: Vec<Difference>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Sides {
+    pub source: u64,
+    pub target: u64,
+}
+
+/// One approval that is not the same on both sides.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Difference {
+    pub tenant: String,
+    pub id: String,
+    /// `None`: the side has no such record.
+    pub source_status: Option<Status>,
+    pub target_status: Option<Status>,
+    /// The fields that differ when both sides have it.
+    pub fields: Vec<String>,
+}
+
+impl Report {
+    pub fn new(dry_run: bool) -> Self {
+        Self {
+            dry_run,
+            ..Self::default()
+        }
+    }
+
+    /// True when both sides hold the same records.
+    pub fn is_reconciled(&self) -> bool {
+        self.differences.is_empty()
+    }
+
+    /// Counts a source record and its copy (as of the same instant), noting any difference.
+    pub(super) fn compare(&mut self, source: Approval, copy: Option<Approval>) {
+        self.side(&source).source += 1;
+        let fields = match &copy {
+            Some(copy) => {
+                self.side(copy).target += 1;
+                differing_fields(&source, copy)
+            }
+            None => Vec::new(),
+        };
+        if copy.is_none() || !fields.is_empty() {
+            self.differences.push(Difference {
+                tenant: source.tenant.to_string(),
+                id: source.id.to_string(),
+                source_status: Some(source.status),
+                target_status: copy.map(|c| c.status),
+                fields,
+            });
+        }
+    }
+
+    /// A record the target has and the source does not.
+    pub(super) fn only_in_target(&mut self, copy: Approval) {
+        self.side(&copy).target += 1;
+        self.differences.push(Difference {
+            tenant: copy.tenant.to_string(),
+            id: copy.id.to_string(),
+            source_status: None,
+            target_status: Some(copy.status),
+            fields: Vec::new(),
+        });
+    }
+
+    fn side(&mut self, approval: &Approval) -> &mut Sides {
+        self.counts
+            .entry(approval.tenant.to_string())
+            .or_default()
+            .entry(approval.status)
+            .or_default()
+    }
+}
+
+/// Top-level fields whose values differ, by their names in the API.
+fn differing_fields(a: &Approval, b: &Approval) -> Vec<String> {
+    let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) =
+        (serde_json::to_value(a), serde_json::to_value(b))
+    else {
+        return vec!["<unserializable>".into()];
+    };
+    a.iter()
+        .filter(|(key, value)| b.get(*key) != Some(*value))
+        .map(|(key, _)| key.clone())
+        .collect()
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{:<32} {:<9} {:>9} {:>9}",
+            "tenant", "status", "source", "target"
+        )?;
+        for (tenant, statuses) in &self.counts {
+            for (status, sides) in statuses {
+                let mark = if sides.source == sides.target {
+                    ""
+                } else {
+                    "  *"
+                };
+                writeln!(
+                    f,
+                    "{tenant:<32} {:<9} {:>9} {:>9}{mark}",
+                    status.as_str(),
+                    sides.source,
+                    sides.target
+                )?;
+            }
+        }
+        if self.dry_run {
+            writeln!(
+                f,
+                "\ndry run: would import {}, already present {}; nothing was written",
+                self.would_import, self.already_present
+            )?;
+        } else {
+            writeln!(
+                f,
+                "\nimported {}, already present {}, late decisions replayed {}",
+                self.imported, self.already_present, self.decisions_replayed
+            )?;
+        }
+        if self.differences.is_empty() {
+            return writeln!(f, "reconciled: both sides hold the same records");
+        }
+        writeln!(f, "{} differences:", self.differences.len())?;
+        let status = |s: Option<Status>| s.map_or("missing", |s| s.as_str());
+        for d in &self.differences {
+            write!(
+                f,
+                "  {}/{}: source {}, target {}",
+                d.tenant,
+                d.id,
+                status(d.source_status),
+                status(d.target_status)
+            )?;
+            if !d.fields.is_empty() {
+                write!(f, " (differs in {})", d.fields.join(", "))?;
+            }
+            writeln!(f)?;
+        }
+        Ok(())
+    }
+}

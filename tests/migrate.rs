@@ -1,0 +1,397 @@
+//! `approvals migrate` against a real redis-server (one per test) and the binary's shared
+//! Temporal dev server and worker: a mixed population (pending with various deadlines,
+//! accepted, rejected, expired, ADR v1 records) carried over and checked record by record
+//! through the Temporal backend's API; deadlines kept; a second run is a no-op; a run killed
+//! with SIGKILL and started again ends exact; a decision made in Redis mid-migration survives;
+//! a rollback restores Redis; a dry run writes nothing.
+
+#![cfg(feature = "temporal")]
+
+#[path = "common/shared_temporal.rs"]
+mod shared_temporal;
+
+use std::collections::BTreeSet;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use approvals::config::{BackendKind, Settings};
+use approvals::migration::{Migration, Plan, Report};
+use approvals::startup::build_engine;
+use approvals_core::conformance::{decision, fresh_tenant, id, pending};
+use approvals_core::{Approval, ApprovalBackend, Status, TenantId, Timestamp, Verdict};
+use approvals_testkit::RedisServer;
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_approvals");
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// A Redis of the test's own, the shared Temporal, and a config file naming both.
+struct Setup {
+    redis: RedisServer,
+    config: tempfile::NamedTempFile,
+    settings: Settings,
+}
+
+impl Setup {
+    async fn new() -> Self {
+        Self::on(RedisServer::start().await).await
+    }
+
+    async fn on(redis: RedisServer) -> Self {
+        let temporal = shared_temporal::shared().await;
+        let toml = format!(
+            "[redis]\nurl = {:?}\n[temporal]\naddress = {:?}\ntask_queue = {:?}\n\
+             call_timeout = \"20s\"\n[log]\nfilter = \"info\"\n",
+            redis.url(),
+            temporal.address,
+            temporal.task_queue
+        );
+        let config = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(config.path(), toml).unwrap();
+        let settings = Settings::load_from(Some(config.path()), Vec::new()).unwrap();
+        Self {
+            redis,
+            config,
+            settings,
+        }
+    }
+
+    async fn engine(&self, kind: BackendKind) -> Arc<dyn ApprovalBackend> {
+        build_engine(kind, &self.settings).await.unwrap()
+    }
+
+    fn command(&self, from: &str, to: &str, tenants: &[&TenantId], extra: &[&str]) -> Command {
+        let mut command = Command::new(BIN);
+        command
+            .args(["migrate", "--config"])
+            .arg(self.config.path())
+            .args(["--from", from, "--to", to, "--json"])
+            .args(extra)
+            .env_remove("APPROVALS_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for tenant in tenants {
+            command.args(["--tenant", tenant.as_str()]);
+        }
+        command
+    }
+
+    /// Runs `approvals migrate` to its end: exit success and the JSON report.
+    fn migrate(
+        &self,
+        from: &str,
+        to: &str,
+        tenants: &[&TenantId],
+        extra: &[&str],
+    ) -> (bool, Value) {
+        let output = self.command(from, to, tenants, extra).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let report = serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|e| panic!("no JSON report ({e}); stderr:\n{stderr}"));
+        (output.status.success(), report)
+    }
+
+    /// An ADR v1 record: the four fields the Python service wrote, nothing else.
+    async fn write_v1(&self, tenant: &TenantId, id: &str, age: Duration, ttl: Duration) {
+        let submitted = chrono::Utc::now() - age;
+        let record = json!({
+            "status": "pending",
+            "agent_action": {"type": "document_read", "resource": "finance/legacy"},
+            "context": {"on_behalf_of": "project_alpha"},
+            "submitted_at": submitted.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        });
+        let mut conn = self.redis.connection().await;
+        let _: () = redis::cmd("SET")
+            .arg(format!("approval:{tenant}:{id}"))
+            .arg(record.to_string())
+            .arg("EX")
+            .arg(ttl.as_secs())
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+}
+
+/// Every record of `tenants` in `backend`, as of one instant, by (tenant, id).
+async fn records(backend: &dyn ApprovalBackend, tenants: &[&TenantId]) -> Vec<Approval> {
+    let now = Timestamp::now();
+    let mut all = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = backend.scan(cursor.as_deref(), 500).await.unwrap();
+        all.extend(
+            page.items
+                .into_iter()
+                .filter(|a| tenants.contains(&&a.tenant))
+                .map(|a| a.as_of(now)),
+        );
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    all.sort_by(|a, b| (&a.tenant, &a.id).cmp(&(&b.tenant, &b.id)));
+    all
+}
+
+/// `source`'s records read back one by one from `target` (strongly consistent, unlike scans).
+async fn read_back(source: &[Approval], target: &dyn ApprovalBackend) -> Vec<Approval> {
+    let mut copies = Vec::new();
+    for a in source {
+        let copy = target.get(&a.tenant, &a.id).await.unwrap();
+        copies.push(copy.unwrap_or_else(|| panic!("{}/{} not migrated", a.tenant, a.id)));
+    }
+    let now = Timestamp::now();
+    copies.into_iter().map(|a| a.as_of(now)).collect()
+}
+
+/// Pending (1 h, 2 days, 4 s left), accepted, rejected, expired and ADR v1 records over three
+/// tenants. Returns the tenants.
+async fn mixed_population(setup: &Setup, redis: &dyn ApprovalBackend) -> Vec<TenantId> {
+    let tenants: Vec<TenantId> = (0..3).map(|_| fresh_tenant("mig")).collect();
+    for tenant in &tenants {
+        redis.submit(pending(tenant, "hour", HOUR)).await.unwrap();
+        redis
+            .submit(pending(tenant, "two-days", 48 * HOUR))
+            .await
+            .unwrap();
+        redis
+            .submit(pending(tenant, "soon", Duration::from_secs(4)))
+            .await
+            .unwrap();
+        for (name, verdict) in [("yes", Verdict::Accept), ("no", Verdict::Reject)] {
+            redis.submit(pending(tenant, name, HOUR)).await.unwrap();
+            redis
+                .decide(tenant, &id(name), decision(verdict, "alice"))
+                .await
+                .unwrap();
+        }
+        redis
+            .submit(pending(tenant, "lapsed", Duration::from_millis(1)))
+            .await
+            .unwrap();
+        setup
+            .write_v1(tenant, "v1-pending", Duration::from_secs(600), HOUR)
+            .await;
+    }
+    // The lapsed ones become tombstones, as the sweeper would record them.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut expired = 0;
+    while expired < tenants.len() {
+        expired += redis.expire_due(Timestamp::now()).await.unwrap().len();
+        assert!(
+            Instant::now() < deadline,
+            "the lapsed approvals never expired"
+        );
+    }
+    tenants
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_population_moves_to_temporal_exactly_and_a_second_run_changes_nothing() {
+    let setup = Setup::new().await;
+    let redis = setup.engine(BackendKind::Redis).await;
+    let temporal = setup.engine(BackendKind::Temporal).await;
+    let tenants = mixed_population(&setup, redis.as_ref()).await;
+    let tenant_refs: Vec<&TenantId> = tenants.iter().collect();
+    let before = records(redis.as_ref(), &tenant_refs).await;
+    assert_eq!(before.len(), 21);
+
+    let (clean, report) = setup.migrate("redis", "temporal", &tenant_refs, &[]);
+    assert!(clean, "{report:#}");
+    assert_eq!(report["imported"], 21, "{report:#}");
+    assert_eq!(report["differences"], json!([]));
+    assert_eq!(
+        report["counts"][tenants[0].as_str()]["pending"]["target"],
+        4
+    );
+
+    // Record by record through the Temporal backend's API: the same approvals, with their
+    // original times, deciders and reasons, and the absolute deadline to the millisecond.
+    let copies = read_back(&before, temporal.as_ref()).await;
+    assert_eq!(copies, before);
+    // Each carries a `migrated` audit event in its new home.
+    let audit = temporal.audit(&tenants[0], None, None, 100).await.unwrap();
+    let migrated = audit
+        .items
+        .iter()
+        .filter(|e| e.kind == approvals_core::AuditKind::Migrated)
+        .count();
+    assert_eq!(migrated, 7, "{:?}", audit.items);
+
+    // The one with seconds left expires on time in Temporal, not a fresh 24 h later.
+    let soon = before.iter().find(|a| a.id.as_str() == "soon").unwrap();
+    let settled = temporal
+        .wait_for_decision(&soon.tenant, &soon.id, Duration::from_secs(15))
+        .await
+        .unwrap()
+        .expect("expired within its remaining time");
+    assert_eq!(settled.status, Status::Expired);
+    assert_eq!(settled.decided_at, Some(soon.expires_at));
+    let late = Timestamp::now().as_millis() - soon.expires_at.as_millis();
+    assert!(late < 3_000, "expired {late} ms after its deadline");
+
+    // Again: everything is already there, nothing changes.
+    let (clean, again) = setup.migrate("redis", "temporal", &tenant_refs, &[]);
+    assert!(clean, "{again:#}");
+    assert_eq!(again["imported"], 0);
+    assert_eq!(again["already_present"], 21);
+    assert_eq!(read_back(&before, temporal.as_ref()).await.len(), 21);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_writes_nothing_and_tenant_filters_hold() {
+    let setup = Setup::new().await;
+    let redis = setup.engine(BackendKind::Redis).await;
+    let temporal = setup.engine(BackendKind::Temporal).await;
+    let (chosen, other) = (fresh_tenant("dry"), fresh_tenant("dry"));
+    for tenant in [&chosen, &other] {
+        redis.submit(pending(tenant, "a", HOUR)).await.unwrap();
+    }
+    let (_, report) = setup.migrate("redis", "temporal", &[&chosen], &["--dry-run"]);
+    assert_eq!(report["would_import"], 1, "{report:#}");
+    assert_eq!(temporal.get(&chosen, &id("a")).await.unwrap(), None);
+
+    let (clean, report) = setup.migrate("redis", "temporal", &[&chosen], &[]);
+    assert!(clean, "{report:#}");
+    assert_eq!(report["imported"], 1);
+    assert!(temporal.get(&chosen, &id("a")).await.unwrap().is_some());
+    assert_eq!(temporal.get(&other, &id("a")).await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_killed_halfway_and_started_again_ends_exact() {
+    let setup = Setup::new().await;
+    let redis = setup.engine(BackendKind::Redis).await;
+    let temporal = setup.engine(BackendKind::Temporal).await;
+    let tenant = fresh_tenant("killed");
+    let total = 300;
+    for n in 0..total {
+        redis
+            .submit(pending(&tenant, &format!("a-{n}"), HOUR))
+            .await
+            .unwrap();
+    }
+    let mut child = setup
+        .command("redis", "temporal", &[&tenant], &["--concurrency", "1"])
+        .spawn()
+        .unwrap();
+    // Killed once some, not all, have been copied (the copies are the event we wait for).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let copied = records(temporal.as_ref(), &[&tenant]).await.len();
+        if copied >= 20 {
+            assert!(
+                copied < total,
+                "copied everything before it could be killed"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "the migration copied nothing");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    child.wait().unwrap();
+
+    let (clean, report) = setup.migrate("redis", "temporal", &[&tenant], &[]);
+    assert!(clean, "{report:#}");
+    let imported = report["imported"].as_u64().unwrap();
+    let present = report["already_present"].as_u64().unwrap();
+    assert!(imported > 0 && present >= 20, "{report:#}");
+    assert_eq!(imported + present, total as u64);
+    assert_eq!(
+        report["counts"][tenant.as_str()]["pending"]["target"],
+        total
+    );
+    let source = records(redis.as_ref(), &[&tenant]).await;
+    assert_eq!(read_back(&source, temporal.as_ref()).await, source);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_made_in_redis_during_the_migration_is_not_lost() {
+    let setup = Setup::new().await;
+    let redis = setup.engine(BackendKind::Redis).await;
+    let temporal = setup.engine(BackendKind::Temporal).await;
+    let tenant = fresh_tenant("race");
+    redis
+        .submit(pending(&tenant, "decided-late", HOUR))
+        .await
+        .unwrap();
+    redis
+        .submit(pending(&tenant, "still-pending", HOUR))
+        .await
+        .unwrap();
+    let plan = Plan {
+        tenants: BTreeSet::from([tenant.clone()]),
+        concurrency: 4,
+        dry_run: false,
+    };
+    let migration = Migration::new(
+        redis.clone(),
+        temporal.clone(),
+        plan,
+        indicatif::ProgressBar::hidden(),
+    );
+    let mut report = Report::new(false);
+    migration.copy(&mut report).await.unwrap();
+    // A reviewer decides in Redis after the copy was made: the migration races them.
+    let decided = redis
+        .decide(
+            &tenant,
+            &id("decided-late"),
+            decision(Verdict::Accept, "bob"),
+        )
+        .await
+        .unwrap();
+    let approvals_core::DecisionOutcome::Decided(decided) = decided else {
+        panic!("{decided:?}")
+    };
+    migration.reconcile(&mut report).await.unwrap();
+    assert_eq!(report.decisions_replayed, 1);
+    assert!(report.is_reconciled(), "{report}");
+    let copy = temporal
+        .get(&tenant, &id("decided-late"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(copy, decided, "same reviewer, reason and time");
+    let other = temporal
+        .get(&tenant, &id("still-pending"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(other.status, Status::Pending);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_restores_redis_faithfully() {
+    let setup = Setup::new().await;
+    let redis = setup.engine(BackendKind::Redis).await;
+    let temporal = setup.engine(BackendKind::Temporal).await;
+    let tenants = mixed_population(&setup, redis.as_ref()).await;
+    let tenant_refs: Vec<&TenantId> = tenants.iter().collect();
+    let (clean, report) = setup.migrate("redis", "temporal", &tenant_refs, &[]);
+    assert!(clean, "{report:#}");
+    let in_temporal = read_back(
+        &records(redis.as_ref(), &tenant_refs).await,
+        temporal.as_ref(),
+    )
+    .await;
+
+    // Back into an empty Redis, as after losing the old one.
+    let fresh = Setup::on(RedisServer::start().await).await;
+    let (clean, report) = fresh.migrate("temporal", "redis", &tenant_refs, &[]);
+    assert!(clean, "{report:#}");
+    assert_eq!(report["imported"], in_temporal.len());
+    let restored = fresh.engine(BackendKind::Redis).await;
+    assert_eq!(
+        read_back(&in_temporal, restored.as_ref()).await,
+        in_temporal
+    );
+}
