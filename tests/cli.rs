@@ -1,14 +1,13 @@
 //! The `approvals` binary as an operator runs it: exit codes, token minting, SIGTERM drain.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use approvals::auth::digest_hex;
+use approvals_testkit::process::{wait_ready, Output, Process};
 use approvals_testkit::{free_port, RedisServer};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_approvals");
@@ -124,15 +123,6 @@ fn token_new_prints_a_token_and_only_its_digest() {
     assert_eq!(refused.status.code(), Some(2));
 }
 
-struct Service(Child);
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn sigterm_answers_long_polls_and_drains() {
     let redis = RedisServer::start().await;
@@ -149,29 +139,11 @@ async fn sigterm_answers_long_polls_and_drains() {
         digest_hex(reviewer),
     );
     let config = write(dir.path(), "config.toml", &config);
-    let mut child = approvals(&["serve", "--config", &config])
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut command = approvals(&["serve", "--config", &config]);
+    command.env("RUST_LOG", "info");
+    let mut service = Process::spawn(command);
     // Serving once it logs so; reading its log is the event, not a guess at a delay.
-    let stderr = child.stderr.take().unwrap();
-    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line);
-        }
-    });
-    let service = Service(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let line = lines_rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("service never said it was serving");
-        if line.contains("serving") {
-            break;
-        }
-    }
+    service.wait_for_line("serving", Duration::from_secs(20));
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
     let submitted = http
@@ -208,7 +180,7 @@ async fn sigterm_answers_long_polls_and_drains() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let signalled = Instant::now();
-    kill(Pid::from_raw(service.0.id() as i32), Signal::SIGTERM).unwrap();
+    service.signal(Signal::SIGTERM);
     let response = long_poll
         .await
         .unwrap()
@@ -220,18 +192,7 @@ async fn sigterm_answers_long_polls_and_drains() {
         signalled.elapsed() < Duration::from_secs(5),
         "long-polls do not hold up shutdown"
     );
-    let mut service = service;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = service.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the process did not exit after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = service.wait_exit(Duration::from_secs(10)).await;
     assert!(status.success(), "clean exit: {status:?}");
     assert!(
         http.get(format!("{base}/healthz")).send().await.is_err(),
@@ -246,28 +207,17 @@ async fn dev_prints_working_tokens_and_cleans_up_on_ctrl_c() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
-    let mut child = approvals(&["dev", "--listen", &format!("127.0.0.1:{port}")])
+    let mut command = approvals(&["dev", "--listen", &format!("127.0.0.1:{port}")]);
+    command
         .args(["--data-dir", &dir.path().join("data").display().to_string()])
         .args(["--policies", &policies.display().to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line);
-        }
-    });
-    let mut service = Service(child);
+        .stderr(Stdio::null());
+    let mut service = Process::spawn_reading(command, Output::Stdout);
     let mut tokens = std::collections::HashMap::new();
     let mut redis_port = None;
     let deadline = Instant::now() + Duration::from_secs(20);
     while tokens.len() < 3 {
-        let line = lines_rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("dev printed its tokens");
+        let line = service.next_line(deadline).expect("dev printed its tokens");
         if let Some(rest) = line.split("redis-server on port ").nth(1) {
             redis_port = rest
                 .split_whitespace()
@@ -284,17 +234,7 @@ async fn dev_prints_working_tokens_and_cleans_up_on_ctrl_c() {
     }
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while http
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .map(|r| r.status() != 200)
-        .unwrap_or(true)
-    {
-        assert!(Instant::now() < deadline, "dev never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_ready(&format!("{base}/readyz"), Duration::from_secs(20)).await;
     // The three printed curl commands, as requests.
     let submitted = http
         .post(format!("{base}/v1/tenants/demo/approvals"))
@@ -322,15 +262,8 @@ async fn dev_prints_working_tokens_and_cleans_up_on_ctrl_c() {
         .await
         .unwrap();
     assert_eq!(accepted.status(), 200);
-    kill(Pid::from_raw(service.0.id() as i32), Signal::SIGINT).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = service.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "dev did not stop on ctrl-c");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    service.signal(Signal::SIGINT);
+    let status = service.wait_exit(Duration::from_secs(10)).await;
     assert!(status.success(), "{status:?}");
     assert!(
         dir.path().join("data").join("appendonlydir").exists(),

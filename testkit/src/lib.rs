@@ -3,10 +3,12 @@
 //! Tests never share a server they mutate, so they run in parallel; no mocks stand in for
 //! Redis or Temporal. [`temporal_server`] only manages the `temporal` dev server process: it
 //! does not depend on the Temporal SDK, so Redis-only builds of the tests stay light.
+//! [`process`] runs the service's own binary as a child process (log lines, signals, drain).
 
 mod redis_server;
 
 pub use redis_server::RedisServer;
+pub mod process;
 pub mod prometheus_server;
 pub mod temporal_server;
 

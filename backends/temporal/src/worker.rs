@@ -1,4 +1,4 @@
-//! The worker that runs `ApprovalWorkflow`: what `approvals worker --config FILE` will call.
+//! The worker that runs `ApprovalWorkflow`: what `approvals worker --config FILE` calls.
 
 use std::future::Future;
 
