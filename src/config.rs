@@ -71,12 +71,37 @@ pub enum BackendKind {
     Dual,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+impl BackendKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Redis => "redis",
+            Self::Temporal => "temporal",
+            Self::Dual => "dual",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BackendSettings {
     pub kind: BackendKind,
-    /// For `dual`: which backend answers.
+    /// For `dual` (required there, ignored otherwise): which engine answers, `redis` or
+    /// `temporal`; the other one is the secondary.
     pub primary: Option<BackendKind>,
+    /// For `dual`: the deadline of every call to the secondary, and so the most a write waits
+    /// for it (src/dual.rs).
+    #[serde(with = "humantime_serde")]
+    pub secondary_timeout: Duration,
+}
+
+impl Default for BackendSettings {
+    fn default() -> Self {
+        Self {
+            kind: BackendKind::default(),
+            primary: None,
+            secondary_timeout: Duration::from_secs(1),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -256,6 +281,7 @@ const ENV_KEYS: &[&str] = &[
     "server.shutdown_grace",
     "backend.kind",
     "backend.primary",
+    "backend.secondary_timeout",
     "redis.url",
     "redis.call_timeout",
     "redis.pool_size",
@@ -359,6 +385,7 @@ impl Settings {
                 )));
             }
         }
+        self.validate_backend()?;
         if self.server.body_limit == 0 {
             return Err(ConfigError::Invalid(
                 "server.body_limit: must be positive".into(),
@@ -370,6 +397,26 @@ impl Settings {
                 .map_err(|reason| ConfigError::Invalid(format!("auth.tokens[{n}]: {reason}")))?;
         }
         Ok(())
+    }
+
+    /// `dual` needs to know which engine answers; a primary is an engine, never `dual`.
+    fn validate_backend(&self) -> Result<(), ConfigError> {
+        let backend = &self.backend;
+        match (backend.kind, backend.primary) {
+            (_, Some(BackendKind::Dual)) => Err(ConfigError::Invalid(
+                "backend.primary: must be \"redis\" or \"temporal\" (the engine that answers)"
+                    .into(),
+            )),
+            (BackendKind::Dual, None) => Err(ConfigError::Invalid(
+                "backend.primary: required with backend.kind = \"dual\": \"redis\" or \
+                 \"temporal\", the engine that answers (the other one follows)"
+                    .into(),
+            )),
+            (BackendKind::Dual, Some(_)) if backend.secondary_timeout.is_zero() => Err(
+                ConfigError::Invalid("backend.secondary_timeout: must be positive".into()),
+            ),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -463,6 +510,29 @@ mod tests {
         assert!(e.to_string().contains("APPROVALS_REDIS__ULR"), "{e}");
         let e = load("[approvals.tenant_ttl]\n\"a:b\" = \"1h\"\n", &[]).unwrap_err();
         assert!(e.to_string().contains("approvals.tenant_ttl.a:b"), "{e}");
+    }
+
+    #[test]
+    fn dual_needs_an_engine_as_primary() {
+        let e = load("[backend]\nkind = \"dual\"\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("backend.primary: required"), "{e}");
+        let e = load("[backend]\nkind = \"dual\"\nprimary = \"dual\"\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("backend.primary: must be"), "{e}");
+        let e = load("[backend]\nkind = \"dual\"\nprimary = \"mysql\"\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("backend.primary"), "{e}");
+        let s = load(
+            "[backend]\nkind = \"dual\"\n",
+            &[
+                ("APPROVALS_BACKEND__PRIMARY", "temporal"),
+                ("APPROVALS_BACKEND__SECONDARY_TIMEOUT", "250ms"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.backend.primary, Some(BackendKind::Temporal));
+        assert_eq!(s.backend.secondary_timeout, Duration::from_millis(250));
+        // Left in place while rolling back from dual: harmless.
+        let s = load("[backend]\nkind = \"redis\"\nprimary = \"temporal\"\n", &[]).unwrap();
+        assert_eq!(s.backend.kind, BackendKind::Redis);
     }
 
     #[test]

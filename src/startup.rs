@@ -38,11 +38,54 @@ pub const TEMPORAL_NOT_BUILT: &str = "this build does not include the Temporal b
 /// The one place that turns `backend.kind` into a backend.
 pub async fn build_backend(settings: &Settings) -> Result<Arc<dyn ApprovalBackend>, StartupError> {
     match settings.backend.kind {
-        BackendKind::Dual => Err(StartupError::Unsupported(
-            "backend.kind = \"dual\" (Redis and Temporal side by side, for migrating) is not \
-             implemented yet (issue 5); use \"redis\" or \"temporal\""
-                .into(),
-        )),
+        // Checked before connecting anything: half a dual backend would be a silent `redis`.
+        #[cfg(not(feature = "temporal"))]
+        BackendKind::Dual => Err(StartupError::Unsupported(format!(
+            "backend.kind = \"dual\" runs Redis and Temporal side by side: {TEMPORAL_NOT_BUILT}"
+        ))),
+        #[cfg(feature = "temporal")]
+        BackendKind::Dual => {
+            use crate::dual::{Connector, DualBackend};
+            let (primary, secondary) = match settings.backend.primary {
+                Some(BackendKind::Redis) => (BackendKind::Redis, BackendKind::Temporal),
+                Some(BackendKind::Temporal) => (BackendKind::Temporal, BackendKind::Redis),
+                // Settings::load refuses these; settings built in code may not have been loaded.
+                _ => {
+                    return Err(StartupError::Unsupported(
+                        "backend.kind = \"dual\" needs backend.primary = \"redis\" or \
+                         \"temporal\""
+                            .into(),
+                    ))
+                }
+            };
+            let deadline = settings.backend.secondary_timeout;
+            let primary = build_engine(primary, settings).await?;
+            // The secondary is best-effort, at start-up too: unreachable, it is connected on use.
+            let dual = match build_engine(secondary, settings).await {
+                Ok(engine) => DualBackend::new(primary, engine, deadline),
+                Err(error) => {
+                    tracing::warn!(
+                        %error,
+                        secondary = secondary.as_str(),
+                        "dual: the secondary is unreachable; the primary serves alone meanwhile"
+                    );
+                    let settings = settings.clone();
+                    let connect: Connector = Box::new(move || {
+                        let settings = settings.clone();
+                        Box::pin(async move {
+                            build_engine(secondary, &settings)
+                                .await
+                                .map_err(|e| match e {
+                                    StartupError::Backend(e) => e,
+                                    other => BackendError::Unavailable(other.to_string()),
+                                })
+                        })
+                    });
+                    DualBackend::connecting(primary, secondary.as_str(), connect, deadline)
+                }
+            };
+            Ok(Arc::new(dual))
+        }
         engine => build_engine(engine, settings).await,
     }
 }

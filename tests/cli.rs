@@ -276,25 +276,40 @@ async fn dev_prints_working_tokens_and_cleans_up_on_ctrl_c() {
     );
 }
 
-/// `backend.kind = "dual"` is not implemented (issue 5): start-up says so and exits 2.
+/// `backend.kind = "dual"` that cannot work stops start-up with exit 2 and says why: without
+/// `backend.primary` (or with `dual` as its own primary), and in a build without the `temporal`
+/// feature, which it needs for its other half.
 #[test]
 fn dual_backend_is_refused_at_start_up() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write(
-        dir.path(),
-        "dual.toml",
-        &format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[backend]\nkind = \"dual\"\n[policy]\ndir = \"{}\"\n",
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("policies").display()
+    let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let mut refused = vec![
+        ("kind = \"dual\"\n", "backend.primary: required"),
+        (
+            "kind = \"dual\"\nprimary = \"dual\"\n",
+            "backend.primary: must be",
         ),
-    );
-    let output = approvals(&["serve", "--config", &config]).output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("dual") && stderr.contains("issue 5"),
-        "{stderr}"
-    );
+    ];
+    if cfg!(not(feature = "temporal")) {
+        refused.push((
+            "kind = \"dual\"\nprimary = \"redis\"\n",
+            "--features temporal",
+        ));
+    }
+    for (backend, expected) in refused {
+        let config = write(
+            dir.path(),
+            "dual.toml",
+            &format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\n[backend]\n{backend}[policy]\ndir = \"{}\"\n",
+                policies.display()
+            ),
+        );
+        let output = approvals(&["serve", "--config", &config]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{backend}: {stderr}");
+        assert!(stderr.contains(expected), "{backend}: {stderr}");
+    }
 }
 
 /// Without the `temporal` feature, `approvals worker` and `backend.kind = "temporal"` exit 2

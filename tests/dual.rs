@@ -1,0 +1,573 @@
+//! `backend.kind = "dual"` for real: the service on a redis-server of each test's own and the
+//! binary's shared Temporal dev server (with an in-process worker), talked to over HTTP, and
+//! each engine checked directly through its own backend (`build_engine`). Faults are real too:
+//! a stopped redis-server, a closed port, a socket that never answers.
+//!
+//! The metrics recorder is process-wide, so the tests read their counters by their own tenant.
+
+#![cfg(feature = "temporal")]
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use approvals::auth::{mint, Role};
+use approvals::config::{BackendKind, Settings};
+use approvals::dual::DualBackend;
+use approvals::startup::{build_engine, temporal_settings, Application};
+use approvals_core::conformance::{fresh_tenant, id, pending};
+use approvals_core::{
+    Approval, ApprovalBackend, DecisionRequest, ImportOutcome, Status, TenantId, Timestamp, Verdict,
+};
+use approvals_temporal::TemporalSettings;
+use approvals_testkit::RedisServer;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+/// The binary's Temporal dev server and worker, started on first use.
+async fn shared_temporal() -> TemporalSettings {
+    static SHARED: OnceLock<TemporalSettings> = OnceLock::new();
+    tokio::task::spawn_blocking(|| {
+        approvals_testkit::temporal_server::shared(&SHARED, |address, ready| {
+            let mut worker = TemporalSettings::new(address);
+            worker.task_queue = format!("approvals-dual-test-{}", std::process::id());
+            worker.sticky_queue_timeout = Duration::from_secs(2);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("worker runtime");
+            ready.send(worker.clone()).expect("test waiting");
+            let result = runtime.block_on(approvals_temporal::run_worker(
+                worker,
+                std::future::pending(),
+            ));
+            eprintln!("worker stopped: {result:?}");
+        })
+    })
+    .await
+    .expect("dev server")
+}
+
+/// Dual settings on `redis` and the shared Temporal server, `primary` answering.
+async fn dual_settings(primary: BackendKind, redis: &RedisServer) -> Settings {
+    let temporal = shared_temporal().await;
+    let mut settings = Settings::default();
+    settings.server.listen = "127.0.0.1:0".parse().expect("addr");
+    settings.policy.dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("policies");
+    settings.backend.kind = BackendKind::Dual;
+    settings.backend.primary = Some(primary);
+    // Generous: these tests check what is mirrored and compared, not how fast (a loaded
+    // two-core machine answers a Temporal update in seconds at worst).
+    settings.backend.secondary_timeout = Duration::from_secs(5);
+    settings.redis.url = redis.url();
+    settings.temporal.address = temporal.address;
+    settings.temporal.task_queue = temporal.task_queue;
+    settings.temporal.call_timeout = Duration::from_secs(20);
+    settings.approvals.sweep_interval = Duration::from_millis(100);
+    settings.approvals.stats_interval = Duration::from_millis(500);
+    settings
+}
+
+/// The service in dual mode, for one tenant of its own.
+struct DualApp {
+    base: String,
+    tenant: TenantId,
+    agent: String,
+    reviewer: String,
+    http: reqwest::Client,
+    settings: Settings,
+    redis: RedisServer,
+    stop: CancellationToken,
+}
+
+impl DualApp {
+    async fn spawn(primary: BackendKind, adjust: impl FnOnce(&mut Settings)) -> Self {
+        let redis = RedisServer::start().await;
+        let mut settings = dual_settings(primary, &redis).await;
+        let tenant = fresh_tenant("dual");
+        let (agent, agent_entry) = mint(tenant.as_str(), Role::Agent, "agent-1");
+        let (reviewer, reviewer_entry) = mint(tenant.as_str(), Role::Reviewer, "alice");
+        settings.auth.tokens = vec![agent_entry, reviewer_entry];
+        adjust(&mut settings);
+        let app = Application::build(settings.clone())
+            .await
+            .expect("application builds");
+        let base = format!("http://{}", app.local_addr().expect("addr"));
+        let stop = CancellationToken::new();
+        let signal = stop.clone();
+        tokio::spawn(app.run_until(async move { signal.cancelled().await }));
+        Self {
+            base,
+            tenant,
+            agent,
+            reviewer,
+            http: reqwest::Client::new(),
+            settings,
+            redis,
+            stop,
+        }
+    }
+
+    /// One engine of the pair, as its own client.
+    async fn engine(&self, kind: BackendKind) -> Arc<dyn ApprovalBackend> {
+        build_engine(kind, &self.settings)
+            .await
+            .expect("engine connects")
+    }
+
+    fn approval_path(&self, request_id: &str) -> String {
+        format!(
+            "{}/v1/tenants/{}/approvals/{request_id}",
+            self.base, self.tenant
+        )
+    }
+
+    /// Submits an action the default policy parks, with `request_id` as its id.
+    async fn park(&self, request_id: &str) -> reqwest::Response {
+        self.http
+            .post(format!(
+                "{}/v1/tenants/{}/approvals",
+                self.base, self.tenant
+            ))
+            .bearer_auth(&self.agent)
+            .json(&json!({"request_id": request_id,
+                "action": {"type": "document_read", "resource": "finance/q3-report"}}))
+            .send()
+            .await
+            .expect("submit")
+    }
+
+    async fn decide(&self, request_id: &str, verdict: &str) -> reqwest::Response {
+        self.http
+            .post(format!("{}/{verdict}", self.approval_path(request_id)))
+            .bearer_auth(&self.reviewer)
+            .json(&json!({"reason": "checked"}))
+            .send()
+            .await
+            .expect("decide")
+    }
+
+    async fn get(&self, request_id: &str) -> reqwest::Response {
+        self.http
+            .get(self.approval_path(request_id))
+            .bearer_auth(&self.reviewer)
+            .send()
+            .await
+            .expect("get")
+    }
+
+    async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    }
+
+    /// Polls /metrics until `ready` holds (the event, not a guessed delay); panics naming
+    /// `what` after `within`.
+    async fn metrics_until(&self, within: Duration, what: &str, ready: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + within;
+        loop {
+            let text = self.metrics().await;
+            if ready(&text) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{what} never happened:\n{text}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// This app's tenant's value of a dual counter for `op` (0 if it has no series).
+    fn counter(&self, text: &str, name: &str, op: &str) -> f64 {
+        let tenant = format!("tenant=\"{}\"", self.tenant);
+        sum_series(text, name, &[&tenant, &format!("op=\"{op}\"")])
+    }
+}
+
+impl Drop for DualApp {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// The sum of the samples of `name` whose labels include every one of `labels`.
+fn sum_series(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|line| {
+            line.starts_with(&format!("{name}{{")) || line.starts_with(&format!("{name} "))
+        })
+        .filter(|line| labels.iter().all(|label| line.contains(label)))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Both engines' records of one approval: equal, and equal to what the service answered.
+async fn assert_both_hold(app: &DualApp, request_id: &str, served: &Value) -> Approval {
+    let approval_id = id(request_id);
+    let mut records = Vec::new();
+    for kind in [BackendKind::Redis, BackendKind::Temporal] {
+        let record = app
+            .engine(kind)
+            .await
+            .get(&app.tenant, &approval_id)
+            .await
+            .expect("engine answers")
+            .unwrap_or_else(|| panic!("{kind:?} has no record of {request_id}"));
+        assert_eq!(
+            serde_json::to_value(&record).expect("json"),
+            *served,
+            "{kind:?}'s record of {request_id} is what the service answered"
+        );
+        records.push(record);
+    }
+    records.remove(0)
+}
+
+/// (a) Submits and decisions through the service land in both engines, identical, and no
+/// comparison of them disagrees.
+async fn writes_land_in_both_engines_and_agree(primary: BackendKind) {
+    let app = DualApp::spawn(primary, |_| {}).await;
+    for (request_id, verdict, status) in
+        [("a-1", "accept", "accepted"), ("a-2", "reject", "rejected")]
+    {
+        let parked = app.park(request_id).await;
+        assert_eq!(parked.status(), StatusCode::CREATED);
+        let parked: Value = parked.json().await.expect("json");
+        let record = assert_both_hold(&app, request_id, &parked["approval"]).await;
+        assert_eq!(record.status, Status::Pending);
+
+        let decided = app.decide(request_id, verdict).await;
+        assert_eq!(decided.status(), StatusCode::OK);
+        let decided: Value = decided.json().await.expect("json");
+        assert_eq!(decided["status"], status);
+        let record = assert_both_hold(&app, request_id, &decided).await;
+        assert_eq!(record.decided_by.as_deref(), Some("alice"));
+
+        let read = app.get(request_id).await;
+        assert_eq!(read.status(), StatusCode::OK);
+        assert_eq!(read.json::<Value>().await.expect("json"), decided);
+    }
+    // Every comparison made (a submit with a request_id reads first; two submits, two decisions,
+    // two reads) agreed.
+    app.metrics_until(Duration::from_secs(30), "every comparison", |text| {
+        let count = |op| app.counter(text, "approvals_dual_comparisons_total", op);
+        count("submit") >= 2.0 && count("decide") >= 2.0 && count("get") >= 4.0
+    })
+    .await;
+    let text = app.metrics().await;
+    for op in ["submit", "decide", "get"] {
+        assert_eq!(
+            app.counter(&text, "approvals_dual_disagreements_total", op),
+            0.0,
+            "{op}:\n{text}"
+        );
+    }
+    assert!(text.contains("approvals_dual_secondary_up 1"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_land_in_both_engines_and_agree_with_redis_primary() {
+    writes_land_in_both_engines_and_agree(BackendKind::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_land_in_both_engines_and_agree_with_temporal_primary() {
+    writes_land_in_both_engines_and_agree(BackendKind::Temporal).await;
+}
+
+/// Each engine keeps expiring its own records: the Redis sweeper runs on the secondary too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_engine_records_its_own_expiries() {
+    let app = DualApp::spawn(BackendKind::Temporal, |settings| {
+        settings.approvals.default_ttl = Duration::from_secs(2);
+    })
+    .await;
+    assert_eq!(app.park("short").await.status(), StatusCode::CREATED);
+    let redis = app.engine(BackendKind::Redis).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // Listed as expired only once the sweeper has recorded it (a read alone says so earlier).
+    while !redis
+        .list(&app.tenant, Status::Expired, None, 10)
+        .await
+        .expect("list")
+        .items
+        .iter()
+        .any(|a| a.id.as_str() == "short")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the secondary's sweeper never recorded the expiry"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let read = app.get("short").await;
+    assert_eq!(read.status(), StatusCode::OK);
+    let read: Value = read.json().await.expect("json");
+    assert_eq!(read["status"], "expired");
+    assert_both_hold(&app, "short", &read).await;
+}
+
+/// (b) A difference planted in the secondary is counted by tenant and operation, on a read, on
+/// a decision and on a submit; the service keeps answering from the primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disagreements_are_counted_by_tenant_and_operation() {
+    let app = DualApp::spawn(BackendKind::Redis, |settings| {
+        // A read's mismatch is looked at again after this long: keep the test short.
+        settings.backend.secondary_timeout = Duration::from_secs(2);
+    })
+    .await;
+    let temporal = app.engine(BackendKind::Temporal).await;
+
+    // Decided in the secondary only: a read through the service shows the primary's pending
+    // record, and the comparison behind it counts.
+    assert_eq!(app.park("b-1").await.status(), StatusCode::CREATED);
+    let sneaky = DecisionRequest::now(Verdict::Accept, "mallory", None);
+    temporal
+        .decide(&app.tenant, &id("b-1"), sneaky)
+        .await
+        .expect("decided in the secondary");
+    let read = app.get("b-1").await;
+    assert_eq!(
+        read.json::<Value>().await.expect("json")["status"],
+        "pending"
+    );
+    app.metrics_until(Duration::from_secs(30), "a get disagreement", |text| {
+        app.counter(text, "approvals_dual_disagreements_total", "get") >= 1.0
+    })
+    .await;
+
+    // A decision through the service wins on the primary; the secondary had another winner.
+    let decided = app.decide("b-1", "reject").await;
+    assert_eq!(decided.status(), StatusCode::OK);
+    app.metrics_until(Duration::from_secs(10), "a decide disagreement", |text| {
+        app.counter(text, "approvals_dual_disagreements_total", "decide") == 1.0
+    })
+    .await;
+
+    // A record of the same id, but another action, already in the secondary.
+    let mut planted = pending(&app.tenant, "b-2", Duration::from_secs(3600));
+    planted.submitted_by = "someone-else".into();
+    assert_eq!(
+        temporal.import(planted).await.expect("import"),
+        ImportOutcome::Imported
+    );
+    let parked = app.park("b-2").await;
+    assert_eq!(parked.status(), StatusCode::CREATED);
+    let parked: Value = parked.json().await.expect("json");
+    assert_eq!(
+        parked["approval"]["submitted_by"], "agent-1",
+        "the primary answers"
+    );
+    app.metrics_until(Duration::from_secs(10), "a submit disagreement", |text| {
+        app.counter(text, "approvals_dual_disagreements_total", "submit") == 1.0
+    })
+    .await;
+}
+
+/// (c) With the secondary down (a stopped redis-server behind a Temporal primary), every
+/// request is answered by the primary, the failures are counted, readiness stays, and the
+/// secondary is used again once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_secondary_fails_no_request() {
+    let mut app = DualApp::spawn(BackendKind::Temporal, |settings| {
+        settings.redis.call_timeout = Duration::from_secs(1);
+    })
+    .await;
+    app.redis.stop();
+    let before = app.metrics().await;
+    let errors = |text: &str, op: &str| {
+        sum_series(
+            text,
+            "approvals_dual_secondary_errors_total",
+            &[&format!("op=\"{op}\"")],
+        )
+    };
+    assert_eq!(app.park("c-1").await.status(), StatusCode::CREATED);
+    assert_eq!(app.decide("c-1", "accept").await.status(), StatusCode::OK);
+    let read = app.get("c-1").await;
+    assert_eq!(
+        read.json::<Value>().await.expect("json")["status"],
+        "accepted"
+    );
+    let ready = app
+        .http
+        .get(format!("{}/readyz", app.base))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(
+        ready.status(),
+        StatusCode::OK,
+        "readiness follows the primary"
+    );
+    let after = app.metrics().await;
+    for op in ["submit", "decide"] {
+        assert!(
+            errors(&after, op) > errors(&before, op),
+            "{op} errors counted:\n{after}"
+        );
+    }
+    app.metrics_until(
+        Duration::from_secs(10),
+        "the secondary reported down",
+        |text| text.contains("approvals_dual_secondary_up 0"),
+    )
+    .await;
+
+    app.redis.restart().await;
+    app.metrics_until(Duration::from_secs(20), "the secondary back up", |text| {
+        text.contains("approvals_dual_secondary_up 1")
+    })
+    .await;
+    assert_eq!(app.park("c-2").await.status(), StatusCode::CREATED);
+    let redis = app.engine(BackendKind::Redis).await;
+    let mirrored = redis.get(&app.tenant, &id("c-2")).await.expect("redis");
+    assert!(mirrored.is_some(), "writes reach the secondary again");
+}
+
+/// (c) A Temporal secondary that cannot be reached at start-up (a closed port) does not stop the
+/// service: it starts on the primary alone and counts what it could not mirror.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_secondary_at_start_up_fails_no_request() {
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    };
+    let app = DualApp::spawn(BackendKind::Redis, |settings| {
+        settings.temporal.address = format!("http://127.0.0.1:{closed}");
+        settings.temporal.call_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let before = app.metrics().await;
+    let unavailable = |text: &str| {
+        sum_series(
+            text,
+            "approvals_dual_secondary_errors_total",
+            &["op=\"submit\"", "kind=\"unavailable\""],
+        )
+    };
+    assert_eq!(app.park("d-1").await.status(), StatusCode::CREATED);
+    assert_eq!(app.decide("d-1", "reject").await.status(), StatusCode::OK);
+    assert_eq!(app.get("d-1").await.status(), StatusCode::OK);
+    let after = app.metrics().await;
+    assert!(unavailable(&after) > unavailable(&before), "{after}");
+}
+
+/// A socket that accepts connections and never answers: a hung store.
+fn black_hole() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    port
+}
+
+/// (c) A secondary that hangs delays a write by at most `backend.secondary_timeout`, not by its
+/// own (here much longer) deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_secondary_delays_writes_by_its_deadline_at_most() {
+    let hung = black_hole();
+    let app = DualApp::spawn(BackendKind::Temporal, |settings| {
+        settings.redis.url = format!("redis://127.0.0.1:{hung}/0");
+        settings.redis.call_timeout = Duration::from_secs(60);
+        settings.backend.secondary_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let before = app.metrics().await;
+    let timeouts = |text: &str| {
+        sum_series(
+            text,
+            "approvals_dual_secondary_errors_total",
+            &["op=\"submit\"", "kind=\"timeout\""],
+        )
+    };
+    let started = Instant::now();
+    assert_eq!(app.park("e-1").await.status(), StatusCode::CREATED);
+    let took = started.elapsed();
+    // The primary's own time plus 300 ms; a write that waited for Redis would take 60 s.
+    assert!(took < Duration::from_secs(10), "the submit took {took:?}");
+    assert_eq!(app.decide("e-1", "accept").await.status(), StatusCode::OK);
+    let after = app.metrics().await;
+    assert!(timeouts(&after) > timeouts(&before), "{after}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The shared conformance suite, on a dual backend each way round (ADR-0002: the entry gate).
+
+struct Fixture {
+    _redis: RedisServer,
+    sweeper: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        self.sweeper.abort();
+    }
+}
+
+/// A dual backend on a redis-server of its own and the shared Temporal server, with the expiry
+/// sweeper running as the service runs it.
+async fn dual_backend(primary: BackendKind) -> (Arc<dyn ApprovalBackend>, Fixture) {
+    let redis = RedisServer::start().await;
+    let settings = dual_settings(primary, &redis).await;
+    let redis_engine = build_engine(BackendKind::Redis, &settings)
+        .await
+        .expect("redis");
+    let temporal_engine: Arc<dyn ApprovalBackend> = Arc::new(
+        approvals_temporal::TemporalBackend::connect(temporal_settings(&settings))
+            .await
+            .expect("temporal"),
+    );
+    let (first, second) = match primary {
+        BackendKind::Redis => (redis_engine, temporal_engine),
+        _ => (temporal_engine, redis_engine),
+    };
+    let backend: Arc<dyn ApprovalBackend> = Arc::new(DualBackend::new(
+        first,
+        second,
+        settings.backend.secondary_timeout,
+    ));
+    let sweeping = backend.clone();
+    let sweeper = tokio::spawn(async move {
+        loop {
+            let _ = sweeping.expire_due(Timestamp::now()).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    (
+        backend,
+        Fixture {
+            _redis: redis,
+            sweeper,
+        },
+    )
+}
+
+mod conformance_with_redis_primary {
+    async fn dual() -> (
+        std::sync::Arc<dyn approvals_core::ApprovalBackend>,
+        super::Fixture,
+    ) {
+        super::dual_backend(approvals::config::BackendKind::Redis).await
+    }
+    approvals_core::conformance_tests!(dual);
+}
+
+mod conformance_with_temporal_primary {
+    async fn dual() -> (
+        std::sync::Arc<dyn approvals_core::ApprovalBackend>,
+        super::Fixture,
+    ) {
+        super::dual_backend(approvals::config::BackendKind::Temporal).await
+    }
+    approvals_core::conformance_tests!(dual);
+}
