@@ -14,7 +14,7 @@
 //!   agree on who won.
 //! - **Each engine keeps its own life**: `expire_due` and the adoption of ADR v1 records run on
 //!   both (the Redis sweeper must keep running whichever side Redis is on; Temporal's workflows
-//!   expire themselves).
+//!   expire themselves). The secondary's run beside the primary's, which never waits for them.
 //! - **Every difference is reported**: the secondary's answer to a mirrored write, and its
 //!   record on every read by id, are compared with the primary's (the whole record, as of now).
 //!   A difference is logged (warn, both records, the fields that differ) and counted in
@@ -41,6 +41,7 @@
 //!   written before dual was on, or while the secondary was down (it reads as missing there); a
 //!   decision mirrored after `expires_at` passed in the secondary.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, Once};
@@ -118,6 +119,7 @@ impl DualBackend {
                 deadline,
                 up: AtomicI64::new(-1),
                 comparisons: Arc::new(Semaphore::new(COMPARISONS_IN_FLIGHT)),
+                running: Mutex::default(),
             }),
         }
     }
@@ -132,6 +134,7 @@ impl DualBackend {
         seen: Option<Option<Approval>>,
     ) {
         let Ok(permit) = self.secondary.comparisons.clone().try_acquire_owned() else {
+            describe_once();
             metrics::counter!("approvals_dual_comparisons_skipped_total", "op" => op).increment(1);
             return;
         };
@@ -155,6 +158,8 @@ struct Secondary {
     /// 1 if the last call answered, 0 if it failed, -1 before the first.
     up: AtomicI64,
     comparisons: Arc<Semaphore>,
+    /// The periodic calls running now (see [`Secondary::beside`]).
+    running: Mutex<HashSet<&'static str>>,
 }
 
 impl Secondary {
@@ -180,6 +185,34 @@ impl Secondary {
         Ok(engine.clone())
     }
 
+    /// Starts a periodic call (sweep, ping, adoption) on the secondary beside the primary's, which
+    /// does not wait for it: a slow secondary must not make the primary's expiries or figures
+    /// late. Skipped while the previous one of `op` still runs, so a hung secondary holds one
+    /// call per `op` rather than a pile.
+    fn beside<T, Fut>(
+        self: &Arc<Self>,
+        op: &'static str,
+        call: impl FnOnce(Arc<dyn ApprovalBackend>) -> Fut + Send + 'static,
+    ) where
+        T: Send + 'static,
+        Fut: Future<Output = Result<T, BackendError>> + Send + 'static,
+    {
+        if !self.running().insert(op) {
+            return;
+        }
+        let secondary = self.clone();
+        tokio::spawn(async move {
+            secondary.call(op, call).await;
+            secondary.running().remove(op);
+        });
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, HashSet<&'static str>> {
+        self.running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// `call` on the secondary under the deadline; `None` (counted, logged) if it failed.
     async fn call<T, Fut>(
         &self,
@@ -203,6 +236,7 @@ impl Secondary {
                 Some(value)
             }
             Err(error) => {
+                describe_once();
                 metrics::counter!("approvals_dual_secondary_errors_total",
                     "op" => op, "kind" => error_kind(&error))
                 .increment(1);
@@ -467,12 +501,9 @@ impl ApprovalBackend for DualBackend {
         bounds: &[Duration],
         now: Timestamp,
     ) -> Result<PendingStats, BackendError> {
-        let (stats, _) = tokio::join!(
-            self.primary.pending_stats(bounds, now),
-            self.secondary
-                .call("ping", |engine| async move { engine.ping().await }),
-        );
-        stats
+        self.secondary
+            .beside("ping", |engine| async move { engine.ping().await });
+        self.primary.pending_stats(bounds, now).await
     }
 
     async fn scan(&self, cursor: Option<&str>, batch: usize) -> Result<ScanPage, BackendError> {
@@ -498,16 +529,14 @@ impl ApprovalBackend for DualBackend {
         Ok(outcome)
     }
 
-    /// Both engines expire their own records (side by side, the secondary within its deadline);
-    /// the primary's expiries are the ones the service reports.
+    /// Both engines expire their own records; the primary's expiries are the ones the service
+    /// reports (and counts).
     async fn expire_due(&self, now: Timestamp) -> Result<Vec<Approval>, BackendError> {
-        let (expired, _) = tokio::join!(
-            self.primary.expire_due(now),
-            self.secondary.call("expire_due", |engine| async move {
+        self.secondary
+            .beside("expire_due", move |engine| async move {
                 engine.expire_due(now).await
-            }),
-        );
-        expired
+            });
+        self.primary.expire_due(now).await
     }
 
     /// Readiness follows the primary alone: the service answers from it.
@@ -532,12 +561,38 @@ impl ApprovalBackend for DualBackend {
     }
 
     async fn adopt_foreign_records(&self) -> Result<usize, BackendError> {
-        let (adopted, _) = tokio::join!(
-            self.primary.adopt_foreign_records(),
-            self.secondary.call("adopt", |engine| async move {
-                engine.adopt_foreign_records().await
-            }),
-        );
-        adopted
+        self.secondary.beside("adopt", |engine| async move {
+            engine.adopt_foreign_records().await
+        });
+        self.primary.adopt_foreign_records().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use approvals_core::conformance::{fresh_tenant, pending};
+
+    use super::*;
+
+    #[test]
+    fn records_are_compared_as_a_reader_sees_them_now() {
+        let tenant = fresh_tenant("dual");
+        let mut lapsed = pending(&tenant, "a", Duration::from_secs(1));
+        lapsed.expires_at = Timestamp::from_millis(lapsed.submitted_at.as_millis() - 1);
+        // One engine recorded the expiry, the other has not yet: no difference.
+        let recorded = lapsed.clone().as_of(Timestamp::now());
+        assert!(same(Some(&lapsed), Some(&recorded)));
+
+        let open = pending(&tenant, "b", Duration::from_secs(3600));
+        let mut decided = open.clone();
+        decided.status = Status::Accepted;
+        decided.decided_by = Some("mallory".into());
+        assert!(!same(Some(&open), Some(&decided)));
+        let mut differing = differing_fields(Some(&open), Some(&decided));
+        differing.sort();
+        assert_eq!(differing, ["decided_by", "status"]);
+        assert!(!same(Some(&open), None));
+        assert_eq!(differing_fields(None, Some(&open)), ["(the record itself)"]);
+        assert!(same(None, None));
     }
 }
