@@ -434,15 +434,24 @@ impl Play {
                 self.submit("acme", "b-pending").await;
                 self.submit("acme", "b-accepted").await;
                 self.decide("b-accepted", "accept").await;
-                let metrics = self.get_text("/metrics").await;
-                assert!(
-                    metrics
-                        .lines()
-                        .any(|l| l.starts_with("approvals_dual_disagreements_total{")
-                            && l.contains("op=\"decide\"")
-                            && l.contains("tenant=\"acme\"")),
-                    "a decision of an approval Temporal lacks is a disagreement:\n{metrics}"
-                );
+                // The runbook's 4.1: until the migration, the approvals Temporal lacks count
+                // as disagreements (the mirrored decision; a read, compared seconds later).
+                self.read("acme", "a-late").await;
+                let deadline = Instant::now() + Duration::from_secs(15);
+                loop {
+                    let metrics = self.get_text("/metrics").await;
+                    if metrics.lines().any(|l| {
+                        l.starts_with("approvals_dual_disagreements_total{")
+                            && l.contains("tenant=\"acme\"")
+                    }) {
+                        break;
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "no disagreement counted for an approval Temporal lacks:\n{metrics}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
             }
             "dual/temporal" => {
                 self.decide("a-pending", "reject").await;
