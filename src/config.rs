@@ -210,6 +210,10 @@ pub struct TemporalSettings {
     /// Deadline of a call that walks a whole visibility query (list, audit, pending figures).
     #[serde(with = "humantime_serde")]
     pub scan_timeout: Duration,
+    /// Worker: how long a task of a workflow cached by a dead worker waits before another
+    /// worker may take it. Decisions on such workflows wait this long after a worker crash.
+    #[serde(with = "humantime_serde")]
+    pub sticky_queue_timeout: Duration,
 }
 
 impl Default for TemporalSettings {
@@ -220,6 +224,7 @@ impl Default for TemporalSettings {
             task_queue: "approvals".into(),
             call_timeout: Duration::from_secs(5),
             scan_timeout: Duration::from_secs(30),
+            sticky_queue_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -297,6 +302,7 @@ const ENV_KEYS: &[&str] = &[
     "temporal.task_queue",
     "temporal.call_timeout",
     "temporal.scan_timeout",
+    "temporal.sticky_queue_timeout",
     "worker.listen",
     "log.format",
     "log.filter",

@@ -135,6 +135,7 @@ pub fn temporal_settings(settings: &Settings) -> approvals_temporal::TemporalSet
         task_queue: temporal.task_queue.clone(),
         call_timeout: temporal.call_timeout,
         scan_timeout: temporal.scan_timeout,
+        sticky_queue_timeout: temporal.sticky_queue_timeout,
         ..approvals_temporal::TemporalSettings::new(temporal.address.clone())
     }
 }

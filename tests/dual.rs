@@ -7,7 +7,10 @@
 
 #![cfg(feature = "temporal")]
 
-use std::sync::{Arc, OnceLock};
+#[path = "common/shared_temporal.rs"]
+mod shared_temporal;
+
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use approvals::auth::{mint, Role};
@@ -18,40 +21,14 @@ use approvals_core::conformance::{fresh_tenant, id, pending};
 use approvals_core::{
     Approval, ApprovalBackend, DecisionRequest, ImportOutcome, Status, TenantId, Timestamp, Verdict,
 };
-use approvals_temporal::TemporalSettings;
 use approvals_testkit::RedisServer;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-/// The binary's Temporal dev server and worker, started on first use.
-async fn shared_temporal() -> TemporalSettings {
-    static SHARED: OnceLock<TemporalSettings> = OnceLock::new();
-    tokio::task::spawn_blocking(|| {
-        approvals_testkit::temporal_server::shared(&SHARED, |address, ready| {
-            let mut worker = TemporalSettings::new(address);
-            worker.task_queue = format!("approvals-dual-test-{}", std::process::id());
-            worker.sticky_queue_timeout = Duration::from_secs(2);
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("worker runtime");
-            ready.send(worker.clone()).expect("test waiting");
-            let result = runtime.block_on(approvals_temporal::run_worker(
-                worker,
-                std::future::pending(),
-            ));
-            eprintln!("worker stopped: {result:?}");
-        })
-    })
-    .await
-    .expect("dev server")
-}
-
 /// Dual settings on `redis` and the shared Temporal server, `primary` answering.
 async fn dual_settings(primary: BackendKind, redis: &RedisServer) -> Settings {
-    let temporal = shared_temporal().await;
+    let temporal = shared_temporal::shared().await;
     let mut settings = Settings::default();
     settings.server.listen = "127.0.0.1:0".parse().expect("addr");
     settings.policy.dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("policies");

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use approvals_core::conformance::{decision, fresh_tenant, id, pending};
 use approvals_core::{ApprovalBackend, DecisionOutcome, Status, SubmitOutcome, Verdict};
 use approvals_temporal::{TemporalBackend, TemporalSettings};
-use support::DevServer;
+use approvals_testkit::temporal_server::DevServer;
 
 /// A worker on its own thread and runtime. `stop` drains it gracefully; `kill` drops its
 /// runtime without a shutdown, as abrupt as a crash seen from the server (its polls vanish and

@@ -9,7 +9,6 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use approvals_temporal::TemporalSettings;
-pub use approvals_testkit::temporal_server::DevServer;
 
 /// Settings for this binary's shared server and worker.
 pub fn settings() -> TemporalSettings {
