@@ -19,13 +19,13 @@ use approvals_core::{
     Approval, ApprovalBackend, ApprovalId, BackendError, DecisionOutcome, ImportOutcome, TenantId,
     Timestamp,
 };
-use futures_util::{stream, StreamExt, TryStreamExt};
+use futures_util::{stream, TryStreamExt};
 use indicatif::ProgressBar;
 
 pub use report::{Difference, Report};
 
-/// Records per `scan` call.
-const SCAN_BATCH: usize = 500;
+/// Records per `scan` call (Temporal's largest visibility page).
+const SCAN_BATCH: usize = 1000;
 /// Attempts per backend call before the run gives up (it can be re-run: it is idempotent).
 const ATTEMPTS: u32 = 4;
 
@@ -180,6 +180,8 @@ impl Migration {
 
     /// Scans `backend` to its end, runs `each` on every record of the plan's tenants with the
     /// plan's concurrency, and hands the results to `sink` in this task (no locks needed).
+    /// Pages are one stream: the next page is fetched while the last records of this one are in
+    /// flight, rather than draining to zero at every page boundary.
     async fn for_each<T, F, Fut>(
         &self,
         backend: &Arc<dyn ApprovalBackend>,
@@ -190,24 +192,28 @@ impl Migration {
         F: Fn(Approval) -> Fut,
         Fut: Future<Output = Result<T, BackendError>>,
     {
-        let mut cursor: Option<String> = None;
-        loop {
+        // State: the cursor of the next page, `None` once the last page was read.
+        let pages = stream::try_unfold(Some(None::<String>), |cursor| async move {
+            let Some(cursor) = cursor else {
+                return Ok(None);
+            };
             let page = retry("scan", || backend.scan(cursor.as_deref(), SCAN_BATCH)).await?;
-            let covered = page.items.into_iter().filter(|a| self.covers(&a.tenant));
-            stream::iter(covered)
-                .map(&each)
-                .buffer_unordered(self.plan.concurrency.max(1))
-                .try_for_each(|result| {
-                    sink(result);
-                    self.progress.inc(1);
-                    futures_util::future::ready(Ok(()))
-                })
-                .await?;
-            match page.next {
-                Some(next) => cursor = Some(next),
-                None => return Ok(()),
-            }
-        }
+            Ok::<_, BackendError>(Some((page.items, page.next.map(Some))))
+        });
+        pages
+            .map_ok(|items| {
+                let covered = items.into_iter().filter(|a| self.covers(&a.tenant));
+                stream::iter(covered.map(Ok::<_, BackendError>))
+            })
+            .try_flatten()
+            .map_ok(&each)
+            .try_buffer_unordered(self.plan.concurrency.max(1))
+            .try_for_each(|result| {
+                sink(result);
+                self.progress.inc(1);
+                futures_util::future::ready(Ok(()))
+            })
+            .await
     }
 
     fn covers(&self, tenant: &TenantId) -> bool {
