@@ -17,7 +17,8 @@
 # A Temporal submit returns once the workflow is started, while the worker runs its first
 # workflow task later: after each Temporal scenario the script waits until the task queue's
 # backlog is empty (and reports its size and how long that took), so the next scenario, whose
-# accepts wait for that first task, does not start behind the previous one's leftovers.
+# accepts wait for that first task, does not start behind the previous one's leftovers. (The
+# Temporal submit rate is thus a burst rate: a large backlog means the worker fell behind.)
 # Ends with a Markdown summary table: ops/s and p50/p99 per backend, the Redis/Temporal ratio,
 # and the raw start rate with the Temporal submit rate as a share of it. All children are
 # stopped on exit, including Ctrl-C, within a bounded time.
@@ -175,7 +176,8 @@ http_ok() { curl -fsS --noproxy '*' --max-time 2 -o /dev/null "$1"; }
 redis_ok() { [ "$(redis-cli -h 127.0.0.1 -p "$1" ping 2>/dev/null)" = PONG ]; }
 # The CLI gets a deadline of its own: a wedged server must not hang the run.
 temporal_ok() { timeout 10 "$TEMPORAL_BIN" operator namespace list --address "127.0.0.1:$1"; }
-# Workflow tasks waiting for a worker on the service's task queue (the config's default).
+# Workflow tasks waiting for a worker on the service's task queue (the config's default). The
+# server refreshes this figure only every few seconds: backlogs and drain times are approximate.
 tq_backlog() {
   timeout 10 "$TEMPORAL_BIN" task-queue describe --task-queue approvals --address "127.0.0.1:$1" -o json |
     python3 -c 'import json, sys
@@ -277,12 +279,13 @@ drive() { # label url [temporal_port]
   done
 }
 
-# Waits until the worker has taken every queued workflow task; records a DRAIN line.
+# Waits until the worker has taken every queued workflow task; records a DRAIN line with the
+# largest backlog seen (the first reading may predate the scenario's last starts).
 drain() { # label scenario temporal_port
-  local started=$SECONDS backlog first
-  first=$(tq_backlog "$3") || first=unknown
-  backlog=$first
+  local started=$SECONDS backlog peak=0
+  backlog=$(tq_backlog "$3") || backlog=unknown
   until [ "$backlog" = 0 ]; do
+    [ "$backlog" = unknown ] || ((backlog <= peak)) || peak=$backlog
     if ((SECONDS - started >= BENCH_DRAIN_SECS)); then
       say "$1: the worker still had $backlog queued workflow tasks after ${BENCH_DRAIN_SECS}s"
       failed=1
@@ -291,8 +294,8 @@ drain() { # label scenario temporal_port
     sleep 0.5
     backlog=$(tq_backlog "$3") || backlog=unknown
   done
-  say "$1: $first workflow tasks queued after $2, worked off in $((SECONDS - started))s"
-  printf 'DRAIN target=%s scenario=%s backlog=%s secs=%s\n' "$1" "$2" "$first" \
+  say "$1: $peak workflow tasks queued (peak seen) after $2, worked off in $((SECONDS - started))s"
+  printf 'DRAIN target=%s scenario=%s backlog=%s secs=%s\n' "$1" "$2" "$peak" \
     "$((SECONDS - started))" >>"$results"
 }
 
@@ -414,7 +417,7 @@ awk -v cores="$(nproc)" -v load_before="$load_before" -v load_after="$(loadavg)"
     for (i = 1; i <= n; i++) {
       d = "temporal" SUBSEP sc[i]
       if (d in dq)
-        printf "\nAfter Temporal %s: %s workflow tasks queued for the worker, worked off in %s s (medians).", sc[i], median(dq[d]), median(ds[d])
+        printf "\nAfter Temporal %s: %s workflow tasks queued for the worker (peak seen), worked off in %s s (medians).", sc[i], median(dq[d]), median(ds[d])
     }
     printf "\n%s s measured per scenario, %s concurrent workers, %s round(s) (medians); nproc=%s, load average %s before, %s after (shared machine: compare within one run)\n",
       secs, conc, rounds, cores, load_before, load_after
