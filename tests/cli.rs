@@ -1,5 +1,8 @@
 //! The `approvals` binary as an operator runs it: exit codes, token minting, SIGTERM drain.
 
+#[path = "common/metrics.rs"]
+mod metrics;
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -7,6 +10,7 @@ use std::time::{Duration, Instant};
 use approvals::auth::digest_hex;
 use approvals_testkit::process::{wait_ready, Output, Process};
 use approvals_testkit::{free_port, RedisServer};
+use metrics::metrics_until;
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
@@ -163,22 +167,14 @@ async fn sigterm_answers_long_polls_and_drains() {
         tokio::spawn(async move { request.send().await })
     };
     // Wait until the long-poll is parked before signalling.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = http
-            .get(format!("{base}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if text.contains("approvals_long_polls_in_flight 1") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "long-poll never parked");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    metrics_until(
+        &http,
+        &base,
+        Duration::from_secs(10),
+        "the long-poll parking",
+        |t| t.contains("approvals_long_polls_in_flight 1"),
+    )
+    .await;
     let signalled = Instant::now();
     service.signal(Signal::SIGTERM);
     let response = long_poll

@@ -5,6 +5,9 @@
 
 #![cfg(feature = "temporal")]
 
+#[path = "common/metrics.rs"]
+mod metrics;
+
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -15,6 +18,7 @@ use approvals_testkit::free_port;
 use approvals_testkit::process::{wait_ready, Process};
 use approvals_testkit::temporal_server::{temporal_bin, DevServer};
 use chrono::{DateTime, Utc};
+use metrics::metrics_until;
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_approvals");
@@ -298,22 +302,14 @@ async fn a_worker_killed_during_a_long_poll_is_replaced_and_decisions_and_deadli
     };
     let a_poll = long_poll("acme", "a-1", AGENT);
     let b_poll = long_poll("brisk", "b-1", brisk_agent);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let metrics = http
-            .get(format!("{base}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if metrics.contains("approvals_long_polls_in_flight 2") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the long-polls never parked");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    metrics_until(
+        &http,
+        &base,
+        Duration::from_secs(10),
+        "both long-polls parking",
+        |t| t.contains("approvals_long_polls_in_flight 2"),
+    )
+    .await;
     let b_now: Value = http
         .get(format!("{base}/v1/tenants/brisk/approvals/b-1"))
         .bearer_auth(brisk_agent)

@@ -1,6 +1,8 @@
 //! Black-box tests of the HTTP contract (api-v1.md) against the real service and a real
 //! redis-server per test. One binary, many modules: one link, parallel tests.
 
+#[path = "../common/metrics.rs"]
+mod metrics;
 #[cfg(feature = "temporal")]
 #[path = "../common/shared_temporal.rs"]
 mod shared_temporal;

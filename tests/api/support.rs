@@ -346,26 +346,7 @@ impl TestApp {
         what: &str,
         ready: impl Fn(&str) -> bool,
     ) -> String {
-        let deadline = std::time::Instant::now() + within;
-        loop {
-            let text = self
-                .http
-                .get(format!("{base}/metrics"))
-                .send()
-                .await
-                .expect("metrics")
-                .text()
-                .await
-                .expect("text");
-            if ready(&text) {
-                return text;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{what} never happened:\n{text}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        crate::metrics::metrics_until(&self.http, base, within, what, ready).await
     }
 
     /// Every approval of the app's tenant, in any status, as the API lists them: what "nothing
