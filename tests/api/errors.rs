@@ -199,11 +199,7 @@ async fn bodies_over_the_limit_are_413(h: Harness) {
         .await
         .unwrap();
     assert_problem(response, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large").await;
-    assert_eq!(
-        app.listed().await,
-        Vec::<Value>::new(),
-        "nothing was stored"
-    );
+    app.assert_nothing_stored().await;
 }
 
 async fn query_parameters_out_of_range_are_400(h: Harness) {

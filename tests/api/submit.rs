@@ -123,11 +123,7 @@ async fn allow_and_deny_park_nothing(h: Harness) {
         )
         .await;
     }
-    assert_eq!(
-        app.listed().await,
-        Vec::<Value>::new(),
-        "nothing was stored"
-    );
+    app.assert_nothing_stored().await;
 }
 
 async fn resubmitting_returns_the_existing_record_with_200(h: Harness) {

@@ -365,6 +365,28 @@ impl TestApp {
         all
     }
 
+    /// No approval record exists in the tenant: none listed, and on Redis no `approval:*` key
+    /// at all (not even one that no index points to).
+    pub async fn assert_nothing_stored(&self) {
+        assert_eq!(
+            self.listed().await,
+            Vec::<Value>::new(),
+            "nothing was stored"
+        );
+        if self.redis.is_some() {
+            let records: Vec<String> = self
+                .redis_keys()
+                .await
+                .into_iter()
+                .filter(|k| k.starts_with("approval:"))
+                .collect();
+            assert!(
+                records.is_empty(),
+                "no approval record in Redis: {records:?}"
+            );
+        }
+    }
+
     pub async fn redis_keys(&self) -> Vec<String> {
         let mut conn = self.redis().connection().await;
         let mut keys: Vec<String> = redis::cmd("KEYS")
