@@ -1,18 +1,24 @@
 //! The approval service: a policy gate in front of a queue of human approvals.
 //!
-//! `approvals serve` wires these together: `config` (figment), `telemetry` (tracing and the
-//! Prometheus recorder), `policy` (regorus), `auth` (bearer tokens), `api` (axum routes),
-//! `background` (expiry sweeper and pending figures) and `startup` (the backend from config
-//! and the server's life). `cli` holds the other commands: `migration` is `approvals migrate`
-//! (one engine to another), `worker` (feature `temporal`) is `approvals worker`. `dual` pairs
-//! two engines for the soak of a Redis → Temporal migration (`backend.kind = "dual"`).
+//! Layers, each depending only on those below it:
+//!
+//! - surfaces: `api` (the HTTP API), `cli` (`serve`, `worker`, `migrate`, `token`, `dev`);
+//! - `app`: the use cases (submit, read, wait, list, decide, audit) with their rules, metrics
+//!   and logs — what every surface calls;
+//! - `policy` (regorus), `auth` (bearer tokens), `metrics` (Prometheus);
+//! - the engine contract (`approvals-core`), implemented by `approvals-redis` and
+//!   `approvals-temporal`; `engines` is the one place that builds them from `config`, and
+//!   pairs them for the migration soak (`engines::dual`).
+//!
+//! `startup` wires a running service together; `migration` moves records between engines;
+//! `worker` (feature `temporal`) runs the Temporal worker; `telemetry` sets up logging.
 
 pub mod api;
+pub mod app;
 pub mod auth;
-pub mod background;
 pub mod cli;
 pub mod config;
-pub mod dual;
+pub mod engines;
 pub mod metrics;
 pub mod migration;
 pub mod policy;

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
-use approvals_core::{Approval, BackendError, PendingStats, TenantId, Timestamp};
+use approvals_core::{Approval, BackendError, EngineStatus, PendingStats, TenantId, Timestamp};
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::Response;
@@ -152,9 +152,9 @@ impl MetricsHandle {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(snapshot);
     }
 
-    /// `/metrics`: the recorder, this instance's long-polls, the backend's own gauges and the
+    /// `/metrics`: the recorder, this instance's long-polls, the engine's status and the
     /// latest pending snapshot.
-    pub fn render(&self, backend_gauges: &[(&str, &str, f64)]) -> String {
+    pub fn render(&self, engine: &EngineStatus) -> String {
         let mut out = self.prometheus.render();
         let up = self.backend_up.load(Ordering::Relaxed);
         if up >= 0 {
@@ -164,12 +164,7 @@ impl MetricsHandle {
                 "# TYPE approvals_backend_up gauge\napprovals_backend_up {up}"
             );
         }
-        for (name, help, value) in backend_gauges {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
-            );
-        }
+        render_engine(&mut out, engine);
         let _ = writeln!(
             out,
             "# HELP approvals_long_polls_in_flight Decision long-polls waiting now."
@@ -213,6 +208,37 @@ impl MetricsHandle {
             );
         }
         out
+    }
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+    );
+}
+
+fn render_engine(out: &mut String, engine: &EngineStatus) {
+    if let Some(pool) = engine.pool {
+        let connections = "approvals_redis_pool_connections";
+        gauge(
+            out,
+            connections,
+            "Redis connections open in the pool.",
+            pool.open,
+        );
+        let waiting = "Callers waiting for a pooled Redis connection.";
+        gauge(out, "approvals_redis_pool_waiting", waiting, pool.waiting);
+        gauge(
+            out,
+            "approvals_redis_pool_max",
+            "Size limit of the Redis pool.",
+            pool.max,
+        );
+    }
+    if let Some(up) = engine.secondary_up {
+        let help = "Dual backend: whether the secondary answered its last call.";
+        gauge(out, "approvals_dual_secondary_up", help, u8::from(up));
     }
 }
 
@@ -296,25 +322,23 @@ pub fn decided(approval: &Approval) {
     metrics::histogram!("approvals_time_to_decision_seconds", "tenant" => tenant, "outcome" => outcome).record(waited);
 }
 
+/// A failed engine call, by kind of failure.
 pub fn backend_error(error: &BackendError) {
-    let kind = match error {
-        BackendError::Unavailable(_) => "unavailable",
-        BackendError::Timeout(_) => "timeout",
-        BackendError::InvalidCursor => "invalid_cursor",
-        BackendError::Corrupt { .. } => "corrupt",
-    };
-    metrics::counter!("approvals_backend_errors_total", "kind" => kind).increment(1);
+    metrics::counter!("approvals_backend_errors_total", "kind" => error.kind()).increment(1);
 }
 
-/// One sweeper pass: its result, and for each expiry it recorded the outcome and the lag
-/// (how long after `expires_at` the expiry was recorded).
-pub fn sweeper_run(result: &Result<Vec<Approval>, BackendError>, now: Timestamp) {
-    let label = if result.is_ok() { "ok" } else { "error" };
-    metrics::counter!("approvals_sweeper_runs_total", "result" => label).increment(1);
-    for approval in result.iter().flatten() {
-        decided(approval);
-        let lag = approval.expires_at.elapsed_at(now).as_secs_f64();
-        metrics::histogram!("approvals_sweeper_lag_seconds").record(lag);
+/// An expiry this instance recorded, and its lag: how long after `expires_at` it was recorded.
+pub fn expired(approval: &Approval, recorded_at: Timestamp) {
+    decided(approval);
+    let lag = approval.expires_at.elapsed_at(recorded_at).as_secs_f64();
+    metrics::histogram!("approvals_sweeper_lag_seconds").record(lag);
+}
+
+/// One pass of an engine chore; the sweeper's are what the sweeper alert watches.
+pub fn chore_run(chore: &'static str, ok: bool) {
+    if chore == "sweep" {
+        let result = if ok { "ok" } else { "error" };
+        metrics::counter!("approvals_sweeper_runs_total", "result" => result).increment(1);
     }
 }
 

@@ -4,14 +4,14 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use approvals_core::{ApprovalBackend, BackendError};
-use approvals_redis::{RedisBackend, RedisSettings};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
+use crate::app::{Approvals, EngineMetrics};
 use crate::auth::Authenticator;
-use crate::config::{BackendKind, Settings, REDIS_TTL_COMFORT};
+use crate::config::{Settings, REDIS_TTL_COMFORT};
+use crate::engines::{EngineError, RunningEngine};
 use crate::metrics::MetricsHandle;
 use crate::policy::{PolicyError, PolicyGate};
 
@@ -19,139 +19,36 @@ use crate::policy::{PolicyError, PolicyGate};
 pub enum StartupError {
     #[error(transparent)]
     Policy(#[from] PolicyError),
-    #[error("backend: {0}")]
-    Backend(#[from] BackendError),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
+        #[source]
         source: std::io::Error,
     },
-    #[error("{0}")]
-    Unsupported(String),
-}
-
-/// What `backend.kind = "temporal"` (and `approvals worker`) say in a build without the
-/// `temporal` feature.
-pub const TEMPORAL_NOT_BUILT: &str = "this build does not include the Temporal backend; \
-     build with `cargo build --release --features temporal`";
-
-/// The one place that turns `backend.kind` into a backend.
-pub async fn build_backend(settings: &Settings) -> Result<Arc<dyn ApprovalBackend>, StartupError> {
-    match settings.backend.kind {
-        // Checked before connecting anything: half a dual backend would be a silent `redis`.
-        #[cfg(not(feature = "temporal"))]
-        BackendKind::Dual => Err(StartupError::Unsupported(format!(
-            "backend.kind = \"dual\" runs Redis and Temporal side by side: {TEMPORAL_NOT_BUILT}"
-        ))),
-        #[cfg(feature = "temporal")]
-        BackendKind::Dual => {
-            use crate::dual::{Connector, DualBackend};
-            let (primary, secondary) = match settings.backend.primary {
-                Some(BackendKind::Redis) => (BackendKind::Redis, BackendKind::Temporal),
-                Some(BackendKind::Temporal) => (BackendKind::Temporal, BackendKind::Redis),
-                // Settings::load refuses these; settings built in code may not have been loaded.
-                _ => {
-                    return Err(StartupError::Unsupported(
-                        "backend.kind = \"dual\" needs backend.primary = \"redis\" or \
-                         \"temporal\""
-                            .into(),
-                    ))
-                }
-            };
-            let deadline = settings.backend.secondary_timeout;
-            let primary = build_engine(primary, settings).await?;
-            // The secondary is best-effort, at start-up too: unreachable, it is connected on use.
-            let dual = match build_engine(secondary, settings).await {
-                Ok(engine) => DualBackend::new(primary, engine, deadline),
-                Err(error) => {
-                    tracing::warn!(
-                        %error,
-                        secondary = secondary.as_str(),
-                        "dual: the secondary is unreachable; the primary serves alone meanwhile"
-                    );
-                    let settings = settings.clone();
-                    let connect: Connector = Box::new(move || {
-                        let settings = settings.clone();
-                        Box::pin(async move {
-                            build_engine(secondary, &settings)
-                                .await
-                                .map_err(|e| match e {
-                                    StartupError::Backend(e) => e,
-                                    other => BackendError::Unavailable(other.to_string()),
-                                })
-                        })
-                    });
-                    DualBackend::connecting(primary, secondary.as_str(), connect, deadline)
-                }
-            };
-            Ok(Arc::new(dual))
-        }
-        engine => build_engine(engine, settings).await,
-    }
-}
-
-/// One engine (`redis` or `temporal`) from its section of the settings, whatever
-/// `backend.kind` says: `build_backend` uses it, and so do `dual` and `approvals migrate`, which
-/// need both.
-pub async fn build_engine(
-    kind: BackendKind,
-    settings: &Settings,
-) -> Result<Arc<dyn ApprovalBackend>, StartupError> {
-    match kind {
-        BackendKind::Redis => {
-            let approvals = &settings.approvals;
-            let redis = RedisSettings {
-                call_timeout: settings.redis.call_timeout,
-                pool_size: settings.redis.pool_size,
-                decided_retention: approvals.decided_retention,
-                expired_retention: approvals.expired_retention,
-                default_ttl: approvals.default_ttl,
-                ..RedisSettings::new(settings.redis.url.clone())
-            };
-            Ok(Arc::new(RedisBackend::connect(redis)?))
-        }
-        #[cfg(feature = "temporal")]
-        BackendKind::Temporal => {
-            let backend =
-                approvals_temporal::TemporalBackend::connect(temporal_settings(settings)).await?;
-            Ok(Arc::new(backend))
-        }
-        #[cfg(not(feature = "temporal"))]
-        BackendKind::Temporal => Err(StartupError::Unsupported(format!(
-            "backend.kind = \"temporal\" needs the Temporal backend: {TEMPORAL_NOT_BUILT}"
-        ))),
-        BackendKind::Dual => Err(StartupError::Unsupported(
-            "\"dual\" is a pairing of two engines, not an engine".into(),
-        )),
-    }
-}
-
-/// The Temporal client's and worker's settings from `[temporal]`.
-#[cfg(feature = "temporal")]
-pub fn temporal_settings(settings: &Settings) -> approvals_temporal::TemporalSettings {
-    let temporal = &settings.temporal;
-    approvals_temporal::TemporalSettings {
-        namespace: temporal.namespace.clone(),
-        task_queue: temporal.task_queue.clone(),
-        call_timeout: temporal.call_timeout,
-        scan_timeout: temporal.scan_timeout,
-        sticky_queue_timeout: temporal.sticky_queue_timeout,
-        ..approvals_temporal::TemporalSettings::new(temporal.address.clone())
-    }
 }
 
 /// A bound, ready-to-serve application.
 pub struct Application {
     listener: TcpListener,
+    app: Arc<Approvals>,
+    engine: RunningEngine,
     state: AppState,
     settings: Settings,
+    shutdown: CancellationToken,
 }
 
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let policy = PolicyGate::load(&settings.policy.dir)?;
         tracing::info!(dir = %settings.policy.dir.display(), version = policy.version(), "policy loaded");
-        let backend = build_backend(&settings).await?;
+        let engine = crate::engines::start(
+            &settings,
+            Arc::new(EngineMetrics::answering()),
+            Arc::new(EngineMetrics::secondary()),
+        )
+        .await?;
         warn_about_long_ttls(&settings);
         let mut ttls: Vec<_> = settings
             .approvals
@@ -160,14 +57,18 @@ impl Application {
             .map(|(t, d)| (t.clone(), *d))
             .collect();
         ttls.push(("*".to_owned(), settings.approvals.default_ttl));
+        let shutdown = CancellationToken::new();
+        let app = Arc::new(Approvals::new(
+            engine.backend.clone(),
+            Arc::new(policy),
+            settings.approvals.clone(),
+            MetricsHandle::new(settings.approvals.max_ttl(), ttls),
+            shutdown.clone(),
+        ));
         let state = AppState {
-            backend,
-            policy: Arc::new(policy),
+            app: app.clone(),
             auth: Arc::new(Authenticator::new(&settings.auth.tokens)),
-            approvals: Arc::new(settings.approvals.clone()),
             body_limit: settings.server.body_limit,
-            shutdown: CancellationToken::new(),
-            metrics: MetricsHandle::new(settings.approvals.max_ttl(), ttls),
         };
         let addr = settings.server.listen;
         let listener = TcpListener::bind(addr)
@@ -175,8 +76,11 @@ impl Application {
             .map_err(|source| StartupError::Bind { addr, source })?;
         Ok(Self {
             listener,
+            app,
+            engine,
             state,
             settings,
+            shutdown,
         })
     }
 
@@ -192,30 +96,18 @@ impl Application {
     ) -> std::io::Result<()> {
         let Self {
             listener,
+            app,
+            engine,
             state,
             settings,
+            shutdown: stop,
         } = self;
-        let stop = state.shutdown.clone();
-        let approvals = &settings.approvals;
-        let background = [
-            tokio::spawn(crate::background::sweeper(
-                state.backend.clone(),
-                approvals.sweep_interval,
-                stop.clone(),
-            )),
-            tokio::spawn(crate::background::pending_stats(
-                state.backend.clone(),
-                state.metrics.clone(),
-                approvals.stats_interval,
-                stop.clone(),
-            )),
-            tokio::spawn(crate::background::adopter(
-                state.backend.clone(),
-                approvals.adopt_interval,
-                stop.clone(),
-            )),
-        ];
-        tracing::info!(addr = %listener.local_addr()?, backend = state.backend.kind(), "serving");
+        let figures = {
+            let app = app.clone();
+            let interval = settings.approvals.stats_interval;
+            tokio::spawn(async move { app.keep_figures_fresh(interval).await })
+        };
+        tracing::info!(addr = %listener.local_addr()?, backend = app.engine_kind(), "serving");
         let app = api::router(state);
         let signalled = stop.clone();
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -234,16 +126,15 @@ impl Application {
             }
         };
         stop.cancel();
-        for task in background {
-            let _ = task.await;
-        }
+        let _ = figures.await;
+        engine.stop().await;
         tracing::info!("stopped");
         result
     }
 }
 
 fn warn_about_long_ttls(settings: &Settings) {
-    if settings.backend.kind != BackendKind::Redis {
+    if !settings.backend.uses_redis() {
         return;
     }
     let long = std::iter::once((

@@ -24,16 +24,33 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
-use crate::startup::temporal_settings;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
-    /// Cannot start: the listen address or the Temporal frontend (exit 2, as a config error).
-    #[error("{0}")]
-    Startup(String),
+    /// Cannot start: the listen address (exit 2, as a config error).
+    #[error("cannot listen on {addr}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Cannot start: the Temporal frontend (exit 2, as a config error).
+    #[error("cannot reach Temporal at {address}")]
+    Connect {
+        address: String,
+        #[source]
+        source: approvals_core::BackendError,
+    },
     /// The worker failed while running.
-    #[error("worker: {0}")]
-    Run(String),
+    #[error("worker failed")]
+    Run(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl WorkerError {
+    /// Whether the worker never started (configuration or reachability, exit 2).
+    pub fn at_startup(&self) -> bool {
+        !matches!(self, Self::Run(_))
+    }
 }
 
 struct Status {
@@ -49,15 +66,18 @@ pub async fn run(
     settings: &Settings,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WorkerError> {
-    let temporal = temporal_settings(settings);
+    let temporal = settings.temporal.clone();
     let addr = settings.worker.listen;
     let listener = TcpListener::bind(addr)
         .await
-        .map_err(|e| WorkerError::Startup(format!("cannot listen on {addr}: {e}")))?;
+        .map_err(|source| WorkerError::Listen { addr, source })?;
     let listen: SocketAddr = listener.local_addr().unwrap_or(addr);
     let probe = TemporalBackend::connect(temporal.clone())
         .await
-        .map_err(|e| WorkerError::Startup(format!("temporal at {}: {e}", temporal.address)))?;
+        .map_err(|source| WorkerError::Connect {
+            address: temporal.address.clone(),
+            source,
+        })?;
     let status = Arc::new(Status {
         settings: temporal.clone(),
         probe,
@@ -87,7 +107,7 @@ pub async fn run(
             tracing::info!("worker stopped");
             Ok(())
         }
-        Err(error) => Err(WorkerError::Run(error.to_string())),
+        Err(error) => Err(WorkerError::Run(error)),
     }
 }
 

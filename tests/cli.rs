@@ -283,7 +283,7 @@ fn dual_backend_is_refused_at_start_up() {
         ("kind = \"dual\"\n", "backend.primary: required"),
         (
             "kind = \"dual\"\nprimary = \"dual\"\n",
-            "backend.primary: must be",
+            "backend.primary: unknown variant",
         ),
     ];
     if cfg!(not(feature = "temporal")) {

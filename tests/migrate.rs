@@ -15,11 +15,12 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use approvals::config::{BackendKind, Settings};
+use approvals::config::{EngineKind, Settings};
+use approvals::engines;
 use approvals::migration::{Migration, Plan, Report};
-use approvals::startup::build_engine;
 use approvals_core::conformance::{decision, fresh_tenant, id, pending};
-use approvals_core::{Approval, ApprovalBackend, Status, TenantId, Timestamp, Verdict};
+use approvals_core::{Approval, RecordTransfer, Status, TenantId, Timestamp, Verdict};
+use approvals_redis::RedisBackend;
 use approvals_testkit::RedisServer;
 use serde_json::{json, Value};
 
@@ -57,8 +58,14 @@ impl Setup {
         }
     }
 
-    async fn engine(&self, kind: BackendKind) -> Arc<dyn ApprovalBackend> {
-        build_engine(kind, &self.settings).await.unwrap()
+    async fn engine(&self, kind: EngineKind) -> Arc<dyn RecordTransfer> {
+        engines::connect(kind, &self.settings).await.unwrap()
+    }
+
+    /// The Redis engine itself, for a sweep the test controls.
+    fn redis_engine(&self) -> RedisBackend {
+        let approvals = &self.settings.approvals;
+        RedisBackend::connect(self.settings.redis.clone(), approvals.lifetimes()).unwrap()
     }
 
     fn command(&self, from: &str, to: &str, tenants: &[&TenantId], extra: &[&str]) -> Command {
@@ -115,7 +122,7 @@ impl Setup {
 }
 
 /// Every record of `tenants` in `backend`, as of one instant, by (tenant, id).
-async fn records(backend: &dyn ApprovalBackend, tenants: &[&TenantId]) -> Vec<Approval> {
+async fn records(backend: &dyn RecordTransfer, tenants: &[&TenantId]) -> Vec<Approval> {
     let now = Timestamp::now();
     let mut all = Vec::new();
     let mut cursor = None;
@@ -137,7 +144,7 @@ async fn records(backend: &dyn ApprovalBackend, tenants: &[&TenantId]) -> Vec<Ap
 }
 
 /// `source`'s records read back one by one from `target` (strongly consistent, unlike scans).
-async fn read_back(source: &[Approval], target: &dyn ApprovalBackend) -> Vec<Approval> {
+async fn read_back(source: &[Approval], target: &dyn RecordTransfer) -> Vec<Approval> {
     let mut copies = Vec::new();
     for a in source {
         let copy = target.get(&a.tenant, &a.id).await.unwrap();
@@ -149,7 +156,7 @@ async fn read_back(source: &[Approval], target: &dyn ApprovalBackend) -> Vec<App
 
 /// Pending (1 h, 2 days, 4 s left), accepted, rejected, expired and ADR v1 records over three
 /// tenants. Returns the tenants.
-async fn mixed_population(setup: &Setup, redis: &dyn ApprovalBackend) -> Vec<TenantId> {
+async fn mixed_population(setup: &Setup, redis: &dyn RecordTransfer) -> Vec<TenantId> {
     let tenants: Vec<TenantId> = (0..3).map(|_| fresh_tenant("mig")).collect();
     for tenant in &tenants {
         redis.submit(pending(tenant, "hour", HOUR)).await.unwrap();
@@ -179,8 +186,9 @@ async fn mixed_population(setup: &Setup, redis: &dyn ApprovalBackend) -> Vec<Ten
     // The lapsed ones become tombstones, as the sweeper would record them.
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut expired = 0;
+    let sweeper = setup.redis_engine();
     while expired < tenants.len() {
-        expired += redis.expire_due(Timestamp::now()).await.unwrap().len();
+        expired += sweeper.expire_due(Timestamp::now()).await.unwrap().len();
         assert!(
             Instant::now() < deadline,
             "the lapsed approvals never expired"
@@ -192,8 +200,8 @@ async fn mixed_population(setup: &Setup, redis: &dyn ApprovalBackend) -> Vec<Ten
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mixed_population_moves_to_temporal_exactly_and_a_second_run_changes_nothing() {
     let setup = Setup::new().await;
-    let redis = setup.engine(BackendKind::Redis).await;
-    let temporal = setup.engine(BackendKind::Temporal).await;
+    let redis = setup.engine(EngineKind::Redis).await;
+    let temporal = setup.engine(EngineKind::Temporal).await;
     let tenants = mixed_population(&setup, redis.as_ref()).await;
     let tenant_refs: Vec<&TenantId> = tenants.iter().collect();
     let before = records(redis.as_ref(), &tenant_refs).await;
@@ -244,8 +252,8 @@ async fn a_mixed_population_moves_to_temporal_exactly_and_a_second_run_changes_n
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dry_run_writes_nothing_and_tenant_filters_hold() {
     let setup = Setup::new().await;
-    let redis = setup.engine(BackendKind::Redis).await;
-    let temporal = setup.engine(BackendKind::Temporal).await;
+    let redis = setup.engine(EngineKind::Redis).await;
+    let temporal = setup.engine(EngineKind::Temporal).await;
     let (chosen, other) = (fresh_tenant("dry"), fresh_tenant("dry"));
     for tenant in [&chosen, &other] {
         redis.submit(pending(tenant, "a", HOUR)).await.unwrap();
@@ -264,8 +272,8 @@ async fn a_dry_run_writes_nothing_and_tenant_filters_hold() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_killed_halfway_and_started_again_ends_exact() {
     let setup = Setup::new().await;
-    let redis = setup.engine(BackendKind::Redis).await;
-    let temporal = setup.engine(BackendKind::Temporal).await;
+    let redis = setup.engine(EngineKind::Redis).await;
+    let temporal = setup.engine(EngineKind::Temporal).await;
     let tenant = fresh_tenant("killed");
     let total = 300;
     for n in 0..total {
@@ -316,8 +324,8 @@ async fn a_run_killed_halfway_and_started_again_ends_exact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_decision_made_in_redis_during_the_migration_is_not_lost() {
     let setup = Setup::new().await;
-    let redis = setup.engine(BackendKind::Redis).await;
-    let temporal = setup.engine(BackendKind::Temporal).await;
+    let redis = setup.engine(EngineKind::Redis).await;
+    let temporal = setup.engine(EngineKind::Temporal).await;
     let tenant = fresh_tenant("race");
     redis
         .submit(pending(&tenant, "decided-late", HOUR))
@@ -372,8 +380,8 @@ async fn a_decision_made_in_redis_during_the_migration_is_not_lost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollback_restores_redis_faithfully() {
     let setup = Setup::new().await;
-    let redis = setup.engine(BackendKind::Redis).await;
-    let temporal = setup.engine(BackendKind::Temporal).await;
+    let redis = setup.engine(EngineKind::Redis).await;
+    let temporal = setup.engine(EngineKind::Temporal).await;
     let tenants = mixed_population(&setup, redis.as_ref()).await;
     let tenant_refs: Vec<&TenantId> = tenants.iter().collect();
     let (clean, report) = setup.migrate("redis", "temporal", &tenant_refs, &[]);
@@ -389,7 +397,7 @@ async fn a_rollback_restores_redis_faithfully() {
     let (clean, report) = fresh.migrate("temporal", "redis", &tenant_refs, &[]);
     assert!(clean, "{report:#}");
     assert_eq!(report["imported"], in_temporal.len());
-    let restored = fresh.engine(BackendKind::Redis).await;
+    let restored = fresh.engine(EngineKind::Redis).await;
     assert_eq!(
         read_back(&in_temporal, restored.as_ref()).await,
         in_temporal

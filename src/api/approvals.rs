@@ -1,43 +1,19 @@
-//! The `/v1` routes: submit, read, wait, list, decide, audit.
+//! The `/v1` routes: each extracts, calls the application layer, and maps its answer to the
+//! contract's response. The rules live in `crate::app`.
 
-use std::time::Duration;
-
-use approvals_core::{
-    Approval, ApprovalId, AuditEvent, DecisionOutcome, DecisionRequest, Status, SubmitOutcome,
-    TenantId, Timestamp, Verdict,
-};
+use approvals_core::{Approval, AuditEvent, Status, Verdict};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
 
 use super::extract::{ApiJson, ApiQuery, ApprovalPath, Caller, TenantPath};
 use super::{ApiError, AppState};
-use crate::auth::{Permission, Principal};
-use crate::policy::{PolicyDecision, PolicyVerdict};
-
-/// The longest a long-poll may wait; larger `wait_seconds` are clamped.
-const MAX_WAIT: u64 = 60;
-const MAX_REASON_CHARS: usize = 2_000;
-
-fn authorize(
-    caller: &Principal,
-    permission: Permission,
-    tenant: &TenantId,
-) -> Result<(), ApiError> {
-    if caller.may(permission, tenant) {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden(format!(
-            "{} ({}) may not do this in tenant {tenant}",
-            caller.subject,
-            caller.role.as_str()
-        )))
-    }
-}
+use crate::app::{self, SubmitRequest, Submitted};
+use crate::policy::PolicyDecision;
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct SubmitBody {
@@ -72,15 +48,6 @@ fn parked(approval: Approval) -> SubmitResponse {
     }
 }
 
-/// The existing record for a repeated `request_id`: `200` if it asks the same, else `409`.
-fn repeated(existing: Approval, asked: &Approval) -> Result<Response, ApiError> {
-    if existing.same_request(asked) {
-        Ok((StatusCode::OK, Json(parked(existing))).into_response())
-    } else {
-        Err(ApiError::RequestIdConflict(existing.id.to_string()))
-    }
-}
-
 /// An agent asks to act.
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/approvals", tag = "approvals",
     params(("tenant" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")),
@@ -99,84 +66,29 @@ pub async fn submit(
     TenantPath(tenant): TenantPath,
     ApiJson(body): ApiJson<SubmitBody>,
 ) -> Result<Response, ApiError> {
-    if !matches!(body.action.get("type"), Some(Value::String(_))) {
-        return Err(ApiError::InvalidBody(
-            "action.type: must be a string".into(),
-        ));
-    }
-    // A generated id cannot exist yet, so only a caller's request_id needs the lookup below.
-    let (id, chosen_by_caller) = match body.request_id {
-        Some(raw) => {
-            let id = ApprovalId::parse(raw)
-                .map_err(|e| ApiError::InvalidIdentifier(format!("request_id: {e}")))?;
-            (id, true)
-        }
-        None => {
-            let id = ApprovalId::parse(uuid::Uuid::new_v4().simple().to_string())
-                .map_err(|e| ApiError::Internal(e.to_string()))?;
-            (id, false)
-        }
-    };
-    authorize(&caller, Permission::Submit, &tenant)?;
-    tracing::Span::current().record("approval_id", id.as_str());
-    let now = Timestamp::now();
-    let mut asked = Approval {
-        id,
-        tenant: tenant.clone(),
-        status: Status::Pending,
-        agent_id: body.agent_id.unwrap_or_else(|| caller.subject.clone()),
-        submitted_by: caller.subject.clone(),
+    let request = SubmitRequest {
+        request_id: body.request_id,
+        agent_id: body.agent_id,
         action: body.action,
-        context: body.context.unwrap_or_default(),
-        reasons: Vec::new(),
-        policy_version: String::new(),
-        submitted_at: now,
-        expires_at: now.plus(state.approvals.ttl_for(&tenant)),
-        decided_at: None,
-        decided_by: None,
-        decision_reason: None,
+        context: body.context,
     };
-
-    // A repeated request_id answers from the record, without asking the policy again.
-    if chosen_by_caller {
-        if let Some(existing) = state.backend.get(&asked.tenant, &asked.id).await? {
-            return repeated(existing, &asked);
+    Ok(match state.app.submit(&caller, tenant, request).await? {
+        Submitted::Answered(verdict) => {
+            let answer = SubmitResponse {
+                decision: verdict.decision,
+                reasons: verdict.reasons,
+                policy_version: verdict.policy_version,
+                approval: None,
+            };
+            (StatusCode::OK, Json(answer)).into_response()
         }
-    }
-    let input = json!({
-        "tenant": asked.tenant, "agent_id": asked.agent_id, "submitted_by": asked.submitted_by,
-        "action": asked.action, "context": asked.context,
-    });
-    let PolicyVerdict {
-        decision,
-        reasons,
-        policy_version,
-    } = state.policy.evaluate(&input);
-    crate::metrics::submitted(&asked.tenant, decision);
-    if decision != PolicyDecision::RequireApproval {
-        let answer = SubmitResponse {
-            decision,
-            reasons,
-            policy_version,
-            approval: None,
-        };
-        return Ok((StatusCode::OK, Json(answer)).into_response());
-    }
-    asked.reasons = reasons;
-    asked.policy_version = policy_version;
-    match state.backend.submit(asked.clone()).await? {
-        SubmitOutcome::Created(approval) => {
+        Submitted::Parked(approval) => {
             let location = format!("/v1/tenants/{}/approvals/{}", approval.tenant, approval.id);
-            Ok((
-                StatusCode::CREATED,
-                [(header::LOCATION, location)],
-                Json(parked(approval)),
-            )
-                .into_response())
+            let headers = [(header::LOCATION, location)];
+            (StatusCode::CREATED, headers, Json(parked(approval))).into_response()
         }
-        // Another submit of the same id won the race since our read.
-        SubmitOutcome::Existing(existing) => repeated(existing, &asked),
-    }
+        Submitted::Existing(approval) => (StatusCode::OK, Json(parked(approval))).into_response(),
+    })
 }
 
 /// One approval.
@@ -190,13 +102,7 @@ pub async fn get_approval(
     Caller(caller): Caller,
     ApprovalPath(tenant, id): ApprovalPath,
 ) -> Result<Json<Approval>, ApiError> {
-    authorize(&caller, Permission::Read, &tenant)?;
-    let approval = state.backend.get(&tenant, &id).await?;
-    approval.map(Json).ok_or_else(|| not_found(&tenant, &id))
-}
-
-fn not_found(tenant: &TenantId, id: &ApprovalId) -> ApiError {
-    ApiError::NotFound(format!("no approval {id} in tenant {tenant}"))
+    Ok(Json(state.app.get(&caller, &tenant, &id).await?))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -218,16 +124,11 @@ pub async fn wait_decision(
     ApprovalPath(tenant, id): ApprovalPath,
     ApiQuery(query): ApiQuery<WaitQuery>,
 ) -> Result<Json<Approval>, ApiError> {
-    authorize(&caller, Permission::Wait, &tenant)?;
-    let wait = Duration::from_secs(query.wait_seconds.unwrap_or(30).min(MAX_WAIT));
-    let _in_flight = crate::metrics::LongPoll::start(&state.metrics);
-    let waiting = state.backend.wait_for_decision(&tenant, &id, wait);
-    let approval = tokio::select! {
-        result = waiting => result?,
-        // Shutting down: answer with the current state now rather than hold up the drain.
-        () = state.shutdown.cancelled() => state.backend.get(&tenant, &id).await?,
-    };
-    approval.map(Json).ok_or_else(|| not_found(&tenant, &id))
+    let approval = state
+        .app
+        .wait(&caller, &tenant, &id, query.wait_seconds)
+        .await?;
+    Ok(Json(approval))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -245,15 +146,6 @@ pub struct ApprovalPage {
     pub next_cursor: Option<String>,
 }
 
-fn check_limit(limit: Option<usize>, default: usize, max: usize) -> Result<usize, ApiError> {
-    match limit.unwrap_or(default) {
-        n if (1..=max).contains(&n) => Ok(n),
-        n => Err(ApiError::InvalidQuery(format!(
-            "limit: must be 1–{max}, got {n}"
-        ))),
-    }
-}
-
 /// A tenant's approvals in one status, oldest first.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/approvals", tag = "approvals",
     params(("tenant" = String, Path), ListQuery),
@@ -266,13 +158,12 @@ pub async fn list(
     TenantPath(tenant): TenantPath,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<ApprovalPage>, ApiError> {
-    let limit = check_limit(query.limit, 100, 500)?;
-    authorize(&caller, Permission::List, &tenant)?;
-    let status = query.status.unwrap_or(Status::Pending);
-    let page = state
-        .backend
-        .list(&tenant, status, query.cursor.as_deref(), limit)
-        .await?;
+    let query = app::ListQuery {
+        status: query.status,
+        limit: query.limit,
+        cursor: query.cursor,
+    };
+    let page = state.app.list(&caller, &tenant, query).await?;
     Ok(Json(ApprovalPage {
         items: page.items,
         next_cursor: page.next_cursor,
@@ -282,6 +173,7 @@ pub async fn list(
 #[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct DecideBody {
     /// At most 2,000 characters.
+    #[schema(max_length = 2000)]
     pub reason: Option<String>,
 }
 
@@ -327,28 +219,8 @@ async fn decide(
     verdict: Verdict,
 ) -> Result<Json<Approval>, ApiError> {
     let reason = body.unwrap_or_default().reason;
-    if reason
-        .as_ref()
-        .is_some_and(|r| r.chars().count() > MAX_REASON_CHARS)
-    {
-        return Err(ApiError::InvalidBody(format!(
-            "reason: at most {MAX_REASON_CHARS} characters"
-        )));
-    }
-    authorize(&caller, Permission::Decide, &tenant)?;
-    let request = DecisionRequest::now(verdict, caller.subject, reason);
-    match state.backend.decide(&tenant, &id, request).await? {
-        DecisionOutcome::Decided(approval) => {
-            crate::metrics::decided(&approval);
-            Ok(Json(approval))
-        }
-        DecisionOutcome::AlreadyDecided(approval) => {
-            Err(ApiError::AlreadyDecided(Box::new(approval)))
-        }
-        DecisionOutcome::Expired(approval) => Err(ApiError::Expired(Box::new(approval))),
-        DecisionOutcome::NotFound => Err(not_found(&tenant, &id)),
-        DecisionOutcome::SelfApproval => Err(ApiError::SelfApproval),
-    }
+    let decided = state.app.decide(&caller, &tenant, &id, verdict, reason);
+    Ok(Json(decided.await?))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -378,18 +250,12 @@ pub async fn audit(
     TenantPath(tenant): TenantPath,
     ApiQuery(query): ApiQuery<AuditQuery>,
 ) -> Result<Json<AuditPage>, ApiError> {
-    let limit = check_limit(query.limit, 100, 1000)?;
-    let since = match query.since.as_deref() {
-        Some(text) => Some(Timestamp::parse_rfc3339(text).ok_or_else(|| {
-            ApiError::InvalidQuery(format!("since: not an RFC 3339 timestamp: {text:?}"))
-        })?),
-        None => None,
+    let query = app::AuditQuery {
+        since: query.since,
+        limit: query.limit,
+        cursor: query.cursor,
     };
-    authorize(&caller, Permission::Audit, &tenant)?;
-    let page = state
-        .backend
-        .audit(&tenant, since, query.cursor.as_deref(), limit)
-        .await?;
+    let page = state.app.audit(&caller, &tenant, query).await?;
     Ok(Json(AuditPage {
         items: page.items,
         next_cursor: page.next_cursor,

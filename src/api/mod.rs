@@ -1,4 +1,5 @@
-//! The HTTP API (api-v1.md): routes, shared state, and the layers around them.
+//! The HTTP API: routes, shared state, and the layers around them. Handlers extract, call
+//! the application layer (`crate::app`) and map its answer; they hold no rules of their own.
 
 mod approvals;
 mod extract;
@@ -8,11 +9,9 @@ mod problem;
 use std::sync::Arc;
 use std::time::Duration;
 
-use approvals_core::ApprovalBackend;
 use axum::extract::{MatchedPath, Request};
 use axum::http::HeaderName;
 use axum::Router;
-use tokio_util::sync::CancellationToken;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -22,21 +21,16 @@ use utoipa_axum::routes;
 
 pub use problem::{ApiError, Problem};
 
+use crate::app::Approvals;
 use crate::auth::Authenticator;
-use crate::config::ApprovalSettings;
-use crate::policy::PolicyGate;
 
 /// What every handler can reach. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
-    pub backend: Arc<dyn ApprovalBackend>,
-    pub policy: Arc<PolicyGate>,
+    /// The use cases: every handler's one call.
+    pub app: Arc<Approvals>,
     pub auth: Arc<Authenticator>,
-    pub approvals: Arc<ApprovalSettings>,
     pub body_limit: usize,
-    /// Cancelled on SIGTERM: long-polls answer at once so the drain is quick.
-    pub shutdown: CancellationToken,
-    pub metrics: crate::metrics::MetricsHandle,
 }
 
 #[derive(OpenApi)]

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
@@ -20,11 +20,9 @@ pub async fn healthz() -> Json<serde_json::Value> {
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, description = "ready"), (status = 503, body = super::Problem)))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    let answered = state.backend.ping().await;
-    state.metrics.set_backend_up(answered.is_ok());
-    answered?;
+    state.app.ready().await?;
     Ok(Json(
-        json!({"status": "ready", "backend": state.backend.kind()}),
+        json!({"status": "ready", "backend": state.app.engine_kind()}),
     ))
 }
 
@@ -32,7 +30,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Va
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let body = state.metrics.render(&state.backend.gauges());
+    let body = state.app.render_metrics();
     (
         [(
             header::CONTENT_TYPE,
@@ -46,13 +44,11 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
 pub async fn openapi(document: Arc<utoipa::openapi::OpenApi>) -> Response {
     match document.to_json() {
         Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
-        Err(e) => ApiError::Internal(e.to_string()).into_response(),
+        Err(e) => ApiError::Internal(e.into()).into_response(),
     }
 }
 
 /// Unknown routes answer problem+json too.
 pub async fn no_route() -> Response {
-    let mut response = ApiError::NotFound("no such route".into()).into_response();
-    *response.status_mut() = StatusCode::NOT_FOUND;
-    response
+    ApiError::NoRoute.into_response()
 }

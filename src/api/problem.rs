@@ -1,10 +1,16 @@
 //! Every error the API answers, as RFC 9457 `application/problem+json` with a stable `code`.
+//!
+//! Most come from the application layer ([`AppError`]); a few belong to HTTP itself (no
+//! token, a body too large or not JSON, no such route). A failure inside the service gets a
+//! fixed sentence: what went wrong in the engine is logged with its causes, never sent.
 
-use approvals_core::{Approval, BackendError};
+use approvals_core::Approval;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
+
+use crate::app::AppError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -18,22 +24,12 @@ pub enum ApiError {
     InvalidQuery(String),
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
-    #[error("{0}")]
-    Forbidden(String),
-    #[error("you submitted this approval; another reviewer must decide it")]
-    SelfApproval,
-    #[error("{0}")]
-    NotFound(String),
-    #[error("request_id {0} exists with a different action, context or agent_id")]
-    RequestIdConflict(String),
-    #[error("the approval is already {}", .0.status.as_str())]
-    AlreadyDecided(Box<Approval>),
-    #[error("the approval expired at {}", .0.expires_at)]
-    Expired(Box<Approval>),
-    #[error("the approval store is unavailable: {0}")]
-    BackendUnavailable(String),
-    #[error("internal error: {0}")]
-    Internal(String),
+    #[error("no such route")]
+    NoRoute,
+    #[error(transparent)]
+    App(#[from] AppError),
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// The problem document.
@@ -52,96 +48,93 @@ pub struct Problem {
 }
 
 impl ApiError {
-    pub fn status(&self) -> StatusCode {
+    /// Status, code and title: the contract's table of errors.
+    fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+        use StatusCode as S;
         match self {
-            Self::Unauthenticated => StatusCode::UNAUTHORIZED,
-            Self::InvalidIdentifier(_) | Self::InvalidBody(_) | Self::InvalidQuery(_) => {
-                StatusCode::BAD_REQUEST
+            Self::Unauthenticated => (S::UNAUTHORIZED, "unauthenticated", "Unauthenticated"),
+            Self::InvalidIdentifier(_) | Self::App(AppError::InvalidIdentifier(_)) => {
+                (S::BAD_REQUEST, "invalid_identifier", "Invalid identifier")
             }
-            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Forbidden(_) | Self::SelfApproval => StatusCode::FORBIDDEN,
-            Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::RequestIdConflict(_) | Self::AlreadyDecided(_) => StatusCode::CONFLICT,
-            Self::Expired(_) => StatusCode::GONE,
-            Self::BackendUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::InvalidBody(_) | Self::App(AppError::InvalidContent(_)) => {
+                (S::BAD_REQUEST, "invalid_body", "Invalid request body")
+            }
+            Self::InvalidQuery(_) | Self::App(AppError::InvalidOption(_)) => {
+                (S::BAD_REQUEST, "invalid_query", "Invalid query parameter")
+            }
+            Self::PayloadTooLarge(_) => (
+                S::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "Payload too large",
+            ),
+            Self::NoRoute | Self::App(AppError::NotFound { .. }) => {
+                (S::NOT_FOUND, "not_found", "Not found")
+            }
+            Self::App(AppError::Forbidden(_)) => (S::FORBIDDEN, "forbidden", "Forbidden"),
+            Self::App(AppError::SelfApproval) => {
+                (S::FORBIDDEN, "self_approval", "Self-approval refused")
+            }
+            Self::App(AppError::RequestIdConflict(_)) => {
+                (S::CONFLICT, "request_id_conflict", "Request id conflict")
+            }
+            Self::App(AppError::AlreadyDecided(_)) => {
+                (S::CONFLICT, "already_decided", "Already decided")
+            }
+            Self::App(AppError::Expired(_)) => (S::GONE, "expired", "Expired"),
+            Self::App(AppError::Unavailable(_)) => (
+                S::SERVICE_UNAVAILABLE,
+                "backend_unavailable",
+                "Backend unavailable",
+            ),
+            Self::App(AppError::Internal(_)) | Self::Internal(_) => {
+                (S::INTERNAL_SERVER_ERROR, "internal", "Internal error")
+            }
         }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.parts().0
     }
 
     pub fn code(&self) -> &'static str {
-        match self {
-            Self::Unauthenticated => "unauthenticated",
-            Self::InvalidIdentifier(_) => "invalid_identifier",
-            Self::InvalidBody(_) => "invalid_body",
-            Self::InvalidQuery(_) => "invalid_query",
-            Self::PayloadTooLarge(_) => "payload_too_large",
-            Self::Forbidden(_) => "forbidden",
-            Self::SelfApproval => "self_approval",
-            Self::NotFound(_) => "not_found",
-            Self::RequestIdConflict(_) => "request_id_conflict",
-            Self::AlreadyDecided(_) => "already_decided",
-            Self::Expired(_) => "expired",
-            Self::BackendUnavailable(_) => "backend_unavailable",
-            Self::Internal(_) => "internal",
-        }
+        self.parts().1
     }
 
-    fn title(&self) -> &'static str {
+    /// What the client reads: the error's own sentence, except where that would carry an
+    /// engine's internal text.
+    fn detail(&self) -> String {
         match self {
-            Self::Unauthenticated => "Unauthenticated",
-            Self::InvalidIdentifier(_) => "Invalid identifier",
-            Self::InvalidBody(_) => "Invalid request body",
-            Self::InvalidQuery(_) => "Invalid query parameter",
-            Self::PayloadTooLarge(_) => "Payload too large",
-            Self::Forbidden(_) => "Forbidden",
-            Self::SelfApproval => "Self-approval refused",
-            Self::NotFound(_) => "Not found",
-            Self::RequestIdConflict(_) => "Request id conflict",
-            Self::AlreadyDecided(_) => "Already decided",
-            Self::Expired(_) => "Expired",
-            Self::BackendUnavailable(_) => "Backend unavailable",
-            Self::Internal(_) => "Internal error",
+            Self::App(AppError::Unavailable(_)) => {
+                "the approval store is unavailable; retry later".into()
+            }
+            Self::App(AppError::Internal(_)) | Self::Internal(_) => {
+                "internal error; the service log has the details".into()
+            }
+            other => other.to_string(),
         }
     }
 
     pub fn to_problem(&self) -> Problem {
         let approval = match self {
-            Self::AlreadyDecided(a) | Self::Expired(a) => Some((**a).clone()),
+            Self::App(AppError::AlreadyDecided(a) | AppError::Expired(a)) => Some((**a).clone()),
             _ => None,
         };
+        let (status, code, title) = self.parts();
         Problem {
-            kind: format!("urn:approvals:problem:{}", self.code()),
-            title: self.title(),
-            status: self.status().as_u16(),
-            detail: self.to_string(),
-            code: self.code(),
+            kind: format!("urn:approvals:problem:{code}"),
+            title,
+            status: status.as_u16(),
+            detail: self.detail(),
+            code,
             approval,
-        }
-    }
-}
-
-impl From<BackendError> for ApiError {
-    fn from(error: BackendError) -> Self {
-        match error {
-            BackendError::InvalidCursor => {
-                Self::InvalidQuery("cursor: not a cursor this service handed out".into())
-            }
-            BackendError::Unavailable(_) | BackendError::Timeout(_) => {
-                crate::metrics::backend_error(&error);
-                Self::BackendUnavailable(error.to_string())
-            }
-            BackendError::Corrupt { .. } => {
-                crate::metrics::backend_error(&error);
-                Self::Internal(error.to_string())
-            }
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if matches!(self, Self::Internal(_)) {
-            tracing::error!(error = %self, "request failed");
+        if let Self::Internal(error) = &self {
+            tracing::error!(error = %crate::app::chain(error.as_ref()), "request failed");
         }
         let status = self.status();
         let mut response = (status, axum::Json(self.to_problem())).into_response();

@@ -11,12 +11,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use approvals_core::TenantId;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::config::{BackendKind, Settings, CONFIG_VAR};
+use crate::config::{EngineKind, Settings, CONFIG_VAR};
+use crate::engines;
 use crate::migration::{Migration, Plan};
-use crate::startup::build_engine;
 
 use super::EXIT_CONFIG;
 
@@ -27,10 +27,10 @@ pub struct MigrateArgs {
     config: Option<PathBuf>,
     /// The engine to read from.
     #[arg(long, value_enum)]
-    from: Engine,
+    from: EngineKind,
     /// The engine to write to.
     #[arg(long, value_enum)]
-    to: Engine,
+    to: EngineKind,
     /// Only this tenant (repeatable); every tenant when absent.
     #[arg(long = "tenant", value_name = "TENANT")]
     tenants: Vec<String>,
@@ -43,21 +43,6 @@ pub struct MigrateArgs {
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     json: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Engine {
-    Redis,
-    Temporal,
-}
-
-impl From<Engine> for BackendKind {
-    fn from(engine: Engine) -> Self {
-        match engine {
-            Engine::Redis => BackendKind::Redis,
-            Engine::Temporal => BackendKind::Temporal,
-        }
-    }
 }
 
 pub async fn run(args: MigrateArgs) -> ExitCode {
@@ -74,8 +59,8 @@ pub async fn run(args: MigrateArgs) -> ExitCode {
         Err(error) => return config_error(error),
     };
     let (source, target) = match (
-        build_engine(args.from.into(), &settings).await,
-        build_engine(args.to.into(), &settings).await,
+        engines::connect(args.from, &settings).await,
+        engines::connect(args.to, &settings).await,
     ) {
         (Ok(source), Ok(target)) => (source, target),
         (Err(error), _) | (_, Err(error)) => return config_error(error),
@@ -98,7 +83,7 @@ pub async fn run(args: MigrateArgs) -> ExitCode {
     let report = match result {
         Ok(report) => report,
         Err(error) => {
-            tracing::error!(%error, "migration stopped");
+            tracing::error!(error = %crate::app::chain(&error), "migration stopped");
             eprintln!(
                 "approvals: migration stopped: {error}\n\
                  it is safe to run the same command again: records already copied are skipped"

@@ -112,11 +112,14 @@ async fn worker(config: Option<PathBuf>) -> ExitCode {
     match crate::worker::run(&settings, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
+            let at_startup = error.at_startup();
+            let error = crate::app::chain(&error);
             tracing::error!(%error, "worker stopped");
             eprintln!("approvals: {error}");
-            match error {
-                crate::worker::WorkerError::Startup(_) => ExitCode::from(EXIT_CONFIG),
-                crate::worker::WorkerError::Run(_) => ExitCode::FAILURE,
+            if at_startup {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::FAILURE
             }
         }
     }
@@ -126,7 +129,7 @@ async fn worker(config: Option<PathBuf>) -> ExitCode {
 async fn worker(_config: Option<PathBuf>) -> ExitCode {
     eprintln!(
         "approvals: `approvals worker` runs the Temporal worker: {}",
-        crate::startup::TEMPORAL_NOT_BUILT
+        crate::engines::TEMPORAL_NOT_BUILT
     );
     ExitCode::from(EXIT_CONFIG)
 }
@@ -136,6 +139,7 @@ async fn run_app(settings: Settings) -> ExitCode {
     let app = match Application::build(settings).await {
         Ok(app) => app,
         Err(error) => {
+            let error = crate::app::chain(&error);
             tracing::error!(%error, "cannot start");
             eprintln!("approvals: {error}");
             return ExitCode::from(EXIT_CONFIG);

@@ -1,6 +1,6 @@
-//! `approvals migrate`: carries approvals from one engine to another through the
-//! `ApprovalBackend` trait alone (`scan` on the source; `import`, `get`, `decide` and `scan` on
-//! the target), so it knows neither Redis nor Temporal. ADR-0007 records the design.
+//! `approvals migrate`: carries approvals from one engine to another through the engine
+//! contract alone (`RecordTransfer`: `scan` on the source; `import`, `get`, `decide` and `scan`
+//! on the target), so it knows neither Redis nor Temporal. ADR-0007 records the design.
 //!
 //! Two passes. **Copy** imports every scanned record; `import` is idempotent per id, so a run
 //! killed anywhere and started again ends with every approval exactly once. **Reconcile** reads
@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use approvals_core::{
-    Approval, ApprovalBackend, ApprovalId, BackendError, DecisionOutcome, ImportOutcome, TenantId,
+    Approval, ApprovalId, BackendError, DecisionOutcome, ImportOutcome, RecordTransfer, TenantId,
     Timestamp,
 };
 use futures_util::{stream, TryStreamExt};
@@ -41,8 +41,8 @@ pub struct Plan {
 }
 
 pub struct Migration {
-    source: Arc<dyn ApprovalBackend>,
-    target: Arc<dyn ApprovalBackend>,
+    source: Arc<dyn RecordTransfer>,
+    target: Arc<dyn RecordTransfer>,
     plan: Plan,
     progress: ProgressBar,
 }
@@ -64,8 +64,8 @@ struct Checked {
 impl Migration {
     /// `progress` counts records (both passes); hidden, it costs nothing.
     pub fn new(
-        source: Arc<dyn ApprovalBackend>,
-        target: Arc<dyn ApprovalBackend>,
+        source: Arc<dyn RecordTransfer>,
+        target: Arc<dyn RecordTransfer>,
         plan: Plan,
         progress: ProgressBar,
     ) -> Self {
@@ -184,7 +184,7 @@ impl Migration {
     /// flight, rather than draining to zero at every page boundary.
     async fn for_each<T, F, Fut>(
         &self,
-        backend: &Arc<dyn ApprovalBackend>,
+        backend: &Arc<dyn RecordTransfer>,
         each: F,
         mut sink: impl FnMut(T),
     ) -> Result<(), BackendError>
@@ -230,7 +230,7 @@ where
     let mut attempt = 1;
     loop {
         match call().await {
-            Err(error @ (BackendError::Unavailable(_) | BackendError::Timeout(_)))
+            Err(error @ (BackendError::Unavailable { .. } | BackendError::Timeout(_)))
                 if attempt < ATTEMPTS =>
             {
                 tracing::warn!(%error, attempt, "{what} failed; retrying");

@@ -69,12 +69,18 @@ async fn redis_down_is_503_within_seconds_and_recovery_keeps_every_pending_appro
             started.elapsed() < Duration::from_secs(5),
             "answered within 5 s, not hung"
         );
-        assert_problem(
+        let problem = assert_problem(
             response,
             StatusCode::SERVICE_UNAVAILABLE,
             "backend_unavailable",
         )
         .await;
+        // The client learns what to do, not how the engine failed (that is in the log).
+        let detail = problem["detail"].as_str().unwrap_or_default();
+        assert_eq!(
+            detail, "the approval store is unavailable; retry later",
+            "{problem}"
+        );
     }
 
     app.redis.as_mut().expect("redis").restart().await;

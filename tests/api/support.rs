@@ -110,14 +110,14 @@ impl Harness {
 mod temporal {
     use std::time::Duration;
 
-    use approvals::config::{BackendKind, Settings};
+    use approvals::config::{BackendChoice, Settings};
     use approvals_temporal::TemporalSettings;
 
     pub use crate::shared_temporal::shared;
 
     /// The service's settings for that server and the worker's task queue.
     pub fn point_at(settings: &mut Settings, shared: &TemporalSettings) {
-        settings.backend.kind = BackendKind::Temporal;
+        settings.backend = BackendChoice::Temporal;
         settings.temporal.address = shared.address.clone();
         settings.temporal.task_queue = shared.task_queue.clone();
         // Every app scans the shared namespace for its pending figures: not five times a second.

@@ -1,10 +1,20 @@
 //! Audit events: the per-tenant history of what happened to each approval.
+//!
+//! Every event is built here, by one function per kind, so that both engines record the same
+//! facts in the same words. An engine only adds the event's id (its stream id, or a
+//! deterministic id in a workflow). The one event written inside Redis by a Lua script, the
+//! expiry, is rendered from [`AuditEntry::expiry_template`], which comes from the same code.
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{json, Value};
 use utoipa::ToSchema;
 
-use crate::{ApprovalId, TenantId, Timestamp};
+use crate::{Approval, ApprovalId, DecisionRequest, Status, TenantId, Timestamp};
+
+/// The actor of events nobody caused: expiries.
+pub const SYSTEM_ACTOR: &str = "system";
+/// The actor of events `approvals migrate` caused.
+pub const MIGRATION_ACTOR: &str = "migration";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -32,4 +42,187 @@ pub struct AuditEvent {
     /// Kind-specific facts: the policy decision and reasons, a decision reason, ...
     #[schema(value_type = Object)]
     pub details: Value,
+}
+
+/// An audit event before an engine gave it an id: what engines store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub timestamp: Timestamp,
+    pub tenant: TenantId,
+    pub approval_id: ApprovalId,
+    pub kind: AuditKind,
+    pub actor: String,
+    pub details: Value,
+}
+
+impl AuditEntry {
+    fn about(a: &Approval, kind: AuditKind, actor: &str, at: Timestamp, details: Value) -> Self {
+        Self {
+            timestamp: at,
+            tenant: a.tenant.clone(),
+            approval_id: a.id.clone(),
+            kind,
+            actor: actor.to_owned(),
+            details,
+        }
+    }
+
+    /// An agent's request was parked.
+    pub fn submitted(a: &Approval) -> Self {
+        let details = json!({
+            "decision": "require_approval", "reasons": a.reasons,
+            "policy_version": a.policy_version, "agent_id": a.agent_id,
+            "expires_at": a.expires_at,
+        });
+        Self::about(
+            a,
+            AuditKind::Submitted,
+            &a.submitted_by,
+            a.submitted_at,
+            details,
+        )
+    }
+
+    /// A record an earlier system wrote (`from`, e.g. `adr-v1`) was taken over.
+    pub fn adopted(a: &Approval, from: &str) -> Self {
+        let details = json!({"adopted_from": from, "status": a.status});
+        Self::about(
+            a,
+            AuditKind::Submitted,
+            &a.submitted_by,
+            a.submitted_at,
+            details,
+        )
+    }
+
+    /// A record was carried over from another engine at `at`.
+    pub fn migrated(a: &Approval, at: Timestamp) -> Self {
+        let details = json!({
+            "status": a.status, "submitted_at": a.submitted_at, "expires_at": a.expires_at,
+            "decided_at": a.decided_at, "decided_by": a.decided_by,
+        });
+        Self::about(a, AuditKind::Migrated, MIGRATION_ACTOR, at, details)
+    }
+
+    /// A reviewer's decision on `tenant`'s approval `id`.
+    pub fn decision(tenant: &TenantId, id: &ApprovalId, request: &DecisionRequest) -> Self {
+        Self {
+            timestamp: request.at,
+            tenant: tenant.clone(),
+            approval_id: id.clone(),
+            kind: match request.verdict.status() {
+                Status::Rejected => AuditKind::Rejected,
+                _ => AuditKind::Accepted,
+            },
+            actor: request.decided_by.clone(),
+            details: json!({"reason": request.reason}),
+        }
+    }
+
+    /// The approval's deadline passed with nobody deciding.
+    pub fn expired(a: &Approval) -> Self {
+        let details = expired_details(a.submitted_at, a.expires_at);
+        Self::about(a, AuditKind::Expired, SYSTEM_ACTOR, a.expires_at, details)
+    }
+
+    /// The event that settled `a` (accepted, rejected or expired); `None` while pending.
+    pub fn settled(a: &Approval) -> Option<Self> {
+        match a.status {
+            Status::Pending => None,
+            Status::Expired => Some(Self::expired(a)),
+            Status::Accepted | Status::Rejected => {
+                a.decision().map(|d| Self::decision(&a.tenant, &a.id, &d))
+            }
+        }
+    }
+
+    /// The expiry event as JSON with the quoted slots `"$tenant"`, `"$approval_id"`,
+    /// `"$submitted_at"` and `"$expires_at"`, each to be replaced by that field's JSON value:
+    /// for code that can only write the event where the record is (a Redis script).
+    pub fn expiry_template() -> String {
+        json!({
+            "timestamp": "$expires_at", "tenant": "$tenant", "approval_id": "$approval_id",
+            "kind": AuditKind::Expired, "actor": SYSTEM_ACTOR,
+            "details": expired_details("$submitted_at", "$expires_at"),
+        })
+        .to_string()
+    }
+
+    pub fn with_id(self, event_id: String) -> AuditEvent {
+        AuditEvent {
+            event_id,
+            timestamp: self.timestamp,
+            tenant: self.tenant,
+            approval_id: self.approval_id,
+            kind: self.kind,
+            actor: self.actor,
+            details: self.details,
+        }
+    }
+}
+
+impl AuditEvent {
+    /// The event without its id, for comparing what two engines recorded.
+    pub fn entry(&self) -> AuditEntry {
+        AuditEntry {
+            timestamp: self.timestamp,
+            tenant: self.tenant.clone(),
+            approval_id: self.approval_id.clone(),
+            kind: self.kind,
+            actor: self.actor.clone(),
+            details: self.details.clone(),
+        }
+    }
+}
+
+fn expired_details(submitted_at: impl Serialize, expires_at: impl Serialize) -> Value {
+    json!({"expires_at": expires_at, "submitted_at": submitted_at})
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn the_filled_expiry_template_is_the_expired_event() {
+        let now = Timestamp::from_millis(1_700_000_000_123);
+        let approval = Approval {
+            id: ApprovalId::parse("req-1").unwrap(),
+            tenant: TenantId::parse("acme").unwrap(),
+            status: Status::Expired,
+            agent_id: "agent".into(),
+            submitted_by: "agent".into(),
+            action: serde_json::Map::new(),
+            context: serde_json::Map::new(),
+            reasons: vec![],
+            policy_version: "sha256:x".into(),
+            submitted_at: now,
+            expires_at: now.plus(Duration::from_secs(60)),
+            decided_at: None,
+            decided_by: None,
+            decision_reason: None,
+        };
+        let json = |v: &dyn erased::Json| v.json();
+        let filled = AuditEntry::expiry_template()
+            .replace("\"$tenant\"", &json(&approval.tenant))
+            .replace("\"$approval_id\"", &json(&approval.id))
+            .replace("\"$submitted_at\"", &json(&approval.submitted_at))
+            .replace("\"$expires_at\"", &json(&approval.expires_at));
+        let parsed: AuditEntry = serde_json::from_str(&filled).unwrap();
+        assert_eq!(parsed, AuditEntry::expired(&approval));
+        assert_eq!(AuditEntry::settled(&approval), Some(parsed));
+    }
+
+    mod erased {
+        pub trait Json {
+            fn json(&self) -> String;
+        }
+        impl<T: serde::Serialize> Json for T {
+            fn json(&self) -> String {
+                serde_json::to_string(self).unwrap()
+            }
+        }
+    }
 }

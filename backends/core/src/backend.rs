@@ -1,8 +1,13 @@
-//! The `ApprovalBackend` trait: the one seam through which the service parks approvals.
+//! The engine contract: what the service asks of whatever parks its approvals.
 //!
-//! Every operation returns a typed outcome rather than a bool, so the HTTP layer maps results
-//! to status codes without guessing, and every backend is held to the same semantics by the
-//! conformance suite.
+//! Two traits, because two kinds of caller exist. [`ApprovalBackend`] is the request path and
+//! everything the service itself needs (health, pending figures). [`RecordTransfer`] walks and
+//! writes whole records, for `approvals migrate` and the dual soak. Chores an engine needs to
+//! keep itself right (Redis' expiry sweeper) are the engine's own business, started by it; it
+//! reports what they did through [`EngineEvents`].
+//!
+//! Every operation returns a typed outcome rather than a bool, so the application maps results
+//! without guessing, and every engine is held to the same semantics by the conformance suite.
 
 use std::time::Duration;
 
@@ -12,14 +17,21 @@ use crate::{
     Approval, ApprovalId, AuditEvent, DecisionRequest, PendingStats, Status, TenantId, Timestamp,
 };
 
+/// The cause of a backend failure, kept for logs.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Why a backend call failed. None of these means the request was wrong.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     /// The store cannot be reached or refused the call; worth retrying later.
-    #[error("backend unavailable: {0}")]
-    Unavailable(String),
+    #[error("the store is unavailable (during `{op}`)")]
+    Unavailable {
+        op: &'static str,
+        #[source]
+        source: BoxError,
+    },
     /// The call did not finish within its deadline.
-    #[error("backend call `{0}` timed out")]
+    #[error("backend call `{0}` did not answer within its deadline")]
     Timeout(&'static str),
     /// A cursor that this backend did not hand out.
     #[error("invalid cursor")]
@@ -27,6 +39,26 @@ pub enum BackendError {
     /// A stored record that cannot be read back; never silently skipped.
     #[error("corrupt record {key}: {reason}")]
     Corrupt { key: String, reason: String },
+}
+
+impl BackendError {
+    /// `op` failed because of `source` (a client error, or a sentence).
+    pub fn unavailable(op: &'static str, source: impl Into<BoxError>) -> Self {
+        Self::Unavailable {
+            op,
+            source: source.into(),
+        }
+    }
+
+    /// A stable, low-cardinality name for metrics labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Unavailable { .. } => "unavailable",
+            Self::Timeout(_) => "timeout",
+            Self::InvalidCursor => "invalid_cursor",
+            Self::Corrupt { .. } => "corrupt",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -70,13 +102,62 @@ pub struct ScanPage {
     pub next: Option<String>,
 }
 
-/// Where approvals are parked. Object-safe: the service holds an `Arc<dyn ApprovalBackend>`.
+/// How long approvals and their traces live: service-wide policy every engine applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lifetimes {
+    /// Lifetime of an approval without a per-tenant override (and of an ADR v1 record that
+    /// carries none).
+    pub default_ttl: Duration,
+    /// How long an accepted or rejected record stays readable after its decision.
+    pub decided_retention: Duration,
+    /// How long an expired record stays readable after its expiry.
+    pub expired_retention: Duration,
+}
+
+impl Default for Lifetimes {
+    fn default() -> Self {
+        let day = Duration::from_secs(86_400);
+        Self {
+            default_ttl: day,
+            decided_retention: day,
+            expired_retention: day,
+        }
+    }
+}
+
+/// The connections an engine holds to its store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStatus {
+    pub open: usize,
+    /// Callers waiting for a connection now.
+    pub waiting: usize,
+    pub max: usize,
+}
+
+/// What an engine can tell about itself without a call, for `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineStatus {
+    pub pool: Option<PoolStatus>,
+    /// For a pairing of engines: whether the secondary answered its last call.
+    pub secondary_up: Option<bool>,
+}
+
+/// What an engine's own chores did, for the service to count: the service never has to ask.
+pub trait EngineEvents: Send + Sync + 'static {
+    /// This process recorded the expiry of `approval` at `recorded_at`.
+    fn expired(&self, approval: &Approval, recorded_at: Timestamp);
+    /// One pass of a periodic chore (`sweep`, `adopt`) finished.
+    fn chore_finished(&self, chore: &'static str, result: Result<usize, &BackendError>);
+}
+
+/// Where approvals are parked: the request path. Object-safe: the service holds an
+/// `Arc<dyn ApprovalBackend>`.
 ///
 /// Implementations put every call under a deadline and answer [`BackendError::Unavailable`] or
 /// [`BackendError::Timeout`] rather than hang.
 #[async_trait]
 pub trait ApprovalBackend: Send + Sync + 'static {
-    /// A short name for logs and metrics (`redis`, `temporal`).
+    /// A short name for logs and metrics (`redis`, `temporal`, `dual`).
     fn kind(&self) -> &'static str;
 
     /// Parks a pending approval unless its id already exists in the tenant.
@@ -132,53 +213,22 @@ pub trait ApprovalBackend: Send + Sync + 'static {
         now: Timestamp,
     ) -> Result<PendingStats, BackendError>;
 
-    /// Every record, in batches of about `batch`, for migration. Start with `cursor = None`.
+    /// Answers when the store is reachable.
+    async fn ping(&self) -> Result<(), BackendError>;
+
+    /// Connection figures and the like, read at scrape time.
+    fn status(&self) -> EngineStatus {
+        EngineStatus::default()
+    }
+}
+
+/// Whole records in and out: the walk `approvals migrate` and the dual soak use.
+#[async_trait]
+pub trait RecordTransfer: ApprovalBackend {
+    /// Every record, in batches of about `batch`. Start with `cursor = None`.
     async fn scan(&self, cursor: Option<&str>, batch: usize) -> Result<ScanPage, BackendError>;
 
     /// Writes a record carried over from another backend as it is (status, times, decision),
     /// unless one with its id exists. Idempotent.
     async fn import(&self, approval: Approval) -> Result<ImportOutcome, BackendError>;
-
-    /// Records the expiry of every pending approval whose deadline has passed; returns the
-    /// approvals this call expired (none that another instance expired first). Safe to run on
-    /// every instance at once.
-    async fn expire_due(&self, now: Timestamp) -> Result<Vec<Approval>, BackendError>;
-
-    /// Answers when the store is reachable.
-    async fn ping(&self) -> Result<(), BackendError>;
-
-    /// Engine-specific gauges for `/metrics`, read at scrape time: (name, help, value).
-    fn gauges(&self) -> Vec<(&'static str, &'static str, f64)> {
-        Vec::new()
-    }
-
-    /// Finds records an earlier system wrote in this store (ADR v1) and takes them over, so
-    /// they list, count and expire like any other. Returns how many it adopted.
-    async fn adopt_foreign_records(&self) -> Result<usize, BackendError> {
-        Ok(0)
-    }
-
-    /// Accepts, as [`ApprovalBackend::decide`] with [`crate::Verdict::Accept`].
-    async fn accept(
-        &self,
-        tenant: &TenantId,
-        id: &ApprovalId,
-        decided_by: &str,
-        reason: Option<String>,
-    ) -> Result<DecisionOutcome, BackendError> {
-        let request = DecisionRequest::now(crate::Verdict::Accept, decided_by, reason);
-        self.decide(tenant, id, request).await
-    }
-
-    /// Rejects, as [`ApprovalBackend::decide`] with [`crate::Verdict::Reject`].
-    async fn reject(
-        &self,
-        tenant: &TenantId,
-        id: &ApprovalId,
-        decided_by: &str,
-        reason: Option<String>,
-    ) -> Result<DecisionOutcome, BackendError> {
-        let request = DecisionRequest::now(crate::Verdict::Reject, decided_by, reason);
-        self.decide(tenant, id, request).await
-    }
 }

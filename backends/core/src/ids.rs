@@ -95,6 +95,13 @@ identifier!(
     ApprovalId, "approval id", 128, "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 );
 
+impl ApprovalId {
+    /// A fresh id nobody has used: a random UUID, 32 hex digits (always a valid id).
+    pub fn generate() -> Self {
+        Self(uuid::Uuid::new_v4().simple().to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,8 +1,9 @@
 //! The seam between the approval service and whatever parks its approvals.
 //!
-//! Everything a backend shares lives here: identifiers that can only hold valid values, the
-//! approval record, the typed outcomes of each operation, and the [`ApprovalBackend`] trait.
-//! The `conformance` feature adds the test functions every backend must pass unchanged.
+//! Everything the engines share lives here: identifiers that can only hold valid values, the
+//! approval record, its audit events (built here once for every engine), the typed outcomes of
+//! each operation, and the engine contract ([`ApprovalBackend`], [`RecordTransfer`]). The
+//! `conformance` feature adds the test functions every engine must pass unchanged.
 
 mod approval;
 mod audit;
@@ -14,10 +15,11 @@ mod time;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
-pub use approval::{Approval, DecisionRequest, Status, Verdict};
-pub use audit::{AuditEvent, AuditKind};
+pub use approval::{Approval, DecisionRequest, Status, Verdict, EXPIRED_REASON};
+pub use audit::{AuditEntry, AuditEvent, AuditKind, MIGRATION_ACTOR, SYSTEM_ACTOR};
 pub use backend::{
-    ApprovalBackend, BackendError, DecisionOutcome, ImportOutcome, Page, ScanPage, SubmitOutcome,
+    ApprovalBackend, BackendError, BoxError, DecisionOutcome, EngineEvents, EngineStatus,
+    ImportOutcome, Lifetimes, Page, PoolStatus, RecordTransfer, ScanPage, SubmitOutcome,
 };
 pub use ids::{ApprovalId, InvalidIdentifier, TenantId};
 pub use stats::{PendingStats, TenantPending};

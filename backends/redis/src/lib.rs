@@ -1,17 +1,29 @@
-//! The Redis `ApprovalBackend`: the ADR v1 engine.
+//! The Redis engine: the ADR v1 store.
 //!
 //! Layout (see `keys`): each approval is a JSON string under `approval:{tenant}:{id}` whose TTL
 //! is its lifetime (plus a short grace for the sweeper), beside per-tenant indexes, a global
 //! deadline set, an audit stream per tenant and one pub/sub channel. Every state change is one
 //! Lua script (`scripts`), so the first reviewer wins and the indexes agree with the records
 //! even with many service instances on one Redis.
+//!
+//! - `backend`: the request path ([`approvals_core::ApprovalBackend`]);
+//! - `transfer`: whole records in and out ([`approvals_core::RecordTransfer`]);
+//! - `chores`: what the engine runs by itself (sweeper, retention, ADR v1 adoption);
+//! - `settings`: the `[redis]` configuration section.
 
+mod adopt;
 mod backend;
+mod chores;
 mod keys;
 mod legacy;
 mod record;
 mod scripts;
+mod settings;
+mod stats;
+mod transfer;
 mod waiters;
 
-pub use backend::{RedisBackend, RedisSettings};
+pub use backend::RedisBackend;
+pub use chores::{ChoreSchedule, Chores};
 pub use keys::EXPIRY_GRACE;
+pub use settings::RedisSettings;

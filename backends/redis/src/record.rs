@@ -5,7 +5,9 @@
 //! the agent's action and context — is never decoded and re-encoded by Lua's cjson, which would
 //! round numbers and turn `[]` into `{}`.
 
-use approvals_core::{Approval, ApprovalId, BackendError, Status, TenantId, Timestamp};
+use approvals_core::{
+    Approval, ApprovalId, BackendError, Status, TenantId, Timestamp, EXPIRED_REASON,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -70,6 +72,21 @@ pub fn decided_head(status: Status, at: Timestamp, by: &str, reason: Option<&str
         decision_reason: reason,
     }
     .to_prefix()
+}
+
+/// The prefix that replaces [`pending_head`] when an approval expires, with the slot
+/// `"$expires_at"` for the script to fill with the record's deadline (it is the expiry's
+/// `decided_at`). Rendered here so the expired record has the same form as every other head.
+pub fn expired_head_template() -> String {
+    let epoch = Timestamp::from_millis(0);
+    Head {
+        status: Status::Expired,
+        decided_at: Some(epoch),
+        decided_by: None,
+        decision_reason: Some(EXPIRED_REASON),
+    }
+    .to_prefix()
+    .replace(&format!("\"{epoch}\""), "\"$expires_at\"")
 }
 
 impl From<Approval> for StoredRecord {
@@ -185,5 +202,13 @@ mod tests {
             Vec::<String>::new(),
             "empty arrays stay arrays"
         );
+        // The expired head, filled as the script fills it, is the record as readers see it.
+        let expires_at = serde_json::to_string(&approval.expires_at).unwrap();
+        let head = expired_head_template().replace("\"$expires_at\"", &expires_at);
+        let spliced = format!("{head}{}", &raw[pending_head().len()..]);
+        let Ok(Decoded::Current(expired)) = decode("k", &spliced) else {
+            panic!("{spliced}")
+        };
+        assert_eq!(*expired, approval.clone().as_of(approval.expires_at));
     }
 }

@@ -3,40 +3,31 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use approvals_core::{ApprovalBackend, Timestamp};
-use approvals_redis::{RedisBackend, RedisSettings};
+use approvals_core::{Approval, BackendError, EngineEvents, Lifetimes, RecordTransfer, Timestamp};
+use approvals_redis::{ChoreSchedule, Chores, RedisBackend, RedisSettings};
 use approvals_testkit::RedisServer;
 
-struct Fixture {
-    _server: RedisServer,
-    sweeper: tokio::task::JoinHandle<()>,
+/// The chores' reports go nowhere here: the suite looks at what the engine stored.
+struct Unobserved;
+
+impl EngineEvents for Unobserved {
+    fn expired(&self, _: &Approval, _: Timestamp) {}
+    fn chore_finished(&self, _: &'static str, _: Result<usize, &BackendError>) {}
 }
 
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        self.sweeper.abort();
-    }
-}
-
-/// A backend on its own server, with the expiry sweeper running as the service runs it.
-async fn redis_backend() -> (Arc<dyn ApprovalBackend>, Fixture) {
+/// A backend on its own server, with its chores running as the service runs them.
+async fn redis_backend() -> (Arc<dyn RecordTransfer>, (RedisServer, Chores)) {
     let server = RedisServer::start().await;
-    let backend: Arc<dyn ApprovalBackend> =
-        Arc::new(RedisBackend::connect(RedisSettings::new(server.url())).expect("backend"));
-    let sweeping = backend.clone();
-    let sweeper = tokio::spawn(async move {
-        loop {
-            let _ = sweeping.expire_due(Timestamp::now()).await;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    });
-    (
-        backend,
-        Fixture {
-            _server: server,
-            sweeper,
-        },
-    )
+    let backend = Arc::new(
+        RedisBackend::connect(RedisSettings::new(server.url()), Lifetimes::default())
+            .expect("backend"),
+    );
+    let schedule = ChoreSchedule {
+        sweep_interval: Duration::from_millis(100),
+        adopt_interval: Duration::from_secs(60),
+    };
+    let chores = backend.start_chores(schedule, Arc::new(Unobserved));
+    (backend, (server, chores))
 }
 
 approvals_core::conformance_tests!(redis_backend);

@@ -7,13 +7,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use approvals_core::conformance::{decision, fresh_tenant, id, pending};
-use approvals_core::{ApprovalBackend, AuditKind, Status, Timestamp, Verdict};
+use approvals_core::{ApprovalBackend, AuditKind, Lifetimes, Status, Timestamp, Verdict};
 use approvals_redis::{RedisBackend, RedisSettings};
 use approvals_testkit::RedisServer;
 use serde_json::Value;
 
 fn backend(server: &RedisServer) -> Arc<RedisBackend> {
-    Arc::new(RedisBackend::connect(RedisSettings::new(server.url())).expect("backend"))
+    Arc::new(
+        RedisBackend::connect(RedisSettings::new(server.url()), Lifetimes::default())
+            .expect("backend"),
+    )
 }
 
 fn sweep_forever(backend: Arc<RedisBackend>) -> tokio::task::JoinHandle<()> {

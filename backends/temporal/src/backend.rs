@@ -1,18 +1,16 @@
-//! `TemporalBackend`: the `ApprovalBackend` trait as a Temporal client.
+//! `TemporalBackend`: the request path of the Temporal engine, as a Temporal client.
 //!
 //! Reads of one approval use `DescribeWorkflowExecution` (the memo holds the record: no worker
-//! round trip). Decisions are the workflow's `decide` Update. Listing, audit, stats and scan use
-//! the visibility API filtered by the `TenantId` search attribute. Every call runs under a
-//! deadline (`tokio::time::timeout`).
+//! round trip). Decisions are the workflow's `decide` Update. Listing, audit and stats use the
+//! visibility API filtered by the `TenantId` search attribute (stats in `stats`, the whole-record
+//! walk in `transfer`). Every call runs under a deadline (`tokio::time::timeout`).
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
 use approvals_core::{
     Approval, ApprovalBackend, ApprovalId, AuditEvent, BackendError, DecisionOutcome,
-    DecisionRequest, ImportOutcome, Page, PendingStats, ScanPage, Status, SubmitOutcome, TenantId,
-    TenantPending, Timestamp,
+    DecisionRequest, Page, PendingStats, Status, SubmitOutcome, TenantId, Timestamp,
 };
 use async_trait::async_trait;
 use futures_util::TryStreamExt;
@@ -24,18 +22,17 @@ use temporalio_client::{
     WorkflowIdConflictPolicy, WorkflowIdReusePolicy, WorkflowListOptions, WorkflowStartOptions,
 };
 use temporalio_common::protos::temporal::api::common::v1::Payload;
-use temporalio_common::protos::temporal::api::workflowservice::v1::{
-    DescribeNamespaceRequest, ListWorkflowExecutionsRequest,
-};
+use temporalio_common::protos::temporal::api::workflowservice::v1::DescribeNamespaceRequest;
 use temporalio_common::search_attributes::{SearchAttributeKey, SearchAttributes};
 use temporalio_common::MemoValues;
 
+use crate::client;
 use crate::cursor;
 use crate::recent::{Recent, Row};
-use crate::settings::{self, TemporalSettings};
+use crate::record::{ApprovalRecord, EventRecord};
+use crate::settings::TemporalSettings;
 use crate::workflow::{
-    initial_events, ApprovalInput, ApprovalWorkflow, DecideInput, DecideReply, Origin,
-    MEMO_APPROVAL, MEMO_EVENTS,
+    ApprovalInput, ApprovalWorkflow, DecideInput, DecideReply, Origin, MEMO_APPROVAL, MEMO_EVENTS,
 };
 
 /// The search attribute every approval workflow carries; register it on the namespace
@@ -44,7 +41,7 @@ use crate::workflow::{
 pub const TENANT_ID: SearchAttributeKey<String> = SearchAttributeKey::keyword("TenantId");
 
 /// The workflow type name, as visibility queries see it.
-const WORKFLOW_TYPE: &str = "ApprovalWorkflow";
+pub(crate) const WORKFLOW_TYPE: &str = "ApprovalWorkflow";
 
 /// The workflow id of an approval: the Redis key, so the mapping is obvious.
 pub fn workflow_id(tenant: &TenantId, id: &ApprovalId) -> String {
@@ -52,13 +49,9 @@ pub fn workflow_id(tenant: &TenantId, id: &ApprovalId) -> String {
 }
 
 pub struct TemporalBackend {
-    client: Client,
-    settings: TemporalSettings,
-    recent: Recent,
-}
-
-fn unavailable(error: impl std::fmt::Display) -> BackendError {
-    BackendError::Unavailable(error.to_string())
+    pub(crate) client: Client,
+    pub(crate) settings: TemporalSettings,
+    pub(crate) recent: Recent,
 }
 
 fn corrupt(key: &str, reason: impl std::fmt::Display) -> BackendError {
@@ -69,7 +62,7 @@ fn corrupt(key: &str, reason: impl std::fmt::Display) -> BackendError {
 }
 
 /// Decodes a memo field written by the default (JSON) payload converter.
-fn memo_field<T: serde::de::DeserializeOwned>(
+pub(crate) fn memo_field<T: serde::de::DeserializeOwned>(
     key: &str,
     fields: &std::collections::HashMap<String, Payload>,
     name: &str,
@@ -89,7 +82,9 @@ impl TemporalBackend {
     /// Connects to the frontend (under the call deadline). The client is cheap to clone and
     /// bound to the tokio runtime this runs on.
     pub async fn connect(settings: TemporalSettings) -> Result<Self, BackendError> {
-        let client = settings::connect(&settings).await.map_err(unavailable)?;
+        let client = client::connect(&settings)
+            .await
+            .map_err(|e| BackendError::unavailable("connect", e))?;
         Ok(Self {
             client,
             recent: Recent::new(settings.read_your_writes),
@@ -101,7 +96,7 @@ impl TemporalBackend {
         &self.settings
     }
 
-    async fn call<T>(
+    pub(crate) async fn call<T>(
         &self,
         op: &'static str,
         deadline: Duration,
@@ -114,8 +109,8 @@ impl TemporalBackend {
 
     fn start_options(&self, approval: &Approval, input: &ApprovalInput) -> WorkflowStartOptions {
         let mut memo = MemoValues::new();
-        memo.insert(MEMO_APPROVAL, approval.clone());
-        memo.insert(MEMO_EVENTS, initial_events(input));
+        memo.insert(MEMO_APPROVAL, input.approval.clone());
+        memo.insert(MEMO_EVENTS, input.initial_events());
         WorkflowStartOptions::new(
             self.settings.task_queue.clone(),
             workflow_id(&approval.tenant, &approval.id),
@@ -131,12 +126,24 @@ impl TemporalBackend {
         .build()
     }
 
-    /// Starts the workflow; `Ok(false)` when the id exists (running or closed).
-    async fn start(&self, input: ApprovalInput) -> Result<bool, BackendError> {
-        let options = self.start_options(&input.approval, &input);
+    /// Starts the workflow for `approval`; `Ok(false)` when the id exists (running or closed).
+    pub(crate) async fn start(
+        &self,
+        approval: &Approval,
+        origin: Origin,
+    ) -> Result<bool, BackendError> {
+        let input = ApprovalInput {
+            approval: ApprovalRecord::from(approval),
+            origin,
+        };
+        let options = self.start_options(approval, &input);
         let row = Row {
-            approval: input.approval.clone(),
-            events: initial_events(&input),
+            approval: approval.clone(),
+            events: input
+                .initial_events()
+                .into_iter()
+                .map(AuditEvent::from)
+                .collect(),
         };
         let started = self
             .call("start", self.settings.call_timeout, async {
@@ -147,7 +154,7 @@ impl TemporalBackend {
                 {
                     Ok(_) => Ok(true),
                     Err(WorkflowStartError::AlreadyStarted { .. }) => Ok(false),
-                    Err(e) => Err(unavailable(e)),
+                    Err(e) => Err(BackendError::unavailable("start", e)),
                 }
             })
             .await?;
@@ -184,14 +191,14 @@ impl TemporalBackend {
             match handle.describe(WorkflowDescribeOptions::default()).await {
                 Ok(description) => {
                     let memo = description.memo();
-                    match memo.get::<Approval>(MEMO_APPROVAL) {
-                        Ok(Some(approval)) => Ok(Some(approval)),
+                    match memo.get::<ApprovalRecord>(MEMO_APPROVAL) {
+                        Ok(Some(record)) => Ok(Some(record.into())),
                         Ok(None) => Err(corrupt(&key, "memo has no approval")),
                         Err(e) => Err(corrupt(&key, e)),
                     }
                 }
                 Err(temporalio_client::errors::WorkflowInteractionError::NotFound(_)) => Ok(None),
-                Err(e) => Err(unavailable(e)),
+                Err(e) => Err(BackendError::unavailable("describe", e)),
             }
         })
         .await
@@ -200,7 +207,7 @@ impl TemporalBackend {
     /// Every execution a visibility query matches, with its memo decoded, this process's recent
     /// writes merged in (those of the tenants `wanted` selects), as of `now`. Visibility (SQL)
     /// has no ORDER BY: callers sort.
-    async fn visible(
+    pub(crate) async fn visible(
         &self,
         op: &'static str,
         query: String,
@@ -210,7 +217,7 @@ impl TemporalBackend {
         let rows = self.call(op, self.settings.scan_timeout, async {
             self.client
                 .list_workflows(query, WorkflowListOptions::default())
-                .map_err(unavailable)
+                .map_err(|e| BackendError::unavailable(op, e))
                 .try_collect::<Vec<_>>()
                 .await
         });
@@ -218,9 +225,11 @@ impl TemporalBackend {
         for execution in rows.await? {
             let key = execution.id().to_owned();
             let fields = execution.raw().memo.clone().unwrap_or_default().fields;
+            let approval: ApprovalRecord = memo_field(&key, &fields, MEMO_APPROVAL)?;
+            let events: Vec<EventRecord> = memo_field(&key, &fields, MEMO_EVENTS)?;
             out.push(Row {
-                approval: memo_field(&key, &fields, MEMO_APPROVAL)?,
-                events: memo_field(&key, &fields, MEMO_EVENTS)?,
+                approval: approval.into(),
+                events: events.into_iter().map(AuditEvent::from).collect(),
             });
         }
         Ok(self
@@ -252,7 +261,7 @@ impl TemporalBackend {
             reason: decision.reason.clone(),
             at: decision.at,
         };
-        let mut last_error = String::new();
+        let mut last_error = None;
         for _ in 0..3 {
             let update = handle.execute_update(
                 ApprovalWorkflow::decide,
@@ -265,11 +274,11 @@ impl TemporalBackend {
                 })
                 .await?;
             match reply {
-                Ok(DecideReply::Decided(a)) => return Ok(DecisionOutcome::Decided(a)),
+                Ok(DecideReply::Decided(a)) => return Ok(DecisionOutcome::Decided(a.into())),
                 Ok(DecideReply::AlreadyDecided(a)) => {
-                    return Ok(DecisionOutcome::AlreadyDecided(a))
+                    return Ok(DecisionOutcome::AlreadyDecided(a.into()))
                 }
-                Ok(DecideReply::Expired(a)) => return Ok(DecisionOutcome::Expired(a)),
+                Ok(DecideReply::Expired(a)) => return Ok(DecisionOutcome::Expired(a.into())),
                 Ok(DecideReply::SelfApproval) => return Ok(DecisionOutcome::SelfApproval),
                 // Refused by the validator, sent to a closed (or unknown) execution, or lost
                 // with a failed workflow task: the record says which, since a settled record
@@ -284,12 +293,15 @@ impl TemporalBackend {
                         return Ok(outcome);
                     }
                     // Still pending and not a self-approval: the update did not land; retry.
-                    last_error = e.to_string();
+                    last_error = Some(e);
                 }
-                Err(e) => return Err(unavailable(e)),
+                Err(e) => return Err(BackendError::unavailable("decide", e)),
             }
         }
-        Err(unavailable(format!("decision did not land: {last_error}")))
+        Err(match last_error {
+            Some(e) => BackendError::unavailable("decide", e),
+            None => BackendError::unavailable("decide", "the decision did not land"),
+        })
     }
 
     /// Maps what the record says now to the outcome a refused or failed update had.
@@ -316,17 +328,16 @@ impl ApprovalBackend for TemporalBackend {
     }
 
     async fn submit(&self, approval: Approval) -> Result<SubmitOutcome, BackendError> {
-        let input = ApprovalInput {
-            approval: approval.clone(),
-            origin: Origin::Submitted,
-        };
-        if self.start(input).await? {
+        if self.start(&approval, Origin::Submitted).await? {
             return Ok(SubmitOutcome::Created(approval));
         }
         match self.read(&approval.tenant, &approval.id).await? {
             Some(existing) => Ok(SubmitOutcome::Existing(existing.as_of(Timestamp::now()))),
             // Closed and dropped by retention between the two calls.
-            None => Err(unavailable("approval vanished while being read; retry")),
+            None => Err(BackendError::unavailable(
+                "submit",
+                "the approval vanished while being read; retry",
+            )),
         }
     }
 
@@ -380,13 +391,13 @@ impl ApprovalBackend for TemporalBackend {
             .await
         {
             Ok(Ok(record)) => {
-                let record = record.as_of(Timestamp::now());
+                let record = Approval::from(record).as_of(Timestamp::now());
                 self.learned(&DecisionOutcome::AlreadyDecided(record.clone()));
                 return Ok(Some(record));
             }
             // Closed and dropped by retention meanwhile: the read below says so.
             Ok(Err(WorkflowGetResultError::NotFound(_))) => {}
-            Ok(Err(e)) => return Err(unavailable(e)),
+            Ok(Err(e)) => return Err(BackendError::unavailable("wait", e)),
             Err(_elapsed) => {}
         }
         self.get(tenant, id).await
@@ -471,114 +482,7 @@ impl ApprovalBackend for TemporalBackend {
         bounds: &[Duration],
         now: Timestamp,
     ) -> Result<PendingStats, BackendError> {
-        let query = format!("WorkflowType = '{WORKFLOW_TYPE}' AND ExecutionStatus = 'Running'");
-        let mut per_tenant: BTreeMap<TenantId, TenantPending> = BTreeMap::new();
-        for row in self.visible("stats", query, |_| true, now).await? {
-            let approval = row.approval;
-            if approval.status != Status::Pending {
-                continue;
-            }
-            let age = approval.submitted_at.elapsed_at(now);
-            let entry = per_tenant
-                .entry(approval.tenant.clone())
-                .or_insert_with(|| TenantPending {
-                    tenant: approval.tenant.clone(),
-                    count: 0,
-                    age_sum_seconds: 0.0,
-                    oldest_age_seconds: 0.0,
-                    le: vec![0; bounds.len()],
-                });
-            entry.count += 1;
-            entry.age_sum_seconds += age.as_secs_f64();
-            entry.oldest_age_seconds = entry.oldest_age_seconds.max(age.as_secs_f64());
-            for (slot, bound) in entry.le.iter_mut().zip(bounds) {
-                if age <= *bound {
-                    *slot += 1;
-                }
-            }
-        }
-        Ok(PendingStats {
-            tenants: per_tenant.into_values().collect(),
-        })
-    }
-
-    async fn scan(&self, cursor: Option<&str>, batch: usize) -> Result<ScanPage, BackendError> {
-        let (started, token) = match cursor {
-            Some(cursor) => {
-                let (ms, token) = cursor::decode_scan(cursor)?;
-                (Timestamp::from_millis(ms), token)
-            }
-            None => (Timestamp::now(), Vec::new()),
-        };
-        let request = ListWorkflowExecutionsRequest {
-            namespace: self.settings.namespace.clone(),
-            page_size: i32::try_from(batch.clamp(1, 1000)).unwrap_or(1000),
-            next_page_token: token,
-            query: format!("WorkflowType = '{WORKFLOW_TYPE}'"),
-        };
-        let mut client = self.client.clone();
-        let response = self
-            .call("scan", self.settings.call_timeout, async move {
-                WorkflowService::list_workflow_executions(&mut client, request.into_request())
-                    .await
-                    .map(|r| r.into_inner())
-                    .map_err(|status| match status.code() {
-                        temporalio_client::tonic::Code::InvalidArgument => {
-                            BackendError::InvalidCursor
-                        }
-                        _ => unavailable(status),
-                    })
-            })
-            .await?;
-        let now = Timestamp::now();
-        let mut items = Vec::with_capacity(response.executions.len());
-        if cursor.is_none() {
-            // This process's recent writes, which visibility may not show yet; the pages
-            // below skip them.
-            items.extend(
-                self.recent
-                    .scan_head(started)
-                    .into_iter()
-                    .map(|row| row.approval.as_of(now)),
-            );
-        }
-        for execution in response.executions {
-            let key = execution
-                .execution
-                .as_ref()
-                .map(|e| e.workflow_id.clone())
-                .unwrap_or_default();
-            let fields = execution.memo.unwrap_or_default().fields;
-            let row = Row {
-                approval: memo_field(&key, &fields, MEMO_APPROVAL)?,
-                events: Vec::new(),
-            };
-            if let Some(row) = self.recent.scan_row(row, started) {
-                items.push(row.approval.as_of(now));
-            }
-        }
-        let next = (!response.next_page_token.is_empty())
-            .then(|| cursor::encode_scan(started.as_millis(), &response.next_page_token));
-        Ok(ScanPage { items, next })
-    }
-
-    async fn import(&self, approval: Approval) -> Result<ImportOutcome, BackendError> {
-        let input = ApprovalInput {
-            approval,
-            origin: Origin::Imported {
-                at: Timestamp::now(),
-            },
-        };
-        Ok(if self.start(input).await? {
-            ImportOutcome::Imported
-        } else {
-            ImportOutcome::AlreadyPresent
-        })
-    }
-
-    /// The workflows expire themselves (a durable timer each): nothing for a sweeper to do.
-    async fn expire_due(&self, _now: Timestamp) -> Result<Vec<Approval>, BackendError> {
-        Ok(Vec::new())
+        crate::stats::pending_stats(self, bounds, now).await
     }
 
     async fn ping(&self) -> Result<(), BackendError> {
@@ -591,7 +495,7 @@ impl ApprovalBackend for TemporalBackend {
             WorkflowService::describe_namespace(&mut client, request.into_request())
                 .await
                 .map(drop)
-                .map_err(unavailable)
+                .map_err(|e| BackendError::unavailable("ping", e))
         })
         .await
     }

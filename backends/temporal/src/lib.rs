@@ -1,19 +1,43 @@
-//! The Temporal `ApprovalBackend`: one `ApprovalWorkflow` execution per approval.
+//! The Temporal engine: one `ApprovalWorkflow` execution per approval.
 //!
-//! - [`TemporalBackend`]: the client side, what the service uses with `backend.kind = "temporal"`.
-//! - [`run_worker`]: the worker, what `approvals worker` runs.
-//! - [`workflow`]: the workflow, its input, its update and its memo layout.
+//! Without the `engine` feature this crate is only [`TemporalSettings`] (the `[temporal]`
+//! configuration section), so a Redis-only service reads and checks that section without
+//! compiling the Temporal SDK. With it:
 //!
-//! See DESIGN.md next to this crate for the design and what is not done yet.
+//! - `TemporalBackend`: the client side, what the service uses with `backend.kind = "temporal"`
+//!   (request path in `backend`, pending figures in `stats`, whole records in `transfer`);
+//! - `run_worker`: the worker, what `approvals worker` runs;
+//! - `workflow`: the workflow, its input, its update and its memo layout; `record`: the
+//!   versioned types it persists.
+//!
+//! See DESIGN.md next to this crate for the design.
 
-mod backend;
-mod cursor;
-mod recent;
 mod settings;
+
+pub use settings::TemporalSettings;
+
+#[cfg(feature = "engine")]
+mod backend;
+#[cfg(feature = "engine")]
+mod client;
+#[cfg(feature = "engine")]
+mod cursor;
+#[cfg(feature = "engine")]
+mod recent;
+#[cfg(feature = "engine")]
+pub mod record;
+#[cfg(feature = "engine")]
+mod stats;
+#[cfg(feature = "engine")]
+mod transfer;
+#[cfg(feature = "engine")]
 mod worker;
+#[cfg(feature = "engine")]
 pub mod workflow;
 
+#[cfg(feature = "engine")]
 pub use backend::{workflow_id, TemporalBackend, TENANT_ID};
-pub use settings::TemporalSettings;
+#[cfg(feature = "engine")]
 pub use worker::run_worker;
+#[cfg(feature = "engine")]
 pub use workflow::ApprovalWorkflow;

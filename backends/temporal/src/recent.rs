@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use approvals_core::{Approval, AuditEvent, TenantId, Timestamp};
 
-use crate::workflow::settled_event;
+use crate::record::settled_event;
 
 /// Far longer than the visibility lag observed on a loaded dev server (tens of ms).
 pub const REMEMBER_FOR: Duration = Duration::from_secs(30);

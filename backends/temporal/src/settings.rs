@@ -1,28 +1,36 @@
-//! What the Temporal backend and worker need from the service's configuration.
+//! `[temporal]`: how the Temporal engine and its worker reach the cluster. Compiled without the
+//! SDK (the `engine` feature), so a Redis-only service still reads and checks the section.
 
 use std::time::Duration;
 
-use temporalio_client::{Client, ClientOptions, Connection, ConnectionOptions, Url};
+use serde::{Deserialize, Serialize};
 
-/// `[temporal]` in the service's configuration, plus deadlines.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct TemporalSettings {
     /// The frontend's gRPC address, e.g. `http://127.0.0.1:7233`.
     pub address: String,
     pub namespace: String,
     pub task_queue: String,
-    /// Deadline of every single client call (start, describe, update, one list page).
+    /// Deadline of every single client call (start, describe, update, one list page); an
+    /// outage is answered within it.
+    #[serde(with = "humantime_serde")]
     pub call_timeout: Duration,
     /// Deadline of a call that walks a visibility query to its end (`list`, `audit`,
     /// `pending_stats`): they read every matching execution (see DESIGN.md).
+    #[serde(with = "humantime_serde")]
     pub scan_timeout: Duration,
     /// Worker only: how long a task for a workflow cached by a dead worker waits before another
-    /// worker may take it (the SDK's default is 10 s).
+    /// worker may take it (the SDK's default is 10 s). Decisions on such workflows wait this
+    /// long after a worker crash.
+    #[serde(with = "humantime_serde")]
     pub sticky_queue_timeout: Duration,
     /// Shown in the Temporal UI and history as the caller.
+    #[serde(skip)]
     pub identity: String,
     /// Merge this process's own recent writes into visibility results (list, audit, stats,
     /// scan), which the server updates asynchronously. See `recent.rs` and DESIGN.md.
+    #[serde(skip)]
     pub read_your_writes: bool,
 }
 
@@ -30,6 +38,15 @@ impl TemporalSettings {
     pub fn new(address: impl Into<String>) -> Self {
         Self {
             address: address.into(),
+            ..Self::default()
+        }
+    }
+}
+
+impl Default for TemporalSettings {
+    fn default() -> Self {
+        Self {
+            address: "http://127.0.0.1:7233".into(),
             namespace: "default".into(),
             task_queue: "approvals".into(),
             call_timeout: Duration::from_secs(5),
@@ -39,23 +56,4 @@ impl TemporalSettings {
             read_your_writes: true,
         }
     }
-}
-
-pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// Connects a namespace-bound client. Must run on the tokio runtime that will use it (the
-/// connection's background tasks live there).
-pub(crate) async fn connect(settings: &TemporalSettings) -> Result<Client, BoxError> {
-    let url = Url::parse(&settings.address)?;
-    let options = ConnectionOptions::new(url)
-        .identity(settings.identity.clone())
-        .connect_timeout(settings.call_timeout)
-        .build();
-    let connection = tokio::time::timeout(settings.call_timeout, Connection::connect(options))
-        .await
-        .map_err(|_| format!("connecting to {} timed out", settings.address))??;
-    Ok(Client::new(
-        connection,
-        ClientOptions::new(settings.namespace.clone()).build(),
-    )?)
 }

@@ -4,7 +4,8 @@ use std::future::Future;
 
 use temporalio_sdk::{Runtime, Worker, WorkerOptions};
 
-use crate::settings::{self, BoxError, TemporalSettings};
+use crate::client::{self, BoxError};
+use crate::settings::TemporalSettings;
 use crate::workflow::ApprovalWorkflow;
 
 /// Polls `settings.task_queue` until `shutdown` resolves, then drains gracefully (in-flight
@@ -18,7 +19,7 @@ pub async fn run_worker(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), BoxError> {
     let runtime = Runtime::from_current_tokio(Default::default())?;
-    let client = settings::connect(&settings).await?;
+    let client = client::connect(&settings).await?;
     let options = WorkerOptions::new(settings.task_queue.clone())
         .register_workflow::<ApprovalWorkflow>()?
         .sticky_queue_schedule_to_start_timeout(settings.sticky_queue_timeout)

@@ -4,17 +4,18 @@
 //! timer and `wait_condition`, and selects with the SDK's `select!`. Its state is the approval
 //! record and the approval's audit events; both are copied into the workflow memo whenever they
 //! change, so visibility (list, audit, scan, stats) and `DescribeWorkflowExecution` (get) read
-//! them without a worker round trip.
+//! them without a worker round trip. Everything it persists is a `record` type of this engine.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use approvals_core::{Approval, AuditEvent, AuditKind, Status, Timestamp, Verdict};
+use approvals_core::{Approval, AuditEntry, Status, Timestamp, Verdict};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_sdk::{
     MemoValue, SyncWorkflowContext, WorkflowContext, WorkflowContextView, WorkflowResult,
 };
+
+use crate::record::{first_event, ApprovalRecord, EventRecord};
 
 /// Memo key holding the approval record as of the last workflow task.
 pub const MEMO_APPROVAL: &str = "approval";
@@ -35,8 +36,20 @@ pub enum Origin {
 /// The workflow input: the record (with its absolute deadline `expires_at`) and its origin.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ApprovalInput {
-    pub approval: Approval,
+    pub approval: ApprovalRecord,
     pub origin: Origin,
+}
+
+impl ApprovalInput {
+    /// The audit events an approval starts with.
+    pub fn initial_events(&self) -> Vec<EventRecord> {
+        let approval = Approval::from(self.approval.clone());
+        let entry = match self.origin {
+            Origin::Submitted => AuditEntry::submitted(&approval),
+            Origin::Imported { at } => AuditEntry::migrated(&approval, at),
+        };
+        vec![first_event(entry)]
+    }
 }
 
 /// The argument of the `decide` update.
@@ -53,94 +66,10 @@ pub struct DecideInput {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "outcome", content = "approval", rename_all = "snake_case")]
 pub enum DecideReply {
-    Decided(Approval),
-    AlreadyDecided(Approval),
-    Expired(Approval),
+    Decided(ApprovalRecord),
+    AlreadyDecided(ApprovalRecord),
+    Expired(ApprovalRecord),
     SelfApproval,
-}
-
-/// The audit events an approval starts with.
-pub fn initial_events(input: &ApprovalInput) -> Vec<AuditEvent> {
-    let a = &input.approval;
-    let event = match input.origin {
-        Origin::Submitted => audit(
-            a,
-            0,
-            AuditKind::Submitted,
-            &a.submitted_by,
-            a.submitted_at,
-            json!({"decision": "require_approval", "reasons": a.reasons,
-                   "policy_version": a.policy_version, "agent_id": a.agent_id,
-                   "expires_at": a.expires_at}),
-        ),
-        Origin::Imported { at } => audit(
-            a,
-            0,
-            AuditKind::Migrated,
-            "migration",
-            at,
-            json!({"status": a.status, "submitted_at": a.submitted_at,
-                   "expires_at": a.expires_at, "decided_at": a.decided_at,
-                   "decided_by": a.decided_by}),
-        ),
-    };
-    vec![event]
-}
-
-/// The event that settled an approval (accepted, rejected or expired), as a pure function of
-/// the settled record: the workflow writes it, and a reader holding the settled record (before
-/// visibility has caught up, or before the timer was processed) derives the very same event, so
-/// merging never produces a duplicate.
-pub fn settled_event(a: &Approval) -> Option<AuditEvent> {
-    let event = match a.status {
-        Status::Pending => return None,
-        Status::Expired => audit(
-            a,
-            1,
-            AuditKind::Expired,
-            "system",
-            a.expires_at,
-            json!({"expires_at": a.expires_at}),
-        ),
-        Status::Accepted | Status::Rejected => audit(
-            a,
-            1,
-            if a.status == Status::Accepted {
-                AuditKind::Accepted
-            } else {
-                AuditKind::Rejected
-            },
-            a.decided_by.as_deref().unwrap_or_default(),
-            a.decided_at.unwrap_or(a.expires_at),
-            json!({"reason": a.decision_reason}),
-        ),
-    };
-    Some(event)
-}
-
-/// `{millis:015}-{seq}-{approval id}`: unique in the tenant (one workflow per id) and, compared
-/// as text, ordered by time.
-pub fn event_id(at: Timestamp, seq: u8, a: &Approval) -> String {
-    format!("{:015}-{seq}-{}", at.as_millis().max(0), a.id)
-}
-
-fn audit(
-    a: &Approval,
-    seq: u8,
-    kind: AuditKind,
-    actor: &str,
-    at: Timestamp,
-    details: serde_json::Value,
-) -> AuditEvent {
-    AuditEvent {
-        event_id: event_id(at, seq, a),
-        timestamp: at,
-        tenant: a.tenant.clone(),
-        approval_id: a.id.clone(),
-        kind,
-        actor: actor.to_owned(),
-        details,
-    }
 }
 
 fn to_timestamp(time: Option<SystemTime>) -> Option<Timestamp> {
@@ -153,7 +82,7 @@ fn to_timestamp(time: Option<SystemTime>) -> Option<Timestamp> {
 #[workflow]
 pub struct ApprovalWorkflow {
     record: Approval,
-    events: Vec<AuditEvent>,
+    events: Vec<EventRecord>,
     /// The record changed since the memo was last written (the start wrote the input's).
     dirty: bool,
 }
@@ -164,9 +93,20 @@ impl ApprovalWorkflow {
         if self.record.status == Status::Pending {
             let expires_at = self.record.expires_at;
             self.record = self.record.clone().as_of(expires_at);
-            self.events.extend(settled_event(&self.record));
-            self.dirty = true;
+            self.settled();
         }
+    }
+
+    /// Appends the event that settled the record and marks the memo stale.
+    fn settled(&mut self) {
+        if let Some(entry) = AuditEntry::settled(&self.record) {
+            self.events.push(EventRecord::new(entry, 1));
+        }
+        self.dirty = true;
+    }
+
+    fn reply(&self) -> ApprovalRecord {
+        ApprovalRecord::from(&self.record)
     }
 }
 
@@ -174,16 +114,16 @@ impl ApprovalWorkflow {
 impl ApprovalWorkflow {
     #[init]
     pub fn new(_ctx: &WorkflowContextView, input: ApprovalInput) -> Self {
-        let events = initial_events(&input);
+        let events = input.initial_events();
         Self {
-            record: input.approval,
+            record: input.approval.into(),
             events,
             dirty: false,
         }
     }
 
     #[run]
-    pub async fn run(ctx: &mut WorkflowContext<Self>) -> WorkflowResult<Approval> {
+    pub async fn run(ctx: &mut WorkflowContext<Self>) -> WorkflowResult<ApprovalRecord> {
         // An update delivered with the first workflow task runs before this: the approval may
         // already be settled here.
         if ctx.state(|s| s.record.status == Status::Pending) {
@@ -210,20 +150,20 @@ impl ApprovalWorkflow {
             }
         }
         if ctx.state(|s| s.dirty) {
-            let (record, events) = ctx.state(|s| (s.record.clone(), s.events.clone()));
+            let (record, events) = ctx.state(|s| (s.reply(), s.events.clone()));
             ctx.upsert_memo([
                 (MEMO_APPROVAL, Some(MemoValue::new(record))),
                 (MEMO_EVENTS, Some(MemoValue::new(events))),
             ])?;
         }
-        Ok(ctx.state(|s| s.record.clone()))
+        Ok(ctx.state(|s| s.reply()))
     }
 
     /// The record as the workflow holds it (pending past `expires_at` until the timer fires:
     /// readers apply `Approval::as_of`).
     #[query]
-    pub fn status(&self, _ctx: &WorkflowContextView) -> Approval {
-        self.record.clone()
+    pub fn status(&self, _ctx: &WorkflowContextView) -> ApprovalRecord {
+        self.reply()
     }
 
     /// Refuses, without writing history, what cannot change the approval: a decision on a
@@ -260,20 +200,18 @@ impl ApprovalWorkflow {
             }
         }
         match self.record.status {
-            Status::Expired => DecideReply::Expired(self.record.clone()),
-            Status::Accepted | Status::Rejected => DecideReply::AlreadyDecided(self.record.clone()),
+            Status::Expired => DecideReply::Expired(self.reply()),
+            Status::Accepted | Status::Rejected => DecideReply::AlreadyDecided(self.reply()),
             Status::Pending if input.decided_by == self.record.submitted_by => {
                 DecideReply::SelfApproval
             }
             Status::Pending => {
-                let status = input.verdict.status();
-                self.record.status = status;
+                self.record.status = input.verdict.status();
                 self.record.decided_at = Some(input.at);
-                self.record.decided_by = Some(input.decided_by.clone());
-                self.record.decision_reason = input.reason.clone();
-                self.events.extend(settled_event(&self.record));
-                self.dirty = true;
-                DecideReply::Decided(self.record.clone())
+                self.record.decided_by = Some(input.decided_by);
+                self.record.decision_reason = input.reason;
+                self.settled();
+                DecideReply::Decided(self.reply())
             }
         }
     }

@@ -5,12 +5,12 @@ mod support;
 
 use std::sync::Arc;
 
-use approvals_core::ApprovalBackend;
+use approvals_core::RecordTransfer;
 use approvals_temporal::TemporalBackend;
 
 /// A backend client on this test's runtime, talking to the binary's server and worker. No
 /// sweeper: the workflows expire themselves.
-async fn temporal_backend() -> (Arc<dyn ApprovalBackend>, ()) {
+async fn temporal_backend() -> (Arc<dyn RecordTransfer>, ()) {
     let settings = tokio::task::spawn_blocking(support::settings)
         .await
         .expect("dev server");

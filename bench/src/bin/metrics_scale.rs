@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use approvals_core::{Approval, ApprovalBackend, ApprovalId, Status, TenantId, Timestamp};
+use approvals_core::{
+    Approval, ApprovalId, Lifetimes, RecordTransfer, Status, TenantId, Timestamp,
+};
 use approvals_redis::{RedisBackend, RedisSettings};
 use clap::{Parser, Subcommand};
 use serde_json::{json, Map, Value};
@@ -61,8 +63,10 @@ async fn seed(
     tenants: usize,
     concurrency: usize,
 ) -> Result<(), String> {
-    let backend =
-        Arc::new(RedisBackend::connect(RedisSettings::new(redis)).map_err(|e| e.to_string())?);
+    let backend = Arc::new(
+        RedisBackend::connect(RedisSettings::new(redis), Lifetimes::default())
+            .map_err(|e| e.to_string())?,
+    );
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let now = Timestamp::now();

@@ -2,7 +2,25 @@
 --   1 record  2 pending index  3 target index (accepted/rejected)  4 expired index
 --   5 deadlines  6 retention  7 submitted-ms sums  8 audit stream
 -- and take ARGV[1] = now (ms), ARGV[2] = the pending head, ARGV[3] = expired retention (ms),
--- ARGV[4] = tenant, ARGV[5] = channel, ARGV[6] = the channel message, ARGV[7] = audit max length.
+-- ARGV[4] = tenant, ARGV[5] = channel, ARGV[6] = the channel message, ARGV[7] = audit max length,
+-- ARGV[8] = the expired head template, ARGV[9] = the expiry audit event template. Both templates
+-- come from Rust (the event from approvals-core, which builds every audit event), with quoted
+-- slots such as "$expires_at" that `fill` replaces with the record's values.
+
+-- Replaces every quoted slot `"$name"` in `template` with the JSON text `value`.
+local function fill(template, slot, value)
+  local quoted = '"' .. slot .. '"'
+  local out, from = {}, 1
+  while true do
+    local i, j = string.find(template, quoted, from, true)
+    if not i then break end
+    table.insert(out, string.sub(template, from, i - 1))
+    table.insert(out, value)
+    from = j + 1
+  end
+  table.insert(out, string.sub(template, from))
+  return table.concat(out)
+end
 
 local function index_member(rec)
   return string.format('%015d', rec['submitted_ms']) .. ':' .. rec['id']
@@ -32,15 +50,12 @@ local function settle(raw, rec, status, head, ttl_ms, target_index, audit_json)
   return settled
 end
 
-local expired_reason = 'expired: no reviewer decided before expires_at'
-
 local function expire(raw, rec)
-  local head = '{"status":"expired","decided_at":' .. cjson.encode(rec['expires_at'])
-    .. ',"decided_by":null,"decision_reason":' .. cjson.encode(expired_reason) .. ','
-  local audit = cjson.encode({
-    timestamp = rec['expires_at'], tenant = ARGV[4], approval_id = rec['id'],
-    kind = 'expired', actor = 'system',
-    details = { expires_at = rec['expires_at'], submitted_at = rec['submitted_at'] },
-  })
+  local expires_at = cjson.encode(rec['expires_at'])
+  local head = fill(ARGV[8], '$expires_at', expires_at)
+  local audit = fill(ARGV[9], '$expires_at', expires_at)
+  audit = fill(audit, '$submitted_at', cjson.encode(rec['submitted_at']))
+  audit = fill(audit, '$tenant', cjson.encode(ARGV[4]))
+  audit = fill(audit, '$approval_id', cjson.encode(rec['id']))
   return settle(raw, rec, 'expired', head, tonumber(ARGV[3]), KEYS[4], audit)
 end

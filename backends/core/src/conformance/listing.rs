@@ -1,0 +1,298 @@
+//! Conformance: many approvals — listing, pending figures, scan and import, audit, tenants.
+
+use std::time::{Duration, Instant};
+
+use super::{all_audit, decision, fresh_tenant, id, pending, submit, Backend, HOUR};
+use crate::{
+    Approval, ApprovalId, AuditEntry, AuditKind, DecisionOutcome, ImportOutcome, Status, Timestamp,
+    Verdict, MIGRATION_ACTOR,
+};
+
+pub async fn list_pages_visit_each_approval_once_oldest_first(backend: Backend) {
+    let tenant = fresh_tenant("paging");
+    let base = Timestamp::now();
+    let mut expected = Vec::new();
+    for n in 0..23 {
+        let mut approval = pending(&tenant, &format!("req-{n:02}"), HOUR);
+        // Several share a submission instant so that ties are paged by id.
+        approval.submitted_at = Timestamp::from_millis(base.as_millis() - 60_000 + (n / 3) * 1000);
+        expected.push(approval.id.clone());
+        submit(&backend, approval).await;
+    }
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = backend
+            .list(&tenant, Status::Pending, cursor.as_deref(), 5)
+            .await
+            .expect("list");
+        assert!(page.items.len() <= 5);
+        seen.extend(page.items.into_iter().map(|a| a.id));
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen, expected);
+    let bad = backend
+        .list(&tenant, Status::Pending, Some("not-a-cursor"), 5)
+        .await;
+    assert!(
+        matches!(bad, Err(crate::BackendError::InvalidCursor)),
+        "{bad:?}"
+    );
+}
+
+pub async fn list_filters_by_status(backend: Backend) {
+    let tenant = fresh_tenant("bystatus");
+    for n in 0..3 {
+        submit(&backend, pending(&tenant, &format!("req-{n}"), HOUR)).await;
+    }
+    backend
+        .decide(&tenant, &id("req-0"), decision(Verdict::Accept, "alice"))
+        .await
+        .expect("decide");
+    backend
+        .decide(&tenant, &id("req-1"), decision(Verdict::Reject, "alice"))
+        .await
+        .expect("decide");
+    let ids = |page: crate::Page<Approval>| {
+        page.items
+            .into_iter()
+            .map(|a| a.id.to_string())
+            .collect::<Vec<_>>()
+    };
+    let accepted = backend
+        .list(&tenant, Status::Accepted, None, 10)
+        .await
+        .expect("list");
+    let rejected = backend
+        .list(&tenant, Status::Rejected, None, 10)
+        .await
+        .expect("list");
+    let pending_now = backend
+        .list(&tenant, Status::Pending, None, 10)
+        .await
+        .expect("list");
+    assert_eq!(ids(accepted), ["req-0"]);
+    assert_eq!(ids(rejected), ["req-1"]);
+    assert_eq!(ids(pending_now), ["req-2"]);
+}
+
+pub async fn pending_stats_count_and_age(backend: Backend) {
+    let tenant = fresh_tenant("stats");
+    let now = Timestamp::now();
+    for (n, age_minutes) in [(0, 0_i64), (1, 2), (2, 10), (3, 30)] {
+        let mut approval = pending(&tenant, &format!("req-{n}"), HOUR);
+        approval.submitted_at = Timestamp::from_millis(now.as_millis() - age_minutes * 60_000);
+        submit(&backend, approval).await;
+    }
+    backend
+        .decide(&tenant, &id("req-3"), decision(Verdict::Accept, "alice"))
+        .await
+        .expect("decide");
+    let bounds = [
+        Duration::from_secs(60),
+        Duration::from_secs(300),
+        Duration::from_secs(3600),
+    ];
+    let stats = backend.pending_stats(&bounds, now).await.expect("stats");
+    let mine = stats
+        .tenants
+        .iter()
+        .find(|t| t.tenant == tenant)
+        .expect("tenant listed");
+    assert_eq!(mine.count, 3, "decided approvals are not pending");
+    assert_eq!(mine.le, [1, 2, 3]);
+    assert!(
+        (mine.age_sum_seconds - 720.0).abs() < 1.0,
+        "sum {}",
+        mine.age_sum_seconds
+    );
+}
+
+pub async fn scan_and_import_carry_records_over(backend: Backend) {
+    let source = fresh_tenant("scan");
+    submit(&backend, pending(&source, "keep-pending", HOUR)).await;
+    submit(&backend, pending(&source, "to-accept", HOUR)).await;
+    backend
+        .decide(
+            &source,
+            &id("to-accept"),
+            decision(Verdict::Accept, "alice"),
+        )
+        .await
+        .expect("decide");
+
+    let mut scanned = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = backend.scan(cursor.as_deref(), 100).await.expect("scan");
+        scanned.extend(page.items.into_iter().filter(|a| a.tenant == source));
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    scanned.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(scanned.len(), 2, "{scanned:?}");
+
+    // Importing into another tenant reproduces each record as it was.
+    let target = fresh_tenant("import");
+    for record in &scanned {
+        let mut moved = record.clone();
+        moved.tenant = target.clone();
+        assert_eq!(
+            backend.import(moved.clone()).await.expect("import"),
+            ImportOutcome::Imported
+        );
+        assert_eq!(
+            backend.import(moved.clone()).await.expect("import"),
+            ImportOutcome::AlreadyPresent
+        );
+        let read = backend.get(&target, &moved.id).await.expect("get");
+        assert_eq!(read, Some(moved));
+    }
+    let accepted = backend
+        .list(&target, Status::Accepted, None, 10)
+        .await
+        .expect("list");
+    assert_eq!(accepted.items.len(), 1);
+    let still_pending = backend
+        .list(&target, Status::Pending, None, 10)
+        .await
+        .expect("list");
+    assert_eq!(still_pending.items.len(), 1);
+}
+
+pub async fn audit_records_the_lifecycle(backend: Backend) {
+    let tenant = fresh_tenant("audit");
+    submit(&backend, pending(&tenant, "req-1", HOUR)).await;
+    backend
+        .decide(&tenant, &id("req-1"), decision(Verdict::Reject, "bob"))
+        .await
+        .expect("decide");
+    let events = all_audit(&backend, &tenant).await;
+    let kinds: Vec<_> = events.iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, [AuditKind::Submitted, AuditKind::Rejected]);
+    assert_eq!(events[1].actor, "bob");
+    assert!(events
+        .iter()
+        .all(|e| e.approval_id.as_str() == "req-1" && e.tenant == tenant));
+    let later = backend
+        .audit(&tenant, Some(Timestamp::now().plus(HOUR)), None, 10)
+        .await
+        .expect("audit");
+    assert!(later.items.is_empty(), "`since` filters");
+}
+
+/// Every event of a whole lifecycle (parked, accepted, rejected, expired, imported), field by
+/// field with its details, is the event core builds for it: engines add ids, nothing else.
+pub async fn audit_events_are_the_core_events(backend: Backend) {
+    let tenant = fresh_tenant("events");
+    let to_accept = submit(&backend, pending(&tenant, "to-accept", HOUR)).await;
+    let to_reject = submit(&backend, pending(&tenant, "to-reject", HOUR)).await;
+    let to_expire = submit(
+        &backend,
+        pending(&tenant, "to-expire", Duration::from_secs(1)),
+    )
+    .await;
+    let mut settled = Vec::new();
+    for (approval, verdict, by) in [
+        (&to_accept, Verdict::Accept, "alice"),
+        (&to_reject, Verdict::Reject, "bob"),
+    ] {
+        let outcome = backend
+            .decide(&tenant, &approval.id, decision(verdict, by))
+            .await
+            .expect("decide");
+        let DecisionOutcome::Decided(record) = outcome else {
+            panic!("{outcome:?}")
+        };
+        settled.push(record);
+    }
+    let expired = backend
+        .wait_for_decision(&tenant, &to_expire.id, Duration::from_secs(10))
+        .await
+        .expect("wait")
+        .expect("exists");
+    assert_eq!(expired.status, Status::Expired);
+    let mut carried = pending(&tenant, "carried", HOUR);
+    carried.submitted_at = Timestamp::from_millis(carried.submitted_at.as_millis() - 60_000);
+    let import_window = (Timestamp::now(), ());
+    assert_eq!(
+        backend.import(carried.clone()).await.expect("import"),
+        ImportOutcome::Imported
+    );
+    let import_window = (import_window.0, Timestamp::now());
+
+    // The expiry event may be recorded a moment after readers see the expiry.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let events = loop {
+        let events = all_audit(&backend, &tenant).await;
+        if events.iter().any(|e| e.kind == AuditKind::Expired) || Instant::now() > deadline {
+            break events;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let of = |id: &ApprovalId| -> Vec<AuditEntry> {
+        events
+            .iter()
+            .filter(|e| &e.approval_id == id)
+            .map(|e| e.entry())
+            .collect()
+    };
+    assert_eq!(
+        of(&to_accept.id),
+        [
+            AuditEntry::submitted(&to_accept),
+            AuditEntry::settled(&settled[0]).expect("settled")
+        ]
+    );
+    assert_eq!(
+        of(&to_reject.id),
+        [
+            AuditEntry::submitted(&to_reject),
+            AuditEntry::settled(&settled[1]).expect("settled")
+        ]
+    );
+    assert_eq!(
+        of(&to_expire.id),
+        [
+            AuditEntry::submitted(&to_expire),
+            AuditEntry::expired(&to_expire)
+        ]
+    );
+    // A migration's event carries the importer's clock: compare it apart, the rest exactly.
+    let [migrated] = of(&carried.id)
+        .try_into()
+        .expect("one event for the import");
+    assert!(
+        (import_window.0..=import_window.1).contains(&migrated.timestamp),
+        "{migrated:?}"
+    );
+    assert_eq!(migrated.actor, MIGRATION_ACTOR);
+    assert_eq!(migrated, AuditEntry::migrated(&carried, migrated.timestamp));
+    let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+    let mut unique = ids.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), ids.len(), "event ids are unique: {ids:?}");
+}
+
+pub async fn tenants_are_isolated(backend: Backend) {
+    let (a, b) = (fresh_tenant("tenant-a"), fresh_tenant("tenant-b"));
+    submit(&backend, pending(&a, "same-id", HOUR)).await;
+    assert_eq!(backend.get(&b, &id("same-id")).await.expect("get"), None);
+    submit(&backend, pending(&b, "same-id", HOUR)).await;
+    backend
+        .decide(&a, &id("same-id"), decision(Verdict::Accept, "alice"))
+        .await
+        .expect("decide");
+    let other = backend
+        .get(&b, &id("same-id"))
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(other.status, Status::Pending);
+}

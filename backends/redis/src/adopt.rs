@@ -1,0 +1,127 @@
+//! Adoption of records the ADR v1 service wrote (`approval:{tenant}:{id}` JSON without our
+//! indexes): each is rewritten in the current format with its indexes, atomically and only if
+//! nobody changed it meanwhile, so it lists, counts and expires like any other. Safe on every
+//! instance at once. Runs on first touch (`load`) and periodically (`chores`).
+
+use approvals_core::{Approval, AuditEntry, BackendError, Timestamp};
+use serde_json::{Map, Value};
+
+use crate::backend::RedisBackend;
+use crate::keys::{self, RECORD_PATTERN};
+use crate::legacy;
+use crate::record::{self, Decoded};
+
+/// What the adoption event names as the record's origin.
+const ADOPTED_FROM: &str = "adr-v1";
+
+impl RedisBackend {
+    pub(crate) async fn adopt(
+        &self,
+        key: &str,
+        raw: &str,
+        map: Map<String, Value>,
+    ) -> Result<Approval, BackendError> {
+        let approval = self.foreign_to_approval(key, map).await?;
+        let audit = AuditEntry::adopted(&approval, ADOPTED_FROM);
+        match self
+            .park(&approval, &audit, Some(raw), Timestamp::now())
+            .await?
+        {
+            None => {
+                tracing::info!(key, "adopted an ADR v1 record");
+                Ok(approval)
+            }
+            // Someone else adopted or decided it first: read theirs.
+            Some(current) => match record::decode(key, &current)? {
+                Decoded::Current(approval) => Ok(*approval),
+                Decoded::Foreign(_) => Err(BackendError::Corrupt {
+                    key: key.to_owned(),
+                    reason: "changed while being adopted".into(),
+                }),
+            },
+        }
+    }
+
+    /// The approval an ADR v1 record describes; its deadline is the key's own expiry.
+    pub(crate) async fn foreign_to_approval(
+        &self,
+        key: &str,
+        map: Map<String, Value>,
+    ) -> Result<Approval, BackendError> {
+        let (tenant, id) = keys::parse_record(key).ok_or_else(|| BackendError::Corrupt {
+            key: key.to_owned(),
+            reason: "not an approval:{tenant}:{id} key".into(),
+        })?;
+        let key_owned = key.to_owned();
+        // Negative: no expiry (-1) or no key any more (-2).
+        let expiry_ms: i64 = self
+            .with_conn("pexpiretime", |mut conn| async move {
+                redis::cmd("PEXPIRETIME")
+                    .arg(key_owned)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        let key_expiry = (expiry_ms > 0).then(|| Timestamp::from_millis(expiry_ms));
+        Ok(legacy::to_approval(
+            tenant,
+            id,
+            map,
+            key_expiry,
+            self.lifetimes.default_ttl,
+            Timestamp::now(),
+        ))
+    }
+
+    /// Finds and adopts every record this backend did not write. Returns how many it adopted.
+    pub(crate) async fn adopt_all(&self) -> Result<usize, BackendError> {
+        let mut cursor = "0".to_owned();
+        let mut adopted = 0;
+        loop {
+            let (next, keys) = self.scan_keys(&cursor, 1000).await?;
+            if !keys.is_empty() {
+                let mut invocation = self.scripts.foreign.prepare_invoke();
+                for key in &keys {
+                    invocation.key(key);
+                }
+                let foreign: Vec<String> = self
+                    .with_conn("adopt", |mut conn| async move {
+                        invocation.invoke_async(&mut conn).await
+                    })
+                    .await?;
+                for (key, raw) in self.fetch(foreign).await? {
+                    if let Decoded::Foreign(map) = record::decode(&key, &raw)? {
+                        self.adopt(&key, &raw, map).await?;
+                        adopted += 1;
+                    }
+                }
+            }
+            if next == "0" {
+                return Ok(adopted);
+            }
+            cursor = next;
+        }
+    }
+
+    /// One `SCAN` step over the record keys.
+    pub(crate) async fn scan_keys(
+        &self,
+        cursor: &str,
+        count: usize,
+    ) -> Result<(String, Vec<String>), BackendError> {
+        let cursor = cursor.to_owned();
+        self.with_conn("scan", |mut conn| async move {
+            redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(RECORD_PATTERN)
+                .arg("COUNT")
+                .arg(count)
+                .arg("TYPE")
+                .arg("string")
+                .query_async(&mut conn)
+                .await
+        })
+        .await
+    }
+}

@@ -1,0 +1,175 @@
+//! The Redis engine's own upkeep: the expiry sweeper, the retention trim and the adoption of
+//! ADR v1 records. Redis has no timers of its own that could record an expiry exactly once, so
+//! the engine runs these beside the request path, on every instance (the scripts make that
+//! safe), and tells the service what they did through [`EngineEvents`].
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use approvals_core::{Approval, BackendError, EngineEvents, Status, Timestamp};
+use redis::AsyncCommands;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::RedisBackend;
+use crate::keys::{self, DEADLINES, RETENTION};
+use crate::record::{self, Decoded};
+
+/// How many due entries one sweep takes on; the rest wait for the next pass.
+const SWEEP_BATCH: isize = 500;
+
+/// How often the chores run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChoreSchedule {
+    /// Bounds how late an expiry is recorded.
+    pub sweep_interval: Duration,
+    /// How often records written by the ADR v1 service are searched for.
+    pub adopt_interval: Duration,
+}
+
+/// The running chores; they stop when this is stopped or dropped.
+pub struct Chores {
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Chores {
+    /// Stops the chores and waits for a pass in progress to finish.
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        for task in std::mem::take(&mut self.tasks) {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Chores {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl RedisBackend {
+    /// Starts the sweeper (with the retention trim) and the adopter on this runtime.
+    pub fn start_chores(
+        self: &Arc<Self>,
+        schedule: ChoreSchedule,
+        events: Arc<dyn EngineEvents>,
+    ) -> Chores {
+        let stop = CancellationToken::new();
+        let sweeper = {
+            let (engine, events) = (self.clone(), events.clone());
+            every(schedule.sweep_interval, stop.clone(), move || {
+                let (engine, events) = (engine.clone(), events.clone());
+                async move {
+                    let now = Timestamp::now();
+                    let result = engine.expire_due(now).await;
+                    if let Ok(expired) = &result {
+                        for approval in expired {
+                            events.expired(approval, now);
+                        }
+                    }
+                    events.chore_finished("sweep", result.as_ref().map(Vec::len));
+                }
+            })
+        };
+        let adopter = {
+            let engine = self.clone();
+            every(schedule.adopt_interval, stop.clone(), move || {
+                let (engine, events) = (engine.clone(), events.clone());
+                async move {
+                    let result = engine.adopt_all().await;
+                    events.chore_finished("adopt", result.as_ref().copied());
+                }
+            })
+        };
+        Chores {
+            stop,
+            tasks: vec![tokio::spawn(sweeper), tokio::spawn(adopter)],
+        }
+    }
+
+    /// One sweep: trims index entries past their retention, then records the expiry of every
+    /// pending approval whose deadline has passed; returns the approvals this call expired
+    /// (none that another instance expired first).
+    pub async fn expire_due(&self, now: Timestamp) -> Result<Vec<Approval>, BackendError> {
+        self.trim_retention(now).await?;
+        let due: Vec<(String, f64)> = self
+            .with_conn("sweep", |mut conn| async move {
+                conn.zrangebyscore_limit_withscores(
+                    DEADLINES,
+                    "-inf",
+                    now.as_millis(),
+                    0,
+                    SWEEP_BATCH,
+                )
+                .await
+            })
+            .await?;
+        let mut expired = Vec::new();
+        for (member, _deadline) in due {
+            let Some((tenant, submitted_ms, id)) = keys::parse_deadline_member(&member) else {
+                continue;
+            };
+            let mut invocation =
+                self.settle_invocation(&self.scripts.expire, &tenant, &id, Status::Expired, now);
+            invocation
+                .arg(&member)
+                .arg(keys::index_member(submitted_ms, &id));
+            let recorded: Option<String> = self
+                .with_conn("expire", |mut conn| async move {
+                    invocation.invoke_async(&mut conn).await
+                })
+                .await?;
+            if let Some(raw) = recorded {
+                let key = keys::record(&tenant, &id);
+                if let Decoded::Current(approval) = record::decode(&key, &raw)? {
+                    expired.push(*approval);
+                }
+            }
+        }
+        Ok(expired)
+    }
+
+    /// Drops index entries whose decided or expired record has reached its retention.
+    async fn trim_retention(&self, now: Timestamp) -> Result<(), BackendError> {
+        let due: Vec<String> = self
+            .with_conn("retention", |mut conn| async move {
+                conn.zrangebyscore_limit(RETENTION, "-inf", now.as_millis(), 0, SWEEP_BATCH)
+                    .await
+            })
+            .await?;
+        if due.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for member in &due {
+            if let Some((tenant, status, index_member)) = keys::parse_retention_member(member) {
+                pipe.zrem(keys::index(&tenant, status), index_member)
+                    .ignore();
+            }
+            pipe.zrem(RETENTION, member).ignore();
+        }
+        self.with_conn("retention", |mut conn| async move {
+            pipe.query_async::<()>(&mut conn).await
+        })
+        .await
+    }
+}
+
+/// Calls `step` every `interval` until `stop` is cancelled; a pass in progress finishes.
+async fn every<F, Fut>(interval: Duration, stop: CancellationToken, mut step: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticker.tick() => step().await,
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! `[redis]`: how the Redis engine reaches its server. Deserialised by the service's config
+//! loader; the engine's lifetimes come from the service-wide `[approvals]` section.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisSettings {
+    pub url: String,
+    /// Deadline of every Redis call (the pool wait included); an outage is answered within it.
+    #[serde(with = "humantime_serde")]
+    pub call_timeout: Duration,
+    pub pool_size: usize,
+    /// Approximate cap on each tenant's audit stream.
+    pub audit_max_len: u64,
+}
+
+impl RedisSettings {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            ..Self::default()
+        }
+    }
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379/0".into(),
+            call_timeout: Duration::from_secs(2),
+            pool_size: 32,
+            audit_max_len: 1_000_000,
+        }
+    }
+}

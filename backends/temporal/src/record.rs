@@ -1,0 +1,142 @@
+//! What this engine persists in Temporal: the workflow input, its memo and its results. These
+//! are the engine's own types, not the API's, so a change to the HTTP schema can never change
+//! the histories of running workflows. Each is versioned: a field added later must come with a
+//! default, and a change of meaning with a new `version` that the reader branches on.
+//!
+//! Version 1 is the form written before versioning existed (the API's approval object, field
+//! for field, with no `version` key): a missing `version` reads as 1.
+
+use approvals_core::{Approval, ApprovalId, AuditEntry, AuditEvent, Status, TenantId, Timestamp};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// The version this code writes.
+pub const RECORD_VERSION: u32 = 1;
+
+fn version_one() -> u32 {
+    1
+}
+
+/// An approval as the workflow input, memo, update replies and result carry it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApprovalRecord {
+    #[serde(default = "version_one")]
+    pub version: u32,
+    pub id: ApprovalId,
+    pub tenant: TenantId,
+    pub status: Status,
+    pub agent_id: String,
+    pub submitted_by: String,
+    pub action: Map<String, Value>,
+    pub context: Map<String, Value>,
+    pub reasons: Vec<String>,
+    pub policy_version: String,
+    pub submitted_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub decided_at: Option<Timestamp>,
+    pub decided_by: Option<String>,
+    pub decision_reason: Option<String>,
+}
+
+impl From<&Approval> for ApprovalRecord {
+    fn from(a: &Approval) -> Self {
+        Self {
+            version: RECORD_VERSION,
+            id: a.id.clone(),
+            tenant: a.tenant.clone(),
+            status: a.status,
+            agent_id: a.agent_id.clone(),
+            submitted_by: a.submitted_by.clone(),
+            action: a.action.clone(),
+            context: a.context.clone(),
+            reasons: a.reasons.clone(),
+            policy_version: a.policy_version.clone(),
+            submitted_at: a.submitted_at,
+            expires_at: a.expires_at,
+            decided_at: a.decided_at,
+            decided_by: a.decided_by.clone(),
+            decision_reason: a.decision_reason.clone(),
+        }
+    }
+}
+
+impl From<ApprovalRecord> for Approval {
+    fn from(r: ApprovalRecord) -> Self {
+        Self {
+            id: r.id,
+            tenant: r.tenant,
+            status: r.status,
+            agent_id: r.agent_id,
+            submitted_by: r.submitted_by,
+            action: r.action,
+            context: r.context,
+            reasons: r.reasons,
+            policy_version: r.policy_version,
+            submitted_at: r.submitted_at,
+            expires_at: r.expires_at,
+            decided_at: r.decided_at,
+            decided_by: r.decided_by,
+            decision_reason: r.decision_reason,
+        }
+    }
+}
+
+/// An audit event as the memo carries it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub event_id: String,
+    #[serde(flatten)]
+    pub entry: AuditEntry,
+}
+
+impl EventRecord {
+    /// `{millis:015}-{seq}-{approval id}`: unique in the tenant (one workflow per id, `seq` 0
+    /// for the first event, 1 for the settling one) and, compared as text, ordered by time.
+    pub fn new(entry: AuditEntry, seq: u8) -> Self {
+        let event_id = format!(
+            "{:015}-{seq}-{}",
+            entry.timestamp.as_millis().max(0),
+            entry.approval_id
+        );
+        Self { event_id, entry }
+    }
+}
+
+impl From<EventRecord> for AuditEvent {
+    fn from(r: EventRecord) -> Self {
+        r.entry.with_id(r.event_id)
+    }
+}
+
+/// The event that settled `approval`, with its id: the workflow writes it, and a reader holding
+/// the settled record (before visibility caught up, or before the timer was processed) derives
+/// the very same event, so merging never produces a duplicate.
+pub fn settled_event(approval: &Approval) -> Option<AuditEvent> {
+    AuditEntry::settled(approval).map(|entry| EventRecord::new(entry, 1).into())
+}
+
+/// The approval's first event (parked or carried over) with its id.
+pub fn first_event(entry: AuditEntry) -> EventRecord {
+    EventRecord::new(entry, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_without_a_version_is_version_one() {
+        let json = r#"{"id":"r","tenant":"t","status":"pending","agent_id":"a","submitted_by":"s",
+            "action":{"type":"x"},"context":{},"reasons":[],"policy_version":"v",
+            "submitted_at":"2026-12-02T11:05:46.517Z","expires_at":"2026-12-02T11:05:49.517Z",
+            "decided_at":null,"decided_by":null,"decision_reason":null}"#;
+        let record: ApprovalRecord = serde_json::from_str(json).unwrap();
+        assert_eq!(record.version, 1);
+        let approval = Approval::from(record.clone());
+        assert_eq!(ApprovalRecord::from(&approval), record);
+        let at = Timestamp::parse_rfc3339("2026-12-02T11:05:46.517Z").unwrap();
+        let event = first_event(AuditEntry::submitted(&approval));
+        assert_eq!(event.entry.timestamp, at);
+        assert_eq!(event.event_id, format!("{:015}-0-r", at.as_millis()));
+    }
+}

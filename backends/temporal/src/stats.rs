@@ -1,0 +1,44 @@
+//! The pending figures from visibility: every running approval workflow, grouped by tenant.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use approvals_core::{BackendError, PendingStats, Status, TenantId, TenantPending, Timestamp};
+
+use crate::backend::{TemporalBackend, WORKFLOW_TYPE};
+
+pub(crate) async fn pending_stats(
+    backend: &TemporalBackend,
+    bounds: &[Duration],
+    now: Timestamp,
+) -> Result<PendingStats, BackendError> {
+    let query = format!("WorkflowType = '{WORKFLOW_TYPE}' AND ExecutionStatus = 'Running'");
+    let mut per_tenant: BTreeMap<TenantId, TenantPending> = BTreeMap::new();
+    for row in backend.visible("stats", query, |_| true, now).await? {
+        let approval = row.approval;
+        if approval.status != Status::Pending {
+            continue;
+        }
+        let age = approval.submitted_at.elapsed_at(now);
+        let entry = per_tenant
+            .entry(approval.tenant.clone())
+            .or_insert_with(|| TenantPending {
+                tenant: approval.tenant.clone(),
+                count: 0,
+                age_sum_seconds: 0.0,
+                oldest_age_seconds: 0.0,
+                le: vec![0; bounds.len()],
+            });
+        entry.count += 1;
+        entry.age_sum_seconds += age.as_secs_f64();
+        entry.oldest_age_seconds = entry.oldest_age_seconds.max(age.as_secs_f64());
+        for (slot, bound) in entry.le.iter_mut().zip(bounds) {
+            if age <= *bound {
+                *slot += 1;
+            }
+        }
+    }
+    Ok(PendingStats {
+        tenants: per_tenant.into_values().collect(),
+    })
+}

@@ -1,0 +1,35 @@
+//! What a use case can answer instead of its result. Each variant is something a caller can
+//! act on; the HTTP layer maps them to problem documents with stable codes.
+
+use approvals_core::{Approval, ApprovalId, BackendError, TenantId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// A tenant or approval id that does not match its pattern.
+    #[error("{0}")]
+    InvalidIdentifier(String),
+    /// What the caller asked to do is malformed (an action without a type, a long reason).
+    #[error("{0}")]
+    InvalidContent(String),
+    /// How the caller asked is malformed (a limit out of range, a foreign cursor).
+    #[error("{0}")]
+    InvalidOption(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("you submitted this approval; another reviewer must decide it")]
+    SelfApproval,
+    #[error("no approval {id} in tenant {tenant}")]
+    NotFound { tenant: TenantId, id: ApprovalId },
+    #[error("request_id {0} exists with a different action, context or agent_id")]
+    RequestIdConflict(ApprovalId),
+    #[error("the approval is already {}", .0.status.as_str())]
+    AlreadyDecided(Box<Approval>),
+    #[error("the approval expired at {}", .0.expires_at)]
+    Expired(Box<Approval>),
+    /// The engine cannot be reached or did not answer in time; worth retrying.
+    #[error("the approval store is unavailable")]
+    Unavailable(#[source] BackendError),
+    /// A fault of this service or its data, not of the request.
+    #[error("internal error")]
+    Internal(#[source] BackendError),
+}

@@ -1,0 +1,39 @@
+//! The pending figures behind `/metrics` (count and age per tenant), recomputed in the
+//! background from the engine's indexes so that a scrape never touches the store and every
+//! instance reports the same truth.
+
+use std::time::{Duration, Instant};
+
+use approvals_core::Timestamp;
+
+use super::{chain, Approvals};
+
+impl Approvals {
+    /// Keeps the figures at most `interval` old until shutdown.
+    pub async fn keep_figures_fresh(&self, interval: Duration) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                _ = ticker.tick() => self.refresh_figures().await,
+            }
+        }
+    }
+
+    async fn refresh_figures(&self) {
+        let started = Instant::now();
+        let bounds = self.metrics.age_bounds();
+        match self.engine.pending_stats(bounds, Timestamp::now()).await {
+            Ok(stats) => {
+                self.metrics.set_pending(stats, started.elapsed());
+                self.metrics.set_backend_up(true);
+            }
+            Err(error) => {
+                self.metrics.set_backend_up(false);
+                crate::metrics::backend_error(&error);
+                tracing::warn!(error = %chain(&error), "could not recompute pending figures");
+            }
+        }
+    }
+}

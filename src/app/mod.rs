@@ -1,0 +1,125 @@
+//! The application layer: every use case of the service, whatever surface calls it.
+//!
+//! [`Approvals`] owns the rules — who may do what in which tenant, what the policy sees, how a
+//! repeated `request_id` is answered, which deadline an approval gets — and the metrics and
+//! logs each use case emits. The HTTP handlers (`api`), the CLI and every surface to come call
+//! it; none of them talks to an engine or the policy directly.
+//!
+//! Dependencies point one way: surfaces → `app` → (`policy`, `auth`, `metrics`, the engine
+//! contract in `approvals-core`). `app` knows no engine by name and no HTTP type.
+
+mod error;
+mod events;
+mod figures;
+mod review;
+mod submit;
+
+use std::sync::Arc;
+
+use approvals_core::{ApprovalBackend, BackendError, TenantId};
+use tokio_util::sync::CancellationToken;
+
+pub use error::AppError;
+pub use events::EngineMetrics;
+pub use review::{AuditQuery, ListQuery, MAX_REASON_CHARS, MAX_WAIT_SECONDS};
+pub use submit::{SubmitRequest, Submitted};
+
+use crate::auth::{Permission, Principal};
+use crate::config::ApprovalSettings;
+use crate::metrics::MetricsHandle;
+use crate::policy::PolicyGate;
+
+/// The service's use cases. Cheap to share (`Arc`); one per running service.
+pub struct Approvals {
+    engine: Arc<dyn ApprovalBackend>,
+    policy: Arc<PolicyGate>,
+    settings: ApprovalSettings,
+    metrics: MetricsHandle,
+    /// Cancelled on shutdown: long-polls answer at once so the drain is quick.
+    shutdown: CancellationToken,
+}
+
+impl Approvals {
+    pub fn new(
+        engine: Arc<dyn ApprovalBackend>,
+        policy: Arc<PolicyGate>,
+        settings: ApprovalSettings,
+        metrics: MetricsHandle,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            engine,
+            policy,
+            settings,
+            metrics,
+            shutdown,
+        }
+    }
+
+    /// The engine's short name (`redis`, `temporal`, `dual`), for logs and `/readyz`.
+    pub fn engine_kind(&self) -> &'static str {
+        self.engine.kind()
+    }
+
+    /// Ready when the engine answers.
+    pub async fn ready(&self) -> Result<(), AppError> {
+        let answered = self.engine.ping().await;
+        self.metrics.set_backend_up(answered.is_ok());
+        answered.map_err(|e| self.engine_failed(e))
+    }
+
+    /// `/metrics`: the recorder, the latest pending figures and the engine's own status.
+    pub fn render_metrics(&self) -> String {
+        self.metrics.render(&self.engine.status())
+    }
+
+    /// Refuses unless `caller` may do `permission` in `tenant`.
+    fn authorize(
+        &self,
+        caller: &Principal,
+        permission: Permission,
+        tenant: &TenantId,
+    ) -> Result<(), AppError> {
+        if caller.may(permission, tenant) {
+            Ok(())
+        } else {
+            Err(AppError::Forbidden(format!(
+                "{} ({}) may not do this in tenant {tenant}",
+                caller.subject,
+                caller.role.as_str()
+            )))
+        }
+    }
+
+    /// Counts and logs an engine failure where it happened, and says what it means to the
+    /// caller. The engine's own words go to the log, never to the client.
+    fn engine_failed(&self, error: BackendError) -> AppError {
+        match error {
+            BackendError::InvalidCursor => {
+                AppError::InvalidOption("cursor: not a cursor this service handed out".into())
+            }
+            BackendError::Unavailable { .. } | BackendError::Timeout(_) => {
+                crate::metrics::backend_error(&error);
+                tracing::warn!(error = %chain(&error), "engine call failed");
+                AppError::Unavailable(error)
+            }
+            BackendError::Corrupt { .. } => {
+                crate::metrics::backend_error(&error);
+                tracing::error!(error = %chain(&error), "engine returned unreadable data");
+                AppError::Internal(error)
+            }
+        }
+    }
+}
+
+/// An error with its sources, `outer: inner: innermost`, for a log line.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

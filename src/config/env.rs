@@ -1,0 +1,112 @@
+//! `APPROVALS_<SECTION>__<KEY>` environment variables as configuration overrides.
+//!
+//! Which keys exist is decided by the settings types themselves (every section denies unknown
+//! fields): a variable that names no key fails extraction, and [`Overrides::name_of`] turns
+//! that failure back into the variable's name. Nothing here lists the keys by hand.
+//!
+//! Kubernetes injects service-link variables for every Service in a namespace; a Service
+//! named `approvals` yields `APPROVALS_SERVICE_HOST`, `APPROVALS_PORT_8080_TCP_ADDR`, … in
+//! every pod. They are never configuration, so they are skipped rather than refused.
+
+/// The variable that names the config file; not a key.
+pub const CONFIG_VAR: &str = "APPROVALS_CONFIG";
+const PREFIX: &str = "APPROVALS_";
+
+/// One variable and the dotted key it sets (`APPROVALS_REDIS__URL` → `redis.url`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Override {
+    pub var: String,
+    pub key: String,
+    pub value: String,
+}
+
+#[derive(Debug, Default)]
+pub struct Overrides(pub Vec<Override>);
+
+impl Overrides {
+    /// The configuration variables among `env`.
+    pub fn from_env(env: impl IntoIterator<Item = (String, String)>) -> Self {
+        let overrides = env
+            .into_iter()
+            .filter(|(var, _)| var.starts_with(PREFIX) && var != CONFIG_VAR)
+            .filter(|(var, _)| !is_service_link(var))
+            .map(|(var, value)| {
+                let key = var[PREFIX.len()..].to_ascii_lowercase().replace("__", ".");
+                Override { var, key, value }
+            })
+            .collect();
+        Self(overrides)
+    }
+
+    /// The variable that set `key` or a key under it, if one did.
+    pub fn name_of(&self, key: &str) -> Option<&Override> {
+        self.0.iter().find(|o| {
+            o.key == key
+                || o.key
+                    .strip_prefix(key)
+                    .is_some_and(|rest| rest.starts_with('.'))
+        })
+    }
+}
+
+/// Kubernetes service links of a Service named `approvals`:
+/// `APPROVALS_SERVICE_HOST`, `APPROVALS_SERVICE_PORT[_<NAME>]`, `APPROVALS_PORT` and
+/// `APPROVALS_PORT_<port>_<PROTO>[_PROTO|_PORT|_ADDR]`.
+pub fn is_service_link(var: &str) -> bool {
+    let Some(rest) = var.strip_prefix(PREFIX) else {
+        return false;
+    };
+    if rest == "SERVICE_HOST" || rest == "SERVICE_PORT" || rest == "PORT" {
+        return true;
+    }
+    if let Some(name) = rest.strip_prefix("SERVICE_PORT_") {
+        return !name.is_empty() && !name.contains("__");
+    }
+    let Some(port_spec) = rest.strip_prefix("PORT_") else {
+        return false;
+    };
+    let mut parts = port_spec.split('_');
+    let port_ok = parts
+        .next()
+        .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    let proto_ok = parts
+        .next()
+        .is_some_and(|p| matches!(p, "TCP" | "UDP" | "SCTP"));
+    let suffix_ok = match parts.next() {
+        None => true,
+        Some(s) => matches!(s, "PROTO" | "PORT" | "ADDR") && parts.next().is_none(),
+    };
+    port_ok && proto_ok && suffix_ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kubernetes_service_links_are_recognised() {
+        for var in [
+            "APPROVALS_SERVICE_HOST",
+            "APPROVALS_SERVICE_PORT",
+            "APPROVALS_SERVICE_PORT_HTTP",
+            "APPROVALS_PORT",
+            "APPROVALS_PORT_8080_TCP",
+            "APPROVALS_PORT_8080_TCP_PROTO",
+            "APPROVALS_PORT_8080_TCP_PORT",
+            "APPROVALS_PORT_8080_TCP_ADDR",
+            "APPROVALS_PORT_53_UDP_ADDR",
+        ] {
+            assert!(is_service_link(var), "{var}");
+        }
+        for var in [
+            "APPROVALS_REDIS__URL",
+            "APPROVALS_REDIS_URL",
+            "APPROVALS_PORT_8080",
+            "APPROVALS_PORT_X_TCP",
+            "APPROVALS_PORT_8080_TCP_HOST",
+            "APPROVALS_SERVER__PORT",
+        ] {
+            assert!(!is_service_link(var), "{var}");
+        }
+    }
+}

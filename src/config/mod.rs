@@ -1,0 +1,360 @@
+//! Configuration: defaults, then a TOML file, then `APPROVALS_…` environment variables.
+//!
+//! The keys are part of the operating contract, so every section denies unknown fields and
+//! every environment variable must map to a known key: a typo stops start-up with a message
+//! naming it, instead of silently running with a default. Each engine's section is the
+//! engine's own type (`approvals_redis::RedisSettings`, `approvals_temporal::TemporalSettings`);
+//! `backend` (which engine) is in `backend.rs`, the variables in `env.rs`.
+
+mod backend;
+mod env;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use approvals_core::{Lifetimes, TenantId};
+use approvals_redis::{ChoreSchedule, RedisSettings};
+use approvals_temporal::TemporalSettings;
+use figment::providers::{Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+pub use backend::{BackendChoice, EngineKind, DEFAULT_SECONDARY_TIMEOUT};
+pub use env::{is_service_link, CONFIG_VAR};
+
+use crate::auth::TokenEntry;
+use env::Overrides;
+
+/// A configuration that cannot be used; the process exits with status 2.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config: {0}")]
+    Invalid(String),
+    #[error("environment variable {var} maps to no configuration key ({key})")]
+    UnknownVariable { var: String, key: String },
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub backend: BackendChoice,
+    pub redis: RedisSettings,
+    pub approvals: ApprovalSettings,
+    pub policy: PolicySettings,
+    pub temporal: TemporalSettings,
+    pub worker: WorkerSettings,
+    pub auth: AuthSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    /// Largest accepted request body, in bytes.
+    pub body_limit: usize,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            body_limit: 65_536,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApprovalSettings {
+    #[serde(with = "humantime_serde")]
+    pub default_ttl: Duration,
+    /// Per-tenant lifetimes; a change applies to new approvals only.
+    #[serde(with = "duration_map")]
+    pub tenant_ttl: BTreeMap<String, Duration>,
+    #[serde(with = "humantime_serde")]
+    pub decided_retention: Duration,
+    #[serde(with = "humantime_serde")]
+    pub expired_retention: Duration,
+    /// How often the expiry sweeper runs; bounds how late an expiry is recorded.
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
+    /// How often the pending figures behind /metrics are recomputed (the contract allows 5 s).
+    #[serde(with = "humantime_serde")]
+    pub stats_interval: Duration,
+    /// How often records written by the ADR v1 service are searched for and adopted.
+    #[serde(with = "humantime_serde")]
+    pub adopt_interval: Duration,
+}
+
+impl Default for ApprovalSettings {
+    fn default() -> Self {
+        let day = Duration::from_secs(86_400);
+        Self {
+            default_ttl: day,
+            tenant_ttl: BTreeMap::new(),
+            decided_retention: day,
+            expired_retention: day,
+            sweep_interval: Duration::from_millis(250),
+            stats_interval: Duration::from_secs(2),
+            adopt_interval: Duration::from_secs(300),
+        }
+    }
+}
+
+impl ApprovalSettings {
+    pub fn ttl_for(&self, tenant: &TenantId) -> Duration {
+        self.tenant_ttl
+            .get(tenant.as_str())
+            .copied()
+            .unwrap_or(self.default_ttl)
+    }
+
+    /// How long approvals and their traces live, for the engines.
+    pub fn lifetimes(&self) -> Lifetimes {
+        Lifetimes {
+            default_ttl: self.default_ttl,
+            decided_retention: self.decided_retention,
+            expired_retention: self.expired_retention,
+        }
+    }
+
+    /// How often the Redis engine's chores run.
+    pub fn chore_schedule(&self) -> ChoreSchedule {
+        ChoreSchedule {
+            sweep_interval: self.sweep_interval,
+            adopt_interval: self.adopt_interval,
+        }
+    }
+
+    /// The longest lifetime any tenant has: the age histogram must reach past it.
+    pub fn max_ttl(&self) -> Duration {
+        self.tenant_ttl
+            .values()
+            .copied()
+            .fold(self.default_ttl, Duration::max)
+    }
+}
+
+/// The longest TTL the Redis backend is meant for; past it, the Temporal backend is the
+/// upgrade path (ADR-0001).
+pub const REDIS_TTL_COMFORT: Duration = Duration::from_secs(72 * 3600);
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicySettings {
+    pub dir: PathBuf,
+}
+
+impl Default for PolicySettings {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("policies"),
+        }
+    }
+}
+
+/// `approvals worker` (Temporal only).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerSettings {
+    /// Where the worker serves its own `/healthz`, `/readyz` and `/metrics`.
+    pub listen: SocketAddr,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    pub tokens: Vec<TokenEntry>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable, for a terminal.
+    #[default]
+    Pretty,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// An `EnvFilter` directive; `RUST_LOG` overrides it.
+    pub filter: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Pretty,
+            filter: "info".into(),
+        }
+    }
+}
+
+impl Settings {
+    /// Loads `file` (if any) and the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_from(file, std::env::vars())
+    }
+
+    /// As [`Settings::load`], with the environment given (tests use their own).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::File {
+                path: path.to_owned(),
+                source,
+            })?;
+            figment = figment.merge(Toml::string(&text));
+        }
+        let overrides = Overrides::from_env(env);
+        for o in &overrides.0 {
+            // Typed like figment's own Env provider: "42" is a number, "5m" stays a string.
+            let value = o
+                .value
+                .parse::<figment::value::Value>()
+                .unwrap_or_else(|_| o.value.clone().into());
+            figment = figment.merge(Serialized::default(&o.key, value));
+        }
+        let settings: Settings = figment
+            .extract()
+            .map_err(|e| explain(&e, file, &overrides))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        for tenant in self.approvals.tenant_ttl.keys() {
+            if TenantId::parse(tenant.as_str()).is_err() {
+                return Err(ConfigError::Invalid(format!(
+                    "approvals.tenant_ttl.{tenant}: not a valid tenant ({})",
+                    TenantId::PATTERN
+                )));
+            }
+        }
+        for (key, ttl) in self
+            .approvals
+            .tenant_ttl
+            .iter()
+            .map(|(k, v)| (format!("approvals.tenant_ttl.{k}"), v))
+            .chain([(
+                "approvals.default_ttl".to_owned(),
+                &self.approvals.default_ttl,
+            )])
+        {
+            if ttl.as_millis() < 1000 {
+                return Err(ConfigError::Invalid(format!(
+                    "{key}: a TTL must be at least 1s"
+                )));
+            }
+        }
+        if self.server.body_limit == 0 {
+            return Err(ConfigError::Invalid(
+                "server.body_limit: must be positive".into(),
+            ));
+        }
+        for (n, token) in self.auth.tokens.iter().enumerate() {
+            token
+                .validate()
+                .map_err(|reason| ConfigError::Invalid(format!("auth.tokens[{n}]: {reason}")))?;
+        }
+        Ok(())
+    }
+}
+
+/// figment's message with the dotted key path up front; an unknown key that came from the
+/// environment is named by its variable.
+fn explain(error: &figment::Error, file: Option<&Path>, overrides: &Overrides) -> ConfigError {
+    let mut messages = Vec::new();
+    for e in error.clone() {
+        if let figment::error::Kind::UnknownField(field, _) = &e.kind {
+            // figment's path ends with the unknown field itself.
+            let mut key = e.path.clone();
+            if key.last() != Some(field) {
+                key.push(field.clone());
+            }
+            if let Some(o) = overrides.name_of(&key.join(".")) {
+                return ConfigError::UnknownVariable {
+                    var: o.var.clone(),
+                    key: o.key.clone(),
+                };
+            }
+        }
+        let key = e.path.join(".");
+        let from = match overrides.name_of(&key) {
+            Some(o) if !key.is_empty() => format!(" (from {})", o.var),
+            _ => match file {
+                Some(file) => format!(" (file {})", file.display()),
+                None => String::new(),
+            },
+        };
+        messages.push(if key.is_empty() {
+            format!("{}{from}", e.kind)
+        } else {
+            format!("{key}: {}{from}", e.kind)
+        });
+    }
+    ConfigError::Invalid(messages.join("; "))
+}
+
+/// `BTreeMap<String, Duration>` with human-readable durations.
+mod duration_map {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        map: &BTreeMap<String, Duration>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        map.iter()
+            .map(|(k, v)| (k.clone(), humantime::format_duration(*v).to_string()))
+            .collect::<BTreeMap<_, _>>()
+            .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<String, Duration>, D::Error> {
+        BTreeMap::<String, String>::deserialize(d)?
+            .into_iter()
+            .map(|(k, v)| {
+                humantime::parse_duration(&v)
+                    .map(|d| (k.clone(), d))
+                    .map_err(|e| serde::de::Error::custom(format!("{k}: {e}")))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,147 @@
+//! The loader against the keys operators write: files, variables, and what they get wrong.
+
+use super::*;
+
+fn load(toml: &str, env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, toml).unwrap();
+    Settings::load_from(
+        Some(&path),
+        env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+    )
+}
+
+#[test]
+fn reads_the_contract_keys() {
+    let s = load(
+        "[approvals]\ndefault_ttl = \"2s\"\n[approvals.tenant_ttl]\nacme = \"72h\"\n",
+        &[
+            ("APPROVALS_REDIS__URL", "redis://x:1/0"),
+            ("APPROVALS_CONFIG", "ignored"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(s.approvals.default_ttl, Duration::from_secs(2));
+    assert_eq!(
+        s.approvals.ttl_for(&TenantId::parse("acme").unwrap()),
+        Duration::from_secs(72 * 3600)
+    );
+    assert_eq!(s.redis.url, "redis://x:1/0");
+}
+
+#[test]
+fn unknown_keys_and_bad_values_name_the_key() {
+    let e = load("[server]\nlisten = \"127.0.0.1:1\"\nbody_limt = 5\n", &[]).unwrap_err();
+    assert!(e.to_string().contains("body_limt"), "{e}");
+    let e = load("[approvals]\ndefault_ttl = \"soon\"\n", &[]).unwrap_err();
+    assert!(e.to_string().contains("approvals.default_ttl"), "{e}");
+    let e = load("", &[("APPROVALS_REDIS__ULR", "x")]).unwrap_err();
+    assert!(e.to_string().contains("APPROVALS_REDIS__ULR"), "{e}");
+    let e = load("[approvals.tenant_ttl]\n\"a:b\" = \"1h\"\n", &[]).unwrap_err();
+    assert!(e.to_string().contains("approvals.tenant_ttl.a:b"), "{e}");
+}
+
+#[test]
+fn dual_needs_an_engine_as_primary() {
+    let e = load("[backend]\nkind = \"dual\"\n", &[]).unwrap_err();
+    assert!(e.to_string().contains("backend.primary: required"), "{e}");
+    let e = load("[backend]\nkind = \"dual\"\nprimary = \"dual\"\n", &[]).unwrap_err();
+    assert!(e.to_string().contains("backend"), "{e}");
+    let e = load("[backend]\nkind = \"dual\"\nprimary = \"mysql\"\n", &[]).unwrap_err();
+    assert!(e.to_string().contains("backend.primary"), "{e}");
+    let s = load(
+        "[backend]\nkind = \"dual\"\n",
+        &[
+            ("APPROVALS_BACKEND__PRIMARY", "temporal"),
+            ("APPROVALS_BACKEND__SECONDARY_TIMEOUT", "250ms"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        s.backend,
+        BackendChoice::Dual {
+            primary: EngineKind::Temporal,
+            secondary_timeout: Duration::from_millis(250)
+        }
+    );
+    let s = load("[backend]\nkind = \"dual\"\nprimary = \"redis\"\n", &[]).unwrap();
+    assert_eq!(
+        s.backend,
+        BackendChoice::Dual {
+            primary: EngineKind::Redis,
+            secondary_timeout: DEFAULT_SECONDARY_TIMEOUT
+        }
+    );
+    // Left in place while rolling back from dual: harmless.
+    let s = load("[backend]\nkind = \"redis\"\nprimary = \"temporal\"\n", &[]).unwrap();
+    assert_eq!(s.backend, BackendChoice::Redis);
+    let e = load("[backend]\nkind = \"redis\"\nprimari = \"temporal\"\n", &[]).unwrap_err();
+    assert!(e.to_string().contains("primari"), "{e}");
+}
+
+#[test]
+fn env_overrides_the_file() {
+    let s = load(
+        "[approvals]\ndefault_ttl = \"2s\"\n",
+        &[("APPROVALS_APPROVALS__DEFAULT_TTL", "5m")],
+    )
+    .unwrap();
+    assert_eq!(s.approvals.default_ttl, Duration::from_secs(300));
+}
+
+#[test]
+fn kubernetes_service_links_are_ignored_and_typos_still_named() {
+    let links = [
+        ("APPROVALS_PORT", "tcp://10.0.0.7:8080"),
+        ("APPROVALS_SERVICE_HOST", "10.0.0.7"),
+        ("APPROVALS_SERVICE_PORT", "8080"),
+        ("APPROVALS_SERVICE_PORT_HTTP", "8080"),
+        ("APPROVALS_PORT_8080_TCP", "tcp://10.0.0.7:8080"),
+        ("APPROVALS_PORT_8080_TCP_PROTO", "tcp"),
+        ("APPROVALS_PORT_8080_TCP_PORT", "8080"),
+        ("APPROVALS_PORT_8080_TCP_ADDR", "10.0.0.7"),
+    ];
+    let s = load("", &links).unwrap();
+    assert_eq!(s.server.listen, ServerSettings::default().listen);
+    let mut with_typo = links.to_vec();
+    with_typo.push(("APPROVALS_REDIS_URL", "redis://x:1/0"));
+    let e = load("", &with_typo).unwrap_err();
+    assert!(e.to_string().contains("APPROVALS_REDIS_URL"), "{e}");
+    let e = load("", &[("APPROVALS_TEMPORAL__ADRESS", "http://x:1")]).unwrap_err();
+    assert!(
+        matches!(&e, ConfigError::UnknownVariable { var, key }
+            if var == "APPROVALS_TEMPORAL__ADRESS" && key == "temporal.adress"),
+        "{e}"
+    );
+    let e = load("", &[("APPROVALS_BACKEND__PRIMAR", "redis")]).unwrap_err();
+    assert!(e.to_string().contains("APPROVALS_BACKEND__PRIMAR"), "{e}");
+}
+
+#[test]
+fn every_section_is_settable_from_the_environment() {
+    let s = load(
+        "",
+        &[
+            ("APPROVALS_SERVER__BODY_LIMIT", "1000"),
+            ("APPROVALS_REDIS__POOL_SIZE", "7"),
+            ("APPROVALS_REDIS__AUDIT_MAX_LEN", "99"),
+            ("APPROVALS_TEMPORAL__STICKY_QUEUE_TIMEOUT", "3s"),
+            ("APPROVALS_WORKER__LISTEN", "127.0.0.1:9"),
+            ("APPROVALS_APPROVALS__TENANT_TTL__ACME", "72h"),
+            ("APPROVALS_LOG__FORMAT", "json"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(s.server.body_limit, 1000);
+    assert_eq!(s.redis.pool_size, 7);
+    assert_eq!(s.redis.audit_max_len, 99);
+    assert_eq!(s.temporal.sticky_queue_timeout, Duration::from_secs(3));
+    assert_eq!(s.worker.listen.port(), 9);
+    assert_eq!(s.log.format, LogFormat::Json);
+    let e = load("", &[("APPROVALS_SERVER__BODY_LIMIT", "lots")]).unwrap_err();
+    assert!(
+        e.to_string().contains("APPROVALS_SERVER__BODY_LIMIT"),
+        "{e}"
+    );
+}

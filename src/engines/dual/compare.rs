@@ -1,0 +1,129 @@
+//! Comparing what the two engines of a dual backend hold for one approval: every comparison
+//! counted, every difference logged with the fields that differ.
+
+use std::sync::{Arc, Once};
+
+use approvals_core::{Approval, ApprovalId, RecordTransfer, TenantId, Timestamp};
+
+use super::secondary::Secondary;
+
+/// `op`'s comparison of the two records of one approval, counted; a difference logged.
+pub(super) fn compared(
+    op: &'static str,
+    tenant: &TenantId,
+    id: &ApprovalId,
+    primary: Option<&Approval>,
+    secondary: Option<&Approval>,
+    secondary_outcome: &str,
+) {
+    describe_once();
+    let tenant_label = tenant.to_string();
+    metrics::counter!("approvals_dual_comparisons_total",
+        "tenant" => tenant_label.clone(), "op" => op)
+    .increment(1);
+    if same(primary, secondary) {
+        return;
+    }
+    metrics::counter!("approvals_dual_disagreements_total", "tenant" => tenant_label, "op" => op)
+        .increment(1);
+    tracing::warn!(
+        %tenant, approval_id = %id, op,
+        differing = ?differing_fields(primary, secondary),
+        primary = %as_json(primary),
+        secondary = %as_json(secondary),
+        secondary_outcome,
+        "dual: the secondary disagrees with the primary"
+    );
+}
+
+/// Both records as a reader sees them now, so that an expiry one engine has not recorded yet
+/// is no difference.
+pub(super) fn same(primary: Option<&Approval>, secondary: Option<&Approval>) -> bool {
+    let now = Timestamp::now();
+    let as_of = |a: Option<&Approval>| a.cloned().map(|a| a.as_of(now));
+    as_of(primary) == as_of(secondary)
+}
+
+pub(super) fn differing_fields(
+    primary: Option<&Approval>,
+    secondary: Option<&Approval>,
+) -> Vec<String> {
+    let (Some(p), Some(s)) = (primary, secondary) else {
+        return vec!["(the record itself)".into()];
+    };
+    let now = Timestamp::now();
+    let object = |a: &Approval| match serde_json::to_value(a.clone().as_of(now)) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    };
+    let (p, s) = (object(p), object(s));
+    p.iter()
+        .filter(|(key, value)| s.get(*key) != Some(value))
+        .map(|(key, _)| key.clone())
+        .collect()
+}
+
+fn as_json(approval: Option<&Approval>) -> String {
+    serde_json::to_string(&approval).unwrap_or_else(|e| format!("(unprintable: {e})"))
+}
+
+/// Reads the secondary's record (and the primary's, unless `seen`) and compares them. A
+/// mismatch may be a mirrored write still on its way, so it counts only if it is still there
+/// when any write in flight has had its deadline.
+pub(super) async fn compare_reads(
+    primary: Arc<dyn RecordTransfer>,
+    secondary: Arc<Secondary>,
+    op: &'static str,
+    tenant: TenantId,
+    id: ApprovalId,
+    seen: Option<Option<Approval>>,
+) {
+    let (t, i) = (&tenant, &id);
+    let read_secondary = || secondary.call("get", |engine| async move { engine.get(t, i).await });
+    let first = match seen {
+        Some(record) => record,
+        None => match primary.get(&tenant, &id).await {
+            Ok(record) => record,
+            // The primary's own failure is the service's to report, not a disagreement.
+            Err(_) => return,
+        },
+    };
+    let Some(theirs) = read_secondary().await else {
+        return;
+    };
+    if !same(first.as_ref(), theirs.as_ref()) {
+        tokio::time::sleep(secondary.deadline).await;
+        let Ok(ours) = primary.get(&tenant, &id).await else {
+            return;
+        };
+        let Some(theirs) = read_secondary().await else {
+            return;
+        };
+        compared(op, &tenant, &id, ours.as_ref(), theirs.as_ref(), "read");
+        return;
+    }
+    compared(op, &tenant, &id, first.as_ref(), theirs.as_ref(), "read");
+}
+
+/// The help texts, once the service's recorder exists (it does by the first request).
+pub(super) fn describe_once() {
+    static DESCRIBED: Once = Once::new();
+    DESCRIBED.call_once(|| {
+        metrics::describe_counter!(
+            "approvals_dual_disagreements_total",
+            "Dual backend: comparisons where the secondary's record differed from the primary's."
+        );
+        metrics::describe_counter!(
+            "approvals_dual_comparisons_total",
+            "Dual backend: comparisons of the secondary's record with the primary's."
+        );
+        metrics::describe_counter!(
+            "approvals_dual_secondary_errors_total",
+            "Dual backend: secondary calls that failed or passed backend.secondary_timeout."
+        );
+        metrics::describe_counter!(
+            "approvals_dual_comparisons_skipped_total",
+            "Dual backend: read comparisons skipped because too many were in flight."
+        );
+    });
+}

@@ -1,0 +1,124 @@
+//! The secondary engine of a dual backend: connected lazily if it was down at start-up, every
+//! call under `backend.secondary_timeout`, failures counted and never passed on.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use approvals_core::{BackendError, RecordTransfer};
+use tokio::sync::{OnceCell, Semaphore};
+
+use super::compare::describe_once;
+use super::{Connector, RECONNECT_EVERY};
+
+/// The secondary engine, its deadline and health.
+pub(super) struct Secondary {
+    pub(super) kind: &'static str,
+    pub(super) engine: OnceCell<Arc<dyn RecordTransfer>>,
+    pub(super) connect: Option<Connector>,
+    /// No connection attempt before this instant.
+    pub(super) retry_at: Mutex<Instant>,
+    pub(super) deadline: Duration,
+    /// 1 if the last call answered, 0 if it failed, -1 before the first.
+    pub(super) up: AtomicI64,
+    pub(super) comparisons: Arc<Semaphore>,
+    /// The periodic calls running now (see [`Secondary::beside`]).
+    pub(super) running: Mutex<HashSet<&'static str>>,
+}
+
+impl Secondary {
+    pub(super) async fn engine(&self) -> Result<Arc<dyn RecordTransfer>, BackendError> {
+        if let Some(engine) = self.engine.get() {
+            return Ok(engine.clone());
+        }
+        let not_connected = || {
+            BackendError::unavailable(
+                "connect",
+                format!("the secondary ({}) is not connected", self.kind),
+            )
+        };
+        let connect = self.connect.as_ref().ok_or_else(not_connected)?;
+        {
+            let mut retry_at = self
+                .retry_at
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if Instant::now() < *retry_at {
+                return Err(not_connected());
+            }
+            *retry_at = Instant::now() + RECONNECT_EVERY;
+        }
+        let engine = self.engine.get_or_try_init(connect).await?;
+        tracing::info!(secondary = self.kind, "dual: connected to the secondary");
+        Ok(engine.clone())
+    }
+
+    /// Starts a periodic call (sweep, ping, adoption) on the secondary beside the primary's, which
+    /// does not wait for it: a slow secondary must not make the primary's expiries or figures
+    /// late. Skipped while the previous one of `op` still runs, so a hung secondary holds one
+    /// call per `op` rather than a pile.
+    pub(super) fn beside<T, Fut>(
+        self: &Arc<Self>,
+        op: &'static str,
+        call: impl FnOnce(Arc<dyn RecordTransfer>) -> Fut + Send + 'static,
+    ) where
+        T: Send + 'static,
+        Fut: Future<Output = Result<T, BackendError>> + Send + 'static,
+    {
+        if !self.running().insert(op) {
+            return;
+        }
+        let secondary = self.clone();
+        tokio::spawn(async move {
+            secondary.call(op, call).await;
+            secondary.running().remove(op);
+        });
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, HashSet<&'static str>> {
+        self.running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// `call` on the secondary under the deadline; `None` (counted, logged) if it failed.
+    pub(super) async fn call<T, Fut>(
+        &self,
+        op: &'static str,
+        call: impl FnOnce(Arc<dyn RecordTransfer>) -> Fut,
+    ) -> Option<T>
+    where
+        Fut: Future<Output = Result<T, BackendError>>,
+    {
+        let work = async { call(self.engine().await?).await };
+        let result = tokio::time::timeout(self.deadline, work)
+            .await
+            .unwrap_or(Err(BackendError::Timeout(op)));
+        let up = i64::from(result.is_ok());
+        let was = self.up.swap(up, Ordering::Relaxed);
+        match result {
+            Ok(value) => {
+                if was == 0 {
+                    tracing::info!(secondary = self.kind, "dual: the secondary answers again");
+                }
+                Some(value)
+            }
+            Err(error) => {
+                describe_once();
+                metrics::counter!("approvals_dual_secondary_errors_total",
+                    "op" => op, "kind" => error.kind())
+                .increment(1);
+                // Once per outage at warn: the sweeper alone calls it several times a second.
+                if was != 0 {
+                    tracing::warn!(secondary = self.kind, op, %error,
+                        "dual: the secondary failed; the primary goes on alone until it answers");
+                } else {
+                    tracing::debug!(secondary = self.kind, op, %error, "dual: secondary failed");
+                }
+                None
+            }
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! The one place that turns `[backend]` into engines: Redis, Temporal, or both side by side
+//! (`dual`). Nothing else in the service names an engine's type.
+//!
+//! Serving needs the engine and whatever it runs by itself ([`start`]: Redis' chores, for
+//! whichever side Redis is on); moving records needs the engine alone ([`connect`]).
+
+pub mod dual;
+
+use std::sync::Arc;
+
+use approvals_core::{BackendError, EngineEvents, RecordTransfer};
+use approvals_redis::{Chores, RedisBackend};
+
+use crate::config::{BackendChoice, EngineKind, Settings};
+
+/// What `backend.kind = "temporal"` (and `approvals worker`) say in a build without the
+/// `temporal` feature.
+pub const TEMPORAL_NOT_BUILT: &str = "this build does not include the Temporal backend; \
+     build with `cargo build --release --features temporal`";
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("cannot connect the {engine} engine")]
+    Connect {
+        engine: &'static str,
+        #[source]
+        source: BackendError,
+    },
+    #[error("{0}")]
+    NotBuilt(String),
+}
+
+/// The configured backend, serving: its engines connected and their chores running.
+pub struct RunningEngine {
+    pub backend: Arc<dyn RecordTransfer>,
+    chores: Vec<Chores>,
+}
+
+impl RunningEngine {
+    /// Stops the engines' chores, letting a pass in progress finish.
+    pub async fn stop(self) {
+        for chores in self.chores {
+            chores.stop().await;
+        }
+    }
+}
+
+/// Connects what `settings.backend` names and starts the engines' chores. `answering` hears
+/// of what the engine the service answers from does by itself; `following` of a dual soak's
+/// secondary.
+pub async fn start(
+    settings: &Settings,
+    answering: Arc<dyn EngineEvents>,
+    following: Arc<dyn EngineEvents>,
+) -> Result<RunningEngine, EngineError> {
+    let mut chores = Vec::new();
+    let backend: Arc<dyn RecordTransfer> = match settings.backend {
+        BackendChoice::Redis => {
+            let engine = Engine::connect(EngineKind::Redis, settings).await?;
+            chores.extend(engine.start_chores(settings, answering));
+            engine.transfer()
+        }
+        BackendChoice::Temporal => Engine::connect(EngineKind::Temporal, settings)
+            .await?
+            .transfer(),
+        BackendChoice::Dual {
+            primary,
+            secondary_timeout,
+        } => {
+            if cfg!(not(feature = "temporal")) {
+                // Checked before connecting anything: half a dual backend would be a silent
+                // `redis`.
+                return Err(EngineError::NotBuilt(format!(
+                    "backend.kind = \"dual\" runs Redis and Temporal side by side: \
+                     {TEMPORAL_NOT_BUILT}"
+                )));
+            }
+            let first = Engine::connect(primary, settings).await?;
+            chores.extend(first.start_chores(settings, answering));
+            let secondary = primary.other();
+            // The secondary is best-effort, at start-up too: unreachable, it is connected on
+            // use.
+            let dual = match Engine::connect(secondary, settings).await {
+                Ok(engine) => {
+                    chores.extend(engine.start_chores(settings, following));
+                    dual::DualBackend::new(first.transfer(), engine.transfer(), secondary_timeout)
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        error = %crate::app::chain(&error),
+                        secondary = secondary.as_str(),
+                        "dual: the secondary is unreachable; the primary serves alone meanwhile"
+                    );
+                    let settings = settings.clone();
+                    let connect: dual::Connector = Box::new(move || {
+                        let settings = settings.clone();
+                        Box::pin(async move {
+                            // Only Temporal can be unreachable at start-up (Redis connects
+                            // lazily), and it has no chores to start.
+                            match Engine::connect(secondary, &settings).await {
+                                Ok(engine) => Ok(engine.transfer()),
+                                Err(EngineError::Connect { source, .. }) => Err(source),
+                                Err(other) => Err(BackendError::unavailable("connect", other)),
+                            }
+                        })
+                    });
+                    let first = first.transfer();
+                    dual::DualBackend::connecting(
+                        first,
+                        secondary.as_str(),
+                        connect,
+                        secondary_timeout,
+                    )
+                }
+            };
+            Arc::new(dual)
+        }
+    };
+    Ok(RunningEngine { backend, chores })
+}
+
+/// One engine (`redis` or `temporal`) from its section of the settings, whatever
+/// `backend.kind` says, without chores: what `approvals migrate` reads and writes.
+pub async fn connect(
+    kind: EngineKind,
+    settings: &Settings,
+) -> Result<Arc<dyn RecordTransfer>, EngineError> {
+    Ok(Engine::connect(kind, settings).await?.transfer())
+}
+
+/// A connected engine of a known type.
+enum Engine {
+    Redis(Arc<RedisBackend>),
+    #[cfg(feature = "temporal")]
+    Temporal(Arc<approvals_temporal::TemporalBackend>),
+}
+
+impl Engine {
+    async fn connect(kind: EngineKind, settings: &Settings) -> Result<Self, EngineError> {
+        let failed = |source| EngineError::Connect {
+            engine: kind.as_str(),
+            source,
+        };
+        match kind {
+            EngineKind::Redis => {
+                let lifetimes = settings.approvals.lifetimes();
+                let backend =
+                    RedisBackend::connect(settings.redis.clone(), lifetimes).map_err(failed)?;
+                Ok(Self::Redis(Arc::new(backend)))
+            }
+            #[cfg(feature = "temporal")]
+            EngineKind::Temporal => {
+                let temporal = settings.temporal.clone();
+                let backend = approvals_temporal::TemporalBackend::connect(temporal)
+                    .await
+                    .map_err(failed)?;
+                Ok(Self::Temporal(Arc::new(backend)))
+            }
+            #[cfg(not(feature = "temporal"))]
+            EngineKind::Temporal => Err(EngineError::NotBuilt(format!(
+                "backend.kind = \"temporal\" needs the Temporal backend: {TEMPORAL_NOT_BUILT}"
+            ))),
+        }
+    }
+
+    fn transfer(self) -> Arc<dyn RecordTransfer> {
+        match self {
+            Self::Redis(engine) => engine,
+            #[cfg(feature = "temporal")]
+            Self::Temporal(engine) => engine,
+        }
+    }
+
+    /// Starts what the engine runs by itself; Temporal's workflows need nothing.
+    fn start_chores(&self, settings: &Settings, events: Arc<dyn EngineEvents>) -> Option<Chores> {
+        match self {
+            Self::Redis(engine) => {
+                Some(engine.start_chores(settings.approvals.chore_schedule(), events))
+            }
+            #[cfg(feature = "temporal")]
+            Self::Temporal(_) => None,
+        }
+    }
+}

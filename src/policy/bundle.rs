@@ -1,0 +1,92 @@
+//! A bundle on disk: every `.rego` file under a folder, in a stable order, and the version
+//! (`sha256:` digest) that names exactly that content.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::PolicyError;
+
+/// One `.rego` file of the bundle: its '/'-separated path relative to the bundle folder (the
+/// name that goes into the version) and its text.
+pub(super) struct PolicyFile {
+    pub(super) relative: String,
+    pub(super) full: PathBuf,
+    pub(super) text: String,
+}
+
+/// Every `*.rego` file under `dir`, sorted by relative path. Entries whose name starts with '.'
+/// are skipped: Kubernetes ConfigMap mounts keep a second copy of every file under hidden
+/// `..data`/`..<timestamp>` folders, and loading both would define every rule twice. Symlinks
+/// are followed (those same mounts are symlinks), with a guard against directory cycles.
+pub(super) fn collect_rego_files(dir: &Path) -> Result<Vec<PolicyFile>, PolicyError> {
+    let read_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| PolicyError::Read { path, source }
+    };
+
+    let mut files = Vec::new();
+    let mut visited = HashSet::new();
+    // (folder on disk, its relative path components)
+    let mut pending: Vec<(PathBuf, Vec<String>)> = vec![(dir.to_path_buf(), Vec::new())];
+    while let Some((folder, prefix)) = pending.pop() {
+        let canonical = folder.canonicalize().map_err(read_err(&folder))?;
+        if !visited.insert(canonical) {
+            continue;
+        }
+        let mut entries = Vec::new();
+        for entry in std::fs::read_dir(&folder).map_err(read_err(&folder))? {
+            let entry = entry.map_err(read_err(&folder))?;
+            entries.push((
+                entry.file_name().to_string_lossy().into_owned(),
+                entry.path(),
+            ));
+        }
+        // Which of two routes to one folder (a real path and a symlink) is walked first decides
+        // the relative paths, and so the version: walk in name order, never in disk order.
+        entries.sort();
+        let mut subfolders = Vec::new();
+        for (name, path) in entries {
+            if name.starts_with('.') {
+                continue;
+            }
+            let is_rego = name.ends_with(".rego");
+            // metadata() follows symlinks, unlike DirEntry::file_type(). A dangling link is
+            // only an error if it claims to be a policy.
+            let meta = match std::fs::metadata(&path) {
+                Ok(meta) => meta,
+                Err(_) if !is_rego => continue,
+                Err(source) => return Err(PolicyError::Read { path, source }),
+            };
+            let mut components = prefix.clone();
+            components.push(name);
+            if meta.is_dir() {
+                subfolders.push((path, components));
+            } else if meta.is_file() && is_rego {
+                let text = std::fs::read_to_string(&path).map_err(read_err(&path))?;
+                files.push(PolicyFile {
+                    relative: components.join("/"),
+                    full: path,
+                    text,
+                });
+            }
+        }
+        pending.extend(subfolders.into_iter().rev());
+    }
+    files.sort_by(|a, b| a.relative.cmp(&b.relative));
+    Ok(files)
+}
+
+/// The NUL separators keep (path, content) boundaries unambiguous, so moving text from one
+/// file into another, or renaming a file, always changes the version.
+pub(super) fn bundle_version(files: &[PolicyFile]) -> String {
+    let mut hasher = Sha256::new();
+    for file in files {
+        hasher.update(file.relative.as_bytes());
+        hasher.update([0u8]);
+        hasher.update(file.text.as_bytes());
+        hasher.update([0u8]);
+    }
+    format!("sha256:{}", hex::encode(hasher.finalize()))
+}

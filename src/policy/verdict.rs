@@ -1,0 +1,104 @@
+//! Reading the policy's answer: the contract's shape `{"decision": ..., "reasons": [...]}`, or
+//! a fail-closed `require_approval` that says what was wrong.
+
+use super::DECISION_RULE;
+
+/// Policy output echoed back in a fail-closed reason is cut to this many characters, so that
+/// a runaway policy cannot flood approval records and audit events.
+const ECHO_LIMIT: usize = 200;
+
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyDecision {
+    Allow,
+    Deny,
+    RequireApproval,
+}
+
+impl PolicyDecision {
+    fn as_str(self) -> &'static str {
+        match self {
+            PolicyDecision::Allow => "allow",
+            PolicyDecision::Deny => "deny",
+            PolicyDecision::RequireApproval => "require_approval",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PolicyVerdict {
+    pub decision: PolicyDecision,
+    /// Never empty: every verdict explains itself to the agent and the reviewer.
+    pub reasons: Vec<String>,
+    pub policy_version: String,
+}
+
+/// Checks the contract shape `{"decision": ..., "reasons": [string, ...]}`; extra fields are
+/// tolerated so a policy can carry its own diagnostics.
+pub(super) fn interpret(value: &serde_json::Value) -> (PolicyDecision, Vec<String>) {
+    let decision = value
+        .get("decision")
+        .and_then(serde_json::Value::as_str)
+        .and_then(|d| match d {
+            "allow" => Some(PolicyDecision::Allow),
+            "deny" => Some(PolicyDecision::Deny),
+            "require_approval" => Some(PolicyDecision::RequireApproval),
+            _ => None,
+        });
+    let reasons = value
+        .get("reasons")
+        .and_then(serde_json::Value::as_array)
+        .and_then(|items| {
+            items
+                .iter()
+                .map(|r| r.as_str().map(str::to_owned))
+                .collect::<Option<Vec<String>>>()
+        });
+
+    match (decision, reasons) {
+        (Some(decision), Some(mut reasons)) => {
+            reasons.retain(|r| !r.trim().is_empty());
+            if reasons.is_empty() {
+                reasons.push(format!(
+                    "policy decided {} without giving a reason",
+                    decision.as_str()
+                ));
+            }
+            (decision, reasons)
+        }
+        (None, _) => fail_closed(format!(
+            "policy returned an invalid decision (expected \"decision\" to be one of \"allow\", \
+             \"deny\", \"require_approval\"; got {}): failing closed to require_approval",
+            echo(value)
+        )),
+        (Some(_), None) => fail_closed(format!(
+            "policy returned an invalid decision (expected \"reasons\" to be a list of strings; \
+             got {}): failing closed to require_approval",
+            echo(value)
+        )),
+    }
+}
+
+pub(super) fn fail_closed(reason: String) -> (PolicyDecision, Vec<String>) {
+    tracing::warn!(rule = DECISION_RULE, %reason, "policy failed closed");
+    (PolicyDecision::RequireApproval, vec![reason])
+}
+
+/// Compact JSON of a policy result, cut to `ECHO_LIMIT` characters.
+fn echo(value: &serde_json::Value) -> String {
+    truncate(value.to_string())
+}
+
+/// regorus errors span several lines (a source excerpt with a caret); a reason is one line.
+pub(super) fn one_line(message: &str) -> String {
+    truncate(message.split_whitespace().collect::<Vec<_>>().join(" "))
+}
+
+fn truncate(text: String) -> String {
+    match text.char_indices().nth(ECHO_LIMIT) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text,
+    }
+}
