@@ -23,6 +23,9 @@
 #   BENCH_KEEP=1           keep the temp dir (configs, logs, RESULT lines) after a good run
 #   BENCH_STRICT=1         exit 1 when a target of the issue is missed
 #   BENCH_BUILD=0          skip the cargo build and use the release binaries already built
+#   BENCH_BEFORE_BIN=path  an earlier build's `approvals` binary: adds the target `before` (run
+#                          exactly like `ours`) and a before/after table, to show what a change
+#                          did to throughput in the same run
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -36,6 +39,9 @@ BENCH_KEEP=${BENCH_KEEP:-0}
 BENCH_STRICT=${BENCH_STRICT:-0}
 BENCH_BUILD=${BENCH_BUILD:-1}
 BENCH_ROUNDS=${BENCH_ROUNDS:-1}
+if [ -n "${BENCH_BEFORE_BIN:-}" ]; then
+  case " $BENCH_TARGETS " in *" before "*) ;; *) BENCH_TARGETS="before $BENCH_TARGETS" ;; esac
+fi
 target_dir=${CARGO_TARGET_DIR:-$repo/target}
 tenant=bench
 
@@ -49,7 +55,8 @@ for target in $BENCH_TARGETS; do
   case $target in
     ours) ;;
     peer) [ -x "$PEER_DIR/run.sh" ] || die "no ADR peer at $PEER_DIR (set PEER_DIR)" ;;
-    *) die "unknown target '$target' in BENCH_TARGETS (ours, peer)" ;;
+    before) [ -x "${BENCH_BEFORE_BIN:-}" ] || die "target 'before' needs BENCH_BEFORE_BIN" ;;
+    *) die "unknown target '$target' in BENCH_TARGETS (ours, peer, before)" ;;
   esac
 done
 
@@ -224,9 +231,11 @@ run_target() {
 
   local url="http://127.0.0.1:$http_port" server_pid
   case $target in
-    ours)
-      say "ours: $approvals_bin serve on $url"
-      spawn "$dir/server.log" "$approvals_bin" serve --config "$config"
+    ours | before)
+      local bin=$approvals_bin
+      [ "$target" = before ] && bin=$BENCH_BEFORE_BIN
+      say "$target: $bin serve on $url"
+      spawn "$dir/server.log" "$bin" serve --config "$config"
       server_pid=$spawned
       wait_until "$server_pid" 60 "$dir/server.log" "approvals serve" http_ok "$url/healthz"
       ;;
@@ -307,6 +316,21 @@ awk -v cores="$(nproc)" -v loadavg="$(cut -d' ' -f1-3 /proc/loadavg)" -v strict=
         fmt(med(o, p50), "%.2f") "/" fmt(med(o, p99), "%.2f"),
         fmt(med(p, p50), "%.2f") "/" fmt(med(p, p99), "%.2f"),
         ((o in have) ? err[o] : "-") "/" ((p in have) ? err[p] : "-")
+    }
+    if (("before" SUBSEP "submit") in have) {
+      printf "\n%-14s %11s %11s %10s %19s %19s\n", "scenario", "ours ops/s", "before ops/s", "ratio",
+        "ours p50/p99 ms", "before p50/p99 ms"
+      for (i = 1; i <= n; i++) {
+        o = "ours" SUBSEP sc[i]; b = "before" SUBSEP sc[i]
+        if (sc[i] == "wakeup") {
+          oo = "-"; bo = "-"; r = ratio(med(b, p99), med(o, p99)) " p99"
+        } else {
+          oo = med(o, ops); bo = med(b, ops); r = ratio(oo, bo)
+        }
+        printf "%-14s %11s %11s %10s %19s %19s\n", sc[i], fmt(oo, "%.1f"), fmt(bo, "%.1f"), r,
+          fmt(med(o, p50), "%.2f") "/" fmt(med(o, p99), "%.2f"),
+          fmt(med(b, p50), "%.2f") "/" fmt(med(b, p99), "%.2f")
+      }
     }
     printf "nproc=%s load_average=%s (medians over the rounds; the machine is shared, compare ratios)\n", cores, loadavg
     missed = 0

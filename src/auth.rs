@@ -144,7 +144,12 @@ impl Authenticator {
 
     /// The caller behind an `Authorization` header value, if it is a known bearer token.
     pub fn authenticate(&self, header: Option<&str>) -> Option<Principal> {
-        let token = header?.strip_prefix("Bearer ")?.trim();
+        // The scheme name is case-insensitive (RFC 9110 section 11.1).
+        let (scheme, token) = header?.split_once(' ')?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return None;
+        }
+        let token = token.trim();
         if token.is_empty() {
             return None;
         }

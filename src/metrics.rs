@@ -2,7 +2,7 @@
 //! pending figures, which are a snapshot of backend state rather than observations.
 //!
 //! `approvals_pending` and `approvals_pending_age_seconds` describe what is pending *now*.
-//! They are recomputed in the background (`background::pending_stats`) from the backend's
+//! They are recomputed in the background (`app::Approvals::keep_figures_fresh`) from the backend's
 //! indexes and rendered here from the latest snapshot, so a scrape never touches Redis and
 //! every instance reports the same truth.
 
@@ -358,14 +358,32 @@ impl Drop for LongPoll {
     }
 }
 
+/// The method as a label: the standard ones by name, anything a client made up as `other`, so
+/// that no caller can add label values (and `/metrics` lines) at will.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
+}
+
 /// Middleware: request count and latency by route template (never the raw path, whose ids
-/// would make unbounded label values).
+/// would make unbounded label values) and method (a bounded set).
 pub async fn track_http(request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method());
     let started = Instant::now();
     let response = next.run(request).await;
     let class = match response.status().as_u16() {
@@ -375,7 +393,7 @@ pub async fn track_http(request: Request, next: Next) -> Response {
         400..=499 => "4xx",
         _ => "5xx",
     };
-    metrics::counter!("approvals_http_requests_total", "route" => route.clone(), "method" => method.clone(), "status_class" => class).increment(1);
+    metrics::counter!("approvals_http_requests_total", "route" => route.clone(), "method" => method, "status_class" => class).increment(1);
     metrics::histogram!("approvals_http_request_duration_seconds", "route" => route, "method" => method)
         .record(started.elapsed().as_secs_f64());
     response

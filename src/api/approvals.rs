@@ -108,7 +108,21 @@ pub async fn get_approval(
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct WaitQuery {
     /// 0–60 (default 30); larger values are clamped to 60.
+    #[serde(default, deserialize_with = "whole_seconds")]
+    #[param(value_type = Option<u64>, minimum = 0)]
     pub wait_seconds: Option<u64>,
+}
+
+/// Any whole number of seconds, however large (it is clamped to 60 later): digits beyond 64
+/// bits saturate rather than fail.
+fn whole_seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let text = String::deserialize(d)?;
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(serde::de::Error::custom(
+            "must be a whole number of seconds (0 or more)",
+        ));
+    }
+    Ok(Some(text.parse().unwrap_or(u64::MAX)))
 }
 
 /// Long-poll: answers as soon as the approval is decided or expired, or after `wait_seconds`.

@@ -9,8 +9,9 @@ use std::collections::HashMap;
 use approvals_core::{ApprovalId, TenantId};
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
-use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH};
+use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::request::Parts;
+use axum::http::HeaderValue;
 use serde::de::DeserializeOwned;
 
 use super::{ApiError, AppState};
@@ -104,6 +105,12 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
         let limit = state.body_limit;
+        let declared_type = match request.headers().get(CONTENT_TYPE) {
+            Some(value) => Some(is_json(value).then_some(()).ok_or_else(|| {
+                ApiError::UnsupportedMediaType(value.to_str().unwrap_or("(not text)").to_owned())
+            })?),
+            None => None,
+        };
         let declared = request
             .headers()
             .get(CONTENT_LENGTH)
@@ -114,12 +121,13 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
         }
         let bytes: Bytes = axum::body::to_bytes(request.into_body(), limit)
             .await
-            .map_err(|_| ApiError::PayloadTooLarge(limit))?;
-        let body: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
-            b"null"
-        } else {
-            &bytes
-        };
+            .map_err(|e| read_error(e, limit))?;
+        let empty = bytes.iter().all(u8::is_ascii_whitespace);
+        // A body without a type is not declared JSON; no body at all needs none.
+        if declared_type.is_none() && !empty {
+            return Err(ApiError::UnsupportedMediaType("(none)".into()));
+        }
+        let body: &[u8] = if empty { b"null" } else { &bytes };
         let mut deserializer = serde_json::Deserializer::from_slice(body);
         let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
             // A syntax error has no field to blame: the body as a whole is not JSON.
@@ -149,4 +157,30 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
             .map_err(|e| ApiError::InvalidBody(format!("body: {e}")))?;
         Ok(Self(value))
     }
+}
+
+/// `application/json`, or any `…/…+json` type, with or without parameters.
+fn is_json(value: &HeaderValue) -> bool {
+    let Ok(text) = value.to_str() else {
+        return false;
+    };
+    let essence = text.split(';').next().unwrap_or_default().trim();
+    let Some((kind, subtype)) = essence.split_once('/') else {
+        return false;
+    };
+    kind.eq_ignore_ascii_case("application")
+        && (subtype.eq_ignore_ascii_case("json")
+            || subtype.len() > 5 && subtype[subtype.len() - 5..].eq_ignore_ascii_case("+json"))
+}
+
+/// Too long is 413; anything else (a client gone mid-body) is a body that could not be read.
+fn read_error(error: axum::Error, limit: usize) -> ApiError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+    while let Some(cause) = source {
+        if cause.is::<http_body_util::LengthLimitError>() {
+            return ApiError::PayloadTooLarge(limit);
+        }
+        source = cause.source();
+    }
+    ApiError::InvalidBody(format!("body: could not be read to its end ({error})"))
 }

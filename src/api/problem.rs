@@ -24,6 +24,8 @@ pub enum ApiError {
     InvalidQuery(String),
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
+    #[error("the body must be JSON (application/json or a +json type), not {0}")]
+    UnsupportedMediaType(String),
     #[error("no such route")]
     NoRoute,
     #[error(transparent)]
@@ -66,6 +68,11 @@ impl ApiError {
                 S::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
                 "Payload too large",
+            ),
+            Self::UnsupportedMediaType(_) => (
+                S::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "Unsupported media type",
             ),
             Self::NoRoute | Self::App(AppError::NotFound { .. }) => {
                 (S::NOT_FOUND, "not_found", "Not found")

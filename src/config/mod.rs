@@ -281,10 +281,18 @@ impl Settings {
                 "server.body_limit: must be positive".into(),
             ));
         }
+        let mut digests = std::collections::HashMap::new();
         for (n, token) in self.auth.tokens.iter().enumerate() {
             token
                 .validate()
                 .map_err(|reason| ConfigError::Invalid(format!("auth.tokens[{n}]: {reason}")))?;
+            // One token, two identities: which one a request gets must not be an accident.
+            if let Some(first) = digests.insert(token.sha256.as_str(), n) {
+                return Err(ConfigError::Invalid(format!(
+                    "auth.tokens[{n}]: the same sha256 as auth.tokens[{first}]; every token \
+                     must be distinct"
+                )));
+            }
         }
         Ok(())
     }

@@ -145,3 +145,18 @@ fn every_section_is_settable_from_the_environment() {
         "{e}"
     );
 }
+
+#[test]
+fn two_tokens_with_one_digest_are_refused() {
+    let entry = |subject: &str| {
+        format!(
+            "[[auth.tokens]]\nsubject = \"{subject}\"\ntenant = \"acme\"\nrole = \"agent\"\n\
+             sha256 = \"{}\"\n",
+            "a".repeat(64)
+        )
+    };
+    let e = load(&format!("{}{}", entry("one"), entry("two")), &[]).unwrap_err();
+    assert!(e.to_string().contains("auth.tokens[1]"), "{e}");
+    assert!(e.to_string().contains("auth.tokens[0]"), "{e}");
+    assert!(load(&entry("one"), &[]).is_ok());
+}

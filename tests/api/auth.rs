@@ -36,6 +36,17 @@ async fn missing_or_unknown_tokens_are_401_with_a_challenge(h: Harness) {
         .await
         .unwrap();
     assert_problem(bad_id, StatusCode::UNAUTHORIZED, "unauthenticated").await;
+    // The scheme name is case-insensitive (RFC 9110).
+    for scheme in ["bearer", "BEARER", "BeArEr"] {
+        let response = app
+            .http
+            .get(app.url(&path))
+            .header("authorization", format!("{scheme} {}", app.tokens.reviewer))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{scheme}");
+    }
 }
 
 async fn roles_are_enforced(h: Harness) {

@@ -8,6 +8,7 @@ use crate::support::{assert_problem, sensitive_read, Harness};
 contract_tests!(
     bad_identifiers_are_400_and_never_reach_redis,
     malformed_bodies_name_the_field,
+    bodies_that_are_not_json_are_415,
     bodies_over_the_limit_are_413,
     query_parameters_out_of_range_are_400,
     unknown_routes_are_problem_json_404,
@@ -171,6 +172,70 @@ async fn malformed_bodies_name_the_field(h: Harness) {
     );
 }
 
+/// A body must say it is JSON; anything else is refused before it is read.
+async fn bodies_that_are_not_json_are_415(h: Harness) {
+    let tenant = &h.tenant;
+    let app = h.spawn().await;
+    let body = json!({"request_id": "typed", "action": sensitive_read()}).to_string();
+    for content_type in [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "application/jsonx",
+    ] {
+        let response = app
+            .request(
+                Method::POST,
+                &format!("/v1/tenants/{tenant}/approvals"),
+                Some(&app.tokens.agent),
+            )
+            .header("content-type", content_type)
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_problem(
+            response,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        )
+        .await;
+    }
+    for content_type in [
+        "application/json",
+        "application/json; charset=utf-8",
+        "application/vnd.agent+json",
+    ] {
+        let response = app
+            .request(
+                Method::POST,
+                &format!("/v1/tenants/{tenant}/approvals"),
+                Some(&app.tokens.agent),
+            )
+            .header("content-type", content_type)
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_success(),
+            "{content_type}: {}",
+            response.status()
+        );
+    }
+    // A decision may come without a body at all, and so without a content type.
+    app.park("bodiless").await;
+    let response = app
+        .request(
+            Method::POST,
+            &format!("/v1/tenants/{tenant}/approvals/bodiless/accept"),
+            Some(&app.tokens.reviewer),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
 async fn bodies_over_the_limit_are_413(h: Harness) {
     let tenant = &h.tenant;
     let app = h.spawn_with(|s| s.server.body_limit = 1024).await;
@@ -237,6 +302,15 @@ async fn query_parameters_out_of_range_are_400(h: Harness) {
         (format!("/v1/tenants/{tenant}/audit?limit=1001"), admin),
         (format!("/v1/tenants/{tenant}/audit?since=yesterday"), admin),
         (format!("/v1/tenants/{tenant}/audit?cursor=nope"), admin),
+        // Out of range (beyond 64 bits): still the caller's mistake, never a 503.
+        (
+            format!("/v1/tenants/{tenant}/audit?cursor=99999999999999999999-0"),
+            admin,
+        ),
+        (
+            format!("/v1/tenants/{tenant}/audit?since=99999-01-01T00:00:00Z"),
+            admin,
+        ),
     ];
     for (path, token) in cases {
         let response = app

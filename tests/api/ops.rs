@@ -7,6 +7,11 @@ use serde_json::Value;
 
 use crate::support::{assert_problem, Harness, TestApp};
 
+/// The `method` label values `/metrics` may show.
+const METHOD_LABELS: [&str; 10] = [
+    "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE", "other",
+];
+
 contract_tests!(
     health_and_readiness,
     a_fresh_install_reports_its_backend_up,
@@ -126,4 +131,62 @@ async fn readiness_fails_fast_when_redis_is_gone() {
     )
     .await;
     assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+/// Made-up methods and paths from unauthenticated callers add no label values: `/metrics`
+/// holds only the standard methods and `other`, and route templates or `unmatched`.
+#[tokio::test]
+async fn odd_methods_and_paths_cannot_grow_the_metrics() {
+    let app = TestApp::spawn().await;
+    for n in 0..300 {
+        let method = reqwest::Method::from_bytes(format!("X{n}{}", "Q".repeat(500)).as_bytes())
+            .expect("a token method");
+        let path = if n % 2 == 0 {
+            "/healthz".to_owned()
+        } else {
+            format!("/nowhere/{n}")
+        };
+        let response = app
+            .http
+            .request(method, app.url(&path))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_client_error(), "{}", response.status());
+    }
+    let text = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let labels = |name: &str| -> std::collections::BTreeSet<String> {
+        text.lines()
+            .filter(|l| l.starts_with("approvals_http_requests_total{"))
+            .filter_map(|l| l.split(&format!("{name}=\"")).nth(1))
+            .filter_map(|rest| rest.split('"').next())
+            .map(str::to_owned)
+            .collect()
+    };
+    let methods = labels("method");
+    assert!(
+        methods.iter().all(|m| METHOD_LABELS.contains(&m.as_str())),
+        "{methods:?}"
+    );
+    assert!(methods.contains("other"), "{methods:?}");
+    let routes = labels("route");
+    assert!(
+        routes
+            .iter()
+            .all(|r| r == "unmatched" || r.starts_with('/')),
+        "{routes:?}"
+    );
+    assert!(
+        !routes.iter().any(|r| r.starts_with("/nowhere")),
+        "{routes:?}"
+    );
+    assert!(text.len() < 512 * 1024, "/metrics is {} bytes", text.len());
 }

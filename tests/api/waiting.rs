@@ -144,6 +144,18 @@ async fn wait_seconds_above_60_is_clamped_not_refused(h: Harness) {
     let (status, body, _) = wait(&app, &app.base, "req-1", 3600).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["status"], "accepted");
+    // However large: beyond 64 bits too.
+    let path = format!(
+        "/v1/tenants/{}/approvals/req-1/decision?wait_seconds={}",
+        app.tenant,
+        "9".repeat(40)
+    );
+    let response = app
+        .request(reqwest::Method::GET, &path, Some(&app.tokens.agent))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
 }
 
 async fn waiting_on_an_unknown_approval_is_404(h: Harness) {
