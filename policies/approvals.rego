@@ -122,7 +122,7 @@ verdict(action, t, words) := {"decision": "deny", "reasons": reasons} if {
 	found := {w | some w in words; w in write_verbs} # a set: sorted, no duplicates
 	found != set()
 	verb_reason := concat("", [
-		"v1 agents are read-only: action type \"", t,
+		"v1 agents are read-only: action type \"", quote(t),
 		"\" mutates state (write verb \"", concat("\", \"", found), "\"), so it is denied",
 	])
 	reasons := array.concat([verb_reason], [mutating_reason | action.mutating == true])
@@ -231,13 +231,19 @@ ordinary_classifications := ["public", "internal", "general", "unclassified", "o
 
 mutating_reason := "v1 agents are read-only: the action declares \"mutating\": true, so it is denied"
 
+# What a reason quotes of the agent's input, cut to 64 characters: a reason explains, it does
+# not store the input again (the record already holds it).
+quote(s) := s if {
+	count(s) <= 64
+} else := concat("", [substring(s, 0, 64), "…"])
+
 # ---------------------------------------------------------------------------------------------
 # Step 3: allow a plain read; otherwise explain what needs a human.
 
 judge(t, words, resources, is_read, matches, hits, unrecognised) := {
 	"decision": "allow",
 	"reasons": [concat("", [
-		"read-only action \"", t, "\" on \"", resources[0], "\" touches no sensitive data",
+		"read-only action \"", quote(t), "\" on \"", quote(resources[0]), "\" touches no sensitive data",
 	])],
 } if {
 	is_read
@@ -248,12 +254,12 @@ judge(t, words, resources, is_read, matches, hits, unrecognised) := {
 	reasons := {concat("", ["access to ", label, " needs a human reviewer (", concat(", ", evidence), ")"]) |
 		some [label, _] in hits
 		evidence := {e | some [l, e] in hits; l == label} # a set: sorted, no duplicates
-	} | {concat("", ["unrecognised classification \"", c, "\": a human reviewer must judge it"]) |
+	} | {concat("", ["unrecognised classification \"", quote(c), "\": a human reviewer must judge it"]) |
 		some c in unrecognised
 	} | {"the action has no string \"type\", so it cannot be classified: a human reviewer must decide" |
 		t == null
 	} | {concat("", [
-		"action type \"", t,
+		"action type \"", quote(t),
 		"\" contains no words, so it cannot be classified: a human reviewer must decide",
 	]) |
 		t != null
@@ -261,14 +267,14 @@ judge(t, words, resources, is_read, matches, hits, unrecognised) := {
 			w == ""
 		}
 	} | {concat("", [
-		"unknown action type \"", t,
+		"unknown action type \"", quote(t),
 		"\" (neither a known read nor a known write): a human reviewer must decide",
 	]) |
 		not is_read
 		some w in words
 		w != ""
 	} | {concat("", [
-		"read action \"", t,
+		"read action \"", quote(t),
 		"\" names no resource, so its sensitivity cannot be judged: a human reviewer must decide",
 	]) |
 		is_read

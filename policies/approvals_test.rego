@@ -368,3 +368,16 @@ test_resource_segments_may_be_blank_or_odd if {
 	decide({"type": "document_read", "resource": " finance /x"}).decision == "allow"
 	decide({"type": "document_read", "resource": "\t"}).decision == "require_approval"
 }
+
+# reasons quote at most 64 characters of the input ---------------------------------------------
+
+test_long_inputs_are_quoted_cut_short if {
+	long := concat("", [concat("", ["zq" | some _ in numbers.range(1, 200)]), "_read"])
+	d := decide({"type": long, "resource": "docs/handbook.md"})
+	well_formed(d)
+	every r in d.reasons {
+		count(r) < 250
+	}
+	some r in d.reasons
+	contains(r, "…")
+}

@@ -80,6 +80,10 @@ fn describe() {
         "Backend calls that failed, by kind of failure."
     );
     metrics::describe_counter!(
+        "approvals_unreadable_records_total",
+        "Stored values an engine could not read and passed over (see the log for the keys)."
+    );
+    metrics::describe_counter!(
         "approvals_sweeper_runs_total",
         "Expiry sweeper passes, by result."
     );
@@ -135,8 +139,21 @@ impl MetricsHandle {
         &self.bounds
     }
 
-    pub fn set_backend_up(&self, up: bool) {
-        self.backend_up.store(i64::from(up), Ordering::Relaxed);
+    /// Records whether the backend answered; true when that changed (for logging changes only).
+    pub fn set_backend_up(&self, up: bool) -> bool {
+        self.backend_up.swap(i64::from(up), Ordering::Relaxed) != i64::from(up)
+    }
+
+    /// `tenant`'s pending count in the latest figures (0 before the first).
+    pub fn pending_count(&self, tenant: &TenantId) -> u64 {
+        let pending = self
+            .pending
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        pending
+            .as_ref()
+            .and_then(|s| s.stats.tenants.iter().find(|t| &t.tenant == tenant))
+            .map_or(0, |t| t.count)
     }
 
     /// Stores a fresh snapshot and how long computing it took.
@@ -332,6 +349,12 @@ pub fn expired(approval: &Approval, recorded_at: Timestamp) {
     decided(approval);
     let lag = approval.expires_at.elapsed_at(recorded_at).as_secs_f64();
     metrics::histogram!("approvals_sweeper_lag_seconds").record(lag);
+}
+
+/// A stored value an engine could not read and passed over (`role`: which engine of a pair).
+pub fn unreadable_record(answering: bool) {
+    let role = if answering { "primary" } else { "secondary" };
+    metrics::counter!("approvals_unreadable_records_total", "role" => role).increment(1);
 }
 
 /// One pass of an engine chore; the sweeper's are what the sweeper alert watches.

@@ -41,7 +41,8 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
-        let policy = PolicyGate::load(&settings.policy.dir)?;
+        let policy = PolicyGate::load(&settings.policy.dir)?
+            .with_budget(settings.limits.policy_instructions);
         tracing::info!(dir = %settings.policy.dir.display(), version = policy.version(), "policy loaded");
         let engine = crate::engines::start(
             &settings,
@@ -62,6 +63,7 @@ impl Application {
             engine.backend.clone(),
             Arc::new(policy),
             settings.approvals.clone(),
+            settings.limits.clone(),
             MetricsHandle::new(settings.approvals.max_ttl(), ttls),
             shutdown.clone(),
         ));
@@ -159,23 +161,30 @@ fn warn_about_long_ttls(settings: &Settings) {
 }
 
 /// Resolves on SIGTERM or ctrl-c.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+pub fn shutdown_signal() -> impl Future<Output = ()> {
+    // Registered now, not when first polled: a SIGTERM that arrives while the service starts
+    // must drain it, not kill it with the default action.
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    async move {
+        let ctrl_c = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        #[cfg(unix)]
+        let terminate = async {
+            match terminate.as_mut() {
+                Some(signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
+        };
+        #[cfg(not(unix))]
+        let terminate = std::future::pending::<()>();
+        tokio::select! {
+            () = ctrl_c => {}
+            () = terminate => {}
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
     }
 }

@@ -332,3 +332,50 @@ fn without_the_temporal_feature_worker_and_temporal_backend_say_how_to_build() {
         assert!(stderr.contains("--features temporal"), "{args:?}: {stderr}");
     }
 }
+
+/// A Redis that may evict keys would lose approvals silently: `serve` refuses it with exit 2
+/// and says which setting; `redis.allow_eviction` is the explicit way past.
+#[tokio::test]
+async fn an_evicting_redis_is_refused_at_start_up() {
+    let redis = RedisServer::start().await;
+    let mut conn = redis.connection().await;
+    let () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("allkeys-lru")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = |extra: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[redis]\nurl = \"{}\"\n{extra}[policy]\n\
+             dir = \"{}\"\n",
+            redis.url(),
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("policies")
+                .display(),
+        )
+    };
+    let refused = write(dir.path(), "refused.toml", &config(""));
+    let output = approvals(&["serve", "--config", &refused])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("maxmemory-policy is allkeys-lru") && stderr.contains("noeviction"),
+        "{stderr}"
+    );
+    let allowed = write(
+        dir.path(),
+        "allowed.toml",
+        &config("allow_eviction = true\n"),
+    );
+    let mut service = Process::spawn(approvals(&["serve", "--config", &allowed]));
+    service.wait_for_line("may evict approvals", Duration::from_secs(20));
+    service.wait_for_line("serving", Duration::from_secs(20));
+    service.signal(Signal::SIGTERM);
+    assert!(service.wait_exit(Duration::from_secs(10)).await.success());
+}

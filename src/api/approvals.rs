@@ -58,7 +58,11 @@ fn parked(approval: Approval) -> SubmitResponse {
             headers(("Location" = String, description = "the approval's URL"))),
         (status = 400, body = super::Problem), (status = 401, body = super::Problem),
         (status = 403, body = super::Problem), (status = 409, description = "request_id_conflict", body = super::Problem),
-        (status = 413, body = super::Problem), (status = 503, body = super::Problem)),
+        (status = 413, body = super::Problem),
+        (status = 415, description = "unsupported_media_type: the body is not JSON", body = super::Problem),
+        (status = 422, description = "input_too_large: action or context beyond the input limits", body = super::Problem),
+        (status = 429, description = "too_many_pending: the tenant has as many pending approvals as it may", body = super::Problem),
+        (status = 503, body = super::Problem)),
     security(("bearer" = [])))]
 pub async fn submit(
     State(state): State<AppState>,
@@ -197,7 +201,8 @@ pub struct DecideBody {
     responses((status = 200, body = Approval), (status = 400, body = super::Problem),
         (status = 401, body = super::Problem), (status = 403, description = "forbidden or self_approval", body = super::Problem),
         (status = 404, body = super::Problem), (status = 409, description = "already_decided", body = super::Problem),
-        (status = 410, description = "expired", body = super::Problem), (status = 503, body = super::Problem)),
+        (status = 410, description = "expired", body = super::Problem),
+        (status = 415, description = "unsupported_media_type", body = super::Problem), (status = 503, body = super::Problem)),
     security(("bearer" = [])))]
 pub async fn accept(
     state: State<AppState>,
@@ -214,7 +219,8 @@ pub async fn accept(
     responses((status = 200, body = Approval), (status = 400, body = super::Problem),
         (status = 401, body = super::Problem), (status = 403, description = "forbidden or self_approval", body = super::Problem),
         (status = 404, body = super::Problem), (status = 409, description = "already_decided", body = super::Problem),
-        (status = 410, description = "expired", body = super::Problem), (status = 503, body = super::Problem)),
+        (status = 410, description = "expired", body = super::Problem),
+        (status = 415, description = "unsupported_media_type", body = super::Problem), (status = 503, body = super::Problem)),
     security(("bearer" = [])))]
 pub async fn reject(
     state: State<AppState>,

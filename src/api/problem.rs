@@ -74,6 +74,11 @@ impl ApiError {
                 "unsupported_media_type",
                 "Unsupported media type",
             ),
+            Self::App(AppError::InputTooLarge(_)) => (
+                S::UNPROCESSABLE_ENTITY,
+                "input_too_large",
+                "Input beyond the limits",
+            ),
             Self::NoRoute | Self::App(AppError::NotFound { .. }) => {
                 (S::NOT_FOUND, "not_found", "Not found")
             }
@@ -84,6 +89,11 @@ impl ApiError {
             Self::App(AppError::RequestIdConflict(_)) => {
                 (S::CONFLICT, "request_id_conflict", "Request id conflict")
             }
+            Self::App(AppError::TooManyPending { .. }) => (
+                S::TOO_MANY_REQUESTS,
+                "too_many_pending",
+                "Too many pending approvals",
+            ),
             Self::App(AppError::AlreadyDecided(_)) => {
                 (S::CONFLICT, "already_decided", "Already decided")
             }

@@ -1,7 +1,7 @@
 //! What a use case can answer instead of its result. Each variant is something a caller can
 //! act on; the HTTP layer maps them to problem documents with stable codes.
 
-use approvals_core::{Approval, ApprovalId, BackendError, TenantId};
+use approvals_core::{Approval, ApprovalId, BackendError, BoxError, TenantId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -14,6 +14,9 @@ pub enum AppError {
     /// How the caller asked is malformed (a limit out of range, a foreign cursor).
     #[error("{0}")]
     InvalidOption(String),
+    /// What the caller sent is beyond the input limits (`[limits]`); the policy never saw it.
+    #[error("{0}")]
+    InputTooLarge(String),
     #[error("{0}")]
     Forbidden(String),
     #[error("you submitted this approval; another reviewer must decide it")]
@@ -22,6 +25,9 @@ pub enum AppError {
     NotFound { tenant: TenantId, id: ApprovalId },
     #[error("request_id {0} exists with a different action, context or agent_id")]
     RequestIdConflict(ApprovalId),
+    /// The tenant has as many pending approvals as it may (`approvals.max_pending_per_tenant`).
+    #[error("tenant {tenant} has {pending} pending approvals, its limit; decide some first")]
+    TooManyPending { tenant: TenantId, pending: u64 },
     #[error("the approval is already {}", .0.status.as_str())]
     AlreadyDecided(Box<Approval>),
     #[error("the approval expired at {}", .0.expires_at)]
@@ -31,5 +37,5 @@ pub enum AppError {
     Unavailable(#[source] BackendError),
     /// A fault of this service or its data, not of the request.
     #[error("internal error")]
-    Internal(#[source] BackendError),
+    Internal(#[source] BoxError),
 }

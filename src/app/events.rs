@@ -50,4 +50,9 @@ impl EngineEvents for EngineMetrics {
             }
         }
     }
+
+    fn unreadable(&self, _key: &str, _reason: &str) {
+        // The engine logged the key; the count is what on-call watches.
+        crate::metrics::unreadable_record(self.answering);
+    }
 }

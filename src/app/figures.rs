@@ -27,12 +27,23 @@ impl Approvals {
         match self.engine.pending_stats(bounds, Timestamp::now()).await {
             Ok(stats) => {
                 self.metrics.set_pending(stats, started.elapsed());
-                self.metrics.set_backend_up(true);
+                // Readable is not enough: a full Redis answers reads and refuses every write.
+                let ready = self.engine.ping().await;
+                let changed = self.metrics.set_backend_up(ready.is_ok());
+                match &ready {
+                    Err(error) if changed => {
+                        tracing::warn!(error = %chain(error), "the engine is not ready")
+                    }
+                    Ok(()) if changed => tracing::info!("the engine is ready"),
+                    _ => {}
+                }
             }
             Err(error) => {
-                self.metrics.set_backend_up(false);
                 crate::metrics::backend_error(&error);
-                tracing::warn!(error = %chain(&error), "could not recompute pending figures");
+                // Once per outage: this runs every few seconds.
+                if self.metrics.set_backend_up(false) {
+                    tracing::warn!(error = %chain(&error), "could not recompute pending figures");
+                }
             }
         }
     }

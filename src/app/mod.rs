@@ -11,16 +11,19 @@
 mod error;
 mod events;
 mod figures;
+mod limits;
 mod review;
 mod submit;
 
 use std::sync::Arc;
 
 use approvals_core::{ApprovalBackend, BackendError, TenantId};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 pub use error::AppError;
 pub use events::EngineMetrics;
+pub use limits::InputLimits;
 pub use review::{AuditQuery, ListQuery, MAX_REASON_CHARS, MAX_WAIT_SECONDS};
 pub use submit::{SubmitRequest, Submitted};
 
@@ -34,6 +37,10 @@ pub struct Approvals {
     engine: Arc<dyn ApprovalBackend>,
     policy: Arc<PolicyGate>,
     settings: ApprovalSettings,
+    limits: InputLimits,
+    /// Policy evaluations running at once: they run on blocking threads, never on the
+    /// request workers, and no more of them than this compete for the CPUs.
+    evaluations: Semaphore,
     metrics: MetricsHandle,
     /// Cancelled on shutdown: long-polls answer at once so the drain is quick.
     shutdown: CancellationToken,
@@ -44,13 +51,20 @@ impl Approvals {
         engine: Arc<dyn ApprovalBackend>,
         policy: Arc<PolicyGate>,
         settings: ApprovalSettings,
+        limits: InputLimits,
         metrics: MetricsHandle,
         shutdown: CancellationToken,
     ) -> Self {
+        let concurrency = match limits.policy_concurrency {
+            0 => std::thread::available_parallelism().map_or(2, usize::from),
+            n => n,
+        };
         Self {
             engine,
             policy,
             settings,
+            limits,
+            evaluations: Semaphore::new(concurrency),
             metrics,
             shutdown,
         }
@@ -106,7 +120,7 @@ impl Approvals {
             BackendError::Corrupt { .. } => {
                 crate::metrics::backend_error(&error);
                 tracing::error!(error = %chain(&error), "engine returned unreadable data");
-                AppError::Internal(error)
+                AppError::Internal(error.into())
             }
         }
     }

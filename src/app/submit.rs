@@ -46,6 +46,10 @@ impl Approvals {
                 "action.type: must be a string".into(),
             ));
         }
+        self.limits.check("action", &request.action)?;
+        if let Some(context) = &request.context {
+            self.limits.check("context", context)?;
+        }
         let (id, chosen_by_caller) = match request.request_id {
             Some(raw) => {
                 let id = ApprovalId::parse(raw)
@@ -73,7 +77,7 @@ impl Approvals {
             decided_by: None,
             decision_reason: None,
         };
-        let verdict = self.policy.evaluate(&policy_input(&asked));
+        let verdict = self.evaluate(policy_input(&asked)).await?;
         if verdict.decision != PolicyDecision::RequireApproval {
             // Nothing to park; but a caller's id may name an earlier, parked request.
             if chosen_by_caller {
@@ -83,6 +87,14 @@ impl Approvals {
             }
             crate::metrics::submitted(&asked.tenant, verdict.decision);
             return Ok(Submitted::Answered(verdict));
+        }
+        // Checked against the figures, not the store: approximate, and free.
+        let pending = self.metrics.pending_count(&asked.tenant);
+        if pending >= self.settings.max_pending_per_tenant {
+            return Err(AppError::TooManyPending {
+                tenant: asked.tenant,
+                pending,
+            });
         }
         let parked = Approval {
             reasons: verdict.reasons,
@@ -97,6 +109,23 @@ impl Approvals {
             Ok(SubmitOutcome::Existing(existing)) => repeated(existing, &parked),
             Err(error) => Err(self.engine_failed(error)),
         }
+    }
+}
+
+impl Approvals {
+    /// The policy's verdict, computed on a blocking thread (an evaluation is CPU work that
+    /// must not hold up the request workers), at most `limits.policy_concurrency` at once.
+    async fn evaluate(&self, input: Value) -> Result<PolicyVerdict, AppError> {
+        // The semaphore is never closed.
+        let _permit = self
+            .evaluations
+            .acquire()
+            .await
+            .map_err(|e| AppError::Internal(e.into()))?;
+        let policy = self.policy.clone();
+        tokio::task::spawn_blocking(move || policy.evaluate(&input))
+            .await
+            .map_err(|e| AppError::Internal(e.into()))
     }
 }
 

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 pub use backend::{BackendChoice, EngineKind, DEFAULT_SECONDARY_TIMEOUT};
 pub use env::{is_service_link, CONFIG_VAR};
 
+use crate::app::InputLimits;
 use crate::auth::TokenEntry;
 use env::Overrides;
 
@@ -54,6 +55,7 @@ pub struct Settings {
     pub worker: WorkerSettings,
     pub auth: AuthSettings,
     pub log: LogSettings,
+    pub limits: InputLimits,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -89,6 +91,9 @@ pub struct ApprovalSettings {
     pub decided_retention: Duration,
     #[serde(with = "humantime_serde")]
     pub expired_retention: Duration,
+    /// How long audit events are kept: older ones are trimmed (Redis, once a minute at most).
+    #[serde(with = "humantime_serde")]
+    pub audit_retention: Duration,
     /// How often the expiry sweeper runs; bounds how late an expiry is recorded.
     #[serde(with = "humantime_serde")]
     pub sweep_interval: Duration,
@@ -98,6 +103,10 @@ pub struct ApprovalSettings {
     /// How often records written by the ADR v1 service are searched for and adopted.
     #[serde(with = "humantime_serde")]
     pub adopt_interval: Duration,
+    /// Pending approvals one tenant may have; past it a submit that would park answers `429`.
+    /// Checked against the pending figures, so a burst may pass it by what arrives within
+    /// `stats_interval`.
+    pub max_pending_per_tenant: u64,
 }
 
 impl Default for ApprovalSettings {
@@ -108,9 +117,12 @@ impl Default for ApprovalSettings {
             tenant_ttl: BTreeMap::new(),
             decided_retention: day,
             expired_retention: day,
+            audit_retention: 90 * day,
             sweep_interval: Duration::from_millis(250),
             stats_interval: Duration::from_secs(2),
-            adopt_interval: Duration::from_secs(300),
+            // The contract: ADR v1 records are listed and counted within 15 s.
+            adopt_interval: Duration::from_secs(10),
+            max_pending_per_tenant: 100_000,
         }
     }
 }
@@ -129,6 +141,7 @@ impl ApprovalSettings {
             default_ttl: self.default_ttl,
             decided_retention: self.decided_retention,
             expired_retention: self.expired_retention,
+            audit_retention: self.audit_retention,
         }
     }
 

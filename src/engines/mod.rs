@@ -28,6 +28,13 @@ pub enum EngineError {
     },
     #[error("{0}")]
     NotBuilt(String),
+    /// The store would lose approvals (Redis evicting keys).
+    #[error("the {engine} engine cannot keep approvals safely")]
+    Unsafe {
+        engine: &'static str,
+        #[source]
+        source: approvals_redis::EvictingRedis,
+    },
 }
 
 /// The configured backend, serving: its engines connected and their chores running.
@@ -146,6 +153,7 @@ impl Engine {
                 let lifetimes = settings.approvals.lifetimes();
                 let backend =
                     RedisBackend::connect(settings.redis.clone(), lifetimes).map_err(failed)?;
+                refuse_evicting_redis(&backend, settings).await?;
                 Ok(Self::Redis(Arc::new(backend)))
             }
             #[cfg(feature = "temporal")]
@@ -179,6 +187,41 @@ impl Engine {
             }
             #[cfg(feature = "temporal")]
             Self::Temporal(_) => None,
+        }
+    }
+}
+
+/// A Redis that evicts keys loses approvals silently: refuse it, unless the operator said
+/// otherwise (and then say so loudly). One that cannot be reached yet is checked again by
+/// every readiness probe.
+async fn refuse_evicting_redis(
+    backend: &RedisBackend,
+    settings: &Settings,
+) -> Result<(), EngineError> {
+    match backend.eviction_policy().await {
+        Ok(Some(policy)) if policy != "noeviction" => {
+            if settings.redis.allow_eviction {
+                tracing::error!(
+                    %policy,
+                    "redis.allow_eviction is set: this Redis may evict approvals, which are then \
+                     lost without a trace"
+                );
+                Ok(())
+            } else {
+                Err(EngineError::Unsafe {
+                    engine: "redis",
+                    source: approvals_redis::EvictingRedis { policy },
+                })
+            }
+        }
+        Ok(_) => Ok(()),
+        Err(error) => {
+            tracing::warn!(
+                error = %crate::app::chain(&error),
+                "Redis is not reachable at start-up; readiness checks it (and its maxmemory-policy) \
+                 until it is"
+            );
+            Ok(())
         }
     }
 }

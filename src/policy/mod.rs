@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use regorus::languages::rego::compiler::Compiler;
-use regorus::rvm::vm::RegoVM;
+use regorus::rvm::vm::{RegoVM, VmError};
 use regorus::rvm::Program;
 use regorus::utils::limits::ExecutionTimerConfig;
 
@@ -27,6 +27,9 @@ pub use verdict::{PolicyDecision, PolicyVerdict};
 const DECISION_RULE: &str = "data.approvals.decision";
 const DECISION_PACKAGE: &str = "data.approvals";
 const DECISION_RULE_NAME: &str = "decision";
+
+/// Instructions one evaluation may execute unless configured (`limits.policy_instructions`).
+pub const DEFAULT_BUDGET: usize = 1_000_000;
 
 /// A small policy evaluates in microseconds; a policy that runs for a second is looping or
 /// pathological, and evaluation happens on a request thread, so it is cut off and the request
@@ -48,6 +51,8 @@ pub struct PolicyGate {
     program: Option<Arc<Program>>,
     version: String,
     dir: PathBuf,
+    /// Instructions one evaluation may execute on the VM (see [`PolicyGate::with_budget`]).
+    budget: usize,
 }
 
 // The engine's own Debug dumps every parsed module; a log line needs only which bundle it is.
@@ -140,7 +145,16 @@ impl PolicyGate {
             program,
             version: bundle_version(&files),
             dir: dir.to_path_buf(),
+            budget: DEFAULT_BUDGET,
         })
+    }
+
+    /// Caps each evaluation at `instructions` VM instructions. Past it the verdict fails
+    /// closed, on an idle machine as on a busy one: unlike a time limit, the budget gives the
+    /// same verdict for the same input whatever else runs.
+    pub fn with_budget(mut self, instructions: usize) -> Self {
+        self.budget = instructions;
+        self
     }
 
     /// `sha256:` + hex digest over each file's relative path and content, in path order.
@@ -184,12 +198,20 @@ impl PolicyGate {
         if let Some(program) = &self.program {
             let mut vm = RegoVM::new();
             vm.load_program(program.clone());
+            vm.set_max_instructions(self.budget);
             vm.set_input(regorus::Value::from(input.clone()));
             // Undefined and errors are rare and are where the VM is known to differ (it reads a
             // conflict between rule bodies as undefined): the interpreter has the last word.
+            // Not on a spent budget: the interpreter's only limit is time, which would make
+            // the verdict depend on the load.
             match vm.execute_entry_point_by_name(DECISION_RULE) {
                 Ok(value) if value != regorus::Value::Undefined => return to_json(value),
                 Ok(_) => {}
+                Err(VmError::InstructionLimitExceeded { limit, .. }) => {
+                    return Err(format!(
+                        "the evaluation exceeded its budget of {limit} instructions"
+                    ))
+                }
                 Err(error) => tracing::debug!(%error, "policy VM failed; using the interpreter"),
             }
             // Counted, because a bundle that often lands here runs several times slower.

@@ -122,3 +122,77 @@ async fn v1_records_read_list_decide_and_expire() {
     )
     .await;
 }
+
+/// Values under `approval:*` that nothing can read (not JSON, or JSON of the wrong shape) are
+/// logged, counted and passed over: the listing, the other ADR v1 records' adoption and the
+/// pending figures go on.
+#[tokio::test]
+async fn unreadable_values_are_counted_and_passed_over() {
+    let app = TestApp::spawn().await;
+    for n in 0..3 {
+        write_v1(
+            &app,
+            &format!("v1-{n}"),
+            json!("2026-11-21T09:23:41.842Z"),
+            3600,
+        )
+        .await;
+    }
+    app.park("parked").await;
+    app.park("spoiled").await;
+    let mut conn = app.redis().connection().await;
+    for (key, value) in [
+        (
+            format!("approval:{TENANT}:garbage"),
+            "not json at all".to_owned(),
+        ),
+        (
+            format!("approval:{TENANT}:wrong-shape"),
+            json!({"status": 5}).to_string(),
+        ),
+        // A parked record spoiled in place: still in the pending index.
+        (
+            format!("approval:{TENANT}:spoiled"),
+            "{\"status\":".to_owned(),
+        ),
+    ] {
+        let () = redis::cmd("SET")
+            .arg(key)
+            .arg(value)
+            .arg("EX")
+            .arg(3600)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let listed = loop {
+        let mut ids: Vec<String> = app
+            .listed()
+            .await
+            .iter()
+            .map(|a| a["id"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        if ids.len() >= 4 || Instant::now() > deadline {
+            break ids;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(listed, ["parked", "v1-0", "v1-1", "v1-2"]);
+    app.metrics_until(
+        &app.base,
+        Duration::from_secs(10),
+        "unreadable values counted",
+        |t| {
+            t.lines().any(|l| {
+                l.starts_with("approvals_unreadable_records_total{role=\"primary\"}")
+                    && l.rsplit(' ')
+                        .next()
+                        .and_then(|v| v.parse::<f64>().ok())
+                        .is_some_and(|v| v >= 3.0)
+            })
+        },
+    )
+    .await;
+}

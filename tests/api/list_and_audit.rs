@@ -115,3 +115,39 @@ async fn audit_tells_the_story_oldest_first(h: Harness) {
         .await;
     assert!(since_future["items"].as_array().unwrap().is_empty());
 }
+
+/// Audit events older than `approvals.audit_retention` are trimmed; the approvals stay.
+#[tokio::test]
+async fn audit_events_past_their_retention_are_trimmed() {
+    let app = crate::support::TestApp::spawn_with(|s| {
+        s.approvals.audit_retention = std::time::Duration::from_secs(2)
+    })
+    .await;
+    app.park("kept").await;
+    let path = format!("/v1/tenants/{}/audit", app.tenant);
+    let events = app.get_json(&path, &app.tokens.admin).await;
+    assert_eq!(
+        events["items"].as_array().map(Vec::len),
+        Some(1),
+        "{events}"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let events = app.get_json(&path, &app.tokens.admin).await;
+        if events["items"].as_array().is_some_and(Vec::is_empty) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never trimmed: {events}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let kept: serde_json::Value = app
+        .get("kept", &app.tokens.reviewer)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(kept["status"], "pending");
+}

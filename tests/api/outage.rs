@@ -128,3 +128,59 @@ async fn redis_down_is_503_within_seconds_and_recovery_keeps_every_pending_appro
     assert!(woke.saturating_duration_since(decided_at) < Duration::from_secs(1));
     app.shut_down().await.unwrap();
 }
+
+/// Sets a Redis configuration value on the app's own server.
+async fn redis_config(app: &TestApp, name: &str, value: &str) {
+    let mut conn = app.redis().connection().await;
+    let () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg(name)
+        .arg(value)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
+
+/// A Redis that refuses writes (full, with `noeviction`) is not ready, and the metric says the
+/// backend is down; when it takes writes again, both recover.
+#[tokio::test]
+async fn a_full_redis_is_not_ready() {
+    let app = TestApp::spawn().await;
+    app.park("before-full").await;
+    until_ready(&app).await;
+    redis_config(&app, "maxmemory", "1").await;
+    let ready = app.http.get(app.url("/readyz")).send().await.unwrap();
+    assert_problem(
+        ready,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "backend_unavailable",
+    )
+    .await;
+    app.metrics_until(&app.base, Duration::from_secs(10), "backend_up 0", |t| {
+        t.contains("approvals_backend_up 0")
+    })
+    .await;
+    redis_config(&app, "maxmemory", "0").await;
+    until_ready(&app).await;
+    app.metrics_until(&app.base, Duration::from_secs(10), "backend_up 1", |t| {
+        t.contains("approvals_backend_up 1")
+    })
+    .await;
+}
+
+/// A Redis switched to an evicting policy while the service runs is not ready either.
+#[tokio::test]
+async fn an_evicting_redis_is_not_ready() {
+    let app = TestApp::spawn().await;
+    until_ready(&app).await;
+    redis_config(&app, "maxmemory-policy", "volatile-lru").await;
+    let ready = app.http.get(app.url("/readyz")).send().await.unwrap();
+    assert_problem(
+        ready,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "backend_unavailable",
+    )
+    .await;
+    redis_config(&app, "maxmemory-policy", "noeviction").await;
+    until_ready(&app).await;
+}

@@ -3,7 +3,9 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::support::{assert_problem, sensitive_read, Harness};
+use std::time::{Duration, Instant};
+
+use crate::support::{assert_problem, sensitive_read, Harness, TestApp};
 
 contract_tests!(
     require_approval_parks_with_201_and_location,
@@ -217,5 +219,123 @@ async fn numbers_and_nesting_in_the_action_survive_exactly(h: Harness) {
     assert_eq!(
         read["action"], action,
         "a decision never rewrites the action"
+    );
+}
+
+/// Inputs beyond the limits are refused before the policy runs, with a code of their own,
+/// and park nothing.
+#[tokio::test]
+async fn inputs_beyond_the_limits_are_422_before_the_policy_runs() {
+    let app = TestApp::spawn().await;
+    let mut deep = json!("bottom");
+    for _ in 0..40 {
+        deep = json!({ "d": deep });
+    }
+    let cases = [
+        json!({"type": "aB".repeat(31_000)}),
+        json!({"type": "document_read", "tags": vec!["t"; 1_000]}),
+        json!({"type": "document_read", "deep": deep}),
+    ];
+    for (n, action) in cases.into_iter().enumerate() {
+        let response = app.submit(&format!("big-{n}"), action).await;
+        let problem = assert_problem(
+            response,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "input_too_large",
+        )
+        .await;
+        assert!(
+            problem["detail"].as_str().unwrap().starts_with("action"),
+            "{problem}"
+        );
+    }
+    let response = app
+        .request(
+            Method::POST,
+            &format!("/v1/tenants/{}/approvals", app.tenant),
+            Some(&app.tokens.agent),
+        )
+        .json(&json!({"action": {"type": "document_read"}, "context": {"note": "n".repeat(5_000)}}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "input_too_large",
+    )
+    .await;
+    app.assert_nothing_stored().await;
+}
+
+/// Pathological submits, many at once, neither starve unrelated requests nor change the
+/// verdict: the policy runs off the request workers, bounded, with a budget that is the same
+/// idle or busy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_submits_keep_health_answering_and_verdicts_the_same() {
+    let app = TestApp::spawn().await;
+    // As expensive as the limits let an action type be for the default bundle's word split.
+    let heavy = || json!({"type": "aB".repeat(1_000), "resource": "finance/x"});
+    let alone: Value = app.submit("alone", heavy()).await.json().await.unwrap();
+    let storm: Vec<_> = (0..16)
+        .map(|_| {
+            let request = app
+                .request(
+                    Method::POST,
+                    &format!("/v1/tenants/{}/approvals", app.tenant),
+                    Some(&app.tokens.agent),
+                )
+                .json(&json!({"action": heavy()}));
+            tokio::spawn(
+                async move { request.send().await.unwrap().json::<Value>().await.unwrap() },
+            )
+        })
+        .collect();
+    let started = Instant::now();
+    let health = app.http.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    let read = app.get("alone", &app.tokens.reviewer).await;
+    assert!(read.status().is_success() || read.status() == StatusCode::NOT_FOUND);
+    for answer in storm {
+        let answer = answer.await.unwrap();
+        assert_eq!(answer["decision"], alone["decision"], "{answer}");
+        assert_eq!(answer["reasons"], alone["reasons"], "{answer}");
+    }
+}
+
+/// A tenant at its pending cap gets 429 for what would park; what the policy answers at once
+/// still answers, and other tenants are not affected.
+#[tokio::test]
+async fn a_tenant_at_its_pending_cap_gets_429() {
+    let app = TestApp::spawn_with(|s| s.approvals.max_pending_per_tenant = 2).await;
+    app.park("one").await;
+    app.park("two").await;
+    let tenant = app.tenant.clone();
+    app.metrics_until(&app.base, Duration::from_secs(10), "two pending", |t| {
+        t.contains(&format!("approvals_pending{{tenant=\"{tenant}\"}} 2"))
+    })
+    .await;
+    let response = app.submit("three", sensitive_read()).await;
+    assert_problem(response, StatusCode::TOO_MANY_REQUESTS, "too_many_pending").await;
+    let allowed = app
+        .submit(
+            "read",
+            json!({"type": "document_read", "resource": "docs/handbook.md"}),
+        )
+        .await;
+    assert_eq!(allowed.status(), StatusCode::OK);
+    app.decide("one", "accept", &app.tokens.reviewer).await;
+    app.metrics_until(&app.base, Duration::from_secs(10), "one pending", |t| {
+        t.contains(&format!("approvals_pending{{tenant=\"{tenant}\"}} 1"))
+    })
+    .await;
+    assert_eq!(
+        app.submit("three", sensitive_read()).await.status(),
+        StatusCode::CREATED
     );
 }

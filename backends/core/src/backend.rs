@@ -112,6 +112,8 @@ pub struct Lifetimes {
     pub decided_retention: Duration,
     /// How long an expired record stays readable after its expiry.
     pub expired_retention: Duration,
+    /// How long an audit event is kept (an engine may keep it longer, never shorter).
+    pub audit_retention: Duration,
 }
 
 impl Default for Lifetimes {
@@ -121,6 +123,7 @@ impl Default for Lifetimes {
             default_ttl: day,
             decided_retention: day,
             expired_retention: day,
+            audit_retention: 90 * day,
         }
     }
 }
@@ -148,6 +151,8 @@ pub trait EngineEvents: Send + Sync + 'static {
     fn expired(&self, approval: &Approval, recorded_at: Timestamp);
     /// One pass of a periodic chore (`sweep`, `adopt`) finished.
     fn chore_finished(&self, chore: &'static str, result: Result<usize, &BackendError>);
+    /// A stored value under `key` could not be read and was passed over.
+    fn unreadable(&self, key: &str, reason: &str);
 }
 
 /// Where approvals are parked: the request path. Object-safe: the service holds an

@@ -90,9 +90,17 @@ impl RedisBackend {
                     })
                     .await?;
                 for (key, raw) in self.fetch(foreign).await? {
-                    if let Decoded::Foreign(map) = record::decode(&key, &raw)? {
-                        self.adopt(&key, &raw, map).await?;
-                        adopted += 1;
+                    let map = match record::decode(&key, &raw) {
+                        Ok(Decoded::Foreign(map)) => map,
+                        Ok(Decoded::Current(_)) => continue,
+                        Err(error) => {
+                            self.pass_over(error)?;
+                            continue;
+                        }
+                    };
+                    match self.adopt(&key, &raw, map).await {
+                        Ok(_) => adopted += 1,
+                        Err(error) => self.pass_over(error)?,
                     }
                 }
             }

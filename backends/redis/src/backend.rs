@@ -3,11 +3,12 @@
 //! and retention in `chores`, the pending figures in `stats`.
 
 use std::future::Future;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use approvals_core::{
     Approval, ApprovalBackend, ApprovalId, AuditEntry, AuditEvent, BackendError, DecisionOutcome,
-    DecisionRequest, EngineStatus, Lifetimes, Page, PendingStats, PoolStatus, Status,
+    DecisionRequest, EngineEvents, EngineStatus, Lifetimes, Page, PendingStats, PoolStatus, Status,
     SubmitOutcome, TenantId, Timestamp,
 };
 use async_trait::async_trait;
@@ -31,6 +32,8 @@ pub struct RedisBackend {
     pending_head: String,
     expired_head: String,
     expiry_event: String,
+    /// Told of what the engine does by itself; set when its chores start.
+    pub(crate) events: OnceLock<Arc<dyn EngineEvents>>,
 }
 
 impl Drop for RedisBackend {
@@ -77,6 +80,7 @@ impl RedisBackend {
             pending_head: record::pending_head(),
             expired_head: record::expired_head_template(),
             expiry_event: AuditEntry::expiry_template(),
+            events: OnceLock::new(),
         })
     }
 
@@ -172,6 +176,22 @@ impl RedisBackend {
         match record::decode(key, &raw)? {
             Decoded::Current(approval) => Ok(*approval),
             Decoded::Foreign(map) => self.adopt(key, &raw, map).await,
+        }
+    }
+
+    /// Passes over a value that cannot be read (logged, and reported to the service, which
+    /// counts it): one bad record must not stop a listing, an adoption pass or a migration.
+    /// Any other failure is returned.
+    pub(crate) fn pass_over(&self, error: BackendError) -> Result<(), BackendError> {
+        match error {
+            BackendError::Corrupt { key, reason } => {
+                tracing::warn!(key, reason, "unreadable value passed over");
+                if let Some(events) = self.events.get() {
+                    events.unreadable(&key, &reason);
+                }
+                Ok(())
+            }
+            other => Err(other),
         }
     }
 
@@ -280,6 +300,48 @@ impl RedisBackend {
             }
         }))
     }
+}
+
+impl RedisBackend {
+    /// This Redis' `maxmemory-policy`, for the start-up check: `Ok(None)` if it does not say.
+    pub async fn eviction_policy(&self) -> Result<Option<String>, BackendError> {
+        let info: String = self
+            .with_conn("info", |mut conn| async move {
+                redis::cmd("INFO")
+                    .arg("memory")
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(eviction_policy(&info).map(str::to_owned))
+    }
+}
+
+/// A Redis that may evict approvals: `maxmemory-policy` other than `noeviction`. Every record
+/// has a TTL, so even the `volatile-*` policies evict approvals.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "Redis' maxmemory-policy is {policy}: it may evict approvals when memory runs short. \
+     Set maxmemory-policy noeviction (or redis.allow_eviction = true for a Redis that can \
+     never fill up)"
+)]
+pub struct EvictingRedis {
+    pub policy: String,
+}
+
+impl EvictingRedis {
+    fn new(policy: &str) -> Self {
+        Self {
+            policy: policy.to_owned(),
+        }
+    }
+}
+
+/// `maxmemory_policy` from `INFO memory`.
+fn eviction_policy(info: &str) -> Option<&str> {
+    info.lines()
+        .find_map(|line| line.strip_prefix("maxmemory_policy:"))
+        .map(str::trim)
 }
 
 /// An audit entry as the scripts store it (plain data: serialising cannot fail).
@@ -401,7 +463,13 @@ impl ApprovalBackend for RedisBackend {
         let now = Timestamp::now();
         let mut items = Vec::with_capacity(members.len());
         for (key, raw) in self.fetch(record_keys).await? {
-            let approval = self.load(&key, raw).await?.as_of(now);
+            let approval = match self.load(&key, raw).await {
+                Ok(approval) => approval.as_of(now),
+                Err(error) => {
+                    self.pass_over(error)?;
+                    continue;
+                }
+            };
             // A record past its deadline but not yet swept is no longer pending; and a
             // key reused after its retention may belong to another status now.
             if approval.status == status {
@@ -461,14 +529,28 @@ impl ApprovalBackend for RedisBackend {
         crate::stats::pending_stats(self, bounds, now).await
     }
 
+    /// Ready when Redis answers, would keep what it is given (`maxmemory-policy noeviction`,
+    /// unless `redis.allow_eviction`), and takes a write (a full Redis refuses them).
     async fn ping(&self) -> Result<(), BackendError> {
-        self.with_conn("ping", |mut conn| async move {
-            redis::cmd("PING")
-                .query_async::<String>(&mut conn)
-                .await
-                .map(drop)
-        })
-        .await
+        let mut pipe = redis::pipe();
+        pipe.cmd("INFO").arg("memory");
+        pipe.cmd("SET")
+            .arg(keys::WRITE_PROBE)
+            .arg(Timestamp::now().as_millis())
+            .arg("PX")
+            .arg(60_000)
+            .ignore();
+        let (info,): (String,) = self
+            .with_conn("ping", |mut conn| async move {
+                pipe.query_async(&mut conn).await
+            })
+            .await?;
+        match eviction_policy(&info) {
+            Some(policy) if policy != "noeviction" && !self.settings.allow_eviction => Err(
+                BackendError::unavailable("ping", EvictingRedis::new(policy)),
+            ),
+            _ => Ok(()),
+        }
     }
 
     fn status(&self) -> EngineStatus {

@@ -7,13 +7,13 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use approvals_core::{Approval, BackendError, EngineEvents, Status, Timestamp};
+use approvals_core::{Approval, BackendError, EngineEvents, Status, TenantId, Timestamp};
 use redis::AsyncCommands;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::RedisBackend;
-use crate::keys::{self, DEADLINES, RETENTION};
+use crate::backend::{millis, RedisBackend};
+use crate::keys::{self, DEADLINES, RETENTION, TENANTS};
 use crate::record::{self, Decoded};
 
 /// How many due entries one sweep takes on; the rest wait for the next pass.
@@ -57,6 +57,8 @@ impl RedisBackend {
         schedule: ChoreSchedule,
         events: Arc<dyn EngineEvents>,
     ) -> Chores {
+        // The request path reports unreadable values to the same listener from now on.
+        let _ = self.events.set(events.clone());
         let stop = CancellationToken::new();
         let sweeper = {
             let (engine, events) = (self.clone(), events.clone());
@@ -75,7 +77,7 @@ impl RedisBackend {
             })
         };
         let adopter = {
-            let engine = self.clone();
+            let (engine, events) = (self.clone(), events.clone());
             every(schedule.adopt_interval, stop.clone(), move || {
                 let (engine, events) = (engine.clone(), events.clone());
                 async move {
@@ -84,10 +86,57 @@ impl RedisBackend {
                 }
             })
         };
+        // Often enough that nothing outlives its retention by much, never more than a minute.
+        let trim_every = (self.lifetimes.audit_retention / 4)
+            .clamp(Duration::from_millis(100), Duration::from_secs(60));
+        let trimmer = {
+            let engine = self.clone();
+            every(trim_every, stop.clone(), move || {
+                let (engine, events) = (engine.clone(), events.clone());
+                async move {
+                    let result = engine.trim_audit(Timestamp::now()).await;
+                    events.chore_finished("audit_trim", result.as_ref().copied());
+                }
+            })
+        };
         Chores {
             stop,
-            tasks: vec![tokio::spawn(sweeper), tokio::spawn(adopter)],
+            tasks: vec![
+                tokio::spawn(sweeper),
+                tokio::spawn(adopter),
+                tokio::spawn(trimmer),
+            ],
         }
+    }
+
+    /// Drops every tenant's audit events older than `approvals.audit_retention`; returns how
+    /// many. Exact trimming (`MINID`, not `MINID ~`): a stream of a few events is trimmed too.
+    pub async fn trim_audit(&self, now: Timestamp) -> Result<usize, BackendError> {
+        let tenants: Vec<String> = self
+            .with_conn("audit_trim", |mut conn| async move {
+                conn.smembers(TENANTS).await
+            })
+            .await?;
+        if tenants.is_empty() {
+            return Ok(0);
+        }
+        let oldest = now.as_millis() - millis(self.lifetimes.audit_retention);
+        let mut pipe = redis::pipe();
+        for tenant in tenants
+            .iter()
+            .filter_map(|t| TenantId::parse(t.as_str()).ok())
+        {
+            pipe.cmd("XTRIM")
+                .arg(keys::audit(&tenant))
+                .arg("MINID")
+                .arg(format!("{}-0", oldest.max(0)));
+        }
+        let trimmed: Vec<usize> = self
+            .with_conn("audit_trim", |mut conn| async move {
+                pipe.query_async(&mut conn).await
+            })
+            .await?;
+        Ok(trimmed.into_iter().sum())
     }
 
     /// One sweep: trims index entries past their retention, then records the expiry of every

@@ -25,6 +25,8 @@ pub const TENANTS: &str = "approvals:tenants";
 /// Per tenant: the sum of `submitted_at` (ms) of its pending approvals, so the age sum of a
 /// million pending approvals is one HGET.
 pub const SUBMITTED_SUM: &str = "approvals:pending_submitted_ms";
+/// Written by every readiness check: a Redis out of memory refuses it.
+pub const WRITE_PROBE: &str = "approvals:write_probe";
 /// `SCAN` pattern of the records (the ADR's layout).
 pub const RECORD_PATTERN: &str = "approval:*";
 

@@ -23,7 +23,7 @@ mod stats;
 mod transfer;
 mod waiters;
 
-pub use backend::RedisBackend;
+pub use backend::{EvictingRedis, RedisBackend};
 pub use chores::{ChoreSchedule, Chores};
 pub use keys::EXPIRY_GRACE;
 pub use settings::RedisSettings;

@@ -155,6 +155,12 @@ pub fn decode(key: &str, raw: &str) -> Result<Decoded, BackendError> {
         return Err(corrupt("not a JSON object".into()));
     };
     if !map.contains_key("expires_ms") {
+        // The ADR's four fields make an ADR v1 record; without its action it is nothing.
+        if !matches!(map.get("agent_action"), Some(Value::Object(_))) {
+            return Err(corrupt(
+                "neither this service's record nor an ADR v1 one (no agent_action object)".into(),
+            ));
+        }
         return Ok(Decoded::Foreign(map));
     }
     let record: StoredRecord =

@@ -15,6 +15,10 @@ pub struct RedisSettings {
     pub pool_size: usize,
     /// Approximate cap on each tenant's audit stream.
     pub audit_max_len: u64,
+    /// Serve from a Redis whose `maxmemory-policy` evicts keys. Evicted approvals, indexes and
+    /// audit entries are lost without a trace, so this is only for a Redis that can never fill
+    /// up; start-up and readiness refuse such a Redis unless this is set.
+    pub allow_eviction: bool,
 }
 
 impl RedisSettings {
@@ -33,6 +37,7 @@ impl Default for RedisSettings {
             call_timeout: Duration::from_secs(2),
             pool_size: 32,
             audit_max_len: 1_000_000,
+            allow_eviction: false,
         }
     }
 }

@@ -21,11 +21,14 @@ impl RecordTransfer for RedisBackend {
         let mut items = Vec::new();
         for (key, raw) in self.fetch(keys).await? {
             // Read-only: a foreign record is converted, not adopted (a dry run writes nothing).
-            match record::decode(&key, &raw)? {
-                Decoded::Current(approval) => items.push(approval.as_of(now)),
-                Decoded::Foreign(map) => {
-                    items.push(self.foreign_to_approval(&key, map).await?.as_of(now))
-                }
+            let read = match record::decode(&key, &raw) {
+                Ok(Decoded::Current(approval)) => Ok(*approval),
+                Ok(Decoded::Foreign(map)) => self.foreign_to_approval(&key, map).await,
+                Err(error) => Err(error),
+            };
+            match read {
+                Ok(approval) => items.push(approval.as_of(now)),
+                Err(error) => self.pass_over(error)?,
             }
         }
         Ok(ScanPage {

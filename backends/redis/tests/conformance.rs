@@ -13,6 +13,7 @@ struct Unobserved;
 impl EngineEvents for Unobserved {
     fn expired(&self, _: &Approval, _: Timestamp) {}
     fn chore_finished(&self, _: &'static str, _: Result<usize, &BackendError>) {}
+    fn unreadable(&self, _: &str, _: &str) {}
 }
 
 /// A backend on its own server, with its chores running as the service runs them.
