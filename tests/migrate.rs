@@ -232,7 +232,12 @@ async fn a_mixed_population_moves_to_temporal_exactly_and_a_second_run_changes_n
     // The one with seconds left expires on time in Temporal, not a fresh 24 h later.
     let soon = before.iter().find(|a| a.id.as_str() == "soon").unwrap();
     let settled = temporal
-        .wait_for_decision(&soon.tenant, &soon.id, Duration::from_secs(15))
+        .wait_for_decision(
+            &soon.tenant,
+            &soon.id,
+            Duration::from_secs(15),
+            approvals_core::no_stop(),
+        )
         .await
         .unwrap()
         .expect("expired within its remaining time");

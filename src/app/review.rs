@@ -73,15 +73,14 @@ impl Approvals {
             .unwrap_or(DEFAULT_WAIT_SECONDS)
             .min(MAX_WAIT_SECONDS);
         let _in_flight = crate::metrics::LongPoll::start(&self.metrics);
-        let waiting = self
-            .engine
-            .wait_for_decision(tenant, id, Duration::from_secs(wait));
-        let approval = tokio::select! {
-            result = waiting => result.map_err(|e| self.engine_failed(e))?,
-            // Shutting down: answer with the current state now rather than hold up the drain.
-            () = self.shutdown.cancelled() => self.read(tenant, id).await?,
-        };
-        approval.ok_or_else(|| not_found(tenant, id))
+        // Shutting down, the engine answers with the state it has at once, without a store
+        // call each, rather than hold up the drain.
+        let stop = Box::pin(self.shutdown.clone().cancelled_owned());
+        self.engine
+            .wait_for_decision(tenant, id, Duration::from_secs(wait), stop)
+            .await
+            .map_err(|e| self.engine_failed(e))?
+            .ok_or_else(|| not_found(tenant, id))
     }
 
     /// A tenant's approvals in one status, oldest first.

@@ -172,3 +172,68 @@ async fn waiting_on_an_unknown_approval_is_404(h: Harness) {
         .unwrap();
     assert_problem(response, StatusCode::NOT_FOUND, "not_found").await;
 }
+
+/// Thousands of long-polls on one approval: the accept wakes them all within two seconds, none
+/// answered 503 (waking reads nothing: the decision arrives with its record).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_thousand_waiters_on_one_approval_all_learn_the_decision() {
+    const WAITERS: usize = 5_000;
+    raise_open_files_limit();
+    let app = TestApp::spawn().await;
+    app.park("popular").await;
+    // A client of its own with room for every connection (one per long-poll, HTTP/1).
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let url = app.url(&format!(
+        "/v1/tenants/{}/approvals/popular/decision?wait_seconds=60",
+        app.tenant
+    ));
+    let waiters: Vec<_> = (0..WAITERS)
+        .map(|_| {
+            let request = http.get(&url).bearer_auth(&app.tokens.agent);
+            tokio::spawn(async move {
+                let response = request.send().await.unwrap();
+                let status = response.status();
+                let body: Value = response.json().await.unwrap();
+                (status, body, Instant::now())
+            })
+        })
+        .collect();
+    let parked = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("approvals_long_polls_in_flight "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .is_some_and(|parked| parked >= WAITERS as f64)
+    };
+    app.metrics_until(
+        &app.base,
+        Duration::from_secs(60),
+        "every waiter parking",
+        parked,
+    )
+    .await;
+    let decided = app.decide("popular", "accept", &app.tokens.reviewer).await;
+    assert_eq!(decided.status(), StatusCode::OK);
+    let accepted_at = Instant::now();
+    let mut slowest = Duration::ZERO;
+    for waiter in waiters {
+        let (status, body, at) = waiter.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["status"], "accepted", "{body}");
+        slowest = slowest.max(at.saturating_duration_since(accepted_at));
+    }
+    assert!(
+        slowest < Duration::from_secs(2),
+        "the last waiter answered after {slowest:?}"
+    );
+}
+
+/// Each long-poll holds a connection on both ends of this one process.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}

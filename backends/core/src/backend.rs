@@ -20,6 +20,14 @@ use crate::{
 /// The cause of a backend failure, kept for logs.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Resolves when a wait must end early (the service shutting down).
+pub type Stop = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// A [`Stop`] that never comes.
+pub fn no_stop() -> Stop {
+    Box::pin(std::future::pending())
+}
+
 /// Why a backend call failed. None of these means the request was wrong.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -183,13 +191,15 @@ pub trait ApprovalBackend: Send + Sync + 'static {
         decision: DecisionRequest,
     ) -> Result<DecisionOutcome, BackendError>;
 
-    /// Returns as soon as the approval is no longer pending, or after `timeout` with the
-    /// still-pending record. `None` if it does not exist.
+    /// Returns as soon as the approval is no longer pending, or after `timeout`, or as soon as
+    /// `stop` resolves (the service shutting down), with the record as it is then. `None` if
+    /// it does not exist. Waking costs no store call where the engine can avoid it.
     async fn wait_for_decision(
         &self,
         tenant: &TenantId,
         id: &ApprovalId,
         timeout: Duration,
+        stop: Stop,
     ) -> Result<Option<Approval>, BackendError>;
 
     /// A tenant's approvals in one status, oldest `submitted_at` first (ties by id).

@@ -9,14 +9,16 @@ use std::time::Duration;
 use approvals_core::{
     Approval, ApprovalBackend, ApprovalId, AuditEntry, AuditEvent, BackendError, DecisionOutcome,
     DecisionRequest, EngineEvents, EngineStatus, Lifetimes, Page, PendingStats, PoolStatus, Status,
-    SubmitOutcome, TenantId, Timestamp,
+    Stop, SubmitOutcome, TenantId, Timestamp,
 };
 use async_trait::async_trait;
 use deadpool_redis::{Pool, PoolConfig, Runtime, Timeouts};
 use redis::AsyncCommands;
 use tokio::task::JoinHandle;
 
-use crate::keys::{self, DEADLINES, DECIDED_CHANNEL, RETENTION, SUBMITTED_SUM, TENANTS};
+use crate::keys::{
+    self, DEADLINES, DECIDED_CHANNEL, RETENTION, SETTLED_CHANNEL, SUBMITTED_SUM, TENANTS,
+};
 use crate::record::{self, Decoded};
 use crate::scripts::Scripts;
 use crate::settings::RedisSettings;
@@ -241,7 +243,8 @@ impl RedisBackend {
             .arg(keys::channel_message(tenant, id))
             .arg(self.settings.audit_max_len)
             .arg(&self.expired_head)
-            .arg(&self.expiry_event);
+            .arg(&self.expiry_event)
+            .arg(SETTLED_CHANNEL);
         invocation
     }
 
@@ -413,24 +416,34 @@ impl ApprovalBackend for RedisBackend {
         tenant: &TenantId,
         id: &ApprovalId,
         timeout: Duration,
+        mut stop: Stop,
     ) -> Result<Option<Approval>, BackendError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut subscription = self.waiters.subscribe(&keys::record(tenant, id));
+        // The one read of the wait: decisions arrive with their record.
+        let mut current = self.get(tenant, id).await?;
         loop {
-            let Some(approval) = self.get(tenant, id).await? else {
+            let Some(approval) = current else {
                 return Ok(None);
             };
             let now = tokio::time::Instant::now();
             if approval.is_decided() || now >= deadline {
                 return Ok(Some(approval));
             }
-            // Wake at the deadline too: `get` reports the expiry itself, sweeper or not.
+            // Wake at the deadline too: `as_of` reports the expiry itself, sweeper or not.
             let until_expiry = approval.expires_at.as_millis() - Timestamp::now().as_millis();
             let expiry = now + Duration::from_millis(u64::try_from(until_expiry).unwrap_or(0) + 5);
-            tokio::select! {
-                () = subscription.notified() => {}
-                () = tokio::time::sleep_until(deadline.min(expiry)) => {}
-            }
+            current = tokio::select! {
+                settled = subscription.notified() => match settled {
+                    Some(record) => Some(Approval::clone(&record).as_of(Timestamp::now())),
+                    // A reconnect: messages may have been lost, so read.
+                    None => self.get(tenant, id).await?,
+                },
+                () = tokio::time::sleep_until(deadline.min(expiry)) => {
+                    Some(approval.as_of(Timestamp::now()))
+                }
+                () = &mut stop => return Ok(Some(approval.as_of(Timestamp::now()))),
+            };
         }
     }
 

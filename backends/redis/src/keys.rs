@@ -13,8 +13,11 @@ use base64::Engine as _;
 /// tombstone before Redis drops it, even if every instance was briefly down.
 pub const EXPIRY_GRACE: Duration = Duration::from_secs(30);
 
-/// Decisions and expiries are published here as `{tenant}:{id}`.
+/// Decisions and expiries are published here as `{tenant}:{id}` (what earlier versions listen
+/// to; kept so a rolling upgrade wakes their waiters too).
 pub const DECIDED_CHANNEL: &str = "approvals:decided";
+/// Decisions and expiries with the settled record: `{tenant}:{id}\n{record}`.
+pub const SETTLED_CHANNEL: &str = "approvals:settled";
 /// Pending approvals of every tenant, scored by `expires_at` (ms), members `{tenant}:{ms}:{id}`.
 pub const DEADLINES: &str = "approvals:deadlines";
 /// Decided and expired index entries to drop once their record's retention ends, scored by

@@ -1,41 +1,51 @@
 //! In-process fan-out of decisions to long-polls.
 //!
-//! One pub/sub connection per process listens on the decided channel; each message bumps a
-//! `watch` counter for that approval, which wakes every local waiter on it. A waiter
+//! One pub/sub connection per process listens on the settled channel, whose messages carry the
+//! settled record; each message is decoded once and handed to every local waiter on that
+//! approval through a `watch` channel, so waking any number of waiters costs no read. A waiter
 //! subscribes *before* reading the record, so a decision between its read and its wait still
-//! wakes it. After a (re)connect every waiter is woken once to re-read, since messages sent
-//! while disconnected are lost.
+//! wakes it. After a (re)connect every waiter is woken once without a record, to re-read,
+//! since messages sent while disconnected are lost.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use approvals_core::Approval;
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
-use crate::keys::DECIDED_CHANNEL;
+use crate::keys::SETTLED_CHANNEL;
+use crate::record::{self, Decoded};
+
+/// What a waiter is woken with: the settled record, or nothing (read it again).
+#[derive(Debug, Clone, Default)]
+struct Wake {
+    settled: Option<Arc<Approval>>,
+}
 
 #[derive(Default, Clone)]
 pub struct Waiters {
-    by_key: Arc<Mutex<HashMap<String, watch::Sender<u64>>>>,
+    by_key: Arc<Mutex<HashMap<String, watch::Sender<Wake>>>>,
 }
 
 /// A waiter's registration; dropping it unregisters.
 pub struct Subscription {
     waiters: Waiters,
     key: String,
-    receiver: Option<watch::Receiver<u64>>,
+    receiver: Option<watch::Receiver<Wake>>,
 }
 
 impl Subscription {
-    /// Resolves at the next notification after the subscription (or the previous call).
-    pub async fn notified(&mut self) {
-        if let Some(receiver) = self.receiver.as_mut() {
-            if receiver.changed().await.is_err() {
-                // The sender went away (cannot happen while we hold a receiver): never resolve.
-                std::future::pending::<()>().await;
-            }
+    /// Resolves at the next notification after the subscription (or the previous call), with
+    /// the settled record when the message carried one.
+    pub async fn notified(&mut self) -> Option<Arc<Approval>> {
+        let receiver = self.receiver.as_mut()?;
+        if receiver.changed().await.is_err() {
+            // The sender went away (cannot happen while we hold a receiver): never resolve.
+            std::future::pending::<()>().await;
         }
+        receiver.borrow_and_update().settled.clone()
     }
 }
 
@@ -50,7 +60,7 @@ impl Drop for Subscription {
 }
 
 impl Waiters {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, watch::Sender<u64>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, watch::Sender<Wake>>> {
         // The map holds no invariant a panicking holder could break.
         self.by_key.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -59,7 +69,7 @@ impl Waiters {
         let receiver = self
             .lock()
             .entry(key.to_owned())
-            .or_insert_with(|| watch::channel(0).0)
+            .or_insert_with(|| watch::channel(Wake::default()).0)
             .subscribe();
         Subscription {
             waiters: self.clone(),
@@ -68,15 +78,15 @@ impl Waiters {
         }
     }
 
-    pub fn notify(&self, key: &str) {
+    fn notify(&self, key: &str, settled: Option<Arc<Approval>>) {
         if let Some(sender) = self.lock().get(key) {
-            sender.send_modify(|n| *n = n.wrapping_add(1));
+            sender.send_replace(Wake { settled });
         }
     }
 
     fn notify_all(&self) {
         for sender in self.lock().values() {
-            sender.send_modify(|n| *n = n.wrapping_add(1));
+            sender.send_replace(Wake::default());
         }
     }
 
@@ -99,15 +109,28 @@ impl Waiters {
 
     async fn listen_once(&self, client: &redis::Client) -> redis::RedisResult<()> {
         let mut pubsub = client.get_async_pubsub().await?;
-        pubsub.subscribe(DECIDED_CHANNEL).await?;
+        pubsub.subscribe(SETTLED_CHANNEL).await?;
         tracing::debug!("decision subscriber connected");
         // Anything decided while we were not listening: let every waiter re-read.
         self.notify_all();
         let mut messages = pubsub.on_message();
         while let Some(message) = messages.next().await {
-            if let Ok(member) = message.get_payload::<String>() {
-                self.notify(&format!("approval:{member}"));
+            let Ok(payload) = message.get_payload::<String>() else {
+                continue;
+            };
+            // `{tenant}:{id}\n{settled record}`.
+            let (member, raw) = payload.split_once('\n').unwrap_or((payload.as_str(), ""));
+            let key = format!("approval:{member}");
+            // Nobody here waits for most decisions: decode only for those someone does.
+            if !self.lock().contains_key(&key) {
+                continue;
             }
+            let settled = match record::decode(&key, raw) {
+                Ok(Decoded::Current(approval)) => Some(Arc::new(*approval)),
+                // Unreadable here: the waiters read the record themselves.
+                _ => None,
+            };
+            self.notify(&key, settled);
         }
         Ok(())
     }

@@ -180,7 +180,12 @@ async fn one_subscriber_serves_two_hundred_waiters() {
             let (backend, tenant) = (backend.clone(), tenant.clone());
             tokio::spawn(async move {
                 backend
-                    .wait_for_decision(&tenant, &id(&format!("req-{n}")), Duration::from_secs(30))
+                    .wait_for_decision(
+                        &tenant,
+                        &id(&format!("req-{n}")),
+                        Duration::from_secs(30),
+                        approvals_core::no_stop(),
+                    )
                     .await
             })
         })
@@ -196,7 +201,7 @@ async fn one_subscriber_serves_two_hundred_waiters() {
     let mut conn = server.connection().await;
     let subscribers: (String, i64) = redis::cmd("PUBSUB")
         .arg("NUMSUB")
-        .arg("approvals:decided")
+        .arg("approvals:settled")
         .query_async(&mut conn)
         .await
         .expect("numsub");

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use approvals_core::{
     Approval, ApprovalBackend, ApprovalId, AuditEvent, BackendError, DecisionOutcome,
-    DecisionRequest, Page, PendingStats, Status, SubmitOutcome, TenantId, Timestamp,
+    DecisionRequest, Page, PendingStats, Status, Stop, SubmitOutcome, TenantId, Timestamp,
 };
 use async_trait::async_trait;
 use futures_util::TryStreamExt;
@@ -368,6 +368,7 @@ impl ApprovalBackend for TemporalBackend {
         tenant: &TenantId,
         id: &ApprovalId,
         timeout: Duration,
+        stop: Stop,
     ) -> Result<Option<Approval>, BackendError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let Some(current) = self.get(tenant, id).await? else {
@@ -387,9 +388,14 @@ impl ApprovalBackend for TemporalBackend {
         let handle = self
             .client
             .get_workflow_handle::<ApprovalWorkflow>(workflow_id(tenant, id));
-        match tokio::time::timeout_at(wake, handle.get_result(WorkflowGetResultOptions::default()))
-            .await
-        {
+        let closed =
+            tokio::time::timeout_at(wake, handle.get_result(WorkflowGetResultOptions::default()));
+        let closed = tokio::select! {
+            closed = closed => closed,
+            // Shutting down: the record as read, at once.
+            () = stop => return Ok(Some(current.as_of(Timestamp::now()))),
+        };
+        match closed {
             Ok(Ok(record)) => {
                 let record = Approval::from(record).as_of(Timestamp::now());
                 self.learned(&DecisionOutcome::AlreadyDecided(record.clone()));

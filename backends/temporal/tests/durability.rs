@@ -166,7 +166,12 @@ async fn a_crashed_worker_is_replaced_and_decisions_and_deadlines_still_land() {
         let tenant = tenant.clone();
         tokio::spawn(async move {
             backend
-                .wait_for_decision(&tenant, &id("decide-me"), Duration::from_secs(60))
+                .wait_for_decision(
+                    &tenant,
+                    &id("decide-me"),
+                    Duration::from_secs(60),
+                    approvals_core::no_stop(),
+                )
                 .await
         })
     };
@@ -205,7 +210,12 @@ async fn a_crashed_worker_is_replaced_and_decisions_and_deadlines_still_land() {
     assert_eq!(woke.status, Status::Rejected);
     // The deadline of the other one fires on the new worker: the workflow itself closes.
     let expired = backend
-        .wait_for_decision(&tenant, &id("let-expire"), Duration::from_secs(20))
+        .wait_for_decision(
+            &tenant,
+            &id("let-expire"),
+            Duration::from_secs(20),
+            approvals_core::no_stop(),
+        )
         .await
         .expect("wait")
         .expect("exists");
@@ -274,7 +284,12 @@ async fn pending_approvals_survive_a_server_restart() {
         "{outcome:?}"
     );
     let expired = backend
-        .wait_for_decision(&tenant, &id("short"), Duration::from_secs(20))
+        .wait_for_decision(
+            &tenant,
+            &id("short"),
+            Duration::from_secs(20),
+            approvals_core::no_stop(),
+        )
         .await
         .expect("wait")
         .expect("exists");

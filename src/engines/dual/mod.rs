@@ -51,7 +51,7 @@ use std::time::{Duration, Instant};
 use approvals_core::{
     Approval, ApprovalBackend, ApprovalId, AuditEvent, BackendError, DecisionOutcome,
     DecisionRequest, EngineStatus, ImportOutcome, Page, PendingStats, RecordTransfer, ScanPage,
-    Status, SubmitOutcome, TenantId, Timestamp,
+    Status, Stop, SubmitOutcome, TenantId, Timestamp,
 };
 use async_trait::async_trait;
 use futures_util::future::BoxFuture;
@@ -241,8 +241,11 @@ impl ApprovalBackend for DualBackend {
         tenant: &TenantId,
         id: &ApprovalId,
         timeout: Duration,
+        stop: Stop,
     ) -> Result<Option<Approval>, BackendError> {
-        self.primary.wait_for_decision(tenant, id, timeout).await
+        self.primary
+            .wait_for_decision(tenant, id, timeout, stop)
+            .await
     }
 
     async fn list(

@@ -45,7 +45,12 @@ pub async fn unknown_id_is_none_and_not_found(backend: Backend) {
         .expect("decide");
     assert_eq!(outcome, DecisionOutcome::NotFound);
     let waited = backend
-        .wait_for_decision(&tenant, &id("nope"), Duration::from_secs(1))
+        .wait_for_decision(
+            &tenant,
+            &id("nope"),
+            Duration::from_secs(1),
+            crate::no_stop(),
+        )
         .await
         .expect("wait");
     assert_eq!(waited, None);
@@ -153,7 +158,12 @@ pub async fn waiter_wakes_on_decision(backend: Backend) {
         let (backend, tenant) = (backend.clone(), tenant.clone());
         tokio::spawn(async move {
             backend
-                .wait_for_decision(&tenant, &id("req-1"), Duration::from_secs(20))
+                .wait_for_decision(
+                    &tenant,
+                    &id("req-1"),
+                    Duration::from_secs(20),
+                    crate::no_stop(),
+                )
                 .await
         })
     };
@@ -178,7 +188,12 @@ pub async fn waiter_times_out_while_pending(backend: Backend) {
     submit(&backend, pending(&tenant, "req-1", HOUR)).await;
     let started = Instant::now();
     let read = backend
-        .wait_for_decision(&tenant, &id("req-1"), Duration::from_millis(300))
+        .wait_for_decision(
+            &tenant,
+            &id("req-1"),
+            Duration::from_millis(300),
+            crate::no_stop(),
+        )
         .await
         .expect("wait")
         .expect("exists");
@@ -193,7 +208,12 @@ pub async fn short_ttl_expires_and_cannot_be_decided(backend: Backend) {
     let tenant = fresh_tenant("expiry");
     let parked = submit(&backend, pending(&tenant, "req-1", Duration::from_secs(1))).await;
     let woke = backend
-        .wait_for_decision(&tenant, &id("req-1"), Duration::from_secs(10))
+        .wait_for_decision(
+            &tenant,
+            &id("req-1"),
+            Duration::from_secs(10),
+            crate::no_stop(),
+        )
         .await
         .expect("wait")
         .expect("exists");

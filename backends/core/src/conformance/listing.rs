@@ -212,7 +212,12 @@ pub async fn audit_events_are_the_core_events(backend: Backend) {
         settled.push(record);
     }
     let expired = backend
-        .wait_for_decision(&tenant, &to_expire.id, Duration::from_secs(10))
+        .wait_for_decision(
+            &tenant,
+            &to_expire.id,
+            Duration::from_secs(10),
+            crate::no_stop(),
+        )
         .await
         .expect("wait")
         .expect("exists");

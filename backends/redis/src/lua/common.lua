@@ -3,7 +3,9 @@
 --   5 deadlines  6 retention  7 submitted-ms sums  8 audit stream
 -- and take ARGV[1] = now (ms), ARGV[2] = the pending head, ARGV[3] = expired retention (ms),
 -- ARGV[4] = tenant, ARGV[5] = channel, ARGV[6] = the channel message, ARGV[7] = audit max length,
--- ARGV[8] = the expired head template, ARGV[9] = the expiry audit event template. Both templates
+-- ARGV[8] = the expired head template, ARGV[9] = the expiry audit event template, ARGV[10] = the
+-- settled channel (its messages carry the settled record, so waking a waiter costs no read;
+-- ARGV[5] gets the bare id as before, for instances of an earlier version). Both templates
 -- come from Rust (the event from approvals-core, which builds every audit event), with quoted
 -- slots such as "$expires_at" that `fill` replaces with the record's values.
 
@@ -47,6 +49,7 @@ local function settle(raw, rec, status, head, ttl_ms, target_index, audit_json)
   redis.call('HINCRBY', KEYS[7], ARGV[4], -rec['submitted_ms'])
   redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[7], '*', 'e', audit_json)
   redis.call('PUBLISH', ARGV[5], ARGV[6])
+  redis.call('PUBLISH', ARGV[10], ARGV[6] .. '\n' .. settled)
   return settled
 end
 

@@ -1,6 +1,6 @@
--- A reviewer's decision. KEYS and ARGV[1..9] as in common.lua, then
---   ARGV[10] decider subject, ARGV[11] decided head, ARGV[12] decided retention (ms),
---   ARGV[13] target status, ARGV[14] audit event JSON.
+-- A reviewer's decision. KEYS and ARGV[1..10] as in common.lua, then
+--   ARGV[11] decider subject, ARGV[12] decided head, ARGV[13] decided retention (ms),
+--   ARGV[14] target status, ARGV[15] audit event JSON.
 -- Returns {outcome, record}; outcome one of won, not_found, expired, decided, self, foreign.
 -- Checks in the contract's order: not_found, expired, already_decided, self_approval.
 local raw = redis.call('GET', KEYS[1])
@@ -13,5 +13,5 @@ if tonumber(ARGV[1]) >= rec['expires_ms'] then
   -- Past the deadline, not yet swept: record the expiry now, so it happens exactly once.
   return {'expired', expire(raw, rec)}
 end
-if rec['submitted_by'] == ARGV[10] then return {'self'} end
-return {'won', settle(raw, rec, ARGV[13], ARGV[11], ARGV[12], KEYS[3], ARGV[14])}
+if rec['submitted_by'] == ARGV[11] then return {'self'} end
+return {'won', settle(raw, rec, ARGV[14], ARGV[12], ARGV[13], KEYS[3], ARGV[15])}

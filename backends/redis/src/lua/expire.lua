@@ -1,5 +1,5 @@
--- The sweeper's step for one due deadline entry. KEYS and ARGV[1..9] as in common.lua, then
---   ARGV[10] the deadline member, ARGV[11] its index member.
+-- The sweeper's step for one due deadline entry. KEYS and ARGV[1..10] as in common.lua, then
+--   ARGV[11] the deadline member, ARGV[12] its index member.
 -- Returns the expired record if this call recorded the expiry, else nil (already settled,
 -- or not yet due).
 -- Every instance's sweeper may run this for the same entry at once: the record's status makes
@@ -7,16 +7,16 @@
 local raw = redis.call('GET', KEYS[1])
 if not raw then
   -- Gone past the grace (every sweeper was down): nothing to keep, only indexes to mend.
-  if redis.call('ZREM', KEYS[2], ARGV[11]) == 1 then
-    local submitted_ms = tonumber(string.sub(ARGV[11], 1, 15))
+  if redis.call('ZREM', KEYS[2], ARGV[12]) == 1 then
+    local submitted_ms = tonumber(string.sub(ARGV[12], 1, 15))
     redis.call('HINCRBY', KEYS[7], ARGV[4], -submitted_ms)
   end
-  redis.call('ZREM', KEYS[5], ARGV[10])
+  redis.call('ZREM', KEYS[5], ARGV[11])
   return false
 end
 local rec = cjson.decode(raw)
 if rec['status'] ~= 'pending' then
-  redis.call('ZREM', KEYS[5], ARGV[10])
+  redis.call('ZREM', KEYS[5], ARGV[11])
   return false
 end
 if tonumber(ARGV[1]) < rec['expires_ms'] then return false end
