@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-use crate::support::{assert_problem, Harness};
+use crate::support::{assert_problem, Harness, TestApp};
 
 contract_tests!(
     a_two_second_tenant_expires_and_reads_expired,
@@ -182,4 +182,76 @@ async fn a_thirty_day_ttl_is_accepted_and_visible(h: Harness) {
         .unwrap();
     assert_eq!(read["expires_at"], parked["expires_at"]);
     assert_eq!(read["status"], "pending");
+}
+
+/// With no instance running around an approval's deadline, its Redis key lapses with its
+/// lifetime (as the ADR's layout has it) and the expiry is still recorded, once, when an
+/// instance comes back: the record reads `expired` and stays readable for the retention.
+#[tokio::test]
+async fn an_expiry_nobody_was_running_for_is_recorded_when_an_instance_returns() {
+    let mut app = TestApp::spawn_with(|s| s.approvals.default_ttl = Duration::from_secs(1)).await;
+    app.park("unattended").await;
+    app.shut_down().await.unwrap();
+    let mut conn = app.redis().connection().await;
+    let key = format!("approval:{}:unattended", app.tenant);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if !exists {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the key outlived its lifetime");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let (base, _stop) = app.second_instance().await;
+    let path = format!("{base}/v1/tenants/{}/approvals/unattended", app.tenant);
+    let read: Value = app
+        .http
+        .get(&path)
+        .bearer_auth(&app.tokens.reviewer)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(read["status"], "expired", "{read}");
+    // The returning instance's sweeper records it: one event, and the record is back under
+    // its key for the expired-retention.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let ttl = loop {
+        let ttl: i64 = redis::cmd("TTL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if ttl > 0 {
+            break ttl;
+        }
+        assert!(Instant::now() < deadline, "the expiry was never recorded");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!((86_400 - 10..=86_400).contains(&ttl), "ttl {ttl}");
+    let audit: Value = app
+        .http
+        .get(format!("{base}/v1/tenants/{}/audit", app.tenant))
+        .bearer_auth(&app.tokens.admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let expiries = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "expired")
+        .count();
+    assert_eq!(expiries, 1, "{audit}");
 }

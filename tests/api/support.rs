@@ -261,6 +261,7 @@ impl TestApp {
             entry(&t.agent, &self.tenant, Role::Agent, "agent-1"),
             entry(&t.reviewer, &self.tenant, Role::Reviewer, "alice"),
             entry(&t.reviewer2, &self.tenant, Role::Reviewer, "bob"),
+            entry(&t.admin, &self.tenant, Role::Admin, "carol"),
         ]
     }
 

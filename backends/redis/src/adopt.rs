@@ -78,7 +78,7 @@ impl RedisBackend {
         let mut cursor = "0".to_owned();
         let mut adopted = 0;
         loop {
-            let (next, keys) = self.scan_keys(&cursor, 1000).await?;
+            let (next, keys) = self.scan_keys(&cursor, 1000, RECORD_PATTERN).await?;
             if !keys.is_empty() {
                 let mut invocation = self.scripts.foreign.prepare_invoke();
                 for key in &keys {
@@ -111,18 +111,19 @@ impl RedisBackend {
         }
     }
 
-    /// One `SCAN` step over the record keys.
+    /// One `SCAN` step over the string keys matching `pattern`.
     pub(crate) async fn scan_keys(
         &self,
         cursor: &str,
         count: usize,
+        pattern: &'static str,
     ) -> Result<(String, Vec<String>), BackendError> {
         let cursor = cursor.to_owned();
         self.with_conn("scan", |mut conn| async move {
             redis::cmd("SCAN")
                 .arg(cursor)
                 .arg("MATCH")
-                .arg(RECORD_PATTERN)
+                .arg(pattern)
                 .arg("COUNT")
                 .arg(count)
                 .arg("TYPE")

@@ -134,17 +134,17 @@ impl RedisBackend {
             Status::Expired => self.lifetimes.expired_retention,
             _ => self.lifetimes.decided_retention,
         };
-        // Pending: the lifetime plus the sweeper's grace. Settled: what is left of its
-        // retention, counted from its decision (imports keep their age).
-        let end_ms = match approval.status {
-            Status::Pending => approval.expires_at.plus(keys::EXPIRY_GRACE).as_millis(),
-            _ => approval
-                .decided_at
-                .unwrap_or(now)
-                .plus(retention)
-                .as_millis(),
+        // Pending: exactly its lifetime (its shadow outlives it by the expired-retention).
+        // Settled: what is left of its retention, counted from its decision (imports keep
+        // their age).
+        let ttl_ms = match approval.status {
+            Status::Pending => (approval.expires_at.as_millis() - now.as_millis()).max(1),
+            _ => {
+                let end = approval.decided_at.unwrap_or(now).plus(retention);
+                (end.as_millis() - now.as_millis()).max(1_000)
+            }
         };
-        let ttl_ms = (end_ms - now.as_millis()).max(1_000);
+        let shadow_ttl_ms = ttl_ms.saturating_add(millis(self.lifetimes.expired_retention));
         let mut invocation = self.scripts.park.prepare_invoke();
         invocation
             .key(keys::record(tenant, id))
@@ -154,6 +154,7 @@ impl RedisBackend {
             .key(TENANTS)
             .key(SUBMITTED_SUM)
             .key(keys::audit(tenant))
+            .key(keys::shadow(tenant, id))
             .arg(record::encode(approval))
             .arg(ttl_ms)
             .arg(&member)
@@ -166,7 +167,8 @@ impl RedisBackend {
             .arg(submitted_ms)
             .arg(encode_event(audit))
             .arg(self.settings.audit_max_len)
-            .arg(replace.unwrap_or(""));
+            .arg(replace.unwrap_or(""))
+            .arg(shadow_ttl_ms);
         self.with_conn("park", |mut conn| async move {
             invocation.invoke_async(&mut conn).await
         })
@@ -235,6 +237,7 @@ impl RedisBackend {
             .key(RETENTION)
             .key(SUBMITTED_SUM)
             .key(keys::audit(tenant))
+            .key(keys::shadow(tenant, id))
             .arg(now.as_millis())
             .arg(&self.pending_head)
             .arg(millis(self.lifetimes.expired_retention))
@@ -381,9 +384,16 @@ impl ApprovalBackend for RedisBackend {
     ) -> Result<Option<Approval>, BackendError> {
         let key = keys::record(tenant, id);
         let query = key.clone();
-        let raw: Option<String> = self
+        let mut raw: Option<String> = self
             .with_conn("get", |mut conn| async move { conn.get(query).await })
             .await?;
+        if raw.is_none() {
+            // Lapsed with its lifetime and not swept yet: the shadow has it (as expired).
+            let shadow = keys::shadow(tenant, id);
+            raw = self
+                .with_conn("get", |mut conn| async move { conn.get(shadow).await })
+                .await?;
+        }
         match raw {
             None => Ok(None),
             Some(raw) => Ok(Some(self.load(&key, raw).await?.as_of(Timestamp::now()))),

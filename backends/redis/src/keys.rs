@@ -3,15 +3,8 @@
 //! Identifiers are `TenantId`/`ApprovalId`, which cannot contain `:`, `*`, `{` or spaces, so
 //! no key built here can collide with another or be globbed from outside.
 
-use std::time::Duration;
-
 use approvals_core::{ApprovalId, BackendError, Status, TenantId};
 use base64::Engine as _;
-
-/// How long a pending record outlives its `expires_at` in Redis. Reads derive `expired` from
-/// `expires_at` itself; the grace only gives the sweeper time to turn the record into a
-/// tombstone before Redis drops it, even if every instance was briefly down.
-pub const EXPIRY_GRACE: Duration = Duration::from_secs(30);
 
 /// Decisions and expiries are published here as `{tenant}:{id}` (what earlier versions listen
 /// to; kept so a rolling upgrade wakes their waiters too).
@@ -30,11 +23,22 @@ pub const TENANTS: &str = "approvals:tenants";
 pub const SUBMITTED_SUM: &str = "approvals:pending_submitted_ms";
 /// Written by every readiness check: a Redis out of memory refuses it.
 pub const WRITE_PROBE: &str = "approvals:write_probe";
+/// `SCAN` pattern of the records and of this service's own keys (shadows among them); callers
+/// tell them apart by prefix.
+pub const RECORD_OR_SHADOW_PATTERN: &str = "approval*";
 /// `SCAN` pattern of the records (the ADR's layout).
 pub const RECORD_PATTERN: &str = "approval:*";
 
 pub fn record(tenant: &TenantId, id: &ApprovalId) -> String {
     format!("approval:{tenant}:{id}")
+}
+
+/// A pending record's second copy. The record key's TTL is the approval's lifetime (the ADR's
+/// layout: a reader never finds a pending record past its deadline); this copy outlives it by
+/// the expired-retention, so the expiry is still recorded, once, and readable, however late
+/// the service comes back within that time. Gone once the approval is settled.
+pub fn shadow(tenant: &TenantId, id: &ApprovalId) -> String {
+    format!("approvals:shadow:{tenant}:{id}")
 }
 
 /// Splits `approval:{tenant}:{id}`; `None` for keys that are not valid records.

@@ -1,7 +1,8 @@
 //! The Redis engine: the ADR v1 store.
 //!
 //! Layout (see `keys`): each approval is a JSON string under `approval:{tenant}:{id}` whose TTL
-//! is its lifetime (plus a short grace for the sweeper), beside per-tenant indexes, a global
+//! is its lifetime (a pending one also has a longer-lived shadow copy, so a late sweeper still
+//! records its expiry), beside per-tenant indexes, a global
 //! deadline set, an audit stream per tenant and one pub/sub channel. Every state change is one
 //! Lua script (`scripts`), so the first reviewer wins and the indexes agree with the records
 //! even with many service instances on one Redis.
@@ -25,5 +26,4 @@ mod waiters;
 
 pub use backend::{EvictingRedis, RedisBackend};
 pub use chores::{ChoreSchedule, Chores};
-pub use keys::EXPIRY_GRACE;
 pub use settings::RedisSettings;

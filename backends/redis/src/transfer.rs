@@ -6,6 +6,7 @@ use approvals_core::{
 use async_trait::async_trait;
 
 use crate::backend::RedisBackend;
+use crate::keys::RECORD_OR_SHADOW_PATTERN;
 use crate::record::{self, Decoded};
 
 #[async_trait]
@@ -16,10 +17,38 @@ impl RecordTransfer for RedisBackend {
             Some(c) if !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()) => c,
             Some(_) => return Err(BackendError::InvalidCursor),
         };
-        let (next, keys) = self.scan_keys(cursor, batch).await?;
+        // Records, and the shadows of pending ones whose key has lapsed with their lifetime
+        // (expired, not yet swept): those are records too.
+        let (next, keys) = self
+            .scan_keys(cursor, batch, RECORD_OR_SHADOW_PATTERN)
+            .await?;
+        let (mut records, shadows): (Vec<String>, Vec<String>) =
+            keys.into_iter().partition(|k| k.starts_with("approval:"));
+        let shadowed: Vec<String> = shadows
+            .iter()
+            .filter_map(|k| k.strip_prefix("approvals:shadow:"))
+            .map(|rest| format!("approval:{rest}"))
+            .collect();
+        let present: Vec<String> = self
+            .fetch(shadowed.clone())
+            .await?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        let lapsed: Vec<String> = shadowed
+            .into_iter()
+            .filter(|k| !present.contains(k))
+            .collect();
         let now = Timestamp::now();
         let mut items = Vec::new();
-        for (key, raw) in self.fetch(keys).await? {
+        let mut read = self.fetch(std::mem::take(&mut records)).await?;
+        for key in lapsed {
+            let shadow = key.replacen("approval:", "approvals:shadow:", 1);
+            if let Some((_, raw)) = self.fetch(vec![shadow]).await?.pop() {
+                read.push((key, raw));
+            }
+        }
+        for (key, raw) in read {
             // Read-only: a foreign record is converted, not adopted (a dry run writes nothing).
             let read = match record::decode(&key, &raw) {
                 Ok(Decoded::Current(approval)) => Ok(*approval),

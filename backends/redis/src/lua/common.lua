@@ -1,6 +1,6 @@
 -- Shared by decide.lua and expire.lua. Both declare the same KEYS:
 --   1 record  2 pending index  3 target index (accepted/rejected)  4 expired index
---   5 deadlines  6 retention  7 submitted-ms sums  8 audit stream
+--   5 deadlines  6 retention  7 submitted-ms sums  8 audit stream  9 shadow
 -- and take ARGV[1] = now (ms), ARGV[2] = the pending head, ARGV[3] = expired retention (ms),
 -- ARGV[4] = tenant, ARGV[5] = channel, ARGV[6] = the channel message, ARGV[7] = audit max length,
 -- ARGV[8] = the expired head template, ARGV[9] = the expiry audit event template, ARGV[10] = the
@@ -24,6 +24,11 @@ local function fill(template, slot, value)
   return table.concat(out)
 end
 
+-- The record, or its shadow once the record key has lapsed with the approval's lifetime.
+local function current_record()
+  return redis.call('GET', KEYS[1]) or redis.call('GET', KEYS[9])
+end
+
 local function index_member(rec)
   return string.format('%015d', rec['submitted_ms']) .. ':' .. rec['id']
 end
@@ -42,6 +47,7 @@ local function settle(raw, rec, status, head, ttl_ms, target_index, audit_json)
   local settled = head .. string.sub(raw, #pending_head + 1)
   local now = tonumber(ARGV[1])
   redis.call('SET', KEYS[1], settled, 'PX', ttl_ms)
+  redis.call('DEL', KEYS[9])
   redis.call('ZREM', KEYS[2], member)
   redis.call('ZADD', target_index, 0, member)
   redis.call('ZREM', KEYS[5], deadline_member(rec))

@@ -3,7 +3,7 @@
 --   ARGV[14] target status, ARGV[15] audit event JSON.
 -- Returns {outcome, record}; outcome one of won, not_found, expired, decided, self, foreign.
 -- Checks in the contract's order: not_found, expired, already_decided, self_approval.
-local raw = redis.call('GET', KEYS[1])
+local raw = current_record()
 if not raw then return {'not_found'} end
 local rec = cjson.decode(raw)
 if rec['expires_ms'] == nil then return {'foreign'} end

@@ -4,9 +4,10 @@
 -- or not yet due).
 -- Every instance's sweeper may run this for the same entry at once: the record's status makes
 -- the second call a no-op, so each expiry is recorded exactly once.
-local raw = redis.call('GET', KEYS[1])
+local raw = current_record()
 if not raw then
-  -- Gone past the grace (every sweeper was down): nothing to keep, only indexes to mend.
+  -- Gone past the expired-retention (every sweeper was down that long): nothing to keep, only
+  -- indexes to mend.
   if redis.call('ZREM', KEYS[2], ARGV[12]) == 1 then
     local submitted_ms = tonumber(string.sub(ARGV[12], 1, 15))
     redis.call('HINCRBY', KEYS[7], ARGV[4], -submitted_ms)
