@@ -10,7 +10,7 @@
 //!   `approvals-temporal`; `engines` is the one place that builds them from `config`, and
 //!   pairs them for the migration soak (`engines::dual`).
 //!
-//! `startup` wires a running service together; `migration` moves records between engines;
+//! `startup` wires a running service together and `server` runs its HTTP connections; `migration` moves records between engines;
 //! `worker` (feature `temporal`) runs the Temporal worker; `telemetry` sets up logging.
 
 pub mod api;
@@ -22,6 +22,7 @@ pub mod engines;
 pub mod metrics;
 pub mod migration;
 pub mod policy;
+pub mod server;
 pub mod startup;
 pub mod telemetry;
 #[cfg(feature = "temporal")]

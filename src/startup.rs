@@ -71,6 +71,7 @@ impl Application {
             app: app.clone(),
             auth: Arc::new(Authenticator::new(&settings.auth.tokens)),
             body_limit: settings.server.body_limit,
+            request_timeout: settings.server.request_timeout,
         };
         let addr = settings.server.listen;
         let listener = TcpListener::bind(addr)
@@ -112,16 +113,19 @@ impl Application {
         tracing::info!(addr = %listener.local_addr()?, backend = app.engine_kind(), "serving");
         let app = api::router(state);
         let signalled = stop.clone();
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down: draining in-flight requests");
-            signalled.cancel();
+        let server = settings.server.clone();
+        let grace = server.shutdown_grace;
+        let served = tokio::spawn(async move {
+            let shutdown = async move {
+                shutdown.await;
+                tracing::info!("shutting down: draining in-flight requests");
+                signalled.cancel();
+            };
+            crate::server::serve(listener, app, &server, shutdown).await;
         });
-        let grace = settings.server.shutdown_grace;
-        let served = tokio::spawn(async move { serve.await });
         // The drain gets `grace` once shutdown begins; past it, the process stops anyway.
         let result = tokio::select! {
-            joined = served => joined.map_err(std::io::Error::other)?,
+            joined = served => joined.map_err(std::io::Error::other),
             () = async { stop.cancelled().await; tokio::time::sleep(grace).await } => {
                 tracing::warn!(?grace, "in-flight requests did not finish within the grace period");
                 Ok(())

@@ -117,12 +117,15 @@ async fn serve_http(listener: TcpListener, status: Arc<Status>, stop: Cancellati
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(status);
-    if let Err(error) = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await
-    {
-        tracing::error!(%error, "worker HTTP server failed");
-    }
+    // The same connection limits as the service's API (their defaults).
+    let limits = crate::config::ServerSettings::default();
+    crate::server::serve(
+        listener,
+        app,
+        &limits,
+        async move { stop.cancelled().await },
+    )
+    .await;
 }
 
 /// `200` while the process runs.

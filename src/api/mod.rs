@@ -31,6 +31,8 @@ pub struct AppState {
     pub app: Arc<Approvals>,
     pub auth: Arc<Authenticator>,
     pub body_limit: usize,
+    /// The longest a request but a long-poll may take.
+    pub request_timeout: Duration,
 }
 
 #[derive(OpenApi)]
@@ -71,6 +73,10 @@ pub fn router(state: AppState) -> Router {
     routes
         .route("/openapi.json", axum::routing::get(move || ops::openapi(openapi.clone())))
         .fallback(ops::no_route)
+        .layer(axum::middleware::from_fn_with_state(
+            state.request_timeout,
+            within_deadline,
+        ))
         .with_state(state)
         .layer(axum::middleware::from_fn(crate::metrics::track_http))
         .layer(
@@ -95,4 +101,24 @@ pub fn router(state: AppState) -> Router {
         )
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+}
+
+/// Middleware: every request but a decision long-poll (which has its own bound, 60 s) answers
+/// within `server.request_timeout`; past it, `408` (a client trickling its body, usually).
+async fn within_deadline(
+    axum::extract::State(timeout): axum::extract::State<Duration>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let long_poll = request
+        .extensions()
+        .get::<MatchedPath>()
+        .is_some_and(|p| p.as_str().ends_with("/decision"));
+    if long_poll {
+        return next.run(request).await;
+    }
+    match tokio::time::timeout(timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => axum::response::IntoResponse::into_response(ApiError::RequestTimeout(timeout)),
+    }
 }

@@ -28,6 +28,8 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("no such route")]
     NoRoute,
+    #[error("the request took longer than {0:?}")]
+    RequestTimeout(std::time::Duration),
     #[error(transparent)]
     App(#[from] AppError),
     #[error("internal error")]
@@ -79,6 +81,7 @@ impl ApiError {
                 "input_too_large",
                 "Input beyond the limits",
             ),
+            Self::RequestTimeout(_) => (S::REQUEST_TIMEOUT, "request_timeout", "Request timeout"),
             Self::NoRoute | Self::App(AppError::NotFound { .. }) => {
                 (S::NOT_FOUND, "not_found", "Not found")
             }

@@ -67,6 +67,17 @@ pub struct ServerSettings {
     /// How long in-flight requests may take to finish after SIGTERM.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Connections open at once; beyond it new ones are closed at once.
+    pub max_connections: usize,
+    /// A request's headers must arrive within this; a keep-alive connection idle this long is
+    /// closed too.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// The most a connection may buffer while reading headers (at least 8192).
+    pub max_header_bytes: usize,
+    /// The longest any request but a decision long-poll may take (`408` past it).
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
 }
 
 impl Default for ServerSettings {
@@ -75,6 +86,10 @@ impl Default for ServerSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             body_limit: 65_536,
             shutdown_grace: Duration::from_secs(30),
+            max_connections: 10_000,
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 16 * 1024,
+            request_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -288,6 +303,16 @@ impl Settings {
                     "{key}: a TTL must be at least 1s"
                 )));
             }
+        }
+        if self.server.max_header_bytes < 8192 {
+            return Err(ConfigError::Invalid(
+                "server.max_header_bytes: must be at least 8192".into(),
+            ));
+        }
+        if self.server.max_connections == 0 {
+            return Err(ConfigError::Invalid(
+                "server.max_connections: must be positive".into(),
+            ));
         }
         if self.server.body_limit == 0 {
             return Err(ConfigError::Invalid(

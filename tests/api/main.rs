@@ -10,6 +10,7 @@ mod shared_temporal;
 mod support;
 
 mod auth;
+mod connections;
 mod decide;
 mod errors;
 mod expiry;

@@ -1,0 +1,154 @@
+//! Connection-level limits: clients that never finish their headers, trickle them, or open
+//! more connections than the service allows cannot keep it from answering others.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::TestApp;
+
+/// Each stalled connection holds a descriptor on both ends of this one process.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+/// A connection that sent part of a request's headers and then nothing.
+async fn stalled(addr: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: stalled\r\nX-Partial: yes")
+        .await
+        .unwrap();
+    stream
+}
+
+/// Resolves when the server closes `stream` (EOF or reset).
+async fn closed_by_server(stream: &mut TcpStream) {
+    let mut buf = [0u8; 1024];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_connections_neither_block_health_nor_stay_open() {
+    raise_open_files_limit();
+    let app = TestApp::spawn_with(|s| s.server.header_read_timeout = Duration::from_secs(2)).await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut streams = Vec::new();
+    for _ in 0..1_500 {
+        streams.push(stalled(&addr).await);
+    }
+    let started = Instant::now();
+    let health = app.http.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "/healthz took {:?}",
+        started.elapsed()
+    );
+    // Every stalled connection is closed by the header timeout, not left open.
+    let closing = streams.iter_mut().map(closed_by_server);
+    tokio::time::timeout(Duration::from_secs(15), futures::future::join_all(closing))
+        .await
+        .expect("the stalled connections were closed");
+}
+
+#[tokio::test]
+async fn a_trickled_header_is_cut_off() {
+    let app = TestApp::spawn_with(|s| s.server.header_read_timeout = Duration::from_secs(2)).await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut stream = TcpStream::connect(&addr).await.unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut closed = false;
+    for n in 0..20 {
+        // One header line every half second: never the whole request.
+        if stream
+            .write_all(format!("X-Line-{n}: trickle\r\n").as_bytes())
+            .await
+            .is_err()
+        {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    if !closed {
+        tokio::time::timeout(Duration::from_secs(5), closed_by_server(&mut stream))
+            .await
+            .expect("the trickling connection was closed");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn beyond_max_connections_new_ones_are_closed_until_a_slot_frees() {
+    let app = TestApp::spawn_with(|s| {
+        s.server.max_connections = 20;
+        s.server.header_read_timeout = Duration::from_secs(2);
+    })
+    .await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut streams = Vec::new();
+    for _ in 0..20 {
+        streams.push(stalled(&addr).await);
+    }
+    // Give the server the time to accept them all (an event would be better; the accept loop
+    // has no observable one short of trying).
+    let mut extra = TcpStream::connect(&addr).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(2), closed_by_server(&mut extra))
+        .await
+        .expect("a connection beyond the cap is closed at once");
+    // Once the header timeout frees the slots, requests are served again.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(response) = app.http.get(app.url("/healthz")).send().await {
+            if response.status() == StatusCode::OK {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "never served again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A client that sends a body slower than `server.request_timeout` allows gets `408`.
+#[tokio::test]
+async fn a_body_slower_than_the_request_timeout_is_408() {
+    let app = TestApp::spawn_with(|s| s.server.request_timeout = Duration::from_secs(1)).await;
+    let chunks = futures::stream::unfold(0, |n| async move {
+        if n == 10 {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Some((Ok::<_, std::io::Error>(vec![b' ']), n + 1))
+    });
+    let response = app
+        .request(
+            reqwest::Method::POST,
+            &format!("/v1/tenants/{}/approvals", app.tenant),
+            Some(&app.tokens.agent),
+        )
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    crate::support::assert_problem(response, StatusCode::REQUEST_TIMEOUT, "request_timeout").await;
+}
