@@ -255,3 +255,41 @@ async fn an_expiry_nobody_was_running_for_is_recorded_when_an_instance_returns()
         .count();
     assert_eq!(expiries, 1, "{audit}");
 }
+
+/// An expiry recorded by a decision that came too late (no sweep in between) is counted like
+/// one the sweeper records.
+#[tokio::test]
+async fn an_expiry_recorded_by_a_late_decision_is_counted() {
+    // A tenant of its own: the metrics recorder is shared by every test in this binary.
+    let harness = Harness {
+        backend: crate::support::Backend::Redis,
+        tenant: approvals_core::conformance::fresh_tenant("late").to_string(),
+        other_tenant: approvals_core::conformance::fresh_tenant("other").to_string(),
+    };
+    let app = harness
+        .spawn_with(|s| {
+            s.approvals.default_ttl = Duration::from_secs(1);
+            // No sweep before the decision: it records the expiry itself.
+            s.approvals.sweep_interval = Duration::from_secs(3600);
+        })
+        .await;
+    app.park("late").await;
+    tokio::time::sleep(Duration::from_millis(1_200)).await; // past the 1 s lifetime: the point of the test
+    let response = app.decide("late", "accept", &app.tokens.reviewer).await;
+    assert_problem(response, StatusCode::GONE, "expired").await;
+    let tenant = app.tenant.clone();
+    app.metrics_until(
+        &app.base,
+        Duration::from_secs(5),
+        "the expiry counted",
+        |t| {
+            t.lines().any(|l| {
+                l.starts_with("approvals_decisions_total{")
+                    && l.contains(&format!("tenant=\"{tenant}\""))
+                    && l.contains("outcome=\"expired\"")
+                    && l.ends_with(" 1")
+            })
+        },
+    )
+    .await;
+}

@@ -196,3 +196,27 @@ async fn unreadable_values_are_counted_and_passed_over() {
     )
     .await;
 }
+
+/// With the default settings, an ADR v1 record written while the service runs is listed and
+/// counted within 15 s (the contract's bound), without anyone reading it first.
+#[tokio::test]
+async fn v1_records_are_listed_and_counted_within_fifteen_seconds_by_default() {
+    let app = TestApp::spawn_with(|s| {
+        s.approvals.adopt_interval = approvals::config::ApprovalSettings::default().adopt_interval
+    })
+    .await;
+    // After the adoption pass that runs at start-up.
+    app.metrics_until(&app.base, Duration::from_secs(10), "the first figures", |t| {
+        t.contains("approvals_pending_snapshot_age_seconds ")
+    })
+    .await;
+    write_v1(&app, "v1-late", json!("2026-11-21T09:23:41.842Z"), 3600).await;
+    let written = Instant::now();
+    app.metrics_until(&app.base, Duration::from_secs(15), "the v1 record counted", |t| {
+        t.contains(&format!("approvals_pending{{tenant=\"{TENANT}\"}} 1"))
+    })
+    .await;
+    let listed = app.listed().await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert!(written.elapsed() < Duration::from_secs(15), "{:?}", written.elapsed());
+}

@@ -295,6 +295,14 @@ impl RedisBackend {
             "won" => DecisionOutcome::Decided(parsed(raw)?),
             "decided" => DecisionOutcome::AlreadyDecided(parsed(raw)?),
             "expired" => DecisionOutcome::Expired(parsed(raw)?),
+            "expired_now" => {
+                // Recorded here rather than by a sweeper: reported the same way.
+                let expired = parsed(raw)?;
+                if let Some(events) = self.events.get() {
+                    events.expired(&expired, Timestamp::now());
+                }
+                DecisionOutcome::Expired(expired)
+            }
             "self" => DecisionOutcome::SelfApproval,
             "not_found" => DecisionOutcome::NotFound,
             "foreign" => return Ok(None),
