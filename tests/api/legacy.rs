@@ -206,17 +206,27 @@ async fn v1_records_are_listed_and_counted_within_fifteen_seconds_by_default() {
     })
     .await;
     // After the adoption pass that runs at start-up.
-    app.metrics_until(&app.base, Duration::from_secs(10), "the first figures", |t| {
-        t.contains("approvals_pending_snapshot_age_seconds ")
-    })
+    app.metrics_until(
+        &app.base,
+        Duration::from_secs(10),
+        "the first figures",
+        |t| t.contains("approvals_pending_snapshot_age_seconds "),
+    )
     .await;
     write_v1(&app, "v1-late", json!("2026-11-21T09:23:41.842Z"), 3600).await;
     let written = Instant::now();
-    app.metrics_until(&app.base, Duration::from_secs(15), "the v1 record counted", |t| {
-        t.contains(&format!("approvals_pending{{tenant=\"{TENANT}\"}} 1"))
-    })
+    app.metrics_until(
+        &app.base,
+        Duration::from_secs(15),
+        "the v1 record counted",
+        |t| t.contains(&format!("approvals_pending{{tenant=\"{TENANT}\"}} 1")),
+    )
     .await;
     let listed = app.listed().await;
     assert_eq!(listed.len(), 1, "{listed:?}");
-    assert!(written.elapsed() < Duration::from_secs(15), "{:?}", written.elapsed());
+    assert!(
+        written.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        written.elapsed()
+    );
 }

@@ -118,6 +118,112 @@ async fn openapi_documents_every_route() {
     assert!(doc["components"]["schemas"]["Approval"].is_object());
 }
 
+/// `openapi-spec-validator`: `$OPENAPI_SPEC_VALIDATOR`, else the one `scripts/test.sh` installs
+/// into `.tools/`, else on PATH.
+fn spec_validator() -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os("OPENAPI_SPEC_VALIDATOR") {
+        return path.into();
+    }
+    let local = crate::support::repo_path(".tools/bin/openapi-spec-validator");
+    if local.exists() {
+        local
+    } else {
+        "openapi-spec-validator".into()
+    }
+}
+
+/// The served document is valid OpenAPI 3.1 and says what the service does: query parameters
+/// in the query, identifiers with their patterns on every path, errors as problem+json, the
+/// bounds the service enforces, `action.type` required.
+#[tokio::test]
+async fn the_openapi_document_is_valid_and_matches_the_service() {
+    let app = TestApp::spawn().await;
+    let text = app
+        .http
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("openapi.json");
+    std::fs::write(&file, &text).unwrap();
+    let output = std::process::Command::new(spec_validator())
+        .arg(&file)
+        .output()
+        .expect("openapi-spec-validator (scripts/test.sh installs it)");
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    let mut query_names = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            for param in operation["parameters"].as_array().into_iter().flatten() {
+                let name = param["name"].as_str().unwrap();
+                let place = param["in"].as_str().unwrap();
+                if path.contains(&format!("{{{name}}}")) {
+                    assert_eq!(place, "path", "{method} {path}: {name}");
+                    assert!(
+                        param["schema"]["pattern"].is_string(),
+                        "{method} {path}: {name} has no pattern"
+                    );
+                } else {
+                    assert_eq!(place, "query", "{method} {path}: {name}");
+                    assert_ne!(param["required"], true, "{method} {path}: {name}");
+                    query_names.push(name.to_owned());
+                }
+            }
+            for (status, response) in operation["responses"].as_object().unwrap() {
+                if status.starts_with('4') || status.starts_with('5') {
+                    let content = response["content"].as_object();
+                    assert!(
+                        content.is_some_and(|c| c.contains_key("application/problem+json")
+                            && !c.contains_key("application/json")),
+                        "{method} {path} {status}: {response}"
+                    );
+                }
+            }
+        }
+    }
+    for name in ["status", "limit", "cursor", "wait_seconds", "since"] {
+        assert!(query_names.iter().any(|n| n == name), "{name} missing");
+    }
+    let submit = &doc["components"]["schemas"]["SubmitBody"];
+    assert!(
+        submit["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r == "action"),
+        "{submit}"
+    );
+    let list = &doc["paths"]["/v1/tenants/{tenant}/approvals"]["get"]["parameters"];
+    let limit = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "limit")
+        .unwrap();
+    assert_eq!(limit["schema"]["minimum"], 1, "{limit}");
+    assert_eq!(limit["schema"]["maximum"], 500, "{limit}");
+    let action = serde_json::to_string(&doc).unwrap();
+    assert!(
+        action.contains("\"Action\""),
+        "an Action schema with a required type"
+    );
+    assert_eq!(
+        doc["components"]["schemas"]["Action"]["required"][0],
+        "type"
+    );
+}
+
 #[tokio::test]
 async fn readiness_fails_fast_when_redis_is_gone() {
     let mut app = TestApp::spawn().await;
