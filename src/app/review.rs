@@ -10,8 +10,6 @@ use approvals_core::{
 use super::{AppError, Approvals};
 use crate::auth::{Permission, Principal};
 
-/// The longest a long-poll may wait; larger requests are clamped.
-pub const MAX_WAIT_SECONDS: u64 = 60;
 const DEFAULT_WAIT_SECONDS: u64 = 30;
 /// The longest decision reason accepted.
 pub const MAX_REASON_CHARS: usize = 2_000;
@@ -60,7 +58,8 @@ impl Approvals {
     }
 
     /// Answers as soon as the approval is decided or expired, or after `wait_seconds` (default
-    /// 30, at most 60) with the pending record; at once while the service shuts down.
+    /// 30, at most `approvals.long_poll_max`, 60 s) with the pending record; at once while the
+    /// service shuts down.
     pub async fn wait(
         &self,
         caller: &Principal,
@@ -69,15 +68,14 @@ impl Approvals {
         wait_seconds: Option<u64>,
     ) -> Result<Approval, AppError> {
         self.authorize(caller, Permission::Wait, tenant)?;
-        let wait = wait_seconds
-            .unwrap_or(DEFAULT_WAIT_SECONDS)
-            .min(MAX_WAIT_SECONDS);
+        let asked = Duration::from_secs(wait_seconds.unwrap_or(DEFAULT_WAIT_SECONDS));
+        let wait = asked.min(self.settings.long_poll_max);
         let _in_flight = crate::metrics::LongPoll::start(&self.metrics);
         // Shutting down, the engine answers with the state it has at once, without a store
         // call each, rather than hold up the drain.
         let stop = Box::pin(self.shutdown.clone().cancelled_owned());
         self.engine
-            .wait_for_decision(tenant, id, Duration::from_secs(wait), stop)
+            .wait_for_decision(tenant, id, wait, stop)
             .await
             .map_err(|e| self.engine_failed(e))?
             .ok_or_else(|| not_found(tenant, id))

@@ -118,6 +118,9 @@ pub struct ApprovalSettings {
     /// How often records written by the ADR v1 service are searched for and adopted.
     #[serde(with = "humantime_serde")]
     pub adopt_interval: Duration,
+    /// The longest a decision long-poll waits, whatever `wait_seconds` asks (the contract: 60 s).
+    #[serde(with = "humantime_serde")]
+    pub long_poll_max: Duration,
     /// Pending approvals one tenant may have; past it a submit that would park answers `429`.
     /// Checked against the pending figures, so a burst may pass it by what arrives within
     /// `stats_interval`.
@@ -137,6 +140,7 @@ impl Default for ApprovalSettings {
             stats_interval: Duration::from_secs(2),
             // The contract: ADR v1 records are listed and counted within 15 s.
             adopt_interval: Duration::from_secs(10),
+            long_poll_max: Duration::from_secs(60),
             max_pending_per_tenant: 100_000,
         }
     }
