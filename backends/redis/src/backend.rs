@@ -29,7 +29,7 @@ pub struct RedisBackend {
     pub(crate) settings: RedisSettings,
     pub(crate) lifetimes: Lifetimes,
     pub(crate) scripts: Scripts,
-    waiters: Waiters,
+    pub(crate) waiters: Waiters,
     subscriber: JoinHandle<()>,
     pending_head: String,
     expired_head: String,
@@ -316,48 +316,6 @@ impl RedisBackend {
     }
 }
 
-impl RedisBackend {
-    /// This Redis' `maxmemory-policy`, for the start-up check: `Ok(None)` if it does not say.
-    pub async fn eviction_policy(&self) -> Result<Option<String>, BackendError> {
-        let info: String = self
-            .with_conn("info", |mut conn| async move {
-                redis::cmd("INFO")
-                    .arg("memory")
-                    .query_async(&mut conn)
-                    .await
-            })
-            .await?;
-        Ok(eviction_policy(&info).map(str::to_owned))
-    }
-}
-
-/// A Redis that may evict approvals: `maxmemory-policy` other than `noeviction`. Every record
-/// has a TTL, so even the `volatile-*` policies evict approvals.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "Redis' maxmemory-policy is {policy}: it may evict approvals when memory runs short. \
-     Set maxmemory-policy noeviction (or redis.allow_eviction = true for a Redis that can \
-     never fill up)"
-)]
-pub struct EvictingRedis {
-    pub policy: String,
-}
-
-impl EvictingRedis {
-    fn new(policy: &str) -> Self {
-        Self {
-            policy: policy.to_owned(),
-        }
-    }
-}
-
-/// `maxmemory_policy` from `INFO memory`.
-fn eviction_policy(info: &str) -> Option<&str> {
-    info.lines()
-        .find_map(|line| line.strip_prefix("maxmemory_policy:"))
-        .map(str::trim)
-}
-
 /// An audit entry as the scripts store it (plain data: serialising cannot fail).
 pub(crate) fn encode_event(entry: &AuditEntry) -> String {
     serde_json::to_string(entry).unwrap_or_default()
@@ -434,35 +392,9 @@ impl ApprovalBackend for RedisBackend {
         tenant: &TenantId,
         id: &ApprovalId,
         timeout: Duration,
-        mut stop: Stop,
+        stop: Stop,
     ) -> Result<Option<Approval>, BackendError> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut subscription = self.waiters.subscribe(&keys::record(tenant, id));
-        // The one read of the wait: decisions arrive with their record.
-        let mut current = self.get(tenant, id).await?;
-        loop {
-            let Some(approval) = current else {
-                return Ok(None);
-            };
-            let now = tokio::time::Instant::now();
-            if approval.is_decided() || now >= deadline {
-                return Ok(Some(approval));
-            }
-            // Wake at the deadline too: `as_of` reports the expiry itself, sweeper or not.
-            let until_expiry = approval.expires_at.as_millis() - Timestamp::now().as_millis();
-            let expiry = now + Duration::from_millis(u64::try_from(until_expiry).unwrap_or(0) + 5);
-            current = tokio::select! {
-                settled = subscription.notified() => match settled {
-                    Some(record) => Some(Approval::clone(&record).as_of(Timestamp::now())),
-                    // A reconnect: messages may have been lost, so read.
-                    None => self.get(tenant, id).await?,
-                },
-                () = tokio::time::sleep_until(deadline.min(expiry)) => {
-                    Some(approval.as_of(Timestamp::now()))
-                }
-                () = &mut stop => return Ok(Some(approval.as_of(Timestamp::now()))),
-            };
-        }
+        self.wait(tenant, id, timeout, stop).await
     }
 
     async fn list(
@@ -560,28 +492,8 @@ impl ApprovalBackend for RedisBackend {
         crate::stats::pending_stats(self, bounds, now).await
     }
 
-    /// Ready when Redis answers, would keep what it is given (`maxmemory-policy noeviction`,
-    /// unless `redis.allow_eviction`), and takes a write (a full Redis refuses them).
     async fn ping(&self) -> Result<(), BackendError> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("INFO").arg("memory");
-        pipe.cmd("SET")
-            .arg(keys::WRITE_PROBE)
-            .arg(Timestamp::now().as_millis())
-            .arg("PX")
-            .arg(60_000)
-            .ignore();
-        let (info,): (String,) = self
-            .with_conn("ping", |mut conn| async move {
-                pipe.query_async(&mut conn).await
-            })
-            .await?;
-        match eviction_policy(&info) {
-            Some(policy) if policy != "noeviction" && !self.settings.allow_eviction => Err(
-                BackendError::unavailable("ping", EvictingRedis::new(policy)),
-            ),
-            _ => Ok(()),
-        }
+        self.check_ready().await
     }
 
     fn status(&self) -> EngineStatus {

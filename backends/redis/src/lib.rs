@@ -15,6 +15,7 @@
 mod adopt;
 mod backend;
 mod chores;
+mod health;
 mod keys;
 mod legacy;
 mod record;
@@ -23,7 +24,9 @@ mod settings;
 mod stats;
 mod transfer;
 mod waiters;
+mod waiting;
 
-pub use backend::{EvictingRedis, RedisBackend};
+pub use backend::RedisBackend;
 pub use chores::{ChoreSchedule, Chores};
+pub use health::EvictingRedis;
 pub use settings::RedisSettings;
