@@ -179,7 +179,9 @@ async fn waiting_on_an_unknown_approval_is_404(h: Harness) {
 async fn five_thousand_waiters_on_one_approval_all_learn_the_decision() {
     const WAITERS: usize = 5_000;
     raise_open_files_limit();
-    let app = TestApp::spawn().await;
+    // Opening 5,000 connections on a loaded two-core machine (a debug build) can take longer
+    // than a minute: the first waiters must still be waiting when the last one parks.
+    let app = TestApp::spawn_with(|s| s.approvals.long_poll_max = Duration::from_secs(600)).await;
     app.park("popular").await;
     // A client of its own with room for every connection (one per long-poll, HTTP/1).
     let http = reqwest::Client::builder()
@@ -187,7 +189,7 @@ async fn five_thousand_waiters_on_one_approval_all_learn_the_decision() {
         .build()
         .unwrap();
     let url = app.url(&format!(
-        "/v1/tenants/{}/approvals/popular/decision?wait_seconds=60",
+        "/v1/tenants/{}/approvals/popular/decision?wait_seconds=600",
         app.tenant
     ));
     let waiters: Vec<_> = (0..WAITERS)
@@ -209,7 +211,7 @@ async fn five_thousand_waiters_on_one_approval_all_learn_the_decision() {
     };
     app.metrics_until(
         &app.base,
-        Duration::from_secs(60),
+        Duration::from_secs(300),
         "every waiter parking",
         parked,
     )

@@ -119,29 +119,30 @@ impl AuditEntry {
         }
     }
 
-    /// The approval's deadline passed with nobody deciding.
-    pub fn expired(a: &Approval) -> Self {
+    /// The approval's deadline passed with nobody deciding; the expiry was recorded at
+    /// `recorded_at` (its own time: the deadline is in the details).
+    pub fn expired(a: &Approval, recorded_at: Timestamp) -> Self {
         let details = expired_details(a.submitted_at, a.expires_at);
-        Self::about(a, AuditKind::Expired, SYSTEM_ACTOR, a.expires_at, details)
+        Self::about(a, AuditKind::Expired, SYSTEM_ACTOR, recorded_at, details)
     }
 
-    /// The event that settled `a` (accepted, rejected or expired); `None` while pending.
-    pub fn settled(a: &Approval) -> Option<Self> {
+    /// The reviewer's decision that settled `a`; `None` unless accepted or rejected.
+    pub fn decided(a: &Approval) -> Option<Self> {
         match a.status {
-            Status::Pending => None,
-            Status::Expired => Some(Self::expired(a)),
             Status::Accepted | Status::Rejected => {
                 a.decision().map(|d| Self::decision(&a.tenant, &a.id, &d))
             }
+            Status::Pending | Status::Expired => None,
         }
     }
 
     /// The expiry event as JSON with the quoted slots `"$tenant"`, `"$approval_id"`,
-    /// `"$submitted_at"` and `"$expires_at"`, each to be replaced by that field's JSON value:
-    /// for code that can only write the event where the record is (a Redis script).
+    /// `"$submitted_at"`, `"$expires_at"` and `"$recorded_at"`, each to be replaced by that
+    /// value as JSON: for code that can only write the event where the record is (a Redis
+    /// script).
     pub fn expiry_template() -> String {
         json!({
-            "timestamp": "$expires_at", "tenant": "$tenant", "approval_id": "$approval_id",
+            "timestamp": "$recorded_at", "tenant": "$tenant", "approval_id": "$approval_id",
             "kind": AuditKind::Expired, "actor": SYSTEM_ACTOR,
             "details": expired_details("$submitted_at", "$expires_at"),
         })
@@ -205,14 +206,17 @@ mod tests {
             decision_reason: None,
         };
         let json = |v: &dyn erased::Json| v.json();
+        let recorded_at = approval.expires_at.plus(Duration::from_millis(250));
         let filled = AuditEntry::expiry_template()
             .replace("\"$tenant\"", &json(&approval.tenant))
             .replace("\"$approval_id\"", &json(&approval.id))
             .replace("\"$submitted_at\"", &json(&approval.submitted_at))
-            .replace("\"$expires_at\"", &json(&approval.expires_at));
+            .replace("\"$expires_at\"", &json(&approval.expires_at))
+            .replace("\"$recorded_at\"", &json(&recorded_at));
         let parsed: AuditEntry = serde_json::from_str(&filled).unwrap();
-        assert_eq!(parsed, AuditEntry::expired(&approval));
-        assert_eq!(AuditEntry::settled(&approval), Some(parsed));
+        assert_eq!(parsed, AuditEntry::expired(&approval, recorded_at));
+        assert_eq!(parsed.details["expires_at"], json!(approval.expires_at));
+        assert_eq!(AuditEntry::decided(&approval), None);
     }
 
     mod erased {

@@ -246,7 +246,11 @@ impl RedisBackend {
             .arg(keys::channel_message(tenant, id))
             .arg(self.settings.audit_max_len)
             .arg(&self.expired_head)
-            .arg(&self.expiry_event)
+            // Recorded now, if it is recorded by this call: the event's own time.
+            .arg(
+                self.expiry_event
+                    .replace("\"$recorded_at\"", &format!("\"{now}\"")),
+            )
             .arg(SETTLED_CHANNEL);
         invocation
     }
@@ -474,6 +478,13 @@ impl ApprovalBackend for RedisBackend {
                     key: format!("{} {}", keys::audit(tenant), entry.id),
                     reason: e.to_string(),
                 })?;
+            // The time Redis recorded it (the stream id): one clock for every instance, so
+            // the export's timestamps never decrease.
+            let recorded_ms = entry.id.split('-').next().and_then(|ms| ms.parse().ok());
+            let stored = AuditEntry {
+                timestamp: recorded_ms.map_or(stored.timestamp, Timestamp::from_millis),
+                ..stored
+            };
             items.push(stored.with_id(entry.id));
         }
         let next_cursor = if more {

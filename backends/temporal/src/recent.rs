@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use approvals_core::{Approval, AuditEvent, TenantId, Timestamp};
 
-use crate::record::settled_event;
+use crate::record::decided_event;
 
 /// Far longer than the visibility lag observed on a loaded dev server (tens of ms).
 pub const REMEMBER_FOR: Duration = Duration::from_secs(30);
@@ -44,12 +44,12 @@ impl Row {
         Row { approval, events }
     }
 
-    /// The row as a reader at `now` sees it: past the deadline it is expired, with the expiry
-    /// event the workflow writes (or has written) when its timer fires.
+    /// The row as a reader at `now` sees it: past the deadline it is expired; a decision this
+    /// process learned of has its event (the workflow's expiry event shows once it is recorded).
     pub fn seen_at(self, now: Timestamp) -> Row {
         let approval = self.approval.as_of(now);
         let mut events = self.events;
-        if let Some(event) = settled_event(&approval) {
+        if let Some(event) = decided_event(&approval) {
             if !events.iter().any(|e| e.event_id == event.event_id) {
                 events.push(event);
             }

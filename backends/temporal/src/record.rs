@@ -108,13 +108,13 @@ impl From<EventRecord> for AuditEvent {
     }
 }
 
-/// The event that settled `approval`, with its id: the workflow writes it, and a reader holding
-/// the settled record (before visibility caught up, or before the timer was processed) derives
-/// the very same event, so merging never produces a duplicate.
-pub fn settled_event(approval: &Approval) -> Option<AuditEvent> {
-    AuditEntry::settled(approval).map(|entry| EventRecord::new(entry, 1).into())
+/// The reviewer's decision that settled `approval`, with its id: the workflow writes it, and a
+/// reader holding the decided record (before visibility has caught up) derives the very same
+/// event, so merging never produces a duplicate. An expiry is not derived: its time is when the
+/// workflow recorded it, which only the workflow knows.
+pub fn decided_event(approval: &Approval) -> Option<AuditEvent> {
+    AuditEntry::decided(approval).map(|entry| EventRecord::new(entry, 1).into())
 }
-
 /// The approval's first event (parked or carried over) with its id.
 pub fn first_event(entry: AuditEntry) -> EventRecord {
     EventRecord::new(entry, 0)

@@ -88,18 +88,20 @@ pub struct ApprovalWorkflow {
 }
 
 impl ApprovalWorkflow {
-    /// Records the expiry once; a no-op unless still pending.
-    fn expire(&mut self) {
+    /// Records the expiry once, at `now` (workflow time); a no-op unless still pending.
+    fn expire(&mut self, now: Timestamp) {
         if self.record.status == Status::Pending {
             let expires_at = self.record.expires_at;
             self.record = self.record.clone().as_of(expires_at);
-            self.settled();
+            let entry = AuditEntry::expired(&self.record, now.max(expires_at));
+            self.events.push(EventRecord::new(entry, 1));
+            self.dirty = true;
         }
     }
 
-    /// Appends the event that settled the record and marks the memo stale.
-    fn settled(&mut self) {
-        if let Some(entry) = AuditEntry::settled(&self.record) {
+    /// Appends the reviewer's decision event and marks the memo stale.
+    fn decided(&mut self) {
+        if let Some(entry) = AuditEntry::decided(&self.record) {
             self.events.push(EventRecord::new(entry, 1));
         }
         self.dirty = true;
@@ -142,11 +144,12 @@ impl ApprovalWorkflow {
                     _ = ctx.timer(Duration::from_millis(remaining)) => {
                         // A decision may have landed in the same workflow task as the timer:
                         // `expire` re-checks, so it is never overwritten.
-                        ctx.state_mut(|s| s.expire());
+                        let fired = to_timestamp(ctx.workflow_time()).unwrap_or(expires_at);
+                        ctx.state_mut(|s| s.expire(fired));
                     }
                 }
             } else {
-                ctx.state_mut(|s| s.expire());
+                ctx.state_mut(|s| s.expire(now));
             }
         }
         if ctx.state(|s| s.dirty) {
@@ -195,7 +198,7 @@ impl ApprovalWorkflow {
         if self.record.status == Status::Pending {
             if let Some(now) = to_timestamp(ctx.workflow_time()) {
                 if now >= self.record.expires_at {
-                    self.expire();
+                    self.expire(now);
                 }
             }
         }
@@ -210,7 +213,7 @@ impl ApprovalWorkflow {
                 self.record.decided_at = Some(input.at);
                 self.record.decided_by = Some(input.decided_by);
                 self.record.decision_reason = input.reason;
-                self.settled();
+                self.decided();
                 DecideReply::Decided(self.reply())
             }
         }

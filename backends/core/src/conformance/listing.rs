@@ -240,44 +240,72 @@ pub async fn audit_events_are_the_core_events(backend: Backend) {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    // An event's time is when the engine recorded it (Redis: its stream's clock; an expiry:
+    // when it was recorded, past the deadline), so times are checked apart: every field but
+    // the time exactly as core builds it, and the export's times never decreasing.
+    let untimed = |mut entry: AuditEntry| {
+        entry.timestamp = Timestamp::from_millis(0);
+        entry
+    };
     let of = |id: &ApprovalId| -> Vec<AuditEntry> {
         events
             .iter()
             .filter(|e| &e.approval_id == id)
-            .map(|e| e.entry())
+            .map(|e| untimed(e.entry()))
             .collect()
     };
     assert_eq!(
         of(&to_accept.id),
         [
-            AuditEntry::submitted(&to_accept),
-            AuditEntry::settled(&settled[0]).expect("settled")
+            untimed(AuditEntry::submitted(&to_accept)),
+            untimed(AuditEntry::decided(&settled[0]).expect("decided"))
         ]
     );
     assert_eq!(
         of(&to_reject.id),
         [
-            AuditEntry::submitted(&to_reject),
-            AuditEntry::settled(&settled[1]).expect("settled")
+            untimed(AuditEntry::submitted(&to_reject)),
+            untimed(AuditEntry::decided(&settled[1]).expect("decided"))
         ]
     );
+    let expired_events: Vec<_> = events
+        .iter()
+        .filter(|e| e.approval_id == to_expire.id)
+        .collect();
+    let [submitted, expiry] = expired_events[..] else {
+        panic!("{expired_events:?}")
+    };
     assert_eq!(
-        of(&to_expire.id),
-        [
-            AuditEntry::submitted(&to_expire),
-            AuditEntry::expired(&to_expire)
-        ]
+        untimed(submitted.entry()),
+        untimed(AuditEntry::submitted(&to_expire))
+    );
+    assert!(expiry.timestamp >= to_expire.expires_at, "{expiry:?}");
+    assert_eq!(
+        expiry.entry(),
+        AuditEntry::expired(&to_expire, expiry.timestamp),
+        "the deadline is in the details"
+    );
+    let times: Vec<Timestamp> = events.iter().map(|e| e.timestamp).collect();
+    assert!(
+        times.windows(2).all(|pair| pair[0] <= pair[1]),
+        "exported in the order recorded: {times:?}"
     );
     // A migration's event carries the importer's clock: compare it apart, the rest exactly.
     let [migrated] = of(&carried.id)
         .try_into()
         .expect("one event for the import");
-    assert!(
-        (import_window.0..=import_window.1).contains(&migrated.timestamp),
-        "{migrated:?}"
-    );
+    let migrated_at = events
+        .iter()
+        .find(|e| e.approval_id == carried.id)
+        .map(|e| e.timestamp)
+        .expect("the import's event");
+    let window = (import_window.0.as_millis() - 1_000)..=(import_window.1.as_millis() + 1_000);
+    assert!(window.contains(&migrated_at.as_millis()), "{migrated_at}");
     assert_eq!(migrated.actor, MIGRATION_ACTOR);
-    assert_eq!(migrated, AuditEntry::migrated(&carried, migrated.timestamp));
+    assert_eq!(
+        migrated,
+        untimed(AuditEntry::migrated(&carried, migrated_at))
+    );
     let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
     let mut unique = ids.clone();
     unique.sort_unstable();
