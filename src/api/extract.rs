@@ -184,3 +184,33 @@ fn read_error(error: axum::Error, limit: usize) -> ApiError {
     }
     ApiError::InvalidBody(format!("body: could not be read to its end ({error})"))
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn only_a_body_over_the_limit_is_413_a_body_cut_short_is_400() {
+        let too_long = axum::body::to_bytes(Body::from(vec![b'x'; 100]), 10)
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            read_error(too_long, 10),
+            ApiError::PayloadTooLarge(10)
+        ));
+        // What a client that vanishes mid-body looks like to the reader.
+        let chunks = futures_util::stream::iter([
+            Ok(Bytes::from_static(b"{\"action\":")),
+            Err(std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
+        ]);
+        let cut_short = axum::body::to_bytes(Body::from_stream(chunks), 1024)
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            read_error(cut_short, 1024),
+            ApiError::InvalidBody(_)
+        ));
+    }
+}
