@@ -192,6 +192,8 @@ url = "redis://127.0.0.1:$3/0"
 
 [approvals]
 default_ttl = "1h"
+# A throughput run parks hundreds of thousands of approvals in one tenant: no quota here.
+max_pending_per_tenant = 1000000000
 
 [policy]
 dir = $(toml_string "$repo/policies")

@@ -37,6 +37,7 @@ pub async fn serve(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_read_timeout)
+        .max_header_size(settings.max_header_bytes)
         .max_buf_size(settings.max_header_bytes)
         .keep_alive(true);
     let mut shutdown = std::pin::pin!(shutdown);
