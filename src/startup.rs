@@ -51,6 +51,12 @@ impl Application {
         )
         .await?;
         warn_about_long_ttls(&settings);
+        if settings.auth.tokens.is_empty() {
+            tracing::warn!(
+                "no [[auth.tokens]] configured: every /v1 call will answer 401 \
+                 (mint one with `approvals token new`)"
+            );
+        }
         let mut ttls: Vec<_> = settings
             .approvals
             .tenant_ttl

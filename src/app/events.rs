@@ -1,6 +1,9 @@
 //! What engines do by themselves (Redis' sweeper recording expiries), counted like the use
 //! cases count theirs.
 
+use std::collections::HashSet;
+use std::sync::{Mutex, PoisonError};
+
 use approvals_core::{Approval, BackendError, EngineEvents, Timestamp};
 
 use super::chain;
@@ -11,17 +14,36 @@ pub struct EngineMetrics {
     /// expires its own copies of the primary's approvals: counting them would count each
     /// expiry twice, and its failures are the dual backend's to report.
     answering: bool,
+    /// The chores failing now: a chore that fails every 250 ms while Redis is down is logged
+    /// when it starts failing and when it recovers, not on every pass (the metric counts each).
+    failing: Mutex<HashSet<&'static str>>,
 }
 
 impl EngineMetrics {
     /// For the engine the service answers from.
     pub fn answering() -> Self {
-        Self { answering: true }
+        Self {
+            answering: true,
+            failing: Mutex::default(),
+        }
     }
 
     /// For a dual soak's secondary: logged, not counted.
     pub fn secondary() -> Self {
-        Self { answering: false }
+        Self {
+            answering: false,
+            failing: Mutex::default(),
+        }
+    }
+
+    /// Whether `chore`'s failing state changed with this pass.
+    fn changed(&self, chore: &'static str, failed: bool) -> bool {
+        let mut failing = self.failing.lock().unwrap_or_else(PoisonError::into_inner);
+        if failed {
+            failing.insert(chore)
+        } else {
+            failing.remove(chore)
+        }
     }
 }
 
@@ -36,14 +58,19 @@ impl EngineEvents for EngineMetrics {
         if self.answering {
             crate::metrics::chore_run(chore, result.is_ok());
         }
+        let changed = self.changed(chore, result.is_err());
         match result {
             Ok(n) if chore == "adopt" && n > 0 => {
                 tracing::info!(adopted = n, "adopted ADR v1 records")
             }
+            Ok(_) if changed => tracing::info!(chore, "engine chore succeeds again"),
             Ok(_) => {}
             Err(error) if self.answering => {
                 crate::metrics::backend_error(error);
-                tracing::warn!(chore, error = %chain(error), "engine chore failed; retrying");
+                if changed {
+                    tracing::warn!(chore, error = %chain(error),
+                        "engine chore failing; retrying (logged again when it recovers)");
+                }
             }
             Err(error) => {
                 tracing::debug!(chore, error = %chain(error), "secondary's chore failed");
@@ -54,5 +81,21 @@ impl EngineEvents for EngineMetrics {
     fn unreadable(&self, _key: &str, _reason: &str) {
         // The engine logged the key; the count is what on-call watches.
         crate::metrics::unreadable_record(self.answering);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chore_failing_every_pass_is_a_change_only_twice() {
+        let events = EngineMetrics::answering();
+        let changes: Vec<bool> = [true, true, true, false, false, true]
+            .into_iter()
+            .map(|failed| events.changed("sweep", failed))
+            .collect();
+        assert_eq!(changes, [true, false, false, true, false, true]);
+        assert!(events.changed("adopt", true), "each chore on its own");
     }
 }
