@@ -6,6 +6,7 @@
 //! indexes and rendered here from the latest snapshot, so a scrape never touches Redis and
 //! every instance reports the same truth.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
@@ -104,6 +105,8 @@ pub struct MetricsHandle {
 
 struct Snapshot {
     stats: PendingStats,
+    /// Pending count by tenant, for the per-tenant cap every parking submit checks.
+    counts: HashMap<TenantId, u64>,
     taken: Instant,
     took: Duration,
 }
@@ -152,14 +155,20 @@ impl MetricsHandle {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         pending
             .as_ref()
-            .and_then(|s| s.stats.tenants.iter().find(|t| &t.tenant == tenant))
-            .map_or(0, |t| t.count)
+            .and_then(|s| s.counts.get(tenant).copied())
+            .unwrap_or(0)
     }
 
     /// Stores a fresh snapshot and how long computing it took.
     pub fn set_pending(&self, stats: PendingStats, took: Duration) {
+        let counts = stats
+            .tenants
+            .iter()
+            .map(|t| (t.tenant.clone(), t.count))
+            .collect();
         let snapshot = Snapshot {
             stats,
+            counts,
             taken: Instant::now(),
             took,
         };

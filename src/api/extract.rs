@@ -105,11 +105,13 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
         let limit = state.body_limit;
-        let declared_type = match request.headers().get(CONTENT_TYPE) {
-            Some(value) => Some(is_json(value).then_some(()).ok_or_else(|| {
-                ApiError::UnsupportedMediaType(value.to_str().unwrap_or("(not text)").to_owned())
-            })?),
-            None => None,
+        let typed = match request.headers().get(CONTENT_TYPE) {
+            Some(value) if !is_json(value) => {
+                let named = value.to_str().unwrap_or("(not text)").to_owned();
+                return Err(ApiError::UnsupportedMediaType(named));
+            }
+            Some(_) => true,
+            None => false,
         };
         let declared = request
             .headers()
@@ -124,7 +126,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
             .map_err(|e| read_error(e, limit))?;
         let empty = bytes.iter().all(u8::is_ascii_whitespace);
         // A body without a type is not declared JSON; no body at all needs none.
-        if declared_type.is_none() && !empty {
+        if !typed && !empty {
             return Err(ApiError::UnsupportedMediaType("(none)".into()));
         }
         let body: &[u8] = if empty { b"null" } else { &bytes };

@@ -22,3 +22,16 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("a free local port")
 }
+
+/// A tool the tests run: `$<env_var>`, else `.tools/bin/<name>` in the workspace (or an
+/// ancestor of it; `scripts/test.sh` installs them there), else `<name>` on PATH.
+pub fn tool(env_var: &str, name: &str) -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os(env_var) {
+        return path.into();
+    }
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .map(|dir| dir.join(".tools/bin").join(name))
+        .find(|candidate| candidate.exists())
+        .unwrap_or_else(|| name.into())
+}

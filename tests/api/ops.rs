@@ -5,6 +5,8 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::Value;
 
+use approvals_testkit::tool;
+
 use crate::support::{assert_problem, Harness, TestApp};
 
 /// The `method` label values `/metrics` may show.
@@ -118,20 +120,6 @@ async fn openapi_documents_every_route() {
     assert!(doc["components"]["schemas"]["Approval"].is_object());
 }
 
-/// `openapi-spec-validator`: `$OPENAPI_SPEC_VALIDATOR`, else the one `scripts/test.sh` installs
-/// into `.tools/`, else on PATH.
-fn spec_validator() -> std::path::PathBuf {
-    if let Some(path) = std::env::var_os("OPENAPI_SPEC_VALIDATOR") {
-        return path.into();
-    }
-    let local = crate::support::repo_path(".tools/bin/openapi-spec-validator");
-    if local.exists() {
-        local
-    } else {
-        "openapi-spec-validator".into()
-    }
-}
-
 /// The served document is valid OpenAPI 3.1 and says what the service does: query parameters
 /// in the query, identifiers with their patterns on every path, errors as problem+json, the
 /// bounds the service enforces, `action.type` required.
@@ -150,10 +138,11 @@ async fn the_openapi_document_is_valid_and_matches_the_service() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("openapi.json");
     std::fs::write(&file, &text).unwrap();
-    let output = std::process::Command::new(spec_validator())
-        .arg(&file)
-        .output()
-        .expect("openapi-spec-validator (scripts/test.sh installs it)");
+    let output =
+        std::process::Command::new(tool("OPENAPI_SPEC_VALIDATOR", "openapi-spec-validator"))
+            .arg(&file)
+            .output()
+            .expect("openapi-spec-validator (scripts/test.sh installs it)");
     assert!(
         output.status.success(),
         "{}{}",
@@ -224,19 +213,6 @@ async fn the_openapi_document_is_valid_and_matches_the_service() {
     );
 }
 
-/// `schemathesis`: `$SCHEMATHESIS`, else the one `scripts/test.sh` installs into `.tools/`.
-fn schemathesis() -> std::path::PathBuf {
-    if let Some(path) = std::env::var_os("SCHEMATHESIS") {
-        return path.into();
-    }
-    let local = crate::support::repo_path(".tools/bin/schemathesis");
-    if local.exists() {
-        local
-    } else {
-        "schemathesis".into()
-    }
-}
-
 /// A property-based run over the served document (examples, coverage, fuzzing, and stateful
 /// sequences following its links) finds nothing the service does that the document does not
 /// say, nor the reverse. Long-polls are capped at a second so the run stays short. One check
@@ -245,7 +221,7 @@ fn schemathesis() -> std::path::PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_finds_no_disagreement_between_document_and_service() {
     let app = TestApp::spawn_with(|s| s.approvals.long_poll_max = Duration::from_secs(1)).await;
-    let output = tokio::process::Command::new(schemathesis())
+    let output = tokio::process::Command::new(tool("SCHEMATHESIS", "schemathesis"))
         .arg("run")
         .arg(app.url("/openapi.json"))
         .args([

@@ -458,3 +458,12 @@ pub async fn assert_problem(response: Response, status: StatusCode, code: &str) 
     );
     body
 }
+
+/// Lifts this process's open-files limit to its hard limit: a test holding thousands of
+/// connections holds a descriptor at each end of them, both in this one process.
+pub fn raise_open_files_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}

@@ -33,20 +33,15 @@ async fn wait(app: &TestApp, base: &str, id: &str, seconds: u64) -> (StatusCode,
 
 /// Waits until `n` long-polls are parked in the instance at `base` (its metrics say so), so
 /// a test decides only once its waiters are really waiting.
-async fn until_parked(app: &TestApp, base: &str, n: usize) {
+async fn until_parked(app: &TestApp, base: &str, n: usize, within: Duration) {
     let parked = |text: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix("approvals_long_polls_in_flight "))
             .and_then(|v| v.trim().parse::<f64>().ok())
             .is_some_and(|parked| parked >= n as f64)
     };
-    app.metrics_until(
-        base,
-        Duration::from_secs(10),
-        &format!("{n} waiters parking"),
-        parked,
-    )
-    .await;
+    app.metrics_until(base, within, &format!("{n} waiters parking"), parked)
+        .await;
 }
 
 async fn a_decision_wakes_the_waiter_within_a_second(h: Harness) {
@@ -70,7 +65,7 @@ async fn a_decision_wakes_the_waiter_within_a_second(h: Harness) {
             )
         })
     };
-    until_parked(&app, &app.base, 1).await;
+    until_parked(&app, &app.base, 1, Duration::from_secs(10)).await;
     let decided = app.decide("req-1", "accept", &app.tokens.reviewer).await;
     let decided_at = Instant::now();
     assert_eq!(decided.status(), StatusCode::OK);
@@ -100,7 +95,7 @@ async fn a_decision_on_another_instance_wakes_the_waiter(h: Harness) {
             )
         })
     };
-    until_parked(&app, &second, 1).await;
+    until_parked(&app, &second, 1, Duration::from_secs(10)).await;
     // Decided through the first instance; the waiter is parked on the second.
     let started = Instant::now();
     assert_eq!(
@@ -178,7 +173,7 @@ async fn waiting_on_an_unknown_approval_is_404(h: Harness) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_thousand_waiters_on_one_approval_all_learn_the_decision() {
     const WAITERS: usize = 5_000;
-    raise_open_files_limit();
+    crate::support::raise_open_files_limit();
     // Opening 5,000 connections on a loaded two-core machine (a debug build) can take longer
     // than a minute: the first waiters must still be waiting when the last one parks.
     let app = TestApp::spawn_with(|s| s.approvals.long_poll_max = Duration::from_secs(600)).await;
@@ -203,19 +198,7 @@ async fn five_thousand_waiters_on_one_approval_all_learn_the_decision() {
             })
         })
         .collect();
-    let parked = |text: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix("approvals_long_polls_in_flight "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .is_some_and(|parked| parked >= WAITERS as f64)
-    };
-    app.metrics_until(
-        &app.base,
-        Duration::from_secs(300),
-        "every waiter parking",
-        parked,
-    )
-    .await;
+    until_parked(&app, &app.base, WAITERS, Duration::from_secs(300)).await;
     let decided = app.decide("popular", "accept", &app.tokens.reviewer).await;
     assert_eq!(decided.status(), StatusCode::OK);
     let accepted_at = Instant::now();
@@ -230,12 +213,4 @@ async fn five_thousand_waiters_on_one_approval_all_learn_the_decision() {
         slowest < Duration::from_secs(2),
         "the last waiter answered after {slowest:?}"
     );
-}
-
-/// Each long-poll holds a connection on both ends of this one process.
-fn raise_open_files_limit() {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
-    }
 }

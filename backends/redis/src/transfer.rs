@@ -42,12 +42,17 @@ impl RecordTransfer for RedisBackend {
         let now = Timestamp::now();
         let mut items = Vec::new();
         let mut read = self.fetch(std::mem::take(&mut records)).await?;
-        for key in lapsed {
-            let shadow = key.replacen("approval:", "approvals:shadow:", 1);
-            if let Some((_, raw)) = self.fetch(vec![shadow]).await?.pop() {
-                read.push((key, raw));
-            }
-        }
+        // Each lapsed record's value is its shadow's, read in one call and filed under the key.
+        let lapsed_shadows = lapsed
+            .iter()
+            .map(|k| k.replacen("approval:", "approvals:shadow:", 1))
+            .collect();
+        read.extend(
+            self.fetch(lapsed_shadows)
+                .await?
+                .into_iter()
+                .map(|(shadow, raw)| (shadow.replacen("approvals:shadow:", "approval:", 1), raw)),
+        );
         for (key, raw) in read {
             // Read-only: a foreign record is converted, not adopted (a dry run writes nothing).
             let read = match record::decode(&key, &raw) {
