@@ -48,7 +48,7 @@ pub struct MigrateArgs {
 pub async fn run(args: MigrateArgs) -> ExitCode {
     let settings = match Settings::load(args.config.as_deref()) {
         Ok(settings) => settings,
-        Err(error) => return config_error(error),
+        Err(error) => return config_error(crate::app::chain(&error)),
     };
     crate::telemetry::init(&settings.log);
     if args.from == args.to {
@@ -63,7 +63,7 @@ pub async fn run(args: MigrateArgs) -> ExitCode {
         engines::connect(args.to, &settings).await,
     ) {
         (Ok(source), Ok(target)) => (source, target),
-        (Err(error), _) | (_, Err(error)) => return config_error(error),
+        (Err(error), _) | (_, Err(error)) => return config_error(crate::app::chain(&error)),
     };
     let plan = Plan {
         tenants,

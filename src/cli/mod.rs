@@ -90,7 +90,7 @@ async fn serve(config: Option<PathBuf>) -> ExitCode {
     let settings = match Settings::load(config.as_deref()) {
         Ok(settings) => settings,
         Err(error) => {
-            eprintln!("approvals: {error}");
+            eprintln!("approvals: {}", crate::app::chain(&error));
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -104,7 +104,7 @@ async fn worker(config: Option<PathBuf>) -> ExitCode {
     let settings = match Settings::load(config.as_deref()) {
         Ok(settings) => settings,
         Err(error) => {
-            eprintln!("approvals: {error}");
+            eprintln!("approvals: {}", crate::app::chain(&error));
             return ExitCode::from(EXIT_CONFIG);
         }
     };
