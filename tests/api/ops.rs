@@ -255,6 +255,76 @@ async fn schemathesis_finds_no_disagreement_between_document_and_service() {
     );
 }
 
+/// A client generated from the served document by a mainstream generator
+/// (openapi-python-client) submits, waits, lists and decides against the running service; the
+/// driver script (tests/clients/generated_client.py) uses only the generated code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_generated_from_the_document_works_against_the_service() {
+    let app = TestApp::spawn().await;
+    let scratch = tempfile::tempdir().unwrap();
+    let document = scratch.path().join("openapi.json");
+    let served = app.http.get(app.url("/openapi.json")).send().await.unwrap();
+    std::fs::write(&document, served.bytes().await.unwrap()).unwrap();
+    // No post-generation hooks: they would format the code with ruff, which is not needed here.
+    let config = scratch.path().join("generator.yml");
+    std::fs::write(&config, "post_hooks: []\n").unwrap();
+    let generator = tool("OPENAPI_PYTHON_CLIENT", "openapi-python-client");
+    let generated = tokio::process::Command::new(&generator)
+        .args(["generate", "--meta", "none", "--path"])
+        .arg(&document)
+        .arg("--config")
+        .arg(&config)
+        .arg("--output-path")
+        .arg(scratch.path().join("approvals_client"))
+        .output()
+        .await
+        .expect("openapi-python-client (scripts/test.sh installs it)");
+    let report = String::from_utf8_lossy(&generated.stdout).into_owned()
+        + &String::from_utf8_lossy(&generated.stderr);
+    assert!(generated.status.success(), "{report}");
+    assert!(
+        !report.contains("Warning"),
+        "the generator skipped parts of the document: {report}"
+    );
+    // The generator's own venv has what the generated code imports (httpx, attrs).
+    let python = generator.with_file_name("python");
+    let driver = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/clients/generated_client.py"
+    );
+    let run = tokio::process::Command::new(python)
+        .arg(driver)
+        .env("PYTHONPATH", scratch.path())
+        .env("APPROVALS_URL", &app.base)
+        .env("TENANT", &app.tenant)
+        .env("AGENT_TOKEN", &app.tokens.agent)
+        .env("REVIEWER_TOKEN", &app.tokens.reviewer)
+        .output()
+        .await
+        .unwrap();
+    let out = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    // What the generated client did is what the service holds.
+    let approval: Value = app
+        .get("generated-1", &app.tokens.agent)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(approval["status"], "accepted", "{approval}");
+    assert_eq!(
+        out.trim(),
+        format!(
+            "accepted generated-1 by {}",
+            approval["decided_by"].as_str().unwrap()
+        )
+    );
+}
+
 #[tokio::test]
 async fn readiness_fails_fast_when_redis_is_gone() {
     let mut app = TestApp::spawn().await;
