@@ -245,21 +245,24 @@ fn gauge(out: &mut String, name: &str, help: &str, value: impl std::fmt::Display
 }
 
 fn render_engine(out: &mut String, engine: &EngineStatus) {
-    if let Some(pool) = engine.pool {
-        let connections = "approvals_redis_pool_connections";
+    if let Some(calls) = engine.calls {
+        let help = "Multiplexed Redis connections the request path shares.";
+        gauge(out, "approvals_redis_connections", help, calls.connections);
+        let help = "Redis calls sent and not answered yet.";
         gauge(
             out,
-            connections,
-            "Redis connections open in the pool.",
-            pool.open,
+            "approvals_redis_calls_in_flight",
+            help,
+            calls.in_flight,
         );
-        let waiting = "Callers waiting for a pooled Redis connection.";
-        gauge(out, "approvals_redis_pool_waiting", waiting, pool.waiting);
+        let help = "Callers queued because redis.max_in_flight calls are in flight.";
+        gauge(out, "approvals_redis_calls_waiting", help, calls.waiting);
+        let help = "Redis calls allowed in flight at once (redis.max_in_flight).";
         gauge(
             out,
-            "approvals_redis_pool_max",
-            "Size limit of the Redis pool.",
-            pool.max,
+            "approvals_redis_max_in_flight",
+            help,
+            calls.max_in_flight,
         );
     }
     if let Some(up) = engine.secondary_up {

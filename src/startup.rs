@@ -78,6 +78,7 @@ impl Application {
             auth: Arc::new(Authenticator::new(&settings.auth.tokens)),
             body_limit: settings.server.body_limit,
             request_timeout: settings.server.request_timeout,
+            access_log: settings.server.access_log,
         };
         let addr = settings.server.listen;
         let listener = TcpListener::bind(addr)

@@ -379,3 +379,39 @@ async fn an_evicting_redis_is_refused_at_start_up() {
     service.signal(Signal::SIGTERM);
     assert!(service.wait_exit(Duration::from_secs(10)).await.success());
 }
+
+/// The per-request log line is off by default (it costs a formatted write per request) and
+/// on with `server.access_log`, naming the route and status; server errors are logged either
+/// way.
+#[tokio::test]
+async fn the_access_log_is_off_unless_asked_for() {
+    let redis = RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    for access_log in [false, true] {
+        let port = free_port();
+        let config = format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\naccess_log = {access_log}\n[redis]\nurl = \"{}\"\n\
+             [policy]\ndir = \"{}\"\n",
+            redis.url(),
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("policies").display(),
+        );
+        let config = write(dir.path(), "config.toml", &config);
+        let mut command = approvals(&["serve", "--config", &config]);
+        command.env("RUST_LOG", "info");
+        let mut service = Process::spawn(command);
+        service.wait_for_line("serving", Duration::from_secs(20));
+        let answered = reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
+            .await
+            .unwrap();
+        assert_eq!(answered.status(), 200);
+        if access_log {
+            let line = service.wait_for_line("answered", Duration::from_secs(10));
+            assert!(line.contains("/healthz") && line.contains("200"), "{line}");
+        }
+        let (status, _) = service.terminate(Duration::from_secs(10)).await;
+        assert!(status.success());
+        // Every line the service wrote, up to its exit, has been read by now.
+        let log = service.log();
+        assert_eq!(log.contains("answered"), access_log, "{log}");
+    }
+}

@@ -78,6 +78,9 @@ pub struct ServerSettings {
     /// The longest any request but a decision long-poll may take (`408` past it).
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// One INFO line per answered request (status, latency; the span adds route, subject,
+    /// tenant and request id). Off: only failures and what the service does by itself.
+    pub access_log: bool,
 }
 
 impl Default for ServerSettings {
@@ -90,6 +93,7 @@ impl Default for ServerSettings {
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 16 * 1024,
             request_timeout: Duration::from_secs(30),
+            access_log: false,
         }
     }
 }

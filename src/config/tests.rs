@@ -124,7 +124,7 @@ fn every_section_is_settable_from_the_environment() {
         "",
         &[
             ("APPROVALS_SERVER__BODY_LIMIT", "1000"),
-            ("APPROVALS_REDIS__POOL_SIZE", "7"),
+            ("APPROVALS_REDIS__MAX_IN_FLIGHT", "7"),
             ("APPROVALS_REDIS__AUDIT_MAX_LEN", "99"),
             ("APPROVALS_TEMPORAL__STICKY_QUEUE_TIMEOUT", "3s"),
             ("APPROVALS_WORKER__LISTEN", "127.0.0.1:9"),
@@ -134,7 +134,7 @@ fn every_section_is_settable_from_the_environment() {
     )
     .unwrap();
     assert_eq!(s.server.body_limit, 1000);
-    assert_eq!(s.redis.pool_size, 7);
+    assert_eq!(s.redis.max_in_flight, 7);
     assert_eq!(s.redis.audit_max_len, 99);
     assert_eq!(s.temporal.sticky_queue_timeout, Duration::from_secs(3));
     assert_eq!(s.worker.listen.port(), 9);

@@ -136,19 +136,22 @@ impl Default for Lifetimes {
     }
 }
 
-/// The connections an engine holds to its store.
+/// An engine's calls to its store, now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PoolStatus {
-    pub open: usize,
-    /// Callers waiting for a connection now.
+pub struct CallStatus {
+    /// Connections the calls share.
+    pub connections: usize,
+    /// Calls sent and not answered yet.
+    pub in_flight: usize,
+    /// Callers queued for a slot because `max_in_flight` calls are in flight.
     pub waiting: usize,
-    pub max: usize,
+    pub max_in_flight: usize,
 }
 
 /// What an engine can tell about itself without a call, for `/metrics`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EngineStatus {
-    pub pool: Option<PoolStatus>,
+    pub calls: Option<CallStatus>,
     /// For a pairing of engines: whether the secondary answered its last call.
     pub secondary_up: Option<bool>,
 }

@@ -19,8 +19,8 @@ pub use approval::{Approval, DecisionRequest, Status, Verdict, EXPIRED_REASON};
 pub use audit::{AuditEntry, AuditEvent, AuditKind, MIGRATION_ACTOR, SYSTEM_ACTOR};
 pub use backend::no_stop;
 pub use backend::{
-    ApprovalBackend, BackendError, BoxError, DecisionOutcome, EngineEvents, EngineStatus,
-    ImportOutcome, Lifetimes, Page, PoolStatus, RecordTransfer, ScanPage, Stop, SubmitOutcome,
+    ApprovalBackend, BackendError, BoxError, CallStatus, DecisionOutcome, EngineEvents,
+    EngineStatus, ImportOutcome, Lifetimes, Page, RecordTransfer, ScanPage, Stop, SubmitOutcome,
 };
 pub use ids::{ApprovalId, InvalidIdentifier, TenantId};
 pub use stats::{PendingStats, TenantPending};

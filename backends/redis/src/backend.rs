@@ -1,5 +1,5 @@
-//! `RedisBackend`: the request path of the Redis engine over a deadpool of multiplexed
-//! connections. Whole-record walks are in `transfer`, ADR v1 adoption in `adopt`, the sweeper
+//! `RedisBackend`: the request path of the Redis engine, one command per call over a few
+//! multiplexed connections (`connections`). Whole-record walks are in `transfer`, ADR v1 adoption in `adopt`, the sweeper
 //! and retention in `chores`, the pending figures in `stats`.
 
 use std::future::Future;
@@ -8,14 +8,14 @@ use std::time::Duration;
 
 use approvals_core::{
     Approval, ApprovalBackend, ApprovalId, AuditEntry, AuditEvent, BackendError, DecisionOutcome,
-    DecisionRequest, EngineEvents, EngineStatus, Lifetimes, Page, PendingStats, PoolStatus, Status,
-    Stop, SubmitOutcome, TenantId, Timestamp,
+    DecisionRequest, EngineEvents, EngineStatus, Lifetimes, Page, PendingStats, Status, Stop,
+    SubmitOutcome, TenantId, Timestamp,
 };
 use async_trait::async_trait;
-use deadpool_redis::{Pool, PoolConfig, Runtime, Timeouts};
 use redis::AsyncCommands;
 use tokio::task::JoinHandle;
 
+use crate::connections::Connections;
 use crate::keys::{
     self, DEADLINES, DECIDED_CHANNEL, RETENTION, SETTLED_CHANNEL, SUBMITTED_SUM, TENANTS,
 };
@@ -25,7 +25,7 @@ use crate::settings::RedisSettings;
 use crate::waiters::Waiters;
 
 pub struct RedisBackend {
-    pool: Pool,
+    connections: Connections,
     pub(crate) settings: RedisSettings,
     pub(crate) lifetimes: Lifetimes,
     pub(crate) scripts: Scripts,
@@ -51,29 +51,17 @@ pub(crate) fn millis(duration: Duration) -> i64 {
 }
 
 impl RedisBackend {
-    /// Builds the pool and starts the process's decision subscriber. Connects lazily: a Redis
-    /// that is down at start-up makes calls fail with `Unavailable` until it is back. The
-    /// sweeper is not started here: see [`RedisBackend::start_chores`].
+    /// Opens the connections and starts the process's decision subscriber. Connects lazily: a
+    /// Redis that is down at start-up makes calls fail with `Unavailable` until it is back.
+    /// The sweeper is not started here: see [`RedisBackend::start_chores`].
     pub fn connect(settings: RedisSettings, lifetimes: Lifetimes) -> Result<Self, BackendError> {
-        let unavailable = |e: approvals_core::BoxError| BackendError::unavailable("connect", e);
-        let mut config = deadpool_redis::Config::from_url(settings.url.clone());
-        let mut pool_config = PoolConfig::new(settings.pool_size);
-        let wait = Some(settings.call_timeout);
-        pool_config.timeouts = Timeouts {
-            wait,
-            create: wait,
-            recycle: wait,
-        };
-        config.pool = Some(pool_config);
-        let pool = config
-            .create_pool(Some(Runtime::Tokio1))
-            .map_err(|e| unavailable(e.into()))?;
-        let client =
-            redis::Client::open(settings.url.as_str()).map_err(|e| unavailable(e.into()))?;
+        let connections = Connections::open(&settings)?;
+        let client = redis::Client::open(settings.url.as_str())
+            .map_err(|e| BackendError::unavailable("connect", e))?;
         let waiters = Waiters::default();
         let subscriber = tokio::spawn(waiters.clone().listen(client));
         Ok(Self {
-            pool,
+            connections,
             settings,
             lifetimes,
             scripts: Scripts::load(),
@@ -91,24 +79,21 @@ impl RedisBackend {
         self.waiters.waiting()
     }
 
-    /// Runs `call` with a pooled connection, all of it under the call deadline. A Redis
-    /// error becomes `Unavailable` naming `op`.
+    /// Runs `call` on a shared connection, all of it (the wait for a slot included) under
+    /// the call deadline. A Redis error becomes `Unavailable` naming `op`.
     pub(crate) async fn with_conn<T, F, Fut>(
         &self,
         op: &'static str,
         call: F,
     ) -> Result<T, BackendError>
     where
-        F: FnOnce(deadpool_redis::Connection) -> Fut,
+        F: FnOnce(redis::aio::ConnectionManager) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         let work = async {
-            let conn = self
-                .pool
-                .get()
-                .await
-                .map_err(|e| BackendError::unavailable(op, e))?;
-            call(conn)
+            // The lease's slot stays held (in `lease`) until the call has its answer.
+            let lease = self.connections.lease(op).await?;
+            call(lease.connection.clone())
                 .await
                 .map_err(|e| BackendError::unavailable(op, e))
         };
@@ -353,17 +338,13 @@ impl ApprovalBackend for RedisBackend {
         id: &ApprovalId,
     ) -> Result<Option<Approval>, BackendError> {
         let key = keys::record(tenant, id);
-        let query = key.clone();
-        let mut raw: Option<String> = self
-            .with_conn("get", |mut conn| async move { conn.get(query).await })
+        // The shadow too, in the same command: once the record key has lapsed with its
+        // lifetime (and before a sweeper recorded the expiry), the shadow has it, as expired.
+        let query = [key.clone(), keys::shadow(tenant, id)];
+        let values: Vec<Option<String>> = self
+            .with_conn("get", |mut conn| async move { conn.mget(&query).await })
             .await?;
-        if raw.is_none() {
-            // Lapsed with its lifetime and not swept yet: the shadow has it (as expired).
-            let shadow = keys::shadow(tenant, id);
-            raw = self
-                .with_conn("get", |mut conn| async move { conn.get(shadow).await })
-                .await?;
-        }
+        let raw = values.into_iter().flatten().next();
         match raw {
             None => Ok(None),
             Some(raw) => Ok(Some(self.load(&key, raw).await?.as_of(Timestamp::now()))),
@@ -508,13 +489,8 @@ impl ApprovalBackend for RedisBackend {
     }
 
     fn status(&self) -> EngineStatus {
-        let status = self.pool.status();
         EngineStatus {
-            pool: Some(PoolStatus {
-                open: status.size,
-                waiting: status.waiting,
-                max: self.settings.pool_size,
-            }),
+            calls: Some(self.connections.status()),
             secondary_up: None,
         }
     }

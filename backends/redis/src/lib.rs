@@ -15,6 +15,7 @@
 mod adopt;
 mod backend;
 mod chores;
+mod connections;
 mod health;
 mod keys;
 mod legacy;

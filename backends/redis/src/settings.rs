@@ -9,10 +9,16 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields, default)]
 pub struct RedisSettings {
     pub url: String,
-    /// Deadline of every Redis call (the pool wait included); an outage is answered within it.
+    /// Deadline of every Redis call (the wait for a slot included); an outage is answered
+    /// within it.
     #[serde(with = "humantime_serde")]
     pub call_timeout: Duration,
-    pub pool_size: usize,
+    /// Multiplexed connections the request path shares (each pipelines every caller's
+    /// commands); pub/sub takes one more.
+    pub connections: usize,
+    /// Redis calls in flight at once per instance; beyond it callers queue, under their
+    /// deadline.
+    pub max_in_flight: usize,
     /// Approximate cap on each tenant's audit stream.
     pub audit_max_len: u64,
     /// Serve from a Redis whose `maxmemory-policy` evicts keys. Evicted approvals, indexes and
@@ -35,7 +41,8 @@ impl Default for RedisSettings {
         Self {
             url: "redis://127.0.0.1:6379/0".into(),
             call_timeout: Duration::from_secs(2),
-            pool_size: 32,
+            connections: 2,
+            max_in_flight: 1024,
             audit_max_len: 1_000_000,
             allow_eviction: false,
         }

@@ -290,7 +290,7 @@ impl ApprovalBackend for DualBackend {
         let secondary = self.secondary.engine.get().map(|e| e.status());
         let up = self.secondary.up.load(Ordering::Relaxed);
         EngineStatus {
-            pool: primary.pool.or(secondary.and_then(|s| s.pool)),
+            calls: primary.calls.or(secondary.and_then(|s| s.calls)),
             secondary_up: (up >= 0).then_some(up > 0),
         }
     }

@@ -1,0 +1,106 @@
+//! The request path's Redis connections: a small, fixed set of multiplexed connections that
+//! pipeline every caller's commands, and a bound on the calls in flight.
+//!
+//! A pool of dedicated connections (deadpool, as before) costs two extra commands per call
+//! (its recycle check: `PING` and `UNWATCH`) and one small socket write per command. A
+//! multiplexed connection sends each command as it comes and batches what is queued into one
+//! write, so one call is one command and many callers share a few sockets. Nothing here needs a
+//! dedicated connection: the engine sends no blocking commands and no transactions (its
+//! atomic steps are Lua scripts); pub/sub has its own connection (`waiters`).
+//!
+//! Each `ConnectionManager` connects lazily and reconnects by itself after a failure; the
+//! caller's deadline (`redis.call_timeout`, applied by the backend) bounds every call,
+//! reconnecting included.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use approvals_core::{BackendError, CallStatus};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::settings::RedisSettings;
+
+pub(crate) struct Connections {
+    managers: Vec<ConnectionManager>,
+    next: AtomicUsize,
+    /// One permit per call in flight: beyond `redis.max_in_flight`, callers queue here (and
+    /// time out under their deadline) rather than in Redis' client buffers, where they could
+    /// not be seen.
+    slots: Arc<Semaphore>,
+    waiting: AtomicUsize,
+    max_in_flight: usize,
+}
+
+/// A call's right to be in flight; the connection to send it on.
+pub(crate) struct Lease {
+    pub(crate) connection: ConnectionManager,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Connections {
+    pub(crate) fn open(settings: &RedisSettings) -> Result<Self, BackendError> {
+        let unavailable = |e: redis::RedisError| BackendError::unavailable("connect", e);
+        let client = redis::Client::open(settings.url.as_str()).map_err(unavailable)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(settings.call_timeout))
+            // The caller's deadline covers the response; a second timer per call is waste.
+            .set_response_timeout(None)
+            // One attempt per call: the next call tries again, each under its own deadline.
+            .set_number_of_retries(1)
+            // Room for every call the semaphore lets through, so none waits unseen.
+            .set_pipeline_buffer_size(settings.max_in_flight);
+        let managers = (0..settings.connections.max(1))
+            .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), config.clone()))
+            .collect::<Result<_, _>>()
+            .map_err(unavailable)?;
+        Ok(Self {
+            managers,
+            next: AtomicUsize::new(0),
+            slots: Arc::new(Semaphore::new(settings.max_in_flight)),
+            waiting: AtomicUsize::new(0),
+            max_in_flight: settings.max_in_flight,
+        })
+    }
+
+    /// Waits for a slot (cancel-safe: dropping the future gives up the place in the queue),
+    /// then hands out the connections in turn.
+    pub(crate) async fn lease(&self, op: &'static str) -> Result<Lease, BackendError> {
+        let slot = match self.slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                self.waiting.fetch_add(1, Ordering::Relaxed);
+                let _counted = Decrement(&self.waiting);
+                // Never closed, so never an error in practice.
+                self.slots
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|e| BackendError::unavailable(op, e))?
+            }
+        };
+        let turn = self.next.fetch_add(1, Ordering::Relaxed) % self.managers.len();
+        Ok(Lease {
+            connection: self.managers[turn].clone(),
+            _slot: slot,
+        })
+    }
+
+    pub(crate) fn status(&self) -> CallStatus {
+        CallStatus {
+            connections: self.managers.len(),
+            in_flight: self.max_in_flight - self.slots.available_permits(),
+            waiting: self.waiting.load(Ordering::Relaxed),
+            max_in_flight: self.max_in_flight,
+        }
+    }
+}
+
+/// Takes one off a counter when dropped (also when the waiting future is cancelled).
+struct Decrement<'a>(&'a AtomicUsize);
+
+impl Drop for Decrement<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
