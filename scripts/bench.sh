@@ -4,20 +4,33 @@
 # In one run: builds `approvals` and `approvals-bench` (release), then for each target in turn
 # (never both at once, so they do not compete for the cores) starts a private redis-server on a
 # free loopback port, the target itself on another, reading one generated config TOML, drives
-# the same load at it (submit; submit-then-accept; decision wake-up latency of N parked
-# long-polls) with target/release/approvals-bench, and stops everything. Ends with a summary
-# table (ops/s, p50/p99, ratio) and the issue's two targets. All children are stopped on exit,
-# including Ctrl-C, within a bounded time.
+# the same load at it with target/release/approvals-bench (lean raw-socket HTTP/1.1 clients),
+# and stops everything. Per target:
+#   commands       Redis commands sent per submit, accept and read (MONITOR, scripts' own
+#                  commands excluded, the background loops' idle rate subtracted)
+#   submit, submit-decide, read
+#                  closed-loop throughput, p50/p99, and the cores Redis, the target and the load
+#                  generator used (so the bound shows), Redis CPU per 1,000 requests
+#   submit-paced   submits at half of the measured submit throughput (open loop): p99 there
+#   wakeup         decision -> waiting agent latency, BENCH_WAITERS long-polls on as many
+#                  approvals, timed at the first response byte
+#   fanout         (ours) BENCH_FANOUT long-polls on one approval, one accept: time to the last
+#                  answer, memory per waiting long-poll, Redis connections held while waiting
+# then, with BENCH_SCALE (e.g. "1 2 4"), submit throughput of 1, 2, 4 instances of ours on one
+# Redis. Ends with summary tables (ratios against the peer) and the issue's targets. All
+# children are stopped on exit, including Ctrl-C, within a bounded time.
 #
 # Usage: scripts/bench.sh
 # Environment (all optional):
 #   BENCH_SECS=10          measured seconds per throughput scenario (after BENCH_WARMUP)
 #   BENCH_WARMUP=1         warm-up seconds per throughput scenario, not counted
 #   BENCH_CONCURRENCY=64   closed-loop workers (connections) per throughput scenario
-#   BENCH_WAITERS=200      parked long-polls in the wake-up scenario
+#   BENCH_WAITERS=200      long-polls in the wake-up scenario
+#   BENCH_FANOUT=10000     long-polls on one approval in the fan-out scenario (0: skip)
+#   BENCH_SCALE=""         instance counts for the scale-out runs, e.g. "1 2 4" (ours only)
 #   BENCH_TARGETS="ours peer"   which targets to run, in order
 #   BENCH_ROUNDS=1         repeat the targets (alternating) this often; the summary shows medians
-#   BENCH_THREADS=2        worker threads of the load generator
+#   BENCH_THREADS=1        worker threads of the load generator
 #   PEER_DIR=<repo>/../shared/peers/adr_fastapi   the ADR peer (run.sh, app.py)
 #   WORKERS=2              uvicorn workers of the peer (read by the peer's run.sh)
 #   BENCH_KEEP=1           keep the temp dir (configs, logs, RESULT lines) after a good run
@@ -34,6 +47,9 @@ BENCH_SECS=${BENCH_SECS:-10}
 BENCH_WARMUP=${BENCH_WARMUP:-1}
 BENCH_CONCURRENCY=${BENCH_CONCURRENCY:-64}
 BENCH_WAITERS=${BENCH_WAITERS:-200}
+BENCH_FANOUT=${BENCH_FANOUT:-10000}
+BENCH_SCALE=${BENCH_SCALE:-}
+export BENCH_THREADS=${BENCH_THREADS:-1}
 BENCH_TARGETS=${BENCH_TARGETS:-ours peer}
 BENCH_KEEP=${BENCH_KEEP:-0}
 BENCH_STRICT=${BENCH_STRICT:-0}
@@ -186,6 +202,8 @@ write_config() { # file http_port redis_port
 # Written by scripts/bench.sh for one benchmark target; read by the Rust service and the ADR peer.
 [server]
 listen = "127.0.0.1:$2"
+# Room for the fan-out scenario's long-polls.
+max_connections = 20000
 
 [redis]
 url = "redis://127.0.0.1:$3/0"
@@ -215,31 +233,43 @@ sha256 = "$(sha256_hex "$reviewer_token")"
 EOF
 }
 
-# --- one target: redis, server, three scenarios, stop -----------------------------------------
+# --- one target: redis, server, the scenarios, stop ------------------------------------------
+start_redis() { # dir -> sets redis_port, redis_pid
+  redis_port=$(free_port)
+  say "redis-server on 127.0.0.1:$redis_port"
+  spawn "$1/redis.out" redis-server --bind 127.0.0.1 --port "$redis_port" --save "" \
+    --appendonly no --dir "$1" --logfile "$1/redis.log" --maxclients 20000
+  redis_pid=$spawned
+  wait_until "$redis_pid" 10 "$1/redis.log" "redis-server" redis_ok "$redis_port"
+}
+
+start_ours() { # bin config log url -> sets server_pid
+  say "$1 serve on $4"
+  spawn "$3" "$1" serve --config "$2"
+  server_pid=$spawned
+  wait_until "$server_pid" 60 "$3" "approvals serve" http_ok "$4/healthz"
+}
+
+# A RESULT field of the last line of scenario $2 for target $1.
+result_field() {
+  grep "^RESULT target=$1 scenario=$2 " "$results" | tail -n 1 | tr ' ' '\n' | sed -n "s/^$3=//p"
+}
+
 run_target() {
   local target=$1 dir="$work/$1"
   mkdir -p "$dir"
-  local http_port redis_port
+  local http_port redis_port redis_pid server_pid
   http_port=$(free_port)
-  redis_port=$(free_port)
+  start_redis "$dir"
   local config="$dir/config.toml"
   write_config "$config" "$http_port" "$redis_port"
 
-  say "$target: redis-server on 127.0.0.1:$redis_port"
-  spawn "$dir/redis.out" redis-server --bind 127.0.0.1 --port "$redis_port" --save "" \
-    --appendonly no --dir "$dir" --logfile "$dir/redis.log"
-  local redis_pid=$spawned
-  wait_until "$redis_pid" 10 "$dir/redis.log" "redis-server" redis_ok "$redis_port"
-
-  local url="http://127.0.0.1:$http_port" server_pid
+  local url="http://127.0.0.1:$http_port"
   case $target in
     ours | before)
       local bin=$approvals_bin
       [ "$target" = before ] && bin=$BENCH_BEFORE_BIN
-      say "$target: $bin serve on $url"
-      spawn "$dir/server.log" "$bin" serve --config "$config"
-      server_pid=$spawned
-      wait_until "$server_pid" 60 "$dir/server.log" "approvals serve" http_ok "$url/healthz"
+      start_ours "$bin" "$config" "$dir/server.log" "$url"
       ;;
     peer)
       # The first run creates the peer's virtualenv (pip install), hence the long wait.
@@ -251,28 +281,68 @@ run_target() {
   esac
 
   # A failed scenario (its reason is on stderr) does not stop the others; the exit status says.
-  local bench=("$bench_bin" --target "$target" --url "$url") load scenario
-  load=(--duration "${BENCH_SECS}s" --warmup "${BENCH_WARMUP}s" --concurrency "$BENCH_CONCURRENCY")
-  for scenario in submit submit-decide wakeup; do
-    local args=("${load[@]}")
-    [ "$scenario" = wakeup ] && args=(--waiters "$BENCH_WAITERS")
-    run_child "${bench[@]}" "$scenario" "${args[@]}" >>"$results" || {
-      say "$target: scenario $scenario failed"
+  local bench=("$bench_bin" --target "$target" --url "$url" --redis "127.0.0.1:$redis_port"
+    --pgid "$server_pid") scenario
+  local load=(--duration "${BENCH_SECS}s" --warmup "${BENCH_WARMUP}s" --concurrency "$BENCH_CONCURRENCY")
+  scenario_run() {
+    run_child "${bench[@]}" "$@" >>"$results" || {
+      say "$target: scenario $1 failed"
       failed=1
     }
+  }
+  scenario_run commands --ops 1000 --idle 5s
+  for scenario in submit submit-decide read; do
+    scenario_run "$scenario" "${load[@]}"
   done
+  local max_rate
+  max_rate=$(result_field "$target" submit ops_per_sec)
+  if [ -n "$max_rate" ]; then
+    scenario_run submit "${load[@]}" --rate "$(awk -v r="$max_rate" 'BEGIN { printf "%.0f", r / 2 }')"
+  fi
+  scenario_run wakeup --waiters "$BENCH_WAITERS"
+  if [ "$target" != peer ] && [ "$BENCH_FANOUT" -gt 0 ]; then
+    scenario_run fanout --waiters "$BENCH_FANOUT"
+  fi
 
   stop_group "$server_pid"
   stop_group "$redis_pid"
 }
 
-say "$(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg); ${BENCH_ROUNDS} round(s) of: ${BENCH_SECS}s x ${BENCH_CONCURRENCY} workers per throughput scenario, ${BENCH_WAITERS} waiters"
+# N instances of ours on one Redis, submits spread over them.
+run_scale() {
+  local n=$1 dir="$work/scale-$1" i
+  mkdir -p "$dir"
+  local redis_port redis_pid server_pid urls=() pgids=()
+  start_redis "$dir"
+  for ((i = 1; i <= n; i++)); do
+    local port
+    port=$(free_port)
+    write_config "$dir/config-$i.toml" "$port" "$redis_port"
+    start_ours "$approvals_bin" "$dir/config-$i.toml" "$dir/server-$i.log" "http://127.0.0.1:$port"
+    urls+=("http://127.0.0.1:$port")
+    pgids+=("$server_pid")
+  done
+  local IFS=,
+  run_child "$bench_bin" --target "scale-$n" --url "${urls[*]}" --redis "127.0.0.1:$redis_port" \
+    --pgid "${pgids[*]}" submit --duration "${BENCH_SECS}s" --warmup "${BENCH_WARMUP}s" \
+    --concurrency "$BENCH_CONCURRENCY" >>"$results" || failed=1
+  unset IFS
+  for server_pid in "${pgids[@]}"; do stop_group "$server_pid"; done
+  stop_group "$redis_pid"
+}
+
+# The fan-out scenario holds one socket per long-poll on both sides.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+say "$(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg); ${BENCH_ROUNDS} round(s) of: ${BENCH_SECS}s x ${BENCH_CONCURRENCY} workers per throughput scenario, ${BENCH_WAITERS} waiters, fan-out ${BENCH_FANOUT}"
 failed=0
 for ((round = 1; round <= BENCH_ROUNDS; round++)); do
   ((BENCH_ROUNDS == 1)) || say "round $round of $BENCH_ROUNDS"
   for target in $BENCH_TARGETS; do
     run_target "$target"
   done
+done
+for n in $BENCH_SCALE; do
+  run_scale "$n"
 done
 
 # --- summary: medians over the rounds ------------------------------------------------------
@@ -290,63 +360,114 @@ awk -v cores="$(nproc)" -v loadavg="$(cut -d' ' -f1-3 /proc/loadavg)" -v strict=
     }
     return (n % 2) ? a[(n + 1) / 2] + 0 : (a[n / 2] + a[n / 2 + 1]) / 2
   }
-  function med(key, arr) { return (key in have) ? median(arr[key]) : "-" }
+  function med(key, field) { return ((key, field) in vals) ? median(vals[key, field]) : "-" }
   function fmt(v, spec) { return v == "-" ? "-" : sprintf(spec, v) }
   function ratio(a, b) { return (a == "-" || b == "-" || b + 0 == 0) ? "-" : sprintf("%.2fx", a / b) }
+  function target(name, cond, value, shown) {
+    printf "target: %-58s %s (%s)\n", name, cond ? "MET" : "MISSED", shown
+    missed += !cond
+  }
   $1 == "RESULT" {
     delete f
     for (i = 2; i <= NF; i++) { k = $i; sub(/=.*/, "", k); v = $i; sub(/^[^=]*=/, "", v); f[k] = v }
-    key = f["target"] SUBSEP f["scenario"]
+    scn = f["scenario"]
+    if (scn == "submit" && ("rate" in f)) scn = "submit-paced"
+    key = f["target"] SUBSEP scn
     have[key] = 1
-    ops[key] = ops[key] " " f["ops_per_sec"]
-    if (f["p50_ms"] != "nan") { p50[key] = p50[key] " " f["p50_ms"]; p99[key] = p99[key] " " f["p99_ms"] }
+    for (k in f) if (k != "target" && k != "scenario" && f[k] != "nan" && f[k] != "-") vals[key, k] = vals[key, k] " " f[k]
     err[key] += f["errors"]
   }
   END {
-    printf "%-14s %11s %11s %10s %19s %19s %10s\n", "scenario", "ours ops/s", "peer ops/s", "ratio",
-      "ours p50/p99 ms", "peer p50/p99 ms", "errors o/p"
-    n = split("submit submit-decide wakeup", sc, " ")
+    printf "%-14s %11s %11s %8s %17s %17s %10s %10s\n", "scenario", "ours ops/s", "peer ops/s", "ratio",
+      "ours p50/p99 ms", "peer p50/p99 ms", "redis ms/1k", "errors o/p"
+    n = split("submit submit-decide read submit-paced wakeup", sc, " ")
     for (i = 1; i <= n; i++) {
       o = "ours" SUBSEP sc[i]; p = "peer" SUBSEP sc[i]
-      if (sc[i] == "wakeup") {
-        # Throughput means nothing here: the ratio is the peer p99 over ours (higher is better).
-        oo = "-"; po = "-"; r = ratio(med(p, p99), med(o, p99)) " p99"
+      if (sc[i] == "wakeup" || sc[i] == "submit-paced") {
+        oo = "-"; po = "-"; r = ratio(med(p, "p99_ms"), med(o, "p99_ms")) " p99"
       } else {
-        oo = med(o, ops); po = med(p, ops); r = ratio(oo, po)
+        oo = med(o, "ops_per_sec"); po = med(p, "ops_per_sec"); r = ratio(oo, po)
       }
-      printf "%-14s %11s %11s %10s %19s %19s %10s\n", sc[i], fmt(oo, "%.1f"), fmt(po, "%.1f"), r,
-        fmt(med(o, p50), "%.2f") "/" fmt(med(o, p99), "%.2f"),
-        fmt(med(p, p50), "%.2f") "/" fmt(med(p, p99), "%.2f"),
+      printf "%-14s %11s %11s %8s %17s %17s %10s %10s\n", sc[i], fmt(oo, "%.1f"), fmt(po, "%.1f"), r,
+        fmt(med(o, "p50_ms"), "%.2f") "/" fmt(med(o, "p99_ms"), "%.2f"),
+        fmt(med(p, "p50_ms"), "%.2f") "/" fmt(med(p, "p99_ms"), "%.2f"),
+        fmt(med(o, "redis_cpu_ms_per_1k"), "%.1f") "/" fmt(med(p, "redis_cpu_ms_per_1k"), "%.1f"),
         ((o in have) ? err[o] : "-") "/" ((p in have) ? err[p] : "-")
+    }
+    printf "\n%-14s %12s %12s %12s %12s %12s\n", "cores used", "ours redis", "ours service", "ours client", "peer redis", "peer service"
+    n2 = split("submit submit-decide read", sc2, " ")
+    for (i = 1; i <= n2; i++) {
+      o = "ours" SUBSEP sc2[i]; p = "peer" SUBSEP sc2[i]
+      printf "%-14s %12s %12s %12s %12s %12s\n", sc2[i], fmt(med(o, "redis_cores"), "%.2f"),
+        fmt(med(o, "target_cores"), "%.2f"), fmt(med(o, "client_cores"), "%.2f"),
+        fmt(med(p, "redis_cores"), "%.2f"), fmt(med(p, "target_cores"), "%.2f")
+    }
+    printf "\n%-22s %8s %8s\n", "Redis commands sent", "ours", "peer"
+    n3 = split("submit accept read", sc3, " ")
+    for (i = 1; i <= n3; i++) {
+      o = "ours" SUBSEP "commands-" sc3[i]; p = "peer" SUBSEP "commands-" sc3[i]
+      printf "%-22s %8s %8s\n", "per " sc3[i], fmt(med(o, "redis_commands_per_op"), "%.2f"), fmt(med(p, "redis_commands_per_op"), "%.2f")
+    }
+    f = "ours" SUBSEP "fanout"
+    if (f in have) {
+      printf "\nfan-out: %s long-polls on one approval: last answered %s ms after the accept was sent (p99 %s ms); %s kB per waiting long-poll (connection included); %s Redis clients while waiting; errors %s\n",
+        med(f, "waiters"), fmt(med(f, "max_ms"), "%.1f"), fmt(med(f, "p99_ms"), "%.1f"), fmt(med(f, "kb_per_waiter"), "%.1f"),
+        med(f, "redis_clients_while_waiting"), err[f]
+    }
+    scaled = 0
+    for (k in have) if (index(k, "scale-") == 1) scaled = 1
+    if (scaled) {
+      printf "\n%-10s %11s %12s %14s %12s\n", "instances", "submit/s", "redis cores", "service cores", "client cores"
+      for (i = 1; i <= 16; i++) {
+        s = "scale-" i SUBSEP "submit"
+        if (s in have) printf "%-10s %11s %12s %14s %12s\n", i, fmt(med(s, "ops_per_sec"), "%.1f"),
+          fmt(med(s, "redis_cores"), "%.2f"), fmt(med(s, "target_cores"), "%.2f"), fmt(med(s, "client_cores"), "%.2f")
+      }
     }
     if (("before" SUBSEP "submit") in have) {
       printf "\n%-14s %11s %11s %10s %19s %19s\n", "scenario", "ours ops/s", "before ops/s", "ratio",
         "ours p50/p99 ms", "before p50/p99 ms"
-      for (i = 1; i <= n; i++) {
-        o = "ours" SUBSEP sc[i]; b = "before" SUBSEP sc[i]
-        if (sc[i] == "wakeup") {
-          oo = "-"; bo = "-"; r = ratio(med(b, p99), med(o, p99)) " p99"
-        } else {
-          oo = med(o, ops); bo = med(b, ops); r = ratio(oo, bo)
-        }
-        printf "%-14s %11s %11s %10s %19s %19s\n", sc[i], fmt(oo, "%.1f"), fmt(bo, "%.1f"), r,
-          fmt(med(o, p50), "%.2f") "/" fmt(med(o, p99), "%.2f"),
-          fmt(med(b, p50), "%.2f") "/" fmt(med(b, p99), "%.2f")
+      n4 = split("submit submit-decide read", sc4, " ")
+      for (i = 1; i <= n4; i++) {
+        o = "ours" SUBSEP sc4[i]; b = "before" SUBSEP sc4[i]
+        printf "%-14s %11s %11s %10s %19s %19s\n", sc4[i], fmt(med(o, "ops_per_sec"), "%.1f"),
+          fmt(med(b, "ops_per_sec"), "%.1f"), ratio(med(o, "ops_per_sec"), med(b, "ops_per_sec")),
+          fmt(med(o, "p50_ms"), "%.2f") "/" fmt(med(o, "p99_ms"), "%.2f"),
+          fmt(med(b, "p50_ms"), "%.2f") "/" fmt(med(b, "p99_ms"), "%.2f")
       }
     }
-    printf "nproc=%s load_average=%s (medians over the rounds; the machine is shared, compare ratios)\n", cores, loadavg
+    printf "\nnproc=%s load_average=%s (medians over the rounds; the machine is shared, compare ratios)\n", cores, loadavg
     missed = 0
     o = "ours" SUBSEP "submit"; p = "peer" SUBSEP "submit"
-    if ((o in have) && (p in have) && med(p, ops) + 0 > 0) {
-      x = med(o, ops) / med(p, ops); ok = x >= 3
-      printf "target: submit throughput >= 3x the peer: %s (%.2fx)\n", ok ? "MET" : "MISSED", x
-      missed += !ok
+    if ((o in have) && (p in have) && med(p, "ops_per_sec") + 0 > 0) {
+      x = med(o, "ops_per_sec") / med(p, "ops_per_sec")
+      target("submit throughput >= 5x the peer", x >= 5, sprintf("%.2fx", x))
+    }
+    o = "ours" SUBSEP "submit-decide"; p = "peer" SUBSEP "submit-decide"
+    if ((o in have) && (p in have) && med(p, "ops_per_sec") + 0 > 0) {
+      x = med(o, "ops_per_sec") / med(p, "ops_per_sec")
+      target("submit + accept throughput >= 5x the peer", x >= 5, sprintf("%.2fx", x))
+    }
+    for (i = 1; i <= n3; i++) {
+      o = "ours" SUBSEP "commands-" sc3[i]
+      if (o in have) {
+        x = med(o, "redis_commands_per_op")
+        target("<= 1.1 Redis commands sent per " sc3[i], x + 0 <= 1.1, x)
+      }
     }
     o = "ours" SUBSEP "wakeup"
     if (o in have) {
-      x = med(o, p99); ok = x != "-" && x + 0 < 10
-      printf "target: decision wake-up p99 < 10 ms: %s (%s ms)\n", ok ? "MET" : "MISSED", fmt(x, "%.2f")
-      missed += !ok
+      x = med(o, "p99_ms")
+      target("decision -> waiting agent p99 <= 1 ms (" med(o, "waiters") " waiters)", x != "-" && x + 0 <= 1, fmt(x, "%.3f") " ms")
+    }
+    if (f in have) {
+      x = med(f, "max_ms")
+      target(med(f, "waiters") " long-polls on one approval answered within 100 ms", x != "-" && x + 0 <= 100 && err[f] == 0, fmt(x, "%.1f") " ms, " err[f] " errors")
+    }
+    o = "ours" SUBSEP "submit-paced"
+    if (o in have) {
+      x = med(o, "p99_ms")
+      target("submit p99 <= 10 ms at half the maximum throughput", x != "-" && x + 0 <= 10, fmt(x, "%.2f") " ms at " med(o, "rate") "/s")
     }
     exit (strict == 1 && missed > 0) ? 1 : 0
   }

@@ -40,6 +40,39 @@ const EVAL_TIME_CHECK_INTERVAL: NonZeroU32 = match NonZeroU32::new(256) {
     None => NonZeroU32::MIN,
 };
 
+thread_local! {
+    /// This thread's VM, with the program it was loaded with: set up once per thread and
+    /// bundle, not per evaluation (a run resets the VM's execution state by itself).
+    static THREAD_VM: std::cell::RefCell<Option<(Arc<Program>, RegoVM)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `run` on this thread's VM for `program`, loading the program first when the thread's
+/// VM has another (or none).
+fn with_thread_vm<T>(
+    program: &Arc<Program>,
+    budget: usize,
+    run: impl FnOnce(&mut RegoVM) -> T,
+) -> T {
+    THREAD_VM.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if !matches!(&*slot, Some((loaded, _)) if Arc::ptr_eq(loaded, program)) {
+            *slot = None;
+        }
+        let (_, vm) = slot.get_or_insert_with(|| {
+            let mut vm = RegoVM::new();
+            vm.load_program(program.clone());
+            (program.clone(), vm)
+        });
+        // Per call: two gates may share a program with different budgets.
+        vm.set_max_instructions(budget);
+        let result = run(vm);
+        // Do not keep the last input alive until the next evaluation.
+        vm.set_input(regorus::Value::Undefined);
+        result
+    })
+}
+
 /// A compiled policy bundle. Cheap to evaluate from many threads: every evaluation works on its
 /// own clone of the (already prepared) engine, so no lock is held.
 #[derive(Clone)]
@@ -196,15 +229,15 @@ impl PolicyGate {
     /// of the interpreter. `Ok(None)` means undefined.
     fn raw_decision(&self, input: &serde_json::Value) -> Result<Option<serde_json::Value>, String> {
         if let Some(program) = &self.program {
-            let mut vm = RegoVM::new();
-            vm.load_program(program.clone());
-            vm.set_max_instructions(self.budget);
-            vm.set_input(regorus::Value::from(input.clone()));
             // Undefined and errors are rare and are where the VM is known to differ (it reads a
             // conflict between rule bodies as undefined): the interpreter has the last word.
             // Not on a spent budget: the interpreter's only limit is time, which would make
             // the verdict depend on the load.
-            match vm.execute_entry_point_by_name(DECISION_RULE) {
+            let outcome = with_thread_vm(program, self.budget, |vm| {
+                vm.set_input(regorus::Value::from(input.clone()));
+                vm.execute_entry_point_by_name(DECISION_RULE)
+            });
+            match outcome {
                 Ok(value) if value != regorus::Value::Undefined => return to_json(value),
                 Ok(_) => {}
                 Err(VmError::InstructionLimitExceeded { limit, .. }) => {
