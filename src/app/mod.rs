@@ -9,6 +9,7 @@
 //! contract in `approvals-core`). `app` knows no engine by name and no HTTP type.
 
 mod error;
+mod evaluators;
 mod events;
 mod figures;
 mod limits;
@@ -18,7 +19,7 @@ mod submit;
 use std::sync::Arc;
 
 use approvals_core::{ApprovalBackend, BackendError, TenantId};
-use tokio::sync::Semaphore;
+use evaluators::Evaluators;
 use tokio_util::sync::CancellationToken;
 
 pub use error::AppError;
@@ -38,9 +39,8 @@ pub struct Approvals {
     policy: Arc<PolicyGate>,
     settings: ApprovalSettings,
     limits: InputLimits,
-    /// Policy evaluations running at once: they run on blocking threads, never on the
-    /// request workers, and no more of them than this compete for the CPUs.
-    evaluations: Semaphore,
+    /// Where policy evaluations run: threads of their own, never the request workers.
+    evaluators: Evaluators,
     metrics: MetricsHandle,
     /// Cancelled on shutdown: long-polls answer at once so the drain is quick.
     shutdown: CancellationToken,
@@ -59,12 +59,14 @@ impl Approvals {
             0 => std::thread::available_parallelism().map_or(2, usize::from),
             n => n,
         };
+        // Start-up: a process that cannot start a few threads cannot serve either.
+        let evaluators = Evaluators::start(concurrency).expect("policy evaluation threads");
         Self {
             engine,
             policy,
             settings,
             limits,
-            evaluations: Semaphore::new(concurrency),
+            evaluators,
             metrics,
             shutdown,
         }

@@ -113,19 +113,10 @@ impl Approvals {
 }
 
 impl Approvals {
-    /// The policy's verdict, computed on a blocking thread (an evaluation is CPU work that
-    /// must not hold up the request workers), at most `limits.policy_concurrency` at once.
+    /// The policy's verdict, computed on an evaluation thread (CPU work must not hold up the
+    /// request workers), at most `limits.policy_concurrency` at once.
     async fn evaluate(&self, input: Value) -> Result<PolicyVerdict, AppError> {
-        // The semaphore is never closed.
-        let _permit = self
-            .evaluations
-            .acquire()
-            .await
-            .map_err(|e| AppError::Internal(e.into()))?;
-        let policy = self.policy.clone();
-        tokio::task::spawn_blocking(move || policy.evaluate(&input))
-            .await
-            .map_err(|e| AppError::Internal(e.into()))
+        self.evaluators.evaluate(self.policy.clone(), input).await
     }
 }
 

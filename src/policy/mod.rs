@@ -203,7 +203,12 @@ impl PolicyGate {
     /// Evaluates `data.approvals.decision` for `input`. Never fails: an undefined rule, an
     /// evaluation error or a malformed result becomes `require_approval` with a reason.
     pub fn evaluate(&self, input: &serde_json::Value) -> PolicyVerdict {
-        let (decision, reasons) = match self.raw_decision(input) {
+        self.evaluate_owned(input.clone())
+    }
+
+    /// [`PolicyGate::evaluate`] for an input the caller no longer needs (no copy is made).
+    pub fn evaluate_owned(&self, input: serde_json::Value) -> PolicyVerdict {
+        let (decision, reasons) = match self.raw_decision(regorus::Value::from(input)) {
             Ok(Some(value)) => interpret(&value),
             Ok(None) => fail_closed(format!(
                 "policy returned no decision ({DECISION_RULE} is undefined for this input): \
@@ -227,14 +232,15 @@ impl PolicyGate {
 
     /// Runs the rule on the VM when it compiled, else (or if the VM fails) on a private clone
     /// of the interpreter. `Ok(None)` means undefined.
-    fn raw_decision(&self, input: &serde_json::Value) -> Result<Option<serde_json::Value>, String> {
+    fn raw_decision(&self, input: regorus::Value) -> Result<Option<serde_json::Value>, String> {
         if let Some(program) = &self.program {
             // Undefined and errors are rare and are where the VM is known to differ (it reads a
             // conflict between rule bodies as undefined): the interpreter has the last word.
             // Not on a spent budget: the interpreter's only limit is time, which would make
             // the verdict depend on the load.
             let outcome = with_thread_vm(program, self.budget, |vm| {
-                vm.set_input(regorus::Value::from(input.clone()));
+                // A regorus value is reference-counted: the copy is cheap.
+                vm.set_input(input.clone());
                 vm.execute_entry_point_by_name(DECISION_RULE)
             });
             match outcome {
@@ -256,10 +262,10 @@ impl PolicyGate {
     /// The tree-walking interpreter: the reference semantics.
     fn interpreter_decision(
         &self,
-        input: &serde_json::Value,
+        input: regorus::Value,
     ) -> Result<Option<serde_json::Value>, String> {
         let mut engine = self.engine.clone();
-        engine.set_input(regorus::Value::from(input.clone()));
+        engine.set_input(input);
         let value = engine
             .eval_rule(DECISION_RULE.to_string())
             .map_err(|err| err.to_string())?;

@@ -450,7 +450,11 @@ fn the_vm_agrees_with_the_interpreter_on_the_default_bundle() {
             .execute_entry_point_by_name(DECISION_RULE)
             .map_err(|e| e.to_string())
             .and_then(to_json);
-        assert_eq!(by_vm, g.interpreter_decision(&input), "{input}");
+        assert_eq!(
+            by_vm,
+            g.interpreter_decision(regorus::Value::from(input.clone())),
+            "{input}"
+        );
         checked += 1;
     }
     assert!(checked > 60);
