@@ -29,6 +29,7 @@
 #   BENCH_FANOUT=10000     long-polls on one approval in the fan-out scenario (0: skip)
 #   BENCH_SCALE=""         instance counts for the scale-out runs, e.g. "1 2 4" (ours only)
 #   BENCH_TARGETS="ours peer"   which targets to run, in order
+#   BENCH_SCENARIOS=""     only these scenarios (e.g. "submit submit-paced fanout"); default all
 #   BENCH_ROUNDS=1         repeat the targets (alternating) this often; the summary shows medians
 #   BENCH_THREADS=1        worker threads of the load generator
 #   PEER_DIR=<repo>/../shared/peers/adr_fastapi   the ADR peer (run.sh, app.py)
@@ -36,6 +37,7 @@
 #   BENCH_KEEP=1           keep the temp dir (configs, logs, RESULT lines) after a good run
 #   BENCH_STRICT=1         exit 1 when a target of the issue is missed
 #   BENCH_BUILD=0          skip the cargo build and use the release binaries already built
+#   BENCH_RESULTS=file     print only the summary of a kept run's results.txt (no build, no run)
 #   BENCH_BEFORE_BIN=path  an earlier build's `approvals` binary: adds the target `before` (run
 #                          exactly like `ours`) and a before/after table, to show what a change
 #                          did to throughput in the same run
@@ -177,7 +179,7 @@ toml_string() { local s=${1//\\/\\\\}; printf '"%s"' "${s//\"/\\\"}"; }
 # --- build -----------------------------------------------------------------------------------
 packages=(-p approvals-bench)
 case " $BENCH_TARGETS " in *" ours "*) packages+=(-p approvals) ;; esac
-if [ "$BENCH_BUILD" = 1 ]; then
+if [ "$BENCH_BUILD" = 1 ] && [ -z "${BENCH_RESULTS:-}" ]; then
   say "cargo build --release ${packages[*]}"
   (cd "$repo" && cargo build --release "${packages[@]}")
 fi
@@ -250,9 +252,12 @@ start_ours() { # bin config log url -> sets server_pid
   wait_until "$server_pid" 60 "$3" "approvals serve" http_ok "$4/healthz"
 }
 
+# Whether scenario $1 is to run (BENCH_SCENARIOS, default all).
+wants() { [ -z "${BENCH_SCENARIOS:-}" ] || [[ " $BENCH_SCENARIOS " == *" $1 "* ]]; }
+
 # A RESULT field of the last line of scenario $2 for target $1.
 result_field() {
-  grep "^RESULT target=$1 scenario=$2 " "$results" | tail -n 1 | tr ' ' '\n' | sed -n "s/^$3=//p"
+  { grep "^RESULT target=$1 scenario=$2 " "$results" || true; } | tail -n 1 | tr ' ' '\n' | sed -n "s/^$3=//p"
 }
 
 run_target() {
@@ -290,17 +295,17 @@ run_target() {
       failed=1
     }
   }
-  scenario_run commands --ops 1000 --idle 5s
+  if wants commands; then scenario_run commands --ops 1000 --idle 5s; fi
   for scenario in submit submit-decide read; do
-    scenario_run "$scenario" "${load[@]}"
+    if wants "$scenario"; then scenario_run "$scenario" "${load[@]}"; fi
   done
   local max_rate
   max_rate=$(result_field "$target" submit ops_per_sec)
-  if [ -n "$max_rate" ]; then
+  if wants submit-paced && [ -n "$max_rate" ]; then
     scenario_run submit "${load[@]}" --rate "$(awk -v r="$max_rate" 'BEGIN { printf "%.0f", r / 2 }')"
   fi
-  scenario_run wakeup --waiters "$BENCH_WAITERS"
-  if [ "$target" != peer ] && [ "$BENCH_FANOUT" -gt 0 ]; then
+  if wants wakeup; then scenario_run wakeup --waiters "$BENCH_WAITERS"; fi
+  if wants fanout && [ "$target" != peer ] && [ "$BENCH_FANOUT" -gt 0 ]; then
     scenario_run fanout --waiters "$BENCH_FANOUT"
   fi
 
@@ -331,19 +336,29 @@ run_scale() {
   stop_group "$redis_pid"
 }
 
-# The fan-out scenario holds one socket per long-poll on both sides.
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-say "$(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg); ${BENCH_ROUNDS} round(s) of: ${BENCH_SECS}s x ${BENCH_CONCURRENCY} workers per throughput scenario, ${BENCH_WAITERS} waiters, fan-out ${BENCH_FANOUT}"
-failed=0
-for ((round = 1; round <= BENCH_ROUNDS; round++)); do
-  ((BENCH_ROUNDS == 1)) || say "round $round of $BENCH_ROUNDS"
-  for target in $BENCH_TARGETS; do
-    run_target "$target"
+run_all() {
+  # The fan-out scenario holds one socket per long-poll on both sides.
+  ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+  say "$(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg); ${BENCH_ROUNDS} round(s) of: ${BENCH_SECS}s x ${BENCH_CONCURRENCY} workers per throughput scenario, ${BENCH_WAITERS} waiters, fan-out ${BENCH_FANOUT}"
+  local round target n
+  for ((round = 1; round <= BENCH_ROUNDS; round++)); do
+    ((BENCH_ROUNDS == 1)) || say "round $round of $BENCH_ROUNDS"
+    for target in $BENCH_TARGETS; do
+      run_target "$target"
+    done
   done
-done
-for n in $BENCH_SCALE; do
-  run_scale "$n"
-done
+  for n in $BENCH_SCALE; do
+    run_scale "$n"
+  done
+}
+
+failed=0
+if [ -n "${BENCH_RESULTS:-}" ]; then
+  # Only the summary, of a kept run's RESULT lines.
+  cp "$BENCH_RESULTS" "$results"
+else
+  run_all
+fi
 
 # --- summary: medians over the rounds ------------------------------------------------------
 echo
@@ -363,7 +378,7 @@ awk -v cores="$(nproc)" -v loadavg="$(cut -d' ' -f1-3 /proc/loadavg)" -v strict=
   function med(key, field) { return ((key, field) in vals) ? median(vals[key, field]) : "-" }
   function fmt(v, spec) { return v == "-" ? "-" : sprintf(spec, v) }
   function ratio(a, b) { return (a == "-" || b == "-" || b + 0 == 0) ? "-" : sprintf("%.2fx", a / b) }
-  function target(name, cond, value, shown) {
+  function target(name, cond, shown) {
     printf "target: %-58s %s (%s)\n", name, cond ? "MET" : "MISSED", shown
     missed += !cond
   }
@@ -408,11 +423,11 @@ awk -v cores="$(nproc)" -v loadavg="$(cut -d' ' -f1-3 /proc/loadavg)" -v strict=
       o = "ours" SUBSEP "commands-" sc3[i]; p = "peer" SUBSEP "commands-" sc3[i]
       printf "%-22s %8s %8s\n", "per " sc3[i], fmt(med(o, "redis_commands_per_op"), "%.2f"), fmt(med(p, "redis_commands_per_op"), "%.2f")
     }
-    f = "ours" SUBSEP "fanout"
-    if (f in have) {
+    fo = "ours" SUBSEP "fanout"
+    if (fo in have) {
       printf "\nfan-out: %s long-polls on one approval: last answered %s ms after the accept was sent (p99 %s ms); %s kB per waiting long-poll (connection included); %s Redis clients while waiting; errors %s\n",
-        med(f, "waiters"), fmt(med(f, "max_ms"), "%.1f"), fmt(med(f, "p99_ms"), "%.1f"), fmt(med(f, "kb_per_waiter"), "%.1f"),
-        med(f, "redis_clients_while_waiting"), err[f]
+        med(fo, "waiters"), fmt(med(fo, "max_ms"), "%.1f"), fmt(med(fo, "p99_ms"), "%.1f"), fmt(med(fo, "kb_per_waiter"), "%.1f"),
+        med(fo, "redis_clients_while_waiting"), err[fo]
     }
     scaled = 0
     for (k in have) if (index(k, "scale-") == 1) scaled = 1
@@ -460,9 +475,9 @@ awk -v cores="$(nproc)" -v loadavg="$(cut -d' ' -f1-3 /proc/loadavg)" -v strict=
       x = med(o, "p99_ms")
       target("decision -> waiting agent p99 <= 1 ms (" med(o, "waiters") " waiters)", x != "-" && x + 0 <= 1, fmt(x, "%.3f") " ms")
     }
-    if (f in have) {
-      x = med(f, "max_ms")
-      target(med(f, "waiters") " long-polls on one approval answered within 100 ms", x != "-" && x + 0 <= 100 && err[f] == 0, fmt(x, "%.1f") " ms, " err[f] " errors")
+    if (fo in have) {
+      x = med(fo, "max_ms")
+      target(med(fo, "waiters") " long-polls on one approval answered within 100 ms", x != "-" && x + 0 <= 100 && err[fo] == 0, fmt(x, "%.1f") " ms, " err[fo] " errors")
     }
     o = "ours" SUBSEP "submit-paced"
     if (o in have) {

@@ -103,6 +103,7 @@ pub async fn wakeup(api: &Arc<Api>, w: &Waiting) -> Result<Report, String> {
     let mut waiters = park_all(api, &ids, w);
     let parked_by = until_parked(api, w, baseline, n).await;
 
+    let mut conn = api.connect(0).await.map_err(|e| e.kind)?;
     let mut written_at = vec![None; n];
     let mut errors: BTreeMap<String, usize> = BTreeMap::new();
     let decide_started = Instant::now();
@@ -162,6 +163,9 @@ pub async fn fanout(api: &Arc<Api>, w: &Waiting, resources: &Resources) -> Resul
         Some(addr) => Some(redis_probe::clients(addr).await?),
         None => None,
     };
+    // A fresh connection: the first one sat idle while the waiters parked, long enough for
+    // the server's header timeout to close it.
+    let mut conn = api.connect(0).await.map_err(|e| e.kind)?;
     let written = Instant::now();
     let mut errors: BTreeMap<String, usize> = BTreeMap::new();
     if let Err(e) = api
