@@ -20,11 +20,10 @@ fn stat(path: &str) -> Option<(u64, f64)> {
     Some((pgrp, (utime + stime) / TICKS_PER_SECOND))
 }
 
-/// CPU seconds used so far by every live process of process group `pgid` (a target started
-/// with `setsid`: the service, or the peer's uvicorn and its workers).
-pub fn group_cpu_seconds(pgid: u64) -> f64 {
+/// `/proc/<pid>` of every live process of group `pgid`, with the CPU seconds it used so far.
+fn group(pgid: u64) -> Vec<(std::path::PathBuf, f64)> {
     let Ok(entries) = fs::read_dir("/proc") else {
-        return 0.0;
+        return Vec::new();
     };
     entries
         .flatten()
@@ -34,10 +33,17 @@ pub fn group_cpu_seconds(pgid: u64) -> f64 {
                 .bytes()
                 .all(|b| b.is_ascii_digit())
         })
-        .filter_map(|e| stat(&format!("{}/stat", e.path().display())))
-        .filter(|(group, _)| *group == pgid)
-        .map(|(_, seconds)| seconds)
-        .sum()
+        .filter_map(|e| {
+            let (group, seconds) = stat(&format!("{}/stat", e.path().display()))?;
+            (group == pgid).then(|| (e.path(), seconds))
+        })
+        .collect()
+}
+
+/// CPU seconds used so far by every live process of process group `pgid` (a target started
+/// with `setsid`: the service, or the peer's uvicorn and its workers).
+pub fn group_cpu_seconds(pgid: u64) -> f64 {
+    group(pgid).into_iter().map(|(_, seconds)| seconds).sum()
 }
 
 /// CPU seconds this process (the load generator) used so far.
@@ -47,19 +53,9 @@ pub fn own_cpu_seconds() -> f64 {
 
 /// Resident memory of every process of group `pgid`, in kB.
 pub fn group_rss_kb(pgid: u64) -> u64 {
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .bytes()
-                .all(|b| b.is_ascii_digit())
-        })
-        .filter(|e| stat(&format!("{}/stat", e.path().display())).is_some_and(|(g, _)| g == pgid))
-        .filter_map(|e| fs::read_to_string(e.path().join("status")).ok())
+    group(pgid)
+        .into_iter()
+        .filter_map(|(path, _)| fs::read_to_string(path.join("status")).ok())
         .filter_map(|status| {
             status
                 .lines()
