@@ -4,29 +4,38 @@
 //! commands, which `MONITOR` counting leaves out. Commands a Lua script runs inside Redis are
 //! tagged `lua` by `MONITOR` and are not counted: the figure is what crossed the network.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-/// One `INFO` section's text.
-async fn info(addr: &str, section: &str) -> Result<String, String> {
+/// Opens a connection of the probe's own and sends one inline command on it.
+async fn send(addr: &str, command: &str) -> Result<BufReader<TcpStream>, String> {
     let mut stream = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("redis {addr}: {e}"))?;
     stream
-        .write_all(format!("INFO {section}\r\n").as_bytes())
+        .write_all(format!("{command}\r\n").as_bytes())
         .await
         .map_err(|e| format!("redis {addr}: {e}"))?;
-    let mut reader = BufReader::new(stream);
-    let mut header = String::new();
+    Ok(BufReader::new(stream))
+}
+
+/// The reply's first line.
+async fn first_line(addr: &str, reader: &mut BufReader<TcpStream>) -> Result<String, String> {
+    let mut line = String::new();
     reader
-        .read_line(&mut header)
+        .read_line(&mut line)
         .await
         .map_err(|e| format!("redis {addr}: {e}"))?;
+    Ok(line)
+}
+
+/// One `INFO` section's text.
+async fn info(addr: &str, section: &str) -> Result<String, String> {
+    let mut reader = send(addr, &format!("INFO {section}")).await?;
+    let header = first_line(addr, &mut reader).await?;
     let len: usize = header
         .trim()
         .strip_prefix('$')
@@ -70,27 +79,15 @@ pub struct Monitor {
 
 impl Monitor {
     pub async fn start(addr: &str) -> Result<Self, String> {
-        let mut stream = TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("redis {addr}: {e}"))?;
-        stream
-            .write_all(b"MONITOR\r\n")
-            .await
-            .map_err(|e| format!("redis {addr}: {e}"))?;
-        let mut reader = BufReader::new(stream);
-        let mut ok = String::new();
-        reader
-            .read_line(&mut ok)
-            .await
-            .map_err(|e| format!("redis {addr}: {e}"))?;
+        let mut reader = send(addr, "MONITOR").await?;
+        let ok = first_line(addr, &mut reader).await?;
         if ok.trim() != "+OK" {
             return Err(format!("redis {addr}: MONITOR answered {ok:?}"));
         }
-        let counted = Arc::new(AtomicU64::new(0));
         let (marked, marks) = watch::channel((String::new(), 0));
-        let count = Arc::clone(&counted);
         let reader = tokio::spawn(async move {
             let mut line = String::new();
+            let mut counted = 0u64;
             loop {
                 line.clear();
                 match reader.read_line(&mut line).await {
@@ -104,11 +101,10 @@ impl Monitor {
                     continue;
                 }
                 if let Some(marker) = marker_in(&line) {
-                    let total = count.load(Ordering::Relaxed);
-                    let _ = marked.send((marker, total));
+                    let _ = marked.send((marker, counted));
                     continue;
                 }
-                count.fetch_add(1, Ordering::Relaxed);
+                counted += 1;
             }
         });
         Ok(Self {
@@ -121,14 +117,9 @@ impl Monitor {
     /// Sends a marker through another connection and waits until `MONITOR` shows it: every
     /// command sent before it has been counted by then. Returns the count at the marker.
     pub async fn mark(&mut self, name: &str) -> Result<u64, String> {
-        let mut stream = TcpStream::connect(&self.addr)
-            .await
-            .map_err(|e| format!("redis {}: {e}", self.addr))?;
         let text = format!("bench-marker-{name}");
-        stream
-            .write_all(format!("ECHO {text}\r\n").as_bytes())
-            .await
-            .map_err(|e| format!("redis {}: {e}", self.addr))?;
+        // The reply is not needed: MONITOR shows the command once Redis ran it.
+        let _connection = send(&self.addr, &format!("ECHO {text}")).await?;
         let wait = self.marks.wait_for(|(seen, _)| *seen == text);
         match tokio::time::timeout(Duration::from_secs(10), wait).await {
             Ok(Ok(mark)) => Ok(mark.1),
