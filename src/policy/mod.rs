@@ -31,9 +31,9 @@ const DECISION_RULE_NAME: &str = "decision";
 /// Instructions one evaluation may execute unless configured (`limits.policy_instructions`).
 pub const DEFAULT_BUDGET: usize = 1_000_000;
 
-/// A small policy evaluates in microseconds; a policy that runs for a second is looping or
-/// pathological, and evaluation happens on a request thread, so it is cut off and the request
-/// fails closed instead of stalling the worker.
+/// The interpreter's only limit (the VM has the instruction budget): a small policy evaluates
+/// in microseconds, one that runs for a second is looping or pathological, so it is cut off
+/// and the request fails closed instead of holding an evaluation thread.
 const EVAL_TIME_LIMIT: Duration = Duration::from_secs(1);
 const EVAL_TIME_CHECK_INTERVAL: NonZeroU32 = match NonZeroU32::new(256) {
     Some(n) => n,
@@ -73,8 +73,9 @@ fn with_thread_vm<T>(
     })
 }
 
-/// A compiled policy bundle. Cheap to evaluate from many threads: every evaluation works on its
-/// own clone of the (already prepared) engine, so no lock is held.
+/// A compiled policy bundle. Cheap to evaluate from many threads without a lock: each thread
+/// runs the compiled program on a VM of its own (`with_thread_vm`), and the rare interpreter
+/// fallback works on its own clone of the prepared engine.
 #[derive(Clone)]
 pub struct PolicyGate {
     engine: regorus::Engine,

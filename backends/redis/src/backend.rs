@@ -1,6 +1,6 @@
 //! `RedisBackend`: the request path of the Redis engine, one command per call over a few
-//! multiplexed connections (`connections`). Whole-record walks are in `transfer`, ADR v1 adoption in `adopt`, the sweeper
-//! and retention in `chores`, the pending figures in `stats`.
+//! multiplexed connections (`connections`). Whole-record walks are in `transfer`, ADR v1
+//! adoption in `adopt`, the sweeper and retention in `chores`, the pending figures in `stats`.
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use redis::AsyncCommands;
 use tokio::task::JoinHandle;
 
-use crate::connections::Connections;
+use crate::connections::{Connections, Lease};
 use crate::keys::{
     self, DEADLINES, DECIDED_CHANNEL, RETENTION, SETTLED_CHANNEL, SUBMITTED_SUM, TENANTS,
 };
@@ -55,9 +55,9 @@ impl RedisBackend {
     /// Redis that is down at start-up makes calls fail with `Unavailable` until it is back.
     /// The sweeper is not started here: see [`RedisBackend::start_chores`].
     pub fn connect(settings: RedisSettings, lifetimes: Lifetimes) -> Result<Self, BackendError> {
-        let connections = Connections::open(&settings)?;
         let client = redis::Client::open(settings.url.as_str())
             .map_err(|e| BackendError::unavailable("connect", e))?;
+        let connections = Connections::open(&client, &settings)?;
         let waiters = Waiters::default();
         let subscriber = tokio::spawn(waiters.clone().listen(client));
         Ok(Self {
@@ -91,11 +91,11 @@ impl RedisBackend {
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         let work = async {
-            // The lease's slot stays held (in `lease`) until the call has its answer.
-            let lease = self.connections.lease(op).await?;
-            call(lease.connection.clone())
-                .await
-                .map_err(|e| BackendError::unavailable(op, e))
+            // The slot stays held until the call has its answer.
+            let Lease { connection, slot } = self.connections.lease(op).await?;
+            let answer = call(connection).await;
+            drop(slot);
+            answer.map_err(|e| BackendError::unavailable(op, e))
         };
         tokio::time::timeout(self.settings.call_timeout, work)
             .await

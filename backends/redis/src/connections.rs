@@ -32,16 +32,17 @@ pub(crate) struct Connections {
     max_in_flight: usize,
 }
 
-/// A call's right to be in flight; the connection to send it on.
+/// A call's right to be in flight (held until dropped); the connection to send it on.
 pub(crate) struct Lease {
     pub(crate) connection: ConnectionManager,
-    _slot: OwnedSemaphorePermit,
+    pub(crate) slot: OwnedSemaphorePermit,
 }
 
 impl Connections {
-    pub(crate) fn open(settings: &RedisSettings) -> Result<Self, BackendError> {
-        let unavailable = |e: redis::RedisError| BackendError::unavailable("connect", e);
-        let client = redis::Client::open(settings.url.as_str()).map_err(unavailable)?;
+    pub(crate) fn open(
+        client: &redis::Client,
+        settings: &RedisSettings,
+    ) -> Result<Self, BackendError> {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(settings.call_timeout))
             // The caller's deadline covers the response; a second timer per call is waste.
@@ -53,7 +54,7 @@ impl Connections {
         let managers = (0..settings.connections.max(1))
             .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), config.clone()))
             .collect::<Result<_, _>>()
-            .map_err(unavailable)?;
+            .map_err(|e| BackendError::unavailable("connect", e))?;
         Ok(Self {
             managers,
             next: AtomicUsize::new(0),
@@ -82,7 +83,7 @@ impl Connections {
         let turn = self.next.fetch_add(1, Ordering::Relaxed) % self.managers.len();
         Ok(Lease {
             connection: self.managers[turn].clone(),
-            _slot: slot,
+            slot,
         })
     }
 
