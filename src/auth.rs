@@ -88,6 +88,8 @@ pub enum Permission {
     List,
     Decide,
     Audit,
+    /// Upload, activate, roll back and trial the tenant's policy bundles (admins only).
+    ManagePolicy,
 }
 
 impl Principal {

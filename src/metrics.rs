@@ -337,6 +337,17 @@ pub fn submitted(tenant: &TenantId, decision: PolicyDecision) {
     metrics::counter!("approvals_submitted_total", "tenant" => tenant.to_string(), "decision" => decision).increment(1);
 }
 
+/// A candidate policy was evaluated beside the active one; `agrees` when both decided alike.
+pub fn shadow_evaluated(tenant: &TenantId, agrees: bool) {
+    let tenant = tenant.to_string();
+    metrics::counter!("approvals_policy_shadow_evaluations_total", "tenant" => tenant.clone())
+        .increment(1);
+    if !agrees {
+        metrics::counter!("approvals_policy_shadow_disagreements_total", "tenant" => tenant)
+            .increment(1);
+    }
+}
+
 /// A decision this instance made (or an expiry it recorded).
 pub fn decided(approval: &Approval) {
     let tenant = approval.tenant.to_string();

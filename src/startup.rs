@@ -8,7 +8,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
-use crate::app::{Approvals, EngineMetrics};
+use crate::app::{Approvals, EngineMetrics, TenantPolicies};
 use crate::auth::Authenticator;
 use crate::config::{Settings, REDIS_TTL_COMFORT};
 use crate::engines::{EngineError, RunningEngine};
@@ -33,6 +33,7 @@ pub enum StartupError {
 pub struct Application {
     listener: TcpListener,
     app: Arc<Approvals>,
+    policies: Arc<TenantPolicies>,
     engine: RunningEngine,
     state: AppState,
     settings: Settings,
@@ -65,9 +66,20 @@ impl Application {
             .collect();
         ttls.push(("*".to_owned(), settings.approvals.default_ttl));
         let shutdown = CancellationToken::new();
+        let policies = Arc::new(TenantPolicies::new(
+            Arc::new(policy),
+            engine.policy_store.clone(),
+            settings.limits.policy_instructions,
+        ));
+        // Before serving: a tenant with its own bundle must never be answered by the default.
+        // If the store cannot be read now, submits answer 503 until the reload loop succeeds.
+        if let Err(error) = policies.sync().await {
+            tracing::warn!(error = %crate::app::chain(&error),
+                "cannot read the tenants' policies yet; submits answer 503 until it can");
+        }
         let app = Arc::new(Approvals::new(
             engine.backend.clone(),
-            Arc::new(policy),
+            policies.clone(),
             settings.approvals.clone(),
             settings.limits.clone(),
             MetricsHandle::new(settings.approvals.max_ttl(), ttls),
@@ -77,6 +89,7 @@ impl Application {
             app: app.clone(),
             auth: Arc::new(Authenticator::new(&settings.auth.tokens)),
             body_limit: settings.server.body_limit,
+            bundle_limit: settings.policy.max_bundle_bytes,
             request_timeout: settings.server.request_timeout,
             access_log: settings.server.access_log,
         };
@@ -87,6 +100,7 @@ impl Application {
         Ok(Self {
             listener,
             app,
+            policies,
             engine,
             state,
             settings,
@@ -107,11 +121,14 @@ impl Application {
         let Self {
             listener,
             app,
+            policies,
             engine,
             state,
             settings,
             shutdown: stop,
         } = self;
+        let reloads =
+            tokio::spawn(policies.keep_in_sync(settings.policy.reload_interval, stop.clone()));
         let figures = {
             let app = app.clone();
             let interval = settings.approvals.stats_interval;
@@ -140,6 +157,7 @@ impl Application {
         };
         stop.cancel();
         let _ = figures.await;
+        let _ = reloads.await;
         engine.stop().await;
         tracing::info!("stopped");
         result

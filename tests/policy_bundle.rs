@@ -1,112 +1,46 @@
 //! Runs the shipped policy bundle (`policies/`) the way the service will: loads it through
-//! `PolicyGate`, runs every OPA-style `test_*` rule of its `*_test.rego` files in regorus (so
-//! the bundle's own tests hold in the engine we actually ship, not only in `opa test`), and
-//! checks a few end-to-end verdicts against the contract.
+//! `PolicyGate`, runs every OPA-style `test_*` rule of the bundle in regorus (so the bundle's
+//! own tests hold in the engine we actually ship, not only in `opa test`), and checks a few
+//! end-to-end verdicts against the contract.
 
 use std::path::{Path, PathBuf};
 
+use approvals::policy::testing::run_tests;
 use approvals::policy::{PolicyDecision, PolicyGate};
 use serde_json::json;
 
-/// Fewer test rules than this means the scan is broken or the tests were gutted; either way
-/// a green run would mean nothing.
+/// Fewer test rules than this means the tests were gutted or the runner no longer finds them;
+/// either way a green run would mean nothing.
 const MIN_TEST_RULES: usize = 12;
 
 fn bundle_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")
 }
 
-fn rego_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        let hidden = path
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with('.'));
-        if hidden {
-            continue;
-        }
-        if path.is_dir() {
-            out.extend(rego_files(&path));
-        } else if path.extension().is_some_and(|e| e == "rego") {
-            out.push(path);
-        }
-    }
-    out.sort();
-    out
-}
-
-/// `(package, rule)` for every `test_*` rule, found by a line scan: good enough for files we
-/// write ourselves, and the minimum-count assertion catches a scan that silently finds nothing.
-fn test_rules(files: &[PathBuf]) -> Vec<(String, String)> {
-    let mut rules = Vec::new();
-    for file in files {
-        let name = file.file_name().unwrap().to_string_lossy();
-        if !name.ends_with("_test.rego") {
-            continue;
-        }
-        let text = std::fs::read_to_string(file).unwrap();
-        let package = text
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("package "))
-            .unwrap_or_else(|| panic!("{} has no package line", file.display()))
-            .trim()
-            .to_string();
-        for line in text.lines().filter(|l| l.starts_with("test_")) {
-            let rule: String = line
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
-            let entry = (package.clone(), rule);
-            if !rules.contains(&entry) {
-                rules.push(entry);
-            }
-        }
-    }
-    rules
-}
-
 #[test]
 fn bundle_rego_tests_pass_in_regorus() {
     let dir = bundle_dir();
     // The gate must accept the bundle, test files included.
-    PolicyGate::load(&dir).unwrap();
-
-    let files = rego_files(&dir);
-    let mut engine = regorus::Engine::new();
-    for file in &files {
-        engine
-            .add_policy(
-                file.display().to_string(),
-                std::fs::read_to_string(file).unwrap(),
-            )
-            .unwrap();
-    }
-
-    let rules = test_rules(&files);
+    let gate = PolicyGate::load(&dir).unwrap();
+    let report = run_tests(&gate);
     assert!(
-        rules.len() >= MIN_TEST_RULES,
-        "found only {} test rules in {}: {rules:?}",
-        rules.len(),
-        dir.display()
+        report.results.len() >= MIN_TEST_RULES,
+        "found only {} test rules in {}: {:#?}",
+        report.results.len(),
+        dir.display(),
+        report.results
     );
 
-    let mut failures = Vec::new();
-    for (package, rule) in &rules {
-        let path = format!("data.{package}.{rule}");
-        match engine.eval_rule(path.clone()) {
-            Ok(v) if v == regorus::Value::from(true) => {}
-            Ok(regorus::Value::Undefined) => failures.push(format!("{path}: failed (undefined)")),
-            Ok(other) => failures.push(format!("{path}: returned {other:?}")),
-            Err(err) => failures.push(format!("{path}: error: {err}")),
-        }
-    }
-    println!("ran {} bundle test rules", rules.len());
+    let failures: Vec<String> = report
+        .failures()
+        .map(|r| format!("{}: {}", r.name, r.error.as_deref().unwrap_or("failed")))
+        .collect();
+    println!("ran {} bundle test rules", report.results.len());
     assert!(
         failures.is_empty(),
         "{} of {} bundle test rules failed:\n  {}",
         failures.len(),
-        rules.len(),
+        report.results.len(),
         failures.join("\n  ")
     );
 }

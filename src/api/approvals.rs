@@ -1,7 +1,7 @@
 //! The `/v1` routes: each extracts, calls the application layer, and maps its answer to the
 //! contract's response. The rules live in `crate::app`.
 
-use approvals_core::{Approval, ApprovalId, AuditEvent, Status, TenantId, Verdict};
+use approvals_core::{Approval, ApprovalId, AuditEvent, Page, Status, TenantId, Verdict};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -231,6 +231,10 @@ pub struct DecideBody {
     /// At most 2,000 characters.
     #[schema(max_length = 2000)]
     pub reason: Option<String>,
+    /// The `action_digest` of the approval as the reviewer saw it: when given, a record whose
+    /// action differs is refused with `409 action_mismatch`, not decided.
+    #[schema(max_length = 100)]
+    pub action_digest: Option<String>,
 }
 
 /// Accept a pending approval. The first decision wins.
@@ -276,8 +280,18 @@ async fn decide(
     ApiJson(body): ApiJson<Option<DecideBody>>,
     verdict: Verdict,
 ) -> Result<Json<Approval>, ApiError> {
-    let reason = body.unwrap_or_default().reason;
-    let decided = state.app.decide(&caller, &tenant, &id, verdict, reason);
+    let DecideBody {
+        reason,
+        action_digest,
+    } = body.unwrap_or_default();
+    let decided = state.app.decide(
+        &caller,
+        &tenant,
+        &id,
+        verdict,
+        reason,
+        action_digest.as_deref(),
+    );
     Ok(Json(decided.await?))
 }
 
@@ -293,6 +307,13 @@ pub struct AuditQuery {
     /// From the previous page's `next_cursor`.
     #[param(nullable = false, min_length = 1)]
     pub cursor: Option<String>,
+    /// Only events of these kinds, comma-separated: `submitted`, `accepted`, `rejected`,
+    /// `expired`, `migrated`, `policy`.
+    #[param(nullable = false, min_length = 1)]
+    pub kind: Option<String>,
+    /// Only decision-log events with this verdict: `allow`, `deny`, `require_approval`.
+    #[param(nullable = false, min_length = 1)]
+    pub decision: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -301,26 +322,97 @@ pub struct AuditPage {
     pub next_cursor: Option<String>,
 }
 
-/// The tenant's audit events, oldest first (admin).
+/// The tenant's audit events, oldest first (admin): every submit's verdict (the decision
+/// log: `allow` and `deny` too), decisions, expiries, migrations, policy changes. With a
+/// filter a page may hold fewer than `limit` events (even none) and still have a
+/// `next_cursor`: follow it to the end. With `Accept: application/x-ndjson` the answer is the
+/// whole export from `since` (or `cursor`) to the end, one event per line, streamed (`limit`
+/// is then the page size the export reads with); a failure mid-export cuts the stream, so an
+/// incomplete download is never mistaken for a complete one.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/audit", tag = "audit",
     params(("tenant" = inline(TenantId), Path), AuditQuery),
-    responses((status = 200, body = AuditPage), (status = 400, body = super::Problem),
+    responses((status = 200, content(
+            (AuditPage = "application/json"),
+            (String = "application/x-ndjson", example = "{\"event_id\":\"…\",\"kind\":\"submitted\",…}\n")
+        )),
+        (status = 400, body = super::Problem),
         (status = 401, body = super::Problem), (status = 403, body = super::Problem), (status = 503, body = super::Problem)),
     security(("bearer" = [])))]
 pub async fn audit(
     State(state): State<AppState>,
     Caller(caller): Caller,
     TenantPath(tenant): TenantPath,
+    headers: axum::http::HeaderMap,
     ApiQuery(query): ApiQuery<AuditQuery>,
-) -> Result<Json<AuditPage>, ApiError> {
+) -> Result<Response, ApiError> {
+    let ndjson = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/x-ndjson"));
     let query = app::AuditQuery {
         since: query.since,
         limit: query.limit,
         cursor: query.cursor,
+        kinds: query.kind,
+        decision: query.decision,
     };
+    if ndjson {
+        return audit_export(state, caller, tenant, query).await;
+    }
     let page = state.app.audit(&caller, &tenant, query).await?;
     Ok(Json(AuditPage {
         items: page.items,
         next_cursor: page.next_cursor,
-    }))
+    })
+    .into_response())
+}
+
+/// The NDJSON export: the first page is read before answering (so a bad query or a missing
+/// permission is a problem document, not a broken stream), the rest page by page as the
+/// client reads.
+async fn audit_export(
+    state: AppState,
+    caller: crate::auth::Principal,
+    tenant: TenantId,
+    query: app::AuditQuery,
+) -> Result<Response, ApiError> {
+    enum Next {
+        Page(Page<AuditEvent>, app::AuditQuery),
+        Failed(std::io::Error),
+    }
+    let first = state.app.audit(&caller, &tenant, query.clone()).await?;
+    let chunks = futures_util::stream::unfold(Some(Next::Page(first, query)), move |next| {
+        let (state, caller, tenant) = (state.clone(), caller.clone(), tenant.clone());
+        async move {
+            let (page, mut query) = match next? {
+                Next::Page(page, query) => (page, query),
+                Next::Failed(error) => return Some((Err(error), None)),
+            };
+            let mut lines = Vec::new();
+            for event in &page.items {
+                // Plain data: serialising cannot fail.
+                lines.extend(serde_json::to_vec(event).unwrap_or_default());
+                lines.push(b'\n');
+            }
+            let following = match page.next_cursor {
+                None => None,
+                Some(cursor) => {
+                    query.cursor = Some(cursor);
+                    Some(
+                        match state.app.audit(&caller, &tenant, query.clone()).await {
+                            Ok(page) => Next::Page(page, query),
+                            Err(error) => {
+                                tracing::warn!(%tenant, error = %app::chain(&error), "audit export cut short");
+                                Next::Failed(std::io::Error::other(error.to_string()))
+                            }
+                        },
+                    )
+                }
+            };
+            Some((Ok(axum::body::Bytes::from(lines)), following))
+        }
+    });
+    let body = axum::body::Body::from_stream(chunks);
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
 }

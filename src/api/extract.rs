@@ -104,61 +104,75 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
-        let limit = state.body_limit;
-        let typed = match request.headers().get(CONTENT_TYPE) {
-            Some(value) if !is_json(value) => {
-                let named = value.to_str().unwrap_or("(not text)").to_owned();
-                return Err(ApiError::UnsupportedMediaType(named));
-            }
-            Some(_) => true,
-            None => false,
-        };
-        let declared = request
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        if declared.is_some_and(|n| n > limit) {
-            return Err(ApiError::PayloadTooLarge(limit));
-        }
-        let bytes: Bytes = axum::body::to_bytes(request.into_body(), limit)
-            .await
-            .map_err(|e| read_error(e, limit))?;
-        let empty = bytes.iter().all(u8::is_ascii_whitespace);
-        // A body without a type is not declared JSON; no body at all needs none.
-        if !typed && !empty {
-            return Err(ApiError::UnsupportedMediaType("(none)".into()));
-        }
-        let body: &[u8] = if empty { b"null" } else { &bytes };
-        let mut deserializer = serde_json::Deserializer::from_slice(body);
-        let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
-            // A syntax error has no field to blame: the body as a whole is not JSON.
-            let path = e.path().to_string();
-            let whole = e.inner().is_syntax() || e.inner().is_eof() || path == ".";
-            let message = e.inner().to_string();
-            // serde reports a missing field at its parent; name the field itself.
-            let missing = message
-                .strip_prefix("missing field `")
-                .and_then(|rest| rest.split('`').next())
-                .map(|name| {
-                    if path == "." {
-                        name.to_owned()
-                    } else {
-                        format!("{path}.{name}")
-                    }
-                });
-            let field = match missing {
-                Some(field) => field,
-                None if whole => "body".to_owned(),
-                None => path,
-            };
-            ApiError::InvalidBody(format!("{field}: {}", e.inner()))
-        })?;
-        deserializer
-            .end()
-            .map_err(|e| ApiError::InvalidBody(format!("body: {e}")))?;
-        Ok(Self(value))
+        read_json(request, state.body_limit).await.map(Self)
     }
+}
+
+/// A policy bundle upload: JSON like [`ApiJson`], at most `policy.max_bundle_bytes`.
+pub struct BundleJson<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for BundleJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
+        read_json(request, state.bundle_limit).await.map(Self)
+    }
+}
+
+async fn read_json<T: DeserializeOwned>(request: Request, limit: usize) -> Result<T, ApiError> {
+    let typed = match request.headers().get(CONTENT_TYPE) {
+        Some(value) if !is_json(value) => {
+            let named = value.to_str().unwrap_or("(not text)").to_owned();
+            return Err(ApiError::UnsupportedMediaType(named));
+        }
+        Some(_) => true,
+        None => false,
+    };
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::PayloadTooLarge(limit));
+    }
+    let bytes: Bytes = axum::body::to_bytes(request.into_body(), limit)
+        .await
+        .map_err(|e| read_error(e, limit))?;
+    let empty = bytes.iter().all(u8::is_ascii_whitespace);
+    // A body without a type is not declared JSON; no body at all needs none.
+    if !typed && !empty {
+        return Err(ApiError::UnsupportedMediaType("(none)".into()));
+    }
+    let body: &[u8] = if empty { b"null" } else { &bytes };
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+        // A syntax error has no field to blame: the body as a whole is not JSON.
+        let path = e.path().to_string();
+        let whole = e.inner().is_syntax() || e.inner().is_eof() || path == ".";
+        let message = e.inner().to_string();
+        // serde reports a missing field at its parent; name the field itself.
+        let missing = message
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.split('`').next())
+            .map(|name| {
+                if path == "." {
+                    name.to_owned()
+                } else {
+                    format!("{path}.{name}")
+                }
+            });
+        let field = match missing {
+            Some(field) => field,
+            None if whole => "body".to_owned(),
+            None => path,
+        };
+        ApiError::InvalidBody(format!("{field}: {}", e.inner()))
+    })?;
+    deserializer
+        .end()
+        .map_err(|e| ApiError::InvalidBody(format!("body: {e}")))?;
+    Ok(value)
 }
 
 /// `application/json`, or any `…/…+json` type, with or without parameters.

@@ -4,6 +4,7 @@
 mod approvals;
 mod extract;
 mod ops;
+mod policy;
 mod problem;
 
 use std::sync::Arc;
@@ -31,6 +32,8 @@ pub struct AppState {
     pub app: Arc<Approvals>,
     pub auth: Arc<Authenticator>,
     pub body_limit: usize,
+    /// The largest policy bundle upload (`policy.max_bundle_bytes`).
+    pub bundle_limit: usize,
     /// The longest a request but a long-poll may take.
     pub request_timeout: Duration,
     /// Log one INFO line per answered request (`server.access_log`).
@@ -97,6 +100,12 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(approvals::accept))
         .routes(routes!(approvals::reject))
         .routes(routes!(approvals::audit))
+        .routes(routes!(policy::read_policy))
+        .routes(routes!(policy::upload_bundle, policy::list_bundles))
+        .routes(routes!(policy::read_bundle))
+        .routes(routes!(policy::activate))
+        .routes(routes!(policy::rollback))
+        .routes(routes!(policy::set_candidate, policy::clear_candidate))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))

@@ -49,6 +49,9 @@ pub struct Problem {
     /// For `already_decided` and `expired`: the current record.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub approval: Option<Approval>,
+    /// For `policy_invalid`: every compiler message and failing test of the bundle.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<String>>,
 }
 
 impl ApiError {
@@ -101,6 +104,37 @@ impl ApiError {
                 (S::CONFLICT, "already_decided", "Already decided")
             }
             Self::App(AppError::Expired(_)) => (S::GONE, "expired", "Expired"),
+            Self::App(AppError::PolicyInvalid(_)) => (
+                S::UNPROCESSABLE_ENTITY,
+                "policy_invalid",
+                "Invalid policy bundle",
+            ),
+            Self::App(AppError::PolicyVersionNotFound { .. }) => (
+                S::NOT_FOUND,
+                "policy_version_not_found",
+                "No such policy version",
+            ),
+            Self::App(AppError::NoEarlierPolicy(_)) => {
+                (S::CONFLICT, "no_earlier_policy", "Nothing to roll back to")
+            }
+            Self::App(AppError::PolicyChanged(_)) => {
+                (S::CONFLICT, "policy_changed", "Policy changed meanwhile")
+            }
+            Self::App(AppError::PolicyStoreDisabled) => (
+                S::NOT_IMPLEMENTED,
+                "policy_store_disabled",
+                "No tenant policy store",
+            ),
+            Self::App(AppError::PolicyNotLoaded) => (
+                S::SERVICE_UNAVAILABLE,
+                "policy_not_loaded",
+                "Policies not loaded",
+            ),
+            Self::App(AppError::ActionMismatch { .. }) => (
+                S::CONFLICT,
+                "action_mismatch",
+                "Action does not match its digest",
+            ),
             Self::App(AppError::Unavailable(_)) => (
                 S::SERVICE_UNAVAILABLE,
                 "backend_unavailable",
@@ -139,8 +173,13 @@ impl ApiError {
             Self::App(AppError::AlreadyDecided(a) | AppError::Expired(a)) => Some((**a).clone()),
             _ => None,
         };
+        let errors = match self {
+            Self::App(AppError::PolicyInvalid(errors)) => Some(errors.clone()),
+            _ => None,
+        };
         let (status, code, title) = self.parts();
         Problem {
+            errors,
             kind: format!("urn:approvals:problem:{code}"),
             title,
             status: status.as_u16(),

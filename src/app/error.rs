@@ -32,6 +32,27 @@ pub enum AppError {
     AlreadyDecided(Box<Approval>),
     #[error("the approval expired at {}", .0.expires_at)]
     Expired(Box<Approval>),
+    /// An uploaded bundle was refused: every compiler message and failing test.
+    #[error("the policy bundle is invalid")]
+    PolicyInvalid(Vec<String>),
+    #[error("tenant {tenant} has no policy bundle {version}")]
+    PolicyVersionNotFound { tenant: TenantId, version: String },
+    /// A rollback with no earlier version to return to.
+    #[error("tenant {0} has no earlier policy version to roll back to")]
+    NoEarlierPolicy(TenantId),
+    /// Another change to the tenant's policy won; re-read and retry.
+    #[error("tenant {0}'s policy changed meanwhile; read it again and retry")]
+    PolicyChanged(TenantId),
+    /// This deployment keeps no tenant bundles (no Redis among its engines).
+    #[error("this deployment keeps no tenant policy bundles (they live in Redis)")]
+    PolicyStoreDisabled,
+    /// This instance has not read the tenants' policies yet (the store is unreachable).
+    #[error("the tenants' policies are not loaded yet")]
+    PolicyNotLoaded,
+    /// The stored action no longer matches the digest it was parked with: the record changed
+    /// after parking, and is not to be obeyed.
+    #[error("approval {id} in tenant {tenant} does not match the action it was parked with")]
+    ActionMismatch { tenant: TenantId, id: ApprovalId },
     /// The engine cannot be reached or did not answer in time; worth retrying.
     #[error("the approval store is unavailable")]
     Unavailable(#[source] BackendError),

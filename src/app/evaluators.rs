@@ -23,8 +23,10 @@ const QUEUED_PER_THREAD: usize = 4;
 
 struct Job {
     policy: Arc<PolicyGate>,
+    /// Evaluated too, on the same thread (shadow evaluation).
+    candidate: Option<Arc<PolicyGate>>,
     input: Value,
-    answer: oneshot::Sender<PolicyVerdict>,
+    answer: oneshot::Sender<(PolicyVerdict, Option<PolicyVerdict>)>,
 }
 
 pub(crate) struct Evaluators {
@@ -45,9 +47,10 @@ impl Evaluators {
                 .name(format!("policy-{n}"))
                 .spawn(move || {
                     for job in queue {
+                        let shadow = job.candidate.map(|c| c.evaluate(&job.input));
                         let verdict = job.policy.evaluate_owned(job.input);
                         // The caller may have given up (its request was cancelled).
-                        let _ = job.answer.send(verdict);
+                        let _ = job.answer.send((verdict, shadow));
                     }
                 })?;
         }
@@ -61,8 +64,9 @@ impl Evaluators {
     pub(crate) async fn evaluate(
         &self,
         policy: Arc<PolicyGate>,
+        candidate: Option<Arc<PolicyGate>>,
         input: Value,
-    ) -> Result<PolicyVerdict, AppError> {
+    ) -> Result<(PolicyVerdict, Option<PolicyVerdict>), AppError> {
         // Never closed; and with a place held, the channel has room.
         let _place = self
             .places
@@ -73,6 +77,7 @@ impl Evaluators {
         self.jobs
             .try_send(Job {
                 policy,
+                candidate,
                 input,
                 answer,
             })

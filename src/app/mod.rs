@@ -13,8 +13,10 @@ mod evaluators;
 mod events;
 mod figures;
 mod limits;
+mod policy_admin;
 mod review;
 mod submit;
+mod tenant_policies;
 
 use std::sync::Arc;
 
@@ -25,18 +27,22 @@ use tokio_util::sync::CancellationToken;
 pub use error::AppError;
 pub use events::EngineMetrics;
 pub use limits::InputLimits;
+pub use policy_admin::{PolicyView, Uploaded, MAX_BUNDLE_FILES};
 pub use review::{AuditQuery, ListQuery, MAX_REASON_CHARS};
 pub use submit::{SubmitRequest, Submitted};
+pub use tenant_policies::TenantPolicies;
 
 use crate::auth::{Permission, Principal};
 use crate::config::ApprovalSettings;
 use crate::metrics::MetricsHandle;
-use crate::policy::PolicyGate;
 
 /// The service's use cases. Cheap to share (`Arc`); one per running service.
 pub struct Approvals {
     engine: Arc<dyn ApprovalBackend>,
-    policy: Arc<PolicyGate>,
+    /// Which policy answers for each tenant (its own bundle, or the platform default).
+    policies: Arc<TenantPolicies>,
+    /// Bundle validations run one at a time.
+    uploads: tokio::sync::Semaphore,
     settings: ApprovalSettings,
     limits: InputLimits,
     /// Where policy evaluations run: threads of their own, never the request workers.
@@ -49,7 +55,7 @@ pub struct Approvals {
 impl Approvals {
     pub fn new(
         engine: Arc<dyn ApprovalBackend>,
-        policy: Arc<PolicyGate>,
+        policies: Arc<TenantPolicies>,
         settings: ApprovalSettings,
         limits: InputLimits,
         metrics: MetricsHandle,
@@ -63,7 +69,8 @@ impl Approvals {
         let evaluators = Evaluators::start(concurrency).expect("policy evaluation threads");
         Self {
             engine,
-            policy,
+            policies,
+            uploads: tokio::sync::Semaphore::new(1),
             settings,
             limits,
             evaluators,

@@ -3,9 +3,10 @@
 use std::time::Duration;
 
 use approvals_core::{
-    Approval, ApprovalId, AuditEvent, DecisionOutcome, DecisionRequest, Page, Status, TenantId,
-    Timestamp, Verdict,
+    Approval, ApprovalId, AuditEvent, AuditKind, DecisionOutcome, DecisionRequest, Page, Status,
+    TenantId, Timestamp, Verdict,
 };
+use serde_json::Value;
 
 use super::{AppError, Approvals};
 use crate::auth::{Permission, Principal};
@@ -32,7 +33,15 @@ pub struct AuditQuery {
     /// 1–1000, default 100.
     pub limit: Option<usize>,
     pub cursor: Option<String>,
+    /// Comma-separated kinds to keep (all when absent).
+    pub kinds: Option<String>,
+    /// Keep decision-log events with this verdict only.
+    pub decision: Option<String>,
 }
+
+/// Events a filtered audit page reads at most before answering (with a cursor to go on), so
+/// a filter that matches little cannot make one request walk a whole stream.
+const MAX_FILTERED_SCAN: usize = 10_000;
 
 fn check_limit(limit: Option<usize>, default: usize, max: usize) -> Result<usize, AppError> {
     match limit.unwrap_or(default) {
@@ -52,9 +61,8 @@ impl Approvals {
         id: &ApprovalId,
     ) -> Result<Approval, AppError> {
         self.authorize(caller, Permission::Read, tenant)?;
-        self.read(tenant, id)
-            .await?
-            .ok_or_else(|| not_found(tenant, id))
+        let found = self.read(tenant, id).await?;
+        self.intact(found.ok_or_else(|| not_found(tenant, id))?)
     }
 
     /// Answers as soon as the approval is decided or expired, or after `wait_seconds` (default
@@ -74,11 +82,29 @@ impl Approvals {
         // Shutting down, the engine answers with the state it has at once, without a store
         // call each, rather than hold up the drain.
         let stop = Box::pin(self.shutdown.clone().cancelled_owned());
-        self.engine
+        let found = self
+            .engine
             .wait_for_decision(tenant, id, wait, stop)
             .await
-            .map_err(|e| self.engine_failed(e))?
-            .ok_or_else(|| not_found(tenant, id))
+            .map_err(|e| self.engine_failed(e))?;
+        self.intact(found.ok_or_else(|| not_found(tenant, id))?)
+    }
+
+    /// The record, unless its action no longer matches the digest it was parked with: then
+    /// nobody may act on it (what a reviewer decided was another action, or the record was
+    /// changed after the decision). Counted and logged as the integrity failure it is.
+    fn intact(&self, approval: Approval) -> Result<Approval, AppError> {
+        if approval.action_intact() {
+            return Ok(approval);
+        }
+        metrics::counter!("approvals_action_mismatches_total", "tenant" => approval.tenant.to_string())
+            .increment(1);
+        tracing::error!(tenant = %approval.tenant, id = %approval.id,
+            "the stored action does not match its digest: the record was changed after parking");
+        Err(AppError::ActionMismatch {
+            tenant: approval.tenant,
+            id: approval.id,
+        })
     }
 
     /// A tenant's approvals in one status, oldest first.
@@ -97,7 +123,9 @@ impl Approvals {
             .map_err(|e| self.engine_failed(e))
     }
 
-    /// A reviewer accepts or rejects; the first decision wins.
+    /// A reviewer accepts or rejects; the first decision wins. `seen_digest`, when the
+    /// reviewer sends it, is the digest of the action they looked at: a record whose action is
+    /// not that one (or no longer matches its own digest) is refused, not decided.
     pub async fn decide(
         &self,
         caller: &Principal,
@@ -105,6 +133,7 @@ impl Approvals {
         id: &ApprovalId,
         verdict: Verdict,
         reason: Option<String>,
+        seen_digest: Option<&str>,
     ) -> Result<Approval, AppError> {
         if reason
             .as_ref()
@@ -115,12 +144,27 @@ impl Approvals {
             )));
         }
         self.authorize(caller, Permission::Decide, tenant)?;
+        if let Some(seen) = seen_digest {
+            // One more read, only for callers that bind their decision to what they saw.
+            let current = self.read(tenant, id).await?;
+            let current = self.intact(current.ok_or_else(|| not_found(tenant, id))?)?;
+            let stored = current
+                .action_digest
+                .clone()
+                .unwrap_or_else(|| approvals_core::action_digest(&current.action));
+            if stored != seen {
+                return Err(AppError::ActionMismatch {
+                    tenant: tenant.clone(),
+                    id: id.clone(),
+                });
+            }
+        }
         let request = DecisionRequest::now(verdict, caller.subject.clone(), reason);
         let outcome = self.engine.decide(tenant, id, request).await;
         match outcome.map_err(|e| self.engine_failed(e))? {
             DecisionOutcome::Decided(approval) => {
                 crate::metrics::decided(&approval);
-                Ok(approval)
+                self.intact(approval)
             }
             DecisionOutcome::AlreadyDecided(approval) => {
                 Err(AppError::AlreadyDecided(Box::new(approval)))
@@ -145,11 +189,57 @@ impl Approvals {
             })?),
             None => None,
         };
+        let kinds = match query.kinds.as_deref() {
+            None => Vec::new(),
+            Some(text) => text
+                .split(',')
+                .map(|k| {
+                    serde_json::from_value::<AuditKind>(Value::String(k.trim().to_owned()))
+                        .map_err(|_| AppError::InvalidOption(format!("kind: unknown kind {k:?}")))
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let decision = match query.decision.as_deref() {
+            None => None,
+            Some(d @ ("allow" | "deny" | "require_approval")) => Some(d.to_owned()),
+            Some(other) => {
+                return Err(AppError::InvalidOption(format!(
+                    "decision: must be allow, deny or require_approval, got {other:?}"
+                )))
+            }
+        };
         self.authorize(caller, Permission::Audit, tenant)?;
-        self.engine
-            .audit(tenant, since, query.cursor.as_deref(), limit)
-            .await
-            .map_err(|e| self.engine_failed(e))
+        let read = |cursor: Option<String>, limit: usize| async move {
+            self.engine
+                .audit(tenant, since, cursor.as_deref(), limit)
+                .await
+                .map_err(|e| self.engine_failed(e))
+        };
+        if kinds.is_empty() && decision.is_none() {
+            return read(query.cursor, limit).await;
+        }
+        let wanted = |e: &AuditEvent| {
+            (kinds.is_empty() || kinds.contains(&e.kind))
+                && decision.as_deref().is_none_or(|d| {
+                    e.kind == AuditKind::Submitted
+                        && e.details.get("decision").and_then(Value::as_str) == Some(d)
+                })
+        };
+        // Each read asks for no more than is still wanted, so every event it returns is
+        // either kept or passed over, and its cursor is exactly where to go on.
+        let (mut items, mut cursor, mut scanned) = (Vec::new(), query.cursor, 0);
+        loop {
+            let page = read(cursor, limit - items.len()).await?;
+            scanned += page.items.len();
+            items.extend(page.items.into_iter().filter(|e| wanted(e)));
+            cursor = page.next_cursor;
+            if cursor.is_none() || items.len() >= limit || scanned >= MAX_FILTERED_SCAN {
+                return Ok(Page {
+                    items,
+                    next_cursor: cursor,
+                });
+            }
+        }
     }
 
     /// One record, or `None`; engine failures mapped.

@@ -1,11 +1,18 @@
-//! An agent asks to act: the policy decides, and a `require_approval` verdict is parked.
+//! An agent asks to act: the tenant's policy decides, and a `require_approval` verdict is
+//! parked. Every verdict is written to the tenant's audit (the decision log) before it is
+//! answered: an `allow` or `deny` that cannot be logged answers 503, never an unlogged verdict.
+//! A tenant trialling a candidate policy gets it evaluated beside the active one; the
+//! candidate's answer is logged and counted, never used.
 //!
 //! A repeated `request_id` is answered from its record, in any status, and never parks a
 //! second approval: the same request gets the record (`Existing`), a different one is a
 //! conflict. The policy's verdict on a repeat is not used, so the answer does not change when
 //! the policy does.
 
-use approvals_core::{Approval, ApprovalId, Status, SubmitOutcome, TenantId, Timestamp};
+use approvals_core::{
+    action_digest, Approval, ApprovalId, AuditEntry, PolicyAnswer, Status, SubmitOutcome, TenantId,
+    Timestamp,
+};
 use serde_json::{json, Map, Value};
 
 use super::{AppError, Approvals};
@@ -60,7 +67,9 @@ impl Approvals {
         };
         self.authorize(caller, Permission::Submit, &tenant)?;
         tracing::Span::current().record("approval_id", id.as_str());
+        let gates = self.policies.gates(&tenant)?;
         let now = Timestamp::now();
+        let digest = action_digest(&request.action);
         let asked = Approval {
             id,
             expires_at: now.plus(self.settings.ttl_for(&tenant)),
@@ -76,8 +85,21 @@ impl Approvals {
             decided_at: None,
             decided_by: None,
             decision_reason: None,
+            action_digest: Some(digest),
         };
-        let verdict = self.evaluate(policy_input(&asked)).await?;
+        let (verdict, shadow) = self
+            .evaluators
+            .evaluate(
+                gates.active.clone(),
+                gates.candidate.clone(),
+                policy_input(&asked),
+            )
+            .await?;
+        let shadow = shadow.map(|s| answer(&s));
+        if let Some(shadow) = &shadow {
+            let agrees = shadow.decision == verdict.decision.as_str();
+            crate::metrics::shadow_evaluated(&asked.tenant, agrees);
+        }
         if verdict.decision != PolicyDecision::RequireApproval {
             // Nothing to park; but a caller's id may name an earlier, parked request.
             if chosen_by_caller {
@@ -85,6 +107,11 @@ impl Approvals {
                     return repeated(existing, &asked);
                 }
             }
+            let logged = AuditEntry::answered(&asked, &answer(&verdict), shadow.as_ref());
+            self.engine
+                .record(logged)
+                .await
+                .map_err(|e| self.engine_failed(e))?;
             crate::metrics::submitted(&asked.tenant, verdict.decision);
             return Ok(Submitted::Answered(verdict));
         }
@@ -101,7 +128,8 @@ impl Approvals {
             policy_version: verdict.policy_version,
             ..asked
         };
-        match self.engine.submit(parked.clone()).await {
+        let logged = AuditEntry::parked(&parked, shadow.as_ref());
+        match self.engine.park(parked.clone(), logged).await {
             Ok(SubmitOutcome::Created(approval)) => {
                 crate::metrics::submitted(&approval.tenant, PolicyDecision::RequireApproval);
                 Ok(Submitted::Parked(approval))
@@ -112,11 +140,12 @@ impl Approvals {
     }
 }
 
-impl Approvals {
-    /// The policy's verdict, computed on an evaluation thread (CPU work must not hold up the
-    /// request workers), at most `limits.policy_concurrency` at once.
-    async fn evaluate(&self, input: Value) -> Result<PolicyVerdict, AppError> {
-        self.evaluators.evaluate(self.policy.clone(), input).await
+/// A verdict as the decision log records it.
+fn answer(verdict: &PolicyVerdict) -> PolicyAnswer {
+    PolicyAnswer {
+        decision: verdict.decision.as_str().to_owned(),
+        reasons: verdict.reasons.clone(),
+        policy_version: verdict.policy_version.clone(),
     }
 }
 

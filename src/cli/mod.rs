@@ -1,7 +1,8 @@
-//! The `approvals` command line: `serve`, `worker`, `migrate`, `token new`, `dev`.
+//! The `approvals` command line: `serve`, `worker`, `migrate`, `token new`, `dev`, `policy`.
 
 mod dev;
 mod migrate;
+mod policy;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -52,6 +53,11 @@ enum Command {
     },
     /// Try it out: a local redis-server, demo tokens, and the API on localhost.
     Dev(dev::DevArgs),
+    /// Test, evaluate and publish policy bundles.
+    Policy {
+        #[command(subcommand)]
+        command: policy::PolicyCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -82,6 +88,7 @@ impl Cli {
             } => token_new(&tenant, role, &subject),
             Command::Migrate(args) => migrate::run(args).await,
             Command::Dev(args) => dev::run(args).await,
+            Command::Policy { command } => policy::run(command).await,
         }
     }
 }

@@ -192,13 +192,21 @@ pub const REDIS_TTL_COMFORT: Duration = Duration::from_secs(72 * 3600);
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PolicySettings {
+    /// The platform default bundle: what tenants without their own bundle get.
     pub dir: PathBuf,
+    /// How often each instance reads the tenants' policy states to pick up an activation.
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
+    /// The largest bundle upload, in bytes of JSON (the request body limit for that route).
+    pub max_bundle_bytes: usize,
 }
 
 impl Default for PolicySettings {
     fn default() -> Self {
         Self {
             dir: PathBuf::from("policies"),
+            reload_interval: Duration::from_millis(250),
+            max_bundle_bytes: 1 << 20,
         }
     }
 }

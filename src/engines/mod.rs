@@ -8,7 +8,7 @@ pub mod dual;
 
 use std::sync::Arc;
 
-use approvals_core::{BackendError, EngineEvents, RecordTransfer};
+use approvals_core::{BackendError, EngineEvents, PolicyStore, RecordTransfer};
 use approvals_redis::{Chores, RedisBackend};
 
 use crate::config::{BackendChoice, EngineKind, Settings};
@@ -40,6 +40,9 @@ pub enum EngineError {
 /// The configured backend, serving: its engines connected and their chores running.
 pub struct RunningEngine {
     pub backend: Arc<dyn RecordTransfer>,
+    /// Where tenants' policy bundles live: the Redis engine, when one of the engines is Redis
+    /// (a Temporal-only deployment serves the platform default bundle to every tenant).
+    pub policy_store: Option<Arc<dyn PolicyStore>>,
     chores: Vec<Chores>,
 }
 
@@ -61,10 +64,12 @@ pub async fn start(
     following: Arc<dyn EngineEvents>,
 ) -> Result<RunningEngine, EngineError> {
     let mut chores = Vec::new();
+    let mut policy_store = None;
     let backend: Arc<dyn RecordTransfer> = match settings.backend {
         BackendChoice::Redis => {
             let engine = Engine::connect(EngineKind::Redis, settings).await?;
             chores.extend(engine.start_chores(settings, answering));
+            policy_store = engine.policy_store();
             engine.transfer()
         }
         BackendChoice::Temporal => Engine::connect(EngineKind::Temporal, settings)
@@ -84,12 +89,14 @@ pub async fn start(
             }
             let first = Engine::connect(primary, settings).await?;
             chores.extend(first.start_chores(settings, answering));
+            policy_store = first.policy_store();
             let secondary = primary.other();
             // The secondary is best-effort, at start-up too: unreachable, it is connected on
             // use.
             let dual = match Engine::connect(secondary, settings).await {
                 Ok(engine) => {
                     chores.extend(engine.start_chores(settings, following));
+                    policy_store = policy_store.or_else(|| engine.policy_store());
                     dual::DualBackend::new(first.transfer(), engine.transfer(), secondary_timeout)
                 }
                 Err(error) => {
@@ -123,7 +130,11 @@ pub async fn start(
             Arc::new(dual)
         }
     };
-    Ok(RunningEngine { backend, chores })
+    Ok(RunningEngine {
+        backend,
+        policy_store,
+        chores,
+    })
 }
 
 /// One engine (`redis` or `temporal`) from its section of the settings, whatever
@@ -176,6 +187,14 @@ impl Engine {
             Self::Redis(engine) => engine,
             #[cfg(feature = "temporal")]
             Self::Temporal(engine) => engine,
+        }
+    }
+
+    fn policy_store(&self) -> Option<Arc<dyn PolicyStore>> {
+        match self {
+            Self::Redis(engine) => Some(engine.clone()),
+            #[cfg(feature = "temporal")]
+            Self::Temporal(_) => None,
         }
     }
 

@@ -1,5 +1,5 @@
-//! A bundle on disk: every `.rego` file under a folder, in a stable order, and the version
-//! (`sha256:` digest) that names exactly that content.
+//! A bundle's files: every `.rego` file under a folder (or uploaded), in a stable order, and
+//! the version (`sha256:` digest) that names exactly that content.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -9,18 +9,18 @@ use sha2::{Digest, Sha256};
 use super::PolicyError;
 
 /// One `.rego` file of the bundle: its '/'-separated path relative to the bundle folder (the
-/// name that goes into the version) and its text.
-pub(super) struct PolicyFile {
-    pub(super) relative: String,
-    pub(super) full: PathBuf,
-    pub(super) text: String,
+/// name that goes into the version and into compiler messages) and its text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyFile {
+    pub relative: String,
+    pub text: String,
 }
 
 /// Every `*.rego` file under `dir`, sorted by relative path. Entries whose name starts with '.'
 /// are skipped: Kubernetes ConfigMap mounts keep a second copy of every file under hidden
 /// `..data`/`..<timestamp>` folders, and loading both would define every rule twice. Symlinks
 /// are followed (those same mounts are symlinks), with a guard against directory cycles.
-pub(super) fn collect_rego_files(dir: &Path) -> Result<Vec<PolicyFile>, PolicyError> {
+pub fn collect_rego_files(dir: &Path) -> Result<Vec<PolicyFile>, PolicyError> {
     let read_err = |path: &Path| {
         let path = path.to_path_buf();
         move |source| PolicyError::Read { path, source }
@@ -67,7 +67,6 @@ pub(super) fn collect_rego_files(dir: &Path) -> Result<Vec<PolicyFile>, PolicyEr
                 let text = std::fs::read_to_string(&path).map_err(read_err(&path))?;
                 files.push(PolicyFile {
                     relative: components.join("/"),
-                    full: path,
                     text,
                 });
             }
@@ -80,7 +79,7 @@ pub(super) fn collect_rego_files(dir: &Path) -> Result<Vec<PolicyFile>, PolicyEr
 
 /// The NUL separators keep (path, content) boundaries unambiguous, so moving text from one
 /// file into another, or renaming a file, always changes the version.
-pub(super) fn bundle_version(files: &[PolicyFile]) -> String {
+pub fn bundle_version(files: &[PolicyFile]) -> String {
     let mut hasher = Sha256::new();
     for file in files {
         hasher.update(file.relative.as_bytes());

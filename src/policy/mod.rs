@@ -1,5 +1,5 @@
-//! The policy gate: loads the tenant policy bundle (a folder of `.rego` files) into one regorus
-//! engine, fingerprints it as `policy_version`, and turns `data.approvals.decision` into a
+//! The policy gate: loads a policy bundle (a folder of `.rego` files, or a tenant's uploaded
+//! bundle) into one regorus engine, fingerprints it as `policy_version`, and turns `data.approvals.decision` into a
 //! verdict. Anything the policy does not answer cleanly fails closed to `require_approval`,
 //! always with a reason, because a silent allow (or a silent, unexplained hold) is the one
 //! outcome an approval service must never produce.
@@ -7,7 +7,10 @@
 //! `bundle` reads the folder and computes the version; `verdict` reads the policy's answer.
 
 mod bundle;
+pub mod testing;
 mod verdict;
+
+pub use bundle::{bundle_version, collect_rego_files, PolicyFile};
 
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
@@ -19,7 +22,6 @@ use regorus::rvm::vm::{RegoVM, VmError};
 use regorus::rvm::Program;
 use regorus::utils::limits::ExecutionTimerConfig;
 
-use bundle::{bundle_version, collect_rego_files, PolicyFile};
 use verdict::{fail_closed, interpret, one_line};
 pub use verdict::{PolicyDecision, PolicyVerdict};
 
@@ -84,9 +86,11 @@ pub struct PolicyGate {
     /// something the RVM compiler does not support: the interpreter then answers alone.
     program: Option<Arc<Program>>,
     version: String,
-    dir: PathBuf,
+    /// Where the bundle came from (a folder, or a tenant's upload), for log lines.
+    origin: String,
     /// Instructions one evaluation may execute on the VM (see [`PolicyGate::with_budget`]).
     budget: usize,
+    declares_decision: bool,
 }
 
 // The engine's own Debug dumps every parsed module; a log line needs only which bundle it is.
@@ -94,7 +98,7 @@ impl std::fmt::Debug for PolicyGate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PolicyGate")
             .field("version", &self.version)
-            .field("dir", &self.dir)
+            .field("origin", &self.origin)
             .finish_non_exhaustive()
     }
 }
@@ -110,6 +114,8 @@ pub enum PolicyError {
     Compile { path: String, message: String },
     #[error("policy folder {0} holds no .rego files")]
     Empty(PathBuf),
+    #[error("the bundle holds no .rego files")]
+    NoFiles,
 }
 
 impl PolicyGate {
@@ -122,15 +128,47 @@ impl PolicyGate {
         if files.is_empty() {
             return Err(PolicyError::Empty(dir.to_path_buf()));
         }
+        // Compiler messages name a file by its label: the full path, for a folder on disk.
+        let origin = dir.display().to_string();
+        let labelled = files
+            .iter()
+            .map(|f| (dir.join(&f.relative).display().to_string(), f))
+            .collect::<Vec<_>>();
+        Self::compile(&labelled, &origin, bundle_version(&files))
+    }
 
+    /// A bundle from its files (an upload): labelled by their relative paths.
+    pub fn from_files(files: &[PolicyFile], origin: &str) -> Result<Self, PolicyError> {
+        if files.is_empty() {
+            return Err(PolicyError::NoFiles);
+        }
+        let mut sorted = files.to_vec();
+        sorted.sort_by(|a, b| a.relative.cmp(&b.relative));
+        let labelled = sorted
+            .iter()
+            .map(|f| (f.relative.clone(), f))
+            .collect::<Vec<_>>();
+        Self::compile(&labelled, origin, bundle_version(&sorted))
+    }
+
+    /// Whether the bundle defines the decision rule; a bundle without it would hold every
+    /// request (a folder only warns, an upload is refused).
+    pub fn defines_decision(&self) -> bool {
+        self.declares_decision
+    }
+
+    fn compile(
+        files: &[(String, &PolicyFile)],
+        origin: &str,
+        version: String,
+    ) -> Result<Self, PolicyError> {
         let mut engine = regorus::Engine::new();
         engine.set_execution_timer_config(ExecutionTimerConfig {
             limit: EVAL_TIME_LIMIT,
             check_interval: EVAL_TIME_CHECK_INTERVAL,
         });
         let mut declares_decision = false;
-        for file in &files {
-            let label = file.full.display().to_string();
+        for (label, file) in files {
             let package = engine
                 .add_policy(label.clone(), file.text.clone())
                 .map_err(|err| PolicyError::Compile {
@@ -139,7 +177,7 @@ impl PolicyGate {
                 })?;
             declares_decision |= package == DECISION_PACKAGE
                 && matches!(
-                    engine.has_declared_rule_rooted_at(&label, DECISION_RULE_NAME),
+                    engine.has_declared_rule_rooted_at(label, DECISION_RULE_NAME),
                     Ok(true)
                 );
         }
@@ -149,37 +187,38 @@ impl PolicyGate {
         // A constant query prepares without evaluating any rule.
         engine
             .eval_query("true".to_string(), false)
-            .map_err(|err| compile_error(&files, dir, &err))?;
+            .map_err(|err| compile_error(files, origin, &err))?;
 
         // regorus resolves function names, head variables and recursion only while evaluating,
         // so a typo'd builtin would otherwise surface as "every request fails closed". A rule
         // that errors on an empty input is broken for practically every input, so running it
-        // once here turns that into a start-up error naming the file.
+        // once here turns that into a load error naming the file.
         if declares_decision {
             let mut trial = engine.clone();
             trial.set_input(regorus::Value::new_object());
             trial
                 .eval_rule(DECISION_RULE.to_string())
-                .map_err(|err| compile_error(&files, dir, &err))?;
+                .map_err(|err| compile_error(files, origin, &err))?;
         } else {
             tracing::warn!(
-                dir = %dir.display(),
+                origin,
                 rule = DECISION_RULE,
                 "policy bundle does not define the decision rule: every request will require approval"
             );
         }
 
         let program = if declares_decision {
-            compile_for_vm(&mut engine.clone(), dir)
+            compile_for_vm(&mut engine.clone(), origin)
         } else {
             None
         };
         Ok(PolicyGate {
             engine,
             program,
-            version: bundle_version(&files),
-            dir: dir.to_path_buf(),
+            version,
+            origin: origin.to_owned(),
             budget: DEFAULT_BUDGET,
+            declares_decision,
         })
     }
 
@@ -196,9 +235,14 @@ impl PolicyGate {
         &self.version
     }
 
-    /// The folder the bundle was loaded from (for reloads and log lines).
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// Where the bundle came from (a folder, or a tenant's upload), for log lines.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// The prepared interpreter, for running the bundle's own tests.
+    pub(crate) fn engine(&self) -> &regorus::Engine {
+        &self.engine
     }
 
     /// Evaluates `data.approvals.decision` for `input`. Never fails: an undefined rule, an
@@ -286,7 +330,7 @@ fn to_json(value: regorus::Value) -> Result<Option<serde_json::Value>, String> {
 }
 
 /// Compiles the decision rule for the VM; `None` (interpreter only) if the compiler refuses.
-fn compile_for_vm(engine: &mut regorus::Engine, dir: &Path) -> Option<Arc<Program>> {
+fn compile_for_vm(engine: &mut regorus::Engine, origin: &str) -> Option<Arc<Program>> {
     let compiled = engine
         .compile_with_entrypoint(&DECISION_RULE.into())
         .and_then(|policy| {
@@ -295,7 +339,7 @@ fn compile_for_vm(engine: &mut regorus::Engine, dir: &Path) -> Option<Arc<Progra
     match compiled {
         Ok(program) => Some(program),
         Err(error) => {
-            tracing::info!(dir = %dir.display(), %error, "policy runs on the interpreter (the VM compiler refused it)");
+            tracing::info!(origin, %error, "policy runs on the interpreter (the VM compiler refused it)");
             None
         }
     }
@@ -303,13 +347,17 @@ fn compile_for_vm(engine: &mut regorus::Engine, dir: &Path) -> Option<Arc<Progra
 
 /// regorus names the offending file in its message; point at that file when we can, at the
 /// folder when the problem spans files.
-fn compile_error(files: &[PolicyFile], dir: &Path, err: &dyn std::fmt::Display) -> PolicyError {
+fn compile_error(
+    files: &[(String, &PolicyFile)],
+    origin: &str,
+    err: &dyn std::fmt::Display,
+) -> PolicyError {
     let message = err.to_string();
     let path = files
         .iter()
-        .map(|f| f.full.display().to_string())
-        .find(|p| message.contains(p.as_str()))
-        .unwrap_or_else(|| dir.display().to_string());
+        .map(|(label, _)| label.clone())
+        .find(|label| message.contains(label.as_str()))
+        .unwrap_or_else(|| origin.to_owned());
     PolicyError::Compile { path, message }
 }
 

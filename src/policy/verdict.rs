@@ -18,7 +18,7 @@ pub enum PolicyDecision {
 }
 
 impl PolicyDecision {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             PolicyDecision::Allow => "allow",
             PolicyDecision::Deny => "deny",

@@ -61,6 +61,10 @@ pub struct Approval {
     pub decided_at: Option<Timestamp>,
     pub decided_by: Option<String>,
     pub decision_reason: Option<String>,
+    /// SHA-256 of the action's canonical JSON, fixed when it was parked: a decision applies to
+    /// exactly this action (absent on records parked before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action_digest: Option<String>,
 }
 
 impl Approval {
@@ -82,6 +86,14 @@ impl Approval {
         self.action == other.action
             && self.context == other.context
             && self.agent_id == other.agent_id
+    }
+
+    /// Whether the stored action is still the one that was parked: `false` when the record
+    /// carries a digest its action no longer matches (a changed record, never to be obeyed).
+    pub fn action_intact(&self) -> bool {
+        self.action_digest
+            .as_deref()
+            .is_none_or(|digest| digest == crate::action_digest(&self.action))
     }
 
     pub fn is_decided(&self) -> bool {

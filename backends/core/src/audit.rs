@@ -24,6 +24,17 @@ pub enum AuditKind {
     Rejected,
     Expired,
     Migrated,
+    /// A change to the tenant's policy: a bundle uploaded, activated, rolled back, trialled.
+    Policy,
+}
+
+/// What a policy answered about one submit, as the decision log records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyAnswer {
+    /// `allow`, `deny` or `require_approval`.
+    pub decision: String,
+    pub reasons: Vec<String>,
+    pub policy_version: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -69,11 +80,19 @@ impl AuditEntry {
 
     /// An agent's request was parked.
     pub fn submitted(a: &Approval) -> Self {
-        let details = json!({
-            "decision": "require_approval", "reasons": a.reasons,
-            "policy_version": a.policy_version, "agent_id": a.agent_id,
-            "expires_at": a.expires_at,
-        });
+        Self::parked(a, None)
+    }
+
+    /// An agent's request was parked; `shadow` is the candidate policy's answer, when the
+    /// tenant trials one.
+    pub fn parked(a: &Approval, shadow: Option<&PolicyAnswer>) -> Self {
+        let answer = PolicyAnswer {
+            decision: "require_approval".to_owned(),
+            reasons: a.reasons.clone(),
+            policy_version: a.policy_version.clone(),
+        };
+        let mut details = decision_log(a, &answer, shadow);
+        details["expires_at"] = json!(a.expires_at);
         Self::about(
             a,
             AuditKind::Submitted,
@@ -81,6 +100,50 @@ impl AuditEntry {
             a.submitted_at,
             details,
         )
+    }
+
+    /// An agent's request was answered `allow` or `deny` (nothing parked): `asked` is the
+    /// request as it would have been parked, its id the request's.
+    pub fn answered(
+        asked: &Approval,
+        answer: &PolicyAnswer,
+        shadow: Option<&PolicyAnswer>,
+    ) -> Self {
+        let details = decision_log(asked, answer, shadow);
+        Self::about(
+            asked,
+            AuditKind::Submitted,
+            &asked.submitted_by,
+            asked.submitted_at,
+            details,
+        )
+    }
+
+    /// `actor` changed `tenant`'s policy (`change`: `uploaded`, `activated`, `rolled_back`,
+    /// `candidate_set`, `candidate_cleared`) concerning `version` (`None`: the platform
+    /// default). The event's `approval_id` names the version: `policy-` and 16 hex digits.
+    pub fn policy(
+        tenant: &TenantId,
+        actor: &str,
+        change: &str,
+        version: Option<&str>,
+        mut details: Value,
+    ) -> Self {
+        let short = version
+            .and_then(|v| v.strip_prefix("sha256:"))
+            .map_or("default", |hex| &hex[..hex.len().min(16)]);
+        let approval_id =
+            ApprovalId::parse(format!("policy-{short}")).unwrap_or_else(|_| ApprovalId::generate());
+        details["change"] = json!(change);
+        details["version"] = json!(version);
+        Self {
+            timestamp: Timestamp::now(),
+            tenant: tenant.clone(),
+            approval_id,
+            kind: AuditKind::Policy,
+            actor: actor.to_owned(),
+            details,
+        }
     }
 
     /// A record an earlier system wrote (`from`, e.g. `adr-v1`) was taken over.
@@ -176,6 +239,29 @@ impl AuditEvent {
     }
 }
 
+/// The decision log's facts about a submit: the verdict and why, which policy gave it, who
+/// asked, a digest of exactly what was asked, and the candidate policy's answer if any.
+fn decision_log(a: &Approval, answer: &PolicyAnswer, shadow: Option<&PolicyAnswer>) -> Value {
+    let digest = a
+        .action_digest
+        .clone()
+        .unwrap_or_else(|| crate::action_digest(&a.action));
+    let mut details = json!({
+        "decision": answer.decision, "reasons": answer.reasons,
+        "policy_version": answer.policy_version, "agent_id": a.agent_id,
+        "submitted_by": a.submitted_by, "action_type": a.action.get("type"),
+        "action_digest": digest,
+    });
+    if let Some(shadow) = shadow {
+        details["shadow"] = json!({
+            "decision": shadow.decision, "reasons": shadow.reasons,
+            "policy_version": shadow.policy_version,
+            "agrees": shadow.decision == answer.decision,
+        });
+    }
+    details
+}
+
 fn expired_details(submitted_at: impl Serialize, expires_at: impl Serialize) -> Value {
     json!({"expires_at": expires_at, "submitted_at": submitted_at})
 }
@@ -204,6 +290,7 @@ mod tests {
             decided_at: None,
             decided_by: None,
             decision_reason: None,
+            action_digest: None,
         };
         let json = |v: &dyn erased::Json| v.json();
         let recorded_at = approval.expires_at.plus(Duration::from_millis(250));

@@ -14,7 +14,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::{
-    Approval, ApprovalId, AuditEvent, DecisionRequest, PendingStats, Status, TenantId, Timestamp,
+    Approval, ApprovalId, AuditEntry, AuditEvent, DecisionRequest, PendingStats, Status, TenantId,
+    Timestamp,
 };
 
 /// The cause of a backend failure, kept for logs.
@@ -176,8 +177,24 @@ pub trait ApprovalBackend: Send + Sync + 'static {
     /// A short name for logs and metrics (`redis`, `temporal`, `dual`).
     fn kind(&self) -> &'static str;
 
-    /// Parks a pending approval unless its id already exists in the tenant.
-    async fn submit(&self, approval: Approval) -> Result<SubmitOutcome, BackendError>;
+    /// Parks a pending approval unless its id already exists in the tenant, recording
+    /// `submitted` (its decision-log event) with it, atomically: no approval without its event,
+    /// and a repeat records nothing.
+    async fn park(
+        &self,
+        approval: Approval,
+        submitted: AuditEntry,
+    ) -> Result<SubmitOutcome, BackendError>;
+
+    /// [`ApprovalBackend::park`] with the plain submitted event (no shadow verdict).
+    async fn submit(&self, approval: Approval) -> Result<SubmitOutcome, BackendError> {
+        let submitted = AuditEntry::submitted(&approval);
+        self.park(approval, submitted).await
+    }
+
+    /// Appends an event that belongs to no parked approval to its tenant's audit: the
+    /// decision log of a submit answered `allow` or `deny`.
+    async fn record(&self, entry: AuditEntry) -> Result<(), BackendError>;
 
     /// The record as of now (a pending record past its deadline reads as expired).
     async fn get(

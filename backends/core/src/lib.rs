@@ -8,7 +8,9 @@
 mod approval;
 mod audit;
 mod backend;
+mod digest;
 mod ids;
+mod policy_store;
 mod stats;
 mod time;
 
@@ -16,12 +18,14 @@ mod time;
 pub mod conformance;
 
 pub use approval::{Approval, DecisionRequest, Status, Verdict, EXPIRED_REASON};
-pub use audit::{AuditEntry, AuditEvent, AuditKind, MIGRATION_ACTOR, SYSTEM_ACTOR};
+pub use audit::{AuditEntry, AuditEvent, AuditKind, PolicyAnswer, MIGRATION_ACTOR, SYSTEM_ACTOR};
 pub use backend::no_stop;
 pub use backend::{
     ApprovalBackend, BackendError, BoxError, CallStatus, DecisionOutcome, EngineEvents,
     EngineStatus, ImportOutcome, Lifetimes, Page, RecordTransfer, ScanPage, Stop, SubmitOutcome,
 };
+pub use digest::action_digest;
 pub use ids::{ApprovalId, InvalidIdentifier, TenantId};
+pub use policy_store::{BundleFile, BundleSummary, PolicyState, PolicyStore, StoredBundle};
 pub use stats::{PendingStats, TenantPending};
 pub use time::Timestamp;

@@ -29,7 +29,7 @@ impl RedisBackend {
         let approval = self.foreign_to_approval(key, map).await?;
         let audit = AuditEntry::adopted(&approval, ADOPTED_FROM);
         match self
-            .park(&approval, &audit, Some(raw), Timestamp::now())
+            .park_record(&approval, &audit, Some(raw), Timestamp::now())
             .await?
         {
             None => {

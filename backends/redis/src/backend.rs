@@ -105,7 +105,7 @@ impl RedisBackend {
     /// Writes a record, its indexes and `audit` unless the key exists; `Ok(None)` when
     /// written, else the existing value. `replace` (adoption) names the one value that may be
     /// overwritten.
-    pub(crate) async fn park(
+    pub(crate) async fn park_record(
         &self,
         approval: &Approval,
         audit: &AuditEntry,
@@ -316,12 +316,13 @@ impl ApprovalBackend for RedisBackend {
         "redis"
     }
 
-    async fn submit(&self, approval: Approval) -> Result<SubmitOutcome, BackendError> {
+    async fn park(
+        &self,
+        approval: Approval,
+        submitted: AuditEntry,
+    ) -> Result<SubmitOutcome, BackendError> {
         let now = Timestamp::now();
-        match self
-            .park(&approval, &AuditEntry::submitted(&approval), None, now)
-            .await?
-        {
+        match self.park_record(&approval, &submitted, None, now).await? {
             None => Ok(SubmitOutcome::Created(approval)),
             Some(raw) => {
                 let key = keys::record(&approval.tenant, &approval.id);
@@ -330,6 +331,25 @@ impl ApprovalBackend for RedisBackend {
                 ))
             }
         }
+    }
+
+    async fn record(&self, entry: AuditEntry) -> Result<(), BackendError> {
+        let stream = keys::audit(&entry.tenant);
+        let event = encode_event(&entry);
+        let max_len = self.settings.audit_max_len;
+        self.with_conn("record", |mut conn| async move {
+            redis::cmd("XADD")
+                .arg(&stream)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(max_len)
+                .arg("*")
+                .arg("e")
+                .arg(&event)
+                .query_async::<()>(&mut conn)
+                .await
+        })
+        .await
     }
 
     async fn get(

@@ -92,6 +92,19 @@ pub fn audit(tenant: &TenantId) -> String {
     format!("approvals:audit:{tenant}")
 }
 
+/// Every tenant's policy state (JSON), by tenant: the one key each instance polls to reload.
+pub const POLICY_STATES: &str = "policy:states";
+
+/// An uploaded policy bundle (immutable; no TTL).
+pub fn policy_bundle(tenant: &TenantId, version: &str) -> String {
+    format!("policy:{tenant}:bundle:{version}")
+}
+
+/// A tenant's bundles, scored by upload time (ms).
+pub fn policy_bundles(tenant: &TenantId) -> String {
+    format!("policy:{tenant}:bundles")
+}
+
 pub fn channel_message(tenant: &TenantId, id: &ApprovalId) -> String {
     format!("{tenant}:{id}")
 }

@@ -56,13 +56,16 @@ pub fn to_approval(
             .collect(),
         _ => vec!["parked by the ADR v1 service before the policy engine existed".to_owned()],
     };
+    let action = object(map.remove("agent_action"));
     Approval {
         id,
         tenant,
         status,
         agent_id,
         submitted_by,
-        action: object(map.remove("agent_action")),
+        // Fixed on adoption: from here on, the decision binds to the action as adopted.
+        action_digest: Some(approvals_core::action_digest(&action)),
+        action,
         context: object(map.remove("context")),
         reasons,
         policy_version,

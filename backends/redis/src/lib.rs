@@ -9,6 +9,7 @@
 //!
 //! - `backend`: the request path ([`approvals_core::ApprovalBackend`]);
 //! - `transfer`: whole records in and out ([`approvals_core::RecordTransfer`]);
+//! - `policy_store`: tenants' policy bundles ([`approvals_core::PolicyStore`]);
 //! - `chores`: what the engine runs by itself (sweeper, retention, ADR v1 adoption);
 //! - `settings`: the `[redis]` configuration section.
 
@@ -19,6 +20,7 @@ mod connections;
 mod health;
 mod keys;
 mod legacy;
+mod policy_store;
 mod record;
 mod scripts;
 mod settings;

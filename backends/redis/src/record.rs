@@ -31,6 +31,10 @@ pub struct StoredRecord {
     pub policy_version: String,
     pub submitted_ms: i64,
     pub expires_ms: i64,
+    /// Last, so a script can read it at the end of the document (decide.lua compares it with
+    /// the digest a reviewer saw), where no part of the agent's input can imitate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action_digest: Option<String>,
 }
 
 /// The head of a record: what a decision rewrites.
@@ -108,6 +112,7 @@ impl From<Approval> for StoredRecord {
             submitted_by: a.submitted_by,
             reasons: a.reasons,
             policy_version: a.policy_version,
+            action_digest: a.action_digest,
         }
     }
 }
@@ -129,6 +134,7 @@ impl From<StoredRecord> for Approval {
             decided_at: r.decided_at,
             decided_by: r.decided_by,
             decision_reason: r.decision_reason,
+            action_digest: r.action_digest,
         }
     }
 }
@@ -190,6 +196,7 @@ mod tests {
             decided_at: None,
             decided_by: None,
             decision_reason: None,
+            action_digest: Some(approvals_core::action_digest(&Map::new())),
         };
         let raw = encode(&approval);
         assert!(raw.starts_with(&pending_head()), "{raw}");

@@ -10,6 +10,8 @@ pub struct Scripts {
     pub decide: Script,
     pub expire: Script,
     pub foreign: Script,
+    pub put_bundle: Script,
+    pub swap_policy_state: Script,
 }
 
 impl Scripts {
@@ -20,6 +22,8 @@ impl Scripts {
             decide: Script::new(&format!("{common}\n{}", include_str!("lua/decide.lua"))),
             expire: Script::new(&format!("{common}\n{}", include_str!("lua/expire.lua"))),
             foreign: Script::new(include_str!("lua/foreign.lua")),
+            put_bundle: Script::new(include_str!("lua/put_bundle.lua")),
+            swap_policy_state: Script::new(include_str!("lua/swap_policy_state.lua")),
         }
     }
 }

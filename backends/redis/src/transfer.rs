@@ -74,7 +74,7 @@ impl RecordTransfer for RedisBackend {
     async fn import(&self, approval: Approval) -> Result<ImportOutcome, BackendError> {
         let now = Timestamp::now();
         let audit = AuditEntry::migrated(&approval, now);
-        match self.park(&approval, &audit, None, now).await? {
+        match self.park_record(&approval, &audit, None, now).await? {
             None => Ok(ImportOutcome::Imported),
             Some(_) => Ok(ImportOutcome::AlreadyPresent),
         }

@@ -125,6 +125,7 @@ fn approval(n: usize, tenants: usize, now: Timestamp) -> Approval {
         decided_at: None,
         decided_by: None,
         decision_reason: None,
+        action_digest: None,
     }
 }
 

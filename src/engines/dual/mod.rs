@@ -49,7 +49,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use approvals_core::{
-    Approval, ApprovalBackend, ApprovalId, AuditEvent, BackendError, DecisionOutcome,
+    Approval, ApprovalBackend, ApprovalId, AuditEntry, AuditEvent, BackendError, DecisionOutcome,
     DecisionRequest, EngineStatus, ImportOutcome, Page, PendingStats, RecordTransfer, ScanPage,
     Status, Stop, SubmitOutcome, TenantId, Timestamp,
 };
@@ -157,14 +157,18 @@ impl ApprovalBackend for DualBackend {
         "dual"
     }
 
-    async fn submit(&self, approval: Approval) -> Result<SubmitOutcome, BackendError> {
-        let outcome = self.primary.submit(approval).await?;
+    async fn park(
+        &self,
+        approval: Approval,
+        submitted: AuditEntry,
+    ) -> Result<SubmitOutcome, BackendError> {
+        let outcome = self.primary.park(approval, submitted.clone()).await?;
         match &outcome {
             SubmitOutcome::Created(created) => {
                 let mirrored = self
                     .secondary
                     .call("submit", |engine| async move {
-                        engine.submit(created.clone()).await
+                        engine.park(created.clone(), submitted).await
                     })
                     .await;
                 if let Some(theirs) = mirrored {
@@ -185,6 +189,15 @@ impl ApprovalBackend for DualBackend {
             ),
         }
         Ok(outcome)
+    }
+
+    async fn record(&self, entry: AuditEntry) -> Result<(), BackendError> {
+        self.primary.record(entry.clone()).await?;
+        // Best-effort, like every mirrored write: the primary's log is the one that answers.
+        self.secondary
+            .call("record", |engine| async move { engine.record(entry).await })
+            .await;
+        Ok(())
     }
 
     async fn get(

@@ -4,8 +4,8 @@ use std::time::{Duration, Instant};
 
 use super::{all_audit, decision, fresh_tenant, id, pending, submit, Backend, HOUR};
 use crate::{
-    Approval, ApprovalId, AuditEntry, AuditKind, DecisionOutcome, ImportOutcome, Status, Timestamp,
-    Verdict, MIGRATION_ACTOR,
+    Approval, ApprovalId, AuditEntry, AuditEvent, AuditKind, DecisionOutcome, ImportOutcome,
+    PolicyAnswer, Status, SubmitOutcome, Timestamp, Verdict, MIGRATION_ACTOR,
 };
 
 pub async fn list_pages_visit_each_approval_once_oldest_first(backend: Backend) {
@@ -184,6 +184,56 @@ pub async fn audit_records_the_lifecycle(backend: Backend) {
         .await
         .expect("audit");
     assert!(later.items.is_empty(), "`since` filters");
+}
+
+/// The decision log: a parked submit's event carries what `park` was given (a shadow verdict
+/// too), and an `allow` or `deny` that parked nothing is recorded as it was built; both read
+/// back in the order recorded, and a repeated park records nothing.
+pub async fn the_decision_log_records_every_verdict(backend: Backend) {
+    let tenant = fresh_tenant("decisions");
+    let allowed = pending(&tenant, "allowed-1", HOUR);
+    let allow = PolicyAnswer {
+        decision: "allow".into(),
+        reasons: vec!["reads are fine".into()],
+        policy_version: "sha256:active".into(),
+    };
+    let candidate = PolicyAnswer {
+        decision: "require_approval".into(),
+        reasons: vec!["the candidate holds reads".into()],
+        policy_version: "sha256:candidate".into(),
+    };
+    let answered = AuditEntry::answered(&allowed, &allow, Some(&candidate));
+    backend.record(answered.clone()).await.expect("record");
+
+    let parked = pending(&tenant, "parked-1", HOUR);
+    let submitted = AuditEntry::parked(&parked, Some(&candidate));
+    let created = backend
+        .park(parked.clone(), submitted.clone())
+        .await
+        .expect("park");
+    assert!(matches!(created, SubmitOutcome::Created(_)), "{created:?}");
+    let again = backend
+        .park(parked.clone(), submitted.clone())
+        .await
+        .expect("park again");
+    assert!(matches!(again, SubmitOutcome::Existing(_)), "{again:?}");
+
+    let events = all_audit(&backend, &tenant).await;
+    let entries: Vec<AuditEntry> = events.iter().map(AuditEvent::entry).collect();
+    assert_eq!(entries.len(), 2, "{entries:#?}");
+    // Engines may restamp an event with when they recorded it; the facts are the same.
+    for (got, want) in entries.iter().zip([&answered, &submitted]) {
+        assert_eq!(got.kind, want.kind);
+        assert_eq!(got.approval_id, want.approval_id);
+        assert_eq!(got.actor, want.actor);
+        assert_eq!(got.details, want.details);
+    }
+    assert_eq!(entries[0].details["decision"], "allow");
+    assert_eq!(entries[0].details["shadow"]["agrees"], false);
+    assert_eq!(
+        entries[1].details["action_digest"],
+        crate::action_digest(&parked.action)
+    );
 }
 
 /// Every event of a whole lifecycle (parked, accepted, rejected, expired, imported), field by

@@ -44,6 +44,7 @@ macro_rules! conformance_tests {
             scan_and_import_carry_records_over,
             audit_records_the_lifecycle,
             audit_events_are_the_core_events,
+            the_decision_log_records_every_verdict,
             tenants_are_isolated
         );
     };
@@ -83,6 +84,7 @@ pub fn pending(tenant: &TenantId, approval_id: &str, ttl: Duration) -> Approval 
     };
     let mut context = Map::new();
     context.insert("on_behalf_of".into(), json!("project_alpha"));
+    let action_digest = Some(crate::action_digest(&action));
     Approval {
         id: id(approval_id),
         tenant: tenant.clone(),
@@ -98,6 +100,7 @@ pub fn pending(tenant: &TenantId, approval_id: &str, ttl: Duration) -> Approval 
         decided_at: None,
         decided_by: None,
         decision_reason: None,
+        action_digest,
     }
 }
 

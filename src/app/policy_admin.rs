@@ -1,0 +1,382 @@
+//! A tenant's compliance team manages its policy: uploads bundles (validated before they are
+//! stored), activates one, rolls back, trials a candidate. Tenant admins and platform admins
+//! only; every change is an audit event of kind `policy`.
+//!
+//! A change is a compare-and-set on the tenant's state in the store; every instance picks it
+//! up on its next poll, and this one at once, so the answer means "in effect here".
+
+use std::sync::Arc;
+
+use approvals_core::{
+    AuditEntry, BundleFile, BundleSummary, PolicyState, PolicyStore, StoredBundle, TenantId,
+    Timestamp,
+};
+use serde_json::json;
+
+use super::{AppError, Approvals};
+use crate::auth::{Permission, Principal};
+use crate::policy::testing::{run_tests, TestReport};
+use crate::policy::{PolicyFile, PolicyGate};
+
+/// Files one bundle may hold.
+pub const MAX_BUNDLE_FILES: usize = 200;
+/// Versions kept in a tenant's rollback history.
+const HISTORY: usize = 50;
+/// Compare-and-set attempts before answering `policy_changed`.
+const ATTEMPTS: usize = 5;
+
+/// An accepted upload.
+pub struct Uploaded {
+    pub bundle: BundleSummary,
+    /// `false` when the same version was uploaded before (nothing stored).
+    pub created: bool,
+    pub tests: TestReport,
+}
+
+/// A tenant's policy as it stands.
+pub struct PolicyView {
+    pub state: PolicyState,
+    /// The version that answers: the tenant's active one, or the platform default's.
+    pub effective_version: String,
+    pub default_version: String,
+    pub bundles: Vec<BundleSummary>,
+}
+
+impl Approvals {
+    fn policy_store(
+        &self,
+        caller: &Principal,
+        tenant: &TenantId,
+    ) -> Result<&Arc<dyn PolicyStore>, AppError> {
+        self.authorize(caller, Permission::ManagePolicy, tenant)?;
+        self.policies.store().ok_or(AppError::PolicyStoreDisabled)
+    }
+
+    /// Validates and stores a bundle: it must compile, define `data.approvals.decision`, and
+    /// pass its own tests. Refused bundles are not stored; the answer lists every message.
+    pub async fn upload_policy(
+        &self,
+        caller: &Principal,
+        tenant: &TenantId,
+        files: Vec<BundleFile>,
+    ) -> Result<Uploaded, AppError> {
+        let store = self.policy_store(caller, tenant)?.clone();
+        check_files(&files)?;
+        let policy_files: Vec<PolicyFile> = files
+            .iter()
+            .map(|f| PolicyFile {
+                relative: f.path.clone(),
+                text: f.text.clone(),
+            })
+            .collect();
+        let origin = format!("upload to tenant {tenant}");
+        let budget = self.limits.policy_instructions;
+        // Compiling and running the tests is CPU work: off the request workers, one at a time
+        // (uploads are rare; a burst of them must not take every core).
+        let _turn = self
+            .uploads
+            .acquire()
+            .await
+            .map_err(|e| AppError::Internal(e.into()))?;
+        let (version, tests) =
+            tokio::task::spawn_blocking(move || validate(&policy_files, &origin, budget))
+                .await
+                .map_err(|e| AppError::Internal(e.into()))??;
+        let bundle = StoredBundle {
+            version,
+            files,
+            uploaded_by: caller.subject.clone(),
+            uploaded_at: Timestamp::now(),
+        };
+        let created = store
+            .put_bundle(tenant, &bundle)
+            .await
+            .map_err(|e| self.engine_failed(e))?;
+        if created {
+            let details = json!({
+                "files": bundle.files.iter().map(|f| &f.path).collect::<Vec<_>>(),
+                "tests_passed": tests.passed(),
+            });
+            self.record_policy_event(AuditEntry::policy(
+                tenant,
+                &caller.subject,
+                "uploaded",
+                Some(&bundle.version),
+                details,
+            ))
+            .await?;
+        }
+        let summary = match created {
+            true => BundleSummary::from(&bundle),
+            // The first upload's facts stand.
+            false => store
+                .bundle(tenant, &bundle.version)
+                .await
+                .map_err(|e| self.engine_failed(e))?
+                .as_ref()
+                .map_or_else(|| BundleSummary::from(&bundle), BundleSummary::from),
+        };
+        Ok(Uploaded {
+            bundle: summary,
+            created,
+            tests,
+        })
+    }
+
+    pub async fn policy_view(
+        &self,
+        caller: &Principal,
+        tenant: &TenantId,
+    ) -> Result<PolicyView, AppError> {
+        let store = self.policy_store(caller, tenant)?;
+        let state = store
+            .state(tenant)
+            .await
+            .map_err(|e| self.engine_failed(e))?;
+        let bundles = store
+            .bundles(tenant)
+            .await
+            .map_err(|e| self.engine_failed(e))?;
+        let default_version = self.policies.default_gate().version().to_owned();
+        Ok(PolicyView {
+            effective_version: state
+                .active
+                .clone()
+                .unwrap_or_else(|| default_version.clone()),
+            default_version,
+            state,
+            bundles,
+        })
+    }
+
+    pub async fn policy_bundle(
+        &self,
+        caller: &Principal,
+        tenant: &TenantId,
+        version: &str,
+    ) -> Result<StoredBundle, AppError> {
+        let store = self.policy_store(caller, tenant)?;
+        store
+            .bundle(tenant, version)
+            .await
+            .map_err(|e| self.engine_failed(e))?
+            .ok_or_else(|| not_found(tenant, version))
+    }
+
+    /// Makes `version` the one that answers.
+    pub async fn activate_policy(
+        &self,
+        caller: &Principal,
+        tenant: &TenantId,
+        version: &str,
+    ) -> Result<PolicyState, AppError> {
+        self.require_bundle(caller, tenant, version).await?;
+        self.change_policy(caller, tenant, "activated", |state| {
+            let mut next = state.clone();
+            if state.active.as_deref() != Some(version) {
+                next.history.push(state.active.clone());
+                trim(&mut next.history);
+                next.active = Some(version.to_owned());
+            }
+            // A candidate that becomes active has nothing left to trial.
+            if next.candidate.as_deref() == Some(version) {
+                next.candidate = None;
+            }
+            Ok((next, Some(version.to_owned())))
+        })
+        .await
+    }
+
+    /// Returns to the version active before the current one (the platform default when the
+    /// tenant's first bundle is rolled back).
+    pub async fn rollback_policy(
+        &self,
+        caller: &Principal,
+        tenant: &TenantId,
+    ) -> Result<PolicyState, AppError> {
+        self.policy_store(caller, tenant)?;
+        self.change_policy(caller, tenant, "rolled_back", |state| {
+            let mut next = state.clone();
+            let previous = next
+                .history
+                .pop()
+                .ok_or_else(|| AppError::NoEarlierPolicy(tenant.clone()))?;
+            next.active = previous.clone();
+            Ok((next, previous))
+        })
+        .await
+    }
+
+    /// Trials `version` beside the active one (`None`: stops the trial).
+    pub async fn set_policy_candidate(
+        &self,
+        caller: &Principal,
+        tenant: &TenantId,
+        version: Option<&str>,
+    ) -> Result<PolicyState, AppError> {
+        let change = match version {
+            Some(version) => {
+                self.require_bundle(caller, tenant, version).await?;
+                "candidate_set"
+            }
+            None => {
+                self.policy_store(caller, tenant)?;
+                "candidate_cleared"
+            }
+        };
+        self.change_policy(caller, tenant, change, |state| {
+            let mut next = state.clone();
+            next.candidate = version.map(str::to_owned);
+            Ok((next, version.map(str::to_owned)))
+        })
+        .await
+    }
+
+    async fn require_bundle(
+        &self,
+        caller: &Principal,
+        tenant: &TenantId,
+        version: &str,
+    ) -> Result<(), AppError> {
+        let store = self.policy_store(caller, tenant)?;
+        let exists = store
+            .bundle(tenant, version)
+            .await
+            .map_err(|e| self.engine_failed(e))?
+            .is_some();
+        if exists {
+            Ok(())
+        } else {
+            Err(not_found(tenant, version))
+        }
+    }
+
+    /// Applies `change` to the tenant's state by compare-and-set, records the event, and
+    /// reloads this instance so the answer is already in effect here.
+    async fn change_policy(
+        &self,
+        caller: &Principal,
+        tenant: &TenantId,
+        kind: &str,
+        change: impl Fn(&PolicyState) -> Result<(PolicyState, Option<String>), AppError>,
+    ) -> Result<PolicyState, AppError> {
+        let store = self.policy_store(caller, tenant)?.clone();
+        for _ in 0..ATTEMPTS {
+            let state = store
+                .state(tenant)
+                .await
+                .map_err(|e| self.engine_failed(e))?;
+            let (mut next, version) = change(&state)?;
+            next.generation = state.generation + 1;
+            let swapped = store
+                .swap_state(tenant, &state, &next)
+                .await
+                .map_err(|e| self.engine_failed(e))?;
+            if !swapped {
+                continue;
+            }
+            let details = json!({
+                "active": next.active, "candidate": next.candidate,
+                "previous_active": state.active, "generation": next.generation,
+            });
+            self.record_policy_event(AuditEntry::policy(
+                tenant,
+                &caller.subject,
+                kind,
+                version.as_deref(),
+                details,
+            ))
+            .await?;
+            // The next poll would do it within `policy.reload_interval`; the caller should not
+            // have to wait for it on the instance that answered.
+            if let Err(error) = self.policies.sync().await {
+                tracing::warn!(error = %super::chain(&error), "policy reload after a change failed");
+            }
+            return Ok(next);
+        }
+        Err(AppError::PolicyChanged(tenant.clone()))
+    }
+
+    async fn record_policy_event(&self, entry: AuditEntry) -> Result<(), AppError> {
+        self.engine
+            .record(entry)
+            .await
+            .map_err(|e| self.engine_failed(e))
+    }
+}
+
+/// Compiles the bundle and runs its tests: its version, or every reason to refuse it.
+fn validate(
+    files: &[PolicyFile],
+    origin: &str,
+    budget: usize,
+) -> Result<(String, TestReport), AppError> {
+    let gate = PolicyGate::from_files(files, origin)
+        .map_err(|e| AppError::PolicyInvalid(vec![e.to_string()]))?
+        .with_budget(budget);
+    let mut errors = Vec::new();
+    if !gate.defines_decision() {
+        errors.push(
+            "no file defines data.approvals.decision (package approvals, rule decision)".to_owned(),
+        );
+    }
+    let tests = run_tests(&gate);
+    for failed in tests.results.iter().filter(|t| !t.passed) {
+        errors.push(match &failed.error {
+            Some(error) => format!("test {} failed: {error}", failed.name),
+            None => format!("test {} failed", failed.name),
+        });
+    }
+    if errors.is_empty() {
+        Ok((gate.version().to_owned(), tests))
+    } else {
+        Err(AppError::PolicyInvalid(errors))
+    }
+}
+
+/// Paths are what the version is computed over and what messages name: relative, '/'-
+/// separated, `.rego`, unique.
+fn check_files(files: &[BundleFile]) -> Result<(), AppError> {
+    let invalid = |m: String| Err(AppError::InvalidContent(m));
+    if files.is_empty() {
+        return invalid("files: a bundle needs at least one .rego file".into());
+    }
+    if files.len() > MAX_BUNDLE_FILES {
+        return invalid(format!("files: at most {MAX_BUNDLE_FILES} per bundle"));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for file in files {
+        let path = &file.path;
+        let well_formed = path.ends_with(".rego")
+            && path.len() <= 256
+            && !path.starts_with('/')
+            && path.split('/').all(|part| {
+                !part.is_empty() && part != "." && part != ".." && !part.starts_with('.')
+            })
+            && path
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '_' | '-' | '.'));
+        if !well_formed {
+            return invalid(format!(
+                "files: {path:?} is not a relative path of a .rego file \
+                 (letters, digits, '_', '-', '.', '/'; no hidden or '..' parts)"
+            ));
+        }
+        if !seen.insert(path.as_str()) {
+            return invalid(format!("files: {path:?} appears twice"));
+        }
+    }
+    Ok(())
+}
+
+fn trim(history: &mut Vec<Option<String>>) {
+    let excess = history.len().saturating_sub(HISTORY);
+    history.drain(..excess);
+}
+
+fn not_found(tenant: &TenantId, version: &str) -> AppError {
+    AppError::PolicyVersionNotFound {
+        tenant: tenant.clone(),
+        version: version.to_owned(),
+    }
+}

@@ -1,0 +1,238 @@
+//! Which compiled policy answers for each tenant, kept in step with the policy store.
+//!
+//! Every instance polls the store's tenant states (one call) every `policy.reload_interval`
+//! and, for a tenant whose generation changed, compiles the bundles it names (once per
+//! version: compiled bundles are cached) and swaps them in atomically. A request holds the
+//! gates it started with, so an activation never fails or splits a request; an approval keeps
+//! the `policy_version` it was parked under because that is written into its record.
+//!
+//! Until the first poll has succeeded an instance does not know which tenants have their own
+//! bundle, so submits answer 503 instead of silently using the platform default.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use approvals_core::{BackendError, PolicyState, PolicyStore, TenantId};
+use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
+
+use super::AppError;
+use crate::policy::{PolicyFile, PolicyGate};
+
+/// The policies a tenant's submits are evaluated with.
+pub struct Gates {
+    /// Decides.
+    pub active: Arc<PolicyGate>,
+    /// Evaluated beside it, never deciding (shadow evaluation).
+    pub candidate: Option<Arc<PolicyGate>>,
+    /// Whether `active` is the tenant's own bundle (not the platform default).
+    pub own: bool,
+}
+
+pub struct TenantPolicies {
+    default: Arc<Gates>,
+    store: Option<Arc<dyn PolicyStore>>,
+    /// Tenants with a state in the store, with the generation their gates were built from.
+    loaded: ArcSwap<HashMap<TenantId, (u64, Arc<Gates>)>>,
+    /// Compiled bundles by (tenant, version): activating a version seen before is a swap.
+    compiled: Mutex<HashMap<(TenantId, String), Arc<PolicyGate>>>,
+    synced: AtomicBool,
+    budget: usize,
+}
+
+impl TenantPolicies {
+    pub fn new(
+        default: Arc<PolicyGate>,
+        store: Option<Arc<dyn PolicyStore>>,
+        budget: usize,
+    ) -> Self {
+        Self {
+            default: Arc::new(Gates {
+                active: default,
+                candidate: None,
+                own: false,
+            }),
+            // Without a store there is nothing to wait for.
+            synced: AtomicBool::new(store.is_none()),
+            store,
+            loaded: ArcSwap::from_pointee(HashMap::new()),
+            compiled: Mutex::new(HashMap::new()),
+            budget,
+        }
+    }
+
+    pub fn store(&self) -> Option<&Arc<dyn PolicyStore>> {
+        self.store.as_ref()
+    }
+
+    pub fn default_gate(&self) -> &Arc<PolicyGate> {
+        &self.default.active
+    }
+
+    /// The gates for `tenant` as of now.
+    pub fn gates(&self, tenant: &TenantId) -> Result<Arc<Gates>, AppError> {
+        if !self.synced.load(Ordering::Acquire) {
+            return Err(AppError::PolicyNotLoaded);
+        }
+        Ok(self
+            .loaded
+            .load()
+            .get(tenant)
+            .map_or_else(|| self.default.clone(), |(_, gates)| gates.clone()))
+    }
+
+    /// The generation this instance runs for `tenant` (0: none loaded).
+    pub fn generation(&self, tenant: &TenantId) -> u64 {
+        self.loaded.load().get(tenant).map_or(0, |(g, _)| *g)
+    }
+
+    /// Reads every tenant's state and swaps in what changed. A bundle that cannot be read or
+    /// compiled leaves that tenant on what it had (logged and counted) and is retried on the
+    /// next poll; the store being unreachable is an error.
+    pub async fn sync(&self) -> Result<(), BackendError> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let states = store.states().await?;
+        let current = self.loaded.load_full();
+        let mut next: HashMap<TenantId, (u64, Arc<Gates>)> = HashMap::with_capacity(states.len());
+        let mut changed = false;
+        for (tenant, state) in states {
+            match current.get(&tenant) {
+                Some((generation, gates)) if *generation == state.generation => {
+                    next.insert(tenant, (*generation, gates.clone()));
+                }
+                previous => match self.build(store.as_ref(), &tenant, &state).await {
+                    Ok(gates) => {
+                        tracing::info!(
+                            %tenant, generation = state.generation,
+                            active = gates.active.version(),
+                            candidate = gates.candidate.as_ref().map(|c| c.version()),
+                            "tenant policy loaded"
+                        );
+                        metrics::counter!("approvals_policy_reloads_total", "outcome" => "loaded")
+                            .increment(1);
+                        next.insert(tenant, (state.generation, Arc::new(gates)));
+                        changed = true;
+                    }
+                    Err(error) => {
+                        tracing::error!(%tenant, generation = state.generation, %error,
+                            "tenant policy not loaded; keeping the one in use");
+                        metrics::counter!("approvals_policy_reloads_total", "outcome" => "failed")
+                            .increment(1);
+                        if let Some(kept) = previous {
+                            next.insert(tenant, kept.clone());
+                        }
+                    }
+                },
+            }
+        }
+        if changed || next.len() != current.len() {
+            self.loaded.store(Arc::new(next));
+        }
+        self.synced.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    async fn build(
+        &self,
+        store: &dyn PolicyStore,
+        tenant: &TenantId,
+        state: &PolicyState,
+    ) -> Result<Gates, String> {
+        let active = match &state.active {
+            Some(version) => self.compiled(store, tenant, version).await?,
+            None => self.default.active.clone(),
+        };
+        let candidate = match &state.candidate {
+            Some(version) => Some(self.compiled(store, tenant, version).await?),
+            None => None,
+        };
+        Ok(Gates {
+            active,
+            candidate,
+            own: state.active.is_some(),
+        })
+    }
+
+    /// `version` of `tenant`'s bundles, compiled (from the cache when it was before).
+    pub async fn compiled(
+        &self,
+        store: &dyn PolicyStore,
+        tenant: &TenantId,
+        version: &str,
+    ) -> Result<Arc<PolicyGate>, String> {
+        let key = (tenant.clone(), version.to_owned());
+        if let Some(gate) = self.cached(&key) {
+            return Ok(gate);
+        }
+        let bundle = store
+            .bundle(tenant, version)
+            .await
+            .map_err(|e| super::chain(&e))?
+            .ok_or_else(|| format!("bundle {version} is not in the store"))?;
+        let files: Vec<PolicyFile> = bundle
+            .files
+            .into_iter()
+            .map(|f| PolicyFile {
+                relative: f.path,
+                text: f.text,
+            })
+            .collect();
+        let origin = format!("tenant {tenant}");
+        let budget = self.budget;
+        // Compiling is CPU work of some milliseconds: off the request workers.
+        let gate = tokio::task::spawn_blocking(move || {
+            PolicyGate::from_files(&files, &origin).map(|g| g.with_budget(budget))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        if gate.version() != version {
+            return Err(format!(
+                "bundle stored as {version} has the content of {}",
+                gate.version()
+            ));
+        }
+        let gate = Arc::new(gate);
+        if let Ok(mut cache) = self.compiled.lock() {
+            cache.insert(key, gate.clone());
+        }
+        Ok(gate)
+    }
+
+    fn cached(&self, key: &(TenantId, String)) -> Option<Arc<PolicyGate>> {
+        self.compiled.lock().ok()?.get(key).cloned()
+    }
+
+    /// Polls the store until `stop`; logs when polling starts failing and when it recovers.
+    pub async fn keep_in_sync(self: Arc<Self>, interval: Duration, stop: CancellationToken) {
+        if self.store.is_none() {
+            return;
+        }
+        let mut failing = false;
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            match self.sync().await {
+                Ok(()) if failing => {
+                    failing = false;
+                    tracing::info!("tenant policies: the store answers again");
+                }
+                Ok(()) => {}
+                Err(error) if !failing => {
+                    failing = true;
+                    tracing::warn!(error = %super::chain(&error),
+                        "tenant policies: cannot read the store; serving the policies loaded last");
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}

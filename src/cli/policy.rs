@@ -1,0 +1,346 @@
+//! `approvals policy`: work on a policy bundle offline, with the engine the service runs.
+//!
+//! - `test DIR`: runs the bundle's `test_*` rules as `opa test` does. Exit 0: all pass; 1:
+//!   some fail; 2: the bundle does not load.
+//! - `eval DIR --input FILE`: prints the verdict the service would give for one policy input.
+//!   Exit 0, or 2 when the bundle or the input is unusable.
+//!
+//! Neither connects to anything, so both run in CI and on a laptop in seconds.
+//!
+//! - `push --tenant T DIR`: uploads the bundle through the policy admin API (the service
+//!   validates it again and refuses it with every message), and with `--activate` or
+//!   `--candidate` puts it in effect or on trial. Exit 0 done, 1 refused, 2 unusable input.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+
+use crate::policy::testing::{run_tests, TestReport, TestResult};
+use crate::policy::PolicyGate;
+
+use super::EXIT_CONFIG;
+
+/// The keys of the policy input the service builds for a request; anything else in an input
+/// file is something the policy would never see in production.
+const INPUT_KEYS: [&str; 5] = ["tenant", "agent_id", "submitted_by", "action", "context"];
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Run the bundle's `test_*` rules (as `opa test` does) in the engine the service uses.
+    Test(TestArgs),
+    /// Print the verdict the service would give for one policy input.
+    Eval(EvalArgs),
+    /// Upload the bundle to a running service (an admin token of the tenant, or a platform
+    /// admin's), optionally activating it or trialling it as the candidate.
+    Push(PushArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// The bundle folder (every `.rego` file under it; its tests run on the service too).
+    dir: PathBuf,
+    /// The tenant whose bundle it is.
+    #[arg(long)]
+    tenant: String,
+    /// The service's base URL.
+    #[arg(long, env = "APPROVALS_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// An admin bearer token (prefer the variable: a flag shows in `ps`).
+    #[arg(long, env = "APPROVALS_TOKEN", hide_env_values = true)]
+    token: String,
+    /// Make it the active version once uploaded.
+    #[arg(long, conflicts_with = "candidate")]
+    activate: bool,
+    /// Trial it beside the active version (shadow evaluation) once uploaded.
+    #[arg(long)]
+    candidate: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// The bundle folder (every `.rego` file under it, `_test.rego` files included).
+    dir: PathBuf,
+    /// Print the report as JSON instead of one line per test.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// The bundle folder.
+    dir: PathBuf,
+    /// A JSON file holding the policy input `{tenant, agent_id, submitted_by, action,
+    /// context}`; `-` reads standard input.
+    #[arg(long, value_name = "FILE")]
+    input: PathBuf,
+}
+
+pub async fn run(command: PolicyCommand) -> ExitCode {
+    match command {
+        PolicyCommand::Test(args) => test(&args),
+        PolicyCommand::Eval(args) => eval(&args),
+        PolicyCommand::Push(args) => push(&args).await,
+    }
+}
+
+async fn push(args: &PushArgs) -> ExitCode {
+    let files = match crate::policy::collect_rego_files(&args.dir) {
+        Ok(files) if !files.is_empty() => files,
+        Ok(_) => {
+            eprintln!("approvals: {} holds no .rego files", args.dir.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+        Err(error) => {
+            eprintln!("approvals: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let body = serde_json::json!({"files": files.iter()
+        .map(|f| serde_json::json!({"path": f.relative, "text": f.text}))
+        .collect::<Vec<_>>()});
+    let base = format!(
+        "{}/v1/tenants/{}/policy",
+        args.url.trim_end_matches('/'),
+        args.tenant
+    );
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+    {
+        Ok(client) => client,
+        Err(error) => {
+            eprintln!("approvals: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let uploaded = match send(
+        client.post(format!("{base}/bundles")).json(&body),
+        &args.token,
+    )
+    .await
+    {
+        Ok(answer) => answer,
+        Err(code) => return code,
+    };
+    let version = uploaded["bundle"]["version"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let stored = if uploaded["created"] == true {
+        "stored"
+    } else {
+        "already stored"
+    };
+    println!(
+        "{version}: {stored} ({} tests passed on the service)",
+        uploaded["tests"]["passed"]
+    );
+    let (path, what) = match (args.activate, args.candidate) {
+        (true, _) => ("active", "active"),
+        (_, true) => ("candidate", "the candidate"),
+        _ => return ExitCode::SUCCESS,
+    };
+    let request = client
+        .put(format!("{base}/{path}"))
+        .json(&serde_json::json!({"version": version}));
+    match send(request, &args.token).await {
+        Ok(_) => {
+            println!("{version}: now {what} for tenant {}", args.tenant);
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+/// Sends `request`; a problem answer is printed (its `errors` one per line) as exit 1.
+async fn send(
+    request: reqwest::RequestBuilder,
+    token: &str,
+) -> Result<serde_json::Value, ExitCode> {
+    let response = request.bearer_auth(token).send().await.map_err(|error| {
+        eprintln!("approvals: cannot reach the service: {error}");
+        ExitCode::FAILURE
+    })?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    if status.is_success() {
+        return Ok(body);
+    }
+    eprintln!(
+        "approvals: refused ({status}, {}): {}",
+        body["code"].as_str().unwrap_or("?"),
+        body["detail"].as_str().unwrap_or("")
+    );
+    for error in body["errors"].as_array().into_iter().flatten() {
+        eprintln!("  {}", error.as_str().unwrap_or_default());
+    }
+    Err(ExitCode::FAILURE)
+}
+
+fn test(args: &TestArgs) -> ExitCode {
+    let Some(gate) = load(&args.dir) else {
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let report = run_tests(&gate);
+    if args.json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(json) => println!("{json}"),
+            Err(error) => {
+                eprintln!("approvals: cannot write the report as JSON: {error}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        print!("{}", render(&report));
+    }
+    if report.results.is_empty() {
+        eprintln!(
+            "approvals: note: {} holds no test_* rules",
+            args.dir.display()
+        );
+    }
+    if report.all_passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// One line per test, then the summary. A multi-line error (regorus quotes the source) is
+/// indented under its test so the PASS/FAIL column stays readable.
+fn render(report: &TestReport) -> String {
+    let mut out = String::new();
+    for result in &report.results {
+        out.push_str(&line(result));
+        out.push('\n');
+    }
+    out.push_str(&format!(
+        "{} passed, {} failed, bundle {}\n",
+        report.passed(),
+        report.failed(),
+        report.policy_version
+    ));
+    out
+}
+
+fn line(result: &TestResult) -> String {
+    let took = millis(result.duration);
+    match &result.error {
+        None => format!("PASS {} ({took})", result.name),
+        Some(error) => {
+            let mut lines = error.lines();
+            let mut text = format!(
+                "FAIL {} ({took}): {}",
+                result.name,
+                lines.next().unwrap_or_default()
+            );
+            for more in lines {
+                text.push_str("\n    ");
+                text.push_str(more);
+            }
+            text
+        }
+    }
+}
+
+fn millis(duration: Duration) -> String {
+    format!("{:.1} ms", duration.as_secs_f64() * 1000.0)
+}
+
+fn eval(args: &EvalArgs) -> ExitCode {
+    let input = match read_input(&args.input) {
+        Ok(input) => input,
+        Err(message) => {
+            eprintln!("approvals: {message}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let Some(gate) = load(&args.dir) else {
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let verdict = gate.evaluate_owned(input);
+    match serde_json::to_string_pretty(&verdict) {
+        Ok(json) => {
+            println!("{json}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("approvals: cannot write the verdict as JSON: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The input object, or a message naming the file and what is wrong with it.
+fn read_input(path: &Path) -> Result<serde_json::Value, String> {
+    let (name, text) = if path == Path::new("-") {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|error| format!("cannot read the input from standard input: {error}"))?;
+        ("standard input".to_owned(), text)
+    } else {
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| format!("cannot read input file {}: {error}", path.display()))?;
+        (path.display().to_string(), text)
+    };
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|error| format!("the input in {name} is not valid JSON: {error}"))?;
+    let Some(object) = value.as_object() else {
+        return Err(format!(
+            "the input in {name} must be a JSON object {{tenant, agent_id, submitted_by, \
+             action, context}}, not {}",
+            kind(&value)
+        ));
+    };
+    // Not an error: a policy author may probe with a partial or extended input. But a typo
+    // ("actoin") would otherwise look like a policy bug.
+    let extra: Vec<&str> = object
+        .keys()
+        .map(String::as_str)
+        .filter(|key| !INPUT_KEYS.contains(key))
+        .collect();
+    if !extra.is_empty() {
+        eprintln!(
+            "approvals: note: the service's policy input has only {}; {name} also has {}",
+            INPUT_KEYS.join(", "),
+            extra.join(", ")
+        );
+    }
+    Ok(value)
+}
+
+fn kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// The bundle, or `None` after printing why it does not load (the compiler's message names
+/// the file).
+fn load(dir: &Path) -> Option<PolicyGate> {
+    match PolicyGate::load(dir) {
+        Ok(gate) => {
+            if !gate.defines_decision() {
+                eprintln!(
+                    "approvals: note: {} does not define data.approvals.decision: the service \
+                     would hold every request for approval",
+                    dir.display()
+                );
+            }
+            Some(gate)
+        }
+        Err(error) => {
+            eprintln!("approvals: {error}");
+            None
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! The decision log: every submit's verdict in the tenant's audit (allow and deny too), the
+//! audit's filters and NDJSON export, and action binding (a decision applies to exactly the
+//! action that was parked).
+
+use approvals_core::action_digest;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::support::{assert_problem, sensitive_read, Harness, TestApp};
+
+contract_tests!(
+    every_verdict_is_in_the_decision_log,
+    the_audit_filters_by_kind_and_verdict,
+    the_audit_exports_as_ndjson,
+    a_decision_binds_to_the_action_the_reviewer_saw,
+);
+
+async fn audit(app: &TestApp, query: &str) -> Vec<Value> {
+    let mut events = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut path = format!("/v1/tenants/{}/audit?limit=2&{query}", app.tenant);
+        if let Some(cursor) = &cursor {
+            path.push_str(&format!("&cursor={cursor}"));
+        }
+        let page = app.get_json(&path, &app.tokens.admin).await;
+        events.extend(page["items"].as_array().unwrap().iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => return events,
+        }
+    }
+}
+
+fn object(value: Value) -> serde_json::Map<String, Value> {
+    value.as_object().cloned().unwrap()
+}
+
+async fn every_verdict_is_in_the_decision_log(h: Harness) {
+    let app = h.spawn().await;
+    let read = json!({"type": "document_read", "resource": "docs/handbook.md"});
+    let write = json!({"type": "file_delete", "resource": "docs/handbook.md"});
+    let verdicts = [
+        ("allowed-1", read.clone(), StatusCode::OK, "allow"),
+        ("denied-1", write.clone(), StatusCode::OK, "deny"),
+        (
+            "parked-1",
+            sensitive_read(),
+            StatusCode::CREATED,
+            "require_approval",
+        ),
+    ];
+    let mut answers = Vec::new();
+    for (id, action, status, decision) in &verdicts {
+        let response = app.submit(id, action.clone()).await;
+        assert_eq!(response.status(), *status, "{id}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["decision"], *decision, "{body}");
+        answers.push(body);
+    }
+    // Allowed and denied requests still park nothing.
+    assert_eq!(app.listed().await.len(), 1);
+
+    let events = audit(&app, "kind=submitted").await;
+    assert_eq!(events.len(), 3, "{events:#?}");
+    for (((id, action, _, decision), answer), event) in verdicts.iter().zip(&answers).zip(&events) {
+        let details = &event["details"];
+        assert_eq!(event["approval_id"], *id);
+        assert_eq!(event["actor"], "agent-1");
+        assert_eq!(details["decision"], *decision);
+        assert_eq!(details["reasons"], answer["reasons"]);
+        assert_eq!(details["policy_version"], answer["policy_version"]);
+        assert_eq!(details["submitted_by"], "agent-1");
+        assert_eq!(details["agent_id"], "agent-1");
+        assert_eq!(details["action_type"], action["type"]);
+        assert_eq!(
+            details["action_digest"],
+            action_digest(&object(action.clone())),
+            "the SHA-256 of the action's canonical JSON"
+        );
+        assert!(details.get("shadow").is_none(), "no candidate: no shadow");
+    }
+    // The parked one's record carries the same digest.
+    assert_eq!(
+        answers[2]["approval"]["action_digest"],
+        events[2]["details"]["action_digest"]
+    );
+    // Times never go backwards in the export.
+    let times: Vec<&str> = events
+        .iter()
+        .map(|e| e["timestamp"].as_str().unwrap())
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+}
+
+async fn the_audit_filters_by_kind_and_verdict(h: Harness) {
+    let app = h.spawn().await;
+    for n in 0..3 {
+        let read = json!({"type": "document_read", "resource": format!("docs/{n}.md")});
+        assert_eq!(
+            app.submit(&format!("allow-{n}"), read).await.status(),
+            StatusCode::OK
+        );
+    }
+    app.park("parked-1").await;
+    app.park("parked-2").await;
+    let decided = app.decide("parked-1", "accept", &app.tokens.reviewer).await;
+    assert_eq!(decided.status(), StatusCode::OK);
+
+    let allowed = audit(&app, "decision=allow").await;
+    let ids: Vec<&str> = allowed
+        .iter()
+        .map(|e| e["approval_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["allow-0", "allow-1", "allow-2"]);
+
+    let accepted = audit(&app, "kind=accepted").await;
+    assert_eq!(accepted.len(), 1);
+    assert_eq!(accepted[0]["approval_id"], "parked-1");
+
+    let kinds: Vec<String> = audit(&app, "kind=submitted,accepted")
+        .await
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(kinds.iter().filter(|k| *k == "submitted").count(), 5);
+    assert_eq!(kinds.iter().filter(|k| *k == "accepted").count(), 1);
+
+    for bad in ["kind=approved", "decision=maybe"] {
+        let response = app
+            .request(
+                Method::GET,
+                &format!("/v1/tenants/{}/audit?{bad}", app.tenant),
+                Some(&app.tokens.admin),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_problem(response, StatusCode::BAD_REQUEST, "invalid_query").await;
+    }
+}
+
+async fn the_audit_exports_as_ndjson(h: Harness) {
+    let app = h.spawn().await;
+    for n in 0..7 {
+        let read = json!({"type": "document_read", "resource": format!("docs/{n}.md")});
+        app.submit(&format!("allow-{n}"), read).await;
+    }
+    app.park("parked-1").await;
+    let paged = audit(&app, "").await;
+
+    let response = app
+        .request(
+            Method::GET,
+            // A small page size: the export must follow its own cursors to the end.
+            &format!("/v1/tenants/{}/audit?limit=3", app.tenant),
+            Some(&app.tokens.admin),
+        )
+        .header("accept", "application/x-ndjson")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()["content-type"].to_str().unwrap(),
+        "application/x-ndjson"
+    );
+    let text = response.text().await.unwrap();
+    assert!(text.ends_with('\n'));
+    let exported: Vec<Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON event per line"))
+        .collect();
+    assert_eq!(exported.len(), 8);
+    assert_eq!(exported, paged, "the export is the paged audit, in order");
+
+    // Only admins export, as with pages: the refusal is a problem document, not a stream.
+    let refused = app
+        .request(
+            Method::GET,
+            &format!("/v1/tenants/{}/audit", app.tenant),
+            Some(&app.tokens.reviewer),
+        )
+        .header("accept", "application/x-ndjson")
+        .send()
+        .await
+        .unwrap();
+    assert_problem(refused, StatusCode::FORBIDDEN, "forbidden").await;
+}
+
+async fn a_decision_binds_to_the_action_the_reviewer_saw(h: Harness) {
+    let app = h.spawn().await;
+    let parked = app.park("bound-1").await;
+    let digest = parked["action_digest"].as_str().unwrap().to_owned();
+    assert_eq!(digest, action_digest(&object(sensitive_read())));
+
+    let decide = |id: &'static str, digest: String| {
+        app.request(
+            Method::POST,
+            &format!("/v1/tenants/{}/approvals/{id}/accept", app.tenant),
+            Some(&app.tokens.reviewer),
+        )
+        .json(&json!({"reason": "looked at it", "action_digest": digest}))
+        .send()
+    };
+    // A reviewer who saw another action does not decide this one.
+    let other = action_digest(&object(json!({"type": "document_read", "resource": "x"})));
+    let refused = decide("bound-1", other).await.unwrap();
+    assert_problem(refused, StatusCode::CONFLICT, "action_mismatch").await;
+    let still = app.get("bound-1", &app.tokens.agent).await;
+    assert_eq!(still.json::<Value>().await.unwrap()["status"], "pending");
+
+    let accepted = decide("bound-1", digest.clone()).await.unwrap();
+    assert_eq!(accepted.status(), StatusCode::OK);
+    let record: Value = accepted.json().await.unwrap();
+    assert_eq!(record["status"], "accepted");
+    assert_eq!(record["action_digest"], digest);
+}
+
+/// A record changed in the store after parking (here: its action rewritten in Redis, as an
+/// operator or an intruder with store access could) is detected on every read and decision,
+/// never obeyed.
+#[tokio::test]
+async fn a_changed_record_is_detected_not_obeyed() {
+    let app = TestApp::spawn().await;
+    app.park("changed-1").await;
+    let key = format!("approval:{}:changed-1", app.tenant);
+    let mut redis = app.redis().connection().await;
+    let stored: String = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let changed = stored.replace("finance/q3-report", "finance/all-salaries");
+    assert_ne!(changed, stored);
+    let () = redis::cmd("SET")
+        .arg(&key)
+        .arg(&changed)
+        .arg("KEEPTTL")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+
+    let read = app.get("changed-1", &app.tokens.agent).await;
+    assert_problem(read, StatusCode::CONFLICT, "action_mismatch").await;
+    let waited = app
+        .request(
+            Method::GET,
+            &format!(
+                "/v1/tenants/{}/approvals/changed-1/decision?wait_seconds=0",
+                app.tenant
+            ),
+            Some(&app.tokens.agent),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_problem(waited, StatusCode::CONFLICT, "action_mismatch").await;
+    let decided = app
+        .decide("changed-1", "accept", &app.tokens.reviewer)
+        .await;
+    assert_problem(decided, StatusCode::CONFLICT, "action_mismatch").await;
+    // Whatever the store now says, the agent is never told to go ahead.
+    let after = app.get("changed-1", &app.tokens.agent).await;
+    assert_problem(after, StatusCode::CONFLICT, "action_mismatch").await;
+    let text = app
+        .metrics_until(
+            &app.base,
+            std::time::Duration::from_secs(5),
+            "mismatch counted",
+            |m| {
+                m.contains(&format!(
+                    "approvals_action_mismatches_total{{tenant=\"{}\"}}",
+                    app.tenant
+                ))
+            },
+        )
+        .await;
+    assert!(text.contains("approvals_action_mismatches_total"));
+}

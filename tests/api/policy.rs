@@ -1,0 +1,477 @@
+//! Tenant policy bundles (Redis): upload with validation, activation and rollback, shadow
+//! evaluation of a candidate, and hot reload across instances under load.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::support::{assert_problem, sensitive_read, TestApp};
+
+/// A bundle that lets every read through (the default parks sensitive ones), with its test.
+fn reads_allowed() -> Value {
+    json!({"files": [
+        {"path": "approvals.rego", "text": r#"package approvals
+import rego.v1
+
+default decision := {"decision": "require_approval", "reasons": ["v2: anything else waits"]}
+
+decision := {"decision": "allow", "reasons": ["v2: every read is fine"]} if {
+	input.action.type == "document_read"
+}
+"#},
+        {"path": "tests/approvals_test.rego", "text": r#"package approvals_test
+import rego.v1
+
+test_reads_are_allowed if {
+	data.approvals.decision.decision == "allow" with input as {"action": {"type": "document_read"}}
+}
+"#},
+    ]})
+}
+
+fn policy_path(app: &TestApp, rest: &str) -> String {
+    format!("/v1/tenants/{}/policy{rest}", app.tenant)
+}
+
+async fn call(
+    app: &TestApp,
+    method: Method,
+    rest: &str,
+    token: &str,
+    body: Option<Value>,
+) -> reqwest::Response {
+    let mut request = app.request(method, &policy_path(app, rest), Some(token));
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    request.send().await.expect("policy call")
+}
+
+/// Uploads `bundle` as the tenant admin; its version.
+async fn upload(app: &TestApp, bundle: Value) -> String {
+    let response = call(
+        app,
+        Method::POST,
+        "/bundles",
+        &app.tokens.admin,
+        Some(bundle),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["tests"]["failed"], 0, "{body}");
+    body["bundle"]["version"].as_str().unwrap().to_owned()
+}
+
+async fn submit_on(app: &TestApp, base: &str, id: &str) -> reqwest::Response {
+    app.http
+        .post(format!("{base}/v1/tenants/{}/approvals", app.tenant))
+        .bearer_auth(&app.tokens.agent)
+        .json(&json!({"request_id": id, "action": sensitive_read()}))
+        .send()
+        .await
+        .expect("submit")
+}
+
+#[tokio::test]
+async fn a_bundle_is_validated_before_it_is_stored() {
+    let app = TestApp::spawn().await;
+    let broken = json!({"files": [{"path": "approvals.rego", "text": "package approvals\n\ndecision := {\n"}]});
+    let failing = json!({"files": [
+        {"path": "approvals.rego", "text": "package approvals\nimport rego.v1\ndecision := {\"decision\": \"deny\", \"reasons\": [\"no\"]}\n"},
+        {"path": "approvals_test.rego", "text": "package approvals_test\nimport rego.v1\ntest_reads_are_allowed if {\n\tdata.approvals.decision.decision == \"allow\"\n}\n"},
+    ]});
+    let no_decision = json!({"files": [{"path": "other.rego", "text": "package other\nimport rego.v1\nx := 1\n"}]});
+    for (bundle, names) in [
+        (broken, "approvals.rego"),
+        (failing, "data.approvals_test.test_reads_are_allowed"),
+        (no_decision, "data.approvals.decision"),
+    ] {
+        let response = call(
+            &app,
+            Method::POST,
+            "/bundles",
+            &app.tokens.admin,
+            Some(bundle),
+        )
+        .await;
+        let problem =
+            assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY, "policy_invalid").await;
+        let errors = problem["errors"].as_array().expect("every message listed");
+        assert!(
+            errors.iter().any(|e| e.as_str().unwrap().contains(names)),
+            "{names} in {problem}"
+        );
+    }
+    let bad_path = json!({"files": [{"path": "../evil.rego", "text": "package approvals\n"}]});
+    let response = call(
+        &app,
+        Method::POST,
+        "/bundles",
+        &app.tokens.admin,
+        Some(bad_path),
+    )
+    .await;
+    assert_problem(response, StatusCode::BAD_REQUEST, "invalid_body").await;
+    // Only admins manage policy; a reviewer learns nothing.
+    let response = call(
+        &app,
+        Method::POST,
+        "/bundles",
+        &app.tokens.reviewer,
+        Some(reads_allowed()),
+    )
+    .await;
+    assert_problem(response, StatusCode::FORBIDDEN, "forbidden").await;
+    let response = call(
+        &app,
+        Method::GET,
+        "",
+        &app.tokens.other_tenant_reviewer,
+        None,
+    )
+    .await;
+    assert_problem(response, StatusCode::FORBIDDEN, "forbidden").await;
+
+    // Nothing refused was stored.
+    let overview = app
+        .get_json(&policy_path(&app, ""), &app.tokens.admin)
+        .await;
+    assert_eq!(overview["bundles"], json!([]), "{overview}");
+    assert_eq!(overview["active"], Value::Null);
+
+    // A good one is, once; the platform admin may manage every tenant.
+    let version = upload(&app, reads_allowed()).await;
+    let again = call(
+        &app,
+        Method::POST,
+        "/bundles",
+        &app.tokens.platform_admin,
+        Some(reads_allowed()),
+    )
+    .await;
+    assert_eq!(again.status(), StatusCode::OK);
+    assert_eq!(again.json::<Value>().await.unwrap()["created"], false);
+    let stored = app
+        .get_json(
+            &policy_path(&app, &format!("/bundles/{version}")),
+            &app.tokens.admin,
+        )
+        .await;
+    assert_eq!(stored["uploaded_by"], "carol");
+    assert_eq!(stored["files"], reads_allowed()["files"]);
+    let listed = app
+        .get_json(&policy_path(&app, "/bundles"), &app.tokens.admin)
+        .await;
+    assert_eq!(listed["items"].as_array().unwrap().len(), 1);
+    // Uploading does not activate.
+    assert_eq!(
+        app.submit("still-default", sensitive_read()).await.status(),
+        StatusCode::CREATED
+    );
+}
+
+#[tokio::test]
+async fn activation_and_rollback_change_verdicts_and_parked_approvals_keep_their_version() {
+    let app = TestApp::spawn().await;
+    let default_parked = app.park("before").await;
+    let default_version = default_parked["policy_version"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let version = upload(&app, reads_allowed()).await;
+    assert_ne!(version, default_version);
+
+    let response = call(
+        &app,
+        Method::PUT,
+        "/active",
+        &app.tokens.admin,
+        Some(json!({"version": version})),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let overview: Value = response.json().await.unwrap();
+    assert_eq!(overview["active"], version);
+    assert_eq!(overview["effective_version"], version);
+    assert_eq!(overview["history"], json!([null]));
+
+    // In effect on this instance as soon as the activation answered.
+    let allowed: Value = app
+        .submit("after", sensitive_read())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(allowed["decision"], "allow", "{allowed}");
+    assert_eq!(allowed["policy_version"], version);
+    assert_eq!(allowed["reasons"], json!(["v2: every read is fine"]));
+    // The approval parked before keeps the version it was parked under.
+    let before: Value = app
+        .get("before", &app.tokens.agent)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(before["policy_version"], default_version);
+
+    let unknown = json!({"version": "sha256:0000"});
+    let response = call(
+        &app,
+        Method::PUT,
+        "/active",
+        &app.tokens.admin,
+        Some(unknown),
+    )
+    .await;
+    assert_problem(response, StatusCode::NOT_FOUND, "policy_version_not_found").await;
+
+    let response = call(&app, Method::POST, "/rollback", &app.tokens.admin, None).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["active"],
+        Value::Null
+    );
+    let parked: Value = app
+        .submit("rolled-back", sensitive_read())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(parked["decision"], "require_approval");
+    assert_eq!(parked["policy_version"], default_version);
+    let response = call(&app, Method::POST, "/rollback", &app.tokens.admin, None).await;
+    assert_problem(response, StatusCode::CONFLICT, "no_earlier_policy").await;
+
+    // Every change is an audit event, by who made it.
+    let events = app
+        .get_json(
+            &format!("/v1/tenants/{}/audit?kind=policy", app.tenant),
+            &app.tokens.admin,
+        )
+        .await;
+    let changes: Vec<(&str, &str)> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["details"]["change"].as_str().unwrap(),
+                e["actor"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            ("uploaded", "carol"),
+            ("activated", "carol"),
+            ("rolled_back", "carol")
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_candidate_is_evaluated_beside_the_active_policy_without_deciding() {
+    let app = TestApp::spawn().await;
+    let version = upload(&app, reads_allowed()).await;
+    let response = call(
+        &app,
+        Method::PUT,
+        "/candidate",
+        &app.tokens.admin,
+        Some(json!({"version": version})),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["candidate"],
+        version
+    );
+
+    // The active (default) policy decides; the candidate would have allowed.
+    let parked = app.park("trialled-1").await;
+    assert_ne!(parked["policy_version"], version);
+    let events = app
+        .get_json(
+            &format!("/v1/tenants/{}/audit?kind=submitted", app.tenant),
+            &app.tokens.admin,
+        )
+        .await;
+    let shadow = &events["items"][0]["details"]["shadow"];
+    assert_eq!(shadow["policy_version"], version, "{events}");
+    assert_eq!(shadow["decision"], "allow");
+    assert_eq!(shadow["agrees"], false);
+    let tenant = app.tenant.clone();
+    app.metrics_until(
+        &app.base,
+        Duration::from_secs(5),
+        "the disagreement counted",
+        |text| {
+            text.lines().any(|l| {
+                l.starts_with(&format!(
+                    "approvals_policy_shadow_disagreements_total{{tenant=\"{tenant}\"}} 1"
+                ))
+            })
+        },
+    )
+    .await;
+
+    let response = call(&app, Method::DELETE, "/candidate", &app.tokens.admin, None).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    app.park("untrialled").await;
+    let events = app
+        .get_json(
+            &format!("/v1/tenants/{}/audit?kind=submitted", app.tenant),
+            &app.tokens.admin,
+        )
+        .await;
+    assert!(
+        events["items"][1]["details"].get("shadow").is_none(),
+        "{events}"
+    );
+}
+
+/// The acceptance test of hot reload: two instances under submit load, an activation on one,
+/// the other serving the new version within a second, and no request failing meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_activation_reaches_every_instance_within_a_second_under_load() {
+    let app = Arc::new(TestApp::spawn().await);
+    let (other, _stop_other) = app.second_instance().await;
+    let version = upload(&app, reads_allowed()).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let mut load = Vec::new();
+    for worker in 0..4 {
+        let base = if worker % 2 == 0 {
+            app.base.clone()
+        } else {
+            other.clone()
+        };
+        let (app, stop, failures, sent) =
+            (app.clone(), stop.clone(), failures.clone(), sent.clone());
+        load.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let response = submit_on(&app, &base, &format!("load-{worker}-{n}")).await;
+                sent.fetch_add(1, Ordering::Relaxed);
+                if !response.status().is_success() {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+
+    let activated = Instant::now();
+    let response = call(
+        &app,
+        Method::PUT,
+        "/active",
+        &app.tokens.admin,
+        Some(json!({"version": version})),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    // Polled on the other instance until it answers with the new version.
+    let mut probe = 0;
+    let reached = loop {
+        probe += 1;
+        let body: Value = submit_on(&app, &other, &format!("probe-{probe}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        if body["policy_version"] == version {
+            assert_eq!(body["decision"], "allow");
+            break activated.elapsed();
+        }
+        assert!(
+            activated.elapsed() < Duration::from_secs(5),
+            "never reached the other instance"
+        );
+    };
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+    assert!(
+        reached < Duration::from_secs(1),
+        "the other instance took {reached:?}"
+    );
+    assert!(sent.load(Ordering::Relaxed) > 0);
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "requests failed during the activation"
+    );
+}
+
+/// `approvals policy push` as a compliance team's CI would run it: a refused bundle exits 1
+/// with the service's messages; a good one is uploaded and activated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_push_uploads_and_activates_through_the_api() {
+    let app = TestApp::spawn().await;
+    let push = |dir: &std::path::Path| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_approvals"))
+            .args([
+                "policy",
+                "push",
+                "--tenant",
+                &app.tenant,
+                "--activate",
+                "--url",
+                &app.base,
+            ])
+            .arg(dir)
+            .env("APPROVALS_TOKEN", &app.tokens.admin)
+            .output()
+    };
+    let write = |bundle: &Value| {
+        let dir = tempfile::tempdir().unwrap();
+        for file in bundle["files"].as_array().unwrap() {
+            let path = dir.path().join(file["path"].as_str().unwrap());
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, file["text"].as_str().unwrap()).unwrap();
+        }
+        dir
+    };
+
+    let mut failing = reads_allowed();
+    failing["files"][1]["text"] = json!(
+        "package approvals_test\nimport rego.v1\ntest_reads_wait if {\n\tdata.approvals.decision.decision == \"deny\" with input as {\"action\": {\"type\": \"document_read\"}}\n}\n"
+    );
+    let refused = push(write(&failing).path()).await.unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("policy_invalid") && stderr.contains("test_reads_wait"),
+        "{stderr}"
+    );
+
+    let pushed = push(write(&reads_allowed()).path()).await.unwrap();
+    let stdout = String::from_utf8_lossy(&pushed.stdout);
+    assert!(
+        pushed.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&pushed.stderr)
+    );
+    let overview = app
+        .get_json(&policy_path(&app, ""), &app.tokens.admin)
+        .await;
+    let version = overview["active"].as_str().expect("activated").to_owned();
+    assert!(stdout.contains(&version), "{stdout}");
+    let answer: Value = app
+        .submit("pushed", sensitive_read())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["policy_version"], version);
+    assert_eq!(answer["decision"], "allow");
+}

@@ -1,0 +1,329 @@
+//! `approvals policy test` and `approvals policy eval` as a policy author runs them: on the
+//! shipped bundle, on broken bundles and inputs, and their exit codes (0 ok, 1 failing tests,
+//! 2 unusable bundle or input).
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use approvals::policy::PolicyGate;
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_approvals");
+
+/// As in `tests/policy_bundle.rs`: fewer means the shipped tests were gutted or not found.
+const MIN_TEST_RULES: usize = 12;
+
+fn shipped_bundle() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")
+}
+
+fn approvals(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("APPROVALS_CONFIG")
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn bundle(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    dir
+}
+
+const SMALL_POLICY: &str = r#"package approvals
+import rego.v1
+default decision := {"decision": "require_approval", "reasons": ["unknown"]}
+decision := {"decision": "allow", "reasons": ["a read"]} if input.action.type == "read"
+"#;
+
+/// The version on the summary line (`N passed, M failed, bundle sha256:...`).
+fn summary_version(stdout: &str) -> String {
+    let summary = stdout.lines().last().unwrap();
+    summary
+        .rsplit_once("bundle ")
+        .unwrap_or_else(|| panic!("no version in {summary:?}"))
+        .1
+        .to_owned()
+}
+
+#[test]
+fn shipped_bundle_passes_its_tests() {
+    let dir = shipped_bundle();
+    let output = approvals(&["policy", "test", dir.to_str().unwrap()]);
+    let stdout = text(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}{}",
+        text(&output.stderr)
+    );
+
+    let (tests, summary) = stdout.trim_end().rsplit_once('\n').unwrap();
+    let tests: Vec<&str> = tests.lines().collect();
+    assert!(tests.len() >= MIN_TEST_RULES, "{stdout}");
+    for line in &tests {
+        assert!(
+            line.starts_with("PASS data.approvals_test.test_") && line.ends_with(" ms)"),
+            "{line:?}"
+        );
+    }
+    assert!(
+        summary.starts_with(&format!("{} passed, 0 failed, bundle sha256:", tests.len())),
+        "{summary:?}"
+    );
+    let version = PolicyGate::load(&dir).unwrap().version().to_owned();
+    assert_eq!(summary_version(&stdout), version);
+}
+
+#[test]
+fn json_report_agrees_with_the_text() {
+    let dir = shipped_bundle();
+    let dir = dir.to_str().unwrap();
+    let plain = approvals(&["policy", "test", dir]);
+    let json = approvals(&["policy", "test", dir, "--json"]);
+    assert_eq!(json.status.code(), Some(0), "{}", text(&json.stderr));
+    let report: Value = serde_json::from_slice(&json.stdout).unwrap();
+
+    let plain = text(&plain.stdout);
+    let plain_names: BTreeSet<String> = plain
+        .lines()
+        .filter_map(|l| l.strip_prefix("PASS "))
+        .map(|l| l.split(' ').next().unwrap().to_owned())
+        .collect();
+    let results = report["results"].as_array().unwrap();
+    let json_names: BTreeSet<String> = results
+        .iter()
+        .map(|r| r["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(json_names, plain_names);
+    assert_eq!(results.len(), json_names.len(), "a test is listed twice");
+    assert!(results.len() >= MIN_TEST_RULES);
+    for result in results {
+        assert_eq!(result["passed"], true, "{result}");
+        assert!(
+            result["file"]
+                .as_str()
+                .unwrap()
+                .ends_with("approvals_test.rego"),
+            "{result}"
+        );
+        assert!(result["duration_ms"].as_f64().unwrap() >= 0.0, "{result}");
+    }
+    assert_eq!(report["passed"], results.len());
+    assert_eq!(report["failed"], 0);
+    assert_eq!(report["policy_version"], summary_version(&plain).as_str());
+}
+
+#[test]
+fn a_failing_test_exits_1_and_is_named() {
+    let tests = r#"package approvals_test
+import rego.v1
+import data.approvals
+
+test_reads_are_allowed if {
+    approvals.decision.decision == "allow" with input as {"action": {"type": "read"}}
+}
+
+test_writes_are_allowed if {
+    approvals.decision.decision == "allow" with input as {"action": {"type": "write"}}
+}
+"#;
+    let dir = bundle(&[
+        ("approvals.rego", SMALL_POLICY),
+        ("approvals_test.rego", tests),
+    ]);
+    let output = approvals(&["policy", "test", dir.path().to_str().unwrap()]);
+    let stdout = text(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("PASS data.approvals_test.test_reads_are_allowed ")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.lines().any(
+            |l| l.starts_with("FAIL data.approvals_test.test_writes_are_allowed (")
+                && l.contains("): ")
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("1 passed, 1 failed, bundle sha256:"),
+        "{stdout}"
+    );
+
+    let json = approvals(&["policy", "test", dir.path().to_str().unwrap(), "--json"]);
+    assert_eq!(json.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(report["failed"], 1);
+    let failed = report["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["passed"] == false)
+        .unwrap();
+    assert_eq!(
+        failed["name"],
+        "data.approvals_test.test_writes_are_allowed"
+    );
+    assert!(failed["error"].is_string(), "{failed}");
+}
+
+#[test]
+fn a_bundle_that_does_not_compile_exits_2_naming_the_file() {
+    let dir = bundle(&[
+        ("approvals.rego", SMALL_POLICY),
+        (
+            "broken.rego",
+            "package broken\nimport rego.v1\nallow if {\n",
+        ),
+    ]);
+    for json in [false, true] {
+        let mut args = vec!["policy", "test", dir.path().to_str().unwrap()];
+        if json {
+            args.push("--json");
+        }
+        let output = approvals(&args);
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("broken.rego"), "{args:?}: {stderr}");
+        assert!(output.stdout.is_empty(), "{args:?}");
+    }
+    let input = dir.path().join("input.json");
+    std::fs::write(&input, r#"{"action": {"type": "read"}}"#).unwrap();
+    let output = approvals(&[
+        "policy",
+        "eval",
+        dir.path().to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output.stderr).contains("broken.rego"));
+}
+
+fn policy_input(action: Value) -> Value {
+    json!({
+        "tenant": "acme",
+        "agent_id": "retrieval-agent-v1",
+        "submitted_by": "agent-token-subject",
+        "action": action,
+        "context": {"on_behalf_of": "project_alpha"},
+    })
+}
+
+fn eval_file(dir: &Path, input: &Value) -> (Output, Value) {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), input.to_string()).unwrap();
+    let output = approvals(&[
+        "policy",
+        "eval",
+        dir.to_str().unwrap(),
+        "--input",
+        file.path().to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let verdict = serde_json::from_slice(&output.stdout).unwrap();
+    (output, verdict)
+}
+
+#[test]
+fn eval_prints_the_services_verdict() {
+    let dir = shipped_bundle();
+    let version = PolicyGate::load(&dir).unwrap().version().to_owned();
+    let tested = approvals(&["policy", "test", dir.to_str().unwrap()]);
+    assert_eq!(summary_version(&text(&tested.stdout)), version);
+
+    // An ordinary read goes through.
+    let (output, verdict) = eval_file(
+        &dir,
+        &policy_input(json!({"type": "document_read", "resource": "docs/handbook/onboarding.md"})),
+    );
+    assert_eq!(verdict["decision"], "allow", "{verdict}");
+    assert!(!verdict["reasons"].as_array().unwrap().is_empty());
+    assert_eq!(verdict["policy_version"], version.as_str());
+    // Pretty-printed, for a person reading it.
+    assert!(text(&output.stdout).contains("\n  \"decision\""));
+    assert!(output.stderr.is_empty(), "{}", text(&output.stderr));
+
+    // A read of finance data waits for a human, saying why.
+    let (_, verdict) = eval_file(
+        &dir,
+        &policy_input(json!({"type": "document_read", "resource": "finance/q3-forecast.xlsx"})),
+    );
+    assert_eq!(verdict["decision"], "require_approval", "{verdict}");
+    assert!(
+        verdict["reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r.as_str().unwrap().contains("finance")),
+        "{verdict}"
+    );
+    assert_eq!(verdict["policy_version"], version.as_str());
+}
+
+#[test]
+fn eval_reads_standard_input() {
+    let dir = shipped_bundle();
+    let mut child = Command::new(BIN)
+        .args(["policy", "eval", dir.to_str().unwrap(), "--input", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let input = policy_input(json!({"type": "file_delete", "resource": "docs/old.md"}));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.to_string().as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let verdict: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(verdict["decision"], "deny", "{verdict}");
+}
+
+#[test]
+fn unusable_input_exits_2_with_a_clear_message() {
+    let dir = shipped_bundle();
+    let scratch = tempfile::tempdir().unwrap();
+    let missing = scratch.path().join("missing.json");
+    let invalid = scratch.path().join("invalid.json");
+    std::fs::write(&invalid, "{\"action\": ").unwrap();
+    let array = scratch.path().join("array.json");
+    std::fs::write(&array, "[1, 2]").unwrap();
+    for (file, message) in [
+        (&missing, "cannot read input file"),
+        (&invalid, "is not valid JSON"),
+        (&array, "must be a JSON object"),
+    ] {
+        let output = approvals(&[
+            "policy",
+            "eval",
+            dir.to_str().unwrap(),
+            "--input",
+            file.to_str().unwrap(),
+        ]);
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{file:?}: {stderr}");
+        assert!(
+            stderr.contains(message)
+                && stderr.contains(file.file_name().unwrap().to_str().unwrap()),
+            "{file:?}: {stderr}"
+        );
+        assert!(output.stdout.is_empty(), "{file:?}");
+    }
+}
