@@ -16,6 +16,11 @@
 #                  approvals, timed at the first response byte
 #   fanout         (ours) BENCH_FANOUT long-polls on one approval, one accept: time to the last
 #                  answer, memory per waiting long-poll, Redis connections held while waiting
+# Targets `ours-rules100` and `ours-shadow` run ours with the tenant's own 100-rule bundle
+# active, or the default active and that bundle as the candidate (shadow evaluation), uploaded
+# with `approvals policy push` after start: a policy table compares their submit throughput
+# with the default bundle's in the same run (e.g. BENCH_TARGETS="ours ours-rules100
+# ours-shadow" BENCH_SCENARIOS=submit).
 # then, with BENCH_SCALE (e.g. "1 2 4"), submit throughput of 1, 2, 4 instances of ours on one
 # Redis. Ends with summary tables (ratios against the peer) and the issue's targets. All
 # children are stopped on exit, including Ctrl-C, within a bounded time.
@@ -71,10 +76,10 @@ for tool in cargo redis-server redis-cli curl python3 sha256sum setsid; do
 done
 for target in $BENCH_TARGETS; do
   case $target in
-    ours) ;;
+    ours | ours-rules100 | ours-shadow) ;;
     peer) [ -x "$PEER_DIR/run.sh" ] || die "no ADR peer at $PEER_DIR (set PEER_DIR)" ;;
     before) [ -x "${BENCH_BEFORE_BIN:-}" ] || die "target 'before' needs BENCH_BEFORE_BIN" ;;
-    *) die "unknown target '$target' in BENCH_TARGETS (ours, peer, before)" ;;
+    *) die "unknown target '$target' in BENCH_TARGETS (ours, ours-rules100, ours-shadow, peer, before)" ;;
   esac
 done
 
@@ -195,6 +200,7 @@ esac
 # --- tokens: random each run, configured by digest only --------------------------------------
 agent_token=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')
 reviewer_token=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')
+admin_token=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')
 export BENCH_AGENT_TOKEN=$agent_token BENCH_REVIEWER_TOKEN=$reviewer_token BENCH_TENANT=$tenant
 
 # One config format for both: the peer reads server.listen, redis.url, approvals.* and
@@ -236,7 +242,51 @@ subject = "bench-reviewer"
 tenant = "$tenant"
 role = "reviewer"
 sha256 = "$(sha256_hex "$reviewer_token")"
+
+[[auth.tokens]]
+subject = "bench-admin"
+tenant = "$tenant"
+role = "admin"
+sha256 = "$(sha256_hex "$admin_token")"
 EOF
+}
+
+# A tenant bundle of 100 rules, each a condition on the action (50 that would hold it, 49 that
+# would deny it, one that holds finance reads): the benchmark's submits run all 100 bodies and
+# still end in require_approval, as with the default bundle. With one test of its own.
+write_bundle100() { # dir
+  mkdir -p "$1"
+  python3 - "$1" <<'PY'
+import sys, pathlib
+out = pathlib.Path(sys.argv[1])
+rules = []
+for n in range(50):
+    rules.append(f'held contains "rule {n:03}: under zone-{n:03}/" if startswith(input.action.resource, "zone-{n:03}/")')
+for n in range(50, 99):
+    rules.append(f'denied contains "rule {n:03}: type op_{n:03}" if input.action.type == "op_{n:03}"')
+rules.append('held contains "rule 099: finance data needs a human" if contains(input.action.resource, "finance")')
+(out / "approvals.rego").write_text("""package approvals
+import rego.v1
+
+default decision := {"decision": "require_approval", "reasons": ["rules100: nothing matched; held"]}
+
+decision := {"decision": "deny", "reasons": sort(denied)} if count(denied) > 0
+
+decision := {"decision": "require_approval", "reasons": sort(held)} if {
+\tcount(denied) == 0
+\tcount(held) > 0
+}
+
+""" + "\n".join(rules) + "\n")
+(out / "approvals_test.rego").write_text("""package approvals_test
+import rego.v1
+
+test_finance_reads_are_held if {
+\td := data.approvals.decision with input as {"action": {"type": "document_read", "resource": "finance/q3"}}
+\td.decision == "require_approval"
+}
+""")
+PY
 }
 
 # --- one target: redis, server, the scenarios, stop ------------------------------------------
@@ -275,10 +325,18 @@ run_target() {
 
   local url="http://127.0.0.1:$http_port"
   case $target in
-    ours | before)
+    ours | before | ours-rules100 | ours-shadow)
       local bin=$approvals_bin
       [ "$target" = before ] && bin=$BENCH_BEFORE_BIN
       start_ours "$bin" "$config" "$dir/server.log" "$url"
+      if [ "$target" != ours ] && [ "$target" != before ]; then
+        local how=--activate
+        [ "$target" = ours-shadow ] && how=--candidate
+        write_bundle100 "$dir/bundle100"
+        say "$target: approvals policy push $how (100-rule bundle)"
+        APPROVALS_TOKEN=$admin_token "$approvals_bin" policy push --tenant "$tenant" --url "$url" \
+          $how "$dir/bundle100" >&2 || die "$target: policy push failed"
+      fi
       ;;
     peer)
       # The first run creates the peer's virtualenv (pip install), hence the long wait.
@@ -466,6 +524,17 @@ awk -v cores="$(nproc)" -v loadavg="$(cut -d' ' -f1-3 /proc/loadavg)" -v strict=
           fmt(med(b, "ops_per_sec"), "%.1f"), ratio(med(o, "ops_per_sec"), med(b, "ops_per_sec")),
           fmt(med(o, "p50_ms"), "%.2f") "/" fmt(med(o, "p99_ms"), "%.2f"),
           fmt(med(b, "p50_ms"), "%.2f") "/" fmt(med(b, "p99_ms"), "%.2f")
+      }
+    }
+    if ((("ours-rules100" SUBSEP "submit") in have) || (("ours-shadow" SUBSEP "submit") in have)) {
+      printf "\n%-40s %11s %9s %17s\n", "policy (submit)", "ops/s", "vs ours", "p50/p99 ms"
+      n5 = split("ours ours-rules100 ours-shadow", pt, " ")
+      split("default bundle|tenant bundle, 100 rules|default + 100-rule candidate (shadow)", label, "|")
+      for (i = 1; i <= n5; i++) {
+        t = pt[i] SUBSEP "submit"
+        if (t in have) printf "%-40s %11s %9s %17s\n", label[i], fmt(med(t, "ops_per_sec"), "%.1f"),
+          ratio(med(t, "ops_per_sec"), med("ours" SUBSEP "submit", "ops_per_sec")),
+          fmt(med(t, "p50_ms"), "%.2f") "/" fmt(med(t, "p99_ms"), "%.2f")
       }
     }
     printf "\nnproc=%s load_average=%s (medians over the rounds; the machine is shared, compare ratios)\n", cores, loadavg

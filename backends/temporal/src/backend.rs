@@ -9,7 +9,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use approvals_core::{
-    Approval, ApprovalBackend, ApprovalId, AuditEvent, BackendError, DecisionOutcome,
+    Approval, ApprovalBackend, ApprovalId, AuditEntry, AuditEvent, BackendError, DecisionOutcome,
     DecisionRequest, Page, PendingStats, Status, Stop, SubmitOutcome, TenantId, Timestamp,
 };
 use async_trait::async_trait;
@@ -131,10 +131,12 @@ impl TemporalBackend {
         &self,
         approval: &Approval,
         origin: Origin,
+        submitted: Option<AuditEntry>,
     ) -> Result<bool, BackendError> {
         let input = ApprovalInput {
             approval: ApprovalRecord::from(approval),
             origin,
+            submitted,
         };
         let options = self.start_options(approval, &input);
         let row = Row {
@@ -327,8 +329,15 @@ impl ApprovalBackend for TemporalBackend {
         "temporal"
     }
 
-    async fn submit(&self, approval: Approval) -> Result<SubmitOutcome, BackendError> {
-        if self.start(&approval, Origin::Submitted).await? {
+    async fn park(
+        &self,
+        approval: Approval,
+        submitted: AuditEntry,
+    ) -> Result<SubmitOutcome, BackendError> {
+        if self
+            .start(&approval, Origin::Submitted, Some(submitted))
+            .await?
+        {
             return Ok(SubmitOutcome::Created(approval));
         }
         match self.read(&approval.tenant, &approval.id).await? {
@@ -339,6 +348,15 @@ impl ApprovalBackend for TemporalBackend {
                 "the approval vanished while being read; retry",
             )),
         }
+    }
+
+    /// Not kept in Temporal yet: an event that parks nothing has no workflow to hold it. It
+    /// goes to the service log as one structured line (target `approvals::decision_log`), so a
+    /// log pipeline keeps it; the audit API of this engine does not show it (ADR-0011).
+    async fn record(&self, entry: AuditEntry) -> Result<(), BackendError> {
+        let event = serde_json::to_string(&entry).unwrap_or_default();
+        tracing::info!(target: "approvals::decision_log", tenant = %entry.tenant, %event, "decision log");
+        Ok(())
     }
 
     async fn get(

@@ -36,6 +36,9 @@ pub struct ApprovalRecord {
     pub decided_at: Option<Timestamp>,
     pub decided_by: Option<String>,
     pub decision_reason: Option<String>,
+    /// Added after version 1 without a change of meaning: absent on older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action_digest: Option<String>,
 }
 
 impl From<&Approval> for ApprovalRecord {
@@ -56,6 +59,7 @@ impl From<&Approval> for ApprovalRecord {
             decided_at: a.decided_at,
             decided_by: a.decided_by.clone(),
             decision_reason: a.decision_reason.clone(),
+            action_digest: a.action_digest.clone(),
         }
     }
 }
@@ -77,6 +81,7 @@ impl From<ApprovalRecord> for Approval {
             decided_at: r.decided_at,
             decided_by: r.decided_by,
             decision_reason: r.decision_reason,
+            action_digest: r.action_digest,
         }
     }
 }

@@ -81,7 +81,7 @@ impl RecordTransfer for TemporalBackend {
         let origin = Origin::Imported {
             at: Timestamp::now(),
         };
-        Ok(if self.start(&approval, origin).await? {
+        Ok(if self.start(&approval, origin, None).await? {
             ImportOutcome::Imported
         } else {
             ImportOutcome::AlreadyPresent

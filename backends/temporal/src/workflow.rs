@@ -38,6 +38,10 @@ pub enum Origin {
 pub struct ApprovalInput {
     pub approval: ApprovalRecord,
     pub origin: Origin,
+    /// The submitted event as the service built it (its decision log, with a shadow verdict);
+    /// absent in histories written before it existed, which derive it from the record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitted: Option<AuditEntry>,
 }
 
 impl ApprovalInput {
@@ -45,7 +49,10 @@ impl ApprovalInput {
     pub fn initial_events(&self) -> Vec<EventRecord> {
         let approval = Approval::from(self.approval.clone());
         let entry = match self.origin {
-            Origin::Submitted => AuditEntry::submitted(&approval),
+            Origin::Submitted => self
+                .submitted
+                .clone()
+                .unwrap_or_else(|| AuditEntry::submitted(&approval)),
             Origin::Imported { at } => AuditEntry::migrated(&approval, at),
         };
         vec![first_event(entry)]
