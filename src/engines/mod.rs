@@ -40,8 +40,9 @@ pub enum EngineError {
 /// The configured backend, serving: its engines connected and their chores running.
 pub struct RunningEngine {
     pub backend: Arc<dyn RecordTransfer>,
-    /// Where tenants' policy bundles live: the Redis engine, when one of the engines is Redis
-    /// (a Temporal-only deployment serves the platform default bundle to every tenant).
+    /// Where tenants' policy bundles live: the Redis engine when it answers (`redis`, or
+    /// `dual` with Redis primary). Never a best-effort secondary, whose outage must not stop
+    /// submits; with Temporal answering, every tenant gets the platform default bundle.
     pub policy_store: Option<Arc<dyn PolicyStore>>,
     chores: Vec<Chores>,
 }
@@ -96,7 +97,6 @@ pub async fn start(
             let dual = match Engine::connect(secondary, settings).await {
                 Ok(engine) => {
                     chores.extend(engine.start_chores(settings, following));
-                    policy_store = policy_store.or_else(|| engine.policy_store());
                     dual::DualBackend::new(first.transfer(), engine.transfer(), secondary_timeout)
                 }
                 Err(error) => {
