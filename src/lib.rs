@@ -11,13 +11,15 @@
 //!   pairs them for the migration soak (`engines::dual`).
 //!
 //! `startup` wires a running service together and `server` runs its HTTP connections; `migration` moves records between engines;
-//! `worker` (feature `temporal`) runs the Temporal worker; `telemetry` sets up logging.
+//! `worker` (feature `temporal`) runs the Temporal worker; `telemetry` sets up logging;
+//! `decision_log` ships recorded audit events to a SIEM.
 
 pub mod api;
 pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod decision_log;
 pub mod engines;
 pub mod metrics;
 pub mod migration;

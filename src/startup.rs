@@ -11,6 +11,7 @@ use crate::api::{self, AppState};
 use crate::app::{Approvals, EngineMetrics, TenantPolicies};
 use crate::auth::Authenticator;
 use crate::config::{Settings, REDIS_TTL_COMFORT};
+use crate::decision_log::DecisionLog;
 use crate::engines::{EngineError, RunningEngine};
 use crate::metrics::MetricsHandle;
 use crate::policy::{PolicyError, PolicyGate};
@@ -34,6 +35,8 @@ pub struct Application {
     listener: TcpListener,
     app: Arc<Approvals>,
     policies: Arc<TenantPolicies>,
+    /// The decision log's shipping task, when a sink is configured.
+    shipping: Option<tokio::task::JoinHandle<()>>,
     engine: RunningEngine,
     state: AppState,
     settings: Settings,
@@ -66,6 +69,7 @@ impl Application {
             .collect();
         ttls.push(("*".to_owned(), settings.approvals.default_ttl));
         let shutdown = CancellationToken::new();
+        let (decision_log, shipping) = DecisionLog::start(&settings.decision_log, shutdown.clone());
         let policies = Arc::new(TenantPolicies::new(
             Arc::new(policy),
             engine.policy_store.clone(),
@@ -84,6 +88,7 @@ impl Application {
             settings.limits.clone(),
             MetricsHandle::new(settings.approvals.max_ttl(), ttls),
             shutdown.clone(),
+            decision_log,
         ));
         let state = AppState {
             app: app.clone(),
@@ -101,6 +106,7 @@ impl Application {
             listener,
             app,
             policies,
+            shipping,
             engine,
             state,
             settings,
@@ -122,6 +128,7 @@ impl Application {
             listener,
             app,
             policies,
+            shipping,
             engine,
             state,
             settings,
@@ -158,6 +165,9 @@ impl Application {
         stop.cancel();
         let _ = figures.await;
         let _ = reloads.await;
+        if let Some(shipping) = shipping {
+            let _ = shipping.await;
+        }
         engine.stop().await;
         tracing::info!("stopped");
         result

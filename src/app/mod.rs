@@ -34,6 +34,7 @@ pub use tenant_policies::TenantPolicies;
 
 use crate::auth::{Permission, Principal};
 use crate::config::ApprovalSettings;
+use crate::decision_log::DecisionLog;
 use crate::metrics::MetricsHandle;
 
 /// The service's use cases. Cheap to share (`Arc`); one per running service.
@@ -50,6 +51,8 @@ pub struct Approvals {
     metrics: MetricsHandle,
     /// Cancelled on shutdown: long-polls answer at once so the drain is quick.
     shutdown: CancellationToken,
+    /// Where recorded audit events are copied to (a SIEM), never waited for.
+    decision_log: DecisionLog,
 }
 
 impl Approvals {
@@ -60,6 +63,7 @@ impl Approvals {
         limits: InputLimits,
         metrics: MetricsHandle,
         shutdown: CancellationToken,
+        decision_log: DecisionLog,
     ) -> Self {
         let concurrency = match limits.policy_concurrency {
             0 => std::thread::available_parallelism().map_or(2, usize::from),
@@ -76,6 +80,7 @@ impl Approvals {
             evaluators,
             metrics,
             shutdown,
+            decision_log,
         }
     }
 

@@ -299,9 +299,11 @@ impl Approvals {
 
     async fn record_policy_event(&self, entry: AuditEntry) -> Result<(), AppError> {
         self.engine
-            .record(entry)
+            .record(entry.clone())
             .await
-            .map_err(|e| self.engine_failed(e))
+            .map_err(|e| self.engine_failed(e))?;
+        self.decision_log.offer(&entry);
+        Ok(())
     }
 }
 

@@ -164,6 +164,9 @@ impl Approvals {
         match outcome.map_err(|e| self.engine_failed(e))? {
             DecisionOutcome::Decided(approval) => {
                 crate::metrics::decided(&approval);
+                if let Some(event) = approvals_core::AuditEntry::decided(&approval) {
+                    self.decision_log.offer(&event);
+                }
                 self.intact(approval)
             }
             DecisionOutcome::AlreadyDecided(approval) => {

@@ -109,9 +109,10 @@ impl Approvals {
             }
             let logged = AuditEntry::answered(&asked, &answer(&verdict), shadow.as_ref());
             self.engine
-                .record(logged)
+                .record(logged.clone())
                 .await
                 .map_err(|e| self.engine_failed(e))?;
+            self.decision_log.offer(&logged);
             crate::metrics::submitted(&asked.tenant, verdict.decision);
             return Ok(Submitted::Answered(verdict));
         }
@@ -129,8 +130,9 @@ impl Approvals {
             ..asked
         };
         let logged = AuditEntry::parked(&parked, shadow.as_ref());
-        match self.engine.park(parked.clone(), logged).await {
+        match self.engine.park(parked.clone(), logged.clone()).await {
             Ok(SubmitOutcome::Created(approval)) => {
+                self.decision_log.offer(&logged);
                 crate::metrics::submitted(&approval.tenant, PolicyDecision::RequireApproval);
                 Ok(Submitted::Parked(approval))
             }

@@ -56,6 +56,51 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub log: LogSettings,
     pub limits: InputLimits,
+    pub decision_log: DecisionLogSettings,
+}
+
+/// Where, besides the tenant's audit, this instance ships the audit events it records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecisionLogSink {
+    /// Only the audit (`GET /v1/tenants/{t}/audit`).
+    #[default]
+    None,
+    /// One JSON object per line on standard output (the service's logs go to stderr).
+    Stdout,
+    /// Batches POSTed as NDJSON to `decision_log.url`.
+    Http,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DecisionLogSettings {
+    pub sink: DecisionLogSink,
+    /// With `sink = "http"`: where batches are POSTed.
+    pub url: Option<String>,
+    /// Events per batch at most.
+    pub batch_size: usize,
+    /// A batch is sent when full or this long after its first event.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// Events waiting to be shipped at most; beyond it new ones are dropped and counted (the
+    /// audit still has them): shipping never slows a request.
+    pub queue_capacity: usize,
+    /// Attempts per batch (backoff doubling from 250 ms) before it is dropped and counted.
+    pub max_attempts: u32,
+}
+
+impl Default for DecisionLogSettings {
+    fn default() -> Self {
+        Self {
+            sink: DecisionLogSink::None,
+            url: None,
+            batch_size: 100,
+            flush_interval: Duration::from_secs(1),
+            queue_capacity: 10_000,
+            max_attempts: 5,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -333,6 +378,17 @@ impl Settings {
         if self.server.body_limit == 0 {
             return Err(ConfigError::Invalid(
                 "server.body_limit: must be positive".into(),
+            ));
+        }
+        let log = &self.decision_log;
+        if log.sink == DecisionLogSink::Http && log.url.is_none() {
+            return Err(ConfigError::Invalid(
+                "decision_log.url: required with decision_log.sink = \"http\"".into(),
+            ));
+        }
+        if log.batch_size == 0 || log.queue_capacity == 0 || log.max_attempts == 0 {
+            return Err(ConfigError::Invalid(
+                "decision_log.batch_size, queue_capacity and max_attempts must be positive".into(),
             ));
         }
         let mut digests = std::collections::HashMap::new();

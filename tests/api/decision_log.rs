@@ -294,3 +294,75 @@ async fn a_changed_record_is_detected_not_obeyed() {
         .await;
     assert!(text.contains("approvals_action_mismatches_total"));
 }
+
+/// The decision log shipped to an HTTP sink as NDJSON: every verdict and decision this instance
+/// recorded arrives, a failing sink is retried, and what arrives is what the audit holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_decision_log_is_shipped_to_an_http_sink_and_retried() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    // A sink that fails its first request.
+    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<Value>();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let seen = requests.clone();
+    let sink = axum::Router::new().route(
+        "/ingest",
+        axum::routing::post(move |body: String| {
+            let (lines_tx, seen) = (lines_tx.clone(), seen.clone());
+            async move {
+                if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+                    return StatusCode::INTERNAL_SERVER_ERROR;
+                }
+                for line in body.lines() {
+                    let _ = lines_tx.send(serde_json::from_str(line).expect("a JSON line"));
+                }
+                StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/ingest", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, sink).await });
+
+    let app = TestApp::spawn_with(|settings| {
+        settings.decision_log.sink = approvals::config::DecisionLogSink::Http;
+        settings.decision_log.url = Some(url);
+        settings.decision_log.flush_interval = std::time::Duration::from_millis(50);
+    })
+    .await;
+    let read = json!({"type": "document_read", "resource": "docs/handbook.md"});
+    assert_eq!(app.submit("allowed-1", read).await.status(), StatusCode::OK);
+    app.park("parked-1").await;
+    let accepted = app.decide("parked-1", "accept", &app.tokens.reviewer).await;
+    assert_eq!(accepted.status(), StatusCode::OK);
+
+    let mut shipped = Vec::new();
+    while shipped.len() < 3 {
+        let line = tokio::time::timeout(std::time::Duration::from_secs(15), lines.recv())
+            .await
+            .expect("three events shipped within 15 s")
+            .expect("the sink is up");
+        shipped.push(line);
+    }
+    assert!(
+        requests.load(Ordering::SeqCst) >= 2,
+        "the failed batch was retried"
+    );
+    let mut audit = audit(&app, "").await;
+    for event in &mut audit {
+        event.as_object_mut().unwrap().remove("event_id");
+    }
+    // Redis restamps each event with when it was recorded; the facts are the same.
+    let facts = |e: &Value| {
+        (
+            e["kind"].clone(),
+            e["approval_id"].clone(),
+            e["actor"].clone(),
+            e["details"].clone(),
+        )
+    };
+    let shipped: Vec<_> = shipped.iter().map(facts).collect();
+    let recorded: Vec<_> = audit.iter().map(facts).collect();
+    assert_eq!(shipped, recorded);
+}

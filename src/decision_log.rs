@@ -1,0 +1,182 @@
+//! Ships the audit events this instance records (every verdict, decision and policy change)
+//! to a SIEM as JSON lines: on standard output, or POSTed in batches to an HTTP endpoint.
+//!
+//! The tenant's audit is the record; this is a copy for systems that want a stream. So a
+//! request never waits for it: events go into a bounded queue (`try_send`), and what does not
+//! fit, or cannot be delivered after `decision_log.max_attempts`, is dropped and counted
+//! (`approvals_decision_log_dropped_total{reason}`) — it is still in the audit, whose NDJSON
+//! export can backfill a gap.
+
+use std::time::Duration;
+
+use approvals_core::AuditEntry;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{DecisionLogSettings, DecisionLogSink};
+
+/// The request path's end: cheap to clone, never blocks.
+#[derive(Clone)]
+pub struct DecisionLog {
+    queue: Option<mpsc::Sender<AuditEntry>>,
+}
+
+impl DecisionLog {
+    /// Ships nothing.
+    pub fn disabled() -> Self {
+        Self { queue: None }
+    }
+
+    /// Starts the shipping task; it drains the queue and stops once `stop` is cancelled.
+    pub fn start(
+        settings: &DecisionLogSettings,
+        stop: CancellationToken,
+    ) -> (Self, Option<tokio::task::JoinHandle<()>>) {
+        let destination = match (settings.sink, &settings.url) {
+            (DecisionLogSink::None, _) => return (Self::disabled(), None),
+            (DecisionLogSink::Stdout, _) => Destination::Stdout,
+            (DecisionLogSink::Http, Some(url)) => Destination::Http {
+                client: reqwest::Client::builder()
+                    .timeout(Duration::from_secs(10))
+                    .build()
+                    .unwrap_or_default(),
+                url: url.clone(),
+            },
+            // Refused by the configuration's validation.
+            (DecisionLogSink::Http, None) => return (Self::disabled(), None),
+        };
+        let (queue, events) = mpsc::channel(settings.queue_capacity);
+        let shipper = Shipper {
+            destination,
+            batch_size: settings.batch_size,
+            flush_interval: settings.flush_interval,
+            max_attempts: settings.max_attempts,
+        };
+        let task = tokio::spawn(shipper.run(events, stop));
+        (Self { queue: Some(queue) }, Some(task))
+    }
+
+    /// Queues `entry` for shipping, or drops and counts it if the queue is full.
+    pub fn offer(&self, entry: &AuditEntry) {
+        let Some(queue) = &self.queue else { return };
+        match queue.try_send(entry.clone()) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => dropped("queue_full", 1),
+            Err(mpsc::error::TrySendError::Closed(_)) => dropped("stopped", 1),
+        }
+    }
+}
+
+enum Destination {
+    Stdout,
+    Http {
+        client: reqwest::Client,
+        url: String,
+    },
+}
+
+struct Shipper {
+    destination: Destination,
+    batch_size: usize,
+    flush_interval: Duration,
+    max_attempts: u32,
+}
+
+impl Shipper {
+    async fn run(self, mut events: mpsc::Receiver<AuditEntry>, stop: CancellationToken) {
+        let mut batch = Vec::with_capacity(self.batch_size);
+        loop {
+            // The first event of a batch is awaited without a deadline; the rest for at most
+            // `flush_interval`.
+            let first = tokio::select! {
+                event = events.recv() => event,
+                () = stop.cancelled() => None,
+            };
+            let Some(first) = first else { break };
+            batch.push(first);
+            let deadline = tokio::time::sleep(self.flush_interval);
+            tokio::pin!(deadline);
+            while batch.len() < self.batch_size {
+                tokio::select! {
+                    event = events.recv() => match event {
+                        Some(event) => batch.push(event),
+                        None => break,
+                    },
+                    () = &mut deadline => break,
+                    () = stop.cancelled() => break,
+                }
+            }
+            self.ship(&mut batch, self.max_attempts).await;
+        }
+        // Shutting down: what is queued gets one attempt, so the drain stays short.
+        events.close();
+        while let Ok(event) = events.try_recv() {
+            batch.push(event);
+            if batch.len() == self.batch_size {
+                self.ship(&mut batch, 1).await;
+            }
+        }
+        self.ship(&mut batch, 1).await;
+    }
+
+    async fn ship(&self, batch: &mut Vec<AuditEntry>, attempts: u32) {
+        if batch.is_empty() {
+            return;
+        }
+        let mut body = Vec::new();
+        for event in batch.iter() {
+            // Plain data: serialising cannot fail.
+            body.extend(serde_json::to_vec(event).unwrap_or_default());
+            body.push(b'\n');
+        }
+        let count = batch.len() as u64;
+        batch.clear();
+        let mut backoff = Duration::from_millis(250);
+        for attempt in 1..=attempts {
+            match self.send(&body).await {
+                Ok(()) => {
+                    metrics::counter!("approvals_decision_log_shipped_total").increment(count);
+                    return;
+                }
+                Err(error) if attempt < attempts => {
+                    tracing::debug!(%error, attempt, "decision log: shipping failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+                Err(error) => {
+                    tracing::warn!(%error, events = count, "decision log: batch dropped after its last attempt (the audit still has it)");
+                }
+            }
+        }
+        dropped("undeliverable", count);
+    }
+
+    async fn send(&self, body: &[u8]) -> Result<(), String> {
+        match &self.destination {
+            Destination::Stdout => {
+                use tokio::io::AsyncWriteExt;
+                let mut out = tokio::io::stdout();
+                out.write_all(body).await.map_err(|e| e.to_string())?;
+                out.flush().await.map_err(|e| e.to_string())
+            }
+            Destination::Http { client, url } => {
+                let response = client
+                    .post(url)
+                    .header("content-type", "application/x-ndjson")
+                    .body(body.to_vec())
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if response.status().is_success() {
+                    Ok(())
+                } else {
+                    Err(format!("{url} answered {}", response.status()))
+                }
+            }
+        }
+    }
+}
+
+fn dropped(reason: &'static str, count: u64) {
+    metrics::counter!("approvals_decision_log_dropped_total", "reason" => reason).increment(count);
+}
