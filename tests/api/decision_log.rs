@@ -8,28 +8,12 @@ use serde_json::{json, Value};
 
 use crate::support::{assert_problem, sensitive_read, Harness, TestApp};
 
-contract_tests!(a_decision_binds_to_the_action_the_reviewer_saw);
-
-/// On Redis only: the Temporal engine does not keep `allow`/`deny` events in its audit yet
-/// (they go to its service log; ADR-0011).
-mod on_redis_only {
-    use crate::support::{Backend, Harness};
-
-    #[tokio::test]
-    async fn every_verdict_is_in_the_decision_log() {
-        super::every_verdict_is_in_the_decision_log(Harness::new(Backend::Redis)).await
-    }
-
-    #[tokio::test]
-    async fn the_audit_filters_by_kind_and_verdict() {
-        super::the_audit_filters_by_kind_and_verdict(Harness::new(Backend::Redis)).await
-    }
-
-    #[tokio::test]
-    async fn the_audit_exports_as_ndjson() {
-        super::the_audit_exports_as_ndjson(Harness::new(Backend::Redis)).await
-    }
-}
+contract_tests!(
+    a_decision_binds_to_the_action_the_reviewer_saw,
+    every_verdict_is_in_the_decision_log,
+    the_audit_filters_by_kind_and_verdict,
+    the_audit_exports_as_ndjson
+);
 
 async fn audit(app: &TestApp, query: &str) -> Vec<Value> {
     let mut events = Vec::new();

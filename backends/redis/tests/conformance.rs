@@ -32,11 +32,3 @@ async fn redis_backend() -> (Arc<dyn RecordTransfer>, (RedisServer, Chores)) {
 }
 
 approvals_core::conformance_tests!(redis_backend);
-
-/// Not in the shared list yet: the Temporal engine does not keep `allow`/`deny` events in its
-/// audit (ADR-0011).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_decision_log_records_every_verdict() {
-    let (backend, _guard) = redis_backend().await;
-    approvals_core::conformance::the_decision_log_records_every_verdict(backend).await;
-}

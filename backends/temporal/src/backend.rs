@@ -3,7 +3,9 @@
 //! Reads of one approval use `DescribeWorkflowExecution` (the memo holds the record: no worker
 //! round trip). Decisions are the workflow's `decide` Update. Listing, audit and stats use the
 //! visibility API filtered by the `TenantId` search attribute (stats in `stats`, the whole-record
-//! walk in `transfer`). Every call runs under a deadline (`tokio::time::timeout`).
+//! walk in `transfer`). Decision-log events that park nothing are `DecisionLogWorkflow`
+//! executions, which only `audit` reads. Every call runs under a deadline
+//! (`tokio::time::timeout`).
 
 use std::future::Future;
 use std::time::Duration;
@@ -18,8 +20,9 @@ use temporalio_client::errors::{WorkflowGetResultError, WorkflowStartError, Work
 use temporalio_client::grpc::WorkflowService;
 use temporalio_client::tonic::IntoRequest;
 use temporalio_client::{
-    Client, WorkflowDescribeOptions, WorkflowExecuteUpdateOptions, WorkflowGetResultOptions,
-    WorkflowIdConflictPolicy, WorkflowIdReusePolicy, WorkflowListOptions, WorkflowStartOptions,
+    Client, WorkflowDescribeOptions, WorkflowExecuteUpdateOptions, WorkflowExecution,
+    WorkflowGetResultOptions, WorkflowIdConflictPolicy, WorkflowIdReusePolicy, WorkflowListOptions,
+    WorkflowStartOptions,
 };
 use temporalio_common::protos::temporal::api::common::v1::Payload;
 use temporalio_common::protos::temporal::api::workflowservice::v1::DescribeNamespaceRequest;
@@ -29,10 +32,11 @@ use temporalio_common::MemoValues;
 use crate::client;
 use crate::cursor;
 use crate::recent::{Recent, Row};
-use crate::record::{ApprovalRecord, EventRecord};
+use crate::record::{logged_event, ApprovalRecord, EventRecord};
 use crate::settings::TemporalSettings;
 use crate::workflow::{
-    ApprovalInput, ApprovalWorkflow, DecideInput, DecideReply, Origin, MEMO_APPROVAL, MEMO_EVENTS,
+    ApprovalInput, ApprovalWorkflow, DecideInput, DecideReply, DecisionLogWorkflow, Origin,
+    MEMO_APPROVAL, MEMO_EVENT, MEMO_EVENTS,
 };
 
 /// The search attribute every approval workflow carries; register it on the namespace
@@ -43,9 +47,25 @@ pub const TENANT_ID: SearchAttributeKey<String> = SearchAttributeKey::keyword("T
 /// The workflow type name, as visibility queries see it.
 pub(crate) const WORKFLOW_TYPE: &str = "ApprovalWorkflow";
 
+/// The decision log's workflow type name (`record`), as visibility queries see it.
+pub(crate) const DECISION_LOG_TYPE: &str = "DecisionLogWorkflow";
+
 /// The workflow id of an approval: the Redis key, so the mapping is obvious.
 pub fn workflow_id(tenant: &TenantId, id: &ApprovalId) -> String {
     format!("approval:{tenant}:{id}")
+}
+
+/// The workflow id of a decision-log event: unique as its event id is (see
+/// `record::logged_event`), and apart from every approval's (`approval:` prefix).
+fn decision_log_id(tenant: &TenantId, event_id: &str) -> String {
+    format!("decision-log:{tenant}:{event_id}")
+}
+
+/// A random nonce for a decision-log event id: 12 hex digits of a v4 UUID.
+fn nonce() -> String {
+    let mut text = ApprovalId::generate().to_string();
+    text.truncate(12);
+    text
 }
 
 pub struct TemporalBackend {
@@ -206,9 +226,54 @@ impl TemporalBackend {
         .await
     }
 
-    /// Every execution a visibility query matches, with its memo decoded, this process's recent
-    /// writes merged in (those of the tenants `wanted` selects), as of `now`. Visibility (SQL)
-    /// has no ORDER BY: callers sort.
+    /// Every execution a visibility query matches, walked to the end under `scan_timeout`.
+    /// Visibility (SQL) has no ORDER BY: callers sort.
+    async fn executions(
+        &self,
+        op: &'static str,
+        query: String,
+    ) -> Result<Vec<WorkflowExecution>, BackendError> {
+        self.call(op, self.settings.scan_timeout, async {
+            self.client
+                .list_workflows(query, WorkflowListOptions::default())
+                .map_err(|e| BackendError::unavailable(op, e))
+                .try_collect::<Vec<_>>()
+                .await
+        })
+        .await
+    }
+
+    /// An `ApprovalWorkflow` execution's memo: its record and events.
+    fn approval_row(execution: &WorkflowExecution) -> Result<Row, BackendError> {
+        let key = execution.id();
+        let empty = Default::default();
+        let fields = execution.raw().memo.as_ref().map_or(&empty, |m| &m.fields);
+        let approval: ApprovalRecord = memo_field(key, fields, MEMO_APPROVAL)?;
+        let events: Vec<EventRecord> = memo_field(key, fields, MEMO_EVENTS)?;
+        Ok(Row {
+            approval: approval.into(),
+            events: events.into_iter().map(AuditEvent::from).collect(),
+        })
+    }
+
+    /// Visibility's rows with this process's recent writes merged in (those of the tenants
+    /// `wanted` selects), as of `now`.
+    fn overlaid(
+        &self,
+        rows: Vec<Row>,
+        wanted: impl Fn(&TenantId) -> bool,
+        now: Timestamp,
+    ) -> Vec<Row> {
+        self.recent
+            .overlay(rows, wanted)
+            .into_iter()
+            .map(|row| row.seen_at(now))
+            .collect()
+    }
+
+    /// Every approval a visibility query matches (it must select `ApprovalWorkflow`s only),
+    /// with its memo decoded, this process's recent writes merged in (those of the tenants
+    /// `wanted` selects), as of `now`. Visibility (SQL) has no ORDER BY: callers sort.
     pub(crate) async fn visible(
         &self,
         op: &'static str,
@@ -216,35 +281,57 @@ impl TemporalBackend {
         wanted: impl Fn(&TenantId) -> bool,
         now: Timestamp,
     ) -> Result<Vec<Row>, BackendError> {
-        let rows = self.call(op, self.settings.scan_timeout, async {
-            self.client
-                .list_workflows(query, WorkflowListOptions::default())
-                .map_err(|e| BackendError::unavailable(op, e))
-                .try_collect::<Vec<_>>()
-                .await
-        });
-        let mut out = Vec::new();
-        for execution in rows.await? {
-            let key = execution.id().to_owned();
-            let fields = execution.raw().memo.clone().unwrap_or_default().fields;
-            let approval: ApprovalRecord = memo_field(&key, &fields, MEMO_APPROVAL)?;
-            let events: Vec<EventRecord> = memo_field(&key, &fields, MEMO_EVENTS)?;
-            out.push(Row {
-                approval: approval.into(),
-                events: events.into_iter().map(AuditEvent::from).collect(),
-            });
-        }
-        Ok(self
-            .recent
-            .overlay(out, wanted)
-            .into_iter()
-            .map(|row| row.seen_at(now))
-            .collect())
+        let rows = self
+            .executions(op, query)
+            .await?
+            .iter()
+            .map(Self::approval_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(self.overlaid(rows, wanted, now))
     }
 
     fn tenant_query(tenant: &TenantId) -> String {
         // Tenant ids match `^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`: nothing to escape.
         format!("WorkflowType = '{WORKFLOW_TYPE}' AND TenantId = '{tenant}'")
+    }
+
+    /// The tenant's approvals and its decision-log executions: what `audit` reads.
+    fn audit_query(tenant: &TenantId) -> String {
+        format!(
+            "(WorkflowType = '{WORKFLOW_TYPE}' OR WorkflowType = '{DECISION_LOG_TYPE}') \
+             AND TenantId = '{tenant}'"
+        )
+    }
+
+    /// Starts the `DecisionLogWorkflow` execution that keeps `event`; `Ok(false)` when its id
+    /// is taken (a nonce collision: the caller draws another).
+    async fn start_logged(&self, event: &EventRecord) -> Result<bool, BackendError> {
+        let tenant = &event.entry.tenant;
+        let mut memo = MemoValues::new();
+        memo.insert(MEMO_EVENT, event.clone());
+        let options = WorkflowStartOptions::new(
+            self.settings.task_queue.clone(),
+            decision_log_id(tenant, &event.event_id),
+        )
+        .id_conflict_policy(WorkflowIdConflictPolicy::Fail)
+        .id_reuse_policy(WorkflowIdReusePolicy::RejectDuplicate)
+        .search_attributes(SearchAttributes::new([
+            TENANT_ID.value_set(tenant.to_string())
+        ]))
+        .memo(memo)
+        .build();
+        self.call("record", self.settings.call_timeout, async {
+            match self
+                .client
+                .start_workflow(DecisionLogWorkflow::run, event.clone(), options)
+                .await
+            {
+                Ok(_) => Ok(true),
+                Err(WorkflowStartError::AlreadyStarted { .. }) => Ok(false),
+                Err(e) => Err(BackendError::unavailable("record", e)),
+            }
+        })
+        .await
     }
 
     /// The `decide` update, and what its refusal or failure meant.
@@ -350,13 +437,25 @@ impl ApprovalBackend for TemporalBackend {
         }
     }
 
-    /// Not kept in Temporal yet: an event that parks nothing has no workflow to hold it. It
-    /// goes to the service log as one structured line (target `approvals::decision_log`), so a
-    /// log pipeline keeps it; the audit API of this engine does not show it (ADR-0011).
+    /// One `DecisionLogWorkflow` execution per event (see its documentation and DESIGN.md):
+    /// one `StartWorkflowExecution` call; the worker later completes it in one workflow task,
+    /// off the request path. The event is in the start request (input and memo), so it is
+    /// durable once the call returns and visible to `audit` without a worker. Remembered for
+    /// this process's reads until visibility shows it.
     async fn record(&self, entry: AuditEntry) -> Result<(), BackendError> {
-        let event = serde_json::to_string(&entry).unwrap_or_default();
-        tracing::info!(target: "approvals::decision_log", tenant = %entry.tenant, %event, "decision log");
-        Ok(())
+        // A taken id can only be a nonce collision (48 random bits, same tenant, request id
+        // and millisecond): draw again.
+        for _ in 0..3 {
+            let event = logged_event(entry.clone(), &nonce());
+            if self.start_logged(&event).await? {
+                self.recent.remember_logged(event.into());
+                return Ok(());
+            }
+        }
+        Err(BackendError::unavailable(
+            "record",
+            "no free decision-log id after three draws",
+        ))
     }
 
     async fn get(
@@ -477,11 +576,25 @@ impl ApprovalBackend for TemporalBackend {
     ) -> Result<Page<AuditEvent>, BackendError> {
         let after = cursor.map(cursor::decode_audit).transpose()?;
         let now = Timestamp::now();
+        // One visibility walk over both workflow types: the approvals (their events in their
+        // memos) and the decision-log events that parked nothing (one per execution).
+        let (mut rows, mut logged) = (Vec::new(), Vec::new());
+        for execution in self.executions("audit", Self::audit_query(tenant)).await? {
+            if execution.workflow_type() == DECISION_LOG_TYPE {
+                let key = execution.id();
+                let empty = Default::default();
+                let fields = execution.raw().memo.as_ref().map_or(&empty, |m| &m.fields);
+                let event: EventRecord = memo_field(key, fields, MEMO_EVENT)?;
+                logged.push(AuditEvent::from(event));
+            } else {
+                rows.push(Self::approval_row(&execution)?);
+            }
+        }
         let events = self
-            .visible("audit", Self::tenant_query(tenant), |t| t == tenant, now)
-            .await?
+            .overlaid(rows, |t| t == tenant, now)
             .into_iter()
-            .flat_map(|row| row.events);
+            .flat_map(|row| row.events)
+            .chain(self.recent.overlay_logged(tenant, logged));
         let mut events: Vec<AuditEvent> = events
             .filter(|e| &e.tenant == tenant)
             .filter(|e| since.is_none_or(|s| e.timestamp >= s))

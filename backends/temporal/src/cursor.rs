@@ -23,14 +23,23 @@ pub fn decode_list(cursor: &str) -> Result<(i64, ApprovalId), BackendError> {
     Ok((ms, id))
 }
 
-/// An `audit` position: the last event's id (`{millis:015}-{seq}-{approval id}`).
+/// An `audit` position: the last event's id (`{millis:015}-{seq}-{approval id}`, and
+/// `~{nonce}` after it for a decision-log event: see `record::logged_event`).
 pub fn decode_audit(cursor: &str) -> Result<&str, BackendError> {
+    let tail_valid = |tail: &str| {
+        let (id, nonce) = match tail.split_once(crate::record::NONCE_SEPARATOR) {
+            Some((id, nonce)) => (id, Some(nonce)),
+            None => (tail, None),
+        };
+        ApprovalId::parse(id).is_ok()
+            && nonce.is_none_or(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric()))
+    };
     let valid = cursor.len() > 18
         && cursor.as_bytes()[..15].iter().all(u8::is_ascii_digit)
         && cursor.as_bytes()[15] == b'-'
         && cursor.as_bytes()[16].is_ascii_digit()
         && cursor.as_bytes()[17] == b'-'
-        && ApprovalId::parse(&cursor[18..]).is_ok();
+        && tail_valid(&cursor[18..]);
     if valid {
         Ok(cursor)
     } else {
@@ -82,5 +91,13 @@ mod tests {
         assert!(decode_audit("001763717021842-1-req-1").is_ok());
         assert!(decode_audit("not-a-cursor").is_err());
         assert!(decode_audit("001763717021842-1-").is_err());
+        assert!(decode_audit("001763717021842-0-req-1~9f8e7d6c5b4a").is_ok());
+        for bad in [
+            "001763717021842-0-req-1~",
+            "001763717021842-0-~ab",
+            "001763717021842-0-a~b~c",
+        ] {
+            assert!(decode_audit(bad).is_err(), "{bad}");
+        }
     }
 }

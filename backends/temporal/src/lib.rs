@@ -1,4 +1,5 @@
-//! The Temporal engine: one `ApprovalWorkflow` execution per approval.
+//! The Temporal engine: one `ApprovalWorkflow` execution per approval, one short
+//! `DecisionLogWorkflow` execution per decision-log event that parks nothing.
 //!
 //! Without the `engine` feature this crate is only [`TemporalSettings`] (the `[temporal]`
 //! configuration section), so a Redis-only service reads and checks that section without
@@ -40,4 +41,4 @@ pub use backend::{workflow_id, TemporalBackend, TENANT_ID};
 #[cfg(feature = "engine")]
 pub use worker::run_worker;
 #[cfg(feature = "engine")]
-pub use workflow::ApprovalWorkflow;
+pub use workflow::{ApprovalWorkflow, DecisionLogWorkflow};

@@ -5,7 +5,8 @@
 //! that a caller who has just submitted or decided sees its own change in the next listing, the
 //! backend remembers the records it wrote or learned are settled during the last
 //! [`REMEMBER_FOR`] and merges them into visibility results. An approval changes only once
-//! (pending to settled), so merging is unambiguous: the settled version wins.
+//! (pending to settled), so merging is unambiguous: the settled version wins. Decision-log
+//! events it recorded (no approval to hold them) are remembered apart and merged by event id.
 //!
 //! Other processes still see the visibility lag (see DESIGN.md).
 
@@ -61,6 +62,10 @@ impl Row {
 pub struct Recent {
     enabled: bool,
     rows: Mutex<HashMap<(TenantId, String), (Instant, Row)>>,
+    /// Decision-log events this process recorded (`record`), by tenant and event id: they
+    /// belong to no approval, so they are kept apart from the rows (list, stats and scan never
+    /// see them; only `audit` merges them).
+    logged: Mutex<HashMap<(TenantId, String), (Instant, AuditEvent)>>,
     /// When each row was (last) remembered, by the wall clock: scans compare it to their start.
     stamps: Mutex<HashMap<(TenantId, String), Timestamp>>,
 }
@@ -72,8 +77,42 @@ impl Recent {
         Self {
             enabled,
             rows: Mutex::default(),
+            logged: Mutex::default(),
             stamps: Mutex::default(),
         }
+    }
+
+    /// Remembers a decision-log event this process recorded.
+    pub fn remember_logged(&self, event: AuditEvent) {
+        if !self.enabled {
+            return;
+        }
+        let now = Instant::now();
+        let mut logged = self.logged.lock().unwrap_or_else(|e| e.into_inner());
+        logged.retain(|_, (at, _)| now.duration_since(*at) < REMEMBER_FOR);
+        logged.insert((event.tenant.clone(), event.event_id.clone()), (now, event));
+    }
+
+    /// `visible` (the decision-log events visibility returned for `tenant`) with the ones this
+    /// process recorded lately merged in, each once.
+    pub fn overlay_logged(&self, tenant: &TenantId, visible: Vec<AuditEvent>) -> Vec<AuditEvent> {
+        let now = Instant::now();
+        let mut recent: HashMap<String, AuditEvent> = {
+            let logged = self.logged.lock().unwrap_or_else(|e| e.into_inner());
+            logged
+                .iter()
+                .filter(|((t, _), (at, _))| t == tenant && now.duration_since(*at) < REMEMBER_FOR)
+                .map(|((_, id), (_, event))| (id.clone(), event.clone()))
+                .collect()
+        };
+        let mut out: Vec<AuditEvent> = visible
+            .into_iter()
+            .inspect(|event| {
+                recent.remove(&event.event_id);
+            })
+            .collect();
+        out.extend(recent.into_values());
+        out
     }
 
     pub fn remember(&self, row: Row) {

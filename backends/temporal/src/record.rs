@@ -125,6 +125,21 @@ pub fn first_event(entry: AuditEntry) -> EventRecord {
     EventRecord::new(entry, 0)
 }
 
+/// Separates a decision-log event's id from its nonce: not in the approval id alphabet, so the
+/// id stays parseable, and unreserved in URLs, so the id works as a cursor as it is.
+pub const NONCE_SEPARATOR: char = '~';
+
+/// A decision-log event that parks nothing (`ApprovalBackend::record`), with its id:
+/// `{millis:015}-0-{approval id}~{nonce}`. The same request id may be answered (and recorded)
+/// again, even within a millisecond, and may also be parked later: the nonce keeps each event
+/// unique in the tenant, and the id still orders by time as text, next to approval events.
+pub fn logged_event(entry: AuditEntry, nonce: &str) -> EventRecord {
+    let mut record = EventRecord::new(entry, 0);
+    record.event_id.push(NONCE_SEPARATOR);
+    record.event_id.push_str(nonce);
+    record
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,5 +158,12 @@ mod tests {
         let event = first_event(AuditEntry::submitted(&approval));
         assert_eq!(event.entry.timestamp, at);
         assert_eq!(event.event_id, format!("{:015}-0-r", at.as_millis()));
+        let logged = logged_event(AuditEntry::submitted(&approval), "0a1b2c3d4e5f");
+        assert_eq!(
+            logged.event_id,
+            format!("{:015}-0-r~0a1b2c3d4e5f", at.as_millis())
+        );
+        assert!(logged.event_id > event.event_id);
+        assert!(crate::cursor::decode_audit(&logged.event_id).is_ok());
     }
 }

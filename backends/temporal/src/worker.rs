@@ -1,4 +1,5 @@
-//! The worker that runs `ApprovalWorkflow`: what `approvals worker --config FILE` calls.
+//! The worker that runs `ApprovalWorkflow` and `DecisionLogWorkflow`: what
+//! `approvals worker --config FILE` calls.
 
 use std::future::Future;
 
@@ -6,7 +7,7 @@ use temporalio_sdk::{Runtime, Worker, WorkerOptions};
 
 use crate::client::{self, BoxError};
 use crate::settings::TemporalSettings;
-use crate::workflow::ApprovalWorkflow;
+use crate::workflow::{ApprovalWorkflow, DecisionLogWorkflow};
 
 /// Polls `settings.task_queue` until `shutdown` resolves, then drains gracefully (in-flight
 /// workflow tasks finish, the sticky queue is released so another worker takes over at once).
@@ -22,6 +23,7 @@ pub async fn run_worker(
     let client = client::connect(&settings).await?;
     let options = WorkerOptions::new(settings.task_queue.clone())
         .register_workflow::<ApprovalWorkflow>()?
+        .register_workflow::<DecisionLogWorkflow>()?
         .sticky_queue_schedule_to_start_timeout(settings.sticky_queue_timeout)
         .build();
     let mut worker = Worker::new(&runtime, client, options)?;

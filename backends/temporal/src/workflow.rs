@@ -1,4 +1,5 @@
-//! `ApprovalWorkflow`: one workflow execution per approval.
+//! `ApprovalWorkflow`: one workflow execution per approval; `DecisionLogWorkflow`: one short
+//! execution per decision-log event that parks nothing (see its documentation).
 //!
 //! Deterministic: it reads time only through `workflow_time()`, waits only through the SDK's
 //! timer and `wait_condition`, and selects with the SDK's `select!`. Its state is the approval
@@ -21,6 +22,8 @@ use crate::record::{first_event, ApprovalRecord, EventRecord};
 pub const MEMO_APPROVAL: &str = "approval";
 /// Memo key holding the approval's audit events, oldest first.
 pub const MEMO_EVENTS: &str = "events";
+/// Memo key holding a `DecisionLogWorkflow`'s one event.
+pub const MEMO_EVENT: &str = "event";
 
 /// How the approval came to exist: parked by the API, or carried over by `approvals migrate`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -224,5 +227,23 @@ impl ApprovalWorkflow {
                 DecideReply::Decided(self.reply())
             }
         }
+    }
+}
+
+/// One decision-log event that belongs to no parked approval (an `allow` or `deny`, a policy
+/// change), kept as an execution of its own: its memo `event` (an [`EventRecord`], set by the
+/// client at start, so visibility shows it without a worker) and its input hold the event, its
+/// `TenantId` search attribute makes `audit` find it. The workflow does nothing and completes in
+/// its first task; the execution is the record. Listing, stats, scan and migration query
+/// `ApprovalWorkflow` only and never see it.
+#[workflow]
+#[derive(Default)]
+pub struct DecisionLogWorkflow;
+
+#[workflow_methods]
+impl DecisionLogWorkflow {
+    #[run]
+    pub async fn run(_ctx: &mut WorkflowContext<Self>, _event: EventRecord) -> WorkflowResult<()> {
+        Ok(())
     }
 }

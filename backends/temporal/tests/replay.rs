@@ -1,9 +1,11 @@
 //! Running workflows survive an upgrade: histories recorded by earlier builds of this service
 //! (in `histories/`, exported with `temporal workflow show --output json`) replay against the
-//! current `ApprovalWorkflow` without a nondeterminism error.
+//! current `ApprovalWorkflow` and `DecisionLogWorkflow` without a nondeterminism error.
 //!
-//! The histories were recorded before the workflow's input and memo became this engine's own
+//! Most histories were recorded before the workflow's input and memo became this engine's own
 //! versioned types (`record.rs`): they carry the API's approval object without a `version`.
+//! `parked-shadow-accepted.json` carries the service's submitted event (with a shadow verdict)
+//! in its input; `decision-log.json` is a `DecisionLogWorkflow` (`record`).
 //! Record new ones whenever the workflow changes shape, and keep the old ones: run the build
 //! that is current against a dev server, then export each workflow with
 //!
@@ -16,7 +18,7 @@
 
 use std::path::PathBuf;
 
-use approvals_temporal::ApprovalWorkflow;
+use approvals_temporal::{ApprovalWorkflow, DecisionLogWorkflow};
 use temporalio_client::{
     Client, ClientOptions, Connection, ConnectionOptions, Url, WorkflowFetchHistoryOptions,
     WorkflowHistory,
@@ -45,10 +47,13 @@ fn histories() -> Vec<(String, WorkflowHistory)> {
 #[tokio::test]
 async fn histories_recorded_by_earlier_builds_replay() {
     let histories = histories();
-    // Accepted, rejected, expired, and two carried over by `approvals migrate`.
-    assert!(histories.len() >= 5, "{} histories", histories.len());
+    // Accepted, rejected, expired, two carried over by `approvals migrate`, one parked with
+    // the service's event, and one decision-log event.
+    assert!(histories.len() >= 7, "{} histories", histories.len());
     let options = WorkflowReplayerOptions::new()
         .register_workflow::<ApprovalWorkflow>()
+        .expect("register")
+        .register_workflow::<DecisionLogWorkflow>()
         .expect("register")
         .build();
     let replayer = WorkflowReplayer::new(options).expect("replayer");

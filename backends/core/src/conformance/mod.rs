@@ -44,6 +44,7 @@ macro_rules! conformance_tests {
             scan_and_import_carry_records_over,
             audit_records_the_lifecycle,
             audit_events_are_the_core_events,
+            the_decision_log_records_every_verdict,
             tenants_are_isolated
         );
     };
