@@ -125,6 +125,27 @@ fn token_new_prints_a_token_and_only_its_digest() {
     .output()
     .unwrap();
     assert_eq!(refused.status.code(), Some(2));
+
+    let output = approvals(&[
+        "token",
+        "new",
+        "--tenant",
+        "*",
+        "--role",
+        "admin",
+        "--subject",
+        "platform-oncall",
+        "--json",
+    ])
+    .output()
+    .unwrap();
+    assert!(output.status.success());
+    let minted: Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
+    let token = minted["token"].as_str().expect("token");
+    assert_eq!(minted["sha256"].as_str(), Some(digest_hex(token).as_str()));
+    assert_eq!(minted["tenant"], "*");
+    assert_eq!(minted["role"], "admin");
+    assert_eq!(minted["subject"], "platform-oncall");
 }
 
 #[tokio::test]
@@ -196,24 +217,31 @@ async fn sigterm_answers_long_polls_and_drains() {
     );
 }
 
-/// The README's first command: `approvals dev` starts Redis, prints tokens and curl lines
-/// that work, and stops its redis-server on ctrl-c.
-#[tokio::test]
-async fn dev_prints_working_tokens_and_cleans_up_on_ctrl_c() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+/// An `approvals dev` that has printed its banner: the tokens it exported, its Redis port and
+/// every line up to the last token.
+struct Dev {
+    service: Process,
+    tokens: std::collections::HashMap<String, String>,
+    redis_port: u16,
+    banner: String,
+}
+
+async fn start_dev(data: &Path, port: u16, cwd: &Path, extra: &[&str]) -> Dev {
     let mut command = approvals(&["dev", "--listen", &format!("127.0.0.1:{port}")]);
     command
-        .args(["--data-dir", &dir.path().join("data").display().to_string()])
-        .args(["--policies", &policies.display().to_string()])
+        .args(["--data-dir", &data.display().to_string()])
+        .args(extra)
+        .current_dir(cwd)
         .stderr(Stdio::null());
     let mut service = Process::spawn_reading(command, Output::Stdout);
     let mut tokens = std::collections::HashMap::new();
     let mut redis_port = None;
+    let mut banner = String::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     while tokens.len() < 3 {
         let line = service.next_line(deadline).expect("dev printed its tokens");
+        banner.push_str(&line);
+        banner.push('\n');
         if let Some(rest) = line.split("redis-server on port ").nth(1) {
             redis_port = rest
                 .split_whitespace()
@@ -228,13 +256,54 @@ async fn dev_prints_working_tokens_and_cleans_up_on_ctrl_c() {
             tokens.insert(name.to_owned(), token.to_owned());
         }
     }
+    wait_ready(
+        &format!("http://127.0.0.1:{port}/readyz"),
+        Duration::from_secs(20),
+    )
+    .await;
+    Dev {
+        service,
+        tokens,
+        redis_port: redis_port.expect("dev printed the redis port"),
+        banner,
+    }
+}
+
+impl Dev {
+    /// Ctrl-c: the service exits cleanly and its redis-server child is gone.
+    async fn stop(mut self) {
+        self.service.signal(Signal::SIGINT);
+        let status = self.service.wait_exit(Duration::from_secs(10)).await;
+        assert!(status.success(), "{status:?}");
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", self.redis_port)).is_err(),
+            "the redis-server child is stopped"
+        );
+    }
+}
+
+/// The README's first command: `approvals dev` starts Redis, prints tokens and curl lines
+/// that work, and stops its redis-server on ctrl-c. Started again on the same folder, from a
+/// folder that is not a checkout, it serves the same data with the same tokens and the bundled
+/// policy.
+#[tokio::test]
+async fn dev_prints_working_tokens_keeps_them_and_cleans_up_on_ctrl_c() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let port = free_port();
+    let checkout = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dev = start_dev(&data, port, checkout, &[]).await;
+    assert!(
+        dev.banner.contains("policy from ./policies"),
+        "{}",
+        dev.banner
+    );
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
-    wait_ready(&format!("{base}/readyz"), Duration::from_secs(20)).await;
     // The three printed curl commands, as requests.
     let submitted = http
         .post(format!("{base}/v1/tenants/demo/approvals"))
-        .bearer_auth(&tokens["AGENT"])
+        .bearer_auth(&dev.tokens["AGENT"])
         .json(&serde_json::json!({"request_id": "req-1", "action": {"type": "document_read", "resource": "finance/q3-report"}}))
         .send()
         .await
@@ -242,7 +311,7 @@ async fn dev_prints_working_tokens_and_cleans_up_on_ctrl_c() {
     assert_eq!(submitted.status(), 201);
     let listed: Value = http
         .get(format!("{base}/v1/tenants/demo/approvals"))
-        .bearer_auth(&tokens["REVIEWER"])
+        .bearer_auth(&dev.tokens["REVIEWER"])
         .send()
         .await
         .unwrap()
@@ -252,24 +321,93 @@ async fn dev_prints_working_tokens_and_cleans_up_on_ctrl_c() {
     assert_eq!(listed["items"][0]["id"], "req-1");
     let accepted = http
         .post(format!("{base}/v1/tenants/demo/approvals/req-1/accept"))
-        .bearer_auth(&tokens["REVIEWER"])
+        .bearer_auth(&dev.tokens["REVIEWER"])
         .json(&serde_json::json!({"reason": "looks fine"}))
         .send()
         .await
         .unwrap();
     assert_eq!(accepted.status(), 200);
-    service.signal(Signal::SIGINT);
-    let status = service.wait_exit(Duration::from_secs(10)).await;
-    assert!(status.success(), "{status:?}");
+    let first_tokens = dev.tokens.clone();
+    dev.stop().await;
     assert!(
-        dir.path().join("data").join("appendonlydir").exists(),
+        data.join("appendonlydir").exists(),
         "Redis kept its data in the dev folder"
     );
-    let redis_port = redis_port.expect("dev printed the redis port");
-    assert!(
-        std::net::TcpStream::connect(("127.0.0.1", redis_port)).is_err(),
-        "the redis-server child is stopped"
+
+    let elsewhere = tempfile::tempdir().unwrap();
+    let again = start_dev(&data, port, elsewhere.path(), &[]).await;
+    assert_eq!(
+        again.tokens, first_tokens,
+        "the same tokens after a restart"
     );
+    assert!(
+        again.banner.contains("kept from the last start"),
+        "{}",
+        again.banner
+    );
+    assert!(
+        again.banner.contains("the bundled default"),
+        "{}",
+        again.banner
+    );
+    let read: Value = http
+        .get(format!("{base}/v1/tenants/demo/approvals/req-1"))
+        .bearer_auth(&again.tokens["AGENT"])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(read["status"], "accepted", "{read}");
+    // The bundled policy decides as the checkout's does.
+    let deleted = http
+        .post(format!("{base}/v1/tenants/demo/approvals"))
+        .bearer_auth(&again.tokens["AGENT"])
+        .json(&serde_json::json!({"request_id": "req-2", "action": {"type": "file_delete", "resource": "notes.txt"}}))
+        .send()
+        .await
+        .unwrap();
+    let deleted: Value = deleted.json().await.unwrap();
+    assert_eq!(deleted["decision"], "deny", "{deleted}");
+    again.stop().await;
+}
+
+/// With its address taken, `approvals dev` says so once, with the flag to change it, before
+/// starting anything or printing tokens; a `--policies` folder without Rego is named.
+#[test]
+fn dev_refuses_a_busy_port_and_an_empty_policy_folder_before_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let data = dir.path().join("data").display().to_string();
+    let output = approvals(&["dev", "--listen", &addr, "--data-dir", &data])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stdout.contains("export"), "nothing printed: {stdout}");
+    assert_eq!(stderr.matches("--listen").count(), 1, "said once: {stderr}");
+    assert!(stderr.contains(&addr), "{stderr}");
+
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let port = free_port().to_string();
+    let output = approvals(&[
+        "dev",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--data-dir",
+        &data,
+        "--policies",
+        &empty.display().to_string(),
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no .rego files"), "{stderr}");
 }
 
 /// `backend.kind = "dual"` that cannot work stops start-up with exit 2 and says why: without

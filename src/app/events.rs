@@ -1,10 +1,12 @@
 //! What engines do by themselves (Redis' sweeper recording expiries), counted like the use
 //! cases count theirs.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
-use approvals_core::{Approval, BackendError, EngineEvents, Timestamp};
+use approvals_core::{
+    Approval, BackendError, EngineEvents, FailureLog, RepeatedFailure, Timestamp,
+};
 
 use super::chain;
 
@@ -14,9 +16,10 @@ pub struct EngineMetrics {
     /// expires its own copies of the primary's approvals: counting them would count each
     /// expiry twice, and its failures are the dual backend's to report.
     answering: bool,
-    /// The chores failing now: a chore that fails every 250 ms while Redis is down is logged
-    /// when it starts failing and when it recovers, not on every pass (the metric counts each).
-    failing: Mutex<HashSet<&'static str>>,
+    /// Each chore's failures: a chore that fails every 250 ms while Redis is down is logged
+    /// when it starts failing, once a minute with a count, and when it recovers, not on every
+    /// pass (the metric counts each).
+    failing: Mutex<HashMap<&'static str, RepeatedFailure>>,
 }
 
 impl EngineMetrics {
@@ -36,13 +39,14 @@ impl EngineMetrics {
         }
     }
 
-    /// Whether `chore`'s failing state changed with this pass.
-    fn changed(&self, chore: &'static str, failed: bool) -> bool {
+    /// What to log about this pass of `chore`.
+    fn log_of(&self, chore: &'static str, failed: bool) -> FailureLog {
         let mut failing = self.failing.lock().unwrap_or_else(PoisonError::into_inner);
+        let state = failing.entry(chore).or_default();
         if failed {
-            failing.insert(chore)
+            state.failed()
         } else {
-            failing.remove(chore)
+            state.succeeded()
         }
     }
 }
@@ -58,18 +62,24 @@ impl EngineEvents for EngineMetrics {
         if self.answering {
             crate::metrics::chore_run(chore, result.is_ok());
         }
-        let changed = self.changed(chore, result.is_err());
+        let log = self.log_of(chore, result.is_err());
         match result {
             Ok(n) if chore == "adopt" && n > 0 => {
                 tracing::info!(adopted = n, "adopted ADR v1 records")
             }
-            Ok(_) if changed => tracing::info!(chore, "engine chore succeeds again"),
-            Ok(_) => {}
+            Ok(_) => {
+                if let FailureLog::Recovered { failures } = log {
+                    tracing::info!(chore, failures, "engine chore succeeds again");
+                }
+            }
             Err(error) if self.answering => {
                 crate::metrics::backend_error(error);
-                if changed {
-                    tracing::warn!(chore, error = %chain(error),
-                        "engine chore failing; retrying (logged again when it recovers)");
+                match log {
+                    FailureLog::Started => tracing::warn!(chore, error = %chain(error),
+                        "engine chore failing; retrying (logged again once a minute while it fails)"),
+                    FailureLog::StillFailing { failures } => tracing::warn!(chore, failures,
+                        error = %chain(error), "engine chore still failing"),
+                    FailureLog::Quiet | FailureLog::Recovered { .. } => {}
                 }
             }
             Err(error) => {
@@ -89,13 +99,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_chore_failing_every_pass_is_a_change_only_twice() {
+    fn each_chore_has_its_own_failure_log() {
         let events = EngineMetrics::answering();
-        let changes: Vec<bool> = [true, true, true, false, false, true]
-            .into_iter()
-            .map(|failed| events.changed("sweep", failed))
-            .collect();
-        assert_eq!(changes, [true, false, false, true, false, true]);
-        assert!(events.changed("adopt", true), "each chore on its own");
+        assert_eq!(events.log_of("sweep", true), FailureLog::Started);
+        assert_eq!(events.log_of("sweep", true), FailureLog::Quiet);
+        assert_eq!(events.log_of("adopt", true), FailureLog::Started);
+        assert_eq!(
+            events.log_of("sweep", false),
+            FailureLog::Recovered { failures: 2 }
+        );
+        assert_eq!(events.log_of("sweep", false), FailureLog::Quiet);
     }
 }

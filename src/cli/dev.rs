@@ -3,39 +3,187 @@
 //! Starts a `redis-server` child on a free port with its data (AOF) in a local folder, mints
 //! an agent, a reviewer and an admin token for a demo tenant, prints them with copy-paste curl
 //! commands, and serves until ctrl-c, stopping the child.
+//!
+//! The data folder keeps the tokens beside the data (`demo-tokens.json`), so a restart serves
+//! the same demo with the same tokens; deleting the folder starts clean.
 
-use std::path::PathBuf;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
 use std::time::Duration;
 
 use clap::Args;
+use serde::{Deserialize, Serialize};
 
-use crate::auth::{self, Role};
+use crate::auth::{self, Role, TokenEntry};
 use crate::config::Settings;
+
+/// The policy the service ships, for `approvals dev` run outside a checkout.
+const BUNDLED_POLICY: [(&str, &str); 2] = [
+    (
+        "approvals.rego",
+        include_str!("../../policies/approvals.rego"),
+    ),
+    (
+        "approvals_test.rego",
+        include_str!("../../policies/approvals_test.rego"),
+    ),
+];
+
+/// Where the demo's tokens are kept, inside the data folder.
+const TOKENS_FILE: &str = "demo-tokens.json";
 
 #[derive(Debug, Args)]
 pub struct DevArgs {
     /// Where the API listens.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: std::net::SocketAddr,
-    /// Folder for the dev Redis data.
+    /// Folder for the dev Redis data and the demo tokens (kept across restarts; delete the
+    /// folder to start clean).
     #[arg(long, default_value = ".approvals-dev")]
     data_dir: PathBuf,
     /// The demo tenant.
     #[arg(long, default_value = "demo")]
     tenant: String,
-    /// Policy folder.
-    #[arg(long, default_value = "policies")]
-    policies: PathBuf,
+    /// Policy folder (`.rego` files defining `data.approvals.decision`). Default: `./policies`
+    /// when it exists (a checkout), else the bundled default policy.
+    #[arg(long)]
+    policies: Option<PathBuf>,
+}
+
+/// The demo tokens as kept in the data folder: plain text, like the printed exports, for a
+/// local demo only (the file is readable by its owner alone).
+#[derive(Serialize, Deserialize)]
+struct DemoTokens {
+    tenant: String,
+    agent: String,
+    reviewer: String,
+    admin: String,
+}
+
+impl DemoTokens {
+    fn mint(tenant: &str) -> Self {
+        Self {
+            tenant: tenant.to_owned(),
+            agent: auth::mint(tenant, Role::Agent, "demo-agent").0,
+            reviewer: auth::mint(tenant, Role::Reviewer, "demo-reviewer").0,
+            admin: auth::mint(tenant, Role::Admin, "demo-admin").0,
+        }
+    }
+
+    /// The tokens of an earlier start for the same tenant, if the folder has them.
+    fn kept(data_dir: &Path, tenant: &str) -> Option<Self> {
+        let text = std::fs::read_to_string(data_dir.join(TOKENS_FILE)).ok()?;
+        serde_json::from_str::<Self>(&text)
+            .ok()
+            .filter(|t| t.tenant == tenant)
+    }
+
+    fn keep(&self, data_dir: &Path) -> std::io::Result<()> {
+        let path = data_dir.join(TOKENS_FILE);
+        let text = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;
+        std::fs::write(&path, text)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        }
+        Ok(())
+    }
+
+    fn entries(&self) -> Vec<TokenEntry> {
+        [
+            (&self.agent, Role::Agent, "demo-agent"),
+            (&self.reviewer, Role::Reviewer, "demo-reviewer"),
+            (&self.admin, Role::Admin, "demo-admin"),
+        ]
+        .into_iter()
+        .map(|(token, role, subject)| TokenEntry {
+            subject: subject.to_owned(),
+            tenant: self.tenant.clone(),
+            role,
+            sha256: auth::digest_hex(token),
+        })
+        .collect()
+    }
+}
+
+/// The policy folder to serve: the one asked for, `./policies` in a checkout, or the bundled
+/// default written into the data folder.
+fn policy_dir(asked: Option<&Path>, data_dir: &Path) -> Result<(PathBuf, &'static str), String> {
+    let has_rego = |dir: &Path| {
+        std::fs::read_dir(dir).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.path().extension().is_some_and(|x| x == "rego"))
+        })
+    };
+    if let Some(dir) = asked {
+        return if has_rego(dir) {
+            Ok((dir.to_path_buf(), "--policies"))
+        } else {
+            Err(format!(
+                "--policies {}: no .rego files there; pass a folder of Rego files that define \
+                 data.approvals.decision, or leave --policies out for the bundled default",
+                dir.display()
+            ))
+        };
+    }
+    let checkout = Path::new("policies");
+    if has_rego(checkout) {
+        return Ok((checkout.to_path_buf(), "./policies"));
+    }
+    let bundled = data_dir.join("policies");
+    std::fs::create_dir_all(&bundled).map_err(|e| format!("{}: {e}", bundled.display()))?;
+    for (name, text) in BUNDLED_POLICY {
+        let path = bundled.join(name);
+        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok((bundled, "the bundled default"))
+}
+
+/// Fails before anything starts or is printed when the API's address is taken.
+fn check_listen(addr: SocketAddr) -> Result<(), String> {
+    TcpListener::bind(addr).map(drop).map_err(|error| {
+        format!("cannot listen on {addr}: {error}; pass another with --listen 127.0.0.1:PORT")
+    })
 }
 
 pub async fn run(args: DevArgs) -> ExitCode {
     let mut settings = Settings::default();
     settings.log.filter = "info,approvals=info".into();
     crate::telemetry::init(&settings.log);
+    if let Err(reason) = check_listen(args.listen) {
+        eprintln!("approvals dev: {reason}");
+        return ExitCode::FAILURE;
+    }
     if let Err(error) = std::fs::create_dir_all(&args.data_dir) {
         eprintln!(
             "approvals dev: cannot create {}: {error}",
+            args.data_dir.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    let (policies, policy_origin) = match policy_dir(args.policies.as_deref(), &args.data_dir) {
+        Ok(found) => found,
+        Err(reason) => {
+            eprintln!("approvals dev: {reason}");
+            return ExitCode::from(2);
+        }
+    };
+    let tenant = args.tenant.as_str();
+    let (tokens, tokens_origin) = match DemoTokens::kept(&args.data_dir, tenant) {
+        Some(tokens) => (tokens, "kept from the last start"),
+        None => (DemoTokens::mint(tenant), "new"),
+    };
+    settings.auth.tokens = tokens.entries();
+    if let Err(reason) = settings.auth.tokens.iter().try_for_each(|t| t.validate()) {
+        eprintln!("approvals dev: --tenant: {reason}");
+        return ExitCode::from(2);
+    }
+    if let Err(error) = tokens.keep(&args.data_dir) {
+        eprintln!(
+            "approvals dev: cannot keep the tokens in {}: {error}",
             args.data_dir.display()
         );
         return ExitCode::FAILURE;
@@ -79,22 +227,15 @@ pub async fn run(args: DevArgs) -> ExitCode {
     };
     settings.redis.url = format!("redis://127.0.0.1:{port}/0");
     settings.server.listen = args.listen;
-    settings.policy.dir = args.policies.clone();
-    let tenant = args.tenant.as_str();
-    let (agent, agent_entry) = auth::mint(tenant, Role::Agent, "demo-agent");
-    let (reviewer, reviewer_entry) = auth::mint(tenant, Role::Reviewer, "demo-reviewer");
-    let (admin, admin_entry) = auth::mint(tenant, Role::Admin, "demo-admin");
-    settings.auth.tokens = vec![agent_entry, reviewer_entry, admin_entry];
-    if let Err(reason) = settings.auth.tokens.iter().try_for_each(|t| t.validate()) {
-        eprintln!("approvals dev: --tenant: {reason}");
-        return ExitCode::from(2);
-    }
+    settings.policy.dir = policies.clone();
     wait_for_redis(&settings.redis.url).await;
 
     let base = format!("http://{}", args.listen);
     println!(
-        "\napprovals dev: redis-server on port {port} (data in {dir}), API on {base}\n\n\
-         tokens for tenant {tenant:?} (new on every start; paste these into another shell):\n\n  \
+        "\napprovals dev: redis-server on port {port} (data in {dir}), API on {base}, \
+         policy from {policy_origin} ({policy_dir})\n\n\
+         tokens for tenant {tenant:?}, {tokens_origin} (kept with the data; delete {dir} to \
+         start clean). Paste these into another shell:\n\n  \
          export AGENT={agent}\n  export REVIEWER={reviewer}\n  export ADMIN={admin}\n\n\
          then submit, list and accept:\n\n  \
          curl -s -X POST {base}/v1/tenants/{tenant}/approvals -H \"Authorization: Bearer $AGENT\" \\\n    \
@@ -105,6 +246,10 @@ pub async fn run(args: DevArgs) -> ExitCode {
          -H 'content-type: application/json' -d '{{\"reason\":\"looks fine\"}}'\n\n\
          ctrl-c stops the service and redis-server.\n",
         dir = data_dir.display(),
+        policy_dir = policies.display(),
+        agent = tokens.agent,
+        reviewer = tokens.reviewer,
+        admin = tokens.admin,
     );
     let code = super::run_app(settings).await;
     let _ = child.kill().await;

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::auth::{self, Role};
-use crate::config::{Settings, CONFIG_VAR};
+use crate::config::{LogFormat, Settings, CONFIG_VAR};
 use crate::startup::{shutdown_signal, Application};
 
 /// Exit status for unusable configuration (the operating contract).
@@ -62,14 +62,26 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum TokenCommand {
-    /// Mint a fresh token; prints it once and the config entry holding only its digest.
+    /// Mint a fresh token; prints it once and the config entry holding only its digest (add
+    /// the entry under the config's `[[auth.tokens]]`; the service never stores the token).
     New {
+        /// The tenant the token may act for, e.g. `acme`; `*` for a platform admin (role
+        /// `admin` only), who may act for every tenant.
         #[arg(long)]
         tenant: String,
+        /// What the token may do: `agent` submits and reads its approvals, `reviewer` lists
+        /// and decides, `admin` also reads the audit and manages the tenant's policy.
         #[arg(long, value_enum)]
         role: Role,
+        /// Who holds it (a person or an agent's name): recorded as `submitted_by` or
+        /// `decided_by` and in the audit, and a reviewer may not decide what the same
+        /// subject submitted.
         #[arg(long)]
         subject: String,
+        /// Print one JSON object (`token`, `subject`, `tenant`, `role`, `sha256`) instead of
+        /// text, for scripts.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -84,8 +96,9 @@ impl Cli {
                         tenant,
                         role,
                         subject,
+                        json,
                     },
-            } => token_new(&tenant, role, &subject),
+            } => token_new(&tenant, role, &subject, json),
             Command::Migrate(args) => migrate::run(args).await,
             Command::Dev(args) => dev::run(args).await,
             Command::Policy { command } => policy::run(command).await,
@@ -143,12 +156,17 @@ async fn worker(_config: Option<PathBuf>) -> ExitCode {
 
 /// Builds and serves until SIGTERM or ctrl-c.
 async fn run_app(settings: Settings) -> ExitCode {
+    // Said once: as a log line where logs are collected (JSON), as a sentence for a person.
+    let json_logs = settings.log.format == LogFormat::Json;
     let app = match Application::build(settings).await {
         Ok(app) => app,
         Err(error) => {
             let error = crate::app::chain(&error);
-            tracing::error!(%error, "cannot start");
-            eprintln!("approvals: {error}");
+            if json_logs {
+                tracing::error!(%error, "cannot start");
+            } else {
+                eprintln!("approvals: {error}");
+            }
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -161,11 +179,22 @@ async fn run_app(settings: Settings) -> ExitCode {
     }
 }
 
-fn token_new(tenant: &str, role: Role, subject: &str) -> ExitCode {
+fn token_new(tenant: &str, role: Role, subject: &str, json: bool) -> ExitCode {
     let (token, entry) = auth::mint(tenant, role, subject);
     if let Err(reason) = entry.validate() {
         eprintln!("approvals: {reason}");
         return ExitCode::from(EXIT_CONFIG);
+    }
+    if json {
+        let minted = serde_json::json!({
+            "token": token,
+            "subject": entry.subject,
+            "tenant": entry.tenant,
+            "role": entry.role.as_str(),
+            "sha256": entry.sha256,
+        });
+        println!("{minted}");
+        return ExitCode::SUCCESS;
     }
     println!("token (shown once; give it to {subject}):\n  {token}\n");
     println!("config entry (add to your config file):\n");

@@ -11,6 +11,7 @@ mod backend;
 mod digest;
 mod ids;
 mod policy_store;
+mod repeated_failure;
 mod stats;
 mod time;
 
@@ -27,5 +28,6 @@ pub use backend::{
 pub use digest::action_digest;
 pub use ids::{ApprovalId, InvalidIdentifier, TenantId};
 pub use policy_store::{BundleFile, BundleSummary, PolicyState, PolicyStore, StoredBundle};
+pub use repeated_failure::{FailureLog, RepeatedFailure, REMIND_EVERY};
 pub use stats::{PendingStats, TenantPending};
 pub use time::Timestamp;

@@ -97,10 +97,23 @@ impl Waiters {
     /// Runs the process's one subscriber until the task is dropped, reconnecting forever.
     pub async fn listen(self, client: redis::Client) {
         let mut backoff = Duration::from_millis(100);
+        // While Redis is down this loops every 2 s: logged when it starts, then once a minute.
+        let mut failures = approvals_core::RepeatedFailure::default();
         loop {
-            match self.listen_once(&client).await {
-                Ok(()) => tracing::warn!("decision subscriber disconnected; reconnecting"),
-                Err(error) => tracing::warn!(%error, "decision subscriber failed; reconnecting"),
+            let started = std::time::Instant::now();
+            let outcome = self.listen_once(&client).await;
+            // Listening for a while means it had connected: a later loss is a new episode.
+            if started.elapsed() > Duration::from_secs(10) {
+                failures.succeeded();
+            }
+            match (failures.failed(), outcome) {
+                (approvals_core::FailureLog::Quiet, _) => {}
+                (log, Ok(())) => {
+                    tracing::warn!(?log, "decision subscriber disconnected; reconnecting")
+                }
+                (log, Err(error)) => {
+                    tracing::warn!(?log, %error, "decision subscriber failed; reconnecting")
+                }
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(2));
