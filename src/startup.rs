@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, AppState};
 use crate::app::{Approvals, EngineMetrics, TenantPolicies};
 use crate::auth::Authenticator;
-use crate::config::{Settings, REDIS_TTL_COMFORT};
+use crate::config::{BackendChoice, Settings, REDIS_TTL_COMFORT};
 use crate::decision_log::DecisionLog;
 use crate::engines::{EngineError, RunningEngine};
 use crate::metrics::MetricsHandle;
@@ -86,7 +86,13 @@ impl Application {
             policies.clone(),
             settings.approvals.clone(),
             settings.limits.clone(),
-            MetricsHandle::new(settings.approvals.max_ttl(), ttls),
+            MetricsHandle::new(settings.approvals.max_ttl(), ttls).with_engine(
+                settings.backend.kind(),
+                match &settings.backend {
+                    BackendChoice::Dual { primary, .. } => primary.as_str(),
+                    _ => "",
+                },
+            ),
             shutdown.clone(),
             decision_log,
         ));

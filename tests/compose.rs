@@ -24,7 +24,13 @@ const OPERATOR_FILES: &[(&str, &str)] = &[
 ];
 
 /// Services started without a profile, and those under profile `temporal`.
-const DEFAULT_SERVICES: &[&str] = &["redis", "approvals", "prometheus", "grafana"];
+const DEFAULT_SERVICES: &[&str] = &[
+    "redis",
+    "approvals",
+    "prometheus",
+    "alertmanager",
+    "grafana",
+];
 const TEMPORAL_SERVICES: &[&str] = &["temporal", "approvals-worker"];
 
 fn root() -> &'static Path {
@@ -766,6 +772,37 @@ fn prometheus_reads_its_mounted_config_rules_and_scrapes_the_service() {
         targets.iter().any(|t| t == "approvals:8080"),
         "prometheus.yml must scrape the compose service at approvals:8080 (targets: {targets:?})"
     );
+    // The workers, on the port their worker.listen says (the expiry counts and the
+    // missing-worker alert come from there).
+    let worker_listen = environment(service(&doc, "approvals-worker"))
+        .get("APPROVALS_WORKER__LISTEN")
+        .cloned()
+        .expect("approvals-worker: APPROVALS_WORKER__LISTEN");
+    let worker_port = worker_listen.rsplit(':').next().unwrap();
+    let worker_target = format!("approvals-worker:{worker_port}");
+    assert!(
+        targets.contains(&worker_target),
+        "prometheus.yml must scrape the workers at {worker_target} (targets: {targets:?})"
+    );
+    // Alerts go to the stack's Alertmanager, and their runbook links get their base.
+    let alertmanagers: Vec<String> = parsed["alerting"]["alertmanagers"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .flat_map(|am| am["static_configs"].as_sequence().into_iter().flatten())
+        .flat_map(|sc| strings(&sc["targets"]))
+        .collect();
+    assert_eq!(alertmanagers, ["alertmanager:9093"]);
+    assert!(!service(&doc, "alertmanager").is_null());
+    assert_eq!(
+        scalar(&parsed["global"]["external_labels"]["runbook_base"]),
+        "${APPROVALS_RUNBOOK_BASE}"
+    );
+    assert!(
+        command.contains(&"--enable-feature=expand-external-labels".to_owned()),
+        "prometheus expands ${{APPROVALS_RUNBOOK_BASE}}: {command:?}"
+    );
+    assert!(environment(prometheus).contains_key("APPROVALS_RUNBOOK_BASE"));
 }
 
 #[test]

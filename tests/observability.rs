@@ -29,6 +29,12 @@ const ALERT_TESTS: &str = "prometheus/alerts_test.yml";
 const PROMETHEUS_CONFIG: &str = "prometheus/prometheus.yml";
 const RUNBOOK: &str = "docs/runbook.md";
 
+/// Alerts on inputs only a dual soak or a Temporal-backed service exports.
+const ENGINE_ALERTS: &[&str] = &[
+    "ApprovalsDualDisagreements",
+    "ApprovalsTemporalWorkerMissing",
+];
+
 /// The two tenants of the live test: acme keeps the default TTL (24 h), globex's approvals
 /// live two seconds, so they expire during the test.
 const ACME: &str = "acme";
@@ -197,7 +203,11 @@ fn every_alert_has_a_summary_a_description_a_runbook_section_and_unit_tests() {
                 "{name}: description does not say which tenants suffer"
             ));
         }
-        let expected_url = format!("{RUNBOOK}#{}", name.to_lowercase());
+        // Absolute under Prometheus' external label `runbook_base`, the repository path without.
+        let expected_url = format!(
+            "{{{{ with $externalLabels.runbook_base }}}}{{{{ . }}}}/{{{{ end }}}}{RUNBOOK}#{}",
+            name.to_lowercase()
+        );
         match rule.annotations.get("runbook_url") {
             Some(url) if *url == expected_url => {}
             other => problems.push(format!(
@@ -772,6 +782,7 @@ async fn every_dashboard_and_alert_query_answers_from_a_real_prometheus() {
         targets: vec![service.base.trim_start_matches("http://").to_owned()],
         rule_files: vec![repo(ALERTS)],
         interval: Duration::from_secs(1),
+        ..Default::default()
     })
     .await;
     let prom = Prom {
@@ -981,6 +992,11 @@ async fn every_dashboard_and_alert_query_answers_from_a_real_prometheus() {
     for rule in &rules {
         if let Answer::Error(e) = prom.query(&rule.expr).await {
             failures.push(format!("alert {}: {e}\n    {}", rule.name, rule.expr));
+        }
+        // This run serves from Redis alone: the engine alerts' inputs (a dual soak's
+        // comparisons, Temporal workers) do not exist here. promtool's unit tests cover them.
+        if ENGINE_ALERTS.contains(&rule.name.as_str()) {
+            continue;
         }
         for probe in probes(&rule.expr) {
             match prom.query(&probe).await {

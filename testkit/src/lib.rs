@@ -8,6 +8,7 @@
 mod redis_server;
 
 pub use redis_server::RedisServer;
+pub mod alertmanager_server;
 pub mod process;
 pub mod prometheus_server;
 pub mod temporal_server;

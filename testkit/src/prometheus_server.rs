@@ -9,7 +9,7 @@ use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// What the server scrapes and evaluates.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct PrometheusConfig {
     /// The scrape job's name (alert rules may select on it).
     pub job: String,
@@ -19,6 +19,10 @@ pub struct PrometheusConfig {
     pub rule_files: Vec<PathBuf>,
     /// Scrape and rule evaluation interval.
     pub interval: Duration,
+    /// `global.external_labels` (alert templates read them as `$externalLabels`).
+    pub external_labels: Vec<(String, String)>,
+    /// `host:port` of each Alertmanager the alerts are sent to.
+    pub alertmanagers: Vec<String>,
 }
 
 pub struct PrometheusServer {
@@ -126,6 +130,18 @@ fn render_config(config: &PrometheusConfig) -> String {
     let mut out = format!(
         "global:\n  scrape_interval: {interval}\n  scrape_timeout: {interval}\n  evaluation_interval: {interval}\n"
     );
+    if !config.external_labels.is_empty() {
+        out.push_str("  external_labels:\n");
+        for (name, value) in &config.external_labels {
+            out.push_str(&format!("    {name}: {}\n", quoted(value)));
+        }
+    }
+    if !config.alertmanagers.is_empty() {
+        out.push_str("alerting:\n  alertmanagers:\n    - static_configs:\n        - targets:\n");
+        for target in &config.alertmanagers {
+            out.push_str(&format!("            - {}\n", quoted(target)));
+        }
+    }
     out.push_str("rule_files:\n");
     for file in &config.rule_files {
         out.push_str(&format!("  - {}\n", quoted(&file.display().to_string())));
@@ -141,7 +157,7 @@ fn render_config(config: &PrometheusConfig) -> String {
 }
 
 /// The status of `GET path` on 127.0.0.1:`port`, or `None` if nothing answers.
-async fn http_status(port: u16, path: &str) -> Option<u16> {
+pub(crate) async fn http_status(port: u16, path: &str) -> Option<u16> {
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await

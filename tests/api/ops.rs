@@ -52,6 +52,14 @@ async fn a_fresh_install_reports_its_backend_up(h: Harness) {
         )
         .await;
     assert!(text.contains("approvals_backend_up 1"), "{text}");
+    // Which engine answers: the missing-worker alert selects on it.
+    let engine = match h.backend {
+        crate::support::Backend::Redis => "redis",
+        #[cfg(feature = "temporal")]
+        crate::support::Backend::Temporal => "temporal",
+    };
+    let info = format!("approvals_engine_info{{engine=\"{engine}\",primary=\"\"}} 1");
+    assert!(text.contains(&info), "{info} in\n{text}");
 }
 
 async fn metrics_show_pending_count_and_age_per_tenant(h: Harness) {

@@ -1,0 +1,144 @@
+//! Alerts reach someone: the repository's alert rules in a real Prometheus, sending to a real
+//! Alertmanager with the repository's configuration, whose webhook receiver is a local HTTP
+//! server here. Only the waiting is shortened (every rule's `for` and the route's group waits;
+//! promtool's unit tests in prometheus/alerts_test.yml check the timing): what arrives is what
+//! a pager or chat bridge would get, with the runbook link made absolute by Prometheus'
+//! `runbook_base` external label.
+//!
+//! Needs `prometheus` and `prometheus-alertmanager` (scripts/test.sh installs them).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use approvals_testkit::alertmanager_server::AlertmanagerServer;
+use approvals_testkit::free_port;
+use approvals_testkit::prometheus_server::{PrometheusConfig, PrometheusServer};
+use axum::extract::State;
+use axum::routing::post;
+use axum::{Json, Router};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+const RUNBOOK_BASE: &str = "https://runbooks.example.org/approvals/blob/main";
+
+fn repo(relative: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+/// A webhook receiver: every payload Alertmanager POSTs, in order.
+async fn receiver() -> (String, mpsc::UnboundedReceiver<Value>) {
+    let (sender, received) = mpsc::unbounded_channel();
+    let app =
+        Router::new()
+            .route(
+                "/alerts",
+                post(
+                    |State(sender): State<mpsc::UnboundedSender<Value>>,
+                     Json(body): Json<Value>| async move {
+                        let _ = sender.send(body);
+                    },
+                ),
+            )
+            .with_state(sender);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/alerts", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, received)
+}
+
+/// alertmanager/alertmanager.yml with its receiver pointed at `url` and no group waits.
+fn alertmanager_config(url: &str) -> String {
+    let text = std::fs::read_to_string(repo("alertmanager/alertmanager.yml")).unwrap();
+    let mut config: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let mut pointed = 0;
+    for receiver in config["receivers"].as_sequence_mut().unwrap() {
+        for webhook in receiver["webhook_configs"]
+            .as_sequence_mut()
+            .into_iter()
+            .flatten()
+        {
+            webhook["url"] = url.into();
+            pointed += 1;
+        }
+    }
+    assert!(pointed > 0, "alertmanager.yml has a webhook receiver");
+    let route = &mut config["route"];
+    route["group_wait"] = "0s".into();
+    route["group_interval"] = "1s".into();
+    for child in route["routes"].as_sequence_mut().into_iter().flatten() {
+        child["group_wait"] = "0s".into();
+    }
+    serde_yaml::to_string(&config).unwrap()
+}
+
+/// prometheus/alerts.yml with every `for` at zero, written where Prometheus can read it.
+fn immediate_rules(dir: &std::path::Path) -> PathBuf {
+    let text = std::fs::read_to_string(repo("prometheus/alerts.yml")).unwrap();
+    let mut rules: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    for group in rules["groups"].as_sequence_mut().unwrap() {
+        for rule in group["rules"].as_sequence_mut().unwrap() {
+            if rule.get("for").is_some() {
+                rule["for"] = "0s".into();
+            }
+        }
+    }
+    let path = dir.join("alerts.yml");
+    std::fs::write(&path, serde_yaml::to_string(&rules).unwrap()).unwrap();
+    path
+}
+
+/// An instance Prometheus cannot scrape: ApprovalsServiceDown reaches the receiver, with its
+/// summary, severity and an absolute runbook link that names its runbook section.
+#[tokio::test]
+async fn a_firing_alert_reaches_the_receiver_with_an_absolute_runbook_link() {
+    let (url, mut received) = receiver().await;
+    let alertmanager = AlertmanagerServer::start(&alertmanager_config(&url)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let down = format!("127.0.0.1:{}", free_port());
+    let prometheus = PrometheusServer::start(&PrometheusConfig {
+        job: "approvals".into(),
+        targets: vec![down.clone()],
+        rule_files: vec![immediate_rules(dir.path())],
+        interval: Duration::from_millis(500),
+        external_labels: vec![("runbook_base".into(), RUNBOOK_BASE.into())],
+        alertmanagers: vec![alertmanager.address()],
+    })
+    .await;
+
+    let alert = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let payload = received.recv().await.expect("the receiver runs");
+            assert_eq!(payload["receiver"], "approvals-oncall", "{payload}");
+            let found = payload["alerts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|a| a["labels"]["alertname"] == "ApprovalsServiceDown")
+                .cloned();
+            if let Some(alert) = found {
+                return alert;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "no ApprovalsServiceDown at the receiver within 60 s\nprometheus:\n{}\nalertmanager:\n{}",
+            prometheus.log(),
+            alertmanager.log()
+        )
+    });
+    assert_eq!(alert["status"], "firing", "{alert}");
+    assert_eq!(alert["labels"]["severity"], "critical", "{alert}");
+    assert_eq!(alert["labels"]["instance"], down.as_str(), "{alert}");
+    assert_eq!(
+        alert["annotations"]["runbook_url"],
+        format!("{RUNBOOK_BASE}/docs/runbook.md#approvalsservicedown"),
+        "{alert}"
+    );
+    let summary = alert["annotations"]["summary"].as_str().unwrap_or_default();
+    assert!(summary.contains(&down), "{summary}");
+    // The link's section exists.
+    let runbook = std::fs::read_to_string(repo("docs/runbook.md")).unwrap();
+    assert!(runbook.contains("\n## ApprovalsServiceDown\n"));
+}
