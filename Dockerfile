@@ -6,6 +6,8 @@
 #   docker build -t approvals:0.1.0 .
 #   docker build -t approvals-worker:0.1.0 --build-arg FEATURES=temporal .   # `approvals worker`
 #
+# docker compose passes FEATURES from APPROVALS_FEATURES (README, "Temporal backend").
+#
 # The runtime image holds the binary, the default policy bundle (/opt/approvals/policies) and
 # curl for the health check. Configuration: `approvals serve --config FILE` (or APPROVALS_CONFIG)
 # plus APPROVALS_<SECTION>__<KEY> variables (README.md, "Configuration"); tokens belong in the
@@ -17,13 +19,8 @@ FROM rust:1.95.0-slim-bookworm AS build
 # Cargo features to build with, space- or comma-separated ("temporal" for the worker image).
 ARG FEATURES=""
 
-# The Temporal SDK's build script needs protoc (unless the SDK's `vendored-protox` feature is on).
-RUN set -eux; \
-    case "$FEATURES" in \
-      *temporal*) apt-get update; \
-                  apt-get install -y --no-install-recommends protobuf-compiler; \
-                  rm -rf /var/lib/apt/lists/* ;; \
-    esac
+# No protoc needed for "temporal": the Temporal client is built with its `vendored-protox`
+# feature (a pure-Rust protobuf compiler; backends/temporal/Cargo.toml).
 
 WORKDIR /src
 # The whole workspace (every member's manifest is needed); .dockerignore keeps target/, .git,

