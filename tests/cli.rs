@@ -187,6 +187,15 @@ async fn sigterm_answers_long_polls_and_drains() {
             .bearer_auth(agent);
         tokio::spawn(async move { request.send().await })
     };
+    // A reviewer's live event stream, open when the signal comes: it ends, it does not hold
+    // the drain for the whole grace period.
+    let mut events = http
+        .get(format!("{base}/v1/tenants/acme/events"))
+        .bearer_auth(reviewer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), 200);
     // Wait until the long-poll is parked before signalling.
     metrics_until(
         &http,
@@ -209,6 +218,11 @@ async fn sigterm_answers_long_polls_and_drains() {
         signalled.elapsed() < Duration::from_secs(5),
         "long-polls do not hold up shutdown"
     );
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Ok(Some(_)) = events.chunk().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the live event stream ends on SIGTERM");
     let status = service.wait_exit(Duration::from_secs(10)).await;
     assert!(status.success(), "clean exit: {status:?}");
     assert!(

@@ -337,7 +337,8 @@ fn merged_config(dir: &Path, files: &[&str], env: &[(&str, &str)]) -> Value {
     for file in files {
         run.args(["--file", file]);
     }
-    run.args(["--profile", "temporal", "config"]).current_dir(dir);
+    run.args(["--profile", "temporal", "config"])
+        .current_dir(dir);
     for var in [
         "COMPOSE_FILE",
         "COMPOSE_PROFILES",

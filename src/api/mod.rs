@@ -2,6 +2,7 @@
 //! the application layer (`crate::app`) and map its answer; they hold no rules of their own.
 
 mod approvals;
+mod events;
 mod extract;
 mod ops;
 mod policy;
@@ -100,6 +101,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(approvals::accept))
         .routes(routes!(approvals::reject))
         .routes(routes!(approvals::audit))
+        .routes(routes!(events::events))
         .routes(routes!(policy::read_policy))
         .routes(routes!(policy::upload_bundle, policy::list_bundles))
         .routes(routes!(policy::read_bundle))

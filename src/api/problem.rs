@@ -100,6 +100,11 @@ impl ApiError {
                 "too_many_pending",
                 "Too many pending approvals",
             ),
+            Self::App(AppError::TooManyStreams { .. }) => (
+                S::TOO_MANY_REQUESTS,
+                "too_many_streams",
+                "Too many live event streams",
+            ),
             Self::App(AppError::AlreadyDecided(_)) => {
                 (S::CONFLICT, "already_decided", "Already decided")
             }

@@ -13,6 +13,7 @@ mod evaluators;
 mod events;
 mod figures;
 mod limits;
+mod live;
 mod policy_admin;
 mod review;
 mod submit;
@@ -27,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 pub use error::AppError;
 pub use events::EngineMetrics;
 pub use limits::InputLimits;
+pub use live::{LiveEvent, LiveKind, LiveStream};
 pub use policy_admin::{PolicyView, Uploaded, MAX_BUNDLE_FILES};
 pub use review::{AuditQuery, ListQuery, MAX_REASON_CHARS};
 pub use submit::{SubmitRequest, Submitted};
@@ -53,6 +55,8 @@ pub struct Approvals {
     shutdown: CancellationToken,
     /// Where recorded audit events are copied to (a SIEM), never waited for.
     decision_log: DecisionLog,
+    /// Live event streams open on this instance, per tenant (bounded).
+    live_streams: live::LiveStreams,
 }
 
 impl Approvals {
@@ -81,6 +85,7 @@ impl Approvals {
             metrics,
             shutdown,
             decision_log,
+            live_streams: live::LiveStreams::default(),
         }
     }
 

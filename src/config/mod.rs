@@ -174,6 +174,16 @@ pub struct ApprovalSettings {
     /// Checked against the pending figures, so a burst may pass it by what arrives within
     /// `stats_interval`.
     pub max_pending_per_tenant: u64,
+    /// How often an open live event stream (`GET …/events`) reads the tenant's audit: how
+    /// late, at most, it shows what another instance recorded.
+    #[serde(with = "humantime_serde")]
+    pub events_poll_interval: Duration,
+    /// Live event streams one tenant may hold open on one instance; past it `429`.
+    pub max_event_streams_per_tenant: usize,
+    /// The longest one live event stream lasts; the client then reconnects with its
+    /// `Last-Event-ID` and misses nothing (EventSource does so by itself).
+    #[serde(with = "humantime_serde")]
+    pub events_max_duration: Duration,
 }
 
 impl Default for ApprovalSettings {
@@ -191,6 +201,9 @@ impl Default for ApprovalSettings {
             adopt_interval: Duration::from_secs(10),
             long_poll_max: Duration::from_secs(60),
             max_pending_per_tenant: 100_000,
+            events_poll_interval: Duration::from_millis(500),
+            max_event_streams_per_tenant: 50,
+            events_max_duration: Duration::from_secs(600),
         }
     }
 }

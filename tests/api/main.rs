@@ -14,6 +14,7 @@ mod connections;
 mod decide;
 mod decision_log;
 mod errors;
+mod events;
 mod expiry;
 mod legacy;
 mod list_and_audit;

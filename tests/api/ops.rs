@@ -46,12 +46,14 @@ async fn a_fresh_install_reports_its_backend_up(h: Harness) {
     let text = app
         .metrics_until(
             &app.base,
-            Duration::from_secs(5),
-            "a pending snapshot on an empty store",
-            |t| t.contains("approvals_pending_snapshot_age_seconds "),
+            Duration::from_secs(15),
+            "a pending snapshot on an empty store, and the backend up",
+            |t| {
+                t.contains("approvals_pending_snapshot_age_seconds ")
+                    && t.contains("approvals_backend_up 1")
+            },
         )
         .await;
-    assert!(text.contains("approvals_backend_up 1"), "{text}");
     // Which engine answers: the missing-worker alert selects on it.
     let engine = match h.backend {
         crate::support::Backend::Redis => "redis",
@@ -171,6 +173,9 @@ async fn the_openapi_document_is_valid_and_matches_the_service() {
                         param["schema"]["pattern"].is_string(),
                         "{method} {path}: {name} has no pattern"
                     );
+                } else if place == "header" {
+                    // The one header parameter: SSE's resume position.
+                    assert_eq!(name, "Last-Event-ID", "{method} {path}");
                 } else {
                     assert_eq!(place, "query", "{method} {path}: {name}");
                     assert_ne!(param["required"], true, "{method} {path}: {name}");
@@ -223,12 +228,17 @@ async fn the_openapi_document_is_valid_and_matches_the_service() {
 
 /// A property-based run over the served document (examples, coverage, fuzzing, and stateful
 /// sequences following its links) finds nothing the service does that the document does not
-/// say, nor the reverse. Long-polls are capped at a second so the run stays short. One check
+/// say, nor the reverse. Long-polls and live event streams are capped at a second so the run
+/// stays short. One check
 /// is left out: a random string is schema-valid as a `cursor` or `since`, yet the service
 /// refuses it (cursors are opaque, handed out by the service), and no schema can say so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_finds_no_disagreement_between_document_and_service() {
-    let app = TestApp::spawn_with(|s| s.approvals.long_poll_max = Duration::from_secs(1)).await;
+    let app = TestApp::spawn_with(|s| {
+        s.approvals.long_poll_max = Duration::from_secs(1);
+        s.approvals.events_max_duration = Duration::from_secs(1);
+    })
+    .await;
     let output = tokio::process::Command::new(tool("SCHEMATHESIS", "schemathesis"))
         .arg("run")
         .arg(app.url("/openapi.json"))

@@ -1,0 +1,156 @@
+//! `GET /v1/tenants/{tenant}/events`: live events as Server-Sent Events (`text/event-stream`).
+//!
+//! One SSE event per approval parked, decided or expired in the tenant, on any instance:
+//! `event:` names what happened, `id:` is the audit event id (a reconnecting `EventSource`
+//! sends it back as `Last-Event-ID` and resumes right after it), `data:` is the audit event as
+//! `GET …/audit` returns it. The first read happens before the answer, so a refused caller, a
+//! bad id or a backend that is down is a problem document, not a broken stream.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use super::extract::{ApiQuery, Caller, TenantPath};
+use super::{ApiError, AppState};
+use crate::app::{AppError, LiveEvent, LiveStream};
+
+/// The longest `Last-Event-ID` accepted (ids this service hands out are far shorter).
+const MAX_EVENT_ID: usize = 256;
+
+/// What a reconnecting client waits before it tries again (the SSE `retry:` field).
+const RECONNECT_AFTER: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct EventsQuery {
+    /// Resume after this event id, for clients that cannot set the `Last-Event-ID` header (the
+    /// header wins when both are given).
+    #[param(nullable = false, min_length = 1, max_length = 256)]
+    pub last_event_id: Option<String>,
+}
+
+/// Live events of a tenant: `parked`, `decided`, `expired` (reviewers and admins).
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/events", tag = "events",
+    params(("tenant" = inline(approvals_core::TenantId), Path), EventsQuery,
+        ("Last-Event-ID" = Option<String>, Header, min_length = 1, max_length = 256, description = "Resume after this event id (sent by a reconnecting EventSource)")),
+    responses((status = 200, content(
+            (String = "text/event-stream", example = "event: parked\nid: 1764759600000-0\ndata: {\"event_id\":\"1764759600000-0\",\"kind\":\"submitted\",…}\n\n")
+        )),
+        (status = 400, body = super::Problem), (status = 401, body = super::Problem),
+        (status = 403, body = super::Problem), (status = 429, body = super::Problem),
+        (status = 503, body = super::Problem)),
+    security(("bearer" = [])))]
+pub async fn events(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    TenantPath(tenant): TenantPath,
+    headers: HeaderMap,
+    ApiQuery(query): ApiQuery<EventsQuery>,
+) -> Result<Response, ApiError> {
+    let header = match headers.get("last-event-id") {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .map_err(|_| AppError::InvalidOption("Last-Event-ID: not text".into()))?
+                .to_owned(),
+        ),
+    };
+    let last_event_id = header.or(query.last_event_id);
+    if let Some(id) = &last_event_id {
+        if id.is_empty() || id.len() > MAX_EVENT_ID {
+            return Err(AppError::InvalidOption(format!(
+                "Last-Event-ID: 1 to {MAX_EVENT_ID} characters, an event id this stream sent"
+            ))
+            .into());
+        }
+    }
+    let (stream, first) = state
+        .app
+        .open_live(&caller, &tenant, last_event_id)
+        .await
+        .map_err(|e| match e {
+            // An id the engine cannot read as a position is the client's mistake.
+            AppError::InvalidOption(_) => {
+                AppError::InvalidOption("Last-Event-ID: not an event id of this tenant".into())
+            }
+            other => other,
+        })?;
+    let ends_at = tokio::time::Instant::now() + state.app.live_max_duration();
+    let live = Live {
+        state,
+        stream,
+        queued: first.into(),
+        more: false,
+        greeted: false,
+        ends_at,
+    };
+    let events = futures_util::stream::unfold(live, Live::next);
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+/// An open stream between reads: what was read and not sent yet.
+struct Live {
+    state: AppState,
+    stream: LiveStream,
+    queued: VecDeque<LiveEvent>,
+    /// The last read returned a full page: read again at once.
+    more: bool,
+    /// The `retry:` advice went out.
+    greeted: bool,
+    /// No connection is held forever: past this the stream ends and the client reconnects
+    /// with its `Last-Event-ID` (and may land on another instance).
+    ends_at: tokio::time::Instant,
+}
+
+impl Live {
+    /// The next SSE event; `None` ends the stream (shutdown, or a read failed: the client
+    /// reconnects with its last id and misses nothing).
+    async fn next(mut self) -> Option<(Result<Event, Infallible>, Self)> {
+        if !self.greeted {
+            self.greeted = true;
+            return Some((Ok(Event::default().retry(RECONNECT_AFTER)), self));
+        }
+        loop {
+            if let Some(live) = self.queued.pop_front() {
+                let event = Event::default()
+                    .event(live.kind.as_str())
+                    .id(live.event.event_id.clone())
+                    .json_data(&live.event)
+                    .unwrap_or_else(|_| Event::default().comment("unserialisable event"));
+                return Some((Ok(event), self));
+            }
+            if !self.more {
+                let app = self.state.app.clone();
+                let wake =
+                    (tokio::time::Instant::now() + app.live_poll_interval()).min(self.ends_at);
+                tokio::select! {
+                    _ = app.shutting_down() => return None,
+                    _ = tokio::time::sleep_until(wake) => {}
+                }
+            }
+            if tokio::time::Instant::now() >= self.ends_at {
+                return None;
+            }
+            match self.state.app.read_live(&mut self.stream).await {
+                Ok((events, more)) => {
+                    self.queued.extend(events);
+                    self.more = more;
+                }
+                Err(error) => {
+                    tracing::debug!(tenant = %self.stream.tenant(), %error, "live stream ends");
+                    return None;
+                }
+            }
+        }
+    }
+}

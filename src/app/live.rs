@@ -1,0 +1,227 @@
+//! Live events: a tenant's approvals being parked, decided and expiring, as they are recorded.
+//!
+//! They are read from the tenant's audit, the same record the decision log writes, so a stream
+//! sees what every instance did, in the order recorded, and a client that reconnects resumes
+//! from the last event id it saw (the audit's cursor). Each open stream reads one page every
+//! `events_poll_interval`; streams per tenant are bounded so that no one tenant's dashboards
+//! can take the instance's backend calls.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use approvals_core::{AuditEvent, AuditKind, TenantId, Timestamp};
+use serde_json::Value;
+
+use super::{AppError, Approvals};
+use crate::auth::{Permission, Principal};
+
+/// Events one read returns at most; a full page is followed by the next at once.
+const PAGE: usize = 100;
+
+/// What happened to an approval, as a live stream names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LiveKind {
+    /// Policy said `require_approval`: it waits for a reviewer.
+    Parked,
+    /// A reviewer accepted or rejected it.
+    Decided,
+    /// Its TTL ran out: an automatic rejection.
+    Expired,
+}
+
+impl LiveKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Parked => "parked",
+            Self::Decided => "decided",
+            Self::Expired => "expired",
+        }
+    }
+
+    /// The live kind of an audit event; `None` for what no live stream shows (an `allow` or
+    /// `deny` that parked nothing, a policy change, a migration).
+    fn of(event: &AuditEvent) -> Option<Self> {
+        match event.kind {
+            AuditKind::Submitted => (event.details.get("decision").and_then(Value::as_str)
+                == Some("require_approval"))
+            .then_some(Self::Parked),
+            AuditKind::Accepted | AuditKind::Rejected => Some(Self::Decided),
+            AuditKind::Expired => Some(Self::Expired),
+            AuditKind::Migrated | AuditKind::Policy => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LiveEvent {
+    pub kind: LiveKind,
+    pub event: AuditEvent,
+}
+
+/// Open streams per tenant on this instance.
+#[derive(Default)]
+pub(super) struct LiveStreams(Arc<Mutex<HashMap<TenantId, usize>>>);
+
+/// One open stream's place in the count; released when the stream is dropped.
+struct Slot {
+    streams: Arc<Mutex<HashMap<TenantId, usize>>>,
+    tenant: TenantId,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&self.tenant) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.tenant);
+            }
+        }
+    }
+}
+
+/// An open live stream: where it is in the tenant's audit.
+pub struct LiveStream {
+    tenant: TenantId,
+    /// The last event read (shown or not): the next read starts after it.
+    after: Option<String>,
+    /// Before any event was read without a `Last-Event-ID`: only what is recorded from now on.
+    since: Timestamp,
+    _slot: Slot,
+}
+
+impl LiveStream {
+    pub fn tenant(&self) -> &TenantId {
+        &self.tenant
+    }
+}
+
+impl Approvals {
+    /// Opens a live stream of `tenant` for `caller` (reviewers and admins: whoever may list),
+    /// after `last_event_id` when the client resumes, else from now, and reads its first page:
+    /// a bad id, a refused caller or a backend down is an error here, before anything is sent.
+    pub async fn open_live(
+        &self,
+        caller: &Principal,
+        tenant: &TenantId,
+        last_event_id: Option<String>,
+    ) -> Result<(LiveStream, Vec<LiveEvent>), AppError> {
+        self.authorize(caller, Permission::List, tenant)?;
+        let slot = {
+            let mut open = self
+                .live_streams
+                .0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let count = open.entry(tenant.clone()).or_default();
+            if *count >= self.settings.max_event_streams_per_tenant {
+                return Err(AppError::TooManyStreams {
+                    tenant: tenant.clone(),
+                    open: *count,
+                });
+            }
+            *count += 1;
+            Slot {
+                streams: self.live_streams.0.clone(),
+                tenant: tenant.clone(),
+            }
+        };
+        let mut stream = LiveStream {
+            tenant: tenant.clone(),
+            after: last_event_id.filter(|id| !id.is_empty()),
+            since: Timestamp::now(),
+            _slot: slot,
+        };
+        let (first, _) = self.read_live(&mut stream).await?;
+        Ok((stream, first))
+    }
+
+    /// The next events of an open stream, and whether more are already waiting (a full page).
+    pub async fn read_live(
+        &self,
+        stream: &mut LiveStream,
+    ) -> Result<(Vec<LiveEvent>, bool), AppError> {
+        let since = stream.after.is_none().then_some(stream.since);
+        let page = self
+            .engine
+            .audit(&stream.tenant, since, stream.after.as_deref(), PAGE)
+            .await
+            .map_err(|e| self.engine_failed(e))?;
+        if let Some(last) = page.items.last() {
+            stream.after = Some(last.event_id.clone());
+        }
+        let more = page.next_cursor.is_some();
+        let events = page
+            .items
+            .into_iter()
+            .filter_map(|event| LiveKind::of(&event).map(|kind| LiveEvent { kind, event }))
+            .collect();
+        Ok((events, more))
+    }
+
+    /// How often an open stream reads the audit.
+    pub fn live_poll_interval(&self) -> std::time::Duration {
+        self.settings.events_poll_interval
+    }
+
+    /// How long one live stream lasts before the client is made to reconnect.
+    pub fn live_max_duration(&self) -> std::time::Duration {
+        self.settings.events_max_duration
+    }
+
+    /// Resolves when the service begins to shut down: open streams end then.
+    pub async fn shutting_down(&self) {
+        self.shutdown.cancelled().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use approvals_core::ApprovalId;
+    use serde_json::json;
+
+    fn event(kind: AuditKind, details: Value) -> AuditEvent {
+        AuditEvent {
+            event_id: "1-0".into(),
+            timestamp: Timestamp::now(),
+            tenant: TenantId::parse("acme").unwrap(),
+            approval_id: ApprovalId::parse("req-1").unwrap(),
+            kind,
+            actor: "someone".into(),
+            details,
+        }
+    }
+
+    #[test]
+    fn only_parking_deciding_and_expiring_are_live_events() {
+        let submitted = |decision: &str| event(AuditKind::Submitted, json!({"decision": decision}));
+        let kinds: Vec<Option<LiveKind>> = [
+            submitted("require_approval"),
+            submitted("allow"),
+            submitted("deny"),
+            event(AuditKind::Accepted, json!({})),
+            event(AuditKind::Rejected, json!({})),
+            event(AuditKind::Expired, json!({})),
+            event(AuditKind::Policy, json!({})),
+            event(AuditKind::Migrated, json!({})),
+        ]
+        .iter()
+        .map(LiveKind::of)
+        .collect();
+        use LiveKind::*;
+        assert_eq!(
+            kinds,
+            [
+                Some(Parked),
+                None,
+                None,
+                Some(Decided),
+                Some(Decided),
+                Some(Expired),
+                None,
+                None
+            ]
+        );
+    }
+}

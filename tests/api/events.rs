@@ -1,0 +1,225 @@
+//! Live events (`GET /v1/tenants/{t}/events`, Server-Sent Events): what reviewers' tools and
+//! the inbox watch. Parked, decided and expired approvals appear as they happen on any
+//! instance, a reconnect resumes after its `Last-Event-ID`, and the stream keeps the tenant
+//! rules of the rest of `/v1`.
+
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::support::{assert_problem, Harness, TestApp};
+
+contract_tests!(
+    parked_decided_and_expired_approvals_appear_live_from_any_instance,
+    a_reconnect_resumes_after_its_last_event_id,
+    the_stream_keeps_the_tenant_rules_and_refuses_bad_ids
+);
+
+/// One SSE event as a client parses it.
+#[derive(Debug, Clone)]
+struct SseEvent {
+    event: String,
+    id: String,
+    data: Value,
+}
+
+/// Reads SSE frames from a streaming response.
+struct SseReader {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl SseReader {
+    async fn open(app: &TestApp, base: &str, token: &str, last_event_id: Option<&str>) -> Self {
+        let mut request = app
+            .http
+            .get(format!("{base}/v1/tenants/{}/events", app.tenant))
+            .bearer_auth(token);
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            response.headers()["content-type"].to_str().unwrap(),
+            "text/event-stream"
+        );
+        Self {
+            response,
+            buffer: String::new(),
+        }
+    }
+
+    /// The next event with a name (comments, keep-alives and `retry:` skipped).
+    async fn next(&mut self, within: Duration) -> SseEvent {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let frame: String = self.buffer.drain(..end + 2).collect();
+                let (mut event, mut id, mut data) = (None, None, String::new());
+                for line in frame.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        event = Some(v.trim().to_owned());
+                    } else if let Some(v) = line.strip_prefix("id:") {
+                        id = Some(v.trim().to_owned());
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim());
+                    }
+                }
+                if let (Some(event), Some(id)) = (event, id) {
+                    let data = serde_json::from_str(&data).expect("data is JSON");
+                    return SseEvent { event, id, data };
+                }
+                continue;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let chunk = tokio::time::timeout(left, self.response.chunk())
+                .await
+                .unwrap_or_else(|_| panic!("no event within {within:?}; read {:?}", self.buffer))
+                .expect("the stream reads")
+                .expect("the stream stays open");
+            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+}
+
+const WITHIN: Duration = Duration::from_secs(15);
+
+async fn parked_decided_and_expired_approvals_appear_live_from_any_instance(h: Harness) {
+    let tenant = h.tenant.clone();
+    let app = h
+        .spawn_with(|s| {
+            s.approvals
+                .tenant_ttl
+                .insert(tenant.clone(), Duration::from_secs(2));
+        })
+        .await;
+    let (other, _stop) = app.second_instance().await;
+    let mut live = SseReader::open(&app, &app.base, &app.tokens.reviewer, None).await;
+
+    app.park("first").await;
+    let allowed = app
+        .submit(
+            "allowed",
+            json!({"type": "document_read", "resource": "docs/handbook.md"}),
+        )
+        .await;
+    assert_eq!(allowed.status(), StatusCode::OK, "an allow parks nothing");
+    // Decided on the other instance: the stream on this one shows it.
+    let decided = app
+        .http
+        .post(format!(
+            "{other}/v1/tenants/{}/approvals/first/accept",
+            app.tenant
+        ))
+        .bearer_auth(&app.tokens.reviewer)
+        .json(&json!({"reason": "fine"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(decided.status(), StatusCode::OK);
+    app.park("second").await;
+
+    let parked = live.next(WITHIN).await;
+    assert_eq!(
+        (parked.event.as_str(), parked.data["approval_id"].as_str()),
+        ("parked", Some("first")),
+        "{parked:?}"
+    );
+    assert_eq!(parked.data["event_id"], parked.id.as_str());
+    assert_eq!(parked.data["details"]["decision"], "require_approval");
+    let accepted = live.next(WITHIN).await;
+    assert_eq!(
+        (
+            accepted.event.as_str(),
+            accepted.data["approval_id"].as_str()
+        ),
+        ("decided", Some("first")),
+        "{accepted:?}"
+    );
+    assert_eq!(accepted.data["kind"], "accepted");
+    assert_eq!(accepted.data["actor"], "alice");
+    let second = live.next(WITHIN).await;
+    assert_eq!(
+        (second.event.as_str(), second.data["approval_id"].as_str()),
+        ("parked", Some("second")),
+        "{second:?} (the allowed submit is no live event)"
+    );
+    // Nobody decides the second: its TTL (2 s) runs out.
+    let expired = live.next(WITHIN).await;
+    assert_eq!(
+        (expired.event.as_str(), expired.data["approval_id"].as_str()),
+        ("expired", Some("second")),
+        "{expired:?}"
+    );
+}
+
+async fn a_reconnect_resumes_after_its_last_event_id(h: Harness) {
+    let app = h.spawn().await;
+    let mut live = SseReader::open(&app, &app.base, &app.tokens.admin, None).await;
+    app.park("one").await;
+    let one = live.next(WITHIN).await;
+    assert_eq!(one.data["approval_id"], "one");
+    drop(live);
+
+    // While nobody watches.
+    app.park("two").await;
+    assert_eq!(
+        app.decide("one", "reject", &app.tokens.reviewer)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+
+    let mut resumed = SseReader::open(&app, &app.base, &app.tokens.admin, Some(&one.id)).await;
+    let seen: Vec<(String, String)> = [resumed.next(WITHIN).await, resumed.next(WITHIN).await]
+        .into_iter()
+        .map(|e| (e.event, e.data["approval_id"].as_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("parked".to_owned(), "two".to_owned()),
+            ("decided".to_owned(), "one".to_owned())
+        ]
+    );
+}
+
+async fn the_stream_keeps_the_tenant_rules_and_refuses_bad_ids(h: Harness) {
+    let app = h
+        .spawn_with(|s| s.approvals.max_event_streams_per_tenant = 1)
+        .await;
+    let path = format!("/v1/tenants/{}/events", app.tenant);
+    let response = app
+        .request(Method::GET, &path, Some(&app.tokens.agent))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(response, StatusCode::FORBIDDEN, "forbidden").await;
+    let response = app
+        .request(Method::GET, &path, Some(&app.tokens.other_tenant_reviewer))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(response, StatusCode::FORBIDDEN, "forbidden").await;
+    let response = app.request(Method::GET, &path, None).send().await.unwrap();
+    assert_problem(response, StatusCode::UNAUTHORIZED, "unauthenticated").await;
+    for bad in ["not-an-event-id", &"9".repeat(300)] {
+        let response = app
+            .request(Method::GET, &path, Some(&app.tokens.reviewer))
+            .header("Last-Event-ID", bad)
+            .send()
+            .await
+            .unwrap();
+        assert_problem(response, StatusCode::BAD_REQUEST, "invalid_query").await;
+    }
+    // One stream per tenant here: a second is refused while the first is open.
+    let _first = SseReader::open(&app, &app.base, &app.tokens.reviewer, None).await;
+    let response = app
+        .request(Method::GET, &path, Some(&app.tokens.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(response, StatusCode::TOO_MANY_REQUESTS, "too_many_streams").await;
+}
