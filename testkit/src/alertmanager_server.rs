@@ -3,11 +3,10 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use crate::prometheus_server::http_status;
+use crate::prometheus_server::ready_or_stopped;
 
 pub struct AlertmanagerServer {
     port: u16,
@@ -70,25 +69,11 @@ impl AlertmanagerServer {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn();
-        let Ok(mut child) = spawned else {
+        let Ok(child) = spawned else {
             return false;
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(_)) = child.try_wait() {
-                return false;
-            }
-            if http_status(self.port, "/-/ready").await == Some(200) {
-                self.child = Some(child);
-                return true;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.child = ready_or_stopped(child, self.port).await;
+        self.child.is_some()
     }
 }
 

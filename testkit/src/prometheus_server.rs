@@ -85,25 +85,31 @@ impl PrometheusServer {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn();
-        let Ok(mut child) = spawned else {
+        let Ok(child) = spawned else {
             return false;
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(_)) = child.try_wait() {
-                return false;
-            }
-            if http_status(self.port, "/-/ready").await == Some(200) {
-                self.child = Some(child);
-                return true;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        self.child = ready_or_stopped(child, self.port).await;
+        self.child.is_some()
+    }
+}
+
+/// `child` once `GET /-/ready` on `port` answers 200 (Prometheus' and Alertmanager's readiness
+/// endpoint), or `None` if it exited first (a port taken) or is not ready within 30 s.
+pub(crate) async fn ready_or_stopped(mut child: Child, port: u16) -> Option<Child> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            return None;
         }
+        if http_status(port, "/-/ready").await == Some(200) {
+            return Some(child);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -157,7 +163,7 @@ fn render_config(config: &PrometheusConfig) -> String {
 }
 
 /// The status of `GET path` on 127.0.0.1:`port`, or `None` if nothing answers.
-pub(crate) async fn http_status(port: u16, path: &str) -> Option<u16> {
+async fn http_status(port: u16, path: &str) -> Option<u16> {
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
