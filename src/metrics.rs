@@ -4,15 +4,20 @@
 //! `approvals_pending` and `approvals_pending_age_seconds` describe what is pending *now*.
 //! They are recomputed in the background (`app::Approvals::keep_figures_fresh`) from the backend's
 //! indexes and rendered here from the latest snapshot, so a scrape never touches Redis and
-//! every instance reports the same truth.
+//! every instance reports the same truth. A tenant that had approvals pending and has none now
+//! reads 0 on every engine: Redis reports every tenant it ever parked for, Temporal's visibility
+//! only tenants with a running approval, so the snapshot adds the tenants this process saw
+//! pending before ([`KnownTenants`], bounded).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
-use approvals_core::{Approval, BackendError, EngineStatus, PendingStats, TenantId, Timestamp};
+use approvals_core::{
+    Approval, BackendError, EngineStatus, PendingStats, TenantId, TenantPending, Timestamp,
+};
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::Response;
@@ -29,6 +34,11 @@ const AGE_BUCKETS: &[f64] = &[
     60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 43200.0, 86400.0, 172800.0,
     259200.0, 604800.0,
 ];
+
+/// At most this many tenants with nothing pending are remembered to report 0 (those that had
+/// approvals pending longest ago are forgotten first): a bound on the `approvals_pending*`
+/// series an engine that reports only tenants with something pending can leave behind.
+pub const MAX_ZEROED_TENANTS: usize = 10_000;
 
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -53,6 +63,17 @@ fn prometheus() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+/// Installs the process-wide recorder now, for a process without a [`MetricsHandle`] (the
+/// Temporal worker): what is counted before it is installed is lost.
+pub fn install_recorder() {
+    let _ = prometheus();
+}
+
+/// The recorder's counters and histograms in Prometheus text (the worker's `/metrics`).
+pub fn render_recorded() -> String {
+    prometheus().render()
 }
 
 fn describe() {
@@ -101,6 +122,8 @@ pub struct MetricsHandle {
     long_polls: Arc<AtomicI64>,
     /// Whether the backend answered the last background call (-1 before the first).
     backend_up: Arc<AtomicI64>,
+    /// The tenants seen pending, reported as 0 when the engine leaves them out.
+    known: Arc<Mutex<KnownTenants>>,
     /// `approvals_engine_info` labels: which engine answers (`backend.kind`) and, for a dual
     /// soak, which one is primary. Alert rules that only matter for Temporal select on it.
     engine: Arc<(String, String)>,
@@ -138,6 +161,7 @@ impl MetricsHandle {
             ),
             long_polls: Arc::default(),
             backend_up: Arc::new(AtomicI64::new(-1)),
+            known: Arc::new(Mutex::new(KnownTenants::new(MAX_ZEROED_TENANTS))),
             engine: Arc::new(("redis".into(), String::new())),
         }
     }
@@ -170,8 +194,14 @@ impl MetricsHandle {
             .unwrap_or(0)
     }
 
-    /// Stores a fresh snapshot and how long computing it took.
+    /// Stores a fresh snapshot and how long computing it took. Tenants seen pending before
+    /// and missing from `stats` are added with nothing pending.
     pub fn set_pending(&self, stats: PendingStats, took: Duration) {
+        let stats = self
+            .known
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .fill(stats, self.bounds.len());
         let counts = stats
             .tenants
             .iter()
@@ -247,6 +277,63 @@ impl MetricsHandle {
             );
         }
         out
+    }
+}
+
+/// The tenants seen with approvals pending, so that one whose last approval settled reads 0
+/// instead of vanishing from `approvals_pending` (a series that disappears is not a 0 to
+/// Prometheus: `delta`, `max by` and the dashboards see a gap, not an empty queue). Per process:
+/// an instance started since a tenant last had something pending does not know it.
+#[derive(Debug)]
+pub struct KnownTenants {
+    /// Tenant -> the pass in which it last had something pending.
+    last_pending: HashMap<TenantId, u64>,
+    pass: u64,
+    max_zeroed: usize,
+}
+
+impl KnownTenants {
+    pub fn new(max_zeroed: usize) -> Self {
+        Self {
+            last_pending: HashMap::new(),
+            pass: 0,
+            max_zeroed,
+        }
+    }
+
+    /// `stats` with every remembered tenant it lacks added at 0 (`bounds` age buckets each);
+    /// remembers the tenants it reports pending.
+    pub fn fill(&mut self, mut stats: PendingStats, bounds: usize) -> PendingStats {
+        self.pass += 1;
+        let reported: HashSet<TenantId> = stats.tenants.iter().map(|t| t.tenant.clone()).collect();
+        for t in stats.tenants.iter().filter(|t| t.count > 0) {
+            self.last_pending.insert(t.tenant.clone(), self.pass);
+        }
+        let mut zeroed: Vec<(u64, TenantId)> = self
+            .last_pending
+            .iter()
+            .filter(|(tenant, _)| !reported.contains(*tenant))
+            .map(|(tenant, pass)| (*pass, tenant.clone()))
+            .collect();
+        if zeroed.len() > self.max_zeroed {
+            // Forget those that had something pending longest ago.
+            zeroed.sort_unstable();
+            let forget = zeroed.len() - self.max_zeroed;
+            for (_, tenant) in zeroed.drain(..forget) {
+                self.last_pending.remove(&tenant);
+            }
+        }
+        zeroed.sort_unstable_by(|a, b| a.1.cmp(&b.1));
+        stats
+            .tenants
+            .extend(zeroed.into_iter().map(|(_, tenant)| TenantPending {
+                tenant,
+                count: 0,
+                age_sum_seconds: 0.0,
+                oldest_age_seconds: 0.0,
+                le: vec![0; bounds],
+            }));
+        stats
     }
 }
 
@@ -456,4 +543,127 @@ pub async fn track_http(request: Request, next: Next) -> Response {
     metrics::histogram!("approvals_http_request_duration_seconds", "route" => route, "method" => method)
         .record(started.elapsed().as_secs_f64());
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant(name: &str) -> TenantId {
+        TenantId::parse(name).expect("tenant")
+    }
+
+    fn pending(name: &str, count: u64, bounds: usize) -> TenantPending {
+        TenantPending {
+            tenant: tenant(name),
+            count,
+            age_sum_seconds: count as f64 * 10.0,
+            oldest_age_seconds: if count > 0 { 10.0 } else { 0.0 },
+            le: vec![count; bounds],
+        }
+    }
+
+    fn stats(tenants: Vec<TenantPending>) -> PendingStats {
+        PendingStats { tenants }
+    }
+
+    fn counts(stats: &PendingStats) -> Vec<(String, u64)> {
+        let mut counts: Vec<_> = stats
+            .tenants
+            .iter()
+            .map(|t| (t.tenant.to_string(), t.count))
+            .collect();
+        counts.sort();
+        counts
+    }
+
+    #[test]
+    fn a_tenant_seen_pending_reads_zero_once_the_engine_leaves_it_out() {
+        let handle = MetricsHandle::new(Duration::from_secs(3600), Vec::new());
+        let bounds = handle.age_bounds().len();
+        handle.set_pending(
+            stats(vec![
+                pending("settles", 2, bounds),
+                pending("stays", 1, bounds),
+            ]),
+            Duration::ZERO,
+        );
+        assert_eq!(handle.pending_count(&tenant("settles")), 2);
+        // Temporal's visibility lists only tenants with a running approval.
+        handle.set_pending(stats(vec![pending("stays", 1, bounds)]), Duration::ZERO);
+        assert_eq!(handle.pending_count(&tenant("settles")), 0);
+        let text = handle.render(&EngineStatus::default());
+        assert!(
+            text.contains("approvals_pending{tenant=\"settles\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("approvals_pending{tenant=\"stays\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("approvals_pending_oldest_age_seconds{tenant=\"settles\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("approvals_pending_age_seconds_count{tenant=\"settles\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "approvals_pending_age_seconds_bucket{tenant=\"settles\",le=\"+Inf\"} 0\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("approvals_pending_age_seconds_bucket{tenant=\"settles\",le=\"60\"} 0\n"),
+            "{text}"
+        );
+        // And it comes back with its figures when something is pending again.
+        handle.set_pending(stats(vec![pending("settles", 3, bounds)]), Duration::ZERO);
+        let text = handle.render(&EngineStatus::default());
+        assert!(
+            text.contains("approvals_pending{tenant=\"settles\"} 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("approvals_pending{tenant=\"stays\"} 0\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn tenants_never_seen_pending_are_not_invented_and_engine_zeros_are_not_doubled() {
+        let mut known = KnownTenants::new(10);
+        // Redis reports every tenant it ever parked for, at 0 when nothing is pending.
+        let filled = known.fill(stats(vec![pending("idle", 0, 2), pending("busy", 1, 2)]), 2);
+        assert_eq!(counts(&filled), [("busy".into(), 1), ("idle".into(), 0)]);
+        let filled = known.fill(stats(vec![pending("idle", 0, 2)]), 2);
+        assert_eq!(counts(&filled), [("busy".into(), 0), ("idle".into(), 0)]);
+        assert!(filled.tenants.iter().all(|t| t.le == [0, 0]));
+        let filled = known.fill(stats(Vec::new()), 2);
+        assert_eq!(counts(&filled), [("busy".into(), 0)]);
+    }
+
+    #[test]
+    fn the_zeroed_tenants_are_bounded_forgetting_the_longest_settled_first() {
+        let mut known = KnownTenants::new(2);
+        for name in ["first", "second", "third"] {
+            known.fill(stats(vec![pending(name, 1, 1)]), 1);
+        }
+        let filled = known.fill(stats(Vec::new()), 1);
+        assert_eq!(counts(&filled), [("second".into(), 0), ("third".into(), 0)]);
+        // A tenant pending now is never forgotten, whatever the bound.
+        let filled = known.fill(stats(vec![pending("first", 1, 1)]), 1);
+        assert_eq!(
+            counts(&filled),
+            [
+                ("first".into(), 1),
+                ("second".into(), 0),
+                ("third".into(), 0)
+            ]
+        );
+        let filled = known.fill(stats(Vec::new()), 1);
+        assert_eq!(counts(&filled), [("first".into(), 0), ("third".into(), 0)]);
+    }
 }

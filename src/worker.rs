@@ -2,6 +2,14 @@
 //! `ApprovalWorkflow` on the configured task queue, drains it on SIGTERM or ctrl-c, and serves
 //! its own `/healthz`, `/readyz` and `/metrics` on `worker.listen`.
 //!
+//! Expiries happen in the workflows, so on Temporal it is the worker that counts them: its
+//! `/metrics` exports `approvals_decisions_total{tenant,outcome="expired"}` and
+//! `approvals_time_to_decision_seconds{tenant,outcome="expired"}` (and the expiry lag,
+//! `approvals_sweeper_lag_seconds`), the names and labels the API instances export for Redis'
+//! sweeper, so sums over both jobs mean the same on either engine. Counted only when Temporal
+//! answers (`backend.kind = "temporal"`, or `"dual"` with Temporal primary): a dual soak's
+//! secondary copies are counted by the primary's own expiries.
+//!
 //! The worker's future is `!Send` (the SDK's worker is), so it runs on the calling task (the
 //! binary's main task); only the small HTTP server is spawned.
 
@@ -10,7 +18,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use approvals_core::ApprovalBackend;
 use approvals_temporal::TemporalBackend;
@@ -23,7 +31,8 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Settings;
+use crate::app::EngineMetrics;
+use crate::config::{BackendChoice, EngineKind, Settings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -67,6 +76,20 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WorkerError> {
     let temporal = settings.temporal.clone();
+    // Before anything can be counted.
+    crate::metrics::install_recorder();
+    let events = match settings.backend {
+        BackendChoice::Temporal
+        | BackendChoice::Dual {
+            primary: EngineKind::Temporal,
+            ..
+        } => EngineMetrics::answering(),
+        BackendChoice::Redis
+        | BackendChoice::Dual {
+            primary: EngineKind::Redis,
+            ..
+        } => EngineMetrics::secondary(),
+    };
     let addr = settings.worker.listen;
     let listener = TcpListener::bind(addr)
         .await
@@ -94,12 +117,13 @@ pub async fn run(
         "worker polling"
     );
     let draining = status.clone();
-    let result = approvals_temporal::run_worker(temporal, async move {
-        shutdown.await;
-        tracing::info!("shutting down: draining the worker");
-        draining.draining.store(true, Ordering::Relaxed);
-    })
-    .await;
+    let result =
+        approvals_temporal::run_worker_with_events(temporal, Arc::new(events), async move {
+            shutdown.await;
+            tracing::info!("shutting down: draining the worker");
+            draining.draining.store(true, Ordering::Relaxed);
+        })
+        .await;
     stop_http.cancel();
     let _ = http.await;
     match result {
@@ -156,11 +180,17 @@ async fn readyz(State(status): State<Arc<Status>>) -> Response {
     }
 }
 
-/// Prometheus text: whether it is up and draining, how long it has run, what it polls.
+/// How long a scrape of `/metrics` waits for the Temporal frontend to answer.
+const SCRAPE_PING_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Prometheus text: the expiries its workflows recorded, whether it is up and draining, how
+/// long it has run, what it polls.
 async fn metrics(State(status): State<Arc<Status>>) -> Response {
-    let up = i32::from(status.probe.ping().await.is_ok());
+    // A scrape must not wait on a slow frontend: past this the frontend counts as down.
+    let ping = tokio::time::timeout(SCRAPE_PING_TIMEOUT, status.probe.ping()).await;
+    let up = i32::from(matches!(ping, Ok(Ok(()))));
     let draining = i32::from(status.draining.load(Ordering::Relaxed));
-    let mut out = String::new();
+    let mut out = crate::metrics::render_recorded();
     let _ = writeln!(out, "# HELP approvals_worker_info The worker's namespace and task queue.\n# TYPE approvals_worker_info gauge");
     let _ = writeln!(
         out,

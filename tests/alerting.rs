@@ -102,6 +102,7 @@ async fn a_firing_alert_reaches_the_receiver_with_an_absolute_runbook_link() {
         interval: Duration::from_millis(500),
         external_labels: vec![("runbook_base".into(), RUNBOOK_BASE.into())],
         alertmanagers: vec![alertmanager.address()],
+        ..Default::default()
     })
     .await;
 

@@ -15,6 +15,8 @@ pub struct PrometheusConfig {
     pub job: String,
     /// `host:port` of each target; the metrics path is `/metrics`.
     pub targets: Vec<String>,
+    /// Further scrape jobs: each job's name and targets (e.g. the Temporal workers).
+    pub more_jobs: Vec<(String, Vec<String>)>,
     /// Rule files to load (absolute paths); a rule file Prometheus rejects fails the start.
     pub rule_files: Vec<PathBuf>,
     /// Scrape and rule evaluation interval.
@@ -152,12 +154,17 @@ fn render_config(config: &PrometheusConfig) -> String {
     for file in &config.rule_files {
         out.push_str(&format!("  - {}\n", quoted(&file.display().to_string())));
     }
-    out.push_str(&format!(
-        "scrape_configs:\n  - job_name: {}\n    metrics_path: /metrics\n    static_configs:\n      - targets:\n",
-        quoted(&config.job)
-    ));
-    for target in &config.targets {
-        out.push_str(&format!("          - {}\n", quoted(target)));
+    out.push_str("scrape_configs:\n");
+    let jobs = std::iter::once((&config.job, &config.targets))
+        .chain(config.more_jobs.iter().map(|(job, targets)| (job, targets)));
+    for (job, targets) in jobs {
+        out.push_str(&format!(
+            "  - job_name: {}\n    metrics_path: /metrics\n    static_configs:\n      - targets:\n",
+            quoted(job)
+        ));
+        for target in targets {
+            out.push_str(&format!("          - {}\n", quoted(target)));
+        }
     }
     out
 }

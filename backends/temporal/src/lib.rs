@@ -7,7 +7,8 @@
 //!
 //! - `TemporalBackend`: the client side, what the service uses with `backend.kind = "temporal"`
 //!   (request path in `backend`, pending figures in `stats`, whole records in `transfer`);
-//! - `run_worker`: the worker, what `approvals worker` runs;
+//! - `run_worker_with_events`: the worker, what `approvals worker` runs (it reports the
+//!   expiries its workflows record, `expiry`);
 //! - `workflow`: the workflow, its input, its update and its memo layout; `record`: the
 //!   versioned types it persists.
 //!
@@ -24,6 +25,8 @@ mod client;
 #[cfg(feature = "engine")]
 mod cursor;
 #[cfg(feature = "engine")]
+pub mod expiry;
+#[cfg(feature = "engine")]
 mod recent;
 #[cfg(feature = "engine")]
 pub mod record;
@@ -39,6 +42,6 @@ pub mod workflow;
 #[cfg(feature = "engine")]
 pub use backend::{workflow_id, TemporalBackend, TENANT_ID};
 #[cfg(feature = "engine")]
-pub use worker::run_worker;
+pub use worker::{run_worker, run_worker_with_events};
 #[cfg(feature = "engine")]
 pub use workflow::{ApprovalWorkflow, DecisionLogWorkflow};

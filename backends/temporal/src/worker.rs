@@ -2,21 +2,35 @@
 //! `approvals worker --config FILE` calls.
 
 use std::future::Future;
+use std::sync::Arc;
 
+use approvals_core::EngineEvents;
 use temporalio_sdk::{Runtime, Worker, WorkerOptions};
 
 use crate::client::{self, BoxError};
+use crate::expiry::{ExpiryActivities, Uncounted};
 use crate::settings::TemporalSettings;
 use crate::workflow::{ApprovalWorkflow, DecisionLogWorkflow};
 
+/// [`run_worker_with_events`] with expiries counted nowhere (tests, tools).
+pub async fn run_worker(
+    settings: TemporalSettings,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), BoxError> {
+    run_worker_with_events(settings, Arc::new(Uncounted), shutdown).await
+}
+
 /// Polls `settings.task_queue` until `shutdown` resolves, then drains gracefully (in-flight
 /// workflow tasks finish, the sticky queue is released so another worker takes over at once).
+/// Every approval a workflow on this worker expires is reported to `events`
+/// ([`EngineEvents::expired`]) once, from the `count_expiry` local activity.
 ///
 /// The returned future is `!Send` (the SDK's worker is): drive it on the main task
 /// (`#[tokio::main]` / `Runtime::block_on`), never with `tokio::spawn`. It must run inside a
 /// tokio runtime, which it also uses for its own connection.
-pub async fn run_worker(
+pub async fn run_worker_with_events(
     settings: TemporalSettings,
+    events: Arc<dyn EngineEvents>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), BoxError> {
     let runtime = Runtime::from_current_tokio(Default::default())?;
@@ -24,6 +38,7 @@ pub async fn run_worker(
     let options = WorkerOptions::new(settings.task_queue.clone())
         .register_workflow::<ApprovalWorkflow>()?
         .register_workflow::<DecisionLogWorkflow>()?
+        .register_activities(ExpiryActivities::new(events))
         .sticky_queue_schedule_to_start_timeout(settings.sticky_queue_timeout)
         .build();
     let mut worker = Worker::new(&runtime, client, options)?;

@@ -6,6 +6,8 @@
 //! record and the approval's audit events; both are copied into the workflow memo whenever they
 //! change, so visibility (list, audit, scan, stats) and `DescribeWorkflowExecution` (get) read
 //! them without a worker round trip. Everything it persists is a `record` type of this engine.
+//! Its one side effect outside Temporal is the local activity that counts an expiry in the
+//! worker's metrics (`expiry`), once per expired approval, behind the `count-expiry` patch.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -16,6 +18,7 @@ use temporalio_sdk::{
     MemoValue, SyncWorkflowContext, WorkflowContext, WorkflowContextView, WorkflowResult,
 };
 
+use crate::expiry::{count_expiry_options, ExpiryActivities, ExpiryInput, COUNT_EXPIRY_PATCH};
 use crate::record::{first_event, ApprovalRecord, EventRecord};
 
 /// Memo key holding the approval record as of the last workflow task.
@@ -95,6 +98,10 @@ pub struct ApprovalWorkflow {
     events: Vec<EventRecord>,
     /// The record changed since the memo was last written (the start wrote the input's).
     dirty: bool,
+    /// When this execution moved the approval to `expired` (workflow time), if it did: what
+    /// `run` reports to the worker once (`count_expiry`). Not state that history stores: replay
+    /// sets it again at the same point.
+    expired_at: Option<Timestamp>,
 }
 
 impl ApprovalWorkflow {
@@ -103,9 +110,11 @@ impl ApprovalWorkflow {
         if self.record.status == Status::Pending {
             let expires_at = self.record.expires_at;
             self.record = self.record.clone().as_of(expires_at);
-            let entry = AuditEntry::expired(&self.record, now.max(expires_at));
+            let at = now.max(expires_at);
+            let entry = AuditEntry::expired(&self.record, at);
             self.events.push(EventRecord::new(entry, 1));
             self.dirty = true;
+            self.expired_at = Some(at);
         }
     }
 
@@ -131,6 +140,7 @@ impl ApprovalWorkflow {
             record: input.approval.into(),
             events,
             dirty: false,
+            expired_at: None,
         }
     }
 
@@ -160,6 +170,26 @@ impl ApprovalWorkflow {
                 }
             } else {
                 ctx.state_mut(|s| s.expire(now));
+            }
+        }
+        // Wherever the expiry happened (the timer above, or a `decide` that arrived past the
+        // deadline, even with the first task), it happened once, and `run` gets here once.
+        if let Some(recorded_at) = ctx.state(|s| s.expired_at) {
+            // Histories recorded before the count existed have no marker here: on replay
+            // `patched` is false and they replay as they were recorded.
+            if ctx.patched(COUNT_EXPIRY_PATCH) {
+                let input = ExpiryInput {
+                    approval: ctx.state(|s| s.reply()),
+                    recorded_at,
+                };
+                // Best effort: a count that fails or times out never fails the workflow.
+                let _ = ctx
+                    .execute_local_activity(
+                        ExpiryActivities::count_expiry,
+                        input,
+                        count_expiry_options(),
+                    )
+                    .await;
             }
         }
         if ctx.state(|s| s.dirty) {

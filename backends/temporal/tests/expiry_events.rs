@@ -1,0 +1,306 @@
+//! Expiries are reported to the worker's `EngineEvents` exactly once: from the TTL timer, from a
+//! decision that arrives past the deadline (with the workflow's first task, the worker down
+//! until then), and never again when another worker replays the closed workflow. Each test has
+//! its own dev server and workers, with a recording `EngineEvents`.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use approvals_core::conformance::{decision, fresh_tenant, id, pending};
+use approvals_core::{
+    Approval, ApprovalBackend, BackendError, DecisionOutcome, EngineEvents, Status, SubmitOutcome,
+    Timestamp, Verdict,
+};
+use approvals_temporal::{workflow_id, ApprovalWorkflow, TemporalBackend, TemporalSettings};
+use approvals_testkit::temporal_server::DevServer;
+use temporalio_client::{
+    Client, ClientOptions, Connection, ConnectionOptions, Url, WorkflowFetchHistoryOptions,
+    WorkflowGetResultOptions, WorkflowQueryOptions,
+};
+
+/// Every expiry reported, in order.
+#[derive(Default)]
+struct Recorded(Mutex<Vec<(Approval, Timestamp)>>);
+
+impl Recorded {
+    fn of(&self, approval: &Approval) -> Vec<(Approval, Timestamp)> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|(a, _)| a.tenant == approval.tenant && a.id == approval.id)
+            .cloned()
+            .collect()
+    }
+
+    /// Waits until `approval`'s expiry was reported at least once (at most `within`).
+    async fn until_reported(&self, approval: &Approval, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.of(approval).is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "the expiry of {} was not reported within {within:?}",
+                approval.id
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+struct Recording(Arc<Recorded>);
+
+impl EngineEvents for Recording {
+    fn expired(&self, approval: &Approval, recorded_at: Timestamp) {
+        self.0
+             .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((approval.clone(), recorded_at));
+    }
+
+    fn chore_finished(&self, _chore: &'static str, _result: Result<usize, &BackendError>) {}
+
+    fn unreadable(&self, _key: &str, _reason: &str) {}
+}
+
+/// A worker on a thread and runtime of its own (its future is `!Send`), stopped gracefully.
+struct TestWorker {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TestWorker {
+    fn start(settings: TemporalSettings, recorded: &Arc<Recorded>) -> Self {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let events: Arc<dyn EngineEvents> = Arc::new(Recording(recorded.clone()));
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let result = runtime.block_on(approvals_temporal::run_worker_with_events(
+                settings,
+                events,
+                async {
+                    let _ = stopped.await;
+                },
+            ));
+            result.expect("worker ran");
+        });
+        Self {
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            tokio::task::spawn_blocking(move || thread.join().expect("worker thread"))
+                .await
+                .expect("join");
+        }
+    }
+}
+
+impl Drop for TestWorker {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+async fn own_server() -> DevServer {
+    tokio::task::spawn_blocking(|| DevServer::start(None))
+        .await
+        .expect("dev server")
+}
+
+fn settings_for(server: &DevServer) -> TemporalSettings {
+    let mut settings = TemporalSettings::new(server.address());
+    settings.task_queue = format!("approvals-expiry-{}", server.port);
+    settings.sticky_queue_timeout = Duration::from_secs(2);
+    // A decision sent while no worker runs waits for one.
+    settings.call_timeout = Duration::from_secs(30);
+    settings
+}
+
+async fn client_for(server: &DevServer) -> Client {
+    let options = ConnectionOptions::new(Url::parse(&server.address()).expect("url")).build();
+    let connection = Connection::connect(options).await.expect("connect");
+    Client::new(connection, ClientOptions::new("default").build()).expect("client")
+}
+
+/// Waits for the workflow to close; its final record.
+async fn closed(
+    client: &Client,
+    approval: &Approval,
+) -> approvals_temporal::record::ApprovalRecord {
+    let handle =
+        client.get_workflow_handle::<ApprovalWorkflow>(workflow_id(&approval.tenant, &approval.id));
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        handle.get_result(WorkflowGetResultOptions::default()),
+    )
+    .await
+    .expect("the workflow closed within 30 s")
+    .expect("a result")
+}
+
+/// How many local-activity markers (counts) the workflow's history holds.
+async fn counted_in_history(client: &Client, approval: &Approval) -> usize {
+    let json = client
+        .get_workflow_handle::<ApprovalWorkflow>(workflow_id(&approval.tenant, &approval.id))
+        .fetch_history(WorkflowFetchHistoryOptions::default())
+        .to_json()
+        .await
+        .expect("history");
+    let json = String::from_utf8_lossy(&json).into_owned();
+    json.matches("core_local_activity").count()
+}
+
+async fn submitted(backend: &TemporalBackend, approval: Approval) -> Approval {
+    match backend.submit(approval).await.expect("submit") {
+        SubmitOutcome::Created(a) => a,
+        other => panic!("not created: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timer_expiry_is_reported_once_and_not_again_when_another_worker_replays_it() {
+    let server = own_server().await;
+    let settings = settings_for(&server);
+    let recorded = Arc::new(Recorded::default());
+    let worker = TestWorker::start(settings.clone(), &recorded);
+    let backend = TemporalBackend::connect(settings.clone())
+        .await
+        .expect("backend");
+    let client = client_for(&server).await;
+
+    let tenant = fresh_tenant("timer");
+    let approval = submitted(&backend, pending(&tenant, "req-1", Duration::from_secs(1))).await;
+    recorded
+        .until_reported(&approval, Duration::from_secs(30))
+        .await;
+    let result = closed(&client, &approval).await;
+    assert_eq!(result.status, Status::Expired);
+
+    let reports = recorded.of(&approval);
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    let (reported, recorded_at) = &reports[0];
+    assert_eq!(reported.status, Status::Expired);
+    // What the time-to-decision histogram records: decided_at - submitted_at, the TTL.
+    assert_eq!(reported.decided_at, Some(approval.expires_at));
+    assert_eq!(reported.submitted_at, approval.submitted_at);
+    assert!(*recorded_at >= approval.expires_at, "{recorded_at}");
+    assert_eq!(counted_in_history(&client, &approval).await, 1);
+
+    // Another worker replays the whole closed history to answer a query: the count is read
+    // from the marker, the activity does not run again.
+    worker.stop().await;
+    let replacement = TestWorker::start(settings, &recorded);
+    let handle =
+        client.get_workflow_handle::<ApprovalWorkflow>(workflow_id(&approval.tenant, &approval.id));
+    let queried = tokio::time::timeout(
+        Duration::from_secs(30),
+        handle.query(
+            ApprovalWorkflow::status,
+            (),
+            WorkflowQueryOptions::default(),
+        ),
+    )
+    .await
+    .expect("the query answered within 30 s")
+    .expect("query");
+    assert_eq!(queried.status, Status::Expired);
+    assert_eq!(recorded.of(&approval).len(), 1, "counted again on replay");
+    replacement.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_past_the_deadline_expires_the_approval_and_is_reported_once() {
+    let server = own_server().await;
+    let settings = settings_for(&server);
+    let recorded = Arc::new(Recorded::default());
+    // No worker yet: the workflow's first task (and its timer) waits for one.
+    let backend = TemporalBackend::connect(settings.clone())
+        .await
+        .expect("backend");
+    let client = client_for(&server).await;
+    let tenant = fresh_tenant("late");
+    let approval = submitted(&backend, pending(&tenant, "req-1", Duration::from_secs(1))).await;
+    // Reads report the expiry from `expires_at` on, before any worker recorded it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let read = backend
+            .get(&tenant, &id("req-1"))
+            .await
+            .expect("get")
+            .expect("exists");
+        if read.status == Status::Expired {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never read as expired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(recorded.of(&approval).is_empty(), "a read counts nothing");
+
+    // The decision is delivered with the workflow's first task, past the deadline: the update
+    // handler expires the approval (before `run` starts), and that is the one count.
+    let deciding = {
+        let backend = TemporalBackend::connect(settings.clone())
+            .await
+            .expect("backend");
+        let tenant = tenant.clone();
+        tokio::spawn(async move {
+            backend
+                .decide(&tenant, &id("req-1"), decision(Verdict::Accept, "alice"))
+                .await
+        })
+    };
+    let worker = TestWorker::start(settings, &recorded);
+    let outcome = deciding.await.expect("decide task").expect("decide");
+    assert!(
+        matches!(&outcome, DecisionOutcome::Expired(a) if a.status == Status::Expired),
+        "{outcome:?}"
+    );
+    let result = closed(&client, &approval).await;
+    assert_eq!(result.status, Status::Expired);
+    let reports = recorded.of(&approval);
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert_eq!(reports[0].0.decided_at, Some(approval.expires_at));
+    assert_eq!(counted_in_history(&client, &approval).await, 1);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decided_approvals_are_not_reported_as_expiries() {
+    let server = own_server().await;
+    let settings = settings_for(&server);
+    let recorded = Arc::new(Recorded::default());
+    let worker = TestWorker::start(settings.clone(), &recorded);
+    let backend = TemporalBackend::connect(settings).await.expect("backend");
+    let client = client_for(&server).await;
+    let tenant = fresh_tenant("decided");
+    let approval = submitted(
+        &backend,
+        pending(&tenant, "req-1", Duration::from_secs(3600)),
+    )
+    .await;
+    let outcome = backend
+        .decide(&tenant, &id("req-1"), decision(Verdict::Reject, "alice"))
+        .await
+        .expect("decide");
+    assert!(
+        matches!(outcome, DecisionOutcome::Decided(_)),
+        "{outcome:?}"
+    );
+    let result = closed(&client, &approval).await;
+    assert_eq!(result.status, Status::Rejected);
+    assert!(recorded.of(&approval).is_empty());
+    assert_eq!(counted_in_history(&client, &approval).await, 0);
+    worker.stop().await;
+}
