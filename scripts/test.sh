@@ -14,6 +14,9 @@ command -v prometheus >/dev/null && command -v promtool >/dev/null || need_apt+=
 command -v prometheus-alertmanager >/dev/null || command -v alertmanager >/dev/null || need_apt+=(prometheus-alertmanager)
 command -v docker-compose >/dev/null || need_apt+=(docker-compose)
 python3 -c 'import ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+# The inbox's browser tests (tests/api/browser.rs): headless Chromium over WebDriver.
+command -v chromium >/dev/null || need_apt+=(chromium)
+command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi

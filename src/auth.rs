@@ -156,9 +156,15 @@ impl Authenticator {
             return None;
         }
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        self.by_digest(&digest)
+    }
+
+    /// The caller whose token has this SHA-256 digest (an inbox session holds the digest, not
+    /// the token).
+    pub fn by_digest(&self, digest: &[u8; 32]) -> Option<Principal> {
         let mut found = None;
         for (candidate, principal) in &self.entries {
-            if bool::from(candidate.ct_eq(&digest)) {
+            if bool::from(candidate.ct_eq(digest)) {
                 found = Some(principal);
             }
         }

@@ -2,7 +2,8 @@
 //!
 //! Layers, each depending only on those below it:
 //!
-//! - surfaces: `api` (the HTTP API), `cli` (`serve`, `worker`, `migrate`, `token`, `dev`);
+//! - surfaces: `api` (the HTTP API), `ui` (the reviewers' inbox at `/ui/`), `cli` (`serve`,
+//!   `worker`, `migrate`, `token`, `dev`);
 //! - `app`: the use cases (submit, read, wait, list, decide, audit) with their rules, metrics
 //!   and logs — what every surface calls;
 //! - `policy` (regorus), `auth` (bearer tokens), `metrics` (Prometheus);
@@ -27,5 +28,6 @@ pub mod policy;
 pub mod server;
 pub mod startup;
 pub mod telemetry;
+pub mod ui;
 #[cfg(feature = "temporal")]
 pub mod worker;

@@ -148,7 +148,13 @@ impl Application {
             tokio::spawn(async move { app.keep_figures_fresh(interval).await })
         };
         tracing::info!(addr = %listener.local_addr()?, backend = app.engine_kind(), "serving");
-        let app = api::router(state);
+        if settings.ui.enabled && settings.ui.session_secret.is_none() {
+            tracing::warn!(
+                "ui.session_secret is not set: inbox sign-ins end when this instance restarts \
+                 and are not valid on other instances (set it, the same on every instance)"
+            );
+        }
+        let app = api::router(state, &settings.ui);
         let signalled = stop.clone();
         let server = settings.server.clone();
         let grace = server.shutdown_grace;

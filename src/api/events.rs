@@ -20,6 +20,8 @@ use utoipa::IntoParams;
 use super::extract::{ApiQuery, Caller, TenantPath};
 use super::{ApiError, AppState};
 use crate::app::{AppError, LiveEvent, LiveStream};
+use crate::auth::Principal;
+use approvals_core::TenantId;
 
 /// The longest `Last-Event-ID` accepted (ids this service hands out are far shorter).
 const MAX_EVENT_ID: usize = 256;
@@ -63,7 +65,17 @@ pub async fn events(
                 .to_owned(),
         ),
     };
-    let last_event_id = header.or(query.last_event_id);
+    stream(state, &caller, &tenant, header.or(query.last_event_id)).await
+}
+
+/// The SSE answer for `caller`'s stream of `tenant`, resuming after `last_event_id` (the
+/// inbox's `/ui/events` too: a browser's `EventSource` cannot send a bearer token).
+pub(crate) async fn stream(
+    state: AppState,
+    caller: &Principal,
+    tenant: &TenantId,
+    last_event_id: Option<String>,
+) -> Result<Response, ApiError> {
     if let Some(id) = &last_event_id {
         if id.is_empty() || id.len() > MAX_EVENT_ID {
             return Err(AppError::InvalidOption(format!(
@@ -74,7 +86,7 @@ pub async fn events(
     }
     let (stream, first) = state
         .app
-        .open_live(&caller, &tenant, last_event_id)
+        .open_live(caller, tenant, last_event_id)
         .await
         .map_err(|e| match e {
             // An id the engine cannot read as a position is the client's mistake.

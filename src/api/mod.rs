@@ -2,7 +2,7 @@
 //! the application layer (`crate::app`) and map its answer; they hold no rules of their own.
 
 mod approvals;
-mod events;
+pub(crate) mod events;
 mod extract;
 mod ops;
 mod policy;
@@ -92,8 +92,12 @@ impl Modify for ProblemJson {
     }
 }
 
-/// The whole application as a router; `startup` serves it, tests may too.
-pub fn router(state: AppState) -> Router {
+/// The whole application as a router (the API and, when `ui.enabled`, the inbox); `startup`
+/// serves it, tests may too.
+pub fn router(state: AppState, ui: &crate::config::UiSettings) -> Router {
+    let inbox = ui
+        .enabled
+        .then(|| crate::ui::router(crate::ui::UiState::new(state.clone(), ui)));
     let (routes, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(approvals::submit, approvals::list))
         .routes(routes!(approvals::get_approval))
@@ -126,6 +130,7 @@ pub fn router(state: AppState) -> Router {
             within_deadline,
         ))
         .with_state(state)
+        .merge(inbox.unwrap_or_default())
         .layer(axum::middleware::from_fn(crate::metrics::track_http))
         .layer(
             TraceLayer::new_for_http()

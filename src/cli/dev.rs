@@ -228,6 +228,11 @@ pub async fn run(args: DevArgs) -> ExitCode {
     settings.redis.url = format!("redis://127.0.0.1:{port}/0");
     settings.server.listen = args.listen;
     settings.policy.dir = policies.clone();
+    // Inbox sessions survive a restart of the demo: their key is derived from a kept token.
+    settings.ui.session_secret = Some(format!(
+        "approvals-dev-inbox:{}",
+        auth::digest_hex(&tokens.admin)
+    ));
     wait_for_redis(&settings.redis.url).await;
 
     let base = format!("http://{}", args.listen);
@@ -244,6 +249,7 @@ pub async fn run(args: DevArgs) -> ExitCode {
          curl -s {base}/v1/tenants/{tenant}/approvals -H \"Authorization: Bearer $REVIEWER\"\n\n  \
          curl -s -X POST {base}/v1/tenants/{tenant}/approvals/req-1/accept -H \"Authorization: Bearer $REVIEWER\" \\\n    \
          -H 'content-type: application/json' -d '{{\"reason\":\"looks fine\"}}'\n\n\
+         or decide in the reviewers' inbox: open {base}/ui/ and sign in with the REVIEWER token.\n\n\
          ctrl-c stops the service and redis-server.\n",
         dir = data_dir.display(),
         policy_dir = policies.display(),

@@ -57,6 +57,36 @@ pub struct Settings {
     pub log: LogSettings,
     pub limits: InputLimits,
     pub decision_log: DecisionLogSettings,
+    pub ui: UiSettings,
+}
+
+/// The reviewers' inbox at `/ui/`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UiSettings {
+    /// Serve the inbox (the API is served either way).
+    pub enabled: bool,
+    /// Signs session cookies; at least 32 characters, the same on every instance. Unset, each
+    /// instance draws its own at start-up: sessions then end with a restart and do not carry
+    /// to other instances behind a load balancer.
+    pub session_secret: Option<String>,
+    /// How long a sign-in lasts.
+    #[serde(with = "humantime_serde")]
+    pub session_ttl: Duration,
+    /// Where reviewers reach the service, e.g. `https://approvals.example.com`: links to the
+    /// inbox are built on it, and an `https://` URL makes session cookies `Secure`.
+    pub public_url: Option<String>,
+}
+
+impl Default for UiSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            session_secret: None,
+            session_ttl: Duration::from_secs(8 * 3600),
+            public_url: None,
+        }
+    }
 }
 
 /// Where, besides the tenant's audit, this instance ships the audit events it records.
@@ -403,6 +433,23 @@ impl Settings {
             return Err(ConfigError::Invalid(
                 "decision_log.batch_size, queue_capacity and max_attempts must be positive".into(),
             ));
+        }
+        if let Some(secret) = &self.ui.session_secret {
+            if secret.chars().count() < 32 {
+                return Err(ConfigError::Invalid(
+                    "ui.session_secret: at least 32 characters (e.g. openssl rand -hex 32)".into(),
+                ));
+            }
+        }
+        if self.ui.session_ttl < Duration::from_secs(60) {
+            return Err(ConfigError::Invalid("ui.session_ttl: at least 1m".into()));
+        }
+        if let Some(url) = &self.ui.public_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError::Invalid(format!(
+                    "ui.public_url: an http:// or https:// URL, got {url:?}"
+                )));
+            }
         }
         let mut digests = std::collections::HashMap::new();
         for (n, token) in self.auth.tokens.iter().enumerate() {

@@ -10,6 +10,7 @@ mod shared_temporal;
 mod support;
 
 mod auth;
+mod browser;
 mod connections;
 mod decide;
 mod decision_log;
@@ -22,4 +23,5 @@ mod ops;
 mod outage;
 mod policy;
 mod submit;
+mod ui;
 mod waiting;

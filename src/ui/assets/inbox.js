@@ -1,0 +1,78 @@
+// The inbox's one script. Live: the tenant's event stream (/ui/events); when an approval is
+// parked, decided or expired anywhere, the part of the page that shows it is fetched again
+// and swapped in, and the change is announced to screen readers. Countdown: the time left
+// of pending approvals is kept current. The pages work without it.
+"use strict";
+(function () {
+  var region = document.getElementById("live-region");
+  var announcer = document.getElementById("announcer");
+
+  function span(ms) {
+    var s = Math.max(0, Math.floor(ms / 1000));
+    if (s < 60) return s + " s";
+    if (s < 3600) return Math.floor(s / 60) + " min";
+    if (s < 86400) {
+      var m = Math.floor((s % 3600) / 60);
+      return Math.floor(s / 3600) + " h" + (m ? " " + m + " min" : "");
+    }
+    var h = Math.floor((s % 86400) / 3600);
+    return Math.floor(s / 86400) + " d" + (h ? " " + h + " h" : "");
+  }
+
+  function tick() {
+    var now = Date.now();
+    document.querySelectorAll("[data-expires-at]").forEach(function (el) {
+      var left = Date.parse(el.getAttribute("data-expires-at")) - now;
+      el.textContent = left > 0 ? span(left) + " left" : "expired";
+    });
+  }
+  setInterval(tick, 15000);
+
+  if (!region || !window.EventSource) return;
+
+  var busy = false, again = false;
+  function refresh() {
+    if (busy) { again = true; return; }
+    busy = true;
+    var focusedId = document.activeElement && document.activeElement.id;
+    fetch(location.href, { credentials: "same-origin", headers: { Accept: "text/html" } })
+      .then(function (r) { return r.ok ? r.text() : Promise.reject(r.status); })
+      .then(function (html) {
+        var fresh = new DOMParser().parseFromString(html, "text/html").getElementById("live-region");
+        if (fresh) {
+          region.innerHTML = fresh.innerHTML;
+          region.setAttribute("data-status", fresh.getAttribute("data-status") || "");
+          var refocus = focusedId && document.getElementById(focusedId);
+          if (refocus) refocus.focus();
+        }
+      })
+      .catch(function () { /* the next event tries again */ })
+      .then(function () {
+        busy = false;
+        if (again) { again = false; refresh(); }
+      });
+  }
+
+  function describe(kind, event) {
+    var id = event.approval_id;
+    if (kind === "parked") return "New approval waiting: " + id + ".";
+    if (kind === "expired") return "Approval " + id + " expired.";
+    return "Approval " + id + " was " + event.kind + " by " + event.actor + ".";
+  }
+
+  var source = new EventSource("/ui/events");
+  ["parked", "decided", "expired"].forEach(function (kind) {
+    source.addEventListener(kind, function (message) {
+      var event;
+      try { event = JSON.parse(message.data); } catch (e) { return; }
+      var onDetail = region.getAttribute("data-live") === "detail";
+      if (onDetail && event.approval_id !== region.getAttribute("data-id")) return;
+      // A detail page still holding the reviewer's half-written reason is left alone until
+      // its approval is settled.
+      if (onDetail && kind === "parked") return;
+      if (announcer) announcer.textContent = describe(kind, event);
+      refresh();
+    });
+  });
+  document.body.setAttribute("data-live-ready", "true");
+})();

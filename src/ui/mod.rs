@@ -1,0 +1,91 @@
+//! The reviewers' inbox at `/ui/`: server-rendered pages (askama templates in
+//! `templates/ui/`), one small script for live updates and countdowns, one stylesheet, no
+//! external asset. Sign-in with a reviewer's or admin's token opens a cookie session
+//! (`session`); pages call the same use cases as the API (`crate::app`), so every rule
+//! (roles, tenants, self-approval, first decision wins) is the API's.
+
+mod pages;
+pub mod session;
+mod view;
+
+use std::time::Duration;
+
+use axum::extract::FromRef;
+use axum::http::{header, HeaderValue};
+use axum::routing::{get, post};
+use axum::Router;
+use axum_extra::extract::cookie::Key;
+use tower_http::set_header::SetResponseHeaderLayer;
+
+use crate::api::AppState;
+
+/// Scripts, styles, forms and connections only from this origin; no frames, no plugins.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
+    style-src 'self'; img-src 'self'; connect-src 'self'; form-action 'self'; \
+    frame-ancestors 'none'; base-uri 'none'";
+
+/// What the inbox's handlers reach.
+#[derive(Clone)]
+pub struct UiState {
+    pub api: AppState,
+    key: Key,
+    session_ttl: Duration,
+    /// Whether session cookies are `Secure` (the inbox is served over HTTPS).
+    secure_cookies: bool,
+}
+
+impl UiState {
+    pub fn new(api: AppState, settings: &crate::config::UiSettings) -> Self {
+        Self {
+            api,
+            key: session::signing_key(settings.session_secret.as_deref()),
+            session_ttl: settings.session_ttl,
+            secure_cookies: settings
+                .public_url
+                .as_deref()
+                .is_some_and(|url| url.starts_with("https://")),
+        }
+    }
+}
+
+impl FromRef<UiState> for Key {
+    fn from_ref(state: &UiState) -> Self {
+        state.key.clone()
+    }
+}
+
+/// The inbox's routes, under `/ui`.
+pub fn router(state: UiState) -> Router {
+    let security_headers = tower::ServiceBuilder::new()
+        .layer(SetResponseHeaderLayer::overriding(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        // Not `no-referrer`: under it browsers send `Origin: null` with form posts, which the
+        // cross-site check must refuse.
+        .layer(SetResponseHeaderLayer::overriding(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("same-origin"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ));
+    Router::new()
+        .route("/ui", get(pages::home))
+        .route("/ui/", get(pages::home))
+        .route("/ui/login", get(pages::login_form).post(pages::login))
+        .route("/ui/logout", post(pages::logout))
+        .route("/ui/approvals", get(pages::inbox))
+        .route("/ui/approvals/{id}", get(pages::detail))
+        .route("/ui/approvals/{id}/decision", post(pages::decide))
+        .route("/ui/events", get(pages::events))
+        .route("/ui/assets/inbox.css", get(pages::stylesheet))
+        .route("/ui/assets/inbox.js", get(pages::script))
+        .layer(security_headers)
+        .with_state(state)
+}

@@ -1,0 +1,498 @@
+//! The inbox's pages and forms. Each handler reads the session, calls one use case and
+//! renders a template; a form answers with a redirect (post/redirect/get), so reloading a page
+//! never posts a decision twice.
+
+use askama::Template;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::Form;
+use axum_extra::extract::cookie::SignedCookieJar;
+use serde::Deserialize;
+
+use approvals_core::{ApprovalId, Status, Timestamp, Verdict};
+
+use super::session::{self, Session};
+use super::view::{pretty, Row};
+use super::UiState;
+use crate::api::ApiError;
+use crate::app::{AppError, ListQuery};
+
+/// The longest token, tenant, agent filter or cursor a form or query may carry.
+const MAX_FIELD: usize = 4_096;
+
+/// What every page's header shows of the session.
+struct Chrome {
+    subject: String,
+    tenant: String,
+    csrf: String,
+}
+
+impl Chrome {
+    fn of(session: &Session) -> Self {
+        Self {
+            subject: session.principal.subject.clone(),
+            tenant: session.tenant.to_string(),
+            csrf: session.csrf.clone(),
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "ui/login.html")]
+struct LoginPage {
+    error: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "ui/inbox.html")]
+struct InboxPage {
+    chrome: Chrome,
+    heading: String,
+    /// (value, label, selected)
+    statuses: Vec<(&'static str, &'static str, bool)>,
+    status: &'static str,
+    agent: String,
+    rows: Vec<Row>,
+    next_href: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "ui/detail.html")]
+struct DetailPage {
+    chrome: Chrome,
+    row: Row,
+    pending: bool,
+    policy_version: String,
+    action: String,
+    context: String,
+    digest: String,
+    notice: Option<Notice>,
+}
+
+#[derive(Template)]
+#[template(path = "ui/error.html")]
+struct ErrorPage {
+    chrome: Option<Chrome>,
+    title: String,
+    detail: String,
+}
+
+/// A sentence above the record after a decision, and how it looks.
+struct Notice {
+    /// `success`, `warning` or `error`.
+    class: &'static str,
+    text: String,
+}
+
+fn render(page: &impl Template) -> Response {
+    match page.render() {
+        Ok(html) => Html(html).into_response(),
+        Err(error) => {
+            tracing::error!(%error, "an inbox template failed to render");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the page could not be rendered",
+            )
+                .into_response()
+        }
+    }
+}
+
+fn error_page(session: Option<&Session>, error: AppError) -> Response {
+    let error = ApiError::from(error);
+    let problem = error.to_problem();
+    let page = ErrorPage {
+        chrome: session.map(Chrome::of),
+        title: problem.title.to_owned(),
+        detail: problem.detail,
+    };
+    (error.status(), render(&page)).into_response()
+}
+
+fn refused(detail: &str) -> Response {
+    let page = ErrorPage {
+        chrome: None,
+        title: "Refused".into(),
+        detail: detail.into(),
+    };
+    (StatusCode::FORBIDDEN, render(&page)).into_response()
+}
+
+/// Where a page sends a browser without a valid session.
+fn to_sign_in() -> Response {
+    Redirect::to("/ui/login").into_response()
+}
+
+pub async fn home(State(state): State<UiState>, jar: SignedCookieJar) -> Redirect {
+    match session::current(&state.api.auth, &jar) {
+        Some(_) => Redirect::to("/ui/approvals"),
+        None => Redirect::to("/ui/login"),
+    }
+}
+
+pub async fn login_form(State(state): State<UiState>, jar: SignedCookieJar) -> Response {
+    match session::current(&state.api.auth, &jar) {
+        Some(_) => Redirect::to("/ui/approvals").into_response(),
+        None => render(&LoginPage { error: None }),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LoginForm {
+    token: String,
+    #[serde(default)]
+    tenant: String,
+}
+
+pub async fn login(
+    State(state): State<UiState>,
+    jar: SignedCookieJar,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    if !session::same_site(&headers) {
+        return refused("This sign-in form was sent from another site.");
+    }
+    if form.token.len() > MAX_FIELD || form.tenant.len() > MAX_FIELD {
+        let error = Some("That token is not known here. Check it and try again.".into());
+        return (StatusCode::UNAUTHORIZED, render(&LoginPage { error })).into_response();
+    }
+    match session::authenticate(&state.api.auth, &form.token, Some(&form.tenant)) {
+        Ok((principal, tenant)) => {
+            tracing::info!(subject = %principal.subject, %tenant, "inbox sign-in");
+            let jar = session::start(
+                jar,
+                &form.token,
+                &tenant,
+                state.session_ttl,
+                state.secure_cookies,
+            );
+            (jar, Redirect::to("/ui/approvals")).into_response()
+        }
+        Err(refusal) => {
+            let error = Some(refusal.sentence());
+            (StatusCode::UNAUTHORIZED, render(&LoginPage { error })).into_response()
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+pub async fn logout(
+    State(state): State<UiState>,
+    jar: SignedCookieJar,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    if let Some(session) = session::current(&state.api.auth, &jar) {
+        if !session::form_allowed(&session, &form.csrf, &headers) {
+            return refused("This sign-out form did not come from your inbox.");
+        }
+    }
+    (session::end(jar), Redirect::to("/ui/login")).into_response()
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct InboxQuery {
+    status: Option<String>,
+    agent: Option<String>,
+    cursor: Option<String>,
+}
+
+pub async fn inbox(
+    State(state): State<UiState>,
+    jar: SignedCookieJar,
+    Query(query): Query<InboxQuery>,
+) -> Response {
+    let Some(session) = session::current(&state.api.auth, &jar) else {
+        return to_sign_in();
+    };
+    let status = match query.status.as_deref().filter(|s| !s.is_empty()) {
+        None => Status::Pending,
+        Some(text) => match Status::parse(text) {
+            Some(status) => status,
+            None => {
+                let error = AppError::InvalidOption(format!(
+                    "status: must be pending, accepted, rejected or expired, got {text:?}"
+                ));
+                return error_page(Some(&session), error);
+            }
+        },
+    };
+    let agent = query
+        .agent
+        .unwrap_or_default()
+        .trim()
+        .chars()
+        .take(256)
+        .collect::<String>();
+    let cursor = query
+        .cursor
+        .filter(|c| !c.is_empty() && c.len() <= MAX_FIELD);
+    let list = ListQuery {
+        status: Some(status),
+        limit: Some(100),
+        cursor,
+    };
+    let page = match state
+        .api
+        .app
+        .list(&session.principal, &session.tenant, list)
+        .await
+    {
+        Ok(page) => page,
+        Err(error) => return error_page(Some(&session), error),
+    };
+    let now = Timestamp::now();
+    let rows = page
+        .items
+        .iter()
+        .filter(|a| agent.is_empty() || a.agent_id == agent)
+        .map(|a| Row::of(&a.clone().as_of(now), now))
+        .collect();
+    let next_href = page.next_cursor.map(|cursor| {
+        let query: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("status", status.as_str())
+            .append_pair("agent", &agent)
+            .append_pair("cursor", &cursor)
+            .finish();
+        format!("/ui/approvals?{query}")
+    });
+    let heading = match status {
+        Status::Pending => "Waiting for a decision".to_owned(),
+        Status::Accepted => "Accepted".to_owned(),
+        Status::Rejected => "Rejected".to_owned(),
+        Status::Expired => "Expired (automatically rejected)".to_owned(),
+    };
+    let statuses = [
+        ("pending", "Pending"),
+        ("accepted", "Accepted"),
+        ("rejected", "Rejected"),
+        ("expired", "Expired"),
+    ]
+    .into_iter()
+    .map(|(value, label)| (value, label, value == status.as_str()))
+    .collect();
+    render(&InboxPage {
+        chrome: Chrome::of(&session),
+        heading,
+        statuses,
+        status: status.as_str(),
+        agent,
+        rows,
+        next_href,
+    })
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct DetailQuery {
+    /// What the last decision form led to (set by [`decide`]'s redirect).
+    outcome: Option<String>,
+}
+
+pub async fn detail(
+    State(state): State<UiState>,
+    jar: SignedCookieJar,
+    Path(id): Path<String>,
+    Query(query): Query<DetailQuery>,
+) -> Response {
+    let Some(session) = session::current(&state.api.auth, &jar) else {
+        return to_sign_in();
+    };
+    let id = match ApprovalId::parse(id) {
+        Ok(id) => id,
+        Err(e) => return error_page(Some(&session), AppError::InvalidIdentifier(e.to_string())),
+    };
+    let approval = match state
+        .api
+        .app
+        .get(&session.principal, &session.tenant, &id)
+        .await
+    {
+        Ok(approval) => approval,
+        Err(error) => return error_page(Some(&session), error),
+    };
+    let now = Timestamp::now();
+    let row = Row::of(&approval, now);
+    let notice = query
+        .outcome
+        .as_deref()
+        .and_then(|outcome| notice(outcome, &row));
+    render(&DetailPage {
+        chrome: Chrome::of(&session),
+        pending: approval.status == Status::Pending,
+        policy_version: approval.policy_version.clone(),
+        action: pretty(&approval.action),
+        context: pretty(&approval.context),
+        digest: approval
+            .action_digest
+            .clone()
+            .unwrap_or_else(|| approvals_core::action_digest(&approval.action)),
+        row,
+        notice,
+    })
+}
+
+/// The sentence for a decision's outcome, from the record as it is now.
+fn notice(outcome: &str, row: &Row) -> Option<Notice> {
+    let decided = || format!("{} by {} at {}", row.status, row.decided_by, row.decided_at);
+    let (class, text) = match outcome {
+        "decided" => ("success", format!("Done: {}.", decided())),
+        "lost_race" => (
+            "warning",
+            format!(
+                "Someone decided first: this approval was already {}. Your decision was not recorded.",
+                decided()
+            ),
+        ),
+        "expired" => (
+            "warning",
+            format!(
+                "Too late: this approval expired at {} (an automatic rejection). Your decision was not recorded.",
+                row.decided_at
+            ),
+        ),
+        "self_approval" => (
+            "error",
+            "You submitted this request yourself, so you cannot decide it: another reviewer must."
+                .to_owned(),
+        ),
+        "changed" => (
+            "error",
+            "The action changed since this page was loaded; nothing was decided. Read it again."
+                .to_owned(),
+        ),
+        "reason_too_long" => (
+            "error",
+            format!(
+                "The reason is too long (at most {} characters); nothing was decided.",
+                crate::app::MAX_REASON_CHARS
+            ),
+        ),
+        _ => return None,
+    };
+    Some(Notice { class, text })
+}
+
+#[derive(Debug, Deserialize)]
+pub struct DecisionForm {
+    #[serde(default)]
+    csrf: String,
+    verdict: String,
+    #[serde(default)]
+    reason: String,
+    /// The digest of the action the reviewer was shown: the decision applies to that action
+    /// only.
+    #[serde(default)]
+    digest: String,
+}
+
+pub async fn decide(
+    State(state): State<UiState>,
+    jar: SignedCookieJar,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<DecisionForm>,
+) -> Response {
+    let Some(session) = session::current(&state.api.auth, &jar) else {
+        return to_sign_in();
+    };
+    if !session::form_allowed(&session, &form.csrf, &headers) {
+        tracing::warn!(subject = %session.principal.subject, tenant = %session.tenant,
+            "inbox decision refused: missing or wrong CSRF token, or sent from another site");
+        return refused(
+            "This decision did not come from your inbox (its form token is missing or wrong). \
+             Nothing was decided. Open the approval in the inbox and decide there.",
+        );
+    }
+    let id = match ApprovalId::parse(id) {
+        Ok(id) => id,
+        Err(e) => return error_page(Some(&session), AppError::InvalidIdentifier(e.to_string())),
+    };
+    let verdict = match form.verdict.as_str() {
+        "accept" => Verdict::Accept,
+        "reject" => Verdict::Reject,
+        other => {
+            let error = AppError::InvalidContent(format!(
+                "verdict: must be accept or reject, got {other:?}"
+            ));
+            return error_page(Some(&session), error);
+        }
+    };
+    let reason = Some(form.reason.trim().to_owned()).filter(|r| !r.is_empty());
+    let digest = Some(form.digest.as_str()).filter(|d| !d.is_empty());
+    let result = state
+        .api
+        .app
+        .decide(
+            &session.principal,
+            &session.tenant,
+            &id,
+            verdict,
+            reason,
+            digest,
+        )
+        .await;
+    let outcome = match result {
+        Ok(_) => "decided",
+        Err(AppError::AlreadyDecided(_)) => "lost_race",
+        Err(AppError::Expired(_)) => "expired",
+        Err(AppError::SelfApproval) => "self_approval",
+        Err(AppError::ActionMismatch { .. }) => "changed",
+        Err(AppError::InvalidContent(_)) => "reason_too_long",
+        Err(error) => return error_page(Some(&session), error),
+    };
+    Redirect::to(&format!("/ui/approvals/{id}?outcome={outcome}")).into_response()
+}
+
+/// The session's tenant's live events, for the page's `EventSource` (which cannot send a
+/// bearer token): the API's stream, with the session's principal.
+pub async fn events(
+    State(state): State<UiState>,
+    jar: SignedCookieJar,
+    headers: HeaderMap,
+) -> Response {
+    let Some(session) = session::current(&state.api.auth, &jar) else {
+        return StatusCode::UNAUTHORIZED.into_response();
+    };
+    let last_event_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    match crate::api::events::stream(
+        state.api.clone(),
+        &session.principal,
+        &session.tenant,
+        last_event_id,
+    )
+    .await
+    {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+pub async fn stylesheet() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+        ],
+        include_str!("assets/inbox.css"),
+    )
+}
+
+pub async fn script() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+        ],
+        include_str!("assets/inbox.js"),
+    )
+}

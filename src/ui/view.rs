@@ -1,0 +1,129 @@
+//! What the inbox's templates show of an approval: plain strings and flags, computed once per
+//! render, so the templates hold no logic beyond loops and ifs.
+
+use std::time::Duration;
+
+use approvals_core::{Approval, Status, Timestamp};
+use serde_json::{Map, Value};
+
+/// The share of its TTL under which a pending approval is shown as expiring soon.
+pub const EXPIRING_SOON_SHARE: f64 = 0.2;
+
+/// One approval as a row of the inbox.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub id: String,
+    pub status: &'static str,
+    pub action_type: String,
+    /// The action's `resource`, when it names one.
+    pub resource: String,
+    pub agent: String,
+    pub submitted_by: String,
+    pub reasons: Vec<String>,
+    pub submitted_at: String,
+    /// "12 min", since it was submitted.
+    pub age: String,
+    /// RFC 3339, for the page's clock to count down.
+    pub expires_at: String,
+    /// "3 h 5 min" left, or what became of it.
+    pub left: String,
+    pub expiring_soon: bool,
+    pub decided_by: String,
+    pub decided_at: String,
+    pub decision_reason: String,
+}
+
+impl Row {
+    pub fn of(approval: &Approval, now: Timestamp) -> Self {
+        // `a.elapsed_at(b)` is how long after `a` `b` is (zero when before).
+        let ttl = approval.submitted_at.elapsed_at(approval.expires_at);
+        let pending = approval.status == Status::Pending;
+        let remaining = if pending {
+            now.elapsed_at(approval.expires_at)
+        } else {
+            Duration::ZERO
+        };
+        Self {
+            id: approval.id.to_string(),
+            status: approval.status.as_str(),
+            action_type: text(&approval.action, "type"),
+            resource: text(&approval.action, "resource"),
+            agent: approval.agent_id.clone(),
+            submitted_by: approval.submitted_by.clone(),
+            reasons: approval.reasons.clone(),
+            submitted_at: clock(approval.submitted_at),
+            age: span(approval.submitted_at.elapsed_at(now)),
+            expires_at: approval.expires_at.to_string(),
+            left: if pending {
+                format!("{} left", span(remaining))
+            } else {
+                String::new()
+            },
+            expiring_soon: pending
+                && remaining.as_secs_f64() <= ttl.as_secs_f64() * EXPIRING_SOON_SHARE,
+            decided_by: approval.decided_by.clone().unwrap_or_default(),
+            decided_at: approval.decided_at.map(clock).unwrap_or_default(),
+            decision_reason: approval.decision_reason.clone().unwrap_or_default(),
+        }
+    }
+}
+
+fn text(object: &Map<String, Value>, field: &str) -> String {
+    match object.get(field) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => String::new(),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// "2026-12-03 14:05 UTC".
+pub fn clock(at: Timestamp) -> String {
+    let text = at.to_string();
+    // RFC 3339 "2026-12-03T14:05:09.123Z": the minute is enough to read; the title keeps the rest.
+    match (text.get(..10), text.get(11..16)) {
+        (Some(day), Some(minute)) => format!("{day} {minute} UTC"),
+        _ => text,
+    }
+}
+
+/// "45 s", "12 min", "3 h 5 min", "2 d 4 h".
+pub fn span(duration: Duration) -> String {
+    let secs = duration.as_secs();
+    match secs {
+        0..60 => format!("{secs} s"),
+        60..3600 => format!("{} min", secs / 60),
+        3600..86_400 => match (secs / 3600, secs % 3600 / 60) {
+            (h, 0) => format!("{h} h"),
+            (h, m) => format!("{h} h {m} min"),
+        },
+        _ => match (secs / 86_400, secs % 86_400 / 3600) {
+            (d, 0) => format!("{d} d"),
+            (d, h) => format!("{d} d {h} h"),
+        },
+    }
+}
+
+/// A JSON object as indented text for a `<pre>`.
+pub fn pretty(object: &Map<String, Value>) -> String {
+    serde_json::to_string_pretty(object).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans_read_like_a_person_would_say_them() {
+        assert_eq!(span(Duration::from_secs(45)), "45 s");
+        assert_eq!(span(Duration::from_secs(12 * 60 + 5)), "12 min");
+        assert_eq!(span(Duration::from_secs(3 * 3600)), "3 h");
+        assert_eq!(span(Duration::from_secs(3 * 3600 + 5 * 60)), "3 h 5 min");
+        assert_eq!(span(Duration::from_secs(2 * 86_400 + 4 * 3600)), "2 d 4 h");
+    }
+
+    #[test]
+    fn the_clock_shows_the_minute_in_utc() {
+        let at = Timestamp::parse_rfc3339("2026-12-03T14:05:09.123Z").unwrap();
+        assert_eq!(clock(at), "2026-12-03 14:05 UTC");
+    }
+}

@@ -1,0 +1,348 @@
+//! The inbox in a real browser: Debian's `chromium`, headless, driven over WebDriver by
+//! `chromedriver` (`apt-get install chromium chromium-driver`; scripts/test.sh installs them).
+//! Two reviewers with pages open: one accepts, the other's page drops the approval live,
+//! without a reload; a self-approval is explained; a form stripped of its CSRF token is
+//! refused; the inbox fits a phone's width. Screenshots go to the target directory.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use approvals_testkit::free_port;
+use approvals_testkit::process::{Output, Process};
+use fantoccini::{Client, ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::support::TestApp;
+
+const WITHIN: Duration = Duration::from_secs(15);
+
+/// `chromedriver` on a free port, stopped when dropped.
+struct Driver {
+    url: String,
+    _process: Process,
+}
+
+impl Driver {
+    fn start() -> Self {
+        let binary = std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".into());
+        let port = free_port();
+        let mut command = Command::new(&binary);
+        command
+            .arg(format!("--port={port}"))
+            .stdin(Stdio::null())
+            .stderr(Stdio::null());
+        if Command::new(&binary).arg("--version").output().is_err() {
+            panic!(
+                "{binary} not found: the browser tests need Debian's chromium and chromium-driver \
+                 (scripts/test.sh installs them; or set CHROMEDRIVER)"
+            );
+        }
+        let mut process = Process::spawn_reading(command, Output::Stdout);
+        process.wait_for_line("started successfully", Duration::from_secs(20));
+        Self {
+            url: format!("http://127.0.0.1:{port}"),
+            _process: process,
+        }
+    }
+
+    /// A new headless browser window of its own (its own profile, so its own cookies).
+    async fn browser(&self) -> Client {
+        let mut capabilities = serde_json::Map::new();
+        let mut options = json!({
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                     "--disable-dev-shm-usage", "--window-size=1280,900"],
+        });
+        if let Ok(binary) = std::env::var("CHROMIUM") {
+            options["binary"] = Value::String(binary);
+        }
+        capabilities.insert("goog:chromeOptions".into(), options);
+        // chromedriver listens on plain HTTP on loopback: no TLS connector.
+        ClientBuilder::new(HttpConnector::new())
+            .capabilities(capabilities)
+            .connect(&self.url)
+            .await
+            .expect("a WebDriver session")
+    }
+}
+
+fn screenshots() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
+    std::fs::create_dir_all(&dir).expect("screenshot dir");
+    dir
+}
+
+async fn screenshot(browser: &Client, name: &str) {
+    let png = browser.screenshot().await.expect("screenshot");
+    let path = screenshots().join(format!("{name}.png"));
+    std::fs::write(&path, png).expect("write screenshot");
+    eprintln!("screenshot: {}", path.display());
+}
+
+async fn sign_in(browser: &Client, app: &TestApp, token: &str) {
+    browser
+        .goto(&app.url("/ui/login"))
+        .await
+        .expect("sign-in page");
+    browser
+        .find(Locator::Css("#token"))
+        .await
+        .expect("token field")
+        .send_keys(token)
+        .await
+        .expect("type the token");
+    browser
+        .find(Locator::Css("form button[type=submit]"))
+        .await
+        .expect("sign-in button")
+        .click()
+        .await
+        .expect("sign in");
+    let inbox = browser
+        .wait()
+        .at_most(WITHIN)
+        .for_element(Locator::Css("table.approvals, p.empty"))
+        .await;
+    if inbox.is_err() {
+        let url = browser.current_url().await.map(|u| u.to_string());
+        panic!(
+            "no inbox after signing in: at {url:?}:\n{}",
+            text(browser).await
+        );
+    }
+}
+
+async fn script(browser: &Client, js: &str) -> Value {
+    browser.execute(js, Vec::new()).await.expect("script")
+}
+
+/// Waits until `js` (an expression) is true in the page.
+async fn until_true(browser: &Client, js: &str, what: &str) {
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        if script(browser, &format!("return !!({js});")).await == Value::Bool(true) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn text(browser: &Client) -> String {
+    script(browser, "return document.body.innerText;")
+        .await
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reviewers_decide_in_the_browser_and_open_pages_follow_live() {
+    let app = TestApp::spawn().await;
+    app.park("browser-1").await;
+    app.park("browser-2").await;
+    let driver = Driver::start();
+    let alice = driver.browser().await;
+    let bob = driver.browser().await;
+
+    sign_in(&alice, &app, &app.tokens.reviewer).await;
+    sign_in(&bob, &app, &app.tokens.reviewer2).await;
+    assert!(text(&bob).await.contains("bob"), "bob is signed in");
+    until_true(
+        &bob,
+        "document.getElementById('approval-browser-1')",
+        "the row",
+    )
+    .await;
+    until_true(
+        &bob,
+        "document.body.dataset.liveReady === 'true'",
+        "the live stream",
+    )
+    .await;
+    // Survives only if the page is never reloaded.
+    script(&bob, "window.notReloaded = true; return null;").await;
+    screenshot(&bob, "inbox").await;
+
+    // Alice opens the first approval and accepts it, with a reason, using the keyboard.
+    alice
+        .find(Locator::Css("a[href='/ui/approvals/browser-1']"))
+        .await
+        .expect("the approval's link")
+        .click()
+        .await
+        .expect("open it");
+    let reason = alice
+        .wait()
+        .at_most(WITHIN)
+        .for_element(Locator::Css("textarea#reason"))
+        .await
+        .expect("the decision form");
+    reason
+        .send_keys("checked with the data owner")
+        .await
+        .expect("type a reason");
+    screenshot(&alice, "detail").await;
+    alice
+        .find(Locator::Css("button.accept"))
+        .await
+        .expect("accept button")
+        .click()
+        .await
+        .expect("accept");
+    alice
+        .wait()
+        .at_most(WITHIN)
+        .for_element(Locator::Css("p.notice.success"))
+        .await
+        .expect("the confirmation");
+    assert!(
+        text(&alice).await.contains("Done: accepted by alice"),
+        "{}",
+        text(&alice).await
+    );
+    let record: Value = app
+        .get("browser-1", &app.tokens.reviewer)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(record["status"], "accepted");
+    assert_eq!(record["decision_reason"], "checked with the data owner");
+
+    // Bob's open page drops it within a second or so, without a reload, and says why.
+    until_true(
+        &bob,
+        "!document.getElementById('approval-browser-1')",
+        "the accepted approval to leave bob's page",
+    )
+    .await;
+    assert_eq!(
+        script(&bob, "return window.notReloaded === true;").await,
+        Value::Bool(true)
+    );
+    assert!(
+        script(
+            &bob,
+            "return document.getElementById('approval-browser-2') !== null;"
+        )
+        .await
+        .as_bool()
+        .unwrap_or(false),
+        "the other approval stays"
+    );
+    let announced = script(
+        &bob,
+        "return document.getElementById('announcer').textContent;",
+    )
+    .await;
+    assert!(
+        announced
+            .as_str()
+            .unwrap_or_default()
+            .contains("browser-1 was accepted by alice"),
+        "{announced}"
+    );
+
+    // A form stripped of its CSRF token is refused and decides nothing.
+    bob.goto(&app.url("/ui/approvals/browser-2"))
+        .await
+        .expect("detail");
+    bob.wait()
+        .at_most(WITHIN)
+        .for_element(Locator::Css("button.reject"))
+        .await
+        .expect("the form");
+    script(
+        &bob,
+        "document.querySelector('form.decide input[name=csrf]').remove(); return null;",
+    )
+    .await;
+    bob.find(Locator::Css("button.reject"))
+        .await
+        .expect("reject button")
+        .click()
+        .await
+        .expect("reject");
+    until_true(
+        &bob,
+        "document.body.innerText.includes('did not come from your inbox')",
+        "the refusal",
+    )
+    .await;
+    let record: Value = app
+        .get("browser-2", &app.tokens.reviewer)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(record["status"], "pending");
+
+    // Self-approval: carol (an admin) submitted it, and is told she cannot decide it.
+    let submitted = app
+        .request(
+            Method::POST,
+            &format!("/v1/tenants/{}/approvals", app.tenant),
+            Some(&app.tokens.admin),
+        )
+        .json(&json!({"request_id": "carols-own", "action": crate::support::sensitive_read()}))
+        .send()
+        .await
+        .expect("submit");
+    assert_eq!(submitted.status(), StatusCode::CREATED);
+    let carol = driver.browser().await;
+    sign_in(&carol, &app, &app.tokens.admin).await;
+    carol
+        .goto(&app.url("/ui/approvals/carols-own"))
+        .await
+        .expect("detail");
+    carol
+        .wait()
+        .at_most(WITHIN)
+        .for_element(Locator::Css("button.accept"))
+        .await
+        .expect("the form")
+        .click()
+        .await
+        .expect("accept");
+    carol
+        .wait()
+        .at_most(WITHIN)
+        .for_element(Locator::Css("p.notice.error"))
+        .await
+        .expect("the refusal");
+    assert!(
+        text(&carol)
+            .await
+            .contains("You submitted this request yourself"),
+        "{}",
+        text(&carol).await
+    );
+    screenshot(&carol, "self-approval").await;
+
+    // Phone width: nothing scrolls sideways, every row still names its fields.
+    alice.set_window_size(390, 844).await.expect("resize");
+    alice.goto(&app.url("/ui/approvals")).await.expect("inbox");
+    until_true(
+        &alice,
+        "document.getElementById('approval-browser-2')",
+        "the row",
+    )
+    .await;
+    assert_eq!(
+        script(
+            &alice,
+            "return document.documentElement.scrollWidth <= window.innerWidth;"
+        )
+        .await,
+        Value::Bool(true),
+        "the inbox scrolls sideways at phone width"
+    );
+    screenshot(&alice, "inbox-phone").await;
+
+    for browser in [alice, bob, carol] {
+        let _ = browser.close().await;
+    }
+}

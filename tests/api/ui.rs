@@ -1,0 +1,418 @@
+//! The reviewers' inbox at `/ui/`, as a browser without JavaScript uses it: sign-in, the
+//! session cookie, the pending list, a decision through the form, and each way a decision can
+//! be refused (no CSRF token, another site, self-approval, a lost race, an expiry). The live
+//! updates are tested in a real browser (tests/browser.rs).
+
+use std::time::Duration;
+
+use reqwest::header::{CONTENT_SECURITY_POLICY, LOCATION, SET_COOKIE};
+use reqwest::{Method, Response, StatusCode};
+use serde_json::{json, Value};
+
+use crate::support::{Harness, TestApp};
+
+contract_tests!(
+    a_reviewer_signs_in_sees_what_waits_and_accepts_it,
+    forged_decisions_are_refused_and_decide_nothing,
+    refusals_and_races_are_explained_in_words,
+    sign_in_is_for_reviewers_and_sessions_end,
+    filters_and_history_show_decided_approvals,
+);
+
+/// A cookie-keeping client that does not follow redirects (tests look at them).
+struct Browser {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Browser {
+    fn new(app: &TestApp) -> Self {
+        Self::at(&app.base)
+    }
+
+    fn at(base: &str) -> Self {
+        let http = reqwest::Client::builder()
+            .cookie_store(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client");
+        Self {
+            http,
+            base: base.to_owned(),
+        }
+    }
+
+    async fn get(&self, path: &str) -> Response {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("get")
+    }
+
+    /// The page at `path`, answered 200, as text.
+    async fn page(&self, path: &str) -> String {
+        let response = self.get(path).await;
+        assert_eq!(response.status(), StatusCode::OK, "GET {path}");
+        response.text().await.expect("text")
+    }
+
+    /// The page at `path` once it contains `needle` (within 15 s).
+    async fn page_until(&self, path: &str, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let page = self.page(path).await;
+            if page.contains(needle) {
+                return page;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{path} never showed {needle}:\n{page}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn post(&self, path: &str, form: &[(&str, &str)]) -> Response {
+        self.http
+            .post(format!("{}{path}", self.base))
+            .form(form)
+            .send()
+            .await
+            .expect("post")
+    }
+
+    async fn sign_in(&self, token: &str) -> Response {
+        self.post("/ui/login", &[("token", token)]).await
+    }
+
+    /// Signs in and checks it worked.
+    async fn signed_in(app: &TestApp, token: &str) -> Self {
+        let browser = Self::new(app);
+        let response = browser.sign_in(token).await;
+        assert_eq!(response.status(), StatusCode::SEE_OTHER);
+        assert_eq!(location(&response), "/ui/approvals");
+        browser
+    }
+
+    /// Posts the decision form of approval `id` as the page shows it, with `verdict`.
+    async fn decide(&self, id: &str, verdict: &str, reason: &str) -> Response {
+        let page = self.page(&format!("/ui/approvals/{id}")).await;
+        let csrf = hidden(&page, "csrf");
+        let digest = hidden(&page, "digest");
+        self.post(
+            &format!("/ui/approvals/{id}/decision"),
+            &[
+                ("csrf", &csrf),
+                ("digest", &digest),
+                ("verdict", verdict),
+                ("reason", reason),
+            ],
+        )
+        .await
+    }
+
+    /// Where a decision's redirect leads, as text.
+    async fn after(&self, response: Response) -> String {
+        assert_eq!(response.status(), StatusCode::SEE_OTHER);
+        self.page(&location(&response)).await
+    }
+}
+
+fn location(response: &Response) -> String {
+    response
+        .headers()
+        .get(LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The value of the hidden input `name` in `html`.
+fn hidden(html: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = html
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no {name} field in:\n{html}"))
+        + marker.len();
+    html[start..]
+        .split('"')
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+async fn api_status(app: &TestApp, id: &str) -> Value {
+    let record: Value = app
+        .get(id, &app.tokens.reviewer)
+        .await
+        .json()
+        .await
+        .expect("json");
+    record
+}
+
+async fn a_reviewer_signs_in_sees_what_waits_and_accepts_it(h: Harness) {
+    let app = h.spawn().await;
+    app.park("wire-1").await;
+
+    let browser = Browser::new(&app);
+    // Not signed in: every page leads to the sign-in form.
+    let response = browser.get("/ui/approvals").await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&response), "/ui/login");
+    let login = browser.page("/ui/login").await;
+    assert!(login.contains("<label for=\"token\">"), "{login}");
+
+    let response = browser.sign_in(&app.tokens.reviewer).await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let cookie = response
+        .headers()
+        .get(SET_COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(cookie.contains("HttpOnly"), "{cookie}");
+    assert!(cookie.contains("SameSite=Strict"), "{cookie}");
+    assert!(cookie.contains("Path=/ui"), "{cookie}");
+    assert!(
+        !cookie.contains(&app.tokens.reviewer),
+        "the cookie holds no token"
+    );
+
+    let inbox = browser.get("/ui/approvals").await;
+    let csp = inbox
+        .headers()
+        .get(CONTENT_SECURITY_POLICY)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    let inbox = inbox.text().await.expect("text");
+    assert!(inbox.contains("href=\"/ui/approvals/wire-1\""), "{inbox}");
+    assert!(inbox.contains("agent-1"), "the agent is shown: {inbox}");
+    assert!(inbox.contains("alice"), "who is signed in is shown");
+
+    let detail = browser.page("/ui/approvals/wire-1").await;
+    assert!(
+        detail.contains("&#34;ticket&#34;: &#34;T-1&#34;"),
+        "the context is shown: {detail}"
+    );
+    assert!(detail.contains("value=\"accept\""), "{detail}");
+
+    let done = browser
+        .after(browser.decide("wire-1", "accept", "fine by me").await)
+        .await;
+    assert!(done.contains("Done: accepted by alice"), "{done}");
+    assert!(!done.contains("value=\"accept\""), "no form once decided");
+    let record = api_status(&app, "wire-1").await;
+    assert_eq!(record["status"], "accepted");
+    assert_eq!(record["decided_by"], "alice");
+    assert_eq!(record["decision_reason"], "fine by me");
+
+    // The pending list no longer shows it.
+    let inbox = browser.page("/ui/approvals").await;
+    assert!(!inbox.contains("/ui/approvals/wire-1\""), "{inbox}");
+}
+
+async fn forged_decisions_are_refused_and_decide_nothing(h: Harness) {
+    let app = h.spawn().await;
+    app.park("forged").await;
+    let browser = Browser::signed_in(&app, &app.tokens.reviewer).await;
+    let path = "/ui/approvals/forged/decision";
+
+    // A form another site made: no token.
+    let response = browser.post(path, &[("verdict", "accept")]).await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let text = response.text().await.expect("text");
+    assert!(text.contains("did not come from your inbox"), "{text}");
+
+    // A token from another session.
+    let other = Browser::signed_in(&app, &app.tokens.reviewer2).await;
+    let theirs = hidden(&other.page("/ui/approvals/forged").await, "csrf");
+    let response = browser
+        .post(path, &[("verdict", "accept"), ("csrf", &theirs)])
+        .await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+
+    // The right token, sent from another origin.
+    let mine = hidden(&browser.page("/ui/approvals/forged").await, "csrf");
+    let response = browser
+        .http
+        .post(format!("{}{path}", browser.base))
+        .header("Origin", "https://evil.example")
+        .form(&[("verdict", "accept"), ("csrf", mine.as_str())])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+
+    assert_eq!(api_status(&app, "forged").await["status"], "pending");
+}
+
+async fn refusals_and_races_are_explained_in_words(h: Harness) {
+    let tenant = h.tenant.clone();
+    let app = h.spawn().await;
+
+    // Self-approval: an admin who submitted cannot decide.
+    let submitted = app
+        .request(
+            Method::POST,
+            &format!("/v1/tenants/{tenant}/approvals"),
+            Some(&app.tokens.admin),
+        )
+        .json(&json!({"request_id": "mine", "action": crate::support::sensitive_read()}))
+        .send()
+        .await
+        .expect("submit");
+    assert_eq!(submitted.status(), StatusCode::CREATED);
+    let admin = Browser::signed_in(&app, &app.tokens.admin).await;
+    let page = admin.after(admin.decide("mine", "accept", "").await).await;
+    assert!(
+        page.contains("You submitted this request yourself, so you cannot decide it"),
+        "{page}"
+    );
+    assert_eq!(api_status(&app, "mine").await["status"], "pending");
+
+    // A lost race: the page was open while bob decided through the API.
+    app.park("raced").await;
+    let alice = Browser::signed_in(&app, &app.tokens.reviewer).await;
+    let page = alice.page("/ui/approvals/raced").await;
+    let csrf = hidden(&page, "csrf");
+    let digest = hidden(&page, "digest");
+    let bob = app.decide("raced", "reject", &app.tokens.reviewer2).await;
+    assert_eq!(bob.status(), StatusCode::OK);
+    let response = alice
+        .post(
+            "/ui/approvals/raced/decision",
+            &[
+                ("csrf", csrf.as_str()),
+                ("digest", digest.as_str()),
+                ("verdict", "accept"),
+            ],
+        )
+        .await;
+    let page = alice.after(response).await;
+    assert!(
+        page.contains("Someone decided first: this approval was already rejected by bob at"),
+        "{page}"
+    );
+    assert_eq!(api_status(&app, "raced").await["status"], "rejected");
+
+    // A reason longer than the contract allows.
+    app.park("wordy").await;
+    let long = "x".repeat(2_001);
+    let page = alice
+        .after(alice.decide("wordy", "reject", &long).await)
+        .await;
+    assert!(page.contains("The reason is too long"), "{page}");
+    assert_eq!(api_status(&app, "wordy").await["status"], "pending");
+}
+
+async fn sign_in_is_for_reviewers_and_sessions_end(h: Harness) {
+    let tenant = h.tenant.clone();
+    let app = h.spawn().await;
+    let browser = Browser::new(&app);
+
+    let refused = browser.sign_in(&app.tokens.agent).await;
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    let text = refused.text().await.expect("text");
+    assert!(
+        text.contains("That is an agent&#39;s token") || text.contains("agent's token"),
+        "{text}"
+    );
+    let refused = browser.sign_in("apv_not-a-token").await;
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+
+    // A platform admin names the tenant.
+    let refused = browser.sign_in(&app.tokens.platform_admin).await;
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    let response = browser
+        .post(
+            "/ui/login",
+            &[("token", &app.tokens.platform_admin), ("tenant", &tenant)],
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let inbox = browser.page("/ui/approvals").await;
+    assert!(
+        inbox.contains(&format!("tenant <strong>{tenant}</strong>")),
+        "{inbox}"
+    );
+
+    // The live stream needs a session too.
+    let anonymous = Browser::new(&app);
+    assert_eq!(
+        anonymous.get("/ui/events").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+
+    // Signing out ends the session: the cookie is cleared and pages lead to sign-in.
+    let csrf = hidden(&inbox, "csrf");
+    let response = browser.post("/ui/logout", &[("csrf", &csrf)]).await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&response), "/ui/login");
+    let after = browser.get("/ui/approvals").await;
+    assert_eq!(after.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&after), "/ui/login");
+}
+
+async fn filters_and_history_show_decided_approvals(h: Harness) {
+    let tenant = h.tenant.clone();
+    let app = h
+        .spawn_with(|s| {
+            s.approvals
+                .tenant_ttl
+                .insert(tenant.clone(), Duration::from_secs(2));
+        })
+        .await;
+    app.park("soon-gone").await;
+    app.park("decided").await;
+    let response = app.decide("decided", "reject", &app.tokens.reviewer2).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let browser = Browser::signed_in(&app, &app.tokens.reviewer).await;
+
+    let pending = browser.page("/ui/approvals").await;
+    assert!(pending.contains("/ui/approvals/soon-gone\""), "{pending}");
+    // Lists come from Temporal's visibility a moment after a write: wait for it to show.
+    let rejected = browser
+        .page_until("/ui/approvals?status=rejected", "/ui/approvals/decided\"")
+        .await;
+    assert!(rejected.contains("bob"), "who decided: {rejected}");
+    let nobody = browser
+        .page("/ui/approvals?status=rejected&agent=someone-else")
+        .await;
+    assert!(!nobody.contains("/ui/approvals/decided\""), "{nobody}");
+    assert!(
+        nobody.contains("Nothing rejected from agent someone-else"),
+        "{nobody}"
+    );
+    let bad = browser.get("/ui/approvals?status=maybe").await;
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+
+    // Deciding after the deadline says it expired.
+    let page = browser.page("/ui/approvals/soon-gone").await;
+    let csrf = hidden(&page, "csrf");
+    let waited: Value = app
+        .get_json(
+            &format!("/v1/tenants/{tenant}/approvals/soon-gone/decision?wait_seconds=10"),
+            &app.tokens.agent,
+        )
+        .await;
+    assert_eq!(waited["status"], "expired");
+    let response = browser
+        .post(
+            "/ui/approvals/soon-gone/decision",
+            &[("csrf", csrf.as_str()), ("verdict", "accept")],
+        )
+        .await;
+    let page = browser.after(response).await;
+    assert!(
+        page.contains("Too late: this approval expired at"),
+        "{page}"
+    );
+    browser
+        .page_until("/ui/approvals?status=expired", "/ui/approvals/soon-gone\"")
+        .await;
+}
