@@ -90,6 +90,8 @@ pub enum Permission {
     Audit,
     /// Upload, activate, roll back and trial the tenant's policy bundles (admins only).
     ManagePolicy,
+    /// Add, list and remove the tenant's webhooks (admins only).
+    ManageWebhooks,
 }
 
 impl Principal {

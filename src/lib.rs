@@ -13,7 +13,7 @@
 //!
 //! `startup` wires a running service together and `server` runs its HTTP connections; `migration` moves records between engines;
 //! `worker` (feature `temporal`) runs the Temporal worker; `telemetry` sets up logging;
-//! `decision_log` ships recorded audit events to a SIEM.
+//! `decision_log` ships recorded audit events to a SIEM; `notify` delivers webhooks.
 
 pub mod api;
 pub mod app;
@@ -24,6 +24,7 @@ pub mod decision_log;
 pub mod engines;
 pub mod metrics;
 pub mod migration;
+pub mod notify;
 pub mod policy;
 pub mod server;
 pub mod startup;

@@ -78,6 +78,18 @@ pub fn render_recorded() -> String {
 
 fn describe() {
     metrics::describe_counter!(
+        "approvals_notifications_total",
+        "Webhook delivery attempts by tenant and outcome (sent, failed: retried later, dead: given up)."
+    );
+    metrics::describe_counter!(
+        "approvals_notifications_queued_total",
+        "Webhook deliveries queued, by tenant."
+    );
+    metrics::describe_gauge!(
+        "approvals_notifications_pending",
+        "Webhook deliveries waiting to be sent or retried (all tenants)."
+    );
+    metrics::describe_counter!(
         "approvals_submitted_total",
         "Submits by tenant and policy decision."
     );

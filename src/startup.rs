@@ -22,6 +22,8 @@ pub enum StartupError {
     Policy(#[from] PolicyError),
     #[error(transparent)]
     Engine(#[from] EngineError),
+    #[error("webhooks: {0}")]
+    Notifications(String),
     #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
@@ -96,6 +98,24 @@ impl Application {
             shutdown.clone(),
             decision_log,
         ));
+        // Webhooks live in Redis: only when Redis is among the engines.
+        let notifier = match &engine.policy_store {
+            Some(_) => {
+                let store = crate::notify::store::Store::connect(
+                    &settings.redis.url,
+                    settings.redis.call_timeout,
+                )
+                .await
+                .map_err(|e| StartupError::Notifications(e.to_string()))?;
+                Some(Arc::new(crate::notify::Notifier::new(
+                    store,
+                    app.clone(),
+                    settings.notifications.clone(),
+                    settings.ui.public_url.clone(),
+                )))
+            }
+            None => None,
+        };
         let state = AppState {
             app: app.clone(),
             auth: Arc::new(Authenticator::new(&settings.auth.tokens)),
@@ -103,6 +123,7 @@ impl Application {
             bundle_limit: settings.policy.max_bundle_bytes,
             request_timeout: settings.server.request_timeout,
             access_log: settings.server.access_log,
+            notifier: notifier.clone(),
         };
         let addr = settings.server.listen;
         let listener = TcpListener::bind(addr)
@@ -147,6 +168,10 @@ impl Application {
             let interval = settings.approvals.stats_interval;
             tokio::spawn(async move { app.keep_figures_fresh(interval).await })
         };
+        let notifications = match (&state.notifier, settings.notifications.enabled) {
+            (Some(notifier), true) => Some(tokio::spawn(notifier.clone().run(stop.clone()))),
+            _ => None,
+        };
         tracing::info!(addr = %listener.local_addr()?, backend = app.engine_kind(), "serving");
         if settings.ui.enabled && settings.ui.session_secret.is_none() {
             tracing::warn!(
@@ -176,6 +201,9 @@ impl Application {
         };
         stop.cancel();
         let _ = figures.await;
+        if let Some(notifications) = notifications {
+            let _ = notifications.await;
+        }
         let _ = reloads.await;
         if let Some(shipping) = shipping {
             let _ = shipping.await;

@@ -7,6 +7,7 @@ mod extract;
 mod ops;
 mod policy;
 mod problem;
+mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +40,8 @@ pub struct AppState {
     pub request_timeout: Duration,
     /// Log one INFO line per answered request (`server.access_log`).
     pub access_log: bool,
+    /// Webhooks: `None` when no Redis is among the engines (`501 webhooks_disabled`).
+    pub notifier: Option<Arc<crate::notify::Notifier>>,
 }
 
 #[derive(OpenApi)]
@@ -106,6 +109,8 @@ pub fn router(state: AppState, ui: &crate::config::UiSettings) -> Router {
         .routes(routes!(approvals::reject))
         .routes(routes!(approvals::audit))
         .routes(routes!(events::events))
+        .routes(routes!(webhooks::add_webhook, webhooks::list_webhooks))
+        .routes(routes!(webhooks::remove_webhook))
         .routes(routes!(policy::read_policy))
         .routes(routes!(policy::upload_bundle, policy::list_bundles))
         .routes(routes!(policy::read_bundle))

@@ -130,6 +130,17 @@ impl ApiError {
                 "policy_store_disabled",
                 "No tenant policy store",
             ),
+            Self::App(AppError::WebhooksDisabled) => (
+                S::NOT_IMPLEMENTED,
+                "webhooks_disabled",
+                "No webhooks in this deployment",
+            ),
+            Self::App(AppError::TooManyWebhooks { .. }) => {
+                (S::CONFLICT, "too_many_webhooks", "Too many webhooks")
+            }
+            Self::App(AppError::WebhookNotFound { .. }) => {
+                (S::NOT_FOUND, "not_found", "No such webhook")
+            }
             Self::App(AppError::PolicyNotLoaded) => (
                 S::SERVICE_UNAVAILABLE,
                 "policy_not_loaded",

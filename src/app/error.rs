@@ -52,6 +52,13 @@ pub enum AppError {
     /// This instance has not read the tenants' policies yet (the store is unreachable).
     #[error("the tenants' policies are not loaded yet")]
     PolicyNotLoaded,
+    /// Webhooks are kept in Redis; this deployment has no Redis among its engines.
+    #[error("this deployment keeps no webhooks (they live in Redis)")]
+    WebhooksDisabled,
+    #[error("tenant {tenant} already has {max} webhooks, its limit")]
+    TooManyWebhooks { tenant: TenantId, max: usize },
+    #[error("tenant {tenant} has no webhook {id}")]
+    WebhookNotFound { tenant: TenantId, id: String },
     /// The stored action no longer matches the digest it was parked with: the record changed
     /// after parking, and is not to be obeyed.
     #[error("approval {id} in tenant {tenant} does not match the action it was parked with")]

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use approvals_core::{AuditEvent, AuditKind, TenantId, Timestamp};
+use approvals_core::{Approval, AuditEvent, AuditKind, Page, Status, TenantId, Timestamp};
 use serde_json::Value;
 
 use super::{AppError, Approvals};
@@ -40,7 +40,7 @@ impl LiveKind {
 
     /// The live kind of an audit event; `None` for what no live stream shows (an `allow` or
     /// `deny` that parked nothing, a policy change, a migration).
-    fn of(event: &AuditEvent) -> Option<Self> {
+    pub fn of(event: &AuditEvent) -> Option<Self> {
         match event.kind {
             AuditKind::Submitted => (event.details.get("decision").and_then(Value::as_str)
                 == Some("require_approval"))
@@ -157,6 +157,35 @@ impl Approvals {
             .filter_map(|event| LiveKind::of(&event).map(|kind| LiveEvent { kind, event }))
             .collect();
         Ok((events, more))
+    }
+
+    /// The tenant's audit after `after` (or from `since`), for the service's own background
+    /// tasks (webhooks): there is no caller to authorise.
+    pub async fn read_audit_for_service(
+        &self,
+        tenant: &TenantId,
+        after: Option<&str>,
+        since: Option<Timestamp>,
+        limit: usize,
+    ) -> Result<Page<AuditEvent>, AppError> {
+        self.engine
+            .audit(tenant, since, after, limit)
+            .await
+            .map_err(|e| self.engine_failed(e))
+    }
+
+    /// The tenant's approvals in `status`, oldest first, for the service's own background
+    /// tasks ("expiring soon" notifications).
+    pub async fn list_for_service(
+        &self,
+        tenant: &TenantId,
+        status: Status,
+        limit: usize,
+    ) -> Result<Page<Approval>, AppError> {
+        self.engine
+            .list(tenant, status, None, limit)
+            .await
+            .map_err(|e| self.engine_failed(e))
     }
 
     /// How often an open stream reads the audit.

@@ -58,6 +58,53 @@ pub struct Settings {
     pub limits: InputLimits,
     pub decision_log: DecisionLogSettings,
     pub ui: UiSettings,
+    pub notifications: NotificationSettings,
+}
+
+/// Webhook notifications (kept in Redis; ADR-0014).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotificationSettings {
+    /// Run the webhook reader and sender on this instance.
+    pub enabled: bool,
+    /// How often tenants' audits are read for new events (the most a notification lags).
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// How often due deliveries are looked for when none were due.
+    #[serde(with = "humantime_serde")]
+    pub send_interval: Duration,
+    /// Deadline of one POST to a receiver.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Attempts before a delivery becomes a dead letter.
+    pub max_attempts: u32,
+    /// Wait before the first retry; doubled for each further one, up to `retry_max`.
+    #[serde(with = "humantime_serde")]
+    pub retry_base: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
+    /// "Expiring soon" is sent when this share of an approval's TTL is left (0 to 1).
+    pub expiring_soon_share: f64,
+    pub max_webhooks_per_tenant: usize,
+    /// Deliveries one instance attempts at once.
+    pub send_concurrency: usize,
+}
+
+impl Default for NotificationSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            poll_interval: Duration::from_secs(1),
+            send_interval: Duration::from_millis(250),
+            request_timeout: Duration::from_secs(10),
+            max_attempts: 8,
+            retry_base: Duration::from_secs(2),
+            retry_max: Duration::from_secs(3600),
+            expiring_soon_share: 0.2,
+            max_webhooks_per_tenant: 10,
+            send_concurrency: 16,
+        }
+    }
 }
 
 /// The reviewers' inbox at `/ui/`.
@@ -450,6 +497,18 @@ impl Settings {
                     "ui.public_url: an http:// or https:// URL, got {url:?}"
                 )));
             }
+        }
+        let n = &self.notifications;
+        if !(0.0..=1.0).contains(&n.expiring_soon_share) {
+            return Err(ConfigError::Invalid(
+                "notifications.expiring_soon_share: between 0 and 1".into(),
+            ));
+        }
+        if n.max_attempts == 0 || n.send_concurrency == 0 || n.poll_interval.is_zero() {
+            return Err(ConfigError::Invalid(
+                "notifications.max_attempts, send_concurrency and poll_interval must be positive"
+                    .into(),
+            ));
         }
         let mut digests = std::collections::HashMap::new();
         for (n, token) in self.auth.tokens.iter().enumerate() {

@@ -8,6 +8,8 @@ mod pages;
 pub mod session;
 mod view;
 
+pub use view::span;
+
 use std::time::Duration;
 
 use axum::extract::FromRef;

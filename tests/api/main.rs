@@ -25,3 +25,4 @@ mod policy;
 mod submit;
 mod ui;
 mod waiting;
+mod webhooks;

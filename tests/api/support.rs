@@ -402,6 +402,16 @@ impl TestApp {
     }
 
     /// Stops the service as SIGTERM would and waits for it to finish draining.
+    /// Stops this instance and starts a new one with the same settings, backend and tokens
+    /// (on a new port).
+    pub async fn restart(&mut self) {
+        self.shut_down().await.expect("stopped");
+        let (base, stop, server) = serve(self.settings.clone()).await;
+        self.base = base;
+        self.stop = stop;
+        self.server = Some(server);
+    }
+
     pub async fn shut_down(&mut self) -> std::io::Result<()> {
         self.stop.cancel();
         match self.server.take() {

@@ -1,0 +1,529 @@
+//! Webhook notifications: reviewers learn that something waits, was decided, expired or is
+//! about to expire, in their chat or their own systems.
+//!
+//! Three background loops per instance, none on the request path:
+//! - **read**: for each tenant with webhooks, the one instance holding the tenant's lock reads
+//!   its audit (the same events as the live stream, ADR-0012) from a stored cursor and queues a
+//!   delivery per event and subscribed webhook; it also queues "expiring soon" for pending
+//!   approvals in the last share of their TTL (`notifications.expiring_soon_share`);
+//! - **send**: claims due deliveries (one instance at a time per delivery, by lease), POSTs
+//!   them signed (`X-Approvals-Signature: v1=<hex HMAC-SHA256 of "{timestamp}.{body}">`), and
+//!   on failure retries with exponential backoff until `notifications.max_attempts`, then keeps
+//!   it as a dead letter;
+//! - the queue and cursors are in Redis (`store`), so a restart loses nothing: at least once,
+//!   with a stable `id` in every body for receivers to drop duplicates.
+
+pub mod payload;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use approvals_core::{Status, TenantId, Timestamp};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{AppError, Approvals, LiveKind};
+use crate::auth::{Permission, Principal};
+use crate::config::NotificationSettings;
+use store::{Delivery, Store};
+
+/// What a webhook can be told about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NotifyEvent {
+    Parked,
+    Decided,
+    Expired,
+    /// A pending approval entered the last share of its TTL.
+    ExpiringSoon,
+}
+
+impl NotifyEvent {
+    pub const ALL: [Self; 4] = [
+        Self::Parked,
+        Self::Decided,
+        Self::Expired,
+        Self::ExpiringSoon,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Parked => "parked",
+            Self::Decided => "decided",
+            Self::Expired => "expired",
+            Self::ExpiringSoon => "expiring_soon",
+        }
+    }
+
+    fn of(kind: LiveKind) -> Self {
+        match kind {
+            LiveKind::Parked => Self::Parked,
+            LiveKind::Decided => Self::Decided,
+            LiveKind::Expired => Self::Expired,
+        }
+    }
+}
+
+/// How a delivery's body is shaped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookFormat {
+    /// This service's JSON event (documented in docs/webhooks.md).
+    #[default]
+    Json,
+    /// A Slack incoming-webhook message whose button opens the inbox.
+    Slack,
+}
+
+/// One tenant webhook as stored (the secret is shown to its creator once, never listed).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Webhook {
+    pub id: String,
+    pub tenant: String,
+    pub url: String,
+    pub events: Vec<NotifyEvent>,
+    pub format: WebhookFormat,
+    pub secret: String,
+    pub created_at: Timestamp,
+}
+
+/// The reader's cursor in a tenant's audit.
+enum Cursor {
+    /// After this event id.
+    After(String),
+    /// From this instant (no event read yet).
+    Since(Timestamp),
+}
+
+impl Cursor {
+    fn parse(text: Option<&str>) -> Self {
+        match text {
+            Some(t) if t.starts_with("id:") => Self::After(t[3..].to_owned()),
+            Some(t) if t.starts_with("since:") => {
+                Self::Since(Timestamp::from_millis(t[6..].parse().unwrap_or(0)))
+            }
+            _ => Self::Since(Timestamp::now()),
+        }
+    }
+}
+
+/// The notifier: the store, the HTTP client, and what the loops need to know.
+pub struct Notifier {
+    store: Store,
+    app: Arc<Approvals>,
+    settings: NotificationSettings,
+    /// Where reviewers reach the inbox (`ui.public_url`), for links in the payloads.
+    inbox_base: Option<String>,
+    http: reqwest::Client,
+    /// This instance's name in the tenants' reader locks.
+    instance: String,
+}
+
+impl Notifier {
+    pub fn new(
+        store: Store,
+        app: Arc<Approvals>,
+        settings: NotificationSettings,
+        inbox_base: Option<String>,
+    ) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(settings.request_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("approvals-webhooks/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .unwrap_or_default();
+        Self {
+            store,
+            app,
+            settings,
+            inbox_base: inbox_base.map(|b| b.trim_end_matches('/').to_owned()),
+            http,
+            instance: uuid::Uuid::new_v4().to_string(),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn max_webhooks_per_tenant(&self) -> usize {
+        self.settings.max_webhooks_per_tenant
+    }
+
+    /// Runs the reader and sender loops until `stop`.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let reader = {
+            let this = self.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move { this.read_loop(stop).await })
+        };
+        self.send_loop(stop).await;
+        let _ = reader.await;
+    }
+
+    async fn read_loop(&self, stop: CancellationToken) {
+        let mut failures = approvals_core::RepeatedFailure::default();
+        loop {
+            let result = self.read_pass().await;
+            let log = if result.is_err() {
+                failures.failed()
+            } else {
+                failures.succeeded()
+            };
+            match (&result, log) {
+                (Err(error), approvals_core::FailureLog::Started) => {
+                    tracing::warn!(%error, "webhook reader failing; retrying (logged again once a minute)")
+                }
+                (Err(error), approvals_core::FailureLog::StillFailing { failures }) => {
+                    tracing::warn!(%error, failures, "webhook reader still failing")
+                }
+                (Ok(()), approvals_core::FailureLog::Recovered { failures }) => {
+                    tracing::info!(failures, "webhook reader works again")
+                }
+                _ => {}
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(self.settings.poll_interval) => {}
+            }
+        }
+    }
+
+    /// One pass over every tenant with webhooks whose reader lock this instance holds.
+    async fn read_pass(&self) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let lease = self.settings.poll_interval * 10 + Duration::from_secs(5);
+        for tenant in self.store.tenants().await? {
+            let Ok(tenant_id) = TenantId::parse(tenant.as_str()) else {
+                continue;
+            };
+            if !self.store.lock(&tenant, &self.instance, lease).await? {
+                continue;
+            }
+            let hooks = self.store.webhooks(&tenant_id).await?;
+            if hooks.is_empty() {
+                self.store.forget_tenant(&tenant).await?;
+                continue;
+            }
+            self.read_tenant(&tenant_id, &hooks).await?;
+            if hooks
+                .iter()
+                .any(|h| h.events.contains(&NotifyEvent::ExpiringSoon))
+            {
+                self.queue_expiring_soon(&tenant_id, &hooks).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues a delivery for each new audit event each webhook subscribes to, then moves the
+    /// cursor: a crash in between queues the same deliveries again, which `enqueue` drops.
+    async fn read_tenant(
+        &self,
+        tenant: &TenantId,
+        hooks: &[Webhook],
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        const PAGES_PER_PASS: usize = 10;
+        for _ in 0..PAGES_PER_PASS {
+            let cursor = Cursor::parse(self.store.cursor(tenant.as_str()).await?.as_deref());
+            let (after, since) = match &cursor {
+                Cursor::After(id) => (Some(id.as_str()), None),
+                Cursor::Since(at) => (None, Some(*at)),
+            };
+            let page = self
+                .app
+                .read_audit_for_service(tenant, after, since, 100)
+                .await?;
+            let Some(last) = page.items.last().map(|e| e.event_id.clone()) else {
+                return Ok(());
+            };
+            for event in &page.items {
+                let Some(kind) = LiveKind::of(event) else {
+                    continue;
+                };
+                let kind = NotifyEvent::of(kind);
+                for hook in hooks.iter().filter(|h| h.events.contains(&kind)) {
+                    let body = payload::event_body(hook, kind, event, self.inbox_base.as_deref());
+                    self.queue(hook, &format!("{}:{}", hook.id, event.event_id), body)
+                        .await?;
+                }
+            }
+            self.store
+                .set_cursor(tenant.as_str(), &format!("id:{last}"))
+                .await?;
+            if page.next_cursor.is_none() {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues "expiring soon" once per pending approval in the last share of its TTL (oldest
+    /// first: with one TTL per tenant, the first that is not yet due ends the scan).
+    async fn queue_expiring_soon(
+        &self,
+        tenant: &TenantId,
+        hooks: &[Webhook],
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let now = Timestamp::now();
+        let share = self.settings.expiring_soon_share;
+        let pending = self
+            .app
+            .list_for_service(tenant, Status::Pending, 200)
+            .await?;
+        for approval in pending.items {
+            let ttl = approval.submitted_at.elapsed_at(approval.expires_at);
+            let left = now.elapsed_at(approval.expires_at);
+            if left.as_secs_f64() > ttl.as_secs_f64() * share {
+                break;
+            }
+            if left.is_zero() {
+                continue;
+            }
+            for hook in hooks
+                .iter()
+                .filter(|h| h.events.contains(&NotifyEvent::ExpiringSoon))
+            {
+                let body =
+                    payload::expiring_body(hook, &approval, left, self.inbox_base.as_deref());
+                self.queue(hook, &format!("{}:soon:{}", hook.id, approval.id), body)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn queue(&self, hook: &Webhook, id: &str, body: String) -> Result<(), store::StoreError> {
+        let delivery = Delivery {
+            id: format!("{}:{id}", hook.tenant),
+            tenant: hook.tenant.clone(),
+            webhook_id: hook.id.clone(),
+            body,
+            attempts: 0,
+            last_error: None,
+        };
+        if self.store.enqueue(&delivery).await? {
+            metrics::counter!("approvals_notifications_queued_total", "tenant" => hook.tenant.clone())
+                .increment(1);
+        }
+        Ok(())
+    }
+
+    async fn send_loop(&self, stop: CancellationToken) {
+        // A delivery is leased for longer than an attempt can take.
+        let lease = self.settings.request_timeout * 2 + Duration::from_secs(5);
+        loop {
+            match self
+                .store
+                .claim(self.settings.send_concurrency, lease)
+                .await
+            {
+                Ok(batch) if !batch.is_empty() => {
+                    let sends = batch.into_iter().map(|d| self.attempt(d));
+                    futures_util::future::join_all(sends).await;
+                    continue;
+                }
+                Ok(_) => {}
+                Err(error) => tracing::debug!(%error, "webhook sender cannot reach Redis"),
+            }
+            if let Ok(queued) = self.store.queued().await {
+                metrics::gauge!("approvals_notifications_pending").set(queued as f64);
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(self.settings.send_interval) => {}
+            }
+        }
+    }
+
+    /// One attempt at one delivery, and what follows from it.
+    async fn attempt(&self, mut delivery: Delivery) {
+        let hook = match TenantId::parse(delivery.tenant.as_str()) {
+            Ok(tenant) => self
+                .store
+                .webhooks(&tenant)
+                .await
+                .ok()
+                .and_then(|hooks| hooks.into_iter().find(|h| h.id == delivery.webhook_id)),
+            Err(_) => None,
+        };
+        let Some(hook) = hook else {
+            // The webhook was removed: its deliveries go nowhere.
+            let _ = self.store.delivered(&delivery).await;
+            return;
+        };
+        let outcome = self.post(&hook, &delivery).await;
+        let tenant = delivery.tenant.clone();
+        delivery.attempts += 1;
+        let result = match outcome {
+            Ok(()) => {
+                metrics::counter!("approvals_notifications_total", "tenant" => tenant, "outcome" => "sent")
+                    .increment(1);
+                self.store.delivered(&delivery).await
+            }
+            Err(error) if delivery.attempts >= self.settings.max_attempts => {
+                tracing::warn!(tenant = %delivery.tenant, webhook = %delivery.webhook_id,
+                    id = %delivery.id, attempts = delivery.attempts, %error, "webhook delivery given up");
+                delivery.last_error = Some(error);
+                metrics::counter!("approvals_notifications_total", "tenant" => tenant, "outcome" => "dead")
+                    .increment(1);
+                self.store.dead(&delivery).await
+            }
+            Err(error) => {
+                tracing::debug!(tenant = %delivery.tenant, id = %delivery.id, %error, "webhook delivery failed; retrying");
+                delivery.last_error = Some(error);
+                metrics::counter!("approvals_notifications_total", "tenant" => tenant, "outcome" => "failed")
+                    .increment(1);
+                let next = Timestamp::now().plus(self.backoff(delivery.attempts));
+                self.store.retry_at(&delivery, next).await
+            }
+        };
+        if let Err(error) = result {
+            // The lease runs out and another attempt follows: at least once.
+            tracing::debug!(%error, "cannot record a webhook attempt");
+        }
+    }
+
+    /// `retry_base` × 2^(attempts-1), at most `retry_max`, with ±25% jitter so that a
+    /// receiver that comes back is not hit by every retry at once.
+    fn backoff(&self, attempts: u32) -> Duration {
+        let exponent = attempts.saturating_sub(1).min(20);
+        let base = self
+            .settings
+            .retry_base
+            .saturating_mul(1 << exponent)
+            .min(self.settings.retry_max);
+        base.mul_f64(rand::rng().random_range(0.75..1.25))
+    }
+
+    async fn post(&self, hook: &Webhook, delivery: &Delivery) -> Result<(), String> {
+        let timestamp = Timestamp::now().as_millis() / 1000;
+        let signature = payload::signature(&hook.secret, timestamp, &delivery.body);
+        let response = self
+            .http
+            .post(&hook.url)
+            .header("content-type", "application/json")
+            .header("x-approvals-event-id", &delivery.id)
+            .header("x-approvals-timestamp", timestamp.to_string())
+            .header("x-approvals-signature", format!("v1={signature}"))
+            .body(delivery.body.clone())
+            .send()
+            .await
+            .map_err(|e| format!("POST failed: {e}"))?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("the receiver answered {}", response.status()))
+        }
+    }
+}
+
+/// The longest webhook URL accepted.
+const MAX_URL: usize = 2_048;
+
+fn store_failed(error: store::StoreError) -> AppError {
+    AppError::Unavailable(approvals_core::BackendError::unavailable("webhooks", error))
+}
+
+/// The tenant admins' use cases: add, list and remove webhooks.
+impl Notifier {
+    fn authorize(caller: &Principal, tenant: &TenantId) -> Result<(), AppError> {
+        if caller.may(Permission::ManageWebhooks, tenant) {
+            Ok(())
+        } else {
+            Err(AppError::Forbidden(format!(
+                "{} ({}) may not manage the webhooks of tenant {tenant}",
+                caller.subject,
+                caller.role.as_str()
+            )))
+        }
+    }
+
+    /// Adds a webhook; the answer holds its signing secret, which is never shown again.
+    pub async fn add_webhook(
+        &self,
+        caller: &Principal,
+        tenant: &TenantId,
+        url: String,
+        events: Option<Vec<NotifyEvent>>,
+        format: WebhookFormat,
+    ) -> Result<Webhook, AppError> {
+        Self::authorize(caller, tenant)?;
+        let parsed = reqwest::Url::parse(&url)
+            .map_err(|e| AppError::InvalidContent(format!("url: not a URL ({e})")))?;
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+            return Err(AppError::InvalidContent(
+                "url: an http:// or https:// URL with a host".into(),
+            ));
+        }
+        if url.len() > MAX_URL {
+            return Err(AppError::InvalidContent(format!(
+                "url: at most {MAX_URL} characters"
+            )));
+        }
+        let mut events = events.unwrap_or_else(|| NotifyEvent::ALL.to_vec());
+        events.sort_by_key(|e| e.as_str());
+        events.dedup();
+        if events.is_empty() {
+            return Err(AppError::InvalidContent(
+                "events: name at least one of parked, decided, expired, expiring_soon".into(),
+            ));
+        }
+        let existing = self.store.webhooks(tenant).await.map_err(store_failed)?;
+        if existing.len() >= self.settings.max_webhooks_per_tenant {
+            return Err(AppError::TooManyWebhooks {
+                tenant: tenant.clone(),
+                max: self.settings.max_webhooks_per_tenant,
+            });
+        }
+        let mut secret = [0u8; 32];
+        rand::rng().fill(&mut secret);
+        let hook = Webhook {
+            id: format!("wh_{}", uuid::Uuid::new_v4().simple()),
+            tenant: tenant.to_string(),
+            url,
+            events,
+            format,
+            secret: format!("whsec_{}", hex::encode(secret)),
+            created_at: Timestamp::now(),
+        };
+        self.store.add(&hook).await.map_err(store_failed)?;
+        tracing::info!(%tenant, id = %hook.id, by = %caller.subject, "webhook added");
+        Ok(hook)
+    }
+
+    /// The tenant's webhooks (secrets included: the caller hides them) and its dead letters.
+    pub async fn webhooks(
+        &self,
+        caller: &Principal,
+        tenant: &TenantId,
+    ) -> Result<(Vec<Webhook>, u64), AppError> {
+        Self::authorize(caller, tenant)?;
+        let hooks = self.store.webhooks(tenant).await.map_err(store_failed)?;
+        let dead = self
+            .store
+            .dead_letters(tenant)
+            .await
+            .map_err(store_failed)?;
+        Ok((hooks, dead))
+    }
+
+    pub async fn remove_webhook(
+        &self,
+        caller: &Principal,
+        tenant: &TenantId,
+        id: &str,
+    ) -> Result<(), AppError> {
+        Self::authorize(caller, tenant)?;
+        if self.store.remove(tenant, id).await.map_err(store_failed)? {
+            tracing::info!(%tenant, id, by = %caller.subject, "webhook removed");
+            Ok(())
+        } else {
+            Err(AppError::WebhookNotFound {
+                tenant: tenant.clone(),
+                id: id.chars().take(64).collect(),
+            })
+        }
+    }
+}

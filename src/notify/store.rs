@@ -1,0 +1,347 @@
+//! Where webhooks and their deliveries live: Redis, next to the approvals (a deployment without
+//! Redis among its engines has no webhooks).
+//!
+//! Keys (tenants never contain `:`):
+//! - `webhooks:{tenant}`: hash, webhook id → its config (JSON); `webhooks:tenants`: set of the
+//!   tenants that have any;
+//! - `webhooks:cursor:{tenant}`: where the tenant's audit was last read (`id:<event id>` or, before
+//!   the first event, `since:<millis>`); `webhooks:lock:{tenant}`: which instance reads it now;
+//! - `webhooks:delivery:{id}`: one delivery (JSON) until it is sent or dead, then a tombstone for
+//!   a day so that a re-read of the audit does not send it again; `webhooks:due`: sorted set,
+//!   delivery id → when it may be attempted next (a claim moves it a lease ahead, so one
+//!   instance at a time attempts it); `webhooks:dead:{tenant}`: the last 1,000 given up on.
+
+use std::time::Duration;
+
+use approvals_core::{TenantId, Timestamp};
+use redis::aio::ConnectionManager;
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+
+use super::Webhook;
+
+/// How long a sent or dead delivery's tombstone keeps a second copy from being queued.
+const TOMBSTONE: Duration = Duration::from_secs(24 * 3600);
+/// How long an undelivered delivery is kept at most (its retries end long before).
+const DELIVERY_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Dead letters kept per tenant (the count goes on in the metrics).
+const DEAD_KEPT: isize = 1_000;
+
+/// One queued notification: what to send where, and how it went so far.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Delivery {
+    pub id: String,
+    pub tenant: String,
+    pub webhook_id: String,
+    /// The JSON body, as signed and sent.
+    pub body: String,
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("a stored value is not what this version writes: {0}")]
+    Corrupt(String),
+}
+
+#[derive(Clone)]
+pub struct Store {
+    connection: ConnectionManager,
+    call_timeout: Duration,
+}
+
+fn hooks_key(tenant: &str) -> String {
+    format!("webhooks:{tenant}")
+}
+const TENANTS_KEY: &str = "webhooks:tenants";
+const DUE_KEY: &str = "webhooks:due";
+fn cursor_key(tenant: &str) -> String {
+    format!("webhooks:cursor:{tenant}")
+}
+fn lock_key(tenant: &str) -> String {
+    format!("webhooks:lock:{tenant}")
+}
+fn delivery_key(id: &str) -> String {
+    format!("webhooks:delivery:{id}")
+}
+fn dead_key(tenant: &str) -> String {
+    format!("webhooks:dead:{tenant}")
+}
+
+/// Queues a delivery unless one with its id exists (or existed within a day): a re-read of the
+/// audit after a crash queues nothing twice.
+const ENQUEUE: &str = r"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[4]) then
+  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+  return 1
+end
+return 0";
+
+/// Claims what is due: each claimed id moves a lease ahead, so no other instance attempts it
+/// until this one reports, or until the lease runs out if it died.
+const CLAIM: &str = r"
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], ARGV[2], id) end
+return ids";
+
+/// Takes or keeps the tenant's reader lock for this instance.
+const LOCK: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] or redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0";
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Store {
+    pub async fn connect(url: &str, call_timeout: Duration) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(call_timeout))
+            .set_response_timeout(Some(call_timeout));
+        let connection = ConnectionManager::new_lazy_with_config(client, config)?;
+        Ok(Self {
+            connection,
+            call_timeout,
+        })
+    }
+
+    /// Runs one Redis call under the deadline.
+    async fn call<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        match tokio::time::timeout(self.call_timeout, f(self.connection.clone())).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(StoreError::Timeout(self.call_timeout)),
+        }
+    }
+
+    pub async fn webhooks(&self, tenant: &TenantId) -> Result<Vec<Webhook>, StoreError> {
+        let key = hooks_key(tenant.as_str());
+        let values: Vec<String> = self.call(|mut c| async move { c.hvals(key).await }).await?;
+        let mut hooks = values
+            .iter()
+            .map(|v| serde_json::from_str::<Webhook>(v))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        hooks.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        Ok(hooks)
+    }
+
+    /// Adds `hook`; when it is the tenant's first, the tenant's audit is read from now on.
+    pub async fn add(&self, hook: &Webhook) -> Result<(), StoreError> {
+        let json = serde_json::to_string(hook).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let tenant = hook.tenant.clone();
+        let id = hook.id.clone();
+        let since = format!("since:{}", Timestamp::now().as_millis());
+        self.call(|mut c| async move {
+            redis::pipe()
+                .atomic()
+                .hset(hooks_key(&tenant), &id, json)
+                .ignore()
+                .sadd(TENANTS_KEY, &tenant)
+                .ignore()
+                .set_nx(cursor_key(&tenant), since)
+                .ignore()
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await
+    }
+
+    /// Removes a webhook; false if it did not exist.
+    pub async fn remove(&self, tenant: &TenantId, id: &str) -> Result<bool, StoreError> {
+        let (key, id) = (hooks_key(tenant.as_str()), id.to_owned());
+        let removed: u32 = self
+            .call(|mut c| async move { c.hdel(key, id).await })
+            .await?;
+        Ok(removed > 0)
+    }
+
+    /// The tenants that have (or had) webhooks; one whose last webhook went is dropped here.
+    pub async fn tenants(&self) -> Result<Vec<String>, StoreError> {
+        self.call(|mut c| async move { c.smembers(TENANTS_KEY).await })
+            .await
+    }
+
+    pub async fn forget_tenant(&self, tenant: &str) -> Result<(), StoreError> {
+        let tenant = tenant.to_owned();
+        self.call(|mut c| async move {
+            redis::pipe()
+                .srem(TENANTS_KEY, &tenant)
+                .ignore()
+                .del(cursor_key(&tenant))
+                .ignore()
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await
+    }
+
+    /// Takes or keeps the right to read `tenant`'s audit for `lease` (one instance at a time).
+    pub async fn lock(
+        &self,
+        tenant: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        let (key, owner) = (lock_key(tenant), owner.to_owned());
+        let held: i64 = self
+            .call(|mut c| async move {
+                redis::Script::new(LOCK)
+                    .key(key)
+                    .arg(owner)
+                    .arg(millis(lease))
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(held == 1)
+    }
+
+    pub async fn cursor(&self, tenant: &str) -> Result<Option<String>, StoreError> {
+        let key = cursor_key(tenant);
+        self.call(|mut c| async move { c.get(key).await }).await
+    }
+
+    pub async fn set_cursor(&self, tenant: &str, cursor: &str) -> Result<(), StoreError> {
+        let (key, cursor) = (cursor_key(tenant), cursor.to_owned());
+        self.call(|mut c| async move { c.set(key, cursor).await })
+            .await
+    }
+
+    /// Queues `delivery` to be attempted now, unless it was queued before; true if queued.
+    pub async fn enqueue(&self, delivery: &Delivery) -> Result<bool, StoreError> {
+        let json =
+            serde_json::to_string(delivery).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let id = delivery.id.clone();
+        let queued: i64 = self
+            .call(|mut c| async move {
+                redis::Script::new(ENQUEUE)
+                    .key(delivery_key(&id))
+                    .key(DUE_KEY)
+                    .arg(json)
+                    .arg(Timestamp::now().as_millis())
+                    .arg(&id)
+                    .arg(millis(DELIVERY_TTL))
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(queued == 1)
+    }
+
+    /// Up to `limit` deliveries due now, each leased for `lease`.
+    pub async fn claim(&self, limit: usize, lease: Duration) -> Result<Vec<Delivery>, StoreError> {
+        let now = Timestamp::now();
+        let ids: Vec<String> = self
+            .call(|mut c| async move {
+                redis::Script::new(CLAIM)
+                    .key(DUE_KEY)
+                    .arg(now.as_millis())
+                    .arg(now.plus(lease).as_millis())
+                    .arg(limit)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|id| delivery_key(id)).collect();
+        let values: Vec<Option<String>> =
+            self.call(|mut c| async move { c.mget(keys).await }).await?;
+        let mut deliveries = Vec::new();
+        for (id, value) in ids.iter().zip(values) {
+            match value.as_deref().map(serde_json::from_str::<Delivery>) {
+                Some(Ok(delivery)) => deliveries.push(delivery),
+                // Gone (expired) or a tombstone: nothing left to send.
+                _ => {
+                    let id = id.clone();
+                    self.call(|mut c| async move { c.zrem::<_, _, ()>(DUE_KEY, id).await })
+                        .await?;
+                }
+            }
+        }
+        Ok(deliveries)
+    }
+
+    /// The receiver took it: never again.
+    pub async fn delivered(&self, delivery: &Delivery) -> Result<(), StoreError> {
+        let id = delivery.id.clone();
+        self.call(|mut c| async move {
+            redis::pipe()
+                .atomic()
+                .pset_ex(delivery_key(&id), "sent", millis(TOMBSTONE))
+                .ignore()
+                .zrem(DUE_KEY, &id)
+                .ignore()
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await
+    }
+
+    /// Failed this time: tried again at `next`.
+    pub async fn retry_at(&self, delivery: &Delivery, next: Timestamp) -> Result<(), StoreError> {
+        let json =
+            serde_json::to_string(delivery).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let id = delivery.id.clone();
+        self.call(|mut c| async move {
+            redis::pipe()
+                .atomic()
+                .pset_ex(delivery_key(&id), json, millis(DELIVERY_TTL))
+                .ignore()
+                .zadd(DUE_KEY, &id, next.as_millis())
+                .ignore()
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await
+    }
+
+    /// Given up on: kept in the tenant's dead letters, never tried again.
+    pub async fn dead(&self, delivery: &Delivery) -> Result<(), StoreError> {
+        let json =
+            serde_json::to_string(delivery).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let (id, tenant) = (delivery.id.clone(), delivery.tenant.clone());
+        self.call(|mut c| async move {
+            redis::pipe()
+                .atomic()
+                .lpush(dead_key(&tenant), json)
+                .ignore()
+                .ltrim(dead_key(&tenant), 0, DEAD_KEPT - 1)
+                .ignore()
+                .pset_ex(delivery_key(&id), "dead", millis(TOMBSTONE))
+                .ignore()
+                .zrem(DUE_KEY, &id)
+                .ignore()
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await
+    }
+
+    /// How many of `tenant`'s deliveries were given up on (the last 1,000 are kept).
+    pub async fn dead_letters(&self, tenant: &TenantId) -> Result<u64, StoreError> {
+        let key = dead_key(tenant.as_str());
+        self.call(|mut c| async move { c.llen(key).await }).await
+    }
+
+    /// Deliveries waiting (due now or later, all tenants).
+    pub async fn queued(&self) -> Result<u64, StoreError> {
+        self.call(|mut c| async move { c.zcard(DUE_KEY).await })
+            .await
+    }
+}

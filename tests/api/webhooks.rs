@@ -1,0 +1,412 @@
+//! Webhooks, delivered to a real HTTP receiver on a free port: the admin API, signatures that
+//! verify, retries of a failing receiver with the same id, nothing lost across a restart, the
+//! Slack format and "expiring soon", dead letters. Webhooks live in Redis: on Temporal the
+//! admin API answers 501.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{HeaderMap, StatusCode as AxumStatus};
+use hmac::{Hmac, Mac};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use sha2::Sha256;
+use tokio::sync::mpsc;
+
+use crate::support::{assert_problem, Backend, Harness, TestApp};
+
+contract_tests!(admins_manage_webhooks_and_others_cannot);
+
+const INBOX: &str = "https://inbox.example";
+const WITHIN: Duration = Duration::from_secs(20);
+
+/// One POST the receiver got.
+#[derive(Debug, Clone)]
+struct Received {
+    headers: HashMap<String, String>,
+    body: String,
+}
+
+impl Received {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).expect("a JSON body")
+    }
+
+    fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map(String::as_str).unwrap_or("")
+    }
+}
+
+/// A local HTTP receiver that answers 500 to the first `fail_first` posts (or to all while
+/// `failing`), and passes every post it gets to the test.
+struct Receiver {
+    url: String,
+    got: mpsc::UnboundedReceiver<Received>,
+    failing: Arc<AtomicUsize>,
+}
+
+impl Receiver {
+    /// Fails the first `fail_first` posts (`usize::MAX`: all, until [`Self::recover`]).
+    async fn start(fail_first: usize) -> Self {
+        let (tx, got) = mpsc::unbounded_channel();
+        let failing = Arc::new(AtomicUsize::new(fail_first));
+        let counter = failing.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: HeaderMap, body: String| {
+                let tx = tx.clone();
+                let counter = counter.clone();
+                async move {
+                    let headers = headers
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+                        .collect();
+                    let _ = tx.send(Received { headers, body });
+                    let left = counter.load(Ordering::SeqCst);
+                    if left == 0 {
+                        AxumStatus::OK
+                    } else {
+                        if left != usize::MAX {
+                            counter.fetch_sub(1, Ordering::SeqCst);
+                        }
+                        AxumStatus::INTERNAL_SERVER_ERROR
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { url, got, failing }
+    }
+
+    fn recover(&self) {
+        self.failing.store(0, Ordering::SeqCst);
+    }
+
+    async fn next(&mut self) -> Received {
+        tokio::time::timeout(WITHIN, self.got.recv())
+            .await
+            .expect("a delivery within 20 s")
+            .expect("the receiver runs")
+    }
+
+    /// The next delivery whose JSON `type` is `kind`.
+    async fn next_of(&mut self, kind: &str) -> Received {
+        loop {
+            let got = self.next().await;
+            if got.json()["type"] == kind {
+                return got;
+            }
+        }
+    }
+}
+
+/// Fast loops, short retries, links to the inbox.
+fn fast(settings: &mut approvals::config::Settings) {
+    let n = &mut settings.notifications;
+    n.poll_interval = Duration::from_millis(100);
+    n.send_interval = Duration::from_millis(50);
+    n.retry_base = Duration::from_millis(100);
+    n.retry_max = Duration::from_millis(400);
+    n.request_timeout = Duration::from_secs(2);
+    settings.ui.public_url = Some(INBOX.into());
+}
+
+async fn add_webhook(app: &TestApp, body: Value) -> Value {
+    let response = app
+        .request(
+            Method::POST,
+            &format!("/v1/tenants/{}/webhooks", app.tenant),
+            Some(&app.tokens.admin),
+        )
+        .json(&body)
+        .send()
+        .await
+        .expect("add webhook");
+    assert_eq!(response.status(), StatusCode::CREATED);
+    response.json().await.expect("json")
+}
+
+fn verify(secret: &str, got: &Received) {
+    let timestamp: i64 = got
+        .header("x-approvals-timestamp")
+        .parse()
+        .expect("timestamp");
+    let now = chrono::Utc::now().timestamp();
+    assert!(
+        (now - timestamp).abs() < 300,
+        "a fresh timestamp: {timestamp}"
+    );
+    let signature = got
+        .header("x-approvals-signature")
+        .strip_prefix("v1=")
+        .expect("v1= signature");
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("key");
+    mac.update(format!("{timestamp}.{}", got.body).as_bytes());
+    mac.verify_slice(&hex::decode(signature).expect("hex"))
+        .expect("the signature verifies with the webhook's secret");
+    // And a body changed in transit does not.
+    let mut forged = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("key");
+    forged.update(format!("{timestamp}.{}x", got.body).as_bytes());
+    assert!(forged
+        .verify_slice(&hex::decode(signature).expect("hex"))
+        .is_err());
+}
+
+async fn admins_manage_webhooks_and_others_cannot(h: Harness) {
+    let tenant = h.tenant.clone();
+    let app = h.spawn().await;
+    let path = format!("/v1/tenants/{tenant}/webhooks");
+    let body =
+        json!({"url": "https://hooks.example/approvals", "events": ["parked", "expiring_soon"]});
+    if h.backend != Backend::Redis {
+        assert_problem(
+            app.request(Method::POST, &path, Some(&app.tokens.admin))
+                .json(&body)
+                .send()
+                .await
+                .expect("post"),
+            StatusCode::NOT_IMPLEMENTED,
+            "webhooks_disabled",
+        )
+        .await;
+        return;
+    }
+    assert_problem(
+        app.request(Method::POST, &path, Some(&app.tokens.reviewer))
+            .json(&body)
+            .send()
+            .await
+            .expect("post"),
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    assert_problem(
+        app.request(Method::POST, &path, Some(&app.tokens.admin))
+            .json(&json!({"url": "ftp://hooks.example/x"}))
+            .send()
+            .await
+            .expect("post"),
+        StatusCode::BAD_REQUEST,
+        "invalid_body",
+    )
+    .await;
+    let created = add_webhook(&app, body).await;
+    let id = created["id"].as_str().expect("id").to_owned();
+    assert!(created["secret"]
+        .as_str()
+        .is_some_and(|s| s.starts_with("whsec_")));
+    assert_eq!(created["format"], "json");
+    assert_eq!(created["events"], json!(["expiring_soon", "parked"]));
+
+    let listed = app.get_json(&path, &app.tokens.admin).await;
+    assert_eq!(listed["items"].as_array().map(Vec::len), Some(1));
+    assert_eq!(listed["items"][0]["id"], id.as_str());
+    assert!(listed["items"][0].get("secret").is_none(), "{listed}");
+    assert_eq!(listed["dead_letters"], 0);
+    // Another tenant's reviewer sees nothing of it.
+    assert_eq!(
+        app.request(Method::GET, &path, Some(&app.tokens.other_tenant_reviewer))
+            .send()
+            .await
+            .expect("get")
+            .status(),
+        StatusCode::FORBIDDEN
+    );
+
+    let delete = |token: String| {
+        let url = format!("{path}/{id}");
+        let request = app.request(Method::DELETE, &url, Some(&token));
+        async move { request.send().await.expect("delete") }
+    };
+    assert_eq!(
+        delete(app.tokens.reviewer.clone()).await.status(),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        delete(app.tokens.admin.clone()).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_problem(
+        delete(app.tokens.admin.clone()).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn deliveries_are_signed_and_tell_what_happened_with_a_link_to_the_inbox() {
+    let mut receiver = Receiver::start(0).await;
+    let app = TestApp::spawn_with(fast).await;
+    let created = add_webhook(&app, json!({"url": receiver.url})).await;
+    let secret = created["secret"].as_str().expect("secret").to_owned();
+
+    app.park("hooked").await;
+    let parked = receiver.next_of("parked").await;
+    verify(&secret, &parked);
+    let body = parked.json();
+    assert_eq!(body["tenant"], app.tenant.as_str());
+    assert_eq!(body["approval_id"], "hooked");
+    assert_eq!(body["actor"], "agent-1");
+    assert_eq!(body["inbox_url"], format!("{INBOX}/ui/approvals/hooked"));
+    assert_eq!(body["event"]["details"]["decision"], "require_approval");
+    // The id in the body and in the header is the same, and stable: receivers drop duplicates.
+    assert_eq!(
+        parked.header("x-approvals-event-id"),
+        format!("{}:{}", app.tenant, body["id"].as_str().unwrap_or(""))
+    );
+
+    let accepted = app.decide("hooked", "accept", &app.tokens.reviewer).await;
+    assert_eq!(accepted.status(), StatusCode::OK);
+    let decided = receiver.next_of("decided").await;
+    verify(&secret, &decided);
+    assert_eq!(decided.json()["event"]["kind"], "accepted");
+    assert_eq!(decided.json()["actor"], "alice");
+}
+
+#[tokio::test]
+async fn a_failing_receiver_gets_the_same_event_again_until_it_takes_it() {
+    // 500 twice, then 200.
+    let mut receiver = Receiver::start(2).await;
+    let app = TestApp::spawn_with(fast).await;
+    add_webhook(&app, json!({"url": receiver.url, "events": ["parked"]})).await;
+    app.park("retried").await;
+    let ids: Vec<String> = [
+        receiver.next().await,
+        receiver.next().await,
+        receiver.next().await,
+    ]
+    .iter()
+    .map(|r| r.header("x-approvals-event-id").to_owned())
+    .collect();
+    assert!(ids.iter().all(|id| id == &ids[0]), "{ids:?}");
+    // Taken on the third attempt: nothing more comes.
+    let more = tokio::time::timeout(Duration::from_secs(2), receiver.got.recv()).await;
+    assert!(more.is_err(), "delivered again after a 200: {more:?}");
+    // Counted per tenant and outcome (tests in this binary share one recorder and tenant name,
+    // so only the series are checked, not their values).
+    let series = |outcome: &str| {
+        format!(
+            "approvals_notifications_total{{tenant=\"{}\",outcome=\"{outcome}\"}}",
+            app.tenant
+        )
+    };
+    let (sent, failed) = (series("sent"), series("failed"));
+    app.metrics_until(&app.base, WITHIN, "notifications counted", |m| {
+        m.contains(&sent) && m.contains(&failed)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn nothing_is_lost_across_a_restart_and_dead_letters_are_counted() {
+    let mut receiver = Receiver::start(usize::MAX).await;
+    let mut app = TestApp::spawn_with(|s| {
+        fast(s);
+        // Slow retries: the restart happens while they wait.
+        s.notifications.retry_base = Duration::from_secs(1);
+    })
+    .await;
+    add_webhook(&app, json!({"url": receiver.url, "events": ["parked"]})).await;
+    for n in 0..3 {
+        app.park(&format!("before-restart-{n}")).await;
+    }
+    // Each was attempted at least once and refused.
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < 3 {
+        seen.insert(
+            receiver
+                .next()
+                .await
+                .header("x-approvals-event-id")
+                .to_owned(),
+        );
+    }
+    // A new instance on the same Redis; the receiver is back.
+    app.restart().await;
+    receiver.recover();
+    app.park("after-restart").await;
+    let mut delivered = std::collections::HashSet::new();
+    while delivered.len() < 4 {
+        let got = receiver.next().await;
+        delivered.insert(got.json()["approval_id"].as_str().unwrap_or("").to_owned());
+    }
+    for n in 0..3 {
+        assert!(
+            delivered.contains(&format!("before-restart-{n}")),
+            "{delivered:?}"
+        );
+    }
+
+    // A receiver that never takes it: given up after max_attempts, counted as a dead letter.
+    drop(app);
+    let mut dead_receiver = Receiver::start(usize::MAX).await;
+    let app = TestApp::spawn_with(|s| {
+        fast(s);
+        s.notifications.max_attempts = 2;
+    })
+    .await;
+    add_webhook(
+        &app,
+        json!({"url": dead_receiver.url, "events": ["parked"]}),
+    )
+    .await;
+    app.park("never-taken").await;
+    dead_receiver.next().await;
+    dead_receiver.next().await;
+    let path = format!("/v1/tenants/{}/webhooks", app.tenant);
+    let deadline = std::time::Instant::now() + WITHIN;
+    loop {
+        let listed = app.get_json(&path, &app.tokens.admin).await;
+        if listed["dead_letters"] == 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{listed}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn slack_messages_warn_before_an_approval_expires_with_a_button_to_the_inbox() {
+    let mut receiver = Receiver::start(0).await;
+    let app = TestApp::spawn_with(|s| {
+        fast(s);
+        s.approvals
+            .tenant_ttl
+            .insert(crate::support::TENANT.into(), Duration::from_secs(4));
+        s.notifications.expiring_soon_share = 0.5;
+    })
+    .await;
+    add_webhook(
+        &app,
+        json!({"url": receiver.url, "format": "slack", "events": ["expiring_soon", "expired"]}),
+    )
+    .await;
+    app.park("ticking").await;
+    let soon = receiver.next().await.json();
+    let text = soon["text"].as_str().unwrap_or_default();
+    assert!(text.contains("Expiring soon"), "{soon}");
+    assert!(text.contains("ticking"), "{soon}");
+    assert_eq!(
+        soon["blocks"][1]["elements"][0]["url"],
+        format!("{INBOX}/ui/approvals/ticking")
+    );
+    let expired = receiver.next().await.json();
+    assert!(
+        expired["text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("expired without a decision"),
+        "{expired}"
+    );
+    // Expiring soon is sent once, not on every pass.
+    let more = tokio::time::timeout(Duration::from_secs(1), receiver.got.recv()).await;
+    assert!(more.is_err(), "{more:?}");
+}
