@@ -51,6 +51,12 @@ fn prometheus() -> PrometheusHandle {
                     Matcher::Full("approvals_time_to_decision_seconds".into()),
                     AGE_BUCKETS,
                 )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("approvals_time_to_first_view_seconds".into()),
+                        AGE_BUCKETS,
+                    )
+                })
                 .and_then(|b| b.set_buckets(LATENCY_BUCKETS));
             let recorder = match builder {
                 Ok(builder) => builder.build_recorder(),
@@ -84,6 +90,10 @@ fn describe() {
     metrics::describe_counter!(
         "approvals_notifications_queued_total",
         "Webhook deliveries queued, by tenant."
+    );
+    metrics::describe_histogram!(
+        "approvals_time_to_first_view_seconds",
+        "Seconds from parking to the first time a reviewer opened the approval in the inbox."
     );
     metrics::describe_gauge!(
         "approvals_notifications_pending",

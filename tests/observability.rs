@@ -14,6 +14,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use approvals::auth::{mint, Role, TokenEntry};
@@ -478,6 +480,9 @@ const PER_TENANT_METRICS: &[&str] = &[
     "approvals_time_to_decision_seconds_bucket",
     "approvals_time_to_decision_seconds_sum",
     "approvals_time_to_decision_seconds_count",
+    "approvals_time_to_first_view_seconds_bucket",
+    "approvals_notifications_total",
+    "approvals_notifications_queued_total",
 ];
 
 /// The metric names (and other identifiers) in a PromQL expression.
@@ -647,6 +652,7 @@ struct Tenants {
     expiring: &'static str,
     steady_agent: String,
     steady_reviewer: String,
+    steady_admin: String,
     expiring_agent: String,
     expiring_reviewer: String,
 }
@@ -665,6 +671,7 @@ impl Tenants {
             expiring,
             steady_agent: token(steady, Role::Agent, &format!("{steady}-agent")),
             steady_reviewer: token(steady, Role::Reviewer, &format!("{steady}-reviewer")),
+            steady_admin: token(steady, Role::Admin, &format!("{steady}-admin")),
             expiring_agent: token(expiring, Role::Agent, &format!("{expiring}-agent")),
             expiring_reviewer: token(expiring, Role::Reviewer, &format!("{expiring}-reviewer")),
         };
@@ -686,7 +693,36 @@ fn service_settings(tenants: &Tenants, tokens: Vec<TokenEntry>) -> Settings {
     settings.approvals.sweep_interval = Duration::from_millis(100);
     settings.approvals.stats_interval = Duration::from_millis(200);
     settings.approvals.adopt_interval = Duration::from_millis(500);
+    settings.notifications.poll_interval = Duration::from_millis(100);
+    settings.notifications.send_interval = Duration::from_millis(50);
+    settings.notifications.retry_base = Duration::from_millis(100);
     settings
+}
+
+/// A webhook receiver on a free port that refuses the first delivery (500) and takes the
+/// rest, so that sent and failed deliveries both exist; counts what it took.
+async fn start_receiver() -> (String, Arc<AtomicUsize>) {
+    let posts = Arc::new(AtomicUsize::new(0));
+    let counter = posts.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move || {
+            let counter = counter.clone();
+            async move {
+                if counter.fetch_add(1, Ordering::SeqCst) == 0 {
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR
+                } else {
+                    axum::http::StatusCode::OK
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, posts)
 }
 
 /// The service, in this process, on a free port; stopped when dropped.
@@ -1019,7 +1055,53 @@ async fn every_dashboard_and_alert_query_answers_from_a_real_prometheus() {
     )
     .await;
 
+    // Notifications and a reviewer's first look, for the panels on reaching reviewers.
+    let (hook, posts) = start_receiver().await;
+    let path = format!("/v1/tenants/{ACME}/webhooks");
+    let (status, body) = client
+        .call(
+            reqwest::Method::POST,
+            &path,
+            Some(&tenants.steady_admin),
+            Some(json!({"url": hook, "events": ["parked", "decided"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
     client.drive_traffic(&tenants).await;
+    let inbox = reqwest::Client::builder()
+        .cookie_store(true)
+        .build()
+        .expect("client");
+    let signed_in = inbox
+        .post(format!("{}/ui/login", service.base))
+        .form(&[("token", tenants.steady_reviewer.as_str())])
+        .send()
+        .await
+        .expect("sign in");
+    assert_eq!(
+        signed_in.status(),
+        StatusCode::OK,
+        "the inbox after signing in"
+    );
+    let page = inbox
+        .get(format!("{}/ui/approvals/{ACME}-pending-0", service.base))
+        .send()
+        .await
+        .expect("detail page");
+    assert_eq!(page.status(), StatusCode::OK);
+    until(Duration::from_secs(15), "webhook deliveries", || {
+        let taken = posts.load(Ordering::SeqCst);
+        async move {
+            // acme: 5 parked, 2 decided, the first refused and retried.
+            if taken >= 8 {
+                Ok(())
+            } else {
+                Err(format!("{taken} posts"))
+            }
+        }
+    })
+    .await;
     let rules = alert_rules();
     until_scraped(&prom, &tenants, &["approvals"], Instant::now(), rules.len()).await;
 

@@ -139,7 +139,9 @@ pub async fn remove_webhook(
 ) -> Result<StatusCode, ApiError> {
     let well_formed = id.len() == 35
         && id.starts_with("wh_")
-        && id[3..].bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        && id[3..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     if !well_formed {
         return Err(ApiError::InvalidIdentifier(format!(
             "webhook id must match ^wh_[0-9a-f]{{32}}$, got {:?}",

@@ -339,6 +339,31 @@ impl Store {
         self.call(|mut c| async move { c.llen(key).await }).await
     }
 
+    /// Records that a reviewer looked at a pending approval; true the first time (across
+    /// instances), for the time-to-first-view figure. Forgotten after `keep`.
+    pub async fn first_view(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        keep: Duration,
+    ) -> Result<bool, StoreError> {
+        let key = format!("viewed:{tenant}:{id}");
+        let keep = millis(keep).max(1);
+        let set: Option<String> = self
+            .call(|mut c| async move {
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(1)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(keep)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(set.is_some())
+    }
+
     /// Deliveries waiting (due now or later, all tenants).
     pub async fn queued(&self) -> Result<u64, StoreError> {
         self.call(|mut c| async move { c.zcard(DUE_KEY).await })

@@ -4,6 +4,7 @@
 //! (`session`); pages call the same use cases as the API (`crate::app`), so every rule
 //! (roles, tenants, self-approval, first decision wins) is the API's.
 
+mod first_view;
 mod pages;
 pub mod session;
 mod view;
@@ -34,18 +35,22 @@ pub struct UiState {
     session_ttl: Duration,
     /// Whether session cookies are `Secure` (the inbox is served over HTTPS).
     secure_cookies: bool,
+    first_views: std::sync::Arc<first_view::FirstViews>,
 }
 
 impl UiState {
     pub fn new(api: AppState, settings: &crate::config::UiSettings) -> Self {
         Self {
-            api,
             key: session::signing_key(settings.session_secret.as_deref()),
             session_ttl: settings.session_ttl,
             secure_cookies: settings
                 .public_url
                 .as_deref()
                 .is_some_and(|url| url.starts_with("https://")),
+            first_views: std::sync::Arc::new(first_view::FirstViews::new(
+                api.notifier.as_ref().map(|n| n.store().clone()),
+            )),
+            api,
         }
     }
 }

@@ -317,6 +317,10 @@ pub async fn detail(
         Ok(approval) => approval,
         Err(error) => return error_page(Some(&session), error),
     };
+    state
+        .first_views
+        .viewed(&approval, &session.principal.subject)
+        .await;
     let now = Timestamp::now();
     let row = Row::of(&approval, now);
     let notice = query
