@@ -6,6 +6,9 @@ use std::time::Duration;
 use approvals_core::{Approval, Status, Timestamp};
 use serde_json::{Map, Value};
 
+/// The longest context summary a list row shows.
+pub const CONTEXT_SUMMARY_CHARS: usize = 120;
+
 /// The share of its TTL under which a pending approval is shown as expiring soon.
 pub const EXPIRING_SOON_SHARE: f64 = 0.2;
 
@@ -20,6 +23,9 @@ pub struct Row {
     pub agent: String,
     pub submitted_by: String,
     pub reasons: Vec<String>,
+    /// The context as one line of JSON, cut at [`CONTEXT_SUMMARY_CHARS`] (the detail page has
+    /// it whole).
+    pub context: String,
     pub submitted_at: String,
     /// "12 min", since it was submitted.
     pub age: String,
@@ -51,6 +57,7 @@ impl Row {
             agent: approval.agent_id.clone(),
             submitted_by: approval.submitted_by.clone(),
             reasons: approval.reasons.clone(),
+            context: summary(&approval.context),
             submitted_at: clock(approval.submitted_at),
             age: span(approval.submitted_at.elapsed_at(now)),
             expires_at: approval.expires_at.to_string(),
@@ -73,6 +80,18 @@ fn text(object: &Map<String, Value>, field: &str) -> String {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Null) | None => String::new(),
         Some(other) => other.to_string(),
+    }
+}
+
+/// `object` as one line of JSON, cut with an ellipsis; empty for `{}`.
+fn summary(object: &Map<String, Value>) -> String {
+    if object.is_empty() {
+        return String::new();
+    }
+    let text = serde_json::to_string(object).unwrap_or_default();
+    match text.char_indices().nth(CONTEXT_SUMMARY_CHARS) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text,
     }
 }
 
@@ -119,6 +138,18 @@ mod tests {
         assert_eq!(span(Duration::from_secs(3 * 3600)), "3 h");
         assert_eq!(span(Duration::from_secs(3 * 3600 + 5 * 60)), "3 h 5 min");
         assert_eq!(span(Duration::from_secs(2 * 86_400 + 4 * 3600)), "2 d 4 h");
+    }
+
+    #[test]
+    fn context_summaries_are_one_line_and_cut() {
+        let mut context = Map::new();
+        assert_eq!(summary(&context), "");
+        context.insert("ticket".into(), Value::String("T-1".into()));
+        assert_eq!(summary(&context), r#"{"ticket":"T-1"}"#);
+        context.insert("note".into(), Value::String("x".repeat(500)));
+        let cut = summary(&context);
+        assert_eq!(cut.chars().count(), CONTEXT_SUMMARY_CHARS + 1);
+        assert!(cut.ends_with('…'));
     }
 
     #[test]

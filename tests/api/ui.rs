@@ -192,6 +192,10 @@ async fn a_reviewer_signs_in_sees_what_waits_and_accepts_it(h: Harness) {
     let inbox = inbox.text().await.expect("text");
     assert!(inbox.contains("href=\"/ui/approvals/wire-1\""), "{inbox}");
     assert!(inbox.contains("agent-1"), "the agent is shown: {inbox}");
+    assert!(
+        inbox.contains("{&#34;ticket&#34;:&#34;T-1&#34;}"),
+        "the context is summarised: {inbox}"
+    );
     assert!(inbox.contains("alice"), "who is signed in is shown");
 
     let detail = browser.page("/ui/approvals/wire-1").await;
