@@ -56,6 +56,30 @@ if ! .tools/bin/pip show openapi-python-client 2>/dev/null | grep -q "^Version: 
   .tools/bin/pip install -q --disable-pip-version-check "openapi-python-client==$OPENAPI_PYTHON_CLIENT_VERSION"
 fi
 export OPENAPI_PYTHON_CLIENT="$PWD/.tools/bin/openapi-python-client"
+# The Python client (clients/python, editable) and what its tests and the agent examples need
+# (tests/python_client.rs), in the same venv; hatchling and build to build its wheel here.
+# CLIENT_PYTHON, not APPROVALS_PYTHON: the service reads every APPROVALS_… variable as config.
+PYTHON_CLIENT_PINS=(httpx==0.28.1 pytest==8.4.2 anyio==4.11.0 langgraph==1.2.24 langchain-core==1.8.3
+  openai-agents==0.24.0 build==1.3.0 hatchling==1.33.0)
+if ! .tools/bin/python - "${PYTHON_CLIENT_PINS[@]}" >/dev/null 2>&1 <<'PY'
+import importlib.metadata as metadata, pathlib, sys
+for pin in sys.argv[1:]:
+    name, version = pin.split("==")
+    assert metadata.version(name) == version, pin
+import approvals_client  # installed editable from this checkout
+assert pathlib.Path(approvals_client.__file__).resolve().is_relative_to(pathlib.Path("clients/python/src").resolve())
+PY
+then
+  echo "installing: the Python client (editable) and ${PYTHON_CLIENT_PINS[*]} into .tools"
+  .tools/bin/pip install -q --disable-pip-version-check "${PYTHON_CLIENT_PINS[@]}" -e clients/python
+fi
+export CLIENT_PYTHON="$PWD/.tools/bin/python"
+# The client's wheel builds (with the pinned hatchling, nothing downloaded) and ships py.typed.
+wheel_dir=$(mktemp -d)
+.tools/bin/python -m build --wheel --no-isolation --outdir "$wheel_dir" clients/python >/dev/null
+.tools/bin/python -m zipfile -l "$wheel_dir"/approvals_client-*.whl | grep 'approvals_client/py.typed' >/dev/null
+echo "built: $(basename "$wheel_dir"/approvals_client-*.whl)"
+rm -rf "$wheel_dir"
 
 cargo fmt --all -- --check
 # A Redis-only build (the default image) must keep compiling without the Temporal SDK, and say

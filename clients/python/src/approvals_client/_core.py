@@ -1,0 +1,209 @@
+"""What the sync and the async client share: retry policy, request shapes, answer parsing."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import uuid
+from dataclasses import dataclass
+from typing import Any, Mapping
+from urllib.parse import quote
+
+import httpx
+
+from .errors import ApiError
+from .models import Approval, AuditEvent, LiveEvent, Problem, Status
+
+DEFAULT_TIMEOUT = 10.0
+"""Seconds for a call other than a long-poll (connect, read and write each)."""
+
+SERVER_WAIT_CAP = 60
+"""The service's longest long-poll (`approvals.long_poll_max`): a wait asks for at most this
+and resumes after it."""
+
+RETRYABLE_STATUSES = frozenset({502, 503, 504})
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with jitter on `503` (and `502`/`504` from a proxy) and on
+    connection errors. Every retry of a submit sends the same `request_id`, so it can find
+    the approval an earlier attempt parked but never parks a second one.
+
+    attempt n (n >= 1) sleeps a random time in [d/2, d], d = min(max_backoff,
+    initial_backoff * multiplier**(n-1)), or the server's `Retry-After` when longer; the call
+    gives up after `max_attempts` attempts or once `max_elapsed` seconds have passed.
+    """
+
+    max_attempts: int = 8
+    initial_backoff: float = 0.2
+    max_backoff: float = 5.0
+    multiplier: float = 2.0
+    max_elapsed: float | None = 60.0
+
+    def backoff(self, attempt: int, retry_after: float | None = None) -> float:
+        ceiling = min(self.max_backoff, self.initial_backoff * self.multiplier ** max(0, attempt - 1))
+        delay = random.uniform(ceiling / 2, ceiling)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self.max_backoff))
+        return delay
+
+    def gives_up(self, attempt: int, elapsed: float, next_delay: float) -> bool:
+        if attempt >= self.max_attempts:
+            return True
+        return self.max_elapsed is not None and elapsed + next_delay > self.max_elapsed
+
+
+NO_RETRY = RetryPolicy(max_attempts=1)
+
+
+def new_request_id() -> str:
+    """A fresh request id: 32 hex digits (valid for the service's `^[A-Za-z0-9]…` pattern)."""
+    return uuid.uuid4().hex
+
+
+def segment(value: str) -> str:
+    return quote(value, safe="")
+
+
+def retry_after_seconds(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def is_retryable(response: httpx.Response) -> bool:
+    return response.status_code in RETRYABLE_STATUSES
+
+
+def api_error(response: httpx.Response, attempts: int = 1) -> ApiError:
+    """The problem+json body as an exception (a bare status when the body is not one)."""
+    error = _api_error(response)
+    error.attempts = attempts
+    return error
+
+
+def _api_error(response: httpx.Response) -> ApiError:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and "status" in body:
+        try:
+            problem = Problem.from_json(body)
+        except (KeyError, TypeError, ValueError):
+            problem = None
+        if problem is not None:
+            return ApiError(problem.status, problem.code, problem.title, problem.detail, problem)
+    text = response.text[:500] if response.content else ""
+    return ApiError(response.status_code, "", response.reason_phrase, text, None)
+
+
+def submit_body(
+    action: Mapping[str, Any],
+    request_id: str,
+    agent_id: str | None,
+    context: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    if "type" not in action or not isinstance(action["type"], str):
+        raise ValueError("an action is an object with a string `type`")
+    body: dict[str, Any] = {"request_id": request_id, "action": dict(action)}
+    if agent_id is not None:
+        body["agent_id"] = agent_id
+    if context is not None:
+        body["context"] = dict(context)
+    return body
+
+
+def decide_body(reason: str | None, action_digest: str | None) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    if reason is not None:
+        body["reason"] = reason
+    if action_digest is not None:
+        body["action_digest"] = action_digest
+    return body
+
+
+def list_params(status: Status | str | None, limit: int | None, cursor: str | None) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    if status is not None:
+        params["status"] = Status(status).value
+    if limit is not None:
+        params["limit"] = limit
+    if cursor is not None:
+        params["cursor"] = cursor
+    return params
+
+
+def poll_seconds(remaining: float | None, per_poll: int) -> int:
+    """What one long-poll asks for: the per-poll wait, the server's cap, or what is left of
+    the caller's deadline, whichever is least (whole seconds; 0 asks for the current state)."""
+    ask = min(per_poll, SERVER_WAIT_CAP)
+    if remaining is not None:
+        ask = min(ask, max(0, math.ceil(remaining)))
+    return max(0, int(ask))
+
+
+def already_done(error: ApiError, wanted: Status) -> Approval | None:
+    """After a retried decision: `already_decided` with the decision we asked for means an
+    earlier attempt (whose answer was lost) made it, or another reviewer made the same one."""
+    approval = error.approval
+    if error.code == "already_decided" and approval is not None and approval.status is wanted:
+        return approval
+    return None
+
+
+class SseDecoder:
+    """The text/event-stream format (WHATWG HTML, "server-sent events"), line by line."""
+
+    def __init__(self) -> None:
+        self.event = ""
+        self.data: list[str] = []
+        self.last_id: str | None = None
+        self.retry_ms: int | None = None
+
+    def feed(self, line: str) -> tuple[str, str, str | None] | None:
+        """One line without its end; returns (event, data, id) when a blank line ends one."""
+        if line == "":
+            if not self.data:
+                self.event = ""
+                return None
+            event = (self.event or "message", "\n".join(self.data), self.last_id)
+            self.event, self.data = "", []
+            return event
+        if line.startswith(":"):
+            return None
+        name, _, value = line.partition(":")
+        if value.startswith(" "):
+            value = value[1:]
+        if name == "event":
+            self.event = value
+        elif name == "data":
+            self.data.append(value)
+        elif name == "id":
+            if "\0" not in value:
+                self.last_id = value
+        elif name == "retry" and value.isdigit():
+            self.retry_ms = int(value)
+        return None
+
+
+def live_event(raw: tuple[str, str, str | None]) -> LiveEvent:
+    import json
+
+    event, data, event_id = raw
+    return LiveEvent(event=event, id=event_id, data=AuditEvent.from_json(json.loads(data)))
+
+
+def env(name: str, given: str | None) -> str:
+    if given is not None:
+        return given
+    value = os.environ.get(name)
+    if not value:
+        raise ValueError(f"{name} is not set (or pass it explicitly)")
+    return value

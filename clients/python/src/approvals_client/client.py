@@ -1,0 +1,273 @@
+"""The synchronous client."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Iterator, Mapping
+
+import httpx
+
+from . import _core
+from ._core import DEFAULT_TIMEOUT, RetryPolicy, segment
+from .errors import ApiError, TransportError, WaitTimeout
+from .models import Approval, ApprovalPage, LiveEvent, Outcome, Status, SubmitResponse, outcome_of
+
+log = logging.getLogger("approvals_client")
+
+
+class ApprovalsClient:
+    """A tenant's view of the approvals service, for an agent or a reviewer.
+
+    `token` is a bearer token of `tenant` (`approvals token new`); an agent token submits and
+    waits, a reviewer token lists and decides. `poll_seconds` is how long one long-poll asks
+    the service to hold (it caps it at 60 s); `wait` chains polls up to the caller's deadline.
+    Pass `http` to reuse an `httpx.Client` of your own (its base URL is ignored).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        tenant: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        retry: RetryPolicy | None = None,
+        poll_seconds: int = _core.SERVER_WAIT_CAP,
+        events_read_timeout: float = 45.0,
+        http: httpx.Client | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.tenant = tenant
+        self.timeout = timeout
+        self.retry = retry if retry is not None else RetryPolicy()
+        self.poll_seconds = poll_seconds
+        self.events_read_timeout = events_read_timeout
+        self._headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+        self._own_http = http is None
+        self._http = http if http is not None else httpx.Client(timeout=timeout)
+
+    @classmethod
+    def from_env(cls, **kwargs: Any) -> ApprovalsClient:
+        """From `APV_URL`, `APV_TOKEN` and `APV_TENANT` (not `APPROVALS_…`: the service
+        reads those as its configuration, and refuses a name that is no key)."""
+        return cls(
+            _core.env("APV_URL", kwargs.pop("base_url", None)),
+            _core.env("APV_TOKEN", kwargs.pop("token", None)),
+            _core.env("APV_TENANT", kwargs.pop("tenant", None)),
+            **kwargs,
+        )
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._own_http:
+            self._http.close()
+
+    def __enter__(self) -> ApprovalsClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def _url(self, *parts: str) -> str:
+        tail = "".join("/" + segment(p) for p in parts)
+        return f"{self.base_url}/v1/tenants/{segment(self.tenant)}{tail}"
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+        timeout: httpx.Timeout | float | None = None,
+    ) -> tuple[httpx.Response, int]:
+        """One call, retried on 503/502/504 and connection errors; (answer, attempts made)."""
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response = self._http.request(
+                    method,
+                    url,
+                    params=params,
+                    json=json,
+                    headers=self._headers,
+                    timeout=timeout if timeout is not None else self.timeout,
+                )
+            except httpx.TransportError as error:
+                delay = self.retry.backoff(attempt)
+                if self.retry.gives_up(attempt, time.monotonic() - started, delay):
+                    raise TransportError(f"{method} {url}: {error!r}") from error
+                log.info("%s %s: %r; retry %d in %.2fs", method, url, error, attempt, delay)
+                time.sleep(delay)
+                continue
+            if _core.is_retryable(response):
+                delay = self.retry.backoff(attempt, _core.retry_after_seconds(response))
+                if self.retry.gives_up(attempt, time.monotonic() - started, delay):
+                    raise _core.api_error(response, attempt)
+                log.info("%s %s: %d; retry %d in %.2fs", method, url, response.status_code, attempt, delay)
+                time.sleep(delay)
+                continue
+            if response.is_error:
+                raise _core.api_error(response, attempt)
+            return response, attempt
+
+    # --- agents -----------------------------------------------------------------------------
+
+    def submit(
+        self,
+        action: Mapping[str, Any],
+        *,
+        request_id: str | None = None,
+        agent_id: str | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> SubmitResponse:
+        """Asks the policy about `action` (an object with a string `type`). Without a
+        `request_id` one is generated here, before the first attempt, so retries repeat it."""
+        request_id = request_id or _core.new_request_id()
+        body = _core.submit_body(action, request_id, agent_id, context)
+        response, _ = self._send("POST", self._url("approvals"), json=body)
+        return SubmitResponse.from_json(response.json(), request_id=request_id, created=response.status_code == 201)
+
+    def get(self, approval_id: str) -> Approval:
+        response, _ = self._send("GET", self._url("approvals", approval_id))
+        return Approval.from_json(response.json())
+
+    def poll(self, approval_id: str, wait_seconds: int) -> Approval:
+        """One long-poll: the approval once decided, or as it is (pending) after the wait."""
+        read = wait_seconds + self.timeout
+        response, _ = self._send(
+            "GET",
+            self._url("approvals", approval_id, "decision"),
+            params={"wait_seconds": wait_seconds},
+            timeout=httpx.Timeout(self.timeout, read=read),
+        )
+        return Approval.from_json(response.json())
+
+    def wait(self, approval_id: str, *, timeout: float | None = None, poll_seconds: int | None = None) -> Outcome:
+        """Waits until the approval is decided or expires; `Approved`, `Rejected` or `Expired`.
+
+        Long-polls again after each answer that is still pending, so a wait may last longer
+        than the server's 60 s cap; `timeout` (seconds, None: until the approval's own
+        expiry) is the caller's deadline, past which `WaitTimeout` is raised.
+        """
+        per_poll = poll_seconds if poll_seconds is not None else self.poll_seconds
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            approval = self.poll(approval_id, _core.poll_seconds(remaining, per_poll))
+            if approval.decided:
+                return outcome_of(approval)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeout(approval)
+
+    def submit_and_wait(
+        self,
+        action: Mapping[str, Any],
+        *,
+        request_id: str | None = None,
+        agent_id: str | None = None,
+        context: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> Outcome:
+        """`submit`, then `wait` if the action was parked: the request's final outcome."""
+        submitted = self.submit(action, request_id=request_id, agent_id=agent_id, context=context)
+        outcome = submitted.outcome()
+        if outcome is not None:
+            return outcome
+        assert submitted.approval is not None
+        return self.wait(submitted.approval.id, timeout=timeout)
+
+    # --- reviewers --------------------------------------------------------------------------
+
+    def list(
+        self, status: Status | str | None = Status.PENDING, *, limit: int | None = None, cursor: str | None = None
+    ) -> ApprovalPage:
+        """One page of the tenant's approvals in `status`, oldest first."""
+        response, _ = self._send("GET", self._url("approvals"), params=_core.list_params(status, limit, cursor))
+        return ApprovalPage.from_json(response.json())
+
+    def list_all(self, status: Status | str | None = Status.PENDING, *, page_size: int | None = None) -> Iterator[Approval]:
+        """Every approval in `status`, following `next_cursor`."""
+        cursor: str | None = None
+        while True:
+            page = self.list(status, limit=page_size, cursor=cursor)
+            yield from page.items
+            if not page.next_cursor:
+                return
+            cursor = page.next_cursor
+
+    def accept(self, approval_id: str, *, reason: str | None = None, action_digest: str | None = None) -> Approval:
+        """Accepts a pending approval (the first decision wins: `ApiError` `already_decided`,
+        `expired`, `self_approval` otherwise). Pass the `action_digest` you were shown to be
+        refused (`action_mismatch`) if the record's action is not that one."""
+        return self._decide("accept", Status.ACCEPTED, approval_id, reason, action_digest)
+
+    def reject(self, approval_id: str, *, reason: str | None = None, action_digest: str | None = None) -> Approval:
+        """Rejects a pending approval; see `accept`."""
+        return self._decide("reject", Status.REJECTED, approval_id, reason, action_digest)
+
+    def _decide(self, verb: str, wanted: Status, approval_id: str, reason: str | None, digest: str | None) -> Approval:
+        url = self._url("approvals", approval_id, verb)
+        try:
+            response, _ = self._send("POST", url, json=_core.decide_body(reason, digest))
+        except ApiError as error:
+            # A retried decision whose first attempt went through answers already_decided.
+            done = _core.already_done(error, wanted)
+            if done is not None and error.attempts > 1:
+                return done
+            raise
+        return Approval.from_json(response.json())
+
+    def events(self, last_event_id: str | None = None, *, reconnect: bool = True) -> Iterator[LiveEvent]:
+        """The tenant's live events (`parked`, `decided`, `expired`) as they are recorded.
+
+        Starts after `last_event_id` when given (else with what happens from now on) and,
+        with `reconnect`, resumes after the last event seen whenever the stream ends or
+        breaks, so none is missed or repeated. Stop by breaking out of the loop.
+        """
+        url = self._url("events")
+        last = last_event_id
+        failures = 0
+        started = time.monotonic()
+        while True:
+            headers = dict(self._headers, Accept="text/event-stream")
+            if last is not None:
+                headers["Last-Event-ID"] = last
+            decoder = _core.SseDecoder()
+            timeout = httpx.Timeout(self.timeout, read=self.events_read_timeout)
+            try:
+                with self._http.stream("GET", url, headers=headers, timeout=timeout) as response:
+                    if response.status_code != 200:
+                        response.read()
+                        if not (reconnect and _core.is_retryable(response)):
+                            raise _core.api_error(response)
+                        failures += 1
+                        delay = self.retry.backoff(failures, _core.retry_after_seconds(response))
+                        if self.retry.gives_up(failures, time.monotonic() - started, delay):
+                            raise _core.api_error(response)
+                        time.sleep(delay)
+                        continue
+                    failures = 0
+                    for line in response.iter_lines():
+                        raw = decoder.feed(line)
+                        if raw is not None:
+                            event = _core.live_event(raw)
+                            last = event.id or last
+                            yield event
+            except httpx.TransportError as error:
+                if not reconnect:
+                    raise TransportError(f"GET {url}: {error!r}") from error
+                failures += 1
+                delay = self.retry.backoff(failures)
+                if self.retry.gives_up(failures, time.monotonic() - started, delay):
+                    raise TransportError(f"GET {url}: {error!r}") from error
+                time.sleep(delay)
+                continue
+            if not reconnect:
+                return
+            started = time.monotonic()
+            time.sleep((decoder.retry_ms if decoder.retry_ms is not None else 1000) / 1000)

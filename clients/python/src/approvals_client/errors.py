@@ -1,0 +1,77 @@
+"""Exceptions: the service's problems, a wait that ran out, and a guard's refusal."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .models import Approval, Outcome, Problem
+
+
+class ApprovalsError(Exception):
+    """Base class of every error this package raises."""
+
+
+class ApiError(ApprovalsError):
+    """The service answered with an error (RFC 9457 problem+json).
+
+    `code` is the service's stable, machine-readable code (`not_found`, `already_decided`,
+    `backend_unavailable`, ...); `status`, `title` and `detail` come from the same body.
+    """
+
+    def __init__(self, status: int, code: str, title: str, detail: str, problem: Problem | None = None) -> None:
+        self.status = status
+        self.code = code
+        self.title = title
+        self.detail = detail
+        self.problem = problem
+        self.attempts = 1
+        """How many attempts the call made (more than 1 after retries)."""
+        super().__init__(f"{status} {code}: {detail or title}")
+
+    @property
+    def approval(self) -> Approval | None:
+        """The current record, sent with `already_decided` and `expired`."""
+        return self.problem.approval if self.problem is not None else None
+
+
+class TransportError(ApprovalsError):
+    """The service could not be reached (after every retry)."""
+
+
+class WaitTimeout(ApprovalsError):
+    """The caller's deadline passed while the approval was still pending. It stays parked: a
+    later `wait` on the same id (or a `submit` with the same `request_id`) picks it up."""
+
+    def __init__(self, approval: Approval) -> None:
+        self.approval = approval
+        super().__init__(f"approval {approval.id} is still pending")
+
+
+class ApprovalRefused(ApprovalsError):
+    """Raised by the guard when the action may not run: denied, rejected or expired."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        self.outcome = outcome
+        super().__init__(describe_refusal(outcome))
+
+    @property
+    def reasons(self) -> list[str]:
+        reasons = getattr(self.outcome, "reasons", None)
+        if reasons is not None:
+            return list(reasons)
+        reason = getattr(self.outcome, "reason", None)
+        return [reason] if reason else []
+
+
+def describe_refusal(outcome: Outcome) -> str:
+    """A one-line account of why an action may not run, e.g. for a tool's answer to a model."""
+    kind = outcome.kind
+    if kind == "denied":
+        return "denied by policy: " + "; ".join(getattr(outcome, "reasons", []) or ["no reason given"])
+    reason = getattr(outcome, "reason", None)
+    if kind == "rejected":
+        return "rejected by a reviewer" + (f": {reason}" if reason else "")
+    if kind == "expired":
+        return "no reviewer decided in time (expired)"
+    return kind

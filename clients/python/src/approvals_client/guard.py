@@ -1,0 +1,129 @@
+"""`require_approval`: put the approvals service in front of a tool function."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+from typing import Any, Awaitable, Callable, Mapping, TypeVar, Union, cast
+
+import anyio.to_thread
+
+from .aio import AsyncApprovalsClient
+from .client import ApprovalsClient
+from .errors import ApprovalRefused
+from .models import Outcome
+
+F = TypeVar("F", bound=Callable[..., Any])
+AnyClient = Union[ApprovalsClient, AsyncApprovalsClient]
+ClientSource = Union[AnyClient, Callable[[], AnyClient]]
+ArgsFunction = Callable[..., Any]
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def default_action(action_type: str, signature: inspect.Signature, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """`{"type": action_type, <each argument by name>...}`: the call's arguments become the
+    action's members, where the policy reads them (`resource`, `classification`, ...).
+    `self`/`cls` are left out; a value that is not JSON is sent as its `repr`."""
+    bound = signature.bind(*args, **kwargs)
+    bound.apply_defaults()
+    action: dict[str, Any] = {"type": action_type}
+    for name, value in bound.arguments.items():
+        if name in ("self", "cls", "type"):
+            continue
+        parameter = signature.parameters[name]
+        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+            for key, item in value.items():
+                action.setdefault(key, _jsonable(item))
+        elif parameter.kind is inspect.Parameter.VAR_POSITIONAL:
+            action[name] = [_jsonable(item) for item in value]
+        else:
+            action[name] = _jsonable(value)
+    return action
+
+
+def require_approval(
+    client: ClientSource,
+    *,
+    action: ArgsFunction | None = None,
+    action_type: str | None = None,
+    context: ArgsFunction | Mapping[str, Any] | None = None,
+    request_id: ArgsFunction | None = None,
+    agent_id: str | None = None,
+    timeout: float | None = None,
+    on_refused: Callable[[Outcome], Any] | None = None,
+) -> Callable[[F], F]:
+    """Decorates a function (sync or async) so that each call is first submitted to the
+    approvals service and waited on; the function runs only when the action is allowed by the
+    policy or approved by a reviewer. Otherwise `ApprovalRefused` (carrying the `Denied`,
+    `Rejected` or `Expired` outcome) is raised, or `on_refused(outcome)` is returned instead.
+
+    - `client`: an `ApprovalsClient` (sync or async functions; an async function waits in a
+      worker thread) or an `AsyncApprovalsClient` (async functions), or a function returning one.
+    - `action(*args, **kwargs)`: builds the action from the call; by default
+      `{"type": action_type or the function's name, **arguments}`.
+    - `context`: a mapping, or a function of the call's arguments, sent as the request context.
+    - `request_id(*args, **kwargs)`: an id that names this call (e.g. the model's tool-call
+      id), so a repeated call finds the earlier approval rather than parking a second one;
+      by default each call is a new request.
+    - `timeout`: the caller's deadline for the wait, in seconds (`WaitTimeout` past it);
+      None waits until the approval is decided or expires.
+    """
+
+    def decorate(function: F) -> F:
+        signature = inspect.signature(function)
+        kind = action_type or function.__name__
+
+        def resolve() -> AnyClient:
+            if isinstance(client, (ApprovalsClient, AsyncApprovalsClient)):
+                return client
+            return client()
+
+        def request(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+            built = action(*args, **kwargs) if action is not None else default_action(kind, signature, args, kwargs)
+            ctx = context(*args, **kwargs) if callable(context) else context
+            rid = request_id(*args, **kwargs) if request_id is not None else None
+            return {"action": built, "context": ctx, "request_id": rid, "agent_id": agent_id, "timeout": timeout}
+
+        def refused(outcome: Outcome) -> Any:
+            if on_refused is not None:
+                return on_refused(outcome)
+            raise ApprovalRefused(outcome)
+
+        if inspect.iscoroutinefunction(function):
+
+            @functools.wraps(function)
+            async def guarded_async(*args: Any, **kwargs: Any) -> Any:
+                current = resolve()
+                call = request(args, kwargs)
+                if isinstance(current, AsyncApprovalsClient):
+                    outcome = await current.submit_and_wait(**call)
+                else:
+                    sync_client = current
+                    outcome = await anyio.to_thread.run_sync(lambda: sync_client.submit_and_wait(**call))
+                if not outcome.permitted:
+                    return refused(outcome)
+                return await cast(Callable[..., Awaitable[Any]], function)(*args, **kwargs)
+
+            return cast(F, guarded_async)
+
+        @functools.wraps(function)
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            current = resolve()
+            if isinstance(current, AsyncApprovalsClient):
+                raise TypeError(f"{function.__name__} is not async: guard it with an ApprovalsClient")
+            outcome = current.submit_and_wait(**request(args, kwargs))
+            if not outcome.permitted:
+                return refused(outcome)
+            return function(*args, **kwargs)
+
+        return cast(F, guarded)
+
+    return decorate

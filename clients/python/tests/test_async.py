@@ -1,0 +1,78 @@
+"""The async client against the real service."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+from conftest import PLAIN_READ, SENSITIVE_READ, WRITE
+
+from approvals_client import Allowed, ApiError, Approved, AsyncApprovalsClient, Denied, Rejected, Status, WaitTimeout
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_every_call(async_clients: tuple[AsyncApprovalsClient, AsyncApprovalsClient]) -> None:
+    agent, reviewer = async_clients
+    async with agent, reviewer:
+        assert isinstance((await agent.submit(PLAIN_READ)).outcome(), Allowed)
+        assert isinstance(await agent.submit_and_wait(WRITE), Denied)
+        parked = await agent.submit(SENSITIVE_READ, request_id="async-1")
+        assert parked.created and parked.approval is not None
+        assert (await agent.get("async-1")).status is Status.PENDING
+        assert [a.id for a in (await reviewer.list()).items] == ["async-1"]
+        assert [a.id async for a in reviewer.list_all()] == ["async-1"]
+
+        results: dict[str, object] = {}
+
+        async def wait() -> None:
+            results["outcome"] = await agent.wait("async-1", timeout=30, poll_seconds=1)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(wait)
+            await anyio.sleep(1.5)  # let the agent go through more than one long-poll
+            await reviewer.accept("async-1", reason="async ok")
+        outcome = results["outcome"]
+        assert isinstance(outcome, Approved) and outcome.reason == "async ok"
+
+        async with anyio.create_task_group() as tg:
+
+            async def reject_when_parked() -> None:
+                while not (await reviewer.list()).items:
+                    await anyio.sleep(0.05)
+                await reviewer.reject("async-2", reason="async no")
+
+            tg.start_soon(reject_when_parked)
+            rejected = await agent.submit_and_wait(SENSITIVE_READ, request_id="async-2", timeout=30)
+        assert isinstance(rejected, Rejected) and rejected.reason == "async no"
+
+        with pytest.raises(ApiError) as raised:
+            await reviewer.accept("async-2")
+        assert raised.value.code == "already_decided"
+
+        await agent.submit(SENSITIVE_READ, request_id="async-3")
+        with pytest.raises(WaitTimeout):
+            await agent.wait("async-3", timeout=1.2, poll_seconds=1)
+
+
+async def test_live_events(async_clients: tuple[AsyncApprovalsClient, AsyncApprovalsClient]) -> None:
+    agent, reviewer = async_clients
+    async with agent, reviewer:
+        seen: list = []
+
+        async def watch() -> None:
+            async for event in reviewer.events():
+                seen.append((event.event, event.data.approval_id))
+                if event.event == "decided" and event.data.approval_id == "live":
+                    return
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(watch)
+                n = 0
+                while not seen:  # park probes until the stream shows one: it is open
+                    n += 1
+                    await agent.submit(SENSITIVE_READ, request_id=f"probe-{n}")
+                    await anyio.sleep(0.2)
+                await agent.submit(SENSITIVE_READ, request_id="live")
+                await reviewer.reject("live")
+        assert [e for e in seen if e[1] == "live"] == [("parked", "live"), ("decided", "live")]

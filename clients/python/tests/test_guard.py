@@ -1,0 +1,131 @@
+"""The `require_approval` guard, sync and async, against the real service."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+from conftest import Service, Tenant
+from helpers import Reviewer
+
+from approvals_client import (
+    ApprovalRefused,
+    ApprovalsClient,
+    AsyncApprovalsClient,
+    Denied,
+    Expired,
+    Rejected,
+    describe_refusal,
+    require_approval,
+)
+
+
+def test_the_guard_runs_the_function_only_when_allowed_or_approved(agent: ApprovalsClient, reviewer: ApprovalsClient) -> None:
+    calls: list[str] = []
+
+    @require_approval(agent, timeout=30)
+    def document_read(resource: str, classification: str = "internal") -> str:
+        """Reads a document."""
+        calls.append(resource)
+        return f"contents of {resource}"
+
+    assert document_read.__name__ == "document_read" and document_read.__doc__ == "Reads a document."
+    assert document_read("docs/handbook.md") == "contents of docs/handbook.md"  # allowed
+
+    helper = Reviewer(reviewer, verdict="accept")
+    helper.start()
+    assert document_read("finance/q3-report") == "contents of finance/q3-report"  # approved
+    (decided,) = helper.finish()
+    # The action is built from the call: type from the function's name, arguments as members.
+    assert decided.action == {"type": "document_read", "resource": "finance/q3-report", "classification": "internal"}
+
+    helper = Reviewer(reviewer, verdict="reject", reason="no finance today")
+    helper.start()
+    with pytest.raises(ApprovalRefused) as refused:
+        document_read("finance/q4-report")
+    helper.finish()
+    assert isinstance(refused.value.outcome, Rejected) and refused.value.reasons == ["no finance today"]
+    assert calls == ["docs/handbook.md", "finance/q3-report"]
+
+
+def test_a_denied_call_is_refused_at_once_or_answered_by_on_refused(agent: ApprovalsClient) -> None:
+    @require_approval(agent, action=lambda path: {"type": "file_delete", "resource": path})
+    def remove(path: str) -> None:
+        raise AssertionError("must not run")
+
+    with pytest.raises(ApprovalRefused) as refused:
+        remove("docs/handbook.md")
+    assert isinstance(refused.value.outcome, Denied) and refused.value.reasons
+
+    @require_approval(agent, action_type="file_delete", on_refused=describe_refusal)
+    def remove_quietly(resource: str) -> str:
+        raise AssertionError("must not run")
+
+    assert remove_quietly("docs/x").startswith("denied by policy: ")
+
+
+def test_a_request_id_from_the_call_makes_a_rerun_find_its_approval(agent: ApprovalsClient, reviewer: ApprovalsClient) -> None:
+    runs: list[str] = []
+
+    @require_approval(agent, request_id=lambda resource, call_id: call_id, context=lambda resource, call_id: {"call": call_id})
+    def document_read(resource: str, call_id: str) -> str:
+        runs.append(call_id)
+        return "ok"
+
+    helper = Reviewer(reviewer, verdict="accept")
+    helper.start()
+    assert document_read("hr/reviews", "call-7") == "ok"
+    (decided,) = helper.finish()
+    assert decided.id == "call-7" and decided.context == {"call": "call-7"}
+    # The same call again (an agent re-running a step) finds the accepted approval: no new park.
+    assert document_read("hr/reviews", "call-7") == "ok"
+    assert runs == ["call-7", "call-7"] and reviewer.list().items == []
+    assert [a.id for a in reviewer.list("accepted").items] == ["call-7"]
+
+
+def test_the_guard_on_an_expiring_tenant_refuses_with_expired(service: Service, expiring_tenant: Tenant) -> None:
+    with ApprovalsClient(service.base_url, expiring_tenant.agent_token, expiring_tenant.name) as agent:
+
+        @require_approval(agent)
+        def secrets_get(resource: str) -> str:
+            raise AssertionError("must not run")
+
+        with pytest.raises(ApprovalRefused) as refused:
+            secrets_get("vault/db")
+        assert isinstance(refused.value.outcome, Expired)
+
+
+@pytest.mark.anyio
+async def test_async_functions_with_either_client(service: Service, tenant: Tenant, reviewer: ApprovalsClient) -> None:
+    async with AsyncApprovalsClient(service.base_url, tenant.agent_token, tenant.name) as agent:
+
+        @require_approval(agent, timeout=30)
+        async def document_read(resource: str) -> str:
+            await anyio.sleep(0)
+            return resource.upper()
+
+        helper = Reviewer(reviewer, verdict="accept")
+        helper.start()
+        assert await document_read("legal/nda.pdf") == "LEGAL/NDA.PDF"
+        helper.finish()
+
+        @require_approval(agent)
+        async def file_delete(resource: str) -> None:
+            raise AssertionError("must not run")
+
+        with pytest.raises(ApprovalRefused):
+            await file_delete("docs/a")
+
+    with ApprovalsClient(service.base_url, tenant.agent_token, tenant.name) as sync_agent:
+
+        @require_approval(sync_agent)
+        async def document_fetch(resource: str) -> str:
+            return "fetched"
+
+        assert await document_fetch("docs/handbook.md") == "fetched"
+
+        @require_approval(lambda: AsyncApprovalsClient(service.base_url, tenant.agent_token, tenant.name))
+        def not_async(resource: str) -> None:
+            raise AssertionError("must not run")
+
+        with pytest.raises(TypeError):
+            not_async("docs/a")

@@ -1,0 +1,114 @@
+"""Retries that never park twice: Redis restarted under a submit, and an answer lost on the way."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+from conftest import SENSITIVE_READ, Service, start_service
+from helpers import until
+
+from approvals_client import ApiError, ApprovalsClient, RetryPolicy, Status, SubmitResponse
+
+
+@pytest.fixture
+def own_service(tmp_path: Path) -> Iterator[Service]:
+    """A service with a Redis of its own: this test stops it."""
+    service = start_service(tmp_path, ["outage"])
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+def test_a_submit_retried_while_redis_restarts_parks_exactly_once(
+    own_service: Service, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="approvals_client")
+    tenant = own_service.tenants[0]
+    retry = RetryPolicy(max_attempts=200, initial_backoff=0.05, max_backoff=0.3, max_elapsed=60)
+    agent = ApprovalsClient(own_service.base_url, tenant.agent_token, tenant.name, retry=retry)
+    reviewer = ApprovalsClient(own_service.base_url, tenant.reviewer_token, tenant.name)
+
+    own_service.redis.stop()
+    result: dict[str, object] = {}
+
+    def submit() -> None:
+        try:
+            result["answer"] = agent.submit(SENSITIVE_READ, request_id="during-outage")
+        except BaseException as error:  # reported below
+            result["error"] = error
+
+    submitter = threading.Thread(target=submit)
+    submitter.start()
+    # The service answers 503 while Redis is down; the client keeps retrying.
+    until(lambda: sum(" 503; retry" in r.getMessage() for r in caplog.records) >= 3, what="three 503s retried")
+    own_service.redis.start()  # the same port, empty
+    submitter.join(60)
+    assert "error" not in result, result
+    answer = result["answer"]
+    assert isinstance(answer, SubmitResponse) and answer.created
+    assert answer.approval is not None and answer.approval.id == "during-outage"
+
+    pending = reviewer.list(Status.PENDING).items
+    assert [a.id for a in pending] == ["during-outage"]
+    # Submitting again (an agent that restarted) finds it; still one approval.
+    again = agent.submit(SENSITIVE_READ, request_id="during-outage")
+    assert not again.created and [a.id for a in reviewer.list().items] == ["during-outage"]
+    agent.close()
+    reviewer.close()
+
+
+def test_a_503_that_outlasts_the_policy_raises_backend_unavailable(own_service: Service) -> None:
+    tenant = own_service.tenants[0]
+    own_service.redis.stop()
+    quick = RetryPolicy(max_attempts=3, initial_backoff=0.01, max_backoff=0.02)
+    with ApprovalsClient(own_service.base_url, tenant.agent_token, tenant.name, retry=quick) as agent:
+        with pytest.raises(ApiError) as raised:
+            agent.submit(SENSITIVE_READ)
+    assert (raised.value.status, raised.value.code, raised.value.attempts) == (503, "backend_unavailable", 3)
+
+
+class LoseFirstAnswer(httpx.BaseTransport):
+    """A real connection to the service whose first answer to a matching call is lost after
+    the service has acted on it, as when a network breaks under a response."""
+
+    def __init__(self, method: str, path_suffix: str) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.method, self.suffix = method, path_suffix
+        self.lost = 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self.inner.handle_request(request)
+        if self.lost == 0 and request.method == self.method and request.url.path.endswith(self.suffix):
+            response.read()
+            response.close()
+            self.lost += 1
+            raise httpx.ReadError("connection reset (test)", request=request)
+        return response
+
+
+def test_a_retry_after_a_lost_answer_finds_the_approval_instead_of_parking_again(service: Service, tenant: object) -> None:
+    t = tenant
+    transport = LoseFirstAnswer("POST", "/approvals")
+    fast = RetryPolicy(initial_backoff=0.01, max_backoff=0.05)
+    http = httpx.Client(transport=transport)
+    agent = ApprovalsClient(service.base_url, t.agent_token, t.name, http=http, retry=fast)  # type: ignore[attr-defined]
+    with ApprovalsClient(service.base_url, t.reviewer_token, t.name) as reviewer:  # type: ignore[attr-defined]
+        answer = agent.submit(SENSITIVE_READ)  # no request_id: the client makes one, once
+        assert transport.lost == 1
+        # The first attempt parked it; the retry was told so (200, not 201).
+        assert not answer.created and answer.approval is not None and answer.approval.id == answer.request_id
+        assert [a.id for a in reviewer.list().items] == [answer.request_id]
+
+        # A decision whose answer is lost: the retry answers with the record, not already_decided.
+        lossy_reviewer_http = httpx.Client(transport=LoseFirstAnswer("POST", "/accept"))
+        lossy = ApprovalsClient(service.base_url, t.reviewer_token, t.name, http=lossy_reviewer_http, retry=fast)  # type: ignore[attr-defined]
+        decided = lossy.accept(answer.request_id, reason="once")
+        assert decided.status is Status.ACCEPTED and decided.decision_reason == "once"
+        lossy_reviewer_http.close()
+    http.close()
