@@ -98,7 +98,7 @@ impl Application {
             shutdown.clone(),
             decision_log,
         ));
-        // Webhooks live in Redis: only when Redis is among the engines.
+        // Webhooks live beside the tenants' bundles, in Redis: only where that store exists.
         let notifier = match &engine.policy_store {
             Some(_) => {
                 let store = crate::notify::store::Store::connect(

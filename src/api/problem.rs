@@ -138,6 +138,11 @@ impl ApiError {
             Self::App(AppError::TooManyWebhooks { .. }) => {
                 (S::CONFLICT, "too_many_webhooks", "Too many webhooks")
             }
+            Self::App(AppError::WebhookDestinationForbidden(_)) => (
+                S::UNPROCESSABLE_ENTITY,
+                "webhook_destination_forbidden",
+                "Webhook destination not allowed",
+            ),
             Self::App(AppError::WebhookNotFound { .. }) => {
                 (S::NOT_FOUND, "not_found", "No such webhook")
             }

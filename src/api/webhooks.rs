@@ -81,6 +81,7 @@ fn notifier(state: &AppState) -> Result<&Arc<Notifier>, ApiError> {
         (status = 400, body = super::Problem), (status = 401, body = super::Problem),
         (status = 403, body = super::Problem), (status = 409, description = "too_many_webhooks", body = super::Problem),
         (status = 413, body = super::Problem), (status = 415, body = super::Problem),
+        (status = 422, description = "webhook_destination_forbidden", body = super::Problem),
         (status = 501, description = "webhooks_disabled", body = super::Problem),
         (status = 503, body = super::Problem)),
     security(("bearer" = [])))]

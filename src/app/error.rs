@@ -46,17 +46,27 @@ pub enum AppError {
     /// Another change to the tenant's policy won; re-read and retry.
     #[error("tenant {0}'s policy changed meanwhile; read it again and retry")]
     PolicyChanged(TenantId),
-    /// This deployment keeps no tenant bundles (no Redis among its engines).
-    #[error("this deployment keeps no tenant policy bundles (they live in Redis)")]
+    /// This deployment keeps no tenant bundles (Temporal answers, no Redis tenant store).
+    #[error(
+        "this deployment keeps no tenant policy bundles: they live in Redis, and Temporal \
+         answers here without tenant_store.kind = \"redis\""
+    )]
     PolicyStoreDisabled,
     /// This instance has not read the tenants' policies yet (the store is unreachable).
     #[error("the tenants' policies are not loaded yet")]
     PolicyNotLoaded,
-    /// Webhooks are kept in Redis; this deployment has no Redis among its engines.
-    #[error("this deployment keeps no webhooks (they live in Redis)")]
+    /// Webhooks are kept in Redis; Temporal answers here and no Redis tenant store is set.
+    #[error(
+        "this deployment keeps no webhooks: they live in Redis, and Temporal answers here \
+         without tenant_store.kind = \"redis\""
+    )]
     WebhooksDisabled,
     #[error("tenant {tenant} already has {max} webhooks, its limit")]
     TooManyWebhooks { tenant: TenantId, max: usize },
+    /// A webhook URL whose host is not a public address nor in
+    /// `notifications.allowed_networks`.
+    #[error("{0}")]
+    WebhookDestinationForbidden(String),
     #[error("tenant {tenant} has no webhook {id}")]
     WebhookNotFound { tenant: TenantId, id: String },
     /// The stored action no longer matches the digest it was parked with: the record changed

@@ -59,6 +59,25 @@ pub struct Settings {
     pub decision_log: DecisionLogSettings,
     pub ui: UiSettings,
     pub notifications: NotificationSettings,
+    pub tenant_store: TenantStoreSettings,
+}
+
+/// Where tenants' own settings live: their policy bundles and webhooks (ADR-0015).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantStoreSettings {
+    pub kind: TenantStoreKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TenantStoreKind {
+    /// In the answering engine when it is Redis; with Temporal answering there are none.
+    #[default]
+    Engine,
+    /// In the Redis at `redis.url`, whichever engine answers: what keeps tenants' bundles and
+    /// webhooks through the cutover to Temporal.
+    Redis,
 }
 
 /// Webhook notifications (kept in Redis; ADR-0014).
@@ -88,6 +107,10 @@ pub struct NotificationSettings {
     pub max_webhooks_per_tenant: usize,
     /// Deliveries one instance attempts at once.
     pub send_concurrency: usize,
+    /// Networks webhooks may reach besides public addresses (e.g. `["10.20.0.0/16"]` for an
+    /// internal relay). Loopback, private, link-local and shared addresses are refused
+    /// otherwise, when a webhook is added and at every delivery.
+    pub allowed_networks: Vec<ipnet::IpNet>,
 }
 
 impl Default for NotificationSettings {
@@ -103,6 +126,7 @@ impl Default for NotificationSettings {
             expiring_soon_share: 0.2,
             max_webhooks_per_tenant: 10,
             send_concurrency: 16,
+            allowed_networks: Vec::new(),
         }
     }
 }

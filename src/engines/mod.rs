@@ -11,7 +11,7 @@ use std::sync::Arc;
 use approvals_core::{BackendError, EngineEvents, PolicyStore, RecordTransfer};
 use approvals_redis::{Chores, RedisBackend};
 
-use crate::config::{BackendChoice, EngineKind, Settings};
+use crate::config::{BackendChoice, EngineKind, Settings, TenantStoreKind};
 
 /// What `backend.kind = "temporal"` (and `approvals worker`) say in a build without the
 /// `temporal` feature.
@@ -40,9 +40,10 @@ pub enum EngineError {
 /// The configured backend, serving: its engines connected and their chores running.
 pub struct RunningEngine {
     pub backend: Arc<dyn RecordTransfer>,
-    /// Where tenants' policy bundles live: the Redis engine when it answers (`redis`, or
-    /// `dual` with Redis primary). Never a best-effort secondary, whose outage must not stop
-    /// submits; with Temporal answering, every tenant gets the platform default bundle.
+    /// Where tenants' policy bundles (and, beside them, webhooks) live: the Redis engine when
+    /// it answers (`redis`, or `dual` with Redis primary), never a best-effort secondary,
+    /// whose outage must not stop submits. With Temporal answering, the Redis at `redis.url`
+    /// if `tenant_store.kind = "redis"`, else none: every tenant gets the platform default.
     pub policy_store: Option<Arc<dyn PolicyStore>>,
     chores: Vec<Chores>,
 }
@@ -130,6 +131,13 @@ pub async fn start(
             Arc::new(dual)
         }
     };
+    if settings.tenant_store.kind == TenantStoreKind::Redis && policy_store.is_none() {
+        // Temporal answers, and tenants keep their own settings in Redis all the same. Only
+        // the store is used: no approvals are parked there, so no chores run.
+        policy_store = Engine::connect(EngineKind::Redis, settings)
+            .await?
+            .policy_store();
+    }
     Ok(RunningEngine {
         backend,
         policy_store,

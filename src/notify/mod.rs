@@ -13,6 +13,7 @@
 //! - the queue and cursors are in Redis (`store`), so a restart loses nothing: at least once,
 //!   with a stable `id` in every body for receivers to drop duplicates.
 
+pub mod egress;
 pub mod payload;
 pub mod store;
 
@@ -27,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::{AppError, Approvals, LiveKind};
 use crate::auth::{Permission, Principal};
 use crate::config::NotificationSettings;
+use egress::EgressPolicy;
 use store::{Delivery, Store};
 
 /// What a webhook can be told about.
@@ -117,6 +119,7 @@ pub struct Notifier {
     /// Where reviewers reach the inbox (`ui.public_url`), for links in the payloads.
     inbox_base: Option<String>,
     http: reqwest::Client,
+    egress: Arc<EgressPolicy>,
     /// This instance's name in the tenants' reader locks.
     instance: String,
 }
@@ -128,8 +131,10 @@ impl Notifier {
         settings: NotificationSettings,
         inbox_base: Option<String>,
     ) -> Self {
+        let egress = Arc::new(EgressPolicy::new(settings.allowed_networks.clone()));
         let http = reqwest::Client::builder()
             .timeout(settings.request_timeout)
+            .dns_resolver(egress.resolver())
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("approvals-webhooks/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -140,6 +145,7 @@ impl Notifier {
             settings,
             inbox_base: inbox_base.map(|b| b.trim_end_matches('/').to_owned()),
             http,
+            egress,
             instance: uuid::Uuid::new_v4().to_string(),
         }
     }
@@ -185,9 +191,18 @@ impl Notifier {
                 _ => {}
             }
             tokio::select! {
-                () = stop.cancelled() => return,
+                () = stop.cancelled() => break,
                 () = tokio::time::sleep(self.settings.poll_interval) => {}
             }
+        }
+        // Another instance takes these tenants over at its next pass, not after the lease.
+        let released = tokio::time::timeout(
+            Duration::from_secs(2),
+            self.store.unlock_all(&self.instance),
+        )
+        .await;
+        if !matches!(released, Ok(Ok(()))) {
+            tracing::info!("webhook reader locks not released; they run out with their lease");
         }
     }
 
@@ -398,6 +413,8 @@ impl Notifier {
     }
 
     async fn post(&self, hook: &Webhook, delivery: &Delivery) -> Result<(), String> {
+        // The resolver guards names; an address in the URL is never resolved.
+        self.egress.check_literal_host(&hook.url)?;
         let timestamp = Timestamp::now().as_millis() / 1000;
         let signature = payload::signature(&hook.secret, timestamp, &delivery.body);
         let response = self
@@ -410,13 +427,25 @@ impl Notifier {
             .body(delivery.body.clone())
             .send()
             .await
-            .map_err(|e| format!("POST failed: {e}"))?;
+            .map_err(|e| format!("POST failed: {}", with_causes(&e)))?;
         if response.status().is_success() {
             Ok(())
         } else {
             Err(format!("the receiver answered {}", response.status()))
         }
     }
+}
+
+/// An error and its sources on one line: reqwest's own message only says that sending failed.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// The longest webhook URL accepted.
@@ -457,6 +486,10 @@ impl Notifier {
                 "url: an http:// or https:// URL with a host".into(),
             ));
         }
+        self.egress
+            .check_url(&parsed)
+            .await
+            .map_err(AppError::WebhookDestinationForbidden)?;
         if url.len() > MAX_URL {
             return Err(AppError::InvalidContent(format!(
                 "url: at most {MAX_URL} characters"

@@ -98,6 +98,11 @@ if redis.call('GET', KEYS[1]) == ARGV[1] or redis.call('SET', KEYS[1], ARGV[1], 
 end
 return 0";
 
+/// Gives the tenant's reader lock up, if this instance still holds it.
+const UNLOCK: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0";
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -208,6 +213,23 @@ impl Store {
             })
             .await?;
         Ok(held == 1)
+    }
+
+    /// Gives up every reader lock `owner` holds, so that another instance reads those tenants
+    /// at its next pass instead of after the lease.
+    pub async fn unlock_all(&self, owner: &str) -> Result<(), StoreError> {
+        for tenant in self.tenants().await? {
+            let (key, owner) = (lock_key(&tenant), owner.to_owned());
+            self.call(|mut c| async move {
+                redis::Script::new(UNLOCK)
+                    .key(key)
+                    .arg(owner)
+                    .invoke_async::<i64>(&mut c)
+                    .await
+            })
+            .await?;
+        }
+        Ok(())
     }
 
     pub async fn cursor(&self, tenant: &str) -> Result<Option<String>, StoreError> {

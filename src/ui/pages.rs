@@ -10,7 +10,7 @@ use axum::Form;
 use axum_extra::extract::cookie::SignedCookieJar;
 use serde::Deserialize;
 
-use approvals_core::{ApprovalId, Status, Timestamp, Verdict};
+use approvals_core::{Approval, ApprovalId, Status, Timestamp, Verdict};
 
 use super::session::{self, Session};
 use super::view::{pretty, Row};
@@ -234,28 +234,16 @@ pub async fn inbox(
     let cursor = query
         .cursor
         .filter(|c| !c.is_empty() && c.len() <= MAX_FIELD);
-    let list = ListQuery {
-        status: Some(status),
-        limit: Some(100),
-        cursor,
-    };
-    let page = match state
-        .api
-        .app
-        .list(&session.principal, &session.tenant, list)
-        .await
-    {
-        Ok(page) => page,
+    let (approvals, next_cursor) = match rows_for(&state, &session, status, &agent, cursor).await {
+        Ok(found) => found,
         Err(error) => return error_page(Some(&session), error),
     };
     let now = Timestamp::now();
-    let rows = page
-        .items
-        .iter()
-        .filter(|a| agent.is_empty() || a.agent_id == agent)
-        .map(|a| Row::of(&a.clone().as_of(now), now))
+    let rows = approvals
+        .into_iter()
+        .map(|a| Row::of(&a.as_of(now), now))
         .collect();
-    let next_href = page.next_cursor.map(|cursor| {
+    let next_href = next_cursor.map(|cursor| {
         let query: String = form_urlencoded::Serializer::new(String::new())
             .append_pair("status", status.as_str())
             .append_pair("agent", &agent)
@@ -287,6 +275,47 @@ pub async fn inbox(
         rows,
         next_href,
     })
+}
+
+/// Rows on one inbox page.
+const PAGE_ROWS: usize = 100;
+/// Pages of the list one inbox page reads at most while filtering by agent.
+const FILTER_PAGES: usize = 20;
+
+/// One inbox page of `status`: the list's next page, or with an agent filter as many of the
+/// list's pages as it takes to fill one (at most [`FILTER_PAGES`], so a rare agent cannot make
+/// one page read the whole tenant), and where the next page starts.
+async fn rows_for(
+    state: &UiState,
+    session: &Session,
+    status: Status,
+    agent: &str,
+    mut cursor: Option<String>,
+) -> Result<(Vec<Approval>, Option<String>), AppError> {
+    let mut rows = Vec::new();
+    for _ in 0..FILTER_PAGES {
+        let list = ListQuery {
+            status: Some(status),
+            limit: Some(PAGE_ROWS),
+            cursor: cursor.take(),
+        };
+        let page = state
+            .api
+            .app
+            .list(&session.principal, &session.tenant, list)
+            .await?;
+        // Whole pages only, so that the next page starts where this one ended.
+        rows.extend(
+            page.items
+                .into_iter()
+                .filter(|a| agent.is_empty() || a.agent_id == agent),
+        );
+        cursor = page.next_cursor;
+        if agent.is_empty() || rows.len() >= PAGE_ROWS || cursor.is_none() {
+            break;
+        }
+    }
+    Ok((rows, cursor))
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::support::{assert_problem, sensitive_read, TestApp};
+use crate::support::{assert_problem, sensitive_read, Backend, Harness, TestApp};
 
 /// A bundle that lets every read through (the default parks sensitive ones), with its test.
 fn reads_allowed() -> Value {
@@ -74,6 +74,49 @@ async fn submit_on(app: &TestApp, base: &str, id: &str) -> reqwest::Response {
         .send()
         .await
         .expect("submit")
+}
+
+contract_tests!(a_redis_tenant_store_keeps_tenants_bundles_whichever_engine_answers);
+
+/// With `tenant_store.kind = "redis"` a tenant's own bundle governs its submits on either
+/// engine, so the cutover to Temporal keeps it; without it Temporal has no bundles to offer.
+async fn a_redis_tenant_store_keeps_tenants_bundles_whichever_engine_answers(h: Harness) {
+    if h.backend != Backend::Redis {
+        let without_store = h.spawn().await;
+        let response = call(
+            &without_store,
+            Method::POST,
+            "/bundles",
+            &without_store.tokens.admin,
+            Some(reads_allowed()),
+        )
+        .await;
+        assert_problem(
+            response,
+            StatusCode::NOT_IMPLEMENTED,
+            "policy_store_disabled",
+        )
+        .await;
+    }
+    let app = h.spawn_with_tenant_store(|_| {}).await;
+    let version = upload(&app, reads_allowed()).await;
+    let response = call(
+        &app,
+        Method::PUT,
+        "/active",
+        &app.tokens.admin,
+        Some(json!({"version": version})),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let allowed: Value = app
+        .submit("read-it", sensitive_read())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(allowed["decision"], "allow", "{allowed}");
+    assert_eq!(allowed["policy_version"], version);
 }
 
 #[tokio::test]

@@ -103,6 +103,28 @@ impl Harness {
             }
         }
     }
+
+    /// With tenants' bundles and webhooks in Redis whichever engine answers
+    /// (`tenant_store.kind = "redis"`): on Temporal, beside its own redis-server.
+    pub async fn spawn_with_tenant_store(&self, adjust: impl FnOnce(&mut Settings)) -> TestApp {
+        let redis = RedisServer::start().await;
+        let with_store = |settings: &mut Settings| {
+            settings.tenant_store.kind = approvals::config::TenantStoreKind::Redis;
+            adjust(settings);
+        };
+        match self.backend {
+            Backend::Redis => TestApp::spawn_on(Some(redis), self, with_store).await,
+            #[cfg(feature = "temporal")]
+            Backend::Temporal => {
+                let shared = temporal::shared().await;
+                TestApp::spawn_on(Some(redis), self, |settings| {
+                    temporal::point_at(settings, &shared);
+                    with_store(settings);
+                })
+                .await
+            }
+        }
+    }
 }
 
 /// One Temporal dev server and one in-process worker for the whole test binary.
@@ -185,7 +207,7 @@ pub struct TestApp {
     pub tenant: String,
     pub tokens: Tokens,
     pub http: reqwest::Client,
-    /// The app's own redis-server; `None` on Temporal.
+    /// The app's own redis-server; `None` on Temporal (unless it keeps a tenant store).
     pub redis: Option<RedisServer>,
     settings: Settings,
     stop: CancellationToken,
@@ -401,10 +423,15 @@ impl TestApp {
         keys
     }
 
-    /// Stops the service as SIGTERM would and waits for it to finish draining.
     /// Stops this instance and starts a new one with the same settings, backend and tokens
     /// (on a new port).
     pub async fn restart(&mut self) {
+        self.restart_with(|_| {}).await
+    }
+
+    /// [`Self::restart`], with `adjust` applied to the settings first (a changed config).
+    pub async fn restart_with(&mut self, adjust: impl FnOnce(&mut Settings)) {
+        adjust(&mut self.settings);
         self.shut_down().await.expect("stopped");
         let (base, stop, server) = serve(self.settings.clone()).await;
         self.base = base;
@@ -412,6 +439,7 @@ impl TestApp {
         self.server = Some(server);
     }
 
+    /// Stops the service as SIGTERM would and waits for it to finish draining.
     pub async fn shut_down(&mut self) -> std::io::Result<()> {
         self.stop.cancel();
         match self.server.take() {

@@ -9,7 +9,7 @@ use reqwest::header::{CONTENT_SECURITY_POLICY, LOCATION, SET_COOKIE};
 use reqwest::{Method, Response, StatusCode};
 use serde_json::{json, Value};
 
-use crate::support::{Harness, TestApp};
+use crate::support::{sensitive_read, Harness, TestApp};
 
 contract_tests!(
     a_reviewer_signs_in_sees_what_waits_and_accepts_it,
@@ -419,4 +419,41 @@ async fn filters_and_history_show_decided_approvals(h: Harness) {
     browser
         .page_until("/ui/approvals?status=expired", "/ui/approvals/soon-gone\"")
         .await;
+}
+
+/// The agent filter reads as many pages of the list as it takes to fill one inbox page: a
+/// rare agent's approvals show even when a hundred of another agent's came between them.
+#[tokio::test]
+async fn the_agent_filter_finds_a_rare_agents_approvals_among_many() {
+    let app = TestApp::spawn().await;
+    let submit_as = |request_id: String, agent: &'static str| {
+        app.request(
+            Method::POST,
+            &format!("/v1/tenants/{}/approvals", app.tenant),
+            Some(&app.tokens.agent),
+        )
+        .json(&json!({"request_id": request_id, "action": sensitive_read(), "agent_id": agent}))
+        .send()
+    };
+    let mut ids = Vec::new();
+    for n in 0..114 {
+        // Two rare ones at either end of 110 busy ones, whichever way the list is sorted.
+        let (id, agent) = if !(2..112).contains(&n) {
+            (format!("rare-{n}"), "agent-rare")
+        } else {
+            (format!("busy-{n}"), "agent-busy")
+        };
+        let response = submit_as(id.clone(), agent).await.expect("submit");
+        assert_eq!(response.status(), StatusCode::CREATED, "parking {id}");
+        ids.push(id);
+    }
+    let browser = Browser::signed_in(&app, &app.tokens.reviewer).await;
+    let page = browser.page("/ui/approvals?agent=agent-rare").await;
+    for id in ids.iter().filter(|id| id.starts_with("rare-")) {
+        assert!(
+            page.contains(&format!("/ui/approvals/{id}\"")),
+            "{id}: {page}"
+        );
+    }
+    assert!(!page.contains("/ui/approvals/busy-"), "{page}");
 }

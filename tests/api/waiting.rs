@@ -13,6 +13,7 @@ contract_tests!(
     without_a_decision_it_answers_pending_after_wait_seconds,
     wait_seconds_above_60_is_clamped_not_refused,
     waiting_on_an_unknown_approval_is_404,
+    an_agent_that_hangs_up_stops_waiting,
 );
 
 async fn wait(app: &TestApp, base: &str, id: &str, seconds: u64) -> (StatusCode, Value, Instant) {
@@ -42,6 +43,36 @@ async fn until_parked(app: &TestApp, base: &str, n: usize, within: Duration) {
     };
     app.metrics_until(base, within, &format!("{n} waiters parking"), parked)
         .await;
+}
+
+/// An agent that hangs up stops waiting at once, not after `wait_seconds`: vanished callers do
+/// not pile up in the instance.
+async fn an_agent_that_hangs_up_stops_waiting(h: Harness) {
+    let tenant = &h.tenant;
+    let app = h.spawn().await;
+    app.park("req-1").await;
+    let address = app.base.trim_start_matches("http://").to_owned();
+    let mut agent = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let request = format!(
+        "GET /v1/tenants/{tenant}/approvals/req-1/decision?wait_seconds=60 HTTP/1.1\r\n\
+         Host: {address}\r\nAuthorization: Bearer {}\r\n\r\n",
+        app.tokens.agent
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut agent, request.as_bytes())
+        .await
+        .unwrap();
+    until_parked(&app, &app.base, 1, Duration::from_secs(10)).await;
+    drop(agent);
+    app.metrics_until(
+        &app.base,
+        Duration::from_secs(5),
+        "no waiter left",
+        |text| {
+            text.lines()
+                .any(|l| l == "approvals_long_polls_in_flight 0")
+        },
+    )
+    .await;
 }
 
 async fn a_decision_wakes_the_waiter_within_a_second(h: Harness) {

@@ -17,7 +17,10 @@ use tokio::sync::mpsc;
 
 use crate::support::{assert_problem, Backend, Harness, TestApp};
 
-contract_tests!(admins_manage_webhooks_and_others_cannot);
+contract_tests!(
+    admins_manage_webhooks_and_others_cannot,
+    a_redis_tenant_store_brings_webhooks_to_either_engine,
+);
 
 const INBOX: &str = "https://inbox.example";
 const WITHIN: Duration = Duration::from_secs(20);
@@ -114,6 +117,8 @@ fn fast(settings: &mut approvals::config::Settings) {
     n.retry_base = Duration::from_millis(100);
     n.retry_max = Duration::from_millis(400);
     n.request_timeout = Duration::from_secs(2);
+    // The receivers listen on loopback, which webhooks may not reach by default.
+    n.allowed_networks = vec!["127.0.0.0/8".parse().expect("a network")];
     settings.ui.public_url = Some(INBOX.into());
 }
 
@@ -197,6 +202,28 @@ async fn admins_manage_webhooks_and_others_cannot(h: Harness) {
         "invalid_body",
     )
     .await;
+    // Nothing inside the operator's network unless allowed (`allowed_networks` is empty
+    // here): this host, private and link-local addresses (cloud metadata), by address or
+    // by a name that resolves to one, nor IPv4 dressed as IPv6.
+    for url in [
+        "http://127.0.0.1:6379/",
+        "http://169.254.169.254/latest/meta-data/",
+        "https://10.1.2.3/hook",
+        "http://localhost:8080/hook",
+        "http://[::ffff:192.168.0.1]/hook",
+        "http://[::1]:8080/hook",
+    ] {
+        assert_problem(
+            app.request(Method::POST, &path, Some(&app.tokens.admin))
+                .json(&json!({ "url": url }))
+                .send()
+                .await
+                .expect("post"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "webhook_destination_forbidden",
+        )
+        .await;
+    }
     let created = add_webhook(&app, body).await;
     let id = created["id"].as_str().expect("id").to_owned();
     assert!(created["secret"]
@@ -239,6 +266,17 @@ async fn admins_manage_webhooks_and_others_cannot(h: Harness) {
         "not_found",
     )
     .await;
+}
+
+/// With `tenant_store.kind = "redis"` webhooks work whichever engine answers: after the
+/// cutover to Temporal reviewers still hear that something waits.
+async fn a_redis_tenant_store_brings_webhooks_to_either_engine(h: Harness) {
+    let mut receiver = Receiver::start(0).await;
+    let app = h.spawn_with_tenant_store(fast).await;
+    add_webhook(&app, json!({"url": receiver.url, "events": ["parked"]})).await;
+    app.park("waits-anywhere").await;
+    let parked = receiver.next_of("parked").await;
+    assert_eq!(parked.json()["approval_id"], "waits-anywhere");
 }
 
 #[tokio::test]
@@ -409,4 +447,66 @@ async fn slack_messages_warn_before_an_approval_expires_with_a_button_to_the_inb
     // Expiring soon is sent once, not on every pass.
     let more = tokio::time::timeout(Duration::from_secs(1), receiver.got.recv()).await;
     assert!(more.is_err(), "{more:?}");
+}
+
+/// A webhook added while its network was allowed is not delivered once the operator takes the
+/// allowance back: checked at every delivery, for an address in the URL and for a name that
+/// resolves to one (a name may point elsewhere by then: DNS rebinding).
+#[tokio::test]
+async fn deliveries_never_reach_a_network_that_is_no_longer_allowed() {
+    let mut receiver = Receiver::start(0).await;
+    let mut app = TestApp::spawn_with(|s| {
+        fast(s);
+        s.notifications.max_attempts = 1;
+    })
+    .await;
+    let by_name = receiver.url.replace("127.0.0.1", "localhost");
+    add_webhook(&app, json!({"url": receiver.url, "events": ["parked"]})).await;
+    add_webhook(&app, json!({"url": by_name, "events": ["parked"]})).await;
+    app.park("while-allowed").await;
+    receiver.next().await;
+    receiver.next().await;
+
+    app.restart_with(|s| s.notifications.allowed_networks.clear())
+        .await;
+    app.park("after-revoked").await;
+    // Both deliveries fail at once (no retries with max_attempts = 1) and are dead letters.
+    let path = format!("/v1/tenants/{}/webhooks", app.tenant);
+    let deadline = std::time::Instant::now() + WITHIN;
+    loop {
+        let listed = app.get_json(&path, &app.tokens.admin).await;
+        if listed["dead_letters"] == 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{listed}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        receiver.got.try_recv().is_err(),
+        "a delivery reached a network that is no longer allowed"
+    );
+}
+
+/// An instance that stops gives up the tenants it was reading: its successor notifies at its
+/// first pass, not once the old lease (here 15 s) has run out.
+#[tokio::test]
+async fn a_restarted_service_notifies_without_waiting_out_the_old_lease() {
+    let mut receiver = Receiver::start(0).await;
+    let mut app = TestApp::spawn_with(|s| {
+        fast(s);
+        // The lease is 10 polls + 5 s.
+        s.notifications.poll_interval = Duration::from_secs(1);
+    })
+    .await;
+    add_webhook(&app, json!({"url": receiver.url, "events": ["parked"]})).await;
+    app.park("before-restart").await;
+    receiver.next().await;
+
+    app.restart().await;
+    app.park("after-restart").await;
+    let got = tokio::time::timeout(Duration::from_secs(8), receiver.got.recv())
+        .await
+        .expect("notified well within the old reader's 15 s lease")
+        .expect("the receiver runs");
+    assert_eq!(got.json()["approval_id"], "after-restart");
 }

@@ -1,0 +1,219 @@
+//! Where webhooks may be delivered: a tenant admin chooses the URL, so without a guard the
+//! service would POST, from inside the operator's network, to whatever that admin names — the
+//! cloud metadata endpoint, Redis, an internal admin page (server-side request forgery).
+//!
+//! Only publicly routable addresses are reachable, plus the networks the operator lists in
+//! `notifications.allowed_networks` (an internal Slack relay, say). The check runs twice: when
+//! a webhook is added (a clear `422` for the admin) and on every delivery, at name resolution,
+//! because a name that resolved to a public address yesterday may resolve to a private one
+//! today (DNS rebinding). An HTTP(S) proxy from the environment, when set, connects instead of
+//! us, and egress filtering is then its job.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use reqwest::Url;
+
+/// How long adding a webhook waits for its host name to resolve.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Networks no webhook reaches unless allowed: this host, private and shared address space,
+/// link-local (cloud metadata lives there), and addresses that are not destinations at all.
+const NOT_PUBLIC: &[&str] = &[
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.0.0.0/24",
+    "192.0.2.0/24",
+    "192.168.0.0/16",
+    "198.18.0.0/15",
+    "198.51.100.0/24",
+    "203.0.113.0/24",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+    "::/128",
+    "::1/128",
+    "64:ff9b:1::/48",
+    "100::/64",
+    "2001:db8::/32",
+    "fc00::/7",
+    "fe80::/10",
+    "ff00::/8",
+];
+
+/// Which addresses deliveries may connect to.
+#[derive(Debug, Clone)]
+pub struct EgressPolicy {
+    not_public: Vec<IpNet>,
+    allowed: Vec<IpNet>,
+}
+
+impl EgressPolicy {
+    pub fn new(allowed: Vec<IpNet>) -> Self {
+        let not_public = NOT_PUBLIC
+            .iter()
+            .filter_map(|net| net.parse().ok())
+            .collect();
+        Self {
+            not_public,
+            allowed,
+        }
+    }
+
+    /// Whether a delivery may connect to `ip`.
+    pub fn permits(&self, ip: IpAddr) -> bool {
+        // An IPv4 address written as IPv6 (::ffff:a.b.c.d, or NAT64's 64:ff9b::a.b.c.d) is
+        // judged as the IPv4 address it reaches.
+        let ip = embedded_ipv4(ip).map_or(ip, IpAddr::V4);
+        self.allowed.iter().any(|net| net.contains(&ip))
+            || !self.not_public.iter().any(|net| net.contains(&ip))
+    }
+
+    /// Checked when a webhook is added: the host must be a permitted address or a name that
+    /// resolves to permitted addresses only. A name that does not resolve yet is accepted
+    /// (its deliveries fail and retry until it does, and are checked then).
+    pub async fn check_url(&self, url: &Url) -> Result<(), String> {
+        let Some(host) = url.host_str() else {
+            return Err("url: no host".into());
+        };
+        let port = url.port_or_known_default().unwrap_or(443);
+        let literal = host.trim_start_matches('[').trim_end_matches(']');
+        let addresses: Vec<IpAddr> = match literal.parse::<IpAddr>() {
+            Ok(ip) => vec![ip],
+            Err(_) => {
+                match tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host, port)))
+                    .await
+                {
+                    Ok(Ok(found)) => found.map(|a| a.ip()).collect(),
+                    Ok(Err(_)) | Err(_) => return Ok(()),
+                }
+            }
+        };
+        match addresses.iter().find(|ip| !self.permits(**ip)) {
+            Some(ip) => Err(format!(
+                "url: {host} is {ip}, which is not a public address; webhooks reach only \
+                 public addresses and the networks in notifications.allowed_networks"
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Checked before each delivery for a URL whose host is an address (no resolution
+    /// happens for those, so the resolver below never sees them).
+    pub fn check_literal_host(&self, url: &str) -> Result<(), String> {
+        let Ok(url) = Url::parse(url) else {
+            return Err("the webhook's URL no longer parses".into());
+        };
+        let host = url.host_str().unwrap_or("");
+        match host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+        {
+            Ok(ip) if !self.permits(ip) => Err(format!(
+                "{ip} is not a public address and not in notifications.allowed_networks"
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// A resolver for the delivery client that drops the addresses deliveries may not reach.
+    pub fn resolver(self: &Arc<Self>) -> Arc<GuardedResolver> {
+        Arc::new(GuardedResolver {
+            policy: self.clone(),
+        })
+    }
+}
+
+fn embedded_ipv4(ip: IpAddr) -> Option<Ipv4Addr> {
+    let IpAddr::V6(v6) = ip else { return None };
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return Some(v4);
+    }
+    let octets = v6.octets();
+    // NAT64's well-known prefix 64:ff9b::/96 carries the IPv4 address in the last 32 bits.
+    (octets[..12] == [0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0])
+        .then(|| Ipv4Addr::new(octets[12], octets[13], octets[14], octets[15]))
+}
+
+/// The system resolver, minus the addresses the egress policy forbids.
+pub struct GuardedResolver {
+    policy: Arc<EgressPolicy>,
+}
+
+impl Resolve for GuardedResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let policy = self.policy.clone();
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let found: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let permitted: Vec<SocketAddr> = found
+                .iter()
+                .copied()
+                .filter(|a| policy.permits(a.ip()))
+                .collect();
+            if permitted.is_empty() && !found.is_empty() {
+                return Err(format!(
+                    "{host} resolves only to addresses that are not public and not in \
+                     notifications.allowed_networks ({})",
+                    found[0].ip()
+                )
+                .into());
+            }
+            let addrs: Addrs = Box::new(permitted.into_iter());
+            Ok(addrs)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().expect("an address")
+    }
+
+    #[test]
+    fn only_public_addresses_unless_allowed() {
+        let policy = EgressPolicy::new(vec![]);
+        for forbidden in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.20.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+        ] {
+            assert!(
+                !policy.permits(ip(forbidden)),
+                "{forbidden} must be refused"
+            );
+        }
+        for public in [
+            "93.184.215.14",
+            "8.8.8.8",
+            "2606:4700::1111",
+            "::ffff:1.1.1.1",
+        ] {
+            assert!(policy.permits(ip(public)), "{public} must be reachable");
+        }
+        let allowing = EgressPolicy::new(vec!["10.1.0.0/16".parse().expect("net")]);
+        assert!(allowing.permits(ip("10.1.2.3")));
+        assert!(!allowing.permits(ip("10.2.0.1")));
+        assert!(!allowing.permits(ip("127.0.0.1")));
+    }
+}
