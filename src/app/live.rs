@@ -87,7 +87,28 @@ pub struct LiveStream {
     after: Option<String>,
     /// Before any event was read without a `Last-Event-ID`: only what is recorded from now on.
     since: Timestamp,
+    /// On an engine whose audit settles late, where the stream re-reads from instead.
+    unsettled: Option<Unsettled>,
     _slot: Slot,
+}
+
+/// A stream's place in an audit that settles late (Temporal): every read starts again
+/// `settle` before the newest event shown, and skips what it showed already.
+struct Unsettled {
+    settle: std::time::Duration,
+    newest: Timestamp,
+    /// Where the next page of this re-read starts, after a full page.
+    page_after: Option<String>,
+    shown: super::RecentIds,
+    /// A resumed stream's `Last-Event-ID`: it and what comes before it are not shown again.
+    resumed_after: Option<String>,
+}
+
+impl Unsettled {
+    fn reread_from(&self) -> Timestamp {
+        let settle = i64::try_from(self.settle.as_millis()).unwrap_or(i64::MAX);
+        Timestamp::from_millis(self.newest.as_millis().saturating_sub(settle))
+    }
 }
 
 impl LiveStream {
@@ -126,10 +147,28 @@ impl Approvals {
                 tenant: tenant.clone(),
             }
         };
+        let after = last_event_id.filter(|id| !id.is_empty());
+        let since = Timestamp::now();
+        let settle = self.engine.audit_settle_time();
+        let resumed_at = after.as_deref().map(AuditEvent::instant_of_id);
+        if !settle.is_zero() && resumed_at.is_some_and(|at| at.is_none()) {
+            // Re-reads go by time, so the engine never sees the id: it is checked here.
+            return Err(AppError::InvalidOption(
+                "Last-Event-ID: not an event id".into(),
+            ));
+        }
+        let unsettled = (!settle.is_zero()).then(|| Unsettled {
+            settle,
+            newest: resumed_at.flatten().unwrap_or(since),
+            page_after: None,
+            shown: super::RecentIds::default(),
+            resumed_after: after.clone(),
+        });
         let mut stream = LiveStream {
             tenant: tenant.clone(),
-            after: last_event_id.filter(|id| !id.is_empty()),
-            since: Timestamp::now(),
+            after,
+            since,
+            unsettled,
             _slot: slot,
         };
         let (first, _) = self.read_live(&mut stream).await?;
@@ -141,6 +180,9 @@ impl Approvals {
         &self,
         stream: &mut LiveStream,
     ) -> Result<(Vec<LiveEvent>, bool), AppError> {
+        if let Some(unsettled) = &mut stream.unsettled {
+            return self.read_unsettled(&stream.tenant, unsettled).await;
+        }
         let since = stream.after.is_none().then_some(stream.since);
         let page = self
             .engine
@@ -156,6 +198,46 @@ impl Approvals {
             .into_iter()
             .filter_map(|event| LiveKind::of(&event).map(|kind| LiveEvent { kind, event }))
             .collect();
+        Ok((events, more))
+    }
+
+    /// [`Approvals::read_live`] on an audit that settles late.
+    async fn read_unsettled(
+        &self,
+        tenant: &TenantId,
+        unsettled: &mut Unsettled,
+    ) -> Result<(Vec<LiveEvent>, bool), AppError> {
+        let from = unsettled.reread_from();
+        let page = self
+            .engine
+            .audit(tenant, Some(from), unsettled.page_after.as_deref(), PAGE)
+            .await
+            .map_err(|e| self.engine_failed(e))?;
+        let more = page.next_cursor.is_some();
+        unsettled.page_after = page.next_cursor;
+        let mut events = Vec::new();
+        for event in page.items {
+            let resumed_past = unsettled
+                .resumed_after
+                .as_deref()
+                .is_some_and(|last| event.event_id.as_str() <= last);
+            if resumed_past
+                || !unsettled
+                    .shown
+                    .insert(event.timestamp, event.event_id.clone())
+            {
+                continue;
+            }
+            unsettled.newest = unsettled.newest.max(event.timestamp);
+            if let Some(kind) = LiveKind::of(&event) {
+                events.push(LiveEvent { kind, event });
+            }
+        }
+        // What is older than the next read's start can no longer come back.
+        if !more {
+            let next_from = unsettled.reread_from();
+            unsettled.shown.prune(next_from);
+        }
         Ok((events, more))
     }
 
@@ -186,6 +268,11 @@ impl Approvals {
             .list(tenant, status, None, limit)
             .await
             .map_err(|e| self.engine_failed(e))
+    }
+
+    /// How late an event may appear in the engine's audit behind later ones.
+    pub fn audit_settle_time(&self) -> std::time::Duration {
+        self.engine.audit_settle_time()
     }
 
     /// How often an open stream reads the audit.

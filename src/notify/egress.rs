@@ -95,13 +95,18 @@ impl EgressPolicy {
                 }
             }
         };
-        match addresses.iter().find(|ip| !self.permits(**ip)) {
-            Some(ip) => Err(format!(
-                "url: {host} is {ip}, which is not a public address; webhooks reach only \
-                 public addresses and the networks in notifications.allowed_networks"
-            )),
-            None => Ok(()),
-        }
+        let Some(refused) = addresses.iter().find(|ip| !self.permits(**ip)) else {
+            return Ok(());
+        };
+        let what = if literal.parse::<IpAddr>().is_ok() {
+            format!("{refused} is")
+        } else {
+            format!("{host} resolves to {refused}, which is")
+        };
+        Err(format!(
+            "url: {what} not a public address; webhooks reach only public addresses and the \
+             networks in notifications.allowed_networks"
+        ))
     }
 
     /// Checked before each delivery for a URL whose host is an address (no resolution

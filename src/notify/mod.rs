@@ -17,15 +17,15 @@ pub mod egress;
 pub mod payload;
 pub mod store;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use approvals_core::{Status, TenantId, Timestamp};
+use approvals_core::{AuditEvent, Status, TenantId, Timestamp};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{AppError, Approvals, LiveKind};
+use crate::app::{AppError, Approvals, LiveKind, RecentIds};
 use crate::auth::{Permission, Principal};
 use crate::config::NotificationSettings;
 use egress::EgressPolicy;
@@ -95,7 +95,8 @@ pub struct Webhook {
 enum Cursor {
     /// After this event id.
     After(String),
-    /// From this instant (no event read yet).
+    /// From this instant: no event read yet, or (on an engine whose audit settles late) the
+    /// newest event's timestamp.
     Since(Timestamp),
 }
 
@@ -107,6 +108,14 @@ impl Cursor {
                 Self::Since(Timestamp::from_millis(t[6..].parse().unwrap_or(0)))
             }
             _ => Self::Since(Timestamp::now()),
+        }
+    }
+
+    /// The instant the cursor stands at (also for an event id of the other engine).
+    fn instant(&self) -> Timestamp {
+        match self {
+            Self::Since(at) => *at,
+            Self::After(id) => AuditEvent::instant_of_id(id).unwrap_or_else(Timestamp::now),
         }
     }
 }
@@ -122,6 +131,12 @@ pub struct Notifier {
     egress: Arc<EgressPolicy>,
     /// This instance's name in the tenants' reader locks.
     instance: String,
+    /// How late an event may appear in the engine's audit behind later ones (zero on Redis):
+    /// the reader re-reads that stretch on every pass.
+    audit_settle: Duration,
+    /// Deliveries this instance queued lately (only while re-reading an unsettled audit), so
+    /// that a re-read costs no Redis call per event already queued.
+    recently_queued: Mutex<RecentIds>,
 }
 
 impl Notifier {
@@ -131,6 +146,7 @@ impl Notifier {
         settings: NotificationSettings,
         inbox_base: Option<String>,
     ) -> Self {
+        let audit_settle = app.audit_settle_time();
         let egress = Arc::new(EgressPolicy::new(settings.allowed_networks.clone()));
         let http = reqwest::Client::builder()
             .timeout(settings.request_timeout)
@@ -147,6 +163,8 @@ impl Notifier {
             http,
             egress,
             instance: uuid::Uuid::new_v4().to_string(),
+            audit_settle,
+            recently_queued: Mutex::default(),
         }
     }
 
@@ -239,7 +257,9 @@ impl Notifier {
         tenant: &TenantId,
         hooks: &[Webhook],
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        const PAGES_PER_PASS: usize = 10;
+        if !self.audit_settle.is_zero() {
+            return self.read_unsettled_tenant(tenant, hooks).await;
+        }
         for _ in 0..PAGES_PER_PASS {
             let cursor = Cursor::parse(self.store.cursor(tenant.as_str()).await?.as_deref());
             let (after, since) = match &cursor {
@@ -254,21 +274,88 @@ impl Notifier {
                 return Ok(());
             };
             for event in &page.items {
-                let Some(kind) = LiveKind::of(event) else {
-                    continue;
-                };
-                let kind = NotifyEvent::of(kind);
-                for hook in hooks.iter().filter(|h| h.events.contains(&kind)) {
-                    let body = payload::event_body(hook, kind, event, self.inbox_base.as_deref());
-                    self.queue(hook, &format!("{}:{}", hook.id, event.event_id), body)
-                        .await?;
-                }
+                self.queue_event(hooks, event).await?;
             }
             self.store
                 .set_cursor(tenant.as_str(), &format!("id:{last}"))
                 .await?;
             if page.next_cursor.is_none() {
                 return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Self::read_tenant`] for an engine whose audit settles late (Temporal): an event may
+    /// appear up to `audit_settle` after its timestamp, behind events already read, so each
+    /// pass reads again from the newest timestamp read minus that. What was queued before is
+    /// skipped here (or dropped by `enqueue`); the cursor is that newest timestamp.
+    async fn read_unsettled_tenant(
+        &self,
+        tenant: &TenantId,
+        hooks: &[Webhook],
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let stored = Cursor::parse(self.store.cursor(tenant.as_str()).await?.as_deref());
+        let mut newest = stored.instant();
+        let since = Timestamp::from_millis(
+            newest.as_millis() - i64::try_from(self.audit_settle.as_millis()).unwrap_or(0),
+        );
+        let mut after: Option<String> = None;
+        for _ in 0..PAGES_PER_PASS {
+            let page = self
+                .app
+                .read_audit_for_service(tenant, after.as_deref(), Some(since), 100)
+                .await?;
+            for event in &page.items {
+                newest = newest.max(event.timestamp);
+                self.queue_event(hooks, event).await?;
+            }
+            match page.next_cursor {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        self.lock_recent().prune(Timestamp::from_millis(
+            since.as_millis() - i64::try_from(self.audit_settle.as_millis()).unwrap_or(0),
+        ));
+        self.store
+            .set_cursor(tenant.as_str(), &format!("since:{}", newest.as_millis()))
+            .await?;
+        Ok(())
+    }
+
+    fn lock_recent(&self) -> std::sync::MutexGuard<'_, RecentIds> {
+        // A set of ids holds no invariant a panicking holder could break.
+        self.recently_queued
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues a delivery of `event` for each webhook subscribed to its kind.
+    async fn queue_event(
+        &self,
+        hooks: &[Webhook],
+        event: &AuditEvent,
+    ) -> Result<(), store::StoreError> {
+        let Some(kind) = LiveKind::of(event) else {
+            return Ok(());
+        };
+        let kind = NotifyEvent::of(kind);
+        // A webhook hears of what happened from its creation on.
+        let subscribed = hooks
+            .iter()
+            .filter(|h| h.events.contains(&kind) && event.timestamp >= h.created_at);
+        let remember = !self.audit_settle.is_zero();
+        for hook in subscribed {
+            let id = format!("{}:{}", hook.id, event.event_id);
+            let key = format!("{}:{id}", hook.tenant);
+            if remember && self.lock_recent().contains(&key) {
+                continue;
+            }
+            let body = payload::event_body(hook, kind, event, self.inbox_base.as_deref());
+            self.queue(hook, &id, body).await?;
+            if remember {
+                self.lock_recent().insert(event.timestamp, key);
             }
         }
         Ok(())
@@ -447,6 +534,9 @@ fn with_causes(error: &dyn std::error::Error) -> String {
     }
     text
 }
+
+/// Audit pages one reader pass reads per tenant at most.
+const PAGES_PER_PASS: usize = 10;
 
 /// The longest webhook URL accepted.
 const MAX_URL: usize = 2_048;

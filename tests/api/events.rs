@@ -13,7 +13,8 @@ use crate::support::{assert_problem, Harness, TestApp};
 contract_tests!(
     parked_decided_and_expired_approvals_appear_live_from_any_instance,
     a_reconnect_resumes_after_its_last_event_id,
-    the_stream_keeps_the_tenant_rules_and_refuses_bad_ids
+    the_stream_keeps_the_tenant_rules_and_refuses_bad_ids,
+    what_another_instance_wrote_shows_up_once_even_when_late
 );
 
 /// One SSE event as a client parses it.
@@ -153,6 +154,42 @@ async fn parked_decided_and_expired_approvals_appear_live_from_any_instance(h: H
         ("expired", Some("second")),
         "{expired:?}"
     );
+}
+
+/// What another instance writes can show up in Temporal's audit a moment after what this
+/// instance wrote later (its own writes it sees at once): the stream still shows every event,
+/// each once.
+async fn what_another_instance_wrote_shows_up_once_even_when_late(h: Harness) {
+    let app = h
+        // Read right after each of this instance's writes, before the other's show up.
+        .spawn_with(|s| s.approvals.events_poll_interval = Duration::from_millis(5))
+        .await;
+    let (other, _stop) = app.second_instance().await;
+    let mut live = SseReader::open(&app, &app.base, &app.tokens.reviewer, None).await;
+    let mut expected = std::collections::BTreeSet::new();
+    for n in 0..10 {
+        let elsewhere = format!("elsewhere-{n}");
+        let response = app
+            .http
+            .post(format!("{other}/v1/tenants/{}/approvals", app.tenant))
+            .bearer_auth(&app.tokens.agent)
+            .json(&json!({"request_id": elsewhere, "action": crate::support::sensitive_read()}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let here = format!("here-{n}");
+        app.park(&here).await;
+        expected.extend([elsewhere, here]);
+    }
+    let mut shown = Vec::new();
+    while shown.len() < expected.len() {
+        let event = live.next(WITHIN).await;
+        assert_eq!(event.event, "parked", "{event:?}");
+        shown.push(event.data["approval_id"].as_str().unwrap().to_owned());
+    }
+    let distinct: std::collections::BTreeSet<String> = shown.iter().cloned().collect();
+    assert_eq!(distinct, expected, "each parked approval once: {shown:?}");
 }
 
 async fn a_reconnect_resumes_after_its_last_event_id(h: Harness) {

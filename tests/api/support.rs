@@ -265,7 +265,16 @@ impl TestApp {
 
     /// A second instance of the service on the same backend and tokens.
     pub async fn second_instance(&self) -> (String, CancellationToken) {
+        self.second_instance_with(|_| {}).await
+    }
+
+    /// [`Self::second_instance`] with `adjust` applied to its settings.
+    pub async fn second_instance_with(
+        &self,
+        adjust: impl FnOnce(&mut Settings),
+    ) -> (String, CancellationToken) {
         let mut settings = self.settings.clone();
+        adjust(&mut settings);
         settings.auth.tokens = self.token_entries();
         let (base, stop, _server) = serve(settings).await;
         (base, stop)

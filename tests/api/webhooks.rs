@@ -20,6 +20,7 @@ use crate::support::{assert_problem, Backend, Harness, TestApp};
 contract_tests!(
     admins_manage_webhooks_and_others_cannot,
     a_redis_tenant_store_brings_webhooks_to_either_engine,
+    events_another_instance_wrote_are_delivered_too,
 );
 
 const INBOX: &str = "https://inbox.example";
@@ -277,6 +278,46 @@ async fn a_redis_tenant_store_brings_webhooks_to_either_engine(h: Harness) {
     app.park("waits-anywhere").await;
     let parked = receiver.next_of("parked").await;
     assert_eq!(parked.json()["approval_id"], "waits-anywhere");
+}
+
+/// What another instance writes can show up in Temporal's audit a moment after what this
+/// instance wrote later (its own writes it sees at once): the reader still delivers all of it.
+async fn events_another_instance_wrote_are_delivered_too(h: Harness) {
+    let mut receiver = Receiver::start(0).await;
+    let app = h
+        .spawn_with_tenant_store(|s| {
+            fast(s);
+            // Read right after each of this instance's writes, before the other's show up.
+            s.notifications.poll_interval = Duration::from_millis(5);
+        })
+        .await;
+    // Only `app` reads the audits for webhooks; the other instance parks.
+    let (other, _stop_other) = app
+        .second_instance_with(|s| s.notifications.enabled = false)
+        .await;
+    add_webhook(&app, json!({"url": receiver.url, "events": ["parked"]})).await;
+    let mut expected = std::collections::BTreeSet::new();
+    for n in 0..10 {
+        let elsewhere = format!("elsewhere-{n}");
+        let response = app
+            .http
+            .post(format!("{other}/v1/tenants/{}/approvals", app.tenant))
+            .bearer_auth(&app.tokens.agent)
+            .json(&json!({"request_id": elsewhere, "action": crate::support::sensitive_read()}))
+            .send()
+            .await
+            .expect("submit");
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let here = format!("here-{n}");
+        app.park(&here).await;
+        expected.extend([elsewhere, here]);
+    }
+    let mut delivered = std::collections::BTreeSet::new();
+    while delivered.len() < expected.len() {
+        let got = receiver.next_of("parked").await;
+        delivered.insert(got.json()["approval_id"].as_str().unwrap_or("").to_owned());
+    }
+    assert_eq!(delivered, expected);
 }
 
 #[tokio::test]

@@ -55,6 +55,19 @@ pub struct AuditEvent {
     pub details: Value,
 }
 
+impl AuditEvent {
+    /// The instant an event id of either engine stands for: both start with the event's
+    /// timestamp in milliseconds (Redis `1733…-0`, Temporal `0001733…-1-{id}`), which carries
+    /// a reader's position across a change of engine.
+    pub fn instant_of_id(event_id: &str) -> Option<Timestamp> {
+        event_id
+            .split('-')
+            .next()
+            .and_then(|millis| millis.parse().ok())
+            .map(Timestamp::from_millis)
+    }
+}
+
 /// An audit event before an engine gave it an id: what engines store.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditEntry {

@@ -177,6 +177,13 @@ pub trait ApprovalBackend: Send + Sync + 'static {
     /// A short name for logs and metrics (`redis`, `temporal`, `dual`).
     fn kind(&self) -> &'static str;
 
+    /// How long after its timestamp an event may still appear in [`ApprovalBackend::audit`]
+    /// behind events already returned. Zero for an audit appended in order; readers that
+    /// follow the audit (live streams, webhooks) re-read that stretch.
+    fn audit_settle_time(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+
     /// Parks a pending approval unless its id already exists in the tenant, recording
     /// `submitted` (its decision-log event) with it, atomically: no approval without its event,
     /// and a repeat records nothing.

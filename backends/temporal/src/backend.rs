@@ -42,6 +42,10 @@ use crate::workflow::{
 /// The search attribute every approval workflow carries; register it on the namespace
 /// (`temporal operator search-attribute create --name TenantId --type Keyword`, or
 /// `--search-attribute TenantId=Keyword` on a dev server).
+/// How late visibility may show an event behind later ones: its indexing lag (about a second
+/// on a loaded cluster), with a wide margin.
+const AUDIT_SETTLE_TIME: Duration = Duration::from_secs(15);
+
 pub const TENANT_ID: SearchAttributeKey<String> = SearchAttributeKey::keyword("TenantId");
 
 /// The workflow type name, as visibility queries see it.
@@ -414,6 +418,12 @@ impl TemporalBackend {
 impl ApprovalBackend for TemporalBackend {
     fn kind(&self) -> &'static str {
         "temporal"
+    }
+
+    /// The audit comes from visibility, which shows what other instances and the workers
+    /// wrote a moment late, while this instance's own writes show at once (`recent`).
+    fn audit_settle_time(&self) -> Duration {
+        AUDIT_SETTLE_TIME
     }
 
     async fn park(

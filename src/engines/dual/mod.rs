@@ -157,6 +157,10 @@ impl ApprovalBackend for DualBackend {
         "dual"
     }
 
+    fn audit_settle_time(&self) -> std::time::Duration {
+        self.primary.audit_settle_time()
+    }
+
     async fn park(
         &self,
         approval: Approval,
