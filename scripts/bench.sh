@@ -225,6 +225,10 @@ max_pending_per_tenant = 1000000000
 # of the later scenarios measure them (README, Performance).
 adopt_interval = "1h"
 
+[limits]
+# The fan-out scenario waits 10,000 times with one token.
+max_long_polls_per_caller = 20000
+
 [policy]
 dir = $(toml_string "$repo/policies")
 

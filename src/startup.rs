@@ -124,6 +124,10 @@ impl Application {
             request_timeout: settings.server.request_timeout,
             access_log: settings.server.access_log,
             notifier: notifier.clone(),
+            caller_slots: crate::api::CallerSlots::new(
+                settings.limits.max_requests_per_caller,
+                settings.limits.max_long_polls_per_caller,
+            ),
         };
         let addr = settings.server.listen;
         let listener = TcpListener::bind(addr)

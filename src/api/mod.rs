@@ -4,6 +4,7 @@
 mod approvals;
 pub(crate) mod events;
 mod extract;
+mod fairness;
 mod ops;
 mod policy;
 mod problem;
@@ -22,6 +23,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+pub use fairness::CallerSlots;
 pub use problem::{ApiError, Problem};
 
 use crate::app::Approvals;
@@ -42,6 +44,8 @@ pub struct AppState {
     pub access_log: bool,
     /// Webhooks: `None` when no Redis is among the engines (`501 webhooks_disabled`).
     pub notifier: Option<Arc<crate::notify::Notifier>>,
+    /// What each caller has in flight (`limits.max_*_per_caller`).
+    pub caller_slots: Arc<fairness::CallerSlots>,
 }
 
 #[derive(OpenApi)]
@@ -95,6 +99,50 @@ impl Modify for ProblemJson {
     }
 }
 
+/// Every `/v1` operation can answer `429 too_many_requests` (src/api/fairness.rs): the
+/// document says so once here rather than on each route.
+struct CallerLimits;
+
+impl Modify for CallerLimits {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+        const WHY: &str = "too_many_requests: this token already has \
+            limits.max_requests_per_caller requests (or limits.max_long_polls_per_caller \
+            long-polls) in flight; Retry-After says when to try again";
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if !path.starts_with("/v1/") {
+                continue;
+            }
+            let operations = [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for operation in operations.into_iter().flatten() {
+                let responses = &mut operation.responses.responses;
+                match responses.get_mut("429") {
+                    Some(RefOr::T(response)) => {
+                        response.description = format!("{}; or {WHY}", response.description);
+                    }
+                    Some(RefOr::Ref(_)) => {}
+                    None => {
+                        let problem = ContentBuilder::new()
+                            .schema(Some(Ref::from_schema_name("Problem")))
+                            .build();
+                        let response = ResponseBuilder::new()
+                            .description(WHY)
+                            .content("application/json", problem)
+                            .build();
+                        responses.insert("429".into(), RefOr::T(response));
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The whole application as a router (the API and, when `ui.enabled`, the inbox); `startup`
 /// serves it, tests may too.
 pub fn router(state: AppState, ui: &crate::config::UiSettings) -> Router {
@@ -121,8 +169,9 @@ pub fn router(state: AppState, ui: &crate::config::UiSettings) -> Router {
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))
         .split_for_parts();
-    // After the routes are in: the modifier rewrites their responses.
+    // After the routes are in: the modifiers rewrite their responses.
     let mut openapi = openapi;
+    CallerLimits.modify(&mut openapi);
     ProblemJson.modify(&mut openapi);
     let openapi = Arc::new(openapi);
     let request_id = HeaderName::from_static("x-request-id");
@@ -133,6 +182,10 @@ pub fn router(state: AppState, ui: &crate::config::UiSettings) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.request_timeout,
             within_deadline,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.caller_slots.clone(),
+            fairness::per_caller,
         ))
         .with_state(state)
         .merge(inbox.unwrap_or_default())

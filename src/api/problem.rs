@@ -30,6 +30,13 @@ pub enum ApiError {
     NoRoute,
     #[error("the request took longer than {0:?}")]
     RequestTimeout(std::time::Duration),
+    /// The caller (its bearer token) already has this many requests, or decision long-polls,
+    /// in flight (`limits.max_requests_per_caller`, `limits.max_long_polls_per_caller`).
+    #[error(
+        "this token already has {in_flight} {} in flight; retry when one is answered",
+        if *.long_polls { "decision long-polls" } else { "requests" }
+    )]
+    TooManyRequests { in_flight: usize, long_polls: bool },
     #[error(transparent)]
     App(#[from] AppError),
     #[error("internal error")]
@@ -85,6 +92,11 @@ impl ApiError {
                 "Input beyond the limits",
             ),
             Self::RequestTimeout(_) => (S::REQUEST_TIMEOUT, "request_timeout", "Request timeout"),
+            Self::TooManyRequests { .. } => (
+                S::TOO_MANY_REQUESTS,
+                "too_many_requests",
+                "Too many requests in flight",
+            ),
             Self::NoRoute | Self::App(AppError::NotFound { .. }) => {
                 (S::NOT_FOUND, "not_found", "Not found")
             }
@@ -217,6 +229,7 @@ impl IntoResponse for ApiError {
             tracing::error!(error = %crate::app::chain(error.as_ref()), "request failed");
         }
         let status = self.status();
+        let retry_soon = matches!(self, Self::TooManyRequests { .. });
         let mut response = (status, axum::Json(self.to_problem())).into_response();
         let headers = response.headers_mut();
         headers.insert(
@@ -225,6 +238,9 @@ impl IntoResponse for ApiError {
         );
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if retry_soon {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
     }

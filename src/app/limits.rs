@@ -24,6 +24,11 @@ pub struct InputLimits {
     /// Instructions one policy evaluation may execute before it fails closed: a budget that
     /// does not depend on how busy the machine is.
     pub policy_instructions: usize,
+    /// Requests one bearer token may have in flight at once, decision long-polls aside;
+    /// past it `429 too_many_requests`.
+    pub max_requests_per_caller: usize,
+    /// Decision long-polls one bearer token may have waiting at once; past it `429`.
+    pub max_long_polls_per_caller: usize,
 }
 
 impl Default for InputLimits {
@@ -35,6 +40,8 @@ impl Default for InputLimits {
             max_depth: 16,
             policy_concurrency: 0,
             policy_instructions: 1_000_000,
+            max_requests_per_caller: 256,
+            max_long_polls_per_caller: 2_000,
         }
     }
 }

@@ -256,7 +256,7 @@ pub struct ApprovalSettings {
     pub decided_retention: Duration,
     #[serde(with = "humantime_serde")]
     pub expired_retention: Duration,
-    /// How long audit events are kept: older ones are trimmed (Redis, once a minute at most).
+    /// How long audit events are kept: older ones are trimmed (Redis, every minute).
     #[serde(with = "humantime_serde")]
     pub audit_retention: Duration,
     /// How often the expiry sweeper runs; bounds how late an expiry is recorded.

@@ -17,6 +17,7 @@ mod decision_log;
 mod errors;
 mod events;
 mod expiry;
+mod fairness;
 mod legacy;
 mod list_and_audit;
 mod ops;

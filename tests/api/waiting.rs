@@ -209,7 +209,12 @@ async fn five_thousand_waiters_on_one_approval_all_learn_the_decision() {
     crate::support::raise_open_files_limit();
     // Opening 5,000 connections on a loaded two-core machine (a debug build) can take longer
     // than a minute: the first waiters must still be waiting when the last one parks.
-    let app = TestApp::spawn_with(|s| s.approvals.long_poll_max = Duration::from_secs(600)).await;
+    let app = TestApp::spawn_with(|s| {
+        s.approvals.long_poll_max = Duration::from_secs(600);
+        // One token waits 5,000 times here.
+        s.limits.max_long_polls_per_caller = WAITERS;
+    })
+    .await;
     app.park("popular").await;
     // A client of its own with room for every connection (one per long-poll, HTTP/1).
     let http = reqwest::Client::builder()

@@ -147,7 +147,9 @@ def mint(binary: str, tenant: str, role: str, subject: str) -> dict[str, str]:
     return dict(json.loads(out.stdout))
 
 
-def start_service(directory: Path, tenant_names: list[str], tenant_ttl: dict[str, str] | None = None) -> Service:
+def start_service(
+    directory: Path, tenant_names: list[str], tenant_ttl: dict[str, str] | None = None, limits: dict[str, int] | None = None
+) -> Service:
     binary = approvals_bin()
     redis = Redis(directory)
     redis.start()
@@ -164,8 +166,10 @@ def start_service(directory: Path, tenant_names: list[str], tenant_ttl: dict[str
         "[redis]", f'url = "{redis.url}"', 'call_timeout = "1s"', "",
         "[policy]", f"dir = {json.dumps(str(REPO / 'policies'))}", "",
         "[approvals]", 'sweep_interval = "100ms"', 'events_poll_interval = "100ms"', "",
-        "[approvals.tenant_ttl]",
+        "[limits]",
     ]
+    lines += [f"{key} = {value}" for key, value in (limits or {}).items()]
+    lines += ["", "[approvals.tenant_ttl]"]
     lines += [f'{json.dumps(t)} = "{ttl}"' for t, ttl in (tenant_ttl or {}).items()]
     for e in entries:
         lines += ["", "[[auth.tokens]]"] + [f"{k} = {json.dumps(e[k])}" for k in ("subject", "tenant", "role", "sha256")]

@@ -112,3 +112,33 @@ def test_a_retry_after_a_lost_answer_finds_the_approval_instead_of_parking_again
         assert decided.status is Status.ACCEPTED and decided.decision_reason == "once"
         lossy_reviewer_http.close()
     http.close()
+
+
+def test_a_token_at_its_long_poll_limit_waits_its_turn_instead_of_failing(tmp_path: Path) -> None:
+    """With one long-poll per token allowed, a second wait is answered `429
+    too_many_requests`; the client retries after `Retry-After` and gets its answer once the
+    first long-poll has ended."""
+    service = start_service(tmp_path, ["busy"], limits={"max_long_polls_per_caller": 1})
+    tenant = service.tenants[0]
+    try:
+        with ApprovalsClient(service.base_url, tenant.agent_token, tenant.name) as agent:
+            approval = agent.submit(SENSITIVE_READ).approval
+            assert approval is not None
+            url = f"{service.base_url}/v1/tenants/busy/approvals/{approval.id}/decision"
+            headers = {"authorization": f"Bearer {tenant.agent_token}"}
+            first = threading.Thread(
+                target=lambda: httpx.get(url, params={"wait_seconds": 2}, headers=headers, timeout=10)
+            )
+            first.start()
+            until(lambda: "approvals_long_polls_in_flight 1" in httpx.get(f"{service.base_url}/metrics").text)
+            refused = httpx.get(url, params={"wait_seconds": 0}, headers=headers, timeout=10)
+            assert (refused.status_code, refused.json()["code"]) == (429, "too_many_requests")
+            # The client's own call waits for the first long-poll to end, then answers.
+            with ApprovalsClient(service.base_url, tenant.reviewer_token, tenant.name) as reviewer:
+                answer = agent.poll(approval.id, 0)
+                assert answer.status == Status.PENDING
+                first.join()
+                reviewer.accept(approval.id, reason="fine")
+            assert agent.poll(approval.id, 0).status == Status.ACCEPTED
+    finally:
+        service.stop()

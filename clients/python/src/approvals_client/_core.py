@@ -27,7 +27,8 @@ RETRYABLE_STATUSES = frozenset({502, 503, 504})
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff with jitter on `503` (and `502`/`504` from a proxy) and on
+    """Exponential backoff with jitter on `503` (and `502`/`504` from a proxy), on `429
+    too_many_requests` (the token's calls in flight are at the service's limit) and on
     connection errors. Every retry of a submit sends the same `request_id`, so it can find
     the approval an earlier attempt parked but never parks a second one.
 
@@ -78,7 +79,20 @@ def retry_after_seconds(response: httpx.Response) -> float | None:
 
 
 def is_retryable(response: httpx.Response) -> bool:
-    return response.status_code in RETRYABLE_STATUSES
+    if response.status_code in RETRYABLE_STATUSES:
+        return True
+    # `429 too_many_requests`: this token has as many calls in flight as the service allows
+    # one caller; one ends soon (`Retry-After`). Other 429s (`too_many_pending`,
+    # `too_many_streams`) wait for people, not for a retry.
+    return response.status_code == 429 and _problem_code(response) == "too_many_requests"
+
+
+def _problem_code(response: httpx.Response) -> str | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body.get("code") if isinstance(body, dict) else None
 
 
 def api_error(response: httpx.Response, attempts: int = 1) -> ApiError:

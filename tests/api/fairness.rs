@@ -1,0 +1,141 @@
+//! No one caller can take the instance from the others: a token at its limit of requests or
+//! long-polls in flight is answered `429 too_many_requests` (with `Retry-After`), while other
+//! callers, and the same token's other kind of request, go on as usual.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+use crate::support::{assert_problem, TestApp};
+
+async fn refused_for_now(response: reqwest::Response) {
+    assert_eq!(
+        response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    assert_problem(response, StatusCode::TOO_MANY_REQUESTS, "too_many_requests").await;
+}
+
+#[tokio::test]
+async fn a_token_at_its_long_poll_limit_is_refused_and_nobody_else_notices() {
+    let app = TestApp::spawn_with(|s| s.limits.max_long_polls_per_caller = 3).await;
+    app.park("req-1").await;
+    let wait = app.url(&format!(
+        "/v1/tenants/{}/approvals/req-1/decision?wait_seconds=30",
+        app.tenant
+    ));
+    let waiters: Vec<_> = (0..3)
+        .map(|_| {
+            let request = app.http.get(&wait).bearer_auth(&app.tokens.agent);
+            tokio::spawn(async move { request.send().await.expect("long-poll") })
+        })
+        .collect();
+    app.metrics_until(&app.base, Duration::from_secs(10), "3 waiters", |text| {
+        text.lines()
+            .any(|l| l == "approvals_long_polls_in_flight 3")
+    })
+    .await;
+
+    let fourth = app
+        .http
+        .get(&wait)
+        .bearer_auth(&app.tokens.agent)
+        .send()
+        .await
+        .unwrap();
+    refused_for_now(fourth).await;
+    // The same token's other requests, and other callers, are not held back.
+    assert_eq!(
+        app.get("req-1", &app.tokens.agent).await.status(),
+        StatusCode::OK
+    );
+    let reviewer_waits = app
+        .http
+        .get(wait.replace("wait_seconds=30", "wait_seconds=0"))
+        .bearer_auth(&app.tokens.reviewer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reviewer_waits.status(), StatusCode::OK);
+
+    // The decision answers the three; the token may wait again.
+    assert_eq!(
+        app.decide("req-1", "accept", &app.tokens.reviewer)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    for waiter in waiters {
+        let answer: Value = waiter.await.unwrap().json().await.unwrap();
+        assert_eq!(answer["status"], "accepted");
+    }
+    let again = app
+        .http
+        .get(&wait)
+        .bearer_auth(&app.tokens.agent)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::OK);
+}
+
+/// A submit whose body never finishes (until the sender is dropped): it stays in flight.
+fn stalled_submit(
+    app: &TestApp,
+) -> (
+    tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
+    tokio::task::JoinHandle<reqwest::Response>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    let start: Result<Vec<u8>, std::io::Error> = Ok(b"{\"request_id\": ".to_vec());
+    let chunks =
+        futures_util::stream::once(async move { start })
+            .chain(futures_util::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|c| (c, rx))
+            }));
+    let request = app
+        .request(
+            Method::POST,
+            &format!("/v1/tenants/{}/approvals", app.tenant),
+            Some(&app.tokens.agent),
+        )
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(chunks));
+    (
+        tx,
+        tokio::spawn(async move { request.send().await.expect("submit") }),
+    )
+}
+
+#[tokio::test]
+async fn a_token_at_its_request_limit_is_refused_until_one_is_answered() {
+    let app = TestApp::spawn_with(|s| s.limits.max_requests_per_caller = 2).await;
+    app.park("req-1").await;
+    // Three submits that never finish their bodies: two hold the token's places, and the
+    // third, whichever it is, is refused at once.
+    let (mut bodies, requests): (Vec<_>, Vec<_>) = (0..3).map(|_| stalled_submit(&app)).unzip();
+    let (refused, which, mut in_flight) = futures_util::future::select_all(requests).await;
+    refused_for_now(refused.unwrap()).await;
+    bodies.remove(which);
+    // Another caller is served meanwhile; the token itself stays refused.
+    assert_eq!(
+        app.get("req-1", &app.tokens.reviewer).await.status(),
+        StatusCode::OK
+    );
+    let refused = app.get("req-1", &app.tokens.agent).await;
+    refused_for_now(refused).await;
+    // The stalled bodies end (cut short: refused as bad JSON), and the token is served again.
+    drop(bodies);
+    for request in in_flight.drain(..) {
+        assert_eq!(request.await.unwrap().status(), StatusCode::BAD_REQUEST);
+    }
+    assert_eq!(
+        app.get("req-1", &app.tokens.agent).await.status(),
+        StatusCode::OK
+    );
+}
