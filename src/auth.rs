@@ -129,9 +129,12 @@ impl Authenticator {
             .iter()
             .filter_map(|e| {
                 let digest: [u8; 32] = hex::decode(&e.sha256).ok()?.try_into().ok()?;
-                let scope = match TenantId::parse(e.tenant.as_str()) {
-                    Ok(tenant) => TenantScope::One(tenant),
-                    Err(_) => TenantScope::All,
+                // Only "*" means every tenant: an entry that names no valid tenant (which
+                // validation refuses anyway) grants nothing rather than everything.
+                let scope = if e.tenant == "*" {
+                    TenantScope::All
+                } else {
+                    TenantScope::One(TenantId::parse(e.tenant.as_str()).ok()?)
                 };
                 Some((
                     digest,

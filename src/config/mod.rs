@@ -111,6 +111,10 @@ pub struct NotificationSettings {
     /// internal relay). Loopback, private, link-local and shared addresses are refused
     /// otherwise, when a webhook is added and at every delivery.
     pub allowed_networks: Vec<ipnet::IpNet>,
+    /// An HTTP(S) proxy deliveries go through (`http://proxy.internal:3128`). Proxies from
+    /// the environment are never used for webhooks; with this set, the proxy resolves and
+    /// connects, and filtering destinations is its job.
+    pub proxy: Option<String>,
 }
 
 impl Default for NotificationSettings {
@@ -127,6 +131,7 @@ impl Default for NotificationSettings {
             max_webhooks_per_tenant: 10,
             send_concurrency: 16,
             allowed_networks: Vec::new(),
+            proxy: None,
         }
     }
 }
@@ -523,6 +528,11 @@ impl Settings {
             }
         }
         let n = &self.notifications;
+        if let Some(proxy) = &n.proxy {
+            reqwest::Proxy::all(proxy.as_str()).map_err(|e| {
+                ConfigError::Invalid(format!("notifications.proxy: not a proxy URL ({e})"))
+            })?;
+        }
         if !(0.0..=1.0).contains(&n.expiring_soon_share) {
             return Err(ConfigError::Invalid(
                 "notifications.expiring_soon_share: between 0 and 1".into(),

@@ -160,3 +160,28 @@ fn two_tokens_with_one_digest_are_refused() {
     assert!(e.to_string().contains("auth.tokens[0]"), "{e}");
     assert!(load(&entry("one"), &[]).is_ok());
 }
+
+#[test]
+fn webhook_networks_and_proxy_are_checked_when_read() {
+    let settings = load(
+        "[notifications]\nallowed_networks = [\"10.20.0.0/16\"]\nproxy = \"http://proxy.internal:3128\"\n",
+        &[],
+    )
+    .expect("valid");
+    assert_eq!(settings.notifications.allowed_networks.len(), 1);
+    let bad_network = load(
+        "[notifications]\nallowed_networks = [\"10.20.0.0/33\"]\n",
+        &[],
+    )
+    .expect_err("not a network");
+    assert!(
+        bad_network.to_string().contains("allowed_networks"),
+        "{bad_network}"
+    );
+    let bad_proxy =
+        load("[notifications]\nproxy = \"not a url\"\n", &[]).expect_err("not a proxy URL");
+    assert!(
+        bad_proxy.to_string().contains("notifications.proxy"),
+        "{bad_proxy}"
+    );
+}

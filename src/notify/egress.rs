@@ -21,7 +21,9 @@ use reqwest::Url;
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Networks no webhook reaches unless allowed: this host, private and shared address space,
-/// link-local (cloud metadata lives there), and addresses that are not destinations at all.
+/// link-local (cloud metadata lives there), addresses that are not destinations at all, and
+/// IPv6 forms that carry an IPv4 address a host may route to (IPv4-compatible, SIIT, 6to4,
+/// Teredo).
 const NOT_PUBLIC: &[&str] = &[
     "0.0.0.0/8",
     "10.0.0.0/8",
@@ -37,8 +39,13 @@ const NOT_PUBLIC: &[&str] = &[
     "203.0.113.0/24",
     "224.0.0.0/4",
     "240.0.0.0/4",
-    "::/128",
+    "192.88.99.0/24",
+    "::/96",
     "::1/128",
+    "::ffff:0:0:0/96",
+    "2001::/32",
+    "2002::/16",
+    "fec0::/10",
     "64:ff9b:1::/48",
     "100::/64",
     "2001:db8::/32",
@@ -98,10 +105,13 @@ impl EgressPolicy {
         let Some(refused) = addresses.iter().find(|ip| !self.permits(**ip)) else {
             return Ok(());
         };
+        // Which address a name resolves to is not told: that would map the operator's
+        // network for whoever adds webhooks.
         let what = if literal.parse::<IpAddr>().is_ok() {
             format!("{refused} is")
         } else {
-            format!("{host} resolves to {refused}, which is")
+            tracing::debug!(%host, %refused, "webhook host refused");
+            format!("{host} resolves to an address that is")
         };
         Err(format!(
             "url: {what} not a public address; webhooks reach only public addresses and the \
@@ -198,6 +208,9 @@ mod tests {
             "100.64.0.1",
             "0.0.0.0",
             "::1",
+            "::7f00:1",
+            "2002:7f00:1::",
+            "fec0::1",
             "fd00::1",
             "fe80::1",
             "::ffff:127.0.0.1",

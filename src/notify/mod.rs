@@ -148,13 +148,23 @@ impl Notifier {
     ) -> Self {
         let audit_settle = app.audit_settle_time();
         let egress = Arc::new(EgressPolicy::new(settings.allowed_networks.clone()));
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .timeout(settings.request_timeout)
             .dns_resolver(egress.resolver())
+            // A proxy from the environment would resolve and connect instead of us, past the
+            // egress guard: only the one the operator names for webhooks is used.
+            .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("approvals-webhooks/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .unwrap_or_default();
+            .user_agent(concat!("approvals-webhooks/", env!("CARGO_PKG_VERSION")));
+        // Checked when the configuration was read.
+        if let Some(proxy) = settings
+            .proxy
+            .as_deref()
+            .and_then(|p| reqwest::Proxy::all(p).ok())
+        {
+            builder = builder.proxy(proxy);
+        }
+        let http = builder.build().unwrap_or_default();
         Self {
             store,
             app,
@@ -514,7 +524,9 @@ impl Notifier {
             .body(delivery.body.clone())
             .send()
             .await
-            .map_err(|e| format!("POST failed: {}", with_causes(&e)))?;
+            // Without the URL: a Slack webhook's URL is its credential, and this error is
+            // logged and kept with the delivery.
+            .map_err(|e| format!("POST failed: {}", with_causes(&e.without_url())))?;
         if response.status().is_success() {
             Ok(())
         } else {
@@ -569,6 +581,11 @@ impl Notifier {
         format: WebhookFormat,
     ) -> Result<Webhook, AppError> {
         Self::authorize(caller, tenant)?;
+        if url.len() > MAX_URL {
+            return Err(AppError::InvalidContent(format!(
+                "url: at most {MAX_URL} characters"
+            )));
+        }
         let parsed = reqwest::Url::parse(&url)
             .map_err(|e| AppError::InvalidContent(format!("url: not a URL ({e})")))?;
         if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
@@ -580,11 +597,6 @@ impl Notifier {
             .check_url(&parsed)
             .await
             .map_err(AppError::WebhookDestinationForbidden)?;
-        if url.len() > MAX_URL {
-            return Err(AppError::InvalidContent(format!(
-                "url: at most {MAX_URL} characters"
-            )));
-        }
         let mut events = events.unwrap_or_else(|| NotifyEvent::ALL.to_vec());
         events.sort_by_key(|e| e.as_str());
         events.dedup();

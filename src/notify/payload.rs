@@ -19,6 +19,15 @@ pub fn signature(secret: &str, timestamp: i64, body: &str) -> String {
     hex::encode(mac.finalize().into_bytes())
 }
 
+/// Text for Slack's mrkdwn: `<…>` there is a link or a mention (`<https://…|label>`,
+/// `<!channel>`), and agents choose part of what is quoted (their `agent_id`, the words of an
+/// action type the reasons quote). Escaped as Slack documents, so it shows as typed.
+fn mrkdwn(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
 fn inbox_link(base: Option<&str>, approval_id: &str) -> Option<String> {
     base.map(|b| format!("{b}/ui/approvals/{approval_id}"))
 }
@@ -57,8 +66,11 @@ pub fn event_body(
                         })
                         .unwrap_or_default();
                     format!(
-                        ":hourglass: *Approval waiting* in `{}`: `{}` from {}. {reasons}",
-                        hook.tenant, event.approval_id, event.actor
+                        ":hourglass: *Approval waiting* in `{}`: `{}` from {}. {}",
+                        hook.tenant,
+                        event.approval_id,
+                        mrkdwn(&event.actor),
+                        mrkdwn(&reasons)
                     )
                 }
                 NotifyEvent::Decided => format!(
@@ -69,7 +81,7 @@ pub fn event_body(
                         .ok()
                         .and_then(|v| v.as_str().map(str::to_owned))
                         .unwrap_or_default(),
-                    event.actor
+                    mrkdwn(&event.actor)
                 ),
                 NotifyEvent::Expired | NotifyEvent::ExpiringSoon => format!(
                     ":x: `{}` in `{}` expired without a decision (an automatic rejection).",
@@ -106,7 +118,7 @@ pub fn expiring_body(
                 ":warning: *Expiring soon* in `{}`: `{}` from {} expires in {} unless someone decides.",
                 hook.tenant,
                 approval.id,
-                approval.agent_id,
+                mrkdwn(&approval.agent_id),
                 crate::ui::span(left)
             ),
             link.as_deref(),

@@ -490,6 +490,40 @@ async fn slack_messages_warn_before_an_approval_expires_with_a_button_to_the_inb
     assert!(more.is_err(), "{more:?}");
 }
 
+/// An agent chooses part of what a Slack message quotes (its action type, in the reasons; its
+/// `agent_id`): a link it slips in shows as text, it does not become a link that looks like
+/// the inbox's (nor a mention that pings the channel).
+#[tokio::test]
+async fn what_an_agent_writes_cannot_become_a_link_or_a_mention_in_slack() {
+    let mut receiver = Receiver::start(0).await;
+    let app = TestApp::spawn_with(fast).await;
+    add_webhook(
+        &app,
+        json!({"url": receiver.url, "format": "slack", "events": ["parked"]}),
+    )
+    .await;
+    let response = app
+        .request(
+            Method::POST,
+            &format!("/v1/tenants/{}/approvals", app.tenant),
+            Some(&app.tokens.agent),
+        )
+        .json(&json!({
+            "request_id": "sneaky",
+            "action": {"type": "payroll_<https://evil.example|Open in the inbox>"},
+        }))
+        .send()
+        .await
+        .expect("submit");
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let parked = receiver.next().await.json();
+    let text = parked["text"].as_str().unwrap_or_default();
+    assert!(text.contains("sneaky"), "{parked}");
+    let body = parked.to_string();
+    assert!(!body.contains("<https://evil"), "a link slipped in: {body}");
+    assert!(text.contains("&lt;https://evil.example|"), "{text}");
+}
+
 /// A webhook added while its network was allowed is not delivered once the operator takes the
 /// allowance back: checked at every delivery, for an address in the URL and for a name that
 /// resolves to one (a name may point elsewhere by then: DNS rebinding).
