@@ -159,6 +159,7 @@ pub fn router(state: AppState, ui: &crate::config::UiSettings) -> Router {
         .routes(routes!(events::events))
         .routes(routes!(webhooks::add_webhook, webhooks::list_webhooks))
         .routes(routes!(webhooks::remove_webhook))
+        .routes(routes!(webhooks::redeliver_dead_letters))
         .routes(routes!(policy::read_policy))
         .routes(routes!(policy::upload_bundle, policy::list_bundles))
         .routes(routes!(policy::read_bundle))

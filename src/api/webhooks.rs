@@ -154,3 +154,31 @@ pub async fn remove_webhook(
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// What a redelivery queued.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Redelivered {
+    /// Dead letters queued again: each is attempted anew, up to `notifications.max_attempts`.
+    pub queued: u64,
+}
+
+/// Deliver the tenant's dead letters again (admin), e.g. once a receiver is back: each is
+/// queued due now with the same id (receivers drop what they already had).
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/webhooks/dead_letters/redeliver", tag = "webhooks",
+    params(("tenant" = inline(TenantId), Path)),
+    responses((status = 200, body = Redelivered),
+        (status = 400, body = super::Problem), (status = 401, body = super::Problem),
+        (status = 403, body = super::Problem),
+        (status = 501, description = "webhooks_disabled", body = super::Problem),
+        (status = 503, body = super::Problem)),
+    security(("bearer" = [])))]
+pub async fn redeliver_dead_letters(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    TenantPath(tenant): TenantPath,
+) -> Result<Json<Redelivered>, ApiError> {
+    let queued = notifier(&state)?
+        .redeliver_dead_letters(&caller, &tenant)
+        .await?;
+    Ok(Json(Redelivered { queued }))
+}

@@ -644,6 +644,23 @@ impl Notifier {
         Ok((hooks, dead))
     }
 
+    /// Queues the tenant's dead letters again (after a receiver outage): each is attempted
+    /// anew, up to `notifications.max_attempts` times. How many were queued.
+    pub async fn redeliver_dead_letters(
+        &self,
+        caller: &Principal,
+        tenant: &TenantId,
+    ) -> Result<u64, AppError> {
+        Self::authorize(caller, tenant)?;
+        let queued = self
+            .store
+            .redeliver_dead(tenant)
+            .await
+            .map_err(store_failed)?;
+        tracing::info!(%tenant, queued, by = %caller.subject, "dead letters queued again");
+        Ok(queued)
+    }
+
     pub async fn remove_webhook(
         &self,
         caller: &Principal,

@@ -103,6 +103,20 @@ const UNLOCK: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0";
 
+/// Moves every dead letter of a tenant back to the queue, due now, with its attempts counted
+/// afresh; atomic, so a delivery given up meanwhile is either moved or stays a dead letter.
+const REDELIVER: &str = r"
+local letters = redis.call('LRANGE', KEYS[1], 0, -1)
+for _, json in ipairs(letters) do
+  local delivery = cjson.decode(json)
+  delivery.attempts = 0
+  delivery.last_error = nil
+  redis.call('SET', ARGV[3] .. delivery.id, cjson.encode(delivery), 'PX', ARGV[2])
+  redis.call('ZADD', KEYS[2], ARGV[1], delivery.id)
+end
+redis.call('DEL', KEYS[1])
+return #letters";
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -350,6 +364,22 @@ impl Store {
                 .zrem(DUE_KEY, &id)
                 .ignore()
                 .query_async::<()>(&mut c)
+                .await
+        })
+        .await
+    }
+
+    /// Queues `tenant`'s dead letters again, due now; how many.
+    pub async fn redeliver_dead(&self, tenant: &TenantId) -> Result<u64, StoreError> {
+        let key = dead_key(tenant.as_str());
+        self.call(|mut c| async move {
+            redis::Script::new(REDELIVER)
+                .key(key)
+                .key(DUE_KEY)
+                .arg(Timestamp::now().as_millis())
+                .arg(millis(DELIVERY_TTL))
+                .arg(delivery_key(""))
+                .invoke_async(&mut c)
                 .await
         })
         .await

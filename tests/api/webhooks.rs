@@ -585,3 +585,57 @@ async fn a_restarted_service_notifies_without_waiting_out_the_old_lease() {
         .expect("the receiver runs");
     assert_eq!(got.json()["approval_id"], "after-restart");
 }
+
+/// After a receiver outage an admin delivers the dead letters again: the receiver gets the
+/// same event (same id, so it can tell), and the count goes back to zero.
+#[tokio::test]
+async fn dead_letters_can_be_delivered_again_once_the_receiver_is_back() {
+    let mut receiver = Receiver::start(usize::MAX).await;
+    let app = TestApp::spawn_with(|s| {
+        fast(s);
+        s.notifications.max_attempts = 1;
+    })
+    .await;
+    add_webhook(&app, json!({"url": receiver.url, "events": ["parked"]})).await;
+    app.park("missed").await;
+    let refused = receiver.next().await;
+    let path = format!("/v1/tenants/{}/webhooks", app.tenant);
+    let dead_letters = |want: u64| {
+        let (app, path) = (&app, path.clone());
+        async move {
+            let deadline = std::time::Instant::now() + WITHIN;
+            loop {
+                let listed = app.get_json(&path, &app.tokens.admin).await;
+                if listed["dead_letters"] == want {
+                    return;
+                }
+                assert!(std::time::Instant::now() < deadline, "{listed}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    dead_letters(1).await;
+
+    receiver.recover();
+    let redeliver = format!("{path}/dead_letters/redeliver");
+    let forbidden = app
+        .request(Method::POST, &redeliver, Some(&app.tokens.reviewer))
+        .send()
+        .await
+        .expect("redeliver");
+    assert_eq!(forbidden.status(), StatusCode::FORBIDDEN);
+    let response = app
+        .request(Method::POST, &redeliver, Some(&app.tokens.admin))
+        .send()
+        .await
+        .expect("redeliver");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.json::<Value>().await.expect("json")["queued"], 1);
+    let delivered = receiver.next().await;
+    assert_eq!(delivered.json()["approval_id"], "missed");
+    assert_eq!(
+        delivered.header("x-approvals-event-id"),
+        refused.header("x-approvals-event-id")
+    );
+    dead_letters(0).await;
+}
