@@ -95,6 +95,10 @@ fn describe() {
         "approvals_time_to_first_view_seconds",
         "Seconds from parking to the first time a reviewer opened the approval in the inbox."
     );
+    metrics::describe_counter!(
+        "approvals_auth_failures_total",
+        "Credentials refused: surface api (a missing or unknown bearer token) or inbox (a failed sign-in)."
+    );
     metrics::describe_gauge!(
         "approvals_notifications_pending",
         "Webhook deliveries waiting to be sent or retried (all tenants)."

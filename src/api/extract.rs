@@ -28,10 +28,11 @@ impl FromRequestParts<AppState> for Caller {
             .headers
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        let principal = state
-            .auth
-            .authenticate(header)
-            .ok_or(ApiError::Unauthenticated)?;
+        let Some(principal) = state.auth.authenticate(header) else {
+            // Apart from other 4xx: a burst is someone guessing, or a token rotated too soon.
+            metrics::counter!("approvals_auth_failures_total", "surface" => "api").increment(1);
+            return Err(ApiError::Unauthenticated);
+        };
         tracing::Span::current().record("subject", principal.subject.as_str());
         Ok(Self(principal))
     }

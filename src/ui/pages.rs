@@ -155,6 +155,7 @@ pub async fn login(
         return refused("This sign-in form was sent from another site.");
     }
     if form.token.len() > MAX_FIELD || form.tenant.len() > MAX_FIELD {
+        metrics::counter!("approvals_auth_failures_total", "surface" => "inbox").increment(1);
         let error = Some("That token is not known here. Check it and try again.".into());
         return (StatusCode::UNAUTHORIZED, render(&LoginPage { error })).into_response();
     }
@@ -171,6 +172,7 @@ pub async fn login(
             (jar, Redirect::to("/ui/approvals")).into_response()
         }
         Err(refusal) => {
+            metrics::counter!("approvals_auth_failures_total", "surface" => "inbox").increment(1);
             let error = Some(refusal.sentence());
             (StatusCode::UNAUTHORIZED, render(&LoginPage { error })).into_response()
         }

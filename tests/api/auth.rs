@@ -36,6 +36,15 @@ async fn missing_or_unknown_tokens_are_401_with_a_challenge(h: Harness) {
         .await
         .unwrap();
     assert_problem(bad_id, StatusCode::UNAUTHORIZED, "unauthenticated").await;
+    // Counted apart from other 4xx, for on-call (the recorder is shared by this binary's
+    // tests: the series is checked, not its value).
+    app.metrics_until(
+        &app.base,
+        std::time::Duration::from_secs(5),
+        "auth failures counted",
+        |text| text.contains("approvals_auth_failures_total{surface=\"api\"}"),
+    )
+    .await;
     // The scheme name is case-insensitive (RFC 9110).
     for scheme in ["bearer", "BEARER", "BeArEr"] {
         let response = app

@@ -328,6 +328,13 @@ async fn sign_in_is_for_reviewers_and_sessions_end(h: Harness) {
     );
     let refused = browser.sign_in("apv_not-a-token").await;
     assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    app.metrics_until(
+        &app.base,
+        Duration::from_secs(5),
+        "failed sign-ins",
+        |text| text.contains("approvals_auth_failures_total{surface=\"inbox\"}"),
+    )
+    .await;
 
     // A platform admin names the tenant.
     let refused = browser.sign_in(&app.tokens.platform_admin).await;
