@@ -68,6 +68,21 @@ impl Modify for BearerAuth {
     }
 }
 
+/// The operations of one path, for the document's modifiers.
+fn operations(
+    item: &mut utoipa::openapi::PathItem,
+) -> impl Iterator<Item = &mut utoipa::openapi::path::Operation> {
+    [
+        &mut item.get,
+        &mut item.post,
+        &mut item.put,
+        &mut item.delete,
+        &mut item.patch,
+    ]
+    .into_iter()
+    .flatten()
+}
+
 /// Every error is sent as `application/problem+json` (RFC 9457): the document says so, in one
 /// place rather than on each of the routes' error responses.
 struct ProblemJson;
@@ -76,14 +91,7 @@ impl Modify for ProblemJson {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::RefOr;
         for item in openapi.paths.paths.values_mut() {
-            let operations = [
-                &mut item.get,
-                &mut item.post,
-                &mut item.put,
-                &mut item.delete,
-                &mut item.patch,
-            ];
-            for operation in operations.into_iter().flatten() {
+            for operation in operations(item) {
                 for (status, response) in operation.responses.responses.iter_mut() {
                     let error = status.starts_with('4') || status.starts_with('5');
                     if let (true, RefOr::T(response)) = (error, response) {
@@ -113,14 +121,7 @@ impl Modify for CallerLimits {
             if !path.starts_with("/v1/") {
                 continue;
             }
-            let operations = [
-                &mut item.get,
-                &mut item.post,
-                &mut item.put,
-                &mut item.delete,
-                &mut item.patch,
-            ];
-            for operation in operations.into_iter().flatten() {
+            for operation in operations(item) {
                 let responses = &mut operation.responses.responses;
                 match responses.get_mut("429") {
                     Some(RefOr::T(response)) => {

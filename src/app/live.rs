@@ -106,8 +106,7 @@ struct Unsettled {
 
 impl Unsettled {
     fn reread_from(&self) -> Timestamp {
-        let settle = i64::try_from(self.settle.as_millis()).unwrap_or(i64::MAX);
-        Timestamp::from_millis(self.newest.as_millis().saturating_sub(settle))
+        self.newest.minus(self.settle)
     }
 }
 

@@ -307,9 +307,7 @@ impl Notifier {
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let stored = Cursor::parse(self.store.cursor(tenant.as_str()).await?.as_deref());
         let mut newest = stored.instant();
-        let since = Timestamp::from_millis(
-            newest.as_millis() - i64::try_from(self.audit_settle.as_millis()).unwrap_or(0),
-        );
+        let since = newest.minus(self.audit_settle);
         let mut after: Option<String> = None;
         for _ in 0..PAGES_PER_PASS {
             let page = self
@@ -325,9 +323,7 @@ impl Notifier {
                 None => break,
             }
         }
-        self.lock_recent().prune(Timestamp::from_millis(
-            since.as_millis() - i64::try_from(self.audit_settle.as_millis()).unwrap_or(0),
-        ));
+        self.lock_recent().prune(since.minus(self.audit_settle));
         self.store
             .set_cursor(tenant.as_str(), &format!("since:{}", newest.as_millis()))
             .await?;
@@ -524,27 +520,15 @@ impl Notifier {
             .body(delivery.body.clone())
             .send()
             .await
-            // Without the URL: a Slack webhook's URL is its credential, and this error is
-            // logged and kept with the delivery.
-            .map_err(|e| format!("POST failed: {}", with_causes(&e.without_url())))?;
+            // With its causes (reqwest's own message only says that sending failed), without
+            // the URL (a Slack webhook's URL is its credential; this is logged and kept).
+            .map_err(|e| format!("POST failed: {}", crate::app::chain(&e.without_url())))?;
         if response.status().is_success() {
             Ok(())
         } else {
             Err(format!("the receiver answered {}", response.status()))
         }
     }
-}
-
-/// An error and its sources on one line: reqwest's own message only says that sending failed.
-fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Audit pages one reader pass reads per tenant at most.

@@ -40,6 +40,12 @@ impl Timestamp {
         Self::from_millis(self.as_millis().saturating_add(millis))
     }
 
+    /// `self - duration`, saturating instead of overflowing.
+    pub fn minus(&self, duration: Duration) -> Self {
+        let millis = i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
+        Self::from_millis(self.as_millis().saturating_sub(millis))
+    }
+
     /// How long ago `self` was, as of `now`; zero for instants in the future.
     pub fn elapsed_at(&self, now: Timestamp) -> Duration {
         Duration::from_millis(u64::try_from(now.as_millis() - self.as_millis()).unwrap_or(0))

@@ -39,13 +39,13 @@ use crate::workflow::{
     MEMO_APPROVAL, MEMO_EVENT, MEMO_EVENTS,
 };
 
-/// The search attribute every approval workflow carries; register it on the namespace
-/// (`temporal operator search-attribute create --name TenantId --type Keyword`, or
-/// `--search-attribute TenantId=Keyword` on a dev server).
 /// How late visibility may show an event behind later ones: its indexing lag (about a second
 /// on a loaded cluster), with a wide margin.
 const AUDIT_SETTLE_TIME: Duration = Duration::from_secs(15);
 
+/// The search attribute every approval workflow carries; register it on the namespace
+/// (`temporal operator search-attribute create --name TenantId --type Keyword`, or
+/// `--search-attribute TenantId=Keyword` on a dev server).
 pub const TENANT_ID: SearchAttributeKey<String> = SearchAttributeKey::keyword("TenantId");
 
 /// The workflow type name, as visibility queries see it.
