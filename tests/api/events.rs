@@ -166,22 +166,7 @@ async fn what_another_instance_wrote_shows_up_once_even_when_late(h: Harness) {
         .await;
     let (other, _stop) = app.second_instance().await;
     let mut live = SseReader::open(&app, &app.base, &app.tokens.reviewer, None).await;
-    let mut expected = std::collections::BTreeSet::new();
-    for n in 0..10 {
-        let elsewhere = format!("elsewhere-{n}");
-        let response = app
-            .http
-            .post(format!("{other}/v1/tenants/{}/approvals", app.tenant))
-            .bearer_auth(&app.tokens.agent)
-            .json(&json!({"request_id": elsewhere, "action": crate::support::sensitive_read()}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::CREATED);
-        let here = format!("here-{n}");
-        app.park(&here).await;
-        expected.extend([elsewhere, here]);
-    }
+    let expected = app.park_alternately(&other, 10).await;
     let mut shown = Vec::new();
     while shown.len() < expected.len() {
         let event = live.next(WITHIN).await;

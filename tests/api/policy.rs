@@ -66,14 +66,18 @@ async fn upload(app: &TestApp, bundle: Value) -> String {
     body["bundle"]["version"].as_str().unwrap().to_owned()
 }
 
-async fn submit_on(app: &TestApp, base: &str, id: &str) -> reqwest::Response {
-    app.http
-        .post(format!("{base}/v1/tenants/{}/approvals", app.tenant))
-        .bearer_auth(&app.tokens.agent)
-        .json(&json!({"request_id": id, "action": sensitive_read()}))
-        .send()
-        .await
-        .expect("submit")
+/// Activates `version` as the tenant admin; the answer (checked: 200) holds the overview.
+async fn activate(app: &TestApp, version: &str) -> reqwest::Response {
+    let response = call(
+        app,
+        Method::PUT,
+        "/active",
+        &app.tokens.admin,
+        Some(json!({ "version": version })),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    response
 }
 
 contract_tests!(a_redis_tenant_store_keeps_tenants_bundles_whichever_engine_answers);
@@ -100,15 +104,7 @@ async fn a_redis_tenant_store_keeps_tenants_bundles_whichever_engine_answers(h: 
     }
     let app = h.spawn_with_tenant_store(|_| {}).await;
     let version = upload(&app, reads_allowed()).await;
-    let response = call(
-        &app,
-        Method::PUT,
-        "/active",
-        &app.tokens.admin,
-        Some(json!({"version": version})),
-    )
-    .await;
-    assert_eq!(response.status(), StatusCode::OK);
+    activate(&app, &version).await;
     let allowed: Value = app
         .submit("read-it", sensitive_read())
         .await
@@ -228,15 +224,7 @@ async fn activation_and_rollback_change_verdicts_and_parked_approvals_keep_their
     let version = upload(&app, reads_allowed()).await;
     assert_ne!(version, default_version);
 
-    let response = call(
-        &app,
-        Method::PUT,
-        "/active",
-        &app.tokens.admin,
-        Some(json!({"version": version})),
-    )
-    .await;
-    assert_eq!(response.status(), StatusCode::OK);
+    let response = activate(&app, &version).await;
     let overview: Value = response.json().await.unwrap();
     assert_eq!(overview["active"], version);
     assert_eq!(overview["effective_version"], version);
@@ -402,7 +390,7 @@ async fn an_activation_reaches_every_instance_within_a_second_under_load() {
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
-                let response = submit_on(&app, &base, &format!("load-{worker}-{n}")).await;
+                let response = app.submit_on(&base, &format!("load-{worker}-{n}")).await;
                 sent.fetch_add(1, Ordering::Relaxed);
                 if !response.status().is_success() {
                     failures.fetch_add(1, Ordering::Relaxed);
@@ -412,20 +400,13 @@ async fn an_activation_reaches_every_instance_within_a_second_under_load() {
     }
 
     let activated = Instant::now();
-    let response = call(
-        &app,
-        Method::PUT,
-        "/active",
-        &app.tokens.admin,
-        Some(json!({"version": version})),
-    )
-    .await;
-    assert_eq!(response.status(), StatusCode::OK);
+    activate(&app, &version).await;
     // Polled on the other instance until it answers with the new version.
     let mut probe = 0;
     let reached = loop {
         probe += 1;
-        let body: Value = submit_on(&app, &other, &format!("probe-{probe}"))
+        let body: Value = app
+            .submit_on(&other, &format!("probe-{probe}"))
             .await
             .json()
             .await

@@ -6,6 +6,7 @@
 //! `--features temporal`, Temporal (the binary's shared dev server and in-process worker, with
 //! tenants of the test's own). Tests of one engine's internals take no harness.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -319,6 +320,38 @@ impl TestApp {
         .send()
         .await
         .expect("submit")
+    }
+
+    /// Submits, as the agent, an action the default policy parks to the instance at `base`
+    /// (another instance of the same service); returns the response.
+    pub async fn submit_on(&self, base: &str, request_id: &str) -> Response {
+        self.http
+            .post(format!("{base}/v1/tenants/{}/approvals", self.tenant))
+            .bearer_auth(&self.tokens.agent)
+            .json(&json!({"request_id": request_id, "action": sensitive_read()}))
+            .send()
+            .await
+            .expect("submit")
+    }
+
+    /// Parks `rounds` approvals on the instance at `other`, each followed by one on this
+    /// instance: what it writes itself a reader here sees at once, the other's a moment later
+    /// on Temporal. Returns every id parked.
+    pub async fn park_alternately(&self, other: &str, rounds: usize) -> BTreeSet<String> {
+        let mut parked = BTreeSet::new();
+        for n in 0..rounds {
+            let elsewhere = format!("elsewhere-{n}");
+            let response = self.submit_on(other, &elsewhere).await;
+            assert_eq!(
+                response.status(),
+                StatusCode::CREATED,
+                "parking {elsewhere}"
+            );
+            let here = format!("here-{n}");
+            self.park(&here).await;
+            parked.extend([elsewhere, here]);
+        }
+        parked
     }
 
     /// Submits an action the default policy parks, and checks it was parked.

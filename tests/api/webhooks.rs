@@ -123,6 +123,20 @@ fn fast(settings: &mut approvals::config::Settings) {
     settings.ui.public_url = Some(INBOX.into());
 }
 
+/// Waits until the tenant's webhooks report `want` dead letters (within [`WITHIN`]).
+async fn until_dead_letters(app: &TestApp, want: u64) {
+    let path = format!("/v1/tenants/{}/webhooks", app.tenant);
+    let deadline = std::time::Instant::now() + WITHIN;
+    loop {
+        let listed = app.get_json(&path, &app.tokens.admin).await;
+        if listed["dead_letters"] == want {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{listed}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn add_webhook(app: &TestApp, body: Value) -> Value {
     let response = app
         .request(
@@ -296,22 +310,7 @@ async fn events_another_instance_wrote_are_delivered_too(h: Harness) {
         .second_instance_with(|s| s.notifications.enabled = false)
         .await;
     add_webhook(&app, json!({"url": receiver.url, "events": ["parked"]})).await;
-    let mut expected = std::collections::BTreeSet::new();
-    for n in 0..10 {
-        let elsewhere = format!("elsewhere-{n}");
-        let response = app
-            .http
-            .post(format!("{other}/v1/tenants/{}/approvals", app.tenant))
-            .bearer_auth(&app.tokens.agent)
-            .json(&json!({"request_id": elsewhere, "action": crate::support::sensitive_read()}))
-            .send()
-            .await
-            .expect("submit");
-        assert_eq!(response.status(), StatusCode::CREATED);
-        let here = format!("here-{n}");
-        app.park(&here).await;
-        expected.extend([elsewhere, here]);
-    }
+    let expected = app.park_alternately(&other, 10).await;
     let mut delivered = std::collections::BTreeSet::new();
     while delivered.len() < expected.len() {
         let got = receiver.next_of("parked").await;
@@ -440,16 +439,7 @@ async fn nothing_is_lost_across_a_restart_and_dead_letters_are_counted() {
     app.park("never-taken").await;
     dead_receiver.next().await;
     dead_receiver.next().await;
-    let path = format!("/v1/tenants/{}/webhooks", app.tenant);
-    let deadline = std::time::Instant::now() + WITHIN;
-    loop {
-        let listed = app.get_json(&path, &app.tokens.admin).await;
-        if listed["dead_letters"] == 1 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{listed}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_dead_letters(&app, 1).await;
 }
 
 #[tokio::test]
@@ -546,16 +536,7 @@ async fn deliveries_never_reach_a_network_that_is_no_longer_allowed() {
         .await;
     app.park("after-revoked").await;
     // Both deliveries fail at once (no retries with max_attempts = 1) and are dead letters.
-    let path = format!("/v1/tenants/{}/webhooks", app.tenant);
-    let deadline = std::time::Instant::now() + WITHIN;
-    loop {
-        let listed = app.get_json(&path, &app.tokens.admin).await;
-        if listed["dead_letters"] == 2 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{listed}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_dead_letters(&app, 2).await;
     assert!(
         receiver.got.try_recv().is_err(),
         "a delivery reached a network that is no longer allowed"
@@ -599,25 +580,10 @@ async fn dead_letters_can_be_delivered_again_once_the_receiver_is_back() {
     add_webhook(&app, json!({"url": receiver.url, "events": ["parked"]})).await;
     app.park("missed").await;
     let refused = receiver.next().await;
-    let path = format!("/v1/tenants/{}/webhooks", app.tenant);
-    let dead_letters = |want: u64| {
-        let (app, path) = (&app, path.clone());
-        async move {
-            let deadline = std::time::Instant::now() + WITHIN;
-            loop {
-                let listed = app.get_json(&path, &app.tokens.admin).await;
-                if listed["dead_letters"] == want {
-                    return;
-                }
-                assert!(std::time::Instant::now() < deadline, "{listed}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    };
-    dead_letters(1).await;
+    until_dead_letters(&app, 1).await;
 
     receiver.recover();
-    let redeliver = format!("{path}/dead_letters/redeliver");
+    let redeliver = format!("/v1/tenants/{}/webhooks/dead_letters/redeliver", app.tenant);
     let forbidden = app
         .request(Method::POST, &redeliver, Some(&app.tokens.reviewer))
         .send()
@@ -637,5 +603,5 @@ async fn dead_letters_can_be_delivered_again_once_the_receiver_is_back() {
         delivered.header("x-approvals-event-id"),
         refused.header("x-approvals-event-id")
     );
-    dead_letters(0).await;
+    until_dead_letters(&app, 0).await;
 }
