@@ -108,14 +108,14 @@ impl EgressPolicy {
         // Which address a name resolves to is not told: that would map the operator's
         // network for whoever adds webhooks.
         let what = if literal.parse::<IpAddr>().is_ok() {
-            format!("{refused} is")
+            format!("{refused} is not a public address")
         } else {
             tracing::debug!(%host, %refused, "webhook host refused");
-            format!("{host} resolves to an address that is")
+            format!("{host} resolves to an address that is not public")
         };
         Err(format!(
-            "url: {what} not a public address; webhooks reach only public addresses and the \
-             networks in notifications.allowed_networks"
+            "url: {what}; webhooks reach only public addresses and the networks in \
+             notifications.allowed_networks"
         ))
     }
 
