@@ -16,6 +16,8 @@
 #                  approvals, timed at the first response byte
 #   fanout         (ours) BENCH_FANOUT long-polls on one approval, one accept: time to the last
 #                  answer, memory per waiting long-poll, Redis connections held while waiting
+# Target `floor` (approvals-floor, bench/src/bin/floor.rs) runs only wakeup and fanout against
+# the same HTTP stack with nothing of ours in it: the floor this machine and client allow.
 # Targets `ours-rules100` and `ours-shadow` run ours with the tenant's own 100-rule bundle
 # active, or the default active and that bundle as the candidate (shadow evaluation), uploaded
 # with `approvals policy push` after start: a policy table compares their submit throughput
@@ -76,10 +78,10 @@ for tool in cargo redis-server redis-cli curl python3 sha256sum setsid; do
 done
 for target in $BENCH_TARGETS; do
   case $target in
-    ours | ours-rules100 | ours-shadow) ;;
+    ours | ours-rules100 | ours-shadow | floor) ;;
     peer) [ -x "$PEER_DIR/run.sh" ] || die "no ADR peer at $PEER_DIR (set PEER_DIR)" ;;
     before) [ -x "${BENCH_BEFORE_BIN:-}" ] || die "target 'before' needs BENCH_BEFORE_BIN" ;;
-    *) die "unknown target '$target' in BENCH_TARGETS (ours, ours-rules100, ours-shadow, peer, before)" ;;
+    *) die "unknown target '$target' in BENCH_TARGETS (ours, ours-rules100, ours-shadow, peer, before, floor)" ;;
   esac
 done
 
@@ -189,6 +191,7 @@ if [ "$BENCH_BUILD" = 1 ] && [ -z "${BENCH_RESULTS:-}" ]; then
   (cd "$repo" && cargo build --release "${packages[@]}")
 fi
 bench_bin="$target_dir/release/approvals-bench"
+floor_bin="$target_dir/release/approvals-floor"
 approvals_bin="$target_dir/release/approvals"
 case " $BENCH_TARGETS " in
   *" ours "*)
@@ -346,6 +349,12 @@ run_target() {
           $how "$dir/bundle100" >&2 || die "$target: policy push failed"
       fi
       ;;
+    floor)
+      say "approvals-floor on $url"
+      spawn "$dir/server.log" "$floor_bin" --listen "127.0.0.1:$http_port"
+      server_pid=$spawned
+      wait_until "$server_pid" 30 "$dir/server.log" "approvals-floor" http_ok "$url/healthz"
+      ;;
     peer)
       # The first run creates the peer's virtualenv (pip install), hence the long wait.
       say "peer: $PEER_DIR/run.sh on $url"
@@ -356,8 +365,9 @@ run_target() {
   esac
 
   # A failed scenario (its reason is on stderr) does not stop the others; the exit status says.
-  local bench=("$bench_bin" --target "$target" --url "$url" --redis "127.0.0.1:$redis_port"
-    --pgid "$server_pid") scenario
+  local bench=("$bench_bin" --target "$target" --url "$url" --pgid "$server_pid") scenario
+  # The floor has no Redis: nothing to count there.
+  [ "$target" = floor ] || bench+=(--redis "127.0.0.1:$redis_port")
   local load=(--duration "${BENCH_SECS}s" --warmup "${BENCH_WARMUP}s" --concurrency "$BENCH_CONCURRENCY")
   scenario_run() {
     run_child "${bench[@]}" "$@" >>"$results" || {
@@ -365,10 +375,13 @@ run_target() {
       failed=1
     }
   }
-  if wants commands; then scenario_run commands --ops 1000 --idle 5s; fi
-  for scenario in submit submit-decide read; do
-    if wants "$scenario"; then scenario_run "$scenario" "${load[@]}"; fi
-  done
+  # The floor answers only the long-poll scenarios.
+  if [ "$target" != floor ]; then
+    if wants commands; then scenario_run commands --ops 1000 --idle 5s; fi
+    for scenario in submit submit-decide read; do
+      if wants "$scenario"; then scenario_run "$scenario" "${load[@]}"; fi
+    done
+  fi
   local max_rate
   max_rate=$(result_field "$target" submit ops_per_sec)
   if wants submit-paced && [ -n "$max_rate" ]; then
@@ -460,6 +473,7 @@ awk -v cores="$(nproc)" -v loadavg="$(cut -d' ' -f1-3 /proc/loadavg)" -v strict=
   }
   function med(key, field) { return ((key, field) in vals) ? median(vals[key, field]) : "-" }
   function fmt(v, spec) { return v == "-" ? "-" : sprintf(spec, v) }
+  function per_op(cores, ops) { return (cores == "-" || ops == "-" || ops == 0) ? "-" : cores * 1e6 / ops }
   function ratio(a, b) { return (a == "-" || b == "-" || b + 0 == 0) ? "-" : sprintf("%.2fx", a / b) }
   function target(name, cond, shown) {
     printf "target: %-58s %s (%s)\n", name, cond ? "MET" : "MISSED", shown
@@ -500,6 +514,15 @@ awk -v cores="$(nproc)" -v loadavg="$(cut -d' ' -f1-3 /proc/loadavg)" -v strict=
         fmt(med(o, "target_cores"), "%.2f"), fmt(med(o, "client_cores"), "%.2f"),
         fmt(med(p, "redis_cores"), "%.2f"), fmt(med(p, "target_cores"), "%.2f")
     }
+    # What the throughput ratio would approach if each service had the cores to itself: the
+    # CPU the service process used per operation (medians of cores used and of throughput).
+    printf "\n%-14s %12s %12s %10s\n", "service CPU", "ours us/op", "peer us/op", "peer/ours"
+    for (i = 1; i <= n2; i++) {
+      o = "ours" SUBSEP sc2[i]; p = "peer" SUBSEP sc2[i]
+      ou = per_op(med(o, "target_cores"), med(o, "ops_per_sec")); pu = per_op(med(p, "target_cores"), med(p, "ops_per_sec"))
+      printf "%-14s %12s %12s %10s\n", sc2[i], fmt(ou, "%.0f"), fmt(pu, "%.0f"),
+        (ou == "-" || pu == "-" || ou == 0) ? "-" : sprintf("%.2fx", pu / ou)
+    }
     printf "\n%-22s %8s %8s\n", "Redis commands sent", "ours", "peer"
     n3 = split("submit accept read", sc3, " ")
     for (i = 1; i <= n3; i++) {
@@ -511,6 +534,14 @@ awk -v cores="$(nproc)" -v loadavg="$(cut -d' ' -f1-3 /proc/loadavg)" -v strict=
       printf "\nfan-out: %s long-polls on one approval: last answered %s ms after the accept was sent (p99 %s ms); %s kB per waiting long-poll (connection included); %s Redis clients while waiting; errors %s\n",
         med(fo, "waiters"), fmt(med(fo, "max_ms"), "%.1f"), fmt(med(fo, "p99_ms"), "%.1f"), fmt(med(fo, "kb_per_waiter"), "%.1f"),
         med(fo, "redis_clients_while_waiting"), err[fo]
+    }
+    ff = "floor" SUBSEP "fanout"; fw = "floor" SUBSEP "wakeup"; ow = "ours" SUBSEP "wakeup"
+    if (ff in have || fw in have) {
+      printf "\nfloor (approvals-floor: the same HTTP stack answering one pre-rendered body, no auth, policy or Redis)\n"
+      if (ff in have) printf "  fan-out: last answered %s ms after the accept (ours %s ms); %s kB per waiting long-poll (ours %s kB)\n",
+        fmt(med(ff, "max_ms"), "%.1f"), fmt(med(fo, "max_ms"), "%.1f"), fmt(med(ff, "kb_per_waiter"), "%.1f"), fmt(med(fo, "kb_per_waiter"), "%.1f")
+      if (fw in have) printf "  wake-up p50/p99: %s/%s ms (ours %s/%s ms)\n", fmt(med(fw, "p50_ms"), "%.2f"),
+        fmt(med(fw, "p99_ms"), "%.2f"), fmt(med(ow, "p50_ms"), "%.2f"), fmt(med(ow, "p99_ms"), "%.2f")
     }
     scaled = 0
     for (k in have) if (index(k, "scale-") == 1) scaled = 1
