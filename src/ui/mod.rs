@@ -33,7 +33,8 @@ pub struct UiState {
     pub api: AppState,
     key: Key,
     session_ttl: Duration,
-    /// Whether session cookies are `Secure` (the inbox is served over HTTPS).
+    /// Whether session cookies are always `Secure` (`ui.public_url` is HTTPS); otherwise they
+    /// are when a proxy says the browser came over HTTPS (`session::forwarded_https`).
     secure_cookies: bool,
     first_views: std::sync::Arc<first_view::FirstViews>,
 }

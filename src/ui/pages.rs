@@ -167,7 +167,7 @@ pub async fn login(
                 &form.token,
                 &tenant,
                 state.session_ttl,
-                state.secure_cookies,
+                state.secure_cookies || session::forwarded_https(&headers),
             );
             (jar, Redirect::to("/ui/approvals")).into_response()
         }

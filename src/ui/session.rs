@@ -182,6 +182,31 @@ pub fn same_site(headers: &HeaderMap) -> bool {
     }
 }
 
+/// Whether the browser reached us over HTTPS through a proxy that says so (`X-Forwarded-Proto`
+/// or `Forwarded: proto=`): its session cookie is then `Secure` even when `ui.public_url` is
+/// not set. Trusting the header cannot weaken anything: a forged one only makes the forger's
+/// own cookie stay off plain HTTP.
+pub fn forwarded_https(headers: &HeaderMap) -> bool {
+    let https = |proto: &str| proto.trim().trim_matches('"').eq_ignore_ascii_case("https");
+    let first = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(str::to_owned)
+    };
+    if first("x-forwarded-proto").is_some_and(|p| https(&p)) {
+        return true;
+    }
+    // `Forwarded: for=192.0.2.1;proto=https, for=…`: the element the nearest client sent.
+    first("forwarded").is_some_and(|element| {
+        element.split(';').any(|pair| {
+            pair.split_once('=')
+                .is_some_and(|(k, v)| k.trim().eq_ignore_ascii_case("proto") && https(v))
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,6 +259,29 @@ mod tests {
         );
         let (_, tenant) = authenticate(&auth, &root, Some("globex")).unwrap();
         assert_eq!(tenant.to_string(), "globex");
+    }
+
+    #[test]
+    fn a_proxy_saying_https_makes_the_cookie_secure() {
+        assert!(!forwarded_https(&headers(&[])));
+        assert!(forwarded_https(&headers(&[("x-forwarded-proto", "HTTPS")])));
+        assert!(forwarded_https(&headers(&[(
+            "x-forwarded-proto",
+            "https, http"
+        )])));
+        assert!(!forwarded_https(&headers(&[("x-forwarded-proto", "http")])));
+        assert!(forwarded_https(&headers(&[(
+            "forwarded",
+            "for=192.0.2.1;proto=https, for=10.0.0.1;proto=http"
+        )])));
+        assert!(forwarded_https(&headers(&[(
+            "forwarded",
+            "Proto=\"https\""
+        )])));
+        assert!(!forwarded_https(&headers(&[(
+            "forwarded",
+            "for=192.0.2.1"
+        )])));
     }
 
     #[test]

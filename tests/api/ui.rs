@@ -352,6 +352,30 @@ async fn sign_in_is_for_reviewers_and_sessions_end(h: Harness) {
         "{inbox}"
     );
 
+    // Without ui.public_url the cookie is `Secure` exactly when a proxy says the browser came
+    // over HTTPS.
+    let cookie_over = |proto: Option<&'static str>| {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client");
+        let mut request = http
+            .post(format!("{}/ui/login", app.base))
+            .form(&[("token", app.tokens.reviewer.as_str())]);
+        if let Some(proto) = proto {
+            request = request.header("x-forwarded-proto", proto);
+        }
+        async move {
+            let response = request.send().await.expect("sign in");
+            assert_eq!(response.status(), StatusCode::SEE_OTHER);
+            let cookie = response.headers()[SET_COOKIE].to_str().expect("ascii");
+            cookie.to_ascii_lowercase()
+        }
+    };
+    assert!(!cookie_over(None).await.contains("; secure"));
+    assert!(!cookie_over(Some("http")).await.contains("; secure"));
+    assert!(cookie_over(Some("https")).await.contains("; secure"));
+
     // The live stream needs a session too.
     let anonymous = Browser::new(&app);
     assert_eq!(
