@@ -15,7 +15,8 @@
 #   wakeup         decision -> waiting agent latency, BENCH_WAITERS long-polls on as many
 #                  approvals, timed at the first response byte
 #   fanout         (ours) BENCH_FANOUT long-polls on one approval, one accept: time to the last
-#                  answer, memory per waiting long-poll, Redis connections held while waiting
+#                  answer (waiters keep their connections until all are answered), memory per
+#                  waiting long-poll, Redis connections held while waiting
 # Target `floor` (approvals-floor, bench/src/bin/floor.rs) runs only wakeup and fanout against
 # the same HTTP stack with nothing of ours in it: the floor this machine and client allow.
 # Targets `ours-rules100` and `ours-shadow` run ours with the tenant's own 100-rule bundle

@@ -15,6 +15,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::api::Api;
+use crate::http::Connection;
 use crate::report::{micros, Report};
 use crate::{redis_probe, Resources};
 
@@ -28,8 +29,11 @@ pub struct Waiting {
     pub waiters_metric: Option<String>,
 }
 
-/// A parked long-poll: resolves to when its answer began, and whether it was `accepted`.
-type Waiter = (usize, std::io::Result<(Instant, bool)>);
+/// A parked long-poll: resolves to when its answer began, and whether it was `accepted`; with
+/// its connection, kept open until every waiter has its answer, as an agent's keep-alive
+/// client would (closing it at once made the server handle the hang-up of early waiters while
+/// it still answered the later ones).
+type Waiter = (usize, std::io::Result<(Instant, bool)>, Option<Connection>);
 
 /// Opens a connection per long-poll and sends its request at once (a connection that sends
 /// nothing is closed by the server's header timeout), at most `OPENING` at a time.
@@ -42,6 +46,7 @@ fn park_all(api: &Arc<Api>, ids: &[String], w: &Waiting) -> JoinSet<Waiter> {
         let api = Arc::clone(api);
         let opening = Arc::clone(&opening);
         waiters.spawn(async move {
+            let mut held = None;
             let outcome = async {
                 let mut conn = {
                     let _turn = opening.acquire_owned().await;
@@ -55,10 +60,11 @@ fn park_all(api: &Arc<Api>, ids: &[String], w: &Waiting) -> JoinSet<Waiter> {
                 let response = conn.response().await?;
                 let accepted =
                     response.status == 200 && response.body_text().contains("\"accepted\"");
+                held = Some(conn);
                 Ok((response.first_byte, accepted))
             }
             .await;
-            (idx, outcome)
+            (idx, outcome, held)
         });
     }
     waiters
@@ -117,20 +123,24 @@ pub async fn wakeup(api: &Arc<Api>, w: &Waiting) -> Result<Report, String> {
     }
     let decide_secs = decide_started.elapsed().as_secs_f64();
     let mut latencies_us = Vec::with_capacity(n);
+    let mut held = Vec::with_capacity(n);
     while let Some(joined) = waiters.join_next().await {
         match joined {
-            Ok((idx, Ok((first_byte, true)))) => {
+            Ok((idx, Ok((first_byte, true)), conn)) => {
+                held.extend(conn);
                 if let Some(written) = written_at[idx] {
                     latencies_us.push(micros(first_byte.saturating_duration_since(written)));
                 }
             }
-            Ok((_, Ok((_, false)))) => {
+            Ok((_, Ok((_, false)), _)) => {
                 *errors.entry("waiter_not_accepted".into()).or_default() += 1
             }
-            Ok((_, Err(e))) => *errors.entry(format!("waiter_{:?}", e.kind())).or_default() += 1,
+            Ok((_, Err(e), _)) => *errors.entry(format!("waiter_{:?}", e.kind())).or_default() += 1,
             Err(e) => *errors.entry(format!("waiter_task: {e}")).or_default() += 1,
         }
     }
+    // Every waiter has its answer: now they may hang up.
+    drop(held);
     Ok(Report {
         scenario: "wakeup",
         ops: latencies_us.len(),
@@ -175,18 +185,22 @@ pub async fn fanout(api: &Arc<Api>, w: &Waiting, resources: &Resources) -> Resul
         *errors.entry(e.kind).or_default() += 1;
     }
     let mut latencies_us = Vec::with_capacity(n);
+    let mut held = Vec::with_capacity(n);
     while let Some(joined) = waiters.join_next().await {
         match joined {
-            Ok((_, Ok((first_byte, true)))) => {
+            Ok((_, Ok((first_byte, true)), conn)) => {
+                held.extend(conn);
                 latencies_us.push(micros(first_byte.saturating_duration_since(written)));
             }
-            Ok((_, Ok((_, false)))) => {
+            Ok((_, Ok((_, false)), _)) => {
                 *errors.entry("waiter_not_accepted".into()).or_default() += 1
             }
-            Ok((_, Err(e))) => *errors.entry(format!("waiter_{:?}", e.kind())).or_default() += 1,
+            Ok((_, Err(e), _)) => *errors.entry(format!("waiter_{:?}", e.kind())).or_default() += 1,
             Err(e) => *errors.entry(format!("waiter_task: {e}")).or_default() += 1,
         }
     }
+    // Every waiter has its answer: now they may hang up.
+    drop(held);
     let mut extra = vec![
         ("waiters".into(), n.to_string()),
         ("parked_by".into(), parked_by.into()),
