@@ -1,6 +1,7 @@
 //! No one caller can take the instance from the others: each bearer token may have at most
 //! `limits.max_requests_per_caller` requests and `limits.max_long_polls_per_caller` decision
-//! long-polls in flight at once; past either, `429 too_many_requests` with `Retry-After`.
+//! long-polls in flight at once; past either, `429 too_many_requests` with `Retry-After`
+//! (counted by the admission middleware, `admission.rs`).
 //!
 //! Callers are told apart by a digest of their `Authorization` header, before authentication:
 //! a flood of made-up tokens costs one short-lived entry per request in flight (the map only
@@ -9,12 +10,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::header::AUTHORIZATION;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-use sha2::{Digest, Sha256};
 
 use super::ApiError;
 
@@ -33,7 +28,7 @@ pub struct CallerSlots {
 }
 
 /// A request's place in its caller's count; given back when the request is answered.
-struct Slot {
+pub(super) struct Slot {
     slots: Arc<CallerSlots>,
     caller: [u8; 32],
     long_poll: bool,
@@ -71,7 +66,12 @@ impl CallerSlots {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn try_acquire(self: &Arc<Self>, caller: [u8; 32], long_poll: bool) -> Result<Slot, ApiError> {
+    /// Counts one request of `caller` (a digest of its `Authorization` header), or refuses it.
+    pub(super) fn try_acquire(
+        self: &Arc<Self>,
+        caller: [u8; 32],
+        long_poll: bool,
+    ) -> Result<Slot, ApiError> {
         let mut in_flight = self.lock();
         let counts = in_flight.entry(caller).or_default();
         let (count, max) = if long_poll {
@@ -94,25 +94,5 @@ impl CallerSlots {
             caller,
             long_poll,
         })
-    }
-}
-
-/// Middleware: counts the request against its caller, or answers `429`.
-pub async fn per_caller(
-    State(slots): State<Arc<CallerSlots>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let Some(authorization) = request.headers().get(AUTHORIZATION) else {
-        return next.run(request).await;
-    };
-    let caller: [u8; 32] = Sha256::digest(authorization.as_bytes()).into();
-    let long_poll = request
-        .extensions()
-        .get::<MatchedPath>()
-        .is_some_and(|p| p.as_str().ends_with("/decision"));
-    match slots.try_acquire(caller, long_poll) {
-        Ok(_slot) => next.run(request).await,
-        Err(refused) => refused.into_response(),
     }
 }

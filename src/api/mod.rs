@@ -1,6 +1,7 @@
 //! The HTTP API: routes, shared state, and the layers around them. Handlers extract, call
 //! the application layer (`crate::app`) and map its answer; they hold no rules of their own.
 
+mod admission;
 mod approvals;
 pub(crate) mod events;
 mod extract;
@@ -182,12 +183,11 @@ pub fn router(state: AppState, ui: &crate::config::UiSettings) -> Router {
         .route("/openapi.json", axum::routing::get(move || ops::openapi(openapi.clone())))
         .fallback(ops::no_route)
         .layer(axum::middleware::from_fn_with_state(
-            state.request_timeout,
-            within_deadline,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.caller_slots.clone(),
-            fairness::per_caller,
+            admission::Admission {
+                slots: state.caller_slots.clone(),
+                request_timeout: state.request_timeout,
+            },
+            admission::admit,
         ))
         .with_state(state)
         .merge(inbox.unwrap_or_default())
@@ -219,24 +219,4 @@ pub fn router(state: AppState, ui: &crate::config::UiSettings) -> Router {
         )
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
-}
-
-/// Middleware: every request but a decision long-poll (which has its own bound, 60 s) answers
-/// within `server.request_timeout`; past it, `408` (a client trickling its body, usually).
-async fn within_deadline(
-    axum::extract::State(timeout): axum::extract::State<Duration>,
-    request: Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let long_poll = request
-        .extensions()
-        .get::<MatchedPath>()
-        .is_some_and(|p| p.as_str().ends_with("/decision"));
-    if long_poll {
-        return next.run(request).await;
-    }
-    match tokio::time::timeout(timeout, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => axum::response::IntoResponse::into_response(ApiError::RequestTimeout(timeout)),
-    }
 }

@@ -1,0 +1,52 @@
+//! What an API request passes before its handler runs: its caller's place in flight
+//! (`fairness.rs`: `429` past the caller's limits) and its deadline (`408` past
+//! `server.request_timeout`; a decision long-poll has its own bound, 60 s).
+//!
+//! One middleware for both, not one each: every middleware layer is a boxed future per
+//! request, about 1 kB, which a waiting long-poll holds for its whole wait.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
+
+use super::fairness::CallerSlots;
+use super::ApiError;
+
+#[derive(Clone)]
+pub struct Admission {
+    pub slots: Arc<CallerSlots>,
+    pub request_timeout: Duration,
+}
+
+/// Middleware: counts the request against its caller (or answers `429`), then runs it under
+/// its deadline.
+pub async fn admit(State(admission): State<Admission>, request: Request, next: Next) -> Response {
+    let long_poll = request
+        .extensions()
+        .get::<MatchedPath>()
+        .is_some_and(|p| p.as_str().ends_with("/decision"));
+    // Requests without credentials (health probes, scrapes) are not counted: they are
+    // answered `401` or cost nothing.
+    let caller: Option<[u8; 32]> = request
+        .headers()
+        .get(AUTHORIZATION)
+        .map(|authorization| Sha256::digest(authorization.as_bytes()).into());
+    let _slot = match caller.map(|caller| admission.slots.try_acquire(caller, long_poll)) {
+        Some(Err(refused)) => return refused.into_response(),
+        Some(Ok(slot)) => Some(slot),
+        None => None,
+    };
+    if long_poll {
+        return next.run(request).await;
+    }
+    let timeout = admission.request_timeout;
+    match tokio::time::timeout(timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::RequestTimeout(timeout).into_response(),
+    }
+}
