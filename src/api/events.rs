@@ -21,7 +21,7 @@ use super::extract::{ApiQuery, Caller, TenantPath};
 use super::{ApiError, AppState};
 use crate::app::{AppError, LiveEvent, LiveStream};
 use crate::auth::Principal;
-use approvals_core::TenantId;
+use approvals_core::{TenantId, Timestamp};
 
 /// The longest `Last-Event-ID` accepted (ids this service hands out are far shorter).
 const MAX_EVENT_ID: usize = 256;
@@ -65,16 +65,25 @@ pub async fn events(
                 .to_owned(),
         ),
     };
-    stream(state, &caller, &tenant, header.or(query.last_event_id)).await
+    stream(
+        state,
+        &caller,
+        &tenant,
+        header.or(query.last_event_id),
+        None,
+    )
+    .await
 }
 
 /// The SSE answer for `caller`'s stream of `tenant`, resuming after `last_event_id` (the
-/// inbox's `/ui/events` too: a browser's `EventSource` cannot send a bearer token).
+/// inbox's `/ui/events` too: a browser's `EventSource` cannot send a bearer token), ending
+/// after `approvals.events_max_duration` or at `until` (an inbox session's end), if sooner.
 pub(crate) async fn stream(
     state: AppState,
     caller: &Principal,
     tenant: &TenantId,
     last_event_id: Option<String>,
+    until: Option<Timestamp>,
 ) -> Result<Response, ApiError> {
     if let Some(id) = &last_event_id {
         if id.is_empty() || id.len() > MAX_EVENT_ID {
@@ -95,7 +104,12 @@ pub(crate) async fn stream(
             }
             other => other,
         })?;
-    let ends_at = tokio::time::Instant::now() + state.app.live_max_duration();
+    let mut lasts = state.app.live_max_duration();
+    if let Some(until) = until {
+        // Zero for a session already over.
+        lasts = lasts.min(Timestamp::now().elapsed_at(until));
+    }
+    let ends_at = tokio::time::Instant::now() + lasts;
     let live = Live {
         state,
         stream,

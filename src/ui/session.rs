@@ -41,6 +41,8 @@ pub struct Session {
     pub tenant: TenantId,
     /// The token every form of this session must send back.
     pub csrf: String,
+    /// When the session ends: a page then leads to sign-in and the live stream closes.
+    pub expires: Timestamp,
 }
 
 /// Why a sign-in was refused, in words for the sign-in page.
@@ -155,6 +157,7 @@ pub fn current(auth: &Authenticator, jar: &SignedCookieJar) -> Option<Session> {
         principal,
         tenant,
         csrf: claims.csrf,
+        expires: Timestamp::from_millis(claims.expires),
     })
 }
 

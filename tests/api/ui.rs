@@ -488,3 +488,59 @@ async fn the_agent_filter_finds_a_rare_agents_approvals_among_many() {
     }
     assert!(!page.contains("/ui/approvals/busy-"), "{page}");
 }
+
+/// The inbox's live stream closes when its session ends, however long streams may otherwise
+/// last: a tab left open does not go on receiving the tenant's events, and reconnecting is
+/// refused.
+#[tokio::test]
+async fn the_inbox_live_stream_closes_when_its_session_ends() {
+    const SECRET: &str = "a session secret of at least thirty-two characters";
+    let app = TestApp::spawn_with(|s| s.ui.session_secret = Some(SECRET.into())).await;
+    // Sessions signed in through the form last at least a minute: this one, signed the way
+    // the service signs them, ends in two seconds.
+    let ends = chrono::Utc::now().timestamp_millis() + 2_000;
+    let cookie = session_cookie(SECRET, &app.tokens.reviewer, &app.tenant, ends);
+    let http = reqwest::Client::new();
+    let open = || {
+        http.get(format!("{}/ui/events", app.base))
+            .header(reqwest::header::COOKIE, cookie.clone())
+            .send()
+    };
+    let mut stream = open().await.expect("open");
+    assert_eq!(stream.status(), StatusCode::OK);
+    let read_to_end = async { while stream.chunk().await.expect("chunk").is_some() {} };
+    tokio::time::timeout(Duration::from_secs(20), read_to_end)
+        .await
+        .expect("the stream outlived its session (streams last 10 minutes otherwise)");
+    assert!(
+        chrono::Utc::now().timestamp_millis() >= ends,
+        "the stream closed before the session ended"
+    );
+    assert_eq!(
+        open().await.expect("reconnect").status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+/// A session cookie as the service signs it (src/ui/session.rs): `ui.session_secret` through
+/// SHA-512 as the key, the claims as URL-safe base64 JSON.
+fn session_cookie(secret: &str, token: &str, tenant: &str, expires_ms: i64) -> String {
+    use axum::response::IntoResponse;
+    use axum_extra::extract::cookie::{Cookie, Key, SignedCookieJar};
+    use base64::Engine as _;
+    use sha2::{Digest, Sha256, Sha512};
+    let claims = json!({
+        "digest": hex::encode(Sha256::digest(token.as_bytes())),
+        "tenant": tenant,
+        "expires": expires_ms,
+        "csrf": "unused",
+    });
+    let value = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(claims.to_string());
+    let jar = SignedCookieJar::new(Key::from(Sha512::digest(secret.as_bytes()).as_slice()))
+        .add(Cookie::new("approvals_session", value));
+    let response = (jar, ()).into_response();
+    let set_cookie = response.headers()[SET_COOKIE.as_str()]
+        .to_str()
+        .expect("ascii");
+    set_cookie.split(';').next().expect("name=value").to_owned()
+}
