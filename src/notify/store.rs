@@ -416,6 +416,28 @@ impl Store {
         Ok(set.is_some())
     }
 
+    /// Records that the inbox session `session` (a digest naming it) was signed out, until
+    /// `keep` from now (when it would have expired anyway).
+    pub async fn sign_out(&self, session: &str, keep: Duration) -> Result<(), StoreError> {
+        let (key, keep) = (format!("ui:signed_out:{session}"), millis(keep).max(1));
+        self.call(|mut c| async move {
+            redis::cmd("SET")
+                .arg(key)
+                .arg(1)
+                .arg("PX")
+                .arg(keep)
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await
+    }
+
+    /// Whether the inbox session `session` was signed out.
+    pub async fn signed_out(&self, session: &str) -> Result<bool, StoreError> {
+        let key = format!("ui:signed_out:{session}");
+        self.call(|mut c| async move { c.exists(key).await }).await
+    }
+
     /// Deliveries waiting (due now or later, all tenants).
     pub async fn queued(&self) -> Result<u64, StoreError> {
         self.call(|mut c| async move { c.zcard(DUE_KEY).await })

@@ -7,6 +7,7 @@
 mod first_view;
 mod pages;
 pub mod session;
+mod sign_outs;
 mod view;
 
 pub use view::span;
@@ -37,6 +38,7 @@ pub struct UiState {
     /// are when a proxy says the browser came over HTTPS (`session::forwarded_https`).
     secure_cookies: bool,
     first_views: std::sync::Arc<first_view::FirstViews>,
+    sign_outs: std::sync::Arc<sign_outs::SignOuts>,
 }
 
 impl UiState {
@@ -51,8 +53,25 @@ impl UiState {
             first_views: std::sync::Arc::new(first_view::FirstViews::new(
                 api.notifier.as_ref().map(|n| n.store().clone()),
             )),
+            sign_outs: std::sync::Arc::new(sign_outs::SignOuts::new(
+                api.notifier.as_ref().map(|n| n.store().clone()),
+            )),
             api,
         }
+    }
+
+    /// The session `jar` holds, if it is valid (`session::current`) and not signed out.
+    pub async fn session(
+        &self,
+        jar: &axum_extra::extract::cookie::SignedCookieJar,
+    ) -> Option<session::Session> {
+        let session = session::current(&self.api.auth, jar)?;
+        (!self.sign_outs.signed_out(&session).await).then_some(session)
+    }
+
+    /// Ends `session` for good: until it would have expired, its cookie is refused.
+    pub async fn sign_out(&self, session: &session::Session) {
+        self.sign_outs.sign_out(session).await;
     }
 }
 

@@ -125,14 +125,14 @@ fn to_sign_in() -> Response {
 }
 
 pub async fn home(State(state): State<UiState>, jar: SignedCookieJar) -> Redirect {
-    match session::current(&state.api.auth, &jar) {
+    match state.session(&jar).await {
         Some(_) => Redirect::to("/ui/approvals"),
         None => Redirect::to("/ui/login"),
     }
 }
 
 pub async fn login_form(State(state): State<UiState>, jar: SignedCookieJar) -> Response {
-    match session::current(&state.api.auth, &jar) {
+    match state.session(&jar).await {
         Some(_) => Redirect::to("/ui/approvals").into_response(),
         None => render(&LoginPage { error: None }),
     }
@@ -191,10 +191,12 @@ pub async fn logout(
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    if let Some(session) = session::current(&state.api.auth, &jar) {
+    if let Some(session) = state.session(&jar).await {
         if !session::form_allowed(&session, &form.csrf, &headers) {
             return refused("This sign-out form did not come from your inbox.");
         }
+        // Also refused if a copy of the cookie comes back.
+        state.sign_out(&session).await;
     }
     (session::end(jar), Redirect::to("/ui/login")).into_response()
 }
@@ -211,7 +213,7 @@ pub async fn inbox(
     jar: SignedCookieJar,
     Query(query): Query<InboxQuery>,
 ) -> Response {
-    let Some(session) = session::current(&state.api.auth, &jar) else {
+    let Some(session) = state.session(&jar).await else {
         return to_sign_in();
     };
     let status = match query.status.as_deref().filter(|s| !s.is_empty()) {
@@ -332,7 +334,7 @@ pub async fn detail(
     Path(id): Path<String>,
     Query(query): Query<DetailQuery>,
 ) -> Response {
-    let Some(session) = session::current(&state.api.auth, &jar) else {
+    let Some(session) = state.session(&jar).await else {
         return to_sign_in();
     };
     let id = match ApprovalId::parse(id) {
@@ -434,7 +436,7 @@ pub async fn decide(
     Path(id): Path<String>,
     Form(form): Form<DecisionForm>,
 ) -> Response {
-    let Some(session) = session::current(&state.api.auth, &jar) else {
+    let Some(session) = state.session(&jar).await else {
         return to_sign_in();
     };
     if !session::form_allowed(&session, &form.csrf, &headers) {
@@ -493,7 +495,7 @@ pub async fn events(
     jar: SignedCookieJar,
     headers: HeaderMap,
 ) -> Response {
-    let Some(session) = session::current(&state.api.auth, &jar) else {
+    let Some(session) = state.session(&jar).await else {
         return StatusCode::UNAUTHORIZED.into_response();
     };
     let last_event_id = headers

@@ -391,6 +391,48 @@ async fn sign_in_is_for_reviewers_and_sessions_end(h: Harness) {
     let after = browser.get("/ui/approvals").await;
     assert_eq!(after.status(), StatusCode::SEE_OTHER);
     assert_eq!(location(&after), "/ui/login");
+
+    // A copy of the cookie taken before signing out is refused too.
+    let plain = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let signed_in = plain
+        .post(format!("{}/ui/login", app.base))
+        .form(&[("token", app.tokens.reviewer.as_str())])
+        .send()
+        .await
+        .expect("sign in");
+    let cookie = signed_in.headers()[SET_COOKIE]
+        .to_str()
+        .expect("ascii")
+        .split(';')
+        .next()
+        .expect("name=value")
+        .to_owned();
+    let with_cookie = |method: Method, path: &str| {
+        plain
+            .request(method, format!("{}{path}", app.base))
+            .header(reqwest::header::COOKIE, cookie.clone())
+    };
+    let inbox = with_cookie(Method::GET, "/ui/approvals")
+        .send()
+        .await
+        .expect("inbox");
+    assert_eq!(inbox.status(), StatusCode::OK);
+    let csrf = hidden(&inbox.text().await.expect("text"), "csrf");
+    let signed_out = with_cookie(Method::POST, "/ui/logout")
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .expect("sign out");
+    assert_eq!(signed_out.status(), StatusCode::SEE_OTHER);
+    let replayed = with_cookie(Method::GET, "/ui/approvals")
+        .send()
+        .await
+        .expect("replay");
+    assert_eq!(replayed.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&replayed), "/ui/login");
 }
 
 async fn filters_and_history_show_decided_approvals(h: Harness) {
