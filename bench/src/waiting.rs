@@ -70,6 +70,32 @@ fn park_all(api: &Arc<Api>, ids: &[String], w: &Waiting) -> JoinSet<Waiter> {
     waiters
 }
 
+/// Every waiter's answer: the index and first byte of each answered `accepted`, the rest
+/// counted in `errors`. The connections stay open until all are answered.
+async fn answers(
+    mut waiters: JoinSet<Waiter>,
+    errors: &mut BTreeMap<String, usize>,
+) -> Vec<(usize, Instant)> {
+    let mut accepted = Vec::with_capacity(waiters.len());
+    let mut held = Vec::with_capacity(waiters.len());
+    while let Some(joined) = waiters.join_next().await {
+        match joined {
+            Ok((idx, Ok((first_byte, true)), conn)) => {
+                held.extend(conn);
+                accepted.push((idx, first_byte));
+            }
+            Ok((_, Ok((_, false)), _)) => {
+                *errors.entry("waiter_not_accepted".into()).or_default() += 1
+            }
+            Ok((_, Err(e), _)) => *errors.entry(format!("waiter_{:?}", e.kind())).or_default() += 1,
+            Err(e) => *errors.entry(format!("waiter_task: {e}")).or_default() += 1,
+        }
+    }
+    // Every waiter has its answer: now they may hang up.
+    drop(held);
+    accepted
+}
+
 /// Waits until the server's waiter gauge grew by `n` (or, without one, a fixed settle time).
 async fn until_parked(api: &Api, w: &Waiting, baseline: Option<f64>, n: usize) -> &'static str {
     let Some(base) = baseline else {
@@ -106,7 +132,7 @@ pub async fn wakeup(api: &Arc<Api>, w: &Waiting) -> Result<Report, String> {
         ids.push(id.unwrap_or_default());
     }
     let baseline = api.waiter_gauge(w.waiters_metric.as_deref()).await;
-    let mut waiters = park_all(api, &ids, w);
+    let waiters = park_all(api, &ids, w);
     let parked_by = until_parked(api, w, baseline, n).await;
 
     let mut conn = api.connect(0).await.map_err(|e| e.kind)?;
@@ -122,25 +148,13 @@ pub async fn wakeup(api: &Arc<Api>, w: &Waiting) -> Result<Report, String> {
         }
     }
     let decide_secs = decide_started.elapsed().as_secs_f64();
-    let mut latencies_us = Vec::with_capacity(n);
-    let mut held = Vec::with_capacity(n);
-    while let Some(joined) = waiters.join_next().await {
-        match joined {
-            Ok((idx, Ok((first_byte, true)), conn)) => {
-                held.extend(conn);
-                if let Some(written) = written_at[idx] {
-                    latencies_us.push(micros(first_byte.saturating_duration_since(written)));
-                }
-            }
-            Ok((_, Ok((_, false)), _)) => {
-                *errors.entry("waiter_not_accepted".into()).or_default() += 1
-            }
-            Ok((_, Err(e), _)) => *errors.entry(format!("waiter_{:?}", e.kind())).or_default() += 1,
-            Err(e) => *errors.entry(format!("waiter_task: {e}")).or_default() += 1,
-        }
-    }
-    // Every waiter has its answer: now they may hang up.
-    drop(held);
+    let latencies_us: Vec<_> = answers(waiters, &mut errors)
+        .await
+        .into_iter()
+        .filter_map(|(idx, first_byte)| {
+            written_at[idx].map(|written| micros(first_byte.saturating_duration_since(written)))
+        })
+        .collect();
     Ok(Report {
         scenario: "wakeup",
         ops: latencies_us.len(),
@@ -166,7 +180,7 @@ pub async fn fanout(api: &Arc<Api>, w: &Waiting, resources: &Resources) -> Resul
     let baseline = api.waiter_gauge(w.waiters_metric.as_deref()).await;
     // A waiting long-poll's whole cost: its connection, request and registration.
     let rss_before = resources.target_rss_kb();
-    let mut waiters = park_all(api, &vec![id.clone(); n], w);
+    let waiters = park_all(api, &vec![id.clone(); n], w);
     let parked_by = until_parked(api, w, baseline, n).await;
     let rss_waiting = resources.target_rss_kb();
     let redis_clients = match &resources.redis {
@@ -184,23 +198,11 @@ pub async fn fanout(api: &Arc<Api>, w: &Waiting, resources: &Resources) -> Resul
     {
         *errors.entry(e.kind).or_default() += 1;
     }
-    let mut latencies_us = Vec::with_capacity(n);
-    let mut held = Vec::with_capacity(n);
-    while let Some(joined) = waiters.join_next().await {
-        match joined {
-            Ok((_, Ok((first_byte, true)), conn)) => {
-                held.extend(conn);
-                latencies_us.push(micros(first_byte.saturating_duration_since(written)));
-            }
-            Ok((_, Ok((_, false)), _)) => {
-                *errors.entry("waiter_not_accepted".into()).or_default() += 1
-            }
-            Ok((_, Err(e), _)) => *errors.entry(format!("waiter_{:?}", e.kind())).or_default() += 1,
-            Err(e) => *errors.entry(format!("waiter_task: {e}")).or_default() += 1,
-        }
-    }
-    // Every waiter has its answer: now they may hang up.
-    drop(held);
+    let latencies_us: Vec<_> = answers(waiters, &mut errors)
+        .await
+        .into_iter()
+        .map(|(_, first_byte)| micros(first_byte.saturating_duration_since(written)))
+        .collect();
     let mut extra = vec![
         ("waiters".into(), n.to_string()),
         ("parked_by".into(), parked_by.into()),

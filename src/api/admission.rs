@@ -36,10 +36,12 @@ pub async fn admit(State(admission): State<Admission>, request: Request, next: N
         .headers()
         .get(AUTHORIZATION)
         .map(|authorization| Sha256::digest(authorization.as_bytes()).into());
-    let _slot = match caller.map(|caller| admission.slots.try_acquire(caller, long_poll)) {
-        Some(Err(refused)) => return refused.into_response(),
-        Some(Ok(slot)) => Some(slot),
-        None => None,
+    let _slot = match caller
+        .map(|caller| admission.slots.try_acquire(caller, long_poll))
+        .transpose()
+    {
+        Ok(slot) => slot,
+        Err(refused) => return refused.into_response(),
     };
     if long_poll {
         return next.run(request).await;

@@ -43,6 +43,8 @@ pub struct UiState {
 
 impl UiState {
     pub fn new(api: AppState, settings: &crate::config::UiSettings) -> Self {
+        // Redis, where it is configured: what every instance must agree on lives there.
+        let store = api.notifier.as_ref().map(|n| n.store().clone());
         Self {
             key: session::signing_key(settings.session_secret.as_deref()),
             session_ttl: settings.session_ttl,
@@ -50,12 +52,8 @@ impl UiState {
                 .public_url
                 .as_deref()
                 .is_some_and(|url| url.starts_with("https://")),
-            first_views: std::sync::Arc::new(first_view::FirstViews::new(
-                api.notifier.as_ref().map(|n| n.store().clone()),
-            )),
-            sign_outs: std::sync::Arc::new(sign_outs::SignOuts::new(
-                api.notifier.as_ref().map(|n| n.store().clone()),
-            )),
+            first_views: std::sync::Arc::new(first_view::FirstViews::new(store.clone())),
+            sign_outs: std::sync::Arc::new(sign_outs::SignOuts::new(store)),
             api,
         }
     }

@@ -44,6 +44,10 @@ impl SignOuts {
             }
             if local.len() < MAX_REMEMBERED {
                 local.insert(name(session), session.expires);
+            } else {
+                tracing::warn!(subject = %session.principal.subject, max = MAX_REMEMBERED,
+                    "sign-out not recorded (too many unexpired ones on this instance): a copy \
+                     of the cookie stays valid until it expires");
             }
             return;
         };

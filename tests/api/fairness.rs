@@ -29,9 +29,10 @@ async fn a_token_at_its_long_poll_limit_is_refused_and_nobody_else_notices() {
         "/v1/tenants/{}/approvals/req-1/decision?wait_seconds=30",
         app.tenant
     ));
+    let agent_waits = || app.http.get(&wait).bearer_auth(&app.tokens.agent);
     let waiters: Vec<_> = (0..3)
         .map(|_| {
-            let request = app.http.get(&wait).bearer_auth(&app.tokens.agent);
+            let request = agent_waits();
             tokio::spawn(async move { request.send().await.expect("long-poll") })
         })
         .collect();
@@ -41,13 +42,7 @@ async fn a_token_at_its_long_poll_limit_is_refused_and_nobody_else_notices() {
     })
     .await;
 
-    let fourth = app
-        .http
-        .get(&wait)
-        .bearer_auth(&app.tokens.agent)
-        .send()
-        .await
-        .unwrap();
+    let fourth = agent_waits().send().await.unwrap();
     refused_for_now(fourth).await;
     // The same token's other requests, and other callers, are not held back.
     assert_eq!(
@@ -74,13 +69,7 @@ async fn a_token_at_its_long_poll_limit_is_refused_and_nobody_else_notices() {
         let answer: Value = waiter.await.unwrap().json().await.unwrap();
         assert_eq!(answer["status"], "accepted");
     }
-    let again = app
-        .http
-        .get(&wait)
-        .bearer_auth(&app.tokens.agent)
-        .send()
-        .await
-        .unwrap();
+    let again = agent_waits().send().await.unwrap();
     assert_eq!(again.status(), StatusCode::OK);
 }
 

@@ -66,8 +66,9 @@ impl Floor {
     }
 }
 
-/// The record our service would answer, so both send bodies of the same size.
-fn record(tenant: &str, id: &str, status: Status) -> Result<Approval, String> {
+/// The record our service would answer, so both send bodies of the same size; `400` for an
+/// identifier the service would refuse.
+fn record(tenant: &str, id: &str, status: Status) -> Result<Approval, StatusCode> {
     let object = |pairs: &[(&str, &str)]| -> Map<String, Value> {
         pairs
             .iter()
@@ -77,8 +78,8 @@ fn record(tenant: &str, id: &str, status: Status) -> Result<Approval, String> {
     let action = object(&[("type", "document_read"), ("resource", "finance/q3-report")]);
     let now = Timestamp::now();
     Ok(Approval {
-        id: ApprovalId::parse(id).map_err(|e| e.to_string())?,
-        tenant: TenantId::parse(tenant).map_err(|e| e.to_string())?,
+        id: ApprovalId::parse(id).map_err(|_| StatusCode::BAD_REQUEST)?,
+        tenant: TenantId::parse(tenant).map_err(|_| StatusCode::BAD_REQUEST)?,
         status,
         agent_id: "bench-agent".into(),
         submitted_by: "bench-agent".into(),
@@ -108,10 +109,10 @@ fn rendered(value: &impl serde::Serialize) -> Result<Bytes, StatusCode> {
 async fn submit(State(floor): State<Floor>, Path(tenant): Path<String>) -> Response {
     let id = format!("floor-{}", floor.next_id.fetch_add(1, Ordering::Relaxed));
     match record(&tenant, &id, Status::Pending)
-        .map(|r| rendered(&serde_json::json!({ "approval": r })))
+        .and_then(|r| rendered(&serde_json::json!({ "approval": r })))
     {
-        Ok(Ok(body)) => json(StatusCode::CREATED, body),
-        _ => StatusCode::BAD_REQUEST.into_response(),
+        Ok(body) => json(StatusCode::CREATED, body),
+        Err(status) => status.into_response(),
     }
 }
 
@@ -138,8 +139,9 @@ async fn accept(
     State(floor): State<Floor>,
     Path((tenant, id)): Path<(String, String)>,
 ) -> Response {
-    let Ok(Ok(body)) = record(&tenant, &id, Status::Accepted).map(|r| rendered(&r)) else {
-        return StatusCode::BAD_REQUEST.into_response();
+    let body = match record(&tenant, &id, Status::Accepted).and_then(|r| rendered(&r)) {
+        Ok(body) => body,
+        Err(status) => return status.into_response(),
     };
     let sender = {
         let map = floor.decisions.lock().unwrap_or_else(|e| e.into_inner());
