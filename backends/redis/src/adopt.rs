@@ -147,3 +147,57 @@ impl RedisBackend {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use approvals_core::conformance::{fresh_tenant, id, pending};
+    use approvals_core::{ApprovalBackend, Lifetimes};
+    use approvals_testkit::RedisServer;
+
+    use crate::{keys, RedisBackend, RedisSettings};
+
+    /// An adoption pass fetches only what another writer left: none of our records, with or
+    /// without an action digest (records parked before digests existed have none).
+    #[tokio::test]
+    async fn the_scan_names_foreign_records_and_none_of_ours() {
+        let server = RedisServer::start().await;
+        let backend = RedisBackend::connect(RedisSettings::new(server.url()), Lifetimes::default())
+            .expect("backend");
+        let tenant = fresh_tenant("foreign");
+        let hour = Duration::from_secs(3600);
+        let with_digest = pending(&tenant, "with-digest", hour);
+        assert!(with_digest.action_digest.is_some());
+        let without_digest = approvals_core::Approval {
+            action_digest: None,
+            ..pending(&tenant, "without-digest", hour)
+        };
+        for approval in [with_digest, without_digest] {
+            backend.submit(approval).await.expect("submit");
+        }
+        let theirs = keys::record(&tenant, &id("theirs"));
+        let client = redis::Client::open(server.url()).expect("client");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connection");
+        let v1 = r#"{"status":"pending","agent_action":{"type":"document_read"},"context":{}}"#;
+        let () = redis::cmd("SET")
+            .arg(&theirs)
+            .arg(v1)
+            .query_async(&mut conn)
+            .await
+            .expect("set");
+
+        let mut invocation = backend.scripts.foreign.prepare_invoke();
+        for name in ["with-digest", "without-digest", "theirs"] {
+            invocation.key(keys::record(&tenant, &id(name)));
+        }
+        let foreign: Vec<String> = invocation
+            .invoke_async(&mut conn)
+            .await
+            .expect("foreign script");
+        assert_eq!(foreign, [theirs]);
+    }
+}
