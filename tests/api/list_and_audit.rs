@@ -1,7 +1,7 @@
 //! Listing with cursors, and the audit export.
 
 use reqwest::{Method, StatusCode};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::support::{Harness, TestApp};
 
@@ -150,4 +150,32 @@ async fn audit_events_past_their_retention_are_trimmed() {
         .await
         .unwrap();
     assert_eq!(kept["status"], "pending");
+}
+
+/// The same for a tenant whose requests were only ever allowed: no approval of its own named
+/// it among the tenants whose audit is trimmed.
+#[tokio::test]
+async fn an_audit_of_allowed_requests_only_is_trimmed_too() {
+    let app = crate::support::TestApp::spawn_with(|s| {
+        s.approvals.audit_retention = std::time::Duration::from_secs(2)
+    })
+    .await;
+    let read = json!({"type": "document_read", "resource": "docs/handbook.md"});
+    let allowed = app.submit("read-1", read).await;
+    assert_eq!(allowed.status(), StatusCode::OK);
+    let path = format!("/v1/tenants/{}/audit", app.tenant);
+    let events = app.get_json(&path, &app.tokens.admin).await;
+    assert_eq!(events["items"][0]["kind"], "submitted", "{events}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let events = app.get_json(&path, &app.tokens.admin).await;
+        if events["items"].as_array().is_some_and(Vec::is_empty) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never trimmed: {events}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }

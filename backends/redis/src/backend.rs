@@ -334,20 +334,15 @@ impl ApprovalBackend for RedisBackend {
     }
 
     async fn record(&self, entry: AuditEntry) -> Result<(), BackendError> {
-        let stream = keys::audit(&entry.tenant);
-        let event = encode_event(&entry);
-        let max_len = self.settings.audit_max_len;
+        let mut invocation = self.scripts.record.prepare_invoke();
+        invocation
+            .key(keys::audit(&entry.tenant))
+            .key(TENANTS)
+            .arg(encode_event(&entry))
+            .arg(self.settings.audit_max_len)
+            .arg(entry.tenant.as_str());
         self.with_conn("record", |mut conn| async move {
-            redis::cmd("XADD")
-                .arg(&stream)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(max_len)
-                .arg("*")
-                .arg("e")
-                .arg(&event)
-                .query_async::<()>(&mut conn)
-                .await
+            invocation.invoke_async::<()>(&mut conn).await
         })
         .await
     }

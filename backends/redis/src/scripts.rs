@@ -7,6 +7,7 @@ use redis::Script;
 
 pub struct Scripts {
     pub park: Script,
+    pub record: Script,
     pub decide: Script,
     pub expire: Script,
     pub foreign: Script,
@@ -19,6 +20,7 @@ impl Scripts {
         let common = include_str!("lua/common.lua");
         Self {
             park: Script::new(include_str!("lua/park.lua")),
+            record: Script::new(include_str!("lua/record.lua")),
             decide: Script::new(&format!("{common}\n{}", include_str!("lua/decide.lua"))),
             expire: Script::new(&format!("{common}\n{}", include_str!("lua/expire.lua"))),
             foreign: Script::new(include_str!("lua/foreign.lua")),
