@@ -119,6 +119,13 @@ impl Approvals {
         // Checked against the figures, not the store: approximate, and free.
         let pending = self.metrics.pending_count(&asked.tenant);
         if pending >= self.settings.max_pending_per_tenant {
+            // An agent retrying a request that did park gets its record, cap or not: a 429
+            // would tell it nothing was parked while a reviewer can still accept it.
+            if chosen_by_caller {
+                if let Some(existing) = self.read(&asked.tenant, &asked.id).await? {
+                    return repeated(existing, &asked);
+                }
+            }
             return Err(AppError::TooManyPending {
                 tenant: asked.tenant,
                 pending,

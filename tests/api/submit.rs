@@ -328,6 +328,13 @@ async fn a_tenant_at_its_pending_cap_gets_429() {
     .await;
     let response = app.submit("three", sensitive_read()).await;
     assert_problem(response, StatusCode::TOO_MANY_REQUESTS, "too_many_pending").await;
+    // An agent that lost the answer to a submit that did park retries it: it gets the record
+    // it parked, not a 429 saying nothing was parked.
+    let retried = app.submit("two", sensitive_read()).await;
+    assert_eq!(retried.status(), StatusCode::OK);
+    let retried: Value = retried.json().await.unwrap();
+    assert_eq!(retried["approval"]["id"], "two");
+    assert_eq!(retried["approval"]["status"], "pending");
     let allowed = app
         .submit(
             "read",
