@@ -151,17 +151,7 @@ impl Authenticator {
 
     /// The caller behind an `Authorization` header value, if it is a known bearer token.
     pub fn authenticate(&self, header: Option<&str>) -> Option<Principal> {
-        // The scheme name is case-insensitive (RFC 9110 section 11.1).
-        let (scheme, token) = header?.split_once(' ')?;
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return None;
-        }
-        let token = token.trim();
-        if token.is_empty() {
-            return None;
-        }
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        self.by_digest(&digest)
+        self.by_digest(&token_digest(bearer_token(header?)?))
     }
 
     /// The caller whose token has this SHA-256 digest (an inbox session holds the digest, not
@@ -192,7 +182,21 @@ pub fn mint(tenant: &str, role: Role, subject: &str) -> (String, TokenEntry) {
 }
 
 pub fn digest_hex(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
+    hex::encode(token_digest(token))
+}
+
+/// The token of a bearer `Authorization` header value, however the client spelled it: the
+/// scheme name is case-insensitive (RFC 9110 section 11.1) and spaces around the token are not
+/// part of it.
+pub fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// The SHA-256 digest a token is known by (config holds digests, never tokens).
+pub fn token_digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
 }
 
 #[cfg(test)]

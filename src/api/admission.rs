@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 
 use super::fairness::CallerSlots;
 use super::ApiError;
+use crate::auth::{bearer_token, token_digest};
 
 #[derive(Clone)]
 pub struct Admission {
@@ -31,11 +32,15 @@ pub async fn admit(State(admission): State<Admission>, request: Request, next: N
         .get::<MatchedPath>()
         .is_some_and(|p| p.as_str().ends_with("/decision"));
     // Requests without credentials (health probes, scrapes) are not counted: they are
-    // answered `401` or cost nothing.
-    let caller: Option<[u8; 32]> = request
-        .headers()
-        .get(AUTHORIZATION)
-        .map(|authorization| Sha256::digest(authorization.as_bytes()).into());
+    // answered `401` or cost nothing. A caller is its token, not its header's spelling
+    // ("bearer  t" is "Bearer t"), else respelling the header would buy more places.
+    let caller: Option<[u8; 32]> = request.headers().get(AUTHORIZATION).map(|authorization| {
+        let header = authorization.as_bytes();
+        std::str::from_utf8(header)
+            .ok()
+            .and_then(bearer_token)
+            .map_or_else(|| Sha256::digest(header).into(), token_digest)
+    });
     let _slot = match caller
         .map(|caller| admission.slots.try_acquire(caller, long_poll))
         .transpose()

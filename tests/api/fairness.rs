@@ -44,6 +44,20 @@ async fn a_token_at_its_long_poll_limit_is_refused_and_nobody_else_notices() {
 
     let fourth = agent_waits().send().await.unwrap();
     refused_for_now(fourth).await;
+    // The same token in a differently spelled header is the same caller, with no more places.
+    for respelled in [
+        format!("bearer  {}", app.tokens.agent),
+        format!("BEARER {}", app.tokens.agent),
+    ] {
+        let response = app
+            .http
+            .get(&wait)
+            .header("authorization", respelled)
+            .send()
+            .await
+            .unwrap();
+        refused_for_now(response).await;
+    }
     // The same token's other requests, and other callers, are not held back.
     assert_eq!(
         app.get("req-1", &app.tokens.agent).await.status(),
