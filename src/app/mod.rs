@@ -47,7 +47,7 @@ pub struct Approvals {
     /// Which policy answers for each tenant (its own bundle, or the platform default).
     policies: Arc<TenantPolicies>,
     /// Bundle validations run one at a time.
-    uploads: tokio::sync::Semaphore,
+    uploads: Arc<tokio::sync::Semaphore>,
     settings: ApprovalSettings,
     limits: InputLimits,
     /// Where policy evaluations run: threads of their own, never the request workers.
@@ -80,7 +80,7 @@ impl Approvals {
         Self {
             engine,
             policies,
-            uploads: tokio::sync::Semaphore::new(1),
+            uploads: Arc::new(tokio::sync::Semaphore::new(1)),
             settings,
             limits,
             evaluators,

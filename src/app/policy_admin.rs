@@ -72,16 +72,21 @@ impl Approvals {
         let origin = format!("upload to tenant {tenant}");
         let budget = self.limits.policy_instructions;
         // Compiling and running the tests is CPU work: off the request workers, one at a time
-        // (uploads are rare; a burst of them must not take every core).
-        let _turn = self
+        // (uploads are rare; a burst of them must not take every core). The turn is held by
+        // the validation itself, not by this request: a request that times out or is dropped
+        // cannot stop the validation, and must not let the next one start beside it.
+        let turn = self
             .uploads
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|e| AppError::Internal(e.into()))?;
-        let (version, tests) =
-            tokio::task::spawn_blocking(move || validate(&policy_files, &origin, budget))
-                .await
-                .map_err(|e| AppError::Internal(e.into()))??;
+        let (version, tests) = tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            validate(&policy_files, &origin, budget)
+        })
+        .await
+        .map_err(|e| AppError::Internal(e.into()))??;
         let bundle = StoredBundle {
             version,
             files,

@@ -499,3 +499,60 @@ async fn policy_push_uploads_and_activates_through_the_api() {
     assert_eq!(answer["policy_version"], version);
     assert_eq!(answer["decision"], "allow");
 }
+
+/// Bundle validations run one at a time even when their requests give up: an upload whose
+/// tests outlast `server.request_timeout` is answered `408`, but its validation runs on (it
+/// cannot be stopped) and holds the turn, so a second upload waits instead of running beside
+/// it, and gets its own turn once the first is done.
+#[tokio::test]
+async fn an_upload_that_timed_out_still_holds_the_validation_turn() {
+    let app = TestApp::spawn_with(|s| s.server.request_timeout = Duration::from_secs(1)).await;
+    // About 25 million iterations that collect nothing: seconds of CPU (the test time limit
+    // ends it at 10 s), little memory.
+    let slow = json!({"files": [
+        {"path": "approvals.rego", "text": "package approvals\nimport rego.v1\ndecision := {\"decision\": \"allow\", \"reasons\": [\"x\"]}\n"},
+        {"path": "approvals_test.rego", "text": "package approvals_test\nimport rego.v1\ntest_slow if {\n\tcount([a | some a in numbers.range(1, 5000); some b in numbers.range(1, 5000); a == -1]) == 0\n}\n"},
+    ]});
+    let started = Instant::now();
+    let first = call(
+        &app,
+        Method::POST,
+        "/bundles",
+        &app.tokens.admin,
+        Some(slow),
+    )
+    .await;
+    assert_problem(first, StatusCode::REQUEST_TIMEOUT, "request_timeout").await;
+
+    let second = call(
+        &app,
+        Method::POST,
+        "/bundles",
+        &app.tokens.admin,
+        Some(reads_allowed()),
+    )
+    .await;
+    assert_problem(second, StatusCode::REQUEST_TIMEOUT, "request_timeout").await;
+
+    // Once the first validation is done, the second upload goes through.
+    let stored = loop {
+        let response = call(
+            &app,
+            Method::POST,
+            "/bundles",
+            &app.tokens.admin,
+            Some(reads_allowed()),
+        )
+        .await;
+        if response.status() == StatusCode::CREATED {
+            break response;
+        }
+        assert_problem(response, StatusCode::REQUEST_TIMEOUT, "request_timeout").await;
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the turn was never given back"
+        );
+    };
+    let body: Value = stored.json().await.unwrap();
+    assert_eq!(body["tests"]["failed"], 0, "{body}");
+}
