@@ -255,16 +255,17 @@ impl Approvals {
             .map_err(|e| self.engine_failed(e))
     }
 
-    /// The tenant's approvals in `status`, oldest first, for the service's own background
-    /// tasks ("expiring soon" notifications).
+    /// The tenant's approvals in `status`, oldest first, after `cursor` (a page's
+    /// `next_cursor`), for the service's own background tasks ("expiring soon" notifications).
     pub async fn list_for_service(
         &self,
         tenant: &TenantId,
         status: Status,
+        cursor: Option<&str>,
         limit: usize,
     ) -> Result<Page<Approval>, AppError> {
         self.engine
-            .list(tenant, status, None, limit)
+            .list(tenant, status, cursor, limit)
             .await
             .map_err(|e| self.engine_failed(e))
     }

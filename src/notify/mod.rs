@@ -17,6 +17,7 @@ pub mod egress;
 pub mod payload;
 pub mod store;
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -137,6 +138,9 @@ pub struct Notifier {
     /// Deliveries this instance queued lately (only while re-reading an unsettled audit), so
     /// that a re-read costs no Redis call per event already queued.
     recently_queued: Mutex<RecentIds>,
+    /// Per tenant, where its "expiring soon" scan starts: the page after the approvals already
+    /// queued (absent: from the oldest pending).
+    expiring_from: Mutex<HashMap<TenantId, String>>,
 }
 
 impl Notifier {
@@ -175,6 +179,7 @@ impl Notifier {
             instance: uuid::Uuid::new_v4().to_string(),
             audit_settle,
             recently_queued: Mutex::default(),
+            expiring_from: Mutex::default(),
         }
     }
 
@@ -330,6 +335,13 @@ impl Notifier {
         Ok(())
     }
 
+    fn lock_expiring_from(&self) -> std::sync::MutexGuard<'_, HashMap<TenantId, String>> {
+        // A map of cursors holds no invariant a panicking holder could break.
+        self.expiring_from
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn lock_recent(&self) -> std::sync::MutexGuard<'_, RecentIds> {
         // A set of ids holds no invariant a panicking holder could break.
         self.recently_queued
@@ -367,8 +379,10 @@ impl Notifier {
         Ok(())
     }
 
-    /// Queues "expiring soon" once per pending approval in the last share of its TTL (oldest
-    /// first: with one TTL per tenant, the first that is not yet due ends the scan).
+    /// Queues "expiring soon" once per pending approval in the last share of its TTL. Oldest
+    /// first: with one TTL per tenant, the first that is not yet due ends the scan, and the
+    /// next pass starts again at the page where this one ended (`expiring_from`), so a burst
+    /// of more approvals than a page holds is reached in time too.
     async fn queue_expiring_soon(
         &self,
         tenant: &TenantId,
@@ -376,29 +390,44 @@ impl Notifier {
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let now = Timestamp::now();
         let share = self.settings.expiring_soon_share;
-        let pending = self
-            .app
-            .list_for_service(tenant, Status::Pending, 200)
-            .await?;
-        for approval in pending.items {
-            let ttl = approval.submitted_at.elapsed_at(approval.expires_at);
-            let left = now.elapsed_at(approval.expires_at);
-            if left.as_secs_f64() > ttl.as_secs_f64() * share {
-                break;
+        let mut page_from = self.lock_expiring_from().get(tenant).cloned();
+        for _ in 0..EXPIRING_PAGES_PER_PASS {
+            let page = self
+                .app
+                .list_for_service(tenant, Status::Pending, page_from.as_deref(), EXPIRING_PAGE)
+                .await?;
+            let mut reached_not_due = false;
+            for approval in page.items {
+                let ttl = approval.submitted_at.elapsed_at(approval.expires_at);
+                let left = now.elapsed_at(approval.expires_at);
+                if left.as_secs_f64() > ttl.as_secs_f64() * share {
+                    reached_not_due = true;
+                    break;
+                }
+                if left.is_zero() {
+                    continue;
+                }
+                for hook in hooks
+                    .iter()
+                    .filter(|h| h.events.contains(&NotifyEvent::ExpiringSoon))
+                {
+                    let body =
+                        payload::expiring_body(hook, &approval, left, self.inbox_base.as_deref());
+                    self.queue(hook, &format!("{}:soon:{}", hook.id, approval.id), body)
+                        .await?;
+                }
             }
-            if left.is_zero() {
-                continue;
-            }
-            for hook in hooks
-                .iter()
-                .filter(|h| h.events.contains(&NotifyEvent::ExpiringSoon))
-            {
-                let body =
-                    payload::expiring_body(hook, &approval, left, self.inbox_base.as_deref());
-                self.queue(hook, &format!("{}:soon:{}", hook.id, approval.id), body)
-                    .await?;
+            // Everything before this page was queued: the next pass re-reads from here.
+            match page.next_cursor {
+                Some(next) if !reached_not_due => page_from = Some(next),
+                _ => break,
             }
         }
+        let mut expiring_from = self.lock_expiring_from();
+        match page_from {
+            Some(from) => expiring_from.insert(tenant.clone(), from),
+            None => expiring_from.remove(tenant),
+        };
         Ok(())
     }
 
@@ -447,15 +476,19 @@ impl Notifier {
 
     /// One attempt at one delivery, and what follows from it.
     async fn attempt(&self, mut delivery: Delivery) {
-        let hook = match TenantId::parse(delivery.tenant.as_str()) {
-            Ok(tenant) => self
-                .store
-                .webhooks(&tenant)
-                .await
-                .ok()
-                .and_then(|hooks| hooks.into_iter().find(|h| h.id == delivery.webhook_id)),
-            Err(_) => None,
+        let hooks = match TenantId::parse(delivery.tenant.as_str()) {
+            Ok(tenant) => match self.store.webhooks(&tenant).await {
+                Ok(hooks) => hooks,
+                Err(error) => {
+                    // Not knowing the webhook is not its removal: the lease runs out and
+                    // another attempt follows.
+                    tracing::debug!(%error, id = %delivery.id, "cannot look up a webhook");
+                    return;
+                }
+            },
+            Err(_) => Vec::new(),
         };
+        let hook = hooks.into_iter().find(|h| h.id == delivery.webhook_id);
         let Some(hook) = hook else {
             // The webhook was removed: its deliveries go nowhere.
             let _ = self.store.delivered(&delivery).await;
@@ -533,6 +566,11 @@ impl Notifier {
 
 /// Audit pages one reader pass reads per tenant at most.
 const PAGES_PER_PASS: usize = 10;
+
+/// Pending approvals per page of the "expiring soon" scan, and pages per pass and tenant at
+/// most (a larger burst is reached over the next passes, one `poll_interval` apart).
+const EXPIRING_PAGE: usize = 200;
+const EXPIRING_PAGES_PER_PASS: usize = 10;
 
 /// The longest webhook URL accepted.
 const MAX_URL: usize = 2_048;

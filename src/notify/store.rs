@@ -149,11 +149,18 @@ impl Store {
     pub async fn webhooks(&self, tenant: &TenantId) -> Result<Vec<Webhook>, StoreError> {
         let key = hooks_key(tenant.as_str());
         let values: Vec<String> = self.call(|mut c| async move { c.hvals(key).await }).await?;
-        let mut hooks = values
+        // One unreadable entry must not silence (or hide) the tenant's other webhooks.
+        let mut hooks: Vec<Webhook> = values
             .iter()
-            .map(|v| serde_json::from_str::<Webhook>(v))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            .filter_map(|v| match serde_json::from_str::<Webhook>(v) {
+                Ok(hook) => Some(hook),
+                Err(error) => {
+                    tracing::warn!(%tenant, %error, "unreadable webhook passed over");
+                    crate::metrics::unreadable_record(true);
+                    None
+                }
+            })
+            .collect();
         hooks.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
         Ok(hooks)
     }

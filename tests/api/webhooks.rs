@@ -349,6 +349,48 @@ async fn deliveries_are_signed_and_tell_what_happened_with_a_link_to_the_inbox()
     assert_eq!(decided.json()["actor"], "alice");
 }
 
+/// An unreadable entry among a tenant's webhooks (a hand edit, a bad restore) is passed over
+/// and counted; the tenant's other webhooks still get their deliveries.
+#[tokio::test]
+async fn an_unreadable_webhook_does_not_silence_the_others() {
+    let mut receiver = Receiver::start(0).await;
+    let app = TestApp::spawn_with(fast).await;
+    add_webhook(&app, json!({"url": receiver.url})).await;
+    let mut conn = app.redis().connection().await;
+    let () = redis::cmd("HSET")
+        .arg(format!("webhooks:{}", app.tenant))
+        .arg("junk")
+        .arg("{")
+        .query_async(&mut conn)
+        .await
+        .expect("hset");
+
+    app.park("hooked").await;
+    let parked = receiver.next_of("parked").await;
+    assert_eq!(parked.json()["approval_id"], "hooked");
+    let listed = app
+        .get_json(
+            &format!("/v1/tenants/{}/webhooks", app.tenant),
+            &app.tokens.admin,
+        )
+        .await;
+    assert_eq!(
+        listed["items"].as_array().map(Vec::len),
+        Some(1),
+        "{listed}"
+    );
+    app.metrics_until(
+        &app.base,
+        WITHIN,
+        "the unreadable webhook counted",
+        |text| {
+            text.lines()
+                .any(|l| l.starts_with("approvals_unreadable_records_total{") && !l.ends_with(" 0"))
+        },
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn a_failing_receiver_gets_the_same_event_again_until_it_takes_it() {
     // 500 twice, then 200.
@@ -478,6 +520,51 @@ async fn slack_messages_warn_before_an_approval_expires_with_a_button_to_the_inb
     // Expiring soon is sent once, not on every pass.
     let more = tokio::time::timeout(Duration::from_secs(1), receiver.got.recv()).await;
     assert!(more.is_err(), "{more:?}");
+}
+
+/// A burst of more approvals than one page of the "expiring soon" scan: each one is warned
+/// about before it expires, not only the oldest page of them.
+#[tokio::test]
+async fn every_approval_of_a_large_burst_is_warned_about_before_it_expires() {
+    const BURST: usize = 300;
+    let mut receiver = Receiver::start(0).await;
+    let app = TestApp::spawn_with(|s| {
+        fast(s);
+        s.approvals
+            .tenant_ttl
+            .insert(crate::support::TENANT.into(), Duration::from_secs(20));
+        s.notifications.expiring_soon_share = 0.5;
+    })
+    .await;
+    add_webhook(
+        &app,
+        json!({"url": receiver.url, "events": ["expiring_soon"]}),
+    )
+    .await;
+    let first = app.park("burst-000").await;
+    for n in 1..BURST {
+        app.park(&format!("burst-{n:03}")).await;
+    }
+    let first_expires: chrono::DateTime<chrono::Utc> = first["expires_at"]
+        .as_str()
+        .and_then(|t| t.parse().ok())
+        .expect("expires_at");
+    let mut warned = std::collections::HashSet::new();
+    while warned.len() < BURST {
+        let left = (first_expires - chrono::Utc::now())
+            .to_std()
+            .unwrap_or_default();
+        let got = tokio::time::timeout(left, receiver.got.recv()).await;
+        let Ok(Some(got)) = got else {
+            panic!(
+                "{} of {BURST} warned before the first expired",
+                warned.len()
+            );
+        };
+        let body = got.json();
+        assert_eq!(body["type"], "expiring_soon", "{body}");
+        warned.insert(body["approval_id"].as_str().unwrap_or_default().to_owned());
+    }
 }
 
 /// An agent chooses part of what a Slack message quotes (its action type, in the reasons; its
