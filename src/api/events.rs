@@ -8,6 +8,8 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -21,7 +23,7 @@ use super::extract::{ApiQuery, Caller, TenantPath};
 use super::{ApiError, AppState};
 use crate::app::{AppError, LiveEvent, LiveStream};
 use crate::auth::Principal;
-use approvals_core::{TenantId, Timestamp};
+use approvals_core::TenantId;
 
 /// The longest `Last-Event-ID` accepted (ids this service hands out are far shorter).
 const MAX_EVENT_ID: usize = 256;
@@ -75,15 +77,18 @@ pub async fn events(
     .await
 }
 
+/// Resolves when the caller may no longer read the stream (an inbox session that ended).
+pub(crate) type Revoked = Pin<Box<dyn Future<Output = ()> + Send>>;
+
 /// The SSE answer for `caller`'s stream of `tenant`, resuming after `last_event_id` (the
 /// inbox's `/ui/events` too: a browser's `EventSource` cannot send a bearer token), ending
-/// after `approvals.events_max_duration` or at `until` (an inbox session's end), if sooner.
+/// after `approvals.events_max_duration`, or when `revoked` resolves if sooner.
 pub(crate) async fn stream(
     state: AppState,
     caller: &Principal,
     tenant: &TenantId,
     last_event_id: Option<String>,
-    until: Option<Timestamp>,
+    revoked: Option<Revoked>,
 ) -> Result<Response, ApiError> {
     if let Some(id) = &last_event_id {
         if id.is_empty() || id.len() > MAX_EVENT_ID {
@@ -104,12 +109,7 @@ pub(crate) async fn stream(
             }
             other => other,
         })?;
-    let mut lasts = state.app.live_max_duration();
-    if let Some(until) = until {
-        // Zero for a session already over.
-        lasts = lasts.min(Timestamp::now().elapsed_at(until));
-    }
-    let ends_at = tokio::time::Instant::now() + lasts;
+    let ends_at = tokio::time::Instant::now() + state.app.live_max_duration();
     let live = Live {
         state,
         stream,
@@ -117,6 +117,7 @@ pub(crate) async fn stream(
         more: false,
         greeted: false,
         ends_at,
+        revoked: revoked.unwrap_or_else(|| Box::pin(std::future::pending())),
     };
     let events = futures_util::stream::unfold(live, Live::next);
     Ok(Sse::new(events)
@@ -136,6 +137,8 @@ struct Live {
     /// No connection is held forever: past this the stream ends and the client reconnects
     /// with its `Last-Event-ID` (and may land on another instance).
     ends_at: tokio::time::Instant,
+    /// Ends the stream when it resolves.
+    revoked: Revoked,
 }
 
 impl Live {
@@ -161,6 +164,7 @@ impl Live {
                     (tokio::time::Instant::now() + app.live_poll_interval()).min(self.ends_at);
                 tokio::select! {
                     _ = app.shutting_down() => return None,
+                    () = &mut self.revoked => return None,
                     _ = tokio::time::sleep_until(wake) => {}
                 }
             }

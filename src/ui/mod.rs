@@ -22,6 +22,7 @@ use axum_extra::extract::cookie::Key;
 use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::api::AppState;
+use approvals_core::Timestamp;
 
 /// Scripts, styles, forms and connections only from this origin; no frames, no plugins.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
@@ -71,7 +72,33 @@ impl UiState {
     pub async fn sign_out(&self, session: &session::Session) {
         self.sign_outs.sign_out(session).await;
     }
+
+    /// Resolves when `session` ends: it expires, or it is signed out (on any instance; seen
+    /// within [`SIGN_OUT_CHECK`]). What holds a session open, a live stream, ends then.
+    pub fn session_ended(&self, session: session::Session) -> crate::api::events::Revoked {
+        let sign_outs = self.sign_outs.clone();
+        Box::pin(async move {
+            // Zero for a session already over.
+            let left = Timestamp::now().elapsed_at(session.expires);
+            let signed_out = async {
+                loop {
+                    tokio::time::sleep(SIGN_OUT_CHECK).await;
+                    if sign_outs.signed_out(&session).await {
+                        return;
+                    }
+                }
+            };
+            tokio::select! {
+                () = tokio::time::sleep(left) => {}
+                () = signed_out => {}
+            }
+        })
+    }
 }
+
+/// How often an open live stream checks that its session was not signed out: one small read
+/// per stream each time.
+const SIGN_OUT_CHECK: Duration = Duration::from_secs(2);
 
 impl FromRef<UiState> for Key {
     fn from_ref(state: &UiState) -> Self {

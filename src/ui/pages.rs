@@ -489,7 +489,7 @@ pub async fn decide(
 
 /// The session's tenant's live events, for the page's `EventSource` (which cannot send a
 /// bearer token): the API's stream, with the session's principal, closed when the session
-/// ends (reconnecting then is refused).
+/// ends or is signed out (reconnecting then is refused).
 pub async fn events(
     State(state): State<UiState>,
     jar: SignedCookieJar,
@@ -507,7 +507,7 @@ pub async fn events(
         &session.principal,
         &session.tenant,
         last_event_id,
-        Some(session.expires),
+        Some(state.session_ended(session.clone())),
     )
     .await
     {

@@ -421,12 +421,31 @@ async fn sign_in_is_for_reviewers_and_sessions_end(h: Harness) {
         .expect("inbox");
     assert_eq!(inbox.status(), StatusCode::OK);
     let csrf = hidden(&inbox.text().await.expect("text"), "csrf");
+    // A live stream open under the session (another tab, another browser with a copy).
+    let mut live = with_cookie(Method::GET, "/ui/events")
+        .send()
+        .await
+        .expect("live stream");
+    assert_eq!(live.status(), StatusCode::OK);
     let signed_out = with_cookie(Method::POST, "/ui/logout")
         .form(&[("csrf", csrf.as_str())])
         .send()
         .await
         .expect("sign out");
     assert_eq!(signed_out.status(), StatusCode::SEE_OTHER);
+    // It closes (streams last 10 minutes otherwise), and reconnecting is refused.
+    let read_to_end = async { while live.chunk().await.expect("chunk").is_some() {} };
+    tokio::time::timeout(Duration::from_secs(20), read_to_end)
+        .await
+        .expect("the live stream outlived the sign-out");
+    assert_eq!(
+        with_cookie(Method::GET, "/ui/events")
+            .send()
+            .await
+            .expect("reconnect")
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
     let replayed = with_cookie(Method::GET, "/ui/approvals")
         .send()
         .await
