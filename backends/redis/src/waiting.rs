@@ -33,6 +33,7 @@ impl RedisBackend {
             // Wake at the deadline too: `as_of` reports the expiry itself, sweeper or not.
             let until_expiry = approval.expires_at.as_millis() - Timestamp::now().as_millis();
             let expiry = now + Duration::from_millis(u64::try_from(until_expiry).unwrap_or(0) + 5);
+            let held = Held::new(approval).map_err(|e| corrupt(tenant, id, e))?;
             current = tokio::select! {
                 settled = subscription.notified() => match settled {
                     Some(record) => Some(Approval::clone(&record).as_of(Timestamp::now())),
@@ -40,10 +41,36 @@ impl RedisBackend {
                     None => self.get(tenant, id).await?,
                 },
                 () = tokio::time::sleep_until(deadline.min(expiry)) => {
-                    Some(approval.as_of(Timestamp::now()))
+                    Some(held.restore().map_err(|e| corrupt(tenant, id, e))?.as_of(Timestamp::now()))
                 }
-                () = &mut stop => return Ok(Some(approval.as_of(Timestamp::now()))),
+                () = &mut stop => {
+                    return Ok(Some(held.restore().map_err(|e| corrupt(tenant, id, e))?.as_of(Timestamp::now())));
+                }
             };
         }
+    }
+}
+
+/// The pending record a long-poll answers with at its timeout, held as JSON while it waits:
+/// one allocation instead of the parsed record's tree of strings and maps. Thousands of agents
+/// may wait on one instance, and the record was the largest part of each wait after the
+/// connection's own buffers.
+struct Held(Box<[u8]>);
+
+impl Held {
+    fn new(approval: Approval) -> serde_json::Result<Self> {
+        serde_json::to_vec(&approval).map(|json| Self(json.into_boxed_slice()))
+    }
+
+    fn restore(&self) -> serde_json::Result<Approval> {
+        serde_json::from_slice(&self.0)
+    }
+}
+
+/// A record that does not survive its round trip through JSON (it always should).
+fn corrupt(tenant: &TenantId, id: &ApprovalId, error: serde_json::Error) -> BackendError {
+    BackendError::Corrupt {
+        key: keys::record(tenant, id),
+        reason: format!("held while waiting: {error}"),
     }
 }
