@@ -100,8 +100,10 @@ struct Unsettled {
     /// Where the next page of this re-read starts, after a full page.
     page_after: Option<String>,
     shown: super::RecentIds,
-    /// A resumed stream's `Last-Event-ID`: it and what comes before it are not shown again.
-    resumed_after: Option<String>,
+    /// A resumed stream's `Last-Event-ID`, not shown again. What was recorded in the settle
+    /// window before it is: the client may have left before some of it became visible, and
+    /// repeating an event (clients drop ids they saw) is better than missing one.
+    resumed_at: Option<String>,
 }
 
 impl Unsettled {
@@ -161,7 +163,7 @@ impl Approvals {
             newest: resumed_at.flatten().unwrap_or(since),
             page_after: None,
             shown: super::RecentIds::default(),
-            resumed_after: after.clone(),
+            resumed_at: after.clone(),
         });
         let mut stream = LiveStream {
             tenant: tenant.clone(),
@@ -216,11 +218,8 @@ impl Approvals {
         unsettled.page_after = page.next_cursor;
         let mut events = Vec::new();
         for event in page.items {
-            let resumed_past = unsettled
-                .resumed_after
-                .as_deref()
-                .is_some_and(|last| event.event_id.as_str() <= last);
-            if resumed_past
+            let the_resumed_one = unsettled.resumed_at.as_deref() == Some(event.event_id.as_str());
+            if the_resumed_one
                 || !unsettled
                     .shown
                     .insert(event.timestamp, event.event_id.clone())

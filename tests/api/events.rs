@@ -8,13 +8,14 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::support::{assert_problem, Harness, TestApp};
+use crate::support::{assert_problem, Backend, Harness, TestApp};
 
 contract_tests!(
     parked_decided_and_expired_approvals_appear_live_from_any_instance,
     a_reconnect_resumes_after_its_last_event_id,
     the_stream_keeps_the_tenant_rules_and_refuses_bad_ids,
-    what_another_instance_wrote_shows_up_once_even_when_late
+    what_another_instance_wrote_shows_up_once_even_when_late,
+    a_resume_repeats_only_what_it_could_have_missed,
 );
 
 /// One SSE event as a client parses it.
@@ -206,6 +207,39 @@ async fn a_reconnect_resumes_after_its_last_event_id(h: Harness) {
             ("decided".to_owned(), "one".to_owned())
         ]
     );
+}
+
+/// On an engine whose audit settles late (Temporal), an event can become visible after a
+/// client left, behind the last id it saw. A resumed stream there shows again what was recorded
+/// in the settle window before its `Last-Event-ID` (never that event itself): at least once,
+/// and clients drop ids they saw. On Redis, whose audit is appended in order, nothing repeats.
+async fn a_resume_repeats_only_what_it_could_have_missed(h: Harness) {
+    let settles_late = !matches!(h.backend, Backend::Redis);
+    let app = h.spawn().await;
+    let mut live = SseReader::open(&app, &app.base, &app.tokens.admin, None).await;
+    app.park("zero").await;
+    assert_eq!(live.next(WITHIN).await.data["approval_id"], "zero");
+    app.park("one").await;
+    let one = live.next(WITHIN).await;
+    assert_eq!(one.data["approval_id"], "one");
+    drop(live);
+    app.park("two").await;
+
+    let mut resumed = SseReader::open(&app, &app.base, &app.tokens.admin, Some(&one.id)).await;
+    let mut seen = Vec::new();
+    if settles_late {
+        seen.push(resumed.next(WITHIN).await);
+    }
+    seen.push(resumed.next(WITHIN).await);
+    let ids: Vec<&str> = seen
+        .iter()
+        .map(|e| e.data["approval_id"].as_str().unwrap_or_default())
+        .collect();
+    if settles_late {
+        assert_eq!(ids, ["zero", "two"]);
+    } else {
+        assert_eq!(ids, ["two"]);
+    }
 }
 
 async fn the_stream_keeps_the_tenant_rules_and_refuses_bad_ids(h: Harness) {

@@ -6,6 +6,7 @@ import math
 import os
 import random
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Mapping
 from urllib.parse import quote
@@ -205,6 +206,46 @@ class SseDecoder:
         elif name == "retry" and value.isdigit():
             self.retry_ms = int(value)
         return None
+
+
+class Resume:
+    """Where a live stream resumes after a reconnect, and which events it already yielded.
+
+    On an engine whose audit settles late (Temporal), a resumed stream repeats what was
+    recorded in the 15 s before its `Last-Event-ID` rather than risk missing an event that
+    became visible late; this yields each event once. The resume point only moves forward.
+    """
+
+    SEEN_LIMIT = 10_000
+
+    def __init__(self, last_event_id: str | None) -> None:
+        self.last = last_event_id
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        if last_event_id is not None:
+            self._remember(last_event_id)
+
+    def first_time(self, event: LiveEvent) -> bool:
+        """Whether `event` was not yielded before (it is remembered then)."""
+        if event.id is None:
+            return True
+        if event.id in self._seen:
+            return False
+        self._remember(event.id)
+        if self.last is None or _position(event.id) > _position(self.last):
+            self.last = event.id
+        return True
+
+    def _remember(self, event_id: str) -> None:
+        self._seen[event_id] = None
+        if len(self._seen) > self.SEEN_LIMIT:
+            self._seen.popitem(last=False)
+
+
+def _position(event_id: str) -> tuple[int, int, str]:
+    """An event id's place in the audit: both engines' ids start with the event's time in
+    milliseconds (Redis `1733…-0`, Temporal `0001733…-1-{id}`)."""
+    millis, _, rest = event_id.partition("-")
+    return (int(millis) if millis.isdigit() else -1, int(rest) if rest.isdigit() else -1, rest)
 
 
 def live_event(raw: tuple[str, str, str | None]) -> LiveEvent:

@@ -227,16 +227,18 @@ class ApprovalsClient:
 
         Starts after `last_event_id` when given (else with what happens from now on) and,
         with `reconnect`, resumes after the last event seen whenever the stream ends or
-        breaks, so none is missed or repeated. Stop by breaking out of the loop.
+        breaks, so none is missed or repeated (on Temporal the service repeats the 15 s before
+        the resume point; the client drops what it yielded already). Stop by breaking out of
+        the loop.
         """
         url = self._url("events")
-        last = last_event_id
+        resume = _core.Resume(last_event_id)
         failures = 0
         started = time.monotonic()
         while True:
             headers = dict(self._headers, Accept="text/event-stream")
-            if last is not None:
-                headers["Last-Event-ID"] = last
+            if resume.last is not None:
+                headers["Last-Event-ID"] = resume.last
             decoder = _core.SseDecoder()
             timeout = httpx.Timeout(self.timeout, read=self.events_read_timeout)
             try:
@@ -256,8 +258,8 @@ class ApprovalsClient:
                         raw = decoder.feed(line)
                         if raw is not None:
                             event = _core.live_event(raw)
-                            last = event.id or last
-                            yield event
+                            if resume.first_time(event):
+                                yield event
             except httpx.TransportError as error:
                 if not reconnect:
                     raise TransportError(f"GET {url}: {error!r}") from error
