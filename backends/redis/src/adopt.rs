@@ -190,8 +190,18 @@ mod tests {
             .await
             .expect("set");
 
+        // And a key of another type, which must not stop the pass.
+        let hash = keys::record(&tenant, &id("a-hash"));
+        let () = redis::cmd("HSET")
+            .arg(&hash)
+            .arg("f")
+            .arg("v")
+            .query_async(&mut conn)
+            .await
+            .expect("hset");
+
         let mut invocation = backend.scripts.foreign.prepare_invoke();
-        for name in ["with-digest", "without-digest", "theirs"] {
+        for name in ["with-digest", "without-digest", "theirs", "a-hash"] {
             invocation.key(keys::record(&tenant, &id(name)));
         }
         let foreign: Vec<String> = invocation
