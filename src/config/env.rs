@@ -10,6 +10,9 @@
 
 /// The variable that names the config file; not a key.
 pub const CONFIG_VAR: &str = "APPROVALS_CONFIG";
+/// What `approvals policy push` reads (the service to call, an admin token): an operator who
+/// exported them must still be able to start `serve`, `worker` or `migrate` in that shell.
+const CLIENT_VARS: [&str; 2] = ["APPROVALS_URL", "APPROVALS_TOKEN"];
 const PREFIX: &str = "APPROVALS_";
 
 /// One variable and the dotted key it sets (`APPROVALS_REDIS__URL` → `redis.url`).
@@ -29,6 +32,7 @@ impl Overrides {
         let overrides = env
             .into_iter()
             .filter(|(var, _)| var.starts_with(PREFIX) && var != CONFIG_VAR)
+            .filter(|(var, _)| !CLIENT_VARS.contains(&var.as_str()))
             .filter(|(var, _)| !is_service_link(var))
             .map(|(var, value)| {
                 let key = var[PREFIX.len()..].to_ascii_lowercase().replace("__", ".");

@@ -484,6 +484,28 @@ impl Settings {
                 )));
             }
         }
+        // tokio's `interval` panics on a zero period (killing its background task while the
+        // service stays up and ready) and a zero sleep spins: every loop needs a positive one.
+        for (key, period) in [
+            ("approvals.sweep_interval", self.approvals.sweep_interval),
+            ("approvals.stats_interval", self.approvals.stats_interval),
+            ("approvals.adopt_interval", self.approvals.adopt_interval),
+            (
+                "approvals.events_poll_interval",
+                self.approvals.events_poll_interval,
+            ),
+            ("policy.reload_interval", self.policy.reload_interval),
+            (
+                "notifications.send_interval",
+                self.notifications.send_interval,
+            ),
+        ] {
+            if period.is_zero() {
+                return Err(ConfigError::Invalid(format!(
+                    "{key}: must be positive (how often a background loop runs)"
+                )));
+            }
+        }
         if self.server.max_header_bytes < 8192 {
             return Err(ConfigError::Invalid(
                 "server.max_header_bytes: must be at least 8192".into(),

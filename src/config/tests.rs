@@ -91,6 +91,41 @@ fn env_overrides_the_file() {
 }
 
 #[test]
+fn the_policy_clis_variables_are_not_configuration() {
+    let s = load(
+        "",
+        &[
+            ("APPROVALS_URL", "http://approvals:8080"),
+            ("APPROVALS_TOKEN", "an admin token"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(s.server.listen, ServerSettings::default().listen);
+}
+
+#[test]
+fn a_background_loop_with_a_zero_period_is_refused() {
+    for var in [
+        "APPROVALS_APPROVALS__SWEEP_INTERVAL",
+        "APPROVALS_APPROVALS__STATS_INTERVAL",
+        "APPROVALS_APPROVALS__ADOPT_INTERVAL",
+        "APPROVALS_APPROVALS__EVENTS_POLL_INTERVAL",
+        "APPROVALS_POLICY__RELOAD_INTERVAL",
+        "APPROVALS_NOTIFICATIONS__SEND_INTERVAL",
+    ] {
+        let e = load("", &[(var, "0s")]).unwrap_err();
+        let key = var["APPROVALS_".len()..]
+            .to_ascii_lowercase()
+            .replace("__", ".");
+        assert!(
+            matches!(&e, ConfigError::Invalid(m) if m.starts_with(&format!("{key}: must be positive"))),
+            "{var}: {e}"
+        );
+        assert!(load("", &[(var, "1s")]).is_ok(), "{var}");
+    }
+}
+
+#[test]
 fn kubernetes_service_links_are_ignored_and_typos_still_named() {
     let links = [
         ("APPROVALS_PORT", "tcp://10.0.0.7:8080"),
