@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -142,3 +143,83 @@ def test_a_token_at_its_long_poll_limit_waits_its_turn_instead_of_failing(tmp_pa
             assert agent.poll(approval.id, 0).status == Status.ACCEPTED
     finally:
         service.stop()
+
+
+def test_a_long_poll_cut_off_after_its_wait_is_retried(service: Service, tenant: object) -> None:
+    """A proxy whose timeout equals the poll's wait cuts it just as the wait ends: the wait is
+    the poll's design, not time lost to failures, so the retry budget still has room."""
+    t = tenant
+    with ApprovalsClient(service.base_url, t.agent_token, t.name) as agent:  # type: ignore[attr-defined]
+        parked = agent.submit(SENSITIVE_READ)
+    transport = LoseFirstAnswer("GET", "/decision")
+    # A budget shorter than one wait: before, the first cut-off poll was never retried.
+    budget = RetryPolicy(initial_backoff=0.01, max_backoff=0.05, max_elapsed=1.0)
+    with httpx.Client(transport=transport) as http:
+        agent = ApprovalsClient(service.base_url, t.agent_token, t.name, http=http, retry=budget)  # type: ignore[attr-defined]
+        approval = agent.poll(parked.request_id, 2)
+    assert transport.lost == 1
+    assert approval.status is Status.PENDING
+
+
+class BreakStreamOnce(httpx.BaseTransport):
+    """A real connection to the service whose live stream breaks once, at its first chunk
+    after `armed` is set, as when an instance is restarted under a long-running stream."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.armed = threading.Event()
+        self.broken = 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self.inner.handle_request(request)
+        if not request.url.path.endswith("/events"):
+            return response
+        outer = self
+
+        class Breaking(httpx.SyncByteStream):
+            def __iter__(self) -> Iterator[bytes]:
+                for chunk in response.stream:
+                    if outer.armed.is_set() and outer.broken == 0:
+                        outer.broken += 1
+                        raise httpx.ReadError("connection reset (test)", request=request)
+                    yield chunk
+
+            def close(self) -> None:
+                response.close()
+
+        return httpx.Response(response.status_code, headers=response.headers, stream=Breaking(), request=request)
+
+
+def test_a_live_stream_that_breaks_after_a_long_run_reconnects(service: Service, tenant: object) -> None:
+    """The retry budget counts from the break, not from when the stream first opened."""
+    t = tenant
+    transport = BreakStreamOnce()
+    budget = RetryPolicy(initial_backoff=0.01, max_backoff=0.05, max_elapsed=1.0)
+    got: list[str] = []
+    failed: list[BaseException] = []
+    http = httpx.Client(transport=transport)
+    reviewer = ApprovalsClient(service.base_url, t.reviewer_token, t.name, http=http, retry=budget)  # type: ignore[attr-defined]
+
+    def watch() -> None:
+        try:
+            for event in reviewer.events(last_event_id="0-0"):
+                got.append(event.data.approval_id)
+                if len(got) == 2:
+                    return
+        except BaseException as error:  # reported below
+            failed.append(error)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    with ApprovalsClient(service.base_url, t.agent_token, t.name) as agent:  # type: ignore[attr-defined]
+        agent.submit(SENSITIVE_READ, request_id="before-the-break")
+        until(lambda: got == ["before-the-break"] or bool(failed), what="the first event")
+        # The stream has now run longer than the whole retry budget.
+        time.sleep(1.2)
+        transport.armed.set()
+        agent.submit(SENSITIVE_READ, request_id="after-the-break")
+        watcher.join(30)
+    http.close()
+    assert not failed, failed
+    assert transport.broken == 1
+    assert got == ["before-the-break", "after-the-break"]

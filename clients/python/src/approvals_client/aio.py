@@ -82,12 +82,19 @@ class AsyncApprovalsClient:
         params: Mapping[str, Any] | None = None,
         json: Any = None,
         timeout: httpx.Timeout | float | None = None,
+        patience: float = 0.0,
     ) -> tuple[httpx.Response, int]:
-        """One call, retried on 503/502/504 and connection errors; (answer, attempts made)."""
+        """One call, retried on 503/502/504 and connection errors; (answer, attempts made).
+
+        `patience`: how long each attempt may take by design (a long-poll's wait), not counted
+        against the retry policy's `max_elapsed`: a poll cut off after waiting 60 s is retried.
+        """
         started = time.monotonic()
+        waited = 0.0
         attempt = 0
         while True:
             attempt += 1
+            attempt_started = time.monotonic()
             try:
                 response = await self._http.request(
                     method,
@@ -98,15 +105,17 @@ class AsyncApprovalsClient:
                     timeout=timeout if timeout is not None else self.timeout,
                 )
             except httpx.TransportError as error:
+                waited += min(time.monotonic() - attempt_started, patience)
                 delay = self.retry.backoff(attempt)
-                if self.retry.gives_up(attempt, time.monotonic() - started, delay):
+                if self.retry.gives_up(attempt, time.monotonic() - started - waited, delay):
                     raise TransportError(f"{method} {url}: {error!r}") from error
                 log.info("%s %s: %r; retry %d in %.2fs", method, url, error, attempt, delay)
                 await anyio.sleep(delay)
                 continue
             if _core.is_retryable(response):
+                waited += min(time.monotonic() - attempt_started, patience)
                 delay = self.retry.backoff(attempt, _core.retry_after_seconds(response))
-                if self.retry.gives_up(attempt, time.monotonic() - started, delay):
+                if self.retry.gives_up(attempt, time.monotonic() - started - waited, delay):
                     raise _core.api_error(response, attempt)
                 log.info("%s %s: %d; retry %d in %.2fs", method, url, response.status_code, attempt, delay)
                 await anyio.sleep(delay)
@@ -144,6 +153,7 @@ class AsyncApprovalsClient:
             self._url("approvals", approval_id, "decision"),
             params={"wait_seconds": wait_seconds},
             timeout=httpx.Timeout(self.timeout, read=read),
+            patience=wait_seconds,
         )
         return Approval.from_json(response.json())
 
@@ -235,6 +245,8 @@ class AsyncApprovalsClient:
         url = self._url("events")
         resume = _core.Resume(last_event_id)
         failures = 0
+        # The retry budget counts from the first failure of a run of them: a stream that served
+        # for an hour and then broke gets as many tries as one that never opened.
         started = time.monotonic()
         while True:
             headers = dict(self._headers, Accept="text/event-stream")
@@ -248,6 +260,8 @@ class AsyncApprovalsClient:
                         await response.aread()
                         if not (reconnect and _core.is_retryable(response)):
                             raise _core.api_error(response)
+                        if failures == 0:
+                            started = time.monotonic()
                         failures += 1
                         delay = self.retry.backoff(failures, _core.retry_after_seconds(response))
                         if self.retry.gives_up(failures, time.monotonic() - started, delay):
@@ -264,6 +278,8 @@ class AsyncApprovalsClient:
             except httpx.TransportError as error:
                 if not reconnect:
                     raise TransportError(f"GET {url}: {error!r}") from error
+                if failures == 0:
+                    started = time.monotonic()
                 failures += 1
                 delay = self.retry.backoff(failures)
                 if self.retry.gives_up(failures, time.monotonic() - started, delay):
@@ -272,5 +288,4 @@ class AsyncApprovalsClient:
                 continue
             if not reconnect:
                 return
-            started = time.monotonic()
             await anyio.sleep((decoder.retry_ms if decoder.retry_ms is not None else 1000) / 1000)
