@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import anyio
+import httpx
 import pytest
-from conftest import PLAIN_READ, SENSITIVE_READ, WRITE
+from conftest import PLAIN_READ, SENSITIVE_READ, WRITE, Service, Tenant
 
-from approvals_client import Allowed, ApiError, Approved, AsyncApprovalsClient, Denied, Rejected, Status, WaitTimeout
+from approvals_client import (
+    Allowed,
+    ApiError,
+    Approved,
+    AsyncApprovalsClient,
+    Denied,
+    Rejected,
+    RetryPolicy,
+    Status,
+    WaitTimeout,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -76,3 +87,35 @@ async def test_live_events(async_clients: tuple[AsyncApprovalsClient, AsyncAppro
                 await agent.submit(SENSITIVE_READ, request_id="live")
                 await reviewer.reject("live")
         assert [e for e in seen if e[1] == "live"] == [("parked", "live"), ("decided", "live")]
+
+
+class LoseFirstPollAnswer(httpx.AsyncBaseTransport):
+    """A real connection whose first long-poll answer is lost once the service has answered,
+    as when a proxy's timeout equals the poll's wait."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.lost = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        if self.lost == 0 and request.url.path.endswith("/decision"):
+            await response.aread()
+            await response.aclose()
+            self.lost += 1
+            raise httpx.ReadError("connection reset (test)", request=request)
+        return response
+
+
+async def test_a_long_poll_cut_off_after_its_wait_is_retried(service: Service, tenant: Tenant) -> None:
+    """The wait is the poll's design, not time lost to failures: the retry budget (shorter than
+    one wait here) still has room for the retry."""
+    async with AsyncApprovalsClient(service.base_url, tenant.agent_token, tenant.name) as plain:
+        parked = await plain.submit(SENSITIVE_READ)
+    transport = LoseFirstPollAnswer()
+    budget = RetryPolicy(initial_backoff=0.01, max_backoff=0.05, max_elapsed=1.0)
+    async with httpx.AsyncClient(transport=transport) as http:
+        agent = AsyncApprovalsClient(service.base_url, tenant.agent_token, tenant.name, http=http, retry=budget)
+        approval = await agent.poll(parked.request_id, 2)
+    assert transport.lost == 1
+    assert approval.status is Status.PENDING
