@@ -100,11 +100,19 @@ impl Setup {
         (output.status.success(), report)
     }
 
-    /// An ADR v1 record: the four fields the Python service wrote, nothing else.
-    async fn write_v1(&self, tenant: &TenantId, id: &str, age: Duration, ttl: Duration) {
+    /// An ADR v1 record: the four fields the Python service wrote, nothing else (a decision
+    /// only flipped `status`, and said neither when nor who).
+    async fn write_v1(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        status: &str,
+        age: Duration,
+        ttl: Duration,
+    ) {
         let submitted = chrono::Utc::now() - age;
         let record = json!({
-            "status": "pending",
+            "status": status,
             "agent_action": {"type": "document_read", "resource": "finance/legacy"},
             "context": {"on_behalf_of": "project_alpha"},
             "submitted_at": submitted.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -154,7 +162,7 @@ async fn read_back(source: &[Approval], target: &dyn RecordTransfer) -> Vec<Appr
     copies.into_iter().map(|a| a.as_of(now)).collect()
 }
 
-/// Pending (1 h, 2 days, 4 s left), accepted, rejected, expired and ADR v1 records over three
+/// Pending (1 h, 2 days, 4 s left), accepted, rejected, expired and ADR v1 (pending, approved) records over three
 /// tenants. Returns the tenants.
 async fn mixed_population(setup: &Setup, redis: &dyn RecordTransfer) -> Vec<TenantId> {
     let tenants: Vec<TenantId> = (0..3).map(|_| fresh_tenant("mig")).collect();
@@ -180,7 +188,24 @@ async fn mixed_population(setup: &Setup, redis: &dyn RecordTransfer) -> Vec<Tena
             .await
             .unwrap();
         setup
-            .write_v1(tenant, "v1-pending", Duration::from_secs(600), HOUR)
+            .write_v1(
+                tenant,
+                "v1-pending",
+                "pending",
+                Duration::from_secs(600),
+                HOUR,
+            )
+            .await;
+        // Read before adoption, it must read the same every time (the copy pass and the
+        // reconcile pass each read it).
+        setup
+            .write_v1(
+                tenant,
+                "v1-approved",
+                "approved",
+                Duration::from_secs(900),
+                HOUR,
+            )
             .await;
     }
     // The lapsed ones become tombstones, as the sweeper would record them.
@@ -205,11 +230,11 @@ async fn a_mixed_population_moves_to_temporal_exactly_and_a_second_run_changes_n
     let tenants = mixed_population(&setup, redis.as_ref()).await;
     let tenant_refs: Vec<&TenantId> = tenants.iter().collect();
     let before = records(redis.as_ref(), &tenant_refs).await;
-    assert_eq!(before.len(), 21);
+    assert_eq!(before.len(), 24);
 
     let (clean, report) = setup.migrate("redis", "temporal", &tenant_refs, &[]);
     assert!(clean, "{report:#}");
-    assert_eq!(report["imported"], 21, "{report:#}");
+    assert_eq!(report["imported"], 24, "{report:#}");
     assert_eq!(report["differences"], json!([]));
     assert_eq!(
         report["counts"][tenants[0].as_str()]["pending"]["target"],
@@ -227,7 +252,7 @@ async fn a_mixed_population_moves_to_temporal_exactly_and_a_second_run_changes_n
         .iter()
         .filter(|e| e.kind == approvals_core::AuditKind::Migrated)
         .count();
-    assert_eq!(migrated, 7, "{:?}", audit.items);
+    assert_eq!(migrated, 8, "{:?}", audit.items);
 
     // The one with seconds left expires on time in Temporal, not a fresh 24 h later.
     let soon = before.iter().find(|a| a.id.as_str() == "soon").unwrap();
@@ -250,8 +275,8 @@ async fn a_mixed_population_moves_to_temporal_exactly_and_a_second_run_changes_n
     let (clean, again) = setup.migrate("redis", "temporal", &tenant_refs, &[]);
     assert!(clean, "{again:#}");
     assert_eq!(again["imported"], 0);
-    assert_eq!(again["already_present"], 21);
-    assert_eq!(read_back(&before, temporal.as_ref()).await.len(), 21);
+    assert_eq!(again["already_present"], 24);
+    assert_eq!(read_back(&before, temporal.as_ref()).await.len(), 24);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

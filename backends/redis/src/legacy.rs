@@ -40,9 +40,13 @@ pub fn to_approval(
     let decided_by = text("decided_by");
     let decision_reason = text("decision_reason");
     let decided_at = text("decided_at").and_then(|t| Timestamp::parse_rfc3339(&t));
+    // Every field is read the same whenever the record is read (before adoption, `migrate`
+    // reads it twice and compares): what v1 did not record is derived from the key's expiry,
+    // or left unknown, never taken from the clock.
     let submitted_at = map
         .get("submitted_at")
         .and_then(parse_submitted_at)
+        .or_else(|| key_expiry.map(|expiry| expiry.minus(default_ttl)))
         .unwrap_or(now);
     let expires_at = key_expiry.unwrap_or_else(|| submitted_at.plus(default_ttl));
     let object = |v: Option<Value>| match v {
@@ -71,10 +75,11 @@ pub fn to_approval(
         policy_version,
         submitted_at,
         expires_at,
+        // A v1 record that only flipped `status` does not say when: unknown, not "now".
         decided_at: if status == Status::Pending {
             None
         } else {
-            decided_at.or(Some(now))
+            decided_at
         },
         decided_by,
         decision_reason,
@@ -146,5 +151,37 @@ mod tests {
         assert_eq!(a.expires_at, now.plus(Duration::from_secs(60)));
         assert_eq!(a.action["type"], "document_read");
         assert_eq!(a.submitted_by, LEGACY_SUBMITTER);
+    }
+
+    #[test]
+    fn a_decided_record_reads_the_same_whenever_it_is_read() {
+        let v1 = json!({
+            "status": "approved",
+            "agent_action": {"type": "document_read"},
+            "context": {},
+        });
+        let expiry = Timestamp::now().plus(Duration::from_secs(3_600));
+        let read_at = |now: Timestamp| {
+            let Value::Object(map) = v1.clone() else {
+                unreachable!()
+            };
+            to_approval(
+                TenantId::parse("acme").unwrap(),
+                ApprovalId::parse("r1").unwrap(),
+                map,
+                Some(expiry),
+                Duration::from_secs(86_400),
+                now,
+            )
+        };
+        let first = read_at(Timestamp::now());
+        let later = read_at(Timestamp::now().plus(Duration::from_secs(90)));
+        assert_eq!(first, later);
+        assert_eq!(first.status, Status::Accepted);
+        assert_eq!(first.decided_at, None);
+        assert_eq!(
+            first.submitted_at,
+            expiry.minus(Duration::from_secs(86_400))
+        );
     }
 }
