@@ -390,6 +390,15 @@ fn the_api_image_has_the_temporal_feature_whenever_its_backend_needs_it() {
             .get("APPROVALS_BACKEND__KIND")
             .cloned()
             .unwrap_or_default();
+        // The worker counts expiries only when its own backend says Temporal answers.
+        let worker_kind = environment(&config["services"]["approvals-worker"])
+            .get("APPROVALS_BACKEND__KIND")
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(
+            worker_kind, kind,
+            "{files:?} {env:?}: the worker's backend differs from the API's"
+        );
         if kind == "temporal" || kind == "dual" {
             assert!(
                 has_feature,
