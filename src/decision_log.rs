@@ -106,17 +106,39 @@ impl Shipper {
                     () = stop.cancelled() => break,
                 }
             }
-            self.ship(&mut batch, self.max_attempts).await;
-        }
-        // Shutting down: what is queued gets one attempt, so the drain stays short.
-        events.close();
-        while let Ok(event) = events.try_recv() {
-            batch.push(event);
-            if batch.len() == self.batch_size {
-                self.ship(&mut batch, 1).await;
+            // Stopping cuts a batch's retries short (the batch itself is kept for the drain).
+            tokio::select! {
+                () = self.ship(&mut batch, self.max_attempts) => {}
+                () = stop.cancelled() => break,
             }
         }
-        self.ship(&mut batch, 1).await;
+        // Shutting down: what is left gets one attempt, all of it within `DRAIN_BUDGET`, so a
+        // slow or silent sink cannot hold up the exit; what does not make it is counted.
+        events.close();
+        let drained = tokio::time::timeout(DRAIN_BUDGET, async {
+            loop {
+                while batch.len() < self.batch_size {
+                    let Ok(event) = events.try_recv() else { break };
+                    batch.push(event);
+                }
+                if batch.is_empty() {
+                    return;
+                }
+                self.ship(&mut batch, 1).await;
+            }
+        })
+        .await;
+        if drained.is_err() {
+            let mut left = batch.len() as u64;
+            while events.try_recv().is_ok() {
+                left += 1;
+            }
+            tracing::warn!(
+                events = left,
+                "decision log: dropped at shutdown (the audit still has them)"
+            );
+            dropped("stopped", left);
+        }
     }
 
     async fn ship(&self, batch: &mut Vec<AuditEntry>, attempts: u32) {
@@ -130,11 +152,13 @@ impl Shipper {
             body.push(b'\n');
         }
         let count = batch.len() as u64;
-        batch.clear();
+        // The batch is cleared only when it is done with: a ship cut short (shutdown) leaves it
+        // for the drain.
         let mut backoff = Duration::from_millis(250);
         for attempt in 1..=attempts {
             match self.send(&body).await {
                 Ok(()) => {
+                    batch.clear();
                     metrics::counter!("approvals_decision_log_shipped_total").increment(count);
                     return;
                 }
@@ -148,6 +172,7 @@ impl Shipper {
                 }
             }
         }
+        batch.clear();
         dropped("undeliverable", count);
     }
 
@@ -176,6 +201,10 @@ impl Shipper {
         }
     }
 }
+
+/// How long shipping may take once the service has drained its requests: the events left
+/// get one attempt within it, and the process exits in time for its supervisor's kill.
+const DRAIN_BUDGET: Duration = Duration::from_secs(5);
 
 fn dropped(reason: &'static str, count: u64) {
     metrics::counter!("approvals_decision_log_dropped_total", "reason" => reason).increment(count);

@@ -37,8 +37,10 @@ pub struct Application {
     listener: TcpListener,
     app: Arc<Approvals>,
     policies: Arc<TenantPolicies>,
-    /// The decision log's shipping task, when a sink is configured.
+    /// The decision log's shipping task, when a sink is configured, and what stops it: only
+    /// once the requests have drained, which record events until their last moment.
     shipping: Option<tokio::task::JoinHandle<()>>,
+    shipping_stop: CancellationToken,
     engine: RunningEngine,
     state: AppState,
     settings: Settings,
@@ -71,7 +73,9 @@ impl Application {
             .collect();
         ttls.push(("*".to_owned(), settings.approvals.default_ttl));
         let shutdown = CancellationToken::new();
-        let (decision_log, shipping) = DecisionLog::start(&settings.decision_log, shutdown.clone());
+        let shipping_stop = CancellationToken::new();
+        let (decision_log, shipping) =
+            DecisionLog::start(&settings.decision_log, shipping_stop.clone());
         let policies = Arc::new(TenantPolicies::new(
             Arc::new(policy),
             engine.policy_store.clone(),
@@ -138,6 +142,7 @@ impl Application {
             app,
             policies,
             shipping,
+            shipping_stop,
             engine,
             state,
             settings,
@@ -160,6 +165,7 @@ impl Application {
             app,
             policies,
             shipping,
+            shipping_stop,
             engine,
             state,
             settings,
@@ -209,6 +215,8 @@ impl Application {
             let _ = notifications.await;
         }
         let _ = reloads.await;
+        // The requests are done (or out of time): no event comes after this.
+        shipping_stop.cancel();
         if let Some(shipping) = shipping {
             let _ = shipping.await;
         }

@@ -350,3 +350,40 @@ async fn the_decision_log_is_shipped_to_an_http_sink_and_retried() {
     let recorded: Vec<_> = audit.iter().map(facts).collect();
     assert_eq!(shipped, recorded);
 }
+
+/// A sink that takes connections and never answers does not hold up shutdown: the batch it is
+/// retrying and what is queued get one more attempt within a bounded drain, and the process
+/// exits in time for its supervisor (before, the retries ran their course: about a minute).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_sink_does_not_hold_up_shutdown() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/ingest", listener.local_addr().unwrap());
+    let (accepted_tx, mut accepted) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+            let _ = accepted_tx.send(());
+        }
+    });
+    let mut app = TestApp::spawn_with(|settings| {
+        settings.decision_log.sink = approvals::config::DecisionLogSink::Http;
+        settings.decision_log.url = Some(url);
+        settings.decision_log.flush_interval = std::time::Duration::from_millis(50);
+    })
+    .await;
+    let read = json!({"type": "document_read", "resource": "docs/handbook.md"});
+    assert_eq!(app.submit("allowed-1", read).await.status(), StatusCode::OK);
+    // The shipper is sending to the sink, which will never answer.
+    tokio::time::timeout(std::time::Duration::from_secs(10), accepted.recv())
+        .await
+        .expect("the shipper connects to the sink");
+
+    let started = std::time::Instant::now();
+    app.shut_down().await.expect("stopped");
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(15),
+        "shutdown took {took:?}"
+    );
+}
