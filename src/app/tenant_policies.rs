@@ -31,11 +31,24 @@ pub struct Gates {
     pub own: bool,
 }
 
+/// What this instance holds for a tenant that has a state in the store.
+#[derive(Clone)]
+struct Loaded {
+    /// The generation `gates` were built from.
+    generation: u64,
+    /// `None`: the tenant's own bundle could not be loaded yet, and nothing was loaded before:
+    /// its submits answer 503 rather than get the platform default.
+    gates: Option<Arc<Gates>>,
+    /// Whether `gates` are all the state names: `false` after a failed load (the gates kept are
+    /// an older generation's, or lack the candidate), so the next poll tries again.
+    complete: bool,
+}
+
 pub struct TenantPolicies {
     default: Arc<Gates>,
     store: Option<Arc<dyn PolicyStore>>,
-    /// Tenants with a state in the store, with the generation their gates were built from.
-    loaded: ArcSwap<HashMap<TenantId, (u64, Arc<Gates>)>>,
+    /// Tenants with a state in the store.
+    loaded: ArcSwap<HashMap<TenantId, Loaded>>,
     /// Compiled bundles by (tenant, version): activating a version seen before is a swap.
     compiled: Mutex<HashMap<(TenantId, String), Arc<PolicyGate>>>,
     synced: AtomicBool,
@@ -76,57 +89,79 @@ impl TenantPolicies {
         if !self.synced.load(Ordering::Acquire) {
             return Err(AppError::PolicyNotLoaded);
         }
-        Ok(self
-            .loaded
-            .load()
-            .get(tenant)
-            .map_or_else(|| self.default.clone(), |(_, gates)| gates.clone()))
+        match self.loaded.load().get(tenant) {
+            None => Ok(self.default.clone()),
+            Some(Loaded {
+                gates: Some(gates), ..
+            }) => Ok(gates.clone()),
+            Some(Loaded { gates: None, .. }) => Err(AppError::PolicyNotLoaded),
+        }
     }
 
     /// The generation this instance runs for `tenant` (0: none loaded).
     pub fn generation(&self, tenant: &TenantId) -> u64 {
-        self.loaded.load().get(tenant).map_or(0, |(g, _)| *g)
+        self.loaded
+            .load()
+            .get(tenant)
+            .filter(|l| l.gates.is_some())
+            .map_or(0, |l| l.generation)
     }
 
     /// Reads every tenant's state and swaps in what changed. A bundle that cannot be read or
-    /// compiled leaves that tenant on what it had (logged and counted) and is retried on the
-    /// next poll; the store being unreachable is an error.
+    /// compiled leaves that tenant on what it had, or unanswered (503) if it had nothing, never
+    /// on the platform default; a candidate that cannot be loaded is left out, the active
+    /// bundle still served. Both are logged, counted and retried on the next poll. The store
+    /// being unreachable is an error.
     pub async fn sync(&self) -> Result<(), BackendError> {
         let Some(store) = &self.store else {
             return Ok(());
         };
         let states = store.states().await?;
         let current = self.loaded.load_full();
-        let mut next: HashMap<TenantId, (u64, Arc<Gates>)> = HashMap::with_capacity(states.len());
+        let mut next: HashMap<TenantId, Loaded> = HashMap::with_capacity(states.len());
         let mut changed = false;
         for (tenant, state) in states {
-            match current.get(&tenant) {
-                Some((generation, gates)) if *generation == state.generation => {
-                    next.insert(tenant, (*generation, gates.clone()));
+            let previous = current.get(&tenant);
+            if let Some(loaded) =
+                previous.filter(|l| l.complete && l.generation == state.generation)
+            {
+                next.insert(tenant, loaded.clone());
+                continue;
+            }
+            changed = true;
+            match self.build(store.as_ref(), &tenant, &state).await {
+                Ok((gates, complete)) => {
+                    tracing::info!(
+                        %tenant, generation = state.generation,
+                        active = gates.active.version(),
+                        candidate = gates.candidate.as_ref().map(|c| c.version()),
+                        "tenant policy loaded"
+                    );
+                    metrics::counter!("approvals_policy_reloads_total", "outcome" => "loaded")
+                        .increment(1);
+                    let gates = Some(Arc::new(gates));
+                    let generation = state.generation;
+                    next.insert(
+                        tenant,
+                        Loaded {
+                            generation,
+                            gates,
+                            complete,
+                        },
+                    );
                 }
-                previous => match self.build(store.as_ref(), &tenant, &state).await {
-                    Ok(gates) => {
-                        tracing::info!(
-                            %tenant, generation = state.generation,
-                            active = gates.active.version(),
-                            candidate = gates.candidate.as_ref().map(|c| c.version()),
-                            "tenant policy loaded"
-                        );
-                        metrics::counter!("approvals_policy_reloads_total", "outcome" => "loaded")
-                            .increment(1);
-                        next.insert(tenant, (state.generation, Arc::new(gates)));
-                        changed = true;
-                    }
-                    Err(error) => {
-                        tracing::error!(%tenant, generation = state.generation, %error,
-                            "tenant policy not loaded; keeping the one in use");
-                        metrics::counter!("approvals_policy_reloads_total", "outcome" => "failed")
-                            .increment(1);
-                        if let Some(kept) = previous {
-                            next.insert(tenant, kept.clone());
-                        }
-                    }
-                },
+                Err(error) => {
+                    tracing::error!(%tenant, generation = state.generation, %error,
+                        "tenant policy not loaded; keeping the one in use (none: its submits answer 503)");
+                    metrics::counter!("approvals_policy_reloads_total", "outcome" => "failed")
+                        .increment(1);
+                    let kept = Loaded {
+                        generation: previous.map_or(0, |l| l.generation),
+                        gates: previous.and_then(|l| l.gates.clone()),
+                        complete: false,
+                    };
+                    next.insert(tenant, kept);
+                }
             }
         }
         if changed || next.len() != current.len() {
@@ -141,20 +176,32 @@ impl TenantPolicies {
         store: &dyn PolicyStore,
         tenant: &TenantId,
         state: &PolicyState,
-    ) -> Result<Gates, String> {
+    ) -> Result<(Gates, bool), String> {
         let active = match &state.active {
             Some(version) => self.compiled(store, tenant, version).await?,
             None => self.default.active.clone(),
         };
-        let candidate = match &state.candidate {
-            Some(version) => Some(self.compiled(store, tenant, version).await?),
-            None => None,
+        // A trial never decides, so one that cannot be loaded must not keep the active bundle
+        // (or a later activation) out: left out, and tried again on the next poll.
+        let (candidate, complete) = match &state.candidate {
+            Some(version) => match self.compiled(store, tenant, version).await {
+                Ok(gate) => (Some(gate), true),
+                Err(error) => {
+                    tracing::error!(%tenant, candidate = %version, %error,
+                        "candidate policy not loaded; the active one is served without it");
+                    metrics::counter!("approvals_policy_reloads_total", "outcome" => "failed")
+                        .increment(1);
+                    (None, false)
+                }
+            },
+            None => (None, true),
         };
-        Ok(Gates {
+        let gates = Gates {
             active,
             candidate,
             own: state.active.is_some(),
-        })
+        };
+        Ok((gates, complete))
     }
 
     /// `version` of `tenant`'s bundles, compiled (from the cache when it was before).

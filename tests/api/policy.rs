@@ -556,3 +556,70 @@ async fn an_upload_that_timed_out_still_holds_the_validation_turn() {
     let body: Value = stored.json().await.unwrap();
     assert_eq!(body["tests"]["failed"], 0, "{body}");
 }
+
+/// Makes the stored bundle `version` of the app's tenant unreadable, as a bad restore or a hand
+/// edit would.
+async fn spoil_bundle(app: &TestApp, version: &str) {
+    let mut conn = app.redis().connection().await;
+    let () = redis::cmd("SET")
+        .arg(format!("policy:{}:bundle:{version}", app.tenant))
+        .arg("{")
+        .query_async(&mut conn)
+        .await
+        .expect("set");
+}
+
+/// An instance that cannot load a tenant's own bundle (here unreadable in the store; a Redis
+/// timeout does the same) answers that tenant's submits `503 policy_not_loaded` and keeps
+/// trying; it never evaluates them with the platform default, which the tenant replaced.
+#[tokio::test]
+async fn a_tenant_whose_bundle_cannot_be_loaded_is_not_answered_with_the_default() {
+    let mut app = TestApp::spawn().await;
+    let version = upload(&app, reads_allowed()).await;
+    activate(&app, &version).await;
+    assert_eq!(
+        app.submit("before", sensitive_read()).await.status(),
+        StatusCode::OK,
+        "the tenant's bundle allows reads"
+    );
+    spoil_bundle(&app, &version).await;
+    // A fresh instance: nothing loaded yet for the tenant.
+    app.restart().await;
+    let response = app.submit("after", sensitive_read()).await;
+    assert_problem(
+        response,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "policy_not_loaded",
+    )
+    .await;
+}
+
+/// A candidate that cannot be loaded never decides, so it must not keep the active bundle out:
+/// the tenant's submits are answered by its active bundle, without the trial.
+#[tokio::test]
+async fn a_candidate_that_cannot_be_loaded_does_not_keep_the_active_bundle_out() {
+    let mut app = TestApp::spawn().await;
+    let active = upload(&app, reads_allowed()).await;
+    activate(&app, &active).await;
+    let trial = json!({"files": [{"path": "approvals.rego", "text": "package approvals\nimport rego.v1\ndecision := {\"decision\": \"deny\", \"reasons\": [\"trial\"]}\n"}]});
+    let trial = upload(&app, trial).await;
+    let response = call(
+        &app,
+        Method::PUT,
+        "/candidate",
+        &app.tokens.admin,
+        Some(json!({"version": trial})),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    spoil_bundle(&app, &trial).await;
+    app.restart().await;
+    let response = app.submit("after", sensitive_read()).await;
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "the active bundle allows reads"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["policy_version"], active, "{body}");
+}
