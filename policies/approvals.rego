@@ -24,7 +24,9 @@
 # matches when one of its keywords equals (case-insensitively):
 #   - a segment of `action.resource` split on '/' and ':' (so "finance/q3.xlsx",
 #     "/hr/reviews/2025", "drive:legal/nda.pdf" and "acme/secrets/db" all match, while
-#     "docs/finance-news.md" does not: whole folder names, never substrings),
+#     "docs/finance-news.md" does not: whole folder names, never substrings), or such a
+#     segment's name without leading dots and extension ("config/credentials.json",
+#     "home/alice/.ssh/id_rsa", "shared/payroll.xlsx"),
 #   - a word of `action.type` (e.g. "payroll_read", "secrets_get"),
 #   - `action.classification` (a string or a list of strings), or
 #   - an entry of `action.tags` (a list of strings).
@@ -113,6 +115,7 @@ verdict(action, t, words) := {"decision": "deny", "reasons": reasons} if {
 		"execute", "exec", "invoke", "spawn", "deploy", "install", "uninstall",
 		"start", "stop", "restart", "kill", "terminate", "shutdown", "reboot", "reset",
 		"rollback", "scale", "push", "restore",
+		"mark", "unmark", "clear", "increment", "decrement", "merge", "apply", "flush",
 		"transfer", "pay", "payout", "purchase", "buy", "sell", "refund", "charge", "withdraw",
 		"deposit", "wire", "trade", "checkout",
 		"approve", "reject", "deny", "grant", "revoke", "assign", "unassign", "sign", "submit",
@@ -164,6 +167,7 @@ verdict(action, t, words) := {"decision": "deny", "reasons": reasons} if {
 	resources := [r | r := action.resource; r >= ""; r < []; trim_space(r) != ""]
 	segments := [s | some r in resources; some s in split(replace(lower(r), ":", "/"), "/")]
 
+
 	classifications := {lower(c) | some c in [action.classification]; is_string(c)} | {lower(c) |
 		action.classification
 		is_array(action.classification)
@@ -177,6 +181,7 @@ verdict(action, t, words) := {"decision": "deny", "reasons": reasons} if {
 		some s in segments
 		s in sensitive_keywords
 	} |
+		named_after(segments, sensitive_keywords) |
 		{[w, concat("", ["action type word \"", w, "\""])] | some w in words; w in sensitive_keywords} |
 		{[c, concat("", ["classification \"", c, "\""])] | some c in classifications; c in sensitive_keywords} |
 		{[g, concat("", ["tag \"", g, "\""])] | some g in tags; g in sensitive_keywords}
@@ -224,6 +229,17 @@ verdict(action, t, words) := {"decision": "deny", "reasons": reasons} if {
 		not c in ordinary_classifications
 		not c in sensitive_keywords
 	}
+}
+
+# [keyword, what matched] for each file or dot-folder named after a keyword ("credentials.json",
+# ".ssh", "payroll.xlsx"): its name without leading dots and extension. A function of its own:
+# `verdict` is at the VM's limit of 255 registers.
+named_after(segments, keywords) := {[n, concat("", ["resource name \"", s, "\""])] |
+	some s in segments
+	contains(s, ".")
+	parts := split(trim_left(s, "."), ".")
+	n := parts[0]
+	n in keywords
 }
 
 # Non-sensitive classification labels; any other label needs a human.

@@ -85,6 +85,17 @@ test_finance_by_classification_tag_or_type if {
 	has_reason(d, "HR data")
 }
 
+test_sensitive_file_names_and_dot_folders_require_approval if {
+	every resource in [
+		"home/alice/.ssh/id_rsa", "config/credentials.json", "deploy/secrets.yaml",
+		"shared/payroll.xlsx", "hr-docs/salaries.csv",
+	] {
+		decide({"type": "file_read", "resource": resource}).decision == "require_approval"
+	}
+	d := decide({"type": "file_read", "resource": "config/credentials.json"})
+	has_reason(d, "resource name \"credentials.json\"")
+}
+
 test_hr_read_requires_approval if {
 	d := decide({"type": "file_get", "resource": "/HR/reviews/2025/alice.pdf"})
 	d.decision == "require_approval"
@@ -187,6 +198,12 @@ test_declared_mutating_is_denied if {
 
 test_mutating_false_cannot_launder_a_write if {
 	decide({"type": "file_delete", "resource": "docs/a.md", "mutating": false}).decision == "deny"
+}
+
+test_writes_named_with_read_words_are_denied if {
+	every t in ["mark_as_read", "markAsRead", "clear_search_history", "incrementViewCount"] {
+		decide({"type": t, "resource": "inbox/msg-1"}).decision == "deny"
+	}
 }
 
 test_write_wins_over_read if {

@@ -417,6 +417,7 @@ fn the_vm_agrees_with_the_interpreter_on_the_default_bundle() {
         "send_email",
         "",
         "read",
+        "markAsRead",
     ];
     let actions = types.iter().flat_map(|t| {
         [
@@ -426,6 +427,8 @@ fn the_vm_agrees_with_the_interpreter_on_the_default_bundle() {
             "news/finance-weekly.md",
             "",
             "secrets:db",
+            "home/alice/.ssh/id_rsa",
+            "config/credentials.json",
         ]
         .into_iter()
         .map(move |r| json!({"type": t, "resource": r}))
