@@ -3,9 +3,10 @@
 //! long-polls in flight at once; past either, `429 too_many_requests` with `Retry-After`
 //! (counted by the admission middleware, `admission.rs`).
 //!
-//! Callers are told apart by a digest of their `Authorization` header, before authentication:
-//! a flood of made-up tokens costs one short-lived entry per request in flight (the map only
-//! holds callers with something in flight), and each is answered `401` at once anyway.
+//! Callers are told apart by a digest of their bearer token (however the header spells it; of
+//! the whole `Authorization` value when it holds none), before authentication: a flood of
+//! made-up tokens costs one short-lived entry per request in flight (the map only holds
+//! callers with something in flight), and each is answered `401` at once anyway.
 //! Requests without the header (health probes, scrapes, the inbox) are not counted here.
 
 use std::collections::HashMap;
@@ -66,7 +67,7 @@ impl CallerSlots {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Counts one request of `caller` (a digest of its `Authorization` header), or refuses it.
+    /// Counts one request of `caller` (a digest of its token), or refuses it.
     pub(super) fn try_acquire(
         self: &Arc<Self>,
         caller: [u8; 32],

@@ -279,6 +279,15 @@ async fn a_changed_record_is_detected_not_obeyed() {
     assert!(text.contains("approvals_action_mismatches_total"));
 }
 
+/// Settings that ship the decision log to the HTTP sink at `url`, in batches 50 ms apart.
+fn shipping_to(url: String) -> impl FnOnce(&mut approvals::config::Settings) {
+    move |settings| {
+        settings.decision_log.sink = approvals::config::DecisionLogSink::Http;
+        settings.decision_log.url = Some(url);
+        settings.decision_log.flush_interval = std::time::Duration::from_millis(50);
+    }
+}
+
 /// The decision log shipped to an HTTP sink as NDJSON: every verdict and decision this instance
 /// recorded arrives, a failing sink is retried, and what arrives is what the audit holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -309,12 +318,7 @@ async fn the_decision_log_is_shipped_to_an_http_sink_and_retried() {
     let url = format!("http://{}/ingest", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, sink).await });
 
-    let app = TestApp::spawn_with(|settings| {
-        settings.decision_log.sink = approvals::config::DecisionLogSink::Http;
-        settings.decision_log.url = Some(url);
-        settings.decision_log.flush_interval = std::time::Duration::from_millis(50);
-    })
-    .await;
+    let app = TestApp::spawn_with(shipping_to(url)).await;
     let read = json!({"type": "document_read", "resource": "docs/handbook.md"});
     assert_eq!(app.submit("allowed-1", read).await.status(), StatusCode::OK);
     app.park("parked-1").await;
@@ -366,12 +370,7 @@ async fn a_silent_sink_does_not_hold_up_shutdown() {
             let _ = accepted_tx.send(());
         }
     });
-    let mut app = TestApp::spawn_with(|settings| {
-        settings.decision_log.sink = approvals::config::DecisionLogSink::Http;
-        settings.decision_log.url = Some(url);
-        settings.decision_log.flush_interval = std::time::Duration::from_millis(50);
-    })
-    .await;
+    let mut app = TestApp::spawn_with(shipping_to(url)).await;
     let read = json!({"type": "document_read", "resource": "docs/handbook.md"});
     assert_eq!(app.submit("allowed-1", read).await.status(), StatusCode::OK);
     // The shipper is sending to the sink, which will never answer.

@@ -116,6 +116,22 @@ async fn audit_tells_the_story_oldest_first(h: Harness) {
     assert!(since_future["items"].as_array().unwrap().is_empty());
 }
 
+/// Waits (up to 15 s) until the audit at `path` is empty: trimmed by its retention.
+async fn until_trimmed(app: &TestApp, path: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let events = app.get_json(path, &app.tokens.admin).await;
+        if events["items"].as_array().is_some_and(Vec::is_empty) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never trimmed: {events}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
 /// Audit events older than `approvals.audit_retention` are trimmed; the approvals stay.
 #[tokio::test]
 async fn audit_events_past_their_retention_are_trimmed() {
@@ -131,18 +147,7 @@ async fn audit_events_past_their_retention_are_trimmed() {
         Some(1),
         "{events}"
     );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    loop {
-        let events = app.get_json(&path, &app.tokens.admin).await;
-        if events["items"].as_array().is_some_and(Vec::is_empty) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never trimmed: {events}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    until_trimmed(&app, &path).await;
     let kept: serde_json::Value = app
         .get("kept", &app.tokens.reviewer)
         .await
@@ -166,16 +171,5 @@ async fn an_audit_of_allowed_requests_only_is_trimmed_too() {
     let path = format!("/v1/tenants/{}/audit", app.tenant);
     let events = app.get_json(&path, &app.tokens.admin).await;
     assert_eq!(events["items"][0]["kind"], "submitted", "{events}");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    loop {
-        let events = app.get_json(&path, &app.tokens.admin).await;
-        if events["items"].as_array().is_some_and(Vec::is_empty) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never trimmed: {events}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    until_trimmed(&app, &path).await;
 }

@@ -50,16 +50,27 @@ async fn call(
     request.send().await.expect("policy call")
 }
 
+/// `POST …/policy/bundles` with `bundle`, as `token`.
+async fn post_bundle(app: &TestApp, token: &str, bundle: Value) -> reqwest::Response {
+    call(app, Method::POST, "/bundles", token, Some(bundle)).await
+}
+
+/// `PUT …/policy/candidate` of `version`, as the tenant admin.
+async fn put_candidate(app: &TestApp, version: &str) -> reqwest::Response {
+    let body = json!({ "version": version });
+    call(
+        app,
+        Method::PUT,
+        "/candidate",
+        &app.tokens.admin,
+        Some(body),
+    )
+    .await
+}
+
 /// Uploads `bundle` as the tenant admin; its version.
 async fn upload(app: &TestApp, bundle: Value) -> String {
-    let response = call(
-        app,
-        Method::POST,
-        "/bundles",
-        &app.tokens.admin,
-        Some(bundle),
-    )
-    .await;
+    let response = post_bundle(app, &app.tokens.admin, bundle).await;
     assert_eq!(response.status(), StatusCode::CREATED);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["tests"]["failed"], 0, "{body}");
@@ -87,14 +98,8 @@ contract_tests!(a_redis_tenant_store_keeps_tenants_bundles_whichever_engine_answ
 async fn a_redis_tenant_store_keeps_tenants_bundles_whichever_engine_answers(h: Harness) {
     if h.backend != Backend::Redis {
         let without_store = h.spawn().await;
-        let response = call(
-            &without_store,
-            Method::POST,
-            "/bundles",
-            &without_store.tokens.admin,
-            Some(reads_allowed()),
-        )
-        .await;
+        let response =
+            post_bundle(&without_store, &without_store.tokens.admin, reads_allowed()).await;
         assert_problem(
             response,
             StatusCode::NOT_IMPLEMENTED,
@@ -129,14 +134,7 @@ async fn a_bundle_is_validated_before_it_is_stored() {
         (failing, "data.approvals_test.test_reads_are_allowed"),
         (no_decision, "data.approvals.decision"),
     ] {
-        let response = call(
-            &app,
-            Method::POST,
-            "/bundles",
-            &app.tokens.admin,
-            Some(bundle),
-        )
-        .await;
+        let response = post_bundle(&app, &app.tokens.admin, bundle).await;
         let problem =
             assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY, "policy_invalid").await;
         let errors = problem["errors"].as_array().expect("every message listed");
@@ -146,24 +144,10 @@ async fn a_bundle_is_validated_before_it_is_stored() {
         );
     }
     let bad_path = json!({"files": [{"path": "../evil.rego", "text": "package approvals\n"}]});
-    let response = call(
-        &app,
-        Method::POST,
-        "/bundles",
-        &app.tokens.admin,
-        Some(bad_path),
-    )
-    .await;
+    let response = post_bundle(&app, &app.tokens.admin, bad_path).await;
     assert_problem(response, StatusCode::BAD_REQUEST, "invalid_body").await;
     // Only admins manage policy; a reviewer learns nothing.
-    let response = call(
-        &app,
-        Method::POST,
-        "/bundles",
-        &app.tokens.reviewer,
-        Some(reads_allowed()),
-    )
-    .await;
+    let response = post_bundle(&app, &app.tokens.reviewer, reads_allowed()).await;
     assert_problem(response, StatusCode::FORBIDDEN, "forbidden").await;
     let response = call(
         &app,
@@ -184,14 +168,7 @@ async fn a_bundle_is_validated_before_it_is_stored() {
 
     // A good one is, once; the platform admin may manage every tenant.
     let version = upload(&app, reads_allowed()).await;
-    let again = call(
-        &app,
-        Method::POST,
-        "/bundles",
-        &app.tokens.platform_admin,
-        Some(reads_allowed()),
-    )
-    .await;
+    let again = post_bundle(&app, &app.tokens.platform_admin, reads_allowed()).await;
     assert_eq!(again.status(), StatusCode::OK);
     assert_eq!(again.json::<Value>().await.unwrap()["created"], false);
     let stored = app
@@ -309,14 +286,7 @@ async fn activation_and_rollback_change_verdicts_and_parked_approvals_keep_their
 async fn a_candidate_is_evaluated_beside_the_active_policy_without_deciding() {
     let app = TestApp::spawn().await;
     let version = upload(&app, reads_allowed()).await;
-    let response = call(
-        &app,
-        Method::PUT,
-        "/candidate",
-        &app.tokens.admin,
-        Some(json!({"version": version})),
-    )
-    .await;
+    let response = put_candidate(&app, &version).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(
         response.json::<Value>().await.unwrap()["candidate"],
@@ -514,36 +484,15 @@ async fn an_upload_that_timed_out_still_holds_the_validation_turn() {
         {"path": "approvals_test.rego", "text": "package approvals_test\nimport rego.v1\ntest_slow if {\n\tcount([a | some a in numbers.range(1, 5000); some b in numbers.range(1, 5000); a == -1]) == 0\n}\n"},
     ]});
     let started = Instant::now();
-    let first = call(
-        &app,
-        Method::POST,
-        "/bundles",
-        &app.tokens.admin,
-        Some(slow),
-    )
-    .await;
+    let first = post_bundle(&app, &app.tokens.admin, slow).await;
     assert_problem(first, StatusCode::REQUEST_TIMEOUT, "request_timeout").await;
 
-    let second = call(
-        &app,
-        Method::POST,
-        "/bundles",
-        &app.tokens.admin,
-        Some(reads_allowed()),
-    )
-    .await;
+    let second = post_bundle(&app, &app.tokens.admin, reads_allowed()).await;
     assert_problem(second, StatusCode::REQUEST_TIMEOUT, "request_timeout").await;
 
     // Once the first validation is done, the second upload goes through.
     let stored = loop {
-        let response = call(
-            &app,
-            Method::POST,
-            "/bundles",
-            &app.tokens.admin,
-            Some(reads_allowed()),
-        )
-        .await;
+        let response = post_bundle(&app, &app.tokens.admin, reads_allowed()).await;
         if response.status() == StatusCode::CREATED {
             break response;
         }
@@ -603,14 +552,7 @@ async fn a_candidate_that_cannot_be_loaded_does_not_keep_the_active_bundle_out()
     activate(&app, &active).await;
     let trial = json!({"files": [{"path": "approvals.rego", "text": "package approvals\nimport rego.v1\ndecision := {\"decision\": \"deny\", \"reasons\": [\"trial\"]}\n"}]});
     let trial = upload(&app, trial).await;
-    let response = call(
-        &app,
-        Method::PUT,
-        "/candidate",
-        &app.tokens.admin,
-        Some(json!({"version": trial})),
-    )
-    .await;
+    let response = put_candidate(&app, &trial).await;
     assert_eq!(response.status(), StatusCode::OK);
     spoil_bundle(&app, &trial).await;
     app.restart().await;

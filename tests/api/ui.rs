@@ -434,10 +434,7 @@ async fn sign_in_is_for_reviewers_and_sessions_end(h: Harness) {
         .expect("sign out");
     assert_eq!(signed_out.status(), StatusCode::SEE_OTHER);
     // It closes (streams last 10 minutes otherwise), and reconnecting is refused.
-    let read_to_end = async { while live.chunk().await.expect("chunk").is_some() {} };
-    tokio::time::timeout(Duration::from_secs(20), read_to_end)
-        .await
-        .expect("the live stream outlived the sign-out");
+    closes_within_20s(&mut live, "the live stream outlived the sign-out").await;
     assert_eq!(
         with_cookie(Method::GET, "/ui/events")
             .send()
@@ -569,10 +566,11 @@ async fn the_inbox_live_stream_closes_when_its_session_ends() {
     };
     let mut stream = open().await.expect("open");
     assert_eq!(stream.status(), StatusCode::OK);
-    let read_to_end = async { while stream.chunk().await.expect("chunk").is_some() {} };
-    tokio::time::timeout(Duration::from_secs(20), read_to_end)
-        .await
-        .expect("the stream outlived its session (streams last 10 minutes otherwise)");
+    closes_within_20s(
+        &mut stream,
+        "the stream outlived its session (streams last 10 minutes otherwise)",
+    )
+    .await;
     assert!(
         chrono::Utc::now().timestamp_millis() >= ends,
         "the stream closed before the session ended"
@@ -581,6 +579,14 @@ async fn the_inbox_live_stream_closes_when_its_session_ends() {
         open().await.expect("reconnect").status(),
         StatusCode::UNAUTHORIZED
     );
+}
+
+/// Reads a live stream to its end, which must come within 20 s (`what` says why otherwise).
+async fn closes_within_20s(stream: &mut reqwest::Response, what: &str) {
+    let read_to_end = async { while stream.chunk().await.expect("chunk").is_some() {} };
+    tokio::time::timeout(Duration::from_secs(20), read_to_end)
+        .await
+        .expect(what);
 }
 
 /// A session cookie as the service signs it (src/ui/session.rs): `ui.session_secret` through

@@ -123,6 +123,17 @@ fn fast(settings: &mut approvals::config::Settings) {
     settings.ui.public_url = Some(INBOX.into());
 }
 
+/// [`fast`], with the tenant's approvals expiring after `ttl` and "expiring soon" at half of it.
+fn expiring_after(ttl: Duration) -> impl FnOnce(&mut approvals::config::Settings) {
+    move |s| {
+        fast(s);
+        s.approvals
+            .tenant_ttl
+            .insert(crate::support::TENANT.into(), ttl);
+        s.notifications.expiring_soon_share = 0.5;
+    }
+}
+
 /// Waits until the tenant's webhooks report `want` dead letters (within [`WITHIN`]).
 async fn until_dead_letters(app: &TestApp, want: u64) {
     let path = format!("/v1/tenants/{}/webhooks", app.tenant);
@@ -487,14 +498,7 @@ async fn nothing_is_lost_across_a_restart_and_dead_letters_are_counted() {
 #[tokio::test]
 async fn slack_messages_warn_before_an_approval_expires_with_a_button_to_the_inbox() {
     let mut receiver = Receiver::start(0).await;
-    let app = TestApp::spawn_with(|s| {
-        fast(s);
-        s.approvals
-            .tenant_ttl
-            .insert(crate::support::TENANT.into(), Duration::from_secs(4));
-        s.notifications.expiring_soon_share = 0.5;
-    })
-    .await;
+    let app = TestApp::spawn_with(expiring_after(Duration::from_secs(4))).await;
     add_webhook(
         &app,
         json!({"url": receiver.url, "format": "slack", "events": ["expiring_soon", "expired"]}),
@@ -528,14 +532,7 @@ async fn slack_messages_warn_before_an_approval_expires_with_a_button_to_the_inb
 async fn every_approval_of_a_large_burst_is_warned_about_before_it_expires() {
     const BURST: usize = 300;
     let mut receiver = Receiver::start(0).await;
-    let app = TestApp::spawn_with(|s| {
-        fast(s);
-        s.approvals
-            .tenant_ttl
-            .insert(crate::support::TENANT.into(), Duration::from_secs(20));
-        s.notifications.expiring_soon_share = 0.5;
-    })
-    .await;
+    let app = TestApp::spawn_with(expiring_after(Duration::from_secs(20))).await;
     add_webhook(
         &app,
         json!({"url": receiver.url, "events": ["expiring_soon"]}),

@@ -19,6 +19,11 @@ impl RedisBackend {
         mut stop: Stop,
     ) -> Result<Option<Approval>, BackendError> {
         let deadline = tokio::time::Instant::now() + timeout;
+        // A record that does not survive its round trip through JSON (it always should).
+        let corrupt = |error: serde_json::Error| BackendError::Corrupt {
+            key: keys::record(tenant, id),
+            reason: format!("held while waiting: {error}"),
+        };
         let mut subscription = self.waiters.subscribe(&keys::record(tenant, id));
         // The one read of the wait: decisions arrive with their record.
         let mut current = self.get(tenant, id).await?;
@@ -33,7 +38,7 @@ impl RedisBackend {
             // Wake at the deadline too: `as_of` reports the expiry itself, sweeper or not.
             let until_expiry = approval.expires_at.as_millis() - Timestamp::now().as_millis();
             let expiry = now + Duration::from_millis(u64::try_from(until_expiry).unwrap_or(0) + 5);
-            let held = Held::new(approval).map_err(|e| corrupt(tenant, id, e))?;
+            let held = Held::new(approval).map_err(corrupt)?;
             current = tokio::select! {
                 settled = subscription.notified() => match settled {
                     Some(record) => Some(Approval::clone(&record).as_of(Timestamp::now())),
@@ -41,10 +46,10 @@ impl RedisBackend {
                     None => self.get(tenant, id).await?,
                 },
                 () = tokio::time::sleep_until(deadline.min(expiry)) => {
-                    Some(held.restore().map_err(|e| corrupt(tenant, id, e))?.as_of(Timestamp::now()))
+                    Some(held.restore().map_err(corrupt)?.as_of(Timestamp::now()))
                 }
                 () = &mut stop => {
-                    return Ok(Some(held.restore().map_err(|e| corrupt(tenant, id, e))?.as_of(Timestamp::now())));
+                    return Ok(Some(held.restore().map_err(corrupt)?.as_of(Timestamp::now())));
                 }
             };
         }
@@ -64,13 +69,5 @@ impl Held {
 
     fn restore(&self) -> serde_json::Result<Approval> {
         serde_json::from_slice(&self.0)
-    }
-}
-
-/// A record that does not survive its round trip through JSON (it always should).
-fn corrupt(tenant: &TenantId, id: &ApprovalId, error: serde_json::Error) -> BackendError {
-    BackendError::Corrupt {
-        key: keys::record(tenant, id),
-        reason: format!("held while waiting: {error}"),
     }
 }
