@@ -9,12 +9,13 @@ use std::collections::HashMap;
 use approvals_core::{ApprovalId, TenantId};
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
-use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, IF_MATCH};
 use axum::http::request::Parts;
 use axum::http::HeaderValue;
 use serde::de::DeserializeOwned;
 
 use super::{ApiError, AppState};
+use crate::app::Precondition;
 use crate::auth::Principal;
 
 /// The authenticated caller.
@@ -53,6 +54,42 @@ fn tenant_of(map: &HashMap<String, String>) -> Result<TenantId, ApiError> {
     let tenant = TenantId::parse(raw).map_err(|e| ApiError::InvalidIdentifier(e.to_string()))?;
     tracing::Span::current().record("tenant", tenant.as_str());
     Ok(tenant)
+}
+
+/// `If-Match` on a change to a tenant's policy, whose entity tags are its generations
+/// (`"7"`). RFC 9110: absent or `*` applies to any state; a tag that is not one of ours
+/// (weak, malformed) matches nothing, so the change answers 412 rather than apply.
+pub struct IfMatch(pub Precondition);
+
+impl<S: Sync> FromRequestParts<S> for IfMatch {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let mut values = parts.headers.get_all(IF_MATCH).iter().peekable();
+        if values.peek().is_none() {
+            return Ok(Self(Precondition::Any));
+        }
+        let mut generations = Vec::new();
+        for value in values {
+            let Ok(value) = value.to_str() else { continue };
+            for tag in value.split(',').map(str::trim) {
+                if tag == "*" {
+                    return Ok(Self(Precondition::Any));
+                }
+                let generation = tag
+                    .strip_prefix('"')
+                    .and_then(|t| t.strip_suffix('"'))
+                    .and_then(|t| t.parse::<u64>().ok());
+                generations.extend(generation);
+            }
+        }
+        Ok(Self(Precondition::OneOf(generations)))
+    }
+}
+
+/// The entity tag of a tenant's policy at `generation`, as `IfMatch` reads it.
+pub fn policy_etag(generation: u64) -> String {
+    format!("\"{generation}\"")
 }
 
 /// `{tenant}` from the path, valid.

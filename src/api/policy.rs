@@ -9,7 +9,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::extract::{ApiJson, BundleJson, Caller, TenantPath};
+use super::extract::{policy_etag, ApiJson, BundleJson, Caller, IfMatch, TenantPath};
 use super::{ApiError, AppState};
 use crate::app::PolicyView;
 
@@ -96,6 +96,17 @@ impl utoipa::PartialSchema for VersionParam {
 
 impl ToSchema for VersionParam {}
 
+/// `If-Match` on a policy change, as the OpenAPI document describes it.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // only its description is used
+struct IfMatchHeader {
+    /// The policy's `ETag` as read (its generation, quoted): the change applies only if the
+    /// policy is still at that generation. Without it, the change applies to whatever is there.
+    #[param(rename = "If-Match")]
+    if_match: Option<String>,
+}
+
 fn info(bundle: &BundleSummary, state: &PolicyState) -> BundleInfo {
     BundleInfo {
         version: bundle.version.clone(),
@@ -120,9 +131,11 @@ fn overview(view: PolicyView) -> PolicyOverview {
 }
 
 /// The tenant's policy: active version, candidate, rollback history, stored versions (admin).
+/// Its `ETag` is the generation; a change sent with it in `If-Match` applies only to that
+/// state (`412 policy_precondition_failed` otherwise), so a retried change never applies twice.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/policy", tag = "policy",
     params(("tenant" = inline(TenantId), Path)),
-    responses((status = 200, body = PolicyOverview), (status = 400, body = super::Problem), (status = 401, body = super::Problem),
+    responses((status = 200, body = PolicyOverview, headers(("ETag" = String, description = "the policy's generation, quoted: `\"7\"`"))), (status = 400, body = super::Problem), (status = 401, body = super::Problem),
         (status = 403, body = super::Problem),
         (status = 501, description = "policy_store_disabled", body = super::Problem),
         (status = 503, body = super::Problem)),
@@ -131,9 +144,10 @@ pub async fn read_policy(
     State(state): State<AppState>,
     Caller(caller): Caller,
     TenantPath(tenant): TenantPath,
-) -> Result<Json<PolicyOverview>, ApiError> {
+) -> Result<Response, ApiError> {
     let view = state.app.policy_view(&caller, &tenant).await?;
-    Ok(Json(overview(view)))
+    let etag = policy_etag(view.state.generation);
+    Ok(([(header::ETAG, etag)], Json(overview(view))).into_response())
 }
 
 /// Upload a bundle (admin). Validated first: it must compile in regorus, define
@@ -241,11 +255,12 @@ pub async fn read_bundle(
 /// within `policy.reload_interval` (this one at once). Approvals parked before keep the
 /// `policy_version` they were parked under.
 #[utoipa::path(put, path = "/v1/tenants/{tenant}/policy/active", tag = "policy",
-    params(("tenant" = inline(TenantId), Path)), request_body = VersionBody,
-    responses((status = 200, body = PolicyOverview), (status = 400, body = super::Problem),
+    params(("tenant" = inline(TenantId), Path), IfMatchHeader), request_body = VersionBody,
+    responses((status = 200, body = PolicyOverview, headers(("ETag" = String))), (status = 400, body = super::Problem),
         (status = 401, body = super::Problem), (status = 403, body = super::Problem),
         (status = 404, description = "policy_version_not_found", body = super::Problem),
         (status = 409, description = "policy_changed: another change won; retry", body = super::Problem),
+        (status = 412, description = "policy_precondition_failed: If-Match names another generation", body = super::Problem),
         (status = 415, description = "unsupported_media_type", body = super::Problem),
         (status = 501, description = "policy_store_disabled", body = super::Problem),
         (status = 503, body = super::Problem)),
@@ -254,11 +269,12 @@ pub async fn activate(
     State(state): State<AppState>,
     Caller(caller): Caller,
     TenantPath(tenant): TenantPath,
+    IfMatch(precondition): IfMatch,
     ApiJson(body): ApiJson<VersionBody>,
-) -> Result<Json<PolicyOverview>, ApiError> {
+) -> Result<Response, ApiError> {
     state
         .app
-        .activate_policy(&caller, &tenant, &body.version)
+        .activate_policy(&caller, &tenant, &body.version, &precondition)
         .await?;
     read_policy(State(state), Caller(caller), TenantPath(tenant)).await
 }
@@ -266,10 +282,11 @@ pub async fn activate(
 /// Return to the version active before the current one (admin); past the tenant's first
 /// bundle, the platform default.
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/policy/rollback", tag = "policy",
-    params(("tenant" = inline(TenantId), Path)),
-    responses((status = 200, body = PolicyOverview), (status = 400, body = super::Problem), (status = 401, body = super::Problem),
+    params(("tenant" = inline(TenantId), Path), IfMatchHeader),
+    responses((status = 200, body = PolicyOverview, headers(("ETag" = String))), (status = 400, body = super::Problem), (status = 401, body = super::Problem),
         (status = 403, body = super::Problem),
         (status = 409, description = "no_earlier_policy, or policy_changed", body = super::Problem),
+        (status = 412, description = "policy_precondition_failed: If-Match names another generation", body = super::Problem),
         (status = 501, description = "policy_store_disabled", body = super::Problem),
         (status = 503, body = super::Problem)),
     security(("bearer" = [])))]
@@ -277,8 +294,12 @@ pub async fn rollback(
     State(state): State<AppState>,
     Caller(caller): Caller,
     TenantPath(tenant): TenantPath,
-) -> Result<Json<PolicyOverview>, ApiError> {
-    state.app.rollback_policy(&caller, &tenant).await?;
+    IfMatch(precondition): IfMatch,
+) -> Result<Response, ApiError> {
+    state
+        .app
+        .rollback_policy(&caller, &tenant, &precondition)
+        .await?;
     read_policy(State(state), Caller(caller), TenantPath(tenant)).await
 }
 
@@ -286,11 +307,12 @@ pub async fn rollback(
 /// never deciding; its verdict goes into the decision log and disagreements are counted
 /// (`approvals_policy_shadow_disagreements_total`).
 #[utoipa::path(put, path = "/v1/tenants/{tenant}/policy/candidate", tag = "policy",
-    params(("tenant" = inline(TenantId), Path)), request_body = VersionBody,
-    responses((status = 200, body = PolicyOverview), (status = 400, body = super::Problem),
+    params(("tenant" = inline(TenantId), Path), IfMatchHeader), request_body = VersionBody,
+    responses((status = 200, body = PolicyOverview, headers(("ETag" = String))), (status = 400, body = super::Problem),
         (status = 401, body = super::Problem), (status = 403, body = super::Problem),
         (status = 404, description = "policy_version_not_found", body = super::Problem),
         (status = 409, description = "policy_changed", body = super::Problem),
+        (status = 412, description = "policy_precondition_failed: If-Match names another generation", body = super::Problem),
         (status = 415, description = "unsupported_media_type", body = super::Problem),
         (status = 501, description = "policy_store_disabled", body = super::Problem),
         (status = 503, body = super::Problem)),
@@ -299,21 +321,23 @@ pub async fn set_candidate(
     State(state): State<AppState>,
     Caller(caller): Caller,
     TenantPath(tenant): TenantPath,
+    IfMatch(precondition): IfMatch,
     ApiJson(body): ApiJson<VersionBody>,
-) -> Result<Json<PolicyOverview>, ApiError> {
+) -> Result<Response, ApiError> {
     state
         .app
-        .set_policy_candidate(&caller, &tenant, Some(&body.version))
+        .set_policy_candidate(&caller, &tenant, Some(&body.version), &precondition)
         .await?;
     read_policy(State(state), Caller(caller), TenantPath(tenant)).await
 }
 
 /// Stop trialling the candidate (admin).
 #[utoipa::path(delete, path = "/v1/tenants/{tenant}/policy/candidate", tag = "policy",
-    params(("tenant" = inline(TenantId), Path)),
-    responses((status = 200, body = PolicyOverview), (status = 400, body = super::Problem), (status = 401, body = super::Problem),
+    params(("tenant" = inline(TenantId), Path), IfMatchHeader),
+    responses((status = 200, body = PolicyOverview, headers(("ETag" = String))), (status = 400, body = super::Problem), (status = 401, body = super::Problem),
         (status = 403, body = super::Problem),
         (status = 409, description = "policy_changed", body = super::Problem),
+        (status = 412, description = "policy_precondition_failed: If-Match names another generation", body = super::Problem),
         (status = 501, description = "policy_store_disabled", body = super::Problem),
         (status = 503, body = super::Problem)),
     security(("bearer" = [])))]
@@ -321,10 +345,11 @@ pub async fn clear_candidate(
     State(state): State<AppState>,
     Caller(caller): Caller,
     TenantPath(tenant): TenantPath,
-) -> Result<Json<PolicyOverview>, ApiError> {
+    IfMatch(precondition): IfMatch,
+) -> Result<Response, ApiError> {
     state
         .app
-        .set_policy_candidate(&caller, &tenant, None)
+        .set_policy_candidate(&caller, &tenant, None, &precondition)
         .await?;
     read_policy(State(state), Caller(caller), TenantPath(tenant)).await
 }

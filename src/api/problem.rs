@@ -137,6 +137,11 @@ impl ApiError {
             Self::App(AppError::PolicyChanged(_)) => {
                 (S::CONFLICT, "policy_changed", "Policy changed meanwhile")
             }
+            Self::App(AppError::PolicyPreconditionFailed { .. }) => (
+                S::PRECONDITION_FAILED,
+                "policy_precondition_failed",
+                "Policy generation does not match",
+            ),
             Self::App(AppError::PolicyStoreDisabled) => (
                 S::NOT_IMPLEMENTED,
                 "policy_store_disabled",

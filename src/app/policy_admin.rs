@@ -33,6 +33,26 @@ pub struct Uploaded {
     pub tests: TestReport,
 }
 
+/// Which generations of the tenant's policy a change may apply to (HTTP's `If-Match`): a
+/// change decided on a state read earlier, or a retried one, must not apply to a state that
+/// moved since.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Precondition {
+    /// Any generation (no `If-Match`, or `*`).
+    Any,
+    /// One of these (none: nothing matches).
+    OneOf(Vec<u64>),
+}
+
+impl Precondition {
+    fn holds(&self, generation: u64) -> bool {
+        match self {
+            Self::Any => true,
+            Self::OneOf(generations) => generations.contains(&generation),
+        }
+    }
+}
+
 /// A tenant's policy as it stands.
 pub struct PolicyView {
     pub state: PolicyState,
@@ -174,9 +194,10 @@ impl Approvals {
         caller: &Principal,
         tenant: &TenantId,
         version: &str,
+        precondition: &Precondition,
     ) -> Result<PolicyState, AppError> {
         self.require_bundle(caller, tenant, version).await?;
-        self.change_policy(caller, tenant, "activated", |state| {
+        self.change_policy(caller, tenant, precondition, "activated", |state| {
             let mut next = state.clone();
             if state.active.as_deref() != Some(version) {
                 next.history.push(state.active.clone());
@@ -198,9 +219,10 @@ impl Approvals {
         &self,
         caller: &Principal,
         tenant: &TenantId,
+        precondition: &Precondition,
     ) -> Result<PolicyState, AppError> {
         self.policy_store(caller, tenant)?;
-        self.change_policy(caller, tenant, "rolled_back", |state| {
+        self.change_policy(caller, tenant, precondition, "rolled_back", |state| {
             let mut next = state.clone();
             let previous = next
                 .history
@@ -218,6 +240,7 @@ impl Approvals {
         caller: &Principal,
         tenant: &TenantId,
         version: Option<&str>,
+        precondition: &Precondition,
     ) -> Result<PolicyState, AppError> {
         let change = match version {
             Some(version) => {
@@ -229,7 +252,7 @@ impl Approvals {
                 "candidate_cleared"
             }
         };
-        self.change_policy(caller, tenant, change, |state| {
+        self.change_policy(caller, tenant, precondition, change, |state| {
             let mut next = state.clone();
             next.candidate = version.map(str::to_owned);
             Ok((next, version.map(str::to_owned)))
@@ -256,12 +279,13 @@ impl Approvals {
         }
     }
 
-    /// Applies `change` to the tenant's state by compare-and-set, records the event, and
-    /// reloads this instance so the answer is already in effect here.
+    /// Applies `change` to the tenant's state by compare-and-set, if `precondition` holds for
+    /// it, records the event, and reloads this instance so the answer is already in effect here.
     async fn change_policy(
         &self,
         caller: &Principal,
         tenant: &TenantId,
+        precondition: &Precondition,
         kind: &str,
         change: impl Fn(&PolicyState) -> Result<(PolicyState, Option<String>), AppError>,
     ) -> Result<PolicyState, AppError> {
@@ -271,6 +295,12 @@ impl Approvals {
                 .state(tenant)
                 .await
                 .map_err(|e| self.engine_failed(e))?;
+            if !precondition.holds(state.generation) {
+                return Err(AppError::PolicyPreconditionFailed {
+                    tenant: tenant.clone(),
+                    current: state.generation,
+                });
+            }
             let (mut next, version) = change(&state)?;
             next.generation = state.generation + 1;
             let swapped = store

@@ -52,6 +52,9 @@ pub struct TenantPolicies {
     /// Compiled bundles by (tenant, version): activating a version seen before is a swap.
     compiled: Mutex<HashMap<(TenantId, String), Arc<PolicyGate>>>,
     synced: AtomicBool,
+    /// One sync at a time: two overlapping ones (a poll's and an admin change's) could
+    /// otherwise store the older states last, serving a superseded policy until the next poll.
+    syncing: tokio::sync::Mutex<()>,
     budget: usize,
 }
 
@@ -72,6 +75,7 @@ impl TenantPolicies {
             store,
             loaded: ArcSwap::from_pointee(HashMap::new()),
             compiled: Mutex::new(HashMap::new()),
+            syncing: tokio::sync::Mutex::new(()),
             budget,
         }
     }
@@ -116,6 +120,7 @@ impl TenantPolicies {
         let Some(store) = &self.store else {
             return Ok(());
         };
+        let _turn = self.syncing.lock().await;
         let states = store.states().await?;
         let current = self.loaded.load_full();
         let mut next: HashMap<TenantId, Loaded> = HashMap::with_capacity(states.len());
@@ -281,5 +286,121 @@ impl TenantPolicies {
                 Err(_) => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use approvals_core::{BundleSummary, Lifetimes, StoredBundle};
+    use approvals_redis::{RedisBackend, RedisSettings};
+    use approvals_testkit::RedisServer;
+    use tokio::sync::{oneshot, Notify};
+
+    use super::*;
+
+    /// The real Redis store, except that the first poll's answer is held until the test lets
+    /// it go: a poll that read the states, then was slow to compile and store them.
+    struct SlowFirstPoll {
+        store: Arc<RedisBackend>,
+        hold: Mutex<Option<oneshot::Receiver<()>>>,
+        read: Notify,
+    }
+
+    #[async_trait::async_trait]
+    impl PolicyStore for SlowFirstPoll {
+        async fn put_bundle(&self, t: &TenantId, b: &StoredBundle) -> Result<bool, BackendError> {
+            self.store.put_bundle(t, b).await
+        }
+        async fn bundle(
+            &self,
+            t: &TenantId,
+            v: &str,
+        ) -> Result<Option<StoredBundle>, BackendError> {
+            self.store.bundle(t, v).await
+        }
+        async fn bundles(&self, t: &TenantId) -> Result<Vec<BundleSummary>, BackendError> {
+            self.store.bundles(t).await
+        }
+        async fn state(&self, t: &TenantId) -> Result<PolicyState, BackendError> {
+            self.store.state(t).await
+        }
+        async fn swap_state(
+            &self,
+            t: &TenantId,
+            expected: &PolicyState,
+            next: &PolicyState,
+        ) -> Result<bool, BackendError> {
+            self.store.swap_state(t, expected, next).await
+        }
+        async fn states(&self) -> Result<BTreeMap<TenantId, PolicyState>, BackendError> {
+            let states = self.store.states().await;
+            let held = self.hold.lock().unwrap().take();
+            if let Some(release) = held {
+                self.read.notify_one();
+                let _ = release.await;
+            }
+            states
+        }
+    }
+
+    fn default_gate() -> Arc<PolicyGate> {
+        let file = PolicyFile {
+            relative: "default.rego".into(),
+            text: "package approvals\nimport rego.v1\ndecision := {\"decision\": \"allow\"}\n"
+                .into(),
+        };
+        Arc::new(PolicyGate::from_files(&[file], "test").unwrap())
+    }
+
+    async fn bump(store: &RedisBackend, tenant: &TenantId) {
+        let state = store.state(tenant).await.unwrap();
+        let next = PolicyState {
+            generation: state.generation + 1,
+            ..state.clone()
+        };
+        assert!(store.swap_state(tenant, &state, &next).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_slow_poll_does_not_store_older_states_over_a_newer_sync() {
+        let redis = RedisServer::start().await;
+        let settings = RedisSettings::new(redis.url());
+        let store = Arc::new(RedisBackend::connect(settings, Lifetimes::default()).unwrap());
+        let tenant = TenantId::parse("slow-poll").unwrap();
+        bump(&store, &tenant).await;
+        let (release, hold) = oneshot::channel();
+        let slow = Arc::new(SlowFirstPoll {
+            store: store.clone(),
+            hold: Mutex::new(Some(hold)),
+            read: Notify::new(),
+        });
+        let policies = Arc::new(TenantPolicies::new(default_gate(), Some(slow.clone()), 0));
+
+        // The poll reads generation 1 and stalls; an admin change makes it 2 and syncs.
+        let poll = tokio::spawn({
+            let policies = policies.clone();
+            async move { policies.sync().await }
+        });
+        slow.read.notified().await;
+        bump(&store, &tenant).await;
+        let mut admin = tokio::spawn({
+            let policies = policies.clone();
+            async move { policies.sync().await }
+        });
+        // Unserialised, the admin's sync finishes here and the poll then stores generation 1
+        // over it; serialised, it waits for the poll.
+        let early = tokio::time::timeout(Duration::from_millis(300), &mut admin).await;
+        release.send(()).unwrap();
+        poll.await.unwrap().unwrap();
+        match early {
+            Ok(finished) => finished,
+            Err(_) => admin.await,
+        }
+        .unwrap()
+        .unwrap();
+
+        assert_eq!(policies.generation(&tenant), 2);
     }
 }

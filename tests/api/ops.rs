@@ -174,8 +174,13 @@ async fn the_openapi_document_is_valid_and_matches_the_service() {
                         "{method} {path}: {name} has no pattern"
                     );
                 } else if place == "header" {
-                    // The one header parameter: SSE's resume position.
-                    assert_eq!(name, "Last-Event-ID", "{method} {path}");
+                    // SSE's resume position, and the policy changes' precondition.
+                    let expected = if path.ends_with("/events") {
+                        "Last-Event-ID"
+                    } else {
+                        "If-Match"
+                    };
+                    assert_eq!(name, expected, "{method} {path}");
                 } else {
                     assert_eq!(place, "query", "{method} {path}: {name}");
                     assert_ne!(param["required"], true, "{method} {path}: {name}");

@@ -282,6 +282,85 @@ async fn activation_and_rollback_change_verdicts_and_parked_approvals_keep_their
     );
 }
 
+/// A rollback sent with the `ETag` it was decided on applies once: retried after its answer
+/// was lost, it is refused instead of rolling back a second version.
+#[tokio::test]
+async fn a_retried_rollback_with_if_match_does_not_roll_back_twice() {
+    let app = TestApp::spawn().await;
+    let first = upload(&app, reads_allowed()).await;
+    activate(&app, &first).await;
+    let mut second_bundle = reads_allowed();
+    second_bundle["files"][0]["text"] = json!(second_bundle["files"][0]["text"]
+        .as_str()
+        .unwrap()
+        .replace("v2:", "v3:"));
+    let second = upload(&app, second_bundle).await;
+    let activated = activate(&app, &second).await;
+    let etag = activated.headers()["etag"].to_str().unwrap().to_owned();
+
+    let read = call(&app, Method::GET, "", &app.tokens.admin, None).await;
+    assert_eq!(read.headers()["etag"].to_str().unwrap(), etag);
+    let overview: Value = read.json().await.unwrap();
+    assert_eq!(etag, format!("\"{}\"", overview["generation"]));
+
+    let rollback = || {
+        app.request(
+            Method::POST,
+            &policy_path(&app, "/rollback"),
+            Some(&app.tokens.admin),
+        )
+        .header("if-match", &etag)
+        .send()
+    };
+    let response = rollback().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_ne!(response.headers()["etag"].to_str().unwrap(), etag);
+    assert_eq!(response.json::<Value>().await.unwrap()["active"], first);
+
+    // The same request again (a client retrying after a lost answer).
+    let again = rollback().await.unwrap();
+    assert_problem(
+        again,
+        StatusCode::PRECONDITION_FAILED,
+        "policy_precondition_failed",
+    )
+    .await;
+    let overview = app
+        .get_json(&policy_path(&app, ""), &app.tokens.admin)
+        .await;
+    assert_eq!(overview["active"], first, "rolled back only once");
+
+    // The other changes honour it too; `*` and no If-Match apply to any state.
+    let stale = app
+        .request(
+            Method::PUT,
+            &policy_path(&app, "/candidate"),
+            Some(&app.tokens.admin),
+        )
+        .header("if-match", &etag)
+        .json(&json!({ "version": second }))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(
+        stale,
+        StatusCode::PRECONDITION_FAILED,
+        "policy_precondition_failed",
+    )
+    .await;
+    let any = app
+        .request(
+            Method::DELETE,
+            &policy_path(&app, "/candidate"),
+            Some(&app.tokens.admin),
+        )
+        .header("if-match", "*")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(any.status(), StatusCode::OK);
+}
+
 #[tokio::test]
 async fn a_candidate_is_evaluated_beside_the_active_policy_without_deciding() {
     let app = TestApp::spawn().await;
