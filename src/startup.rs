@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -211,8 +212,21 @@ impl Application {
         };
         stop.cancel();
         let _ = figures.await;
-        if let Some(notifications) = notifications {
-            let _ = notifications.await;
+        if let Some(mut notifications) = notifications {
+            // Attempts in flight finish within their own timeout; past that (and a margin for
+            // the lock release), the deliveries left are leased and retried by another instance.
+            let budget = settings.notifications.request_timeout + Duration::from_secs(3);
+            if tokio::time::timeout(budget, &mut notifications)
+                .await
+                .is_err()
+            {
+                notifications.abort();
+                tracing::warn!(
+                    ?budget,
+                    "webhook deliveries still in flight at shutdown; they are retried when \
+                     their lease runs out"
+                );
+            }
         }
         let _ = reloads.await;
         // The requests are done (or out of time): no event comes after this.

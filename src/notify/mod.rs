@@ -205,7 +205,7 @@ impl Notifier {
     async fn read_loop(&self, stop: CancellationToken) {
         let mut failures = approvals_core::RepeatedFailure::default();
         loop {
-            let result = self.read_pass().await;
+            let result = self.read_pass(&stop).await;
             let log = if result.is_err() {
                 failures.failed()
             } else {
@@ -239,28 +239,49 @@ impl Notifier {
         }
     }
 
-    /// One pass over every tenant with webhooks whose reader lock this instance holds.
-    async fn read_pass(&self) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        let lease = self.settings.poll_interval * 10 + Duration::from_secs(5);
+    /// One pass over every tenant with webhooks whose reader lock this instance holds. A
+    /// tenant that fails (its audit unreadable, a timeout) is retried next pass and does not
+    /// hold up the tenants after it; the pass reports the first failure.
+    async fn read_pass(
+        &self,
+        stop: &CancellationToken,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let mut first_failure = None;
         for tenant in self.store.tenants().await? {
+            if stop.is_cancelled() {
+                break;
+            }
             let Ok(tenant_id) = TenantId::parse(tenant.as_str()) else {
                 continue;
             };
-            if !self.store.lock(&tenant, &self.instance, lease).await? {
-                continue;
+            if let Err(error) = self.read_one(&tenant, &tenant_id).await {
+                tracing::debug!(%tenant, %error, "webhook reader: tenant not read this pass");
+                first_failure.get_or_insert(error);
             }
-            let hooks = self.store.webhooks(&tenant_id).await?;
-            if hooks.is_empty() {
-                self.store.forget_tenant(&tenant).await?;
-                continue;
-            }
-            self.read_tenant(&tenant_id, &hooks).await?;
-            if hooks
-                .iter()
-                .any(|h| h.events.contains(&NotifyEvent::ExpiringSoon))
-            {
-                self.queue_expiring_soon(&tenant_id, &hooks).await?;
-            }
+        }
+        first_failure.map_or(Ok(()), Err)
+    }
+
+    async fn read_one(
+        &self,
+        tenant: &str,
+        tenant_id: &TenantId,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let lease = self.settings.poll_interval * 10 + Duration::from_secs(5);
+        if !self.store.lock(tenant, &self.instance, lease).await? {
+            return Ok(());
+        }
+        let hooks = self.store.webhooks(tenant_id).await?;
+        if hooks.is_empty() {
+            self.store.forget_tenant(tenant).await?;
+            return Ok(());
+        }
+        self.read_tenant(tenant_id, &hooks).await?;
+        if hooks
+            .iter()
+            .any(|h| h.events.contains(&NotifyEvent::ExpiringSoon))
+        {
+            self.queue_expiring_soon(tenant_id, &hooks).await?;
         }
         Ok(())
     }
@@ -459,6 +480,11 @@ impl Notifier {
                 Ok(batch) if !batch.is_empty() => {
                     let sends = batch.into_iter().map(|d| self.attempt(d));
                     futures_util::future::join_all(sends).await;
+                    // A queue that stays busy must not keep a stopping instance: what is
+                    // still due is claimed by the others, or by this one when it is back.
+                    if stop.is_cancelled() {
+                        return;
+                    }
                     continue;
                 }
                 Ok(_) => {}

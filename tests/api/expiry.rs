@@ -293,3 +293,71 @@ async fn an_expiry_recorded_by_a_late_decision_is_counted() {
     )
     .await;
 }
+
+/// A pending value that cannot be read (corrupt, or written over by something else) is the
+/// first due entry of every sweep; it is counted and set aside, and the approvals due after
+/// it still expire.
+#[tokio::test]
+async fn an_unreadable_pending_value_does_not_stop_the_expiries_after_it() {
+    let app = TestApp::spawn_with(|s| {
+        s.approvals.default_ttl = Duration::from_secs(1);
+        s.approvals.sweep_interval = Duration::from_millis(100);
+    })
+    .await;
+    app.park("spoiled").await;
+    app.park("fine").await;
+    let mut conn = app.redis().connection().await;
+    for key in [
+        format!("approval:{}:spoiled", app.tenant),
+        format!("approvals:shadow:{}:spoiled", app.tenant),
+    ] {
+        let () = redis::cmd("SET")
+            .arg(&key)
+            .arg("{not json")
+            .arg("KEEPTTL")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+
+    let audit_path = format!("/v1/tenants/{}/audit", app.tenant);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let audit = app.get_json(&audit_path, &app.tokens.admin).await;
+        let expired = audit["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "expired" && e["approval_id"] == "fine");
+        if expired {
+            break;
+        }
+        assert!(Instant::now() < deadline, "'fine' never expired: {audit}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    app.metrics_until(
+        &app.base,
+        Duration::from_secs(5),
+        "the unreadable value counted",
+        |text| {
+            text.lines()
+                .any(|l| l.starts_with("approvals_unreadable_records_total{") && !l.ends_with(" 0"))
+        },
+    )
+    .await;
+    // Set aside: no longer a pending approval in the tenant's figures, and left in place.
+    let pending: Vec<String> = redis::cmd("ZRANGE")
+        .arg(format!("approvals:index:{}:pending", app.tenant))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(pending.is_empty(), "{pending:?}");
+    let kept: Option<String> = redis::cmd("GET")
+        .arg(format!("approvals:shadow:{}:spoiled", app.tenant))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(kept.as_deref(), Some("{not json"));
+}

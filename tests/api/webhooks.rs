@@ -689,3 +689,45 @@ async fn dead_letters_can_be_delivered_again_once_the_receiver_is_back() {
     );
     until_dead_letters(&app, 0).await;
 }
+
+/// A receiver that accepts connections and never answers: every attempt runs out its timeout.
+async fn silent_receiver() -> (String, mpsc::UnboundedReceiver<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    let (tx, accepted) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+            let _ = tx.send(());
+        }
+    });
+    (url, accepted)
+}
+
+/// SIGTERM while deliveries keep falling due (a receiver that never answers, retried): the
+/// attempt in flight runs out its timeout and the service stops; the rest wait in the queue.
+#[tokio::test]
+async fn a_receiver_that_never_answers_does_not_hold_the_shutdown() {
+    let (url, mut accepted) = silent_receiver().await;
+    let mut app = TestApp::spawn_with(|s| {
+        fast(s);
+        s.notifications.send_concurrency = 1;
+    })
+    .await;
+    add_webhook(&app, json!({"url": url, "events": ["parked"]})).await;
+    for i in 0..5 {
+        app.park(&format!("queued-{i}")).await;
+    }
+    tokio::time::timeout(WITHIN, accepted.recv())
+        .await
+        .expect("an attempt under way");
+
+    let stopped = tokio::time::timeout(Duration::from_secs(10), app.shut_down()).await;
+    assert!(
+        matches!(stopped, Ok(Ok(()))),
+        "still delivering 10 s after SIGTERM"
+    );
+}

@@ -467,13 +467,23 @@ impl ApprovalBackend for RedisBackend {
             .await?;
         let more = reply.ids.len() > limit;
         let mut items = Vec::with_capacity(limit);
+        // The page ends at the last entry read, readable or not, so the next one goes on past it.
+        let mut last_read = None;
         for entry in reply.ids.into_iter().take(limit) {
+            last_read = Some(entry.id.clone());
             let raw: String = entry.get("e").unwrap_or_default();
-            let stored: AuditEntry =
-                serde_json::from_str(&raw).map_err(|e| BackendError::Corrupt {
-                    key: format!("{} {}", keys::audit(tenant), entry.id),
-                    reason: e.to_string(),
-                })?;
+            // One entry that cannot be read (corrupt, or of a kind a newer version writes)
+            // must not stop the export, the live streams and the webhooks at it for good.
+            let stored: AuditEntry = match serde_json::from_str(&raw) {
+                Ok(stored) => stored,
+                Err(error) => {
+                    self.pass_over(BackendError::Corrupt {
+                        key: format!("{} {}", keys::audit(tenant), entry.id),
+                        reason: error.to_string(),
+                    })?;
+                    continue;
+                }
+            };
             // The time Redis recorded it (the stream id): one clock for every instance, so
             // the export's timestamps never decrease.
             let recorded_ms = entry.id.split('-').next().and_then(|ms| ms.parse().ok());
@@ -483,11 +493,7 @@ impl ApprovalBackend for RedisBackend {
             };
             items.push(stored.with_id(entry.id));
         }
-        let next_cursor = if more {
-            items.last().map(|e| e.event_id.clone())
-        } else {
-            None
-        };
+        let next_cursor = if more { last_read } else { None };
         Ok(Page { items, next_cursor })
     }
 

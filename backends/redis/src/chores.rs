@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backend::{millis, RedisBackend};
 use crate::keys::{self, DEADLINES, RETENTION, TENANTS};
 use crate::record::{self, Decoded};
+use crate::scripts::UNREADABLE;
 
 /// How many due entries one sweep takes on; the rest wait for the next pass.
 const SWEEP_BATCH: isize = 500;
@@ -171,11 +172,21 @@ impl RedisBackend {
                     invocation.invoke_async(&mut conn).await
                 })
                 .await?;
-            if let Some(raw) = recorded {
-                let key = keys::record(&tenant, &id);
-                if let Decoded::Current(approval) = record::decode(&key, &raw)? {
-                    expired.push(*approval);
-                }
+            let key = keys::record(&tenant, &id);
+            match recorded.as_deref() {
+                None => {}
+                Some(UNREADABLE) => self.pass_over(BackendError::Corrupt {
+                    key,
+                    reason: "a pending value past its deadline that cannot be expired; \
+                             taken out of the deadlines and the pending list, left in place"
+                        .into(),
+                })?,
+                Some(raw) => match record::decode(&key, raw) {
+                    Ok(Decoded::Current(approval)) => expired.push(*approval),
+                    Ok(Decoded::Foreign(_)) => {}
+                    // Recorded, but not readable back: counted, and the sweep goes on.
+                    Err(error) => self.pass_over(error)?,
+                },
             }
         }
         Ok(expired)

@@ -5,6 +5,9 @@
 
 use redis::Script;
 
+/// What the expire script answers for a value it cannot settle (its status reply).
+pub const UNREADABLE: &str = "UNREADABLE";
+
 pub struct Scripts {
     pub park: Script,
     pub record: Script,
@@ -22,7 +25,10 @@ impl Scripts {
             park: Script::new(include_str!("lua/park.lua")),
             record: Script::new(include_str!("lua/record.lua")),
             decide: Script::new(&format!("{common}\n{}", include_str!("lua/decide.lua"))),
-            expire: Script::new(&format!("{common}\n{}", include_str!("lua/expire.lua"))),
+            expire: Script::new(&format!(
+                "local UNREADABLE = '{UNREADABLE}'\n{common}\n{}",
+                include_str!("lua/expire.lua")
+            )),
             foreign: Script::new(include_str!("lua/foreign.lua")),
             put_bundle: Script::new(include_str!("lua/put_bundle.lua")),
             swap_policy_state: Script::new(include_str!("lua/swap_policy_state.lua")),

@@ -1,24 +1,38 @@
 -- The sweeper's step for one due deadline entry. KEYS and ARGV[1..10] as in common.lua, then
 --   ARGV[11] the deadline member, ARGV[12] its index member.
--- Returns the expired record if this call recorded the expiry, else nil (already settled,
--- or not yet due).
+-- Returns the expired record if this call recorded the expiry, UNREADABLE (a status) for a
+-- value it cannot settle, else nil (already settled, or not yet due).
 -- Every instance's sweeper may run this for the same entry at once: the record's status makes
 -- the second call a no-op, so each expiry is recorded exactly once.
-local raw = current_record()
-if not raw then
-  -- Gone past the expired-retention (every sweeper was down that long): nothing to keep, only
-  -- indexes to mend.
+-- Takes the entry out of the deadlines, and the approval out of the pending index and sums.
+local function unlist()
   if redis.call('ZREM', KEYS[2], ARGV[12]) == 1 then
     local submitted_ms = tonumber(string.sub(ARGV[12], 1, 15))
     redis.call('HINCRBY', KEYS[7], ARGV[4], -submitted_ms)
   end
   redis.call('ZREM', KEYS[5], ARGV[11])
+end
+
+local raw = current_record()
+if not raw then
+  -- Gone past the expired-retention (every sweeper was down that long): nothing to keep, only
+  -- indexes to mend.
+  unlist()
   return false
 end
-local rec = cjson.decode(raw)
-if rec['status'] ~= 'pending' then
+local decoded, rec = pcall(cjson.decode, raw)
+local readable = decoded and type(rec) == 'table' and type(rec['expires_ms']) == 'number'
+  and type(rec['submitted_ms']) == 'number' and type(rec['status']) == 'string'
+if readable and rec['status'] ~= 'pending' then
   redis.call('ZREM', KEYS[5], ARGV[11])
   return false
 end
-if tonumber(ARGV[1]) < rec['expires_ms'] then return false end
+if readable and tonumber(ARGV[1]) < rec['expires_ms'] then return false end
+if not readable or string.sub(raw, 1, #ARGV[2]) ~= ARGV[2] then
+  -- A value this version cannot settle (corrupt, or written over by something else): it
+  -- would be the first due entry of every sweep, and fail it, for as long as its shadow lives.
+  -- Unlisted instead; the value stays, untouched, for a person to look at.
+  unlist()
+  return redis.status_reply(UNREADABLE)
+end
 return expire(raw, rec)
