@@ -121,7 +121,9 @@ pub async fn submit(
     params(("tenant" = inline(TenantId), Path), ("id" = inline(ApprovalId), Path)),
     responses((status = 200, body = Approval), (status = 400, body = super::Problem),
         (status = 401, body = super::Problem), (status = 403, body = super::Problem),
-        (status = 404, body = super::Problem), (status = 503, body = super::Problem)),
+        (status = 404, body = super::Problem),
+        (status = 409, description = "action_mismatch: the record no longer matches the action it was parked with", body = super::Problem),
+        (status = 503, body = super::Problem)),
     security(("bearer" = [])))]
 pub async fn get_approval(
     State(state): State<AppState>,
@@ -167,7 +169,9 @@ fn whole_seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, 
     params(("tenant" = inline(TenantId), Path), ("id" = inline(ApprovalId), Path), WaitQuery),
     responses((status = 200, body = Approval), (status = 400, body = super::Problem),
         (status = 401, body = super::Problem), (status = 403, body = super::Problem),
-        (status = 404, body = super::Problem), (status = 503, body = super::Problem)),
+        (status = 404, body = super::Problem),
+        (status = 409, description = "action_mismatch: the record no longer matches the action it was parked with", body = super::Problem),
+        (status = 503, body = super::Problem)),
     security(("bearer" = [])))]
 pub async fn wait_decision(
     State(state): State<AppState>,
@@ -242,8 +246,10 @@ pub struct DecideBody {
     params(("tenant" = inline(TenantId), Path), ("id" = inline(ApprovalId), Path)), request_body(content = Option<DecideBody>),
     responses((status = 200, body = Approval), (status = 400, body = super::Problem),
         (status = 401, body = super::Problem), (status = 403, description = "forbidden or self_approval", body = super::Problem),
-        (status = 404, body = super::Problem), (status = 409, description = "already_decided", body = super::Problem),
+        (status = 404, body = super::Problem),
+        (status = 409, description = "already_decided, or action_mismatch (the action_digest sent, or the record's own, does not match its action)", body = super::Problem),
         (status = 410, description = "expired", body = super::Problem),
+        (status = 413, description = "payload_too_large: a body over 64 KiB", body = super::Problem),
         (status = 415, description = "unsupported_media_type", body = super::Problem), (status = 503, body = super::Problem)),
     security(("bearer" = [])))]
 pub async fn accept(
@@ -260,8 +266,10 @@ pub async fn accept(
     params(("tenant" = inline(TenantId), Path), ("id" = inline(ApprovalId), Path)), request_body(content = Option<DecideBody>),
     responses((status = 200, body = Approval), (status = 400, body = super::Problem),
         (status = 401, body = super::Problem), (status = 403, description = "forbidden or self_approval", body = super::Problem),
-        (status = 404, body = super::Problem), (status = 409, description = "already_decided", body = super::Problem),
+        (status = 404, body = super::Problem),
+        (status = 409, description = "already_decided, or action_mismatch (the action_digest sent, or the record's own, does not match its action)", body = super::Problem),
         (status = 410, description = "expired", body = super::Problem),
+        (status = 413, description = "payload_too_large: a body over 64 KiB", body = super::Problem),
         (status = 415, description = "unsupported_media_type", body = super::Problem), (status = 503, body = super::Problem)),
     security(("bearer" = [])))]
 pub async fn reject(

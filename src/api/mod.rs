@@ -108,8 +108,9 @@ impl Modify for ProblemJson {
     }
 }
 
-/// Every `/v1` operation can answer `429 too_many_requests` (src/api/fairness.rs): the
-/// document says so once here rather than on each route.
+/// Every `/v1` operation can answer `429 too_many_requests` (src/api/fairness.rs), with
+/// `Retry-After`, and all but the long-poll `408 request_timeout`: the document says so once
+/// here rather than on each route.
 struct CallerLimits;
 
 impl Modify for CallerLimits {
@@ -127,6 +128,7 @@ impl Modify for CallerLimits {
                 match responses.get_mut("429") {
                     Some(RefOr::T(response)) => {
                         response.description = format!("{}; or {WHY}", response.description);
+                        response.headers.insert("Retry-After".into(), retry_after());
                     }
                     Some(RefOr::Ref(_)) => {}
                     None => {
@@ -136,13 +138,35 @@ impl Modify for CallerLimits {
                         let response = ResponseBuilder::new()
                             .description(WHY)
                             .content("application/json", problem)
+                            .header("Retry-After", retry_after())
                             .build();
                         responses.insert("429".into(), RefOr::T(response));
                     }
                 }
+                // The request deadline (src/api/admission.rs); a long-poll has its own bound.
+                if !path.ends_with("/decision") {
+                    let problem = ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("Problem")))
+                        .build();
+                    let response = ResponseBuilder::new()
+                        .description("request_timeout: not answered within server.request_timeout")
+                        .content("application/json", problem)
+                        .build();
+                    responses.insert("408".into(), RefOr::T(response));
+                }
             }
         }
     }
+}
+
+fn retry_after() -> utoipa::openapi::Header {
+    utoipa::openapi::HeaderBuilder::new()
+        .schema(
+            utoipa::openapi::ObjectBuilder::new()
+                .schema_type(utoipa::openapi::schema::Type::Integer),
+        )
+        .description(Some("seconds to wait before trying again"))
+        .build()
 }
 
 /// The whole application as a router (the API and, when `ui.enabled`, the inbox); `startup`
@@ -182,6 +206,7 @@ pub fn router(state: AppState, ui: &crate::config::UiSettings) -> Router {
     routes
         .route("/openapi.json", axum::routing::get(move || ops::openapi(openapi.clone())))
         .fallback(ops::no_route)
+        .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             admission::Admission {
                 slots: state.caller_slots.clone(),

@@ -52,3 +52,8 @@ pub async fn openapi(document: Arc<utoipa::openapi::OpenApi>) -> Response {
 pub async fn no_route() -> Response {
     ApiError::NoRoute.into_response()
 }
+
+/// So does a known route asked with a method it does not take (the router adds `Allow`).
+pub async fn method_not_allowed(method: axum::http::Method) -> Response {
+    ApiError::MethodNotAllowed(method).into_response()
+}

@@ -28,6 +28,8 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("no such route")]
     NoRoute,
+    #[error("this route does not take {0}; the Allow header lists what it takes")]
+    MethodNotAllowed(axum::http::Method),
     #[error("the request took longer than {0:?}")]
     RequestTimeout(std::time::Duration),
     /// The caller (its bearer token) already has this many requests, or decision long-polls,
@@ -100,6 +102,11 @@ impl ApiError {
             Self::NoRoute | Self::App(AppError::NotFound { .. }) => {
                 (S::NOT_FOUND, "not_found", "Not found")
             }
+            Self::MethodNotAllowed(_) => (
+                S::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "Method not allowed",
+            ),
             Self::App(AppError::Forbidden(_)) => (S::FORBIDDEN, "forbidden", "Forbidden"),
             Self::App(AppError::SelfApproval) => {
                 (S::FORBIDDEN, "self_approval", "Self-approval refused")

@@ -14,6 +14,8 @@ use crate::auth::{Permission, Principal};
 const DEFAULT_WAIT_SECONDS: u64 = 30;
 /// The longest decision reason accepted.
 pub const MAX_REASON_CHARS: usize = 2_000;
+/// The longest `action_digest` accepted (a real one is 71: `sha256:` and 64 hex digits).
+const MAX_DIGEST_CHARS: usize = 100;
 
 /// Which approvals to list.
 #[derive(Debug, Clone, Default)]
@@ -143,6 +145,11 @@ impl Approvals {
                 "reason: at most {MAX_REASON_CHARS} characters"
             )));
         }
+        if seen_digest.is_some_and(|d| d.chars().count() > MAX_DIGEST_CHARS) {
+            return Err(AppError::InvalidContent(format!(
+                "action_digest: at most {MAX_DIGEST_CHARS} characters"
+            )));
+        }
         self.authorize(caller, Permission::Decide, tenant)?;
         if let Some(seen) = seen_digest {
             // One more read, only for callers that bind their decision to what they saw.
@@ -152,7 +159,12 @@ impl Approvals {
                 .action_digest
                 .clone()
                 .unwrap_or_else(|| approvals_core::action_digest(&current.action));
-            if stored != seen {
+            // The contract's answers come first (expired, already decided, self-approval): the
+            // engine gives them below; a digest only matters for a decision that could be made.
+            let decidable = current.status == Status::Pending
+                && Timestamp::now() < current.expires_at
+                && current.submitted_by != caller.subject;
+            if decidable && stored != seen {
                 return Err(AppError::ActionMismatch {
                     tenant: tenant.clone(),
                     id: id.clone(),

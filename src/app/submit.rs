@@ -67,7 +67,7 @@ impl Approvals {
         };
         self.authorize(caller, Permission::Submit, &tenant)?;
         tracing::Span::current().record("approval_id", id.as_str());
-        let gates = self.policies.gates(&tenant)?;
+        let gates = self.policies.gates(&tenant);
         let now = Timestamp::now();
         let digest = action_digest(&request.action);
         let asked = Approval {
@@ -86,6 +86,19 @@ impl Approvals {
             decided_by: None,
             decision_reason: None,
             action_digest: Some(digest),
+        };
+        let gates = match gates {
+            Ok(gates) => gates,
+            // A repeat is answered from its record, policy or not: the contract does not
+            // evaluate it again, so a policy that cannot be loaded must not fail it.
+            Err(error) => {
+                if chosen_by_caller {
+                    if let Some(existing) = self.read(&asked.tenant, &asked.id).await? {
+                        return repeated(existing, &asked);
+                    }
+                }
+                return Err(error);
+            }
         };
         let (verdict, shadow) = self
             .evaluators

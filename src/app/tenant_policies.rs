@@ -7,7 +7,8 @@
 //! the `policy_version` it was parked under because that is written into its record.
 //!
 //! Until the first poll has succeeded an instance does not know which tenants have their own
-//! bundle, so submits answer 503 instead of silently using the platform default.
+//! bundle, so submits answer 503 `backend_unavailable` instead of silently using the platform
+//! default.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -91,7 +92,12 @@ impl TenantPolicies {
     /// The gates for `tenant` as of now.
     pub fn gates(&self, tenant: &TenantId) -> Result<Arc<Gates>, AppError> {
         if !self.synced.load(Ordering::Acquire) {
-            return Err(AppError::PolicyNotLoaded);
+            // Start-up's read of the store failed and no poll has succeeded since: the store
+            // is what is missing, as for any other call that cannot reach it.
+            return Err(AppError::Unavailable(BackendError::unavailable(
+                "policy_states",
+                "the tenants' policies have not been read yet",
+            )));
         }
         match self.loaded.load().get(tenant) {
             None => Ok(self.default.clone()),

@@ -215,6 +215,17 @@ async fn a_decision_binds_to_the_action_the_reviewer_saw(h: Harness) {
     let record: Value = accepted.json().await.unwrap();
     assert_eq!(record["status"], "accepted");
     assert_eq!(record["action_digest"], digest);
+
+    // Once decided, the contract's answer comes first, whatever digest is sent.
+    let late = decide("bound-1", other_digest()).await.unwrap();
+    assert_problem(late, StatusCode::CONFLICT, "already_decided").await;
+    // A digest no digest can be is refused as a malformed body.
+    let long = decide("bound-1", "x".repeat(300)).await.unwrap();
+    assert_problem(long, StatusCode::BAD_REQUEST, "invalid_body").await;
+}
+
+fn other_digest() -> String {
+    action_digest(&object(json!({"type": "document_read", "resource": "x"})))
 }
 
 /// A record changed in the store after parking (here: its action rewritten in Redis, as an

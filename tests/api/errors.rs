@@ -269,6 +269,7 @@ async fn bodies_over_the_limit_are_413(h: Harness) {
 
 async fn query_parameters_out_of_range_are_400(h: Harness) {
     let tenant = &h.tenant;
+    let on_redis = h.backend == crate::support::Backend::Redis;
     let app = h.spawn().await;
     app.park("req-1").await;
     let reviewer = &app.tokens.reviewer;
@@ -324,6 +325,22 @@ async fn query_parameters_out_of_range_are_400(h: Harness) {
             "{path}"
         );
     }
+    // The largest stream id there can be (Redis refuses a range after it): nothing comes after
+    // it on Redis, whose cursors these are; a foreign cursor elsewhere. Never a 503.
+    let path =
+        format!("/v1/tenants/{tenant}/audit?cursor=18446744073709551615-18446744073709551615");
+    let response = app
+        .request(Method::GET, &path, Some(admin))
+        .send()
+        .await
+        .unwrap();
+    if on_redis {
+        assert_eq!(response.status(), StatusCode::OK);
+        let last: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(last["items"], serde_json::json!([]), "{last}");
+    } else {
+        assert_problem(response, StatusCode::BAD_REQUEST, "invalid_query").await;
+    }
     for ok in ["limit=1", "limit=500", "status=accepted"] {
         let path = format!("/v1/tenants/{tenant}/approvals?{ok}");
         assert_eq!(
@@ -346,4 +363,22 @@ async fn unknown_routes_are_problem_json_404(h: Harness) {
         .await
         .unwrap();
     assert_problem(response, StatusCode::NOT_FOUND, "not_found").await;
+    // A known route with a method it does not take: problem+json too, and what it takes.
+    let response = app
+        .request(
+            Method::DELETE,
+            &format!("/v1/tenants/{}/approvals", app.tenant),
+            Some(&app.tokens.agent),
+        )
+        .send()
+        .await
+        .unwrap();
+    let allow = response.headers()["allow"].to_str().unwrap().to_owned();
+    assert!(allow.contains("GET") && allow.contains("POST"), "{allow}");
+    assert_problem(
+        response,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+    )
+    .await;
 }

@@ -83,6 +83,17 @@ async fn redis_down_is_503_within_seconds_and_recovery_keeps_every_pending_appro
         );
     }
 
+    // An instance started during the outage has read no tenant policy: its submits are the
+    // store's unavailability too, not a policy problem.
+    let (fresh, _stop_fresh) = app.second_instance().await;
+    let response = app.submit_on(&fresh, "to-a-fresh-instance").await;
+    assert_problem(
+        response,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "backend_unavailable",
+    )
+    .await;
+
     app.redis.as_mut().expect("redis").restart().await;
     until_ready(&app).await;
     let pending: Value = app

@@ -598,8 +598,9 @@ async fn spoil_bundle(app: &TestApp, version: &str) {
 }
 
 /// An instance that cannot load a tenant's own bundle (here unreadable in the store; a Redis
-/// timeout does the same) answers that tenant's submits `503 policy_not_loaded` and keeps
-/// trying; it never evaluates them with the platform default, which the tenant replaced.
+/// timeout does the same) answers that tenant's new submits `503 policy_not_loaded` and keeps
+/// trying; it never evaluates them with the platform default, which the tenant replaced. A
+/// repeated `request_id` still gets its record.
 #[tokio::test]
 async fn a_tenant_whose_bundle_cannot_be_loaded_is_not_answered_with_the_default() {
     let mut app = TestApp::spawn().await;
@@ -610,6 +611,9 @@ async fn a_tenant_whose_bundle_cannot_be_loaded_is_not_answered_with_the_default
         StatusCode::OK,
         "the tenant's bundle allows reads"
     );
+    let write = json!({"type": "email_send", "to": "cfo@example.com"});
+    let parked = app.submit("parked-before", write.clone()).await;
+    assert_eq!(parked.status(), StatusCode::CREATED);
     spoil_bundle(&app, &version).await;
     // A fresh instance: nothing loaded yet for the tenant.
     app.restart().await;
@@ -620,6 +624,12 @@ async fn a_tenant_whose_bundle_cannot_be_loaded_is_not_answered_with_the_default
         "policy_not_loaded",
     )
     .await;
+    // A repeat is answered from its record, which needs no policy.
+    let repeat = app.submit("parked-before", write).await;
+    assert_eq!(repeat.status(), StatusCode::OK);
+    let record: Value = repeat.json().await.unwrap();
+    assert_eq!(record["approval"]["id"], "parked-before", "{record}");
+    assert_eq!(record["approval"]["policy_version"], version);
 }
 
 /// A candidate that cannot be loaded never decides, so it must not keep the active bundle out:

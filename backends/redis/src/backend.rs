@@ -455,6 +455,13 @@ impl ApprovalBackend for RedisBackend {
         limit: usize,
     ) -> Result<Page<AuditEvent>, BackendError> {
         let start = match (cursor, since) {
+            // Redis refuses an exclusive range after the largest id; nothing comes after it.
+            (Some(cursor), _) if keys::decode_stream_cursor(cursor)? == keys::LAST_STREAM_ID => {
+                return Ok(Page {
+                    items: Vec::new(),
+                    next_cursor: None,
+                })
+            }
             (Some(cursor), _) => format!("({}", keys::decode_stream_cursor(cursor)?),
             (None, Some(since)) => format!("{}-0", since.as_millis().max(0)),
             (None, None) => "-".to_owned(),

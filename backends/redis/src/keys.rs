@@ -131,6 +131,9 @@ pub fn decode_cursor(cursor: &str) -> Result<String, BackendError> {
 }
 
 /// Audit cursors are stream ids (`{ms}-{seq}`).
+/// The largest stream id there can be.
+pub const LAST_STREAM_ID: &str = "18446744073709551615-18446744073709551615";
+
 pub fn decode_stream_cursor(cursor: &str) -> Result<&str, BackendError> {
     let (ms, seq) = cursor.split_once('-').ok_or(BackendError::InvalidCursor)?;
     // Redis refuses an id part beyond 64 bits; that is the caller's mistake, not an outage.
