@@ -361,3 +361,137 @@ async fn an_unreadable_pending_value_does_not_stop_the_expiries_after_it() {
         .unwrap();
     assert_eq!(kept.as_deref(), Some("{not json"));
 }
+
+/// A decision sent before the deadline that reaches Redis after it (Redis busy, the call
+/// queued) is not taken: the approval expired, and an agent told `expired` stays told.
+#[tokio::test]
+async fn a_decision_that_reaches_redis_after_the_deadline_is_not_taken() {
+    let app = TestApp::spawn_with(|s| {
+        s.approvals.default_ttl = Duration::from_secs(1);
+        s.redis.call_timeout = Duration::from_secs(5);
+    })
+    .await;
+    let parked = app.park("queued-accept").await;
+    let deadline_ms = millis(&parked["expires_at"]);
+
+    // Another client keeps Redis busy until 300 ms past the deadline.
+    let unbounded = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+    let mut busy = app
+        .redis()
+        .client()
+        .get_multiplexed_async_connection_with_config(&unbounded)
+        .await
+        .unwrap();
+    let mut probe = app
+        .redis()
+        .client()
+        .get_multiplexed_async_connection_with_config(&unbounded)
+        .await
+        .unwrap();
+    let block = tokio::spawn(async move {
+        let script = "local stop_ms = tonumber(ARGV[1]) \
+            while true do local t = redis.call('TIME') \
+            if t[1] * 1000 + math.floor(t[2] / 1000) >= stop_ms then return 1 end end";
+        let _: i64 = redis::cmd("EVAL")
+            .arg(script)
+            .arg(0)
+            .arg(deadline_ms + 300)
+            .query_async(&mut busy)
+            .await
+            .unwrap();
+    });
+    // Busy once a PING goes unanswered.
+    loop {
+        assert!(!block.is_finished(), "the busy script ended early");
+        let ping = redis::cmd("PING");
+        let answered = ping.query_async::<String>(&mut probe);
+        if tokio::time::timeout(Duration::from_millis(50), answered)
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    assert!(
+        chrono::Utc::now().timestamp_millis() < deadline_ms,
+        "the accept is sent before the deadline"
+    );
+    let response = app
+        .decide("queued-accept", "accept", &app.tokens.reviewer)
+        .await;
+    block.await.unwrap();
+    assert_problem(response, StatusCode::GONE, "expired").await;
+    let read: Value = app
+        .get("queued-accept", &app.tokens.agent)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(read["status"], "expired");
+}
+
+/// An approval whose record and shadow lapsed before any sweep, its id then parked again: the
+/// old deadline entry meets the new record. It must not leave the old approval counted as
+/// pending for good (the figures, the per-tenant cap).
+#[tokio::test]
+async fn an_id_parked_again_after_an_unswept_lapse_leaves_no_phantom_pending() {
+    let mut app = TestApp::spawn_with(|s| {
+        s.approvals.default_ttl = Duration::from_secs(1);
+        s.approvals.expired_retention = Duration::from_secs(1);
+        s.approvals.sweep_interval = Duration::from_secs(3600);
+    })
+    .await;
+    app.park("again").await;
+    let mut conn = app.redis().connection().await;
+    let keys = [
+        format!("approval:{}:again", app.tenant),
+        format!("approvals:shadow:{}:again", app.tenant),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let existing: i64 = redis::cmd("EXISTS")
+            .arg(&keys[..])
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if existing == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "record and shadow outlived their lifetimes"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let again = app.submit("again", crate::support::sensitive_read()).await;
+    assert_eq!(again.status(), StatusCode::CREATED);
+
+    app.restart_with(|s| s.approvals.sweep_interval = Duration::from_millis(100))
+        .await;
+    let pending_index = format!("approvals:index:{}:pending", app.tenant);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let pending: Vec<String> = redis::cmd("ZRANGE")
+            .arg(&pending_index)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if pending.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still counted as pending: {pending:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let read: Value = app
+        .get("again", &app.tokens.agent)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(read["status"], "expired", "{read}");
+}

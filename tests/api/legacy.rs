@@ -230,3 +230,34 @@ async fn v1_records_are_listed_and_counted_within_fifteen_seconds_by_default() {
         written.elapsed()
     );
 }
+
+/// A v1 record decided by the ADR's service keeps its key for the decided retention, not its
+/// lifetime: its deadline is the `expires_at` it recorded, not the key's expiry.
+#[tokio::test]
+async fn a_decided_v1_record_keeps_the_deadline_it_recorded() {
+    let app = TestApp::spawn().await;
+    let record = json!({
+        "status": "approved",
+        "agent_action": {"type": "document_read", "resource": "finance/legacy"},
+        "submitted_at": "2026-11-21T09:00:00Z",
+        "expires_at": "2026-11-22T09:00:00Z",
+        "decided_by": "rita",
+    });
+    let mut conn = app.redis().connection().await;
+    let _: () = redis::cmd("SET")
+        .arg(format!("approval:{TENANT}:v1-decided"))
+        .arg(record.to_string())
+        .arg("EX")
+        .arg(7 * 24 * 3600)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let read: Value = app
+        .get("v1-decided", &app.tokens.reviewer)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(read["status"], "accepted", "{read}");
+    assert_eq!(read["expires_at"], "2026-11-22T09:00:00.000Z", "{read}");
+}

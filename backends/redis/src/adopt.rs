@@ -36,6 +36,9 @@ impl RedisBackend {
                 tracing::info!(key, "adopted an ADR v1 record");
                 Ok(approval)
             }
+            // Lapsed since it was read (expired, in v1): nothing adopted; it reads as it was,
+            // past its deadline.
+            Some(current) if current.is_empty() => Ok(approval),
             // Someone else adopted or decided it first: read theirs.
             Some(current) => match record::decode(key, &current)? {
                 Decoded::Current(approval) => Ok(*approval),
@@ -67,7 +70,12 @@ impl RedisBackend {
                     .await
             })
             .await?;
-        let key_expiry = (expiry_ms > 0).then(|| Timestamp::from_millis(expiry_ms));
+        let key_expiry = match expiry_ms {
+            // Lapsed since it was read: its deadline was no later than now.
+            -2 => Some(Timestamp::now()),
+            ms if ms > 0 => Some(Timestamp::from_millis(ms)),
+            _ => None,
+        };
         Ok(legacy::to_approval(
             tenant,
             id,

@@ -67,13 +67,14 @@ impl RedisBackend {
                 let (engine, events) = (engine.clone(), events.clone());
                 async move {
                     let now = Timestamp::now();
-                    let result = engine.expire_due(now).await;
-                    if let Ok(expired) = &result {
-                        for approval in expired {
-                            events.expired(approval, now);
-                        }
+                    let mut expired = Vec::new();
+                    let result = engine.expire_due_into(now, &mut expired).await;
+                    // Reported even when the pass failed part way: they were recorded, and
+                    // only this instance knows it.
+                    for approval in &expired {
+                        events.expired(approval, now);
                     }
-                    events.chore_finished("sweep", result.as_ref().map(Vec::len));
+                    events.chore_finished("sweep", result.as_ref().map(|()| expired.len()));
                 }
             })
         };
@@ -144,6 +145,18 @@ impl RedisBackend {
     /// pending approval whose deadline has passed; returns the approvals this call expired
     /// (none that another instance expired first).
     pub async fn expire_due(&self, now: Timestamp) -> Result<Vec<Approval>, BackendError> {
+        let mut expired = Vec::new();
+        self.expire_due_into(now, &mut expired).await?;
+        Ok(expired)
+    }
+
+    /// [`Self::expire_due`], adding to `expired` as it goes: a pass that fails part way has
+    /// still recorded the expiries before the failure.
+    async fn expire_due_into(
+        &self,
+        now: Timestamp,
+        expired: &mut Vec<Approval>,
+    ) -> Result<(), BackendError> {
         self.trim_retention(now).await?;
         let due: Vec<(String, f64)> = self
             .with_conn("sweep", |mut conn| async move {
@@ -157,7 +170,6 @@ impl RedisBackend {
                 .await
             })
             .await?;
-        let mut expired = Vec::new();
         for (member, _deadline) in due {
             let Some((tenant, submitted_ms, id)) = keys::parse_deadline_member(&member) else {
                 continue;
@@ -189,7 +201,7 @@ impl RedisBackend {
                 },
             }
         }
-        Ok(expired)
+        Ok(())
     }
 
     /// Drops index entries whose decided or expired record has reached its retention.

@@ -48,7 +48,13 @@ pub fn to_approval(
         .and_then(parse_submitted_at)
         .or_else(|| key_expiry.map(|expiry| expiry.minus(default_ttl)))
         .unwrap_or(now);
-    let expires_at = key_expiry.unwrap_or_else(|| submitted_at.plus(default_ttl));
+    // A decided v1 record's key lives for the decided retention, not its lifetime: the
+    // record's own `expires_at`, where it has one, is the deadline it had.
+    let expires_at = map
+        .get("expires_at")
+        .and_then(parse_submitted_at)
+        .or(key_expiry)
+        .unwrap_or_else(|| submitted_at.plus(default_ttl));
     let object = |v: Option<Value>| match v {
         Some(Value::Object(m)) => m,
         _ => Map::new(),

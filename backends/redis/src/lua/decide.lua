@@ -10,7 +10,12 @@ local rec = cjson.decode(raw)
 if rec['expires_ms'] == nil then return {'foreign'} end
 if rec['status'] == 'expired' then return {'expired', raw} end
 if rec['status'] ~= 'pending' then return {'decided', raw} end
-if tonumber(ARGV[1]) >= rec['expires_ms'] then
+-- The instance read its clock before the call waited for a connection and for Redis: the
+-- deadline is checked against the later of that and Redis' own clock, so a decision that
+-- reaches Redis after the deadline is never taken.
+local time = redis.call('TIME')
+local redis_now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+if math.max(tonumber(ARGV[1]), redis_now) >= rec['expires_ms'] then
   -- Past the deadline, not yet swept: record the expiry now, so it happens exactly once.
   return {'expired_now', expire(raw, rec)}
 end

@@ -23,6 +23,12 @@ end
 local decoded, rec = pcall(cjson.decode, raw)
 local readable = decoded and type(rec) == 'table' and type(rec['expires_ms']) == 'number'
   and type(rec['submitted_ms']) == 'number' and type(rec['status']) == 'string'
+if readable and index_member(rec) ~= ARGV[12] then
+  -- An earlier approval's entry under the same id: its record and shadow lapsed before any
+  -- sweep, and the id was parked again. That approval is gone; this one has its own entry.
+  unlist()
+  return false
+end
 if readable and rec['status'] ~= 'pending' then
   redis.call('ZREM', KEYS[5], ARGV[11])
   return false

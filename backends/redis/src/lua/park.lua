@@ -6,9 +6,16 @@
 --       11 audit event JSON  12 audit max length
 --       13 adopt: when non-empty, the exact current value that may be replaced
 --       14 shadow TTL (ms), for a pending record
--- Returns nil when written, else the existing value (a lapsed pending one from its shadow).
+-- Returns nil when written, else the existing value (a lapsed pending one from its shadow);
+-- for an adoption whose value lapsed meanwhile, the empty string.
 local existing = redis.call('GET', KEYS[1]) or redis.call('GET', KEYS[8])
-if existing and existing ~= ARGV[13] then return existing end
+if ARGV[13] ~= '' then
+  -- Adoption replaces exactly the value it read: one that lapsed meanwhile (an expiry, in
+  -- ADR v1) stays lapsed, never parked again with a deadline of its own.
+  if existing ~= ARGV[13] then return existing or '' end
+elseif existing then
+  return existing
+end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('ZADD', KEYS[2], 0, ARGV[3])
 redis.call('SADD', KEYS[5], ARGV[9])
