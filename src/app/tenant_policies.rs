@@ -128,6 +128,7 @@ impl TenantPolicies {
         };
         let _turn = self.syncing.lock().await;
         let states = store.states().await?;
+        self.forget_unused(&states);
         let current = self.loaded.load_full();
         let mut next: HashMap<TenantId, Loaded> = HashMap::with_capacity(states.len());
         let mut changed = false;
@@ -261,6 +262,34 @@ impl TenantPolicies {
         Ok(gate)
     }
 
+    /// Drops compiled bundles no tenant can reach without a new change: tenants that activate
+    /// a new version on every commit would otherwise keep every one they ever ran. Kept: the
+    /// active and candidate versions, and the one a rollback returns to.
+    fn forget_unused(&self, states: &std::collections::BTreeMap<TenantId, PolicyState>) {
+        let reachable: std::collections::HashSet<(&TenantId, &str)> = states
+            .iter()
+            .flat_map(|(tenant, state)| {
+                let rollback = state.history.last().and_then(Option::as_deref);
+                [
+                    state.active.as_deref(),
+                    state.candidate.as_deref(),
+                    rollback,
+                ]
+                .into_iter()
+                .flatten()
+                .map(move |version| (tenant, version))
+            })
+            .collect();
+        if let Ok(mut cache) = self.compiled.lock() {
+            cache.retain(|(tenant, version), _| reachable.contains(&(tenant, version.as_str())));
+        }
+    }
+
+    #[cfg(test)]
+    fn compiled_count(&self) -> usize {
+        self.compiled.lock().map_or(0, |cache| cache.len())
+    }
+
     fn cached(&self, key: &(TenantId, String)) -> Option<Arc<PolicyGate>> {
         self.compiled.lock().ok()?.get(key).cloned()
     }
@@ -367,6 +396,68 @@ mod tests {
             ..state.clone()
         };
         assert!(store.swap_state(tenant, &state, &next).await.unwrap());
+    }
+
+    /// Stores a bundle answering `answer`; its version.
+    async fn store_bundle(store: &RedisBackend, tenant: &TenantId, answer: &str) -> String {
+        let text = format!(
+            "package approvals\nimport rego.v1\ndecision := {{\"decision\": \"{answer}\"}}\n"
+        );
+        let file = PolicyFile {
+            relative: "p.rego".into(),
+            text: text.clone(),
+        };
+        let version = PolicyGate::from_files(&[file], "test")
+            .unwrap()
+            .version()
+            .to_owned();
+        let bundle = StoredBundle {
+            version: version.clone(),
+            files: vec![approvals_core::BundleFile {
+                path: "p.rego".into(),
+                text,
+            }],
+            uploaded_by: "test".into(),
+            uploaded_at: approvals_core::Timestamp::now(),
+        };
+        store.put_bundle(tenant, &bundle).await.unwrap();
+        version
+    }
+
+    async fn activate(store: &RedisBackend, tenant: &TenantId, version: &str) {
+        let state = store.state(tenant).await.unwrap();
+        let mut next = state.clone();
+        next.generation += 1;
+        next.history.push(state.active.clone());
+        next.active = Some(version.to_owned());
+        assert!(store.swap_state(tenant, &state, &next).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn compiled_bundles_no_tenant_can_reach_are_dropped() {
+        let redis = RedisServer::start().await;
+        let settings = RedisSettings::new(redis.url());
+        let store = Arc::new(RedisBackend::connect(settings, Lifetimes::default()).unwrap());
+        let tenant = TenantId::parse("ci-activates").unwrap();
+        let versions = [
+            store_bundle(&store, &tenant, "allow").await,
+            store_bundle(&store, &tenant, "deny").await,
+            store_bundle(&store, &tenant, "require_approval").await,
+        ];
+        let policies = TenantPolicies::new(default_gate(), Some(store.clone()), 0);
+        for version in &versions {
+            activate(&store, &tenant, version).await;
+            policies.sync().await.unwrap();
+        }
+        // The active version and the one a rollback returns to; not the first.
+        assert_eq!(policies.compiled_count(), 2);
+        assert!(policies
+            .cached(&(tenant.clone(), versions[2].clone()))
+            .is_some());
+        assert!(policies
+            .cached(&(tenant.clone(), versions[1].clone()))
+            .is_some());
+        assert!(policies.cached(&(tenant, versions[0].clone())).is_none());
     }
 
     #[tokio::test]

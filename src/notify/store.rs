@@ -90,6 +90,13 @@ local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, to
 for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], ARGV[2], id) end
 return ids";
 
+/// Forgets a tenant only while it still has no webhook.
+const FORGET_TENANT: &str = r"
+if redis.call('HLEN', KEYS[1]) > 0 then return 0 end
+redis.call('SREM', KEYS[2], ARGV[1])
+redis.call('DEL', KEYS[3])
+return 1";
+
 /// Takes or keeps the tenant's reader lock for this instance.
 const LOCK: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] or redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
@@ -201,18 +208,21 @@ impl Store {
             .await
     }
 
+    /// Drops a tenant whose last webhook went, unless one was added since it was found empty
+    /// (else that webhook would never be read).
     pub async fn forget_tenant(&self, tenant: &str) -> Result<(), StoreError> {
         let tenant = tenant.to_owned();
         self.call(|mut c| async move {
-            redis::pipe()
-                .srem(TENANTS_KEY, &tenant)
-                .ignore()
-                .del(cursor_key(&tenant))
-                .ignore()
-                .query_async::<()>(&mut c)
+            redis::Script::new(FORGET_TENANT)
+                .key(hooks_key(&tenant))
+                .key(TENANTS_KEY)
+                .key(cursor_key(&tenant))
+                .arg(&tenant)
+                .invoke_async::<i64>(&mut c)
                 .await
         })
         .await
+        .map(drop)
     }
 
     /// Takes or keeps the right to read `tenant`'s audit for `lease` (one instance at a time).
@@ -449,5 +459,41 @@ impl Store {
     pub async fn queued(&self) -> Result<u64, StoreError> {
         self.call(|mut c| async move { c.zcard(DUE_KEY).await })
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use approvals_testkit::RedisServer;
+
+    use super::*;
+    use crate::notify::{NotifyEvent, WebhookFormat};
+
+    /// The reader found the tenant with no webhook; meanwhile an admin added one. Forgetting
+    /// the tenant then would leave that webhook unread for good.
+    #[tokio::test]
+    async fn a_tenant_that_has_a_webhook_again_is_not_forgotten() {
+        let redis = RedisServer::start().await;
+        let store = Store::connect(&redis.url(), Duration::from_secs(2))
+            .await
+            .unwrap();
+        let hook = Webhook {
+            id: "wh-1".into(),
+            tenant: "acme".into(),
+            url: "https://hooks.example/approvals".into(),
+            events: vec![NotifyEvent::Parked],
+            format: WebhookFormat::Json,
+            secret: "s".into(),
+            created_at: Timestamp::now(),
+        };
+        store.add(&hook).await.unwrap();
+        store.forget_tenant("acme").await.unwrap();
+        assert_eq!(store.tenants().await.unwrap(), ["acme"]);
+        assert!(store.cursor("acme").await.unwrap().is_some());
+
+        let tenant = TenantId::parse("acme").unwrap();
+        assert!(store.remove(&tenant, "wh-1").await.unwrap());
+        store.forget_tenant("acme").await.unwrap();
+        assert!(store.tenants().await.unwrap().is_empty());
     }
 }
