@@ -130,7 +130,7 @@ fn millis(d: Duration) -> u64 {
 
 impl Store {
     pub async fn connect(url: &str, call_timeout: Duration) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url)?;
+        let client = approvals_redis::open_client(url)?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(call_timeout))
             .set_response_timeout(Some(call_timeout));

@@ -195,3 +195,132 @@ async fn an_evicting_redis_is_not_ready() {
     redis_config(&app, "maxmemory-policy", "noeviction").await;
     until_ready(&app).await;
 }
+
+/// A TCP relay to Redis that can silence the connections that subscribed: their packets go
+/// nowhere, and nothing is reset, as behind a NAT that forgot them or across a partition.
+struct Relay {
+    url: String,
+    subscribers: std::sync::Arc<std::sync::Mutex<Vec<Connection>>>,
+}
+
+#[derive(Clone, Default)]
+struct Connection {
+    subscribed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    silenced: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Relay {
+    async fn start(redis_port: u16) -> Self {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("redis://{}", listener.local_addr().unwrap());
+        let subscribers = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let all = subscribers.clone();
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let Ok(outbound) = tokio::net::TcpStream::connect(("127.0.0.1", redis_port)).await
+                else {
+                    continue;
+                };
+                let connection = Connection::default();
+                all.lock().unwrap().push(connection.clone());
+                let (mut client_read, mut client_write) = inbound.into_split();
+                let (mut redis_read, mut redis_write) = outbound.into_split();
+                let up = connection.clone();
+                tokio::spawn(async move {
+                    let mut buffer = vec![0u8; 16 * 1024];
+                    while let Ok(n) = client_read.read(&mut buffer).await {
+                        if n == 0 {
+                            break;
+                        }
+                        let sent = &buffer[..n];
+                        if sent
+                            .windows(9)
+                            .any(|w| w.eq_ignore_ascii_case(b"subscribe"))
+                        {
+                            up.subscribed.store(true, Ordering::SeqCst);
+                        }
+                        if !up.silenced.load(Ordering::SeqCst)
+                            && redis_write.write_all(sent).await.is_err()
+                        {
+                            break;
+                        }
+                    }
+                });
+                let down = connection;
+                tokio::spawn(async move {
+                    let mut buffer = vec![0u8; 16 * 1024];
+                    while let Ok(n) = redis_read.read(&mut buffer).await {
+                        if n == 0 {
+                            break;
+                        }
+                        if !down.silenced.load(Ordering::SeqCst)
+                            && client_write.write_all(&buffer[..n]).await.is_err()
+                        {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        Self { url, subscribers }
+    }
+
+    /// Silences every connection that has subscribed so far; later ones pass.
+    fn silence_subscribers(&self) -> usize {
+        use std::sync::atomic::Ordering;
+        let connections = self.subscribers.lock().unwrap();
+        let subscribed: Vec<_> = connections
+            .iter()
+            .filter(|c| c.subscribed.load(Ordering::SeqCst))
+            .collect();
+        for connection in &subscribed {
+            connection.silenced.store(true, Ordering::SeqCst);
+        }
+        subscribed.len()
+    }
+}
+
+/// The decision subscriber's connection goes silent without a reset: the subscriber notices
+/// (it asks Redis every few seconds), reconnects, and the waiting agent gets the decision
+/// made meanwhile, not only at the end of its wait.
+#[tokio::test]
+async fn a_silently_dead_subscriber_connection_is_replaced() {
+    let mut app = TestApp::spawn().await;
+    let relay = Relay::start(app.redis().port()).await;
+    let url = relay.url.clone();
+    app.restart_with(|s| s.redis.url = url).await;
+    app.park("while-silent").await;
+    // The instance subscribes as it starts; silence that connection once the relay has seen it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while relay.silence_subscribers() == 0 {
+        assert!(Instant::now() < deadline, "no subscriber through the relay");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let waiter = {
+        let request = app.request(
+            Method::GET,
+            &format!("/v1/tenants/{TENANT}/approvals/while-silent/decision?wait_seconds=30"),
+            Some(&app.tokens.agent),
+        );
+        tokio::spawn(async move {
+            let response = request.send().await.unwrap();
+            (response.json::<Value>().await.unwrap(), Instant::now())
+        })
+    };
+    let accepted = app
+        .decide("while-silent", "accept", &app.tokens.reviewer)
+        .await;
+    assert_eq!(accepted.status(), StatusCode::OK);
+    let decided_at = Instant::now();
+    let (body, answered) = waiter.await.unwrap();
+    assert_eq!(body["status"], "accepted", "{body}");
+    assert!(
+        answered.saturating_duration_since(decided_at) < Duration::from_secs(15),
+        "answered {:?} after the decision (the wait was 30 s)",
+        answered.saturating_duration_since(decided_at)
+    );
+}

@@ -55,7 +55,7 @@ impl RedisBackend {
     /// Redis that is down at start-up makes calls fail with `Unavailable` until it is back.
     /// The sweeper is not started here: see [`RedisBackend::start_chores`].
     pub fn connect(settings: RedisSettings, lifetimes: Lifetimes) -> Result<Self, BackendError> {
-        let client = redis::Client::open(settings.url.as_str())
+        let client = crate::connections::open_client(&settings.url)
             .map_err(|e| BackendError::unavailable("connect", e))?;
         let connections = Connections::open(&client, &settings)?;
         let waiters = Waiters::default();

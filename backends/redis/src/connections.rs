@@ -14,12 +14,32 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use approvals_core::{BackendError, CallStatus};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::io::tcp::{socket2::TcpKeepalive, TcpSettings};
+use redis::IntoConnectionInfo;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::settings::RedisSettings;
+
+/// A client whose connections notice a peer that went away without a word. A connection idle
+/// behind a NAT or load balancer is dropped by it after minutes (4 on some clouds) with no
+/// reset: keepalive probes every 30 s keep such a mapping open, and find a dead peer within
+/// about a minute. Unacknowledged writes (a partition) give up after 20 s, so the connection
+/// is replaced instead of failing every call until the kernel's 15 minutes.
+pub fn open_client(url: &str) -> redis::RedisResult<redis::Client> {
+    let keepalive = TcpKeepalive::new()
+        .with_time(Duration::from_secs(30))
+        .with_interval(Duration::from_secs(10))
+        .with_retries(3);
+    let tcp = TcpSettings::default()
+        .set_keepalive(keepalive)
+        .set_user_timeout(Duration::from_secs(20));
+    let info = url.into_connection_info()?.set_tcp_settings(tcp);
+    redis::Client::open(info)
+}
 
 pub(crate) struct Connections {
     managers: Vec<ConnectionManager>,

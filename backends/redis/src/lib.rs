@@ -31,5 +31,6 @@ mod waiting;
 
 pub use backend::RedisBackend;
 pub use chores::{ChoreSchedule, Chores};
+pub use connections::open_client;
 pub use health::EvictingRedis;
 pub use settings::RedisSettings;

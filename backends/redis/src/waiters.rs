@@ -18,6 +18,11 @@ use tokio::sync::watch;
 use crate::keys::SETTLED_CHANNEL;
 use crate::record::{self, Decoded};
 
+/// How often the subscriber asks Redis whether its connection still works.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+/// How long it waits for the answer before it reconnects.
+const HEARTBEAT_DEADLINE: Duration = Duration::from_secs(2);
+
 /// What a waiter is woken with: the settled record, or nothing (read it again).
 #[derive(Debug, Clone, Default)]
 struct Wake {
@@ -126,8 +131,30 @@ impl Waiters {
         tracing::debug!("decision subscriber connected");
         // Anything decided while we were not listening: let every waiter re-read.
         self.notify_all();
-        let mut messages = pubsub.on_message();
-        while let Some(message) = messages.next().await {
+        let (mut sink, mut messages) = pubsub.split();
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        heartbeat.tick().await;
+        loop {
+            let message = tokio::select! {
+                message = messages.next() => message,
+                _ = heartbeat.tick() => {
+                    // A subscriber only listens, so a connection that died without a reset
+                    // (a partition, a NAT that forgot it) would never tell: ask.
+                    let pong = tokio::time::timeout(HEARTBEAT_DEADLINE, sink.ping::<redis::Value>());
+                    match pong.await {
+                        Ok(Ok(_)) => continue,
+                        Ok(Err(error)) => return Err(error),
+                        Err(_) => return Err(redis::RedisError::from(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "no answer to the subscriber's PING",
+                        ))),
+                    }
+                }
+            };
+            let Some(message) = message else {
+                return Ok(());
+            };
             let Ok(payload) = message.get_payload::<String>() else {
                 continue;
             };
@@ -145,6 +172,5 @@ impl Waiters {
             };
             self.notify(&key, settled);
         }
-        Ok(())
     }
 }
