@@ -327,3 +327,40 @@ fn unusable_input_exits_2_with_a_clear_message() {
         assert!(output.stdout.is_empty(), "{file:?}");
     }
 }
+
+/// A policy's `print` calls never reach the service's own output: a tenant's bundle could
+/// otherwise forge log lines, or copy agents' actions into the logs.
+#[test]
+fn print_in_a_policy_does_not_reach_the_output() {
+    let dir = bundle(&[
+        (
+            "approvals.rego",
+            r#"package approvals
+import rego.v1
+decision := {"decision": "allow", "reasons": ["a read"]} if {
+	print("FORGED-DECISION-LINE", input.action)
+	input.action.type == "read"
+}
+"#,
+        ),
+        (
+            "approvals_test.rego",
+            r#"package approvals_test
+import rego.v1
+test_prints if {
+	print("FORGED-TEST-LINE")
+	data.approvals.decision.decision == "allow" with input as {"action": {"type": "read"}}
+}
+"#,
+        ),
+    ]);
+    let tested = approvals(&["policy", "test", dir.path().to_str().unwrap()]);
+    assert!(tested.status.success(), "{}", text(&tested.stdout));
+    let (evaluated, verdict) = eval_file(dir.path(), &policy_input(json!({"type": "read"})));
+    assert!(evaluated.status.success());
+    assert_eq!(verdict["decision"], "allow", "{verdict}");
+    for output in [&tested, &evaluated] {
+        let all = format!("{}{}", text(&output.stdout), text(&output.stderr));
+        assert!(!all.contains("FORGED"), "{all}");
+    }
+}

@@ -175,10 +175,11 @@ impl Resolve for GuardedResolver {
                 .filter(|a| policy.permits(a.ip()))
                 .collect();
             if permitted.is_empty() && !found.is_empty() {
+                // Not which address: a tenant admin must not learn what an internal name
+                // resolves to from a delivery's error.
                 return Err(format!(
                     "{host} resolves only to addresses that are not public and not in \
-                     notifications.allowed_networks ({})",
-                    found[0].ip()
+                     notifications.allowed_networks"
                 )
                 .into());
             }

@@ -167,6 +167,10 @@ impl PolicyGate {
             limit: EVAL_TIME_LIMIT,
             check_interval: EVAL_TIME_CHECK_INTERVAL,
         });
+        // regorus writes a policy's `print` output straight to stderr, which is the service's
+        // log: a tenant's bundle could forge log lines or copy agents' actions into it.
+        // Gathered instead, in each per-call clone, and dropped with it.
+        engine.set_gather_prints(true);
         let mut declares_decision = false;
         for (label, file) in files {
             let package = engine

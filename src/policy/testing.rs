@@ -22,6 +22,9 @@ const TEST_PREFIX: &str = "test_";
 /// sweep a vocabulary (and runs in debug builds under `cargo test`), but one that loops must
 /// still end, since the service runs an uploaded bundle's tests inside a request.
 const TEST_TIME_LIMIT: Duration = Duration::from_secs(10);
+/// All of a bundle's tests together: the service validates one upload at a time, so a bundle
+/// of many slow tests must not hold every tenant's uploads for minutes.
+pub const TESTS_TIME_BUDGET: Duration = Duration::from_secs(30);
 const TEST_TIME_CHECK_INTERVAL: NonZeroU32 = match NonZeroU32::new(256) {
     Some(n) => n,
     None => NonZeroU32::MIN,
@@ -91,10 +94,32 @@ fn as_millis<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok,
 /// one test's state, or failure, cannot leak into the next), without input or data, as
 /// `opa test` does.
 pub fn run_tests(gate: &PolicyGate) -> TestReport {
+    run_tests_within(gate, TESTS_TIME_BUDGET)
+}
+
+/// [`run_tests`] with `budget` for all the tests together: each runs with what is left (at
+/// most [`TEST_TIME_LIMIT`]); once it is spent, the rest fail unrun.
+pub fn run_tests_within(gate: &PolicyGate, budget: Duration) -> TestReport {
+    let deadline = Instant::now() + budget;
     let results = discover(gate)
         .into_iter()
         .map(|found| match found {
-            Found::Test { name, file } => run_one(gate, name, file),
+            Found::Test { name, file } => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    TestResult {
+                        name,
+                        file,
+                        passed: false,
+                        error: Some(format!(
+                            "not run: the bundle's tests used up their {budget:?} together"
+                        )),
+                        duration: Duration::ZERO,
+                    }
+                } else {
+                    run_one(gate, name, file, left.min(TEST_TIME_LIMIT))
+                }
+            }
             Found::Unnamed { file, message } => TestResult {
                 name: format!("<package of {file}>"),
                 file,
@@ -110,10 +135,10 @@ pub fn run_tests(gate: &PolicyGate) -> TestReport {
     }
 }
 
-fn run_one(gate: &PolicyGate, name: String, file: String) -> TestResult {
+fn run_one(gate: &PolicyGate, name: String, file: String, limit: Duration) -> TestResult {
     let mut engine = gate.engine().clone();
     engine.set_execution_timer_config(ExecutionTimerConfig {
-        limit: TEST_TIME_LIMIT,
+        limit,
         check_interval: TEST_TIME_CHECK_INTERVAL,
     });
     let started = Instant::now();
@@ -324,6 +349,36 @@ mod tests {
 import rego.v1
 decision := {"decision": "allow", "reasons": ["ok"]} if input.action.type == "read"
 "#;
+
+    /// Slow tests share one budget: a bundle of many cannot hold the upload slot for long.
+    #[test]
+    fn slow_tests_share_one_budget() {
+        let slow = |name: &str| {
+            format!(
+                "{name} if {{ every i in numbers.range(1, 3000) {{ every j in numbers.range(1, 3000) {{ i + j > 0 }} }} }}\n"
+            )
+        };
+        let tests = format!(
+            "package approvals_test\nimport rego.v1\n{}{}{}",
+            slow("test_slow_a"),
+            slow("test_slow_b"),
+            slow("test_slow_c")
+        );
+        let started = Instant::now();
+        let report = run_tests_within(
+            &gate(&[("approvals.rego", POLICY), ("approvals_test.rego", &tests)]),
+            Duration::from_millis(500),
+        );
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(5), "ran for {took:?}");
+        assert_eq!(report.failed(), 3, "{report:#?}");
+        let unrun = report
+            .results
+            .iter()
+            .filter(|r| r.error.as_deref().is_some_and(|e| e.starts_with("not run")))
+            .count();
+        assert!(unrun >= 1, "{report:#?}");
+    }
 
     #[test]
     fn passing_failing_undefined_and_erroring_tests() {

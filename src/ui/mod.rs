@@ -106,8 +106,30 @@ impl FromRef<UiState> for Key {
     }
 }
 
+/// The largest form the inbox takes: a token, a CSRF token, a reason of 2,000 characters.
+const FORM_LIMIT: usize = 16 * 1024;
+
+/// The API's request deadline, for the inbox's pages and forms too (the sign-in form is open
+/// to anyone). A live stream's deadline ends with its answer's head; the stream runs on.
+async fn within_deadline(
+    axum::extract::State(timeout): axum::extract::State<Duration>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match tokio::time::timeout(timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => (
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            "the request took too long; try again",
+        )
+            .into_response(),
+    }
+}
+
 /// The inbox's routes, under `/ui`.
 pub fn router(state: UiState) -> Router {
+    let deadline = state.api.request_timeout;
     let security_headers = tower::ServiceBuilder::new()
         .layer(SetResponseHeaderLayer::overriding(
             header::CONTENT_SECURITY_POLICY,
@@ -138,6 +160,11 @@ pub fn router(state: UiState) -> Router {
         .route("/ui/events", get(pages::events))
         .route("/ui/assets/inbox.css", get(pages::stylesheet))
         .route("/ui/assets/inbox.js", get(pages::script))
+        .layer(axum::extract::DefaultBodyLimit::max(FORM_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(
+            deadline,
+            within_deadline,
+        ))
         .layer(security_headers)
         .with_state(state)
 }

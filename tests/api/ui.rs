@@ -376,6 +376,11 @@ async fn sign_in_is_for_reviewers_and_sessions_end(h: Harness) {
     assert!(!cookie_over(Some("http")).await.contains("; secure"));
     assert!(cookie_over(Some("https")).await.contains("; secure"));
 
+    // The sign-in form is open to anyone: a body far beyond any form is refused unread.
+    let huge = "x".repeat(1024 * 1024);
+    let refused = browser.post("/ui/login", &[("token", huge.as_str())]).await;
+    assert_eq!(refused.status(), StatusCode::PAYLOAD_TOO_LARGE);
+
     // The live stream needs a session too.
     let anonymous = Browser::new(&app);
     assert_eq!(
