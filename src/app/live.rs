@@ -190,8 +190,14 @@ impl Approvals {
             .audit(&stream.tenant, since, stream.after.as_deref(), PAGE)
             .await
             .map_err(|e| self.engine_failed(e))?;
-        if let Some(last) = page.items.last() {
-            stream.after = Some(last.event_id.clone());
+        // A page of entries the engine passed over (unreadable) is empty but goes on.
+        if let Some(next) = page
+            .items
+            .last()
+            .map(|e| &e.event_id)
+            .or(page.next_cursor.as_ref())
+        {
+            stream.after = Some(next.clone());
         }
         let more = page.next_cursor.is_some();
         let events = page

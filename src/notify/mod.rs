@@ -206,6 +206,10 @@ impl Notifier {
         let mut failures = approvals_core::RepeatedFailure::default();
         loop {
             let result = self.read_pass(&stop).await;
+            // A tenant left behind (its events come faster than a pass reads them) is read
+            // again at once, not a poll interval later.
+            let behind = matches!(result, Ok(true));
+            let result = result.map(drop);
             let log = if result.is_err() {
                 failures.failed()
             } else {
@@ -223,9 +227,14 @@ impl Notifier {
                 }
                 _ => {}
             }
+            let pause = if behind {
+                Duration::ZERO
+            } else {
+                self.settings.poll_interval
+            };
             tokio::select! {
                 () = stop.cancelled() => break,
-                () = tokio::time::sleep(self.settings.poll_interval) => {}
+                () = tokio::time::sleep(pause) => {}
             }
         }
         // Another instance takes these tenants over at its next pass, not after the lease.
@@ -241,12 +250,14 @@ impl Notifier {
 
     /// One pass over every tenant with webhooks whose reader lock this instance holds. A
     /// tenant that fails (its audit unreadable, a timeout) is retried next pass and does not
-    /// hold up the tenants after it; the pass reports the first failure.
+    /// hold up the tenants after it; the pass reports the first failure. `Ok(true)`: some
+    /// tenant has more to read than one pass reads.
     async fn read_pass(
         &self,
         stop: &CancellationToken,
-    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    ) -> Result<bool, Box<dyn std::error::Error + Send + Sync>> {
         let mut first_failure = None;
+        let mut behind = false;
         for tenant in self.store.tenants().await? {
             if stop.is_cancelled() {
                 break;
@@ -254,49 +265,58 @@ impl Notifier {
             let Ok(tenant_id) = TenantId::parse(tenant.as_str()) else {
                 continue;
             };
-            if let Err(error) = self.read_one(&tenant, &tenant_id).await {
-                tracing::debug!(%tenant, %error, "webhook reader: tenant not read this pass");
-                first_failure.get_or_insert(error);
+            match self.read_one(&tenant, &tenant_id).await {
+                Ok(more) => behind |= more,
+                Err(error) => {
+                    tracing::debug!(%tenant, %error, "webhook reader: tenant not read this pass");
+                    first_failure.get_or_insert(error);
+                }
             }
         }
-        first_failure.map_or(Ok(()), Err)
+        first_failure.map_or(Ok(behind), Err)
     }
 
+    /// Reads one tenant's new events; `true` if more are left than this pass read.
     async fn read_one(
         &self,
         tenant: &str,
         tenant_id: &TenantId,
-    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    ) -> Result<bool, Box<dyn std::error::Error + Send + Sync>> {
         let lease = self.settings.poll_interval * 10 + Duration::from_secs(5);
         if !self.store.lock(tenant, &self.instance, lease).await? {
-            return Ok(());
+            return Ok(false);
         }
         let hooks = self.store.webhooks(tenant_id).await?;
         if hooks.is_empty() {
             self.store.forget_tenant(tenant).await?;
-            return Ok(());
+            return Ok(false);
         }
-        self.read_tenant(tenant_id, &hooks).await?;
+        let behind = self.read_tenant(tenant_id, &hooks).await?;
         if hooks
             .iter()
             .any(|h| h.events.contains(&NotifyEvent::ExpiringSoon))
         {
             self.queue_expiring_soon(tenant_id, &hooks).await?;
         }
-        Ok(())
+        Ok(behind)
     }
 
     /// Queues a delivery for each new audit event each webhook subscribes to, then moves the
     /// cursor: a crash in between queues the same deliveries again, which `enqueue` drops.
+    /// Reads for [`READ_BUDGET`] at most; `true` if events were left for the next pass.
     async fn read_tenant(
         &self,
         tenant: &TenantId,
         hooks: &[Webhook],
-    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    ) -> Result<bool, Box<dyn std::error::Error + Send + Sync>> {
         if !self.audit_settle.is_zero() {
-            return self.read_unsettled_tenant(tenant, hooks).await;
+            return self
+                .read_unsettled_tenant(tenant, hooks)
+                .await
+                .map(|()| false);
         }
-        for _ in 0..PAGES_PER_PASS {
+        let until = std::time::Instant::now() + READ_BUDGET;
+        loop {
             let cursor = Cursor::parse(self.store.cursor(tenant.as_str()).await?.as_deref());
             let (after, since) = match &cursor {
                 Cursor::After(id) => (Some(id.as_str()), None),
@@ -306,8 +326,11 @@ impl Notifier {
                 .app
                 .read_audit_for_service(tenant, after, since, 100)
                 .await?;
-            let Some(last) = page.items.last().map(|e| e.event_id.clone()) else {
-                return Ok(());
+            // A page of entries the engine passed over (unreadable) is empty but goes on.
+            let last = match (page.items.last(), &page.next_cursor) {
+                (Some(event), _) => event.event_id.clone(),
+                (None, Some(next)) => next.clone(),
+                (None, None) => return Ok(false),
             };
             for event in &page.items {
                 self.queue_event(hooks, event).await?;
@@ -316,10 +339,12 @@ impl Notifier {
                 .set_cursor(tenant.as_str(), &format!("id:{last}"))
                 .await?;
             if page.next_cursor.is_none() {
-                return Ok(());
+                return Ok(false);
+            }
+            if std::time::Instant::now() >= until {
+                return Ok(true);
             }
         }
-        Ok(())
     }
 
     /// [`Self::read_tenant`] for an engine whose audit settles late (Temporal): an event may
@@ -590,7 +615,12 @@ impl Notifier {
     }
 }
 
-/// Audit pages one reader pass reads per tenant at most.
+/// How long one reader pass reads one tenant's audit at most: long enough that a busy tenant
+/// is not capped at a few pages per poll interval, short enough that the tenants after it in
+/// the pass are not kept waiting.
+const READ_BUDGET: Duration = Duration::from_secs(2);
+
+/// Audit pages one reader pass reads per tenant at most, on an engine whose audit settles late.
 const PAGES_PER_PASS: usize = 10;
 
 /// Pending approvals per page of the "expiring soon" scan, and pages per pass and tenant at
