@@ -16,6 +16,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use futures_util::FutureExt;
 use serde::Deserialize;
 use utoipa::IntoParams;
 
@@ -150,6 +151,16 @@ impl Live {
             return Some((Ok(Event::default().retry(RECONNECT_AFTER)), self));
         }
         loop {
+            // Checked before every event, not only between reads: a stream catching up on a
+            // backlog (full pages, one after another) must still end at a sign-out, at
+            // shutdown, or at its time. The client resumes from its last id, missing nothing.
+            let app = self.state.app.clone();
+            if (&mut self.revoked).now_or_never().is_some()
+                || app.shutting_down().now_or_never().is_some()
+                || tokio::time::Instant::now() >= self.ends_at
+            {
+                return None;
+            }
             if let Some(live) = self.queued.pop_front() {
                 let event = Event::default()
                     .event(live.kind.as_str())
@@ -159,7 +170,6 @@ impl Live {
                 return Some((Ok(event), self));
             }
             if !self.more {
-                let app = self.state.app.clone();
                 let wake =
                     (tokio::time::Instant::now() + app.live_poll_interval()).min(self.ends_at);
                 tokio::select! {

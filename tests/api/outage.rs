@@ -324,3 +324,57 @@ async fn a_silently_dead_subscriber_connection_is_replaced() {
         answered.saturating_duration_since(decided_at)
     );
 }
+
+/// After the subscriber reconnects, every waiter re-reads its record at once; against a Redis
+/// that cannot answer that read yet (here MGET refused; after a restart: still loading), a
+/// waiter goes on waiting instead of answering 503.
+#[tokio::test]
+async fn waiters_that_cannot_reread_after_a_reconnect_go_on_waiting() {
+    let app = TestApp::spawn().await;
+    app.park("reread").await;
+    let waiter = {
+        let request = app.request(
+            Method::GET,
+            &format!("/v1/tenants/{TENANT}/approvals/reread/decision?wait_seconds=3"),
+            Some(&app.tokens.agent),
+        );
+        tokio::spawn(async move { request.send().await.unwrap() })
+    };
+    let mut admin = app.redis().connection().await;
+    // Parked once the instance's long-poll gauge shows it.
+    app.metrics_until(
+        &app.base,
+        Duration::from_secs(5),
+        "the waiter parked",
+        |text| {
+            text.lines()
+                .any(|l| l == "approvals_long_polls_in_flight 1")
+        },
+    )
+    .await;
+    let () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("default")
+        .arg("-mget")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let response = waiter.await.unwrap();
+    let () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("default")
+        .arg("+mget")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "pending", "{body}");
+}

@@ -42,8 +42,17 @@ impl RedisBackend {
             current = tokio::select! {
                 settled = subscription.notified() => match settled {
                     Some(record) => Some(Approval::clone(&record).as_of(Timestamp::now())),
-                    // A reconnect: messages may have been lost, so read.
-                    None => self.get(tenant, id).await?,
+                    // A reconnect: messages may have been lost, so read. Every waiter of the
+                    // instance reads at once, against a Redis that may just be back (still
+                    // loading its data, say): one that cannot read goes on waiting with what
+                    // it holds rather than answer 503.
+                    None => match self.get(tenant, id).await {
+                        Ok(current) => current,
+                        Err(error) => {
+                            tracing::debug!(%error, "re-read after a reconnect failed; waiting on");
+                            Some(held.restore().map_err(corrupt)?)
+                        }
+                    },
                 },
                 () = tokio::time::sleep_until(deadline.min(expiry)) => {
                     Some(held.restore().map_err(corrupt)?.as_of(Timestamp::now()))
