@@ -179,10 +179,19 @@ impl Shipper {
     async fn send(&self, body: &[u8]) -> Result<(), String> {
         match &self.destination {
             Destination::Stdout => {
-                use tokio::io::AsyncWriteExt;
-                let mut out = tokio::io::stdout();
-                out.write_all(body).await.map_err(|e| e.to_string())?;
-                out.flush().await.map_err(|e| e.to_string())
+                // On a thread of its own, holding stdout's lock: a write that shutdown stops
+                // waiting for still finishes, whole, before the next one starts, so no half
+                // line reaches the stream (at worst the drain writes that batch again).
+                let body = body.to_vec();
+                tokio::task::spawn_blocking(move || {
+                    use std::io::Write;
+                    let mut out = std::io::stdout().lock();
+                    out.write_all(&body)?;
+                    out.flush()
+                })
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())
             }
             Destination::Http { client, url } => {
                 let response = client

@@ -230,7 +230,9 @@ impl RedisBackend {
     }
 }
 
-/// Calls `step` every `interval` until `stop` is cancelled; a pass in progress finishes.
+/// Calls `step` every `interval` until `stop` is cancelled. A pass in progress is abandoned
+/// then: each of its Redis steps is atomic on its own, and an adoption pass over millions of
+/// keys must not hold the exit for minutes.
 async fn every<F, Fut>(interval: Duration, stop: CancellationToken, mut step: F)
 where
     F: FnMut() -> Fut,
@@ -241,7 +243,37 @@ where
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
-            _ = ticker.tick() => step().await,
+            _ = ticker.tick() => {}
         }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = step() => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod every_tests {
+    use super::*;
+
+    /// A pass that would run for minutes (an adoption over millions of keys) does not hold
+    /// the exit: stopping abandons it.
+    #[tokio::test]
+    async fn stopping_abandons_a_pass_in_progress() {
+        let stop = CancellationToken::new();
+        let (started, mut passes) = tokio::sync::mpsc::unbounded_channel();
+        let chore = tokio::spawn(every(Duration::from_millis(10), stop.clone(), move || {
+            let started = started.clone();
+            async move {
+                let _ = started.send(());
+                std::future::pending::<()>().await;
+            }
+        }));
+        passes.recv().await.unwrap();
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(5), chore)
+            .await
+            .expect("stopped within 5 s")
+            .unwrap();
     }
 }
