@@ -48,8 +48,30 @@ pub async fn openapi(document: Arc<utoipa::openapi::OpenApi>) -> Response {
     }
 }
 
-/// Unknown routes answer problem+json too.
-pub async fn no_route() -> Response {
+/// Unknown routes answer problem+json too. Under `/v1/` the contract's order holds as on
+/// every route: the caller first (401), then identifiers (an empty path segment, such as a
+/// trailing slash, is an empty identifier: 400); a 404 here never tells an anonymous caller
+/// which paths exist.
+pub async fn no_route(
+    State(state): State<AppState>,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let path = uri.path();
+    if let Some(rest) = path.strip_prefix("/v1/") {
+        let authorization = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if state.auth.authenticate(authorization).is_none() {
+            return ApiError::Unauthenticated.into_response();
+        }
+        if rest.is_empty() || rest.split('/').any(str::is_empty) {
+            return ApiError::InvalidIdentifier(
+                "an identifier in the path is empty (a doubled or trailing '/')".into(),
+            )
+            .into_response();
+        }
+    }
     ApiError::NoRoute.into_response()
 }
 

@@ -363,6 +363,23 @@ async fn unknown_routes_are_problem_json_404(h: Harness) {
         .await
         .unwrap();
     assert_problem(response, StatusCode::NOT_FOUND, "not_found").await;
+    // Under /v1 the caller comes first, then identifiers: a trailing slash is an empty one.
+    let path = format!("/v1/tenants/{}/approvals/", app.tenant);
+    let anonymous = app.request(Method::GET, &path, None).send().await.unwrap();
+    assert_problem(anonymous, StatusCode::UNAUTHORIZED, "unauthenticated").await;
+    let trailing = app
+        .request(Method::GET, &path, Some(&app.tokens.reviewer))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(trailing, StatusCode::BAD_REQUEST, "invalid_identifier").await;
+    let unknown = app
+        .request(Method::GET, "/v1/nothing-here", Some(&app.tokens.reviewer))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(unknown, StatusCode::NOT_FOUND, "not_found").await;
+
     // A known route with a method it does not take: problem+json too, and what it takes.
     let response = app
         .request(
