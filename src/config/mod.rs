@@ -349,6 +349,9 @@ impl ApprovalSettings {
     }
 }
 
+/// The longest approval lifetime accepted.
+const MAX_TTL: Duration = Duration::from_secs(3650 * 24 * 3600);
+
 /// The longest TTL the Redis backend is meant for; past it, the Temporal backend is the
 /// upgrade path (ADR-0001).
 pub const REDIS_TTL_COMFORT: Duration = Duration::from_secs(72 * 3600);
@@ -482,6 +485,30 @@ impl Settings {
                 return Err(ConfigError::Invalid(format!(
                     "{key}: a TTL must be at least 1s"
                 )));
+            }
+            // Deadlines are dates: one past the calendar's range would read as 1970 and expire
+            // every approval at once.
+            if *ttl > MAX_TTL {
+                return Err(ConfigError::Invalid(format!(
+                    "{key}: a TTL must be at most 3650d (ten years)"
+                )));
+            }
+        }
+        // A retention of zero keeps a decided record for a millisecond: a second reviewer
+        // would get 404 instead of 409, an agent polling for its answer would never see it.
+        for (key, retention) in [
+            (
+                "approvals.decided_retention",
+                self.approvals.decided_retention,
+            ),
+            (
+                "approvals.expired_retention",
+                self.approvals.expired_retention,
+            ),
+            ("approvals.audit_retention", self.approvals.audit_retention),
+        ] {
+            if retention < Duration::from_secs(1) {
+                return Err(ConfigError::Invalid(format!("{key}: must be at least 1s")));
             }
         }
         // tokio's `interval` panics on a zero period (killing its background task while the

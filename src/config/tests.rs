@@ -220,3 +220,28 @@ fn webhook_networks_and_proxy_are_checked_when_read() {
         "{bad_proxy}"
     );
 }
+
+#[test]
+fn lifetimes_and_retentions_out_of_range_are_refused() {
+    for (var, value, message) in [
+        ("APPROVALS_APPROVALS__DEFAULT_TTL", "3651d", "at most 3650d"),
+        (
+            "APPROVALS_APPROVALS__DECIDED_RETENTION",
+            "0s",
+            "at least 1s",
+        ),
+        (
+            "APPROVALS_APPROVALS__EXPIRED_RETENTION",
+            "0s",
+            "at least 1s",
+        ),
+        ("APPROVALS_APPROVALS__AUDIT_RETENTION", "0s", "at least 1s"),
+    ] {
+        let e = load("", &[(var, value)]).unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::Invalid(m) if m.contains(message)),
+            "{var}={value}: {e}"
+        );
+    }
+    assert!(load("", &[("APPROVALS_APPROVALS__DEFAULT_TTL", "3650d")]).is_ok());
+}
