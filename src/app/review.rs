@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use approvals_core::{
-    Approval, ApprovalId, AuditEvent, AuditKind, DecisionOutcome, DecisionRequest, Page, Status,
-    TenantId, Timestamp, Verdict,
+    Approval, ApprovalId, AuditEvent, AuditKind, DecisionOutcome, DecisionRequest, Listing, Page,
+    Status, TenantId, Timestamp, Verdict,
 };
 use serde_json::Value;
 
@@ -117,6 +117,11 @@ impl Approvals {
         query: ListQuery,
     ) -> Result<Page<Approval>, AppError> {
         let limit = check_limit(query.limit, 100, 500)?;
+        if let Some(cursor) = &query.cursor {
+            self.engine
+                .check_cursor(Listing::Approvals, cursor)
+                .map_err(|e| self.engine_failed(e))?;
+        }
         self.authorize(caller, Permission::List, tenant)?;
         let status = query.status.unwrap_or(Status::Pending);
         self.engine
@@ -223,6 +228,11 @@ impl Approvals {
                 )))
             }
         };
+        if let Some(cursor) = &query.cursor {
+            self.engine
+                .check_cursor(Listing::Audit, cursor)
+                .map_err(|e| self.engine_failed(e))?;
+        }
         self.authorize(caller, Permission::Audit, tenant)?;
         let read = |cursor: Option<String>, limit: usize| async move {
             self.engine

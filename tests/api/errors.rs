@@ -270,6 +270,7 @@ async fn bodies_over_the_limit_are_413(h: Harness) {
 async fn query_parameters_out_of_range_are_400(h: Harness) {
     let tenant = &h.tenant;
     let on_redis = h.backend == crate::support::Backend::Redis;
+    let other = h.other_tenant.clone();
     let app = h.spawn().await;
     app.park("req-1").await;
     let reviewer = &app.tokens.reviewer;
@@ -325,6 +326,19 @@ async fn query_parameters_out_of_range_are_400(h: Harness) {
             "{path}"
         );
     }
+    // The contract's order: a malformed cursor is 400 before access is checked (403).
+    for path in [
+        format!("/v1/tenants/{other}/approvals?cursor=forged"),
+        format!("/v1/tenants/{other}/audit?cursor=nope"),
+    ] {
+        let response = app
+            .request(Method::GET, &path, Some(admin))
+            .send()
+            .await
+            .unwrap();
+        assert_problem(response, StatusCode::BAD_REQUEST, "invalid_query").await;
+    }
+
     // The largest stream id there can be (Redis refuses a range after it): nothing comes after
     // it on Redis, whose cursors these are; a foreign cursor elsewhere. Never a 503.
     let path =

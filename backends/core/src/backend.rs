@@ -172,6 +172,13 @@ pub trait EngineEvents: Send + Sync + 'static {
 ///
 /// Implementations put every call under a deadline and answer [`BackendError::Unavailable`] or
 /// [`BackendError::Timeout`] rather than hang.
+/// Which of an engine's paged reads a cursor belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listing {
+    Approvals,
+    Audit,
+}
+
 #[async_trait]
 pub trait ApprovalBackend: Send + Sync + 'static {
     /// A short name for logs and metrics (`redis`, `temporal`, `dual`).
@@ -182,6 +189,13 @@ pub trait ApprovalBackend: Send + Sync + 'static {
     /// follow the audit (live streams, webhooks) re-read that stretch.
     fn audit_settle_time(&self) -> std::time::Duration {
         std::time::Duration::ZERO
+    }
+
+    /// Whether `cursor` has the shape of one this engine hands out for `listing` (a forged
+    /// one is `InvalidCursor`), without reading anything: the service checks it before access,
+    /// as the contract orders a request's checks.
+    fn check_cursor(&self, _listing: Listing, _cursor: &str) -> Result<(), BackendError> {
+        Ok(())
     }
 
     /// Parks a pending approval unless its id already exists in the tenant, recording

@@ -23,7 +23,8 @@ pub use audit::{AuditEntry, AuditEvent, AuditKind, PolicyAnswer, MIGRATION_ACTOR
 pub use backend::no_stop;
 pub use backend::{
     ApprovalBackend, BackendError, BoxError, CallStatus, DecisionOutcome, EngineEvents,
-    EngineStatus, ImportOutcome, Lifetimes, Page, RecordTransfer, ScanPage, Stop, SubmitOutcome,
+    EngineStatus, ImportOutcome, Lifetimes, Listing, Page, RecordTransfer, ScanPage, Stop,
+    SubmitOutcome,
 };
 pub use digest::action_digest;
 pub use ids::{ApprovalId, InvalidIdentifier, TenantId};

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use approvals_core::{
     Approval, ApprovalBackend, ApprovalId, AuditEntry, AuditEvent, BackendError, DecisionOutcome,
-    DecisionRequest, EngineEvents, EngineStatus, Lifetimes, Page, PendingStats, Status, Stop,
-    SubmitOutcome, TenantId, Timestamp,
+    DecisionRequest, EngineEvents, EngineStatus, Lifetimes, Listing, Page, PendingStats, Status,
+    Stop, SubmitOutcome, TenantId, Timestamp,
 };
 use async_trait::async_trait;
 use redis::AsyncCommands;
@@ -314,6 +314,13 @@ pub(crate) fn encode_event(entry: &AuditEntry) -> String {
 impl ApprovalBackend for RedisBackend {
     fn kind(&self) -> &'static str {
         "redis"
+    }
+
+    fn check_cursor(&self, listing: Listing, cursor: &str) -> Result<(), BackendError> {
+        match listing {
+            Listing::Approvals => keys::decode_cursor(cursor).map(drop),
+            Listing::Audit => keys::decode_stream_cursor(cursor).map(drop),
+        }
     }
 
     async fn park(

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use approvals_core::{
     Approval, ApprovalBackend, ApprovalId, AuditEntry, AuditEvent, BackendError, DecisionOutcome,
-    DecisionRequest, Page, PendingStats, Status, Stop, SubmitOutcome, TenantId, Timestamp,
+    DecisionRequest, Listing, Page, PendingStats, Status, Stop, SubmitOutcome, TenantId, Timestamp,
 };
 use async_trait::async_trait;
 use futures_util::TryStreamExt;
@@ -424,6 +424,13 @@ impl ApprovalBackend for TemporalBackend {
     /// wrote a moment late, while this instance's own writes show at once (`recent`).
     fn audit_settle_time(&self) -> Duration {
         AUDIT_SETTLE_TIME
+    }
+
+    fn check_cursor(&self, listing: Listing, cursor: &str) -> Result<(), BackendError> {
+        match listing {
+            Listing::Approvals => crate::cursor::decode_list(cursor).map(drop),
+            Listing::Audit => crate::cursor::decode_audit(cursor).map(drop),
+        }
     }
 
     async fn park(

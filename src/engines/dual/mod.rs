@@ -50,8 +50,8 @@ use std::time::{Duration, Instant};
 
 use approvals_core::{
     Approval, ApprovalBackend, ApprovalId, AuditEntry, AuditEvent, BackendError, DecisionOutcome,
-    DecisionRequest, EngineStatus, ImportOutcome, Page, PendingStats, RecordTransfer, ScanPage,
-    Status, Stop, SubmitOutcome, TenantId, Timestamp,
+    DecisionRequest, EngineStatus, ImportOutcome, Listing, Page, PendingStats, RecordTransfer,
+    ScanPage, Status, Stop, SubmitOutcome, TenantId, Timestamp,
 };
 use async_trait::async_trait;
 use futures_util::future::BoxFuture;
@@ -159,6 +159,10 @@ impl ApprovalBackend for DualBackend {
 
     fn audit_settle_time(&self) -> std::time::Duration {
         self.primary.audit_settle_time()
+    }
+
+    fn check_cursor(&self, listing: Listing, cursor: &str) -> Result<(), BackendError> {
+        self.primary.check_cursor(listing, cursor)
     }
 
     async fn park(
