@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::header::AUTHORIZATION;
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
@@ -41,7 +41,7 @@ pub async fn admit(State(admission): State<Admission>, request: Request, next: N
             .and_then(bearer_token)
             .map_or_else(|| Sha256::digest(header).into(), token_digest)
     });
-    let _slot = match caller
+    let slot = match caller
         .map(|caller| admission.slots.try_acquire(caller, long_poll))
         .transpose()
     {
@@ -49,11 +49,37 @@ pub async fn admit(State(admission): State<Admission>, request: Request, next: N
         Err(refused) => return refused.into_response(),
     };
     if long_poll {
-        return next.run(request).await;
+        let response = next.run(request).await;
+        drop(slot);
+        return response;
     }
     let timeout = admission.request_timeout;
-    match tokio::time::timeout(timeout, next.run(request)).await {
+    let response = match tokio::time::timeout(timeout, next.run(request)).await {
         Ok(response) => response,
         Err(_) => ApiError::RequestTimeout(timeout).into_response(),
+    };
+    match slot {
+        Some(slot) if streams_an_export(&response) => hold_until_sent(response, slot),
+        _ => response,
     }
+}
+
+/// An audit export (NDJSON) reads the store page by page after its head is sent.
+fn streams_an_export(response: &Response) -> bool {
+    response
+        .headers()
+        .get(CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"application/x-ndjson"))
+}
+
+/// Keeps the caller's place until the body is sent (or dropped), so one token cannot run more
+/// exports at once than its limit lets it run requests.
+fn hold_until_sent<T: Send + Sync + 'static>(response: Response, slot: T) -> Response {
+    use http_body_util::BodyExt;
+    let (parts, body) = response.into_parts();
+    let body = body.map_frame(move |frame| {
+        let _held = &slot;
+        frame
+    });
+    Response::from_parts(parts, axum::body::Body::new(body))
 }

@@ -142,3 +142,62 @@ async fn a_token_at_its_request_limit_is_refused_until_one_is_answered() {
         StatusCode::OK
     );
 }
+
+/// An audit export streams its pages after its head: the caller's place is held until the
+/// last one is sent, so one token cannot run more exports at once than its limit.
+#[tokio::test]
+async fn an_export_holds_its_callers_place_until_it_is_sent() {
+    let app = TestApp::spawn_with(|s| s.limits.max_requests_per_caller = 1).await;
+    app.park("seed").await;
+    // An audit far larger than the sockets' buffers: copies of the seed's event, padded.
+    let stream = format!("approvals:audit:{}", app.tenant);
+    let mut conn = app.redis().connection().await;
+    let seed: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(&stream)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut event: Value = serde_json::from_str(&seed[0].1[0].1).unwrap();
+    event["details"]["pad"] = Value::String("x".repeat(1000));
+    let event = event.to_string();
+    const COPIES: usize = 20_000;
+    let mut pipe = redis::pipe();
+    for _ in 0..COPIES {
+        pipe.cmd("XADD")
+            .arg(&stream)
+            .arg("*")
+            .arg("e")
+            .arg(&event)
+            .ignore();
+    }
+    let () = pipe.query_async(&mut conn).await.unwrap();
+
+    // Not read: the export's body stops where the sockets' buffers are full.
+    let export = app
+        .request(
+            Method::GET,
+            &format!("/v1/tenants/{}/audit", app.tenant),
+            Some(&app.tokens.admin),
+        )
+        .header("accept", "application/x-ndjson")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(export.status(), StatusCode::OK);
+    let list = || {
+        app.request(
+            Method::GET,
+            &format!("/v1/tenants/{}/approvals", app.tenant),
+            Some(&app.tokens.admin),
+        )
+        .send()
+    };
+    refused_for_now(list().await.unwrap()).await;
+
+    // Read to its end, the place is free again.
+    let lines = export.text().await.unwrap();
+    assert_eq!(lines.lines().count(), COPIES + 1);
+    assert_eq!(list().await.unwrap().status(), StatusCode::OK);
+}
