@@ -533,6 +533,15 @@ impl Settings {
                 )));
             }
         }
+        // The pending figures are as old as this between refreshes, and `ApprovalsNotReady`
+        // pages when they are over 30 s old for 2 minutes: a longer period pages for nothing.
+        if self.approvals.stats_interval > Duration::from_secs(10) {
+            return Err(ConfigError::Invalid(
+                "approvals.stats_interval: at most 10s (the not-ready alert reads figures older \
+                 than 30s as a backend that does not answer)"
+                    .into(),
+            ));
+        }
         if self.server.max_header_bytes < 8192 {
             return Err(ConfigError::Invalid(
                 "server.max_header_bytes: must be at least 8192".into(),

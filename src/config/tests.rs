@@ -236,6 +236,7 @@ fn lifetimes_and_retentions_out_of_range_are_refused() {
             "at least 1s",
         ),
         ("APPROVALS_APPROVALS__AUDIT_RETENTION", "0s", "at least 1s"),
+        ("APPROVALS_APPROVALS__STATS_INTERVAL", "11s", "at most 10s"),
     ] {
         let e = load("", &[(var, value)]).unwrap_err();
         assert!(
