@@ -88,6 +88,42 @@ fn settings_for(server: &DevServer, sticky: Duration) -> TemporalSettings {
     settings
 }
 
+/// Decides as a client does on 503: retries until it lands. After a crash or a server restart
+/// the workflow's task may first wait out the old worker's sticky queue, and a call deadline of
+/// 5 s can cut the first attempts (under the full suite on 2 cores one retry was not always
+/// enough). A timed-out attempt may still land (the server keeps an admitted update): a retry
+/// then reads it as already decided, by the same reviewer, which is what is checked.
+async fn decide_as_a_caller_would(
+    backend: &TemporalBackend,
+    tenant: &approvals_core::TenantId,
+    approval: &str,
+    verdict: Verdict,
+    reviewer: &str,
+) -> approvals_core::Approval {
+    let started = Instant::now();
+    let outcome = loop {
+        match backend
+            .decide(tenant, &id(approval), decision(verdict, reviewer))
+            .await
+        {
+            Ok(outcome) => break outcome,
+            Err(error) => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "decide after retries: {error:?}"
+                );
+                eprintln!("decide: {error:?} after {:?}; retrying", started.elapsed());
+            }
+        }
+    };
+    let landed = match outcome {
+        DecisionOutcome::Decided(record) | DecisionOutcome::AlreadyDecided(record) => record,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(landed.decided_by.as_deref(), Some(reviewer), "{landed:?}");
+    landed
+}
+
 async fn own_server(db: Option<std::path::PathBuf>) -> DevServer {
     tokio::task::spawn_blocking(move || DevServer::start(db))
         .await
@@ -178,33 +214,9 @@ async fn a_crashed_worker_is_replaced_and_decisions_and_deadlines_still_land() {
     first.kill();
     let second = TestWorker::start(settings.clone());
     let started = Instant::now();
-    // With the dead worker's sticky queue the decision may wait out the sticky timeout, and a
-    // call deadline of 5 s may cut it: retry, as a caller would on 503. Under load (the full
-    // suite on 2 cores, with its 3 dev servers here) one retry was not always enough.
-    let outcome = loop {
-        match backend
-            .decide(&tenant, &id("decide-me"), decision(Verdict::Reject, "bob"))
-            .await
-        {
-            Ok(outcome) => break outcome,
-            Err(error) => {
-                assert!(
-                    started.elapsed() < Duration::from_secs(30),
-                    "decide after retries: {error:?}"
-                );
-                eprintln!("decide: {error:?} after {:?}; retrying", started.elapsed());
-            }
-        }
-    };
-    // A timed-out attempt may still have landed (the server keeps an admitted update): the
-    // retry then reads it as already decided, by the same reviewer.
-    let landed = match &outcome {
-        DecisionOutcome::Decided(record) => record,
-        DecisionOutcome::AlreadyDecided(record) => record,
-        other => panic!("{other:?}"),
-    };
-    assert_eq!(landed.status, Status::Rejected, "{outcome:?}");
-    assert_eq!(landed.decided_by.as_deref(), Some("bob"), "{outcome:?}");
+    let landed =
+        decide_as_a_caller_would(&backend, &tenant, "decide-me", Verdict::Reject, "bob").await;
+    assert_eq!(landed.status, Status::Rejected);
     eprintln!("decision landed {:?} after the crash", started.elapsed());
     let woke = waiter.await.expect("join").expect("wait").expect("exists");
     assert_eq!(woke.status, Status::Rejected);
@@ -275,14 +287,9 @@ async fn pending_approvals_survive_a_server_restart() {
     let backend = TemporalBackend::connect(settings).await.expect("backend");
     let read = backend.get(&tenant, &id("req-1")).await.expect("get");
     assert_eq!(read, Some(parked), "the pending approval survived");
-    let outcome = backend
-        .decide(&tenant, &id("req-1"), decision(Verdict::Accept, "alice"))
-        .await
-        .expect("decide");
-    assert!(
-        matches!(outcome, DecisionOutcome::Decided(_)),
-        "{outcome:?}"
-    );
+    let landed =
+        decide_as_a_caller_would(&backend, &tenant, "req-1", Verdict::Accept, "alice").await;
+    assert_eq!(landed.status, Status::Accepted);
     let expired = backend
         .wait_for_decision(
             &tenant,
