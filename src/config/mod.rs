@@ -107,6 +107,9 @@ pub struct NotificationSettings {
     pub max_webhooks_per_tenant: usize,
     /// Deliveries one instance attempts at once.
     pub send_concurrency: usize,
+    /// Of those, at most this many to one webhook: a receiver that never answers holds this
+    /// many attempts for its timeout, not every slot, so other webhooks' deliveries go on.
+    pub per_webhook_concurrency: usize,
     /// Networks webhooks may reach besides public addresses (e.g. `["10.20.0.0/16"]` for an
     /// internal relay). Loopback, private, link-local and shared addresses are refused
     /// otherwise, when a webhook is added and at every delivery.
@@ -130,6 +133,7 @@ impl Default for NotificationSettings {
             expiring_soon_share: 0.2,
             max_webhooks_per_tenant: 10,
             send_concurrency: 16,
+            per_webhook_concurrency: 4,
             allowed_networks: Vec::new(),
             proxy: None,
         }
@@ -596,9 +600,14 @@ impl Settings {
                 "notifications.expiring_soon_share: between 0 and 1".into(),
             ));
         }
-        if n.max_attempts == 0 || n.send_concurrency == 0 || n.poll_interval.is_zero() {
+        if n.max_attempts == 0
+            || n.send_concurrency == 0
+            || n.per_webhook_concurrency == 0
+            || n.poll_interval.is_zero()
+        {
             return Err(ConfigError::Invalid(
-                "notifications.max_attempts, send_concurrency and poll_interval must be positive"
+                "notifications.max_attempts, send_concurrency, per_webhook_concurrency and \
+                 poll_interval must be positive"
                     .into(),
             ));
         }

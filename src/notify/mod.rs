@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use approvals_core::{AuditEvent, Status, TenantId, Timestamp};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -67,6 +68,17 @@ impl NotifyEvent {
             LiveKind::Expired => Self::Expired,
         }
     }
+}
+
+/// A webhook none of whose attempts has ended for this long is answering slowly or not at
+/// all: what else is due for it waits a request timeout rather than a send interval.
+const SLOW_RECEIVER: Duration = Duration::from_secs(1);
+
+/// One webhook's attempts under way on this instance.
+struct InFlight {
+    attempts: usize,
+    /// When one of them last ended (or the first began).
+    last_ended: tokio::time::Instant,
 }
 
 /// How a delivery's body is shaped.
@@ -493,34 +505,92 @@ impl Notifier {
         Ok(())
     }
 
+    /// Keeps up to `send_concurrency` attempts in flight, at most `per_webhook_concurrency` to
+    /// one webhook, and refills a slot as soon as its attempt ends: one receiver that never
+    /// answers holds its own few slots for its timeout while every other webhook's deliveries
+    /// go on. What is claimed for a webhook that already has enough in flight is put back in
+    /// the queue: due again after the send interval if the webhook's attempts are ending, after
+    /// the request timeout if none has ended for [`SLOW_RECEIVER`] (its slots stay taken).
     async fn send_loop(&self, stop: CancellationToken) {
         // A delivery is leased for longer than an attempt can take.
         let lease = self.settings.request_timeout * 2 + Duration::from_secs(5);
+        let mut in_flight = FuturesUnordered::new();
+        let mut per_webhook: HashMap<(String, String), InFlight> = HashMap::new();
         loop {
-            match self
-                .store
-                .claim(self.settings.send_concurrency, lease)
-                .await
-            {
-                Ok(batch) if !batch.is_empty() => {
-                    let sends = batch.into_iter().map(|d| self.attempt(d));
-                    futures_util::future::join_all(sends).await;
-                    // A queue that stays busy must not keep a stopping instance: what is
-                    // still due is claimed by the others, or by this one when it is back.
-                    if stop.is_cancelled() {
-                        return;
+            let free = self
+                .settings
+                .send_concurrency
+                .saturating_sub(in_flight.len());
+            // Whether the queue had nothing due: then wait for the send interval (or an
+            // attempt's end), else claim again at once.
+            let mut drained = true;
+            if free > 0 && !stop.is_cancelled() {
+                match self.store.claim(free, lease).await {
+                    Ok(batch) if !batch.is_empty() => {
+                        drained = false;
+                        let (mut soon, mut later) = (Vec::new(), Vec::new());
+                        for delivery in batch {
+                            let webhook = (delivery.tenant.clone(), delivery.webhook_id.clone());
+                            let busy = per_webhook.entry(webhook.clone()).or_insert(InFlight {
+                                attempts: 0,
+                                last_ended: tokio::time::Instant::now(),
+                            });
+                            if busy.attempts >= self.settings.per_webhook_concurrency {
+                                if busy.last_ended.elapsed() < SLOW_RECEIVER {
+                                    soon.push(delivery.id);
+                                } else {
+                                    later.push(delivery.id);
+                                }
+                                continue;
+                            }
+                            busy.attempts += 1;
+                            in_flight.push(async move {
+                                self.attempt(delivery).await;
+                                webhook
+                            });
+                        }
+                        let now = Timestamp::now();
+                        for (ids, until) in [
+                            (soon, now.plus(self.settings.send_interval)),
+                            (later, now.plus(self.settings.request_timeout)),
+                        ] {
+                            if let Err(error) = self.store.defer(ids, until).await {
+                                // Their lease runs out and they are claimed again.
+                                tracing::debug!(%error, "cannot put deliveries back in the queue");
+                            }
+                        }
                     }
-                    continue;
+                    Ok(_) => {}
+                    Err(error) => tracing::debug!(%error, "webhook sender cannot reach Redis"),
                 }
-                Ok(_) => {}
-                Err(error) => tracing::debug!(%error, "webhook sender cannot reach Redis"),
+                if drained {
+                    if let Ok(queued) = self.store.queued().await {
+                        metrics::gauge!("approvals_notifications_pending").set(queued as f64);
+                    }
+                }
             }
-            if let Ok(queued) = self.store.queued().await {
-                metrics::gauge!("approvals_notifications_pending").set(queued as f64);
+            if in_flight.is_empty() && stop.is_cancelled() {
+                // A queue that stays busy must not keep a stopping instance: what is still
+                // due is claimed by the others, or by this one when it is back.
+                return;
             }
+            let wait = if drained || free == 0 {
+                self.settings.send_interval
+            } else {
+                Duration::ZERO
+            };
             tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(self.settings.send_interval) => {}
+                Some(webhook) = in_flight.next() => {
+                    if let Some(busy) = per_webhook.get_mut(&webhook) {
+                        busy.attempts -= 1;
+                        busy.last_ended = tokio::time::Instant::now();
+                        if busy.attempts == 0 {
+                            per_webhook.remove(&webhook);
+                        }
+                    }
+                }
+                () = stop.cancelled(), if in_flight.is_empty() => return,
+                () = tokio::time::sleep(wait), if free > 0 || in_flight.is_empty() => {}
             }
         }
     }

@@ -330,6 +330,25 @@ impl Store {
         Ok(deliveries)
     }
 
+    /// Claimed but not attempted (its webhook has enough in flight): due again at `until`,
+    /// with no attempt counted. `XX`: one sent or given up on meanwhile stays out of the queue.
+    pub async fn defer(&self, ids: Vec<String>, until: Timestamp) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let at = until.as_millis();
+        self.call(|mut c| async move {
+            let members: Vec<(i64, &String)> = ids.iter().map(|id| (at, id)).collect();
+            redis::cmd("ZADD")
+                .arg(DUE_KEY)
+                .arg("XX")
+                .arg(members)
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await
+    }
+
     /// The receiver took it: never again.
     pub async fn delivered(&self, delivery: &Delivery) -> Result<(), StoreError> {
         let id = delivery.id.clone();

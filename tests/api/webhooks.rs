@@ -731,3 +731,44 @@ async fn a_receiver_that_never_answers_does_not_hold_the_shutdown() {
         "still delivering 10 s after SIGTERM"
     );
 }
+
+/// A receiver that never answers holds only its own share of the sender's slots: another
+/// webhook's deliveries keep flowing while its attempts wait out their timeout (before, the
+/// sender waited for a whole batch, so every webhook waited for the slowest receiver).
+#[tokio::test]
+async fn a_receiver_that_never_answers_does_not_hold_up_other_webhooks() {
+    let (silent, mut accepted) = silent_receiver().await;
+    let mut healthy = Receiver::start(0).await;
+    let app = TestApp::spawn_with(|s| {
+        fast(s);
+        s.notifications.request_timeout = Duration::from_secs(30);
+        s.notifications.send_concurrency = 4;
+        s.notifications.per_webhook_concurrency = 2;
+    })
+    .await;
+    add_webhook(&app, json!({"url": silent, "events": ["parked"]})).await;
+    add_webhook(&app, json!({"url": healthy.url, "events": ["parked"]})).await;
+    const PARKED: usize = 20;
+    for i in 0..PARKED {
+        app.park(&format!("burst-{i}")).await;
+    }
+    // Well within one silent attempt's 30 s timeout.
+    let all = tokio::time::timeout(Duration::from_secs(15), async {
+        for _ in 0..PARKED {
+            healthy.next_of("parked").await;
+        }
+    })
+    .await;
+    assert!(
+        all.is_ok(),
+        "the healthy webhook waited behind the silent one"
+    );
+    let mut silent_attempts = 0;
+    while accepted.try_recv().is_ok() {
+        silent_attempts += 1;
+    }
+    assert!(
+        (1..=2).contains(&silent_attempts),
+        "attempts at once to the silent receiver: {silent_attempts}"
+    );
+}
