@@ -495,17 +495,33 @@ impl Play {
     async fn decide(&mut self, id: &str, verb: &str) {
         let tenant = self.seen[id].tenant;
         let url = format!("{}/v1/tenants/{tenant}/approvals/{id}/{verb}", self.api);
-        let response = self
-            .http
-            .post(url)
-            .bearer_auth(REVIEWER)
-            .json(&json!({"reason": format!("{verb} in phase {}", self.phase())}))
-            .send()
-            .await
-            .unwrap();
-        let status = response.status();
-        let text = response.text().await.unwrap();
-        assert_eq!(status, 200, "{verb} {tenant}/{id}: {text}");
+        // As a client would: a 503 is retried. On Temporal the first decision after a worker
+        // restart can outlast the call deadline while it replays; if that attempt landed all
+        // the same, the retry answers 409, and the read below shows whose decision stands.
+        let started = Instant::now();
+        let mut retried = false;
+        loop {
+            let response = self
+                .http
+                .post(&url)
+                .bearer_auth(REVIEWER)
+                .json(&json!({"reason": format!("{verb} in phase {}", self.phase())}))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            let text = response.text().await.unwrap();
+            if status == 503 && started.elapsed() < Duration::from_secs(60) {
+                eprintln!("{verb} {tenant}/{id}: 503 ({text}); retrying");
+                retried = true;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+            if !(retried && status == 409) {
+                assert_eq!(status, 200, "{verb} {tenant}/{id}: {text}");
+            }
+            break;
+        }
         let record = self.read(tenant, id).await;
         assert_eq!(
             record["status"],

@@ -33,7 +33,9 @@ async fn closed_by_server(stream: &mut TcpStream) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_connections_neither_block_health_nor_stay_open() {
     crate::support::raise_open_files_limit();
-    let app = TestApp::spawn_with(|s| s.server.header_read_timeout = Duration::from_secs(2)).await;
+    // Long enough that opening the 1,500 does not already set their timeouts off in bulk
+    // during the measurement, on a loaded machine too.
+    let app = TestApp::spawn_with(|s| s.server.header_read_timeout = Duration::from_secs(5)).await;
     let addr = app.base.trim_start_matches("http://").to_owned();
     let mut streams = Vec::new();
     for _ in 0..1_500 {
@@ -49,7 +51,7 @@ async fn stalled_connections_neither_block_health_nor_stay_open() {
     );
     // Every stalled connection is closed by the header timeout, not left open.
     let closing = streams.iter_mut().map(closed_by_server);
-    tokio::time::timeout(Duration::from_secs(15), futures::future::join_all(closing))
+    tokio::time::timeout(Duration::from_secs(20), futures::future::join_all(closing))
         .await
         .expect("the stalled connections were closed");
 }
@@ -93,7 +95,9 @@ async fn a_trickled_header_is_cut_off() {
 async fn beyond_max_connections_new_ones_are_closed_until_a_slot_frees() {
     let app = TestApp::spawn_with(|s| {
         s.server.max_connections = 20;
-        s.server.header_read_timeout = Duration::from_secs(2);
+        // Well beyond the 2 s the extra connection is given to be closed: the stalled ones'
+        // timeouts must not free a slot for it first.
+        s.server.header_read_timeout = Duration::from_secs(6);
     })
     .await;
     let addr = app.base.trim_start_matches("http://").to_owned();
@@ -108,7 +112,7 @@ async fn beyond_max_connections_new_ones_are_closed_until_a_slot_frees() {
         .await
         .expect("a connection beyond the cap is closed at once");
     // Once the header timeout frees the slots, requests are served again.
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Ok(response) = app.http.get(app.url("/healthz")).send().await {
             if response.status() == StatusCode::OK {

@@ -94,7 +94,7 @@ async fn parked_decided_and_expired_approvals_appear_live_from_any_instance(h: H
         .spawn_with(|s| {
             s.approvals
                 .tenant_ttl
-                .insert(tenant.clone(), Duration::from_secs(2));
+                .insert(tenant.clone(), Duration::from_secs(8));
         })
         .await;
     let (other, _stop) = app.second_instance().await;
@@ -121,7 +121,6 @@ async fn parked_decided_and_expired_approvals_appear_live_from_any_instance(h: H
         .await
         .unwrap();
     assert_eq!(decided.status(), StatusCode::OK);
-    app.park("second").await;
 
     let parked = live.next(WITHIN).await;
     assert_eq!(
@@ -142,13 +141,16 @@ async fn parked_decided_and_expired_approvals_appear_live_from_any_instance(h: H
     );
     assert_eq!(accepted.data["kind"], "accepted");
     assert_eq!(accepted.data["actor"], "alice");
+    // Parked once the decision was seen: on Temporal another instance's event reaches the
+    // audit through visibility, a moment after this instance's own would.
+    app.park("second").await;
     let second = live.next(WITHIN).await;
     assert_eq!(
         (second.event.as_str(), second.data["approval_id"].as_str()),
         ("parked", Some("second")),
         "{second:?} (the allowed submit is no live event)"
     );
-    // Nobody decides the second: its TTL (2 s) runs out.
+    // Nobody decides the second: its TTL (8 s) runs out.
     let expired = live.next(WITHIN).await;
     assert_eq!(
         (expired.event.as_str(), expired.data["approval_id"].as_str()),

@@ -48,11 +48,13 @@ async fn a_two_second_tenant_expires_and_reads_expired(h: Harness) {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["status"], "expired");
     let woke = chrono::Utc::now().timestamp_millis();
+    // Seconds, not the 10 s wait: the expiry woke it (on Temporal, a worker's timer, which a
+    // loaded machine may fire a moment late).
     assert!(
-        woke - millis(&parked["expires_at"]) < 1_000,
-        "read as expired within a second of expires_at"
+        woke - millis(&parked["expires_at"]) < 3_000,
+        "read as expired within seconds of expires_at"
     );
-    assert!(started.elapsed() < Duration::from_secs(4));
+    assert!(started.elapsed() < Duration::from_secs(6));
 
     // Expired is final: 410 for any decision, and it stays readable.
     let problem = assert_problem(
@@ -367,8 +369,9 @@ async fn an_unreadable_pending_value_does_not_stop_the_expiries_after_it() {
 #[tokio::test]
 async fn a_decision_that_reaches_redis_after_the_deadline_is_not_taken() {
     let app = TestApp::spawn_with(|s| {
-        s.approvals.default_ttl = Duration::from_secs(1);
-        s.redis.call_timeout = Duration::from_secs(5);
+        // Room for the steps below before the deadline, on a loaded machine too.
+        s.approvals.default_ttl = Duration::from_secs(3);
+        s.redis.call_timeout = Duration::from_secs(8);
     })
     .await;
     let parked = app.park("queued-accept").await;
@@ -400,16 +403,19 @@ async fn a_decision_that_reaches_redis_after_the_deadline_is_not_taken() {
             .await
             .unwrap();
     });
-    // Busy once a PING goes unanswered.
-    loop {
+    // Busy once two PINGs in a row go unanswered (one could be a starved CPU).
+    let mut unanswered = 0;
+    while unanswered < 2 {
         assert!(!block.is_finished(), "the busy script ended early");
         let ping = redis::cmd("PING");
         let answered = ping.query_async::<String>(&mut probe);
-        if tokio::time::timeout(Duration::from_millis(50), answered)
+        if tokio::time::timeout(Duration::from_millis(100), answered)
             .await
             .is_err()
         {
-            break;
+            unanswered += 1;
+        } else {
+            unanswered = 0;
         }
     }
     assert!(

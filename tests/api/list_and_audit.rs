@@ -118,7 +118,7 @@ async fn audit_tells_the_story_oldest_first(h: Harness) {
 
 /// Waits (up to 15 s) until the audit at `path` is empty: trimmed by its retention.
 async fn until_trimmed(app: &TestApp, path: &str) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(25);
     loop {
         let events = app.get_json(path, &app.tokens.admin).await;
         if events["items"].as_array().is_some_and(Vec::is_empty) {
@@ -136,7 +136,8 @@ async fn until_trimmed(app: &TestApp, path: &str) {
 #[tokio::test]
 async fn audit_events_past_their_retention_are_trimmed() {
     let app = crate::support::TestApp::spawn_with(|s| {
-        s.approvals.audit_retention = std::time::Duration::from_secs(2)
+        // Long enough for the first read below to come before it, on a loaded machine too.
+        s.approvals.audit_retention = std::time::Duration::from_secs(5)
     })
     .await;
     app.park("kept").await;
@@ -162,7 +163,8 @@ async fn audit_events_past_their_retention_are_trimmed() {
 #[tokio::test]
 async fn an_audit_of_allowed_requests_only_is_trimmed_too() {
     let app = crate::support::TestApp::spawn_with(|s| {
-        s.approvals.audit_retention = std::time::Duration::from_secs(2)
+        // Long enough for the first read below to come before it, on a loaded machine too.
+        s.approvals.audit_retention = std::time::Duration::from_secs(5)
     })
     .await;
     let read = json!({"type": "document_read", "resource": "docs/handbook.md"});

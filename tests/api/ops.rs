@@ -75,7 +75,8 @@ async fn metrics_show_pending_count_and_age_per_tenant(h: Harness) {
     let text = app
         .metrics_until(
             &app.base,
-            Duration::from_secs(5),
+            // Temporal's figures come from visibility, recomputed in the background.
+            Duration::from_secs(20),
             "a pending figure of 2",
             |t| t.contains(&format!("approvals_pending{{tenant=\"{tenant}\"}} 2")),
         )

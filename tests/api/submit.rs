@@ -300,8 +300,10 @@ async fn heavy_submits_keep_health_answering_and_verdicts_the_same() {
     let started = Instant::now();
     let health = app.http.get(app.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), StatusCode::OK);
+    // Policy evaluation on the request workers made this 12.9 s; a second of slack is for the
+    // rest of a loaded CI machine, which the policy threads share too.
     assert!(
-        started.elapsed() < Duration::from_secs(1),
+        started.elapsed() < Duration::from_secs(2),
         "{:?}",
         started.elapsed()
     );

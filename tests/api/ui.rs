@@ -462,7 +462,9 @@ async fn filters_and_history_show_decided_approvals(h: Harness) {
         .spawn_with(|s| {
             s.approvals
                 .tenant_ttl
-                .insert(tenant.clone(), Duration::from_secs(2));
+                // Long enough to stay pending through the steps before the deadline on a
+                // loaded machine (the decide is a Temporal update there).
+                .insert(tenant.clone(), Duration::from_secs(6));
         })
         .await;
     app.park("soon-gone").await;
@@ -494,7 +496,7 @@ async fn filters_and_history_show_decided_approvals(h: Harness) {
     let csrf = hidden(&page, "csrf");
     let waited: Value = app
         .get_json(
-            &format!("/v1/tenants/{tenant}/approvals/soon-gone/decision?wait_seconds=10"),
+            &format!("/v1/tenants/{tenant}/approvals/soon-gone/decision?wait_seconds=15"),
             &app.tokens.agent,
         )
         .await;
@@ -560,8 +562,8 @@ async fn the_inbox_live_stream_closes_when_its_session_ends() {
     const SECRET: &str = "a session secret of at least thirty-two characters";
     let app = TestApp::spawn_with(|s| s.ui.session_secret = Some(SECRET.into())).await;
     // Sessions signed in through the form last at least a minute: this one, signed the way
-    // the service signs them, ends in two seconds.
-    let ends = chrono::Utc::now().timestamp_millis() + 2_000;
+    // the service signs them, ends in five seconds (time to open the stream first).
+    let ends = chrono::Utc::now().timestamp_millis() + 5_000;
     let cookie = session_cookie(SECRET, &app.tokens.reviewer, &app.tenant, ends);
     let http = reqwest::Client::new();
     let open = || {

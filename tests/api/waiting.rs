@@ -103,7 +103,9 @@ async fn a_decision_wakes_the_waiter_within_a_second(h: Harness) {
     let (status, body, woke_at) = waiter.await.unwrap();
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["status"], "accepted");
-    assert!(woke_at.saturating_duration_since(decided_at) < Duration::from_secs(1));
+    // Seconds, not the 30 s wait: the wake-up came from the decision. (A loaded CI machine
+    // can take a second over a Temporal describe and the answer.)
+    assert!(woke_at.saturating_duration_since(decided_at) < Duration::from_secs(3));
 }
 
 async fn a_decision_on_another_instance_wakes_the_waiter(h: Harness) {
@@ -128,17 +130,19 @@ async fn a_decision_on_another_instance_wakes_the_waiter(h: Harness) {
     };
     until_parked(&app, &second, 1, Duration::from_secs(10)).await;
     // Decided through the first instance; the waiter is parked on the second.
-    let started = Instant::now();
     assert_eq!(
         app.decide("req-1", "reject", &app.tokens.reviewer)
             .await
             .status(),
         StatusCode::OK
     );
+    // From the decision's answer (on Temporal the decide is a workflow update that a loaded
+    // worker may take seconds over); a waiter not woken would answer after 30 s.
+    let decided_at = Instant::now();
     let (status, body, woke_at) = waiter.await.unwrap();
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["status"], "rejected");
-    assert!(woke_at.duration_since(started) < Duration::from_secs(1));
+    assert!(woke_at.saturating_duration_since(decided_at) < Duration::from_secs(3));
 }
 
 async fn without_a_decision_it_answers_pending_after_wait_seconds(h: Harness) {
@@ -150,7 +154,7 @@ async fn without_a_decision_it_answers_pending_after_wait_seconds(h: Harness) {
     assert_eq!(body["status"], "pending");
     let took = done.duration_since(started);
     assert!(
-        took >= Duration::from_secs(1) && took < Duration::from_secs(3),
+        took >= Duration::from_secs(1) && took < Duration::from_secs(10),
         "{took:?}"
     );
     let (_, decided_now, _) = {

@@ -498,7 +498,7 @@ async fn nothing_is_lost_across_a_restart_and_dead_letters_are_counted() {
 #[tokio::test]
 async fn slack_messages_warn_before_an_approval_expires_with_a_button_to_the_inbox() {
     let mut receiver = Receiver::start(0).await;
-    let app = TestApp::spawn_with(expiring_after(Duration::from_secs(4))).await;
+    let app = TestApp::spawn_with(expiring_after(Duration::from_secs(8))).await;
     add_webhook(
         &app,
         json!({"url": receiver.url, "format": "slack", "events": ["expiring_soon", "expired"]}),
@@ -538,29 +538,36 @@ async fn every_approval_of_a_large_burst_is_warned_about_before_it_expires() {
         json!({"url": receiver.url, "events": ["expiring_soon"]}),
     )
     .await;
-    let first = app.park("burst-000").await;
-    for n in 1..BURST {
-        app.park(&format!("burst-{n:03}")).await;
+    // Each warning is judged against its own approval's deadline: parking 300 one after
+    // another takes a loaded machine a while.
+    let mut expires = HashMap::new();
+    for n in 0..BURST {
+        let id = format!("burst-{n:03}");
+        let parked = app.park(&id).await;
+        let at: chrono::DateTime<chrono::Utc> = parked["expires_at"]
+            .as_str()
+            .and_then(|t| t.parse().ok())
+            .expect("expires_at");
+        expires.insert(id, at);
     }
-    let first_expires: chrono::DateTime<chrono::Utc> = first["expires_at"]
-        .as_str()
-        .and_then(|t| t.parse().ok())
-        .expect("expires_at");
+    let last_expires = expires.values().max().copied().expect("parked");
     let mut warned = std::collections::HashSet::new();
     while warned.len() < BURST {
-        let left = (first_expires - chrono::Utc::now())
+        let left = (last_expires - chrono::Utc::now())
             .to_std()
             .unwrap_or_default();
         let got = tokio::time::timeout(left, receiver.got.recv()).await;
         let Ok(Some(got)) = got else {
-            panic!(
-                "{} of {BURST} warned before the first expired",
-                warned.len()
-            );
+            panic!("{} of {BURST} warned before the last expired", warned.len());
         };
         let body = got.json();
         assert_eq!(body["type"], "expiring_soon", "{body}");
-        warned.insert(body["approval_id"].as_str().unwrap_or_default().to_owned());
+        let id = body["approval_id"].as_str().unwrap_or_default().to_owned();
+        assert!(
+            chrono::Utc::now() < expires[&id],
+            "{id} warned about after it expired"
+        );
+        warned.insert(id);
     }
 }
 

@@ -165,14 +165,9 @@ async fn thirty_day_ttl_is_accepted_with_its_expires_at() {
         [expires_at]
     );
     // The workflow's timer is durable and a month away: it must still be running and decidable.
-    let outcome = backend
-        .decide(&tenant, &id("req-1"), decision(Verdict::Accept, "alice"))
-        .await
-        .expect("decide");
-    assert!(
-        matches!(outcome, DecisionOutcome::Decided(_)),
-        "{outcome:?}"
-    );
+    let landed =
+        decide_as_a_caller_would(&backend, &tenant, "req-1", Verdict::Accept, "alice").await;
+    assert_eq!(landed.status, Status::Accepted);
     worker.stop();
 }
 

@@ -170,16 +170,19 @@ pub async fn waiter_wakes_on_decision(backend: Backend) {
     // The waiter must be parked before the decision for this to test a wake-up rather than a
     // read; a waiter that is not yet subscribed would still see the decision on its first read.
     tokio::task::yield_now().await;
-    let decided_at = Instant::now();
     backend
         .decide(&tenant, &id("req-1"), decision(Verdict::Accept, "alice"))
         .await
         .expect("decide");
+    // From the decision's answer, not its start: on Temporal (and dual) the decide itself is a
+    // workflow update that a loaded worker may take seconds over. A waiter that missed the
+    // wake-up would answer only at the end of its 20 s.
+    let decided_at = Instant::now();
     let woke = waiter.await.expect("join").expect("wait").expect("exists");
     assert_eq!(woke.status, Status::Accepted);
     assert!(
-        decided_at.elapsed() < Duration::from_secs(1),
-        "woken within a second"
+        decided_at.elapsed() < Duration::from_secs(5),
+        "woken within seconds of the decision, not at the end of the wait"
     );
 }
 
@@ -223,9 +226,11 @@ pub async fn short_ttl_expires_and_cannot_be_decided(backend: Backend) {
         "the waiter learns of the expiry"
     );
     let late = Timestamp::now().as_millis() - parked.expires_at.as_millis();
+    // A few seconds' slack: a loaded worker (Temporal) fires its timer late, and dual's submit
+    // waits for its mirror. A sweeper that lost the expiry would answer at the 10 s wait's end.
     assert!(
-        (0..2000).contains(&late),
-        "expired within a second or two of expires_at ({late} ms)"
+        (0..5000).contains(&late),
+        "expired within seconds of expires_at ({late} ms)"
     );
     let outcome = backend
         .decide(&tenant, &id("req-1"), decision(Verdict::Accept, "alice"))
