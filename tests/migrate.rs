@@ -162,8 +162,13 @@ async fn read_back(source: &[Approval], target: &dyn RecordTransfer) -> Vec<Appr
     copies.into_iter().map(|a| a.as_of(now)).collect()
 }
 
-/// Pending (1 h, 2 days, 4 s left), accepted, rejected, expired and ADR v1 (pending, approved) records over three
+/// Pending (1 h, 2 days, [`SOON`] left), accepted, rejected, expired and ADR v1 (pending, approved) records over three
 /// tenants. Returns the tenants.
+/// The TTL of the "soon" approvals: still pending when a migration's counts are taken (on a
+/// loaded machine, after three tenants are written and a debug `approvals migrate` starts),
+/// and expired within the test.
+const SOON: Duration = Duration::from_secs(15);
+
 async fn mixed_population(setup: &Setup, redis: &dyn RecordTransfer) -> Vec<TenantId> {
     let tenants: Vec<TenantId> = (0..3).map(|_| fresh_tenant("mig")).collect();
     for tenant in &tenants {
@@ -172,10 +177,7 @@ async fn mixed_population(setup: &Setup, redis: &dyn RecordTransfer) -> Vec<Tena
             .submit(pending(tenant, "two-days", 48 * HOUR))
             .await
             .unwrap();
-        redis
-            .submit(pending(tenant, "soon", Duration::from_secs(4)))
-            .await
-            .unwrap();
+        redis.submit(pending(tenant, "soon", SOON)).await.unwrap();
         for (name, verdict) in [("yes", Verdict::Accept), ("no", Verdict::Reject)] {
             redis.submit(pending(tenant, name, HOUR)).await.unwrap();
             redis
@@ -260,7 +262,7 @@ async fn a_mixed_population_moves_to_temporal_exactly_and_a_second_run_changes_n
         .wait_for_decision(
             &soon.tenant,
             &soon.id,
-            Duration::from_secs(15),
+            Duration::from_secs(30),
             approvals_core::no_stop(),
         )
         .await
@@ -269,7 +271,8 @@ async fn a_mixed_population_moves_to_temporal_exactly_and_a_second_run_changes_n
     assert_eq!(settled.status, Status::Expired);
     assert_eq!(settled.decided_at, Some(soon.expires_at));
     let late = Timestamp::now().as_millis() - soon.expires_at.as_millis();
-    assert!(late < 3_000, "expired {late} ms after its deadline");
+    // Seconds, not the 24 h a fresh TTL would give; a loaded worker fires a timer late.
+    assert!(late < 5_000, "expired {late} ms after its deadline");
 
     // Again: everything is already there, nothing changes.
     let (clean, again) = setup.migrate("redis", "temporal", &tenant_refs, &[]);
@@ -297,6 +300,43 @@ async fn a_dry_run_writes_nothing_and_tenant_filters_hold() {
     assert_eq!(report["imported"], 1);
     assert!(temporal.get(&chosen, &id("a")).await.unwrap().is_some());
     assert_eq!(temporal.get(&other, &id("a")).await.unwrap(), None);
+}
+
+/// A record the source cannot read is passed over (the rest is copied) but named in the
+/// report, and the run is not reconciled: it was left behind, not moved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_record_is_reported_and_the_run_is_not_reconciled() {
+    let setup = Setup::new().await;
+    let redis = setup.engine(EngineKind::Redis).await;
+    let temporal = setup.engine(EngineKind::Temporal).await;
+    let (tenant, other) = (fresh_tenant("spoiled"), fresh_tenant("spoiled"));
+    redis.submit(pending(&tenant, "fine", HOUR)).await.unwrap();
+    let mut conn = setup.redis.connection().await;
+    for t in [&tenant, &other] {
+        let () = redis::cmd("SET")
+            .arg(format!("approval:{t}:broken"))
+            .arg("{not json")
+            .arg("EX")
+            .arg(3600)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+
+    let (clean, report) = setup.migrate("redis", "temporal", &[&tenant], &[]);
+    assert!(
+        !clean,
+        "an unreadable record left behind is no clean run: {report:#}"
+    );
+    assert_eq!(report["imported"], 1, "{report:#}");
+    assert_eq!(report["differences"], json!([]), "{report:#}");
+    // Only the chosen tenant's: the other one's broken record is not this run's.
+    assert_eq!(
+        report["unreadable"]["source"],
+        json!([format!("approval:{tenant}:broken")]),
+        "{report:#}"
+    );
+    assert!(temporal.get(&tenant, &id("fine")).await.unwrap().is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

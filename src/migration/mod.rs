@@ -6,7 +6,9 @@
 //! killed anywhere and started again ends with every approval exactly once. **Reconcile** reads
 //! the source again and compares each record with the target's copy: a decision made in the
 //! source after its approval was copied (the migration races live reviewers) is replayed on
-//! the target with its original reviewer and time; whatever still differs is reported by id.
+//! the target with its original reviewer and time; whatever still differs is reported by id,
+//! and so is every record either side could not read (a run that passed one over is not
+//! reconciled).
 
 mod report;
 
@@ -88,6 +90,7 @@ impl Migration {
     /// Imports every source record the plan covers (in a dry run, only looks them up).
     pub async fn copy(&self, report: &mut Report) -> Result<(), BackendError> {
         self.progress.set_message("copying");
+        // What cannot be read is reported by the reconcile pass, which sees the final state.
         self.for_each(
             &self.source,
             |approval| self.copy_one(approval),
@@ -98,39 +101,61 @@ impl Migration {
             },
         )
         .await
+        .map(drop)
     }
 
     /// Compares every source record with its copy, replaying late decisions, then looks for
     /// records only the target has; fills the counts and differences of `report`.
     pub async fn reconcile(&self, report: &mut Report) -> Result<(), BackendError> {
         self.progress.set_message("reconciling");
-        let now = Timestamp::now();
         let mut seen: HashSet<(TenantId, ApprovalId)> = HashSet::new();
-        self.for_each(
-            &self.source,
-            |approval| self.check_one(approval),
-            |checked| {
-                seen.insert((checked.source.tenant.clone(), checked.source.id.clone()));
-                report.decisions_replayed += u64::from(checked.replayed);
-                report.compare(
-                    checked.source.as_of(now),
-                    checked.copy.map(|c| c.as_of(now)),
-                );
-            },
-        )
-        .await?;
+        let unreadable_in_source = self
+            .for_each(
+                &self.source,
+                |approval| self.check_one(approval),
+                |checked| {
+                    seen.insert((checked.source.tenant.clone(), checked.source.id.clone()));
+                    report.decisions_replayed += u64::from(checked.replayed);
+                    // Both sides as of one instant after both were read: an approval whose
+                    // deadline fell between the two reads is expired on both.
+                    let now = Timestamp::now();
+                    report.compare(
+                        checked.source.as_of(now),
+                        checked.copy.map(|c| c.as_of(now)),
+                    );
+                },
+            )
+            .await?;
         self.progress
             .set_message("looking for records only the target has");
-        self.for_each(
-            &self.target,
-            |approval| async move { Ok(approval) },
-            |approval| {
-                if !seen.contains(&(approval.tenant.clone(), approval.id.clone())) {
-                    report.only_in_target(approval.as_of(now));
-                }
-            },
-        )
-        .await
+        let seen = &seen;
+        let unreadable_in_target = self
+            .for_each(
+                &self.target,
+                |copy| async move {
+                    if seen.contains(&(copy.tenant.clone(), copy.id.clone())) {
+                        return Ok(None);
+                    }
+                    // Written after the source was scanned (a soak writes both engines): the
+                    // source has it now, and the two are compared like any other.
+                    let source = retry("get", || self.source.get(&copy.tenant, &copy.id)).await?;
+                    Ok(Some((copy, source)))
+                },
+                |found| {
+                    let now = Timestamp::now();
+                    match found {
+                        None => {}
+                        Some((copy, Some(source))) => {
+                            report.compare(source.as_of(now), Some(copy.as_of(now)));
+                        }
+                        Some((copy, None)) => report.only_in_target(copy.as_of(now)),
+                    }
+                },
+            )
+            .await?;
+        report.unreadable.source = unreadable_in_source;
+        report.unreadable.target = unreadable_in_target;
+        Ok(())
     }
 
     async fn copy_one(&self, approval: Approval) -> Result<Copied, BackendError> {
@@ -181,13 +206,14 @@ impl Migration {
     /// Scans `backend` to its end, runs `each` on every record of the plan's tenants with the
     /// plan's concurrency, and hands the results to `sink` in this task (no locks needed).
     /// Pages are one stream: the next page is fetched while the last records of this one are in
-    /// flight, rather than draining to zero at every page boundary.
+    /// flight, rather than draining to zero at every page boundary. Returns the keys of the
+    /// plan's records the scan could not read.
     async fn for_each<T, F, Fut>(
         &self,
         backend: &Arc<dyn RecordTransfer>,
         each: F,
         mut sink: impl FnMut(T),
-    ) -> Result<(), BackendError>
+    ) -> Result<BTreeSet<String>, BackendError>
     where
         F: Fn(Approval) -> Fut,
         Fut: Future<Output = Result<T, BackendError>>,
@@ -198,11 +224,18 @@ impl Migration {
                 return Ok(None);
             };
             let page = retry("scan", || backend.scan(cursor.as_deref(), SCAN_BATCH)).await?;
-            Ok::<_, BackendError>(Some((page.items, page.next.map(Some))))
+            let next = page.next.clone().map(Some);
+            Ok::<_, BackendError>(Some((page, next)))
         });
+        let mut unreadable = BTreeSet::new();
         pages
-            .map_ok(|items| {
-                let covered = items.into_iter().filter(|a| self.covers(&a.tenant));
+            .map_ok(|page| {
+                unreadable.extend(
+                    page.unreadable
+                        .into_iter()
+                        .filter(|key| self.covers_key(key)),
+                );
+                let covered = page.items.into_iter().filter(|a| self.covers(&a.tenant));
                 stream::iter(covered.map(Ok::<_, BackendError>))
             })
             .try_flatten()
@@ -213,11 +246,21 @@ impl Migration {
                 self.progress.inc(1);
                 futures_util::future::ready(Ok(()))
             })
-            .await
+            .await?;
+        Ok(unreadable)
     }
 
     fn covers(&self, tenant: &TenantId) -> bool {
         self.plan.tenants.is_empty() || self.plan.tenants.contains(tenant)
+    }
+
+    /// Whether a record's key (`approval:{tenant}:{id}` in both engines) is the plan's.
+    fn covers_key(&self, key: &str) -> bool {
+        self.plan.tenants.is_empty()
+            || key
+                .split(':')
+                .nth(1)
+                .is_some_and(|tenant| self.plan.tenants.iter().any(|t| t.as_str() == tenant))
     }
 }
 

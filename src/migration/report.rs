@@ -1,7 +1,7 @@
 //! The reconciliation report a migration ends with: per tenant and status, the counts on both
 //! sides, and every difference by id. Printed as a table, or as JSON for scripts.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use approvals_core::{Approval, Status};
@@ -19,6 +19,14 @@ pub struct Report {
     /// tenant → status → records on each side.
     pub counts: BTreeMap<String, BTreeMap<Status, Sides>>,
     pub differences: Vec<Difference>,
+    /// Keys of records a side holds but could not read: neither copied nor compared.
+    pub unreadable: Unreadable,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Unreadable {
+    pub source: BTreeSet<String>,
+    pub target: BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -47,9 +55,11 @@ impl Report {
         }
     }
 
-    /// True when both sides hold the same records.
+    /// True when both sides hold the same records, every one of them read.
     pub fn is_reconciled(&self) -> bool {
         self.differences.is_empty()
+            && self.unreadable.source.is_empty()
+            && self.unreadable.target.is_empty()
     }
 
     /// Counts a source record and its copy (as of the same instant), noting any difference.
@@ -143,8 +153,27 @@ impl fmt::Display for Report {
                 self.imported, self.already_present, self.decisions_replayed
             )?;
         }
-        if self.differences.is_empty() {
+        for (side, keys) in [
+            ("source", &self.unreadable.source),
+            ("target", &self.unreadable.target),
+        ] {
+            if !keys.is_empty() {
+                writeln!(
+                    f,
+                    "{} records in the {side} could not be read (passed over; repair or remove \
+                     them and run again):",
+                    keys.len()
+                )?;
+                for key in keys {
+                    writeln!(f, "  {key}")?;
+                }
+            }
+        }
+        if self.is_reconciled() {
             return writeln!(f, "reconciled: both sides hold the same records");
+        }
+        if self.differences.is_empty() {
+            return Ok(());
         }
         writeln!(f, "{} differences:", self.differences.len())?;
         let status = |s: Option<Status>| s.map_or("missing", |s| s.as_str());

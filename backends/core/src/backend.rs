@@ -109,6 +109,9 @@ pub struct Page<T> {
 pub struct ScanPage {
     pub items: Vec<Approval>,
     pub next: Option<String>,
+    /// Keys of records in this batch that could not be read (passed over, logged): a
+    /// migration must not call a run reconciled while records are left behind unseen.
+    pub unreadable: Vec<String>,
 }
 
 /// How long approvals and their traces live: service-wide policy every engine applies.

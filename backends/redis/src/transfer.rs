@@ -53,6 +53,7 @@ impl RecordTransfer for RedisBackend {
                 .into_iter()
                 .map(|(shadow, raw)| (shadow.replacen("approvals:shadow:", "approval:", 1), raw)),
         );
+        let mut unreadable = Vec::new();
         for (key, raw) in read {
             // Read-only: a foreign record is converted, not adopted (a dry run writes nothing).
             let read = match record::decode(&key, &raw) {
@@ -62,12 +63,16 @@ impl RecordTransfer for RedisBackend {
             };
             match read {
                 Ok(approval) => items.push(approval.as_of(now)),
-                Err(error) => self.pass_over(error)?,
+                Err(error) => {
+                    self.pass_over(error)?;
+                    unreadable.push(key);
+                }
             }
         }
         Ok(ScanPage {
             items,
             next: (next != "0").then_some(next),
+            unreadable,
         })
     }
 

@@ -56,6 +56,7 @@ impl RecordTransfer for TemporalBackend {
                     .map(|row| row.approval.as_of(now)),
             );
         }
+        let mut unreadable = Vec::new();
         for execution in response.executions {
             let key = execution
                 .execution
@@ -63,7 +64,17 @@ impl RecordTransfer for TemporalBackend {
                 .map(|e| e.workflow_id.clone())
                 .unwrap_or_default();
             let fields = execution.memo.unwrap_or_default().fields;
-            let record: ApprovalRecord = memo_field(&key, &fields, MEMO_APPROVAL)?;
+            // One unreadable memo is reported and passed over, as Redis does with a value:
+            // failing the scan would stop every migration at the same record.
+            let record: ApprovalRecord = match memo_field(&key, &fields, MEMO_APPROVAL) {
+                Ok(record) => record,
+                Err(BackendError::Corrupt { key, reason }) => {
+                    tracing::warn!(key, reason, "unreadable workflow memo passed over");
+                    unreadable.push(key);
+                    continue;
+                }
+                Err(other) => return Err(other),
+            };
             let row = Row {
                 approval: record.into(),
                 events: Vec::new(),
@@ -74,7 +85,11 @@ impl RecordTransfer for TemporalBackend {
         }
         let next = (!response.next_page_token.is_empty())
             .then(|| cursor::encode_scan(started.as_millis(), &response.next_page_token));
-        Ok(ScanPage { items, next })
+        Ok(ScanPage {
+            items,
+            next,
+            unreadable,
+        })
     }
 
     async fn import(&self, approval: Approval) -> Result<ImportOutcome, BackendError> {
