@@ -354,12 +354,19 @@ impl TemporalBackend {
             reason: decision.reason.clone(),
             at: decision.at,
         };
+        // One id for every attempt: an attempt the server admitted before its call failed is
+        // then answered to the next attempt as what it was (this decision, Decided), rather than
+        // a second update refused as AlreadyDecided, which told the winning reviewer 409 and
+        // kept dual from mirroring the decision.
+        let update_id = uuid::Uuid::new_v4().to_string();
         let mut last_error = None;
         for _ in 0..3 {
             let update = handle.execute_update(
                 ApprovalWorkflow::decide,
                 input.clone(),
-                WorkflowExecuteUpdateOptions::default(),
+                WorkflowExecuteUpdateOptions::builder()
+                    .update_id(update_id.clone())
+                    .build(),
             );
             let reply = self
                 .call("decide", self.settings.call_timeout, async {

@@ -21,6 +21,13 @@ use crate::record::decided_event;
 /// Far longer than the visibility lag observed on a loaded dev server (tens of ms).
 pub const REMEMBER_FOR: Duration = Duration::from_secs(30);
 
+/// How long a remembered *pending* record that a visibility query did not return is still
+/// added to its result. Past that, visibility has had its time, and its absence means the
+/// approval was settled elsewhere (another instance decided it, its workflow closed): adding
+/// the pending copy would list a decided approval as pending, and count it, for the rest of
+/// [`REMEMBER_FOR`]. A settled record never goes back, so those are added for the whole time.
+const PENDING_UNSEEN_FOR: Duration = Duration::from_secs(5);
+
 /// A record with its audit events, as visibility or this process knows it.
 #[derive(Debug, Clone)]
 pub struct Row {
@@ -179,13 +186,13 @@ impl Recent {
     /// rows the query would have matched (by tenant).
     pub fn overlay(&self, visible: Vec<Row>, wanted: impl Fn(&TenantId) -> bool) -> Vec<Row> {
         let now = Instant::now();
-        let mut recent: HashMap<(TenantId, String), Row> = {
+        let mut recent: HashMap<(TenantId, String), (Instant, Row)> = {
             let rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
             rows.iter()
                 .filter(|((tenant, _), (at, _))| {
                     now.duration_since(*at) < REMEMBER_FOR && wanted(tenant)
                 })
-                .map(|(key, (_, row))| (key.clone(), row.clone()))
+                .map(|(key, (at, row))| (key.clone(), (*at, row.clone())))
                 .collect()
         };
         let mut out: Vec<Row> = visible
@@ -193,12 +200,15 @@ impl Recent {
             .map(|row| {
                 let key = (row.approval.tenant.clone(), row.approval.id.to_string());
                 match recent.remove(&key) {
-                    Some(known) => row.merge(known),
+                    Some((_, known)) => row.merge(known),
                     None => row,
                 }
             })
             .collect();
-        out.extend(recent.into_values());
+        out.extend(recent.into_values().filter_map(|(at, row)| {
+            (row.approval.is_decided() || now.duration_since(at) < PENDING_UNSEEN_FOR)
+                .then_some(row)
+        }));
         out
     }
 }

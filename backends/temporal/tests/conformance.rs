@@ -142,3 +142,64 @@ mod decision_log {
         }
     }
 }
+
+/// Two service instances, each with its own memory of its writes (read-your-writes over
+/// visibility): what one parked and the other decided leaves the first one's pending list and
+/// figures once visibility has the close, not when the first one forgets its write (30 s).
+mod two_instances {
+    use std::time::{Duration, Instant};
+
+    use approvals_core::conformance::{decision, fresh_tenant, id, pending};
+    use approvals_core::{ApprovalBackend, DecisionOutcome, Status, Timestamp, Verdict};
+    use approvals_temporal::TemporalBackend;
+
+    use super::support;
+
+    #[tokio::test]
+    async fn an_approval_decided_on_another_instance_leaves_this_ones_pending_list() {
+        let settings = tokio::task::spawn_blocking(support::settings)
+            .await
+            .expect("dev server");
+        let parker = TemporalBackend::connect(settings.clone())
+            .await
+            .expect("backend");
+        let other = TemporalBackend::connect(settings).await.expect("backend");
+        let tenant = fresh_tenant("elsewhere");
+        parker
+            .submit(pending(&tenant, "x", Duration::from_secs(3600)))
+            .await
+            .expect("submit");
+        let outcome = other
+            .decide(&tenant, &id("x"), decision(Verdict::Accept, "alice"))
+            .await
+            .expect("decide");
+        assert!(
+            matches!(outcome, DecisionOutcome::Decided(_)),
+            "{outcome:?}"
+        );
+        let started = Instant::now();
+        loop {
+            let listed = parker
+                .list(&tenant, Status::Pending, None, 10)
+                .await
+                .expect("list");
+            let stats = parker
+                .pending_stats(&[Duration::from_secs(60)], Timestamp::now())
+                .await
+                .expect("stats");
+            let counted = stats
+                .tenants
+                .iter()
+                .any(|t| t.tenant == tenant && t.count > 0);
+            if listed.items.is_empty() && !counted {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "still pending on the instance that parked it: {:?}, counted: {counted}",
+                listed.items
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
