@@ -67,7 +67,9 @@ class ServiceApprovals:
         """A `needs_approval` callable for a tool whose calls are actions of `action_type`."""
 
         async def ask(_ctx: Any, arguments: dict[str, Any], call_id: str) -> bool:
-            submitted = await self.client.submit({"type": action_type, **arguments}, request_id=request_id_for(call_id))
+            # The tool's type last: an argument the model names `type` must not pass a delete
+            # off as a read.
+            submitted = await self.client.submit({**arguments, "type": action_type}, request_id=request_id_for(call_id))
             self.submitted[call_id] = (action_type, arguments, submitted)
             return submitted.decision is not Decision.ALLOW
 

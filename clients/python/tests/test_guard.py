@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import anyio
 import pytest
 from conftest import Service, Tenant
@@ -129,3 +131,34 @@ async def test_async_functions_with_either_client(service: Service, tenant: Tena
 
         with pytest.raises(TypeError):
             not_async("docs/a")
+
+
+def test_the_policy_sees_what_the_function_gets_or_nothing_runs(agent: ApprovalsClient, reviewer: ApprovalsClient) -> None:
+    calls: list[object] = []
+
+    @require_approval(agent, timeout=30)
+    def document_read(resource: object) -> None:
+        calls.append(resource)
+
+    # A path is sent as its text, so the policy's `finance/` rule sees it (its repr,
+    # "PosixPath('finance/q3')", was allowed as something else).
+    helper = Reviewer(reviewer, verdict="accept")
+    helper.start()
+    document_read(Path("finance/q3"))
+    (decided,) = helper.finish()
+    assert decided.action == {"type": "document_read", "resource": "finance/q3"}
+
+    # Anything else that is not JSON is refused before anything is sent or run.
+    class Opaque:
+        pass
+
+    with pytest.raises(TypeError, match="'resource'"):
+        document_read(Opaque())
+    assert calls == [Path("finance/q3")]
+
+    # An argument named `type` would be the action's type: refused when decorating.
+    with pytest.raises(TypeError, match="'type'"):
+
+        @require_approval(agent)
+        def transfer(type: str, account: str) -> None:
+            pass

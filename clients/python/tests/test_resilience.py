@@ -13,7 +13,7 @@ import pytest
 from conftest import SENSITIVE_READ, Service, start_service
 from helpers import until
 
-from approvals_client import ApiError, ApprovalsClient, RetryPolicy, Status, SubmitResponse
+from approvals_client import ApiError, ApprovalsClient, RetryPolicy, Status, SubmitResponse, WaitTimeout
 
 
 @pytest.fixture
@@ -159,6 +159,36 @@ def test_a_long_poll_cut_off_after_its_wait_is_retried(service: Service, tenant:
         approval = agent.poll(parked.request_id, 2)
     assert transport.lost == 1
     assert approval.status is Status.PENDING
+
+
+def test_a_wait_is_bounded_by_its_timeout_across_retries(service: Service, tenant: object) -> None:
+    """A poll lost after its wait is retried asking only for what is left of the caller's
+    timeout: the wait ends at the timeout (WaitTimeout), not a whole poll later."""
+    t = tenant
+    with ApprovalsClient(service.base_url, t.agent_token, t.name) as agent:  # type: ignore[attr-defined]
+        parked = agent.submit(SENSITIVE_READ)
+
+    class Recording(LoseFirstAnswer):
+        def __init__(self) -> None:
+            super().__init__("GET", "/decision")
+            self.asked: list[int] = []
+
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            if request.url.path.endswith("/decision"):
+                self.asked.append(int(request.url.params["wait_seconds"]))
+            return super().handle_request(request)
+
+    transport = Recording()
+    fast = RetryPolicy(initial_backoff=0.01, max_backoff=0.05)
+    with httpx.Client(transport=transport) as http:
+        agent = ApprovalsClient(service.base_url, t.agent_token, t.name, http=http, retry=fast)  # type: ignore[attr-defined]
+        started = time.monotonic()
+        with pytest.raises(WaitTimeout):
+            agent.wait(parked.request_id, timeout=4, poll_seconds=3)
+        took = time.monotonic() - started
+    assert transport.lost == 1
+    assert transport.asked[0] == 3 and all(asked <= 1 for asked in transport.asked[1:]), transport.asked
+    assert took < 5.5, f"the wait ran {took:.1f} s past a 4 s timeout"
 
 
 class BreakStreamOnce(httpx.BaseTransport):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import math
 import os
 import random
+import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -16,26 +19,31 @@ import httpx
 from .errors import ApiError
 from .models import Approval, AuditEvent, LiveEvent, Problem, Status
 
-DEFAULT_TIMEOUT = 10.0
-"""Seconds for a call other than a long-poll (connect, read and write each)."""
+DEFAULT_TIMEOUT = 15.0
+"""Seconds for a call other than a long-poll (connect, read and write each): longer than the
+service's own request deadline (`server.request_timeout`, 10 s), so that the service's `408`
+(retried) comes before the client gives up on its own."""
 
 SERVER_WAIT_CAP = 60
 """The service's longest long-poll (`approvals.long_poll_max`): a wait asks for at most this
 and resumes after it."""
 
-RETRYABLE_STATUSES = frozenset({502, 503, 504})
+# 408: the service's request deadline ran out; whatever the attempt did is found by the retry
+# (a submit repeats its request_id; a decision already made reads as `already_decided`).
+RETRYABLE_STATUSES = frozenset({408, 502, 503, 504})
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff with jitter on `503` (and `502`/`504` from a proxy), on `429
+    """Exponential backoff with jitter on `503` and `408` (and `502`/`504` from a proxy), on `429
     too_many_requests` (the token's calls in flight are at the service's limit) and on
     connection errors. Every retry of a submit sends the same `request_id`, so it can find
     the approval an earlier attempt parked but never parks a second one.
 
     attempt n (n >= 1) sleeps a random time in [d/2, d], d = min(max_backoff,
-    initial_backoff * multiplier**(n-1)), or the server's `Retry-After` when longer; the call
-    gives up after `max_attempts` attempts or once `max_elapsed` seconds have passed.
+    initial_backoff * multiplier**(n-1)), or the server's `Retry-After` when longer (however
+    long: the server knows); the call gives up after `max_attempts` attempts, or when the next
+    attempt would start past `max_elapsed` seconds.
     """
 
     max_attempts: int = 8
@@ -48,7 +56,7 @@ class RetryPolicy:
         ceiling = min(self.max_backoff, self.initial_backoff * self.multiplier ** max(0, attempt - 1))
         delay = random.uniform(ceiling / 2, ceiling)
         if retry_after is not None:
-            delay = max(delay, min(retry_after, self.max_backoff))
+            delay = max(delay, retry_after)
         return delay
 
     def gives_up(self, attempt: int, elapsed: float, next_delay: float) -> bool:
@@ -69,14 +77,27 @@ def segment(value: str) -> str:
     return quote(value, safe="")
 
 
+def past(deadline: float | None, delay: float) -> bool:
+    """Whether an attempt after `delay` would start past `deadline` (`time.monotonic()`)."""
+    return deadline is not None and time.monotonic() + delay >= deadline
+
+
 def retry_after_seconds(response: httpx.Response) -> float | None:
+    """`Retry-After` in seconds: delta-seconds or an HTTP date (RFC 9110)."""
     value = response.headers.get("retry-after")
     if value is None:
         return None
     try:
         return max(0.0, float(value))
     except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
         return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return max(0.0, (when - datetime.datetime.now(datetime.timezone.utc)).total_seconds())
 
 
 def is_retryable(response: httpx.Response) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import httpx
 
@@ -79,15 +79,19 @@ class ApprovalsClient:
         method: str,
         url: str,
         *,
-        params: Mapping[str, Any] | None = None,
+        params: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None,
         json: Any = None,
         timeout: httpx.Timeout | float | None = None,
         patience: float = 0.0,
+        deadline: float | None = None,
     ) -> tuple[httpx.Response, int]:
-        """One call, retried on 503/502/504 and connection errors; (answer, attempts made).
+        """One call, retried on 503/502/504/408/429 and connection errors; (answer, attempts).
 
         `patience`: how long each attempt may take by design (a long-poll's wait), not counted
         against the retry policy's `max_elapsed`: a poll cut off after waiting 60 s is retried.
+        `params` may be a function, called for each attempt (a retried long-poll asks only for
+        what is left of its wait). `deadline` (`time.monotonic()`): no retry would end past
+        it; the last error is raised instead.
         """
         started = time.monotonic()
         waited = 0.0
@@ -99,7 +103,7 @@ class ApprovalsClient:
                 response = self._http.request(
                     method,
                     url,
-                    params=params,
+                    params=params() if callable(params) else params,
                     json=json,
                     headers=self._headers,
                     timeout=timeout if timeout is not None else self.timeout,
@@ -107,7 +111,9 @@ class ApprovalsClient:
             except httpx.TransportError as error:
                 waited += min(time.monotonic() - attempt_started, patience)
                 delay = self.retry.backoff(attempt)
-                if self.retry.gives_up(attempt, time.monotonic() - started - waited, delay):
+                if self.retry.gives_up(attempt, time.monotonic() - started - waited, delay) or _core.past(
+                    deadline, delay
+                ):
                     raise TransportError(f"{method} {url}: {error!r}") from error
                 log.info("%s %s: %r; retry %d in %.2fs", method, url, error, attempt, delay)
                 time.sleep(delay)
@@ -115,7 +121,9 @@ class ApprovalsClient:
             if _core.is_retryable(response):
                 waited += min(time.monotonic() - attempt_started, patience)
                 delay = self.retry.backoff(attempt, _core.retry_after_seconds(response))
-                if self.retry.gives_up(attempt, time.monotonic() - started - waited, delay):
+                if self.retry.gives_up(attempt, time.monotonic() - started - waited, delay) or _core.past(
+                    deadline, delay
+                ):
                     raise _core.api_error(response, attempt)
                 log.info("%s %s: %d; retry %d in %.2fs", method, url, response.status_code, attempt, delay)
                 time.sleep(delay)
@@ -145,15 +153,23 @@ class ApprovalsClient:
         response, _ = self._send("GET", self._url("approvals", approval_id))
         return Approval.from_json(response.json())
 
-    def poll(self, approval_id: str, wait_seconds: int) -> Approval:
-        """One long-poll: the approval once decided, or as it is (pending) after the wait."""
+    def poll(self, approval_id: str, wait_seconds: int, *, deadline: float | None = None) -> Approval:
+        """One long-poll: the approval once decided, or as it is (pending) after the wait.
+        With a `deadline` (`time.monotonic()`), a retry asks only for what is left of the wait
+        and none is made past it."""
         read = wait_seconds + self.timeout
+
+        def params() -> dict[str, Any]:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            return {"wait_seconds": _core.poll_seconds(remaining, wait_seconds)}
+
         response, _ = self._send(
             "GET",
             self._url("approvals", approval_id, "decision"),
-            params={"wait_seconds": wait_seconds},
+            params=params,
             timeout=httpx.Timeout(self.timeout, read=read),
             patience=wait_seconds,
+            deadline=deadline,
         )
         return Approval.from_json(response.json())
 
@@ -162,13 +178,14 @@ class ApprovalsClient:
 
         Long-polls again after each answer that is still pending, so a wait may last longer
         than the server's 60 s cap; `timeout` (seconds, None: until the approval's own
-        expiry) is the caller's deadline, past which `WaitTimeout` is raised.
+        expiry) is the caller's deadline, past which `WaitTimeout` is raised. The deadline
+        bounds retries too: a poll failing near it raises its error rather than retrying past.
         """
         per_poll = poll_seconds if poll_seconds is not None else self.poll_seconds
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
-            approval = self.poll(approval_id, _core.poll_seconds(remaining, per_poll))
+            approval = self.poll(approval_id, _core.poll_seconds(remaining, per_poll), deadline=deadline)
             if approval.decided:
                 return outcome_of(approval)
             if deadline is not None and time.monotonic() >= deadline:

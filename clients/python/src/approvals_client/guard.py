@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import datetime
+import enum
 import functools
 import inspect
 import json
+import os
+import uuid
 from typing import Any, Awaitable, Callable, Mapping, TypeVar, Union, cast
 
 import anyio.to_thread
@@ -20,32 +24,52 @@ ClientSource = Union[AnyClient, Callable[[], AnyClient]]
 ArgsFunction = Callable[..., Any]
 
 
-def _jsonable(value: Any) -> Any:
+def _jsonable(name: str, value: Any) -> Any:
+    """`value` as the policy will see it, which must be what the function gets: paths, times,
+    UUIDs and enums by their usual text; anything else that is not JSON is refused (a `repr`
+    is not what the function acts on, and a policy rule would judge something else)."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, enum.Enum):
+        return _jsonable(name, value.value)
     try:
         json.dumps(value)
-        return value
-    except (TypeError, ValueError):
-        return repr(value)
+    except (TypeError, ValueError) as error:
+        raise TypeError(
+            f"argument {name!r} ({type(value).__name__}) is not JSON: give require_approval an "
+            "`action=` function that says what the policy should see"
+        ) from error
+    return value
 
 
 def default_action(action_type: str, signature: inspect.Signature, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
     """`{"type": action_type, <each argument by name>...}`: the call's arguments become the
     action's members, where the policy reads them (`resource`, `classification`, ...).
-    `self`/`cls` are left out; a value that is not JSON is sent as its `repr`."""
+    `self`/`cls` are left out. A value that is not JSON (beyond paths, times, UUIDs and enums)
+    raises `TypeError` before anything is sent, and so does an argument named `type` (it would
+    be the action's type): the policy must see what the function will act on."""
     bound = signature.bind(*args, **kwargs)
     bound.apply_defaults()
     action: dict[str, Any] = {"type": action_type}
     for name, value in bound.arguments.items():
-        if name in ("self", "cls", "type"):
+        if name in ("self", "cls"):
             continue
         parameter = signature.parameters[name]
         if parameter.kind is inspect.Parameter.VAR_KEYWORD:
             for key, item in value.items():
-                action.setdefault(key, _jsonable(item))
+                if key in action:
+                    raise TypeError(f"argument {key!r} would overwrite the action's {key!r}: pass an `action=` function")
+                action[key] = _jsonable(key, item)
+        elif name == "type":
+            raise TypeError("an argument named 'type' would overwrite the action's type: pass an `action=` function")
         elif parameter.kind is inspect.Parameter.VAR_POSITIONAL:
-            action[name] = [_jsonable(item) for item in value]
+            action[name] = [_jsonable(name, item) for item in value]
         else:
-            action[name] = _jsonable(value)
+            action[name] = _jsonable(name, value)
     return action
 
 
@@ -80,6 +104,11 @@ def require_approval(
     def decorate(function: F) -> F:
         signature = inspect.signature(function)
         kind = action_type or function.__name__
+        if action is None and "type" in signature.parameters:
+            raise TypeError(
+                f"{function.__name__}: an argument named 'type' would overwrite the action's type; "
+                "pass an `action=` function"
+            )
 
         def resolve() -> AnyClient:
             if isinstance(client, (ApprovalsClient, AsyncApprovalsClient)):
