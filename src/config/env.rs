@@ -6,7 +6,9 @@
 //!
 //! Kubernetes injects service-link variables for every Service in a namespace; a Service
 //! named `approvals` yields `APPROVALS_SERVICE_HOST`, `APPROVALS_PORT_8080_TCP_ADDR`, … in
-//! every pod. They are never configuration, so they are skipped rather than refused.
+//! every pod, and one named `approvals-worker` `APPROVALS_WORKER_SERVICE_HOST`, …. They are
+//! never configuration (every key's variable has a `__`), so they are skipped rather than
+//! refused: refusing them stopped every pod once someone added such a Service.
 
 /// The variable that names the config file; not a key.
 pub const CONFIG_VAR: &str = "APPROVALS_CONFIG";
@@ -53,18 +55,29 @@ impl Overrides {
     }
 }
 
-/// Kubernetes service links of a Service named `approvals`:
-/// `APPROVALS_SERVICE_HOST`, `APPROVALS_SERVICE_PORT[_<NAME>]`, `APPROVALS_PORT` and
-/// `APPROVALS_PORT_<port>_<PROTO>[_PROTO|_PORT|_ADDR]`.
+/// Kubernetes service links of a Service named `approvals` or `approvals-<name>`:
+/// `APPROVALS_[<NAME>_]SERVICE_HOST`, `…SERVICE_PORT[_<PORT NAME>]`, `…PORT` and
+/// `…PORT_<port>_<PROTO>[_PROTO|_PORT|_ADDR]`. A variable with a `__` names a key, never a link.
 pub fn is_service_link(var: &str) -> bool {
     let Some(rest) = var.strip_prefix(PREFIX) else {
         return false;
     };
+    if rest.contains("__") {
+        return false;
+    }
+    // The link's own part starts at the beginning or after any `_` (the Service's name).
+    std::iter::once(rest)
+        .chain(rest.match_indices('_').map(|(at, _)| &rest[at + 1..]))
+        .any(is_link_suffix)
+}
+
+/// What follows the Service's name in a link variable.
+fn is_link_suffix(rest: &str) -> bool {
     if rest == "SERVICE_HOST" || rest == "SERVICE_PORT" || rest == "PORT" {
         return true;
     }
     if let Some(name) = rest.strip_prefix("SERVICE_PORT_") {
-        return !name.is_empty() && !name.contains("__");
+        return !name.is_empty();
     }
     let Some(port_spec) = rest.strip_prefix("PORT_") else {
         return false;
@@ -99,6 +112,12 @@ mod tests {
             "APPROVALS_PORT_8080_TCP_PORT",
             "APPROVALS_PORT_8080_TCP_ADDR",
             "APPROVALS_PORT_53_UDP_ADDR",
+            // Services named approvals-worker, approvals-redis-main.
+            "APPROVALS_WORKER_SERVICE_HOST",
+            "APPROVALS_WORKER_SERVICE_PORT_METRICS",
+            "APPROVALS_WORKER_PORT",
+            "APPROVALS_WORKER_PORT_8081_TCP_ADDR",
+            "APPROVALS_REDIS_MAIN_PORT_6379_TCP",
         ] {
             assert!(is_service_link(var), "{var}");
         }
@@ -109,6 +128,8 @@ mod tests {
             "APPROVALS_PORT_X_TCP",
             "APPROVALS_PORT_8080_TCP_HOST",
             "APPROVALS_SERVER__PORT",
+            "APPROVALS_WORKER__LISTEN",
+            "APPROVALS_REDIS_URL_PORT_X",
         ] {
             assert!(!is_service_link(var), "{var}");
         }

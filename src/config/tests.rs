@@ -136,6 +136,9 @@ fn kubernetes_service_links_are_ignored_and_typos_still_named() {
         ("APPROVALS_PORT_8080_TCP_PROTO", "tcp"),
         ("APPROVALS_PORT_8080_TCP_PORT", "8080"),
         ("APPROVALS_PORT_8080_TCP_ADDR", "10.0.0.7"),
+        // A Service named approvals-worker in the same namespace.
+        ("APPROVALS_WORKER_SERVICE_HOST", "10.0.0.8"),
+        ("APPROVALS_WORKER_PORT_8081_TCP_ADDR", "10.0.0.8"),
     ];
     let s = load("", &links).unwrap();
     assert_eq!(s.server.listen, ServerSettings::default().listen);
