@@ -200,15 +200,28 @@ impl Shipper {
                     .body(body.to_vec())
                     .send()
                     .await
-                    .map_err(|e| e.to_string())?;
+                    // A sink's URL often carries its credential (a token in the path or the
+                    // query, a user:password): errors name the host, never the URL.
+                    .map_err(|e| e.without_url().to_string())?;
                 if response.status().is_success() {
                     Ok(())
                 } else {
-                    Err(format!("{url} answered {}", response.status()))
+                    Err(format!("{} answered {}", host_of(url), response.status()))
                 }
             }
         }
     }
+}
+
+/// The host (and port) of a sink URL, all a log line may say of it.
+fn host_of(url: &str) -> String {
+    reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| {
+            u.host_str()
+                .map(|h| u.port().map_or(h.to_owned(), |p| format!("{h}:{p}")))
+        })
+        .unwrap_or_else(|| "the decision log sink".into())
 }
 
 /// How long shipping may take once the service has drained its requests: the events left

@@ -431,6 +431,34 @@ impl Default for LogSettings {
     }
 }
 
+/// `log.filter` must log something: an empty filter enables nothing, and a bare word that is
+/// no level (`warning`) is read as a target of that name, so every line of the service was
+/// dropped, errors included. A target is written `target=level`.
+fn check_log_filter(filter: &str) -> Result<(), ConfigError> {
+    if filter.trim().is_empty() {
+        return Err(ConfigError::Invalid(
+            "log.filter: empty, nothing would be logged (e.g. \"info\")".into(),
+        ));
+    }
+    for directive in filter.split(',').map(str::trim) {
+        let bare = !directive.contains(['=', '[', ':']);
+        if bare
+            && directive
+                .parse::<tracing_subscriber::filter::LevelFilter>()
+                .is_err()
+        {
+            return Err(ConfigError::Invalid(format!(
+                "log.filter: {directive:?} is no level (trace, debug, info, warn, error, off); \
+                 a target is written target=level"
+            )));
+        }
+    }
+    tracing_subscriber::EnvFilter::builder()
+        .parse(filter)
+        .map(drop)
+        .map_err(|e| ConfigError::Invalid(format!("log.filter: {e}")))
+}
+
 impl Settings {
     /// Loads `file` (if any) and the process environment.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
@@ -546,6 +574,54 @@ impl Settings {
                     .into(),
             ));
         }
+        // Each of these at zero refuses or times out every call it governs while the service
+        // reports itself ready (a semaphore with no slots, a limit of none, a deadline of 0).
+        for (key, value) in [
+            (
+                "limits.max_requests_per_caller",
+                self.limits.max_requests_per_caller,
+            ),
+            (
+                "limits.max_long_polls_per_caller",
+                self.limits.max_long_polls_per_caller,
+            ),
+            ("limits.max_object_bytes", self.limits.max_object_bytes),
+            ("limits.max_string_chars", self.limits.max_string_chars),
+            ("limits.max_items", self.limits.max_items),
+            ("limits.max_depth", self.limits.max_depth),
+            (
+                "limits.policy_instructions",
+                self.limits.policy_instructions,
+            ),
+            ("redis.max_in_flight", self.redis.max_in_flight),
+            (
+                "approvals.max_event_streams_per_tenant",
+                self.approvals.max_event_streams_per_tenant,
+            ),
+            ("policy.max_bundle_bytes", self.policy.max_bundle_bytes),
+            (
+                "approvals.max_pending_per_tenant",
+                usize::try_from(self.approvals.max_pending_per_tenant).unwrap_or(usize::MAX),
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid(format!("{key}: must be positive")));
+            }
+        }
+        for (key, value) in [
+            ("server.request_timeout", self.server.request_timeout),
+            (
+                "notifications.request_timeout",
+                self.notifications.request_timeout,
+            ),
+            ("approvals.long_poll_max", self.approvals.long_poll_max),
+            ("redis.call_timeout", self.redis.call_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::Invalid(format!("{key}: must be positive")));
+            }
+        }
+        check_log_filter(&self.log.filter)?;
         if self.server.max_header_bytes < 8192 {
             return Err(ConfigError::Invalid(
                 "server.max_header_bytes: must be at least 8192".into(),
@@ -566,6 +642,15 @@ impl Settings {
             return Err(ConfigError::Invalid(
                 "decision_log.url: required with decision_log.sink = \"http\"".into(),
             ));
+        }
+        if let Some(url) = &log.url {
+            // Without a scheme every batch failed, was retried and dropped, silently.
+            let scheme = reqwest::Url::parse(url).map(|u| u.scheme().to_owned());
+            if !matches!(scheme.as_deref(), Ok("http" | "https")) {
+                return Err(ConfigError::Invalid(
+                    "decision_log.url: an http:// or https:// URL".into(),
+                ));
+            }
         }
         if log.batch_size == 0 || log.queue_capacity == 0 || log.max_attempts == 0 {
             return Err(ConfigError::Invalid(

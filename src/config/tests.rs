@@ -249,3 +249,73 @@ fn lifetimes_and_retentions_out_of_range_are_refused() {
     }
     assert!(load("", &[("APPROVALS_APPROVALS__DEFAULT_TTL", "3650d")]).is_ok());
 }
+
+#[test]
+fn a_limit_or_deadline_of_zero_is_refused() {
+    for (var, zero, some) in [
+        ("APPROVALS_LIMITS__MAX_REQUESTS_PER_CALLER", "0", "1"),
+        ("APPROVALS_LIMITS__MAX_LONG_POLLS_PER_CALLER", "0", "1"),
+        ("APPROVALS_LIMITS__MAX_OBJECT_BYTES", "0", "1"),
+        ("APPROVALS_REDIS__MAX_IN_FLIGHT", "0", "1"),
+        ("APPROVALS_APPROVALS__MAX_PENDING_PER_TENANT", "0", "1"),
+        (
+            "APPROVALS_APPROVALS__MAX_EVENT_STREAMS_PER_TENANT",
+            "0",
+            "1",
+        ),
+        ("APPROVALS_POLICY__MAX_BUNDLE_BYTES", "0", "1"),
+        ("APPROVALS_SERVER__REQUEST_TIMEOUT", "0s", "1s"),
+        ("APPROVALS_NOTIFICATIONS__REQUEST_TIMEOUT", "0s", "1s"),
+        ("APPROVALS_APPROVALS__LONG_POLL_MAX", "0s", "1s"),
+        ("APPROVALS_REDIS__CALL_TIMEOUT", "0s", "1s"),
+    ] {
+        let e = load("", &[(var, zero)]).unwrap_err();
+        let key = var["APPROVALS_".len()..]
+            .to_ascii_lowercase()
+            .replace("__", ".");
+        assert!(
+            matches!(&e, ConfigError::Invalid(m) if m.starts_with(&format!("{key}: must be positive"))),
+            "{var}: {e}"
+        );
+        assert!(load("", &[(var, some)]).is_ok(), "{var}");
+    }
+}
+
+#[test]
+fn a_decision_log_url_without_a_scheme_is_refused() {
+    let sink = ("APPROVALS_DECISION_LOG__SINK", "http");
+    let e = load(
+        "",
+        &[
+            sink,
+            ("APPROVALS_DECISION_LOG__URL", "siem.internal:9000/ingest"),
+        ],
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("decision_log.url"), "{e}");
+    assert!(load(
+        "",
+        &[
+            sink,
+            (
+                "APPROVALS_DECISION_LOG__URL",
+                "https://siem.internal/ingest"
+            )
+        ]
+    )
+    .is_ok());
+}
+
+#[test]
+fn a_log_filter_that_would_log_nothing_is_refused() {
+    for filter in ["", "warning", "info,approvals=loud"] {
+        let e = load("", &[("APPROVALS_LOG__FILTER", filter)]).unwrap_err();
+        assert!(e.to_string().contains("log.filter"), "{filter:?}: {e}");
+    }
+    for filter in ["warn", "info,approvals=debug,tower_http=warn"] {
+        assert!(
+            load("", &[("APPROVALS_LOG__FILTER", filter)]).is_ok(),
+            "{filter:?}"
+        );
+    }
+}
