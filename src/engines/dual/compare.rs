@@ -21,11 +21,15 @@ pub(super) fn compared(
     metrics::counter!("approvals_dual_comparisons_total",
         "tenant" => tenant_label.clone(), "op" => op)
     .increment(1);
+    // Exported at 0 from the first comparison on: a counter born at its first disagreement
+    // shows no increase() to the alert and the go/no-go query.
+    let disagreements = metrics::counter!("approvals_dual_disagreements_total",
+        "tenant" => tenant_label, "op" => op);
     if same(primary, secondary) {
+        disagreements.increment(0);
         return;
     }
-    metrics::counter!("approvals_dual_disagreements_total", "tenant" => tenant_label, "op" => op)
-        .increment(1);
+    disagreements.increment(1);
     tracing::warn!(
         %tenant, approval_id = %id, op,
         differing = ?differing_fields(primary, secondary),
