@@ -57,7 +57,8 @@ COPY policies/ /opt/approvals/policies/
 
 WORKDIR /opt/approvals
 # Inside a container the API must listen on all interfaces (the default is 127.0.0.1).
-# Environment variables override the config file.
+# Environment variables override the config file: a mounted file's listen, policy.dir or
+# log.format needs the variable set too (the service logs each key so overridden at start).
 ENV APPROVALS_SERVER__LISTEN=0.0.0.0:8080 \
     APPROVALS_POLICY__DIR=/opt/approvals/policies \
     APPROVALS_LOG__FORMAT=json

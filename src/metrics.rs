@@ -29,10 +29,26 @@ use crate::policy::PolicyDecision;
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
-/// Buckets for human-scale waits (seconds): a minute to a week.
+/// Buckets for human-scale waits (seconds): a minute to a year (Temporal holds approvals for
+/// weeks or months; with a week's top bucket every quantile past it read "one week").
 const AGE_BUCKETS: &[f64] = &[
-    60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 43200.0, 86400.0, 172800.0,
-    259200.0, 604800.0,
+    60.0,
+    300.0,
+    900.0,
+    1800.0,
+    3600.0,
+    7200.0,
+    14400.0,
+    28800.0,
+    43200.0,
+    86400.0,
+    172800.0,
+    259200.0,
+    604800.0,
+    1_209_600.0,
+    2_592_000.0,
+    7_776_000.0,
+    31_536_000.0,
 ];
 
 /// At most this many tenants with nothing pending are remembered to report 0 (those that had

@@ -153,6 +153,7 @@ pub async fn run(args: DevArgs) -> ExitCode {
     let mut settings = Settings::default();
     settings.log.filter = "info,approvals=info".into();
     crate::telemetry::init(&settings.log);
+    settings.warn_of_overridden_file_keys();
     if let Err(reason) = check_listen(args.listen) {
         eprintln!("approvals dev: {reason}");
         return ExitCode::FAILURE;

@@ -51,6 +51,7 @@ pub async fn run(args: MigrateArgs) -> ExitCode {
         Err(error) => return config_error(crate::app::chain(&error)),
     };
     crate::telemetry::init(&settings.log);
+    settings.warn_of_overridden_file_keys();
     if args.from == args.to {
         return config_error("--from and --to name the same engine: nothing to migrate");
     }

@@ -115,6 +115,7 @@ async fn serve(config: Option<PathBuf>) -> ExitCode {
         }
     };
     crate::telemetry::init(&settings.log);
+    settings.warn_of_overridden_file_keys();
     run_app(settings).await
 }
 
@@ -129,6 +130,7 @@ async fn worker(config: Option<PathBuf>) -> ExitCode {
         }
     };
     crate::telemetry::init(&settings.log);
+    settings.warn_of_overridden_file_keys();
     match crate::worker::run(&settings, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -14,7 +14,14 @@
 pub const CONFIG_VAR: &str = "APPROVALS_CONFIG";
 /// What `approvals policy push` reads (the service to call, an admin token): an operator who
 /// exported them must still be able to start `serve`, `worker` or `migrate` in that shell.
-const CLIENT_VARS: [&str; 2] = ["APPROVALS_URL", "APPROVALS_TOKEN"];
+/// Also what the compose file and the README have operators export in their shell
+/// (`APPROVALS_RUNBOOK_BASE` for alert links, `APPROVALS_FEATURES` for image builds).
+const CLIENT_VARS: [&str; 4] = [
+    "APPROVALS_URL",
+    "APPROVALS_TOKEN",
+    "APPROVALS_RUNBOOK_BASE",
+    "APPROVALS_FEATURES",
+];
 const PREFIX: &str = "APPROVALS_";
 
 /// One variable and the dotted key it sets (`APPROVALS_REDIS__URL` → `redis.url`).

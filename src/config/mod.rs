@@ -60,6 +60,11 @@ pub struct Settings {
     pub ui: UiSettings,
     pub notifications: NotificationSettings,
     pub tenant_store: TenantStoreSettings,
+    /// Keys the config file sets that an environment variable overrides (`VAR → key`):
+    /// logged at start, since the file then reads as if it were in force (the image sets
+    /// `APPROVALS_POLICY__DIR`, so a mounted file's `policy.dir` is not).
+    #[serde(skip)]
+    pub file_keys_overridden: Vec<String>,
 }
 
 /// Where tenants' own settings live: their policy bundles and webhooks (ADR-0015).
@@ -471,12 +476,14 @@ impl Settings {
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        let mut in_file = None;
         if let Some(path) = file {
             let text = std::fs::read_to_string(path).map_err(|source| ConfigError::File {
                 path: path.to_owned(),
                 source,
             })?;
             figment = figment.merge(Toml::string(&text));
+            in_file = Some(Figment::from(Toml::string(&text)));
         }
         let overrides = Overrides::from_env(env);
         for o in &overrides.0 {
@@ -487,11 +494,27 @@ impl Settings {
                 .unwrap_or_else(|_| o.value.clone().into());
             figment = figment.merge(Serialized::default(&o.key, value));
         }
-        let settings: Settings = figment
+        let mut settings: Settings = figment
             .extract()
             .map_err(|e| explain(&e, file, &overrides))?;
         settings.validate()?;
+        if let Some(in_file) = in_file {
+            settings.file_keys_overridden = overrides
+                .0
+                .iter()
+                .filter(|o| in_file.find_value(&o.key).is_ok())
+                .map(|o| format!("{} → {}", o.var, o.key))
+                .collect();
+        }
         Ok(settings)
+    }
+
+    /// Logs each key of the config file an environment variable overrides (call once logging
+    /// is set up).
+    pub fn warn_of_overridden_file_keys(&self) {
+        for overridden in &self.file_keys_overridden {
+            tracing::warn!(%overridden, "an environment variable overrides what the config file sets");
+        }
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -622,6 +645,18 @@ impl Settings {
             }
         }
         check_log_filter(&self.log.filter)?;
+        // A write waits for its mirror up to this: at the request's own deadline the caller
+        // got 408 for a write the primary had made (and a reviewer who won, 409 on retry).
+        if let BackendChoice::Dual {
+            secondary_timeout, ..
+        } = &self.backend
+        {
+            if *secondary_timeout >= self.server.request_timeout {
+                return Err(ConfigError::Invalid(
+                    "backend.secondary_timeout: must be shorter than server.request_timeout".into(),
+                ));
+            }
+        }
         if self.server.max_header_bytes < 8192 {
             return Err(ConfigError::Invalid(
                 "server.max_header_bytes: must be at least 8192".into(),

@@ -319,3 +319,40 @@ fn a_log_filter_that_would_log_nothing_is_refused() {
         );
     }
 }
+
+#[test]
+fn a_file_key_an_environment_variable_overrides_is_noted() {
+    let s = load(
+        "[policy]\ndir = \"/etc/approvals/policies\"\n[server]\nbody_limit = 1000\n",
+        &[
+            ("APPROVALS_POLICY__DIR", "/opt/approvals/policies"),
+            ("APPROVALS_LOG__FORMAT", "json"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        s.policy.dir,
+        std::path::PathBuf::from("/opt/approvals/policies")
+    );
+    assert_eq!(
+        s.file_keys_overridden,
+        ["APPROVALS_POLICY__DIR → policy.dir"],
+        "only what the file sets too"
+    );
+}
+
+#[test]
+fn a_dual_mirror_deadline_past_the_request_deadline_is_refused() {
+    let dual = |secondary: &str| {
+        load(
+            &format!(
+                "[backend]\nkind = \"dual\"\nprimary = \"redis\"\nsecondary_timeout = \"{secondary}\"\n\
+                 [server]\nrequest_timeout = \"30s\"\n"
+            ),
+            &[],
+        )
+    };
+    let e = dual("30s").unwrap_err();
+    assert!(e.to_string().contains("backend.secondary_timeout"), "{e}");
+    assert!(dual("5s").is_ok());
+}

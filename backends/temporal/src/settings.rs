@@ -49,7 +49,9 @@ impl Default for TemporalSettings {
             address: "http://127.0.0.1:7233".into(),
             namespace: "default".into(),
             task_queue: "approvals".into(),
-            call_timeout: Duration::from_secs(5),
+            // Above `sticky_queue_timeout`: after a worker crash a decision first waits that
+            // out, and a shorter deadline answered 503 for a decision that then landed.
+            call_timeout: Duration::from_secs(15),
             scan_timeout: Duration::from_secs(30),
             sticky_queue_timeout: Duration::from_secs(10),
             identity: format!("approvals@{}", std::process::id()),
