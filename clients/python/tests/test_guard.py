@@ -162,3 +162,18 @@ def test_the_policy_sees_what_the_function_gets_or_nothing_runs(agent: Approvals
         @require_approval(agent)
         def transfer(type: str, account: str) -> None:
             pass
+
+
+def test_a_client_factory_is_called_once_not_per_call(agent: ApprovalsClient) -> None:
+    made: list[ApprovalsClient] = []
+
+    def factory() -> ApprovalsClient:
+        made.append(agent)
+        return agent
+
+    @require_approval(factory)
+    def document_read(resource: str) -> str:
+        return resource
+
+    assert [document_read("docs/a.md"), document_read("docs/b.md")] == ["docs/a.md", "docs/b.md"]
+    assert len(made) == 1, "a client (and its connection pool) per call, never closed"

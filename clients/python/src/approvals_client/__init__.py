@@ -10,7 +10,7 @@
 from ._core import NO_RETRY, RetryPolicy, new_request_id
 from .aio import AsyncApprovalsClient
 from .client import ApprovalsClient
-from .errors import ApiError, ApprovalRefused, ApprovalsError, TransportError, WaitTimeout, describe_refusal
+from .errors import ApiError, ApprovalRefused, ApprovalsError, ProtocolError, TransportError, WaitTimeout, describe_refusal
 from .guard import require_approval
 from .models import (
     Allowed,
@@ -55,6 +55,7 @@ __all__ = [
     "Status",
     "SubmitResponse",
     "TransportError",
+    "ProtocolError",
     "WaitTimeout",
     "describe_refusal",
     "new_request_id",

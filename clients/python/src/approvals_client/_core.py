@@ -11,12 +11,12 @@ import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, TypeVar
 from urllib.parse import quote
 
 import httpx
 
-from .errors import ApiError
+from .errors import ApiError, ProtocolError
 from .models import Approval, AuditEvent, LiveEvent, Problem, Status
 
 DEFAULT_TIMEOUT = 15.0
@@ -30,6 +30,8 @@ and resumes after it."""
 
 # 408: the service's request deadline ran out; whatever the attempt did is found by the retry
 # (a submit repeats its request_id; a decision already made reads as `already_decided`).
+T = TypeVar("T")
+
 RETRYABLE_STATUSES = frozenset({408, 502, 503, 504})
 
 
@@ -75,6 +77,15 @@ def new_request_id() -> str:
 
 def segment(value: str) -> str:
     return quote(value, safe="")
+
+
+def parsed(response: httpx.Response, build: Callable[[Any], T]) -> T:
+    """A 2xx body read with `build`; `ProtocolError` when it is not what the contract says
+    (a proxy's HTML page, a field missing, a status this client does not know)."""
+    try:
+        return build(response.json())
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ProtocolError(f"{response.request.method} {response.request.url}: unreadable answer ({error!r})") from error
 
 
 def past(deadline: float | None, delay: float) -> bool:
@@ -185,12 +196,14 @@ def poll_seconds(remaining: float | None, per_poll: int) -> int:
     return max(0, int(ask))
 
 
-def already_done(error: ApiError, wanted: Status) -> Approval | None:
-    """After a retried decision: `already_decided` with the decision we asked for means an
-    earlier attempt (whose answer was lost) made it, or another reviewer made the same one."""
+def already_done(error: ApiError, wanted: Status, reason: str | None = None) -> Approval | None:
+    """After a retried decision: `already_decided` with the decision we asked for (and the
+    reason we gave, when we gave one) means an earlier attempt, whose answer was lost, made it.
+    Another reviewer's decision with another reason stays an error: it is not ours."""
     approval = error.approval
     if error.code == "already_decided" and approval is not None and approval.status is wanted:
-        return approval
+        if reason is None or approval.decision_reason == reason:
+            return approval
     return None
 
 

@@ -11,7 +11,7 @@ import httpx
 
 from . import _core
 from ._core import DEFAULT_TIMEOUT, RetryPolicy, segment
-from .errors import ApiError, TransportError, WaitTimeout
+from .errors import ApiError, ProtocolError, TransportError, WaitTimeout
 from .models import Approval, ApprovalPage, LiveEvent, Outcome, Status, SubmitResponse, outcome_of
 
 log = logging.getLogger("approvals_client")
@@ -147,11 +147,13 @@ class AsyncApprovalsClient:
         request_id = request_id or _core.new_request_id()
         body = _core.submit_body(action, request_id, agent_id, context)
         response, _ = await self._send("POST", self._url("approvals"), json=body)
-        return SubmitResponse.from_json(response.json(), request_id=request_id, created=response.status_code == 201)
+        return _core.parsed(
+            response, lambda body: SubmitResponse.from_json(body, request_id=request_id, created=response.status_code == 201)
+        )
 
     async def get(self, approval_id: str) -> Approval:
         response, _ = await self._send("GET", self._url("approvals", approval_id))
-        return Approval.from_json(response.json())
+        return _core.parsed(response, Approval.from_json)
 
     async def poll(self, approval_id: str, wait_seconds: int, *, deadline: float | None = None) -> Approval:
         """One long-poll: the approval once decided, or as it is (pending) after the wait.
@@ -171,7 +173,7 @@ class AsyncApprovalsClient:
             patience=wait_seconds,
             deadline=deadline,
         )
-        return Approval.from_json(response.json())
+        return _core.parsed(response, Approval.from_json)
 
     async def wait(self, approval_id: str, *, timeout: float | None = None, poll_seconds: int | None = None) -> Outcome:
         """Waits until the approval is decided or expires; `Approved`, `Rejected` or `Expired`.
@@ -185,11 +187,21 @@ class AsyncApprovalsClient:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
-            approval = await self.poll(approval_id, _core.poll_seconds(remaining, per_poll), deadline=deadline)
+            asked = _core.poll_seconds(remaining, per_poll)
+            started = time.monotonic()
+            approval = await self.poll(approval_id, asked, deadline=deadline)
             if approval.decided:
                 return outcome_of(approval)
             if deadline is not None and time.monotonic() >= deadline:
                 raise WaitTimeout(approval)
+            # Pending long before the wait asked for (a draining instance answers at once):
+            # pause rather than ask again at once, in a loop.
+            early = asked - (time.monotonic() - started)
+            if early > 1:
+                pause = min(1.0, early / 2)
+                if deadline is not None:
+                    pause = min(pause, max(0.0, deadline - time.monotonic()))
+                await anyio.sleep(pause)
 
     async def submit_and_wait(
         self,
@@ -205,7 +217,8 @@ class AsyncApprovalsClient:
         outcome = submitted.outcome()
         if outcome is not None:
             return outcome
-        assert submitted.approval is not None
+        if submitted.approval is None:
+            raise ProtocolError("the service parked the action but sent no approval")
         return await self.wait(submitted.approval.id, timeout=timeout)
 
     # --- reviewers --------------------------------------------------------------------------
@@ -215,7 +228,7 @@ class AsyncApprovalsClient:
     ) -> ApprovalPage:
         """One page of the tenant's approvals in `status`, oldest first."""
         response, _ = await self._send("GET", self._url("approvals"), params=_core.list_params(status, limit, cursor))
-        return ApprovalPage.from_json(response.json())
+        return _core.parsed(response, ApprovalPage.from_json)
 
     async def list_all(self, status: Status | str | None = Status.PENDING, *, page_size: int | None = None) -> AsyncIterator[Approval]:
         """Every approval in `status`, following `next_cursor`."""
@@ -226,6 +239,9 @@ class AsyncApprovalsClient:
                 yield item
             if not page.next_cursor:
                 return
+            if page.next_cursor == cursor:
+                # A cursor that does not move would page forever.
+                raise ProtocolError(f"the service repeated the cursor {cursor!r}")
             cursor = page.next_cursor
 
     async def accept(self, approval_id: str, *, reason: str | None = None, action_digest: str | None = None) -> Approval:
@@ -244,11 +260,11 @@ class AsyncApprovalsClient:
             response, _ = await self._send("POST", url, json=_core.decide_body(reason, digest))
         except ApiError as error:
             # A retried decision whose first attempt went through answers already_decided.
-            done = _core.already_done(error, wanted)
+            done = _core.already_done(error, wanted, reason)
             if done is not None and error.attempts > 1:
                 return done
             raise
-        return Approval.from_json(response.json())
+        return _core.parsed(response, Approval.from_json)
 
     async def events(self, last_event_id: str | None = None, *, reconnect: bool = True) -> AsyncIterator[LiveEvent]:
         """The tenant's live events (`parked`, `decided`, `expired`) as they are recorded.

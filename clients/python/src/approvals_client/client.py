@@ -10,7 +10,7 @@ import httpx
 
 from . import _core
 from ._core import DEFAULT_TIMEOUT, RetryPolicy, segment
-from .errors import ApiError, TransportError, WaitTimeout
+from .errors import ApiError, ProtocolError, TransportError, WaitTimeout
 from .models import Approval, ApprovalPage, LiveEvent, Outcome, Status, SubmitResponse, outcome_of
 
 log = logging.getLogger("approvals_client")
@@ -147,11 +147,13 @@ class ApprovalsClient:
         request_id = request_id or _core.new_request_id()
         body = _core.submit_body(action, request_id, agent_id, context)
         response, _ = self._send("POST", self._url("approvals"), json=body)
-        return SubmitResponse.from_json(response.json(), request_id=request_id, created=response.status_code == 201)
+        return _core.parsed(
+            response, lambda body: SubmitResponse.from_json(body, request_id=request_id, created=response.status_code == 201)
+        )
 
     def get(self, approval_id: str) -> Approval:
         response, _ = self._send("GET", self._url("approvals", approval_id))
-        return Approval.from_json(response.json())
+        return _core.parsed(response, Approval.from_json)
 
     def poll(self, approval_id: str, wait_seconds: int, *, deadline: float | None = None) -> Approval:
         """One long-poll: the approval once decided, or as it is (pending) after the wait.
@@ -171,7 +173,7 @@ class ApprovalsClient:
             patience=wait_seconds,
             deadline=deadline,
         )
-        return Approval.from_json(response.json())
+        return _core.parsed(response, Approval.from_json)
 
     def wait(self, approval_id: str, *, timeout: float | None = None, poll_seconds: int | None = None) -> Outcome:
         """Waits until the approval is decided or expires; `Approved`, `Rejected` or `Expired`.
@@ -185,11 +187,21 @@ class ApprovalsClient:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
-            approval = self.poll(approval_id, _core.poll_seconds(remaining, per_poll), deadline=deadline)
+            asked = _core.poll_seconds(remaining, per_poll)
+            started = time.monotonic()
+            approval = self.poll(approval_id, asked, deadline=deadline)
             if approval.decided:
                 return outcome_of(approval)
             if deadline is not None and time.monotonic() >= deadline:
                 raise WaitTimeout(approval)
+            # Pending long before the wait asked for (a draining instance answers at once):
+            # pause rather than ask again at once, in a loop.
+            early = asked - (time.monotonic() - started)
+            if early > 1:
+                pause = min(1.0, early / 2)
+                if deadline is not None:
+                    pause = min(pause, max(0.0, deadline - time.monotonic()))
+                time.sleep(pause)
 
     def submit_and_wait(
         self,
@@ -205,7 +217,8 @@ class ApprovalsClient:
         outcome = submitted.outcome()
         if outcome is not None:
             return outcome
-        assert submitted.approval is not None
+        if submitted.approval is None:
+            raise ProtocolError("the service parked the action but sent no approval")
         return self.wait(submitted.approval.id, timeout=timeout)
 
     # --- reviewers --------------------------------------------------------------------------
@@ -215,7 +228,7 @@ class ApprovalsClient:
     ) -> ApprovalPage:
         """One page of the tenant's approvals in `status`, oldest first."""
         response, _ = self._send("GET", self._url("approvals"), params=_core.list_params(status, limit, cursor))
-        return ApprovalPage.from_json(response.json())
+        return _core.parsed(response, ApprovalPage.from_json)
 
     def list_all(self, status: Status | str | None = Status.PENDING, *, page_size: int | None = None) -> Iterator[Approval]:
         """Every approval in `status`, following `next_cursor`."""
@@ -225,6 +238,9 @@ class ApprovalsClient:
             yield from page.items
             if not page.next_cursor:
                 return
+            if page.next_cursor == cursor:
+                # A cursor that does not move would page forever.
+                raise ProtocolError(f"the service repeated the cursor {cursor!r}")
             cursor = page.next_cursor
 
     def accept(self, approval_id: str, *, reason: str | None = None, action_digest: str | None = None) -> Approval:
@@ -243,11 +259,11 @@ class ApprovalsClient:
             response, _ = self._send("POST", url, json=_core.decide_body(reason, digest))
         except ApiError as error:
             # A retried decision whose first attempt went through answers already_decided.
-            done = _core.already_done(error, wanted)
+            done = _core.already_done(error, wanted, reason)
             if done is not None and error.attempts > 1:
                 return done
             raise
-        return Approval.from_json(response.json())
+        return _core.parsed(response, Approval.from_json)
 
     def events(self, last_event_id: str | None = None, *, reconnect: bool = True) -> Iterator[LiveEvent]:
         """The tenant's live events (`parked`, `decided`, `expired`) as they are recorded.

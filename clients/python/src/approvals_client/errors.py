@@ -35,6 +35,11 @@ class ApiError(ApprovalsError):
         return self.problem.approval if self.problem is not None else None
 
 
+class ProtocolError(ApprovalsError):
+    """The service (or something in front of it) answered with what this client cannot read:
+    not JSON, a field missing, a status it does not know. Nothing is assumed from it."""
+
+
 class TransportError(ApprovalsError):
     """The service could not be reached (after every retry)."""
 

@@ -110,10 +110,16 @@ def require_approval(
                 "pass an `action=` function"
             )
 
+        resolved: list[AnyClient] = []
+
         def resolve() -> AnyClient:
             if isinstance(client, (ApprovalsClient, AsyncApprovalsClient)):
                 return client
-            return client()
+            # A factory is called once: a client per call would leave a connection pool per
+            # call behind, never closed.
+            if not resolved:
+                resolved.append(client())
+            return resolved[0]
 
         def request(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
             built = action(*args, **kwargs) if action is not None else default_action(kind, signature, args, kwargs)
@@ -136,7 +142,14 @@ def require_approval(
                     outcome = await current.submit_and_wait(**call)
                 else:
                     sync_client = current
-                    outcome = await anyio.to_thread.run_sync(lambda: sync_client.submit_and_wait(**call))
+                    # Its own thread, not one of anyio's shared 40 (a wait can last hours), and
+                    # abandoned when the caller cancels (`fail_after`, `wait_for`): the
+                    # function then does not run.
+                    outcome = await anyio.to_thread.run_sync(
+                        lambda: sync_client.submit_and_wait(**call),
+                        abandon_on_cancel=True,
+                        limiter=anyio.CapacityLimiter(1),
+                    )
                 if not outcome.permitted:
                     return refused(outcome)
                 return await cast(Callable[..., Awaitable[Any]], function)(*args, **kwargs)
