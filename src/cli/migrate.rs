@@ -46,12 +46,16 @@ pub struct MigrateArgs {
 }
 
 pub async fn run(args: MigrateArgs) -> ExitCode {
-    let settings = match Settings::load(args.config.as_deref()) {
+    let mut settings = match Settings::load(args.config.as_deref()) {
         Ok(settings) => settings,
         Err(error) => return config_error(crate::app::chain(&error)),
     };
     crate::telemetry::init(&settings.log);
     settings.warn_of_overridden_file_keys();
+    // The copy reads records back by id and scans visibility, never its own listings: the
+    // remembered-writes overlay would only hold every imported record in memory (30 s' worth,
+    // tens of thousands at import speed) and be searched on every write.
+    settings.temporal.read_your_writes = false;
     if args.from == args.to {
         return config_error("--from and --to name the same engine: nothing to migrate");
     }

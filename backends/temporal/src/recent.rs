@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use approvals_core::{Approval, AuditEvent, TenantId, Timestamp};
+use approvals_core::{Approval, AuditEvent, AuditKind, TenantId, Timestamp};
 
 use crate::record::decided_event;
 
@@ -57,7 +57,12 @@ impl Row {
     pub fn seen_at(self, now: Timestamp) -> Row {
         let approval = self.approval.as_of(now);
         let mut events = self.events;
-        if let Some(event) = decided_event(&approval) {
+        // A decision carried over by a migration (made before the import) was made elsewhere:
+        // its import is its event here, as on Redis.
+        let carried_over = events.iter().any(|e| {
+            e.kind == AuditKind::Migrated && approval.decided_at.is_some_and(|d| d <= e.timestamp)
+        });
+        if let Some(event) = decided_event(&approval).filter(|_| !carried_over) {
             if !events.iter().any(|e| e.event_id == event.event_id) {
                 events.push(event);
             }

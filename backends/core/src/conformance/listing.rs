@@ -280,6 +280,24 @@ pub async fn audit_events_are_the_core_events(backend: Backend) {
         ImportOutcome::Imported
     );
     let import_window = (import_window.0, Timestamp::now());
+    // Carried over already decided: its decision was made elsewhere, the import is its only
+    // event here (as on every engine).
+    let mut carried_decided = pending(&tenant, "carried-decided", HOUR);
+    carried_decided.submitted_at =
+        Timestamp::from_millis(carried_decided.submitted_at.as_millis() - 120_000);
+    carried_decided.status = Status::Accepted;
+    carried_decided.decided_at = Some(Timestamp::from_millis(
+        carried_decided.submitted_at.as_millis() + 30_000,
+    ));
+    carried_decided.decided_by = Some("alice".into());
+    carried_decided.decision_reason = Some("checked before the move".into());
+    assert_eq!(
+        backend
+            .import(carried_decided.clone())
+            .await
+            .expect("import"),
+        ImportOutcome::Imported
+    );
 
     // The expiry event may be recorded a moment after readers see the expiry (on Temporal, by
     // a worker that may be busy).
@@ -349,6 +367,12 @@ pub async fn audit_events_are_the_core_events(backend: Backend) {
     let [migrated] = of(&carried.id)
         .try_into()
         .expect("one event for the import");
+    let kinds: Vec<AuditKind> = of(&carried_decided.id).iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds,
+        [AuditKind::Migrated],
+        "a decision carried over is no decision made here"
+    );
     let migrated_at = events
         .iter()
         .find(|e| e.approval_id == carried.id)
