@@ -42,6 +42,9 @@ use crate::workflow::{
 /// How late visibility may show an event behind later ones: its indexing lag (about a second
 /// on a loaded cluster), with a wide margin.
 const AUDIT_SETTLE_TIME: Duration = Duration::from_secs(15);
+/// How much the service instances' clocks (events) and the server's (executions' close) may
+/// disagree for an audit read's bound (see `audit_query`).
+const AUDIT_CLOCK_MARGIN: Duration = Duration::from_secs(300);
 
 /// The search attribute every approval workflow carries; register it on the namespace
 /// (`temporal operator search-attribute create --name TenantId --type Keyword`, or
@@ -300,11 +303,23 @@ impl TemporalBackend {
     }
 
     /// The tenant's approvals and its decision-log executions: what `audit` reads.
-    fn audit_query(tenant: &TenantId) -> String {
-        format!(
+    /// The executions whose events an audit read from `from` on needs: every one still
+    /// running, and those closed since (an execution's events all come before its close). The
+    /// margin is for clocks: events carry the service instance's, the close the server's.
+    /// Without a bound every page of a read walked the tenant's whole history, and the
+    /// webhook reader reads a few pages a second.
+    fn audit_query(tenant: &TenantId, from: Option<Timestamp>) -> String {
+        let types = format!(
             "(WorkflowType = '{WORKFLOW_TYPE}' OR WorkflowType = '{DECISION_LOG_TYPE}') \
              AND TenantId = '{tenant}'"
-        )
+        );
+        match from {
+            None => types,
+            Some(from) => format!(
+                "{types} AND (ExecutionStatus = 'Running' OR CloseTime >= '{}')",
+                from.minus(AUDIT_CLOCK_MARGIN)
+            ),
+        }
     }
 
     /// Starts the `DecisionLogWorkflow` execution that keeps `event`; `Ok(false)` when its id
@@ -600,10 +615,19 @@ impl ApprovalBackend for TemporalBackend {
     ) -> Result<Page<AuditEvent>, BackendError> {
         let after = cursor.map(cursor::decode_audit).transpose()?;
         let now = Timestamp::now();
+        // An event id starts with its time in milliseconds (15 digits, checked by the decode).
+        let after_time = after
+            .and_then(|c| c.get(..15))
+            .and_then(|millis| millis.parse::<i64>().ok())
+            .map(Timestamp::from_millis);
+        let from = since.into_iter().chain(after_time).max();
         // One visibility walk over both workflow types: the approvals (their events in their
         // memos) and the decision-log events that parked nothing (one per execution).
         let (mut rows, mut logged) = (Vec::new(), Vec::new());
-        for execution in self.executions("audit", Self::audit_query(tenant)).await? {
+        for execution in self
+            .executions("audit", Self::audit_query(tenant, from))
+            .await?
+        {
             if execution.workflow_type() == DECISION_LOG_TYPE {
                 let key = execution.id();
                 let empty = Default::default();
