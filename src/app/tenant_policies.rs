@@ -134,6 +134,27 @@ impl TenantPolicies {
         let mut changed = false;
         for (tenant, state) in states {
             let previous = current.get(&tenant);
+            let state = match state {
+                Ok(state) => state,
+                Err(reason) => {
+                    // Never the platform default in its place: what this instance serves for
+                    // the tenant stays (none: its submits answer 503) until the state reads.
+                    if previous.is_none_or(|l| l.complete) {
+                        tracing::error!(%tenant, %reason,
+                            "tenant policy state unreadable; keeping the policy in use (none: its submits answer 503)");
+                        metrics::counter!("approvals_policy_reloads_total", "outcome" => "failed")
+                            .increment(1);
+                        changed = true;
+                    }
+                    let kept = Loaded {
+                        generation: previous.map_or(0, |l| l.generation),
+                        gates: previous.and_then(|l| l.gates.clone()),
+                        complete: false,
+                    };
+                    next.insert(tenant, kept);
+                    continue;
+                }
+            };
             if let Some(loaded) =
                 previous.filter(|l| l.complete && l.generation == state.generation)
             {
@@ -265,9 +286,19 @@ impl TenantPolicies {
     /// Drops compiled bundles no tenant can reach without a new change: tenants that activate
     /// a new version on every commit would otherwise keep every one they ever ran. Kept: the
     /// active and candidate versions, and the one a rollback returns to.
-    fn forget_unused(&self, states: &std::collections::BTreeMap<TenantId, PolicyState>) {
+    fn forget_unused(
+        &self,
+        states: &std::collections::BTreeMap<TenantId, Result<PolicyState, String>>,
+    ) {
+        // A tenant whose state cannot be read keeps its compiled bundles: what it is served.
+        let unreadable: std::collections::HashSet<&TenantId> = states
+            .iter()
+            .filter(|(_, state)| state.is_err())
+            .map(|(tenant, _)| tenant)
+            .collect();
         let reachable: std::collections::HashSet<(&TenantId, &str)> = states
             .iter()
+            .filter_map(|(tenant, state)| state.as_ref().ok().map(|state| (tenant, state)))
             .flat_map(|(tenant, state)| {
                 let rollback = state.history.last().and_then(Option::as_deref);
                 [
@@ -281,7 +312,9 @@ impl TenantPolicies {
             })
             .collect();
         if let Ok(mut cache) = self.compiled.lock() {
-            cache.retain(|(tenant, version), _| reachable.contains(&(tenant, version.as_str())));
+            cache.retain(|(tenant, version), _| {
+                unreadable.contains(tenant) || reachable.contains(&(tenant, version.as_str()))
+            });
         }
     }
 
@@ -369,7 +402,9 @@ mod tests {
         ) -> Result<bool, BackendError> {
             self.store.swap_state(t, expected, next).await
         }
-        async fn states(&self) -> Result<BTreeMap<TenantId, PolicyState>, BackendError> {
+        async fn states(
+            &self,
+        ) -> Result<BTreeMap<TenantId, Result<PolicyState, String>>, BackendError> {
             let states = self.store.states().await;
             let held = self.hold.lock().unwrap().take();
             if let Some(release) = held {

@@ -655,3 +655,62 @@ async fn a_candidate_that_cannot_be_loaded_does_not_keep_the_active_bundle_out()
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["policy_version"], active, "{body}");
 }
+
+/// One tenant's unreadable policy state (a bad restore, a hand edit) stops neither the other
+/// tenants' reloads nor its own service: the others' activations still reach every instance,
+/// and the tenant keeps the policy it was served, never the platform default.
+#[tokio::test]
+async fn an_unreadable_policy_state_holds_up_no_other_tenant() {
+    let app = TestApp::spawn().await;
+    let (other, _stop_other) = app.second_instance().await;
+    let mut conn = app.redis().connection().await;
+    let () = redis::cmd("HSET")
+        .arg("policy:states")
+        .arg("someone-else")
+        .arg("{not json")
+        .query_async(&mut conn)
+        .await
+        .expect("hset");
+    let version = upload(&app, reads_allowed()).await;
+    activate(&app, &version).await;
+    // Served by the other instance once its reload has it.
+    let served_on_other = |n: usize| {
+        let app = &app;
+        let other = other.clone();
+        async move {
+            let body: Value = app
+                .submit_on(&other, &format!("probe-{n}"))
+                .await
+                .json()
+                .await
+                .unwrap();
+            body["policy_version"].as_str().map(str::to_owned)
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut n = 0;
+    loop {
+        n += 1;
+        if served_on_other(n).await.as_deref() == Some(version.as_str()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the activation never reached the other instance"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Now the tenant's own state is unreadable: it keeps what it was served.
+    let () = redis::cmd("HSET")
+        .arg("policy:states")
+        .arg(app.tenant.as_str())
+        .arg("{not json")
+        .query_async(&mut conn)
+        .await
+        .expect("hset");
+    for _ in 0..5 {
+        n += 1;
+        assert_eq!(served_on_other(n).await.as_deref(), Some(version.as_str()));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}

@@ -94,6 +94,9 @@ pub trait PolicyStore: Send + Sync + 'static {
         next: &PolicyState,
     ) -> Result<bool, BackendError>;
 
-    /// Every tenant's state: what each instance polls to reload.
-    async fn states(&self) -> Result<BTreeMap<TenantId, PolicyState>, BackendError>;
+    /// Every tenant's state: what each instance polls to reload. A tenant whose state cannot be
+    /// read is there with why (`Err`): its instances keep what they serve for it, and every
+    /// other tenant still reloads.
+    async fn states(&self)
+        -> Result<BTreeMap<TenantId, Result<PolicyState, String>>, BackendError>;
 }

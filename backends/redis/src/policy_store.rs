@@ -133,16 +133,26 @@ impl PolicyStore for RedisBackend {
         Ok(swapped == 1)
     }
 
-    async fn states(&self) -> Result<BTreeMap<TenantId, PolicyState>, BackendError> {
+    async fn states(
+        &self,
+    ) -> Result<BTreeMap<TenantId, Result<PolicyState, String>>, BackendError> {
         let raw: Vec<(String, String)> = self
             .with_conn("policy_states", |mut conn| async move {
                 conn.hgetall(POLICY_STATES).await
             })
             .await?;
         let mut out = BTreeMap::new();
-        for (tenant, json) in raw {
-            let tenant = TenantId::parse(tenant).map_err(|e| corrupt(POLICY_STATES, e))?;
-            let state = serde_json::from_str(&json).map_err(|e| corrupt(POLICY_STATES, e))?;
+        for (field, json) in raw {
+            // One bad field failed every reload of every tenant: each is read on its own.
+            let Ok(tenant) = TenantId::parse(field.as_str()) else {
+                tracing::warn!(
+                    key = POLICY_STATES,
+                    field,
+                    "a policy state of no valid tenant passed over"
+                );
+                continue;
+            };
+            let state = serde_json::from_str(&json).map_err(|e| e.to_string());
             out.insert(tenant, state);
         }
         Ok(out)
