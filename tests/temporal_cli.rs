@@ -79,12 +79,17 @@ async fn worker_and_serve_on_temporal_decide_through_http_and_drain_on_sigterm()
         &format!("approvals-cli-{}", std::process::id()),
         // The first decision on a fresh worker can take a loaded machine past the 5 s default.
         "call_timeout = \"25s\"\n",
-        "",
+        // Longer than the dev server's namespace keeps closed executions: said at start.
+        "[approvals]\ndecided_retention = \"3650d\"\n",
     );
 
     let mut worker = Process::spawn(approvals(&["worker", "--config", &config]));
     worker.wait_for_line("worker polling", Duration::from_secs(20));
     let mut service = Process::spawn(approvals(&["serve", "--config", &config]));
+    service.wait_for_line(
+        "keeps settled approvals shorter than approvals.decided_retention",
+        Duration::from_secs(20),
+    );
     service.wait_for_line("serving", Duration::from_secs(20));
 
     let http = reqwest::Client::new();

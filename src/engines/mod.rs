@@ -161,6 +161,31 @@ enum Engine {
     Temporal(Arc<approvals_temporal::TemporalBackend>),
 }
 
+/// A settled approval lives on Temporal as long as the namespace keeps closed executions,
+/// whatever `approvals.decided_retention` and `expired_retention` say: shorter, and a decided
+/// or expired approval answers 404 before the contract's time. Said at start (a namespace's
+/// retention is the Temporal operator's to change, not this service's).
+#[cfg(feature = "temporal")]
+async fn warn_of_short_retention(
+    backend: &approvals_temporal::TemporalBackend,
+    settings: &Settings,
+) {
+    let wanted = settings
+        .approvals
+        .decided_retention
+        .max(settings.approvals.expired_retention);
+    match backend.namespace_retention().await {
+        Ok(Some(kept)) if kept < wanted => tracing::warn!(
+            namespace = %settings.temporal.namespace,
+            namespace_retention = %humantime::format_duration(kept),
+            configured = %humantime::format_duration(wanted),
+            "the Temporal namespace keeps settled approvals shorter than approvals.decided_retention / expired_retention: they answer 404 sooner"
+        ),
+        Ok(_) => {}
+        Err(error) => tracing::debug!(%error, "namespace retention not checked"),
+    }
+}
+
 impl Engine {
     async fn connect(kind: EngineKind, settings: &Settings) -> Result<Self, EngineError> {
         let failed = |source| EngineError::Connect {
@@ -181,6 +206,7 @@ impl Engine {
                 let backend = approvals_temporal::TemporalBackend::connect(temporal)
                     .await
                     .map_err(failed)?;
+                warn_of_short_retention(&backend, settings).await;
                 Ok(Self::Temporal(Arc::new(backend)))
             }
             #[cfg(not(feature = "temporal"))]

@@ -419,6 +419,33 @@ impl TemporalBackend {
         })
     }
 
+    /// How long the namespace keeps a closed execution (and so a settled approval and its
+    /// events); `None` when the server does not say.
+    pub async fn namespace_retention(&self) -> Result<Option<Duration>, BackendError> {
+        let request = DescribeNamespaceRequest {
+            namespace: self.settings.namespace.clone(),
+            ..Default::default()
+        };
+        let mut client = self.client.clone();
+        self.call(
+            "describe_namespace",
+            self.settings.call_timeout,
+            async move {
+                let described =
+                    WorkflowService::describe_namespace(&mut client, request.into_request())
+                        .await
+                        .map_err(|e| BackendError::unavailable("describe_namespace", e))?
+                        .into_inner();
+                Ok(described
+                    .config
+                    .and_then(|c| c.workflow_execution_retention_ttl)
+                    .and_then(|ttl| u64::try_from(ttl.seconds).ok())
+                    .map(Duration::from_secs))
+            },
+        )
+        .await
+    }
+
     /// Maps what the record says now to the outcome a refused or failed update had.
     fn settled_outcome(record: Option<Approval>, decided_by: &str) -> Option<DecisionOutcome> {
         let Some(record) = record else {
