@@ -71,7 +71,8 @@ impl NotifyEvent {
 }
 
 /// A webhook none of whose attempts has ended for this long is answering slowly or not at
-/// all: what else is due for it waits a request timeout rather than a send interval.
+/// all: what else is claimed for it goes back to the queue for a request timeout rather than
+/// being held for its next free slot.
 const SLOW_RECEIVER: Duration = Duration::from_secs(1);
 
 /// One webhook's attempts under way on this instance.
@@ -79,6 +80,76 @@ struct InFlight {
     attempts: usize,
     /// When one of them last ended (or the first began).
     last_ended: tokio::time::Instant,
+}
+
+/// A webhook, as deliveries name it: (tenant, webhook id).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct WebhookKey(String, String);
+
+impl WebhookKey {
+    fn of(delivery: &Delivery) -> Self {
+        Self(delivery.tenant.clone(), delivery.webhook_id.clone())
+    }
+}
+
+/// Claimed deliveries waiting for a slot of their webhook, oldest first.
+#[derive(Default)]
+struct Held {
+    by_webhook: HashMap<WebhookKey, std::collections::VecDeque<Delivery>>,
+    len: usize,
+}
+
+impl Held {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn push(&mut self, webhook: WebhookKey, delivery: Delivery) {
+        self.by_webhook
+            .entry(webhook)
+            .or_default()
+            .push_back(delivery);
+        self.len += 1;
+    }
+
+    fn pop(&mut self, webhook: &WebhookKey) -> Option<Delivery> {
+        let queue = self.by_webhook.get_mut(webhook)?;
+        let next = queue.pop_front();
+        if queue.is_empty() {
+            self.by_webhook.remove(webhook);
+        }
+        self.len -= usize::from(next.is_some());
+        next
+    }
+
+    /// What is held for webhooks none of whose attempts has ended for [`SLOW_RECEIVER`].
+    fn take_stalled(&mut self, in_flight: &HashMap<WebhookKey, InFlight>) -> Vec<Delivery> {
+        let stalled: Vec<WebhookKey> = self
+            .by_webhook
+            .keys()
+            .filter(|w| {
+                in_flight
+                    .get(*w)
+                    .is_none_or(|busy| busy.last_ended.elapsed() >= SLOW_RECEIVER)
+            })
+            .cloned()
+            .collect();
+        let taken: Vec<Delivery> = stalled
+            .iter()
+            .filter_map(|w| self.by_webhook.remove(w))
+            .flatten()
+            .collect();
+        self.len -= taken.len();
+        taken
+    }
+
+    fn take_all(&mut self) -> Vec<Delivery> {
+        self.len = 0;
+        self.by_webhook
+            .drain()
+            .flat_map(|(_, queue)| queue)
+            .collect()
+    }
 }
 
 /// How a delivery's body is shaped.
@@ -505,93 +576,113 @@ impl Notifier {
         Ok(())
     }
 
-    /// Keeps up to `send_concurrency` attempts in flight, at most `per_webhook_concurrency` to
-    /// one webhook, and refills a slot as soon as its attempt ends: one receiver that never
-    /// answers holds its own few slots for its timeout while every other webhook's deliveries
-    /// go on. What is claimed for a webhook that already has enough in flight is put back in
-    /// the queue: due again after the send interval if the webhook's attempts are ending, after
-    /// the request timeout if none has ended for [`SLOW_RECEIVER`] (its slots stay taken).
+    /// Keeps up to `send_concurrency` deliveries in hand, at most `per_webhook_concurrency` of
+    /// them in flight to one webhook, and refills as soon as an attempt ends: one receiver that
+    /// never answers holds its own few slots for its timeout while every other webhook's
+    /// deliveries go on. What is claimed for a webhook that already has enough in flight is
+    /// held here, and started as its attempts end, while they do end; once none has for
+    /// [`SLOW_RECEIVER`] it goes back to the queue, due after the request timeout (held, it
+    /// could outlive its lease). Holding rather than putting back keeps a fast webhook with a
+    /// long backlog from cycling its queue through Redis on every attempt.
     async fn send_loop(&self, stop: CancellationToken) {
         // A delivery is leased for longer than an attempt can take.
         let lease = self.settings.request_timeout * 2 + Duration::from_secs(5);
         let mut in_flight = FuturesUnordered::new();
-        let mut per_webhook: HashMap<(String, String), InFlight> = HashMap::new();
+        let mut per_webhook: HashMap<WebhookKey, InFlight> = HashMap::new();
+        let mut held = Held::default();
         loop {
-            let free = self
+            // Held for a webhook that stopped answering: back to the queue.
+            let stalled = held.take_stalled(&per_webhook);
+            self.put_back(stalled, self.settings.request_timeout).await;
+            let room = self
                 .settings
                 .send_concurrency
-                .saturating_sub(in_flight.len());
-            // Whether the queue had nothing due: then wait for the send interval (or an
-            // attempt's end), else claim again at once.
-            let mut drained = true;
-            if free > 0 && !stop.is_cancelled() {
-                match self.store.claim(free, lease).await {
+                .saturating_sub(in_flight.len() + held.len());
+            let mut claimed = false;
+            if room > 0 && !stop.is_cancelled() {
+                match self.store.claim(room, lease).await {
                     Ok(batch) if !batch.is_empty() => {
-                        drained = false;
-                        let (mut soon, mut later) = (Vec::new(), Vec::new());
+                        claimed = true;
+                        let mut later = Vec::new();
                         for delivery in batch {
-                            let webhook = (delivery.tenant.clone(), delivery.webhook_id.clone());
+                            let webhook = WebhookKey::of(&delivery);
                             let busy = per_webhook.entry(webhook.clone()).or_insert(InFlight {
                                 attempts: 0,
                                 last_ended: tokio::time::Instant::now(),
                             });
-                            if busy.attempts >= self.settings.per_webhook_concurrency {
-                                if busy.last_ended.elapsed() < SLOW_RECEIVER {
-                                    soon.push(delivery.id);
-                                } else {
-                                    later.push(delivery.id);
-                                }
-                                continue;
-                            }
-                            busy.attempts += 1;
-                            in_flight.push(async move {
-                                self.attempt(delivery).await;
-                                webhook
-                            });
-                        }
-                        let now = Timestamp::now();
-                        for (ids, until) in [
-                            (soon, now.plus(self.settings.send_interval)),
-                            (later, now.plus(self.settings.request_timeout)),
-                        ] {
-                            if let Err(error) = self.store.defer(ids, until).await {
-                                // Their lease runs out and they are claimed again.
-                                tracing::debug!(%error, "cannot put deliveries back in the queue");
+                            if busy.attempts < self.settings.per_webhook_concurrency {
+                                busy.attempts += 1;
+                                in_flight.push(self.attempt_for(delivery, webhook));
+                            } else if busy.last_ended.elapsed() < SLOW_RECEIVER {
+                                held.push(webhook, delivery);
+                            } else {
+                                later.push(delivery);
                             }
                         }
+                        self.put_back(later, self.settings.request_timeout).await;
                     }
                     Ok(_) => {}
                     Err(error) => tracing::debug!(%error, "webhook sender cannot reach Redis"),
                 }
-                if drained {
+                if !claimed {
                     if let Ok(queued) = self.store.queued().await {
                         metrics::gauge!("approvals_notifications_pending").set(queued as f64);
                     }
                 }
             }
-            if in_flight.is_empty() && stop.is_cancelled() {
-                // A queue that stays busy must not keep a stopping instance: what is still
-                // due is claimed by the others, or by this one when it is back.
-                return;
+            if stop.is_cancelled() {
+                // Held ones are due again at once, for another instance; the attempts in
+                // flight end (within the request timeout) before the sender stops. A queue
+                // that stays busy must not keep a stopping instance.
+                self.put_back(held.take_all(), Duration::ZERO).await;
+                if in_flight.is_empty() {
+                    return;
+                }
             }
-            let wait = if drained || free == 0 {
-                self.settings.send_interval
-            } else {
+            // More may be due: claim again at once while there is room; else wait for an
+            // attempt to end, or the send interval.
+            let wait = if claimed && room > 0 {
                 Duration::ZERO
+            } else {
+                self.settings.send_interval
             };
             tokio::select! {
                 Some(webhook) = in_flight.next() => {
                     if let Some(busy) = per_webhook.get_mut(&webhook) {
-                        busy.attempts -= 1;
                         busy.last_ended = tokio::time::Instant::now();
-                        if busy.attempts == 0 {
-                            per_webhook.remove(&webhook);
+                        match held.pop(&webhook) {
+                            // Its slot goes to what is held for it.
+                            Some(next) => in_flight.push(self.attempt_for(next, webhook)),
+                            None => {
+                                busy.attempts -= 1;
+                                if busy.attempts == 0 {
+                                    per_webhook.remove(&webhook);
+                                }
+                            }
                         }
                     }
                 }
                 () = stop.cancelled(), if in_flight.is_empty() => return,
-                () = tokio::time::sleep(wait), if free > 0 || in_flight.is_empty() => {}
+                () = tokio::time::sleep(wait) => {}
             }
+        }
+    }
+
+    /// One attempt, reporting which webhook's slot it frees.
+    async fn attempt_for(&self, delivery: Delivery, webhook: WebhookKey) -> WebhookKey {
+        self.attempt(delivery).await;
+        webhook
+    }
+
+    /// Claimed deliveries not attempted: due again after `after`, no attempt counted.
+    async fn put_back(&self, deliveries: Vec<Delivery>, after: Duration) {
+        if deliveries.is_empty() {
+            return;
+        }
+        let ids = deliveries.into_iter().map(|d| d.id).collect();
+        if let Err(error) = self.store.defer(ids, Timestamp::now().plus(after)).await {
+            // Their lease runs out and they are claimed again.
+            tracing::debug!(%error, "cannot put deliveries back in the queue");
         }
     }
 

@@ -761,15 +761,16 @@ async fn a_receiver_that_never_answers_does_not_hold_up_other_webhooks() {
     }
     // Well within one silent attempt's 30 s timeout.
     let all = tokio::time::timeout(Duration::from_secs(15), async {
+        let mut ids = std::collections::HashSet::new();
         for _ in 0..PARKED {
-            healthy.next_of("parked").await;
+            let got = healthy.next_of("parked").await;
+            ids.insert(got.header("x-approvals-event-id").to_owned());
         }
+        ids
     })
     .await;
-    assert!(
-        all.is_ok(),
-        "the healthy webhook waited behind the silent one"
-    );
+    let ids = all.expect("the healthy webhook waited behind the silent one");
+    assert_eq!(ids.len(), PARKED, "each delivered once: {ids:?}");
     let mut silent_attempts = 0;
     while accepted.try_recv().is_ok() {
         silent_attempts += 1;
