@@ -1204,9 +1204,9 @@ async fn on_temporal_the_alert_inputs_answer_and_each_expiry_is_counted_once() {
     use approvals_testkit::process::{wait_ready, Process};
     use approvals_testkit::temporal_server::DevServer;
 
-    let server = tokio::task::spawn_blocking(|| DevServer::start(None))
-        .await
-        .expect("dev server");
+    // On the test's own thread: the server dies with the thread that started it
+    // (PR_SET_PDEATHSIG), and a blocking-pool thread exits after 10 s idle.
+    let server = tokio::task::block_in_place(|| DevServer::start(None));
     // Tenants of its own: the other live test's counters share this process's recorder.
     let (tenants, tokens) = Tenants::new("initech", "umbrella");
     let queue = format!("observability-{}", server.port);

@@ -113,10 +113,10 @@ impl Drop for TestWorker {
     }
 }
 
+/// Started on the test's own thread: the server dies with the thread that started it
+/// (`PR_SET_PDEATHSIG`), and a blocking-pool thread exits after 10 s idle.
 async fn own_server() -> DevServer {
-    tokio::task::spawn_blocking(|| DevServer::start(None))
-        .await
-        .expect("dev server")
+    tokio::task::block_in_place(|| DevServer::start(None))
 }
 
 fn settings_for(server: &DevServer) -> TemporalSettings {
