@@ -124,10 +124,11 @@ async fn decide_as_a_caller_would(
     landed
 }
 
+/// Started on the test's own thread (`block_in_place`): the server dies with the thread that
+/// started it (`PR_SET_PDEATHSIG`), and a blocking-pool thread exits after 10 s idle, which
+/// killed the server under a test that ran longer.
 async fn own_server(db: Option<std::path::PathBuf>) -> DevServer {
-    tokio::task::spawn_blocking(move || DevServer::start(db))
-        .await
-        .expect("dev server")
+    tokio::task::block_in_place(move || DevServer::start(db))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -272,12 +273,8 @@ async fn pending_approvals_survive_a_server_restart() {
         .await
         .expect("submit");
     worker.stop();
-    let server = tokio::task::spawn_blocking(move || {
-        server.restart();
-        server
-    })
-    .await
-    .expect("restart");
+    // On the test's thread too (see `own_server`).
+    tokio::task::block_in_place(|| server.restart());
     let worker = TestWorker::start(settings.clone());
     let backend = TemporalBackend::connect(settings).await.expect("backend");
     let read = backend.get(&tenant, &id("req-1")).await.expect("get");
@@ -298,4 +295,48 @@ async fn pending_approvals_survive_a_server_restart() {
     assert_eq!(expired.status, Status::Expired, "its timer survived too");
     worker.stop();
     drop(server);
+}
+
+/// A decision asked for while no worker runs takes effect when one is back: it carries the
+/// time it took effect, not the time it was asked for, so that readers following the audit
+/// (webhooks, live streams, which look 15 s back) still find its event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_that_lands_late_carries_the_time_it_took_effect() {
+    let server = own_server(None).await;
+    let mut settings = settings_for(&server, Duration::from_secs(3));
+    let worker = TestWorker::start(settings.clone());
+    settings.call_timeout = Duration::from_secs(2);
+    let backend = TemporalBackend::connect(settings.clone())
+        .await
+        .expect("backend");
+    let tenant = fresh_tenant("late");
+    backend
+        .submit(pending(&tenant, "late", Duration::from_secs(3600)))
+        .await
+        .expect("submit");
+    worker.stop();
+    let asked = approvals_core::Timestamp::now();
+    let attempt = backend
+        .decide(&tenant, &id("late"), decision(Verdict::Accept, "alice"))
+        .await;
+    assert!(attempt.is_err(), "no worker runs: {attempt:?}");
+    // The outage itself: time passes with the decision admitted and no worker to run it.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let worker = TestWorker::start(settings.clone());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let landed = loop {
+        let read = backend.get(&tenant, &id("late")).await.expect("get");
+        if let Some(record) = read.filter(|r| r.status == Status::Accepted) {
+            break record;
+        }
+        assert!(Instant::now() < deadline, "the decision never landed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let decided_at = landed.decided_at.expect("decided_at");
+    assert!(
+        decided_at.as_millis() - asked.as_millis() >= 10_000,
+        "decided_at {decided_at} is the asking time {asked}"
+    );
+    assert_eq!(landed.decided_by.as_deref(), Some("alice"));
+    worker.stop();
 }
