@@ -35,9 +35,11 @@ pub struct DevServer {
 }
 
 impl DevServer {
-    /// Starts a dev server on free ports and waits until its frontend answers (blocking: call
-    /// it from `spawn_blocking` or a thread of its own in async tests). With `db_file`, the
-    /// server keeps its state in that SQLite file across restarts.
+    /// Starts a dev server on free ports and waits until its frontend answers. Blocking, and the
+    /// server dies with the calling thread: in async tests call it on the test's own thread
+    /// (`block_in_place`) or a thread that outlives the server, never from `spawn_blocking`,
+    /// whose thread exits after 10 s idle. With `db_file`, the server keeps its state in that
+    /// SQLite file across restarts ([`DevServer::restart`] has the same rule).
     pub fn start(db_file: Option<PathBuf>) -> Self {
         for _ in 0..5 {
             let mut server = Self {
