@@ -85,19 +85,6 @@ pub enum DecideReply {
     SelfApproval,
 }
 
-/// A decision admitted while no worker ran takes effect when one picks it up, maybe minutes
-/// after it was asked for. Stamped with the asking time, its event would land behind what
-/// readers that follow the audit (webhooks, live streams: they look 15 s back) have passed,
-/// and never reach them; so past that it carries the time it took effect. Within it, the
-/// asking time stays (what every history recorded so far did: replays match).
-fn decision_time(asked: Timestamp, took_effect: Option<Timestamp>) -> Timestamp {
-    const LATE: i64 = 10_000;
-    match took_effect {
-        Some(now) if now.as_millis() - asked.as_millis() > LATE => now,
-        _ => asked,
-    }
-}
-
 fn to_timestamp(time: Option<SystemTime>) -> Option<Timestamp> {
     let since = time?.duration_since(UNIX_EPOCH).ok()?;
     Some(Timestamp::from_millis(
@@ -248,9 +235,8 @@ impl ApprovalWorkflow {
         ctx: &mut SyncWorkflowContext<Self>,
         input: DecideInput,
     ) -> DecideReply {
-        let now = to_timestamp(ctx.workflow_time());
         if self.record.status == Status::Pending {
-            if let Some(now) = now {
+            if let Some(now) = to_timestamp(ctx.workflow_time()) {
                 if now >= self.record.expires_at {
                     self.expire(now);
                 }
@@ -264,7 +250,7 @@ impl ApprovalWorkflow {
             }
             Status::Pending => {
                 self.record.status = input.verdict.status();
-                self.record.decided_at = Some(decision_time(input.at, now));
+                self.record.decided_at = Some(input.at);
                 self.record.decided_by = Some(input.decided_by);
                 self.record.decision_reason = input.reason;
                 self.decided();
