@@ -104,6 +104,10 @@ impl Held {
         self.len
     }
 
+    fn count(&self, webhook: &WebhookKey) -> usize {
+        self.by_webhook.get(webhook).map_or(0, |queue| queue.len())
+    }
+
     fn push(&mut self, webhook: WebhookKey, delivery: Delivery) {
         self.by_webhook
             .entry(webhook)
@@ -580,10 +584,12 @@ impl Notifier {
     /// them in flight to one webhook, and refills as soon as an attempt ends: one receiver that
     /// never answers holds its own few slots for its timeout while every other webhook's
     /// deliveries go on. What is claimed for a webhook that already has enough in flight is
-    /// held here, and started as its attempts end, while they do end; once none has for
-    /// [`SLOW_RECEIVER`] it goes back to the queue, due after the request timeout (held, it
-    /// could outlive its lease). Holding rather than putting back keeps a fast webhook with a
-    /// long backlog from cycling its queue through Redis on every attempt.
+    /// held here, as many as its cap, and started as its attempts end, while they do end
+    /// (holding rather than putting back spares a fast webhook's backlog a Redis round trip per
+    /// attempt). The rest, and what is held once none of its attempts has ended for
+    /// [`SLOW_RECEIVER`], goes back to the queue due a request timeout later: out of the way
+    /// of other webhooks' deliveries behind it (a backlog held without bound took every slot
+    /// of the sender), and never held past its lease.
     async fn send_loop(&self, stop: CancellationToken) {
         // A delivery is leased for longer than an attempt can take.
         let lease = self.settings.request_timeout * 2 + Duration::from_secs(5);
@@ -613,7 +619,9 @@ impl Notifier {
                             if busy.attempts < self.settings.per_webhook_concurrency {
                                 busy.attempts += 1;
                                 in_flight.push(self.attempt_for(delivery, webhook));
-                            } else if busy.last_ended.elapsed() < SLOW_RECEIVER {
+                            } else if busy.last_ended.elapsed() < SLOW_RECEIVER
+                                && held.count(&webhook) < self.settings.per_webhook_concurrency
+                            {
                                 held.push(webhook, delivery);
                             } else {
                                 later.push(delivery);

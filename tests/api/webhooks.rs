@@ -780,3 +780,55 @@ async fn a_receiver_that_never_answers_does_not_hold_up_other_webhooks() {
         "attempts at once to the silent receiver: {silent_attempts}"
     );
 }
+
+/// A receiver that answers, slowly, and has a long backlog holds only its own share of the
+/// sender too: deliveries to another webhook, queued after that backlog, do not wait for it.
+#[tokio::test]
+async fn a_slow_receivers_backlog_does_not_hold_up_newer_deliveries_elsewhere() {
+    // Answers every post, after a second.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let slow = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let counter = answered.clone();
+    let app_slow = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move || {
+            let counter = counter.clone();
+            async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                counter.fetch_add(1, Ordering::SeqCst);
+                AxumStatus::OK
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app_slow).await });
+    let mut other = Receiver::start(0).await;
+    let app = TestApp::spawn_with(|s| {
+        fast(s);
+        s.notifications.request_timeout = Duration::from_secs(5);
+    })
+    .await;
+    add_webhook(&app, json!({"url": slow, "events": ["parked"]})).await;
+    // A backlog of 60 for the slow receiver (15 s of work at 4 at a time)...
+    for i in 0..60 {
+        app.park(&format!("backlog-{i}")).await;
+    }
+    // ...then another webhook, and deliveries for it queued behind that backlog.
+    add_webhook(&app, json!({"url": other.url, "events": ["parked"]})).await;
+    for i in 0..10 {
+        app.park(&format!("newer-{i}")).await;
+    }
+    let all = tokio::time::timeout(Duration::from_secs(6), async {
+        for _ in 0..10 {
+            other.next_of("parked").await;
+        }
+    })
+    .await;
+    assert!(
+        all.is_ok(),
+        "the other webhook waited behind the slow one's backlog ({} of 60 answered)",
+        answered.load(Ordering::SeqCst)
+    );
+}
