@@ -584,12 +584,12 @@ impl Notifier {
     /// them in flight to one webhook, and refills as soon as an attempt ends: one receiver that
     /// never answers holds its own few slots for its timeout while every other webhook's
     /// deliveries go on. What is claimed for a webhook that already has enough in flight is
-    /// held here, as many as its cap, and started as its attempts end, while they do end
-    /// (holding rather than putting back spares a fast webhook's backlog a Redis round trip per
-    /// attempt). The rest, and what is held once none of its attempts has ended for
-    /// [`SLOW_RECEIVER`], goes back to the queue due a request timeout later: out of the way
-    /// of other webhooks' deliveries behind it (a backlog held without bound took every slot
-    /// of the sender), and never held past its lease.
+    /// held here, as many as its cap, and started as its attempts end (sparing a fast
+    /// webhook's backlog a Redis round trip per attempt); the rest goes back to the queue, due
+    /// after the send interval, so the claims that follow reach other webhooks' deliveries
+    /// behind it (held without bound, one backlog took every slot). A webhook none of whose
+    /// attempts has ended for [`SLOW_RECEIVER`] gets nothing held: what is claimed for it goes
+    /// back due a request timeout later, and nothing is held past its lease.
     async fn send_loop(&self, stop: CancellationToken) {
         // A delivery is leased for longer than an attempt can take.
         let lease = self.settings.request_timeout * 2 + Duration::from_secs(5);
@@ -609,7 +609,7 @@ impl Notifier {
                 match self.store.claim(room, lease).await {
                     Ok(batch) if !batch.is_empty() => {
                         claimed = true;
-                        let mut later = Vec::new();
+                        let (mut soon, mut later) = (Vec::new(), Vec::new());
                         for delivery in batch {
                             let webhook = WebhookKey::of(&delivery);
                             let busy = per_webhook.entry(webhook.clone()).or_insert(InFlight {
@@ -619,14 +619,15 @@ impl Notifier {
                             if busy.attempts < self.settings.per_webhook_concurrency {
                                 busy.attempts += 1;
                                 in_flight.push(self.attempt_for(delivery, webhook));
-                            } else if busy.last_ended.elapsed() < SLOW_RECEIVER
-                                && held.count(&webhook) < self.settings.per_webhook_concurrency
-                            {
+                            } else if busy.last_ended.elapsed() >= SLOW_RECEIVER {
+                                later.push(delivery);
+                            } else if held.count(&webhook) < self.settings.per_webhook_concurrency {
                                 held.push(webhook, delivery);
                             } else {
-                                later.push(delivery);
+                                soon.push(delivery);
                             }
                         }
+                        self.put_back(soon, self.settings.send_interval).await;
                         self.put_back(later, self.settings.request_timeout).await;
                     }
                     Ok(_) => {}
