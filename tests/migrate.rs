@@ -311,7 +311,20 @@ async fn an_unreadable_record_is_reported_and_the_run_is_not_reconciled() {
     let temporal = setup.engine(EngineKind::Temporal).await;
     let (tenant, other) = (fresh_tenant("spoiled"), fresh_tenant("spoiled"));
     redis.submit(pending(&tenant, "fine", HOUR)).await.unwrap();
+    // Copied by an earlier run (or written to both by a soak), then spoiled in the source:
+    // the target's copy is read back by id, which must report it, not stop the run.
+    let copied = pending(&tenant, "copied", HOUR);
+    redis.submit(copied.clone()).await.unwrap();
+    temporal.import(copied).await.unwrap();
     let mut conn = setup.redis.connection().await;
+    let () = redis::cmd("SET")
+        .arg(format!("approval:{tenant}:copied"))
+        .arg("{not json")
+        .arg("EX")
+        .arg(3600)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     for t in [&tenant, &other] {
         let () = redis::cmd("SET")
             .arg(format!("approval:{t}:broken"))
@@ -333,7 +346,10 @@ async fn an_unreadable_record_is_reported_and_the_run_is_not_reconciled() {
     // Only the chosen tenant's: the other one's broken record is not this run's.
     assert_eq!(
         report["unreadable"]["source"],
-        json!([format!("approval:{tenant}:broken")]),
+        json!([
+            format!("approval:{tenant}:broken"),
+            format!("approval:{tenant}:copied")
+        ]),
         "{report:#}"
     );
     assert!(temporal.get(&tenant, &id("fine")).await.unwrap().is_some());

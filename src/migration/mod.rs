@@ -61,6 +61,17 @@ struct Checked {
     source: Approval,
     copy: Option<Approval>,
     replayed: bool,
+    /// The copy's key, when the target holds one it cannot read.
+    unreadable_copy: Option<String>,
+}
+
+/// A by-id read that found a value it cannot decode: its key, to report (the run goes on).
+fn unreadable<T>(read: Result<T, BackendError>) -> Result<Result<T, String>, BackendError> {
+    match read {
+        Ok(value) => Ok(Ok(value)),
+        Err(BackendError::Corrupt { key, .. }) => Ok(Err(key)),
+        Err(other) => Err(other),
+    }
 }
 
 impl Migration {
@@ -115,6 +126,10 @@ impl Migration {
                 |approval| self.check_one(approval),
                 |checked| {
                     seen.insert((checked.source.tenant.clone(), checked.source.id.clone()));
+                    if let Some(key) = checked.unreadable_copy {
+                        report.unreadable.target.insert(key);
+                        return;
+                    }
                     report.decisions_replayed += u64::from(checked.replayed);
                     // Both sides as of one instant after both were read: an approval whose
                     // deadline fell between the two reads is expired on both.
@@ -138,23 +153,27 @@ impl Migration {
                     }
                     // Written after the source was scanned (a soak writes both engines): the
                     // source has it now, and the two are compared like any other.
-                    let source = retry("get", || self.source.get(&copy.tenant, &copy.id)).await?;
+                    let source =
+                        unreadable(retry("get", || self.source.get(&copy.tenant, &copy.id)).await)?;
                     Ok(Some((copy, source)))
                 },
                 |found| {
                     let now = Timestamp::now();
                     match found {
                         None => {}
-                        Some((copy, Some(source))) => {
+                        Some((_, Err(key))) => {
+                            report.unreadable.source.insert(key);
+                        }
+                        Some((copy, Ok(Some(source)))) => {
                             report.compare(source.as_of(now), Some(copy.as_of(now)));
                         }
-                        Some((copy, None)) => report.only_in_target(copy.as_of(now)),
+                        Some((copy, Ok(None))) => report.only_in_target(copy.as_of(now)),
                     }
                 },
             )
             .await?;
-        report.unreadable.source = unreadable_in_source;
-        report.unreadable.target = unreadable_in_target;
+        report.unreadable.source.extend(unreadable_in_source);
+        report.unreadable.target.extend(unreadable_in_target);
         Ok(())
     }
 
@@ -176,7 +195,17 @@ impl Migration {
 
     async fn check_one(&self, source: Approval) -> Result<Checked, BackendError> {
         let (tenant, id) = (&source.tenant, &source.id);
-        let mut copy = retry("get", || self.target.get(tenant, id)).await?;
+        let mut copy = match unreadable(retry("get", || self.target.get(tenant, id)).await)? {
+            Ok(copy) => copy,
+            Err(key) => {
+                return Ok(Checked {
+                    source,
+                    copy: None,
+                    replayed: false,
+                    unreadable_copy: Some(key),
+                })
+            }
+        };
         let mut replayed = false;
         // Decided in the source after the copy was made: the first decision is the source's.
         let late = copy.as_ref().is_some_and(|c| !c.is_decided());
@@ -200,6 +229,7 @@ impl Migration {
             source,
             copy,
             replayed,
+            unreadable_copy: None,
         })
     }
 
