@@ -238,9 +238,13 @@ async fn a_mixed_population_moves_to_temporal_exactly_and_a_second_run_changes_n
     assert!(clean, "{report:#}");
     assert_eq!(report["imported"], 24, "{report:#}");
     assert_eq!(report["differences"], json!([]));
-    assert_eq!(
-        report["counts"][tenants[0].as_str()]["pending"]["target"],
-        4
+    // 4 pending, or 3 if "soon" expired before the counts were taken (a loaded machine):
+    // either way both sides count the same.
+    let pending = &report["counts"][tenants[0].as_str()]["pending"];
+    assert_eq!(pending["target"], pending["source"], "{report:#}");
+    assert!(
+        matches!(pending["target"].as_u64(), Some(3 | 4)),
+        "{report:#}"
     );
 
     // Record by record through the Temporal backend's API: the same approvals, with their
@@ -268,11 +272,9 @@ async fn a_mixed_population_moves_to_temporal_exactly_and_a_second_run_changes_n
         .await
         .unwrap()
         .expect("expired within its remaining time");
+    // At its own deadline, not 24 h after the import (a fresh TTL).
     assert_eq!(settled.status, Status::Expired);
     assert_eq!(settled.decided_at, Some(soon.expires_at));
-    let late = Timestamp::now().as_millis() - soon.expires_at.as_millis();
-    // Seconds, not the 24 h a fresh TTL would give; a loaded worker fires a timer late.
-    assert!(late < 5_000, "expired {late} ms after its deadline");
 
     // Again: everything is already there, nothing changes.
     let (clean, again) = setup.migrate("redis", "temporal", &tenant_refs, &[]);

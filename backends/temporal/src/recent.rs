@@ -57,10 +57,15 @@ impl Row {
     pub fn seen_at(self, now: Timestamp) -> Row {
         let approval = self.approval.as_of(now);
         let mut events = self.events;
-        // A decision carried over by a migration (made before the import) was made elsewhere:
-        // its import is its event here, as on Redis.
+        // A record imported already settled (its import's details say so) was decided
+        // elsewhere: its import is its event here, as on Redis. One imported pending and
+        // decided since (a migration's replay, even of an earlier decision) gets its event.
         let carried_over = events.iter().any(|e| {
-            e.kind == AuditKind::Migrated && approval.decided_at.is_some_and(|d| d <= e.timestamp)
+            e.kind == AuditKind::Migrated
+                && e.details
+                    .get("status")
+                    .and_then(|s| s.as_str())
+                    .is_some_and(|s| s != "pending")
         });
         if let Some(event) = decided_event(&approval).filter(|_| !carried_over) {
             if !events.iter().any(|e| e.event_id == event.event_id) {

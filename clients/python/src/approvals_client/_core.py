@@ -19,10 +19,10 @@ import httpx
 from .errors import ApiError, ProtocolError
 from .models import Approval, AuditEvent, LiveEvent, Problem, Status
 
-DEFAULT_TIMEOUT = 15.0
+DEFAULT_TIMEOUT = 35.0
 """Seconds for a call other than a long-poll (connect, read and write each): longer than the
-service's own request deadline (`server.request_timeout`, 10 s), so that the service's `408`
-(retried) comes before the client gives up on its own."""
+service's own request deadline (`server.request_timeout`, 30 s by default), so that the
+service's `408` (retried) comes before the client gives up on its own."""
 
 SERVER_WAIT_CAP = 60
 """The service's longest long-poll (`approvals.long_poll_max`): a wait asks for at most this

@@ -8,6 +8,7 @@ import functools
 import inspect
 import json
 import os
+import threading
 import uuid
 from typing import Any, Awaitable, Callable, Mapping, TypeVar, Union, cast
 
@@ -110,16 +111,23 @@ def require_approval(
                 "pass an `action=` function"
             )
 
-        resolved: list[AnyClient] = []
+        resolved: list[ApprovalsClient] = []
+        resolving = threading.Lock()
 
         def resolve() -> AnyClient:
             if isinstance(client, (ApprovalsClient, AsyncApprovalsClient)):
                 return client
-            # A factory is called once: a client per call would leave a connection pool per
-            # call behind, never closed.
-            if not resolved:
-                resolved.append(client())
-            return resolved[0]
+            # A sync client from a factory is made once (a client per call left a connection
+            # pool per call behind). An async one is asked for on every call: its connections
+            # belong to the event loop it was made in, and a tool run with `asyncio.run` per
+            # call has a new loop each time.
+            with resolving:
+                if resolved:
+                    return resolved[0]
+                made = client()
+                if isinstance(made, ApprovalsClient):
+                    resolved.append(made)
+                return made
 
         def request(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
             built = action(*args, **kwargs) if action is not None else default_action(kind, signature, args, kwargs)
