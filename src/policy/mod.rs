@@ -257,7 +257,21 @@ impl PolicyGate {
 
     /// [`PolicyGate::evaluate`] for an input the caller no longer needs (no copy is made).
     pub fn evaluate_owned(&self, input: serde_json::Value) -> PolicyVerdict {
-        let (decision, reasons) = match self.raw_decision(regorus::Value::from(input)) {
+        // A panic in the engine fails this evaluation closed, not the thread it ran on (a
+        // policy thread that died took its share of every later submit with it).
+        let raw = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.raw_decision(regorus::Value::from(input))
+        }))
+        .unwrap_or_else(|_| {
+            // What the VM was doing is unknown: the next evaluation loads a fresh one.
+            THREAD_VM.with(|cell| {
+                if let Ok(mut slot) = cell.try_borrow_mut() {
+                    *slot = None;
+                }
+            });
+            Err("the policy engine failed unexpectedly".to_owned())
+        });
+        let (decision, reasons) = match raw {
             Ok(Some(value)) => interpret(&value),
             Ok(None) => fail_closed(format!(
                 "policy returned no decision ({DECISION_RULE} is undefined for this input): \
