@@ -314,14 +314,22 @@ impl Approvals {
                 "active": next.active, "candidate": next.candidate,
                 "previous_active": state.active, "generation": next.generation,
             });
-            self.record_policy_event(AuditEntry::policy(
-                tenant,
-                &caller.subject,
-                kind,
-                version.as_deref(),
-                details,
-            ))
-            .await?;
+            // The change is made: an audit write that fails now must not answer 503, or a
+            // caller retrying without If-Match applies it twice (a second rollback). Logged
+            // loudly, with what the audit misses.
+            if let Err(error) = self
+                .record_policy_event(AuditEntry::policy(
+                    tenant,
+                    &caller.subject,
+                    kind,
+                    version.as_deref(),
+                    details.clone(),
+                ))
+                .await
+            {
+                tracing::error!(%tenant, actor = %caller.subject, %details, error = %error,
+                    "policy changed, but its audit event was not recorded");
+            }
             // The next poll would do it within `policy.reload_interval`; the caller should not
             // have to wait for it on the instance that answered.
             if let Err(error) = self.policies.sync().await {

@@ -714,3 +714,34 @@ async fn an_unreadable_policy_state_holds_up_no_other_tenant() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
+
+/// A change whose audit event cannot be written (here Redis refuses XADD) is still a change
+/// made: it answers 200, so that a caller's retry does not apply it twice.
+#[tokio::test]
+async fn a_policy_change_made_answers_made_even_if_its_audit_write_fails() {
+    let app = TestApp::spawn().await;
+    let version = upload(&app, reads_allowed()).await;
+    let mut admin = app.redis().connection().await;
+    let acl = |rule: &'static str| {
+        redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg("default")
+            .arg(rule)
+            .to_owned()
+    };
+    let () = acl("-xadd").query_async(&mut admin).await.unwrap();
+    let response = call(
+        &app,
+        Method::PUT,
+        "/active",
+        &app.tokens.admin,
+        Some(json!({ "version": version })),
+    )
+    .await;
+    let () = acl("+xadd").query_async(&mut admin).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let overview = app
+        .get_json(&policy_path(&app, ""), &app.tokens.admin)
+        .await;
+    assert_eq!(overview["active"], version, "{overview}");
+}
