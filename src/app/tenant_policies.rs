@@ -45,6 +45,9 @@ struct Loaded {
     complete: bool,
 }
 
+/// How long a bundle that could not be loaded is not tried again.
+const RETRY_FAILED_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub struct TenantPolicies {
     default: Arc<Gates>,
     store: Option<Arc<dyn PolicyStore>>,
@@ -52,6 +55,10 @@ pub struct TenantPolicies {
     loaded: ArcSwap<HashMap<TenantId, Loaded>>,
     /// Compiled bundles by (tenant, version): activating a version seen before is a swap.
     compiled: Mutex<HashMap<(TenantId, String), Arc<PolicyGate>>>,
+    /// Bundles that could not be loaded, by (tenant, version), with when and why: tried again
+    /// after [`RETRY_FAILED_AFTER`], not on every poll (each try compiles and runs a trial
+    /// evaluation, under the sync lock every admin change waits for).
+    failed: Mutex<HashMap<(TenantId, String), (std::time::Instant, String)>>,
     synced: AtomicBool,
     /// One sync at a time: two overlapping ones (a poll's and an admin change's) could
     /// otherwise store the older states last, serving a superseded policy until the next poll.
@@ -76,6 +83,7 @@ impl TenantPolicies {
             store,
             loaded: ArcSwap::from_pointee(HashMap::new()),
             compiled: Mutex::new(HashMap::new()),
+            failed: Mutex::new(HashMap::new()),
             syncing: tokio::sync::Mutex::new(()),
             budget,
         }
@@ -248,6 +256,38 @@ impl TenantPolicies {
         if let Some(gate) = self.cached(&key) {
             return Ok(gate);
         }
+        if let Ok(failed) = self.failed.lock() {
+            if let Some((at, reason)) = failed.get(&key) {
+                if at.elapsed() < RETRY_FAILED_AFTER {
+                    return Err(reason.clone());
+                }
+            }
+        }
+        let loaded = self.load(store, tenant, version).await;
+        if let Ok(mut failed) = self.failed.lock() {
+            failed.retain(|_, (at, _)| at.elapsed() < RETRY_FAILED_AFTER);
+            match &loaded {
+                Ok(gate) => {
+                    failed.remove(&key);
+                    if let Ok(mut cache) = self.compiled.lock() {
+                        cache.insert(key, gate.clone());
+                    }
+                }
+                Err(reason) => {
+                    failed.insert(key, (std::time::Instant::now(), reason.clone()));
+                }
+            }
+        }
+        loaded
+    }
+
+    /// Reads and compiles `version` of `tenant`'s bundles.
+    async fn load(
+        &self,
+        store: &dyn PolicyStore,
+        tenant: &TenantId,
+        version: &str,
+    ) -> Result<Arc<PolicyGate>, String> {
         let bundle = store
             .bundle(tenant, version)
             .await
@@ -276,11 +316,7 @@ impl TenantPolicies {
                 gate.version()
             ));
         }
-        let gate = Arc::new(gate);
-        if let Ok(mut cache) = self.compiled.lock() {
-            cache.insert(key, gate.clone());
-        }
-        Ok(gate)
+        Ok(Arc::new(gate))
     }
 
     /// Drops compiled bundles no tenant can reach without a new change: tenants that activate
