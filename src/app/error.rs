@@ -25,8 +25,12 @@ pub enum AppError {
     NotFound { tenant: TenantId, id: ApprovalId },
     #[error("request_id {0} exists with a different action, context or agent_id")]
     RequestIdConflict(ApprovalId),
-    /// The tenant holds `approvals.max_event_streams_per_tenant` live streams on this instance.
-    #[error("tenant {tenant} already has {open} live event streams open on this instance")]
+    /// The tenant holds `approvals.max_event_streams_per_tenant` live streams on this instance,
+    /// or the caller a fifth of them.
+    #[error(
+        "too many live event streams open on this instance: tenant {tenant} has {open}, and one \
+         caller may hold a fifth of the tenant's limit"
+    )]
     TooManyStreams { tenant: TenantId, open: usize },
     /// The tenant has as many pending approvals as it may (`approvals.max_pending_per_tenant`).
     #[error("tenant {tenant} has {pending} pending approvals, its limit; decide some first")]

@@ -58,26 +58,37 @@ pub struct LiveEvent {
     pub event: AuditEvent,
 }
 
+/// Open streams on this instance: per tenant (`None`), and per tenant and caller.
+type StreamKey = (TenantId, Option<String>);
+
 /// Open streams per tenant on this instance.
 #[derive(Default)]
-pub(super) struct LiveStreams(Arc<Mutex<HashMap<TenantId, usize>>>);
+pub(super) struct LiveStreams(Arc<Mutex<HashMap<StreamKey, usize>>>);
 
-/// One open stream's place in the count; released when the stream is dropped.
+/// One open stream's place in the counts; released when the stream is dropped.
 struct Slot {
-    streams: Arc<Mutex<HashMap<TenantId, usize>>>,
-    tenant: TenantId,
+    streams: Arc<Mutex<HashMap<StreamKey, usize>>>,
+    keys: [StreamKey; 2],
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         let mut open = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(n) = open.get_mut(&self.tenant) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&self.tenant);
+        for key in &self.keys {
+            if let Some(n) = open.get_mut(key) {
+                *n -= 1;
+                if *n == 0 {
+                    open.remove(key);
+                }
             }
         }
     }
+}
+
+/// The streams one caller (a token's or a session's subject) may hold of a tenant's share: a
+/// fifth, so that one reviewer's tabs or a script cannot take every stream of the tenant.
+fn per_caller(per_tenant: usize) -> usize {
+    (per_tenant / 5).max(1)
 }
 
 /// An open live stream: where it is in the tenant's audit.
@@ -135,17 +146,25 @@ impl Approvals {
                 .0
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            let count = open.entry(tenant.clone()).or_default();
-            if *count >= self.settings.max_event_streams_per_tenant {
+            let max = self.settings.max_event_streams_per_tenant;
+            let keys = [
+                (tenant.clone(), None),
+                (tenant.clone(), Some(caller.subject.clone())),
+            ];
+            let tenant_open = open.get(&keys[0]).copied().unwrap_or(0);
+            let caller_open = open.get(&keys[1]).copied().unwrap_or(0);
+            if tenant_open >= max || caller_open >= per_caller(max) {
                 return Err(AppError::TooManyStreams {
                     tenant: tenant.clone(),
-                    open: *count,
+                    open: tenant_open,
                 });
             }
-            *count += 1;
+            for key in &keys {
+                *open.entry(key.clone()).or_default() += 1;
+            }
             Slot {
                 streams: self.live_streams.0.clone(),
-                tenant: tenant.clone(),
+                keys,
             }
         };
         let after = last_event_id.filter(|id| !id.is_empty());

@@ -281,3 +281,26 @@ async fn the_stream_keeps_the_tenant_rules_and_refuses_bad_ids(h: Harness) {
         .unwrap();
     assert_problem(response, StatusCode::TOO_MANY_REQUESTS, "too_many_streams").await;
 }
+
+/// One caller (here a reviewer's token; a session is its subject too) holds at most a fifth of
+/// the tenant's live streams: its tabs or a script cannot take all of them from the others.
+#[tokio::test]
+async fn one_caller_cannot_take_every_live_stream_of_its_tenant() {
+    let app = crate::support::TestApp::spawn_with(|s| {
+        s.approvals.max_event_streams_per_tenant = 10;
+    })
+    .await;
+    let path = format!("/v1/tenants/{}/events", app.tenant);
+    let _held = [
+        SseReader::open(&app, &app.base, &app.tokens.reviewer, None).await,
+        SseReader::open(&app, &app.base, &app.tokens.reviewer, None).await,
+    ];
+    let third = app
+        .request(Method::GET, &path, Some(&app.tokens.reviewer))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(third, StatusCode::TOO_MANY_REQUESTS, "too_many_streams").await;
+    // Another reviewer of the tenant still gets one.
+    let _other = SseReader::open(&app, &app.base, &app.tokens.reviewer2, None).await;
+}
