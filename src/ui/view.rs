@@ -52,12 +52,12 @@ impl Row {
         Self {
             id: approval.id.to_string(),
             status: approval.status.as_str(),
-            action_type: text(&approval.action, "type"),
-            resource: text(&approval.action, "resource"),
-            agent: approval.agent_id.clone(),
+            action_type: visible(&text(&approval.action, "type")),
+            resource: visible(&text(&approval.action, "resource")),
+            agent: visible(&approval.agent_id),
             submitted_by: approval.submitted_by.clone(),
-            reasons: approval.reasons.clone(),
-            context: summary(&approval.context),
+            reasons: approval.reasons.iter().map(|r| visible(r)).collect(),
+            context: visible(&summary(&approval.context)),
             submitted_at: clock(approval.submitted_at),
             age: span(approval.submitted_at.elapsed_at(now)),
             expires_at: approval.expires_at.to_string(),
@@ -70,7 +70,7 @@ impl Row {
                 && remaining.as_secs_f64() <= ttl.as_secs_f64() * EXPIRING_SOON_SHARE,
             decided_by: approval.decided_by.clone().unwrap_or_default(),
             decided_at: approval.decided_at.map(clock).unwrap_or_default(),
-            decision_reason: approval.decision_reason.clone().unwrap_or_default(),
+            decision_reason: visible(approval.decision_reason.as_deref().unwrap_or_default()),
         }
     }
 }
@@ -124,12 +124,55 @@ pub fn span(duration: Duration) -> String {
 
 /// A JSON object as indented text for a `<pre>`.
 pub fn pretty(object: &Map<String, Value>) -> String {
-    serde_json::to_string_pretty(object).unwrap_or_default()
+    visible(&serde_json::to_string_pretty(object).unwrap_or_default())
+}
+
+/// `text` with every character a reader cannot see written out as `\u{…}`: bidirectional
+/// overrides and isolates, zero-width and other format characters, controls (a JSON text's
+/// own line breaks and indentation stay). An agent chooses what a reviewer reads here; with
+/// them, `invoice\u{202e}fdp.exe` read as `invoiceexe.pdf`, or a key hid itself.
+pub fn visible(text: &str) -> String {
+    if !text.chars().any(hidden) {
+        return text.to_owned();
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if hidden(c) {
+            out.push_str(&format!("\\u{{{:04x}}}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Unicode's format characters (category Cf) and controls other than line breaks and tabs.
+fn hidden(c: char) -> bool {
+    (c.is_control() && !matches!(c, '\n' | '\t'))
+        || matches!(u32::from(c),
+            0x00AD | 0x061C | 0x0600..=0x0605 | 0x06DD | 0x070F | 0x180E
+            | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x2064 | 0x2066..=0x206F
+            | 0xFEFF | 0xFFF9..=0xFFFB | 0x110BD | 0x1D173..=0x1D17A | 0xE0001 | 0xE0020..=0xE007F)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_a_reader_cannot_see_is_written_out() {
+        assert_eq!(visible("invoice\u{202e}fdp.exe"), "invoice\\u{202e}fdp.exe");
+        assert_eq!(visible("a\u{200b}b\u{2066}c"), "a\\u{200b}b\\u{2066}c");
+        assert_eq!(
+            visible("plain text, ünïcödé and 中文"),
+            "plain text, ünïcödé and 中文"
+        );
+        let action: Map<String, Value> =
+            serde_json::from_str(r#"{"resource": "x\u202ey", "note": "line"}"#).unwrap();
+        let shown = pretty(&action);
+        assert!(shown.contains("x\\u{202e}y"), "{shown}");
+        assert!(shown.contains('\n'), "the layout stays: {shown}");
+    }
 
     #[test]
     fn spans_read_like_a_person_would_say_them() {
