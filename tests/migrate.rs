@@ -319,17 +319,13 @@ async fn an_unreadable_record_is_reported_and_the_run_is_not_reconciled() {
     redis.submit(copied.clone()).await.unwrap();
     temporal.import(copied).await.unwrap();
     let mut conn = setup.redis.connection().await;
-    let () = redis::cmd("SET")
-        .arg(format!("approval:{tenant}:copied"))
-        .arg("{not json")
-        .arg("EX")
-        .arg(3600)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    for t in [&tenant, &other] {
+    for key in [
+        format!("approval:{tenant}:copied"),
+        format!("approval:{tenant}:broken"),
+        format!("approval:{other}:broken"),
+    ] {
         let () = redis::cmd("SET")
-            .arg(format!("approval:{t}:broken"))
+            .arg(key)
             .arg("{not json")
             .arg("EX")
             .arg(3600)

@@ -113,16 +113,21 @@ fn a_background_loop_with_a_zero_period_is_refused() {
         "APPROVALS_POLICY__RELOAD_INTERVAL",
         "APPROVALS_NOTIFICATIONS__SEND_INTERVAL",
     ] {
-        let e = load("", &[(var, "0s")]).unwrap_err();
-        let key = var["APPROVALS_".len()..]
-            .to_ascii_lowercase()
-            .replace("__", ".");
-        assert!(
-            matches!(&e, ConfigError::Invalid(m) if m.starts_with(&format!("{key}: must be positive"))),
-            "{var}: {e}"
-        );
-        assert!(load("", &[(var, "1s")]).is_ok(), "{var}");
+        assert_must_be_positive(var, "0s", "1s");
     }
+}
+
+/// `var` set to `zero` is refused as "{key}: must be positive"; set to `some`, accepted.
+fn assert_must_be_positive(var: &str, zero: &str, some: &str) {
+    let e = load("", &[(var, zero)]).unwrap_err();
+    let key = var["APPROVALS_".len()..]
+        .to_ascii_lowercase()
+        .replace("__", ".");
+    assert!(
+        matches!(&e, ConfigError::Invalid(m) if m.starts_with(&format!("{key}: must be positive"))),
+        "{var}: {e}"
+    );
+    assert!(load("", &[(var, some)]).is_ok(), "{var}");
 }
 
 #[test]
@@ -269,15 +274,7 @@ fn a_limit_or_deadline_of_zero_is_refused() {
         ("APPROVALS_APPROVALS__LONG_POLL_MAX", "0s", "1s"),
         ("APPROVALS_REDIS__CALL_TIMEOUT", "0s", "1s"),
     ] {
-        let e = load("", &[(var, zero)]).unwrap_err();
-        let key = var["APPROVALS_".len()..]
-            .to_ascii_lowercase()
-            .replace("__", ".");
-        assert!(
-            matches!(&e, ConfigError::Invalid(m) if m.starts_with(&format!("{key}: must be positive"))),
-            "{var}: {e}"
-        );
-        assert!(load("", &[(var, some)]).is_ok(), "{var}");
+        assert_must_be_positive(var, zero, some);
     }
 }
 
