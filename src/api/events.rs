@@ -3,7 +3,8 @@
 //! One SSE event per approval parked, decided or expired in the tenant, on any instance:
 //! `event:` names what happened, `id:` is the audit event id (a reconnecting `EventSource`
 //! sends it back as `Last-Event-ID` and resumes right after it), `data:` is the audit event as
-//! `GET …/audit` returns it. The first read happens before the answer, so a refused caller, a
+//! `GET …/audit` returns it. A stream opened without `Last-Event-ID` first sends an `id:` of
+//! its start, so a reconnect before any event misses nothing either. The first read happens before the answer, so a refused caller, a
 //! bad id or a backend that is down is a problem document, not a broken stream.
 
 use std::collections::VecDeque;
@@ -148,7 +149,14 @@ impl Live {
     async fn next(mut self) -> Option<(Result<Event, Infallible>, Self)> {
         if !self.greeted {
             self.greeted = true;
-            return Some((Ok(Event::default().retry(RECONNECT_AFTER)), self));
+            // With no `Last-Event-ID`, the greeting carries the stream's start as one: a
+            // client whose stream ends before its first event resumes from there (an event
+            // without data sets the client's last id all the same).
+            let mut greeting = Event::default().retry(RECONNECT_AFTER);
+            if let Some(id) = self.stream.start_id() {
+                greeting = greeting.id(id);
+            }
+            return Some((Ok(greeting), self));
         }
         loop {
             // Checked before every event, not only between reads: a stream catching up on a

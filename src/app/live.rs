@@ -98,6 +98,8 @@ pub struct LiveStream {
     after: Option<String>,
     /// Before any event was read without a `Last-Event-ID`: only what is recorded from now on.
     since: Timestamp,
+    /// Where a client that saw no event yet resumes: the stream's start, as an event id.
+    start_id: Option<String>,
     /// On an engine whose audit settles late, where the stream re-reads from instead.
     unsettled: Option<Unsettled>,
     _slot: Slot,
@@ -126,6 +128,13 @@ impl Unsettled {
 impl LiveStream {
     pub fn tenant(&self) -> &TenantId {
         &self.tenant
+    }
+
+    /// For a stream opened without a `Last-Event-ID`, an id standing for its start. Sent
+    /// before any event, it lets a client whose stream ends or breaks before the first event
+    /// resume from there rather than from its reconnect, missing what happened in between.
+    pub fn start_id(&self) -> Option<&str> {
+        self.start_id.as_deref()
     }
 }
 
@@ -184,10 +193,12 @@ impl Approvals {
             shown: super::RecentIds::default(),
             resumed_at: after.clone(),
         });
+        let start_id = after.is_none().then(|| AuditEvent::id_just_before(since));
         let mut stream = LiveStream {
             tenant: tenant.clone(),
             after,
             since,
+            start_id,
             unsettled,
             _slot: slot,
         };

@@ -16,6 +16,7 @@ contract_tests!(
     the_stream_keeps_the_tenant_rules_and_refuses_bad_ids,
     what_another_instance_wrote_shows_up_once_even_when_late,
     a_resume_repeats_only_what_it_could_have_missed,
+    a_stream_left_before_its_first_event_resumes_from_its_start,
 );
 
 /// One SSE event as a client parses it.
@@ -51,6 +52,27 @@ impl SseReader {
             response,
             buffer: String::new(),
         }
+    }
+
+    /// The `id:` of the stream's first frame (its `retry:` advice), if it has one.
+    async fn greeting_id(&mut self, within: Duration) -> Option<String> {
+        let deadline = Instant::now() + within;
+        while !self.buffer.contains("\n\n") {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let chunk = tokio::time::timeout(left, self.response.chunk())
+                .await
+                .expect("the greeting comes at once")
+                .expect("the stream reads")
+                .expect("the stream stays open");
+            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        let end = self.buffer.find("\n\n").unwrap_or_default();
+        let frame: String = self.buffer.drain(..end + 2).collect();
+        assert!(frame.contains("retry:"), "the first frame: {frame:?}");
+        frame
+            .lines()
+            .find_map(|line| line.strip_prefix("id:"))
+            .map(|id| id.trim().to_owned())
     }
 
     /// The next event with a name (comments, keep-alives and `retry:` skipped).
@@ -208,6 +230,34 @@ async fn a_reconnect_resumes_after_its_last_event_id(h: Harness) {
             ("parked".to_owned(), "two".to_owned()),
             ("decided".to_owned(), "one".to_owned())
         ]
+    );
+}
+
+/// A client whose stream ends or breaks before its first event (a quiet tenant, a network
+/// blip) resumes from where that stream started, not from its reconnect: what was parked in
+/// between is not lost. The stream's greeting hands out that position as an event id.
+async fn a_stream_left_before_its_first_event_resumes_from_its_start(h: Harness) {
+    let app = h.spawn().await;
+    let mut live = SseReader::open(&app, &app.base, &app.tokens.admin, None).await;
+    let start = live
+        .greeting_id(WITHIN)
+        .await
+        .expect("a stream opened without Last-Event-ID tells where it started");
+    drop(live);
+
+    // While the client is away, before it saw any event.
+    app.park("while-away").await;
+
+    let mut resumed = SseReader::open(&app, &app.base, &app.tokens.admin, Some(&start)).await;
+    assert_eq!(
+        resumed.greeting_id(WITHIN).await,
+        None,
+        "it has an id already"
+    );
+    let event = resumed.next(WITHIN).await;
+    assert_eq!(
+        (event.event.as_str(), &event.data["approval_id"]),
+        ("parked", &json!("while-away"))
     );
 }
 

@@ -66,6 +66,12 @@ impl AuditEvent {
             .and_then(|millis| millis.parse().ok())
             .map(Timestamp::from_millis)
     }
+
+    /// An id of no event that both engines read as "just before `at`": a stream that started
+    /// at `at` without any event to show hands it out, so its client can resume from there.
+    pub fn id_just_before(at: Timestamp) -> String {
+        format!("{}-{}", at.as_millis().saturating_sub(1).max(0), u64::MAX)
+    }
 }
 
 /// An audit event before an engine gave it an id: what engines store.

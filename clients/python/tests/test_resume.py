@@ -52,3 +52,18 @@ def test_the_memory_of_seen_ids_is_bounded() -> None:
     # The oldest are forgotten; the newest are still recognised.
     assert resume.first_time(event("1733000000000-0"))
     assert not resume.first_time(event(f"{1733000000000 + _core.Resume.SEEN_LIMIT + 9}-0"))
+
+
+def test_a_stream_left_before_its_first_event_resumes_from_its_greeting() -> None:
+    # The service greets a stream opened without Last-Event-ID with an id of its start.
+    resume, decoder = _core.Resume(None), _core.SseDecoder()
+    for line in ["retry: 1000", "id: 1733000000000-18446744073709551615"]:
+        assert decoder.feed(line) is None
+        resume.start_from(decoder.dispatched_id)
+    assert resume.last is None, "an id counts only once its frame ends"
+    assert decoder.feed("") is None
+    resume.start_from(decoder.dispatched_id)
+    assert resume.last == "1733000000000-18446744073709551615"
+    # A later greeting (a resumed stream has none) or an event never moves it back.
+    resume.start_from("1732000000000-0")
+    assert resume.last == "1733000000000-18446744073709551615"

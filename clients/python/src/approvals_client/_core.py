@@ -214,11 +214,15 @@ class SseDecoder:
         self.event = ""
         self.data: list[str] = []
         self.last_id: str | None = None
+        # The last id as of the last frame that ended: an id takes effect when its frame does,
+        # with or without data (the service's greeting has only `retry:` and `id:`).
+        self.dispatched_id: str | None = None
         self.retry_ms: int | None = None
 
     def feed(self, line: str) -> tuple[str, str, str | None] | None:
         """One line without its end; returns (event, data, id) when a blank line ends one."""
         if line == "":
+            self.dispatched_id = self.last_id
             if not self.data:
                 self.event = ""
                 return None
@@ -257,6 +261,12 @@ class Resume:
         self._seen: OrderedDict[str, None] = OrderedDict()
         if last_event_id is not None:
             self._remember(last_event_id)
+
+    def start_from(self, stream_id: str | None) -> None:
+        """A stream's own position before any event (its greeting's id): a reconnect before
+        the first event resumes there, not from the moment it reconnects."""
+        if self.last is None and stream_id is not None:
+            self.last = stream_id
 
     def first_time(self, event: LiveEvent) -> bool:
         """Whether `event` was not yielded before (it is remembered then)."""

@@ -304,7 +304,9 @@ class AsyncApprovalsClient:
                     failures = 0
                     async for line in response.aiter_lines():
                         raw = decoder.feed(line)
-                        if raw is not None:
+                        if raw is None:
+                            resume.start_from(decoder.dispatched_id)
+                        else:
                             event = _core.live_event(raw)
                             if resume.first_time(event):
                                 yield event

@@ -303,7 +303,9 @@ class ApprovalsClient:
                     failures = 0
                     for line in response.iter_lines():
                         raw = decoder.feed(line)
-                        if raw is not None:
+                        if raw is None:
+                            resume.start_from(decoder.dispatched_id)
+                        else:
                             event = _core.live_event(raw)
                             if resume.first_time(event):
                                 yield event
