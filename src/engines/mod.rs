@@ -74,9 +74,11 @@ pub async fn start(
             policy_store = engine.policy_store();
             engine.transfer()
         }
-        BackendChoice::Temporal => Engine::connect(EngineKind::Temporal, settings)
-            .await?
-            .transfer(),
+        BackendChoice::Temporal => {
+            let engine = Engine::connect(EngineKind::Temporal, settings).await?;
+            chores.extend(engine.start_chores(settings, answering));
+            engine.transfer()
+        }
         BackendChoice::Dual {
             primary,
             secondary_timeout,
@@ -232,14 +234,18 @@ impl Engine {
         }
     }
 
-    /// Starts what the engine runs by itself; Temporal's workflows need nothing.
+    /// Starts what the engine runs by itself (Temporal's workflows need nothing) and has it
+    /// report to `events`.
     fn start_chores(&self, settings: &Settings, events: Arc<dyn EngineEvents>) -> Option<Chores> {
         match self {
             Self::Redis(engine) => {
                 Some(engine.start_chores(settings.approvals.chore_schedule(), events))
             }
             #[cfg(feature = "temporal")]
-            Self::Temporal(_) => None,
+            Self::Temporal(engine) => {
+                engine.report_unreadable_to(events);
+                None
+            }
         }
     }
 }

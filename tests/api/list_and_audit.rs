@@ -226,3 +226,75 @@ async fn an_unreadable_audit_entry_is_passed_over() {
     )
     .await;
 }
+
+/// On Temporal, an approval workflow whose memo cannot be read (started by hand, or by a newer
+/// version) is passed over and counted: the tenant's listing, its audit and the pending
+/// figures go on without it.
+#[cfg(feature = "temporal")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_workflow_memo_is_passed_over() {
+    use std::time::{Duration, Instant};
+
+    use crate::support::Backend;
+
+    let app = Harness::new(Backend::Temporal).spawn().await;
+    app.park("fine").await;
+    let shared = crate::shared_temporal::shared().await;
+    let address = shared.address.trim_start_matches("http://");
+    // On a task queue no worker polls: it stays running, so a pending listing reads it.
+    let started = std::process::Command::new(approvals_testkit::temporal_server::temporal_bin())
+        .args([
+            "workflow",
+            "start",
+            "--address",
+            address,
+            "--type",
+            "ApprovalWorkflow",
+        ])
+        .args(["--task-queue", "no-worker-polls-this"])
+        .args(["--workflow-id", &format!("approval:{}:spoiled", app.tenant)])
+        .args(["--memo", "approval=\"not a record\"", "--memo", "events=[]"])
+        .args([
+            "--search-attribute",
+            &format!("TenantId=\"{}\"", app.tenant),
+        ])
+        .output()
+        .unwrap();
+    assert!(started.status.success(), "{started:?}");
+
+    // Every read answers, before visibility shows the spoiled workflow and after (once it
+    // was counted, by a read or by the pending figures).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = app
+            .http
+            .get(format!("{}/metrics", app.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let counted = metrics
+            .lines()
+            .any(|l| l.starts_with("approvals_unreadable_records_total{") && !l.ends_with(" 0"));
+        let listed: Vec<Value> = app.listed().await;
+        let ids: Vec<&str> = listed.iter().filter_map(|a| a["id"].as_str()).collect();
+        assert_eq!(ids, ["fine"]);
+        let audit = app
+            .get_json(
+                &format!("/v1/tenants/{}/audit", app.tenant),
+                &app.tokens.admin,
+            )
+            .await;
+        assert_eq!(audit["items"][0]["approval_id"], "fine", "{audit}");
+        if counted {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the spoiled workflow never counted"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

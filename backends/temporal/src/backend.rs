@@ -8,11 +8,13 @@
 //! (`tokio::time::timeout`).
 
 use std::future::Future;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use approvals_core::{
     Approval, ApprovalBackend, ApprovalId, AuditEntry, AuditEvent, BackendError, DecisionOutcome,
-    DecisionRequest, Listing, Page, PendingStats, Status, Stop, SubmitOutcome, TenantId, Timestamp,
+    DecisionRequest, EngineEvents, Listing, Page, PendingStats, Status, Stop, SubmitOutcome,
+    TenantId, Timestamp,
 };
 use async_trait::async_trait;
 use futures_util::TryStreamExt;
@@ -79,6 +81,8 @@ pub struct TemporalBackend {
     pub(crate) client: Client,
     pub(crate) settings: TemporalSettings,
     pub(crate) recent: Recent,
+    /// Hears of memos passed over as unreadable (the service counts them).
+    events: OnceLock<Arc<dyn EngineEvents>>,
 }
 
 fn corrupt(key: &str, reason: impl std::fmt::Display) -> BackendError {
@@ -116,7 +120,31 @@ impl TemporalBackend {
             client,
             recent: Recent::new(settings.read_your_writes),
             settings,
+            events: OnceLock::new(),
         })
+    }
+
+    /// Reports every memo a read passes over as unreadable to `events` from now on.
+    pub fn report_unreadable_to(&self, events: Arc<dyn EngineEvents>) {
+        let _ = self.events.set(events);
+    }
+
+    /// One execution whose memo cannot be read (written by hand, or by a newer version) is
+    /// logged, counted and passed over: failing the read would take every listing, audit
+    /// page and pending figure of its tenant (or of all tenants) down with it. Other errors
+    /// stay errors.
+    fn pass_over<T>(&self, read: Result<T, BackendError>) -> Result<Option<T>, BackendError> {
+        match read {
+            Ok(value) => Ok(Some(value)),
+            Err(BackendError::Corrupt { key, reason }) => {
+                tracing::warn!(key, reason, "unreadable workflow memo passed over");
+                if let Some(events) = self.events.get() {
+                    events.unreadable(&key, &reason);
+                }
+                Ok(None)
+            }
+            Err(other) => Err(other),
+        }
     }
 
     pub fn settings(&self) -> &TemporalSettings {
@@ -288,12 +316,10 @@ impl TemporalBackend {
         wanted: impl Fn(&TenantId) -> bool,
         now: Timestamp,
     ) -> Result<Vec<Row>, BackendError> {
-        let rows = self
-            .executions(op, query)
-            .await?
-            .iter()
-            .map(Self::approval_row)
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut rows = Vec::new();
+        for execution in self.executions(op, query).await? {
+            rows.extend(self.pass_over(Self::approval_row(&execution))?);
+        }
         Ok(self.overlaid(rows, wanted, now))
     }
 
@@ -659,10 +685,10 @@ impl ApprovalBackend for TemporalBackend {
                 let key = execution.id();
                 let empty = Default::default();
                 let fields = execution.raw().memo.as_ref().map_or(&empty, |m| &m.fields);
-                let event: EventRecord = memo_field(key, fields, MEMO_EVENT)?;
-                logged.push(AuditEvent::from(event));
+                let event = self.pass_over(memo_field::<EventRecord>(key, fields, MEMO_EVENT))?;
+                logged.extend(event.map(AuditEvent::from));
             } else {
-                rows.push(Self::approval_row(&execution)?);
+                rows.extend(self.pass_over(Self::approval_row(&execution))?);
             }
         }
         let events = self
