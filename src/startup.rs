@@ -77,11 +77,14 @@ impl Application {
         let shipping_stop = CancellationToken::new();
         let (decision_log, shipping) =
             DecisionLog::start(&settings.decision_log, shipping_stop.clone());
-        let policies = Arc::new(TenantPolicies::new(
-            Arc::new(policy),
-            engine.policy_store.clone(),
-            settings.limits.policy_instructions,
-        ));
+        let policies = Arc::new(
+            TenantPolicies::new(
+                Arc::new(policy),
+                engine.policy_store.clone(),
+                settings.limits.policy_instructions,
+            )
+            .keeping_bundles(settings.policy.max_stored_bundles),
+        );
         // Before serving: a tenant with its own bundle must never be answered by the default.
         // If the store cannot be read now, submits answer 503 until the reload loop succeeds.
         if let Err(error) = policies.sync().await {

@@ -41,6 +41,10 @@ pub struct UploadAnswer {
     pub bundle: BundleInfo,
     /// `false` when this exact version was uploaded before: nothing was stored.
     pub created: bool,
+    /// Older versions this upload deleted, oldest first: a tenant keeps
+    /// `policy.max_stored_bundles` versions besides those its policy names (active,
+    /// candidate, rollback history).
+    pub pruned: Vec<String>,
     /// The bundle's own tests: `{policy_version, passed, failed, results: [...]}`.
     #[schema(value_type = Object)]
     pub tests: serde_json::Value,
@@ -193,6 +197,7 @@ pub async fn upload_bundle(
     let answer = UploadAnswer {
         bundle: info(&uploaded.bundle, &current),
         created: uploaded.created,
+        pruned: uploaded.pruned,
         tests,
     };
     Ok((status, [(header::LOCATION, location)], Json(answer)).into_response())

@@ -34,7 +34,7 @@ pub use policy_admin::{PolicyView, Precondition, Uploaded, MAX_BUNDLE_FILES};
 pub use recent_ids::RecentIds;
 pub use review::{AuditQuery, ListQuery, MAX_REASON_CHARS};
 pub use submit::{SubmitRequest, Submitted};
-pub use tenant_policies::TenantPolicies;
+pub use tenant_policies::{TenantPolicies, DEFAULT_BUNDLES_KEPT};
 
 use crate::auth::{Permission, Principal};
 use crate::config::ApprovalSettings;

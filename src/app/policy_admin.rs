@@ -8,8 +8,8 @@
 use std::sync::Arc;
 
 use approvals_core::{
-    AuditEntry, BundleFile, BundleSummary, PolicyState, PolicyStore, StoredBundle, TenantId,
-    Timestamp,
+    AuditEntry, BundleFile, BundleSummary, PolicyState, PolicyStore, PutBundle, StoredBundle, Swap,
+    TenantId, Timestamp,
 };
 use serde_json::json;
 
@@ -30,6 +30,8 @@ pub struct Uploaded {
     pub bundle: BundleSummary,
     /// `false` when the same version was uploaded before (nothing stored).
     pub created: bool,
+    /// Versions deleted to keep the tenant within `policy.max_stored_bundles`.
+    pub pruned: Vec<String>,
     pub tests: TestReport,
 }
 
@@ -113,14 +115,19 @@ impl Approvals {
             uploaded_by: caller.subject.clone(),
             uploaded_at: Timestamp::now(),
         };
-        let created = store
-            .put_bundle(tenant, &bundle)
+        let PutBundle { created, pruned } = store
+            .put_bundle(tenant, &bundle, self.policies.bundles_kept())
             .await
             .map_err(|e| self.engine_failed(e))?;
+        if !pruned.is_empty() {
+            tracing::info!(%tenant, version = %bundle.version, ?pruned,
+                "older policy bundles deleted to keep policy.max_stored_bundles");
+        }
         if created {
             let details = json!({
                 "files": bundle.files.iter().map(|f| &f.path).collect::<Vec<_>>(),
                 "tests_passed": tests.passed(),
+                "pruned": pruned,
             });
             self.record_policy_event(AuditEntry::policy(
                 tenant,
@@ -144,6 +151,7 @@ impl Approvals {
         Ok(Uploaded {
             bundle: summary,
             created,
+            pruned,
             tests,
         })
     }
@@ -307,8 +315,13 @@ impl Approvals {
                 .swap_state(tenant, &state, &next)
                 .await
                 .map_err(|e| self.engine_failed(e))?;
-            if !swapped {
-                continue;
+            match swapped {
+                Swap::Done => {}
+                Swap::Moved => continue,
+                // Deleted by an upload's prune since it was checked.
+                Swap::MissingBundle => {
+                    return Err(not_found(tenant, version.as_deref().unwrap_or_default()))
+                }
             }
             let details = json!({
                 "active": next.active, "candidate": next.candidate,

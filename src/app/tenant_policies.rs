@@ -48,6 +48,9 @@ struct Loaded {
 /// How long a bundle that could not be loaded is not tried again.
 const RETRY_FAILED_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// `policy.max_stored_bundles`' default.
+pub const DEFAULT_BUNDLES_KEPT: usize = 100;
+
 pub struct TenantPolicies {
     default: Arc<Gates>,
     store: Option<Arc<dyn PolicyStore>>,
@@ -64,6 +67,8 @@ pub struct TenantPolicies {
     /// otherwise store the older states last, serving a superseded policy until the next poll.
     syncing: tokio::sync::Mutex<()>,
     budget: usize,
+    /// Versions a tenant keeps besides those its state names (`policy.max_stored_bundles`).
+    bundles_kept: usize,
 }
 
 impl TenantPolicies {
@@ -86,11 +91,22 @@ impl TenantPolicies {
             failed: Mutex::new(HashMap::new()),
             syncing: tokio::sync::Mutex::new(()),
             budget,
+            bundles_kept: DEFAULT_BUNDLES_KEPT,
         }
+    }
+
+    /// Keeps `count` versions per tenant besides those its state names (at least one).
+    pub fn keeping_bundles(mut self, count: usize) -> Self {
+        self.bundles_kept = count.max(1);
+        self
     }
 
     pub fn store(&self) -> Option<&Arc<dyn PolicyStore>> {
         self.store.as_ref()
+    }
+
+    pub fn bundles_kept(&self) -> usize {
+        self.bundles_kept
     }
 
     pub fn default_gate(&self) -> &Arc<PolicyGate> {
@@ -397,7 +413,7 @@ impl TenantPolicies {
 mod tests {
     use std::collections::BTreeMap;
 
-    use approvals_core::{BundleSummary, Lifetimes, StoredBundle};
+    use approvals_core::{BundleSummary, Lifetimes, PutBundle, StoredBundle, Swap};
     use approvals_redis::{RedisBackend, RedisSettings};
     use approvals_testkit::RedisServer;
     use tokio::sync::{oneshot, Notify};
@@ -414,8 +430,13 @@ mod tests {
 
     #[async_trait::async_trait]
     impl PolicyStore for SlowFirstPoll {
-        async fn put_bundle(&self, t: &TenantId, b: &StoredBundle) -> Result<bool, BackendError> {
-            self.store.put_bundle(t, b).await
+        async fn put_bundle(
+            &self,
+            t: &TenantId,
+            b: &StoredBundle,
+            keep: usize,
+        ) -> Result<PutBundle, BackendError> {
+            self.store.put_bundle(t, b, keep).await
         }
         async fn bundle(
             &self,
@@ -435,7 +456,7 @@ mod tests {
             t: &TenantId,
             expected: &PolicyState,
             next: &PolicyState,
-        ) -> Result<bool, BackendError> {
+        ) -> Result<Swap, BackendError> {
             self.store.swap_state(t, expected, next).await
         }
         async fn states(
@@ -466,7 +487,10 @@ mod tests {
             generation: state.generation + 1,
             ..state.clone()
         };
-        assert!(store.swap_state(tenant, &state, &next).await.unwrap());
+        assert_eq!(
+            store.swap_state(tenant, &state, &next).await.unwrap(),
+            Swap::Done
+        );
     }
 
     /// Stores a bundle answering `answer`; its version.
@@ -491,7 +515,7 @@ mod tests {
             uploaded_by: "test".into(),
             uploaded_at: approvals_core::Timestamp::now(),
         };
-        store.put_bundle(tenant, &bundle).await.unwrap();
+        store.put_bundle(tenant, &bundle, 100).await.unwrap();
         version
     }
 
@@ -501,7 +525,43 @@ mod tests {
         next.generation += 1;
         next.history.push(state.active.clone());
         next.active = Some(version.to_owned());
-        assert!(store.swap_state(tenant, &state, &next).await.unwrap());
+        assert_eq!(
+            store.swap_state(tenant, &state, &next).await.unwrap(),
+            Swap::Done
+        );
+    }
+
+    /// The compare-and-set refuses a state naming a version that is not stored: an upload's
+    /// prune may delete one between an activation's check and its change.
+    #[tokio::test]
+    async fn a_state_naming_a_missing_bundle_is_not_written() {
+        let redis = RedisServer::start().await;
+        let settings = RedisSettings::new(redis.url());
+        let store = RedisBackend::connect(settings, Lifetimes::default()).unwrap();
+        let tenant = TenantId::parse("pruned-meanwhile").unwrap();
+        let stored = store_bundle(&store, &tenant, "allow").await;
+        let state = store.state(&tenant).await.unwrap();
+        let naming = |active: &str| PolicyState {
+            generation: 1,
+            active: Some(active.to_owned()),
+            ..PolicyState::default()
+        };
+        let missing = format!("sha256:{}", "0".repeat(64));
+        assert_eq!(
+            store
+                .swap_state(&tenant, &state, &naming(&missing))
+                .await
+                .unwrap(),
+            Swap::MissingBundle
+        );
+        assert_eq!(store.state(&tenant).await.unwrap(), state);
+        assert_eq!(
+            store
+                .swap_state(&tenant, &state, &naming(&stored))
+                .await
+                .unwrap(),
+            Swap::Done
+        );
     }
 
     #[tokio::test]

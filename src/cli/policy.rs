@@ -138,6 +138,13 @@ async fn push(args: &PushArgs) -> ExitCode {
         "{version}: {stored} ({} tests passed on the service)",
         uploaded["tests"]["passed"]
     );
+    // Older versions the upload deleted to keep the tenant within its stored count.
+    for pruned in uploaded["pruned"].as_array().into_iter().flatten() {
+        println!(
+            "{}: deleted (policy.max_stored_bundles)",
+            pruned.as_str().unwrap_or("?")
+        );
+    }
     let (path, what) = match (args.activate, args.candidate) {
         (true, _) => ("active", "active"),
         (_, true) => ("candidate", "the candidate"),

@@ -375,6 +375,9 @@ pub struct PolicySettings {
     pub reload_interval: Duration,
     /// The largest bundle upload, in bytes of JSON (the request body limit for that route).
     pub max_bundle_bytes: usize,
+    /// Versions a tenant keeps besides those its policy names (active, candidate, the 50 of
+    /// its rollback history): an upload past it deletes the oldest of the others.
+    pub max_stored_bundles: usize,
 }
 
 impl Default for PolicySettings {
@@ -383,6 +386,7 @@ impl Default for PolicySettings {
             dir: PathBuf::from("policies"),
             reload_interval: Duration::from_millis(250),
             max_bundle_bytes: 1 << 20,
+            max_stored_bundles: crate::app::DEFAULT_BUNDLES_KEPT,
         }
     }
 }
@@ -622,6 +626,7 @@ impl Settings {
                 self.approvals.max_event_streams_per_tenant,
             ),
             ("policy.max_bundle_bytes", self.policy.max_bundle_bytes),
+            ("policy.max_stored_bundles", self.policy.max_stored_bundles),
             (
                 "approvals.max_pending_per_tenant",
                 usize::try_from(self.approvals.max_pending_per_tenant).unwrap_or(usize::MAX),

@@ -269,6 +269,7 @@ fn a_limit_or_deadline_of_zero_is_refused() {
             "1",
         ),
         ("APPROVALS_POLICY__MAX_BUNDLE_BYTES", "0", "1"),
+        ("APPROVALS_POLICY__MAX_STORED_BUNDLES", "0", "1"),
         ("APPROVALS_SERVER__REQUEST_TIMEOUT", "0s", "1s"),
         ("APPROVALS_NOTIFICATIONS__REQUEST_TIMEOUT", "0s", "1s"),
         ("APPROVALS_APPROVALS__LONG_POLL_MAX", "0s", "1s"),

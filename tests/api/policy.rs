@@ -745,3 +745,94 @@ async fn a_policy_change_made_answers_made_even_if_its_audit_write_fails() {
         .await;
     assert_eq!(overview["active"], version, "{overview}");
 }
+
+/// `reads_allowed` with `mark` in a comment: a version of its own.
+fn reads_allowed_marked(mark: usize) -> Value {
+    let mut bundle = reads_allowed();
+    let text = bundle["files"][0]["text"].as_str().unwrap().to_owned();
+    bundle["files"][0]["text"] = json!(format!("{text}# upload {mark}\n"));
+    bundle
+}
+
+/// A pipeline that uploads on every commit must not grow the store (and every listing, which
+/// reads it) for good: past `policy.max_stored_bundles` an upload deletes the oldest versions
+/// the tenant's policy does not name, and says which. Versions it names (active, candidate,
+/// rollback history) stay whatever their age; a deleted one cannot be activated.
+#[tokio::test]
+async fn uploads_past_the_stored_count_delete_the_oldest_versions_no_policy_names() {
+    let app = TestApp::spawn_with(|s| s.policy.max_stored_bundles = 2).await;
+    let mut versions = Vec::new();
+    let mut pruned = Vec::new();
+    for n in 0..4 {
+        let response = post_bundle(&app, &app.tokens.admin, reads_allowed_marked(n)).await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let body: Value = response.json().await.unwrap();
+        versions.push(body["bundle"]["version"].as_str().unwrap().to_owned());
+        pruned.push(body["pruned"].clone());
+        if n == 0 {
+            activate(&app, &versions[0]).await;
+        }
+    }
+    // The third upload made three: the oldest not named (the active first one is) went; the
+    // fourth, the third.
+    assert_eq!(
+        pruned,
+        [
+            json!([]),
+            json!([]),
+            json!([versions[1]]),
+            json!([versions[2]])
+        ]
+    );
+    let listed = |body: Value| -> Vec<String> {
+        body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["version"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let body: Value = call(&app, Method::GET, "/bundles", &app.tokens.admin, None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed(body), [versions[3].clone(), versions[0].clone()]);
+    let gone = call(
+        &app,
+        Method::GET,
+        &format!("/bundles/{}", versions[1]),
+        &app.tokens.admin,
+        None,
+    )
+    .await;
+    assert_problem(gone, StatusCode::NOT_FOUND, "policy_version_not_found").await;
+    let activate_gone = call(
+        &app,
+        Method::PUT,
+        "/active",
+        &app.tokens.admin,
+        Some(json!({ "version": versions[2] })),
+    )
+    .await;
+    assert_problem(
+        activate_gone,
+        StatusCode::NOT_FOUND,
+        "policy_version_not_found",
+    )
+    .await;
+
+    // Bundles stored before listings read summaries are listed from the bundles themselves.
+    let mut conn = app.redis().connection().await;
+    let () = redis::cmd("DEL")
+        .arg(format!("policy:{}:summaries", app.tenant))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let body: Value = call(&app, Method::GET, "/bundles", &app.tokens.admin, None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed(body), [versions[3].clone(), versions[0].clone()]);
+}

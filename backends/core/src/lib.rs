@@ -28,7 +28,9 @@ pub use backend::{
 };
 pub use digest::action_digest;
 pub use ids::{ApprovalId, InvalidIdentifier, TenantId};
-pub use policy_store::{BundleFile, BundleSummary, PolicyState, PolicyStore, StoredBundle};
+pub use policy_store::{
+    BundleFile, BundleSummary, PolicyState, PolicyStore, PutBundle, StoredBundle, Swap,
+};
 pub use repeated_failure::{FailureLog, RepeatedFailure, REMIND_EVERY};
 pub use stats::{PendingStats, TenantPending};
 pub use time::Timestamp;

@@ -63,15 +63,39 @@ pub struct PolicyState {
     pub history: Vec<Option<String>>,
 }
 
+/// What storing a bundle did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PutBundle {
+    /// `false` when the version was stored before (nothing written).
+    pub created: bool,
+    /// Versions deleted to keep the tenant within its count, oldest upload first.
+    pub pruned: Vec<String>,
+}
+
+/// How a compare-and-set of a tenant's state ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Swap {
+    Done,
+    /// Someone changed the state meanwhile: nothing written.
+    Moved,
+    /// The new state names an active or candidate version that is not stored (pruned since
+    /// it was checked): nothing written.
+    MissingBundle,
+}
+
 /// Where tenants' policy bundles are kept.
 #[async_trait]
 pub trait PolicyStore: Send + Sync + 'static {
-    /// Stores `bundle` unless its version exists in the tenant; `true` if stored now.
+    /// Stores `bundle` unless its version exists in the tenant. A tenant keeps at most `keep`
+    /// versions besides those its state names (active, candidate, history): storing one more
+    /// deletes the oldest uploads no state names. Without that, a pipeline uploading on every
+    /// commit grows the store, and every listing, for good.
     async fn put_bundle(
         &self,
         tenant: &TenantId,
         bundle: &StoredBundle,
-    ) -> Result<bool, BackendError>;
+        keep: usize,
+    ) -> Result<PutBundle, BackendError>;
 
     async fn bundle(
         &self,
@@ -85,14 +109,15 @@ pub trait PolicyStore: Send + Sync + 'static {
     /// The tenant's state (the default state when it never had one).
     async fn state(&self, tenant: &TenantId) -> Result<PolicyState, BackendError>;
 
-    /// Replaces the tenant's state with `next` if it is still `expected`; `false` when someone
-    /// changed it meanwhile (nothing written).
+    /// Replaces the tenant's state with `next` if it is still `expected` and the versions
+    /// `next` makes active and candidate are stored, in one step: a prune cannot delete a
+    /// version between the check and the change.
     async fn swap_state(
         &self,
         tenant: &TenantId,
         expected: &PolicyState,
         next: &PolicyState,
-    ) -> Result<bool, BackendError>;
+    ) -> Result<Swap, BackendError>;
 
     /// Every tenant's state: what each instance polls to reload. A tenant whose state cannot be
     /// read is there with why (`Err`): its instances keep what they serve for it, and every

@@ -105,6 +105,11 @@ pub fn policy_bundles(tenant: &TenantId) -> String {
     format!("policy:{tenant}:bundles")
 }
 
+/// A tenant's bundle summaries (who uploaded each version, when), by version: what listings read.
+pub fn policy_summaries(tenant: &TenantId) -> String {
+    format!("policy:{tenant}:summaries")
+}
+
 pub fn channel_message(tenant: &TenantId, id: &ApprovalId) -> String {
     format!("{tenant}:{id}")
 }

@@ -1,11 +1,12 @@
 //! Tenants' policy bundles in Redis, beside the approvals (the ADR's choice: same instance,
-//! own keyspace `policy:*`). Bundles are immutable JSON values; each tenant's state is one
-//! field of `policy:states`, so an instance's reload poll is a single HGETALL.
+//! own keyspace `policy:*`). Bundles are immutable JSON values, indexed by upload time, each
+//! with a summary for listings; each tenant's state is one field of `policy:states`, so an
+//! instance's reload poll is a single HGETALL.
 
 use std::collections::BTreeMap;
 
 use approvals_core::{
-    BackendError, BundleSummary, PolicyState, PolicyStore, StoredBundle, TenantId,
+    BackendError, BundleSummary, PolicyState, PolicyStore, PutBundle, StoredBundle, Swap, TenantId,
 };
 use async_trait::async_trait;
 use redis::AsyncCommands;
@@ -37,21 +38,35 @@ impl PolicyStore for RedisBackend {
         &self,
         tenant: &TenantId,
         bundle: &StoredBundle,
-    ) -> Result<bool, BackendError> {
+        keep: usize,
+    ) -> Result<PutBundle, BackendError> {
+        // Plain data: serialising cannot fail.
         let json = serde_json::to_string(bundle).unwrap_or_default();
+        let summary = serde_json::to_string(&BundleSummary::from(bundle)).unwrap_or_default();
         let mut invocation = self.scripts.put_bundle.prepare_invoke();
         invocation
             .key(keys::policy_bundle(tenant, &bundle.version))
             .key(keys::policy_bundles(tenant))
+            .key(keys::policy_summaries(tenant))
+            .key(POLICY_STATES)
             .arg(json)
             .arg(bundle.uploaded_at.as_millis())
-            .arg(&bundle.version);
-        let stored: i64 = self
+            .arg(&bundle.version)
+            .arg(summary)
+            .arg(tenant.as_str())
+            .arg(keep)
+            .arg(keys::policy_bundle(tenant, ""));
+        let reply: Vec<redis::Value> = self
             .with_conn("put_bundle", |mut conn| async move {
                 invocation.invoke_async(&mut conn).await
             })
             .await?;
-        Ok(stored == 1)
+        let mut reply = reply.into_iter();
+        let created = matches!(reply.next(), Some(redis::Value::Int(1)));
+        let pruned = reply
+            .filter_map(|v| redis::from_redis_value::<String>(v).ok())
+            .collect();
+        Ok(PutBundle { created, pruned })
     }
 
     async fn bundle(
@@ -72,6 +87,7 @@ impl PolicyStore for RedisBackend {
 
     async fn bundles(&self, tenant: &TenantId) -> Result<Vec<BundleSummary>, BackendError> {
         let index = keys::policy_bundles(tenant);
+        let summaries = keys::policy_summaries(tenant);
         let versions: Vec<String> = self
             .with_conn("bundles", |mut conn| async move {
                 conn.zrevrange(index, 0, -1).await
@@ -80,22 +96,32 @@ impl PolicyStore for RedisBackend {
         if versions.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<String> = versions
-            .iter()
-            .map(|v| keys::policy_bundle(tenant, v))
-            .collect();
-        let raws: Vec<Option<String>> = self
+        // The summaries, not the bundles (up to `policy.max_bundle_bytes` each).
+        let stored: Vec<Option<String>> = self
             .with_conn("bundles", |mut conn| {
-                let keys = keys.clone();
-                async move { redis::cmd("MGET").arg(keys).query_async(&mut conn).await }
+                let versions = versions.clone();
+                async move {
+                    redis::cmd("HMGET")
+                        .arg(summaries)
+                        .arg(versions)
+                        .query_async(&mut conn)
+                        .await
+                }
             })
             .await?;
-        let mut out = Vec::with_capacity(raws.len());
-        for (key, raw) in keys.iter().zip(raws) {
-            // Indexed but gone: only an operator deleting keys by hand does that.
-            let Some(raw) = raw else { continue };
-            let bundle: StoredBundle = serde_json::from_str(&raw).map_err(|e| corrupt(key, e))?;
-            out.push(BundleSummary::from(&bundle));
+        let mut out = Vec::with_capacity(versions.len());
+        for (version, summary) in versions.iter().zip(stored) {
+            let summary = match summary {
+                Some(raw) => serde_json::from_str(&raw)
+                    .map_err(|e| corrupt(&keys::policy_summaries(tenant), e))?,
+                // Stored before bundles had summaries: read the bundle itself.
+                None => match self.bundle(tenant, version).await? {
+                    Some(bundle) => BundleSummary::from(&bundle),
+                    // Indexed but gone: only an operator deleting keys by hand does that.
+                    None => continue,
+                },
+            };
+            out.push(summary);
         }
         Ok(out)
     }
@@ -118,10 +144,13 @@ impl PolicyStore for RedisBackend {
         tenant: &TenantId,
         expected: &PolicyState,
         next: &PolicyState,
-    ) -> Result<bool, BackendError> {
+    ) -> Result<Swap, BackendError> {
         let mut invocation = self.scripts.swap_policy_state.prepare_invoke();
+        invocation.key(POLICY_STATES);
+        for version in [&next.active, &next.candidate].into_iter().flatten() {
+            invocation.key(keys::policy_bundle(tenant, version));
+        }
         invocation
-            .key(POLICY_STATES)
             .arg(tenant.as_str())
             .arg(state_json(expected))
             .arg(state_json(next));
@@ -130,7 +159,11 @@ impl PolicyStore for RedisBackend {
                 invocation.invoke_async(&mut conn).await
             })
             .await?;
-        Ok(swapped == 1)
+        Ok(match swapped {
+            1 => Swap::Done,
+            -1 => Swap::MissingBundle,
+            _ => Swap::Moved,
+        })
     }
 
     async fn states(

@@ -1,8 +1,51 @@
--- Stores an uploaded policy bundle once: versions are immutable.
--- KEYS[1] the bundle key, KEYS[2] the tenant's bundle index
--- ARGV[1] the bundle JSON, ARGV[2] uploaded_at (ms), ARGV[3] the version
-if redis.call('SET', KEYS[1], ARGV[1], 'NX') then
-  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
-  return 1
+-- Stores an uploaded policy bundle once (versions are immutable) with its summary, then keeps
+-- the tenant within its count: the oldest uploads its policy state does not name are deleted.
+-- KEYS[1] the bundle key, KEYS[2] the tenant's bundle index, KEYS[3] its summaries,
+-- KEYS[4] the policy states hash
+-- ARGV[1] the bundle JSON, ARGV[2] uploaded_at (ms), ARGV[3] the version, ARGV[4] the summary
+-- JSON, ARGV[5] the tenant, ARGV[6] versions kept besides the named ones, ARGV[7] the prefix
+-- of the tenant's bundle keys
+-- Returns {1, pruned versions...} when stored, {0} when the version was there.
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX') then
+  return {0}
 end
-return 0
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+redis.call('HSET', KEYS[3], ARGV[3], ARGV[4])
+
+local keep = tonumber(ARGV[6])
+local excess = redis.call('ZCARD', KEYS[2]) - keep
+if excess <= 0 then
+  return {1}
+end
+local named = {[ARGV[3]] = true}
+local state = redis.call('HGET', KEYS[4], ARGV[5])
+if state and state ~= '' then
+  local ok, decoded = pcall(cjson.decode, state)
+  -- A state nothing can read names who knows what: delete nothing.
+  if not ok or type(decoded) ~= 'table' then
+    return {1}
+  end
+  for _, version in ipairs({decoded.active, decoded.candidate}) do
+    if type(version) == 'string' then named[version] = true end
+  end
+  if type(decoded.history) == 'table' then
+    for _, version in ipairs(decoded.history) do
+      if type(version) == 'string' then named[version] = true end
+    end
+  end
+end
+-- Bounded work per upload: a store that grew before it had a count shrinks over a few.
+excess = math.min(excess, 100)
+local result = {1}
+local oldest = redis.call('ZRANGE', KEYS[2], 0, excess + 60)
+for _, version in ipairs(oldest) do
+  if excess <= 0 then break end
+  if not named[version] then
+    redis.call('DEL', ARGV[7] .. version)
+    redis.call('ZREM', KEYS[2], version)
+    redis.call('HDEL', KEYS[3], version)
+    table.insert(result, version)
+    excess = excess - 1
+  end
+end
+return result
