@@ -249,7 +249,7 @@ pub struct DecideBody {
         (status = 404, body = super::Problem),
         (status = 409, description = "already_decided, or action_mismatch (the action_digest sent, or the record's own, does not match its action)", body = super::Problem),
         (status = 410, description = "expired", body = super::Problem),
-        (status = 413, description = "payload_too_large: a body over 64 KiB", body = super::Problem),
+        (status = 413, description = "payload_too_large: a body over `server.body_limit` (64 KiB by default)", body = super::Problem),
         (status = 415, description = "unsupported_media_type", body = super::Problem), (status = 503, body = super::Problem)),
     security(("bearer" = [])))]
 pub async fn accept(
@@ -269,7 +269,7 @@ pub async fn accept(
         (status = 404, body = super::Problem),
         (status = 409, description = "already_decided, or action_mismatch (the action_digest sent, or the record's own, does not match its action)", body = super::Problem),
         (status = 410, description = "expired", body = super::Problem),
-        (status = 413, description = "payload_too_large: a body over 64 KiB", body = super::Problem),
+        (status = 413, description = "payload_too_large: a body over `server.body_limit` (64 KiB by default)", body = super::Problem),
         (status = 415, description = "unsupported_media_type", body = super::Problem), (status = 503, body = super::Problem)),
     security(("bearer" = [])))]
 pub async fn reject(

@@ -75,7 +75,21 @@ pub async fn no_route(
     ApiError::NoRoute.into_response()
 }
 
-/// So does a known route asked with a method it does not take (the router adds `Allow`).
-pub async fn method_not_allowed(method: axum::http::Method) -> Response {
+/// So does a known route asked with a method it does not take (the router adds `Allow`);
+/// under `/v1/` only for a caller who authenticated (401 first, as everywhere).
+pub async fn method_not_allowed(
+    State(state): State<AppState>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    if uri.path().starts_with("/v1/") {
+        let authorization = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if state.auth.authenticate(authorization).is_none() {
+            return ApiError::Unauthenticated.into_response();
+        }
+    }
     ApiError::MethodNotAllowed(method).into_response()
 }

@@ -83,6 +83,7 @@ pub struct PolicyOverview {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VersionBody {
+    #[schema(pattern = "^sha256:[0-9a-f]{64}$")]
     pub version: String,
 }
 

@@ -14,6 +14,7 @@ use utoipa::ToSchema;
 use super::extract::{ApiJson, Caller, TenantPath};
 use super::{ApiError, AppState};
 use crate::app::AppError;
+use crate::auth::Principal;
 use crate::notify::{Notifier, NotifyEvent, Webhook, WebhookFormat};
 
 /// A webhook to add.
@@ -67,7 +68,14 @@ fn info(hook: &Webhook) -> WebhookInfo {
     }
 }
 
-fn notifier(state: &AppState) -> Result<&Arc<Notifier>, ApiError> {
+/// The notifier, for a caller who may manage `tenant`'s webhooks: a caller who may not gets
+/// 403 whether or not this deployment has webhooks (a 501 would tell it how it is set up).
+fn notifier<'a>(
+    state: &'a AppState,
+    caller: &Principal,
+    tenant: &TenantId,
+) -> Result<&'a Arc<Notifier>, ApiError> {
+    Notifier::authorize(caller, tenant)?;
     state
         .notifier
         .as_ref()
@@ -91,7 +99,7 @@ pub async fn add_webhook(
     TenantPath(tenant): TenantPath,
     ApiJson(body): ApiJson<NewWebhook>,
 ) -> Result<Response, ApiError> {
-    let hook = notifier(&state)?
+    let hook = notifier(&state, &caller, &tenant)?
         .add_webhook(&caller, &tenant, body.url, body.events, body.format)
         .await?;
     let created = CreatedWebhook {
@@ -115,7 +123,9 @@ pub async fn list_webhooks(
     Caller(caller): Caller,
     TenantPath(tenant): TenantPath,
 ) -> Result<Json<WebhookList>, ApiError> {
-    let (hooks, dead_letters) = notifier(&state)?.webhooks(&caller, &tenant).await?;
+    let (hooks, dead_letters) = notifier(&state, &caller, &tenant)?
+        .webhooks(&caller, &tenant)
+        .await?;
     Ok(Json(WebhookList {
         items: hooks.iter().map(info).collect(),
         dead_letters,
@@ -149,7 +159,7 @@ pub async fn remove_webhook(
             id.chars().take(64).collect::<String>()
         )));
     }
-    notifier(&state)?
+    notifier(&state, &caller, &tenant)?
         .remove_webhook(&caller, &tenant, &id)
         .await?;
     Ok(StatusCode::NO_CONTENT)
@@ -177,7 +187,7 @@ pub async fn redeliver_dead_letters(
     Caller(caller): Caller,
     TenantPath(tenant): TenantPath,
 ) -> Result<Json<Redelivered>, ApiError> {
-    let queued = notifier(&state)?
+    let queued = notifier(&state, &caller, &tenant)?
         .redeliver_dead_letters(&caller, &tenant)
         .await?;
     Ok(Json(Redelivered { queued }))

@@ -189,6 +189,7 @@ impl Approvals {
         version: &str,
     ) -> Result<StoredBundle, AppError> {
         let store = self.policy_store(caller, tenant)?;
+        check_version(version)?;
         store
             .bundle(tenant, version)
             .await
@@ -275,6 +276,7 @@ impl Approvals {
         version: &str,
     ) -> Result<(), AppError> {
         let store = self.policy_store(caller, tenant)?;
+        check_version(version)?;
         let exists = store
             .bundle(tenant, version)
             .await
@@ -425,6 +427,22 @@ fn check_files(files: &[BundleFile]) -> Result<(), AppError> {
         }
     }
     Ok(())
+}
+
+/// A version is what uploads name bundles by: `sha256:` and 64 lowercase hex digits. Anything
+/// else is the caller's mistake (400), not a version that happens to be missing (404).
+fn check_version(version: &str) -> Result<(), AppError> {
+    let well_formed = version.strip_prefix("sha256:").is_some_and(|hex| {
+        hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    });
+    if well_formed {
+        Ok(())
+    } else {
+        Err(AppError::InvalidIdentifier(format!(
+            "version must match ^sha256:[0-9a-f]{{64}}$, got {:?}",
+            version.chars().take(80).collect::<String>()
+        )))
+    }
 }
 
 fn trim(history: &mut Vec<Option<String>>) {

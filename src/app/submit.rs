@@ -87,10 +87,24 @@ impl Approvals {
             decision_reason: None,
             action_digest: Some(digest),
         };
-        let gates = match gates {
-            Ok(gates) => gates,
-            // A repeat is answered from its record, policy or not: the contract does not
-            // evaluate it again, so a policy that cannot be loaded must not fail it.
+        // A repeat is answered from its record, policy or not: the contract does not evaluate
+        // it again, so a policy that cannot be loaded, or an evaluation refused as overloaded
+        // or failed, must not fail it. (Looked up only then: a repeat that evaluates is found
+        // by the park script or the read below, without a round trip more per submit.)
+        let evaluated = match gates {
+            Ok(gates) => {
+                self.evaluators
+                    .evaluate(
+                        gates.active.clone(),
+                        gates.candidate.clone(),
+                        policy_input(&asked),
+                    )
+                    .await
+            }
+            Err(error) => Err(error),
+        };
+        let (verdict, shadow) = match evaluated {
+            Ok(evaluated) => evaluated,
             Err(error) => {
                 if chosen_by_caller {
                     if let Some(existing) = self.read(&asked.tenant, &asked.id).await? {
@@ -100,14 +114,6 @@ impl Approvals {
                 return Err(error);
             }
         };
-        let (verdict, shadow) = self
-            .evaluators
-            .evaluate(
-                gates.active.clone(),
-                gates.candidate.clone(),
-                policy_input(&asked),
-            )
-            .await?;
         let shadow = shadow.map(|s| answer(&s));
         if let Some(shadow) = &shadow {
             let agrees = shadow.decision == verdict.decision.as_str();

@@ -650,6 +650,13 @@ impl Settings {
             }
         }
         check_log_filter(&self.log.filter)?;
+        // The contract clamps `wait_seconds` to 60: clients size their read timeouts by it,
+        // and a long-poll has no request deadline of its own.
+        if self.approvals.long_poll_max > Duration::from_secs(60) {
+            return Err(ConfigError::Invalid(
+                "approvals.long_poll_max: at most 60s (the API's wait_seconds maximum)".into(),
+            ));
+        }
         // A write waits for its mirror up to this: at the request's own deadline the caller
         // got 408 for a write the primary had made (and a reviewer who won, 409 on retry).
         if let BackendChoice::Dual {

@@ -354,3 +354,11 @@ fn a_dual_mirror_deadline_past_the_request_deadline_is_refused() {
     assert!(e.to_string().contains("backend.secondary_timeout"), "{e}");
     assert!(dual("5s").is_ok());
 }
+
+#[test]
+fn a_long_poll_longer_than_the_contract_allows_is_refused() {
+    let e = load("", &[("APPROVALS_APPROVALS__LONG_POLL_MAX", "300s")]).unwrap_err();
+    assert!(e.to_string().contains("approvals.long_poll_max"), "{e}");
+    assert!(load("", &[("APPROVALS_APPROVALS__LONG_POLL_MAX", "60s")]).is_ok());
+    assert!(load("", &[("APPROVALS_APPROVALS__LONG_POLL_MAX", "20s")]).is_ok());
+}

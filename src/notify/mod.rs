@@ -807,7 +807,7 @@ fn store_failed(error: store::StoreError) -> AppError {
 
 /// The tenant admins' use cases: add, list and remove webhooks.
 impl Notifier {
-    fn authorize(caller: &Principal, tenant: &TenantId) -> Result<(), AppError> {
+    pub(crate) fn authorize(caller: &Principal, tenant: &TenantId) -> Result<(), AppError> {
         if caller.may(Permission::ManageWebhooks, tenant) {
             Ok(())
         } else {

@@ -412,4 +412,15 @@ async fn unknown_routes_are_problem_json_404(h: Harness) {
         "method_not_allowed",
     )
     .await;
+    // Without a token the caller comes first there too: nothing tells it which methods exist.
+    let anonymous = app
+        .request(
+            Method::DELETE,
+            &format!("/v1/tenants/{}/approvals", app.tenant),
+            None,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_problem(anonymous, StatusCode::UNAUTHORIZED, "unauthenticated").await;
 }

@@ -226,7 +226,7 @@ async fn activation_and_rollback_change_verdicts_and_parked_approvals_keep_their
         .unwrap();
     assert_eq!(before["policy_version"], default_version);
 
-    let unknown = json!({"version": "sha256:0000"});
+    let unknown = json!({ "version": format!("sha256:{}", "0".repeat(64)) });
     let response = call(
         &app,
         Method::PUT,
@@ -236,6 +236,23 @@ async fn activation_and_rollback_change_verdicts_and_parked_approvals_keep_their
     )
     .await;
     assert_problem(response, StatusCode::NOT_FOUND, "policy_version_not_found").await;
+    // Something that is no version at all is the caller's mistake, not a missing version.
+    for (method, rest, body) in [
+        (
+            Method::PUT,
+            "/active".to_owned(),
+            Some(json!({"version": "sha256:0000"})),
+        ),
+        (
+            Method::PUT,
+            "/candidate".to_owned(),
+            Some(json!({"version": "latest"})),
+        ),
+        (Method::GET, "/bundles/sha256:XYZ".to_owned(), None),
+    ] {
+        let response = call(&app, method, &rest, &app.tokens.admin, body).await;
+        assert_problem(response, StatusCode::BAD_REQUEST, "invalid_identifier").await;
+    }
 
     let response = call(&app, Method::POST, "/rollback", &app.tokens.admin, None).await;
     assert_eq!(response.status(), StatusCode::OK);

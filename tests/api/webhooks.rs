@@ -206,6 +206,17 @@ async fn admins_manage_webhooks_and_others_cannot(h: Harness) {
             "webhooks_disabled",
         )
         .await;
+        // One who may not manage them is refused as such: a 501 would tell it how this
+        // deployment is set up.
+        assert_problem(
+            app.request(Method::GET, &path, Some(&app.tokens.other_tenant_reviewer))
+                .send()
+                .await
+                .expect("get"),
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        )
+        .await;
         return;
     }
     assert_problem(
