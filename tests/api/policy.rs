@@ -780,25 +780,31 @@ async fn uploads_past_the_stored_count_delete_the_oldest_versions_no_policy_name
     let app = TestApp::spawn_with(|s| s.policy.max_stored_bundles = 2).await;
     let mut versions = Vec::new();
     let mut pruned = Vec::new();
-    for n in 0..4 {
+    for n in 0..5 {
         let response = post_bundle(&app, &app.tokens.admin, reads_allowed_marked(n)).await;
         assert_eq!(response.status(), StatusCode::CREATED);
         let body: Value = response.json().await.unwrap();
         versions.push(body["bundle"]["version"].as_str().unwrap().to_owned());
         pruned.push(body["pruned"].clone());
-        if n == 0 {
-            activate(&app, &versions[0]).await;
+        match n {
+            0 => drop(activate(&app, &versions[0]).await),
+            1 => assert_eq!(
+                put_candidate(&app, &versions[1]).await.status(),
+                StatusCode::OK
+            ),
+            _ => {}
         }
     }
-    // The third upload made three: the oldest not named (the active first one is) went; the
-    // fourth, the third.
+    // The third upload made three, all named (active, candidate, the new one); the fourth
+    // and the fifth each deleted the oldest one no state names.
     assert_eq!(
         pruned,
         [
             json!([]),
             json!([]),
-            json!([versions[1]]),
-            json!([versions[2]])
+            json!([]),
+            json!([versions[2]]),
+            json!([versions[3]])
         ]
     );
     let listed = |body: Value| -> Vec<String> {
@@ -809,16 +815,21 @@ async fn uploads_past_the_stored_count_delete_the_oldest_versions_no_policy_name
             .map(|b| b["version"].as_str().unwrap().to_owned())
             .collect()
     };
+    let kept = [
+        versions[4].clone(),
+        versions[1].clone(),
+        versions[0].clone(),
+    ];
     let body: Value = call(&app, Method::GET, "/bundles", &app.tokens.admin, None)
         .await
         .json()
         .await
         .unwrap();
-    assert_eq!(listed(body), [versions[3].clone(), versions[0].clone()]);
+    assert_eq!(listed(body), kept);
     let gone = call(
         &app,
         Method::GET,
-        &format!("/bundles/{}", versions[1]),
+        &format!("/bundles/{}", versions[2]),
         &app.tokens.admin,
         None,
     )
@@ -829,7 +840,7 @@ async fn uploads_past_the_stored_count_delete_the_oldest_versions_no_policy_name
         Method::PUT,
         "/active",
         &app.tokens.admin,
-        Some(json!({ "version": versions[2] })),
+        Some(json!({ "version": versions[3] })),
     )
     .await;
     assert_problem(
@@ -851,5 +862,5 @@ async fn uploads_past_the_stored_count_delete_the_oldest_versions_no_policy_name
         .json()
         .await
         .unwrap();
-    assert_eq!(listed(body), [versions[3].clone(), versions[0].clone()]);
+    assert_eq!(listed(body), kept);
 }

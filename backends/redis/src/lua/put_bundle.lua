@@ -25,7 +25,8 @@ if state and state ~= '' then
   if not ok or type(decoded) ~= 'table' then
     return {1}
   end
-  for _, version in ipairs({decoded.active, decoded.candidate}) do
+  for _, field in ipairs({'active', 'candidate'}) do
+    local version = decoded[field]
     if type(version) == 'string' then named[version] = true end
   end
   if type(decoded.history) == 'table' then
