@@ -7,7 +7,8 @@
 //! the whole `Authorization` value when it holds none), before authentication: a flood of
 //! made-up tokens costs one short-lived entry per request in flight (the map only holds
 //! callers with something in flight), and each is answered `401` at once anyway.
-//! Requests without the header (health probes, scrapes, the inbox) are not counted here.
+//! Requests without the header (health probes, scrapes) are not counted here; the inbox counts
+//! a session's requests against the token it signed in with (`ui::per_session`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -29,7 +30,7 @@ pub struct CallerSlots {
 }
 
 /// A request's place in its caller's count; given back when the request is answered.
-pub(super) struct Slot {
+pub struct Slot {
     slots: Arc<CallerSlots>,
     caller: [u8; 32],
     long_poll: bool,
@@ -68,7 +69,7 @@ impl CallerSlots {
     }
 
     /// Counts one request of `caller` (a digest of its token), or refuses it.
-    pub(super) fn try_acquire(
+    pub fn try_acquire(
         self: &Arc<Self>,
         caller: [u8; 32],
         long_poll: bool,

@@ -127,6 +127,29 @@ async fn within_deadline(
     }
 }
 
+/// A session's requests count against the token it signed in with, as that token's API
+/// requests do (`limits.max_requests_per_caller`, shared): a page held open or a script with
+/// the cookie cannot take the instance from other reviewers. A live stream counts until its
+/// head is sent; streams have their own caps.
+async fn per_session(
+    axum::extract::State(state): axum::extract::State<UiState>,
+    jar: axum_extra::extract::cookie::SignedCookieJar,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let slot = match session::token_digest(&jar)
+        .map(|caller| state.api.caller_slots.try_acquire(caller, false))
+        .transpose()
+    {
+        Ok(slot) => slot,
+        Err(refused) => return refused.into_response(),
+    };
+    let response = next.run(request).await;
+    drop(slot);
+    response
+}
+
 /// The inbox's routes, under `/ui`.
 pub fn router(state: UiState) -> Router {
     let deadline = state.api.request_timeout;
@@ -164,6 +187,10 @@ pub fn router(state: UiState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             deadline,
             within_deadline,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            per_session,
         ))
         .layer(security_headers)
         .with_state(state)

@@ -161,6 +161,17 @@ pub fn current(auth: &Authenticator, jar: &SignedCookieJar) -> Option<Session> {
     })
 }
 
+/// The digest of the token a (validly signed) session cookie names, without looking it up:
+/// what the inbox's requests are counted against, before any handler runs.
+pub fn token_digest(jar: &SignedCookieJar) -> Option<[u8; 32]> {
+    let cookie = jar.get(COOKIE)?;
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cookie.value())
+        .ok()?;
+    let claims: Claims = serde_json::from_slice(&json).ok()?;
+    hex::decode(&claims.digest).ok()?.try_into().ok()
+}
+
 /// Whether a form post may act: it carries this session's CSRF token and does not come from
 /// another site.
 pub fn form_allowed(session: &Session, sent: &str, headers: &HeaderMap) -> bool {

@@ -87,9 +87,11 @@ async fn a_token_at_its_long_poll_limit_is_refused_and_nobody_else_notices() {
     assert_eq!(again.status(), StatusCode::OK);
 }
 
-/// A submit whose body never finishes (until the sender is dropped): it stays in flight.
-fn stalled_submit(
+/// A submit as `token` whose body never finishes (until the sender is dropped): it stays in
+/// flight.
+pub(crate) fn stalled_submit(
     app: &TestApp,
+    token: &str,
 ) -> (
     tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
     tokio::task::JoinHandle<reqwest::Response>,
@@ -105,7 +107,7 @@ fn stalled_submit(
         .request(
             Method::POST,
             &format!("/v1/tenants/{}/approvals", app.tenant),
-            Some(&app.tokens.agent),
+            Some(token),
         )
         .header("content-type", "application/json")
         .body(reqwest::Body::wrap_stream(chunks));
@@ -121,7 +123,9 @@ async fn a_token_at_its_request_limit_is_refused_until_one_is_answered() {
     app.park("req-1").await;
     // Three submits that never finish their bodies: two hold the token's places, and the
     // third, whichever it is, is refused at once.
-    let (mut bodies, requests): (Vec<_>, Vec<_>) = (0..3).map(|_| stalled_submit(&app)).unzip();
+    let (mut bodies, requests): (Vec<_>, Vec<_>) = (0..3)
+        .map(|_| stalled_submit(&app, &app.tokens.agent))
+        .unzip();
     let (refused, which, mut in_flight) = futures_util::future::select_all(requests).await;
     refused_for_now(refused.unwrap()).await;
     bodies.remove(which);

@@ -618,3 +618,31 @@ fn session_cookie(secret: &str, token: &str, tenant: &str, expires_ms: i64) -> S
         .expect("ascii");
     set_cookie.split(';').next().expect("name=value").to_owned()
 }
+
+/// A session's requests count against the token it signed in with, as its API requests do: a
+/// reviewer whose token is at its limit (here two requests that never finish) gets `429` in
+/// the inbox too, while another reviewer's inbox goes on; once they end it is served again.
+#[tokio::test]
+async fn a_session_shares_its_tokens_limit_of_requests_in_flight() {
+    let app = TestApp::spawn_with(|s| s.limits.max_requests_per_caller = 2).await;
+    let alice = Browser::signed_in(&app, &app.tokens.reviewer).await;
+    let bob = Browser::signed_in(&app, &app.tokens.reviewer2).await;
+    let (bodies, requests): (Vec<_>, Vec<_>) = (0..2)
+        .map(|_| crate::fairness::stalled_submit(&app, &app.tokens.reviewer))
+        .unzip();
+    // Until both are in flight (the API refuses the token's next request), ...
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while app.get("none", &app.tokens.reviewer).await.status() != StatusCode::TOO_MANY_REQUESTS {
+        assert!(std::time::Instant::now() < deadline, "never at its limit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let refused = alice.get("/ui/approvals").await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(bob.page("/ui/approvals").await.contains("<html"));
+
+    drop(bodies);
+    for request in requests {
+        assert_eq!(request.await.unwrap().status(), StatusCode::BAD_REQUEST);
+    }
+    assert!(alice.page("/ui/approvals").await.contains("<html"));
+}
