@@ -357,7 +357,8 @@ pub async fn audit(
         .get_all(header::ACCEPT)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .any(|v| v.contains("application/x-ndjson"));
+        .flat_map(|v| v.split(','))
+        .any(accepts_ndjson);
     let query = app::AuditQuery {
         since: query.since,
         limit: query.limit,
@@ -423,4 +424,34 @@ async fn audit_export(
     });
     let body = axum::body::Body::from_stream(chunks);
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
+}
+
+/// Whether one media range of `Accept` asks for NDJSON: `application/x-ndjson`, unless its
+/// `q` is 0 ("not this").
+fn accepts_ndjson(range: &str) -> bool {
+    let mut parts = range.split(';').map(str::trim);
+    let named = parts
+        .next()
+        .is_some_and(|media| media.eq_ignore_ascii_case("application/x-ndjson"));
+    let refused = parts.any(|p| {
+        p.split_once('=').is_some_and(|(k, v)| {
+            k.trim().eq_ignore_ascii_case("q") && v.trim().parse::<f32>().is_ok_and(|q| q <= 0.0)
+        })
+    });
+    named && !refused
+}
+
+#[cfg(test)]
+mod tests {
+    use super::accepts_ndjson;
+
+    #[test]
+    fn ndjson_is_chosen_only_when_asked_for_and_not_refused() {
+        assert!(accepts_ndjson("application/x-ndjson"));
+        assert!(accepts_ndjson(" Application/X-NDJSON ; q=0.5"));
+        assert!(!accepts_ndjson("application/x-ndjson;q=0"));
+        assert!(!accepts_ndjson("application/x-ndjson; q=0.000"));
+        assert!(!accepts_ndjson("application/json"));
+        assert!(!accepts_ndjson("application/x-ndjsonish"));
+    }
 }

@@ -173,6 +173,22 @@ async fn the_audit_exports_as_ndjson(h: Harness) {
         .collect();
     assert_eq!(exported.len(), 8);
     assert_eq!(exported, paged, "the export is the paged audit, in order");
+    // A client that refuses NDJSON (`q=0`) gets the JSON page it asked for.
+    let refusing = app
+        .request(
+            Method::GET,
+            &format!("/v1/tenants/{}/audit", app.tenant),
+            Some(&app.tokens.admin),
+        )
+        .header("accept", "application/json, application/x-ndjson;q=0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refusing.status(), StatusCode::OK);
+    assert_eq!(
+        refusing.headers()["content-type"].to_str().unwrap(),
+        "application/json"
+    );
 
     // Only admins export, as with pages: the refusal is a problem document, not a stream.
     let refused = app
