@@ -321,9 +321,7 @@ impl Approvals {
                 Swap::Done => {}
                 Swap::Moved => continue,
                 // Deleted by an upload's prune since it was checked.
-                Swap::MissingBundle => {
-                    return Err(not_found(tenant, version.as_deref().unwrap_or_default()))
-                }
+                Swap::MissingBundle(missing) => return Err(not_found(tenant, &missing)),
             }
             let details = json!({
                 "active": next.active, "candidate": next.candidate,

@@ -552,7 +552,7 @@ mod tests {
                 .swap_state(&tenant, &state, &naming(&missing))
                 .await
                 .unwrap(),
-            Swap::MissingBundle
+            Swap::MissingBundle(missing.clone())
         );
         assert_eq!(store.state(&tenant).await.unwrap(), state);
         assert_eq!(

@@ -110,12 +110,15 @@ pub async fn start(
                     );
                     let settings = settings.clone();
                     let connect: dual::Connector = Box::new(move || {
-                        let settings = settings.clone();
+                        let (settings, following) = (settings.clone(), following.clone());
                         Box::pin(async move {
                             // Only Temporal can be unreachable at start-up (Redis connects
-                            // lazily), and it has no chores to start.
+                            // lazily): it starts no chores, but reports what it passes over.
                             match Engine::connect(secondary, &settings).await {
-                                Ok(engine) => Ok(engine.transfer()),
+                                Ok(engine) => {
+                                    drop(engine.start_chores(&settings, following));
+                                    Ok(engine.transfer())
+                                }
                                 Err(EngineError::Connect { source, .. }) => Err(source),
                                 Err(other) => Err(BackendError::unavailable("connect", other)),
                             }

@@ -780,7 +780,7 @@ async fn uploads_past_the_stored_count_delete_the_oldest_versions_no_policy_name
     let app = TestApp::spawn_with(|s| s.policy.max_stored_bundles = 2).await;
     let mut versions = Vec::new();
     let mut pruned = Vec::new();
-    for n in 0..5 {
+    for n in 0..6 {
         let response = post_bundle(&app, &app.tokens.admin, reads_allowed_marked(n)).await;
         assert_eq!(response.status(), StatusCode::CREATED);
         let body: Value = response.json().await.unwrap();
@@ -795,11 +795,12 @@ async fn uploads_past_the_stored_count_delete_the_oldest_versions_no_policy_name
             _ => {}
         }
     }
-    // The third upload made three, all named (active, candidate, the new one); the fourth
-    // and the fifth each deleted the oldest one no state names.
+    // Besides the active and the candidate, two others are kept: the fifth upload made three
+    // and deleted the oldest of them, the sixth the next.
     assert_eq!(
         pruned,
         [
+            json!([]),
             json!([]),
             json!([]),
             json!([]),
@@ -816,6 +817,7 @@ async fn uploads_past_the_stored_count_delete_the_oldest_versions_no_policy_name
             .collect()
     };
     let kept = [
+        versions[5].clone(),
         versions[4].clone(),
         versions[1].clone(),
         versions[0].clone(),

@@ -73,14 +73,14 @@ pub struct PutBundle {
 }
 
 /// How a compare-and-set of a tenant's state ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Swap {
     Done,
     /// Someone changed the state meanwhile: nothing written.
     Moved,
-    /// The new state names an active or candidate version that is not stored (pruned since
-    /// it was checked): nothing written.
-    MissingBundle,
+    /// The new state makes this version active or candidate and it is not stored (pruned
+    /// since it was checked): nothing written.
+    MissingBundle(String),
 }
 
 /// Where tenants' policy bundles are kept.
@@ -110,7 +110,7 @@ pub trait PolicyStore: Send + Sync + 'static {
     async fn state(&self, tenant: &TenantId) -> Result<PolicyState, BackendError>;
 
     /// Replaces the tenant's state with `next` if it is still `expected` and the versions
-    /// `next` makes active and candidate are stored, in one step: a prune cannot delete a
+    /// `next` newly makes active or candidate are stored, in one step: a prune cannot delete a
     /// version between the check and the change.
     async fn swap_state(
         &self,

@@ -147,7 +147,16 @@ impl PolicyStore for RedisBackend {
     ) -> Result<Swap, BackendError> {
         let mut invocation = self.scripts.swap_policy_state.prepare_invoke();
         invocation.key(POLICY_STATES);
-        for version in [&next.active, &next.candidate].into_iter().flatten() {
+        // Only what this change brings in: a version already named stays (prunes skip it).
+        let introduced: Vec<&String> = [
+            (&next.active, &expected.active),
+            (&next.candidate, &expected.candidate),
+        ]
+        .into_iter()
+        .filter(|(new, old)| new != old)
+        .filter_map(|(new, _)| new.as_ref())
+        .collect();
+        for version in &introduced {
             invocation.key(keys::policy_bundle(tenant, version));
         }
         invocation
@@ -161,8 +170,14 @@ impl PolicyStore for RedisBackend {
             .await?;
         Ok(match swapped {
             1 => Swap::Done,
-            -1 => Swap::MissingBundle,
-            _ => Swap::Moved,
+            0 => Swap::Moved,
+            // -n: the n-th bundle key is missing.
+            missing => Swap::MissingBundle(
+                usize::try_from(missing.unsigned_abs())
+                    .ok()
+                    .and_then(|n| introduced.get(n.checked_sub(1)?))
+                    .map_or_else(String::new, |v| (*v).clone()),
+            ),
         })
     }
 

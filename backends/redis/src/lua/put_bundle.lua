@@ -1,5 +1,6 @@
 -- Stores an uploaded policy bundle once (versions are immutable) with its summary, then keeps
--- the tenant within its count: the oldest uploads its policy state does not name are deleted.
+-- the tenant within its count: besides the versions its policy state names, at most ARGV[6]
+-- (the new one among them); the oldest of those others are deleted, never the new one.
 -- KEYS[1] the bundle key, KEYS[2] the tenant's bundle index, KEYS[3] its summaries,
 -- KEYS[4] the policy states hash
 -- ARGV[1] the bundle JSON, ARGV[2] uploaded_at (ms), ARGV[3] the version, ARGV[4] the summary
@@ -13,11 +14,11 @@ redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
 redis.call('HSET', KEYS[3], ARGV[3], ARGV[4])
 
 local keep = tonumber(ARGV[6])
-local excess = redis.call('ZCARD', KEYS[2]) - keep
-if excess <= 0 then
+local stored = redis.call('ZCARD', KEYS[2])
+if stored <= keep then
   return {1}
 end
-local named = {[ARGV[3]] = true}
+local named = {}
 local state = redis.call('HGET', KEYS[4], ARGV[5])
 if state and state ~= '' then
   local ok, decoded = pcall(cjson.decode, state)
@@ -35,10 +36,20 @@ if state and state ~= '' then
     end
   end
 end
+-- The count is of the others: named versions that are stored do not use it up.
+local named_stored = 0
+for version in pairs(named) do
+  if redis.call('ZSCORE', KEYS[2], version) then named_stored = named_stored + 1 end
+end
+named[ARGV[3]] = true
+local excess = stored - named_stored - keep
+if excess <= 0 then
+  return {1}
+end
 -- Bounded work per upload: a store that grew before it had a count shrinks over a few.
 excess = math.min(excess, 100)
 local result = {1}
-local oldest = redis.call('ZRANGE', KEYS[2], 0, excess + 60)
+local oldest = redis.call('ZRANGE', KEYS[2], 0, excess + named_stored + 1)
 for _, version in ipairs(oldest) do
   if excess <= 0 then break end
   if not named[version] then
