@@ -6,8 +6,9 @@
 //! `notifications.allowed_networks` (an internal Slack relay, say). The check runs twice: when
 //! a webhook is added (a clear `422` for the admin) and on every delivery, at name resolution,
 //! because a name that resolved to a public address yesterday may resolve to a private one
-//! today (DNS rebinding). An HTTP(S) proxy from the environment, when set, connects instead of
-//! us, and egress filtering is then its job.
+//! today (DNS rebinding). Proxies from the environment are not used (they would resolve and
+//! connect past this guard); a proxy the operator names in `notifications.proxy` connects
+//! instead of us, and egress filtering is then its job.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;

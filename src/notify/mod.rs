@@ -255,7 +255,11 @@ impl Notifier {
         {
             builder = builder.proxy(proxy);
         }
-        let http = builder.build().unwrap_or_default();
+        // Start-up. A default client instead would have no deadline, follow redirects, use an
+        // environment proxy and skip the egress guard: better not to start.
+        let http = builder
+            .build()
+            .expect("the webhook HTTP client (TLS, guarded resolver) cannot be built");
         Self {
             store,
             app,
@@ -504,7 +508,7 @@ impl Notifier {
                 continue;
             }
             let body = payload::event_body(hook, kind, event, self.inbox_base.as_deref());
-            self.queue(hook, &id, body).await?;
+            self.queue(hook, &id, body, None).await?;
             if remember {
                 self.lock_recent().insert(event.timestamp, key);
             }
@@ -546,7 +550,10 @@ impl Notifier {
                 {
                     let body =
                         payload::expiring_body(hook, &approval, left, self.inbox_base.as_deref());
-                    self.queue(hook, &format!("{}:soon:{}", hook.id, approval.id), body)
+                    // Remembered as sent until the approval expires: a tombstone gone sooner
+                    // would let a later pass (or another instance) send it again.
+                    let id = format!("{}:soon:{}", hook.id, approval.id);
+                    self.queue(hook, &id, body, Some(approval.expires_at))
                         .await?;
                 }
             }
@@ -564,7 +571,15 @@ impl Notifier {
         Ok(())
     }
 
-    async fn queue(&self, hook: &Webhook, id: &str, body: String) -> Result<(), store::StoreError> {
+    /// Queues `body` for `hook` once: a second call with the same `id` does nothing while the
+    /// first is queued or remembered as sent (a day, or until `remember_until` if later).
+    async fn queue(
+        &self,
+        hook: &Webhook,
+        id: &str,
+        body: String,
+        remember_until: Option<Timestamp>,
+    ) -> Result<(), store::StoreError> {
         let delivery = Delivery {
             id: format!("{}:{id}", hook.tenant),
             tenant: hook.tenant.clone(),
@@ -572,6 +587,7 @@ impl Notifier {
             body,
             attempts: 0,
             last_error: None,
+            remember_until,
         };
         if self.store.enqueue(&delivery).await? {
             metrics::counter!("approvals_notifications_queued_total", "tenant" => hook.tenant.clone())

@@ -38,6 +38,19 @@ pub struct Delivery {
     pub attempts: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// Its tombstone lasts at least until then ("expiring soon": until the approval expires).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remember_until: Option<Timestamp>,
+}
+
+impl Delivery {
+    /// How long its tombstone keeps a second copy from being queued.
+    fn tombstone(&self) -> Duration {
+        let until = self
+            .remember_until
+            .map_or(Duration::ZERO, |at| Timestamp::now().elapsed_at(at));
+        TOMBSTONE.max(until)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -351,11 +364,11 @@ impl Store {
 
     /// The receiver took it: never again.
     pub async fn delivered(&self, delivery: &Delivery) -> Result<(), StoreError> {
-        let id = delivery.id.clone();
+        let (id, tombstone) = (delivery.id.clone(), delivery.tombstone());
         self.call(|mut c| async move {
             redis::pipe()
                 .atomic()
-                .pset_ex(delivery_key(&id), "sent", millis(TOMBSTONE))
+                .pset_ex(delivery_key(&id), "sent", millis(tombstone))
                 .ignore()
                 .zrem(DUE_KEY, &id)
                 .ignore()

@@ -537,6 +537,62 @@ async fn slack_messages_warn_before_an_approval_expires_with_a_button_to_the_inb
     assert!(more.is_err(), "{more:?}");
 }
 
+/// "Expiring soon" is remembered as sent until its approval expires, not for a day: with a
+/// TTL of days, a record of it gone after 24 h let a later pass (or another instance, which
+/// scans from the oldest) warn the reviewers again, every day until the deadline.
+#[tokio::test]
+async fn an_expiring_soon_warning_is_remembered_until_its_approval_expires() {
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+    let mut receiver = Receiver::start(0).await;
+    let app = TestApp::spawn_with(|s| {
+        expiring_after(4 * DAY)(s);
+        // Due at once, however long the TTL.
+        s.notifications.expiring_soon_share = 1.0;
+    })
+    .await;
+    let hook = add_webhook(
+        &app,
+        json!({"url": receiver.url, "events": ["expiring_soon"]}),
+    )
+    .await;
+    app.park("slow-burn").await;
+    let soon = receiver.next().await.json();
+    assert_eq!(soon["type"], "expiring_soon", "{soon}");
+
+    let key = format!(
+        "webhooks:delivery:{}:{}:soon:slow-burn",
+        app.tenant,
+        hook["id"].as_str().expect("id")
+    );
+    let mut conn = app.redis().connection().await;
+    let deadline = std::time::Instant::now() + WITHIN;
+    loop {
+        let state: Option<String> = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if state.as_deref() == Some("sent") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never recorded as sent"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let remembered_ms: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let remembered = Duration::from_millis(u64::try_from(remembered_ms).unwrap_or(0));
+    assert!(
+        remembered > 3 * DAY,
+        "remembered for {remembered:?} of the approval's four days"
+    );
+}
+
 /// A burst of more approvals than one page of the "expiring soon" scan: each one is warned
 /// about before it expires, not only the oldest page of them.
 #[tokio::test]
