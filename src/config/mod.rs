@@ -115,6 +115,9 @@ pub struct NotificationSettings {
     /// Of those, at most this many to one webhook: a receiver that never answers holds this
     /// many attempts for its timeout, not every slot, so other webhooks' deliveries go on.
     pub per_webhook_concurrency: usize,
+    /// And at most this many to one tenant's webhooks: a tenant whose several webhooks never
+    /// answer cannot hold every slot and hold up the other tenants' notifications.
+    pub per_tenant_concurrency: usize,
     /// Networks webhooks may reach besides public addresses (e.g. `["10.20.0.0/16"]` for an
     /// internal relay). Loopback, private, link-local and shared addresses are refused
     /// otherwise, when a webhook is added and at every delivery.
@@ -139,6 +142,7 @@ impl Default for NotificationSettings {
             max_webhooks_per_tenant: 10,
             send_concurrency: 16,
             per_webhook_concurrency: 4,
+            per_tenant_concurrency: 8,
             allowed_networks: Vec::new(),
             proxy: None,
         }
@@ -735,11 +739,12 @@ impl Settings {
         if n.max_attempts == 0
             || n.send_concurrency == 0
             || n.per_webhook_concurrency == 0
+            || n.per_tenant_concurrency == 0
             || n.poll_interval.is_zero()
         {
             return Err(ConfigError::Invalid(
-                "notifications.max_attempts, send_concurrency, per_webhook_concurrency and \
-                 poll_interval must be positive"
+                "notifications.max_attempts, send_concurrency, per_webhook_concurrency, \
+                 per_tenant_concurrency and poll_interval must be positive"
                     .into(),
             ));
         }

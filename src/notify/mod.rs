@@ -611,6 +611,8 @@ impl Notifier {
         let lease = self.settings.request_timeout * 2 + Duration::from_secs(5);
         let mut in_flight = FuturesUnordered::new();
         let mut per_webhook: HashMap<WebhookKey, InFlight> = HashMap::new();
+        // Attempts in flight per tenant (held ones take a slot their tenant already has).
+        let mut per_tenant: HashMap<String, usize> = HashMap::new();
         let mut held = Held::default();
         loop {
             // Held for a webhook that stopped answering: back to the queue.
@@ -628,12 +630,21 @@ impl Notifier {
                         let (mut soon, mut later) = (Vec::new(), Vec::new());
                         for delivery in batch {
                             let webhook = WebhookKey::of(&delivery);
+                            let tenant_busy = per_tenant.get(&webhook.0).copied().unwrap_or(0);
+                            let tenant_full = tenant_busy >= self.settings.per_tenant_concurrency;
+                            if tenant_full && !per_webhook.contains_key(&webhook) {
+                                // Nothing in flight to it to wait behind: back to the queue.
+                                soon.push(delivery);
+                                continue;
+                            }
                             let busy = per_webhook.entry(webhook.clone()).or_insert(InFlight {
                                 attempts: 0,
                                 last_ended: tokio::time::Instant::now(),
                             });
-                            if busy.attempts < self.settings.per_webhook_concurrency {
+                            if busy.attempts < self.settings.per_webhook_concurrency && !tenant_full
+                            {
                                 busy.attempts += 1;
+                                *per_tenant.entry(webhook.0.clone()).or_default() += 1;
                                 in_flight.push(self.attempt_for(delivery, webhook));
                             } else if busy.last_ended.elapsed() >= SLOW_RECEIVER {
                                 later.push(delivery);
@@ -682,6 +693,12 @@ impl Notifier {
                                 busy.attempts -= 1;
                                 if busy.attempts == 0 {
                                     per_webhook.remove(&webhook);
+                                }
+                                if let Some(count) = per_tenant.get_mut(&webhook.0) {
+                                    *count -= 1;
+                                    if *count == 0 {
+                                        per_tenant.remove(&webhook.0);
+                                    }
                                 }
                             }
                         }

@@ -848,6 +848,67 @@ async fn a_receiver_that_never_answers_does_not_hold_up_other_webhooks() {
     );
 }
 
+/// One tenant holds at most its share of the sender: a tenant whose webhooks all never answer
+/// (two here, each allowed two attempts at once, which is every slot) cannot hold up another
+/// tenant's notifications until their timeouts run out.
+#[tokio::test]
+async fn a_tenant_whose_receivers_never_answer_does_not_hold_up_other_tenants() {
+    let (silent, mut accepted) = silent_receiver().await;
+    let mut other = Receiver::start(0).await;
+    let app = TestApp::spawn_with(|s| {
+        fast(s);
+        s.notifications.request_timeout = Duration::from_secs(30);
+        s.notifications.send_concurrency = 4;
+        s.notifications.per_webhook_concurrency = 2;
+        s.notifications.per_tenant_concurrency = 2;
+    })
+    .await;
+    for _ in 0..2 {
+        add_webhook(&app, json!({"url": silent, "events": ["parked"]})).await;
+    }
+    let response = app
+        .request(
+            Method::POST,
+            &format!("/v1/tenants/{}/webhooks", crate::support::OTHER_TENANT),
+            Some(&app.tokens.platform_admin),
+        )
+        .json(&json!({"url": other.url, "events": ["parked"]}))
+        .send()
+        .await
+        .expect("add webhook");
+    assert_eq!(response.status(), StatusCode::CREATED);
+    for i in 0..8 {
+        app.park(&format!("stuck-{i}")).await;
+    }
+    // The silent tenant's attempts are under way...
+    for _ in 0..2 {
+        tokio::time::timeout(WITHIN, accepted.recv())
+            .await
+            .expect("an attempt under way");
+    }
+    // ... and the other tenant's approval is announced well within their 30 s timeout.
+    let parked = app
+        .request(
+            Method::POST,
+            &format!("/v1/tenants/{}/approvals", crate::support::OTHER_TENANT),
+            Some(&app.tokens.other_tenant_agent),
+        )
+        .json(&json!({"request_id": "elsewhere", "action": crate::support::sensitive_read()}))
+        .send()
+        .await
+        .expect("submit");
+    assert_eq!(parked.status(), StatusCode::CREATED);
+    let got = tokio::time::timeout(Duration::from_secs(15), other.next_of("parked"))
+        .await
+        .expect("the other tenant waited behind the silent one");
+    assert_eq!(got.json()["approval_id"], "elsewhere");
+    let mut silent_attempts = 2;
+    while accepted.try_recv().is_ok() {
+        silent_attempts += 1;
+    }
+    assert_eq!(silent_attempts, 2, "attempts at once to the silent tenant");
+}
+
 /// A receiver that answers, slowly, and has a long backlog holds only its own share of the
 /// sender too: deliveries to another webhook, queued after that backlog, do not wait for it.
 #[tokio::test]
