@@ -307,15 +307,24 @@ async fn an_unreadable_pending_value_does_not_stop_the_expiries_after_it() {
     })
     .await;
     app.park("spoiled").await;
+    app.park("no-id").await;
     app.park("fine").await;
     let mut conn = app.redis().connection().await;
-    for key in [
-        format!("approval:{}:spoiled", app.tenant),
-        format!("approvals:shadow:{}:spoiled", app.tenant),
+    // Not JSON; and JSON that looks pending but names no approval (written over by something
+    // else), which failed every sweep at the same entry.
+    let no_id = r#"{"status":"pending","expires_ms":1,"submitted_ms":1}"#;
+    for (key, value) in [
+        (format!("approval:{}:spoiled", app.tenant), "{not json"),
+        (
+            format!("approvals:shadow:{}:spoiled", app.tenant),
+            "{not json",
+        ),
+        (format!("approval:{}:no-id", app.tenant), no_id),
+        (format!("approvals:shadow:{}:no-id", app.tenant), no_id),
     ] {
         let () = redis::cmd("SET")
             .arg(&key)
-            .arg("{not json")
+            .arg(value)
             .arg("KEEPTTL")
             .query_async(&mut conn)
             .await

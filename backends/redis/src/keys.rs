@@ -142,7 +142,14 @@ pub const LAST_STREAM_ID: &str = "18446744073709551615-18446744073709551615";
 pub fn decode_stream_cursor(cursor: &str) -> Result<&str, BackendError> {
     let (ms, seq) = cursor.split_once('-').ok_or(BackendError::InvalidCursor)?;
     // Redis refuses an id part beyond 64 bits; that is the caller's mistake, not an outage.
-    let part = |s: &str| s.bytes().all(|b| b.is_ascii_digit()) && s.parse::<u64>().is_ok();
+    // Written as Redis writes ids: no leading zero. Redis reads `01-0` as `1-0`, so a padded
+    // copy of the largest id passed the check below and failed in Redis (a 503), and so did
+    // one padded past Redis' 127 characters.
+    let part = |s: &str| {
+        s.bytes().all(|b| b.is_ascii_digit())
+            && (s == "0" || !s.starts_with('0'))
+            && s.parse::<u64>().is_ok()
+    };
     if part(ms) && part(seq) {
         Ok(cursor)
     } else {
@@ -193,5 +200,12 @@ mod tests {
         }
         assert!(decode_stream_cursor("1-0").is_ok());
         assert!(decode_stream_cursor("(1-0").is_err());
+        for padded in [
+            "018446744073709551615-18446744073709551615",
+            "1-00",
+            &format!("1-{}", "0".repeat(130)),
+        ] {
+            assert!(decode_stream_cursor(padded).is_err(), "{padded}");
+        }
     }
 }
