@@ -57,14 +57,10 @@ pub async fn no_route(
     uri: axum::http::Uri,
     headers: axum::http::HeaderMap,
 ) -> Response {
-    let path = uri.path();
-    if let Some(rest) = path.strip_prefix("/v1/") {
-        let authorization = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        if state.auth.authenticate(authorization).is_none() {
-            return ApiError::Unauthenticated.into_response();
-        }
+    if let Some(refused) = refuse_anonymous(&state, &uri, &headers) {
+        return refused;
+    }
+    if let Some(rest) = uri.path().strip_prefix("/v1/") {
         if rest.is_empty() || rest.split('/').any(str::is_empty) {
             return ApiError::InvalidIdentifier(
                 "an identifier in the path is empty (a doubled or trailing '/')".into(),
@@ -83,13 +79,28 @@ pub async fn method_not_allowed(
     uri: axum::http::Uri,
     headers: axum::http::HeaderMap,
 ) -> Response {
-    if uri.path().starts_with("/v1/") {
-        let authorization = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        if state.auth.authenticate(authorization).is_none() {
-            return ApiError::Unauthenticated.into_response();
-        }
+    if let Some(refused) = refuse_anonymous(&state, &uri, &headers) {
+        return refused;
     }
     ApiError::MethodNotAllowed(method).into_response()
+}
+
+/// Under `/v1/` a caller without a valid token is answered `401` before anything about the
+/// route (the contract's order; a 404 or 405 would tell it which paths and methods exist).
+fn refuse_anonymous(
+    state: &AppState,
+    uri: &axum::http::Uri,
+    headers: &axum::http::HeaderMap,
+) -> Option<Response> {
+    if !uri.path().starts_with("/v1/") {
+        return None;
+    }
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    state
+        .auth
+        .authenticate(authorization)
+        .is_none()
+        .then(|| ApiError::Unauthenticated.into_response())
 }

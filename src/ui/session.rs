@@ -142,11 +142,7 @@ pub fn end(jar: SignedCookieJar) -> SignedCookieJar {
 /// The session `jar` holds, if it is signed by us, unexpired, and its token is still
 /// configured with access to the inbox of its tenant.
 pub fn current(auth: &Authenticator, jar: &SignedCookieJar) -> Option<Session> {
-    let cookie = jar.get(COOKIE)?;
-    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(cookie.value())
-        .ok()?;
-    let claims: Claims = serde_json::from_slice(&json).ok()?;
+    let claims = claims(jar)?;
     if claims.expires <= Timestamp::now().as_millis() {
         return None;
     }
@@ -164,12 +160,16 @@ pub fn current(auth: &Authenticator, jar: &SignedCookieJar) -> Option<Session> {
 /// The digest of the token a (validly signed) session cookie names, without looking it up:
 /// what the inbox's requests are counted against, before any handler runs.
 pub fn token_digest(jar: &SignedCookieJar) -> Option<[u8; 32]> {
+    hex::decode(claims(jar)?.digest).ok()?.try_into().ok()
+}
+
+/// What a validly signed session cookie holds, unchecked otherwise.
+fn claims(jar: &SignedCookieJar) -> Option<Claims> {
     let cookie = jar.get(COOKIE)?;
     let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(cookie.value())
         .ok()?;
-    let claims: Claims = serde_json::from_slice(&json).ok()?;
-    hex::decode(&claims.digest).ok()?.try_into().ok()
+    serde_json::from_slice(&json).ok()
 }
 
 /// Whether a form post may act: it carries this session's CSRF token and does not come from

@@ -808,13 +808,19 @@ async fn uploads_past_the_stored_count_delete_the_oldest_versions_no_policy_name
             json!([versions[3]])
         ]
     );
-    let listed = |body: Value| -> Vec<String> {
+    // The stored versions, as listed, newest upload first.
+    let listed = || async {
+        let body: Value = call(&app, Method::GET, "/bundles", &app.tokens.admin, None)
+            .await
+            .json()
+            .await
+            .unwrap();
         body["items"]
             .as_array()
             .unwrap()
             .iter()
             .map(|b| b["version"].as_str().unwrap().to_owned())
-            .collect()
+            .collect::<Vec<String>>()
     };
     let kept = [
         versions[5].clone(),
@@ -822,12 +828,7 @@ async fn uploads_past_the_stored_count_delete_the_oldest_versions_no_policy_name
         versions[1].clone(),
         versions[0].clone(),
     ];
-    let body: Value = call(&app, Method::GET, "/bundles", &app.tokens.admin, None)
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(listed(body), kept);
+    assert_eq!(listed().await, kept);
     let gone = call(
         &app,
         Method::GET,
@@ -859,10 +860,5 @@ async fn uploads_past_the_stored_count_delete_the_oldest_versions_no_policy_name
         .query_async(&mut conn)
         .await
         .unwrap();
-    let body: Value = call(&app, Method::GET, "/bundles", &app.tokens.admin, None)
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(listed(body), kept);
+    assert_eq!(listed().await, kept);
 }
