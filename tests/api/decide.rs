@@ -188,3 +188,64 @@ async fn forty_concurrent_decisions_have_exactly_one_winner(h: Harness) {
         }
     }
 }
+
+/// A decision on a value that cannot be settled (corrupt, or written over by something else)
+/// is answered as a read of it is: 500 `internal`, counted, and the value left as it was. It
+/// used to fail inside the script and answer 503 `backend_unavailable`, which a client
+/// retries in vain.
+#[tokio::test]
+async fn a_decision_on_an_unreadable_value_is_an_error_not_an_outage() {
+    let app = crate::support::TestApp::spawn().await;
+    let mut conn = app.redis().connection().await;
+    let far = 32_503_680_000_000_i64; // the year 3000, in ms
+    let values = [
+        ("not-json", "{not json".to_owned()),
+        ("a-number", "5".to_owned()),
+        (
+            "no-id",
+            r#"{"status":"pending","expires_ms":1,"submitted_ms":1}"#.to_owned(),
+        ),
+        (
+            // Readable fields, but not the head this service writes first.
+            "no-head",
+            format!(
+                r#"{{"submitted_by":"x","status":"pending","id":"no-head","expires_ms":{far},"submitted_ms":1}}"#
+            ),
+        ),
+    ];
+    for (id, value) in &values {
+        let () = redis::cmd("SET")
+            .arg(format!("approval:{}:{id}", app.tenant))
+            .arg(value)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let read = app.get(id, &app.tokens.reviewer).await;
+        assert_problem(read, StatusCode::INTERNAL_SERVER_ERROR, "internal").await;
+        for verdict in ["accept", "reject"] {
+            let decided = app.decide(id, verdict, &app.tokens.reviewer).await;
+            assert_problem(decided, StatusCode::INTERNAL_SERVER_ERROR, "internal").await;
+        }
+        let kept: Option<String> = redis::cmd("GET")
+            .arg(format!("approval:{}:{id}", app.tenant))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(kept.as_ref(), Some(value), "{id} left as it was");
+    }
+    // Two decisions and a read per value, each counted as unreadable data, none as an outage.
+    let expected = format!(
+        "approvals_backend_errors_total{{kind=\"corrupt\"}} {}",
+        values.len() * 3
+    );
+    app.metrics_until(
+        &app.base,
+        std::time::Duration::from_secs(5),
+        &expected,
+        |text| {
+            text.lines().any(|l| l == expected)
+                && !text.contains("approvals_backend_errors_total{kind=\"unavailable\"}")
+        },
+    )
+    .await;
+}

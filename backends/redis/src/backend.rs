@@ -295,6 +295,13 @@ impl RedisBackend {
             "self" => DecisionOutcome::SelfApproval,
             "not_found" => DecisionOutcome::NotFound,
             "foreign" => return Ok(None),
+            // Answered like a read of the same value: one clear error, never an outage.
+            "unreadable" => {
+                return Err(BackendError::Corrupt {
+                    key,
+                    reason: "a decision found a value it cannot settle".into(),
+                })
+            }
             other => {
                 return Err(BackendError::Corrupt {
                     key,

@@ -31,8 +31,8 @@ pub struct StoredRecord {
     pub policy_version: String,
     pub submitted_ms: i64,
     pub expires_ms: i64,
-    /// Last, so a script can read it at the end of the document (decide.lua compares it with
-    /// the digest a reviewer saw), where no part of the agent's input can imitate it.
+    /// The digest of `action` as parked. The service compares it with the digest a reviewer
+    /// saw before it decides; an approval's action never changes, so no script reads it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action_digest: Option<String>,
 }

@@ -29,6 +29,19 @@ local function current_record()
   return redis.call('GET', KEYS[1]) or redis.call('GET', KEYS[9])
 end
 
+-- The record in `raw` if it has everything settling it reads, else nil. A corrupt or
+-- foreign value must be answered as such, not fail the script half-way (a Lua error reads
+-- as an outage to the caller, which then retries in vain).
+local function settleable(raw)
+  local decoded, rec = pcall(cjson.decode, raw)
+  if decoded and type(rec) == 'table' and type(rec['expires_ms']) == 'number'
+      and type(rec['submitted_ms']) == 'number' and type(rec['status']) == 'string'
+      and type(rec['id']) == 'string' then
+    return rec
+  end
+  return nil
+end
+
 local function index_member(rec)
   return string.format('%015d', rec['submitted_ms']) .. ':' .. rec['id']
 end

@@ -2,14 +2,22 @@
 --   ARGV[11] decider subject, ARGV[12] decided head, ARGV[13] decided retention (ms),
 --   ARGV[14] target status, ARGV[15] audit event JSON.
 -- Returns {outcome, record}; outcome one of won, not_found, expired, expired_now (this call
--- recorded the expiry), decided, self, foreign.
+-- recorded the expiry), decided, self, foreign (adopt it, then ask again), unreadable.
 -- Checks in the contract's order: not_found, expired, already_decided, self_approval.
 local raw = current_record()
 if not raw then return {'not_found'} end
-local rec = cjson.decode(raw)
-if rec['expires_ms'] == nil then return {'foreign'} end
+local rec = settleable(raw)
+if not rec then
+  local decoded, value = pcall(cjson.decode, raw)
+  if decoded and type(value) == 'table' and value['expires_ms'] == nil then
+    return {'foreign'}
+  end
+  return {'unreadable'}
+end
 if rec['status'] == 'expired' then return {'expired', raw} end
 if rec['status'] ~= 'pending' then return {'decided', raw} end
+-- settle() keeps the record's bytes after its head: a pending record must start with it.
+if string.sub(raw, 1, #ARGV[2]) ~= ARGV[2] then return {'unreadable'} end
 -- The instance read its clock before the call waited for a connection and for Redis: the
 -- deadline is checked against the later of that and Redis' own clock, so a decision that
 -- reaches Redis after the deadline is never taken.

@@ -20,12 +20,10 @@ if not raw then
   unlist()
   return false
 end
-local decoded, rec = pcall(cjson.decode, raw)
--- Everything the lines below read (an id missing here failed the whole sweep at the
--- concatenation in index_member, pass after pass).
-local readable = decoded and type(rec) == 'table' and type(rec['expires_ms']) == 'number'
-  and type(rec['submitted_ms']) == 'number' and type(rec['status']) == 'string'
-  and type(rec['id']) == 'string'
+-- An id missing here failed the whole sweep at the concatenation in index_member, pass
+-- after pass: only a settleable record is read further.
+local rec = settleable(raw)
+local readable = rec ~= nil
 if readable and index_member(rec) ~= ARGV[12] then
   -- An earlier approval's entry under the same id: its record and shadow lapsed before any
   -- sweep, and the id was parked again. That approval is gone; this one has its own entry.
