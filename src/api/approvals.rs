@@ -20,7 +20,9 @@ pub struct SubmitBody {
     /// Defaults to a new unique id.
     #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")]
     pub request_id: Option<String>,
-    /// Defaults to the token's subject.
+    /// Defaults to the token's subject. At most `limits.max_string_chars` characters (2,048
+    /// by default), as any string in `action`.
+    #[schema(max_length = 2048)]
     pub agent_id: Option<String>,
     /// What the agent wants to do.
     #[schema(value_type = Action)]

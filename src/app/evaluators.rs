@@ -8,12 +8,15 @@
 //! regorus VM loaded (`policy`), and under load they take the next job without sleeping.
 //!
 //! Bounded twice: `threads` evaluations run at once, and at most `QUEUED_PER_THREAD` per thread
-//! wait in the queue; more callers wait (asynchronously, in order) for a place in it.
+//! wait in the queue; more callers wait (asynchronously, in order) for a place in it. A place
+//! travels with its job and is given back when a thread is done with it, not when the caller
+//! gives up: a cancelled caller's job still sits in the queue until a thread takes it (and
+//! passes it over, as nobody waits for its verdict).
 
 use std::sync::Arc;
 
 use serde_json::Value;
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::AppError;
 use crate::policy::{PolicyGate, PolicyVerdict};
@@ -27,12 +30,14 @@ struct Job {
     candidate: Option<Arc<PolicyGate>>,
     input: Value,
     answer: oneshot::Sender<(PolicyVerdict, Option<PolicyVerdict>)>,
+    /// The job's place in the queue, free again once a thread has dropped the job.
+    _place: OwnedSemaphorePermit,
 }
 
 pub(crate) struct Evaluators {
     jobs: crossbeam_channel::Sender<Job>,
     /// Places in the queue (running jobs included).
-    places: Semaphore,
+    places: Arc<Semaphore>,
 }
 
 impl Evaluators {
@@ -47,6 +52,9 @@ impl Evaluators {
                 .name(format!("policy-{n}"))
                 .spawn(move || {
                     for job in queue {
+                        if job.answer.is_closed() {
+                            continue; // its caller gave up: its verdict would go nowhere
+                        }
                         let shadow = job.candidate.map(|c| c.evaluate(&job.input));
                         let verdict = job.policy.evaluate_owned(job.input);
                         // The caller may have given up (its request was cancelled).
@@ -56,7 +64,7 @@ impl Evaluators {
         }
         Ok(Self {
             jobs,
-            places: Semaphore::new(capacity),
+            places: Arc::new(Semaphore::new(capacity)),
         })
     }
 
@@ -68,9 +76,10 @@ impl Evaluators {
         input: Value,
     ) -> Result<(PolicyVerdict, Option<PolicyVerdict>), AppError> {
         // Never closed; and with a place held, the channel has room.
-        let _place = self
+        let place = self
             .places
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|e| AppError::Internal(e.into()))?;
         let (answer, verdict) = oneshot::channel();
@@ -80,8 +89,59 @@ impl Evaluators {
                 candidate,
                 input,
                 answer,
+                _place: place,
             })
             .map_err(|e| AppError::Internal(format!("policy queue: {e}").into()))?;
         verdict.await.map_err(|e| AppError::Internal(e.into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::FutureExt;
+    use serde_json::json;
+
+    use super::*;
+    use crate::policy::{PolicyDecision, PolicyFile};
+
+    fn gate(text: &str) -> Arc<PolicyGate> {
+        let file = PolicyFile {
+            relative: "p.rego".into(),
+            text: format!("package approvals\nimport rego.v1\n{text}\n"),
+        };
+        let gate = PolicyGate::from_files(&[file], "test").expect("bundle");
+        Arc::new(gate.with_budget(usize::MAX))
+    }
+
+    /// Callers that gave up (a request timed out, a client went away) while their jobs were
+    /// queued do not hand their places to new callers before the queue has room: the new
+    /// ones wait their turn and are answered, where they used to find the queue full (500).
+    #[tokio::test]
+    async fn places_of_cancelled_callers_come_back_only_with_their_jobs() {
+        let evaluators = Evaluators::start(1).expect("threads");
+        // Slow for a large `n` (the load-time trial has none), so that the one thread is still
+        // on the first job when the rest arrive.
+        let slow = gate(
+            "decision := {\"decision\": \"allow\", \"reasons\": [\"fine\"]} if { count([x | some x in numbers.range(1, input.n)]) > 0 }",
+        );
+        let quick = gate("decision := {\"decision\": \"allow\", \"reasons\": [\"fine\"]}");
+        for _ in 0..QUEUED_PER_THREAD {
+            // Queued (a place taken, the job sent), then dropped before any answer.
+            let cancelled = evaluators
+                .evaluate(slow.clone(), None, json!({"n": 3_000_000}))
+                .now_or_never();
+            assert!(
+                cancelled.is_none(),
+                "answered before the thread could run it"
+            );
+        }
+        let answers = futures::future::join_all(
+            (0..QUEUED_PER_THREAD).map(|_| evaluators.evaluate(quick.clone(), None, json!({}))),
+        )
+        .await;
+        for answer in answers {
+            let (verdict, _) = answer.expect("answered, not refused");
+            assert_eq!(verdict.decision, PolicyDecision::Allow);
+        }
     }
 }

@@ -112,6 +112,11 @@ impl InputLimits {
         }
     }
 
+    /// Refuses a string field (`agent_id`) longer than any string inside `action` may be.
+    pub fn check_string(&self, field: &str, text: &str) -> Result<(), AppError> {
+        self.string(field, text)
+    }
+
     fn string(&self, path: &str, text: &str) -> Result<(), AppError> {
         // Bytes bound characters from above: count only when the bytes could be too many.
         if text.len() > self.max_string_chars && text.chars().count() > self.max_string_chars {

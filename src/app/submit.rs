@@ -57,6 +57,10 @@ impl Approvals {
         if let Some(context) = &request.context {
             self.limits.check("context", context)?;
         }
+        if let Some(agent_id) = &request.agent_id {
+            // Evaluated, stored, shown in every listing and sent in webhooks: bounded as well.
+            self.limits.check_string("agent_id", agent_id)?;
+        }
         let (id, chosen_by_caller) = match request.request_id {
             Some(raw) => {
                 let id = ApprovalId::parse(raw)

@@ -271,6 +271,26 @@ async fn inputs_beyond_the_limits_are_422_before_the_policy_runs() {
         "input_too_large",
     )
     .await;
+    let response = app
+        .request(
+            Method::POST,
+            &format!("/v1/tenants/{}/approvals", app.tenant),
+            Some(&app.tokens.agent),
+        )
+        .json(&json!({"action": sensitive_read(), "agent_id": "a".repeat(60_000)}))
+        .send()
+        .await
+        .unwrap();
+    let problem = assert_problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "input_too_large",
+    )
+    .await;
+    assert!(
+        problem["detail"].as_str().unwrap().starts_with("agent_id"),
+        "{problem}"
+    );
     app.assert_nothing_stored().await;
 }
 
