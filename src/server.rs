@@ -6,8 +6,11 @@
 //! of `server.max_connections` (beyond it a new connection is closed at once, so the listen
 //! backlog never fills), its headers must arrive within `server.header_read_timeout` (which
 //! also closes keep-alive connections idle that long), and its read buffer is bounded by
-//! `server.max_header_bytes`. On shutdown the loop stops accepting and every connection
-//! finishes its in-flight request and closes.
+//! `server.max_header_bytes`. A connection whose writes make no progress for
+//! `server.write_timeout` (a client that stopped reading) is closed: hyper has no write
+//! deadline, and such a client would otherwise keep its permit, and hold up a shutdown, for as
+//! long as it likes. On shutdown the loop stops accepting and every connection finishes its
+//! in-flight request and closes.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -21,6 +24,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_io_timeout::TimeoutStream;
 
 use crate::config::ServerSettings;
 
@@ -70,7 +74,11 @@ pub async fn serve(
         refused_at_capacity = false;
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
-        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        // Only writes: an idle read is a keep-alive or a long-poll, bounded by the header-read
+        // and request timeouts.
+        let mut stream = TimeoutStream::new(stream);
+        stream.set_write_timeout(Some(settings.write_timeout));
+        let connection = builder.serve_connection(TokioIo::new(Box::pin(stream)), service);
         // `map`, not an `async move` block: a block stores the connection twice (captured,
         // then awaited), which doubled each connection's task to 7 kB.
         let connection = graceful.watch(connection).map(move |ended| {

@@ -239,6 +239,10 @@ pub struct ServerSettings {
     pub header_read_timeout: Duration,
     /// The most a connection may buffer while reading headers (at least 8192).
     pub max_header_bytes: usize,
+    /// A connection whose answer cannot be written for this long (its client stopped
+    /// reading) is closed.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
     /// The longest any request but a decision long-poll may take (`408` past it).
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
@@ -256,6 +260,7 @@ impl Default for ServerSettings {
             max_connections: 10_000,
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 16 * 1024,
+            write_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             access_log: false,
         }
@@ -648,12 +653,40 @@ impl Settings {
             ),
             ("approvals.long_poll_max", self.approvals.long_poll_max),
             ("redis.call_timeout", self.redis.call_timeout),
+            ("temporal.call_timeout", self.temporal.call_timeout),
+            ("temporal.scan_timeout", self.temporal.scan_timeout),
+            ("server.write_timeout", self.server.write_timeout),
+            (
+                "server.header_read_timeout",
+                self.server.header_read_timeout,
+            ),
+            // Zero cut every request in flight at SIGTERM, the opposite of a drain.
+            ("server.shutdown_grace", self.server.shutdown_grace),
+            // Zero ended every live stream before its first event: clients reconnected in a
+            // loop and never received one.
+            (
+                "approvals.events_max_duration",
+                self.approvals.events_max_duration,
+            ),
         ] {
             if value.is_zero() {
                 return Err(ConfigError::Invalid(format!("{key}: must be positive")));
             }
         }
         check_log_filter(&self.log.filter)?;
+        // A Redis outage is answered 503 within its call deadline; a request deadline that
+        // comes first answered 408 instead, which clients read as their own slowness.
+        if self.redis.call_timeout >= self.server.request_timeout {
+            return Err(ConfigError::Invalid(
+                "redis.call_timeout: must be shorter than server.request_timeout".into(),
+            ));
+        }
+        // Long-polls hold a connection each: one token must not be able to take them all.
+        if self.limits.max_long_polls_per_caller >= self.server.max_connections {
+            return Err(ConfigError::Invalid(
+                "limits.max_long_polls_per_caller: must be below server.max_connections".into(),
+            ));
+        }
         // The contract clamps `wait_seconds` to 60: clients size their read timeouts by it,
         // and a long-poll has no request deadline of its own.
         if self.approvals.long_poll_max > Duration::from_secs(60) {

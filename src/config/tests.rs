@@ -270,10 +270,16 @@ fn a_limit_or_deadline_of_zero_is_refused() {
         ),
         ("APPROVALS_POLICY__MAX_BUNDLE_BYTES", "0", "1"),
         ("APPROVALS_POLICY__MAX_STORED_BUNDLES", "0", "1"),
-        ("APPROVALS_SERVER__REQUEST_TIMEOUT", "0s", "1s"),
+        ("APPROVALS_SERVER__REQUEST_TIMEOUT", "0s", "3s"),
         ("APPROVALS_NOTIFICATIONS__REQUEST_TIMEOUT", "0s", "1s"),
         ("APPROVALS_APPROVALS__LONG_POLL_MAX", "0s", "1s"),
         ("APPROVALS_REDIS__CALL_TIMEOUT", "0s", "1s"),
+        ("APPROVALS_TEMPORAL__CALL_TIMEOUT", "0s", "1s"),
+        ("APPROVALS_TEMPORAL__SCAN_TIMEOUT", "0s", "1s"),
+        ("APPROVALS_SERVER__WRITE_TIMEOUT", "0s", "1s"),
+        ("APPROVALS_SERVER__HEADER_READ_TIMEOUT", "0s", "1s"),
+        ("APPROVALS_SERVER__SHUTDOWN_GRACE", "0s", "1s"),
+        ("APPROVALS_APPROVALS__EVENTS_MAX_DURATION", "0s", "1s"),
     ] {
         assert_must_be_positive(var, zero, some);
     }
@@ -361,4 +367,28 @@ fn a_long_poll_longer_than_the_contract_allows_is_refused() {
     assert!(e.to_string().contains("approvals.long_poll_max"), "{e}");
     assert!(load("", &[("APPROVALS_APPROVALS__LONG_POLL_MAX", "60s")]).is_ok());
     assert!(load("", &[("APPROVALS_APPROVALS__LONG_POLL_MAX", "20s")]).is_ok());
+}
+
+#[test]
+fn deadlines_and_limits_that_contradict_each_other_are_refused() {
+    let e = load(
+        "",
+        &[
+            ("APPROVALS_SERVER__REQUEST_TIMEOUT", "2s"),
+            ("APPROVALS_REDIS__CALL_TIMEOUT", "2s"),
+        ],
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("redis.call_timeout: must be shorter than server.request_timeout"),
+        "{e}"
+    );
+    let e = load("", &[("APPROVALS_SERVER__MAX_CONNECTIONS", "2000")]).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("limits.max_long_polls_per_caller: must be below"),
+        "{e}"
+    );
+    assert!(load("", &[("APPROVALS_SERVER__MAX_CONNECTIONS", "2001")]).is_ok());
 }

@@ -127,7 +127,12 @@ async fn beyond_max_connections_new_ones_are_closed_until_a_slot_frees() {
 /// A client that sends a body slower than `server.request_timeout` allows gets `408`.
 #[tokio::test]
 async fn a_body_slower_than_the_request_timeout_is_408() {
-    let app = TestApp::spawn_with(|s| s.server.request_timeout = Duration::from_secs(1)).await;
+    let app = TestApp::spawn_with(|s| {
+        s.server.request_timeout = Duration::from_secs(1);
+        // As start-up requires: a Redis deadline inside the request's.
+        s.redis.call_timeout = Duration::from_millis(500);
+    })
+    .await;
     let chunks = futures::stream::unfold(0, |n| async move {
         if n == 10 {
             return None;
@@ -147,4 +152,51 @@ async fn a_body_slower_than_the_request_timeout_is_408() {
         .await
         .unwrap();
     crate::support::assert_problem(response, StatusCode::REQUEST_TIMEOUT, "request_timeout").await;
+}
+
+/// A client that asks for answers and never reads them: its connection is closed once the
+/// server's writes have stalled for `server.write_timeout`, and its slot is free again. It
+/// used to stay open for good, so a few hundred such clients per instance held every slot of
+/// `server.max_connections` and the service refused everyone else.
+#[tokio::test]
+async fn a_client_that_stops_reading_loses_its_connection() {
+    let app = TestApp::spawn_with(|s| {
+        s.server.max_connections = 2;
+        s.server.write_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let addr: std::net::SocketAddr = app.base.trim_start_matches("http://").parse().unwrap();
+    // A connection per request: a pooled one would keep a slot of its own.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let document = http.get(app.url("/openapi.json")).send().await.unwrap();
+    let size = document.bytes().await.unwrap().len();
+    // Enough answers to fill both ends' socket buffers (Linux grows a send buffer to 4 MiB)
+    // several times over.
+    let requests = (16 << 20) / size + 1;
+    let pipelined = "GET /openapi.json HTTP/1.1\r\nHost: t\r\n\r\n".repeat(requests);
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut stream = socket.connect(addr).await.unwrap();
+        stream.write_all(pipelined.as_bytes()).await.unwrap();
+        stalled.push(stream); // never read
+    }
+    // Both slots are taken now, and freed once the stalled writes time out.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(response) = http.get(app.url("/healthz")).send().await {
+            if response.status() == StatusCode::OK {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stalled readers keep every connection slot"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
