@@ -8,6 +8,7 @@ use crate::support::{Harness, TestApp};
 contract_tests!(
     cursors_visit_every_pending_approval_once_oldest_first,
     audit_tells_the_story_oldest_first,
+    audit_reads_at_the_ends_of_the_calendar_are_answered,
 );
 
 async fn page(app: &TestApp, query: &str) -> Value {
@@ -114,6 +115,28 @@ async fn audit_tells_the_story_oldest_first(h: Harness) {
         )
         .await;
     assert!(since_future["items"].as_array().unwrap().is_empty());
+}
+
+/// A `since` at the first minute of year 0 or the last of year 9999 is an answer, not an
+/// outage: Temporal's visibility parses no year outside those, and its clock margin took the
+/// first before year 0 (503 backend_unavailable).
+async fn audit_reads_at_the_ends_of_the_calendar_are_answered(h: Harness) {
+    let tenant = &h.tenant;
+    let app = h.spawn().await;
+    app.park("req-1").await;
+    for (since, events) in [("0000-01-01T00:01:00Z", 1), ("9999-12-31T23:59:59Z", 0)] {
+        let page = app
+            .get_json(
+                &format!("/v1/tenants/{tenant}/audit?since={since}"),
+                &app.tokens.admin,
+            )
+            .await;
+        assert_eq!(
+            page["items"].as_array().unwrap().len(),
+            events,
+            "{since}: {page}"
+        );
+    }
 }
 
 /// Waits (up to 15 s) until the audit at `path` is empty: trimmed by its retention.

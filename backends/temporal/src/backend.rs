@@ -339,11 +339,19 @@ impl TemporalBackend {
             "(WorkflowType = '{WORKFLOW_TYPE}' OR WorkflowType = '{DECISION_LOG_TYPE}') \
              AND TenantId = '{tenant}'"
         );
-        match from {
+        // Visibility parses years 0000 to 9999 only, and refused anything else (a forged
+        // cursor of year 33658, a `since` in the first minutes of year 0) as an outage: a bound
+        // before them is no bound, one after them the last instant they have.
+        const FIRST_MS: i64 = -62_167_219_200_000; // 0000-01-01T00:00:00Z
+        const LAST_MS: i64 = 253_402_300_799_999; // 9999-12-31T23:59:59.999Z
+        let bound = from
+            .map(|from| from.minus(AUDIT_CLOCK_MARGIN).as_millis())
+            .filter(|ms| *ms >= FIRST_MS);
+        match bound {
             None => types,
-            Some(from) => format!(
+            Some(ms) => format!(
                 "{types} AND (ExecutionStatus = 'Running' OR CloseTime >= '{}')",
-                from.minus(AUDIT_CLOCK_MARGIN)
+                Timestamp::from_millis(ms.min(LAST_MS))
             ),
         }
     }
@@ -430,7 +438,7 @@ impl TemporalBackend {
                     | WorkflowUpdateError::Rpc(_)),
                 ) => {
                     let record = self.read(tenant, id).await?;
-                    if let Some(outcome) = Self::settled_outcome(record, &decision.decided_by) {
+                    if let Some(outcome) = Self::settled_outcome(record, &decision) {
                         return Ok(outcome);
                     }
                     // Still pending and not a self-approval: the update did not land; retry.
@@ -472,16 +480,25 @@ impl TemporalBackend {
         .await
     }
 
-    /// Maps what the record says now to the outcome a refused or failed update had.
-    fn settled_outcome(record: Option<Approval>, decided_by: &str) -> Option<DecisionOutcome> {
+    /// Maps what the record says now to the outcome a refused or failed update had. A record
+    /// settled by this very decision (its verdict, reviewer and time) is this decision's win:
+    /// an update the server applied before the call failed must not tell its reviewer 409.
+    fn settled_outcome(
+        record: Option<Approval>,
+        decision: &DecisionRequest,
+    ) -> Option<DecisionOutcome> {
         let Some(record) = record else {
             return Some(DecisionOutcome::NotFound);
         };
         let record = record.as_of(Timestamp::now());
+        let ours = record.status == decision.verdict.status()
+            && record.decided_by.as_deref() == Some(decision.decided_by.as_str())
+            && record.decided_at.map(|at| at.as_millis()) == Some(decision.at.as_millis());
         match record.status {
             Status::Expired => Some(DecisionOutcome::Expired(record)),
+            Status::Accepted | Status::Rejected if ours => Some(DecisionOutcome::Decided(record)),
             Status::Accepted | Status::Rejected => Some(DecisionOutcome::AlreadyDecided(record)),
-            Status::Pending if record.submitted_by == decided_by => {
+            Status::Pending if record.submitted_by == decision.decided_by => {
                 Some(DecisionOutcome::SelfApproval)
             }
             Status::Pending => None,
@@ -736,5 +753,106 @@ impl ApprovalBackend for TemporalBackend {
                 .map_err(|e| BackendError::unavailable("ping", e))
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use approvals_core::{ApprovalId, TenantId, Verdict};
+    use serde_json::Map;
+
+    use super::*;
+
+    fn pending() -> Approval {
+        let now = Timestamp::now();
+        Approval {
+            id: ApprovalId::parse("r").unwrap(),
+            tenant: TenantId::parse("t").unwrap(),
+            status: Status::Pending,
+            agent_id: "agent".into(),
+            submitted_by: "agent".into(),
+            action: Map::new(),
+            context: Map::new(),
+            reasons: vec![],
+            policy_version: "v".into(),
+            submitted_at: now,
+            expires_at: now.plus(Duration::from_secs(3600)),
+            decided_at: None,
+            decided_by: None,
+            decision_reason: None,
+            action_digest: None,
+        }
+    }
+
+    fn settled_by(decision: &DecisionRequest) -> Approval {
+        Approval {
+            status: decision.verdict.status(),
+            decided_by: Some(decision.decided_by.clone()),
+            decided_at: Some(decision.at),
+            ..pending()
+        }
+    }
+
+    /// Every audit bound is one visibility can parse: a year within 0000 to 9999.
+    #[test]
+    fn audit_bounds_stay_within_the_years_visibility_reads() {
+        let tenant = TenantId::parse("t").unwrap();
+        let far = TemporalBackend::audit_query(
+            &tenant,
+            Some(Timestamp::from_millis(999_999_999_999_999)),
+        );
+        assert!(
+            far.contains("CloseTime >= '9999-12-31T23:59:59.999Z'"),
+            "{far}"
+        );
+        let early = TemporalBackend::audit_query(
+            &tenant,
+            Some(Timestamp::from_millis(-62_167_219_100_000)),
+        );
+        assert!(!early.contains("CloseTime"), "{early}");
+        let now = Timestamp::now();
+        let usual = TemporalBackend::audit_query(&tenant, Some(now));
+        assert!(
+            usual.contains(&format!("CloseTime >= '{}'", now.minus(AUDIT_CLOCK_MARGIN))),
+            "{usual}"
+        );
+    }
+
+    /// An update applied before its call failed reads back as this decision, not as someone
+    /// else's: the winning reviewer is answered 200, and a dual soak mirrors it.
+    #[test]
+    fn a_record_settled_by_this_very_decision_is_its_win() {
+        let ours = DecisionRequest::now(Verdict::Accept, "alice", None);
+        let outcome = TemporalBackend::settled_outcome(Some(settled_by(&ours)), &ours);
+        assert!(
+            matches!(outcome, Some(DecisionOutcome::Decided(_))),
+            "{outcome:?}"
+        );
+
+        // The same reviewer's earlier decision, or another reviewer's, stays a 409.
+        let earlier = DecisionRequest {
+            at: Timestamp::from_millis(ours.at.as_millis() - 1),
+            ..ours.clone()
+        };
+        let outcome = TemporalBackend::settled_outcome(Some(settled_by(&earlier)), &ours);
+        assert!(
+            matches!(outcome, Some(DecisionOutcome::AlreadyDecided(_))),
+            "{outcome:?}"
+        );
+        let bob = DecisionRequest::now(Verdict::Accept, "bob", None);
+        let outcome = TemporalBackend::settled_outcome(Some(settled_by(&bob)), &ours);
+        assert!(
+            matches!(outcome, Some(DecisionOutcome::AlreadyDecided(_))),
+            "{outcome:?}"
+        );
+        let rejected = DecisionRequest {
+            verdict: Verdict::Reject,
+            ..ours.clone()
+        };
+        let outcome = TemporalBackend::settled_outcome(Some(settled_by(&rejected)), &ours);
+        assert!(
+            matches!(outcome, Some(DecisionOutcome::AlreadyDecided(_))),
+            "{outcome:?}"
+        );
     }
 }
