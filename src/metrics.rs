@@ -29,6 +29,11 @@ use crate::policy::PolicyDecision;
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
+/// How late an expiry is recorded (seconds): a sweep interval normally, hours when no
+/// instance ran. With the request buckets every late expiry read "over a minute".
+const SWEEPER_LAG_BUCKETS: &[f64] = &[
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0,
+];
 /// Buckets for human-scale waits (seconds): a minute to a year (Temporal holds approvals for
 /// weeks or months; with a week's top bucket every quantile past it read "one week").
 const AGE_BUCKETS: &[f64] = &[
@@ -71,6 +76,12 @@ fn prometheus() -> PrometheusHandle {
                     b.set_buckets_for_metric(
                         Matcher::Full("approvals_time_to_first_view_seconds".into()),
                         AGE_BUCKETS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("approvals_sweeper_lag_seconds".into()),
+                        SWEEPER_LAG_BUCKETS,
                     )
                 })
                 .and_then(|b| b.set_buckets(LATENCY_BUCKETS));
@@ -237,13 +248,18 @@ impl MetricsHandle {
     }
 
     /// Stores a fresh snapshot and how long computing it took. Tenants seen pending before
-    /// and missing from `stats` are added with nothing pending.
+    /// and missing from `stats` are added with nothing pending; tenants seen for the first
+    /// time get their outcome counters at 0.
     pub fn set_pending(&self, stats: PendingStats, took: Duration) {
-        let stats = self
-            .known
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .fill(stats, self.bounds.len());
+        let (stats, new) = {
+            let mut known = self
+                .known
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let stats = known.fill(stats, self.bounds.len());
+            (stats, known.take_new())
+        };
+        new.iter().for_each(introduce);
         let counts = stats
             .tenants
             .iter()
@@ -330,6 +346,8 @@ impl MetricsHandle {
 pub struct KnownTenants {
     /// Tenant -> the pass in which it last had something pending.
     last_pending: HashMap<TenantId, u64>,
+    /// Tenants reported pending that were not remembered before this pass.
+    new: Vec<TenantId>,
     pass: u64,
     max_zeroed: usize,
 }
@@ -338,9 +356,15 @@ impl KnownTenants {
     pub fn new(max_zeroed: usize) -> Self {
         Self {
             last_pending: HashMap::new(),
+            new: Vec::new(),
             pass: 0,
             max_zeroed,
         }
+    }
+
+    /// The tenants first remembered since the last call.
+    pub fn take_new(&mut self) -> Vec<TenantId> {
+        std::mem::take(&mut self.new)
     }
 
     /// `stats` with every remembered tenant it lacks added at 0 (`bounds` age buckets each);
@@ -349,7 +373,13 @@ impl KnownTenants {
         self.pass += 1;
         let reported: HashSet<TenantId> = stats.tenants.iter().map(|t| t.tenant.clone()).collect();
         for t in stats.tenants.iter().filter(|t| t.count > 0) {
-            self.last_pending.insert(t.tenant.clone(), self.pass);
+            if self
+                .last_pending
+                .insert(t.tenant.clone(), self.pass)
+                .is_none()
+            {
+                self.new.push(t.tenant.clone());
+            }
         }
         let mut zeroed: Vec<(u64, TenantId)> = self
             .last_pending
@@ -504,9 +534,39 @@ pub fn decided(approval: &Approval) {
     metrics::histogram!("approvals_time_to_decision_seconds", "tenant" => tenant, "outcome" => outcome).record(waited);
 }
 
-/// A failed engine call, by kind of failure.
-pub fn backend_error(error: &BackendError) {
-    metrics::counter!("approvals_backend_errors_total", "kind" => error.kind()).increment(1);
+/// Where a failed engine call came from: a client's request, or work the service does by
+/// itself (pending figures, chores). Only the first is what some caller was answered.
+#[derive(Debug, Clone, Copy)]
+pub enum ErrorSource {
+    Request,
+    Figures,
+    Chore,
+}
+
+/// A failed engine call, by kind of failure and where it came from.
+pub fn backend_error(error: &BackendError, source: ErrorSource) {
+    let source = match source {
+        ErrorSource::Request => "request",
+        ErrorSource::Figures => "figures",
+        ErrorSource::Chore => "chore",
+    };
+    metrics::counter!("approvals_backend_errors_total", "kind" => error.kind(), "source" => source)
+        .increment(1);
+}
+
+/// Registers `tenant`'s outcome counters at 0. A counter series that first appears at 1 has no
+/// earlier sample, so `increase()` and `rate()` miss that first event: the alert on pending
+/// approvals piling up without decisions fired after a deploy though reviewers were deciding.
+fn introduce(tenant: &TenantId) {
+    let tenant = tenant.to_string();
+    for outcome in ["accepted", "rejected", "expired"] {
+        metrics::counter!("approvals_decisions_total", "tenant" => tenant.clone(), "outcome" => outcome)
+            .increment(0);
+    }
+    for outcome in ["sent", "failed", "dead"] {
+        metrics::counter!("approvals_notifications_total", "tenant" => tenant.clone(), "outcome" => outcome)
+            .increment(0);
+    }
 }
 
 /// An expiry this instance recorded, and its lag: how long after `expires_at` it was recorded.
@@ -661,6 +721,20 @@ mod tests {
             text.contains("approvals_pending_age_seconds_bucket{tenant=\"settles\",le=\"60\"} 0\n"),
             "{text}"
         );
+        // Outcome counters exist from a tenant's first pending figure on, at 0: a series born
+        // at its first event shows no increase(), and the alerts on decisions missed it.
+        for outcome in ["accepted", "rejected", "expired"] {
+            let zero = format!(
+                "approvals_decisions_total{{tenant=\"settles\",outcome=\"{outcome}\"}} 0\n"
+            );
+            assert!(text.contains(&zero), "{zero} in {text}");
+        }
+        for outcome in ["sent", "failed", "dead"] {
+            let zero = format!(
+                "approvals_notifications_total{{tenant=\"settles\",outcome=\"{outcome}\"}} 0\n"
+            );
+            assert!(text.contains(&zero), "{zero} in {text}");
+        }
         // And it comes back with its figures when something is pending again.
         handle.set_pending(stats(vec![pending("settles", 3, bounds)]), Duration::ZERO);
         let text = handle.render(&EngineStatus::default());

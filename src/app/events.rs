@@ -73,7 +73,7 @@ impl EngineEvents for EngineMetrics {
                 }
             }
             Err(error) if self.answering => {
-                crate::metrics::backend_error(error);
+                crate::metrics::backend_error(error, crate::metrics::ErrorSource::Chore);
                 match log {
                     FailureLog::Started => tracing::warn!(chore, error = %chain(error),
                         "engine chore failing; retrying (logged again once a minute while it fails)"),

@@ -39,7 +39,7 @@ impl Approvals {
                 }
             }
             Err(error) => {
-                crate::metrics::backend_error(&error);
+                crate::metrics::backend_error(&error, crate::metrics::ErrorSource::Figures);
                 // Once per outage: this runs every few seconds.
                 if self.metrics.set_backend_up(false) {
                     tracing::warn!(error = %chain(&error), "could not recompute pending figures");

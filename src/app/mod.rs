@@ -134,12 +134,12 @@ impl Approvals {
                 AppError::InvalidOption("cursor: not a cursor this service handed out".into())
             }
             BackendError::Unavailable { .. } | BackendError::Timeout(_) => {
-                crate::metrics::backend_error(&error);
+                crate::metrics::backend_error(&error, crate::metrics::ErrorSource::Request);
                 tracing::warn!(error = %chain(&error), "engine call failed");
                 AppError::Unavailable(error)
             }
             BackendError::Corrupt { .. } => {
-                crate::metrics::backend_error(&error);
+                crate::metrics::backend_error(&error, crate::metrics::ErrorSource::Request);
                 tracing::error!(error = %chain(&error), "engine returned unreadable data");
                 AppError::Internal(error.into())
             }

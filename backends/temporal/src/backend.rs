@@ -409,6 +409,8 @@ impl TemporalBackend {
         // kept dual from mirroring the decision.
         let update_id = uuid::Uuid::new_v4().to_string();
         let mut last_error = None;
+        // Whether an earlier attempt may have landed (its call failed, not the update).
+        let mut maybe_landed = false;
         for _ in 0..3 {
             let update = handle.execute_update(
                 ApprovalWorkflow::decide,
@@ -437,8 +439,11 @@ impl TemporalBackend {
                     | WorkflowUpdateError::NotFound(_)
                     | WorkflowUpdateError::Rpc(_)),
                 ) => {
+                    let failed_call = matches!(e, WorkflowUpdateError::Rpc(_));
                     let record = self.read(tenant, id).await?;
-                    if let Some(outcome) = Self::settled_outcome(record, &decision) {
+                    let ours = maybe_landed || failed_call;
+                    maybe_landed = ours;
+                    if let Some(outcome) = Self::settled_outcome(record, &decision, ours) {
                         return Ok(outcome);
                     }
                     // Still pending and not a self-approval: the update did not land; retry.
@@ -480,18 +485,22 @@ impl TemporalBackend {
         .await
     }
 
-    /// Maps what the record says now to the outcome a refused or failed update had. A record
-    /// settled by this very decision (its verdict, reviewer and time) is this decision's win:
-    /// an update the server applied before the call failed must not tell its reviewer 409.
+    /// Maps what the record says now to the outcome a refused or failed update had. When an
+    /// attempt's call failed (`maybe_ours`: the server may have applied it), a record settled
+    /// by this very decision (its verdict, reviewer and time) is this decision's win: it must
+    /// not tell its reviewer 409. Otherwise a refusal is a refusal, even of the same reviewer's
+    /// twin request in the same millisecond.
     fn settled_outcome(
         record: Option<Approval>,
         decision: &DecisionRequest,
+        maybe_ours: bool,
     ) -> Option<DecisionOutcome> {
         let Some(record) = record else {
             return Some(DecisionOutcome::NotFound);
         };
         let record = record.as_of(Timestamp::now());
-        let ours = record.status == decision.verdict.status()
+        let ours = maybe_ours
+            && record.status == decision.verdict.status()
             && record.decided_by.as_deref() == Some(decision.decided_by.as_str())
             && record.decided_at.map(|at| at.as_millis()) == Some(decision.at.as_millis());
         match record.status {
@@ -823,7 +832,7 @@ mod tests {
     #[test]
     fn a_record_settled_by_this_very_decision_is_its_win() {
         let ours = DecisionRequest::now(Verdict::Accept, "alice", None);
-        let outcome = TemporalBackend::settled_outcome(Some(settled_by(&ours)), &ours);
+        let outcome = TemporalBackend::settled_outcome(Some(settled_by(&ours)), &ours, true);
         assert!(
             matches!(outcome, Some(DecisionOutcome::Decided(_))),
             "{outcome:?}"
@@ -834,13 +843,13 @@ mod tests {
             at: Timestamp::from_millis(ours.at.as_millis() - 1),
             ..ours.clone()
         };
-        let outcome = TemporalBackend::settled_outcome(Some(settled_by(&earlier)), &ours);
+        let outcome = TemporalBackend::settled_outcome(Some(settled_by(&earlier)), &ours, true);
         assert!(
             matches!(outcome, Some(DecisionOutcome::AlreadyDecided(_))),
             "{outcome:?}"
         );
         let bob = DecisionRequest::now(Verdict::Accept, "bob", None);
-        let outcome = TemporalBackend::settled_outcome(Some(settled_by(&bob)), &ours);
+        let outcome = TemporalBackend::settled_outcome(Some(settled_by(&bob)), &ours, true);
         assert!(
             matches!(outcome, Some(DecisionOutcome::AlreadyDecided(_))),
             "{outcome:?}"
@@ -849,7 +858,14 @@ mod tests {
             verdict: Verdict::Reject,
             ..ours.clone()
         };
-        let outcome = TemporalBackend::settled_outcome(Some(settled_by(&rejected)), &ours);
+        let outcome = TemporalBackend::settled_outcome(Some(settled_by(&rejected)), &ours, true);
+        assert!(
+            matches!(outcome, Some(DecisionOutcome::AlreadyDecided(_))),
+            "{outcome:?}"
+        );
+        // Refused outright (no call failed): a twin request of the same reviewer in the same
+        // millisecond lost, whatever the record looks like.
+        let outcome = TemporalBackend::settled_outcome(Some(settled_by(&ours)), &ours, false);
         assert!(
             matches!(outcome, Some(DecisionOutcome::AlreadyDecided(_))),
             "{outcome:?}"
