@@ -424,6 +424,49 @@ fn dev_refuses_a_busy_port_and_an_empty_policy_folder_before_starting() {
     assert!(stderr.contains("no .rego files"), "{stderr}");
 }
 
+/// A redis-server that cannot start (here: the kept AOF is unreadable) stops `approvals dev`
+/// with exit 1 before it prints tokens, instead of a demo answering 503 to everything.
+#[test]
+fn dev_stops_when_its_redis_server_cannot_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(data.join("appendonlydir")).unwrap();
+    std::fs::write(
+        data.join("appendonlydir/appendonly.aof.manifest"),
+        "not a manifest\n",
+    )
+    .unwrap();
+    let port = free_port().to_string();
+    let mut child = approvals(&[
+        "dev",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--data-dir",
+        &data.display().to_string(),
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("approvals dev kept running without its redis-server");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("redis-server stopped at start"), "{stderr}");
+    assert!(!stdout.contains("export"), "no tokens printed: {stdout}");
+}
+
 /// `backend.kind = "dual"` that cannot work stops start-up with exit 2 and says why: without
 /// `backend.primary` (or with `dual` as its own primary), and in a build without the `temporal`
 /// feature, which it needs for its other half.

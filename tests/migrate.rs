@@ -304,6 +304,32 @@ async fn a_dry_run_writes_nothing_and_tenant_filters_hold() {
     assert_eq!(temporal.get(&other, &id("a")).await.unwrap(), None);
 }
 
+/// A backend that does not answer is a failure to retry (exit 1, as the cutover runbook's
+/// re-run loop expects), not unusable configuration (exit 2), which stays for what no retry
+/// mends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_backend_exits_1_and_unusable_configuration_2() {
+    let setup = Setup::new().await;
+    // Temporal not answering at all (nothing listens there): the connect itself fails.
+    let toml = format!(
+        "[redis]\nurl = {:?}\n[temporal]\naddress = \"http://127.0.0.1:1\"\ncall_timeout = \"2s\"\n",
+        setup.redis.url()
+    );
+    std::fs::write(setup.config.path(), toml).unwrap();
+    let output = setup
+        .command("redis", "temporal", &[], &[])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot connect the temporal engine"),
+        "{stderr}"
+    );
+    let output = setup.command("redis", "redis", &[], &[]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+}
+
 /// A record the source cannot read is passed over (the rest is copied) but named in the
 /// report, and the run is not reconciled: it was left behind, not moved.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -234,7 +234,15 @@ pub async fn run(args: DevArgs) -> ExitCode {
         "approvals-dev-inbox:{}",
         auth::digest_hex(&tokens.admin)
     ));
-    wait_for_redis(&settings.redis.url).await;
+    if let Err(reason) = wait_for_redis(&settings.redis.url, &mut child).await {
+        // Its own log line (stderr is inherited) says why, e.g. a kept AOF it cannot load.
+        eprintln!(
+            "approvals dev: {reason}; its data is in {}",
+            data_dir.display()
+        );
+        let _ = child.kill().await;
+        return ExitCode::FAILURE;
+    }
 
     let base = format!("http://{}", args.listen);
     println!(
@@ -264,21 +272,24 @@ pub async fn run(args: DevArgs) -> ExitCode {
 }
 
 /// redis-server takes a moment to listen; the service would cope, but the first curl
-/// should not meet a 503.
-async fn wait_for_redis(url: &str) {
-    let Ok(client) = redis::Client::open(url) else {
-        return;
-    };
+/// should not meet a 503. A redis-server that exits or never answers (a kept AOF it cannot
+/// load, a port taken in between) is an error: the demo would answer 503 to everything.
+async fn wait_for_redis(url: &str, child: &mut tokio::process::Child) -> Result<(), String> {
+    let client = redis::Client::open(url).map_err(|e| format!("redis url {url}: {e}"))?;
     for _ in 0..100 {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("redis-server stopped at start ({status})"));
+        }
         if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
             if redis::cmd("PING")
                 .query_async::<String>(&mut conn)
                 .await
                 .is_ok()
             {
-                return;
+                return Ok(());
             }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    Err("redis-server did not answer within 5 s".into())
 }

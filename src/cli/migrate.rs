@@ -10,12 +10,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use approvals_core::TenantId;
+use approvals_core::{BackendError, TenantId};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config::{EngineKind, Settings, CONFIG_VAR};
-use crate::engines;
+use crate::engines::{self, EngineError};
 use crate::migration::{Migration, Plan};
 
 use super::EXIT_CONFIG;
@@ -68,7 +68,7 @@ pub async fn run(args: MigrateArgs) -> ExitCode {
         engines::connect(args.to, &settings).await,
     ) {
         (Ok(source), Ok(target)) => (source, target),
-        (Err(error), _) | (_, Err(error)) => return config_error(crate::app::chain(&error)),
+        (Err(error), _) | (_, Err(error)) => return connect_failed(&error),
     };
     let plan = Plan {
         tenants,
@@ -123,6 +123,22 @@ fn parse_tenants(names: &[String]) -> Result<BTreeSet<TenantId>, String> {
         .iter()
         .map(|name| TenantId::parse(name).map_err(|e| format!("--tenant {name:?}: {e}")))
         .collect()
+}
+
+/// A backend that does not answer now is a failure to retry (1), as the cutover runbook's
+/// re-run loop expects; what no retry mends (an engine this build lacks, an evicting Redis) is
+/// configuration (2).
+fn connect_failed(error: &EngineError) -> ExitCode {
+    match error {
+        EngineError::Connect {
+            source: BackendError::Unavailable { .. } | BackendError::Timeout(_),
+            ..
+        } => {
+            eprintln!("approvals: {}", crate::app::chain(error));
+            ExitCode::FAILURE
+        }
+        _ => config_error(crate::app::chain(error)),
+    }
 }
 
 fn config_error(error: impl std::fmt::Display) -> ExitCode {

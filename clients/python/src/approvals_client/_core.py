@@ -189,11 +189,47 @@ def list_params(status: Status | str | None, limit: int | None, cursor: str | No
 
 def poll_seconds(remaining: float | None, per_poll: int) -> int:
     """What one long-poll asks for: the per-poll wait, the server's cap, or what is left of
-    the caller's deadline, whichever is least (whole seconds; 0 asks for the current state)."""
+    the caller's deadline, whichever is least (whole seconds, rounded down so that no poll
+    outlasts the deadline; 0 asks for the current state)."""
     ask = min(per_poll, SERVER_WAIT_CAP)
     if remaining is not None:
-        ask = min(ask, max(0, math.ceil(remaining)))
+        ask = min(ask, max(0, math.floor(remaining)))
     return max(0, int(ask))
+
+
+def check_poll_seconds(value: int) -> int:
+    """A per-poll wait of at least a second: 0 answers at once, and a wait built on it asked
+    again and again without pause until someone decided."""
+    if value < 1:
+        raise ValueError(f"poll_seconds must be at least 1, not {value}")
+    return value
+
+
+# How long past the caller's deadline an attempt may still run: the answer to a long-poll
+# that ends at the deadline is on its way then.
+DEADLINE_GRACE = 2.0
+
+
+def within(timeout: httpx.Timeout | float, deadline: float | None) -> httpx.Timeout | float:
+    """`timeout` for one attempt, cut to what is left of `deadline` (`time.monotonic()`) plus
+    a grace: a connection that went silent (an instance killed without a reset) must not hold
+    the caller for a whole connect or read timeout past its deadline."""
+    if deadline is None:
+        return timeout
+    left = max(0.0, deadline - time.monotonic()) + DEADLINE_GRACE
+    whole = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
+
+    def cut(value: float | None) -> float:
+        return left if value is None else min(value, left)
+
+    return httpx.Timeout(connect=cut(whole.connect), read=cut(whole.read), write=cut(whole.write), pool=cut(whole.pool))
+
+
+def is_transient(error: httpx.TransportError) -> bool:
+    """Whether a transport error may go away by itself: a refused or dropped connection, a
+    timeout, a peer that broke the protocol. A URL without a scheme or a request this side
+    cannot send fails the same way every time, and is raised at once."""
+    return not isinstance(error, (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.ProxyError))
 
 
 def already_done(error: ApiError, wanted: Status, reason: str | None = None) -> Approval | None:

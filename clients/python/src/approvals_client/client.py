@@ -41,7 +41,7 @@ class ApprovalsClient:
         self.tenant = tenant
         self.timeout = timeout
         self.retry = retry if retry is not None else RetryPolicy()
-        self.poll_seconds = poll_seconds
+        self.poll_seconds = _core.check_poll_seconds(poll_seconds)
         self.events_read_timeout = events_read_timeout
         self._headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
         self._own_http = http is None
@@ -106,13 +106,15 @@ class ApprovalsClient:
                     params=params() if callable(params) else params,
                     json=json,
                     headers=self._headers,
-                    timeout=timeout if timeout is not None else self.timeout,
+                    timeout=_core.within(timeout if timeout is not None else self.timeout, deadline),
                 )
             except httpx.TransportError as error:
                 waited += min(time.monotonic() - attempt_started, patience)
                 delay = self.retry.backoff(attempt)
-                if self.retry.gives_up(attempt, time.monotonic() - started - waited, delay) or _core.past(
-                    deadline, delay
+                if (
+                    not _core.is_transient(error)
+                    or self.retry.gives_up(attempt, time.monotonic() - started - waited, delay)
+                    or _core.past(deadline, delay)
                 ):
                     raise TransportError(f"{method} {url}: {error!r}") from error
                 log.info("%s %s: %r; retry %d in %.2fs", method, url, error, attempt, delay)
@@ -144,9 +146,19 @@ class ApprovalsClient:
     ) -> SubmitResponse:
         """Asks the policy about `action` (an object with a string `type`). Without a
         `request_id` one is generated here, before the first attempt, so retries repeat it."""
+        return self._submit(action, request_id, agent_id, context, None)
+
+    def _submit(
+        self,
+        action: Mapping[str, Any],
+        request_id: str | None,
+        agent_id: str | None,
+        context: Mapping[str, Any] | None,
+        deadline: float | None,
+    ) -> SubmitResponse:
         request_id = request_id or _core.new_request_id()
         body = _core.submit_body(action, request_id, agent_id, context)
-        response, _ = self._send("POST", self._url("approvals"), json=body)
+        response, _ = self._send("POST", self._url("approvals"), json=body, deadline=deadline)
         return _core.parsed(
             response, lambda body: SubmitResponse.from_json(body, request_id=request_id, created=response.status_code == 201)
         )
@@ -183,7 +195,7 @@ class ApprovalsClient:
         expiry) is the caller's deadline, past which `WaitTimeout` is raised. The deadline
         bounds retries too: a poll failing near it raises its error rather than retrying past.
         """
-        per_poll = poll_seconds if poll_seconds is not None else self.poll_seconds
+        per_poll = _core.check_poll_seconds(poll_seconds) if poll_seconds is not None else self.poll_seconds
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
@@ -212,14 +224,17 @@ class ApprovalsClient:
         context: Mapping[str, Any] | None = None,
         timeout: float | None = None,
     ) -> Outcome:
-        """`submit`, then `wait` if the action was parked: the request's final outcome."""
-        submitted = self.submit(action, request_id=request_id, agent_id=agent_id, context=context)
+        """`submit`, then `wait` if the action was parked: the request's final outcome.
+        `timeout` covers both: the submit's retries stop at it too."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        submitted = self._submit(action, request_id, agent_id, context, deadline)
         outcome = submitted.outcome()
         if outcome is not None:
             return outcome
         if submitted.approval is None:
             raise ProtocolError("the service parked the action but sent no approval")
-        return self.wait(submitted.approval.id, timeout=timeout)
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        return self.wait(submitted.approval.id, timeout=left)
 
     # --- reviewers --------------------------------------------------------------------------
 
