@@ -12,6 +12,7 @@ use utoipa::ToSchema;
 use super::extract::{policy_etag, ApiJson, BundleJson, Caller, IfMatch, TenantPath};
 use super::{ApiError, AppState};
 use crate::app::PolicyView;
+use crate::auth::Principal;
 
 /// A bundle to upload: its `.rego` files, tests included.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -155,6 +156,21 @@ pub async fn read_policy(
     Ok(([(header::ETAG, etag)], Json(overview(view))).into_response())
 }
 
+/// The answer to a change: the state it committed, with that generation's `ETag`.
+async fn changed(
+    state: &AppState,
+    caller: &Principal,
+    tenant: &TenantId,
+    committed: PolicyState,
+) -> Result<Response, ApiError> {
+    let view = state
+        .app
+        .policy_view_after_change(caller, tenant, committed)
+        .await?;
+    let etag = policy_etag(view.state.generation);
+    Ok(([(header::ETAG, etag)], Json(overview(view))).into_response())
+}
+
 /// Upload a bundle (admin). Validated first: it must compile in regorus, define
 /// `data.approvals.decision`, and pass its own `test_*` rules; a bundle that does not is
 /// refused with `422 policy_invalid` listing every message, and nothing is stored. Uploading
@@ -278,11 +294,11 @@ pub async fn activate(
     IfMatch(precondition): IfMatch,
     ApiJson(body): ApiJson<VersionBody>,
 ) -> Result<Response, ApiError> {
-    state
+    let committed = state
         .app
         .activate_policy(&caller, &tenant, &body.version, &precondition)
         .await?;
-    read_policy(State(state), Caller(caller), TenantPath(tenant)).await
+    changed(&state, &caller, &tenant, committed).await
 }
 
 /// Return to the version active before the current one (admin); past the tenant's first
@@ -302,11 +318,11 @@ pub async fn rollback(
     TenantPath(tenant): TenantPath,
     IfMatch(precondition): IfMatch,
 ) -> Result<Response, ApiError> {
-    state
+    let committed = state
         .app
         .rollback_policy(&caller, &tenant, &precondition)
         .await?;
-    read_policy(State(state), Caller(caller), TenantPath(tenant)).await
+    changed(&state, &caller, &tenant, committed).await
 }
 
 /// Trial a stored version (admin): evaluated beside the active one on every live submit,
@@ -330,11 +346,11 @@ pub async fn set_candidate(
     IfMatch(precondition): IfMatch,
     ApiJson(body): ApiJson<VersionBody>,
 ) -> Result<Response, ApiError> {
-    state
+    let committed = state
         .app
         .set_policy_candidate(&caller, &tenant, Some(&body.version), &precondition)
         .await?;
-    read_policy(State(state), Caller(caller), TenantPath(tenant)).await
+    changed(&state, &caller, &tenant, committed).await
 }
 
 /// Stop trialling the candidate (admin).
@@ -353,9 +369,9 @@ pub async fn clear_candidate(
     TenantPath(tenant): TenantPath,
     IfMatch(precondition): IfMatch,
 ) -> Result<Response, ApiError> {
-    state
+    let committed = state
         .app
         .set_policy_candidate(&caller, &tenant, None, &precondition)
         .await?;
-    read_policy(State(state), Caller(caller), TenantPath(tenant)).await
+    changed(&state, &caller, &tenant, committed).await
 }

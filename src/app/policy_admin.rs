@@ -123,21 +123,23 @@ impl Approvals {
             tracing::info!(%tenant, version = %bundle.version, ?pruned,
                 "older policy bundles deleted to keep policy.max_stored_bundles");
         }
-        if created {
-            let details = json!({
-                "files": bundle.files.iter().map(|f| &f.path).collect::<Vec<_>>(),
-                "tests_passed": tests.passed(),
-                "pruned": pruned,
-            });
-            self.record_policy_event(AuditEntry::policy(
-                tenant,
-                &caller.subject,
-                "uploaded",
-                Some(&bundle.version),
-                details,
-            ))
-            .await?;
-        }
+        // Every upload answered is an event, a repeat too (`created: false`): a retry after
+        // the first attempt stored the bundle and then failed to record it (a Redis blip, the
+        // request deadline) would otherwise leave the upload out of the audit for good.
+        let details = json!({
+            "files": bundle.files.iter().map(|f| &f.path).collect::<Vec<_>>(),
+            "tests_passed": tests.passed(),
+            "created": created,
+            "pruned": pruned,
+        });
+        self.record_policy_event(AuditEntry::policy(
+            tenant,
+            &caller.subject,
+            "uploaded",
+            Some(&bundle.version),
+            details,
+        ))
+        .await?;
         let summary = match created {
             true => BundleSummary::from(&bundle),
             // The first upload's facts stand.
@@ -153,6 +155,35 @@ impl Approvals {
             created,
             pruned,
             tests,
+        })
+    }
+
+    /// The tenant's policy as a change just left it (`state`, the one it committed), without
+    /// reading the state again: a read that fails after the commit must not answer 503 (a
+    /// caller retrying without `If-Match` would apply the change twice), nor name a later
+    /// generation than this change made. The bundle listing is best-effort for the same
+    /// reason: empty when it cannot be read.
+    pub async fn policy_view_after_change(
+        &self,
+        caller: &Principal,
+        tenant: &TenantId,
+        state: PolicyState,
+    ) -> Result<PolicyView, AppError> {
+        let store = self.policy_store(caller, tenant)?;
+        let bundles = store.bundles(tenant).await.unwrap_or_else(|error| {
+            tracing::warn!(%tenant, error = %super::chain(&error),
+                "policy changed; its bundles could not be listed in the answer");
+            Vec::new()
+        });
+        let default_version = self.policies.default_gate().version().to_owned();
+        Ok(PolicyView {
+            effective_version: state
+                .active
+                .clone()
+                .unwrap_or_else(|| default_version.clone()),
+            default_version,
+            state,
+            bundles,
         })
     }
 

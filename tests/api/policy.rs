@@ -183,6 +183,29 @@ async fn a_bundle_is_validated_before_it_is_stored() {
         .get_json(&policy_path(&app, "/bundles"), &app.tokens.admin)
         .await;
     assert_eq!(listed["items"].as_array().unwrap().len(), 1);
+    // Both uploads are in the audit, the repeat too: a retry whose first attempt stored the
+    // bundle and then lost its event (a Redis blip, the request deadline) would otherwise
+    // leave the upload out of the audit for good.
+    let events = app
+        .get_json(
+            &format!("/v1/tenants/{}/audit?kind=policy", app.tenant),
+            &app.tokens.admin,
+        )
+        .await;
+    let uploads: Vec<(&Value, &Value)> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (&e["details"]["change"], &e["details"]["created"]))
+        .collect();
+    assert_eq!(
+        uploads,
+        [
+            (&json!("uploaded"), &json!(true)),
+            (&json!("uploaded"), &json!(false))
+        ],
+        "{events}"
+    );
     // Uploading does not activate.
     assert_eq!(
         app.submit("still-default", sensitive_read()).await.status(),
@@ -761,6 +784,47 @@ async fn a_policy_change_made_answers_made_even_if_its_audit_write_fails() {
         .get_json(&policy_path(&app, ""), &app.tokens.admin)
         .await;
     assert_eq!(overview["active"], version, "{overview}");
+}
+
+/// A change answers with the state it committed, whatever a read after it meets: here the
+/// bundle listing fails (Redis refuses HMGET), and the activation still answers 200 with its
+/// own generation's ETag instead of a 503 that a retry without If-Match would apply again.
+#[tokio::test]
+async fn a_policy_change_answers_with_what_it_committed_even_if_a_later_read_fails() {
+    let app = TestApp::spawn().await;
+    let version = upload(&app, reads_allowed()).await;
+    let before = call(&app, Method::GET, "", &app.tokens.admin, None).await;
+    let generation: u64 = before.headers()["etag"]
+        .to_str()
+        .unwrap()
+        .trim_matches('"')
+        .parse()
+        .unwrap();
+    let mut admin = app.redis().connection().await;
+    let acl = |rule: &'static str| {
+        redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg("default")
+            .arg(rule)
+            .to_owned()
+    };
+    let () = acl("-hmget").query_async(&mut admin).await.unwrap();
+    let response = call(
+        &app,
+        Method::PUT,
+        "/active",
+        &app.tokens.admin,
+        Some(json!({ "version": version })),
+    )
+    .await;
+    let () = acl("+hmget").query_async(&mut admin).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()["etag"].to_str().unwrap(),
+        format!("\"{}\"", generation + 1)
+    );
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["active"], version, "{answer}");
 }
 
 /// `reads_allowed` with `mark` in a comment: a version of its own.
