@@ -192,10 +192,14 @@ pub async fn upload_bundle(
     TenantPath(tenant): TenantPath,
     BundleJson(body): BundleJson<UploadBody>,
 ) -> Result<Response, ApiError> {
-    let uploaded = state
-        .app
-        .upload_policy(&caller, &tenant, body.files)
-        .await?;
+    // Validated and stored on a task of its own: an upload whose tests take about as long as
+    // `server.request_timeout` (they may take 30 s) answers 408 but is still stored and
+    // recorded, and the client's retry finds it (200), instead of starting over every time.
+    let app = state.app.clone();
+    let (who, at) = (caller.clone(), tenant.clone());
+    let uploaded = tokio::spawn(async move { app.upload_policy(&who, &at, body.files).await })
+        .await
+        .map_err(|e| ApiError::from(crate::app::AppError::Internal(e.into())))??;
     let current = state.app.policy_view(&caller, &tenant).await?.state;
     let tests = serde_json::json!({
         "policy_version": uploaded.tests.policy_version,

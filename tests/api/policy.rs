@@ -827,6 +827,49 @@ async fn a_policy_change_answers_with_what_it_committed_even_if_a_later_read_fai
     assert_eq!(answer["active"], version, "{answer}");
 }
 
+/// An upload whose tests outlast the request's deadline answers 408, but is still validated,
+/// stored and recorded: the client's retry finds it. It used to be dropped with the request,
+/// so a bundle whose tests took about `server.request_timeout` could never be uploaded.
+#[tokio::test]
+async fn an_upload_cut_off_by_the_request_deadline_is_still_stored() {
+    let app = TestApp::spawn_with(|s| {
+        s.server.request_timeout = Duration::from_millis(300);
+        s.redis.call_timeout = Duration::from_millis(200);
+    })
+    .await;
+    let mut bundle = reads_allowed();
+    bundle["files"][1]["text"] = json!(format!(
+        "{}\ntest_takes_a_while if {{\n\tcount([x | some x in numbers.range(1, 400000)]) > 0\n}}\n",
+        bundle["files"][1]["text"].as_str().unwrap()
+    ));
+    let response = post_bundle(&app, &app.tokens.admin, bundle.clone()).await;
+    assert_problem(response, StatusCode::REQUEST_TIMEOUT, "request_timeout").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let listed = app
+            .get_json(&policy_path(&app, "/bundles"), &app.tokens.admin)
+            .await;
+        if listed["items"]
+            .as_array()
+            .is_some_and(|items| items.len() == 1)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never stored: {listed}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let events = app
+        .get_json(
+            &format!("/v1/tenants/{}/audit?kind=policy", app.tenant),
+            &app.tokens.admin,
+        )
+        .await;
+    assert_eq!(
+        events["items"][0]["details"]["change"], "uploaded",
+        "{events}"
+    );
+}
+
 /// `reads_allowed` with `mark` in a comment: a version of its own.
 fn reads_allowed_marked(mark: usize) -> Value {
     let mut bundle = reads_allowed();
