@@ -44,6 +44,8 @@ pub struct AuditQuery {
 /// Events a filtered audit page reads at most before answering (with a cursor to go on), so
 /// a filter that matches little cannot make one request walk a whole stream.
 const MAX_FILTERED_SCAN: usize = 10_000;
+/// The fewest events a filtered audit read asks the engine for at a time.
+const FILTERED_PAGE: usize = 200;
 
 fn check_limit(limit: Option<usize>, default: usize, max: usize) -> Result<usize, AppError> {
     match limit.unwrap_or(default) {
@@ -250,15 +252,32 @@ impl Approvals {
                         && e.details.get("decision").and_then(Value::as_str) == Some(d)
                 })
         };
-        // Each read asks for no more than is still wanted, so every event it returns is
-        // either kept or passed over, and its cursor is exactly where to go on.
+        // Pages of at least FILTERED_PAGE events: asking for only what is still wanted made a
+        // `limit=1` filter that matched little one round trip per event, up to
+        // MAX_FILTERED_SCAN of them in one request. A page may hold more matches than are
+        // wanted: the answer then stops at the last one kept, whose id is the cursor to go on
+        // from (an audit cursor is an event id, on every engine).
         let (mut items, mut cursor, mut scanned) = (Vec::new(), query.cursor, 0);
         loop {
-            let page = read(cursor, limit - items.len()).await?;
+            let page = read(cursor, (limit - items.len()).max(FILTERED_PAGE)).await?;
             scanned += page.items.len();
-            items.extend(page.items.into_iter().filter(|e| wanted(e)));
+            let last = page.items.len();
+            for (n, event) in page.items.into_iter().enumerate() {
+                if !wanted(&event) {
+                    continue;
+                }
+                let id = event.event_id.clone();
+                items.push(event);
+                if items.len() == limit {
+                    let more = n + 1 < last || page.next_cursor.is_some();
+                    return Ok(Page {
+                        items,
+                        next_cursor: more.then_some(id),
+                    });
+                }
+            }
             cursor = page.next_cursor;
-            if cursor.is_none() || items.len() >= limit || scanned >= MAX_FILTERED_SCAN {
+            if cursor.is_none() || scanned >= MAX_FILTERED_SCAN {
                 return Ok(Page {
                     items,
                     next_cursor: cursor,

@@ -413,3 +413,47 @@ async fn a_silent_sink_does_not_hold_up_shutdown() {
         "shutdown took {took:?}"
     );
 }
+
+/// A filter that matches little reads the audit in pages, not an event at a time: one
+/// `limit=1` request over 300 events that match nothing used to cost 300 Redis round trips
+/// (and a token could have hundreds such requests in flight).
+#[tokio::test]
+async fn a_filtered_audit_read_takes_few_round_trips() {
+    let app = TestApp::spawn().await;
+    for n in 0..300 {
+        let read = json!({"type": "document_read", "resource": format!("docs/{n}.md")});
+        assert_eq!(
+            app.submit(&format!("allow-{n}"), read).await.status(),
+            StatusCode::OK
+        );
+    }
+    let mut conn = app.redis().connection().await;
+    let xrange_calls = |info: String| -> u64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix("cmdstat_xrange:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let info = |conn: &mut redis::aio::MultiplexedConnection| {
+        let mut conn = conn.clone();
+        async move {
+            redis::cmd("INFO")
+                .arg("commandstats")
+                .query_async::<String>(&mut conn)
+                .await
+                .unwrap()
+        }
+    };
+    let before = xrange_calls(info(&mut conn).await);
+    let page = app
+        .get_json(
+            &format!("/v1/tenants/{}/audit?limit=1&kind=accepted", app.tenant),
+            &app.tokens.admin,
+        )
+        .await;
+    let after = xrange_calls(info(&mut conn).await);
+    assert_eq!(page["items"], json!([]), "{page}");
+    assert!(page["next_cursor"].is_null(), "{page}");
+    assert!(after - before <= 5, "{} XRANGE calls", after - before);
+}

@@ -256,7 +256,9 @@ pub trait ApprovalBackend: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Page<Approval>, BackendError>;
 
-    /// The tenant's audit events from `since` on, oldest first.
+    /// The tenant's audit events from `since` on, oldest first. `next_cursor` is the last
+    /// returned event's `event_id`, and any event's id is a cursor to go on after it (a
+    /// filtered read stops at the last event it keeps).
     async fn audit(
         &self,
         tenant: &TenantId,
