@@ -256,3 +256,47 @@ async fn five_thousand_waiters_on_one_approval_all_learn_the_decision() {
         "the last waiter answered after {slowest:?}: woken by its own deadline, not the decision"
     );
 }
+
+/// A workflow closed without a decision (an operator terminated it) is waited on like any
+/// approval nobody decides: the long-poll answers at the end of its wait with the record,
+/// where it used to answer 503 at once, on every poll.
+#[cfg(feature = "temporal")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_on_a_terminated_workflow_waits_and_answers() {
+    use crate::support::Backend;
+
+    let app = crate::support::Harness::new(Backend::Temporal)
+        .spawn()
+        .await;
+    app.park("stopped").await;
+    let shared = crate::shared_temporal::shared().await;
+    let terminated = std::process::Command::new(approvals_testkit::temporal_server::temporal_bin())
+        .args(["workflow", "terminate", "--address"])
+        .arg(shared.address.trim_start_matches("http://"))
+        .args(["--workflow-id", &format!("approval:{}:stopped", app.tenant)])
+        .args(["--reason", "by hand"])
+        .output()
+        .unwrap();
+    assert!(terminated.status.success(), "{terminated:?}");
+    let started = std::time::Instant::now();
+    let response = app
+        .request(
+            reqwest::Method::GET,
+            &format!(
+                "/v1/tenants/{}/approvals/stopped/decision?wait_seconds=1",
+                app.tenant
+            ),
+            Some(&app.tokens.agent),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::OK);
+    let record: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(record["status"], "pending", "{record}");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(900),
+        "answered after {:?}, not at the end of its wait",
+        started.elapsed()
+    );
+}

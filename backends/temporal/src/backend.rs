@@ -625,10 +625,11 @@ impl ApprovalBackend for TemporalBackend {
             .get_workflow_handle::<ApprovalWorkflow>(workflow_id(tenant, id));
         let closed =
             tokio::time::timeout_at(wake, handle.get_result(WorkflowGetResultOptions::default()));
+        let mut stop = stop;
         let closed = tokio::select! {
             closed = closed => closed,
             // Shutting down: the record as read, at once.
-            () = stop => return Ok(Some(current.as_of(Timestamp::now()))),
+            () = &mut stop => return Ok(Some(current.as_of(Timestamp::now()))),
         };
         match closed {
             Ok(Ok(record)) => {
@@ -638,6 +639,21 @@ impl ApprovalBackend for TemporalBackend {
             }
             // Closed and dropped by retention meanwhile: the read below says so.
             Ok(Err(WorkflowGetResultError::NotFound(_))) => {}
+            // Closed without a decision (an operator terminated or cancelled it; it failed or
+            // timed out): nothing will ever decide it, and its memo still reads pending. The
+            // wait is answered as for any approval nobody decides, at its end, with the
+            // record (expired once past its deadline), not 503 at once, again and again.
+            Ok(Err(
+                WorkflowGetResultError::Terminated { .. }
+                | WorkflowGetResultError::Cancelled { .. }
+                | WorkflowGetResultError::Failed(_)
+                | WorkflowGetResultError::TimedOut,
+            )) => {
+                tokio::select! {
+                    () = tokio::time::sleep_until(wake) => {}
+                    () = &mut stop => {}
+                }
+            }
             Ok(Err(e)) => return Err(BackendError::unavailable("wait", e)),
             Err(_elapsed) => {}
         }
