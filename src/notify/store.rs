@@ -103,6 +103,24 @@ local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, to
 for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], ARGV[2], id) end
 return ids";
 
+/// A failed attempt's outcome (KEYS[1] the delivery, KEYS[2] the queue): retried (ARGV[3] the
+/// due time) or, with ARGV[4] set, given up on into KEYS[3]. Nothing happens to a delivery
+/// already settled: an instance whose lease ran out while its attempt hung must not bring back
+/// one another instance has sent since (it would be sent again) or given up on.
+const FAILED: &str = r"
+local current = redis.call('GET', KEYS[1])
+if current == 'sent' or current == 'dead' then return 0 end
+if ARGV[4] == '' then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[5])
+  return 1
+end
+redis.call('LPUSH', KEYS[3], ARGV[1])
+redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[6]) - 1)
+redis.call('SET', KEYS[1], 'dead', 'PX', ARGV[4])
+redis.call('ZREM', KEYS[2], ARGV[5])
+return 1";
+
 /// Forgets a tenant only while it still has no webhook.
 const FORGET_TENANT: &str = r"
 if redis.call('HLEN', KEYS[1]) > 0 then return 0 end
@@ -378,47 +396,47 @@ impl Store {
         .await
     }
 
-    /// Failed this time: tried again at `next`.
+    /// Failed this time: tried again at `next` (unless another instance settled it meanwhile).
     pub async fn retry_at(&self, delivery: &Delivery, next: Timestamp) -> Result<(), StoreError> {
-        let json =
-            serde_json::to_string(delivery).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let id = delivery.id.clone();
-        self.call(|mut c| async move {
-            redis::pipe()
-                .atomic()
-                .pset_ex(delivery_key(&id), json, millis(DELIVERY_TTL))
-                .ignore()
-                .zadd(DUE_KEY, &id, next.as_millis())
-                .ignore()
-                .query_async::<()>(&mut c)
-                .await
-        })
-        .await
+        self.failed(delivery, Some(next)).await
     }
 
-    /// Given up on: kept in the tenant's dead letters, never tried again.
+    /// Given up on: kept in the tenant's dead letters, never tried again (unless another
+    /// instance settled it meanwhile).
     pub async fn dead(&self, delivery: &Delivery) -> Result<(), StoreError> {
+        self.failed(delivery, None).await
+    }
+
+    async fn failed(
+        &self,
+        delivery: &Delivery,
+        retry: Option<Timestamp>,
+    ) -> Result<(), StoreError> {
         let json =
             serde_json::to_string(delivery).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let (id, tenant) = (delivery.id.clone(), delivery.tenant.clone());
+        let (due, dead_for) = match retry {
+            Some(next) => (next.as_millis().to_string(), String::new()),
+            None => (String::new(), millis(TOMBSTONE).to_string()),
+        };
         self.call(|mut c| async move {
-            redis::pipe()
-                .atomic()
-                .lpush(dead_key(&tenant), json)
-                .ignore()
-                .ltrim(dead_key(&tenant), 0, DEAD_KEPT - 1)
-                .ignore()
-                .pset_ex(delivery_key(&id), "dead", millis(TOMBSTONE))
-                .ignore()
-                .zrem(DUE_KEY, &id)
-                .ignore()
-                .query_async::<()>(&mut c)
+            redis::Script::new(FAILED)
+                .key(delivery_key(&id))
+                .key(DUE_KEY)
+                .key(dead_key(&tenant))
+                .arg(json)
+                .arg(millis(DELIVERY_TTL))
+                .arg(due)
+                .arg(dead_for)
+                .arg(&id)
+                .arg(DEAD_KEPT)
+                .invoke_async::<i64>(&mut c)
                 .await
+                .map(drop)
         })
         .await
     }
 
-    /// Queues `tenant`'s dead letters again, due now; how many.
     pub async fn redeliver_dead(&self, tenant: &TenantId) -> Result<u64, StoreError> {
         let key = dead_key(tenant.as_str());
         self.call(|mut c| async move {
@@ -500,6 +518,62 @@ mod tests {
 
     use super::*;
     use crate::notify::{NotifyEvent, WebhookFormat};
+
+    /// An instance whose lease ran out while its attempt hung reports a failure after another
+    /// instance sent the delivery: the "sent" tombstone stays, and nothing is queued again
+    /// (it used to be overwritten, and the delivery sent a second time).
+    #[tokio::test]
+    async fn a_late_failure_does_not_undo_a_delivery_sent_meanwhile() {
+        let redis = RedisServer::start().await;
+        let store = Store::connect(&redis.url(), Duration::from_secs(2))
+            .await
+            .unwrap();
+        let delivery = Delivery {
+            id: "d-1".into(),
+            tenant: "acme".into(),
+            webhook_id: "wh-1".into(),
+            body: "{}".into(),
+            attempts: 1,
+            last_error: Some("timed out".into()),
+            remember_until: None,
+        };
+        assert!(store.enqueue(&delivery).await.unwrap());
+        store.delivered(&delivery).await.unwrap();
+        store.retry_at(&delivery, Timestamp::now()).await.unwrap();
+        store.dead(&delivery).await.unwrap();
+        let mut conn = redis.connection().await;
+        let value: Option<String> = conn.get(delivery_key("d-1")).await.unwrap();
+        assert_eq!(value.as_deref(), Some("sent"));
+        assert!(store
+            .claim(10, Duration::from_secs(30))
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            store
+                .dead_letters(&TenantId::parse("acme").unwrap())
+                .await
+                .unwrap(),
+            0
+        );
+        // A delivery nobody settled is retried and given up on as before.
+        let other = Delivery {
+            id: "d-2".into(),
+            ..delivery.clone()
+        };
+        assert!(store.enqueue(&other).await.unwrap());
+        store.retry_at(&other, Timestamp::now()).await.unwrap();
+        let claimed = store.claim(10, Duration::from_secs(30)).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        store.dead(&other).await.unwrap();
+        assert_eq!(
+            store
+                .dead_letters(&TenantId::parse("acme").unwrap())
+                .await
+                .unwrap(),
+            1
+        );
+    }
 
     /// The reader found the tenant with no webhook; meanwhile an admin added one. Forgetting
     /// the tenant then would leave that webhook unread for good.
