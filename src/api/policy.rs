@@ -183,6 +183,7 @@ async fn changed(
         (status = 403, body = super::Problem), (status = 413, body = super::Problem),
         (status = 415, description = "unsupported_media_type", body = super::Problem),
         (status = 422, description = "policy_invalid: `errors` lists every message", body = super::Problem),
+        (status = 429, description = "upload_in_progress: this tenant's previous upload is still being validated on this instance", body = super::Problem),
         (status = 501, description = "policy_store_disabled", body = super::Problem),
         (status = 503, body = super::Problem)),
     security(("bearer" = [])))]

@@ -119,6 +119,11 @@ impl ApiError {
                 "too_many_pending",
                 "Too many pending approvals",
             ),
+            Self::App(AppError::UploadInProgress(_)) => (
+                S::TOO_MANY_REQUESTS,
+                "upload_in_progress",
+                "A policy upload is under way",
+            ),
             Self::App(AppError::TooManyStreams { .. }) => (
                 S::TOO_MANY_REQUESTS,
                 "too_many_streams",
@@ -241,7 +246,10 @@ impl IntoResponse for ApiError {
             tracing::error!(error = %crate::app::chain(error.as_ref()), "request failed");
         }
         let status = self.status();
-        let retry_soon = matches!(self, Self::TooManyRequests { .. });
+        let retry_soon = matches!(
+            self,
+            Self::TooManyRequests { .. } | Self::App(AppError::UploadInProgress(_))
+        );
         let mut response = (status, axum::Json(self.to_problem())).into_response();
         let headers = response.headers_mut();
         headers.insert(

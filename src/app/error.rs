@@ -72,6 +72,11 @@ pub enum AppError {
          without tenant_store.kind = \"redis\""
     )]
     WebhooksDisabled,
+    /// This instance validates one upload per tenant at a time; another is under way.
+    #[error(
+        "tenant {0} has a policy upload under way on this instance; retry once it is answered"
+    )]
+    UploadInProgress(TenantId),
     #[error("tenant {tenant} already has {max} webhooks, its limit")]
     TooManyWebhooks { tenant: TenantId, max: usize },
     /// A webhook URL whose host is not a public address nor in

@@ -48,6 +48,9 @@ pub struct Approvals {
     policies: Arc<TenantPolicies>,
     /// Bundle validations run one at a time.
     uploads: Arc<tokio::sync::Semaphore>,
+    /// Tenants with an upload waiting for its turn or being validated on this instance: one
+    /// each, so that one tenant's burst of uploads cannot fill the queue ahead of the others.
+    uploading: Arc<std::sync::Mutex<std::collections::HashSet<TenantId>>>,
     settings: ApprovalSettings,
     limits: InputLimits,
     /// Where policy evaluations run: threads of their own, never the request workers.
@@ -81,6 +84,7 @@ impl Approvals {
             engine,
             policies,
             uploads: Arc::new(tokio::sync::Semaphore::new(1)),
+            uploading: Arc::default(),
             settings,
             limits,
             evaluators,

@@ -5,7 +5,8 @@
 //! A change is a compare-and-set on the tenant's state in the store; every instance picks it
 //! up on its next poll, and this one at once, so the answer means "in effect here".
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 use approvals_core::{
     AuditEntry, BundleFile, BundleSummary, PolicyState, PolicyStore, PutBundle, StoredBundle, Swap,
@@ -91,6 +92,8 @@ impl Approvals {
                 text: f.text.clone(),
             })
             .collect();
+        let _slot = UploadSlot::take(&self.uploading, tenant)
+            .ok_or_else(|| AppError::UploadInProgress(tenant.clone()))?;
         let origin = format!("upload to tenant {tenant}");
         let budget = self.limits.policy_instructions;
         // Compiling and running the tests is CPU work: off the request workers, one at a time
@@ -391,6 +394,34 @@ impl Approvals {
             .map_err(|e| self.engine_failed(e))?;
         self.decision_log.offer(&entry);
         Ok(())
+    }
+}
+
+/// A tenant's one place among the uploads under way on this instance, given back on drop.
+struct UploadSlot {
+    uploading: Arc<Mutex<HashSet<TenantId>>>,
+    tenant: TenantId,
+}
+
+impl UploadSlot {
+    fn take(uploading: &Arc<Mutex<HashSet<TenantId>>>, tenant: &TenantId) -> Option<Self> {
+        let fresh = uploading
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(tenant.clone());
+        fresh.then(|| Self {
+            uploading: uploading.clone(),
+            tenant: tenant.clone(),
+        })
+    }
+}
+
+impl Drop for UploadSlot {
+    fn drop(&mut self) {
+        self.uploading
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.tenant);
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::support::{assert_problem, sensitive_read, Backend, Harness, TestApp};
+use crate::support::{assert_problem, sensitive_read, Backend, Harness, TestApp, OTHER_TENANT};
 
 /// A bundle that lets every read through (the default parks sensitive ones), with its test.
 fn reads_allowed() -> Value {
@@ -592,11 +592,16 @@ async fn policy_push_uploads_and_activates_through_the_api() {
 
 /// Bundle validations run one at a time even when their requests give up: an upload whose
 /// tests outlast `server.request_timeout` is answered `408`, but its validation runs on (it
-/// cannot be stopped) and holds the turn, so a second upload waits instead of running beside
-/// it, and gets its own turn once the first is done.
+/// cannot be stopped) and holds the turn, so another tenant's upload waits instead of running
+/// beside it, and gets its own turn once the first is done. The same tenant's next upload is
+/// refused at once meanwhile (one at a time per tenant).
 #[tokio::test]
 async fn an_upload_that_timed_out_still_holds_the_validation_turn() {
-    let app = TestApp::spawn_with(|s| s.server.request_timeout = Duration::from_secs(1)).await;
+    let app = TestApp::spawn_with(|s| {
+        s.server.request_timeout = Duration::from_secs(1);
+        s.redis.call_timeout = Duration::from_millis(500);
+    })
+    .await;
     // About 25 million iterations that collect nothing: seconds of CPU (the test time limit
     // ends it at 10 s), little memory.
     let slow = json!({"files": [
@@ -606,17 +611,41 @@ async fn an_upload_that_timed_out_still_holds_the_validation_turn() {
     let started = Instant::now();
     let first = post_bundle(&app, &app.tokens.admin, slow).await;
     assert_problem(first, StatusCode::REQUEST_TIMEOUT, "request_timeout").await;
+    let same_tenant = post_bundle(&app, &app.tokens.admin, reads_allowed()).await;
+    assert_problem(
+        same_tenant,
+        StatusCode::TOO_MANY_REQUESTS,
+        "upload_in_progress",
+    )
+    .await;
 
-    let second = post_bundle(&app, &app.tokens.admin, reads_allowed()).await;
+    let other_tenant = || async {
+        app.request(
+            Method::POST,
+            &format!("/v1/tenants/{OTHER_TENANT}/policy/bundles"),
+            Some(&app.tokens.platform_admin),
+        )
+        .json(&reads_allowed())
+        .send()
+        .await
+        .unwrap()
+    };
+    let second = other_tenant().await;
     assert_problem(second, StatusCode::REQUEST_TIMEOUT, "request_timeout").await;
 
-    // Once the first validation is done, the second upload goes through.
+    // Once the first validation is done, the other tenant's upload goes through (its own
+    // timed-out validation may have stored it meanwhile: 200 then).
     let stored = loop {
-        let response = post_bundle(&app, &app.tokens.admin, reads_allowed()).await;
-        if response.status() == StatusCode::CREATED {
+        let response = other_tenant().await;
+        if response.status().is_success() {
             break response;
         }
-        assert_problem(response, StatusCode::REQUEST_TIMEOUT, "request_timeout").await;
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            // Its own earlier upload still waits for the turn: poll again shortly.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        } else {
+            assert_problem(response, StatusCode::REQUEST_TIMEOUT, "request_timeout").await;
+        }
         assert!(
             started.elapsed() < Duration::from_secs(60),
             "the turn was never given back"
@@ -868,6 +897,48 @@ async fn an_upload_cut_off_by_the_request_deadline_is_still_stored() {
         events["items"][0]["details"]["change"], "uploaded",
         "{events}"
     );
+}
+
+/// One upload per tenant at a time on an instance: a second one sent while the first is still
+/// being validated is refused at once (429 upload_in_progress, with Retry-After) instead of
+/// queueing ahead of other tenants' uploads; once the first is answered, uploads go on.
+#[tokio::test]
+async fn a_tenant_validates_one_upload_at_a_time() {
+    let app = TestApp::spawn().await;
+    let mut slow = reads_allowed();
+    slow["files"][1]["text"] = json!(format!(
+        "{}\ntest_takes_a_while if {{\n\tcount([x | some x in numbers.range(1, 3000000)]) > 0\n}}\n",
+        slow["files"][1]["text"].as_str().unwrap()
+    ));
+    let first = {
+        let request = app
+            .request(
+                Method::POST,
+                &policy_path(&app, "/bundles"),
+                Some(&app.tokens.admin),
+            )
+            .json(&slow);
+        tokio::spawn(async move { request.send().await.unwrap().status() })
+    };
+    let refused = loop {
+        let response = post_bundle(&app, &app.tokens.admin, reads_allowed_marked(1)).await;
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            break response;
+        }
+        assert!(
+            !first.is_finished(),
+            "never refused while the first upload ran"
+        );
+        assert!(
+            response.status().is_success(),
+            "before the first took its place"
+        );
+    };
+    assert_eq!(refused.headers()["retry-after"], "1");
+    assert_problem(refused, StatusCode::TOO_MANY_REQUESTS, "upload_in_progress").await;
+    assert_eq!(first.await.unwrap(), StatusCode::CREATED);
+    let after = post_bundle(&app, &app.tokens.admin, reads_allowed_marked(2)).await;
+    assert_eq!(after.status(), StatusCode::CREATED);
 }
 
 /// `reads_allowed` with `mark` in a comment: a version of its own.
