@@ -218,8 +218,9 @@ write_config() { # file http_port redis_port
 # Written by scripts/bench.sh for one benchmark target; read by the Rust service and the ADR peer.
 [server]
 listen = "127.0.0.1:$2"
-# Room for the fan-out scenario's long-polls.
-max_connections = 20000
+# Room for the fan-out scenario's long-polls (above limits.max_long_polls_per_caller, as
+# start-up requires).
+max_connections = 20001
 
 [redis]
 url = "redis://127.0.0.1:$3/0"

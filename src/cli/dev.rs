@@ -276,20 +276,25 @@ pub async fn run(args: DevArgs) -> ExitCode {
 /// load, a port taken in between) is an error: the demo would answer 503 to everything.
 async fn wait_for_redis(url: &str, child: &mut tokio::process::Child) -> Result<(), String> {
     let client = redis::Client::open(url).map_err(|e| format!("redis url {url}: {e}"))?;
-    for _ in 0..100 {
+    // Five seconds to answer at all; while it answers LOADING (replaying a large kept AOF) it
+    // is given as long as it takes.
+    let mut unanswered = 0;
+    loop {
         if let Ok(Some(status)) = child.try_wait() {
             return Err(format!("redis-server stopped at start ({status})"));
         }
         if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-            if redis::cmd("PING")
-                .query_async::<String>(&mut conn)
-                .await
-                .is_ok()
-            {
-                return Ok(());
+            match redis::cmd("PING").query_async::<String>(&mut conn).await {
+                Ok(_) => return Ok(()),
+                Err(e) if e.code() == Some("LOADING") => unanswered = 0,
+                Err(_) => unanswered += 1,
             }
+        } else {
+            unanswered += 1;
+        }
+        if unanswered >= 100 {
+            return Err("redis-server did not answer within 5 s".into());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Err("redis-server did not answer within 5 s".into())
 }

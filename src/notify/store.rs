@@ -104,12 +104,20 @@ for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], ARGV[2], id) end
 return ids";
 
 /// A failed attempt's outcome (KEYS[1] the delivery, KEYS[2] the queue): retried (ARGV[3] the
-/// due time) or, with ARGV[4] set, given up on into KEYS[3]. Nothing happens to a delivery
-/// already settled: an instance whose lease ran out while its attempt hung must not bring back
-/// one another instance has sent since (it would be sent again) or given up on.
+/// due time) or, with ARGV[4] set, given up on into KEYS[3]; ARGV[7] is the attempts it counts.
+/// Nothing happens to a delivery already settled, or attempted as often by another instance:
+/// one whose lease ran out while its attempt hung must not bring back a delivery sent since
+/// (it would be sent again) or given up on, nor turn its attempt count back.
 const FAILED: &str = r"
 local current = redis.call('GET', KEYS[1])
 if current == 'sent' or current == 'dead' then return 0 end
+if current then
+  local ok, stored = pcall(cjson.decode, current)
+  if ok and type(stored) == 'table' and type(stored.attempts) == 'number'
+      and stored.attempts >= tonumber(ARGV[7]) then
+    return 0
+  end
+end
 if ARGV[4] == '' then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   redis.call('ZADD', KEYS[2], ARGV[3], ARGV[5])
@@ -414,7 +422,11 @@ impl Store {
     ) -> Result<(), StoreError> {
         let json =
             serde_json::to_string(delivery).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let (id, tenant) = (delivery.id.clone(), delivery.tenant.clone());
+        let (id, tenant, attempts) = (
+            delivery.id.clone(),
+            delivery.tenant.clone(),
+            delivery.attempts,
+        );
         let (due, dead_for) = match retry {
             Some(next) => (next.as_millis().to_string(), String::new()),
             None => (String::new(), millis(TOMBSTONE).to_string()),
@@ -430,6 +442,7 @@ impl Store {
                 .arg(dead_for)
                 .arg(&id)
                 .arg(DEAD_KEPT)
+                .arg(attempts)
                 .invoke_async::<i64>(&mut c)
                 .await
                 .map(drop)
@@ -437,6 +450,7 @@ impl Store {
         .await
     }
 
+    /// Queues `tenant`'s dead letters again, due now; how many.
     pub async fn redeliver_dead(&self, tenant: &TenantId) -> Result<u64, StoreError> {
         let key = dead_key(tenant.as_str());
         self.call(|mut c| async move {
@@ -528,20 +542,31 @@ mod tests {
         let store = Store::connect(&redis.url(), Duration::from_secs(2))
             .await
             .unwrap();
-        let delivery = Delivery {
-            id: "d-1".into(),
+        let queued = |id: &str| Delivery {
+            id: id.into(),
             tenant: "acme".into(),
             webhook_id: "wh-1".into(),
             body: "{}".into(),
-            attempts: 1,
-            last_error: Some("timed out".into()),
+            attempts: 0,
+            last_error: None,
             remember_until: None,
         };
-        assert!(store.enqueue(&delivery).await.unwrap());
-        store.delivered(&delivery).await.unwrap();
-        store.retry_at(&delivery, Timestamp::now()).await.unwrap();
-        store.dead(&delivery).await.unwrap();
+        let failed = |delivery: &Delivery, attempts: u32| Delivery {
+            attempts,
+            last_error: Some("timed out".into()),
+            ..delivery.clone()
+        };
+        let acme = TenantId::parse("acme").unwrap();
         let mut conn = redis.connection().await;
+
+        let sent = queued("d-1");
+        assert!(store.enqueue(&sent).await.unwrap());
+        store.delivered(&sent).await.unwrap();
+        store
+            .retry_at(&failed(&sent, 1), Timestamp::now())
+            .await
+            .unwrap();
+        store.dead(&failed(&sent, 1)).await.unwrap();
         let value: Option<String> = conn.get(delivery_key("d-1")).await.unwrap();
         assert_eq!(value.as_deref(), Some("sent"));
         assert!(store
@@ -549,30 +574,38 @@ mod tests {
             .await
             .unwrap()
             .is_empty());
+        assert_eq!(store.dead_letters(&acme).await.unwrap(), 0);
+
+        // Nor does a late report turn back the attempts another instance counted since.
+        let retried = queued("d-3");
+        assert!(store.enqueue(&retried).await.unwrap());
+        store
+            .retry_at(&failed(&retried, 3), Timestamp::now())
+            .await
+            .unwrap();
+        store
+            .retry_at(&failed(&retried, 2), Timestamp::now())
+            .await
+            .unwrap();
+        let stored: String = conn.get(delivery_key("d-3")).await.unwrap();
         assert_eq!(
-            store
-                .dead_letters(&TenantId::parse("acme").unwrap())
-                .await
-                .unwrap(),
-            0
+            serde_json::from_str::<Delivery>(&stored).unwrap().attempts,
+            3
         );
+        let _: () = conn.zrem(DUE_KEY, "d-3").await.unwrap();
+
         // A delivery nobody settled is retried and given up on as before.
-        let other = Delivery {
-            id: "d-2".into(),
-            ..delivery.clone()
-        };
+        let other = queued("d-2");
         assert!(store.enqueue(&other).await.unwrap());
-        store.retry_at(&other, Timestamp::now()).await.unwrap();
+        store
+            .retry_at(&failed(&other, 1), Timestamp::now())
+            .await
+            .unwrap();
         let claimed = store.claim(10, Duration::from_secs(30)).await.unwrap();
         assert_eq!(claimed.len(), 1);
-        store.dead(&other).await.unwrap();
-        assert_eq!(
-            store
-                .dead_letters(&TenantId::parse("acme").unwrap())
-                .await
-                .unwrap(),
-            1
-        );
+        assert_eq!(claimed[0].attempts, 1);
+        store.dead(&failed(&other, 2)).await.unwrap();
+        assert_eq!(store.dead_letters(&acme).await.unwrap(), 1);
     }
 
     /// The reader found the tenant with no webhook; meanwhile an admin added one. Forgetting

@@ -419,11 +419,22 @@ impl TemporalBackend {
                     .update_id(update_id.clone())
                     .build(),
             );
-            let reply = self
+            let reply = match self
                 .call("decide", self.settings.call_timeout, async {
                     Ok(update.await)
                 })
-                .await?;
+                .await
+            {
+                Ok(reply) => reply,
+                // The server may have applied it after all (a slow worker): what the record
+                // says now answers, this decision's win included. Still pending: it may yet
+                // land, and the caller is told the engine did not answer in time.
+                Err(timeout @ BackendError::Timeout(_)) => {
+                    let record = self.read(tenant, id).await?;
+                    return Self::settled_outcome(record, &decision, true).ok_or(timeout);
+                }
+                Err(e) => return Err(e),
+            };
             match reply {
                 Ok(DecideReply::Decided(a)) => return Ok(DecisionOutcome::Decided(a.into())),
                 Ok(DecideReply::AlreadyDecided(a)) => {

@@ -253,3 +253,29 @@ def test_a_live_stream_that_breaks_after_a_long_run_reconnects(service: Service,
     assert not failed, failed
     assert transport.broken == 1
     assert got == ["before-the-break", "after-the-break"]
+
+
+def test_the_last_second_of_a_wait_is_waited_out_not_spun(service: Service, tenant: object) -> None:
+    """Under a second before the deadline a poll would ask for 0 s, which answers at once:
+    the client waits that time out and looks once more, instead of asking again and again."""
+    t = tenant
+    with ApprovalsClient(service.base_url, t.agent_token, t.name) as agent:  # type: ignore[attr-defined]
+        parked = agent.submit(SENSITIVE_READ)
+
+    class Counting(httpx.BaseTransport):
+        def __init__(self) -> None:
+            self.inner = httpx.HTTPTransport()
+            self.polls = 0
+
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            if request.url.path.endswith("/decision"):
+                self.polls += 1
+            return self.inner.handle_request(request)
+
+    transport = Counting()
+    with httpx.Client(transport=transport) as http:
+        agent = ApprovalsClient(service.base_url, t.agent_token, t.name, http=http)  # type: ignore[attr-defined]
+        with pytest.raises(WaitTimeout):
+            agent.wait(parked.request_id, timeout=1.5, poll_seconds=1)
+    # A 1 s poll, then the last half second waited out and one look at its end.
+    assert transport.polls <= 3, transport.polls

@@ -227,9 +227,9 @@ def within(timeout: httpx.Timeout | float, deadline: float | None) -> httpx.Time
 
 def is_transient(error: httpx.TransportError) -> bool:
     """Whether a transport error may go away by itself: a refused or dropped connection, a
-    timeout, a peer that broke the protocol. A URL without a scheme or a request this side
-    cannot send fails the same way every time, and is raised at once."""
-    return not isinstance(error, (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.ProxyError))
+    timeout, a peer (or a proxy) that broke the protocol. A URL without a scheme or a request
+    this side cannot send fails the same way every time, and is raised at once."""
+    return not isinstance(error, (httpx.UnsupportedProtocol, httpx.LocalProtocolError))
 
 
 def already_done(error: ApiError, wanted: Status, reason: str | None = None) -> Approval | None:

@@ -200,6 +200,10 @@ class AsyncApprovalsClient:
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
             asked = _core.poll_seconds(remaining, per_poll)
+            if remaining is not None and asked == 0 and remaining > 0:
+                # Under a second left: wait it out, then one last look (a 0 s poll answers at
+                # once, and asking again and again until the deadline would spin).
+                await anyio.sleep(remaining)
             started = time.monotonic()
             approval = await self.poll(approval_id, asked, deadline=deadline)
             if approval.decided:
