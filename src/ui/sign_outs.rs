@@ -15,11 +15,16 @@ use crate::notify::store::Store;
 /// Sessions one instance remembers as signed out when there is no Redis; past it, the ones
 /// already expired are forgotten first.
 const MAX_REMEMBERED: usize = 100_000;
+/// Of them, at most this many unexpired ones per subject: past it, that subject's own
+/// soonest-ending one is forgotten. Without it one reviewer signing in and out in a loop filled
+/// the table, and nobody's sign-out was recorded after that; now it only revives copies of
+/// that reviewer's own earlier cookies.
+const MAX_PER_SUBJECT: usize = 64;
 
 pub struct SignOuts {
     store: Option<Store>,
-    /// Without Redis: signed-out sessions and when they expire.
-    local: Mutex<HashMap<String, Timestamp>>,
+    /// Without Redis: signed-out sessions, each with when it expires and whose it is.
+    local: Mutex<HashMap<String, (Timestamp, String)>>,
 }
 
 fn name(session: &Session) -> String {
@@ -40,10 +45,22 @@ impl SignOuts {
         let Some(store) = &self.store else {
             let mut local = self.local.lock().unwrap_or_else(PoisonError::into_inner);
             if local.len() >= MAX_REMEMBERED {
-                local.retain(|_, expires| *expires > now);
+                local.retain(|_, (expires, _)| *expires > now);
+            }
+            let subject = &session.principal.subject;
+            let mut own: Vec<(Timestamp, String)> = local
+                .iter()
+                .filter(|(_, (expires, whose))| whose == subject && *expires > now)
+                .map(|(name, (expires, _))| (*expires, name.clone()))
+                .collect();
+            if own.len() >= MAX_PER_SUBJECT {
+                own.sort_unstable();
+                for (_, name) in own.iter().take(own.len() + 1 - MAX_PER_SUBJECT) {
+                    local.remove(name);
+                }
             }
             if local.len() < MAX_REMEMBERED {
-                local.insert(name(session), session.expires);
+                local.insert(name(session), (session.expires, subject.clone()));
             } else {
                 tracing::warn!(subject = %session.principal.subject, max = MAX_REMEMBERED,
                     "sign-out not recorded (too many unexpired ones on this instance): a copy \
@@ -74,5 +91,47 @@ impl SignOuts {
                 tracing::warn!(%error, "could not check sign-outs; session accepted");
                 false
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use approvals_core::TenantId;
+
+    use super::*;
+    use crate::auth::{Principal, Role, TenantScope};
+
+    fn session(subject: &str, n: usize) -> Session {
+        let tenant = TenantId::parse("acme").unwrap();
+        Session {
+            principal: Principal {
+                subject: subject.into(),
+                scope: TenantScope::One(tenant.clone()),
+                role: Role::Reviewer,
+            },
+            tenant,
+            csrf: format!("{subject}-{n}"),
+            expires: Timestamp::now().plus(std::time::Duration::from_secs(3600)),
+        }
+    }
+
+    /// Without Redis, one reviewer signing in and out in a loop filled the table, and nobody
+    /// else's sign-out was recorded after that.
+    #[tokio::test]
+    async fn one_reviewer_signing_out_in_a_loop_does_not_crowd_out_the_others() {
+        let sign_outs = SignOuts::new(None);
+        for n in 0..=MAX_REMEMBERED {
+            sign_outs.sign_out(&session("mallory", n)).await;
+        }
+        let bob = session("bob", 0);
+        sign_outs.sign_out(&bob).await;
+        assert!(sign_outs.signed_out(&bob).await);
+        // Mallory's latest sign-outs hold; her earliest were forgotten.
+        assert!(
+            sign_outs
+                .signed_out(&session("mallory", MAX_REMEMBERED))
+                .await
+        );
+        assert!(!sign_outs.signed_out(&session("mallory", 0)).await);
     }
 }
