@@ -76,7 +76,7 @@ pub struct PolicyOverview {
     pub history: Vec<Option<String>>,
     /// Bumped by every change.
     pub generation: u64,
-    /// Stored versions, newest upload first.
+    /// Stored versions, newest upload first (a version pushed again counts as new).
     pub bundles: Vec<BundleInfo>,
 }
 
@@ -230,7 +230,8 @@ pub struct BundleList {
     pub items: Vec<BundleInfo>,
 }
 
-/// The tenant's stored bundle versions, newest upload first (admin).
+/// The tenant's stored bundle versions, newest upload first (a version pushed again counts
+/// as new; its first upload's `uploaded_at` and `uploaded_by` stand) (admin).
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/policy/bundles", tag = "policy",
     params(("tenant" = inline(TenantId), Path)),
     responses((status = 200, body = BundleList), (status = 400, body = super::Problem), (status = 401, body = super::Problem),

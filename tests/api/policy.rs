@@ -941,6 +941,23 @@ async fn a_tenant_validates_one_upload_at_a_time() {
     assert_eq!(after.status(), StatusCode::CREATED);
 }
 
+/// A version pushed again counts as the latest upload for what is kept: the next upload's
+/// prune deletes an older one, not the version a pipeline just pushed (and is about to
+/// activate, which would then be 404).
+#[tokio::test]
+async fn a_version_pushed_again_is_kept_as_the_newest() {
+    let app = TestApp::spawn_with(|s| s.policy.max_stored_bundles = 2).await;
+    let first = upload(&app, reads_allowed_marked(0)).await;
+    let second = upload(&app, reads_allowed_marked(1)).await;
+    let again = post_bundle(&app, &app.tokens.admin, reads_allowed_marked(0)).await;
+    assert_eq!(again.status(), StatusCode::OK);
+    let third = post_bundle(&app, &app.tokens.admin, reads_allowed_marked(2)).await;
+    assert_eq!(third.status(), StatusCode::CREATED);
+    let body: Value = third.json().await.unwrap();
+    assert_eq!(body["pruned"], json!([second]), "{body}");
+    assert_eq!(activate(&app, &first).await.status(), StatusCode::OK);
+}
+
 /// `reads_allowed` with `mark` in a comment: a version of its own.
 fn reads_allowed_marked(mark: usize) -> Value {
     let mut bundle = reads_allowed();

@@ -6,8 +6,13 @@
 -- ARGV[1] the bundle JSON, ARGV[2] uploaded_at (ms), ARGV[3] the version, ARGV[4] the summary
 -- JSON, ARGV[5] the tenant, ARGV[6] versions kept besides the named ones, ARGV[7] the prefix
 -- of the tenant's bundle keys
--- Returns {1, pruned versions...} when stored, {0} when the version was there.
+-- Returns {1, pruned versions...} when stored, {0} when the version was there (its place in
+-- the upload order refreshed).
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX') then
+  -- Pushed again: as recent as a new upload for what is kept (its first upload's facts
+  -- stand), so the next upload's prune does not delete the version a pipeline just pushed
+  -- and is about to activate.
+  redis.call('ZADD', KEYS[2], 'GT', ARGV[2], ARGV[3])
   return {0}
 end
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
