@@ -300,3 +300,35 @@ async fn a_long_poll_on_a_terminated_workflow_waits_and_answers() {
         started.elapsed()
     );
 }
+
+/// A namespace that does not exist (deleted, or misspelt in `temporal.namespace`) is an
+/// outage, not a missing approval: reads answer 503, which agents retry, where they answered
+/// 404, which agents take as final.
+#[cfg(feature = "temporal")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_temporal_namespace_is_an_outage_not_a_missing_approval() {
+    use crate::support::Backend;
+
+    let app = crate::support::Harness::new(Backend::Temporal)
+        .spawn_with(|s| s.temporal.namespace = "no-such-namespace".into())
+        .await;
+    for path in [
+        format!("/v1/tenants/{}/approvals/any", app.tenant),
+        format!(
+            "/v1/tenants/{}/approvals/any/decision?wait_seconds=1",
+            app.tenant
+        ),
+    ] {
+        let response = app
+            .request(reqwest::Method::GET, &path, Some(&app.tokens.agent))
+            .send()
+            .await
+            .unwrap();
+        crate::support::assert_problem(
+            response,
+            reqwest::StatusCode::SERVICE_UNAVAILABLE,
+            "backend_unavailable",
+        )
+        .await;
+    }
+}

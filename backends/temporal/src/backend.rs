@@ -254,7 +254,11 @@ impl TemporalBackend {
                         Err(e) => Err(corrupt(&key, e)),
                     }
                 }
-                Err(temporalio_client::errors::WorkflowInteractionError::NotFound(_)) => Ok(None),
+                Err(temporalio_client::errors::WorkflowInteractionError::NotFound(status))
+                    if !namespace_missing(&status) =>
+                {
+                    Ok(None)
+                }
                 Err(e) => Err(BackendError::unavailable("describe", e)),
             }
         })
@@ -649,7 +653,7 @@ impl ApprovalBackend for TemporalBackend {
                 return Ok(Some(record));
             }
             // Closed and dropped by retention meanwhile: the read below says so.
-            Ok(Err(WorkflowGetResultError::NotFound(_))) => {}
+            Ok(Err(WorkflowGetResultError::NotFound(status))) if !namespace_missing(&status) => {}
             // Closed without a decision (an operator terminated or cancelled it; it failed or
             // timed out): nothing will ever decide it, and its memo still reads pending. The
             // wait is answered as for any approval nobody decides, at its end, with the
@@ -790,6 +794,15 @@ impl ApprovalBackend for TemporalBackend {
         })
         .await
     }
+}
+
+/// Whether a `NotFound` is about the namespace, not the workflow: a namespace that is missing
+/// (deleted, misspelt in `temporal.namespace`) is an outage of this deployment, and every
+/// approval answered 404 through it, which agents take as final.
+fn namespace_missing(status: &temporalio_client::tonic::Status) -> bool {
+    let message = status.message();
+    (message.starts_with("Namespace ") && message.contains("not found"))
+        || String::from_utf8_lossy(status.details()).contains("NamespaceNotFoundFailure")
 }
 
 #[cfg(test)]
