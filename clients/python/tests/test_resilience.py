@@ -279,3 +279,47 @@ def test_the_last_second_of_a_wait_is_waited_out_not_spun(service: Service, tena
             agent.wait(parked.request_id, timeout=1.5, poll_seconds=1)
     # A 1 s poll, then the last half second waited out and one look at its end.
     assert transport.polls <= 3, transport.polls
+
+
+def test_a_live_stream_outlasts_an_outage_longer_than_its_retry_budget(
+    own_service: Service, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Once open, a live stream reconnects through an outage of any length (as a browser's
+    EventSource does): a reviewer's dashboard used to lose its feed, with an exception, to a
+    Redis restart that took longer than the retry policy's budget."""
+    caplog.set_level(logging.INFO, logger="approvals_client")
+    t = own_service.tenants[0]
+    budget = RetryPolicy(initial_backoff=0.05, max_backoff=0.2, max_elapsed=0.5)
+    reviewer = ApprovalsClient(own_service.base_url, t.reviewer_token, t.name, retry=budget)
+    got: list[str] = []
+    failed: list[BaseException] = []
+
+    def watch() -> None:
+        try:
+            # From the start of the audit: the first event may come before the stream opens.
+            for event in reviewer.events(last_event_id="0-0"):
+                got.append(event.data.approval_id)
+                if len(got) == 2:
+                    return
+        except BaseException as error:  # reported below
+            failed.append(error)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    with ApprovalsClient(own_service.base_url, t.agent_token, t.name) as agent:
+        submitted = agent.submit(SENSITIVE_READ, request_id="before-the-outage")
+        assert submitted.created
+        until(lambda: got == ["before-the-outage"] or bool(failed), what="the first event")
+        own_service.redis.stop()
+        # Reconnects refused (503) for longer than the whole retry budget.
+        until(
+            lambda: sum(" 503; reconnect" in r.getMessage() for r in caplog.records) >= 8 or bool(failed),
+            what="reconnects past the retry budget",
+        )
+        own_service.redis.start()
+        retry = RetryPolicy(max_attempts=100, initial_backoff=0.1, max_backoff=0.5)
+        with ApprovalsClient(own_service.base_url, t.agent_token, t.name, retry=retry) as patient:
+            patient.submit(SENSITIVE_READ, request_id="after-the-outage")
+        watcher.join(30)
+    assert not failed, failed
+    assert got == ["before-the-outage", "after-the-outage"]

@@ -117,10 +117,10 @@ def is_retryable(response: httpx.Response) -> bool:
     # `429 too_many_requests`: this token has as many calls in flight as the service allows
     # one caller; one ends soon (`Retry-After`). Other 429s (`too_many_pending`,
     # `too_many_streams`) wait for people, not for a retry.
-    return response.status_code == 429 and _problem_code(response) == "too_many_requests"
+    return response.status_code == 429 and problem_code(response) == "too_many_requests"
 
 
-def _problem_code(response: httpx.Response) -> str | None:
+def problem_code(response: httpx.Response) -> str | None:
     try:
         body = response.json()
     except ValueError:

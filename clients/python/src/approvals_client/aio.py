@@ -291,15 +291,20 @@ class AsyncApprovalsClient:
         Starts after `last_event_id` when given (else with what happens from now on) and,
         with `reconnect`, resumes after the last event seen whenever the stream ends or
         breaks, so none is missed or repeated (on Temporal the service repeats the 15 s before
-        the resume point; the client drops what it yielded already). Stop by breaking out of
-        the loop.
+        the resume point; the client drops what it yielded already, but after a restart with
+        a saved `last_event_id` those events may come again: deduplicate by `event_id`).
+        Once the stream has opened, it keeps reconnecting through outages of any length (as
+        a browser's EventSource does), and through `too_many_streams` while the service still
+        counts the stream that broke; before that, the retry policy applies. Stop by breaking
+        out of the loop.
         """
         url = self._url("events")
         resume = _core.Resume(last_event_id)
         failures = 0
-        # The retry budget counts from the first failure of a run of them: a stream that served
-        # for an hour and then broke gets as many tries as one that never opened.
+        # The retry budget holds only until the stream first opens (a wrong URL or token fails
+        # soon); it counts from the first failure of a run of them.
         started = time.monotonic()
+        opened = False
         while True:
             headers = dict(self._headers, Accept="text/event-stream")
             if resume.last is not None:
@@ -310,17 +315,20 @@ class AsyncApprovalsClient:
                 async with self._http.stream("GET", url, headers=headers, timeout=timeout) as response:
                     if response.status_code != 200:
                         await response.aread()
-                        if not (reconnect and _core.is_retryable(response)):
+                        lingering = opened and _core.problem_code(response) == "too_many_streams"
+                        if not (reconnect and (_core.is_retryable(response) or lingering)):
                             raise _core.api_error(response)
                         if failures == 0:
                             started = time.monotonic()
                         failures += 1
                         delay = self.retry.backoff(failures, _core.retry_after_seconds(response))
-                        if self.retry.gives_up(failures, time.monotonic() - started, delay):
+                        if not opened and self.retry.gives_up(failures, time.monotonic() - started, delay):
                             raise _core.api_error(response)
+                        log.info("GET %s: %d; reconnect %d in %.2fs", url, response.status_code, failures, delay)
                         await anyio.sleep(delay)
                         continue
                     failures = 0
+                    opened = True
                     async for line in response.aiter_lines():
                         raw = decoder.feed(line)
                         if raw is None:
@@ -336,7 +344,7 @@ class AsyncApprovalsClient:
                     started = time.monotonic()
                 failures += 1
                 delay = self.retry.backoff(failures)
-                if self.retry.gives_up(failures, time.monotonic() - started, delay):
+                if not opened and self.retry.gives_up(failures, time.monotonic() - started, delay):
                     raise TransportError(f"GET {url}: {error!r}") from error
                 await anyio.sleep(delay)
                 continue
