@@ -177,20 +177,3 @@ def test_a_client_factory_is_called_once_not_per_call(agent: ApprovalsClient) ->
 
     assert [document_read("docs/a.md"), document_read("docs/b.md")] == ["docs/a.md", "docs/b.md"]
     assert len(made) == 1, "a client (and its connection pool) per call, never closed"
-
-
-@pytest.mark.anyio
-async def test_an_async_client_made_for_a_call_is_closed_after_it(service: Service, tenant: Tenant) -> None:
-    made: list[AsyncApprovalsClient] = []
-
-    def factory() -> AsyncApprovalsClient:
-        made.append(AsyncApprovalsClient(service.base_url, tenant.agent_token, tenant.name))
-        return made[-1]
-
-    @require_approval(factory)
-    async def document_read(resource: str) -> str:
-        return resource
-
-    assert [await document_read("docs/a.md"), await document_read("docs/b.md")] == ["docs/a.md", "docs/b.md"]
-    assert len(made) == 2
-    assert all(client._http.is_closed for client in made), "a client per call, never closed"

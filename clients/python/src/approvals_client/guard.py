@@ -91,9 +91,7 @@ def require_approval(
     `Rejected` or `Expired` outcome) is raised, or `on_refused(outcome)` is returned instead.
 
     - `client`: an `ApprovalsClient` (sync or async functions; an async function waits in a
-      worker thread) or an `AsyncApprovalsClient` (async functions), or a function returning one
-      (called once for a sync client; for an async one, on every call, and the client it
-      returns is closed after that call: pass a long-lived async client itself, not a function).
+      worker thread) or an `AsyncApprovalsClient` (async functions), or a function returning one.
     - `action(*args, **kwargs)`: builds the action from the call; by default
       `{"type": action_type or the function's name, **arguments}`.
     - `context`: a mapping, or a function of the call's arguments, sent as the request context.
@@ -149,13 +147,7 @@ def require_approval(
                 current = resolve()
                 call = request(args, kwargs)
                 if isinstance(current, AsyncApprovalsClient):
-                    # One made by the factory for this call is closed after it: each call's
-                    # client used to keep its connections open until garbage collection.
-                    try:
-                        outcome = await current.submit_and_wait(**call)
-                    finally:
-                        if current is not client:
-                            await current.aclose()
+                    outcome = await current.submit_and_wait(**call)
                 else:
                     sync_client = current
                     # Its own thread, not one of anyio's shared 40 (a wait can last hours), and
