@@ -3,7 +3,7 @@
 //! is refused too. In Redis when it is among the engines (every instance sees it), else per
 //! instance. A session is named by a digest of its CSRF token, random per sign-in.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Mutex, PoisonError};
 
 use approvals_core::Timestamp;
@@ -23,8 +23,64 @@ const MAX_PER_SUBJECT: usize = 64;
 
 pub struct SignOuts {
     store: Option<Store>,
-    /// Without Redis: signed-out sessions, each with when it expires and whose it is.
-    local: Mutex<HashMap<String, (Timestamp, String)>>,
+    /// Without Redis: the signed-out sessions.
+    local: Mutex<Local>,
+}
+
+/// Signed-out sessions by name (when each expires, whose it is), and by subject in the order
+/// they expire, so that bounding one subject's costs a lookup, not a walk of the table.
+#[derive(Default)]
+struct Local {
+    by_name: HashMap<String, (Timestamp, String)>,
+    by_subject: HashMap<String, BTreeSet<(Timestamp, String)>>,
+}
+
+impl Local {
+    fn forget(&mut self, name: &str) {
+        if let Some((expires, subject)) = self.by_name.remove(name) {
+            if let Some(own) = self.by_subject.get_mut(&subject) {
+                own.remove(&(expires, name.to_owned()));
+                if own.is_empty() {
+                    self.by_subject.remove(&subject);
+                }
+            }
+        }
+    }
+
+    fn remember(&mut self, name: String, expires: Timestamp, subject: &str, now: Timestamp) {
+        if self.by_name.len() >= MAX_REMEMBERED {
+            let expired: Vec<String> = self
+                .by_name
+                .iter()
+                .filter(|(_, (at, _))| *at <= now)
+                .map(|(name, _)| name.clone())
+                .collect();
+            expired.iter().for_each(|name| self.forget(name));
+        }
+        let own = self.by_subject.get(subject);
+        let stale: Vec<String> = own
+            .map(|own| {
+                let expired = own.iter().take_while(|(at, _)| *at <= now).count();
+                let over = (own.len() - expired + 1).saturating_sub(MAX_PER_SUBJECT);
+                own.iter()
+                    .take(expired + over)
+                    .map(|(_, name)| name.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        stale.iter().for_each(|name| self.forget(name));
+        if self.by_name.len() >= MAX_REMEMBERED {
+            tracing::warn!(%subject, max = MAX_REMEMBERED,
+                "sign-out not recorded (too many unexpired ones on this instance): a copy \
+                 of the cookie stays valid until it expires");
+            return;
+        }
+        self.by_subject
+            .entry(subject.to_owned())
+            .or_default()
+            .insert((expires, name.clone()));
+        self.by_name.insert(name, (expires, subject.to_owned()));
+    }
 }
 
 fn name(session: &Session) -> String {
@@ -43,29 +99,15 @@ impl SignOuts {
     pub async fn sign_out(&self, session: &Session) {
         let now = Timestamp::now();
         let Some(store) = &self.store else {
-            let mut local = self.local.lock().unwrap_or_else(PoisonError::into_inner);
-            if local.len() >= MAX_REMEMBERED {
-                local.retain(|_, (expires, _)| *expires > now);
-            }
-            let subject = &session.principal.subject;
-            let mut own: Vec<(Timestamp, String)> = local
-                .iter()
-                .filter(|(_, (expires, whose))| whose == subject && *expires > now)
-                .map(|(name, (expires, _))| (*expires, name.clone()))
-                .collect();
-            if own.len() >= MAX_PER_SUBJECT {
-                own.sort_unstable();
-                for (_, name) in own.iter().take(own.len() + 1 - MAX_PER_SUBJECT) {
-                    local.remove(name);
-                }
-            }
-            if local.len() < MAX_REMEMBERED {
-                local.insert(name(session), (session.expires, subject.clone()));
-            } else {
-                tracing::warn!(subject = %session.principal.subject, max = MAX_REMEMBERED,
-                    "sign-out not recorded (too many unexpired ones on this instance): a copy \
-                     of the cookie stays valid until it expires");
-            }
+            self.local
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remember(
+                    name(session),
+                    session.expires,
+                    &session.principal.subject,
+                    now,
+                );
             return;
         };
         if let Err(error) = store
@@ -82,7 +124,7 @@ impl SignOuts {
     pub async fn signed_out(&self, session: &Session) -> bool {
         let Some(store) = &self.store else {
             let local = self.local.lock().unwrap_or_else(PoisonError::into_inner);
-            return local.contains_key(&name(session));
+            return local.by_name.contains_key(&name(session));
         };
         store
             .signed_out(&name(session))

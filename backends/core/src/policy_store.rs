@@ -66,7 +66,8 @@ pub struct PolicyState {
 /// What storing a bundle did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PutBundle {
-    /// `false` when the version was stored before (nothing written).
+    /// `false` when the version was stored before (only its place in the upload order, which
+    /// pruning reads, is refreshed).
     pub created: bool,
     /// Versions deleted to keep the tenant within its count, oldest upload first.
     pub pruned: Vec<String>,

@@ -802,7 +802,10 @@ impl ApprovalBackend for TemporalBackend {
 fn namespace_missing(status: &temporalio_client::tonic::Status) -> bool {
     let message = status.message();
     (message.starts_with("Namespace ") && message.contains("not found"))
-        || String::from_utf8_lossy(status.details()).contains("NamespaceNotFoundFailure")
+        // The failure's type URL: an approval or tenant id cannot hold its '/', so a workflow
+        // id quoted in the details cannot imitate it.
+        || String::from_utf8_lossy(status.details())
+            .contains("/temporal.api.errordetails.v1.NamespaceNotFoundFailure")
 }
 
 #[cfg(test)]

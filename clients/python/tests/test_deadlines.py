@@ -10,7 +10,7 @@ from typing import Iterator
 
 import pytest
 
-from approvals_client import ApprovalsClient, AsyncApprovalsClient, TransportError, WaitTimeout
+from approvals_client import ApprovalsClient, AsyncApprovalsClient, RetryPolicy, TransportError, WaitTimeout
 from approvals_client._core import DEADLINE_GRACE
 
 # The deadline, its grace, and a second for backoff and a loaded machine. Without the cut
@@ -68,3 +68,9 @@ def test_a_per_poll_wait_under_a_second_is_refused() -> None:
     client = ApprovalsClient("http://127.0.0.1:8080", "token", "acme")
     with pytest.raises(ValueError):
         client.wait("req-1", poll_seconds=0)
+
+
+def test_backoff_stays_at_its_cap_however_many_attempts() -> None:
+    # A live stream reconnects without end; 2.0 ** 1024 raised OverflowError about an hour
+    # into an outage.
+    assert RetryPolicy().backoff(5_000) <= RetryPolicy().max_backoff

@@ -24,6 +24,10 @@ DEFAULT_TIMEOUT = 35.0
 service's own request deadline (`server.request_timeout`, 30 s by default), so that the
 service's `408` (retried) comes before the client gives up on its own."""
 
+STREAM_LINGER = 60.0
+"""How long a reconnecting live stream retries `too_many_streams` (seconds): the service lets
+a broken stream go at its next write, a keep-alive at most 15 s away."""
+
 SERVER_WAIT_CAP = 60
 """The service's longest long-poll (`approvals.long_poll_max`): a wait asks for at most this
 and resumes after it."""
@@ -55,7 +59,8 @@ class RetryPolicy:
     max_elapsed: float | None = 60.0
 
     def backoff(self, attempt: int, retry_after: float | None = None) -> float:
-        ceiling = min(self.max_backoff, self.initial_backoff * self.multiplier ** max(0, attempt - 1))
+        # The exponent is capped: a live stream retries without end, and 2.0 ** 1024 overflows.
+        ceiling = min(self.max_backoff, self.initial_backoff * self.multiplier ** min(max(0, attempt - 1), 64))
         delay = random.uniform(ceiling / 2, ceiling)
         if retry_after is not None:
             delay = max(delay, retry_after)

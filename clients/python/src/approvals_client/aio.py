@@ -305,6 +305,9 @@ class AsyncApprovalsClient:
         # soon); it counts from the first failure of a run of them.
         started = time.monotonic()
         opened = False
+        # Since when reconnects have met `too_many_streams`: retried a while only, for the
+        # stream that broke to be let go; a token truly at its limit is told.
+        refused_since: float | None = None
         while True:
             headers = dict(self._headers, Accept="text/event-stream")
             if resume.last is not None:
@@ -315,7 +318,10 @@ class AsyncApprovalsClient:
                 async with self._http.stream("GET", url, headers=headers, timeout=timeout) as response:
                     if response.status_code != 200:
                         await response.aread()
-                        lingering = opened and _core.problem_code(response) == "too_many_streams"
+                        lingering = False
+                        if opened and _core.problem_code(response) == "too_many_streams":
+                            refused_since = refused_since if refused_since is not None else time.monotonic()
+                            lingering = time.monotonic() - refused_since < _core.STREAM_LINGER
                         if not (reconnect and (_core.is_retryable(response) or lingering)):
                             raise _core.api_error(response)
                         if failures == 0:
@@ -329,6 +335,7 @@ class AsyncApprovalsClient:
                         continue
                     failures = 0
                     opened = True
+                    refused_since = None
                     async for line in response.aiter_lines():
                         raw = decoder.feed(line)
                         if raw is None:

@@ -304,6 +304,9 @@ class ApprovalsClient:
         # soon); it counts from the first failure of a run of them.
         started = time.monotonic()
         opened = False
+        # Since when reconnects have met `too_many_streams`: retried a while only, for the
+        # stream that broke to be let go; a token truly at its limit is told.
+        refused_since: float | None = None
         while True:
             headers = dict(self._headers, Accept="text/event-stream")
             if resume.last is not None:
@@ -314,7 +317,10 @@ class ApprovalsClient:
                 with self._http.stream("GET", url, headers=headers, timeout=timeout) as response:
                     if response.status_code != 200:
                         response.read()
-                        lingering = opened and _core.problem_code(response) == "too_many_streams"
+                        lingering = False
+                        if opened and _core.problem_code(response) == "too_many_streams":
+                            refused_since = refused_since if refused_since is not None else time.monotonic()
+                            lingering = time.monotonic() - refused_since < _core.STREAM_LINGER
                         if not (reconnect and (_core.is_retryable(response) or lingering)):
                             raise _core.api_error(response)
                         if failures == 0:
@@ -328,6 +334,7 @@ class ApprovalsClient:
                         continue
                     failures = 0
                     opened = True
+                    refused_since = None
                     for line in response.iter_lines():
                         raw = decoder.feed(line)
                         if raw is None:
