@@ -178,16 +178,7 @@ impl Approvals {
                 "policy changed; its bundles could not be listed in the answer");
             Vec::new()
         });
-        let default_version = self.policies.default_gate().version().to_owned();
-        Ok(PolicyView {
-            effective_version: state
-                .active
-                .clone()
-                .unwrap_or_else(|| default_version.clone()),
-            default_version,
-            state,
-            bundles,
-        })
+        Ok(self.view(state, bundles))
     }
 
     pub async fn policy_view(
@@ -204,8 +195,13 @@ impl Approvals {
             .bundles(tenant)
             .await
             .map_err(|e| self.engine_failed(e))?;
+        Ok(self.view(state, bundles))
+    }
+
+    /// `state` and `bundles` as the API shows them, with what is in effect.
+    fn view(&self, state: PolicyState, bundles: Vec<BundleSummary>) -> PolicyView {
         let default_version = self.policies.default_gate().version().to_owned();
-        Ok(PolicyView {
+        PolicyView {
             effective_version: state
                 .active
                 .clone()
@@ -213,7 +209,7 @@ impl Approvals {
             default_version,
             state,
             bundles,
-        })
+        }
     }
 
     pub async fn policy_bundle(

@@ -245,15 +245,7 @@ async fn a_decision_on_an_unreadable_value_is_an_error_not_an_outage() {
 
 /// `approvals_backend_errors_total` of kind `corrupt` answered to requests, in this process.
 async fn corrupt_errors(app: &crate::support::TestApp) -> u64 {
-    let text = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     text.lines()
         .filter(|l| {
             l.starts_with("approvals_backend_errors_total{")

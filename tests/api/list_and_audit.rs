@@ -289,15 +289,7 @@ async fn an_unreadable_workflow_memo_is_passed_over() {
     // was counted, by a read or by the pending figures).
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let metrics = app
-            .http
-            .get(format!("{}/metrics", app.base))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = app.metrics().await;
         let counted = metrics
             .lines()
             .any(|l| l.starts_with("approvals_unreadable_records_total{") && !l.ends_with(" 0"));

@@ -385,15 +385,7 @@ async fn odd_methods_and_paths_cannot_grow_the_metrics() {
             .unwrap();
         assert!(response.status().is_client_error(), "{}", response.status());
     }
-    let text = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     let labels = |name: &str| -> std::collections::BTreeSet<String> {
         text.lines()
             .filter(|l| l.starts_with("approvals_http_requests_total{"))

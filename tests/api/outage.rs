@@ -370,10 +370,7 @@ async fn waiters_that_cannot_reread_after_a_reconnect_go_on_waiting() {
         },
     )
     .await;
-    let () = redis::cmd("ACL")
-        .arg("SETUSER")
-        .arg("default")
-        .arg("-mget")
+    let () = crate::support::acl_rule("-mget")
         .query_async(&mut admin)
         .await
         .unwrap();
@@ -385,10 +382,7 @@ async fn waiters_that_cannot_reread_after_a_reconnect_go_on_waiting() {
         .await
         .unwrap();
     let response = waiter.await.unwrap();
-    let () = redis::cmd("ACL")
-        .arg("SETUSER")
-        .arg("default")
-        .arg("+mget")
+    let () = crate::support::acl_rule("+mget")
         .query_async(&mut admin)
         .await
         .unwrap();

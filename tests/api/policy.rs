@@ -791,14 +791,10 @@ async fn a_policy_change_made_answers_made_even_if_its_audit_write_fails() {
     let app = TestApp::spawn().await;
     let version = upload(&app, reads_allowed()).await;
     let mut admin = app.redis().connection().await;
-    let acl = |rule: &'static str| {
-        redis::cmd("ACL")
-            .arg("SETUSER")
-            .arg("default")
-            .arg(rule)
-            .to_owned()
-    };
-    let () = acl("-xadd").query_async(&mut admin).await.unwrap();
+    let () = crate::support::acl_rule("-xadd")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
     let response = call(
         &app,
         Method::PUT,
@@ -807,7 +803,10 @@ async fn a_policy_change_made_answers_made_even_if_its_audit_write_fails() {
         Some(json!({ "version": version })),
     )
     .await;
-    let () = acl("+xadd").query_async(&mut admin).await.unwrap();
+    let () = crate::support::acl_rule("+xadd")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let overview = app
         .get_json(&policy_path(&app, ""), &app.tokens.admin)
@@ -830,14 +829,10 @@ async fn a_policy_change_answers_with_what_it_committed_even_if_a_later_read_fai
         .parse()
         .unwrap();
     let mut admin = app.redis().connection().await;
-    let acl = |rule: &'static str| {
-        redis::cmd("ACL")
-            .arg("SETUSER")
-            .arg("default")
-            .arg(rule)
-            .to_owned()
-    };
-    let () = acl("-hmget").query_async(&mut admin).await.unwrap();
+    let () = crate::support::acl_rule("-hmget")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
     let response = call(
         &app,
         Method::PUT,
@@ -846,7 +841,10 @@ async fn a_policy_change_answers_with_what_it_committed_even_if_a_later_read_fai
         Some(json!({ "version": version })),
     )
     .await;
-    let () = acl("+hmget").query_async(&mut admin).await.unwrap();
+    let () = crate::support::acl_rule("+hmget")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(
         response.headers()["etag"].to_str().unwrap(),
@@ -866,11 +864,7 @@ async fn an_upload_cut_off_by_the_request_deadline_is_still_stored() {
         s.redis.call_timeout = Duration::from_millis(200);
     })
     .await;
-    let mut bundle = reads_allowed();
-    bundle["files"][1]["text"] = json!(format!(
-        "{}\ntest_takes_a_while if {{\n\tcount([x | some x in numbers.range(1, 400000)]) > 0\n}}\n",
-        bundle["files"][1]["text"].as_str().unwrap()
-    ));
+    let bundle = reads_allowed_with_a_test_of(400_000);
     let response = post_bundle(&app, &app.tokens.admin, bundle.clone()).await;
     assert_problem(response, StatusCode::REQUEST_TIMEOUT, "request_timeout").await;
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -905,11 +899,7 @@ async fn an_upload_cut_off_by_the_request_deadline_is_still_stored() {
 #[tokio::test]
 async fn a_tenant_validates_one_upload_at_a_time() {
     let app = TestApp::spawn().await;
-    let mut slow = reads_allowed();
-    slow["files"][1]["text"] = json!(format!(
-        "{}\ntest_takes_a_while if {{\n\tcount([x | some x in numbers.range(1, 3000000)]) > 0\n}}\n",
-        slow["files"][1]["text"].as_str().unwrap()
-    ));
+    let slow = reads_allowed_with_a_test_of(3_000_000);
     let first = {
         let request = app
             .request(
@@ -956,6 +946,16 @@ async fn a_version_pushed_again_is_kept_as_the_newest() {
     let body: Value = third.json().await.unwrap();
     assert_eq!(body["pruned"], json!([second]), "{body}");
     assert_eq!(activate(&app, &first).await.status(), StatusCode::OK);
+}
+
+/// `reads_allowed` with one more test, which counts to `n`: its validation takes a while.
+fn reads_allowed_with_a_test_of(n: u64) -> Value {
+    let mut bundle = reads_allowed();
+    let text = bundle["files"][1]["text"].as_str().unwrap().to_owned();
+    bundle["files"][1]["text"] = json!(format!(
+        "{text}\ntest_takes_a_while if {{\n\tcount([x | some x in numbers.range(1, {n})]) > 0\n}}\n"
+    ));
+    bundle
 }
 
 /// `reads_allowed` with `mark` in a comment: a version of its own.

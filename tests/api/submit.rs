@@ -255,42 +255,39 @@ async fn inputs_beyond_the_limits_are_422_before_the_policy_runs() {
             "{problem}"
         );
     }
-    let response = app
-        .request(
-            Method::POST,
-            &format!("/v1/tenants/{}/approvals", app.tenant),
-            Some(&app.tokens.agent),
+    // Beside `action`: its `context`, and the `agent_id` the policy sees and the record keeps.
+    let beside = [
+        (
+            "context",
+            json!({"action": {"type": "document_read"}, "context": {"note": "n".repeat(5_000)}}),
+        ),
+        (
+            "agent_id",
+            json!({"action": sensitive_read(), "agent_id": "a".repeat(60_000)}),
+        ),
+    ];
+    for (field, body) in beside {
+        let response = app
+            .request(
+                Method::POST,
+                &format!("/v1/tenants/{}/approvals", app.tenant),
+                Some(&app.tokens.agent),
+            )
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let problem = assert_problem(
+            response,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "input_too_large",
         )
-        .json(&json!({"action": {"type": "document_read"}, "context": {"note": "n".repeat(5_000)}}))
-        .send()
-        .await
-        .unwrap();
-    assert_problem(
-        response,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "input_too_large",
-    )
-    .await;
-    let response = app
-        .request(
-            Method::POST,
-            &format!("/v1/tenants/{}/approvals", app.tenant),
-            Some(&app.tokens.agent),
-        )
-        .json(&json!({"action": sensitive_read(), "agent_id": "a".repeat(60_000)}))
-        .send()
-        .await
-        .unwrap();
-    let problem = assert_problem(
-        response,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "input_too_large",
-    )
-    .await;
-    assert!(
-        problem["detail"].as_str().unwrap().starts_with("agent_id"),
-        "{problem}"
-    );
+        .await;
+        assert!(
+            problem["detail"].as_str().unwrap().starts_with(field),
+            "{problem}"
+        );
+    }
     app.assert_nothing_stored().await;
 }
 

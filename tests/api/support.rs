@@ -402,6 +402,16 @@ impl TestApp {
         response.json().await.expect("json")
     }
 
+    /// The app's `/metrics` text, as scraped now.
+    pub async fn metrics(&self) -> String {
+        let response = self.http.get(self.url("/metrics")).send().await;
+        response
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     /// Polls `{base}/metrics` until `ready` holds for its text (the event a test waits for,
     /// not a guessed delay); panics naming `what` after `within`. Returns the text.
     pub async fn metrics_until(
@@ -512,6 +522,15 @@ async fn serve(
     let signal = stop.clone();
     let server = tokio::spawn(app.run_until(async move { signal.cancelled().await }));
     (base, stop, server)
+}
+
+/// `ACL SETUSER default <rule>`: lets a test make Redis refuse (or allow again) one command.
+pub fn acl_rule(rule: &str) -> redis::Cmd {
+    redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("default")
+        .arg(rule)
+        .to_owned()
 }
 
 /// A read the default bundle sends to a reviewer.

@@ -220,15 +220,12 @@ class BreakStreamOnce(httpx.BaseTransport):
         return httpx.Response(response.status_code, headers=response.headers, stream=Breaking(), request=request)
 
 
-def test_a_live_stream_that_breaks_after_a_long_run_reconnects(service: Service, tenant: object) -> None:
-    """The retry budget counts from the break, not from when the stream first opened."""
-    t = tenant
-    transport = BreakStreamOnce()
-    budget = RetryPolicy(initial_backoff=0.01, max_backoff=0.05, max_elapsed=1.0)
+def watch_two_events(reviewer: ApprovalsClient) -> tuple[threading.Thread, list[str], list[BaseException]]:
+    """Follows `reviewer`'s live events on a thread of its own until two have come: the
+    thread, the approval ids seen, and what ended the stream early. From the start of the
+    audit, since the first event may come before the stream opens."""
     got: list[str] = []
     failed: list[BaseException] = []
-    http = httpx.Client(transport=transport)
-    reviewer = ApprovalsClient(service.base_url, t.reviewer_token, t.name, http=http, retry=budget)  # type: ignore[attr-defined]
 
     def watch() -> None:
         try:
@@ -236,11 +233,22 @@ def test_a_live_stream_that_breaks_after_a_long_run_reconnects(service: Service,
                 got.append(event.data.approval_id)
                 if len(got) == 2:
                     return
-        except BaseException as error:  # reported below
+        except BaseException as error:  # reported by the test
             failed.append(error)
 
     watcher = threading.Thread(target=watch)
     watcher.start()
+    return watcher, got, failed
+
+
+def test_a_live_stream_that_breaks_after_a_long_run_reconnects(service: Service, tenant: object) -> None:
+    """The retry budget counts from the break, not from when the stream first opened."""
+    t = tenant
+    transport = BreakStreamOnce()
+    budget = RetryPolicy(initial_backoff=0.01, max_backoff=0.05, max_elapsed=1.0)
+    http = httpx.Client(transport=transport)
+    reviewer = ApprovalsClient(service.base_url, t.reviewer_token, t.name, http=http, retry=budget)  # type: ignore[attr-defined]
+    watcher, got, failed = watch_two_events(reviewer)
     with ApprovalsClient(service.base_url, t.agent_token, t.name) as agent:  # type: ignore[attr-defined]
         agent.submit(SENSITIVE_READ, request_id="before-the-break")
         until(lambda: got == ["before-the-break"] or bool(failed), what="the first event")
@@ -291,21 +299,7 @@ def test_a_live_stream_outlasts_an_outage_longer_than_its_retry_budget(
     t = own_service.tenants[0]
     budget = RetryPolicy(initial_backoff=0.05, max_backoff=0.2, max_elapsed=0.5)
     reviewer = ApprovalsClient(own_service.base_url, t.reviewer_token, t.name, retry=budget)
-    got: list[str] = []
-    failed: list[BaseException] = []
-
-    def watch() -> None:
-        try:
-            # From the start of the audit: the first event may come before the stream opens.
-            for event in reviewer.events(last_event_id="0-0"):
-                got.append(event.data.approval_id)
-                if len(got) == 2:
-                    return
-        except BaseException as error:  # reported below
-            failed.append(error)
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
+    watcher, got, failed = watch_two_events(reviewer)
     with ApprovalsClient(own_service.base_url, t.agent_token, t.name) as agent:
         submitted = agent.submit(SENSITIVE_READ, request_id="before-the-outage")
         assert submitted.created
