@@ -118,6 +118,9 @@ pub struct NotificationSettings {
     /// And at most this many to one tenant's webhooks: a tenant whose several webhooks never
     /// answer cannot hold every slot and hold up the other tenants' notifications.
     pub per_tenant_concurrency: usize,
+    /// Audit events the reader reads per tenant and pass at most (more go on at once in the
+    /// next pass, after the other tenants): one busy tenant does not hold up the others'.
+    pub read_batch: usize,
     /// Networks webhooks may reach besides public addresses (e.g. `["10.20.0.0/16"]` for an
     /// internal relay). Loopback, private, link-local and shared addresses are refused
     /// otherwise, when a webhook is added and at every delivery.
@@ -140,9 +143,11 @@ impl Default for NotificationSettings {
             retry_max: Duration::from_secs(3600),
             expiring_soon_share: 0.2,
             max_webhooks_per_tenant: 10,
-            send_concurrency: 16,
+            // Four tenants whose receivers all hang, not two, take every slot.
+            send_concurrency: 32,
             per_webhook_concurrency: 4,
             per_tenant_concurrency: 8,
+            read_batch: 1_000,
             allowed_networks: Vec::new(),
             proxy: None,
         }
@@ -773,13 +778,22 @@ impl Settings {
             || n.send_concurrency == 0
             || n.per_webhook_concurrency == 0
             || n.per_tenant_concurrency == 0
+            || n.read_batch == 0
             || n.poll_interval.is_zero()
         {
             return Err(ConfigError::Invalid(
                 "notifications.max_attempts, send_concurrency, per_webhook_concurrency, \
-                 per_tenant_concurrency and poll_interval must be positive"
+                 per_tenant_concurrency, read_batch and poll_interval must be positive"
                     .into(),
             ));
+        }
+        if n.per_tenant_concurrency > n.send_concurrency / 2 {
+            return Err(ConfigError::Invalid(format!(
+                "notifications.per_tenant_concurrency ({}) must be at most half of \
+                 send_concurrency ({}): else one or two tenants whose receivers never answer \
+                 hold every delivery slot of the instance",
+                n.per_tenant_concurrency, n.send_concurrency
+            )));
         }
         let mut digests = std::collections::HashMap::new();
         for (n, token) in self.auth.tokens.iter().enumerate() {

@@ -391,4 +391,11 @@ fn deadlines_and_limits_that_contradict_each_other_are_refused() {
         "{e}"
     );
     assert!(load("", &[("APPROVALS_SERVER__MAX_CONNECTIONS", "2001")]).is_ok());
+    let e = load("", &[("APPROVALS_NOTIFICATIONS__SEND_CONCURRENCY", "12")]).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("notifications.per_tenant_concurrency (8) must be at most half"),
+        "{e}"
+    );
+    assert!(load("", &[("APPROVALS_NOTIFICATIONS__SEND_CONCURRENCY", "16")]).is_ok());
 }

@@ -180,29 +180,64 @@ pub struct Webhook {
 }
 
 /// The reader's cursor in a tenant's audit.
+#[derive(Debug, PartialEq)]
 enum Cursor {
     /// After this event id.
     After(String),
     /// From this instant: no event read yet, or (on an engine whose audit settles late) the
     /// newest event's timestamp.
     Since(Timestamp),
+    /// Part way through re-reading an unsettled audit from `from`, when that stretch held more
+    /// than one pass reads: go on after the engine's cursor `after`; `newest` is the newest
+    /// timestamp read in it so far. Without it a stretch of more events than a pass reads was
+    /// read again from its start on every pass, and nothing after it was ever reached.
+    Sweep {
+        from: Timestamp,
+        newest: Timestamp,
+        after: String,
+    },
 }
 
 impl Cursor {
-    fn parse(text: Option<&str>) -> Self {
-        match text {
-            Some(t) if t.starts_with("id:") => Self::After(t[3..].to_owned()),
-            Some(t) if t.starts_with("since:") => {
-                Self::Since(Timestamp::from_millis(t[6..].parse().unwrap_or(0)))
-            }
-            _ => Self::Since(Timestamp::now()),
+    /// What [`Store::cursor`] holds; anything else (a hand edit) reads from now on.
+    fn parse(text: &str) -> Self {
+        let sweep = || {
+            let mut parts = text.strip_prefix("sweep:")?.splitn(3, ':');
+            let from = parts.next()?.parse().ok()?;
+            let newest = parts.next()?.parse().ok()?;
+            let after = parts.next().filter(|a| !a.is_empty())?.to_owned();
+            Some(Self::Sweep {
+                from: Timestamp::from_millis(from),
+                newest: Timestamp::from_millis(newest),
+                after,
+            })
+        };
+        if let Some(id) = text.strip_prefix("id:") {
+            Self::After(id.to_owned())
+        } else if let Some(at) = text.strip_prefix("since:") {
+            Self::Since(Timestamp::from_millis(at.parse().unwrap_or(0)))
+        } else {
+            sweep().unwrap_or_else(|| Self::Since(Timestamp::now()))
         }
     }
 
-    /// The instant the cursor stands at (also for an event id of the other engine).
+    fn render(&self) -> String {
+        match self {
+            Self::After(id) => format!("id:{id}"),
+            Self::Since(at) => format!("since:{}", at.as_millis()),
+            Self::Sweep {
+                from,
+                newest,
+                after,
+            } => format!("sweep:{}:{}:{after}", from.as_millis(), newest.as_millis()),
+        }
+    }
+
+    /// The instant the cursor stands at (also for an event id of the other engine; a sweep
+    /// read by an engine whose audit settles at once starts again at its beginning).
     fn instant(&self) -> Timestamp {
         match self {
-            Self::Since(at) => *at,
+            Self::Since(at) | Self::Sweep { from: at, .. } => *at,
             Self::After(id) => AuditEvent::instant_of_id(id).unwrap_or_else(Timestamp::now),
         }
     }
@@ -394,28 +429,28 @@ impl Notifier {
 
     /// Queues a delivery for each new audit event each webhook subscribes to, then moves the
     /// cursor: a crash in between queues the same deliveries again, which `enqueue` drops.
-    /// Reads for [`READ_BUDGET`] at most; `true` if events were left for the next pass.
+    /// Reads `notifications.read_batch` events for [`READ_BUDGET`] at most; `true` if events
+    /// were left for the next pass.
     async fn read_tenant(
         &self,
         tenant: &TenantId,
         hooks: &[Webhook],
     ) -> Result<bool, Box<dyn std::error::Error + Send + Sync>> {
         if !self.audit_settle.is_zero() {
-            return self
-                .read_unsettled_tenant(tenant, hooks)
-                .await
-                .map(|()| false);
+            return self.read_unsettled_tenant(tenant, hooks).await;
         }
         let until = std::time::Instant::now() + READ_BUDGET;
+        let mut hooks = std::borrow::Cow::Borrowed(hooks);
+        let mut read = 0;
         loop {
-            let cursor = Cursor::parse(self.store.cursor(tenant.as_str()).await?.as_deref());
+            let cursor = self.cursor(tenant).await?;
             let (after, since) = match &cursor {
                 Cursor::After(id) => (Some(id.as_str()), None),
-                Cursor::Since(at) => (None, Some(*at)),
+                Cursor::Since(_) | Cursor::Sweep { .. } => (None, Some(cursor.instant())),
             };
             let page = self
                 .app
-                .read_audit_for_service(tenant, after, since, 100)
+                .read_audit_for_service(tenant, after, since, self.page_size())
                 .await?;
             // A page of entries the engine passed over (unreadable) is empty but goes on.
             let last = match (page.items.last(), &page.next_cursor) {
@@ -423,16 +458,21 @@ impl Notifier {
                 (None, Some(next)) => next.clone(),
                 (None, None) => return Ok(false),
             };
-            for event in &page.items {
-                self.queue_event(hooks, event).await?;
+            if read > 0 {
+                // A webhook added since the pass began hears of this page's events too.
+                hooks = std::borrow::Cow::Owned(self.store.webhooks(tenant).await?);
             }
+            for event in &page.items {
+                self.queue_event(&hooks, event).await?;
+            }
+            read += page.items.len().max(1);
             self.store
-                .set_cursor(tenant.as_str(), &format!("id:{last}"))
+                .set_cursor(tenant.as_str(), &Cursor::After(last).render())
                 .await?;
             if page.next_cursor.is_none() {
                 return Ok(false);
             }
-            if std::time::Instant::now() >= until {
+            if read >= self.settings.read_batch || std::time::Instant::now() >= until {
                 return Ok(true);
             }
         }
@@ -440,36 +480,68 @@ impl Notifier {
 
     /// [`Self::read_tenant`] for an engine whose audit settles late (Temporal): an event may
     /// appear up to `audit_settle` after its timestamp, behind events already read, so each
-    /// pass reads again from the newest timestamp read minus that. What was queued before is
-    /// skipped here (or dropped by `enqueue`); the cursor is that newest timestamp.
+    /// sweep reads again from the newest timestamp read minus that. What was queued before is
+    /// skipped here (or dropped by `enqueue`). A sweep longer than a pass reads goes on at the
+    /// next pass where this one stopped (`true`: at once); once it reaches the end, the cursor
+    /// is the newest timestamp it read.
     async fn read_unsettled_tenant(
         &self,
         tenant: &TenantId,
         hooks: &[Webhook],
-    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        let stored = Cursor::parse(self.store.cursor(tenant.as_str()).await?.as_deref());
-        let mut newest = stored.instant();
-        let since = newest.minus(self.audit_settle);
-        let mut after: Option<String> = None;
-        for _ in 0..PAGES_PER_PASS {
+    ) -> Result<bool, Box<dyn std::error::Error + Send + Sync>> {
+        let (since, mut newest, mut after) = match self.cursor(tenant).await? {
+            Cursor::Sweep {
+                from,
+                newest,
+                after,
+            } => (from, newest, Some(after)),
+            stored => {
+                let at = stored.instant();
+                (at.minus(self.audit_settle), at, None)
+            }
+        };
+        let mut hooks = std::borrow::Cow::Borrowed(hooks);
+        let mut read = 0;
+        let cursor = loop {
             let page = self
                 .app
-                .read_audit_for_service(tenant, after.as_deref(), Some(since), 100)
+                .read_audit_for_service(tenant, after.as_deref(), Some(since), self.page_size())
                 .await?;
+            if read > 0 {
+                hooks = std::borrow::Cow::Owned(self.store.webhooks(tenant).await?);
+            }
             for event in &page.items {
                 newest = newest.max(event.timestamp);
-                self.queue_event(hooks, event).await?;
+                self.queue_event(&hooks, event).await?;
             }
+            read += page.items.len().max(1);
             match page.next_cursor {
+                None => break Cursor::Since(newest),
+                Some(next) if read >= self.settings.read_batch => {
+                    break Cursor::Sweep {
+                        from: since,
+                        newest,
+                        after: next,
+                    }
+                }
                 Some(next) => after = Some(next),
-                None => break,
             }
-        }
+        };
         self.lock_recent().prune(since.minus(self.audit_settle));
         self.store
-            .set_cursor(tenant.as_str(), &format!("since:{}", newest.as_millis()))
+            .set_cursor(tenant.as_str(), &cursor.render())
             .await?;
-        Ok(())
+        Ok(matches!(cursor, Cursor::Sweep { .. }))
+    }
+
+    async fn cursor(&self, tenant: &TenantId) -> Result<Cursor, store::StoreError> {
+        let stored = self.store.cursor(tenant.as_str(), Timestamp::now()).await?;
+        Ok(Cursor::parse(&stored))
+    }
+
+    /// Audit events per read: a page, or the whole batch when that is smaller.
+    fn page_size(&self) -> usize {
+        self.settings.read_batch.clamp(1, 100)
     }
 
     fn lock_expiring_from(&self) -> std::sync::MutexGuard<'_, HashMap<TenantId, String>> {
@@ -730,23 +802,24 @@ impl Notifier {
 
     /// One attempt at one delivery, and what follows from it.
     async fn attempt(&self, mut delivery: Delivery) {
-        let hooks = match TenantId::parse(delivery.tenant.as_str()) {
-            Ok(tenant) => match self.store.webhooks(&tenant).await {
-                Ok(hooks) => hooks,
-                Err(error) => {
-                    // Not knowing the webhook is not its removal: the lease runs out and
-                    // another attempt follows.
-                    tracing::debug!(%error, id = %delivery.id, "cannot look up a webhook");
-                    return;
-                }
-            },
-            Err(_) => Vec::new(),
-        };
-        let hook = hooks.into_iter().find(|h| h.id == delivery.webhook_id);
-        let Some(hook) = hook else {
-            // The webhook was removed: its deliveries go nowhere.
-            let _ = self.store.delivered(&delivery).await;
-            return;
+        let hook = match self
+            .store
+            .webhook(&delivery.tenant, &delivery.webhook_id)
+            .await
+        {
+            Ok(store::Lookup::Found(hook)) => hook,
+            Ok(store::Lookup::Removed) => {
+                // The webhook was removed: its deliveries go nowhere.
+                let _ = self.store.delivered(&delivery).await;
+                return;
+            }
+            // Not knowing the webhook (Redis did not answer, or a version that cannot read it)
+            // is not its removal: the lease runs out and another attempt follows.
+            Ok(store::Lookup::Unreadable) => return,
+            Err(error) => {
+                tracing::debug!(%error, id = %delivery.id, "cannot look up a webhook");
+                return;
+            }
         };
         let outcome = self.post(&hook, &delivery).await;
         let tenant = delivery.tenant.clone();
@@ -823,9 +896,6 @@ impl Notifier {
 /// the pass are not kept waiting.
 const READ_BUDGET: Duration = Duration::from_secs(2);
 
-/// Audit pages one reader pass reads per tenant at most, on an engine whose audit settles late.
-const PAGES_PER_PASS: usize = 10;
-
 /// Pending approvals per page of the "expiring soon" scan, and pages per pass and tenant at
 /// most (a larger burst is reached over the next passes, one `poll_interval` apart).
 const EXPIRING_PAGE: usize = 200;
@@ -874,10 +944,6 @@ impl Notifier {
                 "url: an http:// or https:// URL with a host".into(),
             ));
         }
-        self.egress
-            .check_url(&parsed)
-            .await
-            .map_err(AppError::WebhookDestinationForbidden)?;
         let mut events = events.unwrap_or_else(|| NotifyEvent::ALL.to_vec());
         events.sort_by_key(|e| e.as_str());
         events.dedup();
@@ -886,13 +952,21 @@ impl Notifier {
                 "events: name at least one of parked, decided, expired, expiring_soon".into(),
             ));
         }
-        let existing = self.store.webhooks(tenant).await.map_err(store_failed)?;
-        if existing.len() >= self.settings.max_webhooks_per_tenant {
-            return Err(AppError::TooManyWebhooks {
-                tenant: tenant.clone(),
-                max: self.settings.max_webhooks_per_tenant,
-            });
+        let too_many = || AppError::TooManyWebhooks {
+            tenant: tenant.clone(),
+            max: self.settings.max_webhooks_per_tenant,
+        };
+        // Before the name is resolved: a tenant at its cap costs no DNS lookup (one on the
+        // blocking pool, which a resolver that never answers holds for its own timeout).
+        if self.store.count(tenant).await.map_err(store_failed)?
+            >= self.settings.max_webhooks_per_tenant
+        {
+            return Err(too_many());
         }
+        self.egress
+            .check_url(&parsed)
+            .await
+            .map_err(AppError::WebhookDestinationForbidden)?;
         let mut secret = [0u8; 32];
         rand::rng().fill(&mut secret);
         let hook = Webhook {
@@ -904,7 +978,15 @@ impl Notifier {
             secret: format!("whsec_{}", hex::encode(secret)),
             created_at: Timestamp::now(),
         };
-        self.store.add(&hook).await.map_err(store_failed)?;
+        // The cap again, with the write: concurrent adds cannot pass it together.
+        if !self
+            .store
+            .add(&hook, self.settings.max_webhooks_per_tenant)
+            .await
+            .map_err(store_failed)?
+        {
+            return Err(too_many());
+        }
         tracing::info!(%tenant, id = %hook.id, by = %caller.subject, "webhook added");
         Ok(hook)
     }

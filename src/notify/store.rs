@@ -53,6 +53,16 @@ impl Delivery {
     }
 }
 
+/// A delivery's webhook, looked up when it is attempted.
+pub enum Lookup {
+    Found(Box<Webhook>),
+    /// No longer there: its deliveries go nowhere.
+    Removed,
+    /// There but not readable by this version (a newer one wrote it, or a hand edit): not
+    /// removed, so its deliveries wait rather than being dropped.
+    Unreadable,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("redis: {0}")]
@@ -127,6 +137,16 @@ redis.call('LPUSH', KEYS[3], ARGV[1])
 redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[6]) - 1)
 redis.call('SET', KEYS[1], 'dead', 'PX', ARGV[4])
 redis.call('ZREM', KEYS[2], ARGV[5])
+return 1";
+
+/// Adds a webhook (KEYS[1] the tenant's hash) unless the tenant has ARGV[4] already: the
+/// count and the write are one step, so concurrent adds cannot pass the cap together. The
+/// tenant joins the readers' set and its cursor starts now, if it had none.
+const ADD: &str = r"
+if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[4]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[5])
+redis.call('SET', KEYS[3], ARGV[3], 'NX')
 return 1";
 
 /// Forgets a tenant only while it still has no webhook.
@@ -211,25 +231,54 @@ impl Store {
         Ok(hooks)
     }
 
-    /// Adds `hook`; when it is the tenant's first, the tenant's audit is read from now on.
-    pub async fn add(&self, hook: &Webhook) -> Result<(), StoreError> {
+    /// Adds `hook` unless its tenant has `max` webhooks already (false then); when it is the
+    /// tenant's first, the tenant's audit is read from now on.
+    pub async fn add(&self, hook: &Webhook, max: usize) -> Result<bool, StoreError> {
         let json = serde_json::to_string(hook).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let tenant = hook.tenant.clone();
         let id = hook.id.clone();
         let since = format!("since:{}", Timestamp::now().as_millis());
-        self.call(|mut c| async move {
-            redis::pipe()
-                .atomic()
-                .hset(hooks_key(&tenant), &id, json)
-                .ignore()
-                .sadd(TENANTS_KEY, &tenant)
-                .ignore()
-                .set_nx(cursor_key(&tenant), since)
-                .ignore()
-                .query_async::<()>(&mut c)
-                .await
+        let added: i64 = self
+            .call(|mut c| async move {
+                redis::Script::new(ADD)
+                    .key(hooks_key(&tenant))
+                    .key(TENANTS_KEY)
+                    .key(cursor_key(&tenant))
+                    .arg(&id)
+                    .arg(json)
+                    .arg(since)
+                    .arg(max)
+                    .arg(&tenant)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(added == 1)
+    }
+
+    /// How many webhooks the tenant has (readable or not).
+    pub async fn count(&self, tenant: &TenantId) -> Result<usize, StoreError> {
+        let key = hooks_key(tenant.as_str());
+        self.call(|mut c| async move { c.hlen(key).await }).await
+    }
+
+    /// One webhook of the tenant, as a delivery names it.
+    pub async fn webhook(&self, tenant: &str, id: &str) -> Result<Lookup, StoreError> {
+        let (key, field) = (hooks_key(tenant), id.to_owned());
+        let value: Option<String> = self
+            .call(|mut c| async move { c.hget(key, field).await })
+            .await?;
+        Ok(match value {
+            None => Lookup::Removed,
+            Some(json) => match serde_json::from_str::<Webhook>(&json) {
+                Ok(hook) => Lookup::Found(Box::new(hook)),
+                Err(error) => {
+                    tracing::warn!(%tenant, webhook = %id, %error, "unreadable webhook passed over");
+                    crate::metrics::unreadable_record(true);
+                    Lookup::Unreadable
+                }
+            },
         })
-        .await
     }
 
     /// Removes a webhook; false if it did not exist.
@@ -302,9 +351,23 @@ impl Store {
         Ok(())
     }
 
-    pub async fn cursor(&self, tenant: &str) -> Result<Option<String>, StoreError> {
+    /// The tenant's cursor; one that went missing (a restore, an operator's `DEL`) starts at
+    /// `now` and is stored at once, so the events after it are read by the next pass (not
+    /// passed over, every pass starting from its own "now").
+    pub async fn cursor(&self, tenant: &str, now: Timestamp) -> Result<String, StoreError> {
         let key = cursor_key(tenant);
-        self.call(|mut c| async move { c.get(key).await }).await
+        let start = format!("since:{}", now.as_millis());
+        self.call(|mut c| async move {
+            redis::pipe()
+                .atomic()
+                .set_nx(&key, start)
+                .ignore()
+                .get(&key)
+                .query_async::<(String,)>(&mut c)
+                .await
+                .map(|(cursor,)| cursor)
+        })
+        .await
     }
 
     pub async fn set_cursor(&self, tenant: &str, cursor: &str) -> Result<(), StoreError> {
@@ -429,7 +492,9 @@ impl Store {
         );
         let (due, dead_for) = match retry {
             Some(next) => (next.as_millis().to_string(), String::new()),
-            None => (String::new(), millis(TOMBSTONE).to_string()),
+            // Remembered as long as a sent one: a dead "expiring soon" must not be queued
+            // again while its approval still waits.
+            None => (String::new(), millis(delivery.tombstone()).to_string()),
         };
         self.call(|mut c| async move {
             redis::Script::new(FAILED)
@@ -625,14 +690,116 @@ mod tests {
             secret: "s".into(),
             created_at: Timestamp::now(),
         };
-        store.add(&hook).await.unwrap();
+        assert!(store.add(&hook, 10).await.unwrap());
         store.forget_tenant("acme").await.unwrap();
         assert_eq!(store.tenants().await.unwrap(), ["acme"]);
-        assert!(store.cursor("acme").await.unwrap().is_some());
+        // The cursor the add started is kept (not one starting at the instant asked with).
+        let kept = store
+            .cursor("acme", Timestamp::from_millis(1))
+            .await
+            .unwrap();
+        assert!(kept.starts_with("since:") && kept != "since:1", "{kept}");
 
         let tenant = TenantId::parse("acme").unwrap();
         assert!(store.remove(&tenant, "wh-1").await.unwrap());
         store.forget_tenant("acme").await.unwrap();
         assert!(store.tenants().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn concurrent_adds_stop_at_the_cap() {
+        let redis = RedisServer::start().await;
+        let store = Store::connect(&redis.url(), Duration::from_secs(2))
+            .await
+            .unwrap();
+        let adds = (0..40).map(|n| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let hook = Webhook {
+                    id: format!("wh-{n}"),
+                    tenant: "acme".into(),
+                    url: "https://hooks.example/approvals".into(),
+                    events: vec![NotifyEvent::Parked],
+                    format: WebhookFormat::Json,
+                    secret: "s".into(),
+                    created_at: Timestamp::now(),
+                };
+                store.add(&hook, 3).await.unwrap()
+            })
+        });
+        let mut added = 0;
+        for add in adds {
+            added += usize::from(add.await.unwrap());
+        }
+        let tenant = TenantId::parse("acme").unwrap();
+        assert_eq!((added, store.count(&tenant).await.unwrap()), (3, 3));
+    }
+
+    #[tokio::test]
+    async fn a_cursor_that_went_missing_starts_where_it_was_first_asked_for() {
+        let redis = RedisServer::start().await;
+        let store = Store::connect(&redis.url(), Duration::from_secs(2))
+            .await
+            .unwrap();
+        let first = store
+            .cursor("acme", Timestamp::from_millis(1_000))
+            .await
+            .unwrap();
+        // A later pass goes on from there, not from its own "now".
+        let later = store
+            .cursor("acme", Timestamp::from_millis(9_000))
+            .await
+            .unwrap();
+        assert_eq!(
+            (first.as_str(), later.as_str()),
+            ("since:1000", "since:1000")
+        );
+    }
+
+    /// An "expiring soon" warning given up on is remembered until its approval expires, as a
+    /// sent one is: remembered for a day, it was queued (and failed) again every day a
+    /// long-lived approval still waited.
+    #[tokio::test]
+    async fn a_dead_warning_is_remembered_until_its_approval_expires() {
+        let redis = RedisServer::start().await;
+        let store = Store::connect(&redis.url(), Duration::from_secs(2))
+            .await
+            .unwrap();
+        let three_days = Duration::from_secs(3 * 86_400);
+        let warning = Delivery {
+            id: "acme:wh-1:soon:a-1".into(),
+            tenant: "acme".into(),
+            webhook_id: "wh-1".into(),
+            body: "{}".into(),
+            attempts: 7,
+            last_error: None,
+            remember_until: Some(Timestamp::now().plus(three_days)),
+        };
+        assert!(store.enqueue(&warning).await.unwrap());
+        let given_up = Delivery {
+            attempts: 8,
+            last_error: Some("the receiver answered 500".into()),
+            ..warning.clone()
+        };
+        store.dead(&given_up).await.unwrap();
+        let mut conn = redis::Client::open(redis.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let left: i64 = redis::cmd("PTTL")
+            .arg(delivery_key(&warning.id))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let state: String = redis::cmd("GET")
+            .arg(delivery_key(&warning.id))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(state, "dead");
+        // Until the approval expires (3 days), not for a day.
+        assert!(left > (TOMBSTONE * 2).as_millis() as i64, "{left} ms");
+        assert!(!store.enqueue(&warning).await.unwrap());
     }
 }

@@ -21,6 +21,7 @@ contract_tests!(
     admins_manage_webhooks_and_others_cannot,
     a_redis_tenant_store_brings_webhooks_to_either_engine,
     events_another_instance_wrote_are_delivered_too,
+    a_burst_longer_than_a_read_pass_is_delivered_in_full,
 );
 
 const INBOX: &str = "https://inbox.example";
@@ -341,6 +342,73 @@ async fn events_another_instance_wrote_are_delivered_too(h: Harness) {
     assert_eq!(delivered, expected);
 }
 
+/// More events than one reader pass reads, all within the stretch Temporal's audit is re-read
+/// for: the reader goes on where it stopped. It read that stretch again from its start on
+/// every pass, and never reached the events after it.
+async fn a_burst_longer_than_a_read_pass_is_delivered_in_full(h: Harness) {
+    let mut receiver = Receiver::start(0).await;
+    let app = h
+        .spawn_with_tenant_store(|s| {
+            fast(s);
+            s.notifications.read_batch = 3;
+        })
+        .await;
+    add_webhook(&app, json!({"url": receiver.url, "events": ["parked"]})).await;
+    let mut expected = std::collections::BTreeSet::new();
+    for n in 0..10 {
+        let id = format!("burst-{n}");
+        app.park(&id).await;
+        expected.insert(id);
+    }
+    let mut delivered = std::collections::BTreeSet::new();
+    while delivered.len() < expected.len() {
+        let got = receiver.next_of("parked").await;
+        delivered.insert(got.json()["approval_id"].as_str().unwrap_or("").to_owned());
+    }
+    assert_eq!(delivered, expected);
+}
+
+/// Tenant admins adding webhooks at once cannot pass the cap together (it was counted, then
+/// written, in two steps).
+#[tokio::test]
+async fn concurrent_adds_stop_at_the_cap() {
+    let app = TestApp::spawn_with(|s| {
+        fast(s);
+        s.notifications.max_webhooks_per_tenant = 3;
+    })
+    .await;
+    let adds = (0..20).map(|_| {
+        app.request(
+            Method::POST,
+            &format!("/v1/tenants/{}/webhooks", app.tenant),
+            Some(&app.tokens.admin),
+        )
+        .json(&json!({"url": "http://127.0.0.1:9/hook"}))
+        .send()
+    });
+    let statuses: Vec<StatusCode> = futures_util::future::join_all(adds)
+        .await
+        .into_iter()
+        .map(|r| r.expect("add").status())
+        .collect();
+    let created = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::CREATED)
+        .count();
+    let refused = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::CONFLICT)
+        .count();
+    assert_eq!((created, refused), (3, 17), "{statuses:?}");
+    let listed = app
+        .get_json(
+            &format!("/v1/tenants/{}/webhooks", app.tenant),
+            &app.tokens.admin,
+        )
+        .await;
+    assert_eq!(listed["items"].as_array().map(Vec::len), Some(3));
+}
+
 #[tokio::test]
 async fn deliveries_are_signed_and_tell_what_happened_with_a_link_to_the_inbox() {
     let mut receiver = Receiver::start(0).await;
@@ -411,6 +479,92 @@ async fn an_unreadable_webhook_does_not_silence_the_others() {
         },
     )
     .await;
+}
+
+/// The queued deliveries and when each is due (a claimed one: its lease's end), by id.
+async fn due(conn: &mut redis::aio::MultiplexedConnection) -> Vec<(String, i64)> {
+    redis::cmd("ZRANGE")
+        .arg("webhooks:due")
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .query_async(conn)
+        .await
+        .expect("zrange")
+}
+
+/// A webhook this version cannot read (a newer version wrote it, a hand edit) is not a
+/// removed one: its deliveries wait until it reads again. They were marked sent and lost.
+#[tokio::test]
+async fn a_webhook_that_cannot_be_read_keeps_its_deliveries() {
+    let mut receiver = Receiver::start(usize::MAX).await;
+    let app = TestApp::spawn_with(fast).await;
+    let hook = add_webhook(&app, json!({"url": receiver.url, "events": ["parked"]})).await;
+    let (key, id) = (
+        format!("webhooks:{}", app.tenant),
+        hook["id"].as_str().expect("an id").to_owned(),
+    );
+    let mut conn = app.redis().connection().await;
+    let readable: String = redis::cmd("HGET")
+        .arg(&key)
+        .arg(&id)
+        .query_async(&mut conn)
+        .await
+        .expect("hget");
+    app.park("kept").await;
+    // Queued, and its first attempt failed: held back while its webhook turns unreadable,
+    // then due, so that its next attempt meets the unreadable webhook.
+    receiver.next_of("parked").await;
+    let queued = due(&mut conn).await;
+    let [(delivery, _)] = queued.as_slice() else {
+        panic!("one delivery queued: {queued:?}");
+    };
+    let set_due = |at: i64| {
+        redis::cmd("ZADD")
+            .arg("webhooks:due")
+            .arg(at)
+            .arg(delivery)
+            .to_owned()
+    };
+    let now = || chrono::Utc::now().timestamp_millis();
+    let () = set_due(now() + 600_000)
+        .query_async(&mut conn)
+        .await
+        .expect("zadd");
+    let () = redis::cmd("HSET")
+        .arg(&key)
+        .arg(&id)
+        .arg("{")
+        .query_async(&mut conn)
+        .await
+        .expect("hset");
+    let () = set_due(now()).query_async(&mut conn).await.expect("zadd");
+    // Claimed (leased seconds ahead), then attempted: it must stay queued.
+    let deadline = std::time::Instant::now() + WITHIN;
+    loop {
+        let queued = due(&mut conn).await;
+        let [(_, at)] = queued.as_slice() else {
+            panic!("the delivery was dropped while its webhook could not be read");
+        };
+        if *at > now() + 3_000 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never claimed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Nothing reaches the receiver while the webhook is unreadable, so the next post is one
+    // it takes, once the webhook reads again.
+    receiver.recover();
+    while receiver.got.try_recv().is_ok() {}
+    let () = redis::cmd("HSET")
+        .arg(&key)
+        .arg(&id)
+        .arg(readable)
+        .query_async(&mut conn)
+        .await
+        .expect("hset");
+    let got = receiver.next_of("parked").await;
+    assert_eq!(got.json()["approval_id"], "kept");
 }
 
 #[tokio::test]
