@@ -38,6 +38,9 @@ pub struct UiState {
     /// Whether session cookies are always `Secure` (`ui.public_url` is HTTPS); otherwise they
     /// are when a proxy says the browser came over HTTPS (`session::forwarded_https`).
     secure_cookies: bool,
+    /// Where reviewers reach the inbox (`ui.public_url`'s host and port): an `Origin` naming it
+    /// is ours, whatever `Host` a proxy in front sends.
+    public_authority: Option<String>,
     first_views: std::sync::Arc<first_view::FirstViews>,
     sign_outs: std::sync::Arc<sign_outs::SignOuts>,
 }
@@ -53,10 +56,25 @@ impl UiState {
                 .public_url
                 .as_deref()
                 .is_some_and(|url| url.starts_with("https://")),
+            public_authority: settings
+                .public_url
+                .as_deref()
+                .and_then(|url| reqwest::Url::parse(url).ok())
+                .and_then(|url| {
+                    let host = url.host_str()?.to_owned();
+                    Some(match url.port() {
+                        Some(port) => format!("{host}:{port}"),
+                        None => host,
+                    })
+                }),
             first_views: std::sync::Arc::new(first_view::FirstViews::new(store.clone())),
             sign_outs: std::sync::Arc::new(sign_outs::SignOuts::new(store)),
             api,
         }
+    }
+
+    pub fn public_authority(&self) -> Option<&str> {
+        self.public_authority.as_deref()
     }
 
     /// The session `jar` holds, if it is valid (`session::current`) and not signed out.
@@ -106,8 +124,9 @@ impl FromRef<UiState> for Key {
     }
 }
 
-/// The largest form the inbox takes: a token, a CSRF token, a reason of 2,000 characters.
-const FORM_LIMIT: usize = 16 * 1024;
+/// The largest form the inbox takes: a token, a CSRF token, a reason of 2,000 characters of
+/// any script (up to 4 bytes each in UTF-8, and 3 bytes of form encoding per byte).
+const FORM_LIMIT: usize = 64 * 1024;
 
 /// The API's request deadline, for the inbox's pages and forms too (the sign-in form is open
 /// to anyone). A live stream's deadline ends with its answer's head; the stream runs on.
@@ -138,7 +157,13 @@ async fn per_session(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let slot = match session::token_digest(&jar)
+    // Only a live session counts against its token: an expired or signed-out cookie (a copy
+    // left on a shared machine) must not use up, and so deny, the reviewer's own requests.
+    let caller = match state.session(&jar).await {
+        Some(_) => session::token_digest(&jar),
+        None => None,
+    };
+    let slot = match caller
         .map(|caller| state.api.caller_slots.try_acquire(caller, false))
         .transpose()
     {

@@ -151,7 +151,7 @@ pub async fn login(
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Response {
-    if !session::same_site(&headers) {
+    if !session::same_site(&headers, state.public_authority()) {
         return refused("This sign-in form was sent from another site.");
     }
     if form.token.len() > MAX_FIELD || form.tenant.len() > MAX_FIELD {
@@ -192,7 +192,7 @@ pub async fn logout(
     Form(form): Form<CsrfForm>,
 ) -> Response {
     if let Some(session) = state.session(&jar).await {
-        if !session::form_allowed(&session, &form.csrf, &headers) {
+        if !session::form_allowed(&session, &form.csrf, &headers, state.public_authority()) {
             return refused("This sign-out form did not come from your inbox.");
         }
         // Also refused if a copy of the cookie comes back.
@@ -380,6 +380,10 @@ fn notice(outcome: &str, row: &Row) -> Option<Notice> {
     let decided = || format!("{} by {} at {}", row.status, row.decided_by, row.decided_at);
     let (class, text) = match outcome {
         "decided" => ("success", format!("Done: {}.", decided())),
+        "already_yours" => (
+            "success",
+            format!("You had already decided this: {}.", decided()),
+        ),
         "lost_race" => (
             "warning",
             format!(
@@ -439,7 +443,7 @@ pub async fn decide(
     let Some(session) = state.session(&jar).await else {
         return to_sign_in();
     };
-    if !session::form_allowed(&session, &form.csrf, &headers) {
+    if !session::form_allowed(&session, &form.csrf, &headers, state.public_authority()) {
         tracing::warn!(subject = %session.principal.subject, tenant = %session.tenant,
             "inbox decision refused: missing or wrong CSRF token, or sent from another site");
         return refused(
@@ -461,7 +465,10 @@ pub async fn decide(
             return error_page(Some(&session), error);
         }
     };
-    let reason = Some(form.reason.trim().to_owned()).filter(|r| !r.is_empty());
+    // A browser sends a textarea's line breaks as CRLF: stored so, each was a hidden `\r` on
+    // every page and to every client, and counted twice against the reason's limit.
+    let reason =
+        Some(form.reason.replace("\r\n", "\n").trim().to_owned()).filter(|r| !r.is_empty());
     let digest = Some(form.digest.as_str()).filter(|d| !d.is_empty());
     let result = state
         .api
@@ -477,11 +484,19 @@ pub async fn decide(
         .await;
     let outcome = match result {
         Ok(_) => "decided",
+        // The same form sent twice (a double click, a browser's retry): the first one's.
+        Err(AppError::AlreadyDecided(record))
+            if record.decided_by.as_deref() == Some(session.principal.subject.as_str()) =>
+        {
+            "already_yours"
+        }
         Err(AppError::AlreadyDecided(_)) => "lost_race",
         Err(AppError::Expired(_)) => "expired",
         Err(AppError::SelfApproval) => "self_approval",
         Err(AppError::ActionMismatch { .. }) => "changed",
-        Err(AppError::InvalidContent(_)) => "reason_too_long",
+        Err(AppError::InvalidContent(message)) if message.starts_with("reason:") => {
+            "reason_too_long"
+        }
         Err(error) => return error_page(Some(&session), error),
     };
     Redirect::to(&format!("/ui/approvals/{id}?outcome={outcome}")).into_response()

@@ -174,26 +174,38 @@ fn claims(jar: &SignedCookieJar) -> Option<Claims> {
 
 /// Whether a form post may act: it carries this session's CSRF token and does not come from
 /// another site.
-pub fn form_allowed(session: &Session, sent: &str, headers: &HeaderMap) -> bool {
-    same_site(headers) && bool::from(session.csrf.as_bytes().ct_eq(sent.as_bytes()))
+pub fn form_allowed(
+    session: &Session,
+    sent: &str,
+    headers: &HeaderMap,
+    public_authority: Option<&str>,
+) -> bool {
+    same_site(headers, public_authority)
+        && bool::from(session.csrf.as_bytes().ct_eq(sent.as_bytes()))
 }
 
 /// False when the browser says the request comes from another origin (browsers send `Origin`
-/// on every POST and `Sec-Fetch-Site` on every request; tools that send neither pass).
-pub fn same_site(headers: &HeaderMap) -> bool {
+/// on every POST and `Sec-Fetch-Site` on every request; tools that send neither pass). The
+/// origin is ours when it names the `Host` the request came with, or where `ui.public_url`
+/// says reviewers reach us (`public_authority`): a proxy that sends its own upstream name as
+/// `Host` had every sign-in and decision refused.
+pub fn same_site(headers: &HeaderMap, public_authority: Option<&str>) -> bool {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     if let Some(site) = header("sec-fetch-site") {
         if !matches!(site, "same-origin" | "none") {
             return false;
         }
     }
-    match (header("origin"), header("host")) {
-        (Some(origin), Some(host)) => origin
-            .split_once("://")
-            .is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host)),
-        (Some(_), None) => false,
-        (None, _) => true,
-    }
+    let Some(origin) = header("origin") else {
+        return true;
+    };
+    let Some((_, authority)) = origin.split_once("://") else {
+        return false;
+    };
+    header("host")
+        .into_iter()
+        .chain(public_authority)
+        .any(|ours| authority.eq_ignore_ascii_case(ours))
 }
 
 /// Whether the browser reached us over HTTPS through a proxy that says so (`X-Forwarded-Proto`
@@ -300,16 +312,47 @@ mod tests {
 
     #[test]
     fn cross_site_posts_are_refused() {
-        assert!(same_site(&headers(&[])));
-        assert!(same_site(&headers(&[
-            ("origin", "http://127.0.0.1:8080"),
-            ("host", "127.0.0.1:8080")
-        ])));
-        assert!(!same_site(&headers(&[
-            ("origin", "https://evil.example"),
-            ("host", "127.0.0.1:8080")
-        ])));
-        assert!(!same_site(&headers(&[("sec-fetch-site", "cross-site")])));
-        assert!(same_site(&headers(&[("sec-fetch-site", "same-origin")])));
+        assert!(same_site(&headers(&[]), None));
+        assert!(same_site(
+            &headers(&[
+                ("origin", "http://127.0.0.1:8080"),
+                ("host", "127.0.0.1:8080")
+            ]),
+            None
+        ));
+        assert!(!same_site(
+            &headers(&[
+                ("origin", "https://evil.example"),
+                ("host", "127.0.0.1:8080")
+            ]),
+            None
+        ));
+        assert!(!same_site(
+            &headers(&[("sec-fetch-site", "cross-site")]),
+            None
+        ));
+        assert!(same_site(
+            &headers(&[("sec-fetch-site", "same-origin")]),
+            None
+        ));
+    }
+
+    /// Behind a proxy that sends its upstream's name as `Host`, the browser's `Origin` is
+    /// where `ui.public_url` says reviewers reach the inbox.
+    #[test]
+    fn the_public_url_is_our_origin_too() {
+        let behind_a_proxy = headers(&[
+            ("origin", "https://approvals.example.com"),
+            ("host", "approvals:8080"),
+        ]);
+        assert!(!same_site(&behind_a_proxy, None));
+        assert!(same_site(&behind_a_proxy, Some("approvals.example.com")));
+        assert!(!same_site(
+            &headers(&[
+                ("origin", "https://evil.example"),
+                ("host", "approvals:8080")
+            ]),
+            Some("approvals.example.com")
+        ));
     }
 }

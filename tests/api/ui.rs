@@ -596,6 +596,71 @@ async fn closes_within_20s(stream: &mut reqwest::Response, what: &str) {
         .expect(what);
 }
 
+/// A reason as a browser sends it (line breaks as CRLF, any script) is kept as typed and
+/// counted as the text area counts it; a form sent twice tells its reviewer their decision
+/// stands. CRLF was stored and shown as a hidden `\r` and counted twice; 2,000 characters of
+/// CJK passed the form's limit only up to about 1,800; the second post said "someone
+/// decided first".
+#[tokio::test]
+async fn reasons_as_browsers_send_them_and_a_second_click() {
+    let app = TestApp::spawn().await;
+    let alice = Browser::signed_in(&app, &app.tokens.reviewer).await;
+
+    app.park("lines").await;
+    let page = alice
+        .after(
+            alice
+                .decide("lines", "reject", "first line\r\nsecond line")
+                .await,
+        )
+        .await;
+    assert!(page.contains("Done: rejected by alice"), "{page}");
+    assert!(!page.contains("u{000d}"), "{page}");
+    assert_eq!(
+        api_status(&app, "lines").await["decision_reason"],
+        "first line\nsecond line"
+    );
+
+    // 2,000 characters as the text area counts them, nine of them line breaks.
+    app.park("paragraphs").await;
+    let paragraphs = format!("{}\r\n", "x".repeat(199)).repeat(9) + &"x".repeat(200);
+    let page = alice
+        .after(alice.decide("paragraphs", "reject", &paragraphs).await)
+        .await;
+    assert!(page.contains("Done: rejected by alice"), "{page}");
+
+    app.park("kanji").await;
+    let kanji = "審".repeat(2_000);
+    let page = alice
+        .after(alice.decide("kanji", "accept", &kanji).await)
+        .await;
+    assert!(page.contains("Done: accepted by alice"), "{page}");
+    assert_eq!(
+        api_status(&app, "kanji").await["decision_reason"],
+        kanji.as_str()
+    );
+
+    app.park("twice").await;
+    let page = alice.page("/ui/approvals/twice").await;
+    let form = [
+        ("csrf", hidden(&page, "csrf")),
+        ("digest", hidden(&page, "digest")),
+        ("verdict", "accept".to_owned()),
+    ];
+    let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let first = alice
+        .after(alice.post("/ui/approvals/twice/decision", &form).await)
+        .await;
+    assert!(first.contains("Done: accepted by alice"), "{first}");
+    let second = alice
+        .after(alice.post("/ui/approvals/twice/decision", &form).await)
+        .await;
+    assert!(
+        second.contains("You had already decided this: accepted by alice"),
+        "{second}"
+    );
+}
+
 /// A session cookie as the service signs it (src/ui/session.rs): `ui.session_secret` through
 /// SHA-512 as the key, the claims as URL-safe base64 JSON.
 fn session_cookie(secret: &str, token: &str, tenant: &str, expires_ms: i64) -> String {
