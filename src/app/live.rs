@@ -310,6 +310,11 @@ impl Approvals {
         self.engine.audit_settle_time()
     }
 
+    /// The lifetime the tenant's approvals are parked with now.
+    pub fn ttl_for(&self, tenant: &TenantId) -> std::time::Duration {
+        self.settings.ttl_for(tenant)
+    }
+
     /// How often an open stream reads the audit.
     pub fn live_poll_interval(&self) -> std::time::Duration {
         self.settings.events_poll_interval

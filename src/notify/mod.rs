@@ -589,9 +589,12 @@ impl Notifier {
     }
 
     /// Queues "expiring soon" once per pending approval in the last share of its TTL. Oldest
-    /// first: with one TTL per tenant, the first that is not yet due ends the scan, and the
-    /// next pass starts again at the page where this one ended (`expiring_from`), so a burst
-    /// of more approvals than a page holds is reached in time too.
+    /// first: an approval not yet due ends the scan when its TTL is no longer than the
+    /// tenant's (every one after it was parked later, with that TTL: none is due before it).
+    /// One parked with a longer TTL (before the tenant's was lowered, or imported) does not,
+    /// or the approvals parked since would go unwarned until it is due. The next pass starts
+    /// again at the first page that held one not yet due (`expiring_from`), so a burst of more
+    /// approvals than a page holds is reached in time too.
     async fn queue_expiring_soon(
         &self,
         tenant: &TenantId,
@@ -599,19 +602,26 @@ impl Notifier {
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let now = Timestamp::now();
         let share = self.settings.expiring_soon_share;
+        let tenant_ttl = self.app.ttl_for(tenant);
         let mut page_from = self.lock_expiring_from().get(tenant).cloned();
+        // Where the first approval not yet due was: the next pass starts there.
+        let mut resume_at: Option<Option<String>> = None;
         for _ in 0..EXPIRING_PAGES_PER_PASS {
             let page = self
                 .app
                 .list_for_service(tenant, Status::Pending, page_from.as_deref(), EXPIRING_PAGE)
                 .await?;
-            let mut reached_not_due = false;
+            let mut ends_the_scan = false;
             for approval in page.items {
                 let ttl = approval.submitted_at.elapsed_at(approval.expires_at);
                 let left = now.elapsed_at(approval.expires_at);
                 if left.as_secs_f64() > ttl.as_secs_f64() * share {
-                    reached_not_due = true;
-                    break;
+                    resume_at.get_or_insert_with(|| page_from.clone());
+                    if ttl <= tenant_ttl {
+                        ends_the_scan = true;
+                        break;
+                    }
+                    continue;
                 }
                 if left.is_zero() {
                     continue;
@@ -629,14 +639,14 @@ impl Notifier {
                         .await?;
                 }
             }
-            // Everything before this page was queued: the next pass re-reads from here.
             match page.next_cursor {
-                Some(next) if !reached_not_due => page_from = Some(next),
+                Some(next) if !ends_the_scan => page_from = Some(next),
                 _ => break,
             }
         }
+        let resume_at = resume_at.unwrap_or(page_from);
         let mut expiring_from = self.lock_expiring_from();
-        match page_from {
+        match resume_at {
             Some(from) => expiring_from.insert(tenant.clone(), from),
             None => expiring_from.remove(tenant),
         };

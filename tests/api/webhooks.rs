@@ -567,6 +567,30 @@ async fn a_webhook_that_cannot_be_read_keeps_its_deliveries() {
     assert_eq!(got.json()["approval_id"], "kept");
 }
 
+/// After a tenant's TTL is lowered, approvals parked since are warned about in time, though
+/// one parked before (with the longer TTL, not yet due) is listed ahead of them: the scan
+/// stopped at it, and the newer approvals expired unwarned.
+#[tokio::test]
+async fn a_lowered_ttl_does_not_hide_newer_approvals_from_the_warning() {
+    let mut receiver = Receiver::start(0).await;
+    let mut app = TestApp::spawn_with(expiring_after(Duration::from_secs(3_600))).await;
+    add_webhook(
+        &app,
+        json!({"url": receiver.url, "events": ["expiring_soon"]}),
+    )
+    .await;
+    app.park("parked-for-an-hour").await;
+    app.restart_with(|s| {
+        s.approvals
+            .tenant_ttl
+            .insert(crate::support::TENANT.into(), Duration::from_secs(4));
+    })
+    .await;
+    app.park("parked-for-seconds").await;
+    let warned = receiver.next_of("expiring_soon").await;
+    assert_eq!(warned.json()["approval_id"], "parked-for-seconds");
+}
+
 #[tokio::test]
 async fn a_failing_receiver_gets_the_same_event_again_until_it_takes_it() {
     // 500 twice, then 200.
