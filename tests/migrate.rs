@@ -392,10 +392,13 @@ async fn a_run_killed_halfway_and_started_again_ends_exact() {
             .await
             .unwrap();
     }
-    let mut child = setup
-        .command("redis", "temporal", &[&tenant], &["--concurrency", "1"])
-        .spawn()
-        .unwrap();
+    // Killed with the test if an assertion below fails (a bare `Child` is not).
+    let mut child = approvals_testkit::process::Process::spawn(setup.command(
+        "redis",
+        "temporal",
+        &[&tenant],
+        &["--concurrency", "1"],
+    ));
     // Killed once some, not all, have been copied (the copies are the event we wait for).
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -410,12 +413,7 @@ async fn a_run_killed_halfway_and_started_again_ends_exact() {
         assert!(Instant::now() < deadline, "the migration copied nothing");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    child.wait().unwrap();
+    child.kill_hard();
 
     let (clean, report) = setup.migrate("redis", "temporal", &[&tenant], &[]);
     assert!(clean, "{report:#}");

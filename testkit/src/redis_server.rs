@@ -86,7 +86,9 @@ impl RedisServer {
         }
     }
 
-    /// Spawns the process and waits until it answers PING; false if it exited (port taken).
+    /// Spawns the process and waits until it answers PING as itself; false if it exited or
+    /// another server holds the port (a free port can be taken by another test's server
+    /// before ours binds it, and that one answers PING: the test would use its data).
     async fn spawn(&mut self) -> bool {
         let mut command = Command::new("redis-server");
         command
@@ -117,13 +119,17 @@ impl RedisServer {
                 return false;
             }
             if let Ok(mut conn) = self.client().get_multiplexed_async_connection().await {
-                if redis::cmd("PING")
+                if let Ok(info) = redis::cmd("INFO")
+                    .arg("server")
                     .query_async::<String>(&mut conn)
                     .await
-                    .is_ok()
                 {
-                    self.child = Some(child);
-                    return true;
+                    let ours = format!("process_id:{}", child.id());
+                    if info.lines().any(|line| line.trim_end() == ours) {
+                        self.child = Some(child);
+                        return true;
+                    }
+                    // Someone else's: ours fails to bind and exits (seen above next round).
                 }
             }
             if Instant::now() > deadline {

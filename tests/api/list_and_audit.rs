@@ -262,6 +262,7 @@ async fn an_unreadable_workflow_memo_is_passed_over() {
 
     let app = Harness::new(Backend::Temporal).spawn().await;
     app.park("fine").await;
+    let before = unreadable_records(&app.metrics().await);
     let shared = crate::shared_temporal::shared().await;
     let address = shared.address.trim_start_matches("http://");
     // On a task queue no worker polls: it stays running, so a pending listing reads it.
@@ -285,31 +286,59 @@ async fn an_unreadable_workflow_memo_is_passed_over() {
         .unwrap();
     assert!(started.status.success(), "{started:?}");
 
-    // Every read answers, before visibility shows the spoiled workflow and after (once it
-    // was counted, by a read or by the pending figures).
+    // Once visibility shows both workflows, every read answers without the spoiled one.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let metrics = app.metrics().await;
-        let counted = metrics
-            .lines()
-            .any(|l| l.starts_with("approvals_unreadable_records_total{") && !l.ends_with(" 0"));
-        let listed: Vec<Value> = app.listed().await;
-        let ids: Vec<&str> = listed.iter().filter_map(|a| a["id"].as_str()).collect();
-        assert_eq!(ids, ["fine"]);
-        let audit = app
-            .get_json(
-                &format!("/v1/tenants/{}/audit", app.tenant),
-                &app.tokens.admin,
-            )
-            .await;
-        assert_eq!(audit["items"][0]["approval_id"], "fine", "{audit}");
-        if counted {
+        let counted =
+            std::process::Command::new(approvals_testkit::temporal_server::temporal_bin())
+                .args(["workflow", "count", "--address", address])
+                .args(["--query", &format!("TenantId='{}'", app.tenant)])
+                .output()
+                .unwrap();
+        if String::from_utf8_lossy(&counted.stdout).trim() == "Total: 2" {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "the spoiled workflow never counted"
+            "visibility never showed the spoiled workflow: {counted:?}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let listed: Vec<Value> = app.listed().await;
+    let ids: Vec<&str> = listed.iter().filter_map(|a| a["id"].as_str()).collect();
+    assert_eq!(ids, ["fine"]);
+    let audit = app
+        .get_json(
+            &format!("/v1/tenants/{}/audit", app.tenant),
+            &app.tokens.admin,
+        )
+        .await;
+    let about: Vec<&str> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["approval_id"].as_str())
+        .collect();
+    assert!(
+        !about.is_empty() && about.iter().all(|id| *id == "fine"),
+        "{audit}"
+    );
+    // And counted (tests of this binary share the counter: more than before this one).
+    app.metrics_until(
+        &app.base,
+        Duration::from_secs(30),
+        "the spoiled memo counted",
+        |text| unreadable_records(text) > before,
+    )
+    .await;
+}
+
+/// The unreadable records counted so far, over every label.
+#[cfg(feature = "temporal")]
+fn unreadable_records(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("approvals_unreadable_records_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }

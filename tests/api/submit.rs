@@ -317,15 +317,23 @@ async fn heavy_submits_keep_health_answering_and_verdicts_the_same() {
     let started = Instant::now();
     let health = app.http.get(app.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), StatusCode::OK);
-    // Policy evaluation on the request workers made this 12.9 s; a second of slack is for the
-    // rest of a loaded CI machine, which the policy threads share too.
+    // Policy evaluation on the request workers made this 12.9 s: the bound tells "blocked
+    // behind the policy" from "answered", with room for a loaded CI machine.
     assert!(
-        started.elapsed() < Duration::from_secs(2),
+        started.elapsed() < Duration::from_secs(6),
         "{:?}",
         started.elapsed()
     );
+    // An unrelated read is answered too, with what the submit stored.
     let read = app.get("alone", &app.tokens.reviewer).await;
-    assert!(read.status().is_success() || read.status() == StatusCode::NOT_FOUND);
+    if alone["decision"] == "require_approval" {
+        assert_eq!(read.status(), StatusCode::OK);
+        let record: Value = read.json().await.unwrap();
+        assert_eq!(record["action"], heavy());
+        assert_eq!(record["status"], "pending");
+    } else {
+        assert_eq!(read.status(), StatusCode::NOT_FOUND);
+    }
     for answer in storm {
         let answer = answer.await.unwrap();
         assert_eq!(answer["decision"], alone["decision"], "{answer}");

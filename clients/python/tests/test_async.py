@@ -22,7 +22,7 @@ from approvals_client import (
 pytestmark = pytest.mark.anyio
 
 
-async def test_every_call(async_clients: tuple[AsyncApprovalsClient, AsyncApprovalsClient]) -> None:
+async def test_every_call(async_clients: tuple[AsyncApprovalsClient, AsyncApprovalsClient], tenant: Tenant) -> None:
     agent, reviewer = async_clients
     async with agent, reviewer:
         assert isinstance((await agent.submit(PLAIN_READ)).outcome(), Allowed)
@@ -34,14 +34,26 @@ async def test_every_call(async_clients: tuple[AsyncApprovalsClient, AsyncApprov
         assert [a.id async for a in reviewer.list_all()] == ["async-1"]
 
         results: dict[str, object] = {}
+        polls = 0
 
-        async def wait() -> None:
-            results["outcome"] = await agent.wait("async-1", timeout=30, poll_seconds=1)
+        async def count_polls(request: httpx.Request) -> None:
+            nonlocal polls
+            if request.url.path.endswith("/decision"):
+                polls += 1
 
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(wait)
-            await anyio.sleep(1.5)  # let the agent go through more than one long-poll
-            await reviewer.accept("async-1", reason="async ok")
+        async with httpx.AsyncClient(event_hooks={"request": [count_polls]}) as http:
+            waiter = AsyncApprovalsClient(agent.base_url, tenant.agent_token, tenant.name, http=http)
+
+            async def wait() -> None:
+                results["outcome"] = await waiter.wait("async-1", timeout=30, poll_seconds=1)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(wait)
+                # Decided once the wait has gone on through more than one long-poll.
+                with anyio.fail_after(20):
+                    while polls < 2:
+                        await anyio.sleep(0.05)
+                await reviewer.accept("async-1", reason="async ok")
         outcome = results["outcome"]
         assert isinstance(outcome, Approved) and outcome.reason == "async ok"
 
