@@ -403,7 +403,15 @@ async fn a_retried_rollback_with_if_match_does_not_roll_back_twice() {
 
 #[tokio::test]
 async fn a_candidate_is_evaluated_beside_the_active_policy_without_deciding() {
-    let app = TestApp::spawn().await;
+    // A tenant of its own: the metrics recorder, and its count below, are shared by every
+    // test in this binary.
+    let app = crate::support::Harness {
+        backend: crate::support::Backend::Redis,
+        tenant: approvals_core::conformance::fresh_tenant("shadow").to_string(),
+        other_tenant: approvals_core::conformance::fresh_tenant("other").to_string(),
+    }
+    .spawn()
+    .await;
     let version = upload(&app, reads_allowed()).await;
     let response = put_candidate(&app, &version).await;
     assert_eq!(response.status(), StatusCode::OK);
