@@ -19,13 +19,23 @@ fn backend(server: &RedisServer) -> Arc<RedisBackend> {
     )
 }
 
-fn sweep_forever(backend: Arc<RedisBackend>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+/// A sweeper that runs every 20 ms, and how many passes it finished.
+fn sweep_forever(
+    backend: Arc<RedisBackend>,
+) -> (
+    tokio::task::JoinHandle<()>,
+    Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let passes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = passes.clone();
+    let task = tokio::spawn(async move {
         loop {
             let _ = backend.expire_due(Timestamp::now()).await;
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-    })
+    });
+    (task, passes)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -81,9 +91,25 @@ async fn two_instances_two_sweepers_indexes_agree_and_expiries_are_recorded_once
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Let the sweepers run over the same deadlines a few more times.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    for sweeper in sweepers {
+    // Each sweeper runs over the same deadlines three more times: a second record of an
+    // expiry would be written by one of these passes.
+    let after: Vec<usize> = sweepers
+        .iter()
+        .map(|(_, passes)| passes.load(std::sync::atomic::Ordering::SeqCst))
+        .collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while sweepers
+        .iter()
+        .zip(&after)
+        .any(|((_, passes), from)| passes.load(std::sync::atomic::Ordering::SeqCst) < from + 3)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sweepers stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for (sweeper, _) in sweepers {
         sweeper.abort();
     }
 

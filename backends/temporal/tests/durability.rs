@@ -7,7 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use approvals_core::conformance::{decision, fresh_tenant, id, pending};
-use approvals_core::{ApprovalBackend, DecisionOutcome, Status, SubmitOutcome, Verdict};
+use approvals_core::{ApprovalBackend, DecisionOutcome, Status, SubmitOutcome, Timestamp, Verdict};
 use approvals_temporal::{TemporalBackend, TemporalSettings};
 use approvals_testkit::temporal_server::DevServer;
 
@@ -189,8 +189,16 @@ async fn a_crashed_worker_is_replaced_and_decisions_and_deadlines_still_land() {
         .submit(pending(&tenant, "let-expire", Duration::from_secs(8)))
         .await
         .expect("submit");
-    // Make sure the first worker holds both workflows in its cache (sticky).
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The first worker has run both workflows' first task (their TTL timers are started), so
+    // it holds them in its cache (sticky) when it dies.
+    for approval in ["decide-me", "let-expire"] {
+        history_shows(&server, &tenant, approval, "TimerStarted").await;
+    }
+    assert!(
+        Timestamp::now() < expires_at_of(&backend, &tenant, "let-expire").await,
+        "let-expire expired before the crash: the test would not see its deadline fire on the \
+         new worker"
+    );
     let waiter = {
         let backend = TemporalBackend::connect(settings.clone())
             .await
@@ -228,6 +236,7 @@ async fn a_crashed_worker_is_replaced_and_decisions_and_deadlines_still_land() {
         .expect("wait")
         .expect("exists");
     assert_eq!(expired.status, Status::Expired);
+    history_shows(&server, &tenant, "let-expire", "TimerFired").await;
     let closed = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
             let page = backend
@@ -292,7 +301,50 @@ async fn pending_approvals_survive_a_server_restart() {
         .await
         .expect("wait")
         .expect("exists");
-    assert_eq!(expired.status, Status::Expired, "its timer survived too");
+    assert_eq!(expired.status, Status::Expired);
+    // A read past the deadline says expired by itself: the timer itself must fire.
+    history_shows(&server, &tenant, "short", "TimerFired").await;
     worker.stop();
     drop(server);
+}
+
+/// Waits until the approval's workflow history shows `event` (e.g. `TimerStarted`: its first
+/// task ran; `TimerFired`: its deadline fired).
+async fn history_shows(
+    server: &DevServer,
+    tenant: &approvals_core::TenantId,
+    approval: &str,
+    event: &str,
+) {
+    let workflow = approvals_temporal::workflow_id(tenant, &id(approval));
+    let address = server.address();
+    let address = address.trim_start_matches("http://").to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let shown = std::process::Command::new(approvals_testkit::temporal_server::temporal_bin())
+            .args(["workflow", "show", "--address", &address, "-w", &workflow])
+            .output()
+            .expect("temporal workflow show");
+        if String::from_utf8_lossy(&shown.stdout).contains(event) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{workflow}'s history never showed {event}: {shown:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn expires_at_of(
+    backend: &TemporalBackend,
+    tenant: &approvals_core::TenantId,
+    approval: &str,
+) -> Timestamp {
+    backend
+        .get(tenant, &id(approval))
+        .await
+        .expect("get")
+        .expect("exists")
+        .expires_at
 }
