@@ -534,11 +534,14 @@ pub fn decided(approval: &Approval) {
     metrics::histogram!("approvals_time_to_decision_seconds", "tenant" => tenant, "outcome" => outcome).record(waited);
 }
 
-/// Where a failed engine call came from: a client's request, or work the service does by
-/// itself (pending figures, chores). Only the first is what some caller was answered.
+/// Where a failed engine call came from: a client's request, a readiness probe, or work the
+/// service does by itself (pending figures, chores). Only the first is what some caller was
+/// answered: a probe every few seconds during an outage with no traffic is not an error rate
+/// that should page.
 #[derive(Debug, Clone, Copy)]
 pub enum ErrorSource {
     Request,
+    Readiness,
     Figures,
     Chore,
 }
@@ -547,6 +550,7 @@ pub enum ErrorSource {
 pub fn backend_error(error: &BackendError, source: ErrorSource) {
     let source = match source {
         ErrorSource::Request => "request",
+        ErrorSource::Readiness => "readiness",
         ErrorSource::Figures => "figures",
         ErrorSource::Chore => "chore",
     };

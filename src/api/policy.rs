@@ -16,7 +16,6 @@ use crate::auth::Principal;
 
 /// A bundle to upload: its `.rego` files, tests included.
 #[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct UploadBody {
     /// Relative '/'-separated paths ending in `.rego`, each once; at most 200 files.
     pub files: Vec<BundleFile>,
@@ -82,7 +81,6 @@ pub struct PolicyOverview {
 
 /// Names one stored version.
 #[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct VersionBody {
     #[schema(pattern = "^sha256:[0-9a-f]{64}$")]
     pub version: String,

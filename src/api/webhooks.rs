@@ -19,7 +19,6 @@ use crate::notify::{Notifier, NotifyEvent, Webhook, WebhookFormat};
 
 /// A webhook to add.
 #[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct NewWebhook {
     /// Where deliveries are POSTed: http(s), at most 2,048 characters.
     pub url: String,

@@ -39,7 +39,7 @@ pub use tenant_policies::{TenantPolicies, DEFAULT_BUNDLES_KEPT};
 use crate::auth::{Permission, Principal};
 use crate::config::ApprovalSettings;
 use crate::decision_log::DecisionLog;
-use crate::metrics::MetricsHandle;
+use crate::metrics::{ErrorSource, MetricsHandle};
 
 /// The service's use cases. Cheap to share (`Arc`); one per running service.
 pub struct Approvals {
@@ -104,7 +104,7 @@ impl Approvals {
     pub async fn ready(&self) -> Result<(), AppError> {
         let answered = self.engine.ping().await;
         self.metrics.set_backend_up(answered.is_ok());
-        answered.map_err(|e| self.engine_failed(e))
+        answered.map_err(|e| self.engine_failed_in(e, ErrorSource::Readiness))
     }
 
     /// `/metrics`: the recorder, the latest pending figures and the engine's own status.
@@ -133,17 +133,22 @@ impl Approvals {
     /// Counts and logs an engine failure where it happened, and says what it means to the
     /// caller. The engine's own words go to the log, never to the client.
     fn engine_failed(&self, error: BackendError) -> AppError {
+        self.engine_failed_in(error, ErrorSource::Request)
+    }
+
+    /// As [`Self::engine_failed`], counted under `source`.
+    fn engine_failed_in(&self, error: BackendError, source: ErrorSource) -> AppError {
         match error {
             BackendError::InvalidCursor => {
                 AppError::InvalidOption("cursor: not a cursor this service handed out".into())
             }
             BackendError::Unavailable { .. } | BackendError::Timeout(_) => {
-                crate::metrics::backend_error(&error, crate::metrics::ErrorSource::Request);
+                crate::metrics::backend_error(&error, source);
                 tracing::warn!(error = %chain(&error), "engine call failed");
                 AppError::Unavailable(error)
             }
             BackendError::Corrupt { .. } => {
-                crate::metrics::backend_error(&error, crate::metrics::ErrorSource::Request);
+                crate::metrics::backend_error(&error, source);
                 tracing::error!(error = %chain(&error), "engine returned unreadable data");
                 AppError::Internal(error.into())
             }

@@ -119,10 +119,16 @@ impl Approvals {
             }
         };
         let shadow = shadow.map(|s| answer(&s));
-        if let Some(shadow) = &shadow {
-            let agrees = shadow.decision == verdict.decision.as_str();
-            crate::metrics::shadow_evaluated(&asked.tenant, agrees);
-        }
+        // Counted only where the verdict is used: a retried request answered from its record
+        // would count the same request again in the candidate's trial.
+        let agrees = shadow
+            .as_ref()
+            .map(|shadow| shadow.decision == verdict.decision.as_str());
+        let count_shadow = |tenant: &TenantId| {
+            if let Some(agrees) = agrees {
+                crate::metrics::shadow_evaluated(tenant, agrees);
+            }
+        };
         if verdict.decision != PolicyDecision::RequireApproval {
             // Nothing to park; but a caller's id may name an earlier, parked request.
             if chosen_by_caller {
@@ -136,6 +142,7 @@ impl Approvals {
                 .await
                 .map_err(|e| self.engine_failed(e))?;
             self.decision_log.offer(&logged);
+            count_shadow(&asked.tenant);
             crate::metrics::submitted(&asked.tenant, verdict.decision);
             return Ok(Submitted::Answered(verdict));
         }
@@ -163,6 +170,7 @@ impl Approvals {
         match self.engine.park(parked.clone(), logged.clone()).await {
             Ok(SubmitOutcome::Created(approval)) => {
                 self.decision_log.offer(&logged);
+                count_shadow(&approval.tenant);
                 crate::metrics::submitted(&approval.tenant, PolicyDecision::RequireApproval);
                 Ok(Submitted::Parked(approval))
             }

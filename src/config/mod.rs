@@ -606,12 +606,12 @@ impl Settings {
                 )));
             }
         }
-        // The pending figures are as old as this between refreshes, and `ApprovalsNotReady`
-        // pages when they are over 30 s old for 2 minutes: a longer period pages for nothing.
-        if self.approvals.stats_interval > Duration::from_secs(10) {
+        // The pending figures are as old as this between refreshes, and the contract keeps
+        // them at most 5 s old.
+        if self.approvals.stats_interval > Duration::from_secs(5) {
             return Err(ConfigError::Invalid(
-                "approvals.stats_interval: at most 10s (the not-ready alert reads figures older \
-                 than 30s as a backend that does not answer)"
+                "approvals.stats_interval: at most 5s (the API contract: the pending figures \
+                 behind /metrics are at most 5 s old)"
                     .into(),
             ));
         }

@@ -345,3 +345,94 @@ async fn reviewers_decide_in_the_browser_and_open_pages_follow_live() {
         let _ = browser.close().await;
     }
 }
+
+/// The browser's cookie is shared by its tabs: a reviewer who signs in to another tenant in a
+/// second tab must not see that tenant's list appear in the first tab's page, under the first
+/// tenant's name. The first tab stops following live and says why; what it showed stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_in_elsewhere_in_another_tab_is_not_swapped_into_an_open_page() {
+    let app = TestApp::spawn().await;
+    app.park("tab-1").await;
+    let driver = Driver::start();
+    let browser = driver.browser().await;
+    // A second tab had the sign-in page open before the first signed in.
+    let first_tab = browser.window().await.expect("this tab");
+    let second_tab = browser.new_window(true).await.expect("a second tab");
+    browser
+        .switch_to_window(second_tab.handle.clone())
+        .await
+        .expect("to the second tab");
+    browser
+        .goto(&app.url("/ui/login"))
+        .await
+        .expect("sign-in page");
+    browser
+        .switch_to_window(first_tab.clone())
+        .await
+        .expect("to the first tab");
+    sign_in(&browser, &app, &app.tokens.reviewer).await;
+    until_true(
+        &browser,
+        "document.body.dataset.liveReady === 'true'",
+        "the live stream",
+    )
+    .await;
+
+    // The second tab signs in as mallory, of another tenant.
+    browser
+        .switch_to_window(second_tab.handle)
+        .await
+        .expect("to the second tab");
+    browser
+        .find(Locator::Css("#token"))
+        .await
+        .expect("token field")
+        .send_keys(&app.tokens.other_tenant_reviewer)
+        .await
+        .expect("type the token");
+    browser
+        .find(Locator::Css("form button[type=submit]"))
+        .await
+        .expect("sign-in button")
+        .click()
+        .await
+        .expect("sign in");
+    until_true(
+        &browser,
+        "document.body.innerText.includes('mallory')",
+        "mallory's inbox",
+    )
+    .await;
+    browser
+        .switch_to_window(first_tab)
+        .await
+        .expect("back to the first tab");
+
+    // Something happens in the first tab's tenant: its page fetches itself again, with the
+    // browser's cookie, which is now mallory's.
+    app.park("tab-2").await;
+    until_true(
+        &browser,
+        "document.getElementById('stale-notice')",
+        "the first tab to say it is no longer live",
+    )
+    .await;
+    assert!(
+        script(
+            &browser,
+            "return document.getElementById('approval-tab-1') !== null;"
+        )
+        .await
+        .as_bool()
+        .unwrap_or(false),
+        "the first tab still shows its own tenant's list: {}",
+        text(&browser).await
+    );
+    assert!(
+        text(&browser).await.contains("Reload"),
+        "{}",
+        text(&browser).await
+    );
+    screenshot(&browser, "stale-tab").await;
+    let _ = browser.close().await;
+}

@@ -223,6 +223,19 @@ async fn an_evicting_redis_is_not_ready() {
         "backend_unavailable",
     )
     .await;
+    // Counted as a probe's failure, which does not page, not as a client's.
+    app.metrics_until(
+        &app.base,
+        Duration::from_secs(5),
+        "a readiness error",
+        |t| {
+            t.lines().any(|l| {
+                l.starts_with("approvals_backend_errors_total")
+                    && l.contains("source=\"readiness\"")
+            })
+        },
+    )
+    .await;
     redis_config(&app, "maxmemory-policy", "noeviction").await;
     until_ready(&app).await;
 }

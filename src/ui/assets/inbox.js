@@ -39,18 +39,43 @@
       .then(function (r) { return r.ok ? r.text() : Promise.reject(r.status); })
       .then(function (html) {
         var fresh = new DOMParser().parseFromString(html, "text/html").getElementById("live-region");
-        if (fresh) {
-          region.innerHTML = fresh.innerHTML;
-          region.setAttribute("data-status", fresh.getAttribute("data-status") || "");
-          var refocus = focusedId && document.getElementById(focusedId);
-          if (refocus) refocus.focus();
+        // The cookie is the browser's, not this tab's: after a sign-in to another tenant or as
+        // someone else in another tab (or a sign-out), the fetch answers for that session.
+        // Its page must not be swapped into this one, under this one's header.
+        if (!fresh || !sameSession(fresh)) {
+          stale();
+          return;
         }
+        region.innerHTML = fresh.innerHTML;
+        region.setAttribute("data-status", fresh.getAttribute("data-status") || "");
+        var refocus = focusedId && document.getElementById(focusedId);
+        if (refocus) refocus.focus();
       })
       .catch(function () { /* the next event tries again */ })
       .then(function () {
         busy = false;
         if (again) { again = false; refresh(); }
       });
+  }
+
+  function sameSession(fresh) {
+    return ["data-tenant", "data-subject"].every(function (name) {
+      return fresh.getAttribute(name) === region.getAttribute(name);
+    });
+  }
+
+  var source;
+  function stale() {
+    if (source) source.close();
+    if (document.getElementById("stale-notice")) return;
+    var notice = document.createElement("p");
+    notice.id = "stale-notice";
+    notice.className = "notice warning";
+    notice.setAttribute("role", "alert");
+    notice.textContent = "This page is no longer live: this browser signed in elsewhere " +
+      "(another tenant or reviewer, in another tab) or signed out. Reload to see what your " +
+      "current session may see.";
+    region.parentNode.insertBefore(notice, region);
   }
 
   function describe(kind, event) {
@@ -60,7 +85,15 @@
     return "Approval " + id + " was " + event.kind + " by " + event.actor + ".";
   }
 
-  var source = new EventSource("/ui/events");
+  source = new EventSource("/ui/events");
+  // A stream that ended (its session signed out, an instance restarted) reconnects by itself,
+  // with whatever cookie the browser holds then: look again at once, so a page whose session
+  // ended says so, and one whose session goes on shows what it missed.
+  var opened = false;
+  source.addEventListener("open", function () {
+    if (opened) refresh();
+    opened = true;
+  });
   ["parked", "decided", "expired"].forEach(function (kind) {
     source.addEventListener(kind, function (message) {
       var event;
