@@ -158,6 +158,36 @@ pub struct EngineStatus {
     pub calls: Option<CallStatus>,
     /// For a pairing of engines: whether the secondary answered its last call.
     pub secondary_up: Option<bool>,
+    /// Long-polls of this process past their first read, waiting to be woken by a decision
+    /// (`None`: the engine does not count them). What shows that a waiter is parked, rather
+    /// than about to read, without a sleep.
+    pub waiting: Option<usize>,
+}
+
+/// Counts an engine's parked long-polls for [`EngineStatus::waiting`].
+#[derive(Debug, Clone, Default)]
+pub struct WaitingCount(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl WaitingCount {
+    /// Counts one long-poll until the guard is dropped.
+    pub fn enter(&self) -> WaitingGuard {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        WaitingGuard(self.0.clone())
+    }
+
+    pub fn get(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// One parked long-poll, counted while it lives.
+#[derive(Debug)]
+pub struct WaitingGuard(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for WaitingGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// What an engine's own chores did, for the service to count: the service never has to ask.

@@ -24,7 +24,7 @@ pub use backend::no_stop;
 pub use backend::{
     ApprovalBackend, BackendError, BoxError, CallStatus, DecisionOutcome, EngineEvents,
     EngineStatus, ImportOutcome, Lifetimes, Listing, Page, RecordTransfer, ScanPage, Stop,
-    SubmitOutcome,
+    SubmitOutcome, WaitingCount, WaitingGuard,
 };
 pub use digest::action_digest;
 pub use ids::{ApprovalId, InvalidIdentifier, TenantId};

@@ -9,7 +9,7 @@ use std::time::Duration;
 use approvals_core::{
     Approval, ApprovalBackend, ApprovalId, AuditEntry, AuditEvent, BackendError, DecisionOutcome,
     DecisionRequest, EngineEvents, EngineStatus, Lifetimes, Listing, Page, PendingStats, Status,
-    Stop, SubmitOutcome, TenantId, Timestamp,
+    Stop, SubmitOutcome, TenantId, Timestamp, WaitingCount,
 };
 use async_trait::async_trait;
 use redis::AsyncCommands;
@@ -30,6 +30,8 @@ pub struct RedisBackend {
     pub(crate) lifetimes: Lifetimes,
     pub(crate) scripts: Scripts,
     pub(crate) waiters: Waiters,
+    /// Long-polls past their first read (`EngineStatus::waiting`).
+    pub(crate) parked: WaitingCount,
     subscriber: JoinHandle<()>,
     pending_head: String,
     expired_head: String,
@@ -66,6 +68,7 @@ impl RedisBackend {
             lifetimes,
             scripts: Scripts::load(),
             waiters,
+            parked: WaitingCount::default(),
             subscriber,
             pending_head: record::pending_head(),
             expired_head: record::expired_head_template(),
@@ -534,6 +537,7 @@ impl ApprovalBackend for RedisBackend {
         EngineStatus {
             calls: Some(self.connections.status()),
             secondary_up: None,
+            waiting: Some(self.parked.get()),
         }
     }
 }

@@ -25,43 +25,70 @@ impl RedisBackend {
             reason: format!("held while waiting: {error}"),
         };
         let mut subscription = self.waiters.subscribe(&keys::record(tenant, id));
-        // The one read of the wait: decisions arrive with their record.
-        let mut current = self.get(tenant, id).await?;
+        // The one read of the wait: decisions arrive with their record. Only the held JSON
+        // lives across the wait below: a parsed record (300 bytes), or a read's state, kept in
+        // this future would be part of every parked long-poll's memory. Hence the boxed reads.
+        let (mut held, mut wake_at) = match Box::pin(self.get(tenant, id)).await? {
+            None => return Ok(None),
+            Some(first) => match Step::of(first, deadline) {
+                Step::Answer(approval) => return Ok(Some(approval)),
+                Step::Wait(approval, wake_at) => (Held::new(approval).map_err(corrupt)?, wake_at),
+            },
+        };
+        let _parked = self.parked.enter();
         loop {
-            let Some(approval) = current else {
-                return Ok(None);
-            };
-            let now = tokio::time::Instant::now();
-            if approval.is_decided() || now >= deadline {
-                return Ok(Some(approval));
-            }
-            // Wake at the deadline too: `as_of` reports the expiry itself, sweeper or not.
-            let until_expiry = approval.expires_at.as_millis() - Timestamp::now().as_millis();
-            let expiry = now + Duration::from_millis(u64::try_from(until_expiry).unwrap_or(0) + 5);
-            let held = Held::new(approval).map_err(corrupt)?;
-            current = tokio::select! {
+            let current = tokio::select! {
                 settled = subscription.notified() => match settled {
-                    Some(record) => Some(Approval::clone(&record).as_of(Timestamp::now())),
+                    Some(record) => Approval::clone(&record).as_of(Timestamp::now()),
                     // A reconnect: messages may have been lost, so read. Every waiter of the
                     // instance reads at once, against a Redis that may just be back (still
                     // loading its data, say): one that cannot read goes on waiting with what
                     // it holds rather than answer 503.
-                    None => match self.get(tenant, id).await {
-                        Ok(current) => current,
+                    None => match Box::pin(self.get(tenant, id)).await {
+                        Ok(Some(current)) => current,
+                        Ok(None) => return Ok(None),
                         Err(error) => {
                             tracing::debug!(%error, "re-read after a reconnect failed; waiting on");
-                            Some(held.restore().map_err(corrupt)?)
+                            held.restore().map_err(corrupt)?
                         }
                     },
                 },
-                () = tokio::time::sleep_until(deadline.min(expiry)) => {
-                    Some(held.restore().map_err(corrupt)?.as_of(Timestamp::now()))
+                () = tokio::time::sleep_until(wake_at) => {
+                    held.restore().map_err(corrupt)?.as_of(Timestamp::now())
                 }
                 () = &mut stop => {
                     return Ok(Some(held.restore().map_err(corrupt)?.as_of(Timestamp::now())));
                 }
             };
+            match Step::of(current, deadline) {
+                Step::Answer(approval) => return Ok(Some(approval)),
+                Step::Wait(approval, at) => {
+                    held = Held::new(approval).map_err(corrupt)?;
+                    wake_at = at;
+                }
+            }
         }
+    }
+}
+
+/// What a wait does with the record it has.
+enum Step {
+    /// Decided, expired, or the caller's deadline reached: answer with it.
+    Answer(Approval),
+    /// Still pending: wait until the caller's deadline or the approval's own, whichever is
+    /// first (`as_of` then reports the expiry itself, sweeper or not).
+    Wait(Approval, tokio::time::Instant),
+}
+
+impl Step {
+    fn of(approval: Approval, deadline: tokio::time::Instant) -> Self {
+        let now = tokio::time::Instant::now();
+        if approval.is_decided() || now >= deadline {
+            return Self::Answer(approval);
+        }
+        let until_expiry = approval.expires_at.as_millis() - Timestamp::now().as_millis();
+        let expiry = now + Duration::from_millis(u64::try_from(until_expiry).unwrap_or(0) + 5);
+        Self::Wait(approval, deadline.min(expiry))
     }
 }
 
@@ -78,5 +105,25 @@ impl Held {
 
     fn restore(&self) -> serde_json::Result<Approval> {
         serde_json::from_slice(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The size of an async fn's future, from the fn item alone.
+    fn future_size<F, A, B, C, D, E, Fut>(_: &F) -> usize
+    where
+        F: FnOnce(A, B, C, D, E) -> Fut,
+    {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// Every parked long-poll holds one of these for up to a minute, thousands per instance:
+    /// a parsed record or a read's state kept across the wait more than doubled it (1,128
+    /// bytes, against 504).
+    #[test]
+    fn a_parked_wait_is_small() {
+        let size = future_size(&crate::backend::RedisBackend::wait);
+        assert!(size <= 640, "RedisBackend::wait's future is {size} bytes");
     }
 }

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use approvals_core::{
     Approval, ApprovalBackend, ApprovalId, AuditEntry, AuditEvent, BackendError, DecisionOutcome,
-    DecisionRequest, EngineEvents, Listing, Page, PendingStats, Status, Stop, SubmitOutcome,
-    TenantId, Timestamp,
+    DecisionRequest, EngineEvents, EngineStatus, Listing, Page, PendingStats, Status, Stop,
+    SubmitOutcome, TenantId, Timestamp, WaitingCount,
 };
 use async_trait::async_trait;
 use futures_util::TryStreamExt;
@@ -83,6 +83,8 @@ pub struct TemporalBackend {
     pub(crate) recent: Recent,
     /// Hears of memos passed over as unreadable (the service counts them).
     events: OnceLock<Arc<dyn EngineEvents>>,
+    /// Long-polls past their first read (`EngineStatus::waiting`).
+    parked: WaitingCount,
 }
 
 fn corrupt(key: &str, reason: impl std::fmt::Display) -> BackendError {
@@ -121,6 +123,7 @@ impl TemporalBackend {
             recent: Recent::new(settings.read_your_writes),
             settings,
             events: OnceLock::new(),
+            parked: WaitingCount::default(),
         })
     }
 
@@ -536,6 +539,13 @@ impl ApprovalBackend for TemporalBackend {
         "temporal"
     }
 
+    fn status(&self) -> EngineStatus {
+        EngineStatus {
+            waiting: Some(self.parked.get()),
+            ..EngineStatus::default()
+        }
+    }
+
     /// The audit comes from visibility, which shows what other instances and the workers
     /// wrote a moment late, while this instance's own writes show at once (`recent`).
     fn audit_settle_time(&self) -> Duration {
@@ -627,6 +637,7 @@ impl ApprovalBackend for TemporalBackend {
         if current.is_decided() {
             return Ok(Some(current));
         }
+        let _parked = self.parked.enter();
         // Await the workflow's close event (a long poll on its history), until the caller's
         // deadline or the approval's own, whichever is first. Past `expires_at` a read reports
         // the expiry even if the timer has not been processed yet.

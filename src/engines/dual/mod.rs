@@ -313,6 +313,8 @@ impl ApprovalBackend for DualBackend {
         EngineStatus {
             calls: primary.calls.or(secondary.and_then(|s| s.calls)),
             secondary_up: (up >= 0).then_some(up > 0),
+            // Long-polls wait on the primary.
+            waiting: primary.waiting,
         }
     }
 }

@@ -168,8 +168,16 @@ pub async fn waiter_wakes_on_decision(backend: Backend) {
         })
     };
     // The waiter must be parked before the decision for this to test a wake-up rather than a
-    // read; a waiter that is not yet subscribed would still see the decision on its first read.
-    tokio::task::yield_now().await;
+    // read: one that had not read yet would see the decision on its first read.
+    let parked = Instant::now() + Duration::from_secs(10);
+    while backend.status().waiting.is_some_and(|n| n == 0) {
+        assert!(Instant::now() < parked, "the waiter never parked");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        backend.status().waiting.is_some(),
+        "every engine counts its parked long-polls"
+    );
     backend
         .decide(&tenant, &id("req-1"), decision(Verdict::Accept, "alice"))
         .await
