@@ -841,12 +841,22 @@ impl Notifier {
                 self.store.delivered(&delivery).await
             }
             Err(error) if delivery.attempts >= self.settings.max_attempts => {
-                tracing::warn!(tenant = %delivery.tenant, webhook = %delivery.webhook_id,
-                    id = %delivery.id, attempts = delivery.attempts, %error, "webhook delivery given up");
                 delivery.last_error = Some(error);
-                metrics::counter!("approvals_notifications_total", "tenant" => tenant, "outcome" => "dead")
+                let given_up = self.store.dead(&delivery).await;
+                // Only a delivery this attempt gave up on counts as dead: one settled by
+                // another instance meanwhile (sent, say) was merely a failed attempt here.
+                let outcome = if matches!(given_up, Ok(true)) {
+                    tracing::warn!(tenant = %delivery.tenant, webhook = %delivery.webhook_id,
+                        id = %delivery.id, attempts = delivery.attempts,
+                        error = delivery.last_error.as_deref().unwrap_or_default(),
+                        "webhook delivery given up");
+                    "dead"
+                } else {
+                    "failed"
+                };
+                metrics::counter!("approvals_notifications_total", "tenant" => tenant, "outcome" => outcome)
                     .increment(1);
-                self.store.dead(&delivery).await
+                given_up.map(drop)
             }
             Err(error) => {
                 tracing::debug!(tenant = %delivery.tenant, id = %delivery.id, %error, "webhook delivery failed; retrying");
@@ -854,7 +864,7 @@ impl Notifier {
                 metrics::counter!("approvals_notifications_total", "tenant" => tenant, "outcome" => "failed")
                     .increment(1);
                 let next = Timestamp::now().plus(self.backoff(delivery.attempts));
-                self.store.retry_at(&delivery, next).await
+                self.store.retry_at(&delivery, next).await.map(drop)
             }
         };
         if let Err(error) = result {

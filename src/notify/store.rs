@@ -171,17 +171,23 @@ return 0";
 
 /// Moves every dead letter of a tenant back to the queue, due now, with its attempts counted
 /// afresh; atomic, so a delivery given up meanwhile is either moved or stays a dead letter.
+/// A letter whose delivery was sent after all (an instance gave up on it while another, whose
+/// attempt had outlived its lease, got it through) is dropped, not sent again.
 const REDELIVER: &str = r"
 local letters = redis.call('LRANGE', KEYS[1], 0, -1)
+local moved = 0
 for _, json in ipairs(letters) do
   local delivery = cjson.decode(json)
-  delivery.attempts = 0
-  delivery.last_error = nil
-  redis.call('SET', ARGV[3] .. delivery.id, cjson.encode(delivery), 'PX', ARGV[2])
-  redis.call('ZADD', KEYS[2], ARGV[1], delivery.id)
+  if redis.call('GET', ARGV[3] .. delivery.id) ~= 'sent' then
+    delivery.attempts = 0
+    delivery.last_error = nil
+    redis.call('SET', ARGV[3] .. delivery.id, cjson.encode(delivery), 'PX', ARGV[2])
+    redis.call('ZADD', KEYS[2], ARGV[1], delivery.id)
+    moved = moved + 1
+  end
 end
 redis.call('DEL', KEYS[1])
-return #letters";
+return moved";
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -467,14 +473,15 @@ impl Store {
         .await
     }
 
-    /// Failed this time: tried again at `next` (unless another instance settled it meanwhile).
-    pub async fn retry_at(&self, delivery: &Delivery, next: Timestamp) -> Result<(), StoreError> {
+    /// Failed this time: tried again at `next`. False if another instance settled it
+    /// meanwhile (nothing changed).
+    pub async fn retry_at(&self, delivery: &Delivery, next: Timestamp) -> Result<bool, StoreError> {
         self.failed(delivery, Some(next)).await
     }
 
-    /// Given up on: kept in the tenant's dead letters, never tried again (unless another
-    /// instance settled it meanwhile).
-    pub async fn dead(&self, delivery: &Delivery) -> Result<(), StoreError> {
+    /// Given up on: kept in the tenant's dead letters, never tried again. False if another
+    /// instance settled it meanwhile (nothing changed).
+    pub async fn dead(&self, delivery: &Delivery) -> Result<bool, StoreError> {
         self.failed(delivery, None).await
     }
 
@@ -482,7 +489,7 @@ impl Store {
         &self,
         delivery: &Delivery,
         retry: Option<Timestamp>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let json =
             serde_json::to_string(delivery).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let (id, tenant, attempts) = (
@@ -510,7 +517,7 @@ impl Store {
                 .arg(attempts)
                 .invoke_async::<i64>(&mut c)
                 .await
-                .map(drop)
+                .map(|applied| applied == 1)
         })
         .await
     }
@@ -627,11 +634,11 @@ mod tests {
         let sent = queued("d-1");
         assert!(store.enqueue(&sent).await.unwrap());
         store.delivered(&sent).await.unwrap();
-        store
+        assert!(!store
             .retry_at(&failed(&sent, 1), Timestamp::now())
             .await
-            .unwrap();
-        store.dead(&failed(&sent, 1)).await.unwrap();
+            .unwrap());
+        assert!(!store.dead(&failed(&sent, 1)).await.unwrap());
         let value: Option<String> = conn.get(delivery_key("d-1")).await.unwrap();
         assert_eq!(value.as_deref(), Some("sent"));
         assert!(store
@@ -669,8 +676,19 @@ mod tests {
         let claimed = store.claim(10, Duration::from_secs(30)).await.unwrap();
         assert_eq!(claimed.len(), 1);
         assert_eq!(claimed[0].attempts, 1);
-        store.dead(&failed(&other, 2)).await.unwrap();
+        assert!(store.dead(&failed(&other, 2)).await.unwrap());
         assert_eq!(store.dead_letters(&acme).await.unwrap(), 1);
+
+        // The other order: given up on here, then sent by the instance whose attempt outlived
+        // its lease. Redelivering the dead letters must not send it a second time.
+        store.delivered(&other).await.unwrap();
+        assert_eq!(store.redeliver_dead(&acme).await.unwrap(), 0);
+        assert_eq!(store.dead_letters(&acme).await.unwrap(), 0);
+        assert!(store
+            .claim(10, Duration::from_secs(30))
+            .await
+            .unwrap()
+            .is_empty());
     }
 
     /// The reader found the tenant with no webhook; meanwhile an admin added one. Forgetting
