@@ -135,14 +135,9 @@ async fn within_deadline(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    use axum::response::IntoResponse;
     match tokio::time::timeout(timeout, next.run(request)).await {
         Ok(response) => response,
-        Err(_) => (
-            axum::http::StatusCode::REQUEST_TIMEOUT,
-            "the request took too long; try again",
-        )
-            .into_response(),
+        Err(_) => pages::api_refusal(crate::api::ApiError::RequestTimeout(timeout)),
     }
 }
 
@@ -156,7 +151,6 @@ async fn per_session(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    use axum::response::IntoResponse;
     // Only a live session counts against its token: an expired or signed-out cookie (a copy
     // left on a shared machine) must not use up, and so deny, the reviewer's own requests.
     let caller = match state.session(&jar).await {
@@ -168,7 +162,7 @@ async fn per_session(
         .transpose()
     {
         Ok(slot) => slot,
-        Err(refused) => return refused.into_response(),
+        Err(refused) => return pages::api_refusal(refused),
     };
     let response = next.run(request).await;
     drop(slot);

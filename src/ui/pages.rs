@@ -4,7 +4,7 @@
 
 use askama::Template;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::Form;
 use axum_extra::extract::cookie::SignedCookieJar;
@@ -117,6 +117,25 @@ fn refused(detail: &str) -> Response {
         detail: detail.into(),
     };
     (StatusCode::FORBIDDEN, render(&page)).into_response()
+}
+
+/// A refusal by the API's own guards (too many requests in flight) as a page the browser
+/// shows, not a problem document: the reviewer reads it.
+pub fn api_refusal(error: ApiError) -> Response {
+    let problem = error.to_problem();
+    let page = ErrorPage {
+        chrome: None,
+        title: problem.title.to_owned(),
+        detail: problem.detail,
+    };
+    let status = error.status();
+    let mut response = (status, render(&page)).into_response();
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
 }
 
 /// Where a page sends a browser without a valid session.

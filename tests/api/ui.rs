@@ -703,6 +703,14 @@ async fn a_session_shares_its_tokens_limit_of_requests_in_flight() {
     }
     let refused = alice.get("/ui/approvals").await;
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    // A browser shows the refusal as a page that says what to do, not a problem document.
+    assert_eq!(
+        refused.headers().get("retry-after").map(|v| v.as_bytes()),
+        Some(&b"1"[..])
+    );
+    let page = refused.text().await.unwrap();
+    assert!(page.contains("<html"), "{page}");
+    assert!(page.contains("retry when one is answered"), "{page}");
     assert!(bob.page("/ui/approvals").await.contains("<html"));
 
     drop(bodies);
@@ -710,4 +718,34 @@ async fn a_session_shares_its_tokens_limit_of_requests_in_flight() {
         assert_eq!(request.await.unwrap().status(), StatusCode::BAD_REQUEST);
     }
     assert!(alice.page("/ui/approvals").await.contains("<html"));
+}
+
+/// A form whose body never finishes arriving is answered at the request deadline, as a page
+/// that says so (it was plain text), and decides nothing.
+#[tokio::test]
+async fn a_form_that_never_finishes_arriving_is_answered_at_the_deadline() {
+    use futures_util::StreamExt as _;
+    let app = TestApp::spawn_with(|s| s.server.request_timeout = Duration::from_millis(500)).await;
+    app.park("slow-form").await;
+    let alice = Browser::signed_in(&app, &app.tokens.reviewer).await;
+    let (_keep_open, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    let start: Result<Vec<u8>, std::io::Error> = Ok(b"verdict=accept&csrf=".to_vec());
+    let chunks =
+        futures_util::stream::once(async move { start })
+            .chain(futures_util::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|c| (c, rx))
+            }));
+    let response = alice
+        .http
+        .post(format!("{}/ui/approvals/slow-form/decision", alice.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("origin", alice.base.as_str())
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+    let page = response.text().await.unwrap();
+    assert!(page.contains("<html"), "{page}");
+    assert_eq!(api_status(&app, "slow-form").await["status"], "pending");
 }
