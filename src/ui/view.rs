@@ -146,13 +146,23 @@ pub fn visible(text: &str) -> String {
     out
 }
 
-/// Unicode's format characters (category Cf) and controls other than line breaks and tabs.
+/// Controls other than line breaks and tabs, Unicode's format characters (category Cf, from
+/// its tables), the line and paragraph separators, and the default-ignorable characters that
+/// are not format characters: Hangul fillers (they render as blank space), the combining
+/// grapheme joiner, Khmer inherent vowels, Mongolian variation selectors, and variation
+/// selectors (the supplement's 240 can carry hidden text, one byte each). The emoji
+/// presentation selector (U+FE0F) stays, as it follows most emoji.
 fn hidden(c: char) -> bool {
-    (c.is_control() && !matches!(c, '\n' | '\t'))
-        || matches!(u32::from(c),
-            0x00AD | 0x061C | 0x0600..=0x0605 | 0x06DD | 0x070F | 0x180E
-            | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x2064 | 0x2066..=0x206F
-            | 0xFEFF | 0xFFF9..=0xFFFB | 0x110BD | 0x1D173..=0x1D17A | 0xE0001 | 0xE0020..=0xE007F)
+    use unicode_general_category::{get_general_category, GeneralCategory as G};
+    if matches!(c, '\n' | '\t' | '\u{fe0f}') {
+        return false;
+    }
+    matches!(
+        get_general_category(c),
+        G::Control | G::Format | G::LineSeparator | G::ParagraphSeparator
+    ) || matches!(u32::from(c),
+        0x034F | 0x115F | 0x1160 | 0x17B4 | 0x17B5 | 0x180B..=0x180F | 0x3164 | 0xFE00..=0xFE0E
+        | 0xFFA0 | 0xE0100..=0xE01EF)
 }
 
 #[cfg(test)]
@@ -163,6 +173,14 @@ mod tests {
     fn what_a_reader_cannot_see_is_written_out() {
         assert_eq!(visible("invoice\u{202e}fdp.exe"), "invoice\\u{202e}fdp.exe");
         assert_eq!(visible("a\u{200b}b\u{2066}c"), "a\\u{200b}b\\u{2066}c");
+        // Blank-looking letters, variation selectors carrying hidden bytes, a paragraph
+        // separator, and a format character newer than the old hand-written list.
+        assert_eq!(visible("x\u{3164}y\u{ffa0}"), "x\\u{3164}y\\u{ffa0}");
+        assert_eq!(visible("ok\u{e0101}\u{e0102}"), "ok\\u{e0101}\\u{e0102}");
+        assert_eq!(visible("a\u{2029}b"), "a\\u{2029}b");
+        assert_eq!(visible("a\u{13430}b"), "a\\u{13430}b");
+        // An emoji keeps its presentation selector.
+        assert_eq!(visible("ok \u{2764}\u{fe0f}"), "ok \u{2764}\u{fe0f}");
         assert_eq!(
             visible("plain text, ünïcödé and 中文"),
             "plain text, ünïcödé and 中文"
