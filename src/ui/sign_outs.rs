@@ -20,6 +20,10 @@ const MAX_REMEMBERED: usize = 100_000;
 /// the table, and nobody's sign-out was recorded after that; now it only revives copies of
 /// that reviewer's own earlier cookies.
 const MAX_PER_SUBJECT: usize = 64;
+/// How much longer than its expiry a sign-out is remembered in Redis: the session's expiry is
+/// judged by each instance's own clock, and one running behind would otherwise take a copied
+/// cookie again once the record had expired by the clock of the instance that wrote it.
+const CLOCK_SKEW_MARGIN: std::time::Duration = std::time::Duration::from_secs(300);
 
 pub struct SignOuts {
     store: Option<Store>,
@@ -111,7 +115,10 @@ impl SignOuts {
             return;
         };
         if let Err(error) = store
-            .sign_out(&name(session), now.elapsed_at(session.expires))
+            .sign_out(
+                &name(session),
+                now.elapsed_at(session.expires) + CLOCK_SKEW_MARGIN,
+            )
             .await
         {
             tracing::warn!(%error, subject = %session.principal.subject,
@@ -175,5 +182,30 @@ mod tests {
                 .await
         );
         assert!(!sign_outs.signed_out(&session("mallory", 0)).await);
+    }
+
+    /// In Redis a sign-out outlives the session's expiry by the clock-skew margin: an
+    /// instance whose clock runs behind still refuses a copied cookie until it expires there.
+    #[tokio::test]
+    async fn a_sign_out_in_redis_outlives_the_session_by_the_clock_skew_margin() {
+        let redis = approvals_testkit::RedisServer::start().await;
+        let store = Store::connect(&redis.url(), std::time::Duration::from_secs(2))
+            .await
+            .unwrap();
+        let sign_outs = SignOuts::new(Some(store));
+        let mut ending = session("alice", 1);
+        ending.expires = Timestamp::now().plus(std::time::Duration::from_secs(1));
+        sign_outs.sign_out(&ending).await;
+        assert!(sign_outs.signed_out(&ending).await);
+        let mut conn = redis.connection().await;
+        let left: i64 = redis::cmd("PTTL")
+            .arg(format!("ui:signed_out:{}", name(&ending)))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(
+            left > CLOCK_SKEW_MARGIN.as_millis() as i64,
+            "remembered {left} ms, less than the margin past a session ending in 1 s"
+        );
     }
 }
