@@ -436,3 +436,67 @@ async fn a_sign_in_elsewhere_in_another_tab_is_not_swapped_into_an_open_page() {
     screenshot(&browser, "stale-tab").await;
     let _ = browser.close().await;
 }
+
+/// Signed out in another tab: the open page's live stream is refused from then on, and the
+/// page says it is no longer live rather than going quiet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_whose_session_was_signed_out_elsewhere_says_it_is_no_longer_live() {
+    let app = TestApp::spawn().await;
+    app.park("signed-out-1").await;
+    let driver = Driver::start();
+    let browser = driver.browser().await;
+    sign_in(&browser, &app, &app.tokens.reviewer).await;
+    until_true(
+        &browser,
+        "document.body.dataset.liveReady === 'true'",
+        "the live stream",
+    )
+    .await;
+    let first_tab = browser.window().await.expect("this tab");
+
+    let second_tab = browser.new_window(true).await.expect("a second tab");
+    browser
+        .switch_to_window(second_tab.handle)
+        .await
+        .expect("to the second tab");
+    browser
+        .goto(&app.url("/ui/approvals"))
+        .await
+        .expect("the inbox");
+    browser
+        .find(Locator::Css("form[action='/ui/logout'] button"))
+        .await
+        .expect("the sign-out button")
+        .click()
+        .await
+        .expect("sign out");
+    browser
+        .wait()
+        .at_most(WITHIN)
+        .for_element(Locator::Css("#token"))
+        .await
+        .expect("the sign-in page");
+    browser
+        .switch_to_window(first_tab)
+        .await
+        .expect("back to the first tab");
+
+    until_true(
+        &browser,
+        "document.getElementById('stale-notice')",
+        "the first tab to say it is no longer live",
+    )
+    .await;
+    assert!(
+        script(
+            &browser,
+            "return document.getElementById('approval-signed-out-1') !== null;"
+        )
+        .await
+        .as_bool()
+        .unwrap_or(false),
+        "what the page showed stays: {}",
+        text(&browser).await
+    );
+    let _ = browser.close().await;
+}

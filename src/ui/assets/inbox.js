@@ -94,6 +94,10 @@
     if (opened) refresh();
     opened = true;
   });
+  // Refused for good (a 401 once the session is signed out): the page says so too.
+  source.addEventListener("error", function () {
+    if (source.readyState === EventSource.CLOSED) refresh();
+  });
   ["parked", "decided", "expired"].forEach(function (kind) {
     source.addEventListener(kind, function (message) {
       var event;
