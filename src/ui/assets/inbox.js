@@ -30,8 +30,11 @@
 
   if (!region || !window.EventSource) return;
 
-  var busy = false, again = false;
-  function refresh() {
+  var busy = false, again = false, isStale = false;
+  // `checkOnly`: look whether this page's session still holds, without swapping a detail page
+  // (its form may hold a reason being typed); a reconnected stream resumes where it stopped.
+  function refresh(checkOnly) {
+    if (isStale) return;
     if (busy) { again = true; return; }
     busy = true;
     var focusedId = document.activeElement && document.activeElement.id;
@@ -46,6 +49,7 @@
           stale();
           return;
         }
+        if (checkOnly && region.getAttribute("data-live") === "detail") return;
         region.innerHTML = fresh.innerHTML;
         region.setAttribute("data-status", fresh.getAttribute("data-status") || "");
         var refocus = focusedId && document.getElementById(focusedId);
@@ -66,6 +70,7 @@
 
   var source;
   function stale() {
+    isStale = true;
     if (source) source.close();
     if (document.getElementById("stale-notice")) return;
     var notice = document.createElement("p");
@@ -91,12 +96,12 @@
   // ended says so, and one whose session goes on shows what it missed.
   var opened = false;
   source.addEventListener("open", function () {
-    if (opened) refresh();
+    if (opened) refresh(true);
     opened = true;
   });
   // Refused for good (a 401 once the session is signed out): the page says so too.
   source.addEventListener("error", function () {
-    if (source.readyState === EventSource.CLOSED) refresh();
+    if (source.readyState === EventSource.CLOSED) refresh(true);
   });
   ["parked", "decided", "expired"].forEach(function (kind) {
     source.addEventListener(kind, function (message) {
