@@ -88,6 +88,24 @@ async fn a_token_at_its_long_poll_limit_is_refused_and_nobody_else_notices() {
 }
 
 /// A submit as `token` whose body never finishes (until the sender is dropped): it stays in
+
+/// A request body that sends `start` and then waits for more, which the test sends (or not)
+/// through the returned sender; dropping the sender ends the body.
+pub(crate) fn stalled_body(
+    start: &[u8],
+) -> (
+    tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
+    reqwest::Body,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    let start: Result<Vec<u8>, std::io::Error> = Ok(start.to_vec());
+    let chunks =
+        futures_util::stream::once(async move { start })
+            .chain(futures_util::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|c| (c, rx))
+            }));
+    (tx, reqwest::Body::wrap_stream(chunks))
+}
 /// flight.
 pub(crate) fn stalled_submit(
     app: &TestApp,
@@ -96,13 +114,7 @@ pub(crate) fn stalled_submit(
     tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
     tokio::task::JoinHandle<reqwest::Response>,
 ) {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
-    let start: Result<Vec<u8>, std::io::Error> = Ok(b"{\"request_id\": ".to_vec());
-    let chunks =
-        futures_util::stream::once(async move { start })
-            .chain(futures_util::stream::unfold(rx, |mut rx| async move {
-                rx.recv().await.map(|c| (c, rx))
-            }));
+    let (tx, chunks) = stalled_body(b"{\"request_id\": ");
     let request = app
         .request(
             Method::POST,
@@ -110,7 +122,7 @@ pub(crate) fn stalled_submit(
             Some(token),
         )
         .header("content-type", "application/json")
-        .body(reqwest::Body::wrap_stream(chunks));
+        .body(chunks);
     (
         tx,
         tokio::spawn(async move { request.send().await.expect("submit") }),

@@ -724,23 +724,16 @@ async fn a_session_shares_its_tokens_limit_of_requests_in_flight() {
 /// that says so (it was plain text), and decides nothing.
 #[tokio::test]
 async fn a_form_that_never_finishes_arriving_is_answered_at_the_deadline() {
-    use futures_util::StreamExt as _;
     let app = TestApp::spawn_with(|s| s.server.request_timeout = Duration::from_millis(500)).await;
     app.park("slow-form").await;
     let alice = Browser::signed_in(&app, &app.tokens.reviewer).await;
-    let (_keep_open, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
-    let start: Result<Vec<u8>, std::io::Error> = Ok(b"verdict=accept&csrf=".to_vec());
-    let chunks =
-        futures_util::stream::once(async move { start })
-            .chain(futures_util::stream::unfold(rx, |mut rx| async move {
-                rx.recv().await.map(|c| (c, rx))
-            }));
+    let (_keep_open, body) = crate::fairness::stalled_body(b"verdict=accept&csrf=");
     let response = alice
         .http
         .post(format!("{}/ui/approvals/slow-form/decision", alice.base))
         .header("content-type", "application/x-www-form-urlencoded")
         .header("origin", alice.base.as_str())
-        .body(reqwest::Body::wrap_stream(chunks))
+        .body(body)
         .send()
         .await
         .expect("post");
