@@ -87,8 +87,6 @@ async fn a_token_at_its_long_poll_limit_is_refused_and_nobody_else_notices() {
     assert_eq!(again.status(), StatusCode::OK);
 }
 
-/// A submit as `token` whose body never finishes (until the sender is dropped): it stays in
-
 /// A request body that sends `start` and then waits for more, which the test sends (or not)
 /// through the returned sender; dropping the sender ends the body.
 pub(crate) fn stalled_body(
@@ -106,6 +104,8 @@ pub(crate) fn stalled_body(
             }));
     (tx, reqwest::Body::wrap_stream(chunks))
 }
+
+/// A submit as `token` whose body never finishes (until the sender is dropped): it stays in
 /// flight.
 pub(crate) fn stalled_submit(
     app: &TestApp,
