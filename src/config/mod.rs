@@ -583,6 +583,13 @@ impl Settings {
             if retention < Duration::from_secs(1) {
                 return Err(ConfigError::Invalid(format!("{key}: must be at least 1s")));
             }
+            // Lifetimes in Redis are milliseconds from now: one past what a script accepts
+            // would refuse every decision (or expiry) with a script error, for good.
+            if retention > MAX_TTL {
+                return Err(ConfigError::Invalid(format!(
+                    "{key}: must be at most 3650d (ten years)"
+                )));
+            }
         }
         // tokio's `interval` panics on a zero period (killing its background task while the
         // service stays up and ready) and a zero sleep spins: every loop needs a positive one.

@@ -244,6 +244,22 @@ fn lifetimes_and_retentions_out_of_range_are_refused() {
             "at least 1s",
         ),
         ("APPROVALS_APPROVALS__AUDIT_RETENTION", "0s", "at least 1s"),
+        // Past what Redis takes as a key's lifetime: every decision would fail.
+        (
+            "APPROVALS_APPROVALS__DECIDED_RETENTION",
+            "300000000y",
+            "at most 3650d",
+        ),
+        (
+            "APPROVALS_APPROVALS__EXPIRED_RETENTION",
+            "3651d",
+            "at most 3650d",
+        ),
+        (
+            "APPROVALS_APPROVALS__AUDIT_RETENTION",
+            "3651d",
+            "at most 3650d",
+        ),
         ("APPROVALS_APPROVALS__STATS_INTERVAL", "6s", "at most 5s"),
     ] {
         let e = load("", &[(var, value)]).unwrap_err();
@@ -253,6 +269,7 @@ fn lifetimes_and_retentions_out_of_range_are_refused() {
         );
     }
     assert!(load("", &[("APPROVALS_APPROVALS__DEFAULT_TTL", "3650d")]).is_ok());
+    assert!(load("", &[("APPROVALS_APPROVALS__AUDIT_RETENTION", "3650d")]).is_ok());
     assert!(load("", &[("APPROVALS_APPROVALS__STATS_INTERVAL", "5s")]).is_ok());
 }
 

@@ -157,7 +157,8 @@ impl RedisBackend {
         now: Timestamp,
         expired: &mut Vec<Approval>,
     ) -> Result<(), BackendError> {
-        self.trim_retention(now).await?;
+        // A failed trim must not hold up the expiries: it is reported after them.
+        let trimmed = self.trim_retention(now).await;
         let due: Vec<(String, f64)> = self
             .with_conn("sweep", |mut conn| async move {
                 conn.zrangebyscore_limit_withscores(
@@ -172,6 +173,8 @@ impl RedisBackend {
             .await?;
         for (member, _deadline) in due {
             let Some((tenant, submitted_ms, id)) = keys::parse_deadline_member(&member) else {
+                // Not ours to expire, and it would hold a place in every batch: taken out.
+                self.drop_deadline(&member).await?;
                 continue;
             };
             let mut invocation =
@@ -179,12 +182,25 @@ impl RedisBackend {
             invocation
                 .arg(&member)
                 .arg(keys::index_member(submitted_ms, &id));
-            let recorded: Option<String> = self
+            let key = keys::record(&tenant, &id);
+            let recorded: Option<String> = match self
                 .with_conn("expire", |mut conn| async move {
                     invocation.invoke_async(&mut conn).await
                 })
-                .await?;
-            let key = keys::record(&tenant, &id);
+                .await
+            {
+                Ok(recorded) => recorded,
+                // Redis refused this entry's script (a key of its tenant replaced with another
+                // type, say): the script wrote nothing, and the entries behind it are expired.
+                Err(error) if refused_by_script(&error) => {
+                    self.pass_over(BackendError::Corrupt {
+                        key,
+                        reason: format!("its expiry cannot be recorded: {error:#}"),
+                    })?;
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
             match recorded.as_deref() {
                 None => {}
                 Some(UNREADABLE) => self.pass_over(BackendError::Corrupt {
@@ -201,7 +217,19 @@ impl RedisBackend {
                 },
             }
         }
-        Ok(())
+        trimmed
+    }
+
+    async fn drop_deadline(&self, member: &str) -> Result<(), BackendError> {
+        self.pass_over(BackendError::Corrupt {
+            key: format!("{DEADLINES} {member}"),
+            reason: "a deadline entry this version cannot read; removed".into(),
+        })?;
+        let member = member.to_owned();
+        self.with_conn("sweep", |mut conn| async move {
+            conn.zrem::<_, _, ()>(DEADLINES, member).await
+        })
+        .await
     }
 
     /// Drops index entries whose decided or expired record has reached its retention.
@@ -228,6 +256,28 @@ impl RedisBackend {
         })
         .await
     }
+}
+
+/// Whether Redis ran a script and answered it with an error of that script's own (a refused
+/// write, a key of another type), as opposed to an outage any call would meet: a lost or
+/// timed-out connection, or a server that is loading, read-only, out of memory or busy.
+fn refused_by_script(error: &BackendError) -> bool {
+    let BackendError::Unavailable { source, .. } = error else {
+        return false;
+    };
+    let Some(error) = source.downcast_ref::<redis::RedisError>() else {
+        return false;
+    };
+    let answered = matches!(
+        error.kind(),
+        redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError)
+            | redis::ErrorKind::Extension
+    );
+    answered
+        && !matches!(
+            error.code(),
+            Some("OOM" | "MISCONF" | "BUSY" | "NOREPLICAS")
+        )
 }
 
 /// Calls `step` every `interval` until `stop` is cancelled. A pass in progress is abandoned

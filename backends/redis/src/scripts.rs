@@ -20,9 +20,11 @@ pub struct Scripts {
 
 impl Scripts {
     pub fn load() -> Self {
-        let common = include_str!("lua/common.lua");
+        // Lua has no includes here: shared functions are prepended to the scripts using them.
+        let values = include_str!("lua/values.lua");
+        let common = format!("{values}\n{}", include_str!("lua/common.lua"));
         Self {
-            park: Script::new(include_str!("lua/park.lua")),
+            park: Script::new(&format!("{values}\n{}", include_str!("lua/park.lua"))),
             record: Script::new(include_str!("lua/record.lua")),
             decide: Script::new(&format!("{common}\n{}", include_str!("lua/decide.lua"))),
             expire: Script::new(&format!(

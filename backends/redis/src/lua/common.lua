@@ -1,4 +1,4 @@
--- Shared by decide.lua and expire.lua. Both declare the same KEYS:
+-- Shared by decide.lua and expire.lua (after values.lua). Both declare the same KEYS:
 --   1 record  2 pending index  3 target index (accepted/rejected)  4 expired index
 --   5 deadlines  6 retention  7 submitted-ms sums  8 audit stream  9 shadow
 -- and take ARGV[1] = now (ms), ARGV[2] = the pending head, ARGV[3] = expired retention (ms),
@@ -26,7 +26,7 @@ end
 
 -- The record, or its shadow once the record key has lapsed with the approval's lifetime.
 local function current_record()
-  return redis.call('GET', KEYS[1]) or redis.call('GET', KEYS[9])
+  return read_value(KEYS[1]) or read_value(KEYS[9])
 end
 
 -- The record in `raw` if it has everything settling it reads, else nil. A corrupt or
@@ -56,17 +56,23 @@ local function settle(raw, rec, status, head, ttl_ms, target_index, audit_json)
   if string.sub(raw, 1, #pending_head) ~= pending_head then
     return redis.error_reply('corrupt record: pending head not found in ' .. KEYS[1])
   end
+  if not valid_px(ttl_ms) then
+    return redis.error_reply('invalid retention: ' .. tostring(ttl_ms) .. ' ms')
+  end
   local member = index_member(rec)
   local settled = head .. string.sub(raw, #pending_head + 1)
   local now = tonumber(ARGV[1])
+  -- First: the one write left that can fail (a stream someone replaced with another type).
+  redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[7], '*', 'e', audit_json)
   redis.call('SET', KEYS[1], settled, 'PX', ttl_ms)
   redis.call('DEL', KEYS[9])
-  redis.call('ZREM', KEYS[2], member)
+  -- The sum follows the index: an entry an earlier step took out was subtracted then.
+  if redis.call('ZREM', KEYS[2], member) == 1 then
+    redis.call('HINCRBY', KEYS[7], ARGV[4], -rec['submitted_ms'])
+  end
   redis.call('ZADD', target_index, 0, member)
   redis.call('ZREM', KEYS[5], deadline_member(rec))
   redis.call('ZADD', KEYS[6], now + ttl_ms, ARGV[4] .. ':' .. status .. ':' .. member)
-  redis.call('HINCRBY', KEYS[7], ARGV[4], -rec['submitted_ms'])
-  redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[7], '*', 'e', audit_json)
   redis.call('PUBLISH', ARGV[5], ARGV[6])
   redis.call('PUBLISH', ARGV[10], ARGV[6] .. '\n' .. settled)
   return settled

@@ -31,7 +31,9 @@ if readable and index_member(rec) ~= ARGV[12] then
   return false
 end
 if readable and rec['status'] ~= 'pending' then
-  redis.call('ZREM', KEYS[5], ARGV[11])
+  -- Settled here, or decided by the ADR v1 service and adopted: then the pending entry and
+  -- its share of the sum are still there, and go now.
+  unlist()
   return false
 end
 if readable and tonumber(ARGV[1]) < rec['expires_ms'] then return false end

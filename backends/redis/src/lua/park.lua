@@ -7,8 +7,9 @@
 --       13 adopt: when non-empty, the exact current value that may be replaced
 --       14 shadow TTL (ms), for a pending record
 -- Returns nil when written, else the existing value (a lapsed pending one from its shadow);
--- for an adoption whose value lapsed meanwhile, the empty string.
-local existing = redis.call('GET', KEYS[1]) or redis.call('GET', KEYS[8])
+-- for an adoption whose value lapsed meanwhile, the empty string. A key of another type reads
+-- as '' (unreadable, never overwritten). Runs after values.lua.
+local existing = read_value(KEYS[1]) or read_value(KEYS[8])
 if ARGV[13] ~= '' then
   -- Adoption replaces exactly the value it read: one that lapsed meanwhile (an expiry, in
   -- ADR v1) stays lapsed, never parked again with a deadline of its own.
@@ -16,15 +17,33 @@ if ARGV[13] ~= '' then
 elseif existing then
   return existing
 end
+-- Everything that can refuse a write is checked first: a record with no submit event or
+-- outside the pending sum would be a decidable approval no reader, metric or retry accounts for.
+local pending = ARGV[4] == 'pending'
+if not valid_px(ARGV[2]) or (pending and not valid_px(ARGV[14])) then
+  return redis.error_reply('invalid lifetime: ' .. ARGV[2] .. ' ms, shadow ' .. ARGV[14] .. ' ms')
+end
+if pending then
+  -- The sum is of epoch milliseconds: past 2^63 HINCRBY fails (about 5 million pending in
+  -- one tenant). Compared as doubles, with a margin far above their rounding there.
+  local sum = tonumber(redis.call('HGET', KEYS[6], ARGV[9]) or '0') or 0
+  if sum + tonumber(ARGV[10]) > 9.2e18 then
+    return redis.error_reply('pending sum full for tenant ' .. ARGV[9])
+  end
+end
+-- First: the one write left that can fail (a stream someone replaced with another type).
+redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[12], '*', 'e', ARGV[11])
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('ZADD', KEYS[2], 0, ARGV[3])
 redis.call('SADD', KEYS[5], ARGV[9])
-if ARGV[4] == 'pending' then
+if pending then
+  redis.call('HINCRBY', KEYS[6], ARGV[9], ARGV[10])
   redis.call('SET', KEYS[8], ARGV[1], 'PX', ARGV[14])
   redis.call('ZADD', KEYS[3], ARGV[6], ARGV[5])
-  redis.call('HINCRBY', KEYS[6], ARGV[9], ARGV[10])
 else
+  -- A pending copy left from an earlier life of this id would outlive this settled record
+  -- and be swept as a second, phantom expiry.
+  redis.call('DEL', KEYS[8])
   redis.call('ZADD', KEYS[4], ARGV[8], ARGV[7])
 end
-redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[12], '*', 'e', ARGV[11])
 return false

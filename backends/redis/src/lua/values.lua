@@ -1,0 +1,17 @@
+-- Shared by park.lua, decide.lua and expire.lua: reading a value defensively, and the checks
+-- that run before a script's first write (Redis applies a script's writes up to the call that
+-- fails, so a refused write after them would leave an approval half-written).
+
+-- A key's string value, nil when absent, '' (unreadable) when it holds another type: a
+-- WRONGTYPE error would end the script, and a sweeper's whole pass with it, at that key.
+local function read_value(key)
+  local value = redis.pcall('GET', key)
+  if type(value) == 'table' and value.err then return '' end
+  return value
+end
+
+-- Whether `ms` is a lifetime SET ... PX accepts (far below its limit, far above any we set).
+local function valid_px(ms)
+  ms = tonumber(ms)
+  return ms ~= nil and ms >= 1 and ms <= 1e15
+end

@@ -1,0 +1,179 @@
+//! What the Lua scripts do when Redis refuses one of their writes or a key holds something
+//! else: Redis applies a script's writes up to the call that fails, so each script checks
+//! first and writes after, and one damaged key costs its own approval, never the others'.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use approvals_core::conformance::{fresh_tenant, id, pending};
+use approvals_core::{ApprovalBackend, Lifetimes, Status, TenantId, Timestamp};
+use approvals_redis::{RedisBackend, RedisSettings};
+use approvals_testkit::RedisServer;
+use redis::AsyncCommands;
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn backend(server: &RedisServer) -> Arc<RedisBackend> {
+    Arc::new(
+        RedisBackend::connect(RedisSettings::new(server.url()), Lifetimes::default())
+            .expect("backend"),
+    )
+}
+
+fn record_key(tenant: &TenantId, name: &str) -> String {
+    format!("approval:{tenant}:{name}")
+}
+
+fn audit_key(tenant: &TenantId) -> String {
+    format!("approvals:audit:{tenant}")
+}
+
+async fn pending_ids(backend: &RedisBackend, tenant: &TenantId) -> Vec<String> {
+    let page = backend
+        .list(tenant, Status::Pending, None, 100)
+        .await
+        .expect("list");
+    page.items.into_iter().map(|a| a.id.to_string()).collect()
+}
+
+/// A submit that Redis would refuse half-way (the tenant's pending-age sum would pass 2^63;
+/// its audit stream replaced by a string) is refused whole: no record an agent could be
+/// answered from, nothing in the reviewers' list, and a retry once the cause is gone parks it.
+#[tokio::test]
+async fn a_submit_redis_refuses_half_way_writes_nothing() {
+    let server = RedisServer::start().await;
+    let backend = backend(&server);
+    let mut conn = server.connection().await;
+
+    let full = fresh_tenant("sum-full");
+    let _: () = conn
+        .hset(
+            "approvals:pending_submitted_ms",
+            full.as_str(),
+            i64::MAX - 1_000,
+        )
+        .await
+        .expect("hset");
+    let refused = backend.submit(pending(&full, "req-1", HOUR)).await;
+    assert!(refused.is_err(), "refused: {refused:?}");
+    let record: Option<String> = conn.get(record_key(&full, "req-1")).await.expect("get");
+    assert_eq!(record, None, "no record left behind");
+    let events: usize = conn.xlen(audit_key(&full)).await.expect("xlen");
+    assert_eq!(events, 0, "no submit event");
+    assert!(pending_ids(&backend, &full).await.is_empty());
+
+    let broken = fresh_tenant("audit-broken");
+    let _: () = conn
+        .set(audit_key(&broken), "not a stream")
+        .await
+        .expect("set");
+    let refused = backend.submit(pending(&broken, "req-1", HOUR)).await;
+    assert!(refused.is_err(), "refused: {refused:?}");
+    let record: Option<String> = conn.get(record_key(&broken, "req-1")).await.expect("get");
+    assert_eq!(record, None, "no record without its submit event");
+    assert!(pending_ids(&backend, &broken).await.is_empty());
+
+    let _: () = conn.del(audit_key(&broken)).await.expect("del");
+    backend
+        .submit(pending(&broken, "req-1", HOUR))
+        .await
+        .expect("the retry parks it");
+    assert_eq!(pending_ids(&backend, &broken).await, ["req-1"]);
+}
+
+/// Due approvals behind damaged ones are still expired: a record key holding a hash, and a
+/// tenant whose audit stream was replaced, each cost only their own approval (counted, left
+/// for a person to look at), and the damaged one is not half-expired.
+#[tokio::test]
+async fn a_sweep_passes_over_damaged_keys_and_expires_the_rest() {
+    let server = RedisServer::start().await;
+    let backend = backend(&server);
+    let mut conn = server.connection().await;
+    let (hashed, streamless, healthy) = (
+        fresh_tenant("hashed"),
+        fresh_tenant("streamless"),
+        fresh_tenant("healthy"),
+    );
+    // The damaged ones are due first, so a sweep that stopped at them would expire nothing.
+    for (tenant, ttl) in [
+        (&hashed, HOUR),
+        (&streamless, HOUR),
+        (&healthy, HOUR + Duration::from_secs(60)),
+    ] {
+        backend
+            .submit(pending(tenant, "req-1", ttl))
+            .await
+            .expect("submit");
+    }
+    let _: () = conn.del(record_key(&hashed, "req-1")).await.expect("del");
+    let _: () = conn
+        .hset(record_key(&hashed, "req-1"), "status", "pending")
+        .await
+        .expect("hset");
+    let _: () = conn.del(audit_key(&streamless)).await.expect("del");
+    let _: () = conn
+        .set(audit_key(&streamless), "not a stream")
+        .await
+        .expect("set");
+
+    let later = Timestamp::now().plus(HOUR * 2);
+    let expired = backend.expire_due(later).await.expect("the sweep goes on");
+    let expired: Vec<&TenantId> = expired.iter().map(|a| &a.tenant).collect();
+    assert_eq!(expired, [&healthy], "only the healthy one expired");
+
+    let left = backend
+        .get(&streamless, &id("req-1"))
+        .await
+        .expect("get")
+        .expect("still there");
+    assert_eq!(left.status, Status::Pending, "not half-expired");
+    let healthy_now = backend
+        .get(&healthy, &id("req-1"))
+        .await
+        .expect("get")
+        .expect("kept for its expired-retention");
+    assert_eq!(healthy_now.status, Status::Expired);
+}
+
+/// An approval this service parked and the ADR v1 service then decided (its own format, over
+/// ours) is adopted as decided: once that record lapses, the pending copy kept for late
+/// expiries must not be swept into a second, phantom expiry.
+#[tokio::test]
+async fn a_decided_record_adopted_over_a_pending_one_never_expires_later() {
+    let server = RedisServer::start().await;
+    let backend = backend(&server);
+    let mut conn = server.connection().await;
+    let tenant = fresh_tenant("adopted");
+    backend
+        .submit(pending(&tenant, "req-1", HOUR))
+        .await
+        .expect("submit");
+    let v1 = serde_json::json!({
+        "status": "approved",
+        "agent_action": {"type": "document_read"},
+        "context": {},
+        "submitted_at": "2026-12-01T10:00:00Z",
+    });
+    let _: () = conn
+        .set_ex(record_key(&tenant, "req-1"), v1.to_string(), 3600)
+        .await
+        .expect("set");
+    let adopted = backend
+        .get(&tenant, &id("req-1"))
+        .await
+        .expect("get")
+        .expect("found");
+    assert_eq!(adopted.status, Status::Accepted);
+
+    // The decided record reaches its retention before the old deadline (a tenant whose TTL
+    // is longer than the decided-retention).
+    let _: () = conn.del(record_key(&tenant, "req-1")).await.expect("del");
+    let expired = backend
+        .expire_due(Timestamp::now().plus(HOUR * 2))
+        .await
+        .expect("sweep");
+    assert!(expired.is_empty(), "phantom expiry: {expired:?}");
+    assert!(pending_ids(&backend, &tenant).await.is_empty());
+    let after = backend.get(&tenant, &id("req-1")).await.expect("get");
+    assert_eq!(after.map(|a| a.status), None, "gone with its retention");
+}
