@@ -500,3 +500,52 @@ async fn a_page_whose_session_was_signed_out_elsewhere_says_it_is_no_longer_live
     );
     let _ = browser.close().await;
 }
+
+/// The store goes down under an open page: its stream ends and its reconnect is refused (503)
+/// for good, as far as the browser's `EventSource` goes. The page says it is paused, opens
+/// the stream again once the store is back, and follows live again, without a reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_whose_stream_was_refused_follows_again_once_the_store_is_back() {
+    let mut app = TestApp::spawn_durable().await;
+    app.park("outage-1").await;
+    let driver = Driver::start();
+    let browser = driver.browser().await;
+    sign_in(&browser, &app, &app.tokens.reviewer).await;
+    until_true(
+        &browser,
+        "document.body.dataset.liveReady === 'true'",
+        "the live stream",
+    )
+    .await;
+    script(&browser, "window.notReloaded = true; return null;").await;
+
+    app.redis.as_mut().expect("redis").stop();
+    until_true(
+        &browser,
+        "document.getElementById('paused-notice')",
+        "the page to say it is paused",
+    )
+    .await;
+    screenshot(&browser, "paused").await;
+    app.redis.as_mut().expect("redis").restart().await;
+    until_true(
+        &browser,
+        "!document.getElementById('paused-notice')",
+        "the stream to open again",
+    )
+    .await;
+
+    app.park("outage-2").await;
+    until_true(
+        &browser,
+        "document.getElementById('approval-outage-2')",
+        "the new approval, live",
+    )
+    .await;
+    assert_eq!(
+        script(&browser, "return window.notReloaded === true;").await,
+        json!(true),
+        "followed without a reload"
+    );
+    let _ = browser.close().await;
+}

@@ -31,6 +31,12 @@
   if (!region || !window.EventSource) return;
 
   var busy = false, again = false, isStale = false;
+  // After a reconnect the stream answers for whatever session the browser holds now: its
+  // events are not announced until a refresh has found it is still this page's session.
+  var trusted = true;
+  // A stream refused for good (the store down, an overloaded instance) while the session
+  // holds is opened again, backing off: the page must not go quiet without saying so.
+  var reopenWanted = false, reopenTimer = null, retryIn = 1000;
   // `checkOnly`: look whether this page's session still holds, without swapping a detail page
   // (its form may hold a reason being typed); a reconnected stream resumes where it stopped.
   function refresh(checkOnly) {
@@ -49,6 +55,7 @@
           stale();
           return;
         }
+        trusted = true;
         if (checkOnly && region.getAttribute("data-live") === "detail") return;
         region.innerHTML = fresh.innerHTML;
         region.setAttribute("data-status", fresh.getAttribute("data-status") || "");
@@ -59,7 +66,15 @@
       .then(function () {
         busy = false;
         if (again) { again = false; refresh(); }
+        else if (reopenWanted) reopen();
       });
+  }
+
+  function reopen() {
+    reopenWanted = false;
+    if (isStale || reopenTimer) return;
+    reopenTimer = setTimeout(function () { reopenTimer = null; connect(); }, retryIn);
+    retryIn = Math.min(retryIn * 2, 30000);
   }
 
   function sameSession(fresh) {
@@ -72,6 +87,8 @@
   function stale() {
     isStale = true;
     if (source) source.close();
+    clearTimeout(reopenTimer);
+    paused(false);
     if (document.getElementById("stale-notice")) return;
     var notice = document.createElement("p");
     notice.id = "stale-notice";
@@ -83,6 +100,20 @@
     region.parentNode.insertBefore(notice, region);
   }
 
+  // Says so while the page is not following; gone once the stream is back.
+  function paused(on) {
+    var notice = document.getElementById("paused-notice");
+    if (!on) { if (notice) notice.remove(); return; }
+    if (notice) return;
+    notice = document.createElement("p");
+    notice.id = "paused-notice";
+    notice.className = "notice warning";
+    notice.setAttribute("role", "status");
+    notice.textContent = "Live updates are paused: the service did not answer. Trying " +
+      "again; what you see may be out of date.";
+    region.parentNode.insertBefore(notice, region);
+  }
+
   function describe(kind, event) {
     var id = event.approval_id;
     if (kind === "parked") return "New approval waiting: " + id + ".";
@@ -90,31 +121,40 @@
     return "Approval " + id + " was " + event.kind + " by " + event.actor + ".";
   }
 
-  source = new EventSource("/ui/events");
   // A stream that ended (its session signed out, an instance restarted) reconnects by itself,
   // with whatever cookie the browser holds then: look again at once, so a page whose session
   // ended says so, and one whose session goes on shows what it missed.
   var opened = false;
-  source.addEventListener("open", function () {
-    if (opened) refresh(true);
-    opened = true;
-  });
-  // Refused for good (a 401 once the session is signed out): the page says so too.
-  source.addEventListener("error", function () {
-    if (source.readyState === EventSource.CLOSED) refresh(true);
-  });
-  ["parked", "decided", "expired"].forEach(function (kind) {
-    source.addEventListener(kind, function (message) {
-      var event;
-      try { event = JSON.parse(message.data); } catch (e) { return; }
-      var onDetail = region.getAttribute("data-live") === "detail";
-      if (onDetail && event.approval_id !== region.getAttribute("data-id")) return;
-      // A detail page still holding the reviewer's half-written reason is left alone until
-      // its approval is settled.
-      if (onDetail && kind === "parked") return;
-      if (announcer) announcer.textContent = describe(kind, event);
-      refresh();
+  function connect() {
+    source = new EventSource("/ui/events");
+    source.addEventListener("open", function () {
+      retryIn = 1000;
+      paused(false);
+      if (opened) { trusted = false; refresh(true); }
+      opened = true;
     });
-  });
+    // Refused for good: a 401 once the session is signed out (the check says so), or a 503
+    // (the check finds the session holds, or cannot tell: the stream is opened again).
+    source.addEventListener("error", function () {
+      if (source.readyState !== EventSource.CLOSED) return;
+      paused(true);
+      reopenWanted = true;
+      refresh(true);
+    });
+    ["parked", "decided", "expired"].forEach(function (kind) {
+      source.addEventListener(kind, function (message) {
+        var event;
+        try { event = JSON.parse(message.data); } catch (e) { return; }
+        var onDetail = region.getAttribute("data-live") === "detail";
+        if (onDetail && event.approval_id !== region.getAttribute("data-id")) return;
+        // A detail page still holding the reviewer's half-written reason is left alone until
+        // its approval is settled.
+        if (onDetail && kind === "parked") return;
+        if (announcer && trusted) announcer.textContent = describe(kind, event);
+        refresh();
+      });
+    });
+  }
+  connect();
   document.body.setAttribute("data-live-ready", "true");
 })();
