@@ -139,6 +139,23 @@ redis.call('SET', KEYS[1], 'dead', 'PX', ARGV[4])
 redis.call('ZREM', KEYS[2], ARGV[5])
 return 1";
 
+/// Sent (KEYS[1] the delivery, KEYS[2] the queue, KEYS[3] the tenant's dead letters): marked
+/// so for ARGV[1] ms and out of the queue. One given up on meanwhile by another instance (a
+/// late success) also leaves the dead letters, so no redelivery, however late, sends it again.
+const DELIVERED: &str = r"
+local was = redis.call('GET', KEYS[1])
+redis.call('SET', KEYS[1], 'sent', 'PX', ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[2])
+if was == 'dead' then
+  for _, json in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do
+    local ok, letter = pcall(cjson.decode, json)
+    if ok and type(letter) == 'table' and letter.id == ARGV[2] then
+      redis.call('LREM', KEYS[3], 0, json)
+    end
+  end
+end
+return 0";
+
 /// Adds a webhook (KEYS[1] the tenant's hash) unless the tenant has ARGV[4] already: the
 /// count and the write are one step, so concurrent adds cannot pass the cap together. The
 /// tenant joins the readers' set and its cursor starts now, if it had none.
@@ -459,15 +476,19 @@ impl Store {
 
     /// The receiver took it: never again.
     pub async fn delivered(&self, delivery: &Delivery) -> Result<(), StoreError> {
-        let (id, tombstone) = (delivery.id.clone(), delivery.tombstone());
+        let (id, tenant, tombstone) = (
+            delivery.id.clone(),
+            delivery.tenant.clone(),
+            delivery.tombstone(),
+        );
         self.call(|mut c| async move {
-            redis::pipe()
-                .atomic()
-                .pset_ex(delivery_key(&id), "sent", millis(tombstone))
-                .ignore()
-                .zrem(DUE_KEY, &id)
-                .ignore()
-                .query_async::<()>(&mut c)
+            redis::Script::new(DELIVERED)
+                .key(delivery_key(&id))
+                .key(DUE_KEY)
+                .key(dead_key(&tenant))
+                .arg(millis(tombstone))
+                .arg(&id)
+                .invoke_async::<()>(&mut c)
                 .await
         })
         .await
@@ -680,8 +701,11 @@ mod tests {
         assert_eq!(store.dead_letters(&acme).await.unwrap(), 1);
 
         // The other order: given up on here, then sent by the instance whose attempt outlived
-        // its lease. Redelivering the dead letters must not send it a second time.
+        // its lease. Its dead letter goes at once: redelivering must not send it a second
+        // time, however long after (the "sent" tombstone lapses after a day).
         store.delivered(&other).await.unwrap();
+        assert_eq!(store.dead_letters(&acme).await.unwrap(), 0);
+        let _: () = conn.del(delivery_key("d-2")).await.unwrap();
         assert_eq!(store.redeliver_dead(&acme).await.unwrap(), 0);
         assert_eq!(store.dead_letters(&acme).await.unwrap(), 0);
         assert!(store
