@@ -38,6 +38,8 @@ pub struct RedisBackend {
     expiry_event: String,
     /// Told of what the engine does by itself; set when its chores start.
     pub(crate) events: OnceLock<Arc<dyn EngineEvents>>,
+    /// The tenants' policy states as last read whole (`policy_store`).
+    pub(crate) policy_states: crate::policy_store::StatesCache,
 }
 
 impl Drop for RedisBackend {
@@ -74,6 +76,7 @@ impl RedisBackend {
             expired_head: record::expired_head_template(),
             expiry_event: AuditEntry::expiry_template(),
             events: OnceLock::new(),
+            policy_states: Default::default(),
         })
     }
 

@@ -94,6 +94,9 @@ pub fn audit(tenant: &TenantId) -> String {
 
 /// Every tenant's policy state (JSON), by tenant: the one key each instance polls to reload.
 pub const POLICY_STATES: &str = "policy:states";
+/// Counts the changes to [`POLICY_STATES`], so an instance's idle reload poll reads one number,
+/// not every tenant's state.
+pub const POLICY_STATES_CHANGES: &str = "policy:states_changes";
 
 /// An uploaded policy bundle (immutable; no TTL).
 pub fn policy_bundle(tenant: &TenantId, version: &str) -> String {

@@ -1,9 +1,12 @@
 //! Tenants' policy bundles in Redis, beside the approvals (the ADR's choice: same instance,
 //! own keyspace `policy:*`). Bundles are immutable JSON values, indexed by upload time, each
 //! with a summary for listings; each tenant's state is one field of `policy:states`, so an
-//! instance's reload poll is a single HGETALL.
+//! instance's reload poll is a single HGETALL, and only when a change counter moved (or every
+//! few seconds, for writers that do not count: ADR-0016).
 
 use std::collections::BTreeMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use approvals_core::{
     BackendError, BundleSummary, PolicyState, PolicyStore, PutBundle, StoredBundle, Swap, TenantId,
@@ -11,7 +14,7 @@ use approvals_core::{
 use async_trait::async_trait;
 use redis::AsyncCommands;
 
-use crate::keys::{self, POLICY_STATES};
+use crate::keys::{self, POLICY_STATES, POLICY_STATES_CHANGES};
 use crate::RedisBackend;
 
 fn corrupt(key: &str, error: impl std::fmt::Display) -> BackendError {
@@ -29,6 +32,41 @@ fn state_json(state: &PolicyState) -> String {
     } else {
         // Plain data: serialising cannot fail.
         serde_json::to_string(state).unwrap_or_default()
+    }
+}
+
+type States = BTreeMap<TenantId, Result<PolicyState, String>>;
+
+/// The states as last read whole, and the change count read just before.
+pub(crate) struct StatesRead {
+    changes: Option<i64>,
+    at: Instant,
+    states: States,
+}
+
+/// The last whole read of the states, shared by this process's reload polls.
+#[derive(Default)]
+pub(crate) struct StatesCache(Mutex<Option<StatesRead>>);
+
+/// How old the last whole read may be when the change counter has not moved. A change the
+/// counter misses (an instance of an earlier version during a rolling upgrade, a hand edit)
+/// is in effect within this, rather than within `policy.reload_interval`.
+const READ_WHOLE_EVERY: Duration = Duration::from_secs(5);
+
+impl StatesCache {
+    fn current(&self, changes: Option<i64>) -> Option<States> {
+        let last = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        last.as_ref()
+            .filter(|read| read.changes == changes && read.at.elapsed() < READ_WHOLE_EVERY)
+            .map(|read| read.states.clone())
+    }
+
+    fn keep(&self, changes: Option<i64>, at: Instant, states: &States) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(StatesRead {
+            changes,
+            at,
+            states: states.clone(),
+        });
     }
 }
 
@@ -146,7 +184,7 @@ impl PolicyStore for RedisBackend {
         next: &PolicyState,
     ) -> Result<Swap, BackendError> {
         let mut invocation = self.scripts.swap_policy_state.prepare_invoke();
-        invocation.key(POLICY_STATES);
+        invocation.key(POLICY_STATES).key(POLICY_STATES_CHANGES);
         // Only what this change brings in: a version already named stays (prunes skip it).
         let introduced: Vec<&String> = [
             (&next.active, &expected.active),
@@ -181,9 +219,18 @@ impl PolicyStore for RedisBackend {
         })
     }
 
-    async fn states(
-        &self,
-    ) -> Result<BTreeMap<TenantId, Result<PolicyState, String>>, BackendError> {
+    async fn states(&self) -> Result<States, BackendError> {
+        // Read before the states: a change between the two reads makes the next poll read
+        // them again, never keeps a state older than its count.
+        let changes: Option<i64> = self
+            .with_conn("policy_states", |mut conn| async move {
+                conn.get(POLICY_STATES_CHANGES).await
+            })
+            .await?;
+        if let Some(states) = self.policy_states.current(changes) {
+            return Ok(states);
+        }
+        let at = Instant::now();
         let raw: Vec<(String, String)> = self
             .with_conn("policy_states", |mut conn| async move {
                 conn.hgetall(POLICY_STATES).await
@@ -203,6 +250,7 @@ impl PolicyStore for RedisBackend {
             let state = serde_json::from_str(&json).map_err(|e| e.to_string());
             out.insert(tenant, state);
         }
+        self.policy_states.keep(changes, at, &out);
         Ok(out)
     }
 }

@@ -1,0 +1,96 @@
+//! The policy reload poll: every instance asks for every tenant's state each
+//! `policy.reload_interval` (250 ms), so an idle poll must cost Redis one small read, not every
+//! tenant's state; a change is still seen at the next poll, and a change written without
+//! counting (an earlier version's instance, a hand edit) within a few seconds.
+
+use std::time::{Duration, Instant};
+
+use approvals_core::conformance::fresh_tenant;
+use approvals_core::{Lifetimes, PolicyState, PolicyStore, Swap};
+use approvals_redis::{RedisBackend, RedisSettings};
+use approvals_testkit::RedisServer;
+use redis::AsyncCommands;
+
+/// How many HGETALLs Redis has run, from its own statistics.
+async fn hgetalls(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .expect("info");
+    info.lines()
+        .find_map(|line| line.strip_prefix("cmdstat_hgetall:calls="))
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn changed(state: &PolicyState) -> PolicyState {
+    PolicyState {
+        generation: state.generation + 1,
+        history: vec![None],
+        ..state.clone()
+    }
+}
+
+#[tokio::test]
+async fn an_idle_reload_poll_does_not_read_every_state_and_a_change_is_seen_at_once() {
+    let server = RedisServer::start().await;
+    let backend = RedisBackend::connect(RedisSettings::new(server.url()), Lifetimes::default())
+        .expect("backend");
+    let mut conn = server.connection().await;
+    let (first, second) = (fresh_tenant("first"), fresh_tenant("second"));
+
+    let next = changed(&PolicyState::default());
+    let swapped = backend
+        .swap_state(&first, &PolicyState::default(), &next)
+        .await
+        .expect("swap");
+    assert_eq!(swapped, Swap::Done);
+    let states = backend.states().await.expect("states");
+    assert_eq!(states.get(&first), Some(&Ok(next.clone())));
+
+    let before = hgetalls(&mut conn).await;
+    for _ in 0..20 {
+        assert_eq!(backend.states().await.expect("states"), states);
+    }
+    assert_eq!(
+        hgetalls(&mut conn).await,
+        before,
+        "idle polls read no state"
+    );
+
+    // Another instance's change, counted: in the very next poll.
+    let other = RedisBackend::connect(RedisSettings::new(server.url()), Lifetimes::default())
+        .expect("backend");
+    let second_state = changed(&PolicyState::default());
+    other
+        .swap_state(&second, &PolicyState::default(), &second_state)
+        .await
+        .expect("swap");
+    let states = backend.states().await.expect("states");
+    assert_eq!(states.get(&second), Some(&Ok(second_state)));
+
+    // Written without counting (as an instance of an earlier version does): seen within the
+    // whole-read period, 5 s.
+    let hand_edited = changed(&next);
+    let _: () = conn
+        .hset(
+            "policy:states",
+            first.as_str(),
+            serde_json::to_string(&hand_edited).expect("json"),
+        )
+        .await
+        .expect("hset");
+    let edited_at = Instant::now();
+    loop {
+        let states = backend.states().await.expect("states");
+        if states.get(&first) == Some(&Ok(hand_edited.clone())) {
+            break;
+        }
+        assert!(
+            edited_at.elapsed() < Duration::from_secs(7),
+            "an uncounted change was never read"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
