@@ -10,16 +10,72 @@
 //! connect past this guard); a proxy the operator names in `notifications.proxy` connects
 //! instead of us, and egress filtering is then its job.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::Url;
+use tokio::sync::Semaphore;
 
 /// How long adding a webhook waits for its host name to resolve.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Lookups through the system resolver at once, in this process. Each holds a blocking thread
+/// until the resolver answers, and no timeout stops it: without a bound, host names that never
+/// answer (a tenant admin's choice) would take the runtime's blocking threads one by one.
+const MAX_LOOKUPS: usize = 16;
+
+/// A blocking lookup of a host's addresses (the system resolver, or a test's stand-in).
+type Lookup = dyn Fn(&str, u16) -> std::io::Result<Vec<SocketAddr>> + Send + Sync;
+
+/// The system resolver behind a bound on concurrent lookups. A lookup keeps its slot until
+/// its thread returns, not until its caller gives up waiting, so the bound is on threads.
+#[derive(Clone)]
+struct BoundedResolver {
+    lookup: Arc<Lookup>,
+    slots: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for BoundedResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BoundedResolver")
+            .field("free_slots", &self.slots.available_permits())
+            .finish()
+    }
+}
+
+impl BoundedResolver {
+    fn new(lookup: Arc<Lookup>) -> Self {
+        Self {
+            lookup,
+            slots: Arc::new(Semaphore::new(MAX_LOOKUPS)),
+        }
+    }
+
+    fn system() -> Self {
+        Self::new(Arc::new(|host: &str, port: u16| {
+            Ok((host, port).to_socket_addrs()?.collect())
+        }))
+    }
+
+    async fn resolve(&self, host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+        let slot = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(std::io::Error::other)?;
+        let (lookup, host) = (self.lookup.clone(), host.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            lookup(&host, port)
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
+}
 
 /// Networks no webhook reaches unless allowed: this host, private and shared address space,
 /// link-local (cloud metadata lives there), addresses that are not destinations at all, and
@@ -60,10 +116,15 @@ const NOT_PUBLIC: &[&str] = &[
 pub struct EgressPolicy {
     not_public: Vec<IpNet>,
     allowed: Vec<IpNet>,
+    resolver: BoundedResolver,
 }
 
 impl EgressPolicy {
     pub fn new(allowed: Vec<IpNet>) -> Self {
+        Self::with_resolver(allowed, BoundedResolver::system())
+    }
+
+    fn with_resolver(allowed: Vec<IpNet>, resolver: BoundedResolver) -> Self {
         let not_public = NOT_PUBLIC
             .iter()
             .filter_map(|net| net.parse().ok())
@@ -71,6 +132,7 @@ impl EgressPolicy {
         Self {
             not_public,
             allowed,
+            resolver,
         }
     }
 
@@ -95,10 +157,10 @@ impl EgressPolicy {
         let addresses: Vec<IpAddr> = match literal.parse::<IpAddr>() {
             Ok(ip) => vec![ip],
             Err(_) => {
-                match tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host, port)))
-                    .await
+                // The wait for a lookup slot counts against the timeout too.
+                match tokio::time::timeout(RESOLVE_TIMEOUT, self.resolver.resolve(host, port)).await
                 {
-                    Ok(Ok(found)) => found.map(|a| a.ip()).collect(),
+                    Ok(Ok(found)) => found.iter().map(SocketAddr::ip).collect(),
                     Ok(Err(_)) | Err(_) => return Ok(()),
                 }
             }
@@ -168,8 +230,7 @@ impl Resolve for GuardedResolver {
         let policy = self.policy.clone();
         Box::pin(async move {
             let host = name.as_str().to_owned();
-            let found: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let found = policy.resolver.resolve(&host, 0).await?;
             let permitted: Vec<SocketAddr> = found
                 .iter()
                 .copied()
@@ -235,5 +296,71 @@ mod tests {
         assert!(allowing.permits(ip("10.1.2.3")));
         assert!(!allowing.permits(ip("10.2.0.1")));
         assert!(!allowing.permits(ip("127.0.0.1")));
+    }
+
+    /// Host names whose resolver never answers, added by the hundred: at most
+    /// `MAX_LOOKUPS` threads are ever stuck in lookups, every add still answers within its
+    /// timeout, and once the resolver answers again names resolve (and are checked) again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lookups_that_never_answer_hold_a_bounded_number_of_threads() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::{Condvar, Mutex};
+
+        let hanging = Arc::new((Mutex::new(true), Condvar::new()));
+        let (inside, most_inside) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let lookup = {
+            let (hanging, inside, most_inside) =
+                (hanging.clone(), inside.clone(), most_inside.clone());
+            move |_host: &str, port: u16| {
+                let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                most_inside.fetch_max(now, Ordering::SeqCst);
+                let (lock, released) = &*hanging;
+                let mut hang = lock.lock().expect("lock");
+                while *hang {
+                    hang = released.wait(hang).expect("wait");
+                }
+                inside.fetch_sub(1, Ordering::SeqCst);
+                Ok(vec![SocketAddr::new(ip("10.9.9.9"), port)])
+            }
+        };
+        // Released however the test ends: a failing assertion must not leave the runtime
+        // waiting for stuck lookup threads at its shutdown.
+        struct Release(Arc<(Mutex<bool>, Condvar)>);
+        impl Drop for Release {
+            fn drop(&mut self) {
+                *self.0 .0.lock().unwrap_or_else(|e| e.into_inner()) = false;
+                self.0 .1.notify_all();
+            }
+        }
+        let release = Release(hanging.clone());
+        let policy = Arc::new(EgressPolicy::with_resolver(
+            vec![],
+            BoundedResolver::new(Arc::new(lookup)),
+        ));
+        let url = Url::parse("https://never-answers.example/hook").expect("url");
+
+        let started = std::time::Instant::now();
+        let adds: Vec<_> = (0..100)
+            .map(|_| {
+                let (policy, url) = (policy.clone(), url.clone());
+                tokio::spawn(async move { policy.check_url(&url).await })
+            })
+            .collect();
+        for add in adds {
+            // Not resolving yet is accepted (deliveries check again).
+            assert_eq!(add.await.expect("join"), Ok(()));
+        }
+        assert!(
+            started.elapsed() < RESOLVE_TIMEOUT * 2,
+            "every add answered within its timeout: {:?}",
+            started.elapsed()
+        );
+        assert_eq!(most_inside.load(Ordering::SeqCst), MAX_LOOKUPS);
+
+        // The resolver answers again: the stuck lookups return their slots, and a name is
+        // resolved and checked (here to a private address: refused).
+        drop(release);
+        let refused = policy.check_url(&url).await;
+        assert!(refused.is_err(), "{refused:?}");
     }
 }
