@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use approvals_testkit::free_port;
 use approvals_testkit::process::{Output, Process};
 use fantoccini::key::Key;
+use fantoccini::wd::WindowHandle;
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use reqwest::{Method, StatusCode};
@@ -137,6 +138,21 @@ async fn text(browser: &Client) -> String {
         .as_str()
         .unwrap_or_default()
         .to_owned()
+}
+
+/// This window's tab and a second one opened beside it; the second is current.
+async fn open_second_tab(browser: &Client) -> (WindowHandle, WindowHandle) {
+    let first = browser.window().await.expect("this tab");
+    let second = browser.new_window(true).await.expect("a second tab").handle;
+    to_tab(browser, &second).await;
+    (first, second)
+}
+
+async fn to_tab(browser: &Client, tab: &WindowHandle) {
+    browser
+        .switch_to_window(tab.clone())
+        .await
+        .expect("switch tabs");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -356,20 +372,12 @@ async fn a_sign_in_elsewhere_in_another_tab_is_not_swapped_into_an_open_page() {
     let driver = Driver::start();
     let browser = driver.browser().await;
     // A second tab had the sign-in page open before the first signed in.
-    let first_tab = browser.window().await.expect("this tab");
-    let second_tab = browser.new_window(true).await.expect("a second tab");
-    browser
-        .switch_to_window(second_tab.handle.clone())
-        .await
-        .expect("to the second tab");
+    let (first_tab, second_tab) = open_second_tab(&browser).await;
     browser
         .goto(&app.url("/ui/login"))
         .await
         .expect("sign-in page");
-    browser
-        .switch_to_window(first_tab.clone())
-        .await
-        .expect("to the first tab");
+    to_tab(&browser, &first_tab).await;
     sign_in(&browser, &app, &app.tokens.reviewer).await;
     until_true(
         &browser,
@@ -379,10 +387,7 @@ async fn a_sign_in_elsewhere_in_another_tab_is_not_swapped_into_an_open_page() {
     .await;
 
     // The second tab signs in as mallory, of another tenant.
-    browser
-        .switch_to_window(second_tab.handle)
-        .await
-        .expect("to the second tab");
+    to_tab(&browser, &second_tab).await;
     browser
         .find(Locator::Css("#token"))
         .await
@@ -403,10 +408,7 @@ async fn a_sign_in_elsewhere_in_another_tab_is_not_swapped_into_an_open_page() {
         "mallory's inbox",
     )
     .await;
-    browser
-        .switch_to_window(first_tab)
-        .await
-        .expect("back to the first tab");
+    to_tab(&browser, &first_tab).await;
 
     // Something happens in the first tab's tenant: its page fetches itself again, with the
     // browser's cookie, which is now mallory's.
@@ -452,13 +454,7 @@ async fn a_page_whose_session_was_signed_out_elsewhere_says_it_is_no_longer_live
         "the live stream",
     )
     .await;
-    let first_tab = browser.window().await.expect("this tab");
-
-    let second_tab = browser.new_window(true).await.expect("a second tab");
-    browser
-        .switch_to_window(second_tab.handle)
-        .await
-        .expect("to the second tab");
+    let (first_tab, _second_tab) = open_second_tab(&browser).await;
     browser
         .goto(&app.url("/ui/approvals"))
         .await
@@ -476,10 +472,7 @@ async fn a_page_whose_session_was_signed_out_elsewhere_says_it_is_no_longer_live
         .for_element(Locator::Css("#token"))
         .await
         .expect("the sign-in page");
-    browser
-        .switch_to_window(first_tab)
-        .await
-        .expect("back to the first tab");
+    to_tab(&browser, &first_tab).await;
 
     until_true(
         &browser,
