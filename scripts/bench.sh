@@ -17,6 +17,8 @@
 #   fanout         (ours) BENCH_FANOUT long-polls on one approval, one accept: time to the last
 #                  answer (waiters keep their connections until all are answered), memory per
 #                  waiting long-poll, Redis connections held while waiting
+#   fanout-h2      (ours, floor) the same, the long-polls as streams of BENCH_FANOUT_H2_CONNECTIONS
+#                  HTTP/2 connections (prior knowledge), as a proxy or an HTTP/2 client sends them
 # Target `floor` (approvals-floor, bench/src/bin/floor.rs) runs only wakeup and fanout against
 # the same HTTP stack with nothing of ours in it: the floor this machine and client allow.
 # Targets `ours-rules100` and `ours-shadow` run ours with the tenant's own 100-rule bundle
@@ -34,7 +36,9 @@
 #   BENCH_WARMUP=1         warm-up seconds per throughput scenario, not counted
 #   BENCH_CONCURRENCY=64   closed-loop workers (connections) per throughput scenario
 #   BENCH_WAITERS=200      long-polls in the wake-up scenario
-#   BENCH_FANOUT=10000     long-polls on one approval in the fan-out scenario (0: skip)
+#   BENCH_FANOUT=10000     long-polls on one approval in the fan-out scenarios (0: skip)
+#   BENCH_FANOUT_H2_CONNECTIONS=40   HTTP/2 connections carrying them in fanout-h2 (at most
+#                          server.max_streams_per_connection, 256, streams each)
 #   BENCH_SCALE=""         instance counts for the scale-out runs, e.g. "1 2 4" (ours only)
 #   BENCH_TARGETS="ours peer"   which targets to run, in order
 #   BENCH_SCENARIOS=""     only these scenarios (e.g. "submit submit-paced fanout"); default all
@@ -61,6 +65,7 @@ BENCH_WARMUP=${BENCH_WARMUP:-1}
 BENCH_CONCURRENCY=${BENCH_CONCURRENCY:-64}
 BENCH_WAITERS=${BENCH_WAITERS:-200}
 BENCH_FANOUT=${BENCH_FANOUT:-10000}
+BENCH_FANOUT_H2_CONNECTIONS=${BENCH_FANOUT_H2_CONNECTIONS:-40}
 BENCH_SCALE=${BENCH_SCALE:-}
 export BENCH_THREADS=${BENCH_THREADS:-1}
 BENCH_TARGETS=${BENCH_TARGETS:-ours peer}
@@ -340,34 +345,38 @@ run_target() {
   fi
 
   local url="http://127.0.0.1:$http_port"
-  case $target in
-    ours | before | ours-rules100 | ours-shadow)
-      local bin=$approvals_bin
-      [ "$target" = before ] && bin=$BENCH_BEFORE_BIN
-      start_ours "$bin" "$config" "$dir/server.log" "$url"
-      if [ "$target" != ours ] && [ "$target" != before ]; then
-        local how=--activate
-        [ "$target" = ours-shadow ] && how=--candidate
-        write_bundle100 "$dir/bundle100"
-        say "$target: approvals policy push $how (100-rule bundle)"
-        APPROVALS_TOKEN=$admin_token "$approvals_bin" policy push --tenant "$tenant" --url "$url" \
-          $how "$dir/bundle100" >&2 || die "$target: policy push failed"
-      fi
-      ;;
-    floor)
-      say "approvals-floor on $url"
-      spawn "$dir/server.log" "$floor_bin" --listen "127.0.0.1:$http_port"
-      server_pid=$spawned
-      wait_until "$server_pid" 30 "$dir/server.log" "approvals-floor" http_ok "$url/healthz"
-      ;;
-    peer)
-      # The first run creates the peer's virtualenv (pip install), hence the long wait.
-      say "peer: $PEER_DIR/run.sh on $url"
-      spawn "$dir/server.log" "$PEER_DIR/run.sh" "$config"
-      server_pid=$spawned
-      wait_until "$server_pid" 300 "$dir/server.log" "ADR peer" http_ok "$url/readyz"
-      ;;
-  esac
+  # Starts the target's server (again, for a scenario that needs a fresh process).
+  start_target() {
+    case $target in
+      ours | before | ours-rules100 | ours-shadow)
+        local bin=$approvals_bin
+        [ "$target" = before ] && bin=$BENCH_BEFORE_BIN
+        start_ours "$bin" "$config" "$dir/server.log" "$url"
+        if [ "$target" != ours ] && [ "$target" != before ]; then
+          local how=--activate
+          [ "$target" = ours-shadow ] && how=--candidate
+          write_bundle100 "$dir/bundle100"
+          say "$target: approvals policy push $how (100-rule bundle)"
+          APPROVALS_TOKEN=$admin_token "$approvals_bin" policy push --tenant "$tenant" --url "$url" \
+            $how "$dir/bundle100" >&2 || die "$target: policy push failed"
+        fi
+        ;;
+      floor)
+        say "approvals-floor on $url"
+        spawn "$dir/server.log" "$floor_bin" --listen "127.0.0.1:$http_port"
+        server_pid=$spawned
+        wait_until "$server_pid" 30 "$dir/server.log" "approvals-floor" http_ok "$url/healthz"
+        ;;
+      peer)
+        # The first run creates the peer's virtualenv (pip install), hence the long wait.
+        say "peer: $PEER_DIR/run.sh on $url"
+        spawn "$dir/server.log" "$PEER_DIR/run.sh" "$config"
+        server_pid=$spawned
+        wait_until "$server_pid" 300 "$dir/server.log" "ADR peer" http_ok "$url/readyz"
+        ;;
+    esac
+  }
+  start_target
 
   # A failed scenario (its reason is on stderr) does not stop the others; the exit status says.
   local bench=("$bench_bin" --target "$target" --url "$url" --pgid "$server_pid") scenario
@@ -395,6 +404,16 @@ run_target() {
   if wants wakeup; then scenario_run wakeup --waiters "$BENCH_WAITERS"; fi
   if wants fanout && [ "$target" != peer ] && [ "$BENCH_FANOUT" -gt 0 ]; then
     scenario_run fanout --waiters "$BENCH_FANOUT"
+  fi
+  # The peer speaks only HTTP/1.1. A fresh process: one that served the HTTP/1.1 fan-out
+  # keeps that memory resident for reuse, and the new waiters would seem to cost nothing.
+  if wants fanout-h2 && [ "$target" != peer ] && [ "$BENCH_FANOUT" -gt 0 ]; then
+    if wants fanout; then
+      stop_group "$server_pid"
+      start_target
+      bench[4]=$url bench[6]=$server_pid
+    fi
+    scenario_run fanout --waiters "$BENCH_FANOUT" --http2-connections "$BENCH_FANOUT_H2_CONNECTIONS"
   fi
 
   stop_group "$server_pid"
@@ -540,11 +559,20 @@ awk -v cores="$(nproc)" -v loadavg="$(cut -d' ' -f1-3 /proc/loadavg)" -v strict=
         med(fo, "waiters"), fmt(med(fo, "max_ms"), "%.1f"), fmt(med(fo, "p99_ms"), "%.1f"), fmt(med(fo, "kb_per_waiter"), "%.1f"),
         med(fo, "redis_clients_while_waiting"), err[fo]
     }
+    fh = "ours" SUBSEP "fanout-h2"
+    if (fh in have) {
+      printf "fan-out over HTTP/2: %s long-polls as streams of %s connections: last answered %s ms after the accept (p99 %s ms); %s kB per waiting long-poll; %s Redis clients while waiting; errors %s\n",
+        med(fh, "waiters"), med(fh, "http2_connections"), fmt(med(fh, "max_ms"), "%.1f"), fmt(med(fh, "p99_ms"), "%.1f"),
+        fmt(med(fh, "kb_per_waiter"), "%.1f"), med(fh, "redis_clients_while_waiting"), err[fh]
+    }
     ff = "floor" SUBSEP "fanout"; fw = "floor" SUBSEP "wakeup"; ow = "ours" SUBSEP "wakeup"
-    if (ff in have || fw in have) {
+    if (ff in have || fw in have || ("floor" SUBSEP "fanout-h2") in have) {
       printf "\nfloor (approvals-floor: the same HTTP stack answering one pre-rendered body, no auth, policy or Redis)\n"
       if (ff in have) printf "  fan-out: last answered %s ms after the accept (ours %s ms); %s kB per waiting long-poll (ours %s kB)\n",
         fmt(med(ff, "max_ms"), "%.1f"), fmt(med(fo, "max_ms"), "%.1f"), fmt(med(ff, "kb_per_waiter"), "%.1f"), fmt(med(fo, "kb_per_waiter"), "%.1f")
+      fhf = "floor" SUBSEP "fanout-h2"
+      if (fhf in have) printf "  fan-out over HTTP/2: last answered %s ms after the accept (ours %s ms); %s kB per waiting long-poll (ours %s kB)\n",
+        fmt(med(fhf, "max_ms"), "%.1f"), fmt(med(fh, "max_ms"), "%.1f"), fmt(med(fhf, "kb_per_waiter"), "%.1f"), fmt(med(fh, "kb_per_waiter"), "%.1f")
       if (fw in have) printf "  wake-up p50/p99: %s/%s ms (ours %s/%s ms)\n", fmt(med(fw, "p50_ms"), "%.2f"),
         fmt(med(fw, "p99_ms"), "%.2f"), fmt(med(ow, "p50_ms"), "%.2f"), fmt(med(ow, "p99_ms"), "%.2f")
     }
@@ -607,7 +635,17 @@ awk -v cores="$(nproc)" -v loadavg="$(cut -d' ' -f1-3 /proc/loadavg)" -v strict=
     }
     if (fo in have) {
       x = med(fo, "max_ms")
-      target(med(fo, "waiters") " long-polls on one approval answered within 100 ms", x != "-" && x + 0 <= 100 && err[fo] == 0, fmt(x, "%.1f") " ms, " err[fo] " errors")
+      target(med(fo, "waiters") " long-polls on one approval answered within 100 ms (HTTP/1.1)", x != "-" && x + 0 <= 100 && err[fo] == 0, fmt(x, "%.1f") " ms, " err[fo] " errors")
+    }
+    if (fh in have) {
+      x = med(fh, "max_ms")
+      target(med(fh, "waiters") " long-polls on one approval answered within 100 ms (HTTP/2)", x != "-" && x + 0 <= 100 && err[fh] == 0, fmt(x, "%.1f") " ms, " err[fh] " errors")
+      x = med(fh, "kb_per_waiter")
+      target("a waiting long-poll costs <= 10 kB (HTTP/2)", x != "-" && x + 0 <= 10, fmt(x, "%.1f") " kB")
+    }
+    if (fo in have) {
+      x = med(fo, "kb_per_waiter")
+      target("a waiting long-poll costs <= 10 kB (HTTP/1.1)", x != "-" && x + 0 <= 10, fmt(x, "%.1f") " kB")
     }
     o = "ours" SUBSEP "submit-paced"
     if (o in have) {

@@ -629,26 +629,48 @@ fn method_label(method: &axum::http::Method) -> &'static str {
 }
 
 /// Middleware: request count and latency by route template (never the raw path, whose ids
-/// would make unbounded label values) and method (a bounded set).
+/// would make unbounded label values) and method (a bounded set). The API's routes count in
+/// their admission middleware instead (one layer less for a waiting long-poll to hold).
 pub async fn track_http(request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = method_label(request.method());
-    let started = Instant::now();
+    let timing = HttpTiming::start(&request);
     let response = next.run(request).await;
-    let class = match response.status().as_u16() {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    };
-    metrics::counter!("approvals_http_requests_total", "route" => route.clone(), "method" => method, "status_class" => class).increment(1);
-    metrics::histogram!("approvals_http_request_duration_seconds", "route" => route, "method" => method)
-        .record(started.elapsed().as_secs_f64());
+    timing.record(&response);
     response
+}
+
+/// One request's count and latency, from its start to its answer.
+pub struct HttpTiming {
+    /// Shared (an `Arc`): a long-poll holds it, not a copy, while it waits.
+    route: Option<MatchedPath>,
+    method: &'static str,
+    started: Instant,
+}
+
+impl HttpTiming {
+    pub fn start(request: &Request) -> Self {
+        Self {
+            route: request.extensions().get::<MatchedPath>().cloned(),
+            method: method_label(request.method()),
+            started: Instant::now(),
+        }
+    }
+
+    pub fn record(self, response: &Response) {
+        let route = self
+            .route
+            .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+        let class = match response.status().as_u16() {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        let method = self.method;
+        metrics::counter!("approvals_http_requests_total", "route" => route.clone(), "method" => method, "status_class" => class).increment(1);
+        metrics::histogram!("approvals_http_request_duration_seconds", "route" => route, "method" => method)
+            .record(self.started.elapsed().as_secs_f64());
+    }
 }
 
 #[cfg(test)]

@@ -85,12 +85,19 @@ impl Api {
         Request::new("GET", &path, &self.agent, None)
     }
 
-    pub fn wait_request(&self, id: &str, wait_seconds: u64) -> Request {
-        let path = format!(
+    pub fn wait_path(&self, id: &str, wait_seconds: u64) -> String {
+        format!(
             "{}/{id}/decision?wait_seconds={wait_seconds}",
             self.approvals_path
-        );
-        Request::new("GET", &path, &self.agent, None)
+        )
+    }
+
+    pub fn wait_request(&self, id: &str, wait_seconds: u64) -> Request {
+        Request::new("GET", &self.wait_path(id, wait_seconds), &self.agent, None)
+    }
+
+    pub fn agent_token(&self) -> &str {
+        &self.agent
     }
 
     pub async fn connect(&self, worker: usize) -> Result<Connection, OpError> {

@@ -10,11 +10,12 @@
 //!
 //! plus a human-readable line on stderr. Scenarios: `submit`, `submit-decide`, `read`
 //! (throughput, closed loop; `submit --rate R` paces it, open loop), `wakeup` and `fanout`
-//! (long-polls), `commands` (Redis commands sent per request). Given `--redis` and `--pgid`,
+//! (long-polls, `fanout` over HTTP/1.1 or HTTP/2), `commands` (Redis commands sent per request). Given `--redis` and `--pgid`,
 //! throughput lines also carry Redis' CPU per 1,000 requests and the cores Redis, the target
 //! and the load generator itself used, so a run shows where the bound is.
 
 mod api;
+mod h2;
 mod http;
 mod load;
 mod procs;
@@ -120,6 +121,10 @@ struct WaitArgs {
     /// contains `waiter` or `long_poll` (summed over its labels).
     #[arg(long)]
     waiters_metric: Option<String>,
+    /// `fanout` only: carry the long-polls as streams of this many HTTP/2 connections (prior
+    /// knowledge) instead of one HTTP/1.1 connection each.
+    #[arg(long)]
+    http2_connections: Option<usize>,
 }
 
 #[derive(Args, Clone)]
@@ -243,6 +248,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         park_timeout: args.park_timeout,
         settle: args.settle,
         waiters_metric: args.waiters_metric.clone(),
+        http2_connections: args.http2_connections,
     };
     let reports = match &cli.scenario {
         Scenario::Submit(args) => {

@@ -5,7 +5,8 @@
 //!   answer's first byte arrived.
 //! - `fanout`: N long-polls on one approval; one accept; how long until the last of them has
 //!   its answer, what the waiting cost the server in memory, and how many Redis connections it
-//!   held meanwhile.
+//!   held meanwhile. A connection each (HTTP/1.1), or as streams of a few HTTP/2 connections
+//!   (`fanout-h2`, src/h2.rs).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,13 +28,15 @@ pub struct Waiting {
     /// Fixed settle time when the server has no waiter gauge (the ADR peer).
     pub settle: Duration,
     pub waiters_metric: Option<String>,
+    /// `fanout`: streams of this many HTTP/2 connections instead of a connection each.
+    pub http2_connections: Option<usize>,
 }
 
 /// A parked long-poll: resolves to when its answer began, and whether it was `accepted`; with
 /// its connection, kept open until every waiter has its answer, as an agent's keep-alive
 /// client would (closing it at once made the server handle the hang-up of early waiters while
 /// it still answered the later ones).
-type Waiter = (usize, std::io::Result<(Instant, bool)>, Option<Connection>);
+pub type Waiter = (usize, std::io::Result<(Instant, bool)>, Option<Connection>);
 
 /// Opens a connection per long-poll and sends its request at once (a connection that sends
 /// nothing is closed by the server's header timeout), at most `OPENING` at a time.
@@ -180,7 +183,15 @@ pub async fn fanout(api: &Arc<Api>, w: &Waiting, resources: &Resources) -> Resul
     let baseline = api.waiter_gauge(w.waiters_metric.as_deref()).await;
     // A waiting long-poll's whole cost: its connection, request and registration.
     let rss_before = resources.target_rss_kb();
-    let waiters = park_all(api, &vec![id.clone(); n], w);
+    let (waiters, http2) = match w.http2_connections {
+        Some(connections) => {
+            let (waiters, held) = crate::h2::park_all(api, &id, n, connections, w.wait_seconds)
+                .await
+                .map_err(|e| format!("fanout: HTTP/2 connections: {e}"))?;
+            (waiters, Some(held))
+        }
+        None => (park_all(api, &vec![id.clone(); n], w), None),
+    };
     let parked_by = until_parked(api, w, baseline, n).await;
     let rss_waiting = resources.target_rss_kb();
     let redis_clients = match &resources.redis {
@@ -203,8 +214,13 @@ pub async fn fanout(api: &Arc<Api>, w: &Waiting, resources: &Resources) -> Resul
         .into_iter()
         .map(|(_, first_byte)| micros(first_byte.saturating_duration_since(written)))
         .collect();
+    drop(http2);
     let mut extra = vec![
         ("waiters".into(), n.to_string()),
+        (
+            "http2_connections".into(),
+            w.http2_connections.map_or("-".into(), |c| c.to_string()),
+        ),
         ("parked_by".into(), parked_by.into()),
     ];
     if let (Some(before), Some(waiting)) = (rss_before, rss_waiting) {
@@ -218,7 +234,11 @@ pub async fn fanout(api: &Arc<Api>, w: &Waiting, resources: &Resources) -> Resul
         extra.push(("redis_clients_while_waiting".into(), clients.to_string()));
     }
     Ok(Report {
-        scenario: "fanout",
+        scenario: if w.http2_connections.is_some() {
+            "fanout-h2"
+        } else {
+            "fanout"
+        },
         ops: latencies_us.len(),
         secs: 0.0,
         latencies_us,

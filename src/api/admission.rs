@@ -2,7 +2,8 @@
 //! (`fairness.rs`: `429` past the caller's limits) and its deadline (`408` past
 //! `server.request_timeout`; a decision long-poll has its own bound, 60 s).
 //!
-//! One middleware for both, not one each: every middleware layer is a boxed future per
+//! It also counts the request in the HTTP metrics (`crate::metrics::HttpTiming`). One
+//! middleware for all three, not one each: every middleware layer is a boxed future per
 //! request, about 1 kB, which a waiting long-poll holds for its whole wait.
 
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use sha2::{Digest, Sha256};
 use super::fairness::CallerSlots;
 use super::ApiError;
 use crate::auth::{bearer_token, token_digest};
+use crate::metrics::HttpTiming;
 
 #[derive(Clone)]
 pub struct Admission {
@@ -25,8 +27,15 @@ pub struct Admission {
 }
 
 /// Middleware: counts the request against its caller (or answers `429`), then runs it under
-/// its deadline.
+/// its deadline; the answer, whichever it is, in the HTTP metrics.
 pub async fn admit(State(admission): State<Admission>, request: Request, next: Next) -> Response {
+    let timing = HttpTiming::start(&request);
+    let response = admitted(&admission, request, next).await;
+    timing.record(&response);
+    response
+}
+
+async fn admitted(admission: &Admission, request: Request, next: Next) -> Response {
     let long_poll = request
         .extensions()
         .get::<MatchedPath>()

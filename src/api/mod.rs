@@ -17,6 +17,7 @@ use std::time::Duration;
 use axum::extract::{MatchedPath, Request};
 use axum::http::HeaderName;
 use axum::Router;
+use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -215,33 +216,42 @@ pub fn router(state: AppState, ui: &crate::config::UiSettings) -> Router {
             admission::admit,
         ))
         .with_state(state)
-        .merge(inbox.unwrap_or_default())
-        .layer(axum::middleware::from_fn(crate::metrics::track_http))
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(|request: &Request| {
-                    let route = request
-                        .extensions()
-                        .get::<MatchedPath>()
-                        .map_or("-", MatchedPath::as_str);
-                    let id = request
-                        .headers()
-                        .get("x-request-id")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("-");
-                    tracing::info_span!("request", method = %request.method(), route, request_id = id,
-                        subject = tracing::field::Empty, tenant = tracing::field::Empty,
-                        approval_id = tracing::field::Empty)
-                })
-                // Off by default: a line per request costs a formatted write to stderr (about
-                // 2% of the CPU under load), and the metrics already count every answer.
-                // Server errors are logged either way (the layer's default `on_failure`).
-                .on_response(move |response: &axum::response::Response, latency: Duration, _span: &tracing::Span| {
-                    if access_log {
-                        tracing::info!(status = response.status().as_u16(), latency_ms = latency.as_millis() as u64, "answered");
-                    }
-                }),
+        // The API counts its requests in `admission`; the inbox's are counted here.
+        .merge(
+            inbox
+                .map(|ui| ui.layer(axum::middleware::from_fn(crate::metrics::track_http)))
+                .unwrap_or_default(),
         )
-        .layer(PropagateRequestIdLayer::new(request_id.clone()))
-        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        // One `layer` call for the whole stack: `Router::layer` boxes each layer's future per
+        // request, which a waiting long-poll holds for its whole wait.
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
+                .layer(PropagateRequestIdLayer::new(request_id))
+                .layer(
+                    TraceLayer::new_for_http()
+                        .make_span_with(|request: &Request| {
+                            let route = request
+                                .extensions()
+                                .get::<MatchedPath>()
+                                .map_or("-", MatchedPath::as_str);
+                            let id = request
+                                .headers()
+                                .get("x-request-id")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("-");
+                            tracing::info_span!("request", method = %request.method(), route, request_id = id,
+                                subject = tracing::field::Empty, tenant = tracing::field::Empty,
+                                approval_id = tracing::field::Empty)
+                        })
+                        // Off by default: a line per request costs a formatted write to stderr (about
+                        // 2% of the CPU under load), and the metrics already count every answer.
+                        // Server errors are logged either way (the layer's default `on_failure`).
+                        .on_response(move |response: &axum::response::Response, latency: Duration, _span: &tracing::Span| {
+                            if access_log {
+                                tracing::info!(status = response.status().as_u16(), latency_ms = latency.as_millis() as u64, "answered");
+                            }
+                        }),
+                ),
+        )
 }

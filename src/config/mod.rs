@@ -244,6 +244,9 @@ pub struct ServerSettings {
     pub header_read_timeout: Duration,
     /// The most a connection may buffer while reading headers (at least 8192).
     pub max_header_bytes: usize,
+    /// Requests one HTTP/2 connection may have in flight at once (a proxy or a client
+    /// multiplexing long-polls); HTTP/1 carries one at a time.
+    pub max_streams_per_connection: u32,
     /// A connection whose answer cannot be written for this long (its client stopped
     /// reading) is closed.
     #[serde(with = "humantime_serde")]
@@ -265,6 +268,7 @@ impl Default for ServerSettings {
             max_connections: 10_000,
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 16 * 1024,
+            max_streams_per_connection: 256,
             write_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             access_log: false,
@@ -721,6 +725,11 @@ impl Settings {
         if self.server.max_header_bytes < 8192 {
             return Err(ConfigError::Invalid(
                 "server.max_header_bytes: must be at least 8192".into(),
+            ));
+        }
+        if self.server.max_streams_per_connection == 0 {
+            return Err(ConfigError::Invalid(
+                "server.max_streams_per_connection: must be positive".into(),
             ));
         }
         if self.server.max_connections == 0 {

@@ -18,6 +18,7 @@ mod errors;
 mod events;
 mod expiry;
 mod fairness;
+mod http2;
 mod legacy;
 mod list_and_audit;
 mod ops;

@@ -34,7 +34,7 @@ async fn wait(app: &TestApp, base: &str, id: &str, seconds: u64) -> (StatusCode,
 
 /// Waits until `n` long-polls are parked in the instance at `base` (its metrics say so), so
 /// a test decides only once its waiters are really waiting.
-async fn until_parked(app: &TestApp, base: &str, n: usize, within: Duration) {
+pub(crate) async fn until_parked(app: &TestApp, base: &str, n: usize, within: Duration) {
     let parked = |text: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix("approvals_long_polls_in_flight "))

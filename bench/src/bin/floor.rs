@@ -3,7 +3,8 @@
 //!
 //! It speaks just enough of api-v1 for `wakeup` and `fanout` — submit, the decision long-poll,
 //! accept, a waiter gauge on /metrics — with no authentication, no policy, no Redis and no
-//! middleware, on the same hyper HTTP/1 connection settings as the service. A decision's
+//! middleware, on the same hyper HTTP/1 and HTTP/2 connection settings as the service (HTTP/2
+//! with prior knowledge, told from the first bytes as the service does). A decision's
 //! answer is rendered once and the same bytes go to every waiter. What it measures is the
 //! floor of the HTTP stack and the machine: how long 10,000 answers take to reach the client,
 //! and what a parked request costs in memory, before any work of ours.
@@ -22,9 +23,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use clap::Parser;
+use futures_util::future::Either;
 use futures_util::FutureExt;
-use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -177,16 +179,50 @@ async fn main() -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(cli.listen).await?;
     eprintln!("approvals-floor listening on {}", listener.local_addr()?);
     // The service's connection settings (src/server.rs), without its limits.
-    let mut builder = http1::Builder::new();
-    builder
+    let mut http1 = http1::Builder::new();
+    http1
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(10))
         .keep_alive(true);
+    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    http2
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5));
+    let builders = Arc::new((http1, http2));
     loop {
         let (stream, _) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
-        let connection = builder.serve_connection(TokioIo::new(stream), service);
-        tokio::spawn(connection.map(|_| ()));
+        let builders = Arc::clone(&builders);
+        // Combinators rather than an `async move` block, as in the service: a block would store
+        // the connection twice.
+        let connection = speaks_http2(stream).then(move |(stream, http2)| {
+            let stream = TokioIo::new(stream);
+            if http2 {
+                Either::Left(builders.1.serve_connection(stream, service).map(|_| ()))
+            } else {
+                Either::Right(builders.0.serve_connection(stream, service).map(|_| ()))
+            }
+        });
+        tokio::spawn(connection);
+    }
+}
+
+/// Whether the connection opens with the HTTP/2 preface (without a deadline: a floor, not a
+/// server for strangers).
+async fn speaks_http2(stream: tokio::net::TcpStream) -> (tokio::net::TcpStream, bool) {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut seen = [0u8; PREFACE.len()];
+    loop {
+        let n = stream.peek(&mut seen).await.unwrap_or(0);
+        if n == 0 || !PREFACE.starts_with(&seen[..n]) {
+            return (stream, false);
+        }
+        if n == PREFACE.len() {
+            return (stream, true);
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }

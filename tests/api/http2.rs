@@ -1,0 +1,133 @@
+//! HTTP/2 with prior knowledge (h2c): many long-polls share one connection, and the
+//! connection-level limits hold for it as they do for HTTP/1.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http2::SendRequest;
+use hyper::{Request, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::TestApp;
+use crate::waiting::until_parked;
+
+/// One HTTP/2 connection to the app: every request sent on it is a stream of that socket.
+async fn http2_connection(app: &TestApp) -> SendRequest<Empty<Bytes>> {
+    let tcp = TcpStream::connect(app.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("the server speaks HTTP/2 with prior knowledge");
+    tokio::spawn(connection);
+    sender
+}
+
+/// A GET of `path` as the app's agent.
+fn agent_get(app: &TestApp, path: &str) -> Request<Empty<Bytes>> {
+    Request::get(app.url(path))
+        .header("authorization", format!("Bearer {}", app.tokens.agent))
+        .body(Empty::new())
+        .unwrap()
+}
+
+/// Sends `request` on `sender`'s connection: status and JSON body.
+async fn send(
+    mut sender: SendRequest<Empty<Bytes>>,
+    request: Request<Empty<Bytes>>,
+) -> (StatusCode, Value) {
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&body).unwrap())
+}
+
+/// A proxy or an agent fleet's client parks hundreds of long-polls on one socket, not one each,
+/// and the decision reaches every one of them.
+#[tokio::test]
+async fn long_polls_multiplexed_on_one_http2_connection_all_learn_the_decision() {
+    const WAITERS: usize = 200;
+    let app = TestApp::spawn().await;
+    app.park("shared").await;
+    let sender = http2_connection(&app).await;
+    let path = format!(
+        "/v1/tenants/{}/approvals/shared/decision?wait_seconds=60",
+        app.tenant
+    );
+    let waiters: Vec<_> = (0..WAITERS)
+        .map(|_| tokio::spawn(send(sender.clone(), agent_get(&app, &path))))
+        .collect();
+    until_parked(&app, &app.base, WAITERS, Duration::from_secs(30)).await;
+    let decided = app.decide("shared", "accept", &app.tokens.reviewer).await;
+    assert_eq!(decided.status(), reqwest::StatusCode::OK);
+    for waiter in waiters {
+        let (status, body) = waiter.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["status"], "accepted", "{body}");
+    }
+}
+
+/// A long-poll longer than the header-read timeout is not cut off on HTTP/2: the server pings a
+/// silent client, and a live one answers.
+#[tokio::test]
+async fn an_http2_long_poll_outlasts_the_silence_limit() {
+    let app = TestApp::spawn_with(|s| s.server.header_read_timeout = Duration::from_secs(1)).await;
+    app.park("slow").await;
+    let sender = http2_connection(&app).await;
+    let path = format!(
+        "/v1/tenants/{}/approvals/slow/decision?wait_seconds=4",
+        app.tenant
+    );
+    let (status, body) = send(sender.clone(), agent_get(&app, &path)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "pending", "{body}");
+    // The same connection still serves.
+    let at_once = format!(
+        "/v1/tenants/{}/approvals/slow/decision?wait_seconds=0",
+        app.tenant
+    );
+    let (status, body) = send(sender, agent_get(&app, &at_once)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+/// A connection that sends the HTTP/2 preface and then nothing is closed within the header-read
+/// timeout, as a stalled HTTP/1 one is: it cannot keep its connection slot.
+#[tokio::test]
+async fn a_connection_stalled_after_the_http2_preface_is_closed() {
+    let app = TestApp::spawn_with(|s| s.server.header_read_timeout = Duration::from_secs(1)).await;
+    let mut stream = TcpStream::connect(app.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    let closed = async {
+        let mut buf = [0u8; 1024];
+        // The server's SETTINGS arrive first; then it must close.
+        while !matches!(stream.read(&mut buf).await, Ok(0) | Err(_)) {}
+    };
+    tokio::time::timeout(Duration::from_secs(10), closed)
+        .await
+        .expect("the stalled HTTP/2 connection was closed");
+}
+
+/// A connection that has sent part of the preface and then nothing is closed too.
+#[tokio::test]
+async fn a_connection_stalled_inside_the_http2_preface_is_closed() {
+    let app = TestApp::spawn_with(|s| s.server.header_read_timeout = Duration::from_secs(1)).await;
+    let mut stream = TcpStream::connect(app.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    stream.write_all(b"PRI * HT").await.unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+        .await
+        .expect("the stalled connection was closed");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+}
