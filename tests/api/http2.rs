@@ -131,3 +131,27 @@ async fn a_connection_stalled_inside_the_http2_preface_is_closed() {
         .expect("the stalled connection was closed");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
 }
+
+/// On shutdown an HTTP/2 long-poll is answered at once with the current state, as an HTTP/1.1
+/// one is, and its connection, though its client would keep it (as a proxy's pool does), does
+/// not hold up the drain.
+#[tokio::test]
+async fn shutdown_answers_http2_long_polls_and_drains() {
+    let mut app = TestApp::spawn().await;
+    app.park("open").await;
+    let sender = http2_connection(&app).await;
+    let path = format!(
+        "/v1/tenants/{}/approvals/open/decision?wait_seconds=60",
+        app.tenant
+    );
+    let waiting = tokio::spawn(send(sender.clone(), agent_get(&app, &path)));
+    until_parked(&app, &app.base, 1, Duration::from_secs(10)).await;
+    tokio::time::timeout(Duration::from_secs(10), app.shut_down())
+        .await
+        .expect("the HTTP/2 connection does not hold up the drain")
+        .expect("stopped");
+    drop(sender);
+    let (status, body) = waiting.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "pending", "{body}");
+}
