@@ -57,32 +57,34 @@ async fn admitted(admission: &Admission, request: Request, next: Next) -> Respon
         Ok(slot) => slot,
         Err(refused) => return refused.into_response(),
     };
-    if long_poll {
-        let response = next.run(request).await;
-        drop(slot);
-        return response;
-    }
-    let timeout = admission.request_timeout;
-    let response = match tokio::time::timeout(timeout, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => ApiError::RequestTimeout(timeout).into_response(),
+    let response = if long_poll {
+        next.run(request).await
+    } else {
+        let timeout = admission.request_timeout;
+        match tokio::time::timeout(timeout, next.run(request)).await {
+            Ok(response) => response,
+            Err(_) => ApiError::RequestTimeout(timeout).into_response(),
+        }
     };
     match slot {
-        Some(slot) if streams_an_export(&response) => hold_until_sent(response, slot),
+        Some(slot) if !is_event_stream(&response) => hold_until_sent(response, slot),
         _ => response,
     }
 }
 
-/// An audit export (NDJSON) reads the store page by page after its head is sent.
-fn streams_an_export(response: &Response) -> bool {
+/// A live event stream lasts as long as its reader: it has its own bound, per tenant
+/// (`approvals.max_event_streams_per_tenant`), not a place among the caller's requests.
+fn is_event_stream(response: &Response) -> bool {
     response
         .headers()
         .get(CONTENT_TYPE)
-        .is_some_and(|t| t.as_bytes().starts_with(b"application/x-ndjson"))
+        .is_some_and(|t| t.as_bytes().starts_with(b"text/event-stream"))
 }
 
-/// Keeps the caller's place until the body is sent (or dropped), so one token cannot run more
-/// exports at once than its limit lets it run requests.
+/// Keeps the caller's place until the body is sent (or dropped). An audit export reads the
+/// store page by page after its head is sent, and an HTTP/2 client may grant no window for an
+/// answer (the socket's write deadline never sees it): either way the caller runs out of its
+/// own places, not the service out of memory for everyone.
 fn hold_until_sent<T: Send + Sync + 'static>(response: Response, slot: T) -> Response {
     use http_body_util::BodyExt;
     let (parts, body) = response.into_parts();

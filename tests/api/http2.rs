@@ -155,3 +155,51 @@ async fn shutdown_answers_http2_long_polls_and_drains() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["status"], "pending", "{body}");
 }
+
+/// An HTTP/2 client that grants no window for its answers cannot make the server hold them
+/// for everyone: each unsent answer keeps one of its caller's places in flight, so that caller
+/// is refused (`429`) once they are used up, while other callers are served. When it lets go
+/// of the answers, its places are free again.
+#[tokio::test]
+async fn an_http2_client_that_reads_no_answers_holds_only_its_own_places() {
+    let app = TestApp::spawn_with(|s| s.limits.max_requests_per_caller = 2).await;
+    app.park("req-1").await;
+    let tcp = TcpStream::connect(app.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    // No window for any stream: the server can send the answers' heads, never their bodies.
+    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(0)
+        .handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let path = format!("/v1/tenants/{}/approvals/req-1", app.tenant);
+    let mut unread = Vec::new();
+    for _ in 0..2 {
+        let response = sender
+            .clone()
+            .send_request(agent_get(&app, &path))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        unread.push(response);
+    }
+    let refused = app.get("req-1", &app.tokens.agent).await;
+    assert_eq!(refused.status(), reqwest::StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        app.get("req-1", &app.tokens.reviewer).await.status(),
+        reqwest::StatusCode::OK,
+        "another caller is served"
+    );
+    // Dropping the unread answers resets their streams; the server lets go of them.
+    drop(unread);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while app.get("req-1", &app.tokens.agent).await.status() != reqwest::StatusCode::OK {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the places were never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
