@@ -62,7 +62,7 @@ export OPENAPI_PYTHON_CLIENT="$PWD/.tools/bin/openapi-python-client"
 # The Python client (clients/python, editable) and what its tests and the agent examples need
 # (tests/python_client.rs), in the same venv; hatchling and build to build its wheel here.
 # CLIENT_PYTHON, not APPROVALS_PYTHON: the service reads every APPROVALS_… variable as config.
-PYTHON_CLIENT_PINS=(httpx==0.28.1 pytest==8.4.2 anyio==4.11.0 langgraph==1.2.24 langchain-core==1.8.3
+PYTHON_CLIENT_PINS=(httpx==0.28.1 h2==4.3.0 pytest==8.4.2 anyio==4.11.0 langgraph==1.2.24 langchain-core==1.8.3
   openai-agents==0.24.0 build==1.3.0 hatchling==1.33.0)
 if ! .tools/bin/python - "${PYTHON_CLIENT_PINS[@]}" >/dev/null 2>&1 <<'PY'
 import importlib.metadata as metadata, pathlib, sys
