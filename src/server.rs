@@ -46,6 +46,8 @@ const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 struct Protocols {
     http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
+    /// Also how long a new connection has to show which protocol it speaks.
+    header_read_timeout: Duration,
     write_timeout: Duration,
 }
 
@@ -71,6 +73,7 @@ impl Protocols {
         Self {
             http1,
             http2,
+            header_read_timeout: settings.header_read_timeout,
             write_timeout: settings.write_timeout,
         }
     }
@@ -80,14 +83,13 @@ impl Protocols {
         self: &Arc<Self>,
         stream: TcpStream,
         app: Router,
-        header_read_timeout: Duration,
         stopping: CancellationToken,
         shutdown: Watcher,
     ) -> impl Future<Output = ()> + Send + 'static {
         let protocols = Arc::clone(self);
         // Combinators, not an `async move` block: a block stores the connection twice
         // (captured, then awaited), which doubled each connection's task to 7 kB.
-        first_bytes(stream, header_read_timeout, stopping).then(move |found| {
+        first_bytes(stream, self.header_read_timeout, stopping).then(move |found| {
             let Some((stream, speaks_http2)) = found else {
                 return Either::Right(future::ready(()));
             };
@@ -201,13 +203,7 @@ pub async fn serve(
         refused_at_capacity = false;
         let _ = stream.set_nodelay(true);
         let connection = protocols
-            .serve(
-                stream,
-                app.clone(),
-                settings.header_read_timeout,
-                stopping.clone(),
-                graceful.watcher(),
-            )
+            .serve(stream, app.clone(), stopping.clone(), graceful.watcher())
             .map(move |()| drop(permit));
         tokio::spawn(connection);
     }

@@ -20,7 +20,7 @@ async fn stalled(addr: &str) -> TcpStream {
 }
 
 /// Resolves when the server closes `stream` (EOF or reset).
-async fn closed_by_server(stream: &mut TcpStream) {
+pub(crate) async fn closed_by_server(stream: &mut TcpStream) {
     let mut buf = [0u8; 1024];
     loop {
         match stream.read(&mut buf).await {

@@ -12,6 +12,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::connections::closed_by_server;
 use crate::support::TestApp;
 use crate::waiting::until_parked;
 
@@ -107,12 +108,8 @@ async fn a_connection_stalled_after_the_http2_preface_is_closed() {
         .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
         .await
         .unwrap();
-    let closed = async {
-        let mut buf = [0u8; 1024];
-        // The server's SETTINGS arrive first; then it must close.
-        while !matches!(stream.read(&mut buf).await, Ok(0) | Err(_)) {}
-    };
-    tokio::time::timeout(Duration::from_secs(10), closed)
+    // The server's SETTINGS arrive first; then it must close.
+    tokio::time::timeout(Duration::from_secs(10), closed_by_server(&mut stream))
         .await
         .expect("the stalled HTTP/2 connection was closed");
 }
