@@ -11,6 +11,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
 
 use crate::connections::closed_by_server;
 use crate::support::TestApp;
@@ -18,6 +19,16 @@ use crate::waiting::until_parked;
 
 /// One HTTP/2 connection to the app: every request sent on it is a stream of that socket.
 async fn http2_connection(app: &TestApp) -> SendRequest<Empty<Bytes>> {
+    http2_connection_watched(app).await.0
+}
+
+/// [`http2_connection`], with the task that drives it: it ends when the connection closes.
+async fn http2_connection_watched(
+    app: &TestApp,
+) -> (
+    SendRequest<Empty<Bytes>>,
+    JoinHandle<Result<(), hyper::Error>>,
+) {
     let tcp = TcpStream::connect(app.base.trim_start_matches("http://"))
         .await
         .unwrap();
@@ -25,8 +36,7 @@ async fn http2_connection(app: &TestApp) -> SendRequest<Empty<Bytes>> {
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
             .await
             .expect("the server speaks HTTP/2 with prior knowledge");
-    tokio::spawn(connection);
-    sender
+    (sender, tokio::spawn(connection))
 }
 
 /// A GET of `path` as the app's agent.
@@ -94,6 +104,69 @@ async fn an_http2_long_poll_outlasts_the_silence_limit() {
     );
     let (status, body) = send(sender, agent_get(&app, &at_once)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+/// A client that keeps an HTTP/2 connection open but sends nothing on it (it answers the
+/// server's pings, as any HTTP/2 client does) does not keep its connection slot for ever: with
+/// no request in flight for the header-read timeout, the server says goodbye and closes it, as
+/// it does an idle HTTP/1.1 keep-alive.
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed() {
+    let app = TestApp::spawn_with(|s| s.server.header_read_timeout = Duration::from_secs(1)).await;
+    let (sender, connection) = http2_connection_watched(&app).await;
+    let health = Request::get(app.url("/healthz"))
+        .body(Empty::new())
+        .unwrap();
+    let (status, _) = send(sender.clone(), health).await;
+    assert_eq!(status, StatusCode::OK);
+    let ended = tokio::time::timeout(Duration::from_secs(10), connection)
+        .await
+        .expect("the idle connection was closed by the server");
+    assert!(
+        matches!(ended, Ok(Ok(()))),
+        "closed with a goodbye, not an error: {ended:?}"
+    );
+    assert!(sender.is_closed());
+}
+
+/// A connection is idle only when no answer is still being sent: a live event stream, whose
+/// handler returned long ago, keeps its HTTP/2 connection open past the header-read timeout
+/// (the client may still send other requests on it), and still delivers what happens.
+#[tokio::test]
+async fn a_live_event_stream_keeps_its_http2_connection() {
+    let app = TestApp::spawn_with(|s| s.server.header_read_timeout = Duration::from_secs(1)).await;
+    let (sender, connection) = http2_connection_watched(&app).await;
+    let events = Request::get(app.url(&format!("/v1/tenants/{}/events", app.tenant)))
+        .header("authorization", format!("Bearer {}", app.tokens.reviewer))
+        .body(Empty::new())
+        .unwrap();
+    let response = sender.clone().send_request(events).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    // Past the idle limit (nothing to wait for: the time passing is what is tested).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!connection.is_finished(), "the connection was closed");
+    let health = Request::get(app.url("/healthz"))
+        .body(Empty::new())
+        .unwrap();
+    let (status, _) = send(sender, health).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the connection still takes requests"
+    );
+    app.park("seen-live").await;
+    let mut read = String::new();
+    while !read.contains("seen-live") {
+        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .expect("the parked approval arrives on the stream")
+            .expect("the stream is open")
+            .expect("the stream reads");
+        if let Ok(data) = frame.into_data() {
+            read.push_str(&String::from_utf8_lossy(&data));
+        }
+    }
 }
 
 /// A connection that sends the HTTP/2 preface and then nothing is closed within the header-read

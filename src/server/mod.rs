@@ -19,25 +19,34 @@
 //! The protocol is told from the connection's first bytes, within the header-read timeout. An
 //! HTTP/2 connection carries at most `server.max_streams_per_connection` requests at once, and
 //! its client must answer a ping after half the header-read timeout of silence within the other
-//! half (a stalled handshake does not, and is closed).
+//! half (a stalled handshake does not, and is closed). One with no request in flight for the
+//! header-read timeout is closed as an idle HTTP/1 keep-alive is (`activity`).
 
+mod activity;
+mod closing;
+
+use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::routing::future::RouteFuture;
 use axum::Router;
 use futures_util::future::{self, Either};
-use futures_util::FutureExt;
+use futures_util::{FutureExt, TryFutureExt};
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_io_timeout::TimeoutStream;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::util::MapFuture;
 
 use crate::config::ServerSettings;
+use activity::Activity;
+use closing::Closing;
 
 /// What an HTTP/2 client sends first (RFC 9113, section 3.4).
 const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -78,33 +87,45 @@ impl Protocols {
         }
     }
 
-    /// Serves one connection until it ends (or, after `shutdown`, its in-flight requests do).
+    /// Serves one connection until it ends (or, after `stopping`, its in-flight requests do).
     fn serve(
         self: &Arc<Self>,
         stream: TcpStream,
         app: Router,
         stopping: CancellationToken,
-        shutdown: Watcher,
     ) -> impl Future<Output = ()> + Send + 'static {
         let protocols = Arc::clone(self);
         // Combinators, not an `async move` block: a block stores the connection twice
         // (captured, then awaited), which doubled each connection's task to 7 kB.
-        first_bytes(stream, self.header_read_timeout, stopping).then(move |found| {
+        first_bytes(stream, self.header_read_timeout, stopping.clone()).then(move |found| {
             let Some((stream, speaks_http2)) = found else {
                 return Either::Right(future::ready(()));
             };
-            let service = TowerToHyperService::new(app);
             let mut stream = TimeoutStream::new(stream);
             // Only writes: an idle read is a keep-alive or a long-poll, bounded by the
             // header-read and request timeouts (HTTP/1) or by the pings (HTTP/2).
             stream.set_write_timeout(Some(protocols.write_timeout));
             let stream = TokioIo::new(Box::pin(stream));
             Either::Left(if speaks_http2 {
-                let connection = protocols.http2.serve_connection(stream, service);
-                Either::Left(shutdown.watch(connection).map(ended))
+                let activity = Activity::new();
+                let counting = Arc::clone(&activity);
+                let app = MapFuture::new(app, move |answer: RouteFuture<Infallible>| {
+                    let in_use = counting.enter();
+                    answer.map_ok(move |response| {
+                        response.map(|body| activity::counted(body, in_use))
+                    })
+                });
+                let connection = protocols
+                    .http2
+                    .serve_connection(stream, TowerToHyperService::new(app));
+                let idle = activity.idle_for(protocols.header_read_timeout);
+                let until = future::select(Box::pin(stopping.cancelled_owned()), Box::pin(idle));
+                Either::Left(Closing::new(connection, until.map(drop)).map(ended))
             } else {
-                let connection = protocols.http1.serve_connection(stream, service);
-                Either::Right(shutdown.watch(connection).map(ended))
+                let connection = protocols
+                    .http1
+                    .serve_connection(stream, TowerToHyperService::new(app));
+                Either::Right(Closing::new(connection, stopping.cancelled_owned()).map(ended))
             })
         })
     }
@@ -169,10 +190,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let permits = Arc::new(Semaphore::new(settings.max_connections));
-    let graceful = GracefulShutdown::new();
+    let connections = TaskTracker::new();
     let protocols = Arc::new(Protocols::new(settings));
-    // Ends the wait for a new connection's first bytes: it is not served yet, so the graceful
-    // shutdown cannot tell it to close.
+    // Tells every connection to finish its in-flight requests and close (and ends the wait
+    // for a new connection's first bytes).
     let stopping = CancellationToken::new();
     let mut shutdown = std::pin::pin!(shutdown);
     let mut refused_at_capacity = false;
@@ -203,11 +224,12 @@ pub async fn serve(
         refused_at_capacity = false;
         let _ = stream.set_nodelay(true);
         let connection = protocols
-            .serve(stream, app.clone(), stopping.clone(), graceful.watcher())
+            .serve(stream, app.clone(), stopping.clone())
             .map(move |()| drop(permit));
-        tokio::spawn(connection);
+        connections.spawn(connection);
     }
     drop(listener);
     stopping.cancel();
-    graceful.shutdown().await;
+    connections.close();
+    connections.wait().await;
 }

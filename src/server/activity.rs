@@ -1,0 +1,110 @@
+//! Whether an HTTP/2 connection is in use, so that one left idle can be closed.
+//!
+//! hyper closes an idle HTTP/1 keep-alive connection after the header-read timeout, but an
+//! HTTP/2 connection whose client answers the server's pings stays open for ever: idle
+//! clients could keep every slot of `server.max_connections`. A request counts as in use
+//! until its answer has been sent to the end (a live event stream's too), not only until the
+//! handler returns.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
+use tokio::time::Instant;
+
+/// Requests of one connection whose answers are not fully sent, and since when it has had none.
+pub(super) struct Activity {
+    in_flight: AtomicUsize,
+    /// Milliseconds after `opened` at which the last request in flight finished.
+    idle_since_ms: AtomicU64,
+    opened: Instant,
+}
+
+impl Activity {
+    pub(super) fn new() -> Arc<Self> {
+        Arc::new(Self {
+            in_flight: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            opened: Instant::now(),
+        })
+    }
+
+    /// Counts a request in flight until the guard (carried by its answer's body) is dropped.
+    pub(super) fn enter(self: &Arc<Self>) -> InUse {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InUse(Arc::clone(self))
+    }
+
+    /// When the connection last became idle, or `None` while a request is in flight.
+    fn idle_since(&self) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let ms = self.idle_since_ms.load(Ordering::Acquire);
+        Some(self.opened + Duration::from_millis(ms))
+    }
+
+    /// Resolves once the connection has had no request in flight for `limit`.
+    pub(super) async fn idle_for(self: Arc<Self>, limit: Duration) {
+        let mut check_at = Instant::now() + limit;
+        loop {
+            tokio::time::sleep_until(check_at).await;
+            let now = Instant::now();
+            check_at = match self.idle_since() {
+                Some(since) if since + limit <= now => return,
+                Some(since) => since + limit,
+                None => now + limit,
+            };
+        }
+    }
+}
+
+/// One request in flight (see [`Activity::enter`]).
+pub(super) struct InUse(Arc<Activity>);
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        // The time first: a check between the two then sees a busy connection, never an
+        // idle one with an old time.
+        let ms = u64::try_from(self.0.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.0.idle_since_ms.store(ms, Ordering::Release);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// An answer's body that keeps its request counted until it is sent or dropped.
+pub(super) fn counted(body: Body, in_use: InUse) -> Body {
+    Body::new(CountedBody {
+        body,
+        _in_use: in_use,
+    })
+}
+
+struct CountedBody {
+    body: Body,
+    _in_use: InUse,
+}
+
+impl HttpBody for CountedBody {
+    type Data = <Body as HttpBody>::Data;
+    type Error = <Body as HttpBody>::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
