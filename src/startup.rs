@@ -124,7 +124,7 @@ impl Application {
             }
             None => None,
         };
-        let state = AppState {
+        let state = AppState::new(crate::api::Services {
             app: app.clone(),
             auth: Arc::new(Authenticator::new(&settings.auth.tokens)),
             body_limit: settings.server.body_limit,
@@ -136,7 +136,7 @@ impl Application {
                 settings.limits.max_requests_per_caller,
                 settings.limits.max_long_polls_per_caller,
             ),
-        };
+        });
         let addr = settings.server.listen;
         let listener = TcpListener::bind(addr)
             .await

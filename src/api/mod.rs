@@ -31,9 +31,27 @@ pub use problem::{ApiError, Problem};
 use crate::app::Approvals;
 use crate::auth::Authenticator;
 
-/// What every handler can reach. Cheap to clone.
+/// What every handler can reach: one reference count per clone (axum clones the state for
+/// each extraction, several times per request).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+impl AppState {
+    pub fn new(services: Services) -> Self {
+        Self(Arc::new(services))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+/// The parts of [`AppState`].
+pub struct Services {
     /// The use cases: every handler's one call.
     pub app: Arc<Approvals>,
     pub auth: Arc<Authenticator>,
