@@ -3,14 +3,15 @@ client takes any httpx client, so an agent process waiting on many approvals nee
 
 from __future__ import annotations
 
+import threading
+import time
+
 import anyio
 import httpx
 import pytest
 from conftest import SENSITIVE_READ, Tenant
 
-from approvals_client import Approved, AsyncApprovalsClient
-
-pytestmark = pytest.mark.anyio
+from approvals_client import ApprovalsClient, Approved, AsyncApprovalsClient
 
 WAITS = 20
 
@@ -25,6 +26,7 @@ async def waiting_in(base_url: str) -> float:
     return 0.0
 
 
+@pytest.mark.anyio
 async def test_waits_share_one_http2_connection(
     async_clients: tuple[AsyncApprovalsClient, AsyncApprovalsClient], tenant: Tenant
 ) -> None:
@@ -62,4 +64,30 @@ async def test_waits_share_one_http2_connection(
             for approval_id in ids:
                 await reviewer.accept(approval_id, reason="one socket")
     assert all(isinstance(outcomes[i], Approved) for i in ids), outcomes
+    assert versions == {"HTTP/2"}
+
+
+def test_the_sync_client_waits_over_http2(agent: ApprovalsClient, reviewer: ApprovalsClient, tenant: Tenant) -> None:
+    """The sync client takes an `httpx.Client(http2=True)` the same way, and a wait on it
+    learns a decision taken while it waits."""
+    versions: set[str] = set()
+    http = httpx.Client(
+        http1=False,
+        http2=True,
+        timeout=60,
+        event_hooks={"response": [lambda response: versions.add(response.http_version)]},
+    )
+    with http:
+        assert agent.submit(SENSITIVE_READ, request_id="h2-sync").created
+        waiter = ApprovalsClient(agent.base_url, tenant.agent_token, tenant.name, http=http)
+        outcomes: list[object] = []
+        waiting = threading.Thread(target=lambda: outcomes.append(waiter.wait("h2-sync", timeout=30)))
+        waiting.start()
+        deadline = time.monotonic() + 20
+        while anyio.run(waiting_in, agent.base_url) < 1:
+            assert time.monotonic() < deadline, "the wait never reached the service"
+            time.sleep(0.05)
+        reviewer.accept("h2-sync", reason="one socket, sync")
+        waiting.join(30)
+    assert len(outcomes) == 1 and isinstance(outcomes[0], Approved), outcomes
     assert versions == {"HTTP/2"}
