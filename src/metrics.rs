@@ -12,7 +12,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use approvals_core::{
@@ -656,9 +656,6 @@ impl HttpTiming {
     }
 
     pub fn record(self, response: &Response) {
-        let route = self
-            .route
-            .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
         let class = match response.status().as_u16() {
             100..=199 => "1xx",
             200..=299 => "2xx",
@@ -666,11 +663,56 @@ impl HttpTiming {
             400..=499 => "4xx",
             _ => "5xx",
         };
-        let method = self.method;
-        metrics::counter!("approvals_http_requests_total", "route" => route.clone(), "method" => method, "status_class" => class).increment(1);
-        metrics::histogram!("approvals_http_request_duration_seconds", "route" => route, "method" => method)
-            .record(self.started.elapsed().as_secs_f64());
+        let route = self.route.as_ref().map_or("unmatched", MatchedPath::as_str);
+        let (requests, duration) = http_handles(route, self.method, class);
+        requests.increment(1);
+        duration.record(self.started.elapsed().as_secs_f64());
     }
+}
+
+/// The HTTP metrics' handles for one route, by method and status class.
+type RouteHandles = Vec<(
+    &'static str,
+    &'static str,
+    metrics::Counter,
+    metrics::Histogram,
+)>;
+
+/// Handles looked up in the registry once per route, method and status class rather than on
+/// every request (which built two label sets and searched the registry twice). Bounded: routes
+/// are the router's own patterns (or "unmatched"), methods and classes are fixed sets.
+static HTTP_HANDLES: OnceLock<RwLock<HashMap<Box<str>, RouteHandles>>> = OnceLock::new();
+
+fn http_handles(
+    route: &str,
+    method: &'static str,
+    class: &'static str,
+) -> (metrics::Counter, metrics::Histogram) {
+    let handles = HTTP_HANDLES.get_or_init(Default::default);
+    let find = |found: Option<&RouteHandles>| {
+        found?
+            .iter()
+            .find(|(m, c, _, _)| *m == method && *c == class)
+            .map(|(_, _, requests, duration)| (requests.clone(), duration.clone()))
+    };
+    // Nothing held under these locks can be left half-done by a panic.
+    if let Some(known) = find(
+        handles
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(route),
+    ) {
+        return known;
+    }
+    let requests = metrics::counter!("approvals_http_requests_total", "route" => route.to_owned(), "method" => method, "status_class" => class);
+    let duration = metrics::histogram!("approvals_http_request_duration_seconds", "route" => route.to_owned(), "method" => method);
+    handles
+        .write()
+        .unwrap_or_else(PoisonError::into_inner)
+        .entry(route.into())
+        .or_default()
+        .push((method, class, requests.clone(), duration.clone()));
+    (requests, duration)
 }
 
 #[cfg(test)]

@@ -98,6 +98,28 @@ async fn metrics_show_pending_count_and_age_per_tenant(h: Harness) {
     assert!(text.contains("approvals_http_requests_total{"));
 }
 
+/// Every answer is counted once, under its route, method and status class, the first of a
+/// kind as every later one (the metric handles are looked up once per kind, then reused).
+#[tokio::test]
+async fn each_answer_is_counted_once_under_its_route_method_and_class() {
+    let app = TestApp::spawn().await;
+    // A kind no other test sends (the recorder is the process's).
+    let series =
+        r#"approvals_http_requests_total{route="/healthz",method="PATCH",status_class="4xx"}"#;
+    let count = |text: &str| -> u64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series))
+            .map_or(0, |value| value.trim().parse().expect("a count"))
+    };
+    let before = count(&app.metrics().await);
+    for _ in 0..3 {
+        let response = app.http.patch(app.url("/healthz")).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    }
+    let text = app.metrics().await;
+    assert_eq!(count(&text) - before, 3, "{text}");
+}
+
 #[tokio::test]
 async fn openapi_documents_every_route() {
     let app = TestApp::spawn().await;
