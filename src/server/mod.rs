@@ -107,6 +107,8 @@ impl Protocols {
             stream.set_write_timeout(Some(protocols.write_timeout));
             let stream = TokioIo::new(Box::pin(stream));
             Either::Left(if speaks_http2 {
+                // Each request counts as in use until its answer's body is sent or dropped;
+                // the connection is closed after `header_read_timeout` without any.
                 let activity = Activity::new();
                 let counting = Arc::clone(&activity);
                 let app = MapFuture::new(app, move |answer: RouteFuture<Infallible>| {
