@@ -86,11 +86,5 @@ fn is_event_stream(response: &Response) -> bool {
 /// answer (the socket's write deadline never sees it): either way the caller runs out of its
 /// own places, not the service out of memory for everyone.
 fn hold_until_sent<T: Send + Sync + 'static>(response: Response, slot: T) -> Response {
-    use http_body_util::BodyExt;
-    let (parts, body) = response.into_parts();
-    let body = body.map_frame(move |frame| {
-        let _held = &slot;
-        frame
-    });
-    Response::from_parts(parts, axum::body::Body::new(body))
+    response.map(|body| crate::server::holding(body, slot))
 }

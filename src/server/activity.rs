@@ -6,14 +6,12 @@
 //! until its answer has been sent to the end (a live event stream's too), not only until the
 //! handler returns.
 
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
-use hyper::body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
 use tokio::time::Instant;
 
 /// Requests of one connection whose answers are not fully sent, and since when it has had none.
@@ -33,7 +31,8 @@ impl Activity {
         })
     }
 
-    /// Counts a request in flight until the guard (carried by its answer's body) is dropped.
+    /// Counts a request in flight until the guard (carried by its answer's body, [`holding`]) is
+    /// dropped.
     pub(super) fn enter(self: &Arc<Self>) -> InUse {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         InUse(Arc::clone(self))
@@ -76,35 +75,12 @@ impl Drop for InUse {
     }
 }
 
-/// An answer's body that keeps its request counted until it is sent or dropped.
-pub(super) fn counted(body: Body, in_use: InUse) -> Body {
-    Body::new(CountedBody {
-        body,
-        _in_use: in_use,
-    })
-}
-
-struct CountedBody {
-    body: Body,
-    _in_use: InUse,
-}
-
-impl HttpBody for CountedBody {
-    type Data = <Body as HttpBody>::Data;
-    type Error = <Body as HttpBody>::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
+/// `body`, holding `held` until the body has been sent to its end or dropped: a request's
+/// place in flight (here, and the caller's slot in `api::admission`) lasts as long as its
+/// answer, not only until the handler returns.
+pub(crate) fn holding<T: Send + Sync + 'static>(body: Body, held: T) -> Body {
+    Body::new(body.map_frame(move |frame| {
+        let _held = &held;
+        frame
+    }))
 }

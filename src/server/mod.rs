@@ -25,6 +25,8 @@
 mod activity;
 mod closing;
 
+pub(crate) use activity::holding;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
@@ -114,7 +116,7 @@ impl Protocols {
                 let app = MapFuture::new(app, move |answer: RouteFuture<Infallible>| {
                     let in_use = counting.enter();
                     answer.map_ok(move |response| {
-                        response.map(|body| activity::counted(body, in_use))
+                        response.map(|body| activity::holding(body, in_use))
                     })
                 });
                 let connection = protocols
