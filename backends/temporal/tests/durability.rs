@@ -281,6 +281,12 @@ async fn pending_approvals_survive_a_server_restart() {
         .submit(pending(&tenant, "short", Duration::from_secs(10)))
         .await
         .expect("submit");
+    // Both timers are started before the restart, so it is the restarted server that must fire
+    // "short"'s. Stopping the worker mid-task instead would leave that task to time out (10 s)
+    // and be retried past the deadline, where the workflow expires without a timer.
+    for approval in ["req-1", "short"] {
+        history_shows(&server, &tenant, approval, "TimerStarted").await;
+    }
     worker.stop();
     // On the test's thread too (see `own_server`).
     tokio::task::block_in_place(|| server.restart());
