@@ -112,7 +112,7 @@ pub fn render_recorded() -> String {
 fn describe() {
     metrics::describe_counter!(
         "approvals_notifications_total",
-        "Webhook delivery attempts by tenant and outcome (sent, failed: retried later, dead: given up)."
+        "Webhook delivery attempts by tenant and outcome (sent, failed: retried later, dead: given up; withdrawn: an expiring-soon warning not sent, its approval closed first)."
     );
     metrics::describe_counter!(
         "approvals_notifications_queued_total",
@@ -567,7 +567,7 @@ fn introduce(tenant: &TenantId) {
         metrics::counter!("approvals_decisions_total", "tenant" => tenant.clone(), "outcome" => outcome)
             .increment(0);
     }
-    for outcome in ["sent", "failed", "dead"] {
+    for outcome in ["sent", "failed", "dead", "withdrawn"] {
         metrics::counter!("approvals_notifications_total", "tenant" => tenant.clone(), "outcome" => outcome)
             .increment(0);
     }
@@ -797,7 +797,7 @@ mod tests {
             );
             assert!(text.contains(&zero), "{zero} in {text}");
         }
-        for outcome in ["sent", "failed", "dead"] {
+        for outcome in ["sent", "failed", "dead", "withdrawn"] {
             let zero = format!(
                 "approvals_notifications_total{{tenant=\"settles\",outcome=\"{outcome}\"}} 0\n"
             );

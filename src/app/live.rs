@@ -9,7 +9,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use approvals_core::{Approval, AuditEvent, AuditKind, Page, Status, TenantId, Timestamp};
+use approvals_core::{
+    Approval, ApprovalId, AuditEvent, AuditKind, Page, Status, TenantId, Timestamp,
+};
 use serde_json::Value;
 
 use super::{AppError, Approvals};
@@ -288,6 +290,15 @@ impl Approvals {
             .audit(tenant, since, after, limit)
             .await
             .map_err(|e| self.engine_failed(e))
+    }
+
+    /// One approval as of now, for the service's own background tasks (webhooks).
+    pub async fn get_for_service(
+        &self,
+        tenant: &TenantId,
+        id: &ApprovalId,
+    ) -> Result<Option<Approval>, AppError> {
+        self.read(tenant, id).await
     }
 
     /// The tenant's approvals in `status`, oldest first, after `cursor` (a page's

@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use approvals_core::{AuditEvent, Status, TenantId, Timestamp};
+use approvals_core::{Approval, ApprovalId, AuditEvent, Status, TenantId, Timestamp};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -635,8 +635,7 @@ impl Notifier {
                     // Remembered as sent until the approval expires: a tombstone gone sooner
                     // would let a later pass (or another instance) send it again.
                     let id = format!("{}:soon:{}", hook.id, approval.id);
-                    self.queue(hook, &id, body, Some(approval.expires_at))
-                        .await?;
+                    self.queue(hook, &id, body, Some(&approval)).await?;
                 }
             }
             match page.next_cursor {
@@ -654,13 +653,14 @@ impl Notifier {
     }
 
     /// Queues `body` for `hook` once: a second call with the same `id` does nothing while the
-    /// first is queued or remembered as sent (a day, or until `remember_until` if later).
+    /// first is queued or remembered as sent (a day; a warning that `expiring` expires soon
+    /// until it expires, if later).
     async fn queue(
         &self,
         hook: &Webhook,
         id: &str,
         body: String,
-        remember_until: Option<Timestamp>,
+        expiring: Option<&Approval>,
     ) -> Result<(), store::StoreError> {
         let delivery = Delivery {
             id: format!("{}:{id}", hook.tenant),
@@ -669,7 +669,8 @@ impl Notifier {
             body,
             attempts: 0,
             last_error: None,
-            remember_until,
+            remember_until: expiring.map(|a| a.expires_at),
+            while_pending: expiring.map(|a| a.id.to_string()),
         };
         if self.store.enqueue(&delivery).await? {
             metrics::counter!("approvals_notifications_queued_total", "tenant" => hook.tenant.clone())
@@ -831,6 +832,15 @@ impl Notifier {
                 return;
             }
         };
+        if delivery.while_pending.is_some() && !self.still_pending(&hook, &mut delivery).await {
+            // Its approval was decided or expired first: nobody should be sent to it now.
+            metrics::counter!("approvals_notifications_total", "tenant" => delivery.tenant.clone(), "outcome" => "withdrawn")
+                .increment(1);
+            if let Err(error) = self.store.delivered(&delivery).await {
+                tracing::debug!(%error, "cannot record a withdrawn webhook delivery");
+            }
+            return;
+        }
         let outcome = self.post(&hook, &delivery).await;
         let tenant = delivery.tenant.clone();
         delivery.attempts += 1;
@@ -870,6 +880,35 @@ impl Notifier {
         if let Err(error) = result {
             // The lease runs out and another attempt follows: at least once.
             tracing::debug!(%error, "cannot record a webhook attempt");
+        }
+    }
+
+    /// Whether the approval an "expiring soon" delivery warns about is still pending; if so
+    /// its body is rendered again with the time left now. When the approval cannot be read
+    /// (the engine is unreachable), the warning goes out as it was queued: better a warning
+    /// that may be late than none.
+    async fn still_pending(&self, hook: &Webhook, delivery: &mut Delivery) -> bool {
+        let (Some(id), Ok(tenant)) = (
+            delivery.while_pending.as_deref(),
+            TenantId::parse(&delivery.tenant),
+        ) else {
+            return true;
+        };
+        let Ok(id) = ApprovalId::parse(id) else {
+            return true;
+        };
+        match self.app.get_for_service(&tenant, &id).await {
+            Ok(Some(approval)) if approval.status == Status::Pending => {
+                let left = Timestamp::now().elapsed_at(approval.expires_at);
+                delivery.body =
+                    payload::expiring_body(hook, &approval, left, self.inbox_base.as_deref());
+                !left.is_zero()
+            }
+            Ok(_) => false,
+            Err(error) => {
+                tracing::debug!(%error, id = %delivery.id, "cannot read the approval a warning is about; sending it as queued");
+                true
+            }
         }
     }
 

@@ -41,6 +41,11 @@ pub struct Delivery {
     /// Its tombstone lasts at least until then ("expiring soon": until the approval expires).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remember_until: Option<Timestamp>,
+    /// "Expiring soon" for this approval: sent only while it is still pending, its body
+    /// rendered again at each attempt, so that a retry or a redelivered dead letter neither
+    /// sends reviewers to a closed approval nor states a time left that has passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub while_pending: Option<String>,
 }
 
 impl Delivery {
@@ -643,6 +648,7 @@ mod tests {
             attempts: 0,
             last_error: None,
             remember_until: None,
+            while_pending: None,
         };
         let failed = |delivery: &Delivery, attempts: u32| Delivery {
             attempts,
@@ -816,6 +822,7 @@ mod tests {
             attempts: 7,
             last_error: None,
             remember_until: Some(Timestamp::now().plus(three_days)),
+            while_pending: Some("a-1".into()),
         };
         assert!(store.enqueue(&warning).await.unwrap());
         let given_up = Delivery {

@@ -953,6 +953,83 @@ async fn dead_letters_can_be_delivered_again_once_the_receiver_is_back() {
     until_dead_letters(&app, 0).await;
 }
 
+/// A warning that could not be sent before its approval was decided is withdrawn, not sent
+/// later: a retry, or a dead letter redelivered after an outage, would send reviewers to an
+/// approval that is closed. One whose approval still waits goes out with the time left when
+/// it is sent, not when it was queued.
+#[tokio::test]
+async fn a_warning_goes_out_only_while_its_approval_still_waits() {
+    let mut receiver = Receiver::start(usize::MAX).await;
+    // Its own tenant: the metrics, counted below, are shared by every test in this binary.
+    let harness = Harness {
+        backend: Backend::Redis,
+        tenant: approvals_core::conformance::fresh_tenant("warned").to_string(),
+        other_tenant: approvals_core::conformance::fresh_tenant("other").to_string(),
+    };
+    let tenant = harness.tenant.clone();
+    let app = harness
+        .spawn_with(|s| {
+            fast(s);
+            let hour = Duration::from_secs(3_600);
+            s.approvals.tenant_ttl.insert(tenant.clone(), hour);
+            // Warned as soon as parked; one refused attempt makes a dead letter.
+            s.notifications.expiring_soon_share = 1.0;
+            s.notifications.max_attempts = 1;
+        })
+        .await;
+    add_webhook(
+        &app,
+        json!({"url": receiver.url, "events": ["expiring_soon"]}),
+    )
+    .await;
+    app.park("decided-meanwhile").await;
+    app.park("still-waiting").await;
+    let mut refused = HashMap::new();
+    for _ in 0..2 {
+        let body = receiver.next().await.json();
+        refused.insert(body["approval_id"].as_str().unwrap_or("").to_owned(), body);
+    }
+    until_dead_letters(&app, 2).await;
+    let accepted = app
+        .decide("decided-meanwhile", "accept", &app.tokens.reviewer)
+        .await;
+    assert_eq!(accepted.status(), StatusCode::OK);
+    // Time passes during the outage: the redelivered warning must say less time is left.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    receiver.recover();
+    let redeliver = format!("/v1/tenants/{}/webhooks/dead_letters/redeliver", app.tenant);
+    let response = app
+        .request(Method::POST, &redeliver, Some(&app.tokens.admin))
+        .send()
+        .await
+        .expect("redeliver");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.json::<Value>().await.expect("json")["queued"], 2);
+    let delivered = receiver.next().await.json();
+    assert_eq!(delivered["approval_id"], "still-waiting", "{delivered}");
+    assert_eq!(delivered["approval"]["status"], "pending");
+    let queued_left = refused["still-waiting"]["seconds_left"]
+        .as_u64()
+        .unwrap_or(0);
+    let sent_left = delivered["seconds_left"].as_u64().unwrap_or(u64::MAX);
+    assert!(
+        sent_left + 2 <= queued_left && sent_left + 60 > queued_left,
+        "queued with {queued_left} s left, sent with {sent_left} s left"
+    );
+    let series = format!(
+        "approvals_notifications_total{{tenant=\"{}\",outcome=\"withdrawn\"}} 1\n",
+        app.tenant
+    );
+    app.metrics_until(&app.base, WITHIN, "the warning withdrawn", |m| {
+        m.contains(&series)
+    })
+    .await;
+    until_dead_letters(&app, 0).await;
+    // Withdrawn, so never posted.
+    assert!(receiver.got.try_recv().is_err());
+}
+
 /// A receiver that accepts connections and never answers: every attempt runs out its timeout.
 async fn silent_receiver() -> (String, mpsc::UnboundedReceiver<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
