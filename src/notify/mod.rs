@@ -92,6 +92,65 @@ impl WebhookKey {
     }
 }
 
+/// When the deliveries put back for a busy webhook come due again: one after another, at the
+/// pace its receiver takes them (its recent attempt time over its concurrency). Put back all
+/// due at once, a backlog came due all at once, and the sender claimed it and put it back
+/// again without pause, ahead of every other tenant's newer deliveries in the queue's order,
+/// for as long as the backlog lasted.
+#[derive(Default)]
+struct Pacing {
+    by_webhook: HashMap<WebhookKey, Pace>,
+}
+
+struct Pace {
+    /// When the last delivery put back for it comes due.
+    last_due: Timestamp,
+    /// How long its attempts take, a moving average (until one ends: the send interval).
+    attempt: Duration,
+}
+
+impl Pacing {
+    /// Due times for `deliveries` of one webhook: the first `after` from now (or after the
+    /// last one already put back), each next one an attempt's share later.
+    fn due(
+        &mut self,
+        deliveries: Vec<Delivery>,
+        after: Duration,
+        concurrency: usize,
+    ) -> Vec<(String, Timestamp)> {
+        let now = Timestamp::now();
+        deliveries
+            .into_iter()
+            .map(|delivery| {
+                let pace = self
+                    .by_webhook
+                    .entry(WebhookKey::of(&delivery))
+                    .or_insert(Pace {
+                        last_due: now,
+                        attempt: after,
+                    });
+                let step = (pace.attempt / concurrency.max(1) as u32).max(Duration::from_millis(1));
+                pace.last_due = pace.last_due.plus(step).max(now.plus(after));
+                (delivery.id, pace.last_due)
+            })
+            .collect()
+    }
+
+    /// An attempt to `webhook` took `took`.
+    fn attempted(&mut self, webhook: &WebhookKey, took: Duration) {
+        if let Some(pace) = self.by_webhook.get_mut(webhook) {
+            pace.attempt = (pace.attempt * 3 + took) / 4;
+        }
+    }
+
+    /// Forgets webhooks with nothing put back lately, so the map holds the busy ones only.
+    fn forget_idle(&mut self) {
+        let horizon = Timestamp::now().as_millis() - 60_000;
+        self.by_webhook
+            .retain(|_, pace| pace.last_due.as_millis() > horizon);
+    }
+}
+
 /// Claimed deliveries waiting for a slot of their webhook, oldest first.
 #[derive(Default)]
 struct Held {
@@ -685,8 +744,9 @@ impl Notifier {
     /// deliveries go on. What is claimed for a webhook that already has enough in flight is
     /// held here, as many as its cap, and started as its attempts end (sparing a fast
     /// webhook's backlog a Redis round trip per attempt); the rest goes back to the queue, due
-    /// after the send interval, so the claims that follow reach other webhooks' deliveries
-    /// behind it (held without bound, one backlog took every slot). A webhook none of whose
+    /// one after another at the pace the webhook takes them ([`Pacing`]), so the claims that
+    /// follow reach other webhooks' deliveries behind it (held without bound, one backlog took
+    /// every slot). A webhook none of whose
     /// attempts has ended for [`SLOW_RECEIVER`] gets nothing held: what is claimed for it goes
     /// back due a request timeout later, and nothing is held past its lease.
     async fn send_loop(&self, stop: CancellationToken) {
@@ -697,7 +757,9 @@ impl Notifier {
         // Attempts in flight per tenant (held ones take a slot their tenant already has).
         let mut per_tenant: HashMap<String, usize> = HashMap::new();
         let mut held = Held::default();
+        let mut pacing = Pacing::default();
         loop {
+            pacing.forget_idle();
             // Held for a webhook that stopped answering: back to the queue.
             let stalled = held.take_stalled(&per_webhook);
             self.put_back(stalled, self.settings.request_timeout).await;
@@ -737,7 +799,12 @@ impl Notifier {
                                 soon.push(delivery);
                             }
                         }
-                        self.put_back(soon, self.settings.send_interval).await;
+                        let soon = pacing.due(
+                            soon,
+                            self.settings.send_interval,
+                            self.settings.per_webhook_concurrency,
+                        );
+                        self.defer(soon).await;
                         self.put_back(later, self.settings.request_timeout).await;
                     }
                     Ok(_) => {}
@@ -766,7 +833,8 @@ impl Notifier {
                 self.settings.send_interval
             };
             tokio::select! {
-                Some(webhook) = in_flight.next() => {
+                Some((webhook, took)) = in_flight.next() => {
+                    pacing.attempted(&webhook, took);
                     if let Some(busy) = per_webhook.get_mut(&webhook) {
                         busy.last_ended = tokio::time::Instant::now();
                         match held.pop(&webhook) {
@@ -793,19 +861,23 @@ impl Notifier {
         }
     }
 
-    /// One attempt, reporting which webhook's slot it frees.
-    async fn attempt_for(&self, delivery: Delivery, webhook: WebhookKey) -> WebhookKey {
+    /// One attempt, reporting which webhook's slot it frees and how long it took.
+    async fn attempt_for(&self, delivery: Delivery, webhook: WebhookKey) -> (WebhookKey, Duration) {
+        let started = tokio::time::Instant::now();
         self.attempt(delivery).await;
-        webhook
+        (webhook, started.elapsed())
     }
 
     /// Claimed deliveries not attempted: due again after `after`, no attempt counted.
     async fn put_back(&self, deliveries: Vec<Delivery>, after: Duration) {
-        if deliveries.is_empty() {
-            return;
-        }
-        let ids = deliveries.into_iter().map(|d| d.id).collect();
-        if let Err(error) = self.store.defer(ids, Timestamp::now().plus(after)).await {
+        let at = Timestamp::now().plus(after);
+        self.defer(deliveries.into_iter().map(|d| (d.id, at)).collect())
+            .await;
+    }
+
+    /// Claimed deliveries not attempted: each due again at its time, no attempt counted.
+    async fn defer(&self, due: Vec<(String, Timestamp)>) {
+        if let Err(error) = self.store.defer(due).await {
             // Their lease runs out and they are claimed again.
             tracing::debug!(%error, "cannot put deliveries back in the queue");
         }

@@ -460,15 +460,16 @@ impl Store {
         Ok(deliveries)
     }
 
-    /// Claimed but not attempted (its webhook has enough in flight): due again at `until`,
-    /// with no attempt counted. `XX`: one sent or given up on meanwhile stays out of the queue.
-    pub async fn defer(&self, ids: Vec<String>, until: Timestamp) -> Result<(), StoreError> {
-        if ids.is_empty() {
+    /// Claimed but not attempted (its webhook has enough in flight): each due again at its
+    /// time, with no attempt counted. `XX`: one sent or given up on meanwhile stays out of the
+    /// queue.
+    pub async fn defer(&self, due: Vec<(String, Timestamp)>) -> Result<(), StoreError> {
+        if due.is_empty() {
             return Ok(());
         }
-        let at = until.as_millis();
         self.call(|mut c| async move {
-            let members: Vec<(i64, &String)> = ids.iter().map(|id| (at, id)).collect();
+            let members: Vec<(i64, &String)> =
+                due.iter().map(|(id, at)| (at.as_millis(), id)).collect();
             redis::cmd("ZADD")
                 .arg(DUE_KEY)
                 .arg("XX")

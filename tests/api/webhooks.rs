@@ -1226,3 +1226,56 @@ async fn a_slow_receivers_backlog_does_not_hold_up_newer_deliveries_elsewhere() 
         answered.load(Ordering::SeqCst)
     );
 }
+
+/// A backlog for a receiver that answers slowly is put back at the pace the receiver takes it,
+/// not all due again after the send interval: then the sender claimed and put it back without
+/// pause for as long as the backlog lasted, keeping Redis busy and every other tenant's new
+/// deliveries behind it in the queue.
+#[tokio::test]
+async fn a_slow_receivers_backlog_comes_due_at_the_pace_it_is_taken() {
+    // Answers every post after 0.8 s (quicker than the 1 s after which a receiver counts as
+    // stalled and gets nothing held): with 4 at a time, 5 a second.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let slow = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    let app_slow = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(|| async {
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            AxumStatus::OK
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app_slow).await });
+    let app = TestApp::spawn_with(|s| {
+        fast(s);
+        s.notifications.request_timeout = Duration::from_secs(5);
+    })
+    .await;
+    add_webhook(&app, json!({"url": slow, "events": ["parked"]})).await;
+    for i in 0..200 {
+        app.park(&format!("backlog-{i}")).await;
+    }
+    let mut conn = app.redis().connection().await;
+    // The backlog queued (the reader has read the parks).
+    while due(&mut conn).await.len() < 190 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Due within the next second: put back after the 50 ms send interval, nearly all of
+    // the backlog always was; paced, about what the receiver takes in a second or two.
+    let mut due_soon = usize::MAX;
+    let deadline = std::time::Instant::now() + WITHIN;
+    while std::time::Instant::now() < deadline {
+        let now = approvals_core::Timestamp::now().as_millis();
+        due_soon = due(&mut conn)
+            .await
+            .iter()
+            .filter(|(_, at)| *at <= now + 1_000)
+            .count();
+        if due_soon <= 15 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{due_soon} of the backlog due within a second, for a receiver that takes 5 a second");
+}
