@@ -746,9 +746,9 @@ impl Notifier {
     /// webhook's backlog a Redis round trip per attempt); the rest goes back to the queue, due
     /// one after another at the pace the webhook takes them ([`Pacing`]), so the claims that
     /// follow reach other webhooks' deliveries behind it (held without bound, one backlog took
-    /// every slot). A webhook none of whose
-    /// attempts has ended for [`SLOW_RECEIVER`] gets nothing held: what is claimed for it goes
-    /// back due a request timeout later, and nothing is held past its lease.
+    /// every slot). A webhook none of whose attempts has ended for [`SLOW_RECEIVER`] gets
+    /// nothing held: what is claimed for it goes back due a request timeout later, and nothing
+    /// is held past its lease.
     async fn send_loop(&self, stop: CancellationToken) {
         // A delivery is leased for longer than an attempt can take.
         let lease = self.settings.request_timeout * 2 + Duration::from_secs(5);
