@@ -25,15 +25,21 @@ const WITHIN: Duration = Duration::from_secs(15);
 struct Driver {
     url: String,
     _process: Process,
+    /// Chromium's temporary profiles and singleton sockets go here rather than in `/tmp`,
+    /// where each run left a dozen directories behind; removed when dropped, after the
+    /// process (fields drop in order).
+    _temp: tempfile::TempDir,
 }
 
 impl Driver {
     fn start() -> Self {
         let binary = std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".into());
         let port = free_port();
+        let temp = tempfile::tempdir().expect("a temporary directory for chromium");
         let mut command = Command::new(&binary);
         command
             .arg(format!("--port={port}"))
+            .env("TMPDIR", temp.path())
             .stdin(Stdio::null())
             .stderr(Stdio::null());
         if Command::new(&binary).arg("--version").output().is_err() {
@@ -47,6 +53,7 @@ impl Driver {
         Self {
             url: format!("http://127.0.0.1:{port}"),
             _process: process,
+            _temp: temp,
         }
     }
 
