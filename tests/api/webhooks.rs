@@ -164,6 +164,65 @@ async fn add_webhook(app: &TestApp, body: Value) -> Value {
     response.json().await.expect("json")
 }
 
+/// A harness on a tenant of the test's own: the metrics recorder is shared by every test in
+/// this binary, so counts per tenant are then this test's alone.
+fn own_tenant(prefix: &str) -> Harness {
+    Harness {
+        backend: Backend::Redis,
+        tenant: approvals_core::conformance::fresh_tenant(prefix).to_string(),
+        other_tenant: approvals_core::conformance::fresh_tenant("other").to_string(),
+    }
+}
+
+/// `approvals_notifications_total` of `tenant` and `outcome` in a scrape (0 when absent).
+fn notifications_counted(metrics: &str, tenant: &str, outcome: &str) -> f64 {
+    let series =
+        format!("approvals_notifications_total{{tenant=\"{tenant}\",outcome=\"{outcome}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series.as_str()))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Queues the tenant's dead letters again, as its admin: how many were queued.
+async fn redeliver_dead_letters(app: &TestApp) -> Value {
+    let response = app
+        .request(
+            Method::POST,
+            &format!("/v1/tenants/{}/webhooks/dead_letters/redeliver", app.tenant),
+            Some(&app.tokens.admin),
+        )
+        .send()
+        .await
+        .expect("redeliver");
+    assert_eq!(response.status(), StatusCode::OK);
+    response.json::<Value>().await.expect("json")["queued"].clone()
+}
+
+/// A receiver that answers every post with 200 after `delay`, counting the answers.
+async fn slow_receiver(delay: Duration) -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let counter = answered.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move || {
+            let counter = counter.clone();
+            async move {
+                tokio::time::sleep(delay).await;
+                counter.fetch_add(1, Ordering::SeqCst);
+                AxumStatus::OK
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, answered)
+}
+
 fn verify(secret: &str, got: &Received) {
     let timestamp: i64 = got
         .header("x-approvals-timestamp")
@@ -596,15 +655,8 @@ async fn a_lowered_ttl_does_not_hide_newer_approvals_from_the_warning() {
 async fn a_failing_receiver_gets_the_same_event_again_until_it_takes_it() {
     // 500 twice, then 200.
     let mut receiver = Receiver::start(2).await;
-    // A tenant of its own: the metrics recorder, and the counts below, are shared by every
-    // test in this binary.
-    let app = Harness {
-        backend: Backend::Redis,
-        tenant: approvals_core::conformance::fresh_tenant("retried").to_string(),
-        other_tenant: approvals_core::conformance::fresh_tenant("other").to_string(),
-    }
-    .spawn_with(fast)
-    .await;
+    // A tenant of its own: the counts below are then this test's alone.
+    let app = own_tenant("retried").spawn_with(fast).await;
     add_webhook(&app, json!({"url": receiver.url, "events": ["parked"]})).await;
     app.park("retried").await;
     let ids: Vec<String> = [
@@ -620,18 +672,9 @@ async fn a_failing_receiver_gets_the_same_event_again_until_it_takes_it() {
     let more = tokio::time::timeout(Duration::from_secs(2), receiver.got.recv()).await;
     assert!(more.is_err(), "delivered again after a 200: {more:?}");
     // Counted per tenant and outcome: exactly these attempts, on this test's own tenant.
-    let count = |m: &str, outcome: &str| -> f64 {
-        let series = format!(
-            "approvals_notifications_total{{tenant=\"{}\",outcome=\"{outcome}\"}} ",
-            app.tenant
-        );
-        m.lines()
-            .find_map(|l| l.strip_prefix(series.as_str()))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
-    };
     app.metrics_until(&app.base, WITHIN, "notifications counted", |m| {
-        count(m, "sent") == 1.0 && count(m, "failed") == 2.0
+        notifications_counted(m, &app.tenant, "sent") == 1.0
+            && notifications_counted(m, &app.tenant, "failed") == 2.0
     })
     .await;
 }
@@ -937,13 +980,7 @@ async fn dead_letters_can_be_delivered_again_once_the_receiver_is_back() {
         .await
         .expect("redeliver");
     assert_eq!(forbidden.status(), StatusCode::FORBIDDEN);
-    let response = app
-        .request(Method::POST, &redeliver, Some(&app.tokens.admin))
-        .send()
-        .await
-        .expect("redeliver");
-    assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(response.json::<Value>().await.expect("json")["queued"], 1);
+    assert_eq!(redeliver_dead_letters(&app).await, 1);
     let delivered = receiver.next().await;
     assert_eq!(delivered.json()["approval_id"], "missed");
     assert_eq!(
@@ -960,12 +997,8 @@ async fn dead_letters_can_be_delivered_again_once_the_receiver_is_back() {
 #[tokio::test]
 async fn a_warning_goes_out_only_while_its_approval_still_waits() {
     let mut receiver = Receiver::start(usize::MAX).await;
-    // Its own tenant: the metrics, counted below, are shared by every test in this binary.
-    let harness = Harness {
-        backend: Backend::Redis,
-        tenant: approvals_core::conformance::fresh_tenant("warned").to_string(),
-        other_tenant: approvals_core::conformance::fresh_tenant("other").to_string(),
-    };
+    // Its own tenant: the count below is then this test's alone.
+    let harness = own_tenant("warned");
     let tenant = harness.tenant.clone();
     let app = harness
         .spawn_with(|s| {
@@ -998,14 +1031,7 @@ async fn a_warning_goes_out_only_while_its_approval_still_waits() {
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     receiver.recover();
-    let redeliver = format!("/v1/tenants/{}/webhooks/dead_letters/redeliver", app.tenant);
-    let response = app
-        .request(Method::POST, &redeliver, Some(&app.tokens.admin))
-        .send()
-        .await
-        .expect("redeliver");
-    assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(response.json::<Value>().await.expect("json")["queued"], 2);
+    assert_eq!(redeliver_dead_letters(&app).await, 2);
     let delivered = receiver.next().await.json();
     assert_eq!(delivered["approval_id"], "still-waiting", "{delivered}");
     assert_eq!(delivered["approval"]["status"], "pending");
@@ -1017,12 +1043,8 @@ async fn a_warning_goes_out_only_while_its_approval_still_waits() {
         sent_left + 2 <= queued_left && sent_left + 60 > queued_left,
         "queued with {queued_left} s left, sent with {sent_left} s left"
     );
-    let series = format!(
-        "approvals_notifications_total{{tenant=\"{}\",outcome=\"withdrawn\"}} 1\n",
-        app.tenant
-    );
     app.metrics_until(&app.base, WITHIN, "the warning withdrawn", |m| {
-        m.contains(&series)
+        notifications_counted(m, &app.tenant, "withdrawn") == 1.0
     })
     .await;
     until_dead_letters(&app, 0).await;
@@ -1179,25 +1201,7 @@ async fn a_tenant_whose_receivers_never_answer_does_not_hold_up_other_tenants() 
 /// sender too: deliveries to another webhook, queued after that backlog, do not wait for it.
 #[tokio::test]
 async fn a_slow_receivers_backlog_does_not_hold_up_newer_deliveries_elsewhere() {
-    // Answers every post, after a second.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let slow = format!("http://{}/hook", listener.local_addr().expect("addr"));
-    let answered = Arc::new(AtomicUsize::new(0));
-    let counter = answered.clone();
-    let app_slow = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move || {
-            let counter = counter.clone();
-            async move {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                counter.fetch_add(1, Ordering::SeqCst);
-                AxumStatus::OK
-            }
-        }),
-    );
-    tokio::spawn(async move { axum::serve(listener, app_slow).await });
+    let (slow, answered) = slow_receiver(Duration::from_secs(1)).await;
     let mut other = Receiver::start(0).await;
     let app = TestApp::spawn_with(|s| {
         fast(s);
@@ -1235,18 +1239,7 @@ async fn a_slow_receivers_backlog_does_not_hold_up_newer_deliveries_elsewhere() 
 async fn a_slow_receivers_backlog_comes_due_at_the_pace_it_is_taken() {
     // Answers every post after 0.8 s (quicker than the 1 s after which a receiver counts as
     // stalled and gets nothing held): with 4 at a time, 5 a second.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let slow = format!("http://{}/hook", listener.local_addr().expect("addr"));
-    let app_slow = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(|| async {
-            tokio::time::sleep(Duration::from_millis(800)).await;
-            AxumStatus::OK
-        }),
-    );
-    tokio::spawn(async move { axum::serve(listener, app_slow).await });
+    let (slow, _answered) = slow_receiver(Duration::from_millis(800)).await;
     let app = TestApp::spawn_with(|s| {
         fast(s);
         s.notifications.request_timeout = Duration::from_secs(5);
