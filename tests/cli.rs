@@ -387,6 +387,57 @@ async fn dev_prints_working_tokens_keeps_them_and_cleans_up_on_ctrl_c() {
     again.stop().await;
 }
 
+/// One `approvals dev` per data folder: a second one on the same folder is refused, naming
+/// the first, before it starts a redis-server on the same AOF. A `kill -9` of the first takes
+/// its redis-server with it (no handler runs: the kernel does it) and frees the folder, so the
+/// next start serves the kept data.
+#[tokio::test]
+async fn dev_holds_its_data_folder_and_its_redis_server_dies_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let checkout = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut first = start_dev(&data, free_port(), checkout, &[]).await;
+
+    let output = approvals(&[
+        "dev",
+        "--listen",
+        &format!("127.0.0.1:{}", free_port()),
+        "--data-dir",
+        &data.display().to_string(),
+    ])
+    .current_dir(checkout)
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "in use by another approvals dev (pid {})",
+            first.service.pid()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&output.stdout).contains("redis-server on port"),
+        "no second redis-server"
+    );
+
+    first.service.kill_hard();
+    // The kernel delivers the child's SIGKILL as the parent exits; nothing announces the
+    // child's end to this test, so its port is polled.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", first.redis_port)).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "redis-server outlived its approvals dev"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let again = start_dev(&data, free_port(), checkout, &[]).await;
+    assert_eq!(again.tokens, first.tokens, "the kept folder is served");
+    again.stop().await;
+}
+
 /// With its address taken, `approvals dev` says so once, with the flag to change it, before
 /// starting anything or printing tokens; a `--policies` folder without Rego is named.
 #[test]

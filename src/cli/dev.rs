@@ -5,14 +5,20 @@
 //! commands, and serves until ctrl-c, stopping the child.
 //!
 //! The data folder keeps the tokens beside the data (`demo-tokens.json`), so a restart serves
-//! the same demo with the same tokens; deleting the folder starts clean.
+//! the same demo with the same tokens; deleting the folder starts clean. One `approvals dev` at
+//! a time holds the folder (two redis-servers appending to one AOF would corrupt it), and its
+//! redis-server dies with it however it ends, `kill -9` included, so none is left holding it.
 
+use std::fs::File;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
 use std::time::Duration;
 
 use clap::Args;
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{self, Role, TokenEntry};
@@ -32,6 +38,10 @@ const BUNDLED_POLICY: [(&str, &str); 2] = [
 
 /// Where the demo's tokens are kept, inside the data folder.
 const TOKENS_FILE: &str = "demo-tokens.json";
+
+/// Locked (`flock`) by the `approvals dev` using the data folder, for as long as it runs; the
+/// kernel lets go of it when the process ends, however it ends.
+const LOCK_FILE: &str = "dev.lock";
 
 #[derive(Debug, Args)]
 pub struct DevArgs {
@@ -142,6 +152,36 @@ fn policy_dir(asked: Option<&Path>, data_dir: &Path) -> Result<(PathBuf, &'stati
     Ok((bundled, "the bundled default"))
 }
 
+/// Holds the data folder for this process, or says who holds it. The lock file keeps the
+/// holder's pid for that message; the lock itself, not the file, is what counts.
+fn hold_data_dir(data_dir: &Path) -> Result<Flock<File>, String> {
+    let path = data_dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut held = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(held) => held,
+        Err((mut file, Errno::EWOULDBLOCK)) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            return Err(format!(
+                "{} is in use by another approvals dev (pid {}); stop that one, or pass \
+                 another folder with --data-dir",
+                data_dir.display(),
+                holder.trim()
+            ));
+        }
+        Err((_, errno)) => return Err(format!("cannot lock {}: {errno}", path.display())),
+    };
+    let _ = held.set_len(0);
+    let _ = write!(held, "{}", std::process::id());
+    Ok(held)
+}
+
 /// Fails before anything starts or is printed when the API's address is taken.
 fn check_listen(addr: SocketAddr) -> Result<(), String> {
     TcpListener::bind(addr).map(drop).map_err(|error| {
@@ -165,6 +205,14 @@ pub async fn run(args: DevArgs) -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
+    // Held until this function returns, after the redis-server child is gone.
+    let _data_dir_held = match hold_data_dir(&args.data_dir) {
+        Ok(held) => held,
+        Err(reason) => {
+            eprintln!("approvals dev: {reason}");
+            return ExitCode::FAILURE;
+        }
+    };
     let (policies, policy_origin) = match policy_dir(args.policies.as_deref(), &args.data_dir) {
         Ok(found) => found,
         Err(reason) => {
@@ -197,7 +245,8 @@ pub async fn run(args: DevArgs) -> ExitCode {
         }
     };
     let data_dir = std::fs::canonicalize(&args.data_dir).unwrap_or(args.data_dir.clone());
-    let child = tokio::process::Command::new("redis-server")
+    let mut redis = tokio::process::Command::new("redis-server");
+    redis
         .args([
             "--port",
             &port.to_string(),
@@ -210,8 +259,9 @@ pub async fn run(args: DevArgs) -> ExitCode {
         .arg("--dir")
         .arg(&data_dir)
         .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn();
+        .kill_on_drop(true);
+    die_with_this_process(&mut redis);
+    let child = redis.spawn();
     let mut child = match child {
         Ok(child) => child,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
@@ -270,6 +320,24 @@ pub async fn run(args: DevArgs) -> ExitCode {
     let _ = child.kill().await;
     code
 }
+
+/// Linux: the child gets SIGKILL when this process ends, even by `kill -9`, where no drop or
+/// signal handler runs. (The signal follows the spawning thread: this runs on the runtime's
+/// threads, which live as long as the process.)
+#[cfg(target_os = "linux")]
+fn die_with_this_process(command: &mut tokio::process::Command) {
+    // SAFETY: between fork and exec only `prctl`, a plain syscall, runs; no allocation, no lock.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        });
+    }
+}
+
+/// Elsewhere the child is stopped on ctrl-c, SIGTERM and drop, not after a `kill -9`.
+#[cfg(not(target_os = "linux"))]
+fn die_with_this_process(_command: &mut tokio::process::Command) {}
 
 /// redis-server takes a moment to listen; the service would cope, but the first curl
 /// should not meet a 503. A redis-server that exits or never answers (a kept AOF it cannot
