@@ -397,6 +397,40 @@ fn long_invalid_output_is_truncated_in_the_reason() {
     assert!(v.reasons[0].chars().count() < 400, "{}", v.reasons[0]);
 }
 
+/// A policy cannot make its verdicts large: they are copied into records, audit events,
+/// webhooks and the decision log. Its decision stands; its reasons are kept to a bounded
+/// number and length, saying what was left out.
+#[test]
+fn reasons_are_kept_to_a_bounded_count_and_length() {
+    let g = gate(&[(
+        "approvals.rego",
+        &decision_policy(
+            r#"decision := {"decision": "allow", "reasons": [r | some i in numbers.range(1, 40); r := concat("", [sprintf("%d", [i]), json.marshal(numbers.range(1, 2000))])]}"#,
+        ),
+    )]);
+    let v = g.evaluate(&json!({}));
+    assert_eq!(v.decision, PolicyDecision::Allow, "the decision stands");
+    assert_eq!(
+        v.reasons.len(),
+        super::verdict::MAX_REASONS,
+        "{:?}",
+        v.reasons.len()
+    );
+    assert!(
+        v.reasons[0].starts_with("1[1,2,3"),
+        "{}",
+        &v.reasons[0][..20]
+    );
+    for reason in &v.reasons {
+        assert!(reason.chars().count() <= super::verdict::REASON_LIMIT + 1);
+    }
+    assert!(v.reasons[0].ends_with('…'), "a cut reason says so");
+    let last = v.reasons.last().unwrap();
+    assert!(last.contains("25 more reasons"), "{last}");
+    let total: usize = v.reasons.iter().map(String::len).sum();
+    assert!(total < 20_000, "{total} bytes of reasons");
+}
+
 /// The VM must answer exactly what the interpreter answers on the shipped bundle.
 #[test]
 fn the_vm_agrees_with_the_interpreter_on_the_default_bundle() {

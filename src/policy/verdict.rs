@@ -7,6 +7,14 @@ use super::DECISION_RULE;
 /// a runaway policy cannot flood approval records and audit events.
 const ECHO_LIMIT: usize = 200;
 
+/// A verdict keeps at most this many reasons, each of at most [`REASON_LIMIT`] characters.
+/// Reasons are copied into the approval record, every audit event (allow and deny too, which
+/// no pending cap bounds), webhook payloads and the decision log: without a bound, a tenant's
+/// policy answering megabytes per call could fill the Redis every tenant shares. The decision
+/// itself stands; only its explanation is cut, visibly.
+pub const MAX_REASONS: usize = 16;
+pub const REASON_LIMIT: usize = 1_000;
+
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
 )]
@@ -66,7 +74,7 @@ pub(super) fn interpret(value: &serde_json::Value) -> (PolicyDecision, Vec<Strin
                     decision.as_str()
                 ));
             }
-            (decision, reasons)
+            (decision, bounded(reasons))
         }
         (None, _) => fail_closed(format!(
             "policy returned an invalid decision (expected \"decision\" to be one of \"allow\", \
@@ -79,6 +87,25 @@ pub(super) fn interpret(value: &serde_json::Value) -> (PolicyDecision, Vec<Strin
             echo(value)
         )),
     }
+}
+
+/// The first [`MAX_REASONS`] reasons, each cut to [`REASON_LIMIT`] characters; when some are
+/// left out, the last place says how many.
+fn bounded(mut reasons: Vec<String>) -> Vec<String> {
+    if reasons.len() > MAX_REASONS {
+        let left_out = reasons.len() - (MAX_REASONS - 1);
+        reasons.truncate(MAX_REASONS - 1);
+        reasons.push(format!(
+            "…and {left_out} more reasons, not kept (a verdict keeps {MAX_REASONS})"
+        ));
+    }
+    for reason in &mut reasons {
+        if let Some((cut, _)) = reason.char_indices().nth(REASON_LIMIT) {
+            reason.truncate(cut);
+            reason.push('…');
+        }
+    }
+    reasons
 }
 
 pub(super) fn fail_closed(reason: String) -> (PolicyDecision, Vec<String>) {
