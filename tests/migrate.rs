@@ -511,3 +511,58 @@ async fn a_rollback_restores_redis_faithfully() {
         in_temporal
     );
 }
+
+/// An approval accepted `ago`, parked an hour before that for a day.
+fn accepted(tenant: &TenantId, name: &str, ago: Duration) -> Approval {
+    let decided_at = Timestamp::now().minus(ago);
+    let mut approval = pending(tenant, name, 24 * HOUR);
+    approval.submitted_at = decided_at.minus(HOUR);
+    approval.expires_at = approval.submitted_at.plus(24 * HOUR);
+    approval.status = Status::Accepted;
+    approval.decided_at = Some(decided_at);
+    approval.decided_by = Some("alice".into());
+    approval.decision_reason = Some("fine".into());
+    approval
+}
+
+/// Temporal keeps settled records longer than Redis (runbook: namespace retention at least
+/// Redis'), so a rollback meets records Redis would already have dropped: they are not
+/// imported (written, they lived a second and every run imported and audited them again and
+/// ended "missing", exit 1), and a forward run does not count them as differences when Redis
+/// no longer has them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_past_one_sides_retention_are_neither_copied_nor_differences() {
+    let setup = Setup::new().await;
+    let temporal = setup.engine(EngineKind::Temporal).await;
+    let tenant = fresh_tenant("aged");
+    // Redis keeps decided records 24 h (the default).
+    for (name, ago) in [("two-days-ago", 48 * HOUR), ("an-hour-ago", HOUR)] {
+        temporal.import(accepted(&tenant, name, ago)).await.unwrap();
+    }
+    for run in 0..2 {
+        let (clean, report) = setup.migrate("temporal", "redis", &[&tenant], &[]);
+        assert!(clean, "run {run} exits 0: {report:#}");
+        assert_eq!(report["imported"], u64::from(run == 0), "{report:#}");
+        assert_eq!(report["past_retention"]["target"], 1, "{report:#}");
+        assert_eq!(report["counts"][tenant.as_str()]["accepted"]["target"], 1);
+    }
+    let redis = setup.engine(EngineKind::Redis).await;
+    assert!(redis
+        .get(&tenant, &id("two-days-ago"))
+        .await
+        .unwrap()
+        .is_none());
+    let audit = redis.audit(&tenant, None, None, 100).await.unwrap();
+    let audited: Vec<&str> = audit.items.iter().map(|e| e.approval_id.as_str()).collect();
+    assert_eq!(
+        audited,
+        ["an-hour-ago"],
+        "one migrated event, for the kept one"
+    );
+
+    // Forward again: Temporal's old record is not one Redis lost.
+    let (clean, report) = setup.migrate("redis", "temporal", &[&tenant], &[]);
+    assert!(clean, "{report:#}");
+    assert_eq!(report["past_retention"]["source"], 1, "{report:#}");
+    assert_eq!(report["differences"], json!([]));
+}

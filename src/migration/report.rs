@@ -16,6 +16,10 @@ pub struct Report {
     pub would_import: u64,
     /// Decisions made in the source after their approval was copied, replayed on the target.
     pub decisions_replayed: u64,
+    /// Records one side holds that the other, by its own retention, no longer keeps (engines
+    /// keep settled records for different times): not copied, not differences, not counted
+    /// in `counts`.
+    pub past_retention: Sides,
     /// tenant → status → records on each side.
     pub counts: BTreeMap<String, BTreeMap<Status, Sides>>,
     pub differences: Vec<Difference>,
@@ -151,6 +155,14 @@ impl fmt::Display for Report {
                 f,
                 "\nimported {}, already present {}, late decisions replayed {}",
                 self.imported, self.already_present, self.decisions_replayed
+            )?;
+        }
+        let Sides { source, target } = self.past_retention;
+        if source + target > 0 {
+            writeln!(
+                f,
+                "past retention (settled long enough ago that one side no longer keeps them; not \
+                 copied, not differences): {target} only in the source, {source} only in the target"
             )?;
         }
         for (side, keys) in [

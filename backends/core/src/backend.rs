@@ -95,6 +95,9 @@ pub enum DecisionOutcome {
 pub enum ImportOutcome {
     Imported,
     AlreadyPresent,
+    /// Settled so long ago that this engine would already have dropped it (see
+    /// [`RecordTransfer::retained_until`]): nothing written, no audit event.
+    PastRetention,
 }
 
 /// One page of a listing. `next_cursor` is `None` on the last page.
@@ -320,6 +323,14 @@ pub trait RecordTransfer: ApprovalBackend {
     async fn scan(&self, cursor: Option<&str>, batch: usize) -> Result<ScanPage, BackendError>;
 
     /// Writes a record carried over from another backend as it is (status, times, decision),
-    /// unless one with its id exists. Idempotent.
+    /// unless one with its id exists, or it is past this engine's retention. Idempotent.
     async fn import(&self, approval: Approval) -> Result<ImportOutcome, BackendError>;
+
+    /// When this engine drops `approval` as it stands, by its own retention (a pending one:
+    /// once expired, kept as such); `None` when that is not the engine's own to say
+    /// (Temporal's retention is the namespace's). Engines keep records for different times, so a record one side has
+    /// dropped is not a difference, and one the target would drop at once is not imported.
+    fn retained_until(&self, _approval: &Approval) -> Option<Timestamp> {
+        None
+    }
 }

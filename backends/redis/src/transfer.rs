@@ -1,7 +1,7 @@
 //! Whole records in and out of Redis, for `approvals migrate` and the dual soak.
 
 use approvals_core::{
-    Approval, AuditEntry, BackendError, ImportOutcome, RecordTransfer, ScanPage, Timestamp,
+    Approval, AuditEntry, BackendError, ImportOutcome, RecordTransfer, ScanPage, Status, Timestamp,
 };
 use async_trait::async_trait;
 
@@ -78,10 +78,29 @@ impl RecordTransfer for RedisBackend {
 
     async fn import(&self, approval: Approval) -> Result<ImportOutcome, BackendError> {
         let now = Timestamp::now();
+        // Written, it would live a second (its TTL floor) and be counted missing by the next
+        // read; each run would import it and audit it again.
+        if self.retained_until(&approval).is_some_and(|end| end <= now) {
+            return Ok(ImportOutcome::PastRetention);
+        }
         let audit = AuditEntry::migrated(&approval, now);
         match self.park_record(&approval, &audit, None, now).await? {
             None => Ok(ImportOutcome::Imported),
             Some(_) => Ok(ImportOutcome::AlreadyPresent),
         }
+    }
+
+    fn retained_until(&self, approval: &Approval) -> Option<Timestamp> {
+        // A pending record left as it is expires at its deadline and is kept as expired.
+        let retention = match approval.status {
+            Status::Pending | Status::Expired => self.lifetimes.expired_retention,
+            Status::Accepted | Status::Rejected => self.lifetimes.decided_retention,
+        };
+        Some(
+            approval
+                .decided_at
+                .unwrap_or(approval.expires_at)
+                .plus(retention),
+        )
     }
 }

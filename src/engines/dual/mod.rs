@@ -325,6 +325,10 @@ impl RecordTransfer for DualBackend {
         self.primary.scan(cursor, batch).await
     }
 
+    fn retained_until(&self, approval: &Approval) -> Option<Timestamp> {
+        self.primary.retained_until(approval)
+    }
+
     async fn import(&self, approval: Approval) -> Result<ImportOutcome, BackendError> {
         let (tenant, id) = (approval.tenant.clone(), approval.id.clone());
         let outcome = self.primary.import(approval.clone()).await?;
