@@ -62,7 +62,14 @@ struct DualApp {
 
 impl DualApp {
     async fn spawn(primary: EngineKind, adjust: impl FnOnce(&mut Settings)) -> Self {
-        let redis = RedisServer::start().await;
+        Self::spawn_on(RedisServer::start().await, primary, adjust).await
+    }
+
+    async fn spawn_on(
+        redis: RedisServer,
+        primary: EngineKind,
+        adjust: impl FnOnce(&mut Settings),
+    ) -> Self {
         let mut settings = dual_settings(primary, &redis).await;
         let tenant = fresh_tenant("dual");
         let (agent, agent_entry) = mint(tenant.as_str(), Role::Agent, "agent-1");
@@ -409,6 +416,39 @@ async fn a_stopped_secondary_fails_no_request() {
     let redis = app.engine(EngineKind::Redis).await;
     let mirrored = redis.get(&app.tenant, &id("c-2")).await.expect("redis");
     assert!(mirrored.is_some(), "writes reach the secondary again");
+}
+
+/// A decision the secondary missed (down when it was mirrored) is replayed on it from the
+/// primary's record once a read compares the two: left pending there, a switch of primary
+/// would let a second reviewer decide it again and never wake its waiting agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_the_secondary_missed_is_replayed_on_it() {
+    // Its data kept across the restart.
+    let redis = RedisServer::start_durable().await;
+    let mut app = DualApp::spawn_on(redis, EngineKind::Temporal, |settings| {
+        settings.redis.call_timeout = Duration::from_secs(1);
+        // The pause before a mismatch is looked at again.
+        set_secondary_timeout(settings, Duration::from_secs(2));
+    })
+    .await;
+    assert_eq!(app.park("r-1").await.status(), StatusCode::CREATED);
+    app.redis.stop();
+    let accepted = app.decide("r-1", "accept").await;
+    assert_eq!(accepted.status(), StatusCode::OK);
+    let accepted: Value = accepted.json().await.expect("json");
+    app.redis.restart().await;
+    let redis = app.engine(EngineKind::Redis).await;
+    let missed = redis.get(&app.tenant, &id("r-1")).await.expect("redis");
+    assert_eq!(missed.map(|a| a.status), Some(Status::Pending), "missed");
+
+    // A read through the service compares the two, and repairs the secondary.
+    assert_eq!(app.get("r-1").await.status(), StatusCode::OK);
+    app.metrics_until(Duration::from_secs(30), "a repair", |text| {
+        let tenant = format!("tenant=\"{}\"", app.tenant);
+        sum_series(text, "approvals_dual_repairs_total", &[&tenant]) == 1.0
+    })
+    .await;
+    assert_both_hold(&app, "r-1", &accepted).await;
 }
 
 /// (c) A Temporal secondary that cannot be reached at start-up (a closed port) does not stop the

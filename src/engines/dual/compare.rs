@@ -1,9 +1,12 @@
 //! Comparing what the two engines of a dual backend hold for one approval: every comparison
-//! counted, every difference logged with the fields that differ.
+//! counted, every difference logged with the fields that differ; a decision the secondary
+//! missed replayed on it.
 
 use std::sync::{Arc, Once};
 
-use approvals_core::{Approval, ApprovalId, RecordTransfer, TenantId, Timestamp};
+use approvals_core::{
+    Approval, ApprovalId, DecisionOutcome, RecordTransfer, Status, TenantId, Timestamp,
+};
 
 use super::secondary::Secondary;
 
@@ -104,9 +107,35 @@ pub(super) async fn compare_reads(
             return;
         };
         compared(op, &tenant, &id, ours.as_ref(), theirs.as_ref(), "read");
+        if let (Some(ours), Some(theirs)) = (&ours, &theirs) {
+            repair_missed_decision(&secondary, ours, theirs).await;
+        }
         return;
     }
     compared(op, &tenant, &id, first.as_ref(), theirs.as_ref(), "read");
+}
+
+/// A decision the primary recorded and the secondary missed (it was down, or slower than its
+/// deadline, when the decision was mirrored): the secondary still reads pending, so after a
+/// switch of primary a second reviewer could decide it again there, and an agent waiting on it
+/// would never be woken. Replays the primary's winner (reviewer, reason and time), as
+/// `approvals migrate` replays late decisions: on a pending record it can only agree with the
+/// primary, and on any other it changes nothing. Counted in `approvals_dual_repairs_total`.
+async fn repair_missed_decision(secondary: &Secondary, ours: &Approval, theirs: &Approval) {
+    let (Some(decision), Status::Pending) = (ours.decision(), theirs.status) else {
+        return;
+    };
+    let (tenant, id) = (&ours.tenant, &ours.id);
+    let replayed = secondary
+        .call("repair", |engine| async move {
+            engine.decide(tenant, id, decision).await
+        })
+        .await;
+    if let Some(DecisionOutcome::Decided(_)) = replayed {
+        metrics::counter!("approvals_dual_repairs_total", "tenant" => tenant.to_string())
+            .increment(1);
+        tracing::info!(%tenant, approval_id = %id, "dual: replayed on the secondary the decision it missed");
+    }
 }
 
 /// The help texts, once the service's recorder exists (it does by the first request).
@@ -116,6 +145,10 @@ pub(super) fn describe_once() {
         metrics::describe_counter!(
             "approvals_dual_disagreements_total",
             "Dual backend: comparisons where the secondary's record differed from the primary's."
+        );
+        metrics::describe_counter!(
+            "approvals_dual_repairs_total",
+            "Dual backend: decisions the secondary missed, replayed on it from the primary's record."
         );
         metrics::describe_counter!(
             "approvals_dual_comparisons_total",

@@ -29,7 +29,11 @@
 //!   too: it is connected lazily then) never fails a request; a write it missed is counted and
 //!   not retried. `approvals migrate` and its reconciliation report are what make the secondary
 //!   complete, before and after the soak.
-//! - **No read repair, no backfill**: a difference is reported, never fixed.
+//! - **No backfill, one repair**: a difference is reported, not fixed, but for one kind: a
+//!   decision the secondary missed (it reads pending where the primary decided) is replayed on
+//!   it from the primary's record when a read or a losing decision compares the two (counted in
+//!   `approvals_dual_repairs_total{tenant}`). Left pending, a switch of primary would let a
+//!   second reviewer decide it again and leave its waiting agent unwoken.
 //! - **Comparisons come after the fact.** Reads are compared off the request path (spawned, at
 //!   most [`COMPARISONS_IN_FLIGHT`] at once, skipped and counted beyond), and a mismatch is
 //!   looked at again after `backend.secondary_timeout`, once any mirrored write in flight has
