@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import anyio
+import httpx
 import pytest
 from conftest import Service, Tenant
 from helpers import Reviewer
@@ -177,3 +178,74 @@ def test_a_client_factory_is_called_once_not_per_call(agent: ApprovalsClient) ->
 
     assert [document_read("docs/a.md"), document_read("docs/b.md")] == ["docs/a.md", "docs/b.md"]
     assert len(made) == 1, "a client (and its connection pool) per call, never closed"
+
+
+@pytest.mark.anyio
+async def test_an_async_client_from_a_factory_is_closed_after_each_call(service: Service, tenant: Tenant) -> None:
+    made: list[AsyncApprovalsClient] = []
+
+    def factory() -> AsyncApprovalsClient:
+        made.append(AsyncApprovalsClient(service.base_url, tenant.agent_token, tenant.name))
+        return made[-1]
+
+    @require_approval(factory)
+    async def document_read(resource: str) -> str:
+        return resource
+
+    @require_approval(factory)
+    async def file_delete(resource: str) -> None:
+        raise AssertionError("must not run")
+
+    assert [await document_read(f"docs/{n}.md") for n in range(3)] == ["docs/0.md", "docs/1.md", "docs/2.md"]
+    with pytest.raises(ApprovalRefused):
+        await file_delete("docs/a.md")
+
+    # A sync function cannot use one: refused, and the client made for it is closed too.
+    @require_approval(factory)
+    def not_async(resource: str) -> None:
+        raise AssertionError("must not run")
+
+    with pytest.raises(TypeError):
+        not_async("docs/a.md")
+    # Each was left open (its connection pool with it), one per call.
+    assert len(made) == 5 and all(client._http.is_closed for client in made)
+
+
+class CountingPolls(httpx.BaseTransport):
+    """A real connection to the service that counts decision long-polls."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.polls = 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/decision"):
+            self.polls += 1
+        return self.inner.handle_request(request)
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_async_call_stops_the_wait_of_its_sync_client(
+    service: Service, tenant: Tenant, reviewer: ApprovalsClient
+) -> None:
+    transport = CountingPolls()
+    with httpx.Client(transport=transport) as http:
+        agent = ApprovalsClient(service.base_url, tenant.agent_token, tenant.name, http=http, poll_seconds=1)
+
+        @require_approval(agent)
+        async def document_read(resource: str) -> None:
+            raise AssertionError("must not run")
+
+        try:
+            with pytest.raises(TimeoutError):
+                with anyio.fail_after(1.5):
+                    await document_read("finance/q3-report")
+            # The poll in flight when the caller left may end; none is asked after it. The
+            # thread used to poll on until a reviewer decided or the approval expired (24 h).
+            await anyio.sleep(1.5)
+            after_cancel = transport.polls
+            await anyio.sleep(2.5)
+            assert after_cancel >= 1 and transport.polls == after_cancel
+        finally:
+            for approval in reviewer.list().items:  # ends a wait that did not stop
+                reviewer.reject(approval.id)

@@ -10,10 +10,19 @@ from typing import Iterator
 
 import httpx
 import pytest
-from conftest import SENSITIVE_READ, Service, start_service
+from conftest import SENSITIVE_READ, Service, Tenant, start_service
 from helpers import until
 
-from approvals_client import ApiError, ApprovalsClient, RetryPolicy, Status, SubmitResponse, WaitTimeout
+from approvals_client import (
+    ApiError,
+    ApprovalsClient,
+    AsyncApprovalsClient,
+    RetryPolicy,
+    Status,
+    SubmitResponse,
+    TransportError,
+    WaitTimeout,
+)
 
 
 @pytest.fixture
@@ -317,3 +326,89 @@ def test_a_live_stream_outlasts_an_outage_longer_than_its_retry_budget(
         watcher.join(30)
     assert not failed, failed
     assert got == ["before-the-outage", "after-the-outage"]
+
+
+class BreakForGood(httpx.BaseTransport):
+    """A real connection to the service that breaks for good at the first call to `suffix`:
+    that call reaches the service and acts, its answer is lost, and nothing connects after."""
+
+    def __init__(self, method: str, suffix: str) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.method, self.suffix = method, suffix
+        self.broken = False
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if self.broken:
+            raise httpx.ConnectError("connection refused (test)", request=request)
+        response = self.inner.handle_request(request)
+        if request.method == self.method and request.url.path.endswith(self.suffix):
+            response.read()
+            response.close()
+            self.broken = True
+            raise httpx.ReadError("connection reset (test)", request=request)
+        return response
+
+
+class AsyncBreakForGood(httpx.AsyncBaseTransport):
+    """`BreakForGood` for the async client."""
+
+    def __init__(self, method: str, suffix: str) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.method, self.suffix = method, suffix
+        self.broken = False
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self.broken:
+            raise httpx.ConnectError("connection refused (test)", request=request)
+        response = await self.inner.handle_async_request(request)
+        if request.method == self.method and request.url.path.endswith(self.suffix):
+            await response.aread()
+            await response.aclose()
+            self.broken = True
+            raise httpx.ReadError("connection reset (test)", request=request)
+        return response
+
+
+QUICK = RetryPolicy(max_attempts=3, initial_backoff=0.01, max_backoff=0.05)
+
+
+def test_a_failed_submit_names_its_request_id_and_a_failed_wait_its_approval(service: Service, tenant: Tenant) -> None:
+    """Without them a caller that tries again parks a second approval next to the one the
+    lost attempt parked."""
+    t = tenant
+    with httpx.Client(transport=BreakForGood("POST", "/approvals")) as http:
+        agent = ApprovalsClient(service.base_url, t.agent_token, t.name, http=http, retry=QUICK)
+        with pytest.raises(TransportError) as raised:
+            agent.submit(SENSITIVE_READ)  # the request id is made here
+    request_id = raised.value.request_id
+    assert request_id and raised.value.approval_id is None
+    with ApprovalsClient(service.base_url, t.agent_token, t.name) as agent, ApprovalsClient(
+        service.base_url, t.reviewer_token, t.name
+    ) as reviewer:
+        again = agent.submit(SENSITIVE_READ, request_id=request_id)
+        assert not again.created and [a.id for a in reviewer.list().items] == [request_id]
+
+    with httpx.Client(transport=BreakForGood("GET", "/decision")) as http:
+        agent = ApprovalsClient(service.base_url, t.agent_token, t.name, http=http, retry=QUICK, poll_seconds=1)
+        with pytest.raises(TransportError) as raised:
+            agent.submit_and_wait(SENSITIVE_READ, request_id="parked-then-lost", timeout=30)
+    assert (raised.value.request_id, raised.value.approval_id) == ("parked-then-lost", "parked-then-lost")
+
+
+@pytest.mark.anyio
+async def test_the_async_client_names_them_too(service: Service, tenant: Tenant) -> None:
+    t = tenant
+    async with httpx.AsyncClient(transport=AsyncBreakForGood("POST", "/approvals")) as http:
+        agent = AsyncApprovalsClient(service.base_url, t.agent_token, t.name, http=http, retry=QUICK)
+        with pytest.raises(TransportError) as raised:
+            await agent.submit_and_wait(SENSITIVE_READ, timeout=30)
+    request_id = raised.value.request_id
+    assert request_id and raised.value.approval_id is None
+    async with AsyncApprovalsClient(service.base_url, t.agent_token, t.name) as agent:
+        assert not (await agent.submit(SENSITIVE_READ, request_id=request_id)).created
+
+    async with httpx.AsyncClient(transport=AsyncBreakForGood("GET", "/decision")) as http:
+        agent = AsyncApprovalsClient(service.base_url, t.agent_token, t.name, http=http, retry=QUICK, poll_seconds=1)
+        with pytest.raises(TransportError) as raised:
+            await agent.submit_and_wait(SENSITIVE_READ, request_id="async-parked-then-lost")
+    assert (raised.value.request_id, raised.value.approval_id) == ("async-parked-then-lost", "async-parked-then-lost")

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import datetime
 import email.utils
+import json
 import math
 import os
 import random
+import threading
 import time
 import uuid
 from collections import OrderedDict
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, TypeVar
 from urllib.parse import quote
 
 import httpx
 
-from .errors import ApiError, ProtocolError
+from .errors import ApiError, ApprovalsError, ProtocolError, TransportError
 from .models import Approval, AuditEvent, LiveEvent, Problem, Status
 
 DEFAULT_TIMEOUT = 35.0
@@ -125,6 +128,37 @@ def is_retryable(response: httpx.Response) -> bool:
     return response.status_code == 429 and problem_code(response) == "too_many_requests"
 
 
+def may_have_acted(response: httpx.Response) -> bool:
+    """Whether the service may have carried out a request answered with this retryable status:
+    a 408, a proxy's 502/504, or a 503 (a Redis call past its deadline may have run) may come
+    after the work was done; a `429 too_many_requests` is refused before any is."""
+    return response.status_code != 429
+
+
+def may_have_reached(error: httpx.TransportError) -> bool:
+    """Whether a request that failed so may have reached the service: not when no connection
+    was made (refused, or timed out connecting or waiting for one from the pool)."""
+    return not isinstance(error, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
+
+
+def request_error(method: str, url: str, error: Exception) -> ApprovalsError:
+    """An httpx error that is no transport error as this package's own: a URL httpx cannot
+    parse fails like one without a scheme, an answer it cannot decode (a `Content-Encoding`
+    that lies, a redirect loop) is unreadable."""
+    if isinstance(error, httpx.InvalidURL):
+        return TransportError(f"{method} {url}: {error!r}")
+    return ProtocolError(f"{method} {url}: unreadable answer ({error!r})")
+
+
+def named(error: ApprovalsError, request_id: str, approval_id: str | None = None) -> ApprovalsError:
+    """`error` with the submit's request id (and the approval's id, once parked), so that a
+    caller trying again finds what a lost attempt may have parked."""
+    error.request_id = request_id
+    if approval_id is not None:
+        error.approval_id = approval_id
+    return error
+
+
 def problem_code(response: httpx.Response) -> str | None:
     try:
         body = response.json()
@@ -133,10 +167,11 @@ def problem_code(response: httpx.Response) -> str | None:
     return body.get("code") if isinstance(body, dict) else None
 
 
-def api_error(response: httpx.Response, attempts: int = 1) -> ApiError:
+def api_error(response: httpx.Response, attempts: int = 1, earlier_may_have_acted: bool = False) -> ApiError:
     """The problem+json body as an exception (a bare status when the body is not one)."""
     error = _api_error(response)
     error.attempts = attempts
+    error._earlier_may_have_acted = earlier_may_have_acted
     return error
 
 
@@ -240,8 +275,12 @@ def is_transient(error: httpx.TransportError) -> bool:
 def already_done(error: ApiError, wanted: Status, reason: str | None = None) -> Approval | None:
     """After a retried decision: `already_decided` with the decision we asked for (and the
     reason we gave, when we gave one) means an earlier attempt, whose answer was lost, made it.
-    Another reviewer's decision with another reason stays an error: it is not ours."""
+    Only when an earlier attempt may have acted: after nothing but `429`s, the decision is
+    another reviewer's however alike, and everyone but the first decider is told. Another
+    reviewer's decision with another reason stays an error too: it is not ours."""
     approval = error.approval
+    if not error._earlier_may_have_acted:
+        return None
     if error.code == "already_decided" and approval is not None and approval.status is wanted:
         if reason is None or approval.decision_reason == reason:
             return approval
@@ -334,10 +373,37 @@ def _position(event_id: str) -> tuple[int, int, str]:
 
 
 def live_event(raw: tuple[str, str, str | None]) -> LiveEvent:
-    import json
-
+    """An event of the stream; `ProtocolError` when its data is not an audit event."""
     event, data, event_id = raw
-    return LiveEvent(event=event, id=event_id, data=AuditEvent.from_json(json.loads(data)))
+    try:
+        return LiveEvent(event=event, id=event_id, data=AuditEvent.from_json(json.loads(data)))
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ProtocolError(f"live event {event_id!r}: unreadable data ({error!r})") from error
+
+
+class Abandoned(ApprovalsError):
+    """The caller a sync call works for in a worker thread has gone (the async guard's caller
+    was cancelled): the thread stops instead of waiting on, up to a day, for nobody."""
+
+
+ABANDONED: ContextVar[threading.Event | None] = ContextVar("approvals_abandoned", default=None)
+"""Set (by the guard) in a worker thread running a sync call: an event set once the caller has
+gone. Checked before each attempt and during each pause of the sync client."""
+
+
+def check_abandoned() -> None:
+    gone = ABANDONED.get()
+    if gone is not None and gone.is_set():
+        raise Abandoned("the caller has gone")
+
+
+def pause(seconds: float) -> None:
+    """`time.sleep`, cut short by `Abandoned` when the caller has gone."""
+    gone = ABANDONED.get()
+    if gone is None:
+        time.sleep(seconds)
+    elif gone.wait(seconds):
+        raise Abandoned("the caller has gone")
 
 
 def env(name: str, given: str | None) -> str:

@@ -11,7 +11,7 @@ import httpx
 
 from . import _core
 from ._core import DEFAULT_TIMEOUT, RetryPolicy, segment
-from .errors import ApiError, ProtocolError, TransportError, WaitTimeout
+from .errors import ApiError, ApprovalsError, ProtocolError, TransportError, WaitTimeout
 from .models import Approval, ApprovalPage, LiveEvent, Outcome, Status, SubmitResponse, outcome_of
 
 log = logging.getLogger("approvals_client")
@@ -96,6 +96,8 @@ class AsyncApprovalsClient:
         started = time.monotonic()
         waited = 0.0
         attempt = 0
+        # Whether an attempt before this one may have been carried out (see `already_done`).
+        acted = False
         while True:
             attempt += 1
             attempt_started = time.monotonic()
@@ -117,21 +119,26 @@ class AsyncApprovalsClient:
                     or _core.past(deadline, delay)
                 ):
                     raise TransportError(f"{method} {url}: {error!r}") from error
+                acted = acted or _core.may_have_reached(error)
                 log.info("%s %s: %r; retry %d in %.2fs", method, url, error, attempt, delay)
                 await anyio.sleep(delay)
                 continue
+            except (httpx.InvalidURL, httpx.RequestError) as error:
+                # Neither retried: the same URL or the same answer fails again.
+                raise _core.request_error(method, url, error) from error
             if _core.is_retryable(response):
                 waited += min(time.monotonic() - attempt_started, patience)
                 delay = self.retry.backoff(attempt, _core.retry_after_seconds(response))
                 if self.retry.gives_up(attempt, time.monotonic() - started - waited, delay) or _core.past(
                     deadline, delay
                 ):
-                    raise _core.api_error(response, attempt)
+                    raise _core.api_error(response, attempt, acted)
+                acted = acted or _core.may_have_acted(response)
                 log.info("%s %s: %d; retry %d in %.2fs", method, url, response.status_code, attempt, delay)
                 await anyio.sleep(delay)
                 continue
             if response.is_error:
-                raise _core.api_error(response, attempt)
+                raise _core.api_error(response, attempt, acted)
             return response, attempt
 
     # --- agents -----------------------------------------------------------------------------
@@ -158,10 +165,15 @@ class AsyncApprovalsClient:
     ) -> SubmitResponse:
         request_id = request_id or _core.new_request_id()
         body = _core.submit_body(action, request_id, agent_id, context)
-        response, _ = await self._send("POST", self._url("approvals"), json=body, deadline=deadline)
-        return _core.parsed(
-            response, lambda body: SubmitResponse.from_json(body, request_id=request_id, created=response.status_code == 201)
-        )
+        try:
+            response, _ = await self._send("POST", self._url("approvals"), json=body, deadline=deadline)
+            return _core.parsed(
+                response, lambda body: SubmitResponse.from_json(body, request_id=request_id, created=response.status_code == 201)
+            )
+        except ApprovalsError as error:
+            # An attempt whose answer was lost may have parked it: the id finds it again.
+            _core.named(error, request_id)
+            raise
 
     async def get(self, approval_id: str) -> Approval:
         response, _ = await self._send("GET", self._url("approvals", approval_id))
@@ -236,9 +248,13 @@ class AsyncApprovalsClient:
         if outcome is not None:
             return outcome
         if submitted.approval is None:
-            raise ProtocolError("the service parked the action but sent no approval")
+            raise _core.named(ProtocolError("the service parked the action but sent no approval"), submitted.request_id)
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        return await self.wait(submitted.approval.id, timeout=left)
+        try:
+            return await self.wait(submitted.approval.id, timeout=left)
+        except ApprovalsError as error:
+            _core.named(error, submitted.request_id, submitted.approval.id)
+            raise
 
     # --- reviewers --------------------------------------------------------------------------
 
@@ -355,6 +371,8 @@ class AsyncApprovalsClient:
                     raise TransportError(f"GET {url}: {error!r}") from error
                 await anyio.sleep(delay)
                 continue
+            except (httpx.InvalidURL, httpx.RequestError) as error:
+                raise _core.request_error("GET", url, error) from error
             if not reconnect:
                 return
             await anyio.sleep((decoder.retry_ms if decoder.retry_ms is not None else 1000) / 1000)

@@ -9,7 +9,16 @@ if TYPE_CHECKING:
 
 
 class ApprovalsError(Exception):
-    """Base class of every error this package raises."""
+    """Base class of every error this package raises.
+
+    Raised by `submit` or `submit_and_wait`, it names the call's `request_id` (generated when
+    the caller gave none), and once the action was parked the `approval_id`: an attempt whose
+    answer was lost may have parked the approval, and a submit again with that `request_id`
+    finds it rather than parking a second one. Both are None elsewhere.
+    """
+
+    request_id: str | None = None
+    approval_id: str | None = None
 
 
 class ApiError(ApprovalsError):
@@ -27,6 +36,9 @@ class ApiError(ApprovalsError):
         self.problem = problem
         self.attempts = 1
         """How many attempts the call made (more than 1 after retries)."""
+        # Whether an earlier attempt may have been carried out though its answer never came
+        # (lost, or 408/502/503/504); a 429 `too_many_requests` was refused before it did anything.
+        self._earlier_may_have_acted = False
         super().__init__(f"{status} {code}: {detail or title}")
 
     @property

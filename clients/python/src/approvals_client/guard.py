@@ -12,8 +12,10 @@ import threading
 import uuid
 from typing import Any, Awaitable, Callable, Mapping, TypeVar, Union, cast
 
+import anyio
 import anyio.to_thread
 
+from . import _core
 from .aio import AsyncApprovalsClient
 from .client import ApprovalsClient
 from .errors import ApprovalRefused
@@ -74,6 +76,34 @@ def default_action(action_type: str, signature: inspect.Signature, args: tuple[A
     return action
 
 
+async def wait_in_thread(client: ApprovalsClient, call: dict[str, Any]) -> Outcome:
+    """`client.submit_and_wait(**call)` in a thread of its own, not one of anyio's shared 40 (a
+    wait can last hours), abandoned when the caller is cancelled (`fail_after`, `wait_for`):
+    the function then does not run, and the thread, told so, stops at its next attempt or
+    pause rather than long-poll on until the approval is decided or expires."""
+    gone = threading.Event()
+
+    def work() -> Outcome:
+        token = _core.ABANDONED.set(gone)
+        try:
+            return client.submit_and_wait(**call)
+        finally:
+            _core.ABANDONED.reset(token)
+
+    try:
+        return await anyio.to_thread.run_sync(work, abandon_on_cancel=True, limiter=anyio.CapacityLimiter(1))
+    finally:
+        gone.set()
+
+
+def close_unused(client: AsyncApprovalsClient) -> None:
+    """Closes an async client from sync code, in a thread with an event loop of its own (the
+    caller's thread may be running one). It was never used: nothing but its pool to close."""
+    closer = threading.Thread(target=anyio.run, args=(client.aclose,), name="approvals-close")
+    closer.start()
+    closer.join()
+
+
 def require_approval(
     client: ClientSource,
     *,
@@ -91,7 +121,11 @@ def require_approval(
     `Rejected` or `Expired` outcome) is raised, or `on_refused(outcome)` is returned instead.
 
     - `client`: an `ApprovalsClient` (sync or async functions; an async function waits in a
-      worker thread) or an `AsyncApprovalsClient` (async functions), or a function returning one.
+      worker thread, which stops when the caller is cancelled) or an `AsyncApprovalsClient`
+      (async functions), or a function returning one. A function's `ApprovalsClient` is made
+      once and kept; its `AsyncApprovalsClient` is made for each call and closed when the wait
+      is over (its connections belong to the event loop of the call), so it must return a new
+      one: to share an async client, pass the client itself.
     - `action(*args, **kwargs)`: builds the action from the call; by default
       `{"type": action_type or the function's name, **arguments}`.
     - `context`: a mapping, or a function of the call's arguments, sent as the request context.
@@ -114,20 +148,22 @@ def require_approval(
         resolved: list[ApprovalsClient] = []
         resolving = threading.Lock()
 
-        def resolve() -> AnyClient:
+        def resolve() -> tuple[AnyClient, bool]:
+            """The client for a call, and whether the call owns it (and must close it)."""
             if isinstance(client, (ApprovalsClient, AsyncApprovalsClient)):
-                return client
+                return client, False
             # A sync client from a factory is made once (a client per call left a connection
-            # pool per call behind). An async one is asked for on every call: its connections
-            # belong to the event loop it was made in, and a tool run with `asyncio.run` per
-            # call has a new loop each time.
+            # pool per call behind). An async one is made for each call and closed after it:
+            # its connections belong to the event loop it was made in, and a tool run with
+            # `asyncio.run` per call has a new loop each time.
             with resolving:
                 if resolved:
-                    return resolved[0]
+                    return resolved[0], False
                 made = client()
                 if isinstance(made, ApprovalsClient):
                     resolved.append(made)
-                return made
+                    return made, False
+                return made, True
 
         def request(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
             built = action(*args, **kwargs) if action is not None else default_action(kind, signature, args, kwargs)
@@ -144,20 +180,17 @@ def require_approval(
 
             @functools.wraps(function)
             async def guarded_async(*args: Any, **kwargs: Any) -> Any:
-                current = resolve()
-                call = request(args, kwargs)
+                current, owned = resolve()
                 if isinstance(current, AsyncApprovalsClient):
-                    outcome = await current.submit_and_wait(**call)
+                    try:
+                        outcome = await current.submit_and_wait(**request(args, kwargs))
+                    finally:
+                        if owned:
+                            # Shielded: a cancelled caller (`fail_after`) would cancel the close too.
+                            with anyio.CancelScope(shield=True):
+                                await current.aclose()
                 else:
-                    sync_client = current
-                    # Its own thread, not one of anyio's shared 40 (a wait can last hours), and
-                    # abandoned when the caller cancels (`fail_after`, `wait_for`): the
-                    # function then does not run.
-                    outcome = await anyio.to_thread.run_sync(
-                        lambda: sync_client.submit_and_wait(**call),
-                        abandon_on_cancel=True,
-                        limiter=anyio.CapacityLimiter(1),
-                    )
+                    outcome = await wait_in_thread(current, request(args, kwargs))
                 if not outcome.permitted:
                     return refused(outcome)
                 return await cast(Callable[..., Awaitable[Any]], function)(*args, **kwargs)
@@ -166,8 +199,10 @@ def require_approval(
 
         @functools.wraps(function)
         def guarded(*args: Any, **kwargs: Any) -> Any:
-            current = resolve()
+            current, owned = resolve()
             if isinstance(current, AsyncApprovalsClient):
+                if owned:
+                    close_unused(current)
                 raise TypeError(f"{function.__name__} is not async: guard it with an ApprovalsClient")
             outcome = current.submit_and_wait(**request(args, kwargs))
             if not outcome.permitted:

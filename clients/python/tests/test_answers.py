@@ -1,0 +1,141 @@
+"""What the client makes of answers the real service cannot be made to give on demand: a race
+lost to another reviewer behind a `429`, a broken live-stream frame, an undecodable body.
+These few tests answer from an `httpx.MockTransport`; everything else runs against the service."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import httpx
+import pytest
+
+from approvals_client import (
+    ApiError,
+    ApprovalsClient,
+    AsyncApprovalsClient,
+    ProtocolError,
+    RetryPolicy,
+    Status,
+    TransportError,
+)
+
+QUICK = RetryPolicy(max_attempts=3, initial_backoff=0.01, max_backoff=0.02)
+
+
+def problem(status: int, code: str, **members: Any) -> httpx.Response:
+    body = {"type": "about:blank", "title": code, "status": status, "detail": code, "code": code, **members}
+    return httpx.Response(status, json=body, headers={"content-type": "application/problem+json", "retry-after": "0"})
+
+
+# Alice accepted it first, without a reason.
+DECIDED_BY_ALICE = {
+    "id": "req-1", "tenant": "acme", "status": "accepted", "agent_id": "agent", "submitted_by": "agent",
+    "action": {"type": "document_read"}, "context": {}, "reasons": [], "policy_version": "v1",
+    "submitted_at": "2025-01-01T00:00:00Z", "expires_at": "2025-01-02T00:00:00Z",
+    "decided_at": "2025-01-01T00:01:00Z", "decided_by": "alice",
+}
+
+
+def answers(*responses: Callable[[httpx.Request], httpx.Response]) -> httpx.MockTransport:
+    """A transport answering each call with the next of `responses`."""
+    queue = list(responses)
+    return httpx.MockTransport(lambda request: queue.pop(0)(request))
+
+
+def busy(_: httpx.Request) -> httpx.Response:
+    return problem(429, "too_many_requests")
+
+
+def unavailable(_: httpx.Request) -> httpx.Response:
+    return problem(503, "backend_unavailable")
+
+
+def lost(request: httpx.Request) -> httpx.Response:
+    raise httpx.ReadError("connection reset (test)", request=request)
+
+
+def alice_first(_: httpx.Request) -> httpx.Response:
+    return problem(409, "already_decided", approval=DECIDED_BY_ALICE)
+
+
+def test_already_decided_after_a_refused_attempt_is_another_reviewers_decision() -> None:
+    # The 429 did nothing: the decision is Alice's, and Bob is told (it read as his success).
+    with httpx.Client(transport=answers(busy, alice_first)) as http, pytest.raises(ApiError) as raised:
+        ApprovalsClient("http://approvals.test", "t", "acme", http=http, retry=QUICK).accept("req-1")
+    assert raised.value.code == "already_decided" and raised.value.approval is not None
+    assert raised.value.approval.decided_by == "alice"
+
+    # After an attempt that may have gone through, the decision may be ours: the record.
+    for first in (lost, unavailable):
+        with httpx.Client(transport=answers(first, alice_first)) as http:
+            decided = ApprovalsClient("http://approvals.test", "t", "acme", http=http, retry=QUICK).accept("req-1")
+        assert decided.status is Status.ACCEPTED
+
+
+@pytest.mark.anyio
+async def test_the_async_client_tells_the_same_apart() -> None:
+    async with httpx.AsyncClient(transport=answers(busy, alice_first)) as http:
+        with pytest.raises(ApiError) as raised:
+            await AsyncApprovalsClient("http://approvals.test", "t", "acme", http=http, retry=QUICK).accept("req-1")
+    assert raised.value.code == "already_decided"
+
+    async with httpx.AsyncClient(transport=answers(lost, alice_first)) as http:
+        decided = await AsyncApprovalsClient("http://approvals.test", "t", "acme", http=http, retry=QUICK).accept("req-1")
+    assert decided.status is Status.ACCEPTED
+
+
+def stream(body: bytes) -> Callable[[httpx.Request], httpx.Response]:
+    return lambda _: httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body)
+
+
+BROKEN_FRAMES = [
+    b"id: 1-0\nevent: parked\ndata: {not json\n\n",  # not JSON
+    b"id: 1-0\nevent: parked\ndata: {}\n\n",  # JSON, not an audit event
+    b"id: 1-0\nevent: parked\ndata: []\n\n",  # not even an object
+]
+
+
+@pytest.mark.parametrize("frame", BROKEN_FRAMES)
+def test_a_live_event_that_cannot_be_read_is_a_protocol_error(frame: bytes) -> None:
+    with httpx.Client(transport=answers(stream(frame))) as http, pytest.raises(ProtocolError):
+        next(ApprovalsClient("http://approvals.test", "t", "acme", http=http).events(reconnect=False))
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("frame", BROKEN_FRAMES)
+async def test_the_async_live_stream_too(frame: bytes) -> None:
+    async with httpx.AsyncClient(transport=answers(stream(frame))) as http:
+        with pytest.raises(ProtocolError):
+            await AsyncApprovalsClient("http://approvals.test", "t", "acme", http=http).events(reconnect=False).__anext__()
+
+
+def undecodable(content_type: str) -> Callable[[httpx.Request], httpx.Response]:
+    """A body that says it is gzip and is not."""
+    headers = {"content-type": content_type, "content-encoding": "gzip"}
+    return lambda _: httpx.Response(200, headers=headers, content=b"not gzip")
+
+
+def test_an_undecodable_body_and_an_invalid_url_are_the_librarys_errors() -> None:
+    with httpx.Client(transport=answers(undecodable("application/json"))) as http, pytest.raises(ProtocolError):
+        ApprovalsClient("http://approvals.test", "t", "acme", http=http).get("req-1")
+    # A live stream whose body does not decode.
+    with httpx.Client(transport=answers(undecodable("text/event-stream"))) as http, pytest.raises(ProtocolError):
+        next(ApprovalsClient("http://approvals.test", "t", "acme", http=http).events(reconnect=False))
+
+    with ApprovalsClient("http://[::1", "t", "acme") as client:  # no closing bracket: httpx.InvalidURL
+        with pytest.raises(TransportError):
+            client.get("req-1")
+        with pytest.raises(TransportError):
+            next(client.events())
+
+
+@pytest.mark.anyio
+async def test_the_async_client_wraps_them_too() -> None:
+    async with httpx.AsyncClient(transport=answers(undecodable("application/json"))) as http:
+        with pytest.raises(ProtocolError):
+            await AsyncApprovalsClient("http://approvals.test", "t", "acme", http=http).get("req-1")
+    async with AsyncApprovalsClient("http://[::1", "t", "acme") as client:
+        with pytest.raises(TransportError):
+            await client.get("req-1")
+        with pytest.raises(TransportError):
+            await client.events().__anext__()
