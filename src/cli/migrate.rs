@@ -107,7 +107,7 @@ pub async fn run(args: MigrateArgs) -> ExitCode {
     tracing::info!(
         imported = report.imported,
         already_present = report.already_present,
-        differences = report.differences.len(),
+        differences = report.differences_total,
         "migration finished"
     );
     // A dry run reports the differences a real run would remove: that is its purpose.

@@ -7,6 +7,10 @@ use std::fmt;
 use approvals_core::{Approval, Status};
 use serde::Serialize;
 
+/// Differences listed by id, at most: a dry run against an empty target finds every record
+/// missing, and a million listed lines (and their memory) help nobody. All are counted.
+pub const LISTED_DIFFERENCES: usize = 1_000;
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
     pub dry_run: bool,
@@ -22,7 +26,10 @@ pub struct Report {
     pub past_retention: Sides,
     /// tenant → status → records on each side.
     pub counts: BTreeMap<String, BTreeMap<Status, Sides>>,
+    /// The first [`LISTED_DIFFERENCES`] differences found.
     pub differences: Vec<Difference>,
+    /// Every difference found, listed or not.
+    pub differences_total: u64,
     /// Keys of records a side holds but could not read: neither copied nor compared.
     pub unreadable: Unreadable,
 }
@@ -61,7 +68,7 @@ impl Report {
 
     /// True when both sides hold the same records, every one of them read.
     pub fn is_reconciled(&self) -> bool {
-        self.differences.is_empty()
+        self.differences_total == 0
             && self.unreadable.source.is_empty()
             && self.unreadable.target.is_empty()
     }
@@ -77,7 +84,7 @@ impl Report {
             None => Vec::new(),
         };
         if copy.is_none() || !fields.is_empty() {
-            self.differences.push(Difference {
+            self.differ(Difference {
                 tenant: source.tenant.to_string(),
                 id: source.id.to_string(),
                 source_status: Some(source.status),
@@ -90,13 +97,20 @@ impl Report {
     /// A record the target has and the source does not.
     pub(super) fn only_in_target(&mut self, copy: Approval) {
         self.side(&copy).target += 1;
-        self.differences.push(Difference {
+        self.differ(Difference {
             tenant: copy.tenant.to_string(),
             id: copy.id.to_string(),
             source_status: None,
             target_status: Some(copy.status),
             fields: Vec::new(),
         });
+    }
+
+    fn differ(&mut self, difference: Difference) {
+        self.differences_total += 1;
+        if self.differences.len() < LISTED_DIFFERENCES {
+            self.differences.push(difference);
+        }
     }
 
     fn side(&mut self, approval: &Approval) -> &mut Sides {
@@ -184,10 +198,19 @@ impl fmt::Display for Report {
         if self.is_reconciled() {
             return writeln!(f, "reconciled: both sides hold the same records");
         }
-        if self.differences.is_empty() {
+        if self.differences_total == 0 {
             return Ok(());
         }
-        writeln!(f, "{} differences:", self.differences.len())?;
+        let listed = self.differences.len() as u64;
+        if listed < self.differences_total {
+            writeln!(
+                f,
+                "{} differences (the first {listed} listed):",
+                self.differences_total
+            )?;
+        } else {
+            writeln!(f, "{} differences:", self.differences_total)?;
+        }
         let status = |s: Option<Status>| s.map_or("missing", |s| s.as_str());
         for d in &self.differences {
             write!(
@@ -204,5 +227,40 @@ impl fmt::Display for Report {
             writeln!(f)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use approvals_core::conformance::{fresh_tenant, pending};
+
+    use super::*;
+
+    /// A dry run against an empty target finds every record missing: all are counted, the
+    /// first thousand listed, and the run is not reconciled.
+    #[test]
+    fn differences_are_all_counted_and_the_first_thousand_listed() {
+        let tenant = fresh_tenant("report");
+        let mut report = Report::new(true);
+        let found = LISTED_DIFFERENCES + 500;
+        for n in 0..found {
+            let source = pending(&tenant, &format!("a-{n}"), Duration::from_secs(60));
+            report.compare(source, None);
+        }
+        assert_eq!(report.differences_total, found as u64);
+        assert_eq!(report.differences.len(), LISTED_DIFFERENCES);
+        assert_eq!(report.differences[0].id, "a-0");
+        assert!(!report.is_reconciled());
+        let printed = report.to_string();
+        assert!(
+            printed.contains(&format!("{found} differences (the first 1000 listed):")),
+            "{printed}"
+        );
+        assert_eq!(
+            printed.matches("target missing").count(),
+            LISTED_DIFFERENCES
+        );
     }
 }
