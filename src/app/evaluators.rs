@@ -12,8 +12,16 @@
 //! travels with its job and is given back when a thread is done with it, not when the caller
 //! gives up: a cancelled caller's job still sits in the queue until a thread takes it (and
 //! passes it over, as nobody waits for its verdict).
+//!
+//! One tenant holds at most half of the places: each evaluation may take up to its budget, so
+//! a tenant whose policy is slow (or whose agents send many submits at once) would otherwise
+//! fill the queue, and every other tenant's submits would wait behind its work. Past its share
+//! a tenant's callers wait for one of its own places, not anyone's.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use approvals_core::TenantId;
 
 use serde_json::Value;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
@@ -32,12 +40,42 @@ struct Job {
     answer: oneshot::Sender<(PolicyVerdict, Option<PolicyVerdict>)>,
     /// The job's place in the queue, free again once a thread has dropped the job.
     _place: OwnedSemaphorePermit,
+    /// And in its tenant's share.
+    _share: TenantPlace,
 }
 
 pub(crate) struct Evaluators {
     jobs: crossbeam_channel::Sender<Job>,
     /// Places in the queue (running jobs included).
     places: Arc<Semaphore>,
+    /// Per tenant with jobs queued or running, its share of the places.
+    shares: Arc<Shares>,
+    /// Places one tenant may hold at once.
+    share: usize,
+}
+
+/// The tenants' shares; a tenant's entry lives while it holds a place.
+type Shares = Mutex<HashMap<TenantId, Arc<Semaphore>>>;
+
+/// A place in a tenant's share; the last one given back removes the tenant's entry.
+struct TenantPlace {
+    permit: Option<OwnedSemaphorePermit>,
+    tenant: TenantId,
+    shares: Arc<Shares>,
+}
+
+impl Drop for TenantPlace {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        let mut shares = self.shares.lock().unwrap_or_else(PoisonError::into_inner);
+        // Nobody else holds or waits for its semaphore: the map's is the only reference.
+        if shares
+            .get(&self.tenant)
+            .is_some_and(|s| Arc::strong_count(s) == 1)
+        {
+            shares.remove(&self.tenant);
+        }
+    }
 }
 
 impl Evaluators {
@@ -65,16 +103,47 @@ impl Evaluators {
         Ok(Self {
             jobs,
             places: Arc::new(Semaphore::new(capacity)),
+            shares: Arc::default(),
+            share: (capacity / 2).max(1),
         })
     }
 
-    /// The verdict of `policy` on `input`, computed on an evaluation thread.
+    /// A place in `tenant`'s share, once one is free.
+    async fn tenant_place(&self, tenant: &TenantId) -> Result<TenantPlace, AppError> {
+        // Declared first, dropped last: a caller that gives up while waiting drops its clone of
+        // the semaphore before the place looks whether the entry is still used.
+        let mut place = TenantPlace {
+            permit: None,
+            tenant: tenant.clone(),
+            shares: self.shares.clone(),
+        };
+        // The entry stays while this clone (then the permit) is held.
+        let semaphore = self
+            .shares
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(tenant.clone())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.share)))
+            .clone();
+        // Never closed.
+        place.permit = Some(
+            semaphore
+                .acquire_owned()
+                .await
+                .map_err(|e| AppError::Internal(e.into()))?,
+        );
+        Ok(place)
+    }
+
+    /// The verdict of `policy` on `input` for `tenant`, computed on an evaluation thread.
     pub(crate) async fn evaluate(
         &self,
+        tenant: &TenantId,
         policy: Arc<PolicyGate>,
         candidate: Option<Arc<PolicyGate>>,
         input: Value,
     ) -> Result<(PolicyVerdict, Option<PolicyVerdict>), AppError> {
+        let share = self.tenant_place(tenant).await?;
         // Never closed; and with a place held, the channel has room.
         let place = self
             .places
@@ -90,6 +159,7 @@ impl Evaluators {
                 input,
                 answer,
                 _place: place,
+                _share: share,
             })
             .map_err(|e| AppError::Internal(format!("policy queue: {e}").into()))?;
         verdict.await.map_err(|e| AppError::Internal(e.into()))
@@ -119,6 +189,7 @@ mod tests {
     #[tokio::test]
     async fn places_of_cancelled_callers_come_back_only_with_their_jobs() {
         let evaluators = Evaluators::start(1).expect("threads");
+        let tenant = TenantId::parse("t").expect("tenant");
         // Slow for a large `n` (the load-time trial has none), so that the one thread is still
         // on the first job when the rest arrive.
         let slow = gate(
@@ -128,7 +199,7 @@ mod tests {
         for _ in 0..QUEUED_PER_THREAD {
             // Queued (a place taken, the job sent), then dropped before any answer.
             let cancelled = evaluators
-                .evaluate(slow.clone(), None, json!({"n": 3_000_000}))
+                .evaluate(&tenant, slow.clone(), None, json!({"n": 3_000_000}))
                 .now_or_never();
             assert!(
                 cancelled.is_none(),
@@ -136,12 +207,71 @@ mod tests {
             );
         }
         let answers = futures::future::join_all(
-            (0..QUEUED_PER_THREAD).map(|_| evaluators.evaluate(quick.clone(), None, json!({}))),
+            (0..QUEUED_PER_THREAD)
+                .map(|_| evaluators.evaluate(&tenant, quick.clone(), None, json!({}))),
         )
         .await;
         for answer in answers {
             let (verdict, _) = answer.expect("answered, not refused");
             assert_eq!(verdict.decision, PolicyDecision::Allow);
         }
+    }
+
+    /// A tenant that fills the queue with slow evaluations holds half of its places: another
+    /// tenant's submit waits behind at most that half, not behind all of them.
+    #[tokio::test]
+    async fn one_tenant_holds_at_most_half_of_the_queue() {
+        let evaluators = Arc::new(Evaluators::start(1).expect("threads"));
+        let busy = TenantId::parse("busy").expect("tenant");
+        let other = TenantId::parse("other").expect("tenant");
+        let slow = gate(
+            "decision := {\"decision\": \"allow\", \"reasons\": [\"fine\"]} if { count([x | some x in numbers.range(1, input.n)]) > 0 }",
+        );
+        let quick = gate("decision := {\"decision\": \"allow\", \"reasons\": [\"fine\"]}");
+        let capacity = QUEUED_PER_THREAD;
+        let finished = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut busy_calls = Vec::new();
+        for _ in 0..capacity {
+            let (evaluators, tenant, slow) = (evaluators.clone(), busy.clone(), slow.clone());
+            let finished = finished.clone();
+            busy_calls.push(tokio::spawn(async move {
+                let answer = evaluators
+                    .evaluate(&tenant, slow, None, json!({"n": 300_000}))
+                    .await;
+                finished
+                    .lock()
+                    .expect("lock")
+                    .push(std::time::Instant::now());
+                answer
+            }));
+        }
+        // The busy tenant's calls have taken every place they can.
+        while evaluators.places.available_permits() > capacity / 2 {
+            tokio::task::yield_now().await;
+        }
+        let (verdict, _) = evaluators
+            .evaluate(&other, quick, None, json!({}))
+            .await
+            .expect("answered");
+        let answered = std::time::Instant::now();
+        assert_eq!(verdict.decision, PolicyDecision::Allow);
+        let before = finished
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|at| **at < answered)
+            .count();
+        assert!(
+            before <= capacity / 2,
+            "the other tenant waited behind {before} of the busy tenant's evaluations"
+        );
+        for call in busy_calls {
+            let (verdict, _) = call.await.expect("task").expect("answered");
+            assert_eq!(verdict.decision, PolicyDecision::Allow);
+        }
+        assert!(
+            evaluators.shares.lock().expect("lock").is_empty(),
+            "no tenant entry is left once its places are given back"
+        );
     }
 }

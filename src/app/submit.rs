@@ -99,6 +99,7 @@ impl Approvals {
             Ok(gates) => {
                 self.evaluators
                     .evaluate(
+                        &asked.tenant,
                         gates.active.clone(),
                         gates.candidate.clone(),
                         policy_input(&asked),
