@@ -306,7 +306,7 @@ async fn a_dry_run_writes_nothing_and_tenant_filters_hold() {
 
 /// A backend that does not answer is a failure to retry (exit 1, as the cutover runbook's
 /// re-run loop expects), not unusable configuration (exit 2), which stays for what no retry
-/// mends.
+/// mends: a build without the engine, a Temporal namespace that does not exist.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_backend_exits_1_and_unusable_configuration_2() {
     let setup = Setup::new().await;
@@ -328,6 +328,25 @@ async fn an_unreachable_backend_exits_1_and_unusable_configuration_2() {
     );
     let output = setup.command("redis", "redis", &[], &[]).output().unwrap();
     assert_eq!(output.status.code(), Some(2));
+
+    // A namespace the (answering) server does not have: no re-run mends it.
+    let temporal = shared_temporal::shared().await;
+    let toml = format!(
+        "[redis]\nurl = {:?}\n[temporal]\naddress = {:?}\nnamespace = \"no-such-namespace\"\n",
+        setup.redis.url(),
+        temporal.address
+    );
+    std::fs::write(setup.config.path(), toml).unwrap();
+    let output = setup
+        .command("redis", "temporal", &[], &[])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("no namespace \"no-such-namespace\""),
+        "{stderr}"
+    );
 }
 
 /// A record the source cannot read is passed over (the rest is copied) but named in the

@@ -28,6 +28,9 @@ pub enum EngineError {
     },
     #[error("{0}")]
     NotBuilt(String),
+    /// A setting no retry mends (a Temporal namespace that does not exist).
+    #[error("{0}")]
+    Misconfigured(String),
     /// The store would lose approvals (Redis evicting keys).
     #[error("the {engine} engine cannot keep approvals safely")]
     Unsafe {
@@ -166,29 +169,44 @@ enum Engine {
     Temporal(Arc<approvals_temporal::TemporalBackend>),
 }
 
+/// A `temporal.namespace` the server does not have is refused (no retry mends it: every call
+/// would fail, and `approvals migrate` would exit 1, "re-run", for ever).
+///
 /// A settled approval lives on Temporal as long as the namespace keeps closed executions,
 /// whatever `approvals.decided_retention` and `expired_retention` say: shorter, and a decided
 /// or expired approval answers 404 before the contract's time. Said at start (a namespace's
 /// retention is the Temporal operator's to change, not this service's).
 #[cfg(feature = "temporal")]
-async fn warn_of_short_retention(
+async fn check_namespace(
     backend: &approvals_temporal::TemporalBackend,
     settings: &Settings,
-) {
+) -> Result<(), EngineError> {
     let wanted = settings
         .approvals
         .decided_retention
         .max(settings.approvals.expired_retention);
-    match backend.namespace_retention().await {
-        Ok(Some(kept)) if kept < wanted => tracing::warn!(
+    let namespace = &settings.temporal.namespace;
+    match backend.describe_namespace().await {
+        Ok(approvals_temporal::Namespace::Missing) => {
+            return Err(EngineError::Misconfigured(format!(
+                "the Temporal server has no namespace {namespace:?} (temporal.namespace): \
+                 create it (`temporal operator namespace create --namespace {namespace}`) or \
+                 name an existing one"
+            )))
+        }
+        Ok(approvals_temporal::Namespace::Exists {
+            retention: Some(kept),
+        }) if kept < wanted => tracing::warn!(
             namespace = %settings.temporal.namespace,
             namespace_retention = %humantime::format_duration(kept),
             configured = %humantime::format_duration(wanted),
             "the Temporal namespace keeps settled approvals shorter than approvals.decided_retention / expired_retention: they answer 404 sooner"
         ),
         Ok(_) => {}
-        Err(error) => tracing::debug!(%error, "namespace retention not checked"),
+        // Unreachable now: the calls that need it say so, and are retried.
+        Err(error) => tracing::debug!(%error, "namespace not checked"),
     }
+    Ok(())
 }
 
 impl Engine {
@@ -211,7 +229,7 @@ impl Engine {
                 let backend = approvals_temporal::TemporalBackend::connect(temporal)
                     .await
                     .map_err(failed)?;
-                warn_of_short_retention(&backend, settings).await;
+                check_namespace(&backend, settings).await?;
                 Ok(Self::Temporal(Arc::new(backend)))
             }
             #[cfg(not(feature = "temporal"))]

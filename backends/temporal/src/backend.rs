@@ -476,9 +476,9 @@ impl TemporalBackend {
         })
     }
 
-    /// How long the namespace keeps a closed execution (and so a settled approval and its
-    /// events); `None` when the server does not say.
-    pub async fn namespace_retention(&self) -> Result<Option<Duration>, BackendError> {
+    /// What the server says of `temporal.namespace`: whether it exists, and how long it keeps
+    /// a closed execution (and so a settled approval and its events).
+    pub async fn describe_namespace(&self) -> Result<Namespace, BackendError> {
         let request = DescribeNamespaceRequest {
             namespace: self.settings.namespace.clone(),
             ..Default::default()
@@ -489,15 +489,20 @@ impl TemporalBackend {
             self.settings.call_timeout,
             async move {
                 let described =
-                    WorkflowService::describe_namespace(&mut client, request.into_request())
+                    match WorkflowService::describe_namespace(&mut client, request.into_request())
                         .await
-                        .map_err(|e| BackendError::unavailable("describe_namespace", e))?
-                        .into_inner();
-                Ok(described
-                    .config
-                    .and_then(|c| c.workflow_execution_retention_ttl)
-                    .and_then(|ttl| u64::try_from(ttl.seconds).ok())
-                    .map(Duration::from_secs))
+                    {
+                        Ok(described) => described.into_inner(),
+                        Err(status) if namespace_missing(&status) => return Ok(Namespace::Missing),
+                        Err(e) => return Err(BackendError::unavailable("describe_namespace", e)),
+                    };
+                Ok(Namespace::Exists {
+                    retention: described
+                        .config
+                        .and_then(|c| c.workflow_execution_retention_ttl)
+                        .and_then(|ttl| u64::try_from(ttl.seconds).ok())
+                        .map(Duration::from_secs),
+                })
             },
         )
         .await
@@ -805,6 +810,15 @@ impl ApprovalBackend for TemporalBackend {
         })
         .await
     }
+}
+
+/// What [`TemporalBackend::describe_namespace`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Namespace {
+    /// No such namespace: a configuration no retry mends.
+    Missing,
+    /// It exists; `retention` is `None` when the server does not say.
+    Exists { retention: Option<Duration> },
 }
 
 /// Whether a `NotFound` is about the namespace, not the workflow: a namespace that is missing
