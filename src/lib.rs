@@ -18,6 +18,7 @@
 pub mod api;
 pub mod app;
 pub mod auth;
+mod children;
 pub mod cli;
 pub mod config;
 pub mod decision_log;

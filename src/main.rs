@@ -9,7 +9,15 @@ use clap::Parser;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    approvals::cli::Cli::parse().run().await
+fn main() -> ExitCode {
+    let cli = match approvals::cli::Cli::parse().run_without_runtime() {
+        Ok(code) => return code,
+        Err(cli) => cli,
+    };
+    // Start-up: without a runtime nothing can run.
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("the async runtime cannot start")
+        .block_on(cli.run())
 }

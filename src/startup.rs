@@ -25,12 +25,34 @@ pub enum StartupError {
     Engine(#[from] EngineError),
     #[error("webhooks: {0}")]
     Notifications(String),
+    #[error("policy.sandbox: {0}")]
+    Sandbox(String),
     #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Where tenants' bundles are evaluated: children of `policy.sandbox.binary`, or of this very
+/// binary; `None` when the sandbox is off.
+fn sandbox(
+    settings: &crate::config::SandboxSettings,
+) -> Result<Option<Arc<crate::policy::sandbox::Sandbox>>, StartupError> {
+    if !settings.enabled {
+        tracing::warn!("policy.sandbox.enabled = false: tenants' bundles run in this process, where one that allocates without bound can stop it (ADR-0019)");
+        return Ok(None);
+    }
+    let binary = match &settings.binary {
+        Some(binary) => binary.clone(),
+        None => std::env::current_exe()
+            .map_err(|e| StartupError::Sandbox(format!("this binary's path: {e}")))?,
+    };
+    Ok(Some(Arc::new(crate::policy::sandbox::Sandbox {
+        binary,
+        memory_limit: settings.memory_limit_mib.saturating_mul(1 << 20),
+    })))
 }
 
 /// A bound, ready-to-serve application.
@@ -83,7 +105,8 @@ impl Application {
                 engine.policy_store.clone(),
                 settings.limits.policy_instructions,
             )
-            .keeping_bundles(settings.policy.max_stored_bundles),
+            .keeping_bundles(settings.policy.max_stored_bundles)
+            .isolating_in(sandbox(&settings.policy.sandbox)?),
         );
         // Before serving: a tenant with its own bundle must never be answered by the default.
         // If the store cannot be read now, submits answer 503 until the reload loop succeeds.

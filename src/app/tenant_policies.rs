@@ -20,6 +20,7 @@ use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
 use super::AppError;
+use crate::policy::sandbox::Sandbox;
 use crate::policy::{PolicyFile, PolicyGate};
 
 /// The policies a tenant's submits are evaluated with.
@@ -69,6 +70,8 @@ pub struct TenantPolicies {
     budget: usize,
     /// Versions a tenant keeps besides those its state names (`policy.max_stored_bundles`).
     bundles_kept: usize,
+    /// Where tenants' bundles are evaluated; `None`: in this process.
+    sandbox: Option<Arc<Sandbox>>,
 }
 
 impl TenantPolicies {
@@ -92,7 +95,14 @@ impl TenantPolicies {
             syncing: tokio::sync::Mutex::new(()),
             budget,
             bundles_kept: DEFAULT_BUNDLES_KEPT,
+            sandbox: None,
         }
+    }
+
+    /// Evaluates tenants' bundles in `sandbox`'s child processes.
+    pub fn isolating_in(mut self, sandbox: Option<Arc<Sandbox>>) -> Self {
+        self.sandbox = sandbox;
+        self
     }
 
     /// Keeps `count` versions per tenant besides those its state names (at least one).
@@ -319,9 +329,16 @@ impl TenantPolicies {
             .collect();
         let origin = format!("tenant {tenant}");
         let budget = self.budget;
+        let sandbox = self.sandbox.clone();
         // Compiling is CPU work of some milliseconds: off the request workers.
         let gate = tokio::task::spawn_blocking(move || {
-            PolicyGate::from_files(&files, &origin).map(|g| g.with_budget(budget))
+            PolicyGate::from_files(&files, &origin).map(|g| {
+                let gate = g.with_budget(budget);
+                match sandbox {
+                    Some(sandbox) => gate.isolated(sandbox, &files),
+                    None => gate,
+                }
+            })
         })
         .await
         .map_err(|e| e.to_string())?

@@ -260,7 +260,7 @@ pub async fn run(args: DevArgs) -> ExitCode {
         .arg(&data_dir)
         .stdout(Stdio::null())
         .kill_on_drop(true);
-    die_with_this_process(&mut redis);
+    crate::children::die_with_this_process(redis.as_std_mut());
     let child = redis.spawn();
     let mut child = match child {
         Ok(child) => child,
@@ -320,24 +320,6 @@ pub async fn run(args: DevArgs) -> ExitCode {
     let _ = child.kill().await;
     code
 }
-
-/// Linux: the child gets SIGKILL when this process ends, even by `kill -9`, where no drop or
-/// signal handler runs. (The signal follows the spawning thread: this runs on the runtime's
-/// threads, which live as long as the process.)
-#[cfg(target_os = "linux")]
-fn die_with_this_process(command: &mut tokio::process::Command) {
-    // SAFETY: between fork and exec only `prctl`, a plain syscall, runs; no allocation, no lock.
-    unsafe {
-        command.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                .map_err(std::io::Error::from)
-        });
-    }
-}
-
-/// Elsewhere the child is stopped on ctrl-c, SIGTERM and drop, not after a `kill -9`.
-#[cfg(not(target_os = "linux"))]
-fn die_with_this_process(_command: &mut tokio::process::Command) {}
 
 /// redis-server takes a moment to listen; the service would cope, but the first curl
 /// should not meet a 503. A redis-server that exits or never answers (a kept AOF it cannot

@@ -58,6 +58,14 @@ enum Command {
         #[command(subcommand)]
         command: policy::PolicyCommand,
     },
+    /// The service's own child: evaluates tenants' bundles under a memory limit, reading
+    /// requests on standard input (ADR-0019).
+    #[command(hide = true)]
+    PolicySandbox {
+        /// Address-space limit, in bytes.
+        #[arg(long)]
+        memory_limit: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -102,6 +110,18 @@ impl Cli {
             Command::Migrate(args) => migrate::run(args).await,
             Command::Dev(args) => dev::run(args).await,
             Command::Policy { command } => policy::run(command).await,
+            Command::PolicySandbox { memory_limit } => crate::policy::sandbox::serve(memory_limit),
+        }
+    }
+
+    /// Runs the commands that need no async runtime (the policy sandbox: a small child, whose
+    /// memory limit the runtime's threads would count against), or gives the CLI back.
+    pub fn run_without_runtime(self) -> Result<ExitCode, Self> {
+        match self.command {
+            Command::PolicySandbox { memory_limit } => {
+                Ok(crate::policy::sandbox::serve(memory_limit))
+            }
+            _ => Err(self),
         }
     }
 }

@@ -396,6 +396,33 @@ pub struct PolicySettings {
     /// Versions a tenant keeps besides those its policy names (active, candidate, the 50 of
     /// its rollback history): an upload past it deletes the oldest of the others.
     pub max_stored_bundles: usize,
+    /// Where tenants' uploaded bundles are evaluated (ADR-0019).
+    pub sandbox: SandboxSettings,
+}
+
+/// `policy.sandbox`: tenants' uploaded bundles evaluated in child processes of this binary,
+/// each under an address-space limit, so one that allocates without bound stops its child, not
+/// the service. The platform default bundle (`policy.dir`) is the operator's and runs
+/// in-process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxSettings {
+    pub enabled: bool,
+    /// A child's address-space limit (`RLIMIT_AS`), in MiB: the binary, a bundle and the
+    /// evaluation's values.
+    pub memory_limit_mib: u64,
+    /// The `approvals` binary the children run; unset, this process's own.
+    pub binary: Option<PathBuf>,
+}
+
+impl Default for SandboxSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            memory_limit_mib: 2048,
+            binary: None,
+        }
+    }
 }
 
 impl Default for PolicySettings {
@@ -405,6 +432,7 @@ impl Default for PolicySettings {
             reload_interval: Duration::from_millis(250),
             max_bundle_bytes: 1 << 20,
             max_stored_bundles: crate::app::DEFAULT_BUNDLES_KEPT,
+            sandbox: SandboxSettings::default(),
         }
     }
 }

@@ -10,7 +10,7 @@ use super::PolicyError;
 
 /// One `.rego` file of the bundle: its '/'-separated path relative to the bundle folder (the
 /// name that goes into the version and into compiler messages) and its text.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PolicyFile {
     pub relative: String,
     pub text: String,

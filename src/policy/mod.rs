@@ -7,6 +7,7 @@
 //! `bundle` reads the folder and computes the version; `verdict` reads the policy's answer.
 
 mod bundle;
+pub mod sandbox;
 pub mod testing;
 mod verdict;
 
@@ -91,6 +92,8 @@ pub struct PolicyGate {
     /// Instructions one evaluation may execute on the VM (see [`PolicyGate::with_budget`]).
     budget: usize,
     declares_decision: bool,
+    /// Set for a tenant's upload: evaluated in a sandbox child, not here (ADR-0019).
+    isolation: Option<sandbox::Isolation>,
 }
 
 // The engine's own Debug dumps every parsed module; a log line needs only which bundle it is.
@@ -223,7 +226,18 @@ impl PolicyGate {
             origin: origin.to_owned(),
             budget: DEFAULT_BUDGET,
             declares_decision,
+            isolation: None,
         })
+    }
+
+    /// Evaluates in `sandbox`'s child processes from now on, sending them `files` (the ones
+    /// this gate was built from).
+    pub fn isolated(mut self, sandbox: Arc<sandbox::Sandbox>, files: &[PolicyFile]) -> Self {
+        self.isolation = Some(sandbox::Isolation {
+            sandbox,
+            files: files.into(),
+        });
+        self
     }
 
     /// Caps each evaluation at `instructions` VM instructions. Past it the verdict fails
@@ -257,6 +271,24 @@ impl PolicyGate {
 
     /// [`PolicyGate::evaluate`] for an input the caller no longer needs (no copy is made).
     pub fn evaluate_owned(&self, input: serde_json::Value) -> PolicyVerdict {
+        if let Some(isolation) = &self.isolation {
+            return isolation
+                .sandbox
+                .evaluate(self, &isolation.files, input)
+                .unwrap_or_else(|why| {
+                    metrics::counter!("approvals_policy_sandbox_failures_total").increment(1);
+                    tracing::warn!(origin = %self.origin, version = %self.version, %why,
+                        "policy sandbox failed; the evaluation fails closed");
+                    let (decision, reasons) = fail_closed(format!(
+                        "policy evaluation stopped ({why}): failing closed to require_approval"
+                    ));
+                    PolicyVerdict {
+                        decision,
+                        reasons,
+                        policy_version: self.version.clone(),
+                    }
+                });
+        }
         // A panic in the engine fails this evaluation closed, not the thread it ran on (a
         // policy thread that died took its share of every later submit with it).
         let raw = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

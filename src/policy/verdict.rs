@@ -35,7 +35,7 @@ impl PolicyDecision {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PolicyVerdict {
     pub decision: PolicyDecision,
     /// Never empty: every verdict explains itself to the agent and the reviewer.

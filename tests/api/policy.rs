@@ -335,6 +335,65 @@ async fn activation_and_rollback_change_verdicts_and_parked_approvals_keep_their
 
 /// A rollback sent with the `ETag` it was decided on applies once: retried after its answer
 /// was lost, it is refused instead of rolling back a second version.
+/// A tenant's policy whose builtin allocates what the input says (here 2.4 TB at once: Rust
+/// aborts on a failed allocation, and no regorus limit is checked inside a builtin) is
+/// evaluated in a sandbox child: the child dies, that submit fails closed, and the service,
+/// every other tenant and the next submit of this one go on (ADR-0019).
+#[tokio::test]
+async fn a_tenant_policy_that_exhausts_memory_stops_its_sandbox_not_the_service() {
+    let app = TestApp::spawn().await;
+    let greedy = json!({"files": [{"path": "approvals.rego", "text": r#"package approvals
+import rego.v1
+
+default decision := {"decision": "allow", "reasons": ["small enough"]}
+
+decision := {"decision": "allow", "reasons": [sprintf("%d numbers", [count(numbers.range(0, input.context.n))])]} if {
+	input.context.n > 0
+}
+"#}]});
+    let version = upload(&app, greedy).await;
+    activate(&app, &version).await;
+
+    let submit = |request_id: &'static str, n: u64| {
+        let app = &app;
+        async move {
+            let response = app
+                .request(
+                    Method::POST,
+                    &format!("/v1/tenants/{}/approvals", app.tenant),
+                    Some(&app.tokens.agent),
+                )
+                .json(&json!({"request_id": request_id,
+                    "action": {"type": "document_read", "resource": "notes.txt"},
+                    "context": {"n": n}}))
+                .send()
+                .await
+                .expect("submit");
+            assert!(response.status().is_success(), "{}", response.status());
+            response.json::<Value>().await.unwrap()
+        }
+    };
+    let stopped = submit("huge", 300_000_000_000).await;
+    assert_eq!(stopped["decision"], "require_approval", "{stopped}");
+    let reason = stopped["reasons"][0].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("policy evaluation stopped") && reason.contains("failing closed"),
+        "{stopped}"
+    );
+    assert_eq!(stopped["policy_version"], version);
+
+    // The service is still here, and this tenant's next submit is answered (by a new child).
+    let fine = submit("small", 3).await;
+    assert_eq!(fine["decision"], "allow", "{fine}");
+    assert_eq!(fine["reasons"], json!(["4 numbers"]));
+    let health = app
+        .request(Method::GET, "/healthz", None)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+}
+
 #[tokio::test]
 async fn a_retried_rollback_with_if_match_does_not_roll_back_twice() {
     let app = TestApp::spawn().await;

@@ -195,6 +195,8 @@ pub fn test_settings(redis_url: &str, tokens: Vec<TokenEntry>) -> Settings {
     settings.server.listen = "127.0.0.1:0".parse().expect("addr");
     settings.redis.url = redis_url.to_owned();
     settings.policy.dir = repo_path("policies");
+    // The service runs in this test process: its sandbox children are the real binary.
+    settings.policy.sandbox.binary = Some(env!("CARGO_BIN_EXE_approvals").into());
     settings.auth.tokens = tokens;
     settings.approvals.sweep_interval = Duration::from_millis(100);
     settings.approvals.stats_interval = Duration::from_millis(200);

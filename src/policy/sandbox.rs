@@ -1,0 +1,256 @@
+//! Tenants' uploaded bundles evaluated in a child process (`approvals policy-sandbox`) under an
+//! address-space limit, so that a policy whose builtins allocate without bound (regorus checks
+//! no limit inside a builtin, and Rust aborts on a failed allocation) takes down its child, not
+//! the service every tenant shares (ADR-0019).
+//!
+//! Each evaluation thread keeps one child and talks to it over its pipes, one JSON line each
+//! way: the bundle's files the first time the child meets a version, then only the input. A
+//! child that dies, answers nonsense or overruns its deadline is killed; that evaluation fails
+//! closed, and the thread's next evaluation starts a new child.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{PolicyFile, PolicyGate, PolicyVerdict, EVAL_TIME_LIMIT};
+
+/// Compiled bundles a child keeps; past it, it forgets them all (the parent sends the files
+/// again when it meets a version the child dropped).
+const VERSIONS_KEPT: usize = 64;
+
+/// Where children come from and what they may use.
+#[derive(Debug)]
+pub struct Sandbox {
+    /// The service's own binary.
+    pub binary: PathBuf,
+    /// The child's address-space limit (`RLIMIT_AS`), in bytes.
+    pub memory_limit: u64,
+}
+
+/// One line to the child.
+#[derive(Serialize, Deserialize)]
+struct Request {
+    version: String,
+    budget: usize,
+    /// The bundle, the first time this child meets `version`.
+    files: Option<Vec<PolicyFile>>,
+    input: serde_json::Value,
+}
+
+/// One line back.
+#[derive(Serialize, Deserialize)]
+enum Reply {
+    Verdict(PolicyVerdict),
+    /// The child has not compiled this version (it forgot it): send the files.
+    Unknown,
+    /// The files do not compile in the child (they did in the service: a version skew).
+    Unloadable(String),
+}
+
+/// A running child, as its evaluation thread holds it.
+struct Running {
+    process: Child,
+    to: BufWriter<ChildStdin>,
+    from: BufReader<ChildStdout>,
+    /// Versions sent to it.
+    compiled: HashSet<String>,
+}
+
+thread_local! {
+    /// This evaluation thread's child, started on its first sandboxed evaluation.
+    static CHILD: std::cell::RefCell<Option<Running>> = const { std::cell::RefCell::new(None) };
+}
+
+impl Sandbox {
+    /// `gate`'s verdict on `input`, from this thread's child. `Err` says why there is none (the
+    /// child died, overran its deadline, or could not be started); the caller fails closed.
+    pub(super) fn evaluate(
+        &self,
+        gate: &PolicyGate,
+        files: &[PolicyFile],
+        input: serde_json::Value,
+    ) -> Result<PolicyVerdict, String> {
+        CHILD.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            if slot.is_none() {
+                *slot = Some(self.start()?);
+            }
+            let Some(child) = slot.as_mut() else {
+                return Err("no policy sandbox".into());
+            };
+            let answer = self.ask(child, gate, files, input);
+            if answer.is_err() {
+                // What the child was doing is unknown: it goes, and the next call starts one.
+                if let Some(mut child) = slot.take() {
+                    let _ = child.process.kill();
+                    let _ = child.process.wait();
+                }
+            }
+            answer
+        })
+    }
+
+    fn start(&self) -> Result<Running, String> {
+        let mut command = Command::new(&self.binary);
+        command
+            .arg("policy-sandbox")
+            .arg("--memory-limit")
+            .arg(self.memory_limit.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            // Its last words (an allocation that failed) belong in the service's log.
+            .stderr(Stdio::inherit());
+        crate::children::die_with_this_process(&mut command);
+        let mut process = command
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", self.binary.display()))?;
+        let (Some(to), Some(from)) = (process.stdin.take(), process.stdout.take()) else {
+            let _ = process.kill();
+            let _ = process.wait();
+            return Err("the policy sandbox has no pipes".into());
+        };
+        metrics::counter!("approvals_policy_sandboxes_started_total").increment(1);
+        Ok(Running {
+            process,
+            to: BufWriter::new(to),
+            from: BufReader::new(from),
+            compiled: HashSet::new(),
+        })
+    }
+
+    fn ask(
+        &self,
+        child: &mut Running,
+        gate: &PolicyGate,
+        files: &[PolicyFile],
+        input: serde_json::Value,
+    ) -> Result<PolicyVerdict, String> {
+        let version = gate.version().to_owned();
+        let mut request = Request {
+            files: (!child.compiled.contains(&version)).then(|| files.to_vec()),
+            version,
+            budget: gate.budget,
+            input,
+        };
+        // Twice at most: a child that forgot the version gets the files again.
+        for _ in 0..2 {
+            let reply = exchange(child, &request)?;
+            match reply {
+                Reply::Verdict(verdict) => {
+                    child.compiled.insert(request.version);
+                    return Ok(verdict);
+                }
+                Reply::Unknown if request.files.is_none() => {
+                    child.compiled.remove(&request.version);
+                    request.files = Some(files.to_vec());
+                }
+                Reply::Unknown => return Err("the policy sandbox lost the bundle".into()),
+                Reply::Unloadable(message) => {
+                    return Err(format!(
+                        "the bundle does not load in its sandbox: {message}"
+                    ))
+                }
+            }
+        }
+        Err("the policy sandbox lost the bundle".into())
+    }
+}
+
+/// Sends one request and reads its reply within the evaluation's time limit and a margin for
+/// compiling (the child's own limit stops a long evaluation; this one stops a child that is
+/// stuck, e.g. inside one huge builtin call, or swapping).
+fn exchange(child: &mut Running, request: &Request) -> Result<Reply, String> {
+    let gone = |what: &str| format!("the policy sandbox {what}");
+    serde_json::to_writer(&mut child.to, request).map_err(|_| gone("stopped reading"))?;
+    child
+        .to
+        .write_all(b"\n")
+        .and_then(|()| child.to.flush())
+        .map_err(|_| gone("stopped reading (it died: out of memory?)"))?;
+    let deadline = EVAL_TIME_LIMIT * 2 + Duration::from_secs(2);
+    if child.from.buffer().is_empty() {
+        let mut fds = [nix::poll::PollFd::new(
+            child.from.get_ref().as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let millis = u16::try_from(deadline.as_millis()).unwrap_or(u16::MAX);
+        match nix::poll::poll(&mut fds, millis) {
+            Ok(0) => {
+                return Err(gone(&format!(
+                    "did not answer within {}",
+                    humantime::format_duration(deadline)
+                )))
+            }
+            Ok(_) => {}
+            Err(error) => return Err(format!("the policy sandbox cannot be read: {error}")),
+        }
+    }
+    let mut line = String::new();
+    match child.from.read_line(&mut line) {
+        Ok(0) => Err(gone("died (out of memory?)")),
+        Ok(_) => serde_json::from_str(&line).map_err(|_| gone("answered nonsense")),
+        Err(error) => Err(format!("the policy sandbox cannot be read: {error}")),
+    }
+}
+
+/// `approvals policy-sandbox`: the child. Limits its own address space to `memory_limit`
+/// bytes, then answers requests from standard input until it closes. Never called by people.
+pub fn serve(memory_limit: u64) -> ExitCode {
+    use nix::sys::resource::{setrlimit, Resource};
+    if let Err(error) = setrlimit(Resource::RLIMIT_AS, memory_limit, memory_limit) {
+        eprintln!("approvals policy-sandbox: cannot limit its memory: {error}");
+        return ExitCode::FAILURE;
+    }
+    let mut gates: HashMap<String, PolicyGate> = HashMap::new();
+    let mut out = BufWriter::new(std::io::stdout().lock());
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        let Ok(request) = serde_json::from_str::<Request>(&line) else {
+            eprintln!("approvals policy-sandbox: unreadable request");
+            return ExitCode::FAILURE;
+        };
+        let reply = answer(&mut gates, request);
+        let written = serde_json::to_writer(&mut out, &reply)
+            .map_err(std::io::Error::from)
+            .and_then(|()| out.write_all(b"\n"))
+            .and_then(|()| out.flush());
+        if written.is_err() {
+            break;
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn answer(gates: &mut HashMap<String, PolicyGate>, request: Request) -> Reply {
+    if let Some(files) = request.files {
+        match PolicyGate::from_files(&files, "tenant bundle (sandbox)") {
+            Ok(gate) => {
+                if gates.len() >= VERSIONS_KEPT {
+                    gates.clear();
+                }
+                gates.insert(request.version.clone(), gate);
+            }
+            Err(error) => return Reply::Unloadable(error.to_string()),
+        }
+    }
+    match gates.get_mut(&request.version) {
+        Some(gate) => {
+            gate.budget = request.budget;
+            Reply::Verdict(gate.evaluate_owned(request.input))
+        }
+        None => Reply::Unknown,
+    }
+}
+
+/// What a gate evaluated in a sandbox carries: the files to send and where the sandbox is.
+#[derive(Clone)]
+pub(crate) struct Isolation {
+    pub(crate) sandbox: Arc<Sandbox>,
+    pub(crate) files: Arc<[PolicyFile]>,
+}
