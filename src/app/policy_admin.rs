@@ -16,8 +16,9 @@ use serde_json::json;
 
 use super::{AppError, Approvals};
 use crate::auth::{Permission, Principal};
-use crate::policy::testing::{run_tests, TestReport};
-use crate::policy::{PolicyFile, PolicyGate};
+use crate::policy::sandbox::Sandbox;
+use crate::policy::testing::{validate_bundle, TestReport};
+use crate::policy::PolicyFile;
 
 /// Files one bundle may hold.
 pub const MAX_BUNDLE_FILES: usize = 200;
@@ -106,9 +107,10 @@ impl Approvals {
             .acquire_owned()
             .await
             .map_err(|e| AppError::Internal(e.into()))?;
+        let sandbox = self.policies.sandbox();
         let (version, tests) = tokio::task::spawn_blocking(move || {
             let _turn = turn;
-            validate(&policy_files, &origin, budget)
+            validate(&policy_files, &origin, budget, sandbox.as_deref())
         })
         .await
         .map_err(|e| AppError::Internal(e.into()))??;
@@ -421,33 +423,22 @@ impl Drop for UploadSlot {
     }
 }
 
-/// Compiles the bundle and runs its tests: its version, or every reason to refuse it.
+/// Compiles the bundle and runs its tests, in a sandbox child when there is one (a bundle whose
+/// trial or tests allocate without bound stops it, not this instance): its version, or every
+/// reason to refuse it.
 fn validate(
     files: &[PolicyFile],
     origin: &str,
     budget: usize,
+    sandbox: Option<&Sandbox>,
 ) -> Result<(String, TestReport), AppError> {
-    let gate = PolicyGate::from_files(files, origin)
-        .map_err(|e| AppError::PolicyInvalid(vec![e.to_string()]))?
-        .with_budget(budget);
-    let mut errors = Vec::new();
-    if !gate.defines_decision() {
-        errors.push(
-            "no file defines data.approvals.decision (package approvals, rule decision)".to_owned(),
-        );
-    }
-    let tests = run_tests(&gate);
-    for failed in tests.results.iter().filter(|t| !t.passed) {
-        errors.push(match &failed.error {
-            Some(error) => format!("test {} failed: {error}", failed.name),
-            None => format!("test {} failed", failed.name),
-        });
-    }
-    if errors.is_empty() {
-        Ok((gate.version().to_owned(), tests))
-    } else {
-        Err(AppError::PolicyInvalid(errors))
-    }
+    let validated = match sandbox {
+        Some(sandbox) => sandbox.validate(files, budget).map_err(|why| {
+            AppError::PolicyInvalid(vec![format!("the bundle's validation stopped ({why})")])
+        })?,
+        None => validate_bundle(files, origin, budget),
+    };
+    validated.map_err(AppError::PolicyInvalid)
 }
 
 /// Paths are what the version is computed over and what messages name: relative, '/'-

@@ -99,6 +99,11 @@ impl TenantPolicies {
         }
     }
 
+    /// Where tenants' bundles are evaluated and validated; `None`: in this process.
+    pub fn sandbox(&self) -> Option<Arc<Sandbox>> {
+        self.sandbox.clone()
+    }
+
     /// Evaluates tenants' bundles in `sandbox`'s child processes.
     pub fn isolating_in(mut self, sandbox: Option<Arc<Sandbox>>) -> Self {
         self.sandbox = sandbox;

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::testing::{validate_bundle, TestReport};
 use super::{PolicyFile, PolicyGate, PolicyVerdict, EVAL_TIME_LIMIT};
 
 /// Compiled bundles a child keeps; past it, it forgets them all (the parent sends the files
@@ -35,7 +36,17 @@ pub struct Sandbox {
 
 /// One line to the child.
 #[derive(Serialize, Deserialize)]
-struct Request {
+enum Request {
+    Evaluate(Evaluation),
+    /// An upload's validation: compile, trial, its tests.
+    Validate {
+        files: Vec<PolicyFile>,
+        budget: usize,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+struct Evaluation {
     version: String,
     budget: usize,
     /// The bundle, the first time this child meets `version`.
@@ -51,6 +62,8 @@ enum Reply {
     Unknown,
     /// The files do not compile in the child (they did in the service: a version skew).
     Unloadable(String),
+    /// The version and test report, or every reason to refuse the bundle.
+    Validated(Result<(String, TestReport), Vec<String>>),
 }
 
 /// A running child, as its evaluation thread holds it.
@@ -132,7 +145,7 @@ impl Sandbox {
         input: serde_json::Value,
     ) -> Result<PolicyVerdict, String> {
         let version = gate.version().to_owned();
-        let mut request = Request {
+        let mut request = Evaluation {
             files: (!child.compiled.contains(&version)).then(|| files.to_vec()),
             version,
             budget: gate.budget,
@@ -140,7 +153,12 @@ impl Sandbox {
         };
         // Twice at most: a child that forgot the version gets the files again.
         for _ in 0..2 {
-            let reply = exchange(child, &request)?;
+            let sent = Request::Evaluate(request);
+            let reply = exchange(child, &sent, EVALUATION_DEADLINE)?;
+            let Request::Evaluate(again) = sent else {
+                return Err("the policy sandbox request changed".into());
+            };
+            request = again;
             match reply {
                 Reply::Verdict(verdict) => {
                     child.compiled.insert(request.version);
@@ -150,22 +168,50 @@ impl Sandbox {
                     child.compiled.remove(&request.version);
                     request.files = Some(files.to_vec());
                 }
-                Reply::Unknown => return Err("the policy sandbox lost the bundle".into()),
                 Reply::Unloadable(message) => {
                     return Err(format!(
                         "the bundle does not load in its sandbox: {message}"
                     ))
                 }
+                _ => return Err("the policy sandbox answered out of turn".into()),
             }
         }
         Err("the policy sandbox lost the bundle".into())
     }
+
+    /// An upload's validation (compile, trial evaluation, the bundle's tests) in a child of
+    /// its own, ended afterwards: `Ok` holds what the validation found, `Err` why there is no
+    /// answer (the child died: out of memory, or overran the tests' time).
+    pub fn validate(
+        &self,
+        files: &[PolicyFile],
+        budget: usize,
+    ) -> Result<Result<(String, TestReport), Vec<String>>, String> {
+        let mut child = self.start()?;
+        let request = Request::Validate {
+            files: files.to_vec(),
+            budget,
+        };
+        let reply = exchange(&mut child, &request, VALIDATION_DEADLINE);
+        let _ = child.process.kill();
+        let _ = child.process.wait();
+        match reply? {
+            Reply::Validated(validated) => Ok(validated),
+            _ => Err("the policy sandbox answered out of turn".into()),
+        }
+    }
 }
 
-/// Sends one request and reads its reply within the evaluation's time limit and a margin for
-/// compiling (the child's own limit stops a long evaluation; this one stops a child that is
-/// stuck, e.g. inside one huge builtin call, or swapping).
-fn exchange(child: &mut Running, request: &Request) -> Result<Reply, String> {
+/// How long a child may take to answer an evaluation: the evaluation's own time limit stops a
+/// long one in the child; this stops a child that is stuck (inside one huge builtin call, or
+/// swapping), with a margin for compiling the bundle first.
+const EVALUATION_DEADLINE: Duration = Duration::from_secs(EVAL_TIME_LIMIT.as_secs() * 2 + 2);
+/// And a validation: the tests' own time budget, plus compiling and the trial.
+const VALIDATION_DEADLINE: Duration =
+    Duration::from_secs(super::testing::TESTS_TIME_BUDGET.as_secs() + 10);
+
+/// Sends one request and reads its reply within `deadline`.
+fn exchange(child: &mut Running, request: &Request, deadline: Duration) -> Result<Reply, String> {
     let gone = |what: &str| format!("the policy sandbox {what}");
     serde_json::to_writer(&mut child.to, request).map_err(|_| gone("stopped reading"))?;
     child
@@ -173,7 +219,6 @@ fn exchange(child: &mut Running, request: &Request) -> Result<Reply, String> {
         .write_all(b"\n")
         .and_then(|()| child.to.flush())
         .map_err(|_| gone("stopped reading (it died: out of memory?)"))?;
-    let deadline = EVAL_TIME_LIMIT * 2 + Duration::from_secs(2);
     if child.from.buffer().is_empty() {
         let mut fds = [nix::poll::PollFd::new(
             child.from.get_ref().as_fd(),
@@ -228,6 +273,12 @@ pub fn serve(memory_limit: u64) -> ExitCode {
 }
 
 fn answer(gates: &mut HashMap<String, PolicyGate>, request: Request) -> Reply {
+    let request = match request {
+        Request::Evaluate(evaluation) => evaluation,
+        Request::Validate { files, budget } => {
+            return Reply::Validated(validate_bundle(&files, "upload (sandbox)", budget))
+        }
+    };
     if let Some(files) = request.files {
         match PolicyGate::from_files(&files, "tenant bundle (sandbox)") {
             Ok(gate) => {

@@ -13,7 +13,7 @@ use regorus::utils::limits::ExecutionTimerConfig;
 use serde::ser::SerializeStruct;
 use serde::{Serialize, Serializer};
 
-use super::PolicyGate;
+use super::{PolicyFile, PolicyGate};
 
 /// What makes a rule a test (OPA's convention).
 const TEST_PREFIX: &str = "test_";
@@ -31,7 +31,7 @@ const TEST_TIME_CHECK_INTERVAL: NonZeroU32 = match NonZeroU32::new(256) {
 };
 
 /// The outcome of one `test_*` rule.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct TestResult {
     /// The rule's full path, e.g. `data.approvals_test.test_delete_is_denied`.
     pub name: String,
@@ -42,13 +42,17 @@ pub struct TestResult {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// Milliseconds in JSON: a consumer reads a number, not serde's `{secs, nanos}`.
-    #[serde(rename = "duration_ms", serialize_with = "as_millis")]
+    #[serde(
+        rename = "duration_ms",
+        serialize_with = "as_millis",
+        deserialize_with = "from_millis"
+    )]
     pub duration: Duration,
 }
 
 /// Every test of a bundle, in file order and then rule order. A bundle without tests gives
 /// an empty report: whether that is acceptable is the caller's decision.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
 pub struct TestReport {
     /// The version of the bundle that was tested (`sha256:...`).
     pub policy_version: String,
@@ -85,9 +89,44 @@ impl Serialize for TestReport {
     }
 }
 
+fn from_millis<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let millis = <f64 as serde::Deserialize>::deserialize(deserializer)?;
+    Ok(Duration::from_secs_f64(millis.max(0.0) / 1000.0))
+}
+
 fn as_millis<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
     // Whole microseconds: finer is noise, and `0.069` reads better than `0.06905599999999999`.
     serializer.serialize_f64(duration.as_micros() as f64 / 1000.0)
+}
+
+/// Compiles an uploaded bundle and runs its tests: its version and the report, or every
+/// reason to refuse it (it does not compile, defines no decision, or a test fails).
+pub fn validate_bundle(
+    files: &[PolicyFile],
+    origin: &str,
+    budget: usize,
+) -> Result<(String, TestReport), Vec<String>> {
+    let gate = PolicyGate::from_files(files, origin)
+        .map_err(|e| vec![e.to_string()])?
+        .with_budget(budget);
+    let mut errors = Vec::new();
+    if !gate.defines_decision() {
+        errors.push(
+            "no file defines data.approvals.decision (package approvals, rule decision)".to_owned(),
+        );
+    }
+    let tests = run_tests(&gate);
+    for failed in tests.results.iter().filter(|t| !t.passed) {
+        errors.push(match &failed.error {
+            Some(error) => format!("test {} failed: {error}", failed.name),
+            None => format!("test {} failed", failed.name),
+        });
+    }
+    if errors.is_empty() {
+        Ok((gate.version().to_owned(), tests))
+    } else {
+        Err(errors)
+    }
 }
 
 /// Runs every `test_*` rule of the bundle, each on its own clone of the prepared engine (so

@@ -335,10 +335,10 @@ async fn activation_and_rollback_change_verdicts_and_parked_approvals_keep_their
 
 /// A rollback sent with the `ETag` it was decided on applies once: retried after its answer
 /// was lost, it is refused instead of rolling back a second version.
-/// A tenant's policy whose builtin allocates what the input says (here 2.4 TB at once: Rust
+/// A tenant's policy whose builtin allocates what the input says (here terabytes at once: Rust
 /// aborts on a failed allocation, and no regorus limit is checked inside a builtin) is
-/// evaluated in a sandbox child: the child dies, that submit fails closed, and the service,
-/// every other tenant and the next submit of this one go on (ADR-0019).
+/// evaluated in a sandbox child: the child dies, that submit fails closed, and the service and
+/// the next submit go on. An upload whose tests do the same is refused the same way (ADR-0019).
 #[tokio::test]
 async fn a_tenant_policy_that_exhausts_memory_stops_its_sandbox_not_the_service() {
     let app = TestApp::spawn().await;
@@ -386,6 +386,24 @@ decision := {"decision": "allow", "reasons": [sprintf("%d numbers", [count(numbe
     let fine = submit("small", 3).await;
     assert_eq!(fine["decision"], "allow", "{fine}");
     assert_eq!(fine["reasons"], json!(["4 numbers"]));
+    let health = app
+        .request(Method::GET, "/healthz", None)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+
+    // An upload whose own tests do the same is validated in a sandbox too: refused, not fatal.
+    let greedy_tests = json!({"files": [
+        {"path": "approvals.rego", "text": "package approvals\nimport rego.v1\ndecision := {\"decision\": \"allow\", \"reasons\": [\"fine\"]}\n"},
+        {"path": "greedy_test.rego", "text": "package approvals_test\nimport rego.v1\ntest_greedy if { count(numbers.range(0, 300000000000)) > 0 }\n"},
+    ]});
+    let refused = post_bundle(&app, &app.tokens.admin, greedy_tests).await;
+    let problem = assert_problem(refused, StatusCode::UNPROCESSABLE_ENTITY, "policy_invalid").await;
+    assert!(
+        problem.to_string().contains("validation stopped"),
+        "{problem}"
+    );
     let health = app
         .request(Method::GET, "/healthz", None)
         .send()
