@@ -252,6 +252,8 @@ pub fn serve(memory_limit: u64) -> ExitCode {
         eprintln!("approvals policy-sandbox: cannot limit its memory: {error}");
         return ExitCode::FAILURE;
     }
+    // Its end by abort is expected: no core file of up to the memory limit, each time.
+    let _ = setrlimit(Resource::RLIMIT_CORE, 0, 0);
     let mut gates: HashMap<String, PolicyGate> = HashMap::new();
     let mut out = BufWriter::new(std::io::stdout().lock());
     for line in std::io::stdin().lock().lines() {
