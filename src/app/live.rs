@@ -178,8 +178,10 @@ impl Approvals {
                 keys,
             }
         };
-        let after = last_event_id.filter(|id| !id.is_empty());
         let since = Timestamp::now();
+        let after = last_event_id
+            .filter(|id| !id.is_empty())
+            .map(|id| self.within_resume_window(caller, tenant, id, since));
         let settle = self.engine.audit_settle_time();
         let resumed_at = after.as_deref().map(AuditEvent::instant_of_id);
         if !settle.is_zero() && resumed_at.is_some_and(|at| at.is_none()) {
@@ -206,6 +208,27 @@ impl Approvals {
         };
         let (first, _) = self.read_live(&mut stream).await?;
         Ok((stream, first))
+    }
+
+    /// `last_event_id`, or for a caller who may not read the audit (a reviewer) and asks for
+    /// more than `approvals.events_resume_window` of history, the start of that window: a
+    /// resume is for what a reconnect missed, not a way around the audit's permission.
+    fn within_resume_window(
+        &self,
+        caller: &Principal,
+        tenant: &TenantId,
+        last_event_id: String,
+        now: Timestamp,
+    ) -> String {
+        if caller.may(Permission::Audit, tenant) {
+            return last_event_id;
+        }
+        let window_start = now.minus(self.settings.events_resume_window);
+        match AuditEvent::instant_of_id(&last_event_id) {
+            Some(at) if at < window_start => AuditEvent::id_just_before(window_start),
+            // Not an id: the engine refuses it as such.
+            _ => last_event_id,
+        }
     }
 
     /// The next events of an open stream, and whether more are already waiting (a full page).

@@ -317,6 +317,11 @@ pub struct ApprovalSettings {
     /// `Last-Event-ID` and misses nothing (EventSource does so by itself).
     #[serde(with = "humantime_serde")]
     pub events_max_duration: Duration,
+    /// How far back a reviewer's live stream resumes: a `Last-Event-ID` older than this
+    /// resumes from this long ago. The tenant's history is the audit's, which admins read;
+    /// they resume from any id.
+    #[serde(with = "humantime_serde")]
+    pub events_resume_window: Duration,
 }
 
 impl Default for ApprovalSettings {
@@ -337,6 +342,7 @@ impl Default for ApprovalSettings {
             events_poll_interval: Duration::from_millis(500),
             max_event_streams_per_tenant: 50,
             events_max_duration: Duration::from_secs(600),
+            events_resume_window: Duration::from_secs(3600),
         }
     }
 }

@@ -354,3 +354,30 @@ async fn one_caller_cannot_take_every_live_stream_of_its_tenant() {
     // Another reviewer of the tenant still gets one.
     let _other = SseReader::open(&app, &app.base, &app.tokens.reviewer2, None).await;
 }
+
+/// A resume is for what a reconnect missed: a reviewer's `Last-Event-ID` older than
+/// `approvals.events_resume_window` resumes from the window's start, not from the tenant's first
+/// event (the history is the audit's, which only admins read). An admin resumes from anywhere.
+/// On Redis: Temporal's resumes also re-read the 15 s before (its audit settles late), which a
+/// short window would only blur; the window itself is the engines' common code.
+#[tokio::test]
+async fn a_reviewer_resumes_only_within_the_window_an_admin_from_anywhere() {
+    let window = Duration::from_secs(2);
+    let app = TestApp::spawn_with(|s| s.approvals.events_resume_window = window).await;
+    app.park("old").await;
+    // The time the window is about; no event to wait for.
+    tokio::time::sleep(window + Duration::from_millis(500)).await;
+    app.park("recent").await;
+
+    let from_the_start = Some("1-0");
+    let mut admin = SseReader::open(&app, &app.base, &app.tokens.admin, from_the_start).await;
+    assert_eq!(admin.next(WITHIN).await.data["approval_id"], "old");
+    assert_eq!(admin.next(WITHIN).await.data["approval_id"], "recent");
+
+    let mut reviewer = SseReader::open(&app, &app.base, &app.tokens.reviewer, from_the_start).await;
+    let first = reviewer.next(WITHIN).await;
+    assert_eq!(
+        first.data["approval_id"], "recent",
+        "the reviewer's replay starts within the window: {first:?}"
+    );
+}
