@@ -75,6 +75,14 @@ struct Running {
     compiled: HashSet<String>,
 }
 
+impl Drop for Running {
+    /// Killed and reaped: on a failure (what it was doing is unknown) and when its thread ends.
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
 thread_local! {
     /// This evaluation thread's child, started on its first sandboxed evaluation.
     static CHILD: std::cell::RefCell<Option<Running>> = const { std::cell::RefCell::new(None) };
@@ -100,10 +108,7 @@ impl Sandbox {
             let answer = self.ask(child, gate, files, input);
             if answer.is_err() {
                 // What the child was doing is unknown: it goes, and the next call starts one.
-                if let Some(mut child) = slot.take() {
-                    let _ = child.process.kill();
-                    let _ = child.process.wait();
-                }
+                drop(slot.take());
             }
             answer
         })
@@ -193,8 +198,7 @@ impl Sandbox {
             budget,
         };
         let reply = exchange(&mut child, &request, VALIDATION_DEADLINE);
-        let _ = child.process.kill();
-        let _ = child.process.wait();
+        drop(child);
         match reply? {
             Reply::Validated(validated) => Ok(validated),
             _ => Err("the policy sandbox answered out of turn".into()),
