@@ -335,6 +335,15 @@ async fn activation_and_rollback_change_verdicts_and_parked_approvals_keep_their
 
 /// A rollback sent with the `ETag` it was decided on applies once: retried after its answer
 /// was lost, it is refused instead of rolling back a second version.
+async fn assert_healthy(app: &TestApp) {
+    let health = app.request(Method::GET, "/healthz", None).send().await;
+    assert_eq!(
+        health.unwrap().status(),
+        StatusCode::OK,
+        "the service is up"
+    );
+}
+
 /// A tenant's policy whose builtin allocates what the input says (here terabytes at once: Rust
 /// aborts on a failed allocation, and no regorus limit is checked inside a builtin) is
 /// evaluated in a sandbox child: the child dies, that submit fails closed, and the service and
@@ -386,12 +395,7 @@ decision := {"decision": "allow", "reasons": [sprintf("%d numbers", [count(numbe
     let fine = submit("small", 3).await;
     assert_eq!(fine["decision"], "allow", "{fine}");
     assert_eq!(fine["reasons"], json!(["4 numbers"]));
-    let health = app
-        .request(Method::GET, "/healthz", None)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(health.status(), StatusCode::OK);
+    assert_healthy(&app).await;
 
     // An upload whose own tests do the same is validated in a sandbox too: refused, not fatal.
     let greedy_tests = json!({"files": [
@@ -404,12 +408,7 @@ decision := {"decision": "allow", "reasons": [sprintf("%d numbers", [count(numbe
         problem.to_string().contains("validation stopped"),
         "{problem}"
     );
-    let health = app
-        .request(Method::GET, "/healthz", None)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(health.status(), StatusCode::OK);
+    assert_healthy(&app).await;
 }
 
 #[tokio::test]

@@ -1,4 +1,5 @@
-"""Test helpers: a reviewer that decides what parks, from another thread."""
+"""Test helpers: a reviewer that decides what parks, from another thread; waiting for a
+condition; a transport that counts the decision long-polls."""
 
 from __future__ import annotations
 
@@ -6,7 +7,22 @@ import threading
 import time
 from typing import Callable
 
+import httpx
+
 from approvals_client import Approval, ApprovalsClient
+
+
+class CountingPolls(httpx.BaseTransport):
+    """A real connection to the service that counts decision long-polls."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.polls = 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/decision"):
+            self.polls += 1
+        return self.inner.handle_request(request)
 
 
 def until(condition: Callable[[], bool], seconds: float = 20, what: str = "condition") -> None:

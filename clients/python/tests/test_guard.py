@@ -8,7 +8,7 @@ import anyio
 import httpx
 import pytest
 from conftest import Service, Tenant
-from helpers import Reviewer
+from helpers import CountingPolls, Reviewer
 
 from approvals_client import (
     ApprovalRefused,
@@ -209,19 +209,6 @@ async def test_an_async_client_from_a_factory_is_closed_after_each_call(service:
         not_async("docs/a.md")
     # Each was left open (its connection pool with it), one per call.
     assert len(made) == 5 and all(client._http.is_closed for client in made)
-
-
-class CountingPolls(httpx.BaseTransport):
-    """A real connection to the service that counts decision long-polls."""
-
-    def __init__(self) -> None:
-        self.inner = httpx.HTTPTransport()
-        self.polls = 0
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        if request.url.path.endswith("/decision"):
-            self.polls += 1
-        return self.inner.handle_request(request)
 
 
 @pytest.mark.anyio

@@ -11,7 +11,7 @@ from typing import Iterator
 import httpx
 import pytest
 from conftest import SENSITIVE_READ, Service, Tenant, start_service
-from helpers import until
+from helpers import CountingPolls, until
 
 from approvals_client import (
     ApiError,
@@ -279,17 +279,7 @@ def test_the_last_second_of_a_wait_is_waited_out_not_spun(service: Service, tena
     with ApprovalsClient(service.base_url, t.agent_token, t.name) as agent:  # type: ignore[attr-defined]
         parked = agent.submit(SENSITIVE_READ)
 
-    class Counting(httpx.BaseTransport):
-        def __init__(self) -> None:
-            self.inner = httpx.HTTPTransport()
-            self.polls = 0
-
-        def handle_request(self, request: httpx.Request) -> httpx.Response:
-            if request.url.path.endswith("/decision"):
-                self.polls += 1
-            return self.inner.handle_request(request)
-
-    transport = Counting()
+    transport = CountingPolls()
     with httpx.Client(transport=transport) as http:
         agent = ApprovalsClient(service.base_url, t.agent_token, t.name, http=http)  # type: ignore[attr-defined]
         with pytest.raises(WaitTimeout):
