@@ -72,13 +72,13 @@ pub async fn start(
     let mut policy_store = None;
     let backend: Arc<dyn RecordTransfer> = match settings.backend {
         BackendChoice::Redis => {
-            let engine = Engine::connect(EngineKind::Redis, settings).await?;
+            let engine = Engine::connect(EngineKind::Redis, settings, false).await?;
             chores.extend(engine.start_chores(settings, answering));
             policy_store = engine.policy_store();
             engine.transfer()
         }
         BackendChoice::Temporal => {
-            let engine = Engine::connect(EngineKind::Temporal, settings).await?;
+            let engine = Engine::connect(EngineKind::Temporal, settings, false).await?;
             chores.extend(engine.start_chores(settings, answering));
             engine.transfer()
         }
@@ -94,13 +94,13 @@ pub async fn start(
                      {TEMPORAL_NOT_BUILT}"
                 )));
             }
-            let first = Engine::connect(primary, settings).await?;
+            let first = Engine::connect(primary, settings, false).await?;
             chores.extend(first.start_chores(settings, answering));
             policy_store = first.policy_store();
             let secondary = primary.other();
             // The secondary is best-effort, at start-up too: unreachable, it is connected on
             // use.
-            let dual = match Engine::connect(secondary, settings).await {
+            let dual = match Engine::connect(secondary, settings, false).await {
                 Ok(engine) => {
                     chores.extend(engine.start_chores(settings, following));
                     dual::DualBackend::new(first.transfer(), engine.transfer(), secondary_timeout)
@@ -117,7 +117,7 @@ pub async fn start(
                         Box::pin(async move {
                             // Only Temporal can be unreachable at start-up (Redis connects
                             // lazily): it starts no chores, but reports what it passes over.
-                            match Engine::connect(secondary, &settings).await {
+                            match Engine::connect(secondary, &settings, false).await {
                                 Ok(engine) => {
                                     drop(engine.start_chores(&settings, following));
                                     Ok(engine.transfer())
@@ -142,7 +142,7 @@ pub async fn start(
     if settings.tenant_store.kind == TenantStoreKind::Redis && policy_store.is_none() {
         // Temporal answers, and tenants keep their own settings in Redis all the same. Only
         // the store is used: no approvals are parked there, so no chores run.
-        policy_store = Engine::connect(EngineKind::Redis, settings)
+        policy_store = Engine::connect(EngineKind::Redis, settings, false)
             .await?
             .policy_store();
     }
@@ -159,7 +159,7 @@ pub async fn connect(
     kind: EngineKind,
     settings: &Settings,
 ) -> Result<Arc<dyn RecordTransfer>, EngineError> {
-    Ok(Engine::connect(kind, settings).await?.transfer())
+    Ok(Engine::connect(kind, settings, true).await?.transfer())
 }
 
 /// A connected engine of a known type.
@@ -169,8 +169,8 @@ enum Engine {
     Temporal(Arc<approvals_temporal::TemporalBackend>),
 }
 
-/// A `temporal.namespace` the server does not have is refused (no retry mends it: every call
-/// would fail, and `approvals migrate` would exit 1, "re-run", for ever).
+/// A `temporal.namespace` the server does not have is an error (for `approvals migrate`, no
+/// retry mends it: it would exit 1, "re-run", for ever; the service logs it and answers 503).
 ///
 /// A settled approval lives on Temporal as long as the namespace keeps closed executions,
 /// whatever `approvals.decided_retention` and `expired_retention` say: shorter, and a decided
@@ -210,7 +210,13 @@ async fn check_namespace(
 }
 
 impl Engine {
-    async fn connect(kind: EngineKind, settings: &Settings) -> Result<Self, EngineError> {
+    /// `strict`: a Temporal namespace that does not exist is an error (`approvals migrate`: no
+    /// re-run mends it); else it is logged and the service answers 503 until it exists.
+    async fn connect(
+        kind: EngineKind,
+        settings: &Settings,
+        strict: bool,
+    ) -> Result<Self, EngineError> {
         let failed = |source| EngineError::Connect {
             engine: kind.as_str(),
             source,
@@ -229,7 +235,13 @@ impl Engine {
                 let backend = approvals_temporal::TemporalBackend::connect(temporal)
                     .await
                     .map_err(failed)?;
-                check_namespace(&backend, settings).await?;
+                match check_namespace(&backend, settings).await {
+                    Err(error) if !strict => tracing::error!(
+                        %error,
+                        "every Temporal call answers 503 until the namespace exists"
+                    ),
+                    checked => checked?,
+                }
                 Ok(Self::Temporal(Arc::new(backend)))
             }
             #[cfg(not(feature = "temporal"))]
