@@ -310,18 +310,23 @@ async fn a_dry_run_writes_nothing_and_tenant_filters_hold() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_backend_exits_1_and_unusable_configuration_2() {
     let setup = Setup::new().await;
+    // `approvals migrate --from redis --to temporal` with `toml` as its configuration: its exit
+    // code and what it said.
+    let migrate_with = |toml: String| {
+        std::fs::write(setup.config.path(), toml).unwrap();
+        let output = setup
+            .command("redis", "temporal", &[], &[])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        (output.status.code(), stderr)
+    };
     // Temporal not answering at all (nothing listens there): the connect itself fails.
-    let toml = format!(
+    let (code, stderr) = migrate_with(format!(
         "[redis]\nurl = {:?}\n[temporal]\naddress = \"http://127.0.0.1:1\"\ncall_timeout = \"2s\"\n",
         setup.redis.url()
-    );
-    std::fs::write(setup.config.path(), toml).unwrap();
-    let output = setup
-        .command("redis", "temporal", &[], &[])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    ));
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.contains("cannot connect the temporal engine"),
         "{stderr}"
@@ -331,18 +336,12 @@ async fn an_unreachable_backend_exits_1_and_unusable_configuration_2() {
 
     // A namespace the (answering) server does not have: no re-run mends it.
     let temporal = shared_temporal::shared().await;
-    let toml = format!(
+    let (code, stderr) = migrate_with(format!(
         "[redis]\nurl = {:?}\n[temporal]\naddress = {:?}\nnamespace = \"no-such-namespace\"\n",
         setup.redis.url(),
         temporal.address
-    );
-    std::fs::write(setup.config.path(), toml).unwrap();
-    let output = setup
-        .command("redis", "temporal", &[], &[])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    ));
+    assert_eq!(code, Some(2), "{stderr}");
     assert!(
         stderr.contains("no namespace \"no-such-namespace\""),
         "{stderr}"

@@ -67,14 +67,6 @@ struct Checked {
     unreadable_copy: Option<String>,
 }
 
-/// Whether `engine`, by its own retention, no longer keeps `approval` at `now`: a side that
-/// lacks such a record differs in nothing (engines keep settled records for different times).
-fn past(engine: &dyn RecordTransfer, approval: &Approval, now: Timestamp) -> bool {
-    engine
-        .retained_until(approval)
-        .is_some_and(|end| end <= now)
-}
-
 /// A by-id read that found a value it cannot decode: its key, to report (the run goes on).
 fn unreadable<T>(read: Result<T, BackendError>) -> Result<Result<T, String>, BackendError> {
     match read {
@@ -146,7 +138,7 @@ impl Migration {
                     // Both sides as of one instant after both were read: an approval whose
                     // deadline fell between the two reads is expired on both.
                     let now = Timestamp::now();
-                    if checked.copy.is_none() && past(self.target.as_ref(), &checked.source, now) {
+                    if checked.copy.is_none() && self.target.past_retention(&checked.source, now) {
                         report.past_retention.target += 1;
                         return;
                     }
@@ -184,7 +176,7 @@ impl Migration {
                             report.compare(source.as_of(now), Some(copy.as_of(now)));
                         }
                         // The source kept it for less time than the target does.
-                        Some((copy, Ok(None))) if past(self.source.as_ref(), &copy, now) => {
+                        Some((copy, Ok(None))) if self.source.past_retention(&copy, now) => {
                             report.past_retention.source += 1;
                         }
                         Some((copy, Ok(None))) => report.only_in_target(copy.as_of(now)),
@@ -198,10 +190,10 @@ impl Migration {
     }
 
     async fn copy_one(&self, approval: Approval) -> Result<Copied, BackendError> {
-        if self.plan.dry_run && past(self.target.as_ref(), &approval, Timestamp::now()) {
-            return Ok(Copied::PastRetention);
-        }
         if self.plan.dry_run {
+            if self.target.past_retention(&approval, Timestamp::now()) {
+                return Ok(Copied::PastRetention);
+            }
             let found = retry("get", || self.target.get(&approval.tenant, &approval.id)).await?;
             return Ok(match found {
                 Some(_) => Copied::AlreadyPresent,

@@ -274,7 +274,7 @@ impl PolicyGate {
         if let Some(isolation) = &self.isolation {
             return isolation
                 .sandbox
-                .evaluate(self, &isolation.files, input)
+                .evaluate(self, &isolation.files, &input)
                 .unwrap_or_else(|why| {
                     metrics::counter!("approvals_policy_sandbox_failures_total").increment(1);
                     tracing::warn!(origin = %self.origin, version = %self.version, %why,

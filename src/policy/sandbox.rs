@@ -8,6 +8,7 @@
 //! child that dies, answers nonsense or overruns its deadline is killed; that evaluation fails
 //! closed, and the thread's next evaluation starts a new child.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::os::fd::AsFd;
@@ -34,24 +35,22 @@ pub struct Sandbox {
     pub memory_limit: u64,
 }
 
-/// One line to the child.
+/// One line to the child: sent from borrowed parts (no copy of the input or the bundle),
+/// read back owned.
 #[derive(Serialize, Deserialize)]
-enum Request {
-    Evaluate(Evaluation),
+enum Request<'a> {
+    Evaluate {
+        version: Cow<'a, str>,
+        budget: usize,
+        /// The bundle, the first time this child meets `version`.
+        files: Option<Cow<'a, [PolicyFile]>>,
+        input: Cow<'a, serde_json::Value>,
+    },
     /// An upload's validation: compile, trial, its tests.
     Validate {
-        files: Vec<PolicyFile>,
+        files: Cow<'a, [PolicyFile]>,
         budget: usize,
     },
-}
-
-#[derive(Serialize, Deserialize)]
-struct Evaluation {
-    version: String,
-    budget: usize,
-    /// The bundle, the first time this child meets `version`.
-    files: Option<Vec<PolicyFile>>,
-    input: serde_json::Value,
 }
 
 /// One line back.
@@ -95,7 +94,7 @@ impl Sandbox {
         &self,
         gate: &PolicyGate,
         files: &[PolicyFile],
-        input: serde_json::Value,
+        input: &serde_json::Value,
     ) -> Result<PolicyVerdict, String> {
         CHILD.with(|cell| {
             let mut slot = cell.borrow_mut();
@@ -147,31 +146,26 @@ impl Sandbox {
         child: &mut Running,
         gate: &PolicyGate,
         files: &[PolicyFile],
-        input: serde_json::Value,
+        input: &serde_json::Value,
     ) -> Result<PolicyVerdict, String> {
-        let version = gate.version().to_owned();
-        let mut request = Evaluation {
-            files: (!child.compiled.contains(&version)).then(|| files.to_vec()),
-            version,
-            budget: gate.budget,
-            input,
-        };
+        let version = gate.version();
+        let mut with_files = !child.compiled.contains(version);
         // Twice at most: a child that forgot the version gets the files again.
         for _ in 0..2 {
-            let sent = Request::Evaluate(request);
-            let reply = exchange(child, &sent, EVALUATION_DEADLINE)?;
-            let Request::Evaluate(again) = sent else {
-                return Err("the policy sandbox request changed".into());
+            let request = Request::Evaluate {
+                version: Cow::Borrowed(version),
+                budget: gate.budget,
+                files: with_files.then_some(Cow::Borrowed(files)),
+                input: Cow::Borrowed(input),
             };
-            request = again;
-            match reply {
+            match exchange(child, &request, EVALUATION_DEADLINE)? {
                 Reply::Verdict(verdict) => {
-                    child.compiled.insert(request.version);
+                    child.compiled.insert(version.to_owned());
                     return Ok(verdict);
                 }
-                Reply::Unknown if request.files.is_none() => {
-                    child.compiled.remove(&request.version);
-                    request.files = Some(files.to_vec());
+                Reply::Unknown if !with_files => {
+                    child.compiled.remove(version);
+                    with_files = true;
                 }
                 Reply::Unloadable(message) => {
                     return Err(format!(
@@ -194,7 +188,7 @@ impl Sandbox {
     ) -> Result<Result<(String, TestReport), Vec<String>>, String> {
         let mut child = self.start()?;
         let request = Request::Validate {
-            files: files.to_vec(),
+            files: Cow::Borrowed(files),
             budget,
         };
         let reply = exchange(&mut child, &request, VALIDATION_DEADLINE);
@@ -279,27 +273,32 @@ pub fn serve(memory_limit: u64) -> ExitCode {
 }
 
 fn answer(gates: &mut HashMap<String, PolicyGate>, request: Request) -> Reply {
-    let request = match request {
-        Request::Evaluate(evaluation) => evaluation,
+    let (version, budget, files, input) = match request {
+        Request::Evaluate {
+            version,
+            budget,
+            files,
+            input,
+        } => (version, budget, files, input),
         Request::Validate { files, budget } => {
             return Reply::Validated(validate_bundle(&files, "upload (sandbox)", budget))
         }
     };
-    if let Some(files) = request.files {
+    if let Some(files) = files {
         match PolicyGate::from_files(&files, "tenant bundle (sandbox)") {
             Ok(gate) => {
                 if gates.len() >= VERSIONS_KEPT {
                     gates.clear();
                 }
-                gates.insert(request.version.clone(), gate);
+                gates.insert(version.to_string(), gate);
             }
             Err(error) => return Reply::Unloadable(error.to_string()),
         }
     }
-    match gates.get_mut(&request.version) {
+    match gates.get_mut(version.as_ref()) {
         Some(gate) => {
-            gate.budget = request.budget;
-            Reply::Verdict(gate.evaluate_owned(request.input))
+            gate.budget = budget;
+            Reply::Verdict(gate.evaluate_owned(input.into_owned()))
         }
         None => Reply::Unknown,
     }

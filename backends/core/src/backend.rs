@@ -328,9 +328,15 @@ pub trait RecordTransfer: ApprovalBackend {
 
     /// When this engine drops `approval` as it stands, by its own retention (a pending one:
     /// once expired, kept as such); `None` when that is not the engine's own to say
-    /// (Temporal's retention is the namespace's). Engines keep records for different times, so a record one side has
-    /// dropped is not a difference, and one the target would drop at once is not imported.
+    /// (Temporal's retention is the namespace's). Engines keep records for different times,
+    /// so a record one side has dropped is not a difference, and one the target would drop at
+    /// once is not imported.
     fn retained_until(&self, _approval: &Approval) -> Option<Timestamp> {
         None
+    }
+
+    /// Whether this engine, by its own retention, no longer keeps `approval` at `now`.
+    fn past_retention(&self, approval: &Approval, now: Timestamp) -> bool {
+        self.retained_until(approval).is_some_and(|end| end <= now)
     }
 }

@@ -80,7 +80,7 @@ impl RecordTransfer for RedisBackend {
         let now = Timestamp::now();
         // Written, it would live a second (its TTL floor) and be counted missing by the next
         // read; each run would import it and audit it again.
-        if self.retained_until(&approval).is_some_and(|end| end <= now) {
+        if self.past_retention(&approval, now) {
             return Ok(ImportOutcome::PastRetention);
         }
         let audit = AuditEntry::migrated(&approval, now);
