@@ -127,6 +127,14 @@ fn describe() {
         "Credentials refused: surface api (a missing or unknown bearer token) or inbox (a failed sign-in)."
     );
     metrics::describe_gauge!(
+        "approvals_notifications_reader_lag_seconds",
+        "How far the webhook reader is behind the tenant's audit, in seconds (0 once caught up); it must stay well inside what the audit keeps."
+    );
+    metrics::describe_counter!(
+        "approvals_notifications_audit_gaps_total",
+        "Times the webhook reader found events after its cursor trimmed from the tenant's audit (length cap or retention) before it read them: their webhooks were not sent."
+    );
+    metrics::describe_gauge!(
         "approvals_notifications_pending",
         "Webhook deliveries waiting to be sent or retried (all tenants)."
     );
@@ -578,6 +586,21 @@ pub fn expired(approval: &Approval, recorded_at: Timestamp) {
     decided(approval);
     let lag = approval.expires_at.elapsed_at(recorded_at).as_secs_f64();
     metrics::histogram!("approvals_sweeper_lag_seconds").record(lag);
+}
+
+/// How far the webhook reader is behind a tenant's audit (zero once it has read it all).
+pub fn notifications_reader_lag(tenant: &TenantId, behind: Duration) {
+    let tenant = tenant.to_string();
+    metrics::gauge!("approvals_notifications_reader_lag_seconds", "tenant" => tenant.clone())
+        .set(behind.as_secs_f64());
+    // Exported at 0 before a first gap: a counter that appears at 1 shows no `increase()`.
+    metrics::counter!("approvals_notifications_audit_gaps_total", "tenant" => tenant).increment(0);
+}
+
+/// Events trimmed from a tenant's audit before the webhook reader reached them.
+pub fn notifications_audit_gap(tenant: &TenantId) {
+    metrics::counter!("approvals_notifications_audit_gaps_total", "tenant" => tenant.to_string())
+        .increment(1);
 }
 
 /// A stored value an engine could not read and passed over (`role`: which engine of a pair).

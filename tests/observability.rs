@@ -484,6 +484,8 @@ const PER_TENANT_METRICS: &[&str] = &[
     "approvals_time_to_first_view_seconds_bucket",
     "approvals_notifications_total",
     "approvals_notifications_queued_total",
+    "approvals_notifications_reader_lag_seconds",
+    "approvals_notifications_audit_gaps_total",
 ];
 
 /// The metric names (and other identifiers) in a PromQL expression.

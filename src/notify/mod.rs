@@ -33,6 +33,9 @@ use crate::config::NotificationSettings;
 use egress::EgressPolicy;
 use store::{Delivery, Store};
 
+/// A failed background step, as the reader and sender loops log it.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// What a webhook can be told about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -390,11 +393,8 @@ impl Notifier {
     async fn read_loop(&self, stop: CancellationToken) {
         let mut failures = approvals_core::RepeatedFailure::default();
         loop {
-            let result = self.read_pass(&stop).await;
-            // A tenant left behind (its events come faster than a pass reads them) is read
-            // again at once, not a poll interval later.
-            let behind = matches!(result, Ok(true));
-            let result = result.map(drop);
+            let (behind, failure) = self.read_pass(&stop).await;
+            let result = failure.map_or(Ok(()), Err);
             let log = if result.is_err() {
                 failures.failed()
             } else {
@@ -412,6 +412,9 @@ impl Notifier {
                 }
                 _ => {}
             }
+            // A tenant left behind (its events come faster than a pass reads them) is read
+            // again at once, not a poll interval later, whatever happened to other tenants:
+            // one tenant failing every pass must not slow another's catching up.
             let pause = if behind {
                 Duration::ZERO
             } else {
@@ -435,15 +438,16 @@ impl Notifier {
 
     /// One pass over every tenant with webhooks whose reader lock this instance holds. A
     /// tenant that fails (its audit unreadable, a timeout) is retried next pass and does not
-    /// hold up the tenants after it; the pass reports the first failure. `Ok(true)`: some
-    /// tenant has more to read than one pass reads.
-    async fn read_pass(
-        &self,
-        stop: &CancellationToken,
-    ) -> Result<bool, Box<dyn std::error::Error + Send + Sync>> {
+    /// hold up the tenants after it. Answers whether some tenant has more to read than one
+    /// pass reads, and the pass's first failure.
+    async fn read_pass(&self, stop: &CancellationToken) -> (bool, Option<BoxError>) {
         let mut first_failure = None;
         let mut behind = false;
-        for tenant in self.store.tenants().await? {
+        let tenants = match self.store.tenants().await {
+            Ok(tenants) => tenants,
+            Err(error) => return (false, Some(error.into())),
+        };
+        for tenant in tenants {
             if stop.is_cancelled() {
                 break;
             }
@@ -458,15 +462,11 @@ impl Notifier {
                 }
             }
         }
-        first_failure.map_or(Ok(behind), Err)
+        (behind, first_failure)
     }
 
     /// Reads one tenant's new events; `true` if more are left than this pass read.
-    async fn read_one(
-        &self,
-        tenant: &str,
-        tenant_id: &TenantId,
-    ) -> Result<bool, Box<dyn std::error::Error + Send + Sync>> {
+    async fn read_one(&self, tenant: &str, tenant_id: &TenantId) -> Result<bool, BoxError> {
         let lease = self.settings.poll_interval * 10 + Duration::from_secs(5);
         if !self.store.lock(tenant, &self.instance, lease).await? {
             return Ok(false);
@@ -490,11 +490,7 @@ impl Notifier {
     /// cursor: a crash in between queues the same deliveries again, which `enqueue` drops.
     /// Reads `notifications.read_batch` events for [`READ_BUDGET`] at most; `true` if events
     /// were left for the next pass.
-    async fn read_tenant(
-        &self,
-        tenant: &TenantId,
-        hooks: &[Webhook],
-    ) -> Result<bool, Box<dyn std::error::Error + Send + Sync>> {
+    async fn read_tenant(&self, tenant: &TenantId, hooks: &[Webhook]) -> Result<bool, BoxError> {
         if !self.audit_settle.is_zero() {
             return self.read_unsettled_tenant(tenant, hooks).await;
         }
@@ -511,6 +507,11 @@ impl Notifier {
                 .app
                 .read_audit_for_service(tenant, after, since, self.page_size())
                 .await?;
+            if read == 0 && !page.items.is_empty() {
+                if let Cursor::After(seen) = &cursor {
+                    self.check_for_gap(tenant, seen).await?;
+                }
+            }
             // A page of entries the engine passed over (unreadable) is empty but goes on.
             let last = match (page.items.last(), &page.next_cursor) {
                 (Some(event), _) => event.event_id.clone(),
@@ -525,16 +526,56 @@ impl Notifier {
                 self.queue_event(&hooks, event).await?;
             }
             read += page.items.len().max(1);
+            let cursor = Cursor::After(last);
             self.store
-                .set_cursor(tenant.as_str(), &Cursor::After(last).render())
+                .set_cursor(tenant.as_str(), &cursor.render())
                 .await?;
             if page.next_cursor.is_none() {
+                crate::metrics::notifications_reader_lag(tenant, Duration::ZERO);
                 return Ok(false);
             }
             if read >= self.settings.read_batch || std::time::Instant::now() >= until {
+                // Behind by the age of the oldest event not read yet (about that of the last
+                // one read): what the audit's cap and retention must stay well above.
+                crate::metrics::notifications_reader_lag(
+                    tenant,
+                    cursor.instant().elapsed_at(Timestamp::now()),
+                );
                 return Ok(true);
             }
         }
+    }
+
+    /// Whether events after `seen`, the cursor, were trimmed from the audit before the reader
+    /// reached them (the stream's length cap or its retention): then the oldest event left is
+    /// newer than the cursor, and the next read quietly goes on from it. Those events' webhooks
+    /// are never sent; the gap is counted and logged so that on-call staff learn of it.
+    /// Only Redis' audit ids are ordered this way; another engine's (Temporal's) are skipped.
+    async fn check_for_gap(&self, tenant: &TenantId, seen: &str) -> Result<(), BoxError> {
+        let Some(seen_at) = stream_position(seen) else {
+            return Ok(());
+        };
+        let oldest = self
+            .app
+            .read_audit_for_service(tenant, None, None, 1)
+            .await?;
+        let oldest = oldest
+            .items
+            .first()
+            .map(|event| event.event_id.as_str())
+            .or(oldest.next_cursor.as_deref());
+        if let Some(oldest) = oldest.filter(|id| stream_position(id) > Some(seen_at)) {
+            crate::metrics::notifications_audit_gap(tenant);
+            tracing::error!(
+                %tenant,
+                cursor = seen,
+                oldest,
+                "webhook reader fell behind the audit's length cap or retention: events after \
+                 its cursor may have been trimmed unread, and their webhooks are not sent \
+                 (the tenant's audit export shows what is left)"
+            );
+        }
+        Ok(())
     }
 
     /// [`Self::read_tenant`] for an engine whose audit settles late (Temporal): an event may
@@ -547,7 +588,7 @@ impl Notifier {
         &self,
         tenant: &TenantId,
         hooks: &[Webhook],
-    ) -> Result<bool, Box<dyn std::error::Error + Send + Sync>> {
+    ) -> Result<bool, BoxError> {
         let (since, mut newest, mut after) = match self.cursor(tenant).await? {
             Cursor::Sweep {
                 from,
@@ -590,7 +631,14 @@ impl Notifier {
         self.store
             .set_cursor(tenant.as_str(), &cursor.render())
             .await?;
-        Ok(matches!(cursor, Cursor::Sweep { .. }))
+        let behind = matches!(cursor, Cursor::Sweep { .. });
+        let lag = if behind {
+            newest.elapsed_at(Timestamp::now())
+        } else {
+            Duration::ZERO
+        };
+        crate::metrics::notifications_reader_lag(tenant, lag);
+        Ok(behind)
     }
 
     async fn cursor(&self, tenant: &TenantId) -> Result<Cursor, store::StoreError> {
@@ -658,7 +706,7 @@ impl Notifier {
         &self,
         tenant: &TenantId,
         hooks: &[Webhook],
-    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    ) -> Result<(), BoxError> {
         let now = Timestamp::now();
         let share = self.settings.expiring_soon_share;
         let tenant_ttl = self.app.ttl_for(tenant);
@@ -1020,6 +1068,12 @@ impl Notifier {
             Err(format!("the receiver answered {}", response.status()))
         }
     }
+}
+
+/// A Redis stream id (`<ms>-<seq>`) as a comparable pair; `None` for another engine's ids.
+fn stream_position(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
 }
 
 /// How long one reader pass reads one tenant's audit at most: long enough that a busy tenant

@@ -1272,3 +1272,98 @@ async fn a_slow_receivers_backlog_comes_due_at_the_pace_it_is_taken() {
     }
     panic!("{due_soon} of the backlog due within a second, for a receiver that takes 5 a second");
 }
+
+/// Events trimmed from the audit (its length cap, its retention) before the reader reached
+/// them are never delivered: on-call staff learn of it from a counter and an error log. The
+/// reader went on from the oldest event left, and nothing told anyone.
+#[tokio::test]
+async fn events_trimmed_before_the_reader_reached_them_are_counted_as_a_gap() {
+    let mut receiver = Receiver::start(0).await;
+    let app = own_tenant("trimmed").spawn_with(fast).await;
+    add_webhook(&app, json!({"url": receiver.url, "events": ["parked"]})).await;
+    app.park("read").await;
+    assert_eq!(receiver.next().await.json()["approval_id"], "read");
+
+    // Another instance holds the reader lock meanwhile: this one reads nothing.
+    let mut conn = app.redis().connection().await;
+    let lock = format!("webhooks:lock:{}", app.tenant);
+    let _: () = redis::cmd("SET")
+        .arg(&lock)
+        .arg("another-instance")
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut conn)
+        .await
+        .expect("take the lock");
+    app.park("trimmed").await;
+    let audit = format!("approvals:audit:{}", app.tenant);
+    let _: i64 = redis::cmd("XTRIM")
+        .arg(&audit)
+        .arg("MAXLEN")
+        .arg(0)
+        .query_async(&mut conn)
+        .await
+        .expect("trim the audit");
+    app.park("after").await;
+    let _: i64 = redis::cmd("DEL")
+        .arg(&lock)
+        .query_async(&mut conn)
+        .await
+        .expect("give the lock back");
+
+    // The next delivery is the event after the gap; the gap itself is counted.
+    assert_eq!(receiver.next().await.json()["approval_id"], "after");
+    let gaps = format!(
+        "approvals_notifications_audit_gaps_total{{tenant=\"{}\"}} 1",
+        app.tenant
+    );
+    let metrics = app.metrics().await;
+    assert!(metrics.contains(&gaps), "{gaps} in {metrics}");
+}
+
+/// A tenant whose audit cannot be read fails every pass; another tenant with more events than
+/// a pass reads still catches up at once, not one pass per poll interval (its backlog grew
+/// until the audit's cap trimmed it unread).
+#[tokio::test]
+async fn a_tenant_failing_every_pass_does_not_slow_another_tenants_catching_up() {
+    let mut receiver = Receiver::start(0).await;
+    let app = TestApp::spawn_with(|s| {
+        fast(s);
+        s.notifications.poll_interval = Duration::from_secs(5);
+        s.notifications.read_batch = 10;
+    })
+    .await;
+    let broken = app
+        .request(
+            Method::POST,
+            &format!("/v1/tenants/{}/webhooks", crate::support::OTHER_TENANT),
+            Some(&app.tokens.platform_admin),
+        )
+        .json(&json!({"url": receiver.url, "events": ["parked"]}))
+        .send()
+        .await
+        .expect("add webhook");
+    assert_eq!(broken.status(), StatusCode::CREATED);
+    let mut conn = app.redis().connection().await;
+    let _: () = redis::cmd("SET")
+        .arg(format!("approvals:audit:{}", crate::support::OTHER_TENANT))
+        .arg("not a stream")
+        .query_async(&mut conn)
+        .await
+        .expect("break the other tenant's audit");
+    add_webhook(&app, json!({"url": receiver.url, "events": ["parked"]})).await;
+    for n in 0..30 {
+        app.park(&format!("backlog-{n}")).await;
+    }
+    // One poll interval to the first pass; the other two passes follow at once (each one
+    // waited a poll interval: 15 s in all).
+    let mut delivered = std::collections::BTreeSet::new();
+    tokio::time::timeout(Duration::from_secs(8), async {
+        while delivered.len() < 30 {
+            let got = receiver.next_of("parked").await;
+            delivered.insert(got.json()["approval_id"].as_str().unwrap_or("").to_owned());
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("only {} of 30 within 8 s", delivered.len()));
+}
