@@ -172,6 +172,11 @@ impl Approvals {
                 && Timestamp::now() < current.expires_at
                 && current.submitted_by != caller.subject;
             if decidable && stored != seen {
+                // Not the record's own integrity, but as telling: the reviewer was shown an
+                // action that is not the one parked.
+                metrics::counter!("approvals_action_mismatches_total", "tenant" => tenant.to_string())
+                    .increment(1);
+                tracing::warn!(%tenant, %id, "decision refused: the reviewer's action_digest is not the parked action's");
                 return Err(AppError::ActionMismatch {
                     tenant: tenant.clone(),
                     id: id.clone(),

@@ -806,6 +806,7 @@ impl Notifier {
         let mut per_tenant: HashMap<String, usize> = HashMap::new();
         let mut held = Held::default();
         let mut pacing = Pacing::default();
+        let mut counted_at: Option<tokio::time::Instant> = None;
         loop {
             pacing.forget_idle();
             // Held for a webhook that stopped answering: back to the queue.
@@ -858,9 +859,13 @@ impl Notifier {
                     Ok(_) => {}
                     Err(error) => tracing::debug!(%error, "webhook sender cannot reach Redis"),
                 }
-                if !claimed {
+                // Idle, or at least once a second while busy: a backlog claimed on every pass
+                // is exactly when the figure must not stand still.
+                let stale = counted_at.is_none_or(|at| at.elapsed() >= PENDING_REFRESH);
+                if !claimed || stale {
                     if let Ok(queued) = self.store.queued().await {
                         metrics::gauge!("approvals_notifications_pending").set(queued as f64);
+                        counted_at = Some(tokio::time::Instant::now());
                     }
                 }
             }
@@ -1075,6 +1080,9 @@ fn stream_position(id: &str) -> Option<(u64, u64)> {
     let (ms, seq) = id.split_once('-')?;
     Some((ms.parse().ok()?, seq.parse().ok()?))
 }
+
+/// How often the sender refreshes `approvals_notifications_pending` while it is busy.
+const PENDING_REFRESH: Duration = Duration::from_secs(1);
 
 /// How long one reader pass reads one tenant's audit at most: long enough that a busy tenant
 /// is not capped at a few pages per poll interval, short enough that the tenants after it in

@@ -219,10 +219,23 @@ async fn a_decision_binds_to_the_action_the_reviewer_saw(h: Harness) {
         .json(&json!({"reason": "looked at it", "action_digest": digest}))
         .send()
     };
-    // A reviewer who saw another action does not decide this one.
+    // A reviewer who saw another action does not decide this one; on-call staff see it.
+    let mismatches = |metrics: String| {
+        let series = format!(
+            "approvals_action_mismatches_total{{tenant=\"{}\"}} ",
+            app.tenant
+        );
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let before = mismatches(app.metrics().await);
     let other = action_digest(&object(json!({"type": "document_read", "resource": "x"})));
     let refused = decide("bound-1", other).await.unwrap();
     assert_problem(refused, StatusCode::CONFLICT, "action_mismatch").await;
+    assert!(mismatches(app.metrics().await) > before);
     let still = app.get("bound-1", &app.tokens.agent).await;
     assert_eq!(still.json::<Value>().await.unwrap()["status"], "pending");
 

@@ -24,8 +24,9 @@ pub(super) fn compared(
     metrics::counter!("approvals_dual_comparisons_total",
         "tenant" => tenant_label.clone(), "op" => op)
     .increment(1);
-    // Exported at 0 from the first comparison on: a counter born at its first disagreement
-    // shows no increase() to the alert and the go/no-go query.
+    // Exported at 0 from the first agreeing comparison on, so a later first disagreement
+    // shows in increase(); one that comes first is born at 1, which the alert, the panel and
+    // the runbook's queries catch with `x unless x offset <window>`.
     let disagreements = metrics::counter!("approvals_dual_disagreements_total",
         "tenant" => tenant_label, "op" => op);
     if same(primary, secondary) {
