@@ -11,20 +11,22 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures_util::FutureExt;
 use serde::Deserialize;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use utoipa::IntoParams;
 
 use super::extract::{ApiQuery, Caller, TenantPath};
 use super::{ApiError, AppState};
-use crate::app::{AppError, LiveEvent, LiveStream};
+use crate::app::{AppError, Approvals, LiveEvent, LiveStream};
 use crate::auth::Principal;
+use crate::server::EndsWhen;
 use approvals_core::TenantId;
 
 /// The longest `Last-Event-ID` accepted (ids this service hands out are far shorter).
@@ -100,7 +102,7 @@ pub(crate) async fn stream(
             .into());
         }
     }
-    let (stream, first) = state
+    let (mut stream, first) = state
         .app
         .open_live(caller, tenant, last_event_id)
         .await
@@ -111,20 +113,50 @@ pub(crate) async fn stream(
             }
             other => other,
         })?;
-    let ends_at = tokio::time::Instant::now() + state.app.live_max_duration();
+    let over = CancellationToken::new();
+    tokio::spawn(end_in_time(
+        state.app.clone(),
+        revoked.unwrap_or_else(|| Box::pin(std::future::pending())),
+        over.clone(),
+        stream.take_place(),
+    ));
     let live = Live {
         state,
         stream,
         queued: first.into(),
         more: false,
         greeted: false,
-        ends_at,
-        revoked: revoked.unwrap_or_else(|| Box::pin(std::future::pending())),
+        over: over.clone(),
+        _ends: over.clone().drop_guard(),
     };
     let events = futures_util::stream::unfold(live, Live::next);
-    Ok(Sse::new(events)
+    let mut response = Sse::new(events)
         .keep_alive(KeepAlive::default())
-        .into_response())
+        .into_response();
+    // The server closes the connection of a stream past its end that it cannot send.
+    response.extensions_mut().insert(EndsWhen(over));
+    Ok(response)
+}
+
+/// Ends a stream (cancels `over`) after `approvals.events_max_duration`, at shutdown or when
+/// `revoked` resolves, and gives back its `place` among the open streams then. A timer of its
+/// own: a stream checks `over` only when it is read, and over HTTP/2 it may never be read again
+/// (hyper stops while a frame waits for window the client does not grant). Returns early when
+/// the stream is dropped, which cancels `over` too.
+async fn end_in_time(
+    app: Arc<Approvals>,
+    revoked: Revoked,
+    over: CancellationToken,
+    place: impl Send + 'static,
+) {
+    tokio::select! {
+        () = tokio::time::sleep(app.live_max_duration()) => {}
+        () = app.shutting_down() => {}
+        () = revoked => {}
+        () = over.cancelled() => {}
+    }
+    over.cancel();
+    drop(place);
 }
 
 /// An open stream between reads: what was read and not sent yet.
@@ -136,11 +168,12 @@ struct Live {
     more: bool,
     /// The `retry:` advice went out.
     greeted: bool,
-    /// No connection is held forever: past this the stream ends and the client reconnects
-    /// with its `Last-Event-ID` (and may land on another instance).
-    ends_at: tokio::time::Instant,
-    /// Ends the stream when it resolves.
-    revoked: Revoked,
+    /// Cancelled at the stream's end ([`end_in_time`]): its maximum duration (no connection
+    /// is held forever: the client reconnects with its `Last-Event-ID`, and may land on
+    /// another instance), shutdown, or a sign-out.
+    over: CancellationToken,
+    /// Cancels `over` when the stream is dropped: [`end_in_time`] has nothing left to do.
+    _ends: DropGuard,
 }
 
 impl Live {
@@ -162,11 +195,7 @@ impl Live {
             // Checked before every event, not only between reads: a stream catching up on a
             // backlog (full pages, one after another) must still end at a sign-out, at
             // shutdown, or at its time. The client resumes from its last id, missing nothing.
-            let app = self.state.app.clone();
-            if (&mut self.revoked).now_or_never().is_some()
-                || app.shutting_down().now_or_never().is_some()
-                || tokio::time::Instant::now() >= self.ends_at
-            {
+            if self.over.is_cancelled() {
                 return None;
             }
             if let Some(live) = self.queued.pop_front() {
@@ -178,15 +207,12 @@ impl Live {
                 return Some((Ok(event), self));
             }
             if !self.more {
-                let wake =
-                    (tokio::time::Instant::now() + app.live_poll_interval()).min(self.ends_at);
                 tokio::select! {
-                    _ = app.shutting_down() => return None,
-                    () = &mut self.revoked => return None,
-                    _ = tokio::time::sleep_until(wake) => {}
+                    () = self.over.cancelled() => return None,
+                    () = tokio::time::sleep(self.state.app.live_poll_interval()) => {}
                 }
             }
-            if tokio::time::Instant::now() >= self.ends_at {
+            if self.over.is_cancelled() {
                 return None;
             }
             match self.state.app.read_live(&mut self.stream).await {

@@ -104,7 +104,8 @@ pub struct LiveStream {
     start_id: Option<String>,
     /// On an engine whose audit settles late, where the stream re-reads from instead.
     unsettled: Option<Unsettled>,
-    _slot: Slot,
+    /// Its place in the counts of open streams, unless taken ([`LiveStream::take_place`]).
+    slot: Option<Slot>,
 }
 
 /// A stream's place in an audit that settles late (Temporal): every read starts again
@@ -137,6 +138,13 @@ impl LiveStream {
     /// resume from there rather than from its reconnect, missing what happened in between.
     pub fn start_id(&self) -> Option<&str> {
         self.start_id.as_deref()
+    }
+
+    /// The stream's place in the counts of open streams, given back when what is returned is
+    /// dropped: at the stream's end, though the stream itself may be dropped much later (an
+    /// HTTP/2 client that grants no window leaves it unread, `crate::api::events`).
+    pub fn take_place(&mut self) -> impl Send + Sync + 'static {
+        self.slot.take()
     }
 }
 
@@ -204,7 +212,7 @@ impl Approvals {
             since,
             start_id,
             unsettled,
-            _slot: slot,
+            slot: Some(slot),
         };
         let (first, _) = self.read_live(&mut stream).await?;
         Ok((stream, first))

@@ -1,5 +1,6 @@
 //! A connection that finishes its in-flight requests and closes once it is told to: at
-//! shutdown, or (HTTP/2) when it has been idle too long.
+//! shutdown, or (HTTP/2) when it has been idle too long; or that is dropped at once, its
+//! requests with it, when one of them cannot otherwise be ended (HTTP/2, `due`).
 //!
 //! hyper-util's `GracefulShutdown` does this for shutdown only, and its connection trait is
 //! sealed, so the idle close could not share it.
@@ -44,31 +45,38 @@ where
 }
 
 pin_project_lite::pin_project! {
-    /// Serves `connection`; once `until` resolves, asks it to finish and close.
-    pub(super) struct Closing<C, U> {
+    /// Serves `connection`; once `until` resolves, asks it to finish and close; once `abort`
+    /// resolves, ends (and the connection is dropped with it).
+    pub(super) struct Closing<C, U, A> {
         #[pin]
         connection: C,
         #[pin]
         until: U,
         asked: bool,
+        #[pin]
+        abort: A,
     }
 }
 
-impl<C, U> Closing<C, U> {
-    pub(super) fn new(connection: C, until: U) -> Self {
+impl<C, U, A> Closing<C, U, A> {
+    pub(super) fn new(connection: C, until: U, abort: A) -> Self {
         Self {
             connection,
             until,
             asked: false,
+            abort,
         }
     }
 }
 
-impl<C: Graceful, U: Future<Output = ()>> Future for Closing<C, U> {
+impl<C: Graceful, U: Future<Output = ()>, A: Future<Output = ()>> Future for Closing<C, U, A> {
     type Output = Result<(), hyper::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        if this.abort.poll(cx).is_ready() {
+            return Poll::Ready(Ok(()));
+        }
         if !*this.asked && this.until.poll(cx).is_ready() {
             *this.asked = true;
             this.connection.as_mut().graceful_shutdown();

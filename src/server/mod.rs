@@ -20,12 +20,16 @@
 //! HTTP/2 connection carries at most `server.max_streams_per_connection` requests at once, and
 //! its client must answer a ping after half the header-read timeout of silence within the other
 //! half (a stalled handshake does not, and is closed). One with no request in flight for the
-//! header-read timeout is closed as an idle HTTP/1 keep-alive is (`activity`).
+//! header-read timeout is closed as an idle HTTP/1 keep-alive is (`activity`); one holding an
+//! answer past its end that it cannot send (a live event stream whose client grants no window)
+//! is closed `server.write_timeout` later (`due`).
 
 mod activity;
 mod closing;
+mod due;
 
 pub(crate) use activity::holding;
+pub(crate) use due::EndsWhen;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -110,13 +114,19 @@ impl Protocols {
             let stream = TokioIo::new(Box::pin(stream));
             Either::Left(if speaks_http2 {
                 // Each request counts as in use until its answer's body is sent or dropped;
-                // the connection is closed after `header_read_timeout` without any.
+                // the connection is closed after `header_read_timeout` without any. One whose
+                // answer is past its end and still not sent is dropped (`due`).
                 let activity = Activity::new();
                 let counting = Arc::clone(&activity);
+                let abort = CancellationToken::new();
+                let aborting = abort.clone();
+                let grace = protocols.write_timeout;
                 let app = MapFuture::new(app, move |answer: RouteFuture<Infallible>| {
                     let in_use = counting.enter();
+                    let aborting = aborting.clone();
                     answer.map_ok(move |response| {
-                        response.map(|body| activity::holding(body, in_use))
+                        let watched = due::watch(&response, grace, &aborting);
+                        response.map(|body| activity::holding(body, (in_use, watched)))
                     })
                 });
                 let connection = protocols
@@ -124,12 +134,16 @@ impl Protocols {
                     .serve_connection(stream, TowerToHyperService::new(app));
                 let idle = activity.idle_for(protocols.header_read_timeout);
                 let until = future::select(Box::pin(stopping.cancelled_owned()), Box::pin(idle));
-                Either::Left(Closing::new(connection, until.map(drop)).map(ended))
+                let abort = abort.cancelled_owned();
+                Either::Left(Closing::new(connection, until.map(drop), abort).map(ended))
             } else {
+                // A blocked write ends an HTTP/1 answer (the write deadline): nothing to abort.
                 let connection = protocols
                     .http1
                     .serve_connection(stream, TowerToHyperService::new(app));
-                Either::Right(Closing::new(connection, stopping.cancelled_owned()).map(ended))
+                let closing =
+                    Closing::new(connection, stopping.cancelled_owned(), future::pending());
+                Either::Right(closing.map(ended))
             })
         })
     }

@@ -273,3 +273,106 @@ async fn an_http2_client_that_reads_no_answers_holds_only_its_own_places() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// An HTTP/2 connection to the app whose client grants no window for any answer: the server
+/// can send heads, never a byte of a body. The task drives it and ends when it closes.
+async fn http2_connection_granting_no_window(
+    app: &TestApp,
+) -> (
+    SendRequest<Empty<Bytes>>,
+    JoinHandle<Result<(), hyper::Error>>,
+) {
+    let tcp = TcpStream::connect(app.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(0)
+        .handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    (sender, tokio::spawn(connection))
+}
+
+/// The tenant's live events as its reviewer, on `sender`'s connection: the answer's head.
+async fn open_events_unread(
+    app: &TestApp,
+    sender: &SendRequest<Empty<Bytes>>,
+) -> hyper::Response<hyper::body::Incoming> {
+    let events = Request::get(app.url(&format!("/v1/tenants/{}/events", app.tenant)))
+        .header("authorization", format!("Bearer {}", app.tokens.reviewer))
+        .body(Empty::new())
+        .unwrap();
+    let response = sender.clone().send_request(events).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response
+}
+
+/// A live event stream ends at `approvals.events_max_duration` whether or not its client reads
+/// it. A client that grants no window leaves the stream's first frame waiting in hyper, which
+/// then never reads the stream again; yet at the stream's end its caller's place is free for a
+/// new stream, and the connection, which can no longer be told that the stream ended, is closed
+/// `server.write_timeout` later.
+#[tokio::test]
+async fn a_live_event_stream_never_read_over_http2_still_ends_at_its_time() {
+    let app = TestApp::spawn_with(|s| {
+        s.approvals.events_max_duration = Duration::from_secs(1);
+        // One stream per caller (a fifth of the tenant's, at least one).
+        s.approvals.max_event_streams_per_tenant = 1;
+        // Well past the stream's end: the place must come back before the connection goes.
+        s.server.write_timeout = Duration::from_secs(3);
+    })
+    .await;
+    let (sender, connection) = http2_connection_granting_no_window(&app).await;
+    let _unread = open_events_unread(&app, &sender).await;
+    let path = format!("/v1/tenants/{}/events", app.tenant);
+    let another = || {
+        app.request(reqwest::Method::GET, &path, Some(&app.tokens.reviewer))
+            .send()
+    };
+    assert_eq!(
+        another().await.unwrap().status(),
+        reqwest::StatusCode::TOO_MANY_REQUESTS,
+        "the open stream holds the reviewer's one place"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let status = another().await.unwrap().status();
+        if status == reqwest::StatusCode::OK {
+            assert!(
+                !connection.is_finished(),
+                "the place came back with the connection, not at the stream's end"
+            );
+            break;
+        }
+        assert_eq!(status, reqwest::StatusCode::TOO_MANY_REQUESTS);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the unread stream kept its place past its maximum duration"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let closed = tokio::time::timeout(Duration::from_secs(15), connection).await;
+    assert!(
+        closed.is_ok(),
+        "the connection holding the ended stream was closed"
+    );
+}
+
+/// On shutdown a live event stream ends whether or not its client reads it: one left unread
+/// over HTTP/2 does not hold the drain for `server.shutdown_grace`.
+#[tokio::test]
+async fn shutdown_does_not_wait_for_a_live_event_stream_never_read_over_http2() {
+    let mut app = TestApp::spawn_with(|s| {
+        s.server.write_timeout = Duration::from_secs(1);
+        s.server.shutdown_grace = Duration::from_secs(60);
+    })
+    .await;
+    let (sender, connection) = http2_connection_granting_no_window(&app).await;
+    let _unread = open_events_unread(&app, &sender).await;
+    tokio::time::timeout(Duration::from_secs(15), app.shut_down())
+        .await
+        .expect("the unread stream did not hold up the drain")
+        .expect("stopped");
+    let closed = tokio::time::timeout(Duration::from_secs(15), connection).await;
+    assert!(closed.is_ok(), "its connection was closed");
+}

@@ -1,0 +1,46 @@
+//! Answers whose body must end at a moment of its own (a live event stream: at its maximum
+//! duration, at shutdown, at a sign-out), whether or not the connection still reads the body.
+//!
+//! Such a body ends itself the next time it is read, but over HTTP/2 it may not be read again:
+//! hyper stops reading a body while a frame of it waits for flow-control window, and a client
+//! that grants none (or no more) leaves the frame waiting for ever. Nothing is written, so the
+//! socket's write deadline does not see it, and the request stays in flight, so the idle close
+//! does not either: the stream, and its connection, would outlive its end and hold up a
+//! shutdown for the whole grace. So a body still unfinished `server.write_timeout` after it was
+//! due (what HTTP/1 gives a blocked write) closes its connection: hyper has no way to reset one
+//! stream it no longer reads, and closing the connection ends them all (each stream's task sees
+//! it closed and drops its body). Only a stream both due and stalled costs its connection's
+//! other streams; a stalled stream before its end stalls only itself (ADR-0018).
+
+use std::time::Duration;
+
+use axum::response::Response;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+/// On a response: its body is due to end once this is cancelled.
+#[derive(Clone)]
+pub(crate) struct EndsWhen(pub(crate) CancellationToken);
+
+/// If `response` says when its body ends ([`EndsWhen`]), cancels `close` (the connection's)
+/// should the body not have ended `grace` after that. Returns the guard the body must hold
+/// until it has ended, or been dropped.
+pub(super) fn watch(
+    response: &Response,
+    grace: Duration,
+    close: &CancellationToken,
+) -> Option<DropGuard> {
+    let due = response.extensions().get::<EndsWhen>()?.0.clone();
+    let ended = CancellationToken::new();
+    let watching = ended.clone();
+    let close = close.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = watching.cancelled() => {}
+            () = async { due.cancelled().await; tokio::time::sleep(grace).await } => {
+                tracing::debug!(?grace, "an answer past its end is not sent: closing");
+                close.cancel();
+            }
+        }
+    });
+    Some(ended.drop_guard())
+}
