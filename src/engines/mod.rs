@@ -217,6 +217,9 @@ impl Engine {
         settings: &Settings,
         strict: bool,
     ) -> Result<Self, EngineError> {
+        // Only the Temporal namespace check reads it.
+        #[cfg(not(feature = "temporal"))]
+        let _ = strict;
         let failed = |source| EngineError::Connect {
             engine: kind.as_str(),
             source,

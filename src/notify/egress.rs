@@ -120,9 +120,21 @@ pub struct EgressPolicy {
     not_public: Vec<IpNet>,
     allowed: Vec<IpNet>,
     resolver: HostResolver,
+    /// The operator's proxy (`notifications.proxy`), named by host: resolved without the
+    /// guard, since it is ours and usually internal. With a proxy set, webhook hosts are
+    /// resolved by the proxy, never here, so this is the only name the resolver sees.
+    proxy_host: Option<String>,
 }
 
 impl EgressPolicy {
+    /// The same policy, with `proxy_host` (the configured proxy's host name) exempt.
+    pub fn trusting_proxy(self, proxy_host: Option<String>) -> Self {
+        Self {
+            proxy_host: proxy_host.map(|h| h.to_ascii_lowercase()),
+            ..self
+        }
+    }
+
     pub fn new(allowed: Vec<IpNet>) -> Self {
         Self::with_resolver(allowed, HostResolver::system())
     }
@@ -136,6 +148,7 @@ impl EgressPolicy {
             not_public,
             allowed,
             resolver,
+            proxy_host: None,
         }
     }
 
@@ -233,6 +246,10 @@ impl Resolve for GuardedResolver {
         Box::pin(async move {
             let host = name.as_str().to_owned();
             let found = policy.resolver.resolve(&host, 0).await?;
+            if policy.proxy_host.as_deref() == Some(host.to_ascii_lowercase().as_str()) {
+                let addrs: Addrs = Box::new(found.into_iter());
+                return Ok(addrs);
+            }
             let permitted: Vec<SocketAddr> = found
                 .iter()
                 .copied()

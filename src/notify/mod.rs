@@ -335,7 +335,14 @@ impl Notifier {
         inbox_base: Option<String>,
     ) -> Self {
         let audit_settle = app.audit_settle_time();
-        let egress = Arc::new(EgressPolicy::new(settings.allowed_networks.clone()));
+        let proxy_host = settings
+            .proxy
+            .as_deref()
+            .and_then(|p| reqwest::Url::parse(p).ok())
+            .and_then(|u| u.host_str().map(str::to_owned));
+        let egress = Arc::new(
+            EgressPolicy::new(settings.allowed_networks.clone()).trusting_proxy(proxy_host),
+        );
         let mut builder = reqwest::Client::builder()
             .timeout(settings.request_timeout)
             .dns_resolver(egress.resolver())
@@ -778,6 +785,7 @@ impl Notifier {
             last_error: None,
             remember_until: expiring.map(|a| a.expires_at),
             while_pending: expiring.map(|a| a.id.to_string()),
+            round: 0,
         };
         if self.store.enqueue(&delivery).await? {
             metrics::counter!("approvals_notifications_queued_total", "tenant" => hook.tenant.clone())

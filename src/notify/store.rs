@@ -46,6 +46,14 @@ pub struct Delivery {
     /// sends reviewers to a closed approval nor states a time left that has passed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub while_pending: Option<String>,
+    /// How often an admin queued it again from the dead letters: a late report of an attempt
+    /// from before (whose lease ran out) must not settle the fresh round.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub round: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Delivery {
@@ -120,17 +128,22 @@ return ids";
 
 /// A failed attempt's outcome (KEYS[1] the delivery, KEYS[2] the queue): retried (ARGV[3] the
 /// due time) or, with ARGV[4] set, given up on into KEYS[3]; ARGV[7] is the attempts it counts.
-/// Nothing happens to a delivery already settled, or attempted as often by another instance:
-/// one whose lease ran out while its attempt hung must not bring back a delivery sent since
-/// (it would be sent again) or given up on, nor turn its attempt count back.
+/// Nothing happens to a delivery already settled, attempted as often by another instance, or
+/// redelivered since (ARGV[8] the attempt's round): one whose lease ran out while its attempt
+/// hung must not bring back a delivery sent since (it would be sent again) or given up on, nor
+/// turn its attempt count back, nor put a redelivered one back among the dead letters.
 const FAILED: &str = r"
 local current = redis.call('GET', KEYS[1])
 if current == 'sent' or current == 'dead' then return 0 end
 if current then
   local ok, stored = pcall(cjson.decode, current)
-  if ok and type(stored) == 'table' and type(stored.attempts) == 'number'
-      and stored.attempts >= tonumber(ARGV[7]) then
-    return 0
+  if ok and type(stored) == 'table' then
+    local round = tonumber(stored.round) or 0
+    if round > tonumber(ARGV[8]) then return 0 end
+    if round == tonumber(ARGV[8]) and type(stored.attempts) == 'number'
+        and stored.attempts >= tonumber(ARGV[7]) then
+      return 0
+    end
   end
 end
 if ARGV[4] == '' then
@@ -203,6 +216,7 @@ for _, json in ipairs(letters) do
   if redis.call('GET', ARGV[3] .. delivery.id) ~= 'sent' then
     delivery.attempts = 0
     delivery.last_error = nil
+    delivery.round = (tonumber(delivery.round) or 0) + 1
     redis.call('SET', ARGV[3] .. delivery.id, cjson.encode(delivery), 'PX', ARGV[2])
     redis.call('ZADD', KEYS[2], ARGV[1], delivery.id)
     moved = moved + 1
@@ -519,10 +533,11 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let json =
             serde_json::to_string(delivery).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let (id, tenant, attempts) = (
+        let (id, tenant, attempts, round) = (
             delivery.id.clone(),
             delivery.tenant.clone(),
             delivery.attempts,
+            delivery.round,
         );
         let (due, dead_for) = match retry {
             Some(next) => (next.as_millis().to_string(), String::new()),
@@ -542,6 +557,7 @@ impl Store {
                 .arg(&id)
                 .arg(DEAD_KEPT)
                 .arg(attempts)
+                .arg(round)
                 .invoke_async::<i64>(&mut c)
                 .await
                 .map(|applied| applied == 1)
@@ -650,6 +666,7 @@ mod tests {
             last_error: None,
             remember_until: None,
             while_pending: None,
+            round: 0,
         };
         let failed = |delivery: &Delivery, attempts: u32| Delivery {
             attempts,
@@ -658,6 +675,22 @@ mod tests {
         };
         let acme = TenantId::parse("acme").unwrap();
         let mut conn = redis.connection().await;
+
+        // Given up on here, redelivered by an admin; then the report of an instance whose
+        // last attempt outlived its lease comes in: it does not make the fresh round dead.
+        let redelivered = queued("d-4");
+        assert!(store.enqueue(&redelivered).await.unwrap());
+        assert!(store.dead(&failed(&redelivered, 8)).await.unwrap());
+        assert_eq!(store.redeliver_dead(&acme).await.unwrap(), 1);
+        assert!(!store.dead(&failed(&redelivered, 8)).await.unwrap());
+        assert_eq!(store.dead_letters(&acme).await.unwrap(), 0);
+        let claimed = store.claim(10, Duration::from_secs(30)).await.unwrap();
+        assert_eq!(claimed.len(), 1, "the redelivered round is attempted");
+        assert_eq!((claimed[0].attempts, claimed[0].round), (0, 1));
+        // Its own failures count as before.
+        assert!(store.dead(&failed(&claimed[0], 8)).await.unwrap());
+        assert_eq!(store.dead_letters(&acme).await.unwrap(), 1);
+        let _: () = conn.del(dead_key("acme")).await.unwrap();
 
         let sent = queued("d-1");
         assert!(store.enqueue(&sent).await.unwrap());
@@ -824,6 +857,7 @@ mod tests {
             last_error: None,
             remember_until: Some(Timestamp::now().plus(three_days)),
             while_pending: Some("a-1".into()),
+            round: 0,
         };
         assert!(store.enqueue(&warning).await.unwrap());
         let given_up = Delivery {

@@ -1367,3 +1367,29 @@ async fn a_tenant_failing_every_pass_does_not_slow_another_tenants_catching_up()
     .await
     .unwrap_or_else(|_| panic!("only {} of 30 within 8 s", delivered.len()));
 }
+
+/// Deliveries through the operator's proxy named by host name (`proxy.internal:3128`, which
+/// resolves inside the network): the guard checked the proxy's own name too and refused it,
+/// so every delivery went dead. Here the "proxy" is a receiver on `localhost`, which loopback
+/// deliveries may not reach; the webhook's host never resolves here at all.
+#[tokio::test]
+async fn deliveries_go_through_a_proxy_named_by_host_name() {
+    let mut proxy = Receiver::start(0).await;
+    let proxy_url = proxy
+        .url
+        .replace("127.0.0.1", "localhost")
+        .replace("/hook", "");
+    let app = TestApp::spawn_with(|s| {
+        fast(s);
+        s.notifications.allowed_networks = Vec::new();
+        s.notifications.proxy = Some(proxy_url);
+    })
+    .await;
+    add_webhook(
+        &app,
+        json!({"url": "http://receiver.invalid/hook", "events": ["parked"]}),
+    )
+    .await;
+    app.park("proxied").await;
+    assert_eq!(proxy.next().await.json()["approval_id"], "proxied");
+}
