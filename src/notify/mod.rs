@@ -325,6 +325,11 @@ pub struct Notifier {
     /// Per tenant, where its "expiring soon" scan starts: the page after the approvals already
     /// queued (absent: from the oldest pending).
     expiring_from: Mutex<HashMap<TenantId, String>>,
+    /// "Expiring soon" warnings this instance queued, until their approval expires: the scan
+    /// reads the due approvals before its resume point again on every pass, and queued each one
+    /// again (a no-op in Redis, but a round trip per approval and webhook, every pass, for
+    /// every tenant behind it).
+    warned: Mutex<RecentIds>,
 }
 
 impl Notifier {
@@ -375,6 +380,7 @@ impl Notifier {
             audit_settle,
             recently_queued: Mutex::default(),
             expiring_from: Mutex::default(),
+            warned: Mutex::default(),
         }
     }
 
@@ -665,6 +671,11 @@ impl Notifier {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn lock_warned(&self) -> std::sync::MutexGuard<'_, RecentIds> {
+        // A set of ids holds no invariant a panicking holder could break.
+        self.warned.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn lock_recent(&self) -> std::sync::MutexGuard<'_, RecentIds> {
         // A set of ids holds no invariant a panicking holder could break.
         self.recently_queued
@@ -718,6 +729,7 @@ impl Notifier {
         let share = self.settings.expiring_soon_share;
         let tenant_ttl = self.app.ttl_for(tenant);
         let mut page_from = self.lock_expiring_from().get(tenant).cloned();
+        self.lock_warned().prune(now);
         // Where the first approval not yet due was: the next pass starts there.
         let mut resume_at: Option<Option<String>> = None;
         for _ in 0..EXPIRING_PAGES_PER_PASS {
@@ -744,12 +756,17 @@ impl Notifier {
                     .iter()
                     .filter(|h| h.events.contains(&NotifyEvent::ExpiringSoon))
                 {
+                    let id = format!("{}:soon:{}", hook.id, approval.id);
+                    let known = format!("{}:{id}", hook.tenant);
+                    if self.lock_warned().contains(&known) {
+                        continue;
+                    }
                     let body =
                         payload::expiring_body(hook, &approval, left, self.inbox_base.as_deref());
                     // Remembered as sent until the approval expires: a tombstone gone sooner
                     // would let a later pass (or another instance) send it again.
-                    let id = format!("{}:soon:{}", hook.id, approval.id);
                     self.queue(hook, &id, body, Some(&approval)).await?;
+                    self.lock_warned().insert(approval.expires_at, known);
                 }
             }
             match page.next_cursor {

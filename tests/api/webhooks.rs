@@ -1393,3 +1393,55 @@ async fn deliveries_go_through_a_proxy_named_by_host_name() {
     app.park("proxied").await;
     assert_eq!(proxy.next().await.json()["approval_id"], "proxied");
 }
+
+/// Approvals whose warning went out stay before the scan's resume point, and were queued
+/// again on every pass: a no-op in Redis, but a round trip per approval and webhook, every
+/// pass, which every other tenant's notifications waited behind.
+#[tokio::test]
+async fn warnings_already_queued_cost_no_redis_call_on_later_passes() {
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+    let mut receiver = Receiver::start(0).await;
+    let app = TestApp::spawn_with(|s| {
+        expiring_after(DAY)(s);
+        // Due at once, however long the TTL.
+        s.notifications.expiring_soon_share = 1.0;
+    })
+    .await;
+    add_webhook(
+        &app,
+        json!({"url": receiver.url, "events": ["expiring_soon"]}),
+    )
+    .await;
+    for n in 0..40 {
+        app.park(&format!("warned-{n}")).await;
+    }
+    for _ in 0..40 {
+        receiver.next_of("expiring_soon").await;
+    }
+    let mut conn = app.redis().connection().await;
+    let scripts_run = |info: String| -> u64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let info = |conn: &mut redis::aio::MultiplexedConnection| {
+        let mut conn = conn.clone();
+        async move {
+            redis::cmd("INFO")
+                .arg("commandstats")
+                .query_async::<String>(&mut conn)
+                .await
+                .expect("info")
+        }
+    };
+    let before = scripts_run(info(&mut conn).await);
+    // Ten reader passes (poll_interval is 100 ms): what they cost is what is measured.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let during = scripts_run(info(&mut conn).await) - before;
+    assert!(
+        during < 100,
+        "{during} scripts in ten passes over 40 approvals already warned about"
+    );
+}
