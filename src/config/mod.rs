@@ -110,6 +110,10 @@ pub struct NotificationSettings {
     /// "Expiring soon" is sent when this share of an approval's TTL is left (0 to 1).
     pub expiring_soon_share: f64,
     pub max_webhooks_per_tenant: usize,
+    /// Deliveries a tenant may have waiting (queued or retrying) at once; past it, new ones
+    /// are dead letters at once: a tenant whose receivers never answer must not fill the Redis
+    /// every tenant shares.
+    pub max_queued_per_tenant: usize,
     /// Deliveries one instance attempts at once.
     pub send_concurrency: usize,
     /// Of those, at most this many to one webhook: a receiver that never answers holds this
@@ -143,6 +147,7 @@ impl Default for NotificationSettings {
             retry_max: Duration::from_secs(3600),
             expiring_soon_share: 0.2,
             max_webhooks_per_tenant: 10,
+            max_queued_per_tenant: 10_000,
             // Four tenants whose receivers all hang, not two, take every slot.
             send_concurrency: 32,
             per_webhook_concurrency: 4,
@@ -829,11 +834,13 @@ impl Settings {
             || n.per_webhook_concurrency == 0
             || n.per_tenant_concurrency == 0
             || n.read_batch == 0
+            || n.max_queued_per_tenant == 0
             || n.poll_interval.is_zero()
         {
             return Err(ConfigError::Invalid(
                 "notifications.max_attempts, send_concurrency, per_webhook_concurrency, \
-                 per_tenant_concurrency, read_batch and poll_interval must be positive"
+                 per_tenant_concurrency, read_batch, max_queued_per_tenant and poll_interval \
+                 must be positive"
                     .into(),
             ));
         }

@@ -804,9 +804,25 @@ impl Notifier {
             while_pending: expiring.map(|a| a.id.to_string()),
             round: 0,
         };
-        if self.store.enqueue(&delivery).await? {
-            metrics::counter!("approvals_notifications_queued_total", "tenant" => hook.tenant.clone())
+        match self
+            .store
+            .enqueue(&delivery, self.settings.max_queued_per_tenant)
+            .await?
+        {
+            store::Enqueued::Queued => {
+                metrics::counter!("approvals_notifications_queued_total", "tenant" => hook.tenant.clone())
+                    .increment(1);
+            }
+            store::Enqueued::Known => {}
+            store::Enqueued::Full => {
+                // Logged at debug only: a tenant whose receivers are down hits this for every
+                // event; the dead-letter count and ApprovalsWebhooksFailing say it.
+                tracing::debug!(tenant = %hook.tenant, webhook = %hook.id,
+                    "webhook delivery not queued: the tenant's queue is full; kept as a dead letter");
+                metrics::counter!("approvals_notifications_total",
+                    "tenant" => hook.tenant.clone(), "outcome" => "dead")
                 .increment(1);
+            }
         }
         Ok(())
     }

@@ -9,7 +9,10 @@
 //! - `webhooks:delivery:{id}`: one delivery (JSON) until it is sent or dead, then a tombstone for
 //!   a day so that a re-read of the audit does not send it again; `webhooks:due`: sorted set,
 //!   delivery id → when it may be attempted next (a claim moves it a lease ahead, so one
-//!   instance at a time attempts it); `webhooks:dead:{tenant}`: the last 1,000 given up on.
+//!   instance at a time attempts it); `webhooks:queued:{tenant}`: sorted set, the tenant's
+//!   deliveries not yet sent or given up on → when queued (its size is what
+//!   `notifications.max_queued_per_tenant` bounds); `webhooks:dead:{tenant}`: the last 1,000
+//!   given up on.
 
 use std::time::Duration;
 
@@ -66,6 +69,16 @@ impl Delivery {
     }
 }
 
+/// What [`Store::enqueue`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    Queued,
+    /// Queued (or settled) before: nothing done.
+    Known,
+    /// The tenant's queue is full: kept as a dead letter instead.
+    Full,
+}
+
 /// A delivery's webhook, looked up when it is attempted.
 pub enum Lookup {
     Found(Box<Webhook>),
@@ -106,18 +119,37 @@ fn lock_key(tenant: &str) -> String {
 fn delivery_key(id: &str) -> String {
     format!("webhooks:delivery:{id}")
 }
+fn queued_key(tenant: &str) -> String {
+    format!("webhooks:queued:{tenant}")
+}
+/// The tenant a delivery id starts with (`<tenant>:<webhook>:…`).
+fn tenant_of(delivery_id: &str) -> &str {
+    delivery_id.split(':').next().unwrap_or_default()
+}
 fn dead_key(tenant: &str) -> String {
     format!("webhooks:dead:{tenant}")
 }
 
 /// Queues a delivery unless one with its id exists (or existed within a day): a re-read of the
-/// audit after a crash queues nothing twice.
+/// audit after a crash queues nothing twice. A tenant with `ARGV[6]` deliveries queued already
+/// (its receivers down or never answering, while events keep coming) gets this one as a dead
+/// letter at once (`ARGV[7]`; 2): its queue would otherwise grow without bound in the Redis
+/// every tenant shares, and every tenant's sender would pass over it. Entries older than any
+/// delivery lives (before `ARGV[5]`) are dropped first, so a count that drifted mends itself.
 const ENQUEUE: &str = r"
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[4]) then
-  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
-  return 1
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[5])
+if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[6]) then
+  redis.call('SET', KEYS[1], 'dead', 'PX', ARGV[9])
+  redis.call('LPUSH', KEYS[4], ARGV[7])
+  redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[8]) - 1)
+  return 2
 end
-return 0";
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[4])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[3], ARGV[4])
+return 1";
 
 /// Claims what is due: each claimed id moves a lease ahead, so no other instance attempts it
 /// until this one reports, or until the lease runs out if it died.
@@ -155,6 +187,7 @@ redis.call('LPUSH', KEYS[3], ARGV[1])
 redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[6]) - 1)
 redis.call('SET', KEYS[1], 'dead', 'PX', ARGV[4])
 redis.call('ZREM', KEYS[2], ARGV[5])
+redis.call('ZREM', KEYS[4], ARGV[5])
 return 1";
 
 /// Sent (KEYS[1] the delivery, KEYS[2] the queue, KEYS[3] the tenant's dead letters): marked
@@ -164,6 +197,7 @@ const DELIVERED: &str = r"
 local was = redis.call('GET', KEYS[1])
 redis.call('SET', KEYS[1], 'sent', 'PX', ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('ZREM', KEYS[4], ARGV[2])
 if was == 'dead' then
   for _, json in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do
     local ok, letter = pcall(cjson.decode, json)
@@ -219,10 +253,12 @@ for _, json in ipairs(letters) do
     delivery.round = (tonumber(delivery.round) or 0) + 1
     redis.call('SET', ARGV[3] .. delivery.id, cjson.encode(delivery), 'PX', ARGV[2])
     redis.call('ZADD', KEYS[2], ARGV[1], delivery.id)
+    redis.call('ZADD', KEYS[3], ARGV[1], delivery.id)
     moved = moved + 1
   end
 end
 redis.call('DEL', KEYS[1])
+if moved > 0 then redis.call('PEXPIRE', KEYS[3], ARGV[2]) end
 return moved";
 
 fn millis(d: Duration) -> u64 {
@@ -419,24 +455,48 @@ impl Store {
     }
 
     /// Queues `delivery` to be attempted now, unless it was queued before; true if queued.
-    pub async fn enqueue(&self, delivery: &Delivery) -> Result<bool, StoreError> {
-        let json =
-            serde_json::to_string(delivery).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let id = delivery.id.clone();
-        let queued: i64 = self
+    pub async fn enqueue(&self, delivery: &Delivery, cap: usize) -> Result<Enqueued, StoreError> {
+        let corrupt = |e: serde_json::Error| StoreError::Corrupt(e.to_string());
+        let json = serde_json::to_string(delivery).map_err(corrupt)?;
+        let refused = serde_json::to_string(&Delivery {
+            last_error: Some(format!(
+                "not queued: the tenant already had {cap} deliveries waiting \
+                 (notifications.max_queued_per_tenant)"
+            )),
+            ..delivery.clone()
+        })
+        .map_err(corrupt)?;
+        let (id, tenant, tombstone) = (
+            delivery.id.clone(),
+            delivery.tenant.clone(),
+            delivery.tombstone(),
+        );
+        let now = Timestamp::now();
+        let outcome: i64 = self
             .call(|mut c| async move {
                 redis::Script::new(ENQUEUE)
                     .key(delivery_key(&id))
                     .key(DUE_KEY)
+                    .key(queued_key(&tenant))
+                    .key(dead_key(&tenant))
                     .arg(json)
-                    .arg(Timestamp::now().as_millis())
+                    .arg(now.as_millis())
                     .arg(&id)
                     .arg(millis(DELIVERY_TTL))
+                    .arg(now.minus(DELIVERY_TTL).as_millis())
+                    .arg(cap)
+                    .arg(refused)
+                    .arg(DEAD_KEPT)
+                    .arg(millis(tombstone))
                     .invoke_async(&mut c)
                     .await
             })
             .await?;
-        Ok(queued == 1)
+        Ok(match outcome {
+            1 => Enqueued::Queued,
+            2 => Enqueued::Full,
+            _ => Enqueued::Known,
+        })
     }
 
     /// Up to `limit` deliveries due now, each leased for `lease`.
@@ -466,8 +526,14 @@ impl Store {
                 // Gone (expired) or a tombstone: nothing left to send.
                 _ => {
                     let id = id.clone();
-                    self.call(|mut c| async move { c.zrem::<_, _, ()>(DUE_KEY, id).await })
-                        .await?;
+                    self.call(|mut c| async move {
+                        redis::pipe()
+                            .zrem(DUE_KEY, &id)
+                            .zrem(queued_key(tenant_of(&id)), &id)
+                            .query_async::<()>(&mut c)
+                            .await
+                    })
+                    .await?;
                 }
             }
         }
@@ -506,6 +572,7 @@ impl Store {
                 .key(delivery_key(&id))
                 .key(DUE_KEY)
                 .key(dead_key(&tenant))
+                .key(queued_key(&tenant))
                 .arg(millis(tombstone))
                 .arg(&id)
                 .invoke_async::<()>(&mut c)
@@ -550,6 +617,7 @@ impl Store {
                 .key(delivery_key(&id))
                 .key(DUE_KEY)
                 .key(dead_key(&tenant))
+                .key(queued_key(&tenant))
                 .arg(json)
                 .arg(millis(DELIVERY_TTL))
                 .arg(due)
@@ -572,6 +640,7 @@ impl Store {
             redis::Script::new(REDELIVER)
                 .key(key)
                 .key(DUE_KEY)
+                .key(queued_key(tenant.as_str()))
                 .arg(Timestamp::now().as_millis())
                 .arg(millis(DELIVERY_TTL))
                 .arg(delivery_key(""))
@@ -679,7 +748,7 @@ mod tests {
         // Given up on here, redelivered by an admin; then the report of an instance whose
         // last attempt outlived its lease comes in: it does not make the fresh round dead.
         let redelivered = queued("d-4");
-        assert!(store.enqueue(&redelivered).await.unwrap());
+        assert!(store.enqueue(&redelivered, 100).await.unwrap() == Enqueued::Queued);
         assert!(store.dead(&failed(&redelivered, 8)).await.unwrap());
         assert_eq!(store.redeliver_dead(&acme).await.unwrap(), 1);
         assert!(!store.dead(&failed(&redelivered, 8)).await.unwrap());
@@ -693,7 +762,7 @@ mod tests {
         let _: () = conn.del(dead_key("acme")).await.unwrap();
 
         let sent = queued("d-1");
-        assert!(store.enqueue(&sent).await.unwrap());
+        assert!(store.enqueue(&sent, 100).await.unwrap() == Enqueued::Queued);
         store.delivered(&sent).await.unwrap();
         assert!(!store
             .retry_at(&failed(&sent, 1), Timestamp::now())
@@ -711,7 +780,7 @@ mod tests {
 
         // Nor does a late report turn back the attempts another instance counted since.
         let retried = queued("d-3");
-        assert!(store.enqueue(&retried).await.unwrap());
+        assert!(store.enqueue(&retried, 100).await.unwrap() == Enqueued::Queued);
         store
             .retry_at(&failed(&retried, 3), Timestamp::now())
             .await
@@ -729,7 +798,7 @@ mod tests {
 
         // A delivery nobody settled is retried and given up on as before.
         let other = queued("d-2");
-        assert!(store.enqueue(&other).await.unwrap());
+        assert!(store.enqueue(&other, 100).await.unwrap() == Enqueued::Queued);
         store
             .retry_at(&failed(&other, 1), Timestamp::now())
             .await
@@ -753,6 +822,73 @@ mod tests {
             .await
             .unwrap()
             .is_empty());
+    }
+
+    /// A tenant whose receivers never answer, while events keep coming: its queue stops at
+    /// the cap (the rest are dead letters at once), and room comes back as deliveries leave.
+    #[tokio::test]
+    async fn a_tenants_queue_stops_at_its_cap() {
+        let redis = RedisServer::start().await;
+        let store = Store::connect(&redis.url(), Duration::from_secs(2))
+            .await
+            .unwrap();
+        let delivery = |id: &str| Delivery {
+            id: format!("acme:wh-1:{id}"),
+            tenant: "acme".into(),
+            webhook_id: "wh-1".into(),
+            body: "{}".into(),
+            attempts: 0,
+            last_error: None,
+            remember_until: None,
+            while_pending: None,
+            round: 0,
+        };
+        let acme = TenantId::parse("acme").unwrap();
+        let mut conn = redis.connection().await;
+        for id in ["e-1", "e-2"] {
+            assert_eq!(
+                store.enqueue(&delivery(id), 2).await.unwrap(),
+                Enqueued::Queued
+            );
+        }
+        assert_eq!(
+            store.enqueue(&delivery("e-3"), 2).await.unwrap(),
+            Enqueued::Full
+        );
+        assert_eq!(store.dead_letters(&acme).await.unwrap(), 1);
+        assert_eq!(store.queued().await.unwrap(), 2);
+        // Not queued later either: it is a dead letter, to redeliver once receivers are back.
+        assert_eq!(
+            store.enqueue(&delivery("e-3"), 2).await.unwrap(),
+            Enqueued::Known
+        );
+
+        // Sent: room for one more.
+        store.delivered(&delivery("e-1")).await.unwrap();
+        assert_eq!(
+            store.enqueue(&delivery("e-4"), 2).await.unwrap(),
+            Enqueued::Queued
+        );
+        // One whose record vanished (expired) leaves the count when a claim finds it gone.
+        let _: () = conn.del(delivery_key("acme:wh-1:e-2")).await.unwrap();
+        let claimed = store.claim(10, Duration::from_secs(30)).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(
+            store.enqueue(&delivery("e-5"), 2).await.unwrap(),
+            Enqueued::Queued
+        );
+        // Given up on: room again.
+        let attempted = Delivery {
+            attempts: 1,
+            ..claimed[0].clone()
+        };
+        assert!(store.dead(&attempted).await.unwrap());
+        assert_eq!(
+            store.enqueue(&delivery("e-6"), 2).await.unwrap(),
+            Enqueued::Queued
+        );
+        let waiting: u64 = conn.zcard(queued_key("acme")).await.unwrap();
+        assert_eq!(waiting, 2);
     }
 
     /// The reader found the tenant with no webhook; meanwhile an admin added one. Forgetting
@@ -859,7 +995,7 @@ mod tests {
             while_pending: Some("a-1".into()),
             round: 0,
         };
-        assert!(store.enqueue(&warning).await.unwrap());
+        assert!(store.enqueue(&warning, 100).await.unwrap() == Enqueued::Queued);
         let given_up = Delivery {
             attempts: 8,
             last_error: Some("the receiver answered 500".into()),
@@ -884,6 +1020,6 @@ mod tests {
         assert_eq!(state, "dead");
         // Until the approval expires (3 days), not for a day.
         assert!(left > (TOMBSTONE * 2).as_millis() as i64, "{left} ms");
-        assert!(!store.enqueue(&warning).await.unwrap());
+        assert_eq!(store.enqueue(&warning, 100).await.unwrap(), Enqueued::Known);
     }
 }
