@@ -524,7 +524,15 @@ impl Store {
             match value.as_deref().map(serde_json::from_str::<Delivery>) {
                 Some(Ok(delivery)) => deliveries.push(delivery),
                 // Gone (expired) or a tombstone: nothing left to send.
-                _ => {
+                other => {
+                    if other.is_none() {
+                        // Waited out its whole life (`DELIVERY_TTL`) without being sent or
+                        // given up on: lost, which on-call staff must hear of.
+                        tracing::warn!(delivery = %id, "webhook delivery expired unsent");
+                        metrics::counter!("approvals_notifications_total",
+                            "tenant" => tenant_of(id).to_owned(), "outcome" => "dead")
+                        .increment(1);
+                    }
                     let id = id.clone();
                     self.call(|mut c| async move {
                         redis::pipe()
