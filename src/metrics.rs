@@ -34,30 +34,8 @@ const LATENCY_BUCKETS: &[f64] = &[
 const SWEEPER_LAG_BUCKETS: &[f64] = &[
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0,
 ];
-/// Buckets for human-scale waits (seconds): a minute to a year (Temporal holds approvals for
-/// weeks or months; with a week's top bucket every quantile past it read "one week").
-const AGE_BUCKETS: &[f64] = &[
-    60.0,
-    300.0,
-    900.0,
-    1800.0,
-    3600.0,
-    7200.0,
-    14400.0,
-    28800.0,
-    43200.0,
-    86400.0,
-    172800.0,
-    259200.0,
-    604800.0,
-    1_209_600.0,
-    2_592_000.0,
-    7_776_000.0,
-    31_536_000.0,
-];
-
 /// Buckets for how long a reviewer took (to look, to decide; seconds): [`AGE_BUCKETS`] with
-/// seconds below the minute, since the inbox updates live and most first looks and many
+/// seconds below the minute first, since the inbox updates live and most first looks and many
 /// decisions come within one: with a minute as the first bucket every p50 under it read 30 s.
 const WAIT_BUCKETS: &[f64] = &[
     1.0,
@@ -82,6 +60,10 @@ const WAIT_BUCKETS: &[f64] = &[
     7_776_000.0,
     31_536_000.0,
 ];
+
+/// Buckets for human-scale waits (seconds): a minute to a year (Temporal holds approvals for
+/// weeks or months; with a week's top bucket every quantile past it read "one week").
+const AGE_BUCKETS: &[f64] = WAIT_BUCKETS.split_at(4).1;
 
 /// At most this many tenants with nothing pending are remembered to report 0 (those that had
 /// approvals pending longest ago are forgotten first): a bound on the `approvals_pending*`

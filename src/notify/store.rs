@@ -725,16 +725,9 @@ mod tests {
     use super::*;
     use crate::notify::{NotifyEvent, WebhookFormat};
 
-    /// An instance whose lease ran out while its attempt hung reports a failure after another
-    /// instance sent the delivery: the "sent" tombstone stays, and nothing is queued again
-    /// (it used to be overwritten, and the delivery sent a second time).
-    #[tokio::test]
-    async fn a_late_failure_does_not_undo_a_delivery_sent_meanwhile() {
-        let redis = RedisServer::start().await;
-        let store = Store::connect(&redis.url(), Duration::from_secs(2))
-            .await
-            .unwrap();
-        let queued = |id: &str| Delivery {
+    /// A fresh delivery of tenant acme's webhook wh-1, with id `id`.
+    fn queued(id: &str) -> Delivery {
+        Delivery {
             id: id.into(),
             tenant: "acme".into(),
             webhook_id: "wh-1".into(),
@@ -744,7 +737,18 @@ mod tests {
             remember_until: None,
             while_pending: None,
             round: 0,
-        };
+        }
+    }
+
+    /// An instance whose lease ran out while its attempt hung reports a failure after another
+    /// instance sent the delivery: the "sent" tombstone stays, and nothing is queued again
+    /// (it used to be overwritten, and the delivery sent a second time).
+    #[tokio::test]
+    async fn a_late_failure_does_not_undo_a_delivery_sent_meanwhile() {
+        let redis = RedisServer::start().await;
+        let store = Store::connect(&redis.url(), Duration::from_secs(2))
+            .await
+            .unwrap();
         let failed = |delivery: &Delivery, attempts: u32| Delivery {
             attempts,
             last_error: Some("timed out".into()),
@@ -840,17 +844,7 @@ mod tests {
         let store = Store::connect(&redis.url(), Duration::from_secs(2))
             .await
             .unwrap();
-        let delivery = |id: &str| Delivery {
-            id: format!("acme:wh-1:{id}"),
-            tenant: "acme".into(),
-            webhook_id: "wh-1".into(),
-            body: "{}".into(),
-            attempts: 0,
-            last_error: None,
-            remember_until: None,
-            while_pending: None,
-            round: 0,
-        };
+        let delivery = |id: &str| queued(&format!("acme:wh-1:{id}"));
         let acme = TenantId::parse("acme").unwrap();
         let mut conn = redis.connection().await;
         for id in ["e-1", "e-2"] {
@@ -993,17 +987,15 @@ mod tests {
             .unwrap();
         let three_days = Duration::from_secs(3 * 86_400);
         let warning = Delivery {
-            id: "acme:wh-1:soon:a-1".into(),
-            tenant: "acme".into(),
-            webhook_id: "wh-1".into(),
-            body: "{}".into(),
             attempts: 7,
-            last_error: None,
             remember_until: Some(Timestamp::now().plus(three_days)),
             while_pending: Some("a-1".into()),
-            round: 0,
+            ..queued("acme:wh-1:soon:a-1")
         };
-        assert!(store.enqueue(&warning, 100).await.unwrap() == Enqueued::Queued);
+        assert_eq!(
+            store.enqueue(&warning, 100).await.unwrap(),
+            Enqueued::Queued
+        );
         let given_up = Delivery {
             attempts: 8,
             last_error: Some("the receiver answered 500".into()),

@@ -450,32 +450,14 @@ async fn a_filtered_audit_read_takes_few_round_trips() {
             StatusCode::OK
         );
     }
-    let mut conn = app.redis().connection().await;
-    let xrange_calls = |info: String| -> u64 {
-        info.lines()
-            .find_map(|l| l.strip_prefix("cmdstat_xrange:calls="))
-            .and_then(|rest| rest.split(',').next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
-    };
-    let info = |conn: &mut redis::aio::MultiplexedConnection| {
-        let mut conn = conn.clone();
-        async move {
-            redis::cmd("INFO")
-                .arg("commandstats")
-                .query_async::<String>(&mut conn)
-                .await
-                .unwrap()
-        }
-    };
-    let before = xrange_calls(info(&mut conn).await);
+    let before = app.redis_calls("xrange").await;
     let page = app
         .get_json(
             &format!("/v1/tenants/{}/audit?limit=1&kind=accepted", app.tenant),
             &app.tokens.admin,
         )
         .await;
-    let after = xrange_calls(info(&mut conn).await);
+    let after = app.redis_calls("xrange").await;
     assert_eq!(page["items"], json!([]), "{page}");
     assert!(page["next_cursor"].is_null(), "{page}");
     assert!(after - before <= 5, "{} XRANGE calls", after - before);

@@ -1418,28 +1418,10 @@ async fn warnings_already_queued_cost_no_redis_call_on_later_passes() {
     for _ in 0..40 {
         receiver.next_of("expiring_soon").await;
     }
-    let mut conn = app.redis().connection().await;
-    let scripts_run = |info: String| -> u64 {
-        info.lines()
-            .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
-            .and_then(|rest| rest.split(',').next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
-    };
-    let info = |conn: &mut redis::aio::MultiplexedConnection| {
-        let mut conn = conn.clone();
-        async move {
-            redis::cmd("INFO")
-                .arg("commandstats")
-                .query_async::<String>(&mut conn)
-                .await
-                .expect("info")
-        }
-    };
-    let before = scripts_run(info(&mut conn).await);
+    let before = app.redis_calls("evalsha").await;
     // Ten reader passes (poll_interval is 100 ms): what they cost is what is measured.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let during = scripts_run(info(&mut conn).await) - before;
+    let during = app.redis_calls("evalsha").await - before;
     assert!(
         during < 100,
         "{during} scripts in ten passes over 40 approvals already warned about"
