@@ -147,7 +147,7 @@ impl Default for NotificationSettings {
             retry_max: Duration::from_secs(3600),
             expiring_soon_share: 0.2,
             max_webhooks_per_tenant: 10,
-            max_queued_per_tenant: 10_000,
+            max_queued_per_tenant: 50_000,
             // Four tenants whose receivers all hang, not two, take every slot.
             send_concurrency: 32,
             per_webhook_concurrency: 4,
