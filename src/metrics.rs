@@ -159,6 +159,10 @@ fn describe() {
         "approvals_notifications_reader_lag_seconds",
         "How far the webhook reader is behind the tenant's audit, in seconds (0 once caught up); it must stay well inside what the audit keeps."
     );
+    metrics::describe_gauge!(
+        "approvals_notifications_audit_gap_timestamp_seconds",
+        "Unix time of the last audit gap the webhook reader found for the tenant (0: none since this instance started)."
+    );
     metrics::describe_counter!(
         "approvals_notifications_audit_gaps_total",
         "Times the webhook reader found events after its cursor trimmed from the tenant's audit (length cap or retention) before it read them: their webhooks were not sent."
@@ -622,14 +626,23 @@ pub fn notifications_reader_lag(tenant: &TenantId, behind: Duration) {
     let tenant = tenant.to_string();
     metrics::gauge!("approvals_notifications_reader_lag_seconds", "tenant" => tenant.clone())
         .set(behind.as_secs_f64());
-    // Exported at 0 before a first gap: a counter that appears at 1 shows no `increase()`.
-    metrics::counter!("approvals_notifications_audit_gaps_total", "tenant" => tenant).increment(0);
+    // Exported before a first gap (0: never), so that every series exists ahead of its event.
+    metrics::counter!("approvals_notifications_audit_gaps_total", "tenant" => tenant.clone())
+        .increment(0);
+    metrics::gauge!("approvals_notifications_audit_gap_timestamp_seconds", "tenant" => tenant)
+        .increment(0.0);
 }
 
-/// Events trimmed from a tenant's audit before the webhook reader reached them.
+/// Events trimmed from a tenant's audit before the webhook reader reached them. The time of
+/// the last one is what the alert reads: a counter born at 1 (the first pass after a restart,
+/// when gaps are found) shows no `increase()`.
 pub fn notifications_audit_gap(tenant: &TenantId) {
-    metrics::counter!("approvals_notifications_audit_gaps_total", "tenant" => tenant.to_string())
+    let tenant = tenant.to_string();
+    metrics::counter!("approvals_notifications_audit_gaps_total", "tenant" => tenant.clone())
         .increment(1);
+    let now = Timestamp::now().as_millis() as f64 / 1000.0;
+    metrics::gauge!("approvals_notifications_audit_gap_timestamp_seconds", "tenant" => tenant)
+        .set(now);
 }
 
 /// A stored value an engine could not read and passed over (`role`: which engine of a pair).

@@ -215,7 +215,13 @@ impl Live {
             if self.over.is_cancelled() {
                 return None;
             }
-            match self.state.app.read_live(&mut self.stream).await {
+            // A read (a visibility scan on Temporal) may outlast the stream's end: ending then
+            // is what keeps the server from closing the connection for an answer past its end.
+            let read = tokio::select! {
+                () = self.over.cancelled() => return None,
+                read = self.state.app.read_live(&mut self.stream) => read,
+            };
+            match read {
                 Ok((events, more)) => {
                     self.queued.extend(events);
                     self.more = more;

@@ -481,11 +481,15 @@ impl Notifier {
     /// Reads one tenant's new events; `true` if more are left than this pass read.
     async fn read_one(&self, tenant: &str, tenant_id: &TenantId) -> Result<bool, BoxError> {
         let lease = self.settings.poll_interval * 10 + Duration::from_secs(5);
+        // Not read here (another instance holds it, or it has no webhook left): this
+        // instance's lag figure for it must not stay behind, stale, under the alert's max.
         if !self.store.lock(tenant, &self.instance, lease).await? {
+            crate::metrics::notifications_reader_lag(tenant_id, Duration::ZERO);
             return Ok(false);
         }
         let hooks = self.store.webhooks(tenant_id).await?;
         if hooks.is_empty() {
+            crate::metrics::notifications_reader_lag(tenant_id, Duration::ZERO);
             self.store.forget_tenant(tenant).await?;
             return Ok(false);
         }
@@ -900,14 +904,14 @@ impl Notifier {
                     Ok(_) => {}
                     Err(error) => tracing::debug!(%error, "webhook sender cannot reach Redis"),
                 }
-                // Idle, or at least once a second while busy: a backlog claimed on every pass
-                // is exactly when the figure must not stand still.
-                let stale = counted_at.is_none_or(|at| at.elapsed() >= PENDING_REFRESH);
-                if !claimed || stale {
-                    if let Ok(queued) = self.store.queued().await {
-                        metrics::gauge!("approvals_notifications_pending").set(queued as f64);
-                        counted_at = Some(tokio::time::Instant::now());
-                    }
+            }
+            // Idle, or at least once a second while busy (every slot taken, or a backlog
+            // claimed on every pass): exactly when the figure must not stand still.
+            let stale = counted_at.is_none_or(|at| at.elapsed() >= PENDING_REFRESH);
+            if (!claimed && room > 0) || stale {
+                if let Ok(queued) = self.store.queued().await {
+                    metrics::gauge!("approvals_notifications_pending").set(queued as f64);
+                    counted_at = Some(tokio::time::Instant::now());
                 }
             }
             if stop.is_cancelled() {
