@@ -704,7 +704,7 @@ impl Notifier {
         let remember = !self.audit_settle.is_zero();
         for hook in subscribed {
             let id = format!("{}:{}", hook.id, event.event_id);
-            let key = format!("{}:{id}", hook.tenant);
+            let key = delivery_id(hook, &id);
             if remember && self.lock_recent().contains(&key) {
                 continue;
             }
@@ -761,7 +761,7 @@ impl Notifier {
                     .filter(|h| h.events.contains(&NotifyEvent::ExpiringSoon))
                 {
                     let id = format!("{}:soon:{}", hook.id, approval.id);
-                    let known = format!("{}:{id}", hook.tenant);
+                    let known = delivery_id(hook, &id);
                     if self.lock_warned().contains(&known) {
                         continue;
                     }
@@ -798,7 +798,7 @@ impl Notifier {
         expiring: Option<&Approval>,
     ) -> Result<(), store::StoreError> {
         let delivery = Delivery {
-            id: format!("{}:{id}", hook.tenant),
+            id: delivery_id(hook, id),
             tenant: hook.tenant.clone(),
             webhook_id: hook.id.clone(),
             body,
@@ -1118,6 +1118,12 @@ impl Notifier {
             Err(format!("the receiver answered {}", response.status()))
         }
     }
+}
+
+/// The id of `hook`'s delivery `id` (`<tenant>:<webhook id>:<event>`): what the store keys it
+/// by, and what this instance remembers it as.
+fn delivery_id(hook: &Webhook, id: &str) -> String {
+    format!("{}:{id}", hook.tenant)
 }
 
 /// A Redis stream id (`<ms>-<seq>`) as a comparable pair; `None` for another engine's ids.

@@ -454,7 +454,8 @@ impl Store {
             .await
     }
 
-    /// Queues `delivery` to be attempted now, unless it was queued before; true if queued.
+    /// Queues `delivery` to be attempted now, unless it was queued before or the tenant has
+    /// `cap` deliveries waiting already (then it is a dead letter at once).
     pub async fn enqueue(&self, delivery: &Delivery, cap: usize) -> Result<Enqueued, StoreError> {
         let corrupt = |e: serde_json::Error| StoreError::Corrupt(e.to_string());
         let json = serde_json::to_string(delivery).map_err(corrupt)?;
@@ -760,7 +761,10 @@ mod tests {
         // Given up on here, redelivered by an admin; then the report of an instance whose
         // last attempt outlived its lease comes in: it does not make the fresh round dead.
         let redelivered = queued("d-4");
-        assert!(store.enqueue(&redelivered, 100).await.unwrap() == Enqueued::Queued);
+        assert_eq!(
+            store.enqueue(&redelivered, 100).await.unwrap(),
+            Enqueued::Queued
+        );
         assert!(store.dead(&failed(&redelivered, 8)).await.unwrap());
         assert_eq!(store.redeliver_dead(&acme).await.unwrap(), 1);
         assert!(!store.dead(&failed(&redelivered, 8)).await.unwrap());
@@ -774,7 +778,7 @@ mod tests {
         let _: () = conn.del(dead_key("acme")).await.unwrap();
 
         let sent = queued("d-1");
-        assert!(store.enqueue(&sent, 100).await.unwrap() == Enqueued::Queued);
+        assert_eq!(store.enqueue(&sent, 100).await.unwrap(), Enqueued::Queued);
         store.delivered(&sent).await.unwrap();
         assert!(!store
             .retry_at(&failed(&sent, 1), Timestamp::now())
@@ -792,7 +796,10 @@ mod tests {
 
         // Nor does a late report turn back the attempts another instance counted since.
         let retried = queued("d-3");
-        assert!(store.enqueue(&retried, 100).await.unwrap() == Enqueued::Queued);
+        assert_eq!(
+            store.enqueue(&retried, 100).await.unwrap(),
+            Enqueued::Queued
+        );
         store
             .retry_at(&failed(&retried, 3), Timestamp::now())
             .await
@@ -810,7 +817,7 @@ mod tests {
 
         // A delivery nobody settled is retried and given up on as before.
         let other = queued("d-2");
-        assert!(store.enqueue(&other, 100).await.unwrap() == Enqueued::Queued);
+        assert_eq!(store.enqueue(&other, 100).await.unwrap(), Enqueued::Queued);
         store
             .retry_at(&failed(&other, 1), Timestamp::now())
             .await

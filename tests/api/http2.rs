@@ -29,13 +29,41 @@ async fn http2_connection_watched(
     SendRequest<Empty<Bytes>>,
     JoinHandle<Result<(), hyper::Error>>,
 ) {
+    http2_handshake(
+        app,
+        hyper::client::conn::http2::Builder::new(TokioExecutor::new()),
+    )
+    .await
+}
+
+/// An HTTP/2 connection to the app whose client grants no window for any answer: the server
+/// can send heads, never a byte of a body. The task drives it and ends when it closes.
+async fn http2_connection_granting_no_window(
+    app: &TestApp,
+) -> (
+    SendRequest<Empty<Bytes>>,
+    JoinHandle<Result<(), hyper::Error>>,
+) {
+    let mut client = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+    client.initial_stream_window_size(0);
+    http2_handshake(app, client).await
+}
+
+/// Connects `client` to the app with prior knowledge, and drives the connection on a task.
+async fn http2_handshake(
+    app: &TestApp,
+    client: hyper::client::conn::http2::Builder<TokioExecutor>,
+) -> (
+    SendRequest<Empty<Bytes>>,
+    JoinHandle<Result<(), hyper::Error>>,
+) {
     let tcp = TcpStream::connect(app.base.trim_start_matches("http://"))
         .await
         .unwrap();
-    let (sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .expect("the server speaks HTTP/2 with prior knowledge");
+    let (sender, connection) = client
+        .handshake(TokioIo::new(tcp))
+        .await
+        .expect("the server speaks HTTP/2 with prior knowledge");
     (sender, tokio::spawn(connection))
 }
 
@@ -234,16 +262,8 @@ async fn shutdown_answers_http2_long_polls_and_drains() {
 async fn an_http2_client_that_reads_no_answers_holds_only_its_own_places() {
     let app = TestApp::spawn_with(|s| s.limits.max_requests_per_caller = 2).await;
     app.park("req-1").await;
-    let tcp = TcpStream::connect(app.base.trim_start_matches("http://"))
-        .await
-        .unwrap();
     // No window for any stream: the server can send the answers' heads, never their bodies.
-    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .initial_stream_window_size(0)
-        .handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let (sender, _connection) = http2_connection_granting_no_window(&app).await;
     let path = format!("/v1/tenants/{}/approvals/req-1", app.tenant);
     let mut unread = Vec::new();
     for _ in 0..2 {
@@ -272,25 +292,6 @@ async fn an_http2_client_that_reads_no_answers_holds_only_its_own_places() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// An HTTP/2 connection to the app whose client grants no window for any answer: the server
-/// can send heads, never a byte of a body. The task drives it and ends when it closes.
-async fn http2_connection_granting_no_window(
-    app: &TestApp,
-) -> (
-    SendRequest<Empty<Bytes>>,
-    JoinHandle<Result<(), hyper::Error>>,
-) {
-    let tcp = TcpStream::connect(app.base.trim_start_matches("http://"))
-        .await
-        .unwrap();
-    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .initial_stream_window_size(0)
-        .handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    (sender, tokio::spawn(connection))
 }
 
 /// The tenant's live events as its reviewer, on `sender`'s connection: the answer's head.

@@ -149,6 +149,21 @@ async fn until_dead_letters(app: &TestApp, want: u64) {
     }
 }
 
+/// Adds a webhook to the other tenant, as a platform admin (the app's admin is not its).
+async fn add_other_tenants_webhook(app: &TestApp, body: Value) {
+    let response = app
+        .request(
+            Method::POST,
+            &format!("/v1/tenants/{}/webhooks", crate::support::OTHER_TENANT),
+            Some(&app.tokens.platform_admin),
+        )
+        .json(&body)
+        .send()
+        .await
+        .expect("add webhook");
+    assert_eq!(response.status(), StatusCode::CREATED);
+}
+
 async fn add_webhook(app: &TestApp, body: Value) -> Value {
     let response = app
         .request(
@@ -1154,17 +1169,7 @@ async fn a_tenant_whose_receivers_never_answer_does_not_hold_up_other_tenants() 
     for _ in 0..2 {
         add_webhook(&app, json!({"url": silent, "events": ["parked"]})).await;
     }
-    let response = app
-        .request(
-            Method::POST,
-            &format!("/v1/tenants/{}/webhooks", crate::support::OTHER_TENANT),
-            Some(&app.tokens.platform_admin),
-        )
-        .json(&json!({"url": other.url, "events": ["parked"]}))
-        .send()
-        .await
-        .expect("add webhook");
-    assert_eq!(response.status(), StatusCode::CREATED);
+    add_other_tenants_webhook(&app, json!({"url": other.url, "events": ["parked"]})).await;
     for i in 0..8 {
         app.park(&format!("stuck-{i}")).await;
     }
@@ -1333,17 +1338,7 @@ async fn a_tenant_failing_every_pass_does_not_slow_another_tenants_catching_up()
         s.notifications.read_batch = 10;
     })
     .await;
-    let broken = app
-        .request(
-            Method::POST,
-            &format!("/v1/tenants/{}/webhooks", crate::support::OTHER_TENANT),
-            Some(&app.tokens.platform_admin),
-        )
-        .json(&json!({"url": receiver.url, "events": ["parked"]}))
-        .send()
-        .await
-        .expect("add webhook");
-    assert_eq!(broken.status(), StatusCode::CREATED);
+    add_other_tenants_webhook(&app, json!({"url": receiver.url, "events": ["parked"]})).await;
     let mut conn = app.redis().connection().await;
     let _: () = redis::cmd("SET")
         .arg(format!("approvals:audit:{}", crate::support::OTHER_TENANT))
