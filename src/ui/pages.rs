@@ -3,7 +3,7 @@
 //! never posts a decision twice.
 
 use askama::Template;
-use axum::extract::{Path, Query, State};
+use axum::extract::{OriginalUri, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::Form;
@@ -42,6 +42,20 @@ impl Chrome {
 #[template(path = "ui/login.html")]
 struct LoginPage {
     error: Option<String>,
+    /// Why the reviewer is asked to sign in again, when it is not the first time.
+    notice: Option<&'static str>,
+    /// The inbox page to go to once signed in (see [`return_path`]).
+    next: String,
+}
+
+impl LoginPage {
+    fn new(next: &str) -> Self {
+        Self {
+            error: None,
+            notice: None,
+            next: return_path(next).unwrap_or_default().to_owned(),
+        }
+    }
 }
 
 #[derive(Template)]
@@ -138,9 +152,39 @@ pub fn api_refusal(error: ApiError) -> Response {
     response
 }
 
-/// Where a page sends a browser without a valid session.
-fn to_sign_in() -> Response {
-    Redirect::to("/ui/login").into_response()
+/// The longest page address a sign-in carries back to.
+const MAX_RETURN_PATH: usize = 2_048;
+
+/// `next` if it is an inbox page of ours to return to after signing in: a path under
+/// `/ui/approvals`, never another site (`//host`, `/\host`) nor the sign-in page itself.
+fn return_path(next: &str) -> Option<&str> {
+    let rest = next.strip_prefix("/ui/approvals")?;
+    let ours = rest.is_empty() || rest.starts_with(['/', '?']);
+    let plain = !next.contains(['\\', '\r', '\n']) && !next.contains("//");
+    (ours && plain && next.len() <= MAX_RETURN_PATH).then_some(next)
+}
+
+/// Where a page sends a browser without a valid session: to sign in, then back to `page`
+/// (the approval a notification linked to, not the top of the inbox).
+fn to_sign_in(page: &OriginalUri) -> Response {
+    let page = page
+        .path_and_query()
+        .map_or("/ui/approvals", |p| p.as_str());
+    Redirect::to(&sign_in_href(page, None)).into_response()
+}
+
+fn sign_in_href(next: &str, why: Option<&str>) -> String {
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    if let Some(next) = return_path(next) {
+        query.append_pair("next", next);
+    }
+    if let Some(why) = why {
+        query.append_pair("why", why);
+    }
+    match query.finish() {
+        query if query.is_empty() => "/ui/login".to_owned(),
+        query => format!("/ui/login?{query}"),
+    }
 }
 
 pub async fn home(State(state): State<UiState>, jar: SignedCookieJar) -> Redirect {
@@ -150,10 +194,30 @@ pub async fn home(State(state): State<UiState>, jar: SignedCookieJar) -> Redirec
     }
 }
 
-pub async fn login_form(State(state): State<UiState>, jar: SignedCookieJar) -> Response {
+#[derive(Debug, Default, Deserialize)]
+pub struct LoginQuery {
+    #[serde(default)]
+    next: String,
+    /// `decision_not_sent`: a decision form came after the session had ended.
+    #[serde(default)]
+    why: String,
+}
+
+pub async fn login_form(
+    State(state): State<UiState>,
+    jar: SignedCookieJar,
+    Query(query): Query<LoginQuery>,
+) -> Response {
+    let next = return_path(&query.next).unwrap_or("/ui/approvals");
     match state.session(&jar).await {
-        Some(_) => Redirect::to("/ui/approvals").into_response(),
-        None => render(&LoginPage { error: None }),
+        Some(_) => Redirect::to(next).into_response(),
+        None => render(&LoginPage {
+            notice: (query.why == "decision_not_sent").then_some(
+                "Your session had ended, so your decision was not sent: nothing was decided. \
+                 Sign in, then decide again.",
+            ),
+            ..LoginPage::new(next)
+        }),
     }
 }
 
@@ -162,6 +226,9 @@ pub struct LoginForm {
     token: String,
     #[serde(default)]
     tenant: String,
+    /// The page to return to (see [`return_path`]).
+    #[serde(default)]
+    next: String,
 }
 
 pub async fn login(
@@ -175,8 +242,11 @@ pub async fn login(
     }
     if form.token.len() > MAX_FIELD || form.tenant.len() > MAX_FIELD {
         metrics::counter!("approvals_auth_failures_total", "surface" => "inbox").increment(1);
-        let error = Some("That token is not known here. Check it and try again.".into());
-        return (StatusCode::UNAUTHORIZED, render(&LoginPage { error })).into_response();
+        let page = LoginPage {
+            error: Some("That token is not known here. Check it and try again.".into()),
+            ..LoginPage::new(&form.next)
+        };
+        return (StatusCode::UNAUTHORIZED, render(&page)).into_response();
     }
     match session::authenticate(&state.api.auth, &form.token, Some(&form.tenant)) {
         Ok((principal, tenant)) => {
@@ -188,12 +258,16 @@ pub async fn login(
                 state.session_ttl,
                 state.secure_cookies || session::forwarded_https(&headers),
             );
-            (jar, Redirect::to("/ui/approvals")).into_response()
+            let next = return_path(&form.next).unwrap_or("/ui/approvals");
+            (jar, Redirect::to(next)).into_response()
         }
         Err(refusal) => {
             metrics::counter!("approvals_auth_failures_total", "surface" => "inbox").increment(1);
-            let error = Some(refusal.sentence());
-            (StatusCode::UNAUTHORIZED, render(&LoginPage { error })).into_response()
+            let page = LoginPage {
+                error: Some(refusal.sentence()),
+                ..LoginPage::new(&form.next)
+            };
+            (StatusCode::UNAUTHORIZED, render(&page)).into_response()
         }
     }
 }
@@ -230,10 +304,11 @@ pub struct InboxQuery {
 pub async fn inbox(
     State(state): State<UiState>,
     jar: SignedCookieJar,
+    page: OriginalUri,
     Query(query): Query<InboxQuery>,
 ) -> Response {
     let Some(session) = state.session(&jar).await else {
-        return to_sign_in();
+        return to_sign_in(&page);
     };
     let status = match query.status.as_deref().filter(|s| !s.is_empty()) {
         None => Status::Pending,
@@ -350,11 +425,12 @@ pub struct DetailQuery {
 pub async fn detail(
     State(state): State<UiState>,
     jar: SignedCookieJar,
+    page: OriginalUri,
     Path(id): Path<String>,
     Query(query): Query<DetailQuery>,
 ) -> Response {
     let Some(session) = state.session(&jar).await else {
-        return to_sign_in();
+        return to_sign_in(&page);
     };
     let id = match ApprovalId::parse(id) {
         Ok(id) => id,
@@ -460,7 +536,12 @@ pub async fn decide(
     Form(form): Form<DecisionForm>,
 ) -> Response {
     let Some(session) = state.session(&jar).await else {
-        return to_sign_in();
+        // Said on the sign-in page: a plain redirect there lost the decision without a word.
+        let page = ApprovalId::parse(id).map_or_else(
+            |_| "/ui/approvals".to_owned(),
+            |id| format!("/ui/approvals/{id}"),
+        );
+        return Redirect::to(&sign_in_href(&page, Some("decision_not_sent"))).into_response();
     };
     if !session::form_allowed(&session, &form.csrf, &headers, state.public_authority()) {
         tracing::warn!(subject = %session.principal.subject, tenant = %session.tenant,

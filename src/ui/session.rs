@@ -1,11 +1,12 @@
 //! Inbox sessions: a reviewer signs in once with their token; the browser then holds a signed,
-//! HttpOnly, `SameSite=Strict` cookie naming the token's digest (never the token), the tenant,
+//! HttpOnly, `SameSite=Lax` cookie naming the token's digest (never the token), the tenant,
 //! an expiry and the session's CSRF token. Every request looks the digest up again, so a token
 //! removed from the config ends its sessions at the next request.
 //!
 //! Forms carry the CSRF token and are also refused when the browser says they come from
-//! another site (`Origin`, `Sec-Fetch-Site`): the cookie's `SameSite` is the first defence,
-//! these the second and third.
+//! another site (`Origin`, `Sec-Fetch-Site`): the cookie's `SameSite` (which keeps it off
+//! cross-site posts, not off a link followed from elsewhere) is the first defence, these the
+//! second and third.
 
 use std::time::Duration;
 
@@ -125,7 +126,11 @@ pub fn start(
     let cookie = Cookie::build((COOKIE, value))
         .path("/ui")
         .http_only(true)
-        .same_site(SameSite::Strict)
+        // Lax, not Strict: a reviewer follows a link from a chat or mail in a browser (a
+        // cross-site navigation), and a Strict cookie stays behind, so the link landed on the
+        // sign-in page. Lax still keeps the cookie off cross-site POSTs and fetches; forms
+        // also need the session's CSRF token and a same-site `Origin`.
+        .same_site(SameSite::Lax)
         .secure(secure)
         .max_age(time::Duration::seconds(
             i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX),

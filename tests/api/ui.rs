@@ -157,10 +157,10 @@ async fn a_reviewer_signs_in_sees_what_waits_and_accepts_it(h: Harness) {
     app.park("wire-1").await;
 
     let browser = Browser::new(&app);
-    // Not signed in: every page leads to the sign-in form.
+    // Not signed in: every page leads to the sign-in form, which then leads back to it.
     let response = browser.get("/ui/approvals").await;
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
-    assert_eq!(location(&response), "/ui/login");
+    assert_eq!(location(&response), "/ui/login?next=%2Fui%2Fapprovals");
     let login = browser.page("/ui/login").await;
     assert!(login.contains("<label for=\"token\">"), "{login}");
 
@@ -173,7 +173,7 @@ async fn a_reviewer_signs_in_sees_what_waits_and_accepts_it(h: Harness) {
         .unwrap_or_default()
         .to_owned();
     assert!(cookie.contains("HttpOnly"), "{cookie}");
-    assert!(cookie.contains("SameSite=Strict"), "{cookie}");
+    assert!(cookie.contains("SameSite=Lax"), "{cookie}");
     assert!(cookie.contains("Path=/ui"), "{cookie}");
     assert!(
         !cookie.contains(&app.tokens.reviewer),
@@ -395,7 +395,7 @@ async fn sign_in_is_for_reviewers_and_sessions_end(h: Harness) {
     assert_eq!(location(&response), "/ui/login");
     let after = browser.get("/ui/approvals").await;
     assert_eq!(after.status(), StatusCode::SEE_OTHER);
-    assert_eq!(location(&after), "/ui/login");
+    assert!(location(&after).starts_with("/ui/login?"), "{after:?}");
 
     // A copy of the cookie taken before signing out is refused too.
     let plain = reqwest::Client::builder()
@@ -453,7 +453,10 @@ async fn sign_in_is_for_reviewers_and_sessions_end(h: Harness) {
         .await
         .expect("replay");
     assert_eq!(replayed.status(), StatusCode::SEE_OTHER);
-    assert_eq!(location(&replayed), "/ui/login");
+    assert!(
+        location(&replayed).starts_with("/ui/login?"),
+        "{replayed:?}"
+    );
 }
 
 async fn filters_and_history_show_decided_approvals(h: Harness) {
@@ -659,6 +662,72 @@ async fn reasons_as_browsers_send_them_and_a_second_click() {
         second.contains("You had already decided this: accepted by alice"),
         "{second}"
     );
+}
+
+/// A link to an approval (a webhook's `inbox_url`) opened without a session leads through the
+/// sign-in back to that approval, not to the top of the inbox; a `next` naming another site is
+/// ignored. A decision sent after the session ended says on the sign-in page that nothing was
+/// decided (it used to lead there without a word), and signing in returns to the approval.
+#[tokio::test]
+async fn a_link_to_an_approval_leads_back_to_it_and_a_late_decision_is_not_lost_silently() {
+    let app = TestApp::spawn().await;
+    app.park("linked-1").await;
+    let browser = Browser::new(&app);
+
+    let response = browser.get("/ui/approvals/linked-1").await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let sign_in_page = location(&response);
+    let login = browser.page(&sign_in_page).await;
+    assert_eq!(hidden(&login, "next"), "/ui/approvals/linked-1");
+    let signed_in = browser
+        .post(
+            "/ui/login",
+            &[
+                ("token", &app.tokens.reviewer),
+                ("next", "/ui/approvals/linked-1"),
+            ],
+        )
+        .await;
+    assert_eq!(signed_in.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&signed_in), "/ui/approvals/linked-1");
+    // Signed in already, the sign-in page goes straight there.
+    let again = browser.get(&sign_in_page).await;
+    assert_eq!(location(&again), "/ui/approvals/linked-1");
+
+    for elsewhere in [
+        "//evil.example/ui/approvals",
+        "https://evil.example/",
+        "/ui/login",
+        "/ui/approvals//evil.example",
+    ] {
+        let other = Browser::new(&app);
+        let signed_in = other
+            .post(
+                "/ui/login",
+                &[("token", &app.tokens.reviewer), ("next", elsewhere)],
+            )
+            .await;
+        assert_eq!(location(&signed_in), "/ui/approvals", "next={elsewhere}");
+    }
+
+    // The page was loaded while the session held; the decision is sent after it ended.
+    let page = browser.page("/ui/approvals/linked-1").await;
+    let late = Browser::new(&app);
+    let response = late
+        .post(
+            "/ui/approvals/linked-1/decision",
+            &[
+                ("csrf", hidden(&page, "csrf").as_str()),
+                ("digest", hidden(&page, "digest").as_str()),
+                ("verdict", "accept"),
+            ],
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let login = late.page(&location(&response)).await;
+    assert!(login.contains("nothing was decided"), "{login}");
+    assert_eq!(hidden(&login, "next"), "/ui/approvals/linked-1");
+    assert_eq!(api_status(&app, "linked-1").await["status"], "pending");
 }
 
 /// A session cookie as the service signs it (src/ui/session.rs): `ui.session_secret` through
