@@ -63,6 +63,9 @@ impl LoginPage {
 struct InboxPage {
     chrome: Chrome,
     heading: String,
+    /// The window's title: with the pending count first, so that a tab in the background
+    /// says when something new waits.
+    title: String,
     /// (value, label, selected)
     statuses: Vec<(&'static str, &'static str, bool)>,
     status: &'static str,
@@ -77,6 +80,8 @@ struct DetailPage {
     chrome: Chrome,
     row: Row,
     pending: bool,
+    /// The reviewer submitted it: the form is not offered (self-approval is refused).
+    own: bool,
     policy_version: String,
     action: String,
     context: String,
@@ -337,7 +342,7 @@ pub async fn inbox(
         Err(error) => return error_page(Some(&session), error),
     };
     let now = Timestamp::now();
-    let rows = approvals
+    let rows: Vec<Row> = approvals
         .into_iter()
         .map(|a| Row::of(&a.as_of(now), now))
         .collect();
@@ -355,6 +360,11 @@ pub async fn inbox(
         Status::Rejected => "Rejected".to_owned(),
         Status::Expired => "Expired (automatically rejected)".to_owned(),
     };
+    let title = match (status, rows.len(), next_href.is_some()) {
+        (Status::Pending, shown, true) => format!("({shown}+) {heading}"),
+        (Status::Pending, waiting, false) if waiting > 0 => format!("({waiting}) {heading}"),
+        _ => heading.clone(),
+    };
     let statuses = [
         ("pending", "Pending"),
         ("accepted", "Accepted"),
@@ -367,6 +377,7 @@ pub async fn inbox(
     render(&InboxPage {
         chrome: Chrome::of(&session),
         heading,
+        title,
         statuses,
         status: status.as_str(),
         agent,
@@ -458,6 +469,7 @@ pub async fn detail(
     render(&DetailPage {
         chrome: Chrome::of(&session),
         pending: approval.status == Status::Pending,
+        own: approval.submitted_by == session.principal.subject,
         policy_version: approval.policy_version.clone(),
         action: pretty(&approval.action),
         context: pretty(&approval.context),

@@ -31,6 +31,9 @@ pub struct Row {
     pub age: String,
     /// RFC 3339, for the page's clock to count down.
     pub expires_at: String,
+    /// RFC 3339: from when the page's clock marks it expiring soon (a page left open is not
+    /// rendered again until something happens in the tenant).
+    pub soon_at: String,
     /// "3 h 5 min" left, or what became of it.
     pub left: String,
     pub expiring_soon: bool,
@@ -61,6 +64,10 @@ impl Row {
             submitted_at: clock(approval.submitted_at),
             age: span(approval.submitted_at.elapsed_at(now)),
             expires_at: approval.expires_at.to_string(),
+            soon_at: approval
+                .expires_at
+                .minus(ttl.mul_f64(EXPIRING_SOON_SHARE))
+                .to_string(),
             left: if pending {
                 format!("{} left", span(remaining))
             } else {

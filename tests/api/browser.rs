@@ -302,7 +302,8 @@ async fn reviewers_decide_in_the_browser_and_open_pages_follow_live() {
         .expect("json");
     assert_eq!(record["status"], "pending");
 
-    // Self-approval: carol (an admin) submitted it, and is told she cannot decide it.
+    // Self-approval: carol (an admin) submitted it; her page says she cannot decide it, and
+    // offers no buttons that would only be refused.
     let submitted = app
         .request(
             Method::POST,
@@ -323,24 +324,17 @@ async fn reviewers_decide_in_the_browser_and_open_pages_follow_live() {
     carol
         .wait()
         .at_most(WITHIN)
-        .for_element(Locator::Css("button.accept"))
+        .for_element(Locator::Css("#own-request"))
         .await
-        .expect("the form")
-        .click()
-        .await
-        .expect("accept");
-    carol
-        .wait()
-        .at_most(WITHIN)
-        .for_element(Locator::Css("p.notice.error"))
-        .await
-        .expect("the refusal");
+        .expect("the explanation");
     assert!(
-        text(&carol)
-            .await
-            .contains("You submitted this request yourself"),
+        text(&carol).await.contains("another reviewer must"),
         "{}",
         text(&carol).await
+    );
+    assert!(
+        carol.find(Locator::Css("button.accept")).await.is_err(),
+        "no decision form for her own request"
     );
     screenshot(&carol, "self-approval").await;
 
@@ -547,5 +541,76 @@ async fn a_page_whose_stream_was_refused_follows_again_once_the_store_is_back() 
         json!(true),
         "followed without a reload"
     );
+    let _ = browser.close().await;
+}
+
+/// What an open page tells a reviewer without anything else happening in the tenant: an
+/// approval entering the last fifth of its life is marked expiring soon by the page's clock
+/// (it was marked only when the page was rendered again, so a quiet tenant's open tab never
+/// showed it); the window's title counts what waits and follows new arrivals (a tab in the
+/// background says so); and a live refresh leaves the keyboard focus where it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_page_marks_what_is_expiring_soon_and_its_title_counts_what_waits() {
+    let app = TestApp::spawn_with(|s| s.approvals.default_ttl = Duration::from_secs(10)).await;
+    let driver = Driver::start();
+    let browser = driver.browser().await;
+    sign_in(&browser, &app, &app.tokens.reviewer).await;
+    app.park("soon-1").await;
+    browser
+        .goto(&app.url("/ui/approvals"))
+        .await
+        .expect("the inbox");
+    until_true(
+        &browser,
+        "document.body.dataset.liveReady === 'true'",
+        "the live stream",
+    )
+    .await;
+    let rendered_soon = script(&browser, "return document.querySelector('.soon') !== null;")
+        .await
+        .as_bool()
+        .unwrap_or(true);
+    assert!(
+        !rendered_soon,
+        "rendered within 8 s of parking, nothing is expiring soon yet (a slow start?)"
+    );
+    assert_eq!(
+        script(&browser, "return document.title;").await,
+        "(1) Waiting for a decision · Approvals inbox"
+    );
+
+    // Focus on the first approval's link; another arrives and the list is swapped live.
+    script(
+        &browser,
+        "document.getElementById('open-soon-1').focus(); return null;",
+    )
+    .await;
+    app.park("soon-2").await;
+    until_true(
+        &browser,
+        "document.title.startsWith('(2) ')",
+        "the title to count the new arrival",
+    )
+    .await;
+    until_true(
+        &browser,
+        "document.getElementById('approval-soon-2')",
+        "the new arrival's row",
+    )
+    .await;
+    assert_eq!(
+        script(&browser, "return document.activeElement.id;").await,
+        "open-soon-1",
+        "the focus stays on the link it was on"
+    );
+
+    // Nothing else happens: the clock alone marks the first one (8 s after it was parked).
+    until_true(
+        &browser,
+        "document.querySelector('#approval-soon-1.expiring .soon')",
+        "the first approval to be marked expiring soon",
+    )
+    .await;
+    screenshot(&browser, "inbox-expiring-soon").await;
     let _ = browser.close().await;
 }

@@ -272,7 +272,23 @@ async fn refusals_and_races_are_explained_in_words(h: Harness) {
         .expect("submit");
     assert_eq!(submitted.status(), StatusCode::CREATED);
     let admin = Browser::signed_in(&app, &app.tokens.admin).await;
-    let page = admin.after(admin.decide("mine", "accept", "").await).await;
+    let page = admin.page("/ui/approvals/mine").await;
+    assert!(page.contains("another reviewer must"), "{page}");
+    assert!(
+        !page.contains("value=\"accept\""),
+        "no form to be refused: {page}"
+    );
+    // A form sent anyway (from a page rendered before, by hand) is refused in words.
+    let response = admin
+        .post(
+            "/ui/approvals/mine/decision",
+            &[
+                ("csrf", hidden(&page, "csrf").as_str()),
+                ("verdict", "accept"),
+            ],
+        )
+        .await;
+    let page = admin.after(response).await;
     assert!(
         page.contains("You submitted this request yourself, so you cannot decide it"),
         "{page}"
@@ -515,6 +531,12 @@ async fn filters_and_history_show_decided_approvals(h: Harness) {
         page.contains("Too late: this approval expired at"),
         "{page}"
     );
+    // Nobody decided it: the page does not say "expired by  at".
+    assert!(
+        page.contains("with no reviewer's decision (an automatic rejection)"),
+        "{page}"
+    );
+    assert!(!page.contains("by  at"), "{page}");
     browser
         .page_until("/ui/approvals?status=expired", "/ui/approvals/soon-gone\"")
         .await;

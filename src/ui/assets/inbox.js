@@ -1,7 +1,9 @@
 // The inbox's one script. Live: the tenant's event stream (/ui/events); when an approval is
 // parked, decided or expired anywhere, the part of the page that shows it is fetched again
-// and swapped in, and the change is announced to screen readers. Countdown: the time left
-// of pending approvals is kept current. The pages work without it.
+// and swapped in (the window's title too, which counts what waits), and the change is
+// announced to screen readers. Countdown: the time left of pending approvals is kept current,
+// and one entering its last fifth is marked expiring soon, though nothing else happened in the
+// tenant to render the page again. The pages work without it.
 "use strict";
 (function () {
   var region = document.getElementById("live-region");
@@ -24,9 +26,19 @@
     document.querySelectorAll("[data-expires-at]").forEach(function (el) {
       var left = Date.parse(el.getAttribute("data-expires-at")) - now;
       el.textContent = left > 0 ? span(left) + " left" : "expired";
+      var soonAt = Date.parse(el.getAttribute("data-soon-at"));
+      var holder = el.closest("tr, dd");
+      if (now < soonAt || !holder || holder.querySelector(".soon")) return;
+      holder.classList.add("expiring");
+      var badge = document.createElement("strong");
+      badge.className = "soon";
+      badge.textContent = "Expiring soon";
+      el.parentNode.appendChild(document.createTextNode(" "));
+      el.parentNode.appendChild(badge);
     });
   }
-  setInterval(tick, 15000);
+  tick();
+  setInterval(tick, 1000);
 
   if (!region || !window.EventSource) return;
 
@@ -45,20 +57,29 @@
     busy = true;
     var focusedId = document.activeElement && document.activeElement.id;
     fetch(location.href, { credentials: "same-origin", headers: { Accept: "text/html" } })
-      .then(function (r) { return r.ok ? r.text() : Promise.reject(r.status); })
+      .then(function (r) {
+        if (!r.ok) return Promise.reject(r.status);
+        // Led to the sign-in page: the session ended (its time is up, or it was signed out).
+        if (new URL(r.url).pathname === "/ui/login") { stale(true); return null; }
+        return r.text();
+      })
       .then(function (html) {
-        var fresh = new DOMParser().parseFromString(html, "text/html").getElementById("live-region");
+        if (html === null) return;
+        var doc = new DOMParser().parseFromString(html, "text/html");
+        var fresh = doc.getElementById("live-region");
         // The cookie is the browser's, not this tab's: after a sign-in to another tenant or as
         // someone else in another tab (or a sign-out), the fetch answers for that session.
         // Its page must not be swapped into this one, under this one's header.
         if (!fresh || !sameSession(fresh)) {
-          stale();
+          stale(false);
           return;
         }
         trusted = true;
         if (checkOnly && region.getAttribute("data-live") === "detail") return;
         region.innerHTML = fresh.innerHTML;
         region.setAttribute("data-status", fresh.getAttribute("data-status") || "");
+        document.title = doc.title;
+        tick();
         var refocus = focusedId && document.getElementById(focusedId);
         if (refocus) refocus.focus();
       })
@@ -84,7 +105,8 @@
   }
 
   var source;
-  function stale() {
+  // `ended`: this page's session ended; otherwise the browser now holds another session.
+  function stale(ended) {
     isStale = true;
     if (source) source.close();
     clearTimeout(reopenTimer);
@@ -94,9 +116,11 @@
     notice.id = "stale-notice";
     notice.className = "notice warning";
     notice.setAttribute("role", "alert");
-    notice.textContent = "This page is no longer live: this browser signed in elsewhere " +
-      "(another tenant or reviewer, in another tab) or signed out. Reload to see what your " +
-      "current session may see.";
+    notice.textContent = ended
+      ? "This page is no longer live: your session has ended (its time is up, or you " +
+        "signed out). Reload to sign in again."
+      : "This page is no longer live: this browser signed in elsewhere (another tenant or " +
+        "reviewer, in another tab). Reload to see what your current session may see.";
     region.parentNode.insertBefore(notice, region);
   }
 
