@@ -212,5 +212,19 @@ pub fn router(state: UiState) -> Router {
             per_session,
         ))
         .layer(security_headers)
+        .layer(axum::middleware::map_request(host_from_authority))
         .with_state(state)
+}
+
+/// An HTTP/2 request names its host in `:authority`, which hyper puts in the URI, not in a
+/// `Host` header: the cross-site check compares `Origin` with `Host`, so without this every
+/// sign-in and decision relayed over h2c (by a proxy, or a client speaking it) was refused.
+async fn host_from_authority(mut request: axum::extract::Request) -> axum::extract::Request {
+    if !request.headers().contains_key(header::HOST) {
+        let authority = request.uri().authority().map(|a| a.as_str().to_owned());
+        if let Some(value) = authority.and_then(|a| HeaderValue::from_str(&a).ok()) {
+            request.headers_mut().insert(header::HOST, value);
+        }
+    }
+    request
 }

@@ -50,13 +50,15 @@ async fn http2_connection_granting_no_window(
 }
 
 /// Connects `client` to the app with prior knowledge, and drives the connection on a task.
-async fn http2_handshake(
+async fn http2_handshake<B>(
     app: &TestApp,
     client: hyper::client::conn::http2::Builder<TokioExecutor>,
-) -> (
-    SendRequest<Empty<Bytes>>,
-    JoinHandle<Result<(), hyper::Error>>,
-) {
+) -> (SendRequest<B>, JoinHandle<Result<(), hyper::Error>>)
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let tcp = TcpStream::connect(app.base.trim_start_matches("http://"))
         .await
         .unwrap();
@@ -376,4 +378,34 @@ async fn shutdown_does_not_wait_for_a_live_event_stream_never_read_over_http2() 
         .expect("stopped");
     let closed = tokio::time::timeout(Duration::from_secs(15), connection).await;
     assert!(closed.is_ok(), "its connection was closed");
+}
+
+/// An HTTP/2 request names its host in `:authority`, not in a `Host` header: a browser's sign-in
+/// relayed over h2c (its `Origin` that authority) is accepted, as over HTTP/1.1, and one from
+/// another site is still refused.
+#[tokio::test]
+async fn an_inbox_sign_in_over_http2_is_checked_against_its_authority() {
+    let app = TestApp::spawn().await;
+    let (mut sender, _connection) = http2_handshake(
+        &app,
+        hyper::client::conn::http2::Builder::new(TokioExecutor::new()),
+    )
+    .await;
+    let form = format!("token={}", app.tokens.reviewer);
+    let mut sign_in = |origin: String| {
+        let request = Request::post(app.url("/ui/login"))
+            .header("origin", origin)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(http_body_util::Full::new(Bytes::from(form.clone())))
+            .unwrap();
+        assert!(request.headers().get("host").is_none());
+        let sent = sender.send_request(request);
+        async move { sent.await.unwrap().status() }
+    };
+    let ours = app.base.clone();
+    assert_eq!(sign_in(ours).await, StatusCode::SEE_OTHER);
+    assert_eq!(
+        sign_in("http://evil.example".into()).await,
+        StatusCode::FORBIDDEN
+    );
 }
