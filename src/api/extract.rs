@@ -183,6 +183,13 @@ async fn read_json<T: DeserializeOwned>(request: Request, limit: usize) -> Resul
         return Err(ApiError::UnsupportedMediaType("(none)".into()));
     }
     let body: &[u8] = if empty { b"null" } else { &bytes };
+    // Every body of the API is an object. serde also fills a struct from an array, by position,
+    // so `[null, null, {"type": …}]` was a submit and `["ok"]` a decision with a reason.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(ApiError::InvalidBody(
+            "body: must be a JSON object, not an array".into(),
+        ));
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
         // A syntax error has no field to blame: the body as a whole is not JSON.

@@ -100,6 +100,11 @@ async fn malformed_bodies_name_the_field(h: Harness) {
     let cases: &[(&str, &str)] = &[
         ("{not json", "body"),
         ("[]", "body"),
+        // serde fills a struct from an array by position: not a body the contract knows.
+        (
+            r#"[null, null, {"type": "document_read", "resource": "x"}, null]"#,
+            "body",
+        ),
         (r#"{"context": {}}"#, "action"),
         (r#"{"action": "read"}"#, "action"),
         (r#"{"action": {"resource": "x"}}"#, "action.type"),
@@ -145,6 +150,18 @@ async fn malformed_bodies_name_the_field(h: Harness) {
         .await
         .unwrap();
     assert_problem(response, StatusCode::BAD_REQUEST, "invalid_body").await;
+    let positional = app
+        .request(
+            Method::POST,
+            &format!("{path}/req-1/accept"),
+            Some(&app.tokens.reviewer),
+        )
+        .header("content-type", "application/json")
+        .body(r#"["by position"]"#)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(positional, StatusCode::BAD_REQUEST, "invalid_body").await;
     let still: Value = app
         .get("req-1", &app.tokens.reviewer)
         .await
