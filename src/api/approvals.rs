@@ -21,8 +21,7 @@ pub struct SubmitBody {
     #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")]
     pub request_id: Option<String>,
     /// Defaults to the token's subject. At most `limits.max_string_chars` characters (2,048
-    /// by default), as any string in `action`.
-    #[schema(max_length = 2048)]
+    /// by default), as any string in `action`: the served document states the configured one.
     pub agent_id: Option<String>,
     /// What the agent wants to do.
     #[schema(value_type = Action)]

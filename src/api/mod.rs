@@ -127,6 +127,43 @@ impl Modify for ProblemJson {
     }
 }
 
+/// The input limits this deployment enforces (`[limits]`, configurable), in the schemas a
+/// submit is checked against: the document is built from the running settings, so a changed
+/// limit cannot drift from what clients read.
+struct DocumentedInputLimits<'a>(&'a crate::app::InputLimits);
+
+impl Modify for DocumentedInputLimits<'_> {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::schema::Schema;
+        use utoipa::openapi::RefOr;
+        let limits = self.0;
+        let said = format!(
+            "Bounded, and refused with `422 input_too_large` beyond: at most {} bytes as JSON, \
+             strings (keys included) of at most {} characters, lists and objects of at most {} \
+             items, nested at most {} deep.",
+            limits.max_object_bytes, limits.max_string_chars, limits.max_items, limits.max_depth
+        );
+        let Some(components) = openapi.components.as_mut() else {
+            return;
+        };
+        if let Some(RefOr::T(Schema::Object(action))) = components.schemas.get_mut("Action") {
+            action.max_properties = Some(limits.max_items);
+            let described = action.description.take().unwrap_or_default();
+            action.description = Some(format!("{described} {said}").trim().to_owned());
+        }
+        if let Some(RefOr::T(Schema::Object(submit))) = components.schemas.get_mut("SubmitBody") {
+            if let Some(RefOr::T(Schema::Object(agent))) = submit.properties.get_mut("agent_id") {
+                agent.max_length = Some(limits.max_string_chars);
+            }
+            if let Some(RefOr::T(Schema::Object(context))) = submit.properties.get_mut("context") {
+                context.max_properties = Some(limits.max_items);
+                let described = context.description.take().unwrap_or_default();
+                context.description = Some(format!("{described} {said}").trim().to_owned());
+            }
+        }
+    }
+}
+
 /// Every `/v1` operation can answer `429 too_many_requests` (src/api/fairness.rs), with
 /// `Retry-After`, and all but the long-poll `408 request_timeout`: the document says so once
 /// here rather than on each route.
@@ -218,6 +255,7 @@ pub fn router(state: AppState, ui: &crate::config::UiSettings) -> Router {
     // After the routes are in: the modifiers rewrite their responses.
     let mut openapi = openapi;
     CallerLimits.modify(&mut openapi);
+    DocumentedInputLimits(state.app.input_limits()).modify(&mut openapi);
     ProblemJson.modify(&mut openapi);
     let openapi = Arc::new(openapi);
     let request_id = HeaderName::from_static("x-request-id");

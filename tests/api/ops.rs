@@ -435,3 +435,48 @@ async fn odd_methods_and_paths_cannot_grow_the_metrics() {
     );
     assert!(text.len() < 512 * 1024, "/metrics is {} bytes", text.len());
 }
+
+/// The input limits are in the served document, as this deployment configures them: the
+/// contract has them documented there, and a limit changed in `[limits]` must not leave the
+/// document saying the default.
+#[tokio::test]
+async fn the_openapi_document_states_the_configured_input_limits() {
+    let app = TestApp::spawn_with(|s| {
+        s.limits.max_string_chars = 100;
+        s.limits.max_items = 50;
+        s.limits.max_object_bytes = 4_096;
+    })
+    .await;
+    let doc: Value = app
+        .http
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let schemas = &doc["components"]["schemas"];
+    let submit = &schemas["SubmitBody"]["properties"];
+    assert_eq!(submit["agent_id"]["maxLength"], 100, "{submit}");
+    assert_eq!(submit["context"]["maxProperties"], 50, "{submit}");
+    assert_eq!(
+        schemas["Action"]["maxProperties"], 50,
+        "{}",
+        schemas["Action"]
+    );
+    for described in [
+        &schemas["Action"]["description"],
+        &submit["context"]["description"],
+    ] {
+        let text = described.as_str().unwrap_or_default();
+        for said in [
+            "422 input_too_large",
+            "4096 bytes",
+            "100 characters",
+            "50 items",
+        ] {
+            assert!(text.contains(said), "{said} not in {text:?}");
+        }
+    }
+}
