@@ -335,15 +335,12 @@ impl TenantPolicies {
         let origin = format!("tenant {tenant}");
         let budget = self.budget;
         let sandbox = self.sandbox.clone();
-        // Compiling is CPU work of some milliseconds: off the request workers.
-        let gate = tokio::task::spawn_blocking(move || {
-            PolicyGate::from_files(&files, &origin).map(|g| {
-                let gate = g.with_budget(budget);
-                match sandbox {
-                    Some(sandbox) => gate.isolated(sandbox, &files),
-                    None => gate,
-                }
-            })
+        // Compiling is CPU work of some milliseconds: off the request workers. A sandboxed
+        // bundle's decision runs in children only, its load-time trial included.
+        let gate = tokio::task::spawn_blocking(move || match sandbox {
+            Some(sandbox) => PolicyGate::from_files_untried(&files, &origin)
+                .map(|g| g.with_budget(budget).isolated(sandbox, &files)),
+            None => PolicyGate::from_files(&files, &origin).map(|g| g.with_budget(budget)),
         })
         .await
         .map_err(|e| e.to_string())?

@@ -76,6 +76,13 @@ fn with_thread_vm<T>(
     })
 }
 
+/// Whether compiling a bundle also runs its decision once on an empty input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trial {
+    Run,
+    Skip,
+}
+
 /// A compiled policy bundle. Cheap to evaluate from many threads without a lock: each thread
 /// runs the compiled program on a VM of its own (`with_thread_vm`), and the rare interpreter
 /// fallback works on its own clone of the prepared engine.
@@ -137,11 +144,28 @@ impl PolicyGate {
             .iter()
             .map(|f| (dir.join(&f.relative).display().to_string(), f))
             .collect::<Vec<_>>();
-        Self::compile(&labelled, &origin, bundle_version(&files))
+        Self::compile(&labelled, &origin, bundle_version(&files), Trial::Run)
     }
 
     /// A bundle from its files (an upload): labelled by their relative paths.
     pub fn from_files(files: &[PolicyFile], origin: &str) -> Result<Self, PolicyError> {
+        Self::from_labelled_files(files, origin, Trial::Run)
+    }
+
+    /// A stored bundle that will be evaluated in sandbox children only: compiled here (for its
+    /// version and its compile errors) but its decision is not tried here. The trial ran in a
+    /// child when the bundle was uploaded, yet it need not behave the same now (`time.now_ns`,
+    /// `rand.intn`): run in this process, a bundle that allocates without bound only after some
+    /// date would abort every instance that loads it from then on, at start-up included.
+    pub fn from_files_untried(files: &[PolicyFile], origin: &str) -> Result<Self, PolicyError> {
+        Self::from_labelled_files(files, origin, Trial::Skip)
+    }
+
+    fn from_labelled_files(
+        files: &[PolicyFile],
+        origin: &str,
+        trial: Trial,
+    ) -> Result<Self, PolicyError> {
         if files.is_empty() {
             return Err(PolicyError::NoFiles);
         }
@@ -151,7 +175,7 @@ impl PolicyGate {
             .iter()
             .map(|f| (f.relative.clone(), f))
             .collect::<Vec<_>>();
-        Self::compile(&labelled, origin, bundle_version(&sorted))
+        Self::compile(&labelled, origin, bundle_version(&sorted), trial)
     }
 
     /// Whether the bundle defines the decision rule; a bundle without it would hold every
@@ -164,6 +188,7 @@ impl PolicyGate {
         files: &[(String, &PolicyFile)],
         origin: &str,
         version: String,
+        trial: Trial,
     ) -> Result<Self, PolicyError> {
         let mut engine = regorus::Engine::new();
         engine.set_execution_timer_config(ExecutionTimerConfig {
@@ -200,13 +225,13 @@ impl PolicyGate {
         // so a typo'd builtin would otherwise surface as "every request fails closed". A rule
         // that errors on an empty input is broken for practically every input, so running it
         // once here turns that into a load error naming the file.
-        if declares_decision {
+        if declares_decision && trial == Trial::Run {
             let mut trial = engine.clone();
             trial.set_input(regorus::Value::new_object());
             trial
                 .eval_rule(DECISION_RULE.to_string())
                 .map_err(|err| compile_error(files, origin, &err))?;
-        } else {
+        } else if !declares_decision {
             tracing::warn!(
                 origin,
                 rule = DECISION_RULE,

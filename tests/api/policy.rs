@@ -1170,3 +1170,64 @@ async fn uploads_past_the_stored_count_delete_the_oldest_versions_no_policy_name
         .unwrap();
     assert_eq!(listed().await, kept);
 }
+
+/// A stored bundle is evaluated in sandbox children only, its load-time trial included. This
+/// one passed its validation (in a child) and was activated, but its decision allocates
+/// terabytes once a moment has passed (`time.now_ns`): an instance that starts after that
+/// moment aborted at start-up, loading it in-process, so every instance crash-looped, for every
+/// tenant. It now starts, and that tenant's submits fail closed in a child.
+#[tokio::test]
+async fn an_instance_starting_after_a_stored_bundle_turned_greedy_still_serves() {
+    let app = TestApp::spawn().await;
+    let turns_at = std::time::SystemTime::now() + Duration::from_secs(3);
+    let turns_at_ns = turns_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let bundle = json!({"files": [{"path": "approvals.rego", "text": format!(r#"package approvals
+import rego.v1
+
+default decision := {{"decision": "allow", "reasons": ["not yet"]}}
+
+decision := {{"decision": "allow", "reasons": [sprintf("%d", [count(numbers.range(0, 300000000000))])]}} if {{
+	time.now_ns() > {turns_at_ns}
+}}
+"#)}]});
+    let version = upload(&app, bundle).await;
+    assert_eq!(activate(&app, &version).await.status(), StatusCode::OK);
+
+    // Waiting for the moment itself (the bundle's own clock), not for an event.
+    if let Ok(left) = turns_at.duration_since(std::time::SystemTime::now()) {
+        tokio::time::sleep(left + Duration::from_millis(100)).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = approvals_testkit::free_port();
+    let config = app.config_file(dir.path(), port);
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_approvals"));
+    command
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info");
+    let mut instance = approvals_testkit::process::Process::spawn(command);
+    instance.wait_for_line("serving", Duration::from_secs(30));
+
+    let response = app
+        .http
+        .post(format!(
+            "http://127.0.0.1:{port}/v1/tenants/{}/approvals",
+            app.tenant
+        ))
+        .bearer_auth(&app.tokens.agent)
+        .json(&json!({"request_id": "after-the-turn", "action": {"type": "document_read", "resource": "notes.txt"}}))
+        .send()
+        .await
+        .expect("the new instance answers");
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["decision"], "require_approval", "{answer}");
+    assert!(
+        answer["reasons"][0]
+            .as_str()
+            .is_some_and(|r| r.contains("policy evaluation stopped")),
+        "{answer}"
+    );
+}

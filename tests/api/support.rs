@@ -283,6 +283,18 @@ impl TestApp {
         (base, stop)
     }
 
+    /// This app's settings as a config file for `approvals serve --config`, listening on
+    /// `port`: another instance, in a process of its own, on the same backend and tokens.
+    pub fn config_file(&self, dir: &std::path::Path, port: u16) -> std::path::PathBuf {
+        let mut settings = self.settings.clone();
+        settings.auth.tokens = self.token_entries();
+        settings.server.listen = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let path = dir.join("approvals.toml");
+        let text = toml::to_string(&settings).expect("settings as TOML");
+        std::fs::write(&path, text).expect("write the config file");
+        path
+    }
+
     fn token_entries(&self) -> Vec<TokenEntry> {
         let t = &self.tokens;
         let entry = |token: &str, tenant: &str, role, subject: &str| TokenEntry {
