@@ -37,7 +37,12 @@ pub enum StartupError {
 
 /// Where tenants' bundles are evaluated: children of `policy.sandbox.binary`, or of this very
 /// binary; `None` when the sandbox is off.
-fn sandbox(
+/// One child is started and tried before serving: a sandbox that cannot work (a wrong
+/// `binary`, another version of it, a memory limit too small to start in) stops the service
+/// with the reason. Otherwise every tenant's bundle failed closed and every upload was refused
+/// as `policy_invalid`, sending compliance teams to debug bundles that were fine, while
+/// `/readyz` stayed green.
+async fn sandbox(
     settings: &crate::config::SandboxSettings,
 ) -> Result<Option<Arc<crate::policy::sandbox::Sandbox>>, StartupError> {
     if !settings.enabled {
@@ -49,10 +54,23 @@ fn sandbox(
         None => std::env::current_exe()
             .map_err(|e| StartupError::Sandbox(format!("this binary's path: {e}")))?,
     };
-    Ok(Some(Arc::new(crate::policy::sandbox::Sandbox {
+    let sandbox = Arc::new(crate::policy::sandbox::Sandbox {
         binary,
         memory_limit: settings.memory_limit_mib.saturating_mul(1 << 20),
-    })))
+    });
+    let tried = sandbox.clone();
+    let probe = tokio::task::spawn_blocking(move || tried.probe())
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|probed| probed);
+    if let Err(reason) = probe {
+        return Err(StartupError::Sandbox(format!(
+            "a child of binary = {} with memory_limit_mib = {} does not work: {reason}",
+            sandbox.binary.display(),
+            settings.memory_limit_mib
+        )));
+    }
+    Ok(Some(sandbox))
 }
 
 /// A bound, ready-to-serve application.
@@ -75,6 +93,7 @@ impl Application {
         let policy = PolicyGate::load(&settings.policy.dir)?
             .with_budget(settings.limits.policy_instructions);
         tracing::info!(dir = %settings.policy.dir.display(), version = policy.version(), "policy loaded");
+        let sandbox = sandbox(&settings.policy.sandbox).await?;
         let engine = crate::engines::start(
             &settings,
             Arc::new(EngineMetrics::answering()),
@@ -106,7 +125,7 @@ impl Application {
                 settings.limits.policy_instructions,
             )
             .keeping_bundles(settings.policy.max_stored_bundles)
-            .isolating_in(sandbox(&settings.policy.sandbox)?),
+            .isolating_in(sandbox),
         );
         // Before serving: a tenant with its own bundle must never be answered by the default.
         // If the store cannot be read now, submits answer 503 until the reload loop succeeds.

@@ -8,8 +8,27 @@ use crate::config::{LogFormat, LogSettings};
 
 /// Installs the global subscriber; a second call (tests start many apps) is a no-op.
 pub fn init(settings: &LogSettings) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.filter));
+    // `RUST_LOG` gets the check `log.filter` gets: `RUST_LOG=warning` reads as a target's name,
+    // and silently logged nothing at all.
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(wanted) => match crate::config::check_log_filter(&wanted) {
+            Ok(()) => EnvFilter::new(wanted),
+            Err(error) => {
+                let why = match &error {
+                    crate::config::ConfigError::Invalid(m) => {
+                        m.strip_prefix("log.filter: ").unwrap_or(m).to_owned()
+                    }
+                    other => other.to_string(),
+                };
+                eprintln!(
+                    "approvals: RUST_LOG ignored, log.filter {:?} used instead: {why}",
+                    settings.filter
+                );
+                EnvFilter::new(&settings.filter)
+            }
+        },
+        Err(_) => EnvFilter::new(&settings.filter),
+    };
     // Colour codes only where a terminal shows them, never into files or pipes.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

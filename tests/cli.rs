@@ -47,6 +47,22 @@ fn bad_configuration_exits_2_naming_the_key_or_file() {
         "[server]\nlisten = \"127.0.0.1:0\"\n",
     );
     let missing = dir.path().join("missing.toml").display().to_string();
+    // A sandbox that cannot work stops the start, rather than failing every tenant's policy.
+    let no_sandbox = write(
+        dir.path(),
+        "sandbox.toml",
+        "[policy.sandbox]\nbinary = \"/nonexistent/approvals\"\n",
+    );
+    let tiny_sandbox = write(
+        dir.path(),
+        "tiny.toml",
+        "[policy.sandbox]\nmemory_limit_mib = 1\n",
+    );
+    let retries = write(
+        dir.path(),
+        "retries.toml",
+        "[notifications]\nretry_base = \"0s\"\n",
+    );
     // (arguments, environment, what the message must name)
     type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
     let cases: Vec<Case> = vec![
@@ -57,6 +73,26 @@ fn bad_configuration_exits_2_naming_the_key_or_file() {
             "approvals.default_ttl",
         ),
         (vec!["serve", "--config", &missing], vec![], "missing.toml"),
+        (
+            vec!["serve", "--config", &no_sandbox],
+            vec![],
+            "policy.sandbox: a child of binary = /nonexistent/approvals",
+        ),
+        (
+            vec!["serve", "--config", &tiny_sandbox],
+            vec![],
+            "policy.sandbox.memory_limit_mib: at least 64",
+        ),
+        (
+            vec!["serve", "--config", &no_sandbox],
+            vec![("RUST_LOG", "warning")],
+            "RUST_LOG ignored, log.filter \"info\" used instead: \"warning\" is no level",
+        ),
+        (
+            vec!["serve", "--config", &retries],
+            vec![],
+            "notifications.retry_base: must be positive",
+        ),
         (
             vec!["serve", "--config", &good],
             vec![("APPROVALS_REDIS__URI", "x")],

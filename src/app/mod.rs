@@ -95,12 +95,12 @@ impl Approvals {
         }
     }
 
-    /// The engine's short name (`redis`, `temporal`, `dual`), for logs and `/readyz`.
     /// The bounds on what a submit may carry (`[limits]`).
     pub fn input_limits(&self) -> &InputLimits {
         &self.limits
     }
 
+    /// The engine's short name (`redis`, `temporal`, `dual`), for logs and `/readyz`.
     pub fn engine_kind(&self) -> &'static str {
         self.engine.kind()
     }

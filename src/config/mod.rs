@@ -500,7 +500,7 @@ impl Default for LogSettings {
 /// `log.filter` must log something: an empty filter enables nothing, and a bare word that is
 /// no level (`warning`) is read as a target of that name, so every line of the service was
 /// dropped, errors included. A target is written `target=level`.
-fn check_log_filter(filter: &str) -> Result<(), ConfigError> {
+pub(crate) fn check_log_filter(filter: &str) -> Result<(), ConfigError> {
     if filter.trim().is_empty() {
         return Err(ConfigError::Invalid(
             "log.filter: empty, nothing would be logged (e.g. \"info\")".into(),
@@ -649,6 +649,12 @@ impl Settings {
                 "notifications.send_interval",
                 self.notifications.send_interval,
             ),
+            (
+                "decision_log.flush_interval",
+                self.decision_log.flush_interval,
+            ),
+            // Zero retried a failing webhook eight times at once: dead within a second.
+            ("notifications.retry_base", self.notifications.retry_base),
         ] {
             if period.is_zero() {
                 return Err(ConfigError::Invalid(format!(
@@ -685,6 +691,11 @@ impl Settings {
                 self.limits.policy_instructions,
             ),
             ("redis.max_in_flight", self.redis.max_in_flight),
+            ("redis.connections", self.redis.connections),
+            (
+                "redis.audit_max_len",
+                usize::try_from(self.redis.audit_max_len).unwrap_or(usize::MAX),
+            ),
             (
                 "approvals.max_event_streams_per_tenant",
                 self.approvals.max_event_streams_per_tenant,
@@ -760,6 +771,24 @@ impl Settings {
                     "backend.secondary_timeout: must be shorter than server.request_timeout".into(),
                 ));
             }
+        }
+        if self.notifications.retry_max < self.notifications.retry_base {
+            return Err(ConfigError::Invalid(
+                "notifications.retry_max: must be at least notifications.retry_base".into(),
+            ));
+        }
+        // A child needs room for itself before any policy: below this every tenant's bundle
+        // would fail closed (or, as small as a few MiB, pass a start-up trial and fail later).
+        if self.policy.sandbox.enabled && self.policy.sandbox.memory_limit_mib < 64 {
+            return Err(ConfigError::Invalid(
+                "policy.sandbox.memory_limit_mib: at least 64 (a child's own room)".into(),
+            ));
+        }
+        // One thread each, started at once: past this a typo, not a machine.
+        if self.limits.policy_concurrency > 1024 {
+            return Err(ConfigError::Invalid(
+                "limits.policy_concurrency: at most 1024 threads (0: one per CPU)".into(),
+            ));
         }
         if self.server.max_header_bytes < 8192 {
             return Err(ConfigError::Invalid(

@@ -112,6 +112,8 @@ fn a_background_loop_with_a_zero_period_is_refused() {
         "APPROVALS_APPROVALS__EVENTS_POLL_INTERVAL",
         "APPROVALS_POLICY__RELOAD_INTERVAL",
         "APPROVALS_NOTIFICATIONS__SEND_INTERVAL",
+        "APPROVALS_DECISION_LOG__FLUSH_INTERVAL",
+        "APPROVALS_NOTIFICATIONS__RETRY_BASE",
     ] {
         assert_must_be_positive(var, "0s", "1s");
     }
@@ -280,6 +282,8 @@ fn a_limit_or_deadline_of_zero_is_refused() {
         ("APPROVALS_LIMITS__MAX_LONG_POLLS_PER_CALLER", "0", "1"),
         ("APPROVALS_LIMITS__MAX_OBJECT_BYTES", "0", "1"),
         ("APPROVALS_REDIS__MAX_IN_FLIGHT", "0", "1"),
+        ("APPROVALS_REDIS__CONNECTIONS", "0", "1"),
+        ("APPROVALS_REDIS__AUDIT_MAX_LEN", "0", "1"),
         ("APPROVALS_APPROVALS__MAX_PENDING_PER_TENANT", "0", "1"),
         (
             "APPROVALS_APPROVALS__MAX_EVENT_STREAMS_PER_TENANT",
@@ -416,4 +420,36 @@ fn deadlines_and_limits_that_contradict_each_other_are_refused() {
         "{e}"
     );
     assert!(load("", &[("APPROVALS_NOTIFICATIONS__SEND_CONCURRENCY", "16")]).is_ok());
+}
+
+#[test]
+fn retries_sandboxes_and_threads_out_of_range_are_refused() {
+    let refused = |vars: &[(&str, &str)], key: &str| {
+        let e = load("", vars).unwrap_err();
+        assert!(e.to_string().contains(key), "{vars:?}: {e}");
+    };
+    refused(
+        &[
+            ("APPROVALS_NOTIFICATIONS__RETRY_BASE", "10m"),
+            ("APPROVALS_NOTIFICATIONS__RETRY_MAX", "1m"),
+        ],
+        "notifications.retry_max",
+    );
+    refused(
+        &[("APPROVALS_POLICY__SANDBOX__MEMORY_LIMIT_MIB", "1")],
+        "policy.sandbox.memory_limit_mib",
+    );
+    refused(
+        &[("APPROVALS_LIMITS__POLICY_CONCURRENCY", "100000")],
+        "limits.policy_concurrency",
+    );
+    // Off, the sandbox's memory limit is not read.
+    assert!(load(
+        "",
+        &[
+            ("APPROVALS_POLICY__SANDBOX__ENABLED", "false"),
+            ("APPROVALS_POLICY__SANDBOX__MEMORY_LIMIT_MIB", "1")
+        ]
+    )
+    .is_ok());
 }

@@ -178,6 +178,23 @@ impl Sandbox {
         Err("the policy sandbox lost the bundle".into())
     }
 
+    /// Starts a child and has it validate a one-rule bundle: `Err` says why a child cannot
+    /// work here.
+    pub fn probe(&self) -> Result<(), String> {
+        let files = [PolicyFile {
+            relative: "probe.rego".into(),
+            text: "package approvals\ndecision := {\"decision\": \"allow\", \"reasons\": []}\n"
+                .into(),
+        }];
+        match self.validate(&files, 100_000)? {
+            Ok(_) => Ok(()),
+            Err(reasons) => Err(format!(
+                "it refused a bundle that is fine: {}",
+                reasons.join("; ")
+            )),
+        }
+    }
+
     /// An upload's validation (compile, trial evaluation, the bundle's tests) in a child of
     /// its own, ended afterwards: `Ok` holds what the validation found, `Err` why there is no
     /// answer (the child died: out of memory, or overran the tests' time).
