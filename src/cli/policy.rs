@@ -158,33 +158,54 @@ async fn push(args: &PushArgs) -> ExitCode {
             println!("{version}: now {what} for tenant {}", args.tenant);
             ExitCode::SUCCESS
         }
-        Err(code) => code,
+        Err(code) => {
+            eprintln!("approvals: {version} is stored, but not {what}: push again to finish");
+            code
+        }
     }
 }
 
-/// Sends `request`; a problem answer is printed (its `errors` one per line) as exit 1.
+/// `policy push`'s exit code when the service did not decide (unreachable, `408`, `429`, `5xx`):
+/// a pipeline retries this one, and fixes the bundle on 1.
+const EXIT_TRY_AGAIN: u8 = 3;
+
+/// Sends `request`; a problem answer is printed (its `errors` one per line) as exit 1 when the
+/// service refused, [`EXIT_TRY_AGAIN`] when it did not get to decide.
 async fn send(
     request: reqwest::RequestBuilder,
     token: &str,
 ) -> Result<serde_json::Value, ExitCode> {
     let response = request.bearer_auth(token).send().await.map_err(|error| {
-        eprintln!("approvals: cannot reach the service: {error}");
-        ExitCode::FAILURE
+        eprintln!("approvals: cannot reach the service (try again): {error}");
+        ExitCode::from(EXIT_TRY_AGAIN)
     })?;
     let status = response.status();
     let body: serde_json::Value = response.json().await.unwrap_or_default();
     if status.is_success() {
         return Ok(body);
     }
+    let try_again = status.is_server_error()
+        || matches!(status.as_u16(), 408 | 429)
+        // A validation already running for this tenant: its own turn comes.
+        || body["code"] == "upload_in_progress";
     eprintln!(
-        "approvals: refused ({status}, {}): {}",
+        "approvals: {} ({status}, {}): {}",
+        if try_again {
+            "not done, try again"
+        } else {
+            "refused"
+        },
         body["code"].as_str().unwrap_or("?"),
         body["detail"].as_str().unwrap_or("")
     );
     for error in body["errors"].as_array().into_iter().flatten() {
         eprintln!("  {}", error.as_str().unwrap_or_default());
     }
-    Err(ExitCode::FAILURE)
+    Err(if try_again {
+        ExitCode::from(EXIT_TRY_AGAIN)
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn test(args: &TestArgs) -> ExitCode {

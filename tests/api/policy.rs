@@ -644,7 +644,7 @@ async fn an_activation_reaches_every_instance_within_a_second_under_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_push_uploads_and_activates_through_the_api() {
     let app = TestApp::spawn().await;
-    let push = |dir: &std::path::Path| {
+    let push_to = |url: String, dir: &std::path::Path| {
         tokio::process::Command::new(env!("CARGO_BIN_EXE_approvals"))
             .args([
                 "policy",
@@ -653,12 +653,13 @@ async fn policy_push_uploads_and_activates_through_the_api() {
                 &app.tenant,
                 "--activate",
                 "--url",
-                &app.base,
             ])
+            .arg(url)
             .arg(dir)
             .env("APPROVALS_TOKEN", &app.tokens.admin)
             .output()
     };
+    let push = |dir: &std::path::Path| push_to(app.base.clone(), dir);
     let write = |bundle: &Value| {
         let dir = tempfile::tempdir().unwrap();
         for file in bundle["files"].as_array().unwrap() {
@@ -680,6 +681,14 @@ async fn policy_push_uploads_and_activates_through_the_api() {
         stderr.contains("policy_invalid") && stderr.contains("test_reads_wait"),
         "{stderr}"
     );
+
+    // No service there: not the bundle's fault, and a pipeline can tell (exit 3, not 1).
+    let nobody = format!("http://127.0.0.1:{}", approvals_testkit::free_port());
+    let unreached = push_to(nobody, write(&reads_allowed()).path())
+        .await
+        .unwrap();
+    assert_eq!(unreached.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&unreached.stderr).contains("try again"));
 
     let pushed = push(write(&reads_allowed()).path()).await.unwrap();
     let stdout = String::from_utf8_lossy(&pushed.stdout);
