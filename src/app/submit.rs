@@ -53,13 +53,14 @@ impl Approvals {
                 "action.type: must be a string".into(),
             ));
         }
-        self.limits.check("action", &request.action)?;
-        if let Some(context) = &request.context {
-            self.limits.check("context", context)?;
-        }
-        if let Some(agent_id) = &request.agent_id {
-            // Evaluated, stored, shown in every listing and sent in webhooks: bounded as well.
-            self.limits.check_string("agent_id", agent_id)?;
+        if let Err(oversized) = self.check_limits(&request) {
+            return match self
+                .parked_before_the_limits(caller, &tenant, &request)
+                .await
+            {
+                Some(existing) => Ok(Submitted::Existing(existing)),
+                None => Err(oversized),
+            };
         }
         let (id, chosen_by_caller) = match request.request_id {
             Some(raw) => {
@@ -178,6 +179,40 @@ impl Approvals {
             Ok(SubmitOutcome::Existing(existing)) => repeated(existing, &parked),
             Err(error) => Err(self.engine_failed(error)),
         }
+    }
+}
+
+impl Approvals {
+    fn check_limits(&self, request: &SubmitRequest) -> Result<(), AppError> {
+        self.limits.check("action", &request.action)?;
+        if let Some(context) = &request.context {
+            self.limits.check("context", context)?;
+        }
+        if let Some(agent_id) = &request.agent_id {
+            // Evaluated, stored, shown in every listing and sent in webhooks: bounded as well.
+            self.limits.check_string("agent_id", agent_id)?;
+        }
+        Ok(())
+    }
+
+    /// For a request beyond the input limits: its record, if this very request was parked
+    /// before the limits were lowered. A repeat is answered from its record, so its retry
+    /// must not turn into a `422` that tells the agent nothing was parked. `None` (the `422`
+    /// stands) for anyone not allowed to submit here, and for any other request.
+    async fn parked_before_the_limits(
+        &self,
+        caller: &Principal,
+        tenant: &TenantId,
+        request: &SubmitRequest,
+    ) -> Option<Approval> {
+        let id = ApprovalId::parse(request.request_id.clone()?).ok()?;
+        self.authorize(caller, Permission::Submit, tenant).ok()?;
+        let existing = self.read(tenant, &id).await.ok()??;
+        let agent = request.agent_id.as_deref().unwrap_or(&caller.subject);
+        let same = existing.action == request.action
+            && existing.context == request.context.clone().unwrap_or_default()
+            && existing.agent_id == agent;
+        same.then_some(existing)
     }
 }
 

@@ -291,6 +291,48 @@ async fn inputs_beyond_the_limits_are_422_before_the_policy_runs() {
     app.assert_nothing_stored().await;
 }
 
+/// A request parked under the limits of the time is a repeat after they were lowered (an
+/// instance restarted with a smaller `limits.max_object_bytes`): its retry gets its record,
+/// `200`, as any repeat does, not a `422` saying nothing was parked. A new request of the same
+/// size is still refused.
+#[tokio::test]
+async fn a_request_parked_before_the_limits_were_lowered_is_still_a_repeat() {
+    let app = TestApp::spawn().await;
+    // About 10 KB: within the default 16 KiB, past the 4 KiB the second instance allows.
+    let notes: serde_json::Map<String, Value> = (0..5)
+        .map(|n| (format!("note-{n}"), json!("n".repeat(2_000))))
+        .collect();
+    let body = json!({"request_id": "roomy", "action": sensitive_read(), "context": notes});
+    let submit = |base: String, body: Value| {
+        app.http
+            .post(format!("{base}/v1/tenants/{}/approvals", app.tenant))
+            .bearer_auth(&app.tokens.agent)
+            .json(&body)
+            .send()
+    };
+    let parked = submit(app.base.clone(), body.clone()).await.unwrap();
+    assert_eq!(parked.status(), StatusCode::CREATED);
+    let (smaller, _stop) = app
+        .second_instance_with(|s| s.limits.max_object_bytes = 4_096)
+        .await;
+
+    let retried = submit(smaller.clone(), body.clone()).await.unwrap();
+    assert_eq!(retried.status(), StatusCode::OK);
+    let retried: Value = retried.json().await.unwrap();
+    assert_eq!(retried["approval"]["id"], "roomy", "{retried}");
+    assert_eq!(retried["approval"]["status"], "pending", "{retried}");
+
+    let mut other = body.clone();
+    other["request_id"] = json!("roomy-2");
+    let refused = submit(smaller.clone(), other).await.unwrap();
+    assert_problem(refused, StatusCode::UNPROCESSABLE_ENTITY, "input_too_large").await;
+    // The same id with other content is refused for its size, not answered with the record.
+    let mut changed = body;
+    changed["context"]["note-0"] = json!("m".repeat(2_000));
+    let refused = submit(smaller, changed).await.unwrap();
+    assert_problem(refused, StatusCode::UNPROCESSABLE_ENTITY, "input_too_large").await;
+}
+
 /// Pathological submits, many at once, neither starve unrelated requests nor change the
 /// verdict: the policy runs off the request workers, bounded, with a budget that is the same
 /// idle or busy.
