@@ -63,7 +63,9 @@ pub enum AppError {
          answers here without tenant_store.kind = \"redis\""
     )]
     PolicyStoreDisabled,
-    /// This instance has not read the tenants' policies yet (the store is unreachable).
+    /// This instance could not load the tenant's own bundle (not readable or not compiling
+    /// here), and had none of it before: the platform default must not answer in its place.
+    /// (Not having read the tenants' policies at all is `Unavailable`.)
     #[error("the tenants' policies are not loaded yet")]
     PolicyNotLoaded,
     /// Webhooks are kept in Redis; Temporal answers here and no Redis tenant store is set.
