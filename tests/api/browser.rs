@@ -614,3 +614,44 @@ async fn an_open_page_marks_what_is_expiring_soon_and_its_title_counts_what_wait
     screenshot(&browser, "inbox-expiring-soon").await;
     let _ = browser.close().await;
 }
+
+/// A reviewer signed in follows a link to an approval from elsewhere (a chat, webmail: another
+/// site) and lands on that approval. With a `SameSite=Strict` cookie the browser left the
+/// session behind on such a navigation, and the link led to the sign-in page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_from_another_site_opens_the_approval_for_a_signed_in_reviewer() {
+    let app = TestApp::spawn().await;
+    app.park("linked-from-chat").await;
+    let driver = Driver::start();
+    let browser = driver.browser().await;
+    sign_in(&browser, &app, &app.tokens.reviewer).await;
+    // A page of another site (an opaque origin) holding the link a notification carries.
+    let link = app.url("/ui/approvals/linked-from-chat");
+    browser
+        .goto(&format!(
+            "data:text/html,<a id=\"go\" href=\"{link}\">Approval waiting</a>"
+        ))
+        .await
+        .expect("the other site's page");
+    browser
+        .find(Locator::Css("#go"))
+        .await
+        .expect("the link")
+        .click()
+        .await
+        .expect("follow the link");
+    let landed = browser
+        .wait()
+        .at_most(WITHIN)
+        .for_element(Locator::Css("button.accept, #token"))
+        .await
+        .expect("a page of the inbox");
+    let url = browser.current_url().await.expect("url").to_string();
+    assert_eq!(
+        landed.attr("id").await.expect("attribute"),
+        None,
+        "the sign-in page, at {url}"
+    );
+    assert!(url.ends_with("/ui/approvals/linked-from-chat"), "{url}");
+    let _ = browser.close().await;
+}
