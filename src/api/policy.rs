@@ -77,6 +77,11 @@ pub struct PolicyOverview {
     pub generation: u64,
     /// Stored versions, newest upload first (a version pushed again counts as new).
     pub bundles: Vec<BundleInfo>,
+    /// Whether the instance that answered runs this generation. `false` for a moment after
+    /// another instance's change (until its `policy.reload_interval` poll), or while it cannot
+    /// load the tenant's bundle: its submits then answer `503 policy_not_loaded`, or keep the
+    /// version they had (the log names the bundle).
+    pub loaded_here: bool,
 }
 
 /// Names one stored version.
@@ -131,6 +136,7 @@ fn overview(view: PolicyView) -> PolicyOverview {
         history: view.state.history,
         generation: view.state.generation,
         bundles,
+        loaded_here: view.loaded_here,
     }
 }
 

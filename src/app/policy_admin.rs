@@ -3,7 +3,8 @@
 //! only; every change is an audit event of kind `policy`.
 //!
 //! A change is a compare-and-set on the tenant's state in the store; every instance picks it
-//! up on its next poll, and this one at once, so the answer means "in effect here".
+//! up on its next poll, and this one at once; the answer says whether it is in effect on the
+//! instance that answered (`loaded_here`), which it is not when that instance cannot load it.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -64,6 +65,8 @@ pub struct PolicyView {
     pub effective_version: String,
     pub default_version: String,
     pub bundles: Vec<BundleSummary>,
+    /// Whether the instance answering runs `state`'s generation for the tenant.
+    pub loaded_here: bool,
 }
 
 impl Approvals {
@@ -180,7 +183,7 @@ impl Approvals {
                 "policy changed; its bundles could not be listed in the answer");
             Vec::new()
         });
-        Ok(self.view(state, bundles))
+        Ok(self.view(tenant, state, bundles))
     }
 
     pub async fn policy_view(
@@ -197,13 +200,19 @@ impl Approvals {
             .bundles(tenant)
             .await
             .map_err(|e| self.engine_failed(e))?;
-        Ok(self.view(state, bundles))
+        Ok(self.view(tenant, state, bundles))
     }
 
     /// `state` and `bundles` as the API shows them, with what is in effect.
-    fn view(&self, state: PolicyState, bundles: Vec<BundleSummary>) -> PolicyView {
+    fn view(
+        &self,
+        tenant: &TenantId,
+        state: PolicyState,
+        bundles: Vec<BundleSummary>,
+    ) -> PolicyView {
         let default_version = self.policies.default_gate().version().to_owned();
         PolicyView {
+            loaded_here: self.policies.generation(tenant) == state.generation,
             effective_version: state
                 .active
                 .clone()

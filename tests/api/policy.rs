@@ -1240,3 +1240,55 @@ decision := {{"decision": "allow", "reasons": [sprintf("%d", [count(numbers.rang
         "{answer}"
     );
 }
+
+/// A change's answer says whether the instance that answered runs it (`loaded_here`): a
+/// bundle this instance cannot load (here: changed in the store since it was validated, so
+/// its content no longer matches its version) is activated in the store, but the answer no
+/// longer claims it is in effect; the tenant's submits keep the version this instance had.
+#[tokio::test]
+async fn an_activation_says_whether_the_answering_instance_runs_it() {
+    let app = TestApp::spawn().await;
+    let version = upload(&app, reads_allowed()).await;
+    let fine: Value = activate(&app, &version).await.json().await.unwrap();
+    assert_eq!(fine["loaded_here"], true, "{fine}");
+
+    // A second version, altered in Redis behind the service's back.
+    let mut other = reads_allowed();
+    other["files"][0]["text"] = json!(format!(
+        "{}\n# another version\n",
+        other["files"][0]["text"].as_str().unwrap()
+    ));
+    let tampered = upload(&app, other).await;
+    let key = format!("policy:{}:bundle:{tampered}", app.tenant);
+    let mut conn = app.redis().connection().await;
+    let stored: String = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut stored: Value = serde_json::from_str(&stored).unwrap();
+    stored["files"][0]["text"] = json!("package approvals\nimport rego.v1\ndecision := {\"decision\": \"allow\", \"reasons\": [\"changed\"]}\n");
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg(stored.to_string())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let response = activate(&app, &tampered).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let overview: Value = response.json().await.unwrap();
+    assert_eq!(overview["active"], tampered.as_str());
+    assert_eq!(overview["loaded_here"], false, "{overview}");
+    let read = app
+        .get_json(&policy_path(&app, ""), &app.tokens.admin)
+        .await;
+    assert_eq!(read["loaded_here"], false, "{read}");
+    let answer: Value = app
+        .submit("still-the-old-one", sensitive_read())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["policy_version"], version.as_str(), "{answer}");
+}
