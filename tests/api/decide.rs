@@ -1,6 +1,7 @@
 //! Accept and reject: the first reviewer wins, in the contract's order of checks.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::join_all;
 use reqwest::{Method, StatusCode};
@@ -14,6 +15,7 @@ contract_tests!(
     a_second_decision_is_409_with_the_current_record,
     unknown_is_404_and_self_approval_is_403,
     forty_concurrent_decisions_have_exactly_one_winner,
+    expired_comes_before_self_approval,
 );
 
 async fn accept_records_the_token_subject_not_the_body(h: Harness) {
@@ -142,6 +144,44 @@ async fn unknown_is_404_and_self_approval_is_403(h: Harness) {
         app.decide("mine", "reject", &app.tokens.admin).await,
         StatusCode::CONFLICT,
         "already_decided",
+    )
+    .await;
+}
+
+/// The contract's order of checks: an approval its submitter tries to decide after it expired
+/// is `410 expired` (what the submitter needs to know), not `403 self_approval`.
+async fn expired_comes_before_self_approval(h: Harness) {
+    let tenant = h.tenant.clone();
+    let app = h
+        .spawn_with(|s| {
+            s.approvals
+                .tenant_ttl
+                .insert(tenant.clone(), Duration::from_secs(2));
+        })
+        .await;
+    let submitted = app
+        .request(
+            Method::POST,
+            &format!("/v1/tenants/{tenant}/approvals"),
+            Some(&app.tokens.admin),
+        )
+        .json(&json!({"request_id": "mine-expiring", "action": crate::support::sensitive_read()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(submitted.status(), StatusCode::CREATED);
+    let waited: Value = app
+        .get_json(
+            &format!("/v1/tenants/{tenant}/approvals/mine-expiring/decision?wait_seconds=15"),
+            &app.tokens.admin,
+        )
+        .await;
+    assert_eq!(waited["status"], "expired", "{waited}");
+    assert_problem(
+        app.decide("mine-expiring", "accept", &app.tokens.admin)
+            .await,
+        StatusCode::GONE,
+        "expired",
     )
     .await;
 }
