@@ -17,9 +17,15 @@
 //! a tenant whose policy is slow (or whose agents send many submits at once) would otherwise
 //! fill the queue, and every other tenant's submits would wait behind its work. Past its share
 //! a tenant's callers wait for one of its own places, not anyone's.
+//!
+//! And a free thread takes the oldest job of the tenant with the fewest evaluations running
+//! (of those, the one served longest ago), not the oldest job: in first-come order, a tenant
+//! whose slow evaluations fill every thread had its next ones taken before another tenant's
+//! that came later, so that one waited for two rounds of them. Now it waits for the first
+//! thread to come free, at most.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use approvals_core::TenantId;
 
@@ -41,11 +47,94 @@ struct Job {
     /// The job's place in the queue, free again once a thread has dropped the job.
     _place: OwnedSemaphorePermit,
     /// And in its tenant's share.
-    _share: TenantPlace,
+    share: TenantPlace,
+}
+
+/// The jobs waiting for a thread, and how many each tenant has running.
+#[derive(Default)]
+struct Queue {
+    state: Mutex<Waiting>,
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct Waiting {
+    /// Oldest first.
+    jobs: VecDeque<Job>,
+    running: HashMap<TenantId, usize>,
+    /// When each tenant with jobs was last served (a count of jobs taken); none: not lately.
+    served: HashMap<TenantId, u64>,
+    taken: u64,
+    /// No more jobs come: threads end once the queue is empty.
+    closed: bool,
+}
+
+impl Queue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn push(&self, job: Job) {
+        self.lock().jobs.push_back(job);
+        self.ready.notify_one();
+    }
+
+    /// The next job for a free thread (blocking until there is one): the oldest of the tenant
+    /// with the fewest running, served longest ago. `None` once closed and empty.
+    fn take(&self) -> Option<Job> {
+        let mut waiting = self.lock();
+        loop {
+            let order = |job: &Job| {
+                let tenant = &job.share.tenant;
+                (
+                    waiting.running.get(tenant).copied().unwrap_or(0),
+                    waiting.served.get(tenant).copied().unwrap_or(0),
+                )
+            };
+            let next = (0..waiting.jobs.len()).min_by_key(|&at| (order(&waiting.jobs[at]), at));
+            if let Some(job) = next.and_then(|at| waiting.jobs.remove(at)) {
+                let tenant = job.share.tenant.clone();
+                waiting.taken += 1;
+                let taken = waiting.taken;
+                waiting.served.insert(tenant.clone(), taken);
+                *waiting.running.entry(tenant).or_default() += 1;
+                return Some(job);
+            }
+            if waiting.closed {
+                return None;
+            }
+            waiting = self
+                .ready
+                .wait(waiting)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// A thread is done with one of `tenant`'s jobs.
+    fn done(&self, tenant: &TenantId) {
+        let mut waiting = self.lock();
+        if let Some(count) = waiting.running.get_mut(tenant) {
+            *count -= 1;
+            if *count == 0 {
+                waiting.running.remove(tenant);
+            }
+        }
+        // Forgotten once it has nothing running or waiting: then it was not served lately.
+        let idle = !waiting.running.contains_key(tenant)
+            && !waiting.jobs.iter().any(|job| &job.share.tenant == tenant);
+        if idle {
+            waiting.served.remove(tenant);
+        }
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_all();
+    }
 }
 
 pub(crate) struct Evaluators {
-    jobs: crossbeam_channel::Sender<Job>,
+    queue: Arc<Queue>,
     /// Places in the queue (running jobs included).
     places: Arc<Semaphore>,
     /// Per tenant with jobs queued or running, its share of the places.
@@ -83,25 +172,27 @@ impl Evaluators {
     pub(crate) fn start(threads: usize) -> std::io::Result<Self> {
         let threads = threads.max(1);
         let capacity = threads * QUEUED_PER_THREAD;
-        let (jobs, queue) = crossbeam_channel::bounded::<Job>(capacity);
+        let queue = Arc::new(Queue::default());
         for n in 0..threads {
             let queue = queue.clone();
             std::thread::Builder::new()
                 .name(format!("policy-{n}"))
                 .spawn(move || {
-                    for job in queue {
-                        if job.answer.is_closed() {
-                            continue; // its caller gave up: its verdict would go nowhere
+                    while let Some(job) = queue.take() {
+                        let tenant = job.share.tenant.clone();
+                        // Its caller gave up: its verdict would go nowhere.
+                        if !job.answer.is_closed() {
+                            let shadow = job.candidate.map(|c| c.evaluate(&job.input));
+                            let verdict = job.policy.evaluate_owned(job.input);
+                            // The caller may have given up (its request was cancelled).
+                            let _ = job.answer.send((verdict, shadow));
                         }
-                        let shadow = job.candidate.map(|c| c.evaluate(&job.input));
-                        let verdict = job.policy.evaluate_owned(job.input);
-                        // The caller may have given up (its request was cancelled).
-                        let _ = job.answer.send((verdict, shadow));
+                        queue.done(&tenant);
                     }
                 })?;
         }
         Ok(Self {
-            jobs,
+            queue,
             places: Arc::new(Semaphore::new(capacity)),
             shares: Arc::default(),
             share: (capacity / 2).max(1),
@@ -144,7 +235,7 @@ impl Evaluators {
         input: Value,
     ) -> Result<(PolicyVerdict, Option<PolicyVerdict>), AppError> {
         let share = self.tenant_place(tenant).await?;
-        // Never closed; and with a place held, the channel has room.
+        // Never closed.
         let place = self
             .places
             .clone()
@@ -152,17 +243,22 @@ impl Evaluators {
             .await
             .map_err(|e| AppError::Internal(e.into()))?;
         let (answer, verdict) = oneshot::channel();
-        self.jobs
-            .try_send(Job {
-                policy,
-                candidate,
-                input,
-                answer,
-                _place: place,
-                _share: share,
-            })
-            .map_err(|e| AppError::Internal(format!("policy queue: {e}").into()))?;
+        self.queue.push(Job {
+            policy,
+            candidate,
+            input,
+            answer,
+            _place: place,
+            share,
+        });
         verdict.await.map_err(|e| AppError::Internal(e.into()))
+    }
+}
+
+impl Drop for Evaluators {
+    /// The threads end once they have drained what is queued.
+    fn drop(&mut self) {
+        self.queue.close();
     }
 }
 
@@ -217,8 +313,9 @@ mod tests {
         }
     }
 
-    /// A tenant that fills the queue with slow evaluations holds half of its places: another
-    /// tenant's submit waits behind at most that half, not behind all of them.
+    /// A tenant that fills the queue with slow evaluations holds half of its places, and a
+    /// free thread takes another tenant's job before its next one: that tenant's submit waits
+    /// for the one evaluation running, not for the busy tenant's queued ones too.
     #[tokio::test]
     async fn one_tenant_holds_at_most_half_of_the_queue() {
         let evaluators = Arc::new(Evaluators::start(1).expect("threads"));
@@ -262,7 +359,7 @@ mod tests {
             .filter(|at| **at < answered)
             .count();
         assert!(
-            before <= capacity / 2,
+            before <= 1,
             "the other tenant waited behind {before} of the busy tenant's evaluations"
         );
         for call in busy_calls {
