@@ -3,11 +3,13 @@
 //! never posts a decision twice.
 
 use askama::Template;
+use axum::extract::rejection::{FormRejection, QueryRejection};
 use axum::extract::{OriginalUri, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::Form;
 use axum_extra::extract::cookie::SignedCookieJar;
+use axum_extra::extract::WithRejection;
 use serde::Deserialize;
 
 use approvals_core::{Approval, ApprovalId, Status, Timestamp, Verdict};
@@ -138,6 +140,40 @@ fn refused(detail: &str) -> Response {
     (StatusCode::FORBIDDEN, render(&page)).into_response()
 }
 
+/// A query string or form the inbox's own pages never send (a field twice, one missing): a
+/// page saying so, as every other inbox refusal is, not the framework's plain-text line.
+/// Nothing was decided.
+pub struct Malformed(Response);
+
+impl Malformed {
+    fn page(status: StatusCode, detail: String) -> Self {
+        let page = ErrorPage {
+            chrome: None,
+            title: "Not a request this inbox sends".into(),
+            detail: format!("{detail}. Nothing was changed; go back to the inbox and try again."),
+        };
+        Self((status, render(&page)).into_response())
+    }
+}
+
+impl From<QueryRejection> for Malformed {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::page(rejection.status(), rejection.body_text())
+    }
+}
+
+impl From<FormRejection> for Malformed {
+    fn from(rejection: FormRejection) -> Self {
+        Self::page(rejection.status(), rejection.body_text())
+    }
+}
+
+impl IntoResponse for Malformed {
+    fn into_response(self) -> Response {
+        self.0
+    }
+}
+
 /// A refusal by the API's own guards (too many requests in flight) as a page the browser
 /// shows, not a problem document: the reviewer reads it.
 pub fn api_refusal(error: ApiError) -> Response {
@@ -211,7 +247,7 @@ pub struct LoginQuery {
 pub async fn login_form(
     State(state): State<UiState>,
     jar: SignedCookieJar,
-    Query(query): Query<LoginQuery>,
+    WithRejection(Query(query), _): WithRejection<Query<LoginQuery>, Malformed>,
 ) -> Response {
     let next = return_path(&query.next).unwrap_or("/ui/approvals");
     match state.session(&jar).await {
@@ -240,7 +276,7 @@ pub async fn login(
     State(state): State<UiState>,
     jar: SignedCookieJar,
     headers: HeaderMap,
-    Form(form): Form<LoginForm>,
+    WithRejection(Form(form), _): WithRejection<Form<LoginForm>, Malformed>,
 ) -> Response {
     if !session::same_site(&headers, state.public_authority()) {
         return refused("This sign-in form was sent from another site.");
@@ -287,7 +323,7 @@ pub async fn logout(
     State(state): State<UiState>,
     jar: SignedCookieJar,
     headers: HeaderMap,
-    Form(form): Form<CsrfForm>,
+    WithRejection(Form(form), _): WithRejection<Form<CsrfForm>, Malformed>,
 ) -> Response {
     if let Some(session) = state.session(&jar).await {
         if !session::form_allowed(&session, &form.csrf, &headers, state.public_authority()) {
@@ -310,7 +346,7 @@ pub async fn inbox(
     State(state): State<UiState>,
     jar: SignedCookieJar,
     page: OriginalUri,
-    Query(query): Query<InboxQuery>,
+    WithRejection(Query(query), _): WithRejection<Query<InboxQuery>, Malformed>,
 ) -> Response {
     let Some(session) = state.session(&jar).await else {
         return to_sign_in(&page);
@@ -438,7 +474,7 @@ pub async fn detail(
     jar: SignedCookieJar,
     page: OriginalUri,
     Path(id): Path<String>,
-    Query(query): Query<DetailQuery>,
+    WithRejection(Query(query), _): WithRejection<Query<DetailQuery>, Malformed>,
 ) -> Response {
     let Some(session) = state.session(&jar).await else {
         return to_sign_in(&page);
@@ -545,7 +581,7 @@ pub async fn decide(
     jar: SignedCookieJar,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Form(form): Form<DecisionForm>,
+    WithRejection(Form(form), _): WithRejection<Form<DecisionForm>, Malformed>,
 ) -> Response {
     let Some(session) = state.session(&jar).await else {
         // Said on the sign-in page: a plain redirect there lost the decision without a word.

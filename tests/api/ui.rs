@@ -752,6 +752,39 @@ async fn a_link_to_an_approval_leads_back_to_it_and_a_late_decision_is_not_lost_
     assert_eq!(api_status(&app, "linked-1").await["status"], "pending");
 }
 
+/// A query string or form no inbox page sends (a field twice, the verdict missing) is answered
+/// with an inbox page saying so, not the framework's plain-text line; nothing is decided.
+#[tokio::test]
+async fn malformed_queries_and_forms_get_a_page_and_decide_nothing() {
+    let app = TestApp::spawn().await;
+    app.park("odd-1").await;
+    let browser = Browser::signed_in(&app, &app.tokens.reviewer).await;
+    let page = browser.page("/ui/approvals/odd-1").await;
+    let twice = browser
+        .get("/ui/approvals?status=pending&status=expired")
+        .await;
+    let no_verdict = browser
+        .post(
+            "/ui/approvals/odd-1/decision",
+            &[
+                ("csrf", hidden(&page, "csrf").as_str()),
+                ("digest", hidden(&page, "digest").as_str()),
+            ],
+        )
+        .await;
+    for response in [twice, no_verdict] {
+        assert!(response.status().is_client_error(), "{response:?}");
+        let html = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(html.starts_with("text/html"), "{html}");
+        let text = response.text().await.unwrap();
+        assert!(text.contains("Not a request this inbox sends"), "{text}");
+    }
+    assert_eq!(api_status(&app, "odd-1").await["status"], "pending");
+}
+
 /// A session cookie as the service signs it (src/ui/session.rs): `ui.session_secret` through
 /// SHA-512 as the key, the claims as URL-safe base64 JSON.
 fn session_cookie(secret: &str, token: &str, tenant: &str, expires_ms: i64) -> String {
