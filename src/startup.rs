@@ -44,6 +44,7 @@ pub enum StartupError {
 /// `/readyz` stayed green.
 async fn sandbox(
     settings: &crate::config::SandboxSettings,
+    used: bool,
 ) -> Result<Option<Arc<crate::policy::sandbox::Sandbox>>, StartupError> {
     if !settings.enabled {
         tracing::warn!("policy.sandbox.enabled = false: tenants' bundles run in this process, where one that allocates without bound can stop it (ADR-0019)");
@@ -58,6 +59,10 @@ async fn sandbox(
         binary,
         memory_limit: settings.memory_limit_mib.saturating_mul(1 << 20),
     });
+    // No tenant bundles here (Temporal without a Redis tenant store): nothing runs in one.
+    if !used {
+        return Ok(Some(sandbox));
+    }
     let tried = sandbox.clone();
     let probe = tokio::task::spawn_blocking(move || tried.probe())
         .await
@@ -93,7 +98,7 @@ impl Application {
         let policy = PolicyGate::load(&settings.policy.dir)?
             .with_budget(settings.limits.policy_instructions);
         tracing::info!(dir = %settings.policy.dir.display(), version = policy.version(), "policy loaded");
-        let sandbox = sandbox(&settings.policy.sandbox).await?;
+        let sandbox = sandbox(&settings.policy.sandbox, settings.keeps_tenant_policies()).await?;
         let engine = crate::engines::start(
             &settings,
             Arc::new(EngineMetrics::answering()),

@@ -8,10 +8,9 @@ use crate::config::{LogFormat, LogSettings};
 
 /// Installs the global subscriber; a second call (tests start many apps) is a no-op.
 pub fn init(settings: &LogSettings) {
-    // `RUST_LOG` gets the check `log.filter` gets: `RUST_LOG=warning` reads as a target's name,
-    // and silently logged nothing at all.
+    // `RUST_LOG=warning` reads as a target's name, and silently logged nothing at all.
     let filter = match std::env::var("RUST_LOG") {
-        Ok(wanted) => match crate::config::check_log_filter(&wanted) {
+        Ok(wanted) => match crate::config::check_env_log_filter(&wanted) {
             Ok(()) => EnvFilter::new(wanted),
             Err(error) => {
                 let why = match &error {

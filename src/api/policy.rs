@@ -79,8 +79,8 @@ pub struct PolicyOverview {
     pub bundles: Vec<BundleInfo>,
     /// Whether the instance that answered runs this generation. `false` for a moment after
     /// another instance's change (until its `policy.reload_interval` poll), or while it cannot
-    /// load the tenant's bundle: its submits then answer `503 policy_not_loaded`, or keep the
-    /// version they had (the log names the bundle).
+    /// load the active bundle (its submits then answer `503 policy_not_loaded`, or keep the
+    /// version they had) or the candidate (no shadow evaluation runs); the log names it.
     pub loaded_here: bool,
 }
 

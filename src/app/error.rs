@@ -66,7 +66,7 @@ pub enum AppError {
     /// This instance could not load the tenant's own bundle (not readable or not compiling
     /// here), and had none of it before: the platform default must not answer in its place.
     /// (Not having read the tenants' policies at all is `Unavailable`.)
-    #[error("the tenants' policies are not loaded yet")]
+    #[error("this tenant's own policy bundle cannot be loaded on this instance yet")]
     PolicyNotLoaded,
     /// Webhooks are kept in Redis; Temporal answers here and no Redis tenant store is set.
     #[error(

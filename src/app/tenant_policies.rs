@@ -147,6 +147,17 @@ impl TenantPolicies {
         }
     }
 
+    /// Whether this instance runs all of `generation` for `tenant`: its active bundle and its
+    /// candidate (a generation 0 is the platform default nobody changed).
+    pub fn runs(&self, tenant: &TenantId, generation: u64) -> bool {
+        match self.loaded.load().get(tenant) {
+            None => generation == 0,
+            Some(loaded) => {
+                loaded.generation == generation && loaded.complete && loaded.gates.is_some()
+            }
+        }
+    }
+
     /// The generation this instance runs for `tenant` (0: none loaded).
     pub fn generation(&self, tenant: &TenantId) -> u64 {
         self.loaded

@@ -186,8 +186,9 @@ async fn send(
     }
     let try_again = status.is_server_error()
         || matches!(status.as_u16(), 408 | 429)
-        // A validation already running for this tenant: its own turn comes.
-        || body["code"] == "upload_in_progress";
+        // A validation already running for this tenant (its own turn comes), or other
+        // admins' changes that kept winning the race.
+        || matches!(body["code"].as_str(), Some("upload_in_progress" | "policy_changed"));
     eprintln!(
         "approvals: {} ({status}, {}): {}",
         if try_again {

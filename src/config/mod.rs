@@ -500,6 +500,35 @@ impl Default for LogSettings {
 /// `log.filter` must log something: an empty filter enables nothing, and a bare word that is
 /// no level (`warning`) is read as a target of that name, so every line of the service was
 /// dropped, errors included. A target is written `target=level`.
+/// `RUST_LOG`'s check: a bare word there is, by its convention, a target to log everything of
+/// (`RUST_LOG=approvals`), unless it reads as a level that is none (`warning`, `err`), which
+/// would name a target nothing logs to, so nothing at all would be logged.
+pub(crate) fn check_env_log_filter(filter: &str) -> Result<(), ConfigError> {
+    const NOT_LEVELS: [&str; 8] = [
+        "warning",
+        "err",
+        "information",
+        "verbose",
+        "critical",
+        "fatal",
+        "notice",
+        "none",
+    ];
+    let bare_not_level = filter
+        .split(',')
+        .map(str::trim)
+        .find(|d| NOT_LEVELS.iter().any(|n| d.eq_ignore_ascii_case(n)));
+    if let Some(directive) = bare_not_level {
+        return Err(ConfigError::Invalid(format!(
+            "log.filter: {directive:?} is no level (trace, debug, info, warn, error, off)"
+        )));
+    }
+    tracing_subscriber::EnvFilter::builder()
+        .parse(filter)
+        .map(drop)
+        .map_err(|e| ConfigError::Invalid(format!("log.filter: {e}")))
+}
+
 pub(crate) fn check_log_filter(filter: &str) -> Result<(), ConfigError> {
     if filter.trim().is_empty() {
         return Err(ConfigError::Invalid(
@@ -526,6 +555,16 @@ pub(crate) fn check_log_filter(filter: &str) -> Result<(), ConfigError> {
 }
 
 impl Settings {
+    /// Whether tenants' own policy bundles are kept (in Redis: the approvals engine, a dual
+    /// backend's Redis primary, or `tenant_store.kind = "redis"`), so that sandboxes are used.
+    pub fn keeps_tenant_policies(&self) -> bool {
+        match &self.backend {
+            BackendChoice::Redis => true,
+            BackendChoice::Dual { primary, .. } if *primary == EngineKind::Redis => true,
+            _ => self.tenant_store.kind == TenantStoreKind::Redis,
+        }
+    }
+
     /// Loads `file` (if any) and the process environment.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
         Self::load_from(file, std::env::vars())

@@ -453,3 +453,18 @@ fn retries_sandboxes_and_threads_out_of_range_are_refused() {
     )
     .is_ok());
 }
+
+#[test]
+fn a_rust_log_naming_a_target_is_kept_and_one_naming_no_level_is_not() {
+    for kept in [
+        "approvals",
+        "debug",
+        "approvals=debug,tower_http=warn",
+        "info,approvals::api",
+    ] {
+        assert!(check_env_log_filter(kept).is_ok(), "{kept}");
+    }
+    for refused in ["warning", "info,err", "NONE"] {
+        assert!(check_env_log_filter(refused).is_err(), "{refused}");
+    }
+}

@@ -201,7 +201,8 @@ const MAX_RETURN_PATH: usize = 2_048;
 fn return_path(next: &str) -> Option<&str> {
     let rest = next.strip_prefix("/ui/approvals")?;
     let ours = rest.is_empty() || rest.starts_with(['/', '?']);
-    let plain = !next.contains(['\\', '\r', '\n']) && !next.contains("//");
+    // No control character either: a `Location` cannot carry one (a 500 page instead).
+    let plain = !next.contains(|c: char| c == '\\' || c.is_ascii_control()) && !next.contains("//");
     (ours && plain && next.len() <= MAX_RETURN_PATH).then_some(next)
 }
 

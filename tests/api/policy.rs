@@ -1275,6 +1275,13 @@ async fn an_activation_says_whether_the_answering_instance_runs_it() {
         .await
         .unwrap();
 
+    // As the candidate: stored, but no shadow evaluation runs here.
+    let response = put_candidate(&app, &tampered).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let overview: Value = response.json().await.unwrap();
+    assert_eq!(overview["candidate"], tampered.as_str());
+    assert_eq!(overview["loaded_here"], false, "{overview}");
+
     let response = activate(&app, &tampered).await;
     assert_eq!(response.status(), StatusCode::OK);
     let overview: Value = response.json().await.unwrap();

@@ -717,6 +717,7 @@ async fn a_link_to_an_approval_leads_back_to_it_and_a_late_decision_is_not_lost_
     assert_eq!(location(&again), "/ui/approvals/linked-1");
 
     for elsewhere in [
+        "/ui/approvals\u{1}",
         "//evil.example/ui/approvals",
         "https://evil.example/",
         "/ui/login",
