@@ -33,6 +33,9 @@ async fn dual_settings(primary: EngineKind, redis: &RedisServer) -> Settings {
     let mut settings = Settings::default();
     settings.server.listen = "127.0.0.1:0".parse().expect("addr");
     settings.policy.dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("policies");
+    // The service runs in this test process: its sandbox children are the real binary (start-up
+    // tries one where tenants' bundles are kept: a Redis primary).
+    settings.policy.sandbox.binary = Some(env!("CARGO_BIN_EXE_approvals").into());
     // Generous: these tests check what is mirrored and compared, not how fast (a loaded
     // two-core machine answers a Temporal update in seconds at worst).
     settings.backend = BackendChoice::Dual {

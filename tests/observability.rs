@@ -691,6 +691,8 @@ fn service_settings(tenants: &Tenants, tokens: Vec<TokenEntry>) -> Settings {
     let mut settings = Settings::default();
     settings.server.listen = "127.0.0.1:0".parse().expect("addr");
     settings.policy.dir = repo("policies");
+    // The service runs in this test process: its sandbox children are the real binary.
+    settings.policy.sandbox.binary = Some(env!("CARGO_BIN_EXE_approvals").into());
     settings.auth.tokens = tokens;
     settings
         .approvals
