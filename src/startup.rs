@@ -37,6 +37,7 @@ pub enum StartupError {
 
 /// Where tenants' bundles are evaluated: children of `policy.sandbox.binary`, or of this very
 /// binary; `None` when the sandbox is off.
+///
 /// One child is started and tried before serving: a sandbox that cannot work (a wrong
 /// `binary`, another version of it, a memory limit too small to start in) stops the service
 /// with the reason. Otherwise every tenant's bundle failed closed and every upload was refused

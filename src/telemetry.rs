@@ -12,13 +12,7 @@ pub fn init(settings: &LogSettings) {
     let filter = match std::env::var("RUST_LOG") {
         Ok(wanted) => match crate::config::check_env_log_filter(&wanted) {
             Ok(()) => EnvFilter::new(wanted),
-            Err(error) => {
-                let why = match &error {
-                    crate::config::ConfigError::Invalid(m) => {
-                        m.strip_prefix("log.filter: ").unwrap_or(m).to_owned()
-                    }
-                    other => other.to_string(),
-                };
+            Err(why) => {
                 eprintln!(
                     "approvals: RUST_LOG ignored, log.filter {:?} used instead: {why}",
                     settings.filter

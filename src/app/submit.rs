@@ -209,10 +209,11 @@ impl Approvals {
         self.authorize(caller, Permission::Submit, tenant).ok()?;
         let existing = self.read(tenant, &id).await.ok()??;
         let agent = request.agent_id.as_deref().unwrap_or(&caller.subject);
-        let same = existing.action == request.action
-            && existing.context == request.context.clone().unwrap_or_default()
-            && existing.agent_id == agent;
-        same.then_some(existing)
+        let no_context = Map::new();
+        let context = request.context.as_ref().unwrap_or(&no_context);
+        existing
+            .asked_for(&request.action, context, agent)
+            .then_some(existing)
     }
 }
 

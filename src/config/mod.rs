@@ -503,7 +503,8 @@ impl Default for LogSettings {
 /// `RUST_LOG`'s check: a bare word there is, by its convention, a target to log everything of
 /// (`RUST_LOG=approvals`), unless it reads as a level that is none (`warning`, `err`), which
 /// would name a target nothing logs to, so nothing at all would be logged.
-pub(crate) fn check_env_log_filter(filter: &str) -> Result<(), ConfigError> {
+/// `Err` says why, for a message beside the variable's name.
+pub(crate) fn check_env_log_filter(filter: &str) -> Result<(), String> {
     const NOT_LEVELS: [&str; 8] = [
         "warning",
         "err",
@@ -519,14 +520,19 @@ pub(crate) fn check_env_log_filter(filter: &str) -> Result<(), ConfigError> {
         .map(str::trim)
         .find(|d| NOT_LEVELS.iter().any(|n| d.eq_ignore_ascii_case(n)));
     if let Some(directive) = bare_not_level {
-        return Err(ConfigError::Invalid(format!(
-            "log.filter: {directive:?} is no level (trace, debug, info, warn, error, off)"
-        )));
+        return Err(format!(
+            "{directive:?} is no level (trace, debug, info, warn, error, off)"
+        ));
     }
+    parses_as_filter(filter)
+}
+
+/// Whether tracing reads `filter`; `Err` says why not.
+fn parses_as_filter(filter: &str) -> Result<(), String> {
     tracing_subscriber::EnvFilter::builder()
         .parse(filter)
         .map(drop)
-        .map_err(|e| ConfigError::Invalid(format!("log.filter: {e}")))
+        .map_err(|e| e.to_string())
 }
 
 pub(crate) fn check_log_filter(filter: &str) -> Result<(), ConfigError> {
@@ -548,10 +554,7 @@ pub(crate) fn check_log_filter(filter: &str) -> Result<(), ConfigError> {
             )));
         }
     }
-    tracing_subscriber::EnvFilter::builder()
-        .parse(filter)
-        .map(drop)
-        .map_err(|e| ConfigError::Invalid(format!("log.filter: {e}")))
+    parses_as_filter(filter).map_err(|e| ConfigError::Invalid(format!("log.filter: {e}")))
 }
 
 impl Settings {

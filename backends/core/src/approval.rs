@@ -83,9 +83,17 @@ impl Approval {
     /// Whether `other` asks for the same thing: the idempotency check for a repeated
     /// `request_id` (same action, context and agent).
     pub fn same_request(&self, other: &Approval) -> bool {
-        self.action == other.action
-            && self.context == other.context
-            && self.agent_id == other.agent_id
+        self.asked_for(&other.action, &other.context, &other.agent_id)
+    }
+
+    /// Whether this record is of a request for `action`, with `context`, by `agent_id`.
+    pub fn asked_for(
+        &self,
+        action: &Map<String, Value>,
+        context: &Map<String, Value>,
+        agent_id: &str,
+    ) -> bool {
+        self.action == *action && self.context == *context && self.agent_id == agent_id
     }
 
     /// Whether the stored action is still the one that was parked: `false` when the record
