@@ -14,7 +14,7 @@ use fantoccini::key::Key;
 use fantoccini::wd::WindowHandle;
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
-use reqwest::{Method, StatusCode};
+
 use serde_json::{json, Value};
 
 use crate::support::TestApp;
@@ -304,17 +304,7 @@ async fn reviewers_decide_in_the_browser_and_open_pages_follow_live() {
 
     // Self-approval: carol (an admin) submitted it; her page says she cannot decide it, and
     // offers no buttons that would only be refused.
-    let submitted = app
-        .request(
-            Method::POST,
-            &format!("/v1/tenants/{}/approvals", app.tenant),
-            Some(&app.tokens.admin),
-        )
-        .json(&json!({"request_id": "carols-own", "action": crate::support::sensitive_read()}))
-        .send()
-        .await
-        .expect("submit");
-    assert_eq!(submitted.status(), StatusCode::CREATED);
+    app.park_as(&app.tokens.admin, "carols-own").await;
     let carol = driver.browser().await;
     sign_in(&carol, &app, &app.tokens.admin).await;
     carol

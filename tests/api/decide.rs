@@ -105,7 +105,6 @@ async fn a_second_decision_is_409_with_the_current_record(h: Harness) {
 }
 
 async fn unknown_is_404_and_self_approval_is_403(h: Harness) {
-    let tenant = &h.tenant;
     let app = h.spawn().await;
     assert_problem(
         app.decide("nope", "accept", &app.tokens.reviewer).await,
@@ -114,17 +113,7 @@ async fn unknown_is_404_and_self_approval_is_403(h: Harness) {
     )
     .await;
     // An admin may submit and decide, but not its own submission.
-    let submitted = app
-        .request(
-            Method::POST,
-            &format!("/v1/tenants/{tenant}/approvals"),
-            Some(&app.tokens.admin),
-        )
-        .json(&json!({"request_id": "mine", "action": crate::support::sensitive_read()}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(submitted.status(), StatusCode::CREATED);
+    app.park_as(&app.tokens.admin, "mine").await;
     assert_problem(
         app.decide("mine", "accept", &app.tokens.admin).await,
         StatusCode::FORBIDDEN,
@@ -159,17 +148,7 @@ async fn expired_comes_before_self_approval(h: Harness) {
                 .insert(tenant.clone(), Duration::from_secs(2));
         })
         .await;
-    let submitted = app
-        .request(
-            Method::POST,
-            &format!("/v1/tenants/{tenant}/approvals"),
-            Some(&app.tokens.admin),
-        )
-        .json(&json!({"request_id": "mine-expiring", "action": crate::support::sensitive_read()}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(submitted.status(), StatusCode::CREATED);
+    app.park_as(&app.tokens.admin, "mine-expiring").await;
     let waited: Value = app
         .get_json(
             &format!("/v1/tenants/{tenant}/approvals/mine-expiring/decision?wait_seconds=15"),

@@ -379,6 +379,27 @@ impl TestApp {
         response.json::<Value>().await.expect("json")["approval"].clone()
     }
 
+    /// Parks an action the default policy parks, submitted with `token` (an admin's: its own
+    /// submission, which it may not decide); returns the approval.
+    pub async fn park_as(&self, token: &str, request_id: &str) -> Value {
+        let response = self
+            .request(
+                Method::POST,
+                &format!("/v1/tenants/{}/approvals", self.tenant),
+                Some(token),
+            )
+            .json(&json!({"request_id": request_id, "action": sensitive_read()}))
+            .send()
+            .await
+            .expect("submit");
+        assert_eq!(
+            response.status(),
+            StatusCode::CREATED,
+            "parking {request_id}"
+        );
+        response.json::<Value>().await.expect("json")["approval"].clone()
+    }
+
     pub async fn decide(&self, request_id: &str, verdict: &str, token: &str) -> Response {
         self.request(
             Method::POST,

@@ -256,21 +256,10 @@ async fn forged_decisions_are_refused_and_decide_nothing(h: Harness) {
 }
 
 async fn refusals_and_races_are_explained_in_words(h: Harness) {
-    let tenant = h.tenant.clone();
     let app = h.spawn().await;
 
     // Self-approval: an admin who submitted cannot decide.
-    let submitted = app
-        .request(
-            Method::POST,
-            &format!("/v1/tenants/{tenant}/approvals"),
-            Some(&app.tokens.admin),
-        )
-        .json(&json!({"request_id": "mine", "action": crate::support::sensitive_read()}))
-        .send()
-        .await
-        .expect("submit");
-    assert_eq!(submitted.status(), StatusCode::CREATED);
+    app.park_as(&app.tokens.admin, "mine").await;
     let admin = Browser::signed_in(&app, &app.tokens.admin).await;
     let page = admin.page("/ui/approvals/mine").await;
     assert!(page.contains("another reviewer must"), "{page}");
