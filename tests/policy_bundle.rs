@@ -115,3 +115,65 @@ fn end_to_end_verdicts() {
         assert_eq!(v.policy_version, gate.version());
     }
 }
+
+/// A signal for the process can land on the thread that waits for a sandbox child (tokio's
+/// SIGTERM handler is process-wide): the wait goes on; the validation does not fail for it.
+#[test]
+fn a_signal_on_the_waiting_thread_does_not_fail_a_sandboxed_validation() {
+    use approvals::policy::sandbox::Sandbox;
+    use approvals::policy::PolicyFile;
+    use nix::sys::pthread::{pthread_kill, pthread_self};
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+
+    extern "C" fn ignore(_: nix::libc::c_int) {}
+    // SAFETY: the handler does nothing, so it is async-signal-safe.
+    unsafe {
+        sigaction(
+            Signal::SIGUSR1,
+            &SigAction::new(
+                SigHandler::Handler(ignore),
+                SaFlags::empty(),
+                SigSet::empty(),
+            ),
+        )
+    }
+    .expect("a SIGUSR1 handler");
+
+    let sandbox = Sandbox {
+        binary: env!("CARGO_BIN_EXE_approvals").into(),
+        memory_limit: 512 << 20,
+    };
+    // A test that keeps the child busy for a while, so that signals land during the wait.
+    let files = vec![
+        PolicyFile {
+            relative: "approvals.rego".into(),
+            text: "package approvals\ndecision := {\"decision\": \"allow\", \"reasons\": []}\n"
+                .into(),
+        },
+        PolicyFile {
+            relative: "slow_test.rego".into(),
+            text: "package approvals_test\nimport rego.v1\n\
+                   test_slow if { every i in numbers.range(0, 300000) { i >= 0 } }\n"
+                .into(),
+        },
+    ];
+    let (thread_id, waiting_thread) = std::sync::mpsc::channel();
+    let validating = std::thread::spawn(move || {
+        thread_id.send(pthread_self()).expect("the test listens");
+        sandbox.validate(&files, 1_000_000)
+    });
+    let target = waiting_thread.recv().expect("the validating thread");
+    let mut signals = 0;
+    while !validating.is_finished() {
+        if pthread_kill(target, Signal::SIGUSR1).is_ok() {
+            signals += 1;
+        }
+        std::thread::sleep(std::time::Duration::from_micros(500));
+    }
+    let outcome = validating.join().expect("the validation does not panic");
+    assert!(signals > 10, "only {signals} signals were sent");
+    match outcome {
+        Ok(Ok((_, report))) => assert_eq!(report.passed(), 1, "{report:?}"),
+        other => panic!("the validation failed: {other:?}"),
+    }
+}

@@ -364,3 +364,34 @@ test_prints if {
         assert!(!all.contains("FORGED"), "{all}");
     }
 }
+
+/// A pipeline author reads a command's exit codes in its `--help`, not only in the README: push's
+/// 3 (push again) and 1 (fix the bundle) call for different handling.
+#[test]
+fn each_policy_command_lists_its_exit_codes_in_its_help() {
+    for (command, codes) in [
+        (
+            "test",
+            &["0 every test passed", "1 a test failed", "2 the bundle"][..],
+        ),
+        ("eval", &["0 the verdict", "2 the bundle"][..]),
+        (
+            "push",
+            &[
+                "1 the service refused",
+                "2 the folder",
+                "3 the service did not get to decide",
+            ][..],
+        ),
+    ] {
+        let out = approvals(&["policy", command, "--help"]);
+        assert!(out.status.success(), "{command}: {}", text(&out.stderr));
+        let help = text(&out.stdout);
+        for code in codes {
+            assert!(
+                help.contains(code),
+                "`policy {command} --help` lacks {code:?}:\n{help}"
+            );
+        }
+    }
+}

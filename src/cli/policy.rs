@@ -30,11 +30,24 @@ const INPUT_KEYS: [&str; 5] = ["tenant", "agent_id", "submitted_by", "action", "
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
     /// Run the bundle's `test_*` rules (as `opa test` does) in the engine the service uses.
+    #[command(
+        after_help = "Exit status:\n  0 every test passed\n  1 a test failed\n  \
+        2 the bundle does not load"
+    )]
     Test(TestArgs),
     /// Print the verdict the service would give for one policy input.
+    #[command(after_help = "Exit status:\n  0 the verdict is printed\n  \
+        2 the bundle does not load, or the input is unusable")]
     Eval(EvalArgs),
     /// Upload the bundle to a running service (an admin token of the tenant, or a platform
     /// admin's), optionally activating it or trialling it as the candidate.
+    #[command(
+        after_help = "Exit status:\n  0 stored (and activated or trialled, if asked)\n  \
+        1 the service refused it (its reasons are printed): fix the bundle\n  \
+        2 the folder holds no bundle\n  \
+        3 the service did not get to decide (unreachable, busy, another upload validating): \
+        push again"
+    )]
     Push(PushArgs),
 }
 

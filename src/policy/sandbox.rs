@@ -15,7 +15,7 @@ use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitCode, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -235,20 +235,29 @@ fn exchange(child: &mut Running, request: &Request, deadline: Duration) -> Resul
         .and_then(|()| child.to.flush())
         .map_err(|_| gone("stopped reading (it died: out of memory?)"))?;
     if child.from.buffer().is_empty() {
-        let mut fds = [nix::poll::PollFd::new(
-            child.from.get_ref().as_fd(),
-            nix::poll::PollFlags::POLLIN,
-        )];
-        let millis = u16::try_from(deadline.as_millis()).unwrap_or(u16::MAX);
-        match nix::poll::poll(&mut fds, millis) {
-            Ok(0) => {
-                return Err(gone(&format!(
-                    "did not answer within {}",
-                    humantime::format_duration(deadline)
-                )))
+        let until = Instant::now() + deadline;
+        loop {
+            let mut fds = [nix::poll::PollFd::new(
+                child.from.get_ref().as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            let left = until.saturating_duration_since(Instant::now());
+            let millis = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+            match nix::poll::poll(&mut fds, millis) {
+                // poll waits at most u16::MAX ms at a time.
+                Ok(0) if Instant::now() < until => continue,
+                Ok(0) => {
+                    return Err(gone(&format!(
+                        "did not answer within {}",
+                        humantime::format_duration(deadline)
+                    )))
+                }
+                Ok(_) => break,
+                // A signal for the process (SIGTERM, say) can land on this thread; the child
+                // is still working, so wait out what is left of the deadline.
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(error) => return Err(format!("the policy sandbox cannot be read: {error}")),
             }
-            Ok(_) => {}
-            Err(error) => return Err(format!("the policy sandbox cannot be read: {error}")),
         }
     }
     let mut line = String::new();

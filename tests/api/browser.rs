@@ -4,6 +4,7 @@
 //! without a reload; a self-approval is explained; a form stripped of its CSRF token is
 //! refused; the inbox fits a phone's width. Screenshots go to the target directory.
 
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -24,11 +25,18 @@ const WITHIN: Duration = Duration::from_secs(15);
 /// `chromedriver` on a free port, stopped when dropped.
 struct Driver {
     url: String,
-    _process: Process,
+    process: Process,
     /// Chromium's temporary profiles and singleton sockets go here rather than in `/tmp`,
     /// where each run left a dozen directories behind; removed when dropped, after the
     /// process (fields drop in order).
     _temp: tempfile::TempDir,
+}
+
+impl Drop for Driver {
+    /// Ends chromedriver's whole group (its Chromium too) before the profiles are removed.
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::killpg(self.process.pid(), nix::sys::signal::Signal::SIGKILL);
+    }
 }
 
 impl Driver {
@@ -41,7 +49,10 @@ impl Driver {
             .arg(format!("--port={port}"))
             .env("TMPDIR", temp.path())
             .stdin(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(Stdio::null())
+            // A group of its own, with the browsers it starts: a test that panics never closes
+            // its WebDriver session, and killing chromedriver alone leaves its Chromium behind.
+            .process_group(0);
         if Command::new(&binary).arg("--version").output().is_err() {
             panic!(
                 "{binary} not found: the browser tests need Debian's chromium and chromium-driver \
@@ -52,7 +63,7 @@ impl Driver {
         process.wait_for_line("started successfully", Duration::from_secs(20));
         Self {
             url: format!("http://127.0.0.1:{port}"),
-            _process: process,
+            process,
             _temp: temp,
         }
     }
