@@ -16,6 +16,7 @@ use serde_json::Value;
 
 use super::{AppError, Approvals};
 use crate::auth::{Permission, Principal};
+use crate::metrics::ErrorSource;
 
 /// Events one read returns at most; a full page is followed by the next at once.
 const PAGE: usize = 100;
@@ -309,7 +310,8 @@ impl Approvals {
     }
 
     /// The tenant's audit after `after` (or from `since`), for the service's own background
-    /// tasks (webhooks): there is no caller to authorise.
+    /// tasks (webhooks): there is no caller to authorise. Failures count as `chore`, not
+    /// `request`: no client was answered an error, and the task logs its own.
     pub async fn read_audit_for_service(
         &self,
         tenant: &TenantId,
@@ -320,7 +322,7 @@ impl Approvals {
         self.engine
             .audit(tenant, since, after, limit)
             .await
-            .map_err(|e| self.engine_failed(e))
+            .map_err(|e| self.engine_failed_in(e, ErrorSource::Chore))
     }
 
     /// One approval as of now, for the service's own background tasks (webhooks).
@@ -329,7 +331,10 @@ impl Approvals {
         tenant: &TenantId,
         id: &ApprovalId,
     ) -> Result<Option<Approval>, AppError> {
-        self.read(tenant, id).await
+        self.engine
+            .get(tenant, id)
+            .await
+            .map_err(|e| self.engine_failed_in(e, ErrorSource::Chore))
     }
 
     /// The tenant's approvals in `status`, oldest first, after `cursor` (a page's
@@ -344,7 +349,7 @@ impl Approvals {
         self.engine
             .list(tenant, status, cursor, limit)
             .await
-            .map_err(|e| self.engine_failed(e))
+            .map_err(|e| self.engine_failed_in(e, ErrorSource::Chore))
     }
 
     /// How late an event may appear in the engine's audit behind later ones.

@@ -147,14 +147,24 @@ impl Approvals {
             BackendError::InvalidCursor => {
                 AppError::InvalidOption("cursor: not a cursor this service handed out".into())
             }
+            // A background task logs its failures itself, once a minute while they last: a
+            // line per failed call here would flood the log every pass.
             BackendError::Unavailable { .. } | BackendError::Timeout(_) => {
                 crate::metrics::backend_error(&error, source);
-                tracing::warn!(error = %chain(&error), "engine call failed");
+                if matches!(source, ErrorSource::Chore) {
+                    tracing::debug!(error = %chain(&error), "engine call failed");
+                } else {
+                    tracing::warn!(error = %chain(&error), "engine call failed");
+                }
                 AppError::Unavailable(error)
             }
             BackendError::Corrupt { .. } => {
                 crate::metrics::backend_error(&error, source);
-                tracing::error!(error = %chain(&error), "engine returned unreadable data");
+                if matches!(source, ErrorSource::Chore) {
+                    tracing::debug!(error = %chain(&error), "engine returned unreadable data");
+                } else {
+                    tracing::error!(error = %chain(&error), "engine returned unreadable data");
+                }
                 AppError::Internal(error.into())
             }
         }

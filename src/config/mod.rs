@@ -135,6 +135,17 @@ pub struct NotificationSettings {
     pub proxy: Option<String>,
 }
 
+impl NotificationSettings {
+    /// The wait after a delivery's `attempts`-th failed attempt, before jitter: `retry_base`
+    /// × 2^(attempts-1), at most `retry_max`.
+    pub fn retry_after(&self, attempts: u32) -> Duration {
+        let exponent = attempts.saturating_sub(1).min(20);
+        self.retry_base
+            .saturating_mul(1 << exponent)
+            .min(self.retry_max)
+    }
+}
+
 impl Default for NotificationSettings {
     fn default() -> Self {
         Self {
@@ -142,9 +153,12 @@ impl Default for NotificationSettings {
             poll_interval: Duration::from_secs(1),
             send_interval: Duration::from_millis(250),
             request_timeout: Duration::from_secs(10),
-            max_attempts: 8,
+            // About two hours of retries (2 s doubling to 5 min, then every 5 min): a receiver
+            // down for a deploy or an incident misses nothing, and one still failing has an
+            // attempt fail in every 10 minutes, which is what the alert watches.
+            max_attempts: 30,
             retry_base: Duration::from_secs(2),
-            retry_max: Duration::from_secs(3600),
+            retry_max: Duration::from_secs(300),
             expiring_soon_share: 0.2,
             max_webhooks_per_tenant: 10,
             max_queued_per_tenant: 50_000,

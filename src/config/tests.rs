@@ -468,3 +468,30 @@ fn a_rust_log_naming_a_target_is_kept_and_one_naming_no_level_is_not() {
         assert!(check_env_log_filter(refused).is_err(), "{refused}");
     }
 }
+
+/// With the defaults, a receiver down for a deploy or an incident (over an hour) misses no
+/// notification, and one that stays down has an attempt fail in every 10 minutes, as
+/// `ApprovalsWebhooksFailing` expects, until the delivery goes dead. (The defaults were 8
+/// attempts and at most 1 h between them: given up after about 4 minutes.)
+#[test]
+fn default_webhook_retries_outlast_an_outage_and_keep_the_alert_fed() {
+    let settings = NotificationSettings::default();
+    let jitter = crate::notify::JITTER;
+    let waits: Vec<Duration> = (1..settings.max_attempts)
+        .map(|attempt| settings.retry_after(attempt))
+        .collect();
+    let shortest_total: Duration = waits.iter().map(|w| w.mul_f64(jitter.start)).sum();
+    assert!(
+        shortest_total >= Duration::from_secs(80 * 60),
+        "deliveries are given up after {shortest_total:?}"
+    );
+    let longest_gap = waits
+        .iter()
+        .map(|w| w.mul_f64(jitter.end) + settings.request_timeout)
+        .max()
+        .unwrap_or_default();
+    assert!(
+        longest_gap < Duration::from_secs(10 * 60),
+        "{longest_gap:?} between two attempts"
+    );
+}

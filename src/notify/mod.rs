@@ -78,6 +78,9 @@ impl NotifyEvent {
 /// being held for its next free slot.
 const SLOW_RECEIVER: Duration = Duration::from_secs(1);
 
+/// The factor a retry's wait is multiplied by, drawn for each retry.
+pub(crate) const JITTER: std::ops::Range<f64> = 0.75..1.25;
+
 /// One webhook's attempts under way on this instance.
 struct InFlight {
     attempts: usize,
@@ -330,6 +333,10 @@ pub struct Notifier {
     /// again (a no-op in Redis, but a round trip per approval and webhook, every pass, for
     /// every tenant behind it).
     warned: Mutex<RecentIds>,
+    /// Per tenant with webhooks, when its audit was last read through (or, if never, when
+    /// this instance first met it): while its reads fail, its lag figure grows from there,
+    /// so that a reader stuck on one tenant shows as behind instead of frozen.
+    read_at: Mutex<HashMap<TenantId, std::time::Instant>>,
 }
 
 impl Notifier {
@@ -381,6 +388,7 @@ impl Notifier {
             recently_queued: Mutex::default(),
             expiring_from: Mutex::default(),
             warned: Mutex::default(),
+            read_at: Mutex::default(),
         }
     }
 
@@ -458,8 +466,16 @@ impl Notifier {
         let mut behind = false;
         let tenants = match self.store.tenants().await {
             Ok(tenants) => tenants,
-            Err(error) => return (false, Some(error.into())),
+            Err(error) => {
+                // No tenant is read: each one known falls behind.
+                let known: Vec<TenantId> = self.lock_read_at().keys().cloned().collect();
+                for tenant in &known {
+                    self.not_read(tenant);
+                }
+                return (false, Some(error.into()));
+            }
         };
+        let mut listed = std::collections::HashSet::with_capacity(tenants.len());
         for tenant in tenants {
             if stop.is_cancelled() {
                 break;
@@ -468,14 +484,37 @@ impl Notifier {
                 continue;
             };
             match self.read_one(&tenant, &tenant_id).await {
-                Ok(more) => behind |= more,
+                Ok(more) => {
+                    behind |= more;
+                    self.lock_read_at()
+                        .insert(tenant_id.clone(), std::time::Instant::now());
+                }
                 Err(error) => {
                     tracing::debug!(%tenant, %error, "webhook reader: tenant not read this pass");
-                    first_failure.get_or_insert(error);
+                    self.not_read(&tenant_id);
+                    // What the engine said, for the log line: the error's own text is only
+                    // what a client would be told ("the approval store is unavailable").
+                    first_failure.get_or_insert_with(|| {
+                        format!("tenant {tenant}: {}", crate::app::chain(error.as_ref())).into()
+                    });
                 }
             }
+            listed.insert(tenant_id);
+        }
+        if !stop.is_cancelled() {
+            self.lock_read_at()
+                .retain(|tenant, _| listed.contains(tenant));
         }
         (behind, first_failure)
+    }
+
+    /// A tenant this pass could not read: its lag figure is the time since it last was.
+    fn not_read(&self, tenant: &TenantId) {
+        let since = *self
+            .lock_read_at()
+            .entry(tenant.clone())
+            .or_insert_with(std::time::Instant::now);
+        crate::metrics::notifications_reader_lag(tenant, since.elapsed());
     }
 
     /// Reads one tenant's new events; `true` if more are left than this pass read.
@@ -673,6 +712,11 @@ impl Notifier {
         self.expiring_from
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lock_read_at(&self) -> std::sync::MutexGuard<'_, HashMap<TenantId, std::time::Instant>> {
+        // Instants by tenant hold no invariant a panicking holder could break.
+        self.read_at.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn lock_warned(&self) -> std::sync::MutexGuard<'_, RecentIds> {
@@ -1082,16 +1126,12 @@ impl Notifier {
         }
     }
 
-    /// `retry_base` × 2^(attempts-1), at most `retry_max`, with ±25% jitter so that a
-    /// receiver that comes back is not hit by every retry at once.
+    /// [`NotificationSettings::retry_after`] with ±25% jitter, so that a receiver that comes
+    /// back is not hit by every retry at once.
     fn backoff(&self, attempts: u32) -> Duration {
-        let exponent = attempts.saturating_sub(1).min(20);
-        let base = self
-            .settings
-            .retry_base
-            .saturating_mul(1 << exponent)
-            .min(self.settings.retry_max);
-        base.mul_f64(rand::rng().random_range(0.75..1.25))
+        self.settings
+            .retry_after(attempts)
+            .mul_f64(rand::rng().random_range(JITTER))
     }
 
     async fn post(&self, hook: &Webhook, delivery: &Delivery) -> Result<(), String> {

@@ -241,13 +241,18 @@ return 0";
 /// Moves every dead letter of a tenant back to the queue, due now, with its attempts counted
 /// afresh; atomic, so a delivery given up meanwhile is either moved or stays a dead letter.
 /// A letter whose delivery was sent after all (an instance gave up on it while another, whose
-/// attempt had outlived its lease, got it through) is dropped, not sent again.
+/// attempt had outlived its lease, got it through) is dropped, not sent again. One that cannot
+/// be read (edited by hand, another version's) stays a dead letter: it would otherwise stop the
+/// script half-way, its writes so far kept and the letters requeued left in the list too.
 const REDELIVER: &str = r"
 local letters = redis.call('LRANGE', KEYS[1], 0, -1)
 local moved = 0
+local kept = {}
 for _, json in ipairs(letters) do
-  local delivery = cjson.decode(json)
-  if redis.call('GET', ARGV[3] .. delivery.id) ~= 'sent' then
+  local ok, delivery = pcall(cjson.decode, json)
+  if not ok or type(delivery) ~= 'table' or type(delivery.id) ~= 'string' then
+    kept[#kept + 1] = json
+  elseif redis.call('GET', ARGV[3] .. delivery.id) ~= 'sent' then
     delivery.attempts = 0
     delivery.last_error = nil
     delivery.round = (tonumber(delivery.round) or 0) + 1
@@ -258,6 +263,7 @@ for _, json in ipairs(letters) do
   end
 end
 redis.call('DEL', KEYS[1])
+if #kept > 0 then redis.call('RPUSH', KEYS[1], unpack(kept)) end
 if moved > 0 then redis.call('PEXPIRE', KEYS[3], ARGV[2]) end
 return moved";
 

@@ -32,6 +32,8 @@ const WITHIN: Duration = Duration::from_secs(20);
 struct Received {
     headers: HashMap<String, String>,
     body: String,
+    /// Whether the receiver answered it 200 (else 500).
+    accepted: bool,
 }
 
 impl Received {
@@ -68,14 +70,19 @@ impl Receiver {
                         .iter()
                         .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
                         .collect();
-                    let _ = tx.send(Received { headers, body });
                     let left = counter.load(Ordering::SeqCst);
-                    if left == 0 {
+                    if left != 0 && left != usize::MAX {
+                        counter.fetch_sub(1, Ordering::SeqCst);
+                    }
+                    let accepted = left == 0;
+                    let _ = tx.send(Received {
+                        headers,
+                        body,
+                        accepted,
+                    });
+                    if accepted {
                         AxumStatus::OK
                     } else {
-                        if left != usize::MAX {
-                            counter.fetch_sub(1, Ordering::SeqCst);
-                        }
                         AxumStatus::INTERNAL_SERVER_ERROR
                     }
                 }
@@ -699,8 +706,9 @@ async fn nothing_is_lost_across_a_restart_and_dead_letters_are_counted() {
     let mut receiver = Receiver::start(usize::MAX).await;
     let mut app = TestApp::spawn_with(|s| {
         fast(s);
-        // Slow retries: the restart happens while they wait.
+        // Slow retries: the restart happens while they wait, long before they run out.
         s.notifications.retry_base = Duration::from_secs(1);
+        s.notifications.retry_max = Duration::from_secs(2);
     })
     .await;
     add_webhook(&app, json!({"url": receiver.url, "events": ["parked"]})).await;
@@ -722,10 +730,13 @@ async fn nothing_is_lost_across_a_restart_and_dead_letters_are_counted() {
     app.restart().await;
     receiver.recover();
     app.park("after-restart").await;
+    // Only what the receiver took counts: refused posts from before are still in the channel.
     let mut delivered = std::collections::HashSet::new();
     while delivered.len() < 4 {
         let got = receiver.next().await;
-        delivered.insert(got.json()["approval_id"].as_str().unwrap_or("").to_owned());
+        if got.accepted {
+            delivered.insert(got.json()["approval_id"].as_str().unwrap_or("").to_owned());
+        }
     }
     for n in 0..3 {
         assert!(
@@ -733,6 +744,13 @@ async fn nothing_is_lost_across_a_restart_and_dead_letters_are_counted() {
             "{delivered:?}"
         );
     }
+    let listed = app
+        .get_json(
+            &format!("/v1/tenants/{}/webhooks", app.tenant),
+            &app.tokens.admin,
+        )
+        .await;
+    assert_eq!(listed["dead_letters"], 0, "{listed}");
 
     // A receiver that never takes it: given up after max_attempts, counted as a dead letter.
     drop(app);
@@ -973,7 +991,8 @@ async fn a_restarted_service_notifies_without_waiting_out_the_old_lease() {
 }
 
 /// After a receiver outage an admin delivers the dead letters again: the receiver gets the
-/// same event (same id, so it can tell), and the count goes back to zero.
+/// same event (same id, so it can tell), and the count goes back to zero. A letter that cannot
+/// be read (written by hand, or by another version) stays a dead letter and stops no other.
 #[tokio::test]
 async fn dead_letters_can_be_delivered_again_once_the_receiver_is_back() {
     let mut receiver = Receiver::start(usize::MAX).await;
@@ -986,6 +1005,14 @@ async fn dead_letters_can_be_delivered_again_once_the_receiver_is_back() {
     app.park("missed").await;
     let refused = receiver.next().await;
     until_dead_letters(&app, 1).await;
+    let mut conn = app.redis().connection().await;
+    let _: i64 = redis::cmd("RPUSH")
+        .arg(format!("webhooks:dead:{}", app.tenant))
+        .arg("{")
+        .query_async(&mut conn)
+        .await
+        .expect("an unreadable dead letter");
+    until_dead_letters(&app, 2).await;
 
     receiver.recover();
     let redeliver = format!("/v1/tenants/{}/webhooks/dead_letters/redeliver", app.tenant);
@@ -1002,7 +1029,7 @@ async fn dead_letters_can_be_delivered_again_once_the_receiver_is_back() {
         delivered.header("x-approvals-event-id"),
         refused.header("x-approvals-event-id")
     );
-    until_dead_letters(&app, 0).await;
+    until_dead_letters(&app, 1).await;
 }
 
 /// A warning that could not be sent before its approval was decided is withdrawn, not sent
@@ -1324,6 +1351,72 @@ async fn events_trimmed_before_the_reader_reached_them_are_counted_as_a_gap() {
     );
     let metrics = app.metrics().await;
     assert!(metrics.contains(&gaps), "{gaps} in {metrics}");
+    // The alert reads the time of the last gap, not the counter (born at 1 after a restart).
+    let gap_at = format!(
+        "approvals_notifications_audit_gap_timestamp_seconds{{tenant=\"{}\"}} ",
+        app.tenant
+    );
+    let at: f64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(gap_at.as_str()))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {gap_at} in {metrics}"));
+    let now = chrono::Utc::now().timestamp() as f64;
+    assert!(
+        (now - 60.0..=now + 1.0).contains(&at),
+        "gap at {at}, now {now}"
+    );
+}
+
+/// A tenant whose audit cannot be read: none of its webhooks go out, so its reader shows as
+/// behind (the figure the alert reads grows, it does not freeze at the last good pass); and no
+/// client was answered an error, so the failed reads count as the service's own
+/// (`source="chore"`), not as requests' (`source="request"` pages on-call for an outage).
+#[tokio::test]
+async fn a_tenant_whose_audit_cannot_be_read_shows_behind_and_pages_no_one_for_client_errors() {
+    let mut receiver = Receiver::start(0).await;
+    let app = TestApp::spawn_with(fast).await;
+    add_webhook(&app, json!({"url": receiver.url, "events": ["parked"]})).await;
+    let lag_series = format!(
+        "approvals_notifications_reader_lag_seconds{{tenant=\"{}\"}} ",
+        app.tenant
+    );
+    // Read through once first: the figure exists, at 0.
+    app.park("read").await;
+    assert_eq!(receiver.next().await.json()["approval_id"], "read");
+    app.metrics_until(&app.base, WITHIN, "the tenant read", |m| {
+        m.contains(&format!("{lag_series}0\n"))
+    })
+    .await;
+    let mut conn = app.redis().connection().await;
+    let _: () = redis::cmd("SET")
+        .arg(format!("approvals:audit:{}", app.tenant))
+        .arg("not a stream")
+        .query_async(&mut conn)
+        .await
+        .expect("break the tenant's audit");
+    let lag = |m: &str| -> f64 {
+        m.lines()
+            .find_map(|line| line.strip_prefix(lag_series.as_str()))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let metrics = app
+        .metrics_until(&app.base, WITHIN, "the reader's lag growing", |m| {
+            lag(m) >= 1.0
+        })
+        .await;
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line.starts_with("approvals_backend_errors_total{")
+                && line.contains("source=\"chore\"")),
+        "the failed reads are counted as the service's own:\n{metrics}"
+    );
+    assert!(
+        !metrics.contains("source=\"request\""),
+        "no client was answered an error:\n{metrics}"
+    );
 }
 
 /// A tenant whose audit cannot be read fails every pass; another tenant with more events than
