@@ -358,6 +358,13 @@ async fn disagreements_are_counted_by_tenant_and_operation() {
         app.counter(text, "approvals_dual_disagreements_total", "submit") == 1.0
     })
     .await;
+    // Not noise of one engine's lag: an id collision, counted apart for on-call to look into.
+    let collisions = format!(
+        "approvals_dual_id_collisions_total{{tenant=\"{}\"}} 1",
+        app.tenant
+    );
+    let text = app.metrics().await;
+    assert!(text.contains(&collisions), "{collisions} in:\n{text}");
 }
 
 /// (c) With the secondary down (a stopped redis-server behind a Temporal primary), every

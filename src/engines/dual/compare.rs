@@ -139,6 +139,25 @@ async fn repair_missed_decision(secondary: &Secondary, ours: &Approval, theirs: 
     }
 }
 
+/// A submit the primary created under an id the secondary already held for another record.
+/// Not a lag of one engine: once the secondary answers, the agent gets that other record (and
+/// its old decision) for its new request.
+pub(super) fn collision(created: &Approval, theirs: &Approval) {
+    if same(Some(created), Some(theirs)) {
+        return;
+    }
+    metrics::counter!("approvals_dual_id_collisions_total", "tenant" => created.tenant.to_string())
+        .increment(1);
+    tracing::error!(
+        tenant = %created.tenant, approval_id = %created.id,
+        primary = %as_json(Some(created)),
+        secondary = %as_json(Some(theirs)),
+        "dual: request_id collision: the secondary already holds another record under this id \
+         (reused after the primary dropped its settled record?); after a switch of primary \
+         the agent would be answered that record"
+    );
+}
+
 /// The help texts, once the service's recorder exists (it does by the first request).
 pub(super) fn describe_once() {
     static DESCRIBED: Once = Once::new();
@@ -146,6 +165,10 @@ pub(super) fn describe_once() {
         metrics::describe_counter!(
             "approvals_dual_disagreements_total",
             "Dual backend: comparisons where the secondary's record differed from the primary's."
+        );
+        metrics::describe_counter!(
+            "approvals_dual_id_collisions_total",
+            "Dual backend: submits the primary created under an id the secondary held for another record."
         );
         metrics::describe_counter!(
             "approvals_dual_repairs_total",

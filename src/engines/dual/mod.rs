@@ -40,10 +40,14 @@
 //!   landed or given up, so a disagreement is counted seconds after the request that showed it.
 //! - **Only reads by id are compared.** `list`, `audit`, `wait_for_decision`, `pending_stats`
 //!   and `scan` are the primary's alone.
-//! - Expected noise: a record past one engine's retention (Redis drops settled records after
-//!   `approvals.decided_retention`, Temporal keeps them for its namespace retention); a record
-//!   written before dual was on, or while the secondary was down (it reads as missing there); a
-//!   decision mirrored after `expires_at` passed in the secondary.
+//! - Expected noise: on a read or a decision, a record past one engine's retention (Redis drops
+//!   settled records after `approvals.decided_retention`, Temporal keeps them for its namespace
+//!   retention); a record written before dual was on, or while the secondary was down (it reads
+//!   as missing there); a decision mirrored after `expires_at` passed in the secondary.
+//! - Never noise: a submit the primary created while the secondary already held another record
+//!   under that id (an agent reused a `request_id` once Redis had dropped its settled record).
+//!   After a switch of primary, that agent would be answered the old record: logged as an
+//!   error and counted in `approvals_dual_id_collisions_total{tenant}`.
 
 mod compare;
 mod secondary;
@@ -190,6 +194,9 @@ impl ApprovalBackend for DualBackend {
                     };
                     let (tenant, id) = (&created.tenant, &created.id);
                     compared("submit", tenant, id, Some(created), Some(record), label);
+                    if let SubmitOutcome::Existing(theirs) = &theirs {
+                        compare::collision(created, theirs);
+                    }
                 }
             }
             // A repeated submit changed nothing: only compare.
