@@ -1,8 +1,8 @@
 """A real approvals service for the tests: its own redis-server and `approvals serve` on free
 ports, tokens minted with `approvals token new --json`. No mocks.
 
-`APV_BIN` names the service binary (the Rust test `tests/python_client.rs` passes
-`target/debug/approvals`); `redis-server` must be on the PATH. Each test takes a tenant of its
+`APV_BIN` names the service binary (the Rust test `tests/python_client.rs` passes the one it
+built; a relative path may be relative to the repository's root); `redis-server` must be on the PATH. Each test takes a tenant of its
 own from a pool the service was configured with, so tests do not see each other's approvals.
 """
 
@@ -12,6 +12,7 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -26,7 +27,7 @@ import pytest
 from approvals_client import ApprovalsClient, AsyncApprovalsClient, RetryPolicy
 
 REPO = Path(__file__).resolve().parents[3]
-POOL = 40
+POOL = 60
 EXPIRY_TENANT_TTL = "2s"
 
 
@@ -37,6 +38,9 @@ def free_port() -> int:
 
 
 def approvals_bin() -> str:
+    """`APV_BIN` as an absolute path: a relative one is taken from the current directory when
+    it names a file there, else from the repository's root (`target/debug/approvals` works
+    from `clients/python` too). The service and `token new` run in other directories."""
     path = os.environ.get("APV_BIN")
     if not path:
         pytest.exit(
@@ -44,7 +48,10 @@ def approvals_bin() -> str:
             "(scripts/test.sh), or set it to a built `approvals` binary",
             returncode=2,
         )
-    return path
+    for candidate in (Path(path).absolute(), REPO / path):
+        if candidate.is_file():
+            return str(candidate)
+    pytest.exit(f"APV_BIN={path} names no file (here or under {REPO})", returncode=2)
 
 
 class Redis:
@@ -88,6 +95,15 @@ class Redis:
             self.process.wait()
         self.process = None
 
+    def freeze(self) -> None:
+        """Stops answering, keeping its data (SIGSTOP): the service's calls time out (`503`)."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
 
 @dataclass(frozen=True)
 class Tenant:
@@ -119,7 +135,8 @@ class Service:
             time.sleep(0.05)
         raise RuntimeError(f"approvals not ready within {seconds} s:\n{self.log.read_text()[-4000:]}")
 
-    def stop(self) -> None:
+    def stop_process(self) -> None:
+        """Stops `approvals serve` (Redis, and its data, stay)."""
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -127,6 +144,19 @@ class Service:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+    def start_process(self) -> None:
+        """Starts `approvals serve` again, on the same port with the same configuration."""
+        directory = self.log.parent
+        with self.log.open("ab") as sink:
+            self.process = subprocess.Popen(
+                [approvals_bin(), "serve", "--config", str(directory / "approvals.toml")],
+                stdout=sink, stderr=subprocess.STDOUT, cwd=directory, env=service_env(),
+            )
+        self.wait_ready()
+
+    def stop(self) -> None:
+        self.stop_process()
         self.redis.stop()
 
 

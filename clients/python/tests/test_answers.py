@@ -4,6 +4,7 @@ These few tests answer from an `httpx.MockTransport`; everything else runs again
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import httpx
@@ -18,6 +19,7 @@ from approvals_client import (
     Status,
     TransportError,
 )
+from approvals_client._core import retry_after_seconds
 
 QUICK = RetryPolicy(max_attempts=3, initial_backoff=0.01, max_backoff=0.02)
 
@@ -139,3 +141,48 @@ async def test_the_async_client_wraps_them_too() -> None:
             await client.get("req-1")
         with pytest.raises(TransportError):
             await client.events().__anext__()
+
+
+def proxy_page(status: int) -> Callable[[httpx.Request], httpx.Response]:
+    """What a proxy in front of the service answers: an HTML page, no problem+json."""
+    page = f"<html><body><h1>{status}</h1>nginx</body></html>".encode()
+    return lambda _: httpx.Response(status, headers={"content-type": "text/html"}, content=page)
+
+
+@pytest.mark.parametrize("status", [403, 404, 502, 503])
+def test_a_proxys_error_page_is_a_protocol_error_with_its_status(status: int) -> None:
+    # Before, an ApiError with an empty code, as if the service had said something.
+    with httpx.Client(transport=answers(*[proxy_page(status)] * QUICK.max_attempts)) as http:
+        with pytest.raises(ProtocolError) as raised:
+            ApprovalsClient("http://approvals.test", "t", "acme", http=http, retry=QUICK).get("req-1")
+    assert raised.value.status == status
+
+
+def test_the_status_of_an_api_error_is_the_answers() -> None:
+    # A body whose `status` member says something else (a proxy passing on another answer's
+    # body): the status is the one the client was answered with.
+    def mislabelled(_: httpx.Request) -> httpx.Response:
+        body = {"type": "about:blank", "title": "Not found", "status": 200, "detail": "no", "code": "not_found"}
+        return httpx.Response(404, json=body, headers={"content-type": "application/problem+json"})
+
+    with httpx.Client(transport=answers(mislabelled)) as http, pytest.raises(ApiError) as raised:
+        ApprovalsClient("http://approvals.test", "t", "acme", http=http, retry=QUICK).get("req-1")
+    assert (raised.value.status, raised.value.code) == (404, "not_found")
+
+
+@pytest.mark.anyio
+async def test_the_async_client_reads_them_alike() -> None:
+    async with httpx.AsyncClient(transport=answers(*[proxy_page(502)] * QUICK.max_attempts)) as http:
+        with pytest.raises(ProtocolError) as raised:
+            await AsyncApprovalsClient("http://approvals.test", "t", "acme", http=http, retry=QUICK).get("req-1")
+    assert raised.value.status == 502
+
+
+@pytest.mark.parametrize("header", ["inf", "Infinity", "nan", "86400", "Fri, 31 Dec 9999 23:59:59 GMT"])
+def test_a_retry_after_is_finite_and_capped(header: str) -> None:
+    # `inf` made time.sleep raise OverflowError (and anyio.sleep never return); a day parked
+    # a reconnecting live stream for a day.
+    policy = RetryPolicy()
+    response = httpx.Response(503, headers={"retry-after": header})
+    delay = policy.backoff(1, retry_after_seconds(response))
+    assert math.isfinite(delay) and delay <= policy.max_retry_after == 300

@@ -74,3 +74,25 @@ def test_backoff_stays_at_its_cap_however_many_attempts() -> None:
     # A live stream reconnects without end; 2.0 ** 1024 raised OverflowError about an hour
     # into an outage.
     assert RetryPolicy().backoff(5_000) <= RetryPolicy().max_backoff
+
+
+# A budget far shorter than the client's timeout: before, the first attempt ran its whole read
+# timeout (10 s here, 35 s by default) whatever the budget said.
+BUDGET = RetryPolicy(max_attempts=100, initial_backoff=0.05, max_backoff=0.1, max_elapsed=1.5)
+
+
+def test_no_attempt_outlasts_the_retry_budget(silent_url: str) -> None:
+    client = ApprovalsClient(silent_url, "token", "acme", timeout=10, retry=BUDGET)
+    started = time.monotonic()
+    with pytest.raises(TransportError):
+        client.get("req-1")
+    assert time.monotonic() - started < 1.5 + 1.0
+
+
+@pytest.mark.anyio
+async def test_nor_in_the_async_client(silent_url: str) -> None:
+    async with AsyncApprovalsClient(silent_url, "token", "acme", timeout=10, retry=BUDGET) as client:
+        started = time.monotonic()
+        with pytest.raises(TransportError):
+            await client.get("req-1")
+        assert time.monotonic() - started < 1.5 + 1.0

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import datetime
+import enum
+import math
+import uuid
 from pathlib import Path
 
 import anyio
@@ -236,3 +240,55 @@ async def test_a_cancelled_async_call_stops_the_wait_of_its_sync_client(
         finally:
             for approval in reviewer.list().items:  # ends a wait that did not stop
                 reviewer.reject(approval.id)
+
+
+class Shelf(enum.Enum):
+    FINANCE = "finance"
+
+
+def test_nan_and_infinity_are_refused_before_anything_is_sent(service: Service, tenant: Tenant) -> None:
+    # json.dumps writes them (as `NaN`, which is no JSON), so the guard's check let them by.
+    sent: list[httpx.Request] = []
+    with httpx.Client(event_hooks={"request": [sent.append]}) as http:
+        agent = ApprovalsClient(service.base_url, tenant.agent_token, tenant.name, http=http)
+
+        @require_approval(agent)
+        def document_read(resource: str, limit: object = None) -> None:
+            raise AssertionError("must not run")
+
+        for limit in (math.nan, math.inf, -math.inf, [1.0, math.nan], {"max": math.inf}):
+            with pytest.raises(TypeError, match="'limit'"):
+                document_read("finance/q3", limit)
+    assert sent == []
+
+
+def test_paths_times_uuids_and_enums_are_sent_as_text_however_deep(agent: ApprovalsClient, reviewer: ApprovalsClient) -> None:
+    calls: list[object] = []
+
+    @require_approval(agent, timeout=30)
+    def document_read(resource: str, attachments: object, meta: object) -> None:
+        calls.append(attachments)
+
+    helper = Reviewer(reviewer, verdict="accept")
+    helper.start()
+    document_read(
+        "finance/q3",
+        [Path("finance/a.pdf"), (Shelf.FINANCE, datetime.date(2026, 1, 2))],
+        {"id": uuid.UUID(int=1), "opened": {"at": datetime.datetime(2026, 1, 2, 3, 4, 5)}},
+    )
+    (decided,) = helper.finish()
+    assert decided.action == {
+        "type": "document_read",
+        "resource": "finance/q3",
+        "attachments": ["finance/a.pdf", ["finance", "2026-01-02"]],
+        "meta": {"id": "00000000-0000-0000-0000-000000000001", "opened": {"at": "2026-01-02T03:04:05"}},
+    }
+    assert len(calls) == 1
+
+    # Still refused: what JSON cannot hold, or would change (a key 1 becomes "1").
+    looped: list[object] = []
+    looped.append(looped)
+    for argument in ({1: "one"}, [object()], looped, {"set"}):
+        with pytest.raises(TypeError, match="'meta'"):
+            document_read("finance/q3", [], argument)
+    assert len(calls) == 1

@@ -6,8 +6,9 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import AsyncIterator, Iterator
 
+import anyio
 import httpx
 import pytest
 from conftest import SENSITIVE_READ, Service, Tenant, start_service
@@ -381,7 +382,8 @@ def test_a_failed_submit_names_its_request_id_and_a_failed_wait_its_approval(ser
     with httpx.Client(transport=BreakForGood("GET", "/decision")) as http:
         agent = ApprovalsClient(service.base_url, t.agent_token, t.name, http=http, retry=QUICK, poll_seconds=1)
         with pytest.raises(TransportError) as raised:
-            agent.submit_and_wait(SENSITIVE_READ, request_id="parked-then-lost", timeout=30)
+            # Parked, the wait treats the lost service as an outage until its deadline.
+            agent.submit_and_wait(SENSITIVE_READ, request_id="parked-then-lost", timeout=3)
     assert (raised.value.request_id, raised.value.approval_id) == ("parked-then-lost", "parked-then-lost")
 
 
@@ -400,5 +402,122 @@ async def test_the_async_client_names_them_too(service: Service, tenant: Tenant)
     async with httpx.AsyncClient(transport=AsyncBreakForGood("GET", "/decision")) as http:
         agent = AsyncApprovalsClient(service.base_url, t.agent_token, t.name, http=http, retry=QUICK, poll_seconds=1)
         with pytest.raises(TransportError) as raised:
-            await agent.submit_and_wait(SENSITIVE_READ, request_id="async-parked-then-lost")
+            await agent.submit_and_wait(SENSITIVE_READ, request_id="async-parked-then-lost", timeout=3)
     assert (raised.value.request_id, raised.value.approval_id) == ("async-parked-then-lost", "async-parked-then-lost")
+
+
+def refusal(request: httpx.Request, retry_after: str) -> httpx.Response:
+    """A proxy's `503` with a `Retry-After` of its own choosing."""
+    body = {"type": "about:blank", "title": "Unavailable", "status": 503, "detail": "later", "code": "backend_unavailable"}
+    headers = {"retry-after": retry_after, "content-type": "application/problem+json"}
+    return httpx.Response(503, json=body, headers=headers, request=request)
+
+
+class RefuseTheReconnect(BreakStreamOnce):
+    """`BreakStreamOnce`, whose first reconnect after the break a proxy answers `503` with
+    `retry_after`."""
+
+    def __init__(self, retry_after: str) -> None:
+        super().__init__()
+        self.retry_after = retry_after
+        self.refused = 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/events") and self.broken and not self.refused:
+            self.refused += 1
+            return refusal(request, self.retry_after)
+        return super().handle_request(request)
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "cap"),
+    [
+        # `inf` raised OverflowError from time.sleep and ended the stream.
+        ("inf", {}),
+        # A day was slept; the policy's cap (5 minutes by default) bounds it.
+        ("86400", {"max_retry_after": 0.5}),
+    ],
+)
+def test_a_live_stream_bounds_the_retry_after_it_is_told(
+    service: Service, tenant: Tenant, retry_after: str, cap: dict[str, float]
+) -> None:
+    t = tenant
+    budget = RetryPolicy(initial_backoff=0.01, max_backoff=0.05, **cap)
+    transport = RefuseTheReconnect(retry_after)
+    http = httpx.Client(transport=transport)
+    reviewer = ApprovalsClient(service.base_url, t.reviewer_token, t.name, http=http, retry=budget)
+    watcher, got, failed = watch_two_events(reviewer)
+    with ApprovalsClient(service.base_url, t.agent_token, t.name) as agent:
+        agent.submit(SENSITIVE_READ, request_id="before-the-refusal")
+        until(lambda: got == ["before-the-refusal"] or bool(failed), what="the first event")
+        transport.armed.set()
+        agent.submit(SENSITIVE_READ, request_id="after-the-refusal")
+        watcher.join(20)
+    http.close()
+    assert not failed, failed
+    assert not watcher.is_alive(), "the stream is still sleeping out the Retry-After"
+    assert transport.refused == 1
+    assert got == ["before-the-refusal", "after-the-refusal"]
+
+
+class AsyncRefuseTheReconnect(httpx.AsyncBaseTransport):
+    """`RefuseTheReconnect` for the async client: the first stream breaks once `armed`, and
+    a proxy answers the reconnect after the break `503` with `Retry-After: inf`."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.armed = threading.Event()
+        self.broken = 0
+        self.refused = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if not request.url.path.endswith("/events"):
+            return await self.inner.handle_async_request(request)
+        if self.broken and not self.refused:
+            self.refused += 1
+            return refusal(request, "inf")
+        response = await self.inner.handle_async_request(request)
+        outer = self
+
+        class Breaking(httpx.AsyncByteStream):
+            async def __aiter__(self) -> AsyncIterator[bytes]:
+                async for chunk in response.stream:  # type: ignore[union-attr]
+                    if outer.armed.is_set() and outer.broken == 0:
+                        outer.broken += 1
+                        raise httpx.ReadError("connection reset (test)", request=request)
+                    yield chunk
+
+            async def aclose(self) -> None:
+                await response.aclose()
+
+        return httpx.Response(response.status_code, headers=response.headers, stream=Breaking(), request=request)
+
+
+@pytest.mark.anyio
+async def test_the_async_live_stream_refuses_an_endless_retry_after(service: Service, tenant: Tenant) -> None:
+    # `anyio.sleep(inf)` never returned: the stream hung, silently, for good.
+    t = tenant
+    transport = AsyncRefuseTheReconnect()
+    budget = RetryPolicy(initial_backoff=0.01, max_backoff=0.05)
+    got: list[str] = []
+    async with httpx.AsyncClient(transport=transport) as http, AsyncApprovalsClient(
+        service.base_url, t.agent_token, t.name
+    ) as agent:
+        reviewer = AsyncApprovalsClient(service.base_url, t.reviewer_token, t.name, http=http, retry=budget)
+
+        async def watch() -> None:
+            async for event in reviewer.events(last_event_id="0-0"):
+                got.append(event.data.approval_id)
+                if len(got) == 2:
+                    return
+
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(watch)
+                await agent.submit(SENSITIVE_READ, request_id="before-the-refusal")
+                while got != ["before-the-refusal"]:
+                    await anyio.sleep(0.05)
+                transport.armed.set()
+                await agent.submit(SENSITIVE_READ, request_id="after-the-refusal")
+    assert transport.refused == 1
+    assert got == ["before-the-refusal", "after-the-refusal"]

@@ -50,9 +50,12 @@ class RetryPolicy:
     the approval an earlier attempt parked but never parks a second one.
 
     attempt n (n >= 1) sleeps a random time in [d/2, d], d = min(max_backoff,
-    initial_backoff * multiplier**(n-1)), or the server's `Retry-After` when longer (however
-    long: the server knows); the call gives up after `max_attempts` attempts, or when the next
-    attempt would start past `max_elapsed` seconds.
+    initial_backoff * multiplier**(n-1)), or the server's `Retry-After` when longer, up to
+    `max_retry_after` (a proxy's `Retry-After: 86400` must not park a live stream for a day).
+    The call gives up after `max_attempts` attempts, or once `max_elapsed` seconds have gone
+    on failed attempts and pauses (a long-poll's own wait not counted): no attempt starts past
+    that budget, and each attempt's connect, write and read timeouts are cut to what is left
+    of it.
     """
 
     max_attempts: int = 8
@@ -60,14 +63,19 @@ class RetryPolicy:
     max_backoff: float = 5.0
     multiplier: float = 2.0
     max_elapsed: float | None = 60.0
+    max_retry_after: float = 300.0
 
     def backoff(self, attempt: int, retry_after: float | None = None) -> float:
         # The exponent is capped: a live stream retries without end, and 2.0 ** 1024 overflows.
         ceiling = min(self.max_backoff, self.initial_backoff * self.multiplier ** min(max(0, attempt - 1), 64))
         delay = random.uniform(ceiling / 2, ceiling)
-        if retry_after is not None:
-            delay = max(delay, retry_after)
+        if retry_after is not None and math.isfinite(retry_after):
+            delay = max(delay, min(retry_after, self.max_retry_after))
         return delay
+
+    def left(self, elapsed: float) -> float | None:
+        """What is left of `max_elapsed` after `elapsed` seconds (None: no budget)."""
+        return None if self.max_elapsed is None else max(0.0, self.max_elapsed - elapsed)
 
     def gives_up(self, attempt: int, elapsed: float, next_delay: float) -> bool:
         if attempt >= self.max_attempts:
@@ -102,14 +110,18 @@ def past(deadline: float | None, delay: float) -> bool:
 
 
 def retry_after_seconds(response: httpx.Response) -> float | None:
-    """`Retry-After` in seconds: delta-seconds or an HTTP date (RFC 9110)."""
+    """`Retry-After` in seconds: delta-seconds or an HTTP date (RFC 9110). None when absent or
+    not a finite number (`inf` made `time.sleep` raise and `anyio.sleep` never return); how
+    much of a long one to honour is the retry policy's `max_retry_after`."""
     value = response.headers.get("retry-after")
     if value is None:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
@@ -167,28 +179,37 @@ def problem_code(response: httpx.Response) -> str | None:
     return body.get("code") if isinstance(body, dict) else None
 
 
-def api_error(response: httpx.Response, attempts: int = 1, earlier_may_have_acted: bool = False) -> ApiError:
-    """The problem+json body as an exception (a bare status when the body is not one)."""
+def api_error(response: httpx.Response, attempts: int = 1, earlier_may_have_acted: bool = False) -> ApprovalsError:
+    """An error answer as an exception: `ApiError` for the service's problem+json, else
+    `ProtocolError` with the answer's status (a proxy's HTML page, an empty body)."""
     error = _api_error(response)
-    error.attempts = attempts
-    error._earlier_may_have_acted = earlier_may_have_acted
+    if isinstance(error, ApiError):
+        error.attempts = attempts
+        error._earlier_may_have_acted = earlier_may_have_acted
     return error
 
 
-def _api_error(response: httpx.Response) -> ApiError:
+def _api_error(response: httpx.Response) -> ApprovalsError:
     try:
         body = response.json()
     except ValueError:
         body = None
-    if isinstance(body, dict) and "status" in body:
+    # The service's problems always carry a `code`; a body without one is someone else's.
+    if isinstance(body, dict) and isinstance(body.get("code"), str) and body["code"]:
         try:
-            problem = Problem.from_json(body)
+            problem = Problem.from_json({"status": response.status_code, **body})
         except (KeyError, TypeError, ValueError):
             problem = None
         if problem is not None:
-            return ApiError(problem.status, problem.code, problem.title, problem.detail, problem)
-    text = response.text[:500] if response.content else ""
-    return ApiError(response.status_code, "", response.reason_phrase, text, None)
+            # The status is the answer's: a body's `status` member is only what it says.
+            return ApiError(response.status_code, problem.code, problem.title, problem.detail, problem)
+    text = response.text[:200] if response.content else ""
+    error = ProtocolError(
+        f"{response.request.method} {response.request.url}: {response.status_code} {response.reason_phrase}"
+        f" with no problem of the service's ({text!r})"
+    )
+    error.status = response.status_code
+    return error
 
 
 def submit_body(
@@ -256,13 +277,29 @@ def within(timeout: httpx.Timeout | float, deadline: float | None) -> httpx.Time
     the caller for a whole connect or read timeout past its deadline."""
     if deadline is None:
         return timeout
-    left = max(0.0, deadline - time.monotonic()) + DEADLINE_GRACE
+    return cut(timeout, max(0.0, deadline - time.monotonic()) + DEADLINE_GRACE)
+
+
+def cut(timeout: httpx.Timeout | float, seconds: float | None) -> httpx.Timeout | float:
+    """`timeout` with each of its connect, read, write and pool timeouts at most `seconds`
+    (None: as it is)."""
+    if seconds is None:
+        return timeout
     whole = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
 
-    def cut(value: float | None) -> float:
-        return left if value is None else min(value, left)
+    def shorter(value: float | None) -> float:
+        return seconds if value is None else min(value, seconds)
 
-    return httpx.Timeout(connect=cut(whole.connect), read=cut(whole.read), write=cut(whole.write), pool=cut(whole.pool))
+    return httpx.Timeout(connect=shorter(whole.connect), read=shorter(whole.read), write=shorter(whole.write), pool=shorter(whole.pool))
+
+
+def attempt_timeout(
+    timeout: httpx.Timeout | float, deadline: float | None, left: float | None, patience: float
+) -> httpx.Timeout | float:
+    """One attempt's timeout: cut to the caller's `deadline` (plus a grace, see `within`) and
+    to what is `left` of the retry budget plus the attempt's `patience` (a long-poll's wait):
+    an attempt started near the end of the budget must not run a whole timeout past it."""
+    return cut(within(timeout, deadline), None if left is None else left + patience)
 
 
 def is_transient(error: httpx.TransportError) -> bool:
@@ -270,6 +307,44 @@ def is_transient(error: httpx.TransportError) -> bool:
     timeout, a peer (or a proxy) that broke the protocol. A URL without a scheme or a request
     this side cannot send fails the same way every time, and is raised at once."""
     return not isinstance(error, (httpx.UnsupportedProtocol, httpx.LocalProtocolError))
+
+
+def transport_error(method: str, url: str, error: httpx.TransportError) -> TransportError:
+    """The error a call raises when the service could not be reached, marked with whether it
+    may go away by itself (see `is_transient`)."""
+    raised = TransportError(f"{method} {url}: {error!r}")
+    raised._transient = is_transient(error)
+    return raised
+
+
+# The statuses that say "not now" rather than "no": the service (or a proxy) is overloaded,
+# restarting, or lost its backend for a while.
+TRANSIENT_STATUSES = frozenset({408, 429})
+
+
+def is_transient_failure(error: ApprovalsError) -> bool:
+    """Whether a failed call may succeed later unchanged: a `408`, `429` or `5xx` (the
+    service's problem or a proxy's page), or a service that could not be reached. A `401`,
+    `403`, `404`, an unreadable answer, or a URL that is no URL stays what it is."""
+    if isinstance(error, TransportError):
+        return error._transient
+    status = error.status if isinstance(error, (ApiError, ProtocolError)) else None
+    return status is not None and (status in TRANSIENT_STATUSES or 500 <= status <= 599)
+
+
+# How long past an approval's `expires_at` a wait goes on through an outage: the service
+# answers `expired` within a second of it, but the two clocks may disagree, and a service back
+# from an outage records the expiry late. Past it the wait can only be failing: it raises.
+EXPIRY_GRACE = 60.0
+
+
+def outage_deadline(deadline: float | None, known: Approval) -> float:
+    """Until when (`time.monotonic()`) a wait on `known` treats failures as "still pending":
+    the caller's deadline, or the approval's expiry plus `EXPIRY_GRACE`, whichever is sooner."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    expires_at = known.expires_at if known.expires_at.tzinfo else known.expires_at.replace(tzinfo=datetime.timezone.utc)
+    expiry = time.monotonic() + (expires_at - now).total_seconds() + EXPIRY_GRACE
+    return expiry if deadline is None else min(deadline, expiry)
 
 
 def already_done(error: ApiError, wanted: Status, reason: str | None = None) -> Approval | None:

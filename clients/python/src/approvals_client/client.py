@@ -89,6 +89,7 @@ class ApprovalsClient:
 
         `patience`: how long each attempt may take by design (a long-poll's wait), not counted
         against the retry policy's `max_elapsed`: a poll cut off after waiting 60 s is retried.
+        Each attempt's timeouts are cut to what is left of `max_elapsed` plus its `patience`.
         `params` may be a function, called for each attempt (a retried long-poll asks only for
         what is left of its wait). `deadline` (`time.monotonic()`): no retry would end past
         it; the last error is raised instead.
@@ -109,7 +110,12 @@ class ApprovalsClient:
                     params=params() if callable(params) else params,
                     json=json,
                     headers=self._headers,
-                    timeout=_core.within(timeout if timeout is not None else self.timeout, deadline),
+                    timeout=_core.attempt_timeout(
+                        timeout if timeout is not None else self.timeout,
+                        deadline,
+                        self.retry.left(time.monotonic() - started - waited),
+                        patience,
+                    ),
                 )
             except httpx.TransportError as error:
                 waited += min(time.monotonic() - attempt_started, patience)
@@ -119,7 +125,7 @@ class ApprovalsClient:
                     or self.retry.gives_up(attempt, time.monotonic() - started - waited, delay)
                     or _core.past(deadline, delay)
                 ):
-                    raise TransportError(f"{method} {url}: {error!r}") from error
+                    raise _core.transport_error(method, url, error) from error
                 acted = acted or _core.may_have_reached(error)
                 log.info("%s %s: %r; retry %d in %.2fs", method, url, error, attempt, delay)
                 _core.pause(delay)
@@ -207,9 +213,21 @@ class ApprovalsClient:
         than the server's 60 s cap; `timeout` (seconds, None: until the approval's own
         expiry) is the caller's deadline, past which `WaitTimeout` is raised. The deadline
         bounds retries too: a poll failing near it raises its error rather than retrying past.
+
+        Once a poll has read the approval, an outage of any length is waited out: a `408`,
+        `429`, `5xx` or an unreachable service counts as "still pending", and the wait polls
+        again with capped backoff, until the deadline (or, with none, the approval's
+        `expires_at` plus a minute), where the last error is raised. Before that the retry
+        policy applies, so a wrong URL fails soon; `401`, `403`, `404` and the like at once.
         """
         per_poll = _core.check_poll_seconds(poll_seconds) if poll_seconds is not None else self.poll_seconds
         deadline = None if timeout is None else time.monotonic() + timeout
+        return self._wait(approval_id, deadline, per_poll, None)
+
+    def _wait(self, approval_id: str, deadline: float | None, per_poll: int, known: Approval | None) -> Outcome:
+        """`wait` up to `deadline` (`time.monotonic()`); `known`: the approval as last read
+        (from the submit that parked it), after which failures only mean "still pending"."""
+        failures = 0
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
             asked = _core.poll_seconds(remaining, per_poll)
@@ -218,7 +236,22 @@ class ApprovalsClient:
                 # once, and asking again and again until the deadline would spin).
                 _core.pause(remaining)
             started = time.monotonic()
-            approval = self.poll(approval_id, asked, deadline=deadline)
+            try:
+                approval = self.poll(approval_id, asked, deadline=deadline)
+            except ApprovalsError as error:
+                # Each poll has the retry policy's budget only; the approval is parked and
+                # stays so through an outage, and a Redis restart outlasts 8 attempts.
+                if known is None or not _core.is_transient_failure(error):
+                    raise
+                failures += 1
+                delay = self.retry.backoff(failures)
+                if _core.past(_core.outage_deadline(deadline, known), delay):
+                    raise
+                log.info("wait %s: %s; poll again in %.2fs", approval_id, error, delay)
+                _core.pause(delay)
+                continue
+            failures = 0
+            known = approval
             if approval.decided:
                 return outcome_of(approval)
             if deadline is not None and time.monotonic() >= deadline:
@@ -250,9 +283,8 @@ class ApprovalsClient:
             return outcome
         if submitted.approval is None:
             raise _core.named(ProtocolError("the service parked the action but sent no approval"), submitted.request_id)
-        left = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
-            return self.wait(submitted.approval.id, timeout=left)
+            return self._wait(submitted.approval.id, deadline, self.poll_seconds, submitted.approval)
         except ApprovalsError as error:
             _core.named(error, submitted.request_id, submitted.approval.id)
             raise

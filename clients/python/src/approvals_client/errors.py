@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .models import Approval, Outcome, Problem
@@ -20,12 +20,24 @@ class ApprovalsError(Exception):
     request_id: str | None = None
     approval_id: str | None = None
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt from its message and attributes, not by calling `__init__` again: the
+        # subclasses' constructors take other arguments than `args` (an error sent to another
+        # process, or copied, used to fail with a TypeError instead).
+        return (_rebuilt, (type(self), self.args), self.__dict__)
+
+
+def _rebuilt(cls: type[ApprovalsError], args: tuple[Any, ...]) -> ApprovalsError:
+    """An error of `cls` with `args` and nothing else yet; pickle then restores its attributes."""
+    return cls.__new__(cls, *args)
+
 
 class ApiError(ApprovalsError):
     """The service answered with an error (RFC 9457 problem+json).
 
     `code` is the service's stable, machine-readable code (`not_found`, `already_decided`,
-    `backend_unavailable`, ...); `status`, `title` and `detail` come from the same body.
+    `backend_unavailable`, ...); `title` and `detail` come from the same body; `status` is the
+    answer's HTTP status.
     """
 
     def __init__(self, status: int, code: str, title: str, detail: str, problem: Problem | None = None) -> None:
@@ -49,11 +61,20 @@ class ApiError(ApprovalsError):
 
 class ProtocolError(ApprovalsError):
     """The service (or something in front of it) answered with what this client cannot read:
-    not JSON, a field missing, a status it does not know. Nothing is assumed from it."""
+    not JSON, a field missing, a status it does not know. Nothing is assumed from it.
+
+    `status` is the HTTP status when the answer was an error whose body is no problem of the
+    service's (a proxy's HTML error page, an empty `502`), else None."""
+
+    status: int | None = None
 
 
 class TransportError(ApprovalsError):
     """The service could not be reached (after every retry)."""
+
+    # Whether it may go away by itself (a refused or dropped connection, a timeout), as
+    # opposed to a URL that is no URL: a wait goes on through the former.
+    _transient = False
 
 
 class WaitTimeout(ApprovalsError):

@@ -29,8 +29,27 @@ ArgsFunction = Callable[..., Any]
 
 def _jsonable(name: str, value: Any) -> Any:
     """`value` as the policy will see it, which must be what the function gets: paths, times,
-    UUIDs and enums by their usual text; anything else that is not JSON is refused (a `repr`
-    is not what the function acts on, and a policy rule would judge something else)."""
+    UUIDs and enums by their usual text, in lists, tuples and dicts too; anything else that
+    is not JSON is refused (a `repr` is not what the function acts on, and a policy rule would
+    judge something else), and so are NaN and the infinities (no JSON number: a policy cannot
+    compare them) and keys that are not strings (JSON would turn `1` into `"1"`)."""
+    try:
+        converted = _converted(name, value, ())
+    except RecursionError as error:  # a list or dict that holds itself
+        raise TypeError(f"argument {name!r} holds itself: pass an `action=` function") from error
+    try:
+        json.dumps(converted, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise TypeError(
+            f"argument {name!r} ({type(value).__name__}) is not JSON: give require_approval an "
+            "`action=` function that says what the policy should see"
+        ) from error
+    return converted
+
+
+def _converted(name: str, value: Any, within: tuple[int, ...]) -> Any:
+    """`value` with paths, times, UUIDs and enums as text, however deep; the rest as it is,
+    for `json.dumps` to judge. `within`: the ids of the lists and dicts it is in."""
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
@@ -38,14 +57,18 @@ def _jsonable(name: str, value: Any) -> Any:
     if isinstance(value, uuid.UUID):
         return str(value)
     if isinstance(value, enum.Enum):
-        return _jsonable(name, value.value)
-    try:
-        json.dumps(value)
-    except (TypeError, ValueError) as error:
-        raise TypeError(
-            f"argument {name!r} ({type(value).__name__}) is not JSON: give require_approval an "
-            "`action=` function that says what the policy should see"
-        ) from error
+        return _converted(name, value.value, within)
+    if isinstance(value, (list, tuple, dict)):
+        if id(value) in within:
+            raise RecursionError
+        within = within + (id(value),)
+    if isinstance(value, (list, tuple)):
+        return [_converted(name, item, within) for item in value]
+    if isinstance(value, dict):
+        for key in value:
+            if not isinstance(key, str):
+                raise TypeError(f"argument {name!r} has a key that is not a string ({key!r}): pass an `action=` function")
+        return {key: _converted(name, item, within) for key, item in value.items()}
     return value
 
 
