@@ -816,16 +816,34 @@ impl Settings {
                 "approvals.long_poll_max: at most 60s (the API's wait_seconds maximum)".into(),
             ));
         }
-        // A write waits for its mirror up to this: at the request's own deadline the caller
-        // got 408 for a write the primary had made (and a reviewer who won, 409 on retry).
+        // The same for Temporal: a decision answers within one call_timeout, all its attempts
+        // and reads included.
+        let uses_temporal = match &self.backend {
+            BackendChoice::Redis => false,
+            BackendChoice::Temporal | BackendChoice::Dual { .. } => true,
+        };
+        if uses_temporal && self.temporal.call_timeout >= self.server.request_timeout {
+            return Err(ConfigError::Invalid(
+                "temporal.call_timeout: must be shorter than server.request_timeout".into(),
+            ));
+        }
+        // A write waits for its mirror up to this, after the primary's own call: at the
+        // request's deadline the caller got 408 for a write the primary had made (and a
+        // reviewer who won, 409 on retry).
         if let BackendChoice::Dual {
-            secondary_timeout, ..
+            primary,
+            secondary_timeout,
         } = &self.backend
         {
-            if *secondary_timeout >= self.server.request_timeout {
-                return Err(ConfigError::Invalid(
-                    "backend.secondary_timeout: must be shorter than server.request_timeout".into(),
-                ));
+            let (key, primary_call) = match primary {
+                EngineKind::Redis => ("redis.call_timeout", self.redis.call_timeout),
+                EngineKind::Temporal => ("temporal.call_timeout", self.temporal.call_timeout),
+            };
+            if primary_call + *secondary_timeout >= self.server.request_timeout {
+                return Err(ConfigError::Invalid(format!(
+                    "backend.secondary_timeout: with {key} it must be shorter than \
+                     server.request_timeout"
+                )));
             }
         }
         if self.notifications.retry_max < self.notifications.retry_base {

@@ -381,6 +381,28 @@ fn a_dual_mirror_deadline_past_the_request_deadline_is_refused() {
     let e = dual("30s").unwrap_err();
     assert!(e.to_string().contains("backend.secondary_timeout"), "{e}");
     assert!(dual("5s").is_ok());
+    // After the primary's own call: a Temporal primary's 15 s and a 20 s mirror pass 30 s.
+    let e = load(
+        "[backend]\nkind = \"dual\"\nprimary = \"temporal\"\nsecondary_timeout = \"20s\"\n",
+        &[],
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("temporal.call_timeout"), "{e}");
+}
+
+/// A Temporal decision answers 503 within one `temporal.call_timeout`: a request deadline as
+/// short answered 408 instead, which reads as the client's own slowness.
+#[test]
+fn a_temporal_call_deadline_past_the_request_deadline_is_refused() {
+    let e = load(
+        "[backend]\nkind = \"temporal\"\n[temporal]\ncall_timeout = \"30s\"\n",
+        &[],
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("temporal.call_timeout"), "{e}");
+    assert!(load("[backend]\nkind = \"temporal\"\n", &[]).is_ok());
+    // Redis alone never calls Temporal.
+    assert!(load("[temporal]\ncall_timeout = \"30s\"\n", &[]).is_ok());
 }
 
 #[test]

@@ -120,6 +120,22 @@ impl DevServer {
             .is_ok_and(|s| s.success())
     }
 
+    /// Stops the server in its tracks (SIGSTOP): its sockets stay open and nothing answers, as
+    /// on a frontend that hangs. [`DevServer::thaw`] lets it go on.
+    pub fn freeze(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    pub fn thaw(&self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        let child = self.child.as_ref().expect("the dev server runs");
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("a pid fits in i32"));
+        nix::sys::signal::kill(pid, signal).unwrap_or_else(|e| panic!("kill {signal}: {e}"));
+    }
+
     /// Kills the server (SIGKILL).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -416,3 +416,38 @@ async fn waiters_that_cannot_reread_after_a_reconnect_go_on_waiting() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["status"], "pending", "{body}");
 }
+
+/// A Temporal frontend that hangs (here: a dev server stopped with SIGSTOP) answers a decision
+/// `503 backend_unavailable` before the request's own deadline: the update's timeout and the
+/// read that follows it share one `temporal.call_timeout`. Each had one of its own, and their
+/// sum passed `server.request_timeout`: the reviewer was answered 408, which reads as their own
+/// slowness, for an outage.
+#[cfg(feature = "temporal")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_on_a_hung_temporal_is_503_before_the_request_deadline() {
+    use approvals_testkit::temporal_server::DevServer;
+
+    let server = tokio::task::block_in_place(|| DevServer::start(None));
+    let harness = crate::support::Harness::new(crate::support::Backend::Temporal);
+    let app = harness
+        .spawn_with(|settings| {
+            settings.temporal.address = server.address();
+            // No worker polls this queue: nothing but the frozen server is in the way.
+            settings.temporal.task_queue = "nobody-polls".into();
+            settings.temporal.call_timeout = Duration::from_secs(4);
+            settings.server.request_timeout = Duration::from_secs(6);
+        })
+        .await;
+    app.park("on-a-hung-server").await;
+    server.freeze();
+    let answer = app
+        .decide("on-a-hung-server", "accept", &app.tokens.reviewer)
+        .await;
+    server.thaw();
+    assert_problem(
+        answer,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "backend_unavailable",
+    )
+    .await;
+}

@@ -44,6 +44,11 @@ use crate::workflow::{
 /// How late visibility may show an event behind later ones: its indexing lag (about a second
 /// on a loaded cluster), with a wide margin.
 const AUDIT_SETTLE_TIME: Duration = Duration::from_secs(15);
+
+/// The longest a wait's reads may take past (or, the first, within) the wait itself: the
+/// answer then comes at most this late.
+const FINAL_READ: Duration = Duration::from_secs(5);
+
 /// How much the service instances' clocks (events) and the server's (executions' close) may
 /// disagree for an audit read's bound (see `audit_query`).
 const AUDIT_CLOCK_MARGIN: Duration = Duration::from_secs(300);
@@ -243,11 +248,22 @@ impl TemporalBackend {
         tenant: &TenantId,
         id: &ApprovalId,
     ) -> Result<Option<Approval>, BackendError> {
+        self.read_within(tenant, id, self.settings.call_timeout)
+            .await
+    }
+
+    /// [`Self::read`] within `budget`: what is left of a call that already spent some.
+    async fn read_within(
+        &self,
+        tenant: &TenantId,
+        id: &ApprovalId,
+        budget: Duration,
+    ) -> Result<Option<Approval>, BackendError> {
         let key = workflow_id(tenant, id);
         let handle = self
             .client
             .get_workflow_handle::<ApprovalWorkflow>(key.clone());
-        self.call("describe", self.settings.call_timeout, async {
+        self.call("describe", budget, async {
             match handle.describe(WorkflowDescribeOptions::default()).await {
                 Ok(description) => {
                     let memo = description.memo();
@@ -415,6 +431,13 @@ impl TemporalBackend {
         // a second update refused as AlreadyDecided, which told the winning reviewer 409 and
         // kept dual from mirroring the decision.
         let update_id = uuid::Uuid::new_v4().to_string();
+        // One `call_timeout` for the whole decision, its attempts and the reads that tell what
+        // they did: a fresh deadline for each step added up past `server.request_timeout` (a
+        // timed-out update, then a hung read: 2 × 15 s), and the reviewer got 408 for an
+        // outage, not 503. An update leaves a fifth of it for the read that follows a timeout.
+        let until = tokio::time::Instant::now() + self.settings.call_timeout;
+        let left = || until.saturating_duration_since(tokio::time::Instant::now());
+        let for_the_read = self.settings.call_timeout / 5;
         let mut last_error = None;
         // Whether an earlier attempt may have landed (its call failed, not the update).
         let mut maybe_landed = false;
@@ -427,7 +450,7 @@ impl TemporalBackend {
                     .build(),
             );
             let reply = match self
-                .call("decide", self.settings.call_timeout, async {
+                .call("decide", left().saturating_sub(for_the_read), async {
                     Ok(update.await)
                 })
                 .await
@@ -437,7 +460,7 @@ impl TemporalBackend {
                 // says now answers, this decision's win included. Still pending: it may yet
                 // land, and the caller is told the engine did not answer in time.
                 Err(timeout @ BackendError::Timeout(_)) => {
-                    let record = self.read(tenant, id).await?;
+                    let record = self.read_within(tenant, id, left()).await?;
                     return Self::settled_outcome(record, &decision, true).ok_or(timeout);
                 }
                 Err(e) => return Err(e),
@@ -458,7 +481,7 @@ impl TemporalBackend {
                     | WorkflowUpdateError::Rpc(_)),
                 ) => {
                     let failed_call = matches!(e, WorkflowUpdateError::Rpc(_));
-                    let record = self.read(tenant, id).await?;
+                    let record = self.read_within(tenant, id, left()).await?;
                     let ours = maybe_landed || failed_call;
                     maybe_landed = ours;
                     if let Some(outcome) = Self::settled_outcome(record, &decision, ours) {
@@ -636,7 +659,17 @@ impl ApprovalBackend for TemporalBackend {
         stop: Stop,
     ) -> Result<Option<Approval>, BackendError> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let Some(current) = self.get(tenant, id).await? else {
+        // Both reads within the wait's own time (plus one final read's), not a `call_timeout`
+        // each on top of it: clients size their read timeouts by the 60 s a wait may last.
+        let Some(current) = self
+            .read_within(
+                tenant,
+                id,
+                self.settings.call_timeout.min(timeout.max(FINAL_READ)),
+            )
+            .await?
+            .map(|a| a.as_of(Timestamp::now()))
+        else {
             return Ok(None);
         };
         if current.is_decided() {
@@ -688,7 +721,10 @@ impl ApprovalBackend for TemporalBackend {
             Ok(Err(e)) => return Err(BackendError::unavailable("wait", e)),
             Err(_elapsed) => {}
         }
-        self.get(tenant, id).await
+        Ok(self
+            .read_within(tenant, id, self.settings.call_timeout.min(FINAL_READ))
+            .await?
+            .map(|a| a.as_of(Timestamp::now())))
     }
 
     async fn list(
