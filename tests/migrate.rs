@@ -363,10 +363,13 @@ async fn an_unreadable_record_is_reported_and_the_run_is_not_reconciled() {
     redis.submit(copied.clone()).await.unwrap();
     temporal.import(copied).await.unwrap();
     let mut conn = setup.redis.connection().await;
+    // A pending record whose key lapsed with its lifetime is read from its shadow: one that
+    // cannot be read is named by the key that holds it.
     for key in [
         format!("approval:{tenant}:copied"),
         format!("approval:{tenant}:broken"),
         format!("approval:{other}:broken"),
+        format!("approvals:shadow:{tenant}:lapsed"),
     ] {
         let () = redis::cmd("SET")
             .arg(key)
@@ -390,7 +393,8 @@ async fn an_unreadable_record_is_reported_and_the_run_is_not_reconciled() {
         report["unreadable"]["source"],
         json!([
             format!("approval:{tenant}:broken"),
-            format!("approval:{tenant}:copied")
+            format!("approval:{tenant}:copied"),
+            format!("approvals:shadow:{tenant}:lapsed")
         ]),
         "{report:#}"
     );

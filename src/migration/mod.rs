@@ -302,6 +302,8 @@ impl Migration {
 
     /// Whether a record's key (`approval:{tenant}:{id}` in both engines) is the plan's.
     fn covers_key(&self, key: &str) -> bool {
+        // `approval:{tenant}:{id}`, or the shadow a lapsed one was read from.
+        let key = key.strip_prefix("approvals:shadow").unwrap_or(key);
         self.plan.tenants.is_empty()
             || key
                 .split(':')

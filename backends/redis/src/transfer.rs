@@ -47,12 +47,14 @@ impl RecordTransfer for RedisBackend {
             .iter()
             .map(|k| k.replacen("approval:", "approvals:shadow:", 1))
             .collect();
-        read.extend(
-            self.fetch(lapsed_shadows)
-                .await?
-                .into_iter()
-                .map(|(shadow, raw)| (shadow.replacen("approvals:shadow:", "approval:", 1), raw)),
-        );
+        // Record key → the shadow it was read from: an unreadable one is reported under the
+        // key that holds it (`redis-cli GET approval:…` would show nothing, DEL mend nothing).
+        let mut read_from_shadow = std::collections::HashMap::new();
+        for (shadow, raw) in self.fetch(lapsed_shadows).await? {
+            let key = shadow.replacen("approvals:shadow:", "approval:", 1);
+            read_from_shadow.insert(key.clone(), shadow);
+            read.push((key, raw));
+        }
         let mut unreadable = Vec::new();
         for (key, raw) in read {
             // Read-only: a foreign record is converted, not adopted (a dry run writes nothing).
@@ -65,7 +67,7 @@ impl RecordTransfer for RedisBackend {
                 Ok(approval) => items.push(approval.as_of(now)),
                 Err(error) => {
                     self.pass_over(error)?;
-                    unreadable.push(key);
+                    unreadable.push(read_from_shadow.remove(&key).unwrap_or(key));
                 }
             }
         }
