@@ -1055,7 +1055,10 @@ impl Notifier {
             }
             return;
         }
-        let outcome = self.post(&hook, &delivery).await;
+        let (outcome, asked_to_wait) = match self.post(&hook, &delivery).await {
+            Ok(()) => (Ok(()), None),
+            Err(Refused { error, retry_after }) => (Err(error), retry_after),
+        };
         let tenant = delivery.tenant.clone();
         delivery.attempts += 1;
         let result = match outcome {
@@ -1087,7 +1090,14 @@ impl Notifier {
                 delivery.last_error = Some(error);
                 metrics::counter!("approvals_notifications_total", "tenant" => tenant, "outcome" => "failed")
                     .increment(1);
-                let next = Timestamp::now().plus(self.backoff(delivery.attempts));
+                // A receiver that says when to come back (a rate-limited Slack webhook: 429
+                // with Retry-After) is not tried sooner, up to `retry_max`.
+                let wait = self.backoff(delivery.attempts).max(
+                    asked_to_wait
+                        .unwrap_or_default()
+                        .min(self.settings.retry_max),
+                );
+                let next = Timestamp::now().plus(wait);
                 self.store.retry_at(&delivery, next).await.map(drop)
             }
         };
@@ -1134,9 +1144,11 @@ impl Notifier {
             .mul_f64(rand::rng().random_range(JITTER))
     }
 
-    async fn post(&self, hook: &Webhook, delivery: &Delivery) -> Result<(), String> {
+    async fn post(&self, hook: &Webhook, delivery: &Delivery) -> Result<(), Refused> {
         // The resolver guards names; an address in the URL is never resolved.
-        self.egress.check_literal_host(&hook.url)?;
+        self.egress
+            .check_literal_host(&hook.url)
+            .map_err(Refused::from)?;
         let timestamp = Timestamp::now().as_millis() / 1000;
         let signature = payload::signature(&hook.secret, timestamp, &delivery.body);
         let response = self
@@ -1151,13 +1163,49 @@ impl Notifier {
             .await
             // With its causes (reqwest's own message only says that sending failed), without
             // the URL (a Slack webhook's URL is its credential; this is logged and kept).
-            .map_err(|e| format!("POST failed: {}", crate::app::chain(&e.without_url())))?;
+            .map_err(|e| {
+                Refused::from(format!(
+                    "POST failed: {}",
+                    crate::app::chain(&e.without_url())
+                ))
+            })?;
         if response.status().is_success() {
             Ok(())
         } else {
-            Err(format!("the receiver answered {}", response.status()))
+            Err(Refused {
+                error: format!("the receiver answered {}", response.status()),
+                retry_after: retry_after(response.headers()),
+            })
         }
     }
+}
+
+/// A failed attempt: why, and when the receiver asked to be tried again, if it did.
+struct Refused {
+    error: String,
+    retry_after: Option<Duration>,
+}
+
+impl From<String> for Refused {
+    fn from(error: String) -> Self {
+        Self {
+            error,
+            retry_after: None,
+        }
+    }
+}
+
+/// `Retry-After` (RFC 9110): seconds, or an HTTP date.
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    if let Ok(seconds) = value.trim().parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value.trim()).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
 }
 
 /// The id of `hook`'s delivery `id` (`<tenant>:<webhook id>:<event>`): what the store keys it

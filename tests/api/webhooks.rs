@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{HeaderMap, StatusCode as AxumStatus};
+use axum::response::IntoResponse;
 use hmac::{Hmac, Mac};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -57,6 +58,12 @@ struct Receiver {
 impl Receiver {
     /// Fails the first `fail_first` posts (`usize::MAX`: all, until [`Self::recover`]).
     async fn start(fail_first: usize) -> Self {
+        Self::start_failing_with(fail_first, None).await
+    }
+
+    /// As [`Self::start`], failing with `429` and `Retry-After: retry_after` when given (a
+    /// rate-limited receiver), else with `500`.
+    async fn start_failing_with(fail_first: usize, retry_after: Option<&'static str>) -> Self {
         let (tx, got) = mpsc::unbounded_channel();
         let failing = Arc::new(AtomicUsize::new(fail_first));
         let counter = failing.clone();
@@ -80,10 +87,12 @@ impl Receiver {
                         body,
                         accepted,
                     });
-                    if accepted {
-                        AxumStatus::OK
-                    } else {
-                        AxumStatus::INTERNAL_SERVER_ERROR
+                    match (accepted, retry_after) {
+                        (true, _) => AxumStatus::OK.into_response(),
+                        (false, Some(wait)) => {
+                            (AxumStatus::TOO_MANY_REQUESTS, [("retry-after", wait)]).into_response()
+                        }
+                        (false, None) => AxumStatus::INTERNAL_SERVER_ERROR.into_response(),
                     }
                 }
             }),
@@ -699,6 +708,32 @@ async fn a_failing_receiver_gets_the_same_event_again_until_it_takes_it() {
             && notifications_counted(m, &app.tenant, "failed") == 2.0
     })
     .await;
+}
+
+/// A rate-limited receiver (Slack answers 429 with `Retry-After`) is not tried again before
+/// the time it asks for: retried at the usual backoff (here 100 ms), it was hit again and again
+/// and its deliveries went dead.
+#[tokio::test]
+async fn a_receiver_that_asks_to_wait_is_not_tried_sooner() {
+    let mut receiver = Receiver::start_failing_with(1, Some("2")).await;
+    let app = TestApp::spawn_with(|s| {
+        fast(s);
+        s.notifications.retry_max = Duration::from_secs(10);
+    })
+    .await;
+    add_webhook(&app, json!({"url": receiver.url, "events": ["parked"]})).await;
+    app.park("rate-limited").await;
+    let refused = receiver.next().await;
+    assert!(!refused.accepted);
+    let asked_at = std::time::Instant::now();
+    let taken = receiver.next().await;
+    assert!(taken.accepted);
+    assert_eq!(taken.json()["approval_id"], "rate-limited");
+    assert!(
+        asked_at.elapsed() >= Duration::from_millis(1_400),
+        "tried again after {:?}, though asked to wait 2 s",
+        asked_at.elapsed()
+    );
 }
 
 #[tokio::test]
