@@ -1406,12 +1406,36 @@ async fn events_trimmed_before_the_reader_reached_them_are_counted_as_a_gap() {
 /// A tenant whose audit cannot be read: none of its webhooks go out, so its reader shows as
 /// behind (the figure the alert reads grows, it does not freeze at the last good pass); and no
 /// client was answered an error, so the failed reads count as the service's own
-/// (`source="chore"`), not as requests' (`source="request"` pages on-call for an outage).
+/// (`source="chore"`), not as requests' (`source="request"` pages on-call for an outage). The
+/// reader runs in an instance of its own process, whose `/metrics` are its alone (the test
+/// binary's apps share one registry).
 #[tokio::test]
 async fn a_tenant_whose_audit_cannot_be_read_shows_behind_and_pages_no_one_for_client_errors() {
     let mut receiver = Receiver::start(0).await;
-    let app = TestApp::spawn_with(fast).await;
+    let app = TestApp::spawn_with(|s| {
+        fast(s);
+        s.notifications.enabled = false;
+    })
+    .await;
     add_webhook(&app, json!({"url": receiver.url, "events": ["parked"]})).await;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let port = approvals_testkit::free_port();
+    let config = app.config_file(dir.path(), port);
+    let mut settings: toml::Table = std::fs::read_to_string(&config)
+        .expect("the config file")
+        .parse()
+        .expect("TOML");
+    settings["notifications"]["enabled"] = toml::Value::Boolean(true);
+    std::fs::write(&config, settings.to_string()).expect("write the config file");
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_approvals"));
+    command
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info");
+    let mut reader = approvals_testkit::process::Process::spawn(command);
+    reader.wait_for_line("serving", Duration::from_secs(30));
+    let reader_base = format!("http://127.0.0.1:{port}");
+
     let lag_series = format!(
         "approvals_notifications_reader_lag_seconds{{tenant=\"{}\"}} ",
         app.tenant
@@ -1419,7 +1443,7 @@ async fn a_tenant_whose_audit_cannot_be_read_shows_behind_and_pages_no_one_for_c
     // Read through once first: the figure exists, at 0.
     app.park("read").await;
     assert_eq!(receiver.next().await.json()["approval_id"], "read");
-    app.metrics_until(&app.base, WITHIN, "the tenant read", |m| {
+    app.metrics_until(&reader_base, WITHIN, "the tenant read", |m| {
         m.contains(&format!("{lag_series}0\n"))
     })
     .await;
@@ -1437,7 +1461,7 @@ async fn a_tenant_whose_audit_cannot_be_read_shows_behind_and_pages_no_one_for_c
             .unwrap_or(0.0)
     };
     let metrics = app
-        .metrics_until(&app.base, WITHIN, "the reader's lag growing", |m| {
+        .metrics_until(&reader_base, WITHIN, "the reader's lag growing", |m| {
             lag(m) >= 1.0
         })
         .await;
