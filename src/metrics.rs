@@ -603,11 +603,18 @@ pub fn backend_error(error: &BackendError, source: ErrorSource) {
 /// earlier sample, so `increase()` and `rate()` miss that first event: the alert on pending
 /// approvals piling up without decisions fired after a deploy though reviewers were deciding.
 fn introduce(tenant: &TenantId) {
-    let tenant = tenant.to_string();
     for outcome in ["accepted", "rejected", "expired"] {
-        metrics::counter!("approvals_decisions_total", "tenant" => tenant.clone(), "outcome" => outcome)
+        metrics::counter!("approvals_decisions_total", "tenant" => tenant.to_string(), "outcome" => outcome)
             .increment(0);
     }
+    notifications_introduced(tenant);
+}
+
+/// A tenant with webhooks, met by this instance's reader: its notification counters exist
+/// from then on, at 0, so that its first dead letter after a restart is an increase the alert
+/// sees (a series born at 1 shows none), also for a tenant with nothing pending.
+pub fn notifications_introduced(tenant: &TenantId) {
+    let tenant = tenant.to_string();
     for outcome in ["sent", "failed", "dead", "withdrawn"] {
         metrics::counter!("approvals_notifications_total", "tenant" => tenant.clone(), "outcome" => outcome)
             .increment(0);

@@ -486,8 +486,12 @@ impl Notifier {
             match self.read_one(&tenant, &tenant_id).await {
                 Ok(more) => {
                     behind |= more;
-                    self.lock_read_at()
+                    let met_before = self
+                        .lock_read_at()
                         .insert(tenant_id.clone(), std::time::Instant::now());
+                    if met_before.is_none() {
+                        crate::metrics::notifications_introduced(&tenant_id);
+                    }
                 }
                 Err(error) => {
                     tracing::debug!(%tenant, %error, "webhook reader: tenant not read this pass");
@@ -513,7 +517,10 @@ impl Notifier {
         let since = *self
             .lock_read_at()
             .entry(tenant.clone())
-            .or_insert_with(std::time::Instant::now);
+            .or_insert_with(|| {
+                crate::metrics::notifications_introduced(tenant);
+                std::time::Instant::now()
+            });
         crate::metrics::notifications_reader_lag(tenant, since.elapsed());
     }
 

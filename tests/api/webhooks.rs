@@ -682,6 +682,25 @@ async fn a_lowered_ttl_does_not_hide_newer_approvals_from_the_warning() {
     assert_eq!(warned.json()["approval_id"], "parked-for-seconds");
 }
 
+/// A tenant with a webhook and nothing pending has its notification counters at 0 as soon as
+/// the reader meets it: after a restart, its first dead letter is then an increase the alert
+/// sees, not a series born at 1 (only tenants with approvals pending had them).
+#[tokio::test]
+async fn a_webhook_tenants_notification_counters_exist_before_its_first_delivery() {
+    let receiver = Receiver::start(0).await;
+    // A tenant of its own: the test binary's apps share one metrics registry.
+    let app = own_tenant("counted-early").spawn_with(fast).await;
+    add_webhook(&app, json!({"url": receiver.url, "events": ["parked"]})).await;
+    let dead = format!(
+        "approvals_notifications_total{{tenant=\"{}\",outcome=\"dead\"}} 0\n",
+        app.tenant
+    );
+    app.metrics_until(&app.base, WITHIN, "the counters at 0", |m| {
+        m.contains(&dead)
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_failing_receiver_gets_the_same_event_again_until_it_takes_it() {
     // 500 twice, then 200.
