@@ -169,8 +169,9 @@ enum Engine {
     Temporal(Arc<approvals_temporal::TemporalBackend>),
 }
 
-/// A `temporal.namespace` the server does not have is an error (for `approvals migrate`, no
-/// retry mends it: it would exit 1, "re-run", for ever; the service logs it and answers 503).
+/// A `temporal.namespace` the server does not have, or one without the `TenantId` search
+/// attribute, is an error (for `approvals migrate`, no retry mends it: it would exit 1,
+/// "re-run", for ever; the service logs it, answers 503 and is not ready).
 ///
 /// A settled approval lives on Temporal as long as the namespace keeps closed executions,
 /// whatever `approvals.decided_retention` and `expired_retention` say: shorter, and a decided
@@ -204,9 +205,25 @@ async fn check_namespace(
         ),
         Ok(_) => {}
         // Unreachable now: the calls that need it say so, and are retried.
-        Err(error) => tracing::debug!(%error, "namespace not checked"),
+        Err(error) => {
+            tracing::debug!(%error, "namespace not checked");
+            return Ok(());
+        }
     }
-    Ok(())
+    // Without it the server refuses every workflow start: every submit would answer 503.
+    match backend.has_tenant_attribute().await {
+        Ok(false) => Err(EngineError::Misconfigured(format!(
+            "the Temporal namespace {namespace:?} has no search attribute {attribute} \
+             (create it: `temporal operator search-attribute create --namespace {namespace} \
+             --name {attribute} --type Keyword`)",
+            attribute = approvals_temporal::TENANT_ATTRIBUTE
+        ))),
+        Ok(true) => Ok(()),
+        Err(error) => {
+            tracing::debug!(%error, "search attributes not checked");
+            Ok(())
+        }
+    }
 }
 
 impl Engine {
@@ -241,7 +258,7 @@ impl Engine {
                 match check_namespace(&backend, settings).await {
                     Err(error) if !strict => tracing::error!(
                         %error,
-                        "every Temporal call answers 503 until the namespace exists"
+                        "Temporal calls answer 503, and /readyz fails, until this is mended"
                     ),
                     checked => checked?,
                 }

@@ -451,3 +451,36 @@ async fn a_decision_on_a_hung_temporal_is_503_before_the_request_deadline() {
     )
     .await;
 }
+
+/// A Temporal namespace without the `TenantId` search attribute: the server refuses every
+/// workflow start, so every submit would answer 503. The instance says so at start and is not
+/// ready (it was: the probe only asked whether the namespace exists).
+#[cfg(feature = "temporal")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_without_the_tenant_search_attribute_is_not_ready() {
+    let shared = crate::shared_temporal::shared().await;
+    let bare = format!("bare-{}", std::process::id());
+    let created = std::process::Command::new(approvals_testkit::temporal_server::temporal_bin())
+        .args([
+            "operator",
+            "namespace",
+            "create",
+            "--namespace",
+            &bare,
+            "--address",
+        ])
+        .arg(shared.address.trim_start_matches("http://"))
+        .output()
+        .expect("the temporal CLI");
+    assert!(created.status.success(), "{created:?}");
+    let app = crate::support::Harness::new(crate::support::Backend::Temporal)
+        .spawn_with(|settings| settings.temporal.namespace = bare.clone())
+        .await;
+    let ready = app
+        .http
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+}

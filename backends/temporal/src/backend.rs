@@ -19,7 +19,7 @@ use approvals_core::{
 use async_trait::async_trait;
 use futures_util::TryStreamExt;
 use temporalio_client::errors::{WorkflowGetResultError, WorkflowStartError, WorkflowUpdateError};
-use temporalio_client::grpc::WorkflowService;
+use temporalio_client::grpc::{OperatorService, WorkflowService};
 use temporalio_client::tonic::IntoRequest;
 use temporalio_client::{
     Client, WorkflowDescribeOptions, WorkflowExecuteUpdateOptions, WorkflowExecution,
@@ -27,6 +27,7 @@ use temporalio_client::{
     WorkflowStartOptions,
 };
 use temporalio_common::protos::temporal::api::common::v1::Payload;
+use temporalio_common::protos::temporal::api::operatorservice::v1::ListSearchAttributesRequest;
 use temporalio_common::protos::temporal::api::workflowservice::v1::DescribeNamespaceRequest;
 use temporalio_common::search_attributes::{SearchAttributeKey, SearchAttributes};
 use temporalio_common::MemoValues;
@@ -56,7 +57,7 @@ const AUDIT_CLOCK_MARGIN: Duration = Duration::from_secs(300);
 /// The search attribute every approval workflow carries; register it on the namespace
 /// (`temporal operator search-attribute create --name TenantId --type Keyword`, or
 /// `--search-attribute TenantId=Keyword` on a dev server).
-pub const TENANT_ID: SearchAttributeKey<String> = SearchAttributeKey::keyword("TenantId");
+pub const TENANT_ID: SearchAttributeKey<String> = SearchAttributeKey::keyword(TENANT_ATTRIBUTE);
 
 /// The workflow type name, as visibility queries see it.
 pub(crate) const WORKFLOW_TYPE: &str = "ApprovalWorkflow";
@@ -90,6 +91,9 @@ pub struct TemporalBackend {
     events: OnceLock<Arc<dyn EngineEvents>>,
     /// Long-polls past their first read (`EngineStatus::waiting`).
     parked: WaitingCount,
+    /// Whether the namespace was seen with the `TenantId` search attribute: until then each
+    /// readiness probe looks for it (without it every start, so every submit, is refused).
+    tenant_attribute_seen: std::sync::atomic::AtomicBool,
 }
 
 fn corrupt(key: &str, reason: impl std::fmt::Display) -> BackendError {
@@ -129,6 +133,7 @@ impl TemporalBackend {
             settings,
             events: OnceLock::new(),
             parked: WaitingCount::default(),
+            tenant_attribute_seen: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -844,7 +849,53 @@ impl ApprovalBackend for TemporalBackend {
                 .map(drop)
                 .map_err(|e| BackendError::unavailable("ping", e))
         })
-        .await
+        .await?;
+        if !self.has_tenant_attribute().await? {
+            return Err(BackendError::unavailable(
+                "ping",
+                format!(
+                    "the namespace {:?} has no search attribute {TENANT_ATTRIBUTE}",
+                    self.settings.namespace
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The search attribute every approval's workflow is started with (and listed by).
+pub const TENANT_ATTRIBUTE: &str = "TenantId";
+
+impl TemporalBackend {
+    /// Whether the namespace has the [`TENANT_ATTRIBUTE`] search attribute. Without it the
+    /// server refuses every start: every submit, allow and deny included, answers 503.
+    pub async fn has_tenant_attribute(&self) -> Result<bool, BackendError> {
+        use std::sync::atomic::Ordering;
+        if self.tenant_attribute_seen.load(Ordering::Relaxed) {
+            return Ok(true);
+        }
+        let request = ListSearchAttributesRequest {
+            namespace: self.settings.namespace.clone(),
+        };
+        let mut client = self.client.clone();
+        let has = self
+            .call(
+                "list_search_attributes",
+                self.settings.call_timeout,
+                async move {
+                    let listed = OperatorService::list_search_attributes(
+                        &mut client,
+                        request.into_request(),
+                    )
+                    .await
+                    .map_err(|e| BackendError::unavailable("list_search_attributes", e))?
+                    .into_inner();
+                    Ok(listed.custom_attributes.contains_key(TENANT_ATTRIBUTE))
+                },
+            )
+            .await?;
+        self.tenant_attribute_seen.store(has, Ordering::Relaxed);
+        Ok(has)
     }
 }
 

@@ -40,7 +40,7 @@ mod worker;
 pub mod workflow;
 
 #[cfg(feature = "engine")]
-pub use backend::{workflow_id, Namespace, TemporalBackend, TENANT_ID};
+pub use backend::{workflow_id, Namespace, TemporalBackend, TENANT_ATTRIBUTE, TENANT_ID};
 #[cfg(feature = "engine")]
 pub use worker::{run_worker, run_worker_with_events};
 #[cfg(feature = "engine")]
