@@ -489,6 +489,59 @@ async fn an_unreachable_secondary_at_start_up_fails_no_request() {
     assert!(unavailable(&after) > unavailable(&before), "{after}");
 }
 
+/// (c) A secondary unreachable at start-up that comes back slow to connect (each connection
+/// takes longer than `backend.secondary_timeout` to get through: TLS, a cluster recovering) is
+/// connected all the same, and writes are mirrored to it again. The connect used to run within
+/// each call's deadline, which cut it every time: dual ran without its secondary for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secondary_back_after_start_up_is_connected_though_slow_to_connect() {
+    let shared = shared_temporal::shared().await;
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    };
+    let app = DualApp::spawn(EngineKind::Redis, |settings| {
+        settings.temporal.address = format!("http://127.0.0.1:{port}");
+        set_secondary_timeout(settings, Duration::from_millis(300));
+    })
+    .await;
+    // Back, on the same address: every new connection waits a second before it is forwarded.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("the port again");
+    let frontend = shared.address.trim_start_matches("http://").to_owned();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let frontend = frontend.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(frontend).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    let temporal = app.engine(EngineKind::Temporal).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for n in 0.. {
+        let request_id = format!("f-{n}");
+        assert_eq!(app.park(&request_id).await.status(), StatusCode::CREATED);
+        if temporal
+            .get(&app.tenant, &id(&request_id))
+            .await
+            .expect("read Temporal")
+            .is_some()
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no submit was mirrored to the secondary within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// A socket that accepts connections and never answers: a hung store.
 fn black_hole() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");

@@ -122,7 +122,7 @@ pub(super) async fn compare_reads(
 /// would never be woken. Replays the primary's winner (reviewer, reason and time), as
 /// `approvals migrate` replays late decisions: on a pending record it can only agree with the
 /// primary, and on any other it changes nothing. Counted in `approvals_dual_repairs_total`.
-async fn repair_missed_decision(secondary: &Secondary, ours: &Approval, theirs: &Approval) {
+async fn repair_missed_decision(secondary: &Arc<Secondary>, ours: &Approval, theirs: &Approval) {
     let (Some(decision), Status::Pending) = (ours.decision(), theirs.status) else {
         return;
     };

@@ -13,12 +13,15 @@ use tokio::sync::{OnceCell, Semaphore};
 use super::compare::describe_once;
 use super::{Connector, RECONNECT_EVERY};
 
+/// The longest one attempt to connect the secondary may take, in its own task.
+const CONNECT_DEADLINE: Duration = Duration::from_secs(60);
+
 /// The secondary engine, its deadline and health.
 pub(super) struct Secondary {
     pub(super) kind: &'static str,
     pub(super) engine: OnceCell<Arc<dyn RecordTransfer>>,
     pub(super) connect: Option<Connector>,
-    /// No connection attempt before this instant.
+    /// No connection attempt before this instant (one is running until it).
     pub(super) retry_at: Mutex<Instant>,
     pub(super) deadline: Duration,
     /// 1 if the last call answered, 0 if it failed, -1 before the first.
@@ -29,30 +32,61 @@ pub(super) struct Secondary {
 }
 
 impl Secondary {
-    pub(super) async fn engine(&self) -> Result<Arc<dyn RecordTransfer>, BackendError> {
+    /// The secondary, if it is connected. If not, a connection is tried in a task of its own
+    /// (at most one at a time, every few seconds), not within this call's deadline: a connect
+    /// slower than `backend.secondary_timeout` (TLS, a cluster recovering) was cut every time,
+    /// and dual ran without its secondary for good.
+    pub(super) fn engine(self: &Arc<Self>) -> Result<Arc<dyn RecordTransfer>, BackendError> {
         if let Some(engine) = self.engine.get() {
             return Ok(engine.clone());
         }
-        let not_connected = || {
-            BackendError::unavailable(
-                "connect",
-                format!("the secondary ({}) is not connected", self.kind),
-            )
+        self.connect_beside();
+        Err(BackendError::unavailable(
+            "connect",
+            format!("the secondary ({}) is not connected", self.kind),
+        ))
+    }
+
+    fn connect_beside(self: &Arc<Self>) {
+        let Some(connect) = &self.connect else {
+            return;
         };
-        let connect = self.connect.as_ref().ok_or_else(not_connected)?;
         {
-            let mut retry_at = self
-                .retry_at
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut retry_at = self.lock_retry_at();
             if Instant::now() < *retry_at {
-                return Err(not_connected());
+                return;
             }
-            *retry_at = Instant::now() + RECONNECT_EVERY;
+            // None other while this one runs.
+            *retry_at = Instant::now() + CONNECT_DEADLINE + RECONNECT_EVERY;
         }
-        let engine = self.engine.get_or_try_init(connect).await?;
-        tracing::info!(secondary = self.kind, "dual: connected to the secondary");
-        Ok(engine.clone())
+        let attempt = connect();
+        let this = self.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(CONNECT_DEADLINE, attempt).await {
+                Ok(Ok(engine)) => {
+                    if this.engine.set(engine).is_ok() {
+                        tracing::info!(secondary = this.kind, "dual: connected to the secondary");
+                    }
+                }
+                Ok(Err(error)) => {
+                    tracing::debug!(secondary = this.kind, %error, "dual: the secondary is still unreachable");
+                }
+                Err(_) => {
+                    tracing::debug!(
+                        secondary = this.kind,
+                        "dual: connecting the secondary timed out"
+                    );
+                }
+            }
+            *this.lock_retry_at() = Instant::now() + RECONNECT_EVERY;
+        });
+    }
+
+    fn lock_retry_at(&self) -> std::sync::MutexGuard<'_, Instant> {
+        // An instant holds no invariant a panicking holder could break.
+        self.retry_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Starts a periodic call (sweep, ping, adoption) on the secondary beside the primary's, which
@@ -85,14 +119,14 @@ impl Secondary {
 
     /// `call` on the secondary under the deadline; `None` (counted, logged) if it failed.
     pub(super) async fn call<T, Fut>(
-        &self,
+        self: &Arc<Self>,
         op: &'static str,
         call: impl FnOnce(Arc<dyn RecordTransfer>) -> Fut,
     ) -> Option<T>
     where
         Fut: Future<Output = Result<T, BackendError>>,
     {
-        let work = async { call(self.engine().await?).await };
+        let work = async { call(self.engine()?).await };
         let result = tokio::time::timeout(self.deadline, work)
             .await
             .unwrap_or(Err(BackendError::Timeout(op)));
