@@ -818,9 +818,11 @@ impl Settings {
         }
         // The same for Temporal: a decision answers within one call_timeout, all its attempts
         // and reads included.
+        // (A Temporal secondary's calls are bounded by `backend.secondary_timeout`, below.)
         let uses_temporal = match &self.backend {
             BackendChoice::Redis => false,
-            BackendChoice::Temporal | BackendChoice::Dual { .. } => true,
+            BackendChoice::Temporal => true,
+            BackendChoice::Dual { primary, .. } => *primary == EngineKind::Temporal,
         };
         if uses_temporal && self.temporal.call_timeout >= self.server.request_timeout {
             return Err(ConfigError::Invalid(

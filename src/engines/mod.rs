@@ -220,7 +220,7 @@ async fn check_namespace(
         ))),
         Ok(true) => Ok(()),
         Err(error) => {
-            tracing::debug!(%error, "search attributes not checked");
+            tracing::warn!(%error, "cannot list the namespace's search attributes; TenantId not checked");
             Ok(())
         }
     }

@@ -333,10 +333,11 @@ pub struct Notifier {
     /// again (a no-op in Redis, but a round trip per approval and webhook, every pass, for
     /// every tenant behind it).
     warned: Mutex<RecentIds>,
-    /// Per tenant with webhooks, when its audit was last read through (or, if never, when
-    /// this instance first met it): while its reads fail, its lag figure grows from there,
-    /// so that a reader stuck on one tenant shows as behind instead of frozen.
-    read_at: Mutex<HashMap<TenantId, std::time::Instant>>,
+    /// Per tenant with webhooks, when its audit was last read (or, if never, when this
+    /// instance first met it) and how far behind it was then: while its reads fail, its lag
+    /// figure grows from there, so that a reader stuck on one tenant shows as behind instead
+    /// of frozen (or, for one already behind, dropping to the seconds since).
+    read_at: Mutex<HashMap<TenantId, (std::time::Instant, Duration)>>,
 }
 
 impl Notifier {
@@ -486,12 +487,7 @@ impl Notifier {
             match self.read_one(&tenant, &tenant_id).await {
                 Ok(more) => {
                     behind |= more;
-                    let met_before = self
-                        .lock_read_at()
-                        .insert(tenant_id.clone(), std::time::Instant::now());
-                    if met_before.is_none() {
-                        crate::metrics::notifications_introduced(&tenant_id);
-                    }
+                    self.met(&tenant_id, |(at, _)| *at = std::time::Instant::now());
                 }
                 Err(error) => {
                     tracing::debug!(%tenant, %error, "webhook reader: tenant not read this pass");
@@ -512,16 +508,33 @@ impl Notifier {
         (behind, first_failure)
     }
 
-    /// A tenant this pass could not read: its lag figure is the time since it last was.
+    /// A tenant this pass could not read: behind by what it was at its last read, and by the
+    /// time since.
     fn not_read(&self, tenant: &TenantId) {
-        let since = *self
-            .lock_read_at()
-            .entry(tenant.clone())
-            .or_insert_with(|| {
-                crate::metrics::notifications_introduced(tenant);
-                std::time::Instant::now()
-            });
-        crate::metrics::notifications_reader_lag(tenant, since.elapsed());
+        let (since, behind) = self.met(tenant, |entry| *entry);
+        crate::metrics::notifications_reader_lag(tenant, behind + since.elapsed());
+    }
+
+    /// Publishes how far behind `tenant`'s audit the reader is, and keeps it for
+    /// [`Self::not_read`].
+    fn reader_lag(&self, tenant: &TenantId, behind: Duration) {
+        self.met(tenant, |(_, kept)| *kept = behind);
+        crate::metrics::notifications_reader_lag(tenant, behind);
+    }
+
+    /// `f` on `tenant`'s entry in `read_at`, made (and its counters introduced) the first
+    /// time the reader meets it.
+    fn met<R>(
+        &self,
+        tenant: &TenantId,
+        f: impl FnOnce(&mut (std::time::Instant, Duration)) -> R,
+    ) -> R {
+        let mut read_at = self.lock_read_at();
+        let entry = read_at.entry(tenant.clone()).or_insert_with(|| {
+            crate::metrics::notifications_introduced(tenant);
+            (std::time::Instant::now(), Duration::ZERO)
+        });
+        f(entry)
     }
 
     /// Reads one tenant's new events; `true` if more are left than this pass read.
@@ -530,12 +543,12 @@ impl Notifier {
         // Not read here (another instance holds it, or it has no webhook left): this
         // instance's lag figure for it must not stay behind, stale, under the alert's max.
         if !self.store.lock(tenant, &self.instance, lease).await? {
-            crate::metrics::notifications_reader_lag(tenant_id, Duration::ZERO);
+            self.reader_lag(tenant_id, Duration::ZERO);
             return Ok(false);
         }
         let hooks = self.store.webhooks(tenant_id).await?;
         if hooks.is_empty() {
-            crate::metrics::notifications_reader_lag(tenant_id, Duration::ZERO);
+            self.reader_lag(tenant_id, Duration::ZERO);
             self.store.forget_tenant(tenant).await?;
             return Ok(false);
         }
@@ -594,16 +607,13 @@ impl Notifier {
                 .set_cursor(tenant.as_str(), &cursor.render())
                 .await?;
             if page.next_cursor.is_none() {
-                crate::metrics::notifications_reader_lag(tenant, Duration::ZERO);
+                self.reader_lag(tenant, Duration::ZERO);
                 return Ok(false);
             }
             if read >= self.settings.read_batch || std::time::Instant::now() >= until {
                 // Behind by the age of the oldest event not read yet (about that of the last
                 // one read): what the audit's cap and retention must stay well above.
-                crate::metrics::notifications_reader_lag(
-                    tenant,
-                    cursor.instant().elapsed_at(Timestamp::now()),
-                );
+                self.reader_lag(tenant, cursor.instant().elapsed_at(Timestamp::now()));
                 return Ok(true);
             }
         }
@@ -700,7 +710,7 @@ impl Notifier {
         } else {
             Duration::ZERO
         };
-        crate::metrics::notifications_reader_lag(tenant, lag);
+        self.reader_lag(tenant, lag);
         Ok(behind)
     }
 
@@ -721,7 +731,9 @@ impl Notifier {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn lock_read_at(&self) -> std::sync::MutexGuard<'_, HashMap<TenantId, std::time::Instant>> {
+    fn lock_read_at(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<TenantId, (std::time::Instant, Duration)>> {
         // Instants by tenant hold no invariant a panicking holder could break.
         self.read_at.lock().unwrap_or_else(PoisonError::into_inner)
     }

@@ -77,10 +77,13 @@ impl Receiver {
                         .iter()
                         .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
                         .collect();
-                    let left = counter.load(Ordering::SeqCst);
-                    if left != 0 && left != usize::MAX {
-                        counter.fetch_sub(1, Ordering::SeqCst);
-                    }
+                    // One step, so that two posts at once cannot both take the last failure
+                    // (and wrap the count to "fail for ever").
+                    let left = counter
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                            (left != 0 && left != usize::MAX).then(|| left - 1)
+                        })
+                        .unwrap_or_else(|unchanged| unchanged);
                     let accepted = left == 0;
                     let _ = tx.send(Received {
                         headers,

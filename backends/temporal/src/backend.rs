@@ -46,6 +46,9 @@ use crate::workflow::{
 /// on a loaded cluster), with a wide margin.
 const AUDIT_SETTLE_TIME: Duration = Duration::from_secs(15);
 
+/// Below this, an update is not sent: it could not be answered in time.
+const MIN_UPDATE_TIME: Duration = Duration::from_millis(500);
+
 /// The longest a wait's reads may take past (or, the first, within) the wait itself: the
 /// answer then comes at most this late.
 const FINAL_READ: Duration = Duration::from_secs(5);
@@ -447,6 +450,10 @@ impl TemporalBackend {
         // Whether an earlier attempt may have landed (its call failed, not the update).
         let mut maybe_landed = false;
         for _ in 0..3 {
+            // Too little left for an update to be answered: what the last attempt said.
+            if left().saturating_sub(for_the_read) < MIN_UPDATE_TIME {
+                break;
+            }
             let update = handle.execute_update(
                 ApprovalWorkflow::decide,
                 input.clone(),
@@ -850,16 +857,25 @@ impl ApprovalBackend for TemporalBackend {
                 .map_err(|e| BackendError::unavailable("ping", e))
         })
         .await?;
-        if !self.has_tenant_attribute().await? {
-            return Err(BackendError::unavailable(
+        match self.has_tenant_attribute().await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(BackendError::unavailable(
                 "ping",
                 format!(
                     "the namespace {:?} has no search attribute {TENANT_ATTRIBUTE}",
                     self.settings.namespace
                 ),
-            ));
+            )),
+            // Not knowing is no reason to take the instance out: an authorizer may refuse
+            // this instance's role the operator API it is asked on. Said once, then not asked.
+            Err(error) => {
+                tracing::warn!(%error, namespace = %self.settings.namespace,
+                    "cannot list the namespace's search attributes; TenantId not checked");
+                self.tenant_attribute_seen
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                Ok(())
+            }
         }
-        Ok(())
     }
 }
 

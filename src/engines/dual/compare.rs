@@ -146,6 +146,17 @@ pub(super) fn collision(created: &Approval, theirs: &Approval) {
     if same(Some(created), Some(theirs)) {
         return;
     }
+    // The same request, asked again: not a reuse of the id but a record the primary lost (a
+    // failover that dropped a write, a restart without its AOF), which the agent's retry
+    // parked anew. The disagreement says so; it is not counted as a collision.
+    if created.same_request(theirs) && created.submitted_by == theirs.submitted_by {
+        tracing::warn!(
+            tenant = %created.tenant, approval_id = %created.id,
+            "dual: the primary parked anew a request the secondary already holds: \
+             did the primary lose its record?"
+        );
+        return;
+    }
     metrics::counter!("approvals_dual_id_collisions_total", "tenant" => created.tenant.to_string())
         .increment(1);
     tracing::error!(
