@@ -55,7 +55,11 @@ class RetryPolicy:
     The call gives up after `max_attempts` attempts, or once `max_elapsed` seconds have gone
     on failed attempts and pauses (a long-poll's own wait not counted): no attempt starts past
     that budget, and each attempt's connect, write and read timeouts are cut to what is left
-    of it.
+    of it, but never below `ATTEMPT_FLOOR` (2 s, or the configured timeout when shorter): an
+    attempt with a few milliseconds is doomed, and `max_elapsed=0` means one attempt, no retry.
+
+    A policy that allows no retry (`max_attempts <= 1` as `NO_RETRY`, or `max_elapsed=0`) also
+    keeps a `wait` from waiting out an outage: its first failure is raised.
     """
 
     max_attempts: int = 8
@@ -76,6 +80,11 @@ class RetryPolicy:
     def left(self, elapsed: float) -> float | None:
         """What is left of `max_elapsed` after `elapsed` seconds (None: no budget)."""
         return None if self.max_elapsed is None else max(0.0, self.max_elapsed - elapsed)
+
+    @property
+    def retries(self) -> bool:
+        """Whether this policy allows any retry at all (not `NO_RETRY`, not `max_elapsed=0`)."""
+        return self.max_attempts > 1 and (self.max_elapsed is None or self.max_elapsed > 0)
 
     def gives_up(self, attempt: int, elapsed: float, next_delay: float) -> bool:
         if attempt >= self.max_attempts:
@@ -138,6 +147,16 @@ def is_retryable(response: httpx.Response) -> bool:
     # one caller; one ends soon (`Retry-After`). Other 429s (`too_many_pending`,
     # `too_many_streams`) wait for people, not for a retry.
     return response.status_code == 429 and problem_code(response) == "too_many_requests"
+
+
+def is_retryable_failure(status: int, code: str | None) -> bool:
+    """`is_retryable` for an answer already raised: its HTTP `status` and the service's problem
+    `code` (None: the answer carried no problem of the service's, e.g. a proxy's page). A
+    proxy's `429` (its rate limit) is one too; a `429` of the service's only when it is
+    `too_many_requests`."""
+    if status in RETRYABLE_STATUSES:
+        return True
+    return status == 429 and code in (None, "too_many_requests")
 
 
 def may_have_acted(response: httpx.Response) -> bool:
@@ -293,13 +312,23 @@ def cut(timeout: httpx.Timeout | float, seconds: float | None) -> httpx.Timeout 
     return httpx.Timeout(connect=shorter(whole.connect), read=shorter(whole.read), write=shorter(whole.write), pool=shorter(whole.pool))
 
 
+# The least an attempt's connect, read, write or pool timeout is cut to by the retry budget
+# (the configured timeout when that is shorter): an attempt with a few milliseconds left cannot
+# connect, and a submit cut off so may have parked its approval all the same; with
+# `max_elapsed=0` (one attempt, no retry) the only attempt had timeouts of 0.
+ATTEMPT_FLOOR = 2.0
+
+
 def attempt_timeout(
     timeout: httpx.Timeout | float, deadline: float | None, left: float | None, patience: float
 ) -> httpx.Timeout | float:
     """One attempt's timeout: cut to the caller's `deadline` (plus a grace, see `within`) and
-    to what is `left` of the retry budget plus the attempt's `patience` (a long-poll's wait):
-    an attempt started near the end of the budget must not run a whole timeout past it."""
-    return cut(within(timeout, deadline), None if left is None else left + patience)
+    to what is `left` of the retry budget, at least `ATTEMPT_FLOOR`, plus the attempt's
+    `patience` (a long-poll's wait): an attempt started near the end of the budget must not
+    run a whole timeout past it, nor so little that it cannot succeed. The first attempt has
+    the whole budget left, so it is cut only by a budget under its timeout, and never below
+    the floor."""
+    return cut(within(timeout, deadline), None if left is None else max(left, ATTEMPT_FLOOR) + patience)
 
 
 def is_transient(error: httpx.TransportError) -> bool:
@@ -317,19 +346,20 @@ def transport_error(method: str, url: str, error: httpx.TransportError) -> Trans
     return raised
 
 
-# The statuses that say "not now" rather than "no": the service (or a proxy) is overloaded,
-# restarting, or lost its backend for a while.
-TRANSIENT_STATUSES = frozenset({408, 429})
-
-
 def is_transient_failure(error: ApprovalsError) -> bool:
-    """Whether a failed call may succeed later unchanged: a `408`, `429` or `5xx` (the
-    service's problem or a proxy's page), or a service that could not be reached. A `401`,
-    `403`, `404`, an unreadable answer, or a URL that is no URL stays what it is."""
+    """Whether a failed call may succeed later unchanged, as the retries classify it (see
+    `is_retryable_failure`): a `408`, `502`, `503`, `504`, a `429 too_many_requests` (or a
+    proxy's `429`), or a service that could not be reached for a reason that may pass.
+    Everything else stays what it is: a `500 internal` (a record the service cannot read), a
+    `429 too_many_pending` or `too_many_streams` (waiting on people), a `401`, `403`, `404`,
+    an unreadable answer, a URL that is no URL."""
     if isinstance(error, TransportError):
         return error._transient
-    status = error.status if isinstance(error, (ApiError, ProtocolError)) else None
-    return status is not None and (status in TRANSIENT_STATUSES or 500 <= status <= 599)
+    if isinstance(error, ApiError):
+        return is_retryable_failure(error.status, error.code)
+    if isinstance(error, ProtocolError) and error.status is not None:
+        return is_retryable_failure(error.status, None)
+    return False
 
 
 # How long past an approval's `expires_at` a wait goes on through an outage: the service

@@ -89,7 +89,8 @@ class AsyncApprovalsClient:
 
         `patience`: how long each attempt may take by design (a long-poll's wait), not counted
         against the retry policy's `max_elapsed`: a poll cut off after waiting 60 s is retried.
-        Each attempt's timeouts are cut to what is left of `max_elapsed` plus its `patience`.
+        Each attempt's timeouts are cut to what is left of `max_elapsed` (at least
+        `_core.ATTEMPT_FLOOR`, 2 s, or the configured timeout when shorter) plus its `patience`.
         `params` may be a function, called for each attempt (a retried long-poll asks only for
         what is left of its wait). `deadline` (`time.monotonic()`): no retry would end past
         it; the last error is raised instead.
@@ -213,11 +214,16 @@ class AsyncApprovalsClient:
         expiry) is the caller's deadline, past which `WaitTimeout` is raised. The deadline
         bounds retries too: a poll failing near it raises its error rather than retrying past.
 
-        Once a poll has read the approval, an outage of any length is waited out: a `408`,
-        `429`, `5xx` or an unreachable service counts as "still pending", and the wait polls
-        again with capped backoff, until the deadline (or, with none, the approval's
-        `expires_at` plus a minute), where the last error is raised. Before that the retry
-        policy applies, so a wrong URL fails soon; `401`, `403`, `404` and the like at once.
+        Once a poll has read the approval, an outage of any length is waited out: what the
+        retries retry (a `408`, `502`, `503`, `504`, a `429 too_many_requests` or a proxy's
+        `429`, an unreachable service) counts as "still pending", and the wait polls again
+        with capped backoff, until the deadline (or, with none, the approval's `expires_at`
+        plus a minute), where the last error is raised; the first failed poll of an outage is
+        logged at WARNING, the others at INFO. Before that the retry policy applies, so a
+        wrong URL fails soon. Anything else is raised at once: `500 internal` (a record the
+        service cannot read), `429 too_many_pending`/`too_many_streams`, `401`, `403`, `404`
+        and the like. A client whose retry policy allows no retry (`NO_RETRY`, or
+        `max_elapsed=0`) waits out no outage either: the first failure is raised.
         """
         per_poll = _core.check_poll_seconds(poll_seconds) if poll_seconds is not None else self.poll_seconds
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -239,16 +245,22 @@ class AsyncApprovalsClient:
                 approval = await self.poll(approval_id, asked, deadline=deadline)
             except ApprovalsError as error:
                 # Each poll has the retry policy's budget only; the approval is parked and
-                # stays so through an outage, and a Redis restart outlasts 8 attempts.
-                if known is None or not _core.is_transient_failure(error):
+                # stays so through an outage, and a Redis restart outlasts 8 attempts. Only
+                # what the retries retry is an outage, and a policy without retries (NO_RETRY)
+                # asked for the first failure.
+                if known is None or not self.retry.retries or not _core.is_transient_failure(error):
                     raise
                 failures += 1
                 delay = self.retry.backoff(failures)
                 if _core.past(_core.outage_deadline(deadline, known), delay):
                     raise
-                log.info("wait %s: %s; poll again in %.2fs", approval_id, error, delay)
+                # Told once per outage (a wait may outlast one for a day); each poll after at INFO.
+                level = logging.WARNING if failures == 1 else logging.INFO
+                log.log(level, "wait %s: %s; poll again in %.2fs", approval_id, error, delay)
                 await anyio.sleep(delay)
                 continue
+            if failures:
+                log.info("wait %s: answered again after %d failed polls", approval_id, failures)
             failures = 0
             known = approval
             if approval.decided:
