@@ -248,9 +248,14 @@ async fn a_mixed_population_moves_to_temporal_exactly_and_a_second_run_changes_n
     );
 
     // Record by record through the Temporal backend's API: the same approvals, with their
-    // original times, deciders and reasons, and the absolute deadline to the millisecond.
+    // original times, deciders and reasons, and the absolute deadline to the millisecond. Both
+    // sides as of one instant: "soon" may have expired since `before` was read.
     let copies = read_back(&before, temporal.as_ref()).await;
-    assert_eq!(copies, before);
+    let now = Timestamp::now();
+    let as_of_now = |records: &[Approval]| -> Vec<Approval> {
+        records.iter().map(|a| a.clone().as_of(now)).collect()
+    };
+    assert_eq!(as_of_now(&copies), as_of_now(&before));
     // Each carries a `migrated` audit event in its new home.
     let audit = temporal.audit(&tenants[0], None, None, 100).await.unwrap();
     let migrated = audit
@@ -275,6 +280,26 @@ async fn a_mixed_population_moves_to_temporal_exactly_and_a_second_run_changes_n
     // At its own deadline, not 24 h after the import (a fresh TTL).
     assert_eq!(settled.status, Status::Expired);
     assert_eq!(settled.decided_at, Some(soon.expires_at));
+    // And the workflow's own timer recorded it (a read past the deadline reads expired
+    // anyway): its `expired` event reaches the audit.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let audit = temporal.audit(&soon.tenant, None, None, 100).await.unwrap();
+        if audit
+            .items
+            .iter()
+            .any(|e| e.kind == approvals_core::AuditKind::Expired && e.approval_id == soon.id)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no expired event for {}: {:?}",
+            soon.id,
+            audit.items
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // Again: everything is already there, nothing changes.
     let (clean, again) = setup.migrate("redis", "temporal", &tenant_refs, &[]);
