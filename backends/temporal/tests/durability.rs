@@ -222,7 +222,13 @@ async fn a_crashed_worker_is_replaced_and_decisions_and_deadlines_still_land() {
         decide_as_a_caller_would(&backend, &tenant, "decide-me", Verdict::Reject, "bob").await;
     assert_eq!(landed.status, Status::Rejected);
     eprintln!("decision landed {:?} after the crash", started.elapsed());
-    let woke = waiter.await.expect("join").expect("wait").expect("exists");
+    // Woken by the decision, not answered by its final read at the end of its 60 s.
+    let woke = tokio::time::timeout(Duration::from_secs(20), waiter)
+        .await
+        .expect("the waiter woke on the decision, long before its 60 s")
+        .expect("join")
+        .expect("wait")
+        .expect("exists");
     assert_eq!(woke.status, Status::Rejected);
     // The deadline of the other one fires on the new worker: the workflow itself closes.
     let expired = backend
@@ -237,6 +243,8 @@ async fn a_crashed_worker_is_replaced_and_decisions_and_deadlines_still_land() {
         .expect("exists");
     assert_eq!(expired.status, Status::Expired);
     history_shows(&server, &tenant, "let-expire", "TimerFired").await;
+    // Closed by the workflow itself (reads past a deadline say expired either way).
+    history_shows(&server, &tenant, "let-expire", "WorkflowExecutionCompleted").await;
     let closed = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
             let page = backend

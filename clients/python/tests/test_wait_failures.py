@@ -1,0 +1,230 @@
+"""Which failures a wait that has read its approval waits out, and which it raises at once.
+
+Waited out: what the retry policy retries too (`408`, `502`, `503`, `504`, `429
+too_many_requests`, a proxy's `429` without the service's problem, a dropped connection).
+Raised at once: everything else, e.g. `500 internal` (a corrupt record, which no retry mends)
+and `429 too_many_pending`/`too_many_streams` (waiting on people, not on a retry). Before, a
+wait treated every `5xx` and every `429` as "still pending" and polled silently (at INFO)
+until the approval's `expires_at` plus a minute: a day by default.
+
+A client whose retry policy allows no retry (`NO_RETRY`) waits out no outage either.
+
+The service cannot be made to answer these on demand: an `httpx.MockTransport` answers."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from approvals_client import (
+    NO_RETRY,
+    ApiError,
+    ApprovalsClient,
+    ApprovalsError,
+    Approved,
+    AsyncApprovalsClient,
+    ProtocolError,
+    RetryPolicy,
+)
+
+QUICK = RetryPolicy(max_attempts=2, initial_backoff=0.01, max_backoff=0.02)
+Answer = Callable[[httpx.Request], httpx.Response]
+# Long enough that a wait polling through the failure (before the fix) is told apart from one
+# that raised at once.
+TIMEOUT = 3.0
+
+
+def approval(status: str) -> dict[str, Any]:
+    now = time.time()
+
+    def iso(t: float) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+    record: dict[str, Any] = {
+        "id": "req-1", "tenant": "acme", "status": status, "agent_id": "agent", "submitted_by": "agent",
+        "action": {"type": "document_read"}, "context": {}, "reasons": [], "policy_version": "v1",
+        "submitted_at": iso(now), "expires_at": iso(now + 86_400),
+    }
+    if status != "pending":
+        record.update(decided_at=iso(now), decided_by="alice", decision_reason="fine")
+    return record
+
+
+def pending(_: httpx.Request) -> httpx.Response:
+    return httpx.Response(200, json=approval("pending"))
+
+
+def accepted(_: httpx.Request) -> httpx.Response:
+    return httpx.Response(200, json=approval("accepted"))
+
+
+def problem(status: int, code: str) -> Answer:
+    body = {"type": "about:blank", "title": code, "status": status, "detail": code, "code": code}
+    return lambda _: httpx.Response(status, json=body, headers={"content-type": "application/problem+json", "retry-after": "0"})
+
+
+def proxy_page(status: int) -> Answer:
+    page = f"<html><body><h1>{status}</h1>nginx</body></html>".encode()
+    return lambda _: httpx.Response(status, headers={"content-type": "text/html"}, content=page)
+
+
+def reset(request: httpx.Request) -> httpx.Response:
+    raise httpx.ReadError("connection reset (test)", request=request)
+
+
+class Script:
+    """Answers the first poll with `first`, then `failure` `times` times (None: forever), then
+    `last`; counts the calls."""
+
+    def __init__(self, failure: Answer, times: int | None = None, first: Answer = pending, last: Answer = accepted) -> None:
+        self.failure, self.times, self.first, self.last = failure, times, first, last
+        self.calls = 0
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.calls += 1
+        if self.calls == 1:
+            return self.first(request)
+        if self.times is None or self.calls <= 1 + self.times:
+            return self.failure(request)
+        return self.last(request)
+
+
+NOT_AN_OUTAGE = {
+    "500 internal": (problem(500, "internal"), ApiError),
+    "429 too_many_pending": (problem(429, "too_many_pending"), ApiError),
+    "429 too_many_streams": (problem(429, "too_many_streams"), ApiError),
+    "a proxy's 500": (proxy_page(500), ProtocolError),
+    "501 from a proxy": (proxy_page(501), ProtocolError),
+}
+
+AN_OUTAGE = {
+    "503 backend_unavailable": problem(503, "backend_unavailable"),
+    "408 request_timeout": problem(408, "request_timeout"),
+    "429 too_many_requests": problem(429, "too_many_requests"),
+    "a proxy's 429": proxy_page(429),
+    "a proxy's 502": proxy_page(502),
+    "a proxy's 504": proxy_page(504),
+    "a reset connection": reset,
+}
+
+
+def sync_client(script: Script, retry: RetryPolicy = QUICK) -> ApprovalsClient:
+    http = httpx.Client(transport=httpx.MockTransport(script))
+    return ApprovalsClient("http://approvals.test", "t", "acme", http=http, retry=retry, poll_seconds=1)
+
+
+def async_client(script: Script, retry: RetryPolicy = QUICK) -> AsyncApprovalsClient:
+    http = httpx.AsyncClient(transport=httpx.MockTransport(script))
+    return AsyncApprovalsClient("http://approvals.test", "t", "acme", http=http, retry=retry, poll_seconds=1)
+
+
+@pytest.mark.parametrize("name", NOT_AN_OUTAGE)
+def test_a_failure_no_retry_mends_ends_the_wait_at_once(name: str) -> None:
+    answer, kind = NOT_AN_OUTAGE[name]
+    script = Script(answer)
+    started = time.monotonic()
+    with pytest.raises(kind) as raised:
+        sync_client(script).wait("req-1", timeout=TIMEOUT)
+    assert time.monotonic() - started < 1.0
+    assert script.calls == 2, "polled again after a failure no retry mends"
+    assert raised.value.status == int(name.split("'s ")[-1].split()[0])  # type: ignore[attr-defined]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("name", NOT_AN_OUTAGE)
+async def test_the_async_wait_ends_at_once_too(name: str) -> None:
+    answer, kind = NOT_AN_OUTAGE[name]
+    script = Script(answer)
+    started = time.monotonic()
+    async with async_client(script) as client:
+        with pytest.raises(kind):
+            await client.wait("req-1", timeout=TIMEOUT)
+    assert time.monotonic() - started < 1.0
+    assert script.calls == 2, "polled again after a failure no retry mends"
+
+
+@pytest.mark.parametrize("name", AN_OUTAGE)
+def test_an_outage_is_waited_out_and_warned_about_once(name: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="approvals_client")
+    # More failures in a row than the policy allows one poll: the wait, not the poll, outlasts them.
+    script = Script(AN_OUTAGE[name], times=3 * QUICK.max_attempts)
+    outcome = sync_client(script).wait("req-1", timeout=30)
+    assert isinstance(outcome, Approved)
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    assert "poll again" in warnings[0].getMessage()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("name", AN_OUTAGE)
+async def test_the_async_wait_outlasts_it_alike(name: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="approvals_client")
+    script = Script(AN_OUTAGE[name], times=3 * QUICK.max_attempts)
+    async with async_client(script) as client:
+        outcome = await client.wait("req-1", timeout=30)
+    assert isinstance(outcome, Approved)
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+
+
+def test_each_outage_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    """A poll that answers between two outages ends the first: the second is warned about too."""
+    caplog.set_level(logging.DEBUG, logger="approvals_client")
+    unavailable = problem(503, "backend_unavailable")
+    # Two 503s per failed poll (QUICK's two attempts), two failed polls per outage.
+    calls = iter([pending] + [unavailable] * 4 + [pending] + [unavailable] * 4 + [accepted])
+    http = httpx.Client(transport=httpx.MockTransport(lambda request: next(calls)(request)))
+    client = ApprovalsClient("http://approvals.test", "t", "acme", http=http, retry=QUICK, poll_seconds=1)
+    outcome = client.wait("req-1", timeout=30)
+    assert isinstance(outcome, Approved)
+    assert sum(r.levelno >= logging.WARNING for r in caplog.records) == 2
+
+
+def test_no_retry_waits_out_no_outage() -> None:
+    script = Script(problem(503, "backend_unavailable"))
+    started = time.monotonic()
+    with pytest.raises(ApiError) as raised:
+        sync_client(script, retry=NO_RETRY).wait("req-1", timeout=TIMEOUT)
+    assert raised.value.status == 503 and raised.value.attempts == 1
+    assert script.calls == 2 and time.monotonic() - started < 1.0
+
+
+def test_no_retry_fails_submit_and_wait_on_the_first_failure_too() -> None:
+    """The guard's path: a submit that parks, then a wait with no retries."""
+    parked = {"decision": "require_approval", "reasons": [], "policy_version": "v1", "approval": approval("pending")}
+    answers: list[Answer] = [lambda _: httpx.Response(201, json=parked), reset]
+    calls: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return answers[min(len(calls), len(answers)) - 1](request)
+
+    http = httpx.Client(transport=httpx.MockTransport(handler))
+    client = ApprovalsClient("http://approvals.test", "t", "acme", http=http, retry=NO_RETRY, poll_seconds=1)
+    started = time.monotonic()
+    with pytest.raises(ApprovalsError) as raised:
+        client.submit_and_wait({"type": "document_read"}, timeout=TIMEOUT)
+    assert len(calls) == 2 and time.monotonic() - started < 1.0
+    assert raised.value.approval_id == "req-1"
+
+
+@pytest.mark.anyio
+async def test_nor_does_the_async_client_with_no_retry() -> None:
+    script = Script(problem(503, "backend_unavailable"))
+    started = time.monotonic()
+    async with async_client(script, retry=NO_RETRY) as client:
+        with pytest.raises(ApiError) as raised:
+            await client.wait("req-1", timeout=TIMEOUT)
+    assert raised.value.status == 503
+    assert script.calls == 2 and time.monotonic() - started < 1.0
+
+
+@pytest.mark.parametrize("policy", [RetryPolicy(max_elapsed=0), RetryPolicy(max_attempts=0)])
+def test_a_policy_that_allows_no_retry_is_told_apart(policy: RetryPolicy) -> None:
+    assert not policy.retries and not NO_RETRY.retries
+    assert RetryPolicy().retries and RetryPolicy(max_elapsed=None).retries
