@@ -58,6 +58,15 @@ impl BackendChoice {
         }
     }
 
+    /// The engine that answers: the only one, or a dual backend's primary.
+    pub fn answering(&self) -> EngineKind {
+        match self {
+            Self::Redis => EngineKind::Redis,
+            Self::Temporal => EngineKind::Temporal,
+            Self::Dual { primary, .. } => *primary,
+        }
+    }
+
     /// Whether approvals may live in Redis (the engine with a comfortable TTL limit).
     pub fn uses_redis(&self) -> bool {
         !matches!(self, Self::Temporal)

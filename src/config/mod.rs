@@ -575,11 +575,8 @@ impl Settings {
     /// Whether tenants' own policy bundles are kept (in Redis: the approvals engine, a dual
     /// backend's Redis primary, or `tenant_store.kind = "redis"`), so that sandboxes are used.
     pub fn keeps_tenant_policies(&self) -> bool {
-        match &self.backend {
-            BackendChoice::Redis => true,
-            BackendChoice::Dual { primary, .. } if *primary == EngineKind::Redis => true,
-            _ => self.tenant_store.kind == TenantStoreKind::Redis,
-        }
+        self.backend.answering() == EngineKind::Redis
+            || self.tenant_store.kind == TenantStoreKind::Redis
     }
 
     /// Loads `file` (if any) and the process environment.
@@ -819,12 +816,9 @@ impl Settings {
         // The same for Temporal: a decision answers within one call_timeout, all its attempts
         // and reads included.
         // (A Temporal secondary's calls are bounded by `backend.secondary_timeout`, below.)
-        let uses_temporal = match &self.backend {
-            BackendChoice::Redis => false,
-            BackendChoice::Temporal => true,
-            BackendChoice::Dual { primary, .. } => *primary == EngineKind::Temporal,
-        };
-        if uses_temporal && self.temporal.call_timeout >= self.server.request_timeout {
+        if self.backend.answering() == EngineKind::Temporal
+            && self.temporal.call_timeout >= self.server.request_timeout
+        {
             return Err(ConfigError::Invalid(
                 "temporal.call_timeout: must be shorter than server.request_timeout".into(),
             ));
