@@ -375,19 +375,7 @@ async fn an_unreachable_backend_exits_1_and_unusable_configuration_2() {
     // A namespace without the TenantId search attribute (created, its attribute forgotten):
     // the server would refuse every import, so every run would exit 1, "re-run", for ever.
     let bare = format!("bare-{}", std::process::id());
-    let created = std::process::Command::new(approvals_testkit::temporal_server::temporal_bin())
-        .args([
-            "operator",
-            "namespace",
-            "create",
-            "--namespace",
-            &bare,
-            "--address",
-        ])
-        .arg(temporal.address.trim_start_matches("http://"))
-        .output()
-        .unwrap();
-    assert!(created.status.success(), "{created:?}");
+    approvals_testkit::temporal_server::create_namespace(&temporal.address, &bare);
     let (code, stderr) = migrate_with(format!(
         "[redis]\nurl = {:?}\n[temporal]\naddress = {:?}\nnamespace = {bare:?}\n",
         setup.redis.url(),

@@ -21,6 +21,27 @@ pub fn temporal_bin() -> PathBuf {
     crate::tool("TEMPORAL_BIN", "temporal")
 }
 
+/// Creates namespace `name` on the server at `address` (`http://host:port`, as the service
+/// is given it), with no search attribute of ours registered.
+pub fn create_namespace(address: &str, name: &str) {
+    let created = Command::new(temporal_bin())
+        .args([
+            "operator",
+            "namespace",
+            "create",
+            "--namespace",
+            name,
+            "--address",
+        ])
+        .arg(address.trim_start_matches("http://"))
+        .output()
+        .expect("the temporal CLI");
+    assert!(
+        created.status.success(),
+        "create namespace {name}: {created:?}"
+    );
+}
+
 /// The server's own log (errors only), out of the test output: `$TMPDIR/temporal-dev-{port}.log`.
 fn log_file(port: u16) -> Stdio {
     let path = std::env::temp_dir().join(format!("temporal-dev-{port}.log"));

@@ -460,19 +460,7 @@ async fn a_decision_on_a_hung_temporal_is_503_before_the_request_deadline() {
 async fn a_namespace_without_the_tenant_search_attribute_is_not_ready() {
     let shared = crate::shared_temporal::shared().await;
     let bare = format!("bare-{}", std::process::id());
-    let created = std::process::Command::new(approvals_testkit::temporal_server::temporal_bin())
-        .args([
-            "operator",
-            "namespace",
-            "create",
-            "--namespace",
-            &bare,
-            "--address",
-        ])
-        .arg(shared.address.trim_start_matches("http://"))
-        .output()
-        .expect("the temporal CLI");
-    assert!(created.status.success(), "{created:?}");
+    approvals_testkit::temporal_server::create_namespace(&shared.address, &bare);
     let app = crate::support::Harness::new(crate::support::Backend::Temporal)
         .spawn_with(|settings| settings.temporal.namespace = bare.clone())
         .await;

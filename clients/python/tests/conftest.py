@@ -231,6 +231,18 @@ def service() -> Iterator[Service]:
 
 
 @pytest.fixture
+def own_service(tmp_path: Path) -> Iterator[Service]:
+    """A service with a Redis of its own, for the tests that stop (or freeze) one or the other."""
+    service = start_service(tmp_path, ["outage"])
+    try:
+        yield service
+    finally:
+        if service.redis.process is not None:
+            service.redis.thaw()
+        service.stop()
+
+
+@pytest.fixture
 def tenant(service: Service) -> Tenant:
     """A tenant no other test uses (default TTL)."""
     try:

@@ -8,14 +8,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from pathlib import Path
-from typing import Iterator
 
 import anyio
 import anyio.to_thread
 import httpx
 import pytest
-from conftest import SENSITIVE_READ, Service, start_service
+from conftest import SENSITIVE_READ, Service
 from helpers import until
 
 from approvals_client import ApiError, ApprovalsClient, Approved, AsyncApprovalsClient, RetryPolicy
@@ -23,18 +21,6 @@ from approvals_client import ApiError, ApprovalsClient, Approved, AsyncApprovals
 # A budget an outage of a few seconds outlasts many times: the wait must not depend on it.
 SMALL = RetryPolicy(max_attempts=2, initial_backoff=0.05, max_backoff=0.2, max_elapsed=2.0)
 OUTAGE = 4.0
-
-
-@pytest.fixture
-def own_service(tmp_path: Path) -> Iterator[Service]:
-    """A service with a Redis of its own: these tests stop one or the other."""
-    service = start_service(tmp_path, ["outage"])
-    try:
-        yield service
-    finally:
-        if service.redis.process is not None:
-            service.redis.thaw()
-        service.stop()
 
 
 def test_a_wait_without_timeout_outlasts_a_redis_outage(own_service: Service, caplog: pytest.LogCaptureFixture) -> None:

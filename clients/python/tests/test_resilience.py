@@ -26,16 +26,6 @@ from approvals_client import (
 )
 
 
-@pytest.fixture
-def own_service(tmp_path: Path) -> Iterator[Service]:
-    """A service with a Redis of its own: this test stops it."""
-    service = start_service(tmp_path, ["outage"])
-    try:
-        yield service
-    finally:
-        service.stop()
-
-
 def test_a_submit_retried_while_redis_restarts_parks_exactly_once(
     own_service: Service, caplog: pytest.LogCaptureFixture
 ) -> None:
