@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use approvals::config::{EngineKind, Settings};
 use approvals::engines;
-use approvals::migration::{Migration, Plan, Report};
+use approvals::migration::{Migration, Plan, Report, MAX_FAILED_RECORDS};
 use approvals_core::conformance::{decision, fresh_tenant, id, pending};
 use approvals_core::{Approval, RecordTransfer, Status, TenantId, Timestamp, Verdict};
 use approvals_redis::RedisBackend;
@@ -572,6 +572,117 @@ async fn a_rollback_restores_redis_faithfully() {
         read_back(&in_temporal, restored.as_ref()).await,
         in_temporal
     );
+}
+
+/// A Temporal engine on the shared server whose task queue no worker polls: records can be
+/// started and read, but a decision (a workflow update) never gets an answer.
+async fn temporal_without_worker(setup: &Setup, tenant: &TenantId) -> Arc<dyn RecordTransfer> {
+    let mut settings = setup.settings.clone();
+    settings.temporal.task_queue = format!("no-worker-{tenant}");
+    settings.temporal.call_timeout = Duration::from_secs(1);
+    engines::connect(EngineKind::Temporal, &settings)
+        .await
+        .unwrap()
+}
+
+/// Copies `names` (pending in Redis) to `target`, then accepts them in Redis: the reconcile
+/// pass must replay each decision on the target.
+async fn decided_after_the_copy(
+    redis: &Arc<dyn RecordTransfer>,
+    target: &Arc<dyn RecordTransfer>,
+    tenant: &TenantId,
+    names: &[String],
+    concurrency: usize,
+) -> (Migration, Report) {
+    for name in names {
+        redis.submit(pending(tenant, name, HOUR)).await.unwrap();
+    }
+    let plan = Plan {
+        tenants: BTreeSet::from([tenant.clone()]),
+        concurrency,
+        dry_run: false,
+    };
+    let migration = Migration::new(
+        redis.clone(),
+        target.clone(),
+        plan,
+        indicatif::ProgressBar::hidden(),
+    );
+    let mut report = Report::new(false);
+    migration.copy(&mut report).await.unwrap();
+    assert_eq!(report.imported, names.len() as u64);
+    for name in names {
+        redis
+            .decide(tenant, &id(name), decision(Verdict::Accept, "bob"))
+            .await
+            .unwrap();
+    }
+    (migration, report)
+}
+
+/// A record whose replayed decision keeps failing (here: no worker answers the update) is
+/// named in the report with its error, and the run goes on with the others. It used to stop
+/// the whole migration with "did not answer within its deadline", naming no record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_that_keeps_failing_is_named_and_the_others_are_reconciled() {
+    let setup = Setup::new().await;
+    let redis = setup.engine(EngineKind::Redis).await;
+    let tenant = fresh_tenant("stuck");
+    let target = temporal_without_worker(&setup, &tenant).await;
+    let (migration, mut report) =
+        decided_after_the_copy(&redis, &target, &tenant, &["decided-late".into()], 4).await;
+    // Pending on both sides: nothing to replay, so it is compared as usual.
+    redis
+        .submit(pending(&tenant, "still-pending", HOUR))
+        .await
+        .unwrap();
+    let still = redis
+        .get(&tenant, &id("still-pending"))
+        .await
+        .unwrap()
+        .unwrap();
+    target.import(still).await.unwrap();
+
+    migration.reconcile(&mut report).await.unwrap();
+    assert_eq!(report.failed.len(), 1, "{report}");
+    let failed = &report.failed[0];
+    assert_eq!(
+        (&failed.tenant, failed.id.as_str()),
+        (&tenant, "decided-late")
+    );
+    assert_eq!(failed.pass, "reconcile");
+    assert!(failed.error.contains("deadline"), "{}", failed.error);
+    assert!(!report.stopped_early);
+    assert!(!report.is_reconciled());
+    // Named once, as failed: not also a difference, nor a record "only in the target".
+    assert_eq!(report.differences_total, 0, "{report}");
+    let pending_counts = &report.counts[tenant.as_str()][&Status::Pending];
+    assert_eq!((pending_counts.source, pending_counts.target), (1, 1));
+    let printed = report.to_string();
+    assert!(
+        printed.contains(&format!("{tenant}/decided-late (reconcile): ")),
+        "{printed}"
+    );
+}
+
+/// Past `MAX_FAILED_RECORDS` failed records a side is most likely down: the run stops early,
+/// says so, and is not reconciled, rather than retrying every record of a million.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_stops_early_once_too_many_records_failed() {
+    let setup = Setup::new().await;
+    let redis = setup.engine(EngineKind::Redis).await;
+    let tenant = fresh_tenant("down");
+    let target = temporal_without_worker(&setup, &tenant).await;
+    let names: Vec<String> = (0..MAX_FAILED_RECORDS + 20)
+        .map(|n| format!("a-{n}"))
+        .collect();
+    let (migration, mut report) =
+        decided_after_the_copy(&redis, &target, &tenant, &names, 256).await;
+    migration.reconcile(&mut report).await.unwrap();
+    assert!(report.stopped_early, "{report}");
+    assert_eq!(report.failed.len(), MAX_FAILED_RECORDS);
+    assert!(!report.is_reconciled());
+    assert!(report.to_string().contains("stopped early"));
 }
 
 /// An approval accepted `ago`, parked an hour before that for a day.

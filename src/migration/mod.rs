@@ -8,7 +8,9 @@
 //! source after its approval was copied (the migration races live reviewers) is replayed on
 //! the target with its original reviewer and time; whatever still differs is reported by id,
 //! and so is every record either side could not read (a run that passed one over is not
-//! reconciled).
+//! reconciled). A record whose calls keep failing after their retries is reported with the
+//! error and passed over, so one bad record does not stop a million; past
+//! [`MAX_FAILED_RECORDS`] the run stops early, since a side is then most likely down.
 
 mod report;
 
@@ -21,10 +23,10 @@ use approvals_core::{
     Approval, ApprovalId, BackendError, DecisionOutcome, ImportOutcome, RecordTransfer, TenantId,
     Timestamp,
 };
-use futures_util::{stream, TryStreamExt};
+use futures_util::{stream, FutureExt, TryStreamExt};
 use indicatif::ProgressBar;
 
-pub use report::{Difference, Report};
+pub use report::{Difference, FailedRecord, Report, MAX_FAILED_RECORDS};
 
 /// Records per `scan` call (Temporal's largest visibility page).
 const SCAN_BATCH: usize = 1000;
@@ -92,11 +94,13 @@ impl Migration {
         }
     }
 
-    /// Both passes.
+    /// Both passes; the reconcile pass only after a copy pass that was not stopped early.
     pub async fn run(&self) -> Result<Report, BackendError> {
         let mut report = Report::new(self.plan.dry_run);
         self.copy(&mut report).await?;
-        self.reconcile(&mut report).await?;
+        if !report.stopped_early {
+            self.reconcile(&mut report).await?;
+        }
         Ok(report)
     }
 
@@ -104,19 +108,25 @@ impl Migration {
     pub async fn copy(&self, report: &mut Report) -> Result<(), BackendError> {
         self.progress.set_message("copying");
         // What cannot be read is reported by the reconcile pass, which sees the final state.
-        self.for_each(
-            &self.source,
-            |approval| self.copy_one(approval),
-            |copied| match copied {
-                Copied::Imported => report.imported += 1,
-                Copied::AlreadyPresent => report.already_present += 1,
-                Copied::WouldImport => report.would_import += 1,
-                // Counted by the reconcile pass, which finds it missing from the target.
-                Copied::PastRetention => {}
-            },
-        )
-        .await
-        .map(drop)
+        let failed_before = report.failed.len();
+        let pass = self
+            .for_each(
+                &self.source,
+                "copy",
+                |approval| self.copy_one(approval),
+                |copied| match copied {
+                    Copied::Imported => report.imported += 1,
+                    Copied::AlreadyPresent => report.already_present += 1,
+                    Copied::WouldImport => report.would_import += 1,
+                    // Counted by the reconcile pass, which finds it missing from the target.
+                    Copied::PastRetention => {}
+                },
+                failed_before,
+            )
+            .await?;
+        report.failed.extend(pass.failed);
+        report.stopped_early |= pass.stopped_early;
+        Ok(())
     }
 
     /// Compares every source record with its copy, replaying late decisions, then looks for
@@ -124,9 +134,11 @@ impl Migration {
     pub async fn reconcile(&self, report: &mut Report) -> Result<(), BackendError> {
         self.progress.set_message("reconciling");
         let mut seen: HashSet<(TenantId, ApprovalId)> = HashSet::new();
-        let unreadable_in_source = self
+        let failed_before = report.failed.len();
+        let in_source = self
             .for_each(
                 &self.source,
+                "reconcile",
                 |approval| self.check_one(approval),
                 |checked| {
                     seen.insert((checked.source.tenant.clone(), checked.source.id.clone()));
@@ -147,14 +159,31 @@ impl Migration {
                         checked.copy.map(|c| c.as_of(now)),
                     );
                 },
+                failed_before,
             )
             .await?;
+        // A source record that failed is not looked for as "only in the target" either: it
+        // is reported once, with its error.
+        seen.extend(
+            in_source
+                .failed
+                .iter()
+                .map(|f| (f.tenant.clone(), f.id.clone())),
+        );
+        report.unreadable.source.extend(in_source.unreadable);
+        report.failed.extend(in_source.failed);
+        if in_source.stopped_early {
+            report.stopped_early = true;
+            return Ok(());
+        }
         self.progress
             .set_message("looking for records only the target has");
         let seen = &seen;
-        let unreadable_in_target = self
+        let failed_before = report.failed.len();
+        let in_target = self
             .for_each(
                 &self.target,
+                "reconcile",
                 |copy| async move {
                     if seen.contains(&(copy.tenant.clone(), copy.id.clone())) {
                         return Ok(None);
@@ -182,10 +211,12 @@ impl Migration {
                         Some((copy, Ok(None))) => report.only_in_target(copy.as_of(now)),
                     }
                 },
+                failed_before,
             )
             .await?;
-        report.unreadable.source.extend(unreadable_in_source);
-        report.unreadable.target.extend(unreadable_in_target);
+        report.unreadable.target.extend(in_target.unreadable);
+        report.failed.extend(in_target.failed);
+        report.stopped_early |= in_target.stopped_early;
         Ok(())
     }
 
@@ -252,14 +283,18 @@ impl Migration {
     /// Scans `backend` to its end, runs `each` on every record of the plan's tenants with the
     /// plan's concurrency, and hands the results to `sink` in this task (no locks needed).
     /// Pages are one stream: the next page is fetched while the last records of this one are in
-    /// flight, rather than draining to zero at every page boundary. Returns the keys of the
-    /// plan's records the scan could not read.
+    /// flight, rather than draining to zero at every page boundary. A record `each` fails on is
+    /// noted in the pass's `failed` (as part of `pass`); once the run's failures
+    /// (`failed_before` and these) reach [`MAX_FAILED_RECORDS`], the scan stops there. A scan
+    /// that fails stops the run: what it would have read next is unknown.
     async fn for_each<T, F, Fut>(
         &self,
         backend: &Arc<dyn RecordTransfer>,
+        pass: &'static str,
         each: F,
         mut sink: impl FnMut(T),
-    ) -> Result<BTreeSet<String>, BackendError>
+        failed_before: usize,
+    ) -> Result<Pass, BackendError>
     where
         F: Fn(Approval) -> Fut,
         Fut: Future<Output = Result<T, BackendError>>,
@@ -274,7 +309,20 @@ impl Migration {
             Ok::<_, BackendError>(Some((page, next)))
         });
         let mut unreadable = BTreeSet::new();
-        pages
+        let mut failed = Vec::new();
+        let each = |approval: Approval| {
+            let (tenant, id) = (approval.tenant.clone(), approval.id.clone());
+            let done = each(approval);
+            async move {
+                done.await.map_err(|error| FailedRecord {
+                    tenant,
+                    id,
+                    pass,
+                    error: crate::app::chain(&error),
+                })
+            }
+        };
+        let finished = pages
             .map_ok(|page| {
                 unreadable.extend(
                     page.unreadable
@@ -285,15 +333,41 @@ impl Migration {
                 stream::iter(covered.map(Ok::<_, BackendError>))
             })
             .try_flatten()
-            .map_ok(&each)
+            .map_ok(|approval| each(approval).map(Ok))
             .try_buffer_unordered(self.plan.concurrency.max(1))
+            .map_err(Stop::Backend)
             .try_for_each(|result| {
-                sink(result);
                 self.progress.inc(1);
-                futures_util::future::ready(Ok(()))
+                match result {
+                    Ok(value) => sink(value),
+                    Err(record) => {
+                        tracing::warn!(
+                            tenant = %record.tenant,
+                            id = %record.id,
+                            error = %record.error,
+                            "{pass} failed on a record; passing it over"
+                        );
+                        failed.push(record);
+                    }
+                }
+                let stop = failed_before + failed.len() >= MAX_FAILED_RECORDS;
+                futures_util::future::ready(if stop {
+                    Err(Stop::TooManyFailures)
+                } else {
+                    Ok(())
+                })
             })
-            .await?;
-        Ok(unreadable)
+            .await;
+        let stopped_early = match finished {
+            Ok(()) => false,
+            Err(Stop::TooManyFailures) => true,
+            Err(Stop::Backend(error)) => return Err(error),
+        };
+        Ok(Pass {
+            unreadable,
+            failed,
+            stopped_early,
+        })
     }
 
     fn covers(&self, tenant: &TenantId) -> bool {
@@ -310,6 +384,20 @@ impl Migration {
                 .nth(1)
                 .is_some_and(|tenant| self.plan.tenants.iter().any(|t| t.as_str() == tenant))
     }
+}
+
+/// What one scan of a side ended with.
+struct Pass {
+    /// Keys of the plan's records the scan could not read.
+    unreadable: BTreeSet<String>,
+    failed: Vec<FailedRecord>,
+    stopped_early: bool,
+}
+
+/// Why a scan stopped before its end.
+enum Stop {
+    Backend(BackendError),
+    TooManyFailures,
 }
 
 /// `call` until it succeeds or fails for a reason retrying cannot fix, backing off between

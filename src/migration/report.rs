@@ -4,12 +4,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use approvals_core::{Approval, Status};
+use approvals_core::{Approval, ApprovalId, Status, TenantId};
 use serde::Serialize;
 
 /// Differences listed by id, at most: a dry run against an empty target finds every record
 /// missing, and a million listed lines (and their memory) help nobody. All are counted.
 pub const LISTED_DIFFERENCES: usize = 1_000;
+
+/// Records whose calls keep failing before a run stops early: past this many, a side is most
+/// likely down, and going on would only add a few seconds of retries per record.
+pub const MAX_FAILED_RECORDS: usize = 100;
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
@@ -32,6 +36,23 @@ pub struct Report {
     pub differences_total: u64,
     /// Keys of records a side holds but could not read: neither copied nor compared.
     pub unreadable: Unreadable,
+    /// Records a call kept failing on after its retries (at most [`MAX_FAILED_RECORDS`]),
+    /// passed over and left as they were.
+    pub failed: Vec<FailedRecord>,
+    /// The run stopped at [`MAX_FAILED_RECORDS`] failed records: what follows them was not
+    /// copied or compared, and the counts are partial.
+    pub stopped_early: bool,
+}
+
+/// A record a call of the migration kept failing on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FailedRecord {
+    pub tenant: TenantId,
+    pub id: ApprovalId,
+    /// `copy` or `reconcile`.
+    pub pass: &'static str,
+    /// The error, with its causes.
+    pub error: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -71,6 +92,8 @@ impl Report {
         self.differences_total == 0
             && self.unreadable.source.is_empty()
             && self.unreadable.target.is_empty()
+            && self.failed.is_empty()
+            && !self.stopped_early
     }
 
     /// Counts a source record and its copy (as of the same instant), noting any difference.
@@ -194,6 +217,28 @@ impl fmt::Display for Report {
                     writeln!(f, "  {key}")?;
                 }
             }
+        }
+        if !self.failed.is_empty() {
+            writeln!(
+                f,
+                "{} records failed (passed over, left as they were; run again once the cause \
+                 is fixed):",
+                self.failed.len()
+            )?;
+            for failed in &self.failed {
+                writeln!(
+                    f,
+                    "  {}/{} ({}): {}",
+                    failed.tenant, failed.id, failed.pass, failed.error
+                )?;
+            }
+        }
+        if self.stopped_early {
+            writeln!(
+                f,
+                "stopped early after {MAX_FAILED_RECORDS} failed records: the records after \
+                 them were neither copied nor compared, and the counts above are partial"
+            )?;
         }
         if self.is_reconciled() {
             return writeln!(f, "reconciled: both sides hold the same records");

@@ -129,16 +129,35 @@ impl DevServer {
         }
     }
 
-    /// Ready when the search attribute is queryable (registered at start-up).
+    /// Ready when the search attribute is queryable (registered at start-up) and the internal
+    /// worker service has started its task-queue scanner. The frontend answers before the
+    /// worker service binds its own port; when that bind loses a race for the port (seen on
+    /// CI), the server dies a moment later, so a frontend that answers is not enough.
     fn ready(&self) -> bool {
-        Command::new(temporal_bin())
+        self.counts(None, "TenantId = 'ready'", 0)
+            && self.counts(
+                Some("temporal-system"),
+                "WorkflowId = 'temporal-sys-tq-scanner'",
+                1,
+            )
+    }
+
+    /// Whether `temporal workflow count` of `query` (in `namespace`, else the default) answers
+    /// `expected`.
+    fn counts(&self, namespace: Option<&str>, query: &str, expected: u64) -> bool {
+        let mut command = Command::new(temporal_bin());
+        command
             .args(["workflow", "count", "--address"])
             .arg(format!("127.0.0.1:{}", self.port))
-            .args(["--query", "TenantId = 'ready'"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
+            .args(["--query", query]);
+        if let Some(namespace) = namespace {
+            command.args(["--namespace", namespace]);
+        }
+        let Ok(output) = command.stderr(Stdio::null()).output() else {
+            return false;
+        };
+        output.status.success()
+            && String::from_utf8_lossy(&output.stdout).trim() == format!("Total: {expected}")
     }
 
     /// Stops the server in its tracks (SIGSTOP): its sockets stay open and nothing answers, as
