@@ -80,9 +80,14 @@ impl RedisBackend {
         })
     }
 
-    /// Long-polls currently parked in this process.
+    /// Long-polls registered with this process's subscriber (from before their first read).
     pub fn waiting(&self) -> usize {
         self.waiters.waiting()
+    }
+
+    /// Long-polls past their first read, waiting for a message or a deadline.
+    pub fn parked(&self) -> usize {
+        self.parked.get()
     }
 
     /// Runs `call` on a shared connection, all of it (the wait for a slot included) under

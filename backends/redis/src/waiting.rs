@@ -1,5 +1,7 @@
 //! A long-poll on one approval: one read when it starts; the decision arrives with its record
-//! through the process's subscriber (`waiters`), so waking costs no read.
+//! through the process's subscriber (`waiters`), so waking costs no read. Only a wait that
+//! reaches the approval's own deadline reads again: Redis, not the message, says whether a
+//! decision landed just before it.
 
 use std::time::Duration;
 
@@ -54,7 +56,18 @@ impl RedisBackend {
                     },
                 },
                 () = tokio::time::sleep_until(wake_at) => {
-                    held.restore().map_err(corrupt)?.as_of(Timestamp::now())
+                    if wake_at < deadline {
+                        // The approval's deadline, not the caller's. A decision Redis took a
+                        // moment before it may not have reached us yet (its message is late on
+                        // a busy instance, or lost): answering `expired` from what we hold
+                        // would contradict the reviewer's 200 and every later read.
+                        match Box::pin(self.get(tenant, id)).await? {
+                            Some(current) => current,
+                            None => return Ok(None),
+                        }
+                    } else {
+                        held.restore().map_err(corrupt)?.as_of(Timestamp::now())
+                    }
                 }
                 () = &mut stop => {
                     return Ok(Some(held.restore().map_err(corrupt)?.as_of(Timestamp::now())));

@@ -1,6 +1,7 @@
 //! Redis-specific guarantees the shared suite cannot see: indexes agree with records after a
 //! concurrent mixed workload on two instances, each expiry is recorded exactly once however
-//! many sweepers run, and one subscriber per process serves any number of waiters.
+//! many sweepers run, one subscriber per process serves any number of waiters, and a waiter
+//! at the approval's deadline answers what Redis holds, not what it last heard.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -269,4 +270,70 @@ async fn all_audit(
             None => return events,
         }
     }
+}
+
+/// A decision Redis took just before the deadline, whose message this instance never got (a
+/// busy instance, a lost message): the waiter woken by the deadline answers `accepted`, as
+/// the reviewer was told and every later read says. It answered `expired` from the pending
+/// copy it held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_at_the_deadline_answers_what_redis_holds() {
+    let (server, elsewhere) = (RedisServer::start().await, RedisServer::start().await);
+    let (ours, theirs) = (backend(&server), backend(&elsewhere));
+    let tenant = fresh_tenant("deadline");
+    let approval = pending(&tenant, "late", Duration::from_secs(2));
+    ours.submit(approval.clone()).await.expect("submit");
+    theirs.submit(approval).await.expect("submit elsewhere");
+    let waiter = {
+        let (ours, tenant) = (ours.clone(), tenant.clone());
+        tokio::spawn(async move {
+            ours.wait_for_decision(
+                &tenant,
+                &id("late"),
+                Duration::from_secs(30),
+                approvals_core::no_stop(),
+            )
+            .await
+        })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while ours.parked() < 1 {
+        assert!(tokio::time::Instant::now() < deadline, "never parked");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The same decision, made by the same scripts on another Redis (whose message nobody here
+    // hears), then moved in key by key: what `decide` writes, without its message.
+    theirs
+        .decide(&tenant, &id("late"), decision(Verdict::Accept, "alice"))
+        .await
+        .expect("decide elsewhere");
+    let (mut from, mut to) = (elsewhere.connection().await, server.connection().await);
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("*{tenant}:late"))
+        .query_async(&mut from)
+        .await
+        .expect("keys");
+    assert!(!keys.is_empty());
+    for key in keys {
+        let (dump, ttl): (Vec<u8>, i64) = redis::pipe()
+            .cmd("DUMP")
+            .arg(&key)
+            .cmd("PTTL")
+            .arg(&key)
+            .query_async(&mut from)
+            .await
+            .expect("dump");
+        let () = redis::cmd("RESTORE")
+            .arg(&key)
+            .arg(ttl.max(0))
+            .arg(dump)
+            .arg("REPLACE")
+            .query_async(&mut to)
+            .await
+            .expect("restore");
+    }
+    let answered = waiter.await.expect("join").expect("wait").expect("exists");
+    assert_eq!(answered.status, Status::Accepted, "{answered:?}");
+    let read = ours.get(&tenant, &id("late")).await.expect("get");
+    assert_eq!(read.map(|a| a.status), Some(Status::Accepted));
 }
