@@ -20,6 +20,11 @@ use crate::scripts::UNREADABLE;
 /// How many due entries one sweep takes on; the rest wait for the next pass.
 const SWEEP_BATCH: isize = 500;
 
+/// How long an entry whose expiry Redis refused waits before it is tried again: left due, a
+/// batch's worth of them (one tenant's damaged audit stream) filled every pass, and no other
+/// tenant's approval was expired again.
+const REFUSED_RETRY: Duration = Duration::from_secs(60);
+
 /// How often the chores run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChoreSchedule {
@@ -192,11 +197,17 @@ impl RedisBackend {
                 Ok(recorded) => recorded,
                 // Redis refused this entry's script (a key of its tenant replaced with another
                 // type, say): the script wrote nothing, and the entries behind it are expired.
+                // It is tried again later, not in every pass (it would keep its place at the
+                // head of every batch).
                 Err(error) if refused_by_script(&error) => {
                     self.pass_over(BackendError::Corrupt {
                         key,
-                        reason: format!("its expiry cannot be recorded: {error:#}"),
+                        reason: format!(
+                            "its expiry cannot be recorded (tried again in {}s): {error:#}",
+                            REFUSED_RETRY.as_secs()
+                        ),
                     })?;
+                    self.postpone(&member, now.plus(REFUSED_RETRY)).await?;
                     continue;
                 }
                 Err(error) => return Err(error),
@@ -218,6 +229,22 @@ impl RedisBackend {
             }
         }
         trimmed
+    }
+
+    /// Moves a deadline entry to `until` (if it is still there: another sweeper may have
+    /// expired it meanwhile, and `XX` does not bring it back).
+    async fn postpone(&self, member: &str, until: Timestamp) -> Result<(), BackendError> {
+        let member = member.to_owned();
+        self.with_conn("sweep", |mut conn| async move {
+            redis::cmd("ZADD")
+                .arg(DEADLINES)
+                .arg("XX")
+                .arg(until.as_millis())
+                .arg(member)
+                .query_async::<()>(&mut conn)
+                .await
+        })
+        .await
     }
 
     async fn drop_deadline(&self, member: &str) -> Result<(), BackendError> {

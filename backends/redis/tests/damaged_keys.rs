@@ -135,6 +135,49 @@ async fn a_sweep_passes_over_damaged_keys_and_expires_the_rest() {
     assert_eq!(healthy_now.status, Status::Expired);
 }
 
+/// A tenant whose audit stream was replaced holds up no one else's expiries, however many of
+/// its approvals are due: each refused entry is tried again a minute later, not at the head of
+/// every pass. With a batch's worth (500) of them due first, no other tenant's approval was
+/// ever expired again. Once the stream is mended, they are expired too.
+#[tokio::test]
+async fn a_batch_of_refused_expiries_does_not_hold_up_other_tenants() {
+    let server = RedisServer::start().await;
+    let backend = backend(&server);
+    let mut conn = server.connection().await;
+    let (streamless, healthy) = (fresh_tenant("streamless"), fresh_tenant("healthy"));
+    for n in 0..500 {
+        backend
+            .submit(pending(&streamless, &format!("req-{n}"), HOUR))
+            .await
+            .expect("submit");
+    }
+    backend
+        .submit(pending(&healthy, "req-1", HOUR + Duration::from_secs(60)))
+        .await
+        .expect("submit");
+    let _: () = conn.del(audit_key(&streamless)).await.expect("del");
+    let _: () = conn
+        .set(audit_key(&streamless), "not a stream")
+        .await
+        .expect("set");
+
+    let later = Timestamp::now().plus(HOUR * 2);
+    let mut expired = Vec::new();
+    for _ in 0..3 {
+        expired.extend(backend.expire_due(later).await.expect("the sweep goes on"));
+    }
+    let tenants: Vec<&TenantId> = expired.iter().map(|a| &a.tenant).collect();
+    assert_eq!(tenants, [&healthy], "the healthy tenant's approval expired");
+
+    let _: () = conn.del(audit_key(&streamless)).await.expect("mend");
+    let retried = backend
+        .expire_due(later.plus(Duration::from_secs(61)))
+        .await
+        .expect("sweep");
+    assert_eq!(retried.len(), 500, "tried again once their minute passed");
+    assert!(retried.iter().all(|a| a.tenant == streamless));
+}
+
 /// An approval this service parked and the ADR v1 service then decided (its own format, over
 /// ours) is adopted as decided: once that record lapses, the pending copy kept for late
 /// expiries must not be swept into a second, phantom expiry.
