@@ -179,6 +179,31 @@ test_writes_are_allowed if {
     assert!(failed["error"].is_string(), "{failed}");
 }
 
+/// `policy test` refuses what the service refuses at upload, though every test passes: no
+/// decision rule, or a decision of the wrong shape. It exited 0 on both, and the pipeline's
+/// `policy push` was then refused (or, for the shape, the bundle was accepted and held every
+/// submit for approval).
+#[test]
+fn a_bundle_the_service_would_refuse_fails_its_test_run() {
+    let passing = "package approvals_test\nimport rego.v1\ntest_one if { 1 == 1 }\n";
+    let no_decision = "package other\nimport rego.v1\nx := 1\n";
+    let shapeless = "package approvals\nimport rego.v1\ndecision := {\"decision\": \"allow\"}\n";
+    for (policy, named) in [
+        (no_decision, "no file defines data.approvals.decision"),
+        (shapeless, r#"expected "reasons" to be a list of strings"#),
+    ] {
+        let dir = bundle(&[("policy.rego", policy), ("policy_test.rego", passing)]);
+        let output = approvals(&["policy", "test", dir.path().to_str().unwrap()]);
+        let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
+        assert_eq!(output.status.code(), Some(1), "{stdout}{stderr}");
+        assert!(stdout.contains("1 passed, 0 failed"), "{stdout}");
+        assert!(
+            stderr.contains("the service would refuse this bundle") && stderr.contains(named),
+            "{stderr}"
+        );
+    }
+}
+
 #[test]
 fn a_bundle_that_does_not_compile_exits_2_naming_the_file() {
     let dir = bundle(&[

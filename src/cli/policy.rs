@@ -1,7 +1,8 @@
 //! `approvals policy`: work on a policy bundle offline, with the engine the service runs.
 //!
-//! - `test DIR`: runs the bundle's `test_*` rules as `opa test` does. Exit 0: all pass; 1:
-//!   some fail; 2: the bundle does not load.
+//! - `test DIR`: runs the bundle's `test_*` rules as `opa test` does, and the checks the
+//!   service makes at upload. Exit 0: all pass; 1: some fail, or the service would refuse the
+//!   bundle; 2: the bundle does not load.
 //! - `eval DIR --input FILE`: prints the verdict the service would give for one policy input.
 //!   Exit 0, or 2 when the bundle or the input is unusable.
 //!
@@ -9,7 +10,8 @@
 //!
 //! - `push --tenant T DIR`: uploads the bundle through the policy admin API (the service
 //!   validates it again and refuses it with every message), and with `--activate` or
-//!   `--candidate` puts it in effect or on trial. Exit 0 done, 1 refused, 2 unusable input.
+//!   `--candidate` puts it in effect or on trial. Exit 0 done, 1 refused, 2 unusable input
+//!   or a service that keeps no bundles, 3 try again.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -18,7 +20,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
-use crate::policy::testing::{run_tests, TestReport, TestResult};
+use crate::policy::testing::{run_tests, upload_checks, TestReport, TestResult};
 use crate::policy::PolicyGate;
 
 use super::EXIT_CONFIG;
@@ -30,10 +32,10 @@ const INPUT_KEYS: [&str; 5] = ["tenant", "agent_id", "submitted_by", "action", "
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
     /// Run the bundle's `test_*` rules (as `opa test` does) in the engine the service uses.
-    #[command(
-        after_help = "Exit status:\n  0 every test passed\n  1 a test failed\n  \
-        2 the bundle does not load"
-    )]
+    #[command(after_help = "Exit status:\n  0 every test passed\n  \
+        1 a test failed, or the service would refuse the bundle (no decision rule, or a \
+        decision of the wrong shape)\n  \
+        2 the bundle does not load")]
     Test(TestArgs),
     /// Print the verdict the service would give for one policy input.
     #[command(after_help = "Exit status:\n  0 the verdict is printed\n  \
@@ -44,7 +46,7 @@ pub enum PolicyCommand {
     #[command(
         after_help = "Exit status:\n  0 stored (and activated or trialled, if asked)\n  \
         1 the service refused it (its reasons are printed): fix the bundle\n  \
-        2 the folder holds no bundle\n  \
+        2 the folder holds no bundle, or the service keeps no tenant bundles (501)\n  \
         3 the service did not get to decide (unreachable, busy, another upload validating): \
         push again"
     )]
@@ -197,11 +199,24 @@ async fn send(
     if status.is_success() {
         return Ok(body);
     }
+    if status == reqwest::StatusCode::NOT_IMPLEMENTED {
+        // Permanent (Temporal answering with no tenant store): retrying would loop forever.
+        eprintln!(
+            "approvals: this service keeps no tenant bundles ({status}, {}): {}",
+            body["code"].as_str().unwrap_or("?"),
+            body["detail"].as_str().unwrap_or("")
+        );
+        return Err(ExitCode::from(EXIT_CONFIG));
+    }
     let try_again = status.is_server_error()
         || matches!(status.as_u16(), 408 | 429)
-        // A validation already running for this tenant (its own turn comes), or other
-        // admins' changes that kept winning the race.
-        || matches!(body["code"].as_str(), Some("upload_in_progress" | "policy_changed"));
+        // A validation already running for this tenant (its own turn comes), other admins'
+        // changes that kept winning the race, or the version just uploaded pruned by another
+        // upload before this activation: pushing again stores and activates it.
+        || matches!(
+            body["code"].as_str(),
+            Some("upload_in_progress" | "policy_changed" | "policy_version_not_found")
+        );
     eprintln!(
         "approvals: {} ({status}, {}): {}",
         if try_again {
@@ -244,7 +259,13 @@ fn test(args: &TestArgs) -> ExitCode {
             args.dir.display()
         );
     }
-    if report.all_passed() {
+    // What the service checks at upload besides the tests: a pipeline that passes here must
+    // not be refused by `policy push`.
+    let refusals = upload_checks(&gate);
+    for refusal in &refusals {
+        eprintln!("approvals: the service would refuse this bundle: {refusal}");
+    }
+    if report.all_passed() && refusals.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -303,6 +324,13 @@ fn eval(args: &EvalArgs) -> ExitCode {
     let Some(gate) = load(&args.dir) else {
         return ExitCode::from(EXIT_CONFIG);
     };
+    if !gate.defines_decision() {
+        eprintln!(
+            "approvals: note: {} does not define data.approvals.decision: the service would \
+             refuse it at upload, and hold every request for approval",
+            args.dir.display()
+        );
+    }
     let verdict = gate.evaluate_owned(input);
     match serde_json::to_string_pretty(&verdict) {
         Ok(json) => {
@@ -370,16 +398,7 @@ fn kind(value: &serde_json::Value) -> &'static str {
 /// the file).
 fn load(dir: &Path) -> Option<PolicyGate> {
     match PolicyGate::load(dir) {
-        Ok(gate) => {
-            if !gate.defines_decision() {
-                eprintln!(
-                    "approvals: note: {} does not define data.approvals.decision: the service \
-                     would hold every request for approval",
-                    dir.display()
-                );
-            }
-            Some(gate)
-        }
+        Ok(gate) => Some(gate),
         Err(error) => {
             eprintln!("approvals: {error}");
             None

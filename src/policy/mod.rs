@@ -23,7 +23,7 @@ use regorus::rvm::vm::{RegoVM, VmError};
 use regorus::rvm::Program;
 use regorus::utils::limits::ExecutionTimerConfig;
 
-use verdict::{fail_closed, interpret, one_line};
+use verdict::{fail_closed, interpret, one_line, read};
 pub use verdict::{PolicyDecision, PolicyVerdict};
 
 /// The one rule the service asks the bundle about (the contract's policy entry point).
@@ -347,6 +347,25 @@ impl PolicyGate {
             decision,
             reasons,
             policy_version: self.version.clone(),
+        }
+    }
+
+    /// Whether the decision for an empty input, where it is defined, has the contract's shape
+    /// and fits the instruction budget. Checked at upload: a bundle answering
+    /// `{"decision": "allow"}` (no `reasons`) compiles and may pass its own tests, then fails
+    /// closed to `require_approval` on every submit once active.
+    pub fn check_decision_on_empty_input(&self) -> Result<(), String> {
+        let problem = match self.raw_decision(regorus::Value::new_object()) {
+            Ok(Some(value)) => read(&value).err(),
+            Ok(None) => None,
+            Err(message) => Some(one_line(&message)),
+        };
+        match problem {
+            None => Ok(()),
+            Some(problem) => Err(format!(
+                "{DECISION_RULE} for an empty input: {problem}; every submit would fail closed \
+                 to require_approval"
+            )),
         }
     }
 

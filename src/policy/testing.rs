@@ -109,12 +109,7 @@ pub fn validate_bundle(
     let gate = PolicyGate::from_files(files, origin)
         .map_err(|e| vec![e.to_string()])?
         .with_budget(budget);
-    let mut errors = Vec::new();
-    if !gate.defines_decision() {
-        errors.push(
-            "no file defines data.approvals.decision (package approvals, rule decision)".to_owned(),
-        );
-    }
+    let mut errors = upload_checks(&gate);
     let tests = run_tests(&gate);
     for failed in tests.results.iter().filter(|t| !t.passed) {
         errors.push(match &failed.error {
@@ -127,6 +122,21 @@ pub fn validate_bundle(
     } else {
         Err(errors)
     }
+}
+
+/// What refuses a bundle that compiles, besides its tests: no decision rule, or a decision
+/// (for an empty input) that is not of the contract's shape. Either would make every submit
+/// fail closed to `require_approval` once the bundle is active.
+pub fn upload_checks(gate: &PolicyGate) -> Vec<String> {
+    if !gate.defines_decision() {
+        return vec![
+            "no file defines data.approvals.decision (package approvals, rule decision)".to_owned(),
+        ];
+    }
+    gate.check_decision_on_empty_input()
+        .err()
+        .into_iter()
+        .collect()
 }
 
 /// Runs every `test_*` rule of the bundle, each on its own clone of the prepared engine (so

@@ -46,6 +46,12 @@ pub struct PolicyVerdict {
 /// Checks the contract shape `{"decision": ..., "reasons": [string, ...]}`; extra fields are
 /// tolerated so a policy can carry its own diagnostics.
 pub(super) fn interpret(value: &serde_json::Value) -> (PolicyDecision, Vec<String>) {
+    read(value)
+        .unwrap_or_else(|why| fail_closed(format!("{why}: failing closed to require_approval")))
+}
+
+/// [`interpret`] without the fail-closed answer: what is wrong with a malformed result.
+pub(super) fn read(value: &serde_json::Value) -> Result<(PolicyDecision, Vec<String>), String> {
     let decision = value
         .get("decision")
         .and_then(serde_json::Value::as_str)
@@ -74,16 +80,16 @@ pub(super) fn interpret(value: &serde_json::Value) -> (PolicyDecision, Vec<Strin
                     decision.as_str()
                 ));
             }
-            (decision, bounded(reasons))
+            Ok((decision, bounded(reasons)))
         }
-        (None, _) => fail_closed(format!(
+        (None, _) => Err(format!(
             "policy returned an invalid decision (expected \"decision\" to be one of \"allow\", \
-             \"deny\", \"require_approval\"; got {}): failing closed to require_approval",
+             \"deny\", \"require_approval\"; got {})",
             echo(value)
         )),
-        (Some(_), None) => fail_closed(format!(
+        (Some(_), None) => Err(format!(
             "policy returned an invalid decision (expected \"reasons\" to be a list of strings; \
-             got {}): failing closed to require_approval",
+             got {})",
             echo(value)
         )),
     }

@@ -106,6 +106,25 @@ async fn a_redis_tenant_store_keeps_tenants_bundles_whichever_engine_answers(h: 
             "policy_store_disabled",
         )
         .await;
+        // `policy push` calls it what it is: no bundle of any tenant is taken here, so a
+        // pipeline must not push again (exit 3 made one that retries loop forever).
+        let dir = tempfile::tempdir().unwrap();
+        for file in reads_allowed()["files"].as_array().unwrap() {
+            let path = dir.path().join(file["path"].as_str().unwrap());
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, file["text"].as_str().unwrap()).unwrap();
+        }
+        let pushed = tokio::process::Command::new(env!("CARGO_BIN_EXE_approvals"))
+            .args(["policy", "push", "--tenant", &without_store.tenant, "--url"])
+            .arg(&without_store.base)
+            .arg(dir.path())
+            .env("APPROVALS_TOKEN", &without_store.tokens.admin)
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&pushed.stderr);
+        assert_eq!(pushed.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("keeps no tenant bundles"), "{stderr}");
     }
     let app = h.spawn_with_tenant_store(|_| {}).await;
     // Fields the service does not know are ignored, as in every body the contract names.
@@ -140,10 +159,26 @@ async fn a_bundle_is_validated_before_it_is_stored() {
         {"path": "approvals_test.rego", "text": "package approvals_test\nimport rego.v1\ntest_reads_are_allowed if {\n\tdata.approvals.decision.decision == \"allow\"\n}\n"},
     ]});
     let no_decision = json!({"files": [{"path": "other.rego", "text": "package other\nimport rego.v1\nx := 1\n"}]});
+    // Compiles and passes its own test, but answers without the contract's `reasons`, or
+    // with a decision the contract lacks: once active, every submit would wait for a human.
+    let shapeless = |decision: &str| {
+        json!({"files": [
+            {"path": "approvals.rego", "text": format!("package approvals\nimport rego.v1\ndecision := {decision}\n")},
+            {"path": "approvals_test.rego", "text": "package approvals_test\nimport rego.v1\ntest_decides if {\n\tdata.approvals.decision.decision\n}\n"},
+        ]})
+    };
     for (bundle, names) in [
         (broken, "approvals.rego"),
         (failing, "data.approvals_test.test_reads_are_allowed"),
         (no_decision, "data.approvals.decision"),
+        (
+            shapeless(r#"{"decision": "allow"}"#),
+            r#"expected "reasons" to be a list of strings"#,
+        ),
+        (
+            shapeless(r#"{"decision": "approve", "reasons": ["ok"]}"#),
+            r#"expected "decision" to be one of"#,
+        ),
     ] {
         let response = post_bundle(&app, &app.tokens.admin, bundle).await;
         let problem =
