@@ -189,7 +189,7 @@ async fn changed(
         (status = 422, description = "policy_invalid: `errors` lists every message", body = super::Problem),
         (status = 429, description = "upload_in_progress: this tenant's previous upload is still being validated on this instance", body = super::Problem),
         (status = 501, description = "policy_store_disabled", body = super::Problem),
-        (status = 503, body = super::Problem)),
+        (status = 503, description = "backend_unavailable, or policy_sandbox_unavailable: this instance cannot start the child process that validates bundles (the bundle was not judged; try again)", body = super::Problem)),
     security(("bearer" = [])))]
 pub async fn upload_bundle(
     State(state): State<AppState>,

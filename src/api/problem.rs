@@ -175,6 +175,11 @@ impl ApiError {
             Self::App(AppError::WebhookNotFound { .. }) => {
                 (S::NOT_FOUND, "not_found", "No such webhook")
             }
+            Self::App(AppError::PolicySandboxUnavailable(_)) => (
+                S::SERVICE_UNAVAILABLE,
+                "policy_sandbox_unavailable",
+                "Policy sandbox unavailable",
+            ),
             Self::App(AppError::PolicyNotLoaded) => (
                 S::SERVICE_UNAVAILABLE,
                 "policy_not_loaded",

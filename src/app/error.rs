@@ -68,6 +68,9 @@ pub enum AppError {
     /// (Not having read the tenants' policies at all is `Unavailable`.)
     #[error("this tenant's own policy bundle cannot be loaded on this instance yet")]
     PolicyNotLoaded,
+    /// An upload could not be validated: this instance cannot start a policy sandbox.
+    #[error("this instance cannot validate policy bundles now: {0}")]
+    PolicySandboxUnavailable(String),
     /// Webhooks are kept in Redis; Temporal answers here and no Redis tenant store is set.
     #[error(
         "this deployment keeps no webhooks: they live in Redis, and Temporal answers here \

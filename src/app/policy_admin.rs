@@ -17,7 +17,7 @@ use serde_json::json;
 
 use super::{AppError, Approvals};
 use crate::auth::{Permission, Principal};
-use crate::policy::sandbox::Sandbox;
+use crate::policy::sandbox::{Sandbox, ValidationStopped};
 use crate::policy::testing::{validate_bundle, TestReport};
 use crate::policy::PolicyFile;
 
@@ -442,9 +442,18 @@ fn validate(
     sandbox: Option<&Sandbox>,
 ) -> Result<(String, TestReport), AppError> {
     let validated = match sandbox {
-        Some(sandbox) => sandbox.validate(files, budget).map_err(|why| {
-            AppError::PolicyInvalid(vec![format!("the bundle's validation stopped ({why})")])
-        })?,
+        Some(sandbox) => sandbox
+            .validate(files, budget)
+            .map_err(|stopped| match stopped {
+                // Refusing the bundle would send its team to debug a bundle that is fine.
+                ValidationStopped::NoSandbox(why) => {
+                    tracing::error!(%why, "no policy sandbox for a bundle's validation");
+                    AppError::PolicySandboxUnavailable(why)
+                }
+                ValidationStopped::ByTheBundle(why) => AppError::PolicyInvalid(vec![format!(
+                    "the bundle's validation stopped ({why})"
+                )]),
+            })?,
         None => validate_bundle(files, origin, budget),
     };
     validated.map_err(AppError::PolicyInvalid)

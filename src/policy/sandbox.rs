@@ -186,7 +186,10 @@ impl Sandbox {
             text: "package approvals\ndecision := {\"decision\": \"allow\", \"reasons\": []}\n"
                 .into(),
         }];
-        match self.validate(&files, 100_000)? {
+        match self
+            .validate(&files, 100_000)
+            .map_err(|stopped| stopped.to_string())?
+        {
             Ok(_) => Ok(()),
             Err(reasons) => Err(format!(
                 "it refused a bundle that is fine: {}",
@@ -202,19 +205,34 @@ impl Sandbox {
         &self,
         files: &[PolicyFile],
         budget: usize,
-    ) -> Result<Result<(String, TestReport), Vec<String>>, String> {
-        let mut child = self.start()?;
+    ) -> Result<Result<(String, TestReport), Vec<String>>, ValidationStopped> {
+        let mut child = self.start().map_err(ValidationStopped::NoSandbox)?;
         let request = Request::Validate {
             files: Cow::Borrowed(files),
             budget,
         };
         let reply = exchange(&mut child, &request, VALIDATION_DEADLINE);
         drop(child);
-        match reply? {
+        match reply.map_err(ValidationStopped::ByTheBundle)? {
             Reply::Validated(validated) => Ok(validated),
-            _ => Err("the policy sandbox answered out of turn".into()),
+            _ => Err(ValidationStopped::ByTheBundle(
+                "the policy sandbox answered out of turn".into(),
+            )),
         }
     }
+}
+
+/// Why a validation in a child gave no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValidationStopped {
+    /// No child could be started (the binary gone in an upgrade, a process limit): a fault of
+    /// this instance, not of the bundle.
+    #[error("{0}")]
+    NoSandbox(String),
+    /// The child died or overran its deadline while it worked on the bundle (memory, a stuck
+    /// builtin): the bundle's doing, as far as anyone can tell.
+    #[error("{0}")]
+    ByTheBundle(String),
 }
 
 /// How long a child may take to answer an evaluation: the evaluation's own time limit stops a

@@ -1050,6 +1050,34 @@ async fn an_upload_cut_off_by_the_request_deadline_is_still_stored() {
     );
 }
 
+/// An instance that can no longer start a sandbox child (its binary removed or replaced in an
+/// upgrade, a process limit) answers an upload `503 policy_sandbox_unavailable`: the bundle
+/// was not judged. It answered `422 policy_invalid` (and `policy push` exit 1, "fix the
+/// bundle"), sending the team to debug a bundle that was fine.
+#[tokio::test]
+async fn an_upload_this_instance_cannot_validate_is_503_not_a_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    let binary = dir.path().join("approvals");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_approvals"), &binary).unwrap();
+    let app = TestApp::spawn_with(|s| s.policy.sandbox.binary = Some(binary.clone())).await;
+    std::fs::remove_file(&binary).unwrap();
+    let response = post_bundle(&app, &app.tokens.admin, reads_allowed()).await;
+    let problem = assert_problem(
+        response,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "policy_sandbox_unavailable",
+    )
+    .await;
+    assert!(
+        problem["detail"].as_str().unwrap().contains("cannot start"),
+        "{problem}"
+    );
+    // With the binary back, the same bundle is stored: nothing was held against it.
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_approvals"), &binary).unwrap();
+    let response = post_bundle(&app, &app.tokens.admin, reads_allowed()).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+}
+
 /// One upload per tenant at a time on an instance: a second one sent while the first is still
 /// being validated is refused at once (429 upload_in_progress, with Retry-After) instead of
 /// queueing ahead of other tenants' uploads; once the first is answered, uploads go on.
