@@ -137,7 +137,8 @@ pub async fn get_approval(
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct WaitQuery {
-    /// 0–60 (default 30); larger values are clamped to 60.
+    /// 0 or more (default 30); larger values than `approvals.long_poll_max` (60 by default)
+    /// are clamped to it.
     #[serde(default, deserialize_with = "whole_seconds")]
     #[param(schema_with = any_whole_number)]
     pub wait_seconds: Option<u64>,
@@ -149,7 +150,10 @@ fn any_whole_number() -> utoipa::openapi::Object {
     ObjectBuilder::new()
         .schema_type(Type::Integer)
         .minimum(Some(0))
-        .description(Some("0–60 (default 30); larger values are clamped to 60."))
+        .description(Some(
+            "0 or more (default 30); values above the service's approvals.long_poll_max (60 \
+             by default) are clamped to it.",
+        ))
         .build()
 }
 

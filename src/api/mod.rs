@@ -165,8 +165,9 @@ impl Modify for DocumentedInputLimits<'_> {
 }
 
 /// Every `/v1` operation can answer `429 too_many_requests` (src/api/fairness.rs), with
-/// `Retry-After`, and all but the long-poll `408 request_timeout`: the document says so once
-/// here rather than on each route.
+/// `Retry-After`, all but the long-poll `408 request_timeout`, and all `500 internal` (a stored
+/// record this service cannot read, or a fault of its own): the document says so once here
+/// rather than on each route.
 struct CallerLimits;
 
 impl Modify for CallerLimits {
@@ -184,7 +185,9 @@ impl Modify for CallerLimits {
                 match responses.get_mut("429") {
                     Some(RefOr::T(response)) => {
                         response.description = format!("{}; or {WHY}", response.description);
-                        response.headers.insert("Retry-After".into(), retry_after());
+                        response
+                            .headers
+                            .insert("Retry-After".into(), retry_after_of_some());
                     }
                     Some(RefOr::Ref(_)) => {}
                     None => {
@@ -198,6 +201,20 @@ impl Modify for CallerLimits {
                             .build();
                         responses.insert("429".into(), RefOr::T(response));
                     }
+                }
+                if !responses.contains_key("500") {
+                    let problem = ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("Problem")))
+                        .build();
+                    let response = ResponseBuilder::new()
+                        .description(
+                            "internal: a stored record this service cannot read (it is named in \
+                             the service's log), or a fault of the service; retrying soon will \
+                             not help",
+                        )
+                        .content("application/json", problem)
+                        .build();
+                    responses.insert("500".into(), RefOr::T(response));
                 }
                 // The request deadline (src/api/admission.rs); a long-poll has its own bound.
                 if !path.ends_with("/decision") {
@@ -213,6 +230,21 @@ impl Modify for CallerLimits {
             }
         }
     }
+}
+
+/// `Retry-After` on a 429 that also has codes of its own: only some of them send it.
+fn retry_after_of_some() -> utoipa::openapi::Header {
+    utoipa::openapi::HeaderBuilder::new()
+        .schema(
+            utoipa::openapi::ObjectBuilder::new()
+                .schema_type(utoipa::openapi::schema::Type::Integer),
+        )
+        .description(Some(
+            "seconds to wait before trying again; sent with too_many_requests and \
+             upload_in_progress only (too_many_pending waits for reviewers, too_many_streams \
+             for a stream to close)",
+        ))
+        .build()
 }
 
 fn retry_after() -> utoipa::openapi::Header {

@@ -4,10 +4,11 @@
 //! A tenant trialling a candidate policy gets it evaluated beside the active one; the
 //! candidate's answer is logged and counted, never used.
 //!
-//! A repeated `request_id` is answered from its record, in any status, and never parks a
-//! second approval: the same request gets the record (`Existing`), a different one is a
-//! conflict. The policy's verdict on a repeat is not used, so the answer does not change when
-//! the policy does.
+//! A repeated `request_id` of a parked request is answered from its record, in any status,
+//! and never parks a second approval: the same request gets the record (`Existing`), a
+//! different one is a conflict. The policy's verdict on such a repeat is not used, so the
+//! answer does not change when the policy does. An `allow` or `deny` is not stored, so its
+//! repeat is evaluated again (and audited again): its answer follows the policy in force.
 
 use approvals_core::{
     action_digest, Approval, ApprovalId, AuditEntry, PolicyAnswer, Status, SubmitOutcome, TenantId,

@@ -210,6 +210,16 @@ async fn the_openapi_document_is_valid_and_matches_the_service() {
                     query_names.push(name.to_owned());
                 }
             }
+            // An unreadable record answers 500 internal on every route that reads one; a
+            // generated client must know the status (ADR-0005 makes `internal` a contract code).
+            if path.starts_with("/v1/") {
+                assert!(
+                    operation["responses"]["500"]["description"]
+                        .as_str()
+                        .is_some_and(|d| d.starts_with("internal")),
+                    "{method} {path} does not list 500 internal"
+                );
+            }
             for (status, response) in operation["responses"].as_object().unwrap() {
                 if status.starts_with('4') || status.starts_with('5') {
                     let content = response["content"].as_object();
@@ -222,6 +232,15 @@ async fn the_openapi_document_is_valid_and_matches_the_service() {
             }
         }
     }
+    // A 429 too_many_pending sends no Retry-After (it waits for reviewers): the document
+    // does not promise one for every 429.
+    let submit_429 = &doc["paths"]["/v1/tenants/{tenant}/approvals"]["post"]["responses"]["429"];
+    assert!(
+        submit_429["headers"]["Retry-After"]["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("too_many_requests and upload_in_progress only")),
+        "{submit_429}"
+    );
     for name in ["status", "limit", "cursor", "wait_seconds", "since"] {
         assert!(query_names.iter().any(|n| n == name), "{name} missing");
     }
