@@ -22,6 +22,12 @@ use crate::record::{self, Decoded};
 const HEARTBEAT: Duration = Duration::from_secs(5);
 /// How long it waits for the answer before it reconnects.
 const HEARTBEAT_DEADLINE: Duration = Duration::from_secs(2);
+/// How long connecting and subscribing may take: a connect into a partition that drops SYNs
+/// waits on the kernel's retries (about two minutes) otherwise, and long-polls on this
+/// instance only answer at their timeout meanwhile.
+const CONNECT_DEADLINE: Duration = Duration::from_secs(5);
+/// A connection that lasted this long had worked: its loss starts a new episode of failures.
+const WORKED_FOR: Duration = Duration::from_secs(10);
 
 /// What a waiter is woken with: the settled record, or nothing (read it again).
 #[derive(Debug, Clone, Default)]
@@ -101,14 +107,15 @@ impl Waiters {
 
     /// Runs the process's one subscriber until the task is dropped, reconnecting forever.
     pub async fn listen(self, client: redis::Client) {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::default();
         // While Redis is down this loops every 2 s: logged when it starts, then once a minute.
         let mut failures = approvals_core::RepeatedFailure::default();
         loop {
             let started = std::time::Instant::now();
             let outcome = self.listen_once(&client).await;
             // Listening for a while means it had connected: a later loss is a new episode.
-            if started.elapsed() > Duration::from_secs(10) {
+            let lasted = started.elapsed();
+            if lasted > WORKED_FOR {
                 failures.succeeded();
             }
             match (failures.failed(), outcome) {
@@ -120,14 +127,22 @@ impl Waiters {
                     tracing::warn!(?log, %error, "decision subscriber failed; reconnecting")
                 }
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(2));
+            tokio::time::sleep(backoff.after(lasted)).await;
         }
     }
 
     async fn listen_once(&self, client: &redis::Client) -> redis::RedisResult<()> {
-        let mut pubsub = client.get_async_pubsub().await?;
-        pubsub.subscribe(SETTLED_CHANNEL).await?;
+        let subscribed = tokio::time::timeout(CONNECT_DEADLINE, async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(SETTLED_CHANNEL).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        });
+        let pubsub = subscribed.await.map_err(|_| {
+            redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the subscriber did not connect and subscribe in time",
+            ))
+        })??;
         tracing::debug!("decision subscriber connected");
         // Anything decided while we were not listening: let every waiter re-read.
         self.notify_all();
@@ -172,5 +187,48 @@ impl Waiters {
             };
             self.notify(&key, settled);
         }
+    }
+}
+
+/// The pause before the subscriber reconnects: 100 ms doubling to 2 s while connections fail
+/// at once, and 100 ms again after one that had worked. It never started over, so after a few
+/// failures in the process's life every later failover left waiters 2 s without wake-ups.
+#[derive(Debug)]
+struct Backoff(Duration);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self(Self::FIRST)
+    }
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+    const MOST: Duration = Duration::from_secs(2);
+
+    /// The pause after a connection that lasted `lasted`.
+    fn after(&mut self, lasted: Duration) -> Duration {
+        if lasted > WORKED_FOR {
+            self.0 = Self::FIRST;
+        }
+        let pause = self.0;
+        self.0 = (self.0 * 2).min(Self::MOST);
+        pause
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reconnect_pause_grows_while_connects_fail_and_starts_over_after_one_worked() {
+        let mut backoff = Backoff::default();
+        let failing: Vec<u128> = (0..7)
+            .map(|_| backoff.after(Duration::ZERO).as_millis())
+            .collect();
+        assert_eq!(failing, [100, 200, 400, 800, 1600, 2000, 2000]);
+        assert_eq!(backoff.after(WORKED_FOR * 2), Backoff::FIRST);
+        assert_eq!(backoff.after(Duration::ZERO).as_millis(), 200);
     }
 }
