@@ -1140,7 +1140,19 @@ impl Notifier {
         let Ok(id) = ApprovalId::parse(id) else {
             return true;
         };
-        match self.app.get_for_service(&tenant, &id).await {
+        // Within half the POST's own timeout: with the webhook's lookup and the POST, the
+        // attempt stays inside its lease (2 × request_timeout + 5 s). A Temporal read may
+        // take its whole call_timeout (15 s), and a lease that ran out mid-attempt let a
+        // second instance send the same warning.
+        let read = tokio::time::timeout(
+            self.settings.request_timeout / 2,
+            self.app.get_for_service(&tenant, &id),
+        );
+        let Ok(read) = read.await else {
+            tracing::debug!(id = %delivery.id, "the approval a warning is about was not read in time; sending it as queued");
+            return true;
+        };
+        match read {
             Ok(Some(approval)) if approval.status == Status::Pending => {
                 let left = Timestamp::now().elapsed_at(approval.expires_at);
                 delivery.body =

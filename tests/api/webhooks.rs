@@ -1596,3 +1596,58 @@ async fn warnings_already_queued_cost_no_redis_call_on_later_passes() {
         "{during} scripts in ten passes over 40 approvals already warned about"
     );
 }
+
+/// An "expiring soon" attempt reads its approval first (to say how long is left, or to drop
+/// the warning if it was decided). On a Temporal frontend that hangs, that read took the whole
+/// `temporal.call_timeout`, longer than the delivery's lease (2 × the webhook request timeout
+/// + 5 s): the lease ran out mid-attempt, the delivery was claimed again, and reviewers got the
+/// warning twice. The read now gets half the request timeout; past it, the warning goes as
+/// queued, once.
+#[cfg(feature = "temporal")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_temporal_does_not_make_a_warning_go_twice() {
+    use approvals_testkit::temporal_server::DevServer;
+
+    let server = tokio::task::block_in_place(|| DevServer::start(None));
+    let mut receiver = Receiver::start(1).await;
+    let harness = Harness::new(Backend::Temporal);
+    let tenant = harness.tenant.clone();
+    let app = harness
+        .spawn_with_tenant_store(|s| {
+            fast(s);
+            s.approvals
+                .tenant_ttl
+                .insert(tenant, Duration::from_secs(60));
+            s.notifications.expiring_soon_share = 0.95;
+            // Lease: 2 × 1 s + 5 s = 7 s, shorter than a hung read (10 s).
+            s.notifications.request_timeout = Duration::from_secs(1);
+            s.notifications.retry_base = Duration::from_secs(2);
+            s.notifications.retry_max = Duration::from_secs(2);
+            s.temporal.address = server.address();
+            s.temporal.task_queue = "nobody-polls".into();
+            s.temporal.call_timeout = Duration::from_secs(10);
+            s.server.request_timeout = Duration::from_secs(12);
+        })
+        .await;
+    add_webhook(
+        &app,
+        json!({"url": receiver.url, "events": ["expiring_soon"]}),
+    )
+    .await;
+    app.park("on-a-hung-server").await;
+    let refused = receiver.next().await;
+    assert!(!refused.accepted);
+    // The retry, two seconds on, reads its approval from a frontend that no longer answers.
+    server.freeze();
+    let sent = receiver.next().await;
+    assert!(sent.accepted);
+    assert_eq!(sent.json()["type"], "expiring_soon");
+    // A second attempt, on a lease run out, would post within the hung read's 10 s.
+    let again = tokio::time::timeout(Duration::from_secs(12), receiver.got.recv()).await;
+    server.thaw();
+    assert!(
+        again.is_err(),
+        "sent twice: {:?}",
+        again.map(|r| r.map(|r| r.json()))
+    );
+}
