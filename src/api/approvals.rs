@@ -82,7 +82,7 @@ fn parked(approval: Approval) -> SubmitResponse {
         (status = 403, body = super::Problem), (status = 409, description = "request_id_conflict", body = super::Problem),
         (status = 413, body = super::Problem),
         (status = 415, description = "unsupported_media_type: the body is not JSON", body = super::Problem),
-        (status = 422, description = "input_too_large: action or context beyond the input limits", body = super::Problem),
+        (status = 422, description = "input_too_large: action, context or agent_id beyond the input limits", body = super::Problem),
         (status = 429, description = "too_many_pending: the tenant has as many pending approvals as it may", body = super::Problem),
         (status = 503, body = super::Problem)),
     security(("bearer" = [])))]
