@@ -46,8 +46,18 @@ struct Loaded {
     complete: bool,
 }
 
-/// How long a bundle that could not be loaded is not tried again.
+/// How long a bundle that does not compile here is not tried again.
 const RETRY_FAILED_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Why a stored bundle is not loaded.
+enum LoadFailure {
+    /// The store did not hand it over (it failed, or lacks the bundle for now): tried again
+    /// at the next poll. Held for 10 s like a broken bundle, a Redis blip kept a tenant's
+    /// submits at 503 that long.
+    Store(String),
+    /// It does not compile or is not what its version says: the same on every try.
+    Bundle(String),
+}
 
 /// `policy.max_stored_bundles`' default.
 pub const DEFAULT_BUNDLES_KEPT: usize = 100;
@@ -59,7 +69,7 @@ pub struct TenantPolicies {
     loaded: ArcSwap<HashMap<TenantId, Loaded>>,
     /// Compiled bundles by (tenant, version): activating a version seen before is a swap.
     compiled: Mutex<HashMap<(TenantId, String), Arc<PolicyGate>>>,
-    /// Bundles that could not be loaded, by (tenant, version), with when and why: tried again
+    /// Bundles that did not compile, by (tenant, version), with when and why: tried again
     /// after [`RETRY_FAILED_AFTER`], not on every poll (each try compiles and runs a trial
     /// evaluation, under the sync lock every admin change waits for).
     failed: Mutex<HashMap<(TenantId, String), (std::time::Instant, String)>>,
@@ -315,12 +325,13 @@ impl TenantPolicies {
                         cache.insert(key, gate.clone());
                     }
                 }
-                Err(reason) => {
+                Err(LoadFailure::Bundle(reason)) => {
                     failed.insert(key, (std::time::Instant::now(), reason.clone()));
                 }
+                Err(LoadFailure::Store(_)) => {}
             }
         }
-        loaded
+        loaded.map_err(|(LoadFailure::Store(reason) | LoadFailure::Bundle(reason))| reason)
     }
 
     /// Reads and compiles `version` of `tenant`'s bundles.
@@ -329,12 +340,12 @@ impl TenantPolicies {
         store: &dyn PolicyStore,
         tenant: &TenantId,
         version: &str,
-    ) -> Result<Arc<PolicyGate>, String> {
+    ) -> Result<Arc<PolicyGate>, LoadFailure> {
         let bundle = store
             .bundle(tenant, version)
             .await
-            .map_err(|e| super::chain(&e))?
-            .ok_or_else(|| format!("bundle {version} is not in the store"))?;
+            .map_err(|e| LoadFailure::Store(super::chain(&e)))?
+            .ok_or_else(|| LoadFailure::Store(format!("bundle {version} is not in the store")))?;
         let files: Vec<PolicyFile> = bundle
             .files
             .into_iter()
@@ -354,13 +365,13 @@ impl TenantPolicies {
             None => PolicyGate::from_files(&files, &origin).map(|g| g.with_budget(budget)),
         })
         .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| LoadFailure::Bundle(e.to_string()))?
+        .map_err(|e| LoadFailure::Bundle(e.to_string()))?;
         if gate.version() != version {
-            return Err(format!(
+            return Err(LoadFailure::Bundle(format!(
                 "bundle stored as {version} has the content of {}",
                 gate.version()
-            ));
+            )));
         }
         Ok(Arc::new(gate))
     }

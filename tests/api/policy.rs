@@ -1011,6 +1011,59 @@ async fn a_policy_change_answers_with_what_it_committed_even_if_a_later_read_fai
     assert_eq!(answer["active"], version, "{answer}");
 }
 
+/// A bundle an instance could not read (here: not there yet, as on a replica promoted before
+/// it caught up; the same goes for a read Redis refused) is read again at its next poll, not
+/// held as a broken bundle: the tenant's submits answer `503 policy_not_loaded` only while the
+/// store lacks it. A failed read was cached for 10 s like a bundle that does not compile.
+#[tokio::test]
+async fn a_bundle_read_that_failed_is_tried_again_at_the_next_poll() {
+    let app = TestApp::spawn().await;
+    let version = upload(&app, reads_allowed()).await;
+    activate(&app, &version).await;
+    let key = format!("policy:{}:bundle:{version}", app.tenant);
+    let aside = format!("{key}:aside");
+    let mut admin = app.redis().connection().await;
+    let () = redis::cmd("RENAME")
+        .arg(&key)
+        .arg(&aside)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    // An instance that starts now reads the tenant's state, but finds no bundle.
+    let (other, _stop) = app.second_instance_with(|_| {}).await;
+    let unloaded = app.submit_on(&other, "while-missing").await;
+    assert_problem(
+        unloaded,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "policy_not_loaded",
+    )
+    .await;
+    let () = redis::cmd("RENAME")
+        .arg(&aside)
+        .arg(&key)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    // A few polls (250 ms each), well inside the 10 s a cached failure would last.
+    let deadline = Instant::now() + Duration::from_secs(4);
+    let mut n = 0;
+    loop {
+        n += 1;
+        let answer = app.submit_on(&other, &format!("after-{n}")).await;
+        if answer.status().is_success() {
+            let body: Value = answer.json().await.unwrap();
+            assert_eq!(body["policy_version"], version, "{body}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still {} after the bundle is back",
+            answer.status()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// An upload whose tests outlast the request's deadline answers 408, but is still validated,
 /// stored and recorded: the client's retry finds it. It used to be dropped with the request,
 /// so a bundle whose tests took about `server.request_timeout` could never be uploaded.
