@@ -113,6 +113,10 @@ struct Pace {
     last_due: Timestamp,
     /// How long its attempts take, a moving average (until one ends: the send interval).
     attempt: Duration,
+    /// Nothing is sent to it before this: it answered `Retry-After` (a rate-limited Slack
+    /// webhook). Honoured for the delivery that was answered only, the others kept hitting it
+    /// at their pace, each earning a 429 and an attempt towards its dead letter.
+    not_before: Timestamp,
 }
 
 impl Pacing {
@@ -134,26 +138,49 @@ impl Pacing {
                     .or_insert(Pace {
                         last_due: now,
                         attempt: after,
+                        not_before: now,
                     });
                 let step = (pace.attempt / concurrency.max(1) as u32).max(Duration::from_millis(1));
-                pace.last_due = pace.last_due.plus(step).max(now.plus(after));
+                pace.last_due = pace
+                    .last_due
+                    .plus(step)
+                    .max(now.plus(after))
+                    .max(pace.not_before);
                 (delivery.id, pace.last_due)
             })
             .collect()
     }
 
-    /// An attempt to `webhook` took `took`.
-    fn attempted(&mut self, webhook: &WebhookKey, took: Duration) {
-        if let Some(pace) = self.by_webhook.get_mut(webhook) {
-            pace.attempt = (pace.attempt * 3 + took) / 4;
+    /// An attempt to `webhook` took `took`; its receiver asked for a pause of `asked`.
+    fn attempted(&mut self, webhook: &WebhookKey, took: Duration, asked: Option<Duration>) {
+        let now = Timestamp::now();
+        let pace = match (self.by_webhook.get_mut(webhook), asked) {
+            (Some(pace), _) => pace,
+            (None, None) => return,
+            (None, Some(_)) => self.by_webhook.entry(webhook.clone()).or_insert(Pace {
+                last_due: now,
+                attempt: took,
+                not_before: now,
+            }),
+        };
+        pace.attempt = (pace.attempt * 3 + took) / 4;
+        if let Some(asked) = asked {
+            pace.not_before = pace.not_before.max(now.plus(asked));
         }
+    }
+
+    /// Until when `webhook` asked not to be sent anything, if that is still ahead.
+    fn held_back(&self, webhook: &WebhookKey) -> Option<Timestamp> {
+        let until = self.by_webhook.get(webhook)?.not_before;
+        (until > Timestamp::now()).then_some(until)
     }
 
     /// Forgets webhooks with nothing put back lately, so the map holds the busy ones only.
     fn forget_idle(&mut self) {
         let horizon = Timestamp::now().as_millis() - 60_000;
-        self.by_webhook
-            .retain(|_, pace| pace.last_due.as_millis() > horizon);
+        self.by_webhook.retain(|_, pace| {
+            pace.last_due.as_millis() > horizon || pace.not_before > Timestamp::now()
+        });
     }
 }
 
@@ -206,6 +233,18 @@ impl Held {
         let taken: Vec<Delivery> = stalled
             .iter()
             .filter_map(|w| self.by_webhook.remove(w))
+            .flatten()
+            .collect();
+        self.len -= taken.len();
+        taken
+    }
+
+    /// Everything held for `webhook`.
+    fn take(&mut self, webhook: &WebhookKey) -> Vec<Delivery> {
+        let taken: Vec<Delivery> = self
+            .by_webhook
+            .remove(webhook)
+            .into_iter()
             .flatten()
             .collect();
         self.len -= taken.len();
@@ -930,8 +969,13 @@ impl Notifier {
                     Ok(batch) if !batch.is_empty() => {
                         claimed = true;
                         let (mut soon, mut later) = (Vec::new(), Vec::new());
+                        let mut asked_to_wait = Vec::new();
                         for delivery in batch {
                             let webhook = WebhookKey::of(&delivery);
+                            if let Some(until) = pacing.held_back(&webhook) {
+                                asked_to_wait.push((delivery.id, until));
+                                continue;
+                            }
                             let tenant_busy = per_tenant.get(&webhook.0).copied().unwrap_or(0);
                             let tenant_full = tenant_busy >= self.settings.per_tenant_concurrency;
                             if tenant_full && !per_webhook.contains_key(&webhook) {
@@ -962,6 +1006,7 @@ impl Notifier {
                             self.settings.per_webhook_concurrency,
                         );
                         self.defer(soon).await;
+                        self.defer(asked_to_wait).await;
                         self.put_back(later, self.settings.request_timeout).await;
                     }
                     Ok(_) => {}
@@ -994,8 +1039,13 @@ impl Notifier {
                 self.settings.send_interval
             };
             tokio::select! {
-                Some((webhook, took)) = in_flight.next() => {
-                    pacing.attempted(&webhook, took);
+                Some((webhook, took, asked)) = in_flight.next() => {
+                    pacing.attempted(&webhook, took, asked);
+                    if let Some(until) = pacing.held_back(&webhook) {
+                        // What is held for it waits with the rest, in the queue.
+                        let waiting = held.take(&webhook);
+                        self.defer(waiting.into_iter().map(|d| (d.id, until)).collect()).await;
+                    }
                     if let Some(busy) = per_webhook.get_mut(&webhook) {
                         busy.last_ended = tokio::time::Instant::now();
                         match held.pop(&webhook) {
@@ -1022,11 +1072,16 @@ impl Notifier {
         }
     }
 
-    /// One attempt, reporting which webhook's slot it frees and how long it took.
-    async fn attempt_for(&self, delivery: Delivery, webhook: WebhookKey) -> (WebhookKey, Duration) {
+    /// One attempt, reporting which webhook's slot it frees, how long it took, and the pause
+    /// its receiver asked for.
+    async fn attempt_for(
+        &self,
+        delivery: Delivery,
+        webhook: WebhookKey,
+    ) -> (WebhookKey, Duration, Option<Duration>) {
         let started = tokio::time::Instant::now();
-        self.attempt(delivery).await;
-        (webhook, started.elapsed())
+        let asked = self.attempt(delivery).await;
+        (webhook, started.elapsed(), asked)
     }
 
     /// Claimed deliveries not attempted: due again after `after`, no attempt counted.
@@ -1044,8 +1099,9 @@ impl Notifier {
         }
     }
 
-    /// One attempt at one delivery, and what follows from it.
-    async fn attempt(&self, mut delivery: Delivery) {
+    /// One attempt at one delivery, and what follows from it: the pause its receiver asked
+    /// for (`Retry-After`, at most `retry_max`), if it did.
+    async fn attempt(&self, mut delivery: Delivery) -> Option<Duration> {
         let hook = match self
             .store
             .webhook(&delivery.tenant, &delivery.webhook_id)
@@ -1055,14 +1111,14 @@ impl Notifier {
             Ok(store::Lookup::Removed) => {
                 // The webhook was removed: its deliveries go nowhere.
                 let _ = self.store.delivered(&delivery).await;
-                return;
+                return None;
             }
             // Not knowing the webhook (Redis did not answer, or a version that cannot read it)
             // is not its removal: the lease runs out and another attempt follows.
-            Ok(store::Lookup::Unreadable) => return,
+            Ok(store::Lookup::Unreadable) => return None,
             Err(error) => {
                 tracing::debug!(%error, id = %delivery.id, "cannot look up a webhook");
-                return;
+                return None;
             }
         };
         if delivery.while_pending.is_some() && !self.still_pending(&hook, &mut delivery).await {
@@ -1072,11 +1128,14 @@ impl Notifier {
             if let Err(error) = self.store.delivered(&delivery).await {
                 tracing::debug!(%error, "cannot record a withdrawn webhook delivery");
             }
-            return;
+            return None;
         }
         let (outcome, asked_to_wait) = match self.post(&hook, &delivery).await {
             Ok(()) => (Ok(()), None),
-            Err(Refused { error, retry_after }) => (Err(error), retry_after),
+            Err(Refused { error, retry_after }) => (
+                Err(error),
+                retry_after.map(|wait| wait.min(self.settings.retry_max)),
+            ),
         };
         let tenant = delivery.tenant.clone();
         delivery.attempts += 1;
@@ -1111,11 +1170,9 @@ impl Notifier {
                     .increment(1);
                 // A receiver that says when to come back (a rate-limited Slack webhook: 429
                 // with Retry-After) is not tried sooner, up to `retry_max`.
-                let wait = self.backoff(delivery.attempts).max(
-                    asked_to_wait
-                        .unwrap_or_default()
-                        .min(self.settings.retry_max),
-                );
+                let wait = self
+                    .backoff(delivery.attempts)
+                    .max(asked_to_wait.unwrap_or_default());
                 let next = Timestamp::now().plus(wait);
                 self.store.retry_at(&delivery, next).await.map(drop)
             }
@@ -1124,6 +1181,7 @@ impl Notifier {
             // The lease runs out and another attempt follows: at least once.
             tracing::debug!(%error, "cannot record a webhook attempt");
         }
+        asked_to_wait
     }
 
     /// Whether the approval an "expiring soon" delivery warns about is still pending; if so

@@ -758,6 +758,40 @@ async fn a_receiver_that_asks_to_wait_is_not_tried_sooner() {
     );
 }
 
+/// `Retry-After` holds back every delivery to that webhook, not only the one it answered: the
+/// others kept their pace, each earning a 429 (and an attempt towards its dead letter) from a
+/// receiver that had said when to come back.
+#[tokio::test]
+async fn a_receiver_that_asks_to_wait_gets_nothing_else_meanwhile() {
+    let mut receiver = Receiver::start_failing_with(1, Some("2")).await;
+    let app = TestApp::spawn_with(|s| {
+        fast(s);
+        s.notifications.retry_max = Duration::from_secs(10);
+    })
+    .await;
+    add_webhook(&app, json!({"url": receiver.url, "events": ["parked"]})).await;
+    app.park("first").await;
+    let refused = receiver.next().await;
+    assert!(!refused.accepted);
+    let asked_at = std::time::Instant::now();
+    // Parked after the receiver asked for a pause: its event waits out the pause too.
+    app.park("second").await;
+    let mut taken = Vec::new();
+    for _ in 0..2 {
+        let got = receiver.next().await;
+        assert!(
+            asked_at.elapsed() >= Duration::from_millis(1_400),
+            "{} sent after {:?}, though the receiver asked for 2 s",
+            got.json()["approval_id"],
+            asked_at.elapsed()
+        );
+        assert!(got.accepted);
+        taken.push(got.json()["approval_id"].as_str().unwrap_or("").to_owned());
+    }
+    taken.sort();
+    assert_eq!(taken, ["first", "second"]);
+}
+
 #[tokio::test]
 async fn nothing_is_lost_across_a_restart_and_dead_letters_are_counted() {
     let mut receiver = Receiver::start(usize::MAX).await;
