@@ -35,6 +35,14 @@ SERVER_WAIT_CAP = 60
 """The service's longest long-poll (`approvals.long_poll_max`): a wait asks for at most this
 and resumes after it."""
 
+MAX_IN_FLIGHT = 100
+"""How many requests a client has in flight at once by default: as many as one HTTP/2
+connection carries. httpcore opens at most 100 streams on a connection (fewer if the service
+says so; the service allows 256) and puts the next request on the same connection all the
+same, where it waits for a stream with no timeout at all (`AsyncHTTP2Connection`'s
+`_max_streams_semaphore`): not the connect, read, write nor pool timeout, since the pool has
+already handed it the connection. Over HTTP/1.1 it is httpx's default `max_connections`."""
+
 # 408: the service's request deadline ran out; whatever the attempt did is found by the retry
 # (a submit repeats its request_id; a decision already made reads as `already_decided`).
 T = TypeVar("T")
@@ -329,6 +337,27 @@ def attempt_timeout(
     the whole budget left, so it is cut only by a budget under its timeout, and never below
     the floor."""
     return cut(within(timeout, deadline), None if left is None else max(left, ATTEMPT_FLOOR) + patience)
+
+
+def check_max_in_flight(value: int | None) -> int | None:
+    """A bound of at least one request in flight (None: no bound of the client's own)."""
+    if value is not None and value < 1:
+        raise ValueError(f"max_in_flight must be at least 1 (or None), not {value}")
+    return value
+
+
+def slot_seconds(timeout: httpx.Timeout | float | None) -> float | None:
+    """How long an attempt waits for a slot among the client's requests in flight: its pool
+    timeout (the wait for a connection, which it is like), cut as the attempt's others are.
+    None: as long as it takes (a client configured without timeouts)."""
+    seconds = timeout.pool if isinstance(timeout, httpx.Timeout) else timeout
+    return None if seconds is None else max(0.0, seconds)
+
+
+def no_slot(limit: int, seconds: float) -> httpx.PoolTimeout:
+    """The error of an attempt that found no slot in time: a `PoolTimeout`, as when httpx's
+    pool has no connection for it (retried the same way; the request was never sent)."""
+    return httpx.PoolTimeout(f"all {limit} of the client's requests in flight (max_in_flight) still running after {seconds:g} s")
 
 
 def is_transient(error: httpx.TransportError) -> bool:

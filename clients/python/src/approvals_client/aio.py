@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import Any, AsyncIterator, Callable, Mapping
@@ -24,6 +25,13 @@ class AsyncApprovalsClient:
     waits, a reviewer token lists and decides. `poll_seconds` is how long one long-poll asks
     the service to hold (it caps it at 60 s); `wait` chains polls up to the caller's deadline.
     Pass `http` to reuse an `httpx.AsyncClient` of your own (its base URL is ignored).
+
+    At most `max_in_flight` requests (100, as many as httpx carries on one HTTP/2 connection;
+    None: no bound) are in flight at once, a live stream counting as one while it is open;
+    the next waits for one to end, at most its pool timeout (the client's `timeout`, cut to
+    a call's deadline), and then fails as one finding no connection in httpx's pool does
+    (`httpx.PoolTimeout`, retried like it). Without this bound a request beyond an HTTP/2
+    connection's streams would wait for one without any timeout.
     """
 
     def __init__(
@@ -37,6 +45,7 @@ class AsyncApprovalsClient:
         poll_seconds: int = _core.SERVER_WAIT_CAP,
         events_read_timeout: float = 45.0,
         http: httpx.AsyncClient | None = None,
+        max_in_flight: int | None = _core.MAX_IN_FLIGHT,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.tenant = tenant
@@ -47,6 +56,9 @@ class AsyncApprovalsClient:
         self._headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
         self._own_http = http is None
         self._http = http if http is not None else httpx.AsyncClient(timeout=timeout)
+        self.max_in_flight = _core.check_max_in_flight(max_in_flight)
+        # anyio's, not asyncio's: the client runs on trio too.
+        self._slots = anyio.Semaphore(max_in_flight, max_value=max_in_flight) if max_in_flight is not None else None
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> AsyncApprovalsClient:
@@ -73,6 +85,25 @@ class AsyncApprovalsClient:
     def _url(self, *parts: str) -> str:
         tail = "".join("/" + segment(p) for p in parts)
         return f"{self.base_url}/v1/tenants/{segment(self.tenant)}{tail}"
+
+    @contextlib.asynccontextmanager
+    async def _in_flight(self, timeout: httpx.Timeout | float) -> AsyncIterator[None]:
+        """One of the `max_in_flight` slots for a request, waited for at most `timeout`'s pool
+        timeout (`httpx.PoolTimeout` then), held until the request's answer is read."""
+        if self._slots is None or self.max_in_flight is None:
+            yield
+            return
+        seconds = _core.slot_seconds(timeout)
+        acquired = False
+        with anyio.move_on_after(seconds):
+            await self._slots.acquire()
+            acquired = True
+        if not acquired:
+            raise _core.no_slot(self.max_in_flight, seconds or 0.0)
+        try:
+            yield
+        finally:
+            self._slots.release()
 
     async def _send(
         self,
@@ -103,20 +134,22 @@ class AsyncApprovalsClient:
         while True:
             attempt += 1
             attempt_started = time.monotonic()
+            limits = _core.attempt_timeout(
+                timeout if timeout is not None else self.timeout,
+                deadline,
+                self.retry.left(time.monotonic() - started - waited),
+                patience,
+            )
             try:
-                response = await self._http.request(
-                    method,
-                    url,
-                    params=params() if callable(params) else params,
-                    json=json,
-                    headers=self._headers,
-                    timeout=_core.attempt_timeout(
-                        timeout if timeout is not None else self.timeout,
-                        deadline,
-                        self.retry.left(time.monotonic() - started - waited),
-                        patience,
-                    ),
-                )
+                async with self._in_flight(limits):
+                    response = await self._http.request(
+                        method,
+                        url,
+                        params=params() if callable(params) else params,
+                        json=json,
+                        headers=self._headers,
+                        timeout=limits,
+                    )
             except httpx.TransportError as error:
                 waited += min(time.monotonic() - attempt_started, patience)
                 delay = self.retry.backoff(attempt)
@@ -375,7 +408,7 @@ class AsyncApprovalsClient:
             decoder = _core.SseDecoder()
             timeout = httpx.Timeout(self.timeout, read=self.events_read_timeout)
             try:
-                async with self._http.stream("GET", url, headers=headers, timeout=timeout) as response:
+                async with self._in_flight(timeout), self._http.stream("GET", url, headers=headers, timeout=timeout) as response:
                     if response.status_code != 200:
                         await response.aread()
                         lingering = False

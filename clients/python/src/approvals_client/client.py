@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
 from typing import Any, Callable, Iterator, Mapping
 
@@ -23,6 +25,13 @@ class ApprovalsClient:
     waits, a reviewer token lists and decides. `poll_seconds` is how long one long-poll asks
     the service to hold (it caps it at 60 s); `wait` chains polls up to the caller's deadline.
     Pass `http` to reuse an `httpx.Client` of your own (its base URL is ignored).
+
+    At most `max_in_flight` requests (100, as many as httpx carries on one HTTP/2 connection;
+    None: no bound) are in flight at once across the threads using the client, a live stream
+    counting as one while it is open; the next waits for one to end, at most its pool timeout
+    (the client's `timeout`, cut to a call's deadline), and then fails as one finding no
+    connection in httpx's pool does (`httpx.PoolTimeout`, retried like it). Without this bound
+    a request beyond an HTTP/2 connection's streams would wait for one without any timeout.
     """
 
     def __init__(
@@ -36,6 +45,7 @@ class ApprovalsClient:
         poll_seconds: int = _core.SERVER_WAIT_CAP,
         events_read_timeout: float = 45.0,
         http: httpx.Client | None = None,
+        max_in_flight: int | None = _core.MAX_IN_FLIGHT,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.tenant = tenant
@@ -46,6 +56,8 @@ class ApprovalsClient:
         self._headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
         self._own_http = http is None
         self._http = http if http is not None else httpx.Client(timeout=timeout)
+        self.max_in_flight = _core.check_max_in_flight(max_in_flight)
+        self._slots = threading.BoundedSemaphore(max_in_flight) if max_in_flight is not None else None
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> ApprovalsClient:
@@ -73,6 +85,21 @@ class ApprovalsClient:
     def _url(self, *parts: str) -> str:
         tail = "".join("/" + segment(p) for p in parts)
         return f"{self.base_url}/v1/tenants/{segment(self.tenant)}{tail}"
+
+    @contextlib.contextmanager
+    def _in_flight(self, timeout: httpx.Timeout | float) -> Iterator[None]:
+        """One of the `max_in_flight` slots for a request, waited for at most `timeout`'s pool
+        timeout (`httpx.PoolTimeout` then), held until the request's answer is read."""
+        if self._slots is None or self.max_in_flight is None:
+            yield
+            return
+        seconds = _core.slot_seconds(timeout)
+        if not self._slots.acquire(timeout=seconds):
+            raise _core.no_slot(self.max_in_flight, seconds or 0.0)
+        try:
+            yield
+        finally:
+            self._slots.release()
 
     def _send(
         self,
@@ -104,20 +131,22 @@ class ApprovalsClient:
             attempt += 1
             attempt_started = time.monotonic()
             _core.check_abandoned()
+            limits = _core.attempt_timeout(
+                timeout if timeout is not None else self.timeout,
+                deadline,
+                self.retry.left(time.monotonic() - started - waited),
+                patience,
+            )
             try:
-                response = self._http.request(
-                    method,
-                    url,
-                    params=params() if callable(params) else params,
-                    json=json,
-                    headers=self._headers,
-                    timeout=_core.attempt_timeout(
-                        timeout if timeout is not None else self.timeout,
-                        deadline,
-                        self.retry.left(time.monotonic() - started - waited),
-                        patience,
-                    ),
-                )
+                with self._in_flight(limits):
+                    response = self._http.request(
+                        method,
+                        url,
+                        params=params() if callable(params) else params,
+                        json=json,
+                        headers=self._headers,
+                        timeout=limits,
+                    )
             except httpx.TransportError as error:
                 waited += min(time.monotonic() - attempt_started, patience)
                 delay = self.retry.backoff(attempt)
@@ -375,7 +404,7 @@ class ApprovalsClient:
             decoder = _core.SseDecoder()
             timeout = httpx.Timeout(self.timeout, read=self.events_read_timeout)
             try:
-                with self._http.stream("GET", url, headers=headers, timeout=timeout) as response:
+                with self._in_flight(timeout), self._http.stream("GET", url, headers=headers, timeout=timeout) as response:
                     if response.status_code != 200:
                         response.read()
                         lingering = False
