@@ -121,6 +121,12 @@ struct Unsettled {
     /// window before it is: the client may have left before some of it became visible, and
     /// repeating an event (clients drop ids they saw) is better than missing one.
     resumed_at: Option<String>,
+    /// A stream opened without a `Last-Event-ID` starts now: until its first pass over the
+    /// settle window ends, events recorded before this are noted as shown, not sent. The
+    /// first read sent the whole window before the connection (15 s of events), and a bot
+    /// restarted with no memory of ids acted on them again. Those that become visible only
+    /// later (written late) are still sent.
+    hide_before: Option<Timestamp>,
 }
 
 impl Unsettled {
@@ -205,6 +211,7 @@ impl Approvals {
             page_after: None,
             shown: super::RecentIds::default(),
             resumed_at: after.clone(),
+            hide_before: after.is_none().then_some(since),
         });
         let start_id = after.is_none().then(|| AuditEvent::id_just_before(since));
         let mut stream = LiveStream {
@@ -297,12 +304,19 @@ impl Approvals {
                 continue;
             }
             unsettled.newest = unsettled.newest.max(event.timestamp);
+            if unsettled
+                .hide_before
+                .is_some_and(|start| event.timestamp < start)
+            {
+                continue;
+            }
             if let Some(kind) = LiveKind::of(&event) {
                 events.push(LiveEvent { kind, event });
             }
         }
         // What is older than the next read's start can no longer come back.
         if !more {
+            unsettled.hide_before = None;
             let next_from = unsettled.reread_from();
             unsettled.shown.prune(next_from);
         }

@@ -17,6 +17,7 @@ contract_tests!(
     what_another_instance_wrote_shows_up_once_even_when_late,
     a_resume_repeats_only_what_it_could_have_missed,
     a_stream_left_before_its_first_event_resumes_from_its_start,
+    a_stream_opened_without_an_id_starts_now,
 );
 
 /// One SSE event as a client parses it.
@@ -380,4 +381,32 @@ async fn a_reviewer_resumes_only_within_the_window_an_admin_from_anywhere() {
         first.data["approval_id"], "recent",
         "the reviewer's replay starts within the window: {first:?}"
     );
+}
+
+/// A stream opened without a `Last-Event-ID` shows what happens from then on, not what was
+/// recorded just before: on Temporal, whose reads go back over a settle window, the first read
+/// sent the last 15 s again, and a bot restarted with no memory of ids acted on them twice.
+async fn a_stream_opened_without_an_id_starts_now(h: Harness) {
+    let app = h.spawn().await;
+    app.park("before").await;
+    // Visible in the audit before the stream opens: not merely late to show up.
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        let audit = app
+            .get_json(
+                &format!("/v1/tenants/{}/audit", app.tenant),
+                &app.tokens.admin,
+            )
+            .await;
+        let items = audit["items"].as_array().cloned().unwrap_or_default();
+        if items.iter().any(|e| e["approval_id"] == "before") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never in the audit: {audit}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut live = SseReader::open(&app, &app.base, &app.tokens.reviewer, None).await;
+    app.park("after").await;
+    let first = live.next(WITHIN).await;
+    assert_eq!(first.data["approval_id"], "after", "{first:?}");
 }

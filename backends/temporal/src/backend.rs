@@ -42,8 +42,8 @@ use crate::workflow::{
     MEMO_APPROVAL, MEMO_EVENT, MEMO_EVENTS,
 };
 
-/// How late visibility may show an event behind later ones: its indexing lag (about a second
-/// on a loaded cluster), with a wide margin.
+/// How late visibility may show an event behind later ones, beyond the call that wrote it: its
+/// indexing lag (about a second on a loaded cluster), with a wide margin.
 const AUDIT_SETTLE_TIME: Duration = Duration::from_secs(15);
 
 /// Below this, an update is not sent: it could not be answered in time.
@@ -589,7 +589,11 @@ impl ApprovalBackend for TemporalBackend {
     /// The audit comes from visibility, which shows what other instances and the workers
     /// wrote a moment late, while this instance's own writes show at once (`recent`).
     fn audit_settle_time(&self) -> Duration {
-        AUDIT_SETTLE_TIME
+        // An event is stamped before the call that writes it (a decision's time, then its
+        // update), and that call may take its whole `call_timeout` (a worker that died: the
+        // sticky queue's 10 s): a fixed 15 s let such an event become visible behind every
+        // reader's window, and live streams and webhooks never saw it.
+        AUDIT_SETTLE_TIME + self.settings.call_timeout
     }
 
     fn check_cursor(&self, listing: Listing, cursor: &str) -> Result<(), BackendError> {
