@@ -15,9 +15,17 @@ fn main() -> ExitCode {
         Err(cli) => cli,
     };
     // Start-up: without a runtime nothing can run.
-    tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .expect("the async runtime cannot start")
-        .block_on(cli.run())
+        .expect("the async runtime cannot start");
+    let code = runtime.block_on(cli.run());
+    // Dropping a runtime waits for its blocking tasks without limit: a decision-log write to
+    // a stdout nobody reads (a stalled log shipper), or an upload's validation still running,
+    // kept a drained service from exiting until it was killed.
+    runtime.shutdown_timeout(EXIT_GRACE);
+    code
 }
+
+/// How long blocking work still running after the command ended may hold up the exit.
+const EXIT_GRACE: std::time::Duration = std::time::Duration::from_secs(2);

@@ -10,6 +10,9 @@ use crate::config::{LogFormat, LogSettings};
 pub fn init(settings: &LogSettings) {
     // `RUST_LOG=warning` reads as a target's name, and silently logged nothing at all.
     let filter = match std::env::var("RUST_LOG") {
+        // Set but empty (compose's `${RUST_LOG:-}`, a chart's ""): as if unset. As a filter
+        // it logged errors only, without a word, hiding every warning.
+        Ok(wanted) if wanted.trim().is_empty() => EnvFilter::new(&settings.filter),
         Ok(wanted) => match crate::config::check_env_log_filter(&wanted) {
             Ok(()) => EnvFilter::new(wanted),
             Err(why) => {

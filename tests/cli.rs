@@ -267,6 +267,56 @@ async fn sigterm_answers_long_polls_and_drains() {
     );
 }
 
+/// A stdout decision-log sink whose reader stalled (a log shipper that stopped reading) does
+/// not hold up the exit: the write blocked in a blocking task, and dropping the runtime waited
+/// for it without limit, so a drained service never exited until it was killed. An empty
+/// `RUST_LOG` (compose's `${RUST_LOG:-}`) keeps `log.filter` (it logged errors only, without a
+/// word), and a variable of another program that is not UTF-8 is skipped (it panicked).
+#[tokio::test]
+async fn a_stalled_stdout_sink_does_not_hold_up_the_exit() {
+    let redis = RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let agent = "agent-token-1";
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace = \"2s\"\n[redis]\nurl = \"{}\"\n\
+         [policy]\ndir = \"{}\"\n[decision_log]\nsink = \"stdout\"\n\
+         [[auth.tokens]]\nsubject = \"agent-1\"\ntenant = \"acme\"\nrole = \"agent\"\nsha256 = \"{}\"\n",
+        redis.url(),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("policies").display(),
+        digest_hex(agent),
+    );
+    let config = write(dir.path(), "config.toml", &config);
+    let mut command = approvals(&["serve", "--config", &config]);
+    command
+        .env("RUST_LOG", "")
+        .env(
+            std::ffi::OsStr::new("NOT_OURS"),
+            std::os::unix::ffi::OsStrExt::from_bytes(b"caf\xe9") as &std::ffi::OsStr,
+        )
+        // Piped and never read: once the pipe's 64 KiB are full, every write blocks.
+        .stdout(std::process::Stdio::piped());
+    let mut service = Process::spawn(command);
+    // An info line: the empty RUST_LOG did not cut the log to errors.
+    service.wait_for_line("serving", Duration::from_secs(20));
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    // Each verdict is a line of about 600 bytes on stdout: 300 fill the pipe.
+    for n in 0..300 {
+        let answered = http
+            .post(format!("{base}/v1/tenants/acme/approvals"))
+            .bearer_auth(agent)
+            .json(&serde_json::json!({"request_id": format!("read-{n}"), "action": {"type": "document_read", "resource": "docs/handbook/onboarding.md"}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answered.status(), 200);
+    }
+    // Grace (2 s) and the decision log's last try (5 s), then the exit's own 2 s.
+    let (status, took) = service.terminate(Duration::from_secs(20)).await;
+    assert!(status.success(), "{status:?} after {took:?}");
+}
+
 /// An `approvals dev` that has printed its banner: the tokens it exported, its Redis port and
 /// every line up to the last token.
 struct Dev {

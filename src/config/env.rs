@@ -22,7 +22,7 @@ const CLIENT_VARS: [&str; 4] = [
     "APPROVALS_RUNBOOK_BASE",
     "APPROVALS_FEATURES",
 ];
-const PREFIX: &str = "APPROVALS_";
+pub(super) const PREFIX: &str = "APPROVALS_";
 
 /// One variable and the dotted key it sets (`APPROVALS_REDIS__URL` → `redis.url`).
 #[derive(Debug, Clone, PartialEq, Eq)]

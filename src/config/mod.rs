@@ -571,6 +571,23 @@ pub(crate) fn check_log_filter(filter: &str) -> Result<(), ConfigError> {
     parses_as_filter(filter).map_err(|e| ConfigError::Invalid(format!("log.filter: {e}")))
 }
 
+/// The process environment, as far as it is text. `std::env::vars` panics on a variable that
+/// is not UTF-8, so any such variable of another program (a Latin-1 path in a pod's
+/// environment) stopped every command with a backtrace. Ours must be text; others are skipped.
+fn utf8_env() -> Result<Vec<(String, String)>, ConfigError> {
+    let mut env = Vec::new();
+    for (key, value) in std::env::vars_os() {
+        match (key.into_string(), value.into_string()) {
+            (Ok(key), Ok(value)) => env.push((key, value)),
+            (Ok(key), Err(_)) if key.starts_with(env::PREFIX) => {
+                return Err(ConfigError::Invalid(format!("{key}: not UTF-8 text")));
+            }
+            _ => {}
+        }
+    }
+    Ok(env)
+}
+
 impl Settings {
     /// Whether tenants' own policy bundles are kept (in Redis: the approvals engine, a dual
     /// backend's Redis primary, or `tenant_store.kind = "redis"`), so that sandboxes are used.
@@ -581,7 +598,7 @@ impl Settings {
 
     /// Loads `file` (if any) and the process environment.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        Self::load_from(file, std::env::vars())
+        Self::load_from(file, utf8_env()?)
     }
 
     /// As [`Settings::load`], with the environment given (tests use their own).
@@ -786,6 +803,12 @@ impl Settings {
             (
                 "approvals.events_max_duration",
                 self.approvals.events_max_duration,
+            ),
+            // Zero made every reviewer's reconnect start at "now": what was recorded while
+            // it reconnected (at every deploy, and every events_max_duration) was never shown.
+            (
+                "approvals.events_resume_window",
+                self.approvals.events_resume_window,
             ),
         ] {
             if value.is_zero() {

@@ -302,6 +302,7 @@ fn a_limit_or_deadline_of_zero_is_refused() {
         ("APPROVALS_SERVER__HEADER_READ_TIMEOUT", "0s", "1s"),
         ("APPROVALS_SERVER__SHUTDOWN_GRACE", "0s", "1s"),
         ("APPROVALS_APPROVALS__EVENTS_MAX_DURATION", "0s", "1s"),
+        ("APPROVALS_APPROVALS__EVENTS_RESUME_WINDOW", "0s", "1s"),
     ] {
         assert_must_be_positive(var, zero, some);
     }
