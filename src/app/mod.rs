@@ -105,11 +105,20 @@ impl Approvals {
         self.engine.kind()
     }
 
-    /// Ready when the engine answers.
+    /// Ready when the engine answers and the tenants' policies have been read once. Until
+    /// then every submit answers 503 (the policy to apply is unknown): with Temporal answering
+    /// and a Redis tenant store that was down at start, `/readyz` said ready all the same.
     pub async fn ready(&self) -> Result<(), AppError> {
         let answered = self.engine.ping().await;
         self.metrics.set_backend_up(answered.is_ok());
-        answered.map_err(|e| self.engine_failed_in(e, ErrorSource::Readiness))
+        answered.map_err(|e| self.engine_failed_in(e, ErrorSource::Readiness))?;
+        if !self.policies.synced() {
+            return Err(AppError::Unavailable(BackendError::unavailable(
+                "policy_states",
+                "the tenants' policies have not been read yet",
+            )));
+        }
+        Ok(())
     }
 
     /// `/metrics`: the recorder, the latest pending figures and the engine's own status.

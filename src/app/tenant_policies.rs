@@ -138,6 +138,11 @@ impl TenantPolicies {
         &self.default.active
     }
 
+    /// Whether the tenants' policies have been read at least once (always, without a store).
+    pub fn synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+
     /// The gates for `tenant` as of now.
     pub fn gates(&self, tenant: &TenantId) -> Result<Arc<Gates>, AppError> {
         if !self.synced.load(Ordering::Acquire) {

@@ -452,6 +452,31 @@ async fn a_decision_on_a_hung_temporal_is_503_before_the_request_deadline() {
     .await;
 }
 
+/// With Temporal answering and a Redis tenant store that cannot be reached at start, every
+/// submit answers 503 until the tenants' policies are first read: the instance is not ready
+/// meanwhile. `/readyz` asked Temporal alone and said ready, so a load balancer sent it
+/// traffic it failed.
+#[cfg(feature = "temporal")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_never_read_the_tenants_policies_is_not_ready() {
+    let closed = format!("redis://127.0.0.1:{}", approvals_testkit::free_port());
+    let app = crate::support::Harness::new(crate::support::Backend::Temporal)
+        .spawn_with(|settings| {
+            settings.tenant_store.kind = approvals::config::TenantStoreKind::Redis;
+            settings.redis.url = closed.clone();
+        })
+        .await;
+    let submitted = app.submit("before-any-policy", sensitive_read()).await;
+    assert_eq!(submitted.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let ready = app
+        .http
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+}
+
 /// A Temporal namespace without the `TenantId` search attribute: the server refuses every
 /// workflow start, so every submit would answer 503. The instance says so at start and is not
 /// ready (it was: the probe only asked whether the namespace exists).
