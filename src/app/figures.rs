@@ -16,7 +16,13 @@ impl Approvals {
         loop {
             tokio::select! {
                 () = self.shutdown.cancelled() => return,
-                _ = ticker.tick() => self.refresh_figures().await,
+                _ = ticker.tick() => {}
+            }
+            // Dropped at shutdown: a refresh on a slow Temporal (a visibility walk of up to
+            // `scan_timeout`, then a ping) held up the exit past the supervisor's kill.
+            tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                () = self.refresh_figures() => {}
             }
         }
     }

@@ -438,7 +438,13 @@ impl TenantPolicies {
                 _ = stop.cancelled() => return,
                 _ = ticks.tick() => {}
             }
-            match self.sync().await {
+            // A sync in progress is dropped at shutdown (it stores nothing until it is done):
+            // one waiting on a store that hangs held up the exit for its call deadlines.
+            let synced = tokio::select! {
+                _ = stop.cancelled() => return,
+                synced = self.sync() => synced,
+            };
+            match synced {
                 Ok(()) if failing => {
                     failing = false;
                     tracing::info!("tenant policies: the store answers again");

@@ -477,6 +477,46 @@ async fn an_instance_that_never_read_the_tenants_policies_is_not_ready() {
     assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
 }
 
+/// A shutdown does not wait for a pending-figures refresh stuck on a hung Temporal (a
+/// visibility walk of up to `temporal.scan_timeout`): the refresh is dropped. It was awaited,
+/// and the exit came after the supervisor's kill.
+#[cfg(feature = "temporal")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_stuck_on_a_hung_temporal_does_not_hold_up_the_shutdown() {
+    use approvals_testkit::temporal_server::DevServer;
+
+    let server = tokio::task::block_in_place(|| DevServer::start(None));
+    let mut app = crate::support::Harness::new(crate::support::Backend::Temporal)
+        .spawn_with(|settings| {
+            settings.temporal.address = server.address();
+            settings.temporal.task_queue = "nobody-polls".into();
+            settings.temporal.call_timeout = Duration::from_secs(4);
+            settings.temporal.scan_timeout = Duration::from_secs(25);
+            settings.server.request_timeout = Duration::from_secs(6);
+            settings.server.shutdown_grace = Duration::from_secs(1);
+        })
+        .await;
+    app.metrics_until(
+        &app.base,
+        Duration::from_secs(20),
+        "the first figures",
+        |m| m.contains("approvals_pending_snapshot_age_seconds "),
+    )
+    .await;
+    server.freeze();
+    // The figures stop being refreshed: a refresh is stuck in its walk.
+    app.metrics_until(&app.base, Duration::from_secs(10), "a stuck refresh", |m| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("approvals_pending_snapshot_age_seconds "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .is_some_and(|age| age >= 2.0)
+    })
+    .await;
+    let stopped = tokio::time::timeout(Duration::from_secs(10), app.shut_down()).await;
+    server.thaw();
+    assert!(stopped.is_ok(), "the shutdown waited for the stuck refresh");
+}
+
 /// A Temporal namespace without the `TenantId` search attribute: the server refuses every
 /// workflow start, so every submit would answer 503. The instance says so at start and is not
 /// ready (it was: the probe only asked whether the namespace exists).
