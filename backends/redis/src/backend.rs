@@ -337,7 +337,7 @@ impl ApprovalBackend for RedisBackend {
     fn check_cursor(&self, listing: Listing, cursor: &str) -> Result<(), BackendError> {
         match listing {
             Listing::Approvals => keys::decode_cursor(cursor).map(drop),
-            Listing::Audit => keys::decode_stream_cursor(cursor).map(drop),
+            Listing::Audit => keys::stream_position(cursor).map(drop),
         }
     }
 
@@ -479,15 +479,16 @@ impl ApprovalBackend for RedisBackend {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<Page<AuditEvent>, BackendError> {
-        let start = match (cursor, since) {
+        let position = cursor.map(keys::stream_position).transpose()?;
+        let start = match (position.as_deref(), since) {
             // Redis refuses an exclusive range after the largest id; nothing comes after it.
-            (Some(cursor), _) if keys::decode_stream_cursor(cursor)? == keys::LAST_STREAM_ID => {
+            (Some(keys::LAST_STREAM_ID), _) => {
                 return Ok(Page {
                     items: Vec::new(),
                     next_cursor: None,
                 })
             }
-            (Some(cursor), _) => format!("({}", keys::decode_stream_cursor(cursor)?),
+            (Some(position), _) => format!("({position}"),
             (None, Some(since)) => format!("{}-0", since.as_millis().max(0)),
             (None, None) => "-".to_owned(),
         };

@@ -160,9 +160,52 @@ pub fn decode_stream_cursor(cursor: &str) -> Result<&str, BackendError> {
     }
 }
 
+/// Where a reader resumes in a tenant's stream from `cursor`: a stream id, or the id of an
+/// event the Temporal engine handed out (`{millis:015}-{seq}-{approval id}`), resumed just
+/// before its instant. A client's saved `Last-Event-ID` then survives a rollback from Temporal
+/// to Redis (at least once: events of that millisecond come again); it was refused with 400
+/// for good, and an `EventSource` stops on that.
+pub fn stream_position(cursor: &str) -> Result<std::borrow::Cow<'_, str>, BackendError> {
+    if let Ok(id) = decode_stream_cursor(cursor) {
+        return Ok(std::borrow::Cow::Borrowed(id));
+    }
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let mut parts = cursor.splitn(3, '-');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(ms), Some(seq), Some(id))
+            if ms.len() == 15 && digits(ms) && digits(seq) && !id.is_empty() =>
+        {
+            let ms: u64 = ms.parse().map_err(|_| BackendError::InvalidCursor)?;
+            Ok(std::borrow::Cow::Owned(format!(
+                "{}-{}",
+                ms.saturating_sub(1),
+                u64::MAX
+            )))
+        }
+        _ => Err(BackendError::InvalidCursor),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_temporal_event_id_is_a_position_just_before_its_instant() {
+        assert_eq!(stream_position("5-1").unwrap(), "5-1");
+        assert_eq!(
+            stream_position("001763717021842-1-req-1").unwrap(),
+            format!("1763717021841-{}", u64::MAX)
+        );
+        for bad in [
+            "not-an-event-id",
+            "1763717021842-1-req-1",
+            "001763717021842--x",
+            "01-0",
+        ] {
+            assert!(stream_position(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn record_keys_round_trip() {
