@@ -846,6 +846,16 @@ impl Settings {
                 "temporal.call_timeout: must be shorter than server.request_timeout".into(),
             ));
         }
+        // A listing or an audit page walks visibility under scan_timeout: at the default 30 s
+        // (the request deadline's), a slow visibility raced the request's 408 against its own
+        // 503, and clients and the backend-errors alert saw their own slowness.
+        if self.backend.answering() == EngineKind::Temporal
+            && self.temporal.scan_timeout >= self.server.request_timeout
+        {
+            return Err(ConfigError::Invalid(
+                "temporal.scan_timeout: must be shorter than server.request_timeout".into(),
+            ));
+        }
         // A write waits for its mirror up to this, after the primary's own call: at the
         // request's deadline the caller got 408 for a write the primary had made (and a
         // reviewer who won, 409 on retry).

@@ -429,6 +429,19 @@ fn deadlines_and_limits_that_contradict_each_other_are_refused() {
             .contains("redis.call_timeout: must be shorter than server.request_timeout"),
         "{e}"
     );
+    // A visibility walk that may outlast the request answers 408 for Temporal's slowness.
+    let temporal = [("APPROVALS_BACKEND__KIND", "temporal")];
+    let e = load(
+        "",
+        &[temporal[0], ("APPROVALS_TEMPORAL__SCAN_TIMEOUT", "30s")],
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("temporal.scan_timeout: must be shorter than server.request_timeout"),
+        "{e}"
+    );
+    assert!(load("", &temporal).is_ok(), "the defaults agree");
     let e = load("", &[("APPROVALS_SERVER__MAX_CONNECTIONS", "2000")]).unwrap_err();
     assert!(
         e.to_string()

@@ -52,7 +52,8 @@ impl Default for TemporalSettings {
             // Above `sticky_queue_timeout`: after a worker crash a decision first waits that
             // out, and a shorter deadline answered 503 for a decision that then landed.
             call_timeout: Duration::from_secs(15),
-            scan_timeout: Duration::from_secs(30),
+            // Shorter than `server.request_timeout`'s 30 s: a slow visibility walk answers 503.
+            scan_timeout: Duration::from_secs(25),
             sticky_queue_timeout: Duration::from_secs(10),
             identity: format!("approvals@{}", std::process::id()),
             read_your_writes: true,
