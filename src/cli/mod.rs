@@ -180,6 +180,9 @@ async fn worker(_config: Option<PathBuf>) -> ExitCode {
 async fn run_app(settings: Settings) -> ExitCode {
     // Said once: as a log line where logs are collected (JSON), as a sentence for a person.
     let json_logs = settings.log.format == LogFormat::Json;
+    // Before the build, which may take a while (a Temporal connect, the first policy read): a
+    // SIGTERM meanwhile then stops the instance once built, instead of killing it outright.
+    let signalled = shutdown_signal();
     let app = match Application::build(settings).await {
         Ok(app) => app,
         Err(error) => {
@@ -192,7 +195,7 @@ async fn run_app(settings: Settings) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    match app.run_until(shutdown_signal()).await {
+    match app.run_until(signalled).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("approvals: {error}");
