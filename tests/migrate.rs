@@ -682,7 +682,9 @@ async fn a_run_stops_early_once_too_many_records_failed() {
     assert!(report.stopped_early, "{report}");
     assert_eq!(report.failed.len(), MAX_FAILED_RECORDS);
     assert!(!report.is_reconciled());
-    assert!(report.to_string().contains("stopped early"));
+    assert!(report
+        .to_string()
+        .contains("stopped early after 100 failures: the records after them were not compared"));
 }
 
 /// An approval accepted `ago`, parked an hour before that for a day.

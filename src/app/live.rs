@@ -211,7 +211,11 @@ impl Approvals {
             page_after: None,
             shown: super::RecentIds::default(),
             resumed_at: after.clone(),
-            hide_before: after.is_none().then_some(since),
+            // Also for a client resuming from a stream's start id: it saw nothing before that.
+            hide_before: match after.as_deref() {
+                None => Some(since),
+                Some(id) => AuditEvent::start_of(id),
+            },
         });
         let start_id = after.is_none().then(|| AuditEvent::id_just_before(since));
         let mut stream = LiveStream {

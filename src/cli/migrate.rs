@@ -108,10 +108,15 @@ pub async fn run(args: MigrateArgs) -> ExitCode {
         imported = report.imported,
         already_present = report.already_present,
         differences = report.differences_total,
+        failed = report.failed.len(),
+        stopped_early = report.stopped_early,
         "migration finished"
     );
-    // A dry run reports the differences a real run would remove: that is its purpose.
-    if report.is_reconciled() || report.dry_run {
+    // A dry run reports the differences a real run would remove: that is its purpose. Records
+    // it could not read are another matter: a dry run against a target that is down must not
+    // pass as a pre-flight check.
+    let dry_run_done = report.dry_run && report.failed.is_empty() && !report.stopped_early;
+    if report.is_reconciled() || dry_run_done {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -628,6 +628,11 @@ impl Settings {
         let mut settings: Settings = figment
             .extract()
             .map_err(|e| explain(&e, file, &overrides))?;
+        let set = |key: &str| {
+            in_file.as_ref().is_some_and(|f| f.find_value(key).is_ok())
+                || overrides.name_of(key).is_some()
+        };
+        settings.fit_temporal_deadlines(set("temporal.call_timeout"), set("temporal.scan_timeout"));
         settings.validate()?;
         if let Some(in_file) = in_file {
             settings.file_keys_overridden = overrides
@@ -645,6 +650,20 @@ impl Settings {
     pub fn warn_of_overridden_file_keys(&self) {
         for overridden in &self.file_keys_overridden {
             tracing::warn!(%overridden, "an environment variable overrides what the config file sets");
+        }
+    }
+
+    /// Temporal's call and scan deadlines that were left at their defaults follow a
+    /// `server.request_timeout` lowered below them (a half, and five sixths of it), so that a
+    /// configuration that started before they had to be shorter still starts. Set explicitly,
+    /// they are the operator's, and `validate` refuses one that is not shorter.
+    fn fit_temporal_deadlines(&mut self, call_set: bool, scan_set: bool) {
+        let request = self.server.request_timeout;
+        if !call_set && self.temporal.call_timeout >= request {
+            self.temporal.call_timeout = request / 2;
+        }
+        if !scan_set && self.temporal.scan_timeout >= request {
+            self.temporal.scan_timeout = request * 5 / 6;
         }
     }
 

@@ -442,6 +442,21 @@ fn deadlines_and_limits_that_contradict_each_other_are_refused() {
         "{e}"
     );
     assert!(load("", &temporal).is_ok(), "the defaults agree");
+    // Left at their defaults, they follow a lowered request deadline: a configuration that
+    // started before the rule still starts.
+    let lowered = load(
+        "",
+        &[temporal[0], ("APPROVALS_SERVER__REQUEST_TIMEOUT", "12s")],
+    )
+    .expect("derived deadlines");
+    assert_eq!(lowered.temporal.call_timeout, Duration::from_secs(6));
+    assert_eq!(lowered.temporal.scan_timeout, Duration::from_secs(10));
+    let e = load(
+        "[temporal]\ncall_timeout = \"12s\"\n",
+        &[temporal[0], ("APPROVALS_SERVER__REQUEST_TIMEOUT", "12s")],
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("temporal.call_timeout"), "{e}");
     let e = load("", &[("APPROVALS_SERVER__MAX_CONNECTIONS", "2000")]).unwrap_err();
     assert!(
         e.to_string()

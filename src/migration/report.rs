@@ -234,10 +234,15 @@ impl fmt::Display for Report {
             }
         }
         if self.stopped_early {
+            // The pass that stopped: after a reconcile pass stopped, the copy had been done.
+            let not_done = match self.failed.last().map(|f| f.pass) {
+                Some("reconcile") => "compared",
+                _ => "copied nor compared",
+            };
             writeln!(
                 f,
-                "stopped early after {MAX_FAILED_RECORDS} failed records: the records after \
-                 them were neither copied nor compared, and the counts above are partial"
+                "stopped early after {MAX_FAILED_RECORDS} failures: the records after them \
+                 were not {not_done}, and the counts above are partial"
             )?;
         }
         if self.is_reconciled() {

@@ -215,7 +215,9 @@ impl Sandbox {
         drop(child);
         match reply.map_err(ValidationStopped::ByTheBundle)? {
             Reply::Validated(validated) => Ok(validated),
-            _ => Err(ValidationStopped::ByTheBundle(
+            // A child that speaks another protocol (its binary replaced by another version):
+            // nothing the bundle did.
+            _ => Err(ValidationStopped::NoSandbox(
                 "the policy sandbox answered out of turn".into(),
             )),
         }
@@ -225,8 +227,9 @@ impl Sandbox {
 /// Why a validation in a child gave no answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ValidationStopped {
-    /// No child could be started (the binary gone in an upgrade, a process limit): a fault of
-    /// this instance, not of the bundle.
+    /// No child could be started (the binary gone in an upgrade, a process limit), or it
+    /// answered in another protocol (the binary replaced by another version): a fault of this
+    /// instance, not of the bundle.
     #[error("{0}")]
     NoSandbox(String),
     /// The child died or overran its deadline while it worked on the bundle (memory, a stuck

@@ -134,17 +134,18 @@ impl DevServer {
     /// worker service binds its own port; when that bind loses a race for the port (seen on
     /// CI), the server dies a moment later, so a frontend that answers is not enough.
     fn ready(&self) -> bool {
-        self.counts(None, "TenantId = 'ready'", 0)
-            && self.counts(
-                Some("temporal-system"),
-                "WorkflowId = 'temporal-sys-tq-scanner'",
-                1,
-            )
+        self.count(None, "TenantId = 'ready'").is_some()
+            && self
+                .count(
+                    Some("temporal-system"),
+                    "WorkflowId = 'temporal-sys-tq-scanner'",
+                )
+                .is_some_and(|n| n >= 1)
     }
 
-    /// Whether `temporal workflow count` of `query` (in `namespace`, else the default) answers
-    /// `expected`.
-    fn counts(&self, namespace: Option<&str>, query: &str, expected: u64) -> bool {
+    /// What `temporal workflow count` of `query` (in `namespace`, else the default) answers;
+    /// `None` while the server cannot answer it.
+    fn count(&self, namespace: Option<&str>, query: &str) -> Option<u64> {
         let mut command = Command::new(temporal_bin());
         command
             .args(["workflow", "count", "--address"])
@@ -153,11 +154,15 @@ impl DevServer {
         if let Some(namespace) = namespace {
             command.args(["--namespace", namespace]);
         }
-        let Ok(output) = command.stderr(Stdio::null()).output() else {
-            return false;
-        };
-        output.status.success()
-            && String::from_utf8_lossy(&output.stdout).trim() == format!("Total: {expected}")
+        let output = command.stderr(Stdio::null()).output().ok()?;
+        if !output.status.success() {
+            return None;
+        }
+        String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .strip_prefix("Total: ")?
+            .parse()
+            .ok()
     }
 
     /// Stops the server in its tracks (SIGSTOP): its sockets stay open and nothing answers, as

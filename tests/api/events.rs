@@ -239,6 +239,10 @@ async fn a_reconnect_resumes_after_its_last_event_id(h: Harness) {
 /// between is not lost. The stream's greeting hands out that position as an event id.
 async fn a_stream_left_before_its_first_event_resumes_from_its_start(h: Harness) {
     let app = h.spawn().await;
+    // Recorded (and visible) before the stream starts: the resumed stream does not send it,
+    // for its client saw nothing before its start. On Temporal it sent the settle window.
+    app.park("before-start").await;
+    until_in_audit(&app, "before-start").await;
     let mut live = SseReader::open(&app, &app.base, &app.tokens.admin, None).await;
     let start = live
         .greeting_id(WITHIN)
@@ -390,21 +394,7 @@ async fn a_stream_opened_without_an_id_starts_now(h: Harness) {
     let app = h.spawn().await;
     app.park("before").await;
     // Visible in the audit before the stream opens: not merely late to show up.
-    let deadline = Instant::now() + WITHIN;
-    loop {
-        let audit = app
-            .get_json(
-                &format!("/v1/tenants/{}/audit", app.tenant),
-                &app.tokens.admin,
-            )
-            .await;
-        let items = audit["items"].as_array().cloned().unwrap_or_default();
-        if items.iter().any(|e| e["approval_id"] == "before") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "never in the audit: {audit}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_in_audit(&app, "before").await;
     let mut live = SseReader::open(&app, &app.base, &app.tokens.reviewer, None).await;
     app.park("after").await;
     let first = live.next(WITHIN).await;
@@ -439,4 +429,26 @@ async fn an_event_id_from_temporal_resumes_on_redis_after_a_rollback() {
         seen.push(event.data["approval_id"].as_str().unwrap_or("").to_owned());
     }
     assert!(seen.len() <= 2, "{seen:?}");
+}
+
+/// Waits until the audit lists an event of approval `id` (Temporal's shows it a moment late).
+async fn until_in_audit(app: &TestApp, id: &str) {
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        let audit = app
+            .get_json(
+                &format!("/v1/tenants/{}/audit", app.tenant),
+                &app.tokens.admin,
+            )
+            .await;
+        let items = audit["items"].as_array().cloned().unwrap_or_default();
+        if items.iter().any(|e| e["approval_id"] == id) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id} never in the audit: {audit}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

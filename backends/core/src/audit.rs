@@ -72,6 +72,18 @@ impl AuditEvent {
     pub fn id_just_before(at: Timestamp) -> String {
         format!("{}-{}", at.as_millis().saturating_sub(1).max(0), u64::MAX)
     }
+
+    /// The `at` of an [`AuditEvent::id_just_before`] id; `None` for an event's id.
+    pub fn start_of(id: &str) -> Option<Timestamp> {
+        let (millis, seq) = id.split_once('-')?;
+        if seq != u64::MAX.to_string() {
+            return None;
+        }
+        millis
+            .parse::<i64>()
+            .ok()
+            .map(|ms| Timestamp::from_millis(ms + 1))
+    }
 }
 
 /// An audit event before an engine gave it an id: what engines store.

@@ -61,9 +61,15 @@ impl RedisBackend {
                         // moment before it may not have reached us yet (its message is late on
                         // a busy instance, or lost): answering `expired` from what we hold
                         // would contradict the reviewer's 200 and every later read.
-                        match Box::pin(self.get(tenant, id)).await? {
-                            Some(current) => current,
-                            None => return Ok(None),
+                        match Box::pin(self.get(tenant, id)).await {
+                            Ok(Some(current)) => current,
+                            Ok(None) => return Ok(None),
+                            // Redis does not answer: what we hold, as before (an outage at that
+                            // moment is not worth a 503 the wait has not had so far).
+                            Err(error) => {
+                                tracing::debug!(%error, "read at the deadline failed; answering what is held");
+                                held.restore().map_err(corrupt)?.as_of(Timestamp::now())
+                            }
                         }
                     } else {
                         held.restore().map_err(corrupt)?.as_of(Timestamp::now())

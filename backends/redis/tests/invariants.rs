@@ -281,7 +281,7 @@ async fn a_waiter_at_the_deadline_answers_what_redis_holds() {
     let (server, elsewhere) = (RedisServer::start().await, RedisServer::start().await);
     let (ours, theirs) = (backend(&server), backend(&elsewhere));
     let tenant = fresh_tenant("deadline");
-    let approval = pending(&tenant, "late", Duration::from_secs(2));
+    let approval = pending(&tenant, "late", Duration::from_secs(5));
     ours.submit(approval.clone()).await.expect("submit");
     theirs.submit(approval).await.expect("submit elsewhere");
     let waiter = {

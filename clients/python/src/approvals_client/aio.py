@@ -134,21 +134,24 @@ class AsyncApprovalsClient:
         while True:
             attempt += 1
             attempt_started = time.monotonic()
-            limits = _core.attempt_timeout(
-                timeout if timeout is not None else self.timeout,
-                deadline,
-                self.retry.left(time.monotonic() - started - waited),
-                patience,
-            )
+            def limits() -> httpx.Timeout | float:
+                # As of now: what waiting for a slot took is not given to the request again.
+                return _core.attempt_timeout(
+                    timeout if timeout is not None else self.timeout,
+                    deadline,
+                    self.retry.left(time.monotonic() - started - waited),
+                    patience,
+                )
+
             try:
-                async with self._in_flight(limits):
+                async with self._in_flight(limits()):
                     response = await self._http.request(
                         method,
                         url,
                         params=params() if callable(params) else params,
                         json=json,
                         headers=self._headers,
-                        timeout=limits,
+                        timeout=limits(),
                     )
             except httpx.TransportError as error:
                 waited += min(time.monotonic() - attempt_started, patience)

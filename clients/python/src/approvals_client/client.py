@@ -131,21 +131,24 @@ class ApprovalsClient:
             attempt += 1
             attempt_started = time.monotonic()
             _core.check_abandoned()
-            limits = _core.attempt_timeout(
-                timeout if timeout is not None else self.timeout,
-                deadline,
-                self.retry.left(time.monotonic() - started - waited),
-                patience,
-            )
+            def limits() -> httpx.Timeout | float:
+                # As of now: what waiting for a slot took is not given to the request again.
+                return _core.attempt_timeout(
+                    timeout if timeout is not None else self.timeout,
+                    deadline,
+                    self.retry.left(time.monotonic() - started - waited),
+                    patience,
+                )
+
             try:
-                with self._in_flight(limits):
+                with self._in_flight(limits()):
                     response = self._http.request(
                         method,
                         url,
                         params=params() if callable(params) else params,
                         json=json,
                         headers=self._headers,
-                        timeout=limits,
+                        timeout=limits(),
                     )
             except httpx.TransportError as error:
                 waited += min(time.monotonic() - attempt_started, patience)
