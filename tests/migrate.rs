@@ -505,17 +505,7 @@ async fn a_decision_made_in_redis_during_the_migration_is_not_lost() {
         .submit(pending(&tenant, "still-pending", HOUR))
         .await
         .unwrap();
-    let plan = Plan {
-        tenants: BTreeSet::from([tenant.clone()]),
-        concurrency: 4,
-        dry_run: false,
-    };
-    let migration = Migration::new(
-        redis.clone(),
-        temporal.clone(),
-        plan,
-        indicatif::ProgressBar::hidden(),
-    );
+    let migration = of_tenant(&redis, &temporal, &tenant, 4);
     let mut report = Report::new(false);
     migration.copy(&mut report).await.unwrap();
     // A reviewer decides in Redis after the copy was made: the migration races them.
@@ -585,6 +575,26 @@ async fn temporal_without_worker(setup: &Setup, tenant: &TenantId) -> Arc<dyn Re
         .unwrap()
 }
 
+/// A migration of `tenant` alone from `source` to `target`, run through the library.
+fn of_tenant(
+    source: &Arc<dyn RecordTransfer>,
+    target: &Arc<dyn RecordTransfer>,
+    tenant: &TenantId,
+    concurrency: usize,
+) -> Migration {
+    let plan = Plan {
+        tenants: BTreeSet::from([tenant.clone()]),
+        concurrency,
+        dry_run: false,
+    };
+    Migration::new(
+        source.clone(),
+        target.clone(),
+        plan,
+        indicatif::ProgressBar::hidden(),
+    )
+}
+
 /// Copies `names` (pending in Redis) to `target`, then accepts them in Redis: the reconcile
 /// pass must replay each decision on the target.
 async fn decided_after_the_copy(
@@ -597,17 +607,7 @@ async fn decided_after_the_copy(
     for name in names {
         redis.submit(pending(tenant, name, HOUR)).await.unwrap();
     }
-    let plan = Plan {
-        tenants: BTreeSet::from([tenant.clone()]),
-        concurrency,
-        dry_run: false,
-    };
-    let migration = Migration::new(
-        redis.clone(),
-        target.clone(),
-        plan,
-        indicatif::ProgressBar::hidden(),
-    );
+    let migration = of_tenant(redis, target, tenant, concurrency);
     let mut report = Report::new(false);
     migration.copy(&mut report).await.unwrap();
     assert_eq!(report.imported, names.len() as u64);

@@ -119,6 +119,17 @@ struct Pace {
     not_before: Timestamp,
 }
 
+impl Pace {
+    /// A webhook first met `now`, whose attempts are taken to last `attempt`.
+    fn new(now: Timestamp, attempt: Duration) -> Self {
+        Self {
+            last_due: now,
+            attempt,
+            not_before: now,
+        }
+    }
+}
+
 impl Pacing {
     /// Due times for `deliveries` of one webhook: the first `after` from now (or after the
     /// last one already put back), each next one an attempt's share later.
@@ -135,11 +146,7 @@ impl Pacing {
                 let pace = self
                     .by_webhook
                     .entry(WebhookKey::of(&delivery))
-                    .or_insert(Pace {
-                        last_due: now,
-                        attempt: after,
-                        not_before: now,
-                    });
+                    .or_insert_with(|| Pace::new(now, after));
                 let step = (pace.attempt / concurrency.max(1) as u32).max(Duration::from_millis(1));
                 pace.last_due = pace
                     .last_due
@@ -157,11 +164,10 @@ impl Pacing {
         let pace = match (self.by_webhook.get_mut(webhook), asked) {
             (Some(pace), _) => pace,
             (None, None) => return,
-            (None, Some(_)) => self.by_webhook.entry(webhook.clone()).or_insert(Pace {
-                last_due: now,
-                attempt: took,
-                not_before: now,
-            }),
+            (None, Some(_)) => self
+                .by_webhook
+                .entry(webhook.clone())
+                .or_insert_with(|| Pace::new(now, took)),
         };
         pace.attempt = (pace.attempt * 3 + took) / 4;
         if let Some(asked) = asked {

@@ -7,17 +7,18 @@ use serde_json::Value;
 
 use crate::support::{assert_problem, sensitive_read, TestApp, TENANT};
 
-async fn until_ready(app: &TestApp) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while app
-        .http
+/// The instance's `/readyz` answer.
+async fn readiness(app: &TestApp) -> reqwest::Response {
+    app.http
         .get(app.url("/readyz"))
         .send()
         .await
-        .unwrap()
-        .status()
-        != StatusCode::OK
-    {
+        .expect("readyz")
+}
+
+async fn until_ready(app: &TestApp) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while readiness(app).await.status() != StatusCode::OK {
         assert!(
             Instant::now() < deadline,
             "never ready again after Redis returned"
@@ -191,7 +192,7 @@ async fn a_full_redis_is_not_ready() {
     app.park("before-full").await;
     until_ready(&app).await;
     redis_config(&app, "maxmemory", "1").await;
-    let ready = app.http.get(app.url("/readyz")).send().await.unwrap();
+    let ready = readiness(&app).await;
     assert_problem(
         ready,
         StatusCode::SERVICE_UNAVAILABLE,
@@ -216,7 +217,7 @@ async fn an_evicting_redis_is_not_ready() {
     let app = TestApp::spawn().await;
     until_ready(&app).await;
     redis_config(&app, "maxmemory-policy", "volatile-lru").await;
-    let ready = app.http.get(app.url("/readyz")).send().await.unwrap();
+    let ready = readiness(&app).await;
     assert_problem(
         ready,
         StatusCode::SERVICE_UNAVAILABLE,
@@ -468,13 +469,10 @@ async fn an_instance_that_never_read_the_tenants_policies_is_not_ready() {
         .await;
     let submitted = app.submit("before-any-policy", sensitive_read()).await;
     assert_eq!(submitted.status(), StatusCode::SERVICE_UNAVAILABLE);
-    let ready = app
-        .http
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .expect("readyz");
-    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        readiness(&app).await.status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
 }
 
 /// A shutdown does not wait for a pending-figures refresh stuck on a hung Temporal (a
@@ -529,11 +527,8 @@ async fn a_namespace_without_the_tenant_search_attribute_is_not_ready() {
     let app = crate::support::Harness::new(crate::support::Backend::Temporal)
         .spawn_with(|settings| settings.temporal.namespace = bare.clone())
         .await;
-    let ready = app
-        .http
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .expect("readyz");
-    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        readiness(&app).await.status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
 }

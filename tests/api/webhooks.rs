@@ -732,11 +732,9 @@ async fn a_failing_receiver_gets_the_same_event_again_until_it_takes_it() {
     .await;
 }
 
-/// A rate-limited receiver (Slack answers 429 with `Retry-After`) is not tried again before
-/// the time it asks for: retried at the usual backoff (here 100 ms), it was hit again and again
-/// and its deliveries went dead.
-#[tokio::test]
-async fn a_receiver_that_asks_to_wait_is_not_tried_sooner() {
+/// A receiver that answers the `parked` webhook of approval `first` with `429` and
+/// `Retry-After: 2`, then takes everything: it, the app, and when it asked for the pause.
+async fn asked_to_wait_after(first: &str) -> (Receiver, TestApp, std::time::Instant) {
     let mut receiver = Receiver::start_failing_with(1, Some("2")).await;
     let app = TestApp::spawn_with(|s| {
         fast(s);
@@ -744,10 +742,18 @@ async fn a_receiver_that_asks_to_wait_is_not_tried_sooner() {
     })
     .await;
     add_webhook(&app, json!({"url": receiver.url, "events": ["parked"]})).await;
-    app.park("rate-limited").await;
+    app.park(first).await;
     let refused = receiver.next().await;
     assert!(!refused.accepted);
-    let asked_at = std::time::Instant::now();
+    (receiver, app, std::time::Instant::now())
+}
+
+/// A rate-limited receiver (Slack answers 429 with `Retry-After`) is not tried again before
+/// the time it asks for: retried at the usual backoff (here 100 ms), it was hit again and again
+/// and its deliveries went dead.
+#[tokio::test]
+async fn a_receiver_that_asks_to_wait_is_not_tried_sooner() {
+    let (mut receiver, _app, asked_at) = asked_to_wait_after("rate-limited").await;
     let taken = receiver.next().await;
     assert!(taken.accepted);
     assert_eq!(taken.json()["approval_id"], "rate-limited");
@@ -763,17 +769,7 @@ async fn a_receiver_that_asks_to_wait_is_not_tried_sooner() {
 /// receiver that had said when to come back.
 #[tokio::test]
 async fn a_receiver_that_asks_to_wait_gets_nothing_else_meanwhile() {
-    let mut receiver = Receiver::start_failing_with(1, Some("2")).await;
-    let app = TestApp::spawn_with(|s| {
-        fast(s);
-        s.notifications.retry_max = Duration::from_secs(10);
-    })
-    .await;
-    add_webhook(&app, json!({"url": receiver.url, "events": ["parked"]})).await;
-    app.park("first").await;
-    let refused = receiver.next().await;
-    assert!(!refused.accepted);
-    let asked_at = std::time::Instant::now();
+    let (mut receiver, app, asked_at) = asked_to_wait_after("first").await;
     // Parked after the receiver asked for a pause: its event waits out the pause too.
     app.park("second").await;
     let mut taken = Vec::new();

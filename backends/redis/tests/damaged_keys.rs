@@ -28,6 +28,15 @@ fn audit_key(tenant: &TenantId) -> String {
     format!("approvals:audit:{tenant}")
 }
 
+/// Replaces `tenant`'s audit stream with a string: every script that appends to it is refused.
+async fn replace_audit_stream(conn: &mut redis::aio::MultiplexedConnection, tenant: &TenantId) {
+    let _: () = conn.del(audit_key(tenant)).await.expect("del");
+    let _: () = conn
+        .set(audit_key(tenant), "not a stream")
+        .await
+        .expect("set");
+}
+
 async fn pending_ids(backend: &RedisBackend, tenant: &TenantId) -> Vec<String> {
     let page = backend
         .list(tenant, Status::Pending, None, 100)
@@ -63,10 +72,7 @@ async fn a_submit_redis_refuses_half_way_writes_nothing() {
     assert!(pending_ids(&backend, &full).await.is_empty());
 
     let broken = fresh_tenant("audit-broken");
-    let _: () = conn
-        .set(audit_key(&broken), "not a stream")
-        .await
-        .expect("set");
+    replace_audit_stream(&mut conn, &broken).await;
     let refused = backend.submit(pending(&broken, "req-1", HOUR)).await;
     assert!(refused.is_err(), "refused: {refused:?}");
     let record: Option<String> = conn.get(record_key(&broken, "req-1")).await.expect("get");
@@ -110,11 +116,7 @@ async fn a_sweep_passes_over_damaged_keys_and_expires_the_rest() {
         .hset(record_key(&hashed, "req-1"), "status", "pending")
         .await
         .expect("hset");
-    let _: () = conn.del(audit_key(&streamless)).await.expect("del");
-    let _: () = conn
-        .set(audit_key(&streamless), "not a stream")
-        .await
-        .expect("set");
+    replace_audit_stream(&mut conn, &streamless).await;
 
     let later = Timestamp::now().plus(HOUR * 2);
     let expired = backend.expire_due(later).await.expect("the sweep goes on");
@@ -155,11 +157,7 @@ async fn a_batch_of_refused_expiries_does_not_hold_up_other_tenants() {
         .submit(pending(&healthy, "req-1", HOUR + Duration::from_secs(60)))
         .await
         .expect("submit");
-    let _: () = conn.del(audit_key(&streamless)).await.expect("del");
-    let _: () = conn
-        .set(audit_key(&streamless), "not a stream")
-        .await
-        .expect("set");
+    replace_audit_stream(&mut conn, &streamless).await;
 
     let later = Timestamp::now().plus(HOUR * 2);
     let mut expired = Vec::new();
