@@ -86,9 +86,11 @@ impl UiState {
         (!self.sign_outs.signed_out(&session).await).then_some(session)
     }
 
-    /// Ends `session` for good: until it would have expired, its cookie is refused.
-    pub async fn sign_out(&self, session: &session::Session) {
-        self.sign_outs.sign_out(session).await;
+    /// Ends `session` for good: until it would have expired, its cookie is refused. False
+    /// when that could not be recorded.
+    #[must_use]
+    pub async fn sign_out(&self, session: &session::Session) -> bool {
+        self.sign_outs.sign_out(session).await
     }
 
     /// Resolves when `session` ends: it expires, or it is signed out (on any instance; seen

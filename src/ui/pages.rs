@@ -293,6 +293,11 @@ pub async fn login(
     match session::authenticate(&state.api.auth, &form.token, Some(&form.tenant)) {
         Ok((principal, tenant)) => {
             tracing::info!(subject = %principal.subject, %tenant, "inbox sign-in");
+            // Someone signing in over another's session (a shared machine): the earlier one
+            // ends for good, not only in this browser. Best effort, as its own sign-out is.
+            if let Some(earlier) = state.session(&jar).await {
+                let _recorded = state.sign_out(&earlier).await;
+            }
             let jar = session::start(
                 jar,
                 &form.token,
@@ -331,7 +336,21 @@ pub async fn logout(
             return refused("This sign-out form did not come from your inbox.");
         }
         // Also refused if a copy of the cookie comes back.
-        state.sign_out(&session).await;
+        if !state.sign_out(&session).await {
+            // This browser forgets the cookie, but a copy of it (another tab's, a stolen one)
+            // would still be let in: the reviewer must know, not read "signed out".
+            let page = LoginPage {
+                error: Some(format!(
+                    "Your sign-out could not be recorded (the session store did not answer). \
+                     This browser is signed out, but a copy of its session cookie stays valid \
+                     until {}. Sign in and out again, or have the token revoked.",
+                    session.expires
+                )),
+                ..LoginPage::new("")
+            };
+            let page = (StatusCode::SERVICE_UNAVAILABLE, render(&page));
+            return (session::end(jar), page).into_response();
+        }
     }
     (session::end(jar), Redirect::to("/ui/login")).into_response()
 }
@@ -502,7 +521,7 @@ pub async fn detail(
     let notice = query
         .outcome
         .as_deref()
-        .and_then(|outcome| notice(outcome, &row));
+        .and_then(|outcome| notice(outcome, &approval, &session.principal.subject, &row));
     render(&DetailPage {
         chrome: Chrome::of(&session),
         pending: approval.status == Status::Pending,
@@ -519,40 +538,45 @@ pub async fn detail(
     })
 }
 
-/// The sentence for a decision's outcome, from the record as it is now.
-fn notice(outcome: &str, row: &Row) -> Option<Notice> {
+/// The sentence for a decision's outcome, from the record as it is now. The outcome comes
+/// from the address, which anyone can write into a link: it is said only when the record
+/// agrees (a link saying "someone decided first" on a pending approval left it to expire).
+fn notice(outcome: &str, approval: &Approval, subject: &str, row: &Row) -> Option<Notice> {
     let decided = || format!("{} by {} at {}", row.status, row.decided_by, row.decided_at);
+    let by_reviewer = matches!(approval.status, Status::Accepted | Status::Rejected);
+    let by_this_reviewer = by_reviewer && approval.decided_by.as_deref() == Some(subject);
+    let pending = approval.status == Status::Pending;
     let (class, text) = match outcome {
-        "decided" => ("success", format!("Done: {}.", decided())),
-        "already_yours" => (
+        "decided" if by_this_reviewer => ("success", format!("Done: {}.", decided())),
+        "already_yours" if by_this_reviewer => (
             "success",
             format!("You had already decided this: {}.", decided()),
         ),
-        "lost_race" => (
+        "lost_race" if by_reviewer && !by_this_reviewer => (
             "warning",
             format!(
                 "Someone decided first: this approval was already {}. Your decision was not recorded.",
                 decided()
             ),
         ),
-        "expired" => (
+        "expired" if approval.status == Status::Expired => (
             "warning",
             format!(
                 "Too late: this approval expired at {} (an automatic rejection). Your decision was not recorded.",
                 row.decided_at
             ),
         ),
-        "self_approval" => (
+        "self_approval" if pending && approval.submitted_by == subject => (
             "error",
             "You submitted this request yourself, so you cannot decide it: another reviewer must."
                 .to_owned(),
         ),
-        "changed" => (
+        "changed" if pending => (
             "error",
             "The action changed since this page was loaded; nothing was decided. Read it again."
                 .to_owned(),
         ),
-        "reason_too_long" => (
+        "reason_too_long" if pending => (
             "error",
             format!(
                 "The reason is too long (at most {} characters); nothing was decided.",

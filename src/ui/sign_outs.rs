@@ -99,8 +99,10 @@ impl SignOuts {
         }
     }
 
-    /// Remembers `session` as signed out until it expires.
-    pub async fn sign_out(&self, session: &Session) {
+    /// Remembers `session` as signed out until it expires; false when the store could not
+    /// record it (the reviewer is told: a copy of the cookie stays valid).
+    #[must_use]
+    pub async fn sign_out(&self, session: &Session) -> bool {
         let now = Timestamp::now();
         let Some(store) = &self.store else {
             self.local
@@ -112,7 +114,7 @@ impl SignOuts {
                     &session.principal.subject,
                     now,
                 );
-            return;
+            return true;
         };
         if let Err(error) = store
             .sign_out(
@@ -123,7 +125,9 @@ impl SignOuts {
         {
             tracing::warn!(%error, subject = %session.principal.subject,
                 "sign-out not recorded: a copy of the cookie stays valid until it expires");
+            return false;
         }
+        true
     }
 
     /// Whether `session` was signed out. When Redis cannot answer, the session is accepted
@@ -170,10 +174,10 @@ mod tests {
     async fn one_reviewer_signing_out_in_a_loop_does_not_crowd_out_the_others() {
         let sign_outs = SignOuts::new(None);
         for n in 0..=MAX_REMEMBERED {
-            sign_outs.sign_out(&session("mallory", n)).await;
+            assert!(sign_outs.sign_out(&session("mallory", n)).await);
         }
         let bob = session("bob", 0);
-        sign_outs.sign_out(&bob).await;
+        assert!(sign_outs.sign_out(&bob).await);
         assert!(sign_outs.signed_out(&bob).await);
         // Mallory's latest sign-outs hold; her earliest were forgotten.
         assert!(
@@ -195,7 +199,7 @@ mod tests {
         let sign_outs = SignOuts::new(Some(store));
         let mut ending = session("alice", 1);
         ending.expires = Timestamp::now().plus(std::time::Duration::from_secs(60));
-        sign_outs.sign_out(&ending).await;
+        assert!(sign_outs.sign_out(&ending).await);
         assert!(sign_outs.signed_out(&ending).await);
         let mut conn = redis.connection().await;
         let left: i64 = redis::cmd("PTTL")

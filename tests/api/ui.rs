@@ -675,6 +675,125 @@ async fn reasons_as_browsers_send_them_and_a_second_click() {
     );
 }
 
+/// Signing in over someone else's session (a shared machine) ends that session for good, as
+/// its sign-out would have; a sign-out the session store cannot record says so (it said
+/// "signed out" while a copy of the cookie stayed valid for hours).
+#[tokio::test]
+async fn sign_ins_over_a_session_end_it_and_an_unrecorded_sign_out_says_so() {
+    let mut app = TestApp::spawn().await;
+    let plain = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let sign_in = |token: &str, cookie: Option<&str>| {
+        let mut request = plain
+            .post(format!("{}/ui/login", app.base))
+            .form(&[("token", token)]);
+        if let Some(cookie) = cookie {
+            request = request.header(reqwest::header::COOKIE, cookie);
+        }
+        async move {
+            let response = request.send().await.expect("sign in");
+            assert_eq!(response.status(), StatusCode::SEE_OTHER);
+            set_cookie(&response)
+        }
+    };
+    let inbox_with = |cookie: String| {
+        plain
+            .get(format!("{}/ui/approvals", app.base))
+            .header(reqwest::header::COOKIE, cookie)
+            .send()
+    };
+    // Alice's cookie, which the machine's browser sends when bob signs in there.
+    let alices = sign_in(&app.tokens.reviewer, None).await;
+    assert_eq!(
+        inbox_with(alices.clone()).await.expect("inbox").status(),
+        StatusCode::OK
+    );
+    let bobs = sign_in(&app.tokens.reviewer2, Some(&alices)).await;
+    let replayed = inbox_with(alices).await.expect("replay");
+    assert_eq!(
+        replayed.status(),
+        StatusCode::SEE_OTHER,
+        "alice's session ended"
+    );
+    assert_eq!(
+        inbox_with(bobs).await.expect("inbox").status(),
+        StatusCode::OK
+    );
+
+    let browser = Browser::signed_in(&app, &app.tokens.reviewer2).await;
+    let csrf = hidden(&browser.page("/ui/approvals").await, "csrf");
+    app.redis.as_mut().expect("redis").stop();
+    let response = browser.post("/ui/logout", &[("csrf", &csrf)]).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let page = response.text().await.expect("text");
+    assert!(
+        page.contains("Your sign-out could not be recorded"),
+        "{page}"
+    );
+}
+
+/// The `name=value` of the session cookie `response` sets.
+fn set_cookie(response: &Response) -> String {
+    response.headers()[SET_COOKIE]
+        .to_str()
+        .expect("ascii")
+        .split(';')
+        .next()
+        .expect("name=value")
+        .to_owned()
+}
+
+/// The outcome sentence comes from the address, which anyone can put in a link: on a pending
+/// approval no outcome is said (a link saying "Someone decided first" made a reviewer move on
+/// and leave the approval to expire), and on a decided one only what its record says.
+#[tokio::test]
+async fn an_outcome_in_a_link_is_said_only_when_the_record_agrees() {
+    let app = TestApp::spawn().await;
+    let alice = Browser::signed_in(&app, &app.tokens.reviewer).await;
+
+    app.park("linked-outcome").await;
+    for outcome in [
+        "decided",
+        "already_yours",
+        "lost_race",
+        "expired",
+        "self_approval",
+    ] {
+        let page = alice
+            .page(&format!("/ui/approvals/linked-outcome?outcome={outcome}"))
+            .await;
+        for sentence in [
+            "Done:",
+            "You had already decided",
+            "Someone decided first",
+            "Too late",
+            "you cannot decide it",
+        ] {
+            assert!(!page.contains(sentence), "{outcome}: {page}");
+        }
+        assert!(page.contains("value=\"accept\""), "the form stays: {page}");
+    }
+
+    // Decided by bob: alice's link may say she lost the race, not that she decided it.
+    let bob = app
+        .decide("linked-outcome", "reject", &app.tokens.reviewer2)
+        .await;
+    assert_eq!(bob.status(), StatusCode::OK);
+    let page = alice
+        .page("/ui/approvals/linked-outcome?outcome=decided")
+        .await;
+    assert!(!page.contains("Done:"), "{page}");
+    let page = alice
+        .page("/ui/approvals/linked-outcome?outcome=lost_race")
+        .await;
+    assert!(
+        page.contains("Someone decided first: this approval was already rejected by bob"),
+        "{page}"
+    );
+}
+
 /// A link to an approval (a webhook's `inbox_url`) opened without a session leads through the
 /// sign-in back to that approval, not to the top of the inbox; a `next` naming another site is
 /// ignored. A decision sent after the session ended says on the sign-in page that nothing was
