@@ -556,7 +556,9 @@ impl TemporalBackend {
         let Some(record) = record else {
             return Some(DecisionOutcome::NotFound);
         };
-        let record = record.as_of(Timestamp::now());
+        // The decision's own time counts too: the workflow refuses one made at or past the
+        // deadline, which this clock may not have reached if it lags the caller's.
+        let record = record.as_of(Timestamp::now().max(decision.at));
         let ours = maybe_ours
             && record.status == decision.verdict.status()
             && record.decided_by.as_deref() == Some(decision.decided_by.as_str())

@@ -210,8 +210,13 @@ impl ApprovalWorkflow {
     }
 
     /// Refuses, without writing history, what cannot change the approval: a decision on a
-    /// settled approval (the first decision won) and a self-approval. The client learns which
-    /// from the record itself, not from this message.
+    /// settled approval (the first decision won), one made at or past the deadline, and a
+    /// self-approval. The client learns which from the record itself, not from this message.
+    ///
+    /// The deadline is judged by the decision's time as well as (in the handler) the workflow
+    /// clock: readers judge it by the service's clock, so a service clock ahead of Temporal's
+    /// read an approval as expired (an agent was told so) and a reviewer's accept then still
+    /// landed. Validators do not run on replay, so this check changes no recorded history.
     #[update_validator(decide)]
     fn validate_decide(
         &self,
@@ -220,6 +225,9 @@ impl ApprovalWorkflow {
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         if self.record.status != Status::Pending {
             return Err(format!("already {}", self.record.status.as_str()).into());
+        }
+        if input.at >= self.record.expires_at {
+            return Err("decided at or past the deadline".into());
         }
         if input.decided_by == self.record.submitted_by {
             return Err("self-approval".into());

@@ -304,3 +304,59 @@ async fn decided_approvals_are_not_reported_as_expiries() {
     assert_eq!(counted_in_history(&client, &approval).await, 0);
     worker.stop().await;
 }
+
+/// A decision made at or past the deadline by the service's clock is refused as an expiry even
+/// while the workflow's clock (Temporal's) has not reached it: readers judge the deadline by
+/// the service's clock, so an agent was told "expired" and a reviewer's accept then landed.
+/// The service's clock running ahead is played by a decision stamped a second past the
+/// deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_stamped_past_the_deadline_is_an_expiry_whatever_temporals_clock_says() {
+    let server = own_server().await;
+    let settings = settings_for(&server);
+    let recorded = Arc::new(Recorded::default());
+    let worker = TestWorker::start(settings.clone(), &recorded);
+    let backend = TemporalBackend::connect(settings).await.expect("backend");
+    let client = client_for(&server).await;
+    let tenant = fresh_tenant("ahead");
+    let approval = submitted(
+        &backend,
+        pending(&tenant, "req-1", Duration::from_secs(3600)),
+    )
+    .await;
+
+    let mut late = decision(Verdict::Accept, "alice");
+    late.at = approval.expires_at.plus(Duration::from_secs(1));
+    let outcome = backend
+        .decide(&tenant, &id("req-1"), late)
+        .await
+        .expect("decide");
+    assert!(
+        matches!(&outcome, DecisionOutcome::Expired(_)),
+        "{outcome:?}"
+    );
+    // Nothing was recorded: the workflow still holds it pending, for its timer to expire.
+    let handle =
+        client.get_workflow_handle::<ApprovalWorkflow>(workflow_id(&approval.tenant, &approval.id));
+    let held = handle
+        .query(
+            ApprovalWorkflow::status,
+            (),
+            WorkflowQueryOptions::default(),
+        )
+        .await
+        .expect("query");
+    assert_eq!(held.status, Status::Pending);
+    assert_eq!(held.decided_by, None);
+
+    // A decision in time still lands.
+    let outcome = backend
+        .decide(&tenant, &id("req-1"), decision(Verdict::Accept, "alice"))
+        .await
+        .expect("decide");
+    assert!(
+        matches!(&outcome, DecisionOutcome::Decided(_)),
+        "{outcome:?}"
+    );
+    worker.stop().await;
+}
