@@ -212,13 +212,17 @@ async fn check_namespace(
     }
     // Without it the server refuses every workflow start: every submit would answer 503.
     match backend.has_tenant_attribute().await {
-        Ok(false) => Err(EngineError::Misconfigured(format!(
+        Ok(Some(false)) => Err(EngineError::Misconfigured(format!(
             "the Temporal namespace {namespace:?} has no search attribute {attribute} \
              (create it: `temporal operator search-attribute create --namespace {namespace} \
              --name {attribute} --type Keyword`)",
             attribute = approvals_temporal::TENANT_ATTRIBUTE
         ))),
-        Ok(true) => Ok(()),
+        Ok(Some(true)) => Ok(()),
+        Ok(None) => {
+            tracing::warn!("the server refuses to list the namespace's search attributes; TenantId not checked");
+            Ok(())
+        }
         Err(error) => {
             tracing::warn!(%error, "cannot list the namespace's search attributes; TenantId not checked");
             Ok(())

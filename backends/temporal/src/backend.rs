@@ -610,13 +610,20 @@ impl ApprovalBackend for TemporalBackend {
         approval: Approval,
         submitted: AuditEntry,
     ) -> Result<SubmitOutcome, BackendError> {
+        // One `call_timeout` for the start and the read of a repeated request's record, as for
+        // a decision: a deadline each added up to `server.request_timeout` (408, not 503).
+        let until = tokio::time::Instant::now() + self.settings.call_timeout;
         if self
             .start(&approval, Origin::Submitted, Some(submitted))
             .await?
         {
             return Ok(SubmitOutcome::Created(approval));
         }
-        match self.read(&approval.tenant, &approval.id).await? {
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        match self
+            .read_within(&approval.tenant, &approval.id, left)
+            .await?
+        {
             Some(existing) => Ok(SubmitOutcome::Existing(existing.as_of(Timestamp::now()))),
             // Closed and dropped by retention between the two calls.
             None => Err(BackendError::unavailable(
@@ -864,8 +871,8 @@ impl ApprovalBackend for TemporalBackend {
         })
         .await?;
         match self.has_tenant_attribute().await {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(BackendError::unavailable(
+            Ok(Some(true)) => Ok(()),
+            Ok(Some(false)) => Err(BackendError::unavailable(
                 "ping",
                 format!(
                     "the namespace {:?} has no search attribute {TENANT_ATTRIBUTE}",
@@ -874,11 +881,18 @@ impl ApprovalBackend for TemporalBackend {
             )),
             // Not knowing is no reason to take the instance out: an authorizer may refuse
             // this instance's role the operator API it is asked on. Said once, then not asked.
-            Err(error) => {
-                tracing::warn!(%error, namespace = %self.settings.namespace,
-                    "cannot list the namespace's search attributes; TenantId not checked");
+            Ok(None) => {
+                tracing::warn!(namespace = %self.settings.namespace,
+                    "the server refuses to list the namespace's search attributes; TenantId not checked");
                 self.tenant_attribute_seen
                     .store(true, std::sync::atomic::Ordering::Relaxed);
+                Ok(())
+            }
+            // A passing failure (the namespace answered just before): asked again at the next
+            // probe. It latched for good once, and a namespace without the attribute then
+            // went on answering ready while every start was refused.
+            Err(error) => {
+                tracing::debug!(%error, "search attributes not listed; asked again next probe");
                 Ok(())
             }
         }
@@ -891,10 +905,13 @@ pub const TENANT_ATTRIBUTE: &str = "TenantId";
 impl TemporalBackend {
     /// Whether the namespace has the [`TENANT_ATTRIBUTE`] search attribute. Without it the
     /// server refuses every start: every submit, allow and deny included, answers 503.
-    pub async fn has_tenant_attribute(&self) -> Result<bool, BackendError> {
+    /// `None` when the server refuses to say (an authorizer denies this role the operator
+    /// API, or the server lacks it): that answer does not change, a failed call may.
+    pub async fn has_tenant_attribute(&self) -> Result<Option<bool>, BackendError> {
         use std::sync::atomic::Ordering;
+        use temporalio_client::tonic::Code;
         if self.tenant_attribute_seen.load(Ordering::Relaxed) {
-            return Ok(true);
+            return Ok(Some(true));
         }
         let request = ListSearchAttributesRequest {
             namespace: self.settings.namespace.clone(),
@@ -905,18 +922,33 @@ impl TemporalBackend {
                 "list_search_attributes",
                 self.settings.call_timeout,
                 async move {
-                    let listed = OperatorService::list_search_attributes(
+                    match OperatorService::list_search_attributes(
                         &mut client,
                         request.into_request(),
                     )
                     .await
-                    .map_err(|e| BackendError::unavailable("list_search_attributes", e))?
-                    .into_inner();
-                    Ok(listed.custom_attributes.contains_key(TENANT_ATTRIBUTE))
+                    {
+                        Ok(listed) => Ok(Some(
+                            listed
+                                .into_inner()
+                                .custom_attributes
+                                .contains_key(TENANT_ATTRIBUTE),
+                        )),
+                        Err(status)
+                            if matches!(
+                                status.code(),
+                                Code::PermissionDenied | Code::Unimplemented
+                            ) =>
+                        {
+                            Ok(None)
+                        }
+                        Err(e) => Err(BackendError::unavailable("list_search_attributes", e)),
+                    }
                 },
             )
             .await?;
-        self.tenant_attribute_seen.store(has, Ordering::Relaxed);
+        self.tenant_attribute_seen
+            .store(has == Some(true), Ordering::Relaxed);
         Ok(has)
     }
 }
