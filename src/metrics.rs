@@ -214,8 +214,10 @@ pub struct MetricsHandle {
     ttls: Arc<Vec<(String, f64)>>,
     /// Per instance, not per process: tests run several instances in one process.
     long_polls: Arc<AtomicI64>,
-    /// Whether the backend answered the last background call (-1 before the first).
+    /// Whether the backend answered the last ping (-1 before the first).
     backend_up: Arc<AtomicI64>,
+    /// Whether the last pending-figures pass failed (its log line is said once per stretch).
+    figures_failing: Arc<std::sync::atomic::AtomicBool>,
     /// The tenants seen pending, reported as 0 when the engine leaves them out.
     known: Arc<Mutex<KnownTenants>>,
     /// `approvals_engine_info` labels: which engine answers (`backend.kind`) and, for a dual
@@ -255,6 +257,7 @@ impl MetricsHandle {
             ),
             long_polls: Arc::default(),
             backend_up: Arc::new(AtomicI64::new(-1)),
+            figures_failing: Arc::default(),
             known: Arc::new(Mutex::new(KnownTenants::new(MAX_ZEROED_TENANTS))),
             engine: Arc::new(("redis".into(), String::new())),
         }
@@ -271,9 +274,15 @@ impl MetricsHandle {
         &self.bounds
     }
 
-    /// Records whether the backend answered; true when that changed (for logging changes only).
+    /// Records whether the backend answered a ping; true when that changed (for logging
+    /// changes only).
     pub fn set_backend_up(&self, up: bool) -> bool {
         self.backend_up.swap(i64::from(up), Ordering::Relaxed) != i64::from(up)
+    }
+
+    /// Records whether the pending figures could be recomputed; true when that changed.
+    pub fn set_figures_failing(&self, failing: bool) -> bool {
+        self.figures_failing.swap(failing, Ordering::Relaxed) != failing
     }
 
     /// `tenant`'s pending count in the latest figures (0 before the first).
@@ -324,7 +333,7 @@ impl MetricsHandle {
         let mut out = self.prometheus.render();
         let up = self.backend_up.load(Ordering::Relaxed);
         if up >= 0 {
-            let _ = writeln!(out, "# HELP approvals_backend_up Whether the backend answered the last background call.");
+            let _ = writeln!(out, "# HELP approvals_backend_up Whether the backend answered the last ping (from /readyz and after each pending-figures pass).");
             let _ = writeln!(
                 out,
                 "# TYPE approvals_backend_up gauge\napprovals_backend_up {up}"

@@ -16,7 +16,7 @@ use approvals_testkit::prometheus_server::{PrometheusConfig, PrometheusServer};
 use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 const RUNBOOK_BASE: &str = "https://runbooks.example.org/approvals/blob/main";
@@ -109,7 +109,6 @@ async fn a_firing_alert_reaches_the_receiver_with_an_absolute_runbook_link() {
     let alert = tokio::time::timeout(Duration::from_secs(60), async {
         loop {
             let payload = received.recv().await.expect("the receiver runs");
-            assert_eq!(payload["receiver"], "approvals-oncall", "{payload}");
             let found = payload["alerts"]
                 .as_array()
                 .into_iter()
@@ -117,6 +116,7 @@ async fn a_firing_alert_reaches_the_receiver_with_an_absolute_runbook_link() {
                 .find(|a| a["labels"]["alertname"] == "ApprovalsServiceDown")
                 .cloned();
             if let Some(alert) = found {
+                assert_eq!(payload["receiver"], "approvals-oncall", "{payload}");
                 return alert;
             }
         }
@@ -142,4 +142,118 @@ async fn a_firing_alert_reaches_the_receiver_with_an_absolute_runbook_link() {
     // The link's section exists.
     let runbook = std::fs::read_to_string(repo("docs/runbook.md")).unwrap();
     assert!(runbook.contains("\n## ApprovalsServiceDown\n"));
+}
+
+/// Waits (at most 30 s) for the receiver to get `alertname`; the payload's receiver's name.
+/// Every other alert received meanwhile is added to `seen`.
+async fn delivered_to(
+    received: &mut mpsc::UnboundedReceiver<Value>,
+    alertname: &str,
+    seen: &mut Vec<String>,
+) -> String {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let payload = received.recv().await.expect("the receiver runs");
+            let names: Vec<String> = payload["alerts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a["labels"]["alertname"].as_str().map(str::to_owned))
+                .collect();
+            if names.iter().any(|n| n == alertname) {
+                return payload["receiver"].as_str().unwrap_or_default().to_owned();
+            }
+            seen.extend(names);
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{alertname} was not delivered within 30 s"))
+}
+
+/// Critical alerts page (`approvals-oncall`), warnings go to the team's channel
+/// (`approvals-team`), as the runbook says: both went to the pager. While ApprovalsNotReady
+/// fires, the warnings an outage sets off for every tenant are held back; a warning about
+/// reviewers still goes.
+#[tokio::test]
+async fn warnings_go_to_the_team_and_an_outage_holds_back_its_echo() {
+    let (url, mut received) = receiver().await;
+    let alertmanager = AlertmanagerServer::start(&alertmanager_config(&url)).await;
+    let api = format!("http://{}/api/v2/alerts", alertmanager.address());
+    let http = reqwest::Client::new();
+    let fire = |labels: Value| {
+        let request = http.post(&api).json(&json!([{ "labels": labels }]));
+        async move {
+            let response = request.send().await.expect("post alert");
+            assert!(response.status().is_success(), "{response:?}");
+        }
+    };
+    let mut seen = Vec::new();
+
+    fire(json!({"alertname": "ApprovalsAboutToExpire", "severity": "warning", "tenant": "acme"}))
+        .await;
+    assert_eq!(
+        delivered_to(&mut received, "ApprovalsAboutToExpire", &mut seen).await,
+        "approvals-team"
+    );
+
+    fire(
+        json!({"alertname": "ApprovalsNotReady", "severity": "critical",
+        "job": "approvals", "instance": "a:8080"}),
+    )
+    .await;
+    assert_eq!(
+        delivered_to(&mut received, "ApprovalsNotReady", &mut seen).await,
+        "approvals-oncall"
+    );
+    fire(
+        json!({"alertname": "ApprovalsWebhookReaderBehind", "severity": "warning",
+        "tenant": "acme"}),
+    )
+    .await;
+    fire(
+        json!({"alertname": "ApprovalsPendingGrowingWithoutDecisions", "severity": "warning",
+        "tenant": "acme"}),
+    )
+    .await;
+    assert_eq!(
+        delivered_to(
+            &mut received,
+            "ApprovalsPendingGrowingWithoutDecisions",
+            &mut seen
+        )
+        .await,
+        "approvals-team"
+    );
+    // Alertmanager says why the echo was not sent.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let alerts: Value = http
+            .get(&api)
+            .query(&[("filter", "alertname=\"ApprovalsWebhookReaderBehind\"")])
+            .send()
+            .await
+            .expect("list alerts")
+            .json()
+            .await
+            .expect("json");
+        let status = &alerts[0]["status"];
+        if status["state"] == "suppressed" {
+            assert!(
+                status["inhibitedBy"]
+                    .as_array()
+                    .is_some_and(|by| !by.is_empty()),
+                "{status}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reader alert was not held back: {alerts}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !seen.iter().any(|n| n == "ApprovalsWebhookReaderBehind"),
+        "sent while the outage page fired: {seen:?}"
+    );
 }

@@ -1194,6 +1194,7 @@ const TEMPORAL_LIVE_ALERTS: &[&str] = &[
     "ApprovalsServiceDown",
     "ApprovalsMetricsMissing",
     "ApprovalsNotReady",
+    "ApprovalsPendingFiguresStale",
     "ApprovalsTemporalWorkerMissing",
 ];
 

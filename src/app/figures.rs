@@ -33,24 +33,31 @@ impl Approvals {
         match self.engine.pending_stats(bounds, Timestamp::now()).await {
             Ok(stats) => {
                 self.metrics.set_pending(stats, started.elapsed());
-                // Readable is not enough: a full Redis answers reads and refuses every write.
-                let ready = self.engine.ping().await;
-                let changed = self.metrics.set_backend_up(ready.is_ok());
-                match &ready {
-                    Err(error) if changed => {
-                        tracing::warn!(error = %chain(error), "the engine is not ready")
-                    }
-                    Ok(()) if changed => tracing::info!("the engine is ready"),
-                    _ => {}
+                if self.metrics.set_figures_failing(false) {
+                    tracing::info!("pending figures recomputed again");
                 }
             }
             Err(error) => {
                 crate::metrics::backend_error(&error, crate::metrics::ErrorSource::Figures);
-                // Once per outage: this runs every few seconds.
-                if self.metrics.set_backend_up(false) {
+                // Once per failing stretch: this runs every few seconds.
+                if self.metrics.set_figures_failing(true) {
                     tracing::warn!(error = %chain(&error), "could not recompute pending figures");
                 }
             }
+        }
+        // `approvals_backend_up` is the ping's answer, as `/readyz`'s, whatever the figures
+        // did: set to 0 by a failed figures pass and to 1 by the next probe, it flapped on a
+        // Temporal whose visibility walk is slow while every request was served. Stale
+        // figures have an alert of their own. And readable is not enough: a full Redis
+        // answers reads and refuses every write.
+        let ready = self.engine.ping().await;
+        let changed = self.metrics.set_backend_up(ready.is_ok());
+        match &ready {
+            Err(error) if changed => {
+                tracing::warn!(error = %chain(error), "the engine is not ready")
+            }
+            Ok(()) if changed => tracing::info!("the engine is ready"),
+            _ => {}
         }
     }
 }

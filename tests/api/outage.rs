@@ -532,3 +532,40 @@ async fn a_namespace_without_the_tenant_search_attribute_is_not_ready() {
         StatusCode::SERVICE_UNAVAILABLE
     );
 }
+
+/// Pending figures that cannot be recomputed while the backend answers (here: the pending-age
+/// sums replaced with a string; on Temporal, a visibility walk past `scan_timeout`) leave
+/// `approvals_backend_up` at 1, as `/readyz` says: a failed pass set it to 0 and the next probe
+/// back to 1, and the critical not-ready alert paged for a service that served every request.
+/// Stale figures are what `approvals_pending_snapshot_age_seconds` (and its own alert) says.
+#[tokio::test]
+async fn figures_that_cannot_be_computed_do_not_make_a_ready_backend_down() {
+    let app = TestApp::spawn().await;
+    app.park("figures-1").await;
+    app.metrics_until(&app.base, Duration::from_secs(10), "backend_up 1", |t| {
+        t.contains("approvals_backend_up 1")
+    })
+    .await;
+    let mut conn = app.redis().connection().await;
+    let _: () = redis::cmd("SET")
+        .arg("approvals:pending_submitted_ms")
+        .arg("not a hash")
+        .query_async(&mut conn)
+        .await
+        .expect("set");
+    // Several failed passes (the interval is 2 s): the figures age.
+    let metrics = app
+        .metrics_until(&app.base, Duration::from_secs(20), "stale figures", |t| {
+            snapshot_age(t).is_some_and(|age| age >= 5.0)
+        })
+        .await;
+    assert!(metrics.contains("approvals_backend_up 1"), "{metrics}");
+    assert_eq!(readiness(&app).await.status(), StatusCode::OK);
+}
+
+fn snapshot_age(metrics: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("approvals_pending_snapshot_age_seconds "))
+        .and_then(|v| v.parse().ok())
+}
