@@ -28,6 +28,10 @@ struct Chrome {
     subject: String,
     tenant: String,
     csrf: String,
+    /// This server's time at rendering, in milliseconds since the epoch: the page's clock
+    /// counts down from it, not from the browser's (a laptop a few minutes fast showed
+    /// "expired" for approvals a reviewer could still decide).
+    now_ms: i64,
 }
 
 impl Chrome {
@@ -36,6 +40,7 @@ impl Chrome {
             subject: session.principal.subject.clone(),
             tenant: session.tenant.to_string(),
             csrf: session.csrf.clone(),
+            now_ms: Timestamp::now().as_millis(),
         }
     }
 }

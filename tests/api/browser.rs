@@ -140,7 +140,11 @@ async fn script(browser: &Client, js: &str) -> Value {
 
 /// Waits until `js` (an expression) is true in the page.
 async fn until_true(browser: &Client, js: &str, what: &str) {
-    let deadline = Instant::now() + WITHIN;
+    until_true_within(browser, js, what, WITHIN).await;
+}
+
+async fn until_true_within(browser: &Client, js: &str, what: &str, within: Duration) {
+    let deadline = Instant::now() + within;
     loop {
         if script(browser, &format!("return !!({js});")).await == Value::Bool(true) {
             return;
@@ -613,6 +617,180 @@ async fn an_open_page_marks_what_is_expiring_soon_and_its_title_counts_what_wait
     )
     .await;
     screenshot(&browser, "inbox-expiring-soon").await;
+    let _ = browser.close().await;
+}
+
+/// An approval's page whose live stream was refused (the tenant's streams at their limit)
+/// while another reviewer decided shows the decision without a reload. It kept the pending
+/// badge and the form for good: a first stream that was refused never looked again once it
+/// opened, and a detail page's look skipped the swap (to keep a reason being typed) even when
+/// the approval had been decided meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_page_shows_a_decision_made_while_its_stream_was_refused() {
+    let app = TestApp::spawn_with(|s| s.approvals.max_event_streams_per_tenant = 1).await;
+    app.park("missed-1").await;
+    // The tenant's one stream, held by someone else.
+    let held = app
+        .request(
+            reqwest::Method::GET,
+            &format!("/v1/tenants/{}/events", app.tenant),
+            Some(&app.tokens.admin),
+        )
+        .send()
+        .await
+        .expect("a stream");
+    assert_eq!(held.status(), reqwest::StatusCode::OK);
+    let driver = Driver::start();
+    let browser = driver.browser().await;
+    sign_in(&browser, &app, &app.tokens.reviewer).await;
+    browser
+        .goto(&app.url("/ui/approvals/missed-1"))
+        .await
+        .expect("the approval's page");
+    until_true(
+        &browser,
+        "document.getElementById('paused-notice')",
+        "the page to say it is not following",
+    )
+    .await;
+    script(&browser, "window.notReloaded = true; return null;").await;
+
+    let bob = app
+        .decide("missed-1", "accept", &app.tokens.reviewer2)
+        .await;
+    assert_eq!(bob.status(), reqwest::StatusCode::OK);
+    drop(held);
+    // The slot is free once the server notices (its next keep-alive, 15 s), and the page's
+    // next attempt follows its backoff.
+    until_true_within(
+        &browser,
+        "document.getElementById('live-region').dataset.status === 'accepted'",
+        "the decision on the page",
+        Duration::from_secs(60),
+    )
+    .await;
+    let page = text(&browser).await;
+    assert!(page.contains("accepted by bob"), "{page}");
+    assert_eq!(
+        script(&browser, "return window.notReloaded === true;").await,
+        json!(true),
+        "followed without a reload"
+    );
+    let _ = browser.close().await;
+}
+
+/// A live refresh refused (here: the reviewer's token at its limit of requests in flight) is
+/// said on the page and tried again until it works. It was dropped without a word ("the next
+/// event tries again"), and in a quiet tenant no next event came: a decided approval stayed
+/// on the list as waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_refresh_is_said_and_tried_again() {
+    let app = TestApp::spawn_with(|s| s.limits.max_requests_per_caller = 2).await;
+    app.park("limited-1").await;
+    let driver = Driver::start();
+    let browser = driver.browser().await;
+    sign_in(&browser, &app, &app.tokens.reviewer).await;
+    // The stream is open once an arrival shows live.
+    app.park("limited-2").await;
+    until_true(
+        &browser,
+        "document.getElementById('approval-limited-2')",
+        "an arrival, live",
+    )
+    .await;
+
+    let (bodies, requests): (Vec<_>, Vec<_>) = (0..2)
+        .map(|_| crate::fairness::stalled_submit(&app, &app.tokens.reviewer))
+        .unzip();
+    let deadline = Instant::now() + WITHIN;
+    while app.get("none", &app.tokens.reviewer).await.status()
+        != reqwest::StatusCode::TOO_MANY_REQUESTS
+    {
+        assert!(Instant::now() < deadline, "never at its limit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let bob = app
+        .decide("limited-1", "accept", &app.tokens.reviewer2)
+        .await;
+    assert_eq!(bob.status(), reqwest::StatusCode::OK);
+    until_true(
+        &browser,
+        "document.getElementById('paused-notice')",
+        "the page to say it is out of date",
+    )
+    .await;
+    assert_eq!(
+        script(
+            &browser,
+            "return document.getElementById('approval-limited-1') !== null;"
+        )
+        .await,
+        json!(true),
+        "the refresh was refused"
+    );
+
+    drop(bodies);
+    for request in requests {
+        let _ = request.await;
+    }
+    until_true(
+        &browser,
+        "!document.getElementById('approval-limited-1') && !document.getElementById('paused-notice')",
+        "the refresh, tried again",
+    )
+    .await;
+    let _ = browser.close().await;
+}
+
+/// The countdown follows the server's clock, not the browser's: a browser two hours fast
+/// showed "expired" for an approval with most of its hour left, and the reviewer left it to
+/// expire. The page learns the server's time with each render (here a live swap after the
+/// browser's clock jumped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_countdown_follows_the_servers_clock_not_the_browsers() {
+    let app = TestApp::spawn_with(|s| s.approvals.default_ttl = Duration::from_secs(3600)).await;
+    app.park("clock-1").await;
+    let driver = Driver::start();
+    let browser = driver.browser().await;
+    sign_in(&browser, &app, &app.tokens.reviewer).await;
+    until_true(
+        &browser,
+        "document.body.dataset.liveReady === 'true'",
+        "the live stream",
+    )
+    .await;
+    let countdown = "document.querySelector('#approval-clock-1 [data-expires-at]').textContent";
+    until_true(
+        &browser,
+        &format!("{countdown}.endsWith(' left')"),
+        "a countdown",
+    )
+    .await;
+
+    script(
+        &browser,
+        "const real = Date.now.bind(Date); Date.now = () => real() + 2 * 3600 * 1000; return null;",
+    )
+    .await;
+    app.park("clock-2").await;
+    until_true(
+        &browser,
+        "document.getElementById('approval-clock-2')",
+        "the new arrival, live",
+    )
+    .await;
+    // A second tick after the swap, with the new server time.
+    until_true(
+        &browser,
+        &format!("{countdown}.endsWith(' left') && document.querySelector('#approval-clock-2 [data-expires-at]').textContent.endsWith(' left')"),
+        "both countdowns running by the server's clock",
+    )
+    .await;
+    let shown = script(&browser, &format!("return {countdown};")).await;
+    assert!(
+        shown.as_str().is_some_and(|t| t.contains("min left")),
+        "{shown}"
+    );
     let _ = browser.close().await;
 }
 

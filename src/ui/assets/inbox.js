@@ -21,8 +21,18 @@
     return Math.floor(s / 86400) + " d" + (h ? " " + h + " h" : "");
   }
 
+  // The server's clock, not the browser's: the page says what the server rendered it at, and
+  // a swap says it again (a laptop a few minutes fast showed "expired" while the approval
+  // could still be decided).
+  var offset = 0;
+  function syncClock(el) {
+    var at = el ? Number(el.getAttribute("data-now")) : 0;
+    if (at) offset = at - Date.now();
+  }
+  syncClock(region);
+
   function tick() {
-    var now = Date.now();
+    var now = Date.now() + offset;
     document.querySelectorAll("[data-expires-at]").forEach(function (el) {
       var left = Date.parse(el.getAttribute("data-expires-at")) - now;
       el.textContent = left > 0 ? span(left) + " left" : "expired";
@@ -43,6 +53,10 @@
   if (!region || !window.EventSource) return;
 
   var busy = false, again = false, isStale = false;
+  // A refresh that failed (429 at the token's limit of requests, 408, 503) is said and tried
+  // again, backing off: it waited for the next event, and in a quiet tenant none came, so a
+  // decided approval stayed on the page as waiting.
+  var refreshFailed = false, refreshTimer = null, refreshRetryIn = 1000;
   // After a reconnect the stream answers for whatever session the browser holds now: its
   // events are not announced until a refresh has found it is still this page's session.
   var trusted = true;
@@ -50,7 +64,8 @@
   // holds is opened again, backing off: the page must not go quiet without saying so.
   var reopenWanted = false, reopenTimer = null, retryIn = 1000;
   // `checkOnly`: look whether this page's session still holds, without swapping a detail page
-  // (its form may hold a reason being typed); a reconnected stream resumes where it stopped.
+  // whose approval is as it was (its form may hold a reason being typed); one decided or
+  // expired meanwhile (while the stream was down) is swapped.
   function refresh(checkOnly) {
     if (isStale) return;
     if (busy) { again = true; return; }
@@ -75,15 +90,33 @@
           return;
         }
         trusted = true;
-        if (checkOnly && region.getAttribute("data-live") === "detail") return;
+        refreshFailed = false;
+        refreshRetryIn = 1000;
+        if (source && source.readyState === EventSource.OPEN) paused(false);
+        syncClock(fresh);
+        if (checkOnly && region.getAttribute("data-live") === "detail" &&
+            fresh.getAttribute("data-status") === region.getAttribute("data-status")) {
+          return;
+        }
         region.innerHTML = fresh.innerHTML;
         region.setAttribute("data-status", fresh.getAttribute("data-status") || "");
+        region.setAttribute("data-now", fresh.getAttribute("data-now") || "");
         document.title = doc.title;
         tick();
         var refocus = focusedId && document.getElementById(focusedId);
         if (refocus) refocus.focus();
       })
-      .catch(function () { /* the next event tries again */ })
+      .catch(function () {
+        refreshFailed = true;
+        paused(true);
+        if (!refreshTimer && !isStale) {
+          refreshTimer = setTimeout(function () {
+            refreshTimer = null;
+            refresh(checkOnly);
+          }, refreshRetryIn);
+          refreshRetryIn = Math.min(refreshRetryIn * 2, 30000);
+        }
+      })
       .then(function () {
         busy = false;
         if (again) { again = false; refresh(); }
@@ -110,6 +143,8 @@
     isStale = true;
     if (source) source.close();
     clearTimeout(reopenTimer);
+    clearTimeout(refreshTimer);
+    clearTimeout(pauseTimer);
     paused(false);
     if (document.getElementById("stale-notice")) return;
     var notice = document.createElement("p");
@@ -147,20 +182,33 @@
 
   // A stream that ended (its session signed out, an instance restarted) reconnects by itself,
   // with whatever cookie the browser holds then: look again at once, so a page whose session
-  // ended says so, and one whose session goes on shows what it missed.
-  var opened = false;
+  // ended says so, and one whose session goes on shows what it missed. So does a first
+  // stream that was refused (the tenant's streams at their limit, the store down): what
+  // happened before it opened was never sent to it.
+  var opened = false, refused = false, pauseTimer = null;
   function connect() {
     source = new EventSource("/ui/events");
     source.addEventListener("open", function () {
       retryIn = 1000;
-      paused(false);
-      if (opened) { trusted = false; refresh(true); }
+      clearTimeout(pauseTimer);
+      pauseTimer = null;
+      if (!refreshFailed) paused(false);
+      if (opened || refused) { trusted = false; refresh(true); }
       opened = true;
+      refused = false;
     });
     // Refused for good: a 401 once the session is signed out (the check says so), or a 503
     // (the check finds the session holds, or cannot tell: the stream is opened again).
     source.addEventListener("error", function () {
-      if (source.readyState !== EventSource.CLOSED) return;
+      if (source.readyState !== EventSource.CLOSED) {
+        // Reconnecting by itself (a dropped network, an instance restarting): said if it
+        // takes a while, not for the moment a stream's normal end takes.
+        if (!pauseTimer) {
+          pauseTimer = setTimeout(function () { pauseTimer = null; paused(true); }, 3000);
+        }
+        return;
+      }
+      refused = true;
       paused(true);
       reopenWanted = true;
       refresh(true);
