@@ -246,8 +246,10 @@ impl MetricsHandle {
                 bounds.push(max_ttl + max_ttl / 4);
             }
         }
+        let prometheus = prometheus();
+        rare_failures_at_zero();
         Self {
-            prometheus: prometheus(),
+            prometheus,
             pending: Arc::default(),
             bounds: Arc::new(bounds),
             ttls: Arc::new(
@@ -608,6 +610,21 @@ pub fn backend_error(error: &BackendError, source: ErrorSource) {
         .increment(1);
 }
 
+/// Registers the counters of rare failures at 0, so that the first one is an increase the
+/// alerts on them see (a series born at 1 has no earlier sample) and their queries answer.
+fn rare_failures_at_zero() {
+    for reason in ["queue_full", "stopped", "undeliverable"] {
+        metrics::counter!("approvals_decision_log_dropped_total", "reason" => reason).increment(0);
+    }
+    for outcome in ["loaded", "failed"] {
+        metrics::counter!("approvals_policy_reloads_total", "outcome" => outcome).increment(0);
+    }
+    metrics::counter!("approvals_policy_sandbox_failures_total").increment(0);
+    for role in ["primary", "secondary"] {
+        metrics::counter!("approvals_unreadable_records_total", "role" => role).increment(0);
+    }
+}
+
 /// Registers `tenant`'s outcome counters at 0. A counter series that first appears at 1 has no
 /// earlier sample, so `increase()` and `rate()` miss that first event: the alert on pending
 /// approvals piling up without decisions fired after a deploy though reviewers were deciding.
@@ -616,6 +633,8 @@ fn introduce(tenant: &TenantId) {
         metrics::counter!("approvals_decisions_total", "tenant" => tenant.to_string(), "outcome" => outcome)
             .increment(0);
     }
+    metrics::counter!("approvals_action_mismatches_total", "tenant" => tenant.to_string())
+        .increment(0);
     notifications_introduced(tenant);
 }
 
