@@ -23,8 +23,8 @@ use temporalio_client::grpc::{OperatorService, WorkflowService};
 use temporalio_client::tonic::IntoRequest;
 use temporalio_client::{
     Client, WorkflowDescribeOptions, WorkflowExecuteUpdateOptions, WorkflowExecution,
-    WorkflowGetResultOptions, WorkflowIdConflictPolicy, WorkflowIdReusePolicy, WorkflowListOptions,
-    WorkflowStartOptions,
+    WorkflowExecutionStatus, WorkflowGetResultOptions, WorkflowIdConflictPolicy,
+    WorkflowIdReusePolicy, WorkflowListOptions, WorkflowStartOptions,
 };
 use temporalio_common::protos::temporal::api::common::v1::Payload;
 use temporalio_common::protos::temporal::api::operatorservice::v1::ListSearchAttributesRequest;
@@ -267,6 +267,19 @@ impl TemporalBackend {
         id: &ApprovalId,
         budget: Duration,
     ) -> Result<Option<Approval>, BackendError> {
+        Ok(self
+            .read_execution_within(tenant, id, budget)
+            .await?
+            .map(|(approval, _running)| approval))
+    }
+
+    /// [`Self::read_within`], and whether the approval's workflow still runs.
+    async fn read_execution_within(
+        &self,
+        tenant: &TenantId,
+        id: &ApprovalId,
+        budget: Duration,
+    ) -> Result<Option<(Approval, bool)>, BackendError> {
         let key = workflow_id(tenant, id);
         let handle = self
             .client
@@ -274,9 +287,10 @@ impl TemporalBackend {
         self.call("describe", budget, async {
             match handle.describe(WorkflowDescribeOptions::default()).await {
                 Ok(description) => {
+                    let running = description.status() == WorkflowExecutionStatus::Running;
                     let memo = description.memo();
                     match memo.get::<ApprovalRecord>(MEMO_APPROVAL) {
-                        Ok(Some(record)) => Ok(Some(record.into())),
+                        Ok(Some(record)) => Ok(Some((record.into(), running))),
                         Ok(None) => Err(corrupt(&key, "memo has no approval")),
                         Err(e) => Err(corrupt(&key, e)),
                     }
@@ -493,11 +507,23 @@ impl TemporalBackend {
                     | WorkflowUpdateError::Rpc(_)),
                 ) => {
                     let failed_call = matches!(e, WorkflowUpdateError::Rpc(_));
-                    let record = self.read_within(tenant, id, left()).await?;
+                    let found = self.read_execution_within(tenant, id, left()).await?;
+                    let closed = found.as_ref().is_some_and(|(_, running)| !running);
+                    let record = found.map(|(approval, _)| approval);
                     let ours = maybe_landed || failed_call;
                     maybe_landed = ours;
                     if let Some(outcome) = Self::settled_outcome(record, &decision, ours) {
                         return Ok(outcome);
+                    }
+                    // Pending, and its workflow closed without a decision (an operator
+                    // terminated or cancelled it; it failed): no update can land again. Said
+                    // at once, not as 503 after every retry (a reviewer retried for good).
+                    if closed {
+                        return Err(corrupt(
+                            &workflow_id(tenant, id),
+                            "its workflow closed without a decision (terminated, cancelled or \
+                             failed): it can no longer be decided",
+                        ));
                     }
                     // Still pending and not a self-approval: the update did not land; retry.
                     last_error = Some(e);

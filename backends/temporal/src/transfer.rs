@@ -31,13 +31,17 @@ impl RecordTransfer for TemporalBackend {
             query: format!("WorkflowType = '{WORKFLOW_TYPE}'"),
         };
         let mut client = self.client.clone();
+        let resumed = cursor.is_some();
         let response = self
             .call("scan", self.settings.call_timeout, async move {
                 WorkflowService::list_workflow_executions(&mut client, request.into_request())
                     .await
                     .map(|r| r.into_inner())
                     .map_err(|status| match status.code() {
-                        temporalio_client::tonic::Code::InvalidArgument => {
+                        // The page token is the only argument a caller gives: refused, it is
+                        // the cursor's fault. A first page refused is the server's (a
+                        // visibility store that cannot run the query), not the caller's.
+                        temporalio_client::tonic::Code::InvalidArgument if resumed => {
                             BackendError::InvalidCursor
                         }
                         _ => BackendError::unavailable("scan", status),

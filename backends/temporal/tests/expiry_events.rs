@@ -360,3 +360,40 @@ async fn a_decision_stamped_past_the_deadline_is_an_expiry_whatever_temporals_cl
     );
     worker.stop().await;
 }
+
+/// A decision on an approval whose workflow an operator terminated (nothing can decide it any
+/// more) is refused at once as a record the engine cannot act on. It was retried three times
+/// and answered as an outage (503), so a reviewer retried for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_on_a_terminated_workflow_is_refused_not_retried_as_an_outage() {
+    let server = own_server().await;
+    let settings = settings_for(&server);
+    let recorded = Arc::new(Recorded::default());
+    let worker = TestWorker::start(settings.clone(), &recorded);
+    let backend = TemporalBackend::connect(settings).await.expect("backend");
+    let client = client_for(&server).await;
+    let tenant = fresh_tenant("terminated");
+    let approval = submitted(
+        &backend,
+        pending(&tenant, "req-1", Duration::from_secs(3600)),
+    )
+    .await;
+    client
+        .get_workflow_handle::<ApprovalWorkflow>(workflow_id(&approval.tenant, &approval.id))
+        .terminate(
+            temporalio_client::WorkflowTerminateOptions::builder()
+                .reason("an operator's mistake")
+                .build(),
+        )
+        .await
+        .expect("terminate");
+
+    let refused = backend
+        .decide(&tenant, &id("req-1"), decision(Verdict::Accept, "alice"))
+        .await;
+    assert!(
+        matches!(&refused, Err(BackendError::Corrupt { reason, .. }) if reason.contains("closed without a decision")),
+        "{refused:?}"
+    );
+    worker.stop().await;
+}
