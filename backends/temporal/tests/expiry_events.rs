@@ -249,17 +249,17 @@ async fn a_decision_past_the_deadline_expires_the_approval_and_is_reported_once(
     assert!(recorded.of(&approval).is_empty(), "a read counts nothing");
 
     // The decision is delivered with the workflow's first task, past the deadline: the update
-    // handler expires the approval (before `run` starts), and that is the one count.
+    // handler expires the approval (before `run` starts), and that is the one count. Stamped
+    // just before the deadline (sent in time, processed late): one stamped past it is refused
+    // by the validator and never reaches the handler.
     let deciding = {
         let backend = TemporalBackend::connect(settings.clone())
             .await
             .expect("backend");
         let tenant = tenant.clone();
-        tokio::spawn(async move {
-            backend
-                .decide(&tenant, &id("req-1"), decision(Verdict::Accept, "alice"))
-                .await
-        })
+        let mut in_time = decision(Verdict::Accept, "alice");
+        in_time.at = Timestamp::from_millis(approval.expires_at.as_millis() - 1);
+        tokio::spawn(async move { backend.decide(&tenant, &id("req-1"), in_time).await })
     };
     let worker = TestWorker::start(settings, &recorded);
     let outcome = deciding.await.expect("decide task").expect("decide");
@@ -273,7 +273,20 @@ async fn a_decision_past_the_deadline_expires_the_approval_and_is_reported_once(
     assert_eq!(reports.len(), 1, "{reports:?}");
     assert_eq!(reports[0].0.decided_at, Some(approval.expires_at));
     assert_eq!(counted_in_history(&client, &approval).await, 1);
+    // The handler's path, not `run`'s immediate expiry: the update was accepted into history.
+    let history = history_json(&client, &approval).await;
+    assert!(history.contains("UpdateAccepted"), "{history}");
     worker.stop().await;
+}
+
+async fn history_json(client: &Client, approval: &Approval) -> String {
+    let json = client
+        .get_workflow_handle::<ApprovalWorkflow>(workflow_id(&approval.tenant, &approval.id))
+        .fetch_history(WorkflowFetchHistoryOptions::default())
+        .to_json()
+        .await
+        .expect("history");
+    String::from_utf8_lossy(&json).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

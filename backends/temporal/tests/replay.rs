@@ -6,6 +6,10 @@
 //! versioned types (`record.rs`): they carry the API's approval object without a `version`.
 //! `parked-shadow-accepted.json` carries the service's submitted event (with a shadow verdict)
 //! in its input; `decision-log.json` is a `DecisionLogWorkflow` (`record`).
+//! `expired-by-timer-counted.json` and `expired-by-late-decision.json` were recorded after the
+//! `count-expiry` patch (the expiry counted by a local activity): the timer's path, and the
+//! `decide` handler's (a decision sent in time and delivered with the first task, past the
+//! deadline), by the tests in `expiry_events.rs`.
 //! Record new ones whenever the workflow changes shape, and keep the old ones: run the build
 //! that is current against a dev server, then export each workflow with
 //!
