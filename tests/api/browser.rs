@@ -742,6 +742,79 @@ async fn a_refused_refresh_is_said_and_tried_again() {
     let _ = browser.close().await;
 }
 
+/// A list filtered by agent (which reads up to 20 pages of the tenant to fill one) is fetched
+/// again only for events that can change it: another agent's arrival costs it nothing. It was
+/// fetched again for every event of the tenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_filtered_by_agent_follows_only_that_agents_arrivals() {
+    let app = TestApp::spawn().await;
+    let submit_as = |request_id: &str, agent: &str| {
+        app.request(
+            reqwest::Method::POST,
+            &format!("/v1/tenants/{}/approvals", app.tenant),
+            Some(&app.tokens.agent),
+        )
+        .json(&json!({"request_id": request_id, "action": crate::support::sensitive_read(), "agent_id": agent}))
+        .send()
+    };
+    let parked = |response: reqwest::Response| {
+        assert_eq!(response.status(), reqwest::StatusCode::CREATED);
+    };
+    parked(submit_as("rare-1", "agent-rare").await.expect("submit"));
+    let driver = Driver::start();
+    let browser = driver.browser().await;
+    sign_in(&browser, &app, &app.tokens.reviewer).await;
+    browser
+        .goto(&app.url("/ui/approvals?agent=agent-rare"))
+        .await
+        .expect("the filtered inbox");
+    until_true(
+        &browser,
+        "document.body.dataset.liveReady === 'true'",
+        "the live stream",
+    )
+    .await;
+    // The stream is open once an arrival of the agent shows live.
+    parked(submit_as("rare-2", "agent-rare").await.expect("submit"));
+    until_true(
+        &browser,
+        "document.getElementById('approval-rare-2')",
+        "the agent's arrival, live",
+    )
+    .await;
+    script(
+        &browser,
+        "window.fetched = 0; const real = window.fetch; \
+         window.fetch = function () { window.fetched += 1; return real.apply(this, arguments); }; \
+         return null;",
+    )
+    .await;
+    // Another agent's arrival, then one of the filtered agent's: events come in order, so
+    // once the second shows, the first was seen.
+    parked(submit_as("busy-1", "agent-busy").await.expect("submit"));
+    parked(submit_as("rare-3", "agent-rare").await.expect("submit"));
+    until_true(
+        &browser,
+        "document.getElementById('approval-rare-3')",
+        "the agent's next arrival, live",
+    )
+    .await;
+    assert_eq!(
+        script(&browser, "return window.fetched;").await,
+        json!(1),
+        "fetched for the agent's arrival only"
+    );
+    assert_eq!(
+        script(
+            &browser,
+            "return document.getElementById('approval-busy-1') === null;"
+        )
+        .await,
+        json!(true)
+    );
+    let _ = browser.close().await;
+}
+
 /// The countdown follows the server's clock, not the browser's: a browser two hours fast
 /// showed "expired" for an approval with most of its hour left, and the reviewer left it to
 /// expire. The page learns the server's time with each render (here a live swap after the

@@ -173,6 +173,18 @@
     region.parentNode.insertBefore(notice, region);
   }
 
+  // A list filtered by agent reads up to 20 pages of the tenant to fill one: it is fetched
+  // again only for an event that can change it (a parking of that agent's; a decision or
+  // expiry of a row it shows, while it lists pending approvals), not for every event of a
+  // busy tenant.
+  function concerns(kind, event) {
+    var agent = region.getAttribute("data-agent");
+    if (!agent) return true;
+    if (kind === "parked") return !!event.details && event.details.agent_id === agent;
+    if (region.getAttribute("data-status") !== "pending") return true;
+    return !!document.getElementById("approval-" + event.approval_id);
+  }
+
   function describe(kind, event) {
     var id = event.approval_id;
     if (kind === "parked") return "New approval waiting: " + id + ".";
@@ -219,6 +231,7 @@
         try { event = JSON.parse(message.data); } catch (e) { return; }
         var onDetail = region.getAttribute("data-live") === "detail";
         if (onDetail && event.approval_id !== region.getAttribute("data-id")) return;
+        if (!onDetail && !concerns(kind, event)) return;
         // A detail page still holding the reviewer's half-written reason is left alone until
         // its approval is settled.
         if (onDetail && kind === "parked") return;
