@@ -150,15 +150,18 @@ async fn within_deadline(
 async fn per_session(
     axum::extract::State(state): axum::extract::State<UiState>,
     jar: axum_extra::extract::cookie::SignedCookieJar,
-    request: axum::extract::Request,
+    mut request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     // Only a live session counts against its token: an expired or signed-out cookie (a copy
     // left on a shared machine) must not use up, and so deny, the reviewer's own requests.
-    let caller = match state.session(&jar).await {
+    let found = state.session(&jar).await;
+    let caller = match &found {
         Some(_) => session::token_digest(&jar),
         None => None,
     };
+    // Handed to the handler: each look-up is a Redis read (whether it was signed out).
+    request.extensions_mut().insert(Checked(found));
     let slot = match caller
         .map(|caller| state.api.caller_slots.try_acquire(caller, false))
         .transpose()
@@ -169,6 +172,32 @@ async fn per_session(
     let response = next.run(request).await;
     drop(slot);
     response
+}
+
+/// The session [`per_session`] found for this request.
+#[derive(Clone)]
+struct Checked(Option<session::Session>);
+
+/// The request's session, if it has a live one: the one [`per_session`] looked up, not a
+/// second look-up.
+pub struct Current(pub Option<session::Session>);
+
+impl axum::extract::FromRequestParts<UiState> for Current {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &UiState,
+    ) -> Result<Self, Self::Rejection> {
+        if let Some(Checked(found)) = parts.extensions.get::<Checked>() {
+            return Ok(Self(found.clone()));
+        }
+        let jar = axum_extra::extract::cookie::SignedCookieJar::from_headers(
+            &parts.headers,
+            state.key.clone(),
+        );
+        Ok(Self(state.session(&jar).await))
+    }
 }
 
 /// The inbox's routes, under `/ui`.

@@ -16,7 +16,7 @@ use approvals_core::{Approval, ApprovalId, Status, Timestamp, Verdict};
 
 use super::session::{self, Session};
 use super::view::{pretty, Row};
-use super::UiState;
+use super::{Current, UiState};
 use crate::api::ApiError;
 use crate::app::{AppError, ListQuery};
 
@@ -234,8 +234,8 @@ fn sign_in_href(next: &str, why: Option<&str>) -> String {
     }
 }
 
-pub async fn home(State(state): State<UiState>, jar: SignedCookieJar) -> Redirect {
-    match state.session(&jar).await {
+pub async fn home(Current(current): Current) -> Redirect {
+    match current {
         Some(_) => Redirect::to("/ui/approvals"),
         None => Redirect::to("/ui/login"),
     }
@@ -251,12 +251,11 @@ pub struct LoginQuery {
 }
 
 pub async fn login_form(
-    State(state): State<UiState>,
-    jar: SignedCookieJar,
+    Current(current): Current,
     WithRejection(Query(query), _): WithRejection<Query<LoginQuery>, Malformed>,
 ) -> Response {
     let next = return_path(&query.next).unwrap_or("/ui/approvals");
-    match state.session(&jar).await {
+    match current {
         Some(_) => Redirect::to(next).into_response(),
         None => render(&LoginPage {
             notice: (query.why == "decision_not_sent").then_some(
@@ -280,6 +279,7 @@ pub struct LoginForm {
 
 pub async fn login(
     State(state): State<UiState>,
+    Current(current): Current,
     jar: SignedCookieJar,
     headers: HeaderMap,
     WithRejection(Form(form), _): WithRejection<Form<LoginForm>, Malformed>,
@@ -300,7 +300,7 @@ pub async fn login(
             tracing::info!(subject = %principal.subject, %tenant, "inbox sign-in");
             // Someone signing in over another's session (a shared machine): the earlier one
             // ends for good, not only in this browser. Best effort, as its own sign-out is.
-            if let Some(earlier) = state.session(&jar).await {
+            if let Some(earlier) = current {
                 let _recorded = state.sign_out(&earlier).await;
             }
             let jar = session::start(
@@ -332,11 +332,12 @@ pub struct CsrfForm {
 
 pub async fn logout(
     State(state): State<UiState>,
+    Current(current): Current,
     jar: SignedCookieJar,
     headers: HeaderMap,
     WithRejection(Form(form), _): WithRejection<Form<CsrfForm>, Malformed>,
 ) -> Response {
-    if let Some(session) = state.session(&jar).await {
+    if let Some(session) = current {
         if !session::form_allowed(&session, &form.csrf, &headers, state.public_authority()) {
             return refused("This sign-out form did not come from your inbox.");
         }
@@ -369,11 +370,11 @@ pub struct InboxQuery {
 
 pub async fn inbox(
     State(state): State<UiState>,
-    jar: SignedCookieJar,
+    Current(current): Current,
     page: OriginalUri,
     WithRejection(Query(query), _): WithRejection<Query<InboxQuery>, Malformed>,
 ) -> Response {
-    let Some(session) = state.session(&jar).await else {
+    let Some(session) = current else {
         return to_sign_in(&page);
     };
     let status = match query.status.as_deref().filter(|s| !s.is_empty()) {
@@ -496,12 +497,12 @@ pub struct DetailQuery {
 
 pub async fn detail(
     State(state): State<UiState>,
-    jar: SignedCookieJar,
+    Current(current): Current,
     page: OriginalUri,
     Path(id): Path<String>,
     WithRejection(Query(query), _): WithRejection<Query<DetailQuery>, Malformed>,
 ) -> Response {
-    let Some(session) = state.session(&jar).await else {
+    let Some(session) = current else {
         return to_sign_in(&page);
     };
     let id = match ApprovalId::parse(id) {
@@ -608,12 +609,12 @@ pub struct DecisionForm {
 
 pub async fn decide(
     State(state): State<UiState>,
-    jar: SignedCookieJar,
+    Current(current): Current,
     headers: HeaderMap,
     Path(id): Path<String>,
     WithRejection(Form(form), _): WithRejection<Form<DecisionForm>, Malformed>,
 ) -> Response {
-    let Some(session) = state.session(&jar).await else {
+    let Some(session) = current else {
         // Said on the sign-in page: a plain redirect there lost the decision without a word.
         let page = ApprovalId::parse(id).map_or_else(
             |_| "/ui/approvals".to_owned(),
@@ -685,10 +686,10 @@ pub async fn decide(
 /// ends or is signed out (reconnecting then is refused).
 pub async fn events(
     State(state): State<UiState>,
-    jar: SignedCookieJar,
+    Current(current): Current,
     headers: HeaderMap,
 ) -> Response {
-    let Some(session) = state.session(&jar).await else {
+    let Some(session) = current else {
         return StatusCode::UNAUTHORIZED.into_response();
     };
     let last_event_id = headers

@@ -745,6 +745,21 @@ fn set_cookie(response: &Response) -> String {
         .to_owned()
 }
 
+/// A page looks its session up once (whether it was signed out: a Redis read), not twice: the
+/// request's admission and its handler each looked it up.
+#[tokio::test]
+async fn a_page_looks_its_session_up_once() {
+    let app = TestApp::spawn().await;
+    let alice = Browser::signed_in(&app, &app.tokens.reviewer).await;
+    app.park("once-1").await;
+    let before = app.redis_calls("exists").await;
+    for _ in 0..5 {
+        alice.page("/ui/approvals").await;
+    }
+    alice.page("/ui/approvals/once-1").await;
+    assert_eq!(app.redis_calls("exists").await - before, 6);
+}
+
 /// The outcome sentence comes from the address, which anyone can put in a link: on a pending
 /// approval no outcome is said (a link saying "Someone decided first" made a reviewer move on
 /// and leave the approval to expire), and on a decided one only what its record says.
