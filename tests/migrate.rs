@@ -421,6 +421,13 @@ async fn an_unreadable_record_is_reported_and_the_run_is_not_reconciled() {
             .unwrap();
     }
 
+    // A pre-flight over values no run can copy does not pass: they need a person first.
+    let (passed, report) = setup.migrate("redis", "temporal", &[&tenant], &["--dry-run"]);
+    assert!(
+        !passed,
+        "a dry run over unreadable records exits 1: {report:#}"
+    );
+
     let (clean, report) = setup.migrate("redis", "temporal", &[&tenant], &[]);
     assert!(
         !clean,

@@ -77,7 +77,12 @@ pub async fn run(args: MigrateArgs) -> ExitCode {
     };
     let progress = progress_bar();
     let logger = (progress.is_hidden()).then(|| tokio::spawn(log_progress(progress.clone())));
-    tracing::info!(from = ?args.from, to = ?args.to, ?plan, "migration started");
+    // Which stores it reached: run where the service's file and environment are not (a host
+    // outside the stack), it reaches the defaults on localhost, and says so here.
+    tracing::info!(from = ?args.from, to = ?args.to, ?plan,
+        redis = %without_credentials(&settings.redis.url),
+        temporal = %settings.temporal.address, namespace = %settings.temporal.namespace,
+        "migration started");
     let result = Migration::new(source, target, plan, progress.clone())
         .run()
         .await;
@@ -113,9 +118,13 @@ pub async fn run(args: MigrateArgs) -> ExitCode {
         "migration finished"
     );
     // A dry run reports the differences a real run would remove: that is its purpose. Records
-    // it could not read are another matter: a dry run against a target that is down must not
-    // pass as a pre-flight check.
-    let dry_run_done = report.dry_run && report.failed.is_empty() && !report.stopped_early;
+    // it could not read are another matter: a dry run against a target that is down, or over
+    // values no run can copy (they need a person), must not pass as a pre-flight check.
+    let dry_run_done = report.dry_run
+        && report.failed.is_empty()
+        && !report.stopped_early
+        && report.unreadable.source.is_empty()
+        && report.unreadable.target.is_empty();
     if report.is_reconciled() || dry_run_done {
         ExitCode::SUCCESS
     } else {
@@ -174,6 +183,34 @@ async fn log_progress(progress: ProgressBar) {
             phase = %progress.message(),
             approvals = progress.position(),
             "migration progress"
+        );
+    }
+}
+
+/// `redis://user:secret@host:6379/0` as `redis://host:6379/0`: where it points, for a log line,
+/// without the password.
+fn without_credentials(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}{}", &url[..scheme + 3], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod credential_tests {
+    use super::without_credentials;
+
+    #[test]
+    fn a_logged_store_address_keeps_no_password() {
+        assert_eq!(
+            without_credentials("redis://approvals:s3cr@t@redis:6379/0"),
+            "redis://redis:6379/0"
+        );
+        assert_eq!(
+            without_credentials("rediss://redis:6380/1"),
+            "rediss://redis:6380/1"
         );
     }
 }
