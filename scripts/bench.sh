@@ -25,7 +25,9 @@
 # active, or the default active and that bundle as the candidate (shadow evaluation), uploaded
 # with `approvals policy push` after start: a policy table compares their submit throughput
 # with the default bundle's in the same run (e.g. BENCH_TARGETS="ours ours-rules100
-# ours-shadow" BENCH_SCENARIOS=submit).
+# ours-shadow" BENCH_SCENARIOS=submit). `ours-rules100-inproc` and `ours-shadow-inproc` do the
+# same with `policy.sandbox.enabled = false` (tenants' bundles in the service's own process):
+# what the sandbox costs, in the same run.
 # then, with BENCH_SCALE (e.g. "1 2 4"), submit throughput of 1, 2, 4 instances of ours on one
 # Redis. Ends with summary tables (ratios against the peer) and the issue's targets. All
 # children are stopped on exit, including Ctrl-C, within a bounded time.
@@ -88,10 +90,10 @@ for tool in cargo redis-server redis-cli curl python3 sha256sum setsid; do
 done
 for target in $BENCH_TARGETS; do
   case $target in
-    ours | ours-rules100 | ours-shadow | floor) ;;
+    ours | ours-rules100 | ours-shadow | ours-rules100-inproc | ours-shadow-inproc | floor) ;;
     peer) [ -x "$PEER_DIR/run.sh" ] || die "no ADR peer at $PEER_DIR (set PEER_DIR)" ;;
     before) [ -x "${BENCH_BEFORE_BIN:-}" ] || die "target 'before' needs BENCH_BEFORE_BIN" ;;
-    *) die "unknown target '$target' in BENCH_TARGETS (ours, ours-rules100, ours-shadow, peer, before, floor)" ;;
+    *) die "unknown target '$target' in BENCH_TARGETS (ours, ours-rules100, ours-shadow, ours-rules100-inproc, ours-shadow-inproc, peer, before, floor)" ;;
   esac
 done
 
@@ -195,7 +197,14 @@ toml_string() { local s=${1//\\/\\\\}; printf '"%s"' "${s//\"/\\\"}"; }
 
 # --- build -----------------------------------------------------------------------------------
 packages=(-p approvals-bench)
-case " $BENCH_TARGETS " in *" ours "*) packages+=(-p approvals) ;; esac
+# Every target but the peer and the floor runs this build's `approvals` (the bundle targets
+# push with it too, and so does a scale-out run): built whenever one is asked for.
+uses_ours=0
+for target in $BENCH_TARGETS; do
+  case $target in ours*) uses_ours=1 ;; esac
+done
+[ -n "$BENCH_SCALE" ] && uses_ours=1
+[ "$uses_ours" = 1 ] && packages+=(-p approvals)
 if [ "$BENCH_BUILD" = 1 ] && [ -z "${BENCH_RESULTS:-}" ]; then
   say "cargo build --release ${packages[*]}"
   (cd "$repo" && cargo build --release "${packages[@]}")
@@ -203,12 +212,10 @@ fi
 bench_bin="$target_dir/release/approvals-bench"
 floor_bin="$target_dir/release/approvals-floor"
 approvals_bin="$target_dir/release/approvals"
-case " $BENCH_TARGETS " in
-  *" ours "*)
-    "$approvals_bin" serve --help >/dev/null 2>&1 ||
-      die "$approvals_bin has no 'serve' command yet (run only the peer with BENCH_TARGETS=peer)"
-    ;;
-esac
+if [ "$uses_ours" = 1 ] && [ -z "${BENCH_RESULTS:-}" ]; then
+  "$approvals_bin" serve --help >/dev/null 2>&1 ||
+    die "$approvals_bin has no 'serve' command yet (run only the peer with BENCH_TARGETS=peer)"
+fi
 
 # --- tokens: random each run, configured by digest only --------------------------------------
 agent_token=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')
@@ -320,7 +327,8 @@ start_ours() { # bin config log url -> sets server_pid
   say "$1 serve on $4"
   spawn "$3" "$1" serve --config "$2"
   server_pid=$spawned
-  wait_until "$server_pid" 60 "$3" "approvals serve" http_ok "$4/healthz"
+  # Ready, not only alive: an instance answers submits once it has read the tenants' policies.
+  wait_until "$server_pid" 60 "$3" "approvals serve" http_ok "$4/readyz"
 }
 
 # Whether scenario $1 is to run (BENCH_SCENARIOS, default all).
@@ -339,6 +347,9 @@ run_target() {
   start_redis "$dir"
   local config="$dir/config.toml"
   write_config "$config" "$http_port" "$redis_port"
+  case $target in
+    *-inproc) printf '\n[policy.sandbox]\nenabled = false\n' >>"$config" ;;
+  esac
   # A build from before the per-caller limits refuses their section: leave it out there.
   if [ "$target" = before ] && ! grep -qa max_long_polls_per_caller "$BENCH_BEFORE_BIN"; then
     sed -i '/^\[limits\]/,/^$/d' "$config"
@@ -348,13 +359,13 @@ run_target() {
   # Starts the target's server (again, for a scenario that needs a fresh process).
   start_target() {
     case $target in
-      ours | before | ours-rules100 | ours-shadow)
+      ours | before | ours-rules100 | ours-shadow | ours-rules100-inproc | ours-shadow-inproc)
         local bin=$approvals_bin
         [ "$target" = before ] && bin=$BENCH_BEFORE_BIN
         start_ours "$bin" "$config" "$dir/server.log" "$url"
         if [ "$target" != ours ] && [ "$target" != before ]; then
           local how=--activate
-          [ "$target" = ours-shadow ] && how=--candidate
+          case $target in ours-shadow*) how=--candidate ;; esac
           write_bundle100 "$dir/bundle100"
           say "$target: approvals policy push $how (100-rule bundle)"
           APPROVALS_TOKEN=$admin_token "$approvals_bin" policy push --tenant "$tenant" --url "$url" \
@@ -403,6 +414,14 @@ run_target() {
   fi
   if wants wakeup; then scenario_run wakeup --waiters "$BENCH_WAITERS"; fi
   if wants fanout && [ "$target" != peer ] && [ "$BENCH_FANOUT" -gt 0 ]; then
+    # A fresh process here too: one that served the throughput scenarios keeps memory
+    # resident for reuse, and the waiters would seem to cost less than they do (the floor,
+    # which ran only the wake-up, would not be compared like for like).
+    if [ "$target" != floor ]; then
+      stop_group "$server_pid"
+      start_target
+      bench[4]=$url bench[6]=$server_pid
+    fi
     scenario_run fanout --waiters "$BENCH_FANOUT"
   fi
   # The peer speaks only HTTP/1.1. A fresh process: one that served the HTTP/1.1 fan-out
@@ -598,13 +617,14 @@ awk -v cores="$(nproc)" -v loadavg="$(cut -d' ' -f1-3 /proc/loadavg)" -v strict=
           fmt(med(b, "p50_ms"), "%.2f") "/" fmt(med(b, "p99_ms"), "%.2f")
       }
     }
-    if ((("ours-rules100" SUBSEP "submit") in have) || (("ours-shadow" SUBSEP "submit") in have)) {
-      printf "\n%-40s %11s %9s %17s\n", "policy (submit)", "ops/s", "vs ours", "p50/p99 ms"
-      n5 = split("ours ours-rules100 ours-shadow", pt, " ")
-      split("default bundle|tenant bundle, 100 rules|default + 100-rule candidate (shadow)", label, "|")
+    if ((("ours-rules100" SUBSEP "submit") in have) || (("ours-shadow" SUBSEP "submit") in have) ||
+        (("ours-rules100-inproc" SUBSEP "submit") in have) || (("ours-shadow-inproc" SUBSEP "submit") in have)) {
+      printf "\n%-52s %11s %9s %17s\n", "policy (submit)", "ops/s", "vs ours", "p50/p99 ms"
+      n5 = split("ours ours-rules100 ours-rules100-inproc ours-shadow ours-shadow-inproc", pt, " ")
+      split("default bundle|tenant bundle, 100 rules (sandboxed)|tenant bundle, 100 rules (in-process)|default + 100-rule candidate (sandboxed)|default + 100-rule candidate (in-process)", label, "|")
       for (i = 1; i <= n5; i++) {
         t = pt[i] SUBSEP "submit"
-        if (t in have) printf "%-40s %11s %9s %17s\n", label[i], fmt(med(t, "ops_per_sec"), "%.1f"),
+        if (t in have) printf "%-52s %11s %9s %17s\n", label[i], fmt(med(t, "ops_per_sec"), "%.1f"),
           ratio(med(t, "ops_per_sec"), med("ours" SUBSEP "submit", "ops_per_sec")),
           fmt(med(t, "p50_ms"), "%.2f") "/" fmt(med(t, "p99_ms"), "%.2f")
       }

@@ -316,7 +316,11 @@ async fn commands(api: &Api, redis: &str, args: &CommandArgs) -> Result<Vec<Repo
         }
         let secs = started.elapsed().as_secs_f64();
         let sent = monitor.mark(&format!("{phase}-end")).await? - from;
-        let per_op = (sent as f64 - idle_rate * secs).max(0.0) / args.ops as f64;
+        // Per operation that worked: a refused one (a 503) sends nothing and would pull the
+        // average down. The errors are reported beside it.
+        let failed: usize = errors.values().sum();
+        let succeeded = args.ops.saturating_sub(failed).max(1);
+        let per_op = (sent as f64 - idle_rate * secs).max(0.0) / succeeded as f64;
         reports.push(Report {
             scenario: match phase {
                 "submit" => "commands-submit",
