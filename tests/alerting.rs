@@ -172,8 +172,8 @@ async fn delivered_to(
 
 /// Critical alerts page (`approvals-oncall`), warnings go to the team's channel
 /// (`approvals-team`), as the runbook says: both went to the pager. While ApprovalsNotReady
-/// fires, the warnings an outage sets off for every tenant are held back; a warning about
-/// reviewers still goes.
+/// fires for an instance, the warnings its outage sets off on that instance are held back;
+/// another instance's, and a warning about reviewers, still go.
 #[tokio::test]
 async fn warnings_go_to_the_team_and_an_outage_holds_back_its_echo() {
     let (url, mut received) = receiver().await;
@@ -205,9 +205,15 @@ async fn warnings_go_to_the_team_and_an_outage_holds_back_its_echo() {
         delivered_to(&mut received, "ApprovalsNotReady", &mut seen).await,
         "approvals-oncall"
     );
+    // Instance a's failing sweeps are its outage's echo; instance b's stale figures are not.
     fire(
-        json!({"alertname": "ApprovalsWebhookReaderBehind", "severity": "warning",
-        "tenant": "acme"}),
+        json!({"alertname": "ApprovalsSweeperFailing", "severity": "warning",
+        "instance": "a:8080"}),
+    )
+    .await;
+    fire(
+        json!({"alertname": "ApprovalsPendingFiguresStale", "severity": "warning",
+        "job": "approvals", "instance": "b:8080"}),
     )
     .await;
     fire(
@@ -215,21 +221,22 @@ async fn warnings_go_to_the_team_and_an_outage_holds_back_its_echo() {
         "tenant": "acme"}),
     )
     .await;
-    assert_eq!(
-        delivered_to(
-            &mut received,
-            "ApprovalsPendingGrowingWithoutDecisions",
-            &mut seen
-        )
-        .await,
-        "approvals-team"
-    );
+    for other in [
+        "ApprovalsPendingFiguresStale",
+        "ApprovalsPendingGrowingWithoutDecisions",
+    ] {
+        assert_eq!(
+            delivered_to(&mut received, other, &mut seen).await,
+            "approvals-team",
+            "{other}"
+        );
+    }
     // Alertmanager says why the echo was not sent.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let alerts: Value = http
             .get(&api)
-            .query(&[("filter", "alertname=\"ApprovalsWebhookReaderBehind\"")])
+            .query(&[("filter", "alertname=\"ApprovalsSweeperFailing\"")])
             .send()
             .await
             .expect("list alerts")
@@ -248,12 +255,12 @@ async fn warnings_go_to_the_team_and_an_outage_holds_back_its_echo() {
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "the reader alert was not held back: {alerts}"
+            "instance a's failing sweeps were not held back: {alerts}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(
-        !seen.iter().any(|n| n == "ApprovalsWebhookReaderBehind"),
+        !seen.iter().any(|n| n == "ApprovalsSweeperFailing"),
         "sent while the outage page fired: {seen:?}"
     );
 }

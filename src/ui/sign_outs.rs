@@ -51,7 +51,14 @@ impl Local {
         }
     }
 
-    fn remember(&mut self, name: String, expires: Timestamp, subject: &str, now: Timestamp) {
+    /// Remembers a sign-out; false when the table is full of unexpired ones.
+    fn remember(
+        &mut self,
+        name: String,
+        expires: Timestamp,
+        subject: &str,
+        now: Timestamp,
+    ) -> bool {
         if self.by_name.len() >= MAX_REMEMBERED {
             let expired: Vec<String> = self
                 .by_name
@@ -77,13 +84,14 @@ impl Local {
             tracing::warn!(%subject, max = MAX_REMEMBERED,
                 "sign-out not recorded (too many unexpired ones on this instance): a copy \
                  of the cookie stays valid until it expires");
-            return;
+            return false;
         }
         self.by_subject
             .entry(subject.to_owned())
             .or_default()
             .insert((expires, name.clone()));
         self.by_name.insert(name, (expires, subject.to_owned()));
+        true
     }
 }
 
@@ -105,7 +113,8 @@ impl SignOuts {
     pub async fn sign_out(&self, session: &Session) -> bool {
         let now = Timestamp::now();
         let Some(store) = &self.store else {
-            self.local
+            return self
+                .local
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .remember(
@@ -114,7 +123,6 @@ impl SignOuts {
                     &session.principal.subject,
                     now,
                 );
-            return true;
         };
         if let Err(error) = store
             .sign_out(
@@ -186,6 +194,19 @@ mod tests {
                 .await
         );
         assert!(!sign_outs.signed_out(&session("mallory", 0)).await);
+    }
+
+    /// Without Redis, a table full of unexpired sign-outs (many reviewers' each) refuses the
+    /// next one, and says so: the page then tells the reviewer a copy of the cookie stays valid.
+    #[tokio::test]
+    async fn a_sign_out_a_full_table_cannot_hold_is_reported_as_not_recorded() {
+        let sign_outs = SignOuts::new(None);
+        for n in 0..MAX_REMEMBERED {
+            assert!(sign_outs.sign_out(&session(&format!("r{n}"), 0)).await);
+        }
+        let late = session("late", 0);
+        assert!(!sign_outs.sign_out(&late).await);
+        assert!(!sign_outs.signed_out(&late).await);
     }
 
     /// In Redis a sign-out outlives the session's expiry by the clock-skew margin: an

@@ -197,12 +197,14 @@ impl TemporalBackend {
         .build()
     }
 
-    /// Starts the workflow for `approval`; `Ok(false)` when the id exists (running or closed).
+    /// Starts the workflow for `approval` within `budget`; `Ok(false)` when the id exists
+    /// (running or closed).
     pub(crate) async fn start(
         &self,
         approval: &Approval,
         origin: Origin,
         submitted: Option<AuditEntry>,
+        budget: Duration,
     ) -> Result<bool, BackendError> {
         let input = ApprovalInput {
             approval: ApprovalRecord::from(approval),
@@ -219,7 +221,7 @@ impl TemporalBackend {
                 .collect(),
         };
         let started = self
-            .call("start", self.settings.call_timeout, async {
+            .call("start", budget, async {
                 match self
                     .client
                     .start_workflow(ApprovalWorkflow::run, input, options)
@@ -637,10 +639,16 @@ impl ApprovalBackend for TemporalBackend {
         submitted: AuditEntry,
     ) -> Result<SubmitOutcome, BackendError> {
         // One `call_timeout` for the start and the read of a repeated request's record, as for
-        // a decision: a deadline each added up to `server.request_timeout` (408, not 503).
+        // a decision: a deadline each added up to `server.request_timeout` (408, not 503). The
+        // start may take four fifths of it; the read has what is left, at least a fifth.
         let until = tokio::time::Instant::now() + self.settings.call_timeout;
         if self
-            .start(&approval, Origin::Submitted, Some(submitted))
+            .start(
+                &approval,
+                Origin::Submitted,
+                Some(submitted),
+                self.settings.call_timeout - self.settings.call_timeout / 5,
+            )
             .await?
         {
             return Ok(SubmitOutcome::Created(approval));

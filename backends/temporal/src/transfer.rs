@@ -100,10 +100,15 @@ impl RecordTransfer for TemporalBackend {
         let origin = Origin::Imported {
             at: Timestamp::now(),
         };
-        Ok(if self.start(&approval, origin, None).await? {
-            ImportOutcome::Imported
-        } else {
-            ImportOutcome::AlreadyPresent
-        })
+        Ok(
+            if self
+                .start(&approval, origin, None, self.settings.call_timeout)
+                .await?
+            {
+                ImportOutcome::Imported
+            } else {
+                ImportOutcome::AlreadyPresent
+            },
+        )
     }
 }

@@ -92,6 +92,8 @@
         trusted = true;
         refreshFailed = false;
         refreshRetryIn = 1000;
+        clearTimeout(refreshTimer);
+        refreshTimer = null;
         if (source && source.readyState === EventSource.OPEN) paused(false);
         syncClock(fresh);
         if (checkOnly && region.getAttribute("data-live") === "detail" &&
@@ -106,10 +108,14 @@
         var refocus = focusedId && document.getElementById(focusedId);
         if (refocus) refocus.focus();
       })
-      .catch(function () {
+      .catch(function (status) {
         refreshFailed = true;
         paused(true);
-        if (!refreshTimer && !isStale) {
+        // Tried again only when waiting can mend it (a network error, 408, 429, 5xx from an
+        // outage); a 404 (the approval dropped by retention) or a 400 would fail forever.
+        var passing = typeof status !== "number" || status === 408 || status === 429 ||
+          status === 502 || status === 503 || status === 504;
+        if (passing && !refreshTimer && !isStale) {
           refreshTimer = setTimeout(function () {
             refreshTimer = null;
             refresh(checkOnly);
