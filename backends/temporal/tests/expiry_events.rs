@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use approvals_core::conformance::{decision, fresh_tenant, id, pending};
 use approvals_core::{
     Approval, ApprovalBackend, BackendError, DecisionOutcome, EngineEvents, Status, SubmitOutcome,
-    Timestamp, Verdict,
+    TenantId, Timestamp, Verdict,
 };
 use approvals_temporal::{workflow_id, ApprovalWorkflow, TemporalBackend, TemporalSettings};
 use approvals_testkit::temporal_server::DevServer;
@@ -152,14 +152,46 @@ async fn closed(
 
 /// How many local-activity markers (counts) the workflow's history holds.
 async fn counted_in_history(client: &Client, approval: &Approval) -> usize {
-    let json = client
-        .get_workflow_handle::<ApprovalWorkflow>(workflow_id(&approval.tenant, &approval.id))
-        .fetch_history(WorkflowFetchHistoryOptions::default())
-        .to_json()
+    history_json(client, approval)
         .await
-        .expect("history");
-    let json = String::from_utf8_lossy(&json).into_owned();
-    json.matches("core_local_activity").count()
+        .matches("core_local_activity")
+        .count()
+}
+
+/// A dev server of its own with a worker recording expiries, a backend, a client, and one
+/// approval of a fresh tenant parked for an hour (`req-1`).
+struct Parked {
+    _server: DevServer,
+    recorded: Arc<Recorded>,
+    worker: TestWorker,
+    backend: TemporalBackend,
+    client: Client,
+    tenant: TenantId,
+    approval: Approval,
+}
+
+async fn parked_for_an_hour(tenant: &str) -> Parked {
+    let server = own_server().await;
+    let settings = settings_for(&server);
+    let recorded = Arc::new(Recorded::default());
+    let worker = TestWorker::start(settings.clone(), &recorded);
+    let backend = TemporalBackend::connect(settings).await.expect("backend");
+    let client = client_for(&server).await;
+    let tenant = fresh_tenant(tenant);
+    let approval = submitted(
+        &backend,
+        pending(&tenant, "req-1", Duration::from_secs(3600)),
+    )
+    .await;
+    Parked {
+        _server: server,
+        recorded,
+        worker,
+        backend,
+        client,
+        tenant,
+        approval,
+    }
 }
 
 async fn submitted(backend: &TemporalBackend, approval: Approval) -> Approval {
@@ -291,18 +323,15 @@ async fn history_json(client: &Client, approval: &Approval) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decided_approvals_are_not_reported_as_expiries() {
-    let server = own_server().await;
-    let settings = settings_for(&server);
-    let recorded = Arc::new(Recorded::default());
-    let worker = TestWorker::start(settings.clone(), &recorded);
-    let backend = TemporalBackend::connect(settings).await.expect("backend");
-    let client = client_for(&server).await;
-    let tenant = fresh_tenant("decided");
-    let approval = submitted(
-        &backend,
-        pending(&tenant, "req-1", Duration::from_secs(3600)),
-    )
-    .await;
+    let Parked {
+        _server,
+        recorded,
+        worker,
+        backend,
+        client,
+        tenant,
+        approval,
+    } = parked_for_an_hour("decided").await;
     let outcome = backend
         .decide(&tenant, &id("req-1"), decision(Verdict::Reject, "alice"))
         .await
@@ -325,18 +354,15 @@ async fn decided_approvals_are_not_reported_as_expiries() {
 /// deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_decision_stamped_past_the_deadline_is_an_expiry_whatever_temporals_clock_says() {
-    let server = own_server().await;
-    let settings = settings_for(&server);
-    let recorded = Arc::new(Recorded::default());
-    let worker = TestWorker::start(settings.clone(), &recorded);
-    let backend = TemporalBackend::connect(settings).await.expect("backend");
-    let client = client_for(&server).await;
-    let tenant = fresh_tenant("ahead");
-    let approval = submitted(
-        &backend,
-        pending(&tenant, "req-1", Duration::from_secs(3600)),
-    )
-    .await;
+    let Parked {
+        _server,
+        recorded: _,
+        worker,
+        backend,
+        client,
+        tenant,
+        approval,
+    } = parked_for_an_hour("ahead").await;
 
     let mut late = decision(Verdict::Accept, "alice");
     late.at = approval.expires_at.plus(Duration::from_secs(1));
@@ -379,18 +405,15 @@ async fn a_decision_stamped_past_the_deadline_is_an_expiry_whatever_temporals_cl
 /// and answered as an outage (503), so a reviewer retried for good.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_decision_on_a_terminated_workflow_is_refused_not_retried_as_an_outage() {
-    let server = own_server().await;
-    let settings = settings_for(&server);
-    let recorded = Arc::new(Recorded::default());
-    let worker = TestWorker::start(settings.clone(), &recorded);
-    let backend = TemporalBackend::connect(settings).await.expect("backend");
-    let client = client_for(&server).await;
-    let tenant = fresh_tenant("terminated");
-    let approval = submitted(
-        &backend,
-        pending(&tenant, "req-1", Duration::from_secs(3600)),
-    )
-    .await;
+    let Parked {
+        _server,
+        recorded: _,
+        worker,
+        backend,
+        client,
+        tenant,
+        approval,
+    } = parked_for_an_hour("terminated").await;
     client
         .get_workflow_handle::<ApprovalWorkflow>(workflow_id(&approval.tenant, &approval.id))
         .terminate(
