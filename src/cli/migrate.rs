@@ -188,13 +188,15 @@ async fn log_progress(progress: ProgressBar) {
 }
 
 /// `redis://user:secret@host:6379/0` as `redis://host:6379/0`: where it points, for a log line,
-/// without the password.
+/// without the password. (The Redis client parsed it to connect, so it parses here too.)
 fn without_credentials(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}{}", &url[..scheme + 3], &url[at + 1..])
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) => {
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+            parsed.to_string()
         }
-        _ => url.to_owned(),
+        Err(_) => "(not a URL)".to_owned(),
     }
 }
 

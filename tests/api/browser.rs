@@ -699,25 +699,9 @@ async fn a_refused_refresh_is_said_and_tried_again() {
     )
     .await;
 
-    // Submits whose bodies never finish hold the token's two places. One that arrives while
-    // the page's own refresh holds a place is refused at once: another takes its place.
-    let (mut bodies, mut requests) = (Vec::new(), Vec::new());
-    let deadline = Instant::now() + WITHIN;
-    while app.get("none", &app.tokens.reviewer).await.status()
-        != reqwest::StatusCode::TOO_MANY_REQUESTS
-    {
-        assert!(Instant::now() < deadline, "never at its limit");
-        let holding = requests
-            .iter()
-            .filter(|r: &&tokio::task::JoinHandle<_>| !r.is_finished())
-            .count();
-        if holding < 2 {
-            let (body, request) = crate::fairness::stalled_submit(&app, &app.tokens.reviewer);
-            bodies.push(body);
-            requests.push(request);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Submits whose bodies never finish hold the token's two places.
+    let (bodies, requests) =
+        crate::fairness::hold_token_places(&app, &app.tokens.reviewer, 2).await;
     let bob = app
         .decide("limited-1", "accept", &app.tokens.reviewer2)
         .await;
@@ -757,19 +741,7 @@ async fn a_refused_refresh_is_said_and_tried_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_list_filtered_by_agent_follows_only_that_agents_arrivals() {
     let app = TestApp::spawn().await;
-    let submit_as = |request_id: &str, agent: &str| {
-        app.request(
-            reqwest::Method::POST,
-            &format!("/v1/tenants/{}/approvals", app.tenant),
-            Some(&app.tokens.agent),
-        )
-        .json(&json!({"request_id": request_id, "action": crate::support::sensitive_read(), "agent_id": agent}))
-        .send()
-    };
-    let parked = |response: reqwest::Response| {
-        assert_eq!(response.status(), reqwest::StatusCode::CREATED);
-    };
-    parked(submit_as("rare-1", "agent-rare").await.expect("submit"));
+    app.park_for_agent("rare-1", "agent-rare").await;
     let driver = Driver::start();
     let browser = driver.browser().await;
     sign_in(&browser, &app, &app.tokens.reviewer).await;
@@ -784,7 +756,7 @@ async fn a_list_filtered_by_agent_follows_only_that_agents_arrivals() {
     )
     .await;
     // The stream is open once an arrival of the agent shows live.
-    parked(submit_as("rare-2", "agent-rare").await.expect("submit"));
+    app.park_for_agent("rare-2", "agent-rare").await;
     until_true(
         &browser,
         "document.getElementById('approval-rare-2')",
@@ -800,8 +772,8 @@ async fn a_list_filtered_by_agent_follows_only_that_agents_arrivals() {
     .await;
     // Another agent's arrival, then one of the filtered agent's: events come in order, so
     // once the second shows, the first was seen.
-    parked(submit_as("busy-1", "agent-busy").await.expect("submit"));
-    parked(submit_as("rare-3", "agent-rare").await.expect("submit"));
+    app.park_for_agent("busy-1", "agent-busy").await;
+    app.park_for_agent("rare-3", "agent-rare").await;
     until_true(
         &browser,
         "document.getElementById('approval-rare-3')",

@@ -105,6 +105,31 @@ pub(crate) fn stalled_body(
     (tx, reqwest::Body::wrap_stream(chunks))
 }
 
+/// The senders of stalled submits (drop one to end its submit) and the submits themselves.
+pub(crate) type Stalled = (
+    Vec<tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>>,
+    Vec<tokio::task::JoinHandle<reqwest::Response>>,
+);
+
+/// Submits as `token` whose bodies never finish, until the token is at its limit of `places`
+/// requests in flight (its next request is refused `429`). One refused at once (another
+/// request of the token held a place at that moment, a page's refresh say) is replaced: the
+/// stalled submits returned are the ones that hold a place.
+pub(crate) async fn hold_token_places(app: &TestApp, token: &str, places: usize) -> Stalled {
+    let mut stalled: Vec<(_, tokio::task::JoinHandle<reqwest::Response>)> = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while app.get("none", token).await.status() != StatusCode::TOO_MANY_REQUESTS {
+        assert!(std::time::Instant::now() < deadline, "never at its limit");
+        stalled.retain(|(_, request)| !request.is_finished());
+        if stalled.len() < places {
+            stalled.push(stalled_submit(app, token));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stalled.retain(|(_, request)| !request.is_finished());
+    stalled.into_iter().unzip()
+}
+
 /// A submit as `token` whose body never finishes (until the sender is dropped): it stays in
 /// flight.
 pub(crate) fn stalled_submit(

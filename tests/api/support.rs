@@ -379,6 +379,26 @@ impl TestApp {
         response.json::<Value>().await.expect("json")["approval"].clone()
     }
 
+    /// [`Self::park`], the action submitted for `agent` (its `agent_id`).
+    pub async fn park_for_agent(&self, request_id: &str, agent: &str) -> Value {
+        let response = self
+            .request(
+                Method::POST,
+                &format!("/v1/tenants/{}/approvals", self.tenant),
+                Some(&self.tokens.agent),
+            )
+            .json(&json!({"request_id": request_id, "action": sensitive_read(), "agent_id": agent}))
+            .send()
+            .await
+            .expect("submit");
+        assert_eq!(
+            response.status(),
+            StatusCode::CREATED,
+            "parking {request_id}"
+        );
+        response.json::<Value>().await.expect("json")["approval"].clone()
+    }
+
     /// Parks an action the default policy parks, submitted with `token` (an admin's: its own
     /// submission, which it may not decide); returns the approval.
     pub async fn park_as(&self, token: &str, request_id: &str) -> Value {

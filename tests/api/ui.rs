@@ -9,7 +9,7 @@ use reqwest::header::{CONTENT_SECURITY_POLICY, LOCATION, SET_COOKIE};
 use reqwest::{Method, Response, StatusCode};
 use serde_json::{json, Value};
 
-use crate::support::{sensitive_read, Harness, TestApp};
+use crate::support::{Harness, TestApp};
 
 contract_tests!(
     a_reviewer_signs_in_sees_what_waits_and_accepts_it,
@@ -536,15 +536,6 @@ async fn filters_and_history_show_decided_approvals(h: Harness) {
 #[tokio::test]
 async fn the_agent_filter_finds_a_rare_agents_approvals_among_many() {
     let app = TestApp::spawn().await;
-    let submit_as = |request_id: String, agent: &'static str| {
-        app.request(
-            Method::POST,
-            &format!("/v1/tenants/{}/approvals", app.tenant),
-            Some(&app.tokens.agent),
-        )
-        .json(&json!({"request_id": request_id, "action": sensitive_read(), "agent_id": agent}))
-        .send()
-    };
     let mut ids = Vec::new();
     for n in 0..114 {
         // Two rare ones at either end of 110 busy ones, whichever way the list is sorted.
@@ -553,8 +544,7 @@ async fn the_agent_filter_finds_a_rare_agents_approvals_among_many() {
         } else {
             (format!("busy-{n}"), "agent-busy")
         };
-        let response = submit_as(id.clone(), agent).await.expect("submit");
-        assert_eq!(response.status(), StatusCode::CREATED, "parking {id}");
+        app.park_for_agent(&id, agent).await;
         ids.push(id);
     }
     let browser = Browser::signed_in(&app, &app.tokens.reviewer).await;
@@ -940,15 +930,9 @@ async fn a_session_shares_its_tokens_limit_of_requests_in_flight() {
     let app = TestApp::spawn_with(|s| s.limits.max_requests_per_caller = 2).await;
     let alice = Browser::signed_in(&app, &app.tokens.reviewer).await;
     let bob = Browser::signed_in(&app, &app.tokens.reviewer2).await;
-    let (bodies, requests): (Vec<_>, Vec<_>) = (0..2)
-        .map(|_| crate::fairness::stalled_submit(&app, &app.tokens.reviewer))
-        .unzip();
-    // Until both are in flight (the API refuses the token's next request), ...
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while app.get("none", &app.tokens.reviewer).await.status() != StatusCode::TOO_MANY_REQUESTS {
-        assert!(std::time::Instant::now() < deadline, "never at its limit");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Two submits that never finish hold the token's places.
+    let (bodies, requests) =
+        crate::fairness::hold_token_places(&app, &app.tokens.reviewer, 2).await;
     let refused = alice.get("/ui/approvals").await;
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
     // A browser shows the refusal as a page that says what to do, not a problem document.
