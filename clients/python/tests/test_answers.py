@@ -19,7 +19,7 @@ from approvals_client import (
     Status,
     TransportError,
 )
-from approvals_client._core import retry_after_seconds
+from approvals_client._core import NO_RETRY, retry_after_seconds
 
 QUICK = RetryPolicy(max_attempts=3, initial_backoff=0.01, max_backoff=0.02)
 
@@ -156,6 +156,26 @@ def test_a_proxys_error_page_is_a_protocol_error_with_its_status(status: int) ->
         with pytest.raises(ProtocolError) as raised:
             ApprovalsClient("http://approvals.test", "t", "acme", http=http, retry=QUICK).get("req-1")
     assert raised.value.status == status
+
+
+def test_a_proxys_rate_limit_is_retried_on_a_single_call_too() -> None:
+    # A gateway's 429 (no problem of the service's) was retried inside a wait but raised at
+    # once by a submit or a read.
+    def approval(_: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=DECIDED_BY_ALICE)
+
+    with httpx.Client(transport=answers(proxy_page(429), approval)) as http:
+        got = ApprovalsClient("http://approvals.test", "t", "acme", http=http, retry=QUICK).get("req-1")
+    assert got.status == Status.ACCEPTED
+
+
+def test_the_default_policy_gives_up_by_its_time_budget_not_a_count_of_attempts() -> None:
+    # With 8 attempts a call gave up after about 15 s of an outage, not the 60 s of
+    # `max_elapsed`: a 20 s restart of the service failed every call caught in it.
+    policy = RetryPolicy()
+    assert not policy.gives_up(attempt=20, elapsed=40.0, next_delay=5.0)
+    assert policy.gives_up(attempt=20, elapsed=56.0, next_delay=5.0)
+    assert policy.retries and not NO_RETRY.retries
 
 
 def test_the_status_of_an_api_error_is_the_answers() -> None:

@@ -70,6 +70,22 @@ def test_a_denied_call_is_refused_at_once_or_answered_by_on_refused(agent: Appro
     assert remove_quietly("docs/x").startswith("denied by policy: ")
 
 
+@pytest.mark.anyio
+async def test_an_async_on_refused_is_awaited(service: Service, tenant: Tenant) -> None:
+    # It was handed back to the framework as a coroutine nobody ran.
+    async def explain(outcome: object) -> str:
+        await anyio.sleep(0)
+        return describe_refusal(outcome)
+
+    async with AsyncApprovalsClient(service.base_url, tenant.agent_token, tenant.name) as agent:
+
+        @require_approval(agent, action_type="file_delete", on_refused=explain)
+        async def remove(resource: str) -> str:
+            raise AssertionError("must not run")
+
+        assert (await remove("docs/x")).startswith("denied by policy: ")
+
+
 def test_a_request_id_from_the_call_makes_a_rerun_find_its_approval(agent: ApprovalsClient, reviewer: ApprovalsClient) -> None:
     runs: list[str] = []
 

@@ -60,17 +60,20 @@ class RetryPolicy:
     attempt n (n >= 1) sleeps a random time in [d/2, d], d = min(max_backoff,
     initial_backoff * multiplier**(n-1)), or the server's `Retry-After` when longer, up to
     `max_retry_after` (a proxy's `Retry-After: 86400` must not park a live stream for a day).
-    The call gives up after `max_attempts` attempts, or once `max_elapsed` seconds have gone
-    on failed attempts and pauses (a long-poll's own wait not counted): no attempt starts past
-    that budget, and each attempt's connect, write and read timeouts are cut to what is left
-    of it, but never below `ATTEMPT_FLOOR` (2 s, or the configured timeout when shorter): an
+    The call gives up once `max_elapsed` seconds have gone on failed attempts and pauses (a
+    long-poll's own wait not counted), or after `max_attempts` attempts when that is set (by
+    default it is not: 8 attempts ran out after about 15 s of an outage, well inside the 60 s
+    budget, so a service restarting for 20 s failed every call caught in it). A `Retry-After`
+    that would end past the budget ends the call at once rather than sleep to fail. No attempt
+    starts past that budget (with `max_elapsed=None` too, a call retries for ever), and each
+    attempt's connect, write and read timeouts are cut to what is left of it, but never below `ATTEMPT_FLOOR` (2 s, or the configured timeout when shorter): an
     attempt with a few milliseconds is doomed, and `max_elapsed=0` means one attempt, no retry.
 
     A policy that allows no retry (`max_attempts <= 1` as `NO_RETRY`, or `max_elapsed=0`) also
     keeps a `wait` from waiting out an outage: its first failure is raised.
     """
 
-    max_attempts: int = 8
+    max_attempts: int | None = None
     initial_backoff: float = 0.2
     max_backoff: float = 5.0
     multiplier: float = 2.0
@@ -92,10 +95,10 @@ class RetryPolicy:
     @property
     def retries(self) -> bool:
         """Whether this policy allows any retry at all (not `NO_RETRY`, not `max_elapsed=0`)."""
-        return self.max_attempts > 1 and (self.max_elapsed is None or self.max_elapsed > 0)
+        return (self.max_attempts is None or self.max_attempts > 1) and (self.max_elapsed is None or self.max_elapsed > 0)
 
     def gives_up(self, attempt: int, elapsed: float, next_delay: float) -> bool:
-        if attempt >= self.max_attempts:
+        if self.max_attempts is not None and attempt >= self.max_attempts:
             return True
         return self.max_elapsed is not None and elapsed + next_delay > self.max_elapsed
 
@@ -152,9 +155,10 @@ def is_retryable(response: httpx.Response) -> bool:
     if response.status_code in RETRYABLE_STATUSES:
         return True
     # `429 too_many_requests`: this token has as many calls in flight as the service allows
-    # one caller; one ends soon (`Retry-After`). Other 429s (`too_many_pending`,
+    # one caller; one ends soon (`Retry-After`). The service's other 429s (`too_many_pending`,
     # `too_many_streams`) wait for people, not for a retry.
-    return response.status_code == 429 and problem_code(response) == "too_many_requests"
+    # A 429 that is no problem of the service's is a proxy's rate limit: it passes too.
+    return response.status_code == 429 and problem_code(response) in (None, "too_many_requests")
 
 
 def is_retryable_failure(status: int, code: str | None) -> bool:

@@ -281,7 +281,7 @@ class AsyncApprovalsClient:
                 approval = await self.poll(approval_id, asked, deadline=deadline)
             except ApprovalsError as error:
                 # Each poll has the retry policy's budget only; the approval is parked and
-                # stays so through an outage, and a Redis restart outlasts 8 attempts. Only
+                # stays so through an outage, which may outlast that budget. Only
                 # what the retries retry is an outage, and a policy without retries (NO_RETRY)
                 # asked for the first failure.
                 if known is None or not self.retry.retries or not _core.is_transient_failure(error):

@@ -215,7 +215,10 @@ def require_approval(
                 else:
                     outcome = await wait_in_thread(current, request(args, kwargs))
                 if not outcome.permitted:
-                    return refused(outcome)
+                    # An async tool's `on_refused` may be async too: its answer is awaited, not
+                    # handed to the framework as a coroutine nobody runs.
+                    answer = refused(outcome)
+                    return await answer if inspect.isawaitable(answer) else answer
                 return await cast(Callable[..., Awaitable[Any]], function)(*args, **kwargs)
 
             return cast(F, guarded_async)
