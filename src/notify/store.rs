@@ -12,7 +12,7 @@
 //!   instance at a time attempts it); `webhooks:queued:{tenant}`: sorted set, the tenant's
 //!   deliveries not yet sent or given up on → when queued (its size is what
 //!   `notifications.max_queued_per_tenant` bounds); `webhooks:dead:{tenant}`: the last 1,000
-//!   given up on.
+//!   given up on, deleted with the tenant's last webhook.
 
 use std::time::Duration;
 
@@ -218,11 +218,12 @@ redis.call('SADD', KEYS[2], ARGV[5])
 redis.call('SET', KEYS[3], ARGV[3], 'NX')
 return 1";
 
-/// Forgets a tenant only while it still has no webhook.
+/// Forgets a tenant only while it still has no webhook, its dead letters with it: they name
+/// webhooks that are gone, so nothing can redeliver them, and they were kept for good.
 const FORGET_TENANT: &str = r"
 if redis.call('HLEN', KEYS[1]) > 0 then return 0 end
 redis.call('SREM', KEYS[2], ARGV[1])
-redis.call('DEL', KEYS[3])
+redis.call('DEL', KEYS[3], KEYS[4])
 return 1";
 
 /// Takes or keeps the tenant's reader lock for this instance.
@@ -389,6 +390,7 @@ impl Store {
                 .key(hooks_key(&tenant))
                 .key(TENANTS_KEY)
                 .key(cursor_key(&tenant))
+                .key(dead_key(&tenant))
                 .arg(&tenant)
                 .invoke_async::<i64>(&mut c)
                 .await
@@ -924,8 +926,26 @@ mod tests {
             created_at: Timestamp::now(),
         };
         assert!(store.add(&hook, 10).await.unwrap());
+        let given_up = queued("d-1");
+        assert_eq!(
+            store.enqueue(&given_up, 100).await.unwrap(),
+            Enqueued::Queued
+        );
+        let given_up = Delivery {
+            attempts: 8,
+            last_error: Some("timed out".into()),
+            ..given_up
+        };
+        assert!(store.dead(&given_up).await.unwrap());
+        let acme = TenantId::parse("acme").unwrap();
+        assert_eq!(store.dead_letters(&acme).await.unwrap(), 1);
         store.forget_tenant("acme").await.unwrap();
         assert_eq!(store.tenants().await.unwrap(), ["acme"]);
+        assert_eq!(
+            store.dead_letters(&acme).await.unwrap(),
+            1,
+            "kept while it has a webhook"
+        );
         // The cursor the add started is kept (not one starting at the instant asked with).
         let kept = store
             .cursor("acme", Timestamp::from_millis(1))
@@ -933,10 +953,11 @@ mod tests {
             .unwrap();
         assert!(kept.starts_with("since:") && kept != "since:1", "{kept}");
 
-        let tenant = TenantId::parse("acme").unwrap();
-        assert!(store.remove(&tenant, "wh-1").await.unwrap());
+        assert!(store.remove(&acme, "wh-1").await.unwrap());
         store.forget_tenant("acme").await.unwrap();
         assert!(store.tenants().await.unwrap().is_empty());
+        // Dead letters of webhooks that are gone cannot be redelivered: they were kept for good.
+        assert_eq!(store.dead_letters(&acme).await.unwrap(), 0);
     }
 
     #[tokio::test]
