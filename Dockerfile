@@ -42,8 +42,9 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 # Same Debian release as the builder (glibc), pinned by point release.
 FROM debian:12.11-slim AS runtime
 
-# curl: for HEALTHCHECK (and compose's healthcheck) against /readyz; ca-certificates: for a
-# TLS Redis or Temporal endpoint.
+# curl: for HEALTHCHECK (and compose's healthcheck) against /readyz; ca-certificates: for curl
+# and other tools run in the container (the service carries its own roots; its Redis client
+# speaks no TLS).
 RUN set -eux; \
     apt-get update; \
     apt-get install -y --no-install-recommends ca-certificates curl; \

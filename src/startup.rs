@@ -241,13 +241,26 @@ impl Application {
                  and are not valid on other instances (set it, the same on every instance)"
             );
         }
+        let app_handle = app.clone();
         let app = api::router(state, &settings.ui);
         let signalled = stop.clone();
         let server = settings.server.clone();
         let grace = server.shutdown_grace;
+        let delay = server.shutdown_delay;
+        let draining = app_handle.clone();
         let served = tokio::spawn(async move {
             let shutdown = async move {
                 shutdown.await;
+                draining.begin_draining();
+                if !delay.is_zero() {
+                    // New connections still come while the load balancer catches up: refused,
+                    // they would be errors its health checks never saw.
+                    tracing::info!(
+                        ?delay,
+                        "shutting down: not ready; serving for server.shutdown_delay"
+                    );
+                    tokio::time::sleep(delay).await;
+                }
                 tracing::info!("shutting down: draining in-flight requests");
                 signalled.cancel();
             };
@@ -316,31 +329,40 @@ fn warn_about_long_ttls(settings: &Settings) {
     }
 }
 
-/// Resolves on SIGTERM or ctrl-c.
+/// Resolves on SIGTERM or ctrl-c (SIGINT).
 pub fn shutdown_signal() -> impl Future<Output = ()> {
-    // Registered now, not when first polled: a SIGTERM that arrives while the service starts
-    // must drain it, not kill it with the default action.
+    // Both registered now, not when first polled: a signal that arrives while the service
+    // starts (a Temporal connect may take `call_timeout`) must stop it once built, not kill it
+    // with the default action (or, as PID 1 in a container, be ignored until then).
     #[cfg(unix)]
-    let mut terminate =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let mut signals = [
+        tokio::signal::unix::SignalKind::terminate(),
+        tokio::signal::unix::SignalKind::interrupt(),
+    ]
+    .map(|kind| tokio::signal::unix::signal(kind).ok());
     async move {
-        let ctrl_c = async {
-            let _ = tokio::signal::ctrl_c().await;
-        };
         #[cfg(unix)]
-        let terminate = async {
-            match terminate.as_mut() {
-                Some(signal) => {
-                    signal.recv().await;
-                }
-                None => std::future::pending::<()>().await,
+        {
+            let [terminate, interrupt] = &mut signals;
+            tokio::select! {
+                () = received(terminate.as_mut()) => {}
+                () = received(interrupt.as_mut()) => {}
             }
-        };
-        #[cfg(not(unix))]
-        let terminate = std::future::pending::<()>();
-        tokio::select! {
-            () = ctrl_c => {}
-            () = terminate => {}
         }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Resolves when `signal` arrives; never if it could not be registered.
+#[cfg(unix)]
+async fn received(signal: Option<&mut tokio::signal::unix::Signal>) {
+    match signal {
+        Some(signal) => {
+            signal.recv().await;
+        }
+        None => std::future::pending::<()>().await,
     }
 }

@@ -267,6 +267,56 @@ async fn sigterm_answers_long_polls_and_drains() {
     );
 }
 
+/// With `server.shutdown_delay`, a SIGTERM first takes the instance out of the load balancer
+/// (`/readyz` 503) and keeps serving, new connections too, then drains. Without it the
+/// listener closed at once while the load balancer still sent here: refused connections.
+#[tokio::test]
+async fn sigterm_with_a_shutdown_delay_says_not_ready_and_keeps_serving_meanwhile() {
+    let redis = RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let agent = "agent-token-1";
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_delay = \"3s\"\n[redis]\nurl = \"{}\"\n\
+         [policy]\ndir = \"{}\"\n\
+         [[auth.tokens]]\nsubject = \"agent-1\"\ntenant = \"acme\"\nrole = \"agent\"\nsha256 = \"{}\"\n",
+        redis.url(),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("policies").display(),
+        digest_hex(agent),
+    );
+    let config = write(dir.path(), "config.toml", &config);
+    let mut command = approvals(&["serve", "--config", &config]);
+    command.env("RUST_LOG", "info");
+    let mut service = Process::spawn(command);
+    service.wait_for_line("serving", Duration::from_secs(20));
+    let base = format!("http://127.0.0.1:{port}");
+    let ready = reqwest::get(format!("{base}/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 200);
+
+    service.signal(Signal::SIGTERM);
+    service.wait_for_line(
+        "not ready; serving for server.shutdown_delay",
+        Duration::from_secs(5),
+    );
+    // A fresh client each time: a new connection, as the load balancer would open.
+    let ready = reqwest::get(format!("{base}/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 503, "out of the load balancer at once");
+    let problem: Value = ready.json().await.unwrap();
+    assert!(problem["code"] == "shutting_down", "{problem}");
+    let submitted = reqwest::Client::new()
+        .post(format!("{base}/v1/tenants/acme/approvals"))
+        .bearer_auth(agent)
+        .json(&serde_json::json!({"request_id": "req-late", "action": {"type": "document_read", "resource": "docs/a"}}))
+        .send()
+        .await
+        .expect("a new connection is still taken");
+    assert_eq!(submitted.status(), 200, "and its request served");
+
+    service.wait_for_line("draining in-flight requests", Duration::from_secs(10));
+    let status = service.wait_exit(Duration::from_secs(10)).await;
+    assert!(status.success(), "clean exit: {status:?}");
+}
+
 /// A stdout decision-log sink whose reader stalled (a log shipper that stopped reading) does
 /// not hold up the exit: the write blocked in a blocking task, and dropping the runtime waited
 /// for it without limit, so a drained service never exited until it was killed. An empty

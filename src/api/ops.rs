@@ -16,7 +16,8 @@ pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// `200` when the backend answers, `503 backend_unavailable` when not.
+/// `200` when the backend answers, `503 backend_unavailable` when not; `503 shutting_down` from
+/// SIGTERM on (the instance may still serve for `server.shutdown_delay`).
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, description = "ready"), (status = 503, body = super::Problem)))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {

@@ -195,6 +195,9 @@ impl ApiError {
                 "backend_unavailable",
                 "Backend unavailable",
             ),
+            Self::App(AppError::ShuttingDown) => {
+                (S::SERVICE_UNAVAILABLE, "shutting_down", "Shutting down")
+            }
             Self::App(AppError::Internal(_)) | Self::Internal(_) => {
                 (S::INTERNAL_SERVER_ERROR, "internal", "Internal error")
             }

@@ -97,6 +97,9 @@ pub enum AppError {
     /// The engine cannot be reached or did not answer in time; worth retrying.
     #[error("the approval store is unavailable")]
     Unavailable(#[source] BackendError),
+    /// `/readyz` after SIGTERM: this instance is leaving the load balancer.
+    #[error("this instance is shutting down; another instance answers")]
+    ShuttingDown,
     /// A fault of this service or its data, not of the request.
     #[error("internal error")]
     Internal(#[source] BoxError),

@@ -62,6 +62,9 @@ pub struct Approvals {
     decision_log: DecisionLog,
     /// Live event streams open on this instance, per tenant (bounded).
     live_streams: live::LiveStreams,
+    /// Set at SIGTERM: `/readyz` answers 503 from then on, while requests are still served
+    /// for `server.shutdown_delay`.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl Approvals {
@@ -92,6 +95,7 @@ impl Approvals {
             shutdown,
             decision_log,
             live_streams: live::LiveStreams::default(),
+            draining: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -109,6 +113,10 @@ impl Approvals {
     /// then every submit answers 503 (the policy to apply is unknown): with Temporal answering
     /// and a Redis tenant store that was down at start, `/readyz` said ready all the same.
     pub async fn ready(&self) -> Result<(), AppError> {
+        if self.draining.load(std::sync::atomic::Ordering::Relaxed) {
+            // Not the engine's fault: neither pinged nor counted as its error.
+            return Err(AppError::ShuttingDown);
+        }
         let answered = self.engine.ping().await;
         self.metrics.set_backend_up(answered.is_ok());
         answered.map_err(|e| self.engine_failed_in(e, ErrorSource::Readiness))?;
@@ -119,6 +127,12 @@ impl Approvals {
             )));
         }
         Ok(())
+    }
+
+    /// From now on `/readyz` says not ready: the load balancer stops sending here.
+    pub fn begin_draining(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// `/metrics`: the recorder, the latest pending figures and the engine's own status.

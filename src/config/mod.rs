@@ -255,6 +255,11 @@ pub struct ServerSettings {
     /// How long in-flight requests may take to finish after SIGTERM.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// After SIGTERM, how long the instance keeps taking new connections and requests while
+    /// `/readyz` answers 503, before the drain: the time a load balancer needs to stop
+    /// sending (a Kubernetes Service's endpoints update a few seconds after SIGTERM).
+    #[serde(with = "humantime_serde")]
+    pub shutdown_delay: Duration,
     /// Connections open at once; beyond it new ones are closed at once.
     pub max_connections: usize,
     /// A request's headers must arrive within this; a keep-alive connection idle this long is
@@ -284,6 +289,7 @@ impl Default for ServerSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             body_limit: 65_536,
             shutdown_grace: Duration::from_secs(30),
+            shutdown_delay: Duration::ZERO,
             max_connections: 10_000,
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 16 * 1024,
@@ -668,6 +674,16 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        // Read here, not at the first connect: that failed as "the store is unavailable"
+        // naming neither the key nor what is wrong with it. The error never quotes the URL
+        // (it may carry a password).
+        if let Err(error) = redis::IntoConnectionInfo::into_connection_info(self.redis.url.as_str())
+        {
+            return Err(ConfigError::Invalid(format!(
+                "redis.url: {error} (expected redis://[user:password@]host:port/db or \
+                 unix:///path/to/redis.sock; this build speaks no TLS, so no rediss://)"
+            )));
+        }
         for tenant in self.approvals.tenant_ttl.keys() {
             if TenantId::parse(tenant.as_str()).is_err() {
                 return Err(ConfigError::Invalid(format!(

@@ -43,6 +43,25 @@ fn unknown_keys_and_bad_values_name_the_key() {
 }
 
 #[test]
+fn a_redis_url_that_cannot_be_used_names_the_key_not_the_password() {
+    for url in [
+        "localhost:6379",
+        "rediss://:hunter2@cache.example:6380/0",
+        "redis://:hunter2@[::1/0",
+    ] {
+        let e = load("", &[("APPROVALS_REDIS__URL", url)]).unwrap_err();
+        let said = e.to_string();
+        assert!(said.contains("redis.url"), "{url}: {said}");
+        assert!(!said.contains("hunter2"), "{url}: {said}");
+    }
+    assert!(load(
+        "",
+        &[("APPROVALS_REDIS__URL", "redis://:pw@10.0.0.1:6379/2")]
+    )
+    .is_ok());
+}
+
+#[test]
 fn dual_needs_an_engine_as_primary() {
     let e = load("[backend]\nkind = \"dual\"\n", &[]).unwrap_err();
     assert!(e.to_string().contains("backend.primary: required"), "{e}");
