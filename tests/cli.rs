@@ -374,6 +374,7 @@ struct Dev {
     tokens: std::collections::HashMap<String, String>,
     redis_port: u16,
     banner: String,
+    redis_log: std::path::PathBuf,
 }
 
 async fn start_dev(data: &Path, port: u16, cwd: &Path, extra: &[&str]) -> Dev {
@@ -416,11 +417,13 @@ async fn start_dev(data: &Path, port: u16, cwd: &Path, extra: &[&str]) -> Dev {
         tokens,
         redis_port: redis_port.expect("dev printed the redis port"),
         banner,
+        redis_log: data.join("redis.log"),
     }
 }
 
 impl Dev {
-    /// Ctrl-c: the service exits cleanly and its redis-server child is gone.
+    /// Ctrl-c: the service exits cleanly and its redis-server child is gone, shut down as
+    /// Redis should be (it was killed outright, cutting an AOF rewrite short).
     async fn stop(mut self) {
         self.service.signal(Signal::SIGINT);
         let status = self.service.wait_exit(Duration::from_secs(10)).await;
@@ -428,6 +431,11 @@ impl Dev {
         assert!(
             std::net::TcpStream::connect(("127.0.0.1", self.redis_port)).is_err(),
             "the redis-server child is stopped"
+        );
+        let said = std::fs::read_to_string(&self.redis_log).unwrap_or_default();
+        assert!(
+            said.contains("ready to exit"),
+            "redis-server shut down cleanly:\n{said}"
         );
     }
 }
@@ -651,6 +659,8 @@ fn dev_stops_when_its_redis_server_cannot_start() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("redis-server stopped at start"), "{stderr}");
+    // Its own reason, from its log: it went to a null stdout.
+    assert!(stderr.contains("Invalid AOF manifest"), "{stderr}");
     assert!(!stdout.contains("export"), "no tokens printed: {stdout}");
 }
 

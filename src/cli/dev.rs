@@ -258,8 +258,16 @@ pub async fn run(args: DevArgs) -> ExitCode {
         .args(["--appendonly", "yes", "--loglevel", "warning"])
         .arg("--dir")
         .arg(&data_dir)
+        // Its own words, where a failed start can quote them (to stdout they went nowhere).
+        .arg("--logfile")
+        .arg(data_dir.join(REDIS_LOG))
         .stdout(Stdio::null())
         .kill_on_drop(true);
+    // A group of its own: a ctrl-c in the terminal goes to the whole foreground group, and
+    // redis-server stopped at once while the service was still draining requests against it.
+    // It is stopped after the service instead (`stop_redis`).
+    #[cfg(unix)]
+    std::os::unix::process::CommandExt::process_group(redis.as_std_mut(), 0);
     crate::children::die_with_this_process(redis.as_std_mut());
     let child = redis.spawn();
     let mut child = match child {
@@ -285,11 +293,23 @@ pub async fn run(args: DevArgs) -> ExitCode {
         auth::digest_hex(&tokens.admin)
     ));
     if let Err(reason) = wait_for_redis(&settings.redis.url, &mut child).await {
-        // Its own log line (stderr is inherited) says why, e.g. a kept AOF it cannot load.
+        // Its own last words say why, e.g. a kept AOF it cannot load.
+        let log = data_dir.join(REDIS_LOG);
+        let said = std::fs::read_to_string(&log).unwrap_or_default();
+        let last: Vec<&str> = said
+            .lines()
+            .filter(|line| !line.trim().is_empty())
+            .rev()
+            .take(5)
+            .collect();
         eprintln!(
-            "approvals dev: {reason}; its data is in {}",
-            data_dir.display()
+            "approvals dev: {reason}; its data is in {}; the end of {}:",
+            data_dir.display(),
+            log.display()
         );
+        for line in last.iter().rev() {
+            eprintln!("  {line}");
+        }
         let _ = child.kill().await;
         return ExitCode::FAILURE;
     }
@@ -317,8 +337,31 @@ pub async fn run(args: DevArgs) -> ExitCode {
         admin = tokens.admin,
     );
     let code = super::run_app(settings).await;
-    let _ = child.kill().await;
+    stop_redis(&mut child).await;
     code
+}
+
+/// redis-server's log, in the data folder.
+const REDIS_LOG: &str = "redis.log";
+
+/// Asks redis-server to shut down as it should (SIGTERM: it finishes the AOF's last write and
+/// ends a rewrite in progress, leaving no temporary files), and kills it after 5 s.
+async fn stop_redis(child: &mut tokio::process::Child) {
+    #[cfg(unix)]
+    if let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok()) {
+        let asked = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        if asked.is_ok()
+            && tokio::time::timeout(Duration::from_secs(5), child.wait())
+                .await
+                .is_ok()
+        {
+            return;
+        }
+    }
+    let _ = child.kill().await;
 }
 
 /// redis-server takes a moment to listen; the service would cope, but the first curl
