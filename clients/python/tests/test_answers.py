@@ -169,6 +169,21 @@ def test_a_proxys_rate_limit_is_retried_on_a_single_call_too() -> None:
     assert got.status == Status.ACCEPTED
 
 
+def test_a_wait_asks_for_less_than_a_proxys_usual_idle_timeout() -> None:
+    # It asked for 60 s, nginx's and an AWS load balancer's default idle timeout: a poll
+    # answered at 60 s raced the proxy's 504.
+    asked: list[int] = []
+
+    def decided(request: httpx.Request) -> httpx.Response:
+        asked.append(int(request.url.params["wait_seconds"]))
+        return httpx.Response(200, json=DECIDED_BY_ALICE)
+
+    with httpx.Client(transport=httpx.MockTransport(decided)) as http:
+        outcome = ApprovalsClient("http://approvals.test", "t", "acme", http=http, retry=QUICK).wait("req-1")
+    assert outcome.approval.status == Status.ACCEPTED
+    assert asked and all(0 < wait <= 30 for wait in asked), asked
+
+
 def test_the_default_policy_gives_up_by_its_time_budget_not_a_count_of_attempts() -> None:
     # With 8 attempts a call gave up after about 15 s of an outage, not the 60 s of
     # `max_elapsed`: a 20 s restart of the service failed every call caught in it.

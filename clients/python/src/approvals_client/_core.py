@@ -35,6 +35,12 @@ SERVER_WAIT_CAP = 60
 """The service's longest long-poll (`approvals.long_poll_max`): a wait asks for at most this
 and resumes after it."""
 
+DEFAULT_POLL_SECONDS = 25
+"""What one long-poll asks for by default: well under the idle timeout of the proxies commonly
+in front of a service (nginx's `proxy_read_timeout` and an AWS load balancer's idle timeout
+are 60 s). Asking for the service's 60 s, a poll answered at 60 s raced the proxy's own
+timeout, and lost as a `504` that the wait took for an outage."""
+
 MAX_IN_FLIGHT = 100
 """How many requests a client has in flight at once by default: as many as one HTTP/2
 connection carries. httpcore opens at most 100 streams on a connection (fewer if the service

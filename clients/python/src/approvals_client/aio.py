@@ -23,7 +23,8 @@ class AsyncApprovalsClient:
 
     `token` is a bearer token of `tenant` (`approvals token new`); an agent token submits and
     waits, a reviewer token lists and decides. `poll_seconds` is how long one long-poll asks
-    the service to hold (it caps it at 60 s); `wait` chains polls up to the caller's deadline.
+    the service to hold (25 s by default, under the 60 s idle timeout of common proxies; the
+    service caps it at 60 s); `wait` chains polls up to the caller's deadline.
     Pass `http` to reuse an `httpx.AsyncClient` of your own (its base URL is ignored).
 
     At most `max_in_flight` requests (100, as many as httpx carries on one HTTP/2 connection;
@@ -42,7 +43,7 @@ class AsyncApprovalsClient:
         *,
         timeout: float = DEFAULT_TIMEOUT,
         retry: RetryPolicy | None = None,
-        poll_seconds: int = _core.SERVER_WAIT_CAP,
+        poll_seconds: int = _core.DEFAULT_POLL_SECONDS,
         events_read_timeout: float = 45.0,
         http: httpx.AsyncClient | None = None,
         max_in_flight: int | None = _core.MAX_IN_FLIGHT,
