@@ -171,7 +171,8 @@ async fn delivered_to(
 }
 
 /// Critical alerts page (`approvals-oncall`), warnings go to the team's channel
-/// (`approvals-team`), as the runbook says: both went to the pager. While ApprovalsNotReady
+/// (`approvals-team`), as the runbook says: both went to the pager. The heartbeat goes to
+/// `approvals-heartbeat`. While ApprovalsNotReady
 /// fires for an instance, the warnings its outage sets off on that instance are held back;
 /// another instance's, and a warning about reviewers, still go.
 #[tokio::test]
@@ -188,6 +189,14 @@ async fn warnings_go_to_the_team_and_an_outage_holds_back_its_echo() {
         }
     };
     let mut seen = Vec::new();
+
+    // The always-firing heartbeat goes to a receiver of its own: a dead man's switch, which
+    // pages when it stops (that it fires is promtool's case in prometheus/alerts_test.yml).
+    fire(json!({"alertname": "ApprovalsWatchdog", "severity": "none"})).await;
+    assert_eq!(
+        delivered_to(&mut received, "ApprovalsWatchdog", &mut seen).await,
+        "approvals-heartbeat"
+    );
 
     fire(json!({"alertname": "ApprovalsAboutToExpire", "severity": "warning", "tenant": "acme"}))
         .await;
