@@ -254,12 +254,18 @@ impl Application {
                 draining.begin_draining();
                 if !delay.is_zero() {
                     // New connections still come while the load balancer catches up: refused,
-                    // they would be errors its health checks never saw.
+                    // they would be errors its health checks never saw. A second signal (an
+                    // operator's ctrl-c) cuts the delay short.
                     tracing::info!(
                         ?delay,
                         "shutting down: not ready; serving for server.shutdown_delay"
                     );
-                    tokio::time::sleep(delay).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = shutdown_signal() => {
+                            tracing::info!("a second signal: the drain begins now");
+                        }
+                    }
                 }
                 tracing::info!("shutting down: draining in-flight requests");
                 signalled.cancel();

@@ -269,7 +269,8 @@ async fn sigterm_answers_long_polls_and_drains() {
 
 /// With `server.shutdown_delay`, a SIGTERM first takes the instance out of the load balancer
 /// (`/readyz` 503) and keeps serving, new connections too, then drains. Without it the
-/// listener closed at once while the load balancer still sent here: refused connections.
+/// listener closed at once while the load balancer still sent here: refused connections. A
+/// second signal begins the drain at once.
 #[tokio::test]
 async fn sigterm_with_a_shutdown_delay_says_not_ready_and_keeps_serving_meanwhile() {
     let redis = RedisServer::start().await;
@@ -277,7 +278,7 @@ async fn sigterm_with_a_shutdown_delay_says_not_ready_and_keeps_serving_meanwhil
     let port = free_port();
     let agent = "agent-token-1";
     let config = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_delay = \"3s\"\n[redis]\nurl = \"{}\"\n\
+        "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_delay = \"60s\"\n[redis]\nurl = \"{}\"\n\
          [policy]\ndir = \"{}\"\n\
          [[auth.tokens]]\nsubject = \"agent-1\"\ntenant = \"acme\"\nrole = \"agent\"\nsha256 = \"{}\"\n",
         redis.url(),
@@ -312,6 +313,8 @@ async fn sigterm_with_a_shutdown_delay_says_not_ready_and_keeps_serving_meanwhil
         .expect("a new connection is still taken");
     assert_eq!(submitted.status(), 200, "and its request served");
 
+    // An operator's second signal cuts the minute short.
+    service.signal(Signal::SIGTERM);
     service.wait_for_line("draining in-flight requests", Duration::from_secs(10));
     let status = service.wait_exit(Duration::from_secs(10)).await;
     assert!(status.success(), "clean exit: {status:?}");
@@ -375,9 +378,13 @@ struct Dev {
     redis_port: u16,
     banner: String,
     redis_log: std::path::PathBuf,
+    /// The log's length before this start: it is kept across starts.
+    redis_log_start: usize,
 }
 
 async fn start_dev(data: &Path, port: u16, cwd: &Path, extra: &[&str]) -> Dev {
+    let redis_log = data.join("redis.log");
+    let redis_log_start = std::fs::read(&redis_log).map_or(0, |log| log.len());
     let mut command = approvals(&["dev", "--listen", &format!("127.0.0.1:{port}")]);
     command
         .args(["--data-dir", &data.display().to_string()])
@@ -417,7 +424,8 @@ async fn start_dev(data: &Path, port: u16, cwd: &Path, extra: &[&str]) -> Dev {
         tokens,
         redis_port: redis_port.expect("dev printed the redis port"),
         banner,
-        redis_log: data.join("redis.log"),
+        redis_log,
+        redis_log_start,
     }
 }
 
@@ -432,7 +440,8 @@ impl Dev {
             std::net::TcpStream::connect(("127.0.0.1", self.redis_port)).is_err(),
             "the redis-server child is stopped"
         );
-        let said = std::fs::read_to_string(&self.redis_log).unwrap_or_default();
+        let log = std::fs::read(&self.redis_log).unwrap_or_default();
+        let said = String::from_utf8_lossy(&log[self.redis_log_start.min(log.len())..]);
         assert!(
             said.contains("ready to exit"),
             "redis-server shut down cleanly:\n{said}"

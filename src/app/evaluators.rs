@@ -7,8 +7,8 @@
 //! of the submit throughput here. These threads live as long as the service, each keeps its
 //! regorus VM loaded (`policy`), and under load they take the next job without sleeping.
 //!
-//! Bounded twice: `threads` evaluations run at once, and at most `QUEUED_PER_THREAD` per thread
-//! wait in the queue; more callers wait (asynchronously, in order) for a place in it. A place
+//! Bounded twice: `threads` evaluations run at once, and the queue has `QUEUED_PER_THREAD`
+//! places per thread, running jobs included; more callers wait (asynchronously, in order) for a place in it. A place
 //! travels with its job and is given back when a thread is done with it, not when the caller
 //! gives up: a cancelled caller's job still sits in the queue until a thread takes it (and
 //! passes it over, as nobody waits for its verdict).

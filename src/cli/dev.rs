@@ -265,10 +265,15 @@ pub async fn run(args: DevArgs) -> ExitCode {
         .kill_on_drop(true);
     // A group of its own: a ctrl-c in the terminal goes to the whole foreground group, and
     // redis-server stopped at once while the service was still draining requests against it.
-    // It is stopped after the service instead (`stop_redis`).
-    #[cfg(unix)]
+    // It is stopped after the service instead (`stop_redis`). Linux only, where it dies with
+    // this process however that ends: elsewhere the terminal's signal is what stops it when
+    // this process dies unhandled (a ctrl-c before the service starts, a closed terminal).
+    #[cfg(target_os = "linux")]
     std::os::unix::process::CommandExt::process_group(redis.as_std_mut(), 0);
     crate::children::die_with_this_process(redis.as_std_mut());
+    // The log is kept across starts: a failed start quotes only what this one wrote.
+    let log = data_dir.join(REDIS_LOG);
+    let log_start = std::fs::metadata(&log).map_or(0, |m| m.len());
     let child = redis.spawn();
     let mut child = match child {
         Ok(child) => child,
@@ -294,8 +299,8 @@ pub async fn run(args: DevArgs) -> ExitCode {
     ));
     if let Err(reason) = wait_for_redis(&settings.redis.url, &mut child).await {
         // Its own last words say why, e.g. a kept AOF it cannot load.
-        let log = data_dir.join(REDIS_LOG);
-        let said = std::fs::read_to_string(&log).unwrap_or_default();
+        let said = std::fs::read(&log).unwrap_or_default();
+        let said = String::from_utf8_lossy(said.get(log_start as usize..).unwrap_or_default());
         let last: Vec<&str> = said
             .lines()
             .filter(|line| !line.trim().is_empty())

@@ -164,7 +164,10 @@ def test_a_proxys_rate_limit_is_retried_on_a_single_call_too() -> None:
     def approval(_: httpx.Request) -> httpx.Response:
         return httpx.Response(200, json=DECIDED_BY_ALICE)
 
-    with httpx.Client(transport=answers(proxy_page(429), approval)) as http:
+    def gateway_json(_: httpx.Request) -> httpx.Response:
+        return httpx.Response(429, json={"code": 429, "message": "rate limited"})
+
+    with httpx.Client(transport=answers(proxy_page(429), gateway_json, approval)) as http:
         got = ApprovalsClient("http://approvals.test", "t", "acme", http=http, retry=QUICK).get("req-1")
     assert got.status == Status.ACCEPTED
 

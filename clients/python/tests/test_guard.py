@@ -85,6 +85,13 @@ async def test_an_async_on_refused_is_awaited(service: Service, tenant: Tenant) 
 
         assert (await remove("docs/x")).startswith("denied by policy: ")
 
+    # A sync tool cannot await it: refused when decorated, not a coroutine nobody runs.
+    with pytest.raises(TypeError):
+
+        @require_approval(agent, on_refused=explain)
+        def remove_now(resource: str) -> str:
+            raise AssertionError("must not run")
+
 
 def test_a_request_id_from_the_call_makes_a_rerun_find_its_approval(agent: ApprovalsClient, reviewer: ApprovalsClient) -> None:
     runs: list[str] = []

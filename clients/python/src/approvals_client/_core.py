@@ -209,11 +209,14 @@ def named(error: ApprovalsError, request_id: str, approval_id: str | None = None
 
 
 def problem_code(response: httpx.Response) -> str | None:
+    """The service's problem `code`; None for a body that is no problem of the service's (a
+    gateway's `{"code": 429}` included), as `_api_error` judges it."""
     try:
         body = response.json()
     except ValueError:
         return None
-    return body.get("code") if isinstance(body, dict) else None
+    code = body.get("code") if isinstance(body, dict) else None
+    return code if isinstance(code, str) and code else None
 
 
 def api_error(response: httpx.Response, attempts: int = 1, earlier_may_have_acted: bool = False) -> ApprovalsError:

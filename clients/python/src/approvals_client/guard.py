@@ -168,6 +168,10 @@ def require_approval(
                 "pass an `action=` function"
             )
 
+        if on_refused is not None and inspect.iscoroutinefunction(on_refused) and not inspect.iscoroutinefunction(function):
+            # A sync tool would hand the framework a coroutine nobody awaits.
+            raise TypeError(f"{function.__name__}: an async on_refused needs an async function")
+
         resolved: list[ApprovalsClient] = []
         resolving = threading.Lock()
 
