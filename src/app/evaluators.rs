@@ -343,22 +343,30 @@ mod tests {
     async fn places_of_cancelled_callers_come_back_only_with_their_jobs() {
         let evaluators = Evaluators::start(1).expect("threads");
         let tenant = TenantId::parse("t").expect("tenant");
+        // Two tenants' jobs, as one holds at most half of the places: together they fill them.
+        let other = TenantId::parse("u").expect("tenant");
         // Slow for a large `n` (the load-time trial has none), so that the one thread is still
         // on the first job when the rest arrive.
         let slow = gate(
             "decision := {\"decision\": \"allow\", \"reasons\": [\"fine\"]} if { count([x | some x in numbers.range(1, input.n)]) > 0 }",
         );
         let quick = gate("decision := {\"decision\": \"allow\", \"reasons\": [\"fine\"]}");
-        for _ in 0..QUEUED_PER_THREAD {
+        for n in 0..QUEUED_PER_THREAD {
             // Queued (a place taken, the job sent), then dropped before any answer.
+            let whose = if n % 2 == 0 { &tenant } else { &other };
             let cancelled = evaluators
-                .evaluate(&tenant, slow.clone(), None, json!({"n": 3_000_000}))
+                .evaluate(whose, slow.clone(), None, json!({"n": 3_000_000}))
                 .now_or_never();
             assert!(
                 cancelled.is_none(),
                 "answered before the thread could run it"
             );
         }
+        assert_eq!(
+            evaluators.places.available_permits(),
+            0,
+            "the cancelled jobs hold every place"
+        );
         let answers = futures::future::join_all(
             (0..QUEUED_PER_THREAD)
                 .map(|_| evaluators.evaluate(&tenant, quick.clone(), None, json!({}))),
@@ -429,6 +437,44 @@ mod tests {
             assert!(
                 std::time::Instant::now() < deadline,
                 "no tenant entry is left once its places are given back"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Many callers of several tenants on several threads, in waves with pauses between them
+    /// (long enough for the threads to go to sleep): every one is answered, so no wake-up is
+    /// lost between a push and a thread going to sleep.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn every_caller_is_answered_under_load() {
+        let evaluators = Arc::new(Evaluators::start(3).expect("threads"));
+        let quick = gate("decision := {\"decision\": \"allow\", \"reasons\": [\"fine\"]}");
+        for wave in 0..30 {
+            let calls = (0..50).map(|n| {
+                let (evaluators, quick) = (evaluators.clone(), quick.clone());
+                let tenant = TenantId::parse(format!("t{}", n % 5)).expect("tenant");
+                tokio::spawn(
+                    async move { evaluators.evaluate(&tenant, quick, None, json!({})).await },
+                )
+            });
+            let answered = tokio::time::timeout(
+                std::time::Duration::from_secs(30),
+                futures::future::join_all(calls),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("wave {wave}: a caller was never answered"));
+            for answer in answered {
+                let (verdict, _) = answer.expect("task").expect("answered");
+                assert_eq!(verdict.decision, PolicyDecision::Allow);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        // A thread gives a job's place back just after sending its verdict.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while evaluators.places.available_permits() < 3 * QUEUED_PER_THREAD {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "every place comes back"
             );
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
