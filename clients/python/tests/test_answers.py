@@ -5,6 +5,7 @@ These few tests answer from an `httpx.MockTransport`; everything else runs again
 from __future__ import annotations
 
 import math
+import time
 from typing import Any, Callable
 
 import httpx
@@ -185,6 +186,30 @@ def test_a_wait_asks_for_less_than_a_proxys_usual_idle_timeout() -> None:
         outcome = ApprovalsClient("http://approvals.test", "t", "acme", http=http, retry=QUICK).wait("req-1")
     assert outcome.approval.status == Status.ACCEPTED
     assert asked and all(0 < wait <= 30 for wait in asked), asked
+
+
+def test_a_wait_through_an_outage_comes_back_when_retry_after_says() -> None:
+    # A proxy's maintenance page (503, Retry-After: 2) was polled again after the usual short
+    # backoff, every few seconds for the whole maintenance window.
+    pending = {**DECIDED_BY_ALICE, "status": "pending", "decided_at": None, "decided_by": None,
+               "expires_at": "2099-01-01T00:00:00Z"}
+    decided = {**DECIDED_BY_ALICE, "expires_at": "2099-01-01T00:00:00Z"}
+    script = [
+        lambda _: httpx.Response(200, json=pending),
+        lambda _: httpx.Response(503, headers={"retry-after": "2", "content-type": "text/html"}, content=b"<h1>maintenance</h1>"),
+        lambda _: httpx.Response(200, json=decided),
+    ]
+    sent: list[float] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(time.monotonic())
+        return script.pop(0)(request)
+
+    policy = RetryPolicy(max_attempts=2, initial_backoff=0.01, max_backoff=0.02, max_elapsed=1.0)
+    with httpx.Client(transport=httpx.MockTransport(answer)) as http:
+        outcome = ApprovalsClient("http://approvals.test", "t", "acme", http=http, retry=policy).wait("req-1", poll_seconds=1)
+    assert outcome.approval.status == Status.ACCEPTED
+    assert len(sent) == 3 and sent[2] - sent[1] >= 1.9, sent
 
 
 def test_the_default_policy_gives_up_by_its_time_budget_not_a_count_of_attempts() -> None:

@@ -226,6 +226,8 @@ def api_error(response: httpx.Response, attempts: int = 1, earlier_may_have_acte
     if isinstance(error, ApiError):
         error.attempts = attempts
         error._earlier_may_have_acted = earlier_may_have_acted
+    # Kept for a wait that outlives the call's retries: it pauses as long as it was asked to.
+    error.retry_after = retry_after_seconds(response)
     return error
 
 

@@ -288,7 +288,9 @@ class AsyncApprovalsClient:
                 if known is None or not self.retry.retries or not _core.is_transient_failure(error):
                     raise
                 failures += 1
-                delay = self.retry.backoff(failures)
+                # A proxy's maintenance page says when to come back (`Retry-After`): polled
+                # every few seconds meanwhile, it was asked again and again for nothing.
+                delay = self.retry.backoff(failures, error.retry_after)
                 if _core.past(_core.outage_deadline(deadline, known), delay):
                     raise
                 # Told once per outage (a wait may outlast one for a day); each poll after at INFO.

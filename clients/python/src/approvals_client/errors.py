@@ -19,6 +19,8 @@ class ApprovalsError(Exception):
 
     request_id: str | None = None
     approval_id: str | None = None
+    retry_after: float | None = None
+    """The answer's `Retry-After` in seconds, when it had one."""
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Rebuilt from its message and attributes, not by calling `__init__` again: the
