@@ -498,7 +498,7 @@ impl Notifier {
             self.store.unlock_all(&self.instance),
         )
         .await;
-        if !matches!(released, Ok(Ok(()))) {
+        if !matches!(released, Ok(Ok(_))) {
             tracing::info!("webhook reader locks not released; they run out with their lease");
         }
     }
