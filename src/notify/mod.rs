@@ -175,6 +175,16 @@ impl Pacing {
         }
     }
 
+    /// No attempt to `webhook` has ended for `silent`: its attempts take at least that long.
+    fn silent_for(&mut self, webhook: &WebhookKey, silent: Duration) {
+        let now = Timestamp::now();
+        let pace = self
+            .by_webhook
+            .entry(webhook.clone())
+            .or_insert_with(|| Pace::new(now, silent));
+        pace.attempt = pace.attempt.max(silent);
+    }
+
     /// Until when `webhook` asked not to be sent anything, if that is still ahead.
     fn held_back(&self, webhook: &WebhookKey) -> Option<Timestamp> {
         let until = self.by_webhook.get(webhook)?.not_before;
@@ -999,6 +1009,7 @@ impl Notifier {
                                 *per_tenant.entry(webhook.0.clone()).or_default() += 1;
                                 in_flight.push(self.attempt_for(delivery, webhook));
                             } else if busy.last_ended.elapsed() >= SLOW_RECEIVER {
+                                pacing.silent_for(&webhook, busy.last_ended.elapsed());
                                 later.push(delivery);
                             } else if held.count(&webhook) < self.settings.per_webhook_concurrency {
                                 held.push(webhook, delivery);
@@ -1011,9 +1022,18 @@ impl Notifier {
                             self.settings.send_interval,
                             self.settings.per_webhook_concurrency,
                         );
+                        // A receiver that stopped answering takes at most its concurrency
+                        // per request timeout: its backlog comes due at that pace, not all
+                        // at once a timeout later (then claimed and put back again and
+                        // again, ahead of other tenants' newer deliveries).
+                        let later = pacing.due(
+                            later,
+                            self.settings.request_timeout,
+                            self.settings.per_webhook_concurrency,
+                        );
                         self.defer(soon).await;
                         self.defer(asked_to_wait).await;
-                        self.put_back(later, self.settings.request_timeout).await;
+                        self.defer(later).await;
                     }
                     Ok(_) => {}
                     Err(error) => tracing::debug!(%error, "webhook sender cannot reach Redis"),

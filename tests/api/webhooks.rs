@@ -1392,6 +1392,45 @@ async fn a_slow_receivers_backlog_comes_due_at_the_pace_it_is_taken() {
     panic!("{due_soon} of the backlog due within a second, for a receiver that takes 5 a second");
 }
 
+/// The same for a receiver that stopped answering altogether: its claimed backlog went back
+/// due all at once a request timeout later, and was claimed and put back again and again.
+/// Now it comes due at the pace such a receiver can take: its concurrency per timeout.
+#[tokio::test]
+async fn a_hung_receivers_backlog_comes_due_at_the_pace_it_could_be_taken() {
+    let (silent, _accepted) = silent_receiver().await;
+    let app = own_tenant("hung").spawn_with(fast).await;
+    add_webhook(&app, json!({"url": silent, "events": ["parked"]})).await;
+    for i in 0..120 {
+        app.park(&format!("hung-{i}")).await;
+    }
+    let mut conn = app.redis().connection().await;
+    let ours = format!("{}:", app.tenant);
+    // Until nothing of it has been attempted for a second it is a slow receiver's backlog,
+    // paced as the test above shows; then, over 6 s: how many of the tenant's deliveries were
+    // at most due within the next 2.5 s, and whether the backlog was put back meanwhile.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (mut crowded, mut put_back) = (0, 0);
+    let until = std::time::Instant::now() + Duration::from_secs(6);
+    while std::time::Instant::now() < until {
+        let now = approvals_core::Timestamp::now().as_millis();
+        let ahead: Vec<i64> = due(&mut conn)
+            .await
+            .into_iter()
+            .filter(|(id, at)| id.starts_with(&ours) && *at > now)
+            .map(|(_, at)| at)
+            .collect();
+        put_back = put_back.max(ahead.len());
+        crowded = crowded.max(ahead.iter().filter(|at| **at <= now + 2_500).count());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(put_back >= 100, "the backlog was put back: {put_back}");
+    // 4 attempts per 2 s timeout at most: about 5 due in 2.5 s, and the 4 in flight.
+    assert!(
+        crowded <= 20,
+        "{crowded} deliveries due within 2.5 s for a receiver that never answers"
+    );
+}
+
 /// Events trimmed from the audit (its length cap, its retention) before the reader reached
 /// them are never delivered: on-call staff learn of it from a counter and an error log. The
 /// reader went on from the oldest event left, and nothing told anyone.
