@@ -22,6 +22,19 @@ fn approvals(args: &[&str]) -> Command {
     command
 }
 
+/// A `serve` configuration for tenant acme on `port` and `redis`, with the checkout's policy and
+/// `agent` as the token of its agent `agent-1`; `server` adds lines to `[server]`, `more` whole
+/// sections (another token, a sink).
+fn serve_config(port: u16, redis: &RedisServer, agent: &str, server: &str, more: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\n{server}[redis]\nurl = \"{}\"\n[policy]\ndir = \"{}\"\n\
+         [[auth.tokens]]\nsubject = \"agent-1\"\ntenant = \"acme\"\nrole = \"agent\"\nsha256 = \"{}\"\n{more}",
+        redis.url(),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("policies").display(),
+        digest_hex(agent),
+    )
+}
+
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
@@ -190,14 +203,15 @@ async fn sigterm_answers_long_polls_and_drains() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let (agent, reviewer) = ("agent-token-1", "reviewer-token-1");
-    let config = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\n[redis]\nurl = \"{}\"\n[policy]\ndir = \"{}\"\n\
-         [[auth.tokens]]\nsubject = \"agent-1\"\ntenant = \"acme\"\nrole = \"agent\"\nsha256 = \"{}\"\n\
-         [[auth.tokens]]\nsubject = \"alice\"\ntenant = \"acme\"\nrole = \"reviewer\"\nsha256 = \"{}\"\n",
-        redis.url(),
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("policies").display(),
-        digest_hex(agent),
-        digest_hex(reviewer),
+    let config = serve_config(
+        port,
+        &redis,
+        agent,
+        "",
+        &format!(
+            "[[auth.tokens]]\nsubject = \"alice\"\ntenant = \"acme\"\nrole = \"reviewer\"\nsha256 = \"{}\"\n",
+            digest_hex(reviewer)
+        ),
     );
     let config = write(dir.path(), "config.toml", &config);
     let mut command = approvals(&["serve", "--config", &config]);
@@ -277,14 +291,7 @@ async fn sigterm_with_a_shutdown_delay_says_not_ready_and_keeps_serving_meanwhil
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let agent = "agent-token-1";
-    let config = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_delay = \"60s\"\n[redis]\nurl = \"{}\"\n\
-         [policy]\ndir = \"{}\"\n\
-         [[auth.tokens]]\nsubject = \"agent-1\"\ntenant = \"acme\"\nrole = \"agent\"\nsha256 = \"{}\"\n",
-        redis.url(),
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("policies").display(),
-        digest_hex(agent),
-    );
+    let config = serve_config(port, &redis, agent, "shutdown_delay = \"60s\"\n", "");
     let config = write(dir.path(), "config.toml", &config);
     let mut command = approvals(&["serve", "--config", &config]);
     command.env("RUST_LOG", "info");
@@ -331,13 +338,12 @@ async fn a_stalled_stdout_sink_does_not_hold_up_the_exit() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let agent = "agent-token-1";
-    let config = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace = \"2s\"\n[redis]\nurl = \"{}\"\n\
-         [policy]\ndir = \"{}\"\n[decision_log]\nsink = \"stdout\"\n\
-         [[auth.tokens]]\nsubject = \"agent-1\"\ntenant = \"acme\"\nrole = \"agent\"\nsha256 = \"{}\"\n",
-        redis.url(),
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("policies").display(),
-        digest_hex(agent),
+    let config = serve_config(
+        port,
+        &redis,
+        agent,
+        "shutdown_grace = \"2s\"\n",
+        "[decision_log]\nsink = \"stdout\"\n",
     );
     let config = write(dir.path(), "config.toml", &config);
     let mut command = approvals(&["serve", "--config", &config]);

@@ -60,6 +60,21 @@ impl RedisServer {
             .expect("redis connection")
     }
 
+    /// How often this server has run `command` so far (`INFO commandstats`, lower case, e.g.
+    /// `evalsha`): what a test counts to show work that is, or is not, done.
+    pub async fn calls(&self, command: &str) -> u64 {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut self.connection().await)
+            .await
+            .expect("info");
+        let prefix = format!("cmdstat_{command}:calls=");
+        info.lines()
+            .find_map(|line| line.strip_prefix(prefix.as_str()))
+            .and_then(|rest| rest.split(',').next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().to_path_buf()
     }

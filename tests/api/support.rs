@@ -520,18 +520,7 @@ impl TestApp {
     /// How often Redis has run `command` so far (`INFO commandstats`): what a test counts to
     /// show work that is, or is not, done.
     pub async fn redis_calls(&self, command: &str) -> u64 {
-        let mut conn = self.redis().connection().await;
-        let info: String = redis::cmd("INFO")
-            .arg("commandstats")
-            .query_async(&mut conn)
-            .await
-            .expect("info");
-        let prefix = format!("cmdstat_{command}:calls=");
-        info.lines()
-            .find_map(|l| l.strip_prefix(prefix.as_str()))
-            .and_then(|rest| rest.split(',').next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
+        self.redis().calls(command).await
     }
 
     pub async fn redis_keys(&self) -> Vec<String> {

@@ -11,19 +11,6 @@ use approvals_redis::{RedisBackend, RedisSettings};
 use approvals_testkit::RedisServer;
 use redis::AsyncCommands;
 
-/// How many HGETALLs Redis has run, from its own statistics.
-async fn hgetalls(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(conn)
-        .await
-        .expect("info");
-    info.lines()
-        .find_map(|line| line.strip_prefix("cmdstat_hgetall:calls="))
-        .and_then(|rest| rest.split(',').next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 fn changed(state: &PolicyState) -> PolicyState {
     PolicyState {
         generation: state.generation + 1,
@@ -49,12 +36,12 @@ async fn an_idle_reload_poll_does_not_read_every_state_and_a_change_is_seen_at_o
     let states = backend.states().await.expect("states");
     assert_eq!(states.get(&first), Some(&Ok(next.clone())));
 
-    let before = hgetalls(&mut conn).await;
+    let before = server.calls("hgetall").await;
     for _ in 0..20 {
         assert_eq!(backend.states().await.expect("states"), states);
     }
     assert_eq!(
-        hgetalls(&mut conn).await,
+        server.calls("hgetall").await,
         before,
         "idle polls read no state"
     );
