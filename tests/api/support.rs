@@ -381,34 +381,26 @@ impl TestApp {
 
     /// [`Self::park`], the action submitted for `agent` (its `agent_id`).
     pub async fn park_for_agent(&self, request_id: &str, agent: &str) -> Value {
-        let response = self
-            .request(
-                Method::POST,
-                &format!("/v1/tenants/{}/approvals", self.tenant),
-                Some(&self.tokens.agent),
-            )
-            .json(&json!({"request_id": request_id, "action": sensitive_read(), "agent_id": agent}))
-            .send()
-            .await
-            .expect("submit");
-        assert_eq!(
-            response.status(),
-            StatusCode::CREATED,
-            "parking {request_id}"
-        );
-        response.json::<Value>().await.expect("json")["approval"].clone()
+        let body = json!({"request_id": request_id, "action": sensitive_read(), "agent_id": agent});
+        self.park_with(&self.tokens.agent, request_id, body).await
     }
 
     /// Parks an action the default policy parks, submitted with `token` (an admin's: its own
     /// submission, which it may not decide); returns the approval.
     pub async fn park_as(&self, token: &str, request_id: &str) -> Value {
+        let body = json!({"request_id": request_id, "action": sensitive_read()});
+        self.park_with(token, request_id, body).await
+    }
+
+    /// Submits `body` with `token`, checks it was parked, and returns the approval.
+    async fn park_with(&self, token: &str, request_id: &str, body: Value) -> Value {
         let response = self
             .request(
                 Method::POST,
                 &format!("/v1/tenants/{}/approvals", self.tenant),
                 Some(token),
             )
-            .json(&json!({"request_id": request_id, "action": sensitive_read()}))
+            .json(&body)
             .send()
             .await
             .expect("submit");
