@@ -210,11 +210,17 @@ def named(error: ApprovalsError, request_id: str, approval_id: str | None = None
 
 def problem_code(response: httpx.Response) -> str | None:
     """The service's problem `code`; None for a body that is no problem of the service's (a
-    gateway's `{"code": 429}` included), as `_api_error` judges it."""
+    gateway's `{"code": 429}` included)."""
     try:
         body = response.json()
     except ValueError:
         return None
+    return service_code(body)
+
+
+def service_code(body: Any) -> str | None:
+    """The `code` of a body that is a problem of the service's: its problems always carry a
+    non-empty text `code`; a body without one is someone else's."""
     code = body.get("code") if isinstance(body, dict) else None
     return code if isinstance(code, str) and code else None
 
@@ -236,8 +242,7 @@ def _api_error(response: httpx.Response) -> ApprovalsError:
         body = response.json()
     except ValueError:
         body = None
-    # The service's problems always carry a `code`; a body without one is someone else's.
-    if isinstance(body, dict) and isinstance(body.get("code"), str) and body["code"]:
+    if service_code(body) is not None:
         try:
             problem = Problem.from_json({"status": response.status_code, **body})
         except (KeyError, TypeError, ValueError):
