@@ -114,6 +114,9 @@ pub struct NotificationSettings {
     /// are dead letters at once: a tenant whose receivers never answer must not fill the Redis
     /// every tenant shares.
     pub max_queued_per_tenant: usize,
+    /// And any one of its webhooks at most this many: a receiver that never answers fills
+    /// its own share, not the tenant's whole queue, so its other webhooks keep being sent.
+    pub max_queued_per_webhook: usize,
     /// Deliveries one instance attempts at once.
     pub send_concurrency: usize,
     /// Of those, at most this many to one webhook: a receiver that never answers holds this
@@ -162,6 +165,8 @@ impl Default for NotificationSettings {
             expiring_soon_share: 0.2,
             max_webhooks_per_tenant: 10,
             max_queued_per_tenant: 50_000,
+            // Five webhooks that never answer, not one, fill a tenant's queue.
+            max_queued_per_webhook: 10_000,
             // Four tenants whose receivers all hang, not two, take every slot.
             send_concurrency: 32,
             per_webhook_concurrency: 4,
@@ -1002,12 +1007,13 @@ impl Settings {
             || n.per_tenant_concurrency == 0
             || n.read_batch == 0
             || n.max_queued_per_tenant == 0
+            || n.max_queued_per_webhook == 0
             || n.poll_interval.is_zero()
         {
             return Err(ConfigError::Invalid(
                 "notifications.max_attempts, send_concurrency, per_webhook_concurrency, \
-                 per_tenant_concurrency, read_batch, max_queued_per_tenant and poll_interval \
-                 must be positive"
+                 per_tenant_concurrency, read_batch, max_queued_per_tenant, max_queued_per_webhook \
+                 and poll_interval must be positive"
                     .into(),
             ));
         }

@@ -928,7 +928,13 @@ impl Notifier {
         };
         match self
             .store
-            .enqueue(&delivery, self.settings.max_queued_per_tenant)
+            .enqueue(
+                &delivery,
+                store::QueueCaps {
+                    per_tenant: self.settings.max_queued_per_tenant,
+                    per_webhook: self.settings.max_queued_per_webhook,
+                },
+            )
             .await?
         {
             store::Enqueued::Queued => {
@@ -940,7 +946,8 @@ impl Notifier {
                 // Logged at debug only: a tenant whose receivers are down hits this for every
                 // event; the dead-letter count and ApprovalsWebhooksFailing say it.
                 tracing::debug!(tenant = %hook.tenant, webhook = %hook.id,
-                    "webhook delivery not queued: the tenant's queue is full; kept as a dead letter");
+                    "webhook delivery not queued: the webhook's or the tenant's queue is full; \
+                     kept as a dead letter");
                 metrics::counter!("approvals_notifications_total",
                     "tenant" => hook.tenant.clone(), "outcome" => "dead")
                 .increment(1);

@@ -9,10 +9,11 @@
 //! - `webhooks:delivery:{id}`: one delivery (JSON) until it is sent or dead, then a tombstone for
 //!   a day so that a re-read of the audit does not send it again; `webhooks:due`: sorted set,
 //!   delivery id → when it may be attempted next (a claim moves it a lease ahead, so one
-//!   instance at a time attempts it); `webhooks:queued:{tenant}`: sorted set, the tenant's
-//!   deliveries not yet sent or given up on → when queued (its size is what
-//!   `notifications.max_queued_per_tenant` bounds); `webhooks:dead:{tenant}`: the last 1,000
-//!   given up on, deleted with the tenant's last webhook.
+//!   instance at a time attempts it); `webhooks:queued:{tenant}:{webhook}`: sorted set, the
+//!   webhook's deliveries not yet sent or given up on → when queued (its size is what
+//!   `notifications.max_queued_per_webhook` bounds, the sizes of the tenant's webhooks' sets
+//!   what `max_queued_per_tenant` does); `webhooks:dead:{tenant}`: the last 1,000 given up on,
+//!   deleted with the tenant's last webhook.
 
 use std::time::Duration;
 
@@ -69,13 +70,20 @@ impl Delivery {
     }
 }
 
+/// How many deliveries may wait at once: of one tenant, and of any one of its webhooks.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueCaps {
+    pub per_tenant: usize,
+    pub per_webhook: usize,
+}
+
 /// What [`Store::enqueue`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Enqueued {
     Queued,
     /// Queued (or settled) before: nothing done.
     Known,
-    /// The tenant's queue is full: kept as a dead letter instead.
+    /// The webhook's or the tenant's queue is full: kept as a dead letter instead.
     Full,
 }
 
@@ -119,29 +127,50 @@ fn lock_key(tenant: &str) -> String {
 fn delivery_key(id: &str) -> String {
     format!("webhooks:delivery:{id}")
 }
-fn queued_key(tenant: &str) -> String {
-    format!("webhooks:queued:{tenant}")
+/// Followed by a webhook id: that webhook's queue.
+fn queued_prefix(tenant: &str) -> String {
+    format!("webhooks:queued:{tenant}:")
 }
-/// The tenant a delivery id starts with (`<tenant>:<webhook>:…`).
-fn tenant_of(delivery_id: &str) -> &str {
-    delivery_id.split(':').next().unwrap_or_default()
+fn queued_key(tenant: &str, webhook: &str) -> String {
+    format!("{}{webhook}", queued_prefix(tenant))
+}
+/// The tenant and the webhook a delivery id starts with (`<tenant>:<webhook>:…`).
+fn owners_of(delivery_id: &str) -> (&str, &str) {
+    let mut parts = delivery_id.split(':');
+    (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    )
 }
 fn dead_key(tenant: &str) -> String {
     format!("webhooks:dead:{tenant}")
 }
 
 /// Queues a delivery unless one with its id exists (or existed within a day): a re-read of the
-/// audit after a crash queues nothing twice. A tenant with `ARGV[6]` deliveries queued already
-/// (its receivers down or never answering, while events keep coming) gets this one as a dead
-/// letter at once (`ARGV[7]`; 2): its queue would otherwise grow without bound in the Redis
-/// every tenant shares, and every tenant's sender would pass over it. Entries older than any
-/// delivery lives (before `ARGV[5]`) are dropped first, so a count that drifted mends itself.
+/// audit after a crash queues nothing twice. When its webhook has `ARGV[6]` deliveries queued
+/// already (a receiver down or never answering, while events keep coming), or the tenant's
+/// webhooks `ARGV[10]` together (their queues: `ARGV[11]` followed by each id in KEYS[5]), it
+/// becomes a dead letter at once (`ARGV[7]` or `ARGV[12]`; 2): the queues would otherwise grow
+/// without bound in the Redis every tenant shares, and every tenant's sender would pass over
+/// them. Per webhook, so that one silent receiver does not take its tenant's other webhooks'
+/// room. Entries older than any delivery lives (before `ARGV[5]`) are dropped first, so a count
+/// that drifted mends itself.
 const ENQUEUE: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[5])
+local refused = nil
 if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[6]) then
+  refused = ARGV[7]
+else
+  local waiting = 0
+  for _, hook in ipairs(redis.call('HKEYS', KEYS[5])) do
+    waiting = waiting + redis.call('ZCARD', ARGV[11] .. hook)
+  end
+  if waiting >= tonumber(ARGV[10]) then refused = ARGV[12] end
+end
+if refused then
   redis.call('SET', KEYS[1], 'dead', 'PX', ARGV[9])
-  redis.call('LPUSH', KEYS[4], ARGV[7])
+  redis.call('LPUSH', KEYS[4], refused)
   redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[8]) - 1)
   return 2
 end
@@ -251,13 +280,15 @@ return released";
 /// attempt had outlived its lease, got it through) is dropped, not sent again. One that cannot
 /// be read (edited by hand, another version's) stays a dead letter: it would otherwise stop the
 /// script half-way, its writes so far kept and the letters requeued left in the list too.
+/// Each goes back into its webhook's queue (`ARGV[4]` followed by its webhook id).
 const REDELIVER: &str = r"
 local letters = redis.call('LRANGE', KEYS[1], 0, -1)
 local moved = 0
 local kept = {}
 for _, json in ipairs(letters) do
   local ok, delivery = pcall(cjson.decode, json)
-  if not ok or type(delivery) ~= 'table' or type(delivery.id) ~= 'string' then
+  if not ok or type(delivery) ~= 'table' or type(delivery.id) ~= 'string'
+      or type(delivery.webhook_id) ~= 'string' then
     kept[#kept + 1] = json
   elseif redis.call('GET', ARGV[3] .. delivery.id) ~= 'sent' then
     delivery.attempts = 0
@@ -265,13 +296,13 @@ for _, json in ipairs(letters) do
     delivery.round = (tonumber(delivery.round) or 0) + 1
     redis.call('SET', ARGV[3] .. delivery.id, cjson.encode(delivery), 'PX', ARGV[2])
     redis.call('ZADD', KEYS[2], ARGV[1], delivery.id)
-    redis.call('ZADD', KEYS[3], ARGV[1], delivery.id)
+    redis.call('ZADD', ARGV[4] .. delivery.webhook_id, ARGV[1], delivery.id)
+    redis.call('PEXPIRE', ARGV[4] .. delivery.webhook_id, ARGV[2])
     moved = moved + 1
   end
 end
 redis.call('DEL', KEYS[1])
 if #kept > 0 then redis.call('RPUSH', KEYS[1], unpack(kept)) end
-if moved > 0 then redis.call('PEXPIRE', KEYS[3], ARGV[2]) end
 return moved";
 
 fn millis(d: Duration) -> u64 {
@@ -471,22 +502,34 @@ impl Store {
             .await
     }
 
-    /// Queues `delivery` to be attempted now, unless it was queued before or the tenant has
-    /// `cap` deliveries waiting already (then it is a dead letter at once).
-    pub async fn enqueue(&self, delivery: &Delivery, cap: usize) -> Result<Enqueued, StoreError> {
+    /// Queues `delivery` to be attempted now, unless it was queued before or its webhook or
+    /// tenant has as many deliveries waiting as `caps` allows (then it is a dead letter at once).
+    pub async fn enqueue(
+        &self,
+        delivery: &Delivery,
+        caps: QueueCaps,
+    ) -> Result<Enqueued, StoreError> {
         let corrupt = |e: serde_json::Error| StoreError::Corrupt(e.to_string());
         let json = serde_json::to_string(delivery).map_err(corrupt)?;
-        let refused = serde_json::to_string(&Delivery {
-            last_error: Some(format!(
-                "not queued: the tenant already had {cap} deliveries waiting \
-                 (notifications.max_queued_per_tenant)"
-            )),
-            ..delivery.clone()
-        })
-        .map_err(corrupt)?;
-        let (id, tenant, tombstone) = (
+        let refused = |reason: String| {
+            serde_json::to_string(&Delivery {
+                last_error: Some(format!("not queued: {reason}")),
+                ..delivery.clone()
+            })
+            .map_err(corrupt)
+        };
+        let webhook_full = refused(format!(
+            "the webhook already had {} deliveries waiting (notifications.max_queued_per_webhook)",
+            caps.per_webhook
+        ))?;
+        let tenant_full = refused(format!(
+            "the tenant already had {} deliveries waiting (notifications.max_queued_per_tenant)",
+            caps.per_tenant
+        ))?;
+        let (id, tenant, webhook, tombstone) = (
             delivery.id.clone(),
             delivery.tenant.clone(),
+            delivery.webhook_id.clone(),
             delivery.tombstone(),
         );
         let now = Timestamp::now();
@@ -495,17 +538,21 @@ impl Store {
                 redis::Script::new(ENQUEUE)
                     .key(delivery_key(&id))
                     .key(DUE_KEY)
-                    .key(queued_key(&tenant))
+                    .key(queued_key(&tenant, &webhook))
                     .key(dead_key(&tenant))
+                    .key(hooks_key(&tenant))
                     .arg(json)
                     .arg(now.as_millis())
                     .arg(&id)
                     .arg(millis(DELIVERY_TTL))
                     .arg(now.minus(DELIVERY_TTL).as_millis())
-                    .arg(cap)
-                    .arg(refused)
+                    .arg(caps.per_webhook)
+                    .arg(webhook_full)
                     .arg(DEAD_KEPT)
                     .arg(millis(tombstone))
+                    .arg(caps.per_tenant)
+                    .arg(queued_prefix(&tenant))
+                    .arg(tenant_full)
                     .invoke_async(&mut c)
                     .await
             })
@@ -548,14 +595,15 @@ impl Store {
                         // given up on: lost, which on-call staff must hear of.
                         tracing::warn!(delivery = %id, "webhook delivery expired unsent");
                         metrics::counter!("approvals_notifications_total",
-                            "tenant" => tenant_of(id).to_owned(), "outcome" => "dead")
+                            "tenant" => owners_of(id).0.to_owned(), "outcome" => "dead")
                         .increment(1);
                     }
                     let id = id.clone();
                     self.call(|mut c| async move {
+                        let (tenant, webhook) = owners_of(&id);
                         redis::pipe()
                             .zrem(DUE_KEY, &id)
-                            .zrem(queued_key(tenant_of(&id)), &id)
+                            .zrem(queued_key(tenant, webhook), &id)
                             .query_async::<()>(&mut c)
                             .await
                     })
@@ -588,9 +636,10 @@ impl Store {
 
     /// The receiver took it: never again.
     pub async fn delivered(&self, delivery: &Delivery) -> Result<(), StoreError> {
-        let (id, tenant, tombstone) = (
+        let (id, tenant, webhook, tombstone) = (
             delivery.id.clone(),
             delivery.tenant.clone(),
+            delivery.webhook_id.clone(),
             delivery.tombstone(),
         );
         self.call(|mut c| async move {
@@ -598,7 +647,7 @@ impl Store {
                 .key(delivery_key(&id))
                 .key(DUE_KEY)
                 .key(dead_key(&tenant))
-                .key(queued_key(&tenant))
+                .key(queued_key(&tenant, &webhook))
                 .arg(millis(tombstone))
                 .arg(&id)
                 .invoke_async::<()>(&mut c)
@@ -626,9 +675,10 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let json =
             serde_json::to_string(delivery).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let (id, tenant, attempts, round) = (
+        let (id, tenant, webhook, attempts, round) = (
             delivery.id.clone(),
             delivery.tenant.clone(),
+            delivery.webhook_id.clone(),
             delivery.attempts,
             delivery.round,
         );
@@ -643,7 +693,7 @@ impl Store {
                 .key(delivery_key(&id))
                 .key(DUE_KEY)
                 .key(dead_key(&tenant))
-                .key(queued_key(&tenant))
+                .key(queued_key(&tenant, &webhook))
                 .arg(json)
                 .arg(millis(DELIVERY_TTL))
                 .arg(due)
@@ -666,10 +716,10 @@ impl Store {
             redis::Script::new(REDELIVER)
                 .key(key)
                 .key(DUE_KEY)
-                .key(queued_key(tenant.as_str()))
                 .arg(Timestamp::now().as_millis())
                 .arg(millis(DELIVERY_TTL))
                 .arg(delivery_key(""))
+                .arg(queued_prefix(tenant.as_str()))
                 .invoke_async(&mut c)
                 .await
         })
@@ -743,6 +793,15 @@ mod tests {
     use super::*;
     use crate::notify::{NotifyEvent, WebhookFormat};
 
+    const ROOMY: QueueCaps = QueueCaps {
+        per_tenant: 100,
+        per_webhook: 100,
+    };
+    const TWO_PER_WEBHOOK: QueueCaps = QueueCaps {
+        per_tenant: 100,
+        per_webhook: 2,
+    };
+
     /// A fresh delivery of tenant acme's webhook wh-1, with id `id`.
     fn queued(id: &str) -> Delivery {
         Delivery {
@@ -779,7 +838,7 @@ mod tests {
         // last attempt outlived its lease comes in: it does not make the fresh round dead.
         let redelivered = queued("d-4");
         assert_eq!(
-            store.enqueue(&redelivered, 100).await.unwrap(),
+            store.enqueue(&redelivered, ROOMY).await.unwrap(),
             Enqueued::Queued
         );
         assert!(store.dead(&failed(&redelivered, 8)).await.unwrap());
@@ -795,7 +854,7 @@ mod tests {
         let _: () = conn.del(dead_key("acme")).await.unwrap();
 
         let sent = queued("d-1");
-        assert_eq!(store.enqueue(&sent, 100).await.unwrap(), Enqueued::Queued);
+        assert_eq!(store.enqueue(&sent, ROOMY).await.unwrap(), Enqueued::Queued);
         store.delivered(&sent).await.unwrap();
         assert!(!store
             .retry_at(&failed(&sent, 1), Timestamp::now())
@@ -814,7 +873,7 @@ mod tests {
         // Nor does a late report turn back the attempts another instance counted since.
         let retried = queued("d-3");
         assert_eq!(
-            store.enqueue(&retried, 100).await.unwrap(),
+            store.enqueue(&retried, ROOMY).await.unwrap(),
             Enqueued::Queued
         );
         store
@@ -834,7 +893,10 @@ mod tests {
 
         // A delivery nobody settled is retried and given up on as before.
         let other = queued("d-2");
-        assert_eq!(store.enqueue(&other, 100).await.unwrap(), Enqueued::Queued);
+        assert_eq!(
+            store.enqueue(&other, ROOMY).await.unwrap(),
+            Enqueued::Queued
+        );
         store
             .retry_at(&failed(&other, 1), Timestamp::now())
             .await
@@ -860,10 +922,10 @@ mod tests {
             .is_empty());
     }
 
-    /// A tenant whose receivers never answer, while events keep coming: its queue stops at
+    /// A webhook whose receiver never answers, while events keep coming: its queue stops at
     /// the cap (the rest are dead letters at once), and room comes back as deliveries leave.
     #[tokio::test]
-    async fn a_tenants_queue_stops_at_its_cap() {
+    async fn a_webhooks_queue_stops_at_its_cap() {
         let redis = RedisServer::start().await;
         let store = Store::connect(&redis.url(), Duration::from_secs(2))
             .await
@@ -873,26 +935,35 @@ mod tests {
         let mut conn = redis.connection().await;
         for id in ["e-1", "e-2"] {
             assert_eq!(
-                store.enqueue(&delivery(id), 2).await.unwrap(),
+                store.enqueue(&delivery(id), TWO_PER_WEBHOOK).await.unwrap(),
                 Enqueued::Queued
             );
         }
         assert_eq!(
-            store.enqueue(&delivery("e-3"), 2).await.unwrap(),
+            store
+                .enqueue(&delivery("e-3"), TWO_PER_WEBHOOK)
+                .await
+                .unwrap(),
             Enqueued::Full
         );
         assert_eq!(store.dead_letters(&acme).await.unwrap(), 1);
         assert_eq!(store.queued().await.unwrap(), 2);
         // Not queued later either: it is a dead letter, to redeliver once receivers are back.
         assert_eq!(
-            store.enqueue(&delivery("e-3"), 2).await.unwrap(),
+            store
+                .enqueue(&delivery("e-3"), TWO_PER_WEBHOOK)
+                .await
+                .unwrap(),
             Enqueued::Known
         );
 
         // Sent: room for one more.
         store.delivered(&delivery("e-1")).await.unwrap();
         assert_eq!(
-            store.enqueue(&delivery("e-4"), 2).await.unwrap(),
+            store
+                .enqueue(&delivery("e-4"), TWO_PER_WEBHOOK)
+                .await
+                .unwrap(),
             Enqueued::Queued
         );
         // One whose record vanished (expired) leaves the count when a claim finds it gone.
@@ -900,7 +971,10 @@ mod tests {
         let claimed = store.claim(10, Duration::from_secs(30)).await.unwrap();
         assert_eq!(claimed.len(), 1);
         assert_eq!(
-            store.enqueue(&delivery("e-5"), 2).await.unwrap(),
+            store
+                .enqueue(&delivery("e-5"), TWO_PER_WEBHOOK)
+                .await
+                .unwrap(),
             Enqueued::Queued
         );
         // Given up on: room again.
@@ -910,11 +984,109 @@ mod tests {
         };
         assert!(store.dead(&attempted).await.unwrap());
         assert_eq!(
-            store.enqueue(&delivery("e-6"), 2).await.unwrap(),
+            store
+                .enqueue(&delivery("e-6"), TWO_PER_WEBHOOK)
+                .await
+                .unwrap(),
             Enqueued::Queued
         );
-        let waiting: u64 = conn.zcard(queued_key("acme")).await.unwrap();
+        let waiting: u64 = conn.zcard(queued_key("acme", "wh-1")).await.unwrap();
         assert_eq!(waiting, 2);
+    }
+
+    fn webhook(id: &str) -> Webhook {
+        Webhook {
+            id: id.into(),
+            tenant: "acme".into(),
+            url: "https://hooks.example/approvals".into(),
+            events: vec![NotifyEvent::Parked],
+            format: WebhookFormat::Json,
+            secret: "s".into(),
+            created_at: Timestamp::now(),
+        }
+    }
+
+    /// One receiver that never answers fills its own share: the tenant's other webhooks keep
+    /// being queued (the whole tenant's room went to it, and their deliveries were dead
+    /// letters at once), until the tenant's webhooks together reach the tenant's cap.
+    #[tokio::test]
+    async fn a_silent_webhook_leaves_its_tenants_other_webhooks_room() {
+        let redis = RedisServer::start().await;
+        let store = Store::connect(&redis.url(), Duration::from_secs(2))
+            .await
+            .unwrap();
+        for id in ["wh-silent", "wh-ok", "wh-new"] {
+            assert!(store.add(&webhook(id), 10).await.unwrap());
+        }
+        let caps = QueueCaps {
+            per_tenant: 5,
+            per_webhook: 3,
+        };
+        let delivery = |hook: &str, event: &str| Delivery {
+            webhook_id: hook.into(),
+            ..queued(&format!("acme:{hook}:{event}"))
+        };
+        let mut outcomes = Vec::new();
+        for event in ["e-1", "e-2", "e-3", "e-4"] {
+            outcomes.push(
+                store
+                    .enqueue(&delivery("wh-silent", event), caps)
+                    .await
+                    .unwrap(),
+            );
+        }
+        for event in ["e-1", "e-2"] {
+            outcomes.push(
+                store
+                    .enqueue(&delivery("wh-ok", event), caps)
+                    .await
+                    .unwrap(),
+            );
+        }
+        outcomes.push(
+            store
+                .enqueue(&delivery("wh-new", "e-1"), caps)
+                .await
+                .unwrap(),
+        );
+        use Enqueued::{Full, Queued};
+        assert_eq!(
+            outcomes,
+            [Queued, Queued, Queued, Full, Queued, Queued, Full],
+            "wh-silent stops at 3 of its own; wh-ok gets the tenant's last 2; then the tenant is full"
+        );
+        let mut conn = redis.connection().await;
+        let letters: Vec<String> = conn.lrange(dead_key("acme"), 0, -1).await.unwrap();
+        let reasons: Vec<String> = letters
+            .iter()
+            .map(|json| serde_json::from_str::<Delivery>(json).unwrap())
+            .map(|letter| format!("{} {}", letter.webhook_id, letter.last_error.unwrap()))
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                "wh-new not queued: the tenant already had 5 deliveries waiting \
+                 (notifications.max_queued_per_tenant)",
+                "wh-silent not queued: the webhook already had 3 deliveries waiting \
+                 (notifications.max_queued_per_webhook)",
+            ]
+        );
+        // Redelivered, a dead letter goes back into its own webhook's queue.
+        assert_eq!(
+            store
+                .redeliver_dead(&TenantId::parse("acme").unwrap())
+                .await
+                .unwrap(),
+            2
+        );
+        let per_webhook: Vec<u64> = redis::pipe()
+            .zcard(queued_key("acme", "wh-silent"))
+            .zcard(queued_key("acme", "wh-ok"))
+            .zcard(queued_key("acme", "wh-new"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(per_webhook, [4, 2, 1]);
     }
 
     /// The reader found the tenant with no webhook; meanwhile an admin added one. Forgetting
@@ -937,7 +1109,7 @@ mod tests {
         assert!(store.add(&hook, 10).await.unwrap());
         let given_up = queued("d-1");
         assert_eq!(
-            store.enqueue(&given_up, 100).await.unwrap(),
+            store.enqueue(&given_up, ROOMY).await.unwrap(),
             Enqueued::Queued
         );
         let given_up = Delivery {
@@ -1075,7 +1247,7 @@ mod tests {
             ..queued("acme:wh-1:soon:a-1")
         };
         assert_eq!(
-            store.enqueue(&warning, 100).await.unwrap(),
+            store.enqueue(&warning, ROOMY).await.unwrap(),
             Enqueued::Queued
         );
         let given_up = Delivery {
@@ -1102,6 +1274,9 @@ mod tests {
         assert_eq!(state, "dead");
         // Until the approval expires (3 days), not for a day.
         assert!(left > (TOMBSTONE * 2).as_millis() as i64, "{left} ms");
-        assert_eq!(store.enqueue(&warning, 100).await.unwrap(), Enqueued::Known);
+        assert_eq!(
+            store.enqueue(&warning, ROOMY).await.unwrap(),
+            Enqueued::Known
+        );
     }
 }
