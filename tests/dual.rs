@@ -461,6 +461,113 @@ async fn a_decision_the_secondary_missed_is_replayed_on_it() {
     assert_both_hold(&app, "r-1", &accepted).await;
 }
 
+/// An old settled approval the primary (Redis) dropped by its own retention while the
+/// secondary keeps it is no difference: counted as a comparison at once, not as a
+/// disagreement after the secondary's deadline (every read of a day-old decision made the
+/// soak's "no disagreement" check unreachable).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_past_one_engines_retention_is_no_disagreement() {
+    let app = DualApp::spawn(EngineKind::Redis, |settings| {
+        set_secondary_timeout(settings, Duration::from_secs(2));
+    })
+    .await;
+    let temporal = app.engine(EngineKind::Temporal).await;
+    let three_days = Duration::from_secs(3 * 24 * 3600);
+    let mut old = pending(&app.tenant, "old-1", Duration::from_secs(3600));
+    old.submitted_at = old.submitted_at.minus(three_days);
+    old.expires_at = old.expires_at.minus(three_days);
+    old.status = Status::Accepted;
+    old.decided_at = Some(old.submitted_at.plus(Duration::from_secs(60)));
+    old.decided_by = Some("alice".into());
+    assert_eq!(
+        temporal.import(old).await.expect("import"),
+        ImportOutcome::Imported
+    );
+    assert_eq!(app.get("old-1").await.status(), StatusCode::NOT_FOUND);
+    app.metrics_until(Duration::from_secs(30), "the read compared", |text| {
+        app.counter(text, "approvals_dual_comparisons_total", "get") >= 1.0
+    })
+    .await;
+    let text = app.metrics().await;
+    assert_eq!(
+        app.counter(&text, "approvals_dual_disagreements_total", "get"),
+        0.0,
+        "{text}"
+    );
+}
+
+/// A decision the primary took in time, which the secondary missed and then expired by its
+/// own clock, cannot be repaired: after a switch of primary the agent would be told "expired"
+/// for an action a reviewer accepted. It is counted on its own for the cutover's go/no-go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_the_secondary_expired_meanwhile_is_counted_as_lost() {
+    let app = DualApp::spawn(EngineKind::Redis, |settings| {
+        settings.approvals.default_ttl = Duration::from_secs(3);
+        set_secondary_timeout(settings, Duration::from_secs(2));
+    })
+    .await;
+    assert_eq!(app.park("lost-1").await.status(), StatusCode::CREATED);
+    // Accepted on the primary alone, as when the mirror failed.
+    let redis = app.engine(EngineKind::Redis).await;
+    let accept = DecisionRequest::now(Verdict::Accept, "alice", None);
+    redis
+        .decide(&app.tenant, &id("lost-1"), accept)
+        .await
+        .expect("decided on the primary");
+    let temporal = app.engine(EngineKind::Temporal).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while temporal
+        .get(&app.tenant, &id("lost-1"))
+        .await
+        .expect("temporal")
+        .map(|a| a.status)
+        != Some(Status::Expired)
+    {
+        assert!(Instant::now() < deadline, "the secondary never expired it");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(app.get("lost-1").await.status(), StatusCode::OK);
+    app.metrics_until(Duration::from_secs(30), "a lost decision", |text| {
+        let tenant = format!("tenant=\"{}\"", app.tenant);
+        sum_series(text, "approvals_dual_lost_decisions_total", &[&tenant]) == 1.0
+    })
+    .await;
+}
+
+/// One unreadable record on the secondary is an answer, not an outage: counted as a
+/// `corrupt` error, while the secondary stays reported up (the soak's "secondary up" check
+/// failed for it, and re-running the migration, as the runbook says for an outage, mends
+/// nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_record_on_the_secondary_is_no_outage() {
+    let app = DualApp::spawn(EngineKind::Temporal, |_| {}).await;
+    assert_eq!(app.park("u-1").await.status(), StatusCode::CREATED);
+    app.metrics_until(Duration::from_secs(30), "the secondary up", |text| {
+        text.contains("approvals_dual_secondary_up 1")
+    })
+    .await;
+    let mut redis = app.redis.connection().await;
+    let key = format!("approval:{}:{}", app.tenant, id("u-1"));
+    let _: () = redis::AsyncCommands::set(&mut redis, &key, "{not a record")
+        .await
+        .expect("plant");
+    let corrupt = |text: &str| {
+        sum_series(
+            text,
+            "approvals_dual_secondary_errors_total",
+            &["op=\"get\"", "kind=\"corrupt\""],
+        )
+    };
+    let before = corrupt(&app.metrics().await);
+    assert_eq!(app.get("u-1").await.status(), StatusCode::OK);
+    app.metrics_until(Duration::from_secs(30), "a corrupt read counted", |text| {
+        corrupt(text) > before
+    })
+    .await;
+    let text = app.metrics().await;
+    assert!(text.contains("approvals_dual_secondary_up 1"), "{text}");
+}
+
 /// (c) A Temporal secondary that cannot be reached at start-up (a closed port) does not stop the
 /// service: it starts on the primary alone and counts what it could not mirror.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -599,6 +599,9 @@ fn utf8_env() -> Result<Vec<(String, String)>, ConfigError> {
     Ok(env)
 }
 
+/// The shortest `temporal.call_timeout` a decision can be sent within (see `validate`).
+const MIN_TEMPORAL_CALL_TIMEOUT: Duration = Duration::from_secs(1);
+
 impl Settings {
     /// Whether tenants' own policy bundles are kept (in Redis: the approvals engine, a dual
     /// backend's Redis primary, or `tenant_store.kind = "redis"`), so that sandboxes are used.
@@ -885,6 +888,19 @@ impl Settings {
             return Err(ConfigError::Invalid(
                 "temporal.call_timeout: must be shorter than server.request_timeout".into(),
             ));
+        }
+        // A decision's update is sent only with at least 500 ms left once a fifth of the call
+        // deadline is kept for the read that follows a timeout: below 625 ms no decision was
+        // ever sent, and every accept and reject on Temporal answered 503. A derived deadline
+        // (half of a short `server.request_timeout`) is refused too, naming both keys.
+        if !matches!(self.backend, BackendChoice::Redis)
+            && self.temporal.call_timeout < MIN_TEMPORAL_CALL_TIMEOUT
+        {
+            return Err(ConfigError::Invalid(format!(
+                "temporal.call_timeout: at least {MIN_TEMPORAL_CALL_TIMEOUT:?} (a decision needs \
+                 that long to reach a workflow and read it back); left unset it is half of \
+                 server.request_timeout, so that must then be at least twice as long"
+            )));
         }
         // A listing or an audit page walks visibility under scan_timeout: at the default 30 s
         // (the request deadline's), a slow visibility raced the request's 408 against its own

@@ -425,6 +425,47 @@ fn a_temporal_call_deadline_past_the_request_deadline_is_refused() {
     assert!(load("[temporal]\ncall_timeout = \"30s\"\n", &[]).is_ok());
 }
 
+/// Below about 625 ms no decision's update was ever sent to Temporal (every accept and
+/// reject answered 503); half of a short request deadline got there unnoticed.
+#[test]
+fn a_temporal_call_deadline_too_short_for_a_decision_is_refused() {
+    let e = load(
+        "[backend]\nkind = \"temporal\"\n[temporal]\ncall_timeout = \"600ms\"\n",
+        &[],
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("temporal.call_timeout: at least 1s"),
+        "{e}"
+    );
+    let e = load(
+        "[backend]\nkind = \"dual\"\nprimary = \"redis\"\nsecondary_timeout = \"200ms\"\n",
+        &[
+            ("APPROVALS_SERVER__REQUEST_TIMEOUT", "1200ms"),
+            ("APPROVALS_REDIS__CALL_TIMEOUT", "500ms"),
+        ],
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("server.request_timeout"), "{e}");
+    assert!(load(
+        "[backend]\nkind = \"temporal\"\n",
+        &[
+            ("APPROVALS_SERVER__REQUEST_TIMEOUT", "2s"),
+            ("APPROVALS_REDIS__CALL_TIMEOUT", "1s")
+        ]
+    )
+    .is_ok());
+    // Redis alone never calls Temporal.
+    assert!(load(
+        "",
+        &[
+            ("APPROVALS_SERVER__REQUEST_TIMEOUT", "1200ms"),
+            ("APPROVALS_REDIS__CALL_TIMEOUT", "500ms")
+        ]
+    )
+    .is_ok());
+}
+
 #[test]
 fn a_long_poll_longer_than_the_contract_allows_is_refused() {
     let e = load("", &[("APPROVALS_APPROVALS__LONG_POLL_MAX", "300s")]).unwrap_err();

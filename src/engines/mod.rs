@@ -98,6 +98,13 @@ pub async fn start(
             chores.extend(first.start_chores(settings, answering));
             policy_store = first.policy_store();
             let secondary = primary.other();
+            // Nothing lists or audits the secondary: a Temporal one keeping its own writes
+            // for visibility's lag only cost memory and a lock per mirrored write.
+            let settings = &{
+                let mut settings = settings.clone();
+                settings.temporal.read_your_writes = false;
+                settings
+            };
             // The secondary is best-effort, at start-up too: unreachable, it is connected on
             // use.
             let dual = match Engine::connect(secondary, settings, false).await {

@@ -465,9 +465,10 @@ impl TemporalBackend {
         let mut last_error = None;
         // Whether an earlier attempt may have landed (its call failed, not the update).
         let mut maybe_landed = false;
-        for _ in 0..3 {
-            // Too little left for an update to be answered: what the last attempt said.
-            if left().saturating_sub(for_the_read) < MIN_UPDATE_TIME {
+        for attempt in 0..3 {
+            // Too little left for another update to be answered: what the last attempt said.
+            // The first is always sent, however short the deadline.
+            if attempt > 0 && left().saturating_sub(for_the_read) < MIN_UPDATE_TIME {
                 break;
             }
             let update = handle.execute_update(

@@ -19,21 +19,13 @@ pub(super) fn compared(
     secondary: Option<&Approval>,
     secondary_outcome: &str,
 ) {
-    describe_once();
-    let tenant_label = tenant.to_string();
-    metrics::counter!("approvals_dual_comparisons_total",
-        "tenant" => tenant_label.clone(), "op" => op)
-    .increment(1);
-    // Exported at 0 from the first agreeing comparison on, so a later first disagreement
-    // shows in increase(); one that comes first is born at 1, which the alert, the panel and
-    // the runbook's queries catch with `x unless x offset <window>`.
-    let disagreements = metrics::counter!("approvals_dual_disagreements_total",
-        "tenant" => tenant_label, "op" => op);
+    let disagreements = counted(op, tenant);
     if same(primary, secondary) {
         disagreements.increment(0);
         return;
     }
     disagreements.increment(1);
+    lost_decision(tenant, id, primary, secondary);
     tracing::warn!(
         %tenant, approval_id = %id, op,
         differing = ?differing_fields(primary, secondary),
@@ -42,6 +34,64 @@ pub(super) fn compared(
         secondary_outcome,
         "dual: the secondary disagrees with the primary"
     );
+}
+
+/// Counts one comparison of `op`; the tenant's disagreements of `op`, to add 1 or 0 to.
+fn counted(op: &'static str, tenant: &TenantId) -> metrics::Counter {
+    describe_once();
+    let tenant_label = tenant.to_string();
+    metrics::counter!("approvals_dual_comparisons_total",
+        "tenant" => tenant_label.clone(), "op" => op)
+    .increment(1);
+    // Exported at 0 from the first agreeing comparison on, so a later first disagreement
+    // shows in increase(); one that comes first is born at 1, which the alert, the panel and
+    // the runbook's queries catch with `x unless x offset <window>`.
+    metrics::counter!("approvals_dual_disagreements_total",
+        "tenant" => tenant_label, "op" => op)
+}
+
+/// A reviewer's decision the primary took in time that the secondary holds as expired (it
+/// missed the mirror, then its own deadline passed): no repair can mend it (an expired record
+/// takes no decision), and after a switch of primary the agent would be told "expired" for
+/// an action a human decided. Counted on its own, as the cutover's go/no-go reads it.
+fn lost_decision(
+    tenant: &TenantId,
+    id: &ApprovalId,
+    primary: Option<&Approval>,
+    secondary: Option<&Approval>,
+) {
+    let (Some(ours), Some(theirs)) = (primary, secondary) else {
+        return;
+    };
+    let decided_in_time = matches!(ours.status, Status::Accepted | Status::Rejected)
+        && ours.decided_at.is_some_and(|at| at < ours.expires_at);
+    if !decided_in_time || theirs.clone().as_of(Timestamp::now()).status != Status::Expired {
+        return;
+    }
+    metrics::counter!("approvals_dual_lost_decisions_total", "tenant" => tenant.to_string())
+        .increment(1);
+    tracing::error!(
+        %tenant, approval_id = %id, status = ?ours.status,
+        "dual: the secondary holds as expired a decision the primary took in time; after a \
+         switch of primary the agent would be told it expired"
+    );
+}
+
+/// Whether the one side that holds no record dropped it by its own retention (Redis keeps a
+/// settled record a day, Temporal as long as its namespace says): an old settled approval
+/// read through the soak is no difference, and must not hold a comparison slot for the wait.
+fn dropped_by_retention(
+    primary: &dyn RecordTransfer,
+    secondary: Option<&dyn RecordTransfer>,
+    ours: Option<&Approval>,
+    theirs: Option<&Approval>,
+) -> bool {
+    let now = Timestamp::now();
+    match (ours, theirs) {
+        (Some(ours), None) => secondary.is_some_and(|engine| engine.past_retention(ours, now)),
+        (None, Some(theirs)) => primary.past_retention(theirs, now),
+        _ => false,
+    }
 }
 
 /// Both records as a reader sees them now, so that an expiry one engine has not recorded yet
@@ -99,6 +149,16 @@ pub(super) async fn compare_reads(
     let Some(theirs) = read_secondary().await else {
         return;
     };
+    let secondary_engine = secondary.engine().ok();
+    if dropped_by_retention(
+        primary.as_ref(),
+        secondary_engine.as_deref(),
+        first.as_ref(),
+        theirs.as_ref(),
+    ) {
+        counted(op, &tenant).increment(0);
+        return;
+    }
     if !same(first.as_ref(), theirs.as_ref()) {
         tokio::time::sleep(secondary.deadline).await;
         let Ok(ours) = primary.get(&tenant, &id).await else {
@@ -192,6 +252,10 @@ pub(super) fn describe_once() {
         metrics::describe_counter!(
             "approvals_dual_secondary_errors_total",
             "Dual backend: secondary calls that failed or passed backend.secondary_timeout."
+        );
+        metrics::describe_counter!(
+            "approvals_dual_lost_decisions_total",
+            "Dual backend: decisions the primary took in time that the secondary holds as expired."
         );
         metrics::describe_counter!(
             "approvals_dual_comparisons_skipped_total",

@@ -319,10 +319,11 @@ impl ApprovalBackend for DualBackend {
 
     fn status(&self) -> EngineStatus {
         let primary = self.primary.status();
-        let secondary = self.secondary.engine.get().map(|e| e.status());
         let up = self.secondary.up.load(Ordering::Relaxed);
         EngineStatus {
-            calls: primary.calls.or(secondary.and_then(|s| s.calls)),
+            // The answering engine's alone: after the cutover (Temporal primary, which has no
+            // pool figures) Redis' pool read as the answering engine's.
+            calls: primary.calls,
             secondary_up: (up >= 0).then_some(up > 0),
             // Long-polls wait on the primary.
             waiting: primary.waiting,

@@ -130,14 +130,31 @@ impl Secondary {
         let result = tokio::time::timeout(self.deadline, work)
             .await
             .unwrap_or(Err(BackendError::Timeout(op)));
-        let up = i64::from(result.is_ok());
-        let was = self.up.swap(up, Ordering::Relaxed);
+        // Only an engine that did not answer is down: one unreadable record (`corrupt`) or a
+        // stale cursor is an answer, and counting it as an outage failed the soak's
+        // "secondary up" check for a record that another migration run would not mend.
+        let was = match &result {
+            Ok(_) => self.up.swap(1, Ordering::Relaxed),
+            Err(BackendError::Unavailable { .. } | BackendError::Timeout(_)) => {
+                self.up.swap(0, Ordering::Relaxed)
+            }
+            Err(_) => self.up.load(Ordering::Relaxed),
+        };
         match result {
             Ok(value) => {
                 if was == 0 {
                     tracing::info!(secondary = self.kind, "dual: the secondary answers again");
                 }
                 Some(value)
+            }
+            Err(error @ (BackendError::Corrupt { .. } | BackendError::InvalidCursor)) => {
+                describe_once();
+                metrics::counter!("approvals_dual_secondary_errors_total",
+                    "op" => op, "kind" => error.kind())
+                .increment(1);
+                tracing::warn!(secondary = self.kind, op, %error,
+                    "dual: the secondary answered with an error about this record");
+                None
             }
             Err(error) => {
                 describe_once();
