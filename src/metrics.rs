@@ -623,6 +623,9 @@ fn rare_failures_at_zero() {
     for role in ["primary", "secondary"] {
         metrics::counter!("approvals_unreadable_records_total", "role" => role).increment(0);
     }
+    // A client's read of one damaged record: ApprovalsUnreadableRecords reads it.
+    metrics::counter!("approvals_backend_errors_total", "kind" => "corrupt", "source" => "request")
+        .increment(0);
 }
 
 /// Registers `tenant`'s outcome counters at 0. A counter series that first appears at 1 has no
