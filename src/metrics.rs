@@ -496,6 +496,14 @@ fn render_engine(out: &mut String, engine: &EngineStatus) {
 }
 
 fn render_pending(out: &mut String, stats: &PendingStats, bounds: &[Duration]) {
+    let help = "How far past its deadline the most overdue pending approval is whose expiry is \
+                not recorded yet (0: none; the sweeper or Temporal's timers are behind).";
+    gauge(
+        out,
+        "approvals_expiry_overdue_seconds",
+        help,
+        stats.overdue_seconds,
+    );
     let _ = writeln!(
         out,
         "# HELP approvals_pending Approvals waiting for a reviewer now."
@@ -879,7 +887,10 @@ mod tests {
     }
 
     fn stats(tenants: Vec<TenantPending>) -> PendingStats {
-        PendingStats { tenants }
+        PendingStats {
+            tenants,
+            overdue_seconds: 0.0,
+        }
     }
 
     fn counts(stats: &PendingStats) -> Vec<(String, u64)> {

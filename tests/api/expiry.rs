@@ -525,3 +525,40 @@ async fn an_id_parked_again_after_an_unswept_lapse_leaves_no_phantom_pending() {
         .unwrap();
     assert_eq!(read["status"], "expired", "{read}");
 }
+
+/// An expiry no sweeper records (every instance down, or its task gone) shows as how far past
+/// its deadline the approval is: the figure `ApprovalsExpiriesNotRecorded` pages on, where the
+/// pending age alone sent on-call to the tenant's reviewers. Once recorded, it is 0 again.
+#[tokio::test]
+async fn an_expiry_not_recorded_shows_as_overdue() {
+    let mut app = TestApp::spawn_with(|s| {
+        s.approvals.default_ttl = Duration::from_secs(1);
+        s.approvals.sweep_interval = Duration::from_secs(3600);
+        s.approvals.stats_interval = Duration::from_millis(200);
+    })
+    .await;
+    let overdue = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("approvals_expiry_overdue_seconds "))
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    app.park("forgotten").await;
+    app.metrics_until(&app.base, Duration::from_secs(10), "overdue", |t| {
+        overdue(t).is_some_and(|s| s >= 1.0)
+    })
+    .await;
+
+    app.restart_with(|s| s.approvals.sweep_interval = Duration::from_millis(100))
+        .await;
+    app.metrics_until(&app.base, Duration::from_secs(10), "recorded", |t| {
+        overdue(t) == Some(0.0)
+    })
+    .await;
+    let read: Value = app
+        .get("forgotten", &app.tokens.reviewer)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(read["status"], "expired");
+}

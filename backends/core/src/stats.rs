@@ -6,6 +6,9 @@ use crate::TenantId;
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PendingStats {
     pub tenants: Vec<TenantPending>,
+    /// How far past its deadline the most overdue pending approval is whose expiry the engine
+    /// has not recorded yet, in seconds (0 when none is): its sweeper or timers are behind.
+    pub overdue_seconds: f64,
 }
 
 #[derive(Debug, Clone, PartialEq)]

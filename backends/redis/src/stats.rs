@@ -7,7 +7,7 @@ use approvals_core::{BackendError, PendingStats, Status, TenantId, TenantPending
 use redis::AsyncCommands;
 
 use crate::backend::{millis, RedisBackend};
-use crate::keys::{self, SUBMITTED_SUM, TENANTS};
+use crate::keys::{self, DEADLINES, SUBMITTED_SUM, TENANTS};
 
 pub(crate) async fn pending_stats(
     backend: &RedisBackend,
@@ -29,6 +29,8 @@ pub(crate) async fn pending_stats(
         return Ok(PendingStats::default());
     }
     let mut pipe = redis::pipe();
+    // The earliest deadline the sweeper has not recorded: past it, expiries are behind.
+    pipe.zrange_withscores(DEADLINES, 0, 0);
     for tenant in &tenants {
         let index = keys::index(tenant, Status::Pending);
         pipe.zcard(&index).hget(SUBMITTED_SUM, tenant.as_str());
@@ -44,7 +46,14 @@ pub(crate) async fn pending_stats(
         })
         .await?;
     let mut replies = replies.into_iter();
-    let mut stats = PendingStats::default();
+    let earliest: Vec<(String, f64)> =
+        redis::from_redis_value(replies.next().unwrap_or(redis::Value::Nil)).unwrap_or_default();
+    let mut stats = PendingStats {
+        overdue_seconds: earliest.first().map_or(0.0, |(_, deadline_ms)| {
+            ((now.as_millis() as f64 - deadline_ms) / 1000.0).max(0.0)
+        }),
+        ..PendingStats::default()
+    };
     for tenant in tenants {
         let mut next = || replies.next().unwrap_or(redis::Value::Nil);
         let count: i64 = redis::from_redis_value(next()).unwrap_or_default();

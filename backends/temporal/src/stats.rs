@@ -14,8 +14,14 @@ pub(crate) async fn pending_stats(
 ) -> Result<PendingStats, BackendError> {
     let query = format!("WorkflowType = '{WORKFLOW_TYPE}' AND ExecutionStatus = 'Running'");
     let mut per_tenant: BTreeMap<TenantId, TenantPending> = BTreeMap::new();
+    let mut overdue = Duration::ZERO;
     for row in backend.visible("stats", query, |_| true, now).await? {
         let approval = row.approval;
+        // Still running past its deadline with no reviewer's decision: its timer has not
+        // closed it (no worker polls, or workflow tasks keep failing).
+        if approval.decided_by.is_none() && approval.expires_at <= now {
+            overdue = overdue.max(approval.expires_at.elapsed_at(now));
+        }
         if approval.status != Status::Pending {
             continue;
         }
@@ -40,5 +46,6 @@ pub(crate) async fn pending_stats(
     }
     Ok(PendingStats {
         tenants: per_tenant.into_values().collect(),
+        overdue_seconds: overdue.as_secs_f64(),
     })
 }
