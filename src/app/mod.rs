@@ -137,7 +137,16 @@ impl Approvals {
 
     /// `/metrics`: the recorder, the latest pending figures and the engine's own status.
     pub fn render_metrics(&self) -> String {
-        self.metrics.render(&self.engine.status())
+        let mut text = self.metrics.render(&self.engine.status());
+        // `/readyz`'s other condition: an instance whose backend answers but that never read
+        // the tenants' policies (a tenant store down beside a Temporal engine) answered 503
+        // with no figure saying why, and a rolling deploy stalled on it without a page.
+        text.push_str(&format!(
+            "# HELP approvals_policies_synced Whether this instance has read the tenants' policies since it started (/readyz answers 503 until it has).\n\
+             # TYPE approvals_policies_synced gauge\napprovals_policies_synced {}\n",
+            u8::from(self.policies.synced())
+        ));
+        text
     }
 
     /// Refuses unless `caller` may do `permission` in `tenant`.

@@ -569,3 +569,37 @@ fn snapshot_age(metrics: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix("approvals_pending_snapshot_age_seconds "))
         .and_then(|v| v.parse().ok())
 }
+
+/// An instance started while its policy store (here Redis, the engine too) cannot be read is
+/// not ready until it has read the tenants' policies, and says so in `/metrics`: with a
+/// Temporal engine answering, that figure is the only one that shows why `/readyz` is 503
+/// (`ApprovalsNotReady` reads it).
+#[tokio::test]
+async fn an_instance_that_never_read_the_policies_says_so() {
+    let mut app = TestApp::spawn_durable().await;
+    app.redis.as_mut().expect("redis").stop();
+    let (late, stop_late) = app.second_instance().await;
+    let synced = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("approvals_policies_synced "))
+            .map(str::to_owned)
+    };
+    app.metrics_until(&late, Duration::from_secs(5), "not synced", |t| {
+        synced(t).as_deref() == Some("0")
+    })
+    .await;
+    let ready = app
+        .http
+        .get(format!("{late}/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+    app.redis.as_mut().expect("redis").restart().await;
+    app.metrics_until(&late, Duration::from_secs(15), "synced", |t| {
+        synced(t).as_deref() == Some("1")
+    })
+    .await;
+    stop_late.cancel();
+}
