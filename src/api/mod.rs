@@ -31,6 +31,33 @@ pub use problem::{ApiError, Problem};
 use crate::app::Approvals;
 use crate::auth::Authenticator;
 
+/// The longest `x-request-id` a caller may choose (a UUID is 36, a W3C trace id 32).
+const MAX_REQUEST_ID: usize = 128;
+
+/// A caller's `x-request-id` is kept (echoed and logged) only if it looks like an id: at most
+/// [`MAX_REQUEST_ID`] characters of letters, digits and `._:/+=-`. Anything else (16 KiB of
+/// text, spaces and quotes to forge log fields) is dropped, and one is made up in its place.
+async fn drop_unfit_request_id(mut request: Request) -> Request {
+    let fits = |value: &axum::http::HeaderValue| {
+        let bytes = value.as_bytes();
+        !bytes.is_empty()
+            && bytes.len() <= MAX_REQUEST_ID
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"._:/+=-".contains(b))
+    };
+    if request
+        .headers()
+        .get_all("x-request-id")
+        .iter()
+        .any(|value| !fits(value))
+        || request.headers().get_all("x-request-id").iter().count() > 1
+    {
+        request.headers_mut().remove("x-request-id");
+    }
+    request
+}
+
 /// What every handler can reach: one reference count per clone (axum clones the state for
 /// each extraction, several times per request).
 #[derive(Clone)]
@@ -314,6 +341,7 @@ pub fn router(state: AppState, ui: &crate::config::UiSettings) -> Router {
         // request, which a waiting long-poll holds for its whole wait.
         .layer(
             ServiceBuilder::new()
+                .layer(axum::middleware::map_request(drop_unfit_request_id))
                 .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
                 .layer(PropagateRequestIdLayer::new(request_id))
                 .layer(

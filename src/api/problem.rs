@@ -222,6 +222,12 @@ impl ApiError {
             Self::App(AppError::Internal(_)) | Self::Internal(_) => {
                 "internal error; the service log has the details".into()
             }
+            // Its cause names the install path and the OS error: the log's, not a tenant's.
+            Self::App(AppError::PolicySandboxUnavailable(_)) => {
+                "this instance cannot validate policy bundles now (it cannot start a policy \
+                 sandbox); retry later: the service log has the cause"
+                    .into()
+            }
             other => other.to_string(),
         }
     }

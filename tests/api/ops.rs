@@ -37,6 +37,25 @@ async fn health_and_readiness(h: Harness) {
         ready.headers().contains_key("x-request-id"),
         "every response carries a request id"
     );
+    // A caller's id is echoed (and logged) when it looks like one; 4 KiB of text, or one
+    // with spaces and quotes that would forge log fields, is replaced by a made-up id.
+    let with_id = |id: String| app.http.get(app.url("/readyz")).header("x-request-id", id);
+    let echoed = |response: reqwest::Response| {
+        response.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    let chosen = "trace-4bf92f3577b34da6a3ce929d0e0e4736".to_owned();
+    assert_eq!(
+        echoed(with_id(chosen.clone()).send().await.unwrap()),
+        chosen
+    );
+    for unfit in ["x".repeat(4096), "a\" tenant=\"other".to_owned()] {
+        let answered = echoed(with_id(unfit.clone()).send().await.unwrap());
+        assert_ne!(answered, unfit);
+        assert_eq!(answered.len(), 36, "a UUID in its place: {answered}");
+    }
 }
 
 async fn a_fresh_install_reports_its_backend_up(h: Harness) {
