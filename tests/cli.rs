@@ -501,6 +501,16 @@ async fn dev_prints_working_tokens_keeps_them_and_cleans_up_on_ctrl_c() {
         .unwrap();
     assert_eq!(accepted.status(), 200);
     let first_tokens = dev.tokens.clone();
+    // The inbox's session key is kept beside the tokens, random: one derived from the admin
+    // token could be computed from the digest every session cookie carries.
+    let kept = |data: &Path| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(data.join("demo-tokens.json")).unwrap())
+            .unwrap()
+    };
+    let secret = kept(&data)["session_secret"].as_str().unwrap().to_owned();
+    assert!(secret.len() >= 32, "{secret}");
+    let admin_digest = approvals::auth::digest_hex(&dev.tokens["ADMIN"]);
+    assert!(!secret.contains(&admin_digest), "{secret}");
     dev.stop().await;
     assert!(
         data.join("appendonlydir").exists(),
@@ -512,6 +522,11 @@ async fn dev_prints_working_tokens_keeps_them_and_cleans_up_on_ctrl_c() {
     assert_eq!(
         again.tokens, first_tokens,
         "the same tokens after a restart"
+    );
+    assert_eq!(
+        kept(&data)["session_secret"],
+        secret,
+        "inbox sessions outlive a restart"
     );
     assert!(
         again.banner.contains("kept from the last start"),

@@ -69,6 +69,20 @@ struct DemoTokens {
     agent: String,
     reviewer: String,
     admin: String,
+    /// Signs inbox sessions, kept so that they survive a restart of the demo. Random: derived
+    /// from the admin token, it could be computed from the token digest every session cookie
+    /// carries, and cookies for anyone minted with it. (A file from before it existed gets
+    /// one at its next start.)
+    #[serde(default = "random_secret")]
+    session_secret: String,
+}
+
+fn random_secret() -> String {
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
 }
 
 impl DemoTokens {
@@ -78,6 +92,7 @@ impl DemoTokens {
             agent: auth::mint(tenant, Role::Agent, "demo-agent").0,
             reviewer: auth::mint(tenant, Role::Reviewer, "demo-reviewer").0,
             admin: auth::mint(tenant, Role::Admin, "demo-admin").0,
+            session_secret: random_secret(),
         }
     }
 
@@ -92,7 +107,12 @@ impl DemoTokens {
     fn keep(&self, data_dir: &Path) -> std::io::Result<()> {
         let path = data_dir.join(TOKENS_FILE);
         let text = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;
-        std::fs::write(&path, text)?;
+        let mut file = std::fs::OpenOptions::new();
+        file.write(true).create(true).truncate(true);
+        // Created readable by its owner alone, not made so after the tokens are in it.
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut file, 0o600);
+        std::io::Write::write_all(&mut file.open(&path)?, text.as_bytes())?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -292,11 +312,8 @@ pub async fn run(args: DevArgs) -> ExitCode {
     settings.redis.url = format!("redis://127.0.0.1:{port}/0");
     settings.server.listen = args.listen;
     settings.policy.dir = policies.clone();
-    // Inbox sessions survive a restart of the demo: their key is derived from a kept token.
-    settings.ui.session_secret = Some(format!(
-        "approvals-dev-inbox:{}",
-        auth::digest_hex(&tokens.admin)
-    ));
+    // Inbox sessions survive a restart of the demo: their key is kept with the tokens.
+    settings.ui.session_secret = Some(tokens.session_secret.clone());
     if let Err(reason) = wait_for_redis(&settings.redis.url, &mut child).await {
         // Its own last words say why, e.g. a kept AOF it cannot load.
         let said = std::fs::read(&log).unwrap_or_default();
