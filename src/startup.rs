@@ -82,6 +82,8 @@ async fn sandbox(
 /// A bound, ready-to-serve application.
 pub struct Application {
     listener: TcpListener,
+    /// `server.metrics_listen`'s, when set.
+    metrics_listener: Option<TcpListener>,
     app: Arc<Approvals>,
     policies: Arc<TenantPolicies>,
     /// The decision log's shipping task, when a sink is configured, and what stops it: only
@@ -177,6 +179,7 @@ impl Application {
             auth: Arc::new(Authenticator::new(&settings.auth.tokens)),
             body_limit: settings.server.body_limit,
             bundle_limit: settings.policy.max_bundle_bytes,
+            metrics_elsewhere: settings.server.metrics_listen.is_some(),
             request_timeout: settings.server.request_timeout,
             access_log: settings.server.access_log,
             notifier: notifier.clone(),
@@ -189,8 +192,17 @@ impl Application {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| StartupError::Bind { addr, source })?;
+        let metrics_listener = match settings.server.metrics_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartupError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
         Ok(Self {
             listener,
+            metrics_listener,
             app,
             policies,
             shipping,
@@ -206,6 +218,11 @@ impl Application {
         self.listener.local_addr()
     }
 
+    /// Where `/metrics` is served, when `server.metrics_listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref()?.local_addr().ok()
+    }
+
     /// Serves until `shutdown` resolves, then stops taking connections, answers parked
     /// long-polls, and gives in-flight requests `server.shutdown_grace` to finish.
     pub async fn run_until(
@@ -214,6 +231,7 @@ impl Application {
     ) -> std::io::Result<()> {
         let Self {
             listener,
+            metrics_listener,
             app,
             policies,
             shipping,
@@ -241,6 +259,21 @@ impl Application {
                  and are not valid on other instances (set it, the same on every instance)"
             );
         }
+        // Served with the API's connection limits, through the drain (a scrape then still
+        // sees it), until the service stops.
+        let metrics_served = metrics_listener.map(|listener| {
+            let (router, server, stop) = (
+                api::metrics_router(state.clone()),
+                settings.server.clone(),
+                stop.clone(),
+            );
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "serving /metrics (server.metrics_listen)");
+            }
+            tokio::spawn(async move {
+                crate::server::serve(listener, router, &server, stop.cancelled_owned()).await;
+            })
+        });
         let app_handle = app.clone();
         let app = api::router(state, &settings.ui);
         let signalled = stop.clone();
@@ -281,6 +314,9 @@ impl Application {
             }
         };
         stop.cancel();
+        if let Some(metrics_served) = metrics_served {
+            let _ = metrics_served.await;
+        }
         let _ = figures.await;
         if let Some(mut notifications) = notifications {
             // Attempts in flight finish within their own timeout; past that (and a margin for

@@ -860,9 +860,26 @@ fn prometheus_reads_its_mounted_config_rules_and_scrapes_the_service() {
         .flat_map(|job| job["static_configs"].as_sequence().into_iter().flatten())
         .flat_map(|sc| strings(&sc["targets"]))
         .collect();
+    // The service, on the port its server.metrics_listen says: /metrics is not on the API's
+    // published port, which agents and reviewers reach.
+    let metrics_listen = environment(service(&doc, "approvals"))
+        .get("APPROVALS_SERVER__METRICS_LISTEN")
+        .cloned()
+        .expect("approvals: APPROVALS_SERVER__METRICS_LISTEN");
+    let metrics_port = metrics_listen.rsplit(':').next().unwrap();
+    let api_target = format!("approvals:{metrics_port}");
     assert!(
-        targets.iter().any(|t| t == "approvals:8080"),
-        "prometheus.yml must scrape the compose service at approvals:8080 (targets: {targets:?})"
+        targets.contains(&api_target),
+        "prometheus.yml must scrape the compose service at {api_target} (targets: {targets:?})"
+    );
+    let published_metrics = service(&doc, "approvals")["ports"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .any(|p| scalar(p).ends_with(&format!(":{metrics_port}")));
+    assert!(
+        !published_metrics,
+        "the metrics port stays inside the stack"
     );
     // The workers, on the port their worker.listen says (the expiry counts and the
     // missing-worker alert come from there).

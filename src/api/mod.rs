@@ -11,6 +11,8 @@ mod policy;
 mod problem;
 mod webhooks;
 
+pub(crate) use ops::metrics_router;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -85,6 +87,8 @@ pub struct Services {
     pub body_limit: usize,
     /// The largest policy bundle upload (`policy.max_bundle_bytes`).
     pub bundle_limit: usize,
+    /// `/metrics` is served on `server.metrics_listen`, not here.
+    pub metrics_elsewhere: bool,
     /// The longest a request but a long-poll may take.
     pub request_timeout: Duration,
     /// Log one INFO line per answered request (`server.access_log`).

@@ -27,10 +27,32 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Va
     ))
 }
 
-/// Prometheus text exposition.
+/// Prometheus text exposition; `404` here when `server.metrics_listen` serves it instead.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
-pub async fn metrics(State(state): State<AppState>) -> Response {
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain"),
+        (status = 404, description = "served on server.metrics_listen instead", body = super::Problem)))]
+pub async fn metrics(
+    State(state): State<AppState>,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    if state.metrics_elsewhere {
+        return no_route(State(state), uri, headers).await;
+    }
+    exposition(&state)
+}
+
+/// `/metrics` alone, for `server.metrics_listen`.
+pub fn metrics_router(state: AppState) -> axum::Router {
+    axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(|State(state): State<AppState>| async move { exposition(&state) }),
+        )
+        .with_state(state)
+}
+
+fn exposition(state: &AppState) -> Response {
     let body = state.app.render_metrics();
     (
         [(

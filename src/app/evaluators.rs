@@ -341,19 +341,41 @@ mod tests {
     /// ones wait their turn and are answered, where they used to find the queue full (500).
     #[tokio::test]
     async fn places_of_cancelled_callers_come_back_only_with_their_jobs() {
-        let evaluators = Evaluators::start(1).expect("threads");
+        let evaluators = Arc::new(Evaluators::start(1).expect("threads"));
         let tenant = TenantId::parse("t").expect("tenant");
         // Two tenants' jobs, as one holds at most half of the places: together they fill them.
         let other = TenantId::parse("u").expect("tenant");
-        // Slow for a large `n` (the load-time trial has none), so that the one thread is still
-        // on the first job when the rest arrive.
+        // Slow for a large `n` (the load-time trial has none).
         let slow = gate(
             "decision := {\"decision\": \"allow\", \"reasons\": [\"fine\"]} if { count([x | some x in numbers.range(1, input.n)]) > 0 }",
         );
         let quick = gate("decision := {\"decision\": \"allow\", \"reasons\": [\"fine\"]}");
-        for n in 0..QUEUED_PER_THREAD {
-            // Queued (a place taken, the job sent), then dropped before any answer.
-            let whose = if n % 2 == 0 { &tenant } else { &other };
+        // The one thread busy with a job whose caller waits, before the cancelled ones come:
+        // a thread free to take them at once passes them over and gives their places back,
+        // which is not what this test is about (and happened when the thread was slow to
+        // start the first of them on a loaded machine).
+        let running = {
+            let (evaluators, other, slow) = (evaluators.clone(), other.clone(), slow.clone());
+            tokio::spawn(async move {
+                evaluators
+                    .evaluate(&other, slow, None, json!({"n": 3_000_000}))
+                    .await
+            })
+        };
+        let taken = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while evaluators.places.available_permits() == QUEUED_PER_THREAD
+            || evaluators.queue.queued.load(Ordering::Relaxed) > 0
+        {
+            assert!(
+                std::time::Instant::now() < taken,
+                "the thread never took the job"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        for n in 1..QUEUED_PER_THREAD {
+            // Queued (a place taken, the job sent), then dropped before any answer: half of
+            // the places each tenant's, the running job among `other`'s.
+            let whose = if n % 2 == 0 { &other } else { &tenant };
             let cancelled = evaluators
                 .evaluate(whose, slow.clone(), None, json!({"n": 3_000_000}))
                 .now_or_never();
@@ -365,7 +387,7 @@ mod tests {
         assert_eq!(
             evaluators.places.available_permits(),
             0,
-            "the cancelled jobs hold every place"
+            "the running job and the cancelled ones hold every place"
         );
         let answers = futures::future::join_all(
             (0..QUEUED_PER_THREAD)
@@ -376,6 +398,11 @@ mod tests {
             let (verdict, _) = answer.expect("answered, not refused");
             assert_eq!(verdict.decision, PolicyDecision::Allow);
         }
+        let (verdict, _) = running
+            .await
+            .expect("joined")
+            .expect("the running job answered");
+        assert_eq!(verdict.decision, PolicyDecision::Allow);
     }
 
     /// A tenant that fills the queue with slow evaluations holds half of its places, and a
@@ -398,7 +425,9 @@ mod tests {
             let finished = finished.clone();
             busy_calls.push(tokio::spawn(async move {
                 let answer = evaluators
-                    .evaluate(&tenant, slow, None, json!({"n": 300_000}))
+                    // Long enough that the other tenant's job is pushed while the first of
+                    // these runs, even on a loaded machine.
+                    .evaluate(&tenant, slow, None, json!({"n": 1_000_000}))
                     .await;
                 finished
                     .lock()

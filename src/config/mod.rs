@@ -255,6 +255,10 @@ impl Default for DecisionLogSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct ServerSettings {
     pub listen: SocketAddr,
+    /// Where `/metrics` is served instead of `listen`, when set: it names every tenant and
+    /// what each does, which no agent or reviewer reaching the API should read. Unset, it is
+    /// served on `listen` (for a network only the platform reaches).
+    pub metrics_listen: Option<SocketAddr>,
     /// Largest accepted request body, in bytes.
     pub body_limit: usize,
     /// How long in-flight requests may take to finish after SIGTERM.
@@ -292,6 +296,7 @@ impl Default for ServerSettings {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            metrics_listen: None,
             body_limit: 65_536,
             shutdown_grace: Duration::from_secs(30),
             shutdown_delay: Duration::ZERO,
@@ -859,6 +864,12 @@ impl Settings {
             }
         }
         check_log_filter(&self.log.filter)?;
+        if self.server.metrics_listen == Some(self.server.listen) && self.server.listen.port() != 0
+        {
+            return Err(ConfigError::Invalid(
+                "server.metrics_listen: must differ from server.listen".into(),
+            ));
+        }
         // A Redis outage is answered 503 within its call deadline; a request deadline that
         // comes first answered 408 instead, which clients read as their own slowness.
         if self.redis.call_timeout >= self.server.request_timeout {

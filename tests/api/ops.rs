@@ -518,3 +518,38 @@ async fn the_openapi_document_states_the_configured_input_limits() {
         }
     }
 }
+
+/// With `server.metrics_listen` set, `/metrics` (every tenant's name and activity) is served
+/// there only: the API's port, which agents and reviewers reach, answers 404 for it.
+#[tokio::test]
+async fn metrics_move_to_their_own_listener_when_asked() {
+    let port = approvals_testkit::free_port();
+    let app = TestApp::spawn_with(|s| {
+        s.server.metrics_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    })
+    .await;
+    app.park("m-1").await;
+    let on_api = app.http.get(app.url("/metrics")).send().await.unwrap();
+    assert_problem(on_api, StatusCode::NOT_FOUND, "not_found").await;
+    let metrics_base = format!("http://127.0.0.1:{port}");
+    let tenant = format!("approvals_pending{{tenant=\"{}\"}} 1", app.tenant);
+    app.metrics_until(
+        &metrics_base,
+        Duration::from_secs(10),
+        "the pending figure",
+        |t| t.contains(&tenant),
+    )
+    .await;
+    // Nothing else is served there.
+    let other = app
+        .http
+        .get(format!(
+            "{metrics_base}/v1/tenants/{}/approvals",
+            app.tenant
+        ))
+        .bearer_auth(&app.tokens.reviewer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), StatusCode::NOT_FOUND);
+}
