@@ -38,6 +38,7 @@ const RUNBOOK: &str = "docs/runbook.md";
 /// Alerts on inputs only a dual soak or a Temporal-backed service exports.
 const ENGINE_ALERTS: &[&str] = &[
     "ApprovalsDualDisagreements",
+    "ApprovalsDualSecondaryDown",
     "ApprovalsTemporalWorkerMissing",
     "ApprovalsTemporalWorkerMissingDuringSoak",
 ];
