@@ -1,7 +1,8 @@
 //! Signed-out sessions stay signed out: sign-out clears the browser's cookie, and this
 //! remembers the session until it would have expired, so a copy of the cookie taken before
-//! is refused too. In Redis when it is among the engines (every instance sees it), else per
-//! instance. A session is named by a digest of its CSRF token, random per sign-in.
+//! is refused too. In Redis when it is among the engines (every instance sees it), and always
+//! on the instance that signed it out (so that one refuses the copy while Redis cannot be
+//! asked). A session is named by a digest of its CSRF token, random per sign-in.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Mutex, PoisonError};
@@ -27,7 +28,7 @@ const CLOCK_SKEW_MARGIN: std::time::Duration = std::time::Duration::from_secs(30
 
 pub struct SignOuts {
     store: Option<Store>,
-    /// Without Redis: the signed-out sessions.
+    /// The sessions this instance signed out (without Redis: all of them).
     local: Mutex<Local>,
 }
 
@@ -112,17 +113,18 @@ impl SignOuts {
     #[must_use]
     pub async fn sign_out(&self, session: &Session) -> bool {
         let now = Timestamp::now();
+        let here = self
+            .local
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remember(
+                name(session),
+                session.expires,
+                &session.principal.subject,
+                now,
+            );
         let Some(store) = &self.store else {
-            return self
-                .local
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remember(
-                    name(session),
-                    session.expires,
-                    &session.principal.subject,
-                    now,
-                );
+            return here;
         };
         if let Err(error) = store
             .sign_out(
@@ -138,13 +140,20 @@ impl SignOuts {
         true
     }
 
-    /// Whether `session` was signed out. When Redis cannot answer, the session is accepted
-    /// and a warning logged: an outage of the store does not sign every reviewer out.
+    /// Whether `session` was signed out. When Redis cannot answer, a session this instance
+    /// did not sign out is accepted and a warning logged: an outage of the store does not
+    /// sign every reviewer out.
     pub async fn signed_out(&self, session: &Session) -> bool {
-        let Some(store) = &self.store else {
+        let here = {
             let local = self.local.lock().unwrap_or_else(PoisonError::into_inner);
-            return local.by_name.contains_key(&name(session));
+            local.by_name.contains_key(&name(session))
         };
+        let Some(store) = &self.store else {
+            return here;
+        };
+        if here {
+            return true;
+        }
         store
             .signed_out(&name(session))
             .await
@@ -207,6 +216,25 @@ mod tests {
         let late = session("late", 0);
         assert!(!sign_outs.sign_out(&late).await);
         assert!(!sign_outs.signed_out(&late).await);
+    }
+
+    /// The instance that signed a session out refuses a copy of its cookie while Redis
+    /// cannot be asked (it took every copy then, the check failing open); another instance
+    /// still accepts it then, so that an outage signs no one out.
+    #[tokio::test]
+    async fn the_instance_that_signed_out_refuses_the_cookie_while_redis_is_down() {
+        let mut redis = approvals_testkit::RedisServer::start().await;
+        let url = redis.url();
+        let connect = || Store::connect(&url, std::time::Duration::from_secs(1));
+        let here = SignOuts::new(Some(connect().await.unwrap()));
+        let elsewhere = SignOuts::new(Some(connect().await.unwrap()));
+        let signed_out = session("alice", 1);
+        assert!(here.sign_out(&signed_out).await);
+        assert!(elsewhere.signed_out(&signed_out).await);
+        redis.stop();
+        assert!(here.signed_out(&signed_out).await);
+        assert!(!elsewhere.signed_out(&signed_out).await);
+        assert!(!here.signed_out(&session("bob", 1)).await);
     }
 
     /// In Redis a sign-out outlives the session's expiry by the clock-skew margin: an
