@@ -558,6 +558,29 @@ async fn the_agent_filter_finds_a_rare_agents_approvals_among_many() {
     assert!(!page.contains("/ui/approvals/busy-"), "{page}");
 }
 
+/// The agent filter reads the list in the API's largest pages, not in the inbox's: each call
+/// is a walk of the tenant's workflows on Temporal, and a rare agent's page cost twenty of
+/// them. Counted here as Redis list reads: 600 of another agent's come first.
+#[tokio::test]
+async fn the_agent_filter_reads_the_list_in_few_large_pages() {
+    let app = TestApp::spawn().await;
+    for n in 0..602 {
+        let (id, agent) = if n < 600 {
+            (format!("busy-{n}"), "agent-busy")
+        } else {
+            (format!("rare-{n}"), "agent-rare")
+        };
+        app.park_for_agent(&id, agent).await;
+    }
+    let browser = Browser::signed_in(&app, &app.tokens.reviewer).await;
+    let before = app.redis().calls("zrangebylex").await;
+    let page = browser.page("/ui/approvals?agent=agent-rare").await;
+    let reads = app.redis().calls("zrangebylex").await - before;
+    assert!(page.contains("/ui/approvals/rare-601\""), "{page}");
+    // Two list calls of 500 (seven of 100 before); a background read may add one.
+    assert!(reads <= 3, "{reads} list reads for one inbox page");
+}
+
 /// The inbox's live stream closes when its session ends, however long streams may otherwise
 /// last: a tab left open does not go on receiving the tenant's events, and reconnecting is
 /// refused.
