@@ -9,8 +9,8 @@
 # docker compose passes FEATURES from APPROVALS_FEATURES (README, "Temporal backend").
 #
 # The runtime image holds the binary, the default policy bundle (/opt/approvals/policies) and
-# curl for the health check. Configuration: `approvals serve --config FILE` (or APPROVALS_CONFIG)
-# plus APPROVALS_<SECTION>__<KEY> variables (README.md, "Configuration"); tokens belong in the
+# curl for operators (the health check is the binary's own). Configuration: APPROVALS_CONFIG
+# (or `approvals serve --config FILE`) plus APPROVALS_<SECTION>__<KEY> variables (README.md, "Configuration"); tokens belong in the
 # mounted config file, never in the image.
 
 # ---- build ---------------------------------------------------------------------------------
@@ -42,9 +42,9 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 # Same Debian release as the builder (glibc), pinned by point release.
 FROM debian:12.11-slim AS runtime
 
-# curl: for HEALTHCHECK (and compose's healthcheck) against /readyz; ca-certificates: for curl
-# and other tools run in the container (the service carries its own roots; its Redis client
-# speaks no TLS).
+# curl: for operators in the container (the runbook reads /metrics with it); ca-certificates:
+# for curl and other tools run in the container (the service carries its own roots; its Redis
+# client speaks no TLS).
 RUN set -eux; \
     apt-get update; \
     apt-get install -y --no-install-recommends ca-certificates curl; \
@@ -67,9 +67,12 @@ ENV APPROVALS_SERVER__LISTEN=0.0.0.0:8080 \
 USER 10001:10001
 EXPOSE 8080
 
-# Ready means: the HTTP API answers and the backend (Redis) is reachable.
-HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
-    CMD ["curl", "-fsS", "-o", "/dev/null", "http://127.0.0.1:8080/readyz"]
+# Ready means: the HTTP API answers and the backend (Redis) is reachable. `approvals
+# healthcheck` asks /readyz where the configuration says the service listens (server.listen,
+# from APPROVALS_CONFIG's file and the environment; `--worker`: worker.listen). Give the
+# config file as APPROVALS_CONFIG rather than `--config` so that the probe reads it too.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["approvals", "healthcheck"]
 
 ENTRYPOINT ["/usr/local/bin/approvals"]
 CMD ["serve"]

@@ -837,3 +837,56 @@ async fn the_access_log_is_off_unless_asked_for() {
         assert_eq!(log.contains("answered"), access_log, "{log}");
     }
 }
+
+/// `approvals healthcheck` asks `/readyz` where the configuration (the file, then the
+/// environment) says the service listens, on loopback for an unspecified address as in a
+/// container: 0 while ready; 1 naming the answer once Redis is gone, or saying nothing answered;
+/// 2 for a configuration it cannot read. The image's probe was curl on a fixed port 8080.
+#[tokio::test]
+async fn healthcheck_probes_the_configured_listen_address() {
+    let mut redis = RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write(
+        dir.path(),
+        "config.toml",
+        &serve_config(port, &redis, "agent-token-1", "", ""),
+    );
+    let anywhere = format!("0.0.0.0:{port}");
+    let mut command = approvals(&["serve", "--config", &config]);
+    command
+        .env("RUST_LOG", "info")
+        .env("APPROVALS_SERVER__LISTEN", &anywhere);
+    let mut service = Process::spawn(command);
+    service.wait_for_line("serving", Duration::from_secs(20));
+    let probe = |listen: &str| {
+        approvals(&["healthcheck", "--config", &config])
+            .env("APPROVALS_SERVER__LISTEN", listen)
+            .output()
+            .expect("healthcheck runs")
+    };
+    let ready = probe(&anywhere);
+    assert!(ready.status.success(), "{ready:?}");
+
+    let nothing_there = probe(&format!("127.0.0.1:{}", free_port()));
+    assert_eq!(nothing_there.status.code(), Some(1), "{nothing_there:?}");
+    assert!(
+        String::from_utf8_lossy(&nothing_there.stderr).contains("no answer"),
+        "{nothing_there:?}"
+    );
+
+    redis.stop();
+    let not_ready = probe(&anywhere);
+    assert_eq!(not_ready.status.code(), Some(1), "{not_ready:?}");
+    let said = String::from_utf8_lossy(&not_ready.stderr).into_owned();
+    assert!(
+        said.contains("503") && said.contains("backend_unavailable"),
+        "{said}"
+    );
+
+    let unreadable = write(dir.path(), "bad.toml", "[server]\nlisten = 1\n");
+    let refused = approvals(&["healthcheck", "--config", &unreadable])
+        .output()
+        .expect("healthcheck runs");
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+}

@@ -782,6 +782,14 @@ fn the_example_config_and_env_load_with_the_stacks_environment() {
             dockerfile.contains(&format!("COPY policies/ {policies}/")),
             "{name}: policy.dir {policies} is where the Dockerfile puts the bundle"
         );
+        // The probe reads the configuration the process runs with, so it asks /readyz where
+        // that listens (server.listen; the worker's worker.listen).
+        let health = strings(&service["healthcheck"]["test"]).join(" ");
+        let probe = match name {
+            "approvals" => format!("CMD approvals healthcheck --config {config}"),
+            _ => format!("CMD approvals healthcheck --worker --config {config}"),
+        };
+        assert_eq!(health, probe, "{name}: the healthcheck");
         if name == "approvals" {
             let port = settings.server.listen.port();
             let published = service["ports"]
@@ -790,11 +798,6 @@ fn the_example_config_and_env_load_with_the_stacks_environment() {
                 .flatten()
                 .any(|p| scalar(p).ends_with(&format!(":{port}")));
             assert!(published, "{name}: the listen port {port} is published");
-            let health = strings(&service["healthcheck"]["test"]).join(" ");
-            assert!(
-                health.contains(&format!(":{port}/readyz")),
-                "{name}: the healthcheck asks /readyz on {port}: {health}"
-            );
             assert!(dockerfile.contains(&format!("EXPOSE {port}")));
         }
     }

@@ -1,6 +1,8 @@
-//! The `approvals` command line: `serve`, `worker`, `migrate`, `token new`, `dev`, `policy`.
+//! The `approvals` command line: `serve`, `worker`, `healthcheck`, `migrate`, `token new`,
+//! `dev`, `policy`.
 
 mod dev;
+mod healthcheck;
 mod migrate;
 mod policy;
 
@@ -43,6 +45,9 @@ enum Command {
         #[arg(long, env = CONFIG_VAR)]
         config: Option<PathBuf>,
     },
+    /// Exit 0 when this instance's `/readyz` (where the configuration says it listens)
+    /// answers 200: a container HEALTHCHECK that follows `server.listen` or `worker.listen`.
+    Healthcheck(healthcheck::HealthcheckArgs),
     /// Copy every approval from one engine to the other (`--from redis --to temporal`, or
     /// back for a rollback), then reconcile both sides and report every difference by id.
     Migrate(migrate::MigrateArgs),
@@ -107,6 +112,7 @@ impl Cli {
                         json,
                     },
             } => token_new(&tenant, role, &subject, json),
+            Command::Healthcheck(args) => healthcheck::run(args).await,
             Command::Migrate(args) => migrate::run(args).await,
             Command::Dev(args) => dev::run(args).await,
             Command::Policy { command } => policy::run(command).await,

@@ -1,0 +1,96 @@
+//! `approvals healthcheck`: asks this instance's own `/readyz`, where its configuration says it
+//! listens, and exits 0 when ready. For a container's HEALTHCHECK: a probe fixed to port 8080
+//! (curl in the image) was wrong for the worker image and for any moved `server.listen`.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::EXIT_CONFIG;
+use crate::config::{Settings, CONFIG_VAR};
+
+#[derive(Debug, Args)]
+pub struct HealthcheckArgs {
+    /// TOML configuration file (the one the probed process runs with).
+    #[arg(long, env = CONFIG_VAR)]
+    config: Option<PathBuf>,
+    /// Probe `approvals worker` (on `worker.listen`) instead of `approvals serve`.
+    #[arg(long)]
+    worker: bool,
+    /// How long the probe may take.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
+/// 0 when `/readyz` answers 200; 1 when it answers otherwise or not at all (the answer's code,
+/// or the error, on standard error); 2 for a configuration that cannot be read.
+pub async fn run(args: HealthcheckArgs) -> ExitCode {
+    let settings = match Settings::load(args.config.as_deref()) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("approvals: {}", crate::app::chain(&error));
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let listen = if args.worker {
+        settings.worker.listen
+    } else {
+        settings.server.listen
+    };
+    let url = format!("http://{}/readyz", reachable(listen));
+    let client = match reqwest::Client::builder()
+        .timeout(args.timeout)
+        .no_proxy()
+        .build()
+    {
+        Ok(client) => client,
+        Err(error) => {
+            eprintln!("approvals: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match client.get(&url).send().await {
+        Ok(response) if response.status().is_success() => ExitCode::SUCCESS,
+        Ok(response) => {
+            let status = response.status();
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            let code = body["code"].as_str().unwrap_or("-");
+            eprintln!("approvals: {url}: not ready: {status} {code}");
+            ExitCode::FAILURE
+        }
+        Err(error) => {
+            eprintln!("approvals: {url}: no answer: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Where to reach a listener from the same host: an unspecified address (`0.0.0.0`, `::`)
+/// listens on loopback too.
+fn reachable(listen: SocketAddr) -> SocketAddr {
+    match listen.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), listen.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), listen.port())
+        }
+        _ => listen,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unspecified_address_is_probed_on_loopback() {
+        let probe = |listen: &str| reachable(listen.parse().unwrap()).to_string();
+        assert_eq!(probe("0.0.0.0:8080"), "127.0.0.1:8080");
+        assert_eq!(probe("[::]:8081"), "[::1]:8081");
+        assert_eq!(probe("10.1.2.3:9000"), "10.1.2.3:9000");
+    }
+}
