@@ -16,6 +16,7 @@ mod limits;
 mod live;
 mod policy_admin;
 mod recent_ids;
+mod refusals;
 mod review;
 mod submit;
 mod tenant_policies;
@@ -51,6 +52,8 @@ pub struct Approvals {
     /// Tenants with an upload waiting for its turn or being validated on this instance: one
     /// each, so that one tenant's burst of uploads cannot fill the queue ahead of the others.
     uploading: Arc<std::sync::Mutex<std::collections::HashSet<TenantId>>>,
+    /// Bundles refused lately: the same upload again is answered at once.
+    refusals: Arc<refusals::RecentRefusals>,
     settings: ApprovalSettings,
     limits: InputLimits,
     /// Where policy evaluations run: threads of their own, never the request workers.
@@ -88,6 +91,7 @@ impl Approvals {
             policies,
             uploads: Arc::new(tokio::sync::Semaphore::new(1)),
             uploading: Arc::default(),
+            refusals: Arc::default(),
             settings,
             limits,
             evaluators,

@@ -96,6 +96,10 @@ impl Approvals {
                 text: f.text.clone(),
             })
             .collect();
+        let content = super::refusals::content_of(&policy_files);
+        if let Some(errors) = self.refusals.of(tenant, &content) {
+            return Err(AppError::PolicyInvalid(errors));
+        }
         let _slot = UploadSlot::take(&self.uploading, tenant)
             .ok_or_else(|| AppError::UploadInProgress(tenant.clone()))?;
         let origin = format!("upload to tenant {tenant}");
@@ -111,12 +115,19 @@ impl Approvals {
             .await
             .map_err(|e| AppError::Internal(e.into()))?;
         let sandbox = self.policies.sandbox();
-        let (version, tests) = tokio::task::spawn_blocking(move || {
+        let validated = tokio::task::spawn_blocking(move || {
             let _turn = turn;
             validate(&policy_files, &origin, budget, sandbox.as_deref())
         })
         .await
-        .map_err(|e| AppError::Internal(e.into()))??;
+        .map_err(|e| AppError::Internal(e.into()))?;
+        let (version, tests) = match validated {
+            Err(AppError::PolicyInvalid(errors)) => {
+                self.refusals.remember(tenant, content, errors.clone());
+                return Err(AppError::PolicyInvalid(errors));
+            }
+            other => other?,
+        };
         let bundle = StoredBundle {
             version,
             files,

@@ -1103,6 +1103,44 @@ async fn an_upload_cut_off_by_the_request_deadline_is_still_stored() {
     );
 }
 
+/// An upload refused after the request's deadline (its tests outlast it, then fail) is not
+/// lost: the same bundle sent again is told why at once. It was validated anew every time,
+/// answered 408 every time, and `policy push` told its team to retry for ever.
+#[tokio::test]
+async fn a_refusal_found_after_the_request_deadline_answers_the_retry() {
+    let app = TestApp::spawn_with(|s| {
+        s.server.request_timeout = Duration::from_millis(300);
+        s.redis.call_timeout = Duration::from_millis(200);
+    })
+    .await;
+    let mut bundle = reads_allowed();
+    let text = bundle["files"][1]["text"].as_str().unwrap().to_owned();
+    bundle["files"][1]["text"] = json!(format!(
+        "{text}\ntest_takes_a_while_then_fails if {{\n\tcount([x | some x in numbers.range(1, 400000)]) == 0\n}}\n"
+    ));
+    let response = post_bundle(&app, &app.tokens.admin, bundle.clone()).await;
+    assert_problem(response, StatusCode::REQUEST_TIMEOUT, "request_timeout").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let refused = loop {
+        let response = post_bundle(&app, &app.tokens.admin, bundle.clone()).await;
+        match response.status() {
+            // The first one is still being validated.
+            StatusCode::TOO_MANY_REQUESTS => {
+                assert!(Instant::now() < deadline, "the validation never ended");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            _ => break response,
+        }
+    };
+    let problem = assert_problem(refused, StatusCode::UNPROCESSABLE_ENTITY, "policy_invalid").await;
+    assert!(
+        problem["errors"]
+            .to_string()
+            .contains("test_takes_a_while_then_fails"),
+        "{problem}"
+    );
+}
+
 /// An instance that can no longer start a sandbox child (its binary removed in an upgrade, a
 /// process limit) answers an upload `503 policy_sandbox_unavailable`: the bundle
 /// was not judged. It answered `422 policy_invalid` (and `policy push` exit 1, "fix the
