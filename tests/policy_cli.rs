@@ -204,6 +204,43 @@ fn a_bundle_the_service_would_refuse_fails_its_test_run() {
     }
 }
 
+/// Nor does it pass what the service refuses in an upload's shape: a file name with a space
+/// (or a letter outside ASCII), or a body past the default size. It passed them, and
+/// `policy push` was then refused (400, 413).
+#[test]
+fn a_bundle_of_a_shape_the_service_refuses_fails_its_test_run() {
+    let policy = "package approvals\nimport rego.v1\ndecision := {\"decision\": \"allow\", \"reasons\": [\"ok\"]}\n";
+    let passing = "package approvals_test\nimport rego.v1\ntest_one if { 1 == 1 }\n";
+    // Each file under regorus' own limit of 1 MiB a file; together past the upload's.
+    let big = format!("package padding\n# {}\n", "x".repeat(400_000));
+    for (files, named) in [
+        (
+            vec![("my rule.rego", policy), ("policy_test.rego", passing)],
+            "\"my rule.rego\" is not a relative path",
+        ),
+        (
+            vec![
+                ("policy.rego", policy),
+                ("policy_test.rego", passing),
+                ("padding_a.rego", big.as_str()),
+                ("padding_b.rego", big.as_str()),
+                ("padding_c.rego", big.as_str()),
+            ],
+            "past the default policy.max_bundle_bytes",
+        ),
+    ] {
+        let dir = bundle(&files);
+        let output = approvals(&["policy", "test", dir.path().to_str().unwrap()]);
+        let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
+        assert_eq!(output.status.code(), Some(1), "{stdout}{stderr}");
+        assert!(stdout.contains("1 passed, 0 failed"), "{stdout}");
+        assert!(
+            stderr.contains("the service would refuse this bundle") && stderr.contains(named),
+            "{stderr}"
+        );
+    }
+}
+
 #[test]
 fn a_bundle_that_does_not_compile_exits_2_naming_the_file() {
     let dir = bundle(&[

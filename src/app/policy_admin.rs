@@ -21,8 +21,7 @@ use crate::policy::sandbox::{Sandbox, ValidationStopped};
 use crate::policy::testing::{validate_bundle, TestReport};
 use crate::policy::PolicyFile;
 
-/// Files one bundle may hold.
-pub const MAX_BUNDLE_FILES: usize = 200;
+pub use crate::policy::MAX_BUNDLE_FILES;
 /// Versions kept in a tenant's rollback history.
 const HISTORY: usize = 50;
 /// Compare-and-set attempts before answering `policy_changed`.
@@ -470,39 +469,10 @@ fn validate(
     validated.map_err(AppError::PolicyInvalid)
 }
 
-/// Paths are what the version is computed over and what messages name: relative, '/'-
-/// separated, `.rego`, unique.
+/// The upload's paths, as `approvals policy test` checks them too.
 fn check_files(files: &[BundleFile]) -> Result<(), AppError> {
-    let invalid = |m: String| Err(AppError::InvalidContent(m));
-    if files.is_empty() {
-        return invalid("files: a bundle needs at least one .rego file".into());
-    }
-    if files.len() > MAX_BUNDLE_FILES {
-        return invalid(format!("files: at most {MAX_BUNDLE_FILES} per bundle"));
-    }
-    let mut seen = std::collections::HashSet::new();
-    for file in files {
-        let path = &file.path;
-        let well_formed = path.ends_with(".rego")
-            && path.len() <= 256
-            && !path.starts_with('/')
-            && path.split('/').all(|part| {
-                !part.is_empty() && part != "." && part != ".." && !part.starts_with('.')
-            })
-            && path
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '_' | '-' | '.'));
-        if !well_formed {
-            return invalid(format!(
-                "files: {path:?} is not a relative path of a .rego file \
-                 (letters, digits, '_', '-', '.', '/'; no hidden or '..' parts)"
-            ));
-        }
-        if !seen.insert(path.as_str()) {
-            return invalid(format!("files: {path:?} appears twice"));
-        }
-    }
-    Ok(())
+    crate::policy::check_upload_paths(files.iter().map(|f| f.path.as_str()))
+        .map_err(AppError::InvalidContent)
 }
 
 /// A version is what uploads name bundles by: `sha256:` and 64 lowercase hex digits. Anything

@@ -113,9 +113,7 @@ async fn push(args: &PushArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let body = serde_json::json!({"files": files.iter()
-        .map(|f| serde_json::json!({"path": f.relative, "text": f.text}))
-        .collect::<Vec<_>>()});
+    let body = upload_body(&files);
     let base = format!(
         "{}/v1/tenants/{}/policy",
         args.url.trim_end_matches('/'),
@@ -261,7 +259,8 @@ fn test(args: &TestArgs) -> ExitCode {
     }
     // What the service checks at upload besides the tests: a pipeline that passes here must
     // not be refused by `policy push`.
-    let refusals = upload_checks(&gate);
+    let mut refusals = upload_checks(&gate);
+    refusals.extend(upload_shape(&args.dir));
     for refusal in &refusals {
         eprintln!("approvals: the service would refuse this bundle: {refusal}");
     }
@@ -270,6 +269,36 @@ fn test(args: &TestArgs) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// What the service refuses in an upload's shape: its paths and number of files, and a body
+/// past the default `policy.max_bundle_bytes` (an operator may have raised it).
+fn upload_shape(dir: &Path) -> Vec<String> {
+    let Ok(files) = crate::policy::collect_rego_files(dir) else {
+        return Vec::new();
+    };
+    let mut refusals: Vec<String> =
+        crate::policy::check_upload_paths(files.iter().map(|f| f.relative.as_str()))
+            .err()
+            .into_iter()
+            .collect();
+    let body = upload_body(&files);
+    let limit = crate::config::PolicySettings::default().max_bundle_bytes;
+    let size = body.to_string().len();
+    if size > limit {
+        refusals.push(format!(
+            "the upload is {size} bytes, past the default policy.max_bundle_bytes ({limit}): \
+             the service answers 413 unless its operator raised it"
+        ));
+    }
+    refusals
+}
+
+/// The body `policy push` sends.
+fn upload_body(files: &[crate::policy::PolicyFile]) -> serde_json::Value {
+    serde_json::json!({"files": files.iter()
+        .map(|f| serde_json::json!({"path": f.relative, "text": f.text}))
+        .collect::<Vec<_>>()})
 }
 
 /// One line per test, then the summary. A multi-line error (regorus quotes the source) is

@@ -77,6 +77,43 @@ pub fn collect_rego_files(dir: &Path) -> Result<Vec<PolicyFile>, PolicyError> {
     Ok(files)
 }
 
+/// Files a bundle may hold at most (what an upload is refused past).
+pub const MAX_BUNDLE_FILES: usize = 200;
+
+/// What an upload's paths must be: what the version is computed over and what messages name:
+/// relative, '/'-separated, `.rego`, unique. `approvals policy test` checks the same, so that
+/// a bundle it passes is not refused by `policy push`.
+pub fn check_upload_paths<'a>(paths: impl ExactSizeIterator<Item = &'a str>) -> Result<(), String> {
+    if paths.len() == 0 {
+        return Err("files: a bundle needs at least one .rego file".into());
+    }
+    if paths.len() > MAX_BUNDLE_FILES {
+        return Err(format!("files: at most {MAX_BUNDLE_FILES} per bundle"));
+    }
+    let mut seen = HashSet::new();
+    for path in paths {
+        let well_formed = path.ends_with(".rego")
+            && path.len() <= 256
+            && !path.starts_with('/')
+            && path.split('/').all(|part| {
+                !part.is_empty() && part != "." && part != ".." && !part.starts_with('.')
+            })
+            && path
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '_' | '-' | '.'));
+        if !well_formed {
+            return Err(format!(
+                "files: {path:?} is not a relative path of a .rego file \
+                 (letters, digits, '_', '-', '.', '/'; no hidden or '..' parts)"
+            ));
+        }
+        if !seen.insert(path) {
+            return Err(format!("files: {path:?} appears twice"));
+        }
+    }
+    Ok(())
+}
+
 /// The NUL separators keep (path, content) boundaries unambiguous, so moving text from one
 /// file into another, or renaming a file, always changes the version.
 pub fn bundle_version(files: &[PolicyFile]) -> String {

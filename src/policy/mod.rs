@@ -11,7 +11,9 @@ pub mod sandbox;
 pub mod testing;
 mod verdict;
 
-pub use bundle::{bundle_version, collect_rego_files, PolicyFile};
+pub use bundle::{
+    bundle_version, check_upload_paths, collect_rego_files, PolicyFile, MAX_BUNDLE_FILES,
+};
 
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
