@@ -22,9 +22,43 @@ use serde::{Deserialize, Serialize};
 use super::testing::{validate_bundle, TestReport};
 use super::{PolicyFile, PolicyGate, PolicyVerdict, EVAL_TIME_LIMIT};
 
-/// Compiled bundles a child keeps; past it, it forgets them all (the parent sends the files
-/// again when it meets a version the child dropped).
+/// Compiled bundles a child keeps; past it, it forgets the one used longest ago (the parent
+/// sends the files again when it meets a version the child dropped). It forgot them all at
+/// once: with more versions in use than this, most evaluations recompiled their bundle.
 const VERSIONS_KEPT: usize = 64;
+
+/// A child's compiled bundles by version, each with when it was last used.
+#[derive(Default)]
+struct Gates {
+    by_version: HashMap<String, (PolicyGate, u64)>,
+    uses: u64,
+}
+
+impl Gates {
+    fn insert(&mut self, version: String, gate: PolicyGate) {
+        if self.by_version.len() >= VERSIONS_KEPT && !self.by_version.contains_key(&version) {
+            let oldest = self
+                .by_version
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(version, _)| version.clone());
+            if let Some(oldest) = oldest {
+                self.by_version.remove(&oldest);
+            }
+        }
+        self.uses += 1;
+        self.by_version.insert(version, (gate, self.uses));
+    }
+
+    fn get_mut(&mut self, version: &str) -> Option<&mut PolicyGate> {
+        self.uses += 1;
+        let uses = self.uses;
+        self.by_version.get_mut(version).map(|(gate, used)| {
+            *used = uses;
+            gate
+        })
+    }
+}
 
 /// Where children come from and what they may use.
 #[derive(Debug)]
@@ -299,7 +333,7 @@ pub fn serve(memory_limit: u64) -> ExitCode {
     }
     // Its end by abort is expected: no core file of up to the memory limit, each time.
     let _ = setrlimit(Resource::RLIMIT_CORE, 0, 0);
-    let mut gates: HashMap<String, PolicyGate> = HashMap::new();
+    let mut gates = Gates::default();
     let mut out = BufWriter::new(std::io::stdout().lock());
     for line in std::io::stdin().lock().lines() {
         let Ok(line) = line else { break };
@@ -319,7 +353,7 @@ pub fn serve(memory_limit: u64) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn answer(gates: &mut HashMap<String, PolicyGate>, request: Request) -> Reply {
+fn answer(gates: &mut Gates, request: Request) -> Reply {
     let (version, budget, files, input) = match request {
         Request::Evaluate {
             version,
@@ -332,13 +366,12 @@ fn answer(gates: &mut HashMap<String, PolicyGate>, request: Request) -> Reply {
         }
     };
     if let Some(files) = files {
-        match PolicyGate::from_files(&files, "tenant bundle (sandbox)") {
-            Ok(gate) => {
-                if gates.len() >= VERSIONS_KEPT {
-                    gates.clear();
-                }
-                gates.insert(version.to_string(), gate);
-            }
+        // Untried: the load-time trial ran when the bundle was uploaded. Run again here it
+        // cost up to a second of the evaluation's deadline at every compile, and a bundle
+        // whose decision on an empty input fails only now (`time.now_ns`) made every submit
+        // of its tenant fail closed, though the inputs it is asked about evaluate fine.
+        match PolicyGate::from_files_untried(&files, "tenant bundle (sandbox)") {
+            Ok(gate) => gates.insert(version.to_string(), gate),
             Err(error) => return Reply::Unloadable(error.to_string()),
         }
     }
@@ -356,4 +389,33 @@ fn answer(gates: &mut HashMap<String, PolicyGate>, request: Request) -> Reply {
 pub(crate) struct Isolation {
     pub(crate) sandbox: Arc<Sandbox>,
     pub(crate) files: Arc<[PolicyFile]>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gate(n: usize) -> PolicyGate {
+        let file = PolicyFile {
+            relative: "p.rego".into(),
+            text: format!("package approvals\nimport rego.v1\nn := {n}\n"),
+        };
+        PolicyGate::from_files_untried(&[file], "test").expect("compiles")
+    }
+
+    /// A child full of versions forgets the one used longest ago, not all of them: with more
+    /// versions in use than it keeps, most evaluations recompiled their bundle.
+    #[test]
+    fn a_full_child_forgets_the_version_used_longest_ago() {
+        let mut gates = Gates::default();
+        for n in 0..VERSIONS_KEPT {
+            gates.insert(format!("v{n}"), gate(n));
+        }
+        assert!(gates.get_mut("v0").is_some());
+        gates.insert("new".into(), gate(VERSIONS_KEPT));
+        assert_eq!(gates.by_version.len(), VERSIONS_KEPT);
+        assert!(gates.get_mut("v0").is_some(), "used lately: kept");
+        assert!(gates.get_mut("v1").is_none(), "used longest ago: forgotten");
+        assert!(gates.get_mut("v2").is_some() && gates.get_mut("new").is_some());
+    }
 }

@@ -1141,6 +1141,56 @@ async fn a_refusal_found_after_the_request_deadline_answers_the_retry() {
     );
 }
 
+/// The load-time trial (the decision on an empty input) runs at upload, not again when a
+/// sandbox child compiles the stored bundle: a bundle whose trial fails only from some time on
+/// (`time.now_ns`) made every submit of its tenant fail closed from then, though the inputs it
+/// is asked about evaluate fine.
+#[tokio::test]
+async fn a_bundle_is_not_tried_again_each_time_a_sandbox_compiles_it() {
+    let app = TestApp::spawn().await;
+    let from = chrono::Utc::now().timestamp_nanos_opt().unwrap() + 2_000_000_000;
+    let text = format!(
+        r#"package approvals
+import rego.v1
+
+default decision := {{"decision": "require_approval", "reasons": ["anything else waits"]}}
+
+decision := {{"decision": "allow", "reasons": ["a read"]}} if input.action.type == "document_read"
+
+# Two values at once, an evaluation error, for an empty input only, and only from two
+# seconds after the upload.
+decision := {{"decision": "allow", "reasons": ["one"]}} if {{
+	not input.action
+	time.now_ns() > {from}
+}}
+
+decision := {{"decision": "deny", "reasons": ["another"]}} if {{
+	not input.action
+	time.now_ns() > {from}
+}}
+"#
+    );
+    let version = upload(
+        &app,
+        json!({"files": [{"path": "approvals.rego", "text": text}]}),
+    )
+    .await;
+    activate(&app, &version).await;
+    while chrono::Utc::now().timestamp_nanos_opt().unwrap() <= from {
+        // The bundle's own clock is what the test is about: past `from`, the trial fails.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let answer = app
+        .submit(
+            "read-later",
+            json!({"type": "document_read", "resource": "a"}),
+        )
+        .await;
+    assert_eq!(answer.status(), StatusCode::OK);
+    let answer: Value = answer.json().await.unwrap();
+    assert_eq!(answer["decision"], "allow", "{answer}");
+}
+
 /// An instance that can no longer start a sandbox child (its binary removed in an upgrade, a
 /// process limit) answers an upload `503 policy_sandbox_unavailable`: the bundle
 /// was not judged. It answered `422 policy_invalid` (and `policy push` exit 1, "fix the
