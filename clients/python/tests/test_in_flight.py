@@ -25,7 +25,15 @@ async def test_a_call_beyond_the_streams_of_one_connection_times_out(
     async_clients: tuple[AsyncApprovalsClient, AsyncApprovalsClient], tenant: Tenant
 ) -> None:
     agent, reviewer = async_clients
-    http = httpx.AsyncClient(http1=False, http2=True)
+    sent = 0
+
+    async def count(_request: httpx.Request) -> None:
+        nonlocal sent
+        sent += 1
+
+    # Counted as they go out on this connection: the service's count of long-polls also holds
+    # other tests' that have not timed out yet, and read 100 before all of these were sent.
+    http = httpx.AsyncClient(http1=False, http2=True, event_hooks={"request": [count]})
     async with agent, reviewer, http:
         approval = (await agent.submit(SENSITIVE_READ, request_id="full-async")).approval
         assert approval is not None
@@ -40,7 +48,7 @@ async def test_a_call_beyond_the_streams_of_one_connection_times_out(
                 tg.start_soon(wait)
             try:
                 with anyio.fail_after(20):
-                    while await waiting_in(agent.base_url) < STREAMS:
+                    while sent < STREAMS or await waiting_in(agent.base_url) < STREAMS:
                         await anyio.sleep(0.05)
                 started = time.monotonic()
                 # Without a bound of the client's own, this call waits for a stream forever.
@@ -57,7 +65,9 @@ async def test_a_call_beyond_the_streams_of_one_connection_times_out(
 def test_the_sync_client_bounds_its_calls_in_flight_too(
     agent: ApprovalsClient, reviewer: ApprovalsClient, tenant: Tenant
 ) -> None:
-    http = httpx.Client(http1=False, http2=True)
+    sent = []
+    # Counted as they go out on this connection (see the async test).
+    http = httpx.Client(http1=False, http2=True, event_hooks={"request": [sent.append]})
     with http:
         approval = agent.submit(SENSITIVE_READ, request_id="full-sync").approval
         assert approval is not None
@@ -76,7 +86,7 @@ def test_the_sync_client_bounds_its_calls_in_flight_too(
 
         try:
             deadline = time.monotonic() + 20
-            while anyio.run(waiting_in, agent.base_url) < STREAMS:
+            while len(sent) < STREAMS or anyio.run(waiting_in, agent.base_url) < STREAMS:
                 assert time.monotonic() < deadline, "the waits never reached the service"
                 time.sleep(0.05)
             started = time.monotonic()
