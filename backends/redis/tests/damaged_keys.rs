@@ -218,3 +218,55 @@ async fn a_decided_record_adopted_over_a_pending_one_never_expires_later() {
     let after = backend.get(&tenant, &id("req-1")).await.expect("get");
     assert_eq!(after.map(|a| a.status), None, "gone with its retention");
 }
+
+/// A pending shadow brought back beside a record settled since (a restore of those keys from
+/// before the decision) goes when the sweeper meets the settled record: left, it outlived
+/// the record, and reads then called the decided approval expired.
+#[tokio::test]
+async fn a_pending_shadow_beside_a_settled_record_goes_at_the_next_sweep() {
+    let server = RedisServer::start().await;
+    let backend = backend(&server);
+    let mut conn = server.connection().await;
+    let tenant = fresh_tenant("restored");
+    backend
+        .submit(pending(&tenant, "req-1", HOUR))
+        .await
+        .expect("submit");
+    let shadow = format!("approvals:shadow:{tenant}:req-1");
+    let pending_copy: String = conn.get(&shadow).await.expect("shadow");
+    let deadlines: Vec<(String, f64)> = conn
+        .zrange_withscores("approvals:deadlines", 0, -1)
+        .await
+        .expect("deadlines");
+    let accept =
+        approvals_core::DecisionRequest::now(approvals_core::Verdict::Accept, "alice", None);
+    backend
+        .decide(&tenant, &id("req-1"), accept)
+        .await
+        .expect("decide");
+    // The restore.
+    let _: () = conn
+        .set_ex(&shadow, &pending_copy, 7200)
+        .await
+        .expect("shadow back");
+    for (member, score) in &deadlines {
+        let _: () = conn
+            .zadd("approvals:deadlines", member, *score)
+            .await
+            .expect("deadline back");
+    }
+
+    let expired = backend
+        .expire_due(Timestamp::now().plus(HOUR * 2))
+        .await
+        .expect("sweep");
+    assert!(expired.is_empty(), "{expired:?}");
+    // The decided record reaches its retention.
+    let _: () = conn.del(record_key(&tenant, "req-1")).await.expect("del");
+    let after = backend.get(&tenant, &id("req-1")).await.expect("get");
+    assert_eq!(
+        after.map(|a| a.status),
+        None,
+        "no expiry read from the shadow"
+    );
+}

@@ -32,8 +32,12 @@ if readable and index_member(rec) ~= ARGV[12] then
 end
 if readable and rec['status'] ~= 'pending' then
   -- Settled here, or decided by the ADR v1 service and adopted: then the pending entry and
-  -- its share of the sum are still there, and go now.
+  -- its share of the sum are still there, and go now. So does a pending shadow left beside a
+  -- record settled by something else (the v1 service, a restore): once that record lapsed,
+  -- reads would find the shadow and call the approval expired, and a decision would record a
+  -- second ending.
   unlist()
+  if redis.call('GET', KEYS[1]) == raw then redis.call('DEL', KEYS[9]) end
   return false
 end
 if readable and tonumber(ARGV[1]) < rec['expires_ms'] then return false end
