@@ -270,3 +270,43 @@ async fn a_pending_shadow_beside_a_settled_record_goes_at_the_next_sweep() {
         "no expiry read from the shadow"
     );
 }
+
+/// An index, deadline or tenants key replaced by a string refuses the submit or the decision
+/// whole, before its first write: Redis refused the ZADD after the record and its audit event
+/// were written, which left an approval with no deadline (it never expired) or a decision the
+/// reviewer was told had failed, already recorded.
+#[tokio::test]
+async fn a_damaged_index_refuses_the_write_before_any_of_it_is_made() {
+    let server = RedisServer::start().await;
+    let backend = backend(&server);
+    let mut conn = server.connection().await;
+
+    let tenant = fresh_tenant("index-broken");
+    let index = format!("approvals:index:{tenant}:pending");
+    let _: () = conn.set(&index, "not a sorted set").await.expect("set");
+    let refused = backend.submit(pending(&tenant, "req-1", HOUR)).await;
+    assert!(refused.is_err(), "refused: {refused:?}");
+    let record: Option<String> = conn.get(record_key(&tenant, "req-1")).await.expect("get");
+    assert_eq!(
+        record, None,
+        "no record without its index entry and deadline"
+    );
+    let events: usize = conn.xlen(audit_key(&tenant)).await.expect("xlen");
+    assert_eq!(events, 0, "no submit event");
+
+    let deciding = fresh_tenant("deadlines-broken");
+    backend
+        .submit(pending(&deciding, "req-1", HOUR))
+        .await
+        .expect("submit");
+    let accepted = format!("approvals:index:{deciding}:accepted");
+    let _: () = conn.set(&accepted, "not a sorted set").await.expect("set");
+    let accept =
+        approvals_core::DecisionRequest::now(approvals_core::Verdict::Accept, "alice", None);
+    let refused = backend.decide(&deciding, &id("req-1"), accept).await;
+    assert!(refused.is_err(), "refused: {refused:?}");
+    let still = backend.get(&deciding, &id("req-1")).await.expect("get");
+    assert_eq!(still.map(|a| a.status), Some(Status::Pending));
+    let events: usize = conn.xlen(audit_key(&deciding)).await.expect("xlen");
+    assert_eq!(events, 1, "the submit's event only");
+}

@@ -31,6 +31,9 @@ if pending then
     return redis.error_reply('pending sum full for tenant ' .. ARGV[9])
   end
 end
+-- (The sums' hash was read above: a key of another type refused that read.)
+local refused = wrong_type({KEYS[2], 'zset', pending and KEYS[3] or KEYS[4], 'zset', KEYS[5], 'set'})
+if refused then return refused end
 -- First: the one write left that can fail (a stream someone replaced with another type).
 redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[12], '*', 'e', ARGV[11])
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])

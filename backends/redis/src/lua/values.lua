@@ -15,3 +15,17 @@ local function valid_px(ms)
   ms = tonumber(ms)
   return ms ~= nil and ms >= 1 and ms <= 1e15
 end
+
+-- An error naming the first of `keys` (pairs of key and the type its writes need) that holds
+-- another type, else nil. Checked before a script's first write: a ZADD or SADD refused after
+-- the record and its audit event were written left an approval with no deadline (it never
+-- expired) or a decision the reviewer was told had failed.
+local function wrong_type(keys)
+  for i = 1, #keys, 2 do
+    local held = redis.call('TYPE', keys[i]).ok
+    if held ~= 'none' and held ~= keys[i + 1] then
+      return redis.error_reply('WRONGTYPE ' .. keys[i] .. ' holds a ' .. held .. ', not a ' .. keys[i + 1])
+    end
+  end
+  return nil
+end
