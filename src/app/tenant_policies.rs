@@ -44,6 +44,9 @@ struct Loaded {
     /// Whether `gates` are all the state names: `false` after a failed load (the gates kept are
     /// an older generation's, or lack the candidate), so the next poll tries again.
     complete: bool,
+    /// The generation whose load failed, and why: the next poll tries again, and logs and
+    /// counts only a failure that is not this one (4 a second per tenant and instance before).
+    failed: Option<(u64, String)>,
 }
 
 /// How long a bundle that does not compile here is not tried again.
@@ -215,6 +218,7 @@ impl TenantPolicies {
                         generation: previous.map_or(0, |l| l.generation),
                         gates: previous.and_then(|l| l.gates.clone()),
                         complete: false,
+                        failed: previous.and_then(|l| l.failed.clone()),
                     };
                     next.insert(tenant, kept);
                     continue;
@@ -227,16 +231,42 @@ impl TenantPolicies {
                 continue;
             }
             changed = true;
+            // Said before for this generation: the retry is quiet until something changes.
+            let said_before = |reason: &str| {
+                previous
+                    .and_then(|l| l.failed.as_ref())
+                    .is_some_and(|(generation, said)| {
+                        *generation == state.generation && said == reason
+                    })
+            };
             match self.build(store.as_ref(), &tenant, &state).await {
-                Ok((gates, complete)) => {
-                    tracing::info!(
-                        %tenant, generation = state.generation,
-                        active = gates.active.version(),
-                        candidate = gates.candidate.as_ref().map(|c| c.version()),
-                        "tenant policy loaded"
-                    );
-                    metrics::counter!("approvals_policy_reloads_total", "outcome" => "loaded")
-                        .increment(1);
+                Ok((gates, candidate_failure)) => {
+                    let failed = match candidate_failure {
+                        None => None,
+                        Some((version, error)) => {
+                            let reason = format!("candidate {version}: {error}");
+                            if !said_before(&reason) {
+                                tracing::error!(%tenant, candidate = %version, %error,
+                                    "candidate policy not loaded; the active one is served without it");
+                                metrics::counter!("approvals_policy_reloads_total", "outcome" => "failed")
+                                    .increment(1);
+                            }
+                            Some((state.generation, reason))
+                        }
+                    };
+                    if previous
+                        .is_none_or(|l| l.generation != state.generation || l.gates.is_none())
+                        || failed.is_none()
+                    {
+                        tracing::info!(
+                            %tenant, generation = state.generation,
+                            active = gates.active.version(),
+                            candidate = gates.candidate.as_ref().map(|c| c.version()),
+                            "tenant policy loaded"
+                        );
+                        metrics::counter!("approvals_policy_reloads_total", "outcome" => "loaded")
+                            .increment(1);
+                    }
                     let gates = Some(Arc::new(gates));
                     let generation = state.generation;
                     next.insert(
@@ -244,19 +274,23 @@ impl TenantPolicies {
                         Loaded {
                             generation,
                             gates,
-                            complete,
+                            complete: failed.is_none(),
+                            failed,
                         },
                     );
                 }
                 Err(error) => {
-                    tracing::error!(%tenant, generation = state.generation, %error,
-                        "tenant policy not loaded; keeping the one in use (none: its submits answer 503)");
-                    metrics::counter!("approvals_policy_reloads_total", "outcome" => "failed")
-                        .increment(1);
+                    if !said_before(&error) {
+                        tracing::error!(%tenant, generation = state.generation, %error,
+                            "tenant policy not loaded; keeping the one in use (none: its submits answer 503)");
+                        metrics::counter!("approvals_policy_reloads_total", "outcome" => "failed")
+                            .increment(1);
+                    }
                     let kept = Loaded {
                         generation: previous.map_or(0, |l| l.generation),
                         gates: previous.and_then(|l| l.gates.clone()),
                         complete: false,
+                        failed: Some((state.generation, error)),
                     };
                     next.insert(tenant, kept);
                 }
@@ -274,32 +308,26 @@ impl TenantPolicies {
         store: &dyn PolicyStore,
         tenant: &TenantId,
         state: &PolicyState,
-    ) -> Result<(Gates, bool), String> {
+    ) -> Result<(Gates, Option<(String, String)>), String> {
         let active = match &state.active {
             Some(version) => self.compiled(store, tenant, version).await?,
             None => self.default.active.clone(),
         };
         // A trial never decides, so one that cannot be loaded must not keep the active bundle
         // (or a later activation) out: left out, and tried again on the next poll.
-        let (candidate, complete) = match &state.candidate {
+        let (candidate, candidate_failure) = match &state.candidate {
             Some(version) => match self.compiled(store, tenant, version).await {
-                Ok(gate) => (Some(gate), true),
-                Err(error) => {
-                    tracing::error!(%tenant, candidate = %version, %error,
-                        "candidate policy not loaded; the active one is served without it");
-                    metrics::counter!("approvals_policy_reloads_total", "outcome" => "failed")
-                        .increment(1);
-                    (None, false)
-                }
+                Ok(gate) => (Some(gate), None),
+                Err(error) => (None, Some((version.clone(), error))),
             },
-            None => (None, true),
+            None => (None, None),
         };
         let gates = Gates {
             active,
             candidate,
             own: state.active.is_some(),
         };
-        Ok((gates, complete))
+        Ok((gates, candidate_failure))
     }
 
     /// `version` of `tenant`'s bundles, compiled (from the cache when it was before).
@@ -641,6 +669,48 @@ mod tests {
             .cached(&(tenant.clone(), versions[1].clone()))
             .is_some());
         assert!(policies.cached(&(tenant, versions[0].clone())).is_none());
+    }
+
+    /// A bundle that does not load is logged and counted once per generation and reason, not
+    /// at every poll (4 a second per tenant and instance, for as long as it stays).
+    #[tokio::test]
+    async fn a_bundle_that_does_not_load_is_counted_once_not_at_every_poll() {
+        let redis = RedisServer::start().await;
+        let settings = RedisSettings::new(redis.url());
+        let store = Arc::new(RedisBackend::connect(settings, Lifetimes::default()).unwrap());
+        let tenant = TenantId::parse("broken-bundle").unwrap();
+        let broken = StoredBundle {
+            version: format!("sha256:{}", "b".repeat(64)),
+            files: vec![approvals_core::BundleFile {
+                path: "p.rego".into(),
+                text: "package approvals\nthis is not rego\n".into(),
+            }],
+            uploaded_by: "test".into(),
+            uploaded_at: approvals_core::Timestamp::now(),
+        };
+        store.put_bundle(&tenant, &broken, 100).await.unwrap();
+        activate(&store, &tenant, &broken.version).await;
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let counts = recorder.handle();
+        let _local = metrics::set_default_local_recorder(&recorder);
+        let policies = TenantPolicies::new(default_gate(), Some(store.clone()), 0);
+        for _ in 0..5 {
+            policies.sync().await.unwrap();
+        }
+        let failed = |text: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("approvals_policy_reloads_total{outcome=\"failed\"} "))
+                .map(str::to_owned)
+        };
+        assert_eq!(failed(&counts.render()).as_deref(), Some("1"));
+        assert!(matches!(
+            policies.gates(&tenant),
+            Err(AppError::PolicyNotLoaded)
+        ));
+        // A new generation failing again is news.
+        bump(&store, &tenant).await;
+        policies.sync().await.unwrap();
+        assert_eq!(failed(&counts.render()).as_deref(), Some("2"));
     }
 
     #[tokio::test]
