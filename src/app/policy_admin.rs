@@ -22,6 +22,8 @@ use crate::policy::testing::{validate_bundle, TestReport};
 use crate::policy::PolicyFile;
 
 pub use crate::policy::MAX_BUNDLE_FILES;
+/// How long a policy change waits for this instance to load it before answering.
+const RELOAD_AFTER_A_CHANGE: std::time::Duration = std::time::Duration::from_secs(3);
 /// Versions kept in a tenant's rollback history.
 const HISTORY: usize = 50;
 /// Compare-and-set attempts before answering `policy_changed`.
@@ -395,9 +397,17 @@ impl Approvals {
                     "policy changed, but its audit event was not recorded");
             }
             // The next poll would do it within `policy.reload_interval`; the caller should not
-            // have to wait for it on the instance that answered.
-            if let Err(error) = self.policies.sync().await {
-                tracing::warn!(error = %super::chain(&error), "policy reload after a change failed");
+            // have to wait for it on the instance that answered. Not for long: the change is
+            // made, and a sync queued behind a poll compiling other tenants' large bundles
+            // answered 408 for it (a retried rollback then rolled back twice); past this, the
+            // answer says it is not loaded here yet and the poll loads it.
+            match tokio::time::timeout(RELOAD_AFTER_A_CHANGE, self.policies.sync()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::warn!(error = %super::chain(&error), "policy reload after a change failed");
+                }
+                Err(_) => tracing::info!(%tenant,
+                    "policy reload after a change still running; answered before it"),
             }
             return Ok(next);
         }
