@@ -81,3 +81,39 @@ async fn an_idle_reload_poll_does_not_read_every_state_and_a_change_is_seen_at_o
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+/// A state written by hand (or by another version: other spacing, key order or fields) can
+/// still be changed: the compare-and-set looks at its generation, not its bytes. It compared
+/// bytes, and every change of that tenant was refused as "moved" for good. A change made
+/// meanwhile (a new generation) is still refused.
+#[tokio::test]
+async fn a_state_written_by_hand_can_still_be_changed() {
+    let server = RedisServer::start().await;
+    let backend = RedisBackend::connect(RedisSettings::new(server.url()), Lifetimes::default())
+        .expect("backend");
+    let mut conn = server.connection().await;
+    let tenant = fresh_tenant("hand-edited");
+    let by_hand = "{\n  \"history\": [],\n  \"generation\": 4\n}";
+    let _: () = conn
+        .hset("policy:states", tenant.as_str(), by_hand)
+        .await
+        .expect("hset");
+    let read = backend.state(&tenant).await.expect("state");
+    assert_eq!(read.generation, 4);
+    let next = changed(&read);
+    assert_eq!(
+        backend
+            .swap_state(&tenant, &read, &next)
+            .await
+            .expect("swap"),
+        Swap::Done
+    );
+    // Another change from the same, now old, state: the generation moved.
+    assert_eq!(
+        backend
+            .swap_state(&tenant, &read, &changed(&read))
+            .await
+            .expect("swap"),
+        Swap::Moved
+    );
+}
