@@ -260,12 +260,13 @@ impl Application {
             );
         }
         // Served with the API's connection limits, through the drain (a scrape then still
-        // sees it), until the service stops.
+        // sees it), until the API has stopped.
+        let metrics_stop = CancellationToken::new();
         let metrics_served = metrics_listener.map(|listener| {
             let (router, server, stop) = (
                 api::metrics_router(state.clone()),
                 settings.server.clone(),
-                stop.clone(),
+                metrics_stop.clone(),
             );
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(%addr, "serving /metrics (server.metrics_listen)");
@@ -314,8 +315,10 @@ impl Application {
             }
         };
         stop.cancel();
+        metrics_stop.cancel();
         if let Some(metrics_served) = metrics_served {
-            let _ = metrics_served.await;
+            // A scrape finishes at once; a connection that does not is not waited for long.
+            let _ = tokio::time::timeout(grace, metrics_served).await;
         }
         let _ = figures.await;
         if let Some(mut notifications) = notifications {

@@ -502,7 +502,8 @@ async fn a_record_past_one_engines_retention_is_no_disagreement() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_decision_the_secondary_expired_meanwhile_is_counted_as_lost() {
     let app = DualApp::spawn(EngineKind::Redis, |settings| {
-        settings.approvals.default_ttl = Duration::from_secs(3);
+        // Room for the park, a fresh engine's connect and the decision on a loaded machine.
+        settings.approvals.default_ttl = Duration::from_secs(10);
         set_secondary_timeout(settings, Duration::from_secs(2));
     })
     .await;

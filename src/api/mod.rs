@@ -39,7 +39,7 @@ const MAX_REQUEST_ID: usize = 128;
 /// A caller's `x-request-id` is kept (echoed and logged) only if it looks like an id: at most
 /// [`MAX_REQUEST_ID`] characters of letters, digits and `._:/+=-`. Anything else (16 KiB of
 /// text, spaces and quotes to forge log fields) is dropped, and one is made up in its place.
-async fn drop_unfit_request_id(mut request: Request) -> Request {
+fn drop_unfit_request_id(mut request: Request) -> Request {
     let fits = |value: &axum::http::HeaderValue| {
         let bytes = value.as_bytes();
         !bytes.is_empty()
@@ -345,7 +345,8 @@ pub fn router(state: AppState, ui: &crate::config::UiSettings) -> Router {
         // request, which a waiting long-poll holds for its whole wait.
         .layer(
             ServiceBuilder::new()
-                .layer(axum::middleware::map_request(drop_unfit_request_id))
+                // tower's, not axum's middleware: no boxed future per request.
+                .map_request(drop_unfit_request_id)
                 .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
                 .layer(PropagateRequestIdLayer::new(request_id))
                 .layer(

@@ -22,6 +22,8 @@ use crate::policy::testing::{validate_bundle, TestReport};
 use crate::policy::PolicyFile;
 
 pub use crate::policy::MAX_BUNDLE_FILES;
+/// How a refusal whose validation was stopped (its deadline, the child's memory) begins.
+const VALIDATION_STOPPED: &str = "the bundle's validation stopped";
 /// How long a policy change waits for this instance to load it before answering.
 const RELOAD_AFTER_A_CHANGE: std::time::Duration = std::time::Duration::from_secs(3);
 /// Versions kept in a tenant's rollback history.
@@ -124,7 +126,11 @@ impl Approvals {
         .map_err(|e| AppError::Internal(e.into()))?;
         let (version, tests) = match validated {
             Err(AppError::PolicyInvalid(errors)) => {
-                self.refusals.remember(tenant, content, errors.clone());
+                // Not a validation stopped by its deadline or the child's memory: a busy
+                // instance may have caused it, and a retry should be judged afresh.
+                if !errors.iter().any(|e| e.starts_with(VALIDATION_STOPPED)) {
+                    self.refusals.remember(tenant, content, errors.clone());
+                }
                 return Err(AppError::PolicyInvalid(errors));
             }
             other => other?,
@@ -470,9 +476,9 @@ fn validate(
                     tracing::error!(%why, "no policy sandbox for a bundle's validation");
                     AppError::PolicySandboxUnavailable(why)
                 }
-                ValidationStopped::ByTheBundle(why) => AppError::PolicyInvalid(vec![format!(
-                    "the bundle's validation stopped ({why})"
-                )]),
+                ValidationStopped::ByTheBundle(why) => {
+                    AppError::PolicyInvalid(vec![format!("{VALIDATION_STOPPED} ({why})")])
+                }
             })?,
         None => validate_bundle(files, origin, budget),
     };

@@ -44,10 +44,15 @@ struct Loaded {
     /// Whether `gates` are all the state names: `false` after a failed load (the gates kept are
     /// an older generation's, or lack the candidate), so the next poll tries again.
     complete: bool,
-    /// The generation whose load failed, and why: the next poll tries again, and logs and
-    /// counts only a failure that is not this one (4 a second per tenant and instance before).
-    failed: Option<(u64, String)>,
+    /// The generation whose load failed, why, and when that was last logged and counted: the
+    /// next poll tries again, and logs and counts only a failure that is not this one, or this
+    /// one again every [`SAY_AGAIN_AFTER`] (4 a second per tenant and instance before; never
+    /// again, and the hourly alert on the count cleared while the tenant still had no policy).
+    failed: Option<(u64, String, std::time::Instant)>,
 }
+
+/// How often a load that keeps failing the same way is logged and counted again.
+const SAY_AGAIN_AFTER: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// How long a bundle that does not compile here is not tried again.
 const RETRY_FAILED_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
@@ -231,13 +236,18 @@ impl TenantPolicies {
                 continue;
             }
             changed = true;
-            // Said before for this generation: the retry is quiet until something changes.
-            let said_before = |reason: &str| {
+            // Said lately for this generation: the retry is quiet until something changes, or
+            // until it is time to say it again (keeping its count, and the alert, alive). When
+            // it was said, for the failure kept.
+            let said = |reason: &str| {
                 previous
                     .and_then(|l| l.failed.as_ref())
-                    .is_some_and(|(generation, said)| {
-                        *generation == state.generation && said == reason
+                    .filter(|(generation, said, at)| {
+                        *generation == state.generation
+                            && said == reason
+                            && at.elapsed() < SAY_AGAIN_AFTER
                     })
+                    .map(|(_, _, at)| *at)
             };
             match self.build(store.as_ref(), &tenant, &state).await {
                 Ok((gates, candidate_failure)) => {
@@ -245,13 +255,14 @@ impl TenantPolicies {
                         None => None,
                         Some((version, error)) => {
                             let reason = format!("candidate {version}: {error}");
-                            if !said_before(&reason) {
+                            let at = said(&reason).unwrap_or_else(|| {
                                 tracing::error!(%tenant, candidate = %version, %error,
                                     "candidate policy not loaded; the active one is served without it");
                                 metrics::counter!("approvals_policy_reloads_total", "outcome" => "failed")
                                     .increment(1);
-                            }
-                            Some((state.generation, reason))
+                                std::time::Instant::now()
+                            });
+                            Some((state.generation, reason, at))
                         }
                     };
                     if previous
@@ -280,17 +291,18 @@ impl TenantPolicies {
                     );
                 }
                 Err(error) => {
-                    if !said_before(&error) {
+                    let at = said(&error).unwrap_or_else(|| {
                         tracing::error!(%tenant, generation = state.generation, %error,
                             "tenant policy not loaded; keeping the one in use (none: its submits answer 503)");
                         metrics::counter!("approvals_policy_reloads_total", "outcome" => "failed")
                             .increment(1);
-                    }
+                        std::time::Instant::now()
+                    });
                     let kept = Loaded {
                         generation: previous.map_or(0, |l| l.generation),
                         gates: previous.and_then(|l| l.gates.clone()),
                         complete: false,
-                        failed: Some((state.generation, error)),
+                        failed: Some((state.generation, error, at)),
                     };
                     next.insert(tenant, kept);
                 }

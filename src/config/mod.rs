@@ -605,7 +605,7 @@ fn utf8_env() -> Result<Vec<(String, String)>, ConfigError> {
 }
 
 /// The shortest `temporal.call_timeout` a decision can be sent within (see `validate`).
-const MIN_TEMPORAL_CALL_TIMEOUT: Duration = Duration::from_secs(1);
+const MIN_TEMPORAL_CALL_TIMEOUT: Duration = Duration::from_millis(625);
 
 impl Settings {
     /// Whether tenants' own policy bundles are kept (in Redis: the approvals engine, a dual
@@ -900,11 +900,13 @@ impl Settings {
                 "temporal.call_timeout: must be shorter than server.request_timeout".into(),
             ));
         }
-        // A decision's update is sent only with at least 500 ms left once a fifth of the call
-        // deadline is kept for the read that follows a timeout: below 625 ms no decision was
-        // ever sent, and every accept and reject on Temporal answered 503. A derived deadline
-        // (half of a short `server.request_timeout`) is refused too, naming both keys.
-        if !matches!(self.backend, BackendChoice::Redis)
+        // A decision's update needs at least 500 ms once a fifth of the call deadline is kept
+        // for the read that follows a timeout: below 625 ms no decision was sent, and every
+        // accept and reject on Temporal answered 503 (the first attempt is always sent now, but
+        // within too little time to land). A derived deadline (half of a short
+        // `server.request_timeout`) is refused too, naming both keys. A dual soak's Temporal
+        // secondary is bounded by `backend.secondary_timeout` instead.
+        if self.backend.answering() == EngineKind::Temporal
             && self.temporal.call_timeout < MIN_TEMPORAL_CALL_TIMEOUT
         {
             return Err(ConfigError::Invalid(format!(

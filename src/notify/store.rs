@@ -154,10 +154,20 @@ fn dead_key(tenant: &str) -> String {
 /// without bound in the Redis every tenant shares, and every tenant's sender would pass over
 /// them. Per webhook, so that one silent receiver does not take its tenant's other webhooks'
 /// room. Entries older than any delivery lives (before `ARGV[5]`) are dropped first, so a count
-/// that drifted mends itself.
+/// that drifted mends itself, and a full queue first drops up to 200 of its oldest entries
+/// already settled (left by an earlier version during a rolling upgrade).
 const ENQUEUE: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[5])
+if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[6]) then
+  -- Full: first drop the oldest entries already settled (sent, dead, gone), which an instance
+  -- of an earlier version left here when it settled them from the tenant's old set.
+  local prefix = string.sub(KEYS[1], 1, #KEYS[1] - #ARGV[3])
+  for _, id in ipairs(redis.call('ZRANGE', KEYS[3], 0, 199)) do
+    local held = redis.call('GET', prefix .. id)
+    if not held or held == 'sent' or held == 'dead' then redis.call('ZREM', KEYS[3], id) end
+  end
+end
 local refused = nil
 if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[6]) then
   refused = ARGV[7]
@@ -992,6 +1002,45 @@ mod tests {
         );
         let waiting: u64 = conn.zcard(queued_key("acme", "wh-1")).await.unwrap();
         assert_eq!(waiting, 2);
+    }
+
+    /// Deliveries an instance of an earlier version settled stay in the webhook's queue (it
+    /// took them out of the tenant's old one only): a full queue drops those before it turns
+    /// a new delivery away, or a healthy webhook's were dead letters for up to a week.
+    #[tokio::test]
+    async fn a_full_queue_first_drops_deliveries_settled_elsewhere() {
+        let redis = RedisServer::start().await;
+        let store = Store::connect(&redis.url(), Duration::from_secs(2))
+            .await
+            .unwrap();
+        let delivery = |id: &str| queued(&format!("acme:wh-1:{id}"));
+        for id in ["e-1", "e-2"] {
+            assert_eq!(
+                store.enqueue(&delivery(id), TWO_PER_WEBHOOK).await.unwrap(),
+                Enqueued::Queued
+            );
+        }
+        // Sent by an old instance: marked, and left in the webhook's queue.
+        let mut conn = redis.connection().await;
+        let _: () = conn
+            .set(delivery_key("acme:wh-1:e-1"), "sent")
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .enqueue(&delivery("e-3"), TWO_PER_WEBHOOK)
+                .await
+                .unwrap(),
+            Enqueued::Queued
+        );
+        assert_eq!(
+            store
+                .enqueue(&delivery("e-4"), TWO_PER_WEBHOOK)
+                .await
+                .unwrap(),
+            Enqueued::Full,
+            "still two waiting"
+        );
     }
 
     fn webhook(id: &str) -> Webhook {

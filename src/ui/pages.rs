@@ -450,16 +450,18 @@ pub async fn inbox(
 
 /// Rows on one inbox page.
 const PAGE_ROWS: usize = 100;
-/// With an agent filter, the list is read this many rows a call (the API's largest page)...
+/// With an agent filter, the list is read a page of rows first, then this many rows a call
+/// (the API's largest page)...
 const FILTER_PAGE_ROWS: usize = 500;
-/// ...and at most this many calls for one inbox page: 2,000 rows, so a rare agent cannot make
-/// one page read the whole tenant. Few large calls, not many small ones: on Temporal every
-/// call walks all the tenant's matching workflows (20 calls of 100 were 20 such walks).
+/// ...at most this many more calls for one inbox page: 2,100 rows, so a rare agent cannot
+/// make one page read the whole tenant. Few large calls, not many small ones: on Temporal
+/// every call walks all the tenant's matching workflows (20 calls of 100 were 20 such walks).
+/// The first is small, so a frequent agent's page holds 100 rows, not 500.
 const FILTER_PAGES: usize = 4;
 
 /// One inbox page of `status`: the list's next page, or with an agent filter as many of the
-/// list's pages as it takes to fill one (at most [`FILTER_PAGES`] of [`FILTER_PAGE_ROWS`]),
-/// and where the next page starts.
+/// list's pages as it takes to fill one (after the first, at most [`FILTER_PAGES`] of
+/// [`FILTER_PAGE_ROWS`]), and where the next page starts.
 async fn rows_for(
     state: &UiState,
     session: &Session,
@@ -468,10 +470,10 @@ async fn rows_for(
     mut cursor: Option<String>,
 ) -> Result<(Vec<Approval>, Option<String>), AppError> {
     let mut rows = Vec::new();
-    for _ in 0..FILTER_PAGES {
+    for call in 0..=FILTER_PAGES {
         let list = ListQuery {
             status: Some(status),
-            limit: Some(if agent.is_empty() {
+            limit: Some(if call == 0 {
                 PAGE_ROWS
             } else {
                 FILTER_PAGE_ROWS

@@ -82,9 +82,6 @@ impl Local {
             .unwrap_or_default();
         stale.iter().for_each(|name| self.forget(name));
         if self.by_name.len() >= MAX_REMEMBERED {
-            tracing::warn!(%subject, max = MAX_REMEMBERED,
-                "sign-out not recorded (too many unexpired ones on this instance): a copy \
-                 of the cookie stays valid until it expires");
             return false;
         }
         self.by_subject
@@ -124,6 +121,11 @@ impl SignOuts {
                 now,
             );
         let Some(store) = &self.store else {
+            if !here {
+                tracing::warn!(subject = %session.principal.subject, max = MAX_REMEMBERED,
+                    "sign-out not recorded (too many unexpired ones on this instance): a copy \
+                     of the cookie stays valid until it expires");
+            }
             return here;
         };
         if let Err(error) = store

@@ -43,6 +43,10 @@ fn counted(op: &'static str, tenant: &TenantId) -> metrics::Counter {
     metrics::counter!("approvals_dual_comparisons_total",
         "tenant" => tenant_label.clone(), "op" => op)
     .increment(1);
+    // Exported at 0 from the first comparison on, so a later first lost decision shows in
+    // the runbook's increase().
+    metrics::counter!("approvals_dual_lost_decisions_total", "tenant" => tenant_label.clone())
+        .increment(0);
     // Exported at 0 from the first agreeing comparison on, so a later first disagreement
     // shows in increase(); one that comes first is born at 1, which the alert, the panel and
     // the runbook's queries catch with `x unless x offset <window>`.
