@@ -192,16 +192,25 @@ fn a_bundle_the_service_would_refuse_fails_its_test_run() {
         (no_decision, "no file defines data.approvals.decision"),
         (shapeless, r#"expected "reasons" to be a list of strings"#),
     ] {
-        let dir = bundle(&[("policy.rego", policy), ("policy_test.rego", passing)]);
-        let output = approvals(&["policy", "test", dir.path().to_str().unwrap()]);
-        let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
-        assert_eq!(output.status.code(), Some(1), "{stdout}{stderr}");
-        assert!(stdout.contains("1 passed, 0 failed"), "{stdout}");
-        assert!(
-            stderr.contains("the service would refuse this bundle") && stderr.contains(named),
-            "{stderr}"
+        passes_its_test_but_would_be_refused(
+            &[("policy.rego", policy), ("policy_test.rego", passing)],
+            named,
         );
     }
+}
+
+/// `policy test` on a bundle of `files`, whose one test passes: exit 1, saying the service
+/// would refuse it for `named`.
+fn passes_its_test_but_would_be_refused(files: &[(&str, &str)], named: &str) {
+    let dir = bundle(files);
+    let output = approvals(&["policy", "test", dir.path().to_str().unwrap()]);
+    let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
+    assert_eq!(output.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stdout.contains("1 passed, 0 failed"), "{stdout}");
+    assert!(
+        stderr.contains("the service would refuse this bundle") && stderr.contains(named),
+        "{stderr}"
+    );
 }
 
 /// Nor does it pass what the service refuses in an upload's shape: a file name with a space
@@ -229,15 +238,7 @@ fn a_bundle_of_a_shape_the_service_refuses_fails_its_test_run() {
             "past the default policy.max_bundle_bytes",
         ),
     ] {
-        let dir = bundle(&files);
-        let output = approvals(&["policy", "test", dir.path().to_str().unwrap()]);
-        let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
-        assert_eq!(output.status.code(), Some(1), "{stdout}{stderr}");
-        assert!(stdout.contains("1 passed, 0 failed"), "{stdout}");
-        assert!(
-            stderr.contains("the service would refuse this bundle") && stderr.contains(named),
-            "{stderr}"
-        );
+        passes_its_test_but_would_be_refused(&files, named);
     }
 }
 
