@@ -124,26 +124,74 @@ impl RedisBackend {
                 conn.smembers(TENANTS).await
             })
             .await?;
+        let tenants: Vec<TenantId> = tenants
+            .iter()
+            .filter_map(|t| TenantId::parse(t.as_str()).ok())
+            .collect();
         if tenants.is_empty() {
             return Ok(0);
         }
         let oldest = now.as_millis() - millis(self.lifetimes.audit_retention);
         let mut pipe = redis::pipe();
-        for tenant in tenants
-            .iter()
-            .filter_map(|t| TenantId::parse(t.as_str()).ok())
-        {
+        for tenant in &tenants {
             pipe.cmd("XTRIM")
-                .arg(keys::audit(&tenant))
+                .arg(keys::audit(tenant))
                 .arg("MINID")
                 .arg(format!("{}-0", oldest.max(0)));
+            pipe.cmd("XLEN").arg(keys::audit(tenant));
         }
-        let trimmed: Vec<usize> = self
+        let answers: Vec<usize> = self
             .with_conn("audit_trim", |mut conn| async move {
                 pipe.query_async(&mut conn).await
             })
             .await?;
-        Ok(trimmed.into_iter().sum())
+        let mut trimmed = 0;
+        for (tenant, answer) in tenants.iter().zip(answers.chunks(2)) {
+            trimmed += answer.first().copied().unwrap_or_default();
+            if answer.get(1) == Some(&0) {
+                self.forget_if_idle(tenant).await?;
+            }
+        }
+        Ok(trimmed)
+    }
+
+    /// Takes `tenant` out of the tenants every figures pass and trim reads, once nothing of
+    /// it is left: no audit event (the last kept for `approvals.audit_retention`), no
+    /// approval in any index. A tenant gone for good was read every 2 s for good, and its
+    /// series exported; one that parks again is added back by that submit (the two scripts
+    /// cannot interleave).
+    async fn forget_if_idle(&self, tenant: &TenantId) -> Result<(), BackendError> {
+        const FORGET: &str = r"
+local held = redis.call('TYPE', KEYS[2]).ok
+if held ~= 'none' and (held ~= 'stream' or redis.call('XLEN', KEYS[2]) > 0) then return 0 end
+for i = 3, 6 do
+  if redis.call('EXISTS', KEYS[i]) == 1 then return 0 end
+end
+redis.call('DEL', KEYS[2])
+redis.call('SREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[7], ARGV[1])
+return 1";
+        let tenant = tenant.clone();
+        self.with_conn("audit_trim", |mut conn| async move {
+            let script = redis::Script::new(FORGET);
+            let mut forget = script.key(TENANTS);
+            forget.key(keys::audit(&tenant));
+            for status in [
+                Status::Pending,
+                Status::Accepted,
+                Status::Rejected,
+                Status::Expired,
+            ] {
+                forget.key(keys::index(&tenant, status));
+            }
+            forget
+                .key(keys::SUBMITTED_SUM)
+                .arg(tenant.as_str())
+                .invoke_async::<i64>(&mut conn)
+                .await
+                .map(drop)
+        })
+        .await
     }
 
     /// One sweep: trims index entries past their retention, then records the expiry of every
