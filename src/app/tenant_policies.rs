@@ -44,11 +44,31 @@ struct Loaded {
     /// Whether `gates` are all the state names: `false` after a failed load (the gates kept are
     /// an older generation's, or lack the candidate), so the next poll tries again.
     complete: bool,
-    /// The generation whose load failed, why, and when that was last logged and counted: the
-    /// next poll tries again, and logs and counts only a failure that is not this one, or this
-    /// one again every [`SAY_AGAIN_AFTER`] (4 a second per tenant and instance before; never
-    /// again, and the hourly alert on the count cleared while the tenant still had no policy).
-    failed: Option<(u64, String, std::time::Instant)>,
+    /// What failed last (the generation and why) and when that was last logged and counted:
+    /// the next poll tries again, and logs and counts only a failure that is not this one, or
+    /// this one again every [`SAY_AGAIN_AFTER`] (see [`said`]).
+    failed: Option<(String, std::time::Instant)>,
+}
+
+/// Logs (with `say`) and counts the failure `reason`, unless `previous` did so lately: a poll
+/// every 250 ms logged it 4 times a second per tenant and instance, and logging it only once
+/// let the hourly alert on the count clear while the tenant still had no policy. What to keep
+/// in [`Loaded::failed`].
+fn said(
+    previous: Option<&Loaded>,
+    reason: String,
+    say: impl FnOnce(),
+) -> (String, std::time::Instant) {
+    let lately = previous
+        .and_then(|l| l.failed.as_ref())
+        .filter(|(said, at)| *said == reason && at.elapsed() < SAY_AGAIN_AFTER)
+        .map(|(_, at)| *at);
+    let at = lately.unwrap_or_else(|| {
+        say();
+        metrics::counter!("approvals_policy_reloads_total", "outcome" => "failed").increment(1);
+        std::time::Instant::now()
+    });
+    (reason, at)
 }
 
 /// How often a load that keeps failing the same way is logged and counted again.
@@ -212,18 +232,16 @@ impl TenantPolicies {
                 Err(reason) => {
                     // Never the platform default in its place: what this instance serves for
                     // the tenant stays (none: its submits answer 503) until the state reads.
-                    if previous.is_none_or(|l| l.complete) {
+                    let failed = said(previous, format!("state: {reason}"), || {
                         tracing::error!(%tenant, %reason,
                             "tenant policy state unreadable; keeping the policy in use (none: its submits answer 503)");
-                        metrics::counter!("approvals_policy_reloads_total", "outcome" => "failed")
-                            .increment(1);
-                        changed = true;
-                    }
+                    });
+                    changed = true;
                     let kept = Loaded {
                         generation: previous.map_or(0, |l| l.generation),
                         gates: previous.and_then(|l| l.gates.clone()),
                         complete: false,
-                        failed: previous.and_then(|l| l.failed.clone()),
+                        failed: Some(failed),
                     };
                     next.insert(tenant, kept);
                     continue;
@@ -236,35 +254,17 @@ impl TenantPolicies {
                 continue;
             }
             changed = true;
-            // Said lately for this generation: the retry is quiet until something changes, or
-            // until it is time to say it again (keeping its count, and the alert, alive). When
-            // it was said, for the failure kept.
-            let said = |reason: &str| {
-                previous
-                    .and_then(|l| l.failed.as_ref())
-                    .filter(|(generation, said, at)| {
-                        *generation == state.generation
-                            && said == reason
-                            && at.elapsed() < SAY_AGAIN_AFTER
-                    })
-                    .map(|(_, _, at)| *at)
-            };
+            let generation = state.generation;
             match self.build(store.as_ref(), &tenant, &state).await {
                 Ok((gates, candidate_failure)) => {
-                    let failed = match candidate_failure {
-                        None => None,
-                        Some((version, error)) => {
-                            let reason = format!("candidate {version}: {error}");
-                            let at = said(&reason).unwrap_or_else(|| {
-                                tracing::error!(%tenant, candidate = %version, %error,
-                                    "candidate policy not loaded; the active one is served without it");
-                                metrics::counter!("approvals_policy_reloads_total", "outcome" => "failed")
-                                    .increment(1);
-                                std::time::Instant::now()
-                            });
-                            Some((state.generation, reason, at))
-                        }
-                    };
+                    let failed = candidate_failure.map(|(version, error)| {
+                        let reason =
+                            format!("generation {generation}: candidate {version}: {error}");
+                        said(previous, reason, || {
+                            tracing::error!(%tenant, candidate = %version, %error,
+                                "candidate policy not loaded; the active one is served without it");
+                        })
+                    });
                     if previous
                         .is_none_or(|l| l.generation != state.generation || l.gates.is_none())
                         || failed.is_none()
@@ -279,7 +279,6 @@ impl TenantPolicies {
                             .increment(1);
                     }
                     let gates = Some(Arc::new(gates));
-                    let generation = state.generation;
                     next.insert(
                         tenant,
                         Loaded {
@@ -291,18 +290,19 @@ impl TenantPolicies {
                     );
                 }
                 Err(error) => {
-                    let at = said(&error).unwrap_or_else(|| {
-                        tracing::error!(%tenant, generation = state.generation, %error,
+                    let failed = said(
+                        previous,
+                        format!("generation {generation}: {error}"),
+                        || {
+                            tracing::error!(%tenant, generation, %error,
                             "tenant policy not loaded; keeping the one in use (none: its submits answer 503)");
-                        metrics::counter!("approvals_policy_reloads_total", "outcome" => "failed")
-                            .increment(1);
-                        std::time::Instant::now()
-                    });
+                        },
+                    );
                     let kept = Loaded {
                         generation: previous.map_or(0, |l| l.generation),
                         gates: previous.and_then(|l| l.gates.clone()),
                         complete: false,
-                        failed: Some((state.generation, error, at)),
+                        failed: Some(failed),
                     };
                     next.insert(tenant, kept);
                 }
