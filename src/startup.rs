@@ -218,11 +218,6 @@ impl Application {
         self.listener.local_addr()
     }
 
-    /// Where `/metrics` is served, when `server.metrics_listen` is set.
-    pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics_listener.as_ref()?.local_addr().ok()
-    }
-
     /// Serves until `shutdown` resolves, then stops taking connections, answers parked
     /// long-polls, and gives in-flight requests `server.shutdown_grace` to finish.
     pub async fn run_until(
