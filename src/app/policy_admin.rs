@@ -92,15 +92,17 @@ impl Approvals {
     ) -> Result<Uploaded, AppError> {
         let store = self.policy_store(caller, tenant)?.clone();
         check_files(&files)?;
-        let policy_files: Vec<PolicyFile> = files
+        let mut policy_files: Vec<PolicyFile> = files
             .iter()
             .map(|f| PolicyFile {
                 relative: f.path.clone(),
                 text: f.text.clone(),
             })
             .collect();
-        let content = super::refusals::content_of(&policy_files);
-        if let Some(errors) = self.refusals.of(tenant, &content) {
+        // In path order, as the version is computed (and the validation sorts them anyway).
+        policy_files.sort_by(|a, b| a.relative.cmp(&b.relative));
+        let uploaded = crate::policy::bundle_version(&policy_files);
+        if let Some(errors) = self.refusals.of(tenant, &uploaded) {
             return Err(AppError::PolicyInvalid(errors));
         }
         let _slot = UploadSlot::take(&self.uploading, tenant)
@@ -129,7 +131,7 @@ impl Approvals {
                 // Not a validation stopped by its deadline or the child's memory: a busy
                 // instance may have caused it, and a retry should be judged afresh.
                 if !errors.iter().any(|e| e.starts_with(VALIDATION_STOPPED)) {
-                    self.refusals.remember(tenant, content, errors.clone());
+                    self.refusals.remember(tenant, uploaded, errors.clone());
                 }
                 return Err(AppError::PolicyInvalid(errors));
             }
