@@ -176,12 +176,7 @@ return 1";
             let script = redis::Script::new(FORGET);
             let mut forget = script.key(TENANTS);
             forget.key(keys::audit(&tenant));
-            for status in [
-                Status::Pending,
-                Status::Accepted,
-                Status::Rejected,
-                Status::Expired,
-            ] {
+            for status in Status::ALL {
                 forget.key(keys::index(&tenant, status));
             }
             forget
