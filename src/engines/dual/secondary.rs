@@ -133,11 +133,13 @@ impl Secondary {
         // Only an engine that did not answer is down: one unreadable record (`corrupt`) or a
         // stale cursor is an answer, and counting it as an outage failed the soak's
         // "secondary up" check for a record that another migration run would not mend.
+        let outage = matches!(
+            result,
+            Err(BackendError::Unavailable { .. } | BackendError::Timeout(_))
+        );
         let was = match &result {
             Ok(_) => self.up.swap(1, Ordering::Relaxed),
-            Err(BackendError::Unavailable { .. } | BackendError::Timeout(_)) => {
-                self.up.swap(0, Ordering::Relaxed)
-            }
+            Err(_) if outage => self.up.swap(0, Ordering::Relaxed),
             Err(_) => self.up.load(Ordering::Relaxed),
         };
         match result {
@@ -147,22 +149,16 @@ impl Secondary {
                 }
                 Some(value)
             }
-            Err(error @ (BackendError::Corrupt { .. } | BackendError::InvalidCursor)) => {
-                describe_once();
-                metrics::counter!("approvals_dual_secondary_errors_total",
-                    "op" => op, "kind" => error.kind())
-                .increment(1);
-                tracing::warn!(secondary = self.kind, op, %error,
-                    "dual: the secondary answered with an error about this record");
-                None
-            }
             Err(error) => {
                 describe_once();
                 metrics::counter!("approvals_dual_secondary_errors_total",
                     "op" => op, "kind" => error.kind())
                 .increment(1);
                 // Once per outage at warn: the sweeper alone calls it several times a second.
-                if was != 0 {
+                if !outage {
+                    tracing::warn!(secondary = self.kind, op, %error,
+                        "dual: the secondary answered with an error about this record");
+                } else if was != 0 {
                     tracing::warn!(secondary = self.kind, op, %error,
                         "dual: the secondary failed; the primary goes on alone until it answers");
                 } else {
