@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::EXIT_CONFIG;
-use crate::config::{Settings, CONFIG_VAR};
+use crate::config::CONFIG_VAR;
 
 #[derive(Debug, Args)]
 pub struct HealthcheckArgs {
@@ -28,12 +27,9 @@ pub struct HealthcheckArgs {
 /// 0 when `/readyz` answers 200; 1 when it answers otherwise or not at all (the answer's code,
 /// or the error, on standard error); 2 for a configuration that cannot be read.
 pub async fn run(args: HealthcheckArgs) -> ExitCode {
-    let settings = match Settings::load(args.config.as_deref()) {
+    let settings = match super::load_settings(args.config.as_deref()) {
         Ok(settings) => settings,
-        Err(error) => {
-            eprintln!("approvals: {}", crate::app::chain(&error));
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(code) => return code,
     };
     let listen = if args.worker {
         settings.worker.listen

@@ -14,7 +14,7 @@ use approvals_core::{BackendError, TenantId};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::config::{EngineKind, Settings, CONFIG_VAR};
+use crate::config::{EngineKind, CONFIG_VAR};
 use crate::engines::{self, EngineError};
 use crate::migration::{Migration, Plan};
 
@@ -46,9 +46,9 @@ pub struct MigrateArgs {
 }
 
 pub async fn run(args: MigrateArgs) -> ExitCode {
-    let mut settings = match Settings::load(args.config.as_deref()) {
+    let mut settings = match super::load_settings(args.config.as_deref()) {
         Ok(settings) => settings,
-        Err(error) => return config_error(crate::app::chain(&error)),
+        Err(code) => return code,
     };
     crate::telemetry::init(&settings.log);
     settings.warn_of_overridden_file_keys();

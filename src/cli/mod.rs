@@ -132,13 +132,18 @@ impl Cli {
     }
 }
 
+/// The configuration, or exit status 2 with the reason on standard error.
+fn load_settings(config: Option<&std::path::Path>) -> Result<Settings, ExitCode> {
+    Settings::load(config).map_err(|error| {
+        eprintln!("approvals: {}", crate::app::chain(&error));
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
 async fn serve(config: Option<PathBuf>) -> ExitCode {
-    let settings = match Settings::load(config.as_deref()) {
+    let settings = match load_settings(config.as_deref()) {
         Ok(settings) => settings,
-        Err(error) => {
-            eprintln!("approvals: {}", crate::app::chain(&error));
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(code) => return code,
     };
     crate::telemetry::init(&settings.log);
     settings.warn_of_overridden_file_keys();
@@ -148,12 +153,9 @@ async fn serve(config: Option<PathBuf>) -> ExitCode {
 /// `approvals worker`: runs on this (the main) task, since the worker's future is `!Send`.
 #[cfg(feature = "temporal")]
 async fn worker(config: Option<PathBuf>) -> ExitCode {
-    let settings = match Settings::load(config.as_deref()) {
+    let settings = match load_settings(config.as_deref()) {
         Ok(settings) => settings,
-        Err(error) => {
-            eprintln!("approvals: {}", crate::app::chain(&error));
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(code) => return code,
     };
     crate::telemetry::init(&settings.log);
     settings.warn_of_overridden_file_keys();
