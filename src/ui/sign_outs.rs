@@ -110,12 +110,13 @@ impl SignOuts {
     #[must_use]
     pub async fn sign_out(&self, session: &Session) -> bool {
         let now = Timestamp::now();
+        let name = name(session);
         let here = self
             .local
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remember(
-                name(session),
+                name.clone(),
                 session.expires,
                 &session.principal.subject,
                 now,
@@ -129,10 +130,7 @@ impl SignOuts {
             return here;
         };
         if let Err(error) = store
-            .sign_out(
-                &name(session),
-                now.elapsed_at(session.expires) + CLOCK_SKEW_MARGIN,
-            )
+            .sign_out(&name, now.elapsed_at(session.expires) + CLOCK_SKEW_MARGIN)
             .await
         {
             tracing::warn!(%error, subject = %session.principal.subject,
@@ -146,23 +144,21 @@ impl SignOuts {
     /// did not sign out is accepted and a warning logged: an outage of the store does not
     /// sign every reviewer out.
     pub async fn signed_out(&self, session: &Session) -> bool {
+        let name = name(session);
         let here = {
             let local = self.local.lock().unwrap_or_else(PoisonError::into_inner);
-            local.by_name.contains_key(&name(session))
-        };
-        let Some(store) = &self.store else {
-            return here;
+            local.by_name.contains_key(&name)
         };
         if here {
             return true;
         }
-        store
-            .signed_out(&name(session))
-            .await
-            .unwrap_or_else(|error| {
-                tracing::warn!(%error, "could not check sign-outs; session accepted");
-                false
-            })
+        let Some(store) = &self.store else {
+            return false;
+        };
+        store.signed_out(&name).await.unwrap_or_else(|error| {
+            tracing::warn!(%error, "could not check sign-outs; session accepted");
+            false
+        })
     }
 }
 
