@@ -735,7 +735,7 @@ async fn a_refused_refresh_is_said_and_tried_again() {
     let _ = browser.close().await;
 }
 
-/// A list filtered by agent (which reads up to 20 pages of the tenant to fill one) is fetched
+/// A list filtered by agent (which reads up to 5 pages of the tenant to fill one) is fetched
 /// again only for events that can change it: another agent's arrival costs it nothing. It was
 /// fetched again for every event of the tenant.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -763,6 +763,7 @@ async fn a_list_filtered_by_agent_follows_only_that_agents_arrivals() {
         "the agent's arrival, live",
     )
     .await;
+    screenshot(&browser, "inbox-filtered-by-agent").await;
     script(
         &browser,
         "window.fetched = 0; const real = window.fetch; \

@@ -179,7 +179,7 @@
     region.parentNode.insertBefore(notice, region);
   }
 
-  // A list filtered by agent reads up to 20 pages of the tenant to fill one: it is fetched
+  // A list filtered by agent reads up to 5 pages of the tenant to fill one: it is fetched
   // again only for an event that can change it (a parking of that agent's; a decision or
   // expiry of a row it shows, while it lists pending approvals), not for every event of a
   // busy tenant.
