@@ -172,6 +172,25 @@ impl RedisBackend {
     }
 
     /// Reads a key's value, adopting it first if this backend did not write it.
+    /// One approval as stored, with no view of the clock: the record, or once its key has
+    /// lapsed with its lifetime (before a sweeper recorded the expiry) its shadow. Both in the
+    /// same command.
+    async fn read(
+        &self,
+        tenant: &TenantId,
+        id: &ApprovalId,
+    ) -> Result<Option<Approval>, BackendError> {
+        let key = keys::record(tenant, id);
+        let query = [key.clone(), keys::shadow(tenant, id)];
+        let values: Vec<Option<String>> = self
+            .with_conn("get", |mut conn| async move { conn.mget(&query).await })
+            .await?;
+        match values.into_iter().flatten().next() {
+            None => Ok(None),
+            Some(raw) => Ok(Some(self.load(&key, raw).await?)),
+        }
+    }
+
     pub(crate) async fn load(&self, key: &str, raw: String) -> Result<Approval, BackendError> {
         match record::decode(key, &raw)? {
             Decoded::Current(approval) => Ok(*approval),
@@ -377,17 +396,24 @@ impl ApprovalBackend for RedisBackend {
         tenant: &TenantId,
         id: &ApprovalId,
     ) -> Result<Option<Approval>, BackendError> {
-        let key = keys::record(tenant, id);
-        // The shadow too, in the same command: once the record key has lapsed with its
-        // lifetime (and before a sweeper recorded the expiry), the shadow has it, as expired.
-        let query = [key.clone(), keys::shadow(tenant, id)];
-        let values: Vec<Option<String>> = self
-            .with_conn("get", |mut conn| async move { conn.mget(&query).await })
-            .await?;
-        let raw = values.into_iter().flatten().next();
-        match raw {
-            None => Ok(None),
-            Some(raw) => Ok(Some(self.load(&key, raw).await?.as_of(Timestamp::now()))),
+        let Some(approval) = self.read(tenant, id).await? else {
+            return Ok(None);
+        };
+        let now = Timestamp::now();
+        if approval.status != Status::Pending || now < approval.expires_at {
+            return Ok(Some(approval));
+        }
+        // Due and not yet swept: recorded now, so no decision can land after this answer.
+        match self.expire_on_read(&approval, now).await {
+            Ok(Some(expired)) => Ok(Some(expired)),
+            // Settled meanwhile, by a sweeper or a decision that reached Redis first.
+            Ok(None) => Ok(self.read(tenant, id).await?.map(|a| a.as_of(now))),
+            // Refused (a damaged key of the tenant, say): the sweeper reports it; the read
+            // answers what it found, as it did before reads recorded expiries.
+            Err(error) => {
+                tracing::debug!(%error, "recording an expiry found by a read failed");
+                Ok(Some(approval.as_of(now)))
+            }
         }
     }
 

@@ -7,7 +7,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use approvals_core::{Approval, BackendError, EngineEvents, Status, TenantId, Timestamp};
+use approvals_core::{
+    Approval, ApprovalId, BackendError, EngineEvents, Status, TenantId, Timestamp,
+};
 use redis::AsyncCommands;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -225,16 +227,9 @@ return 1";
                 self.drop_deadline(&member).await?;
                 continue;
             };
-            let mut invocation =
-                self.settle_invocation(&self.scripts.expire, &tenant, &id, Status::Expired, now);
-            invocation
-                .arg(&member)
-                .arg(keys::index_member(submitted_ms, &id));
             let key = keys::record(&tenant, &id);
-            let recorded: Option<String> = match self
-                .with_conn("expire", |mut conn| async move {
-                    invocation.invoke_async(&mut conn).await
-                })
+            let recorded = match self
+                .run_expire(&tenant, submitted_ms, &id, &member, now)
                 .await
             {
                 Ok(recorded) => recorded,
@@ -272,6 +267,60 @@ return 1";
             }
         }
         trimmed
+    }
+
+    /// expire.lua for one deadline entry: the expired record if this call recorded the expiry,
+    /// `UNREADABLE`, or `None` (settled already, or not due at `now`).
+    async fn run_expire(
+        &self,
+        tenant: &TenantId,
+        submitted_ms: i64,
+        id: &ApprovalId,
+        member: &str,
+        now: Timestamp,
+    ) -> Result<Option<String>, BackendError> {
+        let mut invocation =
+            self.settle_invocation(&self.scripts.expire, tenant, id, Status::Expired, now);
+        invocation
+            .arg(member)
+            .arg(keys::index_member(submitted_ms, id));
+        self.with_conn("expire", |mut conn| async move {
+            invocation.invoke_async(&mut conn).await
+        })
+        .await
+    }
+
+    /// Records the expiry of `due`, a pending approval a read found past its deadline, as the
+    /// sweeper would (and reports it the same way). Answering "expired" from this instance's
+    /// clock alone let a reviewer on an instance whose clock runs behind still decide it
+    /// afterwards: the agent had been told the request was rejected, and the reviewer that it
+    /// was accepted. Whoever records first now wins, in Redis. Returns the approval as
+    /// recorded, or `None` when something else settled it first (read it again).
+    pub(crate) async fn expire_on_read(
+        &self,
+        due: &Approval,
+        now: Timestamp,
+    ) -> Result<Option<Approval>, BackendError> {
+        let submitted_ms = due.submitted_at.as_millis();
+        let member = keys::deadline_member(&due.tenant, submitted_ms, &due.id);
+        let key = keys::record(&due.tenant, &due.id);
+        match self
+            .run_expire(&due.tenant, submitted_ms, &due.id, &member, now)
+            .await?
+        {
+            None => Ok(None),
+            // Not ours to settle: answered from the read, as before.
+            Some(raw) if raw == UNREADABLE => Ok(Some(due.clone().as_of(now))),
+            Some(raw) => match record::decode(&key, &raw)? {
+                Decoded::Current(expired) => {
+                    if let Some(events) = self.events.get() {
+                        events.expired(&expired, now);
+                    }
+                    Ok(Some(*expired))
+                }
+                Decoded::Foreign(_) => Ok(Some(due.clone().as_of(now))),
+            },
+        }
     }
 
     /// Moves a deadline entry to `until` (if it is still there: another sweeper may have

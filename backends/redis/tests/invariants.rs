@@ -1,7 +1,8 @@
 //! Redis-specific guarantees the shared suite cannot see: indexes agree with records after a
 //! concurrent mixed workload on two instances, each expiry is recorded exactly once however
-//! many sweepers run, one subscriber per process serves any number of waiters, and a waiter
-//! at the approval's deadline answers what Redis holds, not what it last heard.
+//! many sweepers run, one subscriber per process serves any number of waiters, a waiter
+//! at the approval's deadline answers what Redis holds, not what it last heard, and a read
+//! that finds an approval past its deadline records the expiry there.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -336,4 +337,47 @@ async fn a_waiter_at_the_deadline_answers_what_redis_holds() {
     assert_eq!(answered.status, Status::Accepted, "{answered:?}");
     let read = ours.get(&tenant, &id("late")).await.expect("get");
     assert_eq!(read.map(|a| a.status), Some(Status::Accepted));
+}
+
+/// Instances judge a deadline by their own clocks. A read that told an agent "expired" from
+/// its clock alone, before any sweeper ran, left the approval pending in Redis, where a
+/// reviewer on an instance whose clock runs behind could still accept it. The read records
+/// the expiry: every instance, the expired list and the sweeper then agree it has ended.
+#[tokio::test]
+async fn a_read_past_the_deadline_records_the_expiry_for_every_instance() {
+    let server = RedisServer::start().await;
+    let (reader, other) = (backend(&server), backend(&server));
+    let tenant = fresh_tenant("read-expiry");
+    let approval = pending(&tenant, "due", Duration::from_millis(200));
+    let expires_at = approval.expires_at;
+    reader.submit(approval).await.expect("submit");
+    // The deadline passing is the event awaited here; no sweeper runs in this test.
+    while Timestamp::now() <= expires_at {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let read = reader.get(&tenant, &id("due")).await.expect("get");
+    assert_eq!(read.map(|a| a.status), Some(Status::Expired));
+    let listed = other
+        .list(&tenant, Status::Expired, None, 10)
+        .await
+        .expect("list");
+    assert_eq!(
+        listed
+            .items
+            .iter()
+            .map(|a| a.id.clone())
+            .collect::<Vec<_>>(),
+        [id("due")],
+        "recorded in Redis, in the expired list every instance reads"
+    );
+    // A sweeper finds nothing left to record: the expiry happened once, at the read.
+    let swept = other.expire_due(Timestamp::now()).await.expect("sweep");
+    assert!(swept.is_empty(), "{swept:?}");
+    let audit = all_audit(&*other, &tenant).await;
+    let expired_events = audit
+        .iter()
+        .filter(|e| e.kind == AuditKind::Expired)
+        .count();
+    assert_eq!(expired_events, 1, "{audit:?}");
 }
