@@ -45,9 +45,15 @@ impl LiveKind {
     /// `deny` that parked nothing, a policy change, a migration).
     pub fn of(event: &AuditEvent) -> Option<Self> {
         match event.kind {
-            AuditKind::Submitted => (event.details.get("decision").and_then(Value::as_str)
-                == Some("require_approval"))
-            .then_some(Self::Parked),
+            // Parked here, or a pending record the ADR v1 service parked, adopted: reviewers
+            // hear of it the same way (the v1 service, still running during a migration,
+            // tells no one).
+            AuditKind::Submitted => {
+                let said = |field: &str| event.details.get(field).and_then(Value::as_str);
+                (said("decision") == Some("require_approval")
+                    || (said("adopted_from").is_some() && said("status") == Some("pending")))
+                .then_some(Self::Parked)
+            }
             AuditKind::Accepted | AuditKind::Rejected => Some(Self::Decided),
             AuditKind::Expired => Some(Self::Expired),
             AuditKind::Migrated | AuditKind::Policy => None,
@@ -415,8 +421,15 @@ mod tests {
     }
 
     #[test]
-    fn only_parking_deciding_and_expiring_are_live_events() {
+    fn only_parking_adopting_pending_deciding_and_expiring_are_live_events() {
         let submitted = |decision: &str| event(AuditKind::Submitted, json!({"decision": decision}));
+        // Taken over from the ADR v1 service: waiting for a reviewer, or decided there.
+        let adopted = |status: &str| {
+            event(
+                AuditKind::Submitted,
+                json!({"adopted_from": "adr-v1", "status": status}),
+            )
+        };
         let kinds: Vec<Option<LiveKind>> = [
             submitted("require_approval"),
             submitted("allow"),
@@ -426,6 +439,8 @@ mod tests {
             event(AuditKind::Expired, json!({})),
             event(AuditKind::Policy, json!({})),
             event(AuditKind::Migrated, json!({})),
+            adopted("pending"),
+            adopted("accepted"),
         ]
         .iter()
         .map(LiveKind::of)
@@ -441,6 +456,8 @@ mod tests {
                 Some(Decided),
                 Some(Expired),
                 None,
+                None,
+                Some(Parked),
                 None
             ]
         );
