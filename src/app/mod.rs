@@ -15,6 +15,7 @@ mod figures;
 mod limits;
 mod live;
 mod policy_admin;
+mod readiness;
 mod recent_ids;
 mod refusals;
 mod review;
@@ -68,6 +69,8 @@ pub struct Approvals {
     /// Set at SIGTERM: `/readyz` answers 503 from then on, while requests are still served
     /// for `server.shutdown_delay`.
     draining: std::sync::atomic::AtomicBool,
+    /// `/readyz`'s engine probe: one in flight, shared by the callers waiting for it.
+    readiness: readiness::SharedProbe,
 }
 
 impl Approvals {
@@ -100,6 +103,7 @@ impl Approvals {
             decision_log,
             live_streams: live::LiveStreams::default(),
             draining: std::sync::atomic::AtomicBool::new(false),
+            readiness: readiness::SharedProbe::default(),
         }
     }
 
@@ -121,9 +125,19 @@ impl Approvals {
             // Not the engine's fault: neither pinged nor counted as its error.
             return Err(AppError::ShuttingDown);
         }
-        let answered = self.engine.ping().await;
-        self.metrics.set_backend_up(answered.is_ok());
-        answered.map_err(|e| self.engine_failed_in(e, ErrorSource::Readiness))?;
+        match self.readiness.run(|| self.engine.ping()).await {
+            readiness::Probed::Ran(answered) => {
+                self.metrics.set_backend_up(answered.is_ok());
+                answered.map_err(|e| self.engine_failed_in(e, ErrorSource::Readiness))?;
+            }
+            // Counted and logged once, by the caller that probed.
+            readiness::Probed::Shared(Err(reason)) => {
+                return Err(AppError::Unavailable(BackendError::unavailable(
+                    "ping", reason,
+                )));
+            }
+            readiness::Probed::Shared(Ok(())) => {}
+        }
         if !self.policies.synced() {
             return Err(AppError::Unavailable(BackendError::unavailable(
                 "policy_states",

@@ -553,3 +553,19 @@ async fn metrics_move_to_their_own_listener_when_asked() {
         .unwrap();
     assert_eq!(other.status(), StatusCode::NOT_FOUND);
 }
+
+/// Anyone may ask `/readyz`, and on Redis each probe is a round trip with a write: a flood of
+/// asks shares the probe in flight rather than sending one each, ahead of tenants' calls.
+#[tokio::test]
+async fn a_flood_of_readiness_asks_shares_the_probe_in_flight() {
+    let app = TestApp::spawn().await;
+    let before = app.redis_calls("set").await;
+    let asks = (0..200).map(|_| async {
+        let ready = app.http.get(app.url("/readyz")).send().await;
+        ready.map(|r| r.status()).expect("readyz")
+    });
+    let answers = futures::future::join_all(asks).await;
+    assert!(answers.iter().all(|s| *s == StatusCode::OK), "{answers:?}");
+    let probes = app.redis_calls("set").await - before;
+    assert!(probes <= 20, "{probes} probes for 200 asks");
+}
