@@ -1,4 +1,6 @@
-//! Whether an HTTP/2 connection is in use, so that one left idle can be closed.
+//! Whether a connection is in use, so that one left idle can be closed: an HTTP/2 connection
+//! after the header-read timeout, and any connection when a new one needs its place
+//! (`occupants`).
 //!
 //! hyper closes an idle HTTP/1 keep-alive connection after the header-read timeout, but an
 //! HTTP/2 connection whose client answers the server's pings stays open for ever: idle
@@ -6,7 +8,7 @@
 //! until its answer has been sent to the end (a live event stream's too), not only until the
 //! handler returns.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +19,8 @@ use tokio::time::Instant;
 /// Requests of one connection whose answers are not fully sent, and since when it has had none.
 pub(super) struct Activity {
     in_flight: AtomicUsize,
+    /// Whether any request has arrived: one that never had any has no answer to finish.
+    served: AtomicBool,
     /// Milliseconds after `opened` at which the last request in flight finished.
     idle_since_ms: AtomicU64,
     opened: Instant,
@@ -26,6 +30,7 @@ impl Activity {
     pub(super) fn new() -> Arc<Self> {
         Arc::new(Self {
             in_flight: AtomicUsize::new(0),
+            served: AtomicBool::new(false),
             idle_since_ms: AtomicU64::new(0),
             opened: Instant::now(),
         })
@@ -34,8 +39,19 @@ impl Activity {
     /// Counts a request in flight until the guard (carried by its answer's body, [`holding`]) is
     /// dropped.
     pub(super) fn enter(self: &Arc<Self>) -> InUse {
+        self.served.store(true, Ordering::Release);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         InUse(Arc::clone(self))
+    }
+
+    /// Whether no request is in flight (none yet, or every answer sent).
+    pub(super) fn is_idle(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0
+    }
+
+    /// Whether a request has ever arrived on the connection.
+    pub(super) fn has_served(&self) -> bool {
+        self.served.load(Ordering::Acquire)
     }
 
     /// When the connection last became idle, or `None` while a request is in flight.

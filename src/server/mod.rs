@@ -4,8 +4,8 @@
 //! `axum::serve` has no header-read timeout, no cap on connections and no bound on what a
 //! client may buffer in the server: connections that never finish their headers pile up until
 //! the process runs out of file descriptors and memory. Here every connection holds a permit
-//! of `server.max_connections` (beyond it a new connection is closed at once, so the listen
-//! backlog never fills), its headers must arrive within `server.header_read_timeout` (which
+//! of `server.max_connections` (at it a new connection takes an idle one's place, `occupants`,
+//! or is closed at once when none is idle, so the listen backlog never fills), its headers must arrive within `server.header_read_timeout` (which
 //! also closes keep-alive connections idle that long), and its read buffer is bounded by
 //! `server.max_header_bytes`. A connection whose writes make no progress for
 //! `server.write_timeout` (a client that stopped reading) is closed: hyper has no write
@@ -27,6 +27,7 @@
 mod activity;
 mod closing;
 mod due;
+mod occupants;
 
 pub(crate) use activity::holding;
 pub(crate) use due::EndsWhen;
@@ -53,6 +54,7 @@ use tower::util::MapFuture;
 use crate::config::ServerSettings;
 use activity::Activity;
 use closing::Closing;
+use occupants::Occupants;
 
 /// What an HTTP/2 client sends first (RFC 9113, section 3.4).
 const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -94,16 +96,38 @@ impl Protocols {
     }
 
     /// Serves one connection until it ends (or, after `stopping`, its in-flight requests do).
+    /// `activity` counts its requests in flight; `leave` asks it to close as at shutdown (its
+    /// place is wanted, `occupants`).
     fn serve(
         self: &Arc<Self>,
         stream: TcpStream,
         app: Router,
         stopping: CancellationToken,
+        activity: Arc<Activity>,
+        leave: CancellationToken,
     ) -> impl Future<Output = ()> + Send + 'static {
         let protocols = Arc::clone(self);
+        let until = {
+            let leave = leave.clone();
+            move || {
+                let (stopping, leave) = (stopping.clone().cancelled_owned(), leave.clone());
+                future::select(Box::pin(stopping), Box::pin(leave.cancelled_owned())).map(drop)
+            }
+        };
+        // Asked to leave before any request arrived, a connection is dropped: hyper closes an
+        // HTTP/1 connection that is asked to finish only once it has answered a first request.
+        let unserved = {
+            let activity = Arc::clone(&activity);
+            leave
+                .cancelled_owned()
+                .then(move |()| match activity.has_served() {
+                    false => Either::Left(future::ready(())),
+                    true => Either::Right(future::pending()),
+                })
+        };
         // Combinators, not an `async move` block: a block stores the connection twice
         // (captured, then awaited), which doubled each connection's task to 7 kB.
-        first_bytes(stream, self.header_read_timeout, stopping.clone()).then(move |found| {
+        first_bytes(stream, self.header_read_timeout, until()).then(move |found| {
             let Some((stream, speaks_http2)) = found else {
                 return Either::Right(future::ready(()));
             };
@@ -116,7 +140,6 @@ impl Protocols {
                 // Each request counts as in use until its answer's body is sent or dropped;
                 // the connection is closed after `header_read_timeout` without any. One whose
                 // answer is past its end and still not sent is dropped (`due`).
-                let activity = Activity::new();
                 let counting = Arc::clone(&activity);
                 let abort = CancellationToken::new();
                 let aborting = abort.clone();
@@ -133,16 +156,22 @@ impl Protocols {
                     .http2
                     .serve_connection(stream, TowerToHyperService::new(app));
                 let idle = activity.idle_for(protocols.header_read_timeout);
-                let until = future::select(Box::pin(stopping.cancelled_owned()), Box::pin(idle));
-                let abort = abort.cancelled_owned();
-                Either::Left(Closing::new(connection, until.map(drop), abort).map(ended))
+                let until = future::select(Box::pin(until()), Box::pin(idle));
+                let abort = future::select(Box::pin(abort.cancelled_owned()), Box::pin(unserved));
+                Either::Left(Closing::new(connection, until.map(drop), abort.map(drop)).map(ended))
             } else {
-                // A blocked write ends an HTTP/1 answer (the write deadline): nothing to abort.
+                // Counted too, so that an idle keep-alive can make way (`occupants`); a
+                // blocked write ends an HTTP/1 answer (the write deadline): nothing to abort.
+                let app = MapFuture::new(app, move |answer: RouteFuture<Infallible>| {
+                    let in_use = activity.enter();
+                    answer.map_ok(move |response| {
+                        response.map(|body| activity::holding(body, in_use))
+                    })
+                });
                 let connection = protocols
                     .http1
                     .serve_connection(stream, TowerToHyperService::new(app));
-                let closing =
-                    Closing::new(connection, stopping.cancelled_owned(), future::pending());
+                let closing = Closing::new(connection, until(), unserved);
                 Either::Right(closing.map(ended))
             })
         })
@@ -157,16 +186,16 @@ fn ended(result: Result<(), hyper::Error>) {
 }
 
 /// Which protocol the connection speaks, from its first bytes (`true`: HTTP/2), or `None` if it
-/// closed, said too little within `within` or the server is `stopping`. Peeks: the bytes stay
-/// for the protocol to read.
+/// closed, said too little within `within`, or was told to close (`until`). Peeks: the bytes
+/// stay for the protocol to read.
 async fn first_bytes(
     stream: TcpStream,
     within: Duration,
-    stopping: CancellationToken,
+    until: impl Future<Output = ()>,
 ) -> Option<(TcpStream, bool)> {
     tokio::select! {
         found = protocol_of(&stream, within) => found.map(|http2| (stream, http2)),
-        () = stopping.cancelled() => None,
+        () = until => None,
     }
 }
 
@@ -214,7 +243,9 @@ pub async fn serve(
     // for a new connection's first bytes).
     let stopping = CancellationToken::new();
     let mut shutdown = std::pin::pin!(shutdown);
-    let mut refused_at_capacity = false;
+    let occupants = Arc::new(Occupants::default());
+    // What was last logged about reaching the cap (`true`: idle connections made way).
+    let mut at_capacity = None;
     loop {
         let (stream, _peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -228,26 +259,65 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            if !refused_at_capacity {
-                tracing::warn!(
-                    max = settings.max_connections,
-                    "server.max_connections reached: closing new connections"
-                );
-            }
-            refused_at_capacity = true;
-            drop(stream);
-            continue;
-        };
-        refused_at_capacity = false;
         let _ = stream.set_nodelay(true);
-        let connection = protocols
-            .serve(stream, app.clone(), stopping.clone())
-            .map(move |()| drop(permit));
-        connections.spawn(connection);
+        let seated = {
+            let (occupants, protocols) = (Arc::clone(&occupants), Arc::clone(&protocols));
+            let (app, stopping) = (app.clone(), stopping.clone());
+            move |permit, stream| {
+                let (seat, activity, leave) = occupants.seat(permit);
+                protocols
+                    .serve(stream, app, stopping, activity, leave)
+                    .map(move |()| drop(seat))
+            }
+        };
+        if let Ok(permit) = permits.clone().try_acquire_owned() {
+            at_capacity = None;
+            connections.spawn(seated(permit, stream));
+        } else if occupants.make_way() {
+            // The idle connection asked to leave closes at once; its place is this one's. If
+            // it does not (a request arrived meanwhile), this one gives up as a connection
+            // that says nothing does.
+            warn_once(&mut at_capacity, true, settings.max_connections);
+            let (permits, stopping) = (Arc::clone(&permits), stopping.clone());
+            let within = protocols.header_read_timeout;
+            connections.spawn(async move {
+                let place = tokio::time::timeout(within, permits.acquire_owned());
+                tokio::select! {
+                    place = place => {
+                        if let Ok(Ok(permit)) = place {
+                            seated(permit, stream).await;
+                        }
+                    }
+                    () = stopping.cancelled() => {}
+                }
+            });
+        } else {
+            warn_once(&mut at_capacity, false, settings.max_connections);
+            drop(stream);
+        }
     }
     drop(listener);
     stopping.cancel();
     connections.close();
     connections.wait().await;
+}
+
+/// Logs reaching `server.max_connections` once per change of what happens there, not once
+/// per connection of a flood.
+fn warn_once(last: &mut Option<bool>, made_way: bool, max: usize) {
+    if *last == Some(made_way) {
+        return;
+    }
+    *last = Some(made_way);
+    if made_way {
+        tracing::warn!(
+            max,
+            "server.max_connections reached: idle connections close to make way for new ones"
+        );
+    } else {
+        tracing::warn!(
+            max,
+            "server.max_connections reached, every connection busy: closing new connections"
+        );
+    }
 }

@@ -91,37 +91,112 @@ async fn a_trickled_header_is_cut_off() {
     );
 }
 
+/// At `server.max_connections`, a new connection takes the place of the one seated longest
+/// with no request in flight: idle keep-alives, and connections that say nothing (or half a
+/// header), no longer hold every place for the header-read timeout, from one host with no
+/// token.
 #[tokio::test]
-async fn beyond_max_connections_new_ones_are_closed_until_a_slot_frees() {
+async fn at_capacity_a_new_connection_takes_the_place_of_an_idle_one() {
     let app = TestApp::spawn_with(|s| {
         s.server.max_connections = 20;
-        // Well beyond the 2 s the extra connection is given to be closed: the stalled ones'
-        // timeouts must not free a slot for it first.
-        s.server.header_read_timeout = Duration::from_secs(6);
+        // Well beyond the wait below: no header timeout frees a place first.
+        s.server.header_read_timeout = Duration::from_secs(30);
     })
     .await;
     let addr = app.base.trim_start_matches("http://").to_owned();
+    // Seated first: keep-alives that were answered once; then ones that never finish a header.
     let mut streams = Vec::new();
-    for _ in 0..20 {
+    for _ in 0..10 {
+        let mut stream = TcpStream::connect(&addr).await.unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: idle\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = [0u8; 12];
+        stream.read_exact(&mut answer).await.unwrap();
+        assert_eq!(&answer, b"HTTP/1.1 200");
+        streams.push(stream);
+    }
+    for _ in 0..10 {
         streams.push(stalled(&addr).await);
     }
-    // Give the server the time to accept them all (an event would be better; the accept loop
-    // has no observable one short of trying).
-    let mut extra = TcpStream::connect(&addr).await.unwrap();
+    // Each request on a new connection of its own, each taking an idle one's place: as many
+    // as there are places, so both kinds (and the harness' own idle connections, seated
+    // before them) make way.
+    // Kept open after their answer: each takes a place, none frees one.
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        let fresh = reqwest::Client::new();
+        let health = tokio::time::timeout(
+            Duration::from_secs(10),
+            fresh.get(app.url("/healthz")).send(),
+        )
+        .await
+        .expect("served before any timeout")
+        .expect("served");
+        assert_eq!(health.status(), StatusCode::OK);
+        clients.push(fresh);
+    }
+    // The ones seated longest made way: the keep-alives, then the first stalled ones.
+    for n in [0, 9, 10] {
+        tokio::time::timeout(Duration::from_secs(5), closed_by_server(&mut streams[n]))
+            .await
+            .unwrap_or_else(|_| panic!("connection {n}, seated long and idle, was closed"));
+    }
+}
+
+/// When every place holds a request in flight, a new connection is closed at once, and none
+/// of those requests is cut short for it.
+#[tokio::test]
+async fn at_capacity_with_every_connection_busy_a_new_one_is_closed() {
+    let metrics_port = approvals_testkit::free_port();
+    let app = TestApp::spawn_with(|s| {
+        s.server.max_connections = 20;
+        s.server.metrics_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], metrics_port)));
+    })
+    .await;
+    app.park("busy-1").await;
+    let wait = app.url(&format!(
+        "/v1/tenants/{}/approvals/busy-1/decision?wait_seconds=8",
+        app.tenant
+    ));
+    // Twenty long-polls, each on a connection of its own.
+    let waiters: Vec<_> = (0..20)
+        .map(|_| {
+            let request = reqwest::Client::new()
+                .get(&wait)
+                .bearer_auth(&app.tokens.agent);
+            tokio::spawn(async move { request.send().await.map(|r| r.status()) })
+        })
+        .collect();
+    app.metrics_until(
+        &format!("http://127.0.0.1:{metrics_port}"),
+        Duration::from_secs(10),
+        "20 long-polls in flight",
+        |text| {
+            text.lines()
+                .any(|l| l == "approvals_long_polls_in_flight 20")
+        },
+    )
+    .await;
+    let mut extra = TcpStream::connect(&addr_of(&app)).await.unwrap();
     tokio::time::timeout(Duration::from_secs(2), closed_by_server(&mut extra))
         .await
         .expect("a connection beyond the cap is closed at once");
-    // Once the header timeout frees the slots, requests are served again.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(response) = app.http.get(app.url("/healthz")).send().await {
-            if response.status() == StatusCode::OK {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "never served again");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    for waiter in waiters {
+        let status = waiter
+            .await
+            .expect("join")
+            .expect("answered, not cut short");
+        assert_eq!(status, StatusCode::OK);
     }
+    // Their places free as they end: served again.
+    let health = app.http.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+}
+
+fn addr_of(app: &TestApp) -> String {
+    app.base.trim_start_matches("http://").to_owned()
 }
 
 /// A client that sends a body slower than `server.request_timeout` allows gets `408`.
