@@ -155,11 +155,14 @@ fn dead_key(tenant: &str) -> String {
 /// them. Per webhook, so that one silent receiver does not take its tenant's other webhooks'
 /// room. Entries older than any delivery lives (before `ARGV[5]`) are dropped first, so a count
 /// that drifted mends itself, and a full queue first drops up to 200 of its oldest entries
-/// already settled (left by an earlier version during a rolling upgrade).
+/// already settled (left by an earlier version during a rolling upgrade), at most every 10 s
+/// per webhook: a receiver that never answers keeps its queue full of live deliveries, and
+/// reading 200 of them for every event refused was Redis' busiest work.
 const ENQUEUE: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[5])
-if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[6]) then
+if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[6])
+    and redis.call('SET', KEYS[3] .. ':pruned', 1, 'NX', 'PX', 10000) then
   -- Full: first drop the oldest entries already settled (sent, dead, gone), which an instance
   -- of an earlier version left here when it settled them from the tenant's old set.
   local prefix = string.sub(KEYS[1], 1, #KEYS[1] - #ARGV[3])
@@ -1041,6 +1044,29 @@ mod tests {
             Enqueued::Full,
             "still two waiting"
         );
+    }
+
+    /// A receiver that never answers keeps its queue full of live deliveries: each event
+    /// refused for it read up to 200 of them (bodies and all) inside Redis, which every tenant
+    /// shares. The search for settled leftovers runs once in a while, not per refusal.
+    #[tokio::test]
+    async fn a_full_queue_is_searched_for_leftovers_once_in_a_while() {
+        let redis = RedisServer::start().await;
+        let store = Store::connect(&redis.url(), Duration::from_secs(2))
+            .await
+            .unwrap();
+        let delivery = |n: usize| queued(&format!("acme:wh-1:e-{n}"));
+        for n in 0..2 {
+            let queued = store.enqueue(&delivery(n), TWO_PER_WEBHOOK).await.unwrap();
+            assert_eq!(queued, Enqueued::Queued);
+        }
+        let reads_before = redis.calls("get").await;
+        for n in 2..12 {
+            let refused = store.enqueue(&delivery(n), TWO_PER_WEBHOOK).await.unwrap();
+            assert_eq!(refused, Enqueued::Full);
+        }
+        let reads = redis.calls("get").await - reads_before;
+        assert!(reads <= 2, "{reads} deliveries read for 10 refusals");
     }
 
     fn webhook(id: &str) -> Webhook {
