@@ -854,7 +854,9 @@ impl Notifier {
         self.lock_warned().prune(now);
         // Where the first approval not yet due was: the next pass starts there.
         let mut resume_at: Option<Option<String>> = None;
-        for _ in 0..EXPIRING_PAGES_PER_PASS {
+        // Bounded like the audit read: the tenants after this one in the pass wait for it.
+        let (budget_ends, mut queue_calls) = (std::time::Instant::now() + EXPIRING_BUDGET, 0);
+        'pages: for _ in 0..EXPIRING_PAGES_PER_PASS {
             let page = self
                 .app
                 .list_for_service(tenant, Status::Pending, page_from.as_deref(), EXPIRING_PAGE)
@@ -883,6 +885,14 @@ impl Notifier {
                     if self.lock_warned().contains(&known) {
                         continue;
                     }
+                    if queue_calls >= EXPIRING_QUEUED_PER_PASS
+                        || std::time::Instant::now() >= budget_ends
+                    {
+                        // The rest next pass, from this page (what was queued is remembered).
+                        resume_at.get_or_insert_with(|| page_from.clone());
+                        break 'pages;
+                    }
+                    queue_calls += 1;
                     let body =
                         payload::expiring_body(hook, &approval, left, self.inbox_base.as_deref());
                     // Remembered as sent until the approval expires: a tombstone gone sooner
@@ -1354,6 +1364,11 @@ const READ_BUDGET: Duration = Duration::from_secs(2);
 /// most (a larger burst is reached over the next passes, one `poll_interval` apart).
 const EXPIRING_PAGE: usize = 200;
 const EXPIRING_PAGES_PER_PASS: usize = 10;
+/// Warnings queued per pass and tenant at most, and the time one tenant's scan may take: a
+/// burst of thousands due at once, times up to 10 webhooks, was tens of thousands of Redis
+/// calls in one pass, while every tenant after it waited for its notifications.
+const EXPIRING_QUEUED_PER_PASS: usize = 500;
+const EXPIRING_BUDGET: Duration = Duration::from_secs(1);
 
 /// The longest webhook URL accepted.
 const MAX_URL: usize = 2_048;

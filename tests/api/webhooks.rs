@@ -990,6 +990,82 @@ async fn every_approval_of_a_large_burst_is_warned_about_before_it_expires() {
     }
 }
 
+/// Thousands of approvals due at once, times ten webhooks, were tens of thousands of Redis
+/// calls in one reader pass, and every tenant read after it in the pass waited for its
+/// notifications meanwhile. A pass queues a bounded share of the warnings; another tenant's
+/// event is queued while most of them are still to come.
+#[tokio::test]
+async fn a_burst_of_warnings_does_not_hold_up_another_tenants_notifications() {
+    const BURST: usize = 1_500;
+    const HOOKS: usize = 10;
+    let (mut heavy_receiver, mut other_receiver) =
+        (Receiver::start(0).await, Receiver::start(0).await);
+    let harness = own_tenant("burst");
+    let other_tenant = harness.other_tenant.clone();
+    let mut app = harness
+        .spawn_with(|s| {
+            fast(s);
+            s.notifications.poll_interval = Duration::from_millis(500);
+            s.notifications.expiring_soon_share = 1.0;
+            s.notifications.enabled = false;
+        })
+        .await;
+    for _ in 0..HOOKS {
+        add_webhook(
+            &app,
+            json!({"url": heavy_receiver.url, "events": ["expiring_soon"]}),
+        )
+        .await;
+    }
+    let response = app
+        .request(
+            Method::POST,
+            &format!("/v1/tenants/{other_tenant}/webhooks"),
+            Some(&app.tokens.platform_admin),
+        )
+        .json(&json!({"url": other_receiver.url, "events": ["parked"]}))
+        .send()
+        .await
+        .expect("add webhook");
+    assert_eq!(response.status(), StatusCode::CREATED);
+    // Parked while nobody reads: all of them due at the first pass.
+    let ids: Vec<String> = (0..BURST).map(|n| format!("due-{n:04}")).collect();
+    for chunk in ids.chunks(50) {
+        futures::future::join_all(chunk.iter().map(|id| app.park(id))).await;
+    }
+    app.restart_with(|s| s.notifications.enabled = true).await;
+    heavy_receiver.next_of("expiring_soon").await;
+
+    // The other tenant's event, once the burst's warnings are under way.
+    let submitted = app
+        .request(
+            Method::POST,
+            &format!("/v1/tenants/{other_tenant}/approvals"),
+            Some(&app.tokens.other_tenant_agent),
+        )
+        .json(&json!({"request_id": "meanwhile", "action": crate::support::sensitive_read()}))
+        .send()
+        .await
+        .expect("submit");
+    assert_eq!(submitted.status(), StatusCode::CREATED);
+    other_receiver.next_of("parked").await;
+    let metrics = app.metrics().await;
+    let series = format!(
+        "approvals_notifications_queued_total{{tenant=\"{}\"}} ",
+        app.tenant
+    );
+    let queued: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_default();
+    assert!(
+        queued < (BURST * HOOKS / 2) as f64,
+        "{queued} of {} warnings were queued before another tenant's event",
+        BURST * HOOKS
+    );
+}
+
 /// An agent chooses part of what a Slack message quotes (its action type, in the reasons; its
 /// `agent_id`): a link it slips in shows as text, it does not become a link that looks like
 /// the inbox's (nor a mention that pings the channel).
