@@ -4,8 +4,9 @@ The SDK asks `needs_approval(ctx, arguments, call_id)` before each tool call. He
 goes to the service: the call is submitted as an action (the model's `call_id` becomes the
 `request_id`), an `allow` runs the tool at once, anything else interrupts the run. The run's
 interruptions are then settled by the service too: a denied call is rejected with the policy's
-reasons, a parked one waits for a reviewer's decision (accept -> `state.approve`, reject or
-expiry -> `state.reject` with the reason), and the run resumes from its state.
+reasons, a parked one waits for a reviewer's decision (accept -> `state.approve`, reject,
+expiry or no decision within the timeout -> `state.reject` with the reason), and the run
+resumes from its state.
 
 No LLM key is needed: `ScriptedModel` implements the SDK's `Model` interface with canned
 responses (three tool calls, then an answer). Run it against `approvals dev`:
@@ -40,7 +41,15 @@ from agents import (
 )
 from openai.types.responses import ResponseFunctionToolCall, ResponseOutputMessage, ResponseOutputText
 
-from approvals_client import AsyncApprovalsClient, Decision, SubmitResponse, describe_refusal
+from approvals_client import (
+    AsyncApprovalsClient,
+    Decision,
+    GuardOutcome,
+    SubmitResponse,
+    TimedOut,
+    WaitTimeout,
+    describe_refusal,
+)
 
 DOCUMENTS = {
     "docs/handbook.md": "Welcome aboard.",
@@ -84,10 +93,16 @@ class ServiceApprovals:
                 state.reject(item, rejection_message="not submitted to the approvals service")
                 continue
             _, _, submitted = self.submitted[call_id]
-            outcome = submitted.outcome()
+            outcome: GuardOutcome | None = submitted.outcome()
             if outcome is None:
                 assert submitted.approval is not None
-                outcome = await self.client.wait(submitted.approval.id, timeout=self.timeout)
+                try:
+                    # The approval the submit returned: an outage during the first poll is
+                    # waited out, as the approval is known to exist.
+                    outcome = await self.client.wait(submitted.approval.id, timeout=self.timeout, approval=submitted.approval)
+                except WaitTimeout as error:
+                    # Nobody decided in time: the call is refused, the run goes on.
+                    outcome = TimedOut(error.approval)
             if outcome.permitted:
                 state.approve(item)
             else:

@@ -41,6 +41,16 @@ def test_langgraph_agent(agent: ApprovalsClient, reviewer: ApprovalsClient) -> N
     assert "docs/handbook.md" in example.DOCUMENTS  # the denied delete never ran
 
 
+def test_langgraph_agent_with_no_reviewer_in_time(agent: ApprovalsClient) -> None:
+    # The guard's timeout used to raise WaitTimeout out of the graph run, past `on_refused`.
+    pytest.importorskip("langgraph")
+    example = load("examples/langgraph_agent/agent.py")
+    messages = example.run(agent, timeout=1)
+    tools = [(m.name, m.content) for m in messages if m.type == "tool"]
+    assert tools[1][0] == "read_document" and tools[1][1].startswith("no reviewer decided within"), tools
+    assert messages[-1].type == "ai"
+
+
 @pytest.mark.anyio
 async def test_openai_agents_agent(service: Service, tenant: Tenant, reviewer: ApprovalsClient) -> None:
     pytest.importorskip("agents")
@@ -65,3 +75,15 @@ async def test_openai_agents_agent(service: Service, tenant: Tenant, reviewer: A
     # The model saw the three tool answers.
     last_input = json.dumps(model.inputs[-1], default=str)
     assert "Welcome aboard." in last_input and "Q3 revenue" in last_input and "denied by policy" in last_input
+
+
+@pytest.mark.anyio
+async def test_openai_agents_agent_with_no_reviewer_in_time(service: Service, tenant: Tenant) -> None:
+    pytest.importorskip("agents")
+    from approvals_client import AsyncApprovalsClient
+
+    example = load("examples/openai_agents/agent.py")
+    async with AsyncApprovalsClient(service.base_url, tenant.agent_token, tenant.name) as agent:
+        result = await example.run(agent, timeout=1, model=example.ScriptedModel(example.script()))
+    outputs = [str(item.output) for item in result.new_items if item.type == "tool_call_output_item"]
+    assert len(outputs) == 3 and "no reviewer decided within" in outputs[1], outputs

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime
 import enum
+import inspect
 import math
+import threading
 import uuid
 from pathlib import Path
 
@@ -12,15 +14,20 @@ import anyio
 import httpx
 import pytest
 from conftest import Service, Tenant
-from helpers import CountingPolls, Reviewer
+from helpers import CountingPolls, Reviewer, until
 
 from approvals_client import (
+    ActionChanged,
     ApprovalRefused,
     ApprovalsClient,
+    Approved,
     AsyncApprovalsClient,
     Denied,
     Expired,
     Rejected,
+    Status,
+    TimedOut,
+    WaitTimeout,
     describe_refusal,
     require_approval,
 )
@@ -315,3 +322,95 @@ def test_paths_times_uuids_and_enums_are_sent_as_text_however_deep(agent: Approv
         with pytest.raises(TypeError, match="'meta'"):
             document_read("finance/q3", [], argument)
     assert len(calls) == 1
+
+
+def test_arguments_changed_during_the_wait_refuse_the_call(agent: ApprovalsClient, reviewer: ApprovalsClient) -> None:
+    # The reviewer approved the pages as submitted; the function used to run with whatever the
+    # caller's list held by the time the decision came.
+    runs: list[list[int]] = []
+
+    @require_approval(agent, timeout=30)
+    def document_read(resource: str, pages: list[int]) -> None:
+        runs.append(list(pages))
+
+    pages = [1, 2]
+    result: dict[str, object] = {}
+
+    def call() -> None:
+        try:
+            result["value"] = document_read("finance/q3-report", pages)
+        except BaseException as error:  # reported below
+            result["error"] = error
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    try:
+        until(lambda: bool(reviewer.list().items), what="the call's approval parked")
+        pages.append(99)
+        (parked,) = reviewer.list().items
+        assert parked.action["pages"] == [1, 2]
+        reviewer.accept(parked.id, action_digest=parked.action_digest)
+    finally:
+        caller.join(30)
+    assert not caller.is_alive()
+    assert runs == []
+    error = result.get("error")
+    assert isinstance(error, ApprovalRefused), result
+    assert isinstance(error.outcome, ActionChanged) and isinstance(error.outcome.outcome, Approved)
+    assert error.outcome.action["pages"] == [1, 2, 99]
+    assert "changed" in describe_refusal(error.outcome)
+
+
+def test_a_wait_past_the_timeout_goes_to_on_refused(agent: ApprovalsClient) -> None:
+    # It was raised as WaitTimeout past `on_refused`, which crashed a LangGraph run.
+    @require_approval(agent, timeout=1, on_refused=describe_refusal)
+    def document_read(resource: str) -> str:
+        raise AssertionError("must not run")
+
+    answer = document_read("finance/q3-report")
+    assert answer.startswith("no reviewer decided within the tool's timeout"), answer
+
+    seen: list[object] = []
+
+    @require_approval(agent, timeout=1, on_refused=seen.append)
+    def secrets_get(resource: str) -> str:
+        raise AssertionError("must not run")
+
+    secrets_get("vault/db")
+    (outcome,) = seen
+    assert isinstance(outcome, TimedOut) and not outcome.permitted and outcome.approval.status is Status.PENDING
+
+    # Without on_refused the caller is told as before.
+    @require_approval(agent, timeout=1)
+    def payroll_read(resource: str) -> str:
+        raise AssertionError("must not run")
+
+    with pytest.raises(WaitTimeout):
+        payroll_read("hr/payroll")
+
+
+@pytest.mark.anyio
+async def test_an_object_with_an_async_call_is_guarded_as_async(service: Service, tenant: Tenant) -> None:
+    # `inspect.iscoroutinefunction` is False for it: the guard took it for a sync function and
+    # waited in the event loop's thread, so the reviewer below, in the same loop, never ran.
+    class Reader:
+        async def __call__(self, resource: str) -> str:
+            await anyio.sleep(0)
+            return resource.upper()
+
+    with ApprovalsClient(service.base_url, tenant.agent_token, tenant.name) as agent:
+        document_read = require_approval(agent, action_type="document_read", timeout=5)(Reader())
+        answers: list[str] = []
+
+        async def call() -> None:
+            answers.append(await document_read("finance/q3-report"))
+
+        async with AsyncApprovalsClient(service.base_url, tenant.reviewer_token, tenant.name) as reviewer:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(call)
+                with anyio.fail_after(20):
+                    while not (items := (await reviewer.list()).items):
+                        await anyio.sleep(0.05)
+                await reviewer.accept(items[0].id)
+    assert answers == ["FINANCE/Q3-REPORT"]
+    assert inspect.iscoroutinefunction(document_read)  # frameworks await it

@@ -24,6 +24,7 @@ import pytest
 from approvals_client import (
     NO_RETRY,
     ApiError,
+    Approval,
     ApprovalsClient,
     ApprovalsError,
     Approved,
@@ -228,3 +229,28 @@ async def test_nor_does_the_async_client_with_no_retry() -> None:
 def test_a_policy_that_allows_no_retry_is_told_apart(policy: RetryPolicy) -> None:
     assert not policy.retries and not NO_RETRY.retries
     assert RetryPolicy().retries and RetryPolicy(max_elapsed=None).retries
+
+
+def test_a_wait_given_its_approval_waits_out_an_outage_from_its_first_poll() -> None:
+    """`wait` after `submit` could not say the approval exists: an outage during its first poll,
+    longer than the retry policy, ended it, though `submit_and_wait` would have waited it out."""
+    unavailable = AN_OUTAGE["503 backend_unavailable"]
+    outage = 3 * QUICK.max_attempts  # failed attempts in a row, from the first
+    with pytest.raises(ApiError):
+        sync_client(Script(unavailable, times=outage, first=unavailable)).wait("req-1", timeout=30)
+    known = Approval.from_json(approval("pending"))
+    outcome = sync_client(Script(unavailable, times=outage, first=unavailable)).wait("req-1", timeout=30, approval=known)
+    assert isinstance(outcome, Approved)
+    with pytest.raises(ValueError, match="req-2"):
+        sync_client(Script(unavailable)).wait("req-2", approval=known)
+
+
+@pytest.mark.anyio
+async def test_the_async_wait_takes_its_approval_too() -> None:
+    unavailable = AN_OUTAGE["503 backend_unavailable"]
+    known = Approval.from_json(approval("pending"))
+    async with async_client(Script(unavailable, times=3 * QUICK.max_attempts, first=unavailable)) as client:
+        outcome = await client.wait("req-1", timeout=30, approval=known)
+        assert isinstance(outcome, Approved)
+        with pytest.raises(ValueError, match="req-2"):
+            await client.wait("req-2", approval=known)

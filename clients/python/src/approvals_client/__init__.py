@@ -13,6 +13,7 @@ from .client import ApprovalsClient
 from .errors import ApiError, ApprovalRefused, ApprovalsError, ProtocolError, TransportError, WaitTimeout, describe_refusal
 from .guard import require_approval
 from .models import (
+    ActionChanged,
     Allowed,
     Approval,
     ApprovalPage,
@@ -22,17 +23,20 @@ from .models import (
     Decision,
     Denied,
     Expired,
+    GuardOutcome,
     LiveEvent,
     Outcome,
     Problem,
     Rejected,
     Status,
     SubmitResponse,
+    TimedOut,
     outcome_of,
 )
 
 __all__ = [
     "NO_RETRY",
+    "ActionChanged",
     "Allowed",
     "ApiError",
     "Approval",
@@ -47,6 +51,7 @@ __all__ = [
     "Decision",
     "Denied",
     "Expired",
+    "GuardOutcome",
     "LiveEvent",
     "Outcome",
     "Problem",
@@ -54,6 +59,7 @@ __all__ = [
     "RetryPolicy",
     "Status",
     "SubmitResponse",
+    "TimedOut",
     "TransportError",
     "ProtocolError",
     "WaitTimeout",

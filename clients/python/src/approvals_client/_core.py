@@ -366,6 +366,13 @@ def check_max_in_flight(value: int | None) -> int | None:
     return value
 
 
+def wait_slots(max_in_flight: int) -> int:
+    """How many of the `max_in_flight` slots waits (long-polls, live streams) may hold at once:
+    all but a reserve of a tenth (at least one) for the other calls, which found none while
+    waits held every slot. A bound of one keeps no reserve: a wait could never run."""
+    return max(1, max_in_flight - max(1, max_in_flight // 10))
+
+
 def slot_seconds(timeout: httpx.Timeout | float | None) -> float | None:
     """How long an attempt waits for a slot among the client's requests in flight: its pool
     timeout (the wait for a connection, which it is like), cut as the attempt's others are.
@@ -374,9 +381,12 @@ def slot_seconds(timeout: httpx.Timeout | float | None) -> float | None:
     return None if seconds is None else max(0.0, seconds)
 
 
-def no_slot(limit: int, seconds: float) -> httpx.PoolTimeout:
+def no_slot(limit: int, seconds: float, waiting: bool = False) -> httpx.PoolTimeout:
     """The error of an attempt that found no slot in time: a `PoolTimeout`, as when httpx's
-    pool has no connection for it (retried the same way; the request was never sent)."""
+    pool has no connection for it (retried the same way; the request was never sent).
+    `waiting`: a wait that found none of the waits' share (`limit` of them)."""
+    if waiting:
+        return httpx.PoolTimeout(f"all {limit} of the client's slots for waits (max_in_flight less its reserve) still held after {seconds:g} s")
     return httpx.PoolTimeout(f"all {limit} of the client's requests in flight (max_in_flight) still running after {seconds:g} s")
 
 

@@ -32,7 +32,10 @@ class AsyncApprovalsClient:
     the next waits for one to end, at most its pool timeout (the client's `timeout`, cut to
     a call's deadline), and then fails as one finding no connection in httpx's pool does
     (`httpx.PoolTimeout`, retried like it). Without this bound a request beyond an HTTP/2
-    connection's streams would wait for one without any timeout.
+    connection's streams would wait for one without any timeout. Waits (long-polls and live
+    streams) hold at most `max_in_flight` less a reserve of a tenth (at least one; none with a
+    bound of one) at once, so that a submit, get or decision finds a slot however many waits
+    are under way.
     """
 
     def __init__(
@@ -60,6 +63,9 @@ class AsyncApprovalsClient:
         self.max_in_flight = _core.check_max_in_flight(max_in_flight)
         # anyio's, not asyncio's: the client runs on trio too.
         self._slots = anyio.Semaphore(max_in_flight, max_value=max_in_flight) if max_in_flight is not None else None
+        # Taken by a wait before one of `_slots`: waits holding every slot shut out each other call.
+        share = _core.wait_slots(max_in_flight) if max_in_flight is not None else None
+        self._wait_slots = anyio.Semaphore(share, max_value=share) if share is not None else None
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> AsyncApprovalsClient:
@@ -88,23 +94,36 @@ class AsyncApprovalsClient:
         return f"{self.base_url}/v1/tenants/{segment(self.tenant)}{tail}"
 
     @contextlib.asynccontextmanager
-    async def _in_flight(self, timeout: httpx.Timeout | float) -> AsyncIterator[None]:
+    async def _in_flight(self, timeout: httpx.Timeout | float, waiting: bool = False) -> AsyncIterator[None]:
         """One of the `max_in_flight` slots for a request, waited for at most `timeout`'s pool
-        timeout (`httpx.PoolTimeout` then), held until the request's answer is read."""
-        if self._slots is None or self.max_in_flight is None:
+        timeout (`httpx.PoolTimeout` then), held until the request's answer is read. A
+        `waiting` request (a long-poll, a live stream) first takes one of the waits' share,
+        within the same pool timeout."""
+        if self._slots is None or self._wait_slots is None or self.max_in_flight is None:
             yield
             return
         seconds = _core.slot_seconds(timeout)
+        share = self._wait_slots if waiting else None
+        shared = False
         acquired = False
         with anyio.move_on_after(seconds):
+            if share is not None:
+                await share.acquire()
+                shared = True
             await self._slots.acquire()
             acquired = True
-        if not acquired:
-            raise _core.no_slot(self.max_in_flight, seconds or 0.0)
         try:
-            yield
+            if not acquired:
+                if share is not None and not shared:
+                    raise _core.no_slot(_core.wait_slots(self.max_in_flight), seconds or 0.0, waiting=True)
+                raise _core.no_slot(self.max_in_flight, seconds or 0.0)
+            try:
+                yield
+            finally:
+                self._slots.release()
         finally:
-            self._slots.release()
+            if shared and share is not None:
+                share.release()
 
     async def _send(
         self,
@@ -116,6 +135,7 @@ class AsyncApprovalsClient:
         timeout: httpx.Timeout | float | None = None,
         patience: float = 0.0,
         deadline: float | None = None,
+        waiting: bool = False,
     ) -> tuple[httpx.Response, int]:
         """One call, retried on 503/502/504/408/429 and connection errors; (answer, attempts).
 
@@ -125,7 +145,7 @@ class AsyncApprovalsClient:
         `_core.ATTEMPT_FLOOR`, 2 s, or the configured timeout when shorter) plus its `patience`.
         `params` may be a function, called for each attempt (a retried long-poll asks only for
         what is left of its wait). `deadline` (`time.monotonic()`): no retry would end past
-        it; the last error is raised instead.
+        it; the last error is raised instead. `waiting`: a long-poll (see `_in_flight`).
         """
         started = time.monotonic()
         waited = 0.0
@@ -145,7 +165,7 @@ class AsyncApprovalsClient:
                 )
 
             try:
-                async with self._in_flight(limits()):
+                async with self._in_flight(limits(), waiting):
                     response = await self._http.request(
                         method,
                         url,
@@ -240,10 +260,18 @@ class AsyncApprovalsClient:
             timeout=httpx.Timeout(self.timeout, read=read),
             patience=wait_seconds,
             deadline=deadline,
+            waiting=True,
         )
         return _core.parsed(response, Approval.from_json)
 
-    async def wait(self, approval_id: str, *, timeout: float | None = None, poll_seconds: int | None = None) -> Outcome:
+    async def wait(
+        self,
+        approval_id: str,
+        *,
+        timeout: float | None = None,
+        poll_seconds: int | None = None,
+        approval: Approval | None = None,
+    ) -> Outcome:
         """Waits until the approval is decided or expires; `Approved`, `Rejected` or `Expired`.
 
         Long-polls again after each answer that is still pending, so a wait may last longer
@@ -257,14 +285,18 @@ class AsyncApprovalsClient:
         with capped backoff, until the deadline (or, with none, the approval's `expires_at`
         plus a minute), where the last error is raised; the first failed poll of an outage is
         logged at WARNING, the others at INFO. Before that the retry policy applies, so a
-        wrong URL fails soon. Anything else is raised at once: `500 internal` (a record the
-        service cannot read), `429 too_many_pending`/`too_many_streams`, `401`, `403`, `404`
-        and the like. A client whose retry policy allows no retry (`NO_RETRY`, or
-        `max_elapsed=0`) waits out no outage either: the first failure is raised.
+        wrong URL fails soon; pass the `approval` already read (`submit(...).approval`, as
+        `submit_and_wait` does) to wait out an outage from the first poll. Anything else is
+        raised at once: `500 internal` (a record the service cannot read), `429
+        too_many_pending`/`too_many_streams`, `401`, `403`, `404` and the like. A client whose
+        retry policy allows no retry (`NO_RETRY`, or `max_elapsed=0`) waits out no outage
+        either: the first failure is raised.
         """
+        if approval is not None and approval.id != approval_id:
+            raise ValueError(f"approval= is {approval.id}, not {approval_id}")
         per_poll = _core.check_poll_seconds(poll_seconds) if poll_seconds is not None else self.poll_seconds
         deadline = None if timeout is None else time.monotonic() + timeout
-        return await self._wait(approval_id, deadline, per_poll, None)
+        return await self._wait(approval_id, deadline, per_poll, approval)
 
     async def _wait(self, approval_id: str, deadline: float | None, per_poll: int, known: Approval | None) -> Outcome:
         """`wait` up to `deadline` (`time.monotonic()`); `known`: the approval as last read
@@ -414,7 +446,7 @@ class AsyncApprovalsClient:
             decoder = _core.SseDecoder()
             timeout = httpx.Timeout(self.timeout, read=self.events_read_timeout)
             try:
-                async with self._in_flight(timeout), self._http.stream("GET", url, headers=headers, timeout=timeout) as response:
+                async with self._in_flight(timeout, waiting=True), self._http.stream("GET", url, headers=headers, timeout=timeout) as response:
                     if response.status_code != 200:
                         await response.aread()
                         lingering = False

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .models import Approval, Outcome, Problem
+    from .models import Approval, GuardOutcome, Problem
 
 
 class ApprovalsError(Exception):
@@ -89,9 +89,10 @@ class WaitTimeout(ApprovalsError):
 
 
 class ApprovalRefused(ApprovalsError):
-    """Raised by the guard when the action may not run: denied, rejected or expired."""
+    """Raised by the guard when the action may not run: denied, rejected or expired, or the
+    call's arguments changed while it waited (`ActionChanged`)."""
 
-    def __init__(self, outcome: Outcome) -> None:
+    def __init__(self, outcome: GuardOutcome) -> None:
         self.outcome = outcome
         super().__init__(describe_refusal(outcome))
 
@@ -104,7 +105,7 @@ class ApprovalRefused(ApprovalsError):
         return [reason] if reason else []
 
 
-def describe_refusal(outcome: Outcome) -> str:
+def describe_refusal(outcome: GuardOutcome) -> str:
     """A one-line account of why an action may not run, e.g. for a tool's answer to a model."""
     kind = outcome.kind
     if kind == "denied":
@@ -114,4 +115,8 @@ def describe_refusal(outcome: Outcome) -> str:
         return "rejected by a reviewer" + (f": {reason}" if reason else "")
     if kind == "expired":
         return "no reviewer decided in time (expired)"
+    if kind == "timed_out":
+        return "no reviewer decided within the tool's timeout (the approval is still pending)"
+    if kind == "action_changed":
+        return "not run: the arguments changed while waiting for approval (what was approved is not what would run)"
     return kind

@@ -18,8 +18,8 @@ import anyio.to_thread
 from . import _core
 from .aio import AsyncApprovalsClient
 from .client import ApprovalsClient
-from .errors import ApprovalRefused
-from .models import Outcome
+from .errors import ApprovalRefused, WaitTimeout
+from .models import ActionChanged, GuardOutcome, Outcome, TimedOut
 
 F = TypeVar("F", bound=Callable[..., Any])
 AnyClient = Union[ApprovalsClient, AsyncApprovalsClient]
@@ -99,6 +99,19 @@ def default_action(action_type: str, signature: inspect.Signature, args: tuple[A
     return action
 
 
+def is_async(function: Callable[..., Any]) -> bool:
+    """Whether calling `function` gives a coroutine: an `async def`, or an object whose class
+    has an `async def __call__` (which `inspect.iscoroutinefunction` does not see: the guard
+    took one for a sync function and waited in the event loop's thread)."""
+    return inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(getattr(type(function), "__call__", None))
+
+
+def as_sent(action: Any) -> Any:
+    """`action` as the service reads it (JSON and back): a copy that no later change to the
+    caller's objects reaches, compared by value as the policy and the reviewer saw it."""
+    return json.loads(json.dumps(dict(action) if isinstance(action, Mapping) else action))
+
+
 async def wait_in_thread(client: ApprovalsClient, call: dict[str, Any]) -> Outcome:
     """`client.submit_and_wait(**call)` in a thread of its own, not one of anyio's shared 40 (a
     wait can last hours), abandoned when the caller is cancelled (`fail_after`, `wait_for`):
@@ -119,6 +132,20 @@ async def wait_in_thread(client: ApprovalsClient, call: dict[str, Any]) -> Outco
         gone.set()
 
 
+async def submit_and_wait(client: AnyClient, owned: bool, call: dict[str, Any]) -> Outcome:
+    """`client.submit_and_wait(**call)` for an async function: awaited on an async client
+    (closed after when the call `owned` it), in a thread of its own on a sync one."""
+    if isinstance(client, ApprovalsClient):
+        return await wait_in_thread(client, call)
+    try:
+        return await client.submit_and_wait(**call)
+    finally:
+        if owned:
+            # Shielded: a cancelled caller (`fail_after`) would cancel the close too.
+            with anyio.CancelScope(shield=True):
+                await client.aclose()
+
+
 def close_unused(client: AsyncApprovalsClient) -> None:
     """Closes an async client from sync code, in a thread with an event loop of its own (the
     caller's thread may be running one). It was never used: nothing but its pool to close."""
@@ -136,12 +163,14 @@ def require_approval(
     request_id: ArgsFunction | None = None,
     agent_id: str | None = None,
     timeout: float | None = None,
-    on_refused: Callable[[Outcome], Any] | None = None,
+    on_refused: Callable[[GuardOutcome], Any] | None = None,
 ) -> Callable[[F], F]:
     """Decorates a function (sync or async) so that each call is first submitted to the
     approvals service and waited on; the function runs only when the action is allowed by the
-    policy or approved by a reviewer. Otherwise `ApprovalRefused` (carrying the `Denied`,
-    `Rejected` or `Expired` outcome) is raised, or `on_refused(outcome)` is returned instead.
+    policy or approved by a reviewer, and only if its arguments still build the action that
+    was sent (a list or dict mutated during the wait would have it act on what nobody saw).
+    Otherwise `ApprovalRefused` (carrying the `Denied`, `Rejected` or `Expired` outcome, or
+    `ActionChanged`) is raised, or `on_refused(outcome)` is returned instead.
 
     - `client`: an `ApprovalsClient` (sync or async functions; an async function waits in a
       worker thread, which stops when the caller is cancelled) or an `AsyncApprovalsClient`
@@ -155,22 +184,25 @@ def require_approval(
     - `request_id(*args, **kwargs)`: an id that names this call (e.g. the model's tool-call
       id), so a repeated call finds the earlier approval rather than parking a second one;
       by default each call is a new request.
-    - `timeout`: the caller's deadline for the wait, in seconds (`WaitTimeout` past it);
-      None waits until the approval is decided or expires.
+    - `timeout`: the caller's deadline for the wait, in seconds; None waits until the
+      approval is decided or expires. Past it the function does not run: `on_refused` gets a
+      `TimedOut` outcome, or without one `WaitTimeout` is raised.
     """
 
     def decorate(function: F) -> F:
         signature = inspect.signature(function)
-        kind = action_type or function.__name__
+        # A callable object has no `__name__` of its own: its class's.
+        name = getattr(function, "__name__", type(function).__name__)
+        kind = action_type or name
         if action is None and "type" in signature.parameters:
             raise TypeError(
-                f"{function.__name__}: an argument named 'type' would overwrite the action's type; "
+                f"{name}: an argument named 'type' would overwrite the action's type; "
                 "pass an `action=` function"
             )
 
-        if on_refused is not None and inspect.iscoroutinefunction(on_refused) and not inspect.iscoroutinefunction(function):
+        if on_refused is not None and is_async(on_refused) and not is_async(function):
             # A sync tool would hand the framework a coroutine nobody awaits.
-            raise TypeError(f"{function.__name__}: an async on_refused needs an async function")
+            raise TypeError(f"{name}: an async on_refused needs an async function")
 
         resolved: list[ApprovalsClient] = []
         resolving = threading.Lock()
@@ -192,32 +224,47 @@ def require_approval(
                     return made, False
                 return made, True
 
+        def build(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            return action(*args, **kwargs) if action is not None else default_action(kind, signature, args, kwargs)
+
         def request(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-            built = action(*args, **kwargs) if action is not None else default_action(kind, signature, args, kwargs)
             ctx = context(*args, **kwargs) if callable(context) else context
             rid = request_id(*args, **kwargs) if request_id is not None else None
-            return {"action": built, "context": ctx, "request_id": rid, "agent_id": agent_id, "timeout": timeout}
+            return {"action": build(args, kwargs), "context": ctx, "request_id": rid, "agent_id": agent_id, "timeout": timeout}
 
-        def refused(outcome: Outcome) -> Any:
+        def unchanged(outcome: Outcome, sent: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> GuardOutcome:
+            """`outcome`, or `ActionChanged` when it permits but the arguments no longer build
+            the action `sent`: the function gets the caller's own objects, which another thread
+            or task may have changed during a wait of hours."""
+            if not outcome.permitted:
+                return outcome
+            now = build(args, kwargs)
+            return outcome if as_sent(now) == sent else ActionChanged(outcome, now)
+
+        def timed_out(error: WaitTimeout) -> GuardOutcome:
+            """A wait past `timeout`, as a refusal for `on_refused` (a framework's tool answers
+            the model rather than end the run); without one it is raised as it was."""
+            if on_refused is None:
+                raise error
+            return TimedOut(error.approval)
+
+        def refused(outcome: GuardOutcome) -> Any:
             if on_refused is not None:
                 return on_refused(outcome)
             raise ApprovalRefused(outcome)
 
-        if inspect.iscoroutinefunction(function):
+        if is_async(function):
 
             @functools.wraps(function)
             async def guarded_async(*args: Any, **kwargs: Any) -> Any:
+                # Before the client: an argument refused here leaves no client of a factory open.
+                call = request(args, kwargs)
+                sent = as_sent(call["action"])
                 current, owned = resolve()
-                if isinstance(current, AsyncApprovalsClient):
-                    try:
-                        outcome = await current.submit_and_wait(**request(args, kwargs))
-                    finally:
-                        if owned:
-                            # Shielded: a cancelled caller (`fail_after`) would cancel the close too.
-                            with anyio.CancelScope(shield=True):
-                                await current.aclose()
-                else:
-                    outcome = await wait_in_thread(current, request(args, kwargs))
+                try:
+                    outcome = unchanged(await submit_and_wait(current, owned, call), sent, args, kwargs)
+                except WaitTimeout as error:
+                    outcome = timed_out(error)
                 if not outcome.permitted:
                     # An async tool's `on_refused` may be async too: its answer is awaited, not
                     # handed to the framework as a coroutine nobody runs.
@@ -233,8 +280,13 @@ def require_approval(
             if isinstance(current, AsyncApprovalsClient):
                 if owned:
                     close_unused(current)
-                raise TypeError(f"{function.__name__} is not async: guard it with an ApprovalsClient")
-            outcome = current.submit_and_wait(**request(args, kwargs))
+                raise TypeError(f"{name} is not async: guard it with an ApprovalsClient")
+            call = request(args, kwargs)
+            sent = as_sent(call["action"])
+            try:
+                outcome = unchanged(current.submit_and_wait(**call), sent, args, kwargs)
+            except WaitTimeout as error:
+                outcome = timed_out(error)
             if not outcome.permitted:
                 return refused(outcome)
             return function(*args, **kwargs)

@@ -293,6 +293,47 @@ Outcome = Union[Allowed, Denied, Approved, Rejected, Expired]
 """What became of a request: check `permitted`, or match on the class."""
 
 
+@dataclass(frozen=True)
+class ActionChanged:
+    """The guard's refusal of a call whose arguments changed while it waited (a list or dict
+    the caller mutated meanwhile): `outcome` allowed or approved the action that was sent, not
+    the `action` the function would now act on, so the function does not run."""
+
+    outcome: Outcome
+    action: JsonObject
+    kind: Literal["action_changed"] = "action_changed"
+
+    @property
+    def permitted(self) -> bool:
+        return False
+
+    @property
+    def reason(self) -> str | None:
+        return "the call's arguments changed while it waited for approval"
+
+
+@dataclass(frozen=True)
+class TimedOut:
+    """The guard's refusal when its `timeout` passed with the approval still pending (given
+    an `on_refused`; else `WaitTimeout` is raised): the function does not run. The approval
+    stays parked: a call again with the same `request_id` picks it up."""
+
+    approval: Approval
+    kind: Literal["timed_out"] = "timed_out"
+
+    @property
+    def permitted(self) -> bool:
+        return False
+
+    @property
+    def reason(self) -> str | None:
+        return None
+
+
+GuardOutcome = Union[Outcome, ActionChanged, TimedOut]
+"""What the guard hands `on_refused` and `ApprovalRefused`: an outcome, or the guard's own refusal."""
+
+
 def outcome_of(approval: Approval) -> Outcome:
     """The outcome of a decided approval (ValueError for a pending one)."""
     if approval.status is Status.ACCEPTED:
