@@ -2,7 +2,7 @@
 //! its policy bundles (tenant admins and platform admins only).
 
 use approvals_core::{BundleFile, BundleSummary, PolicyState, StoredBundle, TenantId};
-use axum::extract::{Path, State};
+use axum::extract::{FromRequest, Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -195,8 +195,11 @@ pub async fn upload_bundle(
     State(state): State<AppState>,
     Caller(caller): Caller,
     TenantPath(tenant): TenantPath,
-    BundleJson(body): BundleJson<UploadBody>,
+    request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
+    // Who may upload, before the body is read.
+    state.app.may_upload_policy(&caller, &tenant)?;
+    let BundleJson(body) = BundleJson::<UploadBody>::from_request(request, &state).await?;
     // Validated and stored on a task of its own: an upload whose tests take about as long as
     // `server.request_timeout` (they may take 30 s) answers 408 but is still stored and
     // recorded, and the client's retry finds it (200), instead of starting over every time.

@@ -73,6 +73,13 @@ pub struct PolicyView {
 }
 
 impl Approvals {
+    /// Refuses a caller that may not change `tenant`'s policy, or a service that keeps no
+    /// tenant bundles: checked before an upload's body is read (up to 1 MiB), so that any
+    /// token cannot have the service buffer bodies it will refuse anyway.
+    pub fn may_upload_policy(&self, caller: &Principal, tenant: &TenantId) -> Result<(), AppError> {
+        self.policy_store(caller, tenant).map(drop)
+    }
+
     fn policy_store(
         &self,
         caller: &Principal,

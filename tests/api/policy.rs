@@ -1522,3 +1522,31 @@ async fn an_activation_says_whether_the_answering_instance_runs_it() {
         .unwrap();
     assert_eq!(answer["policy_version"], version.as_str(), "{answer}");
 }
+
+/// Any token may send a bundle: one that may not upload is refused before its body is read
+/// (up to 1 MiB each, for as long as the request's timeout), not after. Here the body never
+/// ends, and the refusal comes all the same.
+#[tokio::test]
+async fn a_caller_that_may_not_upload_is_refused_before_its_body_is_read() {
+    let app = TestApp::spawn_with(|s| {
+        s.server.request_timeout = Duration::from_secs(5);
+        s.redis.call_timeout = Duration::from_secs(2);
+    })
+    .await;
+    use futures::StreamExt;
+    let endless =
+        futures::stream::once(async { Ok::<_, std::io::Error>(b"{\"files\": [".to_vec()) })
+            .chain(futures::stream::pending());
+    let response = app
+        .request(
+            Method::POST,
+            &policy_path(&app, "/bundles"),
+            Some(&app.tokens.agent),
+        )
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(endless))
+        .send()
+        .await
+        .expect("answered while the body is still coming");
+    assert_problem(response, StatusCode::FORBIDDEN, "forbidden").await;
+}
