@@ -527,9 +527,10 @@ impl ApprovalBackend for RedisBackend {
         let more = reply.ids.len() > limit;
         let mut items = Vec::with_capacity(limit);
         // The page ends at the last entry read, readable or not, so the next one goes on past it.
-        let mut last_read = None;
+        let (mut last_read, mut passed_over_last) = (None, false);
         for entry in reply.ids.into_iter().take(limit) {
             last_read = Some(entry.id.clone());
+            passed_over_last = true;
             let raw: String = entry.get("e").unwrap_or_default();
             // One entry that cannot be read (corrupt, or of a kind a newer version writes)
             // must not stop the export, the live streams and the webhooks at it for good.
@@ -551,8 +552,15 @@ impl ApprovalBackend for RedisBackend {
                 ..stored
             };
             items.push(stored.with_id(entry.id));
+            passed_over_last = false;
         }
-        let next_cursor = if more { last_read } else { None };
+        // Also after a last entry passed over: readers go on from the last event they got,
+        // and would read (and log, and count) the bad one again every poll.
+        let next_cursor = if more || passed_over_last {
+            last_read
+        } else {
+            None
+        };
         Ok(Page { items, next_cursor })
     }
 

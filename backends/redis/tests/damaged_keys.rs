@@ -310,3 +310,39 @@ async fn a_damaged_index_refuses_the_write_before_any_of_it_is_made() {
     let events: usize = conn.xlen(audit_key(&deciding)).await.expect("xlen");
     assert_eq!(events, 1, "the submit's event only");
 }
+
+/// An audit entry that cannot be read, last in the stream (corrupt, or of a kind a newer
+/// version writes): the page says where to go on from, past it. It ended at the last entry
+/// it could read, so every live stream and the webhook reader read the bad one again (and
+/// logged and counted it) every poll, until a newer event came.
+#[tokio::test]
+async fn a_page_ending_in_an_unreadable_audit_entry_goes_on_past_it() {
+    let server = RedisServer::start().await;
+    let backend = backend(&server);
+    let tenant = fresh_tenant("audit-tail");
+    backend
+        .submit(pending(&tenant, "readable", HOUR))
+        .await
+        .expect("submit");
+    let mut conn = server.connection().await;
+    let unreadable: String = redis::cmd("XADD")
+        .arg(audit_key(&tenant))
+        .arg("*")
+        .arg("e")
+        .arg("not json")
+        .query_async(&mut conn)
+        .await
+        .expect("xadd");
+
+    let page = backend.audit(&tenant, None, None, 10).await.expect("audit");
+    assert_eq!(page.items.len(), 1, "{:?}", page.items);
+    assert_eq!(page.next_cursor.as_deref(), Some(unreadable.as_str()));
+    let after = backend
+        .audit(&tenant, None, page.next_cursor.as_deref(), 10)
+        .await
+        .expect("audit after it");
+    assert!(
+        after.items.is_empty() && after.next_cursor.is_none(),
+        "{after:?}"
+    );
+}
