@@ -125,6 +125,7 @@ pub(crate) async fn stream(
         stream,
         queued: first.into(),
         more: false,
+        unshown_pages: 0,
         greeted: false,
         over: over.clone(),
         _ends: over.clone().drop_guard(),
@@ -159,6 +160,12 @@ async fn end_in_time(
     drop(place);
 }
 
+/// Full pages of events a stream does not send (allow and deny verdicts, mostly) that it reads
+/// in a row before it pauses for a poll interval. A reviewer may resume from an hour back: in
+/// a tenant of mostly allowed actions that was thousands of reads back to back, before a byte
+/// was sent, on every reconnect (the client's id never moved).
+const UNSHOWN_PAGES_PER_POLL: usize = 10;
+
 /// An open stream between reads: what was read and not sent yet.
 struct Live {
     state: AppState,
@@ -166,6 +173,9 @@ struct Live {
     queued: VecDeque<LiveEvent>,
     /// The last read returned a full page: read again at once.
     more: bool,
+    /// Full pages read in a row with nothing in them to send (allow and deny verdicts, policy
+    /// changes): see [`UNSHOWN_PAGES_PER_POLL`].
+    unshown_pages: usize,
     /// The `retry:` advice went out.
     greeted: bool,
     /// Cancelled at the stream's end ([`end_in_time`]): its maximum duration (no connection
@@ -223,8 +233,23 @@ impl Live {
             };
             match read {
                 Ok((events, more)) => {
+                    self.unshown_pages = if events.is_empty() && more {
+                        self.unshown_pages + 1
+                    } else {
+                        0
+                    };
                     self.queued.extend(events);
                     self.more = more;
+                    if self.unshown_pages >= UNSHOWN_PAGES_PER_POLL {
+                        // A pause, as between polls, and the client told how far the stream
+                        // has read: its reconnect resumes there, not where it began.
+                        self.unshown_pages = 0;
+                        self.more = false;
+                        if let Some(id) = self.stream.read_up_to() {
+                            let progress = Event::default().id(id).comment("read up to here");
+                            return Some((Ok(progress), self));
+                        }
+                    }
                 }
                 Err(error) => {
                     tracing::debug!(tenant = %self.stream.tenant(), %error, "live stream ends");

@@ -153,6 +153,16 @@ impl LiveStream {
         self.start_id.as_deref()
     }
 
+    /// Where the stream has read up to, as an id a client may resume after: the last event
+    /// read, shown or not. `None` on an engine whose audit settles late (its re-reads go by
+    /// time) or before any read.
+    pub fn read_up_to(&self) -> Option<&str> {
+        match self.unsettled {
+            Some(_) => None,
+            None => self.after.as_deref(),
+        }
+    }
+
     /// The stream's place in the counts of open streams, given back when what is returned is
     /// dropped: at the stream's end, though the stream itself may be dropped much later (an
     /// HTTP/2 client that grants no window leaves it unread, `crate::api::events`).

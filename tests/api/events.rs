@@ -76,6 +76,33 @@ impl SseReader {
             .map(|id| id.trim().to_owned())
     }
 
+    /// The next frame that carries an `id:`, named or not: `(event, id)`.
+    async fn next_with_id(&mut self, within: Duration) -> (Option<String>, String) {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let frame: String = self.buffer.drain(..end + 2).collect();
+                let field = |name: &str| {
+                    frame
+                        .lines()
+                        .find_map(|line| line.strip_prefix(name))
+                        .map(|v| v.trim().to_owned())
+                };
+                if let Some(id) = field("id:") {
+                    return (field("event:"), id);
+                }
+                continue;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let chunk = tokio::time::timeout(left, self.response.chunk())
+                .await
+                .unwrap_or_else(|_| panic!("no id within {within:?}; read {:?}", self.buffer))
+                .expect("the stream reads")
+                .expect("the stream stays open");
+            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+
     /// The next event with a name (comments, keep-alives and `retry:` skipped).
     async fn next(&mut self, within: Duration) -> SseEvent {
         let deadline = Instant::now() + within;
@@ -451,4 +478,49 @@ async fn until_in_audit(app: &TestApp, id: &str) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A reviewer may resume from up to an hour back. Across a long stretch of events a stream
+/// does not send (allowed actions), it pauses every few pages and tells the client how far it
+/// has read: the walk is paced, and a reconnect resumes past what was walked. It read the
+/// whole stretch back to back, and the client's id never moved.
+#[tokio::test]
+async fn a_long_stretch_of_unsent_events_is_walked_in_steps_that_move_the_resume_point() {
+    let app = TestApp::spawn().await;
+    let resume_from = format!("{}-0", chrono::Utc::now().timestamp_millis() - 1);
+    // More allowed reads than the pages a stream reads between two pauses hold.
+    let ids: Vec<String> = (0..1_200).map(|n| format!("allowed-{n:04}")).collect();
+    for chunk in ids.chunks(50) {
+        let submits = chunk.iter().map(|id| {
+            app.submit(
+                id,
+                json!({"type": "document_read", "resource": "wiki/onboarding"}),
+            )
+        });
+        for answer in futures::future::join_all(submits).await {
+            assert_eq!(answer.status(), StatusCode::OK);
+        }
+    }
+    app.park("after-the-stretch").await;
+
+    let mut reader =
+        SseReader::open(&app, &app.base, &app.tokens.reviewer, Some(&resume_from)).await;
+    assert_eq!(reader.greeting_id(WITHIN).await, None);
+    let (event, progress) = reader.next_with_id(WITHIN).await;
+    assert_eq!(event, None, "first, how far the stream has read");
+    let position = |id: &str| -> (u64, u64) {
+        let (ms, seq) = id.split_once('-').expect("a stream id");
+        (ms.parse().expect("ms"), seq.parse().expect("seq"))
+    };
+    assert!(position(&progress) > position(&resume_from), "{progress}");
+    // Resumed from there, the stream goes on to what it sends.
+    drop(reader);
+    let mut resumed = SseReader::open(&app, &app.base, &app.tokens.reviewer, Some(&progress)).await;
+    let parked = loop {
+        let event = resumed.next(WITHIN).await;
+        if event.event == "parked" {
+            break event;
+        }
+    };
+    assert_eq!(parked.data["approval_id"], "after-the-stretch");
 }

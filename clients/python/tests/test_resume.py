@@ -59,11 +59,20 @@ def test_a_stream_left_before_its_first_event_resumes_from_its_greeting() -> Non
     resume, decoder = _core.Resume(None), _core.SseDecoder()
     for line in ["retry: 1000", "id: 1733000000000-18446744073709551615"]:
         assert decoder.feed(line) is None
-        resume.start_from(decoder.dispatched_id)
+        resume.moved_to(decoder.dispatched_id)
     assert resume.last is None, "an id counts only once its frame ends"
     assert decoder.feed("") is None
-    resume.start_from(decoder.dispatched_id)
+    resume.moved_to(decoder.dispatched_id)
     assert resume.last == "1733000000000-18446744073709551615"
     # A later greeting (a resumed stream has none) or an event never moves it back.
-    resume.start_from("1732000000000-0")
+    resume.moved_to("1732000000000-0")
     assert resume.last == "1733000000000-18446744073709551615"
+
+
+def test_a_position_sent_without_an_event_moves_the_resume_point_forward() -> None:
+    # Past a long stretch of events it does not send, the service sends how far it has read.
+    resume, decoder = _core.Resume("1733000000000-0"), _core.SseDecoder()
+    for line in [": read up to here", "id: 1733000005000-3", ""]:
+        assert decoder.feed(line) is None
+        resume.moved_to(decoder.dispatched_id)
+    assert resume.last == "1733000005000-3"

@@ -506,10 +506,11 @@ class Resume:
         if last_event_id is not None:
             self._remember(last_event_id)
 
-    def start_from(self, stream_id: str | None) -> None:
-        """A stream's own position before any event (its greeting's id): a reconnect before
-        the first event resumes there, not from the moment it reconnects."""
-        if self.last is None and stream_id is not None:
+    def moved_to(self, stream_id: str | None) -> None:
+        """A position the stream sent without an event: its start (the greeting of a stream
+        opened without `Last-Event-ID`), or how far it has read past events it does not send
+        (a long stretch of allowed actions). A reconnect resumes there; never backwards."""
+        if stream_id is not None and (self.last is None or _position(stream_id) > _position(self.last)):
             self.last = stream_id
 
     def first_time(self, event: LiveEvent) -> bool:

@@ -463,7 +463,7 @@ class ApprovalsClient:
                     for line in response.iter_lines():
                         raw = decoder.feed(line)
                         if raw is None:
-                            resume.start_from(decoder.dispatched_id)
+                            resume.moved_to(decoder.dispatched_id)
                         else:
                             event = _core.live_event(raw)
                             if resume.first_time(event):
