@@ -293,7 +293,9 @@ return released";
 /// attempt had outlived its lease, got it through) is dropped, not sent again. One that cannot
 /// be read (edited by hand, another version's) stays a dead letter: it would otherwise stop the
 /// script half-way, its writes so far kept and the letters requeued left in the list too.
-/// Each goes back into its webhook's queue (`ARGV[4]` followed by its webhook id).
+/// Each goes back into its webhook's queue (`ARGV[4]` followed by its webhook id). A letter
+/// of a webhook removed since (not in KEYS[3]) is dropped: it would be counted as queued, then
+/// dropped at its first attempt.
 const REDELIVER: &str = r"
 local letters = redis.call('LRANGE', KEYS[1], 0, -1)
 local moved = 0
@@ -303,6 +305,8 @@ for _, json in ipairs(letters) do
   if not ok or type(delivery) ~= 'table' or type(delivery.id) ~= 'string'
       or type(delivery.webhook_id) ~= 'string' then
     kept[#kept + 1] = json
+  elseif redis.call('HEXISTS', KEYS[3], delivery.webhook_id) == 0 then
+    -- Its webhook is gone: nowhere to deliver it.
   elseif redis.call('GET', ARGV[3] .. delivery.id) ~= 'sent' then
     delivery.attempts = 0
     delivery.last_error = nil
@@ -317,6 +321,23 @@ end
 redis.call('DEL', KEYS[1])
 if #kept > 0 then redis.call('RPUSH', KEYS[1], unpack(kept)) end
 return moved";
+
+/// Removes webhook `ARGV[1]` (KEYS[1], the tenant's webhooks) and its dead letters (KEYS[2]):
+/// kept, they were counted in the tenant's `dead_letters` for good, and a redelivery said it
+/// queued them. Letters this version cannot read stay, as in `REDELIVER`.
+const REMOVE: &str = r"
+local removed = redis.call('HDEL', KEYS[1], ARGV[1])
+if removed == 0 then return 0 end
+local kept = {}
+for _, json in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
+  local ok, delivery = pcall(cjson.decode, json)
+  if not (ok and type(delivery) == 'table' and delivery.webhook_id == ARGV[1]) then
+    kept[#kept + 1] = json
+  end
+end
+redis.call('DEL', KEYS[2])
+if #kept > 0 then redis.call('RPUSH', KEYS[2], unpack(kept)) end
+return removed";
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -418,9 +439,16 @@ impl Store {
 
     /// Removes a webhook; false if it did not exist.
     pub async fn remove(&self, tenant: &TenantId, id: &str) -> Result<bool, StoreError> {
-        let (key, id) = (hooks_key(tenant.as_str()), id.to_owned());
+        let id = id.to_owned();
         let removed: u32 = self
-            .call(|mut c| async move { c.hdel(key, id).await })
+            .call(|mut c| async move {
+                redis::Script::new(REMOVE)
+                    .key(hooks_key(tenant.as_str()))
+                    .key(dead_key(tenant.as_str()))
+                    .arg(id)
+                    .invoke_async(&mut c)
+                    .await
+            })
             .await?;
         Ok(removed > 0)
     }
@@ -729,6 +757,7 @@ impl Store {
             redis::Script::new(REDELIVER)
                 .key(key)
                 .key(DUE_KEY)
+                .key(hooks_key(tenant.as_str()))
                 .arg(Timestamp::now().as_millis())
                 .arg(millis(DELIVERY_TTL))
                 .arg(delivery_key(""))

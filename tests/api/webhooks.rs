@@ -1066,6 +1066,44 @@ async fn a_burst_of_warnings_does_not_hold_up_another_tenants_notifications() {
     );
 }
 
+/// A webhook removed (say, to replace a secret that leaked) takes its dead letters with it:
+/// they were counted in the tenant's `dead_letters` for good, and a redelivery answered that it
+/// queued them, only for each to be dropped at its first attempt.
+#[tokio::test]
+async fn a_removed_webhook_takes_its_dead_letters_with_it() {
+    let (failing, mut healthy) = (Receiver::start(usize::MAX).await, Receiver::start(0).await);
+    let app = TestApp::spawn_with(|s| {
+        fast(s);
+        s.notifications.max_attempts = 1;
+    })
+    .await;
+    let gone = add_webhook(&app, json!({"url": failing.url, "events": ["parked"]})).await;
+    add_webhook(&app, json!({"url": healthy.url, "events": ["parked"]})).await;
+    app.park("before-removal").await;
+    healthy.next_of("parked").await;
+    until_dead_letters(&app, 1).await;
+
+    let url = format!(
+        "/v1/tenants/{}/webhooks/{}",
+        app.tenant,
+        gone["id"].as_str().expect("id")
+    );
+    let removed = app
+        .request(Method::DELETE, &url, Some(&app.tokens.admin))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(removed.status(), StatusCode::NO_CONTENT);
+    let listed = app
+        .get_json(
+            &format!("/v1/tenants/{}/webhooks", app.tenant),
+            &app.tokens.admin,
+        )
+        .await;
+    assert_eq!(listed["dead_letters"], 0, "{listed}");
+    assert_eq!(redeliver_dead_letters(&app).await, 0);
+}
+
 /// An agent chooses part of what a Slack message quotes (its action type, in the reasons; its
 /// `agent_id`): a link it slips in shows as text, it does not become a link that looks like
 /// the inbox's (nor a mention that pings the channel).
