@@ -339,6 +339,9 @@ redis.call('DEL', KEYS[2])
 if #kept > 0 then redis.call('RPUSH', KEYS[2], unpack(kept)) end
 return removed";
 
+/// How long a delivery this version cannot read waits before it is looked at again.
+const UNREADABLE_RETRY: Duration = Duration::from_secs(600);
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -629,6 +632,24 @@ impl Store {
         for (id, value) in ids.iter().zip(values) {
             match value.as_deref().map(serde_json::from_str::<Delivery>) {
                 Some(Ok(delivery)) => deliveries.push(delivery),
+                // Neither a delivery this version reads nor a tombstone (another version's, or
+                // edited by hand): not knowing is not settled. Left queued, looked at again in
+                // a while rather than every lease, for a person or that version to settle.
+                Some(Err(error)) if !matches!(value.as_deref(), Some("sent" | "dead")) => {
+                    tracing::warn!(delivery = %id, %error, "unreadable webhook delivery left queued");
+                    crate::metrics::unreadable_record(true);
+                    let (id, later) = (id.clone(), now.plus(UNREADABLE_RETRY).as_millis());
+                    self.call(|mut c| async move {
+                        redis::cmd("ZADD")
+                            .arg(DUE_KEY)
+                            .arg("XX")
+                            .arg(later)
+                            .arg(id)
+                            .query_async::<()>(&mut c)
+                            .await
+                    })
+                    .await?;
+                }
                 // Gone (expired) or a tombstone: nothing left to send.
                 other => {
                     if other.is_none() {
@@ -1096,6 +1117,31 @@ mod tests {
         }
         let reads = redis.calls("get").await - reads_before;
         assert!(reads <= 2, "{reads} deliveries read for 10 refusals");
+    }
+
+    /// A delivery this version cannot read (another version's, edited by hand) is not a
+    /// settled one: it stays queued, for later, instead of being dropped without a word.
+    #[tokio::test]
+    async fn an_unreadable_delivery_stays_queued() {
+        let redis = RedisServer::start().await;
+        let store = Store::connect(&redis.url(), Duration::from_secs(2))
+            .await
+            .unwrap();
+        let id = "acme:wh-1:e-1";
+        let mut conn = redis.connection().await;
+        let _: () = conn
+            .set(
+                delivery_key(id),
+                r#"{"id":"acme:wh-1:e-1","attempts":"many"}"#,
+            )
+            .await
+            .unwrap();
+        let _: () = conn.zadd(DUE_KEY, id, 0).await.unwrap();
+        let claimed = store.claim(10, Duration::from_secs(30)).await.unwrap();
+        assert!(claimed.is_empty(), "{claimed:?}");
+        let due: Option<f64> = conn.zscore(DUE_KEY, id).await.unwrap();
+        let due = due.expect("still queued");
+        assert!(due > Timestamp::now().plus(Duration::from_secs(60)).as_millis() as f64);
     }
 
     fn webhook(id: &str) -> Webhook {
