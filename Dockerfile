@@ -60,12 +60,15 @@ WORKDIR /opt/approvals
 # Inside a container the API must listen on all interfaces (the default is 127.0.0.1).
 # Environment variables override the config file: a mounted file's listen, policy.dir or
 # log.format needs the variable set too (the service logs each key so overridden at start).
+# /metrics names every tenant and what it does: on a port of its own, which Prometheus reaches
+# and the API's clients do not (publish 8080 only).
 ENV APPROVALS_SERVER__LISTEN=0.0.0.0:8080 \
+    APPROVALS_SERVER__METRICS_LISTEN=0.0.0.0:8090 \
     APPROVALS_POLICY__DIR=/opt/approvals/policies \
     APPROVALS_LOG__FORMAT=json
 
 USER 10001:10001
-EXPOSE 8080
+EXPOSE 8080 8090
 
 # Ready means: the HTTP API answers and the backend (Redis) is reachable. `approvals
 # healthcheck` asks /readyz where the configuration says the service listens (server.listen,

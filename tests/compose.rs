@@ -806,6 +806,28 @@ fn the_example_config_and_env_load_with_the_stacks_environment() {
     assert!(grafana.contains_key("GF_SECURITY_ADMIN_PASSWORD"));
 }
 
+/// `/metrics` names every tenant and what each does: the image serves it on a port of its own,
+/// not on the API's, which agents and reviewers of every tenant reach. It was on the API's
+/// port unless an operator knew to move it.
+#[test]
+fn the_image_serves_metrics_off_the_api_port() {
+    let dockerfile = read("Dockerfile");
+    let env = |name: &str| {
+        dockerfile
+            .split(|c: char| c.is_whitespace() || c == '\\')
+            .find_map(|word| word.strip_prefix(&format!("{name}=")))
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("Dockerfile: ENV {name}"))
+    };
+    let port = |addr: String| addr.rsplit(':').next().unwrap_or_default().to_owned();
+    let (api, metrics) = (
+        port(env("APPROVALS_SERVER__LISTEN")),
+        port(env("APPROVALS_SERVER__METRICS_LISTEN")),
+    );
+    assert_ne!(api, metrics);
+    assert!(dockerfile.contains(&format!("EXPOSE {api} {metrics}")));
+}
+
 // ---- what the mounted monitoring files must agree on --------------------------------------
 
 /// Where on the host (in the repository) `target` inside `service`'s container comes from,
