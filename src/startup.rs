@@ -102,12 +102,17 @@ impl Application {
             .with_budget(settings.limits.policy_instructions);
         tracing::info!(dir = %settings.policy.dir.display(), version = policy.version(), "policy loaded");
         let sandbox = sandbox(&settings.policy.sandbox, settings.keeps_tenant_policies()).await?;
+        let shipping_stop = CancellationToken::new();
+        let (decision_log, shipping) =
+            DecisionLog::start(&settings.decision_log, shipping_stop.clone());
         let engine = crate::engines::start(
             &settings,
-            Arc::new(EngineMetrics::answering()),
+            Arc::new(EngineMetrics::answering().shipping_to(decision_log.clone())),
             Arc::new(EngineMetrics::secondary()),
         )
-        .await?;
+        .await
+        // No shipping task left behind by a start that failed.
+        .inspect_err(|_| shipping_stop.cancel())?;
         warn_about_long_ttls(&settings);
         if settings.auth.tokens.is_empty() {
             tracing::warn!(
@@ -123,9 +128,6 @@ impl Application {
             .collect();
         ttls.push(("*".to_owned(), settings.approvals.default_ttl));
         let shutdown = CancellationToken::new();
-        let shipping_stop = CancellationToken::new();
-        let (decision_log, shipping) =
-            DecisionLog::start(&settings.decision_log, shipping_stop.clone());
         let policies = Arc::new(
             TenantPolicies::new(
                 Arc::new(policy),

@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::EngineMetrics;
 use crate::config::{BackendChoice, EngineKind, Settings};
+use crate::decision_log::DecisionLog;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -78,12 +79,16 @@ pub async fn run(
     let temporal = settings.temporal.clone();
     // Before anything can be counted.
     crate::metrics::install_recorder();
+    // The expiries its workflows record go to the decision log, as the service's own do.
+    let shipping_stop = CancellationToken::new();
+    let (decision_log, shipping) =
+        DecisionLog::start(&settings.decision_log, shipping_stop.clone());
     let events = match settings.backend {
         BackendChoice::Temporal
         | BackendChoice::Dual {
             primary: EngineKind::Temporal,
             ..
-        } => EngineMetrics::answering(),
+        } => EngineMetrics::answering().shipping_to(decision_log),
         BackendChoice::Redis
         | BackendChoice::Dual {
             primary: EngineKind::Redis,
@@ -126,6 +131,11 @@ pub async fn run(
         .await;
     stop_http.cancel();
     let _ = http.await;
+    // After the worker: its last expiries are queued by now (the log bounds its own drain).
+    shipping_stop.cancel();
+    if let Some(shipping) = shipping {
+        let _ = shipping.await;
+    }
     match result {
         Ok(()) => {
             tracing::info!("worker stopped");

@@ -5,10 +5,11 @@ use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
 use approvals_core::{
-    Approval, BackendError, EngineEvents, FailureLog, RepeatedFailure, Timestamp,
+    Approval, AuditEntry, BackendError, EngineEvents, FailureLog, RepeatedFailure, Timestamp,
 };
 
 use super::chain;
+use crate::decision_log::DecisionLog;
 
 /// Records an engine's own expiries and chore passes in the service's metrics.
 pub struct EngineMetrics {
@@ -20,6 +21,8 @@ pub struct EngineMetrics {
     /// when it starts failing, once a minute with a count, and when it recovers, not on every
     /// pass (the metric counts each).
     failing: Mutex<HashMap<&'static str, RepeatedFailure>>,
+    /// Where the expiries this engine records are shipped too, like the events of requests.
+    decision_log: Option<DecisionLog>,
 }
 
 impl EngineMetrics {
@@ -28,6 +31,15 @@ impl EngineMetrics {
         Self {
             answering: true,
             failing: Mutex::default(),
+            decision_log: None,
+        }
+    }
+
+    /// Ships the expiries it records to `log` (a SIEM's copy of the audit lacked them).
+    pub fn shipping_to(self, log: DecisionLog) -> Self {
+        Self {
+            decision_log: Some(log),
+            ..self
         }
     }
 
@@ -36,6 +48,7 @@ impl EngineMetrics {
         Self {
             answering: false,
             failing: Mutex::default(),
+            decision_log: None,
         }
     }
 
@@ -55,6 +68,9 @@ impl EngineEvents for EngineMetrics {
     fn expired(&self, approval: &Approval, recorded_at: Timestamp) {
         if self.answering {
             crate::metrics::expired(approval, recorded_at);
+            if let Some(log) = &self.decision_log {
+                log.offer(&AuditEntry::expired(approval, recorded_at));
+            }
         }
     }
 

@@ -462,3 +462,45 @@ async fn a_filtered_audit_read_takes_few_round_trips() {
     assert!(page["next_cursor"].is_null(), "{page}");
     assert!(after - before <= 5, "{} XRANGE calls", after - before);
 }
+
+/// Expiries are audit events a compliance team's SIEM needs too (an automatic rejection): the
+/// instance that records one ships it, like the events of its requests.
+#[tokio::test]
+async fn an_expiry_is_shipped_to_the_decision_log() {
+    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<Value>();
+    let sink = axum::Router::new().route(
+        "/ingest",
+        axum::routing::post(move |body: String| {
+            let lines_tx = lines_tx.clone();
+            async move {
+                for line in body.lines() {
+                    let _ = lines_tx.send(serde_json::from_str(line).expect("a JSON line"));
+                }
+                StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/ingest", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, sink).await });
+    let app = TestApp::spawn_with(|s| {
+        shipping_to(url)(s);
+        s.approvals.tenant_ttl.insert(
+            crate::support::TENANT.into(),
+            std::time::Duration::from_secs(1),
+        );
+    })
+    .await;
+    app.park("left-to-expire").await;
+    let expired = loop {
+        let line = tokio::time::timeout(std::time::Duration::from_secs(15), lines.recv())
+            .await
+            .expect("the expiry shipped within 15 s")
+            .expect("the sink is up");
+        if line["kind"] == "expired" {
+            break line;
+        }
+    };
+    assert_eq!(expired["approval_id"], "left-to-expire");
+    assert_eq!(expired["tenant"], app.tenant);
+}
