@@ -2,11 +2,14 @@
 //! to a SIEM as JSON lines: on standard output, or POSTed in batches to an HTTP endpoint.
 //!
 //! The tenant's audit is the record; this is a copy for systems that want a stream. So a
-//! request never waits for it: events go into a bounded queue (`try_send`), and what does not
-//! fit, or cannot be delivered after `decision_log.max_attempts`, is dropped and counted
+//! request never waits for it: events go into a bounded queue (`try_send`; bounded in events
+//! and in bytes), and what does not fit, or cannot be delivered after
+//! `decision_log.max_attempts`, is dropped and counted
 //! (`approvals_decision_log_dropped_total{reason}`) — it is still in the audit, whose NDJSON
 //! export can backfill a gap.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use approvals_core::AuditEntry;
@@ -18,13 +21,24 @@ use crate::config::{DecisionLogSettings, DecisionLogSink};
 /// The request path's end: cheap to clone, never blocks.
 #[derive(Clone)]
 pub struct DecisionLog {
-    queue: Option<mpsc::Sender<AuditEntry>>,
+    /// Each event as its JSON line, serialised once, here: its size is what the queue counts.
+    queue: Option<mpsc::Sender<String>>,
+    /// Bytes of the lines in the queue, against [`QUEUE_BYTES`].
+    queued_bytes: Arc<AtomicUsize>,
 }
+
+/// The most bytes of events waiting at once. A count alone did not bound them: an event may
+/// carry 16 reasons of 1,000 characters, twice with a shadow verdict (about 128 kB), and
+/// 10,000 such events waiting for a slow sink were over a gigabyte, in one tenant's hands.
+const QUEUE_BYTES: usize = 64 << 20;
 
 impl DecisionLog {
     /// Ships nothing.
     pub fn disabled() -> Self {
-        Self { queue: None }
+        Self {
+            queue: None,
+            queued_bytes: Arc::default(),
+        }
     }
 
     /// Starts the shipping task; it drains the queue and stops once `stop` is cancelled.
@@ -46,24 +60,50 @@ impl DecisionLog {
             (DecisionLogSink::Http, None) => return (Self::disabled(), None),
         };
         let (queue, events) = mpsc::channel(settings.queue_capacity);
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
         let shipper = Shipper {
             destination,
             batch_size: settings.batch_size,
             flush_interval: settings.flush_interval,
             max_attempts: settings.max_attempts,
+            queued_bytes: Arc::clone(&queued_bytes),
         };
         let task = tokio::spawn(shipper.run(events, stop));
-        (Self { queue: Some(queue) }, Some(task))
+        let log = Self {
+            queue: Some(queue),
+            queued_bytes,
+        };
+        (log, Some(task))
     }
 
-    /// Queues `entry` for shipping, or drops and counts it if the queue is full.
-    pub fn offer(&self, entry: &AuditEntry) {
-        let Some(queue) = &self.queue else { return };
-        match queue.try_send(entry.clone()) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => dropped("queue_full", 1),
-            Err(mpsc::error::TrySendError::Closed(_)) => dropped("stopped", 1),
+    /// Queues `entry` for shipping, or drops and counts it if the queue is full (in events or
+    /// in bytes); whether it was queued.
+    pub fn offer(&self, entry: &AuditEntry) -> bool {
+        let Some(queue) = &self.queue else {
+            return false;
+        };
+        // Plain data: serialising cannot fail.
+        let mut line = serde_json::to_string(entry).unwrap_or_default();
+        line.push('\n');
+        let size = line.len();
+        let fits = self
+            .queued_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
+                (queued + size <= QUEUE_BYTES).then_some(queued + size)
+            })
+            .is_ok();
+        if !fits {
+            dropped("queue_full", 1);
+            return false;
         }
+        let refused = match queue.try_send(line) {
+            Ok(()) => return true,
+            Err(mpsc::error::TrySendError::Full(_)) => "queue_full",
+            Err(mpsc::error::TrySendError::Closed(_)) => "stopped",
+        };
+        self.queued_bytes.fetch_sub(size, Ordering::AcqRel);
+        dropped(refused, 1);
+        false
     }
 }
 
@@ -80,10 +120,17 @@ struct Shipper {
     batch_size: usize,
     flush_interval: Duration,
     max_attempts: u32,
+    queued_bytes: Arc<AtomicUsize>,
 }
 
 impl Shipper {
-    async fn run(self, mut events: mpsc::Receiver<AuditEntry>, stop: CancellationToken) {
+    /// `line` taken out of the queue (into a batch): its bytes no longer count there.
+    fn took(&self, line: String) -> String {
+        self.queued_bytes.fetch_sub(line.len(), Ordering::AcqRel);
+        line
+    }
+
+    async fn run(self, mut events: mpsc::Receiver<String>, stop: CancellationToken) {
         let mut batch = Vec::with_capacity(self.batch_size);
         loop {
             // The first event of a batch is awaited without a deadline; the rest for at most
@@ -93,13 +140,13 @@ impl Shipper {
                 () = stop.cancelled() => None,
             };
             let Some(first) = first else { break };
-            batch.push(first);
+            batch.push(self.took(first));
             let deadline = tokio::time::sleep(self.flush_interval);
             tokio::pin!(deadline);
             while batch.len() < self.batch_size {
                 tokio::select! {
                     event = events.recv() => match event {
-                        Some(event) => batch.push(event),
+                        Some(event) => batch.push(self.took(event)),
                         None => break,
                     },
                     () = &mut deadline => break,
@@ -119,7 +166,7 @@ impl Shipper {
             loop {
                 while batch.len() < self.batch_size {
                     let Ok(event) = events.try_recv() else { break };
-                    batch.push(event);
+                    batch.push(self.took(event));
                 }
                 if batch.is_empty() {
                     return;
@@ -141,16 +188,11 @@ impl Shipper {
         }
     }
 
-    async fn ship(&self, batch: &mut Vec<AuditEntry>, attempts: u32) {
+    async fn ship(&self, batch: &mut Vec<String>, attempts: u32) {
         if batch.is_empty() {
             return;
         }
-        let mut body = Vec::new();
-        for event in batch.iter() {
-            // Plain data: serialising cannot fail.
-            body.extend(serde_json::to_vec(event).unwrap_or_default());
-            body.push(b'\n');
-        }
+        let body: Vec<u8> = batch.concat().into_bytes();
         let count = batch.len() as u64;
         // The batch is cleared only when it is done with: a ship cut short (shutdown) leaves it
         // for the drain.
@@ -230,4 +272,50 @@ const DRAIN_BUDGET: Duration = Duration::from_secs(5);
 
 fn dropped(reason: &'static str, count: u64) {
     metrics::counter!("approvals_decision_log_dropped_total", "reason" => reason).increment(count);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use approvals_core::{ApprovalId, AuditKind, TenantId, Timestamp};
+
+    /// A sink that never answers while events of the largest size keep coming: the queue stops
+    /// at its byte bound, far below its count bound (it held 10,000 of them, over a gigabyte).
+    #[tokio::test]
+    async fn the_queue_is_bounded_in_bytes_too() {
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/ingest", silent.local_addr().unwrap());
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = silent.accept().await {
+                held.push(stream);
+            }
+        });
+        let settings = DecisionLogSettings {
+            sink: DecisionLogSink::Http,
+            url: Some(url),
+            ..DecisionLogSettings::default()
+        };
+        let stop = CancellationToken::new();
+        let (log, _task) = DecisionLog::start(&settings, stop.clone());
+        let reasons: Vec<String> = (0..16).map(|_| "é".repeat(1_000)).collect();
+        let entry = AuditEntry {
+            timestamp: Timestamp::now(),
+            tenant: TenantId::parse("acme").unwrap(),
+            approval_id: ApprovalId::parse("req-1").unwrap(),
+            kind: AuditKind::Submitted,
+            actor: "agent".into(),
+            details: serde_json::json!({"reasons": reasons, "shadow": {"reasons": reasons}}),
+        };
+        let size = serde_json::to_string(&entry).unwrap().len() + 1;
+        let offered = 2 * QUEUE_BYTES / size;
+        let queued = (0..offered).filter(|_| log.offer(&entry)).count();
+        // What the queue holds, and at most one batch the shipper took out of it.
+        let batch = settings.batch_size;
+        assert!(
+            queued <= QUEUE_BYTES / size + batch,
+            "{queued} of {offered} events of {size} bytes queued"
+        );
+        stop.cancel();
+    }
 }
