@@ -342,3 +342,67 @@ fn unreadable_records(metrics: &str) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// A page of large approvals ends early, at about a megabyte, with a cursor to the rest: 500
+/// records of the largest size were about 25 MB per page, held until a slow client read them,
+/// up to 256 pages at once per token. Following the cursors still visits every one once.
+#[tokio::test]
+async fn a_page_of_large_approvals_ends_early_and_the_cursor_goes_on() {
+    let app = TestApp::spawn().await;
+    // About 14 kB each, within the limits (strings of 2,048 characters, objects of 16 KiB).
+    let filler: serde_json::Map<String, Value> = (0..7)
+        .map(|n| (format!("note_{n}"), json!("x".repeat(2_000))))
+        .collect();
+    let ids: Vec<String> = (0..40).map(|n| format!("large-{n:02}")).collect();
+    for id in &ids {
+        let mut action = filler.clone();
+        action.insert("type".into(), json!("document_read"));
+        action.insert("resource".into(), json!("finance/q3-report"));
+        let body = json!({"request_id": id, "action": action, "context": filler});
+        let response = app
+            .request(
+                Method::POST,
+                &format!("/v1/tenants/{}/approvals", app.tenant),
+                Some(&app.tokens.agent),
+            )
+            .json(&body)
+            .send()
+            .await
+            .expect("submit");
+        assert_eq!(response.status(), StatusCode::CREATED, "{id}");
+    }
+    let path = format!(
+        "/v1/tenants/{}/approvals?status=pending&limit=100",
+        app.tenant
+    );
+    let first = app
+        .request(Method::GET, &path, Some(&app.tokens.reviewer))
+        .send()
+        .await
+        .expect("list");
+    assert_eq!(first.status(), StatusCode::OK);
+    let first: Value = serde_json::from_slice(&first.bytes().await.expect("body")).unwrap();
+    let listed = first["items"].as_array().expect("items").len();
+    assert!(
+        listed > 0 && listed < ids.len(),
+        "{listed} of 40 on the first page"
+    );
+    assert!(first["next_cursor"].is_string(), "a cursor to the rest");
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let query = match &cursor {
+            Some(c) => format!("{path}&cursor={c}"),
+            None => path.clone(),
+        };
+        let page = app.get_json(&query, &app.tokens.reviewer).await;
+        for item in page["items"].as_array().expect("items") {
+            seen.push(item["id"].as_str().expect("id").to_owned());
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids, "each once, oldest first");
+}

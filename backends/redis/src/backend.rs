@@ -24,6 +24,11 @@ use crate::scripts::Scripts;
 use crate::settings::RedisSettings;
 use crate::waiters::Waiters;
 
+/// The most record bytes one page of a list holds (at least one record): 500 records of the
+/// largest size were about 25 MB, held in memory until a slow client had read them, up to
+/// 256 at once per token.
+const LIST_PAGE_BYTES: usize = 1 << 20;
+
 pub struct RedisBackend {
     connections: Connections,
     pub(crate) settings: RedisSettings,
@@ -466,8 +471,8 @@ impl ApprovalBackend for RedisBackend {
                     .await
             })
             .await?;
-        let more = members.len() > limit;
-        let members = &members[..members.len().min(limit)];
+        let mut more = members.len() > limit;
+        let mut members = &members[..members.len().min(limit)];
         let record_keys = members
             .iter()
             .filter_map(|m| m.split_once(':'))
@@ -476,7 +481,29 @@ impl ApprovalBackend for RedisBackend {
             .collect();
         let now = Timestamp::now();
         let mut items = Vec::with_capacity(members.len());
-        for (key, raw) in self.fetch(record_keys).await? {
+        let mut fetched = self.fetch(record_keys).await?;
+        // A page ends early once its records pass the byte budget (the next one starts after
+        // its last record), always with at least one.
+        let mut bytes = 0;
+        if let Some(within) = fetched.iter().position(|(_, raw)| {
+            bytes += raw.len();
+            bytes > LIST_PAGE_BYTES
+        }) {
+            let kept = within.max(1);
+            if kept < fetched.len() {
+                let last_key = &fetched[kept - 1].0;
+                if let Some(end) = members.iter().position(|m| {
+                    m.split_once(':')
+                        .and_then(|(_, id)| ApprovalId::parse(id).ok())
+                        .is_some_and(|id| &keys::record(tenant, &id) == last_key)
+                }) {
+                    members = &members[..=end];
+                    fetched.truncate(kept);
+                    more = true;
+                }
+            }
+        }
+        for (key, raw) in fetched {
             let approval = match self.load(&key, raw).await {
                 Ok(approval) => approval.as_of(now),
                 Err(error) => {
