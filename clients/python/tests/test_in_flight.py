@@ -249,3 +249,22 @@ def test_max_in_flight_is_at_least_one() -> None:
     for client in (ApprovalsClient, AsyncApprovalsClient):
         with pytest.raises(ValueError, match="max_in_flight"):
             client("http://127.0.0.1:9", "token", "tenant", max_in_flight=0)
+
+
+@pytest.mark.anyio
+async def test_a_wait_cancelled_while_it_waits_for_a_slot_gives_its_share_back() -> None:
+    # Two slots, one of them for waits. Other calls hold both; a wait takes the waits' share
+    # and waits for a slot, and its caller gives up (a `fail_after`, a cancelled task).
+    client = AsyncApprovalsClient("http://127.0.0.1:9", "token", "acme", max_in_flight=2)
+    for _ in range(2):
+        await client._slots.acquire()
+    with anyio.move_on_after(0.1):
+        async with client._in_flight(10.0, waiting=True):
+            pass
+    for _ in range(2):
+        client._slots.release()
+    # Kept by the cancelled wait, the share would be gone for good: every later wait timed out.
+    with anyio.fail_after(2):
+        async with client._in_flight(10.0, waiting=True):
+            pass
+    await client.aclose()

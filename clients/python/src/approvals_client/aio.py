@@ -106,12 +106,19 @@ class AsyncApprovalsClient:
         share = self._wait_slots if waiting else None
         shared = False
         acquired = False
-        with anyio.move_on_after(seconds):
-            if share is not None:
-                await share.acquire()
-                shared = True
-            await self._slots.acquire()
-            acquired = True
+        try:
+            with anyio.move_on_after(seconds):
+                if share is not None:
+                    await share.acquire()
+                    shared = True
+                await self._slots.acquire()
+                acquired = True
+        except BaseException:
+            # Cancelled while waiting for a slot: the waits' share taken first goes back, or
+            # each such cancel would shrink it for good.
+            if shared and share is not None:
+                share.release()
+            raise
         try:
             if not acquired:
                 if share is not None and not shared:

@@ -170,7 +170,9 @@ def require_approval(
     policy or approved by a reviewer, and only if its arguments still build the action that
     was sent (a list or dict mutated during the wait would have it act on what nobody saw).
     Otherwise `ApprovalRefused` (carrying the `Denied`, `Rejected` or `Expired` outcome, or
-    `ActionChanged`) is raised, or `on_refused(outcome)` is returned instead.
+    `ActionChanged`) is raised, or `on_refused(outcome)` is returned instead. An `action`
+    function is called again for that check, so it must be pure: the same arguments, the
+    same action.
 
     - `client`: an `ApprovalsClient` (sync or async functions; an async function waits in a
       worker thread, which stops when the caller is cancelled) or an `AsyncApprovalsClient`
