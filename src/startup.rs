@@ -111,7 +111,7 @@ impl Application {
             Arc::new(EngineMetrics::secondary()),
         )
         .await
-        // No shipping task left behind by a start that failed.
+        // No shipping task left behind by an engine that did not start.
         .inspect_err(|_| shipping_stop.cancel())?;
         warn_about_long_ttls(&settings);
         if settings.auth.tokens.is_empty() {

@@ -885,8 +885,10 @@ impl Notifier {
                     if self.lock_warned().contains(&known) {
                         continue;
                     }
+                    // At least one per pass: a page read slower than the budget (Redis under
+                    // strain) must not leave every pass with nothing queued.
                     if queue_calls >= EXPIRING_QUEUED_PER_PASS
-                        || std::time::Instant::now() >= budget_ends
+                        || (queue_calls > 0 && std::time::Instant::now() >= budget_ends)
                     {
                         // The rest next pass, from this page (what was queued is remembered).
                         resume_at.get_or_insert_with(|| page_from.clone());

@@ -4,8 +4,9 @@
 //! `axum::serve` has no header-read timeout, no cap on connections and no bound on what a
 //! client may buffer in the server: connections that never finish their headers pile up until
 //! the process runs out of file descriptors and memory. Here every connection holds a permit
-//! of `server.max_connections` (at it a new connection takes an idle one's place, `occupants`,
-//! or is closed at once when none is idle, so the listen backlog never fills), its headers must arrive within `server.header_read_timeout` (which
+//! of `server.max_connections` (at it a new connection takes an idle one's place,
+//! `occupants`, or is closed at once when none is idle, so the listen backlog never fills),
+//! its headers must arrive within `server.header_read_timeout` (which
 //! also closes keep-alive connections idle that long), and its read buffer is bounded by
 //! `server.max_header_bytes`. A connection whose writes make no progress for
 //! `server.write_timeout` (a client that stopped reading) is closed: hyper has no write
@@ -55,6 +56,9 @@ use crate::config::ServerSettings;
 use activity::Activity;
 use closing::Closing;
 use occupants::Occupants;
+
+/// How long a connection asked to make way may take to close by itself before it is dropped.
+const LEAVE_GRACE: Duration = Duration::from_secs(1);
 
 /// What an HTTP/2 client sends first (RFC 9113, section 3.4).
 const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -114,16 +118,23 @@ impl Protocols {
                 future::select(Box::pin(stopping), Box::pin(leave.cancelled_owned())).map(drop)
             }
         };
-        // Asked to leave before any request arrived, a connection is dropped: hyper closes an
-        // HTTP/1 connection that is asked to finish only once it has answered a first request.
+        // Asked to leave, a connection is asked to finish (`until`), and dropped if it is
+        // still idle then: at once if no request ever arrived (hyper finishes an HTTP/1
+        // connection only after a first answer), else after `LEAVE_GRACE`, in which a finished
+        // answer's last bytes go out (an HTTP/2 goodbye waits for a client that may never
+        // answer). One that took a request meanwhile finishes it.
         let unserved = {
             let activity = Arc::clone(&activity);
-            leave
-                .cancelled_owned()
-                .then(move |()| match activity.has_served() {
-                    false => Either::Left(future::ready(())),
-                    true => Either::Right(future::pending()),
+            leave.cancelled_owned().then(move |()| {
+                let grace = match activity.has_served() {
+                    true => LEAVE_GRACE,
+                    false => Duration::ZERO,
+                };
+                tokio::time::sleep(grace).then(move |()| match activity.is_idle() {
+                    true => Either::Left(future::ready(())),
+                    false => Either::Right(future::pending()),
                 })
+            })
         };
         // Combinators, not an `async move` block: a block stores the connection twice
         // (captured, then awaited), which doubled each connection's task to 7 kB.
@@ -274,9 +285,9 @@ pub async fn serve(
             at_capacity = None;
             connections.spawn(seated(permit, stream));
         } else if occupants.make_way() {
-            // The idle connection asked to leave closes at once; its place is this one's. If
-            // it does not (a request arrived meanwhile), this one gives up as a connection
-            // that says nothing does.
+            // The idle connection asked to leave closes at once, or within `LEAVE_GRACE`;
+            // its place is this one's. If it does not (a request arrived meanwhile), this one
+            // gives up as a connection that says nothing does.
             warn_once(&mut at_capacity, true, settings.max_connections);
             let (permits, stopping) = (Arc::clone(&permits), stopping.clone());
             let within = protocols.header_read_timeout;

@@ -179,7 +179,8 @@ async fn at_capacity_with_every_connection_busy_a_new_one_is_closed() {
         },
     )
     .await;
-    let mut extra = TcpStream::connect(&addr_of(&app)).await.unwrap();
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut extra = TcpStream::connect(&addr).await.unwrap();
     tokio::time::timeout(Duration::from_secs(2), closed_by_server(&mut extra))
         .await
         .expect("a connection beyond the cap is closed at once");
@@ -193,10 +194,6 @@ async fn at_capacity_with_every_connection_busy_a_new_one_is_closed() {
     // Their places free as they end: served again.
     let health = app.http.get(app.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), StatusCode::OK);
-}
-
-fn addr_of(app: &TestApp) -> String {
-    app.base.trim_start_matches("http://").to_owned()
 }
 
 /// A client that sends a body slower than `server.request_timeout` allows gets `408`.

@@ -16,6 +16,7 @@ use redis::AsyncCommands;
 use tokio::task::JoinHandle;
 
 use crate::connections::{Connections, Lease};
+use crate::due_reads::DueReads;
 use crate::keys::{
     self, DEADLINES, DECIDED_CHANNEL, RETENTION, SETTLED_CHANNEL, SUBMITTED_SUM, TENANTS,
 };
@@ -45,6 +46,8 @@ pub struct RedisBackend {
     pub(crate) events: OnceLock<Arc<dyn EngineEvents>>,
     /// The tenants' policy states as last read whole (`policy_store`).
     pub(crate) policy_states: crate::policy_store::StatesCache,
+    /// Reads that found the same approval due at once, sharing one expiry call.
+    due_reads: DueReads,
 }
 
 impl Drop for RedisBackend {
@@ -82,6 +85,7 @@ impl RedisBackend {
             expiry_event: AuditEntry::expiry_template(),
             events: OnceLock::new(),
             policy_states: Default::default(),
+            due_reads: DueReads::default(),
         })
     }
 
@@ -176,7 +180,6 @@ impl RedisBackend {
         .await
     }
 
-    /// Reads a key's value, adopting it first if this backend did not write it.
     /// One approval as stored, with no view of the clock: the record, or once its key has
     /// lapsed with its lifetime (before a sweeper recorded the expiry) its shadow. Both in the
     /// same command.
@@ -196,6 +199,7 @@ impl RedisBackend {
         }
     }
 
+    /// Reads a key's value, adopting it first if this backend did not write it.
     pub(crate) async fn load(&self, key: &str, raw: String) -> Result<Approval, BackendError> {
         match record::decode(key, &raw)? {
             Decoded::Current(approval) => Ok(*approval),
@@ -224,18 +228,22 @@ impl RedisBackend {
         &self,
         keys: Vec<String>,
     ) -> Result<Vec<(String, String)>, BackendError> {
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        let query = keys.clone();
-        let values: Vec<Option<String>> = self
-            .with_conn("mget", |mut conn| async move { conn.mget(query).await })
-            .await?;
+        let values = self.fetch_all(&keys).await?;
         Ok(keys
             .into_iter()
             .zip(values)
             .filter_map(|(k, v)| Some((k, v?)))
             .collect())
+    }
+
+    /// MGET of `keys`: each one's value or `None`, in order.
+    async fn fetch_all(&self, keys: &[String]) -> Result<Vec<Option<String>>, BackendError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let query = keys.to_vec();
+        self.with_conn("mget", |mut conn| async move { conn.mget(query).await })
+            .await
     }
 
     /// Invokes decide.lua or expire.lua with their shared KEYS and leading ARGV (common.lua).
@@ -409,17 +417,25 @@ impl ApprovalBackend for RedisBackend {
             return Ok(Some(approval));
         }
         // Due and not yet swept: recorded now, so no decision can land after this answer.
-        match self.expire_on_read(&approval, now).await {
-            Ok(Some(expired)) => Ok(Some(expired)),
-            // Settled meanwhile, by a sweeper or a decision that reached Redis first.
-            Ok(None) => Ok(self.read(tenant, id).await?.map(|a| a.as_of(now))),
-            // Refused (a damaged key of the tenant, say): the sweeper reports it; the read
-            // answers what it found, as it did before reads recorded expiries.
-            Err(error) => {
-                tracing::debug!(%error, "recording an expiry found by a read failed");
-                Ok(Some(approval.as_of(now)))
+        let key = keys::record(tenant, id);
+        let settled = self.due_reads.settle(&key, || async {
+            match self.expire_on_read(&approval, now).await {
+                Ok(Some(expired)) => expired,
+                // Settled meanwhile, by a sweeper or a decision that reached Redis first; if
+                // that read fails too (or finds the record gone), what the first one found.
+                Ok(None) => match self.read(tenant, id).await {
+                    Ok(Some(current)) => current.as_of(now),
+                    Ok(None) | Err(_) => approval.clone().as_of(now),
+                },
+                // Refused (a damaged key of the tenant, say): reported; the read answers what
+                // it found, as it did before reads recorded expiries.
+                Err(error) => {
+                    tracing::debug!(%error, "recording an expiry found by a read failed");
+                    approval.clone().as_of(now)
+                }
             }
-        }
+        });
+        Ok(Some(settled.await))
     }
 
     async fn decide(
@@ -473,35 +489,29 @@ impl ApprovalBackend for RedisBackend {
             .await?;
         let mut more = members.len() > limit;
         let mut members = &members[..members.len().min(limit)];
-        let record_keys = members
+        // Each record key with its member's place in the page (an index may hold two members
+        // for one id: one of an approval whose record lapsed before any sweep).
+        let (places, record_keys): (Vec<usize>, Vec<String>) = members
             .iter()
-            .filter_map(|m| m.split_once(':'))
-            .filter_map(|(_, id)| ApprovalId::parse(id).ok())
-            .map(|id| keys::record(tenant, &id))
-            .collect();
+            .enumerate()
+            .filter_map(|(place, m)| Some((place, ApprovalId::parse(m.split_once(':')?.1).ok()?)))
+            .map(|(place, id)| (place, keys::record(tenant, &id)))
+            .unzip();
         let now = Timestamp::now();
         let mut items = Vec::with_capacity(members.len());
-        let mut fetched = self.fetch(record_keys).await?;
-        // A page ends early once its records pass the byte budget (the next one starts after
-        // its last record), always with at least one.
-        let mut bytes = 0;
-        if let Some(within) = fetched.iter().position(|(_, raw)| {
+        let values = self.fetch_all(&record_keys).await?;
+        // A page ends early once its records pass the byte budget, always with at least one;
+        // the next starts after the member of its last record.
+        let (mut fetched, mut bytes) = (Vec::with_capacity(values.len()), 0);
+        for ((place, key), value) in places.into_iter().zip(record_keys).zip(values) {
+            let Some(raw) = value else { continue };
             bytes += raw.len();
-            bytes > LIST_PAGE_BYTES
-        }) {
-            let kept = within.max(1);
-            if kept < fetched.len() {
-                let last_key = &fetched[kept - 1].0;
-                if let Some(end) = members.iter().position(|m| {
-                    m.split_once(':')
-                        .and_then(|(_, id)| ApprovalId::parse(id).ok())
-                        .is_some_and(|id| &keys::record(tenant, &id) == last_key)
-                }) {
-                    members = &members[..=end];
-                    fetched.truncate(kept);
-                    more = true;
-                }
+            if bytes > LIST_PAGE_BYTES && !fetched.is_empty() {
+                members = &members[..place];
+                more = true;
+                break;
             }
+            fetched.push((key, raw));
         }
         for (key, raw) in fetched {
             let approval = match self.load(&key, raw).await {

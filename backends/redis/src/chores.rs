@@ -309,16 +309,30 @@ return 1";
             .await?
         {
             None => Ok(None),
-            // Not ours to settle: answered from the read, as before.
-            Some(raw) if raw == UNREADABLE => Ok(Some(due.clone().as_of(now))),
-            Some(raw) => match record::decode(&key, &raw)? {
-                Decoded::Current(expired) => {
+            // Unlisted by the script, as by a sweep, and reported the same way; answered from
+            // the read, as before.
+            Some(raw) if raw == UNREADABLE => {
+                self.pass_over(BackendError::Corrupt {
+                    key,
+                    reason: "a pending value past its deadline that cannot be expired; \
+                             taken out of the deadlines and the pending list, left in place"
+                        .into(),
+                })?;
+                Ok(Some(due.clone().as_of(now)))
+            }
+            Some(raw) => match record::decode(&key, &raw) {
+                Ok(Decoded::Current(expired)) => {
                     if let Some(events) = self.events.get() {
                         events.expired(&expired, now);
                     }
                     Ok(Some(*expired))
                 }
-                Decoded::Foreign(_) => Ok(Some(due.clone().as_of(now))),
+                Ok(Decoded::Foreign(_)) => Ok(Some(due.clone().as_of(now))),
+                // Recorded, but not readable back: reported, and answered from the read.
+                Err(error) => {
+                    self.pass_over(error)?;
+                    Ok(Some(due.clone().as_of(now)))
+                }
             },
         }
     }

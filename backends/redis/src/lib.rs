@@ -17,6 +17,7 @@ mod adopt;
 mod backend;
 mod chores;
 mod connections;
+mod due_reads;
 mod health;
 mod keys;
 mod legacy;

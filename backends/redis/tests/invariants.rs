@@ -381,3 +381,45 @@ async fn a_read_past_the_deadline_records_the_expiry_for_every_instance() {
         .count();
     assert_eq!(expired_events, 1, "{audit:?}");
 }
+
+/// Every long-poll on an approval wakes at its deadline, before the sweeper's next pass, and
+/// reads it: those reads share one expiry call, instead of one script each (all but the first
+/// for nothing) and a read again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_at_the_deadline_share_one_expiry_call() {
+    let server = RedisServer::start().await;
+    let backend = backend(&server);
+    let tenant = fresh_tenant("deadline-herd");
+    let approval = pending(&tenant, "herd", Duration::from_secs(2));
+    backend.submit(approval).await.expect("submit");
+    let waiters: Vec<_> = (0..200)
+        .map(|_| {
+            let (backend, tenant) = (backend.clone(), tenant.clone());
+            tokio::spawn(async move {
+                backend
+                    .wait_for_decision(
+                        &tenant,
+                        &id("herd"),
+                        Duration::from_secs(30),
+                        approvals_core::no_stop(),
+                    )
+                    .await
+            })
+        })
+        .collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while backend.parked() < 200 {
+        assert!(tokio::time::Instant::now() < deadline, "never parked");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let scripts_before = server.calls("evalsha").await;
+    for waiter in waiters {
+        let answered = waiter.await.expect("join").expect("wait").expect("exists");
+        assert_eq!(answered.status, Status::Expired);
+    }
+    let scripts = server.calls("evalsha").await - scripts_before;
+    assert!(
+        scripts <= 10,
+        "{scripts} scripts for 200 waiters at one deadline"
+    );
+}
