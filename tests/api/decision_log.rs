@@ -329,6 +329,46 @@ async fn a_changed_record_is_detected_not_obeyed() {
     .await;
 }
 
+/// An HTTP sink for the decision log: the JSON lines it took, and how many requests it had.
+struct Sink {
+    url: String,
+    lines: tokio::sync::mpsc::UnboundedReceiver<Value>,
+    requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Sink {
+    /// Fails its first `fail_first` requests with a 500.
+    async fn start(fail_first: usize) -> Self {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let (lines_tx, lines) = tokio::sync::mpsc::unbounded_channel::<Value>();
+        let requests = std::sync::Arc::new(AtomicUsize::new(0));
+        let seen = requests.clone();
+        let sink = axum::Router::new().route(
+            "/ingest",
+            axum::routing::post(move |body: String| {
+                let (lines_tx, seen) = (lines_tx.clone(), seen.clone());
+                async move {
+                    if seen.fetch_add(1, Ordering::SeqCst) < fail_first {
+                        return StatusCode::INTERNAL_SERVER_ERROR;
+                    }
+                    for line in body.lines() {
+                        let _ = lines_tx.send(serde_json::from_str(line).expect("a JSON line"));
+                    }
+                    StatusCode::NO_CONTENT
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/ingest", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, sink).await });
+        Self {
+            url,
+            lines,
+            requests,
+        }
+    }
+}
+
 /// Settings that ship the decision log to the HTTP sink at `url`, in batches 50 ms apart.
 fn shipping_to(url: String) -> impl FnOnce(&mut approvals::config::Settings) {
     move |settings| {
@@ -342,31 +382,13 @@ fn shipping_to(url: String) -> impl FnOnce(&mut approvals::config::Settings) {
 /// recorded arrives, a failing sink is retried, and what arrives is what the audit holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_decision_log_is_shipped_to_an_http_sink_and_retried() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
 
-    // A sink that fails its first request.
-    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<Value>();
-    let requests = Arc::new(AtomicUsize::new(0));
-    let seen = requests.clone();
-    let sink = axum::Router::new().route(
-        "/ingest",
-        axum::routing::post(move |body: String| {
-            let (lines_tx, seen) = (lines_tx.clone(), seen.clone());
-            async move {
-                if seen.fetch_add(1, Ordering::SeqCst) == 0 {
-                    return StatusCode::INTERNAL_SERVER_ERROR;
-                }
-                for line in body.lines() {
-                    let _ = lines_tx.send(serde_json::from_str(line).expect("a JSON line"));
-                }
-                StatusCode::NO_CONTENT
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/ingest", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, sink).await });
+    let Sink {
+        url,
+        mut lines,
+        requests,
+    } = Sink::start(1).await;
 
     let app = TestApp::spawn_with(shipping_to(url)).await;
     let read = json!({"type": "document_read", "resource": "docs/handbook.md"});
@@ -467,22 +489,7 @@ async fn a_filtered_audit_read_takes_few_round_trips() {
 /// instance that records one ships it, like the events of its requests.
 #[tokio::test]
 async fn an_expiry_is_shipped_to_the_decision_log() {
-    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<Value>();
-    let sink = axum::Router::new().route(
-        "/ingest",
-        axum::routing::post(move |body: String| {
-            let lines_tx = lines_tx.clone();
-            async move {
-                for line in body.lines() {
-                    let _ = lines_tx.send(serde_json::from_str(line).expect("a JSON line"));
-                }
-                StatusCode::NO_CONTENT
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/ingest", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, sink).await });
+    let Sink { url, mut lines, .. } = Sink::start(0).await;
     let app = TestApp::spawn_with(|s| {
         shipping_to(url)(s);
         s.approvals.tenant_ttl.insert(
