@@ -896,6 +896,8 @@ mod tests {
         };
         let acme = TenantId::parse("acme").unwrap();
         let mut conn = redis.connection().await;
+        // The webhook the deliveries are for: a redelivery drops letters of a removed one.
+        assert!(store.add(&webhook("wh-1"), 10).await.unwrap());
 
         // Given up on here, redelivered by an admin; then the report of an instance whose
         // last attempt outlived its lease comes in: it does not make the fresh round dead.
