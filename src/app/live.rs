@@ -67,8 +67,15 @@ pub struct LiveEvent {
     pub event: AuditEvent,
 }
 
-/// Open streams on this instance: per tenant (`None`), and per tenant and caller.
-type StreamKey = (TenantId, Option<String>);
+/// What open streams on this instance are counted by.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum StreamKey {
+    Tenant(TenantId),
+    CallerIn(TenantId, String),
+    /// A caller's streams of every tenant: a platform admin's token may read any tenant, and
+    /// the per-tenant bounds alone let it open streams on as many made-up tenants as it liked.
+    Caller(String),
+}
 
 /// Open streams per tenant on this instance.
 #[derive(Default)]
@@ -77,7 +84,7 @@ pub(super) struct LiveStreams(Arc<Mutex<HashMap<StreamKey, usize>>>);
 /// One open stream's place in the counts; released when the stream is dropped.
 struct Slot {
     streams: Arc<Mutex<HashMap<StreamKey, usize>>>,
-    keys: [StreamKey; 2],
+    keys: [StreamKey; 3],
 }
 
 impl Drop for Slot {
@@ -190,12 +197,15 @@ impl Approvals {
                 .unwrap_or_else(PoisonError::into_inner);
             let max = self.settings.max_event_streams_per_tenant;
             let keys = [
-                (tenant.clone(), None),
-                (tenant.clone(), Some(caller.subject.clone())),
+                StreamKey::Tenant(tenant.clone()),
+                StreamKey::CallerIn(tenant.clone(), caller.subject.clone()),
+                StreamKey::Caller(caller.subject.clone()),
             ];
-            let tenant_open = open.get(&keys[0]).copied().unwrap_or(0);
-            let caller_open = open.get(&keys[1]).copied().unwrap_or(0);
-            if tenant_open >= max || caller_open >= per_caller(max) {
+            let [tenant_open, caller_open, caller_total] = keys
+                .each_ref()
+                .map(|key| open.get(key).copied().unwrap_or(0));
+            // A caller's streams of all tenants together: as many as one tenant's.
+            if tenant_open >= max || caller_open >= per_caller(max) || caller_total >= max {
                 return Err(AppError::TooManyStreams {
                     tenant: tenant.clone(),
                     open: tenant_open,

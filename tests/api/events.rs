@@ -524,3 +524,28 @@ async fn a_long_stretch_of_unsent_events_is_walked_in_steps_that_move_the_resume
     };
     assert_eq!(parked.data["approval_id"], "after-the-stretch");
 }
+
+/// A platform admin's token may read every tenant: its streams are bounded across tenants too
+/// (as many as one tenant may hold), not only per tenant, where made-up tenant names gave it
+/// as many as it liked, each an audit read every poll interval.
+#[tokio::test]
+async fn one_callers_streams_are_bounded_across_tenants() {
+    let app = TestApp::spawn_with(|s| s.approvals.max_event_streams_per_tenant = 5).await;
+    let open = |tenant: String| {
+        app.http
+            .get(app.url(&format!("/v1/tenants/{tenant}/events")))
+            .bearer_auth(&app.tokens.platform_admin)
+            .send()
+    };
+    let mut streams = Vec::new();
+    for n in 0..5 {
+        let stream = open(format!("watched-{n}")).await.expect("open");
+        assert_eq!(stream.status(), StatusCode::OK, "stream {n}");
+        streams.push(stream);
+    }
+    let sixth = open("watched-5".into()).await.expect("open");
+    assert_problem(sixth, StatusCode::TOO_MANY_REQUESTS, "too_many_streams").await;
+    // Another caller is not held back.
+    let mut reviewer = SseReader::open(&app, &app.base, &app.tokens.reviewer, None).await;
+    reviewer.greeting_id(WITHIN).await;
+}
