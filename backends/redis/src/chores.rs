@@ -58,6 +58,17 @@ impl Drop for Chores {
     }
 }
 
+/// What one call of expire.lua did, read ([`RedisBackend::expiry_of`]).
+enum Expiry {
+    /// This call recorded the expiry: the expired record.
+    Recorded(Box<Approval>),
+    /// Settled already (by a decision, another sweeper or read), or not due.
+    NotRecorded,
+    /// Nothing readable to answer with: a value the script could not settle, an ADR v1
+    /// record, or a record not readable back (reported).
+    Unanswerable,
+}
+
 impl RedisBackend {
     /// Starts the sweeper (with the retention trim) and the adopter on this runtime.
     pub fn start_chores(
@@ -250,27 +261,16 @@ return 1";
                 }
                 Err(error) => return Err(error),
             };
-            match recorded.as_deref() {
-                None => {}
-                Some(UNREADABLE) => self.pass_over(BackendError::Corrupt {
-                    key,
-                    reason: "a pending value past its deadline that cannot be expired; \
-                             taken out of the deadlines and the pending list, left in place"
-                        .into(),
-                })?,
-                Some(raw) => match record::decode(&key, raw) {
-                    Ok(Decoded::Current(approval)) => expired.push(*approval),
-                    Ok(Decoded::Foreign(_)) => {}
-                    // Recorded, but not readable back: counted, and the sweep goes on.
-                    Err(error) => self.pass_over(error)?,
-                },
+            if let Expiry::Recorded(approval) = self.expiry_of(&key, recorded)? {
+                expired.push(*approval);
             }
         }
         trimmed
     }
 
     /// expire.lua for one deadline entry: the expired record if this call recorded the expiry,
-    /// `UNREADABLE`, or `None` (settled already, or not due at `now`).
+    /// `UNREADABLE`, or `None` (settled already, or not due at `now`). Read with
+    /// [`Self::expiry_of`].
     async fn run_expire(
         &self,
         tenant: &TenantId,
@@ -290,6 +290,32 @@ return 1";
         .await
     }
 
+    /// What expire.lua's reply for `key` means, for the sweeper and for reads alike; a value
+    /// it could not settle, or a record not readable back, is reported (`pass_over`).
+    fn expiry_of(&self, key: &str, recorded: Option<String>) -> Result<Expiry, BackendError> {
+        match recorded.as_deref() {
+            None => Ok(Expiry::NotRecorded),
+            Some(UNREADABLE) => {
+                self.pass_over(BackendError::Corrupt {
+                    key: key.to_owned(),
+                    reason: "a pending value past its deadline that cannot be expired; \
+                             taken out of the deadlines and the pending list, left in place"
+                        .into(),
+                })?;
+                Ok(Expiry::Unanswerable)
+            }
+            Some(raw) => match record::decode(key, raw) {
+                Ok(Decoded::Current(approval)) => Ok(Expiry::Recorded(approval)),
+                Ok(Decoded::Foreign(_)) => Ok(Expiry::Unanswerable),
+                // Recorded, but not readable back: reported, and the caller goes on.
+                Err(error) => {
+                    self.pass_over(error)?;
+                    Ok(Expiry::Unanswerable)
+                }
+            },
+        }
+    }
+
     /// Records the expiry of `due`, a pending approval a read found past its deadline, as the
     /// sweeper would (and reports it the same way). Answering "expired" from this instance's
     /// clock alone let a reviewer on an instance whose clock runs behind still decide it
@@ -304,36 +330,19 @@ return 1";
         let submitted_ms = due.submitted_at.as_millis();
         let member = keys::deadline_member(&due.tenant, submitted_ms, &due.id);
         let key = keys::record(&due.tenant, &due.id);
-        match self
+        let recorded = self
             .run_expire(&due.tenant, submitted_ms, &due.id, &member, now)
-            .await?
-        {
-            None => Ok(None),
-            // Unlisted by the script, as by a sweep, and reported the same way; answered from
-            // the read, as before.
-            Some(raw) if raw == UNREADABLE => {
-                self.pass_over(BackendError::Corrupt {
-                    key,
-                    reason: "a pending value past its deadline that cannot be expired; \
-                             taken out of the deadlines and the pending list, left in place"
-                        .into(),
-                })?;
-                Ok(Some(due.clone().as_of(now)))
+            .await?;
+        match self.expiry_of(&key, recorded)? {
+            Expiry::Recorded(expired) => {
+                if let Some(events) = self.events.get() {
+                    events.expired(&expired, now);
+                }
+                Ok(Some(*expired))
             }
-            Some(raw) => match record::decode(&key, &raw) {
-                Ok(Decoded::Current(expired)) => {
-                    if let Some(events) = self.events.get() {
-                        events.expired(&expired, now);
-                    }
-                    Ok(Some(*expired))
-                }
-                Ok(Decoded::Foreign(_)) => Ok(Some(due.clone().as_of(now))),
-                // Recorded, but not readable back: reported, and answered from the read.
-                Err(error) => {
-                    self.pass_over(error)?;
-                    Ok(Some(due.clone().as_of(now)))
-                }
-            },
+            Expiry::NotRecorded => Ok(None),
+            // Reported as by a sweep; answered from the read, as before.
+            Expiry::Unanswerable => Ok(Some(due.clone().as_of(now))),
         }
     }
 
