@@ -168,12 +168,13 @@ async fn until_dead_letters(app: &TestApp, want: u64) {
     }
 }
 
-/// Adds a webhook to the other tenant, as a platform admin (the app's admin is not its).
-async fn add_other_tenants_webhook(app: &TestApp, body: Value) {
+/// Adds a webhook to `tenant`, another than the app's, as a platform admin (the app's admin
+/// is not its).
+async fn add_other_tenants_webhook(app: &TestApp, tenant: &str, body: Value) {
     let response = app
         .request(
             Method::POST,
-            &format!("/v1/tenants/{}/webhooks", crate::support::OTHER_TENANT),
+            &format!("/v1/tenants/{tenant}/webhooks"),
             Some(&app.tokens.platform_admin),
         )
         .json(&body)
@@ -181,6 +182,21 @@ async fn add_other_tenants_webhook(app: &TestApp, body: Value) {
         .await
         .expect("add webhook");
     assert_eq!(response.status(), StatusCode::CREATED);
+}
+
+/// Parks `request_id` in `tenant`, the app's other tenant, as its agent.
+async fn park_in_other_tenant(app: &TestApp, tenant: &str, request_id: &str) {
+    let parked = app
+        .request(
+            Method::POST,
+            &format!("/v1/tenants/{tenant}/approvals"),
+            Some(&app.tokens.other_tenant_agent),
+        )
+        .json(&json!({"request_id": request_id, "action": crate::support::sensitive_read()}))
+        .send()
+        .await
+        .expect("submit");
+    assert_eq!(parked.status(), StatusCode::CREATED);
 }
 
 async fn add_webhook(app: &TestApp, body: Value) -> Value {
@@ -1017,17 +1033,12 @@ async fn a_burst_of_warnings_does_not_hold_up_another_tenants_notifications() {
         )
         .await;
     }
-    let response = app
-        .request(
-            Method::POST,
-            &format!("/v1/tenants/{other_tenant}/webhooks"),
-            Some(&app.tokens.platform_admin),
-        )
-        .json(&json!({"url": other_receiver.url, "events": ["parked"]}))
-        .send()
-        .await
-        .expect("add webhook");
-    assert_eq!(response.status(), StatusCode::CREATED);
+    add_other_tenants_webhook(
+        &app,
+        &other_tenant,
+        json!({"url": other_receiver.url, "events": ["parked"]}),
+    )
+    .await;
     // Parked while nobody reads: all of them due at the first pass.
     let ids: Vec<String> = (0..BURST).map(|n| format!("due-{n:04}")).collect();
     for chunk in ids.chunks(50) {
@@ -1037,17 +1048,7 @@ async fn a_burst_of_warnings_does_not_hold_up_another_tenants_notifications() {
     heavy_receiver.next_of("expiring_soon").await;
 
     // The other tenant's event, once the burst's warnings are under way.
-    let submitted = app
-        .request(
-            Method::POST,
-            &format!("/v1/tenants/{other_tenant}/approvals"),
-            Some(&app.tokens.other_tenant_agent),
-        )
-        .json(&json!({"request_id": "meanwhile", "action": crate::support::sensitive_read()}))
-        .send()
-        .await
-        .expect("submit");
-    assert_eq!(submitted.status(), StatusCode::CREATED);
+    park_in_other_tenant(&app, &other_tenant, "meanwhile").await;
     other_receiver.next_of("parked").await;
     let metrics = app.metrics().await;
     let series = format!(
@@ -1397,7 +1398,12 @@ async fn a_tenant_whose_receivers_never_answer_does_not_hold_up_other_tenants() 
     for _ in 0..2 {
         add_webhook(&app, json!({"url": silent, "events": ["parked"]})).await;
     }
-    add_other_tenants_webhook(&app, json!({"url": other.url, "events": ["parked"]})).await;
+    add_other_tenants_webhook(
+        &app,
+        crate::support::OTHER_TENANT,
+        json!({"url": other.url, "events": ["parked"]}),
+    )
+    .await;
     for i in 0..8 {
         app.park(&format!("stuck-{i}")).await;
     }
@@ -1408,17 +1414,7 @@ async fn a_tenant_whose_receivers_never_answer_does_not_hold_up_other_tenants() 
             .expect("an attempt under way");
     }
     // ... and the other tenant's approval is announced well within their 30 s timeout.
-    let parked = app
-        .request(
-            Method::POST,
-            &format!("/v1/tenants/{}/approvals", crate::support::OTHER_TENANT),
-            Some(&app.tokens.other_tenant_agent),
-        )
-        .json(&json!({"request_id": "elsewhere", "action": crate::support::sensitive_read()}))
-        .send()
-        .await
-        .expect("submit");
-    assert_eq!(parked.status(), StatusCode::CREATED);
+    park_in_other_tenant(&app, crate::support::OTHER_TENANT, "elsewhere").await;
     let got = tokio::time::timeout(Duration::from_secs(15), other.next_of("parked"))
         .await
         .expect("the other tenant waited behind the silent one");
@@ -1697,7 +1693,12 @@ async fn a_tenant_failing_every_pass_does_not_slow_another_tenants_catching_up()
         s.notifications.read_batch = 10;
     })
     .await;
-    add_other_tenants_webhook(&app, json!({"url": receiver.url, "events": ["parked"]})).await;
+    add_other_tenants_webhook(
+        &app,
+        crate::support::OTHER_TENANT,
+        json!({"url": receiver.url, "events": ["parked"]}),
+    )
+    .await;
     let mut conn = app.redis().connection().await;
     let _: () = redis::cmd("SET")
         .arg(format!("approvals:audit:{}", crate::support::OTHER_TENANT))
