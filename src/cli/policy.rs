@@ -46,7 +46,8 @@ pub enum PolicyCommand {
     #[command(
         after_help = "Exit status:\n  0 stored (and activated or trialled, if asked)\n  \
         1 the service refused it (its reasons are printed): fix the bundle\n  \
-        2 the folder holds no bundle, or the service keeps no tenant bundles (501)\n  \
+        2 the folder holds no bundle, the service keeps no tenant bundles (501), or the token, \
+        tenant or URL is wrong (401, 403, 404)\n  \
         3 the service did not get to decide (unreachable, busy, another upload validating): \
         push again"
     )]
@@ -183,7 +184,8 @@ async fn push(args: &PushArgs) -> ExitCode {
 const EXIT_TRY_AGAIN: u8 = 3;
 
 /// Sends `request`; a problem answer is printed (its `errors` one per line) as exit 1 when the
-/// service refused, [`EXIT_TRY_AGAIN`] when it did not get to decide.
+/// service refused the bundle, [`EXIT_CONFIG`] when the settings are at fault (token, tenant,
+/// URL), [`EXIT_TRY_AGAIN`] when it did not get to decide.
 async fn send(
     request: reqwest::RequestBuilder,
     token: &str,
@@ -201,6 +203,19 @@ async fn send(
         // Permanent (Temporal answering with no tenant store): retrying would loop forever.
         eprintln!(
             "approvals: this service keeps no tenant bundles ({status}, {}): {}",
+            body["code"].as_str().unwrap_or("?"),
+            body["detail"].as_str().unwrap_or("")
+        );
+        return Err(ExitCode::from(EXIT_CONFIG));
+    }
+    // The token, the tenant or the URL is wrong, not the bundle: a pipeline that fixes the
+    // bundle on 1 would chase a fault that is in its own settings.
+    let wrong_settings = matches!(status.as_u16(), 401 | 403)
+        || (status == reqwest::StatusCode::NOT_FOUND
+            && body["code"].as_str() != Some("policy_version_not_found"));
+    if wrong_settings {
+        eprintln!(
+            "approvals: check the token, --tenant and --url ({status}, {}): {}",
             body["code"].as_str().unwrap_or("?"),
             body["detail"].as_str().unwrap_or("")
         );

@@ -679,7 +679,7 @@ async fn an_activation_reaches_every_instance_within_a_second_under_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_push_uploads_and_activates_through_the_api() {
     let app = TestApp::spawn().await;
-    let push_to = |url: String, dir: &std::path::Path| {
+    let push_as = |url: String, token: &str, dir: &std::path::Path| {
         tokio::process::Command::new(env!("CARGO_BIN_EXE_approvals"))
             .args([
                 "policy",
@@ -691,9 +691,10 @@ async fn policy_push_uploads_and_activates_through_the_api() {
             ])
             .arg(url)
             .arg(dir)
-            .env("APPROVALS_TOKEN", &app.tokens.admin)
+            .env("APPROVALS_TOKEN", token)
             .output()
     };
+    let push_to = |url: String, dir: &std::path::Path| push_as(url, &app.tokens.admin, dir);
     let push = |dir: &std::path::Path| push_to(app.base.clone(), dir);
     let write = |bundle: &Value| {
         let dir = tempfile::tempdir().unwrap();
@@ -725,7 +726,22 @@ async fn policy_push_uploads_and_activates_through_the_api() {
     assert_eq!(unreached.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&unreached.stderr).contains("try again"));
 
-    let pushed = push(write(&reads_allowed()).path()).await.unwrap();
+    // A token that may not upload, or a URL that is not the service's: the pipeline's
+    // settings are wrong, not the bundle (exit 2, not 1).
+    let good = write(&reads_allowed());
+    let wrong_settings = [
+        (app.base.clone(), app.tokens.reviewer.clone()),
+        (app.base.clone(), "not-a-token".to_owned()),
+        (format!("{}/nowhere", app.base), app.tokens.admin.clone()),
+    ];
+    for (url, token) in wrong_settings {
+        let refused = push_as(url.clone(), &token, good.path()).await.unwrap();
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(refused.status.code(), Some(2), "{url}: {stderr}");
+        assert!(stderr.contains("check the token"), "{stderr}");
+    }
+
+    let pushed = push(good.path()).await.unwrap();
     let stdout = String::from_utf8_lossy(&pushed.stdout);
     assert!(
         pushed.status.success(),
