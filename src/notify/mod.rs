@@ -388,11 +388,23 @@ pub struct Notifier {
     /// again (a no-op in Redis, but a round trip per approval and webhook, every pass, for
     /// every tenant behind it).
     warned: Mutex<RecentIds>,
-    /// Per tenant with webhooks, when its audit was last read (or, if never, when this
-    /// instance first met it) and how far behind it was then: while its reads fail, its lag
-    /// figure grows from there, so that a reader stuck on one tenant shows as behind instead
-    /// of frozen (or, for one already behind, dropping to the seconds since).
-    read_at: Mutex<HashMap<TenantId, (std::time::Instant, Duration)>>,
+    /// Per tenant with webhooks, where this instance's reading of it stands.
+    read_at: Mutex<HashMap<TenantId, ReadMark>>,
+}
+
+/// When a tenant's audit was last read (or, if never, when this instance first met it), how
+/// far behind it was then, and whether this instance held its reader lock: while its reads
+/// fail, its lag figure grows from there, so that a reader stuck on one tenant shows as behind
+/// instead of frozen (or, for one already behind, dropping to the seconds since).
+#[derive(Debug, Clone, Copy)]
+struct ReadMark {
+    at: std::time::Instant,
+    behind: Duration,
+    /// Another instance reads a tenant whose lock this one did not get: a failure here (this
+    /// instance cut off from Redis) says nothing of that tenant, and its figure stays 0.
+    /// Every webhook tenant's lag grew on an instance cut off alone, and under the alert's
+    /// `max` outweighed the instance actually reading it.
+    held: bool,
 }
 
 impl Notifier {
@@ -542,7 +554,7 @@ impl Notifier {
             match self.read_one(&tenant, &tenant_id).await {
                 Ok(more) => {
                     behind |= more;
-                    self.met(&tenant_id, |(at, _)| *at = std::time::Instant::now());
+                    self.met(&tenant_id, |mark| mark.at = std::time::Instant::now());
                 }
                 Err(error) => {
                     tracing::debug!(%tenant, %error, "webhook reader: tenant not read this pass");
@@ -564,30 +576,32 @@ impl Notifier {
     }
 
     /// A tenant this pass could not read: behind by what it was at its last read, and by the
-    /// time since.
+    /// time since, if this instance was its reader.
     fn not_read(&self, tenant: &TenantId) {
-        let (since, behind) = self.met(tenant, |entry| *entry);
-        crate::metrics::notifications_reader_lag(tenant, behind + since.elapsed());
+        let mark = self.met(tenant, |mark| *mark);
+        if mark.held {
+            crate::metrics::notifications_reader_lag(tenant, mark.behind + mark.at.elapsed());
+        }
     }
 
     /// Publishes how far behind `tenant`'s audit the reader is, and keeps it for
     /// [`Self::not_read`].
     fn reader_lag(&self, tenant: &TenantId, behind: Duration) {
-        self.met(tenant, |(_, kept)| *kept = behind);
+        self.met(tenant, |mark| mark.behind = behind);
         crate::metrics::notifications_reader_lag(tenant, behind);
     }
 
     /// `f` on `tenant`'s entry in `read_at`, made (and its counters introduced) the first
     /// time the reader meets it.
-    fn met<R>(
-        &self,
-        tenant: &TenantId,
-        f: impl FnOnce(&mut (std::time::Instant, Duration)) -> R,
-    ) -> R {
+    fn met<R>(&self, tenant: &TenantId, f: impl FnOnce(&mut ReadMark) -> R) -> R {
         let mut read_at = self.lock_read_at();
         let entry = read_at.entry(tenant.clone()).or_insert_with(|| {
             crate::metrics::notifications_introduced(tenant);
-            (std::time::Instant::now(), Duration::ZERO)
+            ReadMark {
+                at: std::time::Instant::now(),
+                behind: Duration::ZERO,
+                held: false,
+            }
         });
         f(entry)
     }
@@ -597,7 +611,9 @@ impl Notifier {
         let lease = self.settings.poll_interval * 10 + Duration::from_secs(5);
         // Not read here (another instance holds it, or it has no webhook left): this
         // instance's lag figure for it must not stay behind, stale, under the alert's max.
-        if !self.store.lock(tenant, &self.instance, lease).await? {
+        let held = self.store.lock(tenant, &self.instance, lease).await?;
+        self.met(tenant_id, |mark| mark.held = held);
+        if !held {
             self.reader_lag(tenant_id, Duration::ZERO);
             return Ok(false);
         }
@@ -786,9 +802,7 @@ impl Notifier {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn lock_read_at(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<TenantId, (std::time::Instant, Duration)>> {
+    fn lock_read_at(&self) -> std::sync::MutexGuard<'_, HashMap<TenantId, ReadMark>> {
         // Instants by tenant hold no invariant a panicking holder could break.
         self.read_at.lock().unwrap_or_else(PoisonError::into_inner)
     }

@@ -1681,6 +1681,97 @@ async fn a_tenant_whose_audit_cannot_be_read_shows_behind_and_pages_no_one_for_c
     );
 }
 
+/// A TCP relay to Redis that the test can cut: one instance loses Redis while the others
+/// keep it.
+struct Relay {
+    port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn to(target: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a relay port");
+        let port = listener.local_addr().expect("the relay's address").port();
+        let task = tokio::spawn(async move {
+            let mut links = tokio::task::JoinSet::new();
+            while let Ok((mut client, _)) = listener.accept().await {
+                links.spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+        Self { port, task }
+    }
+
+    /// Closes the relay and every link through it (the links die with their `JoinSet`).
+    fn cut(&self) {
+        self.task.abort();
+    }
+}
+
+/// One instance cut off from Redis while another reads the tenant: the cut-off instance, which
+/// did not hold the tenant's reader lock, does not report it behind. It did, for every webhook
+/// tenant it had met, and the alert's `max` across instances then warned of tenants whose
+/// webhooks went out on time.
+#[tokio::test]
+async fn an_instance_cut_off_from_redis_does_not_report_tenants_another_instance_reads() {
+    let mut receiver = Receiver::start(0).await;
+    let app = TestApp::spawn_with(fast).await;
+    add_webhook(&app, json!({"url": receiver.url, "events": ["parked"]})).await;
+    // This instance reads the tenant (the only reader yet): it holds the lock.
+    app.park("held").await;
+    assert_eq!(receiver.next().await.json()["approval_id"], "held");
+
+    let redis_port = app.redis().port();
+    let relay = Relay::to(([127, 0, 0, 1], redis_port).into()).await;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let port = approvals_testkit::free_port();
+    let config = app.config_file(dir.path(), port);
+    let mut settings: toml::Table = std::fs::read_to_string(&config)
+        .expect("the config file")
+        .parse()
+        .expect("TOML");
+    let redis_url = settings["redis"]["url"]
+        .as_str()
+        .expect("redis.url")
+        .to_owned();
+    settings["redis"]["url"] = toml::Value::String(
+        redis_url.replace(&format!(":{redis_port}"), &format!(":{}", relay.port)),
+    );
+    std::fs::write(&config, settings.to_string()).expect("write the config file");
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_approvals"));
+    command
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info");
+    let mut other = approvals_testkit::process::Process::spawn(command);
+    other.wait_for_line("serving", Duration::from_secs(30));
+    let other_base = format!("http://127.0.0.1:{port}");
+    let lag_series = format!(
+        "approvals_notifications_reader_lag_seconds{{tenant=\"{}\"}} ",
+        app.tenant
+    );
+    // The other instance has met the tenant, and found its lock taken.
+    app.metrics_until(&other_base, WITHIN, "the tenant met", |m| {
+        m.contains(&format!("{lag_series}0\n"))
+    })
+    .await;
+
+    relay.cut();
+    other.wait_for_line("webhook reader failing", WITHIN);
+    let metrics = app
+        .metrics_until(&other_base, WITHIN, "the metrics", |_| true)
+        .await;
+    assert!(
+        metrics.contains(&format!("{lag_series}0\n")),
+        "the cut-off instance reports a tenant it did not read as behind:\n{metrics}"
+    );
+}
+
 /// A tenant whose audit cannot be read fails every pass; another tenant with more events than
 /// a pass reads still catches up at once, not one pass per poll interval (its backlog grew
 /// until the audit's cap trimmed it unread).
