@@ -273,3 +273,44 @@ async fn warnings_go_to_the_team_and_an_outage_holds_back_its_echo() {
         "sent while the outage page fired: {seen:?}"
     );
 }
+
+/// The runbook's scrape targets are the ones Prometheus scrapes: it told on-call the target
+/// was `approvals:8080`, the API's port, which answers `404` for `/metrics` (the stack serves
+/// them on 8090); "restoring" it turned missing metrics into a service marked down.
+#[test]
+fn the_runbooks_scrape_targets_are_prometheus_targets() {
+    let config: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(repo("prometheus/prometheus.yml")).unwrap())
+            .unwrap();
+    let targets: Vec<String> = config["scrape_configs"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .flat_map(|job| {
+            job["static_configs"]
+                .as_sequence()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .flat_map(|set| set["targets"].as_sequence().cloned().unwrap_or_default())
+        .filter_map(|target| target.as_str().map(str::to_owned))
+        .collect();
+    let runbook = std::fs::read_to_string(repo("docs/runbook.md")).unwrap();
+    let named: Vec<&str> = runbook
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|quoted| {
+            quoted.split_once(':').is_some_and(|(host, port)| {
+                host.starts_with("approvals") && port.parse::<u16>().is_ok()
+            })
+        })
+        .collect();
+    assert!(!named.is_empty(), "the runbook names no scrape target");
+    for target in named {
+        assert!(
+            targets.iter().any(|t| t == target),
+            "the runbook names {target}; Prometheus scrapes {targets:?}"
+        );
+    }
+}

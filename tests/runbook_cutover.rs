@@ -42,6 +42,7 @@ const RUNBOOK: &str = "docs/runbook-cutover.md";
 const CONFIG_NAME: &str = "approvals.toml";
 const API_NAME: &str = "http://127.0.0.1:8080";
 const WORKER_NAME: &str = "http://127.0.0.1:8081";
+const METRICS_NAME: &str = "http://127.0.0.1:8090";
 const TEMPORAL_NAME: &str = "http://temporal:7233";
 
 const AGENT: &str = "runbook-agent-acme";
@@ -150,6 +151,8 @@ struct Play {
     temporal: String,
     api: String,
     worker_base: String,
+    /// The instance's `/metrics` (`server.metrics_listen`, as the image sets it).
+    metrics_base: String,
     serve: Option<Process>,
     worker: Option<Process>,
     http: reqwest::Client,
@@ -334,7 +337,8 @@ impl Play {
     async fn run_curl(&self, at: usize, line: &str) {
         let line = line
             .replace(API_NAME, &self.api)
-            .replace(WORKER_NAME, &self.worker_base);
+            .replace(WORKER_NAME, &self.worker_base)
+            .replace(METRICS_NAME, &self.metrics_base);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let output = tokio::process::Command::new("sh")
@@ -439,7 +443,7 @@ impl Play {
                 self.read("acme", "a-late").await;
                 let deadline = Instant::now() + Duration::from_secs(15);
                 loop {
-                    let metrics = self.get_text("/metrics").await;
+                    let metrics = self.metrics().await;
                     if metrics.lines().any(|l| {
                         l.starts_with("approvals_dual_disagreements_total{")
                             && l.contains("tenant=\"acme\"")
@@ -561,9 +565,9 @@ impl Play {
         }
     }
 
-    async fn get_text(&self, path: &str) -> String {
+    async fn metrics(&self) -> String {
         self.http
-            .get(format!("{}{path}", self.api))
+            .get(format!("{}/metrics", self.metrics_base))
             .send()
             .await
             .unwrap()
@@ -586,7 +590,7 @@ async fn the_cutover_runbook_runs_as_written_there_and_back() {
     let temporal = DevServer::start(None);
     let redis = RedisServer::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let (port, worker_port) = (free_port(), free_port());
+    let (port, worker_port, metrics_port) = (free_port(), free_port(), free_port());
 
     // The configuration of a service on Redis before the runbook starts: no [backend], no
     // [temporal] (the runbook must set what it needs).
@@ -602,7 +606,11 @@ async fn the_cutover_runbook_runs_as_written_there_and_back() {
     })
     .collect();
     let initial = json!({
-        "server": {"listen": format!("127.0.0.1:{port}"), "shutdown_grace": "5s"},
+        "server": {
+            "listen": format!("127.0.0.1:{port}"),
+            "metrics_listen": format!("127.0.0.1:{metrics_port}"),
+            "shutdown_grace": "5s",
+        },
         "redis": {"url": redis.url()},
         "worker": {"listen": format!("127.0.0.1:{worker_port}")},
         "policy": {"dir": root.join("policies").display().to_string()},
@@ -617,6 +625,7 @@ async fn the_cutover_runbook_runs_as_written_there_and_back() {
         temporal: temporal.address(),
         api: format!("http://127.0.0.1:{port}"),
         worker_base: format!("http://127.0.0.1:{worker_port}"),
+        metrics_base: format!("http://127.0.0.1:{metrics_port}"),
         serve: None,
         worker: None,
         http: reqwest::Client::new(),
