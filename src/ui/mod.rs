@@ -137,9 +137,10 @@ async fn within_deadline(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
+    let path = request.uri().path().to_owned();
     match tokio::time::timeout(timeout, next.run(request)).await {
         Ok(response) => response,
-        Err(_) => pages::api_refusal(crate::api::ApiError::RequestTimeout(timeout)),
+        Err(_) => pages::deadline_passed(&path, timeout),
     }
 }
 
@@ -233,6 +234,8 @@ pub fn router(state: UiState) -> Router {
         .route("/ui/events", get(pages::events))
         .route("/ui/assets/inbox.css", get(pages::stylesheet))
         .route("/ui/assets/inbox.js", get(pages::script))
+        // Else the API's fallback answered: JSON, without the inbox's headers (CSP, no-store).
+        .route("/ui/{*rest}", axum::routing::any(pages::no_page))
         .layer(axum::extract::DefaultBodyLimit::max(FORM_LIMIT))
         .layer(axum::middleware::from_fn_with_state(
             deadline,

@@ -102,6 +102,9 @@ struct ErrorPage {
     chrome: Option<Chrome>,
     title: String,
     detail: String,
+    /// The approval a failed decision was for: the reviewer goes back to it, not to the
+    /// inbox's first page.
+    approval: Option<String>,
 }
 
 /// A sentence above the record after a decision, and how it looks.
@@ -125,22 +128,41 @@ fn render(page: &impl Template) -> Response {
     }
 }
 
-fn error_page(session: Option<&Session>, error: AppError) -> Response {
-    let error = ApiError::from(error);
+fn error_page(session: Option<&Session>, error: impl Into<ApiError>) -> Response {
+    let error = error.into();
     let problem = error.to_problem();
     let page = ErrorPage {
         chrome: session.map(Chrome::of),
         title: problem.title.to_owned(),
         detail: problem.detail,
+        approval: None,
     };
     (error.status(), render(&page)).into_response()
 }
 
-fn refused(detail: &str) -> Response {
+/// A decision the service failed to carry out (the store down or slow): the store may have
+/// taken it before the failure, so the reviewer is told to look, and where.
+fn decision_failed(session: &Session, id: &ApprovalId, error: ApiError) -> Response {
+    let problem = error.to_problem();
+    let page = ErrorPage {
+        chrome: Some(Chrome::of(session)),
+        title: problem.title.to_owned(),
+        detail: format!("{} {MAYBE_DECIDED}", problem.detail),
+        approval: Some(id.to_string()),
+    };
+    (error.status(), render(&page)).into_response()
+}
+
+const MAYBE_DECIDED: &str = "Your decision may or may not have been recorded: open the \
+    approval to see where it stands before deciding again.";
+
+/// A form refused unread; `approval` the page the reviewer returns to.
+fn refused(detail: &str, approval: Option<String>) -> Response {
     let page = ErrorPage {
         chrome: None,
         title: "Refused".into(),
         detail: detail.into(),
+        approval,
     };
     (StatusCode::FORBIDDEN, render(&page)).into_response()
 }
@@ -156,6 +178,7 @@ impl Malformed {
             chrome: None,
             title: "Not a request this inbox sends".into(),
             detail: format!("{detail}. Nothing was changed; go back to the inbox and try again."),
+            approval: None,
         };
         Self((status, render(&page)).into_response())
     }
@@ -179,6 +202,38 @@ impl IntoResponse for Malformed {
     }
 }
 
+/// The request deadline passed: for a decision, as [`decision_failed`] says (the handler was
+/// dropped, perhaps after the store took the decision).
+pub fn deadline_passed(path: &str, timeout: std::time::Duration) -> Response {
+    let error = ApiError::RequestTimeout(timeout);
+    let Some(id) = path
+        .strip_prefix("/ui/approvals/")
+        .and_then(|rest| rest.strip_suffix("/decision"))
+        .and_then(|id| ApprovalId::parse(id).ok())
+    else {
+        return api_refusal(error);
+    };
+    let problem = error.to_problem();
+    let page = ErrorPage {
+        chrome: None,
+        title: problem.title.to_owned(),
+        detail: format!("{} {MAYBE_DECIDED}", problem.detail),
+        approval: Some(id.to_string()),
+    };
+    (error.status(), render(&page)).into_response()
+}
+
+/// An address under `/ui` that is no page of the inbox (a mistyped or cut link).
+pub async fn no_page() -> Response {
+    let page = ErrorPage {
+        chrome: None,
+        title: "No such page".into(),
+        detail: "This address is not a page of the inbox.".into(),
+        approval: None,
+    };
+    (StatusCode::NOT_FOUND, render(&page)).into_response()
+}
+
 /// A refusal by the API's own guards (too many requests in flight) as a page the browser
 /// shows, not a problem document: the reviewer reads it.
 pub fn api_refusal(error: ApiError) -> Response {
@@ -187,6 +242,7 @@ pub fn api_refusal(error: ApiError) -> Response {
         chrome: None,
         title: problem.title.to_owned(),
         detail: problem.detail,
+        approval: None,
     };
     let status = error.status();
     let mut response = (status, render(&page)).into_response();
@@ -285,7 +341,7 @@ pub async fn login(
     WithRejection(Form(form), _): WithRejection<Form<LoginForm>, Malformed>,
 ) -> Response {
     if !session::same_site(&headers, state.public_authority()) {
-        return refused("This sign-in form was sent from another site.");
+        return refused("This sign-in form was sent from another site.", None);
     }
     if form.token.len() > MAX_FIELD || form.tenant.len() > MAX_FIELD {
         metrics::counter!("approvals_auth_failures_total", "surface" => "inbox").increment(1);
@@ -324,22 +380,18 @@ pub async fn login(
     }
 }
 
-#[derive(Debug, Deserialize)]
-pub struct CsrfForm {
-    #[serde(default)]
-    csrf: String,
-}
-
 pub async fn logout(
     State(state): State<UiState>,
     Current(current): Current,
     jar: SignedCookieJar,
     headers: HeaderMap,
-    WithRejection(Form(form), _): WithRejection<Form<CsrfForm>, Malformed>,
 ) -> Response {
     if let Some(session) = current {
-        if !session::form_allowed(&session, &form.csrf, &headers, state.public_authority()) {
-            return refused("This sign-out form did not come from your inbox.");
+        // No CSRF token: a sign-in in another tab renews it, and every open tab's "Sign out"
+        // was then refused, leaving a shared machine signed in. Another site still cannot
+        // sign a reviewer out (`same_site`).
+        if !session::same_site(&headers, state.public_authority()) {
+            return refused("This sign-out form did not come from your inbox.", None);
         }
         // Also refused if a copy of the cookie comes back.
         if !state.sign_out(&session).await {
@@ -636,8 +688,10 @@ pub async fn decide(
         tracing::warn!(subject = %session.principal.subject, tenant = %session.tenant,
             "inbox decision refused: missing or wrong CSRF token, or sent from another site");
         return refused(
-            "This decision did not come from your inbox (its form token is missing or wrong). \
-             Nothing was decided. Open the approval in the inbox and decide there.",
+            "This decision's form is older than your session (you signed in again, perhaps in \
+             another tab), or it did not come from your inbox. Nothing was decided: open the \
+             approval again and decide there.",
+            ApprovalId::parse(id).ok().map(|id| id.to_string()),
         );
     }
     let id = match ApprovalId::parse(id) {
@@ -686,7 +740,14 @@ pub async fn decide(
         Err(AppError::InvalidContent(message)) if message.starts_with("reason:") => {
             "reason_too_long"
         }
-        Err(error) => return error_page(Some(&session), error),
+        Err(error) => {
+            let error = ApiError::from(error);
+            return if error.status().is_server_error() {
+                decision_failed(&session, &id, error)
+            } else {
+                error_page(Some(&session), error)
+            };
+        }
     };
     Redirect::to(&format!("/ui/approvals/{id}?outcome={outcome}")).into_response()
 }

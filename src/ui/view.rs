@@ -55,7 +55,7 @@ impl Row {
         Self {
             id: approval.id.to_string(),
             status: approval.status.as_str(),
-            action_type: visible(&text(&approval.action, "type")),
+            action_type: named(visible(&text(&approval.action, "type"))),
             resource: visible(&text(&approval.action, "resource")),
             agent: visible(&approval.agent_id),
             submitted_by: approval.submitted_by.clone(),
@@ -138,6 +138,16 @@ pub fn pretty(object: &Map<String, Value>) -> String {
 /// overrides and isolates, zero-width and other format characters, controls (a JSON text's
 /// own line breaks and indentation stay). An agent chooses what a reviewer reads here; with
 /// them, `invoice\u{202e}fdp.exe` read as `invoiceexe.pdf`, or a key hid itself.
+/// An action's type as the link that opens it: the agent writes it, and an empty or blank
+/// one (`""`, an ideographic space) left a link with nothing to click.
+fn named(action_type: String) -> String {
+    if action_type.trim().is_empty() {
+        "(no action type)".to_owned()
+    } else {
+        action_type
+    }
+}
+
 pub fn visible(text: &str) -> String {
     if !text.chars().any(hidden) {
         return text.to_owned();

@@ -267,12 +267,15 @@ async fn refusals_and_races_are_explained_in_words(h: Harness) {
         !page.contains("value=\"accept\""),
         "no form to be refused: {page}"
     );
-    // A form sent anyway (from a page rendered before, by hand) is refused in words.
+    // A form sent anyway (by hand, with the token of another approval's form) is refused
+    // in words.
+    app.park("theirs").await;
+    let form = admin.page("/ui/approvals/theirs").await;
     let response = admin
         .post(
             "/ui/approvals/mine/decision",
             &[
-                ("csrf", hidden(&page, "csrf").as_str()),
+                ("csrf", hidden(&form, "csrf").as_str()),
                 ("verdict", "accept"),
             ],
         )
@@ -394,8 +397,7 @@ async fn sign_in_is_for_reviewers_and_sessions_end(h: Harness) {
     );
 
     // Signing out ends the session: the cookie is cleared and pages lead to sign-in.
-    let csrf = hidden(&inbox, "csrf");
-    let response = browser.post("/ui/logout", &[("csrf", &csrf)]).await;
+    let response = browser.post("/ui/logout", &[]).await;
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
     assert_eq!(location(&response), "/ui/login");
     let after = browser.get("/ui/approvals").await;
@@ -430,7 +432,6 @@ async fn sign_in_is_for_reviewers_and_sessions_end(h: Harness) {
         .await
         .expect("inbox");
     assert_eq!(inbox.status(), StatusCode::OK);
-    let csrf = hidden(&inbox.text().await.expect("text"), "csrf");
     // A live stream open under the session (another tab, another browser with a copy).
     let mut live = with_cookie(Method::GET, "/ui/events")
         .send()
@@ -438,7 +439,6 @@ async fn sign_in_is_for_reviewers_and_sessions_end(h: Harness) {
         .expect("live stream");
     assert_eq!(live.status(), StatusCode::OK);
     let signed_out = with_cookie(Method::POST, "/ui/logout")
-        .form(&[("csrf", csrf.as_str())])
         .send()
         .await
         .expect("sign out");
@@ -736,9 +736,8 @@ async fn sign_ins_over_a_session_end_it_and_an_unrecorded_sign_out_says_so() {
     );
 
     let browser = Browser::signed_in(&app, &app.tokens.reviewer2).await;
-    let csrf = hidden(&browser.page("/ui/approvals").await, "csrf");
     app.redis.as_mut().expect("redis").stop();
-    let response = browser.post("/ui/logout", &[("csrf", &csrf)]).await;
+    let response = browser.post("/ui/logout", &[]).await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     let page = response.text().await.expect("text");
     assert!(
@@ -995,5 +994,104 @@ async fn a_form_that_never_finishes_arriving_is_answered_at_the_deadline() {
     assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
     let page = response.text().await.unwrap();
     assert!(page.contains("<html"), "{page}");
+    assert!(page.contains("href=\"/ui/approvals/slow-form\""), "{page}");
     assert_eq!(api_status(&app, "slow-form").await["status"], "pending");
+}
+
+/// A reviewer's tabs outlive their forms: a sign-in in another tab renews the session, and a
+/// store that fails mid-decision leaves its outcome unknown. Each page says what happened and
+/// leads back to the approval. Before: an open tab's "Sign out" was refused (a shared machine
+/// stayed signed in), its decision was called forged, a failed decision linked only to the
+/// inbox's first page, and a mistyped `/ui` address got the API's JSON without the inbox's
+/// headers.
+#[tokio::test]
+async fn stale_tabs_and_failed_decisions_lead_back_to_the_approval() {
+    let mut app = TestApp::spawn_durable().await;
+    app.park("waits").await;
+    let browser = Browser::signed_in(&app, &app.tokens.reviewer).await;
+    let old_tab = browser.page("/ui/approvals/waits").await;
+    let signed_in_again = browser.sign_in(&app.tokens.reviewer).await;
+    assert_eq!(signed_in_again.status(), StatusCode::SEE_OTHER);
+
+    let response = browser
+        .post(
+            "/ui/approvals/waits/decision",
+            &[
+                ("csrf", hidden(&old_tab, "csrf").as_str()),
+                ("digest", hidden(&old_tab, "digest").as_str()),
+                ("verdict", "accept"),
+            ],
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let page = response.text().await.expect("text");
+    assert!(page.contains("signed in again"), "{page}");
+    assert!(page.contains("href=\"/ui/approvals/waits\""), "{page}");
+    assert_eq!(api_status(&app, "waits").await["status"], "pending");
+
+    // Another site still cannot sign the reviewer out.
+    let cross_site = browser
+        .http
+        .post(format!("{}/ui/logout", browser.base))
+        .header("Origin", "https://evil.example")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(cross_site.status(), StatusCode::FORBIDDEN);
+    assert_eq!(browser.get("/ui/approvals").await.status(), StatusCode::OK);
+    // The old tab's sign-out (its form from before the second sign-in) signs out.
+    let signed_out = browser
+        .post("/ui/logout", &[("csrf", hidden(&old_tab, "csrf").as_str())])
+        .await;
+    assert_eq!(signed_out.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        browser.get("/ui/approvals").await.status(),
+        StatusCode::SEE_OTHER
+    );
+
+    // An agent's blank action type still leaves a link to click.
+    let blank = app
+        .submit("blank", json!({"type": "\u{3000}", "resource": "doc-1"}))
+        .await;
+    assert_eq!(blank.status(), StatusCode::CREATED);
+    let blank_id = blank.json::<Value>().await.expect("json")["approval"]["id"]
+        .as_str()
+        .expect("an id")
+        .to_owned();
+    let browser = Browser::signed_in(&app, &app.tokens.reviewer).await;
+    let inbox = browser.page("/ui/approvals").await;
+    assert!(
+        inbox.contains(&format!(
+            "id=\"open-{blank_id}\" href=\"/ui/approvals/{blank_id}\">(no action type)</a>"
+        )),
+        "{inbox}"
+    );
+
+    // A mistyped address under /ui: the inbox's page, with its headers.
+    let missing = browser.get("/ui/approvals/").await;
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    assert!(missing.headers()["content-type"]
+        .to_str()
+        .expect("ascii")
+        .starts_with("text/html"));
+    assert!(missing.headers().contains_key("content-security-policy"));
+
+    // The store fails under a decision: the reviewer is told it may have been taken, and
+    // where to look.
+    let page = browser.page("/ui/approvals/waits").await;
+    app.redis.as_mut().expect("redis").stop();
+    let response = browser
+        .post(
+            "/ui/approvals/waits/decision",
+            &[
+                ("csrf", hidden(&page, "csrf").as_str()),
+                ("digest", hidden(&page, "digest").as_str()),
+                ("verdict", "accept"),
+            ],
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let page = response.text().await.expect("text");
+    assert!(page.contains("may or may not have been recorded"), "{page}");
+    assert!(page.contains("href=\"/ui/approvals/waits\""), "{page}");
 }
