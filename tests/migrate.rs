@@ -767,3 +767,212 @@ async fn records_past_one_sides_retention_are_neither_copied_nor_differences() {
     assert_eq!(report["past_retention"]["source"], 1, "{report:#}");
     assert_eq!(report["differences"], json!([]));
 }
+
+/// What a test does once, right after the first `scan` page of a source is read: the live
+/// traffic that races a migration (a reviewer deciding, a soak mirroring the decision).
+type Interlude = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// A source that runs an [`Interlude`] after handing out its first scan page, and otherwise
+/// is `inner`.
+struct RacedSource {
+    inner: Arc<dyn RecordTransfer>,
+    interlude: tokio::sync::Mutex<Option<Interlude>>,
+}
+
+impl RacedSource {
+    fn around(inner: &Arc<dyn RecordTransfer>, interlude: Interlude) -> Arc<dyn RecordTransfer> {
+        Arc::new(Self {
+            inner: inner.clone(),
+            interlude: tokio::sync::Mutex::new(Some(interlude)),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl approvals_core::ApprovalBackend for RacedSource {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+    async fn park(
+        &self,
+        approval: Approval,
+        submitted: approvals_core::AuditEntry,
+    ) -> Result<approvals_core::SubmitOutcome, approvals_core::BackendError> {
+        self.inner.park(approval, submitted).await
+    }
+    async fn record(
+        &self,
+        entry: approvals_core::AuditEntry,
+    ) -> Result<(), approvals_core::BackendError> {
+        self.inner.record(entry).await
+    }
+    async fn get(
+        &self,
+        tenant: &TenantId,
+        id: &approvals_core::ApprovalId,
+    ) -> Result<Option<Approval>, approvals_core::BackendError> {
+        self.inner.get(tenant, id).await
+    }
+    async fn decide(
+        &self,
+        tenant: &TenantId,
+        id: &approvals_core::ApprovalId,
+        decision: approvals_core::DecisionRequest,
+    ) -> Result<approvals_core::DecisionOutcome, approvals_core::BackendError> {
+        self.inner.decide(tenant, id, decision).await
+    }
+    async fn wait_for_decision(
+        &self,
+        tenant: &TenantId,
+        id: &approvals_core::ApprovalId,
+        timeout: Duration,
+        stop: approvals_core::Stop,
+    ) -> Result<Option<Approval>, approvals_core::BackendError> {
+        self.inner
+            .wait_for_decision(tenant, id, timeout, stop)
+            .await
+    }
+    async fn list(
+        &self,
+        tenant: &TenantId,
+        status: Status,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<approvals_core::Page<Approval>, approvals_core::BackendError> {
+        self.inner.list(tenant, status, cursor, limit).await
+    }
+    async fn audit(
+        &self,
+        tenant: &TenantId,
+        since: Option<Timestamp>,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<approvals_core::Page<approvals_core::AuditEvent>, approvals_core::BackendError>
+    {
+        self.inner.audit(tenant, since, cursor, limit).await
+    }
+    async fn pending_stats(
+        &self,
+        bounds: &[Duration],
+        now: Timestamp,
+    ) -> Result<approvals_core::PendingStats, approvals_core::BackendError> {
+        self.inner.pending_stats(bounds, now).await
+    }
+    async fn ping(&self) -> Result<(), approvals_core::BackendError> {
+        self.inner.ping().await
+    }
+}
+
+#[async_trait::async_trait]
+impl RecordTransfer for RacedSource {
+    async fn scan(
+        &self,
+        cursor: Option<&str>,
+        batch: usize,
+    ) -> Result<approvals_core::ScanPage, approvals_core::BackendError> {
+        let page = self.inner.scan(cursor, batch).await;
+        if let Some(interlude) = self.interlude.lock().await.take() {
+            interlude.await;
+        }
+        page
+    }
+    async fn import(
+        &self,
+        approval: Approval,
+    ) -> Result<approvals_core::ImportOutcome, approvals_core::BackendError> {
+        self.inner.import(approval).await
+    }
+    fn retained_until(&self, approval: &Approval) -> Option<Timestamp> {
+        self.inner.retained_until(approval)
+    }
+}
+
+/// A reviewer accepts in Redis after the reconcile pass read its scan page, and the soak
+/// mirrors the decision to Temporal at once: both sides agree, and the run says so. The pass
+/// compared the page's pending record with the copy read later (accepted) and reported a
+/// difference, on almost every run under traffic: "re-run until it exits 0" never ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_mirrored_while_reconciling_is_no_difference() {
+    let setup = Setup::new().await;
+    let redis = setup.engine(EngineKind::Redis).await;
+    let temporal = setup.engine(EngineKind::Temporal).await;
+    let tenant = fresh_tenant("mirrored");
+    redis
+        .submit(pending(&tenant, "decided", HOUR))
+        .await
+        .unwrap();
+    let mut report = Report::new(false);
+    of_tenant(&redis, &temporal, &tenant, 4)
+        .copy(&mut report)
+        .await
+        .unwrap();
+    assert_eq!(report.imported, 1);
+
+    let interlude: Interlude = {
+        let (redis, temporal, tenant) = (redis.clone(), temporal.clone(), tenant.clone());
+        Box::pin(async move {
+            let accept = decision(Verdict::Accept, "bob");
+            let decided = redis.decide(&tenant, &id("decided"), accept.clone()).await;
+            assert!(matches!(
+                decided,
+                Ok(approvals_core::DecisionOutcome::Decided(_))
+            ));
+            let mirrored = temporal.decide(&tenant, &id("decided"), accept).await;
+            assert!(matches!(
+                mirrored,
+                Ok(approvals_core::DecisionOutcome::Decided(_))
+            ));
+        })
+    };
+    let raced = RacedSource::around(&redis, interlude);
+    of_tenant(&raced, &temporal, &tenant, 4)
+        .reconcile(&mut report)
+        .await
+        .unwrap();
+    assert!(report.is_reconciled(), "{report}");
+    assert_eq!(report.differences_total, 0, "{report}");
+}
+
+/// A reviewer accepts in Redis between the copy pass's scan and its import: the soak's
+/// mirror finds no copy yet, and the copy is imported pending. The decision is replayed as
+/// soon as the copy is made, not after the whole copy pass (hours for millions of records,
+/// by when the copy could have expired on the target).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_made_between_scan_and_import_reaches_the_copy_at_once() {
+    let setup = Setup::new().await;
+    let redis = setup.engine(EngineKind::Redis).await;
+    let temporal = setup.engine(EngineKind::Temporal).await;
+    let tenant = fresh_tenant("between");
+    redis
+        .submit(pending(&tenant, "decided", HOUR))
+        .await
+        .unwrap();
+    let interlude: Interlude = {
+        let (redis, tenant) = (redis.clone(), tenant.clone());
+        Box::pin(async move {
+            let accept = decision(Verdict::Accept, "bob");
+            let decided = redis.decide(&tenant, &id("decided"), accept).await;
+            assert!(matches!(
+                decided,
+                Ok(approvals_core::DecisionOutcome::Decided(_))
+            ));
+        })
+    };
+    let raced = RacedSource::around(&redis, interlude);
+    let mut report = Report::new(false);
+    of_tenant(&raced, &temporal, &tenant, 4)
+        .copy(&mut report)
+        .await
+        .unwrap();
+    assert_eq!((report.imported, report.decisions_replayed), (1, 1));
+    let copy = temporal
+        .get(&tenant, &id("decided"))
+        .await
+        .unwrap()
+        .unwrap();
+    let source = redis.get(&tenant, &id("decided")).await.unwrap().unwrap();
+    assert_eq!(
+        copy, source,
+        "the copy carries the decision: reviewer, reason, time"
+    );
+}

@@ -3,7 +3,9 @@
 //! on the target), so it knows neither Redis nor Temporal. ADR-0007 records the design.
 //!
 //! Two passes. **Copy** imports every scanned record; `import` is idempotent per id, so a run
-//! killed anywhere and started again ends with every approval exactly once. **Reconcile** reads
+//! killed anywhere and started again ends with every approval exactly once (a copy imported
+//! pending is checked against its source at once, for a decision made since the scan).
+//! **Reconcile** reads
 //! the source again and compares each record with the target's copy: a decision made in the
 //! source after its approval was copied (the migration races live reviewers) is replayed on
 //! the target with its original reviewer and time; whatever still differs is reported by id,
@@ -54,6 +56,8 @@ pub struct Migration {
 /// What the copy pass did with one record.
 enum Copied {
     Imported,
+    /// Imported pending, and decided in the source meanwhile: the decision replayed at once.
+    ImportedAndReplayed,
     AlreadyPresent,
     WouldImport,
     /// The target would already have dropped it: not written.
@@ -116,6 +120,10 @@ impl Migration {
                 |approval| self.copy_one(approval),
                 |copied| match copied {
                     Copied::Imported => report.imported += 1,
+                    Copied::ImportedAndReplayed => {
+                        report.imported += 1;
+                        report.decisions_replayed += 1;
+                    }
                     Copied::AlreadyPresent => report.already_present += 1,
                     Copied::WouldImport => report.would_import += 1,
                     // Counted by the reconcile pass, which finds it missing from the target.
@@ -226,27 +234,74 @@ impl Migration {
                 None => Copied::WouldImport,
             });
         }
-        Ok(
-            match retry("import", || self.target.import(approval.clone())).await? {
-                ImportOutcome::Imported => Copied::Imported,
-                ImportOutcome::AlreadyPresent => Copied::AlreadyPresent,
-                ImportOutcome::PastRetention => Copied::PastRetention,
-            },
-        )
+        let imported = retry("import", || self.target.import(approval.clone())).await?;
+        Ok(match imported {
+            ImportOutcome::Imported if !approval.is_decided() => {
+                // Decided between the scan and the import, the decision reached no copy (a
+                // soak's mirror found none): replayed now, not after the whole copy pass,
+                // hours later for millions of records, by when the copy may have expired.
+                if self
+                    .replay_late_decision(&approval.tenant, &approval.id)
+                    .await?
+                {
+                    Copied::ImportedAndReplayed
+                } else {
+                    Copied::Imported
+                }
+            }
+            ImportOutcome::Imported => Copied::Imported,
+            ImportOutcome::AlreadyPresent => Copied::AlreadyPresent,
+            ImportOutcome::PastRetention => Copied::PastRetention,
+        })
     }
 
-    async fn check_one(&self, source: Approval) -> Result<Checked, BackendError> {
-        let (tenant, id) = (&source.tenant, &source.id);
+    /// Reads the source's record again and, if it was decided, decides the target's copy the
+    /// same way; whether that decided the copy.
+    async fn replay_late_decision(
+        &self,
+        tenant: &TenantId,
+        id: &ApprovalId,
+    ) -> Result<bool, BackendError> {
+        let Ok(Some(now)) = unreadable(retry("get", || self.source.get(tenant, id)).await)? else {
+            return Ok(false);
+        };
+        let Some(decision) = now.decision() else {
+            return Ok(false);
+        };
+        let outcome = retry("decide", || {
+            self.target.decide(tenant, id, decision.clone())
+        });
+        Ok(matches!(outcome.await?, DecisionOutcome::Decided(_)))
+    }
+
+    async fn check_one(&self, scanned: Approval) -> Result<Checked, BackendError> {
+        let (tenant, id) = (&scanned.tenant.clone(), &scanned.id.clone());
         let mut copy = match unreadable(retry("get", || self.target.get(tenant, id)).await)? {
             Ok(copy) => copy,
             Err(key) => {
                 return Ok(Checked {
-                    source,
+                    source: scanned,
                     copy: None,
                     replayed: false,
                     unreadable_copy: Some(key),
                 })
             }
+        };
+        // The scan's page was read before the copy: a decision made in between (a soak
+        // mirrors it to the target within milliseconds) read as "pending against accepted",
+        // a difference on every run under traffic. Both sides as of after the copy's read.
+        let now = Timestamp::now();
+        let moved_on = copy
+            .as_ref()
+            .is_some_and(|c| status_as_of(c, now) != status_as_of(&scanned, now));
+        let source = if moved_on {
+            match unreadable(retry("get", || self.source.get(tenant, id)).await)? {
+                Ok(Some(fresh)) => fresh,
+                // Gone or unreadable since: the scanned record is what there is to compare.
+                Ok(None) | Err(_) => scanned,
+            }
+        } else {
+            scanned
         };
         let mut replayed = false;
         // Decided in the source after the copy was made: the first decision is the source's.
@@ -413,6 +468,15 @@ where
             }
             result => return result,
         }
+    }
+}
+
+/// `approval`'s status as of `now` (a pending one past its deadline is expired).
+fn status_as_of(approval: &Approval, now: Timestamp) -> approvals_core::Status {
+    if approval.status == approvals_core::Status::Pending && now >= approval.expires_at {
+        approvals_core::Status::Expired
+    } else {
+        approval.status
     }
 }
 
