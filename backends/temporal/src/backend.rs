@@ -340,7 +340,7 @@ impl TemporalBackend {
 
     /// Visibility's rows with this process's recent writes merged in (those of the tenants
     /// `wanted` selects), as of `now`.
-    fn overlaid(
+    pub(crate) fn overlaid(
         &self,
         rows: Vec<Row>,
         wanted: impl Fn(&TenantId) -> bool,
@@ -363,11 +363,21 @@ impl TemporalBackend {
         wanted: impl Fn(&TenantId) -> bool,
         now: Timestamp,
     ) -> Result<Vec<Row>, BackendError> {
+        let rows = self.visible_as_stored(op, query).await?;
+        Ok(self.overlaid(rows, wanted, now))
+    }
+
+    /// [`Self::visible`]'s rows as visibility holds them: no recent writes, no `as_of`.
+    pub(crate) async fn visible_as_stored(
+        &self,
+        op: &'static str,
+        query: String,
+    ) -> Result<Vec<Row>, BackendError> {
         let mut rows = Vec::new();
         for execution in self.executions(op, query).await? {
             rows.extend(self.pass_over(Self::approval_row(&execution))?);
         }
-        Ok(self.overlaid(rows, wanted, now))
+        Ok(rows)
     }
 
     fn tenant_query(tenant: &TenantId) -> String {

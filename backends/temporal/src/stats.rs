@@ -14,14 +14,20 @@ pub(crate) async fn pending_stats(
 ) -> Result<PendingStats, BackendError> {
     let query = format!("WorkflowType = '{WORKFLOW_TYPE}' AND ExecutionStatus = 'Running'");
     let mut per_tenant: BTreeMap<TenantId, TenantPending> = BTreeMap::new();
-    let mut overdue = Duration::ZERO;
-    for row in backend.visible("stats", query, |_| true, now).await? {
+    let stored = backend.visible_as_stored("stats", query).await?;
+    // Still running and pending past its deadline as the workflow itself says: its timer has
+    // not closed it (no worker polls, or workflow tasks keep failing). Read before this
+    // process's recent writes are merged in: those add settled records (an expiry a reviewer
+    // or a waiter met), which read as overdue by hours for 30 s.
+    let overdue = stored
+        .iter()
+        .map(|row| &row.approval)
+        .filter(|a| a.status == Status::Pending && a.expires_at <= now)
+        .map(|a| a.expires_at.elapsed_at(now))
+        .max()
+        .unwrap_or(Duration::ZERO);
+    for row in backend.overlaid(stored, |_| true, now) {
         let approval = row.approval;
-        // Still running past its deadline with no reviewer's decision: its timer has not
-        // closed it (no worker polls, or workflow tasks keep failing).
-        if approval.decided_by.is_none() && approval.expires_at <= now {
-            overdue = overdue.max(approval.expires_at.elapsed_at(now));
-        }
         if approval.status != Status::Pending {
             continue;
         }

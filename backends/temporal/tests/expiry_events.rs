@@ -433,3 +433,61 @@ async fn a_decision_on_a_terminated_workflow_is_refused_not_retried_as_an_outage
     );
     worker.stop().await;
 }
+
+/// An expiry the timer recorded, then met by a reviewer's late decision (remembered by this
+/// process for 30 s): not "overdue". The pending figures merged that settled record in and
+/// read it as running hours past its deadline, the figure `ApprovalsExpiriesNotRecorded`
+/// pages on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiry_met_by_a_late_decision_is_not_overdue() {
+    let server = own_server().await;
+    let settings = settings_for(&server);
+    let recorded = Arc::new(Recorded::default());
+    let worker = TestWorker::start(settings.clone(), &recorded);
+    let backend = TemporalBackend::connect(settings).await.expect("backend");
+    let client = client_for(&server).await;
+    let tenant = fresh_tenant("met");
+    let approval = submitted(&backend, pending(&tenant, "req-1", Duration::from_secs(1))).await;
+    assert_eq!(closed(&client, &approval).await.status, Status::Expired);
+
+    let outcome = backend
+        .decide(&tenant, &id("req-1"), decision(Verdict::Accept, "alice"))
+        .await
+        .expect("decide");
+    assert!(
+        matches!(outcome, DecisionOutcome::Expired(_)),
+        "{outcome:?}"
+    );
+    let stats = backend
+        .pending_stats(&[], Timestamp::now())
+        .await
+        .expect("stats");
+    assert_eq!(stats.overdue_seconds, 0.0, "{stats:?}");
+    assert!(
+        stats.tenants.iter().all(|t| t.tenant != tenant),
+        "{stats:?}"
+    );
+
+    // One whose timer no worker runs (a task queue nobody polls) is overdue once past its
+    // deadline, as before.
+    let mut unpolled = settings_for(&server);
+    unpolled.task_queue = format!("nobody-polls-{}", server.port);
+    let stranded = TemporalBackend::connect(unpolled).await.expect("backend");
+    let approval = submitted(&stranded, pending(&tenant, "req-2", Duration::from_secs(1))).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let stats = stranded
+            .pending_stats(&[], Timestamp::now())
+            .await
+            .expect("stats");
+        if stats.overdue_seconds > 0.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{approval:?} never overdue: {stats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    worker.stop().await;
+}
