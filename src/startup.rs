@@ -114,6 +114,9 @@ impl Application {
         // No shipping task left behind by an engine that did not start.
         .inspect_err(|_| shipping_stop.cancel())?;
         warn_about_long_ttls(&settings);
+        for caution in settings.cautions() {
+            tracing::warn!("{caution}");
+        }
         if settings.auth.tokens.is_empty() {
             tracing::warn!(
                 "no [[auth.tokens]] configured: every /v1 call will answer 401 \

@@ -672,6 +672,31 @@ impl Settings {
         }
     }
 
+    /// What a configuration that starts may still get wrong, one sentence each, for the log.
+    pub fn cautions(&self) -> Vec<String> {
+        let mut cautions = Vec::new();
+        // A decision's update has four fifths of `call_timeout` (the rest is for the read
+        // after a timeout); after a worker crash it first waits out the sticky queue's
+        // timeout, so a shorter deadline answered 503 for a decision that landed later (and
+        // the reviewer's retry then met 409 for their own decision). Not refused: only a
+        // crash shows it, and a derived deadline (half of `server.request_timeout`) is common.
+        let update = self.temporal.call_timeout - self.temporal.call_timeout / 5;
+        if self.backend.answering() == EngineKind::Temporal
+            && update <= self.temporal.sticky_queue_timeout
+        {
+            cautions.push(format!(
+                "temporal.call_timeout ({}) leaves a decision {} to land, no more than \
+                 temporal.sticky_queue_timeout ({}): after a worker crash decisions answer 503 \
+                 and land later; raise temporal.call_timeout (below server.request_timeout) \
+                 or lower temporal.sticky_queue_timeout",
+                humantime::format_duration(self.temporal.call_timeout),
+                humantime::format_duration(update),
+                humantime::format_duration(self.temporal.sticky_queue_timeout),
+            ));
+        }
+        cautions
+    }
+
     /// Temporal's call and scan deadlines that were left at their defaults follow a
     /// `server.request_timeout` lowered below them (a half, and five sixths of it), so that a
     /// configuration that started before they had to be shorter still starts. Set explicitly,

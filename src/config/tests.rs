@@ -599,3 +599,37 @@ fn default_webhook_retries_outlast_an_outage_and_keep_the_alert_fed() {
         "{longest_gap:?} between two attempts"
     );
 }
+
+/// A decision on Temporal after a worker crash waits out the sticky queue's timeout; a call
+/// deadline that leaves less is named at start-up (the default request timeout's derived
+/// deadline leaves enough, a 15 s one's does not).
+#[test]
+fn a_temporal_deadline_shorter_than_the_sticky_timeout_is_named() {
+    let on_temporal = "[backend]\nkind = \"temporal\"\n";
+    let fine = load(on_temporal, &[]).unwrap();
+    assert_eq!(fine.cautions(), Vec::<String>::new());
+    let short = load(
+        &format!("{on_temporal}[server]\nrequest_timeout = \"15s\"\n"),
+        &[],
+    )
+    .unwrap();
+    let cautions = short.cautions();
+    assert_eq!(cautions.len(), 1, "{cautions:?}");
+    assert!(
+        cautions[0].contains("temporal.call_timeout (7s 500ms)")
+            && cautions[0].contains("temporal.sticky_queue_timeout (10s)"),
+        "{cautions:?}"
+    );
+    let lowered = load(
+        &format!(
+            "{on_temporal}[server]\nrequest_timeout = \"15s\"\n\
+             [temporal]\nsticky_queue_timeout = \"5s\"\n"
+        ),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(lowered.cautions(), Vec::<String>::new());
+    // Redis answering: Temporal's deadlines are not the decisions'.
+    let redis = load("[server]\nrequest_timeout = \"15s\"\n", &[]).unwrap();
+    assert_eq!(redis.cautions(), Vec::<String>::new());
+}
