@@ -223,7 +223,15 @@ pub struct MetricsHandle {
     /// `approvals_engine_info` labels: which engine answers (`backend.kind`) and, for a dual
     /// soak, which one is primary. Alert rules that only matter for Temporal select on it.
     engine: Arc<(String, String)>,
+    /// How long pending figures are shown once their passes keep failing (plus twice the last
+    /// pass's own time). Past it only their age is: figures frozen on an instance cut off
+    /// from its backend won `max by (tenant)` over the instances that still count, and kept
+    /// "about to expire" firing for an approval decided since.
+    figures_shown_for: Duration,
 }
+
+/// Passes of the pending figures that may fail before their figures are withdrawn.
+const FIGURES_KEPT_FOR_PASSES: u32 = 10;
 
 struct Snapshot {
     stats: PendingStats,
@@ -262,6 +270,7 @@ impl MetricsHandle {
             figures_failing: Arc::default(),
             known: Arc::new(Mutex::new(KnownTenants::new(MAX_ZEROED_TENANTS))),
             engine: Arc::new(("redis".into(), String::new())),
+            figures_shown_for: FIGURES_KEPT_FOR_PASSES * Duration::from_secs(2),
         }
     }
 
@@ -269,6 +278,12 @@ impl MetricsHandle {
     /// unless `engine` is `dual`).
     pub fn with_engine(mut self, engine: &str, primary: &str) -> Self {
         self.engine = Arc::new((engine.to_owned(), primary.to_owned()));
+        self
+    }
+
+    /// The pending figures' pass runs every `interval` (`approvals.stats_interval`).
+    pub fn with_stats_interval(mut self, interval: Duration) -> Self {
+        self.figures_shown_for = FIGURES_KEPT_FOR_PASSES * interval;
         self
     }
 
@@ -359,7 +374,9 @@ impl MetricsHandle {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(snapshot) = pending.as_ref() {
-            render_pending(&mut out, &snapshot.stats, &self.bounds);
+            if snapshot.taken.elapsed() <= self.figures_shown_for + 2 * snapshot.took {
+                render_pending(&mut out, &snapshot.stats, &self.bounds);
+            }
             let _ = writeln!(
                 out,
                 "# HELP approvals_pending_snapshot_age_seconds How old the pending figures are."

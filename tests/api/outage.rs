@@ -563,6 +563,41 @@ async fn figures_that_cannot_be_computed_do_not_make_a_ready_backend_down() {
     assert_eq!(readiness(&app).await.status(), StatusCode::OK);
 }
 
+/// Pending figures whose passes keep failing are withdrawn after ten intervals, their age
+/// still shown: frozen on an instance cut off from its backend, they won the alerts' and
+/// dashboards' `max by (tenant)` over the instances that still count, and kept "about to
+/// expire" firing for an approval decided since.
+#[tokio::test]
+async fn figures_that_keep_failing_are_withdrawn_and_their_age_stays() {
+    let app =
+        TestApp::spawn_with(|s| s.approvals.stats_interval = Duration::from_millis(200)).await;
+    app.park("figures-1").await;
+    let pending = format!("approvals_pending{{tenant=\"{}\"}} 1", app.tenant);
+    app.metrics_until(&app.base, Duration::from_secs(10), "the figure", |t| {
+        t.contains(&pending)
+    })
+    .await;
+    let mut conn = app.redis().connection().await;
+    let _: () = redis::cmd("SET")
+        .arg("approvals:pending_submitted_ms")
+        .arg("not a hash")
+        .query_async(&mut conn)
+        .await
+        .expect("set");
+    let metrics = app
+        .metrics_until(
+            &app.base,
+            Duration::from_secs(20),
+            "figures withdrawn",
+            |t| !t.contains(&format!("approvals_pending{{tenant=\"{}\"}}", app.tenant)),
+        )
+        .await;
+    assert!(
+        snapshot_age(&metrics).is_some_and(|age| age >= 2.0),
+        "{metrics}"
+    );
+}
+
 fn snapshot_age(metrics: &str) -> Option<f64> {
     metrics
         .lines()
