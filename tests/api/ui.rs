@@ -9,7 +9,7 @@ use reqwest::header::{CONTENT_SECURITY_POLICY, LOCATION, SET_COOKIE};
 use reqwest::{Method, Response, StatusCode};
 use serde_json::{json, Value};
 
-use crate::support::{Harness, TestApp};
+use crate::support::{sensitive_read, Harness, TestApp};
 
 contract_tests!(
     a_reviewer_signs_in_sees_what_waits_and_accepts_it,
@@ -1094,4 +1094,63 @@ async fn stale_tabs_and_failed_decisions_lead_back_to_the_approval() {
     let page = response.text().await.expect("text");
     assert!(page.contains("may or may not have been recorded"), "{page}");
     assert!(page.contains("href=\"/ui/approvals/waits\""), "{page}");
+}
+
+/// The agent filter stops after a few calls per page (here the list's pages end early, at a
+/// megabyte of large records): a page that found none of the agent's says the search
+/// stopped, not "Nothing pending from agent …" above a "Next page" link, and the link leads
+/// to the rare agent's approval. A reviewer took the first for "nothing waits".
+#[tokio::test]
+async fn an_agent_filter_that_stopped_searching_says_so() {
+    let app = TestApp::spawn().await;
+    // About 14 KiB each (strings are at most 2,048 characters, objects 16 KiB).
+    let pad = || -> serde_json::Map<String, Value> {
+        (0..7)
+            .map(|n| (format!("pad{n}"), json!("x".repeat(2000))))
+            .collect()
+    };
+    for n in 0..200 {
+        let mut action = sensitive_read();
+        action.as_object_mut().expect("an object").extend(pad());
+        let body = json!({
+            "request_id": format!("busy-{n}"),
+            "action": action,
+            "agent_id": "agent-busy",
+            "context": pad(),
+        });
+        let parked = app
+            .request(
+                Method::POST,
+                &format!("/v1/tenants/{}/approvals", app.tenant),
+                Some(&app.tokens.agent),
+            )
+            .json(&body)
+            .send()
+            .await
+            .expect("submit");
+        assert_eq!(parked.status(), StatusCode::CREATED);
+    }
+    app.park_for_agent("rare", "agent-rare").await;
+    let browser = Browser::signed_in(&app, &app.tokens.reviewer).await;
+    let mut page = browser.page("/ui/approvals?agent=agent-rare").await;
+    assert!(
+        !page.contains("/ui/approvals/rare\""),
+        "the search did not stop: {page}"
+    );
+    assert!(!page.contains("Nothing pending"), "{page}");
+    assert!(page.contains("the search stops"), "{page}");
+    for _ in 0..5 {
+        if page.contains("/ui/approvals/rare\"") {
+            return;
+        }
+        let next = page
+            .split("rel=\"next\"")
+            .next()
+            .and_then(|before| before.rsplit("href=\"").next())
+            .and_then(|rest| rest.split('"').next())
+            .expect("a link to search further")
+            .replace("&#38;", "&");
+        page = browser.page(&next).await;
+    }
+    panic!("the rare agent's approval never found: {page}");
 }
