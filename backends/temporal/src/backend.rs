@@ -386,11 +386,14 @@ impl TemporalBackend {
     }
 
     /// The tenant's approvals and its decision-log executions: what `audit` reads.
-    /// The executions whose events an audit read from `from` on needs: every one still
-    /// running, and those closed since (an execution's events all come before its close). The
-    /// margin is for clocks: events carry the service instance's, the close the server's.
-    /// Without a bound every page of a read walked the tenant's whole history, and the
-    /// webhook reader reads a few pages a second.
+    /// The executions whose events an audit read from `from` on needs: those closed since (an
+    /// execution's events all come before its close) and those still running that started
+    /// since (a running one holds only the events of its start: a decision or an expiry
+    /// closes it). The margin is for clocks: events carry the service instance's, the start
+    /// and close the server's. Without a bound every page of a read walked the tenant's whole
+    /// history, and the webhook reader reads a few pages a second; with every running one,
+    /// a long-TTL backlog, or the decision logs that pile up running while no worker polls,
+    /// were walked on every page until the workers caught up.
     fn audit_query(tenant: &TenantId, from: Option<Timestamp>) -> String {
         let types = format!(
             "(WorkflowType = '{WORKFLOW_TYPE}' OR WorkflowType = '{DECISION_LOG_TYPE}') \
@@ -406,10 +409,13 @@ impl TemporalBackend {
             .filter(|ms| *ms >= FIRST_MS);
         match bound {
             None => types,
-            Some(ms) => format!(
-                "{types} AND (ExecutionStatus = 'Running' OR CloseTime >= '{}')",
-                Timestamp::from_millis(ms.min(LAST_MS))
-            ),
+            Some(ms) => {
+                let bound = Timestamp::from_millis(ms.min(LAST_MS));
+                format!(
+                    "{types} AND ((ExecutionStatus = 'Running' AND StartTime >= '{bound}') \
+                     OR CloseTime >= '{bound}')"
+                )
+            }
         }
     }
 
@@ -1075,8 +1081,16 @@ mod tests {
         assert!(!early.contains("CloseTime"), "{early}");
         let now = Timestamp::now();
         let usual = TemporalBackend::audit_query(&tenant, Some(now));
+        let bound = now.minus(AUDIT_CLOCK_MARGIN);
         assert!(
-            usual.contains(&format!("CloseTime >= '{}'", now.minus(AUDIT_CLOCK_MARGIN))),
+            usual.contains(&format!("CloseTime >= '{bound}'")),
+            "{usual}"
+        );
+        // Running executions started before the bound hold no event after it.
+        assert!(
+            usual.contains(&format!(
+                "ExecutionStatus = 'Running' AND StartTime >= '{bound}'"
+            )),
             "{usual}"
         );
     }
