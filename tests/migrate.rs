@@ -593,6 +593,7 @@ fn of_tenant(
         tenants: BTreeSet::from([tenant.clone()]),
         concurrency,
         dry_run: false,
+        target_answers: false,
     };
     Migration::new(
         source.clone(),
@@ -975,4 +976,51 @@ async fn a_decision_made_between_scan_and_import_reaches_the_copy_at_once() {
         copy, source,
         "the copy carries the decision: reviewer, reason, time"
     );
+}
+
+/// After the switch to Temporal (or in a rollback, the other way), the migration's target is
+/// the engine that answers and its source the soak's secondary: a decision the secondary
+/// missed is replayed on it, as a read through the service would repair it. It stayed a
+/// difference on every run ("source pending, target accepted"), and the runbook's "run it
+/// until it exits 0" never ended. With the source answering, the source is the truth and is
+/// left as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_the_secondary_missed_is_replayed_on_it_when_the_target_answers() {
+    let setup = Setup::new().await;
+    let redis = setup.engine(EngineKind::Redis).await;
+    let temporal = setup.engine(EngineKind::Temporal).await;
+    let tenant = fresh_tenant("missed");
+    let parked = pending(&tenant, "missed", HOUR);
+    redis.submit(parked.clone()).await.unwrap();
+    temporal.import(parked).await.unwrap();
+    let decided = temporal
+        .decide(&tenant, &id("missed"), decision(Verdict::Accept, "bob"))
+        .await
+        .unwrap();
+    let approvals_core::DecisionOutcome::Decided(decided) = decided else {
+        panic!("{decided:?}")
+    };
+    // Redis answering: its pending record is the truth, and the difference is reported.
+    let report = of_tenant(&redis, &temporal, &tenant, 4)
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(report.differences_total, 1, "{report}");
+    let still = redis.get(&tenant, &id("missed")).await.unwrap().unwrap();
+    assert_eq!(still.status, Status::Pending);
+
+    // Temporal answering (a dual soak after the switch, as the service's configuration
+    // says): Redis follows it, and the run exits 0.
+    let output = setup
+        .command("redis", "temporal", &[&tenant], &[])
+        .env("APPROVALS_BACKEND__KIND", "dual")
+        .env("APPROVALS_BACKEND__PRIMARY", "temporal")
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stderr)));
+    assert!(output.status.success(), "{report:#}");
+    assert_eq!(report["source_repaired"], 1, "{report:#}");
+    let repaired = redis.get(&tenant, &id("missed")).await.unwrap().unwrap();
+    assert_eq!(repaired, decided, "same reviewer, reason and time");
 }

@@ -74,6 +74,8 @@ pub async fn run(args: MigrateArgs) -> ExitCode {
         tenants,
         concurrency: usize::from(args.concurrency),
         dry_run: args.dry_run,
+        // Whatever `backend.kind` (a dual soak, or one engine): the engine that answers.
+        target_answers: settings.backend.answering() == args.to,
     };
     let progress = progress_bar();
     let logger = (progress.is_hidden()).then(|| tokio::spawn(log_progress(progress.clone())));

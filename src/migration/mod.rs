@@ -22,8 +22,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use approvals_core::{
-    Approval, ApprovalId, BackendError, DecisionOutcome, ImportOutcome, RecordTransfer, TenantId,
-    Timestamp,
+    Approval, ApprovalId, BackendError, DecisionOutcome, ImportOutcome, RecordTransfer, Status,
+    TenantId, Timestamp,
 };
 use futures_util::{stream, FutureExt, TryStreamExt};
 use indicatif::ProgressBar;
@@ -44,6 +44,10 @@ pub struct Plan {
     pub concurrency: usize,
     /// Read both sides and report; write nothing.
     pub dry_run: bool,
+    /// The target is the engine that answers (a dual soak's primary, after a switch or a
+    /// rollback): a decision only it holds is one the source, its secondary, missed, and is
+    /// replayed on the source. Otherwise the source answers, and its records are the truth.
+    pub target_answers: bool,
 }
 
 pub struct Migration {
@@ -69,6 +73,8 @@ struct Checked {
     source: Approval,
     copy: Option<Approval>,
     replayed: bool,
+    /// The target's decision replayed on the source ([`Plan::target_answers`]).
+    source_repaired: bool,
     /// The copy's key, when the target holds one it cannot read.
     unreadable_copy: Option<String>,
 }
@@ -155,6 +161,7 @@ impl Migration {
                         return;
                     }
                     report.decisions_replayed += u64::from(checked.replayed);
+                    report.source_repaired += u64::from(checked.source_repaired);
                     // Both sides as of one instant after both were read: an approval whose
                     // deadline fell between the two reads is expired on both.
                     let now = Timestamp::now();
@@ -283,6 +290,7 @@ impl Migration {
                     source: scanned,
                     copy: None,
                     replayed: false,
+                    source_repaired: false,
                     unreadable_copy: Some(key),
                 })
             }
@@ -294,7 +302,7 @@ impl Migration {
         let moved_on = copy
             .as_ref()
             .is_some_and(|c| status_as_of(c, now) != status_as_of(&scanned, now));
-        let source = if moved_on {
+        let mut source = if moved_on {
             match unreadable(retry("get", || self.source.get(tenant, id)).await)? {
                 Ok(Some(fresh)) => fresh,
                 // Gone or unreadable since: the scanned record is what there is to compare.
@@ -322,10 +330,37 @@ impl Migration {
                 DecisionOutcome::SelfApproval => {}
             }
         }
+        let mut source_repaired = false;
+        // The answering target decided what its secondary, the source, still holds pending (a
+        // mirrored decision the source missed): the source follows, as a read through the
+        // service would have it. Without this, a rollback's "run it until it exits 0" never
+        // ended for such a record.
+        let missed = copy.as_ref().and_then(Approval::decision);
+        if let (true, false, true, Some(decision)) = (
+            self.plan.target_answers,
+            self.plan.dry_run,
+            source.status == Status::Pending,
+            missed,
+        ) {
+            let outcome = retry("decide", || {
+                self.source.decide(tenant, id, decision.clone())
+            });
+            match outcome.await? {
+                DecisionOutcome::Decided(now) => {
+                    source_repaired = true;
+                    source = now;
+                }
+                DecisionOutcome::AlreadyDecided(now) | DecisionOutcome::Expired(now) => {
+                    source = now;
+                }
+                DecisionOutcome::NotFound | DecisionOutcome::SelfApproval => {}
+            }
+        }
         Ok(Checked {
             source,
             copy,
             replayed,
+            source_repaired,
             unreadable_copy: None,
         })
     }
@@ -472,9 +507,9 @@ where
 }
 
 /// `approval`'s status as of `now` (a pending one past its deadline is expired).
-fn status_as_of(approval: &Approval, now: Timestamp) -> approvals_core::Status {
-    if approval.status == approvals_core::Status::Pending && now >= approval.expires_at {
-        approvals_core::Status::Expired
+fn status_as_of(approval: &Approval, now: Timestamp) -> Status {
+    if approval.status == Status::Pending && now >= approval.expires_at {
+        Status::Expired
     } else {
         approval.status
     }

@@ -24,6 +24,9 @@ pub struct Report {
     pub would_import: u64,
     /// Decisions made in the source after their approval was copied, replayed on the target.
     pub decisions_replayed: u64,
+    /// With the target answering: its decisions the source (the soak's secondary) missed,
+    /// replayed on the source, as a read through the service would repair it.
+    pub source_repaired: u64,
     /// Records one side holds that the other, by its own retention, no longer keeps (engines
     /// keep settled records for different times): not copied, not differences, not counted
     /// in `counts`.
@@ -184,7 +187,7 @@ impl fmt::Display for Report {
         if self.dry_run {
             writeln!(
                 f,
-                "\ndry run: would import {}, already present {}; nothing was written",
+                "\ndry run: would import {}, already present {}; nothing was copied or replayed",
                 self.would_import, self.already_present
             )?;
         } else {
@@ -193,6 +196,13 @@ impl fmt::Display for Report {
                 "\nimported {}, already present {}, late decisions replayed {}",
                 self.imported, self.already_present, self.decisions_replayed
             )?;
+            if self.source_repaired > 0 {
+                writeln!(
+                    f,
+                    "decisions of the answering target the source had missed, replayed on it: {}",
+                    self.source_repaired
+                )?;
+            }
         }
         let Sides { source, target } = self.past_retention;
         if source + target > 0 {
