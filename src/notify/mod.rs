@@ -841,7 +841,10 @@ impl Notifier {
                 continue;
             }
             let body = payload::event_body(hook, kind, event, self.inbox_base.as_deref());
-            self.queue(hook, &id, body, None).await?;
+            // "Something waits" is not sent once nothing does.
+            let unless_settled =
+                (kind == NotifyEvent::Parked).then(|| event.approval_id.to_string());
+            self.queue(hook, &id, body, None, unless_settled).await?;
             if remember {
                 self.lock_recent().insert(event.timestamp, key);
             }
@@ -913,7 +916,7 @@ impl Notifier {
                         payload::expiring_body(hook, &approval, left, self.inbox_base.as_deref());
                     // Remembered as sent until the approval expires: a tombstone gone sooner
                     // would let a later pass (or another instance) send it again.
-                    self.queue(hook, &id, body, Some(&approval)).await?;
+                    self.queue(hook, &id, body, Some(&approval), None).await?;
                     self.lock_warned().insert(approval.expires_at, known);
                 }
             }
@@ -940,6 +943,7 @@ impl Notifier {
         id: &str,
         body: String,
         expiring: Option<&Approval>,
+        unless_settled: Option<String>,
     ) -> Result<(), store::StoreError> {
         let delivery = Delivery {
             id: delivery_id(hook, id),
@@ -950,6 +954,7 @@ impl Notifier {
             last_error: None,
             remember_until: expiring.map(|a| a.expires_at),
             while_pending: expiring.map(|a| a.id.to_string()),
+            unless_settled,
             round: 0,
         };
         match self
@@ -1180,7 +1185,19 @@ impl Notifier {
                 return None;
             }
         };
-        if delivery.while_pending.is_some() && !self.still_pending(&hook, &mut delivery).await {
+        let withdrawn = if delivery.while_pending.is_some() {
+            !self.still_pending(&hook, &mut delivery).await
+        } else if let Some(id) = delivery.unless_settled.as_deref() {
+            // Unread (the engine unreachable), it goes out as queued: better late than never.
+            match self.read_approval(&delivery.tenant, id).await {
+                Some(Ok(Some(approval))) => approval.status != Status::Pending,
+                Some(Ok(None)) => true,
+                Some(Err(_)) | None => false,
+            }
+        } else {
+            false
+        };
+        if withdrawn {
             // Its approval was decided or expired first: nobody should be sent to it now.
             metrics::counter!("approvals_notifications_total", "tenant" => delivery.tenant.clone(), "outcome" => "withdrawn")
                 .increment(1);
@@ -1248,38 +1265,48 @@ impl Notifier {
     /// (the engine is unreachable), the warning goes out as it was queued: better a warning
     /// that may be late than none.
     async fn still_pending(&self, hook: &Webhook, delivery: &mut Delivery) -> bool {
-        let (Some(id), Ok(tenant)) = (
-            delivery.while_pending.as_deref(),
-            TenantId::parse(&delivery.tenant),
-        ) else {
+        let Some(id) = delivery.while_pending.as_deref() else {
             return true;
         };
-        let Ok(id) = ApprovalId::parse(id) else {
-            return true;
-        };
-        // Within half the POST's own timeout: with the webhook's lookup and the POST, the
-        // attempt stays inside its lease (2 × request_timeout + 5 s). A Temporal read may
-        // take its whole call_timeout (15 s), and a lease that ran out mid-attempt let a
-        // second instance send the same warning.
-        let read = tokio::time::timeout(
-            self.settings.request_timeout / 2,
-            self.app.get_for_service(&tenant, &id),
-        );
-        let Ok(read) = read.await else {
-            tracing::debug!(id = %delivery.id, "the approval a warning is about was not read in time; sending it as queued");
-            return true;
-        };
-        match read {
-            Ok(Some(approval)) if approval.status == Status::Pending => {
+        match self.read_approval(&delivery.tenant, id).await {
+            Some(Ok(Some(approval))) if approval.status == Status::Pending => {
                 let left = Timestamp::now().elapsed_at(approval.expires_at);
                 delivery.body =
                     payload::expiring_body(hook, &approval, left, self.inbox_base.as_deref());
                 !left.is_zero()
             }
-            Ok(_) => false,
-            Err(error) => {
-                tracing::debug!(%error, id = %delivery.id, "cannot read the approval a warning is about; sending it as queued");
-                true
+            Some(Ok(_)) => false,
+            Some(Err(_)) | None => true,
+        }
+    }
+
+    /// The approval a delivery is about, as of now; `None` when it could not be read in time
+    /// or its names do not parse (logged: the caller sends the delivery as queued).
+    async fn read_approval(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> Option<Result<Option<Approval>, crate::app::AppError>> {
+        let (Ok(tenant), Ok(id)) = (TenantId::parse(tenant), ApprovalId::parse(id)) else {
+            return None;
+        };
+        // Within half the POST's own timeout: with the webhook's lookup and the POST, the
+        // attempt stays inside its lease (2 × request_timeout + 5 s). A Temporal read may
+        // take its whole call_timeout (15 s), and a lease that ran out mid-attempt let a
+        // second instance send the same delivery.
+        let read = tokio::time::timeout(
+            self.settings.request_timeout / 2,
+            self.app.get_for_service(&tenant, &id),
+        );
+        match read.await {
+            Ok(Ok(found)) => Some(Ok(found)),
+            Ok(Err(error)) => {
+                tracing::debug!(%error, %tenant, %id, "cannot read the approval a webhook delivery is about; sending it as queued");
+                Some(Err(error))
+            }
+            Err(_) => {
+                tracing::debug!(%tenant, %id, "the approval a webhook delivery is about was not read in time; sending it as queued");
+                None
             }
         }
     }

@@ -50,6 +50,11 @@ pub struct Delivery {
     /// sends reviewers to a closed approval nor states a time left that has passed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub while_pending: Option<String>,
+    /// "Parked" for this approval: withdrawn once it was decided or expired (a retry hours
+    /// later sent reviewers to a closed approval), its body sent as queued. Not
+    /// `while_pending`: a version before this field renders that one again as a warning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unless_settled: Option<String>,
     /// How often an admin queued it again from the dead letters: a late report of an attempt
     /// from before (whose lease ran out) must not settle the fresh round.
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -876,6 +881,7 @@ mod tests {
             last_error: None,
             remember_until: None,
             while_pending: None,
+            unless_settled: None,
             round: 0,
         }
     }

@@ -1296,6 +1296,46 @@ async fn a_warning_goes_out_only_while_its_approval_still_waits() {
     assert!(receiver.got.try_recv().is_err());
 }
 
+/// A "parked" notification that could not be sent before its approval was decided is
+/// withdrawn too: a retry, or a dead letter redelivered hours later, told reviewers that
+/// something waits when nothing did. One whose approval still waits goes out as queued.
+#[tokio::test]
+async fn a_parked_notification_goes_out_only_while_its_approval_still_waits() {
+    let mut receiver = Receiver::start(usize::MAX).await;
+    // Its own tenant: the count below is then this test's alone.
+    let app = own_tenant("parked-late")
+        .spawn_with(|s| {
+            fast(s);
+            s.notifications.max_attempts = 1;
+        })
+        .await;
+    add_webhook(&app, json!({"url": receiver.url, "events": ["parked"]})).await;
+    app.park("decided-meanwhile").await;
+    app.park("still-waiting").await;
+    for _ in 0..2 {
+        receiver.next().await;
+    }
+    until_dead_letters(&app, 2).await;
+    let accepted = app
+        .decide("decided-meanwhile", "accept", &app.tokens.reviewer)
+        .await;
+    assert_eq!(accepted.status(), StatusCode::OK);
+
+    receiver.recover();
+    assert_eq!(redeliver_dead_letters(&app).await, 2);
+    let delivered = receiver.next().await.json();
+    assert_eq!(delivered["approval_id"], "still-waiting", "{delivered}");
+    app.metrics_until(&app.base, WITHIN, "the notification withdrawn", |m| {
+        notifications_counted(m, &app.tenant, "withdrawn") == 1.0
+    })
+    .await;
+    until_dead_letters(&app, 0).await;
+    assert!(
+        receiver.got.try_recv().is_err(),
+        "sent for a decided approval"
+    );
+}
+
 /// A receiver that accepts connections and never answers: every attempt runs out its timeout.
 async fn silent_receiver() -> (String, mpsc::UnboundedReceiver<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
