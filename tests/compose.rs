@@ -405,6 +405,15 @@ fn the_api_image_has_the_temporal_feature_whenever_its_backend_needs_it() {
                 "{files:?} {env:?}: backend {kind} without the temporal feature"
             );
         }
+        // Temporal keeps no tenant bundles or webhooks: the stack's Redis does, or every
+        // upload and webhook call answers 501.
+        if kind == "temporal" {
+            assert_eq!(
+                environment(api).get("APPROVALS_TENANT_STORE__KIND").map(String::as_str),
+                Some("redis"),
+                "{files:?} {env:?}: Temporal answering without a tenant store"
+            );
+        }
     }
 }
 

@@ -157,6 +157,7 @@ fn anchor(heading: &str) -> String {
 #[test]
 fn every_alert_has_a_summary_a_description_a_runbook_section_and_unit_tests() {
     let runbook = read(RUNBOOK);
+    let readme = read("README.md");
     let anchors: BTreeSet<String> = runbook
         .lines()
         .filter(|l| l.starts_with('#'))
@@ -224,6 +225,17 @@ fn every_alert_has_a_summary_a_description_a_runbook_section_and_unit_tests() {
         }
         if !anchors.contains(&name.to_lowercase()) {
             problems.push(format!("{name}: no section `## {name}` in {RUNBOOK}"));
+        }
+        // The README's alert table is where a platform team first reads what pages them.
+        let in_table = readme.lines().any(|line| {
+            line.starts_with("| ")
+                && line
+                    .split('|')
+                    .nth(1)
+                    .is_some_and(|cell| cell.split(',').any(|n| n.trim() == name))
+        });
+        if !in_table {
+            problems.push(format!("{name}: not in README.md's alert table"));
         }
         // The heartbeat always fires (its silence is the alarm): it pages no one itself.
         let heartbeat = name == WATCHDOG;
