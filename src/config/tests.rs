@@ -633,3 +633,23 @@ fn a_temporal_deadline_shorter_than_the_sticky_timeout_is_named() {
     let redis = load("[server]\nrequest_timeout = \"15s\"\n", &[]).unwrap();
     assert_eq!(redis.cautions(), Vec::<String>::new());
 }
+
+/// Tokens are a list of tables, which a variable holds as TOML's inline form (the compose
+/// files said no variable could).
+#[test]
+fn tokens_can_be_given_as_one_variable() {
+    let digest = "ab".repeat(32);
+    let s = load(
+        "",
+        &[(
+            "APPROVALS_AUTH__TOKENS",
+            &format!(
+                "[{{subject=\"bot\",tenant=\"acme\",role=\"agent\",sha256=\"{digest}\"}}]"
+            ),
+        )],
+    )
+    .unwrap();
+    assert_eq!(s.auth.tokens.len(), 1);
+    assert_eq!(s.auth.tokens[0].subject, "bot");
+    assert_eq!(s.auth.tokens[0].sha256, digest);
+}
