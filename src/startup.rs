@@ -99,7 +99,8 @@ pub struct Application {
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let policy = PolicyGate::load(&settings.policy.dir)?
-            .with_budget(settings.limits.policy_instructions);
+            .with_budget(settings.limits.policy_instructions)
+            .confirming_allows(settings.policy.confirm_allows);
         tracing::info!(dir = %settings.policy.dir.display(), version = policy.version(), "policy loaded");
         let sandbox = sandbox(&settings.policy.sandbox, settings.keeps_tenant_policies()).await?;
         let shipping_stop = CancellationToken::new();
@@ -138,6 +139,7 @@ impl Application {
                 settings.limits.policy_instructions,
             )
             .keeping_bundles(settings.policy.max_stored_bundles)
+            .confirming_allows(settings.policy.confirm_allows)
             .isolating_in(sandbox),
         );
         // Before serving: a tenant with its own bundle must never be answered by the default.

@@ -106,6 +106,8 @@ pub struct TenantPolicies {
     /// otherwise store the older states last, serving a superseded policy until the next poll.
     syncing: tokio::sync::Mutex<()>,
     budget: usize,
+    /// `policy.confirm_allows`, for every tenant's gates.
+    confirm_allows: bool,
     /// Versions a tenant keeps besides those its state names (`policy.max_stored_bundles`).
     bundles_kept: usize,
     /// Where tenants' bundles are evaluated; `None`: in this process.
@@ -132,6 +134,7 @@ impl TenantPolicies {
             failed: Mutex::new(HashMap::new()),
             syncing: tokio::sync::Mutex::new(()),
             budget,
+            confirm_allows: true,
             bundles_kept: DEFAULT_BUNDLES_KEPT,
             sandbox: None,
         }
@@ -149,6 +152,13 @@ impl TenantPolicies {
     }
 
     /// Keeps `count` versions per tenant besides those its state names (at least one).
+    /// Whether tenants' gates confirm an `allow` on the interpreter
+    /// ([`PolicyGate::confirming_allows`]).
+    pub fn confirming_allows(mut self, confirm: bool) -> Self {
+        self.confirm_allows = confirm;
+        self
+    }
+
     pub fn keeping_bundles(mut self, count: usize) -> Self {
         self.bundles_kept = count.max(1);
         self
@@ -400,14 +410,18 @@ impl TenantPolicies {
             })
             .collect();
         let origin = format!("tenant {tenant}");
-        let budget = self.budget;
+        let (budget, confirm) = (self.budget, self.confirm_allows);
         let sandbox = self.sandbox.clone();
         // Compiling is CPU work of some milliseconds: off the request workers. A sandboxed
         // bundle's decision runs in children only, its load-time trial included.
         let gate = tokio::task::spawn_blocking(move || match sandbox {
-            Some(sandbox) => PolicyGate::from_files_untried(&files, &origin)
-                .map(|g| g.with_budget(budget).isolated(sandbox, &files)),
-            None => PolicyGate::from_files(&files, &origin).map(|g| g.with_budget(budget)),
+            Some(sandbox) => PolicyGate::from_files_untried(&files, &origin).map(|g| {
+                g.with_budget(budget)
+                    .confirming_allows(confirm)
+                    .isolated(sandbox, &files)
+            }),
+            None => PolicyGate::from_files(&files, &origin)
+                .map(|g| g.with_budget(budget).confirming_allows(confirm)),
         })
         .await
         .map_err(|e| LoadFailure::Bundle(e.to_string()))?

@@ -439,6 +439,10 @@ pub struct PolicySettings {
     pub max_stored_bundles: usize,
     /// Where tenants' uploaded bundles are evaluated (ADR-0019).
     pub sandbox: SandboxSettings,
+    /// An `allow` from regorus' VM is given only once its interpreter, the engine the
+    /// bundle's tests run on, agrees: the VM takes an error inside a rule body for an unmet
+    /// condition (ADR-0003). Off, an allowed request costs about a quarter.
+    pub confirm_allows: bool,
 }
 
 /// `policy.sandbox`: tenants' uploaded bundles evaluated in child processes of this binary,
@@ -474,6 +478,7 @@ impl Default for PolicySettings {
             max_bundle_bytes: 1 << 20,
             max_stored_bundles: crate::app::DEFAULT_BUNDLES_KEPT,
             sandbox: SandboxSettings::default(),
+            confirm_allows: true,
         }
     }
 }

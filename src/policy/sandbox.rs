@@ -76,6 +76,9 @@ enum Request<'a> {
     Evaluate {
         version: Cow<'a, str>,
         budget: usize,
+        /// [`PolicyGate::confirming_allows`]; absent (a parent from before it), off, as then.
+        #[serde(default)]
+        confirm_allows: bool,
         /// The bundle, the first time this child meets `version`.
         files: Option<Cow<'a, [PolicyFile]>>,
         input: Cow<'a, serde_json::Value>,
@@ -189,6 +192,7 @@ impl Sandbox {
             let request = Request::Evaluate {
                 version: Cow::Borrowed(version),
                 budget: gate.budget,
+                confirm_allows: gate.confirm_allows,
                 files: with_files.then_some(Cow::Borrowed(files)),
                 input: Cow::Borrowed(input),
             };
@@ -354,13 +358,14 @@ pub fn serve(memory_limit: u64) -> ExitCode {
 }
 
 fn answer(gates: &mut Gates, request: Request) -> Reply {
-    let (version, budget, files, input) = match request {
+    let (version, budget, confirm_allows, files, input) = match request {
         Request::Evaluate {
             version,
             budget,
+            confirm_allows,
             files,
             input,
-        } => (version, budget, files, input),
+        } => (version, budget, confirm_allows, files, input),
         Request::Validate { files, budget } => {
             return Reply::Validated(validate_bundle(&files, "upload (sandbox)", budget))
         }
@@ -378,6 +383,7 @@ fn answer(gates: &mut Gates, request: Request) -> Reply {
     match gates.get_mut(version.as_ref()) {
         Some(gate) => {
             gate.budget = budget;
+            gate.confirm_allows = confirm_allows;
             Reply::Verdict(gate.evaluate_owned(input.into_owned()))
         }
         None => Reply::Unknown,

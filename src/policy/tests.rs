@@ -302,6 +302,60 @@ decision := {"decision": "deny", "reasons": ["b"]} if input.x"#,
     assert!(!conflict.reasons[0].contains('\n'), "{conflict:?}");
 }
 
+/// An `allow` is given only where the interpreter, which `policy test` runs, gives it too: the
+/// VM took an error inside a rule body for an unmet condition, so a `deny` whose conversion
+/// failed left the default `allow`, and a `not` over a rule whose definitions disagree
+/// granted, live, while the bundle's tests reported the error.
+#[test]
+fn an_allow_that_rests_on_an_error_fails_closed_live_as_in_tests() {
+    let conversion = [(
+        "approvals.rego",
+        decision_policy(
+            r#"default decision := {"decision": "allow", "reasons": ["small"]}
+decision := {"decision": "deny", "reasons": ["too large"]} if to_number(input.amount) > 100"#,
+        ),
+    )];
+    let conversion: Vec<(&str, &str)> = conversion.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let g = gate(&conversion);
+    assert_eq!(
+        g.evaluate(&json!({"amount": "500"})).decision,
+        PolicyDecision::Deny
+    );
+    assert_eq!(
+        g.evaluate(&json!({"amount": "5"})).decision,
+        PolicyDecision::Allow
+    );
+    assert_fails_closed(
+        &g.evaluate(&json!({"amount": "1,500"})),
+        "policy evaluation failed",
+    );
+
+    let negation = gate(&[(
+        "approvals.rego",
+        &decision_policy(
+            r#"default decision := {"decision": "require_approval", "reasons": ["ask"]}
+decision := {"decision": "allow", "reasons": ["low risk"]} if not high_risk
+high_risk := true if input.amount > 1000
+high_risk := false if input.type == "read""#,
+        ),
+    )]);
+    assert_eq!(
+        negation
+            .evaluate(&json!({"amount": 5, "type": "write"}))
+            .decision,
+        PolicyDecision::Allow
+    );
+    let conflicted = negation.evaluate(&json!({"amount": 5000, "type": "read"}));
+    assert_ne!(conflicted.decision, PolicyDecision::Allow, "{conflicted:?}");
+
+    // Turned off (`policy.confirm_allows = false`), the VM's answer stands.
+    let unconfirmed = gate(&conversion).confirming_allows(false);
+    assert_eq!(
+        unconfirmed.evaluate(&json!({"amount": "1,500"})).decision,
+        PolicyDecision::Allow
+    );
+}
+
 #[test]
 fn compile_error_names_the_file() {
     let dir = bundle(&[

@@ -1566,3 +1566,47 @@ async fn a_caller_that_may_not_upload_is_refused_before_its_body_is_read() {
         .expect("answered while the body is still coming");
     assert_problem(response, StatusCode::FORBIDDEN, "forbidden").await;
 }
+
+/// A tenant's bundle whose `deny` rests on a conversion that can fail, under a default
+/// `allow`: live (in its sandbox, on regorus' VM), a request whose conversion fails is not
+/// allowed, as the bundle's tests on the interpreter would have reported. The VM took the
+/// failing builtin for an unmet condition and answered `allow`.
+#[tokio::test]
+async fn an_allow_resting_on_a_failed_conversion_fails_closed_in_the_sandbox() {
+    let app = TestApp::spawn().await;
+    let bundle = json!({"files": [{"path": "approvals.rego", "text": r#"package approvals
+import rego.v1
+
+default decision := {"decision": "allow", "reasons": ["small payments go through"]}
+
+decision := {"decision": "deny", "reasons": ["too large"]} if {
+	to_number(input.action.amount) > 100
+}
+"#}]});
+    let version = upload(&app, bundle).await;
+    activate(&app, &version).await;
+    let version = &version;
+    let submit = |id: &'static str, amount: &'static str| {
+        let app = &app;
+        async move {
+            let answer: Value = app
+                .submit(id, json!({"type": "payment_read", "amount": amount}))
+                .await
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(answer["policy_version"], *version, "{answer}");
+            answer
+        }
+    };
+    assert_eq!(submit("small", "5").await["decision"], "allow");
+    assert_eq!(submit("large", "500").await["decision"], "deny");
+    let unreadable = submit("unreadable", "1,500").await;
+    assert_eq!(unreadable["decision"], "require_approval", "{unreadable}");
+    assert!(
+        unreadable["reasons"][0]
+            .as_str()
+            .is_some_and(|r| r.contains("failing closed")),
+        "{unreadable}"
+    );
+}
