@@ -643,9 +643,7 @@ fn tokens_can_be_given_as_one_variable() {
         "",
         &[(
             "APPROVALS_AUTH__TOKENS",
-            &format!(
-                "[{{subject=\"bot\",tenant=\"acme\",role=\"agent\",sha256=\"{digest}\"}}]"
-            ),
+            &format!("[{{subject=\"bot\",tenant=\"acme\",role=\"agent\",sha256=\"{digest}\"}}]"),
         )],
     )
     .unwrap();
