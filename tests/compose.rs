@@ -409,7 +409,9 @@ fn the_api_image_has_the_temporal_feature_whenever_its_backend_needs_it() {
         // upload and webhook call answers 501.
         if kind == "temporal" {
             assert_eq!(
-                environment(api).get("APPROVALS_TENANT_STORE__KIND").map(String::as_str),
+                environment(api)
+                    .get("APPROVALS_TENANT_STORE__KIND")
+                    .map(String::as_str),
                 Some("redis"),
                 "{files:?} {env:?}: Temporal answering without a tenant store"
             );
