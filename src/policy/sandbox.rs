@@ -60,6 +60,10 @@ impl Gates {
     }
 }
 
+/// The longest reply line read from a child: a verdict is a few kilobytes, a validation's
+/// report at most [`testing::MAX_REFUSALS`] clipped reasons and its tests' clipped errors.
+const MAX_REPLY_BYTES: u64 = 16 << 20;
+
 /// Where children come from and what they may use.
 #[derive(Debug)]
 pub struct Sandbox {
@@ -320,8 +324,10 @@ fn exchange(child: &mut Running, request: &Request, deadline: Duration) -> Resul
         }
     }
     let mut line = String::new();
-    match child.from.read_line(&mut line) {
+    // Bounded: the reply lands in the service's memory, which has no limit of its own.
+    match std::io::Read::take(&mut child.from, MAX_REPLY_BYTES).read_line(&mut line) {
         Ok(0) => Err(gone("died (out of memory?)")),
+        Ok(_) if !line.ends_with('\n') => Err(gone("answered more than it may")),
         Ok(_) => serde_json::from_str(&line).map_err(|_| gone("answered nonsense")),
         Err(error) => Err(format!("the policy sandbox cannot be read: {error}")),
     }

@@ -15,6 +15,14 @@ use serde::{Serialize, Serializer};
 
 use super::{PolicyFile, PolicyGate};
 
+/// The longest message kept of one test's failure or one refusal: regorus quotes the offending
+/// value or source line whole, and a test that builds a string of tens of megabytes (well
+/// inside a sandbox child's memory) had it copied into the service's memory, its 10-minute
+/// refusal cache and the 422 answer, several times over.
+pub const MAX_MESSAGE_CHARS: usize = 2_000;
+/// The most refusal reasons an upload is answered with; the rest are counted.
+pub const MAX_REFUSALS: usize = 100;
+
 /// What makes a rule a test (OPA's convention).
 const TEST_PREFIX: &str = "test_";
 
@@ -107,7 +115,7 @@ pub fn validate_bundle(
     budget: usize,
 ) -> Result<(String, TestReport), Vec<String>> {
     let gate = PolicyGate::from_files(files, origin)
-        .map_err(|e| vec![e.to_string()])?
+        .map_err(|e| vec![clipped(e.to_string())])?
         .with_budget(budget);
     let mut errors = upload_checks(&gate);
     let tests = run_tests(&gate);
@@ -118,10 +126,15 @@ pub fn validate_bundle(
         });
     }
     if errors.is_empty() {
-        Ok((gate.version().to_owned(), tests))
-    } else {
-        Err(errors)
+        return Ok((gate.version().to_owned(), tests));
     }
+    let more = errors.len().saturating_sub(MAX_REFUSALS);
+    errors.truncate(MAX_REFUSALS);
+    let mut errors: Vec<String> = errors.into_iter().map(clipped).collect();
+    if more > 0 {
+        errors.push(format!("and {more} more"));
+    }
+    Err(errors)
 }
 
 /// What refuses a bundle that compiles, besides its tests: no decision rule, or a decision
@@ -197,10 +210,10 @@ fn run_one(gate: &PolicyGate, name: String, file: String, limit: Duration) -> Te
         Ok(value) if value == regorus::Value::from(true) => None,
         Ok(regorus::Value::Undefined) => Some("undefined (a test passes only when true)".into()),
         Ok(value) => Some(format!("evaluated to {}, not true", describe(&value))),
-        Err(err) => Some(format!(
+        Err(err) => Some(clipped(format!(
             "evaluation error: {}",
             headline_first(&err.to_string())
-        )),
+        ))),
     };
     TestResult {
         name,
@@ -223,6 +236,14 @@ fn headline_first(message: &str) -> String {
             format!("{headline}\n{}", lines[..at].join("\n"))
         }
         _ => message.to_owned(),
+    }
+}
+
+/// `text` cut to [`MAX_MESSAGE_CHARS`], with an ellipsis.
+fn clipped(text: String) -> String {
+    match text.char_indices().nth(MAX_MESSAGE_CHARS) {
+        None => text,
+        Some((end, _)) => format!("{}…", &text[..end]),
     }
 }
 

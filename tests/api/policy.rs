@@ -1610,3 +1610,28 @@ decision := {"decision": "deny", "reasons": ["too large"]} if {
         "{unreadable}"
     );
 }
+
+/// A test whose failure quotes a value of a megabyte: the refusal says what failed in a few
+/// kilobytes. regorus quotes the offending value whole, and the service copied it into its
+/// own (unlimited) memory, its refusal cache and the answer: a few such uploads, each well
+/// inside its sandbox child's memory, could exhaust the service's.
+#[tokio::test]
+async fn a_test_failure_quoting_a_huge_value_is_refused_in_a_few_kilobytes() {
+    let app = TestApp::spawn().await;
+    let mut bundle = reads_allowed();
+    bundle["files"][1]["text"] = json!(
+        "package approvals_test\nimport rego.v1\ntest_huge if {\n\tabs(concat(\"\", [s | some _ in numbers.range(1, 100000); s := \"aaaaaaaaaa\"])) > 0\n}\n"
+    );
+    let response = post_bundle(&app, &app.tokens.admin, bundle).await;
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body = response.text().await.unwrap();
+    assert!(body.len() < 64 * 1024, "{} bytes", body.len());
+    let problem: Value = serde_json::from_str(&body).unwrap();
+    let errors = problem["errors"].as_array().expect("errors");
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.as_str().is_some_and(|e| e.contains("test_huge"))),
+        "{problem}"
+    );
+}
