@@ -50,6 +50,24 @@ struct Loaded {
     failed: Option<(String, std::time::Instant)>,
 }
 
+impl Loaded {
+    /// Whether these gates are the ones `state` names, all loaded. The versions are compared,
+    /// not only the generation: a Redis failover that lost the last activation, made again
+    /// under the same generation, or a hand edit that did not bump it, names others.
+    fn serves(&self, state: &PolicyState) -> bool {
+        let Some(gates) = self.gates.as_ref().filter(|_| self.complete) else {
+            return false;
+        };
+        let active = match &state.active {
+            Some(version) => gates.own && gates.active.version() == version,
+            None => !gates.own,
+        };
+        self.generation == state.generation
+            && active
+            && gates.candidate.as_ref().map(|c| c.version()) == state.candidate.as_deref()
+    }
+}
+
 /// Logs (with `say`) and counts the failure `reason`, unless `previous` did so lately: a poll
 /// every 250 ms logged it 4 times a second per tenant and instance, and logging it only once
 /// let the hourly alert on the count clear while the tenant still had no policy. What to keep
@@ -257,9 +275,7 @@ impl TenantPolicies {
                     continue;
                 }
             };
-            if let Some(loaded) =
-                previous.filter(|l| l.complete && l.generation == state.generation)
-            {
+            if let Some(loaded) = previous.filter(|l| l.serves(&state)) {
                 next.insert(tenant, loaded.clone());
                 continue;
             }
@@ -667,6 +683,42 @@ mod tests {
                 .await
                 .unwrap(),
             Swap::Done
+        );
+    }
+
+    /// A state that names other versions under the generation this instance loaded (a Redis
+    /// failover that lost the last activation, which was then made again; a hand edit that
+    /// did not bump it) is loaded: comparing the generation alone kept the old bundle
+    /// deciding on every instance that had loaded it, while restarted ones ran the new one.
+    #[tokio::test]
+    async fn other_versions_under_the_same_generation_are_loaded() {
+        let redis = RedisServer::start().await;
+        let settings = RedisSettings::new(redis.url());
+        let store = Arc::new(RedisBackend::connect(settings, Lifetimes::default()).unwrap());
+        let tenant = TenantId::parse("failed-over").unwrap();
+        let first = store_bundle(&store, &tenant, "allow").await;
+        let second = store_bundle(&store, &tenant, "deny").await;
+        let policies = TenantPolicies::new(default_gate(), Some(store.clone()), 0);
+        activate(&store, &tenant, &first).await;
+        policies.sync().await.unwrap();
+        assert_eq!(policies.gates(&tenant).unwrap().active.version(), first);
+
+        let state = store.state(&tenant).await.unwrap();
+        let rewritten = PolicyState {
+            active: Some(second.clone()),
+            candidate: Some(first.clone()),
+            ..state.clone()
+        };
+        assert_eq!(
+            store.swap_state(&tenant, &state, &rewritten).await.unwrap(),
+            Swap::Done
+        );
+        policies.sync().await.unwrap();
+        let gates = policies.gates(&tenant).unwrap();
+        assert_eq!(gates.active.version(), second);
+        assert_eq!(
+            gates.candidate.as_ref().map(|c| c.version()),
+            Some(first.as_str())
         );
     }
 
