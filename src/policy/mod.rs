@@ -475,11 +475,20 @@ fn compile_error(
     err: &dyn std::fmt::Display,
 ) -> PolicyError {
     let message = err.to_string();
-    let path = files
+    // Where regorus points (`--> file:line:col`), else the longest name the message holds:
+    // `a.rego` is inside `beta.rego`, and the first name found was blamed.
+    let pointed = files
         .iter()
-        .map(|(label, _)| label.clone())
-        .find(|label| message.contains(label.as_str()))
-        .unwrap_or_else(|| origin.to_owned());
+        .find(|(label, _)| message.contains(&format!("--> {label}:")));
+    let named = || {
+        files
+            .iter()
+            .filter(|(label, _)| message.contains(label.as_str()))
+            .max_by_key(|(label, _)| label.len())
+    };
+    let path = pointed
+        .or_else(named)
+        .map_or_else(|| origin.to_owned(), |(label, _)| label.clone());
     PolicyError::Compile { path, message }
 }
 

@@ -121,8 +121,8 @@ pub fn validate_bundle(
     let tests = run_tests(&gate);
     for failed in tests.results.iter().filter(|t| !t.passed) {
         errors.push(match &failed.error {
-            Some(error) => format!("test {} failed: {error}", failed.name),
-            None => format!("test {} failed", failed.name),
+            Some(error) => format!("test {} ({}) failed: {error}", failed.name, failed.file),
+            None => format!("test {} ({}) failed", failed.name, failed.file),
         });
     }
     if errors.is_empty() {

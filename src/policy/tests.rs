@@ -374,6 +374,26 @@ fn compile_error_names_the_file() {
     }
 }
 
+/// An upload labels its files by their bare paths: an error in `beta.rego` was put on
+/// `a.rego`, whose name it contains.
+#[test]
+fn a_compile_error_names_its_file_not_one_whose_name_is_inside_it() {
+    let files = [
+        PolicyFile {
+            relative: "a.rego".into(),
+            text: "package other\nimport rego.v1\ny := 1\n".into(),
+        },
+        PolicyFile {
+            relative: "beta.rego".into(),
+            text: decision_policy("decision := no_such_function(input)"),
+        },
+    ];
+    match PolicyGate::from_files(&files, "upload") {
+        Err(PolicyError::Compile { path, .. }) => assert_eq!(path, "beta.rego"),
+        other => panic!("expected a compile error, got {other:?}"),
+    }
+}
+
 #[test]
 fn static_errors_found_only_by_evaluating_are_compile_errors() {
     let cases = [
