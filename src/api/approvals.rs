@@ -84,7 +84,7 @@ fn parked(approval: Approval) -> SubmitResponse {
         (status = 415, description = "unsupported_media_type: the body is not JSON", body = super::Problem),
         (status = 422, description = "input_too_large: action, context or agent_id beyond the input limits", body = super::Problem),
         (status = 429, description = "too_many_pending: the tenant has as many pending approvals as it may", body = super::Problem),
-        (status = 503, body = super::Problem)),
+        (status = 503, description = "backend_unavailable: the approval store did not answer; or policy_not_loaded: this instance has not read the tenant's own policy yet (retry)", body = super::Problem)),
     security(("bearer" = [])))]
 pub async fn submit(
     State(state): State<AppState>,

@@ -52,7 +52,8 @@ pub struct EventsQuery {
             (String = "text/event-stream", example = "event: parked\nid: 1764759600000-0\ndata: {\"event_id\":\"1764759600000-0\",\"kind\":\"submitted\",…}\n\n")
         )),
         (status = 400, body = super::Problem), (status = 401, body = super::Problem),
-        (status = 403, body = super::Problem), (status = 429, body = super::Problem),
+        (status = 403, body = super::Problem),
+        (status = 429, description = "too_many_streams: this tenant (or this caller) has as many live streams open as it may", body = super::Problem),
         (status = 503, body = super::Problem)),
     security(("bearer" = [])))]
 pub async fn events(
