@@ -135,9 +135,13 @@ impl Approvals {
         .map_err(|e| AppError::Internal(e.into()))?;
         let (version, tests) = match validated {
             Err(AppError::PolicyInvalid(errors)) => {
-                // Not a validation stopped by its deadline or the child's memory: a busy
-                // instance may have caused it, and a retry should be judged afresh.
-                if !errors.iter().any(|e| e.starts_with(VALIDATION_STOPPED)) {
+                // Not a validation stopped by its deadline or the child's memory, nor a test
+                // that ran out of time: a busy instance may have caused it, and a retry should
+                // be judged afresh (remembered, it was refused for 10 minutes unrun).
+                let by_load = |e: &String| {
+                    e.starts_with(VALIDATION_STOPPED) || crate::policy::testing::depends_on_load(e)
+                };
+                if !errors.iter().any(by_load) {
                     self.refusals.remember(tenant, uploaded, errors.clone());
                 }
                 return Err(AppError::PolicyInvalid(errors));
