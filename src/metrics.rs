@@ -141,7 +141,11 @@ pub fn render_recorded() -> String {
 fn describe() {
     metrics::describe_counter!(
         "approvals_notifications_total",
-        "Webhook delivery attempts by tenant and outcome (sent, failed: retried later, dead: given up; withdrawn: an expiring-soon warning not sent, its approval closed first)."
+        "Webhook delivery attempts by tenant and outcome (sent, failed: retried later, dead: given up; withdrawn: an expiring-soon warning or a parked notification not sent, its approval closed first)."
+    );
+    metrics::describe_counter!(
+        "approvals_policy_allows_overruled_total",
+        "Allows of regorus' VM its interpreter did not confirm (policy.confirm_allows): the answer was the interpreter's."
     );
     metrics::describe_counter!(
         "approvals_notifications_queued_total",
@@ -217,21 +221,20 @@ pub struct MetricsHandle {
     /// Whether the backend answered the last ping (-1 before the first).
     backend_up: Arc<AtomicI64>,
     /// Whether the last pending-figures pass failed (its log line is said once per stretch).
-    figures_failing: Arc<std::sync::atomic::AtomicBool>,
+    /// Pending-figures passes failed in a row (0 after one that worked).
+    figures_failing: Arc<std::sync::atomic::AtomicU32>,
     /// The tenants seen pending, reported as 0 when the engine leaves them out.
     known: Arc<Mutex<KnownTenants>>,
     /// `approvals_engine_info` labels: which engine answers (`backend.kind`) and, for a dual
     /// soak, which one is primary. Alert rules that only matter for Temporal select on it.
     engine: Arc<(String, String)>,
-    /// How long pending figures are shown once their passes keep failing (plus twice the last
-    /// pass's own time). Past it only their age is: figures frozen on an instance cut off
-    /// from its backend won `max by (tenant)` over the instances that still count, and kept
-    /// "about to expire" firing for an approval decided since.
-    figures_shown_for: Duration,
 }
 
-/// Passes of the pending figures that may fail before their figures are withdrawn.
-const FIGURES_KEPT_FOR_PASSES: u32 = 10;
+/// Pending-figures passes that may fail in a row before the figures are withdrawn (only their
+/// age is shown then): frozen on an instance cut off from its backend, they won
+/// `max by (tenant)` over the instances that still count, and kept "about to expire" firing
+/// for an approval decided since.
+const FIGURES_KEPT_FOR_FAILED_PASSES: u32 = 10;
 
 struct Snapshot {
     stats: PendingStats,
@@ -270,7 +273,6 @@ impl MetricsHandle {
             figures_failing: Arc::default(),
             known: Arc::new(Mutex::new(KnownTenants::new(MAX_ZEROED_TENANTS))),
             engine: Arc::new(("redis".into(), String::new())),
-            figures_shown_for: FIGURES_KEPT_FOR_PASSES * Duration::from_secs(2),
         }
     }
 
@@ -278,12 +280,6 @@ impl MetricsHandle {
     /// unless `engine` is `dual`).
     pub fn with_engine(mut self, engine: &str, primary: &str) -> Self {
         self.engine = Arc::new((engine.to_owned(), primary.to_owned()));
-        self
-    }
-
-    /// The pending figures' pass runs every `interval` (`approvals.stats_interval`).
-    pub fn with_stats_interval(mut self, interval: Duration) -> Self {
-        self.figures_shown_for = FIGURES_KEPT_FOR_PASSES * interval;
         self
     }
 
@@ -299,7 +295,11 @@ impl MetricsHandle {
 
     /// Records whether the pending figures could be recomputed; true when that changed.
     pub fn set_figures_failing(&self, failing: bool) -> bool {
-        self.figures_failing.swap(failing, Ordering::Relaxed) != failing
+        if failing {
+            self.figures_failing.fetch_add(1, Ordering::Relaxed) == 0
+        } else {
+            self.figures_failing.swap(0, Ordering::Relaxed) != 0
+        }
     }
 
     /// `tenant`'s pending count in the latest figures (0 before the first).
@@ -374,7 +374,7 @@ impl MetricsHandle {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(snapshot) = pending.as_ref() {
-            if snapshot.taken.elapsed() <= self.figures_shown_for + 2 * snapshot.took {
+            if self.figures_failing.load(Ordering::Relaxed) < FIGURES_KEPT_FOR_FAILED_PASSES {
                 render_pending(&mut out, &snapshot.stats, &self.bounds);
             }
             let _ = writeln!(

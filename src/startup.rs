@@ -153,15 +153,13 @@ impl Application {
             policies.clone(),
             settings.approvals.clone(),
             settings.limits.clone(),
-            MetricsHandle::new(settings.approvals.max_ttl(), ttls)
-                .with_stats_interval(settings.approvals.stats_interval)
-                .with_engine(
-                    settings.backend.kind(),
-                    match &settings.backend {
-                        BackendChoice::Dual { primary, .. } => primary.as_str(),
-                        _ => "",
-                    },
-                ),
+            MetricsHandle::new(settings.approvals.max_ttl(), ttls).with_engine(
+                settings.backend.kind(),
+                match &settings.backend {
+                    BackendChoice::Dual { primary, .. } => primary.as_str(),
+                    _ => "",
+                },
+            ),
             shutdown.clone(),
             decision_log,
         ));

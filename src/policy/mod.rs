@@ -388,7 +388,8 @@ impl PolicyGate {
     }
 
     /// Runs the rule on the VM when it compiled, else (or if the VM fails) on a private clone
-    /// of the interpreter. `Ok(None)` means undefined.
+    /// of the interpreter, which also has the last word on an `allow` the VM answers
+    /// ([`PolicyGate::confirming_allows`]). `Ok(None)` means undefined.
     fn raw_decision(&self, input: regorus::Value) -> Result<Option<serde_json::Value>, String> {
         if let Some(program) = &self.program {
             // Undefined and errors are rare and are where the VM is known to differ (it reads a
@@ -410,7 +411,15 @@ impl PolicyGate {
                         return Ok(decided);
                     }
                     // Not a fallback: the interpreter has the last word on what grants.
-                    return self.interpreter_decision(input);
+                    let confirmed = self.interpreter_decision(input);
+                    if confirmed.as_ref().ok() != Some(&decided) {
+                        // The bundle leans on the VM's reading of an error as "not met":
+                        // its owners should know (the answer now is the interpreter's).
+                        tracing::debug!(origin = %self.origin, version = %self.version,
+                            "the policy VM allowed what the interpreter does not");
+                        metrics::counter!("approvals_policy_allows_overruled_total").increment(1);
+                    }
+                    return confirmed;
                 }
                 Ok(_) => {}
                 Err(VmError::InstructionLimitExceeded { limit, .. }) => {

@@ -348,6 +348,20 @@ high_risk := false if input.type == "read""#,
     let conflicted = negation.evaluate(&json!({"amount": 5000, "type": "read"}));
     assert_ne!(conflicted.decision, PolicyDecision::Allow, "{conflicted:?}");
 
+    // Each such allow is counted: the bundle's owners should learn it leans on an error.
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let counts = recorder.handle();
+    metrics::with_local_recorder(&recorder, || {
+        g.evaluate(&json!({"amount": "1,500"}));
+    });
+    assert!(
+        counts
+            .render()
+            .contains("approvals_policy_allows_overruled_total 1"),
+        "{}",
+        counts.render()
+    );
+
     // Turned off (`policy.confirm_allows = false`), the VM's answer stands.
     let unconfirmed = gate(&conversion).confirming_allows(false);
     assert_eq!(

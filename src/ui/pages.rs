@@ -140,12 +140,13 @@ fn error_page(session: Option<&Session>, error: impl Into<ApiError>) -> Response
     (error.status(), render(&page)).into_response()
 }
 
-/// A decision the service failed to carry out (the store down or slow): the store may have
-/// taken it before the failure, so the reviewer is told to look, and where.
-fn decision_failed(session: &Session, id: &ApprovalId, error: ApiError) -> Response {
+/// A decision the service failed to carry out (the store down or slow, or the request's
+/// deadline): the store may have taken it before the failure, so the reviewer is told to look,
+/// and where.
+fn decision_failed(chrome: Option<Chrome>, id: &ApprovalId, error: ApiError) -> Response {
     let problem = error.to_problem();
     let page = ErrorPage {
-        chrome: Some(Chrome::of(session)),
+        chrome,
         title: problem.title.to_owned(),
         detail: format!("{} {MAYBE_DECIDED}", problem.detail),
         approval: Some(id.to_string()),
@@ -213,14 +214,7 @@ pub fn deadline_passed(path: &str, timeout: std::time::Duration) -> Response {
     else {
         return api_refusal(error);
     };
-    let problem = error.to_problem();
-    let page = ErrorPage {
-        chrome: None,
-        title: problem.title.to_owned(),
-        detail: format!("{} {MAYBE_DECIDED}", problem.detail),
-        approval: Some(id.to_string()),
-    };
-    (error.status(), render(&page)).into_response()
+    decision_failed(None, &id, error)
 }
 
 /// An address under `/ui` that is no page of the inbox (a mistyped or cut link).
@@ -743,7 +737,7 @@ pub async fn decide(
         Err(error) => {
             let error = ApiError::from(error);
             return if error.status().is_server_error() {
-                decision_failed(&session, &id, error)
+                decision_failed(Some(Chrome::of(&session)), &id, error)
             } else {
                 error_page(Some(&session), error)
             };
