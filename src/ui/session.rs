@@ -3,10 +3,11 @@
 //! an expiry and the session's CSRF token. Every request looks the digest up again, so a token
 //! removed from the config ends its sessions at the next request.
 //!
-//! Forms carry the CSRF token and are also refused when the browser says they come from
-//! another site (`Origin`, `Sec-Fetch-Site`): the cookie's `SameSite` (which keeps it off
+//! Decision forms carry the CSRF token and are also refused when the browser says they come
+//! from another site (`Origin`, `Sec-Fetch-Site`): the cookie's `SameSite` (which keeps it off
 //! cross-site posts, not off a link followed from elsewhere) is the first defence, these the
-//! second and third.
+//! second and third. Sign-out needs only the last two: a token renewed by a sign-in in
+//! another tab must not leave a shared machine signed in.
 
 use std::time::Duration;
 

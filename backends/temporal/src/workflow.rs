@@ -192,6 +192,9 @@ impl ApprovalWorkflow {
                     .await;
             }
         }
+        // The memo changes only here, in the task that closes the workflow: audit reads walk
+        // running executions only if started since their bound (`audit_query`), so an event
+        // added to a running one's memo mid-run would be missed. Keep it so.
         if ctx.state(|s| s.dirty) {
             let (record, events) = ctx.state(|s| (s.reply(), s.events.clone()));
             ctx.upsert_memo([
