@@ -275,10 +275,10 @@ impl Migration {
         let Some(decision) = now.decision() else {
             return Ok(false);
         };
-        let outcome = retry("decide", || {
-            self.target.decide(tenant, id, decision.clone())
-        });
-        Ok(matches!(outcome.await?, DecisionOutcome::Decided(_)))
+        Ok(matches!(
+            replay(&self.target, tenant, id, &decision).await?,
+            Replayed::Decided(_)
+        ))
     }
 
     async fn check_one(&self, scanned: Approval) -> Result<Checked, BackendError> {
@@ -315,19 +315,14 @@ impl Migration {
         // Decided in the source after the copy was made: the first decision is the source's.
         let late = copy.as_ref().is_some_and(|c| !c.is_decided());
         if let (true, Some(decision), false) = (late, source.decision(), self.plan.dry_run) {
-            let outcome = retry("decide", || {
-                self.target.decide(tenant, id, decision.clone())
-            });
-            match outcome.await? {
-                DecisionOutcome::Decided(now) => {
+            match replay(&self.target, tenant, id, &decision).await? {
+                Replayed::Decided(now) => {
                     replayed = true;
                     copy = Some(now);
                 }
-                DecisionOutcome::AlreadyDecided(now) | DecisionOutcome::Expired(now) => {
-                    copy = Some(now);
-                }
-                DecisionOutcome::NotFound => copy = None,
-                DecisionOutcome::SelfApproval => {}
+                Replayed::Settled(now) => copy = Some(now),
+                Replayed::Missing => copy = None,
+                Replayed::Refused => {}
             }
         }
         let mut source_repaired = false;
@@ -342,18 +337,13 @@ impl Migration {
             source.status == Status::Pending,
             missed,
         ) {
-            let outcome = retry("decide", || {
-                self.source.decide(tenant, id, decision.clone())
-            });
-            match outcome.await? {
-                DecisionOutcome::Decided(now) => {
+            match replay(&self.source, tenant, id, &decision).await? {
+                Replayed::Decided(now) => {
                     source_repaired = true;
                     source = now;
                 }
-                DecisionOutcome::AlreadyDecided(now) | DecisionOutcome::Expired(now) => {
-                    source = now;
-                }
-                DecisionOutcome::NotFound | DecisionOutcome::SelfApproval => {}
+                Replayed::Settled(now) => source = now,
+                Replayed::Missing | Replayed::Refused => {}
             }
         }
         Ok(Checked {
@@ -483,6 +473,37 @@ struct Pass {
 enum Stop {
     Backend(BackendError),
     TooManyFailures,
+}
+
+/// What a decision replayed on one side found there.
+enum Replayed {
+    /// It decided the record, which is now this.
+    Decided(Approval),
+    /// The record had its outcome already (decided, or expired), this.
+    Settled(Approval),
+    /// The side has no such record.
+    Missing,
+    /// Refused as the submitter's own decision: the record is as it was.
+    Refused,
+}
+
+/// Decides `id` on `side` as `decision` says (its reviewer, reason and time), with retries.
+async fn replay(
+    side: &Arc<dyn RecordTransfer>,
+    tenant: &TenantId,
+    id: &ApprovalId,
+    decision: &approvals_core::DecisionRequest,
+) -> Result<Replayed, BackendError> {
+    Ok(
+        match retry("decide", || side.decide(tenant, id, decision.clone())).await? {
+            DecisionOutcome::Decided(now) => Replayed::Decided(now),
+            DecisionOutcome::AlreadyDecided(now) | DecisionOutcome::Expired(now) => {
+                Replayed::Settled(now)
+            }
+            DecisionOutcome::NotFound => Replayed::Missing,
+            DecisionOutcome::SelfApproval => Replayed::Refused,
+        },
+    )
 }
 
 /// `call` until it succeeds or fails for a reason retrying cannot fix, backing off between
