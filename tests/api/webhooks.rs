@@ -1659,28 +1659,11 @@ async fn a_tenant_whose_audit_cannot_be_read_shows_behind_and_pages_no_one_for_c
     })
     .await;
     add_webhook(&app, json!({"url": receiver.url, "events": ["parked"]})).await;
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let port = approvals_testkit::free_port();
-    let config = app.config_file(dir.path(), port);
-    let mut settings: toml::Table = std::fs::read_to_string(&config)
-        .expect("the config file")
-        .parse()
-        .expect("TOML");
-    settings["notifications"]["enabled"] = toml::Value::Boolean(true);
-    std::fs::write(&config, settings.to_string()).expect("write the config file");
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_approvals"));
-    command
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "info");
-    let mut reader = approvals_testkit::process::Process::spawn(command);
-    reader.wait_for_line("serving", Duration::from_secs(30));
-    let reader_base = format!("http://127.0.0.1:{port}");
-
-    let lag_series = format!(
-        "approvals_notifications_reader_lag_seconds{{tenant=\"{}\"}} ",
-        app.tenant
-    );
+    let reader = another_instance(&app, |settings| {
+        settings["notifications"]["enabled"] = toml::Value::Boolean(true);
+    });
+    let reader_base = reader.base.clone();
+    let lag_series = lag_series(&app);
     // Read through once first: the figure exists, at 0.
     app.park("read").await;
     assert_eq!(receiver.next().await.json()["approval_id"], "read");
@@ -1719,6 +1702,48 @@ async fn a_tenant_whose_audit_cannot_be_read_shows_behind_and_pages_no_one_for_c
             .any(|line| line.contains("source=\"request\"") && !line.ends_with(" 0")),
         "no client was answered an error:\n{metrics}"
     );
+}
+
+/// Another instance of `app`'s service, in a process of its own (its `/metrics` are its alone:
+/// the test binary's apps share one registry), its configuration `app`'s as `edit` changes
+/// it; with the base URL it serves on.
+fn another_instance(app: &TestApp, edit: impl FnOnce(&mut toml::Table)) -> Instance {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let port = approvals_testkit::free_port();
+    let config = app.config_file(dir.path(), port);
+    let mut settings: toml::Table = std::fs::read_to_string(&config)
+        .expect("the config file")
+        .parse()
+        .expect("TOML");
+    edit(&mut settings);
+    std::fs::write(&config, settings.to_string()).expect("write the config file");
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_approvals"));
+    command
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info");
+    let mut process = approvals_testkit::process::Process::spawn(command);
+    process.wait_for_line("serving", Duration::from_secs(30));
+    Instance {
+        process,
+        base: format!("http://127.0.0.1:{port}"),
+        _config: dir,
+    }
+}
+
+/// A service in a process of its own, stopped when dropped.
+struct Instance {
+    process: approvals_testkit::process::Process,
+    base: String,
+    _config: tempfile::TempDir,
+}
+
+/// The start of `app`'s tenant's reader-lag line in `/metrics`.
+fn lag_series(app: &TestApp) -> String {
+    format!(
+        "approvals_notifications_reader_lag_seconds{{tenant=\"{}\"}} ",
+        app.tenant
+    )
 }
 
 /// A TCP relay to Redis that the test can cut: one instance loses Redis while the others
@@ -1768,43 +1793,28 @@ async fn an_instance_cut_off_from_redis_does_not_report_tenants_another_instance
 
     let redis_port = app.redis().port();
     let relay = Relay::to(([127, 0, 0, 1], redis_port).into()).await;
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let port = approvals_testkit::free_port();
-    let config = app.config_file(dir.path(), port);
-    let mut settings: toml::Table = std::fs::read_to_string(&config)
-        .expect("the config file")
-        .parse()
-        .expect("TOML");
-    let redis_url = settings["redis"]["url"]
-        .as_str()
-        .expect("redis.url")
-        .to_owned();
-    settings["redis"]["url"] = toml::Value::String(
-        redis_url.replace(&format!(":{redis_port}"), &format!(":{}", relay.port)),
-    );
-    std::fs::write(&config, settings.to_string()).expect("write the config file");
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_approvals"));
-    command
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "info");
-    let mut other = approvals_testkit::process::Process::spawn(command);
-    other.wait_for_line("serving", Duration::from_secs(30));
-    let other_base = format!("http://127.0.0.1:{port}");
-    let lag_series = format!(
-        "approvals_notifications_reader_lag_seconds{{tenant=\"{}\"}} ",
-        app.tenant
-    );
+    let mut other = another_instance(&app, |settings| {
+        let redis_url = settings["redis"]["url"]
+            .as_str()
+            .expect("redis.url")
+            .to_owned();
+        settings["redis"]["url"] = toml::Value::String(
+            redis_url.replace(&format!(":{redis_port}"), &format!(":{}", relay.port)),
+        );
+    });
+    let lag_series = lag_series(&app);
     // The other instance has met the tenant, and found its lock taken.
-    app.metrics_until(&other_base, WITHIN, "the tenant met", |m| {
+    app.metrics_until(&other.base, WITHIN, "the tenant met", |m| {
         m.contains(&format!("{lag_series}0\n"))
     })
     .await;
 
     relay.cut();
-    other.wait_for_line("webhook reader failing", WITHIN);
+    other
+        .process
+        .wait_for_line("webhook reader failing", WITHIN);
     let metrics = app
-        .metrics_until(&other_base, WITHIN, "the metrics", |_| true)
+        .metrics_until(&other.base, WITHIN, "the metrics", |_| true)
         .await;
     assert!(
         metrics.contains(&format!("{lag_series}0\n")),
