@@ -1010,16 +1010,26 @@ async fn a_decision_the_secondary_missed_is_replayed_on_it_when_the_target_answe
     assert_eq!(still.status, Status::Pending);
 
     // Temporal answering (a dual soak after the switch, as the service's configuration
-    // says): Redis follows it, and the run exits 0.
-    let output = setup
-        .command("redis", "temporal", &[&tenant], &[])
-        .env("APPROVALS_BACKEND__KIND", "dual")
-        .env("APPROVALS_BACKEND__PRIMARY", "temporal")
-        .output()
-        .unwrap();
-    let report: Value = serde_json::from_slice(&output.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stderr)));
-    assert!(output.status.success(), "{report:#}");
+    // says): a dry run says what it would replay on Redis and leaves it; a real run has Redis
+    // follow, and exits 0.
+    let run = |extra: &[&str]| {
+        let output = setup
+            .command("redis", "temporal", &[&tenant], extra)
+            .env("APPROVALS_BACKEND__KIND", "dual")
+            .env("APPROVALS_BACKEND__PRIMARY", "temporal")
+            .output()
+            .unwrap();
+        let report: Value = serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stderr)));
+        assert!(output.status.success(), "{report:#}");
+        report
+    };
+    let previewed = run(&["--dry-run"]);
+    assert_eq!(previewed["would_repair_source"], 1, "{previewed:#}");
+    assert_eq!(previewed["source_repaired"], 0, "{previewed:#}");
+    let untouched = redis.get(&tenant, &id("missed")).await.unwrap().unwrap();
+    assert_eq!(untouched.status, Status::Pending);
+    let report = run(&[]);
     assert_eq!(report["source_repaired"], 1, "{report:#}");
     let repaired = redis.get(&tenant, &id("missed")).await.unwrap().unwrap();
     assert_eq!(repaired, decided, "same reviewer, reason and time");

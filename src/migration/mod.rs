@@ -73,7 +73,8 @@ struct Checked {
     source: Approval,
     copy: Option<Approval>,
     replayed: bool,
-    /// The target's decision replayed on the source ([`Plan::target_answers`]).
+    /// The target's decision replayed on the source ([`Plan::target_answers`]); in a dry run,
+    /// one that would be.
     source_repaired: bool,
     /// The copy's key, when the target holds one it cannot read.
     unreadable_copy: Option<String>,
@@ -161,7 +162,11 @@ impl Migration {
                         return;
                     }
                     report.decisions_replayed += u64::from(checked.replayed);
-                    report.source_repaired += u64::from(checked.source_repaired);
+                    if self.plan.dry_run {
+                        report.would_repair_source += u64::from(checked.source_repaired);
+                    } else {
+                        report.source_repaired += u64::from(checked.source_repaired);
+                    }
                     // Both sides as of one instant after both were read: an approval whose
                     // deadline fell between the two reads is expired on both.
                     let now = Timestamp::now();
@@ -331,12 +336,21 @@ impl Migration {
         // service would have it. Without this, a rollback's "run it until it exits 0" never
         // ended for such a record.
         let missed = copy.as_ref().and_then(Approval::decision);
-        if let (true, false, true, Some(decision)) = (
+        if let (true, true, Some(decision)) = (
             self.plan.target_answers,
-            self.plan.dry_run,
             source.status == Status::Pending,
             missed,
         ) {
+            if self.plan.dry_run {
+                // What a real run would do; the source is left as it is.
+                return Ok(Checked {
+                    source,
+                    copy,
+                    replayed,
+                    source_repaired: true,
+                    unreadable_copy: None,
+                });
+            }
             match replay(&self.source, tenant, id, &decision).await? {
                 Replayed::Decided(now) => {
                     source_repaired = true;

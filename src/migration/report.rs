@@ -27,6 +27,8 @@ pub struct Report {
     /// With the target answering: its decisions the source (the soak's secondary) missed,
     /// replayed on the source, as a read through the service would repair it.
     pub source_repaired: u64,
+    /// Dry run: the decisions a real run would replay on the source (`source_repaired`).
+    pub would_repair_source: u64,
     /// Records one side holds that the other, by its own retention, no longer keeps (engines
     /// keep settled records for different times): not copied, not differences, not counted
     /// in `counts`.
@@ -190,6 +192,13 @@ impl fmt::Display for Report {
                 "\ndry run: would import {}, already present {}; nothing was copied or replayed",
                 self.would_import, self.already_present
             )?;
+            if self.would_repair_source > 0 {
+                writeln!(
+                    f,
+                    "would replay on the source the answering target's decisions it missed: {}",
+                    self.would_repair_source
+                )?;
+            }
         } else {
             writeln!(
                 f,
