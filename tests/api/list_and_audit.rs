@@ -349,27 +349,9 @@ fn unreadable_records(metrics: &str) -> f64 {
 #[tokio::test]
 async fn a_page_of_large_approvals_ends_early_and_the_cursor_goes_on() {
     let app = TestApp::spawn().await;
-    // About 14 kB each, within the limits (strings of 2,048 characters, objects of 16 KiB).
-    let filler: serde_json::Map<String, Value> = (0..7)
-        .map(|n| (format!("note_{n}"), json!("x".repeat(2_000))))
-        .collect();
     let ids: Vec<String> = (0..40).map(|n| format!("large-{n:02}")).collect();
     for id in &ids {
-        let mut action = filler.clone();
-        action.insert("type".into(), json!("document_read"));
-        action.insert("resource".into(), json!("finance/q3-report"));
-        let body = json!({"request_id": id, "action": action, "context": filler});
-        let response = app
-            .request(
-                Method::POST,
-                &format!("/v1/tenants/{}/approvals", app.tenant),
-                Some(&app.tokens.agent),
-            )
-            .json(&body)
-            .send()
-            .await
-            .expect("submit");
-        assert_eq!(response.status(), StatusCode::CREATED, "{id}");
+        app.park_large_for_agent(id, "agent-1").await;
     }
     let path = format!(
         "/v1/tenants/{}/approvals?status=pending&limit=100",

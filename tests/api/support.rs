@@ -385,6 +385,27 @@ impl TestApp {
         self.park_with(&self.tokens.agent, request_id, body).await
     }
 
+    /// [`Self::park_for_agent`] with about 14 kB of padding in the action and in the context,
+    /// within the input limits (strings of 2,048 characters, objects of 16 KiB): records near
+    /// the largest size, for what a page of them costs.
+    pub async fn park_large_for_agent(&self, request_id: &str, agent: &str) -> Value {
+        let filler: serde_json::Map<String, Value> = (0..7)
+            .map(|n| (format!("note_{n}"), json!("x".repeat(2_000))))
+            .collect();
+        let mut action = sensitive_read();
+        action
+            .as_object_mut()
+            .expect("an object")
+            .extend(filler.clone());
+        let body = json!({
+            "request_id": request_id,
+            "action": action,
+            "agent_id": agent,
+            "context": filler,
+        });
+        self.park_with(&self.tokens.agent, request_id, body).await
+    }
+
     /// Parks an action the default policy parks, submitted with `token` (an admin's: its own
     /// submission, which it may not decide); returns the approval.
     pub async fn park_as(&self, token: &str, request_id: &str) -> Value {

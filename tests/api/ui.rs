@@ -9,7 +9,7 @@ use reqwest::header::{CONTENT_SECURITY_POLICY, LOCATION, SET_COOKIE};
 use reqwest::{Method, Response, StatusCode};
 use serde_json::{json, Value};
 
-use crate::support::{sensitive_read, Harness, TestApp};
+use crate::support::{Harness, TestApp};
 
 contract_tests!(
     a_reviewer_signs_in_sees_what_waits_and_accepts_it,
@@ -1103,32 +1103,9 @@ async fn stale_tabs_and_failed_decisions_lead_back_to_the_approval() {
 #[tokio::test]
 async fn an_agent_filter_that_stopped_searching_says_so() {
     let app = TestApp::spawn().await;
-    // About 14 KiB each (strings are at most 2,048 characters, objects 16 KiB).
-    let pad = || -> serde_json::Map<String, Value> {
-        (0..7)
-            .map(|n| (format!("pad{n}"), json!("x".repeat(2000))))
-            .collect()
-    };
     for n in 0..200 {
-        let mut action = sensitive_read();
-        action.as_object_mut().expect("an object").extend(pad());
-        let body = json!({
-            "request_id": format!("busy-{n}"),
-            "action": action,
-            "agent_id": "agent-busy",
-            "context": pad(),
-        });
-        let parked = app
-            .request(
-                Method::POST,
-                &format!("/v1/tenants/{}/approvals", app.tenant),
-                Some(&app.tokens.agent),
-            )
-            .json(&body)
-            .send()
-            .await
-            .expect("submit");
-        assert_eq!(parked.status(), StatusCode::CREATED);
+        app.park_large_for_agent(&format!("busy-{n}"), "agent-busy")
+            .await;
     }
     app.park_for_agent("rare", "agent-rare").await;
     let browser = Browser::signed_in(&app, &app.tokens.reviewer).await;
