@@ -546,13 +546,7 @@ async fn figures_that_cannot_be_computed_do_not_make_a_ready_backend_down() {
         t.contains("approvals_backend_up 1")
     })
     .await;
-    let mut conn = app.redis().connection().await;
-    let _: () = redis::cmd("SET")
-        .arg("approvals:pending_submitted_ms")
-        .arg("not a hash")
-        .query_async(&mut conn)
-        .await
-        .expect("set");
+    break_pending_figures(&app).await;
     // Several failed passes (the interval is 2 s): the figures age.
     let metrics = app
         .metrics_until(&app.base, Duration::from_secs(20), "stale figures", |t| {
@@ -563,7 +557,7 @@ async fn figures_that_cannot_be_computed_do_not_make_a_ready_backend_down() {
     assert_eq!(readiness(&app).await.status(), StatusCode::OK);
 }
 
-/// Pending figures whose passes keep failing are withdrawn after ten intervals, their age
+/// Pending figures whose passes keep failing are withdrawn after ten failures in a row, their age
 /// still shown: frozen on an instance cut off from its backend, they won the alerts' and
 /// dashboards' `max by (tenant)` over the instances that still count, and kept "about to
 /// expire" firing for an approval decided since.
@@ -577,13 +571,7 @@ async fn figures_that_keep_failing_are_withdrawn_and_their_age_stays() {
         t.contains(&pending)
     })
     .await;
-    let mut conn = app.redis().connection().await;
-    let _: () = redis::cmd("SET")
-        .arg("approvals:pending_submitted_ms")
-        .arg("not a hash")
-        .query_async(&mut conn)
-        .await
-        .expect("set");
+    break_pending_figures(&app).await;
     let metrics = app
         .metrics_until(
             &app.base,
@@ -596,6 +584,18 @@ async fn figures_that_keep_failing_are_withdrawn_and_their_age_stays() {
         snapshot_age(&metrics).is_some_and(|age| age >= 2.0),
         "{metrics}"
     );
+}
+
+/// Makes every pending-figures pass fail from now on, while the backend answers its ping:
+/// the pending-age sums replaced with a string.
+async fn break_pending_figures(app: &TestApp) {
+    let mut conn = app.redis().connection().await;
+    let _: () = redis::cmd("SET")
+        .arg("approvals:pending_submitted_ms")
+        .arg("not a hash")
+        .query_async(&mut conn)
+        .await
+        .expect("set");
 }
 
 fn snapshot_age(metrics: &str) -> Option<f64> {
