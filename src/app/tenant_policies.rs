@@ -641,6 +641,15 @@ mod tests {
         version
     }
 
+    /// A Redis of the test's own, and the policy store in it (the server runs while the
+    /// first is held).
+    async fn policy_store() -> (RedisServer, Arc<RedisBackend>) {
+        let redis = RedisServer::start().await;
+        let settings = RedisSettings::new(redis.url());
+        let store = RedisBackend::connect(settings, Lifetimes::default()).unwrap();
+        (redis, Arc::new(store))
+    }
+
     async fn activate(store: &RedisBackend, tenant: &TenantId, version: &str) {
         let state = store.state(tenant).await.unwrap();
         let mut next = state.clone();
@@ -657,9 +666,7 @@ mod tests {
     /// prune may delete one between an activation's check and its change.
     #[tokio::test]
     async fn a_state_naming_a_missing_bundle_is_not_written() {
-        let redis = RedisServer::start().await;
-        let settings = RedisSettings::new(redis.url());
-        let store = RedisBackend::connect(settings, Lifetimes::default()).unwrap();
+        let (_redis, store) = policy_store().await;
         let tenant = TenantId::parse("pruned-meanwhile").unwrap();
         let stored = store_bundle(&store, &tenant, "allow").await;
         let state = store.state(&tenant).await.unwrap();
@@ -692,9 +699,7 @@ mod tests {
     /// deciding on every instance that had loaded it, while restarted ones ran the new one.
     #[tokio::test]
     async fn other_versions_under_the_same_generation_are_loaded() {
-        let redis = RedisServer::start().await;
-        let settings = RedisSettings::new(redis.url());
-        let store = Arc::new(RedisBackend::connect(settings, Lifetimes::default()).unwrap());
+        let (_redis, store) = policy_store().await;
         let tenant = TenantId::parse("failed-over").unwrap();
         let first = store_bundle(&store, &tenant, "allow").await;
         let second = store_bundle(&store, &tenant, "deny").await;
@@ -724,9 +729,7 @@ mod tests {
 
     #[tokio::test]
     async fn compiled_bundles_no_tenant_can_reach_are_dropped() {
-        let redis = RedisServer::start().await;
-        let settings = RedisSettings::new(redis.url());
-        let store = Arc::new(RedisBackend::connect(settings, Lifetimes::default()).unwrap());
+        let (_redis, store) = policy_store().await;
         let tenant = TenantId::parse("ci-activates").unwrap();
         let versions = [
             store_bundle(&store, &tenant, "allow").await,
@@ -753,9 +756,7 @@ mod tests {
     /// at every poll (4 a second per tenant and instance, for as long as it stays).
     #[tokio::test]
     async fn a_bundle_that_does_not_load_is_counted_once_not_at_every_poll() {
-        let redis = RedisServer::start().await;
-        let settings = RedisSettings::new(redis.url());
-        let store = Arc::new(RedisBackend::connect(settings, Lifetimes::default()).unwrap());
+        let (_redis, store) = policy_store().await;
         let tenant = TenantId::parse("broken-bundle").unwrap();
         let broken = StoredBundle {
             version: format!("sha256:{}", "b".repeat(64)),
@@ -793,9 +794,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_slow_poll_does_not_store_older_states_over_a_newer_sync() {
-        let redis = RedisServer::start().await;
-        let settings = RedisSettings::new(redis.url());
-        let store = Arc::new(RedisBackend::connect(settings, Lifetimes::default()).unwrap());
+        let (_redis, store) = policy_store().await;
         let tenant = TenantId::parse("slow-poll").unwrap();
         bump(&store, &tenant).await;
         let (release, hold) = oneshot::channel();
