@@ -220,8 +220,8 @@ pub struct MetricsHandle {
     long_polls: Arc<AtomicI64>,
     /// Whether the backend answered the last ping (-1 before the first).
     backend_up: Arc<AtomicI64>,
-    /// Whether the last pending-figures pass failed (its log line is said once per stretch).
-    /// Pending-figures passes failed in a row (0 after one that worked).
+    /// Pending-figures passes failed in a row (0 after one that worked): its log line is said
+    /// once per stretch, and its figures withdrawn after [`FIGURES_KEPT_FOR_FAILED_PASSES`].
     figures_failing: Arc<std::sync::atomic::AtomicU32>,
     /// The tenants seen pending, reported as 0 when the engine leaves them out.
     known: Arc<Mutex<KnownTenants>>,
