@@ -169,7 +169,6 @@ impl TenantPolicies {
         self
     }
 
-    /// Keeps `count` versions per tenant besides those its state names (at least one).
     /// Whether tenants' gates confirm an `allow` on the interpreter
     /// ([`PolicyGate::confirming_allows`]).
     pub fn confirming_allows(mut self, confirm: bool) -> Self {
@@ -177,6 +176,7 @@ impl TenantPolicies {
         self
     }
 
+    /// Keeps `count` versions per tenant besides those its state names (at least one).
     pub fn keeping_bundles(mut self, count: usize) -> Self {
         self.bundles_kept = count.max(1);
         self

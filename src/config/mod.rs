@@ -680,12 +680,11 @@ impl Settings {
     /// What a configuration that starts may still get wrong, one sentence each, for the log.
     pub fn cautions(&self) -> Vec<String> {
         let mut cautions = Vec::new();
-        // A decision's update has four fifths of `call_timeout` (the rest is for the read
-        // after a timeout); after a worker crash it first waits out the sticky queue's
+        // After a worker crash a decision's update first waits out the sticky queue's
         // timeout, so a shorter deadline answered 503 for a decision that landed later (and
         // the reviewer's retry then met 409 for their own decision). Not refused: only a
         // crash shows it, and a derived deadline (half of `server.request_timeout`) is common.
-        let update = self.temporal.call_timeout - self.temporal.call_timeout / 5;
+        let update = self.temporal.write_deadline();
         if self.backend.answering() == EngineKind::Temporal
             && update <= self.temporal.sticky_queue_timeout
         {

@@ -477,7 +477,7 @@ impl TemporalBackend {
         // outage, not 503. An update leaves a fifth of it for the read that follows a timeout.
         let until = tokio::time::Instant::now() + self.settings.call_timeout;
         let left = || until.saturating_duration_since(tokio::time::Instant::now());
-        let for_the_read = self.settings.call_timeout / 5;
+        let for_the_read = self.settings.read_reserve();
         let mut last_error = None;
         // Whether an earlier attempt may have landed (its call failed, not the update).
         let mut maybe_landed = false;
@@ -664,7 +664,7 @@ impl ApprovalBackend for TemporalBackend {
                 &approval,
                 Origin::Submitted,
                 Some(submitted),
-                self.settings.call_timeout - self.settings.call_timeout / 5,
+                self.settings.write_deadline(),
             )
             .await?
         {

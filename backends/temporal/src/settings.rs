@@ -41,6 +41,18 @@ impl TemporalSettings {
             ..Self::default()
         }
     }
+
+    /// What of `call_timeout` a write (a start, a decision's update) may take: the rest, a
+    /// fifth, is kept for the read that tells what a write that timed out did.
+    pub fn write_deadline(&self) -> Duration {
+        self.call_timeout - self.read_reserve()
+    }
+
+    /// The part of `call_timeout` kept for the read after a write (see
+    /// [`Self::write_deadline`]).
+    pub fn read_reserve(&self) -> Duration {
+        self.call_timeout / 5
+    }
 }
 
 impl Default for TemporalSettings {
