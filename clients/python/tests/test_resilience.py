@@ -371,10 +371,12 @@ def test_a_failed_submit_names_its_request_id_and_a_failed_wait_its_approval(ser
 
     with httpx.Client(transport=BreakForGood("GET", "/decision")) as http:
         agent = ApprovalsClient(service.base_url, t.agent_token, t.name, http=http, retry=QUICK, poll_seconds=1)
-        with pytest.raises(TransportError) as raised:
-            # Parked, the wait treats the lost service as an outage until its deadline.
+        with pytest.raises(WaitTimeout) as timed_out:
+            # Parked, the wait treats the lost service as an outage until its deadline, which
+            # then passed with the approval pending as far as anyone knows.
             agent.submit_and_wait(SENSITIVE_READ, request_id="parked-then-lost", timeout=3)
-    assert (raised.value.request_id, raised.value.approval_id) == ("parked-then-lost", "parked-then-lost")
+    assert (timed_out.value.request_id, timed_out.value.approval_id) == ("parked-then-lost", "parked-then-lost")
+    assert isinstance(timed_out.value.__cause__, TransportError)
 
 
 @pytest.mark.anyio
@@ -391,9 +393,10 @@ async def test_the_async_client_names_them_too(service: Service, tenant: Tenant)
 
     async with httpx.AsyncClient(transport=AsyncBreakForGood("GET", "/decision")) as http:
         agent = AsyncApprovalsClient(service.base_url, t.agent_token, t.name, http=http, retry=QUICK, poll_seconds=1)
-        with pytest.raises(TransportError) as raised:
+        with pytest.raises(WaitTimeout) as timed_out:
             await agent.submit_and_wait(SENSITIVE_READ, request_id="async-parked-then-lost", timeout=3)
-    assert (raised.value.request_id, raised.value.approval_id) == ("async-parked-then-lost", "async-parked-then-lost")
+    assert (timed_out.value.request_id, timed_out.value.approval_id) == ("async-parked-then-lost", "async-parked-then-lost")
+    assert isinstance(timed_out.value.__cause__, TransportError)
 
 
 def refusal(request: httpx.Request, retry_after: str) -> httpx.Response:

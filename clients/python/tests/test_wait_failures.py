@@ -31,6 +31,9 @@ from approvals_client import (
     AsyncApprovalsClient,
     ProtocolError,
     RetryPolicy,
+    Status,
+    TransportError,
+    WaitTimeout,
 )
 
 QUICK = RetryPolicy(max_attempts=2, initial_backoff=0.01, max_backoff=0.02)
@@ -254,3 +257,37 @@ async def test_the_async_wait_takes_its_approval_too() -> None:
         assert isinstance(outcome, Approved)
         with pytest.raises(ValueError, match="req-2"):
             await client.wait("req-2", approval=known)
+
+
+def test_an_outage_past_the_callers_timeout_is_a_wait_timeout() -> None:
+    """The caller's deadline passed while the approval was, as far as anyone knows, pending:
+    `WaitTimeout`, as a pending answer at the deadline would be, so that the guard's
+    `on_refused` answers it. The outage's `503` ended the agent's run instead."""
+    script = Script(problem(503, "backend_unavailable"))  # from the second poll on, for good
+    started = time.monotonic()
+    with pytest.raises(WaitTimeout) as raised:
+        sync_client(script).wait("req-1", timeout=1.5)
+    assert raised.value.approval.status is Status.PENDING and raised.value.approval.id == "req-1"
+    assert isinstance(raised.value.__cause__, ApiError) and raised.value.__cause__.status == 503
+    assert time.monotonic() - started < 1.5 + 1.0
+
+
+@pytest.mark.anyio
+async def test_the_async_wait_times_out_through_an_outage_alike() -> None:
+    script = Script(reset)
+    async with async_client(script) as client:
+        with pytest.raises(WaitTimeout) as raised:
+            await client.wait("req-1", timeout=1.5)
+    assert raised.value.approval.status is Status.PENDING
+    assert isinstance(raised.value.__cause__, TransportError)
+
+
+def test_an_outage_past_the_approvals_expiry_is_still_the_outages() -> None:
+    """A wait without a timeout ends an outage `EXPIRY_GRACE` after the approval's expiry with
+    the outage's error: nobody's deadline passed, the service could not say what became of it."""
+    expired_long_ago = approval("pending")
+    expired_long_ago["expires_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 3600))
+    script = Script(problem(503, "backend_unavailable"), first=lambda _: httpx.Response(200, json=expired_long_ago))
+    with pytest.raises(ApiError) as raised:
+        sync_client(script).wait("req-1")
+    assert raised.value.status == 503

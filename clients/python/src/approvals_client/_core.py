@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 import httpx
 
-from .errors import ApiError, ApprovalsError, ProtocolError, TransportError
+from .errors import ApiError, ApprovalsError, ProtocolError, TransportError, WaitTimeout
 from .models import Approval, AuditEvent, LiveEvent, Problem, Status
 
 DEFAULT_TIMEOUT = 35.0
@@ -430,10 +430,29 @@ EXPIRY_GRACE = 60.0
 def outage_deadline(deadline: float | None, known: Approval) -> float:
     """Until when (`time.monotonic()`) a wait on `known` treats failures as "still pending":
     the caller's deadline, or the approval's expiry plus `EXPIRY_GRACE`, whichever is sooner."""
+    expiry = _expiry_grace_ends(known)
+    return expiry if deadline is None else min(deadline, expiry)
+
+
+def _expiry_grace_ends(known: Approval) -> float:
+    """`known`'s expiry plus `EXPIRY_GRACE`, on `time.monotonic()`'s clock."""
     now = datetime.datetime.now(datetime.timezone.utc)
     expires_at = known.expires_at if known.expires_at.tzinfo else known.expires_at.replace(tzinfo=datetime.timezone.utc)
-    expiry = time.monotonic() + (expires_at - now).total_seconds() + EXPIRY_GRACE
-    return expiry if deadline is None else min(deadline, expiry)
+    return time.monotonic() + (expires_at - now).total_seconds() + EXPIRY_GRACE
+
+
+def outage_outlasts_wait(error: ApprovalsError, deadline: float | None, known: Approval, delay: float) -> ApprovalsError | None:
+    """What a wait on `known` raises when a poll failed with `error` (an outage) and the next
+    would start after `delay`; None to poll again. An outage that outlasts the caller's
+    deadline is that deadline passing with the approval still pending, as far as anyone
+    knows: `WaitTimeout`, as a pending answer at the deadline would be (the guard's
+    `on_refused` answers it; an outage's own error ended the agent's run). One that outlasts
+    the approval's expiry by `EXPIRY_GRACE` is the outage's."""
+    if not past(outage_deadline(deadline, known), delay):
+        return None
+    if deadline is not None and past(deadline, delay) and deadline <= _expiry_grace_ends(known):
+        return WaitTimeout(known)
+    return error
 
 
 def already_done(error: ApiError, wanted: Status, reason: str | None = None) -> Approval | None:

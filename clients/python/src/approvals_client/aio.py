@@ -330,8 +330,11 @@ class AsyncApprovalsClient:
                 # A proxy's maintenance page says when to come back (`Retry-After`): polled
                 # every few seconds meanwhile, it was asked again and again for nothing.
                 delay = self.retry.backoff(failures, error.retry_after)
-                if _core.past(_core.outage_deadline(deadline, known), delay):
+                ended = _core.outage_outlasts_wait(error, deadline, known, delay)
+                if ended is error:
                     raise
+                if ended is not None:
+                    raise ended from error
                 # Told once per outage (a wait may outlast one for a day); each poll after at INFO.
                 level = logging.WARNING if failures == 1 else logging.INFO
                 log.log(level, "wait %s: %s; poll again in %.2fs", approval_id, error, delay)
@@ -434,7 +437,8 @@ class AsyncApprovalsClient:
         Once the stream has opened, it keeps reconnecting through outages of any length (as
         a browser's EventSource does), and through `too_many_streams` while the service still
         counts the stream that broke; before that, the retry policy applies. Stop by breaking
-        out of the loop.
+        out of the loop, inside `contextlib.aclosing(...)`: an async generator broken out of
+        stays open (its connection and one of the token's streams held) until collected.
         """
         url = self._url("events")
         resume = _core.Resume(last_event_id)

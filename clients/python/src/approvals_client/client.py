@@ -317,8 +317,11 @@ class ApprovalsClient:
                 # A proxy's maintenance page says when to come back (`Retry-After`): polled
                 # every few seconds meanwhile, it was asked again and again for nothing.
                 delay = self.retry.backoff(failures, error.retry_after)
-                if _core.past(_core.outage_deadline(deadline, known), delay):
+                ended = _core.outage_outlasts_wait(error, deadline, known, delay)
+                if ended is error:
                     raise
+                if ended is not None:
+                    raise ended from error
                 # Told once per outage (a wait may outlast one for a day); each poll after at INFO.
                 level = logging.WARNING if failures == 1 else logging.INFO
                 log.log(level, "wait %s: %s; poll again in %.2fs", approval_id, error, delay)
