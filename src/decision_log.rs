@@ -49,11 +49,16 @@ impl DecisionLog {
         let destination = match (settings.sink, &settings.url) {
             (DecisionLogSink::None, _) => return (Self::disabled(), None),
             (DecisionLogSink::Stdout, _) => Destination::Stdout,
+            // Start-up. No redirects: a 301/302/303 turns the POST into a GET without its
+            // body, whose 200 counted the batch as shipped while the sink got nothing (an
+            // ingress sending plain HTTP to https, a proxy's login page). A redirect is
+            // answered as the failure it is, retried and, in the end, counted as dropped.
             (DecisionLogSink::Http, Some(url)) => Destination::Http {
                 client: reqwest::Client::builder()
                     .timeout(Duration::from_secs(10))
+                    .redirect(reqwest::redirect::Policy::none())
                     .build()
-                    .unwrap_or_default(),
+                    .expect("the decision log's HTTP client (TLS) cannot be built"),
                 url: url.clone(),
             },
             // Refused by the configuration's validation.

@@ -340,12 +340,14 @@ impl Application {
             }
         }
         let _ = reloads.await;
-        // The requests are done (or out of time): no event comes after this.
+        // The engine's chores before the shipping: its sweeper records expiries until it
+        // stops, and those offered to a stopped log were dropped (counted `stopped`).
+        engine.stop().await;
+        // The requests and the chores are done (or out of time): no event comes after this.
         shipping_stop.cancel();
         if let Some(shipping) = shipping {
             let _ = shipping.await;
         }
-        engine.stop().await;
         tracing::info!("stopped");
         result
     }

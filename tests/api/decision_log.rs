@@ -511,3 +511,41 @@ async fn an_expiry_is_shipped_to_the_decision_log() {
     assert_eq!(expired["approval_id"], "left-to-expire");
     assert_eq!(expired["tenant"], app.tenant);
 }
+
+/// A sink that redirects (an ingress sending HTTP to HTTPS, a proxy's login page) has not
+/// taken the batch: it is retried, and the page redirected to is never fetched. Following the
+/// redirect turned the POST into a GET without its body, whose 200 counted the batch as
+/// shipped while the sink got nothing.
+#[tokio::test]
+async fn a_redirecting_sink_has_not_taken_the_batch() {
+    let (hits_tx, mut hits) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
+    let (to_ingest, to_landing) = (hits_tx.clone(), hits_tx);
+    let sink = axum::Router::new()
+        .route(
+            "/ingest",
+            axum::routing::post(move || {
+                let _ = to_ingest.send("ingest");
+                async { axum::response::Redirect::to("/landing") }
+            }),
+        )
+        .route(
+            "/landing",
+            axum::routing::any(move || {
+                let _ = to_landing.send("landing");
+                async { StatusCode::OK }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/ingest", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, sink).await });
+
+    let app = TestApp::spawn_with(shipping_to(url)).await;
+    let read = json!({"type": "document_read", "resource": "docs/handbook.md"});
+    assert_eq!(app.submit("allowed-1", read).await.status(), StatusCode::OK);
+    for attempt in 1..=2 {
+        let hit = tokio::time::timeout(std::time::Duration::from_secs(10), hits.recv())
+            .await
+            .unwrap_or_else(|_| panic!("attempt {attempt} within 10 s"));
+        assert_eq!(hit, Some("ingest"), "attempt {attempt}");
+    }
+}
