@@ -321,11 +321,10 @@ pub fn router(state: AppState, ui: &crate::config::UiSettings) -> Router {
     CallerLimits.modify(&mut openapi);
     DocumentedInputLimits(state.app.input_limits()).modify(&mut openapi);
     ProblemJson.modify(&mut openapi);
-    let openapi = Arc::new(openapi);
     let request_id = HeaderName::from_static("x-request-id");
     let access_log = state.access_log;
     routes
-        .route("/openapi.json", axum::routing::get(move || ops::openapi(openapi.clone())))
+        .route("/openapi.json", ops::openapi(&openapi))
         .fallback(ops::no_route)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(

@@ -1,7 +1,5 @@
 //! Routes for operators and machines: health, readiness, metrics, the OpenAPI document.
 
-use std::sync::Arc;
-
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -64,11 +62,22 @@ fn exposition(state: &AppState) -> Response {
         .into_response()
 }
 
-pub async fn openapi(document: Arc<utoipa::openapi::OpenApi>) -> Response {
-    match document.to_json() {
-        Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
-        Err(e) => ApiError::Internal(e.into()).into_response(),
-    }
+/// The OpenAPI document, serialised once (at start-up) and shared by every answer: built per
+/// request, each answer a client left unread held a copy of its own.
+pub fn openapi(document: &utoipa::openapi::OpenApi) -> axum::routing::MethodRouter<AppState> {
+    let answer = match document.to_json() {
+        Ok(json) => Ok(axum::body::Bytes::from(json)),
+        Err(e) => Err(e.to_string()),
+    };
+    axum::routing::get(move || {
+        let answer = answer.clone();
+        async move {
+            match answer {
+                Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
+                Err(error) => ApiError::Internal(error.into()).into_response(),
+            }
+        }
+    })
 }
 
 /// Unknown routes answer problem+json too. Under `/v1/` the contract's order holds as on

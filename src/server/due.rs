@@ -11,9 +11,17 @@
 //! stream it no longer reads, and closing the connection ends them all (each stream's task sees
 //! it closed and drops its body). Only a stream both due and stalled costs its connection's
 //! other streams; a stalled stream before its end stalls only itself (ADR-0018).
+//!
+//! An answer built whole (a body of known length: everything but streams and exports) is due
+//! at once. hyper takes such a body in one read as soon as the stream has any window, so one
+//! still unread `server.write_timeout` later is held by a client that grants none: it kept its
+//! request in flight for ever, and its connection from the idle close and from making way. No
+//! token is needed for that (a `401`, `/healthz`, `/openapi.json`), so no caller's places
+//! bounded it, and enough such connections took every place of `server.max_connections`.
 
 use std::time::Duration;
 
+use axum::body::HttpBody as _;
 use axum::response::Response;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -21,15 +29,23 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 #[derive(Clone)]
 pub(crate) struct EndsWhen(pub(crate) CancellationToken);
 
-/// If `response` says when its body ends ([`EndsWhen`]), cancels `close` (the connection's)
-/// should the body not have ended `grace` after that. Returns the guard the body must hold
-/// until it has ended, or been dropped.
+/// If `response` says when its body ends ([`EndsWhen`]), or is built whole (due now), cancels
+/// `close` (the connection's) should the body not have ended `grace` after that. Returns the
+/// guard the body must hold until it has ended, or been dropped.
 pub(super) fn watch(
     response: &Response,
     grace: Duration,
     close: &CancellationToken,
 ) -> Option<DropGuard> {
-    let due = response.extensions().get::<EndsWhen>()?.0.clone();
+    let due = match response.extensions().get::<EndsWhen>() {
+        Some(ends) => ends.0.clone(),
+        None if response.body().size_hint().exact().is_some() => {
+            let now = CancellationToken::new();
+            now.cancel();
+            now
+        }
+        None => return None,
+    };
     let ended = CancellationToken::new();
     let watching = ended.clone();
     let close = close.clone();

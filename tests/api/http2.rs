@@ -296,6 +296,29 @@ async fn an_http2_client_that_reads_no_answers_holds_only_its_own_places() {
     }
 }
 
+/// An answer built whole that its client never takes (it grants no window) does not keep its
+/// connection in flight for ever: `server.write_timeout` later the connection is closed, as an
+/// HTTP/1 connection whose client stopped reading is. No token is needed for such an answer
+/// (a probe, a `401`), so no caller's places bounded it, and such connections, each held
+/// busy, could take every place of `server.max_connections` and shut everyone else out.
+#[tokio::test]
+async fn an_http2_answer_never_taken_closes_its_connection() {
+    let app = TestApp::spawn_with(|s| s.server.write_timeout = Duration::from_secs(1)).await;
+    let (sender, connection) = http2_connection_granting_no_window(&app).await;
+    let mut unread = Vec::new();
+    for path in ["/healthz", "/openapi.json", "/v1/tenants/acme/approvals/x"] {
+        let request = Request::get(app.url(path)).body(Empty::new()).unwrap();
+        let response = sender.clone().send_request(request).await.unwrap();
+        unread.push(response);
+    }
+    assert_eq!(unread[2].status(), StatusCode::UNAUTHORIZED);
+    let closed = tokio::time::timeout(Duration::from_secs(15), connection).await;
+    assert!(
+        closed.is_ok(),
+        "the connection holding answers it never took stayed open"
+    );
+}
+
 /// The tenant's live events as its reviewer, on `sender`'s connection: the answer's head.
 async fn open_events_unread(
     app: &TestApp,
