@@ -197,6 +197,52 @@ async fn unreadable_values_are_counted_and_passed_over() {
     .await;
 }
 
+/// A v1 record whose adoption Redis refuses (its tenant's audit stream replaced by a string)
+/// costs only itself: the adoption pass goes on to the other records, in every tenant, and
+/// they are listed. It ended the pass, every pass, and whatever SCAN met after it stayed
+/// unlisted and uncounted.
+#[tokio::test]
+async fn a_refused_adoption_does_not_stop_the_others() {
+    let app = TestApp::spawn().await;
+    let mut conn = app.redis().connection().await;
+    let damaged = "damaged";
+    let () = redis::cmd("SET")
+        .arg(format!("approvals:audit:{damaged}"))
+        .arg("not a stream")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // Many refused ones, so that SCAN meets one before this tenant's records.
+    for n in 0..20 {
+        let record = json!({"status": "pending", "agent_action": {"type": "document_read"}});
+        let () = redis::cmd("SET")
+            .arg(format!("approval:{damaged}:v1-{n}"))
+            .arg(record.to_string())
+            .arg("EX")
+            .arg(3600)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    for n in 0..3 {
+        write_v1(
+            &app,
+            &format!("v1-{n}"),
+            json!("2026-11-21T09:23:41.842Z"),
+            3600,
+        )
+        .await;
+    }
+    app.metrics_until(
+        &app.base,
+        Duration::from_secs(15),
+        "this tenant's v1 records adopted and counted",
+        |t| t.contains(&format!("approvals_pending{{tenant=\"{TENANT}\"}} 3")),
+    )
+    .await;
+    assert_eq!(app.listed().await.len(), 3);
+}
+
 /// With the default settings, an ADR v1 record written while the service runs is listed and
 /// counted within 15 s (the contract's bound), without anyone reading it first.
 #[tokio::test]

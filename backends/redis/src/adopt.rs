@@ -7,6 +7,7 @@ use approvals_core::{Approval, AuditEntry, BackendError, Timestamp};
 use serde_json::{Map, Value};
 
 use crate::backend::RedisBackend;
+use crate::chores::refused_by_script;
 use crate::keys::{self, RECORD_PATTERN};
 use crate::legacy;
 use crate::record::{self, Decoded};
@@ -120,6 +121,15 @@ impl RedisBackend {
                     };
                     match self.adopt(&key, &raw, map).await {
                         Ok(_) => adopted += 1,
+                        // Redis refused its script (a key of its tenant holding another type):
+                        // it costs only itself. Returned, it ended every pass there, and the
+                        // v1 records after it, in every tenant, were never listed or counted.
+                        Err(error) if refused_by_script(&error) => {
+                            self.pass_over(BackendError::Corrupt {
+                                reason: format!("cannot be adopted: {error:#}"),
+                                key,
+                            })?;
+                        }
                         Err(error) => self.pass_over(error)?,
                     }
                 }

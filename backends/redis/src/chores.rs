@@ -403,7 +403,7 @@ return 1";
 /// Whether Redis ran a script and answered it with an error of that script's own (a refused
 /// write, a key of another type), as opposed to an outage any call would meet: a lost or
 /// timed-out connection, or a server that is loading, read-only, out of memory or busy.
-fn refused_by_script(error: &BackendError) -> bool {
+pub(crate) fn refused_by_script(error: &BackendError) -> bool {
     let BackendError::Unavailable { source, .. } = error else {
         return false;
     };

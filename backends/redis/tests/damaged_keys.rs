@@ -346,3 +346,50 @@ async fn a_page_ending_in_an_unreadable_audit_entry_goes_on_past_it() {
         "{after:?}"
     );
 }
+
+/// A pending v1 record the ADR's service writes again, unchanged in its time, after this
+/// service adopted it is adopted again, and counted once: park.lua added its submitted time
+/// to the tenant's pending-age sum a second time (the index entry was already there), so the
+/// tenant's mean age stayed wrong (clamped at 0) until it had nothing pending.
+#[tokio::test]
+async fn a_v1_record_adopted_twice_is_counted_once() {
+    let server = RedisServer::start().await;
+    let backend = backend(&server);
+    let mut conn = server.connection().await;
+    let tenant = fresh_tenant("rewritten");
+    let submitted = Timestamp::now().minus(Duration::from_secs(600));
+    let v1 = serde_json::json!({
+        "status": "pending",
+        "agent_action": {"type": "document_read"},
+        "context": {},
+        "submitted_at": submitted.to_string(),
+    })
+    .to_string();
+    for _ in 0..2 {
+        let _: () = conn
+            .set_ex(record_key(&tenant, "req-1"), &v1, 3600)
+            .await
+            .expect("set");
+        let adopted = backend
+            .get(&tenant, &id("req-1"))
+            .await
+            .expect("get")
+            .expect("found");
+        assert_eq!(adopted.status, Status::Pending);
+    }
+    let stats = backend
+        .pending_stats(&[], Timestamp::now())
+        .await
+        .expect("stats");
+    let ours = stats
+        .tenants
+        .iter()
+        .find(|t| t.tenant == tenant)
+        .expect("the tenant's figures");
+    assert_eq!(ours.count, 1);
+    assert!(
+        (590.0..700.0).contains(&ours.age_sum_seconds),
+        "the age of one approval ten minutes old: {}",
+        ours.age_sum_seconds
+    );
+}

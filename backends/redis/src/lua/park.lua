@@ -37,10 +37,12 @@ if refused then return refused end
 -- First: the one write left that can fail (a stream someone replaced with another type).
 redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[12], '*', 'e', ARGV[11])
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-redis.call('ZADD', KEYS[2], 0, ARGV[3])
+local listed = redis.call('ZADD', KEYS[2], 0, ARGV[3])
 redis.call('SADD', KEYS[5], ARGV[9])
 if pending then
-  redis.call('HINCRBY', KEYS[6], ARGV[9], ARGV[10])
+  -- The sum follows the index: an adoption of a record already listed (the ADR's service
+  -- wrote it again) adds nothing, or the sum counted it twice and settling took it once.
+  if listed == 1 then redis.call('HINCRBY', KEYS[6], ARGV[9], ARGV[10]) end
   redis.call('SET', KEYS[8], ARGV[1], 'PX', ARGV[14])
   redis.call('ZADD', KEYS[3], ARGV[6], ARGV[5])
 else
