@@ -332,3 +332,50 @@ async fn a_missing_temporal_namespace_is_an_outage_not_a_missing_approval() {
         .await;
     }
 }
+
+/// Two deployments on one Redis server, in databases 0 and 1 (a rollback into another
+/// database holds copies of the same approvals): a decision in one does not answer a waiter
+/// in the other. Pub/sub ignores databases, and the waiter in database 1 was answered
+/// `accepted`, with the other deployment's reviewer, while its own reads said `pending`.
+#[tokio::test]
+async fn a_decision_in_another_redis_database_wakes_no_waiter_here() {
+    let app = TestApp::spawn().await;
+    let other_database = app.redis().url().replace("/0", "/1");
+    let (other, _stop_other) = app
+        .second_instance_with(|s| s.redis.url = other_database)
+        .await;
+    app.park("req-1").await;
+    let submitted = app
+        .http
+        .post(format!("{other}/v1/tenants/{}/approvals", app.tenant))
+        .bearer_auth(&app.tokens.agent)
+        .json(
+            &serde_json::json!({"request_id": "req-1", "action": crate::support::sensitive_read()}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        submitted.status(),
+        StatusCode::CREATED,
+        "parked in database 1 too"
+    );
+    let waiter = {
+        let app_http = app.http.clone();
+        let url = format!(
+            "{other}/v1/tenants/{}/approvals/req-1/decision?wait_seconds=3",
+            app.tenant
+        );
+        let token = app.tokens.agent.clone();
+        tokio::spawn(async move {
+            let response = app_http.get(url).bearer_auth(token).send().await.unwrap();
+            (response.status(), response.json::<Value>().await.unwrap())
+        })
+    };
+    until_parked(&app, &other, 1, Duration::from_secs(10)).await;
+    let accepted = app.decide("req-1", "accept", &app.tokens.reviewer).await;
+    assert_eq!(accepted.status(), StatusCode::OK, "accepted in database 0");
+    let (status, body) = waiter.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["status"], "pending", "{body}");
+}

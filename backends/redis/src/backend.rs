@@ -17,9 +17,7 @@ use tokio::task::JoinHandle;
 
 use crate::connections::{Connections, Lease};
 use crate::due_reads::DueReads;
-use crate::keys::{
-    self, DEADLINES, DECIDED_CHANNEL, RETENTION, SETTLED_CHANNEL, SUBMITTED_SUM, TENANTS,
-};
+use crate::keys::{self, DEADLINES, DECIDED_CHANNEL, RETENTION, SUBMITTED_SUM, TENANTS};
 use crate::record::{self, Decoded};
 use crate::scripts::Scripts;
 use crate::settings::RedisSettings;
@@ -34,6 +32,8 @@ pub struct RedisBackend {
     connections: Connections,
     pub(crate) settings: RedisSettings,
     pub(crate) lifetimes: Lifetimes,
+    /// Where decisions are published with their record: this database's (`keys`).
+    settled_channel: String,
     pub(crate) scripts: Scripts,
     pub(crate) waiters: Waiters,
     /// Long-polls past their first read (`EngineStatus::waiting`).
@@ -70,12 +70,15 @@ impl RedisBackend {
         let client = crate::connections::open_client(&settings.url)
             .map_err(|e| BackendError::unavailable("connect", e))?;
         let connections = Connections::open(&client, &settings)?;
+        let settled_channel =
+            keys::settled_channel(client.get_connection_info().redis_settings().db());
         let waiters = Waiters::default();
-        let subscriber = tokio::spawn(waiters.clone().listen(client));
+        let subscriber = tokio::spawn(waiters.clone().listen(client, settled_channel.clone()));
         Ok(Self {
             connections,
             settings,
             lifetimes,
+            settled_channel,
             scripts: Scripts::load(),
             waiters,
             parked: WaitingCount::default(),
@@ -279,7 +282,7 @@ impl RedisBackend {
                 self.expiry_event
                     .replace("\"$recorded_at\"", &format!("\"{now}\"")),
             )
-            .arg(SETTLED_CHANNEL);
+            .arg(&self.settled_channel);
         invocation
     }
 

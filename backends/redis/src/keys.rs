@@ -9,8 +9,21 @@ use base64::Engine as _;
 /// Decisions and expiries are published here as `{tenant}:{id}` (what earlier versions listen
 /// to; kept so a rolling upgrade wakes their waiters too).
 pub const DECIDED_CHANNEL: &str = "approvals:decided";
-/// Decisions and expiries with the settled record: `{tenant}:{id}\n{record}`.
+/// Decisions and expiries with the settled record: `{tenant}:{id}\n{record}`, in database 0;
+/// see [`settled_channel`].
 pub const SETTLED_CHANNEL: &str = "approvals:settled";
+
+/// The settled channel of Redis database `db`. Pub/sub ignores databases: deployments sharing
+/// one server in databases 0 and 1 heard each other's decisions, and a waiter on an approval
+/// id both hold (a rollback into another database holds copies) was answered with the other
+/// deployment's decision, which its own reads then contradicted. Database 0 keeps the name
+/// every earlier version uses, so a rolling upgrade there still wakes every instance's waiters.
+pub fn settled_channel(db: i64) -> String {
+    match db {
+        0 => SETTLED_CHANNEL.to_owned(),
+        db => format!("{SETTLED_CHANNEL}:db{db}"),
+    }
+}
 /// Pending approvals of every tenant, scored by `expires_at` (ms), members `{tenant}:{ms}:{id}`.
 pub const DEADLINES: &str = "approvals:deadlines";
 /// Decided and expired index entries to drop once their record's retention ends, scored by

@@ -15,7 +15,6 @@ use approvals_core::Approval;
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
-use crate::keys::SETTLED_CHANNEL;
 use crate::record::{self, Decoded};
 
 /// How often the subscriber asks Redis whether its connection still works.
@@ -105,14 +104,15 @@ impl Waiters {
         self.lock().values().map(|s| s.receiver_count()).sum()
     }
 
-    /// Runs the process's one subscriber until the task is dropped, reconnecting forever.
-    pub async fn listen(self, client: redis::Client) {
+    /// Runs the process's one subscriber of `channel` (its database's settled channel) until
+    /// the task is dropped, reconnecting forever.
+    pub async fn listen(self, client: redis::Client, channel: String) {
         let mut backoff = Backoff::default();
         // While Redis is down this loops every 2 s: logged when it starts, then once a minute.
         let mut failures = approvals_core::RepeatedFailure::default();
         loop {
             let started = std::time::Instant::now();
-            let outcome = self.listen_once(&client).await;
+            let outcome = self.listen_once(&client, &channel).await;
             // Listening for a while means it had connected: a later loss is a new episode.
             let lasted = started.elapsed();
             if lasted > WORKED_FOR {
@@ -131,10 +131,10 @@ impl Waiters {
         }
     }
 
-    async fn listen_once(&self, client: &redis::Client) -> redis::RedisResult<()> {
+    async fn listen_once(&self, client: &redis::Client, channel: &str) -> redis::RedisResult<()> {
         let subscribed = tokio::time::timeout(CONNECT_DEADLINE, async {
             let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(SETTLED_CHANNEL).await?;
+            pubsub.subscribe(channel).await?;
             Ok::<_, redis::RedisError>(pubsub)
         });
         let pubsub = subscribed.await.map_err(|_| {
