@@ -401,6 +401,11 @@ impl Approvals {
         self.engine.audit_settle_time()
     }
 
+    /// How long audit events are kept (`approvals.audit_retention`).
+    pub fn audit_retention(&self) -> std::time::Duration {
+        self.settings.audit_retention
+    }
+
     /// The lifetime the tenant's approvals are parked with now.
     pub fn ttl_for(&self, tenant: &TenantId) -> std::time::Duration {
         self.settings.ttl_for(tenant)

@@ -695,10 +695,21 @@ impl Notifier {
     /// newer than the cursor, and the next read quietly goes on from it. Those events' webhooks
     /// are never sent; the gap is counted and logged so that on-call staff learn of it.
     /// Only Redis' audit ids are ordered this way; another engine's (Temporal's) are skipped.
+    ///
+    /// Not when the cursor's own event has passed the audit's retention: a quiet tenant's
+    /// whole audit, the cursor's event with it, was trimmed, and the next event raised a false
+    /// alarm. Whether anything came between them cannot be told then (Redis marks no trim),
+    /// but a reader that missed events for the whole retention was behind for days, which the
+    /// reader's lag had long reported.
     async fn check_for_gap(&self, tenant: &TenantId, seen: &str) -> Result<(), BoxError> {
         let Some(seen_at) = stream_position(seen) else {
             return Ok(());
         };
+        let horizon = Timestamp::now().minus(self.app.audit_retention());
+        if i64::try_from(seen_at.0).unwrap_or(i64::MAX) < horizon.as_millis() {
+            tracing::debug!(%tenant, cursor = seen, "webhook reader: its cursor passed the audit's retention");
+            return Ok(());
+        }
         let oldest = self
             .app
             .read_audit_for_service(tenant, None, None, 1)

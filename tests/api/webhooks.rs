@@ -1644,6 +1644,54 @@ async fn events_trimmed_before_the_reader_reached_them_are_counted_as_a_gap() {
     );
 }
 
+/// A quiet tenant's whole audit reaching its retention, the reader's own last event with it,
+/// is no gap: nothing after the cursor was lost. The reader compared its cursor with the
+/// oldest event left, and the next event (newer, as every later one is) raised a false alarm
+/// that paged on-call staff.
+#[tokio::test]
+async fn an_audit_past_its_retention_up_to_the_cursor_is_no_gap() {
+    let mut receiver = Receiver::start(0).await;
+    let app = own_tenant("quiet")
+        .spawn_with(|s| {
+            fast(s);
+            s.approvals.audit_retention = Duration::from_secs(1);
+        })
+        .await;
+    add_webhook(&app, json!({"url": receiver.url, "events": ["parked"]})).await;
+    app.park("read").await;
+    assert_eq!(receiver.next().await.json()["approval_id"], "read");
+    let mut conn = app.redis().connection().await;
+    let audit = format!("approvals:audit:{}", app.tenant);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let left: usize = redis::cmd("XLEN")
+            .arg(&audit)
+            .query_async(&mut conn)
+            .await
+            .expect("xlen");
+        if left == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the audit was never trimmed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    app.park("after").await;
+    assert_eq!(receiver.next().await.json()["approval_id"], "after");
+    let gaps = format!(
+        "approvals_notifications_audit_gaps_total{{tenant=\"{}\"}} ",
+        app.tenant
+    );
+    let metrics = app.metrics().await;
+    let counted = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(gaps.as_str()))
+        .map_or(0.0, |value| value.trim().parse::<f64>().unwrap());
+    assert_eq!(counted, 0.0, "a gap counted: {gaps}{counted}");
+}
+
 /// A tenant whose audit cannot be read: none of its webhooks go out, so its reader shows as
 /// behind (the figure the alert reads grows, it does not freeze at the last good pass); and no
 /// client was answered an error, so the failed reads count as the service's own
