@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use approvals_core::{
-    Approval, ApprovalId, AuditEvent, AuditKind, Page, Status, TenantId, Timestamp,
+    Approval, ApprovalId, AuditEvent, AuditKind, Listing, Page, Status, TenantId, Timestamp,
 };
 use serde_json::Value;
 
@@ -188,6 +188,21 @@ impl Approvals {
         tenant: &TenantId,
         last_event_id: Option<String>,
     ) -> Result<(LiveStream, Vec<LiveEvent>), AppError> {
+        let last_event_id = last_event_id.filter(|id| !id.is_empty());
+        let settle = self.engine.audit_settle_time();
+        // Identifiers before authorization (the contract's order) and before a stream's place.
+        if let Some(id) = &last_event_id {
+            if settle.is_zero() {
+                self.engine
+                    .check_cursor(Listing::Audit, id)
+                    .map_err(|e| self.engine_failed(e))?;
+            } else if AuditEvent::instant_of_id(id).is_none() {
+                // Re-reads go by time, so the engine never sees the id: it is checked here.
+                return Err(AppError::InvalidOption(
+                    "Last-Event-ID: not an event id".into(),
+                ));
+            }
+        }
         self.authorize(caller, Permission::List, tenant)?;
         let slot = {
             let mut open = self
@@ -220,17 +235,8 @@ impl Approvals {
             }
         };
         let since = Timestamp::now();
-        let after = last_event_id
-            .filter(|id| !id.is_empty())
-            .map(|id| self.within_resume_window(caller, tenant, id, since));
-        let settle = self.engine.audit_settle_time();
+        let after = last_event_id.map(|id| self.within_resume_window(caller, tenant, id, since));
         let resumed_at = after.as_deref().map(AuditEvent::instant_of_id);
-        if !settle.is_zero() && resumed_at.is_some_and(|at| at.is_none()) {
-            // Re-reads go by time, so the engine never sees the id: it is checked here.
-            return Err(AppError::InvalidOption(
-                "Last-Event-ID: not an event id".into(),
-            ));
-        }
         let unsettled = (!settle.is_zero()).then(|| Unsettled {
             settle,
             newest: resumed_at.flatten().unwrap_or(since),

@@ -354,6 +354,14 @@ async fn the_stream_keeps_the_tenant_rules_and_refuses_bad_ids(h: Harness) {
             .unwrap();
         assert_problem(response, StatusCode::BAD_REQUEST, "invalid_query").await;
     }
+    // Identifiers before authorization (the contract's order), and before the stream cap.
+    let response = app
+        .request(Method::GET, &path, Some(&app.tokens.other_tenant_reviewer))
+        .header("Last-Event-ID", "not-an-event-id")
+        .send()
+        .await
+        .unwrap();
+    assert_problem(response, StatusCode::BAD_REQUEST, "invalid_query").await;
     // One stream per tenant here: a second is refused while the first is open.
     let _first = SseReader::open(&app, &app.base, &app.tokens.reviewer, None).await;
     let response = app
@@ -362,6 +370,13 @@ async fn the_stream_keeps_the_tenant_rules_and_refuses_bad_ids(h: Harness) {
         .await
         .unwrap();
     assert_problem(response, StatusCode::TOO_MANY_REQUESTS, "too_many_streams").await;
+    let response = app
+        .request(Method::GET, &path, Some(&app.tokens.admin))
+        .header("Last-Event-ID", "not-an-event-id")
+        .send()
+        .await
+        .unwrap();
+    assert_problem(response, StatusCode::BAD_REQUEST, "invalid_query").await;
 }
 
 /// One caller (here a reviewer's token; a session is its subject too) holds at most a fifth of
