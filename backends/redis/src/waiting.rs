@@ -56,27 +56,22 @@ impl RedisBackend {
                     },
                 },
                 () = tokio::time::sleep_until(wake_at) => {
-                    if wake_at < deadline {
-                        // The approval's deadline, not the caller's. A decision Redis took a
-                        // moment before it may not have reached us yet (its message is late on
-                        // a busy instance, or lost): answering `expired` from what we hold
-                        // would contradict the reviewer's 200 and every later read.
-                        match Box::pin(self.get(tenant, id)).await {
-                            Ok(Some(current)) => current,
-                            Ok(None) => return Ok(None),
-                            // Redis does not answer: what we hold, as before (an outage at that
-                            // moment is not worth a 503 the wait has not had so far).
-                            Err(error) => {
-                                tracing::debug!(%error, "read at the deadline failed; answering what is held");
-                                held.restore().map_err(corrupt)?.as_of(Timestamp::now())
-                            }
+                    let held = held.restore().map_err(corrupt)?;
+                    if wake_at < deadline || held.expires_at <= Timestamp::now() {
+                        match Box::pin(self.read_at_expiry(tenant, id, held)).await? {
+                            Some(current) => current,
+                            None => return Ok(None),
                         }
                     } else {
-                        held.restore().map_err(corrupt)?.as_of(Timestamp::now())
+                        held
                     }
                 }
                 () = &mut stop => {
-                    return Ok(Some(held.restore().map_err(corrupt)?.as_of(Timestamp::now())));
+                    let held = held.restore().map_err(corrupt)?;
+                    return match held.expires_at <= Timestamp::now() {
+                        true => Box::pin(self.read_at_expiry(tenant, id, held)).await,
+                        false => Ok(Some(held)),
+                    };
                 }
             };
             match Step::of(current, deadline) {
@@ -85,6 +80,30 @@ impl RedisBackend {
                     held = Held::new(approval).map_err(corrupt)?;
                     wake_at = at;
                 }
+            }
+        }
+    }
+}
+
+impl RedisBackend {
+    /// `held` (pending) once its deadline has passed, as Redis has it. A decision Redis took a
+    /// moment before the deadline may not have reached this instance yet (its message is late
+    /// on a busy instance, or lost): answering `expired` from what is held would contradict the
+    /// reviewer's 200 and every later read. Whether the wait ends at the approval's deadline,
+    /// at the caller's (which can fall just after it) or at shutdown. If Redis does not answer,
+    /// what is held, as of now (an outage at that moment is not worth a 503 the wait has not
+    /// had so far).
+    async fn read_at_expiry(
+        &self,
+        tenant: &TenantId,
+        id: &ApprovalId,
+        held: Approval,
+    ) -> Result<Option<Approval>, BackendError> {
+        match self.get(tenant, id).await {
+            Ok(current) => Ok(current),
+            Err(error) => {
+                tracing::debug!(%error, "read at the deadline failed; answering what is held");
+                Ok(Some(held.as_of(Timestamp::now())))
             }
         }
     }
