@@ -230,9 +230,9 @@ write_config() { # file http_port redis_port
 # Written by scripts/bench.sh for one benchmark target; read by the Rust service and the ADR peer.
 [server]
 listen = "127.0.0.1:$2"
-# Room for the fan-out scenario's long-polls (above limits.max_long_polls_per_caller, as
-# start-up requires).
-max_connections = 20001
+# Room for the fan-out scenario's long-polls (one token's long-polls and requests at most
+# half of it, as start-up requires).
+max_connections = 25000
 
 [redis]
 url = "redis://127.0.0.1:$3/0"
@@ -247,7 +247,7 @@ adopt_interval = "$BENCH_ADOPT_INTERVAL"
 
 [limits]
 # The fan-out scenario waits 10,000 times with one token.
-max_long_polls_per_caller = 20000
+max_long_polls_per_caller = 12000
 
 [policy]
 dir = $(toml_string "$repo/policies")

@@ -510,13 +510,15 @@ fn deadlines_and_limits_that_contradict_each_other_are_refused() {
     )
     .unwrap_err();
     assert!(e.to_string().contains("temporal.call_timeout"), "{e}");
-    let e = load("", &[("APPROVALS_SERVER__MAX_CONNECTIONS", "2000")]).unwrap_err();
+    // One token's long-polls (2,000) and requests (256) at once: at most half the connections.
+    let e = load("", &[("APPROVALS_SERVER__MAX_CONNECTIONS", "4511")]).unwrap_err();
     assert!(
-        e.to_string()
-            .contains("limits.max_long_polls_per_caller: must be below"),
+        e.to_string().contains(
+            "limits.max_long_polls_per_caller + limits.max_requests_per_caller (2256): at most half"
+        ),
         "{e}"
     );
-    assert!(load("", &[("APPROVALS_SERVER__MAX_CONNECTIONS", "2001")]).is_ok());
+    assert!(load("", &[("APPROVALS_SERVER__MAX_CONNECTIONS", "4512")]).is_ok());
     let e = load("", &[("APPROVALS_NOTIFICATIONS__SEND_CONCURRENCY", "12")]).unwrap_err();
     assert!(
         e.to_string()
