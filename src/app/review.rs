@@ -184,15 +184,21 @@ impl Approvals {
             }
         }
         let request = DecisionRequest::now(verdict, caller.subject.clone(), reason);
-        let outcome = self.engine.decide(tenant, id, request).await;
-        match outcome.map_err(|e| self.engine_failed(e))? {
-            DecisionOutcome::Decided(approval) => {
-                crate::metrics::decided(&approval);
-                if let Some(event) = approvals_core::AuditEntry::decided(&approval) {
-                    self.decision_log.offer(&event);
+        let (engine, decision_log) = (self.engine.clone(), self.decision_log.clone());
+        let (in_tenant, decided) = (tenant.clone(), id.clone());
+        let outcome = super::to_the_end(async move {
+            let outcome = engine.decide(&in_tenant, &decided, request).await?;
+            if let DecisionOutcome::Decided(approval) = &outcome {
+                crate::metrics::decided(approval);
+                if let Some(event) = approvals_core::AuditEntry::decided(approval) {
+                    decision_log.offer(&event);
                 }
-                self.intact(approval)
             }
+            Ok(outcome)
+        })
+        .await;
+        match outcome.map_err(|e| self.engine_failed(e))? {
+            DecisionOutcome::Decided(approval) => self.intact(approval),
             DecisionOutcome::AlreadyDecided(approval) => {
                 Err(AppError::AlreadyDecided(Box::new(approval)))
             }

@@ -127,7 +127,7 @@ impl Approvals {
         let agrees = shadow
             .as_ref()
             .map(|shadow| shadow.decision == verdict.decision.as_str());
-        let count_shadow = |tenant: &TenantId| {
+        let count_shadow = move |tenant: &TenantId| {
             if let Some(agrees) = agrees {
                 crate::metrics::shadow_evaluated(tenant, agrees);
             }
@@ -140,13 +140,17 @@ impl Approvals {
                 }
             }
             let logged = AuditEntry::answered(&asked, &answer(&verdict), shadow.as_ref());
-            self.engine
-                .record(logged.clone())
-                .await
-                .map_err(|e| self.engine_failed(e))?;
-            self.decision_log.offer(&logged);
-            count_shadow(&asked.tenant);
-            crate::metrics::submitted(&asked.tenant, verdict.decision);
+            let (engine, decision_log) = (self.engine.clone(), self.decision_log.clone());
+            let (tenant, decision) = (asked.tenant.clone(), verdict.decision);
+            super::to_the_end(async move {
+                engine.record(logged.clone()).await?;
+                decision_log.offer(&logged);
+                count_shadow(&tenant);
+                crate::metrics::submitted(&tenant, decision);
+                Ok(())
+            })
+            .await
+            .map_err(|e| self.engine_failed(e))?;
             return Ok(Submitted::Answered(verdict));
         }
         // Checked against the figures, not the store: approximate, and free.
@@ -170,13 +174,23 @@ impl Approvals {
             ..asked
         };
         let logged = AuditEntry::parked(&parked, shadow.as_ref());
-        match self.engine.park(parked.clone(), logged.clone()).await {
-            Ok(SubmitOutcome::Created(approval)) => {
-                self.decision_log.offer(&logged);
+        let (engine, decision_log, asked) = (
+            self.engine.clone(),
+            self.decision_log.clone(),
+            parked.clone(),
+        );
+        let outcome = super::to_the_end(async move {
+            let outcome = engine.park(asked, logged.clone()).await?;
+            if let SubmitOutcome::Created(approval) = &outcome {
+                decision_log.offer(&logged);
                 count_shadow(&approval.tenant);
                 crate::metrics::submitted(&approval.tenant, PolicyDecision::RequireApproval);
-                Ok(Submitted::Parked(approval))
             }
+            Ok(outcome)
+        })
+        .await;
+        match outcome {
+            Ok(SubmitOutcome::Created(approval)) => Ok(Submitted::Parked(approval)),
             Ok(SubmitOutcome::Existing(existing)) => repeated(existing, &parked),
             Err(error) => Err(self.engine_failed(error)),
         }

@@ -549,3 +549,61 @@ async fn a_redirecting_sink_has_not_taken_the_batch() {
         assert_eq!(hit, Some("ingest"), "attempt {attempt}");
     }
 }
+
+/// A submit whose request deadline passes while Redis is parking it (the client took most of
+/// the deadline sending its body, and Redis is slow) is answered `408`, but the approval it
+/// parked reaches the decision log all the same. The deadline dropped the write half-way:
+/// Redis had the command and parked the approval, and nothing offered its event to the log.
+#[tokio::test]
+async fn a_write_the_request_deadline_cut_short_still_reaches_the_decision_log() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let Sink { url, mut lines, .. } = Sink::start(0).await;
+    let app = TestApp::spawn_with(|s| {
+        shipping_to(url)(s);
+        s.server.request_timeout = std::time::Duration::from_secs(2);
+        // Past Redis' pause below: the park itself does not time out.
+        s.redis.call_timeout = std::time::Duration::from_secs(10);
+    })
+    .await;
+    let body = json!({"request_id": "cut-short", "action": sensitive_read()}).to_string();
+    let (head, tail) = body.split_at(body.len() / 2);
+    let address = app.base.trim_start_matches("http://").to_owned();
+    let mut client = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let request = format!(
+        "POST /v1/tenants/{}/approvals HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{head}",
+        app.tenant,
+        app.tokens.agent,
+        body.len()
+    );
+    client.write_all(request.as_bytes()).await.unwrap();
+    // A slow client: most of the request's 2 s go on its body.
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    // Redis holds every command for 1.5 s: the park, sent once the body is in, lands after
+    // the request's deadline.
+    let mut conn = app.redis().connection().await;
+    let () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(1500)
+        .arg("ALL")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    client.write_all(tail.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    client.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+
+    let shipped = tokio::time::timeout(std::time::Duration::from_secs(15), async {
+        loop {
+            let line = lines.recv().await.expect("the sink is up");
+            if line["approval_id"] == "cut-short" {
+                return line;
+            }
+        }
+    })
+    .await
+    .expect("the parked approval's event shipped");
+    assert_eq!(shipped["kind"], "submitted");
+}
