@@ -197,6 +197,47 @@ async fn unreadable_values_are_counted_and_passed_over() {
     .await;
 }
 
+/// A v1 record whose time cannot be indexed (Python's `datetime.min`, milliseconds written as
+/// seconds) is dated from its key's expiry instead: the list stays in order and pages through
+/// to its end. A negative time made a cursor the next page refused (`400`), and a 16-digit
+/// one sorted out of order.
+#[tokio::test]
+async fn v1_records_with_times_out_of_range_still_page() {
+    let app = TestApp::spawn().await;
+    write_v1(&app, "v1-min", json!("0001-01-01T00:00:00"), 3600).await;
+    write_v1(&app, "v1-millis", json!(1_795_253_021_500_i64), 3600).await;
+    write_v1(&app, "v1-fine", json!("2026-11-21T09:23:41.842Z"), 3600).await;
+    for id in ["v1-min", "v1-millis", "v1-fine"] {
+        // A read adopts it (rather than the next adoption pass).
+        assert_eq!(
+            app.get(id, &app.tokens.reviewer).await.status(),
+            StatusCode::OK
+        );
+    }
+    let mut ids = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..5 {
+        let query = cursor.map_or_else(String::new, |c| format!("&cursor={c}"));
+        let page = app
+            .get_json(
+                &format!("/v1/tenants/{TENANT}/approvals?status=pending&limit=1{query}"),
+                &app.tokens.reviewer,
+            )
+            .await;
+        for item in page["items"].as_array().unwrap() {
+            ids.push(item["id"].as_str().unwrap().to_owned());
+            let submitted = item["submitted_at"].as_str().unwrap();
+            assert!(submitted.starts_with("20"), "{submitted}");
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    ids.sort();
+    assert_eq!(ids, ["v1-fine", "v1-millis", "v1-min"]);
+}
+
 /// A v1 record whose adoption Redis refuses (its tenant's audit stream replaced by a string)
 /// costs only itself: the adoption pass goes on to the other records, in every tenant, and
 /// they are listed. It ended the pass, every pass, and whatever SCAN met after it stayed

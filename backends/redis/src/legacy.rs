@@ -92,9 +92,13 @@ pub fn to_approval(
     }
 }
 
-/// RFC 3339, ISO 8601 without offset (read as UTC), or Unix seconds (integer or float).
+/// RFC 3339, ISO 8601 without offset (read as UTC), or Unix seconds (integer or float);
+/// `None` for a time before 1970 or past the year 33,000 (Python's `datetime.min`,
+/// milliseconds written as seconds): the index orders records by 15 digits of epoch
+/// milliseconds, and such a time broke its order, its page cursors and the age figures.
 pub fn parse_submitted_at(value: &Value) -> Option<Timestamp> {
-    match value {
+    const INDEXABLE_MS: std::ops::Range<i64> = 0..1_000_000_000_000_000;
+    let parsed = match value {
         Value::Number(n) => n
             .as_f64()
             .map(|secs| Timestamp::from_millis((secs * 1000.0) as i64)),
@@ -109,7 +113,8 @@ pub fn parse_submitted_at(value: &Value) -> Option<Timestamp> {
             .map(|t| Timestamp::from_millis(t.and_utc().timestamp_millis()))
         }),
         _ => None,
-    }
+    };
+    parsed.filter(|t| INDEXABLE_MS.contains(&t.as_millis()))
 }
 
 #[cfg(test)]
