@@ -142,17 +142,20 @@ impl RedisBackend {
             Status::Expired => self.lifetimes.expired_retention,
             _ => self.lifetimes.decided_retention,
         };
-        // Pending: exactly its lifetime (its shadow outlives it by the expired-retention).
-        // Settled: what is left of its retention, counted from its decision (imports keep
-        // their age).
-        let ttl_ms = match approval.status {
-            Status::Pending => (approval.expires_at.as_millis() - now.as_millis()).max(1),
+        // When the key expires, as an instant (`PXAT`): a lifetime (`PX`) counts from when
+        // Redis runs the script, which may be the call deadline after `now`, and a v1 reader
+        // then found the key pending past its deadline. Pending: at its deadline (its shadow
+        // outlives it by the expired-retention). Settled: at the end of its retention,
+        // counted from its decision (imports keep their age), a second from now at the least.
+        let key_expires_ms = match approval.status {
+            Status::Pending => approval.expires_at.as_millis().max(now.as_millis() + 1),
             _ => {
                 let end = approval.decided_at.unwrap_or(now).plus(retention);
-                (end.as_millis() - now.as_millis()).max(1_000)
+                end.as_millis().max(now.as_millis() + 1_000)
             }
         };
-        let shadow_ttl_ms = ttl_ms.saturating_add(millis(self.lifetimes.expired_retention));
+        let shadow_expires_ms =
+            key_expires_ms.saturating_add(millis(self.lifetimes.expired_retention));
         let mut invocation = self.scripts.park.prepare_invoke();
         invocation
             .key(keys::record(tenant, id))
@@ -164,19 +167,19 @@ impl RedisBackend {
             .key(keys::audit(tenant))
             .key(keys::shadow(tenant, id))
             .arg(record::encode(approval))
-            .arg(ttl_ms)
+            .arg(key_expires_ms)
             .arg(&member)
             .arg(approval.status.as_str())
             .arg(keys::deadline_member(tenant, submitted_ms, id))
             .arg(approval.expires_at.as_millis())
             .arg(keys::retention_member(tenant, approval.status, &member))
-            .arg(now.as_millis() + ttl_ms)
+            .arg(key_expires_ms)
             .arg(tenant.as_str())
             .arg(submitted_ms)
             .arg(encode_event(audit))
             .arg(self.settings.audit_max_len)
             .arg(replace.unwrap_or(""))
-            .arg(shadow_ttl_ms);
+            .arg(shadow_expires_ms);
         self.with_conn("park", |mut conn| async move {
             invocation.invoke_async(&mut conn).await
         })

@@ -423,3 +423,32 @@ async fn waiters_at_the_deadline_share_one_expiry_call() {
         "{scripts} scripts for 200 waiters at one deadline"
     );
 }
+
+/// A record's key expires at the approval's deadline, however long its park waited for Redis
+/// (an ADR v1 reader takes a key that still exists for a pending approval). Its lifetime was
+/// counted from when Redis ran the script, and a park held up by a busy Redis left the key
+/// pending past the deadline by as long.
+#[tokio::test]
+async fn a_record_key_expires_at_its_deadline_however_late_redis_parks_it() {
+    let server = RedisServer::start().await;
+    let backend = backend(&server);
+    let tenant = fresh_tenant("late-park");
+    let mut conn = server.connection().await;
+    let () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(800)
+        .arg("WRITE")
+        .query_async(&mut conn)
+        .await
+        .expect("pause");
+    let approval = pending(&tenant, "req-1", Duration::from_secs(3600));
+    let expires_at = approval.expires_at;
+    backend.submit(approval).await.expect("submit");
+    let mut conn = server.connection().await;
+    let key_expiry: i64 = redis::cmd("PEXPIRETIME")
+        .arg(format!("approval:{tenant}:req-1"))
+        .query_async(&mut conn)
+        .await
+        .expect("pexpiretime");
+    assert_eq!(key_expiry, expires_at.as_millis());
+}

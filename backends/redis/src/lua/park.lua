@@ -1,11 +1,11 @@
 -- Writes a record with its indexes unless its key exists: submit, import and adoption.
 -- KEYS: 1 record  2 status index  3 deadlines  4 retention  5 tenants  6 submitted-ms sums
 --       7 audit stream  8 shadow (the pending copy that outlives the record key)
--- ARGV: 1 record JSON  2 key TTL (ms)  3 index member  4 status  5 deadline member
+-- ARGV: 1 record JSON  2 key expiry (epoch ms, PXAT)  3 index member  4 status  5 deadline member
 --       6 expires (ms)  7 retention member  8 retention end (ms)  9 tenant  10 submitted (ms)
 --       11 audit event JSON  12 audit max length
 --       13 adopt: when non-empty, the exact current value that may be replaced
---       14 shadow TTL (ms), for a pending record
+--       14 shadow expiry (epoch ms, PXAT), for a pending record
 -- Returns nil when written, else the existing value (a lapsed pending one from its shadow);
 -- for an adoption whose value lapsed meanwhile, the empty string. A key of another type reads
 -- as '' (unreadable, never overwritten). Runs after values.lua.
@@ -21,7 +21,7 @@ end
 -- outside the pending sum would be a decidable approval no reader, metric or retry accounts for.
 local pending = ARGV[4] == 'pending'
 if not valid_px(ARGV[2]) or (pending and not valid_px(ARGV[14])) then
-  return redis.error_reply('invalid lifetime: ' .. ARGV[2] .. ' ms, shadow ' .. ARGV[14] .. ' ms')
+  return redis.error_reply('invalid expiry: ' .. ARGV[2] .. ' ms, shadow ' .. ARGV[14] .. ' ms')
 end
 if pending then
   -- The sum is of epoch milliseconds: past 2^63 HINCRBY fails (about 5 million pending in
@@ -36,14 +36,14 @@ local refused = wrong_type({KEYS[2], 'zset', pending and KEYS[3] or KEYS[4], 'zs
 if refused then return refused end
 -- First: the one write left that can fail (a stream someone replaced with another type).
 redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[12], '*', 'e', ARGV[11])
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2])
 local listed = redis.call('ZADD', KEYS[2], 0, ARGV[3])
 redis.call('SADD', KEYS[5], ARGV[9])
 if pending then
   -- The sum follows the index: an adoption of a record already listed (the ADR's service
   -- wrote it again) adds nothing, or the sum counted it twice and settling took it once.
   if listed == 1 then redis.call('HINCRBY', KEYS[6], ARGV[9], ARGV[10]) end
-  redis.call('SET', KEYS[8], ARGV[1], 'PX', ARGV[14])
+  redis.call('SET', KEYS[8], ARGV[1], 'PXAT', ARGV[14])
   redis.call('ZADD', KEYS[3], ARGV[6], ARGV[5])
 else
   -- A pending copy left from an earlier life of this id would outlive this settled record
