@@ -81,6 +81,19 @@ const SLOW_RECEIVER: Duration = Duration::from_secs(1);
 /// The factor a retry's wait is multiplied by, drawn for each retry.
 pub(crate) const JITTER: std::ops::Range<f64> = 0.75..1.25;
 
+/// What an attempt tells of its webhook's receiver (nothing, if none was made).
+#[derive(Debug, Clone, Copy, Default)]
+struct Answered {
+    /// It failed (an error answer, a timeout, no connection).
+    failed: bool,
+    /// The pause it asked for (`Retry-After`, at most `retry_max`).
+    asked: Option<Duration>,
+}
+
+/// The longest a failing webhook is paused on an instance between attempts (its deliveries'
+/// own backoff goes on to `retry_max`): a receiver that is back is tried within a minute.
+const MAX_WEBHOOK_PAUSE: Duration = Duration::from_secs(60);
+
 /// One webhook's attempts under way on this instance.
 struct InFlight {
     attempts: usize,
@@ -115,8 +128,11 @@ struct Pace {
     attempt: Duration,
     /// Nothing is sent to it before this: it answered `Retry-After` (a rate-limited Slack
     /// webhook). Honoured for the delivery that was answered only, the others kept hitting it
-    /// at their pace, each earning a 429 and an attempt towards its dead letter.
+    /// at their pace, each earning a 429 and an attempt towards its dead letter. Or it failed
+    /// `failures` times in a row: a pause that doubles with them (see [`Pacing::attempted`]).
     not_before: Timestamp,
+    /// Its attempts that failed since the last that did not.
+    failures: u32,
 }
 
 impl Pace {
@@ -126,6 +142,7 @@ impl Pace {
             last_due: now,
             attempt,
             not_before: now,
+            failures: 0,
         }
     }
 }
@@ -158,20 +175,37 @@ impl Pacing {
             .collect()
     }
 
-    /// An attempt to `webhook` took `took`; its receiver asked for a pause of `asked`.
-    fn attempted(&mut self, webhook: &WebhookKey, took: Duration, asked: Option<Duration>) {
+    /// An attempt to `webhook` took `took` and was `answered`. A receiver that fails is
+    /// paused for `pause(failures in a row)` unless it asked for a pause of its own: each
+    /// delivery backs off alone, so one that fails fast (a load balancer's instant 502)
+    /// with thousands queued took every delivery's first attempt back to back, and their
+    /// retries in waves, and so did a receiver coming back.
+    fn attempted(
+        &mut self,
+        webhook: &WebhookKey,
+        took: Duration,
+        answered: Answered,
+        pause: impl FnOnce(u32) -> Duration,
+    ) {
         let now = Timestamp::now();
-        let pace = match (self.by_webhook.get_mut(webhook), asked) {
-            (Some(pace), _) => pace,
-            (None, None) => return,
-            (None, Some(_)) => self
+        let pace = match self.by_webhook.get_mut(webhook) {
+            Some(pace) => pace,
+            None if answered.failed || answered.asked.is_some() => self
                 .by_webhook
                 .entry(webhook.clone())
                 .or_insert_with(|| Pace::new(now, took)),
+            None => return,
         };
         pace.attempt = (pace.attempt * 3 + took) / 4;
-        if let Some(asked) = asked {
-            pace.not_before = pace.not_before.max(now.plus(asked));
+        pace.failures = match answered.failed {
+            true => pace.failures.saturating_add(1),
+            false => 0,
+        };
+        let paused = answered
+            .asked
+            .or_else(|| answered.failed.then(|| pause(pace.failures)));
+        if let Some(paused) = paused {
+            pace.not_before = pace.not_before.max(now.plus(paused));
         }
     }
 
@@ -1114,8 +1148,10 @@ impl Notifier {
                 self.settings.send_interval
             };
             tokio::select! {
-                Some((webhook, took, asked)) = in_flight.next() => {
-                    pacing.attempted(&webhook, took, asked);
+                Some((webhook, took, answered)) = in_flight.next() => {
+                    pacing.attempted(&webhook, took, answered, |failures| {
+                        self.settings.retry_after(failures).min(MAX_WEBHOOK_PAUSE)
+                    });
                     if let Some(until) = pacing.held_back(&webhook) {
                         // What is held for it waits with the rest, in the queue.
                         let waiting = held.take(&webhook);
@@ -1153,10 +1189,10 @@ impl Notifier {
         &self,
         delivery: Delivery,
         webhook: WebhookKey,
-    ) -> (WebhookKey, Duration, Option<Duration>) {
+    ) -> (WebhookKey, Duration, Answered) {
         let started = tokio::time::Instant::now();
-        let asked = self.attempt(delivery).await;
-        (webhook, started.elapsed(), asked)
+        let answered = self.attempt(delivery).await;
+        (webhook, started.elapsed(), answered)
     }
 
     /// Claimed deliveries not attempted: due again after `after`, no attempt counted.
@@ -1174,9 +1210,9 @@ impl Notifier {
         }
     }
 
-    /// One attempt at one delivery, and what follows from it: the pause its receiver asked
-    /// for (`Retry-After`, at most `retry_max`), if it did.
-    async fn attempt(&self, mut delivery: Delivery) -> Option<Duration> {
+    /// One attempt at one delivery, and what follows from it: whether its receiver failed,
+    /// and the pause it asked for (`Retry-After`, at most `retry_max`), if it did.
+    async fn attempt(&self, mut delivery: Delivery) -> Answered {
         let hook = match self
             .store
             .webhook(&delivery.tenant, &delivery.webhook_id)
@@ -1186,14 +1222,14 @@ impl Notifier {
             Ok(store::Lookup::Removed) => {
                 // The webhook was removed: its deliveries go nowhere.
                 let _ = self.store.delivered(&delivery).await;
-                return None;
+                return Answered::default();
             }
             // Not knowing the webhook (Redis did not answer, or a version that cannot read it)
             // is not its removal: the lease runs out and another attempt follows.
-            Ok(store::Lookup::Unreadable) => return None,
+            Ok(store::Lookup::Unreadable) => return Answered::default(),
             Err(error) => {
                 tracing::debug!(%error, id = %delivery.id, "cannot look up a webhook");
-                return None;
+                return Answered::default();
             }
         };
         let withdrawn = if delivery.while_pending.is_some() {
@@ -1215,7 +1251,7 @@ impl Notifier {
             if let Err(error) = self.store.delivered(&delivery).await {
                 tracing::debug!(%error, "cannot record a withdrawn webhook delivery");
             }
-            return None;
+            return Answered::default();
         }
         let (outcome, asked_to_wait) = match self.post(&hook, &delivery).await {
             Ok(()) => (Ok(()), None),
@@ -1225,6 +1261,7 @@ impl Notifier {
             ),
         };
         let tenant = delivery.tenant.clone();
+        let failed = outcome.is_err();
         delivery.attempts += 1;
         let result = match outcome {
             Ok(()) => {
@@ -1268,7 +1305,10 @@ impl Notifier {
             // The lease runs out and another attempt follows: at least once.
             tracing::debug!(%error, "cannot record a webhook attempt");
         }
-        asked_to_wait
+        Answered {
+            failed,
+            asked: asked_to_wait,
+        }
     }
 
     /// Whether the approval an "expiring soon" delivery warns about is still pending; if so

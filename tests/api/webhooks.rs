@@ -1581,6 +1581,34 @@ async fn a_hung_receivers_backlog_comes_due_at_the_pace_it_could_be_taken() {
     );
 }
 
+/// A receiver that fails at once (a load balancer's instant 502) is paused after its failures,
+/// the pause doubling with each failure in a row (up to `retry_max`), rather than hammered:
+/// each delivery backed off alone, so a backlog's first attempts went out back to back, then
+/// their retries in waves.
+#[tokio::test]
+async fn a_receiver_that_fails_fast_is_paused_not_hammered() {
+    let mut receiver = Receiver::start(usize::MAX).await;
+    let app = own_tenant("hammered").spawn_with(fast).await;
+    add_webhook(&app, json!({"url": receiver.url, "events": ["parked"]})).await;
+    futures::future::join_all((0..40).map(|n| {
+        let app = &app;
+        async move { app.park(&format!("req-{n}")).await }
+    }))
+    .await;
+    receiver.next().await;
+    // 4 at once, then at most 4 per pause (400 ms here, after the first few): about 20.
+    let window = tokio::time::Instant::now() + Duration::from_millis(1500);
+    let mut attempts = 1;
+    while let Ok(Some(_)) = tokio::time::timeout_at(window, receiver.got.recv()).await {
+        attempts += 1;
+    }
+    assert!(
+        attempts <= 30,
+        "{attempts} attempts in 1.5 s at a receiver failing every one"
+    );
+    assert!(attempts >= 4, "the receiver was still tried: {attempts}");
+}
+
 /// Events trimmed from the audit (its length cap, its retention) before the reader reached
 /// them are never delivered: on-call staff learn of it from a counter and an error log. The
 /// reader went on from the oldest event left, and nothing told anyone.
