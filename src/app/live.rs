@@ -146,6 +146,41 @@ impl Unsettled {
     fn reread_from(&self) -> Timestamp {
         self.newest.minus(self.settle)
     }
+
+    /// The live events of one page of a re-read, each once however often it is read.
+    fn take(&mut self, items: Vec<AuditEvent>) -> Vec<LiveEvent> {
+        let mut events = Vec::new();
+        for event in items {
+            let kind = LiveKind::of(&event);
+            let the_resumed_one = self.resumed_at.as_deref() == Some(event.event_id.as_str());
+            // Only what would be sent is remembered: a catch-up over a busy hour kept every
+            // allow and deny it read too.
+            if the_resumed_one
+                || (kind.is_some() && !self.shown.insert(event.timestamp, event.event_id.clone()))
+            {
+                continue;
+            }
+            self.newest = self.newest.max(event.timestamp);
+            if self
+                .hide_before
+                .is_some_and(|start| event.timestamp < start)
+            {
+                continue;
+            }
+            if let Some(kind) = kind {
+                events.push(LiveEvent { kind, event });
+            }
+        }
+        if self.page_after.is_none() {
+            // The pass is over: what it hid was before the stream's start.
+            self.hide_before = None;
+        }
+        // What is older than the next read's start can no longer come back, in this pass (its
+        // pages go on in time) or the next: forgotten after each page, not only once a pass
+        // ends (a resume an hour back kept every id of that hour until it caught up).
+        self.shown.prune(self.reread_from());
+        events
+    }
 }
 
 impl LiveStream {
@@ -329,34 +364,7 @@ impl Approvals {
             .map_err(|e| self.engine_failed(e))?;
         let more = page.next_cursor.is_some();
         unsettled.page_after = page.next_cursor;
-        let mut events = Vec::new();
-        for event in page.items {
-            let the_resumed_one = unsettled.resumed_at.as_deref() == Some(event.event_id.as_str());
-            if the_resumed_one
-                || !unsettled
-                    .shown
-                    .insert(event.timestamp, event.event_id.clone())
-            {
-                continue;
-            }
-            unsettled.newest = unsettled.newest.max(event.timestamp);
-            if unsettled
-                .hide_before
-                .is_some_and(|start| event.timestamp < start)
-            {
-                continue;
-            }
-            if let Some(kind) = LiveKind::of(&event) {
-                events.push(LiveEvent { kind, event });
-            }
-        }
-        // What is older than the next read's start can no longer come back.
-        if !more {
-            unsettled.hide_before = None;
-            let next_from = unsettled.reread_from();
-            unsettled.shown.prune(next_from);
-        }
-        Ok((events, more))
+        Ok((unsettled.take(page.items), more))
     }
 
     /// The tenant's audit after `after` (or from `since`), for the service's own background
@@ -449,6 +457,48 @@ mod tests {
             actor: "someone".into(),
             details,
         }
+    }
+
+    /// A stream resumed an hour back on an audit that settles late remembers what it sent
+    /// within the settle window only, page after page, not every id of the hour until it has
+    /// caught up (and none of the allows and denies it never sends).
+    #[test]
+    fn a_long_catch_up_remembers_only_the_settle_window() {
+        let start = Timestamp::now().minus(std::time::Duration::from_secs(3600));
+        let mut unsettled = Unsettled {
+            settle: std::time::Duration::from_secs(15),
+            newest: start,
+            page_after: Some("more".into()),
+            shown: super::super::RecentIds::default(),
+            resumed_at: None,
+            hide_before: None,
+        };
+        let mut sent = 0;
+        // An hour at ten events a second, half of them parks, in pages of 100.
+        for page in 0..360 {
+            let items = (0..100)
+                .map(|n| {
+                    let at = start.plus(std::time::Duration::from_millis(page * 10_000 + n * 100));
+                    let decision = if n % 2 == 0 {
+                        "require_approval"
+                    } else {
+                        "allow"
+                    };
+                    AuditEvent {
+                        event_id: format!("{}-{n}", at.as_millis()),
+                        timestamp: at,
+                        ..event(AuditKind::Submitted, json!({"decision": decision}))
+                    }
+                })
+                .collect();
+            sent += unsettled.take(items).len();
+            assert!(
+                unsettled.shown.len() <= 100,
+                "page {page}: {} ids remembered",
+                unsettled.shown.len()
+            );
+        }
+        assert_eq!(sent, 360 * 50, "every park sent once");
     }
 
     #[test]

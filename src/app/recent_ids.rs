@@ -17,6 +17,15 @@ impl RecentIds {
     /// tolerate (an `enqueue` that drops a duplicate, an event a stream shows twice).
     const MAX: usize = 100_000;
 
+    /// How many ids are remembered.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
     pub fn contains(&self, id: &str) -> bool {
         self.ids.contains(id)
     }
