@@ -272,3 +272,31 @@ async fn a_client_that_stops_reading_loses_its_connection() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// What the HTTP parser refuses before a request exists is answered by it, bare, and the
+/// connection closed: a header block (or a request line) past `server.max_header_bytes` gets
+/// `431`, a line that is no HTTP gets `400`, neither with a problem body (the README's table
+/// says so). Nothing of the service runs for them: no route, no caller, no `code`.
+#[tokio::test]
+async fn what_the_http_parser_refuses_is_answered_bare_and_closed() {
+    let app = TestApp::spawn().await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let oversized = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    for (request, status) in [(oversized.as_str(), "431"), ("HELLO THERE\r\n\r\n", "400")] {
+        let mut stream = TcpStream::connect(&addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut answer))
+            .await
+            .expect("answered and closed")
+            .unwrap();
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{answer}"
+        );
+        assert!(answer.contains("content-length: 0"), "{answer}");
+    }
+}
