@@ -285,9 +285,34 @@ async def test_the_async_wait_times_out_through_an_outage_alike() -> None:
 def test_an_outage_past_the_approvals_expiry_is_still_the_outages() -> None:
     """A wait without a timeout ends an outage `EXPIRY_GRACE` after the approval's expiry with
     the outage's error: nobody's deadline passed, the service could not say what became of it."""
-    expired_long_ago = approval("pending")
-    expired_long_ago["expires_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 3600))
-    script = Script(problem(503, "backend_unavailable"), first=lambda _: httpx.Response(200, json=expired_long_ago))
+    just_expired = approval("pending")
+    # The outage outlasts its grace in two seconds; a pending answer then is not yet stale.
+    just_expired["expires_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 58))
+    script = Script(problem(503, "backend_unavailable"), first=lambda _: httpx.Response(200, json=just_expired))
     with pytest.raises(ApiError) as raised:
         sync_client(script).wait("req-1")
     assert raised.value.status == 503
+
+
+def stale_pending(_: httpx.Request) -> httpx.Response:
+    record = approval("pending")
+    record["expires_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 3600))
+    return httpx.Response(200, json=record)
+
+
+def test_an_approval_answered_pending_long_past_its_expiry_ends_the_wait() -> None:
+    """A service that answers `pending` an hour past `expires_at` (its clock is off, or it
+    cannot record expiries) does not hold a wait without a timeout for ever: `WaitTimeout`,
+    the approval as answered."""
+    started = time.monotonic()
+    with pytest.raises(WaitTimeout) as raised:
+        sync_client(Script(stale_pending, first=stale_pending)).wait("req-1")
+    assert raised.value.approval.status is Status.PENDING
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.anyio
+async def test_the_async_wait_ends_alike() -> None:
+    async with async_client(Script(stale_pending, first=stale_pending)) as client:
+        with pytest.raises(WaitTimeout):
+            await client.wait("req-1")

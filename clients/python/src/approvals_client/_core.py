@@ -441,6 +441,12 @@ def _expiry_grace_ends(known: Approval) -> float:
     return time.monotonic() + (expires_at - now).total_seconds() + EXPIRY_GRACE
 
 
+def past_its_expiry(approval: Approval) -> bool:
+    """Whether `approval`, answered pending, is past its expiry by `EXPIRY_GRACE`: the service
+    should have answered it expired long before."""
+    return time.monotonic() >= _expiry_grace_ends(approval)
+
+
 def outage_outlasts_wait(error: ApprovalsError, deadline: float | None, known: Approval, delay: float) -> ApprovalsError | None:
     """What a wait on `known` raises when a poll failed with `error` (an outage) and the next
     would start after `delay`; None to poll again. An outage that outlasts the caller's

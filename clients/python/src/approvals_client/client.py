@@ -335,6 +335,10 @@ class ApprovalsClient:
                 return outcome_of(approval)
             if deadline is not None and time.monotonic() >= deadline:
                 raise WaitTimeout(approval)
+            if _core.past_its_expiry(approval):
+                # Still pending a minute past its expiry (a service whose clock is off, or
+                # that cannot record expiries): a wait without a timeout would poll forever.
+                raise WaitTimeout(approval)
             # Pending long before the wait asked for (a draining instance answers at once):
             # pause rather than ask again at once, in a loop.
             early = asked - (time.monotonic() - started)
