@@ -105,6 +105,9 @@ struct ErrorPage {
     /// The approval a failed decision was for: the reviewer goes back to it, not to the
     /// inbox's first page.
     approval: Option<String>,
+    /// The reason the reviewer typed into a decision that failed, shown to copy: the form is
+    /// gone, and with it what they wrote.
+    reason: Option<String>,
 }
 
 /// A sentence above the record after a decision, and how it looks.
@@ -136,6 +139,7 @@ fn error_page(session: Option<&Session>, error: impl Into<ApiError>) -> Response
         title: problem.title.to_owned(),
         detail: problem.detail,
         approval: None,
+        reason: None,
     };
     (error.status(), render(&page)).into_response()
 }
@@ -143,13 +147,19 @@ fn error_page(session: Option<&Session>, error: impl Into<ApiError>) -> Response
 /// A decision the service failed to carry out (the store down or slow, or the request's
 /// deadline): the store may have taken it before the failure, so the reviewer is told to look,
 /// and where.
-fn decision_failed(chrome: Option<Chrome>, id: &ApprovalId, error: ApiError) -> Response {
+fn decision_failed(
+    chrome: Option<Chrome>,
+    id: &ApprovalId,
+    error: ApiError,
+    reason: Option<String>,
+) -> Response {
     let problem = error.to_problem();
     let page = ErrorPage {
         chrome,
         title: problem.title.to_owned(),
         detail: format!("{} {MAYBE_DECIDED}", problem.detail),
         approval: Some(id.to_string()),
+        reason,
     };
     (error.status(), render(&page)).into_response()
 }
@@ -164,6 +174,7 @@ fn refused(detail: &str, approval: Option<String>) -> Response {
         title: "Refused".into(),
         detail: detail.into(),
         approval,
+        reason: None,
     };
     (StatusCode::FORBIDDEN, render(&page)).into_response()
 }
@@ -180,6 +191,7 @@ impl Malformed {
             title: "Not a request this inbox sends".into(),
             detail: format!("{detail}. Nothing was changed; go back to the inbox and try again."),
             approval: None,
+            reason: None,
         };
         Self((status, render(&page)).into_response())
     }
@@ -214,7 +226,7 @@ pub fn deadline_passed(path: &str, timeout: std::time::Duration) -> Response {
     else {
         return api_refusal(error);
     };
-    decision_failed(None, &id, error)
+    decision_failed(None, &id, error, None)
 }
 
 /// An address under `/ui` that is no page of the inbox (a mistyped or cut link).
@@ -224,6 +236,7 @@ pub async fn no_page() -> Response {
         title: "No such page".into(),
         detail: "This address is not a page of the inbox.".into(),
         approval: None,
+        reason: None,
     };
     (StatusCode::NOT_FOUND, render(&page)).into_response()
 }
@@ -237,6 +250,7 @@ pub fn api_refusal(error: ApiError) -> Response {
         title: problem.title.to_owned(),
         detail: problem.detail,
         approval: None,
+        reason: None,
     };
     let status = error.status();
     let mut response = (status, render(&page)).into_response();
@@ -715,7 +729,7 @@ pub async fn decide(
             &session.tenant,
             &id,
             verdict,
-            reason,
+            reason.clone(),
             digest,
         )
         .await;
@@ -737,7 +751,7 @@ pub async fn decide(
         Err(error) => {
             let error = ApiError::from(error);
             return if error.status().is_server_error() {
-                decision_failed(Some(Chrome::of(&session)), &id, error)
+                decision_failed(Some(Chrome::of(&session)), &id, error, reason)
             } else {
                 error_page(Some(&session), error)
             };

@@ -1087,6 +1087,7 @@ async fn stale_tabs_and_failed_decisions_lead_back_to_the_approval() {
                 ("csrf", hidden(&page, "csrf").as_str()),
                 ("digest", hidden(&page, "digest").as_str()),
                 ("verdict", "accept"),
+                ("reason", "Ticket <T-7> checked"),
             ],
         )
         .await;
@@ -1094,6 +1095,11 @@ async fn stale_tabs_and_failed_decisions_lead_back_to_the_approval() {
     let page = response.text().await.expect("text");
     assert!(page.contains("may or may not have been recorded"), "{page}");
     assert!(page.contains("href=\"/ui/approvals/waits\""), "{page}");
+    // What the reviewer wrote is there to copy, not lost with the form (escaped).
+    assert!(
+        page.contains("readonly rows=\"4\" cols=\"60\">Ticket &#60;T-7&#62; checked</textarea>"),
+        "{page}"
+    );
 }
 
 /// The agent filter stops after a few calls per page (here the list's pages end early, at a
