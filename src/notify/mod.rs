@@ -81,11 +81,12 @@ const SLOW_RECEIVER: Duration = Duration::from_secs(1);
 /// The factor a retry's wait is multiplied by, drawn for each retry.
 pub(crate) const JITTER: std::ops::Range<f64> = 0.75..1.25;
 
-/// What an attempt tells of its webhook's receiver (nothing, if none was made).
-#[derive(Debug, Clone, Copy, Default)]
+/// What an attempt tells of its webhook's receiver.
+#[derive(Debug, Clone, Copy)]
 struct Answered {
-    /// It failed (an error answer, a timeout, no connection).
-    failed: bool,
+    /// It did not take deliveries: no connection, a timeout, a 5xx, a 429 (not a refusal of
+    /// this one delivery, a 4xx).
+    down: bool,
     /// The pause it asked for (`Retry-After`, at most `retry_max`).
     asked: Option<Duration>,
 }
@@ -129,10 +130,12 @@ struct Pace {
     /// Nothing is sent to it before this: it answered `Retry-After` (a rate-limited Slack
     /// webhook). Honoured for the delivery that was answered only, the others kept hitting it
     /// at their pace, each earning a 429 and an attempt towards its dead letter. Or it failed
-    /// `failures` times in a row: a pause that doubles with them (see [`Pacing::attempted`]).
+    /// as if down too often in a row: a pause that doubles (see [`Pacing::attempted`]).
     not_before: Timestamp,
-    /// Its attempts that failed since the last that did not.
-    failures: u32,
+    /// Its attempts that found the receiver down since the last that did not.
+    streak: u32,
+    /// The pauses that streak earned, one after another.
+    pauses: u32,
 }
 
 impl Pace {
@@ -142,7 +145,8 @@ impl Pace {
             last_due: now,
             attempt,
             not_before: now,
-            failures: 0,
+            streak: 0,
+            pauses: 0,
         }
     }
 }
@@ -175,35 +179,41 @@ impl Pacing {
             .collect()
     }
 
-    /// An attempt to `webhook` took `took` and was `answered`. A receiver that fails is
-    /// paused for `pause(failures in a row)` unless it asked for a pause of its own: each
-    /// delivery backs off alone, so one that fails fast (a load balancer's instant 502)
-    /// with thousands queued took every delivery's first attempt back to back, and their
-    /// retries in waves, and so did a receiver coming back.
+    /// An attempt to `webhook` took `took` and was `answered`. A receiver found down
+    /// `streak` times in a row (its concurrency: a whole wave of attempts) is paused for
+    /// `pause(pauses in a row)`, unless it asked for a pause of its own; the attempts still
+    /// in flight when a pause begins end in it and earn none. Each delivery backed off alone,
+    /// so a receiver failing at once (a load balancer's instant 502) with thousands queued
+    /// took every delivery's first attempt back to back, and their retries in waves. One
+    /// delivery refused (a 4xx), or an occasional failure, pauses nothing.
     fn attempted(
         &mut self,
         webhook: &WebhookKey,
         took: Duration,
         answered: Answered,
+        streak: u32,
         pause: impl FnOnce(u32) -> Duration,
     ) {
         let now = Timestamp::now();
         let pace = match self.by_webhook.get_mut(webhook) {
             Some(pace) => pace,
-            None if answered.failed || answered.asked.is_some() => self
+            None if answered.down || answered.asked.is_some() => self
                 .by_webhook
                 .entry(webhook.clone())
                 .or_insert_with(|| Pace::new(now, took)),
             None => return,
         };
         pace.attempt = (pace.attempt * 3 + took) / 4;
-        pace.failures = match answered.failed {
-            true => pace.failures.saturating_add(1),
-            false => 0,
-        };
-        let paused = answered
-            .asked
-            .or_else(|| answered.failed.then(|| pause(pace.failures)));
+        let mut paused = answered.asked;
+        if answered.down {
+            pace.streak = pace.streak.saturating_add(1);
+            if pace.streak >= streak && now >= pace.not_before {
+                pace.pauses = pace.pauses.saturating_add(1);
+                paused = paused.or(Some(pause(pace.pauses)));
+            }
+        } else {
+            (pace.streak, pace.pauses) = (0, 0);
+        }
         if let Some(paused) = paused {
             pace.not_before = pace.not_before.max(now.plus(paused));
         }
@@ -1149,9 +1159,13 @@ impl Notifier {
             };
             tokio::select! {
                 Some((webhook, took, answered)) = in_flight.next() => {
-                    pacing.attempted(&webhook, took, answered, |failures| {
-                        self.settings.retry_after(failures).min(MAX_WEBHOOK_PAUSE)
-                    });
+                    if let Some(answered) = answered {
+                        let streak = u32::try_from(self.settings.per_webhook_concurrency)
+                            .unwrap_or(u32::MAX);
+                        pacing.attempted(&webhook, took, answered, streak, |pauses| {
+                            self.settings.retry_after(pauses).min(MAX_WEBHOOK_PAUSE)
+                        });
+                    }
                     if let Some(until) = pacing.held_back(&webhook) {
                         // What is held for it waits with the rest, in the queue.
                         let waiting = held.take(&webhook);
@@ -1189,7 +1203,7 @@ impl Notifier {
         &self,
         delivery: Delivery,
         webhook: WebhookKey,
-    ) -> (WebhookKey, Duration, Answered) {
+    ) -> (WebhookKey, Duration, Option<Answered>) {
         let started = tokio::time::Instant::now();
         let answered = self.attempt(delivery).await;
         (webhook, started.elapsed(), answered)
@@ -1210,9 +1224,10 @@ impl Notifier {
         }
     }
 
-    /// One attempt at one delivery, and what follows from it: whether its receiver failed,
-    /// and the pause it asked for (`Retry-After`, at most `retry_max`), if it did.
-    async fn attempt(&self, mut delivery: Delivery) -> Answered {
+    /// One attempt at one delivery, and what follows from it: what its receiver's answer
+    /// tells of it (`None`: nothing was sent, its webhook removed or unread, or the delivery
+    /// withdrawn).
+    async fn attempt(&self, mut delivery: Delivery) -> Option<Answered> {
         let hook = match self
             .store
             .webhook(&delivery.tenant, &delivery.webhook_id)
@@ -1222,14 +1237,14 @@ impl Notifier {
             Ok(store::Lookup::Removed) => {
                 // The webhook was removed: its deliveries go nowhere.
                 let _ = self.store.delivered(&delivery).await;
-                return Answered::default();
+                return None;
             }
             // Not knowing the webhook (Redis did not answer, or a version that cannot read it)
             // is not its removal: the lease runs out and another attempt follows.
-            Ok(store::Lookup::Unreadable) => return Answered::default(),
+            Ok(store::Lookup::Unreadable) => return None,
             Err(error) => {
                 tracing::debug!(%error, id = %delivery.id, "cannot look up a webhook");
-                return Answered::default();
+                return None;
             }
         };
         let withdrawn = if delivery.while_pending.is_some() {
@@ -1251,17 +1266,21 @@ impl Notifier {
             if let Err(error) = self.store.delivered(&delivery).await {
                 tracing::debug!(%error, "cannot record a withdrawn webhook delivery");
             }
-            return Answered::default();
+            return None;
         }
-        let (outcome, asked_to_wait) = match self.post(&hook, &delivery).await {
-            Ok(()) => (Ok(()), None),
-            Err(Refused { error, retry_after }) => (
+        let (outcome, asked_to_wait, down) = match self.post(&hook, &delivery).await {
+            Ok(()) => (Ok(()), None, false),
+            Err(Refused {
+                error,
+                retry_after,
+                down,
+            }) => (
                 Err(error),
                 retry_after.map(|wait| wait.min(self.settings.retry_max)),
+                down,
             ),
         };
         let tenant = delivery.tenant.clone();
-        let failed = outcome.is_err();
         delivery.attempts += 1;
         let result = match outcome {
             Ok(()) => {
@@ -1305,10 +1324,10 @@ impl Notifier {
             // The lease runs out and another attempt follows: at least once.
             tracing::debug!(%error, "cannot record a webhook attempt");
         }
-        Answered {
-            failed,
+        Some(Answered {
+            down,
             asked: asked_to_wait,
-        }
+        })
     }
 
     /// Whether the approval an "expiring soon" delivery warns about is still pending; if so
@@ -1395,28 +1414,36 @@ impl Notifier {
                     crate::app::chain(&e.without_url())
                 ))
             })?;
-        if response.status().is_success() {
+        let status = response.status();
+        if status.is_success() {
             Ok(())
         } else {
             Err(Refused {
-                error: format!("the receiver answered {}", response.status()),
+                error: format!("the receiver answered {status}"),
                 retry_after: retry_after(response.headers()),
+                down: status.is_server_error()
+                    || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+                    || status == reqwest::StatusCode::REQUEST_TIMEOUT,
             })
         }
     }
 }
 
-/// A failed attempt: why, and when the receiver asked to be tried again, if it did.
+/// A failed attempt: why, when the receiver asked to be tried again (if it did), and whether
+/// it takes no deliveries at all (see [`Answered::down`]).
 struct Refused {
     error: String,
     retry_after: Option<Duration>,
+    down: bool,
 }
 
+/// No answer: the receiver could not be reached (or may not be).
 impl From<String> for Refused {
     fn from(error: String) -> Self {
         Self {
             error,
             retry_after: None,
+            down: true,
         }
     }
 }
