@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::HttpBody as _;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::middleware::Next;
@@ -86,5 +87,11 @@ fn is_event_stream(response: &Response) -> bool {
 /// answer (the socket's write deadline never sees it): either way the caller runs out of its
 /// own places, not the service out of memory for everyone.
 fn hold_until_sent<T: Send + Sync + 'static>(response: Response, slot: T) -> Response {
-    response.map(|body| crate::server::holding(body, slot))
+    // Known here, not past `holding` (whose body no longer says its length).
+    let built_whole = response.body().size_hint().exact().is_some();
+    let mut response = response.map(|body| crate::server::holding(body, slot));
+    response
+        .extensions_mut()
+        .insert(crate::server::HoldsCallerPlace { built_whole });
+    response
 }

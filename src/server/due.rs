@@ -12,16 +12,19 @@
 //! it closed and drops its body). Only a stream both due and stalled costs its connection's
 //! other streams; a stalled stream before its end stalls only itself (ADR-0018).
 //!
-//! An answer built whole (a body of known length: everything but streams and exports) is due
-//! at once. hyper takes such a body in one read as soon as the stream has any window, so one
-//! still unread `server.write_timeout` later is held by a client that grants none: it kept its
-//! request in flight for ever, and its connection from the idle close and from making way. No
-//! token is needed for that (a `401`, `/healthz`, `/openapi.json`), so no caller's places
-//! bounded it, and enough such connections took every place of `server.max_connections`.
+//! An answer built whole (a body of known length) that holds no caller's place (`/healthz`,
+//! `/openapi.json`: no token), or only a made-up caller's (a `401`), is due at once. hyper takes such a body in one read
+//! as soon as the stream has window, so one still unread `server.write_timeout` later is held
+//! by a client that grants none: it kept its request in flight for ever, and its connection
+//! from the idle close and from making way, and enough such connections took every place of
+//! `server.max_connections`. An answer that holds its caller's place is bounded by those
+//! places (a client that reads slowly on one connection, its window spent on an export, is
+//! not cut off for it).
 
 use std::time::Duration;
 
 use axum::body::HttpBody as _;
+use axum::http::StatusCode;
 use axum::response::Response;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -29,9 +32,17 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 #[derive(Clone)]
 pub(crate) struct EndsWhen(pub(crate) CancellationToken);
 
-/// If `response` says when its body ends ([`EndsWhen`]), or is built whole (due now), cancels
-/// `close` (the connection's) should the body not have ended `grace` after that. Returns the
-/// guard the body must hold until it has ended, or been dropped.
+/// On a response: it holds one of its caller's places until sent (`api::admission`), and
+/// whether its body was built whole before it was wrapped to hold that place.
+#[derive(Clone, Copy)]
+pub(crate) struct HoldsCallerPlace {
+    pub(crate) built_whole: bool,
+}
+
+/// If `response` says when its body ends ([`EndsWhen`]), or is built whole and holds no
+/// caller's place (due now), cancels `close` (the connection's) should the body not have ended
+/// `grace` after that. Returns the guard the body must hold until it has ended, or been
+/// dropped.
 pub(super) fn watch(
     response: &Response,
     grace: Duration,
@@ -39,7 +50,7 @@ pub(super) fn watch(
 ) -> Option<DropGuard> {
     let due = match response.extensions().get::<EndsWhen>() {
         Some(ends) => ends.0.clone(),
-        None if response.body().size_hint().exact().is_some() => {
+        None if due_now(response) => {
             let now = CancellationToken::new();
             now.cancel();
             now
@@ -59,4 +70,13 @@ pub(super) fn watch(
         }
     });
     Some(ended.drop_guard())
+}
+
+/// Whether `response` is built whole and bounded by no caller's places: none held, or only a
+/// made-up caller's (a `401`: a new caller for every made-up token).
+fn due_now(response: &Response) -> bool {
+    match response.extensions().get::<HoldsCallerPlace>() {
+        None => response.body().size_hint().exact().is_some(),
+        Some(held) => held.built_whole && response.status() == StatusCode::UNAUTHORIZED,
+    }
 }

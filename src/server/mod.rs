@@ -31,7 +31,7 @@ mod due;
 mod occupants;
 
 pub(crate) use activity::holding;
-pub(crate) use due::EndsWhen;
+pub(crate) use due::{EndsWhen, HoldsCallerPlace};
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -304,19 +304,45 @@ async fn an_http2_client_that_reads_no_answers_holds_only_its_own_places() {
 #[tokio::test]
 async fn an_http2_answer_never_taken_closes_its_connection() {
     let app = TestApp::spawn_with(|s| s.server.write_timeout = Duration::from_secs(1)).await;
-    let (sender, connection) = http2_connection_granting_no_window(&app).await;
-    let mut unread = Vec::new();
-    for path in ["/healthz", "/openapi.json", "/v1/tenants/acme/approvals/x"] {
-        let request = Request::get(app.url(path)).body(Empty::new()).unwrap();
-        let response = sender.clone().send_request(request).await.unwrap();
-        unread.push(response);
-    }
-    assert_eq!(unread[2].status(), StatusCode::UNAUTHORIZED);
-    let closed = tokio::time::timeout(Duration::from_secs(15), connection).await;
-    assert!(
-        closed.is_ok(),
-        "the connection holding answers it never took stayed open"
-    );
+    let cases = [
+        ("/healthz", None, StatusCode::OK),
+        ("/openapi.json", None, StatusCode::OK),
+        (
+            "/v1/tenants/acme/approvals/x",
+            None,
+            StatusCode::UNAUTHORIZED,
+        ),
+        // A made-up token is a caller of its own, a new one for each: its places bound nothing.
+        (
+            "/v1/tenants/acme/approvals/x",
+            Some("made-up"),
+            StatusCode::UNAUTHORIZED,
+        ),
+    ];
+    // Each on a connection of its own: each alone must close it.
+    let closed = cases.map(|(path, token, status)| {
+        let app = &app;
+        async move {
+            let (sender, connection) = http2_connection_granting_no_window(app).await;
+            let mut request = Request::get(app.url(path));
+            if let Some(token) = token {
+                request = request.header("authorization", format!("Bearer {token}"));
+            }
+            let unread = sender
+                .clone()
+                .send_request(request.body(Empty::new()).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(unread.status(), status, "{path}");
+            let closed = tokio::time::timeout(Duration::from_secs(15), connection).await;
+            assert!(
+                closed.is_ok(),
+                "{path} ({token:?}): the connection stayed open"
+            );
+            drop(unread);
+        }
+    });
+    futures::future::join_all(closed).await;
 }
 
 /// The tenant's live events as its reviewer, on `sender`'s connection: the answer's head.
