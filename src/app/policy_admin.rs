@@ -434,12 +434,14 @@ impl Approvals {
     }
 
     async fn record_policy_event(&self, entry: AuditEntry) -> Result<(), AppError> {
-        self.engine
-            .record(entry.clone())
-            .await
-            .map_err(|e| self.engine_failed(e))?;
-        self.decision_log.offer(&entry);
-        Ok(())
+        let (engine, decision_log) = (self.engine.clone(), self.decision_log.clone());
+        super::to_the_end(async move {
+            engine.record(entry.clone()).await?;
+            decision_log.offer(&entry);
+            Ok(())
+        })
+        .await
+        .map_err(|e| self.engine_failed(e))
     }
 }
 

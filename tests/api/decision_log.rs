@@ -561,11 +561,14 @@ async fn a_write_the_request_deadline_cut_short_still_reaches_the_decision_log()
     let Sink { url, mut lines, .. } = Sink::start(0).await;
     let app = TestApp::spawn_with(|s| {
         shipping_to(url)(s);
-        s.server.request_timeout = std::time::Duration::from_secs(2);
-        // Past Redis' pause below: the park itself does not time out.
-        s.redis.call_timeout = std::time::Duration::from_secs(10);
+        s.server.request_timeout = std::time::Duration::from_secs(4);
+        // Past Redis' pause below (the park does not time out), below the request's deadline.
+        s.redis.call_timeout = std::time::Duration::from_millis(3900);
     })
     .await;
+    // A first submit: the policy and the connections warm, the one below spends its time on
+    // its body and on Redis only.
+    app.park("warm-up").await;
     let body = json!({"request_id": "cut-short", "action": sensitive_read()}).to_string();
     let (head, tail) = body.split_at(body.len() / 2);
     let address = app.base.trim_start_matches("http://").to_owned();
@@ -578,14 +581,14 @@ async fn a_write_the_request_deadline_cut_short_still_reaches_the_decision_log()
         body.len()
     );
     client.write_all(request.as_bytes()).await.unwrap();
-    // A slow client: most of the request's 2 s go on its body.
-    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
-    // Redis holds every command for 1.5 s: the park, sent once the body is in, lands after
-    // the request's deadline.
+    // A slow client: half of the request's 4 s go on its body.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    // Redis holds every command for 3 s: the park, sent once the body is in (at about 2 s),
+    // lands at about 5 s, after the request's deadline (4 s), within its own (5.9 s).
     let mut conn = app.redis().connection().await;
     let () = redis::cmd("CLIENT")
         .arg("PAUSE")
-        .arg(1500)
+        .arg(3000)
         .arg("ALL")
         .query_async(&mut conn)
         .await
