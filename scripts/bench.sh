@@ -231,7 +231,7 @@ write_config() { # file http_port redis_port
 [server]
 listen = "127.0.0.1:$2"
 # Room for the fan-out scenario's long-polls (one token's long-polls and requests at most
-# half of it, as start-up requires).
+# half of it, or start-up warns).
 max_connections = 25000
 
 [redis]

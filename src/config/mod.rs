@@ -698,6 +698,20 @@ impl Settings {
                 humantime::format_duration(self.temporal.sticky_queue_timeout),
             ));
         }
+        // Over HTTP/1.1 each long-poll and each request (a body trickling in, say) holds a
+        // connection: one token, or two, could hold every connection. Warned, not refused:
+        // configurations that passed the older rule (long-polls below the cap) still start.
+        let per_caller =
+            self.limits.max_long_polls_per_caller + self.limits.max_requests_per_caller;
+        if per_caller > self.server.max_connections / 2 {
+            cautions.push(format!(
+                "limits.max_long_polls_per_caller + limits.max_requests_per_caller \
+                 ({per_caller}) is more than half of server.max_connections ({}): over \
+                 HTTP/1.1 one or two tokens can hold every connection; lower the limits or \
+                 raise server.max_connections",
+                self.server.max_connections
+            ));
+        }
         cautions
     }
 
@@ -906,18 +920,12 @@ impl Settings {
                 "redis.call_timeout: must be shorter than server.request_timeout".into(),
             ));
         }
-        // Over HTTP/1.1 each long-poll and each request (a body trickling in, say) holds a
-        // connection: one token must not be able to take most of them. Below the connection
-        // cap was not enough: one token, or two, could still hold every connection.
-        let per_caller =
-            self.limits.max_long_polls_per_caller + self.limits.max_requests_per_caller;
-        if per_caller > self.server.max_connections / 2 {
-            return Err(ConfigError::Invalid(format!(
-                "limits.max_long_polls_per_caller + limits.max_requests_per_caller ({per_caller}): \
-                 at most half of server.max_connections ({}), so that no one token can hold \
-                 most of the connections",
-                self.server.max_connections
-            )));
+        // Long-polls hold a connection each: one token must not be able to take them all
+        // (`cautions` warns from half of them on).
+        if self.limits.max_long_polls_per_caller >= self.server.max_connections {
+            return Err(ConfigError::Invalid(
+                "limits.max_long_polls_per_caller: must be below server.max_connections".into(),
+            ));
         }
         // The contract clamps `wait_seconds` to 60: clients size their read timeouts by it,
         // and a long-poll has no request deadline of its own.

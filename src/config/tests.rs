@@ -510,15 +510,23 @@ fn deadlines_and_limits_that_contradict_each_other_are_refused() {
     )
     .unwrap_err();
     assert!(e.to_string().contains("temporal.call_timeout"), "{e}");
-    // One token's long-polls (2,000) and requests (256) at once: at most half the connections.
-    let e = load("", &[("APPROVALS_SERVER__MAX_CONNECTIONS", "4511")]).unwrap_err();
+    let e = load("", &[("APPROVALS_SERVER__MAX_CONNECTIONS", "2000")]).unwrap_err();
     assert!(
-        e.to_string().contains(
-            "limits.max_long_polls_per_caller + limits.max_requests_per_caller (2256): at most half"
-        ),
+        e.to_string()
+            .contains("limits.max_long_polls_per_caller: must be below"),
         "{e}"
     );
-    assert!(load("", &[("APPROVALS_SERVER__MAX_CONNECTIONS", "4512")]).is_ok());
+    // One token's long-polls (2,000) and requests (256) at once: past half the connections,
+    // a caution at start-up (a refusal would stop configurations that started before).
+    let crowded = load("", &[("APPROVALS_SERVER__MAX_CONNECTIONS", "4511")]).expect("starts");
+    let cautions = crowded.cautions();
+    assert_eq!(cautions.len(), 1, "{cautions:?}");
+    assert!(
+        cautions[0].contains("(2256) is more than half of server.max_connections (4511)"),
+        "{cautions:?}"
+    );
+    let roomy = load("", &[("APPROVALS_SERVER__MAX_CONNECTIONS", "4512")]).expect("starts");
+    assert_eq!(roomy.cautions(), Vec::<String>::new());
     let e = load("", &[("APPROVALS_NOTIFICATIONS__SEND_CONCURRENCY", "12")]).unwrap_err();
     assert!(
         e.to_string()
