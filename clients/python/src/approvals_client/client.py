@@ -271,13 +271,14 @@ class ApprovalsClient:
         Long-polls again after each answer that is still pending, so a wait may last longer
         than the server's 60 s cap; `timeout` (seconds, None: until the approval's own
         expiry) is the caller's deadline, past which `WaitTimeout` is raised. The deadline
-        bounds retries too: a poll failing near it raises its error rather than retrying past.
+        bounds retries too: a poll failing near it is not retried past it.
 
         Once a poll has read the approval, an outage of any length is waited out: what the
         retries retry (a `408`, `502`, `503`, `504`, a `429 too_many_requests` or a proxy's
         `429`, an unreachable service) counts as "still pending", and the wait polls again
-        with capped backoff, until the deadline (or, with none, the approval's `expires_at`
-        plus a minute), where the last error is raised; the first failed poll of an outage is
+        with capped backoff, until the deadline (then `WaitTimeout`, the last error its
+        `__cause__`) or, with none, the approval's `expires_at` plus a minute, where the last
+        error is raised; the first failed poll of an outage is
         logged at WARNING, the others at INFO. Before that the retry policy applies, so a
         wrong URL fails soon; pass the `approval` already read (`submit(...).approval`, as
         `submit_and_wait` does) to wait out an outage from the first poll. Anything else is
