@@ -627,3 +627,48 @@ impl ApprovalBackend for RedisBackend {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use approvals_core::conformance::{fresh_tenant, pending};
+    use approvals_core::{Approval, AuditEntry, Lifetimes, Status, Timestamp};
+    use approvals_testkit::RedisServer;
+
+    use crate::{keys, RedisBackend, RedisSettings};
+
+    /// A settled record whose retention is ending, written by an instance whose clock is an
+    /// hour behind Redis', still lives a second: its key's expiry instant is floored on Redis'
+    /// clock. On the instance's alone, Redis dropped the key at once while its index entry
+    /// stayed (listed, but not there).
+    #[tokio::test]
+    async fn a_settled_record_lives_a_second_on_redis_clock_whatever_the_instances() {
+        let server = RedisServer::start().await;
+        let backend = RedisBackend::connect(RedisSettings::new(server.url()), Lifetimes::default())
+            .expect("backend");
+        let tenant = fresh_tenant("skewed");
+        let day = Duration::from_secs(86_400);
+        let behind = Timestamp::now().minus(Duration::from_secs(3600));
+        let decided = Approval {
+            status: Status::Accepted,
+            decided_at: Some(behind.minus(day)),
+            decided_by: Some("alice".into()),
+            ..pending(&tenant, "req-1", Duration::from_secs(60))
+        };
+        let audit = AuditEntry::migrated(&decided, behind);
+        let written = backend
+            .park_record(&decided, &audit, None, behind)
+            .await
+            .expect("park");
+        assert_eq!(written, None, "written");
+        let key = keys::record(&tenant, &decided.id);
+        let mut conn = server.connection().await;
+        let left_ms: i64 = redis::cmd("PTTL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .expect("pttl");
+        assert!((1..=1_000).contains(&left_ms), "{left_ms} ms left");
+    }
+}

@@ -36,7 +36,16 @@ local refused = wrong_type({KEYS[2], 'zset', pending and KEYS[3] or KEYS[4], 'zs
 if refused then return refused end
 -- First: the one write left that can fail (a stream someone replaced with another type).
 redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[12], '*', 'e', ARGV[11])
-redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2])
+local key_expires = ARGV[2]
+if not pending then
+  -- A settled record's retention end may be near (an import keeps its age): at least a second
+  -- ahead of Redis' own clock, or a clock ahead of the instance's would drop the key at once
+  -- while its index entry stays.
+  local t = redis.call('TIME')
+  local floor = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + 1000
+  if tonumber(key_expires) < floor then key_expires = string.format('%d', floor) end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PXAT', key_expires)
 local listed = redis.call('ZADD', KEYS[2], 0, ARGV[3])
 redis.call('SADD', KEYS[5], ARGV[9])
 if pending then
