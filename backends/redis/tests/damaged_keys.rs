@@ -37,6 +37,25 @@ async fn replace_audit_stream(conn: &mut redis::aio::MultiplexedConnection, tena
         .expect("set");
 }
 
+/// Writes `v1` (an ADR v1 record's JSON) as `req-1` of `tenant`, as the ADR's service would,
+/// and reads it back through `backend`, which adopts it.
+async fn write_v1_and_read(
+    conn: &mut redis::aio::MultiplexedConnection,
+    backend: &RedisBackend,
+    tenant: &TenantId,
+    v1: &str,
+) -> approvals_core::Approval {
+    let _: () = conn
+        .set_ex(record_key(tenant, "req-1"), v1, 3600)
+        .await
+        .expect("set");
+    backend
+        .get(tenant, &id("req-1"))
+        .await
+        .expect("get")
+        .expect("found")
+}
+
 async fn pending_ids(backend: &RedisBackend, tenant: &TenantId) -> Vec<String> {
     let page = backend
         .list(tenant, Status::Pending, None, 100)
@@ -195,15 +214,7 @@ async fn a_decided_record_adopted_over_a_pending_one_never_expires_later() {
         "context": {},
         "submitted_at": "2026-12-01T10:00:00Z",
     });
-    let _: () = conn
-        .set_ex(record_key(&tenant, "req-1"), v1.to_string(), 3600)
-        .await
-        .expect("set");
-    let adopted = backend
-        .get(&tenant, &id("req-1"))
-        .await
-        .expect("get")
-        .expect("found");
+    let adopted = write_v1_and_read(&mut conn, &backend, &tenant, &v1.to_string()).await;
     assert_eq!(adopted.status, Status::Accepted);
 
     // The decided record reaches its retention before the old deadline (a tenant whose TTL
@@ -366,15 +377,7 @@ async fn a_v1_record_adopted_twice_is_counted_once() {
     })
     .to_string();
     for _ in 0..2 {
-        let _: () = conn
-            .set_ex(record_key(&tenant, "req-1"), &v1, 3600)
-            .await
-            .expect("set");
-        let adopted = backend
-            .get(&tenant, &id("req-1"))
-            .await
-            .expect("get")
-            .expect("found");
+        let adopted = write_v1_and_read(&mut conn, &backend, &tenant, &v1).await;
         assert_eq!(adopted.status, Status::Pending);
     }
     let stats = backend
