@@ -316,3 +316,19 @@ async def test_the_async_wait_ends_alike() -> None:
     async with async_client(Script(stale_pending, first=stale_pending)) as client:
         with pytest.raises(WaitTimeout):
             await client.wait("req-1")
+
+
+def test_a_problem_whose_record_cannot_be_read_keeps_its_code() -> None:
+    """A `409 already_decided` carrying a record of a status this client does not know (a
+    later service's) is still `ApiError` `already_decided`, without the record: it was a
+    `ProtocolError`, and the code that says what happened was lost."""
+    record = approval("accepted")
+    record["status"] = "withdrawn"
+    body = {"type": "about:blank", "title": "Already decided", "status": 409, "detail": "decided", "code": "already_decided", "approval": record}
+    answer = httpx.Response(409, json=body, headers={"content-type": "application/problem+json"})
+    http = httpx.Client(transport=httpx.MockTransport(lambda _: answer))
+    client = ApprovalsClient("http://approvals.test", "t", "acme", http=http, retry=QUICK)
+    with pytest.raises(ApiError) as raised:
+        client.accept("req-1")
+    assert raised.value.code == "already_decided" and raised.value.status == 409
+    assert raised.value.approval is None

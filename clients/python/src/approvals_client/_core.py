@@ -246,7 +246,13 @@ def _api_error(response: httpx.Response) -> ApprovalsError:
         try:
             problem = Problem.from_json({"status": response.status_code, **body})
         except (KeyError, TypeError, ValueError):
-            problem = None
+            # Its record unreadable here (a status this client does not know yet): the
+            # problem still says what happened, by its `code`, without the record.
+            try:
+                unrecorded = {k: v for k, v in body.items() if k != "approval"}
+                problem = Problem.from_json({"status": response.status_code, **unrecorded})
+            except (KeyError, TypeError, ValueError):
+                problem = None
         if problem is not None:
             # The status is the answer's: a body's `status` member is only what it says.
             return ApiError(response.status_code, problem.code, problem.title, problem.detail, problem)
