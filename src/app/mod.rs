@@ -221,19 +221,29 @@ impl Approvals {
     }
 }
 
-/// Runs `write` (a store write and what must follow it: the decision log, the counters) to
-/// its end on a task of its own, in the request's span, even if the request that awaits it is
-/// dropped meanwhile (its deadline, `408`, or its client gone). Cut there, a write Redis had
-/// already taken landed, but its event never reached the decision log and was never counted.
-async fn to_the_end<T: Send + 'static>(
-    write: impl std::future::Future<Output = Result<T, BackendError>> + Send + 'static,
-) -> Result<T, BackendError> {
-    use tracing::Instrument as _;
-    match tokio::spawn(write.in_current_span()).await {
-        Ok(result) => result,
-        Err(failed) if failed.is_panic() => std::panic::resume_unwind(failed.into_panic()),
-        // The runtime is shutting down.
-        Err(failed) => Err(BackendError::unavailable("write", failed)),
+impl Approvals {
+    /// Runs `write` (a store write on the engine and what must follow it: the decision log,
+    /// the counters) to its end on a task of its own, in the request's span, even if the
+    /// request that awaits it is dropped meanwhile (its deadline, `408`, or its client gone).
+    /// Cut there, a write Redis had already taken landed, but its event never reached the
+    /// decision log and was never counted.
+    async fn to_the_end<T, Write>(
+        &self,
+        write: impl FnOnce(Arc<dyn ApprovalBackend>, DecisionLog) -> Write,
+    ) -> Result<T, AppError>
+    where
+        T: Send + 'static,
+        Write: std::future::Future<Output = Result<T, BackendError>> + Send + 'static,
+    {
+        use tracing::Instrument as _;
+        let write = write(self.engine.clone(), self.decision_log.clone());
+        let result = match tokio::spawn(write.in_current_span()).await {
+            Ok(result) => result,
+            Err(failed) if failed.is_panic() => std::panic::resume_unwind(failed.into_panic()),
+            // The runtime is shutting down.
+            Err(failed) => Err(BackendError::unavailable("write", failed)),
+        };
+        result.map_err(|e| self.engine_failed(e))
     }
 }
 

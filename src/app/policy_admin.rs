@@ -434,14 +434,12 @@ impl Approvals {
     }
 
     async fn record_policy_event(&self, entry: AuditEntry) -> Result<(), AppError> {
-        let (engine, decision_log) = (self.engine.clone(), self.decision_log.clone());
-        super::to_the_end(async move {
+        self.to_the_end(|engine, decision_log| async move {
             engine.record(entry.clone()).await?;
             decision_log.offer(&entry);
             Ok(())
         })
         .await
-        .map_err(|e| self.engine_failed(e))
     }
 }
 

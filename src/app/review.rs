@@ -184,20 +184,20 @@ impl Approvals {
             }
         }
         let request = DecisionRequest::now(verdict, caller.subject.clone(), reason);
-        let (engine, decision_log) = (self.engine.clone(), self.decision_log.clone());
         let (in_tenant, decided) = (tenant.clone(), id.clone());
-        let outcome = super::to_the_end(async move {
-            let outcome = engine.decide(&in_tenant, &decided, request).await?;
-            if let DecisionOutcome::Decided(approval) = &outcome {
-                crate::metrics::decided(approval);
-                if let Some(event) = approvals_core::AuditEntry::decided(approval) {
-                    decision_log.offer(&event);
+        let outcome = self
+            .to_the_end(|engine, decision_log| async move {
+                let outcome = engine.decide(&in_tenant, &decided, request).await?;
+                if let DecisionOutcome::Decided(approval) = &outcome {
+                    crate::metrics::decided(approval);
+                    if let Some(event) = approvals_core::AuditEntry::decided(approval) {
+                        decision_log.offer(&event);
+                    }
                 }
-            }
-            Ok(outcome)
-        })
-        .await;
-        match outcome.map_err(|e| self.engine_failed(e))? {
+                Ok(outcome)
+            })
+            .await;
+        match outcome? {
             DecisionOutcome::Decided(approval) => self.intact(approval),
             DecisionOutcome::AlreadyDecided(approval) => {
                 Err(AppError::AlreadyDecided(Box::new(approval)))

@@ -140,17 +140,15 @@ impl Approvals {
                 }
             }
             let logged = AuditEntry::answered(&asked, &answer(&verdict), shadow.as_ref());
-            let (engine, decision_log) = (self.engine.clone(), self.decision_log.clone());
             let (tenant, decision) = (asked.tenant.clone(), verdict.decision);
-            super::to_the_end(async move {
+            self.to_the_end(|engine, decision_log| async move {
                 engine.record(logged.clone()).await?;
                 decision_log.offer(&logged);
                 count_shadow(&tenant);
                 crate::metrics::submitted(&tenant, decision);
                 Ok(())
             })
-            .await
-            .map_err(|e| self.engine_failed(e))?;
+            .await?;
             return Ok(Submitted::Answered(verdict));
         }
         // Checked against the figures, not the store: approximate, and free.
@@ -174,25 +172,21 @@ impl Approvals {
             ..asked
         };
         let logged = AuditEntry::parked(&parked, shadow.as_ref());
-        let (engine, decision_log, asked) = (
-            self.engine.clone(),
-            self.decision_log.clone(),
-            parked.clone(),
-        );
-        let outcome = super::to_the_end(async move {
-            let outcome = engine.park(asked, logged.clone()).await?;
-            if let SubmitOutcome::Created(approval) = &outcome {
-                decision_log.offer(&logged);
-                count_shadow(&approval.tenant);
-                crate::metrics::submitted(&approval.tenant, PolicyDecision::RequireApproval);
-            }
-            Ok(outcome)
-        })
-        .await;
-        match outcome {
-            Ok(SubmitOutcome::Created(approval)) => Ok(Submitted::Parked(approval)),
-            Ok(SubmitOutcome::Existing(existing)) => repeated(existing, &parked),
-            Err(error) => Err(self.engine_failed(error)),
+        let asked = parked.clone();
+        let outcome = self
+            .to_the_end(|engine, decision_log| async move {
+                let outcome = engine.park(asked, logged.clone()).await?;
+                if let SubmitOutcome::Created(approval) = &outcome {
+                    decision_log.offer(&logged);
+                    count_shadow(&approval.tenant);
+                    crate::metrics::submitted(&approval.tenant, PolicyDecision::RequireApproval);
+                }
+                Ok(outcome)
+            })
+            .await;
+        match outcome? {
+            SubmitOutcome::Created(approval) => Ok(Submitted::Parked(approval)),
+            SubmitOutcome::Existing(existing) => repeated(existing, &parked),
         }
     }
 }

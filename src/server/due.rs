@@ -13,9 +13,9 @@
 //! other streams; a stalled stream before its end stalls only itself (ADR-0018).
 //!
 //! An answer built whole (a body of known length) that holds no caller's place (`/healthz`,
-//! `/openapi.json`: no token), or only a made-up caller's (a `401`), is due at once. hyper takes such a body in one read
-//! as soon as the stream has window, so one still unread `server.write_timeout` later is held
-//! by a client that grants none: it kept its request in flight for ever, and its connection
+//! `/openapi.json`: no token), or only a made-up caller's (a `401`), is due at once. hyper
+//! takes such a body in one read as soon as the stream has window, so one still unread
+//! `server.write_timeout` later is held by a client that grants none: it kept its request in flight for ever, and its connection
 //! from the idle close and from making way, and enough such connections took every place of
 //! `server.max_connections`. An answer that holds its caller's place is bounded by those
 //! places (a client that reads slowly on one connection, its window spent on an export, is
