@@ -340,6 +340,14 @@ impl Application {
             }
         }
         let _ = reloads.await;
+        // Writes whose request ended first (a `408`) offer their event when they land: the
+        // shipping must still be running then. Each is bounded by the engine's call deadline.
+        if !app_handle.writes_finished(grace).await {
+            tracing::warn!(
+                ?grace,
+                "store writes still running at shutdown; their events are not shipped"
+            );
+        }
         // The engine's chores before the shipping: its sweeper records expiries until it
         // stops, and those offered to a stopped log were dropped (counted `stopped`).
         engine.stop().await;

@@ -71,6 +71,9 @@ pub struct Approvals {
     draining: std::sync::atomic::AtomicBool,
     /// `/readyz`'s engine probe: one in flight, shared by the callers waiting for it.
     readiness: readiness::SharedProbe,
+    /// Store writes running to their end on tasks of their own (`to_the_end`): the drain
+    /// waits for them, or an event one offers after the decision log stopped is dropped.
+    writes: tokio_util::task::TaskTracker,
 }
 
 impl Approvals {
@@ -104,7 +107,17 @@ impl Approvals {
             live_streams: live::LiveStreams::default(),
             draining: std::sync::atomic::AtomicBool::new(false),
             readiness: readiness::SharedProbe::default(),
+            writes: tokio_util::task::TaskTracker::new(),
         }
+    }
+
+    /// Waits, at most `budget`, for the store writes still running after their requests
+    /// ended (a `408` leaves its write running). False if some were still running.
+    pub async fn writes_finished(&self, budget: std::time::Duration) -> bool {
+        self.writes.close();
+        tokio::time::timeout(budget, self.writes.wait())
+            .await
+            .is_ok()
     }
 
     /// The bounds on what a submit may carry (`[limits]`).
@@ -237,7 +250,7 @@ impl Approvals {
     {
         use tracing::Instrument as _;
         let write = write(self.engine.clone(), self.decision_log.clone());
-        let result = match tokio::spawn(write.in_current_span()).await {
+        let result = match self.writes.spawn(write.in_current_span()).await {
             Ok(result) => result,
             Err(failed) if failed.is_panic() => std::panic::resume_unwind(failed.into_panic()),
             // The runtime is shutting down.

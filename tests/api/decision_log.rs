@@ -556,20 +556,43 @@ async fn a_redirecting_sink_has_not_taken_the_batch() {
 /// Redis had the command and parked the approval, and nothing offered its event to the log.
 #[tokio::test]
 async fn a_write_the_request_deadline_cut_short_still_reaches_the_decision_log() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
     let Sink { url, mut lines, .. } = Sink::start(0).await;
-    let app = TestApp::spawn_with(|s| {
+    let app = TestApp::spawn_with(cut_short_by_the_deadline(url)).await;
+    submit_cut_short(&app, "cut-short").await;
+
+    let shipped = tokio::time::timeout(std::time::Duration::from_secs(15), async {
+        loop {
+            let line = lines.recv().await.expect("the sink is up");
+            if line["approval_id"] == "cut-short" {
+                return line;
+            }
+        }
+    })
+    .await
+    .expect("the parked approval's event shipped");
+    assert_eq!(shipped["kind"], "submitted");
+}
+
+/// Settings under which a submit whose client spends half the request deadline on its body
+/// and meets a paused Redis (`submit_cut_short`) is answered `408` while its park goes on.
+fn cut_short_by_the_deadline(url: String) -> impl FnOnce(&mut approvals::config::Settings) {
+    move |s| {
         shipping_to(url)(s);
         s.server.request_timeout = std::time::Duration::from_secs(4);
-        // Past Redis' pause below (the park does not time out), below the request's deadline.
-        s.redis.call_timeout = std::time::Duration::from_millis(3900);
-    })
-    .await;
+        // Past Redis' pause below: the park does not time out.
+        s.redis.call_timeout = std::time::Duration::from_millis(5900);
+    }
+}
+
+/// Submits `request_id` as a slow client to a Redis whose writes are paused for 5 s: answered
+/// `408`, with the park still running; it lands about three seconds later.
+async fn submit_cut_short(app: &TestApp, request_id: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
     // A first submit: the policy and the connections warm, the one below spends its time on
     // its body and on Redis only.
     app.park("warm-up").await;
-    let body = json!({"request_id": "cut-short", "action": sensitive_read()}).to_string();
+    let body = json!({"request_id": request_id, "action": sensitive_read()}).to_string();
     let (head, tail) = body.split_at(body.len() / 2);
     let address = app.base.trim_start_matches("http://").to_owned();
     let mut client = tokio::net::TcpStream::connect(&address).await.unwrap();
@@ -583,13 +606,14 @@ async fn a_write_the_request_deadline_cut_short_still_reaches_the_decision_log()
     client.write_all(request.as_bytes()).await.unwrap();
     // A slow client: half of the request's 4 s go on its body.
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-    // Redis holds every command for 3 s: the park, sent once the body is in (at about 2 s),
-    // lands at about 5 s, after the request's deadline (4 s), within its own (5.9 s).
+    // Redis holds every write for 5 s: the park, sent once the body is in (at about 2 s),
+    // lands at about 7 s, well after the request's deadline (4 s), within its own (5.9 s).
+    // Reads go on: the instance's other work (its figures, its sweeper) is not held up.
     let mut conn = app.redis().connection().await;
     let () = redis::cmd("CLIENT")
         .arg("PAUSE")
-        .arg(3000)
-        .arg("ALL")
+        .arg(5000)
+        .arg("WRITE")
         .query_async(&mut conn)
         .await
         .unwrap();
@@ -597,16 +621,31 @@ async fn a_write_the_request_deadline_cut_short_still_reaches_the_decision_log()
     let mut answer = String::new();
     client.read_to_string(&mut answer).await.unwrap();
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+}
 
-    let shipped = tokio::time::timeout(std::time::Duration::from_secs(15), async {
-        loop {
-            let line = lines.recv().await.expect("the sink is up");
-            if line["approval_id"] == "cut-short" {
-                return line;
-            }
-        }
+/// Shutdown right after such a `408`: the drain has no request left, but the park is still
+/// running, and its event reaches the sink before the process stops. The drain did not wait
+/// for it: the decision log's shipping had stopped when the park landed, and its event was
+/// dropped.
+#[tokio::test]
+async fn shutdown_waits_for_a_write_whose_request_was_cut_short() {
+    let Sink { url, mut lines, .. } = Sink::start(0).await;
+    let mut app = TestApp::spawn_with(|s| {
+        cut_short_by_the_deadline(url)(s);
+        // Its Redis calls wait out the pause at shutdown, and the park would land meanwhile.
+        s.notifications.enabled = false;
     })
-    .await
-    .expect("the parked approval's event shipped");
-    assert_eq!(shipped["kind"], "submitted");
+    .await;
+    submit_cut_short(&app, "cut-short-then-stop").await;
+    app.shut_down().await.expect("stopped");
+
+    // Stopped: whatever was shipped is in the channel already.
+    let mut shipped = Vec::new();
+    while let Ok(line) = lines.try_recv() {
+        shipped.push(line["approval_id"].clone());
+    }
+    assert!(
+        shipped.contains(&json!("cut-short-then-stop")),
+        "shipped before the process stopped: {shipped:?}"
+    );
 }
