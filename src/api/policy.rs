@@ -17,7 +17,8 @@ use crate::auth::Principal;
 /// A bundle to upload: its `.rego` files, tests included.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct UploadBody {
-    /// Relative '/'-separated paths ending in `.rego`, each once; at most 200 files.
+    /// Relative '/'-separated paths ending in `.rego`, each once; at most 200 files. A
+    /// file's text holds no control character but tab, line feed and carriage return.
     pub files: Vec<BundleFile>,
 }
 

@@ -260,8 +260,9 @@ impl Approvals {
         tenant: &TenantId,
         version: &str,
     ) -> Result<StoredBundle, AppError> {
-        let store = self.policy_store(caller, tenant)?;
+        // The identifier first: a malformed one is the caller's mistake whoever calls (400).
         check_version(version)?;
+        let store = self.policy_store(caller, tenant)?;
         store
             .bundle(tenant, version)
             .await
@@ -347,8 +348,9 @@ impl Approvals {
         tenant: &TenantId,
         version: &str,
     ) -> Result<(), AppError> {
-        let store = self.policy_store(caller, tenant)?;
+        // The identifier first: a malformed one is the caller's mistake whoever calls (400).
         check_version(version)?;
+        let store = self.policy_store(caller, tenant)?;
         let exists = store
             .bundle(tenant, version)
             .await
@@ -501,6 +503,11 @@ fn validate(
 /// The upload's paths, as `approvals policy test` checks them too.
 fn check_files(files: &[BundleFile]) -> Result<(), AppError> {
     crate::policy::check_upload_paths(files.iter().map(|f| f.path.as_str()))
+        .and_then(|()| {
+            files
+                .iter()
+                .try_for_each(|f| crate::policy::check_text(&f.path, &f.text))
+        })
         .map_err(AppError::InvalidContent)
 }
 

@@ -65,10 +65,12 @@ pub fn collect_rego_files(dir: &Path) -> Result<Vec<PolicyFile>, PolicyError> {
                 subfolders.push((path, components));
             } else if meta.is_file() && is_rego {
                 let text = std::fs::read_to_string(&path).map_err(read_err(&path))?;
-                files.push(PolicyFile {
-                    relative: components.join("/"),
-                    text,
-                });
+                let relative = components.join("/");
+                check_text(&relative, &text).map_err(|message| PolicyError::Compile {
+                    path: path.display().to_string(),
+                    message,
+                })?;
+                files.push(PolicyFile { relative, text });
             }
         }
         pending.extend(subfolders.into_iter().rev());
@@ -112,6 +114,27 @@ pub fn check_upload_paths<'a>(paths: impl ExactSizeIterator<Item = &'a str>) -> 
         }
     }
     Ok(())
+}
+
+/// What a file's text must not hold: control characters other than tab, line feed and
+/// carriage return. regorus reads a NUL as the end of the file, silently dropping the rules
+/// after it, and the version's NUL separators would no longer tell one file set from another
+/// (`a.rego` holding `P\0b.rego\0D` hashed as `a.rego: P` and `b.rego: D`).
+pub fn check_text(path: &str, text: &str) -> Result<(), String> {
+    let control = |c: char| c.is_control() && (c as u32) < 0x20 && !matches!(c, '\t' | '\n' | '\r');
+    match text
+        .lines()
+        .enumerate()
+        .find_map(|(n, line)| Some((n, line.chars().find(|&c| control(c))?)))
+    {
+        None => Ok(()),
+        Some((n, c)) => Err(format!(
+            "files: {path:?} line {}: holds the control character U+{:04X}; a policy's text may \
+             hold tab, line feed and carriage return only",
+            n + 1,
+            c as u32
+        )),
+    }
 }
 
 /// The NUL separators keep (path, content) boundaries unambiguous, so moving text from one

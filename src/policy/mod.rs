@@ -12,7 +12,8 @@ pub mod testing;
 mod verdict;
 
 pub use bundle::{
-    bundle_version, check_upload_paths, collect_rego_files, PolicyFile, MAX_BUNDLE_FILES,
+    bundle_version, check_text, check_upload_paths, collect_rego_files, PolicyFile,
+    MAX_BUNDLE_FILES,
 };
 
 use std::num::NonZeroU32;
@@ -319,6 +320,9 @@ impl PolicyGate {
                 .sandbox
                 .evaluate(self, &isolation.files, &input)
                 .unwrap_or_else(|why| {
+                    // It may quote a whole compiler report: the reason is copied into the
+                    // record, its events and every webhook, so one line of bounded length.
+                    let why = one_line(&why);
                     metrics::counter!("approvals_policy_sandbox_failures_total").increment(1);
                     tracing::warn!(origin = %self.origin, version = %self.version, %why,
                         "policy sandbox failed; the evaluation fails closed");

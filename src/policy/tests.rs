@@ -584,3 +584,20 @@ fn the_vm_agrees_with_the_interpreter_on_the_default_bundle() {
     }
     assert!(checked > 60);
 }
+
+/// A NUL ends a file for regorus: the rules after it would be dropped without a word, and
+/// the text with the NUL would share its version with another file set. Refused at load.
+#[test]
+fn a_policy_holding_a_control_character_is_refused_at_load() {
+    let hidden = format!("{ALLOW_ALL}\0deny_all.rego\0package approvals.deny\n");
+    let dir = bundle(&[("approvals.rego", &hidden)]);
+    let Err(PolicyError::Compile { message, .. }) = PolicyGate::load(dir.path()) else {
+        panic!("loaded a policy holding a NUL");
+    };
+    assert!(
+        message.contains("line 4") && message.contains("U+0000"),
+        "{message}"
+    );
+    // Tabs and Windows line ends are text.
+    assert!(check_text("a.rego", "package approvals\r\n\tx := 1\r\n").is_ok());
+}

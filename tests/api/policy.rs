@@ -192,6 +192,17 @@ async fn a_bundle_is_validated_before_it_is_stored() {
     let bad_path = json!({"files": [{"path": "../evil.rego", "text": "package approvals\n"}]});
     let response = post_bundle(&app, &app.tokens.admin, bad_path).await;
     assert_problem(response, StatusCode::BAD_REQUEST, "invalid_body").await;
+    // A NUL ends a file for regorus: a deny rule after it would be stored and never applied
+    // (and the text would share its version with the two files it spells out).
+    let mut nul = reads_allowed();
+    let text = nul["files"][0]["text"].as_str().unwrap().to_owned();
+    nul["files"][0]["text"] = json!(format!("{text}\u{0}deny.rego\u{0}package approvals\n"));
+    let response = post_bundle(&app, &app.tokens.admin, nul).await;
+    let problem = assert_problem(response, StatusCode::BAD_REQUEST, "invalid_body").await;
+    assert!(
+        problem["detail"].as_str().unwrap().contains("U+0000"),
+        "{problem}"
+    );
     // Only admins manage policy; a reviewer learns nothing.
     let response = post_bundle(&app, &app.tokens.reviewer, reads_allowed()).await;
     assert_problem(response, StatusCode::FORBIDDEN, "forbidden").await;
@@ -204,6 +215,15 @@ async fn a_bundle_is_validated_before_it_is_stored() {
     )
     .await;
     assert_problem(response, StatusCode::FORBIDDEN, "forbidden").await;
+    // A malformed version is the caller's mistake before it is a matter of rights (the
+    // contract's order: identifiers, then authorization).
+    for (method, rest, body) in [
+        (Method::GET, "/bundles/sha256:XYZ", None),
+        (Method::PUT, "/active", Some(json!({"version": "latest"}))),
+    ] {
+        let response = call(&app, method, rest, &app.tokens.agent, body).await;
+        assert_problem(response, StatusCode::BAD_REQUEST, "invalid_identifier").await;
+    }
 
     // Nothing refused was stored.
     let overview = app
