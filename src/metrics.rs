@@ -131,6 +131,8 @@ const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// Temporal worker): what is counted before it is installed is lost.
 pub fn install_recorder() {
     let _ = prometheus();
+    // The worker ships its expiries to the decision log too.
+    decision_log_drops_at_zero();
 }
 
 /// The recorder's counters and histograms in Prometheus text (the worker's `/metrics`).
@@ -637,10 +639,15 @@ pub fn backend_error(error: &BackendError, source: ErrorSource) {
 
 /// Registers the counters of rare failures at 0, so that the first one is an increase the
 /// alerts on them see (a series born at 1 has no earlier sample) and their queries answer.
-fn rare_failures_at_zero() {
+/// A failed batch is counted all at once: a series born at its size has no `increase()`.
+fn decision_log_drops_at_zero() {
     for reason in ["queue_full", "stopped", "undeliverable"] {
         metrics::counter!("approvals_decision_log_dropped_total", "reason" => reason).increment(0);
     }
+}
+
+fn rare_failures_at_zero() {
+    decision_log_drops_at_zero();
     for outcome in ["loaded", "failed"] {
         metrics::counter!("approvals_policy_reloads_total", "outcome" => outcome).increment(0);
     }

@@ -1284,6 +1284,18 @@ async fn on_temporal_the_alert_inputs_answer_and_each_expiry_is_counted_once() {
         Duration::from_secs(30),
     )
     .await;
+    // The worker ships its expiries to the decision log: a batch it drops is counted at once,
+    // and only a series that was there at 0 before shows it to `increase()`.
+    let scraped = reqwest::get(format!("http://{worker_target}/metrics"))
+        .await
+        .expect("the worker's /metrics")
+        .text()
+        .await
+        .expect("its text");
+    for reason in ["queue_full", "stopped", "undeliverable"] {
+        let series = format!("approvals_decision_log_dropped_total{{reason=\"{reason}\"}} 0");
+        assert!(scraped.contains(&series), "{series} in\n{scraped}");
+    }
 
     let mut settings = service_settings(&tenants, tokens);
     settings.backend = BackendChoice::Temporal;
