@@ -82,7 +82,7 @@ impl UiState {
         &self,
         jar: &axum_extra::extract::cookie::SignedCookieJar,
     ) -> Option<session::Session> {
-        let session = session::current(&self.api.auth, jar)?;
+        let session = session::current(&self.api.auth, jar, self.session_ttl)?;
         (!self.sign_outs.signed_out(&session).await).then_some(session)
     }
 
@@ -161,6 +161,12 @@ async fn per_session(
         Some(_) => session::token_digest(&jar),
         None => None,
     };
+    // Ending a session is never refused for want of places: whoever keeps the token's places
+    // busy with a copy of the cookie would otherwise keep the session alive. Each ends the
+    // session it comes with, so a flood of them holds no place for long.
+    let ends_session = request.method() == axum::http::Method::POST
+        && matches!(request.uri().path(), "/ui/logout" | "/ui/login");
+    let caller = caller.filter(|_| !ends_session);
     // Handed to the handler: each look-up is a Redis read (whether it was signed out).
     request.extensions_mut().insert(Checked(found));
     let slot = match caller

@@ -106,6 +106,9 @@ pub fn authenticate(
     Ok((principal, tenant))
 }
 
+/// How far ahead of ours another instance's clock may be.
+const CLOCK_MARGIN: Duration = Duration::from_secs(60);
+
 /// `jar` with a new session cookie for `token`'s digest in `tenant`.
 pub fn start(
     jar: SignedCookieJar,
@@ -145,11 +148,17 @@ pub fn end(jar: SignedCookieJar) -> SignedCookieJar {
     jar.remove(Cookie::build(COOKIE).path("/ui"))
 }
 
-/// The session `jar` holds, if it is signed by us, unexpired, and its token is still
-/// configured with access to the inbox of its tenant.
-pub fn current(auth: &Authenticator, jar: &SignedCookieJar) -> Option<Session> {
+/// The session `jar` holds, if it is signed by us, unexpired, ends within `ttl` (the
+/// configured `ui.session_ttl`), and its token is still configured with access to the inbox
+/// of its tenant.
+pub fn current(auth: &Authenticator, jar: &SignedCookieJar, ttl: Duration) -> Option<Session> {
     let claims = claims(jar)?;
-    if claims.expires <= Timestamp::now().as_millis() {
+    let now = Timestamp::now();
+    // A session ending past `ttl` from now was started under a longer one: lowering
+    // `ui.session_ttl` (an incident) ends it, rather than leaving it for the old length. The
+    // margin is for another instance's clock, ahead of ours, that started it.
+    let longest = now.plus(ttl + CLOCK_MARGIN).as_millis();
+    if claims.expires <= now.as_millis() || claims.expires > longest {
         return None;
     }
     let digest: [u8; 32] = hex::decode(&claims.digest).ok()?.try_into().ok()?;
@@ -265,11 +274,25 @@ mod tests {
             Duration::from_secs(60),
             false,
         );
-        let session = current(&auth, &jar).expect("signed in");
+        let session = current(&auth, &jar, Duration::from_secs(60)).expect("signed in");
         assert_eq!(session.principal.subject, "alice");
         assert_eq!(session.tenant, tenant);
         assert_eq!(session.csrf.len(), 48);
-        assert!(current(&Authenticator::new(&[]), &jar).is_none());
+        assert!(current(&Authenticator::new(&[]), &jar, Duration::from_secs(60)).is_none());
+    }
+
+    /// A session started under a longer `ui.session_ttl` ends when it is lowered (it ran on
+    /// for its old length: lowering the TTL in an incident shortened no session).
+    #[test]
+    fn a_session_longer_than_the_configured_ttl_has_ended() {
+        let (token, entry) = mint("acme", Role::Reviewer, "alice");
+        let auth = Authenticator::new(std::slice::from_ref(&entry));
+        let key = signing_key(Some("a secret of at least thirty-two bytes!!"));
+        let tenant = TenantId::parse("acme").unwrap();
+        let hours = |n: u64| Duration::from_secs(n * 3600);
+        let jar = start(SignedCookieJar::new(key), &token, &tenant, hours(8), false);
+        assert!(current(&auth, &jar, hours(8)).is_some());
+        assert!(current(&auth, &jar, hours(1)).is_none());
     }
 
     #[test]

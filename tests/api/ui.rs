@@ -966,11 +966,21 @@ async fn a_session_shares_its_tokens_limit_of_requests_in_flight() {
     assert!(page.contains("<html"), "{page}");
     assert!(page.contains("retry when one is answered"), "{page}");
     assert!(bob.page("/ui/approvals").await.contains("<html"));
+    // Signing in again over the session, or out of it, is never refused: whoever keeps the
+    // token's places busy with a copy of the cookie would keep the session alive (both were
+    // answered 429).
+    let again = alice.sign_in(&app.tokens.reviewer).await;
+    assert_eq!(again.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&again), "/ui/approvals");
+    let out = alice.post("/ui/logout", &[]).await;
+    assert_eq!(out.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&out), "/ui/login");
 
     drop(bodies);
     for request in requests {
         assert_eq!(request.await.unwrap().status(), StatusCode::BAD_REQUEST);
     }
+    let alice = Browser::signed_in(&app, &app.tokens.reviewer).await;
     assert!(alice.page("/ui/approvals").await.contains("<html"));
 }
 
