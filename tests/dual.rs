@@ -461,6 +461,34 @@ async fn a_decision_the_secondary_missed_is_replayed_on_it() {
     assert_both_hold(&app, "r-1", &accepted).await;
 }
 
+/// A decision mirrored while the secondary was down is replayed on it once it is back, with
+/// no read to compare the two: the waiting agent is woken by the primary, and often nothing
+/// reads the approval again. It stayed pending on the secondary, and after a switch of
+/// primary it expired there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_the_secondary_missed_is_replayed_once_it_is_back_unread() {
+    let redis = RedisServer::start_durable().await;
+    let mut app = DualApp::spawn_on(redis, EngineKind::Temporal, |settings| {
+        settings.redis.call_timeout = Duration::from_secs(1);
+        // The first retry of the missed decision, then 2 s, 4 s, ...
+        set_secondary_timeout(settings, Duration::from_secs(1));
+    })
+    .await;
+    assert_eq!(app.park("u-1").await.status(), StatusCode::CREATED);
+    app.redis.stop();
+    let accepted = app.decide("u-1", "accept").await;
+    assert_eq!(accepted.status(), StatusCode::OK);
+    let accepted: Value = accepted.json().await.expect("json");
+    app.redis.restart().await;
+
+    app.metrics_until(Duration::from_secs(40), "a repair", |text| {
+        let tenant = format!("tenant=\"{}\"", app.tenant);
+        sum_series(text, "approvals_dual_repairs_total", &[&tenant]) == 1.0
+    })
+    .await;
+    assert_both_hold(&app, "u-1", &accepted).await;
+}
+
 /// An old settled approval the primary (Redis) dropped by its own retention while the
 /// secondary keeps it is no difference: counted as a comparison at once, not as a
 /// disagreement after the secondary's deadline (every read of a day-old decision made the

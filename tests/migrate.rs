@@ -356,6 +356,11 @@ async fn an_unreachable_backend_exits_1_and_unusable_configuration_2() {
         stderr.contains("cannot connect the temporal engine"),
         "{stderr}"
     );
+    // Where it tried, said before the connect failed: the first thing to check.
+    assert!(
+        stderr.contains("migration started") && stderr.contains("http://127.0.0.1:1"),
+        "{stderr}"
+    );
     let output = setup.command("redis", "redis", &[], &[]).output().unwrap();
     assert_eq!(output.status.code(), Some(2));
 
@@ -976,6 +981,31 @@ async fn a_decision_made_between_scan_and_import_reaches_the_copy_at_once() {
         copy, source,
         "the copy carries the decision: reviewer, reason, time"
     );
+}
+
+/// A re-run after the target was down (the runbook's remedy): a copy made earlier is there,
+/// pending, and the source decided meanwhile. The copy pass replays the decision at once; it
+/// waited for the reconcile pass, after the whole copy pass, by when the copy could have
+/// expired on the target for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_that_missed_its_decision_gets_it_in_the_copy_pass_of_a_re_run() {
+    let setup = Setup::new().await;
+    let redis = setup.engine(EngineKind::Redis).await;
+    let temporal = setup.engine(EngineKind::Temporal).await;
+    let tenant = fresh_tenant("rerun");
+    let (_, report) =
+        decided_after_the_copy(&redis, &temporal, &tenant, &["missed".to_owned()], 4).await;
+    assert_eq!(report.decisions_replayed, 0);
+
+    let mut report = Report::new(false);
+    of_tenant(&redis, &temporal, &tenant, 4)
+        .copy(&mut report)
+        .await
+        .unwrap();
+    assert_eq!((report.already_present, report.decisions_replayed), (1, 1));
+    let copy = temporal.get(&tenant, &id("missed")).await.unwrap().unwrap();
+    let source = redis.get(&tenant, &id("missed")).await.unwrap().unwrap();
+    assert_eq!(copy, source, "reviewer, reason and time");
 }
 
 /// After the switch to Temporal (or in a rollback, the other way), the migration's target is

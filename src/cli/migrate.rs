@@ -63,13 +63,6 @@ pub async fn run(args: MigrateArgs) -> ExitCode {
         Ok(tenants) => tenants,
         Err(error) => return config_error(error),
     };
-    let (source, target) = match (
-        engines::connect(args.from, &settings).await,
-        engines::connect(args.to, &settings).await,
-    ) {
-        (Ok(source), Ok(target)) => (source, target),
-        (Err(error), _) | (_, Err(error)) => return connect_failed(&error),
-    };
     let plan = Plan {
         tenants,
         concurrency: usize::from(args.concurrency),
@@ -77,14 +70,22 @@ pub async fn run(args: MigrateArgs) -> ExitCode {
         // Whatever `backend.kind` (a dual soak, or one engine): the engine that answers.
         target_answers: settings.backend.answering() == args.to,
     };
-    let progress = progress_bar();
-    let logger = (progress.is_hidden()).then(|| tokio::spawn(log_progress(progress.clone())));
-    // Which stores it reached: run where the service's file and environment are not (a host
-    // outside the stack), it reaches the defaults on localhost, and says so here.
+    // Which stores it reaches: run where the service's file and environment are not (a host
+    // outside the stack), it reaches the defaults on localhost, and says so here, before a
+    // connect that fails there.
     tracing::info!(from = ?args.from, to = ?args.to, ?plan,
         redis = %without_credentials(&settings.redis.url),
         temporal = %settings.temporal.address, namespace = %settings.temporal.namespace,
         "migration started");
+    let (source, target) = match (
+        engines::connect(args.from, &settings).await,
+        engines::connect(args.to, &settings).await,
+    ) {
+        (Ok(source), Ok(target)) => (source, target),
+        (Err(error), _) | (_, Err(error)) => return connect_failed(&error),
+    };
+    let progress = progress_bar();
+    let logger = (progress.is_hidden()).then(|| tokio::spawn(log_progress(progress.clone())));
     let result = Migration::new(source, target, plan, progress.clone())
         .run()
         .await;

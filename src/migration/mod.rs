@@ -63,6 +63,8 @@ enum Copied {
     /// Imported pending, and decided in the source meanwhile: the decision replayed at once.
     ImportedAndReplayed,
     AlreadyPresent,
+    /// Its copy was there pending, and the source decided: the decision replayed at once.
+    AlreadyPresentAndReplayed,
     WouldImport,
     /// The target would already have dropped it: not written.
     PastRetention,
@@ -132,6 +134,10 @@ impl Migration {
                         report.decisions_replayed += 1;
                     }
                     Copied::AlreadyPresent => report.already_present += 1,
+                    Copied::AlreadyPresentAndReplayed => {
+                        report.already_present += 1;
+                        report.decisions_replayed += 1;
+                    }
                     Copied::WouldImport => report.would_import += 1,
                     // Counted by the reconcile pass, which finds it missing from the target.
                     Copied::PastRetention => {}
@@ -262,6 +268,19 @@ impl Migration {
                 }
             }
             ImportOutcome::Imported => Copied::Imported,
+            // A re-run after an outage of the target (the cut-over runbook's remedy): the
+            // decisions its copies missed are replayed now, not after the whole copy pass,
+            // by when a copy may have expired there for good.
+            ImportOutcome::AlreadyPresent if approval.is_decided() => {
+                let (tenant, id) = (&approval.tenant, &approval.id);
+                let copy = retry("get", || self.target.get(tenant, id)).await?;
+                let missed = copy.is_some_and(|copy| copy.status == Status::Pending);
+                if missed && self.replay_late_decision(tenant, id).await? {
+                    Copied::AlreadyPresentAndReplayed
+                } else {
+                    Copied::AlreadyPresent
+                }
+            }
             ImportOutcome::AlreadyPresent => Copied::AlreadyPresent,
             ImportOutcome::PastRetention => Copied::PastRetention,
         })

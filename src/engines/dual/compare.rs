@@ -203,6 +203,31 @@ async fn repair_missed_decision(secondary: &Arc<Secondary>, ours: &Approval, the
     }
 }
 
+/// Replays `decided` on the secondary once it reads the approval again, at most
+/// [`REPAIR_TRIES`] times, `secondary_timeout` apart and doubling.
+pub(super) async fn repair_when_back(secondary: &Arc<Secondary>, decided: &Approval) {
+    let (tenant, id) = (&decided.tenant, &decided.id);
+    let mut pause = secondary.deadline;
+    for _ in 0..REPAIR_TRIES {
+        tokio::time::sleep(pause).await;
+        pause *= 2;
+        let read = secondary
+            .call("get", |engine| async move { engine.get(tenant, id).await })
+            .await;
+        match read {
+            // Down still.
+            None => continue,
+            Some(Some(theirs)) => return repair_missed_decision(secondary, decided, &theirs).await,
+            // Missing there too (a submit it missed): reported by reads, not repaired.
+            Some(None) => return,
+        }
+    }
+}
+
+/// How often a failed mirror of a decision is tried again: with the default 1 s
+/// `secondary_timeout`, over about a minute.
+const REPAIR_TRIES: u32 = 6;
+
 /// A submit the primary created under an id the secondary already held for another record.
 /// Not a lag of one engine: once the secondary answers, the agent gets that other record (and
 /// its old decision) for its new request.

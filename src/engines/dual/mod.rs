@@ -31,8 +31,9 @@
 //!   complete, before and after the soak.
 //! - **No backfill, one repair**: a difference is reported, not fixed, but for one kind: a
 //!   decision the secondary missed (it reads pending where the primary decided) is replayed on
-//!   it from the primary's record when a read or a losing decision compares the two (counted in
-//!   `approvals_dual_repairs_total{tenant}`). Left pending, a switch of primary would let a
+//!   it from the primary's record when a read or a losing decision compares the two, or, when
+//!   the mirror itself failed, once the secondary answers again within about a minute (counted
+//!   in `approvals_dual_repairs_total{tenant}`). Left pending, a switch of primary would let a
 //!   second reviewer decide it again and leave its waiting agent unwoken.
 //! - **Comparisons come after the fact.** Reads are compared off the request path (spawned, at
 //!   most [`COMPARISONS_IN_FLIGHT`] at once, skipped and counted beyond), and a mismatch is
@@ -157,6 +158,25 @@ impl DualBackend {
             drop(permit);
         });
     }
+
+    /// A decision the secondary did not take when it was mirrored (down, or past its
+    /// deadline): replayed on it once it answers again, tried a few times over about a minute
+    /// (`secondary_timeout` doubling). Left to a later read, it was never repaired when none
+    /// came, and after a switch of primary its copy expired. A longer outage is the migration
+    /// re-run's to mend (the cut-over runbook).
+    fn repair_later(&self, decided: Approval) {
+        let Ok(permit) = self.secondary.comparisons.clone().try_acquire_owned() else {
+            describe_once();
+            metrics::counter!("approvals_dual_comparisons_skipped_total", "op" => "repair")
+                .increment(1);
+            return;
+        };
+        let secondary = self.secondary.clone();
+        tokio::spawn(async move {
+            compare::repair_when_back(&secondary, &decided).await;
+            drop(permit);
+        });
+    }
 }
 
 #[async_trait]
@@ -253,6 +273,9 @@ impl ApprovalBackend for DualBackend {
                         DecisionOutcome::SelfApproval => ("self_approval", None),
                     };
                     compared("decide", tenant, id, Some(decided), record, label);
+                } else {
+                    // Nothing reads it again, maybe: the waiting agent is woken by the primary.
+                    self.repair_later(decided.clone());
                 }
                 return Ok(outcome);
             }
