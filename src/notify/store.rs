@@ -292,6 +292,36 @@ for _, key in ipairs(KEYS) do
 end
 return released";
 
+/// Records a sign-out (KEYS[1] the subject's sorted set of sign-outs by expiry, KEYS[2] its
+/// "every session ending by then" mark; ARGV: the session, its expiry, now, the cap, the
+/// margin, in ms). Drops the expired ones, then past the cap the soonest-ending ones, raising
+/// the mark to the last dropped; both keys live as long as what they hold.
+const SIGN_OUT: &str = r"
+local margin = tonumber(ARGV[5])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', tonumber(ARGV[3]) - margin)
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+local over = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[4])
+if over > 0 then
+  local dropped = redis.call('ZPOPMIN', KEYS[1], over)
+  local mark = tonumber(dropped[#dropped])
+  local was = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if mark > was then
+    redis.call('SET', KEYS[2], string.format('%d', mark), 'PXAT', string.format('%d', mark + margin))
+  end
+end
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+redis.call('PEXPIREAT', KEYS[1], string.format('%d', tonumber(last[2]) + margin))";
+
+/// The keys of `subject`'s sign-outs (see [`SIGN_OUT`]); a digest, for any subject's name.
+pub(crate) fn sign_out_keys(subject: &str) -> (String, String) {
+    use sha2::Digest as _;
+    let named = hex::encode(sha2::Sha256::digest(subject.as_bytes()));
+    (
+        format!("ui:sign_outs:{named}"),
+        format!("ui:sign_outs_before:{named}"),
+    )
+}
+
 /// Moves every dead letter of a tenant back to the queue, due now, with its attempts counted
 /// afresh; atomic, so a delivery given up meanwhile is either moved or stays a dead letter.
 /// A letter whose delivery was sent after all (an instance gave up on it while another, whose
@@ -825,26 +855,60 @@ impl Store {
         Ok(set.is_some())
     }
 
-    /// Records that the inbox session `session` (a digest naming it) was signed out, until
-    /// `keep` from now (when it would have expired anyway).
-    pub async fn sign_out(&self, session: &str, keep: Duration) -> Result<(), StoreError> {
-        let (key, keep) = (format!("ui:signed_out:{session}"), millis(keep).max(1));
+    /// Records that `session` (a digest naming an inbox session) of `subject`, ending at
+    /// `expires_ms`, was signed out. A subject keeps at most `cap` unexpired sign-outs; past
+    /// it, the soonest-ending ones are dropped and every session of the subject ending by
+    /// then counts as signed out (so nothing comes back, and one reviewer signing in and out
+    /// in a loop holds `cap` entries, not one key per sign-out until each would expire).
+    /// Each is kept `margin` past its expiry: instances' clocks differ.
+    pub async fn sign_out(
+        &self,
+        subject: &str,
+        session: &str,
+        expires_ms: i64,
+        cap: usize,
+        margin: Duration,
+    ) -> Result<(), StoreError> {
+        let (listed, before) = sign_out_keys(subject);
+        let (session, margin) = (session.to_owned(), millis(margin));
+        let now = Timestamp::now().as_millis();
         self.call(|mut c| async move {
-            redis::cmd("SET")
-                .arg(key)
-                .arg(1)
-                .arg("PX")
-                .arg(keep)
-                .query_async::<()>(&mut c)
+            redis::Script::new(SIGN_OUT)
+                .key(listed)
+                .key(before)
+                .arg(session)
+                .arg(expires_ms)
+                .arg(now)
+                .arg(cap)
+                .arg(margin)
+                .invoke_async::<()>(&mut c)
                 .await
         })
         .await
     }
 
-    /// Whether the inbox session `session` was signed out.
-    pub async fn signed_out(&self, session: &str) -> Result<bool, StoreError> {
-        let key = format!("ui:signed_out:{session}");
-        self.call(|mut c| async move { c.exists(key).await }).await
+    /// Whether `session` of `subject`, ending at `expires_ms`, was signed out (one round trip).
+    pub async fn signed_out(
+        &self,
+        subject: &str,
+        session: &str,
+        expires_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let (listed, before) = sign_out_keys(subject);
+        // Written by instances of an earlier version (one key per sign-out) during an upgrade.
+        let single = format!("ui:signed_out:{session}");
+        let session = session.to_owned();
+        let (single, score, mark): (bool, Option<f64>, Option<i64>) = self
+            .call(|mut c| async move {
+                redis::pipe()
+                    .exists(single)
+                    .zscore(listed, session)
+                    .get(before)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(single || score.is_some() || mark.is_some_and(|mark| expires_ms <= mark))
     }
 
     /// Deliveries waiting (due now or later, all tenants).

@@ -3,6 +3,12 @@
 //! is refused too. In Redis when it is among the engines (every instance sees it), and always
 //! on the instance that signed it out (so that one refuses the copy while Redis cannot be
 //! asked). A session is named by a digest of its CSRF token, random per sign-in.
+//!
+//! A subject (a reviewer) has at most [`MAX_PER_SUBJECT`] unexpired sign-outs remembered; past
+//! it, its soonest-ending ones are dropped and every session of it ending by then counts as
+//! signed out. So one reviewer signing in and out in a loop holds a bounded list (it held a
+//! Redis key per sign-out, for hours, until Redis' memory ran out), and no copied cookie comes
+//! back; a session of that reviewer ending sooner than the dropped ones is ended with them.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Mutex, PoisonError};
@@ -16,10 +22,10 @@ use crate::notify::store::Store;
 /// Sessions one instance remembers as signed out when there is no Redis; past it, the ones
 /// already expired are forgotten first.
 const MAX_REMEMBERED: usize = 100_000;
-/// Of them, at most this many unexpired ones per subject: past it, that subject's own
-/// soonest-ending one is forgotten. Without it one reviewer signing in and out in a loop filled
-/// the table, and nobody's sign-out was recorded after that; now it only revives copies of
-/// that reviewer's own earlier cookies.
+/// Of them, at most this many unexpired ones per subject, here and in Redis: past it, that
+/// subject's soonest-ending ones are dropped, and its sessions ending by then are refused.
+/// Without it one reviewer signing in and out in a loop filled the table, and nobody's
+/// sign-out was recorded after that.
 const MAX_PER_SUBJECT: usize = 64;
 /// How much longer than its expiry a sign-out is remembered in Redis: the session's expiry is
 /// judged by each instance's own clock, and one running behind would otherwise take a copied
@@ -38,6 +44,9 @@ pub struct SignOuts {
 struct Local {
     by_name: HashMap<String, (Timestamp, String)>,
     by_subject: HashMap<String, BTreeSet<(Timestamp, String)>>,
+    /// Per subject, the latest expiry of the unexpired sign-outs dropped for the bound: its
+    /// sessions ending by then are refused.
+    dropped_until: HashMap<String, Timestamp>,
 }
 
 impl Local {
@@ -70,17 +79,22 @@ impl Local {
             expired.iter().for_each(|name| self.forget(name));
         }
         let own = self.by_subject.get(subject);
-        let stale: Vec<String> = own
+        let stale: Vec<(Timestamp, String)> = own
             .map(|own| {
                 let expired = own.iter().take_while(|(at, _)| *at <= now).count();
                 let over = (own.len() - expired + 1).saturating_sub(MAX_PER_SUBJECT);
-                own.iter()
-                    .take(expired + over)
-                    .map(|(_, name)| name.clone())
-                    .collect()
+                own.iter().take(expired + over).cloned().collect()
             })
             .unwrap_or_default();
-        stale.iter().for_each(|name| self.forget(name));
+        if let Some((latest, _)) = stale.last().filter(|(at, _)| *at > now) {
+            let until = self
+                .dropped_until
+                .entry(subject.to_owned())
+                .or_insert(*latest);
+            *until = (*until).max(*latest);
+        }
+        stale.iter().for_each(|(_, name)| self.forget(name));
+        self.dropped_until.retain(|_, until| *until > now);
         if self.by_name.len() >= MAX_REMEMBERED {
             return false;
         }
@@ -129,8 +143,10 @@ impl SignOuts {
             }
             return here;
         };
+        let subject = &session.principal.subject;
+        let expires = session.expires.as_millis();
         if let Err(error) = store
-            .sign_out(&name, now.elapsed_at(session.expires) + CLOCK_SKEW_MARGIN)
+            .sign_out(subject, &name, expires, MAX_PER_SUBJECT, CLOCK_SKEW_MARGIN)
             .await
         {
             tracing::warn!(%error, subject = %session.principal.subject,
@@ -145,9 +161,14 @@ impl SignOuts {
     /// sign every reviewer out.
     pub async fn signed_out(&self, session: &Session) -> bool {
         let name = name(session);
+        let subject = &session.principal.subject;
         let here = {
             let local = self.local.lock().unwrap_or_else(PoisonError::into_inner);
             local.by_name.contains_key(&name)
+                || local
+                    .dropped_until
+                    .get(subject)
+                    .is_some_and(|until| session.expires <= *until)
         };
         if here {
             return true;
@@ -155,10 +176,14 @@ impl SignOuts {
         let Some(store) = &self.store else {
             return false;
         };
-        store.signed_out(&name).await.unwrap_or_else(|error| {
-            tracing::warn!(%error, "could not check sign-outs; session accepted");
-            false
-        })
+        let expires = session.expires.as_millis();
+        store
+            .signed_out(subject, &name, expires)
+            .await
+            .unwrap_or_else(|error| {
+                tracing::warn!(%error, "could not check sign-outs; session accepted");
+                false
+            })
     }
 }
 
@@ -188,19 +213,62 @@ mod tests {
     #[tokio::test]
     async fn one_reviewer_signing_out_in_a_loop_does_not_crowd_out_the_others() {
         let sign_outs = SignOuts::new(None);
-        for n in 0..=MAX_REMEMBERED {
-            assert!(sign_outs.sign_out(&session("mallory", n)).await);
+        let mallory: Vec<Session> = (0..=MAX_REMEMBERED)
+            .map(|n| session("mallory", n))
+            .collect();
+        for signed_in in &mallory {
+            assert!(sign_outs.sign_out(signed_in).await);
         }
         let bob = session("bob", 0);
         assert!(sign_outs.sign_out(&bob).await);
         assert!(sign_outs.signed_out(&bob).await);
-        // Mallory's latest sign-outs hold; her earliest were forgotten.
-        assert!(
-            sign_outs
-                .signed_out(&session("mallory", MAX_REMEMBERED))
-                .await
-        );
-        assert!(!sign_outs.signed_out(&session("mallory", 0)).await);
+        // Mallory's sign-outs all hold: her latest are listed, her earliest (dropped from the
+        // list) end no later than the last one dropped. (The earliest came back: a copy of
+        // her first cookie was taken again.)
+        assert!(sign_outs.signed_out(&mallory[MAX_REMEMBERED]).await);
+        assert!(sign_outs.signed_out(&mallory[0]).await);
+    }
+
+    /// In Redis too, one reviewer signing in and out in a loop holds a bounded list, not a
+    /// key per sign-out kept for the session's length (a reviewer's token could fill the
+    /// Redis that holds the approvals); none of the sign-outs comes back, and nobody else's
+    /// session is touched.
+    #[tokio::test]
+    async fn a_reviewer_signing_out_in_a_loop_holds_a_bounded_list_in_redis() {
+        let redis = approvals_testkit::RedisServer::start().await;
+        let store = Store::connect(&redis.url(), std::time::Duration::from_secs(2))
+            .await
+            .unwrap();
+        let sign_outs = SignOuts::new(Some(store.clone()));
+        // Another instance: it knows only what Redis holds.
+        let elsewhere = SignOuts::new(Some(store));
+        let loops = 3 * MAX_PER_SUBJECT;
+        for n in 0..loops {
+            let mut signed_in = session("mallory", n);
+            // Each later sign-in ends later.
+            signed_in.expires = signed_in
+                .expires
+                .plus(std::time::Duration::from_millis(n as u64));
+            assert!(sign_outs.sign_out(&signed_in).await);
+        }
+        let mut conn = redis.connection().await;
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("ui:*")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(keys.len() <= 2, "{keys:?}");
+        for n in [0, MAX_PER_SUBJECT, loops - 1] {
+            let mut copy = session("mallory", n);
+            copy.expires = copy
+                .expires
+                .plus(std::time::Duration::from_millis(n as u64));
+            assert!(elsewhere.signed_out(&copy).await, "sign-out {n} holds");
+        }
+        let mut later = session("mallory", loops);
+        later.expires = later.expires.plus(std::time::Duration::from_secs(60));
+        assert!(!elsewhere.signed_out(&later).await, "a later session stays");
+        assert!(!elsewhere.signed_out(&session("bob", 0)).await);
     }
 
     /// Without Redis, a table full of unexpired sign-outs (many reviewers' each) refuses the
@@ -250,7 +318,7 @@ mod tests {
         assert!(sign_outs.signed_out(&ending).await);
         let mut conn = redis.connection().await;
         let left: i64 = redis::cmd("PTTL")
-            .arg(format!("ui:signed_out:{}", name(&ending)))
+            .arg(crate::notify::store::sign_out_keys("alice").0)
             .query_async(&mut conn)
             .await
             .unwrap();
