@@ -983,6 +983,36 @@ async fn a_decision_made_between_scan_and_import_reaches_the_copy_at_once() {
     );
 }
 
+/// The spinner (and the progress log line) counts the records of the pass it names: it
+/// went on counting through all three passes, three times the store's size by the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_progress_counts_each_pass_afresh() {
+    let setup = Setup::new().await;
+    let redis = setup.engine(EngineKind::Redis).await;
+    let temporal = setup.engine(EngineKind::Temporal).await;
+    let tenant = fresh_tenant("progress");
+    for name in ["one", "two"] {
+        redis.submit(pending(&tenant, name, HOUR)).await.unwrap();
+    }
+    let progress = indicatif::ProgressBar::hidden();
+    let plan = Plan {
+        tenants: BTreeSet::from([tenant.clone()]),
+        concurrency: 4,
+        dry_run: false,
+        target_answers: false,
+    };
+    let migration = Migration::new(redis.clone(), temporal.clone(), plan, progress.clone());
+    let mut report = Report::new(false);
+    migration.copy(&mut report).await.unwrap();
+    assert_eq!(
+        (progress.message().as_str(), progress.position()),
+        ("copying", 2)
+    );
+    migration.reconcile(&mut report).await.unwrap();
+    assert!(report.is_reconciled(), "{report}");
+    assert_eq!(progress.position(), 2, "{}", progress.message());
+}
+
 /// A re-run after the target was down (the runbook's remedy): a copy made earlier is there,
 /// pending, and the source decided meanwhile. The copy pass replays the decision at once; it
 /// waited for the reconcile pass, after the whole copy pass, by when the copy could have

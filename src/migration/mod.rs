@@ -117,9 +117,15 @@ impl Migration {
         Ok(report)
     }
 
+    /// Starts counting a pass afresh: the spinner's count is of this pass's records.
+    fn phase(&self, name: &'static str) {
+        self.progress.reset();
+        self.progress.set_message(name);
+    }
+
     /// Imports every source record the plan covers (in a dry run, only looks them up).
     pub async fn copy(&self, report: &mut Report) -> Result<(), BackendError> {
-        self.progress.set_message("copying");
+        self.phase("copying");
         // What cannot be read is reported by the reconcile pass, which sees the final state.
         let failed_before = report.failed.len();
         let pass = self
@@ -153,7 +159,7 @@ impl Migration {
     /// Compares every source record with its copy, replaying late decisions, then looks for
     /// records only the target has; fills the counts and differences of `report`.
     pub async fn reconcile(&self, report: &mut Report) -> Result<(), BackendError> {
-        self.progress.set_message("reconciling");
+        self.phase("reconciling");
         let mut seen: HashSet<u128> = HashSet::new();
         let failed_before = report.failed.len();
         let in_source = self
@@ -162,7 +168,11 @@ impl Migration {
                 "reconcile",
                 |approval| self.check_one(approval),
                 |checked| {
-                    seen.insert(seen_key(&checked.source.tenant, &checked.source.id));
+                    // A scan may return a record twice (Redis' SCAN does, and a pending
+                    // record's shadow key can come after its own): compared and counted once.
+                    if !seen.insert(seen_key(&checked.source.tenant, &checked.source.id)) {
+                        return;
+                    }
                     if let Some(key) = checked.unreadable_copy {
                         report.unreadable.target.insert(key);
                         return;
@@ -197,8 +207,7 @@ impl Migration {
             report.stopped_early = true;
             return Ok(());
         }
-        self.progress
-            .set_message("looking for records only the target has");
+        self.phase("looking for records only the target has");
         let seen = &seen;
         let failed_before = report.failed.len();
         let in_target = self
