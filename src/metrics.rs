@@ -651,7 +651,9 @@ fn rare_failures_at_zero() {
     for outcome in ["loaded", "failed"] {
         metrics::counter!("approvals_policy_reloads_total", "outcome" => outcome).increment(0);
     }
-    metrics::counter!("approvals_policy_sandbox_failures_total").increment(0);
+    for role in ["active", "candidate"] {
+        metrics::counter!("approvals_policy_sandbox_failures_total", "role" => role).increment(0);
+    }
     for role in ["primary", "secondary"] {
         metrics::counter!("approvals_unreadable_records_total", "role" => role).increment(0);
     }

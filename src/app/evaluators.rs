@@ -239,8 +239,15 @@ impl Evaluators {
                         let tenant = job.share.tenant.clone();
                         // Its caller gave up: its verdict would go nowhere.
                         if !job.answer.is_closed() {
-                            let shadow = job.candidate.map(|c| c.evaluate(&job.input));
-                            let verdict = job.policy.evaluate_owned(job.input);
+                            // The active policy first: a candidate whose sandbox child dies
+                            // must not cost the verdict that decides a new child's compile.
+                            let (verdict, shadow) = match job.candidate {
+                                Some(candidate) => {
+                                    let verdict = job.policy.evaluate(&job.input);
+                                    (verdict, Some(candidate.evaluate_candidate(job.input)))
+                                }
+                                None => (job.policy.evaluate_owned(job.input), None),
+                            };
                             // The caller may have given up (its request was cancelled).
                             let _ = job.answer.send((verdict, shadow));
                         }

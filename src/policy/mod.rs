@@ -315,6 +315,17 @@ impl PolicyGate {
 
     /// [`PolicyGate::evaluate`] for an input the caller no longer needs (no copy is made).
     pub fn evaluate_owned(&self, input: serde_json::Value) -> PolicyVerdict {
+        self.evaluate_as(input, "active")
+    }
+
+    /// [`PolicyGate::evaluate_owned`] of a candidate (shadow evaluation): a sandbox failure
+    /// is counted as the candidate's. It decides nothing, so it must not read, to on-call, as
+    /// submits parked for a reviewer.
+    pub fn evaluate_candidate(&self, input: serde_json::Value) -> PolicyVerdict {
+        self.evaluate_as(input, "candidate")
+    }
+
+    fn evaluate_as(&self, input: serde_json::Value, role: &'static str) -> PolicyVerdict {
         if let Some(isolation) = &self.isolation {
             return isolation
                 .sandbox
@@ -323,8 +334,9 @@ impl PolicyGate {
                     // It may quote a whole compiler report: the reason is copied into the
                     // record, its events and every webhook, so one line of bounded length.
                     let why = one_line(&why);
-                    metrics::counter!("approvals_policy_sandbox_failures_total").increment(1);
-                    tracing::warn!(origin = %self.origin, version = %self.version, %why,
+                    metrics::counter!("approvals_policy_sandbox_failures_total", "role" => role)
+                        .increment(1);
+                    tracing::warn!(origin = %self.origin, version = %self.version, role, %why,
                         "policy sandbox failed; the evaluation fails closed");
                     let (decision, reasons) = fail_closed(format!(
                         "policy evaluation stopped ({why}): failing closed to require_approval"

@@ -406,16 +406,7 @@ async fn assert_healthy(app: &TestApp) {
 #[tokio::test]
 async fn a_tenant_policy_that_exhausts_memory_stops_its_sandbox_not_the_service() {
     let app = TestApp::spawn().await;
-    let greedy = json!({"files": [{"path": "approvals.rego", "text": r#"package approvals
-import rego.v1
-
-default decision := {"decision": "allow", "reasons": ["small enough"]}
-
-decision := {"decision": "allow", "reasons": [sprintf("%d numbers", [count(numbers.range(0, input.context.n))])]} if {
-	input.context.n > 0
-}
-"#}]});
-    let version = upload(&app, greedy).await;
+    let version = upload(&app, greedy()).await;
     activate(&app, &version).await;
 
     let submit = |request_id: &'static str, n: u64| {
@@ -464,6 +455,64 @@ decision := {"decision": "allow", "reasons": [sprintf("%d numbers", [count(numbe
         "{problem}"
     );
     assert_healthy(&app).await;
+}
+
+/// A bundle whose builtin allocates what `input.context.n` says: terabytes for a large `n`,
+/// which stops its sandbox child.
+fn greedy() -> Value {
+    json!({"files": [{"path": "approvals.rego", "text": r#"package approvals
+import rego.v1
+
+default decision := {"decision": "allow", "reasons": ["small enough"]}
+
+decision := {"decision": "allow", "reasons": [sprintf("%d numbers", [count(numbers.range(0, input.context.n))])]} if {
+	input.context.n > 0
+}
+"#}]})
+}
+
+/// A candidate whose sandbox child dies decides nothing: the active policy answers, and the
+/// failure is counted as the candidate's, which the alert that tells on-call "submits fail
+/// closed" leaves out (it was counted as any evaluation's, and paged for it).
+#[tokio::test]
+async fn a_candidate_that_stops_its_sandbox_decides_nothing_and_is_counted_as_such() {
+    let app = TestApp::spawn().await;
+    let active = upload(&app, reads_allowed()).await;
+    activate(&app, &active).await;
+    let candidate = upload(&app, greedy()).await;
+    assert_eq!(
+        put_candidate(&app, &candidate).await.status(),
+        StatusCode::OK
+    );
+    let candidate_failures = |text: &str| {
+        text.lines()
+            .find_map(|line| {
+                line.strip_prefix(r#"approvals_policy_sandbox_failures_total{role="candidate"} "#)
+            })
+            .map_or(0.0, |value| value.parse::<f64>().unwrap())
+    };
+    let before = candidate_failures(&app.metrics().await);
+
+    let answered = app
+        .request(
+            Method::POST,
+            &format!("/v1/tenants/{}/approvals", app.tenant),
+            Some(&app.tokens.agent),
+        )
+        .json(&json!({"request_id": "huge",
+            "action": {"type": "document_read", "resource": "notes.txt"},
+            "context": {"n": 300_000_000_000u64}}))
+        .send()
+        .await
+        .expect("submit");
+    assert_eq!(answered.status(), StatusCode::OK);
+    let answered: Value = answered.json().await.unwrap();
+    assert_eq!(answered["decision"], "allow", "{answered}");
+    assert_eq!(answered["policy_version"], active);
+    assert!(
+        candidate_failures(&app.metrics().await) > before,
+        "counted as the candidate's"
+    );
 }
 
 #[tokio::test]
