@@ -197,6 +197,8 @@ fn without_credentials(url: &str) -> String {
         Ok(mut parsed) => {
             let _ = parsed.set_username("");
             let _ = parsed.set_password(None);
+            // A `unix://` URL carries its credentials in the query (`?db=0&pass=…`).
+            parsed.set_query(None);
             parsed.to_string()
         }
         Err(_) => "(not a URL)".to_owned(),
@@ -216,6 +218,10 @@ mod credential_tests {
         assert_eq!(
             without_credentials("rediss://redis:6380/1"),
             "rediss://redis:6380/1"
+        );
+        assert_eq!(
+            without_credentials("unix:///run/redis.sock?db=0&user=a&pass=hunter2"),
+            "unix:///run/redis.sock"
         );
     }
 }

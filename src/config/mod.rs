@@ -637,6 +637,19 @@ impl Settings {
                 path: path.to_owned(),
                 source,
             })?;
+            // Parsed here first: figment's message for a syntax error quotes the line, and a
+            // line may hold a secret (a Redis URL's password with its closing quote missing).
+            if let Err(e) = toml::from_str::<toml::Table>(&text) {
+                let at = e.span().map_or(String::new(), |span| {
+                    let line = text[..span.start.min(text.len())].lines().count().max(1);
+                    format!(" (line {line})")
+                });
+                return Err(ConfigError::Invalid(format!(
+                    "{}{at}: not valid TOML: {}",
+                    path.display(),
+                    e.message()
+                )));
+            }
             figment = figment.merge(Toml::string(&text));
             in_file = Some(Figment::from(Toml::string(&text)));
         }
@@ -1141,13 +1154,40 @@ fn explain(error: &figment::Error, file: Option<&Path>, overrides: &Overrides) -
                 None => String::new(),
             },
         };
+        let kind = without_values(&e.kind);
         messages.push(if key.is_empty() {
-            format!("{}{from}", e.kind)
+            format!("{kind}{from}")
         } else {
-            format!("{key}: {}{from}", e.kind)
+            format!("{key}: {kind}{from}")
         });
     }
     ConfigError::Invalid(messages.join("; "))
+}
+
+/// figment's message without the value it found: the value may be a secret (a Redis URL with
+/// its password under a mistyped variable name, a session secret of digits), and the message
+/// goes to the container's log.
+fn without_values(kind: &figment::error::Kind) -> String {
+    use figment::error::{Actual, Kind};
+    let sort = |actual: &Actual| match actual {
+        Actual::Bool(_) => "a boolean".to_owned(),
+        Actual::Unsigned(_) | Actual::Signed(_) => "an integer".to_owned(),
+        Actual::Float(_) => "a number".to_owned(),
+        Actual::Char(_) | Actual::Str(_) => "a string".to_owned(),
+        Actual::Bytes(_) => "bytes".to_owned(),
+        Actual::Other(_) => "a value".to_owned(),
+        // The others name a shape, never a value.
+        other => other.to_string(),
+    };
+    match kind {
+        Kind::InvalidType(actual, expected) => {
+            format!("invalid type: found {}, expected {expected}", sort(actual))
+        }
+        Kind::InvalidValue(actual, expected) => {
+            format!("invalid value: found {}, expected {expected}", sort(actual))
+        }
+        other => other.to_string(),
+    }
 }
 
 /// `BTreeMap<String, Duration>` with human-readable durations.

@@ -661,3 +661,43 @@ fn tokens_can_be_given_as_one_variable() {
     assert_eq!(s.auth.tokens[0].subject, "bot");
     assert_eq!(s.auth.tokens[0].sha256, digest);
 }
+
+/// A configuration error goes to the container's log: it names the key and what was wrong,
+/// never the value, which may be a secret. figment quoted a TOML line with its syntax error
+/// (a Redis URL whose closing quote is missing) and the value of a mistyped variable.
+#[test]
+fn a_configuration_error_never_quotes_a_value() {
+    let secret = "hunter2-S3CRET";
+    for (toml, env) in [
+        (
+            format!("[redis]\nurl = \"redis://:{secret}@r:6379/0\n"),
+            vec![],
+        ),
+        (
+            String::new(),
+            vec![("APPROVALS_REDIS", format!("redis://:{secret}@r:6379/0"))],
+        ),
+        (
+            "[ui]\nsession_secret = 123456789012345678\n".to_owned(),
+            vec![],
+        ),
+    ] {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let message = load(&toml, &env).expect_err("refused").to_string();
+        assert!(
+            !message.contains(secret) && !message.contains("123456789012345678"),
+            "{message}"
+        );
+        assert!(
+            message.contains("redis") || message.contains("ui") || message.contains("line"),
+            "{message}"
+        );
+    }
+    let message = load("[redis]\nurl = \"unclosed\n", &[])
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        message.contains("line 2") && message.contains("not valid TOML"),
+        "{message}"
+    );
+}
