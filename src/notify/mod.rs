@@ -260,6 +260,15 @@ impl Held {
         self.by_webhook.get(webhook).map_or(0, |queue| queue.len())
     }
 
+    /// Held for `tenant`'s webhooks (a walk of at most `send_concurrency` entries).
+    fn for_tenant(&self, tenant: &str) -> usize {
+        self.by_webhook
+            .iter()
+            .filter(|(webhook, _)| webhook.0 == tenant)
+            .map(|(_, queue)| queue.len())
+            .sum()
+    }
+
     fn push(&mut self, webhook: WebhookKey, delivery: Delivery) {
         self.by_webhook
             .entry(webhook)
@@ -1058,7 +1067,8 @@ impl Notifier {
         let lease = self.settings.request_timeout * 2 + Duration::from_secs(5);
         let mut in_flight = FuturesUnordered::new();
         let mut per_webhook: HashMap<WebhookKey, InFlight> = HashMap::new();
-        // Attempts in flight per tenant (held ones take a slot their tenant already has).
+        // Attempts in flight per tenant (held ones take a slot their tenant already has, and
+        // in flight and held together stay within its share).
         let mut per_tenant: HashMap<String, usize> = HashMap::new();
         let mut held = Held::default();
         let mut pacing = Pacing::default();
@@ -1104,7 +1114,13 @@ impl Notifier {
                             } else if busy.last_ended.elapsed() >= SLOW_RECEIVER {
                                 pacing.silent_for(&webhook, busy.last_ended.elapsed());
                                 later.push(delivery);
-                            } else if held.count(&webhook) < self.settings.per_webhook_concurrency {
+                            } else if held.count(&webhook) < self.settings.per_webhook_concurrency
+                                // What a tenant holds counts against its share of the slots
+                                // too: uncounted, a tenant with several busy webhooks held
+                                // every slot, and other tenants waited behind its backlog.
+                                && tenant_busy + held.for_tenant(&webhook.0)
+                                    < self.settings.per_tenant_concurrency
+                            {
                                 held.push(webhook, delivery);
                             } else {
                                 soon.push(delivery);

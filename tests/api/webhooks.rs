@@ -1466,6 +1466,47 @@ async fn a_tenant_whose_receivers_never_answer_does_not_hold_up_other_tenants() 
     assert_eq!(silent_attempts, 2, "attempts at once to the silent tenant");
 }
 
+/// A tenant whose several webhooks answer slowly, but not so slowly as to count as stalled,
+/// keeps to its share of the sender with what it holds too: another tenant's notification is
+/// not queued behind its backlog. Held deliveries were not counted against the tenant's share,
+/// and its four webhooks held every slot for as long as the backlog lasted.
+#[tokio::test]
+async fn a_tenant_whose_receivers_answer_slowly_keeps_to_its_share_of_the_sender() {
+    let (slow, answered) = slow_receiver(Duration::from_millis(700)).await;
+    let mut other = Receiver::start(0).await;
+    let app = TestApp::spawn_with(|s| {
+        fast(s);
+        s.notifications.request_timeout = Duration::from_secs(5);
+        s.notifications.send_concurrency = 8;
+        s.notifications.per_webhook_concurrency = 2;
+        s.notifications.per_tenant_concurrency = 4;
+    })
+    .await;
+    for _ in 0..4 {
+        add_webhook(&app, json!({"url": slow, "events": ["parked"]})).await;
+    }
+    // A backlog of 4 × 60 deliveries: 42 s of work at 4 at a time.
+    for i in 0..60 {
+        app.park(&format!("backlog-{i}")).await;
+    }
+    add_other_tenants_webhook(
+        &app,
+        crate::support::OTHER_TENANT,
+        json!({"url": other.url, "events": ["parked"]}),
+    )
+    .await;
+    park_in_other_tenant(&app, crate::support::OTHER_TENANT, "elsewhere").await;
+    let got = tokio::time::timeout(Duration::from_secs(5), other.next_of("parked"))
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "the other tenant waited behind the slow one's backlog ({} of 240 answered)",
+                answered.load(Ordering::SeqCst)
+            )
+        });
+    assert_eq!(got.json()["approval_id"], "elsewhere");
+}
+
 /// A receiver that answers, slowly, and has a long backlog holds only its own share of the
 /// sender too: deliveries to another webhook, queued after that backlog, do not wait for it.
 #[tokio::test]
