@@ -829,10 +829,76 @@ impl Settings {
             ),
             // Zero retried a failing webhook eight times at once: dead within a second.
             ("notifications.retry_base", self.notifications.retry_base),
+            (
+                "notifications.poll_interval",
+                self.notifications.poll_interval,
+            ),
         ] {
             if period.is_zero() {
                 return Err(ConfigError::Invalid(format!(
                     "{key}: must be positive (how often a background loop runs)"
+                )));
+            }
+        }
+        // A unit mistyped (`10ms` for `10m`) made a loop a busy one against the Redis every
+        // instance shares: the adoption pass reading every `approval:*` key without pause,
+        // each live stream reading a thousand times a second, every wait answered at once.
+        let ms = Duration::from_millis;
+        for (key, value, floor) in [
+            (
+                "approvals.sweep_interval",
+                self.approvals.sweep_interval,
+                ms(10),
+            ),
+            (
+                "approvals.events_poll_interval",
+                self.approvals.events_poll_interval,
+                ms(10),
+            ),
+            (
+                "policy.reload_interval",
+                self.policy.reload_interval,
+                ms(10),
+            ),
+            (
+                "notifications.send_interval",
+                self.notifications.send_interval,
+                ms(10),
+            ),
+            (
+                "notifications.poll_interval",
+                self.notifications.poll_interval,
+                ms(10),
+            ),
+            (
+                "decision_log.flush_interval",
+                self.decision_log.flush_interval,
+                ms(10),
+            ),
+            (
+                "notifications.retry_base",
+                self.notifications.retry_base,
+                ms(10),
+            ),
+            (
+                "approvals.stats_interval",
+                self.approvals.stats_interval,
+                ms(100),
+            ),
+            (
+                "approvals.adopt_interval",
+                self.approvals.adopt_interval,
+                ms(100),
+            ),
+            (
+                "approvals.long_poll_max",
+                self.approvals.long_poll_max,
+                ms(1000),
+            ),
+        ] {
+            if !value.is_zero() && value < floor {
+                return Err(ConfigError::Invalid(format!(
+                    "{key}: at least {floor:?} (got {value:?}: a unit mistyped?)"
                 )));
             }
         }

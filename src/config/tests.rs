@@ -701,3 +701,26 @@ fn a_configuration_error_never_quotes_a_value() {
         "{message}"
     );
 }
+
+/// A unit mistyped (`10ms` for `10m`) is refused, naming the key and its floor: it made a
+/// background loop a busy one against the shared Redis, or every wait return at once.
+#[test]
+fn a_loop_interval_below_its_floor_is_refused() {
+    for (var, below, floor) in [
+        ("APPROVALS_APPROVALS__ADOPT_INTERVAL", "10ms", "100ms"),
+        ("APPROVALS_APPROVALS__EVENTS_POLL_INTERVAL", "1ms", "10ms"),
+        ("APPROVALS_NOTIFICATIONS__POLL_INTERVAL", "1ns", "10ms"),
+        ("APPROVALS_APPROVALS__LONG_POLL_MAX", "1ms", "1s"),
+    ] {
+        let e = load("", &[(var, below)]).unwrap_err().to_string();
+        let key = var["APPROVALS_".len()..]
+            .to_ascii_lowercase()
+            .replace("__", ".");
+        assert!(
+            e.contains(&format!("{key}: at least {floor}")),
+            "{var}: {e}"
+        );
+        assert!(load("", &[(var, floor)]).is_ok(), "{var} at {floor}");
+    }
+    assert_must_be_positive("APPROVALS_NOTIFICATIONS__POLL_INTERVAL", "0s", "1s");
+}
