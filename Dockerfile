@@ -4,7 +4,10 @@
 # as a non-root user.
 #
 #   docker build -t approvals:0.1.0 .
-#   docker build -t approvals-worker:0.1.0 --build-arg FEATURES=temporal .   # `approvals worker`
+#   docker build -t approvals-worker:0.1.0 --build-arg FEATURES=temporal --target worker .
+#
+# The last stage (`runtime`, the default target) runs `approvals serve`; `worker` runs
+# `approvals worker`, listening and health-checked where the worker serves (worker.listen).
 #
 # docker compose passes FEATURES from APPROVALS_FEATURES (README, "Temporal backend").
 #
@@ -38,9 +41,9 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     install -D -m 0755 target/release/approvals /out/approvals; \
     strip --strip-debug /out/approvals
 
-# ---- runtime -------------------------------------------------------------------------------
+# ---- base: what both runtime images hold -------------------------------------------------
 # Same Debian release as the builder (glibc), pinned by point release.
-FROM debian:12.11-slim AS runtime
+FROM debian:12.11-slim AS base
 
 # curl: for operators in the container (the runbook reads /metrics with it); ca-certificates:
 # for curl and other tools run in the container (the service carries its own roots; its Redis
@@ -57,17 +60,33 @@ COPY --from=build /out/approvals /usr/local/bin/approvals
 COPY policies/ /opt/approvals/policies/
 
 WORKDIR /opt/approvals
+# Environment variables override the config file: a mounted file's policy.dir or log.format
+# (or listen addresses, below) needs the variable set too (the service logs each key so
+# overridden at start).
+ENV APPROVALS_POLICY__DIR=/opt/approvals/policies \
+    APPROVALS_LOG__FORMAT=json
+USER 10001:10001
+ENTRYPOINT ["/usr/local/bin/approvals"]
+
+# ---- worker: `approvals worker` (build with FEATURES=temporal and --target worker) --------
+FROM base AS worker
+# Its /healthz, /readyz and /metrics, on all interfaces inside a container (the default,
+# 127.0.0.1, is unreachable from Prometheus and the orchestrator's probes).
+ENV APPROVALS_WORKER__LISTEN=0.0.0.0:8081
+EXPOSE 8081
+# `--worker`: /readyz on worker.listen. The plain probe asks `serve`'s port, where a worker
+# serves nothing: the image was unhealthy for ever.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["approvals", "healthcheck", "--worker"]
+CMD ["worker"]
+
+# ---- runtime: `approvals serve` (the default target) --------------------------------------
+FROM base AS runtime
 # Inside a container the API must listen on all interfaces (the default is 127.0.0.1).
-# Environment variables override the config file: a mounted file's listen, policy.dir or
-# log.format needs the variable set too (the service logs each key so overridden at start).
 # /metrics names every tenant and what it does: on a port of its own, which Prometheus reaches
 # and the API's clients do not (publish 8080 only).
 ENV APPROVALS_SERVER__LISTEN=0.0.0.0:8080 \
-    APPROVALS_SERVER__METRICS_LISTEN=0.0.0.0:8090 \
-    APPROVALS_POLICY__DIR=/opt/approvals/policies \
-    APPROVALS_LOG__FORMAT=json
-
-USER 10001:10001
+    APPROVALS_SERVER__METRICS_LISTEN=0.0.0.0:8090
 EXPOSE 8080 8090
 
 # Ready means: the HTTP API answers and the backend (Redis) is reachable. `approvals
@@ -76,6 +95,4 @@ EXPOSE 8080 8090
 # config file as APPROVALS_CONFIG rather than `--config` so that the probe reads it too.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
     CMD ["approvals", "healthcheck"]
-
-ENTRYPOINT ["/usr/local/bin/approvals"]
 CMD ["serve"]

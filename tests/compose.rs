@@ -456,12 +456,21 @@ fn every_image_tag_is_pinned_and_built_images_carry_the_package_version() {
         .filter_map(|line| line.trim().strip_prefix("FROM "))
         .collect();
     assert!(stages.len() >= 2, "Dockerfile: a multi-stage build");
+    // A stage built on an earlier one names it, not an image.
+    let mut named = BTreeSet::new();
     for stage in stages {
-        let image = stage
+        let mut words = stage
             .split_whitespace()
-            .find(|word| !word.starts_with("--"))
-            .unwrap();
-        assert_pinned("Dockerfile FROM", image);
+            .filter(|word| !word.starts_with("--"));
+        let image = words.next().unwrap();
+        if !named.contains(image) {
+            assert_pinned("Dockerfile FROM", image);
+        }
+        if let (Some(as_), Some(name)) = (words.next(), words.next()) {
+            if as_.eq_ignore_ascii_case("as") {
+                named.insert(name);
+            }
+        }
     }
 }
 
@@ -815,6 +824,34 @@ fn the_example_config_and_env_load_with_the_stacks_environment() {
     let grafana: BTreeMap<String, String> =
         env_file("deploy/grafana.env.example").into_iter().collect();
     assert!(grafana.contains_key("GF_SECURITY_ADMIN_PASSWORD"));
+}
+
+/// The worker's image (the Dockerfile's `worker` stage, which compose builds) listens where a
+/// probe and Prometheus reach it and is health-checked there: built from the `serve` image,
+/// its probe asked `serve`'s port, where a worker serves nothing (unhealthy for ever), and
+/// `worker.listen` stayed on 127.0.0.1.
+#[test]
+fn the_worker_image_listens_and_is_probed_where_the_worker_serves() {
+    let dockerfile = read("Dockerfile");
+    let worker = dockerfile
+        .split("\nFROM ")
+        .find(|stage| stage.starts_with("base AS worker"))
+        .expect("a worker stage");
+    assert!(
+        worker.contains("APPROVALS_WORKER__LISTEN=0.0.0.0:8081") && worker.contains("EXPOSE 8081"),
+        "{worker}"
+    );
+    assert!(
+        worker.contains(r#"CMD ["approvals", "healthcheck", "--worker"]"#),
+        "{worker}"
+    );
+    assert!(worker.contains(r#"CMD ["worker"]"#), "{worker}");
+    // The default target (the last stage) is the API's.
+    let last = dockerfile.rsplit("\nFROM ").next().unwrap();
+    assert!(last.contains(r#"CMD ["serve"]"#), "{last}");
+    let doc = compose();
+    let build = &service(&doc, "approvals-worker")["build"];
+    assert_eq!(build["target"].as_str(), Some("worker"));
 }
 
 /// `/metrics` names every tenant and what each does: the image serves it on a port of its own,
