@@ -219,6 +219,27 @@ impl Pacing {
         }
     }
 
+    /// An attempt to `webhook` went through, taking `took`: if what was put back for it is
+    /// due past `beyond` (paced while the receiver was down or slow), it is due from `beyond`
+    /// on now, at this attempt's pace; the step between two, if so. Paced behind a receiver
+    /// that hung, a backlog came due one every few seconds long after it was back (an hour
+    /// and more for a few thousand), and newer deliveries behind it.
+    fn recovered(
+        &mut self,
+        webhook: &WebhookKey,
+        took: Duration,
+        concurrency: usize,
+        beyond: Timestamp,
+    ) -> Option<Duration> {
+        let pace = self.by_webhook.get_mut(webhook)?;
+        if pace.last_due <= beyond || pace.not_before > Timestamp::now() {
+            return None;
+        }
+        pace.last_due = beyond;
+        pace.attempt = took;
+        Some((took / concurrency.max(1) as u32).max(Duration::from_millis(1)))
+    }
+
     /// No attempt to `webhook` has ended for `silent`: its attempts take at least that long.
     fn silent_for(&mut self, webhook: &WebhookKey, silent: Duration) {
         let now = Timestamp::now();
@@ -1181,6 +1202,17 @@ impl Notifier {
                         pacing.attempted(&webhook, took, answered, streak, |pauses| {
                             self.settings.retry_after(pauses).min(MAX_WEBHOOK_PAUSE)
                         });
+                        // Past a lease from now nothing is leased: only deferred deliveries
+                        // are pulled forward, never one in flight elsewhere.
+                        let beyond = Timestamp::now().plus(lease);
+                        let concurrency = self.settings.per_webhook_concurrency;
+                        let went_through = !answered.down && answered.asked.is_none();
+                        if let Some(step) = went_through
+                            .then(|| pacing.recovered(&webhook, took, concurrency, beyond))
+                            .flatten()
+                        {
+                            self.pull_forward(&webhook, beyond, step).await;
+                        }
                     }
                     if let Some(until) = pacing.held_back(&webhook) {
                         // What is held for it waits with the rest, in the queue.
@@ -1233,6 +1265,22 @@ impl Notifier {
     }
 
     /// Claimed deliveries not attempted: each due again at its time, no attempt counted.
+    /// The deliveries deferred for `webhook` past `beyond`, due from `beyond` on, `step`
+    /// apart (its receiver is back: see [`Pacing::recovered`]).
+    async fn pull_forward(&self, webhook: &WebhookKey, beyond: Timestamp, step: Duration) {
+        match self
+            .store
+            .pull_forward(&webhook.0, &webhook.1, beyond, step)
+            .await
+        {
+            Ok(0) => {}
+            Ok(moved) => tracing::info!(tenant = %webhook.0, webhook = %webhook.1, moved,
+                "webhook receiver answers again: its deferred deliveries come due sooner"),
+            // They come due as they were.
+            Err(error) => tracing::debug!(%error, "cannot bring deferred deliveries forward"),
+        }
+    }
+
     async fn defer(&self, due: Vec<(String, Timestamp)>) {
         if let Err(error) = self.store.defer(due).await {
             // Their lease runs out and they are claimed again.

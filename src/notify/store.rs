@@ -292,6 +292,26 @@ for _, key in ipairs(KEYS) do
 end
 return released";
 
+/// Brings a webhook's deferred deliveries forward (KEYS[1] its queue, KEYS[2] the due set;
+/// ARGV: from when, the step, how many at most): those due past ARGV[1], in the order they
+/// were queued.
+const PULL_FORWARD: &str = r"
+local at = tonumber(ARGV[1])
+local moved = 0
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[3]) - 1)) do
+  local due = redis.call('ZSCORE', KEYS[2], id)
+  if due and tonumber(due) > at then
+    redis.call('ZADD', KEYS[2], 'XX', string.format('%d', at), id)
+    at = at + tonumber(ARGV[2])
+    moved = moved + 1
+  end
+end
+return moved";
+
+/// The most deliveries [`Store::pull_forward`] moves in one call (one webhook's queue is
+/// bounded by `notifications.max_queued_per_webhook`; what is left comes due as it was).
+const PULLED_AT_ONCE: usize = 10_000;
+
 /// Records a sign-out (KEYS[1] the subject's sorted set of sign-outs by expiry, KEYS[2] its
 /// "every session ending by then" mark; ARGV: the session, its expiry, now, the cap, the
 /// margin, in ms). Drops the expired ones, then past the cap the soonest-ending ones, raising
@@ -726,6 +746,30 @@ impl Store {
                 .arg("XX")
                 .arg(members)
                 .query_async::<()>(&mut c)
+                .await
+        })
+        .await
+    }
+
+    /// The deliveries of one webhook due past `beyond`, oldest queued first, due from
+    /// `beyond` on, `step` apart (at most [`PULLED_AT_ONCE`]); how many moved. Only those
+    /// past `beyond`: a lease never reaches it, so none in flight is made due again.
+    pub async fn pull_forward(
+        &self,
+        tenant: &str,
+        webhook: &str,
+        beyond: Timestamp,
+        step: Duration,
+    ) -> Result<u64, StoreError> {
+        let queued = queued_key(tenant, webhook);
+        self.call(|mut c| async move {
+            redis::Script::new(PULL_FORWARD)
+                .key(queued)
+                .key(DUE_KEY)
+                .arg(beyond.as_millis())
+                .arg(millis(step))
+                .arg(PULLED_AT_ONCE)
+                .invoke_async(&mut c)
                 .await
         })
         .await

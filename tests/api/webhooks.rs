@@ -1622,6 +1622,68 @@ async fn a_hung_receivers_backlog_comes_due_at_the_pace_it_could_be_taken() {
     );
 }
 
+/// A receiver that stopped answering and is back gets its backlog at the pace it now takes
+/// it, not at the pace it was put back at while it hung (one every half timeout here): the
+/// first attempt that goes through brings the deferred deliveries forward. They trickled in
+/// for as long as the hang had spread them (an hour and more for a few thousand).
+#[tokio::test]
+async fn a_receiver_back_from_a_hang_gets_its_backlog_at_its_new_pace() {
+    let hung = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let receiver = {
+        let (hung, answered) = (hung.clone(), answered.clone());
+        axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move || {
+                let (hung, answered) = (hung.clone(), answered.clone());
+                async move {
+                    if hung.load(Ordering::SeqCst) {
+                        std::future::pending::<()>().await;
+                    }
+                    answered.fetch_add(1, Ordering::SeqCst);
+                    AxumStatus::OK
+                }
+            }),
+        )
+    };
+    tokio::spawn(async move { axum::serve(listener, receiver).await });
+    let app = own_tenant("back").spawn_with(fast).await;
+    add_webhook(&app, json!({"url": url, "events": ["parked"]})).await;
+    for i in 0..120 {
+        app.park(&format!("back-{i}")).await;
+    }
+    // Hung long enough for the backlog to be put back at a hung receiver's pace: 4 attempts
+    // per 2 s timeout, a minute for 120.
+    let mut conn = app.redis().connection().await;
+    let ours = format!("{}:", app.tenant);
+    let spread = |due: &[(String, i64)]| {
+        let now = approvals_core::Timestamp::now().as_millis();
+        due.iter()
+            .filter(|(id, at)| id.starts_with(&ours) && *at > now + 30_000)
+            .count()
+    };
+    let started = std::time::Instant::now();
+    while spread(&due(&mut conn).await) < 50 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the backlog was never paced"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    hung.store(false, Ordering::SeqCst);
+    let back = std::time::Instant::now();
+    while answered.load(Ordering::SeqCst) < 120 {
+        assert!(
+            back.elapsed() < Duration::from_secs(25),
+            "{} of 120 delivered 25 s after the receiver was back",
+            answered.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A receiver that fails at once (a load balancer's instant 502) is paused once a wave of
 /// attempts (its concurrency) has failed in a row, the pause doubling with each pause in a
 /// row (up to `retry_max` here), rather than hammered: each delivery backed off alone, so a
