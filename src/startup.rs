@@ -341,10 +341,17 @@ impl Application {
         }
         let _ = reloads.await;
         // Writes whose request ended first (a `408`) offer their event when they land: the
-        // shipping must still be running then. Each is bounded by the engine's call deadline.
-        if !app_handle.writes_finished(grace).await {
+        // shipping must still be running then. Each is bounded by its engine's call deadline,
+        // so that long (and never past the grace again) is enough.
+        let writes = (settings
+            .redis
+            .call_timeout
+            .max(settings.temporal.call_timeout)
+            + Duration::from_secs(1))
+        .min(grace);
+        if !app_handle.writes_finished(writes).await {
             tracing::warn!(
-                ?grace,
+                ?writes,
                 "store writes still running at shutdown; their events are not shipped"
             );
         }

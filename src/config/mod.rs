@@ -641,7 +641,8 @@ impl Settings {
             // line may hold a secret (a Redis URL's password with its closing quote missing).
             if let Err(e) = toml::from_str::<toml::Table>(&text) {
                 let at = e.span().map_or(String::new(), |span| {
-                    let line = text[..span.start.min(text.len())].lines().count().max(1);
+                    let before = text.get(..span.start).unwrap_or(&text);
+                    let line = before.matches('\n').count() + 1;
                     format!(" (line {line})")
                 });
                 return Err(ConfigError::Invalid(format!(

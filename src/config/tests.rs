@@ -700,6 +700,11 @@ fn a_configuration_error_never_quotes_a_value() {
         message.contains("line 2") && message.contains("not valid TOML"),
         "{message}"
     );
+    // An error at a line's start is on that line, not the one before.
+    let message = load("[redis]\nurl = \"a\"\nurl = \"b\"\n", &[])
+        .expect_err("refused")
+        .to_string();
+    assert!(message.contains("line 3"), "{message}");
 }
 
 /// A unit mistyped (`10ms` for `10m`) is refused, naming the key and its floor: it made a

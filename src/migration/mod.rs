@@ -282,8 +282,9 @@ impl Migration {
             // by when a copy may have expired there for good.
             ImportOutcome::AlreadyPresent if approval.is_decided() => {
                 let (tenant, id) = (&approval.tenant, &approval.id);
-                let copy = retry("get", || self.target.get(tenant, id)).await?;
-                let missed = copy.is_some_and(|copy| copy.status == Status::Pending);
+                // An unreadable copy is the reconcile pass's to report, not a failure here.
+                let copy = unreadable(retry("get", || self.target.get(tenant, id)).await)?;
+                let missed = matches!(copy, Ok(Some(copy)) if copy.status == Status::Pending);
                 if missed && self.replay_late_decision(tenant, id).await? {
                     Copied::AlreadyPresentAndReplayed
                 } else {

@@ -121,7 +121,7 @@ pub fn check_upload_paths<'a>(paths: impl ExactSizeIterator<Item = &'a str>) -> 
 /// after it, and the version's NUL separators would no longer tell one file set from another
 /// (`a.rego` holding `P\0b.rego\0D` hashed as `a.rego: P` and `b.rego: D`).
 pub fn check_text(path: &str, text: &str) -> Result<(), String> {
-    let control = |c: char| c.is_control() && (c as u32) < 0x20 && !matches!(c, '\t' | '\n' | '\r');
+    let control = |c: char| c.is_control() && !matches!(c, '\t' | '\n' | '\r');
     match text
         .lines()
         .enumerate()

@@ -162,10 +162,12 @@ async fn per_session(
         None => None,
     };
     // Ending a session is never refused for want of places: whoever keeps the token's places
-    // busy with a copy of the cookie would otherwise keep the session alive. Each ends the
-    // session it comes with, so a flood of them holds no place for long.
+    // busy with a copy of the cookie would otherwise keep the session alive. Each that is not
+    // refused as cross-site ends the session it comes with (a sign-in over a session ends that
+    // one first), so a flood of them holds no place for long.
     let ends_session = request.method() == axum::http::Method::POST
-        && matches!(request.uri().path(), "/ui/logout" | "/ui/login");
+        && matches!(request.uri().path(), "/ui/logout" | "/ui/login")
+        && session::same_site(request.headers(), state.public_authority());
     let caller = caller.filter(|_| !ends_session);
     // Handed to the handler: each look-up is a Redis read (whether it was signed out).
     request.extensions_mut().insert(Checked(found));

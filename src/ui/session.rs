@@ -106,8 +106,8 @@ pub fn authenticate(
     Ok((principal, tenant))
 }
 
-/// How far ahead of ours another instance's clock may be.
-const CLOCK_MARGIN: Duration = Duration::from_secs(60);
+/// How far ahead of ours another instance's clock may be (as far as sign-outs allow for).
+pub(super) const CLOCK_MARGIN: Duration = Duration::from_secs(300);
 
 /// `jar` with a new session cookie for `token`'s digest in `tenant`.
 pub fn start(
@@ -156,7 +156,8 @@ pub fn current(auth: &Authenticator, jar: &SignedCookieJar, ttl: Duration) -> Op
     let now = Timestamp::now();
     // A session ending past `ttl` from now was started under a longer one: lowering
     // `ui.session_ttl` (an incident) ends it, rather than leaving it for the old length. The
-    // margin is for another instance's clock, ahead of ours, that started it.
+    // margin is for another instance's clock, ahead of ours, that started it (five minutes,
+    // as long as a sign-out is kept past its session's end for the same reason).
     let longest = now.plus(ttl + CLOCK_MARGIN).as_millis();
     if claims.expires <= now.as_millis() || claims.expires > longest {
         return None;

@@ -4,7 +4,8 @@
 //! on the instance that signed it out (so that one refuses the copy while Redis cannot be
 //! asked). A session is named by a digest of its CSRF token, random per sign-in.
 //!
-//! A subject (a reviewer) has at most [`MAX_PER_SUBJECT`] unexpired sign-outs remembered; past
+//! A subject (a reviewer, in one tenant) has at most [`MAX_PER_SUBJECT`] unexpired sign-outs
+//! remembered; past
 //! it, its soonest-ending ones are dropped and every session of it ending by then counts as
 //! signed out. So one reviewer signing in and out in a loop holds a bounded list (it held a
 //! Redis key per sign-out, for hours, until Redis' memory ran out), and no copied cookie comes
@@ -30,7 +31,7 @@ const MAX_PER_SUBJECT: usize = 64;
 /// How much longer than its expiry a sign-out is remembered in Redis: the session's expiry is
 /// judged by each instance's own clock, and one running behind would otherwise take a copied
 /// cookie again once the record had expired by the clock of the instance that wrote it.
-const CLOCK_SKEW_MARGIN: std::time::Duration = std::time::Duration::from_secs(300);
+const CLOCK_SKEW_MARGIN: std::time::Duration = super::session::CLOCK_MARGIN;
 
 pub struct SignOuts {
     store: Option<Store>,
@@ -107,6 +108,12 @@ impl Local {
     }
 }
 
+/// Whose sign-outs a session's are: its subject in its tenant (the same name may be a
+/// reviewer of several tenants, whose bounds must not touch each other).
+fn owner(session: &Session) -> String {
+    format!("{}/{}", session.tenant, session.principal.subject)
+}
+
 fn name(session: &Session) -> String {
     hex::encode(Sha256::digest(session.csrf.as_bytes()))
 }
@@ -129,12 +136,7 @@ impl SignOuts {
             .local
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .remember(
-                name.clone(),
-                session.expires,
-                &session.principal.subject,
-                now,
-            );
+            .remember(name.clone(), session.expires, &owner(session), now);
         let Some(store) = &self.store else {
             if !here {
                 tracing::warn!(subject = %session.principal.subject, max = MAX_REMEMBERED,
@@ -143,10 +145,15 @@ impl SignOuts {
             }
             return here;
         };
-        let subject = &session.principal.subject;
         let expires = session.expires.as_millis();
         if let Err(error) = store
-            .sign_out(subject, &name, expires, MAX_PER_SUBJECT, CLOCK_SKEW_MARGIN)
+            .sign_out(
+                &owner(session),
+                &name,
+                expires,
+                MAX_PER_SUBJECT,
+                CLOCK_SKEW_MARGIN,
+            )
             .await
         {
             tracing::warn!(%error, subject = %session.principal.subject,
@@ -161,13 +168,13 @@ impl SignOuts {
     /// sign every reviewer out.
     pub async fn signed_out(&self, session: &Session) -> bool {
         let name = name(session);
-        let subject = &session.principal.subject;
+        let owner = owner(session);
         let here = {
             let local = self.local.lock().unwrap_or_else(PoisonError::into_inner);
             local.by_name.contains_key(&name)
                 || local
                     .dropped_until
-                    .get(subject)
+                    .get(&owner)
                     .is_some_and(|until| session.expires <= *until)
         };
         if here {
@@ -178,7 +185,7 @@ impl SignOuts {
         };
         let expires = session.expires.as_millis();
         store
-            .signed_out(subject, &name, expires)
+            .signed_out(&owner, &name, expires)
             .await
             .unwrap_or_else(|error| {
                 tracing::warn!(%error, "could not check sign-outs; session accepted");
@@ -243,13 +250,18 @@ mod tests {
         // Another instance: it knows only what Redis holds.
         let elsewhere = SignOuts::new(Some(store));
         let loops = 3 * MAX_PER_SUBJECT;
-        for n in 0..loops {
-            let mut signed_in = session("mallory", n);
-            // Each later sign-in ends later.
-            signed_in.expires = signed_in
-                .expires
-                .plus(std::time::Duration::from_millis(n as u64));
-            assert!(sign_outs.sign_out(&signed_in).await);
+        let mallory: Vec<Session> = (0..loops)
+            .map(|n| {
+                let mut signed_in = session("mallory", n);
+                // Each later sign-in ends later.
+                signed_in.expires = signed_in
+                    .expires
+                    .plus(std::time::Duration::from_millis(n as u64));
+                signed_in
+            })
+            .collect();
+        for signed_in in &mallory {
+            assert!(sign_outs.sign_out(signed_in).await);
         }
         let mut conn = redis.connection().await;
         let keys: Vec<String> = redis::cmd("KEYS")
@@ -259,12 +271,19 @@ mod tests {
             .unwrap();
         assert!(keys.len() <= 2, "{keys:?}");
         for n in [0, MAX_PER_SUBJECT, loops - 1] {
-            let mut copy = session("mallory", n);
-            copy.expires = copy
-                .expires
-                .plus(std::time::Duration::from_millis(n as u64));
-            assert!(elsewhere.signed_out(&copy).await, "sign-out {n} holds");
+            assert!(
+                elsewhere.signed_out(&mallory[n]).await,
+                "sign-out {n} holds"
+            );
         }
+        // The same name in another tenant is another reviewer: untouched.
+        let mut namesake = mallory[0].clone();
+        namesake.tenant = approvals_core::TenantId::parse("globex").unwrap();
+        namesake.csrf = "namesake".into();
+        assert!(
+            !elsewhere.signed_out(&namesake).await,
+            "another tenant's mallory"
+        );
         let mut later = session("mallory", loops);
         later.expires = later.expires.plus(std::time::Duration::from_secs(60));
         assert!(!elsewhere.signed_out(&later).await, "a later session stays");
@@ -318,7 +337,7 @@ mod tests {
         assert!(sign_outs.signed_out(&ending).await);
         let mut conn = redis.connection().await;
         let left: i64 = redis::cmd("PTTL")
-            .arg(crate::notify::store::sign_out_keys("alice").0)
+            .arg(crate::notify::store::sign_out_keys("acme/alice").0)
             .query_async(&mut conn)
             .await
             .unwrap();

@@ -132,6 +132,7 @@ impl DualBackend {
                 deadline,
                 up: AtomicI64::new(-1),
                 comparisons: Arc::new(Semaphore::new(COMPARISONS_IN_FLIGHT)),
+                repairs: Arc::new(Semaphore::new(COMPARISONS_IN_FLIGHT)),
                 running: Mutex::default(),
             }),
         }
@@ -165,7 +166,7 @@ impl DualBackend {
     /// came, and after a switch of primary its copy expired. A longer outage is the migration
     /// re-run's to mend (the cut-over runbook).
     fn repair_later(&self, decided: Approval) {
-        let Ok(permit) = self.secondary.comparisons.clone().try_acquire_owned() else {
+        let Ok(permit) = self.secondary.repairs.clone().try_acquire_owned() else {
             describe_once();
             metrics::counter!("approvals_dual_comparisons_skipped_total", "op" => "repair")
                 .increment(1);

@@ -27,6 +27,9 @@ pub(super) struct Secondary {
     /// 1 if the last call answered, 0 if it failed, -1 before the first.
     pub(super) up: AtomicI64,
     pub(super) comparisons: Arc<Semaphore>,
+    /// Decisions whose mirror failed, waiting to be replayed (see `DualBackend::repair_later`):
+    /// apart from the comparisons, which a long outage's repairs would otherwise all take.
+    pub(super) repairs: Arc<Semaphore>,
     /// The periodic calls running now (see [`Secondary::beside`]).
     pub(super) running: Mutex<HashSet<&'static str>>,
 }
