@@ -36,7 +36,6 @@ pub async fn run(args: HealthcheckArgs) -> ExitCode {
     } else {
         settings.server.listen
     };
-    let url = format!("http://{}/readyz", reachable(listen));
     let client = match reqwest::Client::builder()
         .timeout(args.timeout)
         .no_proxy()
@@ -48,33 +47,39 @@ pub async fn run(args: HealthcheckArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match client.get(&url).send().await {
-        Ok(response) if response.status().is_success() => ExitCode::SUCCESS,
-        Ok(response) => {
-            let status = response.status();
-            let body: serde_json::Value = response.json().await.unwrap_or_default();
-            let code = body["code"].as_str().unwrap_or("-");
-            eprintln!("approvals: {url}: not ready: {status} {code}");
-            ExitCode::FAILURE
-        }
-        Err(error) => {
-            eprintln!("approvals: {url}: no answer: {error}");
-            ExitCode::FAILURE
+    for address in reachable(listen) {
+        let url = format!("http://{address}/readyz");
+        match client.get(&url).send().await {
+            Ok(response) if response.status().is_success() => return ExitCode::SUCCESS,
+            // An answer is the service's word: no other address is asked.
+            Ok(response) => {
+                let status = response.status();
+                let body: serde_json::Value = response.json().await.unwrap_or_default();
+                let code = body["code"].as_str().unwrap_or("-");
+                eprintln!("approvals: {url}: not ready: {status} {code}");
+                return ExitCode::FAILURE;
+            }
+            Err(error) => eprintln!("approvals: {url}: no answer: {error}"),
         }
     }
+    ExitCode::FAILURE
 }
 
-/// Where to reach a listener from the same host: an unspecified address (`0.0.0.0`, `::`)
-/// listens on loopback too.
-fn reachable(listen: SocketAddr) -> SocketAddr {
+/// Where to reach a listener from the same host, in the order to try: an unspecified address
+/// (`0.0.0.0`, `::`) listens on loopback too. `::` is asked on 127.0.0.1 first: it takes IPv4
+/// too (unless the host binds IPv6 only), and on an IPv4-only network Docker removes `::1`
+/// from the container's loopback, where a probe of `::1` alone failed a working service.
+fn reachable(listen: SocketAddr) -> Vec<SocketAddr> {
+    let port = listen.port();
     match listen.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => {
-            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), listen.port())
+            vec![SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port)]
         }
-        IpAddr::V6(ip) if ip.is_unspecified() => {
-            SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), listen.port())
-        }
-        _ => listen,
+        IpAddr::V6(ip) if ip.is_unspecified() => vec![
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port),
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), port),
+        ],
+        _ => vec![listen],
     }
 }
 
@@ -84,9 +89,15 @@ mod tests {
 
     #[test]
     fn an_unspecified_address_is_probed_on_loopback() {
-        let probe = |listen: &str| reachable(listen.parse().unwrap()).to_string();
+        let probe = |listen: &str| {
+            reachable(listen.parse().unwrap())
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
         assert_eq!(probe("0.0.0.0:8080"), "127.0.0.1:8080");
-        assert_eq!(probe("[::]:8081"), "[::1]:8081");
+        assert_eq!(probe("[::]:8081"), "127.0.0.1:8081 [::1]:8081");
         assert_eq!(probe("10.1.2.3:9000"), "10.1.2.3:9000");
     }
 }
