@@ -656,6 +656,12 @@ impl Settings {
         }
         let overrides = Overrides::from_env(env);
         for o in &overrides.0 {
+            // Empty unsets: an image's variable (`APPROVALS_SERVER__METRICS_LISTEN`) cannot be
+            // removed, and an optional key must be able to go back to none.
+            if o.value.is_empty() {
+                figment = figment.merge(Serialized::default(&o.key, None::<String>));
+                continue;
+            }
             // Typed like figment's own Env provider: "42" is a number, "5m" stays a string.
             let value = o
                 .value

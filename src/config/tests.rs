@@ -729,3 +729,20 @@ fn a_loop_interval_below_its_floor_is_refused() {
     }
     assert_must_be_positive("APPROVALS_NOTIFICATIONS__POLL_INTERVAL", "0s", "1s");
 }
+
+/// An empty variable unsets its key: the image sets `APPROVALS_SERVER__METRICS_LISTEN`, which a
+/// container cannot remove, so `/metrics` could not go back to `server.listen` (an empty value
+/// was refused as a socket address). A key that cannot be unset says so.
+#[test]
+fn an_empty_variable_unsets_an_optional_key() {
+    let s = load(
+        "[server]\nmetrics_listen = \"0.0.0.0:9\"\n",
+        &[("APPROVALS_SERVER__METRICS_LISTEN", "")],
+    )
+    .unwrap();
+    assert_eq!(s.server.metrics_listen, None);
+    let e = load("", &[("APPROVALS_SERVER__LISTEN", "")])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("server.listen"), "{e}");
+}
