@@ -783,6 +783,8 @@ type Interlude = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
 struct RacedSource {
     inner: Arc<dyn RecordTransfer>,
     interlude: tokio::sync::Mutex<Option<Interlude>>,
+    /// Every record of a page returned twice, as Redis' SCAN may.
+    twice: bool,
 }
 
 impl RacedSource {
@@ -790,6 +792,16 @@ impl RacedSource {
         Arc::new(Self {
             inner: inner.clone(),
             interlude: tokio::sync::Mutex::new(Some(interlude)),
+            twice: false,
+        })
+    }
+
+    /// `inner` whose scan returns every record twice.
+    fn repeating(inner: &Arc<dyn RecordTransfer>) -> Arc<dyn RecordTransfer> {
+        Arc::new(Self {
+            inner: inner.clone(),
+            interlude: tokio::sync::Mutex::new(None),
+            twice: true,
         })
     }
 }
@@ -876,9 +888,12 @@ impl RecordTransfer for RacedSource {
         cursor: Option<&str>,
         batch: usize,
     ) -> Result<approvals_core::ScanPage, approvals_core::BackendError> {
-        let page = self.inner.scan(cursor, batch).await;
+        let mut page = self.inner.scan(cursor, batch).await;
         if let Some(interlude) = self.interlude.lock().await.take() {
             interlude.await;
+        }
+        if let (true, Ok(page)) = (self.twice, &mut page) {
+            page.items.extend(page.items.clone());
         }
         page
     }
@@ -981,6 +996,32 @@ async fn a_decision_made_between_scan_and_import_reaches_the_copy_at_once() {
         copy, source,
         "the copy carries the decision: reviewer, reason, time"
     );
+}
+
+/// A scan may return a record twice (Redis' SCAN does; a pending record's shadow key can come
+/// after its own): each pass copies, compares and counts it once. The copy pass counted one
+/// imported and one already present; the reconcile pass counted it twice on each side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_a_scan_returns_twice_is_counted_once() {
+    let setup = Setup::new().await;
+    let redis = setup.engine(EngineKind::Redis).await;
+    let temporal = setup.engine(EngineKind::Temporal).await;
+    let tenant = fresh_tenant("twice");
+    for name in ["one", "two"] {
+        redis.submit(pending(&tenant, name, HOUR)).await.unwrap();
+    }
+    let report = of_tenant(&RacedSource::repeating(&redis), &temporal, &tenant, 4)
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.imported, report.already_present),
+        (2, 0),
+        "{report}"
+    );
+    assert!(report.is_reconciled(), "{report}");
+    let pending = report.counts[tenant.as_str()][&Status::Pending];
+    assert_eq!((pending.source, pending.target), (2, 2), "{report}");
 }
 
 /// The spinner (and the progress log line) counts the records of the pass it names: it

@@ -68,6 +68,8 @@ enum Copied {
     WouldImport,
     /// The target would already have dropped it: not written.
     PastRetention,
+    /// Returned by the scan a second time: copied already.
+    Again,
 }
 
 /// What the reconcile pass found for one source record.
@@ -128,11 +130,24 @@ impl Migration {
         self.phase("copying");
         // What cannot be read is reported by the reconcile pass, which sees the final state.
         let failed_before = report.failed.len();
+        // A scan may return a record twice (see `reconcile`): copied and counted once.
+        let seen = std::sync::Mutex::new(HashSet::<u128>::new());
         let pass = self
             .for_each(
                 &self.source,
                 "copy",
-                |approval| self.copy_one(approval),
+                |approval| {
+                    let again = !seen
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(seen_key(&approval.tenant, &approval.id));
+                    async move {
+                        if again {
+                            return Ok(Copied::Again);
+                        }
+                        self.copy_one(approval).await
+                    }
+                },
                 |copied| match copied {
                     Copied::Imported => report.imported += 1,
                     Copied::ImportedAndReplayed => {
@@ -146,7 +161,7 @@ impl Migration {
                     }
                     Copied::WouldImport => report.would_import += 1,
                     // Counted by the reconcile pass, which finds it missing from the target.
-                    Copied::PastRetention => {}
+                    Copied::PastRetention | Copied::Again => {}
                 },
                 failed_before,
             )
