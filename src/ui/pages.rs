@@ -652,7 +652,9 @@ fn notice(outcome: &str, approval: &Approval, subject: &str, row: &Row) -> Optio
             "The action changed since this page was loaded; nothing was decided. Read it again."
                 .to_owned(),
         ),
-        "reason_too_long" if pending => (
+        // Refused before the record was looked at: true in any state, and said unless this
+        // reviewer decided it (then the page says so, and a forged link must not confuse).
+        "reason_too_long" if !by_this_reviewer => (
             "error",
             format!(
                 "The reason is too long (at most {} characters); nothing was decided.",

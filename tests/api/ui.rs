@@ -320,6 +320,22 @@ async fn refusals_and_races_are_explained_in_words(h: Harness) {
         .await;
     assert!(page.contains("The reason is too long"), "{page}");
     assert_eq!(api_status(&app, "wordy").await["status"], "pending");
+    // On an approval someone else has decided meanwhile too: the reviewer learns their
+    // attempt was refused (the page showed the record with no word about it).
+    let response = alice
+        .post(
+            "/ui/approvals/raced/decision",
+            &[
+                ("csrf", csrf.as_str()),
+                ("digest", digest.as_str()),
+                ("verdict", "accept"),
+                ("reason", long.as_str()),
+            ],
+        )
+        .await;
+    let page = alice.after(response).await;
+    assert!(page.contains("The reason is too long"), "{page}");
+    assert_eq!(api_status(&app, "raced").await["status"], "rejected");
 }
 
 async fn sign_in_is_for_reviewers_and_sessions_end(h: Harness) {
