@@ -68,8 +68,6 @@ enum Copied {
     WouldImport,
     /// The target would already have dropped it: not written.
     PastRetention,
-    /// Returned by the scan a second time: copied already.
-    Again,
 }
 
 /// What the reconcile pass found for one source record.
@@ -130,24 +128,11 @@ impl Migration {
         self.phase("copying");
         // What cannot be read is reported by the reconcile pass, which sees the final state.
         let failed_before = report.failed.len();
-        // A scan may return a record twice (see `reconcile`): copied and counted once.
-        let seen = std::sync::Mutex::new(HashSet::<u128>::new());
         let pass = self
             .for_each(
                 &self.source,
                 "copy",
-                |approval| {
-                    let again = !seen
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .insert(seen_key(&approval.tenant, &approval.id));
-                    async move {
-                        if again {
-                            return Ok(Copied::Again);
-                        }
-                        self.copy_one(approval).await
-                    }
-                },
+                |approval| self.copy_one(approval),
                 |copied| match copied {
                     Copied::Imported => report.imported += 1,
                     Copied::ImportedAndReplayed => {
@@ -161,7 +146,7 @@ impl Migration {
                     }
                     Copied::WouldImport => report.would_import += 1,
                     // Counted by the reconcile pass, which finds it missing from the target.
-                    Copied::PastRetention | Copied::Again => {}
+                    Copied::PastRetention => {}
                 },
                 failed_before,
             )
@@ -183,11 +168,7 @@ impl Migration {
                 "reconcile",
                 |approval| self.check_one(approval),
                 |checked| {
-                    // A scan may return a record twice (Redis' SCAN does, and a pending
-                    // record's shadow key can come after its own): compared and counted once.
-                    if !seen.insert(seen_key(&checked.source.tenant, &checked.source.id)) {
-                        return;
-                    }
+                    seen.insert(seen_key(&checked.source.tenant, &checked.source.id));
                     if let Some(key) = checked.unreadable_copy {
                         report.unreadable.target.insert(key);
                         return;
@@ -415,6 +396,9 @@ impl Migration {
 
     /// Scans `backend` to its end, runs `each` on every record of the plan's tenants with the
     /// plan's concurrency, and hands the results to `sink` in this task (no locks needed).
+    /// A record the scan returns again (Redis' SCAN may, and a pending record's shadow key can
+    /// come after its own) is passed over: each pass copies, compares and counts it once (a key
+    /// of 16 bytes per record is kept for it).
     /// Pages are one stream: the next page is fetched while the last records of this one are in
     /// flight, rather than draining to zero at every page boundary. A record `each` fails on is
     /// noted in the pass's `failed` (as part of `pass`); once the run's failures
@@ -442,6 +426,7 @@ impl Migration {
             Ok::<_, BackendError>(Some((page, next)))
         });
         let mut unreadable = BTreeSet::new();
+        let mut scanned: HashSet<u128> = HashSet::new();
         let mut failed = Vec::new();
         let each = |approval: Approval| {
             let (tenant, id) = (approval.tenant.clone(), approval.id.clone());
@@ -462,8 +447,14 @@ impl Migration {
                         .into_iter()
                         .filter(|key| self.covers_key(key)),
                 );
-                let covered = page.items.into_iter().filter(|a| self.covers(&a.tenant));
-                stream::iter(covered.map(Ok::<_, BackendError>))
+                let first_seen: Vec<Approval> = page
+                    .items
+                    .into_iter()
+                    .filter(|a| {
+                        self.covers(&a.tenant) && scanned.insert(seen_key(&a.tenant, &a.id))
+                    })
+                    .collect();
+                stream::iter(first_seen.into_iter().map(Ok::<_, BackendError>))
             })
             .try_flatten()
             .map_ok(|approval| each(approval).map(Ok))
