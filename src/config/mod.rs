@@ -817,45 +817,25 @@ impl Settings {
         }
         // tokio's `interval` panics on a zero period (killing its background task while the
         // service stays up and ready) and a zero sleep spins: every loop needs a positive one.
-        for (key, period) in [
-            ("approvals.sweep_interval", self.approvals.sweep_interval),
-            ("approvals.stats_interval", self.approvals.stats_interval),
-            ("approvals.adopt_interval", self.approvals.adopt_interval),
-            (
-                "approvals.events_poll_interval",
-                self.approvals.events_poll_interval,
-            ),
-            ("policy.reload_interval", self.policy.reload_interval),
-            (
-                "notifications.send_interval",
-                self.notifications.send_interval,
-            ),
-            (
-                "decision_log.flush_interval",
-                self.decision_log.flush_interval,
-            ),
-            // Zero retried a failing webhook eight times at once: dead within a second.
-            ("notifications.retry_base", self.notifications.retry_base),
-            (
-                "notifications.poll_interval",
-                self.notifications.poll_interval,
-            ),
-        ] {
-            if period.is_zero() {
-                return Err(ConfigError::Invalid(format!(
-                    "{key}: must be positive (how often a background loop runs)"
-                )));
-            }
-        }
-        // A unit mistyped (`10ms` for `10m`) made a loop a busy one against the Redis every
-        // instance shares: the adoption pass reading every `approval:*` key without pause,
-        // each live stream reading a thousand times a second, every wait answered at once.
+        // Past zero, a floor: a unit mistyped (`10ms` for `10m`) made a loop a busy one against
+        // the Redis every instance shares (the adoption pass reading every `approval:*` key
+        // without pause, each live stream reading a thousand times a second).
         let ms = Duration::from_millis;
-        for (key, value, floor) in [
+        for (key, period, floor) in [
             (
                 "approvals.sweep_interval",
                 self.approvals.sweep_interval,
                 ms(10),
+            ),
+            (
+                "approvals.stats_interval",
+                self.approvals.stats_interval,
+                ms(100),
+            ),
+            (
+                "approvals.adopt_interval",
+                self.approvals.adopt_interval,
+                ms(100),
             ),
             (
                 "approvals.events_poll_interval",
@@ -873,40 +853,29 @@ impl Settings {
                 ms(10),
             ),
             (
-                "notifications.poll_interval",
-                self.notifications.poll_interval,
-                ms(10),
-            ),
-            (
                 "decision_log.flush_interval",
                 self.decision_log.flush_interval,
                 ms(10),
             ),
+            // Zero retried a failing webhook eight times at once: dead within a second.
             (
                 "notifications.retry_base",
                 self.notifications.retry_base,
                 ms(10),
             ),
             (
-                "approvals.stats_interval",
-                self.approvals.stats_interval,
-                ms(100),
-            ),
-            (
-                "approvals.adopt_interval",
-                self.approvals.adopt_interval,
-                ms(100),
-            ),
-            (
-                "approvals.long_poll_max",
-                self.approvals.long_poll_max,
-                ms(1000),
+                "notifications.poll_interval",
+                self.notifications.poll_interval,
+                ms(10),
             ),
         ] {
-            if !value.is_zero() && value < floor {
+            if period.is_zero() {
                 return Err(ConfigError::Invalid(format!(
-                    "{key}: at least {floor:?} (got {value:?}: a unit mistyped?)"
+                    "{key}: must be positive (how often a background loop runs)"
                 )));
+            }
+            if period < floor {
+                return Err(below_floor(key, period, floor));
             }
         }
         // The pending figures are as old as this between refreshes, and the contract keeps
@@ -1018,6 +987,15 @@ impl Settings {
         if self.approvals.long_poll_max > Duration::from_secs(60) {
             return Err(ConfigError::Invalid(
                 "approvals.long_poll_max: at most 60s (the API's wait_seconds maximum)".into(),
+            ));
+        }
+        // Every wait answered at once, for a unit mistyped (a zero is refused above).
+        let floor = Duration::from_secs(1);
+        if self.approvals.long_poll_max < floor {
+            return Err(below_floor(
+                "approvals.long_poll_max",
+                self.approvals.long_poll_max,
+                floor,
             ));
         }
         // The same for Temporal: a decision answers within one call_timeout, all its attempts
@@ -1235,6 +1213,13 @@ fn explain(error: &figment::Error, file: Option<&Path>, overrides: &Overrides) -
         });
     }
     ConfigError::Invalid(messages.join("; "))
+}
+
+/// `key` set below its `floor`: a unit mistyped, most likely.
+fn below_floor(key: &str, value: Duration, floor: Duration) -> ConfigError {
+    ConfigError::Invalid(format!(
+        "{key}: at least {floor:?} (got {value:?}: a unit mistyped?)"
+    ))
 }
 
 /// figment's message without the value it found: the value may be a secret (a Redis URL with
