@@ -98,8 +98,13 @@ impl Browser {
     /// Posts the decision form of approval `id` as the page shows it, with `verdict`.
     async fn decide(&self, id: &str, verdict: &str, reason: &str) -> Response {
         let page = self.page(&format!("/ui/approvals/{id}")).await;
-        let csrf = hidden(&page, "csrf");
-        let digest = hidden(&page, "digest");
+        self.decide_on(id, &page, verdict, reason).await
+    }
+
+    /// Posts the decision form of approval `id` as `page` (loaded earlier) showed it.
+    async fn decide_on(&self, id: &str, page: &str, verdict: &str, reason: &str) -> Response {
+        let csrf = hidden(page, "csrf");
+        let digest = hidden(page, "digest");
         self.post(
             &format!("/ui/approvals/{id}/decision"),
             &[
@@ -290,21 +295,10 @@ async fn refusals_and_races_are_explained_in_words(h: Harness) {
     // A lost race: the page was open while bob decided through the API.
     app.park("raced").await;
     let alice = Browser::signed_in(&app, &app.tokens.reviewer).await;
-    let page = alice.page("/ui/approvals/raced").await;
-    let csrf = hidden(&page, "csrf");
-    let digest = hidden(&page, "digest");
+    let loaded = alice.page("/ui/approvals/raced").await;
     let bob = app.decide("raced", "reject", &app.tokens.reviewer2).await;
     assert_eq!(bob.status(), StatusCode::OK);
-    let response = alice
-        .post(
-            "/ui/approvals/raced/decision",
-            &[
-                ("csrf", csrf.as_str()),
-                ("digest", digest.as_str()),
-                ("verdict", "accept"),
-            ],
-        )
-        .await;
+    let response = alice.decide_on("raced", &loaded, "accept", "").await;
     let page = alice.after(response).await;
     assert!(
         page.contains("Someone decided first: this approval was already rejected by bob at"),
@@ -322,17 +316,7 @@ async fn refusals_and_races_are_explained_in_words(h: Harness) {
     assert_eq!(api_status(&app, "wordy").await["status"], "pending");
     // On an approval someone else has decided meanwhile too: the reviewer learns their
     // attempt was refused (the page showed the record with no word about it).
-    let response = alice
-        .post(
-            "/ui/approvals/raced/decision",
-            &[
-                ("csrf", csrf.as_str()),
-                ("digest", digest.as_str()),
-                ("verdict", "accept"),
-                ("reason", long.as_str()),
-            ],
-        )
-        .await;
+    let response = alice.decide_on("raced", &loaded, "accept", &long).await;
     let page = alice.after(response).await;
     assert!(page.contains("The reason is too long"), "{page}");
     assert_eq!(api_status(&app, "raced").await["status"], "rejected");
