@@ -64,7 +64,7 @@ impl TokenEntry {
 }
 
 /// Which tenants a caller may act in.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum TenantScope {
     One(TenantId),
     /// A platform admin (`tenant = "*"`).

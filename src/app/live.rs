@@ -15,7 +15,7 @@ use approvals_core::{
 use serde_json::Value;
 
 use super::{AppError, Approvals};
-use crate::auth::{Permission, Principal};
+use crate::auth::{Permission, Principal, TenantScope};
 use crate::metrics::ErrorSource;
 
 /// Events one read returns at most; a full page is followed by the next at once.
@@ -71,10 +71,12 @@ pub struct LiveEvent {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum StreamKey {
     Tenant(TenantId),
-    CallerIn(TenantId, String),
+    /// Callers are their scope and subject: a platform admin "alice" and a tenant's reviewer
+    /// "alice", or reviewers "ana" of two customers, are different people.
+    CallerIn(TenantId, TenantScope, String),
     /// A caller's streams of every tenant: a platform admin's token may read any tenant, and
     /// the per-tenant bounds alone let it open streams on as many made-up tenants as it liked.
-    Caller(String),
+    Caller(TenantScope, String),
 }
 
 /// Open streams per tenant on this instance.
@@ -248,8 +250,8 @@ impl Approvals {
             let max = self.settings.max_event_streams_per_tenant;
             let keys = [
                 StreamKey::Tenant(tenant.clone()),
-                StreamKey::CallerIn(tenant.clone(), caller.subject.clone()),
-                StreamKey::Caller(caller.subject.clone()),
+                StreamKey::CallerIn(tenant.clone(), caller.scope.clone(), caller.subject.clone()),
+                StreamKey::Caller(caller.scope.clone(), caller.subject.clone()),
             ];
             let [tenant_open, caller_open, caller_total] = keys
                 .each_ref()

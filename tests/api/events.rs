@@ -564,3 +564,33 @@ async fn one_callers_streams_are_bounded_across_tenants() {
     let mut reviewer = SseReader::open(&app, &app.base, &app.tokens.reviewer, None).await;
     reviewer.greeting_id(WITHIN).await;
 }
+
+/// The bound across tenants is per token holder, not per subject name: reviewers of different
+/// tenants who happen to share a name ("ana" at six customers) are different people, and one
+/// tenant's streams must not use up another's.
+#[tokio::test]
+async fn same_named_reviewers_of_different_tenants_do_not_share_a_stream_bound() {
+    let tenants: Vec<String> = (0..6).map(|n| format!("customer-{n}")).collect();
+    let minted: Vec<_> = tenants
+        .iter()
+        .map(|tenant| approvals::auth::mint(tenant, approvals::auth::Role::Reviewer, "ana"))
+        .collect();
+    let entries: Vec<_> = minted.iter().map(|(_, entry)| entry.clone()).collect();
+    let app = TestApp::spawn_with(|s| {
+        s.approvals.max_event_streams_per_tenant = 5;
+        s.auth.tokens.extend(entries);
+    })
+    .await;
+    let mut streams = Vec::new();
+    for (tenant, (token, _)) in tenants.iter().zip(&minted) {
+        let stream = app
+            .http
+            .get(app.url(&format!("/v1/tenants/{tenant}/events")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("open");
+        assert_eq!(stream.status(), StatusCode::OK, "ana of {tenant}");
+        streams.push(stream);
+    }
+}
