@@ -418,6 +418,130 @@ async fn waiters_that_cannot_reread_after_a_reconnect_go_on_waiting() {
     assert_eq!(body["status"], "pending", "{body}");
 }
 
+/// A long-poll waiting on `request_id` (up to 20 s), once the instance's gauge shows it parked.
+async fn parked_waiter(app: &TestApp, request_id: &str) -> tokio::task::JoinHandle<Value> {
+    let request = app.request(
+        Method::GET,
+        &format!("/v1/tenants/{TENANT}/approvals/{request_id}/decision?wait_seconds=20"),
+        Some(&app.tokens.agent),
+    );
+    let waiter = tokio::spawn(async move {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json::<Value>().await.unwrap()
+    });
+    app.metrics_until(
+        &app.base,
+        Duration::from_secs(5),
+        "the waiter parked",
+        |text| {
+            text.lines()
+                .any(|l| l == "approvals_long_polls_in_flight 1")
+        },
+    )
+    .await;
+    waiter
+}
+
+/// How many MGETs (a record's read) Redis has refused (`INFO commandstats`).
+async fn refused_reads(admin: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(admin)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_mget:"))
+        .and_then(|stats| {
+            stats
+                .split(',')
+                .find_map(|s| s.strip_prefix("rejected_calls="))
+        })
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
+/// An instance whose subscriber Redis refuses (an ACL, a proxy without pub/sub, `maxclients`)
+/// hears of no decision: its waiters read for themselves meanwhile, so a decision reaches them
+/// in seconds, not at their timeout as `pending`.
+#[tokio::test]
+async fn waiters_hear_of_decisions_while_the_subscriber_is_refused() {
+    let app = TestApp::spawn().await;
+    let mut admin = app.redis().connection().await;
+    let () = crate::support::acl_rule("-subscribe")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    app.park("unheard").await;
+    let waiter = parked_waiter(&app, "unheard").await;
+    let accepted = app.decide("unheard", "accept", &app.tokens.reviewer).await;
+    assert_eq!(accepted.status(), StatusCode::OK);
+    let answer = waiter.await.unwrap();
+    assert_eq!(answer["status"], "accepted", "{answer}");
+}
+
+/// A decision taken while the subscriber was away, whose waiter's re-read after the reconnect
+/// fails (Redis just back and still loading; here MGET refused), reaches the waiter once a read
+/// works again: the waiter reads again shortly instead of holding `pending` to its timeout.
+#[tokio::test]
+async fn a_failed_re_read_after_a_reconnect_is_tried_again() {
+    let app = TestApp::spawn().await;
+    app.park("missed").await;
+    let waiter = parked_waiter(&app, "missed").await;
+    let mut admin = app.redis().connection().await;
+    let () = crate::support::acl_rule("-subscribe")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let () = crate::support::acl_rule("-mget")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    // Published while nobody listens: lost.
+    let accepted = app.decide("missed", "accept", &app.tokens.reviewer).await;
+    assert_eq!(accepted.status(), StatusCode::OK);
+    let refused_before = refused_reads(&mut admin).await;
+    let () = crate::support::acl_rule("+subscribe")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    // The subscriber is back and its waiter's re-read was refused.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let subscribers: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        if !subscribers.is_empty() && refused_reads(&mut admin).await > refused_before {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the subscriber never came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let () = crate::support::acl_rule("+mget")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let answer = waiter.await.unwrap();
+    assert_eq!(answer["status"], "accepted", "{answer}");
+}
+
 /// A Temporal frontend that hangs (here: a dev server stopped with SIGSTOP) answers a decision
 /// `503 backend_unavailable` before the request's own deadline: the update's timeout and the
 /// read that follows it share one `temporal.call_timeout`. Each had one of its own, and their

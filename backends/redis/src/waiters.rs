@@ -5,9 +5,13 @@
 //! approval through a `watch` channel, so waking any number of waiters costs no read. A waiter
 //! subscribes *before* reading the record, so a decision between its read and its wait still
 //! wakes it. After a (re)connect every waiter is woken once without a record, to re-read,
-//! since messages sent while disconnected are lost.
+//! since messages sent while disconnected are lost. While the subscriber is not listening
+//! (Redis refuses it a subscription, its connection keeps failing) waiters read on their own
+//! every few seconds (`is_listening`, `crate::waiting`): a deaf instance stays ready, and its
+//! long-polls answered a decision only at their timeout.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -37,6 +41,8 @@ struct Wake {
 #[derive(Default, Clone)]
 pub struct Waiters {
     by_key: Arc<Mutex<HashMap<String, watch::Sender<Wake>>>>,
+    /// Whether the subscriber is subscribed now: decisions reach waiters as they are taken.
+    listening: Arc<AtomicBool>,
 }
 
 /// A waiter's registration; dropping it unregisters.
@@ -94,10 +100,18 @@ impl Waiters {
         }
     }
 
+    /// Wakes every waiter to re-read, except where a decision is already delivered and not yet
+    /// taken: replacing it with "re-read" would hang that waiter's answer on a read that may
+    /// fail (Redis just back, still loading).
     fn notify_all(&self) {
         for sender in self.lock().values() {
-            sender.send_replace(Wake::default());
+            sender.send_if_modified(|wake| wake.settled.is_none());
         }
+    }
+
+    /// Whether decisions reach waiters as they are taken; if not, waiters read for themselves.
+    pub fn is_listening(&self) -> bool {
+        self.listening.load(Ordering::Acquire)
     }
 
     pub fn waiting(&self) -> usize {
@@ -113,6 +127,7 @@ impl Waiters {
         loop {
             let started = std::time::Instant::now();
             let outcome = self.listen_once(&client, &channel).await;
+            self.listening.store(false, Ordering::Release);
             // Listening for a while means it had connected: a later loss is a new episode.
             let lasted = started.elapsed();
             if lasted > WORKED_FOR {
@@ -144,6 +159,7 @@ impl Waiters {
             ))
         })??;
         tracing::debug!("decision subscriber connected");
+        self.listening.store(true, Ordering::Release);
         // Anything decided while we were not listening: let every waiter re-read.
         self.notify_all();
         let (mut sink, mut messages) = pubsub.split();

@@ -1,7 +1,8 @@
 //! A long-poll on one approval: one read when it starts; the decision arrives with its record
 //! through the process's subscriber (`waiters`), so waking costs no read. Only a wait that
 //! reaches the approval's own deadline reads again: Redis, not the message, says whether a
-//! decision landed just before it.
+//! decision landed just before it. A waiter also reads for itself when a re-read failed or
+//! while the subscriber is not listening (`crate::waiters`).
 
 use std::time::Duration;
 
@@ -11,6 +12,21 @@ use approvals_core::{
 
 use crate::backend::RedisBackend;
 use crate::keys;
+
+/// How soon a waiter whose read failed reads again.
+const REREAD_RETRY: Duration = Duration::from_secs(1);
+
+/// How often a waiter reads for itself while the subscriber is not listening: 2 to 3 s,
+/// spread so that thousands of waiters do not read in step.
+fn deaf_poll() -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    // A fresh `RandomState` is seeded differently each time: randomness without a crate.
+    let spread = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+        % 1000;
+    Duration::from_millis(2000 + spread)
+}
 
 impl RedisBackend {
     pub(crate) async fn wait(
@@ -38,32 +54,59 @@ impl RedisBackend {
             },
         };
         let _parked = self.parked.enter();
+        // When this wait reads for itself: after a re-read that failed, or while the
+        // subscriber is not listening (no decision would wake it).
+        let mut reread_at: Option<tokio::time::Instant> = None;
         loop {
+            if reread_at.is_none() && !self.waiters.is_listening() {
+                reread_at = Some(tokio::time::Instant::now() + deaf_poll());
+            }
             let current = tokio::select! {
+                // A decision already delivered wins over a shutdown that starts meanwhile.
+                biased;
                 settled = subscription.notified() => match settled {
                     Some(record) => Approval::clone(&record).as_of(Timestamp::now()),
                     // A reconnect: messages may have been lost, so read. Every waiter of the
                     // instance reads at once, against a Redis that may just be back (still
                     // loading its data, say): one that cannot read goes on waiting with what
-                    // it holds rather than answer 503.
+                    // it holds rather than answer 503, and reads again shortly.
                     None => match Box::pin(self.get(tenant, id)).await {
-                        Ok(Some(current)) => current,
+                        Ok(Some(current)) => {
+                            reread_at = None;
+                            current
+                        }
                         Ok(None) => return Ok(None),
                         Err(error) => {
                             tracing::debug!(%error, "re-read after a reconnect failed; waiting on");
+                            reread_at = Some(tokio::time::Instant::now() + REREAD_RETRY);
                             held.restore().map_err(corrupt)?
                         }
                     },
                 },
-                () = tokio::time::sleep_until(wake_at) => {
-                    let held = held.restore().map_err(corrupt)?;
-                    if wake_at < deadline || held.expires_at <= Timestamp::now() {
-                        match Box::pin(self.read_at_expiry(tenant, id, held)).await? {
-                            Some(current) => current,
-                            None => return Ok(None),
+                () = tokio::time::sleep_until(reread_at.map_or(wake_at, |r| r.min(wake_at))) => {
+                    if reread_at.is_some_and(|at| at < wake_at) {
+                        match Box::pin(self.get(tenant, id)).await {
+                            Ok(Some(current)) => {
+                                reread_at = None;
+                                current
+                            }
+                            Ok(None) => return Ok(None),
+                            Err(error) => {
+                                tracing::debug!(%error, "a waiter's own read failed; waiting on");
+                                reread_at = Some(tokio::time::Instant::now() + REREAD_RETRY);
+                                held.restore().map_err(corrupt)?
+                            }
                         }
                     } else {
-                        held
+                        let held = held.restore().map_err(corrupt)?;
+                        if wake_at < deadline || held.expires_at <= Timestamp::now() {
+                            match Box::pin(self.read_at_expiry(tenant, id, held)).await? {
+                                Some(current) => current,
+                                None => return Ok(None),
+                            }
+                        } else {
+                            held
+                        }
                     }
                 }
                 () = &mut stop => {
