@@ -112,6 +112,30 @@ async def test_the_async_live_stream_too(frame: bytes) -> None:
             await AsyncApprovalsClient("http://approvals.test", "t", "acme", http=http).events(reconnect=False).__anext__()
 
 
+PARKED = (
+    b'id: 2-0\nevent: parked\ndata: {"event_id": "2-0", "timestamp": "2025-01-01T00:00:00Z", '
+    b'"tenant": "acme", "approval_id": "req-1", "kind": "submitted", "actor": "agent", "details": {}}\n\n'
+)
+# A later service's event this client does not know, before one it does.
+UNKNOWN_THEN_PARKED = b'id: 1-0\nevent: lagged\ndata: {"behind": 3}\n\n' + PARKED
+
+
+def test_a_live_event_of_a_name_this_client_does_not_know_is_skipped() -> None:
+    """SSE readers skip events they do not know: a newer service may send more kinds. Such an
+    event ended the stream with `ProtocolError`, even with `reconnect=True`."""
+    with httpx.Client(transport=answers(stream(UNKNOWN_THEN_PARKED))) as http:
+        event = next(ApprovalsClient("http://approvals.test", "t", "acme", http=http).events(reconnect=False))
+    assert (event.event, event.id, event.data.approval_id) == ("parked", "2-0", "req-1")
+
+
+@pytest.mark.anyio
+async def test_the_async_live_stream_skips_it_too() -> None:
+    async with httpx.AsyncClient(transport=answers(stream(UNKNOWN_THEN_PARKED))) as http:
+        events = AsyncApprovalsClient("http://approvals.test", "t", "acme", http=http).events(reconnect=False)
+        event = await events.__anext__()
+    assert (event.event, event.id) == ("parked", "2-0")
+
+
 def undecodable(content_type: str) -> Callable[[httpx.Request], httpx.Response]:
     """A body that says it is gzip and is not."""
     headers = {"content-type": content_type, "content-encoding": "gzip"}

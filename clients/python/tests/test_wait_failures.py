@@ -332,3 +332,59 @@ def test_a_problem_whose_record_cannot_be_read_keeps_its_code() -> None:
         client.accept("req-1")
     assert raised.value.code == "already_decided" and raised.value.status == 409
     assert raised.value.approval is None
+
+
+def test_a_problem_whose_record_is_not_an_object_keeps_its_code() -> None:
+    """A `409 already_decided` whose `approval` is not an object (a gateway's rewrite, a later
+    service) is `ApiError` `already_decided` without the record: it was a bare
+    `AttributeError`, which no caller's `except ApprovalsError` saw."""
+    body = {"type": "about:blank", "title": "Already decided", "status": 409, "detail": "decided", "code": "already_decided", "approval": "req-1"}
+    answer = httpx.Response(409, json=body, headers={"content-type": "application/problem+json"})
+    http = httpx.Client(transport=httpx.MockTransport(lambda _: answer))
+    client = ApprovalsClient("http://approvals.test", "t", "acme", http=http, retry=QUICK)
+    with pytest.raises(ApiError) as raised:
+        client.accept("req-1")
+    assert raised.value.code == "already_decided" and raised.value.approval is None
+
+
+class Answered:
+    """Answers every poll pending at once, as a draining instance (or a proxy) does; counts."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, _: httpx.Request) -> httpx.Response:
+        self.calls += 1
+        return pending(_)
+
+
+def test_a_wait_answered_at_once_pauses_between_polls() -> None:
+    """One-second polls answered pending at once (and the last seconds of any wait, which ask
+    for one) pause between polls: they were asked again at once, about 3,000 a second."""
+    answered = Answered()
+    http = httpx.Client(transport=httpx.MockTransport(answered))
+    client = ApprovalsClient("http://approvals.test", "t", "acme", http=http, retry=QUICK, poll_seconds=1)
+    with pytest.raises(WaitTimeout):
+        client.wait("req-1", timeout=3)
+    assert answered.calls <= 10, f"{answered.calls} polls in 3 s"
+
+
+@pytest.mark.anyio
+async def test_the_async_wait_pauses_alike() -> None:
+    answered = Answered()
+    http = httpx.AsyncClient(transport=httpx.MockTransport(answered))
+    async with AsyncApprovalsClient("http://approvals.test", "t", "acme", http=http, retry=QUICK, poll_seconds=1) as client:
+        with pytest.raises(WaitTimeout):
+            await client.wait("req-1", timeout=3)
+    assert answered.calls <= 10, f"{answered.calls} polls in 3 s"
+
+
+def test_an_infinite_timeout_waits_without_a_deadline_and_nan_is_refused() -> None:
+    """`timeout=math.inf` is "no limit", as None is (it raised `OverflowError`); NaN, which no
+    deadline could end, is a `ValueError` that says so."""
+    import math
+
+    client = sync_client(Script(accepted, first=pending))
+    assert isinstance(client.wait("req-1", timeout=math.inf), Approved)
+    with pytest.raises(ValueError, match="NaN"):
+        client.wait("req-1", timeout=math.nan)

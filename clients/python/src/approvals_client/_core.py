@@ -245,13 +245,14 @@ def _api_error(response: httpx.Response) -> ApprovalsError:
     if service_code(body) is not None:
         try:
             problem = Problem.from_json({"status": response.status_code, **body})
-        except (KeyError, TypeError, ValueError):
-            # Its record unreadable here (a status this client does not know yet): the
-            # problem still says what happened, by its `code`, without the record.
+        except (KeyError, TypeError, ValueError, AttributeError):
+            # Its record unreadable here (a status this client does not know yet, or not an
+            # object at all): the problem still says what happened, by its `code`, without
+            # the record.
             try:
                 unrecorded = {k: v for k, v in body.items() if k != "approval"}
                 problem = Problem.from_json({"status": response.status_code, **unrecorded})
-            except (KeyError, TypeError, ValueError):
+            except (KeyError, TypeError, ValueError, AttributeError):
                 problem = None
         if problem is not None:
             # The status is the answer's: a body's `status` member is only what it says.
@@ -309,6 +310,30 @@ def poll_seconds(remaining: float | None, per_poll: int) -> int:
     if remaining is not None:
         ask = min(ask, max(0, math.floor(remaining)))
     return max(0, int(ask))
+
+
+def early_pause(asked: int, took: float, deadline: float | None) -> float:
+    """The pause before the next poll of a wait whose poll asked for `asked` seconds and was
+    answered pending after `took`: none after a poll that lasted at least half of what it
+    asked, else up to a second (a draining instance, or a proxy, answers at once; polling
+    again at once would be a loop of requests), never past `deadline`."""
+    early = asked - took
+    if early <= asked / 2:
+        return 0.0
+    pause = min(1.0, early / 2)
+    if deadline is not None:
+        pause = min(pause, max(0.0, deadline - time.monotonic()))
+    return pause
+
+
+def wait_deadline(timeout: float | None) -> float | None:
+    """The `time.monotonic()` deadline of a wait of `timeout` seconds; None (no deadline) for
+    None or infinity. `ValueError` for NaN, which no comparison could end."""
+    if timeout is None or timeout == math.inf:
+        return None
+    if math.isnan(timeout):
+        raise ValueError("timeout must be a number of seconds or None, not NaN")
+    return time.monotonic() + timeout
 
 
 def check_poll_seconds(value: int) -> int:
@@ -568,9 +593,17 @@ def _position(event_id: str) -> tuple[int, int, str]:
     return (int(millis) if millis.isdigit() else -1, int(rest) if rest.isdigit() else -1, rest)
 
 
-def live_event(raw: tuple[str, str, str | None]) -> LiveEvent:
-    """An event of the stream; `ProtocolError` when its data is not an audit event."""
+# The live stream's event names this client reads; others (a newer service's) are skipped.
+LIVE_EVENTS = frozenset({"parked", "decided", "expired"})
+
+
+def live_event(raw: tuple[str, str, str | None]) -> LiveEvent | None:
+    """An event of the stream, or None for one this client does not know (SSE readers skip
+    those: a newer service may send more); `ProtocolError` when a known event's data is not
+    an audit event."""
     event, data, event_id = raw
+    if event not in LIVE_EVENTS:
+        return None
     try:
         return LiveEvent(event=event, id=event_id, data=AuditEvent.from_json(json.loads(data)))
     except (ValueError, KeyError, TypeError, AttributeError) as error:

@@ -303,7 +303,7 @@ class AsyncApprovalsClient:
         if approval is not None and approval.id != approval_id:
             raise ValueError(f"approval= is {approval.id}, not {approval_id}")
         per_poll = _core.check_poll_seconds(poll_seconds) if poll_seconds is not None else self.poll_seconds
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = _core.wait_deadline(timeout)
         return await self._wait(approval_id, deadline, per_poll, approval)
 
     async def _wait(self, approval_id: str, deadline: float | None, per_poll: int, known: Approval | None) -> Outcome:
@@ -355,11 +355,8 @@ class AsyncApprovalsClient:
                 raise WaitTimeout(approval)
             # Pending long before the wait asked for (a draining instance answers at once):
             # pause rather than ask again at once, in a loop.
-            early = asked - (time.monotonic() - started)
-            if early > 1:
-                pause = min(1.0, early / 2)
-                if deadline is not None:
-                    pause = min(pause, max(0.0, deadline - time.monotonic()))
+            pause = _core.early_pause(asked, time.monotonic() - started, deadline)
+            if pause > 0:
                 await anyio.sleep(pause)
 
     async def submit_and_wait(
@@ -373,7 +370,7 @@ class AsyncApprovalsClient:
     ) -> Outcome:
         """`submit`, then `wait` if the action was parked: the request's final outcome.
         `timeout` covers both: the submit's retries stop at it too."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = _core.wait_deadline(timeout)
         submitted = await self._submit(action, request_id, agent_id, context, deadline)
         outcome = submitted.outcome()
         if outcome is not None:
@@ -489,7 +486,9 @@ class AsyncApprovalsClient:
                             resume.moved_to(decoder.dispatched_id)
                         else:
                             event = _core.live_event(raw)
-                            if resume.first_time(event):
+                            if event is None:
+                                resume.moved_to(raw[2])
+                            elif resume.first_time(event):
                                 yield event
             except httpx.TransportError as error:
                 if not reconnect:

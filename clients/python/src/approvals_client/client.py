@@ -290,7 +290,7 @@ class ApprovalsClient:
         if approval is not None and approval.id != approval_id:
             raise ValueError(f"approval= is {approval.id}, not {approval_id}")
         per_poll = _core.check_poll_seconds(poll_seconds) if poll_seconds is not None else self.poll_seconds
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = _core.wait_deadline(timeout)
         return self._wait(approval_id, deadline, per_poll, approval)
 
     def _wait(self, approval_id: str, deadline: float | None, per_poll: int, known: Approval | None) -> Outcome:
@@ -342,11 +342,8 @@ class ApprovalsClient:
                 raise WaitTimeout(approval)
             # Pending long before the wait asked for (a draining instance answers at once):
             # pause rather than ask again at once, in a loop.
-            early = asked - (time.monotonic() - started)
-            if early > 1:
-                pause = min(1.0, early / 2)
-                if deadline is not None:
-                    pause = min(pause, max(0.0, deadline - time.monotonic()))
+            pause = _core.early_pause(asked, time.monotonic() - started, deadline)
+            if pause > 0:
                 _core.pause(pause)
 
     def submit_and_wait(
@@ -360,7 +357,7 @@ class ApprovalsClient:
     ) -> Outcome:
         """`submit`, then `wait` if the action was parked: the request's final outcome.
         `timeout` covers both: the submit's retries stop at it too."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = _core.wait_deadline(timeout)
         submitted = self._submit(action, request_id, agent_id, context, deadline)
         outcome = submitted.outcome()
         if outcome is not None:
@@ -474,7 +471,9 @@ class ApprovalsClient:
                             resume.moved_to(decoder.dispatched_id)
                         else:
                             event = _core.live_event(raw)
-                            if resume.first_time(event):
+                            if event is None:
+                                resume.moved_to(raw[2])
+                            elif resume.first_time(event):
                                 yield event
             except httpx.TransportError as error:
                 if not reconnect:
