@@ -136,6 +136,54 @@ async def test_the_async_live_stream_skips_it_too() -> None:
     assert (event.event, event.id) == ("parked", "2-0")
 
 
+class Breaking:
+    """A live stream that advises `retry: 1000`, sends one event (a new one each time), then
+    breaks; counts its connections."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def frames(self) -> Any:
+        self.calls += 1
+        yield b"retry: 1000\n\n" + PARKED.replace(b"2-0", f"{self.calls + 1}-0".encode())
+        raise httpx.ReadError("connection reset (test)")
+
+    def __call__(self, _: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=self.frames())
+
+
+def test_a_live_stream_that_breaks_at_once_is_reconnected_no_sooner_than_advised() -> None:
+    """Each `200` started the backoff over, so a stream that opens and breaks at once (an
+    overloaded instance, a proxy) was reconnected 5 to 10 times a second, whatever the
+    service's `retry:` said; now no sooner than it says."""
+    breaking = Breaking()
+    started = time.monotonic()
+    with httpx.Client(transport=httpx.MockTransport(breaking)) as http:
+        events = ApprovalsClient("http://approvals.test", "t", "acme", http=http, retry=QUICK).events()
+        ids = [next(events).id for _ in range(3)]
+    assert ids == ["2-0", "3-0", "4-0"]
+    assert time.monotonic() - started >= 1.9, "two reconnects, each at least a second after its break"
+
+
+class AsyncBreaking(Breaking):
+    async def aframes(self) -> Any:
+        for frame in self.frames():
+            yield frame
+
+    def __call__(self, _: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=self.aframes())
+
+
+@pytest.mark.anyio
+async def test_the_async_live_stream_is_reconnected_no_sooner_either() -> None:
+    started = time.monotonic()
+    async with httpx.AsyncClient(transport=httpx.MockTransport(AsyncBreaking())) as http:
+        events = AsyncApprovalsClient("http://approvals.test", "t", "acme", http=http, retry=QUICK).events()
+        ids = [(await events.__anext__()).id for _ in range(3)]
+    assert ids == ["2-0", "3-0", "4-0"]
+    assert time.monotonic() - started >= 1.9
+
+
 def undecodable(content_type: str) -> Callable[[httpx.Request], httpx.Response]:
     """A body that says it is gzip and is not."""
     headers = {"content-type": content_type, "content-encoding": "gzip"}

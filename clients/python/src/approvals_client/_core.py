@@ -542,7 +542,8 @@ class SseDecoder:
             if "\0" not in value:
                 self.last_id = value
         elif name == "retry" and value.isdigit():
-            self.retry_ms = int(value)
+            # Capped as `Retry-After` is: a huge value would stop the stream for good.
+            self.retry_ms = min(int(value), 300_000)
         return None
 
 

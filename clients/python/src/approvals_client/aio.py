@@ -452,6 +452,9 @@ class AsyncApprovalsClient:
         # Since when reconnects have met `too_many_streams`: retried a while only, for the
         # stream that broke to be let go; a token truly at its limit is told.
         refused_since: float | None = None
+        # The service's advice on when to reconnect (`retry:`), kept across connections: a
+        # stream that breaks right after opening is reconnected no sooner than that either.
+        advised_ms = 1000
         while True:
             headers = dict(self._headers, Accept="text/event-stream")
             if resume.last is not None:
@@ -496,8 +499,14 @@ class AsyncApprovalsClient:
                 if failures == 0:
                     started = time.monotonic()
                 failures += 1
+                if decoder.retry_ms is not None:
+                    advised_ms = decoder.retry_ms
                 delay = self.retry.backoff(failures)
-                if not opened and self.retry.gives_up(failures, time.monotonic() - started, delay):
+                if opened:
+                    # Each answer of 200 starts the backoff over: without this floor a stream
+                    # that opens and breaks at once was reconnected 5 to 10 times a second.
+                    delay = max(delay, advised_ms / 1000)
+                elif self.retry.gives_up(failures, time.monotonic() - started, delay):
                     raise TransportError(f"GET {url}: {error!r}") from error
                 await anyio.sleep(delay)
                 continue
@@ -505,4 +514,6 @@ class AsyncApprovalsClient:
                 raise _core.request_error("GET", url, error) from error
             if not reconnect:
                 return
-            await anyio.sleep((decoder.retry_ms if decoder.retry_ms is not None else 1000) / 1000)
+            if decoder.retry_ms is not None:
+                advised_ms = decoder.retry_ms
+            await anyio.sleep(advised_ms / 1000)

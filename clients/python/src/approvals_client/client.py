@@ -437,6 +437,9 @@ class ApprovalsClient:
         # Since when reconnects have met `too_many_streams`: retried a while only, for the
         # stream that broke to be let go; a token truly at its limit is told.
         refused_since: float | None = None
+        # The service's advice on when to reconnect (`retry:`), kept across connections: a
+        # stream that breaks right after opening is reconnected no sooner than that either.
+        advised_ms = 1000
         while True:
             headers = dict(self._headers, Accept="text/event-stream")
             if resume.last is not None:
@@ -481,8 +484,14 @@ class ApprovalsClient:
                 if failures == 0:
                     started = time.monotonic()
                 failures += 1
+                if decoder.retry_ms is not None:
+                    advised_ms = decoder.retry_ms
                 delay = self.retry.backoff(failures)
-                if not opened and self.retry.gives_up(failures, time.monotonic() - started, delay):
+                if opened:
+                    # Each answer of 200 starts the backoff over: without this floor a stream
+                    # that opens and breaks at once was reconnected 5 to 10 times a second.
+                    delay = max(delay, advised_ms / 1000)
+                elif self.retry.gives_up(failures, time.monotonic() - started, delay):
                     raise TransportError(f"GET {url}: {error!r}") from error
                 time.sleep(delay)
                 continue
@@ -490,4 +499,6 @@ class ApprovalsClient:
                 raise _core.request_error("GET", url, error) from error
             if not reconnect:
                 return
-            time.sleep((decoder.retry_ms if decoder.retry_ms is not None else 1000) / 1000)
+            if decoder.retry_ms is not None:
+                advised_ms = decoder.retry_ms
+            time.sleep(advised_ms / 1000)
