@@ -154,6 +154,13 @@ impl Authenticator {
         self.by_digest(&token_digest(bearer_token(header?)?))
     }
 
+    /// Whether a token with this SHA-256 digest is known (without building its principal).
+    pub fn knows(&self, digest: &[u8; 32]) -> bool {
+        self.entries.iter().fold(false, |found, (candidate, _)| {
+            found | bool::from(candidate.ct_eq(digest))
+        })
+    }
+
     /// The caller whose token has this SHA-256 digest (an inbox session holds the digest, not
     /// the token).
     pub fn by_digest(&self, digest: &[u8; 32]) -> Option<Principal> {

@@ -18,13 +18,17 @@ use sha2::{Digest, Sha256};
 
 use super::fairness::CallerSlots;
 use super::ApiError;
-use crate::auth::{bearer_token, token_digest};
+use crate::auth::{bearer_token, token_digest, Authenticator};
 use crate::metrics::HttpTiming;
+use crate::server::ArrivedOn;
 
 #[derive(Clone)]
 pub struct Admission {
     pub slots: Arc<CallerSlots>,
     pub request_timeout: Duration,
+    /// Which tokens are known: only their requests keep their connection's place at the cap
+    /// (`crate::server::ArrivedOn`); made-up tokens are answered `401` anyway.
+    pub auth: Arc<Authenticator>,
 }
 
 /// Middleware: counts the request against its caller (or answers `429`), then runs it under
@@ -58,6 +62,10 @@ async fn admitted(admission: &Admission, request: Request, next: Next) -> Respon
         Ok(slot) => slot,
         Err(refused) => return refused.into_response(),
     };
+    let claim = caller
+        .filter(|caller| admission.auth.knows(caller))
+        .and_then(|_| request.extensions().get::<ArrivedOn>())
+        .map(ArrivedOn::claim);
     let response = if long_poll {
         next.run(request).await
     } else {
@@ -67,15 +75,19 @@ async fn admitted(admission: &Admission, request: Request, next: Next) -> Respon
             Err(_) => ApiError::RequestTimeout(timeout).into_response(),
         }
     };
-    match slot {
-        Some(slot) if !is_event_stream(&response) => hold_until_sent(response, slot),
+    match (slot, claim) {
+        (Some(slot), claim) if !is_event_stream(&response) => {
+            hold_until_sent(response, (slot, claim))
+        }
+        // A live stream holds its connection as long as it lasts.
+        (_, Some(claim)) => response.map(|body| crate::server::holding(body, claim)),
         _ => response,
     }
 }
 
 /// A live event stream lasts as long as its reader: it has its own bound, per tenant
 /// (`approvals.max_event_streams_per_tenant`), not a place among the caller's requests.
-fn is_event_stream(response: &Response) -> bool {
+pub(crate) fn is_event_stream(response: &Response) -> bool {
     response
         .headers()
         .get(CONTENT_TYPE)

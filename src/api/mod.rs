@@ -2,6 +2,7 @@
 //! the application layer (`crate::app`) and map its answer; they hold no rules of their own.
 
 mod admission;
+pub(crate) use admission::is_event_stream;
 mod approvals;
 pub(crate) mod events;
 mod extract;
@@ -331,6 +332,7 @@ pub fn router(state: AppState, ui: &crate::config::UiSettings) -> Router {
             admission::Admission {
                 slots: state.caller_slots.clone(),
                 request_timeout: state.request_timeout,
+                auth: state.auth.clone(),
             },
             admission::admit,
         ))

@@ -19,6 +19,9 @@ use tokio::time::Instant;
 /// Requests of one connection whose answers are not fully sent, and since when it has had none.
 pub(super) struct Activity {
     in_flight: AtomicUsize,
+    /// Those of them that hold a known caller's place (`Claim`): the rest (no token, an unknown
+    /// one, a sign-in form) may be cut short when the connection's place is wanted.
+    claimed: AtomicUsize,
     /// Whether any request has arrived: one that never had any has no answer to finish.
     served: AtomicBool,
     /// Milliseconds after `opened` at which the last request in flight finished.
@@ -30,6 +33,7 @@ impl Activity {
     pub(super) fn new() -> Arc<Self> {
         Arc::new(Self {
             in_flight: AtomicUsize::new(0),
+            claimed: AtomicUsize::new(0),
             served: AtomicBool::new(false),
             idle_since_ms: AtomicU64::new(0),
             opened: Instant::now(),
@@ -47,6 +51,17 @@ impl Activity {
     /// Whether no request is in flight (none yet, or every answer sent).
     pub(super) fn is_idle(&self) -> bool {
         self.in_flight.load(Ordering::Acquire) == 0
+    }
+
+    /// Whether a request of a known caller (a token's or a live session's) is in flight.
+    pub(super) fn holds_caller(&self) -> bool {
+        self.claimed.load(Ordering::Acquire) > 0
+    }
+
+    /// Marks a request in flight as a known caller's until the guard is dropped.
+    pub(super) fn claim(self: &Arc<Self>) -> Claim {
+        self.claimed.fetch_add(1, Ordering::AcqRel);
+        Claim(Arc::clone(self))
     }
 
     /// Whether a request has ever arrived on the connection.
@@ -88,6 +103,15 @@ impl Drop for InUse {
         let ms = u64::try_from(self.0.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.0.idle_since_ms.store(ms, Ordering::Release);
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A known caller's request in flight on its connection (see [`Activity::claim`]).
+pub(crate) struct Claim(Arc<Activity>);
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.0.claimed.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

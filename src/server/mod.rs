@@ -30,7 +30,7 @@ mod closing;
 mod due;
 mod occupants;
 
-pub(crate) use activity::holding;
+pub(crate) use activity::{holding, Claim};
 pub(crate) use due::{EndsWhen, HoldsCallerPlace};
 
 use std::convert::Infallible;
@@ -38,10 +38,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::http::Request;
 use axum::routing::future::RouteFuture;
 use axum::Router;
 use futures_util::future::{self, Either};
 use futures_util::{FutureExt, TryFutureExt};
+use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -56,6 +58,32 @@ use crate::config::ServerSettings;
 use activity::Activity;
 use closing::Closing;
 use occupants::Occupants;
+
+/// The connection a request arrived on, in its extensions: the API's admission and the
+/// inbox's session check mark a known caller's request on it (`Activity::claim`), which keeps
+/// the connection from being asked to make way while the request is in flight.
+#[derive(Clone)]
+pub(crate) struct ArrivedOn(Arc<Activity>);
+
+impl ArrivedOn {
+    pub(crate) fn claim(&self) -> Claim {
+        self.0.claim()
+    }
+}
+
+/// Adds [`ArrivedOn`] to each request `app` serves on the connection of `activity`.
+fn arrived_on<S>(
+    app: S,
+    activity: &Arc<Activity>,
+) -> tower::util::MapRequest<S, impl Fn(Request<Incoming>) -> Request<Incoming> + Clone> {
+    let activity = Arc::clone(activity);
+    tower::util::MapRequest::new(app, move |mut request: Request<Incoming>| {
+        request
+            .extensions_mut()
+            .insert(ArrivedOn(Arc::clone(&activity)));
+        request
+    })
+}
 
 /// How long a connection asked to make way may take to close by itself before it is dropped.
 const LEAVE_GRACE: Duration = Duration::from_secs(1);
@@ -118,11 +146,12 @@ impl Protocols {
                 future::select(Box::pin(stopping), Box::pin(leave.cancelled_owned())).map(drop)
             }
         };
-        // Asked to leave, a connection is asked to finish (`until`), and dropped if it is
-        // still idle then: at once if no request ever arrived (hyper finishes an HTTP/1
-        // connection only after a first answer), else after `LEAVE_GRACE`, in which a finished
-        // answer's last bytes go out (an HTTP/2 goodbye waits for a client that may never
-        // answer). One that took a request meanwhile finishes it.
+        // Asked to leave, a connection is asked to finish (`until`), and dropped if it still
+        // holds no known caller's request then: at once if no request ever arrived (hyper
+        // finishes an HTTP/1 connection only after a first answer), else after `LEAVE_GRACE`,
+        // in which a finished answer's last bytes go out (an HTTP/2 goodbye waits for a client
+        // that may never answer). Nobody's requests still in flight are cut short; a known
+        // caller's (taken meanwhile) is finished.
         let unserved = {
             let activity = Arc::clone(&activity);
             leave.cancelled_owned().then(move |()| {
@@ -130,9 +159,9 @@ impl Protocols {
                     true => LEAVE_GRACE,
                     false => Duration::ZERO,
                 };
-                tokio::time::sleep(grace).then(move |()| match activity.is_idle() {
-                    true => Either::Left(future::ready(())),
-                    false => Either::Right(future::pending()),
+                tokio::time::sleep(grace).then(move |()| match activity.holds_caller() {
+                    false => Either::Left(future::ready(())),
+                    true => Either::Right(future::pending()),
                 })
             })
         };
@@ -163,6 +192,7 @@ impl Protocols {
                         response.map(|body| activity::holding(body, (in_use, watched)))
                     })
                 });
+                let app = arrived_on(app, &activity);
                 let connection = protocols
                     .http2
                     .serve_connection(stream, TowerToHyperService::new(app));
@@ -173,12 +203,14 @@ impl Protocols {
             } else {
                 // Counted too, so that an idle keep-alive can make way (`occupants`); a
                 // blocked write ends an HTTP/1 answer (the write deadline): nothing to abort.
+                let arrived = ArrivedOn(Arc::clone(&activity));
                 let app = MapFuture::new(app, move |answer: RouteFuture<Infallible>| {
                     let in_use = activity.enter();
                     answer.map_ok(move |response| {
                         response.map(|body| activity::holding(body, in_use))
                     })
                 });
+                let app = arrived_on(app, &arrived.0);
                 let connection = protocols
                     .http1
                     .serve_connection(stream, TowerToHyperService::new(app));

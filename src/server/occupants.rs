@@ -7,7 +7,15 @@
 //! Now the connection seated longest among those with nothing in flight is asked to close
 //! (at once: it is idle) and the newcomer takes its place. Such a flood must then replace every
 //! place faster than a client sends its request after connecting, which at 10,000 places is
-//! far beyond one host. Connections with a request in flight are never asked.
+//! far beyond one host.
+//!
+//! When none is idle, the one seated longest whose requests in flight are nobody's (no token,
+//! an unknown one, a sign-in form) is asked instead, and cut short after a moment: a sign-in
+//! whose body never comes, or an HTTP/2 answer its client grants no window, kept such a
+//! connection busy for the request or write timeout, and opening them faster than that from
+//! one host with no token closed every newcomer. A connection with a known caller's request in
+//! flight (a token's, a live session's; each caller's are bounded, `api::fairness`) is never
+//! asked.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -64,13 +72,15 @@ impl Occupants {
     }
 
     /// Asks the connection seated longest with nothing in flight (and not asked already) to
-    /// close; `false` when every connection has a request in flight.
+    /// close, or else the one seated longest with nobody's requests in flight; `false` when
+    /// every connection has a known caller's request in flight.
     pub(super) fn make_way(&self) -> bool {
         let seated = self.seated();
-        let idle = seated
-            .values()
-            .find(|o| !o.leave.is_cancelled() && o.activity.is_idle());
-        match idle {
+        let askable = || seated.values().filter(|o| !o.leave.is_cancelled());
+        let leaving = askable()
+            .find(|o| o.activity.is_idle())
+            .or_else(|| askable().find(|o| !o.activity.holds_caller()));
+        match leaving {
             Some(occupant) => {
                 occupant.leave.cancel();
                 true

@@ -169,6 +169,12 @@ async fn per_session(
         && matches!(request.uri().path(), "/ui/logout" | "/ui/login")
         && session::same_site(request.headers(), state.public_authority());
     let caller = caller.filter(|_| !ends_session);
+    // A live session's request keeps its connection's place at the cap (`crate::server`); a
+    // sign-in is nobody's until it has signed in.
+    let claim = found
+        .as_ref()
+        .and_then(|_| request.extensions().get::<crate::server::ArrivedOn>())
+        .map(crate::server::ArrivedOn::claim);
     // Handed to the handler: each look-up is a Redis read (whether it was signed out).
     request.extensions_mut().insert(Checked(found));
     let slot = match caller
@@ -180,7 +186,13 @@ async fn per_session(
     };
     let response = next.run(request).await;
     drop(slot);
-    response
+    // A live stream holds its connection as long as it lasts; a page only until it is built.
+    match claim {
+        Some(claim) if crate::api::is_event_stream(&response) => {
+            response.map(|body| crate::server::holding(body, claim))
+        }
+        _ => response,
+    }
 }
 
 /// The session [`per_session`] found for this request.

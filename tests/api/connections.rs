@@ -196,6 +196,57 @@ async fn at_capacity_with_every_connection_busy_a_new_one_is_closed() {
     assert_eq!(health.status(), StatusCode::OK);
 }
 
+/// Requests with no known caller behind them (here sign-in forms whose body never comes; a
+/// client needs no token for those) do not keep their connections' places: at the cap, the
+/// one seated longest is cut short for a newcomer. They kept every place busy for the request
+/// timeout, and every agent's and reviewer's new connection was closed at once.
+#[tokio::test]
+async fn at_capacity_nobodys_requests_in_flight_make_way() {
+    let app = TestApp::spawn_with(|s| {
+        s.server.max_connections = 20;
+        s.server.header_read_timeout = Duration::from_secs(30);
+        s.server.request_timeout = Duration::from_secs(30);
+    })
+    .await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut sign_ins = Vec::new();
+    for n in 0..20 {
+        let mut stream = TcpStream::connect(&addr).await.unwrap();
+        stream
+            .write_all(
+                b"POST /ui/login HTTP/1.1\r\nHost: x\r\n\
+                  Content-Type: application/x-www-form-urlencoded\r\n\
+                  Content-Length: 4096\r\nExpect: 100-continue\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        // `100 Continue` once the sign-in reads its body: it is in flight.
+        let mut answer = [0u8; 12];
+        stream
+            .read_exact(&mut answer)
+            .await
+            .unwrap_or_else(|e| panic!("sign-in {n}: {e}"));
+        assert_eq!(&answer, b"HTTP/1.1 100", "sign-in {n}");
+        stream.write_all(b"token=").await.unwrap();
+        sign_ins.push(stream);
+    }
+    let listed = tokio::time::timeout(
+        Duration::from_secs(10),
+        reqwest::Client::new()
+            .get(app.url(&format!("/v1/tenants/{}/approvals", app.tenant)))
+            .bearer_auth(&app.tokens.reviewer)
+            .send(),
+    )
+    .await
+    .expect("served before any timeout")
+    .expect("served, not closed");
+    assert_eq!(listed.status(), StatusCode::OK);
+    // The sign-in seated longest made way.
+    tokio::time::timeout(Duration::from_secs(5), closed_by_server(&mut sign_ins[0]))
+        .await
+        .expect("the sign-in seated longest was cut short");
+}
+
 /// A client that sends a body slower than `server.request_timeout` allows gets `408`.
 #[tokio::test]
 async fn a_body_slower_than_the_request_timeout_is_408() {
