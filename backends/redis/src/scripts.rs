@@ -25,14 +25,14 @@ impl Scripts {
         let common = format!("{values}\n{}", include_str!("lua/common.lua"));
         Self {
             park: Script::new(&format!("{values}\n{}", include_str!("lua/park.lua"))),
-            record: Script::new(include_str!("lua/record.lua")),
+            record: Script::new(&format!("{values}\n{}", include_str!("lua/record.lua"))),
             decide: Script::new(&format!("{common}\n{}", include_str!("lua/decide.lua"))),
             expire: Script::new(&format!(
                 "local UNREADABLE = '{UNREADABLE}'\n{common}\n{}",
                 include_str!("lua/expire.lua")
             )),
             foreign: Script::new(include_str!("lua/foreign.lua")),
-            put_bundle: Script::new(include_str!("lua/put_bundle.lua")),
+            put_bundle: Script::new(&format!("{values}\n{}", include_str!("lua/put_bundle.lua"))),
             swap_policy_state: Script::new(include_str!("lua/swap_policy_state.lua")),
         }
     }

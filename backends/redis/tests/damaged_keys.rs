@@ -322,6 +322,68 @@ async fn a_damaged_index_refuses_the_write_before_any_of_it_is_made() {
     assert_eq!(events, 1, "the submit's event only");
 }
 
+/// A tenant's pending-age sum that holds what HINCRBY refuses (here a float, as a repair by
+/// hand might write) refuses a submit and a decision whole: the scripts read it as 0, wrote
+/// the record, index entry and audit event, then failed at the HINCRBY, leaving an approval
+/// with no deadline (it never expired) or a decision the reviewer was told had failed.
+#[tokio::test]
+async fn a_damaged_pending_sum_refuses_submits_and_decisions_before_any_write() {
+    let server = RedisServer::start().await;
+    let backend = backend(&server);
+    let mut conn = server.connection().await;
+    let tenant = fresh_tenant("sum-damaged");
+    backend
+        .submit(pending(&tenant, "first", HOUR))
+        .await
+        .expect("submit");
+    let _: () = conn
+        .hset("approvals:pending_submitted_ms", tenant.as_str(), "12.5")
+        .await
+        .expect("hset");
+
+    let refused = backend.submit(pending(&tenant, "second", HOUR)).await;
+    assert!(refused.is_err(), "refused: {refused:?}");
+    let record: Option<String> = conn.get(record_key(&tenant, "second")).await.expect("get");
+    assert_eq!(record, None, "no record left behind");
+    assert_eq!(pending_ids(&backend, &tenant).await, ["first"]);
+
+    let accept =
+        approvals_core::DecisionRequest::now(approvals_core::Verdict::Accept, "alice", None);
+    let refused = backend.decide(&tenant, &id("first"), accept).await;
+    assert!(refused.is_err(), "refused: {refused:?}");
+    let still = backend.get(&tenant, &id("first")).await.expect("get");
+    assert_eq!(still.map(|a| a.status), Some(Status::Pending));
+    assert_eq!(pending_ids(&backend, &tenant).await, ["first"]);
+    let events: usize = conn.xlen(audit_key(&tenant)).await.expect("xlen");
+    assert_eq!(events, 1, "the first submit's event only");
+}
+
+/// An allow or deny answer's audit event (record.lua) is not appended when the tenants' set
+/// it also names the tenant in is damaged: it was appended, then the SADD failed, and every
+/// retry of the refused answer appended it once more.
+#[tokio::test]
+async fn a_recorded_answer_with_a_damaged_tenants_set_appends_nothing() {
+    let server = RedisServer::start().await;
+    let backend = backend(&server);
+    let mut conn = server.connection().await;
+    let tenant = fresh_tenant("tenants-damaged");
+    let _: () = conn
+        .set("approvals:tenants", "not a set")
+        .await
+        .expect("set");
+    let entry = approvals_core::AuditEntry::decision(
+        &tenant,
+        &id("allowed-1"),
+        &approvals_core::DecisionRequest::now(approvals_core::Verdict::Accept, "alice", None),
+    );
+    for _ in 0..2 {
+        let refused = backend.record(entry.clone()).await;
+        assert!(refused.is_err(), "refused: {refused:?}");
+    }
+    let events: usize = conn.xlen(audit_key(&tenant)).await.expect("xlen");
+    assert_eq!(events, 0, "no event appended by a refused call");
+}
+
 /// An audit entry that cannot be read, last in the stream (corrupt, or of a kind a newer
 /// version writes): the page says where to go on from, past it. It ended at the last entry
 /// it could read, so every live stream and the webhook reader read the bad one again (and

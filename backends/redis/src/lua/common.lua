@@ -60,7 +60,7 @@ local function settle(raw, rec, status, head, ttl_ms, target_index, audit_json)
     return redis.error_reply('invalid retention: ' .. tostring(ttl_ms) .. ' ms')
   end
   local refused = wrong_type({KEYS[2], 'zset', target_index, 'zset', KEYS[5], 'zset',
-    KEYS[6], 'zset', KEYS[7], 'hash'})
+    KEYS[6], 'zset', KEYS[7], 'hash'}) or not_a_sum(KEYS[7], ARGV[4])
   if refused then return refused end
   local member = index_member(rec)
   local settled = head .. string.sub(raw, #pending_head + 1)

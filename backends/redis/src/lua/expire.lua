@@ -4,6 +4,12 @@
 -- value it cannot settle, else nil (already settled, or not yet due).
 -- Every instance's sweeper may run this for the same entry at once: the record's status makes
 -- the second call a no-op, so each expiry is recorded exactly once.
+-- Every path below may take the approval out of the sums: a damaged sum refuses the call
+-- before anything is written (`not_a_sum`).
+local refused = wrong_type({KEYS[2], 'zset', KEYS[5], 'zset', KEYS[7], 'hash'})
+  or not_a_sum(KEYS[7], ARGV[4])
+if refused then return refused end
+
 -- Takes the entry out of the deadlines, and the approval out of the pending index and sums.
 local function unlist()
   if redis.call('ZREM', KEYS[2], ARGV[12]) == 1 then

@@ -24,14 +24,15 @@ if not valid_px(ARGV[2]) or (pending and not valid_px(ARGV[14])) then
   return redis.error_reply('invalid expiry: ' .. ARGV[2] .. ' ms, shadow ' .. ARGV[14] .. ' ms')
 end
 if pending then
+  local refused = wrong_type({KEYS[6], 'hash'}) or not_a_sum(KEYS[6], ARGV[9])
+  if refused then return refused end
   -- The sum is of epoch milliseconds: past 2^63 HINCRBY fails (about 5 million pending in
   -- one tenant). Compared as doubles, with a margin far above their rounding there.
-  local sum = tonumber(redis.call('HGET', KEYS[6], ARGV[9]) or '0') or 0
+  local sum = tonumber(redis.call('HGET', KEYS[6], ARGV[9]) or '0')
   if sum + tonumber(ARGV[10]) > 9.2e18 then
     return redis.error_reply('pending sum full for tenant ' .. ARGV[9])
   end
 end
--- (The sums' hash was read above: a key of another type refused that read.)
 local refused = wrong_type({KEYS[2], 'zset', pending and KEYS[3] or KEYS[4], 'zset', KEYS[5], 'set'})
 if refused then return refused end
 -- First: the one write left that can fail (a stream someone replaced with another type).

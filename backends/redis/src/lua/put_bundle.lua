@@ -6,8 +6,13 @@
 -- ARGV[1] the bundle JSON, ARGV[2] uploaded_at (ms), ARGV[3] the version, ARGV[4] the summary
 -- JSON, ARGV[5] the tenant, ARGV[6] versions kept besides the named ones, ARGV[7] the prefix
 -- of the tenant's bundle keys
+-- Runs after values.lua.
 -- Returns {1, pruned versions...} when stored, {0} when the version was there (its place in
 -- the upload order refreshed).
+-- Checked first: a bundle stored before a refused ZADD was left out of the index, and every
+-- retry found it stored.
+local refused = wrong_type({KEYS[1], 'string', KEYS[2], 'zset', KEYS[3], 'hash', KEYS[4], 'hash'})
+if refused then return refused end
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX') then
   -- Pushed again: as recent as a new upload for what is kept (its first upload's facts
   -- stand), so the next upload's prune does not delete the version a pipeline just pushed

@@ -27,6 +27,8 @@ for i = 3, #KEYS do
     return 2 - i
   end
 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+-- The counter first: an INCR refused (a damaged counter) after the HSET answered an error
+-- for a change that had been made. The HSET cannot fail here (the HGET above read the hash).
 redis.call('INCR', KEYS[2])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 return 1

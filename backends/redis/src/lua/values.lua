@@ -1,4 +1,4 @@
--- Shared by park.lua, decide.lua and expire.lua: reading a value defensively, and the checks
+-- Shared by every script that writes more than one key: reading a value defensively, and the checks
 -- that run before a script's first write (Redis applies a script's writes up to the call that
 -- fails, so a refused write after them would leave an approval half-written).
 
@@ -26,6 +26,19 @@ local function wrong_type(keys)
     if held ~= 'none' and held ~= keys[i + 1] then
       return redis.error_reply('WRONGTYPE ' .. keys[i] .. ' holds a ' .. held .. ', not a ' .. keys[i + 1])
     end
+  end
+  return nil
+end
+
+-- An error when `field` of the hash `key` holds what HINCRBY refuses (a float or a word an
+-- operator's repair wrote), else nil. Checked before a script's first write, as `wrong_type`
+-- is: `tonumber` read such a value as 0, the write went ahead, and the HINCRBY after it
+-- failed, leaving a record with no deadline (never expired) or a decision half-recorded.
+-- The hash itself must be one (`wrong_type` first).
+local function not_a_sum(key, field)
+  local held = redis.call('HGET', key, field)
+  if held and not string.match(held, '^%-?%d+$') then
+    return redis.error_reply('damaged sum: field ' .. field .. ' of ' .. key .. ' is not an integer')
   end
   return nil
 end
