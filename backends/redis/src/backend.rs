@@ -389,9 +389,15 @@ impl ApprovalBackend for RedisBackend {
             None => Ok(SubmitOutcome::Created(approval)),
             Some(raw) => {
                 let key = keys::record(&approval.tenant, &approval.id);
-                Ok(SubmitOutcome::Existing(
-                    self.load(&key, raw).await?.as_of(now),
-                ))
+                let existing = self.load(&key, raw).await?;
+                if existing.status == Status::Pending && now >= existing.expires_at {
+                    // Due and not yet swept: answered "expired" only once recorded, as a read
+                    // is, so that no decision lands after the agent was told.
+                    if let Some(current) = self.get(&approval.tenant, &approval.id).await? {
+                        return Ok(SubmitOutcome::Existing(current));
+                    }
+                }
+                Ok(SubmitOutcome::Existing(existing.as_of(now)))
             }
         }
     }

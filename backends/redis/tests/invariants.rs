@@ -382,6 +382,44 @@ async fn a_read_past_the_deadline_records_the_expiry_for_every_instance() {
     assert_eq!(expired_events, 1, "{audit:?}");
 }
 
+/// An agent repeating its submit past the deadline is answered "expired" only once Redis has
+/// recorded it, as a read is: the repeat answered from the instance's clock alone, and a
+/// reviewer on an instance whose clock runs behind could still accept what the agent was
+/// told had expired.
+#[tokio::test]
+async fn a_repeated_submit_past_the_deadline_records_the_expiry() {
+    let server = RedisServer::start().await;
+    let (agent, other) = (backend(&server), backend(&server));
+    let tenant = fresh_tenant("repeat-expiry");
+    let approval = pending(&tenant, "due", Duration::from_millis(200));
+    let expires_at = approval.expires_at;
+    agent.submit(approval.clone()).await.expect("submit");
+    // The deadline passing is the event awaited here; no sweeper runs in this test.
+    while Timestamp::now() <= expires_at {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let repeated = agent.submit(approval).await.expect("repeat");
+    match repeated {
+        approvals_core::SubmitOutcome::Existing(existing) => {
+            assert_eq!(existing.status, Status::Expired)
+        }
+        created => panic!("the repeat parked it again: {created:?}"),
+    }
+    let listed = other
+        .list(&tenant, Status::Expired, None, 10)
+        .await
+        .expect("list");
+    let ids: Vec<_> = listed.items.iter().map(|a| a.id.clone()).collect();
+    assert_eq!(ids, [id("due")], "recorded in Redis for every instance");
+    let audit = all_audit(&*other, &tenant).await;
+    let expired_events = audit
+        .iter()
+        .filter(|e| e.kind == AuditKind::Expired)
+        .count();
+    assert_eq!(expired_events, 1, "{audit:?}");
+}
+
 /// Every long-poll on an approval wakes at its deadline, before the sweeper's next pass, and
 /// reads it: those reads share one expiry call, instead of one script each (all but the first
 /// for nothing) and a read again.
