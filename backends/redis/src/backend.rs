@@ -242,6 +242,28 @@ impl RedisBackend {
             .collect())
     }
 
+    /// The values of `keys` in order, fetched in chunks until they pass `LIST_PAGE_BYTES`
+    /// (those after are not fetched): one MGET of a whole page of records near the body limit
+    /// was about 32 MB, on a connection every other call shares and in a reply buffer Redis
+    /// counts against its memory. The first chunk is small; each next one is about what the
+    /// rest of the budget holds at the records' size so far (usually one more round trip).
+    async fn fetch_within_budget(
+        &self,
+        keys: &[String],
+    ) -> Result<Vec<Option<String>>, BackendError> {
+        const FIRST_CHUNK: usize = 16;
+        let (mut values, mut bytes, mut chunk) = (Vec::with_capacity(keys.len()), 0, FIRST_CHUNK);
+        while values.len() < keys.len() && bytes <= LIST_PAGE_BYTES {
+            let end = (values.len() + chunk).min(keys.len());
+            let got = self.fetch_all(&keys[values.len()..end]).await?;
+            bytes += got.iter().flatten().map(String::len).sum::<usize>();
+            values.extend(got);
+            let average = (bytes / values.len()).max(1);
+            chunk = LIST_PAGE_BYTES.saturating_sub(bytes) / average + 1;
+        }
+        Ok(values)
+    }
+
     /// MGET of `keys`: each one's value or `None`, in order.
     async fn fetch_all(&self, keys: &[String]) -> Result<Vec<Option<String>>, BackendError> {
         if keys.is_empty() {
@@ -511,19 +533,26 @@ impl ApprovalBackend for RedisBackend {
             .unzip();
         let now = Timestamp::now();
         let mut items = Vec::with_capacity(members.len());
-        let values = self.fetch_all(&record_keys).await?;
+        let values = self.fetch_within_budget(&record_keys).await?;
         // A page ends early once its records pass the byte budget, always with at least one;
-        // the next starts after the member of its last record.
+        // the next starts after the member of its last record. Records not fetched (past the
+        // budget) end it too.
+        let first_unfetched = places.get(values.len()).copied();
         let (mut fetched, mut bytes) = (Vec::with_capacity(values.len()), 0);
+        let mut ended_early = false;
         for ((place, key), value) in places.into_iter().zip(record_keys).zip(values) {
             let Some(raw) = value else { continue };
             bytes += raw.len();
             if bytes > LIST_PAGE_BYTES && !fetched.is_empty() {
                 members = &members[..place];
-                more = true;
+                (more, ended_early) = (true, true);
                 break;
             }
             fetched.push((key, raw));
+        }
+        if let Some(place) = first_unfetched.filter(|_| !ended_early) {
+            members = &members[..place];
+            more = true;
         }
         for (key, raw) in fetched {
             let approval = match self.load(&key, raw).await {

@@ -420,6 +420,60 @@ async fn a_repeated_submit_past_the_deadline_records_the_expiry() {
     assert_eq!(expired_events, 1, "{audit:?}");
 }
 
+/// A page of large records is read in chunks up to its byte budget (1 MiB), not in one MGET
+/// of every record on it: 100 records of 60 kB came back as one 6 MB reply, on a connection
+/// every other call shares and in a buffer Redis counts against its memory.
+#[tokio::test]
+async fn a_page_of_large_records_reads_about_its_budget_from_redis() {
+    let server = RedisServer::start().await;
+    let backend = backend(&server);
+    let tenant = fresh_tenant("large-page");
+    for n in 0..100 {
+        let mut approval = pending(&tenant, &format!("large-{n:03}"), Duration::from_secs(3600));
+        approval
+            .context
+            .insert("notes".into(), Value::String("x".repeat(60_000)));
+        backend.submit(approval).await.expect("submit");
+    }
+    let mut conn = server.connection().await;
+    let sent = |info: String| -> u64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix("total_net_output_bytes:"))
+            .map(|n| n.trim().parse().expect("a count"))
+            .expect("total_net_output_bytes")
+    };
+    let before: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let page = backend
+        .list(&tenant, Status::Pending, None, 100)
+        .await
+        .expect("list");
+    let after: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let read = sent(after) - sent(before);
+    assert!(
+        (10..100).contains(&page.items.len()) && page.next_cursor.is_some(),
+        "a page cut at its budget: {} items",
+        page.items.len()
+    );
+    assert!(read < 2_500_000, "{read} bytes read for one page");
+    // The next page starts where this one ended: none skipped, none repeated.
+    let next = backend
+        .list(&tenant, Status::Pending, page.next_cursor.as_deref(), 100)
+        .await
+        .expect("next page");
+    let last = page.items.last().expect("items").id.to_string();
+    let first = next.items.first().expect("items").id.to_string();
+    let number = |id: &str| id.trim_start_matches("large-").parse::<u32>().expect("n");
+    assert_eq!(number(&first), number(&last) + 1, "{last} then {first}");
+}
+
 /// Every long-poll on an approval wakes at its deadline, before the sweeper's next pass, and
 /// reads it: those reads share one expiry call, instead of one script each (all but the first
 /// for nothing) and a read again.
