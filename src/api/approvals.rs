@@ -311,7 +311,8 @@ async fn decide(
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct AuditQuery {
-    /// RFC 3339; events from this instant on.
+    /// RFC 3339; events from this instant on. A `+` offset is best sent as `%2B`; one sent
+    /// unencoded (decoded as a space) is read as `+`.
     #[param(nullable = false, format = DateTime, min_length = 1)]
     pub since: Option<String>,
     /// 1–1000, default 100.

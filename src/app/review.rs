@@ -217,8 +217,10 @@ impl Approvals {
     ) -> Result<Page<AuditEvent>, AppError> {
         let limit = check_limit(query.limit, 100, 1000)?;
         let since = match query.since.as_deref() {
-            Some(text) => Some(Timestamp::parse_rfc3339(text).ok_or_else(|| {
-                AppError::InvalidOption(format!("since: not an RFC 3339 timestamp: {text:?}"))
+            Some(text) => Some(parse_since(text).ok_or_else(|| {
+                AppError::InvalidOption(format!(
+                    "since: not an RFC 3339 timestamp: {text:?} (a + in a URL is %2B)"
+                ))
             })?),
             None => None,
         };
@@ -315,4 +317,15 @@ fn not_found(tenant: &TenantId, id: &ApprovalId) -> AppError {
         tenant: tenant.clone(),
         id: id.clone(),
     }
+}
+
+/// An RFC 3339 `since`, also as a URL without `%2B` leaves it: a query string decodes `+` as a
+/// space, so `...T10:00:00+01:00` pasted into curl arrives as `...T10:00:00 01:00`. No RFC 3339
+/// timestamp holds a space before a `hh:mm` at its end, so reading it as `+` is never wrong.
+fn parse_since(text: &str) -> Option<Timestamp> {
+    Timestamp::parse_rfc3339(text).or_else(|| {
+        let (head, offset) = text.rsplit_once(' ')?;
+        let is_offset = offset.len() == 5 && offset.as_bytes()[2] == b':';
+        is_offset.then(|| Timestamp::parse_rfc3339(&format!("{head}+{offset}")))?
+    })
 }

@@ -9,6 +9,7 @@ contract_tests!(
     cursors_visit_every_pending_approval_once_oldest_first,
     audit_tells_the_story_oldest_first,
     audit_reads_at_the_ends_of_the_calendar_are_answered,
+    a_since_with_an_unencoded_plus_offset_is_read_as_written,
 );
 
 async fn page(app: &TestApp, query: &str) -> Value {
@@ -134,6 +135,32 @@ async fn audit_reads_at_the_ends_of_the_calendar_are_answered(h: Harness) {
         assert_eq!(
             page["items"].as_array().unwrap().len(),
             events,
+            "{since}: {page}"
+        );
+    }
+}
+
+/// A `since` with a `+hh:mm` offset pasted into a URL unencoded (curl, a shell script) reads
+/// as written: query strings decode `+` as a space, and it was refused `400 invalid_query`
+/// although no RFC 3339 timestamp holds a space before its offset.
+async fn a_since_with_an_unencoded_plus_offset_is_read_as_written(h: Harness) {
+    let tenant = &h.tenant;
+    let app = h.spawn().await;
+    app.park("req-1").await;
+    for (since, events) in [
+        ("2000-01-01T01:00:00+01:00", 1),
+        ("2000-01-01T01:00:00%2B01:00", 1),
+        ("9999-12-31T00:00:00+01:00", 0),
+    ] {
+        let page = app
+            .get_json(
+                &format!("/v1/tenants/{tenant}/audit?since={since}"),
+                &app.tokens.admin,
+            )
+            .await;
+        assert_eq!(
+            page["items"].as_array().map(Vec::len),
+            Some(events),
             "{since}: {page}"
         );
     }
