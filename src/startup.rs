@@ -308,19 +308,28 @@ impl Application {
             };
             crate::server::serve(listener, app, &server, shutdown).await;
         });
-        // The drain gets `grace` once shutdown begins; past it, the process stops anyway.
+        // The drain gets `grace` once shutdown begins; past it, the process stops anyway. A
+        // signal during the drain (an operator's ctrl-c) ends it at once: the handlers stay
+        // installed, so it was swallowed, and only SIGKILL cut a stuck drain short, before
+        // the decision log was flushed. Listened for only once the drain has begun: the
+        // signal that began it is not heard again.
         let result = tokio::select! {
             joined = served => joined.map_err(std::io::Error::other),
             () = async { stop.cancelled().await; tokio::time::sleep(grace).await } => {
                 tracing::warn!(?grace, "in-flight requests did not finish within the grace period");
                 Ok(())
             }
+            () = async { stop.cancelled().await; shutdown_signal().await } => {
+                tracing::warn!("a second signal: in-flight requests are cut short");
+                Ok(())
+            }
         };
         stop.cancel();
         metrics_stop.cancel();
         if let Some(metrics_served) = metrics_served {
-            // A scrape finishes at once; a connection that does not is not waited for long.
-            let _ = tokio::time::timeout(grace, metrics_served).await;
+            // A scrape finishes at once; a connection that does not is not waited for long
+            // (it had a whole `grace` again, past the exit time the README promises).
+            let _ = tokio::time::timeout(METRICS_DRAIN.min(grace), metrics_served).await;
         }
         let _ = figures.await;
         if let Some(mut notifications) = notifications {
@@ -367,6 +376,9 @@ impl Application {
         result
     }
 }
+
+/// How long the metrics listener's connections may take to finish at shutdown.
+const METRICS_DRAIN: Duration = Duration::from_secs(2);
 
 fn warn_about_long_ttls(settings: &Settings) {
     if !settings.backend.uses_redis() {

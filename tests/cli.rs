@@ -327,6 +327,58 @@ async fn sigterm_with_a_shutdown_delay_says_not_ready_and_keeps_serving_meanwhil
     assert!(status.success(), "clean exit: {status:?}");
 }
 
+/// A signal during the drain ends it at once: a request whose body trickles in keeps the
+/// drain going for `server.shutdown_grace`, and an operator's ctrl-c was swallowed (the signal
+/// handlers stay installed), so only SIGKILL cut it short, before the decision log's flush.
+#[tokio::test]
+async fn a_second_signal_cuts_the_drain_short() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let redis = RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let agent = "agent-token-1";
+    let config = serve_config(
+        port,
+        &redis,
+        agent,
+        "shutdown_grace = \"30s\"\nrequest_timeout = \"30s\"\n",
+        "",
+    );
+    let config = write(dir.path(), "config.toml", &config);
+    let mut command = approvals(&["serve", "--config", &config]);
+    command.env("RUST_LOG", "info");
+    let mut service = Process::spawn(command);
+    service.wait_for_line("serving", Duration::from_secs(20));
+    // A submit whose body never finishes: in flight for the whole grace.
+    let mut trickling = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /v1/tenants/acme/approvals HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {agent}\r\n\
+         Content-Type: application/json\r\nContent-Length: 1000\r\nExpect: 100-continue\r\n\r\n"
+    );
+    trickling.write_all(head.as_bytes()).await.unwrap();
+    // `100 Continue` once the handler reads the body: the request is in flight.
+    let mut answer = [0u8; 12];
+    trickling.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 100");
+    trickling.write_all(b"{\"request_id\": ").await.unwrap();
+
+    service.signal(Signal::SIGTERM);
+    service.wait_for_line("draining in-flight requests", Duration::from_secs(10));
+    let cut = Instant::now();
+    service.signal(Signal::SIGINT);
+    let status = service.wait_exit(Duration::from_secs(20)).await;
+    assert!(status.success(), "clean exit: {status:?}");
+    assert!(
+        cut.elapsed() < Duration::from_secs(10),
+        "exited {:?} after the second signal, not at the end of the 30 s grace",
+        cut.elapsed()
+    );
+    drop(trickling);
+}
+
 /// A stdout decision-log sink whose reader stalled (a log shipper that stopped reading) does
 /// not hold up the exit: the write blocked in a blocking task, and dropping the runtime waited
 /// for it without limit, so a drained service never exited until it was killed. An empty
