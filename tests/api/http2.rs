@@ -458,3 +458,81 @@ async fn an_inbox_sign_in_over_http2_is_checked_against_its_authority() {
         StatusCode::FORBIDDEN
     );
 }
+
+/// The payload of the ping h2 sends with its first goodbye (`GOAWAY`): only once it is
+/// answered does it send the last and close.
+const GOODBYE_PING: [u8; 8] = [0x0b, 0x7b, 0xa2, 0xf0, 0x8b, 0x9b, 0xfe, 0x54];
+
+/// A raw HTTP/2 client that acknowledges the server's settings and answers its keep-alive
+/// pings, but never its goodbye ping; resolves when the server closes the socket.
+async fn client_ignoring_the_goodbye(app: &TestApp) -> JoinHandle<()> {
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut stream = TcpStream::connect(&addr).await.unwrap();
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    // An empty SETTINGS frame.
+    stream
+        .write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0])
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        loop {
+            let mut head = [0u8; 9];
+            if stream.read_exact(&mut head).await.is_err() {
+                return;
+            }
+            let length =
+                usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            let (kind, flags) = (head[3], head[4]);
+            let mut payload = vec![0u8; length];
+            if stream.read_exact(&mut payload).await.is_err() {
+                return;
+            }
+            let answer = match (kind, flags & 1) {
+                // SETTINGS, not an ACK: acknowledged.
+                (4, 0) => vec![0, 0, 0, 4, 1, 0, 0, 0, 0],
+                // PING, not an ACK: answered, unless it is the goodbye's.
+                (6, 0) if payload != GOODBYE_PING => {
+                    let mut ack = vec![0, 0, 8, 6, 1, 0, 0, 0, 0];
+                    ack.extend_from_slice(&payload);
+                    ack
+                }
+                _ => continue,
+            };
+            if stream.write_all(&answer).await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// An HTTP/2 client that answers the keep-alive pings but not the goodbye's keeps neither its
+/// idle connection (closed after the header-read timeout) nor the shutdown waiting. hyper
+/// sends its last goodbye and closes only once that ping is answered, so a review feared such
+/// a connection would hold its place for ever and every shutdown for its whole grace; the
+/// keep-alive's own timeout (half the header-read timeout) ends it instead. This holds that.
+#[tokio::test]
+async fn an_http2_client_that_ignores_the_goodbye_is_dropped() {
+    let mut app = TestApp::spawn_with(|s| {
+        s.server.header_read_timeout = Duration::from_secs(2);
+        s.server.shutdown_grace = Duration::from_secs(30);
+    })
+    .await;
+    let idle = client_ignoring_the_goodbye(&app).await;
+    tokio::time::timeout(Duration::from_secs(10), idle)
+        .await
+        .expect("the idle connection was dropped")
+        .unwrap();
+
+    let held = client_ignoring_the_goodbye(&app).await;
+    tokio::time::timeout(Duration::from_secs(10), app.shut_down())
+        .await
+        .expect("the connection does not hold up the drain")
+        .expect("stopped");
+    tokio::time::timeout(Duration::from_secs(5), held)
+        .await
+        .expect("and is closed")
+        .unwrap();
+}
