@@ -272,7 +272,21 @@ impl Approvals {
             }
         };
         let since = Timestamp::now();
-        let after = last_event_id.map(|id| self.within_resume_window(caller, tenant, id, since));
+        // From now: after the audit's last event where the engine's ids are stamped by its own
+        // clock (Redis), else from the instance's clock. Starting from the instance's clock on
+        // Redis missed what was recorded in the first moments when the instance's clock ran
+        // ahead of Redis', and replayed older events when it ran behind.
+        let (after, start_id) = match last_event_id {
+            Some(id) => (
+                Some(self.within_resume_window(caller, tenant, id, since)),
+                None,
+            ),
+            None => match self.engine.audit_end(tenant).await {
+                Ok(Some(end)) => (Some(end.clone()), Some(end)),
+                Ok(None) => (None, Some(AuditEvent::id_just_before(since))),
+                Err(error) => return Err(self.engine_failed(error)),
+            },
+        };
         let resumed_at = after.as_deref().map(AuditEvent::instant_of_id);
         let unsettled = (!settle.is_zero()).then(|| Unsettled {
             settle,
@@ -286,7 +300,6 @@ impl Approvals {
                 Some(id) => AuditEvent::start_of(id),
             },
         });
-        let start_id = after.is_none().then(|| AuditEvent::id_just_before(since));
         let mut stream = LiveStream {
             tenant: tenant.clone(),
             after,

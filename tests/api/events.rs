@@ -594,3 +594,48 @@ async fn same_named_reviewers_of_different_tenants_do_not_share_a_stream_bound()
         streams.push(stream);
     }
 }
+
+/// On Redis, event ids are Redis' clock: a stream opened without `Last-Event-ID` starts after
+/// the audit's last event, not at the instance's clock. From the instance's clock, an event
+/// Redis stamped a moment before it (its clock behind the instance's) was never sent, though
+/// it happened after the stream opened. Here such an event is written with an id between the
+/// last event's and the instance's now, as a Redis whose clock runs behind would stamp it.
+#[tokio::test]
+async fn a_stream_on_redis_starts_after_the_last_event_whatever_the_clocks() {
+    let app = TestApp::spawn().await;
+    app.park("before").await;
+    let mut admin = app.redis().connection().await;
+    let audit = format!("approvals:audit:{}", app.tenant);
+    let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(&audit)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let last = entries.ids.last().expect("the submit's event");
+    let last_ms: u64 = last.id.split('-').next().unwrap().parse().unwrap();
+    let parked: String = last.get("e").expect("the event's JSON");
+    // The stream opens a little after that event, on the instance's clock.
+    while approvals_core::Timestamp::now().as_millis() <= i64::try_from(last_ms).unwrap() + 20 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut stream = SseReader::open(&app, &app.base, &app.tokens.reviewer, None).await;
+    stream.greeting_id(WITHIN).await;
+    let late = parked.replace("\"before\"", "\"stamped-behind\"");
+    let _: String = redis::cmd("XADD")
+        .arg(&audit)
+        .arg(format!("{}-0", last_ms + 1))
+        .arg("e")
+        .arg(&late)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let event = stream.next(WITHIN).await;
+    assert_eq!(event.event, "parked");
+    assert_eq!(
+        event.data["approval_id"], "stamped-behind",
+        "{:?}",
+        event.data
+    );
+}

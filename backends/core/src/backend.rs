@@ -227,6 +227,14 @@ pub trait ApprovalBackend: Send + Sync + 'static {
         std::time::Duration::ZERO
     }
 
+    /// Where a reader of `tenant`'s audit that starts "from now" starts, for an engine whose
+    /// event ids a clock other than the instance's stamps (Redis' own): the id of the last
+    /// event so far, after which everything is new whatever the clocks say. `None`: the ids
+    /// are the instance's time, so a reader starts from `Timestamp::now()`.
+    async fn audit_end(&self, _tenant: &TenantId) -> Result<Option<String>, BackendError> {
+        Ok(None)
+    }
+
     /// Whether `cursor` has the shape of one this engine hands out for `listing` (a forged
     /// one is `InvalidCursor`), without reading anything: the service checks it before access,
     /// as the contract orders a request's checks.

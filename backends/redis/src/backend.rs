@@ -576,6 +576,18 @@ impl ApprovalBackend for RedisBackend {
         Ok(Page { items, next_cursor })
     }
 
+    async fn audit_end(&self, tenant: &TenantId) -> Result<Option<String>, BackendError> {
+        let stream = keys::audit(tenant);
+        let reply: redis::streams::StreamRangeReply = self
+            .with_conn("audit_end", |mut conn| async move {
+                conn.xrevrange_count(stream, "+", "-", 1).await
+            })
+            .await?;
+        // An empty audit: everything from its first event on is new.
+        let last = reply.ids.into_iter().next().map(|entry| entry.id);
+        Ok(Some(last.unwrap_or_else(|| "0-0".to_owned())))
+    }
+
     async fn audit(
         &self,
         tenant: &TenantId,

@@ -324,6 +324,10 @@ impl ApprovalBackend for DualBackend {
         self.primary.audit(tenant, since, cursor, limit).await
     }
 
+    async fn audit_end(&self, tenant: &TenantId) -> Result<Option<String>, BackendError> {
+        self.primary.audit_end(tenant).await
+    }
+
     /// The primary's figures. The secondary is pinged alongside: this is the call the service
     /// makes every few seconds, so `approvals_dual_secondary_up` stays fresh without traffic.
     async fn pending_stats(
