@@ -72,7 +72,7 @@ say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'bench-migrate.sh: %s\n' "$*" >&2; exit 1; }
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 
-for tool in cargo redis-server redis-cli python3 setsid curl; do
+for tool in cargo redis-server redis-cli python3 setsid curl timeout /usr/bin/time; do
   command -v "$tool" >/dev/null || die "needs $tool on PATH"
 done
 [[ $BENCH_N =~ ^[1-9][0-9]*$ ]] || die "BENCH_N must be a positive integer"

