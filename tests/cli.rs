@@ -854,6 +854,31 @@ async fn an_evicting_redis_is_refused_at_start_up() {
     assert!(service.wait_exit(Duration::from_secs(10)).await.success());
 }
 
+/// A Redis in cluster mode is refused at start-up, saying why: every script writes keys of
+/// several slots, so each submit failed `CROSSSLOT` while `/readyz` (a one-key probe) was 200.
+#[tokio::test]
+async fn a_redis_in_cluster_mode_is_refused_at_start_up() {
+    let redis = RedisServer::start_with(&["--cluster-enabled", "yes"]).await;
+    let mut conn = redis.connection().await;
+    // Every slot served here: the cluster works, as one node.
+    let () = redis::cmd("CLUSTER")
+        .arg("ADDSLOTSRANGE")
+        .arg(0)
+        .arg(16383)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = serve_config(free_port(), &redis, "agent-token-1", "", "");
+    let config = write(dir.path(), "config.toml", &config);
+    // A child that served instead would never exit: read its log for the reason, with a
+    // deadline, rather than wait for its exit.
+    let mut service = Process::spawn(approvals(&["serve", "--config", &config]));
+    service.wait_for_line("cluster mode", Duration::from_secs(20));
+    let status = service.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(2), "{status:?}");
+}
+
 /// The per-request log line is off by default (it costs a formatted write per request) and
 /// on with `server.access_log`, naming the route and status; server errors are logged either
 /// way.

@@ -38,6 +38,13 @@ pub enum EngineError {
         #[source]
         source: approvals_redis::EvictingRedis,
     },
+    /// A store this service cannot run on (Redis in cluster mode, or too old).
+    #[error("the {engine} engine cannot run on this server")]
+    Unsupported {
+        engine: &'static str,
+        #[source]
+        source: approvals_redis::UnsupportedRedis,
+    },
 }
 
 /// The configured backend, serving: its engines connected and their chores running.
@@ -315,12 +322,19 @@ impl Engine {
 }
 
 /// A Redis that evicts keys loses approvals silently: refuse it, unless the operator said
-/// otherwise (and then say so loudly). One that cannot be reached yet is checked again by
+/// otherwise (and then say so loudly); and one this service cannot run on at all (cluster
+/// mode, before 7.0). One that cannot be reached yet is checked again by
 /// every readiness probe.
 async fn refuse_evicting_redis(
     backend: &RedisBackend,
     settings: &Settings,
 ) -> Result<(), EngineError> {
+    if let Ok(Some(source)) = backend.unsupported().await {
+        return Err(EngineError::Unsupported {
+            engine: "redis",
+            source,
+        });
+    }
     match backend.eviction_policy().await {
         Ok(Some(policy)) if policy != "noeviction" => {
             if settings.redis.allow_eviction {

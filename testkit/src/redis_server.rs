@@ -10,26 +10,34 @@ pub struct RedisServer {
     port: u16,
     dir: TempDir,
     append_only: bool,
+    /// More `redis-server` arguments (`--cluster-enabled yes`, say).
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
 impl RedisServer {
     /// An in-memory server: nothing survives a restart.
     pub async fn start() -> Self {
-        Self::launch(false).await
+        Self::launch(false, &[]).await
     }
 
     /// A server with AOF (`appendfsync always`) in its own directory, for restart tests.
     pub async fn start_durable() -> Self {
-        Self::launch(true).await
+        Self::launch(true, &[]).await
     }
 
-    async fn launch(append_only: bool) -> Self {
+    /// An in-memory server started with these arguments too.
+    pub async fn start_with(extra: &[&str]) -> Self {
+        Self::launch(false, extra).await
+    }
+
+    async fn launch(append_only: bool, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut server = Self {
             port: 0,
             dir,
             append_only,
+            extra: extra.iter().map(|a| (*a).to_owned()).collect(),
             child: None,
         };
         for _ in 0..10 {
@@ -125,6 +133,7 @@ impl RedisServer {
         } else {
             command.args(["--appendonly", "no"]);
         }
+        command.args(&self.extra);
         let Ok(mut child) = command.spawn() else {
             return false;
         };

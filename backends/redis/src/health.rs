@@ -12,17 +12,22 @@ impl RedisBackend {
     pub(crate) async fn check_ready(&self) -> Result<(), BackendError> {
         let mut pipe = redis::pipe();
         pipe.cmd("INFO").arg("memory");
+        pipe.cmd("INFO").arg("server");
+        pipe.cmd("INFO").arg("cluster");
         pipe.cmd("SET")
             .arg(keys::WRITE_PROBE)
             .arg(Timestamp::now().as_millis())
             .arg("PX")
             .arg(60_000)
             .ignore();
-        let (info,): (String,) = self
+        let (info, server, cluster): (String, String, String) = self
             .with_conn("ping", |mut conn| async move {
                 pipe.query_async(&mut conn).await
             })
             .await?;
+        if let Some(unsupported) = UnsupportedRedis::of(&server, &cluster) {
+            return Err(BackendError::unavailable("ping", unsupported));
+        }
         match eviction_policy(&info) {
             Some(policy) if policy != "noeviction" && !self.settings.allow_eviction => Err(
                 BackendError::unavailable("ping", EvictingRedis::new(policy)),
@@ -33,6 +38,20 @@ impl RedisBackend {
 }
 
 impl RedisBackend {
+    /// Why this service cannot run on this Redis at all, for the start-up check: `Ok(None)`
+    /// when it can.
+    pub async fn unsupported(&self) -> Result<Option<UnsupportedRedis>, BackendError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("INFO").arg("server");
+        pipe.cmd("INFO").arg("cluster");
+        let (server, cluster): (String, String) = self
+            .with_conn("info", |mut conn| async move {
+                pipe.query_async(&mut conn).await
+            })
+            .await?;
+        Ok(UnsupportedRedis::of(&server, &cluster))
+    }
+
     /// This Redis' `maxmemory-policy`, for the start-up check: `Ok(None)` if it does not say.
     pub async fn eviction_policy(&self) -> Result<Option<String>, BackendError> {
         let info: String = self
@@ -72,4 +91,59 @@ fn eviction_policy(info: &str) -> Option<&str> {
     info.lines()
         .find_map(|line| line.strip_prefix("maxmemory_policy:"))
         .map(str::trim)
+}
+
+/// A Redis this service cannot run on. In cluster mode every script touching a tenant's keys
+/// and the global ones (deadlines, tenants, sums) fails `CROSSSLOT`: readiness passed (its probe
+/// is one key) while every submit failed. Before 7.0 there is no `PEXPIRETIME`, which adopting
+/// ADR v1 records reads.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UnsupportedRedis(String);
+
+impl UnsupportedRedis {
+    /// From `INFO server` and `INFO cluster`.
+    fn of(server: &str, cluster: &str) -> Option<Self> {
+        if info_field(cluster, "cluster_enabled") == Some("1") {
+            return Some(Self(
+                "Redis runs in cluster mode, which this service does not support (its scripts \
+                 write keys of many slots): use a standalone Redis, with replicas if you like"
+                    .into(),
+            ));
+        }
+        let version = info_field(server, "redis_version")?;
+        let major: u32 = version.split('.').next()?.parse().ok()?;
+        (major < 7).then(|| {
+            Self(format!(
+                "Redis {version} is too old: 7.0 or later is needed"
+            ))
+        })
+    }
+}
+
+/// A field's value in an `INFO` reply.
+fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
+    info.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        (key == name).then(|| value.trim())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::UnsupportedRedis;
+
+    #[test]
+    fn cluster_mode_and_versions_before_7_are_unsupported() {
+        let standalone = "# Cluster\r\ncluster_enabled:0\r\n";
+        let v7 = "# Server\r\nredis_version:7.0.15\r\n";
+        assert!(UnsupportedRedis::of(v7, standalone).is_none());
+        let v6 = "# Server\r\nredis_version:6.2.14\r\n";
+        let old = UnsupportedRedis::of(v6, standalone).expect("6.2 refused");
+        assert!(old.to_string().contains("6.2.14"), "{old}");
+        let cluster = UnsupportedRedis::of(v7, "cluster_enabled:1\r\n").expect("cluster refused");
+        assert!(cluster.to_string().contains("cluster mode"), "{cluster}");
+        // A Redis-compatible server that does not say: not refused for that.
+        assert!(UnsupportedRedis::of("", "").is_none());
+    }
 }
