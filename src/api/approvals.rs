@@ -322,7 +322,8 @@ pub struct AuditQuery {
     #[param(nullable = false, min_length = 1)]
     pub cursor: Option<String>,
     /// Only events of these kinds, comma-separated: `submitted`, `accepted`, `rejected`,
-    /// `expired`, `migrated`, `policy`.
+    /// `expired`, `migrated`, `policy`. Without it, every kind but `policy` (policy changes
+    /// are read with `kind=policy`).
     #[param(nullable = false, min_length = 1)]
     pub kind: Option<String>,
     /// Only decision-log events with this verdict: `allow`, `deny`, `require_approval`.
@@ -337,8 +338,8 @@ pub struct AuditPage {
 }
 
 /// The tenant's audit events, oldest first (admin): every submit's verdict (the decision
-/// log: `allow` and `deny` too), decisions, expiries, migrations, policy changes. With a
-/// filter a page may hold fewer than `limit` events (even none) and still have a
+/// log: `allow` and `deny` too), decisions, expiries, migrations; policy changes with
+/// `kind=policy`. A page may hold fewer than `limit` events (even none) and still have a
 /// `next_cursor`: follow it to the end. With `Accept: application/x-ndjson` the answer is the
 /// whole export from `since` (or `cursor`) to the end, one event per line, streamed (`limit`
 /// is then the page size the export reads with); a failure mid-export cuts the stream, so an

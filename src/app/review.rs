@@ -255,11 +255,16 @@ impl Approvals {
                 .await
                 .map_err(|e| self.engine_failed(e))
         };
-        if kinds.is_empty() && decision.is_none() {
-            return read(query.cursor, limit).await;
-        }
+        // Policy changes only when asked for (`kind=policy`): the contract's export holds the
+        // approvals' five kinds, and a client that knows only those (a closed enum, a look-up
+        // of each `approval_id`) broke on the first `policy` event once an admin used the
+        // policy routes.
+        let kinds = match kinds.is_empty() {
+            true => AuditKind::OF_APPROVALS.to_vec(),
+            false => kinds,
+        };
         let wanted = |e: &AuditEvent| {
-            (kinds.is_empty() || kinds.contains(&e.kind))
+            kinds.contains(&e.kind)
                 && decision.as_deref().is_none_or(|d| {
                     e.kind == AuditKind::Submitted
                         && e.details.get("decision").and_then(Value::as_str) == Some(d)

@@ -272,6 +272,22 @@ async fn a_bundle_is_validated_before_it_is_stored() {
         ],
         "{events}"
     );
+    // The contract's export (no `kind`) holds the approvals' five kinds only: a client that
+    // knows those broke on a `policy` event, whose `approval_id` names no approval.
+    app.park("beside-the-uploads").await;
+    let export = app
+        .get_json(
+            &format!("/v1/tenants/{}/audit", app.tenant),
+            &app.tokens.admin,
+        )
+        .await;
+    let kinds: Vec<&Value> = export["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["kind"])
+        .collect();
+    assert_eq!(kinds, [&json!("submitted")], "{export}");
     // Uploading does not activate.
     assert_eq!(
         app.submit("still-default", sensitive_read()).await.status(),

@@ -28,6 +28,18 @@ pub enum AuditKind {
     Policy,
 }
 
+impl AuditKind {
+    /// What happens to approvals: the contract's audit export, unless a `kind` filter asks
+    /// for policy changes.
+    pub const OF_APPROVALS: [Self; 5] = [
+        Self::Submitted,
+        Self::Accepted,
+        Self::Rejected,
+        Self::Expired,
+        Self::Migrated,
+    ];
+}
+
 /// What a policy answered about one submit, as the decision log records it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicyAnswer {
