@@ -50,9 +50,12 @@ impl LiveKind {
             // tells no one).
             AuditKind::Submitted => {
                 let said = |field: &str| event.details.get(field).and_then(Value::as_str);
-                (said("decision") == Some("require_approval")
-                    || (said("adopted_from").is_some() && said("status") == Some("pending")))
-                .then_some(Self::Parked)
+                let parked = match said("adopted_from") {
+                    // Adopted: parked by the v1 service, and still waiting only if pending.
+                    Some(_) => said("status") == Some("pending"),
+                    None => said("decision") == Some("require_approval"),
+                };
+                parked.then_some(Self::Parked)
             }
             AuditKind::Accepted | AuditKind::Rejected => Some(Self::Decided),
             AuditKind::Expired => Some(Self::Expired),
@@ -472,6 +475,27 @@ mod tests {
             actor: "someone".into(),
             details,
         }
+    }
+
+    /// An adopted v1 record is parked (for streams and webhooks) only while it is pending: its
+    /// event now carries the `require_approval` a submit here records, which alone read as
+    /// "parked" for a record the v1 service had already decided.
+    #[test]
+    fn an_adopted_record_is_parked_only_while_pending() {
+        let adopted = |status: &str| {
+            let details =
+                json!({"decision": "require_approval", "adopted_from": "adr-v1", "status": status});
+            LiveKind::of(&event(AuditKind::Submitted, details))
+        };
+        assert_eq!(adopted("pending"), Some(LiveKind::Parked));
+        assert_eq!(adopted("accepted"), None);
+        let submitted = json!({"decision": "require_approval"});
+        assert_eq!(
+            LiveKind::of(&event(AuditKind::Submitted, submitted)),
+            Some(LiveKind::Parked)
+        );
+        let allowed = json!({"decision": "allow"});
+        assert_eq!(LiveKind::of(&event(AuditKind::Submitted, allowed)), None);
     }
 
     /// A stream resumed an hour back on an audit that settles late remembers what it sent

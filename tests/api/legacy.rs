@@ -348,3 +348,31 @@ async fn a_decided_v1_record_keeps_the_deadline_it_recorded() {
     assert_eq!(read["status"], "accepted", "{read}");
     assert_eq!(read["expires_at"], "2026-11-22T09:00:00.000Z", "{read}");
 }
+
+/// An adopted v1 record's `submitted` event carries the policy's answer as a submit here
+/// does (`require_approval`, the record's reasons and `policy_version`), so the audit's
+/// `?decision=require_approval` finds it: it had only `adopted_from` and `status`.
+#[tokio::test]
+async fn an_adopted_v1_records_submit_event_carries_its_verdict() {
+    let app = TestApp::spawn().await;
+    write_v1(&app, "v1-verdict", json!("2026-11-21T09:23:41.842Z"), 3600).await;
+    // A read adopts it.
+    assert_eq!(
+        app.get("v1-verdict", &app.tokens.reviewer).await.status(),
+        StatusCode::OK
+    );
+    let page = app
+        .get_json(
+            &format!("/v1/tenants/{TENANT}/audit?decision=require_approval"),
+            &app.tokens.admin,
+        )
+        .await;
+    let items = page["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{page}");
+    let details = &items[0]["details"];
+    assert_eq!(items[0]["approval_id"], "v1-verdict", "{page}");
+    assert_eq!(details["decision"], "require_approval", "{details}");
+    assert_eq!(details["policy_version"], "adr-v1", "{details}");
+    assert!(details["reasons"].is_array(), "{details}");
+    assert_eq!(details["adopted_from"], "adr-v1", "{details}");
+}

@@ -189,9 +189,19 @@ impl AuditEntry {
         }
     }
 
-    /// A record an earlier system wrote (`from`, e.g. `adr-v1`) was taken over.
+    /// A record an earlier system wrote (`from`, e.g. `adr-v1`) was taken over. Its policy's
+    /// answer was `require_approval` (it parked it), with the reasons and version the record
+    /// carries: as a submit here records, so `?decision=require_approval` finds it too.
     pub fn adopted(a: &Approval, from: &str) -> Self {
-        let details = json!({"adopted_from": from, "status": a.status});
+        let answer = PolicyAnswer {
+            decision: "require_approval".to_owned(),
+            reasons: a.reasons.clone(),
+            policy_version: a.policy_version.clone(),
+        };
+        let mut details = decision_log(a, &answer, None);
+        details["adopted_from"] = json!(from);
+        details["status"] = json!(a.status);
+        details["expires_at"] = json!(a.expires_at);
         Self::about(
             a,
             AuditKind::Submitted,
