@@ -21,6 +21,7 @@ use crate::notify::{Notifier, NotifyEvent, Webhook, WebhookFormat};
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct NewWebhook {
     /// Where deliveries are POSTed: http(s), at most 2,048 characters.
+    #[schema(max_length = 2048)]
     pub url: String,
     /// What to deliver; all four when absent.
     pub events: Option<Vec<NotifyEvent>>,
@@ -98,8 +99,10 @@ pub async fn add_webhook(
     TenantPath(tenant): TenantPath,
     ApiJson(body): ApiJson<NewWebhook>,
 ) -> Result<Response, ApiError> {
+    // The body's checks before the caller's permission: the contract's order.
+    let asked = crate::notify::NewWebhookRequest::check(body.url, body.events)?;
     let hook = notifier(&state, &caller, &tenant)?
-        .add_webhook(&caller, &tenant, body.url, body.events, body.format)
+        .add_webhook(&caller, &tenant, asked, body.format)
         .await?;
     let created = CreatedWebhook {
         webhook: info(&hook),

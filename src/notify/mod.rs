@@ -481,6 +481,45 @@ struct ReadMark {
     held: bool,
 }
 
+/// A webhook's address and events, checked (`check`) before the caller's permission, as the
+/// contract orders a request's checks: body (400) before authorization (403).
+pub struct NewWebhookRequest {
+    url: String,
+    parsed: reqwest::Url,
+    events: Vec<NotifyEvent>,
+}
+
+impl NewWebhookRequest {
+    pub fn check(url: String, events: Option<Vec<NotifyEvent>>) -> Result<Self, AppError> {
+        // Characters, as documented (a byte count refused shorter non-ASCII URLs).
+        if url.chars().count() > MAX_URL {
+            return Err(AppError::InvalidContent(format!(
+                "url: at most {MAX_URL} characters"
+            )));
+        }
+        let parsed = reqwest::Url::parse(&url)
+            .map_err(|e| AppError::InvalidContent(format!("url: not a URL ({e})")))?;
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+            return Err(AppError::InvalidContent(
+                "url: an http:// or https:// URL with a host".into(),
+            ));
+        }
+        let mut events = events.unwrap_or_else(|| NotifyEvent::ALL.to_vec());
+        events.sort_by_key(|e| e.as_str());
+        events.dedup();
+        if events.is_empty() {
+            return Err(AppError::InvalidContent(
+                "events: name at least one of parked, decided, expired, expiring_soon".into(),
+            ));
+        }
+        Ok(Self {
+            url,
+            parsed,
+            events,
+        })
+    }
+}
+
 impl Notifier {
     pub fn new(
         store: Store,
@@ -1581,31 +1620,15 @@ impl Notifier {
         &self,
         caller: &Principal,
         tenant: &TenantId,
-        url: String,
-        events: Option<Vec<NotifyEvent>>,
+        asked: NewWebhookRequest,
         format: WebhookFormat,
     ) -> Result<Webhook, AppError> {
         Self::authorize(caller, tenant)?;
-        if url.len() > MAX_URL {
-            return Err(AppError::InvalidContent(format!(
-                "url: at most {MAX_URL} characters"
-            )));
-        }
-        let parsed = reqwest::Url::parse(&url)
-            .map_err(|e| AppError::InvalidContent(format!("url: not a URL ({e})")))?;
-        if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
-            return Err(AppError::InvalidContent(
-                "url: an http:// or https:// URL with a host".into(),
-            ));
-        }
-        let mut events = events.unwrap_or_else(|| NotifyEvent::ALL.to_vec());
-        events.sort_by_key(|e| e.as_str());
-        events.dedup();
-        if events.is_empty() {
-            return Err(AppError::InvalidContent(
-                "events: name at least one of parked, decided, expired, expiring_soon".into(),
-            ));
-        }
+        let NewWebhookRequest {
+            url,
+            parsed,
+            events,
+        } = asked;
         let too_many = || AppError::TooManyWebhooks {
             tenant: tenant.clone(),
             max: self.settings.max_webhooks_per_tenant,

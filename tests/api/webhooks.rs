@@ -2158,3 +2158,26 @@ async fn a_hung_temporal_does_not_make_a_warning_go_twice() {
         again.map(|r| r.map(|r| r.json()))
     );
 }
+
+/// A webhook's body is checked before the caller's permission, as the contract orders: a
+/// reviewer sending a bad address is told it is bad (400), not only that it may not (403).
+/// And the address is bounded in characters, as documented, not in bytes: one of 1,100
+/// non-ASCII characters (2,200 bytes) is taken.
+#[tokio::test]
+async fn a_webhooks_body_is_checked_first_and_its_length_in_characters() {
+    let receiver = Receiver::start(0).await;
+    let app = TestApp::spawn_with(fast).await;
+    let path = format!("/v1/tenants/{}/webhooks", app.tenant);
+    assert_problem(
+        app.request(Method::POST, &path, Some(&app.tokens.reviewer))
+            .json(&json!({"url": "ftp://hooks.example/x"}))
+            .send()
+            .await
+            .expect("post"),
+        StatusCode::BAD_REQUEST,
+        "invalid_body",
+    )
+    .await;
+    let long = format!("{}/{}", receiver.url, "é".repeat(1_100));
+    add_webhook(&app, json!({"url": long})).await;
+}
