@@ -179,7 +179,9 @@ async fn changed(
 /// Upload a bundle (admin). Validated first: it must compile in regorus, define
 /// `data.approvals.decision`, and pass its own `test_*` rules; a bundle that does not is
 /// refused with `422 policy_invalid` listing every message, and nothing is stored. Uploading
-/// does not activate.
+/// does not activate. Unlike other routes, who may upload is checked before the body (up to
+/// the bundle limit) is read: a caller who may not is answered `403` (or `501`) whatever it
+/// sends, and costs the instance no buffered bundle.
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/policy/bundles", tag = "policy",
     params(("tenant" = inline(TenantId), Path)), request_body = UploadBody,
     responses((status = 201, description = "stored", body = UploadAnswer, headers(("Location" = String, description = "the stored bundle"))),
