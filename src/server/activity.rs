@@ -64,6 +64,11 @@ impl Activity {
         Claim(Arc::clone(self))
     }
 
+    /// When the connection was seated.
+    pub(super) fn opened(&self) -> Instant {
+        self.opened
+    }
+
     /// Whether a request has ever arrived on the connection.
     pub(super) fn has_served(&self) -> bool {
         self.served.load(Ordering::Acquire)

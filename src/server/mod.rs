@@ -210,11 +210,24 @@ impl Protocols {
                         response.map(|body| activity::holding(body, in_use))
                     })
                 });
+                // The first request's head within the header-read timeout of the connection's
+                // arrival: hyper's own timer starts only at its first read, after
+                // `first_bytes` had waited, so a byte just before that deadline bought a
+                // second whole timeout to trickle the rest in.
+                let first_request = {
+                    let activity = Arc::clone(&arrived.0);
+                    let deadline = activity.opened() + protocols.header_read_timeout;
+                    tokio::time::sleep_until(deadline).then(move |()| match activity.has_served() {
+                        false => Either::Left(future::ready(())),
+                        true => Either::Right(future::pending()),
+                    })
+                };
                 let app = arrived_on(app, &arrived.0);
                 let connection = protocols
                     .http1
                     .serve_connection(stream, TowerToHyperService::new(app));
-                let closing = Closing::new(connection, until(), unserved);
+                let abort = future::select(Box::pin(unserved), Box::pin(first_request));
+                let closing = Closing::new(connection, until(), abort.map(drop));
                 Either::Right(closing.map(ended))
             })
         })

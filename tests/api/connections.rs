@@ -91,6 +91,44 @@ async fn a_trickled_header_is_cut_off() {
     );
 }
 
+/// The first request's head must arrive within one header-read timeout of the connection,
+/// however its bytes are spread: a byte just before the deadline (ending the wait for the
+/// protocol) started a second whole timeout for the rest, so a connection could be held twice
+/// as long.
+#[tokio::test]
+async fn a_first_header_is_cut_off_one_timeout_after_the_connection() {
+    let app = TestApp::spawn_with(|s| s.server.header_read_timeout = Duration::from_secs(2)).await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let stream = TcpStream::connect(&addr).await.unwrap();
+    let connected = Instant::now();
+    let (mut reading, mut writing) = stream.into_split();
+    // The slow client's own pace: a first byte late, then one every 300 ms.
+    let trickle = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1_700)).await;
+        for byte in b"GET /healthz HTTP/1.1\r\nX-Slow: yes" {
+            if writing.write_all(&[*byte]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    let mut buf = [0u8; 256];
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(n) = reading.read(&mut buf).await {
+            if n == 0 {
+                return;
+            }
+        }
+    });
+    closed.await.expect("closed");
+    trickle.abort();
+    let held = connected.elapsed();
+    assert!(
+        held < Duration::from_millis(3_200),
+        "held {held:?}: one 2 s header-read timeout from the connection, not two"
+    );
+}
+
 /// At `server.max_connections`, a new connection takes the place of the one seated longest
 /// with no request in flight: idle keep-alives, and connections that say nothing (or half a
 /// header), no longer hold every place for the header-read timeout, from one host with no
