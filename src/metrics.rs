@@ -508,6 +508,16 @@ fn render_engine(out: &mut String, engine: &EngineStatus) {
             calls.max_in_flight,
         );
     }
+    if let Some(heard) = engine.decisions_heard {
+        let help = "Whether the Redis decision subscriber is subscribed: while 0, long-polls \
+                    here learn of decisions only by reading every 2-3 s.";
+        gauge(
+            out,
+            "approvals_redis_decision_subscriber_up",
+            help,
+            u8::from(heard),
+        );
+    }
     if let Some(up) = engine.secondary_up {
         let help = "Dual backend: whether the secondary answered its last call.";
         gauge(out, "approvals_dual_secondary_up", help, u8::from(up));

@@ -478,12 +478,37 @@ async fn waiters_hear_of_decisions_while_the_subscriber_is_refused() {
         .query_async(&mut admin)
         .await
         .unwrap();
+    // On-call staff see it.
+    let subscriber_up = |up: u8| {
+        move |text: &str| {
+            text.lines()
+                .any(|l| l == format!("approvals_redis_decision_subscriber_up {up}"))
+        }
+    };
+    app.metrics_until(
+        &app.base,
+        Duration::from_secs(10),
+        "subscriber down",
+        subscriber_up(0),
+    )
+    .await;
     app.park("unheard").await;
     let waiter = parked_waiter(&app, "unheard").await;
     let accepted = app.decide("unheard", "accept", &app.tokens.reviewer).await;
     assert_eq!(accepted.status(), StatusCode::OK);
     let answer = waiter.await.unwrap();
     assert_eq!(answer["status"], "accepted", "{answer}");
+    let () = crate::support::acl_rule("+subscribe")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    app.metrics_until(
+        &app.base,
+        Duration::from_secs(10),
+        "subscriber up",
+        subscriber_up(1),
+    )
+    .await;
 }
 
 /// A decision taken while the subscriber was away, whose waiter's re-read after the reconnect

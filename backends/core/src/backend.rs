@@ -165,6 +165,10 @@ pub struct EngineStatus {
     /// (`None`: the engine does not count them). What shows that a waiter is parked, rather
     /// than about to read, without a sleep.
     pub waiting: Option<usize>,
+    /// Whether decisions reach this process's waiters as they are taken (Redis: its one
+    /// subscriber is subscribed; `None`: the engine has no such channel). While not, waiters
+    /// read for themselves every few seconds: answers come late, not wrong.
+    pub decisions_heard: Option<bool>,
 }
 
 /// Counts an engine's parked long-polls for [`EngineStatus::waiting`].

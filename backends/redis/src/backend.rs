@@ -671,6 +671,7 @@ impl ApprovalBackend for RedisBackend {
             calls: Some(self.connections.status()),
             secondary_up: None,
             waiting: Some(self.parked.get()),
+            decisions_heard: Some(self.waiters.is_listening()),
         }
     }
 }

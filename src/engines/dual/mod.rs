@@ -355,6 +355,7 @@ impl ApprovalBackend for DualBackend {
             secondary_up: (up >= 0).then_some(up > 0),
             // Long-polls wait on the primary.
             waiting: primary.waiting,
+            decisions_heard: primary.decisions_heard,
         }
     }
 }
