@@ -461,11 +461,15 @@ async fn refused_reads(admin: &mut redis::aio::MultiplexedConnection) -> u64 {
 }
 
 /// An instance whose subscriber Redis refuses (an ACL, a proxy without pub/sub, `maxclients`)
-/// hears of no decision: its waiters read for themselves meanwhile, so a decision reaches them
-/// in seconds, not at their timeout as `pending`.
+/// hears of no decision: its waiters, those already waiting when it was lost too, read for
+/// themselves meanwhile, so a decision reaches them in seconds, not at their timeout as
+/// `pending`.
 #[tokio::test]
 async fn waiters_hear_of_decisions_while_the_subscriber_is_refused() {
     let app = TestApp::spawn().await;
+    app.park("unheard").await;
+    // Waiting before the subscriber is lost.
+    let waiter = parked_waiter(&app, "unheard").await;
     let mut admin = app.redis().connection().await;
     let () = crate::support::acl_rule("-subscribe")
         .query_async(&mut admin)
@@ -492,8 +496,6 @@ async fn waiters_hear_of_decisions_while_the_subscriber_is_refused() {
         subscriber_up(0),
     )
     .await;
-    app.park("unheard").await;
-    let waiter = parked_waiter(&app, "unheard").await;
     let accepted = app.decide("unheard", "accept", &app.tokens.reviewer).await;
     assert_eq!(accepted.status(), StatusCode::OK);
     let answer = waiter.await.unwrap();

@@ -32,10 +32,23 @@ const CONNECT_DEADLINE: Duration = Duration::from_secs(5);
 /// A connection that lasted this long had worked: its loss starts a new episode of failures.
 const WORKED_FOR: Duration = Duration::from_secs(10);
 
-/// What a waiter is woken with: the settled record, or nothing (read it again).
+/// What a waiter is woken with: the settled record, or a reason to read it itself.
 #[derive(Debug, Clone, Default)]
 struct Wake {
     settled: Option<Arc<Approval>>,
+    /// Without a record: the subscriber stopped listening (read every few seconds until it
+    /// is back), rather than came back (read now).
+    deaf: bool,
+}
+
+/// What a waiter learns when woken.
+pub enum Notice {
+    /// The approval was settled: its record.
+    Settled(Arc<Approval>),
+    /// The subscriber (re)connected: messages may have been lost, read now.
+    Reread,
+    /// The subscriber lost its connection: no decision reaches this waiter until it is back.
+    Deaf,
 }
 
 #[derive(Default, Clone)]
@@ -53,15 +66,21 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    /// Resolves at the next notification after the subscription (or the previous call), with
-    /// the settled record when the message carried one.
-    pub async fn notified(&mut self) -> Option<Arc<Approval>> {
-        let receiver = self.receiver.as_mut()?;
+    /// Resolves at the next notification after the subscription (or the previous call).
+    pub async fn notified(&mut self) -> Notice {
+        let Some(receiver) = self.receiver.as_mut() else {
+            return std::future::pending().await;
+        };
         if receiver.changed().await.is_err() {
             // The sender went away (cannot happen while we hold a receiver): never resolve.
             std::future::pending::<()>().await;
         }
-        receiver.borrow_and_update().settled.clone()
+        let wake = receiver.borrow_and_update();
+        match (&wake.settled, wake.deaf) {
+            (Some(settled), _) => Notice::Settled(Arc::clone(settled)),
+            (None, true) => Notice::Deaf,
+            (None, false) => Notice::Reread,
+        }
     }
 }
 
@@ -96,16 +115,25 @@ impl Waiters {
 
     fn notify(&self, key: &str, settled: Option<Arc<Approval>>) {
         if let Some(sender) = self.lock().get(key) {
-            sender.send_replace(Wake { settled });
+            sender.send_replace(Wake {
+                settled,
+                deaf: false,
+            });
         }
     }
 
-    /// Wakes every waiter to re-read, except where a decision is already delivered and not yet
-    /// taken: replacing it with "re-read" would hang that waiter's answer on a read that may
-    /// fail (Redis just back, still loading).
-    fn notify_all(&self) {
+    /// Wakes every waiter (`deaf`: to read every few seconds from now on; else to read now),
+    /// except where a decision is already delivered and not yet taken: replacing it would
+    /// hang that waiter's answer on a read that may fail (Redis just back, still loading).
+    fn notify_all(&self, deaf: bool) {
         for sender in self.lock().values() {
-            sender.send_if_modified(|wake| wake.settled.is_none());
+            sender.send_if_modified(|wake| {
+                if wake.settled.is_some() {
+                    return false;
+                }
+                wake.deaf = deaf;
+                true
+            });
         }
     }
 
@@ -128,6 +156,9 @@ impl Waiters {
             let started = std::time::Instant::now();
             let outcome = self.listen_once(&client, &channel).await;
             self.listening.store(false, Ordering::Release);
+            // Waiters already parked would otherwise sleep to their timeout, deaf to any
+            // decision until the subscriber is back.
+            self.notify_all(true);
             // Listening for a while means it had connected: a later loss is a new episode.
             let lasted = started.elapsed();
             if lasted > WORKED_FOR {
@@ -161,7 +192,7 @@ impl Waiters {
         tracing::debug!("decision subscriber connected");
         self.listening.store(true, Ordering::Release);
         // Anything decided while we were not listening: let every waiter re-read.
-        self.notify_all();
+        self.notify_all(false);
         let (mut sink, mut messages) = pubsub.split();
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

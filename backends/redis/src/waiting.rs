@@ -12,20 +12,28 @@ use approvals_core::{
 
 use crate::backend::RedisBackend;
 use crate::keys;
+use crate::waiters::Notice;
 
-/// How soon a waiter whose read failed reads again.
-const REREAD_RETRY: Duration = Duration::from_secs(1);
+/// How soon a waiter whose read failed reads again: 1 to 2 s, spread so that the waiters
+/// whose re-read after a reconnect failed together do not retry together.
+fn reread_retry() -> Duration {
+    Duration::from_millis(1000 + spread_ms())
+}
 
 /// How often a waiter reads for itself while the subscriber is not listening: 2 to 3 s,
 /// spread so that thousands of waiters do not read in step.
 fn deaf_poll() -> Duration {
+    Duration::from_millis(2000 + spread_ms())
+}
+
+/// 0 to 999 ms, at random.
+fn spread_ms() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     // A fresh `RandomState` is seeded differently each time: randomness without a crate.
-    let spread = std::collections::hash_map::RandomState::new()
+    std::collections::hash_map::RandomState::new()
         .build_hasher()
         .finish()
-        % 1000;
-    Duration::from_millis(2000 + spread)
+        % 1000
 }
 
 impl RedisBackend {
@@ -64,13 +72,15 @@ impl RedisBackend {
             let current = tokio::select! {
                 // A decision already delivered wins over a shutdown that starts meanwhile.
                 biased;
-                settled = subscription.notified() => match settled {
-                    Some(record) => Approval::clone(&record).as_of(Timestamp::now()),
+                notice = subscription.notified() => match notice {
+                    Notice::Settled(record) => Approval::clone(&record).as_of(Timestamp::now()),
+                    // Read on a timer of its own from now on (the loop's top sets it).
+                    Notice::Deaf => held.restore().map_err(corrupt)?,
                     // A reconnect: messages may have been lost, so read. Every waiter of the
                     // instance reads at once, against a Redis that may just be back (still
                     // loading its data, say): one that cannot read goes on waiting with what
                     // it holds rather than answer 503, and reads again shortly.
-                    None => match Box::pin(self.get(tenant, id)).await {
+                    Notice::Reread => match Box::pin(self.get(tenant, id)).await {
                         Ok(Some(current)) => {
                             reread_at = None;
                             current
@@ -78,7 +88,7 @@ impl RedisBackend {
                         Ok(None) => return Ok(None),
                         Err(error) => {
                             tracing::debug!(%error, "re-read after a reconnect failed; waiting on");
-                            reread_at = Some(tokio::time::Instant::now() + REREAD_RETRY);
+                            reread_at = Some(tokio::time::Instant::now() + reread_retry());
                             held.restore().map_err(corrupt)?
                         }
                     },
@@ -93,7 +103,7 @@ impl RedisBackend {
                             Ok(None) => return Ok(None),
                             Err(error) => {
                                 tracing::debug!(%error, "a waiter's own read failed; waiting on");
-                                reread_at = Some(tokio::time::Instant::now() + REREAD_RETRY);
+                                reread_at = Some(tokio::time::Instant::now() + reread_retry());
                                 held.restore().map_err(corrupt)?
                             }
                         }
