@@ -284,6 +284,8 @@ impl Application {
         let grace = server.shutdown_grace;
         let delay = server.shutdown_delay;
         let draining = app_handle.clone();
+        let cut_requests = CancellationToken::new();
+        let cut_short = cut_requests.clone();
         let served = tokio::spawn(async move {
             let shutdown = async move {
                 shutdown.await;
@@ -303,6 +305,13 @@ impl Application {
                         }
                     }
                 }
+                // Listened for from before the drain begins (a listener hears only signals
+                // sent after it exists): one sent right after this line must not be lost.
+                let second = shutdown_signal();
+                tokio::spawn(async move {
+                    second.await;
+                    cut_short.cancel();
+                });
                 tracing::info!("shutting down: draining in-flight requests");
                 signalled.cancel();
             };
@@ -311,15 +320,15 @@ impl Application {
         // The drain gets `grace` once shutdown begins; past it, the process stops anyway. A
         // signal during the drain (an operator's ctrl-c) ends it at once: the handlers stay
         // installed, so it was swallowed, and only SIGKILL cut a stuck drain short, before
-        // the decision log was flushed. Listened for only once the drain has begun: the
-        // signal that began it is not heard again.
+        // the decision log was flushed. Listened for only once the drain is about to begin
+        // (`cut_short`): the signal that began it is not heard again.
         let result = tokio::select! {
             joined = served => joined.map_err(std::io::Error::other),
             () = async { stop.cancelled().await; tokio::time::sleep(grace).await } => {
                 tracing::warn!(?grace, "in-flight requests did not finish within the grace period");
                 Ok(())
             }
-            () = async { stop.cancelled().await; shutdown_signal().await } => {
+            () = cut_requests.cancelled() => {
                 tracing::warn!("a second signal: in-flight requests are cut short");
                 Ok(())
             }

@@ -368,12 +368,12 @@ fn warn_once(last: &mut Option<bool>, made_way: bool, max: usize) {
     if made_way {
         tracing::warn!(
             max,
-            "server.max_connections reached: idle connections close to make way for new ones"
+            "server.max_connections reached: idle connections (or ones serving no known caller) close to make way for new ones"
         );
     } else {
         tracing::warn!(
             max,
-            "server.max_connections reached, every connection busy: closing new connections"
+            "server.max_connections reached, every connection busy with a known caller: closing new connections"
         );
     }
 }

@@ -171,8 +171,11 @@ async fn per_session(
     let caller = caller.filter(|_| !ends_session);
     // A live session's request keeps its connection's place at the cap (`crate::server`); a
     // sign-in is nobody's until it has signed in.
+    // Nor is a sign-in or sign-out: exempt from the token's places, it must not keep a
+    // connection's place either (a copy of a cookie could then hold any number).
     let claim = found
         .as_ref()
+        .filter(|_| !ends_session)
         .and_then(|_| request.extensions().get::<crate::server::ArrivedOn>())
         .map(crate::server::ArrivedOn::claim);
     // Handed to the handler: each look-up is a Redis read (whether it was signed out).

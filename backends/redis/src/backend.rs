@@ -27,6 +27,12 @@ use crate::waiters::Waiters;
 /// largest size were about 25 MB, held in memory until a slow client had read them, up to
 /// 256 at once per token.
 const LIST_PAGE_BYTES: usize = 1 << 20;
+/// The record size a listing's first MGET assumes before any listing has read one: about
+/// the largest a record gets.
+const LIST_FIRST_GUESS_BYTES: usize = 64 * 1024;
+/// A listing's first MGET reads between these many records: at most about 4 MB when the
+/// page's records are near the largest, whatever the last listing's were.
+const LIST_FIRST_CHUNK: std::ops::RangeInclusive<usize> = 16..=64;
 
 pub struct RedisBackend {
     connections: Connections,
@@ -38,6 +44,8 @@ pub struct RedisBackend {
     pub(crate) waiters: Waiters,
     /// Long-polls past their first read (`EngineStatus::waiting`).
     pub(crate) parked: WaitingCount,
+    /// The mean size of the records the last listing read: its first MGET is sized by it.
+    listed_record_bytes: std::sync::atomic::AtomicUsize,
     subscriber: JoinHandle<()>,
     pending_head: String,
     expired_head: String,
@@ -82,6 +90,7 @@ impl RedisBackend {
             scripts: Scripts::load(),
             waiters,
             parked: WaitingCount::default(),
+            listed_record_bytes: std::sync::atomic::AtomicUsize::new(LIST_FIRST_GUESS_BYTES),
             subscriber,
             pending_head: record::pending_head(),
             expired_head: record::expired_head_template(),
@@ -245,21 +254,29 @@ impl RedisBackend {
     /// The values of `keys` in order, fetched in chunks until they pass `LIST_PAGE_BYTES`
     /// (those after are not fetched): one MGET of a whole page of records near the body limit
     /// was about 32 MB, on a connection every other call shares and in a reply buffer Redis
-    /// counts against its memory. The first chunk is small; each next one is about what the
-    /// rest of the budget holds at the records' size so far (usually one more round trip).
+    /// counts against its memory. Each chunk is about what the rest of the budget holds at
+    /// the records' mean size, the first at the last listing's: one MGET for a page of small
+    /// records, a few for large ones.
     async fn fetch_within_budget(
         &self,
         keys: &[String],
     ) -> Result<Vec<Option<String>>, BackendError> {
-        const FIRST_CHUNK: usize = 16;
-        let (mut values, mut bytes, mut chunk) = (Vec::with_capacity(keys.len()), 0, FIRST_CHUNK);
+        use std::sync::atomic::Ordering::Relaxed;
+        let fits =
+            |bytes: usize, mean: usize| LIST_PAGE_BYTES.saturating_sub(bytes) / mean.max(1) + 1;
+        let mut chunk = fits(0, self.listed_record_bytes.load(Relaxed))
+            .clamp(*LIST_FIRST_CHUNK.start(), *LIST_FIRST_CHUNK.end());
+        let (mut values, mut bytes) = (Vec::with_capacity(keys.len()), 0);
         while values.len() < keys.len() && bytes <= LIST_PAGE_BYTES {
             let end = (values.len() + chunk).min(keys.len());
             let got = self.fetch_all(&keys[values.len()..end]).await?;
             bytes += got.iter().flatten().map(String::len).sum::<usize>();
             values.extend(got);
-            let average = (bytes / values.len()).max(1);
-            chunk = LIST_PAGE_BYTES.saturating_sub(bytes) / average + 1;
+            chunk = fits(bytes, bytes / values.len());
+        }
+        if !values.is_empty() {
+            self.listed_record_bytes
+                .store((bytes / values.len()).max(1), Relaxed);
         }
         Ok(values)
     }

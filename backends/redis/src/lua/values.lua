@@ -35,9 +35,20 @@ end
 -- is: `tonumber` read such a value as 0, the write went ahead, and the HINCRBY after it
 -- failed, leaving a record with no deadline (never expired) or a decision half-recorded.
 -- The hash itself must be one (`wrong_type` first).
+-- Whether `s` is an integer as Redis reads one (string2ll): no leading zero, no '-0', within
+-- a signed 64-bit integer.
+local function redis_integer(s)
+  if s == '0' then return true end
+  local digits = string.match(s, '^%-?([1-9]%d*)$')
+  if not digits or #digits > 19 then return false end
+  if #digits < 19 then return true end
+  local most = string.sub(s, 1, 1) == '-' and '9223372036854775808' or '9223372036854775807'
+  return digits <= most
+end
+
 local function not_a_sum(key, field)
   local held = redis.call('HGET', key, field)
-  if held and not string.match(held, '^%-?%d+$') then
+  if held and not redis_integer(held) then
     return redis.error_reply('damaged sum: field ' .. field .. ' of ' .. key .. ' is not an integer')
   end
   return nil
