@@ -75,23 +75,15 @@ impl RedisBackend {
                 notice = subscription.notified() => match notice {
                     Notice::Settled(record) => Approval::clone(&record).as_of(Timestamp::now()),
                     // Read on a timer of its own from now on (the loop's top sets it).
-                    Notice::Deaf => held.restore().map_err(corrupt)?,
-                    // A reconnect: messages may have been lost, so read. Every waiter of the
-                    // instance reads at once, against a Redis that may just be back (still
-                    // loading its data, say): one that cannot read goes on waiting with what
-                    // it holds rather than answer 503, and reads again shortly.
-                    Notice::Reread => match Box::pin(self.get(tenant, id)).await {
-                        Ok(Some(current)) => {
-                            reread_at = None;
-                            current
-                        }
-                        Ok(None) => return Ok(None),
-                        Err(error) => {
-                            tracing::debug!(%error, "re-read after a reconnect failed; waiting on");
-                            reread_at = Some(tokio::time::Instant::now() + reread_retry());
-                            held.restore().map_err(corrupt)?
-                        }
-                    },
+                    Notice::Deaf => continue,
+                    // A reconnect: messages may have been lost, so read, now (below). Every
+                    // waiter of the instance reads at once, against a Redis that may just be
+                    // back (still loading its data, say): one that cannot read goes on waiting
+                    // with what it holds rather than answer 503, and reads again shortly.
+                    Notice::Reread => {
+                        reread_at = Some(tokio::time::Instant::now());
+                        continue;
+                    }
                 },
                 () = tokio::time::sleep_until(reread_at.map_or(wake_at, |r| r.min(wake_at))) => {
                     if reread_at.is_some_and(|at| at < wake_at) {
@@ -102,7 +94,7 @@ impl RedisBackend {
                             }
                             Ok(None) => return Ok(None),
                             Err(error) => {
-                                tracing::debug!(%error, "a waiter's own read failed; waiting on");
+                                tracing::debug!(%error, "a waiter's read failed; waiting on");
                                 reread_at = Some(tokio::time::Instant::now() + reread_retry());
                                 held.restore().map_err(corrupt)?
                             }
