@@ -71,6 +71,11 @@ pub enum TenantScope {
     All,
 }
 
+/// A request's caller as the API's admission authenticated it, in the request's extensions:
+/// the handler's extractor takes it rather than look the token up again.
+#[derive(Debug, Clone)]
+pub struct Authenticated(pub Principal);
+
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
@@ -152,13 +157,6 @@ impl Authenticator {
     /// The caller behind an `Authorization` header value, if it is a known bearer token.
     pub fn authenticate(&self, header: Option<&str>) -> Option<Principal> {
         self.by_digest(&token_digest(bearer_token(header?)?))
-    }
-
-    /// Whether a token with this SHA-256 digest is known (without building its principal).
-    pub fn knows(&self, digest: &[u8; 32]) -> bool {
-        self.entries.iter().fold(false, |found, (candidate, _)| {
-            found | bool::from(candidate.ct_eq(digest))
-        })
     }
 
     /// The caller whose token has this SHA-256 digest (an inbox session holds the digest, not

@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 
 use super::fairness::CallerSlots;
 use super::ApiError;
-use crate::auth::{bearer_token, token_digest, Authenticator};
+use crate::auth::{bearer_token, token_digest, Authenticated, Authenticator};
 use crate::metrics::HttpTiming;
 use crate::server::ArrivedOn;
 
@@ -26,8 +26,8 @@ use crate::server::ArrivedOn;
 pub struct Admission {
     pub slots: Arc<CallerSlots>,
     pub request_timeout: Duration,
-    /// Which tokens are known: only their requests keep their connection's place at the cap
-    /// (`crate::server::ArrivedOn`); made-up tokens are answered `401` anyway.
+    /// Who the caller is: only known tokens' requests keep their connection's place at the
+    /// cap (`crate::server::ArrivedOn`); made-up tokens are answered `401` anyway.
     pub auth: Arc<Authenticator>,
 }
 
@@ -62,10 +62,20 @@ async fn admitted(admission: &Admission, request: Request, next: Next) -> Respon
         Ok(slot) => slot,
         Err(refused) => return refused.into_response(),
     };
-    let claim = caller
-        .filter(|caller| admission.auth.knows(caller))
+    // Authenticated here, once: the handler's `Caller` takes the principal from here. Only a
+    // known token's requests keep their connection's place at the cap (`ArrivedOn`).
+    let mut request = request;
+    let header = request.headers().get(AUTHORIZATION);
+    let principal = admission
+        .auth
+        .authenticate(header.and_then(|v| v.to_str().ok()));
+    let claim = principal
+        .as_ref()
         .and_then(|_| request.extensions().get::<ArrivedOn>())
         .map(ArrivedOn::claim);
+    if let Some(principal) = principal {
+        request.extensions_mut().insert(Authenticated(principal));
+    }
     let response = if long_poll {
         next.run(request).await
     } else {

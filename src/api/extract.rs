@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 
 use super::{ApiError, AppState};
 use crate::app::Precondition;
-use crate::auth::Principal;
+use crate::auth::{Authenticated, Principal};
 
 /// The authenticated caller.
 pub struct Caller(pub Principal);
@@ -25,11 +25,17 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        let Some(principal) = state.auth.authenticate(header) else {
+        // Admission authenticated it already (`api::admission`); else look it up here.
+        let principal = match parts.extensions.remove::<Authenticated>() {
+            Some(Authenticated(principal)) => Some(principal),
+            None => {
+                let header = parts.headers.get(AUTHORIZATION);
+                state
+                    .auth
+                    .authenticate(header.and_then(|v| v.to_str().ok()))
+            }
+        };
+        let Some(principal) = principal else {
             // Apart from other 4xx: a burst is someone guessing, or a token rotated too soon.
             metrics::counter!("approvals_auth_failures_total", "surface" => "api").increment(1);
             return Err(ApiError::Unauthenticated);

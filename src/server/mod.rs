@@ -203,9 +203,9 @@ impl Protocols {
             } else {
                 // Counted too, so that an idle keep-alive can make way (`occupants`); a
                 // blocked write ends an HTTP/1 answer (the write deadline): nothing to abort.
-                let arrived = ArrivedOn(Arc::clone(&activity));
+                let counting = Arc::clone(&activity);
                 let app = MapFuture::new(app, move |answer: RouteFuture<Infallible>| {
-                    let in_use = activity.enter();
+                    let in_use = counting.enter();
                     answer.map_ok(move |response| {
                         response.map(|body| activity::holding(body, in_use))
                     })
@@ -215,14 +215,14 @@ impl Protocols {
                 // `first_bytes` had waited, so a byte just before that deadline bought a
                 // second whole timeout to trickle the rest in.
                 let first_request = {
-                    let activity = Arc::clone(&arrived.0);
+                    let activity = Arc::clone(&activity);
                     let deadline = activity.opened() + protocols.header_read_timeout;
                     tokio::time::sleep_until(deadline).then(move |()| match activity.has_served() {
                         false => Either::Left(future::ready(())),
                         true => Either::Right(future::pending()),
                     })
                 };
-                let app = arrived_on(app, &arrived.0);
+                let app = arrived_on(app, &activity);
                 let connection = protocols
                     .http1
                     .serve_connection(stream, TowerToHyperService::new(app));

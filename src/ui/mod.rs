@@ -169,13 +169,10 @@ async fn per_session(
         && matches!(request.uri().path(), "/ui/logout" | "/ui/login")
         && session::same_site(request.headers(), state.public_authority());
     let caller = caller.filter(|_| !ends_session);
-    // A live session's request keeps its connection's place at the cap (`crate::server`); a
-    // sign-in is nobody's until it has signed in.
-    // Nor is a sign-in or sign-out: exempt from the token's places, it must not keep a
-    // connection's place either (a copy of a cookie could then hold any number).
-    let claim = found
-        .as_ref()
-        .filter(|_| !ends_session)
+    // What counts against the token's places keeps its connection's place at the cap
+    // (`crate::server`): a live session's requests, not a sign-in or sign-out (exempt from
+    // the token's places, a copy of a cookie could otherwise hold any number of connections).
+    let claim = caller
         .and_then(|_| request.extensions().get::<crate::server::ArrivedOn>())
         .map(crate::server::ArrivedOn::claim);
     // Handed to the handler: each look-up is a Redis read (whether it was signed out).
