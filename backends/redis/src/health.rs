@@ -88,9 +88,7 @@ impl EvictingRedis {
 
 /// `maxmemory_policy` from `INFO memory`.
 fn eviction_policy(info: &str) -> Option<&str> {
-    info.lines()
-        .find_map(|line| line.strip_prefix("maxmemory_policy:"))
-        .map(str::trim)
+    info_field(info, "maxmemory_policy")
 }
 
 /// A Redis this service cannot run on. In cluster mode every script touching a tenant's keys
