@@ -207,11 +207,6 @@ pub trait EngineEvents: Send + Sync + 'static {
     fn unreadable(&self, key: &str, reason: &str);
 }
 
-/// Where approvals are parked: the request path. Object-safe: the service holds an
-/// `Arc<dyn ApprovalBackend>`.
-///
-/// Implementations put every call under a deadline and answer [`BackendError::Unavailable`] or
-/// [`BackendError::Timeout`] rather than hang.
 /// Which of an engine's paged reads a cursor belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Listing {
@@ -219,6 +214,11 @@ pub enum Listing {
     Audit,
 }
 
+/// Where approvals are parked: the request path. Object-safe: the service holds an
+/// `Arc<dyn ApprovalBackend>`.
+///
+/// Implementations put every call under a deadline and answer [`BackendError::Unavailable`] or
+/// [`BackendError::Timeout`] rather than hang.
 #[async_trait]
 pub trait ApprovalBackend: Send + Sync + 'static {
     /// A short name for logs and metrics (`redis`, `temporal`, `dual`).

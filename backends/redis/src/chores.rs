@@ -85,14 +85,17 @@ impl RedisBackend {
                 let (engine, events) = (engine.clone(), events.clone());
                 async move {
                     let now = Timestamp::now();
-                    let mut expired = Vec::new();
-                    let result = engine.expire_due_into(now, &mut expired).await;
-                    // Reported even when the pass failed part way: they were recorded, and
-                    // only this instance knows it.
-                    for approval in &expired {
-                        events.expired(approval, now);
-                    }
-                    events.chore_finished("sweep", result.as_ref().map(|()| expired.len()));
+                    // Each expiry is reported as soon as it is recorded: a pass abandoned at
+                    // shutdown, or failing part way, has still recorded the ones before, and
+                    // only this instance knows it (the decision log would never ship them).
+                    let mut count = 0;
+                    let result = engine
+                        .expire_due_with(now, &mut |approval| {
+                            events.expired(&approval, now);
+                            count += 1;
+                        })
+                        .await;
+                    events.chore_finished("sweep", result.as_ref().map(|()| count));
                 }
             })
         };
@@ -207,16 +210,17 @@ return 1";
     /// (none that another instance expired first).
     pub async fn expire_due(&self, now: Timestamp) -> Result<Vec<Approval>, BackendError> {
         let mut expired = Vec::new();
-        self.expire_due_into(now, &mut expired).await?;
+        self.expire_due_with(now, &mut |approval| expired.push(approval))
+            .await?;
         Ok(expired)
     }
 
-    /// [`Self::expire_due`], adding to `expired` as it goes: a pass that fails part way has
-    /// still recorded the expiries before the failure.
-    async fn expire_due_into(
+    /// [`Self::expire_due`], handing each expiry to `recorded` as soon as Redis has recorded
+    /// it: a pass that fails or is abandoned part way has still recorded those before.
+    async fn expire_due_with(
         &self,
         now: Timestamp,
-        expired: &mut Vec<Approval>,
+        recorded: &mut (dyn FnMut(Approval) + Send),
     ) -> Result<(), BackendError> {
         // A failed trim must not hold up the expiries: it is reported after them.
         let trimmed = self.trim_retention(now).await;
@@ -239,11 +243,11 @@ return 1";
                 continue;
             };
             let key = keys::record(&tenant, &id);
-            let recorded = match self
+            let outcome = match self
                 .run_expire(&tenant, submitted_ms, &id, &member, now)
                 .await
             {
-                Ok(recorded) => recorded,
+                Ok(outcome) => outcome,
                 // Redis refused this entry's script (a key of its tenant replaced with another
                 // type, say): the script wrote nothing, and the entries behind it are expired.
                 // It is tried again later, not in every pass (it would keep its place at the
@@ -261,8 +265,8 @@ return 1";
                 }
                 Err(error) => return Err(error),
             };
-            if let Expiry::Recorded(approval) = self.expiry_of(&key, recorded)? {
-                expired.push(*approval);
+            if let Expiry::Recorded(approval) = self.expiry_of(&key, outcome)? {
+                recorded(*approval);
             }
         }
         trimmed

@@ -544,3 +544,86 @@ async fn a_record_key_expires_at_its_deadline_however_late_redis_parks_it() {
         .expect("pexpiretime");
     assert_eq!(key_expiry, expires_at.as_millis());
 }
+
+/// Counts the expiries the chores report (what the decision log and the metrics are told).
+#[derive(Default)]
+struct ExpiryCount(std::sync::atomic::AtomicUsize);
+
+impl approvals_core::EngineEvents for ExpiryCount {
+    fn expired(&self, _: &approvals_core::Approval, _: Timestamp) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+    fn chore_finished(&self, _: &'static str, _: Result<usize, &approvals_core::BackendError>) {}
+    fn unreadable(&self, _: &str, _: &str) {}
+}
+
+/// A sweep pass that shutdown abandons half way has reported every expiry it recorded before:
+/// they were reported only at the end of the pass, so a SIGTERM during a burst of expiries
+/// left them recorded in Redis and never shipped to the decision log or counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_stopped_part_way_has_reported_what_it_recorded() {
+    let server = RedisServer::start().await;
+    let backend = backend(&server);
+    let tenant = fresh_tenant("stopped-sweep");
+    let ttl = Duration::from_millis(100);
+    for n in 0..500 {
+        backend
+            .submit(pending(&tenant, &format!("due-{n:03}"), ttl))
+            .await
+            .expect("submit");
+    }
+    // Every deadline passes before the sweeper starts, so its first pass has all 500.
+    tokio::time::sleep(ttl).await;
+    let mut control = server.connection().await;
+    let due = |conn: &mut redis::aio::MultiplexedConnection| {
+        let mut conn = conn.clone();
+        async move {
+            redis::cmd("ZCARD")
+                .arg("approvals:deadlines")
+                .query_async::<usize>(&mut conn)
+                .await
+                .expect("ZCARD")
+        }
+    };
+    let before = due(&mut control).await;
+    assert_eq!(before, 500);
+
+    let reports = Arc::new(ExpiryCount::default());
+    let schedule = approvals_redis::ChoreSchedule {
+        sweep_interval: Duration::from_millis(10),
+        adopt_interval: Duration::from_secs(3600),
+    };
+    let chores = backend.start_chores(schedule, reports.clone());
+    // The pass has begun recording (Redis says so): writes are held from now on, so the pass
+    // is stuck part way when the chores stop.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while due(&mut control).await == before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sweep never began"
+        );
+    }
+    redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(10000)
+        .arg("WRITE")
+        .query_async::<()>(&mut control)
+        .await
+        .expect("CLIENT PAUSE");
+    let recorded = before - due(&mut control).await;
+    tokio::time::timeout(Duration::from_secs(5), chores.stop())
+        .await
+        .expect("the chores stop at once");
+    redis::cmd("CLIENT")
+        .arg("UNPAUSE")
+        .query_async::<()>(&mut control)
+        .await
+        .expect("CLIENT UNPAUSE");
+
+    let reported = reports.0.load(std::sync::atomic::Ordering::SeqCst);
+    // One script's answer may still have been on its way when the pass was dropped.
+    assert!(
+        reported + 1 >= recorded,
+        "{recorded} expiries recorded before the stop, {reported} reported"
+    );
+}
