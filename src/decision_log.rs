@@ -32,6 +32,10 @@ pub struct DecisionLog {
 /// 10,000 such events waiting for a slow sink were over a gigabyte, in one tenant's hands.
 const QUEUE_BYTES: usize = 64 << 20;
 
+/// A batch's body is cut here (the event that crosses it is the last): below the 4–5 MiB
+/// common ingest limits, with room for that last event (about 130 kB at most).
+const BATCH_BYTES: usize = 1 << 20;
+
 impl DecisionLog {
     /// Ships nothing.
     pub fn disabled() -> Self {
@@ -135,6 +139,14 @@ impl Shipper {
         line
     }
 
+    /// A batch is full at `batch_size` events or [`BATCH_BYTES`]: one tenant's policy giving
+    /// long reasons made 100-event bodies of megabytes, which sinks refuse (413), and the
+    /// batch was dropped with every other tenant's events in it.
+    fn is_full(&self, batch: &[String]) -> bool {
+        batch.len() >= self.batch_size
+            || batch.iter().map(String::len).sum::<usize>() >= BATCH_BYTES
+    }
+
     async fn run(self, mut events: mpsc::Receiver<String>, stop: CancellationToken) {
         let mut batch = Vec::with_capacity(self.batch_size);
         loop {
@@ -148,7 +160,7 @@ impl Shipper {
             batch.push(self.took(first));
             let deadline = tokio::time::sleep(self.flush_interval);
             tokio::pin!(deadline);
-            while batch.len() < self.batch_size {
+            while !self.is_full(&batch) {
                 tokio::select! {
                     event = events.recv() => match event {
                         Some(event) => batch.push(self.took(event)),
@@ -169,7 +181,7 @@ impl Shipper {
         events.close();
         let drained = tokio::time::timeout(DRAIN_BUDGET, async {
             loop {
-                while batch.len() < self.batch_size {
+                while !self.is_full(&batch) {
                     let Ok(event) = events.try_recv() else { break };
                     batch.push(self.took(event));
                 }
@@ -248,8 +260,12 @@ impl Shipper {
                     .send()
                     .await
                     // A sink's URL often carries its credential (a token in the path or the
-                    // query, a user:password): errors name the host, never the URL.
-                    .map_err(|e| e.without_url().to_string())?;
+                    // query, a user:password): errors name the host, never the URL. The
+                    // sources say why (refused, a certificate, a timeout): reqwest's own text
+                    // is only "error sending request".
+                    .map_err(|e| {
+                        format!("{}: {}", host_of(url), crate::app::chain(&e.without_url()))
+                    })?;
                 if response.status().is_success() {
                     Ok(())
                 } else {
@@ -322,5 +338,92 @@ mod tests {
             "{queued} of {offered} events of {size} bytes queued"
         );
         stop.cancel();
+    }
+
+    fn large_entry(tenant: &str, id: &str) -> AuditEntry {
+        let reasons: Vec<String> = (0..16).map(|_| "é".repeat(1_000)).collect();
+        AuditEntry {
+            timestamp: Timestamp::now(),
+            tenant: TenantId::parse(tenant).unwrap(),
+            approval_id: ApprovalId::parse(id).unwrap(),
+            kind: AuditKind::Submitted,
+            actor: "agent".into(),
+            details: serde_json::json!({"reasons": reasons, "shadow": {"reasons": reasons}}),
+        }
+    }
+
+    /// One tenant's long reasons do not cost the other tenants their events: a sink that takes
+    /// bodies of up to 2 MiB (ingest limits are usually 4–5) gets every event, where a batch of
+    /// 100 such events (6 MB) was refused five times and dropped whole.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_of_large_events_fits_a_sinks_body_limit() {
+        let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let sink = axum::Router::new()
+            .route(
+                "/ingest",
+                axum::routing::post(move |body: String| {
+                    let lines_tx = lines_tx.clone();
+                    async move {
+                        for line in body.lines() {
+                            let _ = lines_tx.send(line.to_owned());
+                        }
+                        axum::http::StatusCode::NO_CONTENT
+                    }
+                }),
+            )
+            .layer(axum::extract::DefaultBodyLimit::max(2 << 20));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/ingest", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, sink).await });
+        let settings = DecisionLogSettings {
+            sink: DecisionLogSink::Http,
+            url: Some(url),
+            flush_interval: Duration::from_millis(50),
+            ..DecisionLogSettings::default()
+        };
+        let stop = CancellationToken::new();
+        let (log, _task) = DecisionLog::start(&settings, stop.clone());
+        for n in 0..100 {
+            assert!(log.offer(&large_entry("loud", &format!("req-{n}"))));
+        }
+        let mut quiet = large_entry("quiet", "req-1");
+        quiet.details = serde_json::json!({"reasons": ["ok"]});
+        assert!(log.offer(&quiet));
+        let mut shipped = 0;
+        while shipped < 101 {
+            let line = tokio::time::timeout(Duration::from_secs(15), lines.recv())
+                .await
+                .unwrap_or_else(|_| panic!("{shipped} of 101 events shipped within 15 s"))
+                .unwrap();
+            serde_json::from_str::<serde_json::Value>(&line).expect("a whole JSON line");
+            shipped += 1;
+        }
+        stop.cancel();
+    }
+
+    /// A failed POST says why, and to which host: reqwest's own text was only "error sending
+    /// request", and the runbook's first check is that log line.
+    #[tokio::test]
+    async fn a_failed_post_names_its_host_and_its_cause() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = closed.local_addr().unwrap();
+        drop(closed);
+        let shipper = Shipper {
+            destination: Destination::Http {
+                client: reqwest::Client::new(),
+                url: format!("http://{address}/ingest?token=secret"),
+            },
+            batch_size: 1,
+            flush_interval: Duration::from_millis(50),
+            max_attempts: 1,
+            queued_bytes: Arc::default(),
+        };
+        let error = shipper
+            .send(b"{}\n")
+            .await
+            .expect_err("nothing listens there");
+        assert!(error.starts_with(&format!("{address}: ")), "{error}");
+        assert!(error.to_lowercase().contains("refused"), "{error}");
+        assert!(!error.contains("secret"), "{error}");
     }
 }
