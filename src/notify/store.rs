@@ -969,6 +969,20 @@ mod tests {
     use super::*;
     use crate::notify::{NotifyEvent, WebhookFormat};
 
+    /// The cutover runbook's list of keys to carry into a new Redis names the sign-out keys
+    /// this version writes: it named the old ones only, and copied cookies signed out before
+    /// the move worked again after it.
+    #[test]
+    fn the_cutover_runbook_names_the_sign_out_keys() {
+        let runbook = include_str!("../../docs/runbook-cutover.md");
+        let (sign_outs, before) = sign_out_keys("someone");
+        for key in [sign_outs, before] {
+            let (prefix, _) = key.rsplit_once(':').expect("a prefix");
+            let pattern = format!("`{prefix}:*`");
+            assert!(runbook.contains(&pattern), "the runbook names {pattern}");
+        }
+    }
+
     const ROOMY: QueueCaps = QueueCaps {
         per_tenant: 100,
         per_webhook: 100,
