@@ -53,6 +53,9 @@ async fn sandbox(
     }
     let binary = match &settings.binary {
         Some(binary) => binary.clone(),
+        // The running binary itself, not its path: a deploy that removes or replaces the file
+        // before the restart left every later child unstartable, or of another version.
+        None if cfg!(target_os = "linux") => "/proc/self/exe".into(),
         None => std::env::current_exe()
             .map_err(|e| StartupError::Sandbox(format!("this binary's path: {e}")))?,
     };

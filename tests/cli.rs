@@ -327,6 +327,134 @@ async fn sigterm_with_a_shutdown_delay_says_not_ready_and_keeps_serving_meanwhil
     assert!(status.success(), "clean exit: {status:?}");
 }
 
+/// Uploads (and, if `activate`, activates) a bundle for tenant acme that allows everything
+/// with the reason "tenant policy"; the upload's status.
+async fn upload_allowing_bundle(base: &str, admin: &str, activate: bool) -> u16 {
+    let client = reqwest::Client::new();
+    let bundle = serde_json::json!({"files": [{"path": "approvals.rego", "text":
+        "package approvals\nimport rego.v1\ndecision := {\"decision\": \"allow\", \"reasons\": [\"tenant policy\"]}\n"}]});
+    let uploaded = client
+        .post(format!("{base}/policy/bundles"))
+        .bearer_auth(admin)
+        .json(&bundle)
+        .send()
+        .await
+        .unwrap();
+    let status = uploaded.status().as_u16();
+    let answer = uploaded.json::<Value>().await.unwrap();
+    if activate && status == 201 {
+        let activated = client
+            .put(format!("{base}/policy/active"))
+            .bearer_auth(admin)
+            .json(&serde_json::json!({ "version": answer["bundle"]["version"] }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(activated.status(), 200);
+    }
+    assert!(status == 201 || !activate, "{answer}");
+    status
+}
+
+/// The sandboxes are started from the running binary, not from its path: a deploy or package
+/// upgrade that removes or replaces the file before the restart made every upload answer
+/// `503 policy_sandbox_unavailable` (for good, while `/readyz` stayed green), or ran the
+/// children from another version.
+#[tokio::test]
+async fn the_policy_sandboxes_run_the_running_binary_after_its_file_is_gone() {
+    let redis = RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("approvals");
+    std::fs::copy(BIN, &copy).unwrap();
+    let port = free_port();
+    let admin = "admin-token-1";
+    let more = format!(
+        "[[auth.tokens]]\nsubject = \"admin-1\"\ntenant = \"acme\"\nrole = \"admin\"\nsha256 = \"{}\"\n",
+        digest_hex(admin)
+    );
+    let config = serve_config(port, &redis, "agent-token-1", "", &more);
+    let config = write(dir.path(), "config.toml", &config);
+    let mut command = Command::new(&copy);
+    command
+        .args(["serve", "--config", &config])
+        .env_remove("APPROVALS_CONFIG")
+        .env("RUST_LOG", "info");
+    let mut service = Process::spawn(command);
+    service.wait_for_line("serving", Duration::from_secs(20));
+    std::fs::remove_file(&copy).unwrap();
+
+    let base = format!("http://127.0.0.1:{port}/v1/tenants/acme");
+    assert_eq!(upload_allowing_bundle(&base, admin, false).await, 201);
+    service.signal(Signal::SIGTERM);
+    let status = service.wait_exit(Duration::from_secs(10)).await;
+    assert!(status.success(), "clean exit: {status:?}");
+}
+
+/// A signal to the service's whole process group (ctrl-c in a terminal, systemd's default
+/// `KillMode`) leaves its policy sandboxes serving through the shutdown delay: they died with
+/// the group, and a tenant's allowed read was parked for a day as its policy "stopped".
+#[tokio::test]
+async fn a_signal_to_the_process_group_leaves_the_policy_sandboxes_serving() {
+    let redis = RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (agent, admin) = ("agent-token-1", "admin-token-1");
+    let more = format!(
+        "[[auth.tokens]]\nsubject = \"admin-1\"\ntenant = \"acme\"\nrole = \"admin\"\nsha256 = \"{}\"\n\
+         [limits]\npolicy_concurrency = 1\n",
+        digest_hex(admin)
+    );
+    let config = serve_config(port, &redis, agent, "shutdown_delay = \"60s\"\n", &more);
+    let config = write(dir.path(), "config.toml", &config);
+    let mut command = approvals(&["serve", "--config", &config]);
+    command.env("RUST_LOG", "info");
+    // Its own group, as a shell gives a job: the signal below goes to that group.
+    std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    let mut service = Process::spawn(command);
+    service.wait_for_line("serving", Duration::from_secs(20));
+    let base = format!("http://127.0.0.1:{port}/v1/tenants/acme");
+    assert_eq!(upload_allowing_bundle(&base, admin, true).await, 201);
+    let submit = |request_id: &'static str| {
+        let client = reqwest::Client::new();
+        let url = format!("{base}/approvals");
+        async move {
+            let answer = client
+                .post(url)
+                .bearer_auth(agent)
+                .json(&serde_json::json!({"request_id": request_id,
+                    "action": {"type": "document_read", "resource": "docs/a"}}))
+                .send()
+                .await
+                .unwrap();
+            answer.json::<Value>().await.unwrap()
+        }
+    };
+    // The one evaluation thread starts its sandbox child.
+    let before = submit("req-before").await;
+    assert_eq!(
+        before["reasons"],
+        serde_json::json!(["tenant policy"]),
+        "{before}"
+    );
+
+    nix::sys::signal::killpg(service.pid(), Signal::SIGTERM).unwrap();
+    service.wait_for_line(
+        "not ready; serving for server.shutdown_delay",
+        Duration::from_secs(5),
+    );
+    let during = submit("req-during").await;
+    assert_eq!(during["decision"], "allow", "{during}");
+    assert_eq!(
+        during["reasons"],
+        serde_json::json!(["tenant policy"]),
+        "{during}"
+    );
+
+    service.signal(Signal::SIGTERM);
+    let status = service.wait_exit(Duration::from_secs(10)).await;
+    assert!(status.success(), "clean exit: {status:?}");
+}
+
 /// A signal during the drain ends it at once: a request whose body trickles in keeps the
 /// drain going for `server.shutdown_grace`, and an operator's ctrl-c was swallowed (the signal
 /// handlers stay installed), so only SIGKILL cut it short, before the decision log's flush.

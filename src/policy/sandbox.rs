@@ -165,6 +165,11 @@ impl Sandbox {
             // Its last words (an allocation that failed) belong in the service's log.
             .stderr(Stdio::inherit());
         crate::children::die_with_this_process(&mut command);
+        // A group of its own: a signal to the service's group (ctrl-c in a terminal, systemd's
+        // KillMode) stopped the children at once, and through the shutdown delay every
+        // tenant-policy submit failed closed. They end with the service (above) or with stdin.
+        #[cfg(unix)]
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
         let mut process = command
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", self.binary.display()))?;
