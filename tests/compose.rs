@@ -1032,3 +1032,35 @@ fn grafana_provisioning_points_at_the_mounted_dashboards_and_prometheus() {
         "grafana: a datasource at http://prometheus:9090 (found {urls:?})"
     );
 }
+
+/// The two templates an operator copies never set the same key: the environment wins, so a
+/// value edited in `deploy/approvals.toml` (the approvals' lifetime, say) did nothing, with one
+/// warning line at start-up as the only sign.
+#[test]
+fn the_env_template_sets_no_key_the_toml_template_sets() {
+    let file: toml::Table = read("deploy/approvals.example.toml")
+        .parse()
+        .expect("the TOML template parses");
+    fn dotted(table: &toml::Table, prefix: &str, keys: &mut BTreeSet<String>) {
+        for (key, value) in table {
+            let name = format!("{prefix}{key}");
+            match value {
+                toml::Value::Table(inner) => dotted(inner, &format!("{name}."), keys),
+                _ => {
+                    keys.insert(name);
+                }
+            }
+        }
+    }
+    let mut in_file = BTreeSet::new();
+    dotted(&file, "", &mut in_file);
+    let in_env: BTreeSet<String> = read("deploy/example.env")
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("APPROVALS_"))
+        .filter_map(|set| set.split_once('='))
+        .map(|(name, _)| name.to_lowercase().replace("__", "."))
+        .collect();
+    let both: Vec<_> = in_env.intersection(&in_file).collect();
+    assert!(both.is_empty(), "set in both templates: {both:?}");
+    assert!(!in_file.is_empty(), "the TOML template sets keys");
+}
