@@ -42,7 +42,7 @@ impl Overrides {
             .into_iter()
             .filter(|(var, _)| var.starts_with(PREFIX) && var != CONFIG_VAR)
             .filter(|(var, _)| !CLIENT_VARS.contains(&var.as_str()))
-            .filter(|(var, _)| !is_service_link(var))
+            .filter(|(var, value)| !is_service_link(var, value))
             .map(|(var, value)| {
                 let key = var[PREFIX.len()..].to_ascii_lowercase().replace("__", ".");
                 Override { var, key, value }
@@ -65,7 +65,9 @@ impl Overrides {
 /// Kubernetes service links of a Service named `approvals` or `approvals-<name>`:
 /// `APPROVALS_[<NAME>_]SERVICE_HOST`, `…SERVICE_PORT[_<PORT NAME>]`, `…PORT` and
 /// `…PORT_<port>_<PROTO>[_PROTO|_PORT|_ADDR]`. A variable with a `__` names a key, never a link.
-pub fn is_service_link(var: &str) -> bool {
+/// A bare `…_PORT` is a link only holding one (`tcp://10.0.0.1:8080`): `APPROVALS_SERVER_PORT=9090`
+/// is a mistyped key, and skipping it silently left the default in place.
+pub fn is_service_link(var: &str, value: &str) -> bool {
     let Some(rest) = var.strip_prefix(PREFIX) else {
         return false;
     };
@@ -75,12 +77,17 @@ pub fn is_service_link(var: &str) -> bool {
     // The link's own part starts at the beginning or after any `_` (the Service's name).
     std::iter::once(rest)
         .chain(rest.match_indices('_').map(|(at, _)| &rest[at + 1..]))
-        .any(is_link_suffix)
+        .any(|suffix| is_link_suffix(suffix, value))
 }
 
 /// What follows the Service's name in a link variable.
-fn is_link_suffix(rest: &str) -> bool {
-    if rest == "SERVICE_HOST" || rest == "SERVICE_PORT" || rest == "PORT" {
+fn is_link_suffix(rest: &str, value: &str) -> bool {
+    if rest == "PORT" {
+        return ["tcp://", "udp://", "sctp://"]
+            .iter()
+            .any(|scheme| value.starts_with(scheme));
+    }
+    if rest == "SERVICE_HOST" || rest == "SERVICE_PORT" {
         return true;
     }
     if let Some(name) = rest.strip_prefix("SERVICE_PORT_") {
@@ -126,7 +133,12 @@ mod tests {
             "APPROVALS_WORKER_PORT_8081_TCP_ADDR",
             "APPROVALS_REDIS_MAIN_PORT_6379_TCP",
         ] {
-            assert!(is_service_link(var), "{var}");
+            let value = if var.ends_with("_PORT") || var.ends_with("_TCP") {
+                "tcp://10.0.0.1:8080"
+            } else {
+                "10.0.0.1"
+            };
+            assert!(is_service_link(var, value), "{var}");
         }
         for var in [
             "APPROVALS_REDIS__URL",
@@ -138,7 +150,15 @@ mod tests {
             "APPROVALS_WORKER__LISTEN",
             "APPROVALS_REDIS_URL_PORT_X",
         ] {
-            assert!(!is_service_link(var), "{var}");
+            assert!(!is_service_link(var, "tcp://10.0.0.1:8080"), "{var}");
+        }
+        // Mistyped keys that read like a bare `_PORT` link, but hold no link.
+        for var in [
+            "APPROVALS_SERVER_PORT",
+            "APPROVALS_REDIS_PORT",
+            "APPROVALS_PORT",
+        ] {
+            assert!(!is_service_link(var, "9090"), "{var}");
         }
     }
 }

@@ -760,6 +760,20 @@ impl Settings {
                  unix:///path/to/redis.sock; this build speaks no TLS, so no rediss://)"
             )));
         }
+        // Checked whatever the backend (the worker and the migration use it too): written as
+        // Temporal's own CLI takes it (`temporal:7233`), it failed only at connect, as "cannot
+        // reach Temporal", and with `dual` as a secondary that never mirrored anything.
+        let temporal = reqwest::Url::parse(&self.temporal.address);
+        if !temporal.as_ref().is_ok_and(|url| {
+            matches!(url.scheme(), "http" | "https")
+                && url.host_str().is_some_and(|h| !h.is_empty())
+        }) {
+            return Err(ConfigError::Invalid(
+                "temporal.address: expected the frontend's URL, http://host:port or \
+                 https://host:port (e.g. http://127.0.0.1:7233)"
+                    .into(),
+            ));
+        }
         for tenant in self.approvals.tenant_ttl.keys() {
             if TenantId::parse(tenant.as_str()).is_err() {
                 return Err(ConfigError::Invalid(format!(

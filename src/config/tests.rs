@@ -172,6 +172,12 @@ fn kubernetes_service_links_are_ignored_and_typos_still_named() {
     with_typo.push(("APPROVALS_REDIS_URL", "redis://x:1/0"));
     let e = load("", &with_typo).unwrap_err();
     assert!(e.to_string().contains("APPROVALS_REDIS_URL"), "{e}");
+    // A key mistyped with one underscore before `PORT` holds no link: named, not skipped (it
+    // was skipped as a link, and the default port served without a word).
+    for typo in ["APPROVALS_SERVER_PORT", "APPROVALS_REDIS_PORT"] {
+        let e = load("", &[(typo, "9090")]).unwrap_err();
+        assert!(e.to_string().contains(typo), "{e}");
+    }
     let e = load("", &[("APPROVALS_TEMPORAL__ADRESS", "http://x:1")]).unwrap_err();
     assert!(
         matches!(&e, ConfigError::UnknownVariable { var, key }
@@ -745,4 +751,25 @@ fn an_empty_variable_unsets_an_optional_key() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("server.listen"), "{e}");
+}
+
+/// `temporal.address` is a URL, checked at load naming the key: written as Temporal's CLI
+/// takes it, it failed only at connect ("cannot reach Temporal"), and with `dual` and primary
+/// `redis` the service started, ready, and mirrored nothing.
+#[test]
+fn a_temporal_address_that_is_not_a_url_is_refused_naming_the_key() {
+    for address in [
+        "temporal:7233",
+        "127.0.0.1:7233",
+        "grpc://temporal:7233",
+        "http://",
+    ] {
+        let toml = format!("[temporal]\naddress = \"{address}\"\n");
+        let e = load(&toml, &[]).unwrap_err();
+        assert!(e.to_string().contains("temporal.address"), "{address}: {e}");
+    }
+    for address in ["http://temporal:7233", "https://temporal.example:443"] {
+        let toml = format!("[temporal]\naddress = \"{address}\"\n");
+        assert!(load(&toml, &[]).is_ok(), "{address}");
+    }
 }
