@@ -10,6 +10,12 @@ use clap::Parser;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // An empty APPROVALS_CONFIG (compose's `${APPROVALS_CONFIG:-}`, a chart's "") means no
+    // file, as an empty variable means unset everywhere else; clap stopped every command
+    // asking for a `--config` value the operator never passed. Still one thread here.
+    if std::env::var_os(approvals::config::CONFIG_VAR).is_some_and(|v| v.is_empty()) {
+        std::env::remove_var(approvals::config::CONFIG_VAR);
+    }
     let cli = match approvals::cli::Cli::parse().run_without_runtime() {
         Ok(code) => return code,
         Err(cli) => cli,

@@ -935,6 +935,23 @@ fn without_the_temporal_feature_worker_and_temporal_backend_say_how_to_build() {
     }
 }
 
+/// An empty `APPROVALS_CONFIG` (compose's `${APPROVALS_CONFIG:-}`, a chart's `""`) means no
+/// file: every command stopped with exit 2 asking for a `--config` value nobody passed.
+#[test]
+fn an_empty_config_variable_means_no_file() {
+    let port = free_port();
+    let output = Command::new(BIN)
+        .arg("healthcheck")
+        .env("APPROVALS_CONFIG", "")
+        .env("APPROVALS_SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // 1: read the (default) configuration and found nothing ready on that port.
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("--config"), "{stderr}");
+}
+
 /// A Redis that may evict keys would lose approvals silently: `serve` refuses it with exit 2
 /// and says which setting; `redis.allow_eviction` is the explicit way past.
 #[tokio::test]
