@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use approvals_core::{Approval, AuditEvent};
+use approvals_core::{Approval, AuditEvent, TenantId};
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
@@ -28,8 +28,11 @@ fn mrkdwn(text: &str) -> String {
         .replace('>', "&gt;")
 }
 
-fn inbox_link(base: Option<&str>, approval_id: &str) -> Option<String> {
-    base.map(|b| format!("{b}/ui/approvals/{approval_id}"))
+/// The approval's page in the inbox. It names the tenant: approval ids are the agents' own
+/// request ids, unique within a tenant only, and a reviewer signed in to another tenant was
+/// shown (and could decide) that tenant's approval of the same id.
+fn inbox_link(base: Option<&str>, tenant: &TenantId, approval_id: &str) -> Option<String> {
+    base.map(|b| format!("{b}/ui/approvals/{approval_id}?tenant={tenant}"))
 }
 
 /// The body for an audit event (parked, decided, expired).
@@ -39,7 +42,7 @@ pub fn event_body(
     event: &AuditEvent,
     inbox: Option<&str>,
 ) -> String {
-    let link = inbox_link(inbox, event.approval_id.as_str());
+    let link = inbox_link(inbox, &event.tenant, event.approval_id.as_str());
     let body = match hook.format {
         WebhookFormat::Json => json!({
             "id": format!("{}:{}", hook.id, event.event_id),
@@ -101,7 +104,7 @@ pub fn expiring_body(
     left: Duration,
     inbox: Option<&str>,
 ) -> String {
-    let link = inbox_link(inbox, approval.id.as_str());
+    let link = inbox_link(inbox, &approval.tenant, approval.id.as_str());
     let body = match hook.format {
         WebhookFormat::Json => json!({
             "id": format!("{}:soon:{}", hook.id, approval.id),

@@ -12,7 +12,7 @@ use axum_extra::extract::cookie::SignedCookieJar;
 use axum_extra::extract::WithRejection;
 use serde::Deserialize;
 
-use approvals_core::{Approval, ApprovalId, Status, Timestamp, Verdict};
+use approvals_core::{Approval, ApprovalId, Status, TenantId, Timestamp, Verdict};
 
 use super::session::{self, Session};
 use super::view::{pretty, Row};
@@ -53,14 +53,26 @@ struct LoginPage {
     notice: Option<&'static str>,
     /// The inbox page to go to once signed in (see [`return_path`]).
     next: String,
+    /// The tenant that page's link names, offered in the tenant field (platform admins).
+    tenant: String,
 }
 
 impl LoginPage {
     fn new(next: &str) -> Self {
+        let next = return_path(next).unwrap_or_default();
+        let tenant = next
+            .split_once('?')
+            .into_iter()
+            .flat_map(|(_, query)| form_urlencoded::parse(query.as_bytes()))
+            .find(|(name, _)| name == "tenant")
+            .and_then(|(_, tenant)| TenantId::parse(tenant.into_owned()).ok())
+            .map(|tenant| tenant.to_string())
+            .unwrap_or_default();
         Self {
             error: None,
             notice: None,
-            next: return_path(next).unwrap_or_default().to_owned(),
+            next: next.to_owned(),
+            tenant,
         }
     }
 }
@@ -563,6 +575,8 @@ async fn rows_for(
 pub struct DetailQuery {
     /// What the last decision form led to (set by [`decide`]'s redirect).
     outcome: Option<String>,
+    /// The tenant a notification's link is for: ids are unique within a tenant only.
+    tenant: Option<String>,
 }
 
 pub async fn detail(
@@ -579,6 +593,11 @@ pub async fn detail(
         Ok(id) => id,
         Err(e) => return error_page(Some(&session), AppError::InvalidIdentifier(e.to_string())),
     };
+    if let Some(linked) = query.tenant.as_deref() {
+        if linked != session.tenant.as_str() {
+            return another_tenants(&session, &id, linked);
+        }
+    }
     let approval = match state
         .api
         .app
@@ -612,6 +631,29 @@ pub async fn detail(
         row,
         notice,
     })
+}
+
+/// A link to an approval of another tenant than the session's: that tenant's approval of the
+/// same id is not shown (nor offered for a decision) in its place.
+fn another_tenants(session: &Session, id: &ApprovalId, linked: &str) -> Response {
+    let detail = match TenantId::parse(linked) {
+        Ok(linked) => format!(
+            "This link is to approval {id} of tenant {linked}, and this browser is signed in to \
+             tenant {}. Sign out, then sign in to {linked} to see it.",
+            session.tenant
+        ),
+        Err(_) => {
+            format!("This link names no tenant this inbox knows; approval {id} is not shown.")
+        }
+    };
+    let page = ErrorPage {
+        chrome: Some(Chrome::of(session)),
+        title: "Another tenant's approval".into(),
+        detail,
+        approval: None,
+        reason: None,
+    };
+    (StatusCode::CONFLICT, render(&page)).into_response()
 }
 
 /// The sentence for a decision's outcome, from the record as it is now. The outcome comes

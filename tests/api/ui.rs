@@ -1147,3 +1147,63 @@ async fn an_agent_filter_that_stopped_searching_says_so() {
     }
     panic!("the rare agent's approval never found: {page}");
 }
+
+/// A notification's link names its approval's tenant: ids are the agents' own request ids,
+/// unique within a tenant only, and a reviewer signed in to another tenant was shown (and
+/// offered to decide) that tenant's approval of the same id. Signed out, the sign-in page
+/// offers the link's tenant.
+#[tokio::test]
+async fn a_link_to_another_tenants_approval_shows_neither() {
+    use crate::support::OTHER_TENANT;
+    let app = TestApp::spawn().await;
+    app.park("shared-id").await;
+    let theirs = app
+        .request(
+            Method::POST,
+            &format!("/v1/tenants/{OTHER_TENANT}/approvals"),
+            Some(&app.tokens.other_tenant_agent),
+        )
+        .json(&json!({"request_id": "shared-id", "action": crate::support::sensitive_read()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(theirs.status(), StatusCode::CREATED);
+
+    let browser = Browser::new(&app);
+    let signed_in = browser
+        .post(
+            "/ui/login",
+            &[
+                ("token", &app.tokens.platform_admin),
+                ("tenant", &app.tenant),
+            ],
+        )
+        .await;
+    assert_eq!(signed_in.status(), StatusCode::SEE_OTHER);
+    let other = browser
+        .get(&format!("/ui/approvals/shared-id?tenant={OTHER_TENANT}"))
+        .await;
+    assert_eq!(other.status(), StatusCode::CONFLICT);
+    let page = other.text().await.unwrap();
+    assert!(
+        page.contains(&format!("of tenant {OTHER_TENANT}"))
+            && page.contains(&format!("signed in to tenant {}", app.tenant)),
+        "{page}"
+    );
+    assert!(!page.contains("name=\"csrf\""), "no decision form: {page}");
+    // The link for the session's own tenant shows its approval.
+    let own = browser
+        .page(&format!("/ui/approvals/shared-id?tenant={}", app.tenant))
+        .await;
+    assert!(own.contains("name=\"csrf\""), "{own}");
+
+    let signed_out = Browser::new(&app);
+    let to_sign_in = signed_out
+        .get(&format!("/ui/approvals/shared-id?tenant={OTHER_TENANT}"))
+        .await;
+    let login = signed_out.page(&location(&to_sign_in)).await;
+    assert!(
+        login.contains(&format!("name=\"tenant\" type=\"text\" autocomplete=\"organization\" maxlength=\"64\" value=\"{OTHER_TENANT}\"")),
+        "{login}"
+    );
+}

@@ -533,7 +533,10 @@ async fn deliveries_are_signed_and_tell_what_happened_with_a_link_to_the_inbox()
     assert_eq!(body["tenant"], app.tenant.as_str());
     assert_eq!(body["approval_id"], "hooked");
     assert_eq!(body["actor"], "agent-1");
-    assert_eq!(body["inbox_url"], format!("{INBOX}/ui/approvals/hooked"));
+    assert_eq!(
+        body["inbox_url"],
+        format!("{INBOX}/ui/approvals/hooked?tenant={}", app.tenant)
+    );
     assert_eq!(body["event"]["details"]["decision"], "require_approval");
     // The id in the body and in the header is the same, and stable: receivers drop duplicates.
     assert_eq!(
@@ -890,7 +893,7 @@ async fn slack_messages_warn_before_an_approval_expires_with_a_button_to_the_inb
     assert!(text.contains("ticking"), "{soon}");
     assert_eq!(
         soon["blocks"][1]["elements"][0]["url"],
-        format!("{INBOX}/ui/approvals/ticking")
+        format!("{INBOX}/ui/approvals/ticking?tenant={}", app.tenant)
     );
     let expired = receiver.next().await.json();
     assert!(
