@@ -889,3 +889,107 @@ async fn a_link_from_another_site_opens_the_approval_for_a_signed_in_reviewer() 
     assert!(url.ends_with("/ui/approvals/linked-from-chat"), "{url}");
     let _ = browser.close().await;
 }
+
+/// A reason being typed on an approval's page survives refreshes that overlap: a "check only"
+/// refresh (a reconnected stream's) asked for while another ran was queued as a full one, and
+/// swapped the page, emptying the reason. Here each stream ends after a second and every
+/// refresh takes 2.5 s, so they overlap every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reason_being_typed_survives_overlapping_refreshes() {
+    let app =
+        TestApp::spawn_with(|s| s.approvals.events_max_duration = Duration::from_secs(1)).await;
+    app.park("typing-1").await;
+    let driver = Driver::start();
+    let browser = driver.browser().await;
+    sign_in(&browser, &app, &app.tokens.reviewer).await;
+    browser
+        .goto(&app.url("/ui/approvals/typing-1"))
+        .await
+        .expect("the approval's page");
+    until_true(
+        &browser,
+        "document.body.dataset.liveReady === 'true'",
+        "the live stream",
+    )
+    .await;
+    script(
+        &browser,
+        "var real = window.fetch; window.refreshes = 0; \
+         window.fetch = function (url, options) { \
+           return new Promise(function (done) { setTimeout(done, 2500); }) \
+             .then(function () { return real(url, options); }) \
+             .then(function (r) { window.refreshes += 1; return r; }); }; \
+         return null;",
+    )
+    .await;
+    browser
+        .find(Locator::Css("#reason"))
+        .await
+        .expect("the reason field")
+        .send_keys("checked with the data owner")
+        .await
+        .expect("type a reason");
+    // Two refreshes done: the second was asked for while the first ran.
+    until_true_within(
+        &browser,
+        "window.refreshes >= 2",
+        "two refreshes",
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(
+        script(&browser, "return document.getElementById('reason').value;").await,
+        json!("checked with the data owner"),
+        "{}",
+        text(&browser).await
+    );
+    let _ = browser.close().await;
+}
+
+/// A page that can no longer be read (its approval gone: retention, a repair) says live
+/// updates stopped and to reload; it said "Trying again" and never did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_that_cannot_be_read_again_says_live_updates_stopped() {
+    let app =
+        TestApp::spawn_with(|s| s.approvals.events_max_duration = Duration::from_secs(1)).await;
+    app.park("gone-1").await;
+    let driver = Driver::start();
+    let browser = driver.browser().await;
+    sign_in(&browser, &app, &app.tokens.reviewer).await;
+    browser
+        .goto(&app.url("/ui/approvals/gone-1"))
+        .await
+        .expect("the approval's page");
+    until_true(
+        &browser,
+        "document.body.dataset.liveReady === 'true'",
+        "the live stream",
+    )
+    .await;
+    let mut redis = app.redis.as_ref().expect("redis").connection().await;
+    let removed: usize = redis::cmd("DEL")
+        .arg(format!("approval:{}:gone-1", app.tenant))
+        .arg(format!("approvals:shadow:{}:gone-1", app.tenant))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(removed >= 1);
+    // The next stream's opening checks the page again, and finds it gone.
+    until_true(
+        &browser,
+        "(document.getElementById('paused-notice') || {}).textContent \
+           && document.getElementById('paused-notice').textContent.indexOf('stopped') >= 0",
+        "the page to say live updates stopped",
+    )
+    .await;
+    let notice = script(
+        &browser,
+        "return document.getElementById('paused-notice').textContent;",
+    )
+    .await;
+    assert!(
+        notice.as_str().unwrap_or_default().contains("404"),
+        "{notice}"
+    );
+    let _ = browser.close().await;
+}

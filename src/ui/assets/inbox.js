@@ -52,7 +52,9 @@
 
   if (!region || !window.EventSource) return;
 
-  var busy = false, again = false, isStale = false;
+  // A refresh asked for while one runs is queued; it checks only (keeps a detail page's form,
+  // and the reason being typed in it) if every call that asked for it checks only.
+  var busy = false, again = false, againCheckOnly = true, isStale = false;
   // A refresh that failed (429 at the token's limit of requests, 408, 503) is said and tried
   // again, backing off: it waited for the next event, and in a quiet tenant none came, so a
   // decided approval stayed on the page as waiting.
@@ -68,7 +70,7 @@
   // expired meanwhile (while the stream was down) is swapped.
   function refresh(checkOnly) {
     if (isStale) return;
-    if (busy) { again = true; return; }
+    if (busy) { again = true; againCheckOnly = againCheckOnly && !!checkOnly; return; }
     busy = true;
     var focusedId = document.activeElement && document.activeElement.id;
     fetch(location.href, { credentials: "same-origin", headers: { Accept: "text/html" } })
@@ -110,11 +112,12 @@
       })
       .catch(function (status) {
         refreshFailed = true;
-        paused(true);
         // Tried again only when waiting can mend it (a network error, 408, 429, 5xx from an
-        // outage); a 404 (the approval dropped by retention) or a 400 would fail forever.
+        // outage); a 404 (the approval dropped by retention) or a 400 would fail forever, and
+        // the notice says so rather than promise a retry.
         var passing = typeof status !== "number" || status === 408 || status === 429 ||
           status === 502 || status === 503 || status === 504;
+        paused(true, passing ? null : status);
         if (passing && !refreshTimer && !isStale) {
           refreshTimer = setTimeout(function () {
             refreshTimer = null;
@@ -125,7 +128,12 @@
       })
       .then(function () {
         busy = false;
-        if (again) { again = false; refresh(); }
+        if (again) {
+          var only = againCheckOnly;
+          again = false;
+          againCheckOnly = true;
+          refresh(only);
+        }
         else if (reopenWanted) reopen();
       });
   }
@@ -166,17 +174,22 @@
   }
 
   // Says so while the page is not following; gone once the stream is back.
-  function paused(on) {
+  // `stoppedBy`: the HTTP status that ended live updates for good (nothing is tried again).
+  function paused(on, stoppedBy) {
     var notice = document.getElementById("paused-notice");
     if (!on) { if (notice) notice.remove(); return; }
-    if (notice) return;
-    notice = document.createElement("p");
-    notice.id = "paused-notice";
-    notice.className = "notice warning";
-    notice.setAttribute("role", "status");
-    notice.textContent = "Live updates are paused: the service did not answer. Trying " +
-      "again; what you see may be out of date.";
-    region.parentNode.insertBefore(notice, region);
+    if (!notice) {
+      notice = document.createElement("p");
+      notice.id = "paused-notice";
+      notice.className = "notice warning";
+      notice.setAttribute("role", "status");
+      region.parentNode.insertBefore(notice, region);
+    }
+    notice.textContent = stoppedBy
+      ? "Live updates stopped: this page could not be read again (the service answered " +
+        stoppedBy + "). Reload it to see where things stand."
+      : "Live updates are paused: the service did not answer. Trying again; what you see " +
+        "may be out of date.";
   }
 
   // A list filtered by agent reads up to 5 pages of the tenant to fill one: it is fetched
