@@ -89,6 +89,8 @@ struct InboxPage {
     statuses: Vec<(&'static str, &'static str, bool)>,
     status: &'static str,
     agent: String,
+    /// The longest agent id a submit takes (`limits.max_string_chars`): the filter takes it too.
+    agent_max: usize,
     rows: Vec<Row>,
     next_href: Option<String>,
 }
@@ -466,7 +468,7 @@ pub async fn inbox(
         .unwrap_or_default()
         .trim()
         .chars()
-        .take(256)
+        .take(state.api.app.input_limits().max_string_chars)
         .collect::<String>();
     let cursor = query
         .cursor
@@ -515,6 +517,7 @@ pub async fn inbox(
         statuses,
         status: status.as_str(),
         agent,
+        agent_max: state.api.app.input_limits().max_string_chars,
         rows,
         next_href,
     })

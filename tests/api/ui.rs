@@ -558,6 +558,21 @@ async fn the_agent_filter_finds_a_rare_agents_approvals_among_many() {
     assert!(!page.contains("/ui/approvals/busy-"), "{page}");
 }
 
+/// The agent filter takes agent ids as long as a submit does (2,048 characters): it cut them
+/// at 256, and an agent with a longer id was never found.
+#[tokio::test]
+async fn the_agent_filter_finds_an_agent_with_a_long_id() {
+    let app = TestApp::spawn().await;
+    let long = "a".repeat(300);
+    app.park_for_agent("long-agent-1", &long).await;
+    app.park_for_agent("short-agent-1", "agent-short").await;
+    let browser = Browser::signed_in(&app, &app.tokens.reviewer).await;
+    let page = browser.page(&format!("/ui/approvals?agent={long}")).await;
+    assert!(page.contains("/ui/approvals/long-agent-1\""), "{page}");
+    assert!(!page.contains("/ui/approvals/short-agent-1\""), "{page}");
+    assert!(page.contains("maxlength=\"2048\""), "{page}");
+}
+
 /// The agent filter reads the list in the API's largest pages, not in the inbox's: each call
 /// is a walk of the tenant's workflows on Temporal, and a rare agent's page cost twenty of
 /// them. Counted here as Redis list reads: 600 of another agent's come first.
