@@ -954,6 +954,68 @@ async fn a_decision_mirrored_while_reconciling_is_no_difference() {
     assert_eq!(report.differences_total, 0, "{report}");
 }
 
+/// The same race on the pass that looks for records only the target has: a record written to
+/// both engines after the source's scan (a soak) and decided on both after the target's scan
+/// page was read. The page's pending copy was compared with the source read later (accepted),
+/// a difference on every run under traffic; the copy is read again when the two differ.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_mirrored_after_the_targets_scan_is_no_difference() {
+    let setup = Setup::new().await;
+    let redis = setup.engine(EngineKind::Redis).await;
+    let temporal = setup.engine(EngineKind::Temporal).await;
+    let tenant = fresh_tenant("mirrored-late");
+    redis.submit(pending(&tenant, "early", HOUR)).await.unwrap();
+    let mut report = Report::new(false);
+    of_tenant(&redis, &temporal, &tenant, 4)
+        .copy(&mut report)
+        .await
+        .unwrap();
+
+    // After the source's scan: written to both, as a soak does, and seen by the target's scan.
+    let written_late: Interlude = {
+        let (redis, temporal, tenant) = (redis.clone(), temporal.clone(), tenant.clone());
+        Box::pin(async move {
+            redis.submit(pending(&tenant, "late", HOUR)).await.unwrap();
+            let record = redis.get(&tenant, &id("late")).await.unwrap().unwrap();
+            temporal.import(record).await.unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                let page = temporal.scan(None, 1000).await.unwrap();
+                if page.items.iter().any(|a| a.id == id("late")) {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "visible in the target"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    // After the target's scan page was read: decided on both.
+    let decided_late: Interlude = {
+        let (redis, temporal, tenant) = (redis.clone(), temporal.clone(), tenant.clone());
+        Box::pin(async move {
+            let accept = decision(Verdict::Accept, "bob");
+            for engine in [&redis, &temporal] {
+                let decided = engine.decide(&tenant, &id("late"), accept.clone()).await;
+                assert!(matches!(
+                    decided,
+                    Ok(approvals_core::DecisionOutcome::Decided(_))
+                ));
+            }
+        })
+    };
+    let source = RacedSource::around(&redis, written_late);
+    let target = RacedSource::around(&temporal, decided_late);
+    of_tenant(&source, &target, &tenant, 4)
+        .reconcile(&mut report)
+        .await
+        .unwrap();
+    assert!(report.is_reconciled(), "{report}");
+    assert_eq!(report.differences_total, 0, "{report}");
+}
+
 /// A reviewer accepts in Redis between the copy pass's scan and its import: the soak's
 /// mirror finds no copy yet, and the copy is imported pending. The decision is replayed as
 /// soon as the copy is made, not after the whole copy pass (hours for millions of records,

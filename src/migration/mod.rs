@@ -218,6 +218,20 @@ impl Migration {
                     // source has it now, and the two are compared like any other.
                     let source =
                         unreadable(retry("get", || self.source.get(&copy.tenant, &copy.id)).await)?;
+                    // The copy is the scan page's, read before the source: a decision mirrored
+                    // in between read as a difference. Read again when the two differ.
+                    let now = Timestamp::now();
+                    let moved_on = matches!(&source,
+                        Ok(Some(source)) if status_as_of(source, now) != status_as_of(&copy, now));
+                    let copy = if moved_on {
+                        let (tenant, id) = (&copy.tenant, &copy.id);
+                        match unreadable(retry("get", || self.target.get(tenant, id)).await)? {
+                            Ok(Some(fresh)) => fresh,
+                            Ok(None) | Err(_) => copy,
+                        }
+                    } else {
+                        copy
+                    };
                     Ok(Some((copy, source)))
                 },
                 |found| {
