@@ -453,6 +453,34 @@ async fn an_unreadable_record_is_reported_and_the_run_is_not_reconciled() {
     assert!(temporal.get(&tenant, &id("fine")).await.unwrap().is_some());
 }
 
+/// A dry run treats a target copy it cannot read as the real run does: named among the
+/// target's unreadable keys, not a failed record (a hundred of them stopped the dry run early,
+/// blaming a side that was "most likely down").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_names_an_unreadable_target_copy_without_failing_it() {
+    let setup = Setup::new().await;
+    let temporal = setup.engine(EngineKind::Temporal).await;
+    let tenant = fresh_tenant("dry-spoiled");
+    temporal
+        .import(pending(&tenant, "spoiled", HOUR))
+        .await
+        .unwrap();
+    let mut conn = setup.redis.connection().await;
+    let key = format!("approval:{tenant}:spoiled");
+    let () = redis::cmd("SET")
+        .arg(&key)
+        .arg("{not json")
+        .arg("EX")
+        .arg(3600)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let (passed, report) = setup.migrate("temporal", "redis", &[&tenant], &["--dry-run"]);
+    assert!(!passed, "an unreadable value needs a person: {report:#}");
+    assert_eq!(report["failed"], json!([]), "{report:#}");
+    assert_eq!(report["unreadable"]["target"], json!([key]), "{report:#}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_killed_halfway_and_started_again_ends_exact() {
     let setup = Setup::new().await;
