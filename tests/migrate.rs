@@ -453,6 +453,37 @@ async fn an_unreadable_record_is_reported_and_the_run_is_not_reconciled() {
     assert!(temporal.get(&tenant, &id("fine")).await.unwrap().is_some());
 }
 
+/// A scan failing for a couple of seconds (a Redis failover, Temporal's frontend restarting)
+/// is waited out; one that keeps failing stops the run with the report so far. Four attempts
+/// within 1.2 s ended runs of hours, and the CLI printed only the error, no counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scan_outage_is_waited_out_and_a_lasting_one_keeps_the_report() {
+    let setup = Setup::new().await;
+    let redis = setup.engine(EngineKind::Redis).await;
+    let temporal = setup.engine(EngineKind::Temporal).await;
+    let tenant = fresh_tenant("failover");
+    for name in ["one", "two"] {
+        redis.submit(pending(&tenant, name, HOUR)).await.unwrap();
+    }
+    // The copy's scan works; the reconcile pass's first scan meets a 2 s outage.
+    let brief = RacedSource::failing(&redis, 1, Duration::from_secs(2));
+    let report = of_tenant(&brief, &temporal, &tenant, 4).run().await;
+    assert!(report.is_reconciled(), "{report}");
+    assert_eq!(report.imported, 2, "{report}");
+
+    let other = fresh_tenant("failover");
+    redis.submit(pending(&other, "three", HOUR)).await.unwrap();
+    let lasting = RacedSource::failing(&redis, 1, Duration::from_secs(3600));
+    let report = of_tenant(&lasting, &temporal, &other, 4).run().await;
+    assert!(!report.is_reconciled(), "{report}");
+    assert_eq!(report.imported, 1, "the copy's counts are kept: {report}");
+    let said = report.to_string();
+    assert!(
+        said.contains("stopped: ") && said.contains("a failover") && said.contains("partial"),
+        "{said}"
+    );
+}
+
 /// A dry run treats a target copy it cannot read as the real run does: named among the
 /// target's unreadable keys, not a failed record (a hundred of them stopped the dry run early,
 /// blaming a side that was "most likely down").
@@ -813,6 +844,10 @@ struct RacedSource {
     interlude: tokio::sync::Mutex<Option<Interlude>>,
     /// Every record of a page returned twice, as Redis' SCAN may.
     twice: bool,
+    /// Scans after the first `scans_before_outage` fail (the side "down") until this long
+    /// after the first failure.
+    outage: Option<(usize, Duration)>,
+    scans: std::sync::Mutex<(usize, Option<Instant>)>,
 }
 
 impl RacedSource {
@@ -821,6 +856,23 @@ impl RacedSource {
             inner: inner.clone(),
             interlude: tokio::sync::Mutex::new(Some(interlude)),
             twice: false,
+            outage: None,
+            scans: std::sync::Mutex::default(),
+        })
+    }
+
+    /// `inner` whose scans fail after the first `scans_before` for `lasting` (a failover).
+    fn failing(
+        inner: &Arc<dyn RecordTransfer>,
+        scans_before: usize,
+        lasting: Duration,
+    ) -> Arc<dyn RecordTransfer> {
+        Arc::new(Self {
+            inner: inner.clone(),
+            interlude: tokio::sync::Mutex::new(None),
+            twice: false,
+            outage: Some((scans_before, lasting)),
+            scans: std::sync::Mutex::default(),
         })
     }
 
@@ -830,6 +882,8 @@ impl RacedSource {
             inner: inner.clone(),
             interlude: tokio::sync::Mutex::new(None),
             twice: true,
+            outage: None,
+            scans: std::sync::Mutex::default(),
         })
     }
 }
@@ -916,6 +970,19 @@ impl RecordTransfer for RacedSource {
         cursor: Option<&str>,
         batch: usize,
     ) -> Result<approvals_core::ScanPage, approvals_core::BackendError> {
+        if let Some((before, lasting)) = self.outage {
+            let mut scans = self.scans.lock().unwrap();
+            scans.0 += 1;
+            if scans.0 > before {
+                let since = *scans.1.get_or_insert_with(Instant::now);
+                if since.elapsed() < lasting {
+                    return Err(approvals_core::BackendError::unavailable(
+                        "scan",
+                        "connection refused (a failover)",
+                    ));
+                }
+            }
+        }
         let mut page = self.inner.scan(cursor, batch).await;
         if let Some(interlude) = self.interlude.lock().await.take() {
             interlude.await;
@@ -1102,8 +1169,7 @@ async fn a_record_a_scan_returns_twice_is_counted_once() {
     }
     let report = of_tenant(&RacedSource::repeating(&redis), &temporal, &tenant, 4)
         .run()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(
         (report.imported, report.already_present),
         (2, 0),
@@ -1192,10 +1258,7 @@ async fn a_decision_the_secondary_missed_is_replayed_on_it_when_the_target_answe
         panic!("{decided:?}")
     };
     // Redis answering: its pending record is the truth, and the difference is reported.
-    let report = of_tenant(&redis, &temporal, &tenant, 4)
-        .run()
-        .await
-        .unwrap();
+    let report = of_tenant(&redis, &temporal, &tenant, 4).run().await;
     assert_eq!(report.differences_total, 1, "{report}");
     let still = redis.get(&tenant, &id("missed")).await.unwrap().unwrap();
     assert_eq!(still.status, Status::Pending);

@@ -93,17 +93,14 @@ pub async fn run(args: MigrateArgs) -> ExitCode {
     if let Some(logger) = logger {
         logger.abort();
     }
-    let report = match result {
-        Ok(report) => report,
-        Err(error) => {
-            tracing::error!(error = %crate::app::chain(&error), "migration stopped");
-            eprintln!(
-                "approvals: migration stopped: {error}\n\
-                 it is safe to run the same command again: records already copied are skipped"
-            );
-            return ExitCode::FAILURE;
-        }
-    };
+    let report = result;
+    if let Some(error) = &report.stopped_by {
+        tracing::error!(%error, "migration stopped");
+        eprintln!(
+            "approvals: migration stopped: {error}\n\
+             it is safe to run the same command again: records already copied are skipped"
+        );
+    }
     if args.json {
         match serde_json::to_string_pretty(&report) {
             Ok(json) => println!("{json}"),

@@ -32,8 +32,12 @@ pub use report::{Difference, FailedRecord, Report, MAX_FAILED_RECORDS};
 
 /// Records per `scan` call (Temporal's largest visibility page).
 const SCAN_BATCH: usize = 1000;
-/// Attempts per backend call before the run gives up (it can be re-run: it is idempotent).
-const ATTEMPTS: u32 = 4;
+/// How long a call is tried again while its side does not answer, before the run gives up on
+/// it (it can be re-run: it is idempotent). A Redis failover or a rolling restart of Temporal's
+/// frontend takes tens of seconds: four attempts within 1.2 s ended runs of hours on them.
+const RETRY_FOR: Duration = Duration::from_secs(30);
+/// The longest pause between two attempts.
+const MOST_BACKOFF: Duration = Duration::from_secs(5);
 
 /// What to migrate, and how.
 #[derive(Debug, Clone)]
@@ -108,13 +112,23 @@ impl Migration {
     }
 
     /// Both passes; the reconcile pass only after a copy pass that was not stopped early.
-    pub async fn run(&self) -> Result<Report, BackendError> {
+    /// Copies, then reconciles. A scan that keeps failing stops the run with the report so
+    /// far (`stopped_by`): the counts of hours of work are printed, not thrown away.
+    pub async fn run(&self) -> Report {
         let mut report = Report::new(self.plan.dry_run);
-        self.copy(&mut report).await?;
-        if !report.stopped_early {
-            self.reconcile(&mut report).await?;
+        if let Err(error) = self.both_passes(&mut report).await {
+            report.stopped_early = true;
+            report.stopped_by = Some(crate::app::chain(&error));
         }
-        Ok(report)
+        report
+    }
+
+    async fn both_passes(&self, report: &mut Report) -> Result<(), BackendError> {
+        self.copy(report).await?;
+        if !report.stopped_early {
+            self.reconcile(report).await?;
+        }
+        Ok(())
     }
 
     /// Starts counting a pass afresh: the spinner's count is of this pass's records.
@@ -578,15 +592,17 @@ async fn retry<T, Fut>(what: &str, call: impl Fn() -> Fut) -> Result<T, BackendE
 where
     Fut: Future<Output = Result<T, BackendError>>,
 {
-    let mut attempt = 1;
+    let started = tokio::time::Instant::now();
+    let (mut attempt, mut pause) = (1, Duration::from_millis(200));
     loop {
         match call().await {
             Err(error @ (BackendError::Unavailable { .. } | BackendError::Timeout(_)))
-                if attempt < ATTEMPTS =>
+                if started.elapsed() + pause < RETRY_FOR =>
             {
                 tracing::warn!(%error, attempt, "{what} failed; retrying");
-                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                tokio::time::sleep(pause).await;
                 attempt += 1;
+                pause = (pause * 2).min(MOST_BACKOFF);
             }
             result => return result,
         }

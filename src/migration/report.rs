@@ -47,6 +47,8 @@ pub struct Report {
     /// The run stopped at [`MAX_FAILED_RECORDS`] failed records: what follows them was not
     /// copied or compared, and the counts are partial.
     pub stopped_early: bool,
+    /// What stopped the run before its end (a scan that kept failing): the counts are partial.
+    pub stopped_by: Option<String>,
 }
 
 /// A record a call of the migration kept failing on.
@@ -252,7 +254,14 @@ impl fmt::Display for Report {
                 )?;
             }
         }
-        if self.stopped_early {
+        if let Some(error) = &self.stopped_by {
+            writeln!(
+                f,
+                "stopped: {error}: the records after it were not copied or compared, and the \
+                 counts above are partial; it is safe to run the same command again (records \
+                 already copied are skipped)"
+            )?;
+        } else if self.stopped_early {
             // The pass that stopped: after a reconcile pass stopped, the copy had been done.
             let not_done = match self.failed.last().map(|f| f.pass) {
                 Some("reconcile") => "compared",
