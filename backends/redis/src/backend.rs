@@ -251,6 +251,48 @@ impl RedisBackend {
             .collect())
     }
 
+    /// [`Self::fetch`] of every key, in MGETs of about `LIST_PAGE_BYTES` each: a migration's
+    /// scan page of 1,000 large records was one MGET of 30 MB and more, which timed out over a
+    /// slow link on every attempt (and every re-run) or passed a client's output buffer limit.
+    pub(crate) async fn fetch_in_chunks(
+        &self,
+        keys: Vec<String>,
+    ) -> Result<Vec<(String, String)>, BackendError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mean = self.listed_record_bytes.load(Relaxed).max(1);
+        let mut chunk =
+            (LIST_PAGE_BYTES / mean).clamp(*LIST_FIRST_CHUNK.start(), *LIST_FIRST_CHUNK.end());
+        let (mut found, mut asked, mut bytes) = (Vec::with_capacity(keys.len()), 0, 0);
+        while asked < keys.len() {
+            let end = (asked + chunk).min(keys.len());
+            let values = self.fetch_all(&keys[asked..end]).await?;
+            for (key, value) in keys[asked..end].iter().zip(values) {
+                if let Some(value) = value {
+                    bytes += value.len();
+                    found.push((key.clone(), value));
+                }
+            }
+            asked = end;
+            chunk = (LIST_PAGE_BYTES / (bytes / asked).max(1)).max(1);
+        }
+        Ok(found)
+    }
+
+    /// Whether each of `keys` exists, in order, in one round trip.
+    pub(crate) async fn exist(&self, keys: &[String]) -> Result<Vec<bool>, BackendError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.exists(key);
+        }
+        self.with_conn("exists", |mut conn| async move {
+            pipe.query_async(&mut conn).await
+        })
+        .await
+    }
+
     /// The values of `keys` in order, fetched in chunks until they pass `LIST_PAGE_BYTES`
     /// (those after are not fetched): one MGET of a whole page of records near the body limit
     /// was about 32 MB, on a connection every other call shares and in a reply buffer Redis

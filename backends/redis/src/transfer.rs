@@ -29,19 +29,17 @@ impl RecordTransfer for RedisBackend {
             .filter_map(|k| k.strip_prefix("approvals:shadow:"))
             .map(|rest| format!("approval:{rest}"))
             .collect();
-        let present: Vec<String> = self
-            .fetch(shadowed.clone())
-            .await?
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect();
+        // Whether each still has its record: asked, not read (the values came back whole, a
+        // second time, only to be dropped).
+        let present = self.exist(&shadowed).await?;
         let lapsed: Vec<String> = shadowed
             .into_iter()
-            .filter(|k| !present.contains(k))
+            .zip(present)
+            .filter_map(|(k, present)| (!present).then_some(k))
             .collect();
         let now = Timestamp::now();
         let mut items = Vec::new();
-        let mut read = self.fetch(std::mem::take(&mut records)).await?;
+        let mut read = self.fetch_in_chunks(std::mem::take(&mut records)).await?;
         // Each lapsed record's value is its shadow's, read in one call and filed under the key.
         let lapsed_shadows = lapsed
             .iter()
@@ -50,7 +48,7 @@ impl RecordTransfer for RedisBackend {
         // Record key → the shadow it was read from: an unreadable one is reported under the
         // key that holds it (`redis-cli GET approval:…` would show nothing, DEL mend nothing).
         let mut read_from_shadow = std::collections::HashMap::new();
-        for (shadow, raw) in self.fetch(lapsed_shadows).await? {
+        for (shadow, raw) in self.fetch_in_chunks(lapsed_shadows).await? {
             let key = shadow.replacen("approvals:shadow:", "approval:", 1);
             read_from_shadow.insert(key.clone(), shadow);
             read.push((key, raw));

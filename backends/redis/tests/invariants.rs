@@ -627,3 +627,43 @@ async fn a_sweep_stopped_part_way_has_reported_what_it_recorded() {
         "{recorded} expiries recorded before the stop, {reported} reported"
     );
 }
+
+/// A migration's scan page of large records is read in MGETs of about a megabyte, not one:
+/// 400 records of 60 kB were one 24 MB reply, past a client output buffer limit of 8 MB (and
+/// over a slow link past the call's deadline on every attempt, at the same page each re-run).
+#[tokio::test]
+async fn a_scan_page_of_large_records_is_read_in_bounded_replies() {
+    use approvals_core::RecordTransfer;
+    let server = RedisServer::start().await;
+    let backend = backend(&server);
+    let tenant = fresh_tenant("large-scan");
+    for n in 0..400 {
+        let mut approval = pending(&tenant, &format!("large-{n:03}"), Duration::from_secs(3600));
+        approval
+            .context
+            .insert("notes".into(), Value::String("x".repeat(60_000)));
+        backend.submit(approval).await.expect("submit");
+    }
+    let mut conn = server.connection().await;
+    let () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("client-output-buffer-limit")
+        .arg("normal 8mb 8mb 0")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut found = 0;
+    let mut cursor = None;
+    loop {
+        let page = backend
+            .scan(cursor.as_deref(), 1000)
+            .await
+            .expect("a scan page");
+        found += page.items.len();
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(found, 400);
+}
