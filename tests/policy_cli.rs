@@ -188,9 +188,18 @@ fn a_bundle_the_service_would_refuse_fails_its_test_run() {
     let passing = "package approvals_test\nimport rego.v1\ntest_one if { 1 == 1 }\n";
     let no_decision = "package other\nimport rego.v1\nx := 1\n";
     let shapeless = "package approvals\nimport rego.v1\ndecision := {\"decision\": \"allow\"}\n";
+    // The usual layout: a default of the right shape (all the empty input reaches), and a
+    // conditional answer without `reasons` that the tests (comparing `.decision`) let pass.
+    let shapeless_when = "package approvals\nimport rego.v1\n\
+        default decision := {\"decision\": \"require_approval\", \"reasons\": [\"ask\"]}\n\
+        decision := {\"decision\": \"allow\"} if input.action.type == \"read\"\n";
     for (policy, named) in [
         (no_decision, "no file defines data.approvals.decision"),
         (shapeless, r#"expected "reasons" to be a list of strings"#),
+        (
+            shapeless_when,
+            r#"policy.rego:4: data.approvals.decision as written here: policy returned an invalid decision (expected "reasons""#,
+        ),
     ] {
         passes_its_test_but_would_be_refused(
             &[("policy.rego", policy), ("policy_test.rego", passing)],

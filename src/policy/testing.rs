@@ -146,10 +146,119 @@ pub fn upload_checks(gate: &PolicyGate) -> Vec<String> {
             "no file defines data.approvals.decision (package approvals, rule decision)".to_owned(),
         ];
     }
-    gate.check_decision_on_empty_input()
+    let mut refusals: Vec<String> = gate
+        .check_decision_on_empty_input()
         .err()
         .into_iter()
-        .collect()
+        .collect();
+    refusals.extend(literal_decisions_off_shape(gate));
+    refusals
+}
+
+/// Every definition of the decision whose value is written out as an object (`decision :=
+/// {"decision": "allow"} if ...`), checked against the contract's shape where it is literal:
+/// the empty input reaches only the default, and a conditional answer without `reasons`
+/// passed its tests (which compared `.decision` only) and failed closed on every submit it
+/// answered once active. Parts computed by the policy (a variable, a comprehension) stand in
+/// as valid.
+fn literal_decisions_off_shape(gate: &PolicyGate) -> Vec<String> {
+    let mut engine = gate.engine().clone();
+    let mut refusals = Vec::new();
+    for module in engine.get_modules() {
+        if rule_path(&module.package.refr).as_deref() != Ok(".approvals") {
+            continue;
+        }
+        for rule in &module.policy {
+            for value in decision_values(rule) {
+                let Some(shape) = shape_of(value) else {
+                    continue;
+                };
+                if let Err(problem) = super::verdict::read(&shape) {
+                    let span = value.span();
+                    refusals.push(format!(
+                        "{}:{}: data.approvals.decision as written here: {problem}; every submit \
+                         this answers would fail closed to require_approval",
+                        span.source.get_path(),
+                        span.line
+                    ));
+                }
+            }
+        }
+    }
+    refusals
+}
+
+/// The values a rule gives `decision` (its head's, its default's, each `else`'s), if it is a
+/// definition of `decision` itself.
+fn decision_values(rule: &Rule) -> Vec<&Expr> {
+    let is_decision =
+        |refr: &Expr| matches!(refr, Expr::Var { span, .. } if span.text() == "decision");
+    match rule {
+        Rule::Spec {
+            head: RuleHead::Compr { refr, assign, .. },
+            bodies,
+            ..
+        } if is_decision(refr) => assign
+            .iter()
+            .chain(bodies.iter().filter_map(|b| b.assign.as_ref()))
+            .map(|a| &*a.value)
+            .collect(),
+        Rule::Default {
+            refr, args, value, ..
+        } if args.is_empty() && is_decision(refr) => {
+            vec![&**value]
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// The shape of a decision value as far as it is written out: `None` when nothing of it is
+/// (a variable, a call). In an object, a computed `decision` stands in as `deny` and computed
+/// `reasons` (or reasons) as text.
+fn shape_of(value: &Expr) -> Option<serde_json::Value> {
+    let Expr::Object { fields, .. } = value else {
+        return literal(value);
+    };
+    let mut shape = serde_json::Map::new();
+    for (_, key, value) in fields {
+        let Some(serde_json::Value::String(key)) = literal(key) else {
+            return None;
+        };
+        let written = match (key.as_str(), &**value) {
+            ("reasons", Expr::Array { items, .. }) => serde_json::Value::Array(
+                items
+                    .iter()
+                    .map(|item| literal(item).unwrap_or_else(|| "computed".into()))
+                    .collect(),
+            ),
+            ("reasons", other) => literal(other).unwrap_or_else(|| serde_json::json!(["computed"])),
+            ("decision", other) => literal(other).unwrap_or_else(|| "deny".into()),
+            (_, other) => literal(other).unwrap_or(serde_json::Value::Null),
+        };
+        shape.insert(key, written);
+    }
+    Some(serde_json::Value::Object(shape))
+}
+
+/// A value written out in full (strings, numbers, booleans, null, arrays and objects of them).
+fn literal(expr: &Expr) -> Option<serde_json::Value> {
+    match expr {
+        Expr::String { value, .. }
+        | Expr::RawString { value, .. }
+        | Expr::Number { value, .. }
+        | Expr::Bool { value, .. }
+        | Expr::Null { value, .. } => serde_json::to_value(value).ok(),
+        Expr::Array { items, .. } => items.iter().map(|i| literal(i)).collect::<Option<_>>(),
+        Expr::Object { fields, .. } => fields
+            .iter()
+            .map(|(_, k, v)| match (literal(k)?, literal(v)?) {
+                (serde_json::Value::String(k), v) => Some((k, v)),
+                _ => None,
+            })
+            .collect::<Option<serde_json::Map<_, _>>>()
+            .map(serde_json::Value::Object),
+        _ => None,
+    }
 }
 
 /// Whether a refusal reason says a test ran out of time: on a busy machine the same bundle may

@@ -179,6 +179,14 @@ async fn a_bundle_is_validated_before_it_is_stored() {
             shapeless(r#"{"decision": "approve", "reasons": ["ok"]}"#),
             r#"expected "decision" to be one of"#,
         ),
+        // The empty input reaches only the default; the conditional answer lacks `reasons`.
+        (
+            shapeless(
+                "{\"decision\": \"require_approval\", \"reasons\": [\"ask\"]} if input.x == 1\n\
+                 decision := {\"decision\": \"allow\"} if input.action.type == \"read\"",
+            ),
+            r#"approvals.rego:4: data.approvals.decision as written here: policy returned an invalid decision (expected "reasons""#,
+        ),
     ] {
         let response = post_bundle(&app, &app.tokens.admin, bundle).await;
         let problem =
