@@ -1211,7 +1211,16 @@ fn explain(error: &figment::Error, file: Option<&Path>, overrides: &Overrides) -
                 };
             }
         }
-        let key = e.path.join(".");
+        let mut key = e.path.join(".");
+        let mut kind = without_values(&e.kind);
+        // The tenant TTL map names the entry at fault first (`acme: …`): the error is that
+        // entry's, and so is its source (any variable setting another tenant was blamed).
+        if key == "approvals.tenant_ttl" {
+            if let Some((entry, rest)) = kind.split_once(": ") {
+                key = format!("{key}.{entry}");
+                kind = rest.to_owned();
+            }
+        }
         let from = match overrides.name_of(&key) {
             Some(o) if !key.is_empty() => format!(" (from {})", o.var),
             _ => match file {
@@ -1219,7 +1228,6 @@ fn explain(error: &figment::Error, file: Option<&Path>, overrides: &Overrides) -
                 None => String::new(),
             },
         };
-        let kind = without_values(&e.kind);
         messages.push(if key.is_empty() {
             format!("{kind}{from}")
         } else {

@@ -773,3 +773,29 @@ fn a_temporal_address_that_is_not_a_url_is_refused_naming_the_key() {
         assert!(load(&toml, &[]).is_ok(), "{address}");
     }
 }
+
+/// A bad per-tenant TTL in the file is blamed on the file and named by its tenant, not on a
+/// variable that sets another tenant's TTL correctly.
+#[test]
+fn a_bad_tenant_ttl_names_its_tenant_and_its_source() {
+    let e = load(
+        "[approvals.tenant_ttl]\nacme = \"three days\"\n",
+        &[("APPROVALS_APPROVALS__TENANT_TTL__GLOBEX", "72h")],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("approvals.tenant_ttl.acme: "), "{e}");
+    assert!(e.contains("(file "), "{e}");
+    assert!(!e.contains("GLOBEX"), "{e}");
+    let e = load(
+        "",
+        &[("APPROVALS_APPROVALS__TENANT_TTL__GLOBEX", "seventy hours")],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("approvals.tenant_ttl.globex: ")
+            && e.contains("(from APPROVALS_APPROVALS__TENANT_TTL__GLOBEX)"),
+        "{e}"
+    );
+}

@@ -656,8 +656,15 @@ fn another_tenants(session: &Session, id: &ApprovalId, linked: &str) -> Response
         approval: None,
         reason: None,
     };
-    (StatusCode::CONFLICT, render(&page)).into_response()
+    // An open page of the link's tenant that fetches itself again gets this answer once the
+    // browser signed in to another tenant: the header tells its script so (it says the page
+    // is no longer live, as for any page whose session changed).
+    let elsewhere = [(OTHER_TENANTS_SESSION, HeaderValue::from_static("1"))];
+    (StatusCode::CONFLICT, elsewhere, render(&page)).into_response()
 }
+
+/// The header of [`another_tenants`]' answer.
+const OTHER_TENANTS_SESSION: &str = "x-inbox-other-tenant";
 
 /// The sentence for a decision's outcome, from the record as it is now. The outcome comes
 /// from the address, which anyone can write into a link: it is said only when the record

@@ -993,3 +993,76 @@ async fn a_page_that_cannot_be_read_again_says_live_updates_stopped() {
     );
     let _ = browser.close().await;
 }
+
+/// An approval's page opened from a notification's link (naming its tenant) whose browser then
+/// signs in to another tenant in another tab says it is no longer live, as a list does: it
+/// said "live updates stopped (409)" and kept its stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_linked_page_whose_browser_signed_in_elsewhere_says_it_is_no_longer_live() {
+    let app = TestApp::spawn().await;
+    app.park("linked-tab-1").await;
+    let driver = Driver::start();
+    let browser = driver.browser().await;
+    let (first_tab, second_tab) = open_second_tab(&browser).await;
+    browser
+        .goto(&app.url("/ui/login"))
+        .await
+        .expect("sign-in page");
+    to_tab(&browser, &first_tab).await;
+    sign_in(&browser, &app, &app.tokens.reviewer).await;
+    browser
+        .goto(&app.url(&format!("/ui/approvals/linked-tab-1?tenant={}", app.tenant)))
+        .await
+        .expect("the linked page");
+    until_true(
+        &browser,
+        "document.body.dataset.liveReady === 'true'",
+        "the live stream",
+    )
+    .await;
+
+    to_tab(&browser, &second_tab).await;
+    browser
+        .find(Locator::Css("#token"))
+        .await
+        .expect("token field")
+        .send_keys(&app.tokens.other_tenant_reviewer)
+        .await
+        .expect("type the token");
+    browser
+        .find(Locator::Css("form button[type=submit]"))
+        .await
+        .expect("sign-in button")
+        .click()
+        .await
+        .expect("sign in");
+    until_true(
+        &browser,
+        "document.body.innerText.includes('mallory')",
+        "mallory's inbox",
+    )
+    .await;
+    to_tab(&browser, &first_tab).await;
+
+    let bob = app
+        .decide("linked-tab-1", "accept", &app.tokens.reviewer2)
+        .await;
+    assert_eq!(bob.status(), reqwest::StatusCode::OK);
+    until_true(
+        &browser,
+        "document.getElementById('stale-notice')",
+        "the page to say it is no longer live",
+    )
+    .await;
+    assert_eq!(
+        script(
+            &browser,
+            "return document.getElementById('paused-notice') === null;"
+        )
+        .await,
+        json!(true),
+        "{}",
+        text(&browser).await
+    );
+    let _ = browser.close().await;
+}

@@ -75,6 +75,8 @@
     var focusedId = document.activeElement && document.activeElement.id;
     fetch(location.href, { credentials: "same-origin", headers: { Accept: "text/html" } })
       .then(function (r) {
+        // A link's approval of another tenant than the browser's session now has.
+        if (r.headers.get("X-Inbox-Other-Tenant")) { stale(false); return null; }
         if (!r.ok) return Promise.reject(r.status);
         // Led to the sign-in page: the session ended (its time is up, or it was signed out).
         if (new URL(r.url).pathname === "/ui/login") { stale(true); return null; }
@@ -185,6 +187,9 @@
       notice.setAttribute("role", "status");
       region.parentNode.insertBefore(notice, region);
     }
+    // A stop for good is not taken back by a later "paused" (the stream failing too).
+    if (!stoppedBy && notice.getAttribute("data-stopped")) return;
+    if (stoppedBy) notice.setAttribute("data-stopped", "true");
     notice.textContent = stoppedBy
       ? "Live updates stopped: this page could not be read again (the service answered " +
         stoppedBy + "). Reload it to see where things stand."
