@@ -363,9 +363,11 @@ async fn upload_allowing_bundle(base: &str, admin: &str, activate: bool) -> u16 
 #[tokio::test]
 async fn the_policy_sandboxes_run_the_running_binary_after_its_file_is_gone() {
     let redis = RedisServer::start().await;
-    let dir = tempfile::tempdir().unwrap();
+    // A second name for the binary (a link, not a copy: a copy's write descriptor, inherited
+    // by a process another test forks meanwhile, makes its exec fail with ETXTBSY).
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let copy = dir.path().join("approvals");
-    std::fs::copy(BIN, &copy).unwrap();
+    std::fs::hard_link(BIN, &copy).unwrap();
     let port = free_port();
     let admin = "admin-token-1";
     let more = format!(
@@ -390,9 +392,10 @@ async fn the_policy_sandboxes_run_the_running_binary_after_its_file_is_gone() {
     assert!(status.success(), "clean exit: {status:?}");
 }
 
-/// A signal to the service's whole process group (ctrl-c in a terminal, systemd's default
-/// `KillMode`) leaves its policy sandboxes serving through the shutdown delay: they died with
-/// the group, and a tenant's allowed read was parked for a day as its policy "stopped".
+/// A signal to the service's whole process group (ctrl-c in a terminal) or to every process of
+/// its unit (systemd's default `KillMode`) leaves its policy sandboxes serving through the
+/// shutdown delay: they died with it, and a tenant's allowed read was parked for a day as its
+/// policy "stopped".
 #[tokio::test]
 async fn a_signal_to_the_process_group_leaves_the_policy_sandboxes_serving() {
     let redis = RedisServer::start().await;
@@ -437,6 +440,21 @@ async fn a_signal_to_the_process_group_leaves_the_policy_sandboxes_serving() {
         "{before}"
     );
 
+    // As systemd's KillMode=control-group does: every process of the unit is sent SIGTERM,
+    // whatever its group.
+    let children = std::fs::read_dir(format!("/proc/{}/task", service.pid()))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("children")).ok())
+        .flat_map(|pids| {
+            pids.split_whitespace()
+                .filter_map(|pid| pid.parse::<i32>().ok())
+                .collect::<Vec<_>>()
+        })
+        .collect::<Vec<_>>();
+    assert!(!children.is_empty(), "the sandbox child runs");
+    for child in children {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child), Signal::SIGTERM);
+    }
     nix::sys::signal::killpg(service.pid(), Signal::SIGTERM).unwrap();
     service.wait_for_line(
         "not ready; serving for server.shutdown_delay",

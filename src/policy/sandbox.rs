@@ -348,6 +348,17 @@ pub fn serve(memory_limit: u64) -> ExitCode {
     }
     // Its end by abort is expected: no core file of up to the memory limit, each time.
     let _ = setrlimit(Resource::RLIMIT_CORE, 0, 0);
+    // Signals meant for the service are not the child's: systemd's KillMode=control-group
+    // sends SIGTERM to every process of the unit, and the children died at the start of the
+    // shutdown delay (every tenant-policy submit then failed closed). It ends when the service
+    // does (PDEATHSIG) or closes its stdin.
+    for signal in [
+        nix::sys::signal::Signal::SIGTERM,
+        nix::sys::signal::Signal::SIGINT,
+    ] {
+        // SAFETY: ignoring a signal installs no handler code.
+        let _ = unsafe { nix::sys::signal::signal(signal, nix::sys::signal::SigHandler::SigIgn) };
+    }
     let mut gates = Gates::default();
     let mut out = BufWriter::new(std::io::stdout().lock());
     for line in std::io::stdin().lock().lines() {
