@@ -32,10 +32,13 @@ pub use report::{Difference, FailedRecord, Report, MAX_FAILED_RECORDS};
 
 /// Records per `scan` call (Temporal's largest visibility page).
 const SCAN_BATCH: usize = 1000;
-/// How long a call is tried again while its side does not answer, before the run gives up on
-/// it (it can be re-run: it is idempotent). A Redis failover or a rolling restart of Temporal's
+/// How long a scan is tried again while its side does not answer, before the run stops (it
+/// can be re-run: it is idempotent). A Redis failover or a rolling restart of Temporal's
 /// frontend takes tens of seconds: four attempts within 1.2 s ended runs of hours on them.
-const RETRY_FOR: Duration = Duration::from_secs(30);
+const SCAN_RETRY_FOR: Duration = Duration::from_secs(30);
+/// The same for a call about one record: one that fails is passed over and reported (a re-run
+/// mends it), so it is not worth the scan's wait; past `MAX_FAILED_RECORDS` the run stops.
+const RECORD_RETRY_FOR: Duration = Duration::from_millis(1500);
 /// The longest pause between two attempts.
 const MOST_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -452,7 +455,10 @@ impl Migration {
             let Some(cursor) = cursor else {
                 return Ok(None);
             };
-            let page = retry("scan", || backend.scan(cursor.as_deref(), SCAN_BATCH)).await?;
+            let page = retry_for(SCAN_RETRY_FOR, "scan", || {
+                backend.scan(cursor.as_deref(), SCAN_BATCH)
+            })
+            .await?;
             let next = page.next.clone().map(Some);
             Ok::<_, BackendError>(Some((page, next)))
         });
@@ -592,12 +598,25 @@ async fn retry<T, Fut>(what: &str, call: impl Fn() -> Fut) -> Result<T, BackendE
 where
     Fut: Future<Output = Result<T, BackendError>>,
 {
+    retry_for(RECORD_RETRY_FOR, what, call).await
+}
+
+/// Calls `call` until it succeeds, fails otherwise than by its side not answering, or `window`
+/// would pass before the next attempt.
+async fn retry_for<T, Fut>(
+    window: Duration,
+    what: &str,
+    call: impl Fn() -> Fut,
+) -> Result<T, BackendError>
+where
+    Fut: Future<Output = Result<T, BackendError>>,
+{
     let started = tokio::time::Instant::now();
     let (mut attempt, mut pause) = (1, Duration::from_millis(200));
     loop {
         match call().await {
             Err(error @ (BackendError::Unavailable { .. } | BackendError::Timeout(_)))
-                if started.elapsed() + pause < RETRY_FOR =>
+                if started.elapsed() + pause < window =>
             {
                 tracing::warn!(%error, attempt, "{what} failed; retrying");
                 tokio::time::sleep(pause).await;

@@ -146,13 +146,11 @@ pub fn upload_checks(gate: &PolicyGate) -> Vec<String> {
             "no file defines data.approvals.decision (package approvals, rule decision)".to_owned(),
         ];
     }
-    let mut refusals: Vec<String> = gate
-        .check_decision_on_empty_input()
-        .err()
-        .into_iter()
-        .collect();
-    refusals.extend(literal_decisions_off_shape(gate));
-    refusals
+    // One refusal for one mistake: an unconditional value off shape fails both checks.
+    match gate.check_decision_on_empty_input() {
+        Err(refusal) => vec![refusal],
+        Ok(()) => literal_decisions_off_shape(gate),
+    }
 }
 
 /// Every definition of the decision whose value is written out as an object (`decision :=

@@ -273,24 +273,29 @@ impl RedisBackend {
                 }
             }
             asked = end;
-            chunk = (LIST_PAGE_BYTES / (bytes / asked).max(1)).max(1);
+            // Nothing found yet says nothing of the size: the chunk stays.
+            if bytes > 0 {
+                chunk = (LIST_PAGE_BYTES / (bytes / asked).max(1)).max(1);
+            }
         }
         Ok(found)
     }
 
-    /// Whether each of `keys` exists, in order, in one round trip.
-    pub(crate) async fn exist(&self, keys: &[String]) -> Result<Vec<bool>, BackendError> {
+    /// Whether each of `keys` holds a string (as a record does), in order, in one round trip.
+    pub(crate) async fn are_strings(&self, keys: &[String]) -> Result<Vec<bool>, BackendError> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
         let mut pipe = redis::pipe();
         for key in keys {
-            pipe.exists(key);
+            pipe.cmd("TYPE").arg(key);
         }
-        self.with_conn("exists", |mut conn| async move {
-            pipe.query_async(&mut conn).await
-        })
-        .await
+        let types: Vec<String> = self
+            .with_conn("type", |mut conn| async move {
+                pipe.query_async(&mut conn).await
+            })
+            .await?;
+        Ok(types.iter().map(|t| t == "string").collect())
     }
 
     /// The values of `keys` in order, fetched in chunks until they pass `LIST_PAGE_BYTES`

@@ -30,8 +30,9 @@ impl RecordTransfer for RedisBackend {
             .map(|rest| format!("approval:{rest}"))
             .collect();
         // Whether each still has its record: asked, not read (the values came back whole, a
-        // second time, only to be dropped).
-        let present = self.exist(&shadowed).await?;
+        // second time, only to be dropped). A record key holding another type reads as lapsed,
+        // as MGET's nil had it: the shadow is read instead.
+        let present = self.are_strings(&shadowed).await?;
         let lapsed: Vec<String> = shadowed
             .into_iter()
             .zip(present)
