@@ -167,10 +167,10 @@ impl Migration {
                 },
                 failed_before,
             )
-            .await?;
+            .await;
         report.failed.extend(pass.failed);
         report.stopped_early |= pass.stopped_early;
-        Ok(())
+        pass.stopped_by.map_or(Ok(()), Err)
     }
 
     /// Compares every source record with its copy, replaying late decisions, then looks for
@@ -210,12 +210,15 @@ impl Migration {
                 },
                 failed_before,
             )
-            .await?;
+            .await;
         // A source record that failed is not looked for as "only in the target" either: it
         // is reported once, with its error.
         seen.extend(in_source.failed.iter().map(|f| seen_key(&f.tenant, &f.id)));
         report.unreadable.source.extend(in_source.unreadable);
         report.failed.extend(in_source.failed);
+        if let Some(error) = in_source.stopped_by {
+            return Err(error);
+        }
         if in_source.stopped_early {
             report.stopped_early = true;
             return Ok(());
@@ -270,11 +273,11 @@ impl Migration {
                 },
                 failed_before,
             )
-            .await?;
+            .await;
         report.unreadable.target.extend(in_target.unreadable);
         report.failed.extend(in_target.failed);
         report.stopped_early |= in_target.stopped_early;
-        Ok(())
+        in_target.stopped_by.map_or(Ok(()), Err)
     }
 
     async fn copy_one(&self, approval: Approval) -> Result<Copied, BackendError> {
@@ -445,7 +448,7 @@ impl Migration {
         each: F,
         mut sink: impl FnMut(T),
         failed_before: usize,
-    ) -> Result<Pass, BackendError>
+    ) -> Pass
     where
         F: Fn(Approval) -> Fut,
         Fut: Future<Output = Result<T, BackendError>>,
@@ -519,16 +522,17 @@ impl Migration {
                 })
             })
             .await;
-        let stopped_early = match finished {
-            Ok(()) => false,
-            Err(Stop::TooManyFailures) => true,
-            Err(Stop::Backend(error)) => return Err(error),
+        let (stopped_early, stopped_by) = match finished {
+            Ok(()) => (false, None),
+            Err(Stop::TooManyFailures) => (true, None),
+            Err(Stop::Backend(error)) => (false, Some(error)),
         };
-        Ok(Pass {
+        Pass {
             unreadable,
             failed,
             stopped_early,
-        })
+            stopped_by,
+        }
     }
 
     fn covers(&self, tenant: &TenantId) -> bool {
@@ -553,6 +557,8 @@ struct Pass {
     unreadable: BTreeSet<String>,
     failed: Vec<FailedRecord>,
     stopped_early: bool,
+    /// A scan that kept failing: the run stops, with what this pass found so far reported.
+    stopped_by: Option<BackendError>,
 }
 
 /// Why a scan stopped before its end.
