@@ -85,7 +85,8 @@ fn notifier<'a>(
 /// Add a webhook (admin). The answer's `secret` signs every delivery and is shown only here.
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/webhooks", tag = "webhooks",
     params(("tenant" = inline(TenantId), Path)), request_body = NewWebhook,
-    responses((status = 201, body = CreatedWebhook),
+    responses((status = 201, body = CreatedWebhook,
+            headers(("Location" = String, description = "the webhook's URL (where it is deleted)"))),
         (status = 400, body = super::Problem), (status = 401, body = super::Problem),
         (status = 403, body = super::Problem), (status = 409, description = "too_many_webhooks", body = super::Problem),
         (status = 413, body = super::Problem), (status = 415, body = super::Problem),
@@ -104,11 +105,18 @@ pub async fn add_webhook(
     let hook = notifier(&state, &caller, &tenant)?
         .add_webhook(&caller, &tenant, asked, body.format)
         .await?;
+    // Where it can be deleted: the webhook's own address, as a 201 names it.
+    let location = format!("/v1/tenants/{tenant}/webhooks/{}", hook.id);
     let created = CreatedWebhook {
         webhook: info(&hook),
         secret: hook.secret,
     };
-    Ok((StatusCode::CREATED, Json(created)).into_response())
+    Ok((
+        StatusCode::CREATED,
+        [(axum::http::header::LOCATION, location)],
+        Json(created),
+    )
+        .into_response())
 }
 
 /// The tenant's webhooks and its dead-letter count (admin).

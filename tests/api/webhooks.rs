@@ -211,7 +211,22 @@ async fn add_webhook(app: &TestApp, body: Value) -> Value {
         .await
         .expect("add webhook");
     assert_eq!(response.status(), StatusCode::CREATED);
-    response.json().await.expect("json")
+    let location = response
+        .headers()
+        .get("location")
+        .and_then(|l| l.to_str().ok())
+        .map(str::to_owned);
+    let created: Value = response.json().await.expect("json");
+    // The 201 names the webhook's address (where it is deleted).
+    assert_eq!(
+        location,
+        Some(format!(
+            "/v1/tenants/{}/webhooks/{}",
+            app.tenant,
+            created["id"].as_str().expect("an id")
+        ))
+    );
+    created
 }
 
 /// A harness on a tenant of the test's own: the metrics recorder is shared by every test in
