@@ -101,11 +101,8 @@ async fn screenshot(browser: &Client, name: &str) {
     eprintln!("screenshot: {}", path.display());
 }
 
-async fn sign_in(browser: &Client, app: &TestApp, token: &str) {
-    browser
-        .goto(&app.url("/ui/login"))
-        .await
-        .expect("sign-in page");
+/// Types `token` into the sign-in form this tab shows and sends it.
+async fn submit_sign_in_form(browser: &Client, token: &str) {
     browser
         .find(Locator::Css("#token"))
         .await
@@ -120,6 +117,14 @@ async fn sign_in(browser: &Client, app: &TestApp, token: &str) {
         .click()
         .await
         .expect("sign in");
+}
+
+async fn sign_in(browser: &Client, app: &TestApp, token: &str) {
+    browser
+        .goto(&app.url("/ui/login"))
+        .await
+        .expect("sign-in page");
+    submit_sign_in_form(browser, token).await;
     let inbox = browser
         .wait()
         .at_most(WITHIN)
@@ -394,20 +399,7 @@ async fn a_sign_in_elsewhere_in_another_tab_is_not_swapped_into_an_open_page() {
 
     // The second tab signs in as mallory, of another tenant.
     to_tab(&browser, &second_tab).await;
-    browser
-        .find(Locator::Css("#token"))
-        .await
-        .expect("token field")
-        .send_keys(&app.tokens.other_tenant_reviewer)
-        .await
-        .expect("type the token");
-    browser
-        .find(Locator::Css("form button[type=submit]"))
-        .await
-        .expect("sign-in button")
-        .click()
-        .await
-        .expect("sign in");
+    submit_sign_in_form(&browser, &app.tokens.other_tenant_reviewer).await;
     until_true(
         &browser,
         "document.body.innerText.includes('mallory')",
@@ -1022,20 +1014,7 @@ async fn a_linked_page_whose_browser_signed_in_elsewhere_says_it_is_no_longer_li
     .await;
 
     to_tab(&browser, &second_tab).await;
-    browser
-        .find(Locator::Css("#token"))
-        .await
-        .expect("token field")
-        .send_keys(&app.tokens.other_tenant_reviewer)
-        .await
-        .expect("type the token");
-    browser
-        .find(Locator::Css("form button[type=submit]"))
-        .await
-        .expect("sign-in button")
-        .click()
-        .await
-        .expect("sign in");
+    submit_sign_in_form(&browser, &app.tokens.other_tenant_reviewer).await;
     until_true(
         &browser,
         "document.body.innerText.includes('mallory')",
