@@ -848,6 +848,8 @@ struct RacedSource {
     /// after the first failure.
     outage: Option<(usize, Duration)>,
     scans: std::sync::Mutex<(usize, Option<Instant>)>,
+    /// The first import lands, runs the interlude, then answers `Timeout` (its answer lost).
+    import_lands_then_times_out: bool,
 }
 
 impl RacedSource {
@@ -858,6 +860,7 @@ impl RacedSource {
             twice: false,
             outage: None,
             scans: std::sync::Mutex::default(),
+            import_lands_then_times_out: false,
         })
     }
 
@@ -873,6 +876,23 @@ impl RacedSource {
             twice: false,
             outage: Some((scans_before, lasting)),
             scans: std::sync::Mutex::default(),
+            import_lands_then_times_out: false,
+        })
+    }
+
+    /// `inner` as an import target whose first import lands, then runs `interlude`, then
+    /// answers `Timeout`, as a call whose answer was lost.
+    fn losing_an_import_answer(
+        inner: &Arc<dyn RecordTransfer>,
+        interlude: Interlude,
+    ) -> Arc<dyn RecordTransfer> {
+        Arc::new(Self {
+            inner: inner.clone(),
+            interlude: tokio::sync::Mutex::new(Some(interlude)),
+            twice: false,
+            outage: None,
+            scans: std::sync::Mutex::default(),
+            import_lands_then_times_out: true,
         })
     }
 
@@ -884,6 +904,7 @@ impl RacedSource {
             twice: true,
             outage: None,
             scans: std::sync::Mutex::default(),
+            import_lands_then_times_out: false,
         })
     }
 }
@@ -970,6 +991,9 @@ impl RecordTransfer for RacedSource {
         cursor: Option<&str>,
         batch: usize,
     ) -> Result<approvals_core::ScanPage, approvals_core::BackendError> {
+        if self.import_lands_then_times_out {
+            return self.inner.scan(cursor, batch).await;
+        }
         if let Some((before, lasting)) = self.outage {
             let mut scans = self.scans.lock().unwrap();
             scans.0 += 1;
@@ -996,7 +1020,14 @@ impl RecordTransfer for RacedSource {
         &self,
         approval: Approval,
     ) -> Result<approvals_core::ImportOutcome, approvals_core::BackendError> {
-        self.inner.import(approval).await
+        let landed = self.inner.import(approval).await;
+        if self.import_lands_then_times_out {
+            if let Some(interlude) = self.interlude.lock().await.take() {
+                interlude.await;
+                return Err(approvals_core::BackendError::Timeout("import"));
+            }
+        }
+        landed
     }
     fn retained_until(&self, approval: &Approval) -> Option<Timestamp> {
         self.inner.retained_until(approval)
@@ -1109,6 +1140,49 @@ async fn a_decision_mirrored_after_the_targets_scan_is_no_difference() {
         .unwrap();
     assert!(report.is_reconciled(), "{report}");
     assert_eq!(report.differences_total, 0, "{report}");
+}
+
+/// An import that lands but whose answer is lost (a timeout) is retried and answered "already
+/// present": a decision made in the source meanwhile is replayed onto the copy at once, as
+/// for a fresh import. It waited for the reconcile pass, hours later on a large run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_made_while_an_import_answer_was_lost_reaches_the_copy_at_once() {
+    let setup = Setup::new().await;
+    let redis = setup.engine(EngineKind::Redis).await;
+    let temporal = setup.engine(EngineKind::Temporal).await;
+    let tenant = fresh_tenant("lost-answer");
+    redis
+        .submit(pending(&tenant, "decided", HOUR))
+        .await
+        .unwrap();
+    let interlude: Interlude = {
+        let (redis, tenant) = (redis.clone(), tenant.clone());
+        Box::pin(async move {
+            let accept = decision(Verdict::Accept, "bob");
+            let decided = redis.decide(&tenant, &id("decided"), accept).await;
+            assert!(matches!(
+                decided,
+                Ok(approvals_core::DecisionOutcome::Decided(_))
+            ));
+        })
+    };
+    let target = RacedSource::losing_an_import_answer(&temporal, interlude);
+    let mut report = Report::new(false);
+    of_tenant(&redis, &target, &tenant, 4)
+        .copy(&mut report)
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.already_present, report.decisions_replayed),
+        (1, 1),
+        "{report}"
+    );
+    let copy = temporal
+        .get(&tenant, &id("decided"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(copy.status, Status::Accepted, "{copy:?}");
 }
 
 /// A reviewer accepts in Redis between the copy pass's scan and its import: the soak's

@@ -324,7 +324,20 @@ impl Migration {
                     Copied::AlreadyPresent
                 }
             }
-            ImportOutcome::AlreadyPresent => Copied::AlreadyPresent,
+            // Pending when scanned. Copied by an earlier run, or by this one's first attempt,
+            // which landed though its call timed out (the retry hears "already present"): a
+            // decision made since the scan is replayed now, as for a fresh import, not hours
+            // later by the reconcile pass, by when the copy may have expired for good.
+            ImportOutcome::AlreadyPresent => {
+                if self
+                    .replay_late_decision(&approval.tenant, &approval.id)
+                    .await?
+                {
+                    Copied::AlreadyPresentAndReplayed
+                } else {
+                    Copied::AlreadyPresent
+                }
+            }
             ImportOutcome::PastRetention => Copied::PastRetention,
         })
     }
