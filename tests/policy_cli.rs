@@ -467,3 +467,36 @@ fn each_policy_command_lists_its_exit_codes_in_its_help() {
         }
     }
 }
+
+/// Each test's line is printed as soon as it has run: a slow test (or one that takes the
+/// machine's memory and is killed) held back every line, and a run that died printed nothing.
+#[test]
+fn each_tests_line_is_printed_as_it_finishes() {
+    let slow = "package approvals_test\nimport rego.v1\n\
+        test_a_quick_one if { 1 == 1 }\n\
+        test_b_slow_one if {\n\
+        \tevery a in numbers.range(1, 1200) { every b in numbers.range(1, 1200) { a + b > 0 } }\n\
+        }\n";
+    let dir = bundle(&[("policy.rego", SMALL_POLICY), ("policy_test.rego", slow)]);
+    let mut command = Command::new(BIN);
+    command
+        .args(["policy", "test", dir.path().to_str().unwrap()])
+        .env_remove("APPROVALS_CONFIG");
+    let started = std::time::Instant::now();
+    let mut run = approvals_testkit::process::Process::spawn_reading(
+        command,
+        approvals_testkit::process::Output::Stdout,
+    );
+    run.wait_for_line(
+        "PASS data.approvals_test.test_a_quick_one",
+        std::time::Duration::from_secs(60),
+    );
+    let first = started.elapsed();
+    let last = run.wait_for_line("passed,", std::time::Duration::from_secs(60));
+    let all = started.elapsed();
+    // The quick test's line came well before the slow one had run.
+    assert!(
+        first * 2 < all,
+        "the first line after {first:?}, the last ({last}) after {all:?}"
+    );
+}

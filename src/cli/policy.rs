@@ -20,7 +20,9 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
-use crate::policy::testing::{run_tests, upload_checks, TestReport, TestResult};
+use crate::policy::testing::{
+    run_tests_reporting, upload_checks, TestReport, TestResult, TESTS_TIME_BUDGET,
+};
 use crate::policy::PolicyGate;
 
 use super::EXIT_CONFIG;
@@ -254,7 +256,15 @@ fn test(args: &TestArgs) -> ExitCode {
     let Some(gate) = load(&args.dir) else {
         return ExitCode::from(EXIT_CONFIG);
     };
-    let report = run_tests(&gate);
+    // Each test's line as soon as it has run (a test may take seconds).
+    let report = run_tests_reporting(&gate, TESTS_TIME_BUDGET, &mut |result| {
+        if !args.json {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{}", line(result));
+            let _ = out.flush();
+        }
+    });
     if args.json {
         match serde_json::to_string_pretty(&report) {
             Ok(json) => println!("{json}"),
@@ -264,7 +274,7 @@ fn test(args: &TestArgs) -> ExitCode {
             }
         }
     } else {
-        print!("{}", render(&report));
+        print!("{}", summary(&report));
     }
     if report.results.is_empty() {
         eprintln!(
@@ -318,19 +328,14 @@ fn upload_body(files: &[crate::policy::PolicyFile]) -> serde_json::Value {
 
 /// One line per test, then the summary. A multi-line error (regorus quotes the source) is
 /// indented under its test so the PASS/FAIL column stays readable.
-fn render(report: &TestReport) -> String {
-    let mut out = String::new();
-    for result in &report.results {
-        out.push_str(&line(result));
-        out.push('\n');
-    }
-    out.push_str(&format!(
+/// The last line, after each test's own.
+fn summary(report: &TestReport) -> String {
+    format!(
         "{} passed, {} failed, bundle {}\n",
         report.passed(),
         report.failed(),
         report.policy_version
-    ));
-    out
+    )
 }
 
 fn line(result: &TestResult) -> String {

@@ -278,6 +278,17 @@ pub fn run_tests(gate: &PolicyGate) -> TestReport {
 /// [`run_tests`] with `budget` for all the tests together: each runs with what is left (at
 /// most [`TEST_TIME_LIMIT`]); once it is spent, the rest fail unrun.
 pub fn run_tests_within(gate: &PolicyGate, budget: Duration) -> TestReport {
+    run_tests_reporting(gate, budget, &mut |_| {})
+}
+
+/// [`run_tests_within`], handing each result to `finished` as soon as its test has run: the
+/// command line prints it then, so a long run shows its progress and a run that dies (a test
+/// that takes all memory) has said which tests passed before it.
+pub fn run_tests_reporting(
+    gate: &PolicyGate,
+    budget: Duration,
+    finished: &mut dyn FnMut(&TestResult),
+) -> TestReport {
     let deadline = Instant::now() + budget;
     let results = discover(gate)
         .into_iter()
@@ -304,6 +315,7 @@ pub fn run_tests_within(gate: &PolicyGate, budget: Duration) -> TestReport {
                 duration: Duration::ZERO,
             },
         })
+        .inspect(|result| finished(result))
         .collect();
     TestReport {
         policy_version: gate.version().to_owned(),
