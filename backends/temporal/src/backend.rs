@@ -426,7 +426,7 @@ impl TemporalBackend {
         let mut memo = MemoValues::new();
         memo.insert(MEMO_EVENT, event.clone());
         let options = WorkflowStartOptions::new(
-            self.settings.task_queue.clone(),
+            self.settings.decision_log_task_queue(),
             decision_log_id(tenant, &event.event_id),
         )
         .id_conflict_policy(WorkflowIdConflictPolicy::Fail)

@@ -48,6 +48,13 @@ impl TemporalSettings {
         self.call_timeout - self.read_reserve()
     }
 
+    /// The task queue of the decision-log executions (allowed and denied submits): its own,
+    /// `<task_queue>-decision-log`, so that after a worker outage the approvals' decisions and
+    /// timers are not queued behind every verdict recorded meanwhile.
+    pub fn decision_log_task_queue(&self) -> String {
+        format!("{}-decision-log", self.task_queue)
+    }
+
     /// The part of `call_timeout` kept for the read after a write (see
     /// [`Self::write_deadline`]).
     pub fn read_reserve(&self) -> Duration {

@@ -20,7 +20,7 @@ pub async fn run_worker(
     run_worker_with_events(settings, Arc::new(Uncounted), shutdown).await
 }
 
-/// Polls `settings.task_queue` until `shutdown` resolves, then drains gracefully (in-flight
+/// Polls `settings.task_queue` (and the decision log's own queue) until `shutdown` resolves, then drains gracefully (in-flight
 /// workflow tasks finish, the sticky queue is released so another worker takes over at once).
 /// Every approval a workflow on this worker expires is reported to `events`
 /// ([`EngineEvents::expired`]) once, from the `count_expiry` local activity.
@@ -35,23 +35,30 @@ pub async fn run_worker_with_events(
 ) -> Result<(), BoxError> {
     let runtime = Runtime::from_current_tokio(Default::default())?;
     let client = client::connect(&settings).await?;
-    let options = WorkerOptions::new(settings.task_queue.clone())
+    let approvals = WorkerOptions::new(settings.task_queue.clone())
         .register_workflow::<ApprovalWorkflow>()?
-        .register_workflow::<DecisionLogWorkflow>()?
         .register_activities(ExpiryActivities::new(events))
         .sticky_queue_schedule_to_start_timeout(settings.sticky_queue_timeout)
         .build();
-    let mut worker = Worker::new(&runtime, client, options)?;
-    let stop = worker.shutdown_handle();
-    let run = worker.run();
+    // The decision log's executions on a queue of their own (see
+    // `TemporalSettings::decision_log_task_queue`); one task each, nothing to keep sticky.
+    let decision_log = WorkerOptions::new(settings.decision_log_task_queue())
+        .register_workflow::<DecisionLogWorkflow>()?
+        .build();
+    let mut approvals = Worker::new(&runtime, client.clone(), approvals)?;
+    let mut decision_log = Worker::new(&runtime, client, decision_log)?;
+    let stops = [approvals.shutdown_handle(), decision_log.shutdown_handle()];
+    let run = futures_util::future::try_join(approvals.run(), decision_log.run());
     let mut run = std::pin::pin!(run);
     let mut shutdown = std::pin::pin!(shutdown);
     tokio::select! {
-        result = &mut run => return result.map_err(Into::into),
+        result = &mut run => return result.map(drop).map_err(Into::into),
         () = &mut shutdown => {
             tracing::info!(task_queue = %settings.task_queue, "worker draining");
-            stop();
+            for stop in &stops {
+                stop();
+            }
         }
     }
-    run.await.map_err(Into::into)
+    run.await.map(drop).map_err(Into::into)
 }

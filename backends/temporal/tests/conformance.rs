@@ -96,11 +96,14 @@ mod decision_log {
             assert_eq!(event.entry(), answered, "recorded as it was built");
         }
 
-        // The worker completed each execution: nothing is left running.
+        // The worker completed each execution: nothing is left running. They run on a task
+        // queue of their own: after a worker outage, the approvals' decisions and timers are
+        // not queued behind every verdict recorded meanwhile.
         let client = client(&backend.settings().address).await;
         let query = format!(
             "WorkflowType = 'DecisionLogWorkflow' AND TenantId = '{tenant}' \
-             AND ExecutionStatus = 'Completed'"
+             AND ExecutionStatus = 'Completed' AND TaskQueue = '{}'",
+            backend.settings().decision_log_task_queue()
         );
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
