@@ -116,6 +116,25 @@ impl DecisionLog {
     }
 }
 
+/// The events of one POST (or stdout write), and their bytes.
+#[derive(Default)]
+struct Batch {
+    lines: Vec<String>,
+    bytes: usize,
+}
+
+impl Batch {
+    fn push(&mut self, line: String) {
+        self.bytes += line.len();
+        self.lines.push(line);
+    }
+
+    fn clear(&mut self) {
+        self.lines.clear();
+        self.bytes = 0;
+    }
+}
+
 enum Destination {
     Stdout,
     Http {
@@ -142,13 +161,12 @@ impl Shipper {
     /// A batch is full at `batch_size` events or [`BATCH_BYTES`]: one tenant's policy giving
     /// long reasons made 100-event bodies of megabytes, which sinks refuse (413), and the
     /// batch was dropped with every other tenant's events in it.
-    fn is_full(&self, batch: &[String]) -> bool {
-        batch.len() >= self.batch_size
-            || batch.iter().map(String::len).sum::<usize>() >= BATCH_BYTES
+    fn is_full(&self, batch: &Batch) -> bool {
+        batch.lines.len() >= self.batch_size || batch.bytes >= BATCH_BYTES
     }
 
     async fn run(self, mut events: mpsc::Receiver<String>, stop: CancellationToken) {
-        let mut batch = Vec::with_capacity(self.batch_size);
+        let mut batch = Batch::default();
         loop {
             // The first event of a batch is awaited without a deadline; the rest for at most
             // `flush_interval`.
@@ -185,7 +203,7 @@ impl Shipper {
                     let Ok(event) = events.try_recv() else { break };
                     batch.push(self.took(event));
                 }
-                if batch.is_empty() {
+                if batch.lines.is_empty() {
                     return;
                 }
                 self.ship(&mut batch, 1).await;
@@ -193,7 +211,7 @@ impl Shipper {
         })
         .await;
         if drained.is_err() {
-            let mut left = batch.len() as u64;
+            let mut left = batch.lines.len() as u64;
             while events.try_recv().is_ok() {
                 left += 1;
             }
@@ -205,12 +223,12 @@ impl Shipper {
         }
     }
 
-    async fn ship(&self, batch: &mut Vec<String>, attempts: u32) {
-        if batch.is_empty() {
+    async fn ship(&self, batch: &mut Batch, attempts: u32) {
+        if batch.lines.is_empty() {
             return;
         }
-        let body: Vec<u8> = batch.concat().into_bytes();
-        let count = batch.len() as u64;
+        let body: Vec<u8> = batch.lines.concat().into_bytes();
+        let count = batch.lines.len() as u64;
         // The batch is cleared only when it is done with: a ship cut short (shutdown) leaves it
         // for the drain.
         let mut backoff = Duration::from_millis(250);
