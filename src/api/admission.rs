@@ -47,14 +47,20 @@ async fn admitted(admission: &Admission, request: Request, next: Next) -> Respon
         .is_some_and(|p| p.as_str().ends_with("/decision"));
     // Requests without credentials (health probes, scrapes) are not counted: they are
     // answered `401` or cost nothing. A caller is its token, not its header's spelling
-    // ("bearer  t" is "Bearer t"), else respelling the header would buy more places.
-    let caller: Option<[u8; 32]> = request.headers().get(AUTHORIZATION).map(|authorization| {
-        let header = authorization.as_bytes();
-        std::str::from_utf8(header)
-            .ok()
-            .and_then(bearer_token)
-            .map_or_else(|| Sha256::digest(header).into(), token_digest)
-    });
+    // ("bearer  t" is "Bearer t"), else respelling the header would buy more places. The
+    // token's digest is taken once: the caller's places and its principal both go by it.
+    let header = request.headers().get(AUTHORIZATION);
+    let bearer = header
+        .and_then(|h| std::str::from_utf8(h.as_bytes()).ok())
+        .and_then(bearer_token)
+        .map(token_digest);
+    let caller: Option<[u8; 32]> =
+        header.map(|h| bearer.unwrap_or_else(|| Sha256::digest(h.as_bytes()).into()));
+    // A header of visible ASCII only, as everywhere a token is read
+    // (`Authenticator::authenticate`).
+    let principal = bearer
+        .filter(|_| header.is_some_and(|h| h.to_str().is_ok()))
+        .and_then(|digest| admission.auth.by_digest(&digest));
     let slot = match caller
         .map(|caller| admission.slots.try_acquire(caller, long_poll))
         .transpose()
@@ -65,10 +71,6 @@ async fn admitted(admission: &Admission, request: Request, next: Next) -> Respon
     // Authenticated here, once: the handler's `Caller` takes the principal from here. Only a
     // known token's requests keep their connection's place at the cap (`ArrivedOn`).
     let mut request = request;
-    let header = request.headers().get(AUTHORIZATION);
-    let principal = admission
-        .auth
-        .authenticate(header.and_then(|v| v.to_str().ok()));
     let claim = principal
         .as_ref()
         .and_then(|_| request.extensions().get::<ArrivedOn>())

@@ -326,8 +326,6 @@ fn upload_body(files: &[crate::policy::PolicyFile]) -> serde_json::Value {
         .collect::<Vec<_>>()})
 }
 
-/// One line per test, then the summary. A multi-line error (regorus quotes the source) is
-/// indented under its test so the PASS/FAIL column stays readable.
 /// The last line, after each test's own.
 fn summary(report: &TestReport) -> String {
     format!(
@@ -338,6 +336,8 @@ fn summary(report: &TestReport) -> String {
     )
 }
 
+/// A test's line. A multi-line error (regorus quotes the source) is indented under its test
+/// so the PASS/FAIL column stays readable.
 fn line(result: &TestResult) -> String {
     let took = millis(result.duration);
     match &result.error {

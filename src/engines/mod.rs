@@ -264,7 +264,7 @@ impl Engine {
                 let lifetimes = settings.approvals.lifetimes();
                 let backend =
                     RedisBackend::connect(settings.redis.clone(), lifetimes).map_err(failed)?;
-                refuse_evicting_redis(&backend, settings).await?;
+                refuse_unusable_redis(&backend, settings).await?;
                 Ok(Self::Redis(Arc::new(backend)))
             }
             #[cfg(feature = "temporal")]
@@ -321,22 +321,33 @@ impl Engine {
     }
 }
 
-/// A Redis that evicts keys loses approvals silently: refuse it, unless the operator said
-/// otherwise (and then say so loudly); and one this service cannot run on at all (cluster
-/// mode, before 7.0). One that cannot be reached yet is checked again by
-/// every readiness probe.
-async fn refuse_evicting_redis(
+/// A Redis this service cannot run on at all (cluster mode, before 7.0) is refused; so is one
+/// that evicts keys, which loses approvals silently, unless the operator said otherwise (and
+/// then it is said loudly). One that cannot be reached yet is checked again by every
+/// readiness probe.
+async fn refuse_unusable_redis(
     backend: &RedisBackend,
     settings: &Settings,
 ) -> Result<(), EngineError> {
-    if let Ok(Some(source)) = backend.unsupported().await {
+    let facts = match backend.facts().await {
+        Ok(facts) => facts,
+        Err(error) => {
+            tracing::warn!(
+                error = %crate::app::chain(&error),
+                "Redis is not reachable at start-up; readiness checks it (and its maxmemory-policy) \
+                 until it is"
+            );
+            return Ok(());
+        }
+    };
+    if let Some(source) = facts.unsupported {
         return Err(EngineError::Unsupported {
             engine: "redis",
             source,
         });
     }
-    match backend.eviction_policy().await {
-        Ok(Some(policy)) if policy != "noeviction" => {
+    match facts.eviction_policy {
+        Some(policy) if policy != "noeviction" => {
             if settings.redis.allow_eviction {
                 tracing::error!(
                     %policy,
@@ -351,14 +362,6 @@ async fn refuse_evicting_redis(
                 })
             }
         }
-        Ok(_) => Ok(()),
-        Err(error) => {
-            tracing::warn!(
-                error = %crate::app::chain(&error),
-                "Redis is not reachable at start-up; readiness checks it (and its maxmemory-policy) \
-                 until it is"
-            );
-            Ok(())
-        }
+        _ => Ok(()),
     }
 }

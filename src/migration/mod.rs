@@ -114,9 +114,9 @@ impl Migration {
         }
     }
 
-    /// Both passes; the reconcile pass only after a copy pass that was not stopped early.
-    /// Copies, then reconciles. A scan that keeps failing stops the run with the report so
-    /// far (`stopped_by`): the counts of hours of work are printed, not thrown away.
+    /// Both passes; the reconcile pass only after a copy pass that was not stopped early. A
+    /// scan that keeps failing stops the run with the report so far (`stopped_by`): the counts
+    /// of hours of work are printed, not thrown away.
     pub async fn run(&self) -> Report {
         let mut report = Report::new(self.plan.dry_run);
         if let Err(error) = self.both_passes(&mut report).await {
@@ -238,20 +238,10 @@ impl Migration {
                     // source has it now, and the two are compared like any other.
                     let source =
                         unreadable(retry("get", || self.source.get(&copy.tenant, &copy.id)).await)?;
-                    // The copy is the scan page's, read before the source: a decision mirrored
-                    // in between read as a difference. Read again when the two differ.
-                    let now = Timestamp::now();
-                    let moved_on = matches!(&source,
-                        Ok(Some(source)) if status_as_of(source, now) != status_as_of(&copy, now));
-                    let copy = if moved_on {
-                        let (tenant, id) = (&copy.tenant, &copy.id);
-                        match unreadable(retry("get", || self.target.get(tenant, id)).await)? {
-                            Ok(Some(fresh)) => fresh,
-                            Ok(None) | Err(_) => copy,
-                        }
-                    } else {
-                        copy
-                    };
+                    let other = source.as_ref().ok().and_then(Option::as_ref);
+                    let copy = self
+                        .read_again_if_moved_on(&self.target, copy, other)
+                        .await?;
                     Ok(Some((copy, source)))
                 },
                 |found| {
@@ -361,6 +351,30 @@ impl Migration {
         ))
     }
 
+    /// `scanned` (from `side`'s scan page), read again from `side` when its status differs from
+    /// `other`'s, the other side's record read after the page: a decision made in between (a
+    /// soak mirrors it within milliseconds) read as "pending against accepted", a difference on
+    /// every run under traffic. Gone or unreadable since, the scanned record is what there is
+    /// to compare.
+    async fn read_again_if_moved_on(
+        &self,
+        side: &Arc<dyn RecordTransfer>,
+        scanned: Approval,
+        other: Option<&Approval>,
+    ) -> Result<Approval, BackendError> {
+        let now = Timestamp::now();
+        if other.is_none_or(|o| status_as_of(o, now) == status_as_of(&scanned, now)) {
+            return Ok(scanned);
+        }
+        let (tenant, id) = (&scanned.tenant, &scanned.id);
+        Ok(
+            match unreadable(retry("get", || side.get(tenant, id)).await)? {
+                Ok(Some(fresh)) => fresh,
+                Ok(None) | Err(_) => scanned,
+            },
+        )
+    }
+
     async fn check_one(&self, scanned: Approval) -> Result<Checked, BackendError> {
         let (tenant, id) = (&scanned.tenant.clone(), &scanned.id.clone());
         let mut copy = match unreadable(retry("get", || self.target.get(tenant, id)).await)? {
@@ -375,22 +389,9 @@ impl Migration {
                 })
             }
         };
-        // The scan's page was read before the copy: a decision made in between (a soak
-        // mirrors it to the target within milliseconds) read as "pending against accepted",
-        // a difference on every run under traffic. Both sides as of after the copy's read.
-        let now = Timestamp::now();
-        let moved_on = copy
-            .as_ref()
-            .is_some_and(|c| status_as_of(c, now) != status_as_of(&scanned, now));
-        let mut source = if moved_on {
-            match unreadable(retry("get", || self.source.get(tenant, id)).await)? {
-                Ok(Some(fresh)) => fresh,
-                // Gone or unreadable since: the scanned record is what there is to compare.
-                Ok(None) | Err(_) => scanned,
-            }
-        } else {
-            scanned
-        };
+        let mut source = self
+            .read_again_if_moved_on(&self.source, scanned, copy.as_ref())
+            .await?;
         let mut replayed = false;
         // Decided in the source after the copy was made: the first decision is the source's.
         let late = copy.as_ref().is_some_and(|c| !c.is_decided());

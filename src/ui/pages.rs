@@ -463,12 +463,13 @@ pub async fn inbox(
             }
         },
     };
+    let agent_max = state.api.app.input_limits().max_string_chars;
     let agent = query
         .agent
         .unwrap_or_default()
         .trim()
         .chars()
-        .take(state.api.app.input_limits().max_string_chars)
+        .take(agent_max)
         .collect::<String>();
     let cursor = query
         .cursor
@@ -517,7 +518,7 @@ pub async fn inbox(
         statuses,
         status: status.as_str(),
         agent,
-        agent_max: state.api.app.input_limits().max_string_chars,
+        agent_max,
         rows,
         next_href,
     })

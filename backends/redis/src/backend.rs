@@ -34,6 +34,16 @@ const LIST_FIRST_GUESS_BYTES: usize = 64 * 1024;
 /// page's records are near the largest, whatever the last listing's were.
 const LIST_FIRST_CHUNK: std::ops::RangeInclusive<usize> = 16..=64;
 
+/// How far [`RedisBackend::fetch_chunked`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reading {
+    /// Every key.
+    Every,
+    /// Until the values read pass `LIST_PAGE_BYTES` (a listing's page, cut there): those after
+    /// are not fetched. Each listing's mean record size sizes the next one's first chunk.
+    WithinBudget,
+}
+
 pub struct RedisBackend {
     connections: Connections,
     pub(crate) settings: RedisSettings,
@@ -238,47 +248,20 @@ impl RedisBackend {
         }
     }
 
-    /// MGET, keeping only the keys that still exist.
+    /// MGET, keeping only the keys that still exist. In MGETs of about `LIST_PAGE_BYTES` each:
+    /// a migration's scan page of 1,000 large records was one MGET of 30 MB and more, which
+    /// timed out over a slow link on every attempt (and every re-run) or passed a client's
+    /// output buffer limit.
     pub(crate) async fn fetch(
         &self,
         keys: Vec<String>,
     ) -> Result<Vec<(String, String)>, BackendError> {
-        let values = self.fetch_all(&keys).await?;
+        let values = self.fetch_chunked(&keys, Reading::Every).await?;
         Ok(keys
             .into_iter()
             .zip(values)
             .filter_map(|(k, v)| Some((k, v?)))
             .collect())
-    }
-
-    /// [`Self::fetch`] of every key, in MGETs of about `LIST_PAGE_BYTES` each: a migration's
-    /// scan page of 1,000 large records was one MGET of 30 MB and more, which timed out over a
-    /// slow link on every attempt (and every re-run) or passed a client's output buffer limit.
-    pub(crate) async fn fetch_in_chunks(
-        &self,
-        keys: Vec<String>,
-    ) -> Result<Vec<(String, String)>, BackendError> {
-        use std::sync::atomic::Ordering::Relaxed;
-        let mean = self.listed_record_bytes.load(Relaxed).max(1);
-        let mut chunk =
-            (LIST_PAGE_BYTES / mean).clamp(*LIST_FIRST_CHUNK.start(), *LIST_FIRST_CHUNK.end());
-        let (mut found, mut asked, mut bytes) = (Vec::with_capacity(keys.len()), 0, 0);
-        while asked < keys.len() {
-            let end = (asked + chunk).min(keys.len());
-            let values = self.fetch_all(&keys[asked..end]).await?;
-            for (key, value) in keys[asked..end].iter().zip(values) {
-                if let Some(value) = value {
-                    bytes += value.len();
-                    found.push((key.clone(), value));
-                }
-            }
-            asked = end;
-            // Nothing found yet says nothing of the size: the chunk stays.
-            if bytes > 0 {
-                chunk = (LIST_PAGE_BYTES / (bytes / asked).max(1)).max(1);
-            }
-        }
-        Ok(found)
     }
 
     /// Whether each of `keys` holds a string (as a record does), in order, in one round trip.
@@ -298,30 +281,36 @@ impl RedisBackend {
         Ok(types.iter().map(|t| t == "string").collect())
     }
 
-    /// The values of `keys` in order, fetched in chunks until they pass `LIST_PAGE_BYTES`
-    /// (those after are not fetched): one MGET of a whole page of records near the body limit
+    /// The values of `keys` in order, fetched in chunks sized by the records' mean size (the
+    /// first by the last listing's): one MGET of a whole page of records near the body limit
     /// was about 32 MB, on a connection every other call shares and in a reply buffer Redis
-    /// counts against its memory. Each chunk is about what the rest of the budget holds at
-    /// the records' mean size, the first at the last listing's: one MGET for a page of small
-    /// records, a few for large ones.
-    async fn fetch_within_budget(
+    /// counts against its memory. One MGET for a page of small records, a few for large ones.
+    async fn fetch_chunked(
         &self,
         keys: &[String],
+        reading: Reading,
     ) -> Result<Vec<Option<String>>, BackendError> {
         use std::sync::atomic::Ordering::Relaxed;
-        let fits =
-            |bytes: usize, mean: usize| LIST_PAGE_BYTES.saturating_sub(bytes) / mean.max(1) + 1;
-        let mut chunk = fits(0, self.listed_record_bytes.load(Relaxed))
+        // Records of `mean` bytes that fit in `left`, and the one that crosses it.
+        let fits = |left: usize, mean: usize| left / mean.max(1) + 1;
+        let mut chunk = fits(LIST_PAGE_BYTES, self.listed_record_bytes.load(Relaxed))
             .clamp(*LIST_FIRST_CHUNK.start(), *LIST_FIRST_CHUNK.end());
         let (mut values, mut bytes) = (Vec::with_capacity(keys.len()), 0);
-        while values.len() < keys.len() && bytes <= LIST_PAGE_BYTES {
+        while values.len() < keys.len() && (reading == Reading::Every || bytes <= LIST_PAGE_BYTES) {
             let end = (values.len() + chunk).min(keys.len());
             let got = self.fetch_all(&keys[values.len()..end]).await?;
             bytes += got.iter().flatten().map(String::len).sum::<usize>();
             values.extend(got);
-            chunk = fits(bytes, bytes / values.len());
+            // Nothing found yet says nothing of the size: the chunk stays.
+            if bytes > 0 {
+                let left = match reading {
+                    Reading::Every => LIST_PAGE_BYTES,
+                    Reading::WithinBudget => LIST_PAGE_BYTES.saturating_sub(bytes),
+                };
+                chunk = fits(left, bytes / values.len());
+            }
         }
-        if !values.is_empty() {
+        if reading == Reading::WithinBudget && !values.is_empty() {
             self.listed_record_bytes
                 .store((bytes / values.len()).max(1), Relaxed);
         }
@@ -597,7 +586,9 @@ impl ApprovalBackend for RedisBackend {
             .unzip();
         let now = Timestamp::now();
         let mut items = Vec::with_capacity(members.len());
-        let values = self.fetch_within_budget(&record_keys).await?;
+        let values = self
+            .fetch_chunked(&record_keys, Reading::WithinBudget)
+            .await?;
         // A page ends early once its records pass the byte budget, always with at least one;
         // the next starts after the member of its last record. Records not fetched (past the
         // budget) end it too.

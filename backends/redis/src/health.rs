@@ -7,62 +7,69 @@ use crate::backend::RedisBackend;
 use crate::keys;
 
 impl RedisBackend {
-    /// Ready when Redis answers, would keep what it is given (`maxmemory-policy noeviction`,
-    /// unless `redis.allow_eviction`), and takes a write (a full Redis refuses them).
+    /// Ready when Redis answers, is one this service can run on ([`UnsupportedRedis`]), would
+    /// keep what it is given (`maxmemory-policy noeviction`, unless `redis.allow_eviction`),
+    /// and takes a write (a full Redis refuses them).
     pub(crate) async fn check_ready(&self) -> Result<(), BackendError> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("INFO").arg("memory");
-        pipe.cmd("INFO").arg("server");
-        pipe.cmd("INFO").arg("cluster");
+        let mut pipe = RedisFacts::pipe();
         pipe.cmd("SET")
             .arg(keys::WRITE_PROBE)
             .arg(Timestamp::now().as_millis())
             .arg("PX")
             .arg(60_000)
             .ignore();
-        let (info, server, cluster): (String, String, String) = self
-            .with_conn("ping", |mut conn| async move {
-                pipe.query_async(&mut conn).await
-            })
-            .await?;
-        if let Some(unsupported) = UnsupportedRedis::of(&server, &cluster) {
+        let facts = self.facts_from("ping", pipe).await?;
+        if let Some(unsupported) = facts.unsupported {
             return Err(BackendError::unavailable("ping", unsupported));
         }
-        match eviction_policy(&info) {
-            Some(policy) if policy != "noeviction" && !self.settings.allow_eviction => Err(
-                BackendError::unavailable("ping", EvictingRedis::new(policy)),
-            ),
+        match facts.eviction_policy {
+            Some(policy) if policy != "noeviction" && !self.settings.allow_eviction => {
+                Err(BackendError::unavailable("ping", EvictingRedis { policy }))
+            }
             _ => Ok(()),
         }
     }
-}
 
-impl RedisBackend {
-    /// Why this service cannot run on this Redis at all, for the start-up check: `Ok(None)`
-    /// when it can.
-    pub async fn unsupported(&self) -> Result<Option<UnsupportedRedis>, BackendError> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("INFO").arg("server");
-        pipe.cmd("INFO").arg("cluster");
-        let (server, cluster): (String, String) = self
-            .with_conn("info", |mut conn| async move {
-                pipe.query_async(&mut conn).await
-            })
-            .await?;
-        Ok(UnsupportedRedis::of(&server, &cluster))
+    /// What the start-up check reads of this Redis, in one round trip (readiness reads the same).
+    pub async fn facts(&self) -> Result<RedisFacts, BackendError> {
+        self.facts_from("info", RedisFacts::pipe()).await
     }
 
-    /// This Redis' `maxmemory-policy`, for the start-up check: `Ok(None)` if it does not say.
-    pub async fn eviction_policy(&self) -> Result<Option<String>, BackendError> {
-        let info: String = self
-            .with_conn("info", |mut conn| async move {
-                redis::cmd("INFO")
-                    .arg("memory")
-                    .query_async(&mut conn)
-                    .await
-            })
+    /// Runs `pipe` (the INFO sections of [`RedisFacts::pipe`], and anything it ignores).
+    async fn facts_from(
+        &self,
+        op: &'static str,
+        pipe: redis::Pipeline,
+    ) -> Result<RedisFacts, BackendError> {
+        let (memory, server, cluster): (String, String, String) = self
+            .with_conn(
+                op,
+                |mut conn| async move { pipe.query_async(&mut conn).await },
+            )
             .await?;
-        Ok(eviction_policy(&info).map(str::to_owned))
+        Ok(RedisFacts {
+            unsupported: UnsupportedRedis::of(&server, &cluster),
+            eviction_policy: eviction_policy(&memory).map(str::to_owned),
+        })
+    }
+}
+
+/// What this service needs to know of a Redis before it parks approvals there.
+pub struct RedisFacts {
+    /// Why it cannot run on it at all (cluster mode, before 7.0).
+    pub unsupported: Option<UnsupportedRedis>,
+    /// Its `maxmemory-policy`, if it says.
+    pub eviction_policy: Option<String>,
+}
+
+impl RedisFacts {
+    /// `INFO memory`, `server` and `cluster`, in that order.
+    fn pipe() -> redis::Pipeline {
+        let mut pipe = redis::pipe();
+        for section in ["memory", "server", "cluster"] {
+            pipe.cmd("INFO").arg(section);
+        }
+        pipe
     }
 }
 
@@ -76,14 +83,6 @@ impl RedisBackend {
 )]
 pub struct EvictingRedis {
     pub policy: String,
-}
-
-impl EvictingRedis {
-    fn new(policy: &str) -> Self {
-        Self {
-            policy: policy.to_owned(),
-        }
-    }
 }
 
 /// `maxmemory_policy` from `INFO memory`.

@@ -33,5 +33,5 @@ mod waiting;
 pub use backend::RedisBackend;
 pub use chores::{ChoreSchedule, Chores};
 pub use connections::open_client;
-pub use health::{EvictingRedis, UnsupportedRedis};
+pub use health::{EvictingRedis, RedisFacts, UnsupportedRedis};
 pub use settings::RedisSettings;

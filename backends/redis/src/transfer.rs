@@ -40,7 +40,7 @@ impl RecordTransfer for RedisBackend {
             .collect();
         let now = Timestamp::now();
         let mut items = Vec::new();
-        let mut read = self.fetch_in_chunks(std::mem::take(&mut records)).await?;
+        let mut read = self.fetch(std::mem::take(&mut records)).await?;
         // Each lapsed record's value is its shadow's, read in one call and filed under the key.
         let lapsed_shadows = lapsed
             .iter()
@@ -49,7 +49,7 @@ impl RecordTransfer for RedisBackend {
         // Record key → the shadow it was read from: an unreadable one is reported under the
         // key that holds it (`redis-cli GET approval:…` would show nothing, DEL mend nothing).
         let mut read_from_shadow = std::collections::HashMap::new();
-        for (shadow, raw) in self.fetch_in_chunks(lapsed_shadows).await? {
+        for (shadow, raw) in self.fetch(lapsed_shadows).await? {
             let key = shadow.replacen("approvals:shadow:", "approval:", 1);
             read_from_shadow.insert(key.clone(), shadow);
             read.push((key, raw));
