@@ -837,6 +837,27 @@ async fn records_past_one_sides_retention_are_neither_copied_nor_differences() {
 /// traffic that races a migration (a reviewer deciding, a soak mirroring the decision).
 type Interlude = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
+/// An [`Interlude`] in which bob accepts `name` on each of `engines`, in turn (a decision and
+/// its mirror, as a soak makes them), each time as the first decision.
+fn accepted_by_bob_on(
+    engines: &[&Arc<dyn RecordTransfer>],
+    tenant: &TenantId,
+    name: &str,
+) -> Interlude {
+    let engines: Vec<Arc<dyn RecordTransfer>> = engines.iter().map(|e| Arc::clone(e)).collect();
+    let (tenant, approval) = (tenant.clone(), id(name));
+    Box::pin(async move {
+        let accept = decision(Verdict::Accept, "bob");
+        for engine in engines {
+            let decided = engine.decide(&tenant, &approval, accept.clone()).await;
+            assert!(
+                matches!(decided, Ok(approvals_core::DecisionOutcome::Decided(_))),
+                "{decided:?}"
+            );
+        }
+    })
+}
+
 /// A source that runs an [`Interlude`] after handing out its first scan page, and otherwise
 /// is `inner`.
 struct RacedSource {
@@ -1055,22 +1076,7 @@ async fn a_decision_mirrored_while_reconciling_is_no_difference() {
         .unwrap();
     assert_eq!(report.imported, 1);
 
-    let interlude: Interlude = {
-        let (redis, temporal, tenant) = (redis.clone(), temporal.clone(), tenant.clone());
-        Box::pin(async move {
-            let accept = decision(Verdict::Accept, "bob");
-            let decided = redis.decide(&tenant, &id("decided"), accept.clone()).await;
-            assert!(matches!(
-                decided,
-                Ok(approvals_core::DecisionOutcome::Decided(_))
-            ));
-            let mirrored = temporal.decide(&tenant, &id("decided"), accept).await;
-            assert!(matches!(
-                mirrored,
-                Ok(approvals_core::DecisionOutcome::Decided(_))
-            ));
-        })
-    };
+    let interlude = accepted_by_bob_on(&[&redis, &temporal], &tenant, "decided");
     let raced = RacedSource::around(&redis, interlude);
     of_tenant(&raced, &temporal, &tenant, 4)
         .reconcile(&mut report)
@@ -1119,19 +1125,7 @@ async fn a_decision_mirrored_after_the_targets_scan_is_no_difference() {
         })
     };
     // After the target's scan page was read: decided on both.
-    let decided_late: Interlude = {
-        let (redis, temporal, tenant) = (redis.clone(), temporal.clone(), tenant.clone());
-        Box::pin(async move {
-            let accept = decision(Verdict::Accept, "bob");
-            for engine in [&redis, &temporal] {
-                let decided = engine.decide(&tenant, &id("late"), accept.clone()).await;
-                assert!(matches!(
-                    decided,
-                    Ok(approvals_core::DecisionOutcome::Decided(_))
-                ));
-            }
-        })
-    };
+    let decided_late = accepted_by_bob_on(&[&redis, &temporal], &tenant, "late");
     let source = RacedSource::around(&redis, written_late);
     let target = RacedSource::around(&temporal, decided_late);
     of_tenant(&source, &target, &tenant, 4)
@@ -1155,17 +1149,7 @@ async fn a_decision_made_while_an_import_answer_was_lost_reaches_the_copy_at_onc
         .submit(pending(&tenant, "decided", HOUR))
         .await
         .unwrap();
-    let interlude: Interlude = {
-        let (redis, tenant) = (redis.clone(), tenant.clone());
-        Box::pin(async move {
-            let accept = decision(Verdict::Accept, "bob");
-            let decided = redis.decide(&tenant, &id("decided"), accept).await;
-            assert!(matches!(
-                decided,
-                Ok(approvals_core::DecisionOutcome::Decided(_))
-            ));
-        })
-    };
+    let interlude = accepted_by_bob_on(&[&redis], &tenant, "decided");
     let target = RacedSource::losing_an_import_answer(&temporal, interlude);
     let mut report = Report::new(false);
     of_tenant(&redis, &target, &tenant, 4)
@@ -1199,17 +1183,7 @@ async fn a_decision_made_between_scan_and_import_reaches_the_copy_at_once() {
         .submit(pending(&tenant, "decided", HOUR))
         .await
         .unwrap();
-    let interlude: Interlude = {
-        let (redis, tenant) = (redis.clone(), tenant.clone());
-        Box::pin(async move {
-            let accept = decision(Verdict::Accept, "bob");
-            let decided = redis.decide(&tenant, &id("decided"), accept).await;
-            assert!(matches!(
-                decided,
-                Ok(approvals_core::DecisionOutcome::Decided(_))
-            ));
-        })
-    };
+    let interlude = accepted_by_bob_on(&[&redis], &tenant, "decided");
     let raced = RacedSource::around(&redis, interlude);
     let mut report = Report::new(false);
     of_tenant(&raced, &temporal, &tenant, 4)

@@ -119,6 +119,40 @@ async fn submit_sign_in_form(browser: &Client, token: &str) {
         .expect("sign in");
 }
 
+/// The browser signed in as the reviewer in its first tab, after a second tab had opened the
+/// sign-in page (the cookie is the browser's: its tabs share it). The first tab is current.
+async fn signed_in_with_a_second_tab(
+    browser: &Client,
+    app: &TestApp,
+) -> (WindowHandle, WindowHandle) {
+    let (first_tab, second_tab) = open_second_tab(browser).await;
+    browser
+        .goto(&app.url("/ui/login"))
+        .await
+        .expect("sign-in page");
+    to_tab(browser, &first_tab).await;
+    sign_in(browser, app, &app.tokens.reviewer).await;
+    (first_tab, second_tab)
+}
+
+/// The second tab signs in as mallory, of another tenant; then the first tab is current again.
+async fn another_tenant_signs_in_there(
+    browser: &Client,
+    app: &TestApp,
+    first_tab: &WindowHandle,
+    second_tab: &WindowHandle,
+) {
+    to_tab(browser, second_tab).await;
+    submit_sign_in_form(browser, &app.tokens.other_tenant_reviewer).await;
+    until_true(
+        browser,
+        "document.body.innerText.includes('mallory')",
+        "mallory's inbox",
+    )
+    .await;
+    to_tab(browser, first_tab).await;
+}
+
 async fn sign_in(browser: &Client, app: &TestApp, token: &str) {
     browser
         .goto(&app.url("/ui/login"))
@@ -382,14 +416,7 @@ async fn a_sign_in_elsewhere_in_another_tab_is_not_swapped_into_an_open_page() {
     app.park("tab-1").await;
     let driver = Driver::start();
     let browser = driver.browser().await;
-    // A second tab had the sign-in page open before the first signed in.
-    let (first_tab, second_tab) = open_second_tab(&browser).await;
-    browser
-        .goto(&app.url("/ui/login"))
-        .await
-        .expect("sign-in page");
-    to_tab(&browser, &first_tab).await;
-    sign_in(&browser, &app, &app.tokens.reviewer).await;
+    let (first_tab, second_tab) = signed_in_with_a_second_tab(&browser, &app).await;
     until_true(
         &browser,
         "document.body.dataset.liveReady === 'true'",
@@ -397,16 +424,7 @@ async fn a_sign_in_elsewhere_in_another_tab_is_not_swapped_into_an_open_page() {
     )
     .await;
 
-    // The second tab signs in as mallory, of another tenant.
-    to_tab(&browser, &second_tab).await;
-    submit_sign_in_form(&browser, &app.tokens.other_tenant_reviewer).await;
-    until_true(
-        &browser,
-        "document.body.innerText.includes('mallory')",
-        "mallory's inbox",
-    )
-    .await;
-    to_tab(&browser, &first_tab).await;
+    another_tenant_signs_in_there(&browser, &app, &first_tab, &second_tab).await;
 
     // Something happens in the first tab's tenant: its page fetches itself again, with the
     // browser's cookie, which is now mallory's.
@@ -995,13 +1013,7 @@ async fn a_linked_page_whose_browser_signed_in_elsewhere_says_it_is_no_longer_li
     app.park("linked-tab-1").await;
     let driver = Driver::start();
     let browser = driver.browser().await;
-    let (first_tab, second_tab) = open_second_tab(&browser).await;
-    browser
-        .goto(&app.url("/ui/login"))
-        .await
-        .expect("sign-in page");
-    to_tab(&browser, &first_tab).await;
-    sign_in(&browser, &app, &app.tokens.reviewer).await;
+    let (first_tab, second_tab) = signed_in_with_a_second_tab(&browser, &app).await;
     browser
         .goto(&app.url(&format!("/ui/approvals/linked-tab-1?tenant={}", app.tenant)))
         .await
@@ -1013,15 +1025,7 @@ async fn a_linked_page_whose_browser_signed_in_elsewhere_says_it_is_no_longer_li
     )
     .await;
 
-    to_tab(&browser, &second_tab).await;
-    submit_sign_in_form(&browser, &app.tokens.other_tenant_reviewer).await;
-    until_true(
-        &browser,
-        "document.body.innerText.includes('mallory')",
-        "mallory's inbox",
-    )
-    .await;
-    to_tab(&browser, &first_tab).await;
+    another_tenant_signs_in_there(&browser, &app, &first_tab, &second_tab).await;
 
     let bob = app
         .decide("linked-tab-1", "accept", &app.tokens.reviewer2)

@@ -428,13 +428,7 @@ async fn a_page_of_large_records_reads_about_its_budget_from_redis() {
     let server = RedisServer::start().await;
     let backend = backend(&server);
     let tenant = fresh_tenant("large-page");
-    for n in 0..100 {
-        let mut approval = pending(&tenant, &format!("large-{n:03}"), Duration::from_secs(3600));
-        approval
-            .context
-            .insert("notes".into(), Value::String("x".repeat(60_000)));
-        backend.submit(approval).await.expect("submit");
-    }
+    park_large(&backend, &tenant, 100).await;
     let mut conn = server.connection().await;
     let sent = |info: String| -> u64 {
         info.lines()
@@ -545,6 +539,17 @@ async fn a_record_key_expires_at_its_deadline_however_late_redis_parks_it() {
     assert_eq!(key_expiry, expires_at.as_millis());
 }
 
+/// Parks `count` pending approvals `large-000`… of about 60 kB each in `tenant`.
+async fn park_large(backend: &RedisBackend, tenant: &approvals_core::TenantId, count: usize) {
+    for n in 0..count {
+        let mut approval = pending(tenant, &format!("large-{n:03}"), Duration::from_secs(3600));
+        approval
+            .context
+            .insert("notes".into(), Value::String("x".repeat(60_000)));
+        backend.submit(approval).await.expect("submit");
+    }
+}
+
 /// Counts the expiries the chores report (what the decision log and the metrics are told).
 #[derive(Default)]
 struct ExpiryCount(std::sync::atomic::AtomicUsize);
@@ -637,13 +642,7 @@ async fn a_scan_page_of_large_records_is_read_in_bounded_replies() {
     let server = RedisServer::start().await;
     let backend = backend(&server);
     let tenant = fresh_tenant("large-scan");
-    for n in 0..400 {
-        let mut approval = pending(&tenant, &format!("large-{n:03}"), Duration::from_secs(3600));
-        approval
-            .context
-            .insert("notes".into(), Value::String("x".repeat(60_000)));
-        backend.submit(approval).await.expect("submit");
-    }
+    park_large(&backend, &tenant, 400).await;
     let mut conn = server.connection().await;
     let () = redis::cmd("CONFIG")
         .arg("SET")
