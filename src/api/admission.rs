@@ -71,6 +71,7 @@ async fn admitted(admission: &Admission, request: Request, next: Next) -> Respon
     // Authenticated here, once: the handler's `Caller` takes the principal from here. Only a
     // known token's requests keep their connection's place at the cap (`ArrivedOn`).
     let mut request = request;
+    let known_caller = principal.is_some();
     let claim = principal
         .as_ref()
         .and_then(|_| request.extensions().get::<ArrivedOn>())
@@ -89,7 +90,7 @@ async fn admitted(admission: &Admission, request: Request, next: Next) -> Respon
     };
     match (slot, claim) {
         (Some(slot), claim) if !is_event_stream(&response) => {
-            hold_until_sent(response, (slot, claim))
+            hold_until_sent(response, (slot, claim), known_caller)
         }
         // A live stream holds its connection as long as it lasts.
         (_, Some(claim)) => response.map(|body| crate::server::holding(body, claim)),
@@ -110,12 +111,19 @@ pub(crate) fn is_event_stream(response: &Response) -> bool {
 /// store page by page after its head is sent, and an HTTP/2 client may grant no window for an
 /// answer (the socket's write deadline never sees it): either way the caller runs out of its
 /// own places, not the service out of memory for everyone.
-fn hold_until_sent<T: Send + Sync + 'static>(response: Response, slot: T) -> Response {
+fn hold_until_sent<T: Send + Sync + 'static>(
+    response: Response,
+    slot: T,
+    known_caller: bool,
+) -> Response {
     // Known here, not past `holding` (whose body no longer says its length).
     let built_whole = response.body().size_hint().exact().is_some();
     let mut response = response.map(|body| crate::server::holding(body, slot));
     response
         .extensions_mut()
-        .insert(crate::server::HoldsCallerPlace { built_whole });
+        .insert(crate::server::HoldsCallerPlace {
+            built_whole,
+            known_caller,
+        });
     response
 }

@@ -13,7 +13,8 @@
 //! other streams; a stalled stream before its end stalls only itself (ADR-0018).
 //!
 //! An answer built whole (a body of known length) that holds no caller's place (`/healthz`,
-//! `/openapi.json`: no token), or only a made-up caller's (a `401`), is due at once. hyper
+//! `/openapi.json`: no token), or only a made-up caller's (any token the service does not
+//! know, on any path: a new caller for every made-up token), is due at once. hyper
 //! takes such a body in one read as soon as the stream has window, so one still unread
 //! `server.write_timeout` later is held by a client that grants none: it kept its request in flight for ever, and its connection
 //! from the idle close and from making way, and enough such connections took every place of
@@ -24,7 +25,6 @@
 use std::time::Duration;
 
 use axum::body::HttpBody as _;
-use axum::http::StatusCode;
 use axum::response::Response;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -32,11 +32,13 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 #[derive(Clone)]
 pub(crate) struct EndsWhen(pub(crate) CancellationToken);
 
-/// On a response: it holds one of its caller's places until sent (`api::admission`), and
-/// whether its body was built whole before it was wrapped to hold that place.
+/// On a response: it holds one of its caller's places until sent (`api::admission`), whether
+/// its body was built whole before it was wrapped to hold that place, and whether the caller
+/// is a known token's (only a known caller's places bound anything).
 #[derive(Clone, Copy)]
 pub(crate) struct HoldsCallerPlace {
     pub(crate) built_whole: bool,
+    pub(crate) known_caller: bool,
 }
 
 /// If `response` says when its body ends ([`EndsWhen`]), or is built whole and holds no
@@ -73,10 +75,11 @@ pub(super) fn watch(
 }
 
 /// Whether `response` is built whole and bounded by no caller's places: none held, or only a
-/// made-up caller's (a `401`: a new caller for every made-up token).
+/// made-up caller's. Not only a `401`: outside `/v1` a made-up token is answered as no token
+/// is (`/healthz`, a `404`), and each such answer pinned its stream for ever.
 fn due_now(response: &Response) -> bool {
     match response.extensions().get::<HoldsCallerPlace>() {
         None => response.body().size_hint().exact().is_some(),
-        Some(held) => held.built_whole && response.status() == StatusCode::UNAUTHORIZED,
+        Some(held) => held.built_whole && !held.known_caller,
     }
 }
