@@ -127,8 +127,9 @@ fn keep_up(handle: PrometheusHandle) {
 const UPKEEP_THREAD: &str = "metrics-upkeep";
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Installs the process-wide recorder now, for a process without a [`MetricsHandle`] (the
-/// Temporal worker): what is counted before it is installed is lost.
+/// Installs the process-wide recorder now: what is counted before it is installed is lost.
+/// The service calls it before its engine starts (a [`MetricsHandle`] comes later), the
+/// Temporal worker before anything.
 pub fn install_recorder() {
     let _ = prometheus();
     // The worker ships its expiries to the decision log too.

@@ -101,6 +101,9 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        // Before anything can be counted: the engine's chores start below, and a sweeper's
+        // first pass records a restart's backlog of expiries at once.
+        crate::metrics::install_recorder();
         let policy = PolicyGate::load(&settings.policy.dir)?
             .with_budget(settings.limits.policy_instructions)
             .confirming_allows(settings.policy.confirm_allows);

@@ -1130,3 +1130,53 @@ async fn healthcheck_probes_the_configured_listen_address() {
         .expect("healthcheck runs");
     assert_eq!(refused.status.code(), Some(2), "{refused:?}");
 }
+
+/// What the service counts from its first moment reaches `/metrics`: approvals that lapsed
+/// while it was down are recorded as expired by the sweeper's first pass, at start-up, and
+/// counted. The recorder was installed after the engine's chores (and the tenants' policies'
+/// first read) had started, and those first counts went to no recorder: an expiry backlog
+/// after a restart never reached the expiry-rate alert or the sweeper-lag histogram.
+#[tokio::test]
+async fn expiries_recorded_at_start_up_are_counted() {
+    use approvals::config::{EngineKind, Settings};
+    use approvals_core::conformance::pending;
+
+    let redis = RedisServer::start().await;
+    let acme = approvals_core::TenantId::parse("acme").unwrap();
+    let mut settings = Settings::default();
+    settings.redis.url = redis.url();
+    let engine = approvals::engines::connect(EngineKind::Redis, &settings)
+        .await
+        .unwrap();
+    let lapsed =
+        ["lapsed-1", "lapsed-2", "lapsed-3"].map(|id| pending(&acme, id, Duration::from_secs(1)));
+    let deadline = lapsed.iter().map(|a| a.expires_at).max().unwrap();
+    for approval in lapsed {
+        engine.import(approval).await.unwrap();
+    }
+    // The service is down while they lapse.
+    let left = deadline.as_millis() - approvals_core::Timestamp::now().as_millis();
+    tokio::time::sleep(Duration::from_millis(
+        u64::try_from(left).unwrap_or(0) + 100,
+    ))
+    .await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = serve_config(port, &redis, "agent-token-1", "", "");
+    let config = write(dir.path(), "config.toml", &config);
+    let mut service = Process::spawn(approvals(&["serve", "--config", &config]));
+    service.wait_for_line("serving", Duration::from_secs(20));
+    let base = format!("http://127.0.0.1:{port}");
+    metrics_until(
+        &reqwest::Client::new(),
+        &base,
+        Duration::from_secs(20),
+        "the three expiries counted",
+        |text| {
+            text.contains("approvals_decisions_total{tenant=\"acme\",outcome=\"expired\"} 3")
+                && text.contains("approvals_sweeper_lag_seconds_count 3")
+        },
+    )
+    .await;
+}
