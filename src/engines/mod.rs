@@ -6,7 +6,7 @@
 
 pub mod dual;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use approvals_core::{BackendError, EngineEvents, PolicyStore, RecordTransfer};
 use approvals_redis::{Chores, RedisBackend};
@@ -56,15 +56,25 @@ pub struct RunningEngine {
     /// if `tenant_store.kind = "redis"`, else none: every tenant gets the platform default.
     pub policy_store: Option<Arc<dyn PolicyStore>>,
     chores: Vec<Chores>,
+    /// A dual secondary's, started once it could be connected after start-up.
+    late_chores: Arc<Mutex<Vec<Chores>>>,
 }
 
 impl RunningEngine {
     /// Stops the engines' chores, letting a pass in progress finish.
     pub async fn stop(self) {
-        for chores in self.chores {
+        let late = std::mem::take(&mut *lock(&self.late_chores));
+        for chores in self.chores.into_iter().chain(late) {
             chores.stop().await;
         }
     }
+}
+
+/// A list of chores holds no invariant a panicking holder could break.
+fn lock(chores: &Mutex<Vec<Chores>>) -> std::sync::MutexGuard<'_, Vec<Chores>> {
+    chores
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Connects what `settings.backend` names and starts the engines' chores. `answering` hears
@@ -76,6 +86,7 @@ pub async fn start(
     following: Arc<dyn EngineEvents>,
 ) -> Result<RunningEngine, EngineError> {
     let mut chores = Vec::new();
+    let late_chores = Arc::default();
     let mut policy_store = None;
     let backend: Arc<dyn RecordTransfer> = match settings.backend {
         BackendChoice::Redis => {
@@ -112,32 +123,51 @@ pub async fn start(
                 settings.temporal.read_your_writes = false;
                 settings
             };
-            // The secondary is best-effort, at start-up too: unreachable, it is connected on
-            // use.
-            let dual = match Engine::connect(secondary, settings, false).await {
-                Ok(engine) => {
+            // The secondary is best-effort, at start-up too: one that cannot be used within
+            // its deadline (unreachable, hung, or refused: a Redis that evicts keys) is
+            // connected on use, and the primary serves meanwhile. Waiting for it under its
+            // engine's own deadline (`temporal.call_timeout`) kept every instance of a rollout
+            // unready for a secondary's sake.
+            let connecting = Engine::connect(secondary, settings, false);
+            let dual = match tokio::time::timeout(secondary_timeout, connecting).await {
+                Ok(Ok(engine)) => {
                     chores.extend(engine.start_chores(settings, following));
                     dual::DualBackend::new(first.transfer(), engine.transfer(), secondary_timeout)
                 }
-                Err(error) => {
+                failed => {
+                    let why = match failed {
+                        Ok(Err(error)) => crate::app::chain(&error),
+                        _ => format!(
+                            "no answer within backend.secondary_timeout ({secondary_timeout:?})"
+                        ),
+                    };
                     tracing::warn!(
-                        error = %crate::app::chain(&error),
+                        error = why,
                         secondary = secondary.as_str(),
-                        "dual: the secondary is unreachable; the primary serves alone meanwhile"
+                        "dual: the secondary cannot be used yet; the primary serves alone \
+                         meanwhile, and the secondary is connected again every few seconds"
                     );
                     let settings = settings.clone();
+                    let started = Arc::clone(&late_chores);
                     let connect: dual::Connector = Box::new(move || {
                         let (settings, following) = (settings.clone(), following.clone());
+                        let started = Arc::clone(&started);
                         Box::pin(async move {
-                            // Only Temporal can be unreachable at start-up (Redis connects
-                            // lazily): it starts no chores, but reports what it passes over.
                             match Engine::connect(secondary, &settings, false).await {
                                 Ok(engine) => {
-                                    drop(engine.start_chores(&settings, following));
+                                    // Kept running: dropped, a Redis secondary's sweeper and
+                                    // adoption stopped at once, and its records lapsed
+                                    // unrecorded.
+                                    if let Some(more) = engine.start_chores(&settings, following) {
+                                        lock(&started).push(more);
+                                    }
                                     Ok(engine.transfer())
                                 }
                                 Err(EngineError::Connect { source, .. }) => Err(source),
-                                Err(other) => Err(BackendError::unavailable("connect", other)),
+                                Err(other) => Err(BackendError::unavailable(
+                                    "connect",
+                                    crate::app::chain(&other),
+                                )),
                             }
                         })
                     });
@@ -164,6 +194,7 @@ pub async fn start(
         backend,
         policy_store,
         chores,
+        late_chores,
     })
 }
 

@@ -72,7 +72,7 @@ impl Secondary {
                     }
                 }
                 Ok(Err(error)) => {
-                    tracing::debug!(secondary = this.kind, %error, "dual: the secondary is still unreachable");
+                    tracing::debug!(secondary = this.kind, %error, "dual: the secondary still cannot be connected");
                 }
                 Err(_) => {
                     tracing::debug!(
