@@ -216,10 +216,16 @@ async fn warnings_go_to_the_team_and_an_outage_holds_back_its_echo() {
         delivered_to(&mut received, "ApprovalsNotReady", &mut seen).await,
         "approvals-oncall"
     );
-    // Instance a's failing sweeps are its outage's echo; instance b's stale figures are not.
+    // Instance a's failing sweeps and its unsubscribed decision listener are its outage's
+    // echo; instance b's stale figures are not.
     fire(
         json!({"alertname": "ApprovalsSweeperFailing", "severity": "warning",
         "instance": "a:8080"}),
+    )
+    .await;
+    fire(
+        json!({"alertname": "ApprovalsDecisionSubscriberDown", "severity": "warning",
+        "job": "approvals", "instance": "a:8080"}),
     )
     .await;
     fire(
@@ -243,11 +249,22 @@ async fn warnings_go_to_the_team_and_an_outage_holds_back_its_echo() {
         );
     }
     // Alertmanager says why the echo was not sent.
+    for echo in ["ApprovalsSweeperFailing", "ApprovalsDecisionSubscriberDown"] {
+        held_back(&http, &api, echo).await;
+        assert!(
+            !seen.iter().any(|n| n == echo),
+            "sent while the outage page fired: {seen:?}"
+        );
+    }
+}
+
+/// Waits until Alertmanager holds `alertname` back (inhibited), or panics after 10 s.
+async fn held_back(http: &reqwest::Client, api: &str, alertname: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let alerts: Value = http
-            .get(&api)
-            .query(&[("filter", "alertname=\"ApprovalsSweeperFailing\"")])
+            .get(api)
+            .query(&[("filter", format!("alertname=\"{alertname}\""))])
             .send()
             .await
             .expect("list alerts")
@@ -266,14 +283,10 @@ async fn warnings_go_to_the_team_and_an_outage_holds_back_its_echo() {
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "instance a's failing sweeps were not held back: {alerts}"
+            "instance a's {alertname} was not held back: {alerts}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(
-        !seen.iter().any(|n| n == "ApprovalsSweeperFailing"),
-        "sent while the outage page fired: {seen:?}"
-    );
 }
 
 /// The runbook's scrape targets are the ones Prometheus scrapes: it told on-call the target

@@ -98,6 +98,49 @@ impl DualApp {
         }
     }
 
+    /// Parks `request_id` through a service on this app's Redis alone (`backend.kind =
+    /// "redis"`): a record the secondary never heard of, as one whose mirror was lost.
+    async fn park_on_redis_alone(&self, request_id: &str) {
+        let mut settings = self.settings.clone();
+        settings.backend = BackendChoice::Redis;
+        let alone = Application::build(settings)
+            .await
+            .expect("application builds");
+        let base = format!("http://{}", alone.local_addr().expect("addr"));
+        let stop = CancellationToken::new();
+        let signal = stop.clone();
+        let serving = tokio::spawn(alone.run_until(async move { signal.cancelled().await }));
+        assert_eq!(
+            self.park_at(&base, request_id).await.status(),
+            StatusCode::CREATED
+        );
+        stop.cancel();
+        serving.await.expect("joined").expect("stopped");
+        let temporal = self.engine(EngineKind::Temporal).await;
+        let held = temporal.get(&self.tenant, &id(request_id)).await;
+        assert!(matches!(held, Ok(None)), "Temporal holds {request_id}");
+    }
+
+    /// Polls the secondary (Temporal) until it holds `request_id` with `status`.
+    async fn temporal_until(&self, request_id: &str, status: Status) {
+        let temporal = self.engine(EngineKind::Temporal).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let held = temporal
+                .get(&self.tenant, &id(request_id))
+                .await
+                .expect("read Temporal");
+            if held.as_ref().map(|a| a.status) == Some(status) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Temporal never held {request_id} as {status:?}: {held:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// One engine of the pair, as its own client.
     async fn engine(&self, kind: EngineKind) -> Arc<dyn RecordTransfer> {
         engines::connect(kind, &self.settings)
@@ -114,11 +157,13 @@ impl DualApp {
 
     /// Submits an action the default policy parks, with `request_id` as its id.
     async fn park(&self, request_id: &str) -> reqwest::Response {
+        self.park_at(&self.base, request_id).await
+    }
+
+    /// [`DualApp::park`] on the service at `base`.
+    async fn park_at(&self, base: &str, request_id: &str) -> reqwest::Response {
         self.http
-            .post(format!(
-                "{}/v1/tenants/{}/approvals",
-                self.base, self.tenant
-            ))
+            .post(format!("{base}/v1/tenants/{}/approvals", self.tenant))
             .bearer_auth(&self.agent)
             .json(&json!({"request_id": request_id,
                 "action": {"type": "document_read", "resource": "finance/q3-report"}}))
@@ -487,6 +532,42 @@ async fn a_decision_the_secondary_missed_is_replayed_once_it_is_back_unread() {
     })
     .await;
     assert_both_hold(&app, "u-1", &accepted).await;
+}
+
+/// A repeated submit of a record the secondary lacks (the first submit's mirror never ran:
+/// the primary's answer was lost and the agent retried) copies it there from the primary's
+/// record. It only compared, and the secondary lacked it for good: a disagreement on every
+/// read, and after a switch of primary the agent's retry would park it anew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_submit_copies_a_record_the_secondary_lacks() {
+    let app = DualApp::spawn(EngineKind::Redis, |_| {}).await;
+    app.park_on_redis_alone("s-1").await;
+    let again = app.park("s-1").await;
+    assert_eq!(again.status(), StatusCode::OK);
+    let served: Value = again.json().await.expect("json");
+    app.temporal_until("s-1", Status::Pending).await;
+    assert_both_hold(&app, "s-1", &served["approval"]).await;
+    let tenant = format!("tenant=\"{}\"", app.tenant);
+    let text = app.metrics().await;
+    assert_eq!(
+        sum_series(&text, "approvals_dual_repairs_total", &[&tenant]),
+        1.0
+    );
+}
+
+/// A decision the secondary answers "not found" for (its submit's mirror still on its way,
+/// dropped at its deadline and landing later, or never run) copies the decided record there.
+/// Left so, the late submit made it pending on the secondary for good: after a switch of
+/// primary, decided a second time or expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_the_secondary_has_no_record_of_is_copied_to_it() {
+    let app = DualApp::spawn(EngineKind::Redis, |_| {}).await;
+    app.park_on_redis_alone("n-1").await;
+    let accepted = app.decide("n-1", "accept").await;
+    assert_eq!(accepted.status(), StatusCode::OK);
+    let accepted: Value = accepted.json().await.expect("json");
+    app.temporal_until("n-1", Status::Accepted).await;
+    assert_both_hold(&app, "n-1", &accepted).await;
 }
 
 /// An old settled approval the primary (Redis) dropped by its own retention while the

@@ -5,7 +5,8 @@
 use std::sync::{Arc, Once};
 
 use approvals_core::{
-    Approval, ApprovalId, DecisionOutcome, RecordTransfer, Status, TenantId, Timestamp,
+    Approval, ApprovalId, DecisionOutcome, ImportOutcome, RecordTransfer, Status, TenantId,
+    Timestamp,
 };
 
 use super::secondary::Secondary;
@@ -203,6 +204,36 @@ async fn repair_missed_decision(secondary: &Arc<Secondary>, ours: &Approval, the
     }
 }
 
+/// Imports `ours` on the secondary if it holds no record of that approval; if it holds one,
+/// compares the two (which replays a decision it missed). The import's write never
+/// overwrites, so a mirrored submit still on its way and landing later changes nothing.
+pub(super) async fn copy_if_missing(
+    primary: Arc<dyn RecordTransfer>,
+    secondary: Arc<Secondary>,
+    op: &'static str,
+    ours: Approval,
+) {
+    let record = ours.clone();
+    let copied = secondary
+        .call("copy", |engine| async move { engine.import(record).await })
+        .await;
+    let (tenant, id) = (ours.tenant.clone(), ours.id.clone());
+    match copied {
+        Some(ImportOutcome::Imported) => {
+            describe_once();
+            metrics::counter!("approvals_dual_repairs_total", "tenant" => tenant.to_string())
+                .increment(1);
+            tracing::info!(%tenant, approval_id = %id, op,
+                "dual: copied to the secondary a record it did not hold");
+        }
+        Some(ImportOutcome::AlreadyPresent) => {
+            compare_reads(primary, secondary, op, tenant, id, Some(Some(ours))).await;
+        }
+        // Past the secondary's own retention (nothing to hold), or it failed (counted).
+        Some(ImportOutcome::PastRetention) | None => {}
+    }
+}
+
 /// Replays `decided` on the secondary once it reads the approval again, at most
 /// [`REPAIR_TRIES`] times, `secondary_timeout` apart and doubling.
 pub(super) async fn repair_when_back(secondary: &Arc<Secondary>, decided: &Approval) {
@@ -275,7 +306,7 @@ pub(super) fn describe_once() {
         );
         metrics::describe_counter!(
             "approvals_dual_repairs_total",
-            "Dual backend: decisions the secondary missed, replayed on it from the primary's record."
+            "Dual backend: decisions the secondary missed, replayed on it, and records it lacked, copied to it, from the primary's record."
         );
         metrics::describe_counter!(
             "approvals_dual_comparisons_total",

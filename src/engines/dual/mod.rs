@@ -29,12 +29,15 @@
 //!   too: it is connected lazily then) never fails a request; a write it missed is counted and
 //!   not retried. `approvals migrate` and its reconciliation report are what make the secondary
 //!   complete, before and after the soak.
-//! - **No backfill, one repair**: a difference is reported, not fixed, but for one kind: a
+//! - **No backfill, two repairs**: a difference is reported, not fixed, but for two kinds: a
 //!   decision the secondary missed (it reads pending where the primary decided) is replayed on
 //!   it from the primary's record when a read or a losing decision compares the two, or, when
-//!   the mirror itself failed, once the secondary answers again within about a minute (counted
-//!   in `approvals_dual_repairs_total{tenant}`). Left pending, a switch of primary would let a
-//!   second reviewer decide it again and leave its waiting agent unwoken.
+//!   the mirror itself failed, once the secondary answers again within about a minute; and a
+//!   record the secondary lacks when the primary answers a repeated submit of it, or decides
+//!   it and the secondary answers "not found", is copied to it (`import`) from the primary's
+//!   record. Both are counted in `approvals_dual_repairs_total{tenant}`. Left pending or
+//!   missing, a switch of primary would let a second reviewer decide it again (or the agent's
+//!   retry park it anew) and leave its waiting agent unwoken.
 //! - **Comparisons come after the fact.** Reads are compared off the request path (spawned, at
 //!   most [`COMPARISONS_IN_FLIGHT`] at once, skipped and counted beyond), and a mismatch is
 //!   looked at again after `backend.secondary_timeout`, once any mirrored write in flight has
@@ -160,6 +163,22 @@ impl DualBackend {
         });
     }
 
+    /// `ours`, the primary's record of an approval a write just touched, copied to the
+    /// secondary should it hold none (`import` never overwrites: a record it holds, or a
+    /// mirrored submit landing late, is kept), else compared with it, off the request path.
+    fn copy_later(&self, op: &'static str, ours: Approval) {
+        let Ok(permit) = self.secondary.comparisons.clone().try_acquire_owned() else {
+            describe_once();
+            metrics::counter!("approvals_dual_comparisons_skipped_total", "op" => op).increment(1);
+            return;
+        };
+        let (primary, secondary) = (self.primary.clone(), self.secondary.clone());
+        tokio::spawn(async move {
+            compare::copy_if_missing(primary, secondary, op, ours).await;
+            drop(permit);
+        });
+    }
+
     /// A decision the secondary did not take when it was mirrored (down, or past its
     /// deadline): replayed on it once it answers again, tried a few times over about a minute
     /// (`secondary_timeout` doubling). Left to a later read, it was never repaired when none
@@ -220,13 +239,10 @@ impl ApprovalBackend for DualBackend {
                     }
                 }
             }
-            // A repeated submit changed nothing: only compare.
-            SubmitOutcome::Existing(existing) => self.compare_later(
-                "submit",
-                &existing.tenant,
-                &existing.id,
-                Some(Some(existing.clone())),
-            ),
+            // A repeated submit changed nothing on the primary; but the first one's mirror may
+            // never have run (the primary's answer was lost, the agent retried): copied if the
+            // secondary lacks it, else compared.
+            SubmitOutcome::Existing(existing) => self.copy_later("submit", existing.clone()),
         }
         Ok(outcome)
     }
@@ -274,6 +290,11 @@ impl ApprovalBackend for DualBackend {
                         DecisionOutcome::SelfApproval => ("self_approval", None),
                     };
                     compared("decide", tenant, id, Some(decided), record, label);
+                    // Its submit's mirror is still on its way (dropped at its deadline, it may
+                    // land later) or never ran: left so, it would be pending there for good.
+                    if theirs == DecisionOutcome::NotFound {
+                        self.copy_later("decide", decided.clone());
+                    }
                 } else {
                     // Nothing reads it again, maybe: the waiting agent is woken by the primary.
                     self.repair_later(decided.clone());
