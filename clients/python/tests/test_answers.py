@@ -87,6 +87,28 @@ async def test_the_async_client_tells_the_same_apart() -> None:
     assert decided.status is Status.ACCEPTED
 
 
+def alice_first_with_a_reason(_: httpx.Request) -> httpx.Response:
+    return problem(409, "already_decided", approval={**DECIDED_BY_ALICE, "decision_reason": "ok by alice"})
+
+
+def test_a_retried_decision_without_a_reason_is_not_one_given_with_a_reason() -> None:
+    """Bob's accept, without a reason, whose first answer was lost: a record accepted *with* a
+    reason is another reviewer's (his attempt would have left none), and Bob is told. Any reason
+    on the record passed as his, and his dashboard said he approved what Alice did."""
+    with httpx.Client(transport=answers(lost, alice_first_with_a_reason)) as http, pytest.raises(ApiError) as raised:
+        ApprovalsClient("http://approvals.test", "t", "acme", http=http, retry=QUICK).accept("req-1")
+    assert raised.value.code == "already_decided"
+    assert raised.value.approval is not None and raised.value.approval.decided_by == "alice"
+
+
+@pytest.mark.anyio
+async def test_the_async_client_tells_a_reason_from_none_too() -> None:
+    async with httpx.AsyncClient(transport=answers(lost, alice_first_with_a_reason)) as http:
+        with pytest.raises(ApiError) as raised:
+            await AsyncApprovalsClient("http://approvals.test", "t", "acme", http=http, retry=QUICK).accept("req-1")
+    assert raised.value.code == "already_decided"
+
+
 def stream(body: bytes) -> Callable[[httpx.Request], httpx.Response]:
     return lambda _: httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body)
 

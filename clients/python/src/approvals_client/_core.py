@@ -493,16 +493,18 @@ def outage_outlasts_wait(error: ApprovalsError, deadline: float | None, known: A
 
 
 def already_done(error: ApiError, wanted: Status, reason: str | None = None) -> Approval | None:
-    """After a retried decision: `already_decided` with the decision we asked for (and the
-    reason we gave, when we gave one) means an earlier attempt, whose answer was lost, made it.
-    Only when an earlier attempt may have acted: after nothing but `429`s, the decision is
-    another reviewer's however alike, and everyone but the first decider is told. Another
-    reviewer's decision with another reason stays an error too: it is not ours."""
+    """After a retried decision: `already_decided` with the decision we asked for and the
+    reason we gave (none if we gave none) means an earlier attempt, whose answer was lost, made
+    it. Only when an earlier attempt may have acted: after nothing but `429`s, the decision is
+    another reviewer's however alike, and everyone but the first decider is told. A decision
+    with another reason, or with one where we gave none, stays an error too: it is not ours.
+    (The client does not know its own subject: another reviewer's decision with the very same
+    reason still reads as ours.)"""
     approval = error.approval
     if not error._earlier_may_have_acted:
         return None
     if error.code == "already_decided" and approval is not None and approval.status is wanted:
-        if reason is None or approval.decision_reason == reason:
+        if approval.decision_reason == reason:
             return approval
     return None
 
