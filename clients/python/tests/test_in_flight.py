@@ -24,7 +24,16 @@ from helpers import until
 from test_http2 import waiting_in
 from test_wait_failures import approval as approval_json
 
-from approvals_client import NO_RETRY, ApprovalsClient, Approved, AsyncApprovalsClient, Decision, TransportError
+from approvals_client import (
+    NO_RETRY,
+    ApiError,
+    ApprovalsClient,
+    Approved,
+    AsyncApprovalsClient,
+    Decision,
+    RetryPolicy,
+    TransportError,
+)
 
 STREAMS = 100  # httpcore's streams per HTTP/2 connection, and the client's default max_in_flight
 WAIT_SHARE = STREAMS - STREAMS // 10  # what waits may hold of them: the rest is the reserve
@@ -243,6 +252,63 @@ def test_waits_and_other_calls_together_stay_within_max_in_flight() -> None:
         for thread in held:
             thread.join(30)
     assert client.get("req-1").decided
+
+
+def refusing_streams(request: httpx.Request) -> httpx.Response:
+    """`/events` answers 503 with a Retry-After of 3 s; anything else, an accepted approval."""
+    if request.url.path.endswith("/events"):
+        body = {"type": "about:blank", "title": "x", "status": 503, "code": "backend_unavailable"}
+        return httpx.Response(503, json=body, headers={"content-type": "application/problem+json", "retry-after": "3"})
+    return httpx.Response(200, json=approval_json("accepted"))
+
+
+def test_a_live_stream_waiting_to_reconnect_holds_no_slot() -> None:
+    """A live stream refused (503, come back in 3 s) is not open: while it waits to try again
+    it holds no slot in flight. It slept inside its slot, and with the waits' share spent (one
+    of two here) a wait found none and timed out."""
+    asked = threading.Event()
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/events"):
+            asked.set()
+        return refusing_streams(request)
+
+    http = httpx.Client(transport=httpx.MockTransport(answer))
+    retry = RetryPolicy(max_elapsed=4, initial_backoff=0.01)
+    client = ApprovalsClient("http://approvals.test", "t", "acme", http=http, max_in_flight=2, timeout=0.5, retry=retry)
+    streaming = threading.Thread(target=lambda: pytest.raises(ApiError, lambda: next(client.events())))
+    streaming.start()
+    try:
+        assert asked.wait(10), "the stream was never asked for"
+        # Its own deadline ends before the stream would try again.
+        assert isinstance(client.wait("req-1", timeout=2), Approved)
+    finally:
+        streaming.join(30)
+
+
+@pytest.mark.anyio
+async def test_an_async_live_stream_waiting_to_reconnect_holds_no_slot() -> None:
+    asked = anyio.Event()
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/events"):
+            asked.set()
+        return refusing_streams(request)
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+    retry = RetryPolicy(max_elapsed=4, initial_backoff=0.01)
+    client = AsyncApprovalsClient("http://approvals.test", "t", "acme", http=http, max_in_flight=2, timeout=0.5, retry=retry)
+
+    async def stream() -> None:
+        with pytest.raises(ApiError):
+            await client.events().__anext__()
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(stream)
+        with anyio.fail_after(10):
+            await asked.wait()
+        assert isinstance(await client.wait("req-1", timeout=2), Approved)
+    await client.aclose()
 
 
 def test_max_in_flight_is_at_least_one() -> None:

@@ -509,6 +509,15 @@ def already_done(error: ApiError, wanted: Status, reason: str | None = None) -> 
     return None
 
 
+class Reconnect(Exception):
+    """Raised inside a live stream's slot in flight to leave it before waiting `delay` seconds
+    to reconnect: a stream waiting to try again is not open, and held a wait's slot meanwhile."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(delay)
+        self.delay = delay
+
+
 class SseDecoder:
     """The text/event-stream format (WHATWG HTML, "server-sent events"), line by line."""
 

@@ -478,8 +478,8 @@ class AsyncApprovalsClient:
                         if not opened and self.retry.gives_up(failures, time.monotonic() - started, delay):
                             raise _core.api_error(response)
                         log.info("GET %s: %d; reconnect %d in %.2fs", url, response.status_code, failures, delay)
-                        await anyio.sleep(delay)
-                        continue
+                        # Out of the slot first: the stream is not open while it waits.
+                        raise _core.Reconnect(delay)
                     failures = 0
                     opened = True
                     refused_since = None
@@ -493,6 +493,9 @@ class AsyncApprovalsClient:
                                 resume.moved_to(raw[2])
                             elif resume.first_time(event):
                                 yield event
+            except _core.Reconnect as again:
+                await anyio.sleep(again.delay)
+                continue
             except httpx.TransportError as error:
                 if not reconnect:
                     raise TransportError(f"GET {url}: {error!r}") from error

@@ -463,8 +463,8 @@ class ApprovalsClient:
                         if not opened and self.retry.gives_up(failures, time.monotonic() - started, delay):
                             raise _core.api_error(response)
                         log.info("GET %s: %d; reconnect %d in %.2fs", url, response.status_code, failures, delay)
-                        time.sleep(delay)
-                        continue
+                        # Out of the slot first: the stream is not open while it waits.
+                        raise _core.Reconnect(delay)
                     failures = 0
                     opened = True
                     refused_since = None
@@ -478,6 +478,9 @@ class ApprovalsClient:
                                 resume.moved_to(raw[2])
                             elif resume.first_time(event):
                                 yield event
+            except _core.Reconnect as again:
+                time.sleep(again.delay)
+                continue
             except httpx.TransportError as error:
                 if not reconnect:
                     raise TransportError(f"GET {url}: {error!r}") from error
