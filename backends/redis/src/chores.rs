@@ -149,6 +149,9 @@ impl RedisBackend {
         }
         let oldest = now.as_millis() - millis(self.lifetimes.audit_retention);
         let mut pipe = redis::pipe();
+        // A tenant's audit key of another type answers errors of its own, and that tenant is
+        // neither trimmed nor forgotten: it failed the whole pipeline, every pass.
+        pipe.ignore_errors();
         for tenant in &tenants {
             pipe.cmd("XTRIM")
                 .arg(keys::audit(tenant))
@@ -156,16 +159,18 @@ impl RedisBackend {
                 .arg(format!("{}-0", oldest.max(0)));
             pipe.cmd("XLEN").arg(keys::audit(tenant));
         }
-        let answers: Vec<usize> = self
+        let answers: Vec<redis::RedisResult<usize>> = self
             .with_conn("audit_trim", |mut conn| async move {
                 pipe.query_async(&mut conn).await
             })
             .await?;
         let mut trimmed = 0;
         for (tenant, answer) in tenants.iter().zip(answers.chunks(2)) {
-            trimmed += answer.first().copied().unwrap_or_default();
-            if answer.get(1) == Some(&0) {
-                self.forget_if_idle(tenant).await?;
+            if let [Ok(dropped), Ok(left)] = answer {
+                trimmed += dropped;
+                if *left == 0 {
+                    self.forget_if_idle(tenant).await?;
+                }
             }
         }
         Ok(trimmed)
@@ -390,6 +395,9 @@ return 1";
             return Ok(());
         }
         let mut pipe = redis::pipe();
+        // An index of another type refuses its ZREM alone: it failed the whole pipeline, and
+        // the same due members every pass after.
+        pipe.ignore_errors();
         for member in &due {
             if let Some((tenant, status, index_member)) = keys::parse_retention_member(member) {
                 pipe.zrem(keys::index(&tenant, status), index_member)

@@ -458,3 +458,101 @@ async fn a_v1_record_adopted_twice_is_counted_once() {
         ours.age_sum_seconds
     );
 }
+
+/// One tenant's pending index holding another type costs that tenant's figures only: every
+/// other tenant's pending count and age are still exported. Redis answered the whole figures
+/// pipeline with an error for it, and Prometheus lost every tenant's pending figures.
+#[tokio::test]
+async fn a_damaged_pending_index_costs_only_its_tenants_figures() {
+    let server = RedisServer::start().await;
+    let backend = backend(&server);
+    let mut conn = server.connection().await;
+    let (broken, healthy) = (fresh_tenant("figures-broken"), fresh_tenant("figures-ok"));
+    for tenant in [&broken, &healthy] {
+        backend
+            .submit(pending(tenant, "req-1", HOUR))
+            .await
+            .expect("submit");
+    }
+    let index = format!("approvals:index:{broken}:pending");
+    let _: () = conn.del(&index).await.expect("del");
+    let _: () = conn.set(&index, "not a sorted set").await.expect("set");
+
+    let stats = backend
+        .pending_stats(&[Duration::from_secs(60)], Timestamp::now())
+        .await
+        .expect("the figures of the others");
+    let count = |tenant: &TenantId| {
+        stats
+            .tenants
+            .iter()
+            .find(|t| &t.tenant == tenant)
+            .map(|t| t.count)
+    };
+    assert_eq!(count(&healthy), Some(1));
+    assert_eq!(count(&broken), Some(0));
+}
+
+/// One tenant's audit stream replaced by another type does not fail the audit trim for every
+/// tenant: the others' old events are trimmed and the chore succeeds. It failed on every pass,
+/// and no idle tenant was ever forgotten.
+#[tokio::test]
+async fn a_damaged_audit_stream_costs_only_its_tenants_trim() {
+    let server = RedisServer::start().await;
+    let backend = backend(&server);
+    let mut conn = server.connection().await;
+    let (broken, healthy) = (fresh_tenant("trim-broken"), fresh_tenant("trim-ok"));
+    for tenant in [&broken, &healthy] {
+        backend
+            .submit(pending(tenant, "req-1", HOUR))
+            .await
+            .expect("submit");
+    }
+    replace_audit_stream(&mut conn, &broken).await;
+    // Far enough ahead that every event is past the audit's retention.
+    let later = Timestamp::from_millis(Timestamp::now().as_millis() + 200 * 86_400_000);
+    let trimmed = backend.trim_audit(later).await.expect("the others trimmed");
+    assert_eq!(trimmed, 1, "the healthy tenant's submit event");
+    let left: usize = conn.xlen(audit_key(&healthy)).await.expect("xlen");
+    assert_eq!(left, 0);
+}
+
+/// A settled index of another type does not hold up the retention trim of every tenant: the
+/// others' entries past their retention go, and the sweep succeeds. The whole trim failed,
+/// every pass, on the same due entries.
+#[tokio::test]
+async fn a_damaged_settled_index_costs_only_its_tenants_retention_trim() {
+    let server = RedisServer::start().await;
+    let backend = backend(&server);
+    let mut conn = server.connection().await;
+    let (broken, healthy) = (
+        fresh_tenant("retention-broken"),
+        fresh_tenant("retention-ok"),
+    );
+    for tenant in [&broken, &healthy] {
+        backend
+            .submit(pending(tenant, "req-1", HOUR))
+            .await
+            .expect("submit");
+        let accept =
+            approvals_core::DecisionRequest::now(approvals_core::Verdict::Accept, "alice", None);
+        backend
+            .decide(tenant, &id("req-1"), accept)
+            .await
+            .expect("accept");
+    }
+    let index = |tenant: &TenantId| format!("approvals:index:{tenant}:accepted");
+    let _: () = conn.del(index(&broken)).await.expect("del");
+    let _: () = conn
+        .set(index(&broken), "not a sorted set")
+        .await
+        .expect("set");
+    // Past the decided records' retention (a day by default).
+    let later = Timestamp::from_millis(Timestamp::now().as_millis() + 2 * 86_400_000);
+    backend.expire_due(later).await.expect("the sweep succeeds");
+    let left: usize = conn.zcard(index(&healthy)).await.expect("zcard");
+    assert_eq!(
+        left, 0,
+        "the healthy tenant's entry past its retention is gone"
+    );
+}

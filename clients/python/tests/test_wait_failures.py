@@ -14,10 +14,12 @@ The service cannot be made to answer these on demand: an `httpx.MockTransport` a
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
@@ -388,3 +390,46 @@ def test_an_infinite_timeout_waits_without_a_deadline_and_nan_is_refused() -> No
     assert isinstance(client.wait("req-1", timeout=math.inf), Approved)
     with pytest.raises(ValueError, match="NaN"):
         client.wait("req-1", timeout=math.nan)
+
+
+def lapsing(_: httpx.Request) -> httpx.Response:
+    """Pending, its expiry 58 s ago: the wait's grace for an outage ends in 2 s."""
+    expired = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 58))
+    return httpx.Response(200, json={**approval("pending"), "expires_at": expired})
+
+
+RETRY_FOR_EVER = RetryPolicy(max_elapsed=None, initial_backoff=0.01, max_backoff=0.05)
+
+
+def test_an_outage_ends_a_wait_without_a_timeout_at_the_expiry_grace_even_retrying_for_ever() -> None:
+    """A wait without a timeout raises an outage's error a minute past the approval's expiry,
+    however long the client's retry policy would retry one call: the poll's own retries went
+    on (for ever with `max_elapsed=None`), and the agent and its guarded tool hung."""
+    script = Script(reset, first=lapsing)
+    client = sync_client(script, RETRY_FOR_EVER)
+    raised: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            client.wait("req-1")
+        except BaseException as error:  # noqa: BLE001 - handed to the test's thread
+            raised.append(error)
+
+    waiting = threading.Thread(target=wait, daemon=True)
+    waiting.start()
+    waiting.join(10)
+    still_waiting = waiting.is_alive()
+    script.times = 0  # answered at last, to end a wait that hung
+    waiting.join(10)
+    assert not still_waiting, "the wait went on past the expiry's grace"
+    assert len(raised) == 1 and isinstance(raised[0], TransportError), raised
+
+
+@pytest.mark.anyio
+async def test_the_async_wait_ends_its_outage_at_the_expiry_grace_too() -> None:
+    script = Script(reset, first=lapsing)
+    client = async_client(script, RETRY_FOR_EVER)
+    with anyio.move_on_after(10) as late, pytest.raises(TransportError):
+        await client.wait("req-1")
+    assert not late.cancelled_caught, "the wait went on past the expiry's grace"
+

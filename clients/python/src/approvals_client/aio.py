@@ -319,7 +319,11 @@ class AsyncApprovalsClient:
                 await anyio.sleep(remaining)
             started = time.monotonic()
             try:
-                approval = await self.poll(approval_id, asked, deadline=deadline)
+                # Through an outage a poll's own retries end with the outage's bound too
+                # (the approval's expiry plus a minute): without a caller's deadline they went
+                # on as long as the retry policy allowed, for ever with `max_elapsed=None`.
+                bound = deadline if known is None else _core.outage_deadline(deadline, known)
+                approval = await self.poll(approval_id, asked, deadline=bound)
             except ApprovalsError as error:
                 # Each poll has the retry policy's budget only; the approval is parked and
                 # stays so through an outage, which may outlast that budget. Only
