@@ -18,9 +18,10 @@
 //! takes such a body in one read as soon as the stream has window, so one still unread
 //! `server.write_timeout` later is held by a client that grants none: it kept its request in flight for ever, and its connection
 //! from the idle close and from making way, and enough such connections took every place of
-//! `server.max_connections`. An answer that holds its caller's place is bounded by those
+//! `server.max_connections`. An answer that holds a known caller's place is bounded by those
 //! places (a client that reads slowly on one connection, its window spent on an export, is
-//! not cut off for it).
+//! not cut off for it) until the server stops: then one built whole and still unsent
+//! `server.write_timeout` later closes its connection too, or it held up the drain.
 
 use std::time::Duration;
 
@@ -42,13 +43,14 @@ pub(crate) struct HoldsCallerPlace {
 }
 
 /// If `response` says when its body ends ([`EndsWhen`]), or is built whole and holds no
-/// caller's place (due now), cancels `close` (the connection's) should the body not have ended
-/// `grace` after that. Returns the guard the body must hold until it has ended, or been
-/// dropped.
+/// caller's place (due now), or is built whole for a known caller (due when the server stops,
+/// `stopping`), cancels `close` (the connection's) should the body not have ended `grace`
+/// after that. Returns the guard the body must hold until it has ended, or been dropped.
 pub(super) fn watch(
     response: &Response,
     grace: Duration,
     close: &CancellationToken,
+    stopping: &CancellationToken,
 ) -> Option<DropGuard> {
     let due = match response.extensions().get::<EndsWhen>() {
         Some(ends) => ends.0.clone(),
@@ -57,6 +59,10 @@ pub(super) fn watch(
             now.cancel();
             now
         }
+        // At shutdown a whole answer still unsent is one its client does not take: the drain
+        // waited for it for the whole grace period. (A streamed one, an audit export, is
+        // still being made: the drain lets it finish.)
+        None if built_whole(response) => stopping.clone(),
         None => return None,
     };
     let ended = CancellationToken::new();
@@ -77,6 +83,13 @@ pub(super) fn watch(
 /// Whether `response` is built whole and bounded by no caller's places: none held, or only a
 /// made-up caller's. Not only a `401`: outside `/v1` a made-up token is answered as no token
 /// is (`/healthz`, a `404`), and each such answer pinned its stream for ever.
+fn built_whole(response: &Response) -> bool {
+    response
+        .extensions()
+        .get::<HoldsCallerPlace>()
+        .is_some_and(|held| held.built_whole)
+}
+
 fn due_now(response: &Response) -> bool {
     match response.extensions().get::<HoldsCallerPlace>() {
         None => response.body().size_hint().exact().is_some(),

@@ -139,6 +139,8 @@ impl Protocols {
         leave: CancellationToken,
     ) -> impl Future<Output = ()> + Send + 'static {
         let protocols = Arc::clone(self);
+        // Whole answers still unsent past it are closed (`due`).
+        let stopped = stopping.clone();
         let until = {
             let leave = leave.clone();
             move || {
@@ -186,9 +188,9 @@ impl Protocols {
                 let grace = protocols.write_timeout;
                 let app = MapFuture::new(app, move |answer: RouteFuture<Infallible>| {
                     let in_use = counting.enter();
-                    let aborting = aborting.clone();
+                    let (aborting, stopped) = (aborting.clone(), stopped.clone());
                     answer.map_ok(move |response| {
-                        let watched = due::watch(&response, grace, &aborting);
+                        let watched = due::watch(&response, grace, &aborting, &stopped);
                         response.map(|body| activity::holding(body, (in_use, watched)))
                     })
                 });

@@ -434,6 +434,34 @@ async fn shutdown_does_not_wait_for_a_live_event_stream_never_read_over_http2() 
     assert!(closed.is_ok(), "its connection was closed");
 }
 
+/// Nor for a known caller's answer built whole and never read (its client grants no window):
+/// `server.write_timeout` after the drain began, its connection is closed, as an HTTP/1 write
+/// blocked that long is. Only live streams were cut: a stalled answer to an agent's read held
+/// every deploy for the whole grace period.
+#[tokio::test]
+async fn shutdown_does_not_wait_for_a_known_callers_answer_never_read_over_http2() {
+    let mut app = TestApp::spawn_with(|s| {
+        s.server.write_timeout = Duration::from_secs(1);
+        s.server.shutdown_grace = Duration::from_secs(60);
+    })
+    .await;
+    app.park("req-1").await;
+    let (sender, connection) = http2_connection_granting_no_window(&app).await;
+    let read = Request::get(app.url(&format!("/v1/tenants/{}/approvals/req-1", app.tenant)))
+        .header("authorization", format!("Bearer {}", app.tokens.agent))
+        .body(Empty::new())
+        .unwrap();
+    let unread = sender.clone().send_request(read).await.unwrap();
+    assert_eq!(unread.status(), StatusCode::OK);
+    tokio::time::timeout(Duration::from_secs(15), app.shut_down())
+        .await
+        .expect("the unread answer did not hold up the drain")
+        .expect("stopped");
+    let closed = tokio::time::timeout(Duration::from_secs(15), connection).await;
+    assert!(closed.is_ok(), "its connection was closed");
+    drop(unread);
+}
+
 /// An HTTP/2 request names its host in `:authority`, not in a `Host` header: a browser's sign-in
 /// relayed over h2c (its `Origin` that authority) is accepted, as over HTTP/1.1, and one from
 /// another site is still refused.
