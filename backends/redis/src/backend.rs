@@ -507,22 +507,36 @@ impl ApprovalBackend for RedisBackend {
         let key = keys::record(tenant, id);
         let settled = self.due_reads.settle(&key, || async {
             match self.expire_on_read(&approval, now).await {
-                Ok(Some(expired)) => expired,
-                // Settled meanwhile, by a sweeper or a decision that reached Redis first; if
-                // that read fails too (or finds the record gone), what the first one found.
+                Ok(Some(expired)) => Some(expired),
+                // Settled meanwhile, by a sweeper or a decision that reached Redis first.
                 Ok(None) => match self.read(tenant, id).await {
-                    Ok(Some(current)) => current.as_of(now),
-                    Ok(None) | Err(_) => approval.clone().as_of(now),
+                    Ok(Some(current)) => Some(current.as_of(now)),
+                    Ok(None) => Some(approval.clone().as_of(now)),
+                    // Which of the two won is not known: not "expired" from this clock.
+                    Err(_) => None,
                 },
                 // Refused (a damaged key of the tenant, say): reported; the read answers what
                 // it found, as it did before reads recorded expiries.
+                Err(error) if crate::chores::refused_by_script(&error) => {
+                    tracing::debug!(%error, "recording an expiry found by a read was refused");
+                    Some(approval.clone().as_of(now))
+                }
+                // Redis did not answer (or takes no writes): it still holds the approval
+                // pending, and "expired" from this instance's clock alone could be contradicted
+                // by a reviewer's accept Redis takes next (ADR-0004). A wait answers what it
+                // holds instead (`read_at_expiry`).
                 Err(error) => {
                     tracing::debug!(%error, "recording an expiry found by a read failed");
-                    approval.clone().as_of(now)
+                    None
                 }
             }
         });
-        Ok(Some(settled.await))
+        settled.await.map(Some).ok_or_else(|| {
+            BackendError::unavailable(
+                "get",
+                "the approval is past its deadline and Redis did not record its expiry",
+            )
+        })
     }
 
     async fn decide(

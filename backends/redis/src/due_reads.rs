@@ -13,15 +13,16 @@ use tokio::sync::OnceCell;
 #[derive(Default)]
 pub(crate) struct DueReads {
     /// By record key: the expiry in progress, whose answer every read that joins it takes.
-    settling: Mutex<HashMap<String, Arc<OnceCell<Approval>>>>,
+    settling: Mutex<HashMap<String, Arc<OnceCell<Option<Approval>>>>>,
 }
 
 impl DueReads {
-    /// `settle`'s answer for `key`, run once for the reads that ask while it runs. A read
-    /// that arrives after it ended finds the record settled in Redis, or runs it again.
-    pub(crate) async fn settle<F>(&self, key: &str, settle: impl FnOnce() -> F) -> Approval
+    /// `settle`'s answer for `key`, run once for the reads that ask while it runs (`None`:
+    /// Redis did not say). A read that arrives after it ended finds the record settled in
+    /// Redis, or runs it again.
+    pub(crate) async fn settle<F>(&self, key: &str, settle: impl FnOnce() -> F) -> Option<Approval>
     where
-        F: Future<Output = Approval>,
+        F: Future<Output = Option<Approval>>,
     {
         let cell = Arc::clone(self.settling().entry(key.to_owned()).or_default());
         let _forget = Forget {
@@ -32,7 +33,7 @@ impl DueReads {
         cell.get_or_init(settle).await.clone()
     }
 
-    fn settling(&self) -> MutexGuard<'_, HashMap<String, Arc<OnceCell<Approval>>>> {
+    fn settling(&self) -> MutexGuard<'_, HashMap<String, Arc<OnceCell<Option<Approval>>>>> {
         // Entries are inserted and removed whole.
         self.settling.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -43,7 +44,7 @@ impl DueReads {
 struct Forget<'a> {
     reads: &'a DueReads,
     key: &'a str,
-    cell: &'a Arc<OnceCell<Approval>>,
+    cell: &'a Arc<OnceCell<Option<Approval>>>,
 }
 
 impl Drop for Forget<'_> {

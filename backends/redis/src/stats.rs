@@ -31,6 +31,7 @@ pub(crate) async fn pending_stats(
     let mut pipe = redis::pipe();
     // A tenant's index of another type (damaged by hand) answers an error of its own, read as
     // nothing pending there: it failed the whole pipeline, every tenant's figures with it.
+    // The keys every tenant's figures read (the deadlines, the age sums) still fail the pass.
     pipe.ignore_errors();
     // The earliest deadline the sweeper has not recorded: past it, expiries are behind.
     pipe.zrange_withscores(DEADLINES, 0, 0);
@@ -43,14 +44,22 @@ pub(crate) async fn pending_stats(
             pipe.zlexcount(&index, keys::index_bound(oldest), "+");
         }
     }
-    let replies: Vec<redis::Value> = backend
+    let replies: Vec<redis::RedisResult<redis::Value>> = backend
         .with_conn("stats", |mut conn| async move {
             pipe.query_async(&mut conn).await
         })
         .await?;
+    let shared = |key: &str, reply: Option<redis::RedisResult<redis::Value>>| match reply {
+        Some(Err(error)) => Err(BackendError::Corrupt {
+            key: key.to_owned(),
+            reason: format!("every tenant's pending figures read it: {error}"),
+        }),
+        Some(Ok(value)) => Ok(value),
+        None => Ok(redis::Value::Nil),
+    };
     let mut replies = replies.into_iter();
     let earliest: Vec<(String, f64)> =
-        redis::from_redis_value(replies.next().unwrap_or(redis::Value::Nil)).unwrap_or_default();
+        redis::from_redis_value(shared(DEADLINES, replies.next())?).unwrap_or_default();
     let mut stats = PendingStats {
         overdue_seconds: earliest.first().map_or(0.0, |(_, deadline_ms)| {
             ((now.as_millis() as f64 - deadline_ms) / 1000.0).max(0.0)
@@ -58,9 +67,17 @@ pub(crate) async fn pending_stats(
         ..PendingStats::default()
     };
     for tenant in tenants {
-        let mut next = || replies.next().unwrap_or(redis::Value::Nil);
-        let count: i64 = redis::from_redis_value(next()).unwrap_or_default();
-        let submitted_sum: Option<i64> = redis::from_redis_value(next()).unwrap_or_default();
+        let count = replies.next();
+        let submitted_sum: Option<i64> =
+            redis::from_redis_value(shared(SUBMITTED_SUM, replies.next())?).unwrap_or_default();
+        let mut next = || match replies.next() {
+            Some(Ok(value)) => value,
+            Some(Err(_)) | None => redis::Value::Nil,
+        };
+        let count: i64 = match count {
+            Some(Ok(value)) => redis::from_redis_value(value).unwrap_or_default(),
+            Some(Err(_)) | None => 0,
+        };
         let oldest: Vec<String> = redis::from_redis_value(next()).unwrap_or_default();
         let le = bounds
             .iter()

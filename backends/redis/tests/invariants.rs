@@ -698,3 +698,44 @@ async fn a_scan_reads_a_record_whose_key_holds_another_type_from_its_shadow() {
     let ids: Vec<String> = page.items.iter().map(|a| a.id.to_string()).collect();
     assert_eq!(ids, ["retyped-1"], "{page:?}");
 }
+
+/// A read that finds an approval past its deadline and cannot have Redis record the expiry
+/// (Redis takes no writes for a moment: a failover, a pause) does not answer `expired` from
+/// this instance's clock alone: Redis still holds it pending, and a reviewer whose clock and
+/// Redis' are a little behind could still accept it. It answers that the store did not
+/// answer, and once Redis takes writes again the read records the expiry as before.
+#[tokio::test]
+async fn a_read_that_cannot_record_an_expiry_does_not_answer_expired() {
+    let server = RedisServer::start().await;
+    let mut settings = RedisSettings::new(server.url());
+    settings.call_timeout = Duration::from_millis(300);
+    let backend = RedisBackend::connect(settings, Lifetimes::default()).expect("backend");
+    let tenant = fresh_tenant("paused");
+    let approval = pending(&tenant, "req-1", Duration::from_secs(1));
+    let deadline = approval.expires_at;
+    backend.submit(approval).await.expect("submit");
+    let left = deadline.as_millis() - Timestamp::now().as_millis();
+    tokio::time::sleep(Duration::from_millis(u64::try_from(left).unwrap_or(0) + 50)).await;
+
+    let mut admin = server.connection().await;
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(1500)
+        .arg("WRITE")
+        .query_async(&mut admin)
+        .await
+        .expect("pause");
+    let read = backend.get(&tenant, &id("req-1")).await;
+    assert!(
+        read.is_err(),
+        "answered {:?} while Redis holds it pending",
+        read.map(|a| a.map(|a| a.status))
+    );
+    let _: () = redis::cmd("CLIENT")
+        .arg("UNPAUSE")
+        .query_async(&mut admin)
+        .await
+        .expect("unpause");
+    let read = backend.get(&tenant, &id("req-1")).await.expect("read");
+    assert_eq!(read.map(|a| a.status), Some(Status::Expired));
+}
