@@ -18,6 +18,7 @@
 use std::time::Duration;
 
 use approvals_core::{TenantId, Timestamp};
+use approvals_redis::ReplaceableConnection;
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
@@ -114,7 +115,7 @@ pub enum StoreError {
 
 #[derive(Clone)]
 pub struct Store {
-    connection: ConnectionManager,
+    connection: std::sync::Arc<ReplaceableConnection>,
     call_timeout: Duration,
 }
 
@@ -407,7 +408,7 @@ impl Store {
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(call_timeout))
             .set_response_timeout(Some(call_timeout));
-        let connection = ConnectionManager::new_lazy_with_config(client, config)?;
+        let connection = std::sync::Arc::new(ReplaceableConnection::lazy(client, config)?);
         Ok(Self {
             connection,
             call_timeout,
@@ -420,8 +421,13 @@ impl Store {
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        match tokio::time::timeout(self.call_timeout, f(self.connection.clone())).await {
-            Ok(result) => Ok(result?),
+        let handed = self.connection.hand_out();
+        match tokio::time::timeout(self.call_timeout, f(handed.connection.clone())).await {
+            Ok(result) => {
+                // A `READONLY` (the address leads to a replica now) replaces the connection.
+                self.connection.answered(&handed, &result);
+                Ok(result?)
+            }
             Err(_) => Err(StoreError::Timeout(self.call_timeout)),
         }
     }

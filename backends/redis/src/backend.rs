@@ -134,9 +134,14 @@ impl RedisBackend {
     {
         let work = async {
             // The slot stays held until the call has its answer.
-            let Lease { connection, slot } = self.connections.lease(op).await?;
+            let Lease {
+                connection,
+                slot,
+                turn,
+            } = self.connections.lease(op).await?;
             let answer = call(connection).await;
             drop(slot);
+            self.connections.answered(&turn, &answer);
             answer.map_err(|e| BackendError::unavailable(op, e))
         };
         tokio::time::timeout(self.settings.call_timeout, work)

@@ -8,9 +8,9 @@
 //! dedicated connection: the engine sends no blocking commands and no transactions (its
 //! atomic steps are Lua scripts); pub/sub has its own connection (`waiters`).
 //!
-//! Each `ConnectionManager` connects lazily and reconnects by itself after a failure; the
-//! caller's deadline (`redis.call_timeout`, applied by the backend) bounds every call,
-//! reconnecting included.
+//! Each `ConnectionManager` connects lazily and reconnects by itself after a failure, and is
+//! replaced when its server turns out to be a replica (`replaceable`); the caller's deadline
+//! (`redis.call_timeout`, applied by the backend) bounds every call, reconnecting included.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -20,8 +20,10 @@ use approvals_core::{BackendError, CallStatus};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::io::tcp::{socket2::TcpKeepalive, TcpSettings};
 use redis::IntoConnectionInfo;
+use redis::RedisResult;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::replaceable::{Handed, ReplaceableConnection};
 use crate::settings::RedisSettings;
 
 /// A client whose connections notice a peer that went away without a word. A connection idle
@@ -42,7 +44,7 @@ pub fn open_client(url: &str) -> redis::RedisResult<redis::Client> {
 }
 
 pub(crate) struct Connections {
-    managers: Vec<ConnectionManager>,
+    managers: Vec<ReplaceableConnection>,
     next: AtomicUsize,
     /// One permit per call in flight: beyond `redis.max_in_flight`, callers queue here (and
     /// time out under their deadline) rather than in Redis' client buffers, where they could
@@ -56,6 +58,8 @@ pub(crate) struct Connections {
 pub(crate) struct Lease {
     pub(crate) connection: ConnectionManager,
     pub(crate) slot: OwnedSemaphorePermit,
+    /// Which connection, to tell it what the call answered ([`Connections::answered`]).
+    pub(crate) turn: (usize, Handed),
 }
 
 impl Connections {
@@ -72,7 +76,7 @@ impl Connections {
             // Room for every call the semaphore lets through, so none waits unseen.
             .set_pipeline_buffer_size(settings.max_in_flight);
         let managers = (0..settings.connections.max(1))
-            .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), config.clone()))
+            .map(|_| ReplaceableConnection::lazy(client.clone(), config.clone()))
             .collect::<Result<_, _>>()
             .map_err(|e| BackendError::unavailable("connect", e))?;
         Ok(Self {
@@ -101,10 +105,19 @@ impl Connections {
             }
         };
         let turn = self.next.fetch_add(1, Ordering::Relaxed) % self.managers.len();
+        let handed = self.managers[turn].hand_out();
         Ok(Lease {
-            connection: self.managers[turn].clone(),
+            connection: handed.connection.clone(),
             slot,
+            turn: (turn, handed),
         })
+    }
+
+    /// What a call on a leased connection answered (a `READONLY` replaces it).
+    pub(crate) fn answered<T>(&self, (turn, handed): &(usize, Handed), answer: &RedisResult<T>) {
+        if let Some(connection) = self.managers.get(*turn) {
+            connection.answered(handed, answer);
+        }
     }
 
     pub(crate) fn status(&self) -> CallStatus {
