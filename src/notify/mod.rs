@@ -665,9 +665,18 @@ impl Notifier {
                 continue;
             };
             match self.read_one(&tenant, &tenant_id).await {
-                Ok(more) => {
+                Ok((more, warnings)) => {
                     behind |= more;
                     self.met(&tenant_id, |mark| mark.at = std::time::Instant::now());
+                    if let Err(error) = warnings {
+                        first_failure.get_or_insert_with(|| {
+                            format!(
+                                "tenant {tenant}: expiring-soon warnings: {}",
+                                crate::app::chain(error.as_ref())
+                            )
+                            .into()
+                        });
+                    }
                 }
                 Err(error) => {
                     tracing::debug!(%tenant, %error, "webhook reader: tenant not read this pass");
@@ -719,8 +728,15 @@ impl Notifier {
         f(entry)
     }
 
-    /// Reads one tenant's new events; `true` if more are left than this pass read.
-    async fn read_one(&self, tenant: &str, tenant_id: &TenantId) -> Result<bool, BoxError> {
+    /// Reads one tenant's new events; `true` if more are left than this pass read, and how
+    /// queueing its expiring-soon warnings went. Those come from another read (the pending
+    /// approvals): one that fails leaves the audit read, and its lag, as they are (it was
+    /// reported as the reader falling behind, and a busy tenant's "more to read" was lost).
+    async fn read_one(
+        &self,
+        tenant: &str,
+        tenant_id: &TenantId,
+    ) -> Result<(bool, Result<(), BoxError>), BoxError> {
         let lease = self.settings.poll_interval * 10 + Duration::from_secs(5);
         // Not read here (another instance holds it, or it has no webhook left): this
         // instance's lag figure for it must not stay behind, stale, under the alert's max.
@@ -728,22 +744,23 @@ impl Notifier {
         self.met(tenant_id, |mark| mark.held = held);
         if !held {
             self.reader_lag(tenant_id, Duration::ZERO);
-            return Ok(false);
+            return Ok((false, Ok(())));
         }
         let hooks = self.store.webhooks(tenant_id).await?;
         if hooks.is_empty() {
             self.reader_lag(tenant_id, Duration::ZERO);
             self.store.forget_tenant(tenant).await?;
-            return Ok(false);
+            return Ok((false, Ok(())));
         }
         let behind = self.read_tenant(tenant_id, &hooks).await?;
+        let mut warnings = Ok(());
         if hooks
             .iter()
             .any(|h| h.events.contains(&NotifyEvent::ExpiringSoon))
         {
-            self.queue_expiring_soon(tenant_id, &hooks).await?;
+            warnings = self.queue_expiring_soon(tenant_id, &hooks).await;
         }
-        Ok(behind)
+        Ok((behind, warnings))
     }
 
     /// Queues a delivery for each new audit event each webhook subscribes to, then moves the

@@ -1902,6 +1902,76 @@ async fn a_tenant_whose_audit_cannot_be_read_shows_behind_and_pages_no_one_for_c
     );
 }
 
+/// A tenant whose pending approvals cannot be listed (for its expiring-soon warnings) while its
+/// audit reads fine is not behind: the reader's lag stays at 0 pass after pass. The failed
+/// listing made the whole tenant "not read", and its lag grew by the time since, which
+/// `ApprovalsWebhookReaderBehind` pages on, while parked and decided notifications flowed.
+#[tokio::test]
+async fn a_failing_expiring_soon_listing_is_not_the_reader_falling_behind() {
+    let mut receiver = Receiver::start(0).await;
+    let app = TestApp::spawn_with(|s| {
+        fast(s);
+        s.notifications.enabled = false;
+    })
+    .await;
+    add_webhook(
+        &app,
+        json!({"url": receiver.url, "events": ["parked", "expiring_soon"]}),
+    )
+    .await;
+    let reader = another_instance(&app, |settings| {
+        settings["notifications"]["enabled"] = toml::Value::Boolean(true);
+    });
+    let lag_series = lag_series(&app);
+    app.park("read").await;
+    assert_eq!(receiver.next().await.json()["approval_id"], "read");
+    app.metrics_until(&reader.base, WITHIN, "the tenant read", |m| {
+        m.contains(&format!("{lag_series}0\n"))
+    })
+    .await;
+    let mut conn = app.redis().connection().await;
+    let index = format!("approvals:index:{}:pending", app.tenant);
+    let _: () = redis::cmd("DEL")
+        .arg(&index)
+        .query_async(&mut conn)
+        .await
+        .expect("del");
+    let _: () = redis::cmd("SET")
+        .arg(&index)
+        .arg("not a sorted set")
+        .query_async(&mut conn)
+        .await
+        .expect("break the tenant's pending index");
+    let failed = |m: &str| -> f64 {
+        m.lines()
+            .filter(|line| {
+                line.starts_with("approvals_backend_errors_total{")
+                    && line.contains("source=\"chore\"")
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let before = failed(
+        &app.metrics_until(&reader.base, WITHIN, "metrics", |_| true)
+            .await,
+    );
+    // Several passes (one every 100 ms), each failing its listing.
+    let metrics = app
+        .metrics_until(&reader.base, WITHIN, "several failed listings", |m| {
+            failed(m) >= before + 5.0
+        })
+        .await;
+    assert!(
+        metrics.contains(&format!("{lag_series}0\n")),
+        "the reader's lag moved:\n{}",
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("approvals_notifications_reader_lag"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
 /// Another instance of `app`'s service, in a process of its own (its `/metrics` are its alone:
 /// the test binary's apps share one registry), its configuration `app`'s as `edit` changes
 /// it; with the base URL it serves on.
