@@ -378,12 +378,21 @@ redis.call('DEL', KEYS[1])
 if #kept > 0 then redis.call('RPUSH', KEYS[1], unpack(kept)) end
 return moved";
 
-/// Removes webhook `ARGV[1]` (KEYS[1], the tenant's webhooks) and its dead letters (KEYS[2]):
-/// kept, they were counted in the tenant's `dead_letters` for good, and a redelivery said it
-/// queued them. Letters this version cannot read stay, as in `REDELIVER`.
+/// Removes webhook `ARGV[1]` (KEYS[1], the tenant's webhooks), its dead letters (KEYS[2]) and
+/// its queued deliveries (KEYS[3], out of the due set KEYS[4] too, each settled for ARGV[3] ms
+/// under ARGV[2] followed by its id, as one sent is: a late report of an attempt in flight
+/// puts nothing back). Dead letters kept were counted in the tenant's `dead_letters` for good,
+/// and a redelivery said it queued them; queued deliveries kept (a hung receiver's backlog,
+/// paced hours ahead) stayed in Redis and in `approvals_notifications_pending` until each came
+/// due. Letters this version cannot read stay, as in `REDELIVER`.
 const REMOVE: &str = r"
 local removed = redis.call('HDEL', KEYS[1], ARGV[1])
 if removed == 0 then return 0 end
+for _, id in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
+  redis.call('ZREM', KEYS[4], id)
+  redis.call('SET', ARGV[2] .. id, 'sent', 'PX', ARGV[3])
+end
+redis.call('DEL', KEYS[3])
 local kept = {}
 for _, json in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
   local ok, delivery = pcall(cjson.decode, json)
@@ -509,7 +518,11 @@ impl Store {
                 redis::Script::new(REMOVE)
                     .key(hooks_key(tenant.as_str()))
                     .key(dead_key(tenant.as_str()))
-                    .arg(id)
+                    .key(queued_key(tenant.as_str(), &id))
+                    .key(DUE_KEY)
+                    .arg(&id)
+                    .arg(delivery_key(""))
+                    .arg(millis(TOMBSTONE))
                     .invoke_async(&mut c)
                     .await
             })
@@ -1373,6 +1386,44 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(per_webhook, [4, 2, 1]);
+    }
+
+    /// A removed webhook's queued deliveries go with it, out of the due set too: a hung
+    /// receiver's backlog, paced hours ahead, stayed in Redis and in the pending figure until
+    /// each came due. An attempt in flight that reports its failure late puts nothing back.
+    #[tokio::test]
+    async fn a_removed_webhook_takes_its_queued_deliveries_with_it() {
+        let redis = RedisServer::start().await;
+        let store = Store::connect(&redis.url(), Duration::from_secs(2))
+            .await
+            .unwrap();
+        for id in ["wh-1", "wh-2"] {
+            assert!(store.add(&webhook(id), 10).await.unwrap());
+        }
+        let delivery = |hook: &str, event: &str| Delivery {
+            webhook_id: hook.into(),
+            ..queued(&format!("acme:{hook}:{event}"))
+        };
+        for event in ["e-1", "e-2", "e-3"] {
+            for hook in ["wh-1", "wh-2"] {
+                assert_eq!(
+                    store.enqueue(&delivery(hook, event), ROOMY).await.unwrap(),
+                    Enqueued::Queued
+                );
+            }
+        }
+        let in_flight = delivery("wh-1", "e-1");
+        assert_eq!(store.queued().await.unwrap(), 6);
+
+        let acme = TenantId::parse("acme").unwrap();
+        assert!(store.remove(&acme, "wh-1").await.unwrap());
+        assert_eq!(store.queued().await.unwrap(), 3, "wh-2's are left");
+        let retry = Timestamp::from_millis(Timestamp::now().as_millis() + 1_000);
+        assert!(!store.retry_at(&in_flight, retry).await.unwrap());
+        assert_eq!(store.queued().await.unwrap(), 3, "nothing put back");
+        let mut conn = redis.connection().await;
+        let left: u64 = conn.zcard(queued_key("acme", "wh-1")).await.unwrap();
+        assert_eq!(left, 0);
     }
 
     /// The reader found the tenant with no webhook; meanwhile an admin added one. Forgetting
