@@ -20,7 +20,8 @@ use approvals::engines::{self, RunningEngine};
 use approvals::startup::Application;
 use approvals_core::conformance::{fresh_tenant, id, pending};
 use approvals_core::{
-    Approval, DecisionRequest, ImportOutcome, RecordTransfer, Status, TenantId, Verdict,
+    Approval, ApprovalBackend, DecisionRequest, ImportOutcome, RecordTransfer, Status, TenantId,
+    Verdict,
 };
 use approvals_testkit::RedisServer;
 use reqwest::StatusCode;
@@ -881,6 +882,68 @@ async fn a_hung_secondary_delays_writes_by_its_deadline_at_most() {
     assert_eq!(app.decide("e-1", "accept").await.status(), StatusCode::OK);
     let after = app.metrics().await;
     assert!(missed(&after) > missed(&before), "{after}");
+}
+
+/// A secondary that answers reads but takes no writes (Redis pausing writes here; a Temporal
+/// frontend that answers while its history service times out) reads down until it takes
+/// writes again. Each read that answered (a comparison, a ping) set it back to 1 between
+/// failed writes, and the alert that needs ten minutes of 0 never fired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secondary_that_answers_reads_but_takes_no_writes_reads_down() {
+    let (first, second) = (RedisServer::start().await, RedisServer::start().await);
+    let engine = |redis: &RedisServer| {
+        let mut settings = Settings::default();
+        settings.redis.url = redis.url();
+        async move {
+            engines::connect(EngineKind::Redis, &settings)
+                .await
+                .expect("engine")
+        }
+    };
+    let dual = engines::dual::DualBackend::new(
+        engine(&first).await,
+        engine(&second).await,
+        Duration::from_millis(300),
+    );
+    let tenant = fresh_tenant("dual-up");
+    let hour = Duration::from_secs(3600);
+    dual.submit(pending(&tenant, "w-0", hour))
+        .await
+        .expect("submit");
+    assert_eq!(dual.status().secondary_up, Some(true));
+    let mut admin = second.connection().await;
+    let client = |args: &[&str]| {
+        let mut command = redis::cmd("CLIENT");
+        for arg in args {
+            command.arg(*arg);
+        }
+        command
+    };
+    let _: () = client(&["PAUSE", "60000", "WRITE"])
+        .query_async(&mut admin)
+        .await
+        .expect("pause");
+    dual.submit(pending(&tenant, "w-1", hour))
+        .await
+        .expect("the primary answers");
+    assert_eq!(dual.status().secondary_up, Some(false));
+    // Reads by id are compared with the secondary, which answers them.
+    for _ in 0..3 {
+        dual.get(&tenant, &id("w-0")).await.expect("read");
+    }
+    let watched = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < watched {
+        assert_eq!(dual.status().secondary_up, Some(false), "up after a read");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _: () = client(&["UNPAUSE"])
+        .query_async(&mut admin)
+        .await
+        .expect("unpause");
+    dual.submit(pending(&tenant, "w-2", hour))
+        .await
+        .expect("submit");
+    assert_eq!(dual.status().secondary_up, Some(true), "writes taken again");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,8 +24,12 @@ pub(super) struct Secondary {
     /// No connection attempt before this instant (one is running until it).
     pub(super) retry_at: Mutex<Instant>,
     pub(super) deadline: Duration,
-    /// 1 if the last call answered, 0 if it failed, -1 before the first.
+    /// 1 if the secondary answers, 0 if it failed, -1 before the first call (see
+    /// [`Secondary::call`]).
     pub(super) up: AtomicI64,
+    /// A call failed (did not answer) since the last ping: a ping or a read that answers then
+    /// does not say it is up.
+    pub(super) failed_since_ping: AtomicBool,
     pub(super) comparisons: Arc<Semaphore>,
     /// Decisions whose mirror failed, waiting to be replayed (see `DualBackend::repair_later`):
     /// apart from the comparisons, which a long outage's repairs would otherwise all take.
@@ -140,9 +144,24 @@ impl Secondary {
             result,
             Err(BackendError::Unavailable { .. } | BackendError::Timeout(_))
         );
+        // Up is what the writes say: a ping or a read that answers while writes time out (a
+        // Temporal frontend that answers DescribeNamespace while its history service is
+        // overloaded; a Redis that takes no writes) set it back to 1 between failed writes,
+        // and the secondary-down alert, which needs it 0 for ten minutes, never fired. A
+        // ping says up only after a whole interval without a failure.
+        let read = matches!(op, "ping" | "get");
         let was = match &result {
+            Ok(_) if op == "ping" && self.failed_since_ping.swap(false, Ordering::Relaxed) => {
+                self.up.load(Ordering::Relaxed)
+            }
+            Ok(_) if read && self.failed_since_ping.load(Ordering::Relaxed) => {
+                self.up.load(Ordering::Relaxed)
+            }
             Ok(_) => self.up.swap(1, Ordering::Relaxed),
-            Err(_) if outage => self.up.swap(0, Ordering::Relaxed),
+            Err(_) if outage => {
+                self.failed_since_ping.store(true, Ordering::Relaxed);
+                self.up.swap(0, Ordering::Relaxed)
+            }
             Err(_) => self.up.load(Ordering::Relaxed),
         };
         match result {
