@@ -37,7 +37,7 @@ pub async fn metrics(
     if state.metrics_elsewhere {
         return no_route(State(state), uri, headers).await;
     }
-    exposition(&state)
+    exposition(&state).await
 }
 
 /// `/metrics` alone, for `server.metrics_listen`.
@@ -45,13 +45,15 @@ pub fn metrics_router(state: AppState) -> axum::Router {
     axum::Router::new()
         .route(
             "/metrics",
-            axum::routing::get(|State(state): State<AppState>| async move { exposition(&state) }),
+            axum::routing::get(
+                |State(state): State<AppState>| async move { exposition(&state).await },
+            ),
         )
         .with_state(state)
 }
 
-fn exposition(state: &AppState) -> Response {
-    let body = state.app.render_metrics();
+async fn exposition(state: &AppState) -> Response {
+    let body = state.app.metrics_text().await;
     (
         [(
             header::CONTENT_TYPE,

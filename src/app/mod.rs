@@ -19,6 +19,7 @@ mod readiness;
 mod recent_ids;
 mod refusals;
 mod review;
+mod shared_render;
 mod submit;
 mod tenant_policies;
 
@@ -71,6 +72,7 @@ pub struct Approvals {
     draining: std::sync::atomic::AtomicBool,
     /// `/readyz`'s engine probe: one in flight, shared by the callers waiting for it.
     readiness: readiness::SharedProbe,
+    metrics_text: shared_render::SharedRender,
     /// Store writes running to their end on tasks of their own (`to_the_end`): the drain
     /// waits for them, or an event one offers after the decision log stopped is dropped.
     writes: tokio_util::task::TaskTracker,
@@ -107,6 +109,7 @@ impl Approvals {
             live_streams: live::LiveStreams::default(),
             draining: std::sync::atomic::AtomicBool::new(false),
             readiness: readiness::SharedProbe::default(),
+            metrics_text: shared_render::SharedRender::default(),
             writes: tokio_util::task::TaskTracker::new(),
         }
     }
@@ -166,8 +169,14 @@ impl Approvals {
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// `/metrics`' text, shared with the callers that ask while it is rendered
+    /// (`shared_render`).
+    pub async fn metrics_text(&self) -> axum::body::Bytes {
+        self.metrics_text.run(|| self.render_metrics()).await
+    }
+
     /// `/metrics`: the recorder, the latest pending figures and the engine's own status.
-    pub fn render_metrics(&self) -> String {
+    fn render_metrics(&self) -> String {
         let mut text = self.metrics.render(&self.engine.status());
         // `/readyz`'s other condition: an instance whose backend answers but that never read
         // the tenants' policies (a tenant store down beside a Temporal engine) answered 503

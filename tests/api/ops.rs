@@ -569,3 +569,24 @@ async fn a_flood_of_readiness_asks_shares_the_probe_in_flight() {
     let probes = app.redis_calls("set").await - before;
     assert!(probes <= 20, "{probes} probes for 200 asks");
 }
+
+/// Anyone may ask `/metrics` on the API port (unless `server.metrics_listen` moves it), and a
+/// render walks every series: a flood of asks shares the render in flight rather than running
+/// one each, which kept every core rendering while tenants' requests waited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_metrics_asks_shares_the_render_in_flight() {
+    let app = TestApp::spawn().await;
+    let asks = (0..200).map(|_| async {
+        let answer = app.http.get(app.url("/metrics")).send().await;
+        answer.expect("metrics").text().await.expect("text")
+    });
+    let bodies = futures::future::join_all(asks).await;
+    // Each render says how old the pending figures are, to the nanosecond: one text per render.
+    // Asks that arrive while none is in flight each get their own: at most half of them here.
+    let renders: std::collections::BTreeSet<&String> = bodies.iter().collect();
+    assert!(
+        renders.len() <= 100,
+        "{} renders for 200 asks",
+        renders.len()
+    );
+}
