@@ -13,9 +13,12 @@ The service cannot be made to answer these on demand: an `httpx.MockTransport` a
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import logging
 import threading
 import time
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -432,4 +435,38 @@ async def test_the_async_wait_ends_its_outage_at_the_expiry_grace_too() -> None:
     with anyio.move_on_after(10) as late, pytest.raises(TransportError):
         await client.wait("req-1")
     assert not late.cancelled_caught, "the wait went on past the expiry's grace"
+
+
+class _FastClock(datetime.datetime):
+    """This host's clock, two minutes ahead of the service's."""
+
+    @classmethod
+    def now(cls, tz: datetime.tzinfo | None = None) -> datetime.datetime:  # type: ignore[override]
+        return datetime.datetime.now(tz) + datetime.timedelta(seconds=120)
+
+
+def test_a_host_clock_ahead_of_the_services_does_not_end_a_wait_early(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a host whose clock is two minutes fast, an approval with 30 s left is not "a minute
+    past its expiry": the wait goes on, and gets the reviewer's accept. The expiry was compared
+    with this host's clock, and the wait raised `WaitTimeout` at its first pending answer. The
+    service's clock is read from its answers' `Date` header."""
+    from approvals_client import _core
+
+    monkeypatch.setattr(
+        _core,
+        "datetime",
+        types.SimpleNamespace(datetime=_FastClock, timezone=datetime.timezone, timedelta=datetime.timedelta),
+    )
+
+    def dated(status: str) -> Answer:
+        def answer(_: httpx.Request) -> httpx.Response:
+            expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 30))
+            record = {**approval(status), "expires_at": expires}
+            return httpx.Response(200, json=record, headers={"date": email.utils.formatdate(usegmt=True)})
+
+        return answer
+
+    script = Script(dated("pending"), times=1, first=dated("pending"), last=dated("accepted"))
+    assert isinstance(sync_client(script).wait("req-1"), Approved)
+    assert script.calls == 3
 

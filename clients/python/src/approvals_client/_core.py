@@ -458,36 +458,65 @@ def is_transient_failure(error: ApprovalsError) -> bool:
 EXPIRY_GRACE = 60.0
 
 
-def outage_deadline(deadline: float | None, known: Approval) -> float:
+class ServerClock:
+    """The service's wall clock, as an offset from this host's taken from each answer's `Date`
+    header. An approval's `expires_at` is the service's time: on a host whose clock was minutes
+    off, a wait gave up on a pending approval (or waited out an outage) that much early or
+    late. `Date` has whole seconds, so an offset under `SKEW_IGNORED` is taken as none."""
+
+    SKEW_IGNORED = 2.0
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def saw(self, response: httpx.Response) -> None:
+        date = response.headers.get("date")
+        if not date:
+            return
+        try:
+            theirs = email.utils.parsedate_to_datetime(date)
+        except (TypeError, ValueError):
+            return
+        if theirs.tzinfo is None:
+            return
+        offset = (theirs - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
+        self.offset = offset if abs(offset) > self.SKEW_IGNORED else 0.0
+
+    def now(self) -> datetime.datetime:
+        return datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=self.offset)
+
+
+def outage_deadline(deadline: float | None, known: Approval, clock: ServerClock) -> float:
     """Until when (`time.monotonic()`) a wait on `known` treats failures as "still pending":
     the caller's deadline, or the approval's expiry plus `EXPIRY_GRACE`, whichever is sooner."""
-    expiry = _expiry_grace_ends(known)
+    expiry = _expiry_grace_ends(known, clock)
     return expiry if deadline is None else min(deadline, expiry)
 
 
-def _expiry_grace_ends(known: Approval) -> float:
+def _expiry_grace_ends(known: Approval, clock: ServerClock) -> float:
     """`known`'s expiry plus `EXPIRY_GRACE`, on `time.monotonic()`'s clock."""
-    now = datetime.datetime.now(datetime.timezone.utc)
     expires_at = known.expires_at if known.expires_at.tzinfo else known.expires_at.replace(tzinfo=datetime.timezone.utc)
-    return time.monotonic() + (expires_at - now).total_seconds() + EXPIRY_GRACE
+    return time.monotonic() + (expires_at - clock.now()).total_seconds() + EXPIRY_GRACE
 
 
-def past_its_expiry(approval: Approval) -> bool:
+def past_its_expiry(approval: Approval, clock: ServerClock) -> bool:
     """Whether `approval`, answered pending, is past its expiry by `EXPIRY_GRACE`: the service
     should have answered it expired long before."""
-    return time.monotonic() >= _expiry_grace_ends(approval)
+    return time.monotonic() >= _expiry_grace_ends(approval, clock)
 
 
-def outage_outlasts_wait(error: ApprovalsError, deadline: float | None, known: Approval, delay: float) -> ApprovalsError | None:
+def outage_outlasts_wait(
+    error: ApprovalsError, deadline: float | None, known: Approval, delay: float, clock: ServerClock
+) -> ApprovalsError | None:
     """What a wait on `known` raises when a poll failed with `error` (an outage) and the next
     would start after `delay`; None to poll again. An outage that outlasts the caller's
     deadline is that deadline passing with the approval still pending, as far as anyone
     knows: `WaitTimeout`, as a pending answer at the deadline would be (the guard's
     `on_refused` answers it; an outage's own error ended the agent's run). One that outlasts
     the approval's expiry by `EXPIRY_GRACE` is the outage's."""
-    if not past(outage_deadline(deadline, known), delay):
+    if not past(outage_deadline(deadline, known, clock), delay):
         return None
-    if deadline is not None and past(deadline, delay) and deadline <= _expiry_grace_ends(known):
+    if deadline is not None and past(deadline, delay) and deadline <= _expiry_grace_ends(known, clock):
         return WaitTimeout(known)
     return error
 

@@ -58,6 +58,7 @@ class ApprovalsClient:
         self.poll_seconds = _core.check_poll_seconds(poll_seconds)
         self.events_read_timeout = events_read_timeout
         self._headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+        self._clock = _core.ServerClock()
         self._own_http = http is None
         self._http = http if http is not None else httpx.Client(timeout=timeout)
         self.max_in_flight = _core.check_max_in_flight(max_in_flight)
@@ -184,6 +185,7 @@ class ApprovalsClient:
             except (httpx.InvalidURL, httpx.RequestError) as error:
                 # Neither retried: the same URL or the same answer fails again.
                 raise _core.request_error(method, url, error) from error
+            self._clock.saw(response)
             if _core.is_retryable(response):
                 waited += min(time.monotonic() - attempt_started, patience)
                 delay = self.retry.backoff(attempt, _core.retry_after_seconds(response))
@@ -309,7 +311,7 @@ class ApprovalsClient:
                 # Through an outage a poll's own retries end with the outage's bound too
                 # (the approval's expiry plus a minute): without a caller's deadline they went
                 # on as long as the retry policy allowed, for ever with `max_elapsed=None`.
-                bound = deadline if known is None else _core.outage_deadline(deadline, known)
+                bound = deadline if known is None else _core.outage_deadline(deadline, known, self._clock)
                 approval = self.poll(approval_id, asked, deadline=bound)
             except ApprovalsError as error:
                 # Each poll has the retry policy's budget only; the approval is parked and
@@ -322,7 +324,7 @@ class ApprovalsClient:
                 # A proxy's maintenance page says when to come back (`Retry-After`): polled
                 # every few seconds meanwhile, it was asked again and again for nothing.
                 delay = self.retry.backoff(failures, error.retry_after)
-                ended = _core.outage_outlasts_wait(error, deadline, known, delay)
+                ended = _core.outage_outlasts_wait(error, deadline, known, delay, self._clock)
                 if ended is error:
                     raise
                 if ended is not None:
@@ -340,7 +342,7 @@ class ApprovalsClient:
                 return outcome_of(approval)
             if deadline is not None and time.monotonic() >= deadline:
                 raise WaitTimeout(approval)
-            if _core.past_its_expiry(approval):
+            if _core.past_its_expiry(approval, self._clock):
                 # Still pending a minute past its expiry (a service whose clock is off, or
                 # that cannot record expiries): a wait without a timeout would poll forever.
                 raise WaitTimeout(approval)
