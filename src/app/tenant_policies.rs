@@ -501,6 +501,9 @@ impl TenantPolicies {
             return;
         }
         let mut failing = false;
+        // When the store's outage was last counted as a failed reload (`said`'s pace): the
+        // hourly alert on the count stays on while it lasts, without a count per poll.
+        let mut counted: Option<std::time::Instant> = None;
         let mut ticks = tokio::time::interval(interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -514,9 +517,14 @@ impl TenantPolicies {
                 _ = stop.cancelled() => return,
                 synced = self.sync() => synced,
             };
+            if synced.is_err() && counted.is_none_or(|at| at.elapsed() >= SAY_AGAIN_AFTER) {
+                counted = Some(std::time::Instant::now());
+                metrics::counter!("approvals_policy_reloads_total", "outcome" => "failed")
+                    .increment(1);
+            }
             match synced {
                 Ok(()) if failing => {
-                    failing = false;
+                    (failing, counted) = (false, None);
                     tracing::info!("tenant policies: the store answers again");
                 }
                 Ok(()) => {}
@@ -790,6 +798,44 @@ mod tests {
         bump(&store, &tenant).await;
         policies.sync().await.unwrap();
         assert_eq!(failed(&counts.render()).as_deref(), Some("2"));
+    }
+
+    /// A store that cannot be read (the Redis tenant store beside a Temporal engine, down) is
+    /// a failed reload, counted once per outage (and again every few minutes while it lasts),
+    /// not at every poll: it was only logged, and nothing paged while policy changes and
+    /// webhooks stopped.
+    #[tokio::test]
+    async fn a_store_that_cannot_be_read_is_counted_as_a_failed_reload() {
+        let (mut redis, store) = policy_store().await;
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let counts = recorder.handle();
+        let _local = metrics::set_default_local_recorder(&recorder);
+        let policies = Arc::new(TenantPolicies::new(default_gate(), Some(store.clone()), 0));
+        policies.sync().await.unwrap();
+        redis.stop();
+        let stop = CancellationToken::new();
+        let syncing = tokio::spawn(
+            policies
+                .clone()
+                .keep_in_sync(Duration::from_millis(20), stop.clone()),
+        );
+        let failed = |text: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("approvals_policy_reloads_total{outcome=\"failed\"} "))
+                .map(str::to_owned)
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while failed(&counts.render()).is_none() {
+            assert!(std::time::Instant::now() < deadline, "never counted");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Many polls later, still once.
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(failed(&counts.render()).as_deref(), Some("1"));
+        stop.cancel();
+        syncing.await.unwrap();
     }
 
     #[tokio::test]
