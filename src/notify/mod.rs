@@ -223,7 +223,10 @@ impl Pacing {
     /// due past `beyond` (paced while the receiver was down or slow), it is due from `beyond`
     /// on now, at this attempt's pace; the step between two, if so. Paced behind a receiver
     /// that hung, a backlog came due one every few seconds long after it was back (an hour
-    /// and more for a few thousand), and newer deliveries behind it.
+    /// and more for a few thousand), and newer deliveries behind it. A webhook this instance
+    /// has not met (it started since, or forgot it idle) may have such a backlog too, paced
+    /// by another instance or by this one before a restart: brought forward as well (nothing
+    /// moves if nothing is due past `beyond`).
     fn recovered(
         &mut self,
         webhook: &WebhookKey,
@@ -231,13 +234,19 @@ impl Pacing {
         concurrency: usize,
         beyond: Timestamp,
     ) -> Option<Duration> {
-        let pace = self.by_webhook.get_mut(webhook)?;
+        let step = (took / concurrency.max(1) as u32).max(Duration::from_millis(1));
+        let Some(pace) = self.by_webhook.get_mut(webhook) else {
+            let mut pace = Pace::new(Timestamp::now(), took);
+            pace.last_due = beyond;
+            self.by_webhook.insert(webhook.clone(), pace);
+            return Some(step);
+        };
         if pace.last_due <= beyond || pace.not_before > Timestamp::now() {
             return None;
         }
         pace.last_due = beyond;
         pace.attempt = took;
-        Some((took / concurrency.max(1) as u32).max(Duration::from_millis(1)))
+        Some(step)
     }
 
     /// No attempt to `webhook` has ended for `silent`: its attempts take at least that long.

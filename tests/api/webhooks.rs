@@ -1646,6 +1646,17 @@ async fn a_hung_receivers_backlog_comes_due_at_the_pace_it_could_be_taken() {
 /// for as long as the hang had spread them (an hour and more for a few thousand).
 #[tokio::test]
 async fn a_receiver_back_from_a_hang_gets_its_backlog_at_its_new_pace() {
+    backlog_of_a_hang_delivered_once_back(false).await;
+}
+
+/// Also when the instance that paced the backlog restarted meanwhile (a deploy during the
+/// outage): the new one does not know the backlog was spread, and brought nothing forward.
+#[tokio::test]
+async fn a_receiver_back_from_a_hang_gets_its_backlog_at_its_new_pace_after_a_restart() {
+    backlog_of_a_hang_delivered_once_back(true).await;
+}
+
+async fn backlog_of_a_hang_delivered_once_back(restart_meanwhile: bool) {
     let hung = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let answered = Arc::new(AtomicUsize::new(0));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1667,7 +1678,7 @@ async fn a_receiver_back_from_a_hang_gets_its_backlog_at_its_new_pace() {
         )
     };
     tokio::spawn(async move { axum::serve(listener, receiver).await });
-    let app = own_tenant("back").spawn_with(fast).await;
+    let mut app = own_tenant("back").spawn_with(fast).await;
     add_webhook(&app, json!({"url": url, "events": ["parked"]})).await;
     for i in 0..120 {
         app.park(&format!("back-{i}")).await;
@@ -1689,6 +1700,9 @@ async fn a_receiver_back_from_a_hang_gets_its_backlog_at_its_new_pace() {
             "the backlog was never paced"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if restart_meanwhile {
+        app.restart().await;
     }
     hung.store(false, Ordering::SeqCst);
     let back = std::time::Instant::now();
