@@ -15,6 +15,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import anyio
 import httpx
@@ -254,12 +255,18 @@ def test_waits_and_other_calls_together_stay_within_max_in_flight() -> None:
     assert client.get("req-1").decided
 
 
-def refusing_streams(request: httpx.Request) -> httpx.Response:
-    """`/events` answers 503 with a Retry-After of 3 s; anything else, an accepted approval."""
-    if request.url.path.endswith("/events"):
-        body = {"type": "about:blank", "title": "x", "status": 503, "code": "backend_unavailable"}
-        return httpx.Response(503, json=body, headers={"content-type": "application/problem+json", "retry-after": "3"})
-    return httpx.Response(200, json=approval_json("accepted"))
+def refusing_streams(asked: Callable[[], object]) -> httpx.MockTransport:
+    """`/events` answered 503 with a Retry-After of 3 s (`asked` called each time); anything
+    else, an accepted approval."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/events"):
+            asked()
+            body = {"type": "about:blank", "title": "x", "status": 503, "code": "backend_unavailable"}
+            return httpx.Response(503, json=body, headers={"content-type": "application/problem+json", "retry-after": "3"})
+        return httpx.Response(200, json=approval_json("accepted"))
+
+    return httpx.MockTransport(answer)
 
 
 def test_a_live_stream_waiting_to_reconnect_holds_no_slot() -> None:
@@ -267,13 +274,7 @@ def test_a_live_stream_waiting_to_reconnect_holds_no_slot() -> None:
     it holds no slot in flight. It slept inside its slot, and with the waits' share spent (one
     of two here) a wait found none and timed out."""
     asked = threading.Event()
-
-    def answer(request: httpx.Request) -> httpx.Response:
-        if request.url.path.endswith("/events"):
-            asked.set()
-        return refusing_streams(request)
-
-    http = httpx.Client(transport=httpx.MockTransport(answer))
+    http = httpx.Client(transport=refusing_streams(asked.set))
     retry = RetryPolicy(max_elapsed=4, initial_backoff=0.01)
     client = ApprovalsClient("http://approvals.test", "t", "acme", http=http, max_in_flight=2, timeout=0.5, retry=retry)
     streaming = threading.Thread(target=lambda: pytest.raises(ApiError, lambda: next(client.events())))
@@ -289,13 +290,7 @@ def test_a_live_stream_waiting_to_reconnect_holds_no_slot() -> None:
 @pytest.mark.anyio
 async def test_an_async_live_stream_waiting_to_reconnect_holds_no_slot() -> None:
     asked = anyio.Event()
-
-    def answer(request: httpx.Request) -> httpx.Response:
-        if request.url.path.endswith("/events"):
-            asked.set()
-        return refusing_streams(request)
-
-    http = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+    http = httpx.AsyncClient(transport=refusing_streams(asked.set))
     retry = RetryPolicy(max_elapsed=4, initial_backoff=0.01)
     client = AsyncApprovalsClient("http://approvals.test", "t", "acme", http=http, max_in_flight=2, timeout=0.5, retry=retry)
 
