@@ -253,6 +253,29 @@ impl RedisBackend {
         }
     }
 
+    /// One command's own answer in a pipeline that keeps going past errors (`ignore_errors`):
+    /// a key holding another type (`WRONGTYPE`: damaged by hand) costs that key alone, passed
+    /// over and reported (`None`); any other error (`READONLY`, `MISCONF`, out of memory) is
+    /// Redis refusing every command alike, the call's failure.
+    pub(crate) fn key_answer<T>(
+        &self,
+        op: &'static str,
+        key: &str,
+        answer: redis::RedisResult<T>,
+    ) -> Result<Option<T>, BackendError> {
+        match answer {
+            Ok(value) => Ok(Some(value)),
+            Err(error) if error.code() == Some("WRONGTYPE") => {
+                self.pass_over(BackendError::Corrupt {
+                    key: key.to_owned(),
+                    reason: format!("{op}: {error}"),
+                })?;
+                Ok(None)
+            }
+            Err(error) => Err(BackendError::unavailable(op, error)),
+        }
+    }
+
     /// MGET, keeping only the keys that still exist. In MGETs of about `LIST_PAGE_BYTES` each:
     /// a migration's scan page of 1,000 large records was one MGET of 30 MB and more, which
     /// timed out over a slow link on every attempt (and every re-run) or passed a client's

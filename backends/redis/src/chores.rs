@@ -165,12 +165,16 @@ impl RedisBackend {
             })
             .await?;
         let mut trimmed = 0;
-        for (tenant, answer) in tenants.iter().zip(answers.chunks(2)) {
-            if let [Ok(dropped), Ok(left)] = answer {
-                trimmed += dropped;
-                if *left == 0 {
-                    self.forget_if_idle(tenant).await?;
-                }
+        let mut answers = answers.into_iter();
+        for tenant in &tenants {
+            let key = keys::audit(tenant);
+            let mut next = || answers.next().unwrap_or(Ok(0));
+            let (dropped, left) = (next(), next());
+            let dropped = self.key_answer("audit_trim", &key, dropped)?;
+            let left = self.key_answer("audit_trim", &key, left)?;
+            trimmed += dropped.unwrap_or(0);
+            if left == Some(0) {
+                self.forget_if_idle(tenant).await?;
             }
         }
         Ok(trimmed)
@@ -398,17 +402,25 @@ return 1";
         // An index of another type refuses its ZREM alone: it failed the whole pipeline, and
         // the same due members every pass after.
         pipe.ignore_errors();
+        let mut written = Vec::with_capacity(due.len() * 2);
         for member in &due {
             if let Some((tenant, status, index_member)) = keys::parse_retention_member(member) {
-                pipe.zrem(keys::index(&tenant, status), index_member)
-                    .ignore();
+                let index = keys::index(&tenant, status);
+                pipe.zrem(&index, index_member);
+                written.push(index);
             }
-            pipe.zrem(RETENTION, member).ignore();
+            pipe.zrem(RETENTION, member);
+            written.push(RETENTION.to_owned());
         }
-        self.with_conn("retention", |mut conn| async move {
-            pipe.query_async::<()>(&mut conn).await
-        })
-        .await
+        let answers: Vec<redis::RedisResult<redis::Value>> = self
+            .with_conn("retention", |mut conn| async move {
+                pipe.query_async(&mut conn).await
+            })
+            .await?;
+        for (key, answer) in written.iter().zip(answers) {
+            self.key_answer("retention", key, answer)?;
+        }
+        Ok(())
     }
 }
 

@@ -67,22 +67,32 @@ pub(crate) async fn pending_stats(
         ..PendingStats::default()
     };
     for tenant in tenants {
-        let count = replies.next();
+        let count = replies.next().unwrap_or(Ok(redis::Value::Nil));
         let submitted_sum: Option<i64> =
             redis::from_redis_value(shared(SUBMITTED_SUM, replies.next())?).unwrap_or_default();
-        let mut next = || match replies.next() {
-            Some(Ok(value)) => value,
-            Some(Err(_)) | None => redis::Value::Nil,
+        // The tenant's own index: damaged, it is reported (and read as nothing pending), once
+        // per pass; Redis refusing reads altogether fails the pass.
+        let index = keys::index(&tenant, Status::Pending);
+        let mut damaged = false;
+        let mut own = |answer: redis::RedisResult<redis::Value>| {
+            if damaged && answer.is_err() {
+                return Ok(redis::Value::Nil);
+            }
+            let value = backend.key_answer("stats", &index, answer)?;
+            damaged |= value.is_none();
+            Ok::<_, BackendError>(value.unwrap_or(redis::Value::Nil))
         };
-        let count: i64 = match count {
-            Some(Ok(value)) => redis::from_redis_value(value).unwrap_or_default(),
-            Some(Err(_)) | None => 0,
-        };
-        let oldest: Vec<String> = redis::from_redis_value(next()).unwrap_or_default();
+        let count: i64 = redis::from_redis_value(own(count)?).unwrap_or_default();
+        let oldest: Vec<String> =
+            redis::from_redis_value(own(replies.next().unwrap_or(Ok(redis::Value::Nil)))?)
+                .unwrap_or_default();
         let le = bounds
             .iter()
-            .map(|_| redis::from_redis_value::<u64>(next()).unwrap_or_default())
-            .collect();
+            .map(|_| {
+                let answer = replies.next().unwrap_or(Ok(redis::Value::Nil));
+                Ok(redis::from_redis_value::<u64>(own(answer)?).unwrap_or_default())
+            })
+            .collect::<Result<_, BackendError>>()?;
         let age_sum_ms = (i128::from(count) * i128::from(now.as_millis())
             - i128::from(submitted_sum.unwrap_or_default()))
         .max(0);

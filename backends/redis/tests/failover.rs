@@ -99,3 +99,46 @@ async fn writes_follow_the_address_to_the_promoted_replica() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Chores on a server that refuses every write (a replica: the address still leads to a
+/// demoted primary) fail, as a sweep does: the trims' pipelines keep going past one damaged
+/// key, and a refusal of every command read as "nothing to trim", the chore reported healthy.
+#[tokio::test]
+async fn trims_on_a_server_that_takes_no_writes_fail() {
+    let primary = RedisServer::start().await;
+    let port = primary.port().to_string();
+    let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]).await;
+    let writer = RedisBackend::connect(RedisSettings::new(primary.url()), Lifetimes::default())
+        .expect("backend");
+    let tenant = fresh_tenant("read-only");
+    writer
+        .submit(pending(&tenant, "req-1", HOUR))
+        .await
+        .expect("submit");
+    let accept =
+        approvals_core::DecisionRequest::now(approvals_core::Verdict::Accept, "alice", None);
+    writer
+        .decide(&tenant, &approvals_core::conformance::id("req-1"), accept)
+        .await
+        .expect("accept");
+    // The replica holds it all.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let held: redis::Value = command(&replica, &["SCARD", "approvals:tenants"]).await;
+        if redis::from_redis_value::<u64>(held).unwrap_or(0) == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the replica never synced");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let reader = RedisBackend::connect(RedisSettings::new(replica.url()), Lifetimes::default())
+        .expect("backend");
+    let later = approvals_core::Timestamp::from_millis(
+        approvals_core::Timestamp::now().as_millis() + 200 * 86_400_000,
+    );
+    assert!(reader.trim_audit(later).await.is_err(), "the audit trim");
+    assert!(
+        reader.expire_due(later).await.is_err(),
+        "the retention trim"
+    );
+}
