@@ -520,7 +520,7 @@ fn render_engine(out: &mut String, engine: &EngineStatus) {
         );
     }
     if let Some(up) = engine.secondary_up {
-        let help = "Dual backend: whether the secondary answers (its last write, or pings over a stats interval without a failed call).";
+        let help = "Dual backend: whether the secondary answers (its last write; its last read or ping once no write has failed for a minute).";
         gauge(out, "approvals_dual_secondary_up", help, u8::from(up));
     }
 }

@@ -243,10 +243,9 @@ pub(super) async fn repair_when_back(secondary: &Arc<Secondary>, decided: &Appro
         tokio::time::sleep(pause).await;
         pause *= 2;
         let read = secondary
-            .call(
-                "repair",
-                |engine| async move { engine.get(tenant, id).await },
-            )
+            .call("repair_read", |engine| async move {
+                engine.get(tenant, id).await
+            })
             .await;
         match read {
             // Down still.

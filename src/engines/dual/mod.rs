@@ -21,8 +21,8 @@
 //!   `approvals_dual_disagreements_total{tenant,op}`; every comparison made is counted in
 //!   `approvals_dual_comparisons_total{tenant,op}` (the denominator), every failed secondary call
 //!   in `approvals_dual_secondary_errors_total{op,kind}`, and `approvals_dual_secondary_up` says
-//!   whether the secondary answers: its last write, or a ping after a whole stats interval
-//!   without a failed call.
+//!   whether the secondary answers: its last write did, or (no write having failed for a
+//!   minute) its last read or ping.
 //!
 //! What dual does not do:
 //!
@@ -57,7 +57,7 @@
 mod compare;
 mod secondary;
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -135,7 +135,7 @@ impl DualBackend {
                 retry_at: Mutex::new(Instant::now()),
                 deadline,
                 up: AtomicI64::new(-1),
-                failed_since_ping: AtomicBool::new(false),
+                write_failed_at: Mutex::default(),
                 comparisons: Arc::new(Semaphore::new(COMPARISONS_IN_FLIGHT)),
                 repairs: Arc::new(Semaphore::new(COMPARISONS_IN_FLIGHT)),
                 running: Mutex::default(),

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,9 @@ use super::{Connector, RECONNECT_EVERY};
 /// The longest one attempt to connect the secondary may take, in its own task.
 const CONNECT_DEADLINE: Duration = Duration::from_secs(60);
 
+/// How long after a failed write reads and pings that answer do not say the secondary is up.
+const WRITES_FAILED_HOLD: Duration = Duration::from_secs(60);
+
 /// The secondary engine, its deadline and health.
 pub(super) struct Secondary {
     pub(super) kind: &'static str,
@@ -27,9 +30,9 @@ pub(super) struct Secondary {
     /// 1 if the secondary answers, 0 if it failed, -1 before the first call (see
     /// [`Secondary::call`]).
     pub(super) up: AtomicI64,
-    /// A call failed (did not answer) since the last ping: a ping or a read that answers then
-    /// does not say it is up.
-    pub(super) failed_since_ping: AtomicBool,
+    /// When a write last failed (did not answer), until a write answers: a ping or a read
+    /// that answers meanwhile says nothing of writes (see [`Secondary::call`]).
+    pub(super) write_failed_at: Mutex<Option<Instant>>,
     pub(super) comparisons: Arc<Semaphore>,
     /// Decisions whose mirror failed, waiting to be replayed (see `DualBackend::repair_later`):
     /// apart from the comparisons, which a long outage's repairs would otherwise all take.
@@ -87,6 +90,18 @@ impl Secondary {
             }
             *this.lock_retry_at() = Instant::now() + RECONNECT_EVERY;
         });
+    }
+
+    fn writes_failed_lately(&self) -> bool {
+        self.lock_write_failed_at()
+            .is_some_and(|at| at.elapsed() < WRITES_FAILED_HOLD)
+    }
+
+    fn lock_write_failed_at(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        // An instant holds no invariant a panicking holder could break.
+        self.write_failed_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn lock_retry_at(&self) -> std::sync::MutexGuard<'_, Instant> {
@@ -147,19 +162,22 @@ impl Secondary {
         // Up is what the writes say: a ping or a read that answers while writes time out (a
         // Temporal frontend that answers DescribeNamespace while its history service is
         // overloaded; a Redis that takes no writes) set it back to 1 between failed writes,
-        // and the secondary-down alert, which needs it 0 for ten minutes, never fired. A
-        // ping says up only after a whole interval without a failure.
-        let read = matches!(op, "ping" | "get");
+        // and the secondary-down alert, which needs it 0 for ten minutes, never fired. Only a
+        // write that answers says up again, or a read once no write has failed for
+        // `WRITES_FAILED_HOLD` (with no writes to try, pings are all there is to go by).
+        let read = matches!(op, "ping" | "get" | "repair_read");
         let was = match &result {
-            Ok(_) if op == "ping" && self.failed_since_ping.swap(false, Ordering::Relaxed) => {
-                self.up.load(Ordering::Relaxed)
+            Ok(_) if read && self.writes_failed_lately() => self.up.load(Ordering::Relaxed),
+            Ok(_) => {
+                if !read {
+                    *self.lock_write_failed_at() = None;
+                }
+                self.up.swap(1, Ordering::Relaxed)
             }
-            Ok(_) if read && self.failed_since_ping.load(Ordering::Relaxed) => {
-                self.up.load(Ordering::Relaxed)
-            }
-            Ok(_) => self.up.swap(1, Ordering::Relaxed),
             Err(_) if outage => {
-                self.failed_since_ping.store(true, Ordering::Relaxed);
+                if !read {
+                    *self.lock_write_failed_at() = Some(Instant::now());
+                }
                 self.up.swap(0, Ordering::Relaxed)
             }
             Err(_) => self.up.load(Ordering::Relaxed),
