@@ -130,7 +130,15 @@ pub struct TenantPolicies {
     bundles_kept: usize,
     /// Where tenants' bundles are evaluated; `None`: in this process.
     sandbox: Option<Arc<Sandbox>>,
+    /// How long the store must stay unreadable before that is counted as a failed reload
+    /// ([`STORE_DOWN_COUNTED_AFTER`]).
+    store_down_counted_after: Duration,
 }
+
+/// A store unreadable for less than this is not counted as a failed reload: with the engine's
+/// own Redis as the store, a failover of a few seconds counted, and the hourly alert on the
+/// count stood for an hour over an outage `ApprovalsNotReady` had already paged for.
+pub const STORE_DOWN_COUNTED_AFTER: Duration = Duration::from_secs(30);
 
 impl TenantPolicies {
     pub fn new(
@@ -155,6 +163,7 @@ impl TenantPolicies {
             confirm_allows: true,
             bundles_kept: DEFAULT_BUNDLES_KEPT,
             sandbox: None,
+            store_down_counted_after: STORE_DOWN_COUNTED_AFTER,
         }
     }
 
@@ -173,6 +182,12 @@ impl TenantPolicies {
     /// ([`PolicyGate::confirming_allows`]).
     pub fn confirming_allows(mut self, confirm: bool) -> Self {
         self.confirm_allows = confirm;
+        self
+    }
+
+    /// Counts a store unreadable for `after` (and longer) as a failed reload.
+    pub fn counting_store_outages_after(mut self, after: Duration) -> Self {
+        self.store_down_counted_after = after;
         self
     }
 
@@ -501,8 +516,10 @@ impl TenantPolicies {
             return;
         }
         let mut failing = false;
-        // When the store's outage was last counted as a failed reload (`said`'s pace): the
-        // hourly alert on the count stays on while it lasts, without a count per poll.
+        // Since when the store cannot be read, and when that was last counted as a failed
+        // reload (`said`'s pace): the hourly alert on the count stays on while it lasts,
+        // without a count per poll, and a blip of a few seconds is not counted.
+        let mut down_since: Option<std::time::Instant> = None;
         let mut counted: Option<std::time::Instant> = None;
         let mut ticks = tokio::time::interval(interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -517,14 +534,19 @@ impl TenantPolicies {
                 _ = stop.cancelled() => return,
                 synced = self.sync() => synced,
             };
-            if synced.is_err() && counted.is_none_or(|at| at.elapsed() >= SAY_AGAIN_AFTER) {
-                counted = Some(std::time::Instant::now());
-                metrics::counter!("approvals_policy_reloads_total", "outcome" => "failed")
-                    .increment(1);
+            if synced.is_err() {
+                let since = *down_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() >= self.store_down_counted_after
+                    && counted.is_none_or(|at| at.elapsed() >= SAY_AGAIN_AFTER)
+                {
+                    counted = Some(std::time::Instant::now());
+                    metrics::counter!("approvals_policy_reloads_total", "outcome" => "failed")
+                        .increment(1);
+                }
             }
             match synced {
                 Ok(()) if failing => {
-                    (failing, counted) = (false, None);
+                    (failing, down_since, counted) = (false, None, None);
                     tracing::info!("tenant policies: the store answers again");
                 }
                 Ok(()) => {}
@@ -810,7 +832,10 @@ mod tests {
         let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
         let counts = recorder.handle();
         let _local = metrics::set_default_local_recorder(&recorder);
-        let policies = Arc::new(TenantPolicies::new(default_gate(), Some(store.clone()), 0));
+        let policies = Arc::new(
+            TenantPolicies::new(default_gate(), Some(store.clone()), 0)
+                .counting_store_outages_after(Duration::from_millis(200)),
+        );
         policies.sync().await.unwrap();
         redis.stop();
         let stop = CancellationToken::new();
