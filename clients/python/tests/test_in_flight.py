@@ -277,7 +277,15 @@ def test_a_live_stream_waiting_to_reconnect_holds_no_slot() -> None:
     http = httpx.Client(transport=refusing_streams(asked.set))
     retry = RetryPolicy(max_elapsed=4, initial_backoff=0.01)
     client = ApprovalsClient("http://approvals.test", "t", "acme", http=http, max_in_flight=2, timeout=0.5, retry=retry)
-    streaming = threading.Thread(target=lambda: pytest.raises(ApiError, lambda: next(client.events())))
+    ended: list[BaseException] = []
+
+    def stream() -> None:
+        try:
+            next(client.events())
+        except BaseException as error:  # noqa: BLE001 - handed to the test's thread
+            ended.append(error)
+
+    streaming = threading.Thread(target=stream)
     streaming.start()
     try:
         assert asked.wait(10), "the stream was never asked for"
@@ -285,6 +293,7 @@ def test_a_live_stream_waiting_to_reconnect_holds_no_slot() -> None:
         assert isinstance(client.wait("req-1", timeout=2), Approved)
     finally:
         streaming.join(30)
+    assert len(ended) == 1 and isinstance(ended[0], ApiError), ended
 
 
 @pytest.mark.anyio

@@ -109,14 +109,18 @@ impl DualBackend {
     }
 
     /// With a secondary (of `kind`) that could not be connected at start-up: `connect` is
-    /// tried again on use, at most every few seconds, while the primary serves.
+    /// tried again at once, in the background, then on use, at most every few seconds, while
+    /// the primary serves. (Tried on use only, a secondary slower to connect than its deadline
+    /// at start-up missed the first writes of every restart.)
     pub fn connecting(
         primary: Arc<dyn RecordTransfer>,
         kind: &'static str,
         connect: Connector,
         deadline: Duration,
     ) -> Self {
-        Self::with(primary, kind, OnceCell::new(), Some(connect), deadline)
+        let dual = Self::with(primary, kind, OnceCell::new(), Some(connect), deadline);
+        dual.secondary.connect_beside();
+        dual
     }
 
     fn with(

@@ -57,7 +57,7 @@ impl Secondary {
         ))
     }
 
-    fn connect_beside(self: &Arc<Self>) {
+    pub(super) fn connect_beside(self: &Arc<Self>) {
         let Some(connect) = &self.connect else {
             return;
         };
