@@ -515,7 +515,6 @@ impl TenantPolicies {
         if self.store.is_none() {
             return;
         }
-        let mut failing = false;
         // Since when the store cannot be read, and when that was last counted as a failed
         // reload (`said`'s pace): the hourly alert on the count stays on while it lasts,
         // without a count per poll, and a blip of a few seconds is not counted.
@@ -534,28 +533,27 @@ impl TenantPolicies {
                 _ = stop.cancelled() => return,
                 synced = self.sync() => synced,
             };
-            if synced.is_err() {
-                let since = *down_since.get_or_insert_with(std::time::Instant::now);
-                if since.elapsed() >= self.store_down_counted_after
-                    && counted.is_none_or(|at| at.elapsed() >= SAY_AGAIN_AFTER)
-                {
-                    counted = Some(std::time::Instant::now());
-                    metrics::counter!("approvals_policy_reloads_total", "outcome" => "failed")
-                        .increment(1);
-                }
-            }
             match synced {
-                Ok(()) if failing => {
-                    (failing, down_since, counted) = (false, None, None);
-                    tracing::info!("tenant policies: the store answers again");
+                Ok(()) => {
+                    if down_since.take().is_some() {
+                        counted = None;
+                        tracing::info!("tenant policies: the store answers again");
+                    }
                 }
-                Ok(()) => {}
-                Err(error) if !failing => {
-                    failing = true;
-                    tracing::warn!(error = %super::chain(&error),
-                        "tenant policies: cannot read the store; serving the policies loaded last");
+                Err(error) => {
+                    let since = *down_since.get_or_insert_with(|| {
+                        tracing::warn!(error = %super::chain(&error),
+                            "tenant policies: cannot read the store; serving the policies loaded last");
+                        std::time::Instant::now()
+                    });
+                    if since.elapsed() >= self.store_down_counted_after
+                        && counted.is_none_or(|at| at.elapsed() >= SAY_AGAIN_AFTER)
+                    {
+                        counted = Some(std::time::Instant::now());
+                        metrics::counter!("approvals_policy_reloads_total", "outcome" => "failed")
+                            .increment(1);
+                    }
                 }
-                Err(_) => {}
             }
         }
     }
