@@ -15,11 +15,10 @@ mod figures;
 mod limits;
 mod live;
 mod policy_admin;
-mod readiness;
 mod recent_ids;
 mod refusals;
 mod review;
-mod shared_render;
+mod single_flight;
 mod submit;
 mod tenant_policies;
 
@@ -27,6 +26,7 @@ use std::sync::Arc;
 
 use approvals_core::{ApprovalBackend, BackendError, TenantId};
 use evaluators::Evaluators;
+use single_flight::{Answer, SingleFlight};
 use tokio_util::sync::CancellationToken;
 
 pub use error::AppError;
@@ -71,8 +71,10 @@ pub struct Approvals {
     /// for `server.shutdown_delay`.
     draining: std::sync::atomic::AtomicBool,
     /// `/readyz`'s engine probe: one in flight, shared by the callers waiting for it.
-    readiness: readiness::SharedProbe,
-    metrics_text: shared_render::SharedRender,
+    /// `/readyz`'s engine probe, the failure kept as its message (`single_flight`).
+    readiness: SingleFlight<Result<(), String>>,
+    /// The `/metrics` text (`single_flight`).
+    metrics_text: SingleFlight<axum::body::Bytes>,
     /// Store writes running to their end on tasks of their own (`to_the_end`): the drain
     /// waits for them, or an event one offers after the decision log stopped is dropped.
     writes: tokio_util::task::TaskTracker,
@@ -108,8 +110,8 @@ impl Approvals {
             decision_log,
             live_streams: live::LiveStreams::default(),
             draining: std::sync::atomic::AtomicBool::new(false),
-            readiness: readiness::SharedProbe::default(),
-            metrics_text: shared_render::SharedRender::default(),
+            readiness: SingleFlight::new(Ok(())),
+            metrics_text: SingleFlight::new(axum::body::Bytes::new()),
             writes: tokio_util::task::TaskTracker::new(),
         }
     }
@@ -141,18 +143,21 @@ impl Approvals {
             // Not the engine's fault: neither pinged nor counted as its error.
             return Err(AppError::ShuttingDown);
         }
-        match self.readiness.run(|| self.engine.ping()).await {
-            readiness::Probed::Ran(answered) => {
+        let kept = |answered: &Result<(), BackendError>| {
+            answered.as_ref().map(|_| ()).map_err(|e| chain(e))
+        };
+        match self.readiness.run(|| self.engine.ping(), kept).await {
+            Answer::Ran(answered) => {
                 self.metrics.set_backend_up(answered.is_ok());
                 answered.map_err(|e| self.engine_failed_in(e, ErrorSource::Readiness))?;
             }
             // Counted and logged once, by the caller that probed.
-            readiness::Probed::Shared(Err(reason)) => {
+            Answer::Shared(Err(reason)) => {
                 return Err(AppError::Unavailable(BackendError::unavailable(
                     "ping", reason,
                 )));
             }
-            readiness::Probed::Shared(Ok(())) => {}
+            Answer::Shared(Ok(())) => {}
         }
         if !self.policies.synced() {
             return Err(AppError::Unavailable(BackendError::unavailable(
@@ -170,9 +175,16 @@ impl Approvals {
     }
 
     /// `/metrics`' text, shared with the callers that ask while it is rendered
-    /// (`shared_render`).
+    /// (`single_flight`).
     pub async fn metrics_text(&self) -> axum::body::Bytes {
-        self.metrics_text.run(|| self.render_metrics()).await
+        let render = || async { axum::body::Bytes::from(self.render_metrics()) };
+        match self
+            .metrics_text
+            .run(render, axum::body::Bytes::clone)
+            .await
+        {
+            Answer::Ran(text) | Answer::Shared(text) => text,
+        }
     }
 
     /// `/metrics`: the recorder, the latest pending figures and the engine's own status.
