@@ -134,12 +134,8 @@ impl RedisBackend {
     {
         let work = async {
             // The slot stays held until the call has its answer.
-            let Lease {
-                connection,
-                slot,
-                turn,
-            } = self.connections.lease(op).await?;
-            let answer = call(connection).await;
+            let Lease { turn, slot } = self.connections.lease(op).await?;
+            let answer = call(turn.1.connection.clone()).await;
             drop(slot);
             self.connections.answered(&turn, &answer);
             answer.map_err(|e| BackendError::unavailable(op, e))

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use approvals_core::{BackendError, CallStatus};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 use redis::io::tcp::{socket2::TcpKeepalive, TcpSettings};
 use redis::IntoConnectionInfo;
 use redis::RedisResult;
@@ -56,10 +56,10 @@ pub(crate) struct Connections {
 
 /// A call's right to be in flight (held until dropped); the connection to send it on.
 pub(crate) struct Lease {
-    pub(crate) connection: ConnectionManager,
-    pub(crate) slot: OwnedSemaphorePermit,
-    /// Which connection, to tell it what the call answered ([`Connections::answered`]).
+    /// The connection, and which of them, to tell it what the call answered
+    /// ([`Connections::answered`]).
     pub(crate) turn: (usize, Handed),
+    pub(crate) slot: OwnedSemaphorePermit,
 }
 
 impl Connections {
@@ -105,11 +105,9 @@ impl Connections {
             }
         };
         let turn = self.next.fetch_add(1, Ordering::Relaxed) % self.managers.len();
-        let handed = self.managers[turn].hand_out();
         Ok(Lease {
-            connection: handed.connection.clone(),
+            turn: (turn, self.managers[turn].hand_out()),
             slot,
-            turn: (turn, handed),
         })
     }
 
