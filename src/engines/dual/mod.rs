@@ -156,33 +156,19 @@ impl DualBackend {
         id: &ApprovalId,
         seen: Option<Option<Approval>>,
     ) {
-        let Ok(permit) = self.secondary.comparisons.clone().try_acquire_owned() else {
-            describe_once();
-            metrics::counter!("approvals_dual_comparisons_skipped_total", "op" => op).increment(1);
-            return;
-        };
         let (primary, secondary) = (self.primary.clone(), self.secondary.clone());
         let (tenant, id) = (tenant.clone(), id.clone());
-        tokio::spawn(async move {
-            compare_reads(primary, secondary, op, tenant, id, seen).await;
-            drop(permit);
-        });
+        let comparing = compare_reads(primary, secondary, op, tenant, id, seen);
+        off_the_request_path(&self.secondary.comparisons, op, comparing);
     }
 
     /// `ours`, the primary's record of an approval a write just touched, copied to the
     /// secondary should it hold none (`import` never overwrites: a record it holds, or a
     /// mirrored submit landing late, is kept), else compared with it, off the request path.
     fn copy_later(&self, op: &'static str, ours: Approval) {
-        let Ok(permit) = self.secondary.comparisons.clone().try_acquire_owned() else {
-            describe_once();
-            metrics::counter!("approvals_dual_comparisons_skipped_total", "op" => op).increment(1);
-            return;
-        };
         let (primary, secondary) = (self.primary.clone(), self.secondary.clone());
-        tokio::spawn(async move {
-            compare::copy_if_missing(primary, secondary, op, ours).await;
-            drop(permit);
-        });
+        let copying = compare::copy_if_missing(primary, secondary, op, ours);
+        off_the_request_path(&self.secondary.comparisons, op, copying);
     }
 
     /// A decision the secondary did not take when it was mirrored (down, or past its
@@ -191,18 +177,28 @@ impl DualBackend {
     /// came, and after a switch of primary its copy expired. A longer outage is the migration
     /// re-run's to mend (the cut-over runbook).
     fn repair_later(&self, decided: Approval) {
-        let Ok(permit) = self.secondary.repairs.clone().try_acquire_owned() else {
-            describe_once();
-            metrics::counter!("approvals_dual_comparisons_skipped_total", "op" => "repair")
-                .increment(1);
-            return;
-        };
         let secondary = self.secondary.clone();
-        tokio::spawn(async move {
-            compare::repair_when_back(&secondary, &decided).await;
-            drop(permit);
-        });
+        let repairing = async move { compare::repair_when_back(&secondary, &decided).await };
+        off_the_request_path(&self.secondary.repairs, "repair", repairing);
     }
+}
+
+/// Runs `work` in a task of its own under one of `slots`' permits; with none free it is
+/// skipped and counted, so a slow secondary cannot pile up work behind the requests.
+fn off_the_request_path(
+    slots: &Arc<Semaphore>,
+    op: &'static str,
+    work: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let Ok(permit) = slots.clone().try_acquire_owned() else {
+        describe_once();
+        metrics::counter!("approvals_dual_comparisons_skipped_total", "op" => op).increment(1);
+        return;
+    };
+    tokio::spawn(async move {
+        work.await;
+        drop(permit);
+    });
 }
 
 #[async_trait]
