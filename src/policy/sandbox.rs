@@ -139,6 +139,14 @@ impl Sandbox {
     ) -> Result<PolicyVerdict, String> {
         CHILD.with(|cell| {
             let mut slot = cell.borrow_mut();
+            // A child that died while idle (the OOM killer, an operator's kill) is replaced
+            // before it is asked: the evaluation that met its closed pipe failed closed, for a
+            // tenant whose bundle had nothing to do with it.
+            if let Some(child) = slot.as_mut() {
+                if !matches!(child.process.try_wait(), Ok(None)) {
+                    drop(slot.take());
+                }
+            }
             if slot.is_none() {
                 *slot = Some(self.start()?);
             }

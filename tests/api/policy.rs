@@ -1728,3 +1728,62 @@ async fn a_test_failure_quoting_a_huge_value_is_refused_in_a_few_kilobytes() {
         "{problem}"
     );
 }
+
+/// A sandbox child that dies while idle (the OOM killer, an operator's `kill`) is replaced
+/// before the next evaluation: that submit, whatever its tenant, met the closed pipe and failed
+/// closed with a reason blaming its own bundle.
+#[tokio::test]
+async fn a_sandbox_child_killed_while_idle_costs_the_next_submit_nothing() {
+    // A limit no other test uses names this test's child among the test process's children.
+    let memory_limit_mib = 3_000 + u64::from(std::process::id() % 1_000);
+    let app = TestApp::spawn_with(|s| {
+        s.limits.policy_concurrency = 1;
+        s.policy.sandbox.memory_limit_mib = memory_limit_mib;
+    })
+    .await;
+    activate(&app, &upload(&app, reads_allowed()).await).await;
+    let read = |request_id: &'static str| {
+        let app = &app;
+        async move {
+            let answer = app
+                .submit(
+                    request_id,
+                    json!({"type": "document_read", "resource": "a"}),
+                )
+                .await;
+            assert_eq!(answer.status(), StatusCode::OK);
+            answer.json::<Value>().await.unwrap()
+        }
+    };
+    assert_eq!(read("before").await["decision"], "allow");
+
+    let limit = (memory_limit_mib << 20).to_string();
+    let child = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            args.contains(&&b"policy-sandbox"[..]) && args.contains(&limit.as_bytes())
+        })
+        .expect("this test's sandbox child");
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &child.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    // Dead once it is a zombie (its parent has not reaped it) or gone.
+    while std::fs::read_to_string(format!("/proc/{child}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    }) {
+        tokio::task::yield_now().await;
+    }
+
+    let after = read("after").await;
+    assert_eq!(after["decision"], "allow", "{after}");
+}
