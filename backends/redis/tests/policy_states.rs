@@ -87,6 +87,31 @@ async fn an_idle_reload_poll_does_not_read_every_state_and_a_change_is_seen_at_o
 /// bytes, and every change of that tenant was refused as "moved" for good. A change made
 /// meanwhile (a new generation) is still refused.
 #[tokio::test]
+async fn a_written_state_equal_to_none_can_still_be_changed() {
+    let server = RedisServer::start().await;
+    let backend = RedisBackend::connect(RedisSettings::new(server.url()), Lifetimes::default())
+        .expect("backend");
+    let mut conn = server.connection().await;
+    let tenant = fresh_tenant("reset-by-hand");
+    // What a reset by hand or a restore tool writes: the default state, spelled out.
+    let reset = r#"{"generation":0,"active":null,"candidate":null,"history":[]}"#;
+    let _: () = conn
+        .hset("policy:states", tenant.as_str(), reset)
+        .await
+        .expect("hset");
+    let read = backend.state(&tenant).await.expect("state");
+    assert_eq!(read, PolicyState::default());
+    assert_eq!(
+        backend
+            .swap_state(&tenant, &read, &changed(&read))
+            .await
+            .expect("swap"),
+        Swap::Done
+    );
+    assert_eq!(backend.state(&tenant).await.expect("state").generation, 1);
+}
+
+#[tokio::test]
 async fn a_state_written_by_hand_can_still_be_changed() {
     let server = RedisServer::start().await;
     let backend = RedisBackend::connect(RedisSettings::new(server.url()), Lifetimes::default())

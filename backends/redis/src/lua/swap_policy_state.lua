@@ -8,9 +8,11 @@
 -- Returns 1 when applied, 0 when the state moved, -n when the n-th bundle key is missing.
 -- The state moved when its generation did (every change counts it up), not when its bytes
 -- differ: a state written by hand or by another version (other spacing, key order or fields)
--- never matched the JSON this version writes, and every change was refused for good.
+-- never matched the JSON this version writes, and every change was refused for good. No state
+-- ('') is generation 0, as is a written one equal to it: that one too was refused for good.
 local current = redis.call('HGET', KEYS[1], ARGV[1]) or ''
 local function generation(json)
+  if json == '' then return 0 end
   local ok, state = pcall(cjson.decode, json)
   if ok and type(state) == 'table' and type(state['generation']) == 'number' then
     return state['generation']
@@ -18,7 +20,6 @@ local function generation(json)
   return nil
 end
 if current ~= ARGV[2] then
-  if current == '' or ARGV[2] == '' then return 0 end
   local now, expected = generation(current), generation(ARGV[2])
   if now == nil or now ~= expected then return 0 end
 end
