@@ -37,6 +37,10 @@ pub async fn run_worker_with_events(
     let client = client::connect(&settings).await?;
     let approvals = WorkerOptions::new(settings.task_queue.clone())
         .register_workflow::<ApprovalWorkflow>()?
+        // Builds before the decision log had a queue of its own started its executions here:
+        // a backlog from then (a worker outage, old API instances during the rollout) would
+        // fail its tasks for ever on a worker that does not know the type.
+        .register_workflow::<DecisionLogWorkflow>()?
         .register_activities(ExpiryActivities::new(events))
         .sticky_queue_schedule_to_start_timeout(settings.sticky_queue_timeout)
         .build();

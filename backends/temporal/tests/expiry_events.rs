@@ -11,11 +11,13 @@ use approvals_core::{
     Approval, ApprovalBackend, BackendError, DecisionOutcome, EngineEvents, Status, SubmitOutcome,
     TenantId, Timestamp, Verdict,
 };
-use approvals_temporal::{workflow_id, ApprovalWorkflow, TemporalBackend, TemporalSettings};
+use approvals_temporal::{
+    workflow_id, ApprovalWorkflow, DecisionLogWorkflow, TemporalBackend, TemporalSettings,
+};
 use approvals_testkit::temporal_server::DevServer;
 use temporalio_client::{
     Client, ClientOptions, Connection, ConnectionOptions, Url, WorkflowFetchHistoryOptions,
-    WorkflowGetResultOptions, WorkflowQueryOptions,
+    WorkflowGetResultOptions, WorkflowQueryOptions, WorkflowStartOptions,
 };
 
 /// Every expiry reported, in order.
@@ -489,5 +491,42 @@ async fn an_expiry_met_by_a_late_decision_is_not_overdue() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    worker.stop().await;
+}
+
+/// A decision-log execution started on the approvals' task queue, as builds did before the
+/// decision log had a queue of its own, is still completed by a worker of this build: a backlog
+/// left from then (a worker outage, old API instances during the documented rollout) failed
+/// its tasks for ever and never closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_log_execution_on_the_approvals_queue_is_still_completed() {
+    let server = own_server().await;
+    let settings = settings_for(&server);
+    let recorded = Arc::new(Recorded::default());
+    let worker = TestWorker::start(settings.clone(), &recorded);
+    let client = client_for(&server).await;
+    let tenant = fresh_tenant("old-queue");
+    let entry = approvals_core::AuditEntry::submitted(&pending(
+        &tenant,
+        "allowed-1",
+        Duration::from_secs(60),
+    ));
+    let event = approvals_temporal::record::logged_event(entry, "0a1b2c3d4e5f");
+    let options = WorkflowStartOptions::new(
+        settings.task_queue.clone(),
+        format!("decision-log:{tenant}:{}", event.event_id),
+    )
+    .build();
+    let handle = client
+        .start_workflow(DecisionLogWorkflow::run, event, options)
+        .await
+        .expect("started");
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        handle.get_result(WorkflowGetResultOptions::default()),
+    )
+    .await
+    .expect("completed within 30 s")
+    .expect("completed");
     worker.stop().await;
 }
