@@ -311,6 +311,11 @@ impl Approvals {
                 .pop()
                 .ok_or_else(|| AppError::NoEarlierPolicy(tenant.clone()))?;
             next.active = previous.clone();
+            // As an activation does: a candidate now active has nothing left to trial (each
+            // submit evaluated the one bundle twice).
+            if next.candidate.is_some() && next.candidate == next.active {
+                next.candidate = None;
+            }
             Ok((next, previous))
         })
         .await
@@ -527,14 +532,41 @@ fn check_version(version: &str) -> Result<(), AppError> {
     }
 }
 
+/// Drops the oldest entries past [`HISTORY`], but keeps a first `None` (the platform default
+/// before the tenant's first bundle): rolling back all the way stays possible for a tenant
+/// that activated more than that many times.
 fn trim(history: &mut Vec<Option<String>>) {
     let excess = history.len().saturating_sub(HISTORY);
-    history.drain(..excess);
+    let from = usize::from(history.first().is_some_and(Option::is_none));
+    history.drain(from..from + excess);
 }
 
 fn not_found(tenant: &TenantId, version: &str) -> AppError {
     AppError::PolicyVersionNotFound {
         tenant: tenant.clone(),
         version: version.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_history_keeps_the_platform_default_at_its_start() {
+        let mut history = vec![None];
+        for n in 0..HISTORY * 2 {
+            history.push(Some(format!("v{n}")));
+            trim(&mut history);
+        }
+        assert_eq!(history.len(), HISTORY);
+        assert_eq!(history[0], None);
+        assert_eq!(history[1], Some(format!("v{}", HISTORY + 1)));
+        assert_eq!(history.last(), Some(&Some(format!("v{}", HISTORY * 2 - 1))));
+
+        // Without the default at the start, the oldest go.
+        let mut history: Vec<_> = (0..=HISTORY).map(|n| Some(format!("v{n}"))).collect();
+        trim(&mut history);
+        assert_eq!(history[0], Some("v1".to_owned()));
     }
 }

@@ -1787,3 +1787,21 @@ async fn a_sandbox_child_killed_while_idle_costs_the_next_submit_nothing() {
     let after = read("after").await;
     assert_eq!(after["decision"], "allow", "{after}");
 }
+
+/// A rollback to the version on trial ends the trial, as an activation of it does: each submit
+/// evaluated the one bundle twice, and the overview showed it both active and candidate.
+#[tokio::test]
+async fn a_rollback_to_the_candidate_ends_its_trial() {
+    let app = TestApp::spawn().await;
+    let first = upload(&app, reads_allowed()).await;
+    let second = upload(&app, reads_allowed_marked(2)).await;
+    activate(&app, &first).await;
+    activate(&app, &second).await;
+    assert_eq!(put_candidate(&app, &first).await.status(), StatusCode::OK);
+
+    let rolled_back = call(&app, Method::POST, "/rollback", &app.tokens.admin, None).await;
+    assert_eq!(rolled_back.status(), StatusCode::OK);
+    let state: Value = rolled_back.json().await.unwrap();
+    assert_eq!(state["active"], first, "{state}");
+    assert_eq!(state["candidate"], Value::Null, "{state}");
+}
