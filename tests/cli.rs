@@ -128,6 +128,34 @@ fn bad_configuration_exits_2_naming_the_key_or_file() {
     }
 }
 
+/// A subject with characters Rust's debug quoting writes as `\u{…}` (a decomposed accent, an
+/// emoji's variation selector, DEL) is printed as TOML that parses back to it.
+#[test]
+fn token_new_prints_an_entry_that_parses_back_to_any_subject() {
+    let subject = "Jose\u{301} \u{2764}\u{fe0f} \u{7f} \"quoted\" \\ back";
+    let output = approvals(&[
+        "token",
+        "new",
+        "--tenant",
+        "acme",
+        "--role",
+        "agent",
+        "--subject",
+        subject,
+    ])
+    .output()
+    .unwrap();
+    assert!(output.status.success());
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let entry = stdout
+        .split_once("[[auth.tokens]]")
+        .expect("a config entry")
+        .1;
+    let parsed: toml::Value = toml::from_str(entry).expect("valid TOML");
+    assert_eq!(parsed["subject"].as_str(), Some(subject));
+    assert_eq!(parsed["tenant"].as_str(), Some("acme"));
+}
+
 #[test]
 fn token_new_prints_a_token_and_only_its_digest() {
     let output = approvals(&[

@@ -235,12 +235,16 @@ fn token_new(tenant: &str, role: Role, subject: &str, json: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// The entry as TOML, its strings quoted by the `toml` crate: Rust's `{:?}` writes some
+/// characters (combining marks, variation selectors, DEL) as `\u{…}`, which TOML refuses, and a
+/// pasted entry for `José` (decomposed) stopped the service at start-up.
 fn token_toml(entry: &auth::TokenEntry) -> String {
+    let quoted = |text: &str| toml::Value::String(text.to_owned()).to_string();
     format!(
-        "[[auth.tokens]]\nsubject = {:?}\ntenant = {:?}\nrole = {:?}\nsha256 = {:?}\n",
-        entry.subject,
-        entry.tenant,
-        entry.role.as_str(),
-        entry.sha256
+        "[[auth.tokens]]\nsubject = {}\ntenant = {}\nrole = {}\nsha256 = {}\n",
+        quoted(&entry.subject),
+        quoted(&entry.tenant),
+        quoted(entry.role.as_str()),
+        quoted(&entry.sha256)
     )
 }
