@@ -975,6 +975,36 @@ impl Settings {
                 return Err(ConfigError::Invalid(format!("{key}: must be positive")));
             }
         }
+        // Past zero, a floor where a unit mistyped (`10ms` for `10s`) starts quietly and hurts
+        // every client: idle connections closed (and HTTP/2 ones pinged) every few
+        // milliseconds, answers cut that do not fit the socket at once, deploys that drain
+        // nothing.
+        for (key, value, floor) in [
+            (
+                "server.header_read_timeout",
+                self.server.header_read_timeout,
+                Duration::from_secs(1),
+            ),
+            (
+                "server.write_timeout",
+                self.server.write_timeout,
+                Duration::from_secs(1),
+            ),
+            (
+                "server.shutdown_grace",
+                self.server.shutdown_grace,
+                Duration::from_secs(1),
+            ),
+            (
+                "server.request_timeout",
+                self.server.request_timeout,
+                Duration::from_millis(100),
+            ),
+        ] {
+            if value < floor {
+                return Err(below_floor(key, value, floor));
+            }
+        }
         check_log_filter(&self.log.filter)?;
         if self.server.metrics_listen == Some(self.server.listen) && self.server.listen.port() != 0
         {

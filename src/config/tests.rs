@@ -722,6 +722,9 @@ fn a_loop_interval_below_its_floor_is_refused() {
         ("APPROVALS_APPROVALS__EVENTS_POLL_INTERVAL", "1ms", "10ms"),
         ("APPROVALS_NOTIFICATIONS__POLL_INTERVAL", "1ns", "10ms"),
         ("APPROVALS_APPROVALS__LONG_POLL_MAX", "1ms", "1s"),
+        ("APPROVALS_SERVER__HEADER_READ_TIMEOUT", "10ms", "1s"),
+        ("APPROVALS_SERVER__WRITE_TIMEOUT", "10ms", "1s"),
+        ("APPROVALS_SERVER__SHUTDOWN_GRACE", "30ms", "1s"),
     ] {
         let e = load("", &[(var, below)]).unwrap_err().to_string();
         let key = var["APPROVALS_".len()..]
@@ -734,6 +737,10 @@ fn a_loop_interval_below_its_floor_is_refused() {
         assert!(load("", &[(var, floor)]).is_ok(), "{var} at {floor}");
     }
     assert_must_be_positive("APPROVALS_NOTIFICATIONS__POLL_INTERVAL", "0s", "1s");
+    let e = load("", &[("APPROVALS_SERVER__REQUEST_TIMEOUT", "10ms")])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("server.request_timeout: at least 100ms"), "{e}");
 }
 
 /// An empty variable unsets its key: the image sets `APPROVALS_SERVER__METRICS_LISTEN`, which a
