@@ -10,8 +10,8 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use approvals_core::{
-    AuditEntry, BundleFile, BundleSummary, PolicyState, PolicyStore, PutBundle, StoredBundle, Swap,
-    TenantId, Timestamp,
+    AuditEntry, BackendError, BundleFile, BundleSummary, PolicyState, PolicyStore, PutBundle,
+    StoredBundle, Swap, TenantId, Timestamp,
 };
 use serde_json::json;
 
@@ -28,6 +28,9 @@ const VALIDATION_STOPPED: &str = "the bundle's validation stopped";
 const RELOAD_AFTER_A_CHANGE: std::time::Duration = std::time::Duration::from_secs(3);
 /// Versions kept in a tenant's rollback history.
 const HISTORY: usize = 50;
+/// Reads of the state after a swap that was not answered (each bounded by the store's call
+/// deadline) before answering that nothing is known.
+const SWAP_READS_AFTER_NO_ANSWER: usize = 3;
 /// Compare-and-set attempts before answering `policy_changed`.
 const ATTEMPTS: usize = 5;
 
@@ -392,10 +395,13 @@ impl Approvals {
             }
             let (mut next, version) = change(&state)?;
             next.generation = state.generation + 1;
-            let swapped = store
-                .swap_state(tenant, &state, &next)
-                .await
-                .map_err(|e| self.engine_failed(e))?;
+            let swapped = match store.swap_state(tenant, &state, &next).await {
+                Ok(swapped) => swapped,
+                Err(error) => {
+                    self.swap_outcome(&*store, tenant, &state, &next, error)
+                        .await?
+                }
+            };
             match swapped {
                 Swap::Done => {}
                 Swap::Moved => continue,
@@ -438,6 +444,38 @@ impl Approvals {
             return Ok(next);
         }
         Err(AppError::PolicyChanged(tenant.clone()))
+    }
+
+    /// What became of a swap whose answer never came (its deadline passed, its connection
+    /// dropped): the script may have run. Answering 503 then left a change in effect with no
+    /// audit event, and a caller retrying without If-Match applied it twice (a second
+    /// rollback). The state is read again, a few times, since a read sent behind the swap on
+    /// its connection answers only after it: the change is made if the state is `next`;
+    /// someone else's change means this one cannot land any more (its generation is gone).
+    async fn swap_outcome(
+        &self,
+        store: &dyn PolicyStore,
+        tenant: &TenantId,
+        state: &PolicyState,
+        next: &PolicyState,
+        error: BackendError,
+    ) -> Result<Swap, AppError> {
+        if matches!(
+            error,
+            BackendError::InvalidCursor | BackendError::Corrupt { .. }
+        ) {
+            return Err(self.engine_failed(error));
+        }
+        for _ in 0..SWAP_READS_AFTER_NO_ANSWER {
+            match store.state(tenant).await {
+                Ok(now) if now == *next => return Ok(Swap::Done),
+                Ok(now) if now.generation != state.generation => return Ok(Swap::Moved),
+                // Unchanged: the swap may still be on its way; nothing is known.
+                Ok(_) => break,
+                Err(_) => continue,
+            }
+        }
+        Err(self.engine_failed(error))
     }
 
     async fn record_policy_event(&self, entry: AuditEntry) -> Result<(), AppError> {

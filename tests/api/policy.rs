@@ -1805,3 +1805,55 @@ async fn a_rollback_to_the_candidate_ends_its_trial() {
     assert_eq!(state["active"], first, "{state}");
     assert_eq!(state["candidate"], Value::Null, "{state}");
 }
+
+/// A change whose compare-and-set answered after its deadline (Redis held every write
+/// meanwhile) was made all the same: it answers 200 and is in the audit. It answered 503 with
+/// no audit event for a version then in effect everywhere, and a retry without If-Match
+/// applied it again.
+#[tokio::test]
+async fn a_change_whose_answer_came_too_late_is_answered_made_and_audited() {
+    let app = TestApp::spawn_with(|s| {
+        s.redis.call_timeout = Duration::from_millis(500);
+        // The reads after the swap go behind it on its one connection.
+        s.redis.connections = 1;
+    })
+    .await;
+    let first = upload(&app, reads_allowed()).await;
+    let second = upload(&app, reads_allowed_marked(2)).await;
+    activate(&app, &first).await;
+
+    let mut side = app.redis().connection().await;
+    let () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(1200)
+        .arg("WRITE")
+        .query_async(&mut side)
+        .await
+        .unwrap();
+    let response = call(
+        &app,
+        Method::PUT,
+        "/active",
+        &app.tokens.admin,
+        Some(json!({ "version": second })),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let state: Value = response.json().await.unwrap();
+    assert_eq!(state["active"], second, "{state}");
+
+    let events = app
+        .get_json(
+            &format!("/v1/tenants/{}/audit?kind=policy", app.tenant),
+            &app.tokens.admin,
+        )
+        .await;
+    let activated: Vec<&Value> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["details"]["change"] == "activated")
+        .map(|e| &e["details"]["version"])
+        .collect();
+    assert_eq!(activated, [&json!(first), &json!(second)], "{events}");
+}
