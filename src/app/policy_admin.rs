@@ -480,9 +480,12 @@ impl Approvals {
 
     async fn record_policy_event(&self, entry: AuditEntry) -> Result<(), AppError> {
         self.to_the_end(|engine, decision_log| async move {
-            engine.record(entry.clone()).await?;
+            let recorded = engine.record(entry.clone()).await;
+            // Shipped whatever the audit write met: the change or upload is made (or may be,
+            // if only the answer was lost), and the SIEM was the one record of who made it
+            // that could still have it.
             decision_log.offer(&entry);
-            Ok(())
+            recorded
         })
         .await
     }

@@ -649,3 +649,59 @@ async fn shutdown_waits_for_a_write_whose_request_was_cut_short() {
         "shipped before the process stopped: {shipped:?}"
     );
 }
+
+/// A policy change whose audit write fails is still shipped: it is made (answered 200), and
+/// the decision log was the one record of it that could still be had.
+#[tokio::test]
+async fn a_policy_change_whose_audit_write_failed_is_shipped_all_the_same() {
+    let Sink { url, mut lines, .. } = Sink::start(0).await;
+    let app = TestApp::spawn_with(shipping_to(url)).await;
+    let bundle = json!({"files": [{"path": "approvals.rego",
+        "text": "package approvals\ndecision := {\"decision\": \"allow\", \"reasons\": [\"all\"]}\n"}]});
+    let policy = format!("/v1/tenants/{}/policy", app.tenant);
+    let uploaded = app
+        .request(
+            Method::POST,
+            &format!("{policy}/bundles"),
+            Some(&app.tokens.admin),
+        )
+        .json(&bundle)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(uploaded.status(), StatusCode::CREATED);
+    let version = uploaded.json::<Value>().await.unwrap()["bundle"]["version"].clone();
+
+    let mut admin = app.redis().connection().await;
+    let () = crate::support::acl_rule("-xadd")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let activated = app
+        .request(
+            Method::PUT,
+            &format!("{policy}/active"),
+            Some(&app.tokens.admin),
+        )
+        .json(&json!({ "version": version }))
+        .send()
+        .await
+        .unwrap();
+    let () = crate::support::acl_rule("+xadd")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(activated.status(), StatusCode::OK);
+
+    loop {
+        let line = tokio::time::timeout(std::time::Duration::from_secs(15), lines.recv())
+            .await
+            .expect("the activation shipped within 15 s")
+            .expect("the sink is up");
+        if line["kind"] == "policy" && line["details"]["change"] == "activated" {
+            assert_eq!(line["details"]["version"], version, "{line}");
+            assert_eq!(line["actor"], "carol", "{line}");
+            break;
+        }
+    }
+}
