@@ -4,7 +4,7 @@
 //! A pure library function (no printing, no I/O): `approvals policy test` prints the report,
 //! and the service uses the same report to refuse an uploaded bundle whose tests fail.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
@@ -290,10 +290,12 @@ pub fn run_tests_reporting(
     finished: &mut dyn FnMut(&TestResult),
 ) -> TestReport {
     let deadline = Instant::now() + budget;
-    let results = discover(gate)
+    let (rewritten, found) = discover(gate);
+    let runs_on = rewritten.as_ref().unwrap_or(gate);
+    let results = found
         .into_iter()
         .map(|found| match found {
-            Found::Test { name, file } => {
+            Found::Test { rule, name, file } => {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     TestResult {
@@ -304,7 +306,7 @@ pub fn run_tests_reporting(
                         duration: Duration::ZERO,
                     }
                 } else {
-                    run_one(gate, name, file, left.min(TEST_TIME_LIMIT))
+                    run_one(runs_on, &rule, name, file, left.min(TEST_TIME_LIMIT))
                 }
             }
             Found::Unnamed { file, message } => TestResult {
@@ -323,14 +325,20 @@ pub fn run_tests_reporting(
     }
 }
 
-fn run_one(gate: &PolicyGate, name: String, file: String, limit: Duration) -> TestResult {
+fn run_one(
+    gate: &PolicyGate,
+    rule: &str,
+    name: String,
+    file: String,
+    limit: Duration,
+) -> TestResult {
     let mut engine = gate.engine().clone();
     engine.set_execution_timer_config(ExecutionTimerConfig {
         limit,
         check_interval: TEST_TIME_CHECK_INTERVAL,
     });
     let started = Instant::now();
-    let outcome = engine.eval_rule(name.clone());
+    let outcome = engine.eval_rule(rule.to_owned());
     let duration = started.elapsed();
     let error = match outcome {
         Ok(value) if value == regorus::Value::from(true) => None,
@@ -385,16 +393,20 @@ fn describe(value: &regorus::Value) -> String {
 
 enum Found {
     Test {
+        /// The rule evaluated (in the rewritten bundle, for a repeated name).
+        rule: String,
+        /// The name it is reported by.
         name: String,
         file: String,
     },
     /// A file whose package path cannot be written as a rule path: reported as a failure,
     /// because tests that cannot be run must not let the bundle pass.
-    Unnamed {
-        file: String,
-        message: String,
-    },
+    Unnamed { file: String, message: String },
 }
+
+/// A file of the bundle: its label, its text, and the rule heads to rename in it (byte range,
+/// new name).
+type FileRenames = (String, String, Vec<(usize, usize, String)>);
 
 /// The test rules, read from the parsed modules (regorus' AST, via its `unstable` module and
 /// `Engine::get_modules`), not from the text: comments, strings, odd formatting and rules
@@ -402,17 +414,43 @@ enum Found {
 /// rule name it is given (`has_declared_rule_rooted_at`), but lists no rules; `get_ast_as_json`
 /// would, behind a cargo feature (`ast`) we do not build. If an upgrade moves these hidden
 /// items, this stops compiling rather than silently finding no tests.
-fn discover(gate: &PolicyGate) -> Vec<Found> {
+///
+/// Each definition is a test of its own, as `opa test` runs them: a name defined twice (a
+/// copy-pasted test, or the same name in two files of a package) would otherwise evaluate as
+/// one rule, true when any of its definitions is, and a failing copy passed. As OPA does, the
+/// second and later definitions are renamed (reported as `name#01`, ...): in a copy of the
+/// bundle, returned beside the tests when there is any such name.
+fn discover(gate: &PolicyGate) -> (Option<PolicyGate>, Vec<Found>) {
     // `get_modules` takes `&mut self` though it only reads; a clone shares the parsed modules.
     let mut engine = gate.engine().clone();
-    let mut seen = HashSet::new();
     let mut found = Vec::new();
-    for module in engine.get_modules() {
-        let file = module.package.span.source.get_path().clone();
+    let mut definitions: HashMap<String, usize> = HashMap::new();
+    // Per file: its text, and the heads to rename in it.
+    let mut files: Vec<FileRenames> = Vec::new();
+    let modules = engine.get_modules();
+    // Every name defined in each package, which a renamed test must not take.
+    let mut taken: HashSet<String> = HashSet::new();
+    for module in modules.iter() {
+        if let Ok(package) = rule_path(&module.package.refr) {
+            for rule in &module.policy {
+                if let Some(head) = head_root(rule) {
+                    taken.insert(format!("data{package}{}", path_component(head.text())));
+                }
+            }
+        }
+    }
+    for module in modules.iter() {
+        let source = &module.package.span.source;
+        let file = source.get_path().clone();
+        let mut renames = Vec::new();
         let package = match rule_path(&module.package.refr) {
             Ok(package) => package,
             Err(message) => {
-                found.push(Found::Unnamed { file, message });
+                found.push(Found::Unnamed {
+                    file: file.clone(),
+                    message,
+                });
+                files.push((file, source.get_contents().clone(), renames));
                 continue;
             }
         };
@@ -421,33 +459,71 @@ fn discover(gate: &PolicyGate) -> Vec<Found> {
                 continue;
             };
             let name = format!("data{package}{}", path_component(&rule_name));
-            // A rule defined by several bodies (or in several files of one package) is one
-            // test: evaluating it evaluates every definition.
-            if seen.insert(name.clone()) {
+            let seen = definitions.entry(name.clone()).or_default();
+            *seen += 1;
+            if *seen == 1 {
                 found.push(Found::Test {
+                    rule: name.clone(),
                     name,
                     file: file.clone(),
                 });
+                continue;
             }
+            let Some(head) = head_root(rule) else {
+                continue;
+            };
+            let ordinal = *seen - 1;
+            let (renamed, rule) = (0..)
+                .map(|n| {
+                    let renamed = format!("{rule_name}__{ordinal:02}{}", "_".repeat(n));
+                    let rule = format!("data{package}{}", path_component(&renamed));
+                    (renamed, rule)
+                })
+                .find(|(_, rule)| taken.insert(rule.clone()))
+                .unwrap_or_default();
+            renames.push((head.start as usize, head.end as usize, renamed));
+            found.push(Found::Test {
+                rule,
+                name: format!("{name}#{ordinal:02}"),
+                file: file.clone(),
+            });
         }
+        files.push((file, source.get_contents().clone(), renames));
     }
-    found
+    if files.iter().all(|(_, _, renames)| renames.is_empty()) {
+        return (None, found);
+    }
+    let rewritten: Vec<PolicyFile> = files
+        .into_iter()
+        .map(|(relative, mut text, mut renames)| {
+            renames.sort_by_key(|(start, ..)| std::cmp::Reverse(*start));
+            for (start, end, renamed) in renames {
+                if text.is_char_boundary(start) && text.is_char_boundary(end) && start <= end {
+                    text.replace_range(start..end, &renamed);
+                }
+            }
+            PolicyFile { relative, text }
+        })
+        .collect();
+    match PolicyGate::from_files_untried(&rewritten, "its tests, each definition on its own") {
+        Ok(rewritten) => (Some(rewritten), found),
+        // Not expected (only names changed); the tests must not pass for want of a run.
+        Err(error) => (
+            None,
+            vec![Found::Unnamed {
+                file: "(bundle)".into(),
+                message: format!(
+                    "cannot run the definitions of a repeated test name one by one: {}",
+                    clipped(error.to_string())
+                ),
+            }],
+        ),
+    }
 }
 
-/// The name a test is known by, for a rule that is a test: the first component of its head
-/// (`test_x` in `test_x if ...`). Functions are not tests, whatever their name: they cannot be
-/// evaluated without arguments.
-fn test_rule_name(rule: &Rule) -> Option<String> {
-    let head = match rule {
-        Rule::Spec {
-            head: RuleHead::Func { args, .. },
-            ..
-        }
-        | Rule::Default { args, .. }
-            if !args.is_empty() =>
-        {
-            return None
-        }
+/// The span of the name a rule defines (`test_x` in `test_x if ...`, `test_x.y := ...`).
+fn head_root(rule: &Rule) -> Option<&regorus::unstable::Span> {
+    let refr = match rule {
         Rule::Spec { head, .. } => match head {
             RuleHead::Compr { refr, .. }
             | RuleHead::Set { refr, .. }
@@ -455,18 +531,32 @@ fn test_rule_name(rule: &Rule) -> Option<String> {
         },
         Rule::Default { refr, .. } => refr,
     };
-    let name = root_name(head)?;
-    name.starts_with(TEST_PREFIX).then_some(name)
-}
-
-fn root_name(mut expr: &Expr) -> Option<String> {
+    let mut expr: &Expr = refr;
     loop {
         match expr {
-            Expr::Var { span, .. } => return Some(span.text().to_owned()),
+            Expr::Var { span, .. } => return Some(span),
             Expr::RefDot { refr, .. } | Expr::RefBrack { refr, .. } => expr = refr,
             _ => return None,
         }
     }
+}
+
+/// The name a test is known by, for a rule that is a test: the first component of its head
+/// (`test_x` in `test_x if ...`). Functions are not tests, whatever their name: they cannot be
+/// evaluated without arguments.
+fn test_rule_name(rule: &Rule) -> Option<String> {
+    if let Rule::Spec {
+        head: RuleHead::Func { args, .. },
+        ..
+    }
+    | Rule::Default { args, .. } = rule
+    {
+        if !args.is_empty() {
+            return None;
+        }
+    }
+    let name = head_root(rule)?.text();
+    name.starts_with(TEST_PREFIX).then(|| name.to_owned())
 }
 
 /// A package reference as the tail of a rule path (`.a.b`, or `.a["1.0"]` for a component
@@ -666,7 +756,7 @@ not_a_test := false
 
     #[test]
     fn tests_in_any_package_and_file_count_once_each() {
-        let first = "package checks.a\nimport rego.v1\ntest_one if true\ntest_one if 1 == 1\n";
+        let first = "package checks.a\nimport rego.v1\ntest_one if true\n";
         let second = "package checks.a\nimport rego.v1\ntest_two := true\n";
         let odd = "package checks[\"v1.0\"]\nimport rego.v1\ntest_three if true\n";
         let report = run_tests(&gate(&[
@@ -690,6 +780,51 @@ not_a_test := false
             "{report:#?}"
         );
         assert!(report.all_passed());
+    }
+
+    /// A name defined twice, in one file or in two of a package, is two tests, as `opa test`
+    /// runs them: evaluated as one rule it was true when either definition was, and the failing
+    /// copy passed.
+    #[test]
+    fn each_definition_of_a_repeated_test_name_is_a_test_of_its_own() {
+        let first = "package checks\nimport rego.v1\ntest_x if false\n\
+                     test_x if true\ntest_x__01 if true\ntest_y if true\n";
+        let second =
+            "package checks\nimport rego.v1\n# ünïcode before the head\ntest_x if { 1 == 2 }\n\
+                      test_x__02 := true\n";
+        let report = run_tests(&gate(&[
+            ("approvals.rego", POLICY),
+            ("a.rego", first),
+            ("b.rego", second),
+        ]));
+        let names: Vec<(&str, &str, bool)> = report
+            .results
+            .iter()
+            .map(|r| (r.name.as_str(), r.file.as_str(), r.passed))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("data.checks.test_x", "a.rego", false),
+                ("data.checks.test_x#01", "a.rego", true),
+                ("data.checks.test_x__01", "a.rego", true),
+                ("data.checks.test_y", "a.rego", true),
+                ("data.checks.test_x#02", "b.rego", false),
+                ("data.checks.test_x__02", "b.rego", true),
+            ],
+            "{report:#?}"
+        );
+        assert_eq!(report.failed(), 2);
+        // The version is the bundle's own, not its rewritten copy's.
+        assert_eq!(
+            report.policy_version,
+            gate(&[
+                ("approvals.rego", POLICY),
+                ("a.rego", first),
+                ("b.rego", second)
+            ])
+            .version()
+        );
     }
 
     #[test]
