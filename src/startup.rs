@@ -104,6 +104,22 @@ impl Application {
         // Before anything can be counted: the engine's chores start below, and a sweeper's
         // first pass records a restart's backlog of expiries at once.
         crate::metrics::install_recorder();
+        // The ports before the engine: an instance that cannot listen must not start its
+        // chores first. Its sweeper's first pass recorded a restart's backlog of expiries, and
+        // the process then exited before shipping or counting them (no other instance ever
+        // would: only the one that records an expiry ships it).
+        let addr = settings.server.listen;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartupError::Bind { addr, source })?;
+        let metrics_listener = match settings.server.metrics_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartupError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
         let policy = PolicyGate::load(&settings.policy.dir)?
             .with_budget(settings.limits.policy_instructions)
             .confirming_allows(settings.policy.confirm_allows);
@@ -201,18 +217,6 @@ impl Application {
                 settings.limits.max_long_polls_per_caller,
             ),
         });
-        let addr = settings.server.listen;
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartupError::Bind { addr, source })?;
-        let metrics_listener = match settings.server.metrics_listen {
-            Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| StartupError::Bind { addr, source })?,
-            ),
-            None => None,
-        };
         Ok(Self {
             listener,
             metrics_listener,

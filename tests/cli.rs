@@ -1159,6 +1159,54 @@ async fn healthcheck_probes_the_configured_listen_address() {
     assert_eq!(refused.status.code(), Some(2), "{refused:?}");
 }
 
+/// An instance that cannot take its port exits before its engine starts: it recorded the
+/// expiries of a restart's backlog (its sweeper's first pass) and exited before shipping or
+/// counting them, which no other instance would ever do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_cannot_listen_expires_nothing() {
+    use approvals::config::{EngineKind, Settings};
+    use approvals_core::conformance::pending;
+    use redis::AsyncCommands;
+
+    let redis = RedisServer::start().await;
+    let acme = approvals_core::TenantId::parse("acme").unwrap();
+    let mut settings = Settings::default();
+    settings.redis.url = redis.url();
+    let engine = approvals::engines::connect(EngineKind::Redis, &settings)
+        .await
+        .unwrap();
+    let lapsed = pending(&acme, "lapsed-1", Duration::from_millis(1));
+    engine.import(lapsed.clone()).await.unwrap();
+    let mut conn = redis.connection().await;
+    // The deadline has passed (by Redis' clock, which the sweeper reads).
+    let deadline_ms = u64::try_from(lapsed.expires_at.as_millis()).unwrap();
+    loop {
+        let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await.unwrap();
+        if secs * 1000 + micros / 1000 > deadline_ms {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = serve_config(port, &redis, "agent-token-1", "", "");
+    let config = write(dir.path(), "config.toml", &config);
+    let output = approvals(&["serve", "--config", &config]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("cannot listen"),
+        "{output:?}"
+    );
+    // Still pending, its expiry unrecorded: the record's key lapsed with its deadline (the
+    // ADR's layout) and the copy kept to record the expiry later is still there.
+    let record: Option<String> = conn.get("approval:acme:lapsed-1").await.unwrap();
+    assert_eq!(record, None, "its expiry was recorded");
+    let kept: bool = conn.exists("approvals:shadow:acme:lapsed-1").await.unwrap();
+    assert!(kept);
+}
+
 /// What the service counts from its first moment reaches `/metrics`: approvals that lapsed
 /// while it was down are recorded as expired by the sweeper's first pass, at start-up, and
 /// counted. The recorder was installed after the engine's chores (and the tenants' policies'
