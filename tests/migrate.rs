@@ -484,6 +484,29 @@ async fn a_scan_outage_is_waited_out_and_a_lasting_one_keeps_the_report() {
     );
 }
 
+/// A target that refuses every import for a few seconds (its frontend restarting) is waited
+/// out record by record: each record was given 1.5 s, every one in flight failed, and 100
+/// failures stopped a run of hours early.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_refusing_imports_for_seconds_is_waited_out() {
+    let setup = Setup::new().await;
+    let redis = setup.engine(EngineKind::Redis).await;
+    let temporal = setup.engine(EngineKind::Temporal).await;
+    let tenant = fresh_tenant("restarting");
+    let names: Vec<String> = (0..MAX_FAILED_RECORDS + 20)
+        .map(|n| format!("r-{n}"))
+        .collect();
+    for name in &names {
+        redis.submit(pending(&tenant, name, HOUR)).await.unwrap();
+    }
+    let restarting = RacedSource::refusing_imports(&temporal, Duration::from_secs(4));
+    let report = of_tenant(&redis, &restarting, &tenant, 256).run().await;
+    assert!(!report.stopped_early, "{report}");
+    assert!(report.failed.is_empty(), "{report}");
+    assert_eq!(report.imported, names.len() as u64, "{report}");
+    assert!(report.is_reconciled(), "{report}");
+}
+
 /// A dry run treats a target copy it cannot read as the real run does: named among the
 /// target's unreadable keys, not a failed record (a hundred of them stopped the dry run early,
 /// blaming a side that was "most likely down").
@@ -871,6 +894,8 @@ struct RacedSource {
     scans: std::sync::Mutex<(usize, Option<Instant>)>,
     /// The first import lands, runs the interlude, then answers `Timeout` (its answer lost).
     import_lands_then_times_out: bool,
+    /// Imports are refused from the first one until this long after it (a side restarting).
+    imports_refused_for: Option<(Duration, std::sync::OnceLock<Instant>)>,
 }
 
 impl RacedSource {
@@ -882,6 +907,7 @@ impl RacedSource {
             outage: None,
             scans: std::sync::Mutex::default(),
             import_lands_then_times_out: false,
+            imports_refused_for: None,
         })
     }
 
@@ -898,6 +924,7 @@ impl RacedSource {
             outage: Some((scans_before, lasting)),
             scans: std::sync::Mutex::default(),
             import_lands_then_times_out: false,
+            imports_refused_for: None,
         })
     }
 
@@ -914,6 +941,24 @@ impl RacedSource {
             outage: None,
             scans: std::sync::Mutex::default(),
             import_lands_then_times_out: true,
+            imports_refused_for: None,
+        })
+    }
+
+    /// `inner` as an import target that refuses every import for `lasting` from the first
+    /// (Temporal's frontend restarting, a Redis failover).
+    fn refusing_imports(
+        inner: &Arc<dyn RecordTransfer>,
+        lasting: Duration,
+    ) -> Arc<dyn RecordTransfer> {
+        Arc::new(Self {
+            inner: inner.clone(),
+            interlude: tokio::sync::Mutex::new(None),
+            twice: false,
+            outage: None,
+            scans: std::sync::Mutex::default(),
+            import_lands_then_times_out: false,
+            imports_refused_for: Some((lasting, std::sync::OnceLock::new())),
         })
     }
 
@@ -926,6 +971,7 @@ impl RacedSource {
             outage: None,
             scans: std::sync::Mutex::default(),
             import_lands_then_times_out: false,
+            imports_refused_for: None,
         })
     }
 }
@@ -1041,6 +1087,14 @@ impl RecordTransfer for RacedSource {
         &self,
         approval: Approval,
     ) -> Result<approvals_core::ImportOutcome, approvals_core::BackendError> {
+        if let Some((lasting, since)) = &self.imports_refused_for {
+            if since.get_or_init(Instant::now).elapsed() < *lasting {
+                return Err(approvals_core::BackendError::unavailable(
+                    "import",
+                    "connection refused (a restart)",
+                ));
+            }
+        }
         let landed = self.inner.import(approval).await;
         if self.import_lands_then_times_out {
             if let Some(interlude) = self.interlude.lock().await.take() {

@@ -35,10 +35,29 @@ const SCAN_BATCH: usize = 1000;
 /// How long a scan is tried again while its side does not answer, before the run stops (it
 /// can be re-run: it is idempotent). A Redis failover or a rolling restart of Temporal's
 /// frontend takes tens of seconds: four attempts within 1.2 s ended runs of hours on them.
-const SCAN_RETRY_FOR: Duration = Duration::from_secs(30);
-/// The same for a call about one record: one that fails is passed over and reported (a re-run
-/// mends it), so it is not worth the scan's wait; past `MAX_FAILED_RECORDS` the run stops.
-const RECORD_RETRY_FOR: Duration = Duration::from_millis(1500);
+const SCAN_RETRYING: Retrying = Retrying {
+    refused_for: Duration::from_secs(30),
+    timeouts: usize::MAX,
+};
+/// The same for a call about one record. A refused call (its side restarting) is tried for as
+/// long as a scan: in 1.5 s, a side down for a few seconds failed every record in flight, and
+/// 100 of them stopped a run of hours. One that ran out its deadline (a whole call deadline
+/// spent: 15 s on Temporal) is tried once more, so an answer lost once is still had; a record
+/// that keeps failing is passed over and reported (a re-run mends it).
+const RECORD_RETRYING: Retrying = Retrying {
+    refused_for: Duration::from_secs(30),
+    timeouts: 1,
+};
+
+/// How a call that its side did not answer is tried again.
+#[derive(Debug, Clone, Copy)]
+struct Retrying {
+    /// Tried again while the next attempt would start within this of the first.
+    refused_for: Duration,
+    /// Of the calls that ran out their deadline, how many are tried again (within
+    /// `refused_for`, the first one in any case).
+    timeouts: usize,
+}
 /// The longest pause between two attempts.
 const MOST_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -472,7 +491,7 @@ impl Migration {
             let Some(cursor) = cursor else {
                 return Ok(None);
             };
-            let page = retry_for(SCAN_RETRY_FOR, "scan", || {
+            let page = retry_for(SCAN_RETRYING, "scan", || {
                 backend.scan(cursor.as_deref(), SCAN_BATCH)
             })
             .await?;
@@ -618,13 +637,13 @@ async fn retry<T, Fut>(what: &str, call: impl Fn() -> Fut) -> Result<T, BackendE
 where
     Fut: Future<Output = Result<T, BackendError>>,
 {
-    retry_for(RECORD_RETRY_FOR, what, call).await
+    retry_for(RECORD_RETRYING, what, call).await
 }
 
-/// Calls `call` until it succeeds, fails otherwise than by its side not answering, or `window`
-/// would pass before the next attempt.
+/// Calls `call` until it succeeds, fails otherwise than by its side not answering, or
+/// `retrying` says to stop.
 async fn retry_for<T, Fut>(
-    window: Duration,
+    retrying: Retrying,
     what: &str,
     call: impl Fn() -> Fut,
 ) -> Result<T, BackendError>
@@ -632,12 +651,19 @@ where
     Fut: Future<Output = Result<T, BackendError>>,
 {
     let started = tokio::time::Instant::now();
-    let (mut attempt, mut pause) = (1, Duration::from_millis(200));
+    let (mut attempt, mut pause, mut timeouts) = (1, Duration::from_millis(200), 0);
     loop {
-        match call().await {
-            Err(error @ (BackendError::Unavailable { .. } | BackendError::Timeout(_)))
-                if started.elapsed() + pause < window =>
+        let answer = call().await;
+        let in_time = started.elapsed() + pause < retrying.refused_for;
+        match answer {
+            Err(error @ BackendError::Timeout(_))
+                if timeouts < retrying.timeouts && (timeouts == 0 || in_time) =>
             {
+                tracing::warn!(%error, attempt, "{what} failed; retrying");
+                timeouts += 1;
+                attempt += 1;
+            }
+            Err(error @ BackendError::Unavailable { .. }) if in_time => {
                 tracing::warn!(%error, attempt, "{what} failed; retrying");
                 tokio::time::sleep(pause).await;
                 attempt += 1;
