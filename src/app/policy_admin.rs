@@ -246,7 +246,7 @@ impl Approvals {
     ) -> PolicyView {
         let default_version = self.policies.default_gate().version().to_owned();
         PolicyView {
-            loaded_here: self.policies.runs(tenant, state.generation),
+            loaded_here: self.policies.runs(tenant, &state),
             effective_version: state
                 .active
                 .clone()

@@ -233,14 +233,14 @@ impl TenantPolicies {
         }
     }
 
-    /// Whether this instance runs all of `generation` for `tenant`: its active bundle and its
-    /// candidate (a generation 0 is the platform default nobody changed).
-    pub fn runs(&self, tenant: &TenantId, generation: u64) -> bool {
+    /// Whether this instance runs all of `state` for `tenant`: its generation, active bundle
+    /// and candidate (the versions too: a version activated again under the same generation,
+    /// after a failover lost a write, was said to run here before it was loaded).
+    pub fn runs(&self, tenant: &TenantId, state: &PolicyState) -> bool {
         match self.loaded.load().get(tenant) {
-            None => generation == 0,
-            Some(loaded) => {
-                loaded.generation == generation && loaded.complete && loaded.gates.is_some()
-            }
+            // Nothing loaded for it: the platform default, which a state naming none means.
+            None => state.active.is_none() && state.candidate.is_none(),
+            Some(loaded) => loaded.serves(state),
         }
     }
 
@@ -746,7 +746,10 @@ mod tests {
             store.swap_state(&tenant, &state, &rewritten).await.unwrap(),
             Swap::Done
         );
+        // Not yet loaded here: not said to run, though the generation is the same.
+        assert!(!policies.runs(&tenant, &rewritten));
         policies.sync().await.unwrap();
+        assert!(policies.runs(&tenant, &rewritten));
         let gates = policies.gates(&tenant).unwrap();
         assert_eq!(gates.active.version(), second);
         assert_eq!(
