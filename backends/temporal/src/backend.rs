@@ -377,7 +377,7 @@ impl TemporalBackend {
         for execution in self.executions(op, query).await? {
             rows.extend(self.pass_over(Self::approval_row(&execution))?);
         }
-        Ok(rows)
+        Ok(Row::united(rows))
     }
 
     fn tenant_query(tenant: &TenantId) -> String {
@@ -877,7 +877,7 @@ impl ApprovalBackend for TemporalBackend {
             }
         }
         let events = self
-            .overlaid(rows, |t| t == tenant, now)
+            .overlaid(Row::united(rows), |t| t == tenant, now)
             .into_iter()
             .flat_map(|row| row.events)
             .chain(self.recent.overlay_logged(tenant, logged));
@@ -887,6 +887,8 @@ impl ApprovalBackend for TemporalBackend {
             .filter(|e| after.is_none_or(|c| e.event_id.as_str() > c))
             .collect();
         events.sort_by(|a, b| a.event_id.cmp(&b.event_id));
+        // A decision-log execution returned twice by the walk (see `Row::united`).
+        events.dedup_by(|a, b| a.event_id == b.event_id);
         let more = events.len() > limit;
         events.truncate(limit);
         let next_cursor = if more {
@@ -1060,6 +1062,45 @@ mod tests {
             decided_at: Some(decision.at),
             ..pending()
         }
+    }
+
+    /// An execution a visibility walk returned twice (running on one server page, closed on a
+    /// later one) is one row: its events once, its settled record.
+    #[test]
+    fn an_approval_seen_twice_by_one_walk_is_one_row() {
+        let approval = pending();
+        let submitted: AuditEvent =
+            crate::record::first_event(AuditEntry::submitted(&approval)).into();
+        let decision = DecisionRequest {
+            verdict: Verdict::Accept,
+            decided_by: "alice".into(),
+            reason: None,
+            at: Timestamp::now(),
+        };
+        let accepted = settled_by(&decision);
+        let decided = crate::record::decided_event(&accepted).unwrap();
+        let other = Approval {
+            id: ApprovalId::parse("other").unwrap(),
+            ..pending()
+        };
+        let rows = Row::united(vec![
+            Row {
+                approval: approval.clone(),
+                events: vec![submitted.clone()],
+            },
+            Row {
+                approval: other.clone(),
+                events: vec![],
+            },
+            Row {
+                approval: accepted.clone(),
+                events: vec![submitted.clone(), decided.clone()],
+            },
+        ]);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].approval, accepted);
+        assert_eq!(rows[0].events, vec![submitted, decided]);
+        assert_eq!(rows[1].approval, other);
     }
 
     /// Every audit bound is one visibility can parse: a year within 0000 to 9999.

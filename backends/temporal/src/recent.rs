@@ -52,6 +52,29 @@ impl Row {
         Row { approval, events }
     }
 
+    /// `rows` with each approval once, its views merged, in first-seen order. A visibility walk
+    /// over several server pages can return an execution twice: one that closed mid-walk moves
+    /// from the running section (already returned) to the closed one (not yet reached), and its
+    /// audit events and list item were answered twice.
+    pub fn united(rows: Vec<Row>) -> Vec<Row> {
+        let mut at: HashMap<(TenantId, String), usize> = HashMap::with_capacity(rows.len());
+        let mut out: Vec<Row> = Vec::with_capacity(rows.len());
+        for row in rows {
+            let key = (row.approval.tenant.clone(), row.approval.id.to_string());
+            match at.get(&key) {
+                Some(&i) => {
+                    let seen = std::mem::replace(&mut out[i], row.clone());
+                    out[i] = seen.merge(row);
+                }
+                None => {
+                    at.insert(key, out.len());
+                    out.push(row);
+                }
+            }
+        }
+        out
+    }
+
     /// The row as a reader at `now` sees it: past the deadline it is expired; a decision this
     /// process learned of has its event (the workflow's expiry event shows once it is recorded).
     pub fn seen_at(self, now: Timestamp) -> Row {
