@@ -1049,3 +1049,70 @@ async fn a_linked_page_whose_browser_signed_in_elsewhere_says_it_is_no_longer_li
     );
     let _ = browser.close().await;
 }
+
+/// Sends a Chrome DevTools command to `browser`, through its chromedriver.
+async fn devtools(driver: &Driver, browser: &Client, cmd: &str, params: Value) {
+    let session = browser
+        .session_id()
+        .await
+        .expect("a session id")
+        .expect("a session");
+    let response = reqwest::Client::new()
+        .post(format!("{}/session/{session}/goog/cdp/execute", driver.url))
+        .json(&json!({ "cmd": cmd, "params": params }))
+        .send()
+        .await
+        .expect("chromedriver answers");
+    assert!(response.status().is_success(), "{cmd}: {response:?}");
+}
+
+/// A decision made before the page's first live stream opened (here the stream's request is
+/// held back, as on a slow link between the page and its stream) is shown once it opens. A
+/// first stream starts at "now", and the page checked itself again only on a reconnect: the
+/// approval stayed "pending" with its form, on a page that said it was live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_made_before_the_first_stream_opened_is_shown() {
+    let app = TestApp::spawn().await;
+    app.park("missed-2").await;
+    let driver = Driver::start();
+    let browser = driver.browser().await;
+    sign_in(&browser, &app, &app.tokens.reviewer).await;
+    // The stream's request waits in the browser until the domain is disabled.
+    devtools(
+        &driver,
+        &browser,
+        "Fetch.enable",
+        json!({"patterns": [{"urlPattern": "*/ui/events*", "requestStage": "Request"}]}),
+    )
+    .await;
+    browser
+        .goto(&app.url("/ui/approvals/missed-2"))
+        .await
+        .expect("the approval's page");
+    until_true(
+        &browser,
+        "document.readyState === 'complete'",
+        "the page and its script",
+    )
+    .await;
+    script(&browser, "window.notReloaded = true; return null;").await;
+
+    let bob = app
+        .decide("missed-2", "accept", &app.tokens.reviewer2)
+        .await;
+    assert_eq!(bob.status(), reqwest::StatusCode::OK);
+    devtools(&driver, &browser, "Fetch.disable", json!({})).await;
+    until_true_within(
+        &browser,
+        "document.getElementById('live-region').dataset.status === 'accepted'",
+        "the decision on the page",
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(
+        script(&browser, "return window.notReloaded === true;").await,
+        json!(true),
+        "followed without a reload"
+    );
+    let _ = browser.close().await;
+}

@@ -218,10 +218,10 @@
 
   // A stream that ended (its session signed out, an instance restarted) reconnects by itself,
   // with whatever cookie the browser holds then: look again at once, so a page whose session
-  // ended says so, and one whose session goes on shows what it missed. So does a first
-  // stream that was refused (the tenant's streams at their limit, the store down): what
-  // happened before it opened was never sent to it.
-  var opened = false, refused = false, pauseTimer = null;
+  // ended says so, and one whose session goes on shows what it missed. So does the first
+  // stream: it starts at "now", and what happened between the page's reading and its opening
+  // (a moment on a fast link, longer on a slow one or across a restart) was never sent to it.
+  var pauseTimer = null;
   function connect() {
     source = new EventSource("/ui/events");
     source.addEventListener("open", function () {
@@ -229,9 +229,8 @@
       clearTimeout(pauseTimer);
       pauseTimer = null;
       if (!refreshFailed) paused(false);
-      if (opened || refused) { trusted = false; refresh(true); }
-      opened = true;
-      refused = false;
+      trusted = false;
+      refresh(true);
     });
     // Refused for good: a 401 once the session is signed out (the check says so), or a 503
     // (the check finds the session holds, or cannot tell: the stream is opened again).
@@ -244,7 +243,6 @@
         }
         return;
       }
-      refused = true;
       paused(true);
       reopenWanted = true;
       refresh(true);
