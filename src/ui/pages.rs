@@ -181,14 +181,15 @@ fn decision_failed(
 const MAYBE_DECIDED: &str = "Your decision may or may not have been recorded: open the \
     approval to see where it stands before deciding again.";
 
-/// A form refused unread; `approval` the page the reviewer returns to.
-fn refused(detail: &str, approval: Option<String>) -> Response {
+/// A form refused unread; `approval` the page the reviewer returns to, `reason` what they
+/// wrote there, shown to copy.
+fn refused(detail: &str, approval: Option<String>, reason: Option<String>) -> Response {
     let page = ErrorPage {
         chrome: None,
         title: "Refused".into(),
         detail: detail.into(),
         approval,
-        reason: None,
+        reason,
     };
     (StatusCode::FORBIDDEN, render(&page)).into_response()
 }
@@ -363,7 +364,7 @@ pub async fn login(
     WithRejection(Form(form), _): WithRejection<Form<LoginForm>, Malformed>,
 ) -> Response {
     if !session::same_site(&headers, state.public_authority()) {
-        return refused("This sign-in form was sent from another site.", None);
+        return refused("This sign-in form was sent from another site.", None, None);
     }
     if form.token.len() > MAX_FIELD || form.tenant.len() > MAX_FIELD {
         metrics::counter!("approvals_auth_failures_total", "surface" => "inbox").increment(1);
@@ -413,7 +414,11 @@ pub async fn logout(
         // was then refused, leaving a shared machine signed in. Another site still cannot
         // sign a reviewer out (`same_site`).
         if !session::same_site(&headers, state.public_authority()) {
-            return refused("This sign-out form did not come from your inbox.", None);
+            return refused(
+                "This sign-out form did not come from your inbox.",
+                None,
+                None,
+            );
         }
         // Also refused if a copy of the cookie comes back.
         if !state.sign_out(&session).await {
@@ -755,6 +760,9 @@ pub async fn decide(
              another tab), or it did not come from your inbox. Nothing was decided: open the \
              approval again and decide there.",
             ApprovalId::parse(id).ok().map(|id| id.to_string()),
+            // A reason written at length (a tab left open while signing in elsewhere) is not
+            // lost with the form.
+            Some(form.reason).filter(|r| !r.trim().is_empty()),
         );
     }
     let id = match ApprovalId::parse(id) {

@@ -1045,12 +1045,18 @@ async fn stale_tabs_and_failed_decisions_lead_back_to_the_approval() {
                 ("csrf", hidden(&old_tab, "csrf").as_str()),
                 ("digest", hidden(&old_tab, "digest").as_str()),
                 ("verdict", "accept"),
+                ("reason", "Ticket <T-7> checked"),
             ],
         )
         .await;
     assert_eq!(response.status(), StatusCode::FORBIDDEN);
     let page = response.text().await.expect("text");
     assert!(page.contains("signed in again"), "{page}");
+    // The reason written is given back to copy, not lost with the form.
+    assert!(
+        page.contains(">Ticket &#60;T-7&#62; checked</textarea>"),
+        "{page}"
+    );
     assert!(page.contains("href=\"/ui/approvals/waits\""), "{page}");
     assert_eq!(api_status(&app, "waits").await["status"], "pending");
 
