@@ -27,10 +27,15 @@ pub struct Row {
     /// it whole).
     pub context: String,
     pub submitted_at: String,
+    /// RFC 3339, for `<time datetime>`.
+    pub submitted_rfc3339: String,
     /// "12 min", since it was submitted.
     pub age: String,
     /// RFC 3339, for the page's clock to count down.
     pub expires_at: String,
+    /// The deadline as a person reads it: a reviewer planning their day needs the hour, not
+    /// only the time left.
+    pub expires_clock: String,
     /// RFC 3339: from when the page's clock marks it expiring soon (a page left open is not
     /// rendered again until something happens in the tenant).
     pub soon_at: String,
@@ -62,8 +67,10 @@ impl Row {
             reasons: approval.reasons.iter().map(|r| visible(r)).collect(),
             context: visible(&summary(&approval.context)),
             submitted_at: clock(approval.submitted_at),
+            submitted_rfc3339: approval.submitted_at.to_string(),
             age: span(approval.submitted_at.elapsed_at(now)),
             expires_at: approval.expires_at.to_string(),
+            expires_clock: clock(approval.expires_at),
             soon_at: approval
                 .expires_at
                 .minus(ttl.mul_f64(EXPIRING_SOON_SHARE))

@@ -1116,3 +1116,47 @@ async fn a_decision_made_before_the_first_stream_opened_is_shown() {
     );
     let _ = browser.close().await;
 }
+
+/// At its deadline an approval's page stops offering a decision, though its expiry is not
+/// recorded yet (no sweep, no reader): Accept stayed clickable under "expired", for a refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_page_stops_offering_a_decision_at_the_deadline() {
+    let app = TestApp::spawn_with(|s| {
+        s.approvals.default_ttl = Duration::from_secs(4);
+        s.approvals.sweep_interval = Duration::from_secs(3600);
+    })
+    .await;
+    let driver = Driver::start();
+    let browser = driver.browser().await;
+    sign_in(&browser, &app, &app.tokens.reviewer).await;
+    app.park("deadline-1").await;
+    browser
+        .goto(&app.url("/ui/approvals/deadline-1"))
+        .await
+        .expect("the approval's page");
+    assert_eq!(
+        script(
+            &browser,
+            "return document.querySelector('form.decide button.accept').disabled;"
+        )
+        .await,
+        json!(false),
+        "open before the deadline"
+    );
+    until_true(
+        &browser,
+        "document.querySelector('[data-expires-at]').textContent === 'expired'",
+        "the countdown to reach the deadline",
+    )
+    .await;
+    assert_eq!(
+        script(
+            &browser,
+            "return [...document.querySelectorAll('form.decide button')].every(b => b.disabled);"
+        )
+        .await,
+        json!(true)
+    );
+    assert!(text(&browser).await.contains("Time is up"));
+    let _ = browser.close().await;
+}

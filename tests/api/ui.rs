@@ -209,6 +209,21 @@ async fn a_reviewer_signs_in_sees_what_waits_and_accepts_it(h: Harness) {
         "the context is shown: {detail}"
     );
     assert!(detail.contains("value=\"accept\""), "{detail}");
+    // The deadline itself, not only the time left: "(until 2026-12-03 14:05 UTC)".
+    let record = api_status(&app, "wire-1").await;
+    let expires_at = record["expires_at"].as_str().unwrap();
+    let until = format!(
+        "(until <time datetime=\"{expires_at}\">{} {} UTC</time>)",
+        &expires_at[..10],
+        &expires_at[11..16]
+    );
+    assert!(detail.contains(&until), "{until} in {detail}");
+    // The list's submission time is machine-readable (RFC 3339).
+    let submitted_at = record["submitted_at"].as_str().unwrap();
+    assert!(
+        inbox.contains(&format!("<time datetime=\"{submitted_at}\"")),
+        "{inbox}"
+    );
 
     let done = browser
         .after(browser.decide("wire-1", "accept", "fine by me").await)

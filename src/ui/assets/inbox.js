@@ -36,6 +36,7 @@
     document.querySelectorAll("[data-expires-at]").forEach(function (el) {
       var left = Date.parse(el.getAttribute("data-expires-at")) - now;
       el.textContent = left > 0 ? span(left) + " left" : "expired";
+      if (left <= 0) timeUp();
       var soonAt = Date.parse(el.getAttribute("data-soon-at"));
       var holder = el.closest("tr, dd");
       if (now < soonAt || !holder || holder.querySelector(".soon")) return;
@@ -47,6 +48,22 @@
       el.parentNode.appendChild(badge);
     });
   }
+  // At its deadline an approval can no longer be decided, whether or not its expiry has been
+  // recorded (and sent to this page) yet: its form stops offering a decision the service
+  // would refuse. The reason typed stays, to copy.
+  function timeUp() {
+    var form = document.querySelector("form.decide");
+    if (!form || form.getAttribute("data-time-up")) return;
+    form.setAttribute("data-time-up", "true");
+    form.querySelectorAll("button").forEach(function (button) { button.disabled = true; });
+    var note = document.createElement("p");
+    note.className = "notice warning";
+    note.id = "time-up";
+    note.textContent = "Time is up: this approval expired (an automatic rejection) and can " +
+      "no longer be decided.";
+    form.insertBefore(note, form.firstChild);
+  }
+
   tick();
   setInterval(tick, 1000);
 
