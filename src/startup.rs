@@ -59,10 +59,10 @@ async fn sandbox(
         None => std::env::current_exe()
             .map_err(|e| StartupError::Sandbox(format!("this binary's path: {e}")))?,
     };
-    let sandbox = Arc::new(crate::policy::sandbox::Sandbox {
+    let sandbox = Arc::new(crate::policy::sandbox::Sandbox::new(
         binary,
-        memory_limit: settings.memory_limit_mib.saturating_mul(1 << 20),
-    });
+        settings.memory_limit_mib.saturating_mul(1 << 20),
+    ));
     // No tenant bundles here (Temporal without a Redis tenant store): nothing runs in one.
     if !used {
         return Ok(Some(sandbox));

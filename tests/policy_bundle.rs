@@ -139,10 +139,7 @@ fn a_signal_on_the_waiting_thread_does_not_fail_a_sandboxed_validation() {
     }
     .expect("a SIGUSR1 handler");
 
-    let sandbox = Sandbox {
-        binary: env!("CARGO_BIN_EXE_approvals").into(),
-        memory_limit: 512 << 20,
-    };
+    let sandbox = Sandbox::new(env!("CARGO_BIN_EXE_approvals").into(), 512 << 20);
     // A test that keeps the child busy for a while, so that signals land during the wait.
     let files = vec![
         PolicyFile {

@@ -14,7 +14,7 @@ use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitCode, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -71,6 +71,21 @@ pub struct Sandbox {
     pub binary: PathBuf,
     /// The child's address-space limit (`RLIMIT_AS`), in bytes.
     pub memory_limit: u64,
+    /// Versions whose evaluations stopped their child lately (see [`STRIKES`]).
+    stopped_by: std::sync::Mutex<HashMap<String, Strikes>>,
+}
+
+/// Evaluations of one version in a row that stopped their child, before the version is held
+/// back: each one cost a fork and exec of the service, a compile, and the recompiles of every
+/// other tenant's bundle on that thread's new child, as fast as one tenant could submit.
+const STRIKES: u32 = 3;
+/// How long a version held back fails closed without a child; then one evaluation tries again.
+const HELD_BACK_FOR: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Copy)]
+struct Strikes {
+    count: u32,
+    last: Instant,
 }
 
 /// One line to the child: sent from borrowed parts (no copy of the input or the bundle),
@@ -129,9 +144,70 @@ thread_local! {
 }
 
 impl Sandbox {
+    pub fn new(binary: PathBuf, memory_limit: u64) -> Self {
+        Self {
+            binary,
+            memory_limit,
+            stopped_by: std::sync::Mutex::default(),
+        }
+    }
+
     /// `gate`'s verdict on `input`, from this thread's child. `Err` says why there is none (the
-    /// child died, overran its deadline, or could not be started); the caller fails closed.
+    /// child died, overran its deadline, or could not be started; or the version stopped its
+    /// child [`STRIKES`] times in a row lately); the caller fails closed.
     pub(super) fn evaluate(
+        &self,
+        gate: &PolicyGate,
+        files: &[PolicyFile],
+        input: &serde_json::Value,
+    ) -> Result<PolicyVerdict, String> {
+        let version = gate.version();
+        if let Some(strikes) = self.held_back(version) {
+            return Err(format!(
+                "this bundle stopped its sandbox {} times in a row; it is not run for {}s \
+                 after the last",
+                strikes.count,
+                HELD_BACK_FOR.as_secs()
+            ));
+        }
+        let answer = self.evaluate_in_child(gate, files, input);
+        let mut stopped_by = self
+            .stopped_by
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match &answer {
+            Ok(_) => {
+                stopped_by.remove(version);
+            }
+            Err(_) => {
+                let strikes = stopped_by.entry(version.to_owned()).or_insert(Strikes {
+                    count: 0,
+                    last: Instant::now(),
+                });
+                strikes.count += 1;
+                strikes.last = Instant::now();
+                // Bounded: versions that stopped once and were never evaluated again go.
+                if stopped_by.len() > VERSIONS_KEPT {
+                    stopped_by.retain(|_, s| s.last.elapsed() < HELD_BACK_FOR);
+                }
+            }
+        }
+        answer
+    }
+
+    /// The strikes of `version` if it is held back now.
+    fn held_back(&self, version: &str) -> Option<Strikes> {
+        let stopped_by = self
+            .stopped_by
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        stopped_by
+            .get(version)
+            .filter(|s| s.count >= STRIKES && s.last.elapsed() < HELD_BACK_FOR)
+            .copied()
+    }
+
+    fn evaluate_in_child(
         &self,
         gate: &PolicyGate,
         files: &[PolicyFile],

@@ -1857,3 +1857,44 @@ async fn a_change_whose_answer_came_too_late_is_answered_made_and_audited() {
         .collect();
     assert_eq!(activated, [&json!(first), &json!(second)], "{events}");
 }
+
+/// A bundle that stops its sandbox child on every evaluation is held back after three in a
+/// row: its submits fail closed at once, without a child each (a fork and exec of the service
+/// and a compile per submit, and every other tenant's bundle compiled again in the new child,
+/// as fast as one tenant could send them).
+#[tokio::test]
+async fn a_bundle_that_keeps_stopping_its_sandbox_is_held_back() {
+    let app = TestApp::spawn_with(|s| s.limits.policy_concurrency = 1).await;
+    let version = upload(&app, greedy()).await;
+    activate(&app, &version).await;
+    let mut reasons = Vec::new();
+    for n in 0..6 {
+        let answer = app
+            .request(
+                Method::POST,
+                &format!("/v1/tenants/{}/approvals", app.tenant),
+                Some(&app.tokens.agent),
+            )
+            .json(&json!({"request_id": format!("huge-{n}"),
+                "action": {"type": "document_read", "resource": "notes.txt"},
+                "context": {"n": 300_000_000_000u64}}))
+            .send()
+            .await
+            .expect("submit");
+        assert_eq!(answer.status(), StatusCode::CREATED);
+        let answer: Value = answer.json().await.unwrap();
+        assert_eq!(answer["decision"], "require_approval", "{answer}");
+        reasons.push(answer["reasons"][0].as_str().unwrap_or_default().to_owned());
+    }
+    let held = |reason: &String| reason.contains("stopped its sandbox 3 times in a row");
+    assert!(!reasons[..3].iter().any(held), "{reasons:#?}");
+    assert!(reasons[3..].iter().all(held), "{reasons:#?}");
+
+    // Only that version is held back: another one is evaluated as ever.
+    activate(&app, &upload(&app, reads_allowed()).await).await;
+    let answer = app
+        .submit("a-read", json!({"type": "document_read", "resource": "a"}))
+        .await;
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert_eq!(answer.json::<Value>().await.unwrap()["decision"], "allow");
+}
