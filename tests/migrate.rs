@@ -1390,3 +1390,58 @@ async fn a_decision_the_secondary_missed_is_replayed_on_it_when_the_target_answe
     let repaired = redis.get(&tenant, &id("missed")).await.unwrap().unwrap();
     assert_eq!(repaired, decided, "same reviewer, reason and time");
 }
+
+/// A record only the answering target holds (a submit whose mirror to the soak's secondary
+/// failed) is copied to the source: it was listed as "source missing" and the run exited 1 on
+/// every re-run, until the target dropped it. A dry run says it would, and copies nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_only_the_answering_target_holds_is_copied_to_the_source() {
+    let setup = Setup::new().await;
+    let redis = setup.engine(EngineKind::Redis).await;
+    let temporal = setup.engine(EngineKind::Temporal).await;
+    let tenant = fresh_tenant("unmirrored");
+    redis
+        .submit(pending(&tenant, "only-redis", HOUR))
+        .await
+        .unwrap();
+    let parked = redis
+        .get(&tenant, &id("only-redis"))
+        .await
+        .unwrap()
+        .unwrap();
+
+    // The rollback's last step: Temporal to Redis, with Redis answering.
+    let run = |extra: &[&str]| {
+        let output = setup
+            .command("temporal", "redis", &[&tenant], extra)
+            .env("APPROVALS_BACKEND__KIND", "dual")
+            .env("APPROVALS_BACKEND__PRIMARY", "redis")
+            .output()
+            .unwrap();
+        let report: Value = serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stderr)));
+        (output.status.success(), report)
+    };
+    let (_, previewed) = run(&["--dry-run"]);
+    assert_eq!(previewed["would_repair_source"], 1, "{previewed:#}");
+    assert_eq!(
+        temporal.get(&tenant, &id("only-redis")).await.unwrap(),
+        None
+    );
+
+    let (reconciled, report) = run(&[]);
+    assert!(reconciled, "{report:#}");
+    assert_eq!(report["source_repaired"], 1, "{report:#}");
+    let copied = temporal
+        .get(&tenant, &id("only-redis"))
+        .await
+        .unwrap()
+        .expect("copied to Temporal");
+    assert_eq!(copied.status, Status::Pending);
+    assert_eq!(copied.expires_at, parked.expires_at, "its own deadline");
+
+    // And again: nothing left to do.
+    let (reconciled, report) = run(&[]);
+    assert!(reconciled, "{report:#}");
+    assert_eq!(report["source_repaired"], 0, "{report:#}");
+}

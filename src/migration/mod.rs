@@ -261,23 +261,47 @@ impl Migration {
                     let copy = self
                         .read_again_if_moved_on(&self.target, copy, other)
                         .await?;
-                    Ok(Some((copy, source)))
+                    let copied_back = match &source {
+                        Ok(None) => self.copy_back(&copy).await?,
+                        _ => None,
+                    };
+                    Ok(Some((copy, source, copied_back)))
                 },
                 |found| {
                     let now = Timestamp::now();
                     match found {
                         None => {}
-                        Some((_, Err(key))) => {
+                        Some((_, Err(key), _)) => {
                             report.unreadable.source.insert(key);
                         }
-                        Some((copy, Ok(Some(source)))) => {
+                        Some((copy, Ok(Some(source)), _)) => {
                             report.compare(source.as_of(now), Some(copy.as_of(now)));
                         }
+                        // Copied back (or written there meanwhile): both sides hold it.
+                        Some((
+                            copy,
+                            Ok(None),
+                            Some(
+                                outcome @ (ImportOutcome::Imported | ImportOutcome::AlreadyPresent),
+                            ),
+                        )) => {
+                            report.source_repaired += u64::from(outcome == ImportOutcome::Imported);
+                            let copy = copy.as_of(now);
+                            report.compare(copy.clone(), Some(copy));
+                        }
                         // The source kept it for less time than the target does.
-                        Some((copy, Ok(None))) if self.source.past_retention(&copy, now) => {
+                        Some((copy, Ok(None), copied_back))
+                            if copied_back == Some(ImportOutcome::PastRetention)
+                                || self.source.past_retention(&copy, now) =>
+                        {
                             report.past_retention.source += 1;
                         }
-                        Some((copy, Ok(None))) => report.only_in_target(copy.as_of(now)),
+                        Some((copy, Ok(None), _)) => {
+                            if self.plan.dry_run && self.plan.target_answers {
+                                report.would_repair_source += 1;
+                            }
+                            report.only_in_target(copy.as_of(now));
+                        }
                     }
                 },
                 failed_before,
@@ -287,6 +311,23 @@ impl Migration {
         report.failed.extend(in_target.failed);
         report.stopped_early |= in_target.stopped_early;
         in_target.stopped_by.map_or(Ok(()), Err)
+    }
+
+    /// A record only the target holds, when the target is the engine that answers: the source
+    /// (its secondary in the soak) missed it (a mirrored submit that failed or timed out),
+    /// and nothing else copies it there, so every run listed it and exited 1 until the
+    /// target dropped it. Imported into the source (never overwriting); `None` on a dry run,
+    /// or when the source is the one that answers.
+    async fn copy_back(&self, copy: &Approval) -> Result<Option<ImportOutcome>, BackendError> {
+        if !self.plan.target_answers || self.plan.dry_run {
+            return Ok(None);
+        }
+        if self.source.past_retention(copy, Timestamp::now()) {
+            return Ok(Some(ImportOutcome::PastRetention));
+        }
+        retry("import", || self.source.import(copy.clone()))
+            .await
+            .map(Some)
     }
 
     async fn copy_one(&self, approval: Approval) -> Result<Copied, BackendError> {

@@ -25,9 +25,10 @@ pub struct Report {
     /// Decisions made in the source after their approval was copied, replayed on the target.
     pub decisions_replayed: u64,
     /// With the target answering: its decisions the source (the soak's secondary) missed,
-    /// replayed on the source, as a read through the service would repair it.
+    /// replayed on the source, as a read through the service would repair it, and its records
+    /// the source never got, copied there.
     pub source_repaired: u64,
-    /// Dry run: the decisions a real run would replay on the source (`source_repaired`).
+    /// Dry run: what a real run would replay or copy on the source (`source_repaired`).
     pub would_repair_source: u64,
     /// Records one side holds that the other, by its own retention, no longer keeps (engines
     /// keep settled records for different times): not copied, not differences, not counted
@@ -197,7 +198,7 @@ impl fmt::Display for Report {
             if self.would_repair_source > 0 {
                 writeln!(
                     f,
-                    "would replay on the source the answering target's decisions it missed: {}",
+                    "would copy to the source the answering target's records and decisions it missed: {}",
                     self.would_repair_source
                 )?;
             }
@@ -210,7 +211,7 @@ impl fmt::Display for Report {
             if self.source_repaired > 0 {
                 writeln!(
                     f,
-                    "decisions of the answering target the source had missed, replayed on it: {}",
+                    "records and decisions of the answering target the source had missed, copied to it: {}",
                     self.source_repaired
                 )?;
             }
