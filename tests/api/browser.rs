@@ -1160,3 +1160,42 @@ async fn an_approval_page_stops_offering_a_decision_at_the_deadline() {
     assert!(text(&browser).await.contains("Time is up"));
     let _ = browser.close().await;
 }
+
+/// A list of accepted approvals is not fetched again for each approval parked (none can
+/// appear on it; on Temporal each fetch read the tenant's whole history), and still is for a
+/// decision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_page_is_not_fetched_again_for_each_arrival() {
+    let app = TestApp::spawn().await;
+    let driver = Driver::start();
+    let browser = driver.browser().await;
+    sign_in(&browser, &app, &app.tokens.reviewer).await;
+    browser
+        .goto(&app.url("/ui/approvals?status=accepted"))
+        .await
+        .expect("the accepted list");
+    let fetches = "performance.getEntriesByType('resource')\
+                   .filter(e => e.name.includes('/ui/approvals?status=accepted')).length";
+    // The look the page takes when its stream opens.
+    until_true(&browser, &format!("{fetches} === 1"), "the first look").await;
+
+    for n in 0..3 {
+        app.park(&format!("arrival-{n}")).await;
+    }
+    let bob = app
+        .decide("arrival-0", "accept", &app.tokens.reviewer2)
+        .await;
+    assert_eq!(bob.status(), reqwest::StatusCode::OK);
+    until_true(
+        &browser,
+        "document.getElementById('approval-arrival-0')",
+        "the accepted approval on the list",
+    )
+    .await;
+    assert_eq!(
+        script(&browser, &format!("return {fetches};")).await,
+        json!(2),
+        "fetched again for the decision only"
+    );
+    let _ = browser.close().await;
+}

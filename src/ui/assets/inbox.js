@@ -218,7 +218,10 @@
   // again only for an event that can change it (a parking of that agent's; a decision or
   // expiry of a row it shows, while it lists pending approvals), not for every event of a
   // busy tenant.
+  // A parking never changes a list of decided or expired approvals: such a page (on Temporal
+  // each fetch reads the tenant's whole history) is not fetched again for every arrival.
   function concerns(kind, event) {
+    if (kind === "parked" && region.getAttribute("data-status") !== "pending") return false;
     var agent = region.getAttribute("data-agent");
     if (!agent) return true;
     if (kind === "parked") return !!event.details && event.details.agent_id === agent;
