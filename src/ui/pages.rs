@@ -540,8 +540,8 @@ const FILTER_PAGE_ROWS: usize = 500;
 /// The first is small, so a frequent agent's page holds 100 rows, not 500.
 const FILTER_PAGES: usize = 4;
 
-/// One inbox page of `status`: the list's next page, or with an agent filter as many of the
-/// list's pages as it takes to fill one (after the first, at most [`FILTER_PAGES`] of
+/// One inbox page of `status`: the list's next page (the ones after it while it has no rows),
+/// or with an agent filter as many of the list's pages as it takes to fill one (after the first, at most [`FILTER_PAGES`] of
 /// [`FILTER_PAGE_ROWS`]), and where the next page starts.
 async fn rows_for(
     state: &UiState,
@@ -573,7 +573,10 @@ async fn rows_for(
                 .filter(|a| agent.is_empty() || a.agent_id == agent),
         );
         cursor = page.next_cursor;
-        if agent.is_empty() || rows.len() >= PAGE_ROWS || cursor.is_none() {
+        // Unfiltered, a page can be empty and still have a next one (its entries' deadlines
+        // passed, their expiry not recorded yet): read on, as a filter does, rather than say
+        // "Nothing pending" over approvals that wait further down.
+        if rows.len() >= PAGE_ROWS || cursor.is_none() || (agent.is_empty() && !rows.is_empty()) {
             break;
         }
     }

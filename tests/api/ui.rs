@@ -1243,3 +1243,31 @@ async fn a_link_to_another_tenants_approval_shows_neither() {
         "{login}"
     );
 }
+
+/// A first page of entries whose deadlines passed (their expiry not recorded yet: the sweep
+/// behind, or refused) does not read as "Nothing pending" over an approval that waits after
+/// them: the inbox reads on, as an agent filter does.
+#[tokio::test]
+async fn a_page_of_lapsed_entries_does_not_hide_what_waits_after_it() {
+    use approvals::config::{EngineKind, Settings};
+    use approvals_core::conformance::pending;
+
+    let app = TestApp::spawn_with(|s| s.approvals.sweep_interval = Duration::from_secs(3600)).await;
+    let mut settings = Settings::default();
+    settings.redis.url = app.redis().url();
+    let engine = approvals::engines::connect(EngineKind::Redis, &settings)
+        .await
+        .unwrap();
+    let tenant = approvals_core::TenantId::parse(&app.tenant).unwrap();
+    for n in 0..120 {
+        let lapsed = pending(&tenant, &format!("lapsed-{n}"), Duration::from_millis(1));
+        engine.import(lapsed).await.unwrap();
+    }
+    let waiting = pending(&tenant, "waiting", Duration::from_secs(3600));
+    engine.import(waiting).await.unwrap();
+
+    let browser = Browser::signed_in(&app, &app.tokens.reviewer).await;
+    let page = browser.page("/ui/approvals").await;
+    assert!(!page.contains("Nothing pending"), "{page}");
+    assert!(page.contains("href=\"/ui/approvals/waiting\""), "{page}");
+}
