@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use approvals_core::{ApprovalId, TenantId};
+use approvals_core::{ApprovalId, PolicyState, TenantId};
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, IF_MATCH};
@@ -62,9 +62,10 @@ fn tenant_of(map: &HashMap<String, String>) -> Result<TenantId, ApiError> {
     Ok(tenant)
 }
 
-/// `If-Match` on a change to a tenant's policy, whose entity tags are its generations
-/// (`"7"`). RFC 9110: absent or `*` applies to any state; a tag that is not one of ours
-/// (weak, malformed) matches nothing, so the change answers 412 rather than apply.
+/// `If-Match` on a change to a tenant's policy, whose entity tags are its generation and a
+/// digest of its state (`"7-3fa1c09e2b4d"`). RFC 9110: absent or `*` applies to any state; a
+/// tag that is not one of ours (weak, malformed) matches nothing, so the change answers 412
+/// rather than apply.
 pub struct IfMatch(pub Precondition);
 
 impl<S: Sync> FromRequestParts<S> for IfMatch {
@@ -75,27 +76,30 @@ impl<S: Sync> FromRequestParts<S> for IfMatch {
         if values.peek().is_none() {
             return Ok(Self(Precondition::Any));
         }
-        let mut generations = Vec::new();
+        let mut tags = Vec::new();
         for value in values {
             let Ok(value) = value.to_str() else { continue };
             for tag in value.split(',').map(str::trim) {
                 if tag == "*" {
                     return Ok(Self(Precondition::Any));
                 }
-                let generation = tag
-                    .strip_prefix('"')
-                    .and_then(|t| t.strip_suffix('"'))
-                    .and_then(|t| t.parse::<u64>().ok());
-                generations.extend(generation);
+                let strong = tag.strip_prefix('"').and_then(|t| t.strip_suffix('"'));
+                // Bounded: a header of thousands of tags is a client's mistake, not a need.
+                if tags.len() < MAX_TAGS {
+                    tags.extend(strong.map(str::to_owned));
+                }
             }
         }
-        Ok(Self(Precondition::OneOf(generations)))
+        Ok(Self(Precondition::OneOf(tags)))
     }
 }
 
-/// The entity tag of a tenant's policy at `generation`, as `IfMatch` reads it.
-pub fn policy_etag(generation: u64) -> String {
-    format!("\"{generation}\"")
+/// The most entity tags of one `If-Match` compared.
+const MAX_TAGS: usize = 16;
+
+/// The entity tag of a tenant's policy in `state`, as `IfMatch` reads it.
+pub fn policy_etag(state: &PolicyState) -> String {
+    format!("\"{}\"", crate::app::policy_tag(state))
 }
 
 /// `{tenant}` from the path, valid.

@@ -111,8 +111,8 @@ impl ToSchema for VersionParam {}
 #[into_params(parameter_in = Header)]
 #[allow(dead_code)] // only its description is used
 struct IfMatchHeader {
-    /// The policy's `ETag` as read (its generation, quoted): the change applies only if the
-    /// policy is still at that generation. Without it, the change applies to whatever is there.
+    /// The policy's `ETag` as read: the change applies only if the policy is still in that
+    /// state. Without it, the change applies to whatever is there.
     #[param(rename = "If-Match")]
     if_match: Option<String>,
 }
@@ -142,11 +142,11 @@ fn overview(view: PolicyView) -> PolicyOverview {
 }
 
 /// The tenant's policy: active version, candidate, rollback history, stored versions (admin).
-/// Its `ETag` is the generation; a change sent with it in `If-Match` applies only to that
+/// Its `ETag` names the state (its generation and a digest); a change sent with it in `If-Match` applies only to that
 /// state (`412 policy_precondition_failed` otherwise), so a retried change never applies twice.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/policy", tag = "policy",
     params(("tenant" = inline(TenantId), Path)),
-    responses((status = 200, body = PolicyOverview, headers(("ETag" = String, description = "the policy's generation, quoted: `\"7\"`"))), (status = 400, body = super::Problem), (status = 401, body = super::Problem),
+    responses((status = 200, body = PolicyOverview, headers(("ETag" = String, description = "the policy's state: its generation and a digest, quoted: `\"7-3fa1c09e2b4d\"`"))), (status = 400, body = super::Problem), (status = 401, body = super::Problem),
         (status = 403, body = super::Problem),
         (status = 501, description = "policy_store_disabled", body = super::Problem),
         (status = 503, body = super::Problem)),
@@ -157,7 +157,7 @@ pub async fn read_policy(
     TenantPath(tenant): TenantPath,
 ) -> Result<Response, ApiError> {
     let view = state.app.policy_view(&caller, &tenant).await?;
-    let etag = policy_etag(view.state.generation);
+    let etag = policy_etag(&view.state);
     Ok(([(header::ETAG, etag)], Json(overview(view))).into_response())
 }
 
@@ -172,7 +172,7 @@ async fn changed(
         .app
         .policy_view_after_change(caller, tenant, committed)
         .await?;
-    let etag = policy_etag(view.state.generation);
+    let etag = policy_etag(&view.state);
     Ok(([(header::ETAG, etag)], Json(overview(view))).into_response())
 }
 

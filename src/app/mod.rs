@@ -33,7 +33,7 @@ pub use error::AppError;
 pub use events::EngineMetrics;
 pub use limits::InputLimits;
 pub use live::{LiveEvent, LiveKind, LiveStream};
-pub use policy_admin::{PolicyView, Precondition, Uploaded, MAX_BUNDLE_FILES};
+pub use policy_admin::{policy_tag, PolicyView, Precondition, Uploaded, MAX_BUNDLE_FILES};
 pub use recent_ids::RecentIds;
 pub use review::{AuditQuery, ListQuery, MAX_REASON_CHARS};
 pub use submit::{SubmitRequest, Submitted};

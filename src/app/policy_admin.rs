@@ -49,19 +49,31 @@ pub struct Uploaded {
 /// moved since.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Precondition {
-    /// Any generation (no `If-Match`, or `*`).
+    /// Any state (no `If-Match`, or `*`).
     Any,
-    /// One of these (none: nothing matches).
-    OneOf(Vec<u64>),
+    /// One of these [`policy_tag`]s (none: nothing matches).
+    OneOf(Vec<String>),
 }
 
 impl Precondition {
-    fn holds(&self, generation: u64) -> bool {
+    fn holds(&self, state: &PolicyState) -> bool {
         match self {
             Self::Any => true,
-            Self::OneOf(generations) => generations.contains(&generation),
+            Self::OneOf(tags) => tags.contains(&policy_tag(state)),
         }
     }
+}
+
+/// What a tenant's policy state is known by (its entity tag, unquoted): its generation, and a
+/// digest of the whole state. The generation alone named two states after a Redis failover
+/// that lost a change (the next change took its generation again), and a change decided on
+/// the lost one applied to the other.
+pub fn policy_tag(state: &PolicyState) -> String {
+    use sha2::{Digest, Sha256};
+    // Plain data: serialising cannot fail.
+    let digest = Sha256::digest(serde_json::to_vec(state).unwrap_or_default());
+    let short: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}-{short}", state.generation)
 }
 
 /// A tenant's policy as it stands.
@@ -387,7 +399,7 @@ impl Approvals {
                 .state(tenant)
                 .await
                 .map_err(|e| self.engine_failed(e))?;
-            if !precondition.holds(state.generation) {
+            if !precondition.holds(&state) {
                 return Err(AppError::PolicyPreconditionFailed {
                     tenant: tenant.clone(),
                     current: state.generation,
