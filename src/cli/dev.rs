@@ -386,6 +386,32 @@ async fn stop_redis(child: &mut tokio::process::Child) {
     let _ = child.kill().await;
 }
 
+/// Whether the redis-server that answered is `child`: another one that took the port between
+/// its pick and the child's start (another `approvals dev`, a test suite's servers) answered
+/// PING as well, and the demo ran on a stranger's data, without its kept AOF.
+async fn its_own(
+    conn: &mut redis::aio::MultiplexedConnection,
+    child: &tokio::process::Child,
+) -> Result<(), String> {
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(conn)
+        .await
+        .map_err(|e| format!("redis-server answered PING but not INFO: {e}"))?;
+    let answered = info
+        .lines()
+        .find_map(|line| line.strip_prefix("process_id:"))
+        .and_then(|pid| pid.trim().parse::<u32>().ok());
+    match (answered, child.id()) {
+        (Some(answered), Some(ours)) if answered == ours => Ok(()),
+        (answered, _) => Err(format!(
+            "another redis-server (pid {}) answered on the port picked for this one: it was \
+             taken in between; start again",
+            answered.map_or_else(|| "unknown".to_owned(), |pid| pid.to_string())
+        )),
+    }
+}
+
 /// redis-server takes a moment to listen; the service would cope, but the first curl
 /// should not meet a 503. A redis-server that exits or never answers (a kept AOF it cannot
 /// load, a port taken in between) is an error: the demo would answer 503 to everything.
@@ -400,7 +426,7 @@ async fn wait_for_redis(url: &str, child: &mut tokio::process::Child) -> Result<
         }
         if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
             match redis::cmd("PING").query_async::<String>(&mut conn).await {
-                Ok(_) => return Ok(()),
+                Ok(_) => return its_own(&mut conn, child).await,
                 Err(e) if e.code() == Some("LOADING") => unanswered = 0,
                 Err(_) => unanswered += 1,
             }
@@ -411,5 +437,26 @@ async fn wait_for_redis(url: &str, child: &mut tokio::process::Child) -> Result<
             return Err("redis-server did not answer within 5 s".into());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A redis-server already on the port picked (taken in between) is not taken for the
+    /// demo's own.
+    #[tokio::test]
+    async fn another_redis_server_on_the_port_is_not_taken_for_ours() {
+        let stranger = approvals_testkit::RedisServer::start().await;
+        let mut ours = tokio::process::Command::new("sleep")
+            .arg("5")
+            .kill_on_drop(true)
+            .spawn()
+            .expect("a child");
+        let error = wait_for_redis(&stranger.url(), &mut ours)
+            .await
+            .expect_err("a stranger");
+        assert!(error.contains("another redis-server"), "{error}");
     }
 }
