@@ -244,11 +244,33 @@ fn a_bundle_of_a_shape_the_service_refuses_fails_its_test_run() {
                 ("padding_b.rego", big.as_str()),
                 ("padding_c.rego", big.as_str()),
             ],
-            "past the default policy.max_bundle_bytes",
+            "past policy.max_bundle_bytes (1048576)",
         ),
     ] {
         passes_its_test_but_would_be_refused(&files, named);
     }
+
+    // Where the operator raised the limit, the same bundle passes when told so; and a lowered
+    // one refuses a small bundle.
+    let padded = bundle(&[
+        ("policy.rego", policy),
+        ("policy_test.rego", passing),
+        ("padding_a.rego", big.as_str()),
+        ("padding_b.rego", big.as_str()),
+        ("padding_c.rego", big.as_str()),
+    ]);
+    let dir = padded.path().to_str().unwrap();
+    let raised = approvals(&["policy", "test", dir, "--max-bundle-bytes", "4194304"]);
+    assert!(raised.status.success(), "{}", text(&raised.stderr));
+    let small = bundle(&[("policy.rego", policy), ("policy_test.rego", passing)]);
+    let small = small.path().to_str().unwrap();
+    let lowered = approvals(&["policy", "test", small, "--max-bundle-bytes", "10"]);
+    assert_eq!(lowered.status.code(), Some(1));
+    assert!(
+        text(&lowered.stderr).contains("past policy.max_bundle_bytes (10)"),
+        "{}",
+        text(&lowered.stderr)
+    );
 }
 
 #[test]
@@ -498,5 +520,22 @@ fn each_tests_line_is_printed_as_it_finishes() {
     assert!(
         first * 2 < all,
         "the first line after {first:?}, the last ({last}) after {all:?}"
+    );
+}
+
+/// `--policy-instructions` checks the decision against the service's own budget, where its
+/// operator changed it: the default budget passed a bundle a lowered one refuses.
+#[test]
+fn the_services_instruction_budget_can_be_named() {
+    let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let policies = policies.to_str().unwrap();
+    let default = approvals(&["policy", "test", policies]);
+    assert!(default.status.success(), "{}", text(&default.stderr));
+    let lowered = approvals(&["policy", "test", policies, "--policy-instructions", "1"]);
+    assert_eq!(lowered.status.code(), Some(1));
+    assert!(
+        text(&lowered.stderr).contains("exceeded its budget of 1 instructions"),
+        "{}",
+        text(&lowered.stderr)
     );
 }

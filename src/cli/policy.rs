@@ -84,6 +84,14 @@ pub struct TestArgs {
     /// Print the report as JSON instead of one line per test.
     #[arg(long)]
     json: bool,
+    /// The service's `policy.max_bundle_bytes`, where its operator changed it (default: the
+    /// service's default).
+    #[arg(long, value_name = "BYTES")]
+    max_bundle_bytes: Option<usize>,
+    /// The service's `limits.policy_instructions`, where its operator changed it (default:
+    /// the service's default).
+    #[arg(long, value_name = "N")]
+    policy_instructions: Option<usize>,
 }
 
 #[derive(Debug, Args)]
@@ -256,6 +264,13 @@ fn test(args: &TestArgs) -> ExitCode {
     let Some(gate) = load(&args.dir) else {
         return ExitCode::from(EXIT_CONFIG);
     };
+    // The service's own limits, as this deployment sets them: checked against the defaults
+    // only, a bundle a raised limit lets through kept a tenant's CI red, and one a lowered
+    // limit refuses passed here.
+    let gate = match args.policy_instructions {
+        Some(budget) => gate.with_budget(budget),
+        None => gate,
+    };
     // Each test's line as soon as it has run (a test may take seconds).
     let report = run_tests_reporting(&gate, TESTS_TIME_BUDGET, &mut |result| {
         if !args.json {
@@ -285,7 +300,10 @@ fn test(args: &TestArgs) -> ExitCode {
     // What the service checks at upload besides the tests: a pipeline that passes here must
     // not be refused by `policy push`.
     let mut refusals = upload_checks(&gate);
-    refusals.extend(upload_shape(&args.dir));
+    let max_bundle_bytes = args
+        .max_bundle_bytes
+        .unwrap_or_else(|| crate::config::PolicySettings::default().max_bundle_bytes);
+    refusals.extend(upload_shape(&args.dir, max_bundle_bytes));
     for refusal in &refusals {
         eprintln!("approvals: the service would refuse this bundle: {refusal}");
     }
@@ -297,8 +315,8 @@ fn test(args: &TestArgs) -> ExitCode {
 }
 
 /// What the service refuses in an upload's shape: its paths and number of files, and a body
-/// past the default `policy.max_bundle_bytes` (an operator may have raised it).
-fn upload_shape(dir: &Path) -> Vec<String> {
+/// past `limit` (its `policy.max_bundle_bytes`).
+fn upload_shape(dir: &Path, limit: usize) -> Vec<String> {
     let Ok(files) = crate::policy::collect_rego_files(dir) else {
         return Vec::new();
     };
@@ -308,12 +326,11 @@ fn upload_shape(dir: &Path) -> Vec<String> {
             .into_iter()
             .collect();
     let body = upload_body(&files);
-    let limit = crate::config::PolicySettings::default().max_bundle_bytes;
     let size = body.to_string().len();
     if size > limit {
         refusals.push(format!(
-            "the upload is {size} bytes, past the default policy.max_bundle_bytes ({limit}): \
-             the service answers 413 unless its operator raised it"
+            "the upload is {size} bytes, past policy.max_bundle_bytes ({limit}): the service \
+             answers 413 (--max-bundle-bytes names a limit its operator changed)"
         ));
     }
     refusals
