@@ -229,18 +229,44 @@ async fn five_thousand_waiters_on_one_approval_all_learn_the_decision() {
         "/v1/tenants/{}/approvals/popular/decision?wait_seconds=600",
         app.tenant
     ));
+    // The first waiter answered before the decision (or whose request failed), for the
+    // failure message: a count of parked waiters stuck short of 5,000 said nothing of why.
+    let early: std::sync::Arc<std::sync::Mutex<Option<String>>> = std::sync::Arc::default();
+    let decision_sent = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let waiters: Vec<_> = (0..WAITERS)
         .map(|_| {
             let request = http.get(&url).bearer_auth(&app.tokens.agent);
+            let (early, decision_sent) = (early.clone(), decision_sent.clone());
             tokio::spawn(async move {
-                let response = request.send().await.unwrap();
-                let status = response.status();
-                let body: Value = response.json().await.unwrap();
+                let answered = async {
+                    let response = request.send().await?;
+                    let status = response.status();
+                    Ok::<_, reqwest::Error>((status, response.json::<Value>().await?))
+                }
+                .await;
+                if !decision_sent.load(std::sync::atomic::Ordering::Acquire) {
+                    let mut first = early.lock().unwrap();
+                    if first.is_none() {
+                        *first = Some(format!("{answered:?}"));
+                    }
+                }
+                let (status, body) = answered.unwrap();
                 (status, body, Instant::now())
             })
         })
         .collect();
-    until_parked(&app, &app.base, WAITERS, Duration::from_secs(300)).await;
+    tokio::select! {
+        () = until_parked(&app, &app.base, WAITERS, Duration::from_secs(300)) => {}
+        answer = async {
+            loop {
+                if let Some(answer) = early.lock().unwrap().take() {
+                    return answer;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        } => panic!("a waiter was answered before the decision: {answer}"),
+    }
+    decision_sent.store(true, std::sync::atomic::Ordering::Release);
     let decided = app.decide("popular", "accept", &app.tokens.reviewer).await;
     assert_eq!(decided.status(), StatusCode::OK);
     let accepted_at = Instant::now();
