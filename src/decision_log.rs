@@ -370,6 +370,23 @@ mod tests {
         stop.cancel();
     }
 
+    /// `sink` served on a free port; its `/ingest` URL.
+    async fn serve_sink(sink: axum::Router) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/ingest", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, sink).await });
+        url
+    }
+
+    /// Settings that ship to `url`.
+    fn shipping_to(url: String) -> DecisionLogSettings {
+        DecisionLogSettings {
+            sink: DecisionLogSink::Http,
+            url: Some(url),
+            ..DecisionLogSettings::default()
+        }
+    }
+
     fn large_entry(tenant: &str, id: &str) -> AuditEntry {
         let reasons: Vec<String> = (0..16).map(|_| "é".repeat(1_000)).collect();
         AuditEntry {
@@ -402,14 +419,9 @@ mod tests {
                 }),
             )
             .layer(axum::extract::DefaultBodyLimit::max(2 << 20));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/ingest", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, sink).await });
         let settings = DecisionLogSettings {
-            sink: DecisionLogSink::Http,
-            url: Some(url),
             flush_interval: Duration::from_millis(50),
-            ..DecisionLogSettings::default()
+            ..shipping_to(serve_sink(sink).await)
         };
         let stop = CancellationToken::new();
         let (log, _task) = DecisionLog::start(&settings, stop.clone());
@@ -449,15 +461,10 @@ mod tests {
                 }
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/ingest", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, sink).await });
         let settings = DecisionLogSettings {
-            sink: DecisionLogSink::Http,
-            url: Some(url),
             flush_interval: Duration::from_millis(50),
             queue_capacity: 1_000,
-            ..DecisionLogSettings::default()
+            ..shipping_to(serve_sink(sink).await)
         };
         let stop = CancellationToken::new();
         let (log, _task) = DecisionLog::start(&settings, stop.clone());

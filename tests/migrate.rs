@@ -899,15 +899,23 @@ struct RacedSource {
 }
 
 impl RacedSource {
-    fn around(inner: &Arc<dyn RecordTransfer>, interlude: Interlude) -> Arc<dyn RecordTransfer> {
-        Arc::new(Self {
+    /// `inner` as it is: what each constructor below changes.
+    fn plain(inner: &Arc<dyn RecordTransfer>) -> Self {
+        Self {
             inner: inner.clone(),
-            interlude: tokio::sync::Mutex::new(Some(interlude)),
+            interlude: tokio::sync::Mutex::new(None),
             twice: false,
             outage: None,
             scans: std::sync::Mutex::default(),
             import_lands_then_times_out: false,
             imports_refused_for: None,
+        }
+    }
+
+    fn around(inner: &Arc<dyn RecordTransfer>, interlude: Interlude) -> Arc<dyn RecordTransfer> {
+        Arc::new(Self {
+            interlude: tokio::sync::Mutex::new(Some(interlude)),
+            ..Self::plain(inner)
         })
     }
 
@@ -918,13 +926,8 @@ impl RacedSource {
         lasting: Duration,
     ) -> Arc<dyn RecordTransfer> {
         Arc::new(Self {
-            inner: inner.clone(),
-            interlude: tokio::sync::Mutex::new(None),
-            twice: false,
             outage: Some((scans_before, lasting)),
-            scans: std::sync::Mutex::default(),
-            import_lands_then_times_out: false,
-            imports_refused_for: None,
+            ..Self::plain(inner)
         })
     }
 
@@ -935,13 +938,9 @@ impl RacedSource {
         interlude: Interlude,
     ) -> Arc<dyn RecordTransfer> {
         Arc::new(Self {
-            inner: inner.clone(),
             interlude: tokio::sync::Mutex::new(Some(interlude)),
-            twice: false,
-            outage: None,
-            scans: std::sync::Mutex::default(),
             import_lands_then_times_out: true,
-            imports_refused_for: None,
+            ..Self::plain(inner)
         })
     }
 
@@ -952,26 +951,16 @@ impl RacedSource {
         lasting: Duration,
     ) -> Arc<dyn RecordTransfer> {
         Arc::new(Self {
-            inner: inner.clone(),
-            interlude: tokio::sync::Mutex::new(None),
-            twice: false,
-            outage: None,
-            scans: std::sync::Mutex::default(),
-            import_lands_then_times_out: false,
             imports_refused_for: Some((lasting, std::sync::OnceLock::new())),
+            ..Self::plain(inner)
         })
     }
 
     /// `inner` whose scan returns every record twice.
     fn repeating(inner: &Arc<dyn RecordTransfer>) -> Arc<dyn RecordTransfer> {
         Arc::new(Self {
-            inner: inner.clone(),
-            interlude: tokio::sync::Mutex::new(None),
             twice: true,
-            outage: None,
-            scans: std::sync::Mutex::default(),
-            import_lands_then_times_out: false,
-            imports_refused_for: None,
+            ..Self::plain(inner)
         })
     }
 }
