@@ -71,16 +71,27 @@ pub struct Sandbox {
     pub binary: PathBuf,
     /// The child's address-space limit (`RLIMIT_AS`), in bytes.
     pub memory_limit: u64,
-    /// Versions whose evaluations stopped their child lately (see [`STRIKES`]).
-    stopped_by: std::sync::Mutex<HashMap<String, Strikes>>,
+    /// Bundles (by origin, i.e. tenant, and version: tenants may upload the same bundle)
+    /// whose evaluations stopped their child lately (see [`STRIKES`]).
+    stopped_by: std::sync::Mutex<HashMap<(String, String), Strikes>>,
 }
 
 /// Evaluations of one version in a row that stopped their child, before the version is held
 /// back: each one cost a fork and exec of the service, a compile, and the recompiles of every
 /// other tenant's bundle on that thread's new child, as fast as one tenant could submit.
 const STRIKES: u32 = 3;
-/// How long a version held back fails closed without a child; then one evaluation tries again.
+/// How long a bundle held back fails closed without a child; then one evaluation tries again
+/// (and the others wait as long again, unless it succeeds).
 const HELD_BACK_FOR: Duration = Duration::from_secs(30);
+
+/// Why an evaluation in a child gave no verdict.
+enum Failure {
+    /// The child died or overran its deadline while it evaluated: the bundle's doing, as far
+    /// as anyone can tell (it counts towards holding the bundle back).
+    ByTheBundle(String),
+    /// No child could be started, or it spoke another protocol: this instance's fault.
+    Instance(String),
+}
 
 #[derive(Debug, Clone, Copy)]
 struct Strikes {
@@ -161,8 +172,8 @@ impl Sandbox {
         files: &[PolicyFile],
         input: &serde_json::Value,
     ) -> Result<PolicyVerdict, String> {
-        let version = gate.version();
-        if let Some(strikes) = self.held_back(version) {
+        let key = (gate.origin().to_owned(), gate.version().to_owned());
+        if let Some(strikes) = self.held_back(&key) {
             return Err(format!(
                 "this bundle stopped its sandbox {} times in a row; it is not run for {}s \
                  after the last",
@@ -175,36 +186,41 @@ impl Sandbox {
             .stopped_by
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        match &answer {
-            Ok(_) => {
-                stopped_by.remove(version);
+        match answer {
+            Ok(verdict) => {
+                stopped_by.remove(&key);
+                Ok(verdict)
             }
-            Err(_) => {
-                let strikes = stopped_by.entry(version.to_owned()).or_insert(Strikes {
+            Err(Failure::Instance(why)) => Err(why),
+            Err(Failure::ByTheBundle(why)) => {
+                let strikes = stopped_by.entry(key).or_insert(Strikes {
                     count: 0,
                     last: Instant::now(),
                 });
                 strikes.count += 1;
                 strikes.last = Instant::now();
-                // Bounded: versions that stopped once and were never evaluated again go.
+                // Bounded: bundles that stopped once and were never evaluated again go.
                 if stopped_by.len() > VERSIONS_KEPT {
                     stopped_by.retain(|_, s| s.last.elapsed() < HELD_BACK_FOR);
                 }
+                Err(why)
             }
         }
-        answer
     }
 
-    /// The strikes of `version` if it is held back now.
-    fn held_back(&self, version: &str) -> Option<Strikes> {
-        let stopped_by = self
+    /// The strikes of `key` if it is held back now. Once the hold is over, one evaluation goes
+    /// through, and the hold starts again for the others meanwhile.
+    fn held_back(&self, key: &(String, String)) -> Option<Strikes> {
+        let mut stopped_by = self
             .stopped_by
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        stopped_by
-            .get(version)
-            .filter(|s| s.count >= STRIKES && s.last.elapsed() < HELD_BACK_FOR)
-            .copied()
+        let strikes = stopped_by.get_mut(key).filter(|s| s.count >= STRIKES)?;
+        if strikes.last.elapsed() < HELD_BACK_FOR {
+            return Some(*strikes);
+        }
+        strikes.last = Instant::now();
+        None
     }
 
     fn evaluate_in_child(
@@ -212,7 +228,7 @@ impl Sandbox {
         gate: &PolicyGate,
         files: &[PolicyFile],
         input: &serde_json::Value,
-    ) -> Result<PolicyVerdict, String> {
+    ) -> Result<PolicyVerdict, Failure> {
         CHILD.with(|cell| {
             let mut slot = cell.borrow_mut();
             // A child that died while idle (the OOM killer, an operator's kill) is replaced
@@ -224,10 +240,10 @@ impl Sandbox {
                 }
             }
             if slot.is_none() {
-                *slot = Some(self.start()?);
+                *slot = Some(self.start().map_err(Failure::Instance)?);
             }
             let Some(child) = slot.as_mut() else {
-                return Err("no policy sandbox".into());
+                return Err(Failure::Instance("no policy sandbox".into()));
             };
             let answer = self.ask(child, gate, files, input);
             if answer.is_err() {
@@ -277,7 +293,7 @@ impl Sandbox {
         gate: &PolicyGate,
         files: &[PolicyFile],
         input: &serde_json::Value,
-    ) -> Result<PolicyVerdict, String> {
+    ) -> Result<PolicyVerdict, Failure> {
         let version = gate.version();
         let mut with_files = !child.compiled.contains(version);
         // Twice at most: a child that forgot the version gets the files again.
@@ -289,7 +305,7 @@ impl Sandbox {
                 files: with_files.then_some(Cow::Borrowed(files)),
                 input: Cow::Borrowed(input),
             };
-            match exchange(child, &request, EVALUATION_DEADLINE)? {
+            match exchange(child, &request, EVALUATION_DEADLINE).map_err(Failure::ByTheBundle)? {
                 Reply::Verdict(verdict) => {
                     child.compiled.insert(version.to_owned());
                     return Ok(verdict);
@@ -299,14 +315,20 @@ impl Sandbox {
                     with_files = true;
                 }
                 Reply::Unloadable(message) => {
-                    return Err(format!(
+                    return Err(Failure::Instance(format!(
                         "the bundle does not load in its sandbox: {message}"
+                    )))
+                }
+                _ => {
+                    return Err(Failure::Instance(
+                        "the policy sandbox answered out of turn".into(),
                     ))
                 }
-                _ => return Err("the policy sandbox answered out of turn".into()),
             }
         }
-        Err("the policy sandbox lost the bundle".into())
+        Err(Failure::Instance(
+            "the policy sandbox lost the bundle".into(),
+        ))
     }
 
     /// Starts a child and has it validate a one-rule bundle: `Err` says why a child cannot
