@@ -161,7 +161,7 @@ pub async fn read_policy(
     Ok(([(header::ETAG, etag)], Json(overview(view))).into_response())
 }
 
-/// The answer to a change: the state it committed, with that generation's `ETag`.
+/// The answer to a change: the state it committed, with its `ETag`.
 async fn changed(
     state: &AppState,
     caller: &Principal,
@@ -298,7 +298,7 @@ pub async fn read_bundle(
         (status = 401, body = super::Problem), (status = 403, body = super::Problem),
         (status = 404, description = "policy_version_not_found", body = super::Problem),
         (status = 409, description = "policy_changed: another change won; retry", body = super::Problem),
-        (status = 412, description = "policy_precondition_failed: If-Match names another generation", body = super::Problem),
+        (status = 412, description = "policy_precondition_failed: If-Match names another state of the policy", body = super::Problem),
         (status = 413, description = "payload_too_large", body = super::Problem),
         (status = 415, description = "unsupported_media_type", body = super::Problem),
         (status = 501, description = "policy_store_disabled", body = super::Problem),
@@ -326,7 +326,7 @@ pub async fn activate(
         (status = 403, body = super::Problem),
         (status = 404, description = "policy_version_not_found: the version to return to was deleted by an upload's prune meanwhile", body = super::Problem),
         (status = 409, description = "no_earlier_policy, or policy_changed", body = super::Problem),
-        (status = 412, description = "policy_precondition_failed: If-Match names another generation", body = super::Problem),
+        (status = 412, description = "policy_precondition_failed: If-Match names another state of the policy", body = super::Problem),
         (status = 501, description = "policy_store_disabled", body = super::Problem),
         (status = 503, body = super::Problem)),
     security(("bearer" = [])))]
@@ -352,7 +352,7 @@ pub async fn rollback(
         (status = 401, body = super::Problem), (status = 403, body = super::Problem),
         (status = 404, description = "policy_version_not_found", body = super::Problem),
         (status = 409, description = "policy_changed", body = super::Problem),
-        (status = 412, description = "policy_precondition_failed: If-Match names another generation", body = super::Problem),
+        (status = 412, description = "policy_precondition_failed: If-Match names another state of the policy", body = super::Problem),
         (status = 413, description = "payload_too_large", body = super::Problem),
         (status = 415, description = "unsupported_media_type", body = super::Problem),
         (status = 501, description = "policy_store_disabled", body = super::Problem),
@@ -378,7 +378,7 @@ pub async fn set_candidate(
     responses((status = 200, body = PolicyOverview, headers(("ETag" = String))), (status = 400, body = super::Problem), (status = 401, body = super::Problem),
         (status = 403, body = super::Problem),
         (status = 409, description = "policy_changed", body = super::Problem),
-        (status = 412, description = "policy_precondition_failed: If-Match names another generation", body = super::Problem),
+        (status = 412, description = "policy_precondition_failed: If-Match names another state of the policy", body = super::Problem),
         (status = 501, description = "policy_store_disabled", body = super::Problem),
         (status = 503, body = super::Problem)),
     security(("bearer" = [])))]

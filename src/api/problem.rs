@@ -152,7 +152,7 @@ impl ApiError {
             Self::App(AppError::PolicyPreconditionFailed { .. }) => (
                 S::PRECONDITION_FAILED,
                 "policy_precondition_failed",
-                "Policy generation does not match",
+                "Policy state does not match",
             ),
             Self::App(AppError::PolicyStoreDisabled) => (
                 S::NOT_IMPLEMENTED,

@@ -50,13 +50,14 @@ pub enum AppError {
     /// Another change to the tenant's policy won; re-read and retry.
     #[error("tenant {0}'s policy changed meanwhile; read it again and retry")]
     PolicyChanged(TenantId),
-    /// The caller's `If-Match` names a generation the tenant's policy is no longer at: what
-    /// the change was decided on is stale (or a retried change already took effect).
+    /// The caller's `If-Match` names a state the tenant's policy is no longer in: what the
+    /// change was decided on is stale (or a retried change already took effect). `current` is
+    /// the state's entity tag.
     #[error(
-        "tenant {tenant}'s policy is at generation {current}, not the one If-Match names; \
-         read it again before changing it"
+        "tenant {tenant}'s policy is now \"{current}\", not the state If-Match names; read it \
+         again (its ETag) before changing it"
     )]
-    PolicyPreconditionFailed { tenant: TenantId, current: u64 },
+    PolicyPreconditionFailed { tenant: TenantId, current: String },
     /// This deployment keeps no tenant bundles (Temporal answers, no Redis tenant store).
     #[error(
         "this deployment keeps no tenant policy bundles: they live in Redis, and Temporal \

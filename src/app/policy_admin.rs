@@ -402,17 +402,14 @@ impl Approvals {
             if !precondition.holds(&state) {
                 return Err(AppError::PolicyPreconditionFailed {
                     tenant: tenant.clone(),
-                    current: state.generation,
+                    current: policy_tag(&state),
                 });
             }
             let (mut next, version) = change(&state)?;
             next.generation = state.generation + 1;
             let swapped = match store.swap_state(tenant, &state, &next).await {
                 Ok(swapped) => swapped,
-                Err(error) => {
-                    self.swap_outcome(&*store, tenant, &state, &next, error)
-                        .await?
-                }
+                Err(error) => self.swap_outcome(&*store, tenant, &next, error).await?,
             };
             match swapped {
                 Swap::Done => {}
@@ -463,12 +460,11 @@ impl Approvals {
     /// audit event, and a caller retrying without If-Match applied it twice (a second
     /// rollback). The state is read again, a few times, since a read sent behind the swap on
     /// its connection answers only after it: the change is made if the state is `next`;
-    /// someone else's change means this one cannot land any more (its generation is gone).
+    /// someone else's change at `next`'s generation means this one cannot land any more.
     async fn swap_outcome(
         &self,
         store: &dyn PolicyStore,
         tenant: &TenantId,
-        state: &PolicyState,
         next: &PolicyState,
         error: BackendError,
     ) -> Result<Swap, AppError> {
@@ -481,8 +477,11 @@ impl Approvals {
         for _ in 0..SWAP_READS_AFTER_NO_ANSWER {
             match store.state(tenant).await {
                 Ok(now) if now == *next => return Ok(Swap::Done),
-                Ok(now) if now.generation != state.generation => return Ok(Swap::Moved),
-                // Unchanged: the swap may still be on its way; nothing is known.
+                // Another change took the generation this one would have: this one cannot
+                // land any more, and is tried again on the new state.
+                Ok(now) if now.generation == next.generation => return Ok(Swap::Moved),
+                // Unchanged (the swap may still be on its way), or moved further (this one
+                // may have landed, then another): nothing is known.
                 Ok(_) => break,
                 Err(_) => continue,
             }

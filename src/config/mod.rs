@@ -243,7 +243,9 @@ impl Default for DecisionLogSettings {
         Self {
             sink: DecisionLogSink::None,
             url: None,
-            batch_size: 100,
+            // One batch is in flight at a time: a sink 100 ms away takes ten batches a second,
+            // and 100 events a batch dropped a busy instance's events.
+            batch_size: 1_000,
             flush_interval: Duration::from_secs(1),
             queue_capacity: 10_000,
             max_attempts: 5,

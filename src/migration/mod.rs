@@ -261,10 +261,17 @@ impl Migration {
                     let copy = self
                         .read_again_if_moved_on(&self.target, copy, other)
                         .await?;
+                    let mut source = source;
                     let copied_back = match &source {
                         Ok(None) => self.copy_back(&copy).await?,
                         _ => None,
                     };
+                    if copied_back == Some(ImportOutcome::AlreadyPresent) {
+                        // Written there meanwhile (the soak's own mirror): compared as it is.
+                        source = unreadable(
+                            retry("get", || self.source.get(&copy.tenant, &copy.id)).await,
+                        )?;
+                    }
                     Ok(Some((copy, source, copied_back)))
                 },
                 |found| {
@@ -277,15 +284,9 @@ impl Migration {
                         Some((copy, Ok(Some(source)), _)) => {
                             report.compare(source.as_of(now), Some(copy.as_of(now)));
                         }
-                        // Copied back (or written there meanwhile): both sides hold it.
-                        Some((
-                            copy,
-                            Ok(None),
-                            Some(
-                                outcome @ (ImportOutcome::Imported | ImportOutcome::AlreadyPresent),
-                            ),
-                        )) => {
-                            report.source_repaired += u64::from(outcome == ImportOutcome::Imported);
+                        // Copied back: both sides hold it.
+                        Some((copy, Ok(None), Some(ImportOutcome::Imported))) => {
+                            report.source_repaired += 1;
                             let copy = copy.as_of(now);
                             report.compare(copy.clone(), Some(copy));
                         }
