@@ -554,7 +554,8 @@ async fn rows_for(
     for call in 0..=FILTER_PAGES {
         let list = ListQuery {
             status: Some(status),
-            limit: Some(if call == 0 {
+            // Unfiltered, every call is a page's worth: one inbox page never shows more.
+            limit: Some(if call == 0 || agent.is_empty() {
                 PAGE_ROWS
             } else {
                 FILTER_PAGE_ROWS
