@@ -122,6 +122,9 @@ struct ErrorPage {
     /// The reason the reviewer typed into a decision that failed, shown to copy: the form is
     /// gone, and with it what they wrote.
     reason: Option<String>,
+    /// Where a sign-out offered on this page leads back to once signed in again (a link to
+    /// another tenant's approval), with the tenant's name for the button.
+    sign_out_to: Option<(String, String)>,
 }
 
 /// A sentence above the record after a decision, and how it looks.
@@ -154,6 +157,7 @@ fn error_page(session: Option<&Session>, error: impl Into<ApiError>) -> Response
         detail: problem.detail,
         approval: None,
         reason: None,
+        sign_out_to: None,
     };
     (error.status(), render(&page)).into_response()
 }
@@ -174,6 +178,7 @@ fn decision_failed(
         detail: format!("{} {MAYBE_DECIDED}", problem.detail),
         approval: Some(id.to_string()),
         reason,
+        sign_out_to: None,
     };
     (error.status(), render(&page)).into_response()
 }
@@ -190,6 +195,7 @@ fn refused(detail: &str, approval: Option<String>, reason: Option<String>) -> Re
         detail: detail.into(),
         approval,
         reason,
+        sign_out_to: None,
     };
     (StatusCode::FORBIDDEN, render(&page)).into_response()
 }
@@ -207,6 +213,7 @@ impl Malformed {
             detail: format!("{detail}. Nothing was changed; go back to the inbox and try again."),
             approval: None,
             reason: None,
+            sign_out_to: None,
         };
         Self((status, render(&page)).into_response())
     }
@@ -252,6 +259,7 @@ pub async fn no_page() -> Response {
         detail: "This address is not a page of the inbox.".into(),
         approval: None,
         reason: None,
+        sign_out_to: None,
     };
     (StatusCode::NOT_FOUND, render(&page)).into_response()
 }
@@ -266,6 +274,7 @@ pub fn api_refusal(error: ApiError) -> Response {
         detail: problem.detail,
         approval: None,
         reason: None,
+        sign_out_to: None,
     };
     let status = error.status();
     let mut response = (status, render(&page)).into_response();
@@ -408,7 +417,13 @@ pub async fn logout(
     Current(current): Current,
     jar: SignedCookieJar,
     headers: HeaderMap,
+    body: axum::body::Bytes,
 ) -> Response {
+    // Where to sign in for next (a form's `next`; the header's form sends none): only an inbox
+    // page, as for every `next`.
+    let next = form_urlencoded::parse(&body)
+        .find(|(key, _)| key == "next")
+        .map(|(_, next)| next.into_owned());
     if let Some(session) = current {
         // No CSRF token: a sign-in in another tab renews it, and every open tab's "Sign out"
         // was then refused, leaving a shared machine signed in. Another site still cannot
@@ -437,7 +452,8 @@ pub async fn logout(
             return (session::end(jar), page).into_response();
         }
     }
-    (session::end(jar), Redirect::to("/ui/login")).into_response()
+    let to = next.map_or_else(|| "/ui/login".to_owned(), |next| sign_in_href(&next, None));
+    (session::end(jar), Redirect::to(&to)).into_response()
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -649,15 +665,24 @@ pub async fn detail(
 /// A link to an approval of another tenant than the session's: that tenant's approval of the
 /// same id is not shown (nor offered for a decision) in its place.
 fn another_tenants(session: &Session, id: &ApprovalId, linked: &str) -> Response {
-    let detail = match TenantId::parse(linked) {
-        Ok(linked) => format!(
-            "This link is to approval {id} of tenant {linked}, and this browser is signed in to \
-             tenant {}. Sign out, then sign in to {linked} to see it.",
-            session.tenant
+    let (detail, sign_out_to) = match TenantId::parse(linked) {
+        Ok(linked) => (
+            format!(
+                "This link is to approval {id} of tenant {linked}, and this browser is signed \
+                 in to tenant {}. Sign out, then sign in to {linked} to see it.",
+                session.tenant
+            ),
+            // The sign-out leads back to the link (the sign-in page offers its tenant): a
+            // bare sign-out lost it, and the reviewer had to find the approval again.
+            Some((
+                format!("/ui/approvals/{id}?tenant={linked}"),
+                linked.to_string(),
+            )),
         ),
-        Err(_) => {
-            format!("This link names no tenant this inbox knows; approval {id} is not shown.")
-        }
+        Err(_) => (
+            format!("This link names no tenant this inbox knows; approval {id} is not shown."),
+            None,
+        ),
     };
     let page = ErrorPage {
         chrome: Some(Chrome::of(session)),
@@ -665,6 +690,7 @@ fn another_tenants(session: &Session, id: &ApprovalId, linked: &str) -> Response
         detail,
         approval: None,
         reason: None,
+        sign_out_to,
     };
     // An open page of the link's tenant that fetches itself again gets this answer once the
     // browser signed in to another tenant: the header tells its script so (it says the page

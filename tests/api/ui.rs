@@ -1227,11 +1227,37 @@ async fn a_link_to_another_tenants_approval_shows_neither() {
         "{page}"
     );
     assert!(!page.contains("name=\"csrf\""), "no decision form: {page}");
-    // The link for the session's own tenant shows its approval.
+    // The page's sign-out leads to the sign-in for the link, not to a bare sign-in page.
+    let next = format!("/ui/approvals/shared-id?tenant={OTHER_TENANT}");
+    assert!(
+        page.contains(&format!("name=\"next\" value=\"{next}\"")),
+        "{page}"
+    );
     let own = browser
         .page(&format!("/ui/approvals/shared-id?tenant={}", app.tenant))
         .await;
     assert!(own.contains("name=\"csrf\""), "{own}");
+
+    let elsewhere = Browser::new(&app);
+    let signed_in = elsewhere
+        .post(
+            "/ui/login",
+            &[
+                ("token", &app.tokens.platform_admin),
+                ("tenant", &app.tenant),
+            ],
+        )
+        .await;
+    assert_eq!(signed_in.status(), StatusCode::SEE_OTHER);
+    let sign_out = elsewhere
+        .post("/ui/logout", &[("next", next.as_str())])
+        .await;
+    assert_eq!(sign_out.status(), StatusCode::SEE_OTHER);
+    let login = elsewhere.page(&location(&sign_out)).await;
+    assert!(
+        login.contains(&format!("value=\"{OTHER_TENANT}\"")),
+        "the sign-in offers the link's tenant: {login}"
+    );
 
     let signed_out = Browser::new(&app);
     let to_sign_in = signed_out
