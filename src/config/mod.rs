@@ -776,6 +776,16 @@ impl Settings {
                     .into(),
             ));
         }
+        // Empty, every workflow call failed at run time ("namespace not found", a worker
+        // polling a queue no instance starts on), with the service started and ready.
+        for (key, value) in [
+            ("temporal.namespace", &self.temporal.namespace),
+            ("temporal.task_queue", &self.temporal.task_queue),
+        ] {
+            if value.trim().is_empty() {
+                return Err(ConfigError::Invalid(format!("{key}: must not be empty")));
+            }
+        }
         for tenant in self.approvals.tenant_ttl.keys() {
             if TenantId::parse(tenant.as_str()).is_err() {
                 return Err(ConfigError::Invalid(format!(

@@ -743,6 +743,21 @@ fn a_loop_interval_below_its_floor_is_refused() {
     assert!(e.contains("server.request_timeout: at least 100ms"), "{e}");
 }
 
+/// An empty Temporal namespace or task queue is refused at start-up, naming the key: every
+/// workflow call failed at run time, with the service started and ready.
+#[test]
+fn an_empty_temporal_namespace_or_task_queue_is_refused() {
+    for key in ["namespace", "task_queue"] {
+        let e = load(&format!("[temporal]\n{key} = \" \"\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("temporal.{key}: must not be empty")),
+            "{e}"
+        );
+    }
+}
+
 /// An empty variable unsets its key: the image sets `APPROVALS_SERVER__METRICS_LISTEN`, which a
 /// container cannot remove, so `/metrics` could not go back to `server.listen` (an empty value
 /// was refused as a socket address). A key that cannot be unset says so.
