@@ -9,12 +9,21 @@ pub(crate) fn die_with_this_process(command: &mut std::process::Command) {
     #[cfg(target_os = "linux")]
     {
         use std::os::unix::process::CommandExt;
-        // SAFETY: between fork and exec only `prctl`, a plain syscall, runs; no allocation, no
-        // lock.
+        let parent = nix::unistd::getpid();
+        // SAFETY: between fork and exec only `prctl` and `getppid`, plain syscalls, run; no
+        // allocation, no lock.
         unsafe {
-            command.pre_exec(|| {
+            command.pre_exec(move || {
                 nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                    .map_err(std::io::Error::from)
+                    .map_err(std::io::Error::from)?;
+                // A parent that died before the line above never sends the signal: the child
+                // would outlive it. Then it does not start.
+                if nix::unistd::getppid() != parent {
+                    return Err(std::io::Error::from_raw_os_error(
+                        nix::errno::Errno::ESRCH as i32,
+                    ));
+                }
+                Ok(())
             });
         }
     }
