@@ -404,10 +404,6 @@ enum Found {
     Unnamed { file: String, message: String },
 }
 
-/// A file of the bundle: its label, its text, and the rule heads to rename in it (byte range,
-/// new name).
-type FileRenames = (String, String, Vec<(usize, usize, String)>);
-
 /// The test rules, read from the parsed modules (regorus' AST, via its `unstable` module and
 /// `Engine::get_modules`), not from the text: comments, strings, odd formatting and rules
 /// split over lines cannot fool it. regorus 0.14's stable API lists packages and can confirm a
@@ -425,8 +421,8 @@ fn discover(gate: &PolicyGate) -> (Option<PolicyGate>, Vec<Found>) {
     let mut engine = gate.engine().clone();
     let mut found = Vec::new();
     let mut definitions: HashMap<String, usize> = HashMap::new();
-    // Per file: its text, and the heads to rename in it.
-    let mut files: Vec<FileRenames> = Vec::new();
+    // Per module, in order: the rule heads to rename in its text (byte range, new name).
+    let mut renames: Vec<Vec<(usize, usize, String)>> = Vec::new();
     let modules = engine.get_modules();
     // Every name defined in each package, which a renamed test must not take.
     let mut taken: HashSet<String> = HashSet::new();
@@ -440,17 +436,12 @@ fn discover(gate: &PolicyGate) -> (Option<PolicyGate>, Vec<Found>) {
         }
     }
     for module in modules.iter() {
-        let source = &module.package.span.source;
-        let file = source.get_path().clone();
-        let mut renames = Vec::new();
+        let file = module.package.span.source.get_path().clone();
+        renames.push(Vec::new());
         let package = match rule_path(&module.package.refr) {
             Ok(package) => package,
             Err(message) => {
-                found.push(Found::Unnamed {
-                    file: file.clone(),
-                    message,
-                });
-                files.push((file, source.get_contents().clone(), renames));
+                found.push(Found::Unnamed { file, message });
                 continue;
             }
         };
@@ -481,21 +472,26 @@ fn discover(gate: &PolicyGate) -> (Option<PolicyGate>, Vec<Found>) {
                 })
                 .find(|(_, rule)| taken.insert(rule.clone()))
                 .unwrap_or_default();
-            renames.push((head.start as usize, head.end as usize, renamed));
+            if let Some(in_module) = renames.last_mut() {
+                in_module.push((head.start as usize, head.end as usize, renamed));
+            }
             found.push(Found::Test {
                 rule,
                 name: format!("{name}#{ordinal:02}"),
                 file: file.clone(),
             });
         }
-        files.push((file, source.get_contents().clone(), renames));
     }
-    if files.iter().all(|(_, _, renames)| renames.is_empty()) {
+    // Copied only when a name repeats: most bundles' tests run on the bundle as it is.
+    if renames.iter().all(Vec::is_empty) {
         return (None, found);
     }
-    let rewritten: Vec<PolicyFile> = files
-        .into_iter()
-        .map(|(relative, mut text, mut renames)| {
+    let rewritten: Vec<PolicyFile> = modules
+        .iter()
+        .zip(renames)
+        .map(|(module, mut renames)| {
+            let source = &module.package.span.source;
+            let (relative, mut text) = (source.get_path().clone(), source.get_contents().clone());
             renames.sort_by_key(|(start, ..)| std::cmp::Reverse(*start));
             for (start, end, renamed) in renames {
                 if text.is_char_boundary(start) && text.is_char_boundary(end) && start <= end {
