@@ -144,32 +144,35 @@ async fn a_firing_alert_reaches_the_receiver_with_an_absolute_runbook_link() {
     assert!(runbook.contains("\n## ApprovalsServiceDown\n"));
 }
 
-/// Waits (at most 30 s) for the receiver to get `alertname`; the payload's receiver's name.
-/// Every other alert received meanwhile is added to `seen`.
+/// The receiver `alertname` was delivered to: from `seen` if it came while another was awaited
+/// (Alertmanager sends separate groups in no set order, and does not send one again), else
+/// waiting for it (at most 90 s). Every alert received is added to `seen` with its receiver.
 async fn delivered_to(
     received: &mut mpsc::UnboundedReceiver<Value>,
     alertname: &str,
-    seen: &mut Vec<String>,
+    seen: &mut Vec<(String, String)>,
 ) -> String {
     // A deadline for the event, not a speed check: under a loaded CI run's other work the
     // rule's evaluation and Alertmanager's grouping once took past 30 s (5 s alone here).
     tokio::time::timeout(Duration::from_secs(90), async {
         loop {
-            let payload = received.recv().await.expect("the receiver runs");
-            let names: Vec<String> = payload["alerts"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|a| a["labels"]["alertname"].as_str().map(str::to_owned))
-                .collect();
-            if names.iter().any(|n| n == alertname) {
-                return payload["receiver"].as_str().unwrap_or_default().to_owned();
+            if let Some((_, receiver)) = seen.iter().find(|(name, _)| name == alertname) {
+                return receiver.clone();
             }
-            seen.extend(names);
+            let payload = received.recv().await.expect("the receiver runs");
+            let receiver = payload["receiver"].as_str().unwrap_or_default();
+            seen.extend(
+                payload["alerts"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|a| a["labels"]["alertname"].as_str())
+                    .map(|name| (name.to_owned(), receiver.to_owned())),
+            );
         }
     })
     .await
-    .unwrap_or_else(|_| panic!("{alertname} was not delivered within 90 s"))
+    .unwrap_or_else(|_| panic!("{alertname} was not delivered within 90 s; got {seen:?}"))
 }
 
 /// Critical alerts page (`approvals-oncall`), warnings go to the team's channel
@@ -252,7 +255,7 @@ async fn warnings_go_to_the_team_and_an_outage_holds_back_its_echo() {
     for echo in ["ApprovalsSweeperFailing", "ApprovalsDecisionSubscriberDown"] {
         held_back(&http, &api, echo).await;
         assert!(
-            !seen.iter().any(|n| n == echo),
+            !seen.iter().any(|(name, _)| name == echo),
             "sent while the outage page fired: {seen:?}"
         );
     }
