@@ -485,19 +485,16 @@ async fn filters_and_history_show_decided_approvals(h: Harness) {
         .spawn_with(|s| {
             s.approvals
                 .tenant_ttl
-                // Long enough to stay pending through the steps before the deadline on a
-                // loaded machine (the decide is a Temporal update there).
-                .insert(tenant.clone(), Duration::from_secs(6));
+                // Long enough to stay pending through the few steps before the deadline on
+                // a loaded machine (the decide is a Temporal update there).
+                .insert(tenant.clone(), Duration::from_secs(10));
         })
         .await;
-    app.park("soon-gone").await;
     app.park("decided").await;
     let response = app.decide("decided", "reject", &app.tokens.reviewer2).await;
     assert_eq!(response.status(), StatusCode::OK);
     let browser = Browser::signed_in(&app, &app.tokens.reviewer).await;
 
-    let pending = browser.page("/ui/approvals").await;
-    assert!(pending.contains("/ui/approvals/soon-gone\""), "{pending}");
     // Lists come from Temporal's visibility a moment after a write: wait for it to show.
     let rejected = browser
         .page_until("/ui/approvals?status=rejected", "/ui/approvals/decided\"")
@@ -514,12 +511,17 @@ async fn filters_and_history_show_decided_approvals(h: Harness) {
     let bad = browser.get("/ui/approvals?status=maybe").await;
     assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
 
-    // Deciding after the deadline says it expired.
+    // Deciding after the deadline says it expired. Parked after the slow steps above, so its
+    // form is read while it is pending (the form goes with the pending state).
+    app.park("soon-gone").await;
     let page = browser.page("/ui/approvals/soon-gone").await;
     let csrf = hidden(&page, "csrf");
+    browser
+        .page_until("/ui/approvals", "/ui/approvals/soon-gone\"")
+        .await;
     let waited: Value = app
         .get_json(
-            &format!("/v1/tenants/{tenant}/approvals/soon-gone/decision?wait_seconds=15"),
+            &format!("/v1/tenants/{tenant}/approvals/soon-gone/decision?wait_seconds=30"),
             &app.tokens.agent,
         )
         .await;
