@@ -547,8 +547,8 @@ impl ApprovalBackend for RedisBackend {
                 }
                 // Redis did not answer (or takes no writes): it still holds the approval
                 // pending, and "expired" from this instance's clock alone could be contradicted
-                // by a reviewer's accept Redis takes next (ADR-0004). A wait answers what it
-                // holds instead (`read_at_expiry`).
+                // by a reviewer's accept Redis takes next (ADR-0004). A wait answers the
+                // outage too (`read_at_expiry`).
                 Err(error) => {
                     tracing::debug!(%error, "recording an expiry found by a read failed");
                     None

@@ -102,7 +102,7 @@ impl RedisBackend {
                     } else {
                         let held = held.restore().map_err(corrupt)?;
                         if wake_at < deadline || held.expires_at <= Timestamp::now() {
-                            match Box::pin(self.read_at_expiry(tenant, id, held)).await? {
+                            match Box::pin(self.read_at_expiry(tenant, id)).await? {
                                 Some(current) => current,
                                 None => return Ok(None),
                             }
@@ -114,7 +114,7 @@ impl RedisBackend {
                 () = &mut stop => {
                     let held = held.restore().map_err(corrupt)?;
                     return match held.expires_at <= Timestamp::now() {
-                        true => Box::pin(self.read_at_expiry(tenant, id, held)).await,
+                        true => Box::pin(self.read_at_expiry(tenant, id)).await,
                         false => Ok(Some(held)),
                     };
                 }
@@ -136,21 +136,14 @@ impl RedisBackend {
     /// on a busy instance, or lost): answering `expired` from what is held would contradict the
     /// reviewer's 200 and every later read. Whether the wait ends at the approval's deadline,
     /// at the caller's (which can fall just after it) or at shutdown. If Redis does not answer,
-    /// what is held, as of now (an outage at that moment is not worth a 503 the wait has not
-    /// had so far).
+    /// the outage's error: what is held, as of now, is `expired`, a final answer that the same
+    /// decision contradicts once Redis is back.
     async fn read_at_expiry(
         &self,
         tenant: &TenantId,
         id: &ApprovalId,
-        held: Approval,
     ) -> Result<Option<Approval>, BackendError> {
-        match self.get(tenant, id).await {
-            Ok(current) => Ok(current),
-            Err(error) => {
-                tracing::debug!(%error, "read at the deadline failed; answering what is held");
-                Ok(Some(held.as_of(Timestamp::now())))
-            }
-        }
+        self.get(tenant, id).await
     }
 }
 

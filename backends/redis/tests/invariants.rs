@@ -308,9 +308,73 @@ async fn a_waiter_at_the_deadline_answers_what_redis_holds() {
         .decide(&tenant, &id("late"), decision(Verdict::Accept, "alice"))
         .await
         .expect("decide elsewhere");
-    let (mut from, mut to) = (elsewhere.connection().await, server.connection().await);
+    move_keys(&elsewhere, &server, &format!("*{tenant}:late")).await;
+    let answered = waiter.await.expect("join").expect("wait").expect("exists");
+    assert_eq!(answered.status, Status::Accepted, "{answered:?}");
+    let read = ours.get(&tenant, &id("late")).await.expect("get");
+    assert_eq!(read.map(|a| a.status), Some(Status::Accepted));
+}
+
+/// A wait that reaches the deadline while Redis does not answer says so (an error, which the
+/// API answers `503` and a client retries): it answered `expired` from the pending copy it
+/// held, a final answer that the decision Redis took a moment before (its message lost with
+/// the connection) contradicted once Redis was back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_at_the_deadline_during_an_outage_does_not_answer_expired() {
+    let (mut server, elsewhere) = (RedisServer::start_durable().await, RedisServer::start().await);
+    let (ours, theirs) = (backend(&server), backend(&elsewhere));
+    let tenant = fresh_tenant("deadline-outage");
+    let approval = pending(&tenant, "late", Duration::from_secs(3));
+    ours.submit(approval.clone()).await.expect("submit");
+    theirs.submit(approval).await.expect("submit elsewhere");
+    let waiter = {
+        let (ours, tenant) = (ours.clone(), tenant.clone());
+        tokio::spawn(async move {
+            ours.wait_for_decision(
+                &tenant,
+                &id("late"),
+                Duration::from_secs(30),
+                approvals_core::no_stop(),
+            )
+            .await
+        })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while ours.parked() < 1 {
+        assert!(tokio::time::Instant::now() < deadline, "never parked");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The decision without its message, as in the test above, then Redis gone before the
+    // deadline.
+    theirs
+        .decide(&tenant, &id("late"), decision(Verdict::Accept, "alice"))
+        .await
+        .expect("decide elsewhere");
+    move_keys(&elsewhere, &server, &format!("*{tenant}:late")).await;
+    server.stop();
+    let answer = waiter.await.expect("join");
+    assert!(
+        answer.as_ref().is_err_and(|e| e.to_string().contains("unavailable")),
+        "{answer:?}"
+    );
+    server.restart().await;
+    // What Redis holds, read as soon as the backend has reconnected.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let read = loop {
+        match ours.get(&tenant, &id("late")).await {
+            Ok(read) => break read,
+            Err(error) => assert!(tokio::time::Instant::now() < deadline, "{error}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(read.map(|a| a.status), Some(Status::Accepted));
+}
+
+/// Copies the keys matching `pattern` from one server to another, TTLs included.
+async fn move_keys(from: &RedisServer, to: &RedisServer, pattern: &str) {
+    let (mut from, mut to) = (from.connection().await, to.connection().await);
     let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("*{tenant}:late"))
+        .arg(pattern)
         .query_async(&mut from)
         .await
         .expect("keys");
@@ -333,10 +397,6 @@ async fn a_waiter_at_the_deadline_answers_what_redis_holds() {
             .await
             .expect("restore");
     }
-    let answered = waiter.await.expect("join").expect("wait").expect("exists");
-    assert_eq!(answered.status, Status::Accepted, "{answered:?}");
-    let read = ours.get(&tenant, &id("late")).await.expect("get");
-    assert_eq!(read.map(|a| a.status), Some(Status::Accepted));
 }
 
 /// Instances judge a deadline by their own clocks. A read that told an agent "expired" from
