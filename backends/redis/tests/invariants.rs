@@ -321,7 +321,10 @@ async fn a_waiter_at_the_deadline_answers_what_redis_holds() {
 /// the connection) contradicted once Redis was back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiter_at_the_deadline_during_an_outage_does_not_answer_expired() {
-    let (mut server, elsewhere) = (RedisServer::start_durable().await, RedisServer::start().await);
+    let (mut server, elsewhere) = (
+        RedisServer::start_durable().await,
+        RedisServer::start().await,
+    );
     let (ours, theirs) = (backend(&server), backend(&elsewhere));
     let tenant = fresh_tenant("deadline-outage");
     let approval = pending(&tenant, "late", Duration::from_secs(3));
@@ -354,7 +357,9 @@ async fn a_waiter_at_the_deadline_during_an_outage_does_not_answer_expired() {
     server.stop();
     let answer = waiter.await.expect("join");
     assert!(
-        answer.as_ref().is_err_and(|e| e.to_string().contains("unavailable")),
+        answer
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("unavailable")),
         "{answer:?}"
     );
     server.restart().await;
