@@ -190,8 +190,11 @@ async fn readyz(State(status): State<Arc<Status>>) -> Response {
     }
 }
 
-/// How long a scrape of `/metrics` waits for the Temporal frontend to answer.
-const SCRAPE_PING_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a scrape of `/metrics` waits for the Temporal frontend to answer: under
+/// Prometheus' default 10 s scrape timeout, and well above a busy frontend's answer (at 500 ms
+/// a slow frontend read as every worker gone, and ApprovalsTemporalWorkerMissing paged while
+/// they all polled).
+const SCRAPE_PING_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Prometheus text: the expiries its workflows recorded, whether it is up and draining, how
 /// long it has run, what it polls.

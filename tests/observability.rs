@@ -1416,7 +1416,20 @@ async fn on_temporal_the_alert_inputs_answer_and_each_expiry_is_counted_once() {
         .iter()
         .find(|r| r.name == "ApprovalsTemporalWorkerMissing")
         .expect("the rule");
-    assert!(prom.series(&missing.expr).await.is_empty());
+    // Until: one slow scrape of the worker (1 s timeout here) reads as a worker gone.
+    until(
+        Duration::from_secs(20),
+        "the missing-worker alert's expression to be empty while the worker runs",
+        || async {
+            let selected = prom.series(&missing.expr).await;
+            if selected.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{selected:?}"))
+            }
+        },
+    )
+    .await;
     let (status, _) = worker.terminate(Duration::from_secs(30)).await;
     assert!(status.success(), "the worker drained: {status}");
     until(

@@ -398,7 +398,9 @@ async fn a_worker_killed_during_a_long_poll_is_replaced_and_decisions_and_deadli
         (answered_at - b_expires_at).to_std()
     );
     assert!(
-        answered_at >= b_expires_at && answered_at - b_expires_at <= chrono::Duration::seconds(2),
+        // Seconds, not the rest of its 60 s wait (the final read at the deadline goes to a
+        // Temporal server this run keeps busy).
+        answered_at >= b_expires_at && answered_at - b_expires_at <= chrono::Duration::seconds(10),
         "B's long-poll answered at {answered_at}, its expiry is {b_expires_at}"
     );
 

@@ -566,7 +566,8 @@ async fn a_page_whose_stream_was_refused_follows_again_once_the_store_is_back() 
 /// background says so); and a live refresh leaves the keyboard focus where it was.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_page_marks_what_is_expiring_soon_and_its_title_counts_what_waits() {
-    let app = TestApp::spawn_with(|s| s.approvals.default_ttl = Duration::from_secs(10)).await;
+    // Its last fifth starts 24 s after parking: time for a loaded machine to load the page.
+    let app = TestApp::spawn_with(|s| s.approvals.default_ttl = Duration::from_secs(30)).await;
     let driver = Driver::start();
     let browser = driver.browser().await;
     sign_in(&browser, &app, &app.tokens.reviewer).await;
@@ -587,7 +588,7 @@ async fn an_open_page_marks_what_is_expiring_soon_and_its_title_counts_what_wait
         .unwrap_or(true);
     assert!(
         !rendered_soon,
-        "rendered within 8 s of parking, nothing is expiring soon yet (a slow start?)"
+        "rendered within 24 s of parking, nothing is expiring soon yet (a slow start?)"
     );
     assert_eq!(
         script(&browser, "return document.title;").await,
@@ -619,11 +620,12 @@ async fn an_open_page_marks_what_is_expiring_soon_and_its_title_counts_what_wait
         "the focus stays on the link it was on"
     );
 
-    // Nothing else happens: the clock alone marks the first one (8 s after it was parked).
-    until_true(
+    // Nothing else happens: the clock alone marks the first one (24 s after it was parked).
+    until_true_within(
         &browser,
         "document.querySelector('#approval-soon-1.expiring .soon')",
         "the first approval to be marked expiring soon",
+        Duration::from_secs(45),
     )
     .await;
     screenshot(&browser, "inbox-expiring-soon").await;
@@ -1122,7 +1124,9 @@ async fn a_decision_made_before_the_first_stream_opened_is_shown() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_approval_page_stops_offering_a_decision_at_the_deadline() {
     let app = TestApp::spawn_with(|s| {
-        s.approvals.default_ttl = Duration::from_secs(4);
+        // Long enough for the page to load and be looked at before the deadline on a loaded
+        // machine; the countdown is then waited for.
+        s.approvals.default_ttl = Duration::from_secs(20);
         s.approvals.sweep_interval = Duration::from_secs(3600);
     })
     .await;
@@ -1143,10 +1147,11 @@ async fn an_approval_page_stops_offering_a_decision_at_the_deadline() {
         json!(false),
         "open before the deadline"
     );
-    until_true(
+    until_true_within(
         &browser,
         "document.querySelector('[data-expires-at]').textContent === 'expired'",
         "the countdown to reach the deadline",
+        Duration::from_secs(40),
     )
     .await;
     assert_eq!(

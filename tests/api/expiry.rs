@@ -39,7 +39,7 @@ async fn a_two_second_tenant_expires_and_reads_expired(h: Harness) {
     let response = app
         .request(
             Method::GET,
-            &format!("/v1/tenants/{tenant}/approvals/req-1/decision?wait_seconds=10"),
+            &format!("/v1/tenants/{tenant}/approvals/req-1/decision?wait_seconds=60"),
             Some(&app.tokens.agent),
         )
         .send()
@@ -48,13 +48,13 @@ async fn a_two_second_tenant_expires_and_reads_expired(h: Harness) {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["status"], "expired");
     let woke = chrono::Utc::now().timestamp_millis();
-    // Seconds, not the 10 s wait: the expiry woke it (on Temporal, a worker's timer, which a
-    // loaded machine may fire a moment late).
+    // Seconds, not the 60 s wait: the expiry woke it (on Temporal, a worker's timer and a
+    // final read, which a loaded machine may take seconds over).
     assert!(
-        woke - millis(&parked["expires_at"]) < 3_000,
+        woke - millis(&parked["expires_at"]) < 20_000,
         "read as expired within seconds of expires_at"
     );
-    assert!(started.elapsed() < Duration::from_secs(6));
+    assert!(started.elapsed() < Duration::from_secs(25));
 
     // Expired is final: 410 for any decision, and it stays readable.
     let problem = assert_problem(

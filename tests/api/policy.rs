@@ -1527,7 +1527,9 @@ async fn uploads_past_the_stored_count_delete_the_oldest_versions_no_policy_name
 #[tokio::test]
 async fn an_instance_starting_after_a_stored_bundle_turned_greedy_still_serves() {
     let app = TestApp::spawn().await;
-    let turns_at = std::time::SystemTime::now() + Duration::from_secs(3);
+    // Far enough out that its upload and activation (trials in fresh sandbox children) are
+    // done before it turns, on a loaded machine too.
+    let turns_at = std::time::SystemTime::now() + Duration::from_secs(15);
     let turns_at_ns = turns_at
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -1543,6 +1545,10 @@ decision := {{"decision": "allow", "reasons": [sprintf("%d", [count(numbers.rang
 "#)}]});
     let version = upload(&app, bundle).await;
     assert_eq!(activate(&app, &version).await.status(), StatusCode::OK);
+    assert!(
+        std::time::SystemTime::now() < turns_at,
+        "activated only after the bundle turned greedy: the test's margin is too short"
+    );
 
     // Waiting for the moment itself (the bundle's own clock), not for an event.
     if let Ok(left) = turns_at.duration_since(std::time::SystemTime::now()) {

@@ -83,7 +83,7 @@ async fn a_decision_wakes_the_waiter_within_a_second(h: Harness) {
         let (http, url, token) = (
             app.http.clone(),
             app.url(&format!(
-                "/v1/tenants/{tenant}/approvals/req-1/decision?wait_seconds=30"
+                "/v1/tenants/{tenant}/approvals/req-1/decision?wait_seconds=60"
             )),
             app.tokens.agent.clone(),
         );
@@ -103,9 +103,9 @@ async fn a_decision_wakes_the_waiter_within_a_second(h: Harness) {
     let (status, body, woke_at) = waiter.await.unwrap();
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["status"], "accepted");
-    // Seconds, not the 30 s wait: the wake-up came from the decision. (A loaded CI machine
-    // can take a second over a Temporal describe and the answer.)
-    assert!(woke_at.saturating_duration_since(decided_at) < Duration::from_secs(3));
+    // Well inside the 60 s wait: the wake-up came from the decision. (A loaded CI machine can
+    // take seconds over a Temporal describe and the answer; the speed is bench/'s to measure.)
+    assert!(woke_at.saturating_duration_since(decided_at) < Duration::from_secs(20));
 }
 
 async fn a_decision_on_another_instance_wakes_the_waiter(h: Harness) {
@@ -116,7 +116,7 @@ async fn a_decision_on_another_instance_wakes_the_waiter(h: Harness) {
     let waiter = {
         let (http, url, token) = (
             app.http.clone(),
-            format!("{second}/v1/tenants/{tenant}/approvals/req-1/decision?wait_seconds=30"),
+            format!("{second}/v1/tenants/{tenant}/approvals/req-1/decision?wait_seconds=60"),
             app.tokens.agent.clone(),
         );
         tokio::spawn(async move {
@@ -137,12 +137,12 @@ async fn a_decision_on_another_instance_wakes_the_waiter(h: Harness) {
         StatusCode::OK
     );
     // From the decision's answer (on Temporal the decide is a workflow update that a loaded
-    // worker may take seconds over); a waiter not woken would answer after 30 s.
+    // worker may take seconds over); a waiter not woken would answer after 60 s.
     let decided_at = Instant::now();
     let (status, body, woke_at) = waiter.await.unwrap();
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["status"], "rejected");
-    assert!(woke_at.saturating_duration_since(decided_at) < Duration::from_secs(3));
+    assert!(woke_at.saturating_duration_since(decided_at) < Duration::from_secs(20));
 }
 
 async fn without_a_decision_it_answers_pending_after_wait_seconds(h: Harness) {
@@ -217,6 +217,10 @@ async fn five_thousand_waiters_on_one_approval_all_learn_the_decision() {
         s.approvals.long_poll_max = Duration::from_secs(600);
         // One token waits 5,000 times here.
         s.limits.max_long_polls_per_caller = WAITERS;
+        // Each waiter's first read is one of 5,000 at once on a debug build that shares two
+        // cores with the rest of the suite: past the 2 s default one answered 503 (a client
+        // would retry; this test is about the wake-up, not that deadline).
+        s.redis.call_timeout = Duration::from_secs(30);
     })
     .await;
     app.park("popular").await;
