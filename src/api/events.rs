@@ -135,6 +135,12 @@ pub(crate) async fn stream(
     let mut response = Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response();
+    // nginx buffers what it proxies unless told otherwise: events (and the keep-alives that
+    // hold the connection open) would wait in its buffer.
+    response.headers_mut().insert(
+        "x-accel-buffering",
+        axum::http::HeaderValue::from_static("no"),
+    );
     // The server closes the connection of a stream past its end that it cannot send.
     response.extensions_mut().insert(EndsWhen(over));
     Ok(response)
@@ -187,6 +193,23 @@ struct Live {
     _ends: DropGuard,
 }
 
+/// An event's `data:` text: its JSON, with the line separators JSON leaves unescaped in text
+/// (U+2028, U+2029, and U+0085 too) escaped. SSE breaks lines at CR and LF only, but readers
+/// that split text with their language's line splitting (Python's `str.splitlines`, which
+/// httpx's `iter_lines` uses) cut such a line in two: a reviewer's reason holding one stopped
+/// those clients' streams at that event for good, every reconnect replaying it. The JSON read
+/// is the same; those characters cannot occur outside a JSON string.
+fn event_data(event: &impl serde::Serialize) -> serde_json::Result<String> {
+    let json = serde_json::to_string(event)?;
+    if !json.contains(['\u{2028}', '\u{2029}', '\u{85}']) {
+        return Ok(json);
+    }
+    Ok(json
+        .replace('\u{2028}', "\\u2028")
+        .replace('\u{2029}', "\\u2029")
+        .replace('\u{85}', "\\u0085"))
+}
+
 impl Live {
     /// The next SSE event; `None` ends the stream (shutdown, or a read failed: the client
     /// reconnects with its last id and misses nothing).
@@ -210,11 +233,13 @@ impl Live {
                 return None;
             }
             if let Some(live) = self.queued.pop_front() {
-                let event = Event::default()
-                    .event(live.kind.as_str())
-                    .id(live.event.event_id.clone())
-                    .json_data(&live.event)
-                    .unwrap_or_else(|_| Event::default().comment("unserialisable event"));
+                let event = match event_data(&live.event) {
+                    Ok(data) => Event::default()
+                        .event(live.kind.as_str())
+                        .id(live.event.event_id.clone())
+                        .data(data),
+                    Err(_) => Event::default().comment("unserialisable event"),
+                };
                 return Some((Ok(event), self));
             }
             if !self.more {

@@ -138,6 +138,60 @@ impl SseReader {
 
 const WITHIN: Duration = Duration::from_secs(15);
 
+/// A reviewer's reason holding a line separator other than CR and LF (U+2028, U+2029, U+0085,
+/// which JSON leaves unescaped) reaches a client as an escape on one `data:` line: clients that
+/// split lines with their language's line splitting (Python's httpx) cut the raw character's
+/// line in two, could not read the event, and every reconnect replayed it. Behind nginx, the
+/// stream is not buffered (`X-Accel-Buffering: no`).
+#[tokio::test]
+async fn a_reason_with_a_line_separator_arrives_on_one_data_line() {
+    let app = TestApp::spawn().await;
+    let response = app
+        .http
+        .get(app.url(&format!("/v1/tenants/{}/events", app.tenant)))
+        .bearer_auth(&app.tokens.reviewer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["x-accel-buffering"], "no");
+    let mut live = SseReader {
+        response,
+        buffer: String::new(),
+    };
+    app.park("odd-reason").await;
+    let reason = "no\u{2028}not now\u{2029}and\u{85}never";
+    let decided = app
+        .request(
+            Method::POST,
+            &format!("/v1/tenants/{}/approvals/odd-reason/reject", app.tenant),
+            Some(&app.tokens.reviewer),
+        )
+        .json(&json!({ "reason": reason }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(decided.status(), StatusCode::OK);
+    let mut raw = String::new();
+    while !raw.contains("event: decided") || !raw.ends_with("\n\n") {
+        let chunk = tokio::time::timeout(WITHIN, live.response.chunk())
+            .await
+            .expect("the decision, live")
+            .expect("the stream reads")
+            .expect("the stream stays open");
+        raw.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let frame = &raw[raw.find("event: decided").unwrap_or_default()..];
+    // Split as Python splits text: every data line is still whole JSON.
+    let data: Vec<&str> = frame
+        .split(['\n', '\r', '\u{2028}', '\u{2029}', '\u{85}'])
+        .filter_map(|line| line.strip_prefix("data:"))
+        .collect();
+    assert_eq!(data.len(), 1, "{frame:?}");
+    let event: Value = serde_json::from_str(data[0].trim()).expect("one line of JSON");
+    assert_eq!(event["details"]["reason"], reason, "{event}");
+}
+
 async fn parked_decided_and_expired_approvals_appear_live_from_any_instance(h: Harness) {
     let tenant = h.tenant.clone();
     let app = h
