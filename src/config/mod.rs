@@ -1185,6 +1185,17 @@ impl Settings {
         }
         let n = &self.notifications;
         if let Some(proxy) = &n.proxy {
+            // A scheme and a host, as the egress guard reads them (reqwest alone takes
+            // `host:port` as http, and the guard then refused the proxy's own address).
+            let named = reqwest::Url::parse(proxy)
+                .ok()
+                .filter(|url| matches!(url.scheme(), "http" | "https") && url.host_str().is_some());
+            if named.is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "notifications.proxy: a URL with its scheme (http:// or https://) \
+                     and host, got {proxy:?}"
+                )));
+            }
             reqwest::Proxy::all(proxy.as_str()).map_err(|e| {
                 ConfigError::Invalid(format!("notifications.proxy: not a proxy URL ({e})"))
             })?;

@@ -248,12 +248,20 @@ fn webhook_networks_and_proxy_are_checked_when_read() {
         bad_network.to_string().contains("allowed_networks"),
         "{bad_network}"
     );
-    let bad_proxy =
-        load("[notifications]\nproxy = \"not a url\"\n", &[]).expect_err("not a proxy URL");
-    assert!(
-        bad_proxy.to_string().contains("notifications.proxy"),
-        "{bad_proxy}"
-    );
+    // Without a scheme too: reqwest reads `host:port` as http, but the proxy's host was then
+    // unknown to the egress guard, which refused it, and every delivery failed.
+    for proxy in [
+        "not a url",
+        "proxy.internal:3128",
+        "ftp://proxy.internal:21",
+    ] {
+        let bad_proxy = load(&format!("[notifications]\nproxy = \"{proxy}\"\n"), &[])
+            .expect_err("not a proxy URL");
+        assert!(
+            bad_proxy.to_string().contains("notifications.proxy"),
+            "{bad_proxy}"
+        );
+    }
 }
 
 #[test]

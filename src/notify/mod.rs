@@ -89,6 +89,8 @@ struct Answered {
     down: bool,
     /// The pause it asked for (`Retry-After`, at most `retry_max`).
     asked: Option<Duration>,
+    /// It took the delivery (a 2xx).
+    taken: bool,
 }
 
 /// The longest a failing webhook is paused on an instance between attempts (its deliveries'
@@ -1271,8 +1273,11 @@ impl Notifier {
                         // are pulled forward, never one in flight elsewhere.
                         let beyond = Timestamp::now().plus(lease);
                         let concurrency = self.settings.per_webhook_concurrency;
-                        let went_through = !answered.down && answered.asked.is_none();
-                        if let Some(step) = went_through
+                        // Taken, not merely answered: a receiver refusing deliveries (a 404
+                        // while it is redeployed, a revoked Slack hook) brought every backed-off
+                        // retry forward to a lease, at each answer.
+                        if let Some(step) = answered
+                            .taken
                             .then(|| pacing.recovered(&webhook, took, concurrency, beyond))
                             .flatten()
                         {
@@ -1411,6 +1416,7 @@ impl Notifier {
         };
         let tenant = delivery.tenant.clone();
         delivery.attempts += 1;
+        let taken = outcome.is_ok();
         let result = match outcome {
             Ok(()) => {
                 metrics::counter!("approvals_notifications_total", "tenant" => tenant, "outcome" => "sent")
@@ -1456,6 +1462,7 @@ impl Notifier {
         Some(Answered {
             down,
             asked: asked_to_wait,
+            taken,
         })
     }
 

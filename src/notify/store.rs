@@ -119,8 +119,14 @@ pub struct Store {
     call_timeout: Duration,
 }
 
+/// A tenant's webhooks. Tenants named as the global keys below keep theirs under a name no
+/// tenant's can take (ids have no `:`): tenant `due`'s webhooks were written over the due
+/// queue, and every tenant's deliveries then failed to be queued.
 fn hooks_key(tenant: &str) -> String {
-    format!("webhooks:{tenant}")
+    match tenant {
+        "due" | "tenants" => format!("webhooks:hooks:{tenant}"),
+        _ => format!("webhooks:{tenant}"),
+    }
 }
 const TENANTS_KEY: &str = "webhooks:tenants";
 const DUE_KEY: &str = "webhooks:due";
