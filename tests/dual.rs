@@ -122,21 +122,31 @@ impl DualApp {
         assert!(matches!(held, Ok(None)), "Temporal holds {request_id}");
     }
 
-    /// Polls the secondary (Temporal) until it holds `request_id` with `status`.
+    /// Polls Temporal until it holds `request_id` with `status`.
     async fn temporal_until(&self, request_id: &str, status: Status) {
-        let temporal = self.engine(EngineKind::Temporal).await;
+        self.held_until(EngineKind::Temporal, request_id, status)
+            .await;
+    }
+
+    /// Polls Redis until it holds `request_id` with `status`.
+    async fn redis_until(&self, request_id: &str, status: Status) {
+        self.held_until(EngineKind::Redis, request_id, status).await;
+    }
+
+    async fn held_until(&self, kind: EngineKind, request_id: &str, status: Status) {
+        let engine = self.engine(kind).await;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let held = temporal
+            let held = engine
                 .get(&self.tenant, &id(request_id))
                 .await
-                .expect("read Temporal");
+                .expect("read the engine");
             if held.as_ref().map(|a| a.status) == Some(status) {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "Temporal never held {request_id} as {status:?}: {held:?}"
+                "{kind:?} never held {request_id} as {status:?}: {held:?}"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -535,6 +545,74 @@ async fn a_decision_the_secondary_missed_is_replayed_once_it_is_back_unread() {
     })
     .await;
     assert_both_hold(&app, "u-1", &accepted).await;
+}
+
+/// A submit and its decision both missed by the secondary (one outage): once it is back, the
+/// decided record is copied there. The repair read "no record" and gave up, and after a
+/// switch of primary the agent's wait answered 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_the_secondary_missed_whole_is_copied_once_it_is_back() {
+    let redis = RedisServer::start_durable().await;
+    let mut app = DualApp::spawn_on(redis, EngineKind::Temporal, |settings| {
+        settings.redis.call_timeout = Duration::from_secs(1);
+        set_secondary_timeout(settings, Duration::from_secs(1));
+    })
+    .await;
+    app.redis.stop();
+    assert_eq!(app.park("o-1").await.status(), StatusCode::CREATED);
+    let accepted = app.decide("o-1", "accept").await;
+    assert_eq!(accepted.status(), StatusCode::OK);
+    let accepted: Value = accepted.json().await.expect("json");
+    app.redis.restart().await;
+
+    app.metrics_until(Duration::from_secs(40), "a repair", |text| {
+        let tenant = format!("tenant=\"{}\"", app.tenant);
+        sum_series(text, "approvals_dual_repairs_total", &[&tenant]) == 1.0
+    })
+    .await;
+    assert_both_hold(&app, "o-1", &accepted).await;
+}
+
+/// A secondary that answers reads but refuses the replayed decision (a full Redis) is tried
+/// again: one refusal left it pending for good, to expire there after a switch of primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_the_secondary_refused_is_tried_again() {
+    let app = DualApp::spawn(EngineKind::Temporal, |settings| {
+        set_secondary_timeout(settings, Duration::from_secs(1));
+    })
+    .await;
+    assert_eq!(app.park("f-1").await.status(), StatusCode::CREATED);
+    app.redis_until("f-1", Status::Pending).await;
+    let mut redis = app.redis.connection().await;
+    let () = redis::cmd("CONFIG")
+        .arg(&["SET", "maxmemory", "1"][..])
+        .query_async(&mut redis)
+        .await
+        .expect("config set");
+    let accepted = app.decide("f-1", "accept").await;
+    assert_eq!(accepted.status(), StatusCode::OK);
+    let accepted: Value = accepted.json().await.expect("json");
+    // The replay's first try is refused...
+    app.metrics_until(Duration::from_secs(30), "a refused replay", |text| {
+        sum_series(
+            text,
+            "approvals_dual_secondary_errors_total",
+            &["op=\"repair\""],
+        ) >= 1.0
+    })
+    .await;
+    // ...and once Redis takes writes again, a later one lands.
+    let () = redis::cmd("CONFIG")
+        .arg(&["SET", "maxmemory", "0"][..])
+        .query_async(&mut redis)
+        .await
+        .expect("config set");
+    app.metrics_until(Duration::from_secs(60), "a repair", |text| {
+        let tenant = format!("tenant=\"{}\"", app.tenant);
+        sum_series(text, "approvals_dual_repairs_total", &[&tenant]) == 1.0
+    })
+    .await;
+    assert_both_hold(&app, "f-1", &accepted).await;
 }
 
 /// A repeated submit of a record the secondary lacks (the first submit's mirror never ran:

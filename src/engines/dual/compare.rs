@@ -187,9 +187,14 @@ pub(super) async fn compare_reads(
 /// would never be woken. Replays the primary's winner (reviewer, reason and time), as
 /// `approvals migrate` replays late decisions: on a pending record it can only agree with the
 /// primary, and on any other it changes nothing. Counted in `approvals_dual_repairs_total`.
-async fn repair_missed_decision(secondary: &Arc<Secondary>, ours: &Approval, theirs: &Approval) {
+/// False when the secondary did not answer the replay (worth another try).
+async fn repair_missed_decision(
+    secondary: &Arc<Secondary>,
+    ours: &Approval,
+    theirs: &Approval,
+) -> bool {
     let (Some(decision), Status::Pending) = (ours.decision(), theirs.status) else {
-        return;
+        return true;
     };
     let (tenant, id) = (&ours.tenant, &ours.id);
     let replayed = secondary
@@ -198,10 +203,15 @@ async fn repair_missed_decision(secondary: &Arc<Secondary>, ours: &Approval, the
         })
         .await;
     if let Some(DecisionOutcome::Decided(_)) = replayed {
-        metrics::counter!("approvals_dual_repairs_total", "tenant" => tenant.to_string())
-            .increment(1);
+        repaired(tenant);
         tracing::info!(%tenant, approval_id = %id, "dual: replayed on the secondary the decision it missed");
     }
+    replayed.is_some()
+}
+
+fn repaired(tenant: &approvals_core::TenantId) {
+    describe_once();
+    metrics::counter!("approvals_dual_repairs_total", "tenant" => tenant.to_string()).increment(1);
 }
 
 /// Imports `ours` on the secondary if it holds no record of that approval; if it holds one,
@@ -220,9 +230,7 @@ pub(super) async fn copy_if_missing(
     let (tenant, id) = (ours.tenant.clone(), ours.id.clone());
     match copied {
         Some(ImportOutcome::Imported) => {
-            describe_once();
-            metrics::counter!("approvals_dual_repairs_total", "tenant" => tenant.to_string())
-                .increment(1);
+            repaired(&tenant);
             tracing::info!(%tenant, approval_id = %id, op,
                 "dual: copied to the secondary a record it did not hold");
         }
@@ -234,8 +242,11 @@ pub(super) async fn copy_if_missing(
     }
 }
 
-/// Replays `decided` on the secondary once it reads the approval again, at most
-/// [`REPAIR_TRIES`] times, `secondary_timeout` apart and doubling.
+/// Replays `decided` on the secondary once it reads the approval again, or copies it there
+/// if it holds no record of it (its submit's mirror failed too, in the same outage); tried
+/// at most [`REPAIR_TRIES`] times, `secondary_timeout` apart and doubling, until the
+/// secondary answers the write. A secondary that answered reads but refused the replay (full,
+/// say) was left pending after one try; one that missed the submit too, without the record.
 pub(super) async fn repair_when_back(secondary: &Arc<Secondary>, decided: &Approval) {
     let (tenant, id) = (&decided.tenant, &decided.id);
     let mut pause = secondary.deadline;
@@ -250,9 +261,31 @@ pub(super) async fn repair_when_back(secondary: &Arc<Secondary>, decided: &Appro
         match read {
             // Down still.
             None => continue,
-            Some(Some(theirs)) => return repair_missed_decision(secondary, decided, &theirs).await,
-            // Missing there too (a submit it missed): reported by reads, not repaired.
-            Some(None) => return,
+            Some(Some(theirs)) => {
+                if repair_missed_decision(secondary, decided, &theirs).await {
+                    return;
+                }
+            }
+            Some(None) => {
+                let record = decided.clone();
+                let copied = secondary
+                    .call("repair_copy", |engine| async move {
+                        engine.import(record).await
+                    })
+                    .await;
+                match copied {
+                    Some(ImportOutcome::Imported) => {
+                        repaired(tenant);
+                        tracing::info!(%tenant, approval_id = %id,
+                            "dual: copied to the secondary a decided record it did not hold");
+                        return;
+                    }
+                    // Past its retention: nothing to hold.
+                    Some(ImportOutcome::PastRetention) => return,
+                    // Written there meanwhile (the late mirror of the submit): read again.
+                    Some(ImportOutcome::AlreadyPresent) | None => {}
+                }
+            }
         }
     }
 }
