@@ -20,13 +20,14 @@ from approvals_client import (
     Status,
     TransportError,
 )
+from approvals_client import _core
 from approvals_client._core import NO_RETRY, retry_after_seconds
 
 QUICK = RetryPolicy(max_attempts=3, initial_backoff=0.01, max_backoff=0.02)
 
 
 def problem(status: int, code: str, **members: Any) -> httpx.Response:
-    body = {"type": "about:blank", "title": code, "status": status, "detail": code, "code": code, **members}
+    body = {"type": f"urn:approvals:problem:{code}", "title": code, "status": status, "detail": code, "code": code, **members}
     return httpx.Response(status, json=body, headers={"content-type": "application/problem+json", "retry-after": "0"})
 
 
@@ -319,7 +320,7 @@ def test_the_status_of_an_api_error_is_the_answers() -> None:
     # A body whose `status` member says something else (a proxy passing on another answer's
     # body): the status is the one the client was answered with.
     def mislabelled(_: httpx.Request) -> httpx.Response:
-        body = {"type": "about:blank", "title": "Not found", "status": 200, "detail": "no", "code": "not_found"}
+        body = {"type": "urn:approvals:problem:not_found", "title": "Not found", "status": 200, "detail": "no", "code": "not_found"}
         return httpx.Response(404, json=body, headers={"content-type": "application/problem+json"})
 
     with httpx.Client(transport=answers(mislabelled)) as http, pytest.raises(ApiError) as raised:
@@ -343,3 +344,116 @@ def test_a_retry_after_is_finite_and_capped(header: str) -> None:
     response = httpx.Response(503, headers={"retry-after": header})
     delay = policy.backoff(1, retry_after_seconds(response))
     assert math.isfinite(delay) and delay <= policy.max_retry_after == 300
+
+
+# A reviewer's reason with a LINE SEPARATOR (U+2028), which JSON, and the service's serde_json,
+# leave unescaped in text; its UTF-8 bytes are split between two chunks below.
+SEPARATED = (
+    'id: 2-0\r\nevent: decided\r\ndata: {"event_id": "2-0", "timestamp": "2025-01-01T00:00:00Z", '
+    '"tenant": "acme", "approval_id": "req-1", "kind": "rejected", "actor": "alice", '
+    '"details": {"reason": "no\u2028not now \u0085 \u2029"}}\r\n\r\n'
+).encode()
+
+
+def separated_chunks() -> list[bytes]:
+    """`SEPARATED` cut inside the U+2028's three bytes, and between the CR and the LF of the
+    `\\r\\n` that ends the `id:` line: one line break, not two (a blank line between them would
+    end a frame with only an id)."""
+    cut = SEPARATED.index("\u2028".encode()) + 1
+    crlf = SEPARATED.index(b"\r\n") + 1
+    return [SEPARATED[:crlf], SEPARATED[crlf:cut], SEPARATED[cut:]]
+
+
+def test_a_line_separator_in_a_live_events_data_does_not_cut_its_line() -> None:
+    """SSE ends a line at CR, LF or CRLF only; httpx's `iter_lines` ends one at U+2028, U+2029
+    and U+0085 too, so a reason holding one cut its `data:` line, the event was unreadable
+    (`ProtocolError`), and a reconnect replayed it: the stream never got past it."""
+
+    def answer(_: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=iter(separated_chunks()))
+
+    with httpx.Client(transport=httpx.MockTransport(answer)) as http:
+        event = next(ApprovalsClient("http://approvals.test", "t", "acme", http=http).events(reconnect=False))
+    assert (event.event, event.id) == ("decided", "2-0")
+    assert event.data.details == {"reason": "no\u2028not now \u0085 \u2029"}
+
+
+@pytest.mark.anyio
+async def test_the_async_live_stream_keeps_the_line_whole_too() -> None:
+    async def chunks() -> Any:
+        for chunk in separated_chunks():
+            yield chunk
+
+    def answer(_: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=chunks())
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as http:
+        event = await AsyncApprovalsClient("http://approvals.test", "t", "acme", http=http).events(reconnect=False).__anext__()
+    assert event.data.details == {"reason": "no\u2028not now \u0085 \u2029"}
+
+
+def test_a_live_stream_splits_lines_at_cr_lf_and_crlf_only() -> None:
+    # A CR alone ends a line as LF and CRLF do; a CR that ends a chunk ends its line at once
+    # (the frame is not held back for the next chunk), and an LF after it is the same break.
+    lines = _core.SseLines()
+    assert lines.feed("\ufeffa\rb\nc\r\nd\r".encode()) == ["a", "b", "c", "d"]
+    assert lines.feed(b"\n\r") == [""]
+    assert lines.feed("\ne\u2028f".encode()) == []
+    assert lines.feed(b"\n") == ["e\u2028f"]
+
+
+def login_page(calls: list[int]) -> httpx.MockTransport:
+    """A proxy's login page, `200 text/html`, for anything asked; more than three calls fail
+    the test (a stream that asks again and again would never end)."""
+
+    def answer(_: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        assert len(calls) <= 3, "asked for the login page again and again"
+        return httpx.Response(200, headers={"content-type": "text/html; charset=utf-8"}, content=b"<html>log in</html>")
+
+    return httpx.MockTransport(answer)
+
+
+@pytest.mark.parametrize("reconnect", [True, False])
+def test_a_200_that_is_no_event_stream_is_a_protocol_error(reconnect: bool) -> None:
+    """A proxy's login page answers `200 text/html`: read as a stream without events,
+    `reconnect=True` asked for it again for ever and `reconnect=False` ended with nothing.
+    Asked again it answers the same: not retried, as a wrong URL is not."""
+    calls: list[int] = []
+    with httpx.Client(transport=login_page(calls)) as http, pytest.raises(ProtocolError) as raised:
+        list(ApprovalsClient("http://approvals.test", "t", "acme", http=http, retry=QUICK).events(reconnect=reconnect))
+    assert "text/event-stream" in str(raised.value) and len(calls) == 1
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("reconnect", [True, False])
+async def test_the_async_live_stream_refuses_it_too(reconnect: bool) -> None:
+    calls: list[int] = []
+    async with httpx.AsyncClient(transport=login_page(calls)) as http:
+        with pytest.raises(ProtocolError):
+            async for _ in AsyncApprovalsClient("http://approvals.test", "t", "acme", http=http, retry=QUICK).events(reconnect=reconnect):
+                pass
+    assert len(calls) == 1
+
+
+def test_an_event_stream_with_parameters_is_one() -> None:
+    answer = httpx.Response(200, headers={"content-type": "Text/Event-Stream; charset=utf-8"}, content=PARKED)
+    with httpx.Client(transport=answers(lambda _: answer)) as http:
+        event = next(ApprovalsClient("http://approvals.test", "t", "acme", http=http).events(reconnect=False))
+    assert event.id == "2-0"
+
+
+def test_a_gateways_rate_limit_with_a_text_code_is_retried() -> None:
+    """Any JSON body with a text `code` passed for the service's problem, so a gateway's `429
+    {"code": "rate_limited"}` was raised as the service's refusal, neither retried nor waited
+    out. The service's problems have a `type` of `urn:approvals:problem:…`."""
+
+    def gateway(_: httpx.Request) -> httpx.Response:
+        return httpx.Response(429, json={"code": "rate_limited", "message": "slow down"}, headers={"retry-after": "0"})
+
+    def approval(_: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=DECIDED_BY_ALICE)
+
+    with httpx.Client(transport=answers(gateway, approval)) as http:
+        got = ApprovalsClient("http://approvals.test", "t", "acme", http=http, retry=QUICK).get("req-1")
+    assert got.id == "req-1" and got.status is Status.ACCEPTED

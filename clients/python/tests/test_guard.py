@@ -7,6 +7,7 @@ import enum
 import inspect
 import math
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from helpers import CountingPolls, Reviewer, until
 
 from approvals_client import (
     ActionChanged,
+    ApiError,
     ApprovalRefused,
     ApprovalsClient,
     Approved,
@@ -25,8 +27,10 @@ from approvals_client import (
     Denied,
     Expired,
     Rejected,
+    RetryPolicy,
     Status,
     TimedOut,
+    TransportError,
     WaitTimeout,
     describe_refusal,
     require_approval,
@@ -414,3 +418,103 @@ async def test_an_object_with_an_async_call_is_guarded_as_async(service: Service
                 await reviewer.accept(items[0].id)
     assert answers == ["FINANCE/Q3-REPORT"]
     assert inspect.iscoroutinefunction(document_read)  # frameworks await it
+
+
+def refusing_submits(status: int, code: str, posts: list[float]) -> httpx.MockTransport:
+    """A service that answers every submit with the problem `status` `code` (a `503` until the
+    outage ends, which it does not here); `posts` gets the time of each."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        assert request.method == "POST", request
+        posts.append(time.monotonic())
+        body = {"type": f"urn:approvals:problem:{code}", "title": code, "status": status, "detail": code, "code": code}
+        return httpx.Response(status, json=body, headers={"content-type": "application/problem+json"})
+
+    return httpx.MockTransport(answer)
+
+
+def test_a_timeout_that_passes_during_the_submit_goes_to_on_refused() -> None:
+    """The submit's retries through an outage stop at the guard's `timeout`; their last error
+    (`503 backend_unavailable`) was raised past `on_refused` and ended the agent's run, where
+    the same outage during the wait gave a `TimedOut`. Nothing answered: no approval."""
+    posts: list[float] = []
+    seen: list[object] = []
+    with httpx.Client(transport=refusing_submits(503, "backend_unavailable", posts)) as http:
+        client = ApprovalsClient("http://approvals.test", "t", "acme", http=http)
+
+        @require_approval(client, timeout=1, on_refused=seen.append)
+        def document_read(resource: str) -> str:
+            raise AssertionError("must not run")
+
+        started = time.monotonic()
+        document_read("finance/q3-report")
+        assert time.monotonic() - started < 10, "the retries stopped at the deadline"
+        (outcome,) = seen
+        assert isinstance(outcome, TimedOut) and not outcome.permitted and outcome.approval is None
+        assert len(posts) > 1, "retried until the deadline"
+        assert "did not answer" in describe_refusal(outcome)
+
+        # Without on_refused the caller is told what ended the submit, as before.
+        @require_approval(client, timeout=1)
+        def payroll_read(resource: str) -> str:
+            raise AssertionError("must not run")
+
+        with pytest.raises(ApiError) as raised:
+            payroll_read("hr/payroll")
+        assert (raised.value.status, raised.value.code) == (503, "backend_unavailable")
+
+
+def test_a_timeout_that_passes_while_the_service_is_unreachable_goes_to_on_refused() -> None:
+    def unreachable(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused (test)", request=request)
+
+    seen: list[object] = []
+    with httpx.Client(transport=httpx.MockTransport(unreachable)) as http:
+        client = ApprovalsClient("http://approvals.test", "t", "acme", http=http)
+        document_read = require_approval(client, action_type="document_read", timeout=1, on_refused=seen.append)(lambda resource: resource)
+        document_read("finance/q3-report")
+        (outcome,) = seen
+        assert isinstance(outcome, TimedOut) and outcome.approval is None
+
+        raising = require_approval(client, action_type="document_read", timeout=1)(lambda resource: resource)
+        with pytest.raises(TransportError):
+            raising("finance/q3-report")
+
+
+@pytest.mark.parametrize(("status", "code"), [(400, "invalid_body"), (403, "forbidden"), (409, "request_id_conflict"), (429, "too_many_pending")])
+def test_a_submit_refused_for_good_is_raised_past_on_refused_whatever_the_timeout(status: int, code: str) -> None:
+    # Not retried, so no deadline ended it: the agent's run must hear of it.
+    posts: list[float] = []
+    with httpx.Client(transport=refusing_submits(status, code, posts)) as http:
+        client = ApprovalsClient("http://approvals.test", "t", "acme", http=http)
+        document_read = require_approval(client, action_type="document_read", timeout=1, on_refused=lambda o: o)(lambda resource: resource)
+        with pytest.raises(ApiError) as raised:
+            document_read("finance/q3-report")
+    assert (raised.value.status, raised.value.code, len(posts)) == (status, code, 1)
+
+
+def test_a_submit_whose_retry_policy_gives_up_before_the_timeout_is_raised() -> None:
+    # The policy's budget (here two attempts), not the deadline, ended it: the outage's error.
+    posts: list[float] = []
+    with httpx.Client(transport=refusing_submits(503, "backend_unavailable", posts)) as http:
+        client = ApprovalsClient("http://approvals.test", "t", "acme", http=http, retry=RetryPolicy(max_attempts=2, initial_backoff=0.01))
+        document_read = require_approval(client, action_type="document_read", timeout=30, on_refused=lambda o: o)(lambda resource: resource)
+        with pytest.raises(ApiError):
+            document_read("finance/q3-report")
+    assert len(posts) == 2
+
+
+@pytest.mark.anyio
+async def test_the_async_guard_takes_a_timeout_during_the_submit_to_on_refused_too() -> None:
+    posts: list[float] = []
+    seen: list[object] = []
+    async with httpx.AsyncClient(transport=refusing_submits(503, "backend_unavailable", posts)) as http:
+        client = AsyncApprovalsClient("http://approvals.test", "t", "acme", http=http)
+
+        @require_approval(client, timeout=1, on_refused=seen.append)
+        async def document_read(resource: str) -> str:
+            raise AssertionError("must not run")
+
+        await document_read("finance/q3-report")
+    (outcome,) = seen
+    assert isinstance(outcome, TimedOut) and outcome.approval is None and len(posts) > 1

@@ -262,7 +262,7 @@ def refusing_streams(asked: Callable[[], object]) -> httpx.MockTransport:
     def answer(request: httpx.Request) -> httpx.Response:
         if request.url.path.endswith("/events"):
             asked()
-            body = {"type": "about:blank", "title": "x", "status": 503, "code": "backend_unavailable"}
+            body = {"type": "urn:approvals:problem:backend_unavailable", "title": "x", "status": 503, "code": "backend_unavailable"}
             return httpx.Response(503, json=body, headers={"content-type": "application/problem+json", "retry-after": "3"})
         return httpx.Response(200, json=approval_json("accepted"))
 

@@ -73,7 +73,7 @@ def accepted(_: httpx.Request) -> httpx.Response:
 
 
 def problem(status: int, code: str) -> Answer:
-    body = {"type": "about:blank", "title": code, "status": status, "detail": code, "code": code}
+    body = {"type": f"urn:approvals:problem:{code}", "title": code, "status": status, "detail": code, "code": code}
     return lambda _: httpx.Response(status, json=body, headers={"content-type": "application/problem+json", "retry-after": "0"})
 
 
@@ -329,7 +329,7 @@ def test_a_problem_whose_record_cannot_be_read_keeps_its_code() -> None:
     `ProtocolError`, and the code that says what happened was lost."""
     record = approval("accepted")
     record["status"] = "withdrawn"
-    body = {"type": "about:blank", "title": "Already decided", "status": 409, "detail": "decided", "code": "already_decided", "approval": record}
+    body = {"type": "urn:approvals:problem:already_decided", "title": "Already decided", "status": 409, "detail": "decided", "code": "already_decided", "approval": record}
     answer = httpx.Response(409, json=body, headers={"content-type": "application/problem+json"})
     http = httpx.Client(transport=httpx.MockTransport(lambda _: answer))
     client = ApprovalsClient("http://approvals.test", "t", "acme", http=http, retry=QUICK)
@@ -343,7 +343,7 @@ def test_a_problem_whose_record_is_not_an_object_keeps_its_code() -> None:
     """A `409 already_decided` whose `approval` is not an object (a gateway's rewrite, a later
     service) is `ApiError` `already_decided` without the record: it was a bare
     `AttributeError`, which no caller's `except ApprovalsError` saw."""
-    body = {"type": "about:blank", "title": "Already decided", "status": 409, "detail": "decided", "code": "already_decided", "approval": "req-1"}
+    body = {"type": "urn:approvals:problem:already_decided", "title": "Already decided", "status": 409, "detail": "decided", "code": "already_decided", "approval": "req-1"}
     answer = httpx.Response(409, json=body, headers={"content-type": "application/problem+json"})
     http = httpx.Client(transport=httpx.MockTransport(lambda _: answer))
     client = ApprovalsClient("http://approvals.test", "t", "acme", http=http, retry=QUICK)

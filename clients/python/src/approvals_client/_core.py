@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import codecs
 import datetime
 import email.utils
 import json
 import math
 import os
 import random
+import re
 import threading
 import time
 import uuid
@@ -52,6 +54,7 @@ already handed it the connection. Over HTTP/1.1 it is httpx's default `max_conne
 # 408: the service's request deadline ran out; whatever the attempt did is found by the retry
 # (a submit repeats its request_id; a decision already made reads as `already_decided`).
 T = TypeVar("T")
+E = TypeVar("E", bound=ApprovalsError)
 
 RETRYABLE_STATUSES = frozenset({408, 502, 503, 504})
 
@@ -135,6 +138,13 @@ def past(deadline: float | None, delay: float) -> bool:
     return deadline is not None and time.monotonic() + delay >= deadline
 
 
+def by_deadline(error: E, policy_gave_up: bool) -> E:
+    """`error`, the last of a call's retried failures, marked as ended by the caller's deadline
+    when the retry policy would have tried again (see `ApprovalsError._deadline_passed`)."""
+    error._deadline_passed = not policy_gave_up
+    return error
+
+
 def retry_after_seconds(response: httpx.Response) -> float | None:
     """`Retry-After` in seconds: delta-seconds or an HTTP date (RFC 9110). None when absent or
     not a finite number (`inf` made `time.sleep` raise and `anyio.sleep` never return); how
@@ -210,7 +220,7 @@ def named(error: ApprovalsError, request_id: str, approval_id: str | None = None
 
 def problem_code(response: httpx.Response) -> str | None:
     """The service's problem `code`; None for a body that is no problem of the service's (a
-    gateway's `{"code": 429}` included)."""
+    gateway's `{"code": 429}` or `{"code": "rate_limited"}` included)."""
     try:
         body = response.json()
     except ValueError:
@@ -218,10 +228,21 @@ def problem_code(response: httpx.Response) -> str | None:
     return service_code(body)
 
 
+PROBLEM_TYPE = "urn:approvals:problem:"
+"""How the `type` of every problem the service sends begins (`urn:approvals:problem:{code}`)."""
+
+
 def service_code(body: Any) -> str | None:
     """The `code` of a body that is a problem of the service's: its problems always carry a
-    non-empty text `code`; a body without one is someone else's."""
-    code = body.get("code") if isinstance(body, dict) else None
+    `type` of `urn:approvals:problem:…` and a non-empty text `code`. A text `code` alone is not
+    enough: a gateway's `429 {"code": "rate_limited"}` was taken for the service's own problem,
+    neither retried nor waited out as an outage. (Nor is `application/problem+json`, which
+    gateways send too.)"""
+    if not isinstance(body, dict):
+        return None
+    kind, code = body.get("type"), body.get("code")
+    if not (isinstance(kind, str) and kind.startswith(PROBLEM_TYPE)):
+        return None
     return code if isinstance(code, str) and code else None
 
 
@@ -545,6 +566,60 @@ class Reconnect(Exception):
     def __init__(self, delay: float) -> None:
         super().__init__(delay)
         self.delay = delay
+
+
+def is_event_stream(response: httpx.Response) -> bool:
+    """Whether a `200` to a live-stream request is one: `text/event-stream`, with parameters or
+    without. A proxy's login page (`200 text/html`) was read as a stream without events, so a
+    reconnecting stream asked for it again for ever, and `reconnect=False` returned nothing."""
+    kind = response.headers.get("content-type", "").partition(";")[0].strip().lower()
+    return kind == "text/event-stream"
+
+
+def not_a_stream(response: httpx.Response) -> ProtocolError:
+    """The error of a live-stream request answered `200` with something else (see
+    `is_event_stream`): not retried, as a wrong URL is not."""
+    kind = response.headers.get("content-type")
+    return ProtocolError(
+        f"{response.request.method} {response.request.url}: {response.status_code} with content type {kind!r},"
+        " not text/event-stream"
+    )
+
+
+_LINE_END = re.compile("\r\n|\r|\n")
+
+
+class SseLines:
+    """A live stream's bytes as lines, split where SSE splits them: at CR, LF or CRLF only.
+    httpx's `iter_lines` splits at every `str.splitlines` break, U+2028, U+2029 and U+0085
+    included, which JSON (and the service's serde_json) leaves unescaped in text: a reviewer's
+    reason holding one cut its `data:` line in two, the event could not be read, and a
+    reconnect replayed it, so the stream never got past it. Bytes are decoded as UTF-8 as they
+    come (a character split between chunks is whole), a leading BOM is dropped, and a CR that
+    ends a chunk ends its line at once (the LF that may follow in the next is the same break).
+    What follows the last break when the stream ends is no line (SSE discards it)."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._rest = ""
+        self._after_cr = False
+        self._started = False
+
+    def feed(self, chunk: bytes) -> list[str]:
+        """The lines (without their ends) that `chunk` completes."""
+        text = self._decoder.decode(chunk)
+        if not text:
+            return []
+        if not self._started:
+            self._started = True
+            text = text.removeprefix("\ufeff")
+        if self._after_cr and text.startswith("\n"):
+            text = text[1:]
+        buffer = self._rest + text
+        lines = _LINE_END.split(buffer)
+        self._rest = lines.pop()
+        self._after_cr = buffer.endswith("\r")
+        return lines
 
 
 class SseDecoder:

@@ -172,12 +172,11 @@ class ApprovalsClient:
             except httpx.TransportError as error:
                 waited += min(time.monotonic() - attempt_started, patience)
                 delay = self.retry.backoff(attempt)
-                if (
-                    not _core.is_transient(error)
-                    or self.retry.gives_up(attempt, time.monotonic() - started - waited, delay)
-                    or _core.past(deadline, delay)
-                ):
+                if not _core.is_transient(error):
                     raise _core.transport_error(method, url, error) from error
+                gave_up = self.retry.gives_up(attempt, time.monotonic() - started - waited, delay)
+                if gave_up or _core.past(deadline, delay):
+                    raise _core.by_deadline(_core.transport_error(method, url, error), gave_up) from error
                 acted = acted or _core.may_have_reached(error)
                 log.info("%s %s: %r; retry %d in %.2fs", method, url, error, attempt, delay)
                 _core.pause(delay)
@@ -189,10 +188,9 @@ class ApprovalsClient:
             if _core.is_retryable(response):
                 waited += min(time.monotonic() - attempt_started, patience)
                 delay = self.retry.backoff(attempt, _core.retry_after_seconds(response))
-                if self.retry.gives_up(attempt, time.monotonic() - started - waited, delay) or _core.past(
-                    deadline, delay
-                ):
-                    raise _core.api_error(response, attempt, acted)
+                gave_up = self.retry.gives_up(attempt, time.monotonic() - started - waited, delay)
+                if gave_up or _core.past(deadline, delay):
+                    raise _core.by_deadline(_core.api_error(response, attempt, acted), gave_up)
                 acted = acted or _core.may_have_acted(response)
                 log.info("%s %s: %d; retry %d in %.2fs", method, url, response.status_code, attempt, delay)
                 _core.pause(delay)
@@ -430,7 +428,8 @@ class ApprovalsClient:
         a saved `last_event_id` those events may come again: deduplicate by `event_id`).
         Once the stream has opened, it keeps reconnecting through outages of any length (as
         a browser's EventSource does), and through `too_many_streams` while the service still
-        counts the stream that broke; before that, the retry policy applies. Stop by breaking
+        counts the stream that broke; before that, the retry policy applies. A `200` that is
+        no `text/event-stream` (a proxy's login page) raises `ProtocolError` at once. Stop by breaking
         out of the loop.
         """
         url = self._url("events")
@@ -471,19 +470,24 @@ class ApprovalsClient:
                         log.info("GET %s: %d; reconnect %d in %.2fs", url, response.status_code, failures, delay)
                         # Out of the slot first: the stream is not open while it waits.
                         raise _core.Reconnect(delay)
+                    if not _core.is_event_stream(response):
+                        # A proxy's login page: asked again, it answers the same.
+                        raise _core.not_a_stream(response)
                     failures = 0
                     opened = True
                     refused_since = None
-                    for line in response.iter_lines():
-                        raw = decoder.feed(line)
-                        if raw is None:
-                            resume.moved_to(decoder.dispatched_id)
-                        else:
-                            event = _core.live_event(raw)
-                            if event is None:
-                                resume.moved_to(raw[2])
-                            elif resume.first_time(event):
-                                yield event
+                    splitter = _core.SseLines()
+                    for chunk in response.iter_bytes():
+                        for line in splitter.feed(chunk):
+                            raw = decoder.feed(line)
+                            if raw is None:
+                                resume.moved_to(decoder.dispatched_id)
+                            else:
+                                event = _core.live_event(raw)
+                                if event is None:
+                                    resume.moved_to(raw[2])
+                                elif resume.first_time(event):
+                                    yield event
             except _core.Reconnect as again:
                 time.sleep(again.delay)
                 continue

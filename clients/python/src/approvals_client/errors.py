@@ -21,6 +21,11 @@ class ApprovalsError(Exception):
     approval_id: str | None = None
     retry_after: float | None = None
     """The answer's `Retry-After` in seconds, when it had one."""
+    # Whether the call's retries of what may pass (a `503`, a proxy's `429`, a dropped
+    # connection...) ended because the next would have started past the caller's deadline,
+    # not because the retry policy gave up: the guard takes such a submit for its `timeout`
+    # passing (`TimedOut`), as it takes a wait's.
+    _deadline_passed = False
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Rebuilt from its message and attributes, not by calling `__init__` again: the
@@ -116,6 +121,8 @@ def describe_refusal(outcome: GuardOutcome) -> str:
     if kind == "expired":
         return "no reviewer decided in time (expired)"
     if kind == "timed_out":
+        if getattr(outcome, "approval", None) is None:
+            return "the approvals service did not answer within the tool's timeout (the action was not approved)"
         return "no reviewer decided within the tool's timeout (the approval is still pending)"
     if kind == "action_changed":
         return "not run: the arguments changed while waiting for approval (what was approved is not what would run)"

@@ -18,7 +18,7 @@ import anyio.to_thread
 from . import _core
 from .aio import AsyncApprovalsClient
 from .client import ApprovalsClient
-from .errors import ApprovalRefused, WaitTimeout
+from .errors import ApprovalRefused, ApprovalsError, WaitTimeout
 from .models import ActionChanged, GuardOutcome, Outcome, TimedOut
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -146,6 +146,18 @@ async def submit_and_wait(client: AnyClient, owned: bool, call: dict[str, Any]) 
                 await client.aclose()
 
 
+def unanswered_by_deadline(error: ApprovalsError) -> bool:
+    """Whether `submit_and_wait` failed because its deadline passed before the service answered
+    the submit: the submit's retries of what may pass (a `503`, a `429 too_many_requests` or a
+    proxy's `429`, a dropped connection) stopped at the deadline, not by the retry policy.
+    That is the guard's `timeout` passing with nothing decided, as during the wait, and goes to
+    `on_refused` as `TimedOut` (the outage's error, raised, ended the agent's run). A failure
+    that retrying does not cure (`400`, `401`, `403`, `409`, `429 too_many_pending`...) is no
+    timeout, and an error of the wait (it names the approval) is the wait's own: the wait
+    raises `WaitTimeout` itself when the deadline ends it."""
+    return error._deadline_passed and error.approval_id is None
+
+
 def close_unused(client: AsyncApprovalsClient) -> None:
     """Closes an async client from sync code, in a thread with an event loop of its own (the
     caller's thread may be running one). It was never used: nothing but its pool to close."""
@@ -186,9 +198,12 @@ def require_approval(
     - `request_id(*args, **kwargs)`: an id that names this call (e.g. the model's tool-call
       id), so a repeated call finds the earlier approval rather than parking a second one;
       by default each call is a new request.
-    - `timeout`: the caller's deadline for the wait, in seconds; None waits until the
-      approval is decided or expires. Past it the function does not run: `on_refused` gets a
-      `TimedOut` outcome, or without one `WaitTimeout` is raised.
+    - `timeout`: the caller's deadline for the submit and the wait, in seconds; None waits
+      until the approval is decided or expires. Past it the function does not run:
+      `on_refused` gets a `TimedOut` outcome, or without one `WaitTimeout` is raised. A
+      deadline that passes while the submit is still retried through an outage (`503`,
+      `429 too_many_requests`, an unreachable service) is a `TimedOut` too, whose `approval`
+      is None; without `on_refused` the submit's last error is raised.
     """
 
     def decorate(function: F) -> F:
@@ -243,12 +258,17 @@ def require_approval(
             now = build(args, kwargs)
             return outcome if as_sent(now) == sent else ActionChanged(outcome, now)
 
-        def timed_out(error: WaitTimeout) -> GuardOutcome:
-            """A wait past `timeout`, as a refusal for `on_refused` (a framework's tool answers
-            the model rather than end the run); without one it is raised as it was."""
+        def timed_out(error: ApprovalsError) -> GuardOutcome | None:
+            """A wait (or a submit, see `unanswered_by_deadline`) past `timeout`, as a refusal
+            for `on_refused` (a framework's tool answers the model rather than end the run);
+            None for any other failure, or without `on_refused`: it is raised as it was."""
             if on_refused is None:
-                raise error
-            return TimedOut(error.approval)
+                return None
+            if isinstance(error, WaitTimeout):
+                return TimedOut(error.approval)
+            if unanswered_by_deadline(error):
+                return TimedOut(None)
+            return None
 
         def refused(outcome: GuardOutcome) -> Any:
             if on_refused is not None:
@@ -265,8 +285,11 @@ def require_approval(
                 current, owned = resolve()
                 try:
                     outcome = unchanged(await submit_and_wait(current, owned, call), sent, args, kwargs)
-                except WaitTimeout as error:
-                    outcome = timed_out(error)
+                except ApprovalsError as error:
+                    refusal = timed_out(error)
+                    if refusal is None:
+                        raise
+                    outcome = refusal
                 if not outcome.permitted:
                     # An async tool's `on_refused` may be async too: its answer is awaited, not
                     # handed to the framework as a coroutine nobody runs.
@@ -287,8 +310,11 @@ def require_approval(
             sent = as_sent(call["action"])
             try:
                 outcome = unchanged(current.submit_and_wait(**call), sent, args, kwargs)
-            except WaitTimeout as error:
-                outcome = timed_out(error)
+            except ApprovalsError as error:
+                refusal = timed_out(error)
+                if refusal is None:
+                    raise
+                outcome = refusal
             if not outcome.permitted:
                 return refused(outcome)
             return function(*args, **kwargs)

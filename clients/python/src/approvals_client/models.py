@@ -105,8 +105,11 @@ class Approval:
 @dataclass(frozen=True)
 class SubmitResponse:
     """The answer to a submit (`SubmitResponse` in the document), plus what the client knows:
-    the `request_id` it sent (generated when the caller gave none) and whether this call parked
-    the approval (`201`) or found one parked earlier under the same `request_id` (`200`)."""
+    the `request_id` it sent (generated when the caller gave none) and `created`, whether the
+    call's final answer was `201` (the approval was parked by that attempt) rather than `200`
+    (one was found parked under the same `request_id`). `created` False does not mean that
+    someone else parked it: an earlier attempt of this very call, whose answer was lost, may
+    have, and its retry is answered `200`. Nothing in the answer tells the two apart."""
 
     decision: Decision
     reasons: list[str]
@@ -316,9 +319,14 @@ class ActionChanged:
 class TimedOut:
     """The guard's refusal when its `timeout` passed with the approval still pending (given
     an `on_refused`; else `WaitTimeout` is raised): the function does not run. The approval
-    stays parked: a call again with the same `request_id` picks it up."""
+    stays parked: a call again with the same `request_id` picks it up.
 
-    approval: Approval
+    `approval` is None when the timeout passed before the service answered the submit (its
+    retries through an outage ran into the deadline): the action may have been parked all the
+    same by an attempt whose answer was lost, which a call again with the same `request_id`
+    finds rather than parking it twice."""
+
+    approval: Approval | None
     kind: Literal["timed_out"] = "timed_out"
 
     @property
