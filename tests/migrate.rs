@@ -659,14 +659,32 @@ async fn a_rollback_restores_redis_faithfully() {
 }
 
 /// A Temporal engine on the shared server whose task queue no worker polls: records can be
-/// started and read, but a decision (a workflow update) never gets an answer.
-async fn temporal_without_worker(setup: &Setup, tenant: &TenantId) -> Arc<dyn RecordTransfer> {
+/// started and read, but a decision (a workflow update) never gets an answer. Its calls give
+/// up after `call_timeout`.
+async fn temporal_without_worker(
+    setup: &Setup,
+    tenant: &TenantId,
+    call_timeout: Duration,
+) -> Arc<dyn RecordTransfer> {
     let mut settings = setup.settings.clone();
     settings.temporal.task_queue = format!("no-worker-{tenant}");
-    settings.temporal.call_timeout = Duration::from_secs(1);
+    settings.temporal.call_timeout = call_timeout;
     engines::connect(EngineKind::Temporal, &settings)
         .await
         .unwrap()
+}
+
+/// [`temporal_without_worker`] twice: one that waits long enough for a loaded server to start
+/// every record (256 at once once took a few past 1 s, and the test failed before its point),
+/// and one whose decisions fail in a second.
+async fn temporal_without_worker_pair(
+    setup: &Setup,
+    tenant: &TenantId,
+) -> (Arc<dyn RecordTransfer>, Arc<dyn RecordTransfer>) {
+    (
+        temporal_without_worker(setup, tenant, Duration::from_secs(20)).await,
+        temporal_without_worker(setup, tenant, Duration::from_secs(1)).await,
+    )
 }
 
 /// A migration of `tenant` alone from `source` to `target`, run through the library.
@@ -690,11 +708,11 @@ fn of_tenant(
     )
 }
 
-/// Copies `names` (pending in Redis) to `target`, then accepts them in Redis: the reconcile
-/// pass must replay each decision on the target.
+/// Copies `names` (pending in Redis) to the target (through `copy_to`, an engine of it), then
+/// accepts them in Redis: the reconcile pass, through `target`, must replay each decision.
 async fn decided_after_the_copy(
     redis: &Arc<dyn RecordTransfer>,
-    target: &Arc<dyn RecordTransfer>,
+    (copy_to, target): (&Arc<dyn RecordTransfer>, &Arc<dyn RecordTransfer>),
     tenant: &TenantId,
     names: &[String],
     concurrency: usize,
@@ -702,10 +720,13 @@ async fn decided_after_the_copy(
     for name in names {
         redis.submit(pending(tenant, name, HOUR)).await.unwrap();
     }
-    let migration = of_tenant(redis, target, tenant, concurrency);
     let mut report = Report::new(false);
-    migration.copy(&mut report).await.unwrap();
-    assert_eq!(report.imported, names.len() as u64);
+    of_tenant(redis, copy_to, tenant, concurrency)
+        .copy(&mut report)
+        .await
+        .unwrap();
+    assert_eq!(report.imported, names.len() as u64, "{report}");
+    let migration = of_tenant(redis, target, tenant, concurrency);
     for name in names {
         redis
             .decide(tenant, &id(name), decision(Verdict::Accept, "bob"))
@@ -723,9 +744,15 @@ async fn a_record_that_keeps_failing_is_named_and_the_others_are_reconciled() {
     let setup = Setup::new().await;
     let redis = setup.engine(EngineKind::Redis).await;
     let tenant = fresh_tenant("stuck");
-    let target = temporal_without_worker(&setup, &tenant).await;
-    let (migration, mut report) =
-        decided_after_the_copy(&redis, &target, &tenant, &["decided-late".into()], 4).await;
+    let (copy_to, target) = temporal_without_worker_pair(&setup, &tenant).await;
+    let (migration, mut report) = decided_after_the_copy(
+        &redis,
+        (&copy_to, &target),
+        &tenant,
+        &["decided-late".into()],
+        4,
+    )
+    .await;
     // Pending on both sides: nothing to replay, so it is compared as usual.
     redis
         .submit(pending(&tenant, "still-pending", HOUR))
@@ -767,12 +794,12 @@ async fn a_run_stops_early_once_too_many_records_failed() {
     let setup = Setup::new().await;
     let redis = setup.engine(EngineKind::Redis).await;
     let tenant = fresh_tenant("down");
-    let target = temporal_without_worker(&setup, &tenant).await;
+    let (copy_to, target) = temporal_without_worker_pair(&setup, &tenant).await;
     let names: Vec<String> = (0..MAX_FAILED_RECORDS + 20)
         .map(|n| format!("a-{n}"))
         .collect();
     let (migration, mut report) =
-        decided_after_the_copy(&redis, &target, &tenant, &names, 256).await;
+        decided_after_the_copy(&redis, (&copy_to, &target), &tenant, &names, 256).await;
     migration.reconcile(&mut report).await.unwrap();
     assert!(report.stopped_early, "{report}");
     assert_eq!(report.failed.len(), MAX_FAILED_RECORDS);
@@ -1311,8 +1338,14 @@ async fn a_copy_that_missed_its_decision_gets_it_in_the_copy_pass_of_a_re_run() 
     let redis = setup.engine(EngineKind::Redis).await;
     let temporal = setup.engine(EngineKind::Temporal).await;
     let tenant = fresh_tenant("rerun");
-    let (_, report) =
-        decided_after_the_copy(&redis, &temporal, &tenant, &["missed".to_owned()], 4).await;
+    let (_, report) = decided_after_the_copy(
+        &redis,
+        (&temporal, &temporal),
+        &tenant,
+        &["missed".to_owned()],
+        4,
+    )
+    .await;
     assert_eq!(report.decisions_replayed, 0);
 
     let mut report = Report::new(false);
