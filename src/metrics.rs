@@ -32,7 +32,7 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// How late an expiry is recorded (seconds): a sweep interval normally, hours when no
 /// instance ran. With the request buckets every late expiry read "over a minute".
 const SWEEPER_LAG_BUCKETS: &[f64] = &[
-    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0,
 ];
 /// Buckets for how long a reviewer took (to look, to decide; seconds): [`AGE_BUCKETS`] with
 /// seconds below the minute first, since the inbox updates live and most first looks and many
@@ -657,7 +657,7 @@ fn decision_log_drops_at_zero() {
     }
 }
 
-fn rare_failures_at_zero() {
+pub(crate) fn rare_failures_at_zero() {
     decision_log_drops_at_zero();
     for outcome in ["loaded", "failed"] {
         metrics::counter!("approvals_policy_reloads_total", "outcome" => outcome).increment(0);
@@ -668,9 +668,13 @@ fn rare_failures_at_zero() {
     for role in ["primary", "secondary"] {
         metrics::counter!("approvals_unreadable_records_total", "role" => role).increment(0);
     }
-    // A client's read of one damaged record: ApprovalsUnreadableRecords reads it.
-    metrics::counter!("approvals_backend_errors_total", "kind" => "corrupt", "source" => "request")
-        .increment(0);
+    // A client's read of one damaged record: ApprovalsUnreadableRecords reads it. An outage's
+    // failed requests, ApprovalsBackendErrors: one short enough to fall between two scrapes
+    // was the series' birth, no increase.
+    for kind in ["corrupt", "unavailable", "timeout"] {
+        metrics::counter!("approvals_backend_errors_total", "kind" => kind, "source" => "request")
+            .increment(0);
+    }
 }
 
 /// Registers `tenant`'s outcome counters at 0. A counter series that first appears at 1 has no
@@ -786,13 +790,20 @@ pub async fn track_http(request: Request, next: Next) -> Response {
     response
 }
 
-/// One request's count and latency, from its start to its answer.
+/// One request's count and latency, from its start to its answer, or to its end unanswered.
 pub struct HttpTiming {
     /// Shared (an `Arc`): a long-poll holds it, not a copy, while it waits.
     route: Option<MatchedPath>,
     method: &'static str,
     started: Instant,
+    recorded: bool,
 }
+
+/// The `status_class` of a request whose client went away (or a proxy gave up on it, or the
+/// server cut its connection to make room at `server.max_connections`) before it was
+/// answered: nginx's 499. Such requests were not counted at all, so in a slowdown the
+/// requests that hung vanished from the counts and the latency histogram's slowest end.
+const CLIENT_CLOSED: &str = "client_closed";
 
 impl HttpTiming {
     pub fn start(request: &Request) -> Self {
@@ -800,10 +811,11 @@ impl HttpTiming {
             route: request.extensions().get::<MatchedPath>().cloned(),
             method: method_label(request.method()),
             started: Instant::now(),
+            recorded: false,
         }
     }
 
-    pub fn record(self, response: &Response) {
+    pub fn record(mut self, response: &Response) {
         let class = match response.status().as_u16() {
             100..=199 => "1xx",
             200..=299 => "2xx",
@@ -811,10 +823,30 @@ impl HttpTiming {
             400..=499 => "4xx",
             _ => "5xx",
         };
+        self.count(class);
+    }
+
+    fn count(&mut self, class: &'static str) {
+        self.recorded = true;
         let route = self.route.as_ref().map_or("unmatched", MatchedPath::as_str);
         let (requests, duration) = http_handles(route, self.method, class);
         requests.increment(1);
         duration.record(self.started.elapsed().as_secs_f64());
+    }
+}
+
+impl Drop for HttpTiming {
+    /// Dropped unrecorded: the request's future was dropped before its answer (its client
+    /// gone, or the server cutting its connection at `server.max_connections`), or its
+    /// handler panicked, a server error.
+    fn drop(&mut self) {
+        if !self.recorded {
+            self.count(if std::thread::panicking() {
+                "5xx"
+            } else {
+                CLIENT_CLOSED
+            });
+        }
     }
 }
 
@@ -869,6 +901,57 @@ mod tests {
 
     fn tenant(name: &str) -> TenantId {
         TenantId::parse(name).expect("tenant")
+    }
+
+    /// A request whose client hangs up before its answer is counted, with its time, as
+    /// `client_closed`: it was not counted at all.
+    #[tokio::test]
+    async fn a_request_dropped_before_its_answer_is_counted() {
+        use tower::ServiceExt as _;
+        install_recorder();
+        let app = axum::Router::new()
+            .route(
+                "/dropped-before-answer",
+                axum::routing::get(|| async {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    "late"
+                }),
+            )
+            .layer(axum::middleware::from_fn(track_http));
+        let request = axum::http::Request::get("/dropped-before-answer")
+            .body(axum::body::Body::empty())
+            .expect("request");
+        let answer = tokio::time::timeout(Duration::from_millis(100), app.oneshot(request)).await;
+        assert!(answer.is_err(), "dropped before its answer");
+        let text = render_recorded();
+        let line = "approvals_http_requests_total{route=\"/dropped-before-answer\",method=\"GET\",status_class=\"client_closed\"} 1\n";
+        assert!(text.contains(line), "{line} in {text}");
+    }
+
+    /// An outage's failed requests are an increase from the first: their series exist from
+    /// the start (one born at its first failures has no earlier sample, and an outage shorter
+    /// than a scrape interval was no `increase()` for ApprovalsBackendErrors).
+    #[test]
+    fn request_failure_counters_exist_before_the_first_failure() {
+        install_recorder();
+        rare_failures_at_zero();
+        let text = render_recorded();
+        for kind in ["unavailable", "timeout", "corrupt"] {
+            let series =
+                format!("approvals_backend_errors_total{{kind=\"{kind}\",source=\"request\"}} ");
+            assert!(text.contains(&series), "{series} in {text}");
+        }
+    }
+
+    /// An expiry recorded 130 s late reads as under 2 minutes past its deadline or not (the
+    /// line the expiry alert and its panel draw), not as somewhere between 1 and 5 minutes.
+    #[test]
+    fn sweeper_lag_has_a_bucket_at_the_alerts_two_minutes() {
+        install_recorder();
+        metrics::histogram!("approvals_sweeper_lag_seconds").record(130.0);
+        let text = render_recorded();
+        let line = "approvals_sweeper_lag_seconds_bucket{le=\"120\"} 0\n";
+        assert!(text.contains(line), "{line} in {text}");
     }
 
     /// A first look 3 s after parking reads as under 5 s, not as "somewhere under a minute".

@@ -104,6 +104,10 @@ impl Application {
         // Before anything can be counted: the engine's chores start below, and a sweeper's
         // first pass records a restart's backlog of expiries at once.
         crate::metrics::install_recorder();
+        // Before the first policy sync too: a bundle that fails to load there made its failure
+        // counter's series start at 1, no increase, and ApprovalsPolicyReloadFailed waited for
+        // the next failure, five minutes later.
+        crate::metrics::rare_failures_at_zero();
         // The ports before the engine: an instance that cannot listen must not start its
         // chores first. Its sweeper's first pass recorded a restart's backlog of expiries, and
         // the process then exited before shipping or counting them (no other instance ever
