@@ -1107,6 +1107,15 @@ impl Settings {
                      server.request_timeout"
                 )));
             }
+            // A Temporal secondary takes decisions within it, as an answering Temporal does
+            // within temporal.call_timeout: below that floor every mirrored decision (and each
+            // replay of one) was cut off, so none reached it.
+            if *primary == EngineKind::Redis && *secondary_timeout < MIN_TEMPORAL_CALL_TIMEOUT {
+                return Err(ConfigError::Invalid(format!(
+                    "backend.secondary_timeout: at least {MIN_TEMPORAL_CALL_TIMEOUT:?} with \
+                     Temporal as the secondary (a decision needs that long to reach a workflow)"
+                )));
+            }
         }
         if self.notifications.retry_max < self.notifications.retry_base {
             return Err(ConfigError::Invalid(
@@ -1191,9 +1200,9 @@ impl Settings {
                 .ok()
                 .filter(|url| matches!(url.scheme(), "http" | "https") && url.host_str().is_some());
             if named.is_none() {
-                return Err(ConfigError::Invalid(format!(
+                return Err(ConfigError::Invalid(String::from(
                     "notifications.proxy: a URL with its scheme (http:// or https://) \
-                     and host, got {proxy:?}"
+                     and host (the value is not quoted: it may hold a password)",
                 )));
             }
             reqwest::Proxy::all(proxy.as_str()).map_err(|e| {

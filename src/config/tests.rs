@@ -464,12 +464,19 @@ fn a_temporal_call_deadline_too_short_for_a_decision_is_refused() {
         &short_requests
     )
     .is_ok());
-    // Redis answering: Temporal, a soak's secondary at most, is bounded by secondary_timeout.
+    // Redis answering: Temporal, a soak's secondary at most, is bounded by secondary_timeout,
+    // which must then leave a decision the time it needs to land (at 200 ms none did).
     assert!(load(
-        "[backend]\nkind = \"dual\"\nprimary = \"redis\"\nsecondary_timeout = \"200ms\"\n",
+        "[backend]\nkind = \"dual\"\nprimary = \"redis\"\nsecondary_timeout = \"650ms\"\n",
         &short_requests
     )
     .is_ok());
+    let e = load(
+        "[backend]\nkind = \"dual\"\nprimary = \"redis\"\nsecondary_timeout = \"200ms\"\n",
+        &short_requests,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("backend.secondary_timeout"), "{e}");
     assert!(load("", &short_requests).is_ok());
 }
 

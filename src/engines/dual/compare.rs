@@ -9,7 +9,7 @@ use approvals_core::{
     Timestamp,
 };
 
-use super::secondary::Secondary;
+use super::secondary::{Failed, Secondary};
 
 /// `op`'s comparison of the two records of one approval, counted; a difference logged.
 pub(super) fn compared(
@@ -198,15 +198,15 @@ async fn repair_missed_decision(
     };
     let (tenant, id) = (&ours.tenant, &ours.id);
     let replayed = secondary
-        .call("repair", |engine| async move {
+        .attempt("repair", |engine| async move {
             engine.decide(tenant, id, decision).await
         })
         .await;
-    if let Some(DecisionOutcome::Decided(_)) = replayed {
+    if let Ok(DecisionOutcome::Decided(_)) = replayed {
         repaired(tenant);
         tracing::info!(%tenant, approval_id = %id, "dual: replayed on the secondary the decision it missed");
     }
-    replayed.is_some()
+    !matches!(replayed, Err(Failed::Outage))
 }
 
 fn repaired(tenant: &approvals_core::TenantId) {
@@ -254,36 +254,39 @@ pub(super) async fn repair_when_back(secondary: &Arc<Secondary>, decided: &Appro
         tokio::time::sleep(pause).await;
         pause *= 2;
         let read = secondary
-            .call("repair_read", |engine| async move {
+            .attempt("repair_read", |engine| async move {
                 engine.get(tenant, id).await
             })
             .await;
         match read {
             // Down still.
-            None => continue,
-            Some(Some(theirs)) => {
+            Err(Failed::Outage) => continue,
+            // Unreadable there: reported by reads, and the migration's to mend.
+            Err(Failed::Answered) => return,
+            Ok(Some(theirs)) => {
                 if repair_missed_decision(secondary, decided, &theirs).await {
                     return;
                 }
             }
-            Some(None) => {
+            Ok(None) => {
                 let record = decided.clone();
                 let copied = secondary
-                    .call("repair_copy", |engine| async move {
+                    .attempt("repair_copy", |engine| async move {
                         engine.import(record).await
                     })
                     .await;
                 match copied {
-                    Some(ImportOutcome::Imported) => {
+                    Ok(ImportOutcome::Imported) => {
                         repaired(tenant);
                         tracing::info!(%tenant, approval_id = %id,
                             "dual: copied to the secondary a decided record it did not hold");
                         return;
                     }
-                    // Past its retention: nothing to hold.
-                    Some(ImportOutcome::PastRetention) => return,
+                    // Past its retention: nothing to hold. Refused for this record: another
+                    // try would be refused the same.
+                    Ok(ImportOutcome::PastRetention) | Err(Failed::Answered) => return,
                     // Written there meanwhile (the late mirror of the submit): read again.
-                    Some(ImportOutcome::AlreadyPresent) | None => {}
+                    Ok(ImportOutcome::AlreadyPresent) | Err(Failed::Outage) => {}
                 }
             }
         }

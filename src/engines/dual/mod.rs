@@ -35,8 +35,8 @@
 //!   it from the primary's record when a read or a losing decision compares the two, or, when
 //!   the mirror itself failed, once the secondary answers again within about a minute; and a
 //!   record the secondary lacks when the primary answers a repeated submit of it, or decides
-//!   it and the secondary answers "not found", is copied to it (`import`) from the primary's
-//!   record. Both are counted in `approvals_dual_repairs_total{tenant}`. Left pending or
+//!   it and the secondary answers "not found" (then, or once it answers again after missing
+//!   both the submit and the decision), is copied to it (`import`) from the primary's record. Both are counted in `approvals_dual_repairs_total{tenant}`. Left pending or
 //!   missing, a switch of primary would let a second reviewer decide it again (or the agent's
 //!   retry park it anew) and leave its waiting agent unwoken.
 //! - **Comparisons come after the fact.** Reads are compared off the request path (spawned, at

@@ -19,6 +19,15 @@ const CONNECT_DEADLINE: Duration = Duration::from_secs(60);
 /// How long after a failed write reads and pings that answer do not say the secondary is up.
 const WRITES_FAILED_HOLD: Duration = Duration::from_secs(60);
 
+/// How a call on the secondary failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Failed {
+    /// It did not answer (down, or past its deadline).
+    Outage,
+    /// It answered with an error about this record (unreadable, say).
+    Answered,
+}
+
 /// The secondary engine, its deadline and health.
 pub(super) struct Secondary {
     pub(super) kind: &'static str,
@@ -148,6 +157,19 @@ impl Secondary {
     where
         Fut: Future<Output = Result<T, BackendError>>,
     {
+        self.attempt(op, call).await.ok()
+    }
+
+    /// [`Secondary::call`], telling an outage (worth another try) from an error that is an
+    /// answer about this record.
+    pub(super) async fn attempt<T, Fut>(
+        self: &Arc<Self>,
+        op: &'static str,
+        call: impl FnOnce(Arc<dyn RecordTransfer>) -> Fut,
+    ) -> Result<T, Failed>
+    where
+        Fut: Future<Output = Result<T, BackendError>>,
+    {
         let work = async { call(self.engine()?).await };
         let result = tokio::time::timeout(self.deadline, work)
             .await
@@ -187,13 +209,16 @@ impl Secondary {
                 if was == 0 {
                     tracing::info!(secondary = self.kind, "dual: the secondary answers again");
                 }
-                Some(value)
+                Ok(value)
             }
             Err(error) => {
+                // With its causes: "unavailable (during `ping`)" alone did not say why (an
+                // evicting Redis, a refused connection).
                 describe_once();
                 metrics::counter!("approvals_dual_secondary_errors_total",
                     "op" => op, "kind" => error.kind())
                 .increment(1);
+                let error = crate::app::chain(&error);
                 // Once per outage at warn: the sweeper alone calls it several times a second.
                 if !outage {
                     tracing::warn!(secondary = self.kind, op, %error,
@@ -204,7 +229,11 @@ impl Secondary {
                 } else {
                     tracing::debug!(secondary = self.kind, op, %error, "dual: secondary failed");
                 }
-                None
+                Err(if outage {
+                    Failed::Outage
+                } else {
+                    Failed::Answered
+                })
             }
         }
     }
