@@ -251,6 +251,15 @@ impl Pacing {
         Some(step)
     }
 
+    /// [`Pacing::recovered`] found nothing deferred to bring forward: what is put back for
+    /// `webhook` next is paced from now, not from behind a backlog that is not there (a lone
+    /// delivery that went through made a burst's overflow wait a lease).
+    fn nothing_pulled(&mut self, webhook: &WebhookKey) {
+        if let Some(pace) = self.by_webhook.get_mut(webhook) {
+            pace.last_due = pace.last_due.min(Timestamp::now());
+        }
+    }
+
     /// No attempt to `webhook` has ended for `silent`: its attempts take at least that long.
     fn silent_for(&mut self, webhook: &WebhookKey, silent: Duration) {
         let now = Timestamp::now();
@@ -1281,7 +1290,9 @@ impl Notifier {
                             .then(|| pacing.recovered(&webhook, took, concurrency, beyond))
                             .flatten()
                         {
-                            self.pull_forward(&webhook, beyond, step).await;
+                            if self.pull_forward(&webhook, beyond, step).await == Some(0) {
+                                pacing.nothing_pulled(&webhook);
+                            }
                         }
                     }
                     if let Some(until) = pacing.held_back(&webhook) {
@@ -1337,17 +1348,29 @@ impl Notifier {
     /// Claimed deliveries not attempted: each due again at its time, no attempt counted.
     /// The deliveries deferred for `webhook` past `beyond`, due from `beyond` on, `step`
     /// apart (its receiver is back: see [`Pacing::recovered`]).
-    async fn pull_forward(&self, webhook: &WebhookKey, beyond: Timestamp, step: Duration) {
+    /// How many were moved; `None` when Redis did not answer.
+    async fn pull_forward(
+        &self,
+        webhook: &WebhookKey,
+        beyond: Timestamp,
+        step: Duration,
+    ) -> Option<u64> {
         match self
             .store
             .pull_forward(&webhook.0, &webhook.1, beyond, step)
             .await
         {
-            Ok(0) => {}
-            Ok(moved) => tracing::info!(tenant = %webhook.0, webhook = %webhook.1, moved,
-                "webhook receiver answers again: its deferred deliveries come due sooner"),
+            Ok(0) => Some(0),
+            Ok(moved) => {
+                tracing::info!(tenant = %webhook.0, webhook = %webhook.1, moved,
+                    "webhook receiver answers again: its deferred deliveries come due sooner");
+                Some(moved)
+            }
             // They come due as they were.
-            Err(error) => tracing::debug!(%error, "cannot bring deferred deliveries forward"),
+            Err(error) => {
+                tracing::debug!(%error, "cannot bring deferred deliveries forward");
+                None
+            }
         }
     }
 

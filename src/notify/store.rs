@@ -2,8 +2,9 @@
 //! Redis among its engines has no webhooks).
 //!
 //! Keys (tenants never contain `:`):
-//! - `webhooks:{tenant}`: hash, webhook id → its config (JSON); `webhooks:tenants`: set of the
-//!   tenants that have any;
+//! - `webhooks:{tenant}`: hash, webhook id → its config (JSON), `webhooks:hooks:{tenant}` for the
+//!   tenants named `due` and `tenants` (their names are global keys' below);
+//!   `webhooks:tenants`: set of the tenants that have any;
 //! - `webhooks:cursor:{tenant}`: where the tenant's audit was last read (`id:<event id>` or, before
 //!   the first event, `since:<millis>`); `webhooks:lock:{tenant}`: which instance reads it now;
 //! - `webhooks:delivery:{id}`: one delivery (JSON) until it is sent or dead, then a tombstone for
