@@ -8,7 +8,7 @@ use serde_json::Value;
 use crate::support::{assert_problem, Harness, TestApp};
 
 contract_tests!(
-    a_decision_wakes_the_waiter_within_a_second,
+    a_decision_wakes_the_waiter,
     a_decision_on_another_instance_wakes_the_waiter,
     without_a_decision_it_answers_pending_after_wait_seconds,
     wait_seconds_above_60_is_clamped_not_refused,
@@ -75,7 +75,7 @@ async fn an_agent_that_hangs_up_stops_waiting(h: Harness) {
     .await;
 }
 
-async fn a_decision_wakes_the_waiter_within_a_second(h: Harness) {
+async fn a_decision_wakes_the_waiter(h: Harness) {
     let tenant = &h.tenant;
     let app = h.spawn().await;
     app.park("req-1").await;

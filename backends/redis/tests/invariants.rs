@@ -327,7 +327,9 @@ async fn a_waiter_at_the_deadline_during_an_outage_does_not_answer_expired() {
     );
     let (ours, theirs) = (backend(&server), backend(&elsewhere));
     let tenant = fresh_tenant("deadline-outage");
-    let approval = pending(&tenant, "late", Duration::from_secs(3));
+    // Time for the steps below before the deadline, on a loaded machine too.
+    let approval = pending(&tenant, "late", Duration::from_secs(10));
+    let expires_at = approval.expires_at;
     ours.submit(approval.clone()).await.expect("submit");
     theirs.submit(approval).await.expect("submit elsewhere");
     let waiter = {
@@ -355,6 +357,10 @@ async fn a_waiter_at_the_deadline_during_an_outage_does_not_answer_expired() {
         .expect("decide elsewhere");
     move_keys(&elsewhere, &server, &format!("*{tenant}:late")).await;
     server.stop();
+    assert!(
+        Timestamp::now() < expires_at,
+        "Redis stopped only after the deadline: the test's margin is too short"
+    );
     let answer = waiter.await.expect("join");
     assert!(
         answer

@@ -436,6 +436,20 @@ async def test_the_async_live_stream_refuses_it_too(reconnect: bool) -> None:
     assert len(calls) == 1
 
 
+def test_a_page_that_is_no_stream_after_the_stream_opened_is_reconnected_through() -> None:
+    """Once a stream has opened it reconnects through outages of any length: a maintenance
+    page answered `200 text/html` meanwhile is one, not the end of the stream."""
+    later = PARKED.replace(b"2-0", b"3-0").replace(b"req-1", b"req-2")
+
+    def maintenance(_: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-type": "text/html"}, content=b"<html>back soon</html>")
+
+    with httpx.Client(transport=answers(stream(PARKED), maintenance, stream(later))) as http:
+        events = ApprovalsClient("http://approvals.test", "t", "acme", http=http, retry=QUICK).events()
+        got = [next(events).id, next(events).id]
+    assert got == ["2-0", "3-0"]
+
+
 def test_an_event_stream_with_parameters_is_one() -> None:
     answer = httpx.Response(200, headers={"content-type": "Text/Event-Stream; charset=utf-8"}, content=PARKED)
     with httpx.Client(transport=answers(lambda _: answer)) as http:

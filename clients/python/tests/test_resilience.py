@@ -400,7 +400,8 @@ async def test_the_async_client_names_them_too(service: Service, tenant: Tenant)
 
 
 def refusal(request: httpx.Request, retry_after: str) -> httpx.Response:
-    """A proxy's `503` with a `Retry-After` of its own choosing."""
+    """The service's `503` (as a proxy in front passes it on) with a `Retry-After` of its own
+    choosing."""
     body = {"type": "urn:approvals:problem:backend_unavailable", "title": "Unavailable", "status": 503, "detail": "later", "code": "backend_unavailable"}
     headers = {"retry-after": retry_after, "content-type": "application/problem+json"}
     return httpx.Response(503, json=body, headers=headers, request=request)

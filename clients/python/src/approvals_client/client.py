@@ -471,8 +471,15 @@ class ApprovalsClient:
                         # Out of the slot first: the stream is not open while it waits.
                         raise _core.Reconnect(delay)
                     if not _core.is_event_stream(response):
-                        # A proxy's login page: asked again, it answers the same.
-                        raise _core.not_a_stream(response)
+                        # A proxy's login page: asked again, it answers the same, so before
+                        # the stream has opened it is an error at once. Once it has, it may be
+                        # an outage's maintenance page: reconnected through, as any outage.
+                        if not (reconnect and opened):
+                            raise _core.not_a_stream(response)
+                        failures += 1
+                        delay = self.retry.backoff(failures, None)
+                        log.info("GET %s: 200 with no event stream; reconnect %d in %.2fs", url, failures, delay)
+                        raise _core.Reconnect(delay)
                     failures = 0
                     opened = True
                     refused_since = None
