@@ -443,7 +443,8 @@ class AsyncApprovalsClient:
         Once the stream has opened, it keeps reconnecting through outages of any length (as
         a browser's EventSource does), and through `too_many_streams` while the service still
         counts the stream that broke; before that, the retry policy applies. A `200` that is
-        no `text/event-stream` (a proxy's login page) raises `ProtocolError` at once. Stop by breaking
+        no `text/event-stream` (a proxy's login page) raises `ProtocolError` at once before the
+        stream has opened, and is reconnected through after. Stop by breaking
         out of the loop, inside `contextlib.aclosing(...)`: an async generator broken out of
         stays open (its connection and one of the token's streams held) until collected.
         """

@@ -429,7 +429,8 @@ class ApprovalsClient:
         Once the stream has opened, it keeps reconnecting through outages of any length (as
         a browser's EventSource does), and through `too_many_streams` while the service still
         counts the stream that broke; before that, the retry policy applies. A `200` that is
-        no `text/event-stream` (a proxy's login page) raises `ProtocolError` at once. Stop by breaking
+        no `text/event-stream` (a proxy's login page) raises `ProtocolError` at once before the
+        stream has opened, and is reconnected through after. Stop by breaking
         out of the loop.
         """
         url = self._url("events")
