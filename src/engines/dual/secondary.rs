@@ -212,12 +212,12 @@ impl Secondary {
                 Ok(value)
             }
             Err(error) => {
-                // With its causes: "unavailable (during `ping`)" alone did not say why (an
-                // evicting Redis, a refused connection).
                 describe_once();
                 metrics::counter!("approvals_dual_secondary_errors_total",
                     "op" => op, "kind" => error.kind())
                 .increment(1);
+                // With its causes: "unavailable (during `ping`)" alone did not say why (an
+                // evicting Redis, a refused connection).
                 let error = crate::app::chain(&error);
                 // Once per outage at warn: the sweeper alone calls it several times a second.
                 if !outage {
