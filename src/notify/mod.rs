@@ -138,6 +138,10 @@ struct Pace {
     streak: u32,
     /// The pauses that streak earned, one after another.
     pauses: u32,
+    /// Found down or silent since its deferred deliveries were last looked at: what is put
+    /// back for it may lie far out, paced by another instance or by this one before a restart,
+    /// beyond what `last_due` knows.
+    deferred_unknown: bool,
 }
 
 impl Pace {
@@ -149,6 +153,7 @@ impl Pace {
             not_before: now,
             streak: 0,
             pauses: 0,
+            deferred_unknown: false,
         }
     }
 }
@@ -208,6 +213,7 @@ impl Pacing {
         pace.attempt = (pace.attempt * 3 + took) / 4;
         let mut paused = answered.asked;
         if answered.down {
+            pace.deferred_unknown = true;
             pace.streak = pace.streak.saturating_add(1);
             if pace.streak >= streak && now >= pace.not_before {
                 pace.pauses = pace.pauses.saturating_add(1);
@@ -228,7 +234,8 @@ impl Pacing {
     /// and more for a few thousand), and newer deliveries behind it. A webhook this instance
     /// has not met (it started since, or forgot it idle) may have such a backlog too, paced
     /// by another instance or by this one before a restart: brought forward as well (nothing
-    /// moves if nothing is due past `beyond`).
+    /// moves if nothing is due past `beyond`), and so is one this instance found down since it
+    /// last looked (a restarted instance tried the hung receiver before it came back).
     fn recovered(
         &mut self,
         webhook: &WebhookKey,
@@ -243,7 +250,8 @@ impl Pacing {
             self.by_webhook.insert(webhook.clone(), pace);
             return Some(step);
         };
-        if pace.last_due <= beyond || pace.not_before > Timestamp::now() {
+        if (pace.last_due <= beyond && !pace.deferred_unknown) || pace.not_before > Timestamp::now()
+        {
             return None;
         }
         pace.last_due = beyond;
@@ -251,12 +259,17 @@ impl Pacing {
         Some(step)
     }
 
-    /// [`Pacing::recovered`] found nothing deferred to bring forward: what is put back for
-    /// `webhook` next is paced from now, not from behind a backlog that is not there (a lone
-    /// delivery that went through made a burst's overflow wait a lease).
-    fn nothing_pulled(&mut self, webhook: &WebhookKey) {
+    /// What [`Pacing::recovered`] asked for was done: `moved` deliveries brought forward, or
+    /// `None` when Redis did not answer (then the next attempt that goes through tries again;
+    /// once given up, a backlog trickled in at the hung receiver's pace). Nothing moved: what
+    /// is put back for `webhook` next is paced from now, not from behind a backlog that is not
+    /// there (a lone delivery that went through made a burst's overflow wait a lease).
+    fn pulled(&mut self, webhook: &WebhookKey, moved: Option<u64>) {
         if let Some(pace) = self.by_webhook.get_mut(webhook) {
-            pace.last_due = pace.last_due.min(Timestamp::now());
+            pace.deferred_unknown = moved.is_none();
+            if moved == Some(0) {
+                pace.last_due = pace.last_due.min(Timestamp::now());
+            }
         }
     }
 
@@ -268,6 +281,7 @@ impl Pacing {
             .entry(webhook.clone())
             .or_insert_with(|| Pace::new(now, silent));
         pace.attempt = pace.attempt.max(silent);
+        pace.deferred_unknown = true;
     }
 
     /// Until when `webhook` asked not to be sent anything, if that is still ahead.
@@ -1290,9 +1304,8 @@ impl Notifier {
                             .then(|| pacing.recovered(&webhook, took, concurrency, beyond))
                             .flatten()
                         {
-                            if self.pull_forward(&webhook, beyond, step).await == Some(0) {
-                                pacing.nothing_pulled(&webhook);
-                            }
+                            let moved = self.pull_forward(&webhook, beyond, step).await;
+                            pacing.pulled(&webhook, moved);
                         }
                     }
                     if let Some(until) = pacing.held_back(&webhook) {

@@ -1790,6 +1790,15 @@ async fn a_receiver_back_from_a_hang_gets_its_backlog_at_its_new_pace_after_a_re
 async fn backlog_of_a_hang_delivered_once_back(restart_meanwhile: bool) {
     let hung = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let answered = Arc::new(AtomicUsize::new(0));
+    // An attempt the sender gave up on (its timeout): the connection closes, the hung
+    // handler is dropped, and its guard says so.
+    struct GivenUp(tokio::sync::mpsc::UnboundedSender<()>);
+    impl Drop for GivenUp {
+        fn drop(&mut self) {
+            let _ = self.0.send(());
+        }
+    }
+    let (given_up, mut gave_up) = tokio::sync::mpsc::unbounded_channel::<()>();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     let receiver = {
@@ -1797,9 +1806,10 @@ async fn backlog_of_a_hang_delivered_once_back(restart_meanwhile: bool) {
         axum::Router::new().route(
             "/hook",
             axum::routing::post(move || {
-                let (hung, answered) = (hung.clone(), answered.clone());
+                let (hung, answered, given_up) = (hung.clone(), answered.clone(), given_up.clone());
                 async move {
                     if hung.load(Ordering::SeqCst) {
+                        let _guard = GivenUp(given_up);
                         std::future::pending::<()>().await;
                     }
                     answered.fetch_add(1, Ordering::SeqCst);
@@ -1835,6 +1845,12 @@ async fn backlog_of_a_hang_delivered_once_back(restart_meanwhile: bool) {
     if restart_meanwhile {
         app.restart().await;
     }
+    // Back once this instance too has found it down, as a restarted one does in production
+    // (its first attempts hung): it has met the webhook before an attempt goes through.
+    while gave_up.try_recv().is_ok() {}
+    tokio::time::timeout(Duration::from_secs(30), gave_up.recv())
+        .await
+        .expect("the instance gives up an attempt on the hung receiver");
     hung.store(false, Ordering::SeqCst);
     let back = std::time::Instant::now();
     while answered.load(Ordering::SeqCst) < 120 {
