@@ -146,8 +146,10 @@ pub(crate) async fn stream(
     Ok(response)
 }
 
-/// Ends a stream (cancels `over`) after `approvals.events_max_duration`, at shutdown or when
-/// `revoked` resolves, and gives back its `place` among the open streams then. A timer of its
+/// Ends a stream (cancels `over`) after `approvals.events_max_duration` (its last tenth drawn
+/// at random: the streams a deploy's clients opened together reconnected together, every time,
+/// in one wave of resumed audit reads), at shutdown or when `revoked` resolves, and gives back
+/// its `place` among the open streams then. A timer of its
 /// own: a stream checks `over` only when it is read, and over HTTP/2 it may never be read again
 /// (hyper stops while a frame waits for window the client does not grant). Returns early when
 /// the stream is dropped, which cancels `over` too.
@@ -158,7 +160,7 @@ async fn end_in_time(
     place: impl Send + 'static,
 ) {
     tokio::select! {
-        () = tokio::time::sleep(app.live_max_duration()) => {}
+        () = tokio::time::sleep(app.live_max_duration().mul_f64(rand::random_range(0.9..=1.0))) => {}
         () = app.shutting_down() => {}
         () = revoked => {}
         () = over.cancelled() => {}

@@ -433,6 +433,43 @@ async fn the_stream_keeps_the_tenant_rules_and_refuses_bad_ids(h: Harness) {
     assert_problem(response, StatusCode::BAD_REQUEST, "invalid_query").await;
 }
 
+/// Streams opened together (a deploy's clients reconnecting) do not all end together: each
+/// lasts `approvals.events_max_duration` less a random part of its last tenth, so the next
+/// reconnects, and the audit reads each resume costs, are spread rather than one wave every
+/// time.
+#[tokio::test]
+async fn streams_opened_together_end_spread_over_the_last_tenth_of_their_time() {
+    let max = Duration::from_secs(10);
+    let app = crate::support::TestApp::spawn_with(move |s| {
+        s.approvals.events_max_duration = max;
+        s.approvals.max_event_streams_per_tenant = 100;
+    })
+    .await;
+    let lifetimes = futures::future::join_all((0..8).map(|_| async {
+        let opened = Instant::now();
+        let mut reader = SseReader::open(&app, &app.base, &app.tokens.reviewer, None).await;
+        while let Some(_chunk) = tokio::time::timeout(max * 3, reader.response.chunk())
+            .await
+            .expect("the stream ends")
+            .expect("the stream reads")
+        {}
+        opened.elapsed()
+    }))
+    .await;
+    for lifetime in &lifetimes {
+        assert!(*lifetime >= max * 9 / 10, "a stream lasted {lifetime:?}");
+    }
+    let (shortest, longest) = (lifetimes.iter().min(), lifetimes.iter().max());
+    let spread = longest
+        .zip(shortest)
+        .map(|(l, s)| *l - *s)
+        .unwrap_or_default();
+    assert!(
+        spread >= Duration::from_millis(200),
+        "8 streams opened together ended within {spread:?} of each other: {lifetimes:?}"
+    );
+}
+
 /// One caller (here a reviewer's token; a session is its subject too) holds at most a fifth of
 /// the tenant's live streams: its tabs or a script cannot take all of them from the others.
 #[tokio::test]
