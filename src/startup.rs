@@ -355,7 +355,12 @@ impl Application {
             let _ = tokio::time::timeout(METRICS_DRAIN.min(grace), metrics_served).await;
         }
         let _ = figures.await;
-        if let Some(mut notifications) = notifications {
+        // Webhook attempts and store writes still in flight end side by side: one after the
+        // other they overran the kill time the README promises.
+        let webhooks_done = async {
+            let Some(mut notifications) = notifications else {
+                return;
+            };
             // Attempts in flight finish within their own timeout; past that (and a margin for
             // the lock release), the deliveries left are leased and retried by another instance.
             let budget = settings.notifications.request_timeout + Duration::from_secs(3);
@@ -370,8 +375,7 @@ impl Application {
                      their lease runs out"
                 );
             }
-        }
-        let _ = reloads.await;
+        };
         // Writes whose request ended first (a `408`) offer their event when they land: the
         // shipping must still be running then. Each is bounded by its engine's call deadline,
         // so that long (and never past the grace again) is enough.
@@ -381,12 +385,16 @@ impl Application {
             .max(settings.temporal.call_timeout)
             + Duration::from_secs(1))
         .min(grace);
-        if !app_handle.writes_finished(writes).await {
-            tracing::warn!(
-                ?writes,
-                "store writes still running at shutdown; their events are not shipped"
-            );
-        }
+        let writes_done = async {
+            if !app_handle.writes_finished(writes).await {
+                tracing::warn!(
+                    ?writes,
+                    "store writes still running at shutdown; their events are not shipped"
+                );
+            }
+        };
+        tokio::join!(webhooks_done, writes_done);
+        let _ = reloads.await;
         // The engine's chores before the shipping: its sweeper records expiries until it
         // stops, and those offered to a stopped log were dropped (counted `stopped`).
         engine.stop().await;
