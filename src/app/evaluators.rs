@@ -233,6 +233,9 @@ impl Evaluators {
             let queue = queue.clone();
             std::thread::Builder::new()
                 .name(format!("policy-{n}"))
+                // Without the sandbox, tenant bundles are evaluated here: the stack they were
+                // validated on.
+                .stack_size(crate::policy::stack::SERVICE_STACK)
                 .spawn(move || {
                     let mut finished = None;
                     while let Some(job) = queue.take(finished.as_ref()) {

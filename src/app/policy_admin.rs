@@ -142,7 +142,7 @@ impl Approvals {
             .await
             .map_err(|e| AppError::Internal(e.into()))?;
         let sandbox = self.policies.sandbox();
-        let validated = tokio::task::spawn_blocking(move || {
+        let validated = crate::policy::stack::on_service_stack("policy-validate", move || {
             let _turn = turn;
             validate(&policy_files, &origin, budget, sandbox.as_deref())
         })

@@ -443,20 +443,22 @@ impl TenantPolicies {
         let origin = format!("tenant {tenant}");
         let (budget, confirm) = (self.budget, self.confirm_allows);
         let sandbox = self.sandbox.clone();
-        // Compiling is CPU work of some milliseconds: off the request workers. A sandboxed
-        // bundle's decision runs in children only, its load-time trial included.
-        let gate = tokio::task::spawn_blocking(move || match sandbox {
-            Some(sandbox) => PolicyGate::from_files_untried(&files, &origin).map(|g| {
-                g.with_budget(budget)
-                    .confirming_allows(confirm)
-                    .isolated(sandbox, &files)
-            }),
-            None => PolicyGate::from_files(&files, &origin)
-                .map(|g| g.with_budget(budget).confirming_allows(confirm)),
-        })
-        .await
-        .map_err(|e| LoadFailure::Bundle(e.to_string()))?
-        .map_err(|e| LoadFailure::Bundle(e.to_string()))?;
+        // Compiling is CPU work of some milliseconds: off the request workers, on a stack with
+        // room for what the sandbox accepted. A sandboxed bundle's decision runs in children
+        // only, its load-time trial included.
+        let gate =
+            crate::policy::stack::on_service_stack("policy-compile", move || match sandbox {
+                Some(sandbox) => PolicyGate::from_files_untried(&files, &origin).map(|g| {
+                    g.with_budget(budget)
+                        .confirming_allows(confirm)
+                        .isolated(sandbox, &files)
+                }),
+                None => PolicyGate::from_files(&files, &origin)
+                    .map(|g| g.with_budget(budget).confirming_allows(confirm)),
+            })
+            .await
+            .map_err(LoadFailure::Bundle)?
+            .map_err(|e| LoadFailure::Bundle(e.to_string()))?;
         if gate.version() != version {
             return Err(LoadFailure::Bundle(format!(
                 "bundle stored as {version} has the content of {}",

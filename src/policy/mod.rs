@@ -8,6 +8,7 @@
 
 mod bundle;
 pub mod sandbox;
+pub mod stack;
 pub mod testing;
 mod verdict;
 

@@ -407,7 +407,7 @@ fn exchange(child: &mut Running, request: &Request, deadline: Duration) -> Resul
         .to
         .write_all(b"\n")
         .and_then(|()| child.to.flush())
-        .map_err(|_| gone("stopped reading (it died: out of memory?)"))?;
+        .map_err(|_| gone("stopped reading (it died: out of memory or stack?)"))?;
     if child.from.buffer().is_empty() {
         let until = Instant::now() + deadline;
         loop {
@@ -437,7 +437,7 @@ fn exchange(child: &mut Running, request: &Request, deadline: Duration) -> Resul
     let mut line = String::new();
     // Bounded: the reply lands in the service's memory, which has no limit of its own.
     match std::io::Read::take(&mut child.from, MAX_REPLY_BYTES).read_line(&mut line) {
-        Ok(0) => Err(gone("died (out of memory?)")),
+        Ok(0) => Err(gone("died (out of memory or stack?)")),
         Ok(_) if !line.ends_with('\n') => Err(gone("answered more than it may")),
         Ok(_) => serde_json::from_str(&line).map_err(|_| gone("answered nonsense")),
         Err(error) => Err(format!("the policy sandbox cannot be read: {error}")),
@@ -465,6 +465,20 @@ pub fn serve(memory_limit: u64) -> ExitCode {
         // SAFETY: ignoring a signal installs no handler code.
         let _ = unsafe { nix::sys::signal::signal(signal, nix::sys::signal::SigHandler::SigIgn) };
     }
+    // On a stack of a known size, not the main thread's (whatever `ulimit -s` says, unlimited
+    // included): the service compiles what this accepts on a stack four times larger.
+    let answering = std::thread::Builder::new()
+        .name("policy-sandbox".into())
+        .stack_size(super::stack::SANDBOX_STACK)
+        .spawn(answer_requests);
+    match answering.map(std::thread::JoinHandle::join) {
+        Ok(Ok(code)) => code,
+        Ok(Err(_)) | Err(_) => ExitCode::FAILURE,
+    }
+}
+
+/// The child's loop: one request per line of standard input, one reply per line out.
+fn answer_requests() -> ExitCode {
     let mut gates = Gates::default();
     let mut out = BufWriter::new(std::io::stdout().lock());
     for line in std::io::stdin().lock().lines() {

@@ -481,6 +481,52 @@ async fn a_tenant_policy_that_exhausts_memory_stops_its_sandbox_not_the_service(
     assert_healthy(&app).await;
 }
 
+/// A rule as deep as it is long (`1 + 1 + … + 1` over a thousand lines, a few kilobytes) needs
+/// megabytes of stack to compile: a bundle the sandbox accepted aborted the service that
+/// activated it (on a thread of tokio's 2 MiB), and every instance at each restart. It now
+/// serves; one too deep for the sandbox child's stack is refused, and the service goes on.
+#[tokio::test]
+async fn a_bundle_too_deep_for_a_small_stack_is_served_and_one_too_deep_for_the_sandbox_refused() {
+    let app = TestApp::spawn().await;
+    let version = upload(&app, with_a_chain_of(1_000)).await;
+    activate(&app, &version).await;
+    let response = app
+        .request(
+            Method::POST,
+            &format!("/v1/tenants/{}/approvals", app.tenant),
+            Some(&app.tokens.agent),
+        )
+        .json(&json!({"request_id": "deep", "action": {"type": "document_read", "resource": "notes.txt"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let verdict: Value = response.json().await.unwrap();
+    assert_eq!(
+        verdict["reasons"],
+        json!(["v2: every read is fine"]),
+        "{verdict}"
+    );
+    assert_eq!(verdict["policy_version"], version);
+
+    let refused = post_bundle(&app, &app.tokens.admin, with_a_chain_of(9_000)).await;
+    let problem = assert_problem(refused, StatusCode::UNPROCESSABLE_ENTITY, "policy_invalid").await;
+    assert!(problem.to_string().contains("stopped"), "{problem}");
+    assert_healthy(&app).await;
+}
+
+/// [`reads_allowed`] with an unused rule adding `links` ones, one per line.
+fn with_a_chain_of(links: usize) -> Value {
+    let mut bundle = reads_allowed();
+    let chain = vec!["1"; links].join(" +\n");
+    let text = format!("package deep\nimport rego.v1\n\nn := ({chain})\n");
+    bundle["files"]
+        .as_array_mut()
+        .expect("files")
+        .push(json!({"path": "deep.rego", "text": text}));
+    bundle
+}
+
 /// A bundle whose builtin allocates what `input.context.n` says: terabytes for a large `n`,
 /// which stops its sandbox child.
 fn greedy() -> Value {
