@@ -519,6 +519,53 @@ async fn a_decision_the_secondary_missed_is_replayed_on_it() {
     assert_both_hold(&app, "r-1", &accepted).await;
 }
 
+/// An id used again after its first record left the secondary (Redis drops settled records
+/// sooner than Temporal keeps them): a read finds the primary's decided first approval and
+/// the secondary's pending second one. A difference, not a missed decision: the first one's
+/// accept is not replayed onto the second, which nobody reviewed (it was, and counted as a
+/// repair; after a rollback its agent was told "accepted").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_approval_under_the_same_id_on_the_secondary_is_not_repaired() {
+    let app = DualApp::spawn(EngineKind::Temporal, |settings| {
+        set_secondary_timeout(settings, Duration::from_secs(1));
+    })
+    .await;
+    let hour = Duration::from_secs(3600);
+    let mut first = pending(&app.tenant, "reused", 24 * hour);
+    first.submitted_at = first.submitted_at.minus(2 * hour);
+    first.expires_at = first.submitted_at.plus(24 * hour);
+    first.status = Status::Accepted;
+    first.decided_at = Some(first.submitted_at.plus(hour));
+    first.decided_by = Some("bob".into());
+    let temporal = app.engine(EngineKind::Temporal).await;
+    temporal.import(first).await.expect("import");
+    let mut second = pending(&app.tenant, "reused", hour);
+    second.action = json!({"type": "document_read", "resource": "another/file"})
+        .as_object()
+        .expect("an object")
+        .clone();
+    let redis = app.engine(EngineKind::Redis).await;
+    redis.submit(second).await.expect("submit");
+
+    // Two reads compared (each looked at again after the secondary's deadline): the first
+    // one's repair, if any, ran right after its comparison, a deadline before the second's.
+    for reads in 1..=2 {
+        assert_eq!(app.get("reused").await.status(), StatusCode::OK);
+        app.metrics_until(Duration::from_secs(30), "a get disagreement", |text| {
+            app.counter(text, "approvals_dual_disagreements_total", "get") >= f64::from(reads)
+        })
+        .await;
+    }
+    let held = redis.get(&app.tenant, &id("reused")).await.expect("redis");
+    assert_eq!(held.map(|a| a.status), Some(Status::Pending));
+    let text = app.metrics().await;
+    let tenant = format!("tenant=\"{}\"", app.tenant);
+    assert_eq!(
+        sum_series(&text, "approvals_dual_repairs_total", &[&tenant]),
+        0.0
+    );
+}
+
 /// A decision mirrored while the secondary was down is replayed on it once it is back, with
 /// no read to compare the two: the waiting agent is woken by the primary, and often nothing
 /// reads the approval again. It stayed pending on the secondary, and after a switch of

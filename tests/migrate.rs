@@ -1359,6 +1359,58 @@ async fn a_copy_that_missed_its_decision_gets_it_in_the_copy_pass_of_a_re_run() 
     assert_eq!(copy, source, "reviewer, reason and time");
 }
 
+/// An id used again for another action after its first record left Redis (Temporal keeps
+/// settled records longer): the first one's decision is not replayed onto the second, which
+/// nobody reviewed, in either direction, whichever side answers. It was: the agent waiting
+/// on the second approval was told "accepted" by a reviewer of the first. The two are a
+/// difference in the report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_approval_under_a_reused_id_does_not_get_the_first_ones_decision() {
+    let setup = Setup::new().await;
+    let redis = setup.engine(EngineKind::Redis).await;
+    let temporal = setup.engine(EngineKind::Temporal).await;
+    let tenant = fresh_tenant("reused");
+    temporal
+        .import(accepted(&tenant, "reused", Duration::from_secs(60)))
+        .await
+        .unwrap();
+    let mut second = pending(&tenant, "reused", HOUR);
+    second.action = json!({"type": "document_read", "resource": "another/file"})
+        .as_object()
+        .unwrap()
+        .clone();
+    redis.submit(second).await.unwrap();
+    let still_pending = || async {
+        let record = redis.get(&tenant, &id("reused")).await.unwrap().unwrap();
+        assert_eq!(record.status, Status::Pending, "{record:?}");
+    };
+
+    // A rollback's copy (Temporal to Redis), Redis not answering, then answering.
+    let report = of_tenant(&temporal, &redis, &tenant, 4).run().await;
+    assert_eq!(report.decisions_replayed, 0, "{report}");
+    assert_eq!(report.differences_total, 1, "{report}");
+    still_pending().await;
+    for target_answers in [false, true] {
+        let plan = Plan {
+            tenants: BTreeSet::from([tenant.clone()]),
+            concurrency: 4,
+            dry_run: false,
+            target_answers,
+        };
+        let report = Migration::new(
+            redis.clone(),
+            temporal.clone(),
+            plan,
+            indicatif::ProgressBar::hidden(),
+        )
+        .run()
+        .await;
+        assert_eq!(report.source_repaired, 0, "{report}");
+        assert_eq!(report.differences_total, 1, "{report}");
+        still_pending().await;
+    }
+}
+
 /// After the switch to Temporal (or in a rollback, the other way), the migration's target is
 /// the engine that answers and its source the soak's secondary: a decision the secondary
 /// missed is replayed on it, as a read through the service would repair it. It stayed a

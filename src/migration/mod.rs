@@ -359,21 +359,12 @@ impl Migration {
             // A re-run after an outage of the target (the cut-over runbook's remedy): the
             // decisions its copies missed are replayed now, not after the whole copy pass,
             // by when a copy may have expired there for good.
-            ImportOutcome::AlreadyPresent if approval.is_decided() => {
-                let (tenant, id) = (&approval.tenant, &approval.id);
-                // An unreadable copy is the reconcile pass's to report, not a failure here.
-                let copy = unreadable(retry("get", || self.target.get(tenant, id)).await)?;
-                let missed = matches!(copy, Ok(Some(copy)) if copy.status == Status::Pending);
-                if missed && self.replay_late_decision(tenant, id).await? {
-                    Copied::AlreadyPresentAndReplayed
-                } else {
-                    Copied::AlreadyPresent
-                }
-            }
-            // Pending when scanned. Copied by an earlier run, or by this one's first attempt,
-            // which landed though its call timed out (the retry hears "already present"): a
-            // decision made since the scan is replayed now, as for a fresh import, not hours
-            // later by the reconcile pass, by when the copy may have expired for good.
+            //
+            // Or pending when scanned: copied by an earlier run, or by this one's first
+            // attempt, which landed though its call timed out (the retry hears "already
+            // present"): a decision made since the scan is replayed now, as for a fresh
+            // import, not hours later by the reconcile pass, by when the copy may have
+            // expired for good.
             ImportOutcome::AlreadyPresent => {
                 if self
                     .replay_late_decision(&approval.tenant, &approval.id)
@@ -389,7 +380,8 @@ impl Migration {
     }
 
     /// Reads the source's record again and, if it was decided, decides the target's copy the
-    /// same way; whether that decided the copy.
+    /// same way, if the target's record is a pending copy of it (not another approval under
+    /// the same id); whether that decided the copy.
     async fn replay_late_decision(
         &self,
         tenant: &TenantId,
@@ -401,6 +393,12 @@ impl Migration {
         let Some(decision) = now.decision() else {
             return Ok(false);
         };
+        // An unreadable copy is the reconcile pass's to report, not a failure here.
+        let copy = unreadable(retry("get", || self.target.get(tenant, id)).await)?;
+        if !matches!(copy, Ok(Some(copy)) if copy.status == Status::Pending && copy.same_approval(&now))
+        {
+            return Ok(false);
+        }
         Ok(matches!(
             replay(&self.target, tenant, id, &decision).await?,
             Replayed::Decided(_)
@@ -450,7 +448,11 @@ impl Migration {
             .await?;
         let mut replayed = false;
         // Decided in the source after the copy was made: the first decision is the source's.
-        let late = copy.as_ref().is_some_and(|c| !c.is_decided());
+        // (A record under the same id that is another approval is a difference, never
+        // settled by the other's decision.)
+        let late = copy
+            .as_ref()
+            .is_some_and(|c| !c.is_decided() && c.same_approval(&source));
         if let (true, Some(decision), false) = (late, source.decision(), self.plan.dry_run) {
             match replay(&self.target, tenant, id, &decision).await? {
                 Replayed::Decided(now) => {
@@ -467,7 +469,10 @@ impl Migration {
         // mirrored decision the source missed): the source follows, as a read through the
         // service would have it. Without this, a rollback's "run it until it exits 0" never
         // ended for such a record.
-        let missed = copy.as_ref().and_then(Approval::decision);
+        let missed = copy
+            .as_ref()
+            .filter(|copy| copy.same_approval(&source))
+            .and_then(Approval::decision);
         if let (true, true, Some(decision)) = (
             self.plan.target_answers,
             source.status == Status::Pending,

@@ -86,6 +86,15 @@ impl Approval {
         self.asked_for(&other.action, &other.context, &other.agent_id)
     }
 
+    /// Whether `other` is a copy of this very approval (the other engine's, or the other side
+    /// of a migration): the same request, parked at the same moment. An id an agent used again
+    /// after its first record left one engine names another approval there, which a replay of
+    /// the first one's decision must not settle (it would tell that agent "accepted" for an
+    /// action nobody reviewed).
+    pub fn same_approval(&self, other: &Approval) -> bool {
+        self.submitted_at == other.submitted_at && self.same_request(other)
+    }
+
     /// Whether this record is of a request for `action`, with `context`, by `agent_id`.
     pub fn asked_for(
         &self,

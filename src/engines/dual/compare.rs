@@ -196,6 +196,11 @@ async fn repair_missed_decision(
     let (Some(decision), Status::Pending) = (ours.decision(), theirs.status) else {
         return true;
     };
+    // Another approval under the same id (reused after the first left the secondary): a
+    // collision, not a missed decision.
+    if !ours.same_approval(theirs) {
+        return true;
+    }
     let (tenant, id) = (&ours.tenant, &ours.id);
     let replayed = secondary
         .attempt("repair", |engine| async move {
