@@ -25,7 +25,7 @@ use utoipa::IntoParams;
 use super::extract::{ApiQuery, Caller, TenantPath};
 use super::{ApiError, AppState};
 use crate::app::{AppError, Approvals, LiveEvent, LiveStream};
-use crate::auth::Principal;
+use crate::auth::{Permission, Principal};
 use crate::server::EndsWhen;
 use approvals_core::TenantId;
 
@@ -122,6 +122,7 @@ pub(crate) async fn stream(
         stream.take_place(),
     ));
     let live = Live {
+        shows_trials: caller.may(Permission::Audit, tenant),
         state,
         stream,
         queued: first.into(),
@@ -187,6 +188,11 @@ struct Live {
     unshown_pages: usize,
     /// The `retry:` advice went out.
     greeted: bool,
+    /// Whether the caller may read the audit (an admin): only then do `parked` events carry
+    /// a candidate policy's verdict (`details.shadow`). A reviewer or a bot reading the stream
+    /// saw an unreleased policy's answers and reasons on every parked approval, which the
+    /// audit and the policy endpoints keep to admins.
+    shows_trials: bool,
     /// Cancelled at the stream's end ([`end_in_time`]): its maximum duration (no connection
     /// is held forever: the client reconnects with its `Last-Event-ID`, and may land on
     /// another instance), shutdown, or a sign-out.
@@ -234,7 +240,12 @@ impl Live {
             if self.over.is_cancelled() {
                 return None;
             }
-            if let Some(live) = self.queued.pop_front() {
+            if let Some(mut live) = self.queued.pop_front() {
+                if !self.shows_trials {
+                    if let Some(details) = live.event.details.as_object_mut() {
+                        details.remove("shadow");
+                    }
+                }
                 let event = match event_data(&live.event) {
                     Ok(data) => Event::default()
                         .event(live.kind.as_str())

@@ -665,6 +665,83 @@ async fn a_retried_rollback_with_if_match_does_not_roll_back_twice() {
     assert_eq!(any.status(), StatusCode::OK);
 }
 
+/// A candidate's verdict on a parked approval (`details.shadow`) is for admins, as the audit
+/// and the tenant's policy are: their live stream carries it, a reviewer's (or a bot's, or
+/// the inbox's) does not. Reviewers saw an unreleased policy's answers and reasons on every
+/// parked approval.
+#[tokio::test]
+async fn a_candidates_verdicts_reach_admins_live_streams_not_reviewers() {
+    let app = TestApp::spawn().await;
+    let version = upload(&app, reads_allowed()).await;
+    assert_eq!(put_candidate(&app, &version).await.status(), StatusCode::OK);
+    let mut reviewer = EventFrames::open(&app, &app.tokens.reviewer).await;
+    let mut admin = EventFrames::open(&app, &app.tokens.admin).await;
+    app.park("trialled").await;
+    let seen_by_admin = admin.next_parked().await;
+    assert_eq!(
+        seen_by_admin["details"]["shadow"]["policy_version"], version,
+        "{seen_by_admin}"
+    );
+    let seen_by_reviewer = reviewer.next_parked().await;
+    assert_eq!(seen_by_reviewer["approval_id"], "trialled");
+    assert_eq!(
+        seen_by_reviewer["details"]["policy_version"],
+        seen_by_admin["details"]["policy_version"]
+    );
+    assert!(
+        seen_by_reviewer["details"].get("shadow").is_none(),
+        "{seen_by_reviewer}"
+    );
+}
+
+/// A tenant's live event stream, read frame by frame.
+struct EventFrames {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl EventFrames {
+    async fn open(app: &TestApp, token: &str) -> Self {
+        let response = app
+            .request(
+                Method::GET,
+                &format!("/v1/tenants/{}/events", app.tenant),
+                Some(token),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        Self {
+            response,
+            buffer: String::new(),
+        }
+    }
+
+    /// The data of the next `parked` event.
+    async fn next_parked(&mut self) -> Value {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let frame: String = self.buffer.drain(..end + 2).collect();
+                if frame.lines().any(|line| line == "event: parked") {
+                    let data = frame
+                        .lines()
+                        .find_map(|line| line.strip_prefix("data: "))
+                        .expect("a data line");
+                    return serde_json::from_str(data).unwrap();
+                }
+                continue;
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(15), self.response.chunk())
+                .await
+                .expect("an event within 15 s")
+                .unwrap()
+                .expect("the stream stays open");
+            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_candidate_is_evaluated_beside_the_active_policy_without_deciding() {
     // A tenant of its own: the metrics recorder, and its count below, are shared by every
