@@ -765,6 +765,24 @@ pub struct DecisionForm {
     /// only.
     #[serde(default)]
     digest: String,
+    /// The tenant whose approval the form was shown for. Ids are the agents' own, so two
+    /// tenants can have one each: a form sent after a sign-in to another tenant (refused) sent
+    /// the reviewer back to `/ui/approvals/{id}`, which opened the other tenant's approval of
+    /// that id, decision form and all.
+    #[serde(default)]
+    tenant: String,
+}
+
+impl DecisionForm {
+    /// The approval's page this form came from, with its tenant when the form names a valid
+    /// one: opened in a session of another tenant, it says so rather than showing that
+    /// tenant's approval of the same id.
+    fn page_of(&self, id: &ApprovalId) -> String {
+        match TenantId::parse(self.tenant.clone()) {
+            Ok(tenant) => format!("{id}?tenant={tenant}"),
+            Err(_) => id.to_string(),
+        }
+    }
 }
 
 pub async fn decide(
@@ -778,18 +796,21 @@ pub async fn decide(
         // Said on the sign-in page: a plain redirect there lost the decision without a word.
         let page = ApprovalId::parse(id).map_or_else(
             |_| "/ui/approvals".to_owned(),
-            |id| format!("/ui/approvals/{id}"),
+            |id| format!("/ui/approvals/{}", form.page_of(&id)),
         );
         return Redirect::to(&sign_in_href(&page, Some("decision_not_sent"))).into_response();
     };
-    if !session::form_allowed(&session, &form.csrf, &headers, state.public_authority()) {
+    let for_another_tenant = !form.tenant.is_empty() && form.tenant != session.tenant.as_str();
+    if for_another_tenant
+        || !session::form_allowed(&session, &form.csrf, &headers, state.public_authority())
+    {
         tracing::warn!(subject = %session.principal.subject, tenant = %session.tenant,
             "inbox decision refused: missing or wrong CSRF token, or sent from another site");
         return refused(
             "This decision's form is older than your session (you signed in again, perhaps in \
              another tab), or it did not come from your inbox. Nothing was decided: open the \
              approval again and decide there.",
-            ApprovalId::parse(id).ok().map(|id| id.to_string()),
+            ApprovalId::parse(id).ok().map(|id| form.page_of(&id)),
             // A reason written at length (a tab left open while signing in elsewhere) is not
             // lost with the form.
             Some(form.reason).filter(|r| !r.trim().is_empty()),

@@ -86,6 +86,15 @@ impl Browser {
         self.post("/ui/login", &[("token", token)]).await
     }
 
+    /// Signs in to `tenant` with the platform admin's token, and checks it worked.
+    async fn sign_in_as_admin_to(&self, app: &TestApp, tenant: &str) {
+        let token = &app.tokens.platform_admin;
+        let response = self
+            .post("/ui/login", &[("token", token), ("tenant", tenant)])
+            .await;
+        assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    }
+
     /// Signs in and checks it worked.
     async fn signed_in(app: &TestApp, token: &str) -> Self {
         let browser = Self::new(app);
@@ -105,11 +114,13 @@ impl Browser {
     async fn decide_on(&self, id: &str, page: &str, verdict: &str, reason: &str) -> Response {
         let csrf = hidden(page, "csrf");
         let digest = hidden(page, "digest");
+        let tenant = hidden(page, "tenant");
         self.post(
             &format!("/ui/approvals/{id}/decision"),
             &[
                 ("csrf", &csrf),
                 ("digest", &digest),
+                ("tenant", &tenant),
                 ("verdict", verdict),
                 ("reason", reason),
             ],
@@ -1184,6 +1195,71 @@ async fn an_agent_filter_that_stopped_searching_says_so() {
         page = browser.page(&next).await;
     }
     panic!("the rare agent's approval never found: {page}");
+}
+
+/// A decision form sent after the browser signed in to another tenant (in another tab) is
+/// refused, and the refusal leads back to the approval of the form's tenant, as does the
+/// sign-in a form sent after the session ended asks for. Both led to `/ui/approvals/{id}`:
+/// ids are the agents' own, and that opened the other tenant's approval of the same id, with
+/// a decision form, where the reviewer pasted the reason they had written.
+#[tokio::test]
+async fn a_refused_decision_leads_back_to_its_own_tenants_approval() {
+    use crate::support::OTHER_TENANT;
+    let app = TestApp::spawn().await;
+    app.park("shared-id").await;
+    let theirs = app
+        .request(
+            Method::POST,
+            &format!("/v1/tenants/{OTHER_TENANT}/approvals"),
+            Some(&app.tokens.other_tenant_agent),
+        )
+        .json(&json!({"request_id": "shared-id", "action": crate::support::sensitive_read()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(theirs.status(), StatusCode::CREATED);
+    let browser = Browser::new(&app);
+    let ours = app.tenant.as_str();
+    browser.sign_in_as_admin_to(&app, ours).await;
+    let page = browser.page("/ui/approvals/shared-id").await;
+    browser.sign_in_as_admin_to(&app, OTHER_TENANT).await;
+
+    let refused = browser
+        .decide_on("shared-id", &page, "accept", "looks fine")
+        .await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    let back = format!("/ui/approvals/shared-id?tenant={ours}");
+    let text = refused.text().await.unwrap();
+    assert!(text.contains(&format!("href=\"{back}\"")), "{text}");
+    let followed = browser.get(&back).await;
+    assert_eq!(followed.status(), StatusCode::CONFLICT);
+    let followed = followed.text().await.unwrap();
+    assert!(
+        !followed.contains("name=\"csrf\""),
+        "no decision form: {followed}"
+    );
+
+    // Sent with no session at all: the sign-in it asks for leads back there too.
+    let signed_out = Browser::new(&app)
+        .decide_on("shared-id", &page, "accept", "looks fine")
+        .await;
+    assert_eq!(signed_out.status(), StatusCode::SEE_OTHER);
+    let next: String =
+        form_urlencoded::parse(location(&signed_out).split_once('?').unwrap().1.as_bytes())
+            .find(|(name, _)| name == "next")
+            .map(|(_, next)| next.into_owned())
+            .unwrap_or_default();
+    assert_eq!(next, back);
+    for tenant in [ours, OTHER_TENANT] {
+        let path = format!("/v1/tenants/{tenant}/approvals/shared-id");
+        let token = if tenant == ours {
+            &app.tokens.reviewer
+        } else {
+            &app.tokens.platform_admin
+        };
+        let record = app.get_json(&path, token).await;
+        assert_eq!(record["status"], "pending", "{tenant}: {record}");
+    }
 }
 
 /// A notification's link names its approval's tenant: ids are the agents' own request ids,
