@@ -7,6 +7,7 @@
 //! `bundle` reads the folder and computes the version; `verdict` reads the policy's answer.
 
 mod bundle;
+pub mod notes;
 pub mod sandbox;
 pub mod stack;
 pub mod testing;
@@ -431,7 +432,7 @@ impl PolicyGate {
                         // its owners should know (the answer now is the interpreter's).
                         tracing::debug!(origin = %self.origin, version = %self.version,
                             "the policy VM allowed what the interpreter does not");
-                        metrics::counter!("approvals_policy_allows_overruled_total").increment(1);
+                        notes::allow_overruled();
                     }
                     return confirmed;
                 }
@@ -444,7 +445,7 @@ impl PolicyGate {
                 Err(error) => tracing::debug!(%error, "policy VM failed; using the interpreter"),
             }
             // Counted, because a bundle that often lands here runs several times slower.
-            metrics::counter!("approvals_policy_interpreter_fallbacks_total").increment(1);
+            notes::interpreter_fallback();
         }
         self.interpreter_decision(input)
     }

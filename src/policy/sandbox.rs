@@ -123,7 +123,8 @@ enum Request<'a> {
 /// One line back.
 #[derive(Serialize, Deserialize)]
 enum Reply {
-    Verdict(PolicyVerdict),
+    /// With what the evaluation noted (counted and logged by the service, see `notes`).
+    Verdict(PolicyVerdict, super::notes::Notes),
     /// The child has not compiled this version (it forgot it): send the files.
     Unknown,
     /// The files do not compile in the child (they did in the service: a version skew).
@@ -306,8 +307,14 @@ impl Sandbox {
                 input: Cow::Borrowed(input),
             };
             match exchange(child, &request, EVALUATION_DEADLINE).map_err(Failure::ByTheBundle)? {
-                Reply::Verdict(verdict) => {
+                Reply::Verdict(verdict, notes) => {
                     child.compiled.insert(version.to_owned());
+                    super::notes::record(
+                        notes,
+                        gate.origin(),
+                        version,
+                        verdict.reasons.first().map(String::as_str),
+                    );
                     return Ok(verdict);
                 }
                 Reply::Unknown if !with_files => {
@@ -479,6 +486,7 @@ pub fn serve(memory_limit: u64) -> ExitCode {
 
 /// The child's loop: one request per line of standard input, one reply per line out.
 fn answer_requests() -> ExitCode {
+    super::notes::gather();
     let mut gates = Gates::default();
     let mut out = BufWriter::new(std::io::stdout().lock());
     for line in std::io::stdin().lock().lines() {
@@ -526,7 +534,9 @@ fn answer(gates: &mut Gates, request: Request) -> Reply {
         Some(gate) => {
             gate.budget = budget;
             gate.confirm_allows = confirm_allows;
-            Reply::Verdict(gate.evaluate_owned(input.into_owned()))
+            let _earlier = super::notes::take();
+            let verdict = gate.evaluate_owned(input.into_owned());
+            Reply::Verdict(verdict, super::notes::take())
         }
         None => Reply::Unknown,
     }

@@ -116,6 +116,7 @@ fn bounded(mut reasons: Vec<String>) -> Vec<String> {
 
 pub(super) fn fail_closed(reason: String) -> (PolicyDecision, Vec<String>) {
     tracing::warn!(rule = DECISION_RULE, %reason, "policy failed closed");
+    super::notes::failed_closed();
     (PolicyDecision::RequireApproval, vec![reason])
 }
 
