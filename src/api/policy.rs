@@ -211,7 +211,10 @@ pub async fn upload_bundle(
     let uploaded = tokio::spawn(async move { app.upload_policy(&who, &at, body.files).await })
         .await
         .map_err(|e| ApiError::from(crate::app::AppError::Internal(e.into())))??;
-    let current = state.app.policy_view(&caller, &tenant).await?.state;
+    let current = state
+        .app
+        .policy_state_after_upload(&caller, &tenant)
+        .await?;
     let tests = serde_json::json!({
         "policy_version": uploaded.tests.policy_version,
         "passed": uploaded.tests.passed(), "failed": uploaded.tests.failed(),

@@ -232,6 +232,23 @@ impl Approvals {
         Ok(self.view(tenant, state, bundles))
     }
 
+    /// Which versions are active and on trial, for the answer to an upload that is stored
+    /// already: read best-effort (neither, logged, when the read fails). Failed with 503 (or
+    /// 500 for another version's unreadable summary, in the full view this was), a stored and
+    /// audited upload looked refused, and its retry answered `created: false`, `pruned: []`.
+    pub async fn policy_state_after_upload(
+        &self,
+        caller: &Principal,
+        tenant: &TenantId,
+    ) -> Result<PolicyState, AppError> {
+        let store = self.policy_store(caller, tenant)?;
+        Ok(store.state(tenant).await.unwrap_or_else(|error| {
+            tracing::warn!(%tenant, error = %super::chain(&error),
+                "bundle stored; whether it is active could not be read for the answer");
+            PolicyState::default()
+        }))
+    }
+
     pub async fn policy_view(
         &self,
         caller: &Principal,
