@@ -490,6 +490,35 @@ fn each_policy_command_lists_its_exit_codes_in_its_help() {
     }
 }
 
+/// A malformed `--tenant` is a setting at fault (exit 2, as a wrong token or URL is), said
+/// before anything is sent: the service's `400 invalid_identifier` made push exit 1, "fix the
+/// bundle", and a pipeline would chase a fault in its own settings. (No service listens at
+/// the URL: nothing is sent.)
+#[test]
+fn a_malformed_tenant_is_a_setting_at_fault() {
+    let policies = shipped_bundle();
+    let out = Command::new(BIN)
+        .args([
+            "policy",
+            "push",
+            "--tenant",
+            "acme corp",
+            "--url",
+            "http://127.0.0.1:9",
+        ])
+        .arg(&policies)
+        .env_remove("APPROVALS_CONFIG")
+        .env("APPROVALS_TOKEN", "not-sent")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("--tenant"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
 /// Each test's line is printed as soon as it has run: a slow test (or one that takes the
 /// machine's memory and is killed) held back every line, and a run that died printed nothing.
 #[test]

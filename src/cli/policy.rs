@@ -60,9 +60,10 @@ pub enum PolicyCommand {
 pub struct PushArgs {
     /// The bundle folder (every `.rego` file under it; its tests run on the service too).
     dir: PathBuf,
-    /// The tenant whose bundle it is.
-    #[arg(long)]
-    tenant: String,
+    /// The tenant whose bundle it is (checked here: a malformed one is a setting at fault,
+    /// exit 2, not a bundle to fix).
+    #[arg(long, value_parser = tenant_id)]
+    tenant: approvals_core::TenantId,
     /// The service's base URL.
     #[arg(long, env = "APPROVALS_URL", default_value = "http://127.0.0.1:8080")]
     url: String,
@@ -258,6 +259,10 @@ async fn send(
     } else {
         ExitCode::FAILURE
     })
+}
+
+fn tenant_id(raw: &str) -> Result<approvals_core::TenantId, String> {
+    approvals_core::TenantId::parse(raw).map_err(|e| e.to_string())
 }
 
 fn test(args: &TestArgs) -> ExitCode {
