@@ -455,6 +455,45 @@ async fn a_sign_in_elsewhere_in_another_tab_is_not_swapped_into_an_open_page() {
     let _ = browser.close().await;
 }
 
+/// A detail page opened from the list (its address names no tenant) whose browser then signed
+/// in to another tenant in another tab: fetched again, it is not found there (404). It says
+/// it is no longer live, as any page of another session does; it said "Live updates stopped
+/// (404)", kept its decision form live, and a reload showed "Not found" for an approval still
+/// waiting in its own tenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_detail_page_whose_browser_signed_in_to_another_tenant_says_it_is_no_longer_live() {
+    let app = TestApp::spawn().await;
+    app.park("only-here").await;
+    let driver = Driver::start();
+    let browser = driver.browser().await;
+    let (first_tab, second_tab) = signed_in_with_a_second_tab(&browser, &app).await;
+    browser
+        .goto(&app.url("/ui/approvals/only-here"))
+        .await
+        .expect("the detail page");
+    until_true(
+        &browser,
+        "document.body.dataset.liveReady === 'true'",
+        "the live stream",
+    )
+    .await;
+
+    another_tenant_signs_in_there(&browser, &app, &first_tab, &second_tab).await;
+    until_true(
+        &browser,
+        "document.getElementById('stale-notice')",
+        "the page to say it is no longer live",
+    )
+    .await;
+    let stopped = script(
+        &browser,
+        "return document.querySelector('#paused-notice[data-stopped]') !== null;",
+    )
+    .await;
+    assert_eq!(stopped.as_bool(), Some(false), "{}", text(&browser).await);
+    let _ = browser.close().await;
+}
+
 /// Signed out in another tab: the open page's live stream is refused from then on, and the
 /// page says it is no longer live rather than going quiet.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -94,7 +94,7 @@
       .then(function (r) {
         // A link's approval of another tenant than the browser's session now has.
         if (r.headers.get("X-Inbox-Other-Tenant")) { stale(false); return null; }
-        if (!r.ok) return Promise.reject(r.status);
+        if (!r.ok) return otherSessionsError(r);
         // Led to the sign-in page: the session ended (its time is up, or it was signed out).
         if (new URL(r.url).pathname === "/ui/login") { stale(true); return null; }
         return r.text();
@@ -162,6 +162,22 @@
     if (isStale || reopenTimer) return;
     reopenTimer = setTimeout(function () { reopenTimer = null; connect(); }, retryIn);
     retryIn = Math.min(retryIn * 2, 30000);
+  }
+
+  // A failed answer is this page's failure only if it is this page's session's: a detail page
+  // opened from the list (its address names no tenant) whose browser signed in to another
+  // tenant gets that tenant's 404, and said "live updates stopped (404)" with its form live.
+  // Resolves to null (the page is stale) or rejects with the status.
+  function otherSessionsError(r) {
+    var status = r.status;
+    return r.text().then(function (html) {
+      var page = new DOMParser().parseFromString(html, "text/html").getElementById("error-page");
+      if (page && page.hasAttribute("data-tenant") && !sameSession(page)) {
+        stale(false);
+        return null;
+      }
+      return Promise.reject(status);
+    }, function () { return Promise.reject(status); });
   }
 
   function sameSession(fresh) {
