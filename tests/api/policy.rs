@@ -1254,6 +1254,29 @@ async fn a_policy_change_answers_with_what_it_committed_even_if_a_later_read_fai
     assert_eq!(answer["active"], version, "{answer}");
 }
 
+/// An upload that was stored answers so, though what it reads afterwards for its answer
+/// fails (here another version's summary is unreadable): it read the whole policy view and
+/// answered 500 (or 503 for a Redis blip), and the client's retry got `created: false`.
+#[tokio::test]
+async fn an_upload_stored_answers_created_though_another_versions_summary_is_unreadable() {
+    let app = TestApp::spawn().await;
+    let first = upload(&app, reads_allowed()).await;
+    let mut conn = app.redis().connection().await;
+    let () = redis::cmd("HSET")
+        .arg(format!("policy:{}:summaries", app.tenant))
+        .arg(&first)
+        .arg("{")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let response = post_bundle(&app, &app.tokens.admin, reads_allowed_marked(1)).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["created"], true, "{answer}");
+    assert_ne!(answer["bundle"]["version"], first.as_str(), "{answer}");
+    assert_eq!(answer["bundle"]["active"], false, "{answer}");
+}
+
 /// A bundle an instance could not read (here: not there yet, as on a replica promoted before
 /// it caught up; the same goes for a read Redis refused) is read again at its next poll, not
 /// held as a broken bundle: the tenant's submits answer `503 policy_not_loaded` only while the
@@ -1805,7 +1828,9 @@ async fn a_caller_that_may_not_upload_is_refused_before_its_body_is_read() {
 /// A tenant's bundle whose `deny` rests on a conversion that can fail, under a default
 /// `allow`: live (in its sandbox, on regorus' VM), a request whose conversion fails is not
 /// allowed, as the bundle's tests on the interpreter would have reported. The VM took the
-/// failing builtin for an unmet condition and answered `allow`.
+/// failing builtin for an unmet condition and answered `allow`. The overruled `allow` is
+/// counted by the service (`approvals_policy_allows_overruled_total`): counted in the child,
+/// which has no metrics recorder, it never was for a tenant's bundle.
 #[tokio::test]
 async fn an_allow_resting_on_a_failed_conversion_fails_closed_in_the_sandbox() {
     let app = TestApp::spawn().await;
@@ -1836,6 +1861,14 @@ decision := {"decision": "deny", "reasons": ["too large"]} if {
     };
     assert_eq!(submit("small", "5").await["decision"], "allow");
     assert_eq!(submit("large", "500").await["decision"], "deny");
+    // No tenant label: other tests of this binary may add to it, never take away.
+    let overruled = |text: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix("approvals_policy_allows_overruled_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let before = overruled(&app.metrics().await);
     let unreadable = submit("unreadable", "1,500").await;
     assert_eq!(unreadable["decision"], "require_approval", "{unreadable}");
     assert!(
@@ -1843,6 +1876,11 @@ decision := {"decision": "deny", "reasons": ["too large"]} if {
             .as_str()
             .is_some_and(|r| r.contains("failing closed")),
         "{unreadable}"
+    );
+    let after = overruled(&app.metrics().await);
+    assert!(
+        after > before,
+        "the overruled allow counted: {before} then {after}"
     );
 }
 
