@@ -174,3 +174,24 @@ fn a_signal_on_the_waiting_thread_does_not_fail_a_sandboxed_validation() {
         other => panic!("the validation failed: {other:?}"),
     }
 }
+
+/// A sandbox child at the smallest memory limit the settings accept (64 MiB) still validates
+/// a bundle: its threads are started before its address space is limited. Started after, a
+/// child below about 2 GiB could not start the thread it answers on, and died at once: every
+/// upload was refused and every tenant's submit failed closed.
+#[test]
+fn a_sandbox_at_the_smallest_memory_limit_answers() {
+    use approvals::policy::sandbox::Sandbox;
+    use approvals::policy::PolicyFile;
+
+    let sandbox = Sandbox::new(env!("CARGO_BIN_EXE_approvals").into(), 64 << 20);
+    let files = vec![PolicyFile {
+        relative: "approvals.rego".into(),
+        text: "package approvals\ndecision := {\"decision\": \"allow\", \"reasons\": [\"fine\"]}\n"
+            .into(),
+    }];
+    match sandbox.validate(&files, 1_000_000) {
+        Ok(Ok((version, _))) => assert!(version.starts_with("sha256:"), "{version}"),
+        other => panic!("the validation failed: {other:?}"),
+    }
+}

@@ -454,10 +454,30 @@ fn exchange(child: &mut Running, request: &Request, deadline: Duration) -> Resul
 /// `approvals policy-sandbox`: the child. Limits its own address space to `memory_limit`
 /// bytes, then answers requests from standard input until it closes. Never called by people.
 pub fn serve(memory_limit: u64) -> ExitCode {
+    // On a stack of a known size, not the main thread's (whatever `ulimit -s` says, unlimited
+    // included): the service compiles what this accepts on a stack four times larger. Started
+    // before the address-space limit: the allocator has reserved its arena by then, and a
+    // thread started past the limit could not map its stack (the child exited at once).
+    let answering = std::thread::Builder::new()
+        .name("policy-sandbox".into())
+        .stack_size(super::stack::SANDBOX_STACK)
+        .spawn(move || match limit(memory_limit) {
+            Ok(()) => answer_requests(),
+            Err(code) => code,
+        });
+    match answering.map(std::thread::JoinHandle::join) {
+        Ok(Ok(code)) => code,
+        Ok(Err(_)) | Err(_) => ExitCode::FAILURE,
+    }
+}
+
+/// Limits the child's address space (and core files, and the signals it heeds); the exit code
+/// when it cannot.
+fn limit(memory_limit: u64) -> Result<(), ExitCode> {
     use nix::sys::resource::{setrlimit, Resource};
     if let Err(error) = setrlimit(Resource::RLIMIT_AS, memory_limit, memory_limit) {
         eprintln!("approvals policy-sandbox: cannot limit its memory: {error}");
-        return ExitCode::FAILURE;
+        return Err(ExitCode::FAILURE);
     }
     // Its end by abort is expected: no core file of up to the memory limit, each time.
     let _ = setrlimit(Resource::RLIMIT_CORE, 0, 0);
@@ -472,16 +492,7 @@ pub fn serve(memory_limit: u64) -> ExitCode {
         // SAFETY: ignoring a signal installs no handler code.
         let _ = unsafe { nix::sys::signal::signal(signal, nix::sys::signal::SigHandler::SigIgn) };
     }
-    // On a stack of a known size, not the main thread's (whatever `ulimit -s` says, unlimited
-    // included): the service compiles what this accepts on a stack four times larger.
-    let answering = std::thread::Builder::new()
-        .name("policy-sandbox".into())
-        .stack_size(super::stack::SANDBOX_STACK)
-        .spawn(answer_requests);
-    match answering.map(std::thread::JoinHandle::join) {
-        Ok(Ok(code)) => code,
-        Ok(Err(_)) | Err(_) => ExitCode::FAILURE,
-    }
+    Ok(())
 }
 
 /// The child's loop: one request per line of standard input, one reply per line out.
