@@ -1359,6 +1359,47 @@ async fn a_copy_that_missed_its_decision_gets_it_in_the_copy_pass_of_a_re_run() 
     assert_eq!(copy, source, "reviewer, reason and time");
 }
 
+/// A decision the ADR v1 service made on a record already copied (a v1 decision flips
+/// `status` and says neither when nor who) reaches the copy on the next run. It was replayed
+/// as made at the deadline, which Temporal refuses: the report showed "expired" for the copy,
+/// which stayed pending there, and decidable again after the switch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v1_decision_made_after_the_copy_reaches_it() {
+    let setup = Setup::new().await;
+    let tenant = fresh_tenant("v1late");
+    setup
+        .write_v1(&tenant, "legacy", "pending", Duration::from_secs(60), HOUR)
+        .await;
+    let (clean, report) = setup.migrate("redis", "temporal", &[&tenant], &[]);
+    assert!(clean, "{report:#}");
+    let temporal = setup.engine(EngineKind::Temporal).await;
+    let copy = temporal.get(&tenant, &id("legacy")).await.unwrap().unwrap();
+    assert_eq!(copy.status, Status::Pending);
+
+    // The v1 service decides: the status flips, nothing else changes, the key keeps its TTL.
+    let key = format!("approval:{tenant}:legacy");
+    let mut conn = setup.redis.connection().await;
+    let raw: String = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut record: Value = serde_json::from_str(&raw).unwrap();
+    record["status"] = json!("approved");
+    let () = redis::cmd("SET")
+        .arg(&key)
+        .arg(record.to_string())
+        .arg("KEEPTTL")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let (clean, report) = setup.migrate("redis", "temporal", &[&tenant], &[]);
+    let copy = temporal.get(&tenant, &id("legacy")).await.unwrap().unwrap();
+    assert_eq!(copy.status, Status::Accepted, "{report:#}");
+    assert!(clean, "{report:#}");
+}
+
 /// An id used again for another action after its first record left Redis (Temporal keeps
 /// settled records longer): the first one's decision is not replayed onto the second, which
 /// nobody reviewed, in either direction, whichever side answers. It was: the agent waiting

@@ -119,7 +119,10 @@ impl Approval {
 
     /// The reviewer's decision this record carries (accepted or rejected), as a request that
     /// replays it elsewhere with its original time: what a migration applies to a copy that
-    /// was made while the approval was still pending.
+    /// was made while the approval was still pending. A record that does not say when (the
+    /// ADR v1 service's: a decision flipped `status` only) was decided by now and before its
+    /// deadline: replayed as of the earlier of the two. As of the deadline, it was refused
+    /// (a decision must come before it), and the copy stayed pending.
     pub fn decision(&self) -> Option<DecisionRequest> {
         let verdict = match self.status {
             Status::Accepted => Verdict::Accept,
@@ -130,7 +133,9 @@ impl Approval {
             verdict,
             decided_by: self.decided_by.clone().unwrap_or_default(),
             reason: self.decision_reason.clone(),
-            at: self.decided_at.unwrap_or(self.expires_at),
+            at: self.decided_at.unwrap_or_else(|| {
+                Timestamp::now().min(self.expires_at.minus(std::time::Duration::from_millis(1)))
+            }),
         })
     }
 }

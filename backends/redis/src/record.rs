@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 /// for the scripts, which cannot parse RFC 3339 cheaply.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct StoredRecord {
+    #[serde(deserialize_with = "stored_status")]
     pub status: Status,
     pub decided_at: Option<Timestamp>,
     pub decided_by: Option<String>,
@@ -35,6 +36,19 @@ pub struct StoredRecord {
     /// saw before it decides; an approval's action never changes, so no script reads it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action_digest: Option<String>,
+}
+
+/// A record's status, in this service's names or the ADR v1 service's: a v1 instance still
+/// running beside this one decides a record this one adopted by rewriting its `status` as
+/// `approved` or `denied`, keeping every other field. Read as this service's names only, such
+/// a record was unreadable (every read of it answered 500, and a migration passed it over).
+fn stored_status<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Status, D::Error> {
+    let name = String::deserialize(deserializer)?;
+    match name.as_str() {
+        "approved" => Ok(Status::Accepted),
+        "denied" => Ok(Status::Rejected),
+        other => Status::deserialize(serde::de::value::StrDeserializer::<D::Error>::new(other)),
+    }
 }
 
 /// The head of a record: what a decision rewrites.
