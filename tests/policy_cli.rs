@@ -367,6 +367,47 @@ fn eval_prints_the_services_verdict() {
     assert_eq!(verdict["policy_version"], version.as_str());
 }
 
+/// `eval` gives the verdict of a service whose instruction budget its operator lowered, as
+/// `test` does: with the default budget only, it printed an `allow` that service never gives.
+#[test]
+fn eval_applies_the_services_instruction_budget() {
+    let dir = bundle(&[(
+        "approvals.rego",
+        "package approvals\nimport rego.v1\n\
+         decision := {\"decision\": \"allow\", \"reasons\": [\"counted\"]} if {\n\
+         \tcount([x | some x in numbers.range(1, 5000); x > 0]) > 0\n}\n",
+    )]);
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        file.path(),
+        policy_input(json!({"type": "document_read"})).to_string(),
+    )
+    .unwrap();
+    let eval = |extra: &[&str]| {
+        let mut args = vec![
+            "policy",
+            "eval",
+            dir.path().to_str().unwrap(),
+            "--input",
+            file.path().to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let output = approvals(&args);
+        assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+        serde_json::from_slice::<Value>(&output.stdout).unwrap()
+    };
+    assert_eq!(eval(&[])["decision"], "allow");
+    let limited = eval(&["--policy-instructions", "1000"]);
+    assert_eq!(limited["decision"], "require_approval", "{limited}");
+    assert!(
+        limited["reasons"][0]
+            .as_str()
+            .unwrap_or_default()
+            .contains("1000 instructions"),
+        "{limited}"
+    );
+}
+
 #[test]
 fn eval_reads_standard_input() {
     let dir = shipped_bundle();

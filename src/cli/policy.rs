@@ -103,6 +103,14 @@ pub struct EvalArgs {
     /// context}`; `-` reads standard input.
     #[arg(long, value_name = "FILE")]
     input: PathBuf,
+    /// The service's `limits.policy_instructions`, where its operator changed it (default:
+    /// the service's default).
+    #[arg(long, value_name = "N")]
+    policy_instructions: Option<usize>,
+    /// The service runs with `policy.confirm_allows = false` (an `allow` of the VM is not
+    /// checked on the interpreter).
+    #[arg(long)]
+    no_confirm_allows: bool,
 }
 
 pub async fn run(command: PolicyCommand) -> ExitCode {
@@ -402,6 +410,13 @@ fn eval(args: &EvalArgs) -> ExitCode {
             args.dir.display()
         );
     }
+    // The service's own limits, as this deployment sets them: with the defaults only, the
+    // verdict printed was not the one a service with other limits gives.
+    let gate = match args.policy_instructions {
+        Some(budget) => gate.with_budget(budget),
+        None => gate,
+    }
+    .confirming_allows(!args.no_confirm_allows);
     let verdict = gate.evaluate_owned(input);
     match serde_json::to_string_pretty(&verdict) {
         Ok(json) => {
