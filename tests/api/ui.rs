@@ -1197,6 +1197,23 @@ async fn an_agent_filter_that_stopped_searching_says_so() {
     panic!("the rare agent's approval never found: {page}");
 }
 
+/// `id` parked in the harness tenant and, by its own agent, in [`crate::support::OTHER_TENANT`].
+async fn parked_in_both_tenants(app: &TestApp, id: &str) {
+    use crate::support::OTHER_TENANT;
+    app.park(id).await;
+    let theirs = app
+        .request(
+            Method::POST,
+            &format!("/v1/tenants/{OTHER_TENANT}/approvals"),
+            Some(&app.tokens.other_tenant_agent),
+        )
+        .json(&json!({"request_id": id, "action": crate::support::sensitive_read()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(theirs.status(), StatusCode::CREATED);
+}
+
 /// A decision form sent after the browser signed in to another tenant (in another tab) is
 /// refused, and the refusal leads back to the approval of the form's tenant, as does the
 /// sign-in a form sent after the session ended asks for. Both led to `/ui/approvals/{id}`:
@@ -1206,18 +1223,7 @@ async fn an_agent_filter_that_stopped_searching_says_so() {
 async fn a_refused_decision_leads_back_to_its_own_tenants_approval() {
     use crate::support::OTHER_TENANT;
     let app = TestApp::spawn().await;
-    app.park("shared-id").await;
-    let theirs = app
-        .request(
-            Method::POST,
-            &format!("/v1/tenants/{OTHER_TENANT}/approvals"),
-            Some(&app.tokens.other_tenant_agent),
-        )
-        .json(&json!({"request_id": "shared-id", "action": crate::support::sensitive_read()}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(theirs.status(), StatusCode::CREATED);
+    parked_in_both_tenants(&app, "shared-id").await;
     let browser = Browser::new(&app);
     let ours = app.tenant.as_str();
     browser.sign_in_as_admin_to(&app, ours).await;
@@ -1270,18 +1276,7 @@ async fn a_refused_decision_leads_back_to_its_own_tenants_approval() {
 async fn a_link_to_another_tenants_approval_shows_neither() {
     use crate::support::OTHER_TENANT;
     let app = TestApp::spawn().await;
-    app.park("shared-id").await;
-    let theirs = app
-        .request(
-            Method::POST,
-            &format!("/v1/tenants/{OTHER_TENANT}/approvals"),
-            Some(&app.tokens.other_tenant_agent),
-        )
-        .json(&json!({"request_id": "shared-id", "action": crate::support::sensitive_read()}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(theirs.status(), StatusCode::CREATED);
+    parked_in_both_tenants(&app, "shared-id").await;
 
     let browser = Browser::new(&app);
     let signed_in = browser
