@@ -91,6 +91,8 @@ struct Answered {
     asked: Option<Duration>,
     /// It took the delivery (a 2xx).
     taken: bool,
+    /// It gave no answer at all: no connection, or a timeout (a receiver that hung).
+    unanswered: bool,
 }
 
 /// The longest a failing webhook is paused on an instance between attempts (its deliveries'
@@ -138,9 +140,11 @@ struct Pace {
     streak: u32,
     /// The pauses that streak earned, one after another.
     pauses: u32,
-    /// Found down or silent since its deferred deliveries were last looked at: what is put
-    /// back for it may lie far out, paced by another instance or by this one before a restart,
-    /// beyond what `last_due` knows.
+    /// Found unanswering (a timeout, no connection) or silent since its deferred deliveries
+    /// were last looked at: what is put back for it may lie far out, paced by another instance
+    /// or by this one before a restart, beyond what `last_due` knows. Not for a receiver that
+    /// answers 5xx or 429: its retries' backoff stands (pulled forward at each success, a
+    /// failing delivery spent its attempts in minutes, not hours).
     deferred_unknown: bool,
 }
 
@@ -212,8 +216,10 @@ impl Pacing {
         };
         pace.attempt = (pace.attempt * 3 + took) / 4;
         let mut paused = answered.asked;
-        if answered.down {
+        if answered.unanswered {
             pace.deferred_unknown = true;
+        }
+        if answered.down {
             pace.streak = pace.streak.saturating_add(1);
             if pace.streak >= streak && now >= pace.not_before {
                 pace.pauses = pace.pauses.saturating_add(1);
@@ -244,31 +250,42 @@ impl Pacing {
         beyond: Timestamp,
     ) -> Option<Duration> {
         let step = (took / concurrency.max(1) as u32).max(Duration::from_millis(1));
-        let Some(pace) = self.by_webhook.get_mut(webhook) else {
-            let mut pace = Pace::new(Timestamp::now(), took);
-            pace.last_due = beyond;
-            self.by_webhook.insert(webhook.clone(), pace);
+        let Some(pace) = self.by_webhook.get(webhook) else {
+            self.by_webhook
+                .insert(webhook.clone(), Pace::new(Timestamp::now(), took));
             return Some(step);
         };
         if (pace.last_due <= beyond && !pace.deferred_unknown) || pace.not_before > Timestamp::now()
         {
             return None;
         }
-        pace.last_due = beyond;
-        pace.attempt = took;
         Some(step)
     }
 
-    /// What [`Pacing::recovered`] asked for was done: `moved` deliveries brought forward, or
-    /// `None` when Redis did not answer (then the next attempt that goes through tries again;
-    /// once given up, a backlog trickled in at the hung receiver's pace). Nothing moved: what
-    /// is put back for `webhook` next is paced from now, not from behind a backlog that is not
-    /// there (a lone delivery that went through made a burst's overflow wait a lease).
-    fn pulled(&mut self, webhook: &WebhookKey, moved: Option<u64>) {
+    /// What [`Pacing::recovered`] asked for was done: `moved` deliveries brought forward to
+    /// `beyond` on, at the pace of the attempt that took `took`, or `None` when Redis did not
+    /// answer (then the next attempt that goes through tries again, and what is put back meanwhile
+    /// is paced as before; once given up, a backlog trickled in at the hung receiver's pace).
+    /// Nothing moved: what is put back for `webhook` next is paced from now, not from behind a
+    /// backlog that is not there (a lone delivery that went through made a burst's overflow
+    /// wait a lease).
+    fn pulled(
+        &mut self,
+        webhook: &WebhookKey,
+        beyond: Timestamp,
+        took: Duration,
+        moved: Option<u64>,
+    ) {
         if let Some(pace) = self.by_webhook.get_mut(webhook) {
             pace.deferred_unknown = moved.is_none();
-            if moved == Some(0) {
-                pace.last_due = pace.last_due.min(Timestamp::now());
+            match moved {
+                Some(0) => pace.last_due = pace.last_due.min(Timestamp::now()),
+                // Put back from now on, they come after those brought forward.
+                Some(_) => {
+                    pace.last_due = beyond;
+                    pace.attempt = took;
+                }
+                None => {}
             }
         }
     }
@@ -1305,7 +1322,7 @@ impl Notifier {
                             .flatten()
                         {
                             let moved = self.pull_forward(&webhook, beyond, step).await;
-                            pacing.pulled(&webhook, moved);
+                            pacing.pulled(&webhook, beyond, took, moved);
                         }
                     }
                     if let Some(until) = pacing.held_back(&webhook) {
@@ -1438,16 +1455,18 @@ impl Notifier {
             }
             return None;
         }
-        let (outcome, asked_to_wait, down) = match self.post(&hook, &delivery).await {
-            Ok(()) => (Ok(()), None, false),
+        let (outcome, asked_to_wait, down, unanswered) = match self.post(&hook, &delivery).await {
+            Ok(()) => (Ok(()), None, false, false),
             Err(Refused {
                 error,
                 retry_after,
                 down,
+                unanswered,
             }) => (
                 Err(error),
                 retry_after.map(|wait| wait.min(self.settings.retry_max)),
                 down,
+                unanswered,
             ),
         };
         let tenant = delivery.tenant.clone();
@@ -1499,6 +1518,7 @@ impl Notifier {
             down,
             asked: asked_to_wait,
             taken,
+            unanswered,
         })
     }
 
@@ -1596,6 +1616,7 @@ impl Notifier {
                 down: status.is_server_error()
                     || status == reqwest::StatusCode::TOO_MANY_REQUESTS
                     || status == reqwest::StatusCode::REQUEST_TIMEOUT,
+                unanswered: false,
             })
         }
     }
@@ -1607,6 +1628,8 @@ struct Refused {
     error: String,
     retry_after: Option<Duration>,
     down: bool,
+    /// No answer at all (see [`Answered::unanswered`]).
+    unanswered: bool,
 }
 
 /// No answer: the receiver could not be reached (or may not be).
@@ -1616,6 +1639,7 @@ impl From<String> for Refused {
             error,
             retry_after: None,
             down: true,
+            unanswered: true,
         }
     }
 }

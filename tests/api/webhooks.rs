@@ -1771,6 +1771,58 @@ async fn a_hung_receivers_backlog_comes_due_at_the_pace_it_could_be_taken() {
     );
 }
 
+/// A receiver that refused a delivery (a 500) and takes the next keeps the refused one's
+/// backoff: only one that gave no answer at all (it hung, or could not be reached) has its
+/// deferred deliveries brought forward when it takes one again. Brought forward after every
+/// 5xx, a delivery that always fails spent its attempts in minutes, not over the hours its
+/// backoff spreads them, and a struggling receiver got every retry at once.
+#[tokio::test]
+async fn a_receiver_that_answered_5xx_keeps_its_retries_backoff() {
+    let mut receiver = Receiver::start(1).await;
+    let app = own_tenant("backoff")
+        .spawn_with(|s| {
+            fast(s);
+            s.notifications.retry_base = Duration::from_secs(60);
+            s.notifications.retry_max = Duration::from_secs(60);
+        })
+        .await;
+    add_webhook(&app, json!({"url": receiver.url, "events": ["parked"]})).await;
+    let mut conn = app.redis().connection().await;
+    let ours = format!("{}:", app.tenant);
+    // The tenant's deliveries due past 30 s from now (a retry; an attempt under way is leased
+    // for 9 s), by id.
+    let far = |due: Vec<(String, i64)>| {
+        let now = approvals_core::Timestamp::now().as_millis();
+        due.into_iter()
+            .filter(|(id, at)| id.starts_with(&ours) && *at > now + 30_000)
+            .map(|(id, _)| id)
+            .collect::<Vec<_>>()
+    };
+    app.park("refused").await;
+    assert!(!receiver.next().await.accepted);
+    // Its retry is due in about a minute (±25%) once the attempt is recorded.
+    let started = std::time::Instant::now();
+    let retried = loop {
+        if let [id] = far(due(&mut conn).await).as_slice() {
+            break id.clone();
+        }
+        assert!(started.elapsed() < WITHIN, "the retry was never scheduled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    app.park("taken").await;
+    assert!(receiver.next().await.accepted);
+    // What a success brings forward it does at once: none of it for 3 s.
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < until {
+        assert_eq!(
+            far(due(&mut conn).await),
+            std::slice::from_ref(&retried),
+            "brought forward"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A receiver that stopped answering and is back gets its backlog at the pace it now takes
 /// it, not at the pace it was put back at while it hung (one every half timeout here): the
 /// first attempt that goes through brings the deferred deliveries forward. They trickled in
@@ -1791,25 +1843,28 @@ async fn backlog_of_a_hang_delivered_once_back(restart_meanwhile: bool) {
     let hung = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let answered = Arc::new(AtomicUsize::new(0));
     // An attempt the sender gave up on (its timeout): the connection closes, the hung
-    // handler is dropped, and its guard says so.
-    struct GivenUp(tokio::sync::mpsc::UnboundedSender<()>);
+    // handler is dropped, and its guard says so, with the generation it arrived in (the old
+    // instance's connections may close late, after the restart).
+    struct GivenUp(tokio::sync::mpsc::UnboundedSender<usize>, usize);
     impl Drop for GivenUp {
         fn drop(&mut self) {
-            let _ = self.0.send(());
+            let _ = self.0.send(self.1);
         }
     }
-    let (given_up, mut gave_up) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let (given_up, mut gave_up) = tokio::sync::mpsc::unbounded_channel::<usize>();
+    let generation = Arc::new(AtomicUsize::new(0));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     let receiver = {
-        let (hung, answered) = (hung.clone(), answered.clone());
+        let (hung, answered, generation) = (hung.clone(), answered.clone(), generation.clone());
         axum::Router::new().route(
             "/hook",
             axum::routing::post(move || {
                 let (hung, answered, given_up) = (hung.clone(), answered.clone(), given_up.clone());
+                let born = generation.load(Ordering::SeqCst);
                 async move {
                     if hung.load(Ordering::SeqCst) {
-                        let _guard = GivenUp(given_up);
+                        let _guard = GivenUp(given_up, born);
                         std::future::pending::<()>().await;
                     }
                     answered.fetch_add(1, Ordering::SeqCst);
@@ -1844,13 +1899,16 @@ async fn backlog_of_a_hang_delivered_once_back(restart_meanwhile: bool) {
     }
     if restart_meanwhile {
         app.restart().await;
+        generation.store(1, Ordering::SeqCst);
     }
     // Back once this instance too has found it down, as a restarted one does in production
     // (its first attempts hung): it has met the webhook before an attempt goes through.
-    while gave_up.try_recv().is_ok() {}
-    tokio::time::timeout(Duration::from_secs(30), gave_up.recv())
-        .await
-        .expect("the instance gives up an attempt on the hung receiver");
+    let now = generation.load(Ordering::SeqCst);
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while gave_up.recv().await != Some(now) {}
+    })
+    .await
+    .expect("the instance gives up an attempt on the hung receiver");
     hung.store(false, Ordering::SeqCst);
     let back = std::time::Instant::now();
     while answered.load(Ordering::SeqCst) < 120 {
