@@ -89,6 +89,8 @@
     if (isStale) return;
     if (busy) { again = true; againCheckOnly = againCheckOnly && !!checkOnly; return; }
     busy = true;
+    // While a refresh runs or is queued (what a test, or a script driving the page, waits out).
+    document.body.setAttribute("data-refreshing", "true");
     var focusedId = document.activeElement && document.activeElement.id;
     fetch(location.href, { credentials: "same-origin", headers: { Accept: "text/html" } })
       .then(function (r) {
@@ -154,6 +156,7 @@
           refresh(only);
         }
         else if (reopenWanted) reopen();
+        if (!busy) document.body.removeAttribute("data-refreshing");
       });
   }
 
@@ -260,7 +263,10 @@
   var pauseTimer = null;
   function connect() {
     source = new EventSource("/ui/events");
+    // The stream's state and the last event it brought, on the page: what a test (or a script
+    // driving the page) waits for rather than guessing at the stream's timing.
     source.addEventListener("open", function () {
+      document.body.setAttribute("data-stream-open", "true");
       retryIn = 1000;
       clearTimeout(pauseTimer);
       pauseTimer = null;
@@ -271,6 +277,7 @@
     // Refused for good: a 401 once the session is signed out (the check says so), or a 503
     // (the check finds the session holds, or cannot tell: the stream is opened again).
     source.addEventListener("error", function () {
+      document.body.removeAttribute("data-stream-open");
       if (source.readyState !== EventSource.CLOSED) {
         // Reconnecting by itself (a dropped network, an instance restarting): said if it
         // takes a while, not for the moment a stream's normal end takes.
@@ -287,6 +294,7 @@
       source.addEventListener(kind, function (message) {
         var event;
         try { event = JSON.parse(message.data); } catch (e) { return; }
+        document.body.setAttribute("data-last-event", event.approval_id);
         var onDetail = region.getAttribute("data-live") === "detail";
         if (onDetail && event.approval_id !== region.getAttribute("data-id")) return;
         if (!onDetail && !concerns(kind, event)) return;
