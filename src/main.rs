@@ -27,8 +27,8 @@ fn main() -> ExitCode {
         .expect("the async runtime cannot start");
     let code = runtime.block_on(cli.run());
     // Dropping a runtime waits for its blocking tasks without limit: a decision-log write to
-    // a stdout nobody reads (a stalled log shipper), or an upload's validation still running,
-    // kept a drained service from exiting until it was killed.
+    // a stdout nobody reads (a stalled log shipper) kept a drained service from exiting until
+    // it was killed. (Validations and compiles run on threads of their own, not waited for.)
     runtime.shutdown_timeout(EXIT_GRACE);
     code
 }

@@ -367,6 +367,30 @@ fn eval_prints_the_services_verdict() {
     assert_eq!(verdict["policy_version"], version.as_str());
 }
 
+/// `policy test` and `eval` run a bundle the service's sandbox accepts: one whose rule is a
+/// long chain (`1 + 1 + … + 1`, a few thousand lines) needs more stack to compile than a main
+/// thread's 8 MiB, and the commands aborted on it.
+#[test]
+fn a_bundle_the_sandbox_accepts_runs_in_the_cli() {
+    let chain = vec!["1"; 2_400].join(" +\n");
+    let deep = format!("package deep\nimport rego.v1\n\nn := ({chain})\n");
+    let dir = bundle(&[
+        (
+            "approvals.rego",
+            "package approvals\nimport rego.v1\n\
+             decision := {\"decision\": \"allow\", \"reasons\": [\"fine\"]}\n",
+        ),
+        ("deep.rego", &deep),
+        (
+            "approvals_test.rego",
+            "package approvals_test\nimport rego.v1\n\
+             test_allowed if { data.approvals.decision.decision == \"allow\" }\n",
+        ),
+    ]);
+    let tested = approvals(&["policy", "test", dir.path().to_str().unwrap()]);
+    assert_eq!(tested.status.code(), Some(0), "{}", text(&tested.stderr));
+}
+
 /// `eval` gives the verdict of a service whose instruction budget its operator lowered, as
 /// `test` does: with the default budget only, it printed an `allow` that service never gives.
 #[test]

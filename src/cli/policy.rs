@@ -115,8 +115,8 @@ pub struct EvalArgs {
 
 pub async fn run(command: PolicyCommand) -> ExitCode {
     match command {
-        PolicyCommand::Test(args) => test(&args),
-        PolicyCommand::Eval(args) => eval(&args),
+        PolicyCommand::Test(args) => on_sandbox_stack(|| test(&args)),
+        PolicyCommand::Eval(args) => on_sandbox_stack(|| eval(&args)),
         PolicyCommand::Push(args) => push(&args).await,
     }
 }
@@ -265,6 +265,14 @@ async fn send(
     Err(if try_again {
         ExitCode::from(EXIT_TRY_AGAIN)
     } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// On the stack the service's sandbox validates and evaluates on: a bundle it accepts runs here.
+fn on_sandbox_stack(work: impl FnOnce() -> ExitCode + Send) -> ExitCode {
+    crate::policy::stack::on_sandbox_stack(work).unwrap_or_else(|error| {
+        eprintln!("approvals: {error}");
         ExitCode::FAILURE
     })
 }

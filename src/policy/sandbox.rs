@@ -123,14 +123,25 @@ enum Request<'a> {
 /// One line back.
 #[derive(Serialize, Deserialize)]
 enum Reply {
-    /// With what the evaluation noted (counted and logged by the service, see `notes`).
-    Verdict(PolicyVerdict, super::notes::Notes),
+    Verdict(Verdict),
     /// The child has not compiled this version (it forgot it): send the files.
     Unknown,
     /// The files do not compile in the child (they did in the service: a version skew).
     Unloadable(String),
     /// The version and test report, or every reason to refuse the bundle.
     Validated(Result<(String, TestReport), Vec<String>>),
+}
+
+/// A verdict, with what the evaluation noted (counted and logged by the service, see
+/// `notes`). In the verdict's own object, so that a child and a parent one version apart (a
+/// `policy.sandbox.binary` replaced before the restart) still read each other's answers: a
+/// reply they could not read failed every tenant's submit closed, blamed on its bundle.
+#[derive(Serialize, Deserialize)]
+struct Verdict {
+    #[serde(flatten)]
+    verdict: PolicyVerdict,
+    #[serde(default)]
+    notes: super::notes::Notes,
 }
 
 /// A running child, as its evaluation thread holds it.
@@ -307,7 +318,7 @@ impl Sandbox {
                 input: Cow::Borrowed(input),
             };
             match exchange(child, &request, EVALUATION_DEADLINE).map_err(Failure::ByTheBundle)? {
-                Reply::Verdict(verdict, notes) => {
+                Reply::Verdict(Verdict { verdict, notes }) => {
                     child.compiled.insert(version.to_owned());
                     super::notes::record(
                         notes,
@@ -547,7 +558,10 @@ fn answer(gates: &mut Gates, request: Request) -> Reply {
             gate.confirm_allows = confirm_allows;
             let _earlier = super::notes::take();
             let verdict = gate.evaluate_owned(input.into_owned());
-            Reply::Verdict(verdict, super::notes::take())
+            Reply::Verdict(Verdict {
+                verdict,
+                notes: super::notes::take(),
+            })
         }
         None => Reply::Unknown,
     }
@@ -563,6 +577,29 @@ pub(crate) struct Isolation {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A child and a parent one version apart read each other's verdicts: the notes added to a
+    /// verdict are a field of its object, absent from an older child's.
+    #[test]
+    fn verdicts_read_across_one_version() {
+        let older = r#"{"Verdict":{"decision":"allow","reasons":["fine"],"policy_version":"v1"}}"#;
+        let Ok(Reply::Verdict(read)) = serde_json::from_str::<Reply>(older) else {
+            panic!("an older child's verdict is not read");
+        };
+        assert_eq!(read.verdict.reasons, ["fine"]);
+        assert_eq!(read.notes, super::super::notes::Notes::default());
+        let newer = serde_json::to_value(Reply::Verdict(Verdict {
+            verdict: read.verdict.clone(),
+            notes: super::super::notes::Notes {
+                allows_overruled: 1,
+                ..Default::default()
+            },
+        }))
+        .expect("serialises");
+        let as_older: PolicyVerdict =
+            serde_json::from_value(newer["Verdict"].clone()).expect("an older parent reads it");
+        assert_eq!(as_older, read.verdict);
+    }
 
     fn gate(n: usize) -> PolicyGate {
         let file = PolicyFile {

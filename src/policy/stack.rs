@@ -13,6 +13,21 @@ pub const SANDBOX_STACK: usize = 16 << 20;
 /// The stack the service compiles bundles on (and evaluates them on, without the sandbox).
 pub const SERVICE_STACK: usize = 4 * SANDBOX_STACK;
 
+/// Runs `work` on a thread of its own with [`SANDBOX_STACK`] and waits for it: `approvals
+/// policy test` and `eval`, on the main thread (8 MiB, or whatever `ulimit -s` says), aborted
+/// on a bundle the service's sandbox accepts. `Err` if the thread could not start or panicked.
+pub fn on_sandbox_stack<T: Send>(work: impl FnOnce() -> T + Send) -> Result<T, String> {
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("policy".into())
+            .stack_size(SANDBOX_STACK)
+            .spawn_scoped(scope, work)
+            .map_err(|e| format!("cannot start a policy thread: {e}"))?
+            .join()
+            .map_err(|_| "the policy thread panicked".to_owned())
+    })
+}
+
 /// Runs `work` on a thread of its own with [`SERVICE_STACK`] and waits for its result
 /// without holding a runtime worker. `Err` if the thread could not start or panicked.
 pub async fn on_service_stack<T, F>(name: &str, work: F) -> Result<T, String>
