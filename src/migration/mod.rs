@@ -358,13 +358,32 @@ impl Migration {
             ImportOutcome::Imported => Copied::Imported,
             // A re-run after an outage of the target (the cut-over runbook's remedy): the
             // decisions its copies missed are replayed now, not after the whole copy pass,
-            // by when a copy may have expired there for good.
-            //
-            // Or pending when scanned: copied by an earlier run, or by this one's first
-            // attempt, which landed though its call timed out (the retry hears "already
-            // present"): a decision made since the scan is replayed now, as for a fresh
-            // import, not hours later by the reconcile pass, by when the copy may have
-            // expired for good.
+            // by when a copy may have expired there for good. The scanned record's decision
+            // is final: only the copy is read (most are decided already: one read each).
+            ImportOutcome::AlreadyPresent if approval.is_decided() => {
+                let (tenant, id) = (&approval.tenant, &approval.id);
+                // An unreadable copy is the reconcile pass's to report, not a failure here.
+                let copy = unreadable(retry("get", || self.target.get(tenant, id)).await)?;
+                let missed = matches!(&copy, Ok(Some(copy))
+                    if copy.status == Status::Pending && copy.same_approval(&approval));
+                let decision = approval.decision().filter(|_| missed);
+                let replayed = match decision {
+                    Some(decision) => matches!(
+                        replay(&self.target, tenant, id, &decision).await?,
+                        Replayed::Decided(_)
+                    ),
+                    None => false,
+                };
+                if replayed {
+                    Copied::AlreadyPresentAndReplayed
+                } else {
+                    Copied::AlreadyPresent
+                }
+            }
+            // Pending when scanned: copied by an earlier run, or by this one's first attempt,
+            // which landed though its call timed out (the retry hears "already present"): a
+            // decision made since the scan is replayed now, as for a fresh import, not hours
+            // later by the reconcile pass, by when the copy may have expired for good.
             ImportOutcome::AlreadyPresent => {
                 if self
                     .replay_late_decision(&approval.tenant, &approval.id)
