@@ -361,20 +361,7 @@ impl Migration {
             // by when a copy may have expired there for good. The scanned record's decision
             // is final: only the copy is read (most are decided already: one read each).
             ImportOutcome::AlreadyPresent if approval.is_decided() => {
-                let (tenant, id) = (&approval.tenant, &approval.id);
-                // An unreadable copy is the reconcile pass's to report, not a failure here.
-                let copy = unreadable(retry("get", || self.target.get(tenant, id)).await)?;
-                let missed = matches!(&copy, Ok(Some(copy))
-                    if copy.status == Status::Pending && copy.same_approval(&approval));
-                let decision = approval.decision().filter(|_| missed);
-                let replayed = match decision {
-                    Some(decision) => matches!(
-                        replay(&self.target, tenant, id, &decision).await?,
-                        Replayed::Decided(_)
-                    ),
-                    None => false,
-                };
-                if replayed {
+                if self.replay_onto_copy(&approval).await? {
                     Copied::AlreadyPresentAndReplayed
                 } else {
                     Copied::AlreadyPresent
@@ -409,12 +396,20 @@ impl Migration {
         let Ok(Some(now)) = unreadable(retry("get", || self.source.get(tenant, id)).await)? else {
             return Ok(false);
         };
-        let Some(decision) = now.decision() else {
+        self.replay_onto_copy(&now).await
+    }
+
+    /// Decides the target's copy of `decided` as it was decided, if the target holds a pending
+    /// copy of that approval (not another approval under the same id); whether that decided
+    /// the copy.
+    async fn replay_onto_copy(&self, decided: &Approval) -> Result<bool, BackendError> {
+        let Some(decision) = decided.decision() else {
             return Ok(false);
         };
+        let (tenant, id) = (&decided.tenant, &decided.id);
         // An unreadable copy is the reconcile pass's to report, not a failure here.
         let copy = unreadable(retry("get", || self.target.get(tenant, id)).await)?;
-        if !matches!(copy, Ok(Some(copy)) if copy.status == Status::Pending && copy.same_approval(&now))
+        if !matches!(copy, Ok(Some(copy)) if copy.status == Status::Pending && copy.same_approval(decided))
         {
             return Ok(false);
         }

@@ -240,7 +240,7 @@ impl Pacing {
     /// and more for a few thousand), and newer deliveries behind it. A webhook this instance
     /// has not met (it started since, or forgot it idle) may have such a backlog too, paced
     /// by another instance or by this one before a restart: brought forward as well (nothing
-    /// moves if nothing is due past `beyond`), and so is one this instance found down since it
+    /// moves if nothing is due past `beyond`), and so is one that gave this instance no answer since it
     /// last looked (a restarted instance tried the hung receiver before it came back).
     fn recovered(
         &mut self,

@@ -469,17 +469,11 @@ pub fn serve(memory_limit: u64) -> ExitCode {
     // included): the service compiles what this accepts on a stack four times larger. Started
     // before the address-space limit: the allocator has reserved its arena by then, and a
     // thread started past the limit could not map its stack (the child exited at once).
-    let answering = std::thread::Builder::new()
-        .name("policy-sandbox".into())
-        .stack_size(super::stack::SANDBOX_STACK)
-        .spawn(move || match limit(memory_limit) {
-            Ok(()) => answer_requests(),
-            Err(code) => code,
-        });
-    match answering.map(std::thread::JoinHandle::join) {
-        Ok(Ok(code)) => code,
-        Ok(Err(_)) | Err(_) => ExitCode::FAILURE,
-    }
+    super::stack::on_sandbox_stack(|| match limit(memory_limit) {
+        Ok(()) => answer_requests(),
+        Err(code) => code,
+    })
+    .unwrap_or(ExitCode::FAILURE)
 }
 
 /// Limits the child's address space (and core files, and the signals it heeds); the exit code
