@@ -27,6 +27,10 @@ use super::{PolicyFile, PolicyGate, PolicyVerdict, EVAL_TIME_LIMIT};
 /// once: with more versions in use than this, most evaluations recompiled their bundle.
 const VERSIONS_KEPT: usize = 64;
 
+/// The child allocator's arena reservation, in KiB: a quarter of the smallest memory limit the
+/// settings accept (64 MiB), so the limit binds within a few MiB.
+const ARENA_RESERVE_KIB: u64 = 16 << 10;
+
 /// A child's compiled bundles by version, each with when it was last used.
 #[derive(Default)]
 struct Gates {
@@ -272,6 +276,10 @@ impl Sandbox {
             .arg("policy-sandbox")
             .arg("--memory-limit")
             .arg(self.memory_limit.to_string())
+            // mimalloc reserves address space an arena at a time, 1 GiB by default, and the
+            // child's first arena is reserved before it limits itself: a bundle then had that
+            // gigabyte whatever the limit (under 512 MiB, an evaluation used 720 MB). In KiB.
+            .env("MIMALLOC_ARENA_RESERVE", ARENA_RESERVE_KIB.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             // Its last words (an allocation that failed) belong in the service's log.

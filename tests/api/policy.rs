@@ -541,6 +541,42 @@ decision := {"decision": "allow", "reasons": [sprintf("%d numbers", [count(numbe
 "#}]})
 }
 
+/// A small memory limit binds: under 512 MiB, an evaluation that needs 720 MB stops its child.
+/// The child's allocator had reserved 1 GiB of address space before it limited itself, and a
+/// bundle had that gigabyte whatever the limit.
+#[tokio::test]
+async fn a_small_sandbox_memory_limit_binds() {
+    let app = TestApp::spawn_with(|s| s.policy.sandbox.memory_limit_mib = 512).await;
+    activate(&app, &upload(&app, greedy()).await).await;
+    let submit = |request_id: &'static str, n: u64| {
+        let app = &app;
+        async move {
+            let response = app
+                .request(
+                    Method::POST,
+                    &format!("/v1/tenants/{}/approvals", app.tenant),
+                    Some(&app.tokens.agent),
+                )
+                .json(&json!({"request_id": request_id,
+                    "action": {"type": "document_read", "resource": "notes.txt"},
+                    "context": {"n": n}}))
+                .send()
+                .await
+                .expect("submit");
+            assert!(response.status().is_success(), "{}", response.status());
+            response.json::<Value>().await.unwrap()
+        }
+    };
+
+    // 30 million values of 24 bytes each.
+    let stopped = submit("past-the-limit", 30_000_000).await;
+    assert_eq!(stopped["decision"], "require_approval", "{stopped}");
+    let reason = stopped["reasons"][0].as_str().unwrap_or_default();
+    assert!(reason.contains("policy evaluation stopped"), "{stopped}");
+    let fine = submit("within-it", 3).await;
+    assert_eq!(fine["reasons"], json!(["4 numbers"]), "{fine}");
+}
+
 /// A candidate whose sandbox child dies decides nothing: the active policy answers, and the
 /// failure is counted as the candidate's, which the alert that tells on-call "submits fail
 /// closed" leaves out (it was counted as any evaluation's, and paged for it).
@@ -1931,8 +1967,10 @@ async fn a_sandbox_child_killed_while_idle_costs_the_next_submit_nothing() {
                     json!({"type": "document_read", "resource": "a"}),
                 )
                 .await;
-            assert_eq!(answer.status(), StatusCode::OK);
-            answer.json::<Value>().await.unwrap()
+            let status = answer.status();
+            let body = answer.json::<Value>().await.unwrap();
+            assert_eq!(status, StatusCode::OK, "{request_id}: {body}");
+            body
         }
     };
     assert_eq!(read("before").await["decision"], "allow");
@@ -1952,20 +1990,27 @@ async fn a_sandbox_child_killed_while_idle_costs_the_next_submit_nothing() {
         .status()
         .unwrap();
     assert!(killed.success());
-    // Dead once it is a zombie (its parent has not reaped it) or gone.
-    while std::fs::read_to_string(format!("/proc/{child}/stat")).is_ok_and(|stat| {
-        !stat
-            .rsplit(')')
+    // Dead once every one of its threads is: its main thread shows as a zombie while the
+    // others are still exiting, and until they have, its parent cannot reap it (and a submit
+    // meanwhile met a child that died while it was asked, as one killed mid-evaluation is).
+    while std::fs::read_dir(format!("/proc/{child}/task"))
+        .is_ok_and(|threads| threads.count() > 1 || !zombie(child))
+    {
+        tokio::task::yield_now().await;
+    }
+    let after = read("after").await;
+    assert_eq!(after["decision"], "allow", "{after}");
+}
+
+/// Whether process `pid`'s main thread has exited (a zombie: its parent has not reaped it).
+fn zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit(')')
             .next()
             .unwrap_or("")
             .trim_start()
             .starts_with('Z')
-    }) {
-        tokio::task::yield_now().await;
-    }
-
-    let after = read("after").await;
-    assert_eq!(after["decision"], "allow", "{after}");
+    })
 }
 
 /// A rollback to the version on trial ends the trial, as an activation of it does: each submit
