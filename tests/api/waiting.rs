@@ -287,12 +287,12 @@ async fn five_thousand_waiters_on_one_approval_all_learn_the_decision() {
     );
 }
 
-/// A workflow closed without a decision (an operator terminated it) is waited on like any
-/// approval nobody decides: the long-poll answers at the end of its wait with the record,
-/// where it used to answer 503 at once, on every poll.
+/// A workflow closed without a decision (an operator terminated it) can never be decided: the
+/// approval reads as expired, a long-poll answers so at once, and a reviewer's decision is
+/// `410 expired`. It read as pending until its deadline, and every decision answered 500.
 #[cfg(feature = "temporal")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_long_poll_on_a_terminated_workflow_waits_and_answers() {
+async fn an_approval_whose_workflow_was_terminated_reads_as_expired() {
     use crate::support::Backend;
 
     let app = crate::support::Harness::new(Backend::Temporal)
@@ -313,7 +313,7 @@ async fn a_long_poll_on_a_terminated_workflow_waits_and_answers() {
         .request(
             reqwest::Method::GET,
             &format!(
-                "/v1/tenants/{}/approvals/stopped/decision?wait_seconds=1",
+                "/v1/tenants/{}/approvals/stopped/decision?wait_seconds=60",
                 app.tenant
             ),
             Some(&app.tokens.agent),
@@ -323,12 +323,23 @@ async fn a_long_poll_on_a_terminated_workflow_waits_and_answers() {
         .unwrap();
     assert_eq!(response.status(), reqwest::StatusCode::OK);
     let record: serde_json::Value = response.json().await.unwrap();
-    assert_eq!(record["status"], "pending", "{record}");
+    assert_eq!(record["status"], "expired", "{record}");
     assert!(
-        started.elapsed() >= std::time::Duration::from_millis(900),
-        "answered after {:?}, not at the end of its wait",
+        record["decision_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("terminated")),
+        "{record}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "answered after {:?}, not at once",
         started.elapsed()
     );
+
+    let decided = app.decide("stopped", "accept", &app.tokens.reviewer).await;
+    assert_eq!(decided.status(), reqwest::StatusCode::GONE);
+    let problem: serde_json::Value = decided.json().await.unwrap();
+    assert_eq!(problem["code"], "expired", "{problem}");
 }
 
 /// A namespace that does not exist (deleted, or misspelt in `temporal.namespace`) is an

@@ -80,6 +80,21 @@ impl Approval {
         self
     }
 
+    /// The record of an approval its engine ended undecided at `closed_at` (on Temporal: an
+    /// operator terminated or cancelled its workflow, or the workflow failed): nothing can
+    /// decide it any more, so from then on it reads as expired, the automatic rejection, with
+    /// a reason saying why. It read as pending until its deadline, which no decision could
+    /// meet (every one answered 500), and no list showed it.
+    pub fn ended_undecided(self, closed_at: Timestamp) -> Self {
+        let mut record = self.as_of(closed_at);
+        if record.status == Status::Pending {
+            record.status = Status::Expired;
+            record.decided_at = Some(closed_at);
+            record.decision_reason = Some(ENDED_REASON.to_owned());
+        }
+        record
+    }
+
     /// Whether `other` asks for the same thing: the idempotency check for a repeated
     /// `request_id` (same action, context and agent).
     pub fn same_request(&self, other: &Approval) -> bool {
@@ -142,6 +157,10 @@ impl Approval {
 
 /// The `decision_reason` of an approval that nobody decided in time.
 pub const EXPIRED_REASON: &str = "expired: no reviewer decided before expires_at";
+
+/// The `decision_reason` of an approval its engine ended before anyone decided it.
+pub const ENDED_REASON: &str =
+    "expired: its workflow was ended without a decision (terminated, cancelled or failed)";
 
 /// Accept or reject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -18,7 +18,7 @@ mod time;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
-pub use approval::{Approval, DecisionRequest, Status, Verdict, EXPIRED_REASON};
+pub use approval::{Approval, DecisionRequest, Status, Verdict, ENDED_REASON, EXPIRED_REASON};
 pub use audit::{AuditEntry, AuditEvent, AuditKind, PolicyAnswer, MIGRATION_ACTOR, SYSTEM_ACTOR};
 pub use backend::no_stop;
 pub use backend::{

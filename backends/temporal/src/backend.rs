@@ -38,8 +38,8 @@ use crate::recent::{Recent, Row};
 use crate::record::{logged_event, ApprovalRecord, EventRecord};
 use crate::settings::TemporalSettings;
 use crate::workflow::{
-    ApprovalInput, ApprovalWorkflow, DecideInput, DecideReply, DecisionLogWorkflow, Origin,
-    MEMO_APPROVAL, MEMO_EVENT, MEMO_EVENTS,
+    to_timestamp, ApprovalInput, ApprovalWorkflow, DecideInput, DecideReply, DecisionLogWorkflow,
+    Origin, MEMO_APPROVAL, MEMO_EVENT, MEMO_EVENTS,
 };
 
 /// How late visibility may show an event behind later ones, beyond the call that wrote it: its
@@ -97,6 +97,24 @@ pub struct TemporalBackend {
     /// Whether the namespace was seen with the `TenantId` search attribute: until then each
     /// readiness probe looks for it (without it every start, so every submit, is refused).
     tenant_attribute_seen: std::sync::atomic::AtomicBool,
+}
+
+/// `approval` as its execution's status tells: a workflow closed other than by completing (a
+/// decision or the expiry completes it) ended it undecided. A paused one may yet run again.
+fn as_closed(
+    approval: Approval,
+    status: WorkflowExecutionStatus,
+    closed_at: Option<std::time::SystemTime>,
+) -> Approval {
+    match status {
+        WorkflowExecutionStatus::Terminated
+        | WorkflowExecutionStatus::Canceled
+        | WorkflowExecutionStatus::Failed
+        | WorkflowExecutionStatus::TimedOut => {
+            approval.ended_undecided(to_timestamp(closed_at).unwrap_or_else(Timestamp::now))
+        }
+        _ => approval,
+    }
 }
 
 fn corrupt(key: &str, reason: impl std::fmt::Display) -> BackendError {
@@ -292,7 +310,14 @@ impl TemporalBackend {
                     let running = description.status() == WorkflowExecutionStatus::Running;
                     let memo = description.memo();
                     match memo.get::<ApprovalRecord>(MEMO_APPROVAL) {
-                        Ok(Some(record)) => Ok(Some((record.into(), running))),
+                        Ok(Some(record)) => Ok(Some((
+                            as_closed(
+                                record.into(),
+                                description.status(),
+                                description.close_time(),
+                            ),
+                            running,
+                        ))),
                         Ok(None) => Err(corrupt(&key, "memo has no approval")),
                         Err(e) => Err(corrupt(&key, e)),
                     }
@@ -333,7 +358,7 @@ impl TemporalBackend {
         let approval: ApprovalRecord = memo_field(key, fields, MEMO_APPROVAL)?;
         let events: Vec<EventRecord> = memo_field(key, fields, MEMO_EVENTS)?;
         Ok(Row {
-            approval: approval.into(),
+            approval: as_closed(approval.into(), execution.status(), execution.close_time()),
             events: events.into_iter().map(AuditEvent::from).collect(),
         })
     }
@@ -534,14 +559,13 @@ impl TemporalBackend {
                     if let Some(outcome) = Self::settled_outcome(record, &decision, ours) {
                         return Ok(outcome);
                     }
-                    // Pending, and its workflow closed without a decision (an operator
-                    // terminated or cancelled it; it failed): no update can land again. Said
-                    // at once, not as 503 after every retry (a reviewer retried for good).
+                    // Pending, and its workflow not running though not ended (an operator
+                    // paused it; one ended undecided reads as expired): no update lands until
+                    // it runs again. An outage, said at once rather than after every retry.
                     if closed {
-                        return Err(corrupt(
-                            &workflow_id(tenant, id),
-                            "its workflow closed without a decision (terminated, cancelled or \
-                             failed): it can no longer be decided",
+                        return Err(BackendError::unavailable(
+                            "decide",
+                            "its workflow is not running (paused?): the decision cannot land",
                         ));
                     }
                     // Still pending and not a self-approval: the update did not land; retry.
@@ -780,20 +804,13 @@ impl ApprovalBackend for TemporalBackend {
             // Closed and dropped by retention meanwhile: the read below says so.
             Ok(Err(WorkflowGetResultError::NotFound(status))) if !namespace_missing(&status) => {}
             // Closed without a decision (an operator terminated or cancelled it; it failed or
-            // timed out): nothing will ever decide it, and its memo still reads pending. The
-            // wait is answered as for any approval nobody decides, at its end, with the
-            // record (expired once past its deadline), not 503 at once, again and again.
+            // timed out): nothing will ever decide it, and the read below says expired.
             Ok(Err(
                 WorkflowGetResultError::Terminated { .. }
                 | WorkflowGetResultError::Cancelled { .. }
                 | WorkflowGetResultError::Failed(_)
                 | WorkflowGetResultError::TimedOut,
-            )) => {
-                tokio::select! {
-                    () = tokio::time::sleep_until(wake) => {}
-                    () = &mut stop => {}
-                }
-            }
+            )) => {}
             Ok(Err(e)) => return Err(BackendError::unavailable("wait", e)),
             Err(_elapsed) => {}
         }

@@ -85,7 +85,7 @@ pub enum DecideReply {
     SelfApproval,
 }
 
-fn to_timestamp(time: Option<SystemTime>) -> Option<Timestamp> {
+pub(crate) fn to_timestamp(time: Option<SystemTime>) -> Option<Timestamp> {
     let since = time?.duration_since(UNIX_EPOCH).ok()?;
     Some(Timestamp::from_millis(
         i64::try_from(since.as_millis()).ok()?,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use approvals_core::conformance::{decision, fresh_tenant, id, pending};
 use approvals_core::{
     Approval, ApprovalBackend, BackendError, DecisionOutcome, EngineEvents, Status, SubmitOutcome,
-    TenantId, Timestamp, Verdict,
+    TenantId, Timestamp, Verdict, ENDED_REASON,
 };
 use approvals_temporal::{
     workflow_id, ApprovalWorkflow, DecisionLogWorkflow, TemporalBackend, TemporalSettings,
@@ -402,11 +402,12 @@ async fn a_decision_stamped_past_the_deadline_is_an_expiry_whatever_temporals_cl
     worker.stop().await;
 }
 
-/// A decision on an approval whose workflow an operator terminated (nothing can decide it any
-/// more) is refused at once as a record the engine cannot act on. It was retried three times
-/// and answered as an outage (503), so a reviewer retried for good.
+/// An approval whose workflow an operator terminated (nothing can decide it any more) reads
+/// as expired from then on: a decision is answered `Expired`, a wait ends at once, and the
+/// expired list shows it. It read as pending until its deadline, a decision on it was an
+/// internal error, and no list showed it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_decision_on_a_terminated_workflow_is_refused_not_retried_as_an_outage() {
+async fn an_approval_whose_workflow_was_terminated_reads_as_expired() {
     let Parked {
         _server,
         recorded: _,
@@ -416,6 +417,7 @@ async fn a_decision_on_a_terminated_workflow_is_refused_not_retried_as_an_outage
         tenant,
         approval,
     } = parked_for_an_hour("terminated").await;
+    let before = Timestamp::now();
     client
         .get_workflow_handle::<ApprovalWorkflow>(workflow_id(&approval.tenant, &approval.id))
         .terminate(
@@ -426,13 +428,65 @@ async fn a_decision_on_a_terminated_workflow_is_refused_not_retried_as_an_outage
         .await
         .expect("terminate");
 
-    let refused = backend
-        .decide(&tenant, &id("req-1"), decision(Verdict::Accept, "alice"))
-        .await;
+    let read = backend
+        .get(&tenant, &approval.id)
+        .await
+        .expect("get")
+        .expect("found");
+    assert_eq!(read.status, Status::Expired, "{read:?}");
+    assert_eq!(read.decision_reason.as_deref(), Some(ENDED_REASON));
     assert!(
-        matches!(&refused, Err(BackendError::Corrupt { reason, .. }) if reason.contains("closed without a decision")),
+        read.decided_at
+            .is_some_and(|at| at >= before.minus(Duration::from_secs(5))),
+        "{read:?}"
+    );
+
+    let refused = backend
+        .decide(&tenant, &approval.id, decision(Verdict::Accept, "alice"))
+        .await
+        .expect("decide");
+    assert!(
+        matches!(&refused, DecisionOutcome::Expired(a) if a.decided_by.is_none()),
         "{refused:?}"
     );
+
+    let started = Instant::now();
+    let waited = backend
+        .wait_for_decision(
+            &tenant,
+            &approval.id,
+            Duration::from_secs(30),
+            Box::pin(std::future::pending()),
+        )
+        .await
+        .expect("wait")
+        .expect("found");
+    assert_eq!(waited.status, Status::Expired);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Lists read visibility, which learns of the termination a moment later: polled.
+    let listed_by = Instant::now() + Duration::from_secs(30);
+    loop {
+        let expired = backend
+            .list(&tenant, Status::Expired, None, 10)
+            .await
+            .expect("list");
+        let ids: Vec<_> = expired.items.iter().map(|a| &a.id).collect();
+        if ids == [&approval.id] {
+            break;
+        }
+        assert!(Instant::now() < listed_by, "not listed as expired: {ids:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pending = backend
+        .list(&tenant, Status::Pending, None, 10)
+        .await
+        .expect("list");
+    assert!(pending.items.is_empty(), "{pending:?}");
     worker.stop().await;
 }
 
