@@ -1027,10 +1027,12 @@ async fn a_secondary_that_answers_reads_but_takes_no_writes_reads_down() {
                 .expect("engine")
         }
     };
+    // A deadline for the secondary that its first write (a fresh connection loads the script)
+    // meets on a loaded machine too; the paused write outlasts it.
     let dual = engines::dual::DualBackend::new(
         engine(&first).await,
         engine(&second).await,
-        Duration::from_millis(300),
+        Duration::from_secs(5),
     );
     let tenant = fresh_tenant("dual-up");
     let hour = Duration::from_secs(3600);

@@ -325,7 +325,12 @@ impl Sandbox {
                 files: with_files.then_some(Cow::Borrowed(files)),
                 input: Cow::Borrowed(input),
             };
-            match exchange(child, &request, EVALUATION_DEADLINE).map_err(Failure::ByTheBundle)? {
+            let deadline = if with_files {
+                LOADING_DEADLINE
+            } else {
+                EVALUATION_DEADLINE
+            };
+            match exchange(child, &request, deadline).map_err(Failure::ByTheBundle)? {
                 Reply::Verdict(Verdict { verdict, notes }) => {
                     child.compiled.insert(version.to_owned());
                     super::notes::record(
@@ -421,6 +426,10 @@ pub enum ValidationStopped {
 /// long one in the child; this stops a child that is stuck (inside one huge builtin call, or
 /// swapping), with a margin for compiling the bundle first.
 const EVALUATION_DEADLINE: Duration = Duration::from_secs(EVAL_TIME_LIMIT.as_secs() * 2 + 2);
+/// And one that carries the bundle: a new child's first (its start, an exec of the service's
+/// binary, comes first) or a version it has not compiled. On a loaded machine those took
+/// seconds, and the evaluation after each child restart failed closed.
+const LOADING_DEADLINE: Duration = Duration::from_secs(EVALUATION_DEADLINE.as_secs() + 4);
 /// And a validation: the tests' own time budget, plus compiling and the trial.
 const VALIDATION_DEADLINE: Duration =
     Duration::from_secs(super::testing::TESTS_TIME_BUDGET.as_secs() + 10);

@@ -1031,7 +1031,9 @@ async fn a_session_shares_its_tokens_limit_of_requests_in_flight() {
 /// that says so (it was plain text), and decides nothing.
 #[tokio::test]
 async fn a_form_that_never_finishes_arriving_is_answered_at_the_deadline() {
-    let app = TestApp::spawn_with(|s| s.server.request_timeout = Duration::from_millis(500)).await;
+    // Long enough for the park, the sign-in and the read on a loaded machine; the stalled
+    // form never ends, so it meets it all the same.
+    let app = TestApp::spawn_with(|s| s.server.request_timeout = Duration::from_secs(3)).await;
     app.park("slow-form").await;
     let alice = Browser::signed_in(&app, &app.tokens.reviewer).await;
     let (_keep_open, body) = crate::fairness::stalled_body(b"verdict=accept&csrf=");
