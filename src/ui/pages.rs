@@ -55,6 +55,8 @@ struct LoginPage {
     next: String,
     /// The tenant that page's link names, offered in the tenant field (platform admins).
     tenant: String,
+    /// The reason a decision form sent after the session ended carried, given back to copy.
+    reason: Option<String>,
 }
 
 impl LoginPage {
@@ -73,9 +75,14 @@ impl LoginPage {
             notice: None,
             next: next.to_owned(),
             tenant,
+            reason: None,
         }
     }
 }
+
+/// Why a sign-in page asks again after a decision form came without a session.
+const DECISION_NOT_SENT: &str = "Your session had ended, so your decision was not sent: nothing \
+     was decided. Sign in, then decide again.";
 
 #[derive(Template)]
 #[template(path = "ui/inbox.html")]
@@ -346,10 +353,7 @@ pub async fn login_form(
     match current {
         Some(_) => Redirect::to(next).into_response(),
         None => render(&LoginPage {
-            notice: (query.why == "decision_not_sent").then_some(
-                "Your session had ended, so your decision was not sent: nothing was decided. \
-                 Sign in, then decide again.",
-            ),
+            notice: (query.why == "decision_not_sent").then_some(DECISION_NOT_SENT),
             ..LoginPage::new(next)
         }),
     }
@@ -793,12 +797,23 @@ pub async fn decide(
     WithRejection(Form(form), _): WithRejection<Form<DecisionForm>, Malformed>,
 ) -> Response {
     let Some(session) = current else {
-        // Said on the sign-in page: a plain redirect there lost the decision without a word.
+        // The sign-in page, here: it says nothing was decided (a plain redirect there lost the
+        // decision without a word), signing in returns to the approval, and the reason the
+        // reviewer wrote is given back to copy (a redirect lost it).
         let page = ApprovalId::parse(id).map_or_else(
             |_| "/ui/approvals".to_owned(),
             |id| format!("/ui/approvals/{}", form.page_of(&id)),
         );
-        return Redirect::to(&sign_in_href(&page, Some("decision_not_sent"))).into_response();
+        let page = LoginPage {
+            notice: Some(DECISION_NOT_SENT),
+            reason: Some(form.reason).filter(|r| !r.trim().is_empty()),
+            ..LoginPage::new(&page)
+        };
+        let mut response = (StatusCode::UNAUTHORIZED, render(&page)).into_response();
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return response;
     };
     let for_another_tenant = !form.tenant.is_empty() && form.tenant != session.tenant.as_str();
     if for_another_tenant

@@ -866,8 +866,9 @@ async fn an_outcome_in_a_link_is_said_only_when_the_record_agrees() {
 
 /// A link to an approval (a webhook's `inbox_url`) opened without a session leads through the
 /// sign-in back to that approval, not to the top of the inbox; a `next` naming another site is
-/// ignored. A decision sent after the session ended says on the sign-in page that nothing was
-/// decided (it used to lead there without a word), and signing in returns to the approval.
+/// ignored. A decision sent after the session ended is answered with the sign-in page, which
+/// says that nothing was decided (it used to lead there without a word), gives back the reason
+/// written (a redirect there lost it), and returns to the approval once signed in.
 #[tokio::test]
 async fn a_link_to_an_approval_leads_back_to_it_and_a_late_decision_is_not_lost_silently() {
     let app = TestApp::spawn().await;
@@ -921,12 +922,17 @@ async fn a_link_to_an_approval_leads_back_to_it_and_a_late_decision_is_not_lost_
                 ("csrf", hidden(&page, "csrf").as_str()),
                 ("digest", hidden(&page, "digest").as_str()),
                 ("verdict", "accept"),
+                ("reason", "Checked <ticket> T-9 at length"),
             ],
         )
         .await;
-    assert_eq!(response.status(), StatusCode::SEE_OTHER);
-    let login = late.page(&location(&response)).await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let login = response.text().await.unwrap();
     assert!(login.contains("nothing was decided"), "{login}");
+    assert!(
+        login.contains(">Checked &#60;ticket&#62; T-9 at length</textarea>"),
+        "{login}"
+    );
     assert_eq!(hidden(&login, "next"), "/ui/approvals/linked-1");
     assert_eq!(api_status(&app, "linked-1").await["status"], "pending");
 }
@@ -1251,13 +1257,8 @@ async fn a_refused_decision_leads_back_to_its_own_tenants_approval() {
     let signed_out = Browser::new(&app)
         .decide_on("shared-id", &page, "accept", "looks fine")
         .await;
-    assert_eq!(signed_out.status(), StatusCode::SEE_OTHER);
-    let next: String =
-        form_urlencoded::parse(location(&signed_out).split_once('?').unwrap().1.as_bytes())
-            .find(|(name, _)| name == "next")
-            .map(|(_, next)| next.into_owned())
-            .unwrap_or_default();
-    assert_eq!(next, back);
+    assert_eq!(signed_out.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(hidden(&signed_out.text().await.unwrap(), "next"), back);
     for tenant in [ours, OTHER_TENANT] {
         let path = format!("/v1/tenants/{tenant}/approvals/shared-id");
         let token = if tenant == ours {
