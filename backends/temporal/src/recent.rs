@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use approvals_core::{Approval, AuditEvent, AuditKind, TenantId, Timestamp};
 
-use crate::record::decided_event;
+use crate::record::{decided_event, ended_event};
 
 /// Far longer than the visibility lag observed on a loaded dev server (tens of ms).
 pub const REMEMBER_FOR: Duration = Duration::from_secs(30);
@@ -92,6 +92,11 @@ impl Row {
         });
         if let Some(event) = decided_event(&approval).filter(|_| !carried_over) {
             if !events.iter().any(|e| e.event_id == event.event_id) {
+                events.push(event);
+            }
+        }
+        if let Some(event) = ended_event(&approval) {
+            if !events.iter().any(|e| e.kind == AuditKind::Expired) {
                 events.push(event);
             }
         }

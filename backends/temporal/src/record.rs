@@ -6,7 +6,9 @@
 //! Version 1 is the form written before versioning existed (the API's approval object, field
 //! for field, with no `version` key): a missing `version` reads as 1.
 
-use approvals_core::{Approval, ApprovalId, AuditEntry, AuditEvent, Status, TenantId, Timestamp};
+use approvals_core::{
+    Approval, ApprovalId, AuditEntry, AuditEvent, Status, TenantId, Timestamp, ENDED_REASON,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -120,6 +122,23 @@ impl From<EventRecord> for AuditEvent {
 pub fn decided_event(approval: &Approval) -> Option<AuditEvent> {
     AuditEntry::decided(approval).map(|entry| EventRecord::new(entry, 1).into())
 }
+/// The expiry of an approval whose workflow ended without a decision (an operator terminated
+/// it: see `Approval::ended_undecided`), at the workflow's close: the workflow that would have
+/// recorded it is gone, so every reader derives the same event, with the same id. Without it,
+/// webhooks and live streams never told reviewers that the approval was over.
+pub fn ended_event(approval: &Approval) -> Option<AuditEvent> {
+    if approval.status != Status::Expired
+        || approval.decision_reason.as_deref() != Some(ENDED_REASON)
+    {
+        return None;
+    }
+    let mut entry = AuditEntry::expired(approval, approval.decided_at?);
+    if let Some(details) = entry.details.as_object_mut() {
+        details.insert("reason".into(), ENDED_REASON.into());
+    }
+    Some(EventRecord::new(entry, 1).into())
+}
+
 /// The approval's first event (parked or carried over) with its id.
 pub fn first_event(entry: AuditEntry) -> EventRecord {
     EventRecord::new(entry, 0)

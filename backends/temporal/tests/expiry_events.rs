@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use approvals_core::conformance::{decision, fresh_tenant, id, pending};
 use approvals_core::{
-    Approval, ApprovalBackend, BackendError, DecisionOutcome, EngineEvents, Status, SubmitOutcome,
-    TenantId, Timestamp, Verdict, ENDED_REASON,
+    Approval, ApprovalBackend, AuditKind, BackendError, DecisionOutcome, EngineEvents, Status,
+    SubmitOutcome, TenantId, Timestamp, Verdict, ENDED_REASON,
 };
 use approvals_temporal::{
     workflow_id, ApprovalWorkflow, DecisionLogWorkflow, TemporalBackend, TemporalSettings,
@@ -487,6 +487,20 @@ async fn an_approval_whose_workflow_was_terminated_reads_as_expired() {
         .await
         .expect("list");
     assert!(pending.items.is_empty(), "{pending:?}");
+
+    // The audit (so webhooks and live streams) has its expiry, at the close, once.
+    let events = backend
+        .audit(&tenant, None, None, 100)
+        .await
+        .expect("audit")
+        .items;
+    let expiries: Vec<_> = events
+        .iter()
+        .filter(|e| e.kind == AuditKind::Expired)
+        .collect();
+    assert_eq!(expiries.len(), 1, "{events:?}");
+    assert_eq!(Some(expiries[0].timestamp), read.decided_at);
+    assert_eq!(expiries[0].details["reason"], ENDED_REASON);
     worker.stop().await;
 }
 
