@@ -869,6 +869,7 @@ impl ApprovalBackend for TemporalBackend {
         limit: usize,
     ) -> Result<Page<AuditEvent>, BackendError> {
         let after = cursor.map(cursor::decode_audit).transpose()?;
+        let after = after.as_deref();
         let now = Timestamp::now();
         // An event id starts with its time in milliseconds (15 digits, checked by the decode).
         let after_time = after

@@ -1,5 +1,7 @@
 //! Opaque cursors: decoded and re-validated before use, so a forged one is `InvalidCursor`.
 
+use std::borrow::Cow;
+
 use approvals_core::{ApprovalId, BackendError};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -24,8 +26,34 @@ pub fn decode_list(cursor: &str) -> Result<(i64, ApprovalId), BackendError> {
 }
 
 /// An `audit` position: the last event's id (`{millis:015}-{seq}-{approval id}`, and
-/// `~{nonce}` after it for a decision-log event: see `record::logged_event`).
-pub fn decode_audit(cursor: &str) -> Result<&str, BackendError> {
+/// `~{nonce}` after it for a decision-log event: see `record::logged_event`), or an event id
+/// the Redis engine handed out (`{millis}-{seq}`), resumed just before its millisecond: a
+/// client's saved position then survives the cutover from Redis (at least once: events of that
+/// millisecond come again). It was refused with 400, as a forgery.
+pub fn decode_audit(cursor: &str) -> Result<Cow<'_, str>, BackendError> {
+    if let Some(millis) = redis_stream_id_millis(cursor) {
+        // Before every id of that millisecond (`-` then a digit) and after every id of the one
+        // before: `~` sorts after the digits.
+        return Ok(Cow::Owned(format!("{:015}-~", millis.saturating_sub(1))));
+    }
+    decode_event_id(cursor).map(Cow::Borrowed)
+}
+
+/// The milliseconds of a Redis stream id (`{millis}-{seq}`, both decimal), if `cursor` is one.
+fn redis_stream_id_millis(cursor: &str) -> Option<u64> {
+    let (millis, seq) = cursor.split_once('-')?;
+    let digits = |s: &str| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(millis) || !digits(seq) {
+        return None;
+    }
+    let millis: u64 = millis.parse().ok()?;
+    seq.parse::<u64>().ok()?;
+    // Past the 15 digits an event id of this engine has: no instant either engine stamps.
+    (millis < 10u64.pow(15)).then_some(millis)
+}
+
+/// [`decode_audit`] of this engine's own event ids.
+fn decode_event_id(cursor: &str) -> Result<&str, BackendError> {
     let tail_valid = |tail: &str| {
         let (id, nonce) = match tail.split_once(crate::record::NONCE_SEPARATOR) {
             Some((id, nonce)) => (id, Some(nonce)),
@@ -96,8 +124,28 @@ mod tests {
             "001763717021842-0-req-1~",
             "001763717021842-0-~ab",
             "001763717021842-0-a~b~c",
+            "1763717021842-",
+            "-0",
+            "1763717021842-0x",
+            "9999999999999999-0",
         ] {
             assert!(decode_audit(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// A Redis stream id resumes before its millisecond: after every event of the one before,
+    /// before every event of its own (at least once).
+    #[test]
+    fn a_redis_stream_id_resumes_before_its_millisecond() {
+        let position = decode_audit("1763717021842-3").unwrap();
+        for (id, after) in [
+            ("001763717021841-1-req-9", false),
+            ("001763717021841-0-zzz~ab12", false),
+            ("001763717021842-0-req-1", true),
+            ("001763717021842-1-a", true),
+            ("001763717021843-0-a", true),
+        ] {
+            assert_eq!(id > position.as_ref(), after, "{id}");
         }
     }
 }
