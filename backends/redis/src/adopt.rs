@@ -6,7 +6,7 @@
 use approvals_core::{Approval, AuditEntry, BackendError, Timestamp};
 use serde_json::{Map, Value};
 
-use crate::backend::RedisBackend;
+use crate::backend::{encode_event, millis, RedisBackend};
 use crate::chores::refused_by_script;
 use crate::keys::{self, RECORD_PATTERN};
 use crate::legacy;
@@ -87,13 +87,61 @@ impl RedisBackend {
         ))
     }
 
+    /// A record of ours the ADR v1 service decided in place (`raw` as read; see
+    /// `take_over.lua`), rewritten in this backend's form with what a decision here records: it
+    /// lists as decided, its long-polls wake, the audit has the decision. A decision without a
+    /// decider or a time (a v1 that flips `status` only) is v1's, as of now (before the
+    /// deadline). `false` when the value changed since it was read (taken over elsewhere).
+    pub(crate) async fn take_over(
+        &self,
+        raw: &str,
+        approval: Approval,
+    ) -> Result<bool, BackendError> {
+        let Some(mut decision) = approval.decision() else {
+            return Ok(false);
+        };
+        if decision.decided_by.is_empty() {
+            ADOPTED_FROM.clone_into(&mut decision.decided_by);
+        }
+        let settled = Approval {
+            decided_at: Some(decision.at),
+            decided_by: Some(decision.decided_by.clone()),
+            ..approval
+        };
+        let audit = AuditEntry::decision(&settled.tenant, &settled.id, &decision);
+        let target = decision.verdict.status();
+        let mut invocation = self.settle_invocation(
+            &self.scripts.take_over,
+            &settled.tenant,
+            &settled.id,
+            target,
+            Timestamp::now(),
+        );
+        invocation
+            .arg(raw)
+            .arg(record::encode(&settled))
+            .arg(millis(self.lifetimes.decided_retention))
+            .arg(target.as_str())
+            .arg(encode_event(&audit));
+        let taken: Option<String> = self
+            .with_conn("take_over", |mut conn| async move {
+                invocation.invoke_async(&mut conn).await
+            })
+            .await?;
+        if taken.is_some() {
+            tracing::info!(tenant = %settled.tenant, id = %settled.id,
+                "took over a decision the ADR v1 service made");
+        }
+        Ok(taken.is_some())
+    }
+
     /// Finds and adopts every record this backend did not write. Returns how many it adopted.
     ///
     /// The pass reads every `approval:*` value (nothing else tells an ADR v1 record from ours),
     /// so it goes in small pages with a pause between them: Redis runs one script at a time,
     /// and one script over thousands of keys would hold up every request behind it (it took
     /// a paced submit load's p99 from 3 to 10–26 ms with 1,000-key pages).
-    pub(crate) async fn adopt_all(&self) -> Result<usize, BackendError> {
+    pub async fn adopt_all(&self) -> Result<usize, BackendError> {
         let mut cursor = "0".to_owned();
         let mut adopted = 0;
         loop {
@@ -113,6 +161,15 @@ impl RedisBackend {
                 for (key, raw) in self.fetch(foreign).await? {
                     let map = match record::decode(&key, &raw) {
                         Ok(Decoded::Foreign(map)) => map,
+                        // Ours, decided in place by the ADR v1 service.
+                        Ok(Decoded::Current(approval)) if approval.is_decided() => {
+                            match self.take_over(&raw, *approval).await {
+                                Ok(true) => adopted += 1,
+                                Ok(false) => {}
+                                Err(error) => self.pass_over(error)?,
+                            }
+                            continue;
+                        }
                         Ok(Decoded::Current(_)) => continue,
                         Err(error) => {
                             self.pass_over(error)?;

@@ -14,6 +14,7 @@ pub struct Scripts {
     pub decide: Script,
     pub expire: Script,
     pub foreign: Script,
+    pub take_over: Script,
     pub put_bundle: Script,
     pub swap_policy_state: Script,
 }
@@ -32,6 +33,7 @@ impl Scripts {
                 include_str!("lua/expire.lua")
             )),
             foreign: Script::new(include_str!("lua/foreign.lua")),
+            take_over: Script::new(&format!("{common}\n{}", include_str!("lua/take_over.lua"))),
             put_bundle: Script::new(&format!("{values}\n{}", include_str!("lua/put_bundle.lua"))),
             swap_policy_state: Script::new(include_str!("lua/swap_policy_state.lua")),
         }

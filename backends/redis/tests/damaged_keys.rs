@@ -556,3 +556,125 @@ async fn a_damaged_settled_index_costs_only_its_tenants_retention_trim() {
         "the healthy tenant's entry past its retention is gone"
     );
 }
+
+/// An approval this service parked that the ADR v1 service, still running beside it, decided
+/// in place is taken over by the next adoption pass, as a decision here: it lists as decided,
+/// its waiting agent is woken, the audit has the decision, and the record keeps the decided
+/// retention. Before, it was in no list, the long-poll slept on, the audit never had the
+/// decision, and a v1 that kept the key's expiry had it swept as expired at its deadline.
+#[tokio::test]
+async fn a_decision_the_v1_service_made_on_our_record_is_taken_over() {
+    let server = RedisServer::start().await;
+    let backend = backend(&server);
+    let mut conn = server.connection().await;
+    let tenant = fresh_tenant("beside");
+    for name in ["by-the-peer", "flipped"] {
+        backend
+            .submit(pending(&tenant, name, HOUR))
+            .await
+            .expect("submit");
+    }
+    let waiter = {
+        let (backend, tenant) = (backend.clone(), tenant.clone());
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let woken = backend
+                .wait_for_decision(
+                    &tenant,
+                    &id("by-the-peer"),
+                    Duration::from_secs(60),
+                    Box::pin(std::future::pending()),
+                )
+                .await
+                .expect("wait");
+            (woken, started.elapsed())
+        })
+    };
+    while backend.waiting() == 0 {
+        tokio::task::yield_now().await;
+    }
+
+    // The Python peer: its `json.dumps` of the record with the decision (spaced), a new expiry.
+    let undecided =
+        r#""status":"pending","decided_at":null,"decided_by":null,"decision_reason":null"#;
+    let key = record_key(&tenant, "by-the-peer");
+    let ours: String = conn.get(&key).await.expect("get");
+    let decided_at = Timestamp::now();
+    let theirs = ours
+        .replacen(
+            undecided,
+            &format!(
+                r#""status":"accepted","decided_at":"{decided_at}","decided_by":"bob","decision_reason":"fine""#
+            ),
+            1,
+        )
+        .replace("\":", "\": ")
+        .replace(",\"", ", \"");
+    assert_ne!(theirs, ours);
+    let _: () = conn
+        .set_ex(&key, &theirs, 7 * 24 * 3600)
+        .await
+        .expect("set");
+    // A v1 that flips `status` only, and keeps the key's expiry (the approval's deadline).
+    let key = record_key(&tenant, "flipped");
+    let ours: String = conn.get(&key).await.expect("get");
+    let theirs = ours.replacen(r#""status":"pending""#, r#""status":"denied""#, 1);
+    let () = redis::cmd("SET")
+        .arg(&key)
+        .arg(&theirs)
+        .arg("KEEPTTL")
+        .query_async(&mut conn)
+        .await
+        .expect("set");
+
+    assert_eq!(backend.adopt_all().await.expect("adopt"), 2);
+    assert_eq!(
+        backend.adopt_all().await.expect("adopt"),
+        0,
+        "taken over once"
+    );
+
+    let (woken, waited) = waiter.await.expect("waiter");
+    let woken = woken.expect("found");
+    assert_eq!(woken.status, Status::Accepted);
+    assert!(
+        waited < Duration::from_secs(30),
+        "woken, not timed out: {waited:?}"
+    );
+    assert!(pending_ids(&backend, &tenant).await.is_empty());
+    for (status, name, by) in [
+        (Status::Accepted, "by-the-peer", "bob"),
+        (Status::Rejected, "flipped", "adr-v1"),
+    ] {
+        let listed = backend
+            .list(&tenant, status, None, 10)
+            .await
+            .expect("list")
+            .items;
+        assert_eq!(listed.len(), 1, "{status:?}: {listed:?}");
+        assert_eq!(listed[0].id.as_str(), name);
+        assert_eq!(listed[0].decided_by.as_deref(), Some(by));
+    }
+    let audit = backend
+        .audit(&tenant, None, None, 100)
+        .await
+        .expect("audit")
+        .items;
+    let decisions: Vec<(&str, &str)> = audit
+        .iter()
+        .filter(|e| {
+            matches!(
+                e.kind,
+                approvals_core::AuditKind::Accepted | approvals_core::AuditKind::Rejected
+            )
+        })
+        .map(|e| (e.approval_id.as_str(), e.actor.as_str()))
+        .collect();
+    assert_eq!(decisions, [("by-the-peer", "bob"), ("flipped", "adr-v1")]);
+    // Kept for the decided retention, not lapsing (and swept as expired) at its deadline.
+    let left: i64 = conn.pttl(&key).await.expect("pttl");
+    assert!(
+        left > i64::try_from(HOUR.as_millis()).unwrap(),
+        "{left} ms left"
+    );
+}

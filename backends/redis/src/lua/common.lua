@@ -50,12 +50,9 @@ local function deadline_member(rec)
   return ARGV[4] .. ':' .. string.format('%d', rec['submitted_ms']) .. ':' .. rec['id']
 end
 
--- Moves a pending record to `status` in one step: record, indexes, sums, audit, wake-up.
-local function settle(raw, rec, status, head, ttl_ms, target_index, audit_json)
-  local pending_head = ARGV[2]
-  if string.sub(raw, 1, #pending_head) ~= pending_head then
-    return redis.error_reply('corrupt record: pending head not found in ' .. KEYS[1])
-  end
+-- Moves a pending approval (`rec`) to `status` in one step, its record now `settled`:
+-- record, indexes, sums, audit, wake-up.
+local function settle_as(settled, rec, status, ttl_ms, target_index, audit_json)
   if not valid_px(ttl_ms) then
     return redis.error_reply('invalid retention: ' .. tostring(ttl_ms) .. ' ms')
   end
@@ -63,7 +60,6 @@ local function settle(raw, rec, status, head, ttl_ms, target_index, audit_json)
     KEYS[6], 'zset', KEYS[7], 'hash'}) or not_a_sum(KEYS[7], ARGV[4])
   if refused then return refused end
   local member = index_member(rec)
-  local settled = head .. string.sub(raw, #pending_head + 1)
   local now = tonumber(ARGV[1])
   -- First: the one write left that can fail (a stream someone replaced with another type).
   redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[7], '*', 'e', audit_json)
@@ -79,6 +75,16 @@ local function settle(raw, rec, status, head, ttl_ms, target_index, audit_json)
   redis.call('PUBLISH', ARGV[5], ARGV[6])
   redis.call('PUBLISH', ARGV[10], ARGV[6] .. '\n' .. settled)
   return settled
+end
+
+-- Moves the pending record `raw` to `status`, its head replaced by `head` (see settle_as).
+local function settle(raw, rec, status, head, ttl_ms, target_index, audit_json)
+  local pending_head = ARGV[2]
+  if string.sub(raw, 1, #pending_head) ~= pending_head then
+    return redis.error_reply('corrupt record: pending head not found in ' .. KEYS[1])
+  end
+  local settled = head .. string.sub(raw, #pending_head + 1)
+  return settle_as(settled, rec, status, ttl_ms, target_index, audit_json)
 end
 
 local function expire(raw, rec)
