@@ -103,12 +103,23 @@ impl RedisBackend {
         if decision.decided_by.is_empty() {
             ADOPTED_FROM.clone_into(&mut decision.decided_by);
         }
+        // Before the deadline, as every decision here: v1's clock may run ahead of Redis'.
+        let last_moment = approval
+            .expires_at
+            .minus(std::time::Duration::from_millis(1));
+        decision.at = decision.at.min(last_moment);
         let settled = Approval {
             decided_at: Some(decision.at),
             decided_by: Some(decision.decided_by.clone()),
             ..approval
         };
-        let audit = AuditEntry::decision(&settled.tenant, &settled.id, &decision);
+        let mut audit = AuditEntry::decision(&settled.tenant, &settled.id, &decision);
+        // Readers on Redis see an event's time as the stream recorded it (the take-over's):
+        // the decision's own time stays in the details.
+        if let Some(details) = audit.details.as_object_mut() {
+            details.insert("decided_at".into(), decision.at.to_string().into());
+            details.insert("decided_in".into(), ADOPTED_FROM.into());
+        }
         let target = decision.verdict.status();
         let mut invocation = self.settle_invocation(
             &self.scripts.take_over,
@@ -166,6 +177,15 @@ impl RedisBackend {
                             match self.take_over(&raw, *approval).await {
                                 Ok(true) => adopted += 1,
                                 Ok(false) => {}
+                                // As an adoption Redis refused (below): it costs only itself.
+                                Err(error) if refused_by_script(&error) => {
+                                    self.pass_over(BackendError::Corrupt {
+                                        reason: format!(
+                                            "its ADR v1 decision cannot be taken over: {error:#}"
+                                        ),
+                                        key,
+                                    })?;
+                                }
                                 Err(error) => self.pass_over(error)?,
                             }
                             continue;

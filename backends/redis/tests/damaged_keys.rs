@@ -590,7 +590,8 @@ async fn a_decision_the_v1_service_made_on_our_record_is_taken_over() {
             (woken, started.elapsed())
         })
     };
-    while backend.waiting() == 0 {
+    // Parked past its first read, so only a wake-up answers it before its 60 s.
+    while backend.parked() == 0 {
         tokio::task::yield_now().await;
     }
 
@@ -660,7 +661,8 @@ async fn a_decision_the_v1_service_made_on_our_record_is_taken_over() {
         .await
         .expect("audit")
         .items;
-    let decisions: Vec<(&str, &str)> = audit
+    // In the order the pass met them (SCAN's): sorted.
+    let mut decisions: Vec<(&str, &str)> = audit
         .iter()
         .filter(|e| {
             matches!(
@@ -670,7 +672,13 @@ async fn a_decision_the_v1_service_made_on_our_record_is_taken_over() {
         })
         .map(|e| (e.approval_id.as_str(), e.actor.as_str()))
         .collect();
+    decisions.sort_unstable();
     assert_eq!(decisions, [("by-the-peer", "bob"), ("flipped", "adr-v1")]);
+    let by_the_peer = audit
+        .iter()
+        .find(|e| e.approval_id.as_str() == "by-the-peer" && e.actor == "bob")
+        .expect("its decision");
+    assert_eq!(by_the_peer.details["decided_at"], decided_at.to_string());
     // Kept for the decided retention, not lapsing (and swept as expired) at its deadline.
     let left: i64 = conn.pttl(&key).await.expect("pttl");
     assert!(
