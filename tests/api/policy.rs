@@ -433,25 +433,7 @@ async fn a_tenant_policy_that_exhausts_memory_stops_its_sandbox_not_the_service(
     let version = upload(&app, greedy()).await;
     activate(&app, &version).await;
 
-    let submit = |request_id: &'static str, n: u64| {
-        let app = &app;
-        async move {
-            let response = app
-                .request(
-                    Method::POST,
-                    &format!("/v1/tenants/{}/approvals", app.tenant),
-                    Some(&app.tokens.agent),
-                )
-                .json(&json!({"request_id": request_id,
-                    "action": {"type": "document_read", "resource": "notes.txt"},
-                    "context": {"n": n}}))
-                .send()
-                .await
-                .expect("submit");
-            assert!(response.status().is_success(), "{}", response.status());
-            response.json::<Value>().await.unwrap()
-        }
-    };
+    let submit = |request_id: &'static str, n: u64| asking_greedy(&app, request_id, n);
     let stopped = submit("huge", 300_000_000_000).await;
     assert_eq!(stopped["decision"], "require_approval", "{stopped}");
     let reason = stopped["reasons"][0].as_str().unwrap_or_default();
@@ -548,25 +530,7 @@ decision := {"decision": "allow", "reasons": [sprintf("%d numbers", [count(numbe
 async fn a_small_sandbox_memory_limit_binds() {
     let app = TestApp::spawn_with(|s| s.policy.sandbox.memory_limit_mib = 512).await;
     activate(&app, &upload(&app, greedy()).await).await;
-    let submit = |request_id: &'static str, n: u64| {
-        let app = &app;
-        async move {
-            let response = app
-                .request(
-                    Method::POST,
-                    &format!("/v1/tenants/{}/approvals", app.tenant),
-                    Some(&app.tokens.agent),
-                )
-                .json(&json!({"request_id": request_id,
-                    "action": {"type": "document_read", "resource": "notes.txt"},
-                    "context": {"n": n}}))
-                .send()
-                .await
-                .expect("submit");
-            assert!(response.status().is_success(), "{}", response.status());
-            response.json::<Value>().await.unwrap()
-        }
-    };
+    let submit = |request_id: &'static str, n: u64| asking_greedy(&app, request_id, n);
 
     // 30 million values of 24 bytes each.
     let stopped = submit("past-the-limit", 30_000_000).await;
@@ -575,6 +539,24 @@ async fn a_small_sandbox_memory_limit_binds() {
     assert!(reason.contains("policy evaluation stopped"), "{stopped}");
     let fine = submit("within-it", 3).await;
     assert_eq!(fine["reasons"], json!(["4 numbers"]), "{fine}");
+}
+
+/// A read submitted to [`greedy`] with `context.n = n`: its answer, which must be a success.
+async fn asking_greedy(app: &TestApp, request_id: &str, n: u64) -> Value {
+    let response = app
+        .request(
+            Method::POST,
+            &format!("/v1/tenants/{}/approvals", app.tenant),
+            Some(&app.tokens.agent),
+        )
+        .json(&json!({"request_id": request_id,
+            "action": {"type": "document_read", "resource": "notes.txt"},
+            "context": {"n": n}}))
+        .send()
+        .await
+        .expect("submit");
+    assert!(response.status().is_success(), "{}", response.status());
+    response.json::<Value>().await.unwrap()
 }
 
 /// A candidate whose sandbox child dies decides nothing: the active policy answers, and the
