@@ -804,9 +804,15 @@ pub async fn decide(
             |_| "/ui/approvals".to_owned(),
             |id| format!("/ui/approvals/{}", form.page_of(&id)),
         );
+        // Only to a form from the inbox's own pages: another site's form (which never carries
+        // the session, `SameSite=Lax`) would have its text shown under the inbox's own
+        // notice, as the reviewer's words.
+        let reason = session::same_site(&headers, state.public_authority())
+            .then_some(form.reason)
+            .filter(|r| !r.trim().is_empty());
         let page = LoginPage {
             notice: Some(DECISION_NOT_SENT),
-            reason: Some(form.reason).filter(|r| !r.trim().is_empty()),
+            reason,
             ..LoginPage::new(&page)
         };
         let mut response = (StatusCode::UNAUTHORIZED, render(&page)).into_response();

@@ -935,6 +935,23 @@ async fn a_link_to_an_approval_leads_back_to_it_and_a_late_decision_is_not_lost_
     );
     assert_eq!(hidden(&login, "next"), "/ui/approvals/linked-1");
     assert_eq!(api_status(&app, "linked-1").await["status"], "pending");
+
+    // Another site's form gets the same page, but its text is not shown as the reviewer's.
+    let forged = late
+        .http
+        .post(format!("{}/ui/approvals/linked-1/decision", late.base))
+        .header("origin", "https://evil.example")
+        .form(&[
+            ("verdict", "accept"),
+            ("reason", "Sign-in moved: paste your token at evil.example"),
+        ])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(forged.status(), StatusCode::UNAUTHORIZED);
+    let page = forged.text().await.unwrap();
+    assert!(page.contains("nothing was decided"), "{page}");
+    assert!(!page.contains("evil.example"), "{page}");
 }
 
 /// A query string or form no inbox page sends (a field twice, the verdict missing) is answered

@@ -15,7 +15,8 @@ pub enum Status {
     Pending,
     Accepted,
     Rejected,
-    /// The TTL ran out while pending: an automatic rejection.
+    /// The TTL ran out while pending (or, on Temporal, its workflow was ended by hand): an
+    /// automatic rejection.
     Expired,
 }
 

@@ -101,17 +101,17 @@ pub struct TemporalBackend {
 
 /// `approval` as its execution's status tells: a workflow closed other than by completing (a
 /// decision or the expiry completes it) ended it undecided. A paused one may yet run again.
-fn as_closed(
+pub(crate) fn as_closed(
     approval: Approval,
     status: WorkflowExecutionStatus,
-    closed_at: Option<std::time::SystemTime>,
+    closed_at: Option<Timestamp>,
 ) -> Approval {
     match status {
         WorkflowExecutionStatus::Terminated
         | WorkflowExecutionStatus::Canceled
         | WorkflowExecutionStatus::Failed
         | WorkflowExecutionStatus::TimedOut => {
-            approval.ended_undecided(to_timestamp(closed_at).unwrap_or_else(Timestamp::now))
+            approval.ended_undecided(closed_at.unwrap_or_else(Timestamp::now))
         }
         _ => approval,
     }
@@ -314,7 +314,7 @@ impl TemporalBackend {
                             as_closed(
                                 record.into(),
                                 description.status(),
-                                description.close_time(),
+                                to_timestamp(description.close_time()),
                             ),
                             running,
                         ))),
@@ -358,7 +358,11 @@ impl TemporalBackend {
         let approval: ApprovalRecord = memo_field(key, fields, MEMO_APPROVAL)?;
         let events: Vec<EventRecord> = memo_field(key, fields, MEMO_EVENTS)?;
         Ok(Row {
-            approval: as_closed(approval.into(), execution.status(), execution.close_time()),
+            approval: as_closed(
+                approval.into(),
+                execution.status(),
+                to_timestamp(execution.close_time()),
+            ),
             events: events.into_iter().map(AuditEvent::from).collect(),
         })
     }

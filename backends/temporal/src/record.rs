@@ -117,8 +117,9 @@ impl From<EventRecord> for AuditEvent {
 
 /// The reviewer's decision that settled `approval`, with its id: the workflow writes it, and a
 /// reader holding the decided record (before visibility has caught up) derives the very same
-/// event, so merging never produces a duplicate. An expiry is not derived: its time is when the
-/// workflow recorded it, which only the workflow knows.
+/// event, so merging never produces a duplicate. An expiry is not derived (its time is when the
+/// workflow recorded it, which only the workflow knows), except one at a workflow's end by hand
+/// ([`ended_event`]), which no workflow records.
 pub fn decided_event(approval: &Approval) -> Option<AuditEvent> {
     AuditEntry::decided(approval).map(|entry| EventRecord::new(entry, 1).into())
 }

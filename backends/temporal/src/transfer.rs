@@ -6,9 +6,11 @@ use approvals_core::{Approval, BackendError, ImportOutcome, RecordTransfer, Scan
 use async_trait::async_trait;
 use temporalio_client::grpc::WorkflowService;
 use temporalio_client::tonic::IntoRequest;
+use temporalio_client::WorkflowExecutionStatus;
+use temporalio_common::protos::temporal::api::enums::v1::WorkflowExecutionStatus as RawStatus;
 use temporalio_common::protos::temporal::api::workflowservice::v1::ListWorkflowExecutionsRequest;
 
-use crate::backend::{memo_field, TemporalBackend, WORKFLOW_TYPE};
+use crate::backend::{as_closed, memo_field, TemporalBackend, WORKFLOW_TYPE};
 use crate::cursor;
 use crate::recent::Row;
 use crate::record::ApprovalRecord;
@@ -79,8 +81,16 @@ impl RecordTransfer for TemporalBackend {
                 }
                 Err(other) => return Err(other),
             };
+            // As every other read sees it: ended undecided, it is expired (see `as_closed`).
+            let status = RawStatus::try_from(execution.status).map_or(
+                WorkflowExecutionStatus::Unknown,
+                WorkflowExecutionStatus::from,
+            );
+            let closed_at = execution.close_time.as_ref().map(|t| {
+                Timestamp::from_millis(t.seconds * 1_000 + i64::from(t.nanos) / 1_000_000)
+            });
             let row = Row {
-                approval: record.into(),
+                approval: as_closed(record.into(), status, closed_at),
                 events: Vec::new(),
             };
             if let Some(row) = self.recent.scan_row(row, started) {

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use approvals_core::conformance::{decision, fresh_tenant, id, pending};
 use approvals_core::{
-    Approval, ApprovalBackend, AuditKind, BackendError, DecisionOutcome, EngineEvents, Status,
-    SubmitOutcome, TenantId, Timestamp, Verdict, ENDED_REASON,
+    Approval, ApprovalBackend, AuditKind, BackendError, DecisionOutcome, EngineEvents,
+    RecordTransfer, Status, SubmitOutcome, TenantId, Timestamp, Verdict, ENDED_REASON,
 };
 use approvals_temporal::{
     workflow_id, ApprovalWorkflow, DecisionLogWorkflow, TemporalBackend, TemporalSettings,
@@ -487,6 +487,27 @@ async fn an_approval_whose_workflow_was_terminated_reads_as_expired() {
         .await
         .expect("list");
     assert!(pending.items.is_empty(), "{pending:?}");
+
+    // A migration's scan reads it as expired too (it read pending, and a rollback copied a
+    // withdrawn approval to Redis as decidable): in a process that has not seen it, from
+    // visibility alone.
+    let migration = TemporalBackend::connect(settings_for(&_server))
+        .await
+        .expect("backend");
+    let (mut cursor, mut scanned) = (None, None);
+    loop {
+        let page = RecordTransfer::scan(&migration, cursor.as_deref(), 100)
+            .await
+            .expect("scan");
+        scanned = scanned.or(page.items.into_iter().find(|a| a.id == approval.id));
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    let scanned = scanned.expect("scanned");
+    assert_eq!(scanned.status, Status::Expired, "{scanned:?}");
+    assert_eq!(scanned.decision_reason.as_deref(), Some(ENDED_REASON));
 
     // The audit (so webhooks and live streams) has its expiry, at the close, once.
     let events = backend

@@ -7,10 +7,14 @@
 --   ARGV[11] the value as read, ARGV[12] the decided record in this backend's form,
 --   ARGV[13] decided retention (ms), ARGV[14] its status, ARGV[15] the audit event JSON.
 -- Returns the new record, or false when the value changed since it was read (another
--- instance took it over first, or the other writer wrote again): nothing is written then.
+-- instance took it over first, or the other writer wrote again) or the approval is no longer
+-- pending here: nothing is written then.
 local refused = wrong_type({KEYS[1], 'string'})
 if refused then return refused end
 if redis.call('GET', KEYS[1]) ~= ARGV[11] then return false end
 local rec = settleable(ARGV[12])
 if not rec then return redis.error_reply('take over: not a record: ' .. KEYS[1]) end
+-- Still pending here: a record this service settled first (v1 overwrote it in a race) keeps
+-- its one ending, and the sweeper unlists one it met decided at its deadline.
+if redis.call('ZSCORE', KEYS[2], index_member(rec)) == false then return false end
 return settle_as(ARGV[12], rec, ARGV[14], ARGV[13], KEYS[3], ARGV[15])
