@@ -170,40 +170,31 @@ impl RedisBackend {
                     })
                     .await?;
                 for (key, raw) in self.fetch(foreign).await? {
-                    let map = match record::decode(&key, &raw) {
-                        Ok(Decoded::Foreign(map)) => map,
+                    let (written, refusal) = match record::decode(&key, &raw) {
+                        Ok(Decoded::Foreign(map)) => (
+                            self.adopt(&key, &raw, map).await.map(|_| true),
+                            "cannot be adopted",
+                        ),
                         // Ours, decided in place by the ADR v1 service.
-                        Ok(Decoded::Current(approval)) if approval.is_decided() => {
-                            match self.take_over(&raw, *approval).await {
-                                Ok(true) => adopted += 1,
-                                Ok(false) => {}
-                                // As an adoption Redis refused (below): it costs only itself.
-                                Err(error) if refused_by_script(&error) => {
-                                    self.pass_over(BackendError::Corrupt {
-                                        reason: format!(
-                                            "its ADR v1 decision cannot be taken over: {error:#}"
-                                        ),
-                                        key,
-                                    })?;
-                                }
-                                Err(error) => self.pass_over(error)?,
-                            }
-                            continue;
-                        }
+                        Ok(Decoded::Current(approval)) if approval.is_decided() => (
+                            self.take_over(&raw, *approval).await,
+                            "its ADR v1 decision cannot be taken over",
+                        ),
                         Ok(Decoded::Current(_)) => continue,
                         Err(error) => {
                             self.pass_over(error)?;
                             continue;
                         }
                     };
-                    match self.adopt(&key, &raw, map).await {
-                        Ok(_) => adopted += 1,
+                    match written {
+                        Ok(true) => adopted += 1,
+                        Ok(false) => {}
                         // Redis refused its script (a key of its tenant holding another type):
                         // it costs only itself. Returned, it ended every pass there, and the
                         // v1 records after it, in every tenant, were never listed or counted.
                         Err(error) if refused_by_script(&error) => {
                             self.pass_over(BackendError::Corrupt {
-                                reason: format!("cannot be adopted: {error:#}"),
+                                reason: format!("{refusal}: {error:#}"),
                                 key,
                             })?;
                         }
